@@ -1,0 +1,97 @@
+# lazymoe build.
+#
+# Plain GNU Make, because the project is one library, one CLI and a set of test
+# programs, and every source folder is picked up by wildcard: adding a file to a
+# subsystem folder needs no edit here.
+#
+#   make            release build: build/lazymoe and build/liblazymoe.a
+#   make test       AddressSanitizer + UBSan build of everything, then tests/run.sh
+#   make fuzz       libFuzzer targets under fuzz/ (clang)
+#   make clean
+#
+# Dependencies are Debian packages: libjansson-dev (JSON), libpcre2-dev (tokenizer
+# split regexes). `tools/install-deps.sh` installs them.
+
+CC      ?= cc
+CSTD    := -std=c11 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
+INC     := -Iinclude -Isrc
+OPT     ?= -O2 -g
+LIBS    := -ljansson -lpcre2-8 -lpthread -lm
+
+SRC     := $(sort $(wildcard src/*/*.c src/*/*/*.c))
+LIB_SRC := $(filter-out src/cli/%,$(SRC))
+CLI_SRC := $(filter src/cli/%,$(SRC))
+TEST_SRC:= $(sort $(wildcard tests/test_*.c))
+EX_SRC  := $(sort $(wildcard examples/*.c))
+
+# ---- release ----------------------------------------------------------------
+REL     := build/release
+REL_OBJ := $(LIB_SRC:%.c=$(REL)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(REL)/%.o)
+
+all: build/lazymoe build/liblazymoe.a
+
+build/liblazymoe.a: $(REL_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+build/lazymoe: $(CLI_OBJ) build/liblazymoe.a
+	$(CC) $(OPT) -o $@ $(CLI_OBJ) build/liblazymoe.a $(LIBS)
+
+$(REL)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -MMD -MP -c $< -o $@
+
+# ---- sanitizer build used by the tests ---------------------------------------
+SAN     := build/asan
+SANFLAGS:= -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_OBJ := $(LIB_SRC:%.c=$(SAN)/%.o)
+SAN_CLI := $(CLI_SRC:%.c=$(SAN)/%.o)
+TESTS   := $(TEST_SRC:tests/%.c=$(SAN)/tests/%)
+EXAMPLES:= $(EX_SRC:examples/%.c=$(SAN)/examples/%)
+
+$(SAN)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(INC) $(SANFLAGS) -MMD -MP -c $< -o $@
+
+$(SAN)/liblazymoe.a: $(SAN_OBJ)
+	ar rcs $@ $^
+
+$(SAN)/lazymoe: $(SAN_CLI) $(SAN)/liblazymoe.a
+	$(CC) $(SANFLAGS) -o $@ $(SAN_CLI) $(SAN)/liblazymoe.a $(LIBS)
+
+$(SAN)/tests/%: tests/%.c tests/harness.h $(SAN)/liblazymoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(INC) $(SANFLAGS) -o $@ $< $(SAN)/liblazymoe.a $(LIBS)
+
+$(SAN)/examples/%: examples/%.c $(SAN)/liblazymoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(INC) $(SANFLAGS) -o $@ $< $(SAN)/liblazymoe.a $(LIBS)
+
+test-build: all $(SAN)/lazymoe $(TESTS) $(EXAMPLES)
+
+test: test-build
+	tests/run.sh
+
+# ---- fuzzing ------------------------------------------------------------------
+FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
+FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build/fuzz/%)
+FZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined
+FZ_OBJ   := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(CSTD) $(WARN) $(INC) -O1 -g -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+build/fuzz/%: fuzz/%.c $(FZ_OBJ)
+	@mkdir -p $(dir $@)
+	clang $(CSTD) $(WARN) $(INC) $(FZ_FLAGS) -o $@ $< $(FZ_OBJ) $(LIBS)
+
+fuzz: $(FUZZ_BIN)
+
+clean:
+	rm -rf build
+
+.PHONY: all test test-build fuzz clean
+-include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d)

@@ -1,0 +1,37 @@
+#include "common/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int lm_errf(char *err, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, LM_ERR_LEN, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int lm_err_prefix(char *err, const char *fmt, ...) {
+    if (!err) return -1;
+    char out[LM_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, sizeof out, fmt, ap);
+    va_end(ap);
+    if (n < 0) return -1;
+    size_t used = (size_t)n < sizeof out ? (size_t)n : sizeof out - 1;
+    /* Append ": " and the old message after the prefix, truncating at the end. */
+    size_t room = sizeof out - used;
+    size_t sep = room > 2 ? 2 : room - 1;
+    memcpy(out + used, ": ", sep);
+    used += sep;
+    size_t old_len = strnlen(err, LM_ERR_LEN - 1);
+    size_t take = old_len < sizeof out - 1 - used ? old_len : sizeof out - 1 - used;
+    memcpy(out + used, err, take);
+    out[used + take] = 0;
+    memcpy(err, out, used + take + 1);
+    return -1;
+}

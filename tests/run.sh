@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs every test program and every node test, then prints the summary line
+# "N passed, N failed" that CI reads. A test program reports one line per case:
+# "ok NAME" or "FAIL NAME: reason"; a program that crashes or exits non-zero
+# without printing a FAIL line counts as one failed case of its own.
+set -u
+cd "$(dirname "$0")/.."
+SAN=build/asan
+export LAZYMOE_BIN="$PWD/$SAN/lazymoe"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+passed=0; failed=0
+log=$(mktemp -d)
+
+run_one() { # name, command...
+    local name=$1; shift
+    local out="$log/$name.log"
+    local start=$SECONDS
+    "$@" >"$out" 2>&1
+    local rc=$?
+    local ok fail
+    ok=$(grep -c '^ok ' "$out")
+    fail=$(grep -c '^FAIL ' "$out")
+    if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; echo "FAIL $name: exited with status $rc" >>"$out"; fi
+    if [ "$ok" -eq 0 ] && [ "$fail" -eq 0 ]; then fail=1; echo "FAIL $name: ran no test case" >>"$out"; fi
+    passed=$((passed + ok)); failed=$((failed + fail))
+    printf '%-40s %3d ok %3d failed  (%ds)\n' "$name" "$ok" "$fail" $((SECONDS - start))
+    if [ "$fail" -ne 0 ]; then grep -E '^FAIL ' "$out" | head -20; tail -30 "$out"; fi
+}
+
+for t in $SAN/tests/test_*; do
+    [ -x "$t" ] || continue
+    run_one "$(basename "$t")" "$t"
+done
+for e in $SAN/examples/*; do
+    [ -x "$e" ] || continue
+    run_one "example_$(basename "$e")" "$e"
+done
+# Node-driven tests compare against reference implementations from npm.
+if [ -d tests/node/node_modules ]; then
+    for t in tests/node/*.test.mjs; do
+        [ -f "$t" ] || continue
+        run_one "$(basename "$t" .test.mjs)" node "$t"
+    done
+else
+    echo "tests/node/node_modules missing: run tools/install-deps.sh"; failed=$((failed + 1))
+fi
+for t in tests/cli/*.sh; do
+    [ -f "$t" ] || continue
+    run_one "$(basename "$t" .sh)" bash "$t"
+done
+rm -rf "$log"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

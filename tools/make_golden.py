@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Build tiny random MoE models with Hugging Face transformers and record their outputs.
+
+Run on the GPU box (it has torch + transformers); the results are committed under
+tests/fixtures/golden/ and every C test compares against them.
+
+For each case we write a directory with:
+  config.json, generation_config.json, model.safetensors (or shards + index)  -- save_pretrained
+  input_ids.txt      one line of comma-separated prompt ids
+  logits.npy         float32 [T, vocab], logits of one forward pass over the prompt
+  logits_f32.npy     (bf16 cases) logits of the same bf16 weights computed in float32
+  greedy.txt         prompt + greedy continuation from model.generate(do_sample=False)
+  manifest.json      transformers/torch versions, seed, the tensor names and shapes
+
+Weights are redrawn with a realistic spread (unit-variance activations, routers wide enough
+that routing varies between tokens) because the library's default init (std 0.02) makes every
+layer nearly the identity and would hide mistakes.
+
+Usage: make_golden.py OUT_DIR
+"""
+import json, math, os, sys, traceback
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "golden"
+torch.set_num_threads(8)
+
+
+def spread_init(model, seed, zero_centred_norms=False):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            shape = p.shape
+            if p.dim() == 1:
+                if "norm" in name:
+                    base = 0.0 if zero_centred_norms else 1.0
+                    v = base + 0.2 * torch.randn(shape, generator=gen)
+                elif name.endswith("A_log"):
+                    v = torch.log(torch.rand(shape, generator=gen) * 8 + 1)
+                else:  # biases, dt_bias
+                    v = 0.1 * torch.randn(shape, generator=gen)
+            else:
+                fan_in = shape[-1]
+                std = 1.0 / math.sqrt(fan_in)
+                if "embed_tokens" in name:
+                    std = 1.0
+                if name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight") \
+                        or name.endswith("shared_expert_gate.weight"):
+                    std *= 4.0
+                v = torch.randn(shape, generator=gen) * std
+            p.copy_(v.to(p.dtype))
+
+
+def greedy(model, ids, n):
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
+                         pad_token_id=0, top_k=None, top_p=None, temperature=None)
+    return out[0].tolist()
+
+
+def greedy_nocache(model, ids, n, eos):
+    seq = list(ids)
+    for _ in range(n):
+        with torch.no_grad():
+            lg = model(torch.tensor([seq]), use_cache=False).logits[0, -1]
+        t = int(torch.argmax(lg))
+        seq.append(t)
+        if t in eos:
+            break
+    return seq
+
+
+def make_case(name, config, dtype="float32", seed=0, prompt_len=11, gen_len=20, shard=None,
+              zero_centred_norms=False):
+    path = os.path.join(OUT, name)
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model.eval()
+    spread_init(model, seed, zero_centred_norms)
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    model.generation_config.eos_token_id = config.eos_token_id
+    kw = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(path, **kw)
+
+    rng = np.random.default_rng(seed + 1000)
+    ids = [int(x) for x in rng.integers(0, config.vocab_size, size=prompt_len)]
+    with open(os.path.join(path, "input_ids.txt"), "w") as f:
+        f.write(",".join(map(str, ids)) + "\n")
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+    np.save(os.path.join(path, "logits.npy"), logits.astype(np.float32))
+    if dtype != "float32":
+        m32 = model.float()
+        with torch.no_grad():
+            l32 = m32(torch.tensor([ids]), use_cache=False).logits[0].numpy()
+        np.save(os.path.join(path, "logits_f32.npy"), l32.astype(np.float32))
+        g32 = greedy(m32, ids, gen_len)
+        with open(os.path.join(path, "greedy_f32.txt"), "w") as f:
+            f.write(" ".join(map(str, g32[len(ids):])) + "\n")
+        model = model.to(torch.bfloat16)
+    g = greedy(model, ids, gen_len)
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    g2 = greedy_nocache(model, ids, gen_len, eos)
+    with open(os.path.join(path, "greedy.txt"), "w") as f:
+        f.write(" ".join(map(str, g[len(ids):])) + "\n")
+    sd = {k: list(v.shape) for k, v in model.state_dict().items()}
+    manifest = {
+        "case": name, "dtype": dtype, "seed": seed,
+        "transformers": transformers.__version__, "torch": torch.__version__,
+        "greedy_cache_equals_nocache": g == g2,
+        "tensors": sd,
+    }
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    print(f"[ok] {name}: {len(sd)} tensors, files {sorted(os.listdir(path))}, "
+          f"greedy cache==nocache {g == g2}", flush=True)
+
+
+def cases():
+    from transformers import Qwen3MoeConfig, MixtralConfig, OlmoeConfig
+    C = []
+    C.append(("qwen3_moe_f32", Qwen3MoeConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=96, moe_intermediate_size=48,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[1], max_position_embeddings=512, rope_theta=10000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=319, bos_token_id=318),
+        dict(seed=1)))
+    C.append(("qwen3_moe_tied_bf16", Qwen3MoeConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=80, moe_intermediate_size=32,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+        num_experts=6, num_experts_per_tok=3, norm_topk_prob=False, decoder_sparse_step=2,
+        mlp_only_layers=[], max_position_embeddings=512, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, eos_token_id=299, bos_token_id=298),
+        dict(seed=2, dtype="bfloat16")))
+    C.append(("qwen3_moe_sharded_f32", Qwen3MoeConfig(
+        vocab_size=256, hidden_size=32, intermediate_size=64, moe_intermediate_size=24,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+        max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=False,
+        eos_token_id=255), dict(seed=3, shard="100KB")))
+    C.append(("mixtral_f32", MixtralConfig(
+        vocab_size=288, hidden_size=64, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, num_local_experts=4,
+        num_experts_per_tok=2, max_position_embeddings=512, rope_theta=1000000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None,
+        eos_token_id=2, bos_token_id=1), dict(seed=4)))
+    C.append(("mixtral_bf16", MixtralConfig(
+        vocab_size=288, hidden_size=64, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, num_local_experts=8,
+        num_experts_per_tok=2, max_position_embeddings=512, rope_theta=10000.0,
+        tie_word_embeddings=False, eos_token_id=2, bos_token_id=1),
+        dict(seed=5, dtype="bfloat16")))
+    C.append(("olmoe_f32", OlmoeConfig(
+        vocab_size=304, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=False, max_position_embeddings=512, rope_theta=10000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=303, bos_token_id=None,
+        pad_token_id=1), dict(seed=6)))
+    C.append(("olmoe_clip_bf16", OlmoeConfig(
+        vocab_size=304, hidden_size=64, intermediate_size=40, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, num_experts=6, num_experts_per_tok=3,
+        norm_topk_prob=True, clip_qkv=2.0, max_position_embeddings=512, rope_theta=10000.0,
+        tie_word_embeddings=False, eos_token_id=303, pad_token_id=1),
+        dict(seed=7, dtype="bfloat16")))
+    try:
+        from transformers import Qwen3NextConfig
+        C.append(("qwen3_next_f32", Qwen3NextConfig(
+            vocab_size=320, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+            shared_expert_intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, linear_conv_kernel_dim=4,
+            linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+            linear_num_value_heads=4, num_experts=8, num_experts_per_tok=2,
+            norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+            full_attention_interval=4, partial_rotary_factor=0.25, rope_theta=10000.0,
+            max_position_embeddings=512, tie_word_embeddings=False, eos_token_id=319),
+            dict(seed=8, zero_centred_norms=True, prompt_len=37)))
+    except Exception:
+        traceback.print_exc()
+    return C
+
+
+if __name__ == "__main__":
+    print("transformers", transformers.__version__, "torch", torch.__version__, flush=True)
+    only = set(sys.argv[2:])
+    for name, cfg, kw in cases():
+        if only and name not in only:
+            continue
+        try:
+            make_case(name, cfg, **kw)
+        except Exception:
+            print(f"[FAIL] {name}", flush=True)
+            traceback.print_exc()
