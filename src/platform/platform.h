@@ -1,0 +1,41 @@
+/* Operating-system services, kept in one place so the rest of the code is portable.
+ *
+ * Linux is the implementation here (platform_posix.c); macOS differences (no
+ * O_DIRECT, no /proc) belong in this layer only.
+ */
+#ifndef LAZYMOE_PLATFORM_H
+#define LAZYMOE_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Opens a file read-only; returns fd >= 0 or -1 with the reason in err. */
+int lm_file_open_read(const char *path, char *err);
+void lm_file_close(int fd);
+/* Size of an open file in bytes, or -1. */
+int64_t lm_file_size(int fd);
+/* Reads exactly len bytes at offset, retrying on EINTR and short reads. A file
+ * that ends early is an error ("file shorter than expected"). */
+int lm_pread_full(int fd, void *buf, size_t len, uint64_t offset, char *err);
+
+/* Writes a whole file atomically: to PATH.tmp.PID, fsync, rename over PATH. */
+int lm_write_file_atomic(const char *path, const void *data, size_t len, char *err);
+
+/* Monotonic seconds. */
+double lm_now(void);
+/* Number of online CPU cores (at least 1). */
+int lm_cpu_count(void);
+/* Peak resident set size of this process in bytes (0 if unknown). */
+uint64_t lm_peak_rss(void);
+/* Bytes of memory available to this process: min(MemAvailable, cgroup limit - usage). */
+uint64_t lm_mem_available(void);
+
+/* Allocation that reports failure instead of returning NULL silently: returns NULL
+ * and writes "out of memory allocating N bytes for WHAT" into err. */
+void *lm_malloc(size_t n, const char *what, char *err);
+void *lm_calloc(size_t n, size_t size, const char *what, char *err);
+/* 64-byte aligned allocation (free with lm_free_aligned). */
+void *lm_malloc_aligned(size_t n, const char *what, char *err);
+void lm_free_aligned(void *p);
+
+#endif

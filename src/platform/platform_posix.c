@@ -1,0 +1,161 @@
+#include "platform/platform.h"
+
+#include "common/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int lm_file_open_read(const char *path, char *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return lm_errf(err, "cannot open %s: %s", path, strerror(errno));
+    return fd;
+}
+
+void lm_file_close(int fd) {
+    if (fd >= 0) close(fd);
+}
+
+int64_t lm_file_size(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    return (int64_t)st.st_size;
+}
+
+int lm_pread_full(int fd, void *buf, size_t len, uint64_t offset, char *err) {
+    char *p = buf;
+    while (len > 0) {
+        size_t chunk = len > (1u << 30) ? (1u << 30) : len;
+        ssize_t n = pread(fd, p, chunk, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)offset,
+                           strerror(errno));
+        }
+        if (n == 0)
+            return lm_errf(err, "file shorter than expected (end of file at offset %llu)",
+                           (unsigned long long)offset);
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+int lm_write_file_atomic(const char *path, const void *data, size_t len, char *err) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return lm_errf(err, "path too long: %s", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return lm_errf(err, "cannot create %s: %s", tmp, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            lm_errf(err, "cannot write %s: %s", tmp, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            return -1;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        lm_errf(err, "cannot flush %s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        lm_errf(err, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+double lm_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int lm_cpu_count(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+uint64_t lm_peak_rss(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (uint64_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */
+}
+
+static uint64_t read_u64_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char buf[64] = {0};
+    uint64_t v = 0;
+    if (fgets(buf, sizeof buf, f) && strncmp(buf, "max", 3) != 0) v = strtoull(buf, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+uint64_t lm_mem_available(void) {
+    uint64_t avail = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f)) {
+            unsigned long long kb;
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (uint64_t)kb * 1024u;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    /* cgroup v2 then v1: the limit minus what the group already uses. */
+    uint64_t limit = read_u64_file("/sys/fs/cgroup/memory.max");
+    uint64_t used = read_u64_file("/sys/fs/cgroup/memory.current");
+    if (!limit) {
+        limit = read_u64_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+        used = read_u64_file("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+    }
+    if (limit && limit < (1ull << 60)) {
+        uint64_t room = limit > used ? limit - used : 0;
+        if (!avail || room < avail) avail = room;
+    }
+    return avail;
+}
+
+void *lm_malloc(size_t n, const char *what, char *err) {
+    void *p = malloc(n ? n : 1);
+    if (!p) lm_errf(err, "out of memory allocating %zu bytes for %s", n, what);
+    return p;
+}
+
+void *lm_calloc(size_t n, size_t size, const char *what, char *err) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) lm_errf(err, "out of memory allocating %zu x %zu bytes for %s", n, size, what);
+    return p;
+}
+
+void *lm_malloc_aligned(size_t n, const char *what, char *err) {
+    void *p = NULL;
+    size_t rounded = (n + 63) & ~(size_t)63;
+    if (rounded < n || posix_memalign(&p, 64, rounded ? rounded : 64) != 0) {
+        lm_errf(err, "out of memory allocating %zu bytes for %s", n, what);
+        return NULL;
+    }
+    return p;
+}
+
+void lm_free_aligned(void *p) { free(p); }
