@@ -45,7 +45,7 @@ $(REL)/%.o: %.c
 
 # ---- sanitizer build used by the tests ---------------------------------------
 SAN     := build/asan
-SANFLAGS:= -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS:= -DLAZYMOE_SOURCE_DIR=\"$(CURDIR)\" -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_OBJ := $(LIB_SRC:%.c=$(SAN)/%.o)
 SAN_CLI := $(CLI_SRC:%.c=$(SAN)/%.o)
 TESTS   := $(TEST_SRC:tests/%.c=$(SAN)/tests/%)
