@@ -94,4 +94,6 @@ clean:
 	rm -rf build
 
 .PHONY: all test test-build fuzz clean
+# Keep intermediate objects (fuzz objects would otherwise be deleted after linking).
+.SECONDARY:
 -include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d)

@@ -12,7 +12,8 @@ int lm_npy_write_f32(const char *path, const float *data, const size_t *shape, i
     int n = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
     size_t count = 1;
     for (int i = 0; i < ndim; i++) {
-        n += snprintf(dict + n, sizeof dict - (size_t)n, "%zu,%s", shape[i], (i + 1 < ndim) ? " " : "");
+        /* numpy's spelling: "(5,)" for one dimension, "(5, 7)" otherwise */
+        n += snprintf(dict + n, sizeof dict - (size_t)n, "%s%zu%s", i ? ", " : "", shape[i], ndim == 1 ? "," : "");
         count *= shape[i];
     }
     n += snprintf(dict + n, sizeof dict - (size_t)n, "), }");

@@ -3,6 +3,7 @@
 #include "common/error.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,15 +13,18 @@ static const char *arch_names[LM_ARCH_COUNT] = {"qwen3_moe", "mixtral", "olmoe"}
 
 const char *lm_config_supported_types(void) { return "qwen3_moe, mixtral, olmoe"; }
 
-/* Reads an integer field; `def` when absent or null. Errors on a wrong type. */
+#define REQUIRED LLONG_MIN
+
+/* Reads an integer field; `def` when absent or null (REQUIRED: absence is an
+ * error). Errors on a wrong type or a value (given or default) out of range. */
 static int get_int(json_t *o, const char *key, long long def, long long lo, long long hi,
                    long long *out, char *err) {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
+        if (def == REQUIRED) return lm_errf(err, "config.json is missing '%s'", key);
         *out = def;
-        return 0;
-    }
-    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)))
+    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+               fabs(json_real_value(v)) < 9e18)
         *out = (long long)json_real_value(v);
     else if (json_is_integer(v))
         *out = json_integer_value(v);
@@ -213,17 +217,17 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
         dst = (int)v;                                                                     \
     } while (0)
     const int BIG = 1 << 24;
-    INT_FIELD(c->vocab_size, "vocab_size", -1, 1, BIG);
-    INT_FIELD(c->hidden_size, "hidden_size", -1, 1, 1 << 18);
-    INT_FIELD(c->n_layers, "num_hidden_layers", -1, 1, 4096);
-    INT_FIELD(c->n_heads, "num_attention_heads", -1, 1, 4096);
+    INT_FIELD(c->vocab_size, "vocab_size", REQUIRED, 1, BIG);
+    INT_FIELD(c->hidden_size, "hidden_size", REQUIRED, 1, 1 << 18);
+    INT_FIELD(c->n_layers, "num_hidden_layers", REQUIRED, 1, 4096);
+    INT_FIELD(c->n_heads, "num_attention_heads", REQUIRED, 1, 4096);
     INT_FIELD(c->n_kv_heads, "num_key_value_heads", c->n_heads, 1, 4096);
     INT_FIELD(c->head_dim, "head_dim", c->hidden_size / c->n_heads, 1, 1 << 14);
     INT_FIELD(c->intermediate_size, "intermediate_size", 0, 0, 1 << 20);
     INT_FIELD(c->moe_intermediate_size, "moe_intermediate_size", c->intermediate_size, 1, 1 << 20);
     static const char *const expert_keys[] = {"num_experts", "num_local_experts", "n_routed_experts", NULL};
-    INT_FIELD(c->n_experts, first_key(o, expert_keys), -1, 1, 1 << 16);
-    INT_FIELD(c->top_k, "num_experts_per_tok", -1, 1, 1 << 16);
+    INT_FIELD(c->n_experts, first_key(o, expert_keys), REQUIRED, 1, 1 << 16);
+    INT_FIELD(c->top_k, "num_experts_per_tok", REQUIRED, 1, 1 << 16);
     INT_FIELD(c->decoder_sparse_step, "decoder_sparse_step", 1, 1, 4096);
     INT_FIELD(c->max_position_embeddings, "max_position_embeddings", 4096, 1, 1 << 30);
 #undef INT_FIELD
