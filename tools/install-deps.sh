@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-PKGS="build-essential clang pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev nodejs npm"
+PKGS="build-essential clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev nodejs npm"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -5,21 +5,18 @@
 #include <string.h>
 
 int lm_errf(char *err, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, LM_ERR_LEN, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    if (err) vsnprintf(err, LM_ERR_LEN, fmt, ap);
+    va_end(ap);
     return -1;
 }
 
 int lm_err_prefix(char *err, const char *fmt, ...) {
-    if (!err) return -1;
     char out[LM_ERR_LEN];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(out, sizeof out, fmt, ap);
+    int n = err ? vsnprintf(out, sizeof out, fmt, ap) : -1;
     va_end(ap);
     if (n < 0) return -1;
     size_t used = (size_t)n < sizeof out ? (size_t)n : sizeof out - 1;

@@ -25,7 +25,7 @@ int lm_npy_write_f32(const char *path, const float *data, const size_t *shape, i
     size_t total = 10 + dict_len + count * 4;
     unsigned char *buf = lm_malloc(total, "npy file", err);
     if (!buf) return -1;
-    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8); /* NOLINT(bugprone-not-null-terminated-result): binary magic */
     buf[8] = (unsigned char)(dict_len & 0xff);
     buf[9] = (unsigned char)(dict_len >> 8);
     memcpy(buf + 10, dict, (size_t)n);

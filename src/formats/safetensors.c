@@ -69,7 +69,7 @@ static int parse_entry(const char *name, json_t *v, uint64_t data_size, st_tenso
     if (t->nbytes != numel * es)
         return lm_errf(err, "tensor '%s': %s x %llu elements needs %llu bytes but data_offsets span %llu",
                        name, lm_dtype_name(t->dtype), (unsigned long long)numel,
-                       (unsigned long long)(numel * es), (unsigned long long)t->nbytes);
+                       (unsigned long long)numel * (unsigned long long)es, (unsigned long long)t->nbytes);
     t->offset = (uint64_t)b;
     return 0;
 }
@@ -136,10 +136,10 @@ done:
 /* Checks that no two byte ranges in the same file overlap. */
 static int check_overlaps(st_archive *a, char *err) {
     if (a->ntensors < 2) return 0;
-    st_tensor **order = malloc(sizeof(st_tensor *) * (size_t)a->ntensors);
+    st_tensor **order = malloc(sizeof(void *) * (size_t)a->ntensors);
     if (!order) return lm_errf(err, "out of memory");
     for (int i = 0; i < a->ntensors; i++) order[i] = &a->tensors[i];
-    qsort(order, (size_t)a->ntensors, sizeof *order, cmp_tensor_offset);
+    qsort(order, (size_t)a->ntensors, sizeof(void *), cmp_tensor_offset);
     int rc = 0;
     for (int i = 1; i < a->ntensors; i++) {
         st_tensor *p = order[i - 1], *q = order[i];
@@ -245,7 +245,7 @@ static int open_index(st_archive *a, const char *dir, const char *index_path, ch
         if (open_one(a, path, err) != 0) goto done;
     }
     /* Every tensor the index maps must exist in the shard it names. */
-    qsort(a->tensors, (size_t)a->ntensors, sizeof(st_tensor), cmp_tensor_name);
+    if (a->ntensors > 1) qsort(a->tensors, (size_t)a->ntensors, sizeof(st_tensor), cmp_tensor_name);
     json_object_foreach(map, key, val) {
         const st_tensor *t = st_find(a, key);
         if (!t) {
@@ -289,7 +289,7 @@ static int open_all_in_dir(st_archive *a, const char *dir, char *err) {
     }
     closedir(d);
     if (rc == 0 && n == 0) rc = lm_errf(err, "no .safetensors files in %s", dir);
-    if (rc == 0) qsort(names, n, sizeof *names, cmp_str);
+    if (rc == 0 && n > 1) qsort(names, n, sizeof *names, cmp_str);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char path[4096];
         if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path)
@@ -322,7 +322,7 @@ int st_open(st_archive **out, const char *path, char *err) {
     } else {
         rc = open_all_in_dir(a, path, err);
     }
-    if (rc == 0) {
+    if (rc == 0 && a->ntensors > 1) {
         qsort(a->tensors, (size_t)a->ntensors, sizeof(st_tensor), cmp_tensor_name);
         for (int i = 1; i < a->ntensors && rc == 0; i++)
             if (strcmp(a->tensors[i - 1].name, a->tensors[i].name) == 0)

@@ -21,7 +21,10 @@ static int get_int(json_t *o, const char *key, long long def, long long lo, long
                    long long *out, char *err) {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
-        if (def == REQUIRED) return lm_errf(err, "config.json is missing '%s'", key);
+        if (def == REQUIRED) {
+            lm_errf(err, "config.json is missing '%s'", key);
+            return -1; /* explicit: the analyzer cannot see lm_errf returns -1 */
+        }
         *out = def;
     } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
                fabs(json_real_value(v)) < 9e18)
@@ -29,9 +32,15 @@ static int get_int(json_t *o, const char *key, long long def, long long lo, long
     else if (json_is_integer(v))
         *out = json_integer_value(v);
     else
-        return lm_errf(err, "config.json: '%s' must be an integer", key);
+        {
+            lm_errf(err, "config.json: '%s' must be an integer", key);
+            return -1; /* explicit: the analyzer cannot see lm_errf returns -1 */
+        }
     if (*out < lo || *out > hi)
-        return lm_errf(err, "config.json: '%s' = %lld is out of range [%lld, %lld]", key, *out, lo, hi);
+        {
+            lm_errf(err, "config.json: '%s' = %lld is out of range [%lld, %lld]", key, *out, lo, hi);
+            return -1; /* explicit: the analyzer cannot see lm_errf returns -1 */
+        }
     return 0;
 }
 
@@ -41,9 +50,15 @@ static int get_num(json_t *o, const char *key, double def, double *out, char *er
         *out = def;
         return 0;
     }
-    if (!json_is_number(v)) return lm_errf(err, "config.json: '%s' must be a number", key);
+    if (!json_is_number(v)) {
+            lm_errf(err, "config.json: '%s' must be a number", key);
+            return -1; /* explicit: the analyzer cannot see lm_errf returns -1 */
+        }
     *out = json_number_value(v);
-    if (!isfinite(*out)) return lm_errf(err, "config.json: '%s' is not finite", key);
+    if (!isfinite(*out)) {
+            lm_errf(err, "config.json: '%s' is not finite", key);
+            return -1; /* explicit: the analyzer cannot see lm_errf returns -1 */
+        }
     return 0;
 }
 
@@ -53,7 +68,10 @@ static int get_bool(json_t *o, const char *key, int def, int *out, char *err) {
         *out = def;
         return 0;
     }
-    if (!json_is_boolean(v)) return lm_errf(err, "config.json: '%s' must be true or false", key);
+    if (!json_is_boolean(v)) {
+            lm_errf(err, "config.json: '%s' must be true or false", key);
+            return -1; /* explicit: the analyzer cannot see lm_errf returns -1 */
+        }
     *out = json_is_true(v);
     return 0;
 }
@@ -92,7 +110,7 @@ static int parse_eos(lm_config *c, json_t *v, char *err) {
 static int parse_quant(lm_config *c, json_t *q, char *err) {
     if (!q || json_is_null(q)) return 0;
     if (!json_is_object(q)) return lm_errf(err, "config.json: 'quantization' must be an object");
-    long long bits, gs;
+    long long bits = 0, gs = 0;
     if (get_int(q, "bits", 4, 1, 8, &bits, err) || get_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
         return -1;
     json_t *mode = json_object_get(q, "mode");
@@ -113,7 +131,7 @@ static int parse_quant(lm_config *c, json_t *q, char *err) {
             o->bits = 0;
             o->group_size = 0;
         } else if (json_is_object(v)) {
-            long long b, g;
+            long long b = 0, g = 0;
             if (get_int(v, "bits", bits, 1, 8, &b, err) || get_int(v, "group_size", gs, 1, 1 << 20, &g, err))
                 return lm_err_prefix(err, "quantization override '%s'", key);
             o->bits = (int)b;
@@ -188,7 +206,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     if (!root) return lm_errf(err, "config.json is not valid JSON: %s (line %d)", je.text, je.line);
     json_t *gen = NULL;
     int rc = -1;
-    long long v;
+    long long v = 0;
     if (!json_is_object(root)) {
         lm_errf(err, "config.json is not a JSON object");
         goto done;
@@ -214,7 +232,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
 #define INT_FIELD(dst, key, def, lo, hi)                                                  \
     do {                                                                                  \
         if (get_int(o, key, def, lo, hi, &v, err)) goto done;                             \
-        dst = (int)v;                                                                     \
+        (dst) = (int)v;                                                                   \
     } while (0)
     const int BIG = 1 << 24;
     INT_FIELD(c->vocab_size, "vocab_size", REQUIRED, 1, BIG);

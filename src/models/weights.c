@@ -138,8 +138,9 @@ static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, in
         size_t wstride = (size_t)rows * (size_t)packed * 4;
         size_t sstride = (size_t)rows * (size_t)groups * lm_dtype_size(ts->dtype);
         for (int e = 0; e < count; e++)
-            mats[e] = (lm_mat){LM_DT_U32, rows, cols, d + (size_t)e * wstride, bits, gs, ts->dtype,
-                               s + (size_t)e * sstride, b + (size_t)e * sstride};
+            mats[e] = (lm_mat){.dtype = LM_DT_U32, .rows = rows, .cols = cols, .data = d + (size_t)e * wstride,
+                               .bits = bits, .group_size = gs, .qdtype = ts->dtype,
+                               .scales = s + (size_t)e * sstride, .biases = b + (size_t)e * sstride};
         return 0;
     }
     if (!lm_dtype_is_float(t->dtype) || t->dtype == LM_DT_F64)
@@ -155,7 +156,8 @@ static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, in
     if (!d) return -1;
     if (w->float_dtype == LM_DT_INVALID) w->float_dtype = t->dtype;
     size_t stride = (size_t)rows * (size_t)cols * lm_dtype_size(t->dtype);
-    for (int e = 0; e < count; e++) mats[e] = (lm_mat){t->dtype, rows, cols, d + (size_t)e * stride};
+    for (int e = 0; e < count; e++)
+        mats[e] = (lm_mat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = d + (size_t)e * stride};
     return 0;
 }
 
@@ -175,9 +177,9 @@ static int load_fused_experts(loader *L, const char *block, int E, int I, int H,
     if (!g || !d) return -1;
     size_t es = lm_dtype_size(gu->dtype), mat = (size_t)I * (size_t)H * es;
     for (int e = 0; e < E; e++) {
-        ex[e].gate = (lm_mat){gu->dtype, I, H, g + (size_t)e * 2 * mat};
-        ex[e].up = (lm_mat){gu->dtype, I, H, g + (size_t)e * 2 * mat + mat};
-        ex[e].down = (lm_mat){dn->dtype, H, I, d + (size_t)e * mat};
+        ex[e].gate = (lm_mat){.dtype = gu->dtype, .rows = I, .cols = H, .data = g + (size_t)e * 2 * mat};
+        ex[e].up = (lm_mat){.dtype = gu->dtype, .rows = I, .cols = H, .data = g + (size_t)e * 2 * mat + mat};
+        ex[e].down = (lm_mat){.dtype = dn->dtype, .rows = H, .cols = I, .data = d + (size_t)e * mat};
     }
     return 0;
 }
