@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "convert/convert.h"
 #include "formats/mlx_quant.h"
+#include "formats/pyjson.h"
 #include "formats/safetensors.h"
 #include "formats/safetensors_write.h"
 #include "platform/fs.h"
@@ -588,6 +589,33 @@ static void test_config_text(void) {
     CHECK(buf[n - 1] == '}');
 }
 
+/* Floats as Python's repr, strings as json.dumps(ensure_ascii=True). Expected values
+ * are what CPython 3.11 prints for repr(x) / json.dumps(s). */
+static void test_pyjson(void) {
+    static const struct { double x; const char *s; } cases[] = {
+        {1e-06, "1e-06"}, {10000.0, "10000.0"}, {0.02, "0.02"}, {0.0001, "0.0001"},
+        {1e16, "1e+16"}, {1e15, "1000000000000000.0"}, {-2.5, "-2.5"}, {0.1 + 0.2, "0.30000000000000004"},
+        {1.5e-10, "1.5e-10"}, {123456.789, "123456.789"}, {5e-324, "5e-324"}, {1e300, "1e+300"},
+        {0.0, "0.0"}, {-0.0, "-0.0"}, {3.0, "3.0"}, {1e22, "1e+22"}, {0.00012, "0.00012"},
+    };
+    char buf[64];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        pyjson_format_double(cases[i].x, buf, sizeof buf);
+        CHECKF(strcmp(buf, cases[i].s) == 0, "%.17g -> %s, want %s", cases[i].x, buf, cases[i].s);
+    }
+    char err[LM_ERR_LEN];
+    json_t *v = json_pack("{s:s, s:[], s:{}, s:[i, b, n]}", "k\u00e9", "a\"\n\u00e9\U0001F600\x7f", "e", "o",
+                          "l", 1, 1);
+    char *t = pyjson_dumps(v, 4, err);
+    CHECK(t != NULL);
+    if (t)
+        CHECKF(strcmp(t, "{\n    \"k\\u00e9\": \"a\\\"\\n\\u00e9\\ud83d\\ude00\\u007f\",\n    \"e\": [],\n"
+                         "    \"o\": {},\n    \"l\": [\n        1,\n        true,\n        null\n    ]\n}") == 0,
+               "%s", t);
+    free(t);
+    json_decref(v);
+}
+
 int main(void) {
     make_tmp_root();
     TEST_CASE("convert_fixtures_4bit_gs64", test_fixtures_4bit);
@@ -596,6 +624,7 @@ int main(void) {
     TEST_CASE("convert_sharding", test_sharding);
     TEST_CASE("convert_fused_transformers5_inputs", test_fused_inputs);
     TEST_CASE("convert_config_text", test_config_text);
+    TEST_CASE("pyjson_matches_python", test_pyjson);
     TEST_CASE("convert_errors", test_errors);
     lm_remove_tree(tmp_root, NULL);
     TEST_EXIT();
