@@ -45,7 +45,7 @@ $(REL)/%.o: %.c
 
 # ---- sanitizer build used by the tests ---------------------------------------
 SAN     := build/asan
-SANFLAGS:= -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS:= -DLAZYMOE_SOURCE_DIR=\"$(CURDIR)\" -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_OBJ := $(LIB_SRC:%.c=$(SAN)/%.o)
 SAN_CLI := $(CLI_SRC:%.c=$(SAN)/%.o)
 TESTS   := $(TEST_SRC:tests/%.c=$(SAN)/tests/%)
@@ -94,4 +94,6 @@ clean:
 	rm -rf build
 
 .PHONY: all test test-build fuzz clean
+# Keep intermediate objects (fuzz objects would otherwise be deleted after linking).
+.SECONDARY:
 -include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d)

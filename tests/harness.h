@@ -43,9 +43,10 @@ static const char *th_case_name;
     CHECKF((long long)(a) == (long long)(b), "%s == %s (%lld vs %lld)", #a, #b,      \
            (long long)(a), (long long)(b))
 
+static inline const char *th_str(const char *s) { return s ? s : "(null)"; }
 #define CHECK_STR_CONTAINS(hay, needle)                                              \
-    CHECKF((hay) != NULL && strstr((hay), (needle)) != NULL,                         \
-           "expected \"%s\" to contain \"%s\"", (hay) ? (hay) : "(null)", (needle))
+    CHECKF(th_str(hay) != NULL && strstr(th_str(hay), (needle)) != NULL,             \
+           "expected \"%s\" to contain \"%s\"", th_str(hay), (needle))
 
 #define TEST_CASE(name, fn)                                                          \
     do {                                                                             \

@@ -1,8 +1,10 @@
-/* CLI subcommands. Each takes the arguments after its name (argv[0] is the subcommand)
- * and returns the process exit status; only main() calls exit(). */
+/* Subcommands of the lazymoe CLI; each takes argv with argv[0] = its own name. */
 #ifndef LAZYMOE_COMMANDS_H
 #define LAZYMOE_COMMANDS_H
 
+int cmd_logits(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_info(int argc, char **argv);
 /* lazymoe convert HF_DIR OUT_DIR [--bits N] [--group-size N] [--dtype bf16|f16|f32] ... */
 int cmd_convert(int argc, char **argv);
 

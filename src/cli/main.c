@@ -1,11 +1,43 @@
-/* Placeholder CLI entry (the lead's real CLI replaces this): dispatches subcommands. */
+/* lazymoe command-line tool: dispatches to the subcommands in src/cli/cmd_*.c. */
+#include "cli/cli.h"
 #include "cli/commands.h"
+#include "lazymoe.h"
 
 #include <stdio.h>
 #include <string.h>
 
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} command;
+
+static const command commands[] = {
+    {"run", cmd_run, "generate from a prompt"},
+    {"logits", cmd_logits, "write the logits of a forward pass as .npy"},
+    {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
+    {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "lazymoe %s: Mixture-of-Experts inference, exact, with experts streamed from disk\n\n", LAZYMOE_VERSION);
+    fprintf(f, "usage: lazymoe COMMAND [options]   (lazymoe COMMAND --help for its options)\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
 int main(int argc, char **argv) {
-    if (argc >= 2 && strcmp(argv[1], "convert") == 0) return cmd_convert(argc - 1, argv + 1);
-    fprintf(stderr, "usage: lazymoe convert HF_DIR OUT_DIR [options]\n");
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("lazymoe %s\n", LAZYMOE_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "lazymoe: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
     return 1;
 }

@@ -1,0 +1,79 @@
+/* lazymoe: exact inference for Mixture-of-Experts language models.
+ *
+ * The public interface is deliberately small and opaque, so the CLI, the HTTP
+ * server and embedding programs never depend on tensor internals:
+ *
+ *   lazymoe_model    the loaded weights and hyper-parameters (read-only, shareable)
+ *   lazymoe_session  one context: KV cache and position; one thread at a time
+ *
+ * Error convention: functions that can fail return 0 on success and -1 on
+ * failure, writing a one-line reason into the caller's buffer `err` of `errlen`
+ * bytes (which may be NULL / 0).
+ */
+#ifndef LAZYMOE_H
+#define LAZYMOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LAZYMOE_VERSION "0.1.0"
+
+typedef struct lazymoe_model lazymoe_model;
+typedef struct lazymoe_session lazymoe_session;
+
+typedef struct {
+    int n_threads;   /* worker threads for the matrix work; 0 = all cores */
+    int max_context; /* tokens a session may hold; 0 = min(model maximum, 32768) */
+    int verbose;     /* 1 = progress and timings on stderr */
+} lazymoe_options;
+
+/* Fills the defaults above. */
+void lazymoe_options_init(lazymoe_options *opt);
+
+/* Loads the model in `dir` (config.json + safetensors, Hugging Face or MLX layout). */
+int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err,
+                       size_t errlen);
+void lazymoe_model_close(lazymoe_model *m);
+
+typedef struct {
+    char model_type[32];
+    int n_layers, n_moe_layers;
+    int n_experts, top_k;
+    int hidden_size, vocab_size;
+    int n_heads, n_kv_heads, head_dim;
+    int max_context;
+    uint64_t params_total;     /* all parameters (unquantized count) */
+    uint64_t params_active;    /* parameters used per token */
+    uint64_t params_expert;    /* parameters of one expert (gate + up + down) */
+    uint64_t bytes_resident;   /* non-expert weight bytes as stored */
+    uint64_t bytes_per_expert; /* one expert as stored, scales and biases included */
+    uint64_t bytes_experts;    /* all experts */
+    int quant_bits, quant_group_size; /* 0 bits = float weights */
+    char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
+    int n_eos;
+    int32_t eos_ids[8];
+} lazymoe_model_info;
+
+void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);
+
+int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen);
+void lazymoe_session_free(lazymoe_session *s);
+/* Tokens currently held in the session's context. */
+int lazymoe_session_length(const lazymoe_session *s);
+/* Forgets all tokens after the first n (n <= length). */
+int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen);
+
+/* Appends n tokens to the context and runs the model over them.
+ * logits: NULL, or room for the logits of the last token [vocab] (all_positions = 0)
+ * or of every appended token [n][vocab] (all_positions = 1). */
+int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits,
+                         int all_positions, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

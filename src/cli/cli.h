@@ -1,0 +1,14 @@
+/* Shared pieces of the lazymoe command-line tool. */
+#ifndef LAZYMOE_CLI_H
+#define LAZYMOE_CLI_H
+
+#include <stdint.h>
+
+/* Parses "3,14,15" into a malloc'd array; returns count or -1 (message printed). */
+int cli_parse_ids(const char *s, int32_t **out);
+/* Parses a non-negative integer option value; -1 with a message on error. */
+long cli_parse_long(const char *opt, const char *s, long lo, long hi);
+/* Prints "lazymoe: MSG" to stderr and returns 1 (the exit status for usage errors). */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,70 @@
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int cli_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "lazymoe: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    return 1;
+}
+
+int cli_parse_ids(const char *s, int32_t **out) {
+    *out = NULL;
+    size_t cap = 16, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) return cli_fail("out of memory"), -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            free(ids);
+            cli_fail("--ids: expected comma-separated non-negative integers, got \"%s\"", s);
+            return -1;
+        }
+        if (n == cap) {
+            cap *= 2;
+            int32_t *ni = realloc(ids, cap * sizeof *ids);
+            if (!ni) {
+                free(ids);
+                return cli_fail("out of memory"), -1;
+            }
+            ids = ni;
+        }
+        ids[n++] = (int32_t)v;
+        p = end;
+        while (*p == ' ') p++;
+        if (*p == ',') p++;
+        else if (*p) {
+            free(ids);
+            cli_fail("--ids: unexpected '%c' in \"%s\"", *p, s);
+            return -1;
+        }
+    }
+    if (n == 0) {
+        free(ids);
+        cli_fail("--ids: no token ids given");
+        return -1;
+    }
+    *out = ids;
+    return (int)n;
+}
+
+long cli_parse_long(const char *opt, const char *s, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || end == s || *end || errno || v < lo || v > hi) {
+        cli_fail("%s expects an integer in [%ld, %ld], got \"%s\"", opt, lo, hi, s ? s : "(nothing)");
+        return -1;
+    }
+    return v;
+}

@@ -1,0 +1,266 @@
+/* lazymoe logits | run | info: the commands that evaluate a model on token ids. */
+#include "cli/cli.h"
+#include "cli/commands.h"
+#include "formats/npy.h"
+#include "lazymoe.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *model;
+    const char *ids_arg;
+    const char *out;
+    int n_gen;
+    double temp;
+    unsigned long long seed;
+    int print_ids;
+    int ignore_eos;
+    int json;
+    lazymoe_options opt;
+} model_args;
+
+static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
+    memset(a, 0, sizeof *a);
+    lazymoe_options_init(&a->opt);
+    a->n_gen = 32;
+    a->seed = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long x;
+        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+            printf("%s", usage);
+            return 2;
+        } else if (!strcmp(s, "--ids")) {
+            if (!v) return cli_fail("--ids needs a value");
+            a->ids_arg = v, i++;
+        } else if (!strcmp(s, "--out") || !strcmp(s, "-o")) {
+            if (!v) return cli_fail("%s needs a file name", s);
+            a->out = v, i++;
+        } else if (!strcmp(s, "-n") || !strcmp(s, "--max-tokens")) {
+            if ((x = cli_parse_long(s, v, 0, 1 << 30)) < 0) return 1;
+            a->n_gen = (int)x, i++;
+        } else if (!strcmp(s, "--temp") || !strcmp(s, "--temperature")) {
+            char *end;
+            a->temp = v ? strtod(v, &end) : -1;
+            if (!v || *end || !(a->temp >= 0) || !isfinite(a->temp))
+                return cli_fail("%s expects a number >= 0", s);
+            i++;
+        } else if (!strcmp(s, "--seed")) {
+            if ((x = cli_parse_long(s, v, 0, 0x7fffffff)) < 0) return 1;
+            a->seed = (unsigned long long)x, i++;
+        } else if (!strcmp(s, "--threads")) {
+            if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return 1;
+            a->opt.n_threads = (int)x, i++;
+        } else if (!strcmp(s, "--ctx")) {
+            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
+            a->opt.max_context = (int)x, i++;
+        } else if (!strcmp(s, "--print-ids")) {
+            a->print_ids = 1;
+        } else if (!strcmp(s, "--ignore-eos")) {
+            a->ignore_eos = 1;
+        } else if (!strcmp(s, "--json")) {
+            a->json = 1;
+        } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
+            a->opt.verbose = 1;
+        } else if (s[0] == '-' && s[1]) {
+            return cli_fail("unknown option %s (see %s --help)", s, argv[0]);
+        } else if (!a->model) {
+            a->model = s;
+        } else {
+            return cli_fail("unexpected argument \"%s\"", s);
+        }
+    }
+    if (!a->model) return cli_fail("no model directory given\n%s", usage);
+    return 0;
+}
+
+static lazymoe_model *open_model(const model_args *a) {
+    char err[512];
+    lazymoe_model *m;
+    if (lazymoe_model_open(&m, a->model, &a->opt, err, sizeof err) != 0) {
+        cli_fail("%s", err);
+        return NULL;
+    }
+    return m;
+}
+
+static const char logits_usage[] =
+    "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N]\n"
+    "Writes float32 logits [number of ids, vocab] of one forward pass over the ids.\n";
+
+int cmd_logits(int argc, char **argv) {
+    model_args a;
+    int rc = parse_args(argc, argv, &a, logits_usage);
+    if (rc) return rc == 2 ? 0 : rc;
+    if (!a.ids_arg || !a.out) return cli_fail("logits needs --ids and --out\n%s", logits_usage);
+    int32_t *ids;
+    int n = cli_parse_ids(a.ids_arg, &ids);
+    if (n < 0) return 1;
+    lazymoe_model *m = open_model(&a);
+    if (!m) {
+        free(ids);
+        return 1;
+    }
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    char err[512];
+    lazymoe_session *s = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)n * (size_t)info.vocab_size);
+    rc = 1;
+    if (!logits) cli_fail("out of memory for %d x %d logits", n, info.vocab_size);
+    else if (lazymoe_session_create(&s, m, err, sizeof err) != 0 ||
+             lazymoe_session_eval(s, ids, n, logits, 1, err, sizeof err) != 0)
+        cli_fail("%s", err);
+    else {
+        size_t shape[2] = {(size_t)n, (size_t)info.vocab_size};
+        if (lm_npy_write_f32(a.out, logits, shape, 2, err) != 0) cli_fail("%s", err);
+        else rc = 0;
+    }
+    free(logits);
+    free(ids);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+/* splitmix64: small, seedable, good enough for sampling. */
+static double next_uniform(unsigned long long *state) {
+    unsigned long long z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static int pick_token(const float *logits, int V, double temp, unsigned long long *rng) {
+    int best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temp <= 0) return best;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((logits[i] - logits[best]) / temp);
+    double r = next_uniform(rng) * sum, acc = 0;
+    for (int i = 0; i < V; i++) {
+        acc += exp((logits[i] - logits[best]) / temp);
+        if (acc >= r) return i;
+    }
+    return best;
+}
+
+static const char run_usage[] =
+    "usage: lazymoe run MODEL --ids 3,14,15 [-n 32] [--temp 0] [--seed S] [--print-ids] [--ignore-eos]\n"
+    "                  [--threads N] [--ctx N] [-v]\n"
+    "Generates up to -n tokens after the prompt ids through the KV cache (greedy at --temp 0),\n"
+    "stopping after an end-of-sequence id unless --ignore-eos.\n";
+
+int cmd_run(int argc, char **argv) {
+    model_args a;
+    int rc = parse_args(argc, argv, &a, run_usage);
+    if (rc) return rc == 2 ? 0 : rc;
+    if (!a.ids_arg)
+        return cli_fail("run needs the prompt as token ids (--ids 3,14,15); text prompts need the tokenizer");
+    int32_t *ids;
+    int n = cli_parse_ids(a.ids_arg, &ids);
+    if (n < 0) return 1;
+    lazymoe_model *m = open_model(&a);
+    if (!m) {
+        free(ids);
+        return 1;
+    }
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    char err[512];
+    lazymoe_session *s = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
+    unsigned long long rng = a.seed;
+    rc = 1;
+    if (!logits) {
+        cli_fail("out of memory");
+    } else if (lazymoe_session_create(&s, m, err, sizeof err) != 0 ||
+               lazymoe_session_eval(s, ids, n, logits, 0, err, sizeof err) != 0) {
+        cli_fail("%s", err);
+    } else {
+        rc = 0;
+        for (int g = 0; g < a.n_gen; g++) {
+            int32_t tok = pick_token(logits, info.vocab_size, a.temp, &rng);
+            printf("%s%d", g ? " " : "", tok);
+            fflush(stdout);
+            int eos = 0;
+            for (int e = 0; e < info.n_eos; e++) eos |= tok == info.eos_ids[e];
+            if (eos && !a.ignore_eos) break;
+            if (g + 1 == a.n_gen) break;
+            if (lazymoe_session_eval(s, &tok, 1, logits, 0, err, sizeof err) != 0) {
+                printf("\n");
+                cli_fail("%s", err);
+                rc = 1;
+                break;
+            }
+        }
+        if (rc == 0) printf("\n");
+    }
+    (void)a.print_ids; /* ids are the only output until text decoding exists */
+    free(logits);
+    free(ids);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+static void human_bytes(char *buf, size_t n, unsigned long long b) {
+    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 4) v /= 1024, u++;
+    snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", v, unit[u]);
+}
+
+static const char info_usage[] = "usage: lazymoe info MODEL [--json]\n";
+
+int cmd_info(int argc, char **argv) {
+    model_args a;
+    int rc = parse_args(argc, argv, &a, info_usage);
+    if (rc) return rc == 2 ? 0 : rc;
+    a.opt.n_threads = 1;
+    lazymoe_model *m = open_model(&a);
+    if (!m) return 1;
+    lazymoe_model_info i;
+    lazymoe_model_get_info(m, &i);
+    if (a.json) {
+        printf("{\"model_type\": \"%s\", \"layers\": %d, \"moe_layers\": %d, \"experts\": %d, \"top_k\": %d, "
+               "\"hidden_size\": %d, \"vocab_size\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
+               "\"params_total\": %llu, \"params_active\": %llu, \"params_per_expert\": %llu, "
+               "\"bytes_resident\": %llu, \"bytes_per_expert\": %llu, \"bytes_experts\": %llu, "
+               "\"quant_bits\": %d, \"quant_group_size\": %d, \"weight_dtype\": \"%s\"}\n",
+               i.model_type, i.n_layers, i.n_moe_layers, i.n_experts, i.top_k, i.hidden_size, i.vocab_size,
+               i.n_heads, i.n_kv_heads, i.head_dim, (unsigned long long)i.params_total,
+               (unsigned long long)i.params_active, (unsigned long long)i.params_expert,
+               (unsigned long long)i.bytes_resident, (unsigned long long)i.bytes_per_expert,
+               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.weight_dtype);
+    } else {
+        char r[32], pe[32], ex[32];
+        human_bytes(r, sizeof r, i.bytes_resident);
+        human_bytes(pe, sizeof pe, i.bytes_per_expert);
+        human_bytes(ex, sizeof ex, i.bytes_experts);
+        printf("model          %s\n", a.model);
+        printf("architecture   %s\n", i.model_type);
+        printf("layers         %d (%d MoE, %d dense)\n", i.n_layers, i.n_moe_layers, i.n_layers - i.n_moe_layers);
+        printf("experts        %d per MoE layer, top-%d per token\n", i.n_experts, i.top_k);
+        printf("hidden size    %d; %d heads, %d KV heads, head dim %d; vocab %d\n", i.hidden_size, i.n_heads,
+               i.n_kv_heads, i.head_dim, i.vocab_size);
+        printf("parameters     %.3f B total, %.3f B active per token, %.3f M per expert\n",
+               (double)i.params_total / 1e9, (double)i.params_active / 1e9, (double)i.params_expert / 1e6);
+        printf("resident       %s (non-expert weights as stored)\n", r);
+        printf("experts        %s each, %s in total\n", pe, ex);
+        if (i.quant_bits)
+            printf("quantization   MLX affine %d-bit, group size %d (float weights %s)\n", i.quant_bits,
+                   i.quant_group_size, i.weight_dtype);
+        else
+            printf("quantization   none (%s)\n", i.weight_dtype);
+    }
+    lazymoe_model_close(m);
+    return 0;
+}

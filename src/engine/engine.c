@@ -1,0 +1,209 @@
+/* The public API (include/lazymoe.h): model loading, sessions, evaluation. */
+#include "engine/engine.h"
+
+#include "common/error.h"
+#include "platform/platform.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Tokens per forward chunk: bounds scratch memory during long prefills while
+ * keeping expert matmuls batched. */
+#define LM_CHUNK_TOKENS 256
+
+static void copy_err(char *dst, size_t len, const char *src) {
+    if (dst && len) snprintf(dst, len, "%s", src);
+}
+
+void lazymoe_options_init(lazymoe_options *opt) {
+    memset(opt, 0, sizeof *opt);
+}
+
+static void progress_stderr(void *ctx, const char *what, double frac) {
+    (void)ctx;
+    fprintf(stderr, "\r%s: %3.0f%%", what, frac * 100.0);
+    if (frac >= 1.0) fprintf(stderr, "\n");
+}
+
+int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err,
+                       size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    *out = NULL;
+    lazymoe_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        copy_err(err, errlen, "out of memory");
+        return -1;
+    }
+    if (opt) m->opt = *opt;
+    else lazymoe_options_init(&m->opt);
+    if (lm_weights_load(&m->w, dir, m->opt.verbose ? progress_stderr : NULL, NULL, e) != 0) {
+        free(m);
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) {
+        lm_weights_free(&m->w);
+        free(m);
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    int maxc = m->w.cfg.max_position_embeddings;
+    if (maxc > 32768) maxc = 32768;
+    if (m->opt.max_context > 0) maxc = m->opt.max_context;
+    m->max_context = maxc;
+    *out = m;
+    return 0;
+}
+
+void lazymoe_model_close(lazymoe_model *m) {
+    if (!m) return;
+    lm_backend_free(m->be);
+    lm_weights_free(&m->w);
+    free(m);
+}
+
+void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
+    const lm_config *c = &m->w.cfg;
+    memset(info, 0, sizeof *info);
+    snprintf(info->model_type, sizeof info->model_type, "%s", c->model_type);
+    info->n_layers = c->n_layers;
+    for (int l = 0; l < c->n_layers; l++) info->n_moe_layers += m->w.layers[l].is_moe;
+    info->n_experts = c->n_experts;
+    info->top_k = c->top_k;
+    info->hidden_size = c->hidden_size;
+    info->vocab_size = c->vocab_size;
+    info->n_heads = c->n_heads;
+    info->n_kv_heads = c->n_kv_heads;
+    info->head_dim = c->head_dim;
+    info->max_context = m->max_context;
+    info->params_total = m->w.params_total;
+    info->params_active = m->w.params_active;
+    info->params_expert = m->w.params_expert;
+    info->bytes_resident = m->w.bytes_resident;
+    info->bytes_per_expert = m->w.bytes_per_expert;
+    info->bytes_experts = m->w.bytes_experts;
+    info->quant_bits = c->quant_bits;
+    info->quant_group_size = c->quant_group_size;
+    snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
+             m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
+    info->n_eos = c->n_eos;
+    memcpy(info->eos_ids, c->eos_ids, sizeof(int32_t) * (size_t)(c->n_eos < 8 ? c->n_eos : 8));
+}
+
+static void scratch_free(lm_scratch *S) {
+    void *bufs[] = {S->x, S->h, S->q, S->k, S->v, S->att, S->proj, S->router, S->gate, S->up,
+                    S->xe, S->eout, S->sel, S->selw, S->tok_of, S->pos};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
+    memset(S, 0, sizeof *S);
+}
+
+static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
+    size_t H = (size_t)c->hidden_size, nq = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim, E = (size_t)c->n_experts;
+    size_t K = (size_t)c->top_k;
+    size_t F = (size_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
+                                                                        : c->moe_intermediate_size);
+    size_t t = (size_t)T;
+    struct { void **p; size_t bytes; } want[] = {
+        {(void **)&S->x, t * H * 4},      {(void **)&S->h, t * H * 4},
+        {(void **)&S->q, t * nq * 4},     {(void **)&S->k, t * nkv * 4},
+        {(void **)&S->v, t * nkv * 4},    {(void **)&S->att, t * nq * 4},
+        {(void **)&S->proj, t * H * 4}, {(void **)&S->router, t * E * 4},
+        {(void **)&S->gate, t * F * 4},   {(void **)&S->up, t * F * 4},
+        {(void **)&S->xe, t * H * 4},     {(void **)&S->eout, t * K * H * 4},
+        {(void **)&S->sel, t * K * 4},    {(void **)&S->selw, t * K * 4},
+        {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        *want[i].p = lm_malloc_aligned(want[i].bytes, "forward scratch", err);
+        if (!*want[i].p) {
+            scratch_free(S);
+            return -1;
+        }
+    }
+    S->cap_tokens = T;
+    return 0;
+}
+
+int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    *out = NULL;
+    lazymoe_session *s = calloc(1, sizeof *s);
+    int L = m->w.cfg.n_layers;
+    if (!s || !(s->k_cache = calloc((size_t)L, sizeof(float *))) || !(s->v_cache = calloc((size_t)L, sizeof(float *)))) {
+        if (s) free(s->k_cache);
+        free(s);
+        copy_err(err, errlen, "out of memory");
+        return -1;
+    }
+    s->m = m;
+    if (scratch_alloc(&s->s, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0) {
+        lazymoe_session_free(s);
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+void lazymoe_session_free(lazymoe_session *s) {
+    if (!s) return;
+    for (int l = 0; s->k_cache && l < s->m->w.cfg.n_layers; l++) {
+        free(s->k_cache[l]);
+        free(s->v_cache[l]);
+    }
+    free(s->k_cache);
+    free(s->v_cache);
+    scratch_free(&s->s);
+    free(s);
+}
+
+int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
+
+int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
+    if (n < 0 || n > s->n_past) {
+        char e[LM_ERR_LEN];
+        lm_errf(e, "cannot truncate a context of %d tokens to %d", s->n_past, n);
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    s->n_past = n;
+    return 0;
+}
+
+/* Grows the KV caches to hold `need` positions (doubling, capped at max_context). */
+static int ensure_capacity(lazymoe_session *s, int need, char *err) {
+    if (need <= s->cap_ctx) return 0;
+    if (need > s->m->max_context)
+        return lm_errf(err, "context of %d tokens exceeds the maximum of %d", need, s->m->max_context);
+    int cap = s->cap_ctx ? s->cap_ctx : 256;
+    while (cap < need) cap *= 2;
+    if (cap > s->m->max_context) cap = s->m->max_context;
+    const lm_config *c = &s->m->w.cfg;
+    size_t row = (size_t)c->n_kv_heads * (size_t)c->head_dim * sizeof(float);
+    for (int l = 0; l < c->n_layers; l++) {
+        float *k = realloc(s->k_cache[l], row * (size_t)cap);
+        if (!k) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
+        s->k_cache[l] = k;
+        float *v = realloc(s->v_cache[l], row * (size_t)cap);
+        if (!v) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
+        s->v_cache[l] = v;
+    }
+    s->cap_ctx = cap;
+    return 0;
+}
+
+int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions,
+                         char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    if (n <= 0) {
+        copy_err(err, errlen, "no tokens to evaluate");
+        return -1;
+    }
+    if (ensure_capacity(s, s->n_past + n, e) != 0 || lm_forward(s, ids, n, logits, all_positions, e) != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    return 0;
+}

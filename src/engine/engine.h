@@ -1,0 +1,48 @@
+/* Internal definitions behind the opaque public types. */
+#ifndef LAZYMOE_ENGINE_H
+#define LAZYMOE_ENGINE_H
+
+#include "lazymoe.h"
+#include "kernels/backend.h"
+#include "models/model.h"
+
+struct lazymoe_model {
+    lm_weights w;
+    lm_backend *be;
+    lazymoe_options opt;
+    int max_context;
+};
+
+/* Scratch for one forward call over up to `cap_tokens` tokens; sized once per
+ * session growth, so decode allocates nothing. Shapes in floats. */
+typedef struct {
+    int cap_tokens;
+    float *x;       /* [T][H] residual stream */
+    float *h;       /* [T][H] normalised input of a sub-block */
+    float *q;       /* [T][nq] */
+    float *k, *v;   /* [T][nkv] (staging before the cache) */
+    float *att;     /* [T][nq] */
+    float *proj;    /* [T][H] output of o_proj / MLP */
+    float *router;  /* [T][E] */
+    float *gate, *up; /* [T][F] F = max(dense, expert) intermediate; an expert sees <= T tokens */
+    float *xe;      /* [T][H] tokens gathered for one expert */
+    float *eout;    /* [T*top_k][H] expert outputs per (token, slot) */
+    int32_t *sel;   /* [T][top_k] chosen experts */
+    float *selw;    /* [T][top_k] their weights */
+    int32_t *tok_of;  /* [T*top_k] gather lists per expert */
+    int32_t *pos;   /* [T] */
+} lm_scratch;
+
+struct lazymoe_session {
+    lazymoe_model *m;
+    int n_past;
+    int cap_ctx;          /* positions allocated in the caches */
+    float **k_cache, **v_cache; /* [n_layers] -> [cap_ctx][nkv] */
+    lm_scratch s;
+};
+
+/* Runs the model over ids[n] at positions n_past.. (cache already sized). Writes
+ * logits of every token (all = 1) or of the last one into out. */
+int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err);
+
+#endif

@@ -1,0 +1,194 @@
+/* The forward pass shared by every supported family.
+ *
+ * Per layer (shapes in floats, T = tokens in this chunk):
+ *   h = rmsnorm(x)                               [T][H]
+ *   q,k,v = h.Wq, h.Wk, h.Wv (+ q/k norm, clip)   [T][nq], [T][nkv]
+ *   rope(q, k); append k, v to the cache; att = softmax(q.K^T / sqrt(d)).V
+ *   x += att.Wo
+ *   h = rmsnorm(x)
+ *   dense:  x += down(silu(gate(h)) * up(h))
+ *   MoE:    p = softmax(h.Wr); top-k experts per token (renormalised if the
+ *           family says so); every chosen expert runs on the tokens that chose
+ *           it (batched per expert), and each token sums w * expert(h) over its
+ *           experts in ascending expert order -- the order transformers uses, and
+ *           one that does not depend on when an expert's weights became
+ *           available, which keeps lazy and resident runs bit-identical.
+ */
+#include "engine/engine.h"
+
+#include "common/error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BE(s) ((s)->m->be)
+
+static void add_bias(float *y, const float *b, int n, int dim) {
+    if (!b) return;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < dim; i++) y[(size_t)t * (size_t)dim + (size_t)i] += b[i];
+}
+
+static void clamp_all(float *y, size_t n, float lim) {
+    for (size_t i = 0; i < n; i++) y[i] = y[i] > lim ? lim : (y[i] < -lim ? -lim : y[i]);
+}
+
+static void attention_block(lazymoe_session *s, int l, int T) {
+    lm_backend *be = BE(s);
+    const lm_config *c = &s->m->w.cfg;
+    const lm_layer *ly = &s->m->w.layers[l];
+    lm_scratch *S = &s->s;
+    int H = c->hidden_size, hd = c->head_dim, nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
+
+    be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
+    be->ops->matmul(be, S->q, &ly->q, S->h, T);
+    float *kdst = s->k_cache[l] + (size_t)s->n_past * (size_t)nkv;
+    float *vdst = s->v_cache[l] + (size_t)s->n_past * (size_t)nkv;
+    be->ops->matmul(be, kdst, &ly->k, S->h, T);
+    be->ops->matmul(be, vdst, &ly->v, S->h, T);
+    add_bias(S->q, ly->q_bias, T, nq);
+    add_bias(kdst, ly->k_bias, T, nkv);
+    add_bias(vdst, ly->v_bias, T, nkv);
+    if (c->qk_norm == LM_QK_NORM_FULL) {
+        be->ops->rmsnorm(be, S->q, S->q, ly->q_norm, T, nq, c->rms_norm_eps);
+        be->ops->rmsnorm(be, kdst, kdst, ly->k_norm, T, nkv, c->rms_norm_eps);
+    }
+    if (c->clip_qkv > 0) {
+        clamp_all(S->q, (size_t)T * (size_t)nq, c->clip_qkv);
+        clamp_all(kdst, (size_t)T * (size_t)nkv, c->clip_qkv);
+        clamp_all(vdst, (size_t)T * (size_t)nkv, c->clip_qkv);
+    }
+    if (c->qk_norm == LM_QK_NORM_PER_HEAD) {
+        be->ops->rmsnorm(be, S->q, S->q, ly->q_norm, T * c->n_heads, hd, c->rms_norm_eps);
+        be->ops->rmsnorm(be, kdst, kdst, ly->k_norm, T * c->n_kv_heads, hd, c->rms_norm_eps);
+    }
+    be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
+    be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
+    be->ops->attention(be, S->att, S->q, s->k_cache[l], s->v_cache[l], T, s->n_past, c->n_heads,
+                       c->n_kv_heads, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
+    be->ops->matmul(be, S->proj, &ly->o, S->att, T);
+    add_bias(S->proj, ly->o_bias, T, H);
+    for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
+}
+
+static void dense_mlp(lazymoe_session *s, const lm_layer *ly, int T) {
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int F = ly->mlp_gate.rows;
+    be->ops->matmul(be, S->gate, &ly->mlp_gate, S->h, T);
+    be->ops->matmul(be, S->up, &ly->mlp_up, S->h, T);
+    be->ops->swiglu(be, S->gate, S->up, (size_t)T * (size_t)F);
+    be->ops->matmul(be, S->proj, &ly->mlp_down, S->gate, T);
+}
+
+/* Softmax router + top-k: fills sel[T][k] (ascending expert order) and selw. */
+static void route(const lm_config *c, const float *logits, int T, int32_t *sel, float *selw) {
+    int E = c->n_experts, K = c->top_k;
+    for (int t = 0; t < T; t++) {
+        const float *lg = logits + (size_t)t * (size_t)E;
+        float mx = lg[0];
+        for (int e = 1; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
+        float sum = 0;
+        for (int e = 0; e < E; e++) sum += expf(lg[e] - mx);
+        int32_t *st = sel + (size_t)t * (size_t)K;
+        float *wt = selw + (size_t)t * (size_t)K;
+        /* Top-k by probability; ties go to the lower index. K is small: selection sort. */
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++) taken |= st[j] == e;
+                if (!taken && (best < 0 || lg[e] > lg[best])) best = e;
+            }
+            st[k] = best;
+            wt[k] = expf(lg[best] - mx) / sum;
+        }
+        if (c->norm_topk_prob) {
+            float tot = 0;
+            for (int k = 0; k < K; k++) tot += wt[k];
+            for (int k = 0; k < K; k++) wt[k] /= tot;
+        }
+        /* Ascending expert order fixes the summation order. */
+        for (int a = 1; a < K; a++)
+            for (int b = a; b > 0 && st[b - 1] > st[b]; b--) {
+                int32_t ti = st[b]; st[b] = st[b - 1]; st[b - 1] = ti;
+                float tw = wt[b]; wt[b] = wt[b - 1]; wt[b - 1] = tw;
+            }
+    }
+}
+
+static void moe_block(lazymoe_session *s, const lm_layer *ly, int T) {
+    lm_backend *be = BE(s);
+    const lm_config *c = &s->m->w.cfg;
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, K = c->top_k, H = c->hidden_size, I = c->moe_intermediate_size;
+    be->ops->matmul(be, S->router, &ly->router, S->h, T);
+    route(c, S->router, T, S->sel, S->selw);
+    for (int e = 0; e < E; e++) {
+        int m = 0;
+        for (int i = 0; i < T * K; i++)
+            if (S->sel[i] == e) S->tok_of[m++] = i;
+        if (!m) continue;
+        for (int j = 0; j < m; j++)
+            memcpy(S->xe + (size_t)j * (size_t)H, S->h + (size_t)(S->tok_of[j] / K) * (size_t)H,
+                   sizeof(float) * (size_t)H);
+        const lm_expert *ex = &ly->experts[e];
+        be->ops->matmul(be, S->gate, &ex->gate, S->xe, m);
+        be->ops->matmul(be, S->up, &ex->up, S->xe, m);
+        be->ops->swiglu(be, S->gate, S->up, (size_t)m * (size_t)I);
+        be->ops->matmul(be, S->proj, &ex->down, S->gate, m);
+        for (int j = 0; j < m; j++)
+            memcpy(S->eout + (size_t)S->tok_of[j] * (size_t)H, S->proj + (size_t)j * (size_t)H,
+                   sizeof(float) * (size_t)H);
+    }
+    for (int t = 0; t < T; t++) {
+        float *y = S->proj + (size_t)t * (size_t)H;
+        memset(y, 0, sizeof(float) * (size_t)H);
+        for (int k = 0; k < K; k++) {
+            float wk = S->selw[t * K + k];
+            const float *o = S->eout + ((size_t)t * (size_t)K + (size_t)k) * (size_t)H;
+            for (int i = 0; i < H; i++) y[i] += o[i] * wk;
+        }
+    }
+}
+
+static void embed(lazymoe_session *s, const int32_t *ids, int T) {
+    const lm_weights *w = &s->m->w;
+    int H = w->cfg.hidden_size;
+    for (int t = 0; t < T; t++) lm_mat_row_f32(&w->embed, ids[t], s->s.x + (size_t)t * (size_t)H);
+}
+
+int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err) {
+    const lm_weights *w = &s->m->w;
+    const lm_config *c = &w->cfg;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int H = c->hidden_size, V = c->vocab_size;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return lm_errf(err, "token id %d at position %d is outside the vocabulary (0..%d)", ids[i], i, V - 1);
+    for (int done = 0; done < n;) {
+        int T = n - done < S->cap_tokens ? n - done : S->cap_tokens;
+        for (int t = 0; t < T; t++) S->pos[t] = s->n_past + t;
+        embed(s, ids + done, T);
+        for (int l = 0; l < c->n_layers; l++) {
+            const lm_layer *ly = &w->layers[l];
+            attention_block(s, l, T);
+            be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
+            if (ly->is_moe) moe_block(s, ly, T);
+            else dense_mlp(s, ly, T);
+            for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
+        }
+        s->n_past += T;
+        done += T;
+        if (out && (all || done == n)) {
+            int first = all ? 0 : T - 1;
+            int rows = T - first;
+            be->ops->rmsnorm(be, S->h, S->x + (size_t)first * (size_t)H, w->final_norm, rows, H, c->rms_norm_eps);
+            float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
+            be->ops->matmul(be, dst, &w->lm_head, S->h, rows);
+        }
+    }
+    return 0;
+}

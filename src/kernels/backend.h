@@ -1,0 +1,71 @@
+/* The tensor-work interface the model code calls.
+ *
+ * Model code (src/engine/forward.c) never touches numbers itself beyond routing
+ * decisions: it calls these operations through a backend table, so a CUDA
+ * backend can implement the same table without the model code changing.
+ * Activations are float32 arrays allocated through the backend (on CPU, host
+ * memory); weights are lm_mat views of memory in their stored precision.
+ *
+ * Determinism contract: for the same inputs an operation returns bit-identical
+ * results regardless of thread count or scheduling, so lazily loaded experts
+ * give exactly the numbers of resident ones.
+ */
+#ifndef LAZYMOE_BACKEND_H
+#define LAZYMOE_BACKEND_H
+
+#include "formats/dtype.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A weight matrix [rows (outputs), cols (inputs)], row-major, in stored precision.
+ *  float:  dtype F32/F16/BF16, data = rows*cols elements
+ *  affine: dtype U32 (MLX), data = rows x (cols*bits/32) packed words, lowest bits
+ *          first; scales and biases rows x (cols/group_size) of qdtype;
+ *          w[r][c] = scale[r][c/g] * q[r][c] + bias[r][c/g]
+ * The view does not own its memory. */
+typedef struct {
+    lm_dtype dtype;
+    int rows, cols;
+    const void *data;
+    int bits, group_size;
+    lm_dtype qdtype;
+    const void *scales, *biases;
+} lm_mat;
+
+/* Bytes the matrix occupies as stored (scales and biases included). */
+uint64_t lm_mat_bytes(const lm_mat *m);
+/* Row r as float32 into out[cols] (embedding lookup, tests). */
+void lm_mat_row_f32(const lm_mat *m, int r, float *out);
+
+typedef struct lm_backend lm_backend;
+
+typedef struct {
+    const char *name;
+    /* y[n][W.rows] = x[n][W.cols] . W^T */
+    void (*matmul)(lm_backend *be, float *y, const lm_mat *W, const float *x, int n);
+    /* y[n][dim] = x / sqrt(mean(x^2) + eps) * w ; y may alias x */
+    void (*rmsnorm)(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps);
+    /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half
+     * convention) at positions pos[n] with inverse frequencies inv_freq[half]. */
+    void (*rope)(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                 const float *inv_freq, int half);
+    /* Causal attention of n new queries q[n][n_heads*hd] at positions pos0..pos0+n-1
+     * over cached keys/values k,v[pos0+n][n_kv*hd]; out[n][n_heads*hd].
+     * window > 0 limits each query to the last `window` positions. */
+    void (*attention)(lm_backend *be, float *out, const float *q, const float *k, const float *v,
+                      int n, int pos0, int n_heads, int n_kv, int hd, float scale, int window);
+    /* g[i] = silu(g[i]) * u[i] */
+    void (*swiglu)(lm_backend *be, float *g, const float *u, size_t n);
+} lm_backend_ops;
+
+struct lm_backend {
+    const lm_backend_ops *ops;
+    void *impl;
+};
+
+/* CPU backend with a pool of n_threads workers (0 = all cores). */
+int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err);
+void lm_backend_free(lm_backend *be);
+
+#endif

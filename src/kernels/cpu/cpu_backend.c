@@ -1,0 +1,347 @@
+/* Portable CPU backend: the reference implementation of lm_backend_ops.
+ *
+ * Weights are read in their stored precision and widened to f32 inside the
+ * dot products; every accumulation is f32. Work is split across the thread
+ * pool by output rows (matmul) or by (token, head) pairs (attention); each
+ * output element is produced by exactly one thread in a fixed order, which
+ * keeps results independent of the thread count.
+ * SIMD paths (AVX2/AVX-512/NEON) will be added beside this file and checked
+ * against it.
+ */
+#include "kernels/backend.h"
+
+#include "common/error.h"
+#include "kernels/cpu/threadpool.h"
+#include "platform/platform.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    lm_pool *pool;
+    float *xsum; /* per-token per-group input sums for affine matmul */
+    size_t xsum_cap;
+} cpu_impl;
+
+uint64_t lm_mat_bytes(const lm_mat *m) {
+    uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
+    if (m->dtype == LM_DT_U32)
+        return n * (uint64_t)m->bits / 8 +
+               2 * (uint64_t)m->rows * (uint64_t)(m->cols / m->group_size) * lm_dtype_size(m->qdtype);
+    return n * lm_dtype_size(m->dtype);
+}
+
+/* ---- unpacking affine weights ------------------------------------------------- */
+
+/* q value c of a packed row (bitstream, lowest bits first). */
+static inline uint32_t affine_q(const uint32_t *row, int bits, int c) {
+    if (bits == 4) return (row[c >> 3] >> ((c & 7) * 4)) & 15u;
+    if (bits == 8) return (row[c >> 2] >> ((c & 3) * 8)) & 255u;
+    if (bits == 2) return (row[c >> 4] >> ((c & 15) * 2)) & 3u;
+    uint64_t bit = (uint64_t)c * (uint64_t)bits;
+    const uint8_t *bytes = (const uint8_t *)row;
+    uint32_t v = 0;
+    for (int b = 0; b < bits; b++) {
+        uint64_t p = bit + (uint64_t)b;
+        v |= (uint32_t)((bytes[p >> 3] >> (p & 7)) & 1u) << b;
+    }
+    return v;
+}
+
+static inline const uint32_t *affine_row(const lm_mat *m, int r) {
+    size_t words_per_row = (size_t)m->cols * (size_t)m->bits / 32;
+    return (const uint32_t *)m->data + (size_t)r * words_per_row;
+}
+
+void lm_mat_row_f32(const lm_mat *m, int r, float *out) {
+    if (m->dtype != LM_DT_U32) {
+        const char *base = (const char *)m->data + (size_t)r * (size_t)m->cols * lm_dtype_size(m->dtype);
+        lm_convert_to_f32(out, base, m->dtype, (size_t)m->cols);
+        return;
+    }
+    const uint32_t *row = affine_row(m, r);
+    int ng = m->cols / m->group_size;
+    for (int g = 0; g < ng; g++) {
+        float s = lm_load_float(m->scales, m->qdtype, (size_t)r * (size_t)ng + (size_t)g);
+        float b = lm_load_float(m->biases, m->qdtype, (size_t)r * (size_t)ng + (size_t)g);
+        for (int i = 0; i < m->group_size; i++) {
+            int c = g * m->group_size + i;
+            out[c] = s * (float)affine_q(row, m->bits, c) + b;
+        }
+    }
+}
+
+/* ---- dot products ------------------------------------------------------------- */
+
+static float dot_f32(const float *w, const float *x, int n) {
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += w[i] * x[i];
+        a1 += w[i + 1] * x[i + 1];
+        a2 += w[i + 2] * x[i + 2];
+        a3 += w[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++) a0 += w[i] * x[i];
+    return (a0 + a1) + (a2 + a3);
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += lm_bf16_to_f32(w[i]) * x[i];
+        a1 += lm_bf16_to_f32(w[i + 1]) * x[i + 1];
+        a2 += lm_bf16_to_f32(w[i + 2]) * x[i + 2];
+        a3 += lm_bf16_to_f32(w[i + 3]) * x[i + 3];
+    }
+    for (; i < n; i++) a0 += lm_bf16_to_f32(w[i]) * x[i];
+    return (a0 + a1) + (a2 + a3);
+}
+
+static float dot_f16(const uint16_t *w, const float *x, int n) {
+    float a0 = 0, a1 = 0;
+    int i = 0;
+    for (; i + 2 <= n; i += 2) {
+        a0 += lm_f16_to_f32(w[i]) * x[i];
+        a1 += lm_f16_to_f32(w[i + 1]) * x[i + 1];
+    }
+    for (; i < n; i++) a0 += lm_f16_to_f32(w[i]) * x[i];
+    return a0 + a1;
+}
+
+/* sum_g scale_g * (q_g . x_g) + bias_g * sum(x_g) */
+static float dot_affine(const lm_mat *m, int r, const float *x, const float *xsum) {
+    const uint32_t *row = affine_row(m, r);
+    int gs = m->group_size, ng = m->cols / gs;
+    size_t sb = (size_t)r * (size_t)ng;
+    float acc = 0;
+    for (int g = 0; g < ng; g++) {
+        const float *xg = x + (size_t)g * (size_t)gs;
+        float qd = 0;
+        if (m->bits == 4) {
+            const uint32_t *wp = row + (size_t)g * (size_t)gs / 8;
+            for (int j = 0; j < gs / 8; j++) {
+                uint32_t w = wp[j];
+                const float *xx = xg + j * 8;
+                qd += (float)(w & 15u) * xx[0] + (float)((w >> 4) & 15u) * xx[1] +
+                      (float)((w >> 8) & 15u) * xx[2] + (float)((w >> 12) & 15u) * xx[3] +
+                      (float)((w >> 16) & 15u) * xx[4] + (float)((w >> 20) & 15u) * xx[5] +
+                      (float)((w >> 24) & 15u) * xx[6] + (float)(w >> 28) * xx[7];
+            }
+        } else if (m->bits == 8) {
+            const uint32_t *wp = row + (size_t)g * (size_t)gs / 4;
+            for (int j = 0; j < gs / 4; j++) {
+                uint32_t w = wp[j];
+                const float *xx = xg + j * 4;
+                qd += (float)(w & 255u) * xx[0] + (float)((w >> 8) & 255u) * xx[1] +
+                      (float)((w >> 16) & 255u) * xx[2] + (float)(w >> 24) * xx[3];
+            }
+        } else {
+            for (int i = 0; i < gs; i++) qd += (float)affine_q(row, m->bits, g * gs + i) * xg[i];
+        }
+        float xs;
+        if (xsum) {
+            xs = xsum[g];
+        } else {
+            xs = 0;
+            for (int i = 0; i < gs; i++) xs += xg[i];
+        }
+        float s = lm_load_float(m->scales, m->qdtype, sb + (size_t)g);
+        float b = lm_load_float(m->biases, m->qdtype, sb + (size_t)g);
+        acc += s * qd + b * xs;
+    }
+    return acc;
+}
+
+/* ---- matmul --------------------------------------------------------------------- */
+
+typedef struct {
+    float *y;
+    const lm_mat *W;
+    const float *x;
+    const float *xsum;
+    int n, rows_per_task;
+} matmul_job;
+
+static void matmul_task(void *ctx, int task) {
+    const matmul_job *j = ctx;
+    const lm_mat *W = j->W;
+    int r0 = task * j->rows_per_task;
+    int r1 = r0 + j->rows_per_task;
+    if (r1 > W->rows) r1 = W->rows;
+    int cols = W->cols, ng = W->dtype == LM_DT_U32 ? cols / W->group_size : 0;
+    for (int r = r0; r < r1; r++) {
+        for (int t = 0; t < j->n; t++) {
+            const float *x = j->x + (size_t)t * (size_t)cols;
+            float v;
+            switch (W->dtype) {
+            case LM_DT_F32: v = dot_f32((const float *)W->data + (size_t)r * (size_t)cols, x, cols); break;
+            case LM_DT_BF16: v = dot_bf16((const uint16_t *)W->data + (size_t)r * (size_t)cols, x, cols); break;
+            case LM_DT_F16: v = dot_f16((const uint16_t *)W->data + (size_t)r * (size_t)cols, x, cols); break;
+            default: v = dot_affine(W, r, x, j->xsum ? j->xsum + (size_t)t * (size_t)ng : NULL); break;
+            }
+            j->y[(size_t)t * (size_t)W->rows + (size_t)r] = v;
+        }
+    }
+}
+
+static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
+    cpu_impl *impl = be->impl;
+    matmul_job j = {.y = y, .W = W, .x = x, .n = n};
+    if (W->dtype == LM_DT_U32) {
+        int ng = W->cols / W->group_size;
+        size_t need = (size_t)n * (size_t)ng;
+        if (need > impl->xsum_cap) {
+            /* Grows to the largest batch seen (decode then allocates nothing); if
+             * memory is short the sums are computed inside each dot instead, with
+             * the same result. */
+            float *nx = realloc(impl->xsum, need * sizeof(float));
+            if (nx) {
+                impl->xsum = nx;
+                impl->xsum_cap = need;
+            }
+        }
+        for (int t = 0; need <= impl->xsum_cap && t < n; t++)
+            for (int g = 0; g < ng; g++) {
+                const float *xg = x + (size_t)t * (size_t)W->cols + (size_t)g * (size_t)W->group_size;
+                float s = 0;
+                for (int i = 0; i < W->group_size; i++) s += xg[i];
+                impl->xsum[(size_t)t * (size_t)ng + (size_t)g] = s;
+            }
+        j.xsum = need <= impl->xsum_cap ? impl->xsum : NULL;
+    }
+    int threads = lm_pool_size(impl->pool);
+    int tasks = threads * 8;
+    int rpt = (W->rows + tasks - 1) / tasks;
+    if (rpt < 4) rpt = 4;
+    j.rows_per_task = rpt;
+    lm_pool_run(impl->pool, (W->rows + rpt - 1) / rpt, matmul_task, &j);
+}
+
+/* ---- elementwise ------------------------------------------------------------------ */
+
+static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    (void)be;
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * (size_t)dim;
+        float *yt = y + (size_t)t * (size_t)dim;
+        float ss = 0;
+        for (int i = 0; i < dim; i++) ss += xt[i] * xt[i];
+        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int i = 0; i < dim; i++) yt[i] = w[i] * (xt[i] * inv);
+    }
+}
+
+static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                     const float *inv_freq, int half) {
+    (void)be;
+    for (int t = 0; t < n; t++) {
+        float p = (float)pos[t];
+        for (int i = 0; i < half; i++) {
+            float ang = p * inv_freq[i];
+            float c = cosf(ang), s = sinf(ang);
+            for (int h = 0; h < n_heads; h++) {
+                float *xh = x + ((size_t)t * (size_t)n_heads + (size_t)h) * (size_t)head_dim;
+                float x1 = xh[i], x2 = xh[i + half];
+                xh[i] = x1 * c - x2 * s;
+                xh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float a = g[i];
+        g[i] = a / (1.0f + expf(-a)) * u[i];
+    }
+}
+
+/* ---- attention -------------------------------------------------------------------- */
+
+typedef struct {
+    float *out;
+    const float *q, *k, *v;
+    int n, pos0, n_heads, n_kv, hd, window;
+    float scale;
+} attn_job;
+
+/* One (token, head): online softmax over the visible keys, single pass. */
+static void attn_task(void *ctx, int task) {
+    const attn_job *j = ctx;
+    int t = task / j->n_heads, h = task % j->n_heads;
+    int kvh = h / (j->n_heads / j->n_kv);
+    int pos = j->pos0 + t;
+    int first = 0;
+    if (j->window > 0 && pos - j->window + 1 > 0) first = pos - j->window + 1;
+    const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->hd;
+    float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->hd;
+    size_t kv_stride = (size_t)j->n_kv * (size_t)j->hd;
+    float m = -INFINITY, l = 0;
+    for (int d = 0; d < j->hd; d++) o[d] = 0;
+    for (int p = first; p <= pos; p++) {
+        const float *kp = j->k + (size_t)p * kv_stride + (size_t)kvh * (size_t)j->hd;
+        const float *vp = j->v + (size_t)p * kv_stride + (size_t)kvh * (size_t)j->hd;
+        float s = dot_f32(kp, q, j->hd) * j->scale;
+        if (s > m) {
+            float corr = expf(m - s); /* 0 on the first key */
+            l *= corr;
+            for (int d = 0; d < j->hd; d++) o[d] *= corr;
+            m = s;
+        }
+        float e = expf(s - m);
+        l += e;
+        for (int d = 0; d < j->hd; d++) o[d] += e * vp[d];
+    }
+    float inv = 1.0f / l;
+    for (int d = 0; d < j->hd; d++) o[d] *= inv;
+}
+
+static void cpu_attention(lm_backend *be, float *out, const float *q, const float *k, const float *v,
+                          int n, int pos0, int n_heads, int n_kv, int hd, float scale, int window) {
+    cpu_impl *impl = be->impl;
+    attn_job j = {out, q, k, v, n, pos0, n_heads, n_kv, hd, window, scale};
+    lm_pool_run(impl->pool, n * n_heads, attn_task, &j);
+}
+
+static const lm_backend_ops cpu_ops = {
+    .name = "cpu",
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+};
+
+int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
+    *out = NULL;
+    if (n_threads <= 0) n_threads = lm_cpu_count();
+    lm_backend *be = calloc(1, sizeof *be);
+    cpu_impl *impl = calloc(1, sizeof *impl);
+    if (!be || !impl) {
+        free(be);
+        free(impl);
+        return lm_errf(err, "out of memory");
+    }
+    if (lm_pool_create(&impl->pool, n_threads, err) != 0) {
+        free(be);
+        free(impl);
+        return -1;
+    }
+    be->ops = &cpu_ops;
+    be->impl = impl;
+    *out = be;
+    return 0;
+}
+
+void lm_backend_free(lm_backend *be) {
+    if (!be) return;
+    cpu_impl *impl = be->impl;
+    lm_pool_free(impl->pool);
+    free(impl->xsum);
+    free(impl);
+    free(be);
+}

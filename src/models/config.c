@@ -1,0 +1,402 @@
+#include "models/config.h"
+
+#include "common/error.h"
+
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *arch_names[LM_ARCH_COUNT] = {"qwen3_moe", "mixtral", "olmoe"};
+
+const char *lm_config_supported_types(void) { return "qwen3_moe, mixtral, olmoe"; }
+
+#define REQUIRED LLONG_MIN
+
+/* Reads an integer field; `def` when absent or null (REQUIRED: absence is an
+ * error). Errors on a wrong type or a value (given or default) out of range. */
+static int get_int(json_t *o, const char *key, long long def, long long lo, long long hi,
+                   long long *out, char *err) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        if (def == REQUIRED) return lm_errf(err, "config.json is missing '%s'", key);
+        *out = def;
+    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+               fabs(json_real_value(v)) < 9e18)
+        *out = (long long)json_real_value(v);
+    else if (json_is_integer(v))
+        *out = json_integer_value(v);
+    else
+        return lm_errf(err, "config.json: '%s' must be an integer", key);
+    if (*out < lo || *out > hi)
+        return lm_errf(err, "config.json: '%s' = %lld is out of range [%lld, %lld]", key, *out, lo, hi);
+    return 0;
+}
+
+static int get_num(json_t *o, const char *key, double def, double *out, char *err) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v)) return lm_errf(err, "config.json: '%s' must be a number", key);
+    *out = json_number_value(v);
+    if (!isfinite(*out)) return lm_errf(err, "config.json: '%s' is not finite", key);
+    return 0;
+}
+
+static int get_bool(json_t *o, const char *key, int def, int *out, char *err) {
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_boolean(v)) return lm_errf(err, "config.json: '%s' must be true or false", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* First present key among aliases (e.g. num_experts / num_local_experts). */
+static const char *first_key(json_t *o, const char *const *keys) {
+    for (int i = 0; keys[i]; i++) {
+        json_t *v = json_object_get(o, keys[i]);
+        if (v && !json_is_null(v)) return keys[i];
+    }
+    return keys[0];
+}
+
+static int parse_eos(lm_config *c, json_t *v, char *err) {
+    if (!v || json_is_null(v)) return 0;
+    c->n_eos = 0;
+    if (json_is_integer(v)) {
+        c->eos_ids[c->n_eos++] = (int32_t)json_integer_value(v);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            if (!json_is_integer(e)) return lm_errf(err, "eos_token_id entries must be integers");
+            if (c->n_eos < LM_MAX_EOS) c->eos_ids[c->n_eos++] = (int32_t)json_integer_value(e);
+        }
+    } else {
+        return lm_errf(err, "eos_token_id must be an integer or a list");
+    }
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] < 0 || c->eos_ids[i] >= c->vocab_size)
+            return lm_errf(err, "eos_token_id %d is outside the vocabulary (%d)", c->eos_ids[i],
+                           c->vocab_size);
+    return 0;
+}
+
+static int parse_quant(lm_config *c, json_t *q, char *err) {
+    if (!q || json_is_null(q)) return 0;
+    if (!json_is_object(q)) return lm_errf(err, "config.json: 'quantization' must be an object");
+    long long bits, gs;
+    if (get_int(q, "bits", 4, 1, 8, &bits, err) || get_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
+        return -1;
+    json_t *mode = json_object_get(q, "mode");
+    if (mode && json_is_string(mode) && strcmp(json_string_value(mode), "affine") != 0)
+        return lm_errf(err, "quantization mode '%s' is not supported (only MLX 'affine')",
+                       json_string_value(mode));
+    c->quant_bits = (int)bits;
+    c->quant_group_size = (int)gs;
+    size_t n = json_object_size(q);
+    c->quant_overrides = calloc(n + 1, sizeof(lm_quant_override));
+    if (!c->quant_overrides) return lm_errf(err, "out of memory");
+    const char *key;
+    json_t *v;
+    json_object_foreach(q, key, v) {
+        if (!strcmp(key, "bits") || !strcmp(key, "group_size") || !strcmp(key, "mode")) continue;
+        lm_quant_override *o = &c->quant_overrides[c->n_quant_overrides];
+        if (json_is_false(v)) {
+            o->bits = 0;
+            o->group_size = 0;
+        } else if (json_is_object(v)) {
+            long long b, g;
+            if (get_int(v, "bits", bits, 1, 8, &b, err) || get_int(v, "group_size", gs, 1, 1 << 20, &g, err))
+                return lm_err_prefix(err, "quantization override '%s'", key);
+            o->bits = (int)b;
+            o->group_size = (int)g;
+        } else {
+            continue; /* other metadata keys */
+        }
+        o->path = strdup(key);
+        if (!o->path) return lm_errf(err, "out of memory");
+        c->n_quant_overrides++;
+    }
+    return 0;
+}
+
+void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size) {
+    *bits = c->quant_bits;
+    *group_size = c->quant_group_size;
+    for (int i = 0; i < c->n_quant_overrides; i++)
+        if (strcmp(c->quant_overrides[i].path, path) == 0) {
+            *bits = c->quant_overrides[i].bits;
+            *group_size = c->quant_overrides[i].group_size;
+        }
+}
+
+static int parse_rope(lm_config *c, json_t *root, char *err) {
+    /* Newer transformers: rope_parameters {rope_theta, rope_type, factor, ...};
+     * older: top-level rope_theta plus optional rope_scaling {type|rope_type, factor}. */
+    json_t *params = json_object_get(root, "rope_parameters");
+    json_t *scaling = json_object_get(root, "rope_scaling");
+    double theta;
+    if (get_num(root, "rope_theta", 10000.0, &theta, err)) return -1;
+    json_t *typed = NULL;
+    if (params && json_is_object(params)) {
+        if (get_num(params, "rope_theta", theta, &theta, err)) return -1;
+        typed = params;
+    } else if (params && !json_is_null(params)) {
+        return lm_errf(err, "config.json: 'rope_parameters' must be an object");
+    }
+    if (scaling && json_is_object(scaling)) typed = scaling;
+    else if (scaling && !json_is_null(scaling))
+        return lm_errf(err, "config.json: 'rope_scaling' must be an object");
+    c->rope_theta = theta;
+    c->rope_type = LM_ROPE_DEFAULT;
+    c->rope_factor = 1.0;
+    if (typed) {
+        json_t *t = json_object_get(typed, "rope_type");
+        if (!t || !json_is_string(t)) t = json_object_get(typed, "type");
+        const char *type = (t && json_is_string(t)) ? json_string_value(t) : "default";
+        if (!strcmp(type, "default")) {
+            c->rope_type = LM_ROPE_DEFAULT;
+        } else if (!strcmp(type, "linear")) {
+            c->rope_type = LM_ROPE_LINEAR;
+            if (get_num(typed, "factor", 1.0, &c->rope_factor, err)) return -1;
+            if (c->rope_factor <= 0) return lm_errf(err, "rope factor must be positive");
+        } else {
+            return lm_errf(err, "RoPE type '%s' is not supported yet (supported: default, linear)", type);
+        }
+        json_t *prf = json_object_get(typed, "partial_rotary_factor");
+        if (prf && json_is_number(prf) && json_number_value(prf) != 1.0)
+            return lm_errf(err, "partial_rotary_factor %g is not supported for %s", json_number_value(prf),
+                           c->model_type);
+    }
+    if (!(c->rope_theta > 0)) return lm_errf(err, "rope_theta must be positive");
+    return 0;
+}
+
+int lm_config_parse(lm_config *c, const char *config_json, const char *generation_json, char *err) {
+    memset(c, 0, sizeof *c);
+    c->bos_id = -1;
+    json_error_t je;
+    json_t *root = json_loads(config_json, JSON_REJECT_DUPLICATES, &je);
+    if (!root) return lm_errf(err, "config.json is not valid JSON: %s (line %d)", je.text, je.line);
+    json_t *gen = NULL;
+    int rc = -1;
+    long long v;
+    if (!json_is_object(root)) {
+        lm_errf(err, "config.json is not a JSON object");
+        goto done;
+    }
+    json_t *mt = json_object_get(root, "model_type");
+    if (!json_is_string(mt)) {
+        lm_errf(err, "config.json has no model_type (supported: %s)", lm_config_supported_types());
+        goto done;
+    }
+    snprintf(c->model_type, sizeof c->model_type, "%s", json_string_value(mt));
+    c->arch = LM_ARCH_COUNT;
+    for (int a = 0; a < LM_ARCH_COUNT; a++)
+        if (strcmp(c->model_type, arch_names[a]) == 0) c->arch = (lm_arch_id)a;
+    if (c->arch == LM_ARCH_COUNT) {
+        lm_errf(err, "model_type '%.64s' is not supported (supported: %s)", json_string_value(mt),
+                lm_config_supported_types());
+        goto done;
+    }
+    /* Some checkpoints nest the text model's config (multimodal wrappers). */
+    json_t *tc = json_object_get(root, "text_config");
+    json_t *o = (tc && json_is_object(tc) && !json_object_get(root, "hidden_size")) ? tc : root;
+
+#define INT_FIELD(dst, key, def, lo, hi)                                                  \
+    do {                                                                                  \
+        if (get_int(o, key, def, lo, hi, &v, err)) goto done;                             \
+        dst = (int)v;                                                                     \
+    } while (0)
+    const int BIG = 1 << 24;
+    INT_FIELD(c->vocab_size, "vocab_size", REQUIRED, 1, BIG);
+    INT_FIELD(c->hidden_size, "hidden_size", REQUIRED, 1, 1 << 18);
+    INT_FIELD(c->n_layers, "num_hidden_layers", REQUIRED, 1, 4096);
+    INT_FIELD(c->n_heads, "num_attention_heads", REQUIRED, 1, 4096);
+    INT_FIELD(c->n_kv_heads, "num_key_value_heads", c->n_heads, 1, 4096);
+    INT_FIELD(c->head_dim, "head_dim", c->hidden_size / c->n_heads, 1, 1 << 14);
+    INT_FIELD(c->intermediate_size, "intermediate_size", 0, 0, 1 << 20);
+    INT_FIELD(c->moe_intermediate_size, "moe_intermediate_size", c->intermediate_size, 1, 1 << 20);
+    static const char *const expert_keys[] = {"num_experts", "num_local_experts", "n_routed_experts", NULL};
+    INT_FIELD(c->n_experts, first_key(o, expert_keys), REQUIRED, 1, 1 << 16);
+    INT_FIELD(c->top_k, "num_experts_per_tok", REQUIRED, 1, 1 << 16);
+    INT_FIELD(c->decoder_sparse_step, "decoder_sparse_step", 1, 1, 4096);
+    INT_FIELD(c->max_position_embeddings, "max_position_embeddings", 4096, 1, 1 << 30);
+#undef INT_FIELD
+    if (c->hidden_size % c->n_heads && !json_object_get(o, "head_dim")) {
+        lm_errf(err, "config.json: hidden_size %d is not divisible by num_attention_heads %d",
+                c->hidden_size, c->n_heads);
+        goto done;
+    }
+    if (c->n_heads % c->n_kv_heads) {
+        lm_errf(err, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                c->n_heads, c->n_kv_heads);
+        goto done;
+    }
+    if (c->head_dim % 2) {
+        lm_errf(err, "config.json: head_dim %d must be even for RoPE", c->head_dim);
+        goto done;
+    }
+    if (c->top_k > c->n_experts) {
+        lm_errf(err, "config.json: num_experts_per_tok %d exceeds the number of experts %d", c->top_k,
+                c->n_experts);
+        goto done;
+    }
+    if (c->arch == LM_ARCH_MIXTRAL) c->moe_intermediate_size = c->intermediate_size;
+    if (c->moe_intermediate_size <= 0) {
+        lm_errf(err, "config.json: intermediate size of the experts is missing");
+        goto done;
+    }
+    double eps;
+    if (get_num(o, "rms_norm_eps", 1e-6, &eps, err)) goto done;
+    c->rms_norm_eps = (float)eps;
+    double clip;
+    if (get_num(o, "clip_qkv", 0.0, &clip, err)) goto done;
+    if (clip < 0) {
+        lm_errf(err, "config.json: clip_qkv must be positive");
+        goto done;
+    }
+    c->clip_qkv = (float)clip;
+    if (get_bool(o, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) goto done;
+    if (get_bool(o, "attention_bias", 0, &c->attention_bias, err)) goto done;
+    if (get_bool(o, "norm_topk_prob", c->arch == LM_ARCH_MIXTRAL, &c->norm_topk_prob, err)) goto done;
+    if (c->arch == LM_ARCH_MIXTRAL) c->norm_topk_prob = 1; /* softmax over the top-k logits */
+    c->qk_norm = c->arch == LM_ARCH_QWEN3_MOE ? LM_QK_NORM_PER_HEAD
+               : c->arch == LM_ARCH_OLMOE     ? LM_QK_NORM_FULL
+                                              : LM_QK_NORM_NONE;
+    json_t *act = json_object_get(o, "hidden_act");
+    if (act && json_is_string(act) && strcmp(json_string_value(act), "silu") != 0) {
+        lm_errf(err, "hidden_act '%s' is not supported (only silu)", json_string_value(act));
+        goto done;
+    }
+    /* Sliding window: mixtral applies it when set; qwen3_moe only with use_sliding_window. */
+    long long sw = 0;
+    json_t *swv = json_object_get(o, "sliding_window");
+    if (swv && json_is_integer(swv)) sw = json_integer_value(swv);
+    int use_sw = c->arch == LM_ARCH_MIXTRAL;
+    if (c->arch == LM_ARCH_QWEN3_MOE && get_bool(o, "use_sliding_window", 0, &use_sw, err)) goto done;
+    if (use_sw && sw > 0) {
+        if (c->arch == LM_ARCH_QWEN3_MOE) {
+            lm_errf(err, "qwen3_moe with use_sliding_window is not supported yet");
+            goto done;
+        }
+        c->sliding_window = (int)(sw > (1 << 30) ? (1 << 30) : sw);
+    }
+    if (parse_rope(c, o, err)) goto done;
+
+    c->mlp_only = calloc((size_t)c->n_layers, 1);
+    if (!c->mlp_only) {
+        lm_errf(err, "out of memory");
+        goto done;
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        c->mlp_only[l] = (l + 1) % c->decoder_sparse_step != 0;
+    json_t *mol = json_object_get(o, "mlp_only_layers");
+    if (mol && json_is_array(mol)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(mol, i, e) {
+            if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) >= c->n_layers) {
+                lm_errf(err, "config.json: mlp_only_layers[%zu] is not a layer index", i);
+                goto done;
+            }
+            c->mlp_only[json_integer_value(e)] = 1;
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->mlp_only[l] && c->intermediate_size <= 0) {
+            lm_errf(err, "config.json: layer %d is dense but intermediate_size is missing", l);
+            goto done;
+        }
+
+    if (parse_eos(c, json_object_get(o, "eos_token_id"), err)) goto done;
+    json_t *bos = json_object_get(o, "bos_token_id");
+    if (bos && json_is_integer(bos)) c->bos_id = (int32_t)json_integer_value(bos);
+    if (generation_json) {
+        gen = json_loads(generation_json, 0, &je);
+        if (!gen || !json_is_object(gen)) {
+            lm_errf(err, "generation_config.json is not a valid JSON object");
+            goto done;
+        }
+        if (parse_eos(c, json_object_get(gen, "eos_token_id"), err)) {
+            lm_err_prefix(err, "generation_config.json");
+            goto done;
+        }
+    }
+    json_t *q = json_object_get(root, "quantization");
+    if (!q) q = json_object_get(root, "quantization_config");
+    if (parse_quant(c, q, err)) goto done;
+    rc = 0;
+done:
+    json_decref(root);
+    json_decref(gen);
+    if (rc != 0) lm_config_free(c);
+    return rc;
+}
+
+static char *read_text_file(const char *path, size_t limit, char *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 65536;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                lm_errf(err, "out of memory reading %s", path);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0) break;
+        if (len > limit) {
+            free(buf);
+            fclose(f);
+            lm_errf(err, "%s is larger than %zu bytes", path, limit);
+            return NULL;
+        }
+    }
+    fclose(f);
+    buf[len] = 0;
+    return buf;
+}
+
+int lm_config_load(lm_config *cfg, const char *dir, char *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (err) err[0] = 0;
+    char *text = read_text_file(path, 16u << 20, err);
+    if (!text) {
+        if (err && err[0]) return -1;
+        return lm_errf(err, "%s: cannot read (is %s a model directory?)", path, dir);
+    }
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    char *gen = read_text_file(path, 16u << 20, err);
+    int rc = lm_config_parse(cfg, text, gen, err);
+    free(text);
+    free(gen);
+    if (rc != 0) return lm_err_prefix(err, "%s", dir);
+    return 0;
+}
+
+void lm_config_free(lm_config *c) {
+    free(c->mlp_only);
+    c->mlp_only = NULL;
+    for (int i = 0; i < c->n_quant_overrides; i++) free(c->quant_overrides[i].path);
+    free(c->quant_overrides);
+    c->quant_overrides = NULL;
+    c->n_quant_overrides = 0;
+}

@@ -1,0 +1,93 @@
+/* Model hyper-parameters, parsed from config.json (+ generation_config.json).
+ *
+ * One struct serves every family; fields a family does not use stay at their
+ * defaults. Parsing validates ranges and consistency up front so the forward pass
+ * can trust every number here.
+ */
+#ifndef LAZYMOE_CONFIG_H
+#define LAZYMOE_CONFIG_H
+
+#include <stdint.h>
+
+#define LM_MAX_EOS 8
+#define LM_MAX_QUANT_OVERRIDES 4096
+
+typedef enum {
+    LM_ARCH_QWEN3_MOE = 0,
+    LM_ARCH_MIXTRAL,
+    LM_ARCH_OLMOE,
+    LM_ARCH_COUNT
+} lm_arch_id;
+
+typedef enum {
+    LM_QK_NORM_NONE = 0,
+    LM_QK_NORM_PER_HEAD, /* RMSNorm over head_dim of each head (qwen3) */
+    LM_QK_NORM_FULL,     /* RMSNorm over the whole projection (olmoe) */
+} lm_qk_norm;
+
+typedef enum { LM_ROPE_DEFAULT = 0, LM_ROPE_LINEAR } lm_rope_type;
+
+/* Per-module quantization override from config.json's "quantization" block. */
+typedef struct {
+    char *path; /* module path, e.g. "model.layers.0.mlp.gate" */
+    int bits;   /* 0 = not quantized */
+    int group_size;
+} lm_quant_override;
+
+typedef struct {
+    char model_type[32];
+    lm_arch_id arch;
+
+    int vocab_size;
+    int hidden_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int intermediate_size;     /* dense MLP layers */
+    int moe_intermediate_size; /* one expert */
+    int n_experts;
+    int top_k;
+    int norm_topk_prob;
+    int decoder_sparse_step;
+    uint8_t *mlp_only; /* [n_layers]: 1 if the layer is dense */
+    int tie_word_embeddings;
+    int attention_bias;
+    lm_qk_norm qk_norm;
+    float clip_qkv; /* 0 = none */
+    float rms_norm_eps;
+    int sliding_window; /* 0 = full attention */
+    int max_position_embeddings;
+
+    double rope_theta;
+    lm_rope_type rope_type;
+    double rope_factor;
+
+    int n_eos;
+    int32_t eos_ids[LM_MAX_EOS];
+    int32_t bos_id; /* -1 if none */
+
+    /* MLX affine quantization: bits == 0 means the file is not quantized. */
+    int quant_bits;
+    int quant_group_size;
+    int n_quant_overrides;
+    lm_quant_override *quant_overrides;
+} lm_config;
+
+/* Parses DIR/config.json and, if present, DIR/generation_config.json. */
+int lm_config_load(lm_config *cfg, const char *dir, char *err);
+/* Parses config.json text (for tests and fuzzing); generation config optional (NULL). */
+int lm_config_parse(lm_config *cfg, const char *config_json, const char *generation_json, char *err);
+void lm_config_free(lm_config *cfg);
+
+/* True if layer l uses routed experts rather than a dense MLP. */
+static inline int lm_config_layer_is_moe(const lm_config *c, int l) { return !c->mlp_only[l]; }
+
+/* Quantization of the module at `path` (e.g. "model.layers.3.mlp.gate"): fills bits
+ * and group size (bits 0 = stored as float). */
+void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size);
+
+/* "qwen3_moe, mixtral, olmoe" */
+const char *lm_config_supported_types(void);
+
+#endif

@@ -1,0 +1,67 @@
+/* The weights of a loaded model, bound to the architecture's structure.
+ *
+ * Families differ in tensor names and in a few switches (see arch.c); the
+ * forward pass (src/engine/forward.c) is shared. A family is a table entry plus,
+ * where it really computes something different, a few lines in the forward pass
+ * guarded by a config switch.
+ *
+ * Expert weights: `experts` of a MoE layer is an array of n_experts views; in a
+ * resident model they point into the loaded stacked tensors. The lazy expert
+ * store (src/experts/) fills views of cached slots instead, so the forward pass
+ * is the same for both.
+ */
+#ifndef LAZYMOE_MODEL_H
+#define LAZYMOE_MODEL_H
+
+#include "formats/safetensors.h"
+#include "kernels/backend.h"
+#include "models/config.h"
+
+typedef struct {
+    lm_mat gate, up, down; /* [I, H], [I, H], [H, I] */
+} lm_expert;
+
+typedef struct {
+    float *attn_norm, *ffn_norm; /* [H] */
+    float *q_norm, *k_norm;      /* [head_dim] or [n_heads*head_dim] / [n_kv*head_dim]; NULL if none */
+    float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL unless attention_bias */
+    lm_mat q, k, v, o;
+    int is_moe;
+    lm_mat router;                        /* [E, H] */
+    lm_mat mlp_gate, mlp_up, mlp_down;    /* dense layers */
+    lm_expert *experts;                   /* [E] views (MoE layers) */
+} lm_layer;
+
+/* Where a layer's experts live in the files (for info, packing and lazy loading). */
+typedef enum {
+    LM_EXPERTS_STACKED,  /* MLX switch_mlp: gate/up/down each [E, out, in] */
+    LM_EXPERTS_FUSED,    /* transformers 5: gate_up_proj [E, 2I, H] + down_proj [E, H, I] */
+    LM_EXPERTS_SEPARATE, /* per-expert tensors */
+} lm_expert_layout;
+
+typedef struct {
+    lm_config cfg;
+    st_archive *archive;
+    lm_layer *layers;         /* [n_layers] */
+    lm_mat embed;             /* [vocab, H] */
+    lm_mat lm_head;           /* [vocab, H]; equals embed when tied */
+    float *final_norm;        /* [H] */
+    float *rope_inv_freq;     /* [head_dim/2] */
+    lm_expert_layout expert_layout;
+    lm_dtype float_dtype;     /* dtype of the float weights */
+    /* Every buffer the loader allocated (freed by lm_weights_free). */
+    void **buffers;
+    int n_buffers, cap_buffers;
+    uint64_t bytes_resident, bytes_experts, bytes_per_expert;
+    uint64_t params_total, params_expert, params_active;
+} lm_weights;
+
+typedef void (*lm_progress_fn)(void *ctx, const char *what, double fraction);
+
+/* Opens the archive in `dir` and loads every tensor the config calls for,
+ * validating names, shapes and dtypes against the config. */
+int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *progress_ctx,
+                    char *err);
+void lm_weights_free(lm_weights *w);
+
+#endif

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Drives the lazymoe CLI the way the external checks do (logits / run / info),
+# plus its error paths. Prints "ok NAME" / "FAIL NAME: why" per case.
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${LAZYMOE_BIN:-build/asan/lazymoe}
+G=tests/fixtures/golden
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail=0
+ok() { echo "ok $1"; }
+bad() { echo "FAIL $1: $2"; fail=1; }
+
+# logits: .npy float32 [n, vocab]; identical bytes whatever the thread count.
+ids=$(cat $G/qwen3_moe_f32/input_ids.txt)
+n=$(echo "$ids" | tr ',' '\n' | wc -l)
+if $BIN logits $G/qwen3_moe_f32 --ids "$ids" --out $T/a.npy --threads 1 &&
+   $BIN logits $G/qwen3_moe_f32 --ids "$ids" --out $T/b.npy --threads 2; then
+    hdr=$(head -c 128 $T/a.npy | tr -d '\0' | tr -cd '[:print:]')
+    size=$(stat -c %s $T/a.npy)
+    if [[ "$hdr" == *"'descr': '<f4'"* && "$hdr" == *"'shape': ($n, 320)"* ]] && [ "$size" -eq $((128 + n * 320 * 4)) ] && cmp -s $T/a.npy $T/b.npy; then
+        ok cli_logits_npy
+    else
+        bad cli_logits_npy "header '$hdr' size $size"
+    fi
+else
+    bad cli_logits_npy "command failed"
+fi
+
+# run --print-ids: greedy ids through the KV cache equal transformers' generate().
+for c in qwen3_moe_f32 olmoe_f32 qwen3_moe_sharded_f32; do
+    want=$(cat $G/$c/greedy.txt)
+    got=$($BIN run $G/$c --ids "$(cat $G/$c/input_ids.txt)" -n "$(echo $want | wc -w)" --temp 0 --print-ids)
+    [ "$got" = "$want" ] && ok "cli_run_greedy_$c" || bad "cli_run_greedy_$c" "got '$got' want '$want'"
+done
+
+# Stops after an EOS id (mixtral_window_f32's eos is 2) unless --ignore-eos.
+out=$($BIN run $G/qwen3_moe_f32 --ids 1,2,3 -n 5 --temp 0.8 --seed 7 --print-ids)
+out2=$($BIN run $G/qwen3_moe_f32 --ids 1,2,3 -n 5 --temp 0.8 --seed 7 --print-ids)
+[ "$out" = "$out2" ] && [ "$(echo $out | wc -w)" -ge 1 ] && ok cli_run_sampling_seeded || bad cli_run_sampling_seeded "'$out' vs '$out2'"
+
+# info
+info=$($BIN info $G/qwen3_moe_f32)
+if [[ "$info" == *"qwen3_moe"* && "$info" == *"3 (2 MoE, 1 dense)"* && "$info" == *"8 per MoE layer, top-2"* && "$info" == *"resident"* ]]; then
+    ok cli_info
+else
+    bad cli_info "$info"
+fi
+json=$($BIN info $G/mixtral_f32 --json)
+[[ "$json" == *'"experts": 4'* && "$json" == *'"bytes_per_expert": 55296'* ]] && ok cli_info_json || bad cli_info_json "$json"
+
+# Errors: clear message, non-zero status, no crash.
+check_err() { # name, expected substring, command...
+    local name=$1 want=$2; shift 2
+    local msg
+    msg=$("$@" 2>&1 >/dev/null); local rc=$?
+    if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [[ "$msg" == *"$want"* ]]; then ok "$name"; else bad "$name" "rc=$rc msg='$msg'"; fi
+}
+check_err cli_err_bad_ids "expected comma-separated" $BIN logits $G/olmoe_f32 --ids 1,x --out $T/c.npy
+check_err cli_err_id_range "outside the vocabulary" $BIN logits $G/olmoe_f32 --ids 1,99999 --out $T/c.npy
+check_err cli_err_no_model "cannot read" $BIN run /nonexistent --ids 1
+check_err cli_err_unknown_opt "unknown option --bogus" $BIN run $G/olmoe_f32 --ids 1 --bogus
+check_err cli_err_unknown_cmd "unknown command" $BIN frobnicate
+check_err cli_err_out_dir "cannot create" $BIN logits $G/olmoe_f32 --ids 1 --out /nonexistent/dir/x.npy
+exit $fail
