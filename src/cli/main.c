@@ -16,6 +16,7 @@ static const command commands[] = {
     {"run", cmd_run, "generate from a prompt"},
     {"logits", cmd_logits, "write the logits of a forward pass as .npy"},
     {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
+    {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
 };
 
 static void usage(FILE *f) {
