@@ -357,7 +357,7 @@ static int plan(converter *c, char *err) {
                 rc = lm_errf(err, "out of memory");
                 break;
             }
-            const char *r2 = NULL;
+            const char *r2 = name;
             parse_layer(name, &r2);
             size_t pl = strlen(moe_prefix);
             if (strncmp(r2, moe_prefix, pl) == 0 && strncmp(r2 + pl, ".experts.", 9) == 0) {
@@ -445,10 +445,10 @@ static int plan(converter *c, char *err) {
 /* "<path>.weight" -> "<path>.<suffix>" */
 static char *sibling_name(const char *weight_name, const char *suffix) {
     size_t n = strlen(weight_name) - strlen("weight");
-    char *s = malloc(n + strlen(suffix) + 1);
+    size_t total = n + strlen(suffix) + 1;
+    char *s = malloc(total);
     if (!s) return NULL;
-    memcpy(s, weight_name, n);
-    strcpy(s + n, suffix);
+    snprintf(s, total, "%.*s%s", (int)n, weight_name, suffix);
     return s;
 }
 
@@ -852,8 +852,11 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
         char *slash = strrchr(parent, '/');
         if (slash == parent) slash[1] = '\0';
         else if (slash) *slash = '\0';
-        else strcpy(parent, ".");
-        lm_fsync_dir(parent, NULL);
+        else {
+            free(parent);
+            parent = strdup(".");
+        }
+        if (parent) lm_fsync_dir(parent, NULL);
     }
     if (!opt->quiet)
         fprintf(stderr, "convert: done: %s (%llu parameters)\n", out_dir,

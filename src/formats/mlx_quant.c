@@ -104,7 +104,7 @@ int mlxq_quantize(const mlxq_params *p, const float *w, int64_t rows, int64_t co
             for (int j = 0; j < gs; j++) {
                 if (!isfinite(wg[j]))
                     return lm_errf(err, "quantize: non-finite value %g at row %lld, column %lld",
-                                   (double)wg[j], (long long)r, (long long)(g * gs + j));
+                                   (double)wg[j], (long long)r, (long long)g * gs + j);
                 lo = fminf(lo, wg[j]);
                 hi = fmaxf(hi, wg[j]);
             }
@@ -112,7 +112,7 @@ int mlxq_quantize(const mlxq_params *p, const float *w, int64_t rows, int64_t co
                 return lm_errf(err,
                                "quantize: the value range of row %lld, columns %lld..%lld "
                                "overflows float32",
-                               (long long)r, (long long)(g * gs), (long long)(g * gs + gs - 1));
+                               (long long)r, (long long)g * gs, (long long)g * gs + gs - 1);
             float scale, bias;
             quantize_group(wg, gs, bits, p->kernel, q, &scale, &bias);
             float scale_stored = mlxq_round_to_dtype(scale, p->scale_dtype);
@@ -121,7 +121,7 @@ int mlxq_quantize(const mlxq_params *p, const float *w, int64_t rows, int64_t co
                 return lm_errf(err,
                                "quantize: scale or bias of row %lld, columns %lld..%lld "
                                "overflows %s",
-                               (long long)r, (long long)(g * gs), (long long)(g * gs + gs - 1),
+                               (long long)r, (long long)g * gs, (long long)g * gs + gs - 1,
                                lm_dtype_name(p->scale_dtype));
             store_scalar(scales, p->scale_dtype, r * groups + g, scale);
             store_scalar(biases, p->scale_dtype, r * groups + g, bias);

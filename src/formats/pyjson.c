@@ -83,8 +83,7 @@ void pyjson_format_double(double x, char *buf, size_t cap) {
             out[o++] = '.';
             for (int i = 1; i < nd; i++) out[o++] = digits[i];
         }
-        o += (size_t)snprintf(out + o, sizeof out - o, "e%c%02d", exp10 < 0 ? '-' : '+',
-                              exp10 < 0 ? -exp10 : exp10);
+        snprintf(out + o, sizeof out - o, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
     } else if (decpt <= 0) {
         out[o++] = '0';
         out[o++] = '.';

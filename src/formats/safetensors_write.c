@@ -84,6 +84,7 @@ int stw_file_create(stw_file **out, const char *path, const char *format, char *
 
 int stw_file_declare(stw_file *w, const char *name, lm_dtype dtype, int ndim,
                      const int64_t *shape, char *err) {
+    if (!w) return lm_errf(err, "safetensors write: no writer");
     if (w->started) return lm_errf(err, "safetensors write: declare after start (%s)", name);
     if (w->count == w->cap) {
         int cap = w->cap ? w->cap * 2 : 64;
@@ -148,8 +149,9 @@ static int put_raw(char **buf, size_t *len, size_t *cap, const char *s) {
 }
 
 int stw_file_start(stw_file *w, char *err) {
+    if (!w) return lm_errf(err, "safetensors write: no writer");
     if (w->started) return lm_errf(err, "safetensors write: started twice");
-    qsort(w->entries, (size_t)w->count, sizeof *w->entries, cmp_entry_name);
+    if (w->count > 1) qsort(w->entries, (size_t)w->count, sizeof *w->entries, cmp_entry_name);
     for (int i = 1; i < w->count; i++)
         if (strcmp(w->entries[i - 1].name, w->entries[i].name) == 0)
             return lm_errf(err, "safetensors write: tensor %s declared twice", w->entries[i].name);
@@ -180,7 +182,7 @@ int stw_file_start(stw_file *w, char *err) {
         first = 0;
         bad |= put_json_string(&h, &hl, &hc, e->name);
         snprintf(num, sizeof num, ":{\"data_offsets\":[%llu,%llu],\"dtype\":\"%s\",\"shape\":[",
-                 (unsigned long long)e->offset, (unsigned long long)(e->offset + e->nbytes),
+                 (unsigned long long)e->offset, (unsigned long long)e->offset + e->nbytes,
                  lm_dtype_name(e->dtype));
         bad |= put_raw(&h, &hl, &hc, num);
         for (int d = 0; d < e->ndim; d++) {
@@ -215,7 +217,7 @@ int stw_file_start(stw_file *w, char *err) {
 }
 
 static stw_entry *find_entry(stw_entry *entries, int count, const char *name) {
-    stw_entry key;
+    stw_entry key = {0};
     key.name = (char *)name;
     return bsearch(&key, entries, (size_t)count, sizeof *entries, cmp_entry_name);
 }
@@ -227,7 +229,7 @@ int stw_file_write_at(stw_file *w, const char *name, uint64_t offset, const void
     if (!e) return lm_errf(err, "safetensors write: %s was not declared", name);
     if (offset > e->nbytes || len > e->nbytes - offset)
         return lm_errf(err, "safetensors write: %s: bytes %llu..%llu outside its %llu bytes", name,
-                       (unsigned long long)offset, (unsigned long long)(offset + len),
+                       (unsigned long long)offset, (unsigned long long)offset + len,
                        (unsigned long long)e->nbytes);
     if (len == 0) return 0;
     if (lm_pwrite_full(w->fd, data, len, w->data_start + e->offset + offset, err) != 0)
@@ -320,8 +322,8 @@ int stw_model_start(stw_model *m, char *err) {
         size += m->decl[i].nbytes;
     }
     m->nshards = shard + 1;
-    m->shards = calloc((size_t)m->nshards, sizeof *m->shards);
-    m->shard_names = calloc((size_t)m->nshards, sizeof *m->shard_names);
+    m->shards = calloc((size_t)m->nshards, sizeof *m->shards); /* NOLINT(bugprone-sizeof-expression): array of writers */
+    m->shard_names = calloc((size_t)m->nshards, sizeof(char *)); /* NOLINT(bugprone-sizeof-expression): array of names */
     m->by_name = malloc((size_t)(m->count ? m->count : 1) * sizeof *m->by_name);
     if (!m->shards || !m->shard_names || !m->by_name) return lm_errf(err, "out of memory");
     memcpy(m->by_name, m->decl, (size_t)m->count * sizeof *m->by_name);
