@@ -23,7 +23,7 @@
 pcre2_code *tb_regex_compile(const char *pattern, size_t len, int literal, char *err) {
     int code;
     PCRE2_SIZE at;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opts = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &code, &at, NULL);
     if (!re) {
         PCRE2_UCHAR msg[160];
