@@ -187,6 +187,38 @@ static void test_byte_fallback(void) {
     lm_tokenizer_free(tok);
 }
 
+/* Metaspace pre-tokenizer (prepend_scheme "first", split) after Split(Removed) and Digits,
+ * with the Metaspace decoder, as in Mistral-style files. */
+static const char METASPACE_JSON[] =
+    "{\"added_tokens\":[],\"normalizer\":null,"
+    "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":["
+    "  {\"type\":\"Split\",\"pattern\":{\"String\":\"-\"},\"behavior\":\"Removed\",\"invert\":false},"
+    "  {\"type\":\"Digits\",\"individual_digits\":true},"
+    "  {\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"first\",\"split\":true}]},"
+    "\"post_processor\":null,"
+    "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"first\",\"split\":true},"
+    "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u2581\":0,\"a\":1,\"b\":2,\"1\":3,\"2\":4,\"\\u2581a\":5,\"ab\":6,\"12\":7,\"\\u2581ab\":8},"
+    " \"merges\":[\"\\u2581 a\",\"a b\",\"1 2\",\"\\u2581a b\"]}}";
+
+static void test_metaspace_digits_split(void) {
+    char err[LM_ERR_LEN] = "";
+    lm_tokenizer *tok = NULL;
+    int rc = lm_tokenizer_load(model_dir("ms", METASPACE_JSON, NULL), &tok, err);
+    CHECKF(rc == 0, "load: %s", err);
+    if (rc) return;
+    /* "-" removed; digits isolated (no "12"); "▁" prepended only at the text start and
+     * each piece split before a "▁": "▁ab" "▁" "1" "2" "ab" */
+    CHECK_ENCODE(tok, "ab 1-2ab", 0, 8, 0, 3, 4, 6);
+    CHECK_ENCODE(tok, "ab 12ab", 0, 8, 0, 3, 4, 6);
+    const int32_t ids[] = {8, 0, 3, 4, 6};
+    char *out = NULL;
+    size_t n = 0;
+    CHECK(lm_tokenizer_decode(tok, ids, 5, 0, &out, &n, err) == 0);
+    CHECKF(out && !strcmp(out, "ab 12ab"), "decoded \"%s\"", out ? out : "");
+    free(out);
+    lm_tokenizer_free(tok);
+}
+
 static void test_invalid_utf8_input(void) {
     char err[LM_ERR_LEN] = "";
     lm_tokenizer *tok = NULL;
@@ -375,6 +407,7 @@ int main(void) {
     TEST_CASE("tokenizer_bpe_merges", test_bpe_merges);
     TEST_CASE("tokenizer_added_tokens", test_added_tokens);
     TEST_CASE("tokenizer_byte_fallback_sentencepiece", test_byte_fallback);
+    TEST_CASE("tokenizer_metaspace_digits_split", test_metaspace_digits_split);
     TEST_CASE("tokenizer_invalid_utf8_input", test_invalid_utf8_input);
     TEST_CASE("tokenizer_malformed_files", test_malformed_files);
     TEST_CASE("tokenizer_unicode_normalization", test_normalization);

@@ -49,32 +49,33 @@ int tb_set_token(lm_tokenizer *tok, int32_t id, const char *s, size_t len) {
 
 /* ---- added tokens ------------------------------------------------------------------- */
 
-static const tb_added *g_sort_added;  /* qsort context (loading is single-threaded) */
-static int g_sort_norm;
+/* Sort key of one added token in a matcher: first byte ascending, then longest first. */
+typedef struct { unsigned char first; size_t len; uint32_t index; } matcher_key;
 
-static int cmp_added(const void *a, const void *b) {
-    const tb_added *x = &g_sort_added[*(const uint32_t *)a], *y = &g_sort_added[*(const uint32_t *)b];
-    const char *xs = g_sort_norm ? x->norm : x->content, *ys = g_sort_norm ? y->norm : y->content;
-    size_t xl = g_sort_norm ? x->norm_len : x->len, yl = g_sort_norm ? y->norm_len : y->len;
-    if ((unsigned char)xs[0] != (unsigned char)ys[0]) return (unsigned char)xs[0] < (unsigned char)ys[0] ? -1 : 1;
-    if (xl != yl) return xl > yl ? -1 : 1;  /* longest first */
-    return 0;
+static int cmp_matcher_key(const void *a, const void *b) {
+    const matcher_key *x = a, *y = b;
+    if (x->first != y->first) return x->first < y->first ? -1 : 1;
+    if (x->len != y->len) return x->len > y->len ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
 }
 
 static int build_matcher(lm_tokenizer *tok, tb_matcher *m, int normalized) {
     m->use_norm = normalized;
     m->order = malloc((tok->n_added + 1) * sizeof *m->order);
     if (!m->order) return -1;
+    matcher_key *keys = malloc((tok->n_added + 1) * sizeof *keys);
+    if (!keys) return -1;
     m->n = 0;
     for (size_t i = 0; i < tok->n_added; i++) {
         const tb_added *a = &tok->added[i];
         int use = normalized ? (a->normalized && tok->normalizer) : !(a->normalized && tok->normalizer);
         size_t len = normalized ? a->norm_len : a->len;
-        if (use && len) m->order[m->n++] = (uint32_t)i;
+        if (use && len)
+            keys[m->n++] = (matcher_key){(unsigned char)(normalized ? a->norm : a->content)[0], len, (uint32_t)i};
     }
-    g_sort_added = tok->added;
-    g_sort_norm = normalized;
-    qsort(m->order, m->n, sizeof *m->order, cmp_added);
+    qsort(keys, m->n, sizeof *keys, cmp_matcher_key);
+    for (size_t i = 0; i < m->n; i++) m->order[i] = keys[i].index;
+    free(keys);
     size_t j = 0;
     for (int b = 0; b < 256; b++) {
         m->first[b] = (uint32_t)j;

@@ -108,21 +108,6 @@ void tb_decoder_free(tb_decoder *d) {
     free(d);
 }
 
-/* Byte-level code point -> byte; -1 for code points that are not in the table. */
-static int16_t unbyte[0x144];
-static int unbyte_ready;
-
-static void init_unbyte(void) {
-    if (unbyte_ready) return;
-    for (int i = 0; i < 0x144; i++) unbyte[i] = -1;
-    int extra = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        unbyte[printable ? b : 256 + extra++] = (int16_t)b;
-    }
-    unbyte_ready = 1;
-}
-
 /* Chain state passed along the decoders. */
 typedef struct { int at_start; int fused; } chain_ctx;
 
@@ -177,7 +162,6 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
         return rc;
     }
     case D_BYTELEVEL:
-        init_unbyte();
         for (size_t i = 0; !rc && i < in->n; i++) {
             const unsigned char *t = (const unsigned char *)TB_PIECE(in, i);
             size_t n = in->len[i];
@@ -187,7 +171,8 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
                 uint32_t cp;
                 size_t k = lm_utf8_next(t + j, n - j, &cp);
                 if (!k) { rc = tb_put(&b, t + j, 1); j++; continue; }
-                if (cp < 0x144 && unbyte[cp] >= 0) { char c = (char)unbyte[cp]; rc = tb_put(&b, &c, 1); }
+                int byte = tb_cp_to_byte(cp);
+                if (byte >= 0) { char c = (char)byte; rc = tb_put(&b, &c, 1); }
                 else rc = tb_put(&b, t + j, k);
                 j += k;
             }

@@ -147,4 +147,22 @@ int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int fla
 
 int tb_is_unicode_space(uint32_t cp);
 
+/* Byte-level BPE alphabet (GPT-2): printable bytes stand for themselves, the other 68
+ * (0x00-0x20, 0x7F-0xA0, 0xAD) map in order to U+0100..U+0143. Pure functions, so no
+ * lazily built global tables (loading stays thread-safe). */
+static inline uint32_t tb_byte_to_cp(unsigned char b) {
+    if (b <= 0x20) return 256u + b;
+    if (b >= 0x7F && b <= 0xA0) return 256u + 33u + (uint32_t)(b - 0x7F);
+    if (b == 0xAD) return 256u + 33u + 34u;
+    return b;
+}
+/* Inverse of tb_byte_to_cp; -1 for code points outside the alphabet. */
+static inline int tb_cp_to_byte(uint32_t cp) {
+    if (cp < 256) return tb_byte_to_cp((unsigned char)cp) == cp ? (int)cp : -1;
+    if (cp < 256 + 33) return (int)(cp - 256);
+    if (cp < 256 + 33 + 34) return (int)(0x7F + cp - 256 - 33);
+    if (cp == 256 + 33 + 34) return 0xAD;
+    return -1;
+}
+
 #endif

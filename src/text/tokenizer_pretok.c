@@ -20,11 +20,36 @@
 
 /* ---- regex helpers ------------------------------------------------------------------ */
 
+/* tokenizer.json regexes are written for Oniguruma (the Rust crate's engine). Rewrites \s /
+ * \S to the White_Space property, which is what they mean there (PCRE2's \s also matches
+ * U+180E); transformers.js does the same rewrite. (\h, hex digit in Oniguruma, is left
+ * alone: no known tokenizer uses it.) Returns a malloc'd pattern or NULL. */
+static char *oniguruma_to_pcre2(const char *p, size_t len, size_t *out_len) {
+    tb_buf b = {0};
+    int rc = 0;
+    for (size_t i = 0; !rc && i < len; i++) {
+        if (p[i] != '\\' || i + 1 == len) { rc = tb_put(&b, p + i, 1); continue; }
+        char c = p[++i];
+        const char *rep = c == 's' ? "\\p{White_Space}" : c == 'S' ? "\\P{White_Space}" : NULL;
+        if (rep) rc = tb_put(&b, rep, strlen(rep));
+        else { char esc[2] = {'\\', c}; rc = tb_put(&b, esc, 2); }
+    }
+    if (!rc && !b.p) rc = tb_put(&b, "", 0);
+    if (rc) { tb_free(&b); return NULL; }
+    *out_len = b.len;
+    return b.p;
+}
+
 pcre2_code *tb_regex_compile(const char *pattern, size_t len, int literal, char *err) {
     int code;
     PCRE2_SIZE at;
+    /* PCRE2_LITERAL allows PCRE2_UTF but not PCRE2_UCP */
     uint32_t opts = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &code, &at, NULL);
+    size_t rlen = len;
+    char *rewritten = literal ? NULL : oniguruma_to_pcre2(pattern, len, &rlen);
+    if (!literal && !rewritten) { lm_errf(err, "out of memory"); return NULL; }
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(literal ? pattern : rewritten), rlen, opts, &code, &at, NULL);
+    free(rewritten);
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(code, msg, sizeof msg);
@@ -250,22 +275,6 @@ struct tb_pretok {
 static const char GPT2_REGEX[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-/* Byte -> UTF-8 of the printable code point that byte-level BPE spells it as. */
-static char byte_char[256][3];
-static uint8_t byte_char_len[256];
-static int byte_table_ready;
-
-static void init_byte_table(void) {
-    if (byte_table_ready) return;
-    int extra = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        uint32_t cp = printable ? (uint32_t)b : (uint32_t)(256 + extra++);
-        byte_char_len[b] = (uint8_t)lm_utf8_put(cp, byte_char[b]);
-    }
-    byte_table_ready = 1;
-}
-
 static int behavior_from(const char *s) {
     if (!s) return -1;
     if (!strcmp(s, "Removed")) return B_REMOVED;
@@ -308,7 +317,6 @@ int tb_pretok_parse(json_t *j, tb_pretok **out, char *err) {
         if (!(p->re = tb_regex_compile(rx, strlen(rx), 0, err))) goto fail;
     } else if (!strcmp(type, "ByteLevel")) {
         p->type = P_BYTELEVEL;
-        init_byte_table();
         json_t *aps = json_object_get(j, "add_prefix_space"), *ur = json_object_get(j, "use_regex");
         p->add_prefix_space = aps ? json_is_true(aps) : 1;
         if (!ur || json_is_true(ur)) {
@@ -434,11 +442,7 @@ static int split_regex(const pcre2_code *re, int behavior, int invert, const cha
 static int byte_level_map(const char *s, size_t len, tb_pieces *out) {
     tb_buf b = {0};
     if (tb_reserve(&b, len * 2)) return -1;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        memcpy(b.p + b.len, byte_char[c], byte_char_len[c]);
-        b.len += byte_char_len[c];
-    }
+    for (size_t i = 0; i < len; i++) b.len += lm_utf8_put(tb_byte_to_cp((unsigned char)s[i]), b.p + b.len);
     int rc = tb_pieces_add(out, b.p, b.len, -1);
     tb_free(&b);
     return rc;

@@ -62,6 +62,8 @@ function buildCorpus() {
   // mixed scripts, valid but odd code points
   add('mixed中文and English和日本語カタカナwith123数字');
   add('\ufffd replacement, \uffff nonchar, \u{10ffff} max, \ue000 private, \u200b zwsp, \u200d zwj, \u200e lrm, \u202e rlo');
+  add('a\ufeffb \ufeff c x\u0085y \u0085 z \u180e a \u2060 \u00ad soft');
+  add("ſ'S 'ſ K'K İstanbul ǅ ﬀ ﬃ");
   add('\u0301 leading combining mark, \u{1f600}\u0301, a\u200db');
   add('tab\tsep\tvalues\n"quoted, with comma",x\n');
   add('https://example.com/path?query=1&b=2#frag user@example.com');
