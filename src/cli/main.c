@@ -17,6 +17,7 @@ static const command commands[] = {
     {"logits", cmd_logits, "write the logits of a forward pass as .npy"},
     {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
     {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
+    {"tokenize", cmd_tokenize, "tokenize JSONL text with a model's tokenizer.json"},
 };
 
 static void usage(FILE *f) {
