@@ -18,6 +18,8 @@
 #ifndef LAZYMOE_JINJA_H
 #define LAZYMOE_JINJA_H
 
+#include "common/error.h" /* LM_ERR_LEN: size of the err buffers below */
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>

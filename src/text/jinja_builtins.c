@@ -502,7 +502,8 @@ static int to_str(jrender *r, jv v, jv *out) { return jinja_to_str(r, v, out); }
 
 FILTER(f_tojson) {
     UNUSED_F;
-    jv indent_v = ARG(0, "indent"), seps = ARG(99, "separators"), sort = ARG(99, "sort_keys");
+    /* transformers' signature: tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) */
+    jv ascii = ARG(0, "ensure_ascii"), indent_v = ARG(1, "indent"), seps = ARG(2, "separators"), sort = ARG(3, "sort_keys");
     char indent_buf[64];
     const char *indent = NULL, *item_sep = NULL, *key_sep = NULL;
     if (indent_v.type == JV_INT) {
@@ -523,7 +524,7 @@ FILTER(f_tojson) {
     if (v.type == JV_UNDEF) return jr_fail(r, "Object of type Undefined is not JSON serializable");
     strbuf b = {.limit = r->max_output};
     char err[LM_ERR_LEN];
-    if (jv_write_json(&b, v, indent, item_sep, key_sep, jv_truthy(sort), 0, err)) {
+    if (jv_write_json(&b, v, indent, item_sep, key_sep, jv_truthy(sort), jv_truthy(ascii), 0, err)) {
         sb_free(&b);
         return jr_fail(r, "%s", err);
     }
@@ -1003,25 +1004,29 @@ FILTER(f_indent) {
         memset(ind_buf, ' ', (size_t)w);
         ind_len = (size_t)w;
     }
-    /* jinja2: lines = (s + "\n").splitlines(); every line but the first indented, blank ones only with blank=True */
+    /* jinja2: lines = (s + "\n").splitlines(); with blank=True every line after the
+     * first is indented, otherwise only the non-empty ones. */
     strbuf b = {.limit = r->max_output};
     if (jv_truthy(first)) sb_put(&b, ind, ind_len);
     const char *p = s.u.str.s;
     size_t n = s.u.str.len, st = 0;
-    bool first_line = true;
-    while (st <= n) {
+    for (bool first_line = true;; first_line = false) {
         size_t e = st;
         while (e < n && p[e] != '\n' && p[e] != '\r') e++;
-        if (e >= n && st == n && !first_line) break;  /* the appended "\n" ends here */
+        /* e == n is the break of the appended "\n"; a line starting at n is not one */
         if (!first_line) {
             sb_putc(&b, '\n');
             if (e > st || jv_truthy(blank)) sb_put(&b, ind, ind_len);
         }
         sb_put(&b, p + st, e - st);
-        first_line = false;
         if (e >= n) break;
         st = e + 1;
         if (p[e] == '\r' && st < n && p[st] == '\n') st++;
+        if (st >= n) {  /* s ends with a newline: one more (empty) line from the appended "\n" */
+            sb_putc(&b, '\n');
+            if (jv_truthy(blank)) sb_put(&b, ind, ind_len);
+            break;
+        }
     }
     return str_result(r, &b, out);
 }

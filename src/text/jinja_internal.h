@@ -120,10 +120,10 @@ double jv_as_double(jv v);
 void jv_write_str(strbuf *b, jv v);
 void jv_write_repr(strbuf *b, jv v);
 void jv_write_float(strbuf *b, double f);  /* Python repr of a float */
-/* json.dumps(v, ensure_ascii=False, indent, separators, sort_keys). indent NULL
- * = single line; item_sep/key_sep NULL = Python's defaults for that indent. */
+/* json.dumps(v, ensure_ascii, indent, separators, sort_keys). indent NULL = single
+ * line; item_sep/key_sep NULL = Python's defaults for that indent. */
 int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep,
-                  const char *key_sep, bool sort_keys, int depth, char *err);
+                  const char *key_sep, bool sort_keys, bool ensure_ascii, int depth, char *err);
 
 int jv_from_json(jarena *a, const json_t *j, jv *out, int depth);
 

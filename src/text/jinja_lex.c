@@ -238,10 +238,26 @@ static int emit_text(lexer *L, size_t lo, size_t hi, int strip_before_mode, int 
         if (t == 0 || L->src[t - 1] == '\n') hi = t < lo ? lo : (t < hi ? t : hi);
     }
     if (hi <= lo) return 0;
-    return push(L, JT_TEXT, lo, L->src + lo, hi - lo);
+    if (!memchr(L->src + lo, '\r', hi - lo)) return push(L, JT_TEXT, lo, L->src + lo, hi - lo);
+    /* jinja2 turns every \r\n and \r of template text into \n */
+    char *text = ja_alloc(L->a, hi - lo + 1);
+    if (!text) return lm_errf(L->err, "template too large");
+    size_t n = 0;
+    for (size_t i = lo; i < hi; i++) {
+        if (L->src[i] == '\r') {
+            if (i + 1 < hi && L->src[i + 1] == '\n') i++;
+            text[n++] = '\n';
+        } else {
+            text[n++] = L->src[i];
+        }
+    }
+    return push(L, JT_TEXT, lo, text, n);
 }
 
 int jinja_lex(jarena *a, const char *src, size_t len, jtoken **toks, size_t *ntok, char *err) {
+    /* jinja2 drops one trailing newline of the source (keep_trailing_newline=False) */
+    if (len > 0 && src[len - 1] == '\n') len--;
+    if (len > 0 && src[len - 1] == '\r') len--;
     lexer L = {.a = a, .src = src, .len = len, .line = 1, .err = err};
     size_t text_start = 0;
     int strip_before = 0;  /* how the previous tag strips the text after it */

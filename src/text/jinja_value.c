@@ -405,10 +405,35 @@ void jv_write_str(strbuf *b, jv v) {
 }
 
 /* ---- JSON --------------------------------------------------------------------------------- */
-static void write_json_str(strbuf *b, const char *s, size_t n) {
+/* Decodes one UTF-8 sequence at s[*i] (advancing *i); invalid bytes give U+FFFD. */
+static unsigned long utf8_next(const char *s, size_t n, size_t *i) {
+    unsigned char c = (unsigned char)s[*i];
+    int extra = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : 0;
+    unsigned long cp = extra == 3 ? c & 0x07 : extra == 2 ? c & 0x0F : extra == 1 ? c & 0x1F : c;
+    if (c >= 0x80 && extra == 0) { (*i)++; return 0xFFFD; }
+    (*i)++;
+    for (int k = 0; k < extra; k++) {
+        if (*i >= n || ((unsigned char)s[*i] & 0xC0) != 0x80) return 0xFFFD;
+        cp = (cp << 6) | ((unsigned char)s[(*i)++] & 0x3F);
+    }
+    return cp;
+}
+
+static void write_json_str(strbuf *b, const char *s, size_t n, bool ensure_ascii) {
     sb_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (ensure_ascii && c >= 0x80) {
+            unsigned long cp = utf8_next(s, n, &i);
+            i--;
+            if (cp >= 0x10000) {
+                cp -= 0x10000;
+                sb_printf(b, "\\u%04lx\\u%04lx", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+            } else {
+                sb_printf(b, "\\u%04lx", cp);
+            }
+            continue;
+        }
         switch (c) {
         case '"': sb_puts(b, "\\\""); break;
         case '\\': sb_puts(b, "\\\\"); break;
@@ -438,7 +463,7 @@ static int json_key_order_cmp(const void *x, const void *y) {
 }
 
 int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep, const char *key_sep,
-                  bool sort_keys, int depth, char *err) {
+                  bool sort_keys, bool ensure_ascii, int depth, char *err) {
     if (depth > 200) return lm_errf(err, "tojson: nesting too deep");
     if (!item_sep) item_sep = indent ? "," : ", ";
     if (!key_sep) key_sep = ": ";
@@ -451,15 +476,15 @@ int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep, con
         else if (isinf(v.u.f)) sb_puts(b, v.u.f < 0 ? "-Infinity" : "Infinity");
         else jv_write_float(b, v.u.f);
         return 0;
-    case JV_STR: write_json_str(b, v.u.str.s, v.u.str.len); return 0;
+    case JV_STR: write_json_str(b, v.u.str.s, v.u.str.len, ensure_ascii); return 0;
     case JV_LIST: {
         if (v.u.list->len == 0) { sb_puts(b, "[]"); return 0; }
         sb_putc(b, '[');
         for (size_t i = 0; i < v.u.list->len; i++) {
             if (i) sb_puts(b, item_sep);
             if (indent) json_newline(b, indent, depth + 1);
-            if (jv_write_json(b, v.u.list->items[i], indent, item_sep, key_sep, sort_keys, depth + 1,
-                              err))
+            if (jv_write_json(b, v.u.list->items[i], indent, item_sep, key_sep, sort_keys, ensure_ascii,
+                              depth + 1, err))
                 return -1;
         }
         if (indent) json_newline(b, indent, depth);
@@ -480,14 +505,14 @@ int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep, con
             jv val = d->vals[order[i] - d->keys];
             if (i) sb_puts(b, item_sep);
             if (indent) json_newline(b, indent, depth + 1);
-            if (key.type == JV_STR) write_json_str(b, key.u.str.s, key.u.str.len);
+            if (key.type == JV_STR) write_json_str(b, key.u.str.s, key.u.str.len, ensure_ascii);
             else if (key.type == JV_INT || key.type == JV_FLOAT || key.type == JV_BOOL ||
                      key.type == JV_NONE) {
                 strbuf kb = {0};
                 if (key.type == JV_NONE) sb_puts(&kb, "null");
                 else if (key.type == JV_BOOL) sb_puts(&kb, key.u.b ? "true" : "false");
                 else jv_write_str(&kb, key);
-                write_json_str(b, kb.data ? kb.data : "", kb.len);
+                write_json_str(b, kb.data ? kb.data : "", kb.len, ensure_ascii);
                 sb_free(&kb);
             } else {
                 rc = lm_errf(err, "keys must be str, int, float, bool or None, not %s",
@@ -495,7 +520,7 @@ int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep, con
                 break;
             }
             sb_puts(b, key_sep);
-            rc = jv_write_json(b, val, indent, item_sep, key_sep, sort_keys, depth + 1, err);
+            rc = jv_write_json(b, val, indent, item_sep, key_sep, sort_keys, ensure_ascii, depth + 1, err);
         }
         free(order);
         if (rc) return -1;
