@@ -110,6 +110,9 @@ CASES = [
     ("str_methods_strip_split", "{{ '  a b  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '\n\nhi\n'.lstrip('\n') }}|{{ 'hi\n\n'.rstrip() }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'a b c'.split(' ', 1) }}|{{ 'a/b/c'.rsplit('/', 1) }}|{{ 'x</think>y'.split('</think>')[-1] }}|{{ 'l1\nl2\r\nl3'.splitlines() }}"),
     ("str_methods_other", "{{ s.startswith('Hell') }}|{{ s.endswith(('x', 'ld')) }}|{{ s.replace('l', 'L') }}|{{ s.upper() }}{{ s.lower() }}|{{ \"they're bob's\".title() }}|{{ s.find('World') }}{{ s.find('zz') }}|{{ 'banana'.count('an') }}|{{ '{} and {}'.format(1, 'x') }}|{{ '{0}{name}'.format('a', name='b') }}|{{ '-'.join(['a','b']) }}|{{ s.capitalize() }}|{{ '12'.isdigit() }}{{ 'a1'.isdigit() }}|{{ 'héllo'.find('l') }}"),
     ("dict_methods", "{{ d.keys()|list }} {{ d.values()|list }} {{ d.items()|list }} {{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 'dflt') }} {{ {'items': 1}['items'] }}"),
+    ("generator_semantics", "{{ (l|map('string')|list)|length }} {{ 'yes' if [1]|select('odd') }} {{ 'yes' if []|select('odd') else 'no' }} {{ none|selectattr('x')|list }} {{ l|select('odd')|first }} {{ l|map('string')|join('-') }} {% for x in l|reject('odd') %}{{ x }}{% endfor %}"),
+    ("subscript_failures_are_undefined", "[{{ (l|select)[0] }}][{{ n[1] }}][{{ i[0] }}]"),
+    ("markup_concat", "{{ '<a>'|safe + '<b>' }} {{ '<b>' + '<a>'|safe }} {{ ('<x>'|safe + '&')|length }} {{ '<a>'|escape|escape }} {{ '<a>'|safe ~ '<b>' }} {{ '<a>'|forceescape|forceescape }}"),
     # undefined and None
     ("undefined_soft", "[{{ x }}][{{ x|string }}][{{ x ~ 'a' }}]{% for i in x %}no{% endfor %}{% if not x %}falsy{% endif %}{{ x == x }}{{ x|default('d') }}"),
     ("none_attribute_is_undefined", "[{{ n.foo }}][{{ d.a.b }}][{{ s.nope }}]"),
@@ -135,6 +138,11 @@ CASES = [
     ("err_not_callable", "{{ s() }}"),
     ("err_unclosed_string", "{{ 'abc }}"),
     ("err_unclosed_comment", "{# abc"),
+    ("err_slice_none", "{{ n[1:] }}"),
+    ("err_slice_generator", "{{ (l|select)[1:] }}"),
+    ("err_generator_length", "{{ l|map('string')|length }}"),
+    ("err_generator_tojson", "{{ l|select|tojson }}"),
+
 ]
 
 # Where lazymoe deliberately differs from transformers' immutable sandbox.

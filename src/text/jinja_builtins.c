@@ -229,7 +229,7 @@ BUILTIN(m_splitlines) {
 
 static int affix_check(jrender *r, jv self, jv what, bool start, bool *res) {
     *res = false;
-    if (what.type == JV_LIST && what.is_tuple) {
+    if (what.type == JV_LIST && what.sub) {
         for (size_t i = 0; i < what.u.list->len && !*res; i++)
             if (affix_check(r, self, what.u.list->items[i], start, res)) return -1;
         return 0;
@@ -489,7 +489,7 @@ jv_builtin jinja_method(jv self, const char *name, size_t len) {
     switch (self.type) {
     case JV_STR: return find_fn(str_methods, name, len);
     case JV_DICT: return find_fn(dict_methods, name, len);
-    case JV_LIST: return self.is_tuple ? NULL : find_fn(list_methods, name, len);
+    case JV_LIST: return self.sub ? NULL : find_fn(list_methods, name, len);
     default: return NULL;
     }
 }
@@ -552,7 +552,10 @@ FILTER(f_length) {
     UNUSED_F;
     switch (v.type) {
     case JV_STR: *out = jv_int((int64_t)utf8_len(v.u.str.s, v.u.str.len)); return 0;
-    case JV_LIST: *out = jv_int((int64_t)v.u.list->len); return 0;
+    case JV_LIST:
+        if (v.sub == JV_GENERATOR) return jr_fail(r, "object of type 'generator' has no len()");
+        *out = jv_int((int64_t)v.u.list->len);
+        return 0;
     case JV_DICT: *out = jv_int((int64_t)v.u.dict->len); return 0;
     case JV_UNDEF: *out = jv_int(0); return 0;
     default: return jr_fail(r, "object of type '%s' has no len()", jv_type_name(v));
@@ -570,6 +573,7 @@ FILTER(f_first) {
 FILTER(f_last) {
     UNUSED_F;
     jv_list *l;
+    if (v.type == JV_LIST && v.sub == JV_GENERATOR) return jr_fail(r, "'generator' object is not reversible");
     if (jinja_iterable(r, v, &l)) return -1;
     *out = l->len ? l->items[l->len - 1] : jv_undef("No last item, sequence was empty.");
     return 0;
@@ -652,6 +656,7 @@ FILTER(f_items) {
 /* select/reject/selectattr/rejectattr share this: keep items whose test result == keep. */
 static int select_common(jrender *r, jv v, const jv *args, size_t npos, bool by_attr, bool keep, jv *out) {
     jv_list *l, *res;
+    if (!jv_truthy(v)) v = jv_undef(NULL);  /* jinja2: `if value:` before iterating */
     if (jinja_iterable(r, v, &l)) return -1;
     if (!(res = jv_list_new(&r->arena, l->len))) return jr_oom(r);
     size_t first_test_arg = by_attr ? 1 : 0;
@@ -672,6 +677,7 @@ static int select_common(jrender *r, jv v, const jv *args, size_t npos, bool by_
         if (ok == keep) res->items[res->len++] = l->items[i];
     }
     *out = make_list(res, false);
+    out->sub = JV_GENERATOR;
     return 0;
 }
 
@@ -683,6 +689,7 @@ FILTER(f_rejectattr) { UNUSED_F; return select_common(r, v, args, npos, true, fa
 FILTER(f_map) {
     UNUSED_F;
     jv_list *l, *res;
+    if (!jv_truthy(v)) v = jv_undef(NULL);  /* jinja2: `if value:` before iterating */
     if (jinja_iterable(r, v, &l)) return -1;
     if (!(res = jv_list_new(&r->arena, l->len))) return jr_oom(r);
     jv attr = ARG(99, "attribute"), def = ARG(99, "default");
@@ -701,6 +708,7 @@ FILTER(f_map) {
         res->items[res->len++] = item;
     }
     *out = make_list(res, false);
+    out->sub = JV_GENERATOR;
     return 0;
 }
 
@@ -968,11 +976,16 @@ FILTER(f_reverse) {
     return 0;
 }
 
-FILTER(f_safe) { UNUSED_F; *out = v; return 0; }
-
-FILTER(f_escape) {
+FILTER(f_safe) {
     UNUSED_F;
+    if (to_str(r, v, out)) return -1;
+    out->sub = JV_MARKUP;
+    return 0;
+}
+
+static int html_escape(jrender *r, jv v, bool force, jv *out) {
     jv s;
+    if (v.type == JV_STR && v.sub == JV_MARKUP && !force) { *out = v; return 0; }
     if (to_str(r, v, &s)) return -1;
     strbuf b = {.limit = r->max_output};
     for (size_t i = 0; i < s.u.str.len; i++) {
@@ -986,8 +999,13 @@ FILTER(f_escape) {
         default: sb_putc(&b, c);
         }
     }
-    return str_result(r, &b, out);
+    if (str_result(r, &b, out)) return -1;
+    out->sub = JV_MARKUP;
+    return 0;
 }
+
+FILTER(f_escape) { UNUSED_F; return html_escape(r, v, false, out); }
+FILTER(f_forceescape) { UNUSED_F; return html_escape(r, v, true, out); }
 
 FILTER(f_indent) {
     UNUSED_F;
@@ -1096,7 +1114,7 @@ static const struct { const char *name; jv_builtin fn; } filters[] = {
     {"dictsort", (jv_builtin)f_dictsort}, {"unique", (jv_builtin)f_unique}, {"min", (jv_builtin)f_min},
     {"max", (jv_builtin)f_max}, {"sum", (jv_builtin)f_sum}, {"reverse", (jv_builtin)f_reverse},
     {"safe", (jv_builtin)f_safe}, {"escape", (jv_builtin)f_escape}, {"e", (jv_builtin)f_escape},
-    {"forceescape", (jv_builtin)f_escape}, {"indent", (jv_builtin)f_indent}, {"wordcount", (jv_builtin)f_wordcount},
+    {"forceescape", (jv_builtin)f_forceescape}, {"indent", (jv_builtin)f_indent}, {"wordcount", (jv_builtin)f_wordcount},
     {"batch", (jv_builtin)f_batch}, {"center", (jv_builtin)f_center},
 };
 

