@@ -104,6 +104,8 @@ CASES = [
     # tests
     ("tests_types", "{{ x is defined }} {{ d is defined }} {{ x is undefined }} {{ n is none }} {{ s is string }} {{ i is number }} {{ f is number }} {{ t is number }} {{ i is integer }} {{ f is integer }} {{ t is integer }} {{ f is float }} {{ d is mapping }} {{ l is mapping }} {{ l is iterable }} {{ s is iterable }} {{ i is iterable }} {{ x is iterable }} {{ l is sequence }} {{ d is sequence }} {{ t is boolean }} {{ i is boolean }}"),
     ("tests_values", "{{ t is true }} {{ t is false }} {{ 1 is true }} {{ 3 is odd }} {{ 4 is even }} {{ 9 is divisibleby 3 }} {{ 9 is divisibleby(2) }} {{ 1 is equalto 1 }} {{ 1 is eq 2 }} {{ 2 is ne 2 }} {{ 1 is lt 2 }} {{ 1 is ge 2 }} {{ n is not none }} {{ s is not string }} {{ 'A' is upper }} {{ 'a' is lower }} {{ 2 is in [1, 2] }} {{ n is sameas none }}"),
+    ("tests_odd_even_numbers", "{{ 2.5 is odd }} {{ 3.0 is odd }} {{ -3 is odd }} {{ -4 is even }} {{ 4.0 is even }} {{ 7 is divisibleby(-7) }}"),
+    ("undefined_in_containers", "{{ [x, 1] }} {{ {'a': x} }} {{ 'ab'|map(attribute='nope')|list }}"),
     ("tests_defined_attr", "{{ d.zz is defined }} {{ msgs[0].role is defined }} {{ msgs[5] is defined }} {{ d.a is not defined }}"),
     ("tests_callable", "{{ range is callable }} {{ s.upper is callable }} {{ s is callable }}"),
     # methods
@@ -138,6 +140,7 @@ CASES = [
     ("err_not_callable", "{{ s() }}"),
     ("err_unclosed_string", "{{ 'abc }}"),
     ("err_unclosed_comment", "{# abc"),
+    ("err_int_of_undefined", "{{ d.missing|int }}"),
     ("err_slice_none", "{{ n[1:] }}"),
     ("err_slice_generator", "{{ (l|select)[1:] }}"),
     ("err_generator_length", "{{ l|map('string')|length }}"),

@@ -737,6 +737,7 @@ FILTER(f_int) {
     if (!given(def)) def = jv_int(0);
     int64_t b = base.type == JV_INT ? base.u.i : 10, i;
     switch (v.type) {
+    case JV_UNDEF: return jr_fail(r, "%s", v.u.str.s ? v.u.str.s : "value is undefined");  /* int(Undefined) raises */
     case JV_INT: *out = v; return 0;
     case JV_BOOL: *out = jv_int(v.u.b); return 0;
     case JV_FLOAT:
@@ -766,6 +767,7 @@ FILTER(f_float) {
     UNUSED_F;
     jv def = ARG(0, "default");
     if (!given(def)) def = jv_float(0.0);
+    if (v.type == JV_UNDEF) return jr_fail(r, "%s", v.u.str.s ? v.u.str.s : "value is undefined");
     if (jv_is_number(v)) { *out = jv_float(jv_as_double(v)); return 0; }
     if (v.type == JV_STR && v.u.str.len < 80) {
         char buf[80];
@@ -1009,8 +1011,11 @@ FILTER(f_forceescape) { UNUSED_F; return html_escape(r, v, true, out); }
 
 FILTER(f_indent) {
     UNUSED_F;
-    jv s, width = ARG(0, "width"), first = ARG(1, "first"), blank = ARG(2, "blank");
-    if (to_str(r, v, &s)) return -1;
+    jv s = v, width = ARG(0, "width"), first = ARG(1, "first"), blank = ARG(2, "blank");
+    if (v.type != JV_STR) {  /* jinja2 does `s += "\n"`, which only strings survive */
+        if (v.type == JV_UNDEF) return jr_fail(r, "%s", v.u.str.s ? v.u.str.s : "value is undefined");
+        return jr_fail(r, "unsupported operand type(s) for +=: '%s' and 'str'", jv_type_name(v));
+    }
     char ind_buf[256];
     const char *ind = ind_buf;
     size_t ind_len;
@@ -1158,13 +1163,16 @@ int jinja_apply_test(jrender *r, const char *name, size_t len, jv v, const jv *a
         if (!jv_is_number(v)) return jr_fail(r, "test '%.*s' needs a number, not '%s'", (int)len, name, jv_type_name(v));
         int64_t div = IS("divisibleby") ? (a0.type == JV_INT ? a0.u.i : 0) : 2;
         if (div == 0) return jr_fail(r, "divisibleby needs a non-zero integer");
+        /* Python: odd is `value % 2 == 1`, even `value % 2 == 0`, with Python's modulo sign */
         if (v.type == JV_FLOAT) {
             double m = fmod(v.u.f, (double)div);
-            *out = IS("odd") ? m != 0 : m == 0;
+            if (m != 0 && ((m < 0) != (div < 0))) m += (double)div;
+            *out = IS("odd") ? m == 1 : m == 0;
         } else {
             int64_t x = v.type == JV_INT ? v.u.i : v.u.b;
             int64_t m = div == -1 ? 0 : x % div;
-            *out = IS("odd") ? m != 0 : m == 0;
+            if (m != 0 && ((m < 0) != (div < 0))) m += div;
+            *out = IS("odd") ? m == 1 : m == 0;
         }
     } else if (IS("equalto") || IS("eq") || IS("==") || IS("sameas")) {
         if (IS("sameas")) *out = v.type == a0.type && jv_equal(v, a0);

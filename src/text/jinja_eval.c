@@ -443,6 +443,8 @@ static int contains(jrender *r, jv container, jv item, bool *out) {
             *out = jv_equal(container.u.list->items[i], item);
         return 0;
     case JV_DICT:
+        if ((item.type == JV_LIST && item.sub != JV_TUPLE) || item.type == JV_DICT)
+            return jr_fail(r, "unhashable type: '%s'", jv_type_name(item));
         *out = jv_dict_get(container.u.dict, item) != NULL;
         return 0;
     case JV_UNDEF:

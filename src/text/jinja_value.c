@@ -387,6 +387,8 @@ static void write_repr_depth(strbuf *b, jv v, int depth) {
         sb_puts(b, "<Namespace ");
         write_items(b, d, depth);
         sb_putc(b, '>');
+    } else if (v.type == JV_UNDEF) {
+        sb_puts(b, "Undefined");  /* repr(Undefined) inside printed containers */
     } else jv_write_str(b, v);
 }
 

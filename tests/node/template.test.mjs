@@ -116,4 +116,40 @@ for (const [model, dir] of Object.entries(MODELS)) {
     });
   }
 }
+
+// CLI edge cases: stdin input, bad lines, a directory without a template.
+await testCase('template cli: stdin, bad line, missing fields', () => {
+  const dir = MODELS['qwen3'];
+  const input = [
+    JSON.stringify({ id: 7, messages: [{ role: 'user', content: 'x' }], add_generation_prompt: true }),
+    'this is not json',
+    '',
+    JSON.stringify({ id: 'no-messages' }),
+    JSON.stringify({ id: 'tools-null', messages: [{ role: 'user', content: 'y' }], tools: null, extra: { enable_thinking: false }, add_generation_prompt: true }),
+  ].join('\n') + '\n';
+  const r = lazymoe(['template', dir, '--jsonl', '-'], input);
+  assert(r.status === 0, `exit ${r.status}: ${r.stderr}`);
+  const lines = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  assert(lines.length === 4, `want 4 output lines, got ${lines.length}`);
+  assert(lines[0].id === 7 && lines[0].text === '<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n', JSON.stringify(lines[0]));
+  assert(lines[1].id === null && /bad input line/.test(lines[1].error), JSON.stringify(lines[1]));
+  assert(lines[2].id === 'no-messages' && /messages/.test(lines[2].error), JSON.stringify(lines[2]));
+  assert(lines[3].text.endsWith('<think>\n\n</think>\n\n'), JSON.stringify(lines[3]));
+});
+
+await testCase('template cli: no chat template, bad usage', () => {
+  const r = lazymoe(['template', path.join(FIX), '--jsonl', '-'], '');
+  assert(r.status === 1 && /no chat template/.test(r.stderr), `status ${r.status} stderr ${r.stderr}`);
+  const u = lazymoe(['template'], '');
+  assert(u.status === 2 && /usage/.test(u.stderr), `status ${u.status}`);
+});
+
+// The template raising is reported per line, not as a failed run.
+await testCase('template cli: raise_exception becomes an error line', () => {
+  const dir = MODELS['gpt-oss'];
+  const input = JSON.stringify({ id: 'x', messages: [{ role: 'user', content: 'a' }, { role: 'assistant', content: '<|channel|>final<|message|>b' }] }) + '\n';
+  const r = lazymoe(['template', dir, '--jsonl', '-'], input);
+  const o = JSON.parse(r.stdout.trim());
+  assert(r.status === 0 && o.id === 'x' && /You have passed a message containing <\|channel\|> tags/.test(o.error), r.stdout + r.stderr);
+});
 done();
