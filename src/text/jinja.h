@@ -28,7 +28,8 @@ typedef struct lm_jinja_template lm_jinja_template;
 
 /* Limits and environment for one render. Zero fields take the defaults. */
 typedef struct {
-    long max_loop_iterations;   /* total over the render; default 1,000,000 */
+    long max_loop_iterations;   /* total over the render; default 10,000,000 (gpt-oss scans
+                                   later messages per tool call: O(n^2) in long sessions) */
     int max_call_depth;         /* macro/call nesting; default 64 */
     size_t max_output_bytes;    /* default 64 MiB */
     size_t max_memory_bytes;    /* render arena; default 512 MiB */

@@ -700,10 +700,8 @@ FILTER(f_map) {
             if (get_path(r, item, attr, &item)) return -1;
             if (item.type == JV_UNDEF && given(def)) item = def;
         } else {
-            size_t nk = nargs - npos;
             if (jinja_apply_filter(r, args[0].u.str.s, args[0].u.str.len, item, args + 1, kw + 1, nargs - 1, npos - 1, &item))
                 return -1;
-            (void)nk;
         }
         res->items[res->len++] = item;
     }
@@ -923,7 +921,7 @@ FILTER(f_unique) {
 static int min_max(jrender *r, jv v, const jv *args, const char *const *kw, size_t nargs, size_t npos, bool want_max, jv *out) {
     jv_list *l;
     if (sorted_copy(r, v, ARG(1, "attribute"), jv_truthy(ARG(0, "case_sensitive")), false, &l)) return -1;
-    if (!l->len) { *out = jv_undef(want_max ? "No aggregated item, sequence was empty." : "No aggregated item, sequence was empty."); return 0; }
+    if (!l->len) { *out = jv_undef("No aggregated item, sequence was empty."); return 0; }
     *out = want_max ? l->items[l->len - 1] : l->items[0];
     return 0;
 }

@@ -733,65 +733,76 @@ static int loop_cycle(jrender *r, jv self, const jv *args, const char *const *kw
     return 0;
 }
 
+/* One scope and one `loop` object serve all iterations of a for statement: the
+ * scope is emptied before each iteration (jinja2's fresh-scope-per-iteration
+ * semantics) and the loop object is updated in place, as jinja2's LoopContext
+ * is. This keeps long loops from allocating per iteration. (A macro defined in
+ * a loop body and smuggled out of it would see the last iteration's variables.) */
 static int exec_for(jrender *r, const jnode *n, jscope *sc) {
     jv seq;
-    jv_list *items;
+    jv_list view, *items = &view;
     if (jinja_eval(r, n->b, sc, &seq)) return -1;
     r->line = n->line;
-    if (jinja_iterable(r, seq, &items)) return -1;
+    if (seq.type == JV_LIST) view = *seq.u.list;  /* appends in the body do not extend the loop */
+    else if (jinja_iterable(r, seq, &items)) return -1;
+    jscope *body_scope = scope_new(r, sc);
+    if (!body_scope) return -1;
     if (n->nkids == 1) {  /* for x in y if cond: filter first, as jinja2 does */
         jv_list *kept = jv_list_new(&r->arena, items->len);
-        jscope *tmp = scope_new(r, sc);
-        if (!kept || !tmp) return jr_oom(r);
+        if (!kept) return jr_oom(r);
         for (size_t i = 0; i < items->len; i++) {
             jv c;
             if (++r->iterations > r->max_iterations)
                 return jr_fail(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
-            if (assign(r, n->a, tmp, items->items[i]) || jinja_eval(r, n->kids[0], tmp, &c)) return -1;
+            body_scope->vars->len = 0;
+            if (assign(r, n->a, body_scope, items->items[i]) || jinja_eval(r, n->kids[0], body_scope, &c)) return -1;
             if (jv_truthy(c)) kept->items[kept->len++] = items->items[i];
         }
         items = kept;
     }
     size_t len = items->len;
+    static const char *const field_names[] = {"index", "index0", "revindex", "revindex0", "first", "last",
+                                              "length", "depth", "depth0", "previtem", "nextitem", "cycle"};
+    enum { F_COUNT = sizeof field_names / sizeof field_names[0] };
+    jv_dict *loop = jv_dict_new(&r->arena, F_COUNT);
+    jv_func *cyc = ja_alloc(&r->arena, sizeof *cyc);
+    if (!loop || !cyc) return jr_oom(r);
+    jv lv = {JV_DICT, 0, {0}};
+    lv.u.dict = loop;
+    cyc->fn = loop_cycle;
+    cyc->self = lv;
+    cyc->name = "cycle";
+    for (size_t f = 0; f < F_COUNT; f++) {
+        loop->keys[f] = jv_cstr(field_names[f]);
+        loop->vals[f] = jv_none();
+    }
+    loop->len = F_COUNT;
+    loop->vals[11].type = JV_FUNC;
+    loop->vals[11].u.func = cyc;
     for (size_t i = 0; i < len; i++) {
         if (++r->iterations > r->max_iterations)
             return jr_fail(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
-        jscope *body_scope = scope_new(r, sc);
-        jv_dict *loop = jv_dict_new(&r->arena, 12);
-        jv_func *cyc = ja_alloc(&r->arena, sizeof *cyc);
-        if (!body_scope || !loop || !cyc) return jr_oom(r);
-        jv lv = {JV_DICT, 0, {0}};
-        lv.u.dict = loop;
-        cyc->fn = loop_cycle;
-        cyc->self = lv;
-        cyc->name = "cycle";
-        jv cv = {JV_FUNC, 0, {0}};
-        cv.u.func = cyc;
-        struct { const char *k; jv v; } fields[] = {
-            {"index", jv_int((int64_t)i + 1)},
-            {"index0", jv_int((int64_t)i)},
-            {"revindex", jv_int((int64_t)(len - i))},
-            {"revindex0", jv_int((int64_t)(len - i - 1))},
-            {"first", jv_bool(i == 0)},
-            {"last", jv_bool(i + 1 == len)},
-            {"length", jv_int((int64_t)len)},
-            {"depth", jv_int(1)},
-            {"depth0", jv_int(0)},
-            {"previtem", i > 0 ? items->items[i - 1] : jv_undef("there is no previous item")},
-            {"nextitem", i + 1 < len ? items->items[i + 1] : jv_undef("there is no next item")},
-            {"cycle", cv},
-        };
-        for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
-            if (jv_dict_push(&r->arena, loop, jv_cstr(fields[f].k), fields[f].v)) return jr_oom(r);
+        jv *v = loop->vals;
+        v[0] = jv_int((int64_t)i + 1);
+        v[1] = jv_int((int64_t)i);
+        v[2] = jv_int((int64_t)(len - i));
+        v[3] = jv_int((int64_t)(len - i - 1));
+        v[4] = jv_bool(i == 0);
+        v[5] = jv_bool(i + 1 == len);
+        v[6] = jv_int((int64_t)len);
+        v[7] = jv_int(1);
+        v[8] = jv_int(0);
+        v[9] = i > 0 ? items->items[i - 1] : jv_undef("there is no previous item");
+        v[10] = i + 1 < len ? items->items[i + 1] : jv_undef("there is no next item");
+        body_scope->vars->len = 0;
         if (scope_set(r, body_scope, "loop", 4, lv) || assign(r, n->a, body_scope, items->items[i])) return -1;
         int rc = exec_body(r, n->c, body_scope);
         if (rc < 0) return -1;
         if (rc == EX_BREAK) break;
     }
     if (len == 0 && n->d) {
-        jscope *else_scope = scope_new(r, sc);
-        if (!else_scope) return -1;
-        return exec_body(r, n->d, else_scope);
+        body_scope->vars->len = 0;
+        return exec_body(r, n->d, body_scope);
     }
     return 0;
 }
@@ -920,7 +931,7 @@ int lm_jinja_render(const lm_jinja_template *tmpl, const json_t *context, const 
     jrender r = {0};
     r.err = err;
     r.line = 1;
-    r.max_iterations = o.max_loop_iterations > 0 ? o.max_loop_iterations : 1000000;
+    r.max_iterations = o.max_loop_iterations > 0 ? o.max_loop_iterations : 10000000;
     r.max_depth = o.max_call_depth > 0 ? o.max_call_depth : 64;
     r.max_output = o.max_output_bytes ? o.max_output_bytes : (size_t)64 << 20;
     r.arena.limit = o.max_memory_bytes ? o.max_memory_bytes : (size_t)512 << 20;
