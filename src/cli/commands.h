@@ -9,5 +9,7 @@ int cmd_info(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 /* lazymoe tokenize DIR --jsonl IN.jsonl [--no-special] [--decode] */
 int cmd_tokenize(int argc, char **argv);
+/* lazymoe template DIR --jsonl IN.jsonl [--now SECS] */
+int cmd_template(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const command commands[] = {
     {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
     {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
     {"tokenize", cmd_tokenize, "tokenize JSONL text with a model's tokenizer.json"},
+    {"template", cmd_template, "render chat templates for JSONL conversations"},
 };
 
 static void usage(FILE *f) {

@@ -4,21 +4,20 @@
 #include <stdio.h>
 #include <string.h>
 
-int lm_errf(char *err, const char *fmt, ...) {
+void lm_errf_set(char *err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     if (err) vsnprintf(err, LM_ERR_LEN, fmt, ap);
     va_end(ap);
-    return -1;
 }
 
-int lm_err_prefix(char *err, const char *fmt, ...) {
+void lm_err_prefix_set(char *err, const char *fmt, ...) {
     char out[LM_ERR_LEN];
     va_list ap;
     va_start(ap, fmt);
     int n = err ? vsnprintf(out, sizeof out, fmt, ap) : -1;
     va_end(ap);
-    if (n < 0) return -1;
+    if (n < 0) return;
     size_t used = (size_t)n < sizeof out ? (size_t)n : sizeof out - 1;
     /* Append ": " and the old message after the prefix, truncating at the end. */
     size_t room = sizeof out - used;
@@ -30,5 +29,4 @@ int lm_err_prefix(char *err, const char *fmt, ...) {
     memcpy(out + used, err, take);
     out[used + take] = 0;
     memcpy(err, out, used + take + 1);
-    return -1;
 }

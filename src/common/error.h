@@ -12,11 +12,15 @@
 
 #define LM_ERR_LEN 512
 
-/* Formats the reason into err (may be NULL) and returns -1 so callers can write
- * `return lm_errf(err, "...", ...);`. */
-int lm_errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Formats the reason into err (may be NULL) and evaluates to -1 so callers can
+ * write `return lm_errf(err, "...", ...);`. A macro, so that the value -1 is
+ * visible at every call site (static analysis then knows the failure paths). */
+void lm_errf_set(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline int lm_failed(void) { return -1; }
+#define lm_errf(err, ...) (lm_errf_set((err), __VA_ARGS__), lm_failed())
 
-/* Prepends "prefix: " to an existing message, e.g. the file name. Returns -1. */
-int lm_err_prefix(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prepends "prefix: " to an existing message, e.g. the file name. Evaluates to -1. */
+void lm_err_prefix_set(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define lm_err_prefix(err, ...) (lm_err_prefix_set((err), __VA_ARGS__), lm_failed())
 
 #endif
