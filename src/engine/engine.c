@@ -37,7 +37,7 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     }
     if (opt) m->opt = *opt;
     else lazymoe_options_init(&m->opt);
-    if (lm_weights_load(&m->w, dir, m->opt.verbose ? progress_stderr : NULL, NULL, e) != 0) {
+    if (lm_weights_load(&m->w, dir, 0, m->opt.verbose ? progress_stderr : NULL, NULL, e) != 0) {
         free(m);
         copy_err(err, errlen, e);
         return -1;
