@@ -88,6 +88,8 @@ typedef void (*lm_progress_fn)(void *ctx, const char *what, double fraction);
  * experts are only described (layer.src), not read: the expert cache reads them. */
 int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress,
                     void *progress_ctx, char *err);
+/* Reads every expert of a model loaded with lazy_experts into memory (resident). */
+int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *progress_ctx, char *err);
 /* Reads expert e of MoE layer l into `slot` (src.slot_bytes, 64-byte aligned). */
 int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *err);
 void lm_weights_free(lm_weights *w);

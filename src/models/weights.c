@@ -319,11 +319,9 @@ int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *
     return 0;
 }
 
-/* Resident experts: one buffer of E slots per layer, read part by part. */
-static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int lazy) {
+/* Resident experts: one buffer of E slots for the layer, read part by part. */
+static int read_layer_experts(loader *L, int l, lm_layer *ly) {
     int E = L->w->cfg.n_experts;
-    if (describe_experts(L, l, block, ly)) return -1;
-    if (lazy) return 0;
     ly->experts = track(L, lm_malloc_aligned(sizeof(lm_expert) * (size_t)E, "expert table", L->err));
     char *slots = track(L, lm_malloc_aligned(ly->src.slot_bytes * (size_t)E, "experts", L->err));
     if (!ly->experts || !slots) return -1;
@@ -331,6 +329,22 @@ static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int l
         char *slot = slots + ly->src.slot_bytes * (size_t)e;
         if (lm_weights_read_expert(L->w, l, e, slot, L->err)) return -1;
         ly->experts[e] = lm_expert_view(&ly->src, slot);
+    }
+    return 0;
+}
+
+static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int lazy) {
+    if (describe_experts(L, l, block, ly)) return -1;
+    return lazy ? 0 : read_layer_experts(L, l, ly);
+}
+
+int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *pctx, char *err) {
+    loader L = {w, err};
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        lm_layer *ly = &w->layers[l];
+        if (!ly->is_moe || ly->experts) continue;
+        if (read_layer_experts(&L, l, ly) != 0) return -1;
+        if (progress) progress(pctx, "loading experts", (double)(l + 1) / w->cfg.n_layers);
     }
     return 0;
 }

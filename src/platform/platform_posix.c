@@ -18,6 +18,16 @@ int lm_file_open_read(const char *path, char *err) {
     return fd;
 }
 
+int lm_file_open_direct(const char *path, char *err) {
+#ifdef O_DIRECT
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (fd < 0) return lm_errf(err, "%s: direct reads refused (%s)", path, strerror(errno));
+    return fd;
+#else
+    return lm_errf(err, "%s: direct reads are not available on this platform", path);
+#endif
+}
+
 void lm_file_close(int fd) {
     if (fd >= 0) close(fd);
 }
