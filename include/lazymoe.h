@@ -47,6 +47,10 @@ typedef struct {
     lazymoe_eviction eviction;
     int buffered_io;          /* 1 = no O_DIRECT (reads go through the page cache) */
     const char *trace_routing; /* record the routing of every token to this file */
+    /* Benchmarks only: replay a routing trace in place of the router's picks
+     * (token i uses the trace's token i modulo its length, equal weights). The
+     * output is then meaningless; the expert traffic is the trace's. */
+    const char *replay_routing;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -92,6 +96,18 @@ typedef struct {
 
 /* Expert cache counters and memory plan (l < 0: all layers; else one layer). */
 void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st);
+
+/* What a routing trace (options.trace_routing) says about the routing a run saw,
+ * over tokens [skip_tokens, end): per MoE layer, averaged over layers. */
+typedef struct {
+    int tokens;
+    double distinct_experts;  /* experts used at least once in the layer */
+    double consecutive_reuse; /* share of a token's experts the previous token also used */
+    double top16_share;       /* share of all picks that went to the layer's 16 most used experts */
+} lazymoe_routing_summary;
+
+int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
+                              size_t errlen);
 
 int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen);
 void lazymoe_session_free(lazymoe_session *s);

@@ -136,6 +136,16 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     if (m->opt.trace_routing &&
         lm_trace_create(&m->trace, m->opt.trace_routing, m->w.cfg.n_layers, m->w.cfg.n_experts, m->w.cfg.top_k, e) != 0)
         goto fail;
+    if (m->opt.replay_routing) {
+        if (lm_trace_load(&m->replay, m->opt.replay_routing, e) != 0) goto fail;
+        if (m->replay.n_layers != m->w.cfg.n_layers || m->replay.n_experts != m->w.cfg.n_experts ||
+            m->replay.top_k != m->w.cfg.top_k) {
+            lm_errf(e, "routing trace %s is for %d layers x %d experts top-%d; the model has %d x %d top-%d",
+                    m->opt.replay_routing, m->replay.n_layers, m->replay.n_experts, m->replay.top_k,
+                    m->w.cfg.n_layers, m->w.cfg.n_experts, m->w.cfg.top_k);
+            goto fail;
+        }
+    }
     if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
     *out = m;
     return 0;
@@ -167,6 +177,7 @@ void lazymoe_model_close(lazymoe_model *m) {
     char e[LM_ERR_LEN];
     if (m->trace && lm_trace_close(m->trace, e) != 0) fprintf(stderr, "lazymoe: %s\n", e);
     lm_cache_free(m->cache);
+    lm_trace_data_free(&m->replay);
     if (m->be) lm_backend_free(m->be);
     lm_weights_free(&m->w);
     free(m);
@@ -317,5 +328,28 @@ int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *l
         copy_err(err, errlen, e);
         return -1;
     }
+    return 0;
+}
+
+int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
+                              size_t errlen) {
+    char e[LM_ERR_LEN];
+    lm_trace_data d;
+    lm_routing_stats rs;
+    memset(out, 0, sizeof *out);
+    if (lm_trace_load(&d, trace_path, e) != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    int rc = lm_trace_stats(&d, skip_tokens, &rs, e);
+    lm_trace_data_free(&d);
+    if (rc != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    out->tokens = rs.tokens;
+    out->distinct_experts = rs.distinct_experts;
+    out->consecutive_reuse = rs.consecutive_reuse;
+    out->top16_share = rs.top16_share;
     return 0;
 }

@@ -15,6 +15,7 @@ struct lazymoe_model {
     int max_context;
     lm_expert_cache *cache; /* NULL when every expert is resident */
     lm_trace *trace;        /* routing trace being recorded, or NULL */
+    lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
     uint64_t budget;        /* memory budget the plan was made for (bytes) */
     uint64_t planned_bytes; /* what the plan expects the process to use */
 };

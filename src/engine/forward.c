@@ -181,6 +181,16 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
     int E = c->n_experts, K = c->top_k, H = c->hidden_size;
     be->ops->matmul(be, S->router, &ly->router, S->h, T);
     route(c, S->router, T, S->sel, S->selw);
+    const lm_trace_data *rp = &s->m->replay;
+    if (rp->ids) /* benchmark replay: the trace's picks, equal weights */
+        for (int t = 0; t < T; t++) {
+            const int32_t *ids = rp->ids + ((size_t)((s->n_past + t) % rp->n_tokens) * (size_t)rp->n_layers +
+                                            (size_t)l) * (size_t)K;
+            for (int k = 0; k < K; k++) {
+                S->sel[t * K + k] = ids[k] >= 0 ? ids[k] : k;
+                S->selw[t * K + k] = 1.0f / (float)K;
+            }
+        }
     if (ly->experts) {
         for (int e = 0; e < E; e++) {
             int used = 0;

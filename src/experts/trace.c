@@ -141,3 +141,52 @@ void lm_trace_data_free(lm_trace_data *d) {
     free(d->ids);
     memset(d, 0, sizeof *d);
 }
+
+static int cmp_desc_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? 1 : (x > y ? -1 : 0);
+}
+
+int lm_trace_stats(const lm_trace_data *d, int skip, lm_routing_stats *out, char *err) {
+    memset(out, 0, sizeof *out);
+    if (skip < 0) skip = 0;
+    if (skip >= d->n_tokens) return lm_errf(err, "the trace has %d tokens; nothing after %d", d->n_tokens, skip);
+    uint32_t *count = calloc((size_t)d->n_experts, sizeof *count);
+    if (!count) return lm_errf(err, "out of memory");
+    int moe_layers = 0;
+    double distinct = 0, reuse = 0, top16 = 0;
+    size_t per_token = (size_t)d->n_layers * (size_t)d->top_k;
+    for (int l = 0; l < d->n_layers; l++) {
+        if (d->ids[(size_t)l * (size_t)d->top_k] < 0) continue; /* dense layer */
+        memset(count, 0, sizeof *count * (size_t)d->n_experts);
+        uint64_t picks = 0, reused = 0, compared = 0;
+        for (int t = skip; t < d->n_tokens; t++) {
+            const int32_t *cur = d->ids + (size_t)t * per_token + (size_t)l * (size_t)d->top_k;
+            const int32_t *prev = cur - per_token;
+            for (int k = 0; k < d->top_k && cur[k] >= 0; k++) {
+                count[cur[k]]++;
+                picks++;
+                if (t > skip) {
+                    compared++;
+                    for (int j = 0; j < d->top_k; j++) reused += prev[j] == cur[k];
+                }
+            }
+        }
+        int used = 0;
+        for (int e = 0; e < d->n_experts; e++) used += count[e] > 0;
+        qsort(count, (size_t)d->n_experts, sizeof *count, cmp_desc_u32);
+        uint64_t top = 0;
+        for (int e = 0; e < 16 && e < d->n_experts; e++) top += count[e];
+        distinct += used;
+        reuse += compared ? (double)reused / (double)compared : 0;
+        top16 += picks ? (double)top / (double)picks : 0;
+        moe_layers++;
+    }
+    free(count);
+    if (!moe_layers) return lm_errf(err, "the trace has no MoE layer picks");
+    out->tokens = d->n_tokens - skip;
+    out->distinct_experts = distinct / moe_layers;
+    out->consecutive_reuse = reuse / moe_layers;
+    out->top16_share = top16 / moe_layers;
+    return 0;
+}
