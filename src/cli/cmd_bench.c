@@ -60,10 +60,12 @@ int cmd_bench(int argc, char **argv) {
             if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
             opt.io_threads = (int)x, i++;
         } else if (!strcmp(s, "--eviction")) {
-            if (!v || (strcmp(v, "lru") && strcmp(v, "lcp") && strcmp(v, "lfru")))
-                return cli_fail("--eviction expects lru, lcp or lfru");
-            opt.eviction = !strcmp(v, "lru") ? LAZYMOE_EVICT_LRU : !strcmp(v, "lcp") ? LAZYMOE_EVICT_LCP : LAZYMOE_EVICT_LFRU;
-            i++;
+            static const char *const names[] = {"lru", "lcp", "lfru"};
+            int p = -1;
+            for (int k = 0; k < 3 && v; k++)
+                if (strcmp(v, names[k]) == 0) p = k;
+            if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru");
+            opt.eviction = (lazymoe_eviction)p, i++;
         } else if (!strcmp(s, "--buffered-io")) {
             opt.buffered_io = 1;
         } else if (!strcmp(s, "--routing-trace")) {
