@@ -107,6 +107,7 @@ int cmd_bench(int argc, char **argv) {
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)prompt);
+    int32_t *out_ids = calloc((size_t)gen + 1, sizeof(int32_t));
     float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
     srand(seed);
     for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
@@ -114,7 +115,7 @@ int cmd_bench(int argc, char **argv) {
     int rc = 1;
     lazymoe_expert_stats st0, st1, st2;
     double t_prefill = 0, t_decode = 0;
-    if (!ids || !logits || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
+    if (!ids || !logits || !out_ids || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
     lazymoe_model_get_expert_stats(m, -1, &st0);
     double t0 = now_s();
     if (lazymoe_session_eval(s, ids, prompt, logits, 0, err, sizeof err) != 0) goto done;
@@ -125,6 +126,7 @@ int cmd_bench(int argc, char **argv) {
         int32_t best = 0;
         for (int i = 1; i < info.vocab_size; i++)
             if (logits[i] > logits[best]) best = i;
+        out_ids[g] = best;
         if (lazymoe_session_eval(s, &best, 1, logits, 0, err, sizeof err) != 0) goto done;
     }
     t_decode = now_s() - t0;
@@ -138,6 +140,7 @@ done:
     free(logits);
     if (rc) {
         if (tmp_trace[0]) unlink(tmp_trace);
+        free(out_ids);
         return rc;
     }
     lazymoe_routing_summary rs_all = {0}, rs_dec = {0};
@@ -159,7 +162,7 @@ done:
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
                "\"planned_bytes\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
-               "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}}\n",
+               "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
                model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
                all_hits + all_miss ? (double)all_hits / (double)(all_hits + all_miss) : 1.0,
                (unsigned long long)st2.bytes_read, (unsigned long long)dec_bytes, miss_bw, read_bw, st2.wait_seconds,
@@ -167,6 +170,10 @@ done:
                (unsigned long long)st2.planned_bytes, st2.resident ? "true" : "false", st2.capacity, info.n_experts,
                info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
+        /* The generated ids, so runs under different budgets can be compared. */
+        printf(", \"generated_ids\": [");
+        for (int g = 0; g < gen; g++) printf(g ? ", %d" : "%d", out_ids[g]);
+        printf("]}\n");
     } else {
         printf("model        %s (%s, %d layers, %d experts, top-%d)\n", model, info.model_type, info.n_layers,
                info.n_experts, info.top_k);
@@ -188,5 +195,6 @@ done:
                    rs_all.distinct_experts, 100 * rs_all.consecutive_reuse, 100 * rs_all.top16_share,
                    rs_dec.distinct_experts, 100 * rs_dec.consecutive_reuse);
     }
+    free(out_ids);
     return 0;
 }
