@@ -78,6 +78,8 @@ typedef struct {
     char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
     int n_eos;
     int32_t eos_ids[8];
+    char expert_layout[16];    /* "mlx-stacked", "hf-fused" or "hf-separate" */
+    int expert_read_ranges;    /* separate byte ranges to read one expert */
 } lazymoe_model_info;
 
 void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);

@@ -207,6 +207,11 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->quant_group_size = c->quant_group_size;
     snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
              m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
+    static const char *layouts[] = {"mlx-stacked", "hf-fused", "hf-separate"};
+    snprintf(info->expert_layout, sizeof info->expert_layout, "%s", layouts[m->w.expert_layout]);
+    for (int l = 0; l < c->n_layers; l++)
+        if (m->w.layers[l].is_moe && m->w.layers[l].src.nparts > info->expert_read_ranges)
+            info->expert_read_ranges = m->w.layers[l].src.nparts;
     info->n_eos = c->n_eos;
     memcpy(info->eos_ids, c->eos_ids, sizeof(int32_t) * (size_t)(c->n_eos < 8 ? c->n_eos : 8));
 }
