@@ -34,8 +34,8 @@
 #define ROUTER_GROUP_SIZE 64
 #define EMBED_COMMON 1.0f      /* weight of the common direction m in every embedding row */
 #define NORM_NOISE 0.02f       /* norms: 1 +- this */
-#define REALISTIC_SCALE 0.35f  /* s_e = exp(REALISTIC_SCALE * z_e) */
-#define REALISTIC_BIAS 0.9f    /* b_e = REALISTIC_BIAS * z_e */
+#define REALISTIC_SCALE 0.3f  /* s_e = exp(REALISTIC_SCALE * z_e) */
+#define REALISTIC_BIAS 0.7f    /* b_e = REALISTIC_BIAS * z_e */
 #define COLLAPSED_BIAS 12.0f   /* b_e of the dominant experts */
 #define MAX_SYNTH_THREADS 16
 
@@ -58,6 +58,7 @@ typedef struct {
     /* qwen3_next: Gated DeltaNet */
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
     double partial_rotary;
+    int resid_layers;     /* the preset's own layer count: fixes the residual init scale */
 } synth_spec;
 
 /* Public config.json values (Qwen/Qwen3-30B-A3B, mistralai/Mixtral-8x7B-v0.1,
@@ -103,6 +104,7 @@ static int make_spec(const lm_synth_options *o, synth_spec *s, char *err) {
         if (!strcmp(o->preset, presets[i].name)) p = &presets[i];
     if (!p) return lm_errf(err, "unknown preset '%.64s' (presets: %s)", o->preset, lm_synth_presets());
     *s = *p;
+    s->resid_layers = p->layers;
     if (o->layers < 0 || o->layers > 4096) return lm_errf(err, "--layers must be 1..4096");
     if (o->layers) s->layers = o->layers;
     if (o->hidden < 0 || o->experts < 0 || o->moe_intermediate < 0 || o->vocab < 0)
@@ -190,6 +192,17 @@ static inline float rng_normal(rng *r) {
     uint32_t s = (uint32_t)(v & 0xffff) + (uint32_t)((v >> 16) & 0xffff) +
                  (uint32_t)((v >> 32) & 0xffff) + (uint32_t)(v >> 48);
     return ((float)s - 131070.0f) * (1.0f / 37837.23f);
+}
+
+/* Two approximately N(0,1) values from one 64-bit draw: each the Irwin-Hall sum of four
+ * 8-bit uniforms (1021 levels, bounded at +-3.45), summed SWAR-style. */
+static inline void rng_normal2(rng *r, float *a, float *b) {
+    uint64_t v = rng_next(r);
+    uint64_t t = (v & 0x00ff00ff00ff00ffull) + ((v >> 8) & 0x00ff00ff00ff00ffull);
+    uint32_t x = (uint32_t)(t & 0xffff) + (uint32_t)((t >> 16) & 0xffff);
+    uint32_t y = (uint32_t)((t >> 32) & 0xffff) + (uint32_t)(t >> 48);
+    *a = ((float)x - 510.0f) * (1.0f / 147.80054f);
+    *b = ((float)y - 510.0f) * (1.0f / 147.80054f);
 }
 
 static inline float rng_uniform(rng *r) { return (float)(rng_next(r) >> 40) * (1.0f / 16777216.0f); }
@@ -311,7 +324,7 @@ static int plan_layer(synth *S, int l, char *err) {
     const synth_spec *s = &S->spec;
     const int b = l + 1, H = s->hidden, hd = head_dim_of(s), E = s->experts;
     const int I = s->moe_intermediate;
-    const float resid = inv_sqrt(2 * (int64_t)s->layers); /* GPT-2 residual init */
+    const float resid = inv_sqrt(2 * (int64_t)s->resid_layers); /* GPT-2 residual init */
     int64_t vH[1] = {H}, vhd[1] = {hd};
     int rc = 0;
     char p[96];
@@ -523,9 +536,17 @@ static void gen_rows(const synth *S, const synth_item *it, int mat, int64_t r0, 
         rng r;
         rng_seed(&r, S->opt->seed ^ nh, (uint64_t)mat, (uint64_t)row);
         switch (it->init) {
-        case INIT_LINEAR:
-            for (int64_t j = 0; j < C; j++) dst[j] = it->std * rng_normal(&r);
+        case INIT_LINEAR: {
+            int64_t j = 0;
+            for (; j + 1 < C; j += 2) {
+                float a, b;
+                rng_normal2(&r, &a, &b);
+                dst[j] = it->std * a;
+                dst[j + 1] = it->std * b;
+            }
+            if (j < C) dst[j] = it->std * rng_normal(&r);
             break;
+        }
         case INIT_EMBED:
             for (int64_t j = 0; j < C; j++) dst[j] = rng_normal(&r) + EMBED_COMMON * S->common[j];
             break;
@@ -611,6 +632,67 @@ typedef struct {
     uint16_t *scales, *biases;
 } worker_buf;
 
+/* MLX affine quantization (mlx_quant.h) of rows [rows, cols] into packed words and BF16
+ * scales/biases, specialised for 4 and 8 bits: the same per-group scale, edge and bias
+ * rules, but values are divided by multiplying with the reciprocal and rounded half up
+ * (mlxq_quantize is exact to MLX and ~10x slower; a random model needs the format, not
+ * MLX's last-bit rounding). Inputs are finite by construction. */
+static inline __attribute__((always_inline)) void quantize_rows(const float *w, int64_t rows,
+                                                                int64_t cols, const int bits, int gs,
+                                                                uint32_t *packed, uint16_t *scales,
+                                                                uint16_t *biases) {
+    const float n_bins = (float)((1 << bits) - 1);
+    const int64_t groups = cols / gs, words = cols * bits / 32;
+    const int per_word = 32 / bits;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const float *x = w + r * cols + g * gs;
+            float lo = x[0], hi = x[0];
+            for (int j = 1; j < gs; j++) {
+                lo = x[j] < lo ? x[j] : lo;
+                hi = x[j] > hi ? x[j] : hi;
+            }
+            if (hi < 0.0f) hi = 0.0f; /* the GPU kernels' running max starts at 0 */
+            float scale = (hi - lo) / n_bins;
+            if (scale < 1e-7f) scale = 1e-7f;
+            int side = fabsf(lo) > fabsf(hi);
+            if (!side) scale = -scale;
+            float edge = side ? lo : hi;
+            float t = edge / scale;
+            float q0 = (float)(int64_t)(t + (t < 0 ? -0.5f : 0.5f));
+            float bias = 0.0f;
+            if (q0 != 0.0f) {
+                scale = edge / q0;
+                bias = edge;
+            }
+            scales[r * groups + g] = lm_f32_to_bf16(scale);
+            biases[r * groups + g] = lm_f32_to_bf16(bias);
+            const float inv = 1.0f / scale;
+            uint32_t *out = packed + r * words + g * gs / per_word;
+            for (int k = 0; k < gs / per_word; k++) {
+                uint32_t word = 0;
+                for (int j = 0; j < per_word; j++) {
+                    float v = (x[k * per_word + j] - bias) * inv;
+                    v = v < 0.0f ? 0.0f : (v > n_bins ? n_bins : v);
+                    word |= (uint32_t)(v + 0.5f) << (bits * j);
+                }
+                out[k] = word;
+            }
+        }
+    }
+}
+
+/* MLX affine quantization (mlx_quant.h) of rows [rows, cols] into packed words and BF16
+ * scales/biases, for 4 and 8 bits: the same per-group scale, edge and bias rules as
+ * MLX's GPU kernel, but values are divided by multiplying with the reciprocal and
+ * rounded half up (mlxq_quantize is exact to MLX and ~10x slower; a random model needs
+ * the format, not MLX's last-bit rounding). Inputs are finite by construction. */
+static void quantize_fast(const float *w, int64_t rows, int64_t cols, int bits, int gs,
+                          uint32_t *packed, uint16_t *scales, uint16_t *biases) {
+    if (bits == 4) quantize_rows(w, rows, cols, 4, gs, packed, scales, biases);
+    else quantize_rows(w, rows, cols, 8, gs, packed, scales, biases);
+}
+
 static int run_unit(batch_ctx *B, const unit *u, worker_buf *wb, char *err) {
     synth *S = B->S;
     const synth_item *it = &S->items[u->item];
@@ -618,12 +700,8 @@ static int run_unit(batch_ctx *B, const unit *u, worker_buf *wb, char *err) {
     const uint64_t row_index = (uint64_t)u->mat * (uint64_t)it->rows + (uint64_t)u->r0;
     int rc = 0;
     if (it->quant) {
-        mlxq_params p = {it->bits, it->group_size, LM_DT_BF16, MLXQ_KERNEL_GPU};
-        /* mlx-lm rounds weights to the model dtype before quantizing. */
-        size_t total = (size_t)(u->n * it->cols);
-        for (size_t j = 0; j < total; j++) wb->f[j] = mlxq_round_to_dtype(wb->f[j], LM_DT_BF16);
-        if (mlxq_quantize(&p, wb->f, u->n, it->cols, wb->packed, wb->scales, wb->biases, err) != 0)
-            return lm_err_prefix(err, "%s", it->name);
+        quantize_fast(wb->f, u->n, it->cols, it->bits, it->group_size, wb->packed, wb->scales,
+                      wb->biases);
         uint64_t wrow = (uint64_t)mlxq_words_per_row(it->cols, it->bits) * 4;
         uint64_t srow = (uint64_t)mlxq_groups_per_row(it->cols, it->group_size) * 2;
         char name[192];

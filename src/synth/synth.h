@@ -25,14 +25,15 @@
  * (a larger s_e means a wider logit spread, hence more top-k wins):
  *   uniform:   s_e = 1, b_e = 0: every expert equally popular, picks vary per token;
  *   realistic: log-popularity z_e ~ N(0,1) per expert (a log-normal popularity law);
- *              s_e = exp(0.35 z_e), b_e = 0.9 z_e: skewed popularity (a few experts
+ *              s_e = exp(0.3 z_e), b_e = 0.7 z_e: skewed popularity (a few experts
  *              chosen several times more often than the median, a tail rarely
  *              chosen), with token-to-token variety from the u_e part;
  *   collapsed: top_k "dominant" experts with b_e = 12, the rest s_e = 1, b_e = 0:
  *              nearly every token picks the same experts.
  * The construction depends on the common direction surviving into the residual
  * stream; o_proj and down_proj are scaled by 1/sqrt(2 * layers) (GPT-2's residual
- * init) so later layers do not drown it.
+ * init; the preset's layer count, whatever --layers says) so later layers do not
+ * drown it.
  *
  * Determinism: every tensor's values are a function of (seed, tensor name, row range)
  * only -- not of thread scheduling, shard layout or the layer count -- so the same
