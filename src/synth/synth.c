@@ -45,37 +45,47 @@ typedef enum { FAM_QWEN3_MOE, FAM_MIXTRAL, FAM_QWEN3_NEXT } family;
 
 typedef struct {
     const char *name;
-    family fam;
     const char *model_type, *architecture;
+    double rope_theta, rms_eps;
+    double partial_rotary;
+    family fam;
     int layers, hidden, heads, kv_heads;
     int head_dim;         /* 0: hidden / heads, and no head_dim key in config.json */
     int experts, top_k, moe_intermediate;
     int intermediate;     /* config's intermediate_size (mixtral: the experts') */
     int shared_intermediate;
     int vocab, max_position;
-    double rope_theta, rms_eps;
     int bos, eos, eos2;   /* eos2 < 0: one eos id */
     /* qwen3_next: Gated DeltaNet */
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
-    double partial_rotary;
     int resid_layers;     /* the preset's own layer count: fixes the residual init scale */
 } synth_spec;
 
 /* Public config.json values (Qwen/Qwen3-30B-A3B, mistralai/Mixtral-8x7B-v0.1,
- * Qwen/Qwen3-Next-80B-A3B-Instruct, which Qwen3-Coder-Next shares the shapes of). */
+ * Qwen/Qwen3-Next-80B-A3B-Instruct, whose shapes Qwen3-Coder-Next shares). */
 static const synth_spec presets[] = {
-    {"qwen3-30b-a3b", FAM_QWEN3_MOE, "qwen3_moe", "Qwen3MoeForCausalLM", 48, 2048, 32, 4, 128,
-     128, 8, 768, 6144, 0, 151936, 40960, 1e6, 1e-6, 151643, 151645, 151643,
-     0, 0, 0, 0, 0, 0, 1.0},
-    {"qwen3-coder-next", FAM_QWEN3_NEXT, "qwen3_next", "Qwen3NextForCausalLM", 48, 2048, 16, 2,
-     256, 512, 10, 512, 5120, 512, 151936, 262144, 1e7, 1e-6, 151643, 151645, 151643,
-     16, 32, 128, 128, 4, 4, 0.25},
-    {"mixtral-8x7b", FAM_MIXTRAL, "mixtral", "MixtralForCausalLM", 32, 4096, 32, 8, 0,
-     8, 2, 14336, 14336, 0, 32000, 32768, 1e6, 1e-5, 1, 2, -1,
-     0, 0, 0, 0, 0, 0, 1.0},
-    {"tiny", FAM_QWEN3_MOE, "qwen3_moe", "Qwen3MoeForCausalLM", 4, 256, 4, 2, 64,
-     16, 4, 128, 512, 0, 2048, 4096, 1e6, 1e-6, 1, 2, -1,
-     0, 0, 0, 0, 0, 0, 1.0},
+    {.name = "qwen3-30b-a3b", .fam = FAM_QWEN3_MOE, .model_type = "qwen3_moe",
+     .architecture = "Qwen3MoeForCausalLM", .layers = 48, .hidden = 2048, .heads = 32,
+     .kv_heads = 4, .head_dim = 128, .experts = 128, .top_k = 8, .moe_intermediate = 768,
+     .intermediate = 6144, .vocab = 151936, .max_position = 40960, .rope_theta = 1e6,
+     .rms_eps = 1e-6, .bos = 151643, .eos = 151645, .eos2 = 151643, .partial_rotary = 1.0},
+    {.name = "qwen3-coder-next", .fam = FAM_QWEN3_NEXT, .model_type = "qwen3_next",
+     .architecture = "Qwen3NextForCausalLM", .layers = 48, .hidden = 2048, .heads = 16,
+     .kv_heads = 2, .head_dim = 256, .experts = 512, .top_k = 10, .moe_intermediate = 512,
+     .intermediate = 5120, .shared_intermediate = 512, .vocab = 151936,
+     .max_position = 262144, .rope_theta = 1e7, .rms_eps = 1e-6, .bos = 151643,
+     .eos = 151645, .eos2 = 151643, .lin_k_heads = 16, .lin_v_heads = 32, .lin_k_dim = 128,
+     .lin_v_dim = 128, .conv_kernel = 4, .full_interval = 4, .partial_rotary = 0.25},
+    {.name = "mixtral-8x7b", .fam = FAM_MIXTRAL, .model_type = "mixtral",
+     .architecture = "MixtralForCausalLM", .layers = 32, .hidden = 4096, .heads = 32,
+     .kv_heads = 8, .head_dim = 0, .experts = 8, .top_k = 2, .moe_intermediate = 14336,
+     .intermediate = 14336, .vocab = 32000, .max_position = 32768, .rope_theta = 1e6,
+     .rms_eps = 1e-5, .bos = 1, .eos = 2, .eos2 = -1, .partial_rotary = 1.0},
+    {.name = "tiny", .fam = FAM_QWEN3_MOE, .model_type = "qwen3_moe",
+     .architecture = "Qwen3MoeForCausalLM", .layers = 4, .hidden = 256, .heads = 4,
+     .kv_heads = 2, .head_dim = 64, .experts = 16, .top_k = 4, .moe_intermediate = 128,
+     .intermediate = 512, .vocab = 2048, .max_position = 4096, .rope_theta = 1e6,
+     .rms_eps = 1e-6, .bos = 1, .eos = 2, .eos2 = -1, .partial_rotary = 1.0},
 };
 
 const char *lm_synth_presets(void) { return "qwen3-30b-a3b, qwen3-coder-next, mixtral-8x7b, tiny"; }
