@@ -25,10 +25,32 @@ extern "C" {
 typedef struct lazymoe_model lazymoe_model;
 typedef struct lazymoe_session lazymoe_session;
 
+typedef enum {
+    LAZYMOE_EVICT_LRU = 0,  /* least recently used */
+    LAZYMOE_EVICT_LCP = 1,  /* mlx-moe's frequency x 0.25^(age/128) */
+    LAZYMOE_EVICT_LFRU = 2, /* decayed frequency + recency window (default) */
+} lazymoe_eviction;
+
 typedef struct {
     int n_threads;   /* worker threads for the matrix work; 0 = all cores */
-    int max_context; /* tokens a session may hold; 0 = min(model maximum, 32768) */
+    int max_context; /* tokens a session may hold; 0 = min(model maximum, 8192) */
     int verbose;     /* 1 = progress and timings on stderr */
+    /* Memory: the whole process (resident weights, KV cache for max_context,
+     * expert cache, buffers) is planned to fit memory_budget bytes; 0 = 85% of
+     * what is available (MemAvailable and the cgroup limit, the smaller). */
+    uint64_t memory_budget;
+    /* Experts cached per MoE layer: 0 = as many as the budget allows (all of them
+     * when they fit: fully resident); -1 = all resident regardless of the budget;
+     * N > 0 = an N-slot cache per layer, experts read on demand. */
+    int expert_capacity;
+    int io_threads;           /* concurrent expert reads; 0 = 8 */
+    lazymoe_eviction eviction;
+    int buffered_io;          /* 1 = no O_DIRECT (reads go through the page cache) */
+    const char *trace_routing; /* record the routing of every token to this file */
+    /* Benchmarks only: replay a routing trace in place of the router's picks
+     * (token i uses the trace's token i modulo its length, equal weights). The
+     * output is then meaningless; the expert traffic is the trace's. */
+    const char *replay_routing;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -59,6 +81,33 @@ typedef struct {
 } lazymoe_model_info;
 
 void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);
+
+typedef struct {
+    int resident;             /* 1: every expert in memory, no cache */
+    int capacity;             /* expert slots per MoE layer */
+    uint64_t hits, misses;    /* routed experts found cached / read from disk */
+    uint64_t bytes_read;      /* expert bytes read from disk */
+    double read_seconds;      /* summed over the reader threads */
+    double wait_seconds;      /* compute blocked waiting for reads */
+    uint64_t memory_budget;   /* the budget the plan was made for */
+    uint64_t planned_bytes;   /* what the plan expects the process to use */
+    uint64_t peak_rss_bytes;  /* measured peak resident set size */
+} lazymoe_expert_stats;
+
+/* Expert cache counters and memory plan (l < 0: all layers; else one layer). */
+void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st);
+
+/* What a routing trace (options.trace_routing) says about the routing a run saw,
+ * over tokens [skip_tokens, end): per MoE layer, averaged over layers. */
+typedef struct {
+    int tokens;
+    double distinct_experts;  /* experts used at least once in the layer */
+    double consecutive_reuse; /* share of a token's experts the previous token also used */
+    double top16_share;       /* share of all picks that went to the layer's 16 most used experts */
+} lazymoe_routing_summary;
+
+int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
+                              size_t errlen);
 
 int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen);
 void lazymoe_session_free(lazymoe_session *s);

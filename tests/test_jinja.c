@@ -83,6 +83,36 @@ static void test_error_names_line(void) {
     CHECK_ERR("inside");
 }
 
+/* break/continue in a {% call %} body ran inside the caller() macro, where they
+ * escaped the macro's capture and left caller()'s result unset (garbage output). */
+static void test_loop_control_in_call_block(void) {
+    char err[LM_ERR_LEN], *out;
+    CHECK(render("{% macro m() %}[{{ caller() }}]{% endmacro %}"
+                 "{% for x in [1, 2] %}{% call m() %}a{% break %}b{% endcall %}{% endfor %}",
+                 NULL, NULL, &out, err) != 0);
+    CHECK_ERR("'break' outside of a loop");
+    CHECK(render("{% for x in [1, 2] %}{% macro m() %}{{ caller() }}{% endmacro %}"
+                 "{% call m() %}{% continue %}{% endcall %}{% endfor %}",
+                 NULL, NULL, &out, err) != 0);
+    CHECK_ERR("'continue' outside of a loop");
+    /* a loop inside the call body may still use them */
+    CHECK(render("{% macro m() %}[{{ caller() }}]{% endmacro %}{% for x in [1, 2] %}{% call m() %}"
+                 "{% for y in [3, 4] %}{{ y }}{% break %}{% endfor %}{% endcall %}{% endfor %}",
+                 NULL, NULL, &out, err) == 0);
+    if (out) CHECK(strcmp(out, "[3][3]") == 0);
+    free(out);
+}
+
+/* guards the parser's handling of `()`, `(x)` and `(x,)` */
+static void test_parenthesised(void) {
+    char err[LM_ERR_LEN], *out;
+    CHECK(render("{{ () }} {{ (1) }} {{ (1,) }} {{ (1 + 2) * 3 }} {{ ((4)) }} {{ (1, 2)|length }}", NULL, NULL, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "() 1 (1,) 9 4 2") == 0, "got \"%s\"", out);
+    free(out);
+    CHECK(render("{{ (1 2) }}", NULL, NULL, &out, err) != 0);
+    CHECK_ERR("expected ')'");
+}
+
 static void test_loop_limit(void) {
     char err[LM_ERR_LEN], *out;
     lm_jinja_options o = {.max_loop_iterations = 1000};
@@ -329,6 +359,8 @@ static void test_fuzz_mutated_templates(void) {
 int main(void) {
     run_table();
     TEST_CASE("jinja errors name the template line", test_error_names_line);
+    TEST_CASE("jinja break/continue in a call block", test_loop_control_in_call_block);
+    TEST_CASE("jinja parenthesised expressions and tuples", test_parenthesised);
     TEST_CASE("jinja loop iteration limit", test_loop_limit);
     TEST_CASE("jinja recursion and nesting limits", test_recursion_limit);
     TEST_CASE("jinja output and memory limits", test_output_and_memory_limits);

@@ -68,3 +68,28 @@ long cli_parse_long(const char *opt, const char *s, long lo, long hi) {
     }
     return v;
 }
+
+long long cli_parse_size(const char *opt, const char *s) {
+    char *end;
+    errno = 0;
+    double v = s ? strtod(s, &end) : -1;
+    if (!s || end == s || errno || !(v > 0)) {
+        cli_fail("%s expects a size such as 24G, 512M or 1.5GB, got \"%s\"", opt, s ? s : "(nothing)");
+        return -1;
+    }
+    double mult = 1;
+    switch (*end) {
+    case 'k': case 'K': mult = 1024.0; end++; break;
+    case 'm': case 'M': mult = 1024.0 * 1024; end++; break;
+    case 'g': case 'G': mult = 1024.0 * 1024 * 1024; end++; break;
+    case 't': case 'T': mult = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (*end == 'i') end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) {
+        cli_fail("%s: cannot read the size \"%s\"", opt, s);
+        return -1;
+    }
+    return (long long)(v * mult);
+}

@@ -1,6 +1,7 @@
 /* lazymoe logits | run | info: the commands that evaluate a model on token ids. */
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "experts/policy.h"
 #include "formats/npy.h"
 #include "lazymoe.h"
 
@@ -58,6 +59,27 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
         } else if (!strcmp(s, "--ctx")) {
             if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
             a->opt.max_context = (int)x, i++;
+        } else if (!strcmp(s, "--memory")) {
+            long long b = cli_parse_size(s, v);
+            if (b < 0) return 1;
+            a->opt.memory_budget = (uint64_t)b, i++;
+        } else if (!strcmp(s, "--capacity")) {
+            if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return 1;
+            a->opt.expert_capacity = (int)x, i++;
+        } else if (!strcmp(s, "--resident")) {
+            a->opt.expert_capacity = -1;
+        } else if (!strcmp(s, "--io-threads")) {
+            if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
+            a->opt.io_threads = (int)x, i++;
+        } else if (!strcmp(s, "--eviction")) {
+            int p = v ? lm_policy_parse(v) : -1;
+            if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru");
+            a->opt.eviction = (lazymoe_eviction)p, i++;
+        } else if (!strcmp(s, "--buffered-io")) {
+            a->opt.buffered_io = 1;
+        } else if (!strcmp(s, "--trace-routing")) {
+            if (!v) return cli_fail("--trace-routing needs a file name");
+            a->opt.trace_routing = v, i++;
         } else if (!strcmp(s, "--print-ids")) {
             a->print_ids = 1;
         } else if (!strcmp(s, "--ignore-eos")) {
@@ -88,9 +110,18 @@ static lazymoe_model *open_model(const model_args *a) {
     return m;
 }
 
+#define MEMORY_OPTIONS                                                                              \
+    "memory:  --memory SIZE      budget for the whole process (default: 85% of available memory)\n"     \
+    "         --capacity N       experts cached per MoE layer (default: from the budget)\n"             \
+    "         --resident         keep every expert in memory\n"                                        \
+    "         --io-threads N     concurrent expert reads (default 8)\n"                                \
+    "         --eviction P       lru | lcp | lfru (default lfru)\n"                                    \
+    "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
+    "         --trace-routing F  record each token's experts per layer to F\n"
+
 static const char logits_usage[] =
-    "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N]\n"
-    "Writes float32 logits [number of ids, vocab] of one forward pass over the ids.\n";
+    "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"
+    "Writes float32 logits [number of ids, vocab] of one forward pass over the ids.\n" MEMORY_OPTIONS;
 
 int cmd_logits(int argc, char **argv) {
     model_args a;
@@ -155,7 +186,7 @@ static const char run_usage[] =
     "usage: lazymoe run MODEL --ids 3,14,15 [-n 32] [--temp 0] [--seed S] [--print-ids] [--ignore-eos]\n"
     "                  [--threads N] [--ctx N] [-v]\n"
     "Generates up to -n tokens after the prompt ids through the KV cache (greedy at --temp 0),\n"
-    "stopping after an end-of-sequence id unless --ignore-eos.\n";
+    "stopping after an end-of-sequence id unless --ignore-eos.\n" MEMORY_OPTIONS;
 
 int cmd_run(int argc, char **argv) {
     model_args a;

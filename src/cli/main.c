@@ -16,6 +16,7 @@ static const command commands[] = {
     {"run", cmd_run, "generate from a prompt"},
     {"logits", cmd_logits, "write the logits of a forward pass as .npy"},
     {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
+    {"bench", cmd_bench, "measure prefill/decode speed, expert cache and memory"},
     {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
     {"tokenize", cmd_tokenize, "tokenize JSONL text with a model's tokenizer.json"},
     {"template", cmd_template, "render chat templates for JSONL conversations"},

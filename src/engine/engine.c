@@ -18,6 +18,72 @@ static void copy_err(char *dst, size_t len, const char *src) {
 
 void lazymoe_options_init(lazymoe_options *opt) {
     memset(opt, 0, sizeof *opt);
+    opt->eviction = LAZYMOE_EVICT_LFRU;
+}
+
+static uint64_t kv_bytes(const lm_config *c, int ctx) {
+    return (uint64_t)c->n_layers * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim * 4u;
+}
+
+/* Forward scratch for one chunk (see scratch_alloc). */
+static uint64_t scratch_bytes(const lm_config *c, int T) {
+    uint64_t H = (uint64_t)c->hidden_size, nq = (uint64_t)c->n_heads * (uint64_t)c->head_dim;
+    uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim, E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
+    uint64_t F = (uint64_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
+                                                                            : c->moe_intermediate_size);
+    return (uint64_t)T * 4u * (5 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 4 * K + 1) + 3 * E + (uint64_t)T * 4u * (uint64_t)c->vocab_size;
+}
+
+static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
+
+/* Decides between fully resident experts and an expert cache of some capacity,
+ * so that resident weights + KV cache + scratch + experts fit the budget. */
+static int plan_memory(lazymoe_model *m, int *capacity, char *err) {
+    const lm_config *c = &m->w.cfg;
+    const lazymoe_options *o = &m->opt;
+    uint64_t avail = lm_mem_available();
+    uint64_t budget = o->memory_budget ? o->memory_budget : (uint64_t)((double)avail * 0.85);
+    uint64_t per_capacity = 0; /* bytes of one slot in every MoE layer */
+    for (int l = 0; l < c->n_layers; l++)
+        if (m->w.layers[l].is_moe) per_capacity += m->w.layers[l].src.slot_bytes;
+    int io = o->io_threads > 0 ? o->io_threads : 8;
+    const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
+    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, m->max_context) + scratch_bytes(c, 256) + overhead;
+    uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
+    m->budget = budget;
+    char b1[32], b2[32], b3[32];
+    if (o->expert_capacity < 0 || per_capacity == 0 || (o->expert_capacity == 0 && fixed + all_experts <= budget)) {
+        *capacity = -1;
+        m->planned_bytes = fixed + all_experts;
+    } else if (o->expert_capacity > 0) {
+        *capacity = o->expert_capacity < c->n_experts ? o->expert_capacity : c->n_experts;
+        m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity, io);
+    }
+    if (*capacity != 0) {
+        /* Fixed by the caller: an explicit budget must still hold. */
+        if (o->memory_budget && m->planned_bytes > budget) {
+            fmt_gb(b1, sizeof b1, budget);
+            fmt_gb(b2, sizeof b2, m->planned_bytes);
+            return lm_errf(err, "memory budget %s is too small for the requested expert capacity: it needs %s", b1, b2);
+        }
+        return 0;
+    }
+    uint64_t bounce = lm_cache_bytes_for(&m->w, 0, io);
+    uint64_t need_min = fixed + bounce + per_capacity * (uint64_t)c->top_k;
+    if (budget < need_min) {
+        fmt_gb(b1, sizeof b1, budget);
+        fmt_gb(b2, sizeof b2, need_min);
+        fmt_gb(b3, sizeof b3, m->w.bytes_resident);
+        return lm_errf(err,
+                       "memory budget %s is too small: this model needs at least %s (resident weights %s, KV cache "
+                       "for %d tokens, and %d experts per layer); raise --memory or lower --ctx",
+                       b1, b2, b3, m->max_context, c->top_k);
+    }
+    uint64_t cap = (budget - fixed - bounce) / per_capacity;
+    if (cap > (uint64_t)c->n_experts) cap = (uint64_t)c->n_experts;
+    *capacity = (int)cap;
+    m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity, io);
+    return 0;
 }
 
 static void progress_stderr(void *ctx, const char *what, double frac) {
@@ -37,28 +103,82 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     }
     if (opt) m->opt = *opt;
     else lazymoe_options_init(&m->opt);
-    if (lm_weights_load(&m->w, dir, m->opt.verbose ? progress_stderr : NULL, NULL, e) != 0) {
-        free(m);
-        copy_err(err, errlen, e);
-        return -1;
-    }
-    if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) {
-        lm_weights_free(&m->w);
+    lm_progress_fn progress = m->opt.verbose ? progress_stderr : NULL;
+    if (lm_weights_load(&m->w, dir, 1, progress, NULL, e) != 0) {
         free(m);
         copy_err(err, errlen, e);
         return -1;
     }
     int maxc = m->w.cfg.max_position_embeddings;
-    if (maxc > 32768) maxc = 32768;
+    if (maxc > 8192) maxc = 8192;
     if (m->opt.max_context > 0) maxc = m->opt.max_context;
     m->max_context = maxc;
+    int capacity = 0;
+    if (plan_memory(m, &capacity, e) != 0) goto fail;
+    if (capacity < 0) {
+        if (lm_weights_load_experts(&m->w, progress, NULL, e) != 0) goto fail;
+    } else {
+        lm_cache_options co = {.capacity = capacity,
+                               .io_threads = m->opt.io_threads > 0 ? m->opt.io_threads : 8,
+                               .policy = (lm_evict_policy)m->opt.eviction,
+                               .direct_io = !m->opt.buffered_io,
+                               .verbose = m->opt.verbose};
+        if (lm_cache_create(&m->cache, &m->w, &co, e) != 0) goto fail;
+    }
+    if (m->opt.verbose) {
+        char b1[32], b2[32];
+        fmt_gb(b1, sizeof b1, m->planned_bytes);
+        fmt_gb(b2, sizeof b2, m->budget);
+        if (capacity < 0) fprintf(stderr, "lazymoe: all experts resident; plan %s of budget %s\n", b1, b2);
+        else fprintf(stderr, "lazymoe: expert cache %d of %d experts per layer; plan %s of budget %s\n", capacity,
+                     m->w.cfg.n_experts, b1, b2);
+    }
+    if (m->opt.trace_routing &&
+        lm_trace_create(&m->trace, m->opt.trace_routing, m->w.cfg.n_layers, m->w.cfg.n_experts, m->w.cfg.top_k, e) != 0)
+        goto fail;
+    if (m->opt.replay_routing) {
+        if (lm_trace_load(&m->replay, m->opt.replay_routing, e) != 0) goto fail;
+        if (m->replay.n_layers != m->w.cfg.n_layers || m->replay.n_experts != m->w.cfg.n_experts ||
+            m->replay.top_k != m->w.cfg.top_k) {
+            lm_errf(e, "routing trace %s is for %d layers x %d experts top-%d; the model has %d x %d top-%d",
+                    m->opt.replay_routing, m->replay.n_layers, m->replay.n_experts, m->replay.top_k,
+                    m->w.cfg.n_layers, m->w.cfg.n_experts, m->w.cfg.top_k);
+            goto fail;
+        }
+    }
+    if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
     *out = m;
     return 0;
+fail:
+    lazymoe_model_close(m);
+    copy_err(err, errlen, e);
+    return -1;
+}
+
+void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st) {
+    memset(st, 0, sizeof *st);
+    st->resident = m->cache == NULL;
+    st->capacity = m->cache ? lm_cache_capacity(m->cache) : m->w.cfg.n_experts;
+    st->memory_budget = m->budget;
+    st->planned_bytes = m->planned_bytes;
+    st->peak_rss_bytes = lm_peak_rss();
+    if (!m->cache) return;
+    lm_cache_counters cc;
+    lm_cache_get_counters(m->cache, layer, &cc);
+    st->hits = cc.hits;
+    st->misses = cc.misses;
+    st->bytes_read = cc.bytes_read;
+    st->read_seconds = cc.read_seconds;
+    st->wait_seconds = cc.wait_seconds;
 }
 
 void lazymoe_model_close(lazymoe_model *m) {
     if (!m) return;
-    lm_backend_free(m->be);
+    char e[LM_ERR_LEN];
+    if (m->trace && lm_trace_close(m->trace, e) != 0) fprintf(stderr, "lazymoe: %s\n", e);
+    lm_cache_free(m->cache);
+    lm_trace_data_free(&m->replay);
+    if (m->be) lm_backend_free(m->be);
     lm_weights_free(&m->w);
     free(m);
 }
@@ -92,8 +212,9 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
 }
 
 static void scratch_free(lm_scratch *S) {
-    void *bufs[] = {S->x, S->h, S->q, S->k, S->v, S->att, S->proj, S->router, S->gate, S->up,
-                    S->xe, S->eout, S->sel, S->selw, S->tok_of, S->pos};
+    void *bufs[] = {S->x,    S->h,    S->q,      S->k,   S->v,      S->att,         S->proj,
+                    S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
+                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
     memset(S, 0, sizeof *S);
 }
@@ -114,6 +235,8 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
         {(void **)&S->xe, t * H * 4},     {(void **)&S->eout, t * K * H * 4},
         {(void **)&S->sel, t * K * 4},    {(void **)&S->selw, t * K * 4},
         {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
+        {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
+        {(void **)&S->expert_used, E},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         *want[i].p = lm_malloc_aligned(want[i].bytes, "forward scratch", err);
@@ -205,5 +328,28 @@ int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *l
         copy_err(err, errlen, e);
         return -1;
     }
+    return 0;
+}
+
+int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
+                              size_t errlen) {
+    char e[LM_ERR_LEN];
+    lm_trace_data d;
+    lm_routing_stats rs;
+    memset(out, 0, sizeof *out);
+    if (lm_trace_load(&d, trace_path, e) != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    int rc = lm_trace_stats(&d, skip_tokens, &rs, e);
+    lm_trace_data_free(&d);
+    if (rc != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    out->tokens = rs.tokens;
+    out->distinct_experts = rs.distinct_experts;
+    out->consecutive_reuse = rs.consecutive_reuse;
+    out->top16_share = rs.top16_share;
     return 0;
 }

@@ -4,6 +4,8 @@
 
 #include "lazymoe.h"
 #include "kernels/backend.h"
+#include "experts/cache.h"
+#include "experts/trace.h"
 #include "models/model.h"
 
 struct lazymoe_model {
@@ -11,6 +13,11 @@ struct lazymoe_model {
     lm_backend *be;
     lazymoe_options opt;
     int max_context;
+    lm_expert_cache *cache; /* NULL when every expert is resident */
+    lm_trace *trace;        /* routing trace being recorded, or NULL */
+    lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
+    uint64_t budget;        /* memory budget the plan was made for (bytes) */
+    uint64_t planned_bytes; /* what the plan expects the process to use */
 };
 
 /* Scratch for one forward call over up to `cap_tokens` tokens; sized once per
@@ -30,6 +37,9 @@ typedef struct {
     int32_t *sel;   /* [T][top_k] chosen experts */
     float *selw;    /* [T][top_k] their weights */
     int32_t *tok_of;  /* [T*top_k] gather lists per expert */
+    int32_t *need;    /* [E] distinct experts a lazy layer needs */
+    uint8_t *need_status; /* [E] */
+    uint8_t *expert_used; /* [E] */
     int32_t *pos;   /* [T] */
 } lm_scratch;
 

@@ -118,30 +118,89 @@ static void route(const lm_config *c, const float *logits, int T, int32_t *sel, 
     }
 }
 
-static void moe_block(lazymoe_session *s, const lm_layer *ly, int T) {
+/* Runs expert e on the tokens of this chunk that chose it; writes each result into
+ * eout[token * K + slot]. */
+static void run_expert(lazymoe_session *s, const lm_expert *ex, int e, int T) {
     lm_backend *be = BE(s);
     const lm_config *c = &s->m->w.cfg;
     lm_scratch *S = &s->s;
-    int E = c->n_experts, K = c->top_k, H = c->hidden_size, I = c->moe_intermediate_size;
+    int K = c->top_k, H = c->hidden_size, I = c->moe_intermediate_size;
+    int m = 0;
+    for (int i = 0; i < T * K; i++)
+        if (S->sel[i] == e) S->tok_of[m++] = i;
+    for (int j = 0; j < m; j++)
+        memcpy(S->xe + (size_t)j * (size_t)H, S->h + (size_t)(S->tok_of[j] / K) * (size_t)H, sizeof(float) * (size_t)H);
+    be->ops->matmul(be, S->gate, &ex->gate, S->xe, m);
+    be->ops->matmul(be, S->up, &ex->up, S->xe, m);
+    be->ops->swiglu(be, S->gate, S->up, (size_t)m * (size_t)I);
+    be->ops->matmul(be, S->proj, &ex->down, S->gate, m);
+    for (int j = 0; j < m; j++)
+        memcpy(S->eout + (size_t)S->tok_of[j] * (size_t)H, S->proj + (size_t)j * (size_t)H, sizeof(float) * (size_t)H);
+}
+
+/* Lazy experts: acquire every distinct expert the chunk routed to; compute the
+ * cached ones while the misses are read, then each miss as it lands. When the
+ * chunk needs more experts than the layer has slots, it goes in waves, still
+ * reading each expert once per chunk. */
+static int run_lazy_experts(lazymoe_session *s, int l, int T, char *err) {
+    lm_expert_cache *cache = s->m->cache;
+    const lm_config *c = &s->m->w.cfg;
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, n = 0;
+    uint8_t *used = S->expert_used;
+    memset(used, 0, (size_t)E);
+    for (int i = 0; i < T * c->top_k; i++) used[S->sel[i]] = 1;
+    for (int e = 0; e < E; e++)
+        if (used[e]) S->need[n++] = e;
+    while (n > 0) {
+        int got = lm_cache_acquire(cache, l, S->need, n, S->need_status);
+        if (got == 0) return lm_errf(err, "expert cache of layer %d has no free slot", l);
+        lm_expert view;
+        int rc = 0;
+        for (int pass = 1; pass <= 2 && rc == 0; pass++) /* hits, then misses */
+            for (int i = 0; i < n && rc == 0; i++) {
+                if (S->need_status[i] != pass) continue;
+                rc = lm_cache_wait(cache, l, S->need[i], &view, err);
+                if (rc == 0) run_expert(s, &view, S->need[i], T);
+            }
+        lm_cache_release_layer(cache, l);
+        if (rc) return -1;
+        int left = 0;
+        for (int i = 0; i < n; i++)
+            if (!S->need_status[i]) S->need[left++] = S->need[i];
+        n = left;
+    }
+    return 0;
+}
+
+static int moe_block(lazymoe_session *s, int l, int T, char *err) {
+    lm_backend *be = BE(s);
+    const lm_config *c = &s->m->w.cfg;
+    const lm_layer *ly = &s->m->w.layers[l];
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, K = c->top_k, H = c->hidden_size;
     be->ops->matmul(be, S->router, &ly->router, S->h, T);
     route(c, S->router, T, S->sel, S->selw);
-    for (int e = 0; e < E; e++) {
-        int m = 0;
-        for (int i = 0; i < T * K; i++)
-            if (S->sel[i] == e) S->tok_of[m++] = i;
-        if (!m) continue;
-        for (int j = 0; j < m; j++)
-            memcpy(S->xe + (size_t)j * (size_t)H, S->h + (size_t)(S->tok_of[j] / K) * (size_t)H,
-                   sizeof(float) * (size_t)H);
-        const lm_expert *ex = &ly->experts[e];
-        be->ops->matmul(be, S->gate, &ex->gate, S->xe, m);
-        be->ops->matmul(be, S->up, &ex->up, S->xe, m);
-        be->ops->swiglu(be, S->gate, S->up, (size_t)m * (size_t)I);
-        be->ops->matmul(be, S->proj, &ex->down, S->gate, m);
-        for (int j = 0; j < m; j++)
-            memcpy(S->eout + (size_t)S->tok_of[j] * (size_t)H, S->proj + (size_t)j * (size_t)H,
-                   sizeof(float) * (size_t)H);
+    const lm_trace_data *rp = &s->m->replay;
+    if (rp->ids) /* benchmark replay: the trace's picks, equal weights */
+        for (int t = 0; t < T; t++) {
+            const int32_t *ids = rp->ids + ((size_t)((s->n_past + t) % rp->n_tokens) * (size_t)rp->n_layers +
+                                            (size_t)l) * (size_t)K;
+            for (int k = 0; k < K; k++) {
+                S->sel[t * K + k] = ids[k] >= 0 ? ids[k] : k;
+                S->selw[t * K + k] = 1.0f / (float)K;
+            }
+        }
+    if (ly->experts) {
+        for (int e = 0; e < E; e++) {
+            int used = 0;
+            for (int i = 0; i < T * K && !used; i++) used = S->sel[i] == e;
+            if (used) run_expert(s, &ly->experts[e], e, T);
+        }
+    } else if (run_lazy_experts(s, l, T, err) != 0) {
+        return -1;
     }
+    if (s->m->trace) lm_trace_record(s->m->trace, l, S->sel, T, K);
     for (int t = 0; t < T; t++) {
         float *y = S->proj + (size_t)t * (size_t)H;
         memset(y, 0, sizeof(float) * (size_t)H);
@@ -151,6 +210,7 @@ static void moe_block(lazymoe_session *s, const lm_layer *ly, int T) {
             for (int i = 0; i < H; i++) y[i] += o[i] * wk;
         }
     }
+    return 0;
 }
 
 static void embed(lazymoe_session *s, const int32_t *ids, int T) {
@@ -172,14 +232,16 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         int T = n - done < S->cap_tokens ? n - done : S->cap_tokens;
         for (int t = 0; t < T; t++) S->pos[t] = s->n_past + t;
         embed(s, ids + done, T);
+        if (s->m->cache) lm_cache_begin_step(s->m->cache);
         for (int l = 0; l < c->n_layers; l++) {
             const lm_layer *ly = &w->layers[l];
             attention_block(s, l, T);
             be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
-            if (ly->is_moe) moe_block(s, ly, T);
-            else dense_mlp(s, ly, T);
+            if (!ly->is_moe) dense_mlp(s, ly, T);
+            else if (moe_block(s, l, T, err) != 0) return -1;
             for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
         }
+        if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
         s->n_past += T;
         done += T;
         if (out && (all || done == n)) {

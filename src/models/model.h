@@ -21,6 +21,30 @@ typedef struct {
     lm_mat gate, up, down; /* [I, H], [I, H], [H, I] */
 } lm_expert;
 
+#define LM_EXPERT_MAX_PARTS 9
+
+/* Where one layer's experts live on disk, and the memory layout of one expert
+ * ("slot") that both the resident model and the expert cache use.
+ * Expert e is nparts byte ranges: part p is part_len[p] bytes at absolute offset
+ * off[e * LM_EXPERT_MAX_PARTS + p] of archive file file[same index], and goes to
+ * offset part_off[p] of the slot. Matrix m (0 gate, 1 up, 2 down) of the expert is
+ * tmpl[m] with its field k (0 data, 1 scales, 2 biases) at slot offset
+ * field_off[m][k]. MLX stacked files give 9 parts, transformers-5 fused files 2,
+ * per-expert float files 3. */
+typedef struct {
+    int nparts;
+    uint64_t part_len[LM_EXPERT_MAX_PARTS];
+    uint64_t part_off[LM_EXPERT_MAX_PARTS];
+    uint64_t slot_bytes;
+    int32_t *file;  /* [E * LM_EXPERT_MAX_PARTS] */
+    uint64_t *off;  /* [E * LM_EXPERT_MAX_PARTS] */
+    lm_mat tmpl[3];
+    uint64_t field_off[3][3];
+} lm_expert_source;
+
+/* The expert whose slot memory starts at `slot`. */
+lm_expert lm_expert_view(const lm_expert_source *src, const void *slot);
+
 typedef struct {
     float *attn_norm, *ffn_norm; /* [H] */
     float *q_norm, *k_norm;      /* [head_dim] or [n_heads*head_dim] / [n_kv*head_dim]; NULL if none */
@@ -29,7 +53,8 @@ typedef struct {
     int is_moe;
     lm_mat router;                        /* [E, H] */
     lm_mat mlp_gate, mlp_up, mlp_down;    /* dense layers */
-    lm_expert *experts;                   /* [E] views (MoE layers) */
+    lm_expert_source src;                 /* MoE layers: where the experts are */
+    lm_expert *experts;                   /* [E] views when resident; NULL when lazy */
 } lm_layer;
 
 /* Where a layer's experts live in the files (for info, packing and lazy loading). */
@@ -59,9 +84,14 @@ typedef struct {
 typedef void (*lm_progress_fn)(void *ctx, const char *what, double fraction);
 
 /* Opens the archive in `dir` and loads every tensor the config calls for,
- * validating names, shapes and dtypes against the config. */
-int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *progress_ctx,
-                    char *err);
+ * validating names, shapes and dtypes against the config. With lazy_experts the
+ * experts are only described (layer.src), not read: the expert cache reads them. */
+int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress,
+                    void *progress_ctx, char *err);
+/* Reads every expert of a model loaded with lazy_experts into memory (resident). */
+int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *progress_ctx, char *err);
+/* Reads expert e of MoE layer l into `slot` (src.slot_bytes, 64-byte aligned). */
+int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *err);
 void lm_weights_free(lm_weights *w);
 
 #endif

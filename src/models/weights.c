@@ -96,15 +96,18 @@ static float *load_vec(loader *L, const char *name, int n, int required) {
     return v;
 }
 
-/* A matrix (n_stack == 0) or a stack of n_stack matrices [n_stack, rows, cols]
- * at module path `path` (tensors path.weight [+ .scales, .biases]). Fills
- * mats[0..max(1,n_stack)-1] with views. */
-static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, int cols, lm_mat *mats) {
+/* Validates a matrix (n_stack == 0) or a stack of n_stack matrices [n_stack, rows,
+ * cols] at module path `path` (tensors path.weight [+ .scales, .biases]) without
+ * reading it: fills *tmpl (dtype, shape, quantization; no data) and the tensors
+ * (tq[0] weight, tq[1] scales, tq[2] biases; the last two NULL for float). */
+static int check_mat_stack(loader *L, const char *path, int n_stack, int rows, int cols, lm_mat *tmpl,
+                           const st_tensor *tq[3]) {
     lm_weights *w = L->w;
     const st_tensor *t = findf(L, "%s.weight", path);
     if (!t) return lm_errf(L->err, "missing tensor '%s.weight'", path);
     int nd = n_stack ? 3 : 2;
-    int count = n_stack ? n_stack : 1;
+    tq[0] = t;
+    tq[1] = tq[2] = NULL;
     if (t->dtype == LM_DT_U32) {
         const st_tensor *ts = findf(L, "%s.scales", path), *tb = findf(L, "%s.biases", path);
         if (!ts || !tb)
@@ -133,14 +136,10 @@ static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, in
         if (check_shape(L, t, nd, ws) || check_shape(L, ts, nd, ss) || check_shape(L, tb, nd, ss)) return -1;
         if (!lm_dtype_is_float(ts->dtype) || tb->dtype != ts->dtype)
             return lm_errf(L->err, "scales/biases of '%s' must share one float dtype", path);
-        const char *d = read_tensor(L, t), *s = read_tensor(L, ts), *b = read_tensor(L, tb);
-        if (!d || !s || !b) return -1;
-        size_t wstride = (size_t)rows * (size_t)packed * 4;
-        size_t sstride = (size_t)rows * (size_t)groups * lm_dtype_size(ts->dtype);
-        for (int e = 0; e < count; e++)
-            mats[e] = (lm_mat){.dtype = LM_DT_U32, .rows = rows, .cols = cols, .data = d + (size_t)e * wstride,
-                               .bits = bits, .group_size = gs, .qdtype = ts->dtype,
-                               .scales = s + (size_t)e * sstride, .biases = b + (size_t)e * sstride};
+        *tmpl = (lm_mat){.dtype = LM_DT_U32, .rows = rows, .cols = cols, .bits = bits, .group_size = gs,
+                         .qdtype = ts->dtype};
+        tq[1] = ts;
+        tq[2] = tb;
         return 0;
     }
     if (!lm_dtype_is_float(t->dtype) || t->dtype == LM_DT_F64)
@@ -152,12 +151,30 @@ static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, in
     ws[i] = rows;
     ws[i + 1] = cols;
     if (check_shape(L, t, nd, ws)) return -1;
-    const char *d = read_tensor(L, t);
-    if (!d) return -1;
     if (w->float_dtype == LM_DT_INVALID) w->float_dtype = t->dtype;
-    size_t stride = (size_t)rows * (size_t)cols * lm_dtype_size(t->dtype);
-    for (int e = 0; e < count; e++)
-        mats[e] = (lm_mat){.dtype = t->dtype, .rows = rows, .cols = cols, .data = d + (size_t)e * stride};
+    *tmpl = (lm_mat){.dtype = t->dtype, .rows = rows, .cols = cols};
+    return 0;
+}
+
+/* Reads a checked matrix or stack and fills mats[0..max(1,n_stack)-1] with views. */
+static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, int cols, lm_mat *mats) {
+    lm_mat tmpl;
+    const st_tensor *tq[3];
+    if (check_mat_stack(L, path, n_stack, rows, cols, &tmpl, tq)) return -1;
+    int count = n_stack ? n_stack : 1;
+    const char *d = read_tensor(L, tq[0]);
+    if (!d) return -1;
+    const char *sc = NULL, *bi = NULL;
+    if (tq[1] && (!(sc = read_tensor(L, tq[1])) || !(bi = read_tensor(L, tq[2])))) return -1;
+    size_t wstride = tq[0]->nbytes / (size_t)count, sstride = tq[1] ? tq[1]->nbytes / (size_t)count : 0;
+    for (int e = 0; e < count; e++) {
+        mats[e] = tmpl;
+        mats[e].data = d + (size_t)e * wstride;
+        if (tq[1]) {
+            mats[e].scales = sc + (size_t)e * sstride;
+            mats[e].biases = bi + (size_t)e * sstride;
+        }
+    }
     return 0;
 }
 
@@ -165,80 +182,174 @@ static int load_mat(loader *L, const char *path, int rows, int cols, lm_mat *m) 
     return load_mat_stack(L, path, 0, rows, cols, m);
 }
 
-/* transformers 5 fused layout: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]. */
-static int load_fused_experts(loader *L, const char *block, int E, int I, int H, lm_expert *ex) {
-    const st_tensor *gu = findf(L, "%s.experts.gate_up_proj", block), *dn = findf(L, "%s.experts.down_proj", block);
-    if (!gu || !dn) return lm_errf(L->err, "missing tensor '%s.experts.%s'", block, gu ? "down_proj" : "gate_up_proj");
-    int64_t sgu[3] = {E, 2 * (int64_t)I, H}, sdn[3] = {E, H, I};
-    if (check_shape(L, gu, 3, sgu) || check_shape(L, dn, 3, sdn)) return -1;
-    if (!lm_dtype_is_float(gu->dtype) || gu->dtype == LM_DT_F64 || dn->dtype != gu->dtype)
-        return lm_errf(L->err, "experts of '%s' must be F32, F16 or BF16", block);
-    const char *g = read_tensor(L, gu), *d = read_tensor(L, dn);
-    if (!g || !d) return -1;
-    size_t es = lm_dtype_size(gu->dtype), mat = (size_t)I * (size_t)H * es;
-    for (int e = 0; e < E; e++) {
-        ex[e].gate = (lm_mat){.dtype = gu->dtype, .rows = I, .cols = H, .data = g + (size_t)e * 2 * mat};
-        ex[e].up = (lm_mat){.dtype = gu->dtype, .rows = I, .cols = H, .data = g + (size_t)e * 2 * mat + mat};
-        ex[e].down = (lm_mat){.dtype = dn->dtype, .rows = H, .cols = I, .data = d + (size_t)e * mat};
+/* ---- experts: description and reading -------------------------------------------- */
+
+static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
+
+/* Appends a part whose bytes for expert e are at t->offset + e * stride (stride = 0:
+ * a per-expert tensor, filled for one expert by src_set). Returns the part index. */
+static int src_add(loader *L, lm_expert_source *s, const st_tensor *t, int E, int per_expert_tensors) {
+    if (s->nparts == LM_EXPERT_MAX_PARTS) return lm_errf(L->err, "too many tensors per expert");
+    int p = s->nparts++;
+    uint64_t len = per_expert_tensors ? t->nbytes : t->nbytes / (uint64_t)E;
+    s->part_len[p] = len;
+    s->part_off[p] = p ? align64(s->part_off[p - 1] + s->part_len[p - 1]) : 0;
+    s->slot_bytes = align64(s->part_off[p] + len);
+    if (!per_expert_tensors)
+        for (int e = 0; e < E; e++) {
+            s->file[e * LM_EXPERT_MAX_PARTS + p] = t->file;
+            s->off[e * LM_EXPERT_MAX_PARTS + p] = t->offset + (uint64_t)e * len;
+        }
+    return p;
+}
+
+/* Adds the (weight, scales, biases) parts of matrix m for a stacked tensor set. */
+static int src_add_mat(loader *L, lm_expert_source *s, int m, const lm_mat *tmpl, const st_tensor *tq[3], int E,
+                       int per_expert) {
+    s->tmpl[m] = *tmpl;
+    for (int k = 0; k < 3; k++) {
+        if (!tq[k]) continue;
+        int p = src_add(L, s, tq[k], E, per_expert);
+        if (p < 0) return -1;
+        s->field_off[m][k] = s->part_off[p];
     }
     return 0;
 }
 
-static int load_experts(loader *L, int l, const char *block, lm_layer *ly) {
+lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
+    lm_expert ex;
+    lm_mat *mats[3] = {&ex.gate, &ex.up, &ex.down};
+    const char *base = slot;
+    for (int m = 0; m < 3; m++) {
+        *mats[m] = src->tmpl[m];
+        mats[m]->data = base + src->field_off[m][0];
+        if (src->tmpl[m].dtype == LM_DT_U32) {
+            mats[m]->scales = base + src->field_off[m][1];
+            mats[m]->biases = base + src->field_off[m][2];
+        }
+    }
+    return ex;
+}
+
+/* Describes the experts of MoE layer l under module `block` in layer.src. */
+static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
     const lm_arch_names *names = lm_arch_get(c->arch);
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
-    ly->experts = track(L, lm_malloc_aligned(sizeof(lm_expert) * (size_t)E, "expert table", L->err));
-    if (!ly->experts) return -1;
+    lm_expert_source *s = &ly->src;
+    memset(s, 0, sizeof *s);
+    s->file = track(L, lm_malloc_aligned(sizeof(int32_t) * (size_t)E * LM_EXPERT_MAX_PARTS, "expert index", L->err));
+    s->off = track(L, lm_malloc_aligned(sizeof(uint64_t) * (size_t)E * LM_EXPERT_MAX_PARTS, "expert index", L->err));
+    if (!s->file || !s->off) return -1;
     char path[512];
-    lm_mat *tmp = NULL;
+    lm_mat tmpl;
+    const st_tensor *tq[3];
     if (findf(L, "%s.switch_mlp.gate_proj.weight", block)) {
         w->expert_layout = LM_EXPERTS_STACKED;
-        tmp = malloc(sizeof(lm_mat) * (size_t)E);
-        if (!tmp) return lm_errf(L->err, "out of memory");
         static const char *proj[3] = {"gate_proj", "up_proj", "down_proj"};
-        for (int p = 0; p < 3; p++) {
-            snprintf(path, sizeof path, "%s.switch_mlp.%s", block, proj[p]);
-            int rows = p == 2 ? H : I, cols = p == 2 ? I : H;
-            if (load_mat_stack(L, path, E, rows, cols, tmp)) {
-                free(tmp);
-                return -1;
-            }
-            for (int e = 0; e < E; e++) {
-                if (p == 0) ly->experts[e].gate = tmp[e];
-                if (p == 1) ly->experts[e].up = tmp[e];
-                if (p == 2) ly->experts[e].down = tmp[e];
-            }
+        for (int m = 0; m < 3; m++) {
+            snprintf(path, sizeof path, "%s.switch_mlp.%s", block, proj[m]);
+            int rows = m == 2 ? H : I, cols = m == 2 ? I : H;
+            if (check_mat_stack(L, path, E, rows, cols, &tmpl, tq) || src_add_mat(L, s, m, &tmpl, tq, E, 0)) return -1;
         }
-        free(tmp);
         return 0;
     }
-    if (findf(L, "%s.experts.gate_up_proj", block)) {
+    const st_tensor *gu = findf(L, "%s.experts.gate_up_proj", block);
+    if (gu) {
+        /* transformers 5 fused layout: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]. */
         w->expert_layout = LM_EXPERTS_FUSED;
-        return load_fused_experts(L, block, E, I, H, ly->experts);
+        const st_tensor *dn = findf(L, "%s.experts.down_proj", block);
+        if (!dn) return lm_errf(L->err, "missing tensor '%s.experts.down_proj'", block);
+        int64_t sgu[3] = {E, 2 * (int64_t)I, H}, sdn[3] = {E, H, I};
+        if (check_shape(L, gu, 3, sgu) || check_shape(L, dn, 3, sdn)) return -1;
+        if (!lm_dtype_is_float(gu->dtype) || gu->dtype == LM_DT_F64 || dn->dtype != gu->dtype)
+            return lm_errf(L->err, "experts of '%s' must be F32, F16 or BF16", block);
+        if (w->float_dtype == LM_DT_INVALID) w->float_dtype = gu->dtype;
+        int p0 = src_add(L, s, gu, E, 0), p1 = src_add(L, s, dn, E, 0);
+        if (p0 < 0 || p1 < 0) return -1;
+        s->tmpl[0] = (lm_mat){.dtype = gu->dtype, .rows = I, .cols = H};
+        s->tmpl[1] = s->tmpl[0];
+        s->tmpl[2] = (lm_mat){.dtype = dn->dtype, .rows = H, .cols = I};
+        s->field_off[0][0] = s->part_off[p0];
+        s->field_off[1][0] = s->part_off[p0] + (uint64_t)I * (uint64_t)H * lm_dtype_size(gu->dtype);
+        s->field_off[2][0] = s->part_off[p1];
+        return 0;
     }
     w->expert_layout = LM_EXPERTS_SEPARATE;
+    const char *const *alias[3] = {names->expert_gate, names->expert_up, names->expert_down};
     for (int e = 0; e < E; e++) {
-        const char *const *alias[3] = {names->expert_gate, names->expert_up, names->expert_down};
-        lm_mat *dst[3] = {&ly->experts[e].gate, &ly->experts[e].up, &ly->experts[e].down};
-        for (int p = 0; p < 3; p++) {
+        int part = 0;
+        for (int m = 0; m < 3; m++) {
             int found = 0;
-            for (int a = 0; alias[p][a] && !found; a++) {
-                snprintf(path, sizeof path, "%s.experts.%d.%s", block, e, alias[p][a]);
+            for (int a = 0; alias[m][a] && !found; a++) {
+                snprintf(path, sizeof path, "%s.experts.%d.%s", block, e, alias[m][a]);
                 if (findf(L, "%s.weight", path)) found = 1;
             }
             if (!found)
                 return lm_errf(L->err, "layer %d: no expert weights found under '%s' (looked for switch_mlp, "
-                               "experts.gate_up_proj and experts.%d.%s)", l, block, e, alias[p][0]);
-            int rows = p == 2 ? H : I, cols = p == 2 ? I : H;
-            if (load_mat(L, path, rows, cols, dst[p])) return -1;
+                               "experts.gate_up_proj and experts.%d.%s)", l, block, e, alias[m][0]);
+            int rows = m == 2 ? H : I, cols = m == 2 ? I : H;
+            if (check_mat_stack(L, path, 0, rows, cols, &tmpl, tq)) return -1;
+            if (e == 0 && src_add_mat(L, s, m, &tmpl, tq, E, 1)) return -1;
+            if (e > 0 && (tmpl.dtype != s->tmpl[m].dtype || tmpl.bits != s->tmpl[m].bits ||
+                          tmpl.group_size != s->tmpl[m].group_size))
+                return lm_errf(L->err, "'%s' is stored differently from expert 0's", path);
+            for (int k = 0; k < 3; k++) {
+                if (!tq[k]) continue;
+                if (tq[k]->nbytes != s->part_len[part])
+                    return lm_errf(L->err, "'%s' differs in size from expert 0's", tq[k]->name);
+                s->file[e * LM_EXPERT_MAX_PARTS + part] = tq[k]->file;
+                s->off[e * LM_EXPERT_MAX_PARTS + part] = tq[k]->offset;
+                part++;
+            }
         }
     }
     return 0;
 }
 
-static int load_layer(loader *L, int l) {
+int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *err) {
+    const lm_expert_source *s = &w->layers[l].src;
+    for (int p = 0; p < s->nparts; p++) {
+        int i = e * LM_EXPERT_MAX_PARTS + p;
+        const st_file *f = &w->archive->files[s->file[i]];
+        if (lm_pread_full(f->fd, (char *)slot + s->part_off[p], s->part_len[p], s->off[i], err) != 0)
+            return lm_err_prefix(err, "%s: layer %d expert %d", f->path, l, e);
+    }
+    return 0;
+}
+
+/* Resident experts: one buffer of E slots for the layer, read part by part. */
+static int read_layer_experts(loader *L, int l, lm_layer *ly) {
+    int E = L->w->cfg.n_experts;
+    ly->experts = track(L, lm_malloc_aligned(sizeof(lm_expert) * (size_t)E, "expert table", L->err));
+    char *slots = track(L, lm_malloc_aligned(ly->src.slot_bytes * (size_t)E, "experts", L->err));
+    if (!ly->experts || !slots) return -1;
+    for (int e = 0; e < E; e++) {
+        char *slot = slots + ly->src.slot_bytes * (size_t)e;
+        if (lm_weights_read_expert(L->w, l, e, slot, L->err)) return -1;
+        ly->experts[e] = lm_expert_view(&ly->src, slot);
+    }
+    return 0;
+}
+
+static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int lazy) {
+    if (describe_experts(L, l, block, ly)) return -1;
+    return lazy ? 0 : read_layer_experts(L, l, ly);
+}
+
+int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *pctx, char *err) {
+    loader L = {w, err};
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        lm_layer *ly = &w->layers[l];
+        if (!ly->is_moe || ly->experts) continue;
+        if (read_layer_experts(&L, l, ly) != 0) return -1;
+        if (progress) progress(pctx, "loading experts", (double)(l + 1) / w->cfg.n_layers);
+    }
+    return 0;
+}
+
+static int load_layer(loader *L, int l, int lazy) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
     lm_layer *ly = &w->layers[l];
@@ -294,13 +405,9 @@ static int load_layer(loader *L, int l) {
                        names->moe_blocks[0]);
     snprintf(p, sizeof p, "%s.gate", block);
     if (load_mat(L, p, c->n_experts, H, &ly->router)) return -1;
-    return load_experts(L, l, block, ly);
+    return load_experts(L, l, block, ly, lazy);
 #undef VEC
 #undef MAT
-}
-
-static uint64_t expert_bytes(const lm_expert *e) {
-    return lm_mat_bytes(&e->gate) + lm_mat_bytes(&e->up) + lm_mat_bytes(&e->down);
 }
 
 static void account(lm_weights *w) {
@@ -321,9 +428,10 @@ static void account(lm_weights *w) {
             bytes += lm_mat_bytes(&ly->router);
             active += (uint64_t)c->top_k * w->params_expert;
             experts_total += (uint64_t)c->n_experts * w->params_expert;
-            uint64_t eb = expert_bytes(&ly->experts[0]);
+            uint64_t eb = 0; /* bytes on disk: weights, scales and biases */
+            for (int p = 0; p < ly->src.nparts; p++) eb += ly->src.part_len[p];
             if (eb > w->bytes_per_expert) w->bytes_per_expert = eb;
-            for (int e = 0; e < c->n_experts; e++) w->bytes_experts += expert_bytes(&ly->experts[e]);
+            w->bytes_experts += eb * (uint64_t)c->n_experts;
         } else {
             uint64_t dense = 3 * H * (uint64_t)c->intermediate_size;
             resident_params += dense;
@@ -335,7 +443,8 @@ static void account(lm_weights *w) {
     w->params_active = resident_params + active;
 }
 
-int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
+int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress, void *pctx,
+                    char *err) {
     memset(w, 0, sizeof *w);
     loader L = {w, err};
     if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
@@ -354,7 +463,7 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
         goto fail;
     }
     for (int l = 0; l < c->n_layers; l++) {
-        if (load_layer(&L, l) != 0) goto fail;
+        if (load_layer(&L, l, lazy_experts) != 0) goto fail;
         if (progress) progress(pctx, "loading weights", (double)(l + 1) / c->n_layers);
     }
     int half = c->head_dim / 2;

@@ -18,6 +18,13 @@ int64_t lm_file_size(int fd);
  * that ends early is an error ("file shorter than expected"). */
 int lm_pread_full(int fd, void *buf, size_t len, uint64_t offset, char *err);
 
+/* Opens a file for direct (uncached) reads: O_DIRECT on Linux (F_NOCACHE would be
+ * the macOS equivalent). Returns fd >= 0, or -1 if the file system refuses direct
+ * I/O (tmpfs) or the open fails; the reason is in err. Direct reads need offsets,
+ * lengths and buffers aligned to LM_DIRECT_ALIGN. */
+#define LM_DIRECT_ALIGN 4096
+int lm_file_open_direct(const char *path, char *err);
+
 /* Writes a whole file atomically: to PATH.tmp.PID, fsync, rename over PATH. */
 int lm_write_file_atomic(const char *path, const void *data, size_t len, char *err);
 

@@ -18,6 +18,16 @@ int lm_file_open_read(const char *path, char *err) {
     return fd;
 }
 
+int lm_file_open_direct(const char *path, char *err) {
+#ifdef O_DIRECT
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (fd < 0) return lm_errf(err, "%s: direct reads refused (%s)", path, strerror(errno));
+    return fd;
+#else
+    return lm_errf(err, "%s: direct reads are not available on this platform", path);
+#endif
+}
+
 void lm_file_close(int fd) {
     if (fd >= 0) close(fd);
 }
@@ -122,13 +132,31 @@ uint64_t lm_mem_available(void) {
         }
         fclose(f);
     }
-    /* cgroup v2 then v1: the limit minus what the group already uses. */
-    uint64_t limit = read_u64_file("/sys/fs/cgroup/memory.max");
-    uint64_t used = read_u64_file("/sys/fs/cgroup/memory.current");
-    if (!limit) {
-        limit = read_u64_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
-        used = read_u64_file("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+    /* The cgroup this process is in (v1 "N:memory:/path", v2 "0::/path"): its
+     * limit minus what the group already uses (page cache included). */
+    uint64_t limit = 0, used = 0;
+    FILE *cg = fopen("/proc/self/cgroup", "r");
+    char line[1024], path[1400];
+    while (cg && fgets(line, sizeof line, cg)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2) continue;
+        *c2 = 0;
+        const char *ctrl = c1 + 1, *rel = c2 + 1;
+        if (!strcmp(rel, "/")) rel = "";
+        if (strstr(ctrl, "memory")) {
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", rel);
+            uint64_t l = read_u64_file(path);
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", rel);
+            if (l && (!limit || l < limit)) limit = l, used = read_u64_file(path);
+        } else if (ctrl[0] == 0) {
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", rel);
+            uint64_t l = read_u64_file(path);
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", rel);
+            if (l && (!limit || l < limit)) limit = l, used = read_u64_file(path);
+        }
     }
+    if (cg) fclose(cg);
     if (limit && limit < (1ull << 60)) {
         uint64_t room = limit > used ? limit - used : 0;
         if (!avail || room < avail) avail = room;

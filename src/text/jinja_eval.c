@@ -37,7 +37,7 @@ void jr_fail_set(jrender *r, const char *fmt, ...) {
     lm_errf_set(r->err, "template line %d: %s", r->line, msg);
 }
 
-int jr_oom(jrender *r) { return jr_fail(r, "out of memory (render limit %zu bytes)", r->arena.limit); }
+void jr_oom_set(jrender *r) { jr_fail_set(r, "out of memory (render limit %zu bytes)", r->arena.limit); }
 
 jv jr_str(jrender *r, const char *s, size_t n) {
     char *p = ja_strndup(&r->arena, s ? s : "", s ? n : 0);
@@ -271,7 +271,7 @@ static int call_macro(jrender *r, struct jmacro *m, const jv *args, const char *
     }
     if (rc == 0) rc = capture(r, def->b, sc, out);
     r->depth--;
-    return rc < 0 ? -1 : 0;
+    return rc == 0 ? 0 : -1;  /* the parser keeps break/continue from escaping a body */
 }
 
 int jinja_call(jrender *r, jv fn, const jv *args, const char *const *kw, size_t nargs, size_t npos, jv *out) {

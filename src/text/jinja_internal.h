@@ -212,7 +212,9 @@ void jr_fail_set(jrender *r, const char *fmt, ...) __attribute__((format(printf,
  * failure value is visible at each call site, as with lm_errf. */
 #define jr_fail(r, ...) (jr_fail_set((r), __VA_ARGS__), lm_failed())
 jv jr_str(jrender *r, const char *s, size_t n);   /* copies into the arena */
-int jr_oom(jrender *r);
+/* Records an out-of-memory error and evaluates to -1, like jr_fail. */
+void jr_oom_set(jrender *r);
+#define jr_oom(r) (jr_oom_set(r), lm_failed())
 
 int jinja_eval(jrender *r, const jnode *n, jscope *sc, jv *out);
 /* Calls a callable value (macro or builtin). */

@@ -312,7 +312,7 @@ int jinja_lex(jarena *a, const char *src, size_t len, jtoken **toks, size_t *nto
                         if (m + 6 > len || memcmp(src + m, "endraw", 6) != 0) continue;
                         m += 6;
                         while (m < len && isspace((unsigned char)src[m])) m++;
-                        char after = 1;
+                        int after = 1;
                         if (m < len && (src[m] == '-' || src[m] == '+')) { after = src[m] == '-' ? 2 : 0; m++; }
                         if (m + 2 > len || memcmp(src + m, "%}", 2) != 0) continue;
                         if (emit_text(&L, body, k, raw_strip_after, emod, true)) return -1;

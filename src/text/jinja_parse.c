@@ -331,8 +331,7 @@ static jnode *parse_primary(parser *P) {
         if (is_op(P, "(")) {
             adv(P);
             kidlist items = {0};
-            bool tuple = false;
-            if (is_op(P, ")")) tuple = true;
+            bool tuple = false;  /* `()` (no items) is an empty tuple */
             while (!is_op(P, ")")) {
                 jnode *e = parse_expr(P);
                 if (!e || !kid_push(P, &items, e, NULL)) return NULL;
@@ -340,7 +339,7 @@ static jnode *parse_primary(parser *P) {
                 else if (!is_op(P, ")")) return fail(P, "expected ')', got %s", tok_desc(cur(P)));
             }
             adv(P);
-            if (!tuple) { x = items.kids[0]; break; }
+            if (!tuple && items.n == 1) { x = items.kids[0]; break; }
             x = nn(P, JN_TUPLE, t->line);
             if (!x) return NULL;
             set_kids(x, &items);
@@ -457,7 +456,7 @@ static jnode *parse_concat(parser *P) {
 static jnode *parse_math1(parser *P) {
     jnode *l = parse_concat(P);
     while (l && (is_op(P, "+") || is_op(P, "-"))) {
-        int line = cur(P)->line, op = cur(P)->s[0];
+        int line = cur(P)->line, op = (unsigned char)cur(P)->s[0];
         adv(P);
         l = binop(P, op, l, parse_concat(P), line);
     }
@@ -763,9 +762,14 @@ static jnode *parse_statement(parser *P) {
         if (is_op(P, "(") && !parse_params(P, x)) return NULL;
         if (!(x->a = parse_expr(P))) return NULL;
         if (x->a->kind != JN_CALL) return fail(P, "%s", "{% call %} needs a macro call");
+        if (!expect_block_end(P)) return NULL;
+        /* the body runs as the caller() macro, so an enclosing loop is out of reach */
+        int saved_loops = P->loop_depth;
+        P->loop_depth = 0;
         const char *which;
-        if (!expect_block_end(P) || !(x->b = parse_body(P, endcall, &which)) || !end_tag(P)) return NULL;
-        return x;
+        x->b = parse_body(P, endcall, &which);
+        P->loop_depth = saved_loops;
+        return x->b && end_tag(P) ? x : NULL;
     }
     if (tok_is(t, JT_NAME, "filter")) {
         static const char *const endfilter[] = {"endfilter", NULL};

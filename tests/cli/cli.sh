@@ -49,6 +49,17 @@ fi
 json=$($BIN info $G/mixtral_f32 --json)
 [[ "$json" == *'"experts": 4'* && "$json" == *'"bytes_per_expert": 55296'* ]] && ok cli_info_json || bad cli_info_json "$json"
 
+# bench --json: the keys external checks read; a small cache really misses.
+json=$($BIN bench $G/qwen3_moe_long_f32 --json --capacity 4 --prompt-tokens 40 --gen-tokens 6)
+ok_keys=1
+for k in prefill_tok_s decode_tok_s hit_rate bytes_read peak_rss_bytes; do [[ "$json" == *"\"$k\": "* ]] || ok_keys=0; done
+if [ $ok_keys = 1 ] && [[ "$json" == *'"capacity": 4'* && "$json" != *'"bytes_read": 0,'* ]]; then ok cli_bench_json; else bad cli_bench_json "$json"; fi
+# bench replays a recorded routing trace; run --trace-routing records one.
+$BIN run $G/qwen3_moe_long_f32 --ids 1,2,3,4,5 -n 6 --trace-routing $T/trace.txt --print-ids >/dev/null
+lines=$(wc -l < $T/trace.txt)
+replay=$($BIN bench $G/qwen3_moe_long_f32 --routing-trace $T/trace.txt --capacity 4 --prompt-tokens 5 --gen-tokens 5)
+[ "$lines" -eq 11 ] && [[ "$replay" == *"distinct experts per layer"* ]] && ok cli_trace_record_and_replay || bad cli_trace_record_and_replay "lines=$lines $replay"
+
 # Errors: clear message, non-zero status, no crash.
 check_err() { # name, expected substring, command...
     local name=$1 want=$2; shift 2
@@ -62,4 +73,7 @@ check_err cli_err_no_model "cannot read" $BIN run /nonexistent --ids 1
 check_err cli_err_unknown_opt "unknown option --bogus" $BIN run $G/olmoe_f32 --ids 1 --bogus
 check_err cli_err_unknown_cmd "unknown command" $BIN frobnicate
 check_err cli_err_out_dir "cannot create" $BIN logits $G/olmoe_f32 --ids 1 --out /nonexistent/dir/x.npy
+check_err cli_err_budget "memory budget 0.00 GB is too small" $BIN logits $G/olmoe_f32 --ids 1 --out $T/c.npy --memory 1M
+check_err cli_err_size "expects a size" $BIN run $G/olmoe_f32 --ids 1 --memory lots
+check_err cli_err_trace "is for 2 layers x 16 experts top-4" $BIN bench $G/olmoe_f32 --routing-trace $T/trace.txt
 exit $fail

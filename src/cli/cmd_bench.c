@@ -1,0 +1,190 @@
+/* lazymoe bench: prefill and decode speed, expert cache behaviour, memory, and the
+ * routing the run actually saw. */
+#include "cli/cli.h"
+#include "cli/commands.h"
+#include "lazymoe.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char bench_usage[] =
+    "usage: lazymoe bench MODEL [--prompt-tokens 128] [--gen-tokens 32] [--seed S] [--json]\n"
+    "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--eviction P]\n"
+    "                    [--buffered-io] [--routing-trace FILE] [--trace-routing FILE] [--threads N] [--ctx N]\n"
+    "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
+    "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
+    "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *model = NULL, *trace_out = NULL;
+    int prompt = 128, gen = 32, json = 0;
+    unsigned seed = 1;
+    long x;
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+            printf("%s", bench_usage);
+            return 0;
+        } else if (!strcmp(s, "--prompt-tokens")) {
+            if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return 1;
+            prompt = (int)x, i++;
+        } else if (!strcmp(s, "--gen-tokens")) {
+            if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return 1;
+            gen = (int)x, i++;
+        } else if (!strcmp(s, "--seed")) {
+            if ((x = cli_parse_long(s, v, 0, 0x7fffffff)) < 0) return 1;
+            seed = (unsigned)x, i++;
+        } else if (!strcmp(s, "--json")) {
+            json = 1;
+        } else if (!strcmp(s, "--memory")) {
+            long long b = cli_parse_size(s, v);
+            if (b < 0) return 1;
+            opt.memory_budget = (uint64_t)b, i++;
+        } else if (!strcmp(s, "--capacity")) {
+            if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return 1;
+            opt.expert_capacity = (int)x, i++;
+        } else if (!strcmp(s, "--resident")) {
+            opt.expert_capacity = -1;
+        } else if (!strcmp(s, "--io-threads")) {
+            if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
+            opt.io_threads = (int)x, i++;
+        } else if (!strcmp(s, "--eviction")) {
+            if (!v || (strcmp(v, "lru") && strcmp(v, "lcp") && strcmp(v, "lfru")))
+                return cli_fail("--eviction expects lru, lcp or lfru");
+            opt.eviction = !strcmp(v, "lru") ? LAZYMOE_EVICT_LRU : !strcmp(v, "lcp") ? LAZYMOE_EVICT_LCP : LAZYMOE_EVICT_LFRU;
+            i++;
+        } else if (!strcmp(s, "--buffered-io")) {
+            opt.buffered_io = 1;
+        } else if (!strcmp(s, "--routing-trace")) {
+            if (!v) return cli_fail("--routing-trace needs a file");
+            opt.replay_routing = v, i++;
+        } else if (!strcmp(s, "--trace-routing")) {
+            if (!v) return cli_fail("--trace-routing needs a file");
+            trace_out = v, i++;
+        } else if (!strcmp(s, "--threads")) {
+            if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return 1;
+            opt.n_threads = (int)x, i++;
+        } else if (!strcmp(s, "--ctx")) {
+            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
+            opt.max_context = (int)x, i++;
+        } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
+            opt.verbose = 1;
+        } else if (s[0] == '-') {
+            return cli_fail("unknown option %s (see lazymoe bench --help)", s);
+        } else if (!model) {
+            model = s;
+        } else {
+            return cli_fail("unexpected argument \"%s\"", s);
+        }
+    }
+    if (!model) return cli_fail("no model directory given\n%s", bench_usage);
+    /* The routing statistics come from a trace of this run. */
+    char tmp_trace[64] = "";
+    if (!trace_out) {
+        snprintf(tmp_trace, sizeof tmp_trace, "/tmp/lazymoe-bench-trace-%d.txt", (int)getpid());
+        trace_out = tmp_trace;
+    }
+    opt.trace_routing = trace_out;
+    if (!opt.max_context) opt.max_context = prompt + gen + 1;
+    char err[512];
+    lazymoe_model *m;
+    double t_load = now_s();
+    if (lazymoe_model_open(&m, model, &opt, err, sizeof err) != 0) return cli_fail("%s", err);
+    t_load = now_s() - t_load;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)prompt);
+    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
+    srand(seed);
+    for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
+    lazymoe_session *s = NULL;
+    int rc = 1;
+    lazymoe_expert_stats st0, st1, st2;
+    double t_prefill = 0, t_decode = 0;
+    if (!ids || !logits || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
+    lazymoe_model_get_expert_stats(m, -1, &st0);
+    double t0 = now_s();
+    if (lazymoe_session_eval(s, ids, prompt, logits, 0, err, sizeof err) != 0) goto done;
+    t_prefill = now_s() - t0;
+    lazymoe_model_get_expert_stats(m, -1, &st1);
+    t0 = now_s();
+    for (int g = 0; g < gen; g++) {
+        int32_t best = 0;
+        for (int i = 1; i < info.vocab_size; i++)
+            if (logits[i] > logits[best]) best = i;
+        if (lazymoe_session_eval(s, &best, 1, logits, 0, err, sizeof err) != 0) goto done;
+    }
+    t_decode = now_s() - t0;
+    lazymoe_model_get_expert_stats(m, -1, &st2);
+    rc = 0;
+done:
+    if (rc) cli_fail("%s", err);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m); /* flushes the trace */
+    free(ids);
+    free(logits);
+    if (rc) {
+        if (tmp_trace[0]) unlink(tmp_trace);
+        return rc;
+    }
+    lazymoe_routing_summary rs_all = {0}, rs_dec = {0};
+    int have_routing = lazymoe_routing_summarize(trace_out, 0, &rs_all, err, sizeof err) == 0;
+    if (gen > 1) lazymoe_routing_summarize(trace_out, prompt, &rs_dec, err, sizeof err);
+    if (tmp_trace[0]) unlink(tmp_trace);
+    uint64_t dec_hits = st2.hits - st1.hits, dec_miss = st2.misses - st1.misses;
+    uint64_t dec_bytes = st2.bytes_read - st1.bytes_read;
+    uint64_t all_hits = st2.hits - st0.hits, all_miss = st2.misses - st0.misses;
+    double hit_rate = dec_hits + dec_miss ? (double)dec_hits / (double)(dec_hits + dec_miss) : 1.0;
+    double prefill_tps = t_prefill > 0 ? prompt / t_prefill : 0;
+    double decode_tps = t_decode > 0 && gen ? gen / t_decode : 0;
+    double read_bw = st2.read_seconds > 0 ? (double)st2.bytes_read / (st2.read_seconds / (opt.io_threads ? opt.io_threads : 8)) : 0;
+    double miss_bw = t_decode > 0 ? (double)dec_bytes / t_decode : 0;
+    if (json) {
+        printf("{\"model\": \"%s\", \"prompt_tokens\": %d, \"gen_tokens\": %d, \"load_s\": %.3f, "
+               "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"hit_rate\": %.4f, \"hit_rate_all\": %.4f, "
+               "\"bytes_read\": %llu, \"decode_bytes_read\": %llu, \"decode_miss_bandwidth\": %.0f, "
+               "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
+               "\"planned_bytes\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, "
+               "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
+               "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}}\n",
+               model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
+               all_hits + all_miss ? (double)all_hits / (double)(all_hits + all_miss) : 1.0,
+               (unsigned long long)st2.bytes_read, (unsigned long long)dec_bytes, miss_bw, read_bw, st2.wait_seconds,
+               (unsigned long long)st2.peak_rss_bytes, (unsigned long long)st2.memory_budget,
+               (unsigned long long)st2.planned_bytes, st2.resident ? "true" : "false", st2.capacity, info.n_experts,
+               info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
+               rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
+    } else {
+        printf("model        %s (%s, %d layers, %d experts, top-%d)\n", model, info.model_type, info.n_layers,
+               info.n_experts, info.top_k);
+        printf("experts      %s, capacity %d per layer; plan %.2f GB of budget %.2f GB\n",
+               st2.resident ? "resident" : "cached", st2.capacity, (double)st2.planned_bytes / 1e9,
+               (double)st2.memory_budget / 1e9);
+        printf("load         %.2f s\n", t_load);
+        printf("prefill      %d tokens in %.2f s: %.2f tok/s\n", prompt, t_prefill, prefill_tps);
+        printf("decode       %d tokens in %.2f s: %.2f tok/s\n", gen, t_decode, decode_tps);
+        printf("expert cache decode hit rate %.1f%% (%llu hits, %llu misses); all %.1f%%\n", 100 * hit_rate,
+               (unsigned long long)dec_hits, (unsigned long long)dec_miss,
+               all_hits + all_miss ? 100.0 * (double)all_hits / (double)(all_hits + all_miss) : 100.0);
+        printf("reads        %.1f MB total, %.1f MB in decode (%.1f MB/s of decode time); blocked %.2f s\n",
+               (double)st2.bytes_read / 1e6, (double)dec_bytes / 1e6, miss_bw / 1e6, st2.wait_seconds);
+        printf("peak RSS     %.2f GB\n", (double)st2.peak_rss_bytes / 1e9);
+        if (have_routing)
+            printf("routing      %.1f distinct experts per layer, %.1f%% reused by the next token, top-16 share %.1f%%"
+                   " (decode: %.1f distinct, %.1f%% reuse)\n",
+                   rs_all.distinct_experts, 100 * rs_all.consecutive_reuse, 100 * rs_all.top16_share,
+                   rs_dec.distinct_experts, 100 * rs_dec.consecutive_reuse);
+    }
+    return 0;
+}

@@ -1,0 +1,355 @@
+/* Expert cache and its reader threads. See cache.h for the contract.
+ *
+ * Reads: every expert is nparts byte ranges (9 for MLX files). Each range is one
+ * queue item, so the reader threads (queue depth = their number) fetch the parts
+ * of all missing experts of a layer in parallel. With direct I/O, a range is read
+ * through a per-thread aligned bounce buffer covering its 4 KiB-aligned span and
+ * copied into the slot; without it (tmpfs refuses O_DIRECT), pread goes straight
+ * into the slot through the page cache.
+ */
+#include "experts/cache.h"
+
+#include "common/error.h"
+#include "platform/platform.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BOUNCE_MAX (4u << 20)
+
+typedef struct {
+    int layer, slot, expert, part;
+} io_item;
+
+typedef struct {
+    const lm_expert_source *src;
+    int capacity;
+    char *slots;
+    int32_t *slot_expert;   /* [capacity] expert held, -1 empty */
+    uint8_t *busy;          /* [capacity] acquired by this step */
+    atomic_int *pending;    /* [capacity] parts still to read; 0 = ready */
+    atomic_int *failed;     /* [capacity] a part failed */
+    char (*errmsg)[LM_ERR_LEN];
+    int32_t *expert_slot;   /* [E] slot or -1 */
+    int32_t *acquired;      /* slots acquired since the last release */
+    int n_acquired;
+    lm_usage usage;
+    uint64_t hits, misses;
+    double wait_seconds;
+    _Atomic uint64_t bytes_read;
+    _Atomic uint64_t read_ns;
+} layer_cache;
+
+struct lm_expert_cache {
+    const lm_weights *w;
+    lm_cache_options opt;
+    layer_cache *layers;
+    int *direct_fd; /* per archive file, -1 if none */
+    uint64_t step;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    io_item *queue;
+    int qhead, qlen, qcap;
+    int stop;
+    pthread_t *threads;
+    int n_threads;
+};
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+/* Per-thread bounce buffer: the aligned span of the largest part, at most 4 MiB
+ * (longer parts are read in several pieces). */
+static uint64_t bounce_bytes(const lm_weights *w) {
+    uint64_t maxlen = 0;
+    for (int l = 0; l < w->cfg.n_layers; l++)
+        for (int p = 0; p < w->layers[l].src.nparts; p++)
+            if (w->layers[l].src.part_len[p] > maxlen) maxlen = w->layers[l].src.part_len[p];
+    uint64_t b = ((maxlen + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1)) + LM_DIRECT_ALIGN;
+    return b < BOUNCE_MAX ? b : BOUNCE_MAX;
+}
+
+/* Reads len bytes at off of a direct-I/O fd into dst through an aligned bounce buffer. */
+static int read_direct(int fd, char *bounce, uint64_t bounce_len, char *dst, uint64_t off, uint64_t len, char *err) {
+    uint64_t done = 0;
+    while (done < len) {
+        uint64_t want_start = off + done;
+        uint64_t a = want_start & ~(uint64_t)(LM_DIRECT_ALIGN - 1);
+        uint64_t span = (want_start - a) + (len - done);
+        if (span > bounce_len) span = bounce_len;
+        uint64_t rd = (span + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1);
+        ssize_t got;
+        do {
+            got = pread(fd, bounce, rd, (off_t)a);
+        } while (got < 0 && errno == EINTR);
+        if (got < 0) return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)a, strerror(errno));
+        uint64_t useful = (uint64_t)got > want_start - a ? (uint64_t)got - (want_start - a) : 0;
+        if (useful == 0) return lm_errf(err, "file shorter than expected (end of file at offset %llu)", (unsigned long long)a);
+        uint64_t take = len - done < useful ? len - done : useful;
+        if (take > span - (want_start - a)) take = span - (want_start - a);
+        memcpy(dst + done, bounce + (want_start - a), take);
+        done += take;
+    }
+    return 0;
+}
+
+static void *reader_main(void *arg) {
+    lm_expert_cache *c = arg;
+    char *bounce = NULL;
+    uint64_t blen = bounce_bytes(c->w);
+    if (posix_memalign((void **)&bounce, LM_DIRECT_ALIGN, blen) != 0) bounce = NULL;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->stop && c->qlen == 0) pthread_cond_wait(&c->cv_work, &c->mu);
+        if (c->stop) break;
+        io_item it = c->queue[c->qhead];
+        c->qhead = (c->qhead + 1) % c->qcap;
+        c->qlen--;
+        pthread_mutex_unlock(&c->mu);
+
+        layer_cache *lc = &c->layers[it.layer];
+        const lm_expert_source *s = lc->src;
+        int idx = it.expert * LM_EXPERT_MAX_PARTS + it.part;
+        const st_file *f = &c->w->archive->files[s->file[idx]];
+        char *dst = lc->slots + (size_t)it.slot * s->slot_bytes + s->part_off[it.part];
+        char err[LM_ERR_LEN] = "";
+        double t0 = lm_now();
+        int rc;
+        int dfd = c->direct_fd[s->file[idx]];
+        if (dfd >= 0 && bounce)
+            rc = read_direct(dfd, bounce, blen, dst, s->off[idx], s->part_len[it.part], err);
+        else
+            rc = lm_pread_full(f->fd, dst, s->part_len[it.part], s->off[idx], err);
+        atomic_fetch_add(&lc->read_ns, (uint64_t)((lm_now() - t0) * 1e9));
+        if (rc == 0) {
+            atomic_fetch_add(&lc->bytes_read, s->part_len[it.part]);
+        } else if (atomic_exchange(&lc->failed[it.slot], 1) == 0) {
+            lm_err_prefix(err, "%s: layer %d expert %d", f->path, it.layer, it.expert);
+            memcpy(lc->errmsg[it.slot], err, LM_ERR_LEN);
+        }
+        pthread_mutex_lock(&c->mu);
+        if (atomic_fetch_sub(&lc->pending[it.slot], 1) == 1) pthread_cond_broadcast(&c->cv_done);
+    }
+    pthread_mutex_unlock(&c->mu);
+    free(bounce);
+    return NULL;
+}
+
+/* ---- setup ------------------------------------------------------------------------ */
+
+uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity, int io_threads) {
+    uint64_t b = (uint64_t)io_threads * bounce_bytes(w);
+    for (int l = 0; l < w->cfg.n_layers; l++)
+        if (w->layers[l].is_moe) b += (uint64_t)capacity * w->layers[l].src.slot_bytes;
+    return b;
+}
+
+int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_options *opt, char *err) {
+    *out = NULL;
+    const lm_config *cfg = &w->cfg;
+    if (opt->capacity < 1) return lm_errf(err, "expert cache capacity must be at least 1");
+    lm_expert_cache *c = calloc(1, sizeof *c);
+    if (!c) return lm_errf(err, "out of memory");
+    c->w = w;
+    c->opt = *opt;
+    if (c->opt.io_threads < 1) c->opt.io_threads = 8;
+    if (c->opt.capacity > cfg->n_experts) c->opt.capacity = cfg->n_experts;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv_work, NULL);
+    pthread_cond_init(&c->cv_done, NULL);
+    c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
+    c->direct_fd = malloc(sizeof(int) * (size_t)w->archive->nfiles);
+    c->qcap = c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
+    c->queue = malloc(sizeof(io_item) * (size_t)c->qcap);
+    if (!c->layers || !c->direct_fd || !c->queue) goto oom;
+    int warned = 0;
+    for (int i = 0; i < w->archive->nfiles; i++) {
+        c->direct_fd[i] = -1;
+        if (!c->opt.direct_io) continue;
+        char e2[LM_ERR_LEN];
+        c->direct_fd[i] = lm_file_open_direct(w->archive->files[i].path, e2);
+        if (c->direct_fd[i] < 0 && !warned) {
+            fprintf(stderr, "lazymoe: %s; using buffered reads (the page cache will hold experts too)\n", e2);
+            warned = 1;
+        }
+    }
+    for (int l = 0; l < cfg->n_layers; l++) {
+        layer_cache *lc = &c->layers[l];
+        if (!w->layers[l].is_moe) continue;
+        int cap = c->opt.capacity, E = cfg->n_experts;
+        lc->src = &w->layers[l].src;
+        lc->capacity = cap;
+        lc->slots = lm_malloc_aligned(lc->src->slot_bytes * (size_t)cap, "expert cache slots", err);
+        if (!lc->slots) goto fail;
+        lc->slot_expert = malloc(sizeof(int32_t) * (size_t)cap);
+        lc->busy = calloc((size_t)cap, 1);
+        lc->pending = calloc((size_t)cap, sizeof(atomic_int));
+        lc->failed = calloc((size_t)cap, sizeof(atomic_int));
+        lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
+        lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
+        lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
+        if (!lc->slot_expert || !lc->busy || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+            !lc->acquired)
+            goto oom;
+        for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
+        for (int e = 0; e < E; e++) lc->expert_slot[e] = -1;
+        if (lm_usage_init(&lc->usage, E, err)) goto fail;
+    }
+    c->threads = calloc((size_t)c->opt.io_threads, sizeof(pthread_t));
+    if (!c->threads) goto oom;
+    for (int i = 0; i < c->opt.io_threads; i++) {
+        if (pthread_create(&c->threads[i], NULL, reader_main, c) != 0) {
+            lm_errf(err, "cannot start reader thread %d", i);
+            goto fail;
+        }
+        c->n_threads++;
+    }
+    *out = c;
+    return 0;
+oom:
+    lm_errf(err, "out of memory creating the expert cache");
+fail:
+    lm_cache_free(c);
+    return -1;
+}
+
+void lm_cache_free(lm_expert_cache *c) {
+    if (!c) return;
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_broadcast(&c->cv_work);
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < c->n_threads; i++) pthread_join(c->threads[i], NULL);
+    free(c->threads);
+    if (c->layers)
+        for (int l = 0; l < c->w->cfg.n_layers; l++) {
+            layer_cache *lc = &c->layers[l];
+            lm_free_aligned(lc->slots);
+            free(lc->slot_expert);
+            free(lc->busy);
+            free(lc->pending);
+            free(lc->failed);
+            free(lc->errmsg);
+            free(lc->expert_slot);
+            free(lc->acquired);
+            lm_usage_free(&lc->usage);
+        }
+    if (c->direct_fd)
+        for (int i = 0; i < c->w->archive->nfiles; i++) lm_file_close(c->direct_fd[i]);
+    free(c->direct_fd);
+    free(c->layers);
+    free(c->queue);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv_work);
+    pthread_cond_destroy(&c->cv_done);
+    free(c);
+}
+
+/* ---- the compute thread's side ---------------------------------------------------- */
+
+void lm_cache_begin_step(lm_expert_cache *c) { c->step++; }
+
+int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
+    layer_cache *lc = &c->layers[l];
+    uint64_t now = c->step;
+    int got = 0, queued = 0;
+    /* Hits first, so a miss never evicts an expert this step is about to use. */
+    for (int i = 0; i < n; i++) {
+        int s = lc->expert_slot[need[i]];
+        status[i] = 0;
+        if (s >= 0 && !lc->busy[s]) {
+            lc->busy[s] = 1;
+            lc->acquired[lc->n_acquired++] = s;
+            status[i] = 1;
+            lc->hits++;
+            lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
+            got++;
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < n; i++) {
+        if (status[i]) continue;
+        int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->busy, lc->capacity, now);
+        if (s < 0) break; /* every slot in use this step: the caller goes on in waves */
+        if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
+        lc->slot_expert[s] = need[i];
+        lc->expert_slot[need[i]] = s;
+        lc->busy[s] = 1;
+        lc->acquired[lc->n_acquired++] = s;
+        atomic_store(&lc->failed[s], 0);
+        atomic_store(&lc->pending[s], lc->src->nparts);
+        for (int p = 0; p < lc->src->nparts; p++) {
+            c->queue[(c->qhead + c->qlen) % c->qcap] = (io_item){l, s, need[i], p};
+            c->qlen++;
+        }
+        queued = 1;
+        status[i] = 2;
+        lc->misses++;
+        lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
+        got++;
+    }
+    if (queued) pthread_cond_broadcast(&c->cv_work);
+    pthread_mutex_unlock(&c->mu);
+    return got;
+}
+
+int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) {
+    layer_cache *lc = &c->layers[l];
+    int s = lc->expert_slot[e];
+    if (s < 0 || !lc->busy[s]) return lm_errf(err, "expert %d of layer %d was not acquired", e, l);
+    if (atomic_load(&lc->pending[s]) > 0) {
+        double t0 = lm_now();
+        pthread_mutex_lock(&c->mu);
+        while (atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
+        pthread_mutex_unlock(&c->mu);
+        lc->wait_seconds += lm_now() - t0;
+    }
+    if (atomic_load(&lc->failed[s])) {
+        lm_errf(err, "%s", lc->errmsg[s]);
+        /* The slot's contents are unusable: forget it so a later step rereads. */
+        lc->expert_slot[e] = -1;
+        lc->slot_expert[s] = -1;
+        return -1;
+    }
+    *view = lm_expert_view(lc->src, lc->slots + (size_t)s * lc->src->slot_bytes);
+    return 0;
+}
+
+void lm_cache_release_layer(lm_expert_cache *c, int l) {
+    layer_cache *lc = &c->layers[l];
+    /* A slot whose read is still in flight (an error path returned early) stays
+     * busy until its parts land, so its memory is never handed to another expert
+     * while a reader writes it. */
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < lc->n_acquired; i++)
+        while (atomic_load(&lc->pending[lc->acquired[i]]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < lc->n_acquired; i++) {
+        int s = lc->acquired[i];
+        lc->busy[s] = 0;
+        if (atomic_load(&lc->failed[s]) && lc->slot_expert[s] >= 0) {
+            lc->expert_slot[lc->slot_expert[s]] = -1;
+            lc->slot_expert[s] = -1;
+        }
+    }
+    lc->n_acquired = 0;
+}
+
+void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *out) {
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < c->w->cfg.n_layers; i++) {
+        if (l >= 0 && i != l) continue;
+        layer_cache *lc = &c->layers[i];
+        out->hits += lc->hits;
+        out->misses += lc->misses;
+        out->bytes_read += atomic_load(&lc->bytes_read);
+        out->read_seconds += (double)atomic_load(&lc->read_ns) * 1e-9;
+        out->wait_seconds += lc->wait_seconds;
+    }
+}
+
+int lm_cache_capacity(const lm_expert_cache *c) { return c->opt.capacity; }

@@ -1,0 +1,61 @@
+/* The expert cache: bounded slots per MoE layer, filled on demand from disk.
+ *
+ * Each MoE layer owns `capacity` slots of its layer's slot size (lm_expert_source).
+ * The forward pass, once a layer's routes are known, acquires every expert the
+ * step needs: cached ones are hits; for each miss a slot is claimed (the policy
+ * picks a victim among slots the step is not using) and its parts are queued to
+ * the reader threads at once, so all misses of the layer are in flight together
+ * while the hits are computed. lm_cache_wait blocks until one expert is loaded.
+ *
+ * Ownership and lifetime: an acquired expert stays in its slot, readable and
+ * never evicted, until lm_cache_release_layer for that layer. Only the compute
+ * thread calls acquire / wait / release; reader threads only fill slots.
+ */
+#ifndef LAZYMOE_EXPERT_CACHE_H
+#define LAZYMOE_EXPERT_CACHE_H
+
+#include "experts/policy.h"
+#include "models/model.h"
+
+#include <stdint.h>
+
+typedef struct lm_expert_cache lm_expert_cache;
+
+typedef struct {
+    int capacity;       /* slots per MoE layer */
+    int io_threads;     /* reader threads (queue depth) */
+    lm_evict_policy policy;
+    int direct_io;      /* 1: O_DIRECT where the file system allows, 0: buffered */
+    int verbose;
+} lm_cache_options;
+
+typedef struct {
+    uint64_t hits, misses;
+    uint64_t bytes_read;
+    double read_seconds; /* summed over reader threads */
+    double wait_seconds; /* compute thread blocked on reads */
+} lm_cache_counters;
+
+int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_options *opt, char *err);
+void lm_cache_free(lm_expert_cache *c);
+
+/* Starts a new step (a token, or a prefill chunk); recency is measured in steps. */
+void lm_cache_begin_step(lm_expert_cache *c);
+
+/* Acquires experts need[0..n) (distinct) of layer l. status[i] becomes 1 (hit),
+ * 2 (miss, read queued) or 0 (not acquired: every slot is in use by this step;
+ * release and acquire again in a later wave). Returns the number acquired. */
+int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status);
+/* Waits for acquired expert e of layer l and returns its matrices. Fails if the
+ * read failed (the message names file, layer and expert). */
+int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err);
+/* Releases every expert of layer l acquired since the last release. */
+void lm_cache_release_layer(lm_expert_cache *c, int l);
+
+/* Per-layer counters (l < 0: totals). */
+void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *out);
+int lm_cache_capacity(const lm_expert_cache *c);
+/* Bytes the cache allocates (slots and read buffers) for a capacity. */
+uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity, int io_threads);
+
+#endif

@@ -1,0 +1,277 @@
+/* Lazy experts: results bit-identical to the fully resident model at any cache
+ * capacity, on every architecture and storage format; counters; read errors;
+ * eviction policies; routing traces. */
+#include "harness.h"
+
+#include "common/error.h"
+#include "convert/convert.h"
+#include "experts/policy.h"
+#include "experts/trace.h"
+#include "lazymoe.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
+static char tmp[256];
+
+typedef struct {
+    float *logits; /* [n][V] */
+    int32_t gen[16];
+    lazymoe_expert_stats st;
+    size_t V;
+} run_result;
+
+/* Logits of ids over the prompt, then 12 greedy tokens, at a given capacity. */
+static int run(const char *dir, int capacity, int buffered, const int32_t *ids, int n, run_result *r, char *err) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.n_threads = 2;
+    o.expert_capacity = capacity;
+    o.buffered_io = buffered;
+    o.io_threads = 3;
+    lazymoe_model *m;
+    if (lazymoe_model_open(&m, dir, &o, err, LM_ERR_LEN) != 0) return -1;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    r->V = (size_t)info.vocab_size;
+    r->logits = malloc(sizeof(float) * (size_t)n * r->V);
+    float *lg = malloc(sizeof(float) * r->V);
+    lazymoe_session *s;
+    int rc = lazymoe_session_create(&s, m, err, LM_ERR_LEN);
+    if (rc == 0) rc = lazymoe_session_eval(s, ids, n, r->logits, 1, err, LM_ERR_LEN);
+    if (rc == 0) memcpy(lg, r->logits + (size_t)(n - 1) * r->V, sizeof(float) * r->V);
+    for (int g = 0; rc == 0 && g < 12; g++) {
+        int best = 0;
+        for (size_t i = 1; i < r->V; i++)
+            if (lg[i] > lg[best]) best = (int)i;
+        r->gen[g] = best;
+        rc = lazymoe_session_eval(s, &r->gen[g], 1, lg, 0, err, LM_ERR_LEN);
+    }
+    lazymoe_model_get_expert_stats(m, -1, &r->st);
+    free(lg);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+static const int32_t IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140, 9, 31, 200, 18};
+#define NIDS 16
+
+static void same_at_capacities(const char *dir, int n_experts, int top_k) {
+    char err[LM_ERR_LEN];
+    run_result ref = {0};
+    CHECKF(run(dir, -1, 0, IDS, NIDS, &ref, err) == 0, "resident %s: %s", dir, err);
+    CHECK(ref.st.resident && ref.st.misses == 0);
+    int caps[] = {1, top_k, n_experts - 1, n_experts};
+    for (int i = 0; i < 4; i++) {
+        for (int buffered = 0; buffered < 2; buffered++) {
+            if (buffered && i != 1) continue;
+            run_result r = {0};
+            CHECKF(run(dir, caps[i], buffered, IDS, NIDS, &r, err) == 0, "capacity %d: %s", caps[i], err);
+            if (!r.logits || !ref.logits) continue;
+            CHECKF(!r.st.resident && r.st.capacity == caps[i], "capacity %d not applied", caps[i]);
+            CHECKF(memcmp(r.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0,
+                   "%s: capacity %d logits differ from resident", dir, caps[i]);
+            CHECKF(memcmp(r.gen, ref.gen, sizeof r.gen) == 0, "%s: capacity %d greedy ids differ", dir, caps[i]);
+            CHECKF(r.st.misses > 0 && r.st.bytes_read > 0, "capacity %d read nothing", caps[i]);
+            if (caps[i] < top_k) CHECKF(r.st.misses > r.st.hits, "capacity %d: most routes should miss", caps[i]);
+            printf("# %s capacity %d%s: hits %llu misses %llu bytes %llu\n", strrchr(dir, '/') + 1, caps[i],
+                   buffered ? " buffered" : "", (unsigned long long)r.st.hits, (unsigned long long)r.st.misses,
+                   (unsigned long long)r.st.bytes_read);
+            free(r.logits);
+        }
+    }
+    free(ref.logits);
+}
+
+static void qwen3_moe(void) { same_at_capacities(GOLDEN "qwen3_moe_f32", 8, 2); }
+static void qwen3_moe_bf16_tied(void) { same_at_capacities(GOLDEN "qwen3_moe_tied_bf16", 6, 3); }
+static void qwen3_moe_sharded(void) { same_at_capacities(GOLDEN "qwen3_moe_sharded_f32", 4, 2); }
+static void mixtral(void) { same_at_capacities(GOLDEN "mixtral_f32", 4, 2); }
+static void mixtral_bf16(void) { same_at_capacities(GOLDEN "mixtral_bf16", 8, 2); }
+static void olmoe(void) { same_at_capacities(GOLDEN "olmoe_f32", 8, 2); }
+static void olmoe_clip(void) { same_at_capacities(GOLDEN "olmoe_clip_bf16", 6, 3); }
+
+/* MLX quantized layout (9 byte ranges per expert). */
+static void quantized_mlx(void) {
+    const char *names[3] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16"};
+    int E[3] = {8, 4, 6}, K[3] = {2, 2, 3};
+    for (int i = 0; i < 3; i++) {
+        char src[512], out[512], err[LM_ERR_LEN];
+        snprintf(src, sizeof src, GOLDEN "%s", names[i]);
+        snprintf(out, sizeof out, "%s/%s_q4", tmp, names[i]);
+        lm_convert_options o;
+        lm_convert_options_init(&o);
+        o.bits = 4;
+        o.group_size = 32;
+        o.quiet = 1;
+        o.force = 1;
+        CHECKF(lm_convert(src, out, &o, err) == 0, "%s", err);
+        same_at_capacities(out, E[i], K[i]);
+    }
+}
+
+/* A prompt longer than one prefill chunk needs more experts than a 1-slot cache
+ * holds: the layer runs in waves, each expert read once per chunk. */
+static void long_prompt_waves(void) {
+    int32_t ids[300];
+    for (int i = 0; i < 300; i++) ids[i] = (i * 37 + 11) % 512;
+    char err[LM_ERR_LEN];
+    run_result a = {0}, b = {0};
+    CHECKF(run(GOLDEN "qwen3_moe_long_f32", -1, 0, ids, 300, &a, err) == 0, "%s", err);
+    CHECKF(run(GOLDEN "qwen3_moe_long_f32", 1, 0, ids, 300, &b, err) == 0, "%s", err);
+    CHECK(a.logits && b.logits && memcmp(a.logits, b.logits, sizeof(float) * 300 * a.V) == 0);
+    CHECK(memcmp(a.gen, b.gen, sizeof a.gen) == 0);
+    /* 2 layers x 2 chunks (256 + 44 tokens) x at most 16 experts each, then 12 tokens
+     * x 4 picks: every read is a distinct (chunk, expert) or a decode miss. */
+    CHECKF(b.st.misses <= 2 * (2 * 16 + 12 * 4), "misses %llu", (unsigned long long)b.st.misses);
+    free(a.logits);
+    free(b.logits);
+}
+
+/* A file that shrinks under a running model: a clear error naming the file,
+ * layer and expert; no crash; the model stays usable for cached experts. */
+static void read_error(void) {
+    char dir[512], cmd[1200], err[LM_ERR_LEN] = "";
+    snprintf(dir, sizeof dir, "%s/shrink", tmp);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r " GOLDEN "olmoe_f32 %s", dir, dir);
+    CHECK(system(cmd) == 0);
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.expert_capacity = 2;
+    lazymoe_model *m;
+    CHECKF(lazymoe_model_open(&m, dir, &o, err, sizeof err) == 0, "%s", err);
+    if (!m) return;
+    snprintf(cmd, sizeof cmd, "truncate -s 4096 %s/model.safetensors", dir);
+    CHECK(system(cmd) == 0);
+    lazymoe_session *s;
+    CHECK(lazymoe_session_create(&s, m, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(s, IDS, 4, NULL, 0, err, sizeof err) == -1);
+    CHECK_STR_CONTAINS(err, "model.safetensors: layer 0 expert");
+    CHECK_STR_CONTAINS(err, "shorter than expected");
+    CHECK(lazymoe_session_length(s) == 0);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+}
+
+static void memory_budget(void) {
+    char err[LM_ERR_LEN];
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    lazymoe_model *m = NULL;
+    o.memory_budget = 1 << 20; /* far below resident weights + KV cache */
+    CHECK(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == -1);
+    CHECK_STR_CONTAINS(err, "is too small: this model needs at least");
+    o.memory_budget = 8ull << 30; /* plenty: everything resident */
+    CHECKF(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == 0, "%s", err);
+    lazymoe_expert_stats st;
+    lazymoe_model_get_expert_stats(m, -1, &st);
+    CHECK(st.resident && st.planned_bytes <= st.memory_budget);
+    lazymoe_model_close(m);
+    /* Between the two: room for the fixed part plus a few experts per layer. The
+     * plan must pick a capacity in [top_k, E) and stay within the budget. */
+    o.max_context = 64;
+    o.io_threads = 1;
+    o.memory_budget = 0;
+    CHECK(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == 0);
+    lazymoe_model_get_expert_stats(m, -1, &st);
+    uint64_t full = st.planned_bytes;
+    lazymoe_model_close(m);
+    /* One olmoe_f32 expert slot is 3 x 64 x 40 f32 = 30720 bytes, in 2 MoE layers; a
+     * cache adds a read buffer per reader thread (the aligned span of the largest
+     * part, 10240 bytes: 16 KiB). Leave room for 5 experts. */
+    o.memory_budget = full + 16384 - 3 * 2 * 30720;
+    CHECKF(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == 0, "%s", err);
+    if (m) {
+        lazymoe_model_get_expert_stats(m, -1, &st);
+        CHECKF(!st.resident && st.capacity == 5 && st.planned_bytes <= st.memory_budget,
+               "capacity %d planned %llu budget %llu", st.capacity, (unsigned long long)st.planned_bytes,
+               (unsigned long long)st.memory_budget);
+        lazymoe_model_close(m);
+    }
+    o.memory_budget = 1 << 20;
+    o.expert_capacity = 4;
+    CHECK(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == -1);
+    CHECK_STR_CONTAINS(err, "too small for the requested expert capacity");
+}
+
+static void policies(void) {
+    char err[LM_ERR_LEN];
+    lm_usage u;
+    for (int p = 0; p < LM_EVICT_COUNT; p++) {
+        CHECK(lm_usage_init(&u, 8, err) == 0);
+        int32_t slots[3] = {0, 1, 2};
+        uint8_t busy[3] = {0, 0, 0};
+        /* expert 0 used often long ago, 1 once recently, 2 once long ago */
+        for (uint64_t t = 1; t <= 20; t++) lm_usage_touch(&u, (lm_evict_policy)p, 0, t);
+        lm_usage_touch(&u, (lm_evict_policy)p, 2, 21);
+        lm_usage_touch(&u, (lm_evict_policy)p, 1, 300);
+        int v = lm_policy_victim((lm_evict_policy)p, &u, slots, busy, 3, 301);
+        if (p == LM_EVICT_LRU) CHECKF(v == 0, "lru evicted slot %d", v);
+        else CHECKF(v == 2, "%s evicted slot %d", lm_policy_name((lm_evict_policy)p), v);
+        busy[2] = 1;
+        v = lm_policy_victim((lm_evict_policy)p, &u, slots, busy, 3, 301);
+        CHECK(v != 2);
+        busy[0] = busy[1] = 1;
+        CHECK(lm_policy_victim((lm_evict_policy)p, &u, slots, busy, 3, 301) == -1);
+        slots[1] = -1;
+        busy[1] = 0;
+        CHECK(lm_policy_victim((lm_evict_policy)p, &u, slots, busy, 3, 301) == 1);
+        lm_usage_free(&u);
+    }
+    CHECK(lm_policy_parse("lcp") == LM_EVICT_LCP && lm_policy_parse("nope") == -1);
+}
+
+static void trace_round_trip(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/trace.txt", tmp);
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.trace_routing = path;
+    o.expert_capacity = 3;
+    lazymoe_model *m;
+    CHECKF(lazymoe_model_open(&m, GOLDEN "qwen3_moe_f32", &o, err, sizeof err) == 0, "%s", err);
+    lazymoe_session *s;
+    CHECK(lazymoe_session_create(&s, m, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(s, IDS, 5, NULL, 0, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(s, IDS + 5, 1, NULL, 0, err, sizeof err) == 0);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    lm_trace_data d;
+    CHECKF(lm_trace_load(&d, path, err) == 0, "%s", err);
+    CHECK(d.n_layers == 3 && d.n_experts == 8 && d.top_k == 2 && d.n_tokens == 6);
+    /* layer 1 of qwen3_moe_f32 is dense: no picks there; layers 0 and 2 have 2. */
+    for (int t = 0; t < d.n_tokens; t++) {
+        const int32_t *tok = d.ids + (size_t)t * 3 * 2;
+        CHECK(tok[0] >= 0 && tok[1] > tok[0] && tok[2] == -1 && tok[3] == -1 && tok[4] >= 0 && tok[5] > tok[4]);
+    }
+    lm_trace_data_free(&d);
+    FILE *f = fopen(path, "w");
+    fputs("lazymoe-routing-trace v1 layers=2 experts=4 top_k=2\n1 9|0 1\n", f);
+    fclose(f);
+    CHECK(lm_trace_load(&d, path, err) == -1);
+    CHECK_STR_CONTAINS(err, "bad expert list");
+}
+
+int main(void) {
+    snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-lazy-%d", (int)getpid());
+    mkdir(tmp, 0755);
+    TEST_CASE("lazy_qwen3_moe_bit_identical", qwen3_moe);
+    TEST_CASE("lazy_qwen3_moe_bf16_tied_bit_identical", qwen3_moe_bf16_tied);
+    TEST_CASE("lazy_qwen3_moe_sharded_bit_identical", qwen3_moe_sharded);
+    TEST_CASE("lazy_mixtral_bit_identical", mixtral);
+    TEST_CASE("lazy_mixtral_bf16_bit_identical", mixtral_bf16);
+    TEST_CASE("lazy_olmoe_bit_identical", olmoe);
+    TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);
+    TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
+    TEST_CASE("lazy_long_prompt_waves", long_prompt_waves);
+    TEST_CASE("lazy_read_error_is_reported", read_error);
+    TEST_CASE("memory_budget_plans_and_refuses", memory_budget);
+    TEST_CASE("eviction_policies", policies);
+    TEST_CASE("routing_trace_round_trip", trace_round_trip);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    if (system(cmd) != 0) printf("# cleanup failed\n");
+    TEST_EXIT();
+}
