@@ -37,6 +37,7 @@
 #define REALISTIC_SCALE 0.3f  /* s_e = exp(REALISTIC_SCALE * z_e) */
 #define REALISTIC_BIAS 0.7f    /* b_e = REALISTIC_BIAS * z_e */
 #define COLLAPSED_BIAS 12.0f   /* b_e of the dominant experts */
+#define REALISTIC_ATTN_GAIN 0.7f /* attention output projections under realistic routing */
 #define MAX_SYNTH_THREADS 16
 
 /* ---- presets ------------------------------------------------------------------------ */
@@ -335,6 +336,9 @@ static int plan_layer(synth *S, int l, char *err) {
     const int b = l + 1, H = s->hidden, hd = head_dim_of(s), E = s->experts;
     const int I = s->moe_intermediate;
     const float resid = inv_sqrt(2 * (int64_t)s->resid_layers); /* GPT-2 residual init */
+    /* Realistic routing lets attention carry context into the residual stream, which
+     * makes consecutive tokens' routing correlated (see synth.h). */
+    const float attn = S->opt->routing == LM_SYNTH_REALISTIC ? REALISTIC_ATTN_GAIN : resid;
     int64_t vH[1] = {H}, vhd[1] = {hd};
     int rc = 0;
     char p[96];
@@ -352,7 +356,7 @@ static int plan_layer(synth *S, int l, char *err) {
         rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.post_attention_layernorm.weight", p);
         int nq = s->heads * hd, nkv = s->kv_heads * hd;
         rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.k_proj", p);
-        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * resid, 0, err, "%s.self_attn.o_proj", p);
+        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * attn, 0, err, "%s.self_attn.o_proj", p);
         rc |= add_mat(S, b, 1, nq, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.q_proj", p);
         rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.v_proj", p);
         return rc ? -1 : 0;
@@ -373,7 +377,7 @@ static int plan_layer(synth *S, int l, char *err) {
         rc |= add_mat(S, b, 1, 2 * (int64_t)key_dim + 2 * (int64_t)value_dim, H, INIT_LINEAR,
                       inv_sqrt(H), 0, err, "%s.linear_attn.in_proj_qkvz", p);
         rc |= add_vec(S, b, 1, vnorm, INIT_NORM, 0, err, "%s.linear_attn.norm.weight", p);
-        rc |= add_mat(S, b, 1, H, value_dim, INIT_LINEAR, inv_sqrt(value_dim) * resid, 0, err,
+        rc |= add_mat(S, b, 1, H, value_dim, INIT_LINEAR, inv_sqrt(value_dim) * attn, 0, err,
                       "%s.linear_attn.out_proj", p);
     }
     rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, 1, err, "%s.mlp.gate", p);
@@ -395,7 +399,7 @@ static int plan_layer(synth *S, int l, char *err) {
         int qrows = s->fam == FAM_QWEN3_NEXT ? 2 * nq : nq;
         rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.k_proj", p);
         rc |= add_vec(S, b, 1, vhd, INIT_NORM, 0, err, "%s.self_attn.k_norm.weight", p);
-        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * resid, 0, err, "%s.self_attn.o_proj", p);
+        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * attn, 0, err, "%s.self_attn.o_proj", p);
         rc |= add_mat(S, b, 1, qrows, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.q_proj", p);
         rc |= add_vec(S, b, 1, vhd, INIT_NORM, 0, err, "%s.self_attn.q_norm.weight", p);
         rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.v_proj", p);

@@ -31,9 +31,18 @@
  *   collapsed: top_k "dominant" experts with b_e = 12, the rest s_e = 1, b_e = 0:
  *              nearly every token picks the same experts.
  * The construction depends on the common direction surviving into the residual
- * stream; o_proj and down_proj are scaled by 1/sqrt(2 * layers) (GPT-2's residual
- * init; the preset's layer count, whatever --layers says) so later layers do not
- * drown it.
+ * stream: down_proj (and, except under realistic routing, the attention output
+ * projections) are scaled by 1/sqrt(2 * layers) (GPT-2's residual init; the preset's
+ * layer count, whatever --layers says) so later layers do not drown it. Trained
+ * models also route consecutive tokens alike because attention carries context into
+ * the hidden state; realistic routing reproduces that by giving o_proj (qwen3_next:
+ * also linear_attn.out_proj) a gain of 0.7 instead, so attention outputs (a slowly
+ * varying average over the context) reach the routers.
+ * Measured with `lazymoe bench` (32 prompt + 16 generated tokens) on
+ * qwen3-30b-a3b --layers 12, realistic: 42% of a token's experts reused by the next,
+ * top-16 experts 79% of picks, 44 of 128 experts used per layer; --layers 4:
+ * uniform 7% reuse (random: 8/128 = 6%), 120 of 128 used; collapsed 100% reuse, 8
+ * used. (Qwen3-30B-A3B itself reuses ~45%.)
  *
  * Determinism: every tensor's values are a function of (seed, tensor name, row range)
  * only -- not of thread scheduling, shard layout or the layer count -- so the same
