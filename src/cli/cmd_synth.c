@@ -25,7 +25,9 @@ static void synth_usage(FILE *f) {
             "  --threads N         generator threads (default min(2, cores))\n"
             "  --dry-run           print the plan (tensors, bytes per expert, total) and stop\n"
             "  --force             replace DIR if it exists and is not empty\n"
-            "  --quiet             no progress output\n",
+            "  --quiet             no progress output\n"
+            "Testing: --hidden N, --experts N, --moe-intermediate N, --vocab N shrink a preset\n"
+            "(same names and layout); --assume-free-bytes N fakes the free disk space.\n",
             lm_synth_presets());
 }
 
