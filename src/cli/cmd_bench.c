@@ -13,7 +13,8 @@
 static const char bench_usage[] =
     "usage: lazymoe bench MODEL [--prompt-tokens 128] [--gen-tokens 32] [--seed S] [--json]\n"
     "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--eviction P]\n"
-    "                    [--buffered-io] [--routing-trace FILE] [--trace-routing FILE] [--threads N] [--ctx N]\n"
+    "                    [--buffered-io] [--no-warm-start] [--routing-trace FILE] [--trace-routing FILE]\n"
+    "                    [--threads N] [--ctx N]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
@@ -68,6 +69,8 @@ int cmd_bench(int argc, char **argv) {
             opt.eviction = (lazymoe_eviction)p, i++;
         } else if (!strcmp(s, "--buffered-io")) {
             opt.buffered_io = 1;
+        } else if (!strcmp(s, "--no-warm-start")) {
+            opt.no_warm_start = 1;
         } else if (!strcmp(s, "--routing-trace")) {
             if (!v) return cli_fail("--routing-trace needs a file");
             opt.replay_routing = v, i++;

@@ -77,6 +77,8 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
             a->opt.eviction = (lazymoe_eviction)p, i++;
         } else if (!strcmp(s, "--buffered-io")) {
             a->opt.buffered_io = 1;
+        } else if (!strcmp(s, "--no-warm-start")) {
+            a->opt.no_warm_start = 1;
         } else if (!strcmp(s, "--trace-routing")) {
             if (!v) return cli_fail("--trace-routing needs a file name");
             a->opt.trace_routing = v, i++;
@@ -117,7 +119,8 @@ static lazymoe_model *open_model(const model_args *a) {
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
     "         --eviction P       lru | lcp | lfru (default lfru)\n"                                    \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
-    "         --trace-routing F  record each token's experts per layer to F\n"
+    "         --trace-routing F  record each token's experts per layer to F\n"                       \
+    "         --no-warm-start    neither use nor update the expert popularity history\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"
