@@ -30,7 +30,7 @@ declare -A BW
 for qd in 1 8 32; do
     BW[$qd]=$(fio --name=r --filename="$big" --rw=randread --bs=1M --direct=1 --ioengine=psync \
         --numjobs="$qd" --group_reporting --time_based --runtime=8 --readonly --output-format=terse 2>/dev/null |
-        awk -F';' '{print $7 * 1024}')
+        awk -F';' '{printf "%d", $7 * 1024}')
     echo "disk direct random 1 MiB reads at QD $qd: $((${BW[$qd]} / 1000000)) MB/s"
 done
 DISK=${BW[8]}
@@ -44,7 +44,7 @@ run() { # name, limit bytes (0 = none)
         mkdir -p "$CG"
         echo "$limit" > "$CG/memory.limit_in_bytes"
         bash -c "echo \$\$ > $CG/cgroup.procs; exec $BIN bench '$MODEL' --json --prompt-tokens $PROMPT --gen-tokens $GEN --trace-routing $OUT/trace-$name.txt" > "$OUT/$name.json"
-        echo "$name: cgroup peak $(cat $CG/memory.max_usage_in_bytes) bytes, OOM kills $(grep -c oom_kill $CG/memory.oom_control 2>/dev/null || echo 0)" >&2
+        echo "$name: cgroup peak $(cat $CG/memory.max_usage_in_bytes) bytes, OOM kills $(awk '$1=="oom_kill"{print $2}' $CG/memory.oom_control)" >&2
         rmdir "$CG"
     else
         $BIN bench "$MODEL" --json --prompt-tokens $PROMPT --gen-tokens $GEN --trace-routing "$OUT/trace-$name.txt" > "$OUT/$name.json"

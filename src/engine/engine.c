@@ -25,13 +25,14 @@ static uint64_t kv_bytes(const lm_config *c, int ctx) {
     return (uint64_t)c->n_layers * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim * 4u;
 }
 
-/* Forward scratch for one chunk (see scratch_alloc). */
+/* Forward scratch for one chunk: exactly what scratch_alloc allocates. */
 static uint64_t scratch_bytes(const lm_config *c, int T) {
     uint64_t H = (uint64_t)c->hidden_size, nq = (uint64_t)c->n_heads * (uint64_t)c->head_dim;
     uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim, E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
     uint64_t F = (uint64_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
                                                                             : c->moe_intermediate_size);
-    return (uint64_t)T * 4u * (5 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 4 * K + 1) + 3 * E + (uint64_t)T * 4u * (uint64_t)c->vocab_size;
+    uint64_t t = (uint64_t)T;
+    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1) + 6 * E;
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
@@ -94,10 +95,9 @@ static void save_history(lazymoe_model *m) {
 
 /* Decides between fully resident experts and an expert cache of some capacity,
  * so that resident weights + KV cache + scratch + experts fit the budget. */
-static int plan_memory(lazymoe_model *m, int *capacity, char *err) {
+static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *err) {
     const lm_config *c = &m->w.cfg;
     const lazymoe_options *o = &m->opt;
-    uint64_t avail = lm_mem_available();
     uint64_t budget = o->memory_budget ? o->memory_budget : (uint64_t)((double)avail * 0.85);
     uint64_t per_capacity = 0; /* bytes of one slot in every MoE layer */
     for (int l = 0; l < c->n_layers; l++)
@@ -160,6 +160,9 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     if (opt) m->opt = *opt;
     else lazymoe_options_init(&m->opt);
     lm_progress_fn progress = m->opt.verbose ? progress_stderr : NULL;
+    /* What is available before this model takes anything (the plan counts the
+     * resident weights itself). */
+    uint64_t avail = lm_mem_available();
     if (lm_weights_load(&m->w, dir, 1, progress, NULL, e) != 0) {
         free(m);
         copy_err(err, errlen, e);
@@ -170,7 +173,7 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     if (m->opt.max_context > 0) maxc = m->opt.max_context;
     m->max_context = maxc;
     int capacity = 0;
-    if (plan_memory(m, &capacity, e) != 0) goto fail;
+    if (plan_memory(m, avail, &capacity, e) != 0) goto fail;
     if (capacity < 0) {
         if (lm_weights_load_experts(&m->w, progress, NULL, e) != 0) goto fail;
     } else {

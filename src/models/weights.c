@@ -346,6 +346,7 @@ int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *pctx, 
         if (read_layer_experts(&L, l, ly) != 0) return -1;
         if (progress) progress(pctx, "loading experts", (double)(l + 1) / w->cfg.n_layers);
     }
+    for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
     return 0;
 }
 
@@ -477,6 +478,7 @@ int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progres
         w->rope_inv_freq[i] = f;
     }
     account(w);
+    for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
     return 0;
 fail:
     lm_err_prefix(err, "%s", dir);

@@ -12,6 +12,9 @@
 /* Opens a file read-only; returns fd >= 0 or -1 with the reason in err. */
 int lm_file_open_read(const char *path, char *err);
 void lm_file_close(int fd);
+/* Tells the OS the file's cached pages are no longer needed (weights copied into
+ * our own memory should not be counted twice against a memory limit). */
+void lm_file_drop_cache(int fd);
 /* Size of an open file in bytes, or -1. */
 int64_t lm_file_size(int fd);
 /* Reads exactly len bytes at offset, retrying on EINTR and short reads. A file

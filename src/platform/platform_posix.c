@@ -28,6 +28,14 @@ int lm_file_open_direct(const char *path, char *err) {
 #endif
 }
 
+void lm_file_drop_cache(int fd) {
+#ifdef POSIX_FADV_DONTNEED
+    if (fd >= 0) (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+#else
+    (void)fd;
+#endif
+}
+
 void lm_file_close(int fd) {
     if (fd >= 0) close(fd);
 }
