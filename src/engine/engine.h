@@ -18,6 +18,7 @@ struct lazymoe_model {
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
     uint64_t budget;        /* memory budget the plan was made for (bytes) */
     uint64_t planned_bytes; /* what the plan expects the process to use */
+    struct lm_model_text *text; /* tokenizer, chat template, generation defaults (engine/text.h) */
 };
 
 /* Scratch for one forward call over up to `cap_tokens` tokens; sized once per
@@ -47,6 +48,7 @@ struct lazymoe_session {
     lazymoe_model *m;
     int n_past;
     int cap_ctx;          /* positions allocated in the caches */
+    int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
     float **k_cache, **v_cache; /* [n_layers] -> [cap_ctx][nkv] */
     lm_scratch s;
 };
