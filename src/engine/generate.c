@@ -147,7 +147,7 @@ typedef struct {
 } stop_filter;
 
 static int sf_append(stop_filter *f, const char *s, size_t n, char *e) {
-    if (f->len + n + 1 > f->cap) {
+    if (!f->buf || f->len + n + 1 > f->cap) {
         size_t cap = f->cap ? f->cap : 256;
         while (cap < f->len + n + 1) cap *= 2;
         char *b = realloc(f->buf, cap);
@@ -155,7 +155,7 @@ static int sf_append(stop_filter *f, const char *s, size_t n, char *e) {
         f->buf = b;
         f->cap = cap;
     }
-    memcpy(f->buf + f->len, s, n);
+    if (n) memcpy(f->buf + f->len, s, n);
     f->len += n;
     f->buf[f->len] = 0;
     return 0;
@@ -192,6 +192,7 @@ static size_t sf_holdback(const stop_filter *f) {
 /* Emits buf[0..n) and drops it from the buffer. Returns the callback's verdict. */
 static int sf_emit(stop_filter *f, size_t n, lazymoe_piece_fn cb, void *ctx) {
     int r = 0;
+    if (!f->buf) return 0;
     if (n && cb) {
         char save = f->buf[n];
         f->buf[n] = 0; /* pieces are NUL-terminated for convenience */

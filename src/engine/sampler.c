@@ -111,7 +111,11 @@ static void penalize(lm_sampler *s, const float *logits) {
 }
 
 /* Ranking order: higher logit first, then lower id. */
-static int better(const float *w, int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); }
+static int better(const float *w, int32_t a, int32_t b) {
+    float x = w[a], y = w[b];
+    if (x != y) return x > y;
+    return a < b; // cppcheck-suppress arrayIndexThenCheck ; ids, not a bounds check
+}
 
 static void sift_down(const float *w, int32_t *h, int n, int i) {
     for (;;) {
