@@ -82,7 +82,7 @@ FZ_OBJ   := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
 
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(CSTD) $(WARN) $(INC) -O1 -g -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+	clang $(CSTD) $(WARN) $(INC) -O1 -g -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c $< -o $@
 
 build/fuzz/%: fuzz/%.c $(FZ_OBJ)
 	@mkdir -p $(dir $@)
@@ -96,4 +96,4 @@ clean:
 .PHONY: all test test-build fuzz clean
 # Keep intermediate objects (fuzz objects would otherwise be deleted after linking).
 .SECONDARY:
--include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d)
+-include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d) $(FZ_OBJ:.o=.d)

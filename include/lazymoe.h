@@ -52,6 +52,10 @@ typedef struct {
      * (token i uses the trace's token i modulo its length, equal weights). The
      * output is then meaningless; the expert traffic is the trace's. */
     const char *replay_routing;
+    /* Warm start: expert popularity learned from earlier runs of this model is kept
+     * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
+     * with the hottest experts in the background. 1 = neither read nor write it. */
+    int no_warm_start;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -79,6 +83,8 @@ typedef struct {
     char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
     int n_eos;
     int32_t eos_ids[8];
+    char expert_layout[16];    /* "mlx-stacked", "hf-fused" or "hf-separate" */
+    int expert_read_ranges;    /* separate byte ranges to read one expert */
 } lazymoe_model_info;
 
 void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);
@@ -93,6 +99,7 @@ typedef struct {
     uint64_t memory_budget;   /* the budget the plan was made for */
     uint64_t planned_bytes;   /* what the plan expects the process to use */
     uint64_t peak_rss_bytes;  /* measured peak resident set size */
+    int warm_start_experts;   /* experts queued from the popularity history at start */
 } lazymoe_expert_stats;
 
 /* Expert cache counters and memory plan (l < 0: all layers; else one layer). */

@@ -13,7 +13,8 @@
 static const char bench_usage[] =
     "usage: lazymoe bench MODEL [--prompt-tokens 128] [--gen-tokens 32] [--seed S] [--json]\n"
     "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--eviction P]\n"
-    "                    [--buffered-io] [--routing-trace FILE] [--trace-routing FILE] [--threads N] [--ctx N]\n"
+    "                    [--buffered-io] [--no-warm-start] [--routing-trace FILE] [--trace-routing FILE]\n"
+    "                    [--threads N] [--ctx N]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
@@ -60,12 +61,16 @@ int cmd_bench(int argc, char **argv) {
             if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
             opt.io_threads = (int)x, i++;
         } else if (!strcmp(s, "--eviction")) {
-            if (!v || (strcmp(v, "lru") && strcmp(v, "lcp") && strcmp(v, "lfru")))
-                return cli_fail("--eviction expects lru, lcp or lfru");
-            opt.eviction = !strcmp(v, "lru") ? LAZYMOE_EVICT_LRU : !strcmp(v, "lcp") ? LAZYMOE_EVICT_LCP : LAZYMOE_EVICT_LFRU;
-            i++;
+            static const char *const names[] = {"lru", "lcp", "lfru"};
+            int p = -1;
+            for (int k = 0; k < 3 && v; k++)
+                if (strcmp(v, names[k]) == 0) p = k;
+            if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru");
+            opt.eviction = (lazymoe_eviction)p, i++;
         } else if (!strcmp(s, "--buffered-io")) {
             opt.buffered_io = 1;
+        } else if (!strcmp(s, "--no-warm-start")) {
+            opt.no_warm_start = 1;
         } else if (!strcmp(s, "--routing-trace")) {
             if (!v) return cli_fail("--routing-trace needs a file");
             opt.replay_routing = v, i++;
@@ -105,6 +110,7 @@ int cmd_bench(int argc, char **argv) {
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)prompt);
+    int32_t *out_ids = calloc((size_t)gen + 1, sizeof(int32_t));
     float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
     srand(seed);
     for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
@@ -112,7 +118,7 @@ int cmd_bench(int argc, char **argv) {
     int rc = 1;
     lazymoe_expert_stats st0, st1, st2;
     double t_prefill = 0, t_decode = 0;
-    if (!ids || !logits || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
+    if (!ids || !logits || !out_ids || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
     lazymoe_model_get_expert_stats(m, -1, &st0);
     double t0 = now_s();
     if (lazymoe_session_eval(s, ids, prompt, logits, 0, err, sizeof err) != 0) goto done;
@@ -123,6 +129,7 @@ int cmd_bench(int argc, char **argv) {
         int32_t best = 0;
         for (int i = 1; i < info.vocab_size; i++)
             if (logits[i] > logits[best]) best = i;
+        out_ids[g] = best;
         if (lazymoe_session_eval(s, &best, 1, logits, 0, err, sizeof err) != 0) goto done;
     }
     t_decode = now_s() - t0;
@@ -136,6 +143,7 @@ done:
     free(logits);
     if (rc) {
         if (tmp_trace[0]) unlink(tmp_trace);
+        free(out_ids);
         return rc;
     }
     lazymoe_routing_summary rs_all = {0}, rs_dec = {0};
@@ -157,7 +165,7 @@ done:
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
                "\"planned_bytes\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
-               "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}}\n",
+               "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
                model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
                all_hits + all_miss ? (double)all_hits / (double)(all_hits + all_miss) : 1.0,
                (unsigned long long)st2.bytes_read, (unsigned long long)dec_bytes, miss_bw, read_bw, st2.wait_seconds,
@@ -165,6 +173,10 @@ done:
                (unsigned long long)st2.planned_bytes, st2.resident ? "true" : "false", st2.capacity, info.n_experts,
                info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
+        /* The generated ids, so runs under different budgets can be compared. */
+        printf(", \"generated_ids\": [");
+        for (int g = 0; g < gen; g++) printf(g ? ", %d" : "%d", out_ids[g]);
+        printf("]}\n");
     } else {
         printf("model        %s (%s, %d layers, %d experts, top-%d)\n", model, info.model_type, info.n_layers,
                info.n_experts, info.top_k);
@@ -186,5 +198,6 @@ done:
                    rs_all.distinct_experts, 100 * rs_all.consecutive_reuse, 100 * rs_all.top16_share,
                    rs_dec.distinct_experts, 100 * rs_dec.consecutive_reuse);
     }
+    free(out_ids);
     return 0;
 }

@@ -84,6 +84,8 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage, c
             a->opt.eviction = (lazymoe_eviction)p, i++;
         } else if (!strcmp(s, "--buffered-io")) {
             a->opt.buffered_io = 1;
+        } else if (!strcmp(s, "--no-warm-start")) {
+            a->opt.no_warm_start = 1;
         } else if (!strcmp(s, "--trace-routing")) {
             if (!v) return cli_fail("--trace-routing needs a file name");
             a->opt.trace_routing = v, i++;
@@ -127,7 +129,8 @@ static lazymoe_model *open_model(const model_args *a) {
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
     "         --eviction P       lru | lcp | lfru (default lfru)\n"                                    \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
-    "         --trace-routing F  record each token's experts per layer to F\n"
+    "         --trace-routing F  record each token's experts per layer to F\n"                       \
+    "         --no-warm-start    neither use nor update the expert popularity history\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"
@@ -312,12 +315,14 @@ int cmd_info(int argc, char **argv) {
                "\"hidden_size\": %d, \"vocab_size\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
                "\"params_total\": %llu, \"params_active\": %llu, \"params_per_expert\": %llu, "
                "\"bytes_resident\": %llu, \"bytes_per_expert\": %llu, \"bytes_experts\": %llu, "
-               "\"quant_bits\": %d, \"quant_group_size\": %d, \"weight_dtype\": \"%s\"}\n",
+               "\"quant_bits\": %d, \"quant_group_size\": %d, \"weight_dtype\": \"%s\", \"expert_layout\": \"%s\", "
+               "\"expert_read_ranges\": %d}\n",
                i.model_type, i.n_layers, i.n_moe_layers, i.n_experts, i.top_k, i.hidden_size, i.vocab_size,
                i.n_heads, i.n_kv_heads, i.head_dim, (unsigned long long)i.params_total,
                (unsigned long long)i.params_active, (unsigned long long)i.params_expert,
                (unsigned long long)i.bytes_resident, (unsigned long long)i.bytes_per_expert,
-               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.weight_dtype);
+               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.weight_dtype, i.expert_layout,
+               i.expert_read_ranges);
     } else {
         char r[32], pe[32], ex[32];
         human_bytes(r, sizeof r, i.bytes_resident);
@@ -333,6 +338,7 @@ int cmd_info(int argc, char **argv) {
                (double)i.params_total / 1e9, (double)i.params_active / 1e9, (double)i.params_expert / 1e6);
         printf("resident       %s (non-expert weights as stored)\n", r);
         printf("experts        %s each, %s in total\n", pe, ex);
+        printf("disk cost      %d byte ranges per expert read (%s layout)\n", i.expert_read_ranges, i.expert_layout);
         if (i.quant_bits)
             printf("quantization   MLX affine %d-bit, group size %d (float weights %s)\n", i.quant_bits,
                    i.quant_group_size, i.weight_dtype);

@@ -15,5 +15,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 /* lazymoe template DIR --jsonl IN.jsonl [--now SECS] */
 int cmd_template(int argc, char **argv);
+/* lazymoe synth --preset NAME --out DIR [--layers N] [--bits 4|8] [--seed S] ... */
+int cmd_synth(int argc, char **argv);
 
 #endif

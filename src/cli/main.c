@@ -21,6 +21,7 @@ static const command commands[] = {
     {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
     {"tokenize", cmd_tokenize, "tokenize JSONL text with a model's tokenizer.json"},
     {"template", cmd_template, "render chat templates for JSONL conversations"},
+    {"synth", cmd_synth, "write a random-weight MLX model at a real model's shapes"},
 };
 
 static void usage(FILE *f) {

@@ -37,6 +37,62 @@ static uint64_t scratch_bytes(const lm_config *c, int T) {
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
 
+static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
+    const float *u = ctx;
+    float x = u[*(const int32_t *)a], y = u[*(const int32_t *)b];
+    return x < y ? 1 : (x > y ? -1 : (*(const int32_t *)a - *(const int32_t *)b));
+}
+
+/* Fills each layer's cache with its historically hottest experts, in the
+ * background: demand reads always go first, so the first token is not delayed. */
+static void warm_start(lazymoe_model *m, const char *dir) {
+    const lm_config *c = &m->w.cfg;
+    char path[4096], e[LM_ERR_LEN];
+    m->model_id = lm_popularity_model_id(dir);
+    if (lm_popularity_path(m->model_id, path, sizeof path, e) != 0 ||
+        lm_popularity_load(&m->history, path, m->model_id, c->n_layers, c->n_experts, e) != 0)
+        return; /* no history yet: a cold start */
+    int32_t *order = malloc(sizeof(int32_t) * (size_t)c->n_experts);
+    if (!order) return;
+    int cap = lm_cache_capacity(m->cache);
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!m->w.layers[l].is_moe) continue;
+        const float *u = m->history.uses + (size_t)l * (size_t)c->n_experts;
+        int n = 0;
+        for (int x = 0; x < c->n_experts; x++)
+            if (u[x] > 0) order[n++] = x;
+        qsort_r(order, (size_t)n, sizeof *order, cmp_by_uses_desc, (void *)u);
+        m->warm_started += lm_cache_prefetch(m->cache, l, order, n < cap ? n : cap);
+    }
+    free(order);
+    if (m->opt.verbose) fprintf(stderr, "lazymoe: warm start: reading %d popular experts in the background\n", m->warm_started);
+}
+
+/* Merges this run's routing counts into the history (older runs weigh half) and
+ * writes it back atomically. */
+static void save_history(lazymoe_model *m) {
+    const lm_config *c = &m->w.cfg;
+    if (!m->cache || m->opt.no_warm_start || !m->model_id) return;
+    lm_popularity p = {c->n_layers, c->n_experts, m->model_id, NULL};
+    p.uses = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof(float));
+    if (!p.uses) return;
+    double total = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!m->w.layers[l].is_moe) continue;
+        const float *now = lm_cache_uses(m->cache, l);
+        for (int x = 0; x < c->n_experts; x++) {
+            size_t i = (size_t)l * (size_t)c->n_experts + (size_t)x;
+            p.uses[i] = now[x] + (m->history.uses ? 0.5f * m->history.uses[i] : 0.0f);
+            total += now[x];
+        }
+    }
+    char path[4096], e[LM_ERR_LEN];
+    if (total > 0 && (lm_popularity_path(m->model_id, path, sizeof path, e) != 0 || lm_popularity_save(&p, path, e) != 0) &&
+        m->opt.verbose)
+        fprintf(stderr, "lazymoe: could not save expert popularity: %s\n", e);
+    free(p.uses);
+}
+
 /* Decides between fully resident experts and an expert cache of some capacity,
  * so that resident weights + KV cache + scratch + experts fit the budget. */
 static int plan_memory(lazymoe_model *m, int *capacity, char *err) {
@@ -125,6 +181,7 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
                                .direct_io = !m->opt.buffered_io,
                                .verbose = m->opt.verbose};
         if (lm_cache_create(&m->cache, &m->w, &co, e) != 0) goto fail;
+        if (!m->opt.no_warm_start) warm_start(m, dir);
     }
     if (m->opt.verbose) {
         char b1[32], b2[32];
@@ -164,6 +221,7 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->memory_budget = m->budget;
     st->planned_bytes = m->planned_bytes;
     st->peak_rss_bytes = lm_peak_rss();
+    st->warm_start_experts = m->warm_started;
     if (!m->cache) return;
     lm_cache_counters cc;
     lm_cache_get_counters(m->cache, layer, &cc);
@@ -178,6 +236,8 @@ void lazymoe_model_close(lazymoe_model *m) {
     if (!m) return;
     char e[LM_ERR_LEN];
     if (m->trace && lm_trace_close(m->trace, e) != 0) fprintf(stderr, "lazymoe: %s\n", e);
+    save_history(m);
+    lm_popularity_free(&m->history);
     lm_cache_free(m->cache);
     lm_model_text_free(m->text);
     lm_trace_data_free(&m->replay);
@@ -210,6 +270,11 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->quant_group_size = c->quant_group_size;
     snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
              m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
+    static const char *layouts[] = {"mlx-stacked", "hf-fused", "hf-separate"};
+    snprintf(info->expert_layout, sizeof info->expert_layout, "%s", layouts[m->w.expert_layout]);
+    for (int l = 0; l < c->n_layers; l++)
+        if (m->w.layers[l].is_moe && m->w.layers[l].src.nparts > info->expert_read_ranges)
+            info->expert_read_ranges = m->w.layers[l].src.nparts;
     info->n_eos = c->n_eos;
     memcpy(info->eos_ids, c->eos_ids, sizeof(int32_t) * (size_t)(c->n_eos < 8 ? c->n_eos : 8));
 }

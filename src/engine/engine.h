@@ -5,6 +5,7 @@
 #include "lazymoe.h"
 #include "kernels/backend.h"
 #include "experts/cache.h"
+#include "experts/popularity.h"
 #include "experts/trace.h"
 #include "models/model.h"
 
@@ -17,6 +18,9 @@ struct lazymoe_model {
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
     uint64_t budget;        /* memory budget the plan was made for (bytes) */
+    uint64_t model_id;      /* identity for the popularity history */
+    lm_popularity history;  /* popularity loaded at start (uses NULL if none) */
+    int warm_started;       /* experts queued by the warm start */
     uint64_t planned_bytes; /* what the plan expects the process to use */
     struct lm_model_text *text; /* tokenizer, chat template, generation defaults (engine/text.h) */
 };

@@ -32,6 +32,8 @@ typedef struct {
     char *slots;
     int32_t *slot_expert;   /* [capacity] expert held, -1 empty */
     uint8_t *busy;          /* [capacity] acquired by this step */
+    uint8_t *blocked;       /* [capacity] busy, or a read still in flight: not evictable */
+    float *uses;            /* [E] times each expert was routed to (warm-start history) */
     atomic_int *pending;    /* [capacity] parts still to read; 0 = ready */
     atomic_int *failed;     /* [capacity] a part failed */
     char (*errmsg)[LM_ERR_LEN];
@@ -53,8 +55,10 @@ struct lm_expert_cache {
     uint64_t step;
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
-    io_item *queue;
+    io_item *queue; /* demand reads: the step is waiting for them */
     int qhead, qlen, qcap;
+    io_item *bg;    /* background reads (warm start): taken only when no demand read waits */
+    int bghead, bglen, bgcap;
     int stop;
     pthread_t *threads;
     int n_threads;
@@ -104,11 +108,18 @@ static void *reader_main(void *arg) {
     if (posix_memalign((void **)&bounce, LM_DIRECT_ALIGN, blen) != 0) bounce = NULL;
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->stop && c->qlen == 0) pthread_cond_wait(&c->cv_work, &c->mu);
+        while (!c->stop && c->qlen == 0 && c->bglen == 0) pthread_cond_wait(&c->cv_work, &c->mu);
         if (c->stop) break;
-        io_item it = c->queue[c->qhead];
-        c->qhead = (c->qhead + 1) % c->qcap;
-        c->qlen--;
+        io_item it;
+        if (c->qlen) {
+            it = c->queue[c->qhead];
+            c->qhead = (c->qhead + 1) % c->qcap;
+            c->qlen--;
+        } else {
+            it = c->bg[c->bghead];
+            c->bghead = (c->bghead + 1) % c->bgcap;
+            c->bglen--;
+        }
         pthread_mutex_unlock(&c->mu);
 
         layer_cache *lc = &c->layers[it.layer];
@@ -165,7 +176,9 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
     c->direct_fd = malloc(sizeof(int) * (size_t)w->archive->nfiles);
     c->qcap = c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
     c->queue = malloc(sizeof(io_item) * (size_t)c->qcap);
-    if (!c->layers || !c->direct_fd || !c->queue) goto oom;
+    c->bgcap = cfg->n_layers * c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
+    c->bg = malloc(sizeof(io_item) * (size_t)c->bgcap);
+    if (!c->layers || !c->direct_fd || !c->queue || !c->bg) goto oom;
     int warned = 0;
     for (int i = 0; i < w->archive->nfiles; i++) {
         c->direct_fd[i] = -1;
@@ -187,12 +200,14 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         if (!lc->slots) goto fail;
         lc->slot_expert = malloc(sizeof(int32_t) * (size_t)cap);
         lc->busy = calloc((size_t)cap, 1);
+        lc->blocked = calloc((size_t)cap, 1);
+        lc->uses = calloc((size_t)E, sizeof(float));
         lc->pending = calloc((size_t)cap, sizeof(atomic_int));
         lc->failed = calloc((size_t)cap, sizeof(atomic_int));
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->uses || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -231,6 +246,8 @@ void lm_cache_free(lm_expert_cache *c) {
             lm_free_aligned(lc->slots);
             free(lc->slot_expert);
             free(lc->busy);
+            free(lc->blocked);
+            free(lc->uses);
             free(lc->pending);
             free(lc->failed);
             free(lc->errmsg);
@@ -243,6 +260,7 @@ void lm_cache_free(lm_expert_cache *c) {
     free(c->direct_fd);
     free(c->layers);
     free(c->queue);
+    free(c->bg);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv_work);
     pthread_cond_destroy(&c->cv_done);
@@ -261,6 +279,7 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
     for (int i = 0; i < n; i++) {
         int s = lc->expert_slot[need[i]];
         status[i] = 0;
+        lc->uses[need[i]] += 1.0f;
         if (s >= 0 && !lc->busy[s]) {
             lc->busy[s] = 1;
             lc->acquired[lc->n_acquired++] = s;
@@ -271,14 +290,16 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         }
     }
     pthread_mutex_lock(&c->mu);
+    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
     for (int i = 0; i < n; i++) {
         if (status[i]) continue;
-        int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->busy, lc->capacity, now);
+        int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
         if (s < 0) break; /* every slot in use this step: the caller goes on in waves */
         if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
         lc->slot_expert[s] = need[i];
         lc->expert_slot[need[i]] = s;
         lc->busy[s] = 1;
+        lc->blocked[s] = 1;
         lc->acquired[lc->n_acquired++] = s;
         atomic_store(&lc->failed[s], 0);
         atomic_store(&lc->pending[s], lc->src->nparts);
@@ -353,3 +374,32 @@ void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *o
 }
 
 int lm_cache_capacity(const lm_expert_cache *c) { return c->opt.capacity; }
+
+int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) {
+    layer_cache *lc = &c->layers[l];
+    int queued = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < n; i++) {
+        int e = experts[i];
+        if (lc->expert_slot[e] >= 0) continue;
+        int s = -1;
+        for (int k = 0; k < lc->capacity && s < 0; k++)
+            if (lc->slot_expert[k] < 0 && !lc->busy[k] && atomic_load(&lc->pending[k]) == 0) s = k;
+        if (s < 0) break; /* only empty slots: a warm start never evicts */
+        if (c->bglen + lc->src->nparts > c->bgcap) break;
+        lc->slot_expert[s] = e;
+        lc->expert_slot[e] = s;
+        atomic_store(&lc->failed[s], 0);
+        atomic_store(&lc->pending[s], lc->src->nparts);
+        for (int p = 0; p < lc->src->nparts; p++) {
+            c->bg[(c->bghead + c->bglen) % c->bgcap] = (io_item){l, s, e, p};
+            c->bglen++;
+        }
+        queued++;
+    }
+    if (queued) pthread_cond_broadcast(&c->cv_work);
+    pthread_mutex_unlock(&c->mu);
+    return queued;
+}
+
+const float *lm_cache_uses(const lm_expert_cache *c, int l) { return c->layers[l].uses; }

@@ -52,6 +52,13 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err);
 /* Releases every expert of layer l acquired since the last release. */
 void lm_cache_release_layer(lm_expert_cache *c, int l);
 
+/* Background reads of experts into EMPTY slots (warm start): queued behind every
+ * demand read, never evicting. A later acquire of such an expert is a hit that
+ * waits for its read if it is still in flight. Returns how many were queued. */
+int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* How often each expert of layer l was routed to since the cache was created. */
+const float *lm_cache_uses(const lm_expert_cache *c, int l);
+
 /* Per-layer counters (l < 0: totals). */
 void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *out);
 int lm_cache_capacity(const lm_expert_cache *c);
