@@ -93,3 +93,28 @@ long long cli_parse_size(const char *opt, const char *s) {
     }
     return (long long)(v * mult);
 }
+
+char *cli_read_stdin(void) {
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n - 1, stdin);
+        n += got;
+        if (got == 0) break;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (buf && ferror(stdin)) {
+        free(buf);
+        return NULL;
+    }
+    if (buf) buf[n] = 0;
+    return buf;
+}

@@ -1,6 +1,7 @@
 /* lazymoe logits | run | info: the commands that evaluate a model on token ids. */
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "cli/textgen.h"
 #include "experts/policy.h"
 #include "formats/npy.h"
 #include "lazymoe.h"
@@ -20,10 +21,12 @@ typedef struct {
     int print_ids;
     int ignore_eos;
     int json;
+    const char *prompt; /* text commands: the second positional argument */
     lazymoe_options opt;
 } model_args;
 
-static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
+/* text: NULL, or the text-generation options (their flags and a prompt argument). */
+static int parse_args(int argc, char **argv, model_args *a, const char *usage, cli_textgen *text) {
     memset(a, 0, sizeof *a);
     lazymoe_options_init(&a->opt);
     a->n_gen = 32;
@@ -32,7 +35,11 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
         const char *s = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x;
-        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+        int r = text ? cli_textgen_option(text, s, v) : 0;
+        if (r) {
+            if (r < 0) return 1;
+            i += r - 1;
+        } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
             printf("%s", usage);
             return 2;
         } else if (!strcmp(s, "--ids")) {
@@ -94,6 +101,8 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
             return cli_fail("unknown option %s (see %s --help)", s, argv[0]);
         } else if (!a->model) {
             a->model = s;
+        } else if (text && !a->prompt) {
+            a->prompt = s;
         } else {
             return cli_fail("unexpected argument \"%s\"", s);
         }
@@ -103,9 +112,10 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage) {
 }
 
 static lazymoe_model *open_model(const model_args *a) {
-    char err[512];
+    char err[512], path[4096];
     lazymoe_model *m;
-    if (lazymoe_model_open(&m, a->model, &a->opt, err, sizeof err) != 0) {
+    if (lazymoe_resolve_model(a->model, path, sizeof path, err, sizeof err) != 0 ||
+        lazymoe_model_open(&m, path, &a->opt, err, sizeof err) != 0) {
         cli_fail("%s", err);
         return NULL;
     }
@@ -128,7 +138,7 @@ static const char logits_usage[] =
 
 int cmd_logits(int argc, char **argv) {
     model_args a;
-    int rc = parse_args(argc, argv, &a, logits_usage);
+    int rc = parse_args(argc, argv, &a, logits_usage, NULL);
     if (rc) return rc == 2 ? 0 : rc;
     if (!a.ids_arg || !a.out) return cli_fail("logits needs --ids and --out\n%s", logits_usage);
     int32_t *ids;
@@ -186,14 +196,51 @@ static int pick_token(const float *logits, int V, double temp, unsigned long lon
 }
 
 static const char run_usage[] =
-    "usage: lazymoe run MODEL --ids 3,14,15 [-n 32] [--temp 0] [--seed S] [--print-ids] [--ignore-eos]\n"
+    "usage: lazymoe run MODEL \"prompt\" [text options] [memory options]   (prompt \"-\": read stdin)\n"
+    "Streams the answer to stdout and a statistics line to stderr. MODEL is a directory or a\n"
+    "Hugging Face repo id in the local Hugging Face cache.\n"
+    "   or: lazymoe run MODEL --ids 3,14,15 [-n 32] [--temp 0] [--seed S] [--print-ids] [--ignore-eos]\n"
     "                  [--threads N] [--ctx N] [-v]\n"
     "Generates up to -n tokens after the prompt ids through the KV cache (greedy at --temp 0),\n"
-    "stopping after an end-of-sequence id unless --ignore-eos.\n" MEMORY_OPTIONS;
+    "stopping after an end-of-sequence id unless --ignore-eos.\n" CLI_TEXTGEN_OPTIONS MEMORY_OPTIONS;
+
+static const char chat_usage[] =
+    "usage: lazymoe chat MODEL [text options] [memory options]\n"
+    "Interactive conversation (stdin may be a pipe); the context is kept between turns.\n"
+    "Commands: /reset, /stats, /exit. Ctrl-C stops an answer; twice at the prompt, exits.\n" CLI_TEXTGEN_OPTIONS
+        MEMORY_OPTIONS;
+
+/* The text commands: run with a prompt, and chat. */
+static int run_text(int argc, char **argv, int repl) {
+    model_args a;
+    cli_textgen t;
+    cli_textgen_init(&t);
+    char *stdin_prompt = NULL;
+    int rc = parse_args(argc, argv, &a, repl ? chat_usage : run_usage, &t);
+    if (rc) {
+        cli_textgen_free(&t);
+        return rc == 2 ? 0 : rc;
+    }
+    if (repl && a.prompt) rc = cli_fail("unexpected argument \"%s\" (chat reads its prompts from stdin)", a.prompt);
+    else if (!repl && !a.prompt) rc = cli_fail("run needs a prompt: lazymoe run MODEL \"text\" (or --ids 1,2,3)");
+    else if (!repl && !strcmp(a.prompt, "-") && !(a.prompt = stdin_prompt = cli_read_stdin()))
+        rc = cli_fail("cannot read the prompt from stdin");
+    lazymoe_model *m = rc ? NULL : open_model(&a);
+    if (!rc) rc = !m ? 1 : repl ? cli_chat(m, &t, a.ignore_eos) : cli_run_text(m, a.prompt, &t, a.ignore_eos);
+    lazymoe_model_close(m);
+    free(stdin_prompt);
+    cli_textgen_free(&t);
+    return rc;
+}
+
+int cmd_chat(int argc, char **argv) { return run_text(argc, argv, 1); }
 
 int cmd_run(int argc, char **argv) {
     model_args a;
-    int rc = parse_args(argc, argv, &a, run_usage);
+    int ids_mode = 0;
+    for (int i = 1; i < argc; i++) ids_mode |= !strcmp(argv[i], "--ids");
+    if (!ids_mode) return run_text(argc, argv, 0);
+    int rc = parse_args(argc, argv, &a, run_usage, NULL);
     if (rc) return rc == 2 ? 0 : rc;
     if (!a.ids_arg)
         return cli_fail("run needs the prompt as token ids (--ids 3,14,15); text prompts need the tokenizer");
@@ -256,7 +303,7 @@ static const char info_usage[] = "usage: lazymoe info MODEL [--json]\n";
 
 int cmd_info(int argc, char **argv) {
     model_args a;
-    int rc = parse_args(argc, argv, &a, info_usage);
+    int rc = parse_args(argc, argv, &a, info_usage, NULL);
     if (rc) return rc == 2 ? 0 : rc;
     a.opt.n_threads = 1;
     lazymoe_model *m = open_model(&a);

@@ -2,6 +2,7 @@
 #include "engine/engine.h"
 
 #include "common/error.h"
+#include "engine/text.h"
 #include "platform/platform.h"
 
 #include <stdio.h>
@@ -207,6 +208,7 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         }
     }
     if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
+    if (lm_model_text_load(&m->text, dir, &m->w.cfg, e) != 0) goto fail;
     *out = m;
     return 0;
 fail:
@@ -240,6 +242,7 @@ void lazymoe_model_close(lazymoe_model *m) {
     save_history(m);
     lm_popularity_free(&m->history);
     lm_cache_free(m->cache);
+    lm_model_text_free(m->text);
     lm_trace_data_free(&m->replay);
     if (m->be) lm_backend_free(m->be);
     lm_weights_free(&m->w);
@@ -346,11 +349,14 @@ void lazymoe_session_free(lazymoe_session *s) {
     }
     free(s->k_cache);
     free(s->v_cache);
+    free(s->tokens);
     scratch_free(&s->s);
     free(s);
 }
 
 int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
+
+const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
 int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
     if (n < 0 || n > s->n_past) {
@@ -381,6 +387,9 @@ static int ensure_capacity(lazymoe_session *s, int need, char *err) {
         if (!v) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
         s->v_cache[l] = v;
     }
+    int32_t *t = realloc(s->tokens, sizeof(int32_t) * (size_t)cap);
+    if (!t) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
+    s->tokens = t;
     s->cap_ctx = cap;
     return 0;
 }
@@ -392,7 +401,15 @@ int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *l
         copy_err(err, errlen, "no tokens to evaluate");
         return -1;
     }
-    if (ensure_capacity(s, s->n_past + n, e) != 0 || lm_forward(s, ids, n, logits, all_positions, e) != 0) {
+    if (ensure_capacity(s, s->n_past + n, e) != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    int before = s->n_past;
+    int rc = lm_forward(s, ids, n, logits, all_positions, e);
+    /* The history follows the positions computed, also when a later chunk failed. */
+    memcpy(s->tokens + before, ids, sizeof(int32_t) * (size_t)(s->n_past - before));
+    if (rc != 0) {
         copy_err(err, errlen, e);
         return -1;
     }

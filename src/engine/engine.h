@@ -22,6 +22,7 @@ struct lazymoe_model {
     lm_popularity history;  /* popularity loaded at start (uses NULL if none) */
     int warm_started;       /* experts queued by the warm start */
     uint64_t planned_bytes; /* what the plan expects the process to use */
+    struct lm_model_text *text; /* tokenizer, chat template, generation defaults (engine/text.h) */
 };
 
 /* Scratch for one forward call over up to `cap_tokens` tokens; sized once per
@@ -51,6 +52,7 @@ struct lazymoe_session {
     lazymoe_model *m;
     int n_past;
     int cap_ctx;          /* positions allocated in the caches */
+    int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
     float **k_cache, **v_cache; /* [n_layers] -> [cap_ctx][nkv] */
     lm_scratch s;
 };

@@ -1,0 +1,444 @@
+/* Text generation through the public API on a tiny model with a real tokenizer
+ * (tests/fixtures/textgen: the golden qwen3_moe_f32 weights, a 320-token byte-level
+ * BPE tokenizer, a ChatML template). The weights are random, so the text is
+ * gibberish full of split UTF-8 sequences: exactly what the mechanisms must survive. */
+#include "harness.h"
+#include "lazymoe.h"
+
+#define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/textgen"
+
+static lazymoe_model *M;
+static char err[512];
+
+static lazymoe_session *new_session(void) {
+    lazymoe_session *s = NULL;
+    if (lazymoe_session_create(&s, M, err, sizeof err) != 0) printf("# %s\n", err);
+    return s;
+}
+
+static int valid_utf8(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!k || i + k > n) return 0;
+        if (k == 2 && c < 0xC2) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((p[i + j] & 0xC0) != 0x80) return 0;
+        if (k == 3 && ((c == 0xE0 && p[i + 1] < 0xA0) || (c == 0xED && p[i + 1] >= 0xA0))) return 0;
+        if (k == 4 && ((c == 0xF0 && p[i + 1] < 0x90) || c > 0xF4 || (c == 0xF4 && p[i + 1] >= 0x90))) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* The greedy ids the token-id path (`run --ids`) produces: argmax, lowest id on ties. */
+static int greedy_ids(const int32_t *prompt, int n, int gen, int32_t *out) {
+    lazymoe_session *s = new_session();
+    lazymoe_model_info info;
+    lazymoe_model_get_info(M, &info);
+    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
+    int ok = s && logits && lazymoe_session_eval(s, prompt, n, logits, 0, err, sizeof err) == 0;
+    for (int g = 0; ok && g < gen; g++) {
+        int best = 0;
+        for (int i = 1; i < info.vocab_size; i++)
+            if (logits[i] > logits[best]) best = i;
+        out[g] = best;
+        ok = lazymoe_session_eval(s, &out[g], 1, logits, 0, err, sizeof err) == 0;
+    }
+    free(logits);
+    lazymoe_session_free(s);
+    return ok;
+}
+
+static void test_tokenize_roundtrip(void) {
+    const char *text = "hello world, h\xc3\xa9llo \xf0\x9f\x98\x80 <|im_start|>user";
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(lazymoe_tokenize(M, text, strlen(text), 1, &ids, &n, err, sizeof err) == 0);
+    CHECK(n > 5 && n < (int)strlen(text));
+    int special = 0;
+    for (int i = 0; i < n; i++) special |= ids[i] == 318;
+    CHECK(special); /* written special tokens become their ids */
+    char *back = NULL, *skipped = NULL;
+    CHECK(lazymoe_detokenize(M, ids, n, 0, &back, err, sizeof err) == 0);
+    CHECK(back && !strcmp(back, text));
+    CHECK(lazymoe_detokenize(M, ids, n, 1, &skipped, err, sizeof err) == 0);
+    CHECK(skipped && !strcmp(skipped, "hello world, h\xc3\xa9llo \xf0\x9f\x98\x80 user"));
+    int32_t half[2] = {0xF0, 0x9F}; /* half an emoji: replaced, valid UTF-8 */
+    char *broken = NULL;
+    CHECK(lazymoe_detokenize(M, half, 2, 1, &broken, err, sizeof err) == 0);
+    CHECK(broken && valid_utf8((const unsigned char *)broken, strlen(broken)) && strstr(broken, "\xef\xbf\xbd"));
+    lazymoe_free(ids);
+    lazymoe_free(back);
+    lazymoe_free(skipped);
+    lazymoe_free(broken);
+}
+
+static void test_chat_format(void) {
+    char *text = NULL;
+    CHECK(lazymoe_chat_format(M, "[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Hi\"}]",
+                              NULL, 1, "{\"enable_thinking\": false}", &text, err, sizeof err) == 0);
+    CHECK(text && !strcmp(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                                "<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+    lazymoe_free(text);
+    text = NULL;
+    CHECK(lazymoe_chat_format(M, "{\"role\":\"user\"}", NULL, 1, NULL, &text, err, sizeof err) != 0);
+    CHECK_STR_CONTAINS(err, "messages must be a JSON array");
+    CHECK(lazymoe_chat_format(M, "[", NULL, 1, NULL, &text, err, sizeof err) != 0);
+    CHECK(!text);
+}
+
+/* Greedy text equals the decode of the greedy ids of the id path. */
+static void test_greedy_matches_ids(void) {
+    const char *prompt = "hello world, the experts";
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
+    int32_t gen[40];
+    CHECK(greedy_ids(ids, n, 40, gen));
+    char *want = NULL, *got = NULL;
+    CHECK(lazymoe_detokenize(M, gen, 40, 1, &want, err, sizeof err) == 0);
+    lazymoe_session *s = new_session();
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, M);
+    p.sampling.temperature = 0;
+    p.max_tokens = 40;
+    p.ignore_eos = 1;
+    lazymoe_gen_stats st;
+    CHECK(lazymoe_generate(s, prompt, &p, &got, &st, err, sizeof err) == 0);
+    CHECKF(got && want && !strcmp(got, want), "text '%s' vs decode of ids '%s'", th_str(got), th_str(want));
+    CHECK_EQ_INT(st.prompt_tokens, n);
+    CHECK_EQ_INT(st.cached_tokens, 0);
+    CHECK_EQ_INT(st.generated_tokens, 40);
+    CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_LENGTH);
+    CHECK(st.expert_hit_rate == -1 && st.expert_bytes_read == 0 && st.peak_rss_bytes > 0);
+    CHECK(st.prefill_tok_per_s > 0 && st.decode_tok_per_s > 0);
+    /* the session holds prompt + generated ids except the last (not evaluated) */
+    CHECK_EQ_INT(lazymoe_session_length(s), n + 39);
+    const int32_t *held = lazymoe_session_tokens(s);
+    CHECK(!memcmp(held, ids, sizeof(int32_t) * (size_t)n) && !memcmp(held + n, gen, sizeof(int32_t) * 39));
+    /* the same from ids */
+    char *got2 = NULL;
+    lazymoe_session *s2 = new_session();
+    p.prompt_ids = ids;
+    p.n_prompt_ids = n;
+    CHECK(lazymoe_generate(s2, NULL, &p, &got2, NULL, err, sizeof err) == 0);
+    CHECK(got2 && want && !strcmp(got2, want));
+    lazymoe_session_free(s);
+    lazymoe_session_free(s2);
+    lazymoe_free(ids);
+    lazymoe_free(want);
+    lazymoe_free(got);
+    lazymoe_free(got2);
+}
+
+typedef struct {
+    char text[8192];
+    size_t len;
+    int pieces, invalid;
+    size_t ends[512]; /* offsets where pieces end */
+    int stop_after;   /* return 1 after this many pieces (0 = never) */
+} pieces;
+
+static int on_piece(void *ctx, const char *piece, size_t len) {
+    pieces *p = ctx;
+    if (!valid_utf8((const unsigned char *)piece, len) || piece[len] != 0 || len == 0) p->invalid++;
+    if (p->len + len < sizeof p->text) {
+        memcpy(p->text + p->len, piece, len);
+        p->len += len;
+        p->text[p->len] = 0;
+    }
+    if (p->pieces < 512) p->ends[p->pieces] = p->len;
+    p->pieces++;
+    return p->stop_after && p->pieces >= p->stop_after;
+}
+
+static void sampled_params(lazymoe_gen_params *p, uint64_t seed, int n) {
+    lazymoe_gen_params_init(p, M);
+    p->sampling.temperature = 1.0f;
+    p->sampling.seed = seed;
+    p->max_tokens = n;
+    p->ignore_eos = 1;
+}
+
+/* Streaming: every piece valid UTF-8; pieces concatenate to the one-shot text. */
+static void test_stream_equals_oneshot(void) {
+    for (uint64_t seed = 1; seed <= 3; seed++) {
+        lazymoe_gen_params p;
+        sampled_params(&p, seed, 80);
+        static pieces pc;
+        memset(&pc, 0, sizeof pc);
+        lazymoe_session *a = new_session(), *b = new_session();
+        char *one = NULL;
+        CHECK(lazymoe_generate_stream(a, "the quick", &p, on_piece, &pc, NULL, err, sizeof err) == 0);
+        CHECK(lazymoe_generate(b, "the quick", &p, &one, NULL, err, sizeof err) == 0);
+        CHECK_EQ_INT(pc.invalid, 0);
+        CHECK(pc.pieces > 10);
+        CHECK(one && !strcmp(one, pc.text));
+        CHECK(one && valid_utf8((const unsigned char *)one, strlen(one)));
+        lazymoe_free(one);
+        lazymoe_session_free(a);
+        lazymoe_session_free(b);
+    }
+}
+
+/* Length of the first UTF-8 character starting at p. */
+static size_t char_len(const char *p) {
+    unsigned c = (unsigned char)*p;
+    return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
+}
+
+static void test_stop_strings(void) {
+    lazymoe_gen_params p;
+    sampled_params(&p, 7, 80);
+    static pieces full;
+    memset(&full, 0, sizeof full);
+    lazymoe_session *s = new_session();
+    CHECK(lazymoe_generate_stream(s, "the quick", &p, on_piece, &full, NULL, err, sizeof err) == 0);
+    /* A stop string spanning the boundary between two pieces: the last character of
+     * piece i and the first of piece i + 1. */
+    int tried = 0;
+    for (int i = 2; i + 1 < full.pieces && i < 500 && tried < 4; i++) {
+        size_t b = full.ends[i];
+        if (b == 0 || b >= full.len) continue;
+        size_t start = b - 1;
+        while (start > 0 && ((unsigned char)full.text[start] & 0xC0) == 0x80) start--;
+        char stop[16];
+        size_t sl = (b - start) + char_len(full.text + b);
+        if (sl >= sizeof stop) continue;
+        memcpy(stop, full.text + start, sl);
+        stop[sl] = 0;
+        const char *first = strstr(full.text, stop);
+        size_t want_len = (size_t)(first - full.text);
+        const char *stops[2] = {"\x01never", stop};
+        lazymoe_gen_params q = p;
+        q.stop = stops;
+        q.n_stop = 2;
+        static pieces got;
+        memset(&got, 0, sizeof got);
+        lazymoe_gen_stats st;
+        CHECK(lazymoe_generate_stream(s, "the quick", &q, on_piece, &got, &st, err, sizeof err) == 0);
+        CHECKF(got.len == want_len && !memcmp(got.text, full.text, want_len), "stop '%s': got %zu bytes, want %zu",
+               stop, got.len, want_len);
+        CHECK(!strstr(got.text, stop));
+        CHECK_EQ_INT(got.invalid, 0);
+        CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_STOP);
+        char *one = NULL;
+        CHECK(lazymoe_generate(s, "the quick", &q, &one, NULL, err, sizeof err) == 0);
+        CHECK(one && strlen(one) == want_len && !memcmp(one, full.text, want_len));
+        lazymoe_free(one);
+        tried++;
+    }
+    CHECK(tried >= 2);
+    /* A stop string that never appears changes nothing; the earliest of several wins. */
+    const char *none[1] = {"\x02\x03"};
+    lazymoe_gen_params q = p;
+    q.stop = none;
+    q.n_stop = 1;
+    char *one = NULL;
+    CHECK(lazymoe_generate(s, "the quick", &q, &one, NULL, err, sizeof err) == 0);
+    CHECK(one && !strcmp(one, full.text));
+    lazymoe_free(one);
+    lazymoe_session_free(s);
+}
+
+/* Prefix reuse: only the new suffix is evaluated, and the result is what a fresh
+ * session computes. */
+static void test_prefix_reuse(void) {
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, M);
+    p.sampling.temperature = 0;
+    p.max_tokens = 12;
+    p.ignore_eos = 1;
+    lazymoe_session *a = new_session(), *b = new_session();
+    lazymoe_gen_stats st;
+    char *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    const char *turn1 = "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n";
+    CHECK(lazymoe_generate(a, turn1, &p, &t1, &st, err, sizeof err) == 0);
+    int n1 = st.prompt_tokens;
+    CHECK_EQ_INT(st.cached_tokens, 0);
+    /* The next turn repeats the conversation and adds to it. */
+    char turn2[1024];
+    snprintf(turn2, sizeof turn2, "%s%s<|im_end|>\n<|im_start|>user\nthe quick brown fox<|im_end|>\n"
+                                  "<|im_start|>assistant\n", turn1, t1 ? t1 : "");
+    CHECK(lazymoe_generate(a, turn2, &p, &t2, &st, err, sizeof err) == 0);
+    CHECKF(st.cached_tokens >= n1, "cached %d of %d, first prompt %d", st.cached_tokens, st.prompt_tokens, n1);
+    CHECK(st.cached_tokens < st.prompt_tokens);
+    int32_t *ids = NULL;
+    int n2 = 0;
+    CHECK(lazymoe_tokenize(M, turn2, strlen(turn2), 1, &ids, &n2, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.prompt_tokens, n2);
+    /* A fresh session gives the same answer and the same held tokens. */
+    CHECK(lazymoe_generate(b, turn2, &p, &t3, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.cached_tokens, 0);
+    CHECK(t2 && t3 && !strcmp(t2, t3));
+    CHECK_EQ_INT(lazymoe_session_length(a), lazymoe_session_length(b));
+    CHECK(!memcmp(lazymoe_session_tokens(a), lazymoe_session_tokens(b),
+                  sizeof(int32_t) * (size_t)lazymoe_session_length(b)));
+    /* ... and the same logits for a probe token. */
+    lazymoe_model_info info;
+    lazymoe_model_get_info(M, &info);
+    float *la = malloc(sizeof(float) * (size_t)info.vocab_size), *lb = malloc(sizeof(float) * (size_t)info.vocab_size);
+    int32_t probe = 104;
+    CHECK(la && lb && lazymoe_session_eval(a, &probe, 1, la, 0, err, sizeof err) == 0 &&
+          lazymoe_session_eval(b, &probe, 1, lb, 0, err, sizeof err) == 0);
+    double worst = 0;
+    for (int i = 0; la && lb && i < info.vocab_size; i++)
+        if (fabs((double)la[i] - lb[i]) > worst) worst = fabs((double)la[i] - lb[i]);
+    CHECKF(worst < 1e-4, "logits differ by %g", worst);
+    free(la);
+    free(lb);
+    lazymoe_free(ids);
+    lazymoe_free(t1);
+    lazymoe_free(t2);
+    lazymoe_free(t3);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+}
+
+static void test_same_prompt_cached(void) {
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, M);
+    p.sampling.temperature = 0;
+    p.max_tokens = 5;
+    p.ignore_eos = 1;
+    lazymoe_session *s = new_session();
+    lazymoe_gen_stats st;
+    char *a = NULL, *b = NULL;
+    CHECK(lazymoe_generate(s, "hello world", &p, &a, &st, err, sizeof err) == 0);
+    int n = st.prompt_tokens;
+    CHECK(lazymoe_generate(s, "hello world", &p, &b, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.cached_tokens, n - 1); /* the last prompt token is evaluated again */
+    CHECK(a && b && !strcmp(a, b));
+    lazymoe_free(a);
+    lazymoe_free(b);
+    lazymoe_session_free(s);
+}
+
+/* EOS ids (generation_config's 319 and 317) end the answer and are not part of it. */
+static void test_eos(void) {
+    int found = 0;
+    for (uint64_t seed = 1; seed <= 60 && !found; seed++) {
+        lazymoe_gen_params p;
+        sampled_params(&p, seed, 60);
+        p.sampling.temperature = 3.0f;
+        lazymoe_session *s = new_session();
+        lazymoe_gen_stats st;
+        char *text = NULL;
+        if (lazymoe_generate(s, "hi", &p, &text, &st, err, sizeof err) != 0) break;
+        const int32_t *t = lazymoe_session_tokens(s);
+        int n = lazymoe_session_length(s), eos_at = -1;
+        for (int i = st.prompt_tokens; i < n && eos_at < 0; i++)
+            if (t[i] == 317 || t[i] == 319) eos_at = i - st.prompt_tokens;
+        lazymoe_free(text);
+        if (eos_at >= 0) {
+            found = 1;
+            p.ignore_eos = 0;
+            CHECK(lazymoe_generate(s, "hi", &p, &text, &st, err, sizeof err) == 0);
+            CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_STOP);
+            CHECK_EQ_INT(st.generated_tokens, eos_at + 1);
+            lazymoe_free(text);
+        }
+        lazymoe_session_free(s);
+    }
+    CHECK(found);
+}
+
+static void test_cancel_and_limits(void) {
+    lazymoe_gen_params p;
+    sampled_params(&p, 3, 50);
+    static pieces pc;
+    memset(&pc, 0, sizeof pc);
+    pc.stop_after = 3;
+    lazymoe_session *s = new_session();
+    lazymoe_gen_stats st;
+    CHECK(lazymoe_generate_stream(s, "the", &p, on_piece, &pc, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_CANCELLED);
+    CHECK_EQ_INT(pc.pieces, 3);
+    volatile sig_atomic_t flag = 1;
+    p.cancel = &flag;
+    char *text = NULL;
+    CHECK(lazymoe_generate(s, "the", &p, &text, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_CANCELLED);
+    CHECK(text && !*text);
+    lazymoe_free(text);
+    p.cancel = NULL;
+    /* errors */
+    text = NULL;
+    CHECK(lazymoe_generate(s, "", &p, &text, &st, err, sizeof err) != 0);
+    CHECK_STR_CONTAINS(err, "empty");
+    int32_t bad = 5000;
+    p.prompt_ids = &bad;
+    p.n_prompt_ids = 1;
+    CHECK(lazymoe_generate(s, NULL, &p, &text, &st, err, sizeof err) != 0);
+    CHECK_STR_CONTAINS(err, "outside the vocabulary");
+    CHECK(!text);
+    lazymoe_session_free(s);
+}
+
+static void test_context_limits(void) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.max_context = 16;
+    lazymoe_model *small = NULL;
+    CHECK(lazymoe_model_open(&small, MODEL_DIR, &o, err, sizeof err) == 0);
+    if (!small) return;
+    lazymoe_session *s = NULL;
+    CHECK(lazymoe_session_create(&s, small, err, sizeof err) == 0);
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, small);
+    p.ignore_eos = 1;
+    p.max_tokens = 0; /* until the context is full */
+    lazymoe_gen_stats st;
+    char *text = NULL;
+    CHECK(lazymoe_generate(s, "hello", &p, &text, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_LENGTH);
+    CHECK_EQ_INT(st.prompt_tokens + st.generated_tokens, 17); /* 16 held + the last, not evaluated */
+    lazymoe_free(text);
+    text = NULL;
+    CHECK(lazymoe_generate(s, "the quick brown fox jumps over the lazy dog and more words than fit", &p, &text,
+                           &st, err, sizeof err) != 0);
+    CHECK_STR_CONTAINS(err, "prompt is too long");
+    lazymoe_session_free(s);
+    lazymoe_model_close(small);
+}
+
+static void test_no_tokenizer(void) {
+    lazymoe_model *m = NULL;
+    CHECK(lazymoe_model_open(&m, LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/olmoe_f32", NULL, err, sizeof err) == 0);
+    if (!m) return;
+    int32_t *ids = NULL;
+    int n;
+    CHECK(lazymoe_tokenize(m, "x", 1, 1, &ids, &n, err, sizeof err) != 0);
+    CHECK_STR_CONTAINS(err, "no tokenizer.json");
+    lazymoe_session *s = NULL;
+    CHECK(lazymoe_session_create(&s, m, err, sizeof err) == 0);
+    char *text = NULL;
+    CHECK(lazymoe_generate(s, "x", NULL, &text, NULL, err, sizeof err) != 0);
+    CHECK_STR_CONTAINS(err, "no tokenizer.json");
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+}
+
+int main(void) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.n_threads = 2;
+    if (lazymoe_model_open(&M, MODEL_DIR, &o, err, sizeof err) != 0) {
+        printf("FAIL generate_open_model: %s\n", err);
+        return 1;
+    }
+    TEST_CASE("generate_tokenize_roundtrip", test_tokenize_roundtrip);
+    TEST_CASE("generate_chat_format", test_chat_format);
+    TEST_CASE("generate_greedy_text_equals_id_path", test_greedy_matches_ids);
+    TEST_CASE("generate_stream_equals_oneshot_valid_utf8", test_stream_equals_oneshot);
+    TEST_CASE("generate_stop_strings_across_pieces", test_stop_strings);
+    TEST_CASE("generate_prefix_reuse", test_prefix_reuse);
+    TEST_CASE("generate_same_prompt_cached", test_same_prompt_cached);
+    TEST_CASE("generate_eos_stops", test_eos);
+    TEST_CASE("generate_cancel_and_errors", test_cancel_and_limits);
+    TEST_CASE("generate_context_limits", test_context_limits);
+    TEST_CASE("generate_no_tokenizer", test_no_tokenizer);
+    lazymoe_model_close(M);
+    TEST_EXIT();
+}
