@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-PKGS="build-essential clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev nodejs npm"
+PKGS="build-essential clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# Node may come from Debian (nodejs + npm) or from elsewhere with npm bundled: only
+# ask apt for it when the commands are missing, so a bundled npm is not fought over.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then missing="$missing nodejs npm"; fi
 if [ -n "$missing" ]; then
     echo "installing:$missing"
     $SUDO apt-get update -qq
