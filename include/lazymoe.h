@@ -28,8 +28,8 @@ typedef struct lazymoe_session lazymoe_session;
 
 typedef enum {
     LAZYMOE_EVICT_LRU = 0,  /* least recently used */
-    LAZYMOE_EVICT_LCP = 1,  /* mlx-moe's frequency x 0.25^(age/128) */
-    LAZYMOE_EVICT_LFRU = 2, /* decayed frequency + recency window (default) */
+    LAZYMOE_EVICT_LCP = 1,  /* mlx-moe's frequency x 0.25^(age/128) (default: best measured) */
+    LAZYMOE_EVICT_LFRU = 2, /* decayed frequency + recency window (experimental) */
 } lazymoe_eviction;
 
 typedef struct {

@@ -19,7 +19,7 @@ static void copy_err(char *dst, size_t len, const char *src) {
 
 void lazymoe_options_init(lazymoe_options *opt) {
     memset(opt, 0, sizeof *opt);
-    opt->eviction = LAZYMOE_EVICT_LFRU;
+    opt->eviction = LAZYMOE_EVICT_LCP; /* best measured so far: bench/RESULTS.md */
 }
 
 static uint64_t kv_bytes(const lm_config *c, int ctx) {

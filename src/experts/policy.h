@@ -13,7 +13,8 @@
 typedef enum {
     LM_EVICT_LRU = 0, /* least recently used: the floor */
     LM_EVICT_LCP,     /* mlx-moe's: frequency x 0.25^(age/128), lowest evicted */
-    LM_EVICT_LFRU,    /* ours: decayed frequency with a recency window (see policy.c) */
+    LM_EVICT_LFRU,    /* decayed frequency with a recency window (see policy.c); so far
+                       * measured below LCP (bench/RESULTS.md) */
     LM_EVICT_COUNT
 } lm_evict_policy;
 
