@@ -29,11 +29,11 @@ static uint64_t kv_bytes(const lm_config *c, int ctx) {
 /* Forward scratch for one chunk: exactly what scratch_alloc allocates. */
 static uint64_t scratch_bytes(const lm_config *c, int T) {
     uint64_t H = (uint64_t)c->hidden_size, nq = (uint64_t)c->n_heads * (uint64_t)c->head_dim;
-    uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim, E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
+    uint64_t E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
     uint64_t F = (uint64_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
                                                                             : c->moe_intermediate_size);
     uint64_t t = (uint64_t)T;
-    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1) + 6 * E;
+    return t * 4u * (4 * H + 2 * nq + E + 2 * F + K * H + 3 * K + 1) + 6 * E;
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
@@ -283,7 +283,7 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
 }
 
 static void scratch_free(lm_scratch *S) {
-    void *bufs[] = {S->x,    S->h,    S->q,      S->k,   S->v,      S->att,         S->proj,
+    void *bufs[] = {S->x,    S->h,    S->q,      S->att,         S->proj,
                     S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
                     S->tok_of, S->pos, S->need, S->need_status, S->expert_used};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
@@ -292,15 +292,14 @@ static void scratch_free(lm_scratch *S) {
 
 static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
     size_t H = (size_t)c->hidden_size, nq = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim, E = (size_t)c->n_experts;
+    size_t E = (size_t)c->n_experts;
     size_t K = (size_t)c->top_k;
     size_t F = (size_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
                                                                         : c->moe_intermediate_size);
     size_t t = (size_t)T;
     struct { void **p; size_t bytes; } want[] = {
         {(void **)&S->x, t * H * 4},      {(void **)&S->h, t * H * 4},
-        {(void **)&S->q, t * nq * 4},     {(void **)&S->k, t * nkv * 4},
-        {(void **)&S->v, t * nkv * 4},    {(void **)&S->att, t * nq * 4},
+        {(void **)&S->q, t * nq * 4},     {(void **)&S->att, t * nq * 4},
         {(void **)&S->proj, t * H * 4}, {(void **)&S->router, t * E * 4},
         {(void **)&S->gate, t * F * 4},   {(void **)&S->up, t * F * 4},
         {(void **)&S->xe, t * H * 4},     {(void **)&S->eout, t * K * H * 4},

@@ -32,7 +32,6 @@ typedef struct {
     float *x;       /* [T][H] residual stream */
     float *h;       /* [T][H] normalised input of a sub-block */
     float *q;       /* [T][nq] */
-    float *k, *v;   /* [T][nkv] (staging before the cache) */
     float *att;     /* [T][nq] */
     float *proj;    /* [T][H] output of o_proj / MLP */
     float *router;  /* [T][E] */
