@@ -306,6 +306,10 @@ int cmd_info(int argc, char **argv) {
     int rc = parse_args(argc, argv, &a, info_usage, NULL);
     if (rc) return rc == 2 ? 0 : rc;
     a.opt.n_threads = 1;
+    /* Describing a model needs no expert in memory: a one-slot cache reads nothing
+     * until a token is evaluated (--resident still loads them all, to time it). */
+    if (a.opt.expert_capacity == 0) a.opt.expert_capacity = 1;
+    a.opt.no_warm_start = 1;
     lazymoe_model *m = open_model(&a);
     if (!m) return 1;
     lazymoe_model_info i;
