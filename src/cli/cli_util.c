@@ -1,9 +1,12 @@
 #include "cli/cli.h"
 
+#include "lazymoe.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int cli_fail(const char *fmt, ...) {
     va_list ap;
@@ -117,4 +120,47 @@ char *cli_read_stdin(void) {
     }
     if (buf) buf[n] = 0;
     return buf;
+}
+
+int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
+    long x;
+    if (!strcmp(s, "--threads")) {
+        if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return -1;
+        o->n_threads = (int)x;
+    } else if (!strcmp(s, "--ctx")) {
+        if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return -1;
+        o->max_context = (int)x;
+    } else if (!strcmp(s, "--memory")) {
+        long long b = cli_parse_size(s, v);
+        if (b < 0) return -1;
+        o->memory_budget = (uint64_t)b;
+    } else if (!strcmp(s, "--capacity")) {
+        if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return -1;
+        o->expert_capacity = (int)x;
+    } else if (!strcmp(s, "--io-threads")) {
+        if ((x = cli_parse_long(s, v, 1, 256)) < 0) return -1;
+        o->io_threads = (int)x;
+    } else if (!strcmp(s, "--eviction")) {
+        static const char *const names[] = {"lru", "lcp", "lfru"}; /* lazymoe_eviction order */
+        int p = -1;
+        for (int k = 0; k < 3 && v; k++)
+            if (strcmp(v, names[k]) == 0) p = k;
+        if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru"), -1;
+        o->eviction = (lazymoe_eviction)p;
+    } else if (!strcmp(s, "--trace-routing")) {
+        if (!v) return cli_fail("--trace-routing needs a file name"), -1;
+        o->trace_routing = v;
+    } else if (!strcmp(s, "--resident")) {
+        o->expert_capacity = -1;
+        return 1;
+    } else if (!strcmp(s, "--buffered-io")) {
+        o->buffered_io = 1;
+        return 1;
+    } else if (!strcmp(s, "--no-warm-start")) {
+        o->no_warm_start = 1;
+        return 1;
+    } else {
+        return 0;
+    }
+    return 2;
 }

@@ -26,7 +26,7 @@ static double now_s(void) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    const char *model = NULL, *trace_out = NULL;
+    const char *model = NULL;
     int prompt = 128, gen = 32, json = 0;
     unsigned seed = 1;
     long x;
@@ -34,7 +34,11 @@ int cmd_bench(int argc, char **argv) {
     lazymoe_options_init(&opt);
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+        int r = cli_model_option(s, v, &opt);
+        if (r) {
+            if (r < 0) return 1;
+            i += r - 1;
+        } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
             printf("%s", bench_usage);
             return 0;
         } else if (!strcmp(s, "--prompt-tokens")) {
@@ -48,41 +52,9 @@ int cmd_bench(int argc, char **argv) {
             seed = (unsigned)x, i++;
         } else if (!strcmp(s, "--json")) {
             json = 1;
-        } else if (!strcmp(s, "--memory")) {
-            long long b = cli_parse_size(s, v);
-            if (b < 0) return 1;
-            opt.memory_budget = (uint64_t)b, i++;
-        } else if (!strcmp(s, "--capacity")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return 1;
-            opt.expert_capacity = (int)x, i++;
-        } else if (!strcmp(s, "--resident")) {
-            opt.expert_capacity = -1;
-        } else if (!strcmp(s, "--io-threads")) {
-            if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
-            opt.io_threads = (int)x, i++;
-        } else if (!strcmp(s, "--eviction")) {
-            static const char *const names[] = {"lru", "lcp", "lfru"};
-            int p = -1;
-            for (int k = 0; k < 3 && v; k++)
-                if (strcmp(v, names[k]) == 0) p = k;
-            if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru");
-            opt.eviction = (lazymoe_eviction)p, i++;
-        } else if (!strcmp(s, "--buffered-io")) {
-            opt.buffered_io = 1;
-        } else if (!strcmp(s, "--no-warm-start")) {
-            opt.no_warm_start = 1;
         } else if (!strcmp(s, "--routing-trace")) {
             if (!v) return cli_fail("--routing-trace needs a file");
             opt.replay_routing = v, i++;
-        } else if (!strcmp(s, "--trace-routing")) {
-            if (!v) return cli_fail("--trace-routing needs a file");
-            trace_out = v, i++;
-        } else if (!strcmp(s, "--threads")) {
-            if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return 1;
-            opt.n_threads = (int)x, i++;
-        } else if (!strcmp(s, "--ctx")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
-            opt.max_context = (int)x, i++;
         } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
             opt.verbose = 1;
         } else if (s[0] == '-') {
@@ -96,11 +68,11 @@ int cmd_bench(int argc, char **argv) {
     if (!model) return cli_fail("no model directory given\n%s", bench_usage);
     /* The routing statistics come from a trace of this run. */
     char tmp_trace[64] = "";
-    if (!trace_out) {
+    if (!opt.trace_routing) {
         snprintf(tmp_trace, sizeof tmp_trace, "/tmp/lazymoe-bench-trace-%d.txt", (int)getpid());
-        trace_out = tmp_trace;
+        opt.trace_routing = tmp_trace;
     }
-    opt.trace_routing = trace_out;
+    const char *trace_out = opt.trace_routing;
     if (!opt.max_context) opt.max_context = prompt + gen + 1;
     char err[512];
     lazymoe_model *m;

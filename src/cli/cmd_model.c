@@ -2,7 +2,6 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "cli/textgen.h"
-#include "experts/policy.h"
 #include "formats/npy.h"
 #include "lazymoe.h"
 
@@ -35,7 +34,8 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage, c
         const char *s = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x;
-        int r = text ? cli_textgen_option(text, s, v) : 0;
+        int r = cli_model_option(s, v, &a->opt);
+        if (!r && text) r = cli_textgen_option(text, s, v);
         if (r) {
             if (r < 0) return 1;
             i += r - 1;
@@ -60,35 +60,6 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage, c
         } else if (!strcmp(s, "--seed")) {
             if ((x = cli_parse_long(s, v, 0, 0x7fffffff)) < 0) return 1;
             a->seed = (unsigned long long)x, i++;
-        } else if (!strcmp(s, "--threads")) {
-            if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return 1;
-            a->opt.n_threads = (int)x, i++;
-        } else if (!strcmp(s, "--ctx")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
-            a->opt.max_context = (int)x, i++;
-        } else if (!strcmp(s, "--memory")) {
-            long long b = cli_parse_size(s, v);
-            if (b < 0) return 1;
-            a->opt.memory_budget = (uint64_t)b, i++;
-        } else if (!strcmp(s, "--capacity")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return 1;
-            a->opt.expert_capacity = (int)x, i++;
-        } else if (!strcmp(s, "--resident")) {
-            a->opt.expert_capacity = -1;
-        } else if (!strcmp(s, "--io-threads")) {
-            if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
-            a->opt.io_threads = (int)x, i++;
-        } else if (!strcmp(s, "--eviction")) {
-            int p = v ? lm_policy_parse(v) : -1;
-            if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru");
-            a->opt.eviction = (lazymoe_eviction)p, i++;
-        } else if (!strcmp(s, "--buffered-io")) {
-            a->opt.buffered_io = 1;
-        } else if (!strcmp(s, "--no-warm-start")) {
-            a->opt.no_warm_start = 1;
-        } else if (!strcmp(s, "--trace-routing")) {
-            if (!v) return cli_fail("--trace-routing needs a file name");
-            a->opt.trace_routing = v, i++;
         } else if (!strcmp(s, "--print-ids")) {
             a->print_ids = 1;
         } else if (!strcmp(s, "--ignore-eos")) {
