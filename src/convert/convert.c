@@ -10,6 +10,7 @@
 #include "convert/convert.h"
 
 #include "common/error.h"
+#include "common/str.h"
 #include "formats/pyjson.h"
 #include "formats/safetensors.h"
 #include "formats/safetensors_write.h"
@@ -99,21 +100,6 @@ typedef struct {
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
-static char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *str_printf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (!s) return NULL;
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return s;
 }
 
 /* Parses "model.layers.N.rest": returns N and sets *rest, or -1. */
@@ -218,7 +204,7 @@ static int plan_layer_experts(converter *c, int layer, layer_experts *le, char *
     for (int p = 0; p < 3; p++) {
         out_item *it = new_item(c, err);
         if (!it) return -1;
-        it->name = str_printf("model.layers.%d.%s.switch_mlp.%s.weight", layer, le->prefix,
+        it->name = lm_strdup_printf("model.layers.%d.%s.switch_mlp.%s.weight", layer, le->prefix,
                               proj_names[p]);
         it->layer = layer;
         it->order_group = 1;
@@ -350,7 +336,7 @@ static int plan(converter *c, char *err) {
             }
             /* transformers 5 names mixtral's MoE block "mlp"; mlx-lm's is block_sparse_moe */
             if (c->fam == FAM_MIXTRAL && strncmp(rest, "mlp.", 4) == 0)
-                name = str_printf("model.layers.%d.block_sparse_moe.%s", layer, rest + 4);
+                name = lm_strdup_printf("model.layers.%d.block_sparse_moe.%s", layer, rest + 4);
             else
                 name = strdup(t->name);
             if (!name) {
@@ -617,7 +603,7 @@ static int write_config(converter *c, const char *hf_dir, const char *tmp_dir, c
     json_t *cfg = json_deep_copy(c->config);
     if (!cfg) return lm_errf(err, "out of memory");
     /* mlx-lm load_config: eos_token_id from generation_config.json when truthy. */
-    char *gpath = str_printf("%s/generation_config.json", hf_dir);
+    char *gpath = lm_strdup_printf("%s/generation_config.json", hf_dir);
     if (gpath && lm_path_type(gpath) == LM_PATH_FILE) {
         json_t *gen = json_load_file(gpath, 0, NULL);
         json_t *eos = gen ? json_object_get(gen, "eos_token_id") : NULL;
@@ -664,7 +650,7 @@ static int write_config(converter *c, const char *hf_dir, const char *tmp_dir, c
     }
     char *text = rc == 0 ? pyjson_dumps(sorted, 4, err) : NULL;
     if (rc == 0 && !text) rc = -1;
-    char *path = str_printf("%s/config.json", tmp_dir);
+    char *path = lm_strdup_printf("%s/config.json", tmp_dir);
     if (rc == 0 && !path) rc = lm_errf(err, "out of memory");
     if (rc == 0) rc = lm_write_file_atomic(path, text, strlen(text), err);
     free(path);
@@ -692,7 +678,7 @@ static int copy_side_files(const char *hf_dir, const char *tmp_dir, char *err) {
         for (size_t i = 0; i < sizeof fixed / sizeof *fixed && !want; i++)
             want = strcmp(n, fixed[i]) == 0;
         if (!want) continue;
-        char *src = str_printf("%s/%s", hf_dir, n), *dst = str_printf("%s/%s", tmp_dir, n);
+        char *src = lm_strdup_printf("%s/%s", hf_dir, n), *dst = lm_strdup_printf("%s/%s", tmp_dir, n);
         if (!src || !dst) rc = lm_errf(err, "out of memory");
         else if (lm_path_type(src) == LM_PATH_FILE) rc = lm_copy_file(src, dst, err);
         free(src);
@@ -705,7 +691,7 @@ static int copy_side_files(const char *hf_dir, const char *tmp_dir, char *err) {
 /* ---- top level ------------------------------------------------------------------------ */
 
 static int load_config(converter *c, const char *hf_dir, char *err) {
-    char *path = str_printf("%s/config.json", hf_dir);
+    char *path = lm_strdup_printf("%s/config.json", hf_dir);
     if (!path) return lm_errf(err, "out of memory");
     json_error_t je;
     c->config = json_load_file(path, 0, &je);
@@ -807,8 +793,8 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
     if (plan(&c, err) != 0) goto done;
 
     /* Work in a sibling directory, renamed over OUT_DIR at the very end. */
-    tmp_dir = str_printf("%s.lazymoe-tmp-%ld", out_dir, (long)getpid());
-    old_dir = str_printf("%s.lazymoe-old-%ld", out_dir, (long)getpid());
+    tmp_dir = lm_strdup_printf("%s.lazymoe-tmp-%ld", out_dir, (long)getpid());
+    old_dir = lm_strdup_printf("%s.lazymoe-old-%ld", out_dir, (long)getpid());
     if (!tmp_dir || !old_dir) {
         lm_errf(err, "out of memory");
         goto done;

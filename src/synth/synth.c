@@ -11,6 +11,7 @@
 #include "synth/synth.h"
 
 #include "common/error.h"
+#include "common/str.h"
 #include "formats/dtype.h"
 #include "formats/mlx_quant.h"
 #include "formats/pyjson.h"
@@ -990,21 +991,6 @@ int lm_synth_plan_model(const lm_synth_options *o, lm_synth_plan *plan, char *er
     return rc;
 }
 
-static char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *str_printf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (!s) return NULL;
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
 /* Parent directory of a path ("." when it has none). */
 static char *parent_of(const char *path) {
     char *p = strdup(path);
@@ -1069,8 +1055,8 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
         }
     }
     parent = parent_of(out);
-    tmp = str_printf("%s.lazymoe-tmp-%ld", out, (long)getpid());
-    old = str_printf("%s.lazymoe-old-%ld", out, (long)getpid());
+    tmp = lm_strdup_printf("%s.lazymoe-tmp-%ld", out, (long)getpid());
+    old = lm_strdup_printf("%s.lazymoe-old-%ld", out, (long)getpid());
     if (!parent || !tmp || !old) {
         lm_errf(err, "out of memory");
         goto done;
