@@ -64,8 +64,14 @@ struct lm_backend {
     void *impl;
 };
 
-/* CPU backend with a pool of n_threads workers (0 = all cores). */
+/* CPU backend with a pool of n_threads workers (0 = all cores). Matmul kernels:
+ * the environment's LAZYMOE_KERNELS (auto, scalar, avx512, avx2, neon), default auto
+ * (the best the CPU runs; scalar is the portable reference). */
 int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err);
+/* The same with the kernels named (NULL = auto); an error if the CPU lacks them. */
+int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kernels, char *err);
+/* Name of the matmul kernels a CPU backend runs ("avx512", "scalar", ...). */
+const char *lm_backend_cpu_kernels(const lm_backend *be);
 void lm_backend_free(lm_backend *be);
 
 #endif

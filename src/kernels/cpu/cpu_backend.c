@@ -5,12 +5,13 @@
  * pool by output rows (matmul) or by (token, head) pairs (attention); each
  * output element is produced by exactly one thread in a fixed order, which
  * keeps results independent of the thread count.
- * SIMD paths (AVX2/AVX-512/NEON) will be added beside this file and checked
- * against it.
+ * SIMD kernels (cpu_kernels.h: AVX2, AVX-512, NEON) sit beside this file and
+ * are tested against it; LAZYMOE_KERNELS=scalar forces this code everywhere.
  */
 #include "kernels/backend.h"
 
 #include "common/error.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
 
@@ -20,6 +21,7 @@
 
 typedef struct {
     lm_pool *pool;
+    const lm_cpu_kernels *k; /* SIMD matmul, NULL = scalar reference only */
     float *xsum; /* per-token per-group input sums for affine matmul */
     size_t xsum_cap;
 } cpu_impl;
@@ -158,6 +160,7 @@ static float dot_affine(const lm_mat *m, int r, const float *x, const float *xsu
 /* ---- matmul --------------------------------------------------------------------- */
 
 typedef struct {
+    const lm_cpu_kernels *k;
     float *y;
     const lm_mat *W;
     const float *x;
@@ -171,6 +174,10 @@ static void matmul_task(void *ctx, int task) {
     int r0 = task * j->rows_per_task;
     int r1 = r0 + j->rows_per_task;
     if (r1 > W->rows) r1 = W->rows;
+    if (j->k) {
+        j->k->rows(W, r0, r1, j->x, j->n, j->y);
+        return;
+    }
     int cols = W->cols, ng = W->dtype == LM_DT_U32 ? cols / W->group_size : 0;
     for (int r = r0; r < r1; r++) {
         for (int t = 0; t < j->n; t++) {
@@ -190,7 +197,8 @@ static void matmul_task(void *ctx, int task) {
 static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
     matmul_job j = {.y = y, .W = W, .x = x, .n = n};
-    if (W->dtype == LM_DT_U32) {
+    if (impl->k && impl->k->handles(W)) j.k = impl->k;
+    if (W->dtype == LM_DT_U32 && !j.k) {
         int ng = W->cols / W->group_size;
         size_t need = (size_t)n * (size_t)ng;
         if (need > impl->xsum_cap) {
@@ -214,8 +222,10 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
     }
     int threads = lm_pool_size(impl->pool);
     int tasks = threads * 8;
+    /* Whole 4-row tiles per task (the SIMD tile height), at least 8 tasks per thread
+     * so a busy core does not hold the others up. */
     int rpt = (W->rows + tasks - 1) / tasks;
-    if (rpt < 4) rpt = 4;
+    rpt = (rpt + 3) / 4 * 4;
     j.rows_per_task = rpt;
     lm_pool_run(impl->pool, (W->rows + rpt - 1) / rpt, matmul_task, &j);
 }
@@ -316,9 +326,37 @@ static const lm_backend_ops cpu_ops = {
     .swiglu = cpu_swiglu,
 };
 
-int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
+/* SIMD tables in order of preference. */
+static const lm_cpu_kernels *const simd_tables[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2,
+                                                    &lm_cpu_kernels_neon};
+
+/* "auto" (or NULL/empty): the best table the CPU runs; "scalar": none; a table's
+ * name: that one, or an error when this CPU or build cannot run it. */
+static int pick_kernels(const char *want, const lm_cpu_kernels **out, char *err) {
+    size_t n = sizeof simd_tables / sizeof simd_tables[0];
+    *out = NULL;
+    if (!want || !*want || !strcmp(want, "auto")) {
+        for (size_t i = 0; i < n && !*out; i++)
+            if (simd_tables[i]->available()) *out = simd_tables[i];
+        return 0;
+    }
+    if (!strcmp(want, "scalar")) return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(want, simd_tables[i]->name) != 0) continue;
+        if (!simd_tables[i]->available())
+            return lm_errf(err, "kernels '%s' need %s, which this CPU or build lacks; use auto or scalar", want,
+                           simd_tables[i]->requires);
+        *out = simd_tables[i];
+        return 0;
+    }
+    return lm_errf(err, "unknown kernels '%s' (choose auto, scalar, avx512, avx2 or neon)", want);
+}
+
+int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kernels, char *err) {
     *out = NULL;
     if (n_threads <= 0) n_threads = lm_cpu_count();
+    const lm_cpu_kernels *k;
+    if (pick_kernels(kernels, &k, err) != 0) return -1;
     lm_backend *be = calloc(1, sizeof *be);
     cpu_impl *impl = calloc(1, sizeof *impl);
     if (!be || !impl) {
@@ -331,10 +369,20 @@ int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
         free(impl);
         return -1;
     }
+    impl->k = k;
     be->ops = &cpu_ops;
     be->impl = impl;
     *out = be;
     return 0;
+}
+
+int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
+    return lm_backend_cpu_create_with(out, n_threads, getenv("LAZYMOE_KERNELS"), err);
+}
+
+const char *lm_backend_cpu_kernels(const lm_backend *be) {
+    const cpu_impl *impl = be->impl;
+    return impl->k ? impl->k->name : "scalar";
 }
 
 void lm_backend_free(lm_backend *be) {
