@@ -56,6 +56,9 @@ typedef struct {
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
      * with the hottest experts in the background. 1 = neither read nor write it. */
     int no_warm_start;
+    /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
+     * scale per position and KV head); 0 = default. */
+    int kv_bits;
 } lazymoe_options;
 
 /* Fills the defaults above. */

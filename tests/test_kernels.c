@@ -198,6 +198,83 @@ static void batching_and_threads_bit_identical(void) {
     }
 }
 
+/* Attention over a KV cache of 200 positions (several key tiles), GQA 6 heads on
+ * 2 kv heads, with and without a window: against a naive double softmax over the
+ * cache's own (rounded) values; and each query alone equals it in the batch. */
+static void attention_tiled(void) {
+    char err[LM_ERR_LEN];
+    enum { P = 200, NH = 6, NKV = 2, HD = 40 };
+    const lm_dtype types[] = {LM_DT_F32, LM_DT_F16, LM_DT_I8};
+    lm_backend *be;
+    CHECK(lm_backend_cpu_create_with(&be, 3, NULL, err) == 0);
+    float *k = malloc(sizeof(float) * P * NKV * HD), *v = malloc(sizeof(float) * P * NKV * HD);
+    float *q = malloc(sizeof(float) * P * NH * HD);
+    float *out = malloc(sizeof(float) * P * NH * HD), *one = malloc(sizeof(float) * NH * HD);
+    float *kr = malloc(sizeof(float) * P * NKV * HD), *vr = malloc(sizeof(float) * P * NKV * HD);
+    for (int i = 0; i < P * NKV * HD; i++) k[i] = (float)urand() * 2, v[i] = (float)urand();
+    for (int i = 0; i < P * NH * HD; i++) q[i] = (float)urand();
+    for (size_t ti = 0; ti < 3; ti++)
+        for (int window = 0; window <= 50; window += 50) {
+            lm_kv kc = {types[ti], malloc(P * NKV * HD * 4), malloc(P * NKV * 4)};
+            lm_kv vc = {types[ti], malloc(P * NKV * HD * 4), malloc(P * NKV * 4)};
+            /* Stored in two calls: the cache holds the same either way. */
+            be->ops->kv_store(be, &kc, 0, k, 77, NKV, HD);
+            be->ops->kv_store(be, &kc, 77, k + 77 * NKV * HD, P - 77, NKV, HD);
+            be->ops->kv_store(be, &vc, 0, v, P, NKV, HD);
+            /* What the cache holds, read by each type's definition. */
+            for (int p = 0; p < P; p++)
+                for (int h = 0; h < NKV; h++)
+                    for (int d = 0; d < HD; d++) {
+                        size_t i = ((size_t)p * NKV + (size_t)h) * HD + (size_t)d;
+                        if (types[ti] == LM_DT_F32) kr[i] = ((float *)kc.data)[i], vr[i] = ((float *)vc.data)[i];
+                        else if (types[ti] == LM_DT_F16)
+                            kr[i] = lm_f16_to_f32(((uint16_t *)kc.data)[i]), vr[i] = lm_f16_to_f32(((uint16_t *)vc.data)[i]);
+                        else
+                            kr[i] = kc.scales[p * NKV + h] * ((int8_t *)kc.data)[i],
+                            vr[i] = vc.scales[p * NKV + h] * ((int8_t *)vc.data)[i];
+                    }
+            /* The stored values are the inputs to within the type's rounding. */
+            double tol_store = types[ti] == LM_DT_F32 ? 0 : types[ti] == LM_DT_F16 ? 1.0 / 1024 : 1.0 / 127;
+            double worst_store = 0;
+            for (int i = 0; i < P * NKV * HD; i++) {
+                double d = fabs(kr[i] - k[i]) / 2.0; /* |k| < 2 */
+                if (d > worst_store) worst_store = d;
+            }
+            CHECKF(worst_store <= tol_store, "%s cache stores keys %.3g off", lm_dtype_name(types[ti]), worst_store);
+            float sc = 1.0f / sqrtf((float)HD);
+            be->ops->attention(be, out, q, &kc, &vc, P, 0, NH, NKV, HD, sc, window);
+            double worst = 0;
+            for (int t = 0; t < P; t++)
+                for (int h = 0; h < NH; h++) {
+                    int kvh = h / (NH / NKV), first = window && t - window + 1 > 0 ? t - window + 1 : 0;
+                    double mx = -1e300, w[P], sum = 0;
+                    for (int p = first; p <= t; p++) {
+                        double s_ = 0;
+                        for (int d = 0; d < HD; d++)
+                            s_ += (double)q[((size_t)t * NH + (size_t)h) * HD + (size_t)d] * kr[((size_t)p * NKV + (size_t)kvh) * HD + (size_t)d];
+                        w[p] = s_ * sc;
+                        if (w[p] > mx) mx = w[p];
+                    }
+                    for (int p = first; p <= t; p++) sum += (w[p] = exp(w[p] - mx));
+                    for (int d = 0; d < HD; d++) {
+                        double o = 0;
+                        for (int p = first; p <= t; p++) o += w[p] / sum * vr[((size_t)p * NKV + (size_t)kvh) * HD + (size_t)d];
+                        double e = fabs(o - out[((size_t)t * NH + (size_t)h) * HD + (size_t)d]);
+                        if (e > worst) worst = e;
+                    }
+                }
+            CHECKF(worst < 1e-5, "%s window %d: attention off by %.3g", lm_dtype_name(types[ti]), window, worst);
+            for (int t = 0; t < P; t += 37) {
+                be->ops->attention(be, one, q + (size_t)t * NH * HD, &kc, &vc, 1, t, NH, NKV, HD, sc, window);
+                CHECKF(!memcmp(one, out + (size_t)t * NH * HD, sizeof(float) * NH * HD), "%s: query %d alone differs",
+                       lm_dtype_name(types[ti]), t);
+            }
+            free(kc.data), free(kc.scales), free(vc.data), free(vc.scales);
+        }
+    free(k), free(v), free(q), free(out), free(one), free(kr), free(vr);
+    lm_backend_free(be);
+}
+
 static void kernel_selection(void) {
     char err[LM_ERR_LEN];
     lm_backend *be = NULL;
@@ -220,6 +297,7 @@ static void kernel_selection(void) {
 int main(void) {
     TEST_CASE("kernels_simd_match_scalar", simd_matches_scalar);
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
+    TEST_CASE("kernels_attention_tiled_kv_types", attention_tiled);
     TEST_CASE("kernels_selection", kernel_selection);
     return th_failed_cases ? 1 : 0;
 }

@@ -14,6 +14,7 @@ struct lazymoe_model {
     lm_backend *be;
     lazymoe_options opt;
     int max_context;
+    lm_dtype kv_dtype;      /* KV cache element type (options.kv_bits) */
     lm_expert_cache *cache; /* NULL when every expert is resident */
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
@@ -33,6 +34,7 @@ typedef struct {
     float *h;       /* [T][H] normalised input of a sub-block */
     float *q;       /* [T][nq] */
     float *att;     /* [T][nq] */
+    float *knew, *vnew; /* [T][nkv] keys and values of this chunk, before they are rounded into the cache */
     float *proj;    /* [T][H] output of o_proj / MLP */
     float *router;  /* [T][E] */
     float *gate, *up; /* [T][F] F = max(dense, expert) intermediate; an expert sees <= T tokens */
@@ -52,7 +54,7 @@ struct lazymoe_session {
     int n_past;
     int cap_ctx;          /* positions allocated in the caches */
     int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
-    float **k_cache, **v_cache; /* [n_layers] -> [cap_ctx][nkv] */
+    lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype */
     lm_scratch s;
 };
 

@@ -43,8 +43,7 @@ static void attention_block(lazymoe_session *s, int l, int T) {
 
     be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
     be->ops->matmul(be, S->q, &ly->q, S->h, T);
-    float *kdst = s->k_cache[l] + (size_t)s->n_past * (size_t)nkv;
-    float *vdst = s->v_cache[l] + (size_t)s->n_past * (size_t)nkv;
+    float *kdst = S->knew, *vdst = S->vnew;
     be->ops->matmul(be, kdst, &ly->k, S->h, T);
     be->ops->matmul(be, vdst, &ly->v, S->h, T);
     add_bias(S->q, ly->q_bias, T, nq);
@@ -65,7 +64,9 @@ static void attention_block(lazymoe_session *s, int l, int T) {
     }
     be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
     be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
-    be->ops->attention(be, S->att, S->q, s->k_cache[l], s->v_cache[l], T, s->n_past, c->n_heads,
+    be->ops->kv_store(be, &s->k_cache[l], s->n_past, kdst, T, c->n_kv_heads, hd);
+    be->ops->kv_store(be, &s->v_cache[l], s->n_past, vdst, T, c->n_kv_heads, hd);
+    be->ops->attention(be, S->att, S->q, &s->k_cache[l], &s->v_cache[l], T, s->n_past, c->n_heads,
                        c->n_kv_heads, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
     be->ops->matmul(be, S->proj, &ly->o, S->att, T);
     add_bias(S->proj, ly->o_bias, T, H);

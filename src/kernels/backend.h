@@ -40,6 +40,15 @@ void lm_mat_row_f32(const lm_mat *m, int r, float *out);
 
 typedef struct lm_backend lm_backend;
 
+/* One layer's K or V cache: [positions][n_kv][head_dim] values in `dtype`:
+ *  LM_DT_F32, LM_DT_F16 (default), or LM_DT_I8 with one f32 scale per
+ *  (position, kv head): value = scale * q, scale = max|row| / 127. */
+typedef struct {
+    lm_dtype dtype;
+    void *data;
+    float *scales; /* LM_DT_I8 only: [positions][n_kv] */
+} lm_kv;
+
 typedef struct {
     const char *name;
     /* y[n][W.rows] = x[n][W.cols] . W^T */
@@ -50,10 +59,15 @@ typedef struct {
      * convention) at positions pos[n] with inverse frequencies inv_freq[half]. */
     void (*rope)(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                  const float *inv_freq, int half);
+    /* Stores n rows src[n][n_kv*hd] into the cache at positions pos0..pos0+n-1,
+     * rounded to the cache's type. */
+    void (*kv_store)(lm_backend *be, lm_kv *cache, int pos0, const float *src, int n, int n_kv, int hd);
     /* Causal attention of n new queries q[n][n_heads*hd] at positions pos0..pos0+n-1
-     * over cached keys/values k,v[pos0+n][n_kv*hd]; out[n][n_heads*hd].
-     * window > 0 limits each query to the last `window` positions. */
-    void (*attention)(lm_backend *be, float *out, const float *q, const float *k, const float *v,
+     * over cached keys/values k,v (positions 0..pos0+n-1); out[n][n_heads*hd].
+     * window > 0 limits each query to the last `window` positions. Keys are taken
+     * in fixed tiles counted from the first visible position, so a query's result
+     * does not depend on how many queries share the call. */
+    void (*attention)(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v,
                       int n, int pos0, int n_heads, int n_kv, int hd, float scale, int window);
     /* g[i] = silu(g[i]) * u[i] */
     void (*swiglu)(lm_backend *be, float *g, const float *u, size_t n);

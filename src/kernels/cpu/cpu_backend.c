@@ -270,51 +270,152 @@ static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     }
 }
 
+/* ---- KV cache ----------------------------------------------------------------------- */
+
+static void cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, int n, int n_kv, int hd) {
+    (void)be;
+    size_t row = (size_t)n_kv * (size_t)hd;
+    for (int t = 0; t < n; t++) {
+        const float *s = src + (size_t)t * row;
+        size_t base = (size_t)(pos0 + t) * row;
+        if (c->dtype == LM_DT_F32) {
+            memcpy((float *)c->data + base, s, sizeof(float) * row);
+        } else if (c->dtype == LM_DT_F16) {
+            uint16_t *d = (uint16_t *)c->data + base;
+            for (size_t i = 0; i < row; i++) d[i] = lm_f32_to_f16(s[i]);
+        } else { /* I8: symmetric, one scale per (position, kv head) */
+            for (int h = 0; h < n_kv; h++) {
+                const float *x = s + (size_t)h * (size_t)hd;
+                int8_t *d = (int8_t *)c->data + base + (size_t)h * (size_t)hd;
+                float amax = 0;
+                for (int i = 0; i < hd; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+                float scale = amax / 127.0f;
+                for (int i = 0; i < hd; i++) {
+                    float q = scale > 0 ? nearbyintf(x[i] / scale) : 0.0f;
+                    d[i] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+                }
+                c->scales[(size_t)(pos0 + t) * (size_t)n_kv + (size_t)h] = scale;
+            }
+        }
+    }
+}
+
 /* ---- attention -------------------------------------------------------------------- */
 
+/* Keys per tile: one tile of K or V widened to f32 is at most this many floats. */
+#define ATTN_TILE_FLOATS 8192
+#define ATTN_TILE_MAX 64
+#define ATTN_TILE_HEADS 64 /* query heads one task handles at most */
+
+static int attn_tile(int hd) {
+    int t = ATTN_TILE_FLOATS / hd;
+    return t < 1 ? 1 : (t > ATTN_TILE_MAX ? ATTN_TILE_MAX : t);
+}
+
 typedef struct {
+    const cpu_impl *impl;
     float *out;
-    const float *q, *k, *v;
-    int n, pos0, n_heads, n_kv, hd, window;
+    const float *q;
+    const lm_kv *k, *v;
+    int n, pos0, n_heads, n_kv, hd, window, heads_per_task;
     float scale;
 } attn_job;
 
-/* One (token, head): online softmax over the visible keys, single pass. */
-static void attn_task(void *ctx, int task) {
-    const attn_job *j = ctx;
-    int t = task / j->n_heads, h = task % j->n_heads;
-    int kvh = h / (j->n_heads / j->n_kv);
-    int pos = j->pos0 + t;
-    int first = 0;
-    if (j->window > 0 && pos - j->window + 1 > 0) first = pos - j->window + 1;
-    const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->hd;
-    float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->hd;
-    size_t kv_stride = (size_t)j->n_kv * (size_t)j->hd;
-    float m = -INFINITY, l = 0;
-    for (int d = 0; d < j->hd; d++) o[d] = 0;
-    for (int p = first; p <= pos; p++) {
-        const float *kp = j->k + (size_t)p * kv_stride + (size_t)kvh * (size_t)j->hd;
-        const float *vp = j->v + (size_t)p * kv_stride + (size_t)kvh * (size_t)j->hd;
-        float s = dot_f32(kp, q, j->hd) * j->scale;
-        if (s > m) {
-            float corr = expf(m - s); /* 0 on the first key */
-            l *= corr;
-            for (int d = 0; d < j->hd; d++) o[d] *= corr;
-            m = s;
-        }
-        float e = expf(s - m);
-        l += e;
-        for (int d = 0; d < j->hd; d++) o[d] += e * vp[d];
+/* Rows p0..p0+cnt-1 of kv head kvh as f32: in place for F32 caches (row stride
+ * n_kv*hd), else widened into buf (row stride hd). Widening is exact, so every
+ * path gives the same floats. */
+static const float *kv_rows(const attn_job *j, const lm_kv *c, int p0, int cnt, int kvh, float *buf, size_t *stride) {
+    size_t row = (size_t)j->n_kv * (size_t)j->hd, hd = (size_t)j->hd;
+    size_t first = (size_t)p0 * row + (size_t)kvh * hd;
+    if (c->dtype == LM_DT_F32) {
+        *stride = row;
+        return (const float *)c->data + first;
     }
-    float inv = 1.0f / l;
-    for (int d = 0; d < j->hd; d++) o[d] *= inv;
+    *stride = hd;
+    for (int r = 0; r < cnt; r++) {
+        float *d = buf + (size_t)r * hd;
+        if (c->dtype == LM_DT_F16) {
+            const uint16_t *src = (const uint16_t *)c->data + first + (size_t)r * row;
+            if (j->impl->k && j->impl->k->f16_to_f32) j->impl->k->f16_to_f32(d, src, j->hd);
+            else for (size_t i = 0; i < hd; i++) d[i] = lm_f16_to_f32(src[i]);
+        } else {
+            const int8_t *src = (const int8_t *)c->data + first + (size_t)r * row;
+            float sc = c->scales[(size_t)(p0 + r) * (size_t)j->n_kv + (size_t)kvh];
+            for (size_t i = 0; i < hd; i++) d[i] = sc * (float)src[i];
+        }
+    }
+    return buf;
 }
 
-static void cpu_attention(lm_backend *be, float *out, const float *q, const float *k, const float *v,
-                          int n, int pos0, int n_heads, int n_kv, int hd, float scale, int window) {
+/* One token, one run of query heads sharing a kv head: online softmax over the
+ * visible keys tile by tile (tiles counted from the first visible position), so
+ * memory stays O(tile) at any context length and each K/V tile is widened once
+ * for all the heads of the run. A head's arithmetic does not depend on the run. */
+static void attn_task(void *ctx, int task) {
+    const attn_job *j = ctx;
+    int chunks = j->n_heads / j->n_kv / j->heads_per_task;
+    int t = task / (j->n_kv * chunks), rest = task % (j->n_kv * chunks);
+    int kvh = rest / chunks, h0 = kvh * (j->n_heads / j->n_kv) + (rest % chunks) * j->heads_per_task;
+    int nh = j->heads_per_task, hd = j->hd, tile = attn_tile(hd);
+    int pos = j->pos0 + t, first = 0;
+    if (j->window > 0 && pos - j->window + 1 > 0) first = pos - j->window + 1;
+    float buf[ATTN_TILE_FLOATS];
+    float sc[ATTN_TILE_HEADS][ATTN_TILE_MAX];
+    float m[ATTN_TILE_HEADS], l[ATTN_TILE_HEADS];
+    for (int i = 0; i < nh; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0;
+        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+        for (int d = 0; d < hd; d++) o[d] = 0;
+    }
+    for (int p0 = first; p0 <= pos; p0 += tile) {
+        int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
+        size_t ks, vs;
+        const float *kr = kv_rows(j, j->k, p0, cnt, kvh, buf, &ks);
+        float mt[ATTN_TILE_HEADS];
+        for (int i = 0; i < nh; i++) {
+            const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+            mt[i] = m[i];
+            for (int r = 0; r < cnt; r++) {
+                sc[i][r] = dot_f32(kr + (size_t)r * ks, q, hd) * j->scale;
+                mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
+            }
+        }
+        const float *vr = kv_rows(j, j->v, p0, cnt, kvh, buf, &vs); /* K is no longer needed */
+        for (int i = 0; i < nh; i++) {
+            float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+            if (mt[i] > m[i]) {
+                float corr = expf(m[i] - mt[i]); /* 0 on the first tile */
+                l[i] *= corr;
+                for (int d = 0; d < hd; d++) o[d] *= corr;
+                m[i] = mt[i];
+            }
+            for (int r = 0; r < cnt; r++) {
+                float e = expf(sc[i][r] - m[i]);
+                l[i] += e;
+                const float *vp = vr + (size_t)r * vs;
+                for (int d = 0; d < hd; d++) o[d] += e * vp[d];
+            }
+        }
+    }
+    for (int i = 0; i < nh; i++) {
+        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+        float inv = 1.0f / l[i];
+        for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n,
+                          int pos0, int n_heads, int n_kv, int hd, float scale, int window) {
     cpu_impl *impl = be->impl;
-    attn_job j = {out, q, k, v, n, pos0, n_heads, n_kv, hd, window, scale};
-    lm_pool_run(impl->pool, n * n_heads, attn_task, &j);
+    /* Split each kv head's query group in halves until there are two tasks per
+     * thread (decode has only n_kv groups); a head's arithmetic is the same
+     * whichever run it is in. */
+    int group = n_heads / n_kv, hpt = group, threads = lm_pool_size(impl->pool);
+    while (hpt % 2 == 0 && (size_t)n * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
+    while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale};
+    lm_pool_run(impl->pool, n * n_kv * (group / hpt), attn_task, &j);
 }
 
 static const lm_backend_ops cpu_ops = {
@@ -322,6 +423,7 @@ static const lm_backend_ops cpu_ops = {
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
 };

@@ -28,6 +28,8 @@ typedef struct {
     int (*handles)(const lm_mat *W);
     /* y[t][W->rows] row entries r0..r1-1 for tokens t < n: dot(W[r], x[t]). */
     void (*rows)(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
+    /* dst[n] = src[n] widened from IEEE half (exact); NULL = the scalar loop. */
+    void (*f16_to_f32)(float *dst, const uint16_t *src, int n);
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

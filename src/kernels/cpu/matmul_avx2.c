@@ -200,6 +200,12 @@ TARGET static void rows_avx2(const lm_mat *W, int r0, int r1, const float *x, in
     }
 }
 
+TARGET static void f16_to_f32_avx2(float *dst, const uint16_t *src, int n) {
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = lm_f16_to_f32(src[i]);
+}
+
 static int handles_avx2(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -212,11 +218,11 @@ static int available_avx2(void) {
     return (lm_cpu_features() & need) == need;
 }
 
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2, f16_to_f32_avx2};
 
 #else /* not x86-64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "an x86-64 CPU with AVX2", unavailable, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "an x86-64 CPU with AVX2", unavailable, NULL, NULL, NULL};
 
 #endif

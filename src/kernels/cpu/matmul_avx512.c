@@ -249,6 +249,13 @@ TARGET static void rows_avx512(const lm_mat *W, int r0, int r1, const float *x, 
     }
 }
 
+TARGET static void f16_to_f32_avx512(float *dst, const uint16_t *src, int n) {
+    for (int i = 0; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+    }
+}
+
 static int handles_avx512(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -263,11 +270,11 @@ static int available_avx512(void) {
 }
 
 const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "AVX-512 F/BW/VL/DQ/VBMI with FMA and F16C", available_avx512,
-                                              handles_avx512, rows_avx512};
+                                              handles_avx512, rows_avx512, f16_to_f32_avx512};
 
 #else /* not x86-64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL, NULL};
 
 #endif
