@@ -201,12 +201,13 @@ static void batching_and_threads_bit_identical(void) {
 /* Attention over a KV cache of 200 positions (several key tiles), GQA 6 heads on
  * 2 kv heads, with and without a window: against a naive double softmax over the
  * cache's own (rounded) values; and each query alone equals it in the batch. */
-static void attention_tiled(void) {
+static void attention_tiled(const char *kernels) {
     char err[LM_ERR_LEN];
     enum { P = 200, NH = 6, NKV = 2, HD = 40 };
     const lm_dtype types[] = {LM_DT_F32, LM_DT_F16, LM_DT_I8};
     lm_backend *be;
-    CHECK(lm_backend_cpu_create_with(&be, 3, NULL, err) == 0);
+    CHECKF(lm_backend_cpu_create_with(&be, 3, kernels, err) == 0, "%s", err);
+    if (!be) return;
     float *k = malloc(sizeof(float) * P * NKV * HD), *v = malloc(sizeof(float) * P * NKV * HD);
     float *q = malloc(sizeof(float) * P * NH * HD);
     float *out = malloc(sizeof(float) * P * NH * HD), *one = malloc(sizeof(float) * NH * HD);
@@ -275,6 +276,9 @@ static void attention_tiled(void) {
     lm_backend_free(be);
 }
 
+static void attention_scalar(void) { attention_tiled("scalar"); }
+static void attention_auto(void) { attention_tiled(NULL); }
+
 static void kernel_selection(void) {
     char err[LM_ERR_LEN];
     lm_backend *be = NULL;
@@ -297,7 +301,8 @@ static void kernel_selection(void) {
 int main(void) {
     TEST_CASE("kernels_simd_match_scalar", simd_matches_scalar);
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
-    TEST_CASE("kernels_attention_tiled_kv_types", attention_tiled);
+    TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
+    TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
     TEST_CASE("kernels_selection", kernel_selection);
     return th_failed_cases ? 1 : 0;
 }

@@ -319,7 +319,13 @@ typedef struct {
     const lm_kv *k, *v;
     int n, pos0, n_heads, n_kv, hd, window, heads_per_task;
     float scale;
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, float a, const float *x, int n);
 } attn_job;
+
+static void axpy_scalar(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
 
 /* Rows p0..p0+cnt-1 of kv head kvh as f32: in place for F32 caches (row stride
  * n_kv*hd), else widened into buf (row stride hd). Widening is exact, so every
@@ -377,7 +383,7 @@ static void attn_task(void *ctx, int task) {
             const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
             mt[i] = m[i];
             for (int r = 0; r < cnt; r++) {
-                sc[i][r] = dot_f32(kr + (size_t)r * ks, q, hd) * j->scale;
+                sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd) * j->scale;
                 mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
             }
         }
@@ -393,8 +399,7 @@ static void attn_task(void *ctx, int task) {
             for (int r = 0; r < cnt; r++) {
                 float e = expf(sc[i][r] - m[i]);
                 l[i] += e;
-                const float *vp = vr + (size_t)r * vs;
-                for (int d = 0; d < hd; d++) o[d] += e * vp[d];
+                j->axpy(o, e, vr + (size_t)r * vs, hd);
             }
         }
     }
@@ -414,7 +419,8 @@ static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_k
     int group = n_heads / n_kv, hpt = group, threads = lm_pool_size(impl->pool);
     while (hpt % 2 == 0 && (size_t)n * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
     while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
-    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale};
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale, dot_f32, axpy_scalar};
+    if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
     lm_pool_run(impl->pool, n * n_kv * (group / hpt), attn_task, &j);
 }
 

@@ -30,6 +30,10 @@ typedef struct {
     void (*rows)(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
     /* dst[n] = src[n] widened from IEEE half (exact); NULL = the scalar loop. */
     void (*f16_to_f32)(float *dst, const uint16_t *src, int n);
+    /* Attention's inner loops (a fixed order per table, so deterministic):
+     * dot(a, b, n) and y[i] += a * x[i] for i < n. */
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, float a, const float *x, int n);
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

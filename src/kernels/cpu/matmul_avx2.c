@@ -206,6 +206,25 @@ TARGET static void f16_to_f32_avx2(float *dst, const uint16_t *src, int n) {
     for (; i < n; i++) dst[i] = lm_f16_to_f32(src[i]);
 }
 
+TARGET static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + LANES), _mm256_loadu_ps(b + i + LANES), acc1);
+    }
+    float s = hsum(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+TARGET static void axpy_avx2(float *y, float a, const float *x, int n) {
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 static int handles_avx2(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -218,11 +237,11 @@ static int available_avx2(void) {
     return (lm_cpu_features() & need) == need;
 }
 
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2, f16_to_f32_avx2};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2, f16_to_f32_avx2, dot_avx2, axpy_avx2};
 
 #else /* not x86-64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "an x86-64 CPU with AVX2", unavailable, NULL, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "an x86-64 CPU with AVX2", unavailable, NULL, NULL, NULL, NULL, NULL};
 
 #endif

@@ -256,6 +256,28 @@ TARGET static void f16_to_f32_avx512(float *dst, const uint16_t *src, int n) {
     }
 }
 
+TARGET static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + LANES), _mm512_loadu_ps(b + i + LANES), acc1);
+    }
+    for (; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+    }
+    return hsum(_mm512_add_ps(acc0, acc1));
+}
+
+TARGET static void axpy_avx512(float *y, float a, const float *x, int n) {
+    __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
 static int handles_avx512(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -270,11 +292,11 @@ static int available_avx512(void) {
 }
 
 const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "AVX-512 F/BW/VL/DQ/VBMI with FMA and F16C", available_avx512,
-                                              handles_avx512, rows_avx512, f16_to_f32_avx512};
+                                              handles_avx512, rows_avx512, f16_to_f32_avx512, dot_avx512, axpy_avx512};
 
 #else /* not x86-64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL, NULL, NULL, NULL};
 
 #endif

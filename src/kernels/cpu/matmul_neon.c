@@ -208,6 +208,24 @@ static void f16_to_f32_neon(float *dst, const uint16_t *src, int n) {
     for (; i < n; i++) dst[i] = lm_f16_to_f32(src[i]);
 }
 
+static float dot_neon(const float *a, const float *b, int n) {
+    float32x4_t acc0 = vdupq_n_f32(0), acc1 = vdupq_n_f32(0);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
+        acc1 = vfmaq_f32(acc1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    float s = vaddvq_f32(vaddq_f32(acc0, acc1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_neon(float *y, float a, const float *x, int n) {
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 static int handles_neon(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % CHUNK == 0 &&
@@ -218,11 +236,11 @@ static int handles_neon(const lm_mat *W) {
 static int available_neon(void) { return (lm_cpu_features() & LM_CPU_NEON) != 0; }
 
 const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", available_neon, handles_neon,
-                                            rows_neon, f16_to_f32_neon};
+                                            rows_neon, f16_to_f32_neon, dot_neon, axpy_neon};
 
 #else /* not AArch64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", unavailable, NULL, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", unavailable, NULL, NULL, NULL, NULL, NULL};
 
 #endif
