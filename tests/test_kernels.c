@@ -279,6 +279,39 @@ static void attention_tiled(const char *kernels) {
 static void attention_scalar(void) { attention_tiled("scalar"); }
 static void attention_auto(void) { attention_tiled(NULL); }
 
+/* matmul_many: each product bit-identical to matmul of it alone (mixed types). */
+static void matmul_many_equals_single(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
+        lm_backend *be;
+        if (lm_backend_cpu_create_with(&be, 3, names[ti], err) != 0) continue;
+        test_mat t[3];
+        make_mat(&t[0], 13, 256, LM_DT_BF16, 4, 64);
+        make_mat(&t[1], 21, 100, LM_DT_F16, 0, 0);
+        make_mat(&t[2], 33, 384, LM_DT_F32, 8, 128);
+        int n = 5;
+        float *x[3], *ym[3], *y1[3];
+        lm_matmul_item items[3];
+        for (int i = 0; i < 3; i++) {
+            x[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.cols);
+            ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+            y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+            for (int k = 0; k < n * t[i].m.cols; k++) x[i][k] = (float)urand();
+            items[i] = (lm_matmul_item){ym[i], &t[i].m, x[i]};
+        }
+        be->ops->matmul_many(be, items, 3, n);
+        for (int i = 0; i < 3; i++) {
+            be->ops->matmul(be, y1[i], &t[i].m, x[i], n);
+            CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows), "%s: item %d differs",
+                   names[ti], i);
+            free(x[i]), free(ym[i]), free(y1[i]);
+            free_mat(&t[i]);
+        }
+        lm_backend_free(be);
+    }
+}
+
 static void kernel_selection(void) {
     char err[LM_ERR_LEN];
     lm_backend *be = NULL;
@@ -303,6 +336,7 @@ int main(void) {
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
     TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
+    TEST_CASE("kernels_matmul_many_equals_single", matmul_many_equals_single);
     TEST_CASE("kernels_selection", kernel_selection);
     return th_failed_cases ? 1 : 0;
 }

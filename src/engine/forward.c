@@ -42,10 +42,9 @@ static void attention_block(lazymoe_session *s, int l, int T) {
     int H = c->hidden_size, hd = c->head_dim, nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
 
     be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
-    be->ops->matmul(be, S->q, &ly->q, S->h, T);
     float *kdst = S->knew, *vdst = S->vnew;
-    be->ops->matmul(be, kdst, &ly->k, S->h, T);
-    be->ops->matmul(be, vdst, &ly->v, S->h, T);
+    const lm_matmul_item qkv[3] = {{S->q, &ly->q, S->h}, {kdst, &ly->k, S->h}, {vdst, &ly->v, S->h}};
+    be->ops->matmul_many(be, qkv, 3, T);
     add_bias(S->q, ly->q_bias, T, nq);
     add_bias(kdst, ly->k_bias, T, nkv);
     add_bias(vdst, ly->v_bias, T, nkv);
@@ -131,8 +130,8 @@ static void run_expert(lazymoe_session *s, const lm_expert *ex, int e, int T) {
         if (S->sel[i] == e) S->tok_of[m++] = i;
     for (int j = 0; j < m; j++)
         memcpy(S->xe + (size_t)j * (size_t)H, S->h + (size_t)(S->tok_of[j] / K) * (size_t)H, sizeof(float) * (size_t)H);
-    be->ops->matmul(be, S->gate, &ex->gate, S->xe, m);
-    be->ops->matmul(be, S->up, &ex->up, S->xe, m);
+    const lm_matmul_item gate_up[2] = {{S->gate, &ex->gate, S->xe}, {S->up, &ex->up, S->xe}};
+    be->ops->matmul_many(be, gate_up, 2, m);
     be->ops->swiglu(be, S->gate, S->up, (size_t)m * (size_t)I);
     be->ops->matmul(be, S->proj, &ex->down, S->gate, m);
     for (int j = 0; j < m; j++)

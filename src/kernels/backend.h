@@ -40,6 +40,13 @@ void lm_mat_row_f32(const lm_mat *m, int r, float *out);
 
 typedef struct lm_backend lm_backend;
 
+/* One product of a batch of independent matmuls: y[n][W->rows] = x[n][W->cols] . W^T. */
+typedef struct {
+    float *y;
+    const lm_mat *W;
+    const float *x;
+} lm_matmul_item;
+
 /* One layer's K or V cache: [positions][n_kv][head_dim] values in `dtype`:
  *  LM_DT_F32, LM_DT_F16 (default), or LM_DT_I8 with one f32 scale per
  *  (position, kv head): value = scale * q, scale = max|row| / 127. */
@@ -53,6 +60,10 @@ typedef struct {
     const char *name;
     /* y[n][W.rows] = x[n][W.cols] . W^T */
     void (*matmul)(lm_backend *be, float *y, const lm_mat *W, const float *x, int n);
+    /* Several independent matmuls over n tokens each, as one piece of parallel
+     * work (fewer hand-overs to the threads than one call each); every result is
+     * bit-identical to what matmul gives for it alone. */
+    void (*matmul_many)(lm_backend *be, const lm_matmul_item *items, int count, int n);
     /* y[n][dim] = x / sqrt(mean(x^2) + eps) * w ; y may alias x */
     void (*rmsnorm)(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half

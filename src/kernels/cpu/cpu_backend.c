@@ -194,6 +194,14 @@ static void matmul_task(void *ctx, int task) {
     }
 }
 
+/* Rows per task for a matrix: whole 4-row tiles (the SIMD tile height), at least
+ * 8 tasks per thread so a busy core does not hold the others up. */
+static int rows_per_task(int rows, int threads) {
+    int tasks = threads * 8;
+    int rpt = (rows + tasks - 1) / tasks;
+    return (rpt + 3) / 4 * 4;
+}
+
 static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
     matmul_job j = {.y = y, .W = W, .x = x, .n = n};
@@ -220,14 +228,46 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
             }
         j.xsum = need <= impl->xsum_cap ? impl->xsum : NULL;
     }
-    int threads = lm_pool_size(impl->pool);
-    int tasks = threads * 8;
-    /* Whole 4-row tiles per task (the SIMD tile height), at least 8 tasks per thread
-     * so a busy core does not hold the others up. */
-    int rpt = (W->rows + tasks - 1) / tasks;
-    rpt = (rpt + 3) / 4 * 4;
+    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
     j.rows_per_task = rpt;
     lm_pool_run(impl->pool, (W->rows + rpt - 1) / rpt, matmul_task, &j);
+}
+
+#define MANY_MAX 8
+
+typedef struct {
+    const lm_cpu_kernels *k;
+    const lm_matmul_item *items;
+    int count, n;
+    int first_task[MANY_MAX + 1]; /* tasks of item i: [first_task[i], first_task[i+1]) */
+    int rpt[MANY_MAX];
+} many_job;
+
+static void many_task(void *ctx, int task) {
+    const many_job *j = ctx;
+    int i = 0;
+    while (task >= j->first_task[i + 1]) i++;
+    const lm_matmul_item *it = &j->items[i];
+    int r0 = (task - j->first_task[i]) * j->rpt[i];
+    int r1 = r0 + j->rpt[i] < it->W->rows ? r0 + j->rpt[i] : it->W->rows;
+    j->k->rows(it->W, r0, r1, it->x, j->n, it->y);
+}
+
+static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int count, int n) {
+    cpu_impl *impl = be->impl;
+    int simd = impl->k != NULL && count <= MANY_MAX;
+    for (int i = 0; i < count && simd; i++) simd = impl->k->handles(items[i].W);
+    if (!simd) { /* the scalar path's per-call input sums: one call each */
+        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, n);
+        return;
+    }
+    many_job j = {.k = impl->k, .items = items, .count = count, .n = n};
+    int threads = lm_pool_size(impl->pool);
+    for (int i = 0; i < count; i++) {
+        j.rpt[i] = rows_per_task(items[i].W->rows, threads);
+        j.first_task[i + 1] = j.first_task[i] + (items[i].W->rows + j.rpt[i] - 1) / j.rpt[i];
+    }
+    lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */
@@ -427,6 +467,7 @@ static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_k
 static const lm_backend_ops cpu_ops = {
     .name = "cpu",
     .matmul = cpu_matmul,
+    .matmul_many = cpu_matmul_many,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
