@@ -37,8 +37,8 @@ log=$OUT/kernels-$stamp.txt
 {
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB RAM; load $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "model: $MODEL ($(du -sh "$MODEL" | cut -f1))"
-    echo "== SIMD kernels (auto): prompt 512, decode 32, best of 3"
-    build/bench_kernels "$MODEL" 512 32 3
+    echo "== SIMD kernels (auto): prompt 512, decode 32, best of 5"
+    build/bench_kernels "$MODEL" 512 32 5
     echo "== scalar reference kernels: prompt 64, decode 4, 1 run"
     LAZYMOE_KERNELS=scalar build/bench_kernels "$MODEL" 64 4 1
 } 2>&1 | tee "$log"

@@ -16,6 +16,9 @@
 
 #include "common/error.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/threadpool.h"
+
+#include <stdatomic.h>
 
 #include <stdint.h>
 
@@ -312,6 +315,41 @@ static void matmul_many_equals_single(void) {
     }
 }
 
+/* The pool runs every task of every job exactly once, back to back, with more
+ * threads than cores (workers are descheduled mid-job and wake up late). */
+typedef struct {
+    atomic_int hits[64];
+    int spin;
+} pool_ctx;
+
+static void pool_task(void *ctx, int task) {
+    pool_ctx *c = ctx;
+    volatile int sink = 0;
+    for (int i = 0; i < (task % 4) * c->spin; i++) sink += i;
+    atomic_fetch_add(&c->hits[task], 1);
+}
+
+static void threadpool_each_task_once(void) {
+    char err[LM_ERR_LEN];
+    lm_pool *p;
+    CHECK(lm_pool_create(&p, 7, err) == 0);
+    pool_ctx c;
+    int bad = 0;
+    for (int run = 0; run < 20000 && !bad; run++) {
+        int n = 1 + run % 64;
+        for (int i = 0; i < 64; i++) atomic_init(&c.hits[i], 0);
+        c.spin = run % 3 == 0 ? 200 : 0;
+        lm_pool_run(p, n, pool_task, &c);
+        for (int i = 0; i < 64; i++)
+            if (atomic_load(&c.hits[i]) != (i < n)) {
+                CHECKF(0, "run %d: task %d of %d ran %d times", run, i, n, atomic_load(&c.hits[i]));
+                bad = 1;
+                break;
+            }
+    }
+    lm_pool_free(p);
+}
+
 static void kernel_selection(void) {
     char err[LM_ERR_LEN];
     lm_backend *be = NULL;
@@ -337,6 +375,7 @@ int main(void) {
     TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
     TEST_CASE("kernels_matmul_many_equals_single", matmul_many_equals_single);
+    TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);
     TEST_CASE("kernels_selection", kernel_selection);
     return th_failed_cases ? 1 : 0;
 }
