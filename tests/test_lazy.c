@@ -95,6 +95,8 @@ static void mixtral(void) { same_at_capacities(GOLDEN "mixtral_f32", 4, 2); }
 static void mixtral_bf16(void) { same_at_capacities(GOLDEN "mixtral_bf16", 8, 2); }
 static void olmoe(void) { same_at_capacities(GOLDEN "olmoe_f32", 8, 2); }
 static void olmoe_clip(void) { same_at_capacities(GOLDEN "olmoe_clip_bf16", 6, 3); }
+/* The shipped 4-bit demo model: trained routing, 32 experts, top-4. */
+static void demo_coder(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
 
 /* MLX quantized layout (9 byte ranges per expert). */
 static void quantized_mlx(void) {
@@ -309,6 +311,7 @@ int main(void) {
     TEST_CASE("lazy_olmoe_bit_identical", olmoe);
     TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);
     TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
+    TEST_CASE("lazy_demo_coder_bit_identical", demo_coder);
     TEST_CASE("lazy_long_prompt_waves", long_prompt_waves);
     TEST_CASE("lazy_read_error_is_reported", read_error);
     TEST_CASE("memory_budget_plans_and_refuses", memory_budget);

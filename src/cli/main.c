@@ -16,6 +16,7 @@ static const command commands[] = {
     {"run", cmd_run, "generate from a prompt"},
     {"chat", cmd_chat, "talk with a model (multi-turn, the context kept between turns)"},
     {"logits", cmd_logits, "write the logits of a forward pass as .npy"},
+    {"perplexity", cmd_perplexity, "score a text file: perplexity over fixed windows"},
     {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
     {"bench", cmd_bench, "measure prefill/decode speed, expert cache and memory"},
     {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},
