@@ -180,7 +180,7 @@ cfg = Qwen3MoeConfig(
     num_key_value_heads=2, head_dim=64, num_experts=32, num_experts_per_tok=4,
     decoder_sparse_step=1, norm_topk_prob=True, max_position_embeddings=4096,
     rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-    router_aux_loss_coef=0.01, output_router_logits=True,
+    router_aux_loss_coef=0.0, output_router_logits=True,
     bos_token_id=None, eos_token_id=IM_END, pad_token_id=EOT)
 
 
@@ -205,6 +205,23 @@ BATCH = 8 if args.smoke else 32
 opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 data = torch.from_numpy(train_ids).to(dev)
 WARMUP = 200
+AUX_COEF = 0.02
+
+
+def layer_balance_loss(router_logits):
+    """Switch-Transformer load balancing, computed per layer and averaged.
+
+    transformers' own auxiliary loss pools the tokens of all layers before balancing, so
+    it cannot see one layer favouring a few experts (a first model trained with it left
+    1-9 of 32 experts per layer unused); production MoEs balance each layer."""
+    total = 0.0
+    for lg in router_logits:
+        p = torch.softmax(lg.float(), dim=-1)                      # [tokens, E]
+        top = torch.topk(p, cfg.num_experts_per_tok, dim=-1).indices
+        frac = torch.zeros_like(p).scatter_(1, top, 1.0).mean(0)   # share of tokens routed to e
+        total = total + cfg.num_experts * (frac * p.mean(0)).sum() / cfg.num_experts_per_tok
+    return total / len(router_logits)
+
 if args.deadline:
     args.train_seconds = max(10.0, min(args.train_seconds, args.deadline - (time.time() - T0) - 100))
     log(f"training for {args.train_seconds:.0f} s")
@@ -223,14 +240,15 @@ while True:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         # labels = inputs: transformers shifts them by one itself.
         out = model(input_ids=chunk, labels=chunk, output_router_logits=True)
+        aux = layer_balance_loss(out.router_logits)
     opt.zero_grad(set_to_none=True)
-    out.loss.backward()
+    (out.loss + AUX_COEF * aux).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     step += 1
     if step % 25 == 0:
-        a = float(out.aux_loss.item()) if out.aux_loss is not None else 0.0
-        l = out.loss.item() - cfg.router_aux_loss_coef * a  # cross-entropy alone
+        a = float(aux.item())  # 1.0 = perfectly balanced
+        l = out.loss.item()    # cross-entropy alone (transformers' own aux coefficient is 0)
         loss_log.write(f"{step}\t{time.time() - t_start:.1f}\t{step * BATCH * SEQ}\t{l:.4f}\t{a:.4f}\t{lr:.2e}\n")
         loss_log.flush()
         if step % 200 == 0:
