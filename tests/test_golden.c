@@ -170,6 +170,7 @@ static void mixtral_bf16(void) { check_logits("mixtral_bf16", BF16_TOL, F32_TOL)
 static void olmoe_f32(void) { check_logits("olmoe_f32", F32_TOL, 0); check_greedy("olmoe_f32", "greedy.txt"); }
 static void qwen3_moe_long(void) { check_logits("qwen3_moe_long_f32", F32_TOL, 0); check_greedy("qwen3_moe_long_f32", "greedy.txt"); }
 static void mixtral_window(void) { check_logits("mixtral_window_f32", F32_TOL, 0); check_greedy("mixtral_window_f32", "greedy.txt"); }
+static void qwen3_next_f32(void) { check_logits("qwen3_next_f32", F32_TOL, 0); check_greedy("qwen3_next_f32", "greedy.txt"); }
 static void olmoe_clip_bf16(void) { check_logits("olmoe_clip_bf16", BF16_TOL, F32_TOL); check_greedy("olmoe_clip_bf16", "greedy_f32.txt"); }
 
 int main(void) {
@@ -182,5 +183,6 @@ int main(void) {
     TEST_CASE("golden_olmoe_clip_bf16", olmoe_clip_bf16);
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
+    TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
     TEST_EXIT();
 }
