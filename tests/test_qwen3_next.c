@@ -328,6 +328,60 @@ static void lazy_bit_identical(void) {
     free(res), free(lz);
 }
 
+/* An evaluation that fails midway (an expert of the last layer cannot be read) has
+ * already advanced the earlier layers' recurrent states; the next evaluation rebuilds
+ * them from the held tokens, so the session continues exactly like an undisturbed one. */
+static void failed_pass_is_rebuilt(void) {
+    char dir[128], cmd[1024], err[LM_ERR_LEN];
+    snprintf(dir, sizeof dir, "%s-broken", model_dir);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s && cp " FIXTURE "/config.json " FIXTURE "/model.safetensors %s/",
+             dir, dir, dir);
+    CHECK(system(cmd) == 0);
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.n_threads = 2;
+    o.no_warm_start = 1;
+    o.expert_capacity = 1;
+    lazymoe_model *m = NULL, *mr = open_model(-1);
+    CHECKF(lazymoe_model_open(&m, dir, &o, err, sizeof err) == 0, "%s", err);
+    if (!m || !mr || (!ref && load_reference() != 0)) {
+        lazymoe_model_close(m), lazymoe_model_close(mr);
+        CHECK(0);
+        return;
+    }
+    /* Cut the file where the last layer's experts begin (earlier layers' lie before). */
+    const int last = m->w.cfg.n_layers - 1;
+    uint64_t cut = UINT64_MAX, before = 0;
+    for (int l = 0; l <= last; l++)
+        for (int i = 0; i < m->w.cfg.n_experts * LM_EXPERT_MAX_PARTS; i++) {
+            if (i % LM_EXPERT_MAX_PARTS >= m->w.layers[l].src.nparts) continue;
+            uint64_t off = m->w.layers[l].src.off[i];
+            if (l == last && off < cut) cut = off;
+            if (l < last && off > before) before = off;
+        }
+    CHECK(before < cut);
+    float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
+    lazymoe_session *s, *r;
+    CHECK(lazymoe_session_create(&s, m, err, sizeof err) == 0 && lazymoe_session_create(&r, mr, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(s, seq, 10, a, 0, err, sizeof err) == 0);
+    snprintf(cmd, sizeof cmd, "truncate -s %llu %s/model.safetensors", (unsigned long long)cut, dir);
+    CHECK(system(cmd) == 0);
+    CHECK(lazymoe_session_eval(s, seq + 10, 10, a, 0, err, sizeof err) == -1);
+    CHECK_STR_CONTAINS(err, "layer 3 expert");
+    CHECK_EQ_INT(lazymoe_session_length(s), 10);
+    snprintf(cmd, sizeof cmd, "cp " FIXTURE "/model.safetensors %s/model.safetensors", dir); /* same inode */
+    CHECK(system(cmd) == 0);
+    CHECKF(lazymoe_session_eval(s, seq + 10, 10, a, 0, err, sizeof err) == 0, "%s", err);
+    CHECK(lazymoe_session_eval(r, seq, 10, b, 0, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(r, seq + 10, 10, b, 0, err, sizeof err) == 0);
+    CHECKF(memcmp(a, b, sizeof(float) * V) == 0, "after a failed pass: %.3g", rel_diff(a, b, V));
+    free(a), free(b);
+    lazymoe_session_free(s), lazymoe_session_free(r);
+    lazymoe_model_close(m), lazymoe_model_close(mr);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) printf("# cleanup failed\n");
+}
+
 int main(void) {
     snprintf(model_dir, sizeof model_dir, "/tmp/lazymoe-test-qwen3-next-%d", (int)getpid());
     char cmd[2048];
@@ -341,6 +395,7 @@ int main(void) {
     TEST_CASE("qwen3_next_prefix_reuse_snapshots", prefix_reuse_snapshots);
     TEST_CASE("qwen3_next_truncate_recomputes", truncate_recomputes);
     TEST_CASE("qwen3_next_lazy_bit_identical", lazy_bit_identical);
+    TEST_CASE("qwen3_next_failed_pass_is_rebuilt", failed_pass_is_rebuilt);
     free(ref);
     snprintf(cmd, sizeof cmd, "rm -rf %s", model_dir);
     if (system(cmd) != 0) printf("# cleanup failed\n");
