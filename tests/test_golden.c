@@ -182,6 +182,7 @@ static void mixtral_window(void) { check_logits("mixtral_window_f32", F32_TOL, 0
 /* The shipped 4-bit demo model vs transformers running its dequantized weights
  * (tools/train_demo.py). */
 static void demo_coder(void) { check_logits("models/demo-coder", F32_TOL, 0); check_greedy("models/demo-coder", "greedy.txt"); }
+static void qwen3_next_f32(void) { check_logits("qwen3_next_f32", F32_TOL, 0); check_greedy("qwen3_next_f32", "greedy.txt"); }
 static void olmoe_clip_bf16(void) { check_logits("olmoe_clip_bf16", BF16_TOL, F32_TOL); check_greedy("olmoe_clip_bf16", "greedy_f32.txt"); }
 
 int main(void) {
@@ -195,5 +196,6 @@ int main(void) {
     TEST_CASE("golden_olmoe_clip_bf16", olmoe_clip_bf16);
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
+    TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
     TEST_EXIT();
 }
