@@ -243,6 +243,9 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->bytes_read = cc.bytes_read;
     st->read_seconds = cc.read_seconds;
     st->wait_seconds = cc.wait_seconds;
+    st->prefetched = cc.prefetched;
+    st->prefetch_used = cc.prefetch_used;
+    st->prefetch_cancelled = cc.prefetch_cancelled;
 }
 
 void lazymoe_model_close(lazymoe_model *m) {
@@ -295,7 +298,8 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
 static void scratch_free(lm_scratch *S) {
     void *bufs[] = {S->x,    S->h,    S->q,      S->att,         S->proj, S->qgate, S->shared,
                     S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
-                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used};
+                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used,
+                    S->la_h, S->la_logits, S->la_ids, S->la_mark};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
     memset(S, 0, sizeof *S);
 }
@@ -316,6 +320,9 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
         {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
         {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
         {(void **)&S->expert_used, E},
+        {(void **)&S->la_h, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * H * 4},
+        {(void **)&S->la_logits, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * E * 4},
+        {(void **)&S->la_ids, E * 4},     {(void **)&S->la_mark, E},
         {(void **)&S->qgate, c->attn_output_gate ? t * 2 * nq * 4 : 0},
         {(void **)&S->shared, c->shared_expert_intermediate_size ? t * H * 4 : 0},
     };

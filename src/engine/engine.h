@@ -46,6 +46,9 @@ typedef struct {
     int32_t *need;    /* [E] distinct experts a lazy layer needs */
     uint8_t *need_status; /* [E] */
     uint8_t *expert_used; /* [E] */
+    float *la_h, *la_logits; /* router lookahead: [LOOKAHEAD_MAX_TOKENS][H] and [..][E] */
+    int32_t *la_ids;         /* [E] experts predicted */
+    uint8_t *la_mark;        /* [E] */
     int32_t *pos;   /* [T] */
 } lm_scratch;
 
@@ -58,6 +61,9 @@ struct lazymoe_session {
     struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
     lm_scratch s;
 };
+
+/* Router lookahead predicts experts for decode steps of at most this many tokens. */
+#define LOOKAHEAD_MAX_TOKENS 4
 
 /* Runs the model over ids[n] at positions n_past.. (cache already sized). Writes
  * logits of every token (all = 1) or of the last one into out. */

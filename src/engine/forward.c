@@ -262,6 +262,42 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
     return 0;
 }
 
+/* Router lookahead: predicts the experts lazy MoE layer l will route to from the residual
+ * stream as it is now (before layer l-1's MoE output is added, or the embeddings for
+ * the first layer), with layer l's own norm and router, and reads the most likely
+ * ones that are not cached in the background, so they load while layer l-1's experts
+ * and layer l's attention compute. */
+static void lookahead(lazymoe_session *s, int l, int T) {
+    lm_backend *be = BE(s);
+    const lm_config *c = &s->m->w.cfg;
+    const lm_layer *ly = &s->m->w.layers[l];
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, H = c->hidden_size, N = s->m->opt.lookahead, n = 0;
+    if (N > E) N = E;
+    be->ops->rmsnorm(be, S->la_h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
+    be->ops->matmul(be, S->la_logits, &ly->router, S->la_h, T);
+    uint8_t *mark = S->la_mark; /* bit 0: queued, bit 1: taken for this token */
+    memset(mark, 0, (size_t)E);
+    for (int t = 0; t < T; t++) {
+        const float *lg = S->la_logits + (size_t)t * (size_t)E;
+        for (int k = 0; k < N; k++) { /* N is small: repeated arg-max */
+            int best = -1;
+            for (int e = 0; e < E; e++)
+                if (!(mark[e] & 2) && (best < 0 || lg[e] > lg[best])) best = e;
+            if (!(mark[best] & 1)) S->la_ids[n++] = best;
+            mark[best] |= 3;
+        }
+        for (int e = 0; e < E; e++) mark[e] &= 1;
+    }
+    lm_cache_prefetch_lookahead(s->m->cache, l, S->la_ids, n);
+}
+
+static int wants_lookahead(const lazymoe_session *s, int l, int T) {
+    const lm_weights *w = &s->m->w;
+    return s->m->cache && s->m->opt.lookahead > 0 && T <= LOOKAHEAD_MAX_TOKENS && l < w->cfg.n_layers &&
+           w->layers[l].is_moe && !w->layers[l].experts && !s->m->replay.ids;
+}
+
 static void embed(lazymoe_session *s, const int32_t *ids, int T) {
     const lm_weights *w = &s->m->w;
     int H = w->cfg.hidden_size;
@@ -284,6 +320,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         for (int l = 0; l < c->n_layers; l++) {
             const lm_layer *ly = &w->layers[l];
+            if (l == 0 && wants_lookahead(s, 0, T)) lookahead(s, 0, T);
             if (ly->is_linear) {
                 be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
                 if (lm_linear_block(s, l, T, err) != 0) return -1;
@@ -291,6 +328,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
             } else {
                 attention_block(s, l, T);
             }
+            if (wants_lookahead(s, l + 1, T)) lookahead(s, l + 1, T);
             be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
             if (!ly->is_moe) dense_mlp(s, ly, T);
             else if (moe_block(s, l, T, err) != 0) return -1;
