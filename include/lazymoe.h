@@ -63,6 +63,9 @@ typedef struct {
      * decide what is read early; every routed expert is still computed exactly.
      * 0 = off. */
     int lookahead;
+    /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
+     * scale per position and KV head); 0 = default. */
+    int kv_bits;
 } lazymoe_options;
 
 /* Fills the defaults above. */
