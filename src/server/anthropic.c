@@ -67,9 +67,9 @@ static void text_delta(srv_reply *r, const char *s, size_t n, srv_buf *out) {
     delta(r, json_pack("{s:s, s:s#}", "type", "text_delta", "text", s, n), out);
 }
 
-void srv_anthropic_event(srv_reply *r, const srv_event *ev, srv_buf *out) {
+void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     switch (ev->kind) {
-    case SRV_EV_TEXT:
+    case LM_TC_TEXT:
         /* Whitespace between blocks (after </think>, before a tool call) would make
          * blank text blocks: it is held until real text follows. */
         if (r->block != BLOCK_TEXT && all_space(ev->data, ev->len)) {
@@ -84,23 +84,23 @@ void srv_anthropic_event(srv_reply *r, const srv_event *ev, srv_buf *out) {
         }
         text_delta(r, ev->data, ev->len, out);
         return;
-    case SRV_EV_REASONING:
+    case LM_TC_REASONING:
         open_block(r, BLOCK_THINKING, json_pack("{s:s, s:s, s:s}", "type", "thinking", "thinking", "", "signature", ""),
                    out);
         delta(r, json_pack("{s:s, s:s#}", "type", "thinking_delta", "thinking", ev->data, ev->len), out);
         return;
-    case SRV_EV_CALL_BEGIN:
+    case LM_TC_CALL_BEGIN:
         srv_buf_reset(&r->pending_ws);
         open_block(r, BLOCK_TOOL,
                    json_pack("{s:s, s:s, s:s, s:{}}", "type", "tool_use", "id", ev->id ? ev->id : "", "name",
                              ev->name ? ev->name : "", "input"),
                    out);
         return;
-    case SRV_EV_CALL_ARGS:
+    case LM_TC_CALL_ARGS:
         if (r->block == BLOCK_TOOL)
             delta(r, json_pack("{s:s, s:s#}", "type", "input_json_delta", "partial_json", ev->data, ev->len), out);
         return;
-    case SRV_EV_CALL_END:
+    case LM_TC_CALL_END:
         close_block(r, out);
         return;
     }

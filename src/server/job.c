@@ -7,6 +7,9 @@
  * while running stops between tokens. */
 #include "server/internal.h"
 
+#include "common/error.h"
+#include "text/toolcall.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,18 +64,29 @@ int srv_job_enqueue(srv_server *s, srv_job *j) {
 /* ---- output ---------------------------------------------------------------------------- */
 
 /* Appends one event to the reply under the job's lock and wakes the connection. */
-static void emit(srv_job *j, const srv_event *ev) {
+static void emit(srv_job *j, const lm_tc_event *ev) {
     pthread_mutex_lock(&j->mu);
     srv_reply_event(&j->reply, ev, &j->out);
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
 }
 
+static int on_event(void *ctx, const lm_tc_event *ev) {
+    emit(ctx, ev);
+    return 0;
+}
+
+typedef struct {
+    srv_job *job;
+    lm_toolcall_parser *parser;
+    char err[LM_ERR_LEN]; /* a parser failure (out of memory) */
+} gen_ctx;
+
+/* A piece of generated text -> the parser -> events. */
 static int on_piece(void *ctx, const char *piece, size_t len) {
-    srv_job *j = ctx;
-    srv_event ev = {.kind = SRV_EV_TEXT, .data = piece, .len = len};
-    emit(j, &ev);
-    return j->cancel ? 1 : 0;
+    gen_ctx *g = ctx;
+    if (lm_toolcall_parser_feed(g->parser, piece, len, g->err) != 0) return 1;
+    return g->job->cancel ? 1 : 0;
 }
 
 /* ---- running one job ----------------------------------------------------------------- */
@@ -149,6 +163,17 @@ static void run_job(srv_server *s, srv_job *j) {
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
 
+    gen_ctx g = {.job = j};
+    char *tools_json = j->chat.tools ? json_dumps(j->chat.tools, JSON_COMPACT) : NULL;
+    if ((j->chat.tools && !tools_json) ||
+        lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_event, j, g.err) != 0) {
+        free(tools_json);
+        srv_cache_put(&s->cache, sess);
+        finish_with_error(j, 500, g.err[0] ? g.err : "out of memory");
+        log_job(j, t_start, g.err[0] ? g.err : "out of memory");
+        return;
+    }
+    free(tools_json);
     lazymoe_gen_params p;
     lazymoe_gen_params_init(&p, s->m);
     srv_chat_sampling(&j->chat, s->m, &p.sampling);
@@ -160,8 +185,17 @@ static void run_job(srv_server *s, srv_job *j) {
     p.add_special = 0;
     p.cancel = &j->cancel;
     p.forced_text = j->chat.forced_output;
-    int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, j, &j->stats, err, sizeof err);
+    int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
     srv_cache_put(&s->cache, sess);
+    if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */
+        rc = -1;
+        snprintf(err, sizeof err, "%s", g.err);
+    }
+    if (rc == 0 && !j->cancel && lm_toolcall_parser_finish(g.parser, g.err) != 0) {
+        rc = -1;
+        snprintf(err, sizeof err, "%s", g.err);
+    }
+    lm_toolcall_parser_free(g.parser);
     if (rc != 0) {
         finish_with_error(j, 500, err);
         log_job(j, t_start, err);

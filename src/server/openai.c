@@ -36,23 +36,23 @@ void srv_openai_begin(srv_reply *r, srv_buf *out) {
     chunk(r, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL, out);
 }
 
-void srv_openai_event(srv_reply *r, const srv_event *ev, srv_buf *out) {
+void srv_openai_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     json_t *d = NULL;
     switch (ev->kind) {
-    case SRV_EV_TEXT: d = json_pack("{s:s#}", "content", ev->data, ev->len); break;
-    case SRV_EV_REASONING:
+    case LM_TC_TEXT: d = json_pack("{s:s#}", "content", ev->data, ev->len); break;
+    case LM_TC_REASONING:
         d = json_pack("{s:s#, s:s#}", "reasoning_content", ev->data, ev->len, "reasoning", ev->data, ev->len);
         break;
-    case SRV_EV_CALL_BEGIN:
+    case LM_TC_CALL_BEGIN:
         d = json_pack("{s:[{s:i, s:s, s:s, s:{s:s, s:s}}]}", "tool_calls", "index", ev->index, "id",
                       ev->id ? ev->id : "", "type", "function", "function", "name", ev->name ? ev->name : "",
                       "arguments", "");
         break;
-    case SRV_EV_CALL_ARGS:
+    case LM_TC_CALL_ARGS:
         d = json_pack("{s:[{s:i, s:{s:s#}}]}", "tool_calls", "index", ev->index, "function", "arguments", ev->data,
                       ev->len);
         break;
-    case SRV_EV_CALL_END: return;
+    case LM_TC_CALL_END: return;
     }
     if (!d) {
         out->oom = 1;

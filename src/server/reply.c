@@ -51,11 +51,11 @@ void srv_reply_free(srv_reply *r) {
 }
 
 /* Keeps the whole answer: the non-streamed body is built from it at the end. */
-static void record(srv_reply *r, const srv_event *ev) {
+static void record(srv_reply *r, const lm_tc_event *ev) {
     switch (ev->kind) {
-    case SRV_EV_TEXT: srv_buf_append(&r->text, ev->data, ev->len); break;
-    case SRV_EV_REASONING: srv_buf_append(&r->reasoning, ev->data, ev->len); break;
-    case SRV_EV_CALL_BEGIN:
+    case LM_TC_TEXT: srv_buf_append(&r->text, ev->data, ev->len); break;
+    case LM_TC_REASONING: srv_buf_append(&r->reasoning, ev->data, ev->len); break;
+    case LM_TC_CALL_BEGIN:
         if (r->n_calls == r->cap_calls) {
             int cap = r->cap_calls ? r->cap_calls * 2 : 4;
             srv_call *c = realloc(r->calls, sizeof *c * (size_t)cap);
@@ -72,10 +72,10 @@ static void record(srv_reply *r, const srv_event *ev) {
         if (!r->calls[r->n_calls].id || !r->calls[r->n_calls].name) r->text.oom = 1;
         r->n_calls++;
         break;
-    case SRV_EV_CALL_ARGS:
+    case LM_TC_CALL_ARGS:
         if (r->n_calls) srv_buf_append(&r->calls[r->n_calls - 1].args, ev->data, ev->len);
         break;
-    case SRV_EV_CALL_END: break;
+    case LM_TC_CALL_END: break;
     }
 }
 
@@ -85,7 +85,7 @@ void srv_reply_begin(srv_reply *r, srv_buf *out) {
     else srv_openai_begin(r, out);
 }
 
-void srv_reply_event(srv_reply *r, const srv_event *ev, srv_buf *out) {
+void srv_reply_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     record(r, ev);
     if (!r->stream) return;
     if (r->api == SRV_ANTHROPIC) srv_anthropic_event(r, ev, out);

@@ -1,7 +1,7 @@
 /* The answer of one request in the API's wire format, built as it is generated.
  *
- * The generation worker turns model output into events (visible text, reasoning,
- * tool calls; see text/toolcall.h) and hands each to srv_reply_event, which appends
+ * The generation worker turns model output into events with the tool-call parser
+ * (visible text, reasoning, tool calls; text/toolcall.h) and hands each to srv_reply_event, which appends
  * to `out`: for a streamed request the server-sent events to send now, for a
  * non-streamed one nothing until srv_reply_end writes the whole JSON body.
  * Formats: OpenAI chat.completion(.chunk) in openai.c, Anthropic message events in
@@ -13,22 +13,7 @@
 #include "lazymoe.h"
 #include "server/buf.h"
 #include "server/request.h"
-
-typedef enum {
-    SRV_EV_TEXT,       /* visible answer text */
-    SRV_EV_REASONING,  /* text of the model's reasoning (<think>) */
-    SRV_EV_CALL_BEGIN, /* a tool call starts: index, name, id */
-    SRV_EV_CALL_ARGS,  /* a fragment of its arguments' JSON text */
-    SRV_EV_CALL_END,   /* the call is complete */
-} srv_event_kind;
-
-typedef struct {
-    srv_event_kind kind;
-    int index;
-    const char *name, *id;
-    const char *data;
-    size_t len;
-} srv_event;
+#include "text/toolcall.h"
 
 typedef struct {
     char *id, *name;
@@ -59,7 +44,7 @@ void srv_reply_free(srv_reply *r);
 
 /* Streaming: the opening (OpenAI role chunk; Anthropic message_start + ping). */
 void srv_reply_begin(srv_reply *r, srv_buf *out);
-void srv_reply_event(srv_reply *r, const srv_event *ev, srv_buf *out);
+void srv_reply_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
 /* The end: streaming, the final events; otherwise the whole body. stop_seq: the stop
  * string that ended the answer, or NULL. */
 void srv_reply_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);
@@ -71,10 +56,10 @@ json_t *srv_error_body(srv_api api, const srv_error *e);
 
 /* Per-API halves (openai.c / anthropic.c). */
 void srv_openai_begin(srv_reply *r, srv_buf *out);
-void srv_openai_event(srv_reply *r, const srv_event *ev, srv_buf *out);
+void srv_openai_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
 void srv_openai_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out);
 void srv_anthropic_begin(srv_reply *r, srv_buf *out);
-void srv_anthropic_event(srv_reply *r, const srv_event *ev, srv_buf *out);
+void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
 void srv_anthropic_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);
 json_t *srv_anthropic_usage(const srv_reply *r, int output_tokens);
 
