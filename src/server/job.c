@@ -196,6 +196,13 @@ static void run_job(srv_server *s, srv_job *j) {
         snprintf(err, sizeof err, "%s", g.err);
     }
     lm_toolcall_parser_free(g.parser);
+    if (rc == 0 && j->cancel_reason == CANCEL_SHUTDOWN) { /* not an answer: say so */
+        rc = -1;
+        snprintf(err, sizeof err, "the server is shutting down");
+        finish_with_error(j, 503, err);
+        log_job(j, t_start, err);
+        return;
+    }
     if (rc != 0) {
         finish_with_error(j, 500, err);
         log_job(j, t_start, err);
@@ -252,18 +259,19 @@ int srv_worker_start(srv_server *s, char *err, size_t errlen) {
     return 0;
 }
 
+static void cancel_for_shutdown(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    if (!j->cancel_reason) j->cancel_reason = CANCEL_SHUTDOWN;
+    j->cancel = 1;
+    pthread_mutex_unlock(&j->mu);
+}
+
 void srv_worker_stop(srv_server *s) {
     if (!s->worker_started) return;
     pthread_mutex_lock(&s->qmu);
     s->stopping = 1;
-    for (srv_job *j = s->head; j; j = j->next) {
-        j->cancel_reason = CANCEL_SHUTDOWN;
-        j->cancel = 1;
-    }
-    if (s->running) {
-        s->running->cancel_reason = CANCEL_SHUTDOWN;
-        s->running->cancel = 1;
-    }
+    for (srv_job *j = s->head; j; j = j->next) cancel_for_shutdown(j);
+    if (s->running) cancel_for_shutdown(s->running);
     pthread_cond_broadcast(&s->qcv);
     pthread_mutex_unlock(&s->qmu);
     pthread_join(s->worker, NULL);

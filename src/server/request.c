@@ -24,6 +24,7 @@ static const char *status_type(srv_api api, int status) {
         case 404: return "not_found_error";
         case 413: return "request_too_large";
         case 429: return "rate_limit_error";
+        case 503:
         case 529: return "overloaded_error";
         default: return status >= 500 ? "api_error" : "invalid_request_error";
         }
