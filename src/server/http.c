@@ -133,11 +133,20 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (!j->out.len && srv_now() - sc->last_sent > KEEPALIVE_S && max >= 16) {
-            pthread_mutex_unlock(&j->mu);
-            sc->last_sent = srv_now();
-            memcpy(buf, ": keepalive\n\n", 13); /* an SSE comment: every client skips it */
-            return 13;
+        if (!j->out.len && srv_now() - sc->last_sent > KEEPALIVE_S) {
+            /* Anthropic streams that have begun get a real ping event (Claude Code
+             * measures stalls between events); otherwise an SSE comment, which every
+             * client skips. */
+            const char *ka = j->state == JOB_RUNNING && j->chat.api == SRV_ANTHROPIC
+                                 ? "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+                                 : ": keepalive\n\n";
+            size_t n = strlen(ka);
+            if (n <= max) {
+                pthread_mutex_unlock(&j->mu);
+                sc->last_sent = srv_now();
+                memcpy(buf, ka, n); /* NOLINT(bugprone-not-null-terminated-result): bytes, not a string */
+                return (ssize_t)n;
+            }
         }
     }
 }
@@ -255,7 +264,7 @@ static int ends_in_think(const char *prompt) {
 }
 
 static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connection *mc, const char *endpoint) {
-    srv_error e;
+    srv_error e = {0};
     srv_job *j = srv_job_new(s);
     if (!j) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory"), &e));
     if (parse_chat(s, c, &j->chat, &e) != 0 ||
@@ -278,7 +287,7 @@ static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connecti
 }
 
 static enum MHD_Result post_count_tokens(srv_server *s, srv_conn *c, struct MHD_Connection *mc) {
-    srv_error e;
+    srv_error e = {0};
     srv_chat chat;
     char *prompt = NULL;
     int32_t *ids = NULL;
@@ -316,7 +325,7 @@ static srv_api api_of(const char *url) {
 }
 
 static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *mc, const char *url, const char *method) {
-    srv_error e;
+    srv_error e = {0};
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
     if (!strcmp(url, "/health")) {
         if (!get) return send_error(c, mc, (srv_fail(&e, c->api, 405, NULL, "%s /health: use GET", method), &e));

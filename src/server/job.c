@@ -197,7 +197,6 @@ static void run_job(srv_server *s, srv_job *j) {
     }
     lm_toolcall_parser_free(g.parser);
     if (rc == 0 && j->cancel_reason == CANCEL_SHUTDOWN) { /* not an answer: say so */
-        rc = -1;
         snprintf(err, sizeof err, "the server is shutting down");
         finish_with_error(j, 503, err);
         log_job(j, t_start, err);

@@ -216,7 +216,7 @@ static int common_fields(pctx *p, const json_t *root) {
         get_number(p, root, "frequency_penalty", -2, 2, &s->frequency_penalty, SRV_SET_FREQUENCY))
         return -1;
     if (c->set & SRV_SET_TOP_P && s->top_p <= 0) s->top_p = 1e-6f; /* 0 means "only the top token" */
-    long long x;
+    long long x = 0;
     int r = get_int(p, root, "top_k", -1, 1 << 30, &x);
     if (r < 0) return -1;
     if (r) {
@@ -340,7 +340,8 @@ static int openai_message(pctx *p, const json_t *m, size_t i) {
     if (get_string(p, m, "role", g, &role) != 0) return -1;
     if (!role) return srv_fail(p->e, p->api, 400, g, "%s is missing", g);
     if (!strcmp(role, "developer")) role = "system";
-    if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant") && strcmp(role, "tool"))
+    if (strcmp(role, "system") != 0 && strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0 &&
+        strcmp(role, "tool") != 0)
         return srv_fail(p->e, p->api, 400, g, "%s: unknown role \"%s\" (system, developer, user, assistant, tool)", g, role);
     srv_buf text = {0};
     snprintf(g, sizeof g, "%s.content", f);
@@ -422,6 +423,7 @@ static int openai_tool_choice(pctx *p, const json_t *v) {
 }
 
 int srv_parse_openai(const char *body, size_t len, srv_chat *c, srv_error *e) {
+    memset(e, 0, sizeof *e);
     memset(c, 0, sizeof *c);
     c->api = SRV_OPENAI;
     c->max_tokens = -1;
@@ -430,7 +432,7 @@ int srv_parse_openai(const char *body, size_t len, srv_chat *c, srv_error *e) {
     if (!root) return -1;
     int rc = -1;
     const json_t *msgs = json_object_get(root, "messages");
-    long long x;
+    long long x = 0;
     int r;
     if (common_fields(&p, root) != 0) goto done;
     if (!msgs) {
@@ -582,7 +584,7 @@ static int anthropic_message(pctx *p, const json_t *m, size_t i) {
     snprintf(g, sizeof g, "%s.role", f);
     if (get_string(p, m, "role", g, &role) != 0) return -1;
     if (!role) return srv_fail(p->e, p->api, 400, g, "%s is missing", g);
-    if (strcmp(role, "user") && strcmp(role, "assistant") && strcmp(role, "system"))
+    if (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0 && strcmp(role, "system") != 0)
         return srv_fail(p->e, p->api, 400, g, "%s: unknown role \"%s\" (user, assistant, system)", g, role);
     const json_t *content = json_object_get(m, "content");
     snprintf(g, sizeof g, "%s.content", f);
@@ -753,6 +755,7 @@ static int anthropic_tool_choice(pctx *p, const json_t *v) {
 }
 
 int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e) {
+    memset(e, 0, sizeof *e);
     memset(c, 0, sizeof *c);
     c->api = SRV_ANTHROPIC;
     c->max_tokens = -1;
@@ -760,7 +763,7 @@ int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e)
     json_t *root = load_body(&p, body, len);
     if (!root) return -1;
     int rc = -1, r;
-    long long x;
+    long long x = 0;
     srv_buf sys = {0};
     const json_t *msgs = json_object_get(root, "messages");
     if (common_fields(&p, root) != 0) goto done;
