@@ -445,6 +445,39 @@ static void test_forced_text(void) {
     lazymoe_session_free(s);
 }
 
+/* kv_cache_tokens: the memory plan reserves KV for that many positions (a server
+ * keeping several conversations), and session capacity grows by doubling. */
+static void test_kv_cache_tokens_planned(void) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.max_context = 256;
+    o.no_warm_start = 1;
+    lazymoe_model *a = NULL, *b = NULL;
+    o.memory_budget = 1ull << 30;
+    CHECK(lazymoe_model_open(&a, MODEL_DIR, &o, err, sizeof err) == 0);
+    o.kv_cache_tokens = 1024;
+    CHECK(lazymoe_model_open(&b, MODEL_DIR, &o, err, sizeof err) == 0);
+    if (a && b) {
+        lazymoe_expert_stats sa, sb;
+        lazymoe_model_info info;
+        lazymoe_model_get_expert_stats(a, -1, &sa);
+        lazymoe_model_get_expert_stats(b, -1, &sb);
+        lazymoe_model_get_info(a, &info);
+        uint64_t per_token = (uint64_t)info.n_layers * 2 * (uint64_t)info.n_kv_heads * (uint64_t)info.head_dim * 4;
+        CHECKF(sb.planned_bytes - sa.planned_bytes == per_token * (1024 - 256), "planned %llu vs %llu",
+               (unsigned long long)sb.planned_bytes, (unsigned long long)sa.planned_bytes);
+        lazymoe_session *s = NULL;
+        CHECK(lazymoe_session_create(&s, a, err, sizeof err) == 0);
+        CHECK_EQ_INT(lazymoe_session_capacity(s), 0);
+        int32_t ids[3] = {3, 14, 15};
+        CHECK(lazymoe_session_eval(s, ids, 3, NULL, 0, err, sizeof err) == 0);
+        CHECK(lazymoe_session_capacity(s) >= 3 && lazymoe_session_capacity(s) <= 256);
+        lazymoe_session_free(s);
+    }
+    lazymoe_model_close(a);
+    lazymoe_model_close(b);
+}
+
 static void test_no_tokenizer(void) {
     lazymoe_model *m = NULL;
     CHECK(lazymoe_model_open(&m, LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/olmoe_f32", NULL, err, sizeof err) == 0);
@@ -482,6 +515,7 @@ int main(void) {
     TEST_CASE("generate_context_limits", test_context_limits);
     TEST_CASE("generate_no_tokenizer", test_no_tokenizer);
     TEST_CASE("generate_forced_text", test_forced_text);
+    TEST_CASE("generate_kv_cache_tokens_planned", test_kv_cache_tokens_planned);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

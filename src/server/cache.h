@@ -9,8 +9,8 @@
  * request runs, least recently used sessions are freed until the taken one can grow
  * to prompt + max_tokens.
  *
- * Used by the generation worker only (one thread): no locking inside. The counters
- * are read by /health under the caller's lock.
+ * Used by the generation worker only (one thread): no locking inside; /health sees
+ * a copy of srv_cache_usage the worker publishes after each request.
  */
 #ifndef LAZYMOE_SERVER_CACHE_H
 #define LAZYMOE_SERVER_CACHE_H

@@ -219,13 +219,11 @@ static enum MHD_Result get_models(srv_server *s, srv_conn *c, struct MHD_Connect
 }
 
 static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connection *mc) {
-    int sessions = 0, tokens = 0;
     pthread_mutex_lock(&s->qmu);
     int queued = s->queued, generating = s->running != NULL;
+    int sessions = s->cache_sessions, tokens = s->cache_tokens; /* as of the last request */
     unsigned long long served = s->served;
     pthread_mutex_unlock(&s->qmu);
-    /* The cache is the worker's; its counters are a snapshot that may be one request old. */
-    srv_cache_usage(&s->cache, &sessions, &tokens);
     return send_json(c, mc, 200,
                      json_pack("{s:s, s:s, s:i, s:i, s:b, s:I, s:i, s:i}", "status", "ok", "model", s->opt.model_name,
                                "context_length", s->max_context, "queued", queued, "generating", generating, "served",

@@ -59,7 +59,8 @@ typedef struct srv_server {
     int stopping;
     pthread_t worker;
     int worker_started;
-    srv_prompt_cache cache;
+    srv_prompt_cache cache; /* the worker's alone */
+    int cache_sessions, cache_tokens; /* its size as of the last request, for /health */
     unsigned long long served;
     double started_at;
 } srv_server;

@@ -240,9 +240,13 @@ static void *worker_main(void *arg) {
         s->running = j;
         pthread_mutex_unlock(&s->qmu);
         run_job(s, j);
+        int sessions, tokens;
+        srv_cache_usage(&s->cache, &sessions, &tokens);
         pthread_mutex_lock(&s->qmu);
         s->running = NULL;
         s->served++;
+        s->cache_sessions = sessions;
+        s->cache_tokens = tokens;
         pthread_mutex_unlock(&s->qmu);
         srv_job_release(j);
     }
