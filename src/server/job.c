@@ -113,8 +113,9 @@ static void log_job(const srv_job *j, double t_start, const char *error) {
     }
     char hit[48] = "";
     if (st->expert_hit_rate >= 0) snprintf(hit, sizeof hit, " expert-hits %.1f%%", st->expert_hit_rate * 100);
+    /* 499: the client closed the request (nginx's convention), whatever was sent */
     srv_log("%s %d%s in=%d cached=%d out=%d prefill %.1f tok/s decode %.1f tok/s%s finish=%s queued %.2fs total %.2fs",
-            j->endpoint, j->status, j->chat.stream ? " stream" : "", st->prompt_tokens, st->cached_tokens,
+            j->endpoint, j->cancel_reason == CANCEL_DISCONNECT ? 499 : j->status, j->chat.stream ? " stream" : "", st->prompt_tokens, st->cached_tokens,
             st->generated_tokens, st->prefill_tok_per_s, st->decode_tok_per_s, hit, finish_name(j), t_start - j->t_arrive,
             now - j->t_arrive);
 }

@@ -242,8 +242,26 @@ await testCase('anthropic_disconnect_and_two_clients', async () => {
   assert(aborted || stream.aborted, 'the aborted stream finished');
   const o = await other.finalMessage();
   assert(o.content[0].text === 'the other answer' && o.stop_reason === 'end_turn', JSON.stringify(o));
-  const line = server.log().split('\n').find((l) => /POST \/v1\/messages 200 stream .*finish=client-disconnected/.test(l));
+  const line = server.log().split('\n').find((l) => /POST \/v1\/messages 499 stream .*finish=client-disconnected/.test(l));
   assert(line && Number(/out=(\d+)/.exec(line)[1]) < 2500, `no early client-disconnected line: ${server.log().slice(-800)}`);
+});
+
+await testCase('anthropic_disconnect_not_streamed', async () => {
+  const ac = new AbortController();
+  const req = client.messages.create({ model: MODEL, max_tokens: 3500, messages: [{ role: 'user', content: 'long' }], lazymoe_forced_output: LONG }, { signal: ac.signal });
+  setTimeout(() => ac.abort(), 300);
+  let caught = null;
+  try { await req; } catch (e) { caught = e; }
+  assert(caught instanceof Anthropic.APIUserAbortError, String(caught));
+  // the worker notices within its polling interval and logs the cut-short request
+  let line = null;
+  for (let i = 0; i < 100 && !line; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    line = server.log().split('\n').find((l) => /POST \/v1\/messages 499 in=\d+ .*finish=client-disconnected/.test(l));
+  }
+  assert(line && Number(/out=(\d+)/.exec(line)[1]) < 2500, `no early client-disconnected line: ${server.log().slice(-800)}`);
+  const after = await client.messages.create({ model: MODEL, max_tokens: 20, messages: hi, lazymoe_forced_output: 'still here' });
+  assert(after.content[0].text === 'still here', JSON.stringify(after));
 });
 
 await testCase('anthropic_event_error_mid_stream', async () => {
