@@ -128,7 +128,11 @@ int lazymoe_session_length(const lazymoe_session *s);
 /* Positions the session's KV cache has memory for: it grows by doubling as the
  * context grows (up to max_context) and never shrinks until the session is freed. */
 int lazymoe_session_capacity(const lazymoe_session *s);
-/* Forgets all tokens after the first n (n <= length). */
+/* Forgets all tokens after the first n (n <= length). Models with recurrent state
+ * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
+ * snapshot at or before n (generation keeps one before each prompt's last token), or
+ * to the start, and evaluate the held tokens from there to n again, which costs
+ * compute and can fail like lazymoe_session_eval. */
 int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen);
 
 /* Appends n tokens to the context and runs the model over them.

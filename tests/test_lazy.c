@@ -95,12 +95,15 @@ static void mixtral(void) { same_at_capacities(GOLDEN "mixtral_f32", 4, 2); }
 static void mixtral_bf16(void) { same_at_capacities(GOLDEN "mixtral_bf16", 8, 2); }
 static void olmoe(void) { same_at_capacities(GOLDEN "olmoe_f32", 8, 2); }
 static void olmoe_clip(void) { same_at_capacities(GOLDEN "olmoe_clip_bf16", 6, 3); }
+/* The shipped 4-bit demo model: trained routing, 32 experts, top-4. */
+static void demo_coder(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
+static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2); }
 
 /* MLX quantized layout (9 byte ranges per expert). */
 static void quantized_mlx(void) {
-    const char *names[3] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16"};
-    int E[3] = {8, 4, 6}, K[3] = {2, 2, 3};
-    for (int i = 0; i < 3; i++) {
+    const char *names[4] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16", "qwen3_next_f32"};
+    int E[4] = {8, 4, 6, 8}, K[4] = {2, 2, 3, 2};
+    for (int i = 0; i < 4; i++) {
         char src[512], out[512], err[LM_ERR_LEN];
         snprintf(src, sizeof src, GOLDEN "%s", names[i]);
         snprintf(out, sizeof out, "%s/%s_q4", tmp, names[i]);
@@ -308,7 +311,9 @@ int main(void) {
     TEST_CASE("lazy_mixtral_bf16_bit_identical", mixtral_bf16);
     TEST_CASE("lazy_olmoe_bit_identical", olmoe);
     TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);
+    TEST_CASE("lazy_qwen3_next_bit_identical", qwen3_next);
     TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
+    TEST_CASE("lazy_demo_coder_bit_identical", demo_coder);
     TEST_CASE("lazy_long_prompt_waves", long_prompt_waves);
     TEST_CASE("lazy_read_error_is_reported", read_error);
     TEST_CASE("memory_budget_plans_and_refuses", memory_budget);

@@ -5,6 +5,8 @@
 int cmd_logits(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+/* lazymoe perplexity MODEL --text FILE [--window N] [--json] */
+int cmd_perplexity(int argc, char **argv);
 /* lazymoe chat MODEL: interactive conversation (cmd_generate.c) */
 int cmd_chat(int argc, char **argv);
 /* lazymoe serve MODEL [--host H] [--port N] [--api-key K] ... (cmd_serve.c) */

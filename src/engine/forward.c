@@ -2,8 +2,10 @@
  *
  * Per layer (shapes in floats, T = tokens in this chunk):
  *   h = rmsnorm(x)                               [T][H]
+ *   linear-attention layers (qwen3_next): x += linear_attention.c's block; else
  *   q,k,v = h.Wq, h.Wk, h.Wv (+ q/k norm, clip)   [T][nq], [T][nkv]
  *   rope(q, k); append k, v to the cache; att = softmax(q.K^T / sqrt(d)).V
+ *   (qwen3_next: att *= sigmoid(gate), the gate coming out of q_proj with q)
  *   x += att.Wo
  *   h = rmsnorm(x)
  *   dense:  x += down(silu(gate(h)) * up(h))
@@ -12,11 +14,13 @@
  *           it (batched per expert), and each token sums w * expert(h) over its
  *           experts in ascending expert order -- the order transformers uses, and
  *           one that does not depend on when an expert's weights became
- *           available, which keeps lazy and resident runs bit-identical.
+ *           available, which keeps lazy and resident runs bit-identical;
+ *           a shared expert (qwen3_next) adds sigmoid(h.w) * mlp(h) after that sum.
  */
 #include "engine/engine.h"
 
 #include "common/error.h"
+#include "engine/linear_attention.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -42,7 +46,16 @@ static void attention_block(lazymoe_session *s, int l, int T) {
     int H = c->hidden_size, hd = c->head_dim, nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
 
     be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
-    be->ops->matmul(be, S->q, &ly->q, S->h, T);
+    if (c->attn_output_gate) {
+        /* q_proj gives each head its query then its output gate (qwen3_next). */
+        be->ops->matmul(be, S->qgate, &ly->q, S->h, T);
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < c->n_heads; h++)
+                memcpy(S->q + (size_t)t * (size_t)nq + (size_t)h * (size_t)hd,
+                       S->qgate + ((size_t)t * (size_t)c->n_heads + (size_t)h) * 2 * (size_t)hd, sizeof(float) * (size_t)hd);
+    } else {
+        be->ops->matmul(be, S->q, &ly->q, S->h, T);
+    }
     float *kdst = s->k_cache[l] + (size_t)s->n_past * (size_t)nkv;
     float *vdst = s->v_cache[l] + (size_t)s->n_past * (size_t)nkv;
     be->ops->matmul(be, kdst, &ly->k, S->h, T);
@@ -63,10 +76,17 @@ static void attention_block(lazymoe_session *s, int l, int T) {
         be->ops->rmsnorm(be, S->q, S->q, ly->q_norm, T * c->n_heads, hd, c->rms_norm_eps);
         be->ops->rmsnorm(be, kdst, kdst, ly->k_norm, T * c->n_kv_heads, hd, c->rms_norm_eps);
     }
-    be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
-    be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
+    be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, c->rope_dim / 2);
+    be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, c->rope_dim / 2);
     be->ops->attention(be, S->att, S->q, s->k_cache[l], s->v_cache[l], T, s->n_past, c->n_heads,
                        c->n_kv_heads, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
+    if (c->attn_output_gate)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < c->n_heads; h++) {
+                float *a = S->att + (size_t)t * (size_t)nq + (size_t)h * (size_t)hd;
+                const float *g = S->qgate + ((size_t)t * (size_t)c->n_heads + (size_t)h) * 2 * (size_t)hd + hd;
+                for (int i = 0; i < hd; i++) a[i] *= 1.0f / (1.0f + expf(-g[i]));
+            }
     be->ops->matmul(be, S->proj, &ly->o, S->att, T);
     add_bias(S->proj, ly->o_bias, T, H);
     for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
@@ -138,15 +158,34 @@ static void run_expert(lazymoe_session *s, const lm_expert *ex, int e, int T) {
         memcpy(S->eout + (size_t)S->tok_of[j] * (size_t)H, S->proj + (size_t)j * (size_t)H, sizeof(float) * (size_t)H);
 }
 
+/* The shared expert (qwen3_next) into S->shared: sigmoid(h.w_g) * down(silu(gate h) * up h).
+ * Uses S->gate/S->up and overwrites the router logits (route() has consumed them). */
+static void shared_expert(lazymoe_session *s, const lm_layer *ly, int T) {
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int H = s->m->w.cfg.hidden_size, SI = ly->shared_gate.rows;
+    be->ops->matmul(be, S->gate, &ly->shared_gate, S->h, T);
+    be->ops->matmul(be, S->up, &ly->shared_up, S->h, T);
+    be->ops->swiglu(be, S->gate, S->up, (size_t)T * (size_t)SI);
+    be->ops->matmul(be, S->shared, &ly->shared_down, S->gate, T);
+    be->ops->matmul(be, S->router, &ly->shared_expert_gate, S->h, T);
+    for (int t = 0; t < T; t++) {
+        float w = 1.0f / (1.0f + expf(-S->router[t]));
+        float *y = S->shared + (size_t)t * (size_t)H;
+        for (int i = 0; i < H; i++) y[i] *= w;
+    }
+}
+
 /* Lazy experts: acquire every distinct expert the chunk routed to; compute the
  * cached ones while the misses are read, then each miss as it lands. When the
  * chunk needs more experts than the layer has slots, it goes in waves, still
- * reading each expert once per chunk. */
+ * reading each expert once per chunk. A shared expert is computed while the first
+ * wave's misses are read. */
 static int run_lazy_experts(lazymoe_session *s, int l, int T, char *err) {
     lm_expert_cache *cache = s->m->cache;
     const lm_config *c = &s->m->w.cfg;
     lm_scratch *S = &s->s;
-    int E = c->n_experts, n = 0;
+    int E = c->n_experts, n = 0, shared_done = 0;
     uint8_t *used = S->expert_used;
     memset(used, 0, (size_t)E);
     for (int i = 0; i < T * c->top_k; i++) used[S->sel[i]] = 1;
@@ -157,12 +196,17 @@ static int run_lazy_experts(lazymoe_session *s, int l, int T, char *err) {
         if (got == 0) return lm_errf(err, "expert cache of layer %d has no free slot", l);
         lm_expert view;
         int rc = 0;
-        for (int pass = 1; pass <= 2 && rc == 0; pass++) /* hits, then misses */
+        for (int pass = 1; pass <= 2 && rc == 0; pass++) { /* hits, then misses */
+            if (pass == 2 && !shared_done && s->m->w.layers[l].shared_gate.rows) {
+                shared_expert(s, &s->m->w.layers[l], T);
+                shared_done = 1;
+            }
             for (int i = 0; i < n && rc == 0; i++) {
                 if (S->need_status[i] != pass) continue;
                 rc = lm_cache_wait(cache, l, S->need[i], &view, err);
                 if (rc == 0) run_expert(s, &view, S->need[i], T);
             }
+        }
         lm_cache_release_layer(cache, l);
         if (rc) return -1;
         int left = 0;
@@ -197,6 +241,7 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
             for (int i = 0; i < T * K && !used; i++) used = S->sel[i] == e;
             if (used) run_expert(s, &ly->experts[e], e, T);
         }
+        if (ly->shared_gate.rows) shared_expert(s, ly, T);
     } else if (run_lazy_experts(s, l, T, err) != 0) {
         return -1;
     }
@@ -208,6 +253,10 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
             float wk = S->selw[t * K + k];
             const float *o = S->eout + ((size_t)t * (size_t)K + (size_t)k) * (size_t)H;
             for (int i = 0; i < H; i++) y[i] += o[i] * wk;
+        }
+        if (ly->shared_gate.rows) { /* transformers adds the shared expert after the routed sum */
+            const float *sh = S->shared + (size_t)t * (size_t)H;
+            for (int i = 0; i < H; i++) y[i] += sh[i];
         }
     }
     return 0;
@@ -235,12 +284,19 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         for (int l = 0; l < c->n_layers; l++) {
             const lm_layer *ly = &w->layers[l];
-            attention_block(s, l, T);
+            if (ly->is_linear) {
+                be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
+                if (lm_linear_block(s, l, T, err) != 0) return -1;
+                for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
+            } else {
+                attention_block(s, l, T);
+            }
             be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
             if (!ly->is_moe) dense_mlp(s, ly, T);
             else if (moe_block(s, l, T, err) != 0) return -1;
             for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
         }
+        if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
         if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
         s->n_past += T;
         done += T;

@@ -4,7 +4,8 @@
  * Generation, step by step:
  *   1. the prompt becomes ids; the session keeps the longest common prefix of its
  *      tokens and the prompt (at least the last prompt token is evaluated again, to
- *      have its logits) and evaluates the rest in chunks, checking *cancel between;
+ *      have its logits; models with recurrent states keep only up to a snapshot or
+ *      the session's end) and evaluates the rest in chunks, checking *cancel between;
  *   2. each step samples a token, stops at end-of-sequence ids, feeds the token to
  *      the streaming detokenizer (complete UTF-8 only) and the text to the stop
  *      filter, which emits everything except a tail that could still begin a stop
@@ -290,11 +291,16 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     if (params->forced_text && encode(m, params->forced_text, strlen(params->forced_text), 0, &forced, &n_forced, e) != 0)
         goto done;
 
-    /* 1. Prefix reuse: keep what the session shares with the prompt. */
+    /* 1. Prefix reuse: keep what the session shares with the prompt. Recurrent states
+     * (linear attention) can only go back to a snapshot, so keep may shrink to one; a
+     * snapshot just before the last prompt token serves the next request that repeats
+     * or extends this prompt. */
     int keep = 0, have = s->n_past;
     while (keep < have && keep < n && s->tokens[keep] == ids[keep]) keep++;
     if (keep == n) keep = n - 1; /* the last prompt token is evaluated again for its logits */
+    keep = lm_session_reusable(s, keep);
     if (lazymoe_session_truncate(s, keep, e, sizeof e) != 0) goto done;
+    lm_session_snapshot_at(s, n - 1);
     st.prompt_tokens = n;
     st.cached_tokens = keep;
     double t0 = lm_now();

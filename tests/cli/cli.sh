@@ -76,4 +76,28 @@ check_err cli_err_out_dir "cannot create" $BIN logits $G/olmoe_f32 --ids 1 --out
 check_err cli_err_budget "memory budget 0.00 GB is too small" $BIN logits $G/olmoe_f32 --ids 1 --out $T/c.npy --memory 1M
 check_err cli_err_size "expects a size" $BIN run $G/olmoe_f32 --ids 1 --memory lots
 check_err cli_err_trace "is for 2 layers x 16 experts top-4" $BIN bench $G/olmoe_f32 --routing-trace $T/trace.txt
+# perplexity: the shipped demo model scores held-out Python far better than chance (a
+# vocabulary of 4160 tokens), and the window size changes the result only a little.
+D=models/demo-coder
+head -c 3000 $D/heldout.txt >$T/ho.txt
+if p1=$($BIN perplexity $D --text $T/ho.txt --json 2>$T/ppl.err) &&
+   p2=$($BIN perplexity $D --text $T/ho.txt --window 256 --json 2>>$T/ppl.err); then
+    v1=$(echo "$p1" | sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p')
+    v2=$(echo "$p2" | sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p')
+    if awk -v a="$v1" -v b="$v2" 'BEGIN { exit !(a > 1 && a < 40 && b > 1 && b < 60 && b >= a * 0.9) }'; then
+        ok cli_perplexity
+    else
+        bad cli_perplexity "perplexities $v1 (1024) $v2 (256)"
+    fi
+else
+    bad cli_perplexity "command failed: $(cat $T/ppl.err)"
+fi
+if out=$($BIN perplexity $D --text $T/missing.txt 2>&1); then
+    bad cli_perplexity_missing_file "exit status 0"
+elif [[ "$out" == *"cannot open"*"missing.txt"* ]]; then
+    ok cli_perplexity_missing_file
+else
+    bad cli_perplexity_missing_file "message: $out"
+fi
+
 exit $fail
