@@ -66,6 +66,10 @@ typedef struct {
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;
+    /* KV cache positions the memory plan reserves, summed over every session the
+     * program keeps (a server keeping several conversations); 0 = max_context (one
+     * full session). Values below max_context count as max_context. */
+    int kv_cache_tokens;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -134,6 +138,9 @@ int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, s
 void lazymoe_session_free(lazymoe_session *s);
 /* Tokens currently held in the session's context. */
 int lazymoe_session_length(const lazymoe_session *s);
+/* Positions the session's KV cache has memory for: it grows by doubling as the
+ * context grows (up to max_context) and never shrinks until the session is freed. */
+int lazymoe_session_capacity(const lazymoe_session *s);
 /* Forgets all tokens after the first n (n <= length). Models with recurrent state
  * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
  * snapshot at or before n (generation keeps one before each prompt's last token), or
@@ -225,6 +232,12 @@ typedef struct {
     /* Optional: generation stops soon after *cancel becomes non-zero (checked between
      * tokens and between prompt chunks), e.g. from a SIGINT handler. */
     const volatile sig_atomic_t *cancel;
+    /* Tests only: the generated tokens are the tokenization of this text (special
+     * tokens written in it become their ids) instead of sampled ones. The model still
+     * evaluates every token; end-of-sequence ids, stop strings, max_tokens and the
+     * context limit apply as usual; when the text is used up, generation ends with
+     * finish reason STOP. NULL = sample normally. */
+    const char *forced_text;
 } lazymoe_gen_params;
 
 /* Defaults above, sampling from lazymoe_sampling_init(m). */
@@ -242,6 +255,7 @@ typedef struct {
     double expert_hit_rate;   /* routed experts found in the cache during the call; -1 when resident */
     uint64_t expert_bytes_read; /* expert bytes read from disk during the call */
     lazymoe_finish finish_reason;
+    int stop_index;           /* finish STOP by a stop string: its index in params->stop; else -1 */
 } lazymoe_gen_stats;
 
 /* Receives the answer as it is generated: each piece is complete UTF-8 (a character

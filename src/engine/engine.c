@@ -116,7 +116,8 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         if (m->w.layers[l].is_moe) per_capacity += m->w.layers[l].src.slot_bytes;
     int io = o->io_threads > 0 ? o->io_threads : 8;
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
-    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, m->max_context, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
+    int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
+    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
     uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -386,6 +387,8 @@ void lazymoe_session_free(lazymoe_session *s) {
 }
 
 int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
+
+int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
 
 const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
