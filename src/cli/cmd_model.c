@@ -167,6 +167,7 @@ static double token_nll(const float *logits, int V, int next) {
     for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
     double sum = 0;
     for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+    if (!(sum >= 1.0)) return INFINITY; /* the largest logit alone gives 1: only NaN logits get here */
     return log(sum) - ((double)logits[next] - mx);
 }
 
