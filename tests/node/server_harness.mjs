@@ -7,7 +7,7 @@ import { ROOT, LAZYMOE } from './harness.mjs';
 
 // The model the server tests use: one place, so that the project's own trained
 // model can replace the fixture later.
-export const SERVER_MODEL = process.env.LAZYMOE_SERVER_MODEL || path.join(ROOT, 'tests', 'fixtures', 'server');
+export const SERVER_MODEL = process.env.LAZYMOE_SERVER_MODEL || path.join(ROOT, 'models', 'demo-coder');
 
 export async function startServer(extraArgs = [], env = {}) {
   const args = ['serve', SERVER_MODEL, '--port', '0', '--ctx', '4096', '--no-warm-start', ...extraArgs];
