@@ -5,7 +5,8 @@
 // disconnects mid-stream, two clients at once, the prompt cache.
 import OpenAI from 'openai';
 import { testCase, assert, done } from './harness.mjs';
-import { startServer, http, parseSSE } from './server_harness.mjs';
+import path from 'node:path';
+import { startServer, http, SERVER_MODEL } from './server_harness.mjs';
 
 const KEY = 'test-key-123';
 const server = await startServer(['--allow-forced-output', '--api-key', KEY, '--max-body', '1M', '--max-input-tokens', '3000']);
@@ -50,7 +51,7 @@ await testCase('openai_health_and_models', async () => {
   assert(h.status === 200 && h.json.status === 'ok', h.text);
   const ids = [];
   for await (const m of client.models.list()) ids.push(m);
-  assert(ids.length === 1 && ids[0].id === 'server' && ids[0].context_length === 4096, JSON.stringify(ids));
+  assert(ids.length === 1 && ids[0].id === path.basename(SERVER_MODEL) && ids[0].context_length === 4096, JSON.stringify(ids));
 });
 
 await testCase('openai_chat_not_streamed', async () => {
