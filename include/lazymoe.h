@@ -60,6 +60,16 @@ typedef struct {
      * program keeps (a server keeping several conversations); 0 = max_context (one
      * full session). Values below max_context count as max_context. */
     int kv_cache_tokens;
+    /* Router lookahead (lazy experts only, decode steps of up to 4 tokens): when a layer
+     * is done, the next MoE layer's router is applied to its input -- before that
+     * layer's attention has run -- and the `lookahead` most likely experts per token
+     * that are not cached are read in the background meanwhile. Predictions only
+     * decide what is read early; every routed expert is still computed exactly.
+     * 0 = off. */
+    int lookahead;
+    /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
+     * scale per position and KV head); 0 = default. */
+    int kv_bits;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -97,7 +107,10 @@ typedef struct {
     int resident;             /* 1: every expert in memory, no cache */
     int capacity;             /* expert slots per MoE layer */
     uint64_t hits, misses;    /* routed experts found cached / read from disk */
-    uint64_t bytes_read;      /* expert bytes read from disk */
+    uint64_t bytes_read;
+    uint64_t prefetched;         /* router-lookahead reads queued */
+    uint64_t prefetch_used;      /* of them, routed to before being evicted */
+    uint64_t prefetch_cancelled; /* dropped unstarted: the layer did not need them */      /* expert bytes read from disk */
     double read_seconds;      /* summed over the reader threads */
     double wait_seconds;      /* compute blocked waiting for reads */
     uint64_t memory_budget;   /* the budget the plan was made for */

@@ -452,6 +452,7 @@ static void test_kv_cache_tokens_planned(void) {
     lazymoe_options_init(&o);
     o.max_context = 256;
     o.no_warm_start = 1;
+    o.kv_bits = 32; /* 4 bytes per value below */
     lazymoe_model *a = NULL, *b = NULL;
     o.memory_budget = 1ull << 30;
     CHECK(lazymoe_model_open(&a, MODEL_DIR, &o, err, sizeof err) == 0);

@@ -5,6 +5,9 @@
  * box). f32 models must match to max|diff| / max|ref| <= 1e-4 and reproduce the
  * greedy ids; bf16 models are compared with the same weights computed in f32
  * (tight) and with transformers' native bf16 run (within bf16 rounding).
+ * These comparisons keep the KV cache in f32 (--kv-bits 32): the default f16
+ * cache alone moves f32 logits by up to ~5e-4 of max|logit|, more than 1e-4. The
+ * error of the f16 and int8 caches is stated by the golden_kv_* cases.
  */
 #include "harness.h"
 
@@ -48,12 +51,15 @@ static double rel_diff(const float *a, const float *ref, size_t n) {
     return md / (mr > 0 ? mr : 1);
 }
 
+static int kv_bits = 32; /* KV cache precision of the model under test */
+
 static lazymoe_model *open_fixture(const char *name) {
     char dir[512], err[512];
     fixture_path(dir, sizeof dir, name, NULL);
     lazymoe_options opt;
     lazymoe_options_init(&opt);
     opt.n_threads = 2;
+    opt.kv_bits = kv_bits;
     lazymoe_model *m = NULL;
     if (lazymoe_model_open(&m, dir, &opt, err, sizeof err) != 0) {
         CHECKF(0, "open %s: %s", name, err);
@@ -185,6 +191,20 @@ static void demo_coder(void) { check_logits("models/demo-coder", F32_TOL, 0); ch
 static void qwen3_next_f32(void) { check_logits("qwen3_next_f32", F32_TOL, 0); check_greedy("qwen3_next_f32", "greedy.txt"); }
 static void olmoe_clip_bf16(void) { check_logits("olmoe_clip_bf16", BF16_TOL, F32_TOL); check_greedy("olmoe_clip_bf16", "greedy_f32.txt"); }
 
+/* The lower-precision KV caches on every f32 fixture: their whole error against
+ * transformers' f32 logits, printed, within the stated bound. */
+static void kv_cache_error(int bits, double tol) {
+    static const char *const f32_models[] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_f32", "qwen3_moe_long_f32",
+                                             "mixtral_window_f32"};
+    kv_bits = bits;
+    for (size_t i = 0; i < sizeof f32_models / sizeof f32_models[0]; i++) check_logits(f32_models[i], tol, 0);
+    kv_bits = 32;
+}
+#define KV16_TOL 2e-3
+#define KV8_TOL 3e-2
+static void kv_f16(void) { kv_cache_error(16, KV16_TOL); }
+static void kv_int8(void) { kv_cache_error(8, KV8_TOL); }
+
 int main(void) {
     TEST_CASE("golden_qwen3_moe_f32", qwen3_moe_f32);
     TEST_CASE("golden_demo_coder_q4", demo_coder);
@@ -197,5 +217,7 @@ int main(void) {
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
     TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
+    TEST_CASE("golden_kv_f16_error", kv_f16);
+    TEST_CASE("golden_kv_int8_error", kv_int8);
     TEST_EXIT();
 }

@@ -68,6 +68,9 @@ static lazymoe_model *open_model(int capacity) {
     o.n_threads = 2;
     o.no_warm_start = 1;
     o.expert_capacity = capacity;
+    /* f32 KV: these tests compare the linear-attention forms and transformers; the f16
+     * cache's own rounding is measured in test_golden (golden_kv_*). */
+    o.kv_bits = 32;
     lazymoe_model *m = NULL;
     char err[LM_ERR_LEN];
     if (lazymoe_model_open(&m, model_dir, &o, err, sizeof err) != 0) CHECKF(0, "%s", err);
@@ -342,6 +345,7 @@ static void failed_pass_is_rebuilt(void) {
     o.n_threads = 2;
     o.no_warm_start = 1;
     o.expert_capacity = 1;
+    o.kv_bits = 32; /* as open_model */
     lazymoe_model *m = NULL, *mr = open_model(-1);
     CHECKF(lazymoe_model_open(&m, dir, &o, err, sizeof err) == 0, "%s", err);
     if (!m || !mr || (!ref && load_reference() != 0)) {

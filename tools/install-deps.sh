@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-PKGS="build-essential clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev"
+# gcc-aarch64-linux-gnu + qemu-user: the NEON kernels are cross-compiled and tested under qemu (tests/cli/neon.sh).
+PKGS="build-essential clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev gcc-aarch64-linux-gnu qemu-user"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Node may come from Debian (nodejs + npm) or from elsewhere with npm bundled: only

@@ -127,6 +127,10 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
     if (!strcmp(s, "--threads")) {
         if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return -1;
         o->n_threads = (int)x;
+    } else if (!strcmp(s, "--kv-bits")) {
+        if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
+        if (x != 8 && x != 16 && x != 32) return cli_fail("--kv-bits expects 8, 16 or 32"), -1;
+        o->kv_bits = (int)x;
     } else if (!strcmp(s, "--ctx")) {
         if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return -1;
         o->max_context = (int)x;
@@ -137,6 +141,9 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
     } else if (!strcmp(s, "--capacity")) {
         if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return -1;
         o->expert_capacity = (int)x;
+    } else if (!strcmp(s, "--lookahead")) {
+        if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
+        o->lookahead = (int)x;
     } else if (!strcmp(s, "--io-threads")) {
         if ((x = cli_parse_long(s, v, 1, 256)) < 0) return -1;
         o->io_threads = (int)x;

@@ -110,7 +110,10 @@ static lazymoe_model *open_model(const model_args *a) {
     "         --eviction P       lru | lcp | lfru (default lcp)\n"                                    \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \
-    "         --no-warm-start    neither use nor update the expert popularity history\n"
+    "         --no-warm-start    neither use nor update the expert popularity history\n"               \
+    "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
+    "                            attention runs (router lookahead; default 0 = off)\n"               \
+    "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"

@@ -23,11 +23,11 @@ void lazymoe_options_init(lazymoe_options *opt) {
     opt->eviction = LAZYMOE_EVICT_LCP; /* best measured so far: bench/RESULTS.md */
 }
 
-/* KV cache of the attention layers for ctx tokens, plus linear-attention states,
- * snapshots and scratch. */
-static uint64_t kv_bytes(const lm_config *c, int ctx) {
-    uint64_t attn_layers = (uint64_t)(c->n_layers - c->n_linear_layers);
-    return attn_layers * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim * 4u +
+/* KV cache of the attention layers for ctx positions (values, plus one f32 scale per
+ * position and KV head at 8 bits), plus linear-attention states, snapshots and scratch. */
+static uint64_t kv_bytes(const lm_config *c, int ctx, lm_dtype dt) {
+    uint64_t rows = (uint64_t)(c->n_layers - c->n_linear_layers) * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads;
+    return rows * (uint64_t)c->head_dim * lm_dtype_size(dt) + (dt == LM_DT_I8 ? rows * 4u : 0) +
            lm_linear_bytes(c, LM_CHUNK_TOKENS);
 }
 
@@ -42,8 +42,9 @@ static uint64_t scratch_bytes(const lm_config *c, int T) {
     uint64_t E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
     uint64_t F = (uint64_t)max_intermediate(c);
     uint64_t t = (uint64_t)T;
+    uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
     uint64_t extra = (c->attn_output_gate ? 2 * nq : 0) + (c->shared_expert_intermediate_size ? H : 0);
-    return t * 4u * (4 * H + 2 * nq + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E;
+    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E;
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
@@ -116,7 +117,7 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     int io = o->io_threads > 0 ? o->io_threads : 8;
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
-    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens) + scratch_bytes(c, 256) + overhead;
+    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
     uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -184,6 +185,13 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     if (maxc > 8192) maxc = 8192;
     if (m->opt.max_context > 0) maxc = m->opt.max_context;
     m->max_context = maxc;
+    switch (m->opt.kv_bits) {
+    case 0:
+    case 16: m->kv_dtype = LM_DT_F16; break;
+    case 32: m->kv_dtype = LM_DT_F32; break;
+    case 8: m->kv_dtype = LM_DT_I8; break;
+    default: lm_errf(e, "kv_bits %d is not supported (choose 8, 16 or 32)", m->opt.kv_bits); goto fail;
+    }
     int capacity = 0;
     if (plan_memory(m, avail, &capacity, e) != 0) goto fail;
     if (capacity < 0) {
@@ -244,6 +252,9 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->bytes_read = cc.bytes_read;
     st->read_seconds = cc.read_seconds;
     st->wait_seconds = cc.wait_seconds;
+    st->prefetched = cc.prefetched;
+    st->prefetch_used = cc.prefetch_used;
+    st->prefetch_cancelled = cc.prefetch_cancelled;
 }
 
 void lazymoe_model_close(lazymoe_model *m) {
@@ -294,22 +305,24 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
 }
 
 static void scratch_free(lm_scratch *S) {
-    void *bufs[] = {S->x,    S->h,    S->q,      S->att,         S->proj, S->qgate, S->shared,
+    void *bufs[] = {S->x,    S->h,    S->q,      S->att,  S->knew, S->vnew,       S->proj, S->qgate, S->shared,
                     S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
-                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used};
+                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used,
+                    S->la_h, S->la_logits, S->la_ids, S->la_mark};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
     memset(S, 0, sizeof *S);
 }
 
 static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
     size_t H = (size_t)c->hidden_size, nq = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t E = (size_t)c->n_experts;
+    size_t E = (size_t)c->n_experts, nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t K = (size_t)c->top_k;
     size_t F = (size_t)max_intermediate(c);
     size_t t = (size_t)T;
     struct { void **p; size_t bytes; } want[] = {
         {(void **)&S->x, t * H * 4},      {(void **)&S->h, t * H * 4},
         {(void **)&S->q, t * nq * 4},     {(void **)&S->att, t * nq * 4},
+        {(void **)&S->knew, t * nkv * 4}, {(void **)&S->vnew, t * nkv * 4},
         {(void **)&S->proj, t * H * 4}, {(void **)&S->router, t * E * 4},
         {(void **)&S->gate, t * F * 4},   {(void **)&S->up, t * F * 4},
         {(void **)&S->xe, t * H * 4},     {(void **)&S->eout, t * K * H * 4},
@@ -317,6 +330,9 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
         {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
         {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
         {(void **)&S->expert_used, E},
+        {(void **)&S->la_h, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * H * 4},
+        {(void **)&S->la_logits, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * E * 4},
+        {(void **)&S->la_ids, E * 4},     {(void **)&S->la_mark, E},
         {(void **)&S->qgate, c->attn_output_gate ? t * 2 * nq * 4 : 0},
         {(void **)&S->shared, c->shared_expert_intermediate_size ? t * H * 4 : 0},
     };
@@ -337,7 +353,7 @@ int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, s
     *out = NULL;
     lazymoe_session *s = calloc(1, sizeof *s);
     int L = m->w.cfg.n_layers;
-    if (!s || !(s->k_cache = calloc((size_t)L, sizeof(float *))) || !(s->v_cache = calloc((size_t)L, sizeof(float *)))) {
+    if (!s || !(s->k_cache = calloc((size_t)L, sizeof(lm_kv))) || !(s->v_cache = calloc((size_t)L, sizeof(lm_kv)))) {
         if (s) free(s->k_cache);
         free(s);
         copy_err(err, errlen, "out of memory");
@@ -357,8 +373,10 @@ int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, s
 void lazymoe_session_free(lazymoe_session *s) {
     if (!s) return;
     for (int l = 0; s->k_cache && l < s->m->w.cfg.n_layers; l++) {
-        free(s->k_cache[l]);
-        free(s->v_cache[l]);
+        free(s->k_cache[l].data);
+        free(s->k_cache[l].scales);
+        free(s->v_cache[l].data);
+        free(s->v_cache[l].scales);
     }
     free(s->k_cache);
     free(s->v_cache);
@@ -421,15 +439,22 @@ static int ensure_capacity(lazymoe_session *s, int need, char *err) {
     while (cap < need) cap *= 2;
     if (cap > s->m->max_context) cap = s->m->max_context;
     const lm_config *c = &s->m->w.cfg;
-    size_t row = (size_t)c->n_kv_heads * (size_t)c->head_dim * sizeof(float);
+    lm_dtype dt = s->m->kv_dtype;
+    size_t row = (size_t)c->n_kv_heads * (size_t)c->head_dim * lm_dtype_size(dt);
+    size_t srow = dt == LM_DT_I8 ? (size_t)c->n_kv_heads * sizeof(float) : 0;
     for (int l = 0; l < c->n_layers; l++) {
         if (lm_config_layer_is_linear(c, l)) continue; /* no KV cache */
-        float *k = realloc(s->k_cache[l], row * (size_t)cap);
-        if (!k) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
-        s->k_cache[l] = k;
-        float *v = realloc(s->v_cache[l], row * (size_t)cap);
-        if (!v) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
-        s->v_cache[l] = v;
+        lm_kv *kv[2] = {&s->k_cache[l], &s->v_cache[l]};
+        for (int i = 0; i < 2; i++) {
+            kv[i]->dtype = dt;
+            void *d = realloc(kv[i]->data, row * (size_t)cap);
+            if (!d) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
+            kv[i]->data = d;
+            if (!srow) continue;
+            float *sc = realloc(kv[i]->scales, srow * (size_t)cap);
+            if (!sc) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
+            kv[i]->scales = sc;
+        }
     }
     int32_t *t = realloc(s->tokens, sizeof(int32_t) * (size_t)cap);
     if (!t) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);

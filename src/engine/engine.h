@@ -14,6 +14,7 @@ struct lazymoe_model {
     lm_backend *be;
     lazymoe_options opt;
     int max_context;
+    lm_dtype kv_dtype;      /* KV cache element type (options.kv_bits) */
     lm_expert_cache *cache; /* NULL when every expert is resident */
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
@@ -35,6 +36,7 @@ typedef struct {
     float *qgate;   /* [T][2 nq] query + output gate per head (attn_output_gate), else NULL */
     float *shared;  /* [T][H] shared expert output (shared experts), else NULL */
     float *att;     /* [T][nq] */
+    float *knew, *vnew; /* [T][nkv] keys and values of this chunk, before they are rounded into the cache */
     float *proj;    /* [T][H] output of o_proj / MLP */
     float *router;  /* [T][E] */
     float *gate, *up; /* [T][F] F = max(dense, expert) intermediate; an expert sees <= T tokens */
@@ -46,6 +48,9 @@ typedef struct {
     int32_t *need;    /* [E] distinct experts a lazy layer needs */
     uint8_t *need_status; /* [E] */
     uint8_t *expert_used; /* [E] */
+    float *la_h, *la_logits; /* router lookahead: [LOOKAHEAD_MAX_TOKENS][H] and [..][E] */
+    int32_t *la_ids;         /* [E] experts predicted */
+    uint8_t *la_mark;        /* [E] */
     int32_t *pos;   /* [T] */
 } lm_scratch;
 
@@ -54,10 +59,13 @@ struct lazymoe_session {
     int n_past;
     int cap_ctx;          /* positions allocated in the caches */
     int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
-    float **k_cache, **v_cache; /* [n_layers] -> [cap_ctx][nkv]; NULL for linear-attention layers */
+    lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype; no data for linear-attention layers */
     struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
     lm_scratch s;
 };
+
+/* Router lookahead predicts experts for decode steps of at most this many tokens. */
+#define LOOKAHEAD_MAX_TOKENS 4
 
 /* Runs the model over ids[n] at positions n_past.. (cache already sized). Writes
  * logits of every token (all = 1) or of the last one into out. */

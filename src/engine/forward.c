@@ -46,20 +46,16 @@ static void attention_block(lazymoe_session *s, int l, int T) {
     int H = c->hidden_size, hd = c->head_dim, nq = c->n_heads * hd, nkv = c->n_kv_heads * hd;
 
     be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
-    if (c->attn_output_gate) {
-        /* q_proj gives each head its query then its output gate (qwen3_next). */
-        be->ops->matmul(be, S->qgate, &ly->q, S->h, T);
+    float *kdst = S->knew, *vdst = S->vnew;
+    /* q_proj gives each head its query then its output gate with attn_output_gate (qwen3_next). */
+    const lm_matmul_item qkv[3] = {{c->attn_output_gate ? S->qgate : S->q, &ly->q, S->h},
+                                   {kdst, &ly->k, S->h}, {vdst, &ly->v, S->h}};
+    be->ops->matmul_many(be, qkv, 3, T);
+    if (c->attn_output_gate)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < c->n_heads; h++)
                 memcpy(S->q + (size_t)t * (size_t)nq + (size_t)h * (size_t)hd,
                        S->qgate + ((size_t)t * (size_t)c->n_heads + (size_t)h) * 2 * (size_t)hd, sizeof(float) * (size_t)hd);
-    } else {
-        be->ops->matmul(be, S->q, &ly->q, S->h, T);
-    }
-    float *kdst = s->k_cache[l] + (size_t)s->n_past * (size_t)nkv;
-    float *vdst = s->v_cache[l] + (size_t)s->n_past * (size_t)nkv;
-    be->ops->matmul(be, kdst, &ly->k, S->h, T);
-    be->ops->matmul(be, vdst, &ly->v, S->h, T);
     add_bias(S->q, ly->q_bias, T, nq);
     add_bias(kdst, ly->k_bias, T, nkv);
     add_bias(vdst, ly->v_bias, T, nkv);
@@ -78,7 +74,9 @@ static void attention_block(lazymoe_session *s, int l, int T) {
     }
     be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, c->rope_dim / 2);
     be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, c->rope_dim / 2);
-    be->ops->attention(be, S->att, S->q, s->k_cache[l], s->v_cache[l], T, s->n_past, c->n_heads,
+    be->ops->kv_store(be, &s->k_cache[l], s->n_past, kdst, T, c->n_kv_heads, hd);
+    be->ops->kv_store(be, &s->v_cache[l], s->n_past, vdst, T, c->n_kv_heads, hd);
+    be->ops->attention(be, S->att, S->q, &s->k_cache[l], &s->v_cache[l], T, s->n_past, c->n_heads,
                        c->n_kv_heads, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
     if (c->attn_output_gate)
         for (int t = 0; t < T; t++)
@@ -150,8 +148,8 @@ static void run_expert(lazymoe_session *s, const lm_expert *ex, int e, int T) {
         if (S->sel[i] == e) S->tok_of[m++] = i;
     for (int j = 0; j < m; j++)
         memcpy(S->xe + (size_t)j * (size_t)H, S->h + (size_t)(S->tok_of[j] / K) * (size_t)H, sizeof(float) * (size_t)H);
-    be->ops->matmul(be, S->gate, &ex->gate, S->xe, m);
-    be->ops->matmul(be, S->up, &ex->up, S->xe, m);
+    const lm_matmul_item gate_up[2] = {{S->gate, &ex->gate, S->xe}, {S->up, &ex->up, S->xe}};
+    be->ops->matmul_many(be, gate_up, 2, m);
     be->ops->swiglu(be, S->gate, S->up, (size_t)m * (size_t)I);
     be->ops->matmul(be, S->proj, &ex->down, S->gate, m);
     for (int j = 0; j < m; j++)
@@ -262,6 +260,42 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
     return 0;
 }
 
+/* Router lookahead: predicts the experts lazy MoE layer l will route to from the residual
+ * stream as it is now (before layer l-1's MoE output is added, or the embeddings for
+ * the first layer), with layer l's own norm and router, and reads the most likely
+ * ones that are not cached in the background, so they load while layer l-1's experts
+ * and layer l's attention compute. */
+static void lookahead(lazymoe_session *s, int l, int T) {
+    lm_backend *be = BE(s);
+    const lm_config *c = &s->m->w.cfg;
+    const lm_layer *ly = &s->m->w.layers[l];
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, H = c->hidden_size, N = s->m->opt.lookahead, n = 0;
+    if (N > E) N = E;
+    be->ops->rmsnorm(be, S->la_h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
+    be->ops->matmul(be, S->la_logits, &ly->router, S->la_h, T);
+    uint8_t *mark = S->la_mark; /* bit 0: queued, bit 1: taken for this token */
+    memset(mark, 0, (size_t)E);
+    for (int t = 0; t < T; t++) {
+        const float *lg = S->la_logits + (size_t)t * (size_t)E;
+        for (int k = 0; k < N; k++) { /* N is small: repeated arg-max */
+            int best = -1;
+            for (int e = 0; e < E; e++)
+                if (!(mark[e] & 2) && (best < 0 || lg[e] > lg[best])) best = e;
+            if (!(mark[best] & 1)) S->la_ids[n++] = best;
+            mark[best] |= 3;
+        }
+        for (int e = 0; e < E; e++) mark[e] &= 1;
+    }
+    lm_cache_prefetch_lookahead(s->m->cache, l, S->la_ids, n);
+}
+
+static int wants_lookahead(const lazymoe_session *s, int l, int T) {
+    const lm_weights *w = &s->m->w;
+    return s->m->cache && s->m->opt.lookahead > 0 && T <= LOOKAHEAD_MAX_TOKENS && l < w->cfg.n_layers &&
+           w->layers[l].is_moe && !w->layers[l].experts && !s->m->replay.ids;
+}
+
 static void embed(lazymoe_session *s, const int32_t *ids, int T) {
     const lm_weights *w = &s->m->w;
     int H = w->cfg.hidden_size;
@@ -284,6 +318,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         for (int l = 0; l < c->n_layers; l++) {
             const lm_layer *ly = &w->layers[l];
+            if (l == 0 && wants_lookahead(s, 0, T)) lookahead(s, 0, T);
             if (ly->is_linear) {
                 be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
                 if (lm_linear_block(s, l, T, err) != 0) return -1;
@@ -291,6 +326,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
             } else {
                 attention_block(s, l, T);
             }
+            if (wants_lookahead(s, l + 1, T)) lookahead(s, l + 1, T);
             be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
             if (!ly->is_moe) dense_mlp(s, ly, T);
             else if (moe_block(s, l, T, err) != 0) return -1;

@@ -76,6 +76,16 @@ check_err cli_err_out_dir "cannot create" $BIN logits $G/olmoe_f32 --ids 1 --out
 check_err cli_err_budget "memory budget 0.00 GB is too small" $BIN logits $G/olmoe_f32 --ids 1 --out $T/c.npy --memory 1M
 check_err cli_err_size "expects a size" $BIN run $G/olmoe_f32 --ids 1 --memory lots
 check_err cli_err_trace "is for 2 layers x 16 experts top-4" $BIN bench $G/olmoe_f32 --routing-trace $T/trace.txt
+check_err cli_err_kv_bits "--kv-bits expects 8, 16 or 32" $BIN run $G/olmoe_f32 --ids 1 --kv-bits 12
+# Each KV cache precision runs; f32 and f16 caches give different bytes, int8 differs again.
+if $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k32.npy --kv-bits 32 &&
+   $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k16.npy &&
+   $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k8.npy --kv-bits 8 &&
+   ! cmp -s $T/k32.npy $T/k16.npy && ! cmp -s $T/k16.npy $T/k8.npy; then
+    ok cli_kv_bits
+else
+    bad cli_kv_bits "runs failed or the caches gave identical logits"
+fi
 # perplexity: the shipped demo model scores held-out Python far better than chance (a
 # vocabulary of 4160 tokens), and the window size changes the result only a little.
 D=models/demo-coder

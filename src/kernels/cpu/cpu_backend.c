@@ -5,12 +5,13 @@
  * pool by output rows (matmul) or by (token, head) pairs (attention); each
  * output element is produced by exactly one thread in a fixed order, which
  * keeps results independent of the thread count.
- * SIMD paths (AVX2/AVX-512/NEON) will be added beside this file and checked
- * against it.
+ * SIMD kernels (cpu_kernels.h: AVX2, AVX-512, NEON) sit beside this file and
+ * are tested against it; LAZYMOE_KERNELS=scalar forces this code everywhere.
  */
 #include "kernels/backend.h"
 
 #include "common/error.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
 
@@ -20,6 +21,7 @@
 
 typedef struct {
     lm_pool *pool;
+    const lm_cpu_kernels *k; /* SIMD matmul, NULL = scalar reference only */
     float *xsum; /* per-token per-group input sums for affine matmul */
     size_t xsum_cap;
 } cpu_impl;
@@ -158,6 +160,7 @@ static float dot_affine(const lm_mat *m, int r, const float *x, const float *xsu
 /* ---- matmul --------------------------------------------------------------------- */
 
 typedef struct {
+    const lm_cpu_kernels *k;
     float *y;
     const lm_mat *W;
     const float *x;
@@ -171,6 +174,10 @@ static void matmul_task(void *ctx, int task) {
     int r0 = task * j->rows_per_task;
     int r1 = r0 + j->rows_per_task;
     if (r1 > W->rows) r1 = W->rows;
+    if (j->k) {
+        j->k->rows(W, r0, r1, j->x, j->n, j->y);
+        return;
+    }
     int cols = W->cols, ng = W->dtype == LM_DT_U32 ? cols / W->group_size : 0;
     for (int r = r0; r < r1; r++) {
         for (int t = 0; t < j->n; t++) {
@@ -187,10 +194,19 @@ static void matmul_task(void *ctx, int task) {
     }
 }
 
+/* Rows per task for a matrix: whole 4-row tiles (the SIMD tile height), at least
+ * 8 tasks per thread so a busy core does not hold the others up. */
+static int rows_per_task(int rows, int threads) {
+    int tasks = threads * 8;
+    int rpt = (rows + tasks - 1) / tasks;
+    return (rpt + 3) / 4 * 4;
+}
+
 static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
     matmul_job j = {.y = y, .W = W, .x = x, .n = n};
-    if (W->dtype == LM_DT_U32) {
+    if (impl->k && impl->k->handles(W)) j.k = impl->k;
+    if (W->dtype == LM_DT_U32 && !j.k) {
         int ng = W->cols / W->group_size;
         size_t need = (size_t)n * (size_t)ng;
         if (need > impl->xsum_cap) {
@@ -212,12 +228,46 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
             }
         j.xsum = need <= impl->xsum_cap ? impl->xsum : NULL;
     }
-    int threads = lm_pool_size(impl->pool);
-    int tasks = threads * 8;
-    int rpt = (W->rows + tasks - 1) / tasks;
-    if (rpt < 4) rpt = 4;
+    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
     j.rows_per_task = rpt;
     lm_pool_run(impl->pool, (W->rows + rpt - 1) / rpt, matmul_task, &j);
+}
+
+#define MANY_MAX 8
+
+typedef struct {
+    const lm_cpu_kernels *k;
+    const lm_matmul_item *items;
+    int count, n;
+    int first_task[MANY_MAX + 1]; /* tasks of item i: [first_task[i], first_task[i+1]) */
+    int rpt[MANY_MAX];
+} many_job;
+
+static void many_task(void *ctx, int task) {
+    const many_job *j = ctx;
+    int i = 0;
+    while (task >= j->first_task[i + 1]) i++;
+    const lm_matmul_item *it = &j->items[i];
+    int r0 = (task - j->first_task[i]) * j->rpt[i];
+    int r1 = r0 + j->rpt[i] < it->W->rows ? r0 + j->rpt[i] : it->W->rows;
+    j->k->rows(it->W, r0, r1, it->x, j->n, it->y);
+}
+
+static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int count, int n) {
+    cpu_impl *impl = be->impl;
+    int simd = impl->k != NULL && count <= MANY_MAX;
+    for (int i = 0; i < count && simd; i++) simd = impl->k->handles(items[i].W);
+    if (!simd) { /* the scalar path's per-call input sums: one call each */
+        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, n);
+        return;
+    }
+    many_job j = {.k = impl->k, .items = items, .count = count, .n = n};
+    int threads = lm_pool_size(impl->pool);
+    for (int i = 0; i < count; i++) {
+        j.rpt[i] = rows_per_task(items[i].W->rows, threads);
+        j.first_task[i + 1] = j.first_task[i] + (items[i].W->rows + j.rpt[i] - 1) / j.rpt[i];
+    }
+    lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */
@@ -260,65 +310,202 @@ static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     }
 }
 
-/* ---- attention -------------------------------------------------------------------- */
+/* ---- KV cache ----------------------------------------------------------------------- */
 
-typedef struct {
-    float *out;
-    const float *q, *k, *v;
-    int n, pos0, n_heads, n_kv, hd, window;
-    float scale;
-} attn_job;
-
-/* One (token, head): online softmax over the visible keys, single pass. */
-static void attn_task(void *ctx, int task) {
-    const attn_job *j = ctx;
-    int t = task / j->n_heads, h = task % j->n_heads;
-    int kvh = h / (j->n_heads / j->n_kv);
-    int pos = j->pos0 + t;
-    int first = 0;
-    if (j->window > 0 && pos - j->window + 1 > 0) first = pos - j->window + 1;
-    const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->hd;
-    float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->hd;
-    size_t kv_stride = (size_t)j->n_kv * (size_t)j->hd;
-    float m = -INFINITY, l = 0;
-    for (int d = 0; d < j->hd; d++) o[d] = 0;
-    for (int p = first; p <= pos; p++) {
-        const float *kp = j->k + (size_t)p * kv_stride + (size_t)kvh * (size_t)j->hd;
-        const float *vp = j->v + (size_t)p * kv_stride + (size_t)kvh * (size_t)j->hd;
-        float s = dot_f32(kp, q, j->hd) * j->scale;
-        if (s > m) {
-            float corr = expf(m - s); /* 0 on the first key */
-            l *= corr;
-            for (int d = 0; d < j->hd; d++) o[d] *= corr;
-            m = s;
+static void cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, int n, int n_kv, int hd) {
+    (void)be;
+    size_t row = (size_t)n_kv * (size_t)hd;
+    for (int t = 0; t < n; t++) {
+        const float *s = src + (size_t)t * row;
+        size_t base = (size_t)(pos0 + t) * row;
+        if (c->dtype == LM_DT_F32) {
+            memcpy((float *)c->data + base, s, sizeof(float) * row);
+        } else if (c->dtype == LM_DT_F16) {
+            uint16_t *d = (uint16_t *)c->data + base;
+            for (size_t i = 0; i < row; i++) d[i] = lm_f32_to_f16(s[i]);
+        } else { /* I8: symmetric, one scale per (position, kv head) */
+            for (int h = 0; h < n_kv; h++) {
+                const float *x = s + (size_t)h * (size_t)hd;
+                int8_t *d = (int8_t *)c->data + base + (size_t)h * (size_t)hd;
+                float amax = 0;
+                for (int i = 0; i < hd; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+                float scale = amax / 127.0f;
+                for (int i = 0; i < hd; i++) {
+                    float q = scale > 0 ? nearbyintf(x[i] / scale) : 0.0f;
+                    d[i] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+                }
+                c->scales[(size_t)(pos0 + t) * (size_t)n_kv + (size_t)h] = scale;
+            }
         }
-        float e = expf(s - m);
-        l += e;
-        for (int d = 0; d < j->hd; d++) o[d] += e * vp[d];
     }
-    float inv = 1.0f / l;
-    for (int d = 0; d < j->hd; d++) o[d] *= inv;
 }
 
-static void cpu_attention(lm_backend *be, float *out, const float *q, const float *k, const float *v,
-                          int n, int pos0, int n_heads, int n_kv, int hd, float scale, int window) {
+/* ---- attention -------------------------------------------------------------------- */
+
+/* Keys per tile: one tile of K or V widened to f32 is at most this many floats. */
+#define ATTN_TILE_FLOATS 8192
+#define ATTN_TILE_MAX 64
+#define ATTN_TILE_HEADS 64 /* query heads one task handles at most */
+
+static int attn_tile(int hd) {
+    int t = ATTN_TILE_FLOATS / hd;
+    return t < 1 ? 1 : (t > ATTN_TILE_MAX ? ATTN_TILE_MAX : t);
+}
+
+typedef struct {
+    const cpu_impl *impl;
+    float *out;
+    const float *q;
+    const lm_kv *k, *v;
+    int n, pos0, n_heads, n_kv, hd, window, heads_per_task;
+    float scale;
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, float a, const float *x, int n);
+} attn_job;
+
+static void axpy_scalar(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* Rows p0..p0+cnt-1 of kv head kvh as f32: in place for F32 caches (row stride
+ * n_kv*hd), else widened into buf (row stride hd). Widening is exact, so every
+ * path gives the same floats. */
+static const float *kv_rows(const attn_job *j, const lm_kv *c, int p0, int cnt, int kvh, float *buf, size_t *stride) {
+    size_t row = (size_t)j->n_kv * (size_t)j->hd, hd = (size_t)j->hd;
+    size_t first = (size_t)p0 * row + (size_t)kvh * hd;
+    if (c->dtype == LM_DT_F32) {
+        *stride = row;
+        return (const float *)c->data + first;
+    }
+    *stride = hd;
+    for (int r = 0; r < cnt; r++) {
+        float *d = buf + (size_t)r * hd;
+        if (c->dtype == LM_DT_F16) {
+            const uint16_t *src = (const uint16_t *)c->data + first + (size_t)r * row;
+            if (j->impl->k && j->impl->k->f16_to_f32) j->impl->k->f16_to_f32(d, src, j->hd);
+            else for (size_t i = 0; i < hd; i++) d[i] = lm_f16_to_f32(src[i]);
+        } else {
+            const int8_t *src = (const int8_t *)c->data + first + (size_t)r * row;
+            float sc = c->scales[(size_t)(p0 + r) * (size_t)j->n_kv + (size_t)kvh];
+            for (size_t i = 0; i < hd; i++) d[i] = sc * (float)src[i];
+        }
+    }
+    return buf;
+}
+
+/* One token, one run of query heads sharing a kv head: online softmax over the
+ * visible keys tile by tile (tiles counted from the first visible position), so
+ * memory stays O(tile) at any context length and each K/V tile is widened once
+ * for all the heads of the run. A head's arithmetic does not depend on the run. */
+static void attn_task(void *ctx, int task) {
+    const attn_job *j = ctx;
+    int chunks = j->n_heads / j->n_kv / j->heads_per_task;
+    int t = task / (j->n_kv * chunks), rest = task % (j->n_kv * chunks);
+    int kvh = rest / chunks, h0 = kvh * (j->n_heads / j->n_kv) + (rest % chunks) * j->heads_per_task;
+    int nh = j->heads_per_task, hd = j->hd, tile = attn_tile(hd);
+    int pos = j->pos0 + t, first = 0;
+    if (j->window > 0 && pos - j->window + 1 > 0) first = pos - j->window + 1;
+    float buf[ATTN_TILE_FLOATS];
+    float sc[ATTN_TILE_HEADS][ATTN_TILE_MAX];
+    float m[ATTN_TILE_HEADS], l[ATTN_TILE_HEADS];
+    for (int i = 0; i < nh; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0;
+        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+        for (int d = 0; d < hd; d++) o[d] = 0;
+    }
+    for (int p0 = first; p0 <= pos; p0 += tile) {
+        int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
+        size_t ks, vs;
+        const float *kr = kv_rows(j, j->k, p0, cnt, kvh, buf, &ks);
+        float mt[ATTN_TILE_HEADS];
+        for (int i = 0; i < nh; i++) {
+            const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+            mt[i] = m[i];
+            for (int r = 0; r < cnt; r++) {
+                sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd) * j->scale;
+                mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
+            }
+        }
+        const float *vr = kv_rows(j, j->v, p0, cnt, kvh, buf, &vs); /* K is no longer needed */
+        for (int i = 0; i < nh; i++) {
+            float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+            if (mt[i] > m[i]) {
+                float corr = expf(m[i] - mt[i]); /* 0 on the first tile */
+                l[i] *= corr;
+                for (int d = 0; d < hd; d++) o[d] *= corr;
+                m[i] = mt[i];
+            }
+            for (int r = 0; r < cnt; r++) {
+                float e = expf(sc[i][r] - m[i]);
+                l[i] += e;
+                j->axpy(o, e, vr + (size_t)r * vs, hd);
+            }
+        }
+    }
+    for (int i = 0; i < nh; i++) {
+        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+        float inv = 1.0f / l[i];
+        for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n,
+                          int pos0, int n_heads, int n_kv, int hd, float scale, int window) {
     cpu_impl *impl = be->impl;
-    attn_job j = {out, q, k, v, n, pos0, n_heads, n_kv, hd, window, scale};
-    lm_pool_run(impl->pool, n * n_heads, attn_task, &j);
+    /* Split each kv head's query group in halves until there are two tasks per
+     * thread (decode has only n_kv groups); a head's arithmetic is the same
+     * whichever run it is in. */
+    int group = n_heads / n_kv, hpt = group, threads = lm_pool_size(impl->pool);
+    while (hpt % 2 == 0 && (size_t)n * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
+    while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale, dot_f32, axpy_scalar};
+    if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
+    lm_pool_run(impl->pool, n * n_kv * (group / hpt), attn_task, &j);
 }
 
 static const lm_backend_ops cpu_ops = {
     .name = "cpu",
     .matmul = cpu_matmul,
+    .matmul_many = cpu_matmul_many,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
 };
 
-int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
+/* SIMD tables in order of preference. */
+static const lm_cpu_kernels *const simd_tables[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2,
+                                                    &lm_cpu_kernels_neon};
+
+/* "auto" (or NULL/empty): the best table the CPU runs; "scalar": none; a table's
+ * name: that one, or an error when this CPU or build cannot run it. */
+static int pick_kernels(const char *want, const lm_cpu_kernels **out, char *err) {
+    size_t n = sizeof simd_tables / sizeof simd_tables[0];
+    *out = NULL;
+    if (!want || !*want || !strcmp(want, "auto")) {
+        for (size_t i = 0; i < n && !*out; i++)
+            if (simd_tables[i]->available()) *out = simd_tables[i];
+        return 0;
+    }
+    if (!strcmp(want, "scalar")) return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(want, simd_tables[i]->name) != 0) continue;
+        if (!simd_tables[i]->available())
+            return lm_errf(err, "kernels '%s' need %s, which this CPU or build lacks; use auto or scalar", want,
+                           simd_tables[i]->requires);
+        *out = simd_tables[i];
+        return 0;
+    }
+    return lm_errf(err, "unknown kernels '%s' (choose auto, scalar, avx512, avx2 or neon)", want);
+}
+
+int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kernels, char *err) {
     *out = NULL;
     if (n_threads <= 0) n_threads = lm_cpu_count();
+    const lm_cpu_kernels *k;
+    if (pick_kernels(kernels, &k, err) != 0) return -1;
     lm_backend *be = calloc(1, sizeof *be);
     cpu_impl *impl = calloc(1, sizeof *impl);
     if (!be || !impl) {
@@ -331,10 +518,20 @@ int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
         free(impl);
         return -1;
     }
+    impl->k = k;
     be->ops = &cpu_ops;
     be->impl = impl;
     *out = be;
     return 0;
+}
+
+int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
+    return lm_backend_cpu_create_with(out, n_threads, getenv("LAZYMOE_KERNELS"), err);
+}
+
+const char *lm_backend_cpu_kernels(const lm_backend *be) {
+    const cpu_impl *impl = be->impl;
+    return impl->k ? impl->k->name : "scalar";
 }
 
 void lm_backend_free(lm_backend *be) {

@@ -1,0 +1,66 @@
+/* Which SIMD instruction sets this CPU and OS run (CPUID and XGETBV on x86-64,
+ * the auxiliary vector on AArch64 Linux). Read directly rather than through
+ * __builtin_cpu_supports, whose feature names vary between compilers. */
+#include "kernels/cpu/cpu_kernels.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+static unsigned detect(void) {
+    unsigned a, b, c, d, f = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int osxsave = (c >> 27) & 1;
+    if (!osxsave) return 0;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    (void)xcr0_hi;
+    int os_avx = (xcr0_lo & 0x6u) == 0x6u;              /* XMM and YMM state saved */
+    int os_avx512 = os_avx && (xcr0_lo & 0xe0u) == 0xe0u; /* opmask and ZMM state too */
+    if (!os_avx) return 0;
+    if ((c >> 12) & 1) f |= LM_CPU_FMA;
+    if ((c >> 29) & 1) f |= LM_CPU_F16C;
+    unsigned a7, b7, c7, d7;
+    if (__get_cpuid_count(7, 0, &a7, &b7, &c7, &d7)) {
+        if ((b7 >> 5) & 1) f |= LM_CPU_AVX2;
+        if (os_avx512) {
+            if ((b7 >> 16) & 1) f |= LM_CPU_AVX512F;
+            if ((b7 >> 17) & 1) f |= LM_CPU_AVX512DQ;
+            if ((b7 >> 30) & 1) f |= LM_CPU_AVX512BW;
+            if ((b7 >> 31) & 1) f |= LM_CPU_AVX512VL;
+            if ((c7 >> 1) & 1) f |= LM_CPU_AVX512VBMI;
+        }
+    }
+    return f;
+}
+
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+
+static unsigned detect(void) {
+    unsigned long hw = getauxval(AT_HWCAP);
+    unsigned f = 0;
+    if (hw & HWCAP_ASIMD) f |= LM_CPU_NEON;
+    if (hw & HWCAP_ASIMDDP) f |= LM_CPU_DOTPROD;
+    return f;
+}
+
+#elif defined(__aarch64__)
+/* NEON is part of AArch64 (Apple Silicon included). */
+static unsigned detect(void) { return LM_CPU_NEON; }
+
+#else
+static unsigned detect(void) { return 0; }
+#endif
+
+unsigned lm_cpu_features(void) {
+    /* Idempotent, so concurrent first calls are harmless. */
+    static volatile unsigned cached; /* 0 = not detected yet; bit 31 marks "detected" */
+    if (!cached) cached = detect() | 0x80000000u;
+    return cached & 0x7fffffffu;
+}

@@ -1,0 +1,302 @@
+/* AVX-512 matrix kernels (F, BW, VL, DQ, VBMI + FMA, F16C: Ice Lake, Zen 4 and later).
+ *
+ * 16 lanes. 4-bit affine: a 64-bit word holds 16 weights; vpbroadcastq + one
+ * vpmultishiftqb puts weight i's nibble in the low bits of lane i, and vpermps
+ * looks the lane up in the group's 16-entry table fma(scale, q, bias) -- three
+ * instructions per 16 weights, no integer-to-float conversion. 8-bit affine:
+ * zero-extend, convert, fma(scale, q, bias). BF16 widens by a shift, F16 by
+ * vcvtph2ps. Every (row, token) pair is one accumulator chain (see
+ * cpu_kernels.h), whichever tile shape computes it.
+ */
+#include "kernels/cpu/cpu_kernels.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+/* Tile loops run a constant 1..4 times: unrolled, the accumulators live in registers. */
+#define UNROLL _Pragma("GCC unroll 4")
+#define LANES 16
+#define TILE_R 4 /* rows per tile */
+#define TILE_T 4 /* tokens per tile */
+
+/* Fixed summation tree: 16 -> 8 -> 4 -> 2 -> 1. */
+TARGET INLINE float hsum(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+TARGET INLINE __m512 load_float_chunk(const void *row, lm_dtype dt, int k) {
+    switch (dt) {
+    case LM_DT_BF16:
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k))), 16));
+    case LM_DT_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k)));
+    default: return _mm512_loadu_ps((const float *)row + k);
+    }
+}
+
+/* count scales or biases from element `first` as f32 into dst (masked loads:
+ * nothing past the end is touched). */
+TARGET INLINE void groups_to_f32(float *dst, const void *src, lm_dtype dt, size_t first, int count) {
+    for (int k = 0; k < count; k += LANES) {
+        __mmask16 m = count - k >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (count - k)) - 1);
+        __m512 v;
+        if (dt == LM_DT_F32) {
+            v = _mm512_maskz_loadu_ps(m, (const float *)src + first + k);
+        } else {
+            __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)src + first + k);
+            v = dt == LM_DT_F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+        _mm512_mask_storeu_ps(dst + k, m, v);
+    }
+}
+
+/* Groups whose scales and biases a tile converts at once (16 KiB of stack). */
+#define GROUP_BLOCK 256
+
+/* One tile of R rows x T tokens over float weights (F32, F16, BF16). x points
+ * at the first token ([T][cols]); y at the first token's output row ([T][rows]). */
+TARGET INLINE void float_tile(const lm_mat *W, int r, const float *x, float *y, const int R, const int T) {
+    const int cols = W->cols;
+    const size_t esz = lm_dtype_size(W->dtype);
+    const char *rowp[TILE_R];
+    __m512 acc[TILE_R][TILE_T];
+    UNROLL
+    for (int i = 0; i < R; i++) {
+        rowp[i] = (const char *)W->data + (size_t)(r + i) * (size_t)cols * esz;
+        UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    }
+    int k = 0;
+    for (; k + LANES <= cols; k += LANES) {
+        __m512 xv[TILE_T];
+        UNROLL
+        for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(x + (size_t)t * (size_t)cols + k);
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            __m512 w = load_float_chunk(rowp[i], W->dtype, k);
+            UNROLL
+            for (int t = 0; t < T; t++) acc[i][t] = _mm512_fmadd_ps(w, xv[t], acc[i][t]);
+        }
+    }
+    if (k < cols) { /* tail: zero-padded copies, so the chain simply adds 0 * 0 */
+        int rest = cols - k;
+        float wtmp[LANES] = {0}, xtmp[LANES] = {0}; /* holds LANES elements of any float type */
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            memcpy(wtmp, rowp[i] + (size_t)k * esz, (size_t)rest * esz);
+            __m512 w = load_float_chunk(wtmp, W->dtype, 0);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                memcpy(xtmp, x + (size_t)t * (size_t)cols + k, (size_t)rest * 4);
+                acc[i][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xtmp), acc[i][t]);
+            }
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);
+}
+
+/* Affine 4-bit, group size a multiple of 16. */
+TARGET INLINE void q4_tile(const lm_mat *W, int r, const float *x, float *y, const int R, const int T) {
+    const int cols = W->cols, gs = W->group_size, ng = cols / gs;
+    const size_t row_bytes = (size_t)cols / 2;
+    /* Lane i takes the 8 bits starting at bit 4i of the 64-bit word: its nibble. */
+    const __m512i ctl = _mm512_set_epi32(60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512 ramp = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const uint8_t *rowp[TILE_R];
+    __m512 acc[TILE_R][TILE_T];
+    UNROLL
+    for (int i = 0; i < R; i++) {
+        rowp[i] = (const uint8_t *)W->data + (size_t)(r + i) * row_bytes;
+        UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    }
+    float sf[TILE_R][GROUP_BLOCK], bf[TILE_R][GROUP_BLOCK];
+    for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {
+        const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;
+            groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);
+            groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);
+        }
+        for (int g = 0; g < gn; g++) {
+            __m512 tab[TILE_R];
+            UNROLL
+            for (int i = 0; i < R; i++) tab[i] = _mm512_fmadd_ps(ramp, _mm512_set1_ps(sf[i][g]), _mm512_set1_ps(bf[i][g]));
+            const int k0 = (g0 + g) * gs;
+            for (int c = 0; c < gs; c += LANES) {
+                __m512 xv[TILE_T];
+                UNROLL
+                for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(x + (size_t)t * (size_t)cols + k0 + c);
+                UNROLL
+                for (int i = 0; i < R; i++) {
+                    uint64_t word;
+                    memcpy(&word, rowp[i] + (size_t)(k0 + c) / 2, 8);
+                    __m512i idx = _mm512_multishift_epi64_epi8(ctl, _mm512_set1_epi64((long long)word));
+                    __m512 w = _mm512_permutexvar_ps(idx, tab[i]);
+                    UNROLL
+                    for (int t = 0; t < T; t++) acc[i][t] = _mm512_fmadd_ps(w, xv[t], acc[i][t]);
+                }
+            }
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);
+}
+
+/* Affine 8-bit, group size a multiple of 16. */
+TARGET INLINE void q8_tile(const lm_mat *W, int r, const float *x, float *y, const int R, const int T) {
+    const int cols = W->cols, gs = W->group_size, ng = cols / gs;
+    const uint8_t *rowp[TILE_R];
+    __m512 acc[TILE_R][TILE_T];
+    UNROLL
+    for (int i = 0; i < R; i++) {
+        rowp[i] = (const uint8_t *)W->data + (size_t)(r + i) * (size_t)cols;
+        UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    }
+    float sf[TILE_R][GROUP_BLOCK], bf[TILE_R][GROUP_BLOCK];
+    for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {
+        const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;
+            groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);
+            groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);
+        }
+        for (int g = 0; g < gn; g++) {
+            __m512 vs[TILE_R], vb[TILE_R];
+            UNROLL
+            for (int i = 0; i < R; i++) {
+                vs[i] = _mm512_set1_ps(sf[i][g]);
+                vb[i] = _mm512_set1_ps(bf[i][g]);
+            }
+            const int k0 = (g0 + g) * gs;
+            for (int c = 0; c < gs; c += LANES) {
+                __m512 xv[TILE_T];
+                UNROLL
+                for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(x + (size_t)t * (size_t)cols + k0 + c);
+                UNROLL
+                for (int i = 0; i < R; i++) {
+                    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rowp[i] + k0 + c)));
+                    __m512 w = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), vs[i], vb[i]);
+                    UNROLL
+                    for (int t = 0; t < T; t++) acc[i][t] = _mm512_fmadd_ps(w, xv[t], acc[i][t]);
+                }
+            }
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);
+}
+
+typedef void (*tile_fn)(const lm_mat *W, int r, const float *x, float *y);
+
+/* The four tile shapes each kind needs: full tiles and the row/token remainders. */
+#define TILE_SHAPES(kind)                                                                                  \
+    TARGET static void kind##_RT(const lm_mat *W, int r, const float *x, float *y) {                       \
+        kind##_tile(W, r, x, y, TILE_R, TILE_T);                                                           \
+    }                                                                                                      \
+    TARGET static void kind##_R1(const lm_mat *W, int r, const float *x, float *y) {                       \
+        kind##_tile(W, r, x, y, TILE_R, 1);                                                                \
+    }                                                                                                      \
+    TARGET static void kind##_1T(const lm_mat *W, int r, const float *x, float *y) {                       \
+        kind##_tile(W, r, x, y, 1, TILE_T);                                                                \
+    }                                                                                                      \
+    TARGET static void kind##_11(const lm_mat *W, int r, const float *x, float *y) { kind##_tile(W, r, x, y, 1, 1); }
+TILE_SHAPES(float)
+TILE_SHAPES(q4)
+TILE_SHAPES(q8)
+
+TARGET static void rows_avx512(const lm_mat *W, int r0, int r1, const float *x, int n, float *y) {
+    tile_fn rt, r1t, one_t, one1;
+    if (W->dtype == LM_DT_U32 && W->bits == 4) {
+        rt = q4_RT, r1t = q4_R1, one_t = q4_1T, one1 = q4_11;
+    } else if (W->dtype == LM_DT_U32) {
+        rt = q8_RT, r1t = q8_R1, one_t = q8_1T, one1 = q8_11;
+    } else {
+        rt = float_RT, r1t = float_R1, one_t = float_1T, one1 = float_11;
+    }
+    const size_t cols = (size_t)W->cols, rows = (size_t)W->rows;
+    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
+        int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
+        int r = r0;
+        for (; r + TILE_R <= r1; r += TILE_R) {
+            int t = t0;
+            for (; t + TILE_T <= t0 + tn; t += TILE_T) rt(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
+            for (; t < t0 + tn; t++) r1t(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
+        }
+        for (; r < r1; r++) {
+            int t = t0;
+            for (; t + TILE_T <= t0 + tn; t += TILE_T) one_t(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
+            for (; t < t0 + tn; t++) one1(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
+        }
+    }
+}
+
+TARGET static void f16_to_f32_avx512(float *dst, const uint16_t *src, int n) {
+    for (int i = 0; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+    }
+}
+
+TARGET static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + LANES), _mm512_loadu_ps(b + i + LANES), acc1);
+    }
+    for (; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+    }
+    return hsum(_mm512_add_ps(acc0, acc1));
+}
+
+TARGET static void axpy_avx512(float *y, float a, const float *x, int n) {
+    __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static int handles_avx512(const lm_mat *W) {
+    if (W->dtype == LM_DT_U32)
+        return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
+               (W->qdtype == LM_DT_F32 || W->qdtype == LM_DT_F16 || W->qdtype == LM_DT_BF16);
+    return W->dtype == LM_DT_F32 || W->dtype == LM_DT_F16 || W->dtype == LM_DT_BF16;
+}
+
+static int available_avx512(void) {
+    const unsigned need = LM_CPU_AVX512F | LM_CPU_AVX512BW | LM_CPU_AVX512VL | LM_CPU_AVX512DQ | LM_CPU_AVX512VBMI |
+                          LM_CPU_FMA | LM_CPU_F16C;
+    return (lm_cpu_features() & need) == need;
+}
+
+const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "AVX-512 F/BW/VL/DQ/VBMI with FMA and F16C", available_avx512,
+                                              handles_avx512, rows_avx512, f16_to_f32_avx512, dot_avx512, axpy_avx512};
+
+#else /* not x86-64 */
+
+static int unavailable(void) { return 0; }
+const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL, NULL, NULL, NULL};
+
+#endif

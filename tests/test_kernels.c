@@ -1,0 +1,381 @@
+/* SIMD kernels of the CPU backend against the portable scalar reference.
+ *
+ * Random matrices in every stored precision the SIMD tables take (F32, F16, BF16,
+ * MLX affine 4- and 8-bit with f32/f16/bf16 scales, several group sizes), shapes
+ * with ragged edges (rows not a multiple of the tile, columns not a multiple of
+ * the vector width, token counts across the tile and token-block sizes):
+ *  - every SIMD table this CPU runs agrees with the scalar backend to f32
+ *    rounding (|diff| <= 2e-6 * sum |w x|), and with an independent double
+ *    dequantisation written here from the format's definition;
+ *  - a token's result does not depend on how many tokens share the call or on
+ *    the thread count (bit-identical), which keeps lazy == resident.
+ * This file also builds for AArch64 (tests/cli/neon.sh runs it under qemu), so it
+ * uses only the backend and the dtype helpers.
+ */
+#include "harness.h"
+
+#include "common/error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/threadpool.h"
+
+#include <stdatomic.h>
+
+#include <stdint.h>
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) { /* xorshift64, uniform in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static void store_float(void *p, lm_dtype dt, size_t i, float v) {
+    if (dt == LM_DT_F32) ((float *)p)[i] = v;
+    else if (dt == LM_DT_BF16) ((uint16_t *)p)[i] = lm_f32_to_bf16(v);
+    else ((uint16_t *)p)[i] = lm_f32_to_f16(v);
+}
+
+typedef struct {
+    lm_mat m;
+    void *data, *scales, *biases;
+} test_mat;
+
+/* A random matrix; affine when bits > 0 (dt is then the scales' type). */
+static void make_mat(test_mat *t, int rows, int cols, lm_dtype dt, int bits, int gs) {
+    memset(t, 0, sizeof *t);
+    t->m.rows = rows;
+    t->m.cols = cols;
+    size_t n = (size_t)rows * (size_t)cols;
+    if (!bits) {
+        t->m.dtype = dt;
+        t->data = malloc(n * lm_dtype_size(dt));
+        for (size_t i = 0; i < n; i++) store_float(t->data, dt, i, (float)urand());
+    } else {
+        t->m.dtype = LM_DT_U32;
+        t->m.bits = bits;
+        t->m.group_size = gs;
+        t->m.qdtype = dt;
+        size_t bytes = n * (size_t)bits / 8, ng = n / (size_t)gs;
+        t->data = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++) ((uint8_t *)t->data)[i] = (uint8_t)(urand() * 128 + 128);
+        t->scales = malloc(ng * lm_dtype_size(dt));
+        t->biases = malloc(ng * lm_dtype_size(dt));
+        for (size_t g = 0; g < ng; g++) {
+            store_float(t->scales, dt, g, (float)(urand() * 0.02));
+            store_float(t->biases, dt, g, (float)(urand() * 0.1));
+        }
+    }
+    t->m.data = t->data;
+    t->m.scales = t->scales;
+    t->m.biases = t->biases;
+}
+
+static void free_mat(test_mat *t) {
+    free(t->data);
+    free(t->scales);
+    free(t->biases);
+}
+
+/* w[r][c] from the definitions: float types as stored; affine q from the bit
+ * stream (lowest bits first) times scale plus bias. */
+static double ref_w(const lm_mat *m, int r, int c) {
+    size_t i = (size_t)r * (size_t)m->cols + (size_t)c;
+    if (m->dtype != LM_DT_U32) return lm_load_float(m->data, m->dtype, i);
+    const uint8_t *b = m->data;
+    unsigned q = 0;
+    for (int k = 0; k < m->bits; k++) {
+        size_t bit = i * (size_t)m->bits + (size_t)k;
+        q |= (unsigned)((b[bit / 8] >> (bit % 8)) & 1u) << k;
+    }
+    size_t g = i / (size_t)m->group_size;
+    return (double)lm_load_float(m->scales, m->qdtype, g) * q + (double)lm_load_float(m->biases, m->qdtype, g);
+}
+
+static const char *tables[] = {"avx512", "avx2", "neon"};
+
+typedef struct {
+    int rows, cols;
+    lm_dtype dt;
+    int bits, gs;
+} shape;
+
+static const shape shapes[] = {
+    {13, 40, LM_DT_F32, 0, 0},   {9, 17, LM_DT_BF16, 0, 0},   {21, 100, LM_DT_F16, 0, 0},
+    {64, 256, LM_DT_BF16, 0, 0}, {7, 3, LM_DT_F32, 0, 0},     {16, 64, LM_DT_F16, 0, 0},
+    {13, 256, LM_DT_BF16, 4, 64}, {10, 96, LM_DT_F16, 4, 32},  {17, 512, LM_DT_F32, 4, 128},
+    {13, 256, LM_DT_BF16, 8, 64}, {6, 96, LM_DT_F16, 8, 32},   {33, 384, LM_DT_F32, 8, 128},
+    {40, 2048, LM_DT_BF16, 4, 64},
+};
+
+static void simd_matches_scalar(void) {
+    char err[LM_ERR_LEN];
+    lm_backend *ref;
+    CHECKF(lm_backend_cpu_create_with(&ref, 1, "scalar", err) == 0, "%s", err);
+    int tested = 0;
+    for (size_t ti = 0; ti < sizeof tables / sizeof tables[0]; ti++) {
+        lm_backend *be;
+        if (lm_backend_cpu_create_with(&be, 2, tables[ti], err) != 0) {
+            printf("# %s not run here: %s\n", tables[ti], err);
+            continue;
+        }
+        tested++;
+        CHECK(!strcmp(lm_backend_cpu_kernels(be), tables[ti]));
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const shape *sh = &shapes[si];
+            test_mat t;
+            make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
+            int n = 70; /* > the 64-token block and not a multiple of the tile */
+            float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
+            float *y = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
+            float *yr = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
+            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++) x[i] = (float)urand();
+            be->ops->matmul(be, y, &t.m, x, n);
+            ref->ops->matmul(ref, yr, &t.m, x, n);
+            double worst = 0, worst_def = 0;
+            for (int tok = 0; tok < n; tok++)
+                for (int r = 0; r < sh->rows; r++) {
+                    double exact = 0, mag = 0;
+                    for (int c = 0; c < sh->cols; c++) {
+                        double p = ref_w(&t.m, r, c) * x[(size_t)tok * (size_t)sh->cols + (size_t)c];
+                        exact += p;
+                        mag += fabs(p);
+                    }
+                    size_t o = (size_t)tok * (size_t)sh->rows + (size_t)r;
+                    double d = fabs((double)y[o] - yr[o]) / (mag + 1e-30);
+                    double de = fabs((double)y[o] - exact) / (mag + 1e-30);
+                    if (d > worst) worst = d;
+                    if (de > worst_def) worst_def = de;
+                }
+            CHECKF(worst <= 2e-6 && worst_def <= 2e-6, "%s on %dx%d %s bits %d g%d: relative error %.3g vs scalar, %.3g vs definition",
+                   tables[ti], sh->rows, sh->cols, lm_dtype_name(sh->dt), sh->bits, sh->gs, worst, worst_def);
+            free(x), free(y), free(yr);
+            free_mat(&t);
+        }
+        lm_backend_free(be);
+    }
+    lm_backend_free(ref);
+#if defined(__x86_64__) || defined(__aarch64__)
+    CHECKF(tested > 0, "no SIMD table runs on this machine");
+#endif
+}
+
+/* Same token, same bits: alone, in a batch of any size, with 1 or 3 threads. */
+static void batching_and_threads_bit_identical(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
+        lm_backend *one, *three;
+        if (lm_backend_cpu_create_with(&one, 1, names[ti], err) != 0) continue;
+        CHECK(lm_backend_cpu_create_with(&three, 3, names[ti], err) == 0);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const shape *sh = &shapes[si];
+            test_mat t;
+            make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
+            int n = 67;
+            float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
+            float *ya = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
+            float *yb = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
+            float *y1 = malloc(sizeof(float) * (size_t)sh->rows);
+            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++) x[i] = (float)urand();
+            one->ops->matmul(one, ya, &t.m, x, n);
+            three->ops->matmul(three, yb, &t.m, x, n);
+            CHECKF(!memcmp(ya, yb, sizeof(float) * (size_t)n * (size_t)sh->rows), "%s %dx%d: 1 vs 3 threads differ",
+                   names[ti], sh->rows, sh->cols);
+            for (int tok = 0; tok < n; tok += 5) {
+                three->ops->matmul(three, y1, &t.m, x + (size_t)tok * (size_t)sh->cols, 1);
+                CHECKF(!memcmp(y1, ya + (size_t)tok * (size_t)sh->rows, sizeof(float) * (size_t)sh->rows),
+                       "%s %dx%d bits %d: token %d alone differs from the batch", names[ti], sh->rows, sh->cols,
+                       sh->bits, tok);
+            }
+            /* The batch split 3 + rest gives the same again. */
+            three->ops->matmul(three, yb, &t.m, x, 3);
+            three->ops->matmul(three, yb + 3 * (size_t)sh->rows, &t.m, x + 3 * (size_t)sh->cols, n - 3);
+            CHECKF(!memcmp(ya, yb, sizeof(float) * (size_t)n * (size_t)sh->rows), "%s %dx%d: split batch differs",
+                   names[ti], sh->rows, sh->cols);
+            free(x), free(ya), free(yb), free(y1);
+            free_mat(&t);
+        }
+        lm_backend_free(one);
+        lm_backend_free(three);
+    }
+}
+
+/* Attention over a KV cache of 200 positions (several key tiles), GQA 6 heads on
+ * 2 kv heads, with and without a window: against a naive double softmax over the
+ * cache's own (rounded) values; and each query alone equals it in the batch. */
+static void attention_tiled(const char *kernels) {
+    char err[LM_ERR_LEN];
+    enum { P = 200, NH = 6, NKV = 2, HD = 40 };
+    const lm_dtype types[] = {LM_DT_F32, LM_DT_F16, LM_DT_I8};
+    lm_backend *be;
+    CHECKF(lm_backend_cpu_create_with(&be, 3, kernels, err) == 0, "%s", err);
+    if (!be) return;
+    float *k = malloc(sizeof(float) * P * NKV * HD), *v = malloc(sizeof(float) * P * NKV * HD);
+    float *q = malloc(sizeof(float) * P * NH * HD);
+    float *out = malloc(sizeof(float) * P * NH * HD), *one = malloc(sizeof(float) * NH * HD);
+    float *kr = malloc(sizeof(float) * P * NKV * HD), *vr = malloc(sizeof(float) * P * NKV * HD);
+    for (int i = 0; i < P * NKV * HD; i++) k[i] = (float)urand() * 2, v[i] = (float)urand();
+    for (int i = 0; i < P * NH * HD; i++) q[i] = (float)urand();
+    for (size_t ti = 0; ti < 3; ti++)
+        for (int window = 0; window <= 50; window += 50) {
+            lm_kv kc = {types[ti], malloc(P * NKV * HD * 4), malloc(P * NKV * 4)};
+            lm_kv vc = {types[ti], malloc(P * NKV * HD * 4), malloc(P * NKV * 4)};
+            /* Stored in two calls: the cache holds the same either way. */
+            be->ops->kv_store(be, &kc, 0, k, 77, NKV, HD);
+            be->ops->kv_store(be, &kc, 77, k + 77 * NKV * HD, P - 77, NKV, HD);
+            be->ops->kv_store(be, &vc, 0, v, P, NKV, HD);
+            /* What the cache holds, read by each type's definition. */
+            for (int p = 0; p < P; p++)
+                for (int h = 0; h < NKV; h++)
+                    for (int d = 0; d < HD; d++) {
+                        size_t i = ((size_t)p * NKV + (size_t)h) * HD + (size_t)d;
+                        if (types[ti] == LM_DT_F32) kr[i] = ((float *)kc.data)[i], vr[i] = ((float *)vc.data)[i];
+                        else if (types[ti] == LM_DT_F16)
+                            kr[i] = lm_f16_to_f32(((uint16_t *)kc.data)[i]), vr[i] = lm_f16_to_f32(((uint16_t *)vc.data)[i]);
+                        else
+                            kr[i] = kc.scales[p * NKV + h] * ((int8_t *)kc.data)[i],
+                            vr[i] = vc.scales[p * NKV + h] * ((int8_t *)vc.data)[i];
+                    }
+            /* The stored values are the inputs to within the type's rounding. */
+            double tol_store = types[ti] == LM_DT_F32 ? 0 : types[ti] == LM_DT_F16 ? 1.0 / 1024 : 1.0 / 127;
+            double worst_store = 0;
+            for (int i = 0; i < P * NKV * HD; i++) {
+                double d = fabs(kr[i] - k[i]) / 2.0; /* |k| < 2 */
+                if (d > worst_store) worst_store = d;
+            }
+            CHECKF(worst_store <= tol_store, "%s cache stores keys %.3g off", lm_dtype_name(types[ti]), worst_store);
+            float sc = 1.0f / sqrtf((float)HD);
+            be->ops->attention(be, out, q, &kc, &vc, P, 0, NH, NKV, HD, sc, window);
+            double worst = 0;
+            for (int t = 0; t < P; t++)
+                for (int h = 0; h < NH; h++) {
+                    int kvh = h / (NH / NKV), first = window && t - window + 1 > 0 ? t - window + 1 : 0;
+                    double mx = -1e300, w[P], sum = 0;
+                    for (int p = first; p <= t; p++) {
+                        double s_ = 0;
+                        for (int d = 0; d < HD; d++)
+                            s_ += (double)q[((size_t)t * NH + (size_t)h) * HD + (size_t)d] * kr[((size_t)p * NKV + (size_t)kvh) * HD + (size_t)d];
+                        w[p] = s_ * sc;
+                        if (w[p] > mx) mx = w[p];
+                    }
+                    for (int p = first; p <= t; p++) sum += (w[p] = exp(w[p] - mx));
+                    for (int d = 0; d < HD; d++) {
+                        double o = 0;
+                        for (int p = first; p <= t; p++) o += w[p] / sum * vr[((size_t)p * NKV + (size_t)kvh) * HD + (size_t)d];
+                        double e = fabs(o - out[((size_t)t * NH + (size_t)h) * HD + (size_t)d]);
+                        if (e > worst) worst = e;
+                    }
+                }
+            CHECKF(worst < 1e-5, "%s window %d: attention off by %.3g", lm_dtype_name(types[ti]), window, worst);
+            for (int t = 0; t < P; t += 37) {
+                be->ops->attention(be, one, q + (size_t)t * NH * HD, &kc, &vc, 1, t, NH, NKV, HD, sc, window);
+                CHECKF(!memcmp(one, out + (size_t)t * NH * HD, sizeof(float) * NH * HD), "%s: query %d alone differs",
+                       lm_dtype_name(types[ti]), t);
+            }
+            free(kc.data), free(kc.scales), free(vc.data), free(vc.scales);
+        }
+    free(k), free(v), free(q), free(out), free(one), free(kr), free(vr);
+    lm_backend_free(be);
+}
+
+static void attention_scalar(void) { attention_tiled("scalar"); }
+static void attention_auto(void) { attention_tiled(NULL); }
+
+/* matmul_many: each product bit-identical to matmul of it alone (mixed types). */
+static void matmul_many_equals_single(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
+        lm_backend *be;
+        if (lm_backend_cpu_create_with(&be, 3, names[ti], err) != 0) continue;
+        test_mat t[3];
+        make_mat(&t[0], 13, 256, LM_DT_BF16, 4, 64);
+        make_mat(&t[1], 21, 100, LM_DT_F16, 0, 0);
+        make_mat(&t[2], 33, 384, LM_DT_F32, 8, 128);
+        int n = 5;
+        float *x[3], *ym[3], *y1[3];
+        lm_matmul_item items[3];
+        for (int i = 0; i < 3; i++) {
+            x[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.cols);
+            ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+            y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+            for (int k = 0; k < n * t[i].m.cols; k++) x[i][k] = (float)urand();
+            items[i] = (lm_matmul_item){ym[i], &t[i].m, x[i]};
+        }
+        be->ops->matmul_many(be, items, 3, n);
+        for (int i = 0; i < 3; i++) {
+            be->ops->matmul(be, y1[i], &t[i].m, x[i], n);
+            CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows), "%s: item %d differs",
+                   names[ti], i);
+            free(x[i]), free(ym[i]), free(y1[i]);
+            free_mat(&t[i]);
+        }
+        lm_backend_free(be);
+    }
+}
+
+/* The pool runs every task of every job exactly once, back to back, with more
+ * threads than cores (workers are descheduled mid-job and wake up late). */
+typedef struct {
+    atomic_int hits[64];
+    int spin;
+} pool_ctx;
+
+static void pool_task(void *ctx, int task) {
+    pool_ctx *c = ctx;
+    volatile int sink = 0;
+    for (int i = 0; i < (task % 4) * c->spin; i++) sink += i;
+    atomic_fetch_add(&c->hits[task], 1);
+}
+
+static void threadpool_each_task_once(void) {
+    char err[LM_ERR_LEN];
+    lm_pool *p;
+    CHECK(lm_pool_create(&p, 7, err) == 0);
+    pool_ctx c;
+    int bad = 0;
+    for (int run = 0; run < 20000 && !bad; run++) {
+        int n = 1 + run % 64;
+        for (int i = 0; i < 64; i++) atomic_init(&c.hits[i], 0);
+        c.spin = run % 3 == 0 ? 200 : 0;
+        lm_pool_run(p, n, pool_task, &c);
+        for (int i = 0; i < 64; i++)
+            if (atomic_load(&c.hits[i]) != (i < n)) {
+                CHECKF(0, "run %d: task %d of %d ran %d times", run, i, n, atomic_load(&c.hits[i]));
+                bad = 1;
+                break;
+            }
+    }
+    lm_pool_free(p);
+}
+
+static void kernel_selection(void) {
+    char err[LM_ERR_LEN];
+    lm_backend *be = NULL;
+    CHECK(lm_backend_cpu_create_with(&be, 1, "sse9", err) == -1 && be == NULL);
+    CHECK_STR_CONTAINS(err, "unknown kernels 'sse9'");
+    CHECK(lm_backend_cpu_create_with(&be, 1, "scalar", err) == 0 && !strcmp(lm_backend_cpu_kernels(be), "scalar"));
+    lm_backend_free(be);
+    CHECK(lm_backend_cpu_create_with(&be, 1, NULL, err) == 0);
+#if defined(__x86_64__) || defined(__aarch64__)
+    CHECKF(strcmp(lm_backend_cpu_kernels(be), "scalar") != 0, "auto picked scalar on a SIMD machine");
+#endif
+    printf("# auto kernels: %s\n", lm_backend_cpu_kernels(be));
+    lm_backend_free(be);
+#if defined(__x86_64__)
+    CHECK(lm_backend_cpu_create_with(&be, 1, "neon", err) == -1);
+    CHECK_STR_CONTAINS(err, "which this CPU or build lacks");
+#endif
+}
+
+int main(void) {
+    TEST_CASE("kernels_simd_match_scalar", simd_matches_scalar);
+    TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
+    TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
+    TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
+    TEST_CASE("kernels_matmul_many_equals_single", matmul_many_equals_single);
+    TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);
+    TEST_CASE("kernels_selection", kernel_selection);
+    return th_failed_cases ? 1 : 0;
+}
