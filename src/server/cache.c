@@ -51,7 +51,13 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         if (lru < 0 || sl->last_used < c->slots[lru].last_used) lru = i;
     }
     int pick;
-    if (best >= 0 && best_lcp > 0 && 2 * best_lcp >= lazymoe_session_length(c->slots[best].s)) pick = best;
+    /* The best session is reused when it holds the whole prompt (nothing to evaluate)
+     * or when the shared prefix is at least half of what it holds; a request that only
+     * shares a short beginning (a common system prompt) gets its own session rather
+     * than cutting a long conversation back to that beginning. */
+    if (best >= 0 && best_lcp > 0 &&
+        (best_lcp >= n - 1 || 2 * best_lcp >= lazymoe_session_length(c->slots[best].s)))
+        pick = best;
     else if (free_slot >= 0) pick = free_slot;
     else if (lru >= 0) pick = lru;
     else {
