@@ -56,6 +56,10 @@ typedef struct {
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
      * with the hottest experts in the background. 1 = neither read nor write it. */
     int no_warm_start;
+    /* KV cache positions the memory plan reserves, summed over every session the
+     * program keeps (a server keeping several conversations); 0 = max_context (one
+     * full session). Values below max_context count as max_context. */
+    int kv_cache_tokens;
     /* Router lookahead (lazy experts only, decode steps of up to 4 tokens): when a layer
      * is done, the next MoE layer's router is applied to its input -- before that
      * layer's attention has run -- and the `lookahead` most likely experts per token
@@ -66,10 +70,6 @@ typedef struct {
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;
-    /* KV cache positions the memory plan reserves, summed over every session the
-     * program keeps (a server keeping several conversations); 0 = max_context (one
-     * full session). Values below max_context count as max_context. */
-    int kv_cache_tokens;
 } lazymoe_options;
 
 /* Fills the defaults above. */

@@ -452,7 +452,7 @@ static void test_kv_cache_tokens_planned(void) {
     lazymoe_options_init(&o);
     o.max_context = 256;
     o.no_warm_start = 1;
-    o.kv_bits = 16;
+    o.kv_bits = 32; /* 4 bytes per value below */
     lazymoe_model *a = NULL, *b = NULL;
     o.memory_budget = 1ull << 30;
     CHECK(lazymoe_model_open(&a, MODEL_DIR, &o, err, sizeof err) == 0);
@@ -464,8 +464,7 @@ static void test_kv_cache_tokens_planned(void) {
         lazymoe_model_get_expert_stats(a, -1, &sa);
         lazymoe_model_get_expert_stats(b, -1, &sb);
         lazymoe_model_get_info(a, &info);
-        /* keys and values of every layer, 2 bytes each in the default f16 KV cache */
-        uint64_t per_token = (uint64_t)info.n_layers * 2 * (uint64_t)info.n_kv_heads * (uint64_t)info.head_dim * 2;
+        uint64_t per_token = (uint64_t)info.n_layers * 2 * (uint64_t)info.n_kv_heads * (uint64_t)info.head_dim * 4;
         CHECKF(sb.planned_bytes - sa.planned_bytes == per_token * (1024 - 256), "planned %llu vs %llu",
                (unsigned long long)sb.planned_bytes, (unsigned long long)sa.planned_bytes);
         lazymoe_session *s = NULL;

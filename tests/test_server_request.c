@@ -8,6 +8,7 @@
  * of converted messages, the options, and client mistakes (4xx naming the field). */
 #include "harness.h"
 #include "lazymoe.h"
+#include "server/cache.h"
 #include "server/request.h"
 
 #include <jansson.h>
@@ -233,6 +234,60 @@ static void test_client_mistakes(void) {
     check_error(SRV_ANTHROPIC, deep, 400, "nests deeper");
 }
 
+/* The prompt cache's choices (server/cache.h): extend a conversation in place, keep an
+ * unrelated one apart, serve a prompt the session already holds, free the least
+ * recently used sessions when the KV budget needs room. */
+static void fill(lazymoe_session *s, const int32_t *ids, int n, int reused) {
+    char err[512];
+    CHECK(lazymoe_session_truncate(s, reused, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(s, ids + reused, n - reused, NULL, 0, err, sizeof err) == 0);
+}
+
+static void test_prompt_cache_policy(void) {
+    enum { N = 3000 };
+    int32_t *a = malloc(sizeof(int32_t) * N), *b = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) a[i] = 3 + i % 300, b[i] = i < 5 ? a[i] : 7 + i % 200;
+    srv_prompt_cache c;
+    char err[512];
+    int reused = -1, sessions, tokens;
+    CHECK(srv_cache_init(&c, M, 2, 0, err, sizeof err) == 0); /* budget: one context (4096) */
+    lazymoe_session *s1 = srv_cache_take(&c, a, 100, 50, &reused, err, sizeof err);
+    CHECK(s1 && reused == 0);
+    fill(s1, a, 100, reused);
+    srv_cache_put(&c, s1);
+    lazymoe_session *s2 = srv_cache_take(&c, a, 150, 50, &reused, err, sizeof err); /* the next turn */
+    CHECK(s2 == s1 && reused == 100);
+    fill(s2, a, 150, reused);
+    srv_cache_put(&c, s2);
+    lazymoe_session *s3 = srv_cache_take(&c, b, 120, 50, &reused, err, sizeof err); /* shares 5 tokens only */
+    CHECK(s3 && s3 != s1 && reused == 0);
+    fill(s3, b, 120, reused);
+    srv_cache_put(&c, s3);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECK(sessions == 2 && tokens == 270);
+    lazymoe_session *s4 = srv_cache_take(&c, a, 40, 50, &reused, err, sizeof err); /* held entirely by s1 */
+    CHECK(s4 == s1 && reused == 39);
+    fill(s4, a, 40, reused);
+    srv_cache_put(&c, s4);
+    /* A long conversation fills the budget: the other session is freed for it. */
+    lazymoe_session *s5 = srv_cache_take(&c, a, N, 1000, &reused, err, sizeof err);
+    CHECK(s5 == s1 && reused == 40);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 1, "%d sessions kept while a 4000-token request needs the whole budget", sessions);
+    fill(s5, a, N, reused);
+    srv_cache_put(&c, s5);
+    /* ... and an unrelated request then takes the free slot, freeing the long one
+     * (its capacity and the new request's do not fit one context together). */
+    lazymoe_session *s6 = srv_cache_take(&c, b, 200, 100, &reused, err, sizeof err);
+    CHECK(s6 && reused == 0);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 1 && tokens == 0, "%d sessions, %d tokens", sessions, tokens);
+    srv_cache_put(&c, s6);
+    srv_cache_free(&c);
+    free(a);
+    free(b);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -247,6 +302,7 @@ int main(void) {
     TEST_CASE("server_request_message_shapes", test_message_shapes);
     TEST_CASE("server_request_options", test_options);
     TEST_CASE("server_request_client_mistakes_are_4xx", test_client_mistakes);
+    TEST_CASE("server_prompt_cache_policy", test_prompt_cache_policy);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

@@ -51,11 +51,12 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         if (lru < 0 || sl->last_used < c->slots[lru].last_used) lru = i;
     }
     int pick;
-    /* Reuse a conversation when the request continues it (the common prefix is most of what
-     * it holds) or re-sends its whole prompt (a retry); otherwise keep it for its own client
-     * and start in a free slot. */
+    /* The best session is reused when it holds the whole prompt (nothing to evaluate)
+     * or when the shared prefix is at least half of what it holds; a request that only
+     * shares a short beginning (a common system prompt) gets its own session rather
+     * than cutting a long conversation back to that beginning. */
     if (best >= 0 && best_lcp > 0 &&
-        (2 * best_lcp >= lazymoe_session_length(c->slots[best].s) || best_lcp >= n - 1))
+        (best_lcp >= n - 1 || 2 * best_lcp >= lazymoe_session_length(c->slots[best].s)))
         pick = best;
     else if (free_slot >= 0) pick = free_slot;
     else if (lru >= 0) pick = lru;

@@ -2,9 +2,9 @@
  * request of a conversation only evaluates its new tokens.
  *
  * A request takes the session sharing the longest prefix with its prompt when that
- * prefix is at least half of what the session holds (the same conversation, or one
- * that only changed its last turn); otherwise a fresh session, or, when every slot
- * is taken, the least recently used one. The KV caches of all sessions together stay
+ * prefix is the whole prompt or at least half of what the session holds (the same
+ * conversation, or one that only changed its last turn); otherwise a fresh session,
+ * or, when every slot is taken, the least recently used one. The KV caches of all sessions together stay
  * within `budget_tokens` positions (the memory plan reserves that many): before a
  * request runs, least recently used sessions are freed until the taken one can grow
  * to prompt + max_tokens.

@@ -5,8 +5,8 @@
 // disconnects mid-stream, two clients at once, the prompt cache.
 import OpenAI from 'openai';
 import { testCase, assert, done } from './harness.mjs';
-import { startServer, http, parseSSE, SERVER_MODEL } from './server_harness.mjs';
 import path from 'node:path';
+import { startServer, http, SERVER_MODEL } from './server_harness.mjs';
 
 const KEY = 'test-key-123';
 const server = await startServer(['--allow-forced-output', '--api-key', KEY, '--max-body', '1M', '--max-input-tokens', '3000']);
