@@ -10,14 +10,14 @@
 #   make clean
 #
 # Dependencies are Debian packages: libjansson-dev (JSON), libpcre2-dev (tokenizer
-# split regexes). `tools/install-deps.sh` installs them.
+# split regexes), libmicrohttpd-dev (the HTTP server). `tools/install-deps.sh` installs them.
 
 CC      ?= cc
 CSTD    := -std=c11 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
 INC     := -Iinclude -Isrc
 OPT     ?= -O2 -g
-LIBS    := -ljansson -lpcre2-8 -lpthread -lm
+LIBS    := -ljansson -lpcre2-8 -lmicrohttpd -lpthread -lm
 
 SRC     := $(sort $(wildcard src/*/*.c src/*/*/*.c))
 LIB_SRC := $(filter-out src/cli/%,$(SRC))

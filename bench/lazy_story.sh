@@ -2,18 +2,21 @@
 # The lazy-experts story end to end, on one machine in one run:
 #   1. the disk's own direct-read bandwidth (fio, O_DIRECT random reads at QD 1 / 8 / 32),
 #   2. `lazymoe bench` on a model uncapped, then inside a cgroup v1 memory cgroup (page
-#      cache included) capped at 50% and 25% of the model's size,
+#      cache included) capped at 50% and 25% (or $CAPS percent) of the model's size,
 # printing for each run decode tok/s, hit rate, routing statistics, peak RSS, and the
 # achieved miss bandwidth as a fraction of the disk's bandwidth; greedy ids of every
 # capped run are compared with the uncapped run's.
 #
-# usage: bench/lazy_story.sh MODEL_DIR [PROMPT_TOKENS] [GEN_TOKENS]
+# usage: [CAPS="50 25"] bench/lazy_story.sh MODEL_DIR [PROMPT_TOKENS] [GEN_TOKENS]
+# CAPS lists the cgroup limits as percentages of the model's size (default 50 and 25).
 # Needs root (cgroup, drop_caches). Writes its JSON and a table to bench/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:?usage: bench/lazy_story.sh MODEL_DIR [PROMPT_TOKENS] [GEN_TOKENS]}
 PROMPT=${2:-64}
 GEN=${3:-32}
+CAPS=${CAPS:-"50 25"}
+CAPPED=$(for c in $CAPS; do printf 'cap%s ' "$c"; done)
 BIN=build/lazymoe
 OUT=bench/out
 mkdir -p "$OUT"
@@ -51,11 +54,10 @@ run() { # name, limit bytes (0 = none)
     fi
 }
 run uncapped 0
-run cap50 $((size / 2))
-run cap25 $((size / 4))
+for c in $CAPS; do run "cap$c" $((size * c / 100)); done
 
 printf '\n%-9s %9s %9s %8s %9s %8s %8s %10s %11s %8s\n' run prefill decode hit% distinct reuse% top16% peakRSS_GB missBW_MB/s %disk
-for r in uncapped cap50 cap25; do
+for r in uncapped $CAPPED; do
     python3 - "$OUT/$r.json" "$DISK" "$r" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1])); disk = float(sys.argv[2]); r = j["routing"]
@@ -65,7 +67,7 @@ print("%-9s %9.2f %9.2f %8.1f %9.1f %8.1f %8.1f %10.2f %11.1f %8.1f" % (sys.argv
 PY
 done
 # Lossless: every capped run must produce exactly the uncapped run's tokens and routing.
-for r in cap50 cap25; do
+for r in $CAPPED; do
     same_ids=$(python3 -c "import json,sys; a=json.load(open('$OUT/uncapped.json')); b=json.load(open('$OUT/$r.json')); print(a['generated_ids']==b['generated_ids'])")
     same_routing=no; cmp -s "$OUT/trace-uncapped.txt" "$OUT/trace-$r.txt" && same_routing=yes
     echo "$r: generated ids identical to uncapped: $same_ids; routing identical: $same_routing"

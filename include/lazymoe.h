@@ -56,6 +56,17 @@ typedef struct {
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
      * with the hottest experts in the background. 1 = neither read nor write it. */
     int no_warm_start;
+    /* KV cache positions the memory plan reserves, summed over every session the
+     * program keeps (a server keeping several conversations); 0 = max_context (one
+     * full session). Values below max_context count as max_context. */
+    int kv_cache_tokens;
+    /* Router lookahead (lazy experts only, decode steps of up to 4 tokens): when a layer
+     * is done, the next MoE layer's router is applied to its input -- before that
+     * layer's attention has run -- and the `lookahead` most likely experts per token
+     * that are not cached are read in the background meanwhile. Predictions only
+     * decide what is read early; every routed expert is still computed exactly.
+     * 0 = off. */
+    int lookahead;
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;
@@ -96,7 +107,10 @@ typedef struct {
     int resident;             /* 1: every expert in memory, no cache */
     int capacity;             /* expert slots per MoE layer */
     uint64_t hits, misses;    /* routed experts found cached / read from disk */
-    uint64_t bytes_read;      /* expert bytes read from disk */
+    uint64_t bytes_read;
+    uint64_t prefetched;         /* router-lookahead reads queued */
+    uint64_t prefetch_used;      /* of them, routed to before being evicted */
+    uint64_t prefetch_cancelled; /* dropped unstarted: the layer did not need them */      /* expert bytes read from disk */
     double read_seconds;      /* summed over the reader threads */
     double wait_seconds;      /* compute blocked waiting for reads */
     uint64_t memory_budget;   /* the budget the plan was made for */
@@ -124,7 +138,14 @@ int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, s
 void lazymoe_session_free(lazymoe_session *s);
 /* Tokens currently held in the session's context. */
 int lazymoe_session_length(const lazymoe_session *s);
-/* Forgets all tokens after the first n (n <= length). */
+/* Positions the session's KV cache has memory for: it grows by doubling as the
+ * context grows (up to max_context) and never shrinks until the session is freed. */
+int lazymoe_session_capacity(const lazymoe_session *s);
+/* Forgets all tokens after the first n (n <= length). Models with recurrent state
+ * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
+ * snapshot at or before n (generation keeps one before each prompt's last token), or
+ * to the start, and evaluate the held tokens from there to n again, which costs
+ * compute and can fail like lazymoe_session_eval. */
 int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen);
 
 /* Appends n tokens to the context and runs the model over them.
@@ -211,6 +232,12 @@ typedef struct {
     /* Optional: generation stops soon after *cancel becomes non-zero (checked between
      * tokens and between prompt chunks), e.g. from a SIGINT handler. */
     const volatile sig_atomic_t *cancel;
+    /* Tests only: the generated tokens are the tokenization of this text (special
+     * tokens written in it become their ids) instead of sampled ones. The model still
+     * evaluates every token; end-of-sequence ids, stop strings, max_tokens and the
+     * context limit apply as usual; when the text is used up, generation ends with
+     * finish reason STOP. NULL = sample normally. */
+    const char *forced_text;
 } lazymoe_gen_params;
 
 /* Defaults above, sampling from lazymoe_sampling_init(m). */
@@ -228,6 +255,7 @@ typedef struct {
     double expert_hit_rate;   /* routed experts found in the cache during the call; -1 when resident */
     uint64_t expert_bytes_read; /* expert bytes read from disk during the call */
     lazymoe_finish finish_reason;
+    int stop_index;           /* finish STOP by a stop string: its index in params->stop; else -1 */
 } lazymoe_gen_stats;
 
 /* Receives the answer as it is generated: each piece is complete UTF-8 (a character

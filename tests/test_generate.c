@@ -403,6 +403,82 @@ static void test_context_limits(void) {
     lazymoe_model_close(small);
 }
 
+/* forced_text (tests only): the answer is the given text, the session holds exactly
+ * prompt + its tokens (the model evaluated them), stop strings and max_tokens still
+ * apply, and stats name the stop string that ended the answer. */
+static void test_forced_text(void) {
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, M);
+    p.forced_text = "<think>plan</think>h\xc3\xa9llo <tool_call>{\"a\": 1}</tool_call>";
+    lazymoe_session *s = new_session();
+    lazymoe_gen_stats st;
+    char *t = NULL;
+    const char *prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+    CHECK(lazymoe_generate(s, prompt, &p, &t, &st, err, sizeof err) == 0);
+    CHECKF(t && !strcmp(t, p.forced_text), "%s", t ? t : "(null)");
+    int32_t *fids = NULL, *pids = NULL;
+    int nf = 0, np = 0;
+    CHECK(lazymoe_tokenize(M, p.forced_text, strlen(p.forced_text), 0, &fids, &nf, err, sizeof err) == 0);
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &pids, &np, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.generated_tokens, nf);
+    CHECK(st.finish_reason == LAZYMOE_FINISH_STOP && st.stop_index == -1);
+    /* every forced token but the last was evaluated (the last one's logits are not needed) */
+    CHECK_EQ_INT(lazymoe_session_length(s), np + nf - 1);
+    CHECK(fids && !memcmp(lazymoe_session_tokens(s) + np, fids, sizeof(int32_t) * (size_t)(nf - 1)));
+    lazymoe_free(t);
+    /* A stop string inside the forced text ends it there and is reported by index. */
+    const char *stops[2] = {"zzz", "<tool_call>"};
+    p.stop = stops;
+    p.n_stop = 2;
+    CHECK(lazymoe_generate(s, prompt, &p, &t, &st, err, sizeof err) == 0);
+    CHECKF(t && !strcmp(t, "<think>plan</think>h\xc3\xa9llo "), "%s", t ? t : "(null)");
+    CHECK(st.finish_reason == LAZYMOE_FINISH_STOP && st.stop_index == 1);
+    lazymoe_free(t);
+    /* max_tokens cuts it short. */
+    p.n_stop = 0;
+    p.max_tokens = 3;
+    CHECK(lazymoe_generate(s, prompt, &p, &t, &st, err, sizeof err) == 0);
+    CHECK(st.finish_reason == LAZYMOE_FINISH_LENGTH && st.generated_tokens == 3);
+    lazymoe_free(t);
+    lazymoe_free(fids);
+    lazymoe_free(pids);
+    lazymoe_session_free(s);
+}
+
+/* kv_cache_tokens: the memory plan reserves KV for that many positions (a server
+ * keeping several conversations), and session capacity grows by doubling. */
+static void test_kv_cache_tokens_planned(void) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.max_context = 256;
+    o.no_warm_start = 1;
+    o.kv_bits = 32; /* 4 bytes per value below */
+    lazymoe_model *a = NULL, *b = NULL;
+    o.memory_budget = 1ull << 30;
+    CHECK(lazymoe_model_open(&a, MODEL_DIR, &o, err, sizeof err) == 0);
+    o.kv_cache_tokens = 1024;
+    CHECK(lazymoe_model_open(&b, MODEL_DIR, &o, err, sizeof err) == 0);
+    if (a && b) {
+        lazymoe_expert_stats sa, sb;
+        lazymoe_model_info info;
+        lazymoe_model_get_expert_stats(a, -1, &sa);
+        lazymoe_model_get_expert_stats(b, -1, &sb);
+        lazymoe_model_get_info(a, &info);
+        uint64_t per_token = (uint64_t)info.n_layers * 2 * (uint64_t)info.n_kv_heads * (uint64_t)info.head_dim * 4;
+        CHECKF(sb.planned_bytes - sa.planned_bytes == per_token * (1024 - 256), "planned %llu vs %llu",
+               (unsigned long long)sb.planned_bytes, (unsigned long long)sa.planned_bytes);
+        lazymoe_session *s = NULL;
+        CHECK(lazymoe_session_create(&s, a, err, sizeof err) == 0);
+        CHECK_EQ_INT(lazymoe_session_capacity(s), 0);
+        int32_t ids[3] = {3, 14, 15};
+        CHECK(lazymoe_session_eval(s, ids, 3, NULL, 0, err, sizeof err) == 0);
+        CHECK(lazymoe_session_capacity(s) >= 3 && lazymoe_session_capacity(s) <= 256);
+        lazymoe_session_free(s);
+    }
+    lazymoe_model_close(a);
+    lazymoe_model_close(b);
+}
+
 static void test_no_tokenizer(void) {
     lazymoe_model *m = NULL;
     CHECK(lazymoe_model_open(&m, LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/olmoe_f32", NULL, err, sizeof err) == 0);
@@ -439,6 +515,8 @@ int main(void) {
     TEST_CASE("generate_cancel_and_errors", test_cancel_and_limits);
     TEST_CASE("generate_context_limits", test_context_limits);
     TEST_CASE("generate_no_tokenizer", test_no_tokenizer);
+    TEST_CASE("generate_forced_text", test_forced_text);
+    TEST_CASE("generate_kv_cache_tokens_planned", test_kv_cache_tokens_planned);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

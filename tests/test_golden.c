@@ -18,6 +18,15 @@
 
 #define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
 
+/* A fixture is a directory under tests/fixtures/golden/, or the demo model shipped under
+ * models/ whose golden files sit in its golden/ folder. */
+static void fixture_path(char *buf, size_t n, const char *name, const char *file) {
+    if (!strncmp(name, "models/", 7))
+        snprintf(buf, n, LAZYMOE_SOURCE_DIR "/%s%s%s", name, file ? "/golden/" : "", file ? file : "");
+    else
+        snprintf(buf, n, GOLDEN "%s%s%s", name, file ? "/" : "", file ? file : "");
+}
+
 static int read_ids(const char *path, int32_t *ids, int max, const char *sep) {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
@@ -46,7 +55,7 @@ static int kv_bits = 32; /* KV cache precision of the model under test */
 
 static lazymoe_model *open_fixture(const char *name) {
     char dir[512], err[512];
-    snprintf(dir, sizeof dir, GOLDEN "%s", name);
+    fixture_path(dir, sizeof dir, name, NULL);
     lazymoe_options opt;
     lazymoe_options_init(&opt);
     opt.n_threads = 2;
@@ -65,7 +74,7 @@ static void check_logits(const char *name, double tol, double tol_f32) {
     if (!m) return;
     char path[512], err[512];
     int32_t ids[4096];
-    snprintf(path, sizeof path, GOLDEN "%s/input_ids.txt", name);
+    fixture_path(path, sizeof path, name, "input_ids.txt");
     int n = read_ids(path, ids, 4096, "%c");
     CHECK(n > 0);
     lazymoe_model_info info;
@@ -80,7 +89,7 @@ static void check_logits(const char *name, double tol, double tol_f32) {
         float *ref;
         size_t shape[4];
         int nd;
-        snprintf(path, sizeof path, GOLDEN "%s/%s", name, files[f]);
+        fixture_path(path, sizeof path, name, files[f]);
         if (lm_npy_read_f32(path, &ref, shape, &nd, err) != 0) {
             CHECKF(f == 1, "%s", err);
             continue;
@@ -102,9 +111,9 @@ static void check_greedy(const char *name, const char *ref_file) {
     if (!m) return;
     char path[512], err[512];
     int32_t ids[4096], want[256], got[256];
-    snprintf(path, sizeof path, GOLDEN "%s/input_ids.txt", name);
+    fixture_path(path, sizeof path, name, "input_ids.txt");
     int n = read_ids(path, ids, 4096, "%c");
-    snprintf(path, sizeof path, GOLDEN "%s/%s", name, ref_file);
+    fixture_path(path, sizeof path, name, ref_file);
     int nw = read_ids(path, want, 256, "%*[ ]");
     CHECK(n > 0 && nw > 0);
     lazymoe_model_info info;
@@ -140,7 +149,7 @@ static void check_greedy(const char *name, const char *ref_file) {
         int nd;
         char lf[64];
         snprintf(lf, sizeof lf, "greedy_logits%s.npy", strstr(ref_file, "_f32") ? "_f32" : "");
-        snprintf(path, sizeof path, GOLDEN "%s/%s", name, lf);
+        fixture_path(path, sizeof path, name, lf);
         int tie = 0;
         if (first_diff < ng && lm_npy_read_f32(path, &gl, shape, &nd, err) == 0) {
             size_t row = (size_t)(n - 1 + first_diff), V = (size_t)info.vocab_size;
@@ -176,6 +185,10 @@ static void mixtral_bf16(void) { check_logits("mixtral_bf16", BF16_TOL, F32_TOL)
 static void olmoe_f32(void) { check_logits("olmoe_f32", F32_TOL, 0); check_greedy("olmoe_f32", "greedy.txt"); }
 static void qwen3_moe_long(void) { check_logits("qwen3_moe_long_f32", F32_TOL, 0); check_greedy("qwen3_moe_long_f32", "greedy.txt"); }
 static void mixtral_window(void) { check_logits("mixtral_window_f32", F32_TOL, 0); check_greedy("mixtral_window_f32", "greedy.txt"); }
+/* The shipped 4-bit demo model vs transformers running its dequantized weights
+ * (tools/train_demo.py). */
+static void demo_coder(void) { check_logits("models/demo-coder", F32_TOL, 0); check_greedy("models/demo-coder", "greedy.txt"); }
+static void qwen3_next_f32(void) { check_logits("qwen3_next_f32", F32_TOL, 0); check_greedy("qwen3_next_f32", "greedy.txt"); }
 static void olmoe_clip_bf16(void) { check_logits("olmoe_clip_bf16", BF16_TOL, F32_TOL); check_greedy("olmoe_clip_bf16", "greedy_f32.txt"); }
 
 /* The lower-precision KV caches on every f32 fixture: their whole error against
@@ -194,6 +207,7 @@ static void kv_int8(void) { kv_cache_error(8, KV8_TOL); }
 
 int main(void) {
     TEST_CASE("golden_qwen3_moe_f32", qwen3_moe_f32);
+    TEST_CASE("golden_demo_coder_q4", demo_coder);
     TEST_CASE("golden_qwen3_moe_sharded_f32", qwen3_moe_sharded);
     TEST_CASE("golden_qwen3_moe_tied_bf16", qwen3_moe_tied_bf16);
     TEST_CASE("golden_mixtral_f32", mixtral_f32);
@@ -202,6 +216,7 @@ int main(void) {
     TEST_CASE("golden_olmoe_clip_bf16", olmoe_clip_bf16);
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
+    TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
     TEST_CASE("golden_kv_f16_error", kv_f16);
     TEST_CASE("golden_kv_int8_error", kv_int8);
     TEST_EXIT();

@@ -24,6 +24,7 @@ typedef struct {
 
 /* Logits of ids over the prompt, then 12 greedy tokens, at a given capacity. */
 static int warm_runs; /* 1: let runs use the popularity history (warm start) */
+static int lookahead_n; /* router lookahead of the runs (0 = off) */
 
 static int run(const char *dir, int capacity, int buffered, const int32_t *ids, int n, run_result *r, char *err) {
     lazymoe_options o;
@@ -33,6 +34,7 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
     o.expert_capacity = capacity;
     o.buffered_io = buffered;
     o.io_threads = 3;
+    o.lookahead = lookahead_n;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, dir, &o, err, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
@@ -95,12 +97,62 @@ static void mixtral(void) { same_at_capacities(GOLDEN "mixtral_f32", 4, 2); }
 static void mixtral_bf16(void) { same_at_capacities(GOLDEN "mixtral_bf16", 8, 2); }
 static void olmoe(void) { same_at_capacities(GOLDEN "olmoe_f32", 8, 2); }
 static void olmoe_clip(void) { same_at_capacities(GOLDEN "olmoe_clip_bf16", 6, 3); }
+/* The shipped 4-bit demo model: trained routing, 32 experts, top-4. */
+static void demo_coder(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
+static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2); }
+
+/* Router lookahead only changes what is read when: with it on, at capacities where
+ * most routes miss, results stay bit-identical to resident on every family, and the
+ * speculative reads really happen. The second half also runs with a warm start, whose
+ * background reads the lookahead's must overtake (promotion to demand reads). */
+static void lookahead_bit_identical(void) {
+    const char *dirs[] = {LAZYMOE_SOURCE_DIR "/models/demo-coder", GOLDEN "mixtral_f32", GOLDEN "qwen3_next_f32",
+                          GOLDEN "olmoe_f32"};
+    int caps[] = {4, 2, 2, 3};
+    char err[LM_ERR_LEN], xdg[600];
+    for (int pass = 0; pass < 2; pass++) {
+        snprintf(xdg, sizeof xdg, "%s/xdg-lookahead-%d", tmp, pass);
+        setenv("XDG_CACHE_HOME", xdg, 1);
+        warm_runs = pass;
+        for (int d = 0; d < 4; d++) {
+            run_result ref = {0};
+            lookahead_n = 0;
+            CHECKF(run(dirs[d], -1, 0, IDS, NIDS, &ref, err) == 0, "resident %s: %s", dirs[d], err);
+            for (int la = 2; la <= 8; la *= 2) {
+                lookahead_n = la;
+                run_result r = {0};
+                /* On the warm pass, run twice: the second run starts from the first's history. */
+                for (int rep = 0; rep <= pass; rep++) {
+                    free(r.logits);
+                    memset(&r, 0, sizeof r);
+                    CHECKF(run(dirs[d], caps[d], 0, IDS, NIDS, &r, err) == 0, "lookahead %d: %s", la, err);
+                }
+                CHECKF(r.logits && ref.logits && memcmp(r.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0,
+                       "%s lookahead %d: logits differ from resident", dirs[d], la);
+                CHECKF(memcmp(r.gen, ref.gen, sizeof r.gen) == 0, "%s lookahead %d: greedy ids differ", dirs[d], la);
+                CHECKF(r.st.prefetched > 0 && r.st.prefetch_used <= r.st.prefetched,
+                       "%s lookahead %d: prefetched %llu used %llu", dirs[d], la,
+                       (unsigned long long)r.st.prefetched, (unsigned long long)r.st.prefetch_used);
+                printf("# %s lookahead %d%s: hits %llu misses %llu, read early %llu, used %llu, cancelled %llu\n",
+                       strrchr(dirs[d], '/') + 1, la, pass ? " warm" : "", (unsigned long long)r.st.hits,
+                       (unsigned long long)r.st.misses, (unsigned long long)r.st.prefetched,
+                       (unsigned long long)r.st.prefetch_used, (unsigned long long)r.st.prefetch_cancelled);
+                free(r.logits);
+            }
+            free(ref.logits);
+        }
+    }
+    lookahead_n = 0;
+    warm_runs = 0;
+    snprintf(xdg, sizeof xdg, "%s/xdg-default", tmp);
+    setenv("XDG_CACHE_HOME", xdg, 1);
+}
 
 /* MLX quantized layout (9 byte ranges per expert). */
 static void quantized_mlx(void) {
-    const char *names[3] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16"};
-    int E[3] = {8, 4, 6}, K[3] = {2, 2, 3};
-    for (int i = 0; i < 3; i++) {
+    const char *names[4] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16", "qwen3_next_f32"};
+    int E[4] = {8, 4, 6, 8}, K[4] = {2, 2, 3, 2};
+    for (int i = 0; i < 4; i++) {
         char src[512], out[512], err[LM_ERR_LEN];
         snprintf(src, sizeof src, GOLDEN "%s", names[i]);
         snprintf(out, sizeof out, "%s/%s_q4", tmp, names[i]);
@@ -308,7 +360,10 @@ int main(void) {
     TEST_CASE("lazy_mixtral_bf16_bit_identical", mixtral_bf16);
     TEST_CASE("lazy_olmoe_bit_identical", olmoe);
     TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);
+    TEST_CASE("lazy_qwen3_next_bit_identical", qwen3_next);
     TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
+    TEST_CASE("lazy_demo_coder_bit_identical", demo_coder);
+    TEST_CASE("lazy_lookahead_bit_identical", lookahead_bit_identical);
     TEST_CASE("lazy_long_prompt_waves", long_prompt_waves);
     TEST_CASE("lazy_read_error_is_reported", read_error);
     TEST_CASE("memory_budget_plans_and_refuses", memory_budget);

@@ -252,8 +252,8 @@ static int write_dequantized(const char *qdir, const char *out, char *err) {
 static void quantized_equals_dequantized(void) {
     char q[512], d[600], err[LM_ERR_LEN];
     static const int32_t ids[] = {3, 14, 15, 92, 65, 35, 89, 79};
-    const char *names[3] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16"};
-    for (int i = 0; i < 3; i++) {
+    const char *names[4] = {"qwen3_moe_f32", "mixtral_f32", "olmoe_clip_bf16", "qwen3_next_f32"};
+    for (int i = 0; i < 4; i++) {
         if (convert_fixture(names[i], 4, 32, q, sizeof q) != 0) { CHECK(0); continue; }
         snprintf(d, sizeof d, "%s.dequant", q);
         CHECKF(write_dequantized(q, d, err) == 0, "%s", err);
@@ -289,6 +289,11 @@ static void mixtral_8bit(void) { close_to_f32("mixtral_f32", 8, 32, 0.03, 0.9); 
 static void olmoe_8bit(void) { close_to_f32("olmoe_f32", 8, 32, 0.03, 0.9); }
 static void qwen3_4bit(void) { close_to_f32("qwen3_moe_f32", 4, 32, 0.8, 0.5); }
 static void olmoe_4bit(void) { close_to_f32("olmoe_f32", 4, 64, 0.8, 0.5); }
+/* qwen3_next 8-bit measured 0.049: per position 0.009-0.03 except two positions
+ * (0.049, 0.045) where a routed expert flips; the error does not grow along the
+ * sequence, so the recurrent states do not accumulate it. */
+static void qwen3_next_8bit(void) { close_to_f32("qwen3_next_f32", 8, 32, 0.06, 0.9); }
+static void qwen3_next_4bit(void) { close_to_f32("qwen3_next_f32", 4, 64, 0.8, 0.5); }
 
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-quant-%d", (int)getpid());
@@ -300,6 +305,8 @@ int main(void) {
     TEST_CASE("converted_olmoe_8bit_close_to_f32", olmoe_8bit);
     TEST_CASE("converted_qwen3_moe_4bit_close_to_f32", qwen3_4bit);
     TEST_CASE("converted_olmoe_4bit_close_to_f32", olmoe_4bit);
+    TEST_CASE("converted_qwen3_next_8bit_close_to_f32", qwen3_next_8bit);
+    TEST_CASE("converted_qwen3_next_4bit_close_to_f32", qwen3_next_4bit);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# cleanup failed\n");

@@ -295,6 +295,7 @@ static void test_qwen3_next_layout(void) {
     CHECK_EQ_INT(json_integer_value(json_object_get(cfg, "full_attention_interval")), 4);
     CHECK_STR_CONTAINS(json_string_value(json_object_get(cfg, "model_type")), "qwen3_next");
     json_decref(cfg);
+    CHECKF(eval_finite(tmp_path("next"), err), "%s", err); /* what synth writes, the engine runs */
 }
 
 /* The real presets, declared only: sizes from the shapes, and the published totals

@@ -14,7 +14,7 @@ static const char bench_usage[] =
     "usage: lazymoe bench MODEL [--prompt-tokens 128] [--gen-tokens 32] [--seed S] [--json]\n"
     "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--eviction P]\n"
     "                    [--buffered-io] [--no-warm-start] [--routing-trace FILE] [--trace-routing FILE]\n"
-    "                    [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
+    "                    [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
@@ -135,14 +135,17 @@ done:
                "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"hit_rate\": %.4f, \"hit_rate_all\": %.4f, "
                "\"bytes_read\": %llu, \"decode_bytes_read\": %llu, \"decode_miss_bandwidth\": %.0f, "
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
-               "\"planned_bytes\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, "
+               "\"planned_bytes\": %llu, \"prefetched\": %llu, \"prefetch_used\": %llu, "
+               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
                "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
                model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
                all_hits + all_miss ? (double)all_hits / (double)(all_hits + all_miss) : 1.0,
                (unsigned long long)st2.bytes_read, (unsigned long long)dec_bytes, miss_bw, read_bw, st2.wait_seconds,
                (unsigned long long)st2.peak_rss_bytes, (unsigned long long)st2.memory_budget,
-               (unsigned long long)st2.planned_bytes, st2.resident ? "true" : "false", st2.capacity, info.n_experts,
+               (unsigned long long)st2.planned_bytes, (unsigned long long)st2.prefetched,
+               (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
+               st2.resident ? "true" : "false", st2.capacity, info.n_experts,
                info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
         /* The generated ids, so runs under different budgets can be compared. */
@@ -163,6 +166,10 @@ done:
                all_hits + all_miss ? 100.0 * (double)all_hits / (double)(all_hits + all_miss) : 100.0);
         printf("reads        %.1f MB total, %.1f MB in decode (%.1f MB/s of decode time); blocked %.2f s\n",
                (double)st2.bytes_read / 1e6, (double)dec_bytes / 1e6, miss_bw / 1e6, st2.wait_seconds);
+        if (st2.prefetched)
+            printf("lookahead    %llu experts read early, %llu of them used, %llu cancelled unread\n",
+                   (unsigned long long)st2.prefetched, (unsigned long long)st2.prefetch_used,
+                   (unsigned long long)st2.prefetch_cancelled);
         printf("peak RSS     %.2f GB\n", (double)st2.peak_rss_bytes / 1e9);
         if (have_routing)
             printf("routing      %.1f distinct experts per layer, %.1f%% reused by the next token, top-16 share %.1f%%"

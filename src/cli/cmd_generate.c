@@ -91,6 +91,7 @@ int cli_textgen_option(void *ctx, const char *s, const char *v) {
     if (!strcmp(s, "--chat")) return t->chat = 1, 1;
     if (!strcmp(s, "--no-think")) return t->no_think = 1, 1;
     if (!strcmp(s, "--no-stats")) return t->no_stats = 1, 1;
+    if (!strcmp(s, "--echo")) return t->echo = 1, 1;
     return 0;
 }
 
@@ -205,6 +206,10 @@ int cli_run_text(lazymoe_model *m, const char *prompt, cli_textgen *t, int ignor
     make_params(t, m, &p, ignore_eos);
     p.add_special = !t->chat; /* a chat template writes its own special tokens */
     lazymoe_gen_stats st;
+    if (t->echo) {
+        fputs(prompt, stdout);
+        fflush(stdout);
+    }
     if (lazymoe_session_create(&s, m, err, sizeof err) != 0 ||
         lazymoe_generate_stream(s, rendered ? rendered : prompt, &p, on_piece, &o, &st, err, sizeof err) != 0) {
         if (o.len && o.last != '\n') printf("\n");

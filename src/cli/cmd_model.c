@@ -5,6 +5,7 @@
 #include "formats/npy.h"
 #include "lazymoe.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,8 @@ typedef struct {
     int ignore_eos;
     int json;
     const char *prompt; /* text commands: the second positional argument */
+    const char *text_file; /* perplexity: the text scored */
+    int window;            /* perplexity: tokens per window */
     lazymoe_options opt;
 } model_args;
 
@@ -66,6 +69,12 @@ static int parse_args(int argc, char **argv, model_args *a, const char *usage, c
             a->ignore_eos = 1;
         } else if (!strcmp(s, "--json")) {
             a->json = 1;
+        } else if (!strcmp(s, "--text")) {
+            if (!v) return cli_fail("--text needs a file name");
+            a->text_file = v, i++;
+        } else if (!strcmp(s, "--window")) {
+            if ((x = cli_parse_long(s, v, 2, 1 << 20)) < 0) return 1;
+            a->window = (int)x, i++;
         } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
             a->opt.verbose = 1;
         } else if (s[0] == '-' && s[1]) {
@@ -102,6 +111,8 @@ static lazymoe_model *open_model(const model_args *a) {
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \
     "         --no-warm-start    neither use nor update the expert popularity history\n"               \
+    "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
+    "                            attention runs (router lookahead; default 0 = off)\n"               \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"
 
 static const char logits_usage[] =
@@ -138,6 +149,111 @@ int cmd_logits(int argc, char **argv) {
     }
     free(logits);
     free(ids);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+static const char perplexity_usage[] =
+    "usage: lazymoe perplexity MODEL --text FILE [--window N] [--json] [memory options]\n"
+    "Scores a text file: it is tokenized (no special tokens added; special tokens written in the\n"
+    "text count) and cut into windows of N tokens (default 1024, at most the context); within\n"
+    "each window every token after the first is predicted from the ones before it.\n"
+    "Prints exp(mean negative log-likelihood) over all predicted tokens.\n" MEMORY_OPTIONS;
+
+/* Negative log-likelihood of token `next` under logits[V], in double precision. */
+static double token_nll(const float *logits, int V, int next) {
+    float mx = logits[0];
+    for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+    if (!(sum >= 1.0)) return INFINITY; /* the largest logit alone gives 1: only NaN logits get here */
+    return log(sum) - ((double)logits[next] - mx);
+}
+
+int cmd_perplexity(int argc, char **argv) {
+    model_args a;
+    int rc = parse_args(argc, argv, &a, perplexity_usage, NULL);
+    if (rc) return rc == 2 ? 0 : rc;
+    if (!a.text_file) return cli_fail("perplexity needs --text FILE\n%s", perplexity_usage);
+    FILE *f = fopen(a.text_file, "rb");
+    if (!f) return cli_fail("cannot open %s: %s", a.text_file, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    for (size_t got; text && (got = fread(text + len, 1, cap - len, f)) > 0;) {
+        len += got;
+        if (len == cap) {
+            char *t = realloc(text, cap *= 2);
+            if (!t) free(text);
+            text = t;
+        }
+    }
+    int read_err = ferror(f);
+    fclose(f);
+    if (!text || read_err) {
+        free(text);
+        return cli_fail("cannot read %s", a.text_file);
+    }
+    lazymoe_model *m = open_model(&a);
+    if (!m) {
+        free(text);
+        return 1;
+    }
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    char err[512];
+    int32_t *ids = NULL;
+    int n = 0;
+    int W = a.window ? a.window : 1024;
+    if (W > info.max_context) W = info.max_context;
+    /* Logits come back a chunk at a time: a whole window of a 150k vocabulary would not fit. */
+    enum { CHUNK = 64 };
+    float *logits = malloc(sizeof(float) * CHUNK * (size_t)info.vocab_size);
+    lazymoe_session *s = NULL;
+    rc = 1;
+    if (lazymoe_tokenize(m, text, len, 0, &ids, &n, err, sizeof err) != 0) cli_fail("%s", err);
+    else if (n < 2) cli_fail("%s has %d token(s): nothing to predict", a.text_file, n);
+    else if (!logits) cli_fail("out of memory");
+    else if (lazymoe_session_create(&s, m, err, sizeof err) != 0) cli_fail("%s", err);
+    else {
+        double nll = 0;
+        long scored = 0;
+        int failed = 0;
+        for (int w0 = 0; w0 + 1 < n && !failed; w0 += W) {
+            int wn = n - w0 < W ? n - w0 : W;
+            if (lazymoe_session_truncate(s, 0, err, sizeof err) != 0) failed = 1;
+            for (int c0 = 0; c0 < wn - 1 && !failed; c0 += CHUNK) {
+                /* Positions c0..c0+cn-1 predict tokens c0+1..c0+cn of the window. */
+                int cn = wn - 1 - c0 < CHUNK ? wn - 1 - c0 : CHUNK;
+                if (lazymoe_session_eval(s, ids + w0 + c0, cn, logits, 1, err, sizeof err) != 0) {
+                    failed = 1;
+                    break;
+                }
+                for (int t = 0; t < cn; t++)
+                    nll += token_nll(logits + (size_t)t * (size_t)info.vocab_size, info.vocab_size,
+                                     ids[w0 + c0 + t + 1]);
+                scored += cn;
+            }
+            if (!a.json)
+                fprintf(stderr, "\rlazymoe: %ld / %d tokens scored, running perplexity %.4f", scored, n,
+                        exp(nll / (double)scored));
+        }
+        if (!a.json) fputc('\n', stderr);
+        if (failed) cli_fail("%s", err);
+        else {
+            double ppl = exp(nll / (double)scored);
+            if (a.json)
+                printf("{\"perplexity\": %.6f, \"tokens\": %d, \"scored\": %ld, \"window\": %d}\n", ppl, n,
+                       scored, W);
+            else
+                printf("perplexity %.4f over %ld predicted tokens (%d tokens, windows of %d)\n", ppl, scored,
+                       n, W);
+            rc = 0;
+        }
+    }
+    lazymoe_free(ids);
+    free(logits);
+    free(text);
     lazymoe_session_free(s);
     lazymoe_model_close(m);
     return rc;

@@ -5,8 +5,12 @@
 int cmd_logits(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+/* lazymoe perplexity MODEL --text FILE [--window N] [--json] */
+int cmd_perplexity(int argc, char **argv);
 /* lazymoe chat MODEL: interactive conversation (cmd_generate.c) */
 int cmd_chat(int argc, char **argv);
+/* lazymoe serve MODEL [--host H] [--port N] [--api-key K] ... (cmd_serve.c) */
+int cmd_serve(int argc, char **argv);
 /* lazymoe bench MODEL [--memory SIZE] [--prompt-tokens N] [--gen-tokens N] [--json] ... */
 int cmd_bench(int argc, char **argv);
 /* lazymoe convert HF_DIR OUT_DIR [--bits N] [--group-size N] [--dtype bf16|f16|f32] ... */

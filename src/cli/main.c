@@ -15,7 +15,9 @@ typedef struct {
 static const command commands[] = {
     {"run", cmd_run, "generate from a prompt"},
     {"chat", cmd_chat, "talk with a model (multi-turn, the context kept between turns)"},
+    {"serve", cmd_serve, "OpenAI / Anthropic compatible HTTP server"},
     {"logits", cmd_logits, "write the logits of a forward pass as .npy"},
+    {"perplexity", cmd_perplexity, "score a text file: perplexity over fixed windows"},
     {"info", cmd_info, "describe a model: architecture, parameters, bytes"},
     {"bench", cmd_bench, "measure prefill/decode speed, expert cache and memory"},
     {"convert", cmd_convert, "quantize a Hugging Face checkpoint into the MLX layout"},

@@ -14,6 +14,7 @@ typedef struct {
     int chat;              /* --chat: apply the chat template to the prompt */
     int no_think;          /* --no-think: enable_thinking false */
     int no_stats;
+    int echo;              /* --echo: print the prompt before the answer */
     const char *system;    /* --system */
 } cli_textgen;
 
@@ -31,7 +32,8 @@ int cli_textgen_option(void *ctx, const char *opt, const char *val);
     "         --seed S           sampling seed (default: random)\n"                                     \
     "         --stop STR         end the answer before STR (repeatable)\n"                              \
     "         --chat             apply the chat template; --system TEXT, --no-think\n"                  \
-    "         --no-stats         no statistics line on stderr\n"
+    "         --no-stats         no statistics line on stderr\n"                                       \
+    "         --echo             print the prompt (not a chat template's rendering) before the answer\n"
 
 /* Streams the answer to `prompt` to stdout, then a statistics line to stderr. */
 int cli_run_text(lazymoe_model *m, const char *prompt, cli_textgen *t, int ignore_eos);

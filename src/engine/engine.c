@@ -2,6 +2,7 @@
 #include "engine/engine.h"
 
 #include "common/error.h"
+#include "engine/linear_attention.h"
 #include "engine/text.h"
 #include "platform/platform.h"
 
@@ -22,21 +23,28 @@ void lazymoe_options_init(lazymoe_options *opt) {
     opt->eviction = LAZYMOE_EVICT_LCP; /* best measured so far: bench/RESULTS.md */
 }
 
-/* KV cache of ctx positions: values, plus one f32 scale per position and KV head at 8 bits. */
+/* KV cache of the attention layers for ctx positions (values, plus one f32 scale per
+ * position and KV head at 8 bits), plus linear-attention states, snapshots and scratch. */
 static uint64_t kv_bytes(const lm_config *c, int ctx, lm_dtype dt) {
-    uint64_t rows = (uint64_t)c->n_layers * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads;
-    return rows * (uint64_t)c->head_dim * lm_dtype_size(dt) + (dt == LM_DT_I8 ? rows * 4u : 0);
+    uint64_t rows = (uint64_t)(c->n_layers - c->n_linear_layers) * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads;
+    return rows * (uint64_t)c->head_dim * lm_dtype_size(dt) + (dt == LM_DT_I8 ? rows * 4u : 0) +
+           lm_linear_bytes(c, LM_CHUNK_TOKENS);
+}
+
+static int max_intermediate(const lm_config *c) {
+    int F = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
+    return F > c->shared_expert_intermediate_size ? F : c->shared_expert_intermediate_size;
 }
 
 /* Forward scratch for one chunk: exactly what scratch_alloc allocates. */
 static uint64_t scratch_bytes(const lm_config *c, int T) {
     uint64_t H = (uint64_t)c->hidden_size, nq = (uint64_t)c->n_heads * (uint64_t)c->head_dim;
     uint64_t E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
-    uint64_t F = (uint64_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
-                                                                            : c->moe_intermediate_size);
+    uint64_t F = (uint64_t)max_intermediate(c);
     uint64_t t = (uint64_t)T;
     uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
-    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1) + 6 * E;
+    uint64_t extra = (c->attn_output_gate ? 2 * nq : 0) + (c->shared_expert_intermediate_size ? H : 0);
+    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E;
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
@@ -108,7 +116,8 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         if (m->w.layers[l].is_moe) per_capacity += m->w.layers[l].src.slot_bytes;
     int io = o->io_threads > 0 ? o->io_threads : 8;
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
-    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, m->max_context, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
+    int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
+    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
     uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -243,6 +252,9 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->bytes_read = cc.bytes_read;
     st->read_seconds = cc.read_seconds;
     st->wait_seconds = cc.wait_seconds;
+    st->prefetched = cc.prefetched;
+    st->prefetch_used = cc.prefetch_used;
+    st->prefetch_cancelled = cc.prefetch_cancelled;
 }
 
 void lazymoe_model_close(lazymoe_model *m) {
@@ -293,9 +305,10 @@ void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
 }
 
 static void scratch_free(lm_scratch *S) {
-    void *bufs[] = {S->x,    S->h,    S->q,      S->att,  S->knew, S->vnew,       S->proj,
+    void *bufs[] = {S->x,    S->h,    S->q,      S->att,  S->knew, S->vnew,       S->proj, S->qgate, S->shared,
                     S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
-                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used};
+                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used,
+                    S->la_h, S->la_logits, S->la_ids, S->la_mark};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
     memset(S, 0, sizeof *S);
 }
@@ -304,8 +317,7 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
     size_t H = (size_t)c->hidden_size, nq = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t E = (size_t)c->n_experts, nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t K = (size_t)c->top_k;
-    size_t F = (size_t)(c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size
-                                                                        : c->moe_intermediate_size);
+    size_t F = (size_t)max_intermediate(c);
     size_t t = (size_t)T;
     struct { void **p; size_t bytes; } want[] = {
         {(void **)&S->x, t * H * 4},      {(void **)&S->h, t * H * 4},
@@ -318,8 +330,14 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
         {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
         {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
         {(void **)&S->expert_used, E},
+        {(void **)&S->la_h, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * H * 4},
+        {(void **)&S->la_logits, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * E * 4},
+        {(void **)&S->la_ids, E * 4},     {(void **)&S->la_mark, E},
+        {(void **)&S->qgate, c->attn_output_gate ? t * 2 * nq * 4 : 0},
+        {(void **)&S->shared, c->shared_expert_intermediate_size ? t * H * 4 : 0},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        if (!want[i].bytes) continue; /* not used by this family: stays NULL */
         *want[i].p = lm_malloc_aligned(want[i].bytes, "forward scratch", err);
         if (!*want[i].p) {
             scratch_free(S);
@@ -342,7 +360,8 @@ int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, s
         return -1;
     }
     s->m = m;
-    if (scratch_alloc(&s->s, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0) {
+    if (scratch_alloc(&s->s, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0 ||
+        (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0)) {
         lazymoe_session_free(s);
         copy_err(err, errlen, e);
         return -1;
@@ -363,21 +382,51 @@ void lazymoe_session_free(lazymoe_session *s) {
     free(s->v_cache);
     free(s->tokens);
     scratch_free(&s->s);
+    lm_linear_free(s->lin);
     free(s);
 }
 
 int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
 
+int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
+
 const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
+int lm_session_reusable(const lazymoe_session *s, int want) {
+    if (want > s->n_past) want = s->n_past;
+    return s->lin ? lm_linear_restorable(s->lin, s->n_past, want) : want;
+}
+
+void lm_session_snapshot_at(lazymoe_session *s, int pos) {
+    if (s->lin) lm_linear_request_snapshot(s->lin, s->n_past, pos);
+}
+
+/* Brings the session to exactly n <= n_past tokens. A KV cache is simply cut; the
+ * recurrent states of linear attention go back to the nearest snapshot (or the
+ * start) and the held tokens from there to n are evaluated again. */
+static int cut_to(lazymoe_session *s, int n, char *err) {
+    if (!s->lin) {
+        s->n_past = n;
+        return 0;
+    }
+    int from = lm_linear_restorable(s->lin, s->n_past, n);
+    lm_linear_restore(s->lin, s->n_past, from);
+    s->n_past = from;
+    if (from == n) return 0;
+    return lm_forward(s, s->tokens + from, n - from, NULL, 0, err);
+}
+
 int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
+    char e[LM_ERR_LEN];
     if (n < 0 || n > s->n_past) {
-        char e[LM_ERR_LEN];
         lm_errf(e, "cannot truncate a context of %d tokens to %d", s->n_past, n);
         copy_err(err, errlen, e);
         return -1;
     }
-    s->n_past = n;
+    if (cut_to(s, n, e) != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
     return 0;
 }
 
@@ -394,6 +443,7 @@ static int ensure_capacity(lazymoe_session *s, int need, char *err) {
     size_t row = (size_t)c->n_kv_heads * (size_t)c->head_dim * lm_dtype_size(dt);
     size_t srow = dt == LM_DT_I8 ? (size_t)c->n_kv_heads * sizeof(float) : 0;
     for (int l = 0; l < c->n_layers; l++) {
+        if (lm_config_layer_is_linear(c, l)) continue; /* no KV cache */
         lm_kv *kv[2] = {&s->k_cache[l], &s->v_cache[l]};
         for (int i = 0; i < 2; i++) {
             kv[i]->dtype = dt;
@@ -421,6 +471,12 @@ int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *l
         return -1;
     }
     if (ensure_capacity(s, s->n_past + n, e) != 0) {
+        copy_err(err, errlen, e);
+        return -1;
+    }
+    /* A pass that failed midway may have advanced some layers' recurrent states:
+     * rebuild them for the tokens held before going on. */
+    if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) {
         copy_err(err, errlen, e);
         return -1;
     }

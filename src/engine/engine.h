@@ -33,6 +33,8 @@ typedef struct {
     float *x;       /* [T][H] residual stream */
     float *h;       /* [T][H] normalised input of a sub-block */
     float *q;       /* [T][nq] */
+    float *qgate;   /* [T][2 nq] query + output gate per head (attn_output_gate), else NULL */
+    float *shared;  /* [T][H] shared expert output (shared experts), else NULL */
     float *att;     /* [T][nq] */
     float *knew, *vnew; /* [T][nkv] keys and values of this chunk, before they are rounded into the cache */
     float *proj;    /* [T][H] output of o_proj / MLP */
@@ -46,6 +48,9 @@ typedef struct {
     int32_t *need;    /* [E] distinct experts a lazy layer needs */
     uint8_t *need_status; /* [E] */
     uint8_t *expert_used; /* [E] */
+    float *la_h, *la_logits; /* router lookahead: [LOOKAHEAD_MAX_TOKENS][H] and [..][E] */
+    int32_t *la_ids;         /* [E] experts predicted */
+    uint8_t *la_mark;        /* [E] */
     int32_t *pos;   /* [T] */
 } lm_scratch;
 
@@ -54,12 +59,23 @@ struct lazymoe_session {
     int n_past;
     int cap_ctx;          /* positions allocated in the caches */
     int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
-    lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype */
+    lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype; no data for linear-attention layers */
+    struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
     lm_scratch s;
 };
+
+/* Router lookahead predicts experts for decode steps of at most this many tokens. */
+#define LOOKAHEAD_MAX_TOKENS 4
 
 /* Runs the model over ids[n] at positions n_past.. (cache already sized). Writes
  * logits of every token (all = 1) or of the last one into out. */
 int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err);
+
+/* Prefix reuse: the largest position <= want the session can go back to without
+ * computing anything (want itself for pure-attention models). */
+int lm_session_reusable(const lazymoe_session *s, int want);
+/* Asks for a snapshot of the recurrent states at position pos (>= the session's
+ * length) during the next evaluation; nothing for pure-attention models. */
+void lm_session_snapshot_at(lazymoe_session *s, int pos);
 
 #endif

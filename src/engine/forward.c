@@ -2,8 +2,10 @@
  *
  * Per layer (shapes in floats, T = tokens in this chunk):
  *   h = rmsnorm(x)                               [T][H]
+ *   linear-attention layers (qwen3_next): x += linear_attention.c's block; else
  *   q,k,v = h.Wq, h.Wk, h.Wv (+ q/k norm, clip)   [T][nq], [T][nkv]
  *   rope(q, k); append k, v to the cache; att = softmax(q.K^T / sqrt(d)).V
+ *   (qwen3_next: att *= sigmoid(gate), the gate coming out of q_proj with q)
  *   x += att.Wo
  *   h = rmsnorm(x)
  *   dense:  x += down(silu(gate(h)) * up(h))
@@ -12,11 +14,13 @@
  *           it (batched per expert), and each token sums w * expert(h) over its
  *           experts in ascending expert order -- the order transformers uses, and
  *           one that does not depend on when an expert's weights became
- *           available, which keeps lazy and resident runs bit-identical.
+ *           available, which keeps lazy and resident runs bit-identical;
+ *           a shared expert (qwen3_next) adds sigmoid(h.w) * mlp(h) after that sum.
  */
 #include "engine/engine.h"
 
 #include "common/error.h"
+#include "engine/linear_attention.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -43,8 +47,15 @@ static void attention_block(lazymoe_session *s, int l, int T) {
 
     be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
     float *kdst = S->knew, *vdst = S->vnew;
-    const lm_matmul_item qkv[3] = {{S->q, &ly->q, S->h}, {kdst, &ly->k, S->h}, {vdst, &ly->v, S->h}};
+    /* q_proj gives each head its query then its output gate with attn_output_gate (qwen3_next). */
+    const lm_matmul_item qkv[3] = {{c->attn_output_gate ? S->qgate : S->q, &ly->q, S->h},
+                                   {kdst, &ly->k, S->h}, {vdst, &ly->v, S->h}};
     be->ops->matmul_many(be, qkv, 3, T);
+    if (c->attn_output_gate)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < c->n_heads; h++)
+                memcpy(S->q + (size_t)t * (size_t)nq + (size_t)h * (size_t)hd,
+                       S->qgate + ((size_t)t * (size_t)c->n_heads + (size_t)h) * 2 * (size_t)hd, sizeof(float) * (size_t)hd);
     add_bias(S->q, ly->q_bias, T, nq);
     add_bias(kdst, ly->k_bias, T, nkv);
     add_bias(vdst, ly->v_bias, T, nkv);
@@ -61,12 +72,19 @@ static void attention_block(lazymoe_session *s, int l, int T) {
         be->ops->rmsnorm(be, S->q, S->q, ly->q_norm, T * c->n_heads, hd, c->rms_norm_eps);
         be->ops->rmsnorm(be, kdst, kdst, ly->k_norm, T * c->n_kv_heads, hd, c->rms_norm_eps);
     }
-    be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
-    be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, hd / 2);
+    be->ops->rope(be, S->q, T, c->n_heads, hd, S->pos, s->m->w.rope_inv_freq, c->rope_dim / 2);
+    be->ops->rope(be, kdst, T, c->n_kv_heads, hd, S->pos, s->m->w.rope_inv_freq, c->rope_dim / 2);
     be->ops->kv_store(be, &s->k_cache[l], s->n_past, kdst, T, c->n_kv_heads, hd);
     be->ops->kv_store(be, &s->v_cache[l], s->n_past, vdst, T, c->n_kv_heads, hd);
     be->ops->attention(be, S->att, S->q, &s->k_cache[l], &s->v_cache[l], T, s->n_past, c->n_heads,
                        c->n_kv_heads, hd, 1.0f / sqrtf((float)hd), c->sliding_window);
+    if (c->attn_output_gate)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < c->n_heads; h++) {
+                float *a = S->att + (size_t)t * (size_t)nq + (size_t)h * (size_t)hd;
+                const float *g = S->qgate + ((size_t)t * (size_t)c->n_heads + (size_t)h) * 2 * (size_t)hd + hd;
+                for (int i = 0; i < hd; i++) a[i] *= 1.0f / (1.0f + expf(-g[i]));
+            }
     be->ops->matmul(be, S->proj, &ly->o, S->att, T);
     add_bias(S->proj, ly->o_bias, T, H);
     for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
@@ -138,15 +156,34 @@ static void run_expert(lazymoe_session *s, const lm_expert *ex, int e, int T) {
         memcpy(S->eout + (size_t)S->tok_of[j] * (size_t)H, S->proj + (size_t)j * (size_t)H, sizeof(float) * (size_t)H);
 }
 
+/* The shared expert (qwen3_next) into S->shared: sigmoid(h.w_g) * down(silu(gate h) * up h).
+ * Uses S->gate/S->up and overwrites the router logits (route() has consumed them). */
+static void shared_expert(lazymoe_session *s, const lm_layer *ly, int T) {
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int H = s->m->w.cfg.hidden_size, SI = ly->shared_gate.rows;
+    be->ops->matmul(be, S->gate, &ly->shared_gate, S->h, T);
+    be->ops->matmul(be, S->up, &ly->shared_up, S->h, T);
+    be->ops->swiglu(be, S->gate, S->up, (size_t)T * (size_t)SI);
+    be->ops->matmul(be, S->shared, &ly->shared_down, S->gate, T);
+    be->ops->matmul(be, S->router, &ly->shared_expert_gate, S->h, T);
+    for (int t = 0; t < T; t++) {
+        float w = 1.0f / (1.0f + expf(-S->router[t]));
+        float *y = S->shared + (size_t)t * (size_t)H;
+        for (int i = 0; i < H; i++) y[i] *= w;
+    }
+}
+
 /* Lazy experts: acquire every distinct expert the chunk routed to; compute the
  * cached ones while the misses are read, then each miss as it lands. When the
  * chunk needs more experts than the layer has slots, it goes in waves, still
- * reading each expert once per chunk. */
+ * reading each expert once per chunk. A shared expert is computed while the first
+ * wave's misses are read. */
 static int run_lazy_experts(lazymoe_session *s, int l, int T, char *err) {
     lm_expert_cache *cache = s->m->cache;
     const lm_config *c = &s->m->w.cfg;
     lm_scratch *S = &s->s;
-    int E = c->n_experts, n = 0;
+    int E = c->n_experts, n = 0, shared_done = 0;
     uint8_t *used = S->expert_used;
     memset(used, 0, (size_t)E);
     for (int i = 0; i < T * c->top_k; i++) used[S->sel[i]] = 1;
@@ -157,12 +194,17 @@ static int run_lazy_experts(lazymoe_session *s, int l, int T, char *err) {
         if (got == 0) return lm_errf(err, "expert cache of layer %d has no free slot", l);
         lm_expert view;
         int rc = 0;
-        for (int pass = 1; pass <= 2 && rc == 0; pass++) /* hits, then misses */
+        for (int pass = 1; pass <= 2 && rc == 0; pass++) { /* hits, then misses */
+            if (pass == 2 && !shared_done && s->m->w.layers[l].shared_gate.rows) {
+                shared_expert(s, &s->m->w.layers[l], T);
+                shared_done = 1;
+            }
             for (int i = 0; i < n && rc == 0; i++) {
                 if (S->need_status[i] != pass) continue;
                 rc = lm_cache_wait(cache, l, S->need[i], &view, err);
                 if (rc == 0) run_expert(s, &view, S->need[i], T);
             }
+        }
         lm_cache_release_layer(cache, l);
         if (rc) return -1;
         int left = 0;
@@ -197,6 +239,7 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
             for (int i = 0; i < T * K && !used; i++) used = S->sel[i] == e;
             if (used) run_expert(s, &ly->experts[e], e, T);
         }
+        if (ly->shared_gate.rows) shared_expert(s, ly, T);
     } else if (run_lazy_experts(s, l, T, err) != 0) {
         return -1;
     }
@@ -209,8 +252,48 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
             const float *o = S->eout + ((size_t)t * (size_t)K + (size_t)k) * (size_t)H;
             for (int i = 0; i < H; i++) y[i] += o[i] * wk;
         }
+        if (ly->shared_gate.rows) { /* transformers adds the shared expert after the routed sum */
+            const float *sh = S->shared + (size_t)t * (size_t)H;
+            for (int i = 0; i < H; i++) y[i] += sh[i];
+        }
     }
     return 0;
+}
+
+/* Router lookahead: predicts the experts lazy MoE layer l will route to from the residual
+ * stream as it is now (before layer l-1's MoE output is added, or the embeddings for
+ * the first layer), with layer l's own norm and router, and reads the most likely
+ * ones that are not cached in the background, so they load while layer l-1's experts
+ * and layer l's attention compute. */
+static void lookahead(lazymoe_session *s, int l, int T) {
+    lm_backend *be = BE(s);
+    const lm_config *c = &s->m->w.cfg;
+    const lm_layer *ly = &s->m->w.layers[l];
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, H = c->hidden_size, N = s->m->opt.lookahead, n = 0;
+    if (N > E) N = E;
+    be->ops->rmsnorm(be, S->la_h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
+    be->ops->matmul(be, S->la_logits, &ly->router, S->la_h, T);
+    uint8_t *mark = S->la_mark; /* bit 0: queued, bit 1: taken for this token */
+    memset(mark, 0, (size_t)E);
+    for (int t = 0; t < T; t++) {
+        const float *lg = S->la_logits + (size_t)t * (size_t)E;
+        for (int k = 0; k < N; k++) { /* N is small: repeated arg-max */
+            int best = -1;
+            for (int e = 0; e < E; e++)
+                if (!(mark[e] & 2) && (best < 0 || lg[e] > lg[best])) best = e;
+            if (!(mark[best] & 1)) S->la_ids[n++] = best;
+            mark[best] |= 3;
+        }
+        for (int e = 0; e < E; e++) mark[e] &= 1;
+    }
+    lm_cache_prefetch_lookahead(s->m->cache, l, S->la_ids, n);
+}
+
+static int wants_lookahead(const lazymoe_session *s, int l, int T) {
+    const lm_weights *w = &s->m->w;
+    return s->m->cache && s->m->opt.lookahead > 0 && T <= LOOKAHEAD_MAX_TOKENS && l < w->cfg.n_layers &&
+           w->layers[l].is_moe && !w->layers[l].experts && !s->m->replay.ids;
 }
 
 static void embed(lazymoe_session *s, const int32_t *ids, int T) {
@@ -235,12 +318,21 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         for (int l = 0; l < c->n_layers; l++) {
             const lm_layer *ly = &w->layers[l];
-            attention_block(s, l, T);
+            if (l == 0 && wants_lookahead(s, 0, T)) lookahead(s, 0, T);
+            if (ly->is_linear) {
+                be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
+                if (lm_linear_block(s, l, T, err) != 0) return -1;
+                for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
+            } else {
+                attention_block(s, l, T);
+            }
+            if (wants_lookahead(s, l + 1, T)) lookahead(s, l + 1, T);
             be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps);
             if (!ly->is_moe) dense_mlp(s, ly, T);
             else if (moe_block(s, l, T, err) != 0) return -1;
             for (size_t i = 0; i < (size_t)T * (size_t)H; i++) S->x[i] += S->proj[i];
         }
+        if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
         if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
         s->n_past += T;
         done += T;

@@ -4,7 +4,8 @@
  * Generation, step by step:
  *   1. the prompt becomes ids; the session keeps the longest common prefix of its
  *      tokens and the prompt (at least the last prompt token is evaluated again, to
- *      have its logits) and evaluates the rest in chunks, checking *cancel between;
+ *      have its logits; models with recurrent states keep only up to a snapshot or
+ *      the session's end) and evaluates the rest in chunks, checking *cancel between;
  *   2. each step samples a token, stops at end-of-sequence ids, feeds the token to
  *      the streaming detokenizer (complete UTF-8 only) and the text to the stop
  *      filter, which emits everything except a tail that could still begin a stop
@@ -161,14 +162,17 @@ static int sf_append(stop_filter *f, const char *s, size_t n, char *e) {
     return 0;
 }
 
-/* Position of the earliest stop string in the buffer, or -1. */
-static long sf_find(const stop_filter *f) {
+/* Position of the earliest stop string in the buffer, or -1; *which = its index. */
+static long sf_find(const stop_filter *f, int *which) {
     long best = -1;
     for (int i = 0; i < f->n_stop; i++) {
         size_t sl = strlen(f->stop[i]);
         if (!sl) continue;
         const char *hit = memmem(f->buf, f->len, f->stop[i], sl);
-        if (hit && (best < 0 || hit - f->buf < best)) best = hit - f->buf;
+        if (hit && (best < 0 || hit - f->buf < best)) {
+            best = hit - f->buf;
+            *which = i;
+        }
     }
     return best;
 }
@@ -235,6 +239,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     lazymoe_gen_stats st;
     memset(&st, 0, sizeof st);
     st.expert_hit_rate = -1;
+    st.stop_index = -1;
     lazymoe_expert_stats ex0, ex1;
     lazymoe_model_get_expert_stats(m, -1, &ex0);
     int V = m->w.cfg.vocab_size;
@@ -259,6 +264,8 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
         }
     lm_sampler smp;
     lm_detok *dt = NULL;
+    int32_t *forced = NULL;
+    size_t n_forced = 0;
     float *logits = NULL;
     stop_filter sf = {.stop = params->stop, .n_stop = params->n_stop};
     int rc = -1, was_cancelled = 0;
@@ -281,12 +288,19 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     if (lm_sampler_init(&smp, V, &params->sampling, e) != 0) goto done;
     if (lm_detok_new(tok, LM_DECODE_SKIP_SPECIAL, &dt, e) != 0) goto done;
     if (!(logits = lm_malloc(sizeof(float) * (size_t)V, "logits", e))) goto done;
+    if (params->forced_text && encode(m, params->forced_text, strlen(params->forced_text), 0, &forced, &n_forced, e) != 0)
+        goto done;
 
-    /* 1. Prefix reuse: keep what the session shares with the prompt. */
+    /* 1. Prefix reuse: keep what the session shares with the prompt. Recurrent states
+     * (linear attention) can only go back to a snapshot, so keep may shrink to one; a
+     * snapshot just before the last prompt token serves the next request that repeats
+     * or extends this prompt. */
     int keep = 0, have = s->n_past;
     while (keep < have && keep < n && s->tokens[keep] == ids[keep]) keep++;
     if (keep == n) keep = n - 1; /* the last prompt token is evaluated again for its logits */
+    keep = lm_session_reusable(s, keep);
     if (lazymoe_session_truncate(s, keep, e, sizeof e) != 0) goto done;
+    lm_session_snapshot_at(s, n - 1);
     st.prompt_tokens = n;
     st.cached_tokens = keep;
     double t0 = lm_now();
@@ -300,7 +314,11 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
 
     /* 2. Decode. */
     for (int g = 0; !st.finish_reason; g++) {
-        int32_t t = lm_sampler_sample(&smp, logits);
+        if (params->forced_text && (size_t)g >= n_forced) {
+            st.finish_reason = LAZYMOE_FINISH_STOP;
+            break;
+        }
+        int32_t t = params->forced_text ? forced[g] : lm_sampler_sample(&smp, logits);
         if (t < 0) {
             lm_errf(e, "the model produced no finite logits at position %d", s->n_past);
             goto done;
@@ -314,7 +332,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
         const char *piece;
         size_t plen;
         if (lm_detok_push(dt, t, &piece, &plen, e) != 0 || sf_append(&sf, piece, plen, e) != 0) goto done;
-        long at = sf_find(&sf);
+        long at = sf_find(&sf, &st.stop_index);
         if (at >= 0) {
             sf.len = (size_t)at; /* the stop string and what follows are dropped */
             if (sf_emit(&sf, sf.len, on_piece, ctx)) st.finish_reason = LAZYMOE_FINISH_CANCELLED;
@@ -330,6 +348,10 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             st.finish_reason = LAZYMOE_FINISH_LENGTH;
             break;
         }
+        if (params->forced_text && (size_t)g + 1 >= n_forced) { /* the forced text is used up */
+            st.finish_reason = LAZYMOE_FINISH_STOP;
+            break;
+        }
         if (lazymoe_session_eval(s, &t, 1, logits, 0, e, sizeof e) != 0) goto done;
         decode_evals++;
     }
@@ -338,7 +360,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
         const char *tail;
         size_t tlen;
         if (lm_detok_flush(dt, &tail, &tlen, e) != 0 || sf_append(&sf, tail, tlen, e) != 0) goto done;
-        long at = sf_find(&sf);
+        long at = sf_find(&sf, &st.stop_index);
         if (at >= 0) {
             sf.len = (size_t)at;
             st.finish_reason = LAZYMOE_FINISH_STOP;
@@ -362,6 +384,7 @@ done:
     lm_detok_free(dt);
     lm_sampler_free(&smp);
     free(owned_ids);
+    free(forced);
     return rc ? fail(err, errlen, e) : 0;
 }
 

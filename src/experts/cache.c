@@ -24,6 +24,7 @@
 
 typedef struct {
     int layer, slot, expert, part;
+    int speculative; /* a router-lookahead read: cancelled if its layer runs without it */
 } io_item;
 
 typedef struct {
@@ -33,6 +34,7 @@ typedef struct {
     int32_t *slot_expert;   /* [capacity] expert held, -1 empty */
     uint8_t *busy;          /* [capacity] acquired by this step */
     uint8_t *blocked;       /* [capacity] busy, or a read still in flight: not evictable */
+    uint8_t *speculative;   /* [capacity] filled by a lookahead read and not routed to since */
     float *uses;            /* [E] times each expert was routed to (warm-start history) */
     atomic_int *pending;    /* [capacity] parts still to read; 0 = ready */
     atomic_int *failed;     /* [capacity] a part failed */
@@ -42,6 +44,7 @@ typedef struct {
     int n_acquired;
     lm_usage usage;
     uint64_t hits, misses;
+    uint64_t prefetched, prefetch_used, prefetch_cancelled;
     double wait_seconds;
     _Atomic uint64_t bytes_read;
     _Atomic uint64_t read_ns;
@@ -57,7 +60,8 @@ struct lm_expert_cache {
     pthread_cond_t cv_work, cv_done;
     io_item *queue; /* demand reads: the step is waiting for them */
     int qhead, qlen, qcap;
-    io_item *bg;    /* background reads (warm start): taken only when no demand read waits */
+    io_item *bg;    /* background reads (lookahead in front, warm start behind): taken only
+                       when no demand read waits */
     int bghead, bglen, bgcap;
     int stop;
     pthread_t *threads;
@@ -201,13 +205,14 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         lc->slot_expert = malloc(sizeof(int32_t) * (size_t)cap);
         lc->busy = calloc((size_t)cap, 1);
         lc->blocked = calloc((size_t)cap, 1);
+        lc->speculative = calloc((size_t)cap, 1);
         lc->uses = calloc((size_t)E, sizeof(float));
         lc->pending = calloc((size_t)cap, sizeof(atomic_int));
         lc->failed = calloc((size_t)cap, sizeof(atomic_int));
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->uses || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->uses || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -247,6 +252,7 @@ void lm_cache_free(lm_expert_cache *c) {
             free(lc->slot_expert);
             free(lc->busy);
             free(lc->blocked);
+            free(lc->speculative);
             free(lc->uses);
             free(lc->pending);
             free(lc->failed);
@@ -267,6 +273,68 @@ void lm_cache_free(lm_expert_cache *c) {
     free(c);
 }
 
+/* ---- background queue maintenance (called with c->mu held) ------------------------- */
+
+/* Parts of (layer, slot) still waiting in the background queue. */
+static int bg_parts_queued(const lm_expert_cache *c, int l, int slot) {
+    int n = 0;
+    for (int k = 0; k < c->bglen; k++) {
+        const io_item *it = &c->bg[(c->bghead + k) % c->bgcap];
+        n += it->layer == l && it->slot == slot;
+    }
+    return n;
+}
+
+/* Removes the background items for which keep() is false, preserving order. */
+static void bg_filter(lm_expert_cache *c, int l, int slot, const layer_cache *lc) {
+    int w = 0;
+    for (int k = 0; k < c->bglen; k++) {
+        io_item it = c->bg[(c->bghead + k) % c->bgcap];
+        int drop = it.layer == l && (slot >= 0 ? it.slot == slot : lc->busy[it.slot] != 0);
+        if (!drop) c->bg[(c->bghead + w++) % c->bgcap] = it;
+    }
+    c->bglen = w;
+}
+
+/* The background items of layer l's acquired slots moved to the demand queue. */
+static void compact_bg(lm_expert_cache *c, int l, const layer_cache *lc) { bg_filter(c, l, -1, lc); }
+
+/* Cancels an unstarted lookahead read: its slot becomes empty again. */
+static void drop_speculative(lm_expert_cache *c, layer_cache *lc, int l, int slot) {
+    bg_filter(c, l, slot, lc);
+    if (lc->slot_expert[slot] >= 0) lc->expert_slot[lc->slot_expert[slot]] = -1;
+    lc->slot_expert[slot] = -1;
+    lc->speculative[slot] = 0;
+    atomic_store(&lc->pending[slot], 0);
+    lc->prefetch_cancelled++;
+}
+
+/* Every slot this step does not use is still being filled by a background read (warm
+ * start or lookahead) that has started: rather than stall, those reads are moved ahead
+ * of all other background work and awaited, after which their slots can be evicted.
+ * Returns 1 if any slot was freed up that way. Called with c->mu held. */
+static int finish_background_reads(lm_expert_cache *c, int l, layer_cache *lc) {
+    int any = 0;
+    for (int s = 0; s < lc->capacity; s++) any |= !lc->busy[s] && atomic_load(&lc->pending[s]) > 0;
+    if (!any) return 0;
+    int w = 0;
+    for (int k = 0; k < c->bglen; k++) {
+        io_item it = c->bg[(c->bghead + k) % c->bgcap];
+        if (it.layer == l && !lc->busy[it.slot]) {
+            c->queue[(c->qhead + c->qlen) % c->qcap] = it;
+            c->qlen++;
+        } else {
+            c->bg[(c->bghead + w++) % c->bgcap] = it;
+        }
+    }
+    c->bglen = w;
+    pthread_cond_broadcast(&c->cv_work);
+    for (int s = 0; s < lc->capacity; s++)
+        while (!lc->busy[s] && atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
+    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    return 1;
+}
+
 /* ---- the compute thread's side ---------------------------------------------------- */
 
 void lm_cache_begin_step(lm_expert_cache *c) { c->step++; }
@@ -285,26 +353,52 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
             lc->acquired[lc->n_acquired++] = s;
             status[i] = 1;
             lc->hits++;
+            if (lc->speculative[s]) lc->prefetch_used++;
+            lc->speculative[s] = 0;
             lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
             got++;
         }
     }
     pthread_mutex_lock(&c->mu);
+    /* Background reads of this layer: the ones this step needs become demand reads
+     * (they would otherwise wait behind the warm start); lookahead reads it does not
+     * need are dropped while none of their parts has started, freeing disk time and
+     * their slots. */
+    for (int s = 0; s < lc->capacity; s++)
+        if (lc->speculative[s] && !lc->busy[s] && atomic_load(&lc->pending[s]) == lc->src->nparts &&
+            bg_parts_queued(c, l, s) == lc->src->nparts)
+            drop_speculative(c, lc, l, s);
+    int promoted = 0;
+    for (int k = 0; k < c->bglen; k++) {
+        io_item it = c->bg[(c->bghead + k) % c->bgcap];
+        if (it.layer == l && lc->busy[it.slot]) {
+            c->queue[(c->qhead + c->qlen) % c->qcap] = it;
+            c->qlen++;
+            promoted = 1;
+        }
+    }
+    if (promoted) {
+        compact_bg(c, l, lc);
+        pthread_cond_broadcast(&c->cv_work);
+    }
     for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
     for (int i = 0; i < n; i++) {
         if (status[i]) continue;
         int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
+        if (s < 0 && finish_background_reads(c, l, lc))
+            s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
         if (s < 0) break; /* every slot in use this step: the caller goes on in waves */
         if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
         lc->slot_expert[s] = need[i];
         lc->expert_slot[need[i]] = s;
         lc->busy[s] = 1;
         lc->blocked[s] = 1;
+        lc->speculative[s] = 0;
         lc->acquired[lc->n_acquired++] = s;
         atomic_store(&lc->failed[s], 0);
         atomic_store(&lc->pending[s], lc->src->nparts);
         for (int p = 0; p < lc->src->nparts; p++) {
-            c->queue[(c->qhead + c->qlen) % c->qcap] = (io_item){l, s, need[i], p};
+            c->queue[(c->qhead + c->qlen) % c->qcap] = (io_item){l, s, need[i], p, 0};
             c->qlen++;
         }
         queued = 1;
@@ -370,6 +464,9 @@ void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *o
         out->bytes_read += atomic_load(&lc->bytes_read);
         out->read_seconds += (double)atomic_load(&lc->read_ns) * 1e-9;
         out->wait_seconds += lc->wait_seconds;
+        out->prefetched += lc->prefetched;
+        out->prefetch_used += lc->prefetch_used;
+        out->prefetch_cancelled += lc->prefetch_cancelled;
     }
 }
 
@@ -392,7 +489,7 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) 
         atomic_store(&lc->failed[s], 0);
         atomic_store(&lc->pending[s], lc->src->nparts);
         for (int p = 0; p < lc->src->nparts; p++) {
-            c->bg[(c->bghead + c->bglen) % c->bgcap] = (io_item){l, s, e, p};
+            c->bg[(c->bghead + c->bglen) % c->bgcap] = (io_item){l, s, e, p, 0};
             c->bglen++;
         }
         queued++;
@@ -403,3 +500,36 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) 
 }
 
 const float *lm_cache_uses(const lm_expert_cache *c, int l) { return c->layers[l].uses; }
+
+int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n) {
+    layer_cache *lc = &c->layers[l];
+    uint64_t now = c->step;
+    int queued = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    for (int i = 0; i < n; i++) {
+        int e = experts[i];
+        if (lc->expert_slot[e] >= 0) continue;
+        int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
+        if (s < 0) break;
+        if (c->bglen + lc->src->nparts > c->bgcap) break;
+        if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
+        lc->slot_expert[s] = e;
+        lc->expert_slot[e] = s;
+        lc->blocked[s] = 1;
+        lc->speculative[s] = 1;
+        atomic_store(&lc->failed[s], 0);
+        atomic_store(&lc->pending[s], lc->src->nparts);
+        /* In front of the warm start: the next layer is about to need these. */
+        for (int p = lc->src->nparts - 1; p >= 0; p--) {
+            c->bghead = (c->bghead + c->bgcap - 1) % c->bgcap;
+            c->bg[c->bghead] = (io_item){l, s, e, p, 1};
+            c->bglen++;
+        }
+        lc->prefetched++;
+        queued++;
+    }
+    if (queued) pthread_cond_broadcast(&c->cv_work);
+    pthread_mutex_unlock(&c->mu);
+    return queued;
+}

@@ -34,6 +34,9 @@ typedef struct {
     uint64_t bytes_read;
     double read_seconds; /* summed over reader threads */
     double wait_seconds; /* compute thread blocked on reads */
+    uint64_t prefetched;         /* lookahead reads queued */
+    uint64_t prefetch_used;      /* of them, routed to before being evicted */
+    uint64_t prefetch_cancelled; /* dropped unstarted when their layer did not need them */
 } lm_cache_counters;
 
 int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_options *opt, char *err);
@@ -56,6 +59,14 @@ void lm_cache_release_layer(lm_expert_cache *c, int l);
  * demand read, never evicting. A later acquire of such an expert is a hit that
  * waits for its read if it is still in flight. Returns how many were queued. */
 int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* Router lookahead: speculative background reads of experts layer l is predicted to
+ * need, queued in front of the warm start. Unlike lm_cache_prefetch they may evict
+ * (the policy's victim among slots not in use and not being read). When layer l
+ * then acquires, the predicted experts it needs are promoted to demand reads and the
+ * ones it does not need are cancelled if no part has been read yet. A speculative
+ * expert is an ordinary cache entry: results never depend on the prediction.
+ * Returns how many reads were queued. */
+int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n);
 /* How often each expert of layer l was routed to since the cache was created. */
 const float *lm_cache_uses(const lm_expert_cache *c, int l);
 

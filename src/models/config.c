@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *arch_names[LM_ARCH_COUNT] = {"qwen3_moe", "mixtral", "olmoe"};
+static const char *arch_names[LM_ARCH_COUNT] = {"qwen3_moe", "mixtral", "olmoe", "qwen3_next"};
 
-const char *lm_config_supported_types(void) { return "qwen3_moe, mixtral, olmoe"; }
+const char *lm_config_supported_types(void) { return "qwen3_moe, mixtral, olmoe, qwen3_next"; }
 
 #define REQUIRED LLONG_MIN
 
@@ -189,12 +189,61 @@ static int parse_rope(lm_config *c, json_t *root, char *err) {
         } else {
             return lm_errf(err, "RoPE type '%s' is not supported yet (supported: default, linear)", type);
         }
-        json_t *prf = json_object_get(typed, "partial_rotary_factor");
-        if (prf && json_is_number(prf) && json_number_value(prf) != 1.0)
-            return lm_errf(err, "partial_rotary_factor %g is not supported for %s", json_number_value(prf),
-                           c->model_type);
     }
     if (!(c->rope_theta > 0)) return lm_errf(err, "rope_theta must be positive");
+    /* Partial RoPE: rotate only the first int(head_dim * factor) dims of each head
+     * (transformers and mlx-lm truncate the same way). The factor sits at the top level
+     * or inside rope_parameters / rope_scaling. */
+    double prf;
+    if (get_num(root, "partial_rotary_factor", 1.0, &prf, err)) return -1;
+    if (typed && get_num(typed, "partial_rotary_factor", prf, &prf, err)) return -1;
+    if (prf != 1.0 && c->arch != LM_ARCH_QWEN3_NEXT)
+        return lm_errf(err, "partial_rotary_factor %g is not supported for %s", prf, c->model_type);
+    if (!(prf > 0 && prf <= 1.0)) return lm_errf(err, "partial_rotary_factor %g must be in (0, 1]", prf);
+    c->rope_dim = (int)((double)c->head_dim * prf);
+    if (c->rope_dim < 2 || c->rope_dim % 2)
+        return lm_errf(err, "partial_rotary_factor %g gives %d rotated dims of head_dim %d; need an even number >= 2",
+                       prf, c->rope_dim, c->head_dim);
+    return 0;
+}
+
+/* qwen3_next: the Gated DeltaNet shapes and which layers use it (layer_types, or
+ * every layer but each full_attention_interval-th). */
+static int parse_linear_attention(lm_config *c, json_t *o, char *err) {
+    long long v = 0;
+    struct { int *dst; const char *key; long long hi; } f[] = {
+        {&c->lin_k_heads, "linear_num_key_heads", 4096},   {&c->lin_v_heads, "linear_num_value_heads", 4096},
+        {&c->lin_k_dim, "linear_key_head_dim", 4096},      {&c->lin_v_dim, "linear_value_head_dim", 4096},
+        {&c->conv_kernel, "linear_conv_kernel_dim", 64},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        if (get_int(o, f[i].key, REQUIRED, 1, f[i].hi, &v, err)) return -1;
+        *f[i].dst = (int)v;
+    }
+    if (c->lin_v_heads % c->lin_k_heads)
+        return lm_errf(err, "config.json: linear_num_value_heads %d is not a multiple of linear_num_key_heads %d",
+                       c->lin_v_heads, c->lin_k_heads);
+    c->layer_linear = calloc((size_t)c->n_layers, 1);
+    if (!c->layer_linear) return lm_errf(err, "out of memory");
+    json_t *types = json_object_get(o, "layer_types");
+    if (types && !json_is_null(types)) {
+        if (!json_is_array(types) || json_array_size(types) != (size_t)c->n_layers)
+            return lm_errf(err, "config.json: layer_types must list %d layer types", c->n_layers);
+        for (int l = 0; l < c->n_layers; l++) {
+            const char *t = json_string_value(json_array_get(types, (size_t)l));
+            if (t && !strcmp(t, "linear_attention")) c->layer_linear[l] = 1;
+            else if (!t || strcmp(t, "full_attention") != 0)
+                return lm_errf(err, "config.json: layer_types[%d] must be \"linear_attention\" or \"full_attention\"", l);
+        }
+    } else {
+        if (get_int(o, "full_attention_interval", 4, 1, 4096, &v, err)) return -1;
+        for (int l = 0; l < c->n_layers; l++) c->layer_linear[l] = (l + 1) % v != 0;
+    }
+    for (int l = 0; l < c->n_layers; l++) c->n_linear_layers += c->layer_linear[l];
+    if (get_int(o, "shared_expert_intermediate_size", 0, 0, 1 << 20, &v, err)) return -1;
+    c->shared_expert_intermediate_size = (int)v;
+    c->attn_output_gate = 1;
+    c->zero_centred_norms = 1;
     return 0;
 }
 
@@ -287,7 +336,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     if (get_bool(o, "attention_bias", 0, &c->attention_bias, err)) goto done;
     if (get_bool(o, "norm_topk_prob", c->arch == LM_ARCH_MIXTRAL, &c->norm_topk_prob, err)) goto done;
     if (c->arch == LM_ARCH_MIXTRAL) c->norm_topk_prob = 1; /* softmax over the top-k logits */
-    c->qk_norm = c->arch == LM_ARCH_QWEN3_MOE ? LM_QK_NORM_PER_HEAD
+    c->qk_norm = c->arch == LM_ARCH_QWEN3_MOE || c->arch == LM_ARCH_QWEN3_NEXT ? LM_QK_NORM_PER_HEAD
                : c->arch == LM_ARCH_OLMOE     ? LM_QK_NORM_FULL
                                               : LM_QK_NORM_NONE;
     json_t *act = json_object_get(o, "hidden_act");
@@ -309,6 +358,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
         c->sliding_window = (int)(sw > (1 << 30) ? (1 << 30) : sw);
     }
     if (parse_rope(c, o, err)) goto done;
+    if (c->arch == LM_ARCH_QWEN3_NEXT && parse_linear_attention(c, o, err)) goto done;
 
     c->mlp_only = calloc((size_t)c->n_layers, 1);
     if (!c->mlp_only) {
@@ -413,6 +463,8 @@ int lm_config_load(lm_config *cfg, const char *dir, char *err) {
 void lm_config_free(lm_config *c) {
     free(c->mlp_only);
     c->mlp_only = NULL;
+    free(c->layer_linear);
+    c->layer_linear = NULL;
     for (int i = 0; i < c->n_quant_overrides; i++) free(c->quant_overrides[i].path);
     free(c->quant_overrides);
     c->quant_overrides = NULL;

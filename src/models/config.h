@@ -16,6 +16,7 @@ typedef enum {
     LM_ARCH_QWEN3_MOE = 0,
     LM_ARCH_MIXTRAL,
     LM_ARCH_OLMOE,
+    LM_ARCH_QWEN3_NEXT,
     LM_ARCH_COUNT
 } lm_arch_id;
 
@@ -53,11 +54,20 @@ typedef struct {
     uint8_t *mlp_only; /* [n_layers]: 1 if the layer is dense */
     int tie_word_embeddings;
     int attention_bias;
+    int attn_output_gate;  /* q_proj also yields a per-head gate: out *= sigmoid(gate) (qwen3_next) */
+    int zero_centred_norms; /* RMSNorm weights stored as w - 1 (x * (1 + w)) in HF files (qwen3_next) */
+    int rope_dim;           /* leading dims of a head that RoPE rotates (partial_rotary_factor) */
+    int shared_expert_intermediate_size; /* 0 = no shared expert */
     lm_qk_norm qk_norm;
     float clip_qkv; /* 0 = none */
     float rms_norm_eps;
     int sliding_window; /* 0 = full attention */
     int max_position_embeddings;
+
+    /* Gated DeltaNet linear attention (qwen3_next); layer_linear NULL for other families. */
+    uint8_t *layer_linear; /* [n_layers]: 1 if the layer is linear attention */
+    int n_linear_layers;
+    int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel;
 
     double rope_theta;
     lm_rope_type rope_type;
@@ -87,7 +97,11 @@ static inline int lm_config_layer_is_moe(const lm_config *c, int l) { return !c-
  * and group size (bits 0 = stored as float). */
 void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size);
 
-/* "qwen3_moe, mixtral, olmoe" */
+static inline int lm_config_layer_is_linear(const lm_config *c, int l) {
+    return c->layer_linear && c->layer_linear[l];
+}
+
+/* "qwen3_moe, mixtral, olmoe, qwen3_next" */
 const char *lm_config_supported_types(void);
 
 #endif

@@ -45,16 +45,32 @@ typedef struct {
 /* The expert whose slot memory starts at `slot`. */
 lm_expert lm_expert_view(const lm_expert_source *src, const void *slot);
 
+/* Gated DeltaNet (qwen3_next linear attention) weights of one layer. Shapes with
+ * nk/nv key/value heads of dk/dv dims, r = nv / nk:
+ *   in_qkvz [nk * (2 dk + 2 r dv), H]: per key head q, k, then its r value heads' v, z
+ *   in_ba   [nk * 2r, H]: per key head its r value heads' b, then a
+ *   conv    [conv_dim][K] depthwise causal kernel, conv_dim = 2 nk dk + nv dv
+ *   A_log, dt_bias [nv]; norm [dv] (a plain weight, not zero-centred); out [H, nv dv] */
+typedef struct {
+    lm_mat in_qkvz, in_ba, out;
+    float *conv;
+    float *A_log, *dt_bias, *norm;
+} lm_linear_attn;
+
 typedef struct {
     float *attn_norm, *ffn_norm; /* [H] */
     float *q_norm, *k_norm;      /* [head_dim] or [n_heads*head_dim] / [n_kv*head_dim]; NULL if none */
     float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL unless attention_bias */
-    lm_mat q, k, v, o;
+    lm_mat q, k, v, o;          /* q is [2 nq, H] with attn_output_gate (per head: query, then gate) */
+    int is_linear;              /* linear attention (lin) instead of q/k/v/o */
+    lm_linear_attn lin;
     int is_moe;
     lm_mat router;                        /* [E, H] */
     lm_mat mlp_gate, mlp_up, mlp_down;    /* dense layers */
     lm_expert_source src;                 /* MoE layers: where the experts are */
     lm_expert *experts;                   /* [E] views when resident; NULL when lazy */
+    /* Shared expert (qwen3_next), always resident: rows 0 when absent. */
+    lm_mat shared_gate, shared_up, shared_down, shared_expert_gate; /* last: [1, H] */
 } lm_layer;
 
 /* Where a layer's experts live in the files (for info, packing and lazy loading). */
@@ -71,7 +87,7 @@ typedef struct {
     lm_mat embed;             /* [vocab, H] */
     lm_mat lm_head;           /* [vocab, H]; equals embed when tied */
     float *final_norm;        /* [H] */
-    float *rope_inv_freq;     /* [head_dim/2] */
+    float *rope_inv_freq;     /* [rope_dim/2] */
     lm_expert_layout expert_layout;
     lm_dtype float_dtype;     /* dtype of the float weights */
     /* Every buffer the loader allocated (freed by lm_weights_free). */

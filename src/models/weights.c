@@ -20,6 +20,9 @@
 typedef struct {
     lm_weights *w;
     char *err;
+    /* Added to zero-centred RMSNorm weights (qwen3_next): 1 for Hugging Face files,
+     * 0 for MLX files, whose converter already stored 1 + w. */
+    float norm_offset;
 } loader;
 
 static void *track(loader *L, void *p) {
@@ -182,6 +185,83 @@ static int load_mat(loader *L, const char *path, int rows, int cols, lm_mat *m) 
     return load_mat_stack(L, path, 0, rows, cols, m);
 }
 
+/* An RMSNorm weight; zero-centred families get norm_offset added (see loader). */
+static float *load_norm(loader *L, const char *name, int n) {
+    float *v = load_vec(L, name, n, 1);
+    if (v && L->w->cfg.zero_centred_norms)
+        for (int i = 0; i < n; i++) v[i] += L->norm_offset;
+    return v;
+}
+
+/* mlx-lm's sanitize, which stacks per-expert tensors into switch_mlp, also adds 1 to
+ * qwen3_next's zero-centred norms and moves the depthwise conv1d kernel from
+ * [C, 1, K] to [C, K, 1]: either sign says the file was converted. Both must agree. */
+static int detect_norm_offset(loader *L) {
+    const st_archive *a = L->w->archive;
+    int stacked = 0, conv_hf = 0, conv_mlx = 0;
+    for (int i = 0; i < a->ntensors; i++) {
+        const st_tensor *t = &a->tensors[i];
+        if (strstr(t->name, ".switch_mlp.")) stacked = 1;
+        if (strstr(t->name, ".conv1d.weight") && t->ndim == 3) {
+            conv_hf |= t->shape[1] == 1 && t->shape[2] > 1;
+            conv_mlx |= t->shape[1] > 1 && t->shape[2] == 1;
+        }
+    }
+    if (conv_hf && (conv_mlx || stacked))
+        return lm_errf(L->err, "the file mixes Hugging Face ([C, 1, K] conv1d) and MLX-converted tensors; "
+                               "convert it again from the original checkpoint");
+    L->norm_offset = stacked || conv_mlx ? 0.0f : 1.0f;
+    return 0;
+}
+
+/* The depthwise conv1d kernel as f32 [C][K], from [C, 1, K] (HF) or [C, K, 1] (MLX):
+ * both store channel-major, tap-minor, so the bytes are in the same order. */
+static float *load_conv(loader *L, const char *name, int C, int K) {
+    const st_tensor *t = st_find(L->w->archive, name);
+    if (!t) {
+        lm_errf(L->err, "missing tensor '%s'", name);
+        return NULL;
+    }
+    int64_t hf[3] = {C, 1, K}, mlx[3] = {C, K, 1};
+    if (check_shape(L, t, 3, hf) != 0 && check_shape(L, t, 3, mlx) != 0) {
+        lm_errf(L->err, "tensor '%s' has the wrong shape; the config implies [%d, 1, %d] or [%d, %d, 1]", name, C,
+                K, C, K);
+        return NULL;
+    }
+    if (!lm_dtype_is_float(t->dtype)) {
+        lm_errf(L->err, "tensor '%s' has dtype %s; expected a float type", name, lm_dtype_name(t->dtype));
+        return NULL;
+    }
+    size_t n = (size_t)C * (size_t)K;
+    void *raw = lm_malloc(t->nbytes, name, L->err);
+    if (!raw) return NULL;
+    float *v = track(L, lm_malloc_aligned(sizeof(float) * n, name, L->err));
+    if (!v || st_read(L->w->archive, t, raw, L->err) != 0) {
+        free(raw);
+        return NULL;
+    }
+    lm_convert_to_f32(v, raw, t->dtype, n);
+    free(raw);
+    return v;
+}
+
+static int load_linear_attn(loader *L, int l, lm_linear_attn *la) {
+    const lm_config *c = &L->w->cfg;
+    int H = c->hidden_size, nk = c->lin_k_heads, nv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
+    int key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
+    char p[512];
+#define LA(what) (snprintf(p, sizeof p, "model.layers.%d.linear_attn.%s", l, what), p)
+    if (load_mat(L, LA("in_proj_qkvz"), 2 * key_dim + 2 * value_dim, H, &la->in_qkvz) ||
+        load_mat(L, LA("in_proj_ba"), 2 * nv, H, &la->in_ba) || load_mat(L, LA("out_proj"), H, value_dim, &la->out))
+        return -1;
+    if (!(la->conv = load_conv(L, LA("conv1d.weight"), conv_dim, c->conv_kernel))) return -1;
+    if (!(la->A_log = load_vec(L, LA("A_log"), nv, 1)) || !(la->dt_bias = load_vec(L, LA("dt_bias"), nv, 1)) ||
+        !(la->norm = load_vec(L, LA("norm.weight"), dv, 1)))
+        return -1;
+#undef LA
+    return 0;
+}
+
 /* ---- experts: description and reading -------------------------------------------- */
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
@@ -339,7 +419,7 @@ static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int l
 }
 
 int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *pctx, char *err) {
-    loader L = {w, err};
+    loader L = {w, err, 0.0f};
     for (int l = 0; l < w->cfg.n_layers; l++) {
         lm_layer *ly = &w->layers[l];
         if (!ly->is_moe || ly->experts) continue;
@@ -367,9 +447,19 @@ static int load_layer(loader *L, int l, int lazy) {
         snprintf(p, sizeof p, __VA_ARGS__);                                               \
         if (load_mat(L, p, rows, cols, &dst)) return -1;                                  \
     } while (0)
-    VEC(ly->attn_norm, 1, H, "model.layers.%d.input_layernorm.weight", l);
-    VEC(ly->ffn_norm, 1, H, "model.layers.%d.post_attention_layernorm.weight", l);
-    MAT(ly->q, nq, H, "model.layers.%d.self_attn.q_proj", l);
+#define NORM(dst, n, ...)                                                                 \
+    do {                                                                                  \
+        snprintf(p, sizeof p, __VA_ARGS__);                                               \
+        if (!(dst = load_norm(L, p, n))) return -1;                                       \
+    } while (0)
+    NORM(ly->attn_norm, H, "model.layers.%d.input_layernorm.weight", l);
+    NORM(ly->ffn_norm, H, "model.layers.%d.post_attention_layernorm.weight", l);
+    ly->is_linear = lm_config_layer_is_linear(c, l);
+    if (ly->is_linear) {
+        if (load_linear_attn(L, l, &ly->lin)) return -1;
+        goto mlp;
+    }
+    MAT(ly->q, c->attn_output_gate ? 2 * nq : nq, H, "model.layers.%d.self_attn.q_proj", l);
     MAT(ly->k, nkv, H, "model.layers.%d.self_attn.k_proj", l);
     MAT(ly->v, nkv, H, "model.layers.%d.self_attn.v_proj", l);
     MAT(ly->o, H, nq, "model.layers.%d.self_attn.o_proj", l);
@@ -380,12 +470,13 @@ static int load_layer(loader *L, int l, int lazy) {
         VEC(ly->o_bias, 0, H, "model.layers.%d.self_attn.o_proj.bias", l);
     }
     if (c->qk_norm == LM_QK_NORM_PER_HEAD) {
-        VEC(ly->q_norm, 1, hd, "model.layers.%d.self_attn.q_norm.weight", l);
-        VEC(ly->k_norm, 1, hd, "model.layers.%d.self_attn.k_norm.weight", l);
+        NORM(ly->q_norm, hd, "model.layers.%d.self_attn.q_norm.weight", l);
+        NORM(ly->k_norm, hd, "model.layers.%d.self_attn.k_norm.weight", l);
     } else if (c->qk_norm == LM_QK_NORM_FULL) {
-        VEC(ly->q_norm, 1, nq, "model.layers.%d.self_attn.q_norm.weight", l);
-        VEC(ly->k_norm, 1, nkv, "model.layers.%d.self_attn.k_norm.weight", l);
+        NORM(ly->q_norm, nq, "model.layers.%d.self_attn.q_norm.weight", l);
+        NORM(ly->k_norm, nkv, "model.layers.%d.self_attn.k_norm.weight", l);
     }
+mlp:
     ly->is_moe = lm_config_layer_is_moe(c, l);
     if (!ly->is_moe) {
         int F = c->intermediate_size;
@@ -406,24 +497,42 @@ static int load_layer(loader *L, int l, int lazy) {
                        names->moe_blocks[0]);
     snprintf(p, sizeof p, "%s.gate", block);
     if (load_mat(L, p, c->n_experts, H, &ly->router)) return -1;
+    int SI = c->shared_expert_intermediate_size;
+    if (SI > 0) {
+        MAT(ly->shared_gate, SI, H, "%s.shared_expert.gate_proj", block);
+        MAT(ly->shared_up, SI, H, "%s.shared_expert.up_proj", block);
+        MAT(ly->shared_down, H, SI, "%s.shared_expert.down_proj", block);
+        MAT(ly->shared_expert_gate, 1, H, "%s.shared_expert_gate", block);
+    }
     return load_experts(L, l, block, ly, lazy);
 #undef VEC
 #undef MAT
+#undef NORM
 }
+
+static uint64_t mat_params(const lm_mat *m) { return (uint64_t)m->rows * (uint64_t)m->cols; }
 
 static void account(lm_weights *w) {
     const lm_config *c = &w->cfg;
     uint64_t H = (uint64_t)c->hidden_size, V = (uint64_t)c->vocab_size;
-    uint64_t hd = (uint64_t)c->head_dim, nq = (uint64_t)c->n_heads * hd, nkv = (uint64_t)c->n_kv_heads * hd;
-    uint64_t attn = H * nq * 2 + H * nkv * 2;
     uint64_t resident_params = V * H * (c->tie_word_embeddings ? 1 : 2) + H;
     uint64_t bytes = lm_mat_bytes(&w->embed) + (c->tie_word_embeddings ? 0 : lm_mat_bytes(&w->lm_head));
     w->params_expert = 3 * H * (uint64_t)c->moe_intermediate_size;
     uint64_t active = 0, experts_total = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const lm_layer *ly = &w->layers[l];
-        resident_params += attn + 2 * H;
-        bytes += lm_mat_bytes(&ly->q) + lm_mat_bytes(&ly->k) + lm_mat_bytes(&ly->v) + lm_mat_bytes(&ly->o);
+        resident_params += 2 * H;
+        const lm_mat *mats[] = {&ly->q,          &ly->k,           &ly->v,           &ly->o,
+                                &ly->lin.in_qkvz, &ly->lin.in_ba,  &ly->lin.out,     &ly->shared_gate,
+                                &ly->shared_up,  &ly->shared_down, &ly->shared_expert_gate};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+            resident_params += mat_params(mats[i]);
+            bytes += lm_mat_bytes(mats[i]);
+        }
+        if (ly->is_linear) /* conv kernel, A_log, dt_bias, gated norm */
+            resident_params += (uint64_t)(2 * c->lin_k_heads * c->lin_k_dim + c->lin_v_heads * c->lin_v_dim) *
+                                   (uint64_t)c->conv_kernel +
+                               2 * (uint64_t)c->lin_v_heads + (uint64_t)c->lin_v_dim;
         if (ly->is_moe) {
             resident_params += (uint64_t)c->n_experts * H;
             bytes += lm_mat_bytes(&ly->router);
@@ -447,16 +556,17 @@ static void account(lm_weights *w) {
 int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress, void *pctx,
                     char *err) {
     memset(w, 0, sizeof *w);
-    loader L = {w, err};
+    loader L = {w, err, 0.0f};
     if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
     if (st_open(&w->archive, dir, err) != 0) goto fail;
+    if (w->cfg.zero_centred_norms && detect_norm_offset(&L) != 0) goto fail;
     const lm_config *c = &w->cfg;
     int H = c->hidden_size;
     w->layers = track(&L, lm_malloc_aligned(sizeof(lm_layer) * (size_t)c->n_layers, "layers", err));
     if (!w->layers) goto fail;
     memset(w->layers, 0, sizeof(lm_layer) * (size_t)c->n_layers);
     if (load_mat(&L, "model.embed_tokens", c->vocab_size, H, &w->embed)) goto fail;
-    w->final_norm = load_vec(&L, "model.norm.weight", H, 1);
+    w->final_norm = load_norm(&L, "model.norm.weight", H);
     if (!w->final_norm) goto fail;
     if (c->tie_word_embeddings && !st_find(w->archive, "lm_head.weight")) {
         w->lm_head = w->embed;
@@ -467,12 +577,13 @@ int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progres
         if (load_layer(&L, l, lazy_experts) != 0) goto fail;
         if (progress) progress(pctx, "loading weights", (double)(l + 1) / c->n_layers);
     }
-    int half = c->head_dim / 2;
+    int half = c->rope_dim / 2;
     w->rope_inv_freq = track(&L, lm_malloc_aligned(sizeof(float) * (size_t)half, "rope", err));
     if (!w->rope_inv_freq) goto fail;
     for (int i = 0; i < half; i++) {
-        /* float32 like transformers: 1 / theta^(2i/d), divided by the linear factor. */
-        float expo = (float)(2 * i) / (float)c->head_dim;
+        /* float32 like transformers: 1 / theta^(2i/d) over the rotated dims d, divided by
+         * the linear factor. */
+        float expo = (float)(2 * i) / (float)c->rope_dim;
         float f = 1.0f / powf((float)c->rope_theta, expo);
         if (c->rope_type == LM_ROPE_LINEAR) f = f / (float)c->rope_factor;
         w->rope_inv_freq[i] = f;

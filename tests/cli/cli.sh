@@ -86,4 +86,28 @@ if $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k32.npy --kv-bits 32 &&
 else
     bad cli_kv_bits "runs failed or the caches gave identical logits"
 fi
+# perplexity: the shipped demo model scores held-out Python far better than chance (a
+# vocabulary of 4160 tokens), and the window size changes the result only a little.
+D=models/demo-coder
+head -c 3000 $D/heldout.txt >$T/ho.txt
+if p1=$($BIN perplexity $D --text $T/ho.txt --json 2>$T/ppl.err) &&
+   p2=$($BIN perplexity $D --text $T/ho.txt --window 256 --json 2>>$T/ppl.err); then
+    v1=$(echo "$p1" | sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p')
+    v2=$(echo "$p2" | sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p')
+    if awk -v a="$v1" -v b="$v2" 'BEGIN { exit !(a > 1 && a < 40 && b > 1 && b < 60 && b >= a * 0.9) }'; then
+        ok cli_perplexity
+    else
+        bad cli_perplexity "perplexities $v1 (1024) $v2 (256)"
+    fi
+else
+    bad cli_perplexity "command failed: $(cat $T/ppl.err)"
+fi
+if out=$($BIN perplexity $D --text $T/missing.txt 2>&1); then
+    bad cli_perplexity_missing_file "exit status 0"
+elif [[ "$out" == *"cannot open"*"missing.txt"* ]]; then
+    ok cli_perplexity_missing_file
+else
+    bad cli_perplexity_missing_file "message: $out"
+fi
+
 exit $fail

@@ -1,0 +1,108 @@
+#include "server/cache.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int srv_cache_init(srv_prompt_cache *c, lazymoe_model *m, int n_slots, int budget_tokens, char *err, size_t errlen) {
+    memset(c, 0, sizeof *c);
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    c->m = m;
+    c->n_slots = n_slots > 0 ? n_slots : 1;
+    c->max_context = info.max_context;
+    c->budget_tokens = budget_tokens > info.max_context ? budget_tokens : info.max_context;
+    c->slots = calloc((size_t)c->n_slots, sizeof *c->slots);
+    if (!c->slots) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+void srv_cache_free(srv_prompt_cache *c) {
+    for (int i = 0; c->slots && i < c->n_slots; i++) lazymoe_session_free(c->slots[i].s);
+    free(c->slots);
+    memset(c, 0, sizeof *c);
+}
+
+static int common_prefix(const lazymoe_session *s, const int32_t *ids, int n) {
+    int len = lazymoe_session_length(s), k = 0;
+    const int32_t *t = lazymoe_session_tokens(s);
+    while (k < len && k < n && t[k] == ids[k]) k++;
+    return k;
+}
+
+lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, char *err,
+                                size_t errlen) {
+    int best = -1, best_lcp = 0, free_slot = -1, lru = -1;
+    for (int i = 0; i < c->n_slots; i++) {
+        srv_slot *sl = &c->slots[i];
+        if (sl->busy) continue;
+        if (!sl->s) {
+            if (free_slot < 0) free_slot = i;
+            continue;
+        }
+        int lcp = common_prefix(sl->s, ids, n);
+        if (lcp > best_lcp || (lcp == best_lcp && best >= 0 && lcp > 0 && sl->last_used > c->slots[best].last_used)) {
+            best = i;
+            best_lcp = lcp;
+        }
+        if (lru < 0 || sl->last_used < c->slots[lru].last_used) lru = i;
+    }
+    int pick;
+    /* The best session is reused when it holds the whole prompt (nothing to evaluate)
+     * or when the shared prefix is at least half of what it holds; a request that only
+     * shares a short beginning (a common system prompt) gets its own session rather
+     * than cutting a long conversation back to that beginning. */
+    if (best >= 0 && best_lcp > 0 &&
+        (best_lcp >= n - 1 || 2 * best_lcp >= lazymoe_session_length(c->slots[best].s)))
+        pick = best;
+    else if (free_slot >= 0) pick = free_slot;
+    else if (lru >= 0) pick = lru;
+    else {
+        snprintf(err, errlen, "no free session slot");
+        return NULL;
+    }
+    srv_slot *sl = &c->slots[pick];
+    *reused = sl->s ? common_prefix(sl->s, ids, n) : 0;
+    if (*reused >= n) *reused = n - 1; /* the last prompt token is evaluated again for its logits */
+    if (*reused < 0) *reused = 0;
+    /* Room for this request's context: free the least recently used others. */
+    long long need = (long long)n + max_new;
+    if (need > c->max_context) need = c->max_context;
+    if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
+    for (;;) {
+        long long others = 0;
+        int victim = -1;
+        for (int i = 0; i < c->n_slots; i++) {
+            if (i == pick || !c->slots[i].s) continue;
+            others += lazymoe_session_capacity(c->slots[i].s);
+            if (!c->slots[i].busy && (victim < 0 || c->slots[i].last_used < c->slots[victim].last_used)) victim = i;
+        }
+        if (others + need <= c->budget_tokens || victim < 0) break;
+        lazymoe_session_free(c->slots[victim].s);
+        c->slots[victim].s = NULL;
+    }
+    if (!sl->s && lazymoe_session_create(&sl->s, c->m, err, errlen) != 0) return NULL;
+    sl->busy = 1;
+    return sl->s;
+}
+
+void srv_cache_put(srv_prompt_cache *c, lazymoe_session *s) {
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].s == s) {
+            c->slots[i].busy = 0;
+            c->slots[i].last_used = ++c->clock;
+        }
+}
+
+void srv_cache_usage(const srv_prompt_cache *c, int *sessions, int *tokens) {
+    *sessions = 0;
+    *tokens = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].s) {
+            (*sessions)++;
+            *tokens += lazymoe_session_length(c->slots[i].s);
+        }
+}

@@ -1,0 +1,48 @@
+/* The prompt cache: sessions of recent conversations, kept so that the next
+ * request of a conversation only evaluates its new tokens.
+ *
+ * A request takes the session sharing the longest prefix with its prompt when that
+ * prefix is the whole prompt or at least half of what the session holds (the same
+ * conversation, or one that only changed its last turn); otherwise a fresh session,
+ * or, when every slot is taken, the least recently used one. The KV caches of all sessions together stay
+ * within `budget_tokens` positions (the memory plan reserves that many): before a
+ * request runs, least recently used sessions are freed until the taken one can grow
+ * to prompt + max_tokens.
+ *
+ * Used by the generation worker only (one thread): no locking inside; /health sees
+ * a copy of srv_cache_usage the worker publishes after each request.
+ */
+#ifndef LAZYMOE_SERVER_CACHE_H
+#define LAZYMOE_SERVER_CACHE_H
+
+#include "lazymoe.h"
+
+#include <stdint.h>
+
+typedef struct {
+    lazymoe_session *s; /* NULL: free slot */
+    uint64_t last_used;
+    int busy;
+} srv_slot;
+
+typedef struct {
+    lazymoe_model *m;
+    srv_slot *slots;
+    int n_slots;
+    int budget_tokens;
+    int max_context;
+    uint64_t clock;
+} srv_prompt_cache;
+
+int srv_cache_init(srv_prompt_cache *c, lazymoe_model *m, int n_slots, int budget_tokens, char *err, size_t errlen);
+void srv_cache_free(srv_prompt_cache *c);
+/* A session for prompt ids[n] that will generate up to max_new tokens; *reused =
+ * prompt tokens it already holds (what generation will not evaluate again). NULL
+ * with err when no session can be made. Give it back with srv_cache_put. */
+lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, char *err,
+                                size_t errlen);
+void srv_cache_put(srv_prompt_cache *c, lazymoe_session *s);
+/* Sessions kept and the tokens they hold. */
+void srv_cache_usage(const srv_prompt_cache *c, int *sessions, int *tokens);
+
+#endif

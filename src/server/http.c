@@ -1,0 +1,478 @@
+/* The HTTP layer (libmicrohttpd, one thread per connection): body collection with
+ * a size limit, authentication, routing, JSON and streamed responses, and watching
+ * the client's socket while its job waits or runs. */
+#include "server/internal.h"
+
+#include <microhttpd.h>
+
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The content reader waits this long for output before checking the client's
+ * socket again; after KEEPALIVE_S without output it sends an SSE comment so that
+ * proxies and client idle timers see a live stream during a long prefill. */
+#define WAIT_MS 100
+#define KEEPALIVE_S 15.0
+
+typedef struct {
+    srv_server *srv;
+    srv_api api;       /* error shape, from the path */
+    srv_buf body;
+    int too_large;
+    double t0;
+    int logged_by_job; /* a job was queued: the worker writes the log line */
+    int status;        /* of the response sent, for the log line */
+    char what[96];     /* "METHOD /path" */
+    char note[160];    /* error message or counts, for the log line */
+} srv_conn;
+
+/* ---- responses ------------------------------------------------------------------------- */
+
+static enum MHD_Result send_bytes(srv_conn *c, struct MHD_Connection *mc, int status, const char *type,
+                                  const char *data, size_t len) {
+    c->status = status;
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    enum MHD_Result ok = MHD_queue_response(mc, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* Sends v (stolen) as JSON. */
+static enum MHD_Result send_json(srv_conn *c, struct MHD_Connection *mc, int status, json_t *v) {
+    srv_buf b = {0};
+    srv_buf_json(&b, v);
+    json_decref(v);
+    enum MHD_Result ok;
+    if (b.oom) ok = send_bytes(c, mc, 500, "text/plain", "out of memory\n", 14);
+    else ok = send_bytes(c, mc, status, "application/json", b.data, b.len);
+    srv_buf_free(&b);
+    return ok;
+}
+
+static enum MHD_Result send_error(srv_conn *c, struct MHD_Connection *mc, const srv_error *e) {
+    snprintf(c->note, sizeof c->note, "error=\"%.140s\"", e->message);
+    return send_json(c, mc, e->status, srv_error_body(c->api, e));
+}
+
+/* ---- client liveness -------------------------------------------------------------------- */
+
+static int conn_fd(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? ci->connect_fd : -1;
+}
+
+/* The peer closed or reset the connection. A request body fully read and no
+ * pipelining means nothing else should arrive, so a hang-up is a client gone. */
+static int client_gone(int fd) {
+    if (fd < 0) return 0;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+static void timed_wait(srv_job *j) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += WAIT_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+}
+
+/* Called with j->mu held. */
+static void cancel_locked(srv_job *j, int reason) {
+    if (j->state == JOB_DONE) return;
+    if (!j->cancel_reason) j->cancel_reason = reason;
+    j->cancel = 1;
+}
+
+/* ---- streamed responses ----------------------------------------------------------------- */
+
+typedef struct {
+    srv_job *job;
+    int fd;
+    double last_sent;
+} stream_ctx;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    stream_ctx *sc = cls;
+    srv_job *j = sc->job;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        if (j->out.oom) {
+            cancel_locked(j, CANCEL_DISCONNECT);
+            pthread_mutex_unlock(&j->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (j->out.len) {
+            size_t n = j->out.len < max ? j->out.len : max;
+            memcpy(buf, j->out.data, n);
+            srv_buf_consume(&j->out, n);
+            pthread_mutex_unlock(&j->mu);
+            sc->last_sent = srv_now();
+            return (ssize_t)n;
+        }
+        if (j->state == JOB_DONE) {
+            pthread_mutex_unlock(&j->mu);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        timed_wait(j);
+        if (client_gone(sc->fd)) {
+            cancel_locked(j, CANCEL_DISCONNECT);
+            pthread_mutex_unlock(&j->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (!j->out.len && srv_now() - sc->last_sent > KEEPALIVE_S) {
+            /* Anthropic streams that have begun get a real ping event (Claude Code
+             * measures stalls between events); otherwise an SSE comment, which every
+             * client skips. */
+            const char *ka = j->state == JOB_RUNNING && j->chat.api == SRV_ANTHROPIC
+                                 ? "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+                                 : ": keepalive\n\n";
+            size_t n = strlen(ka);
+            if (n <= max) {
+                pthread_mutex_unlock(&j->mu);
+                sc->last_sent = srv_now();
+                memcpy(buf, ka, n); /* NOLINT(bugprone-not-null-terminated-result): bytes, not a string */
+                return (ssize_t)n;
+            }
+        }
+    }
+}
+
+/* The response is done with, finished or not: a job still running lost its client. */
+static void stream_free(void *cls) {
+    stream_ctx *sc = cls;
+    pthread_mutex_lock(&sc->job->mu);
+    cancel_locked(sc->job, CANCEL_DISCONNECT);
+    pthread_mutex_unlock(&sc->job->mu);
+    srv_job_release(sc->job);
+    free(sc);
+}
+
+static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_job *j) {
+    c->status = 200;
+    stream_ctx *sc = calloc(1, sizeof *sc);
+    if (!sc) return MHD_NO;
+    sc->job = j;
+    sc->fd = conn_fd(mc);
+    sc->last_sent = srv_now();
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, sc, stream_free);
+    if (!r) {
+        free(sc);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    enum MHD_Result ok = MHD_queue_response(mc, 200, r);
+    MHD_destroy_response(r); /* frees sc through stream_free when the connection is done with it */
+    return ok;
+}
+
+/* Waits for a non-streamed job; NULL status when the client left (the job is cancelled). */
+static enum MHD_Result wait_and_send(srv_conn *c, struct MHD_Connection *mc, srv_job *j) {
+    int fd = conn_fd(mc), gone = 0;
+    pthread_mutex_lock(&j->mu);
+    while (j->state != JOB_DONE) {
+        timed_wait(j);
+        if (j->state != JOB_DONE && client_gone(fd)) {
+            cancel_locked(j, CANCEL_DISCONNECT);
+            gone = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (gone) {
+        srv_job_release(j);
+        return MHD_NO; /* closes the connection */
+    }
+    enum MHD_Result ok = send_bytes(c, mc, j->status, "application/json", j->out.data ? j->out.data : "", j->out.len);
+    srv_job_release(j);
+    return ok;
+}
+
+/* ---- endpoints --------------------------------------------------------------------------- */
+
+static json_t *model_object(const srv_server *s) {
+    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:i, s:i}", "id", s->opt.model_name, "object", "model", "type",
+                     "model", "display_name", s->opt.model_name, "created", (json_int_t)time(NULL), "created_at",
+                     "1970-01-01T00:00:00Z", "owned_by", "lazymoe", "context_length", s->max_context, "max_model_len",
+                     s->max_context);
+}
+
+static enum MHD_Result get_models(srv_server *s, srv_conn *c, struct MHD_Connection *mc) {
+    return send_json(c, mc, 200,
+                     json_pack("{s:s, s:[o], s:b, s:s, s:s}", "object", "list", "data", model_object(s), "has_more", 0,
+                               "first_id", s->opt.model_name, "last_id", s->opt.model_name));
+}
+
+static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connection *mc) {
+    pthread_mutex_lock(&s->qmu);
+    int queued = s->queued, generating = s->running != NULL;
+    int sessions = s->cache_sessions, tokens = s->cache_tokens; /* as of the last request */
+    unsigned long long served = s->served;
+    pthread_mutex_unlock(&s->qmu);
+    return send_json(c, mc, 200,
+                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:I, s:i, s:i}", "status", "ok", "model", s->opt.model_name,
+                               "context_length", s->max_context, "queued", queued, "generating", generating, "served",
+                               (json_int_t)served, "cached_conversations", sessions, "cached_tokens", tokens));
+}
+
+static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) {
+    const char *data = c->body.data ? c->body.data : "";
+    int rc = c->api == SRV_ANTHROPIC ? srv_parse_anthropic(data, c->body.len, chat, e)
+                                     : srv_parse_openai(data, c->body.len, chat, e);
+    if (rc == 0 && chat->forced_output && !s->opt.allow_forced_output) {
+        srv_chat_free(chat);
+        return srv_fail(e, c->api, 400, "lazymoe_forced_output",
+                        "lazymoe_forced_output is a test-only field: the server was not started with --allow-forced-output");
+    }
+    return rc;
+}
+
+static int check_length(srv_server *s, srv_api api, int n, srv_error *e) {
+    if (n <= s->input_limit) return 0;
+    srv_fail(e, api, 400, "messages", "prompt is too long: %d tokens > %d maximum", n, s->input_limit);
+    if (api == SRV_OPENAI) {
+        snprintf(e->code, sizeof e->code, "context_length_exceeded");
+        snprintf(e->message, sizeof e->message,
+                 "This model's maximum context length is %d tokens, but the prompt has %d tokens (prompt is too long: "
+                 "%d tokens > %d maximum). Shorten the messages.",
+                 s->input_limit, n, n, s->input_limit);
+    }
+    return -1;
+}
+
+static int ends_in_think(const char *prompt) {
+    size_t n = strlen(prompt);
+    while (n && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ' || prompt[n - 1] == '\r')) n--;
+    return n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
+}
+
+static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connection *mc, const char *endpoint) {
+    srv_error e = {0};
+    srv_job *j = srv_job_new(s);
+    if (!j) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory"), &e));
+    if (parse_chat(s, c, &j->chat, &e) != 0 ||
+        srv_build_prompt(s->m, &j->chat, &j->prompt, &j->ids, &j->n_ids, &e) != 0 ||
+        check_length(s, c->api, j->n_ids, &e) != 0) {
+        srv_job_release(j);
+        return send_error(c, mc, &e);
+    }
+    j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
+                                                                                      : s->opt.max_tokens;
+    j->in_think = ends_in_think(j->prompt);
+    snprintf(j->endpoint, sizeof j->endpoint, "%s", endpoint);
+    if (srv_job_enqueue(s, j) != 0) {
+        srv_job_release(j);
+        return send_error(c, mc, (srv_fail(&e, c->api, 503, NULL, "the server is shutting down"), &e));
+    }
+    c->logged_by_job = 1;
+    if (j->chat.stream) return send_stream(c, mc, j); /* the stream context takes our reference */
+    return wait_and_send(c, mc, j);
+}
+
+static enum MHD_Result post_count_tokens(srv_server *s, srv_conn *c, struct MHD_Connection *mc) {
+    srv_error e = {0};
+    srv_chat chat;
+    char *prompt = NULL;
+    int32_t *ids = NULL;
+    int n = 0;
+    if (parse_chat(s, c, &chat, &e) != 0) return send_error(c, mc, &e);
+    int rc = srv_build_prompt(s->m, &chat, &prompt, &ids, &n, &e);
+    srv_chat_free(&chat);
+    free(prompt);
+    free(ids);
+    if (rc != 0) return send_error(c, mc, &e);
+    snprintf(c->note, sizeof c->note, "in=%d", n);
+    return send_json(c, mc, 200, json_pack("{s:i}", "input_tokens", n));
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+/* Constant-time comparison, so the key cannot be guessed byte by byte from timings. */
+static int same_secret(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char d = la != lb;
+    for (size_t i = 0; i < la; i++) d |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+    return d == 0;
+}
+
+static int authorized(const srv_server *s, struct MHD_Connection *mc) {
+    if (!s->opt.api_key) return 1;
+    const char *k = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "x-api-key");
+    if (k && same_secret(k, s->opt.api_key)) return 1;
+    const char *a = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    return a && !strncasecmp(a, "Bearer ", 7) && same_secret(a + 7, s->opt.api_key);
+}
+
+static srv_api api_of(const char *url) {
+    return !strncmp(url, "/v1/messages", 12) ? SRV_ANTHROPIC : SRV_OPENAI;
+}
+
+static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *mc, const char *url, const char *method) {
+    srv_error e = {0};
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
+    if (!strcmp(url, "/health")) {
+        if (!get) return send_error(c, mc, (srv_fail(&e, c->api, 405, NULL, "%s /health: use GET", method), &e));
+        return get_health(s, c, mc);
+    }
+    if (!authorized(s, mc)) {
+        srv_fail(&e, c->api, 401, NULL, "%s", c->api == SRV_ANTHROPIC ? "invalid x-api-key" : "Incorrect API key provided");
+        if (c->api == SRV_OPENAI) snprintf(e.code, sizeof e.code, "invalid_api_key");
+        return send_error(c, mc, &e);
+    }
+    if (c->too_large)
+        return send_error(c, mc, (srv_fail(&e, c->api, 413, NULL, "request body is larger than the server's limit of %zu bytes",
+                                           s->opt.max_body), &e));
+    if (c->body.oom) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory reading the request"), &e));
+    struct { const char *path; int post; } routes[] = {
+        {"/v1/chat/completions", 1}, {"/v1/messages", 1}, {"/v1/messages/count_tokens", 1}, {"/v1/models", 0}};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (strcmp(url, routes[i].path) != 0) continue;
+        if (routes[i].post ? !post : !get)
+            return send_error(c, mc, (srv_fail(&e, c->api, 405, NULL, "%s %s: use %s", method, url,
+                                               routes[i].post ? "POST" : "GET"), &e));
+        switch (i) {
+        case 0: return post_chat(s, c, mc, "POST /v1/chat/completions");
+        case 1: return post_chat(s, c, mc, "POST /v1/messages");
+        case 2: return post_count_tokens(s, c, mc);
+        default: return get_models(s, c, mc);
+        }
+    }
+    if (get && !strncmp(url, "/v1/models/", 11)) return send_json(c, mc, 200, model_object(s));
+    return send_error(c, mc, (srv_fail(&e, c->api, 404, NULL, "no such endpoint: %s %s", method, url), &e));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    (void)version;
+    srv_server *s = cls;
+    srv_conn *c = *con_cls;
+    if (!c) {
+        if (!(c = calloc(1, sizeof *c))) return MHD_NO;
+        c->srv = s;
+        c->t0 = srv_now();
+        c->api = api_of(url);
+        snprintf(c->what, sizeof c->what, "%s %s", method, url);
+        const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > s->opt.max_body) c->too_large = 1;
+        *con_cls = c;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        /* An oversized body is read and dropped, then answered with 413: clients
+         * handle a response to a request they finished sending far better than a
+         * connection reset in the middle of it. */
+        if (!c->too_large && c->body.len + *upload_size > s->opt.max_body) {
+            c->too_large = 1;
+            srv_buf_free(&c->body);
+        }
+        if (!c->too_large) srv_buf_append(&c->body, upload, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    return route(s, c, mc, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)mc;
+    (void)toe;
+    srv_conn *c = *con_cls;
+    if (!c) return;
+    if (!c->logged_by_job)
+        srv_log("%s %d %s%s%.1f ms", c->what, c->status ? c->status : 499, c->note, c->note[0] ? " " : "",
+                (srv_now() - c->t0) * 1e3);
+    srv_buf_free(&c->body);
+    free(c);
+    *con_cls = NULL;
+}
+
+/* ---- the daemon ------------------------------------------------------------------------------ */
+
+void srv_options_init(srv_options *o) {
+    memset(o, 0, sizeof *o);
+    o->host = "127.0.0.1";
+    o->port = 8080;
+    o->model_name = "lazymoe";
+    o->max_tokens = 4096;
+    o->max_body = 32u << 20;
+    o->cache_slots = 4;
+    o->max_connections = 64;
+}
+
+int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t *stop, char *err, size_t errlen) {
+    srv_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = -1;
+    MHD_socket lsock = MHD_INVALID_SOCKET;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
+    char port[16];
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    s->m = m;
+    s->opt = *o;
+    s->max_context = info.max_context;
+    s->input_limit = o->max_input_tokens > 0 && o->max_input_tokens < info.max_context ? o->max_input_tokens
+                                                                                         : info.max_context;
+    s->started_at = srv_now();
+    pthread_mutex_init(&s->qmu, NULL);
+    pthread_cond_init(&s->qcv, NULL);
+    if (srv_cache_init(&s->cache, m, o->cache_slots, o->cache_tokens, err, errlen) != 0) goto done;
+    snprintf(port, sizeof port, "%d", o->port);
+    int gai = getaddrinfo(o->host, port, &hints, &ai);
+    if (gai != 0 || !ai) {
+        snprintf(err, errlen, "cannot resolve the address to listen on, \"%s\": %s", o->host, gai_strerror(gai));
+        goto done;
+    }
+    if (srv_worker_start(s, err, errlen) != 0) goto done;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->daemon = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned)o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot listen on %s port %d (%s): is another server using it? (--host, --port)", o->host,
+                 o->port, errno ? strerror(errno) : "libmicrohttpd refused");
+        goto done;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    int bound = di ? di->port : o->port;
+    srv_log("lazymoe: listening on http://%s%s%s:%d (model %s, context %d tokens)", ai->ai_family == AF_INET6 ? "[" : "",
+            o->host, ai->ai_family == AF_INET6 ? "]" : "", bound, o->model_name, s->max_context);
+    while (!*stop) {
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    srv_log("lazymoe: shutting down");
+    lsock = MHD_quiesce_daemon(s->daemon); /* no new connections; requests on open ones get 503 */
+    rc = 0;
+done:
+    srv_worker_stop(s);
+    if (s->daemon) MHD_stop_daemon(s->daemon);
+    if (lsock != MHD_INVALID_SOCKET) close(lsock);
+    if (ai) freeaddrinfo(ai);
+    srv_cache_free(&s->cache);
+    pthread_mutex_destroy(&s->qmu);
+    pthread_cond_destroy(&s->qcv);
+    free(s);
+    return rc;
+}

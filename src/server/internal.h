@@ -1,0 +1,82 @@
+/* Shared between the server's files: the server state, generation jobs and the
+ * per-connection request state. See server.h for the threading model. */
+#ifndef LAZYMOE_SERVER_INTERNAL_H
+#define LAZYMOE_SERVER_INTERNAL_H
+
+#include "server/buf.h"
+#include "server/cache.h"
+#include "server/reply.h"
+#include "server/request.h"
+#include "server/server.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE } srv_job_state;
+
+/* One generation request. Two owners hold a reference each: the connection
+ * thread (until its response is finished or the client is gone) and the queue /
+ * worker (until the job is done); the last release frees it. Everything below
+ * `mu` is guarded by it. */
+typedef struct srv_job {
+    struct srv_server *srv;
+    srv_chat chat;        /* the parsed request (owned) */
+    char *prompt;         /* rendered chat template (owned) */
+    int32_t *ids;         /* its tokens (owned) */
+    int n_ids;
+    int max_tokens;       /* after the server's cap */
+    int in_think;         /* the prompt ends inside an opened <think> */
+    char endpoint[32];    /* for the log line */
+    double t_arrive;      /* lm clock, seconds */
+    struct srv_job *next; /* queue link */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    srv_job_state state;
+    srv_buf out;          /* bytes ready for the client: SSE, or the whole body when done */
+    int status;           /* HTTP status of a non-streamed reply */
+    int cancel_reason;    /* why cancel was set (log) */
+    srv_reply reply;
+    lazymoe_gen_stats stats;
+    volatile sig_atomic_t cancel; /* set by the connection thread: stop generating */
+} srv_job;
+
+enum { CANCEL_NONE = 0, CANCEL_DISCONNECT, CANCEL_SHUTDOWN };
+
+typedef struct srv_server {
+    lazymoe_model *m;
+    srv_options opt;
+    int max_context;
+    int input_limit;      /* prompts longer than this are refused */
+    struct MHD_Daemon *daemon;
+
+    pthread_mutex_t qmu;  /* guards the queue, the cache counters, running */
+    pthread_cond_t qcv;
+    srv_job *head, *tail;
+    int queued;
+    srv_job *running;
+    int stopping;
+    pthread_t worker;
+    int worker_started;
+    srv_prompt_cache cache; /* the worker's alone */
+    int cache_sessions, cache_tokens; /* its size as of the last request, for /health */
+    unsigned long long served;
+    double started_at;
+} srv_server;
+
+/* job.c */
+srv_job *srv_job_new(srv_server *s);
+void srv_job_release(srv_job *j);
+/* Adds the job to the queue (the queue takes a reference); -1 when the server is
+ * shutting down. */
+int srv_job_enqueue(srv_server *s, srv_job *j);
+int srv_worker_start(srv_server *s, char *err, size_t errlen);
+/* Cancels everything, drains the queue and joins the worker. */
+void srv_worker_stop(srv_server *s);
+
+/* log.c */
+void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+double srv_now(void);
+
+#endif

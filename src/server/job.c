@@ -1,0 +1,283 @@
+/* Generation jobs: the FIFO queue and the single worker thread that runs them.
+ *
+ * The worker takes the oldest job, picks a session from the prompt cache, and
+ * generates; each piece of text goes through the tool-call parser, whose events
+ * become the API's wire format in job->out, where the job's connection thread
+ * picks them up. A job cancelled while queued is never started; one cancelled
+ * while running stops between tokens. */
+#include "server/internal.h"
+
+#include "common/error.h"
+#include "text/toolcall.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+srv_job *srv_job_new(srv_server *s) {
+    srv_job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->srv = s;
+    j->refs = 1;
+    j->state = JOB_QUEUED;
+    j->status = 200;
+    j->t_arrive = srv_now();
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    return j;
+}
+
+void srv_job_release(srv_job *j) {
+    if (!j) return;
+    pthread_mutex_lock(&j->mu);
+    int last = --j->refs == 0;
+    pthread_mutex_unlock(&j->mu);
+    if (!last) return;
+    srv_chat_free(&j->chat);
+    free(j->prompt);
+    free(j->ids);
+    srv_buf_free(&j->out);
+    srv_reply_free(&j->reply);
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+int srv_job_enqueue(srv_server *s, srv_job *j) {
+    pthread_mutex_lock(&s->qmu);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->qmu);
+        return -1;
+    }
+    pthread_mutex_lock(&j->mu);
+    j->refs++;
+    pthread_mutex_unlock(&j->mu);
+    j->next = NULL;
+    if (s->tail) s->tail->next = j;
+    else s->head = j;
+    s->tail = j;
+    s->queued++;
+    pthread_cond_signal(&s->qcv);
+    pthread_mutex_unlock(&s->qmu);
+    return 0;
+}
+
+/* ---- output ---------------------------------------------------------------------------- */
+
+/* Appends one event to the reply under the job's lock and wakes the connection. */
+static void emit(srv_job *j, const lm_tc_event *ev) {
+    pthread_mutex_lock(&j->mu);
+    srv_reply_event(&j->reply, ev, &j->out);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static int on_event(void *ctx, const lm_tc_event *ev) {
+    emit(ctx, ev);
+    return 0;
+}
+
+typedef struct {
+    srv_job *job;
+    lm_toolcall_parser *parser;
+    char err[LM_ERR_LEN]; /* a parser failure (out of memory) */
+} gen_ctx;
+
+/* A piece of generated text -> the parser -> events. */
+static int on_piece(void *ctx, const char *piece, size_t len) {
+    gen_ctx *g = ctx;
+    if (lm_toolcall_parser_feed(g->parser, piece, len, g->err) != 0) return 1;
+    return g->job->cancel ? 1 : 0;
+}
+
+/* ---- running one job ----------------------------------------------------------------- */
+
+static const char *finish_name(const srv_job *j) {
+    const lazymoe_gen_stats *st = &j->stats;
+    if (j->cancel_reason == CANCEL_DISCONNECT) return "client-disconnected";
+    if (j->cancel_reason == CANCEL_SHUTDOWN) return "shutdown";
+    switch (st->finish_reason) {
+    case LAZYMOE_FINISH_LENGTH: return "length";
+    case LAZYMOE_FINISH_STOP: return j->reply.n_calls ? "tool_calls" : (st->stop_index >= 0 ? "stop_sequence" : "stop");
+    case LAZYMOE_FINISH_CANCELLED: return "cancelled";
+    default: return "none";
+    }
+}
+
+static void log_job(const srv_job *j, double t_start, const char *error) {
+    const lazymoe_gen_stats *st = &j->stats;
+    double now = srv_now();
+    if (error) {
+        srv_log("%s %d%s in=%d error=\"%s\" queued %.2fs", j->endpoint, j->status, j->chat.stream ? " stream" : "",
+                j->n_ids, error, t_start - j->t_arrive);
+        return;
+    }
+    char hit[48] = "";
+    if (st->expert_hit_rate >= 0) snprintf(hit, sizeof hit, " expert-hits %.1f%%", st->expert_hit_rate * 100);
+    /* 499: the client closed the request (nginx's convention), whatever was sent */
+    srv_log("%s %d%s in=%d cached=%d out=%d prefill %.1f tok/s decode %.1f tok/s%s finish=%s queued %.2fs total %.2fs",
+            j->endpoint, j->cancel_reason == CANCEL_DISCONNECT ? 499 : j->status, j->chat.stream ? " stream" : "", st->prompt_tokens, st->cached_tokens,
+            st->generated_tokens, st->prefill_tok_per_s, st->decode_tok_per_s, hit, finish_name(j), t_start - j->t_arrive,
+            now - j->t_arrive);
+}
+
+/* The job ends with an error: a status + body when nothing was sent yet, an error
+ * event in the stream otherwise. */
+static void finish_with_error(srv_job *j, int status, const char *msg) {
+    srv_error e;
+    srv_fail(&e, j->chat.api, status, NULL, "%s", msg);
+    pthread_mutex_lock(&j->mu);
+    if (j->state == JOB_QUEUED) j->reply.api = j->chat.api; /* the reply was never started */
+    if (j->chat.stream) {
+        srv_reply_stream_error(&j->reply, &e, &j->out);
+    } else {
+        j->status = status;
+        srv_buf_reset(&j->out);
+        json_t *body = srv_error_body(j->chat.api, &e);
+        srv_buf_json(&j->out, body);
+        json_decref(body);
+    }
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void run_job(srv_server *s, srv_job *j) {
+    char err[512];
+    double t_start = srv_now();
+    if (j->cancel) { /* the client left while the job waited */
+        finish_with_error(j, j->cancel_reason == CANCEL_SHUTDOWN ? 503 : 499, "cancelled before it started");
+        log_job(j, t_start, j->cancel_reason == CANCEL_SHUTDOWN ? "server shutting down" : "client disconnected while queued");
+        return;
+    }
+    int reused = 0;
+    lazymoe_session *sess = srv_cache_take(&s->cache, j->ids, j->n_ids, j->max_tokens, &reused, err, sizeof err);
+    if (!sess) {
+        finish_with_error(j, 500, err);
+        log_job(j, t_start, err);
+        return;
+    }
+    const char *model = j->chat.model ? j->chat.model : s->opt.model_name;
+    pthread_mutex_lock(&j->mu);
+    j->state = JOB_RUNNING;
+    srv_reply_init(&j->reply, j->chat.api, j->chat.stream, j->chat.include_usage, model, j->n_ids, reused);
+    srv_reply_begin(&j->reply, &j->out);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+
+    gen_ctx g = {.job = j};
+    char *tools_json = j->chat.tools ? json_dumps(j->chat.tools, JSON_COMPACT) : NULL;
+    if ((j->chat.tools && !tools_json) ||
+        lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_event, j, g.err) != 0) {
+        free(tools_json);
+        srv_cache_put(&s->cache, sess);
+        finish_with_error(j, 500, g.err[0] ? g.err : "out of memory");
+        log_job(j, t_start, g.err[0] ? g.err : "out of memory");
+        return;
+    }
+    free(tools_json);
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, s->m);
+    srv_chat_sampling(&j->chat, s->m, &p.sampling);
+    p.max_tokens = j->max_tokens;
+    p.stop = (const char *const *)j->chat.stop;
+    p.n_stop = j->chat.n_stop;
+    p.prompt_ids = j->ids;
+    p.n_prompt_ids = j->n_ids;
+    p.add_special = 0;
+    p.cancel = &j->cancel;
+    p.forced_text = j->chat.forced_output;
+    int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
+    srv_cache_put(&s->cache, sess);
+    if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */
+        rc = -1;
+        snprintf(err, sizeof err, "%s", g.err);
+    }
+    if (rc == 0 && !j->cancel && lm_toolcall_parser_finish(g.parser, g.err) != 0) {
+        rc = -1;
+        snprintf(err, sizeof err, "%s", g.err);
+    }
+    lm_toolcall_parser_free(g.parser);
+    if (rc == 0 && j->cancel_reason == CANCEL_SHUTDOWN) { /* not an answer: say so */
+        snprintf(err, sizeof err, "the server is shutting down");
+        finish_with_error(j, 503, err);
+        log_job(j, t_start, err);
+        return;
+    }
+    if (rc != 0) {
+        finish_with_error(j, 500, err);
+        log_job(j, t_start, err);
+        return;
+    }
+    pthread_mutex_lock(&j->mu);
+    const char *stop_seq = j->stats.finish_reason == LAZYMOE_FINISH_STOP && j->stats.stop_index >= 0
+                               ? j->chat.stop[j->stats.stop_index]
+                               : NULL;
+    srv_reply_end(&j->reply, &j->stats, stop_seq, &j->out);
+    if (j->out.oom) {
+        pthread_mutex_unlock(&j->mu);
+        finish_with_error(j, 500, "out of memory building the reply");
+        log_job(j, t_start, "out of memory building the reply");
+        return;
+    }
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    log_job(j, t_start, NULL);
+}
+
+static void *worker_main(void *arg) {
+    srv_server *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->qmu);
+        while (!s->head && !s->stopping) pthread_cond_wait(&s->qcv, &s->qmu);
+        srv_job *j = s->head;
+        if (!j) { /* stopping and drained */
+            pthread_mutex_unlock(&s->qmu);
+            break;
+        }
+        s->head = j->next;
+        if (!s->head) s->tail = NULL;
+        s->queued--;
+        s->running = j;
+        pthread_mutex_unlock(&s->qmu);
+        run_job(s, j);
+        int sessions, tokens;
+        srv_cache_usage(&s->cache, &sessions, &tokens);
+        pthread_mutex_lock(&s->qmu);
+        s->running = NULL;
+        s->served++;
+        s->cache_sessions = sessions;
+        s->cache_tokens = tokens;
+        pthread_mutex_unlock(&s->qmu);
+        srv_job_release(j);
+    }
+    return NULL;
+}
+
+int srv_worker_start(srv_server *s, char *err, size_t errlen) {
+    if (pthread_create(&s->worker, NULL, worker_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the generation thread");
+        return -1;
+    }
+    s->worker_started = 1;
+    return 0;
+}
+
+static void cancel_for_shutdown(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    if (!j->cancel_reason) j->cancel_reason = CANCEL_SHUTDOWN;
+    j->cancel = 1;
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_worker_stop(srv_server *s) {
+    if (!s->worker_started) return;
+    pthread_mutex_lock(&s->qmu);
+    s->stopping = 1;
+    for (srv_job *j = s->head; j; j = j->next) cancel_for_shutdown(j);
+    if (s->running) cancel_for_shutdown(s->running);
+    pthread_cond_broadcast(&s->qcv);
+    pthread_mutex_unlock(&s->qmu);
+    pthread_join(s->worker, NULL);
+    s->worker_started = 0;
+}

@@ -1,0 +1,66 @@
+/* The answer of one request in the API's wire format, built as it is generated.
+ *
+ * The generation worker turns model output into events with the tool-call parser
+ * (visible text, reasoning, tool calls; text/toolcall.h) and hands each to srv_reply_event, which appends
+ * to `out`: for a streamed request the server-sent events to send now, for a
+ * non-streamed one nothing until srv_reply_end writes the whole JSON body.
+ * Formats: OpenAI chat.completion(.chunk) in openai.c, Anthropic message events in
+ * anthropic.c. Not thread-safe: the caller holds the lock that guards `out`.
+ */
+#ifndef LAZYMOE_SERVER_REPLY_H
+#define LAZYMOE_SERVER_REPLY_H
+
+#include "lazymoe.h"
+#include "server/buf.h"
+#include "server/request.h"
+#include "text/toolcall.h"
+
+typedef struct {
+    char *id, *name;
+    srv_buf args;
+} srv_call;
+
+typedef struct {
+    srv_api api;
+    int stream, include_usage;
+    char id[64];       /* chatcmpl-... / msg_... */
+    long long created; /* unix seconds */
+    char model[128];   /* echoed in every chunk */
+    int prompt_tokens, cached_tokens;
+    srv_buf text, reasoning; /* the whole answer (non-streamed bodies) */
+    srv_call *calls;
+    int n_calls, cap_calls;
+    /* streaming state */
+    int block;          /* Anthropic: kind of the open content block (0 = none) */
+    int next_block;     /* Anthropic: index the next block gets */
+    srv_buf pending_ws; /* Anthropic: whitespace held until text follows (no blank text blocks) */
+} srv_reply;
+
+/* prompt_tokens / cached_tokens are known before generation starts (message_start
+ * reports them). */
+void srv_reply_init(srv_reply *r, srv_api api, int stream, int include_usage, const char *model, int prompt_tokens,
+                    int cached_tokens);
+void srv_reply_free(srv_reply *r);
+
+/* Streaming: the opening (OpenAI role chunk; Anthropic message_start + ping). */
+void srv_reply_begin(srv_reply *r, srv_buf *out);
+void srv_reply_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
+/* The end: streaming, the final events; otherwise the whole body. stop_seq: the stop
+ * string that ended the answer, or NULL. */
+void srv_reply_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);
+/* Streaming only: an error after the response started (the status is already sent). */
+void srv_reply_stream_error(srv_reply *r, const srv_error *e, srv_buf *out);
+
+/* Error bodies in each API's shape. */
+json_t *srv_error_body(srv_api api, const srv_error *e);
+
+/* Per-API halves (openai.c / anthropic.c). */
+void srv_openai_begin(srv_reply *r, srv_buf *out);
+void srv_openai_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
+void srv_openai_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out);
+void srv_anthropic_begin(srv_reply *r, srv_buf *out);
+void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
+void srv_anthropic_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);
+json_t *srv_anthropic_usage(const srv_reply *r, int output_tokens);
+
+#endif

@@ -1,0 +1,41 @@
+/* The HTTP server behind `lazymoe serve`: OpenAI chat completions and Anthropic
+ * messages over one loaded model.
+ *
+ * Threads: libmicrohttpd runs one thread per connection; those threads parse and
+ * validate requests, render and tokenize prompts (the model's text functions are
+ * thread-safe) and answer what needs no generation (/health, /v1/models,
+ * count_tokens, every error). Generation requests become jobs in a FIFO served
+ * one at a time by a single worker thread, which owns the sessions (the prompt
+ * cache). The connection thread then relays what the worker produces and watches
+ * its socket: a client that goes away cancels its own job, queued or running.
+ */
+#ifndef LAZYMOE_SERVER_H
+#define LAZYMOE_SERVER_H
+
+#include "lazymoe.h"
+
+#include <signal.h>
+#include <stddef.h>
+
+typedef struct {
+    const char *host;        /* address to bind; default 127.0.0.1 */
+    int port;                /* 0 = any free port (the one chosen is logged) */
+    const char *api_key;     /* NULL = no authentication */
+    const char *model_name;  /* name reported by /v1/models and in replies */
+    int max_tokens;          /* cap on generated tokens per request (and the default) */
+    int max_input_tokens;    /* prompts longer are refused; 0 = the context size */
+    size_t max_body;         /* request bodies larger are refused with 413 */
+    int cache_slots;         /* conversations kept in the prompt cache */
+    int cache_tokens;        /* KV positions the kept conversations may hold together */
+    int allow_forced_output; /* tests only: accept "lazymoe_forced_output" */
+    int max_connections;
+} srv_options;
+
+void srv_options_init(srv_options *o);
+
+/* Serves until *stop becomes non-zero (e.g. from a signal handler). Prints
+ * "lazymoe: listening on http://HOST:PORT" on stderr once ready, then one line per
+ * request. Returns 0, or -1 with err (e.g. the port is taken). */
+int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t *stop, char *err, size_t errlen);
+
+#endif

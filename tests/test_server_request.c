@@ -1,0 +1,308 @@
+/* Request -> prompt conversion of the server (src/server/request.c).
+ *
+ * The reference: conversations of tests/fixtures/templates/corpus.jsonl rendered by
+ * Python jinja2 the way transformers renders them, with the real Qwen3-Coder template
+ * (tests/fixtures/templates/expected/qwen3-coder.jsonl). The same conversation sent as
+ * an OpenAI request and as an Anthropic request must render to exactly that text
+ * through the server's conversion and the server fixture's template. Then the shape
+ * of converted messages, the options, and client mistakes (4xx naming the field). */
+#include "harness.h"
+#include "lazymoe.h"
+#include "server/cache.h"
+#include "server/request.h"
+
+#include <jansson.h>
+
+#define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/server"
+#define EXPECTED LAZYMOE_SOURCE_DIR "/tests/fixtures/templates/expected/qwen3-coder.jsonl"
+
+static lazymoe_model *M;
+
+/* The Python jinja2 render of corpus conversation `id`, or NULL. */
+static char *expected_render(const char *id) {
+    FILE *f = fopen(EXPECTED, "r");
+    char *line = NULL, *out = NULL;
+    size_t cap = 0;
+    while (f && !out && getline(&line, &cap, f) > 0) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        const char *oid = json_string_value(json_object_get(o, "id"));
+        if (oid && !strcmp(oid, id)) out = strdup(json_string_value(json_object_get(o, "text")));
+        json_decref(o);
+    }
+    free(line);
+    if (f) fclose(f);
+    return out;
+}
+
+/* Renders a request body through the server's conversion; NULL on error (printed). */
+static char *render(srv_api api, const char *body, int *n_tokens) {
+    srv_chat c;
+    srv_error e;
+    char *prompt = NULL;
+    int32_t *ids = NULL;
+    int n = 0;
+    int rc = api == SRV_ANTHROPIC ? srv_parse_anthropic(body, strlen(body), &c, &e)
+                                  : srv_parse_openai(body, strlen(body), &c, &e);
+    if (rc != 0) {
+        printf("# parse: %d %s\n", e.status, e.message);
+        return NULL;
+    }
+    if (srv_build_prompt(M, &c, &prompt, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
+    srv_chat_free(&c);
+    free(ids);
+    if (n_tokens) *n_tokens = n;
+    return prompt;
+}
+
+static void check_render(const char *what, srv_api api, const char *body, const char *expected_id) {
+    char *want = expected_render(expected_id);
+    char *got = render(api, body, NULL);
+    CHECKF(want && got && !strcmp(want, got), "%s: render differs from Python jinja2's\n--- got\n%s\n--- want\n%s", what,
+           got ? got : "(null)", want ? want : "(null)");
+    free(want);
+    free(got);
+}
+
+#define TOOLS_OPENAI                                                                                                    \
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Get the current weather in a " \
+    "city\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", \"description\": " \
+    "\"City name, e.g. \\\"Paris\\\"\"}, \"unit\": {\"type\": \"string\", \"enum\": [\"celsius\", \"fahrenheit\"], "     \
+    "\"description\": \"Temperature unit\"}, \"days\": {\"type\": \"integer\", \"description\": \"Forecast days\", "     \
+    "\"default\": 1}}, \"required\": [\"city\"]}}}]"
+
+#define TOOLS_ANTHROPIC                                                                                                 \
+    "[{\"name\": \"get_weather\", \"description\": \"Get the current weather in a city\", \"input_schema\": {\"type\": " \
+    "\"object\", \"properties\": {\"city\": {\"type\": \"string\", \"description\": \"City name, e.g. \\\"Paris\\\"\"}, " \
+    "\"unit\": {\"type\": \"string\", \"enum\": [\"celsius\", \"fahrenheit\"], \"description\": \"Temperature unit\"}, "  \
+    "\"days\": {\"type\": \"integer\", \"description\": \"Forecast days\", \"default\": 1}}, \"required\": [\"city\"]}, " \
+    "\"cache_control\": {\"type\": \"ephemeral\"}}]"
+
+static void test_renders_match_python(void) {
+    check_render("openai basic", SRV_OPENAI,
+                 "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": \"You are a helpful assistant.\"}, "
+                 "{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"Hello!\"}]}]}",
+                 "basic");
+    check_render("openai developer role", SRV_OPENAI,
+                 "{\"messages\": [{\"role\": \"developer\", \"content\": \"You are a helpful assistant.\"}, "
+                 "{\"role\": \"user\", \"content\": \"Hello!\"}]}",
+                 "basic");
+    check_render("anthropic basic with billing header", SRV_ANTHROPIC,
+                 "{\"model\": \"claude-x\", \"max_tokens\": 10, \"system\": [{\"type\": \"text\", \"text\": "
+                 "\"x-anthropic-billing-header: cc_version=2.0; cch=1f2e;\"}, {\"type\": \"text\", \"text\": \"You are a "
+                 "helpful assistant.\", \"cache_control\": {\"type\": \"ephemeral\"}}], \"messages\": [{\"role\": \"user\", "
+                 "\"content\": [{\"type\": \"text\", \"text\": \"Hello!\"}]}]}",
+                 "basic");
+    check_render("openai parallel tool calls", SRV_OPENAI,
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Weather in Paris and Tokyo?\"}, {\"role\": "
+                 "\"assistant\", \"content\": \"Let me check both.\", \"tool_calls\": [{\"id\": \"call_1\", \"type\": "
+                 "\"function\", \"function\": {\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Paris\\\"}\"}}, "
+                 "{\"id\": \"call_2\", \"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"arguments\": "
+                 "\"{\\\"city\\\": \\\"Tokyo\\\", \\\"unit\\\": \\\"celsius\\\"}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": "
+                 "\"call_1\", \"content\": \"Paris: 20\"}, {\"role\": \"tool\", \"tool_call_id\": \"call_2\", \"content\": "
+                 "[{\"type\": \"text\", \"text\": \"Tokyo: 25\"}]}], \"tools\": " TOOLS_OPENAI "}",
+                 "parallel-tool-calls");
+    check_render("anthropic parallel tool calls", SRV_ANTHROPIC,
+                 "{\"max_tokens\": 100, \"messages\": [{\"role\": \"user\", \"content\": \"Weather in Paris and Tokyo?\"}, "
+                 "{\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": \"Let me check both.\"}, {\"type\": "
+                 "\"tool_use\", \"id\": \"toolu_1\", \"name\": \"get_weather\", \"input\": {\"city\": \"Paris\"}}, {\"type\": "
+                 "\"tool_use\", \"id\": \"toolu_2\", \"name\": \"get_weather\", \"input\": {\"city\": \"Tokyo\", \"unit\": "
+                 "\"celsius\"}}]}, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\", \"tool_use_id\": \"toolu_1\", "
+                 "\"content\": \"Paris: 20\"}, {\"type\": \"tool_result\", \"tool_use_id\": \"toolu_2\", \"content\": "
+                 "[{\"type\": \"text\", \"text\": \"Tokyo: 25\"}]}]}], \"tools\": " TOOLS_ANTHROPIC "}",
+                 "parallel-tool-calls");
+}
+
+/* The messages a request becomes, compared as JSON. */
+static void check_messages(srv_api api, const char *body, const char *want_json) {
+    srv_chat c;
+    srv_error e;
+    int rc = api == SRV_ANTHROPIC ? srv_parse_anthropic(body, strlen(body), &c, &e)
+                                  : srv_parse_openai(body, strlen(body), &c, &e);
+    CHECKF(rc == 0, "%s", e.message);
+    if (rc != 0) return;
+    json_error_t je;
+    json_t *want = json_loads(want_json, 0, &je);
+    CHECKF(want, "bad expected JSON: %s", je.text);
+    int same = want && json_equal(want, c.messages);
+    char *got = json_dumps(c.messages, JSON_COMPACT);
+    CHECKF(same, "messages\n got %s\nwant %s", got, want_json);
+    free(got);
+    json_decref(want);
+    srv_chat_free(&c);
+}
+
+static void test_message_shapes(void) {
+    /* Anthropic: tool results become tool messages before the user's text; is_error is
+     * said; thinking goes back as reasoning_content; inline system messages stay. */
+    check_messages(SRV_ANTHROPIC,
+                   "{\"messages\": [{\"role\": \"system\", \"content\": \"inline\"}, {\"role\": \"user\", \"content\": "
+                   "\"q\"}, {\"role\": \"assistant\", \"content\": [{\"type\": \"thinking\", \"thinking\": \"hmm\", "
+                   "\"signature\": \"s\"}, {\"type\": \"redacted_thinking\", \"data\": \"x\"}, {\"type\": \"tool_use\", "
+                   "\"id\": \"t1\", \"name\": \"f\", \"input\": {\"a\": [1, 2]}}]}, {\"role\": \"user\", \"content\": "
+                   "[{\"type\": \"tool_result\", \"tool_use_id\": \"t1\", \"content\": \"boom\", \"is_error\": true}, "
+                   "{\"type\": \"text\", \"text\": \"and\"}, {\"type\": \"text\", \"text\": \"then\"}]}]}",
+                   "[{\"role\": \"system\", \"content\": \"inline\"}, {\"role\": \"user\", \"content\": \"q\"}, "
+                   "{\"role\": \"assistant\", \"content\": \"\", \"reasoning_content\": \"hmm\", \"tool_calls\": "
+                   "[{\"id\": \"t1\", \"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": {\"a\": [1, "
+                   "2]}}}]}, {\"role\": \"tool\", \"content\": \"Error: boom\", \"tool_call_id\": \"t1\"}, {\"role\": "
+                   "\"user\", \"content\": \"and\\nthen\"}]");
+    /* OpenAI: null content becomes "", arguments become an object, reasoning comes back. */
+    check_messages(SRV_OPENAI,
+                   "{\"messages\": [{\"role\": \"user\", \"content\": null}, {\"role\": \"assistant\", \"content\": null, "
+                   "\"reasoning_content\": \"r\", \"tool_calls\": [{\"id\": \"c\", \"type\": \"function\", \"function\": "
+                   "{\"name\": \"f\", \"arguments\": \"\"}}]}, {\"role\": \"tool\", \"tool_call_id\": \"c\", \"content\": "
+                   "\"ok\"}]}",
+                   "[{\"role\": \"user\", \"content\": \"\"}, {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": "
+                   "[{\"id\": \"c\", \"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": {}}}], "
+                   "\"reasoning_content\": \"r\"}, {\"role\": \"tool\", \"content\": \"ok\", \"tool_call_id\": \"c\"}]");
+}
+
+static void test_options(void) {
+    srv_chat c;
+    srv_error e;
+    const char *b = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 50, "
+                    "\"max_completion_tokens\": 7, \"stop\": [\"a\", \"\", \"bc\"], \"temperature\": 0.5, \"top_k\": -1, "
+                    "\"seed\": 9, \"stream\": true, \"stream_options\": {\"include_usage\": true}, \"tools\": " TOOLS_OPENAI
+                    ", \"tool_choice\": \"none\", \"reasoning_effort\": \"low\", \"unknown_field\": {\"x\": 1}}";
+    CHECKF(srv_parse_openai(b, strlen(b), &c, &e) == 0, "%s", e.message);
+    CHECK_EQ_INT(c.max_tokens, 7); /* max_completion_tokens wins */
+    CHECK_EQ_INT(c.n_stop, 2);     /* the empty stop string is dropped */
+    CHECK(c.n_stop == 2 && !strcmp(c.stop[0], "a") && !strcmp(c.stop[1], "bc"));
+    CHECK(c.stream && c.include_usage && c.tools == NULL && c.tool_choice == SRV_TOOLS_NONE);
+    CHECK((c.set & SRV_SET_TEMPERATURE) && (c.set & SRV_SET_TOP_K) && (c.set & SRV_SET_SEED) && !(c.set & SRV_SET_TOP_P));
+    CHECK(c.sampling.top_k == 0 && c.sampling.seed == 9);
+    CHECK(json_is_string(json_object_get(c.kwargs, "reasoning_effort")));
+    lazymoe_sampling s;
+    srv_chat_sampling(&c, M, &s);
+    CHECK(s.temperature == 0.5f && s.seed == 9);
+    srv_chat_free(&c);
+    const char *a = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stop_sequences\": [\"END\"], "
+                    "\"thinking\": {\"type\": \"disabled\"}, \"tools\": " TOOLS_ANTHROPIC ", \"tool_choice\": {\"type\": "
+                    "\"any\"}, \"top_k\": 5}";
+    CHECKF(srv_parse_anthropic(a, strlen(a), &c, &e) == 0, "%s", e.message);
+    CHECK(c.max_tokens == -1 && c.n_stop == 1 && c.tool_choice == SRV_TOOLS_REQUIRED && json_array_size(c.tools) == 1);
+    CHECK(json_is_false(json_object_get(c.kwargs, "enable_thinking")));
+    CHECK(!strcmp(json_string_value(json_object_get(json_object_get(json_array_get(c.tools, 0), "function"), "name")),
+                  "get_weather"));
+    srv_chat_free(&c);
+}
+
+static void check_error(srv_api api, const char *body, int status, const char *needle) {
+    srv_chat c;
+    srv_error e;
+    int rc = api == SRV_ANTHROPIC ? srv_parse_anthropic(body, strlen(body), &c, &e)
+                                  : srv_parse_openai(body, strlen(body), &c, &e);
+    if (rc == 0) {
+        char *p = NULL;
+        int32_t *ids = NULL;
+        int n;
+        rc = srv_build_prompt(M, &c, &p, &ids, &n, &e);
+        free(p);
+        free(ids);
+        srv_chat_free(&c);
+    }
+    CHECKF(rc != 0, "accepted: %s", body);
+    if (rc == 0) return;
+    CHECKF(e.status == status && strstr(e.message, needle), "%s -> %d \"%s\" (wanted %d naming %s)", body, e.status,
+           e.message, status, needle);
+    CHECK(!strcmp(e.type, "invalid_request_error"));
+}
+
+static void test_client_mistakes(void) {
+    check_error(SRV_OPENAI, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_p\": 2}", 400, "top_p");
+    check_error(SRV_OPENAI, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, 7]}", 400, "messages[1]");
+    check_error(SRV_OPENAI, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stop\": [\"a\", 1]}", 400, "stop[1]");
+    check_error(SRV_OPENAI, "{\"a\": 1, \"a\": 2, \"messages\": []}", 400, "JSON");
+    check_error(SRV_OPENAI, "{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}", 400, "JSON");
+    check_error(SRV_ANTHROPIC, "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"document\"}]}]}", 400,
+                "messages[0].content[0].type");
+    check_error(SRV_ANTHROPIC, "{\"messages\": [{\"role\": \"assistant\", \"content\": [{\"type\": \"tool_result\", "
+                               "\"tool_use_id\": \"x\"}]}]}", 400, "assistant");
+    check_error(SRV_ANTHROPIC, "{\"messages\": []}", 400, "messages");
+    /* The template refuses: a 400 that says so (Qwen3-Coder concatenates content, so a
+     * tool call with non-object arguments is refused at parse time). */
+    check_error(SRV_ANTHROPIC, "{\"messages\": [{\"role\": \"assistant\", \"content\": [{\"type\": \"tool_use\", \"name\": "
+                               "\"f\", \"input\": [1]}]}]}", 400, "input");
+    /* nesting far deeper than any request needs */
+    char deep[4096] = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"metadata\": ";
+    size_t n = strlen(deep);
+    for (int i = 0; i < 500; i++) deep[n++] = '[';
+    for (int i = 0; i < 500; i++) deep[n++] = ']';
+    deep[n++] = '}';
+    deep[n] = 0;
+    check_error(SRV_ANTHROPIC, deep, 400, "nests deeper");
+}
+
+/* The prompt cache's choices (server/cache.h): extend a conversation in place, keep an
+ * unrelated one apart, serve a prompt the session already holds, free the least
+ * recently used sessions when the KV budget needs room. */
+static void fill(lazymoe_session *s, const int32_t *ids, int n, int reused) {
+    char err[512];
+    CHECK(lazymoe_session_truncate(s, reused, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(s, ids + reused, n - reused, NULL, 0, err, sizeof err) == 0);
+}
+
+static void test_prompt_cache_policy(void) {
+    enum { N = 3000 };
+    int32_t *a = malloc(sizeof(int32_t) * N), *b = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) a[i] = 3 + i % 300, b[i] = i < 5 ? a[i] : 7 + i % 200;
+    srv_prompt_cache c;
+    char err[512];
+    int reused = -1, sessions, tokens;
+    CHECK(srv_cache_init(&c, M, 2, 0, err, sizeof err) == 0); /* budget: one context (4096) */
+    lazymoe_session *s1 = srv_cache_take(&c, a, 100, 50, &reused, err, sizeof err);
+    CHECK(s1 && reused == 0);
+    fill(s1, a, 100, reused);
+    srv_cache_put(&c, s1);
+    lazymoe_session *s2 = srv_cache_take(&c, a, 150, 50, &reused, err, sizeof err); /* the next turn */
+    CHECK(s2 == s1 && reused == 100);
+    fill(s2, a, 150, reused);
+    srv_cache_put(&c, s2);
+    lazymoe_session *s3 = srv_cache_take(&c, b, 120, 50, &reused, err, sizeof err); /* shares 5 tokens only */
+    CHECK(s3 && s3 != s1 && reused == 0);
+    fill(s3, b, 120, reused);
+    srv_cache_put(&c, s3);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECK(sessions == 2 && tokens == 270);
+    lazymoe_session *s4 = srv_cache_take(&c, a, 40, 50, &reused, err, sizeof err); /* held entirely by s1 */
+    CHECK(s4 == s1 && reused == 39);
+    fill(s4, a, 40, reused);
+    srv_cache_put(&c, s4);
+    /* A long conversation fills the budget: the other session is freed for it. */
+    lazymoe_session *s5 = srv_cache_take(&c, a, N, 1000, &reused, err, sizeof err);
+    CHECK(s5 == s1 && reused == 40);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 1, "%d sessions kept while a 4000-token request needs the whole budget", sessions);
+    fill(s5, a, N, reused);
+    srv_cache_put(&c, s5);
+    /* ... and an unrelated request then takes the free slot, freeing the long one
+     * (its capacity and the new request's do not fit one context together). */
+    lazymoe_session *s6 = srv_cache_take(&c, b, 200, 100, &reused, err, sizeof err);
+    CHECK(s6 && reused == 0);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 1 && tokens == 0, "%d sessions, %d tokens", sessions, tokens);
+    srv_cache_put(&c, s6);
+    srv_cache_free(&c);
+    free(a);
+    free(b);
+}
+
+int main(void) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.max_context = 4096;
+    o.no_warm_start = 1;
+    char err[512];
+    if (lazymoe_model_open(&M, MODEL_DIR, &o, err, sizeof err) != 0) {
+        printf("FAIL server_request_open_model: %s\n", err);
+        return 1;
+    }
+    TEST_CASE("server_request_renders_match_python_jinja2", test_renders_match_python);
+    TEST_CASE("server_request_message_shapes", test_message_shapes);
+    TEST_CASE("server_request_options", test_options);
+    TEST_CASE("server_request_client_mistakes_are_4xx", test_client_mistakes);
+    TEST_CASE("server_prompt_cache_policy", test_prompt_cache_policy);
+    lazymoe_model_close(M);
+    TEST_EXIT();
+}
