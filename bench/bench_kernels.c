@@ -9,8 +9,9 @@
  *     prefilled (prefill tok/s), then G tokens are decoded greedily (decode tok/s).
  *     Best of R repetitions, each in a fresh session.
  *  3. Bytes of weights one decode token touches, counted from the loaded matrices:
- *     every layer's attention, router and norms, top_k experts per MoE layer (or
- *     the dense MLP), the LM head and one embedding row. The KV cache read per
+ *     every layer's attention (or linear attention), router and norms, top_k experts
+ *     per MoE layer plus any shared expert (or the dense MLP), the LM head and one
+ *     embedding row. The KV cache read per
  *     token is printed beside it (not counted: it is not weights).
  *  bound tok/s = memcpy bandwidth / weight bytes per token; the ratio printed is
  *  decode tok/s / bound tok/s.
@@ -74,7 +75,13 @@ static uint64_t decode_weight_bytes(const lazymoe_model *m) {
     uint64_t H = (uint64_t)c->hidden_size, b = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const lm_layer *ly = &w->layers[l];
-        b += lm_mat_bytes(&ly->q) + lm_mat_bytes(&ly->k) + lm_mat_bytes(&ly->v) + lm_mat_bytes(&ly->o);
+        if (ly->is_linear) /* qwen3_next Gated DeltaNet (its small conv and gate vectors not counted) */
+            b += lm_mat_bytes(&ly->lin.in_qkvz) + lm_mat_bytes(&ly->lin.in_ba) + lm_mat_bytes(&ly->lin.out);
+        else
+            b += lm_mat_bytes(&ly->q) + lm_mat_bytes(&ly->k) + lm_mat_bytes(&ly->v) + lm_mat_bytes(&ly->o);
+        /* Shared expert (qwen3_next; 0 bytes when absent). */
+        b += lm_mat_bytes(&ly->shared_gate) + lm_mat_bytes(&ly->shared_up) + lm_mat_bytes(&ly->shared_down) +
+             lm_mat_bytes(&ly->shared_expert_gate);
         b += 2 * H * 4; /* attention and MLP norms (f32) */
         if (ly->q_norm) b += 2 * (uint64_t)c->head_dim * 4;
         if (ly->is_moe) b += lm_mat_bytes(&ly->router) + (uint64_t)c->top_k * expert_bytes(&ly->experts[0]);
