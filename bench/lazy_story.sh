@@ -7,8 +7,9 @@
 # achieved miss bandwidth as a fraction of the disk's bandwidth; greedy ids of every
 # capped run are compared with the uncapped run's.
 #
-# usage: [CAPS="50 25"] bench/lazy_story.sh MODEL_DIR [PROMPT_TOKENS] [GEN_TOKENS]
-# CAPS lists the cgroup limits as percentages of the model's size (default 50 and 25).
+# usage: [CAPS="50 25"] [BENCH_ARGS="--lookahead 8"] bench/lazy_story.sh MODEL_DIR [PROMPT_TOKENS] [GEN_TOKENS]
+# CAPS lists the cgroup limits as percentages of the model's size (default 50 and 25);
+# BENCH_ARGS are passed to every `lazymoe bench` run.
 # Needs root (cgroup, drop_caches). Writes its JSON and a table to bench/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ MODEL=${1:?usage: bench/lazy_story.sh MODEL_DIR [PROMPT_TOKENS] [GEN_TOKENS]}
 PROMPT=${2:-64}
 GEN=${3:-32}
 CAPS=${CAPS:-"50 25"}
+BENCH_ARGS=${BENCH_ARGS:-}
 CAPPED=$(for c in $CAPS; do printf 'cap%s ' "$c"; done)
 BIN=build/lazymoe
 OUT=bench/out
@@ -46,11 +48,12 @@ run() { # name, limit bytes (0 = none)
     if [ "$limit" -gt 0 ]; then
         mkdir -p "$CG"
         echo "$limit" > "$CG/memory.limit_in_bytes"
-        bash -c "echo \$\$ > $CG/cgroup.procs; exec $BIN bench '$MODEL' --json --prompt-tokens $PROMPT --gen-tokens $GEN --trace-routing $OUT/trace-$name.txt" > "$OUT/$name.json"
+        bash -c "echo \$\$ > $CG/cgroup.procs; exec $BIN bench '$MODEL' --json --prompt-tokens $PROMPT --gen-tokens $GEN $BENCH_ARGS --trace-routing $OUT/trace-$name.txt" > "$OUT/$name.json"
         echo "$name: cgroup peak $(cat $CG/memory.max_usage_in_bytes) bytes, OOM kills $(awk '$1=="oom_kill"{print $2}' $CG/memory.oom_control)" >&2
         rmdir "$CG"
     else
-        $BIN bench "$MODEL" --json --prompt-tokens $PROMPT --gen-tokens $GEN --trace-routing "$OUT/trace-$name.txt" > "$OUT/$name.json"
+        # shellcheck disable=SC2086
+        $BIN bench "$MODEL" --json --prompt-tokens $PROMPT --gen-tokens $GEN $BENCH_ARGS --trace-routing "$OUT/trace-$name.txt" > "$OUT/$name.json"
     fi
 }
 run uncapped 0
