@@ -20,6 +20,11 @@
  * proxies and client idle timers see a live stream during a long prefill. */
 #define WAIT_MS 100
 #define KEEPALIVE_S 15.0
+/* At shutdown, how long requests already begun get to finish sending their last
+ * bytes (a stream's error event) before the connections are closed regardless: a
+ * reading client needs milliseconds; one that stopped reading must not hold the
+ * server up. */
+#define SHUTDOWN_DRAIN_S 5.0
 
 typedef struct {
     srv_server *srv;
@@ -367,6 +372,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->t0 = srv_now();
         c->api = api_of(url);
         snprintf(c->what, sizeof c->what, "%s %s", method, url);
+        pthread_mutex_lock(&s->qmu);
+        s->open_requests++; /* until on_completed */
+        pthread_mutex_unlock(&s->qmu);
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->opt.max_body) c->too_large = 1;
         *con_cls = c;
@@ -387,8 +395,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     return route(s, c, mc, url, method);
 }
 
+/* MHD calls this once a request is over: its response fully written (the last
+ * byte handed to the socket), or the connection closed. */
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls;
+    srv_server *s = cls;
     (void)mc;
     (void)toe;
     srv_conn *c = *con_cls;
@@ -399,6 +409,32 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     srv_buf_free(&c->body);
     free(c);
     *con_cls = NULL;
+    pthread_mutex_lock(&s->qmu);
+    if (--s->open_requests == 0) pthread_cond_broadcast(&s->drained);
+    pthread_mutex_unlock(&s->qmu);
+}
+
+/* The shutdown race this closes: srv_worker_stop ends every job -- a running stream
+ * gets its error event ("shutting down") in job->out, a waiting request its 503 --
+ * but those bytes still have to go out through the request's connection thread,
+ * which must wake up, take them in stream_read, write them, then write the last
+ * chunk. MHD_stop_daemon does not wait for any of that: it flags shutdown, which
+ * ends every connection thread's loop, and shuts down every socket at once. Called
+ * right after srv_worker_stop it won that race now and then, and the client saw
+ * the connection cut before the error event. So stop the daemon only once every
+ * request that has begun has completed (on_completed), or after SHUTDOWN_DRAIN_S
+ * for clients that stopped reading. Called after srv_worker_stop: no job is left
+ * to wait for, and new requests on kept-alive connections are refused with 503. */
+static void drain_requests(srv_server *s) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += (time_t)SHUTDOWN_DRAIN_S;
+    pthread_mutex_lock(&s->qmu);
+    int rc = 0;
+    while (s->open_requests > 0 && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&s->drained, &s->qmu, &deadline);
+    int left = s->open_requests;
+    pthread_mutex_unlock(&s->qmu);
+    if (left) srv_log("lazymoe: %d request(s) still sending after %.0f s, closing them", left, SHUTDOWN_DRAIN_S);
 }
 
 /* ---- the daemon ------------------------------------------------------------------------------ */
@@ -434,6 +470,7 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     s->started_at = srv_now();
     pthread_mutex_init(&s->qmu, NULL);
     pthread_cond_init(&s->qcv, NULL);
+    pthread_cond_init(&s->drained, NULL);
     if (srv_cache_init(&s->cache, m, o->cache_slots, o->cache_tokens, err, errlen) != 0) goto done;
     snprintf(port, sizeof port, "%d", o->port);
     int gai = getaddrinfo(o->host, port, &hints, &ai);
@@ -467,12 +504,16 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     rc = 0;
 done:
     srv_worker_stop(s);
-    if (s->daemon) MHD_stop_daemon(s->daemon);
+    if (s->daemon) {
+        drain_requests(s);
+        MHD_stop_daemon(s->daemon);
+    }
     if (lsock != MHD_INVALID_SOCKET) close(lsock);
     if (ai) freeaddrinfo(ai);
     srv_cache_free(&s->cache);
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcv);
+    pthread_cond_destroy(&s->drained);
     free(s);
     return rc;
 }

@@ -51,8 +51,10 @@ typedef struct srv_server {
     int input_limit;      /* prompts longer than this are refused */
     struct MHD_Daemon *daemon;
 
-    pthread_mutex_t qmu;  /* guards the queue, the cache counters, running */
+    pthread_mutex_t qmu;  /* guards the queue, the cache counters, running, open_requests */
     pthread_cond_t qcv;
+    int open_requests;    /* begun and not yet completed (http.c: the shutdown drain) */
+    pthread_cond_t drained; /* signalled when open_requests drops to 0 */
     srv_job *head, *tail;
     int queued;
     srv_job *running;

@@ -326,6 +326,27 @@ await testCase('openai_two_clients_at_once', async () => {
   assert(y.choices[0].message.content === 'answer for Y', JSON.stringify(y.choices[0]));
 });
 
+// A server stopped (SIGTERM) mid-stream ends the stream the way the code intends: an
+// error chunk ("the server is shutting down", which the SDK raises as an APIError)
+// and [DONE], not a cut connection (which the SDK reports as "terminated").
+await testCase('openai_error_chunk_on_shutdown', async () => {
+  const s2 = await startServer(['--allow-forced-output']);
+  const c2 = new OpenAI({ baseURL: `${s2.url}/v1`, apiKey: 'x', maxRetries: 0 });
+  const stream = await c2.chat.completions.create({ model: 'm', messages: hi, stream: true, max_tokens: 3500, lazymoe_forced_output: LONG });
+  let stopping = null;
+  let n = 0;
+  let caught = null;
+  try {
+    for await (const c of stream) {
+      if (c.choices[0] && c.choices[0].delta.content && ++n === 3) stopping = s2.stop();
+    }
+  } catch (e) { caught = e; }
+  assert(stopping, `the stream ended after ${n} text chunks, before the server was stopped`);
+  await stopping; // the server exits 0 without sanitizer reports
+  assert(caught instanceof OpenAI.APIError, `the stream ended without the error chunk: ${caught}`);
+  assert(caught.error && caught.error.type === 'server_error' && /shutting down/.test(caught.message), `${caught} ${JSON.stringify(caught.error)}`);
+});
+
 await testCase('openai_forced_output_refused_without_flag', async () => {
   const plain = await startServer([]);
   try {
