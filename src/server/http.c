@@ -423,8 +423,9 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
  * right after srv_worker_stop it won that race now and then, and the client saw
  * the connection cut before the error event. So stop the daemon only once every
  * request that has begun has completed (on_completed), or after SHUTDOWN_DRAIN_S
- * for clients that stopped reading. Called after srv_worker_stop: no job is left
- * to wait for, and new requests on kept-alive connections are refused with 503. */
+ * for clients that stopped reading or sending. Called after srv_worker_stop: no job
+ * is left to wait for, and new generation requests on kept-alive connections are
+ * refused with 503. */
 static void drain_requests(srv_server *s) {
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
@@ -434,7 +435,9 @@ static void drain_requests(srv_server *s) {
     while (s->open_requests > 0 && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&s->drained, &s->qmu, &deadline);
     int left = s->open_requests;
     pthread_mutex_unlock(&s->qmu);
-    if (left) srv_log("lazymoe: %d request(s) still sending after %.0f s, closing them", left, SHUTDOWN_DRAIN_S);
+    if (left)
+        srv_log("lazymoe: %d request(s) still unfinished after %.0f s (a client not reading or not sending), closing them",
+                left, SHUTDOWN_DRAIN_S);
 }
 
 /* ---- the daemon ------------------------------------------------------------------------------ */
