@@ -285,23 +285,38 @@ static int bg_parts_queued(const lm_expert_cache *c, int l, int slot) {
     return n;
 }
 
-/* Removes the background items for which keep() is false, preserving order. */
-static void bg_filter(lm_expert_cache *c, int l, int slot, const layer_cache *lc) {
+/* Moves the background items of layer l whose slot is (busy = 1) or is not (busy = 0)
+ * acquired by this step to the demand queue, keeping the others in order. */
+static void promote_bg(lm_expert_cache *c, int l, const layer_cache *lc, int busy) {
+    int w = 0, moved = 0;
+    for (int k = 0; k < c->bglen; k++) {
+        io_item it = c->bg[(c->bghead + k) % c->bgcap];
+        if (it.layer == l && (lc->busy[it.slot] != 0) == busy) {
+            c->queue[(c->qhead + c->qlen) % c->qcap] = it;
+            c->qlen++;
+            moved = 1;
+        } else {
+            c->bg[(c->bghead + w++) % c->bgcap] = it;
+        }
+    }
+    c->bglen = w;
+    if (moved) pthread_cond_broadcast(&c->cv_work);
+}
+
+/* Slots the policy may not evict: acquired by this step, or a read still in flight. */
+static void mark_blocked(layer_cache *lc) {
+    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+}
+
+/* Cancels an unstarted lookahead read: its parts leave the background queue and its
+ * slot becomes empty again. */
+static void drop_speculative(lm_expert_cache *c, layer_cache *lc, int l, int slot) {
     int w = 0;
     for (int k = 0; k < c->bglen; k++) {
         io_item it = c->bg[(c->bghead + k) % c->bgcap];
-        int drop = it.layer == l && (slot >= 0 ? it.slot == slot : lc->busy[it.slot] != 0);
-        if (!drop) c->bg[(c->bghead + w++) % c->bgcap] = it;
+        if (it.layer != l || it.slot != slot) c->bg[(c->bghead + w++) % c->bgcap] = it;
     }
     c->bglen = w;
-}
-
-/* The background items of layer l's acquired slots moved to the demand queue. */
-static void compact_bg(lm_expert_cache *c, int l, const layer_cache *lc) { bg_filter(c, l, -1, lc); }
-
-/* Cancels an unstarted lookahead read: its slot becomes empty again. */
-static void drop_speculative(lm_expert_cache *c, layer_cache *lc, int l, int slot) {
-    bg_filter(c, l, slot, lc);
     if (lc->slot_expert[slot] >= 0) lc->expert_slot[lc->slot_expert[slot]] = -1;
     lc->slot_expert[slot] = -1;
     lc->speculative[slot] = 0;
@@ -317,21 +332,10 @@ static int finish_background_reads(lm_expert_cache *c, int l, layer_cache *lc) {
     int any = 0;
     for (int s = 0; s < lc->capacity; s++) any |= !lc->busy[s] && atomic_load(&lc->pending[s]) > 0;
     if (!any) return 0;
-    int w = 0;
-    for (int k = 0; k < c->bglen; k++) {
-        io_item it = c->bg[(c->bghead + k) % c->bgcap];
-        if (it.layer == l && !lc->busy[it.slot]) {
-            c->queue[(c->qhead + c->qlen) % c->qcap] = it;
-            c->qlen++;
-        } else {
-            c->bg[(c->bghead + w++) % c->bgcap] = it;
-        }
-    }
-    c->bglen = w;
-    pthread_cond_broadcast(&c->cv_work);
+    promote_bg(c, l, lc, 0);
     for (int s = 0; s < lc->capacity; s++)
         while (!lc->busy[s] && atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
-    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    mark_blocked(lc);
     return 1;
 }
 
@@ -368,20 +372,8 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         if (lc->speculative[s] && !lc->busy[s] && atomic_load(&lc->pending[s]) == lc->src->nparts &&
             bg_parts_queued(c, l, s) == lc->src->nparts)
             drop_speculative(c, lc, l, s);
-    int promoted = 0;
-    for (int k = 0; k < c->bglen; k++) {
-        io_item it = c->bg[(c->bghead + k) % c->bgcap];
-        if (it.layer == l && lc->busy[it.slot]) {
-            c->queue[(c->qhead + c->qlen) % c->qcap] = it;
-            c->qlen++;
-            promoted = 1;
-        }
-    }
-    if (promoted) {
-        compact_bg(c, l, lc);
-        pthread_cond_broadcast(&c->cv_work);
-    }
-    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    promote_bg(c, l, lc, 1);
+    mark_blocked(lc);
     for (int i = 0; i < n; i++) {
         if (status[i]) continue;
         int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
@@ -506,7 +498,7 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
     uint64_t now = c->step;
     int queued = 0;
     pthread_mutex_lock(&c->mu);
-    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    mark_blocked(lc);
     for (int i = 0; i < n; i++) {
         int e = experts[i];
         if (lc->expert_slot[e] >= 0) continue;
