@@ -15,6 +15,7 @@ static const char bench_usage[] =
     "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--eviction P]\n"
     "                    [--buffered-io] [--no-warm-start] [--routing-trace FILE] [--trace-routing FILE]\n"
     "                    [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
+    "                    [--act-bits 8|32]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";

@@ -31,7 +31,8 @@ static const char serve_usage[] =
     "  --threads N             compute threads (default: all cores)\n"
     "  -v, --verbose           model loading progress\n"
     "memory:  --memory SIZE, --capacity N, --resident, --io-threads N, --eviction P,\n"
-    "         --buffered-io, --trace-routing F, --no-warm-start, --lookahead N, --kv-bits N\n"
+    "         --buffered-io, --trace-routing F, --no-warm-start, --lookahead N, --kv-bits N,\n"
+    "         --act-bits N\n"
     "         (see lazymoe run --help)\n";
 
 static volatile sig_atomic_t stop_requested;

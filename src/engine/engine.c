@@ -227,6 +227,16 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         }
     }
     if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
+    if (m->opt.act_bits && m->opt.act_bits != 32) {
+        const lm_config *c = &m->w.cfg;
+        int widest[] = {c->hidden_size, c->intermediate_size, c->moe_intermediate_size,
+                        c->shared_expert_intermediate_size, c->n_heads * c->head_dim,
+                        c->lin_v_heads * c->lin_v_dim, c->lin_k_heads * c->lin_k_dim};
+        int max_cols = 0;
+        for (size_t i = 0; i < sizeof widest / sizeof widest[0]; i++)
+            if (widest[i] > max_cols) max_cols = widest[i];
+        if (lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, max_cols, e) != 0) goto fail;
+    }
     if (lm_model_text_load(&m->text, dir, &m->w.cfg, e) != 0) goto fail;
     *out = m;
     return 0;

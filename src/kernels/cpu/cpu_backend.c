@@ -16,6 +16,7 @@
 #include "platform/platform.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +25,9 @@ typedef struct {
     const lm_cpu_kernels *k; /* SIMD matmul, NULL = scalar reference only */
     float *xsum; /* per-token per-group input sums for affine matmul */
     size_t xsum_cap;
+    int act_bits;   /* 32, or 8: int8 activations for affine matmuls */
+    char *a8buf;    /* quantized activations of the current call (64-byte aligned) */
+    size_t a8cap;
 } cpu_impl;
 
 uint64_t lm_mat_bytes(const lm_mat *m) {
@@ -157,16 +161,124 @@ static float dot_affine(const lm_mat *m, int r, const float *x, const float *xsu
     return acc;
 }
 
+/* ---- int8 activations (cpu_kernels.h: lm_act8) ------------------------------------ */
+
+static size_t act8_position(int c, int block) {
+    if (!block) return (size_t)c;
+    int base = c / block * block, j = c - base;
+    return (size_t)base + (size_t)((j & 1) ? block / 2 + j / 2 : j / 2);
+}
+
+void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int8_t *q, size_t q_stride,
+                      float *dx, float *xsum, int ng_stride) {
+    int ng = cols / gs;
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * (size_t)cols;
+        int8_t *qt = q + (size_t)t * q_stride;
+        float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
+        memset(qt, 0, q_stride);
+        for (int g = 0; g < ng; g++) {
+            const float *xg = xt + (size_t)g * (size_t)gs;
+            float amax = 0, sum = 0;
+            for (int i = 0; i < gs; i++) {
+                float a = fabsf(xg[i]);
+                if (a > amax) amax = a;
+                sum += xg[i];
+            }
+            /* amax is finite for finite x; a NaN or infinite activation gives a NaN
+             * or infinite result, as it would in f32. */
+            float inv = amax > 0 && amax <= 3.4e38f ? 127.0f / amax : 0.0f;
+            dt[g] = amax / 127.0f;
+            st[g] = sum;
+            for (int i = 0; i < gs; i++) {
+                float v = xg[i] * inv;
+                if (!(v >= -127.0f)) v = v < 0 ? -127.0f : 0.0f; /* NaN -> 0: xsum carries it */
+                if (v > 127.0f) v = 127.0f;
+                /* Round to nearest, ties to even, by adding and removing 1.5 * 2^23
+                 * (exact for |v| < 2^22; inline, where lrintf is a libm call). */
+                qt[act8_position(g * gs + i, q4_block)] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f);
+            }
+        }
+        for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
+    }
+}
+
+/* The reference: exact integer dot per group, groups combined in order. */
+static float dot_affine_act8(const lm_mat *m, int r, const int8_t *q, const float *dx, const float *xsum) {
+    const uint32_t *row = affine_row(m, r);
+    int gs = m->group_size, ng = m->cols / gs;
+    size_t sb = (size_t)r * (size_t)ng;
+    float acc = 0;
+    for (int g = 0; g < ng; g++) {
+        int32_t dot = 0;
+        for (int i = 0; i < gs; i++) {
+            int c = g * gs + i;
+            dot += (int32_t)affine_q(row, m->bits, c) * (int32_t)q[c];
+        }
+        float s = lm_load_float(m->scales, m->qdtype, sb + (size_t)g);
+        float b = lm_load_float(m->biases, m->qdtype, sb + (size_t)g);
+        acc += (s * dx[g]) * (float)dot + b * xsum[g];
+    }
+    return acc;
+}
+
+/* Bytes one token's quantized input takes for W under a table's layout. */
+static size_t round64(size_t v) { return (v + 63) / 64 * 64; }
+static size_t act8_q_stride(const lm_mat *W, int block) {
+    size_t c = (size_t)W->cols;
+    if (block) c = (c + (size_t)block - 1) / (size_t)block * (size_t)block;
+    return round64(c);
+}
+static int act8_ng_stride(const lm_mat *W) { return W->cols / W->group_size + LM_ACT8_PAD; }
+static size_t act8_token_bytes(const lm_mat *W, int block) {
+    return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float));
+}
+
+/* Makes the buffer hold at least `bytes`; 0 when it does (or already did). */
+static int act8_reserve(cpu_impl *impl, size_t bytes) {
+    if (bytes <= impl->a8cap) return 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes) != 0) return -1;
+    free(impl->a8buf);
+    impl->a8buf = p;
+    impl->a8cap = bytes;
+    return 0;
+}
+
+/* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes). */
+static void act8_prepare(const lm_mat *W, const float *x, int n, int block, char *buf, lm_act8 *a) {
+    size_t qs = act8_q_stride(W, block);
+    int ngs = act8_ng_stride(W);
+    size_t fb = round64((size_t)ngs * sizeof(float));
+    int8_t *q = (int8_t *)buf;
+    float *dx = (float *)(buf + (size_t)n * qs), *xs = (float *)(buf + (size_t)n * (qs + fb));
+    lm_act8_quantize(x, n, W->cols, W->group_size, block, q, qs, dx, xs, ngs);
+    a->q = q;
+    a->q_stride = qs;
+    a->dx = dx;
+    a->xsum = xs;
+    a->ng_stride = ngs;
+}
+
 /* ---- matmul --------------------------------------------------------------------- */
 
 typedef struct {
-    const lm_cpu_kernels *k;
+    const lm_cpu_kernels *k; /* SIMD table for W (rows, or rows_act8 with a8), NULL = scalar */
     float *y;
     const lm_mat *W;
     const float *x;
     const float *xsum;
+    const lm_act8 *a8; /* int8 activations, NULL = f32 */
     int n, rows_per_task;
 } matmul_job;
+
+static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    for (int r = r0; r < r1; r++)
+        for (int t = 0; t < n; t++)
+            y[(size_t)t * (size_t)W->rows + (size_t)r] =
+                dot_affine_act8(W, r, a->q + (size_t)t * a->q_stride, a->dx + (size_t)t * (size_t)a->ng_stride,
+                                a->xsum + (size_t)t * (size_t)a->ng_stride);
+}
 
 static void matmul_task(void *ctx, int task) {
     const matmul_job *j = ctx;
@@ -174,6 +286,11 @@ static void matmul_task(void *ctx, int task) {
     int r0 = task * j->rows_per_task;
     int r1 = r0 + j->rows_per_task;
     if (r1 > W->rows) r1 = W->rows;
+    if (j->a8) {
+        if (j->k) j->k->rows_act8(W, r0, r1, j->a8, j->n, j->y);
+        else act8_rows_scalar(W, r0, r1, j->a8, j->n, j->y);
+        return;
+    }
     if (j->k) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
         return;
@@ -202,10 +319,50 @@ static int rows_per_task(int rows, int threads) {
     return (rpt + 3) / 4 * 4;
 }
 
+/* The SIMD table that computes W under the backend's settings (NULL = scalar). */
+static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, int act8) {
+    if (!impl->k) return NULL;
+    if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
+    return impl->k->handles(W) ? impl->k : NULL;
+}
+static int uses_act8(const cpu_impl *impl, const lm_mat *W) { return impl->act_bits == 8 && W->dtype == LM_DT_U32; }
+static int q4_block(const lm_cpu_kernels *k, const lm_mat *W) { return k && W->bits == 4 ? k->act8_q4_block : 0; }
+
+/* Tokens per piece so that `per_token` bytes each fit the quantization buffer,
+ * which grows to all n tokens when memory allows; smaller pieces give the same
+ * results (a token's dot products do not depend on the others in the call). */
+static int act8_piece(cpu_impl *impl, size_t per_token, int n) {
+    if (act8_reserve(impl, per_token * (size_t)n) != 0 && per_token > impl->a8cap) {
+        /* lm_backend_cpu_set_act_bits reserved room for the widest input the
+         * model declared, so this means a matrix wider than that: a bug. */
+        fprintf(stderr, "lazymoe: int8 activations need %zu bytes per token, more than reserved\n", per_token);
+        abort();
+    }
+    size_t fit = impl->a8cap / per_token;
+    return fit < (size_t)n ? (int)fit : n;
+}
+
 static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
-    matmul_job j = {.y = y, .W = W, .x = x, .n = n};
-    if (impl->k && impl->k->handles(W)) j.k = impl->k;
+    int act8 = uses_act8(impl, W);
+    matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
+    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
+    j.rows_per_task = rpt;
+    int tasks = (W->rows + rpt - 1) / rpt;
+    if (act8) {
+        int block = q4_block(j.k, W);
+        int piece = act8_piece(impl, act8_token_bytes(W, block), n);
+        lm_act8 a;
+        for (int t0 = 0; t0 < n; t0 += piece) {
+            int tn = n - t0 < piece ? n - t0 : piece;
+            act8_prepare(W, x + (size_t)t0 * (size_t)W->cols, tn, block, impl->a8buf, &a);
+            j.a8 = &a;
+            j.n = tn;
+            j.y = y + (size_t)t0 * (size_t)W->rows;
+            lm_pool_run(impl->pool, tasks, matmul_task, &j);
+        }
+        return;
+    }
     if (W->dtype == LM_DT_U32 && !j.k) {
         int ng = W->cols / W->group_size;
         size_t need = (size_t)n * (size_t)ng;
@@ -228,9 +385,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
             }
         j.xsum = need <= impl->xsum_cap ? impl->xsum : NULL;
     }
-    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
-    j.rows_per_task = rpt;
-    lm_pool_run(impl->pool, (W->rows + rpt - 1) / rpt, matmul_task, &j);
+    lm_pool_run(impl->pool, tasks, matmul_task, &j);
 }
 
 #define MANY_MAX 8
@@ -238,6 +393,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
 typedef struct {
     const lm_cpu_kernels *k;
     const lm_matmul_item *items;
+    const lm_act8 *a8[MANY_MAX]; /* per item: int8 activations, NULL = f32 */
     int count, n;
     int first_task[MANY_MAX + 1]; /* tasks of item i: [first_task[i], first_task[i+1]) */
     int rpt[MANY_MAX];
@@ -250,13 +406,14 @@ static void many_task(void *ctx, int task) {
     const lm_matmul_item *it = &j->items[i];
     int r0 = (task - j->first_task[i]) * j->rpt[i];
     int r1 = r0 + j->rpt[i] < it->W->rows ? r0 + j->rpt[i] : it->W->rows;
-    j->k->rows(it->W, r0, r1, it->x, j->n, it->y);
+    if (j->a8[i]) j->k->rows_act8(it->W, r0, r1, j->a8[i], j->n, it->y);
+    else j->k->rows(it->W, r0, r1, it->x, j->n, it->y);
 }
 
 static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int count, int n) {
     cpu_impl *impl = be->impl;
     int simd = impl->k != NULL && count <= MANY_MAX;
-    for (int i = 0; i < count && simd; i++) simd = impl->k->handles(items[i].W);
+    for (int i = 0; i < count && simd; i++) simd = table_for(impl, items[i].W, uses_act8(impl, items[i].W)) != NULL;
     if (!simd) { /* the scalar path's per-call input sums: one call each */
         for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, n);
         return;
@@ -267,7 +424,49 @@ static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int cou
         j.rpt[i] = rows_per_task(items[i].W->rows, threads);
         j.first_task[i + 1] = j.first_task[i] + (items[i].W->rows + j.rpt[i] - 1) / j.rpt[i];
     }
-    lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
+    /* Int8 items: one quantization per distinct input and layout (gate and up
+     * share theirs), laid out one after another in the buffer. */
+    int share[MANY_MAX];
+    size_t off[MANY_MAX], per = 0;
+    for (int i = 0; i < count; i++) {
+        const lm_mat *W = items[i].W;
+        share[i] = -2; /* f32 */
+        if (!uses_act8(impl, W)) continue;
+        share[i] = -1; /* quantized here */
+        for (int p = 0; p < i && share[i] == -1; p++) {
+            const lm_mat *P = items[p].W;
+            if (share[p] == -1 && items[p].x == items[i].x && P->cols == W->cols && P->group_size == W->group_size &&
+                q4_block(impl->k, P) == q4_block(impl->k, W))
+                share[i] = p;
+        }
+        if (share[i] == -1) {
+            off[i] = per;
+            per += act8_token_bytes(W, q4_block(impl->k, W));
+        }
+    }
+    if (per == 0) {
+        lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
+        return;
+    }
+    int piece = act8_piece(impl, per, n);
+    lm_matmul_item local[MANY_MAX];
+    lm_act8 a[MANY_MAX];
+    j.items = local;
+    for (int t0 = 0; t0 < n; t0 += piece) {
+        int tn = n - t0 < piece ? n - t0 : piece;
+        for (int i = 0; i < count; i++) {
+            const lm_mat *W = items[i].W;
+            local[i] = items[i];
+            local[i].x = items[i].x + (size_t)t0 * (size_t)W->cols;
+            local[i].y = items[i].y + (size_t)t0 * (size_t)W->rows;
+            j.a8[i] = NULL;
+            if (share[i] == -1) act8_prepare(W, local[i].x, tn, q4_block(impl->k, W), impl->a8buf + off[i] * (size_t)tn, &a[i]);
+            if (share[i] >= 0) a[i] = a[share[i]];
+            if (share[i] != -2) j.a8[i] = &a[i];
+        }
+        j.n = tn;
+        lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
+    }
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */
@@ -519,6 +718,7 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
         return -1;
     }
     impl->k = k;
+    impl->act_bits = 32;
     be->ops = &cpu_ops;
     be->impl = impl;
     *out = be;
@@ -527,6 +727,22 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
 
 int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
     return lm_backend_cpu_create_with(out, n_threads, getenv("LAZYMOE_KERNELS"), err);
+}
+
+int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err) {
+    cpu_impl *impl = be->impl;
+    if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);
+    if (bits == 8) {
+        /* One token of the widest input for every item of a matmul_many, at the
+         * smallest MLX group size (the most scales per column). */
+        lm_mat widest = {.dtype = LM_DT_U32, .rows = 1, .cols = max_cols < 32 ? 32 : max_cols, .bits = 4,
+                         .group_size = 32};
+        size_t per = act8_token_bytes(&widest, 128) + 64;
+        if (act8_reserve(impl, (size_t)MANY_MAX * per) != 0)
+            return lm_errf(err, "out of memory for int8 activations (%zu bytes)", (size_t)MANY_MAX * per);
+    }
+    impl->act_bits = bits;
+    return 0;
 }
 
 const char *lm_backend_cpu_kernels(const lm_backend *be) {
@@ -539,6 +755,7 @@ void lm_backend_free(lm_backend *be) {
     cpu_impl *impl = be->impl;
     lm_pool_free(impl->pool);
     free(impl->xsum);
+    free(impl->a8buf);
     free(impl);
     free(be);
 }
