@@ -106,6 +106,9 @@ static const shape shapes[] = {
     {13, 256, LM_DT_BF16, 4, 64}, {10, 96, LM_DT_F16, 4, 32},  {17, 512, LM_DT_F32, 4, 128},
     {13, 256, LM_DT_BF16, 8, 64}, {6, 96, LM_DT_F16, 8, 32},   {33, 384, LM_DT_F32, 8, 128},
     {40, 2048, LM_DT_BF16, 4, 64},
+    /* More than the 256 groups whose scales a tile converts at once; 259 groups of
+     * 32 end a 4-bit row on half a 64-weight step. */
+    {5, 8288, LM_DT_BF16, 4, 32}, {6, 8224, LM_DT_F16, 8, 32},  {3, 16896, LM_DT_F32, 4, 64},
 };
 
 static void simd_matches_scalar(void) {
@@ -319,6 +322,23 @@ static void matmul_many_equals_single(void) {
 
 #include "kernels/cpu/cpu_kernels.h"
 
+/* The widest input of the shapes above, for lm_backend_cpu_set_act_bits. */
+#define ACT8_MAX_COLS 16896
+
+/* The int8 tests run every table as this CPU would, then the AVX2 and NEON tables
+ * again as on a CPU without their dot-product instructions (they check
+ * lm_cpu_features() per call), which are hidden for that. */
+static const struct {
+    const char *table;
+    unsigned hide;
+    const char *way;
+} act8_runs[] = {{"scalar", 0, ""},
+                 {"avx512", 0, ""},
+                 {"avx2", 0, ""},
+                 {"neon", 0, ""},
+                 {"avx2", LM_CPU_AVXVNNI, " (no AVX-VNNI)"},
+                 {"neon", LM_CPU_DOTPROD, " (no SDOT)"}};
+
 /* The quantized values of one group, from the definition in cpu_kernels.h
  * (f32 step 127 / max|x|, product rounded to nearest with ties to even). */
 static void ref_quantize(const float *x, int gs, int *q, double *dx, double *xsum) {
@@ -388,127 +408,185 @@ static void act8_quantize_layout(void) {
  * computed here in double from the bit stream and ref_quantize, to f32 rounding;
  * and against the f32 product within the quantization's own bound
  * sum_g |scale_g| * sum_i q_w,i * |x_i - dx_g * q_i|. */
-static void act8_matches_definition(void) {
+static void act8_matches_definition_one(const char *name, const char *way, int *tested) {
     char err[LM_ERR_LEN];
-    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
-    int tested = 0;
-    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
-        lm_backend *be;
-        if (lm_backend_cpu_create_with(&be, 2, names[ti], err) != 0) continue;
-        CHECKF(lm_backend_cpu_set_act_bits(be, 8, 4096, err) == 0, "%s", err);
-        tested++;
-        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-            const shape *sh = &shapes[si];
-            if (!sh->bits) continue;
-            test_mat t;
-            make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
-            int n = 70, ng = sh->cols / sh->gs;
-            float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
-            float *y = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
-            int *q = malloc(sizeof(int) * (size_t)sh->cols);
-            double *dx = malloc(sizeof(double) * (size_t)ng), *xs = malloc(sizeof(double) * (size_t)ng);
-            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++)
-                x[i] = (float)urand() * (i % 13 == 0 ? 6.0f : 1.0f); /* some outliers */
-            be->ops->matmul(be, y, &t.m, x, n);
-            double worst_def = 0, worst_bound = 0;
-            for (int tok = 0; tok < n; tok++) {
-                const float *xt = x + (size_t)tok * (size_t)sh->cols;
-                for (int g = 0; g < ng; g++) ref_quantize(xt + g * sh->gs, sh->gs, q + g * sh->gs, &dx[g], &xs[g]);
-                for (int r = 0; r < sh->rows; r++) {
-                    double def = 0, mag = 0, bound = 0, exact = 0;
-                    for (int g = 0; g < ng; g++) {
-                        double s = lm_load_float(t.m.scales, t.m.qdtype, (size_t)r * (size_t)ng + (size_t)g);
-                        double b = lm_load_float(t.m.biases, t.m.qdtype, (size_t)r * (size_t)ng + (size_t)g);
-                        long long dot = 0;
-                        double qerr = 0;
-                        for (int i = 0; i < sh->gs; i++) {
-                            int c = g * sh->gs + i;
-                            unsigned w = ref_q(&t.m, r, c);
-                            dot += (long long)w * q[c];
-                            qerr += w * fabs((double)xt[c] - dx[g] * q[c]);
-                            exact += ref_w(&t.m, r, c) * xt[c];
-                        }
-                        def += s * dx[g] * (double)dot + b * xs[g];
-                        mag += fabs(s * dx[g] * (double)dot) + fabs(b * xs[g]);
-                        bound += fabs(s) * qerr;
+    lm_backend *be;
+    if (lm_backend_cpu_create_with(&be, 2, name, err) != 0) return;
+    CHECKF(lm_backend_cpu_set_act_bits(be, 8, ACT8_MAX_COLS, err) == 0, "%s", err);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const shape *sh = &shapes[si];
+        if (!sh->bits) continue;
+        test_mat t;
+        make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
+        int n = 70, ng = sh->cols / sh->gs;
+        float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
+        float *y = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
+        int *q = malloc(sizeof(int) * (size_t)sh->cols);
+        double *dx = malloc(sizeof(double) * (size_t)ng), *xs = malloc(sizeof(double) * (size_t)ng);
+        for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++)
+            x[i] = (float)urand() * (i % 13 == 0 ? 6.0f : 1.0f); /* some outliers */
+        be->ops->matmul(be, y, &t.m, x, n);
+        double worst_def = 0, worst_bound = 0;
+        for (int tok = 0; tok < n; tok++) {
+            const float *xt = x + (size_t)tok * (size_t)sh->cols;
+            for (int g = 0; g < ng; g++) ref_quantize(xt + g * sh->gs, sh->gs, q + g * sh->gs, &dx[g], &xs[g]);
+            for (int r = 0; r < sh->rows; r++) {
+                double def = 0, mag = 0, bound = 0, exact = 0;
+                for (int g = 0; g < ng; g++) {
+                    double s = lm_load_float(t.m.scales, t.m.qdtype, (size_t)r * (size_t)ng + (size_t)g);
+                    double b = lm_load_float(t.m.biases, t.m.qdtype, (size_t)r * (size_t)ng + (size_t)g);
+                    long long dot = 0;
+                    double qerr = 0;
+                    for (int i = 0; i < sh->gs; i++) {
+                        int c = g * sh->gs + i;
+                        unsigned w = ref_q(&t.m, r, c);
+                        dot += (long long)w * q[c];
+                        qerr += w * fabs((double)xt[c] - dx[g] * q[c]);
+                        exact += ref_w(&t.m, r, c) * xt[c];
                     }
-                    double got = y[(size_t)tok * (size_t)sh->rows + (size_t)r];
-                    double d = fabs(got - def) / (mag + 1e-30);
-                    double e = fabs(got - exact) / (bound + 4e-6 * mag + 1e-30);
-                    if (d > worst_def) worst_def = d;
-                    if (e > worst_bound) worst_bound = e;
+                    def += s * dx[g] * (double)dot + b * xs[g];
+                    mag += fabs(s * dx[g] * (double)dot) + fabs(b * xs[g]);
+                    bound += fabs(s) * qerr;
                 }
+                double got = y[(size_t)tok * (size_t)sh->rows + (size_t)r];
+                double d = fabs(got - def) / (mag + 1e-30);
+                double e = fabs(got - exact) / (bound + 4e-6 * mag + 1e-30);
+                if (d > worst_def) worst_def = d;
+                if (e > worst_bound) worst_bound = e;
             }
-            CHECKF(worst_def <= 2e-6, "%s act8 %dx%d bits %d g%d: relative error %.3g vs the definition", names[ti],
-                   sh->rows, sh->cols, sh->bits, sh->gs, worst_def);
-            CHECKF(worst_bound <= 1.0, "%s act8 %dx%d bits %d g%d: error %.3g of the quantization bound", names[ti],
-                   sh->rows, sh->cols, sh->bits, sh->gs, worst_bound);
-            free(x), free(y), free(q), free(dx), free(xs);
-            free_mat(&t);
         }
-        lm_backend_free(be);
+        CHECKF(worst_def <= 2e-6, "%s%s act8 %dx%d bits %d g%d: relative error %.3g vs the definition", name, way,
+               sh->rows, sh->cols, sh->bits, sh->gs, worst_def);
+        CHECKF(worst_bound <= 1.0, "%s%s act8 %dx%d bits %d g%d: error %.3g of the quantization bound", name, way,
+               sh->rows, sh->cols, sh->bits, sh->gs, worst_bound);
+        free(x), free(y), free(q), free(dx), free(xs);
+        free_mat(&t);
     }
+    lm_backend_free(be);
+    (*tested)++;
+}
+
+static void act8_matches_definition(void) {
+    int tested = 0;
+    for (size_t i = 0; i < sizeof act8_runs / sizeof act8_runs[0]; i++) {
+        lm_cpu_features_hide(act8_runs[i].hide);
+        act8_matches_definition_one(act8_runs[i].table, act8_runs[i].way, &tested);
+    }
+    lm_cpu_features_hide(0);
     CHECK(tested >= 2); /* scalar and at least one SIMD table on x86-64 / AArch64 */
 }
 
 /* int8 activations keep the batching and thread-count invariance (lazy == resident),
  * and matmul_many (two items sharing an input, one float item) equals single calls. */
-static void act8_bit_identical(void) {
+static void act8_bit_identical_one(const char *name, const char *way) {
     char err[LM_ERR_LEN];
-    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
-    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
-        lm_backend *one, *three;
-        if (lm_backend_cpu_create_with(&one, 1, names[ti], err) != 0) continue;
-        CHECK(lm_backend_cpu_create_with(&three, 3, names[ti], err) == 0);
-        CHECK(lm_backend_cpu_set_act_bits(one, 8, 4096, err) == 0 && lm_backend_cpu_set_act_bits(three, 8, 4096, err) == 0);
+    lm_backend *one, *three;
+    if (lm_backend_cpu_create_with(&one, 1, name, err) != 0) return;
+    CHECK(lm_backend_cpu_create_with(&three, 3, name, err) == 0);
+    CHECK(lm_backend_cpu_set_act_bits(one, 8, ACT8_MAX_COLS, err) == 0 &&
+          lm_backend_cpu_set_act_bits(three, 8, ACT8_MAX_COLS, err) == 0);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const shape *sh = &shapes[si];
+        if (!sh->bits) continue;
+        test_mat t;
+        make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
+        int n = 67;
+        size_t ny = (size_t)n * (size_t)sh->rows;
+        float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
+        float *ya = malloc(sizeof(float) * ny), *yb = malloc(sizeof(float) * ny);
+        for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++) x[i] = (float)urand();
+        one->ops->matmul(one, ya, &t.m, x, n);
+        three->ops->matmul(three, yb, &t.m, x, n);
+        CHECKF(!memcmp(ya, yb, sizeof(float) * ny), "%s%s act8 %dx%d: 1 vs 3 threads differ", name, way, sh->rows,
+               sh->cols);
+        for (int tok = 0; tok < n; tok += 7) {
+            three->ops->matmul(three, yb, &t.m, x + (size_t)tok * (size_t)sh->cols, 1);
+            CHECKF(!memcmp(yb, ya + (size_t)tok * (size_t)sh->rows, sizeof(float) * (size_t)sh->rows),
+                   "%s%s act8 %dx%d bits %d: token %d alone differs", name, way, sh->rows, sh->cols, sh->bits, tok);
+        }
+        free(x), free(ya), free(yb);
+        free_mat(&t);
+    }
+    test_mat t[3];
+    make_mat(&t[0], 24, 256, LM_DT_BF16, 4, 64);
+    make_mat(&t[1], 20, 256, LM_DT_BF16, 4, 64); /* shares item 0's input */
+    make_mat(&t[2], 21, 100, LM_DT_F16, 0, 0);
+    int n = 6;
+    float *x0 = malloc(sizeof(float) * (size_t)n * 256), *x2 = malloc(sizeof(float) * (size_t)n * 100);
+    for (int k = 0; k < n * 256; k++) x0[k] = (float)urand();
+    for (int k = 0; k < n * 100; k++) x2[k] = (float)urand();
+    float *ym[3], *y1[3];
+    lm_matmul_item items[3];
+    for (int i = 0; i < 3; i++) {
+        ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+        y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+        items[i] = (lm_matmul_item){ym[i], &t[i].m, i == 2 ? x2 : x0};
+    }
+    three->ops->matmul_many(three, items, 3, n);
+    for (int i = 0; i < 3; i++) {
+        three->ops->matmul(three, y1[i], &t[i].m, items[i].x, n);
+        CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows),
+               "%s%s act8 many: item %d differs", name, way, i);
+        free(ym[i]), free(y1[i]);
+        free_mat(&t[i]);
+    }
+    free(x0), free(x2);
+    lm_backend_free(one);
+    lm_backend_free(three);
+}
+
+static void act8_bit_identical(void) {
+    for (size_t i = 0; i < sizeof act8_runs / sizeof act8_runs[0]; i++) {
+        lm_cpu_features_hide(act8_runs[i].hide);
+        act8_bit_identical_one(act8_runs[i].table, act8_runs[i].way);
+    }
+    lm_cpu_features_hide(0);
+}
+
+/* The AVX2 and NEON tables reach the same integer lanes with the dot-product
+ * instructions (AVX-VNNI vpdpbusd, SDOT) and without them (widening multiplies),
+ * so the two ways give bit-identical results. On a CPU without the instructions
+ * only the plain way runs and there is nothing to compare. */
+static void act8_dot_instructions_bit_identical(void) {
+    char err[LM_ERR_LEN];
+    const struct {
+        const char *table;
+        unsigned feature;
+        const char *what;
+    } ways[] = {{"avx2", LM_CPU_AVXVNNI, "AVX-VNNI"}, {"neon", LM_CPU_DOTPROD, "SDOT (dotprod)"}};
+    for (size_t wi = 0; wi < sizeof ways / sizeof ways[0]; wi++) {
+        lm_backend *be;
+        if (lm_backend_cpu_create_with(&be, 2, ways[wi].table, err) != 0) continue;
+        if (!(lm_cpu_features() & ways[wi].feature)) {
+            printf("# %s int8: this CPU lacks %s, only the plain way ran\n", ways[wi].table, ways[wi].what);
+            lm_backend_free(be);
+            continue;
+        }
+        CHECKF(lm_backend_cpu_set_act_bits(be, 8, ACT8_MAX_COLS, err) == 0, "%s", err);
+        int compared = 0;
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const shape *sh = &shapes[si];
             if (!sh->bits) continue;
             test_mat t;
             make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
-            int n = 67;
+            int n = 9;
             size_t ny = (size_t)n * (size_t)sh->rows;
             float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
             float *ya = malloc(sizeof(float) * ny), *yb = malloc(sizeof(float) * ny);
-            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++) x[i] = (float)urand();
-            one->ops->matmul(one, ya, &t.m, x, n);
-            three->ops->matmul(three, yb, &t.m, x, n);
-            CHECKF(!memcmp(ya, yb, sizeof(float) * ny), "%s act8 %dx%d: 1 vs 3 threads differ", names[ti], sh->rows,
-                   sh->cols);
-            for (int tok = 0; tok < n; tok += 7) {
-                three->ops->matmul(three, yb, &t.m, x + (size_t)tok * (size_t)sh->cols, 1);
-                CHECKF(!memcmp(yb, ya + (size_t)tok * (size_t)sh->rows, sizeof(float) * (size_t)sh->rows),
-                       "%s act8 %dx%d bits %d: token %d alone differs", names[ti], sh->rows, sh->cols, sh->bits, tok);
-            }
+            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++) x[i] = (float)urand() * (i % 11 == 0 ? 5.0f : 1.0f);
+            be->ops->matmul(be, ya, &t.m, x, n);
+            lm_cpu_features_hide(ways[wi].feature);
+            be->ops->matmul(be, yb, &t.m, x, n);
+            lm_cpu_features_hide(0);
+            CHECKF(!memcmp(ya, yb, sizeof(float) * ny), "%s act8 %dx%d bits %d g%d: with and without %s differ",
+                   ways[wi].table, sh->rows, sh->cols, sh->bits, sh->gs, ways[wi].what);
+            compared++;
             free(x), free(ya), free(yb);
             free_mat(&t);
         }
-        test_mat t[3];
-        make_mat(&t[0], 24, 256, LM_DT_BF16, 4, 64);
-        make_mat(&t[1], 20, 256, LM_DT_BF16, 4, 64); /* shares item 0's input */
-        make_mat(&t[2], 21, 100, LM_DT_F16, 0, 0);
-        int n = 6;
-        float *x0 = malloc(sizeof(float) * (size_t)n * 256), *x2 = malloc(sizeof(float) * (size_t)n * 100);
-        for (int k = 0; k < n * 256; k++) x0[k] = (float)urand();
-        for (int k = 0; k < n * 100; k++) x2[k] = (float)urand();
-        float *ym[3], *y1[3];
-        lm_matmul_item items[3];
-        for (int i = 0; i < 3; i++) {
-            ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
-            y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
-            items[i] = (lm_matmul_item){ym[i], &t[i].m, i == 2 ? x2 : x0};
-        }
-        three->ops->matmul_many(three, items, 3, n);
-        for (int i = 0; i < 3; i++) {
-            three->ops->matmul(three, y1[i], &t[i].m, items[i].x, n);
-            CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows), "%s act8 many: item %d differs",
-                   names[ti], i);
-            free(ym[i]), free(y1[i]);
-            free_mat(&t[i]);
-        }
-        free(x0), free(x2);
-        lm_backend_free(one);
-        lm_backend_free(three);
+        printf("# %s int8: %s and the plain way compared on %d shapes\n", ways[wi].table, ways[wi].what, compared);
+        CHECK(compared > 0);
+        lm_backend_free(be);
     }
 }
 
@@ -588,6 +666,7 @@ int main(void) {
     TEST_CASE("kernels_act8_quantize_layout", act8_quantize_layout);
     TEST_CASE("kernels_act8_matches_definition", act8_matches_definition);
     TEST_CASE("kernels_act8_bit_identical", act8_bit_identical);
+    TEST_CASE("kernels_act8_dot_instructions_bit_identical", act8_dot_instructions_bit_identical);
     TEST_CASE("kernels_act8_settings", act8_settings);
     return th_failed_cases ? 1 : 0;
 }

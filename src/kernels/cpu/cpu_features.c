@@ -1,7 +1,14 @@
 /* Which SIMD instruction sets this CPU and OS run (CPUID and XGETBV on x86-64,
  * the auxiliary vector on AArch64 Linux). Read directly rather than through
- * __builtin_cpu_supports, whose feature names vary between compilers. */
+ * __builtin_cpu_supports, whose feature names vary between compilers.
+ * Features can be hidden (LAZYMOE_CPU_HIDE, lm_cpu_features_hide) so that the
+ * kernels a CPU would not pick -- the int8 paths without VNNI or SDOT -- can be
+ * tested and measured on a CPU that has the instructions. */
 #include "kernels/cpu/cpu_kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -54,16 +61,61 @@ static unsigned detect(void) {
 }
 
 #elif defined(__aarch64__)
-/* NEON is part of AArch64 (Apple Silicon included). */
-static unsigned detect(void) { return LM_CPU_NEON; }
+/* NEON is part of AArch64 (Apple Silicon included); a build for a target with the
+ * dot-product instructions (Apple's arm64 compilers target the M1) may use them. */
+static unsigned detect(void) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return LM_CPU_NEON | LM_CPU_DOTPROD;
+#else
+    return LM_CPU_NEON;
+#endif
+}
 
 #else
 static unsigned detect(void) { return 0; }
 #endif
 
+static const struct {
+    const char *name;
+    unsigned bit;
+} feature_names[] = {
+    {"avx2", LM_CPU_AVX2},         {"fma", LM_CPU_FMA},           {"f16c", LM_CPU_F16C},
+    {"avx512f", LM_CPU_AVX512F},   {"avx512bw", LM_CPU_AVX512BW}, {"avx512vl", LM_CPU_AVX512VL},
+    {"avx512dq", LM_CPU_AVX512DQ}, {"avx512vbmi", LM_CPU_AVX512VBMI}, {"neon", LM_CPU_NEON},
+    {"dotprod", LM_CPU_DOTPROD},   {"avx512vnni", LM_CPU_AVX512VNNI}, {"avxvnni", LM_CPU_AVXVNNI},
+};
+
+/* The features LAZYMOE_CPU_HIDE names (comma-separated); an unknown name is
+ * reported on stderr and hides nothing. */
+static unsigned hidden_by_env(void) {
+    const char *s = getenv("LAZYMOE_CPU_HIDE");
+    unsigned mask = 0;
+    while (s && *s) {
+        size_t len = strcspn(s, ",");
+        size_t i = 0, n = sizeof feature_names / sizeof feature_names[0];
+        while (i < n && !(strlen(feature_names[i].name) == len && !strncmp(s, feature_names[i].name, len))) i++;
+        if (i < n) mask |= feature_names[i].bit;
+        else if (len)
+            fprintf(stderr, "lazymoe: LAZYMOE_CPU_HIDE: unknown feature '%.*s' ignored (known: avx2, fma, f16c, "
+                            "avx512f, avx512bw, avx512vl, avx512dq, avx512vbmi, avx512vnni, avxvnni, neon, dotprod)\n",
+                    (int)len, s);
+        s += len;
+        if (*s == ',') s++;
+    }
+    return mask;
+}
+
+static volatile unsigned hidden; /* lm_cpu_features_hide */
+
 unsigned lm_cpu_features(void) {
     /* Idempotent, so concurrent first calls are harmless. */
     static volatile unsigned cached; /* 0 = not detected yet; bit 31 marks "detected" */
-    if (!cached) cached = detect() | 0x80000000u;
-    return cached & 0x7fffffffu;
+    if (!cached) cached = (detect() & ~hidden_by_env()) | 0x80000000u;
+    return cached & 0x7fffffffu & ~hidden;
+}
+
+unsigned lm_cpu_features_hide(unsigned mask) {
+    unsigned old = hidden;
+    hidden = mask;
+    return old;
 }

@@ -87,6 +87,11 @@ enum {
     LM_CPU_AVXVNNI = 1u << 11, /* the VEX-coded 256-bit form (Alder Lake, Zen 5) */
 };
 unsigned lm_cpu_features(void);
+/* Makes lm_cpu_features() leave out the features in mask (0 = none) from now on and
+ * returns the previous mask; for tests, which run the kernels a CPU without them
+ * would (the int8 paths without VNNI / SDOT). Call it between backend calls, not
+ * during one. LAZYMOE_CPU_HIDE=avxvnni,dotprod,... hides features for a whole run. */
+unsigned lm_cpu_features_hide(unsigned mask);
 
 /* Tokens handled per pass over a block of rows: their activations stay in cache
  * while the rows of a task stream past. */

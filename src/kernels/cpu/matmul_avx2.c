@@ -5,6 +5,9 @@
  * zero-extend, convert, fma. BF16 widens by a shift, F16 by vcvtph2ps. Every
  * (row, token) pair is one accumulator chain (see cpu_kernels.h), whichever
  * tile shape computes it.
+ * Int8 activations (lm_act8): exact integer dot products per group, with AVX-VNNI
+ * (vpdpbusd on ymm) where the CPU has it, else with vpmaddubsw / vpmaddwd; both
+ * reach the same int32 lanes, so they agree bit for bit (details further down).
  */
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -200,6 +203,227 @@ TARGET static void rows_avx2(const lm_mat *W, int r0, int r1, const float *x, in
     }
 }
 
+/* ---- int8 activations (cpu_kernels.h: lm_act8) -------------------------------------
+ *
+ * A step takes 32 bytes of packed weights: 64 4-bit weights or 32 8-bit ones. Its
+ * int32 lane k sums the products of the step's packed bytes 4k..4k+3 with their
+ * activations (4-bit: a mask gives the low nibbles, the even-indexed weights, and a
+ * shift the high ones, which meet the activations the backend stored as even-then-
+ * odd halves of each 64-block (act8_q4_block), so lane k holds weights 8k..8k+7;
+ * 8-bit: weights 4k..4k+3). The lanes add up exactly over a group's steps; each
+ * group then adds cvt(lanes) * (scale * dx) to the f32 lane accumulators (4-bit
+ * with groups of 32: a step holds two groups, lanes 0-3 and 4-7), and the biases'
+ * bias_g * xsum_g join the same accumulators 8 groups at a time.
+ * Two ways to the same lanes, picked per call from lm_cpu_features():
+ *  - AVX-VNNI (Alder Lake, Zen 5): vpdpbusd multiplies unsigned weight bytes with
+ *    signed activations and adds each 4 products into a lane, one instruction;
+ *  - plain AVX2: 4-bit, vpmaddubsw (u8 x s8 pairs to s16, at most 2 * 15 * 127, no
+ *    saturation) for the low and the high nibbles, added, then vpmaddwd with ones
+ *    to the lanes; 8-bit weights times 127 overflow vpmaddubsw's s16 pairs, so both
+ *    sides widen to s16 -- the even bytes of each 16-bit word by a mask (weights)
+ *    or a shift pair (activations, sign-extended), the odd bytes by a shift -- and
+ *    two vpmaddwd give the even and odd products of each lane.
+ * The integer lanes are equal either way, so the two give bit-identical results. */
+#define TARGET_VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define A8_STEP_BYTES 32 /* packed weight bytes per step */
+#define A8_Q4_BLOCK 64   /* 4-bit weights per step: the activation layout's block */
+
+/* 32 bytes of packed weights, or only the first 16 (the half step a row of 4-bit
+ * weights in groups of 32 can end with) and zeros. */
+TARGET INLINE __m256i a8_weights(const uint8_t *p, int half) {
+    return half ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* d[t] = the lanes of one row against tokens t < T over `steps` steps: w the row's
+ * packed bytes from the first step, x token 0's activations from the same column,
+ * the others x_stride bytes apart. */
+TARGET_VNNI INLINE void row_dots_vnni(__m256i d[], const uint8_t *w, const int8_t *x, size_t x_stride, int steps,
+                                      int half, const int T, const int bits) {
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    UNROLL
+    for (int t = 0; t < T; t++) d[t] = _mm256_setzero_si256();
+    for (int s = 0; s < steps; s++) {
+        __m256i wv = a8_weights(w + (size_t)s * A8_STEP_BYTES, half);
+        if (bits == 4) {
+            __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const int8_t *xt = x + (size_t)t * x_stride + (size_t)s * A8_Q4_BLOCK;
+                d[t] = _mm256_dpbusd_avx_epi32(d[t], lo, _mm256_loadu_si256((const __m256i *)xt));
+                d[t] = _mm256_dpbusd_avx_epi32(d[t], hi, _mm256_loadu_si256((const __m256i *)(xt + 32)));
+            }
+        } else {
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const int8_t *xt = x + (size_t)t * x_stride + (size_t)s * A8_STEP_BYTES;
+                d[t] = _mm256_dpbusd_avx_epi32(d[t], wv, _mm256_loadu_si256((const __m256i *)xt));
+            }
+        }
+    }
+}
+
+TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x, size_t x_stride, int steps,
+                                  int half, const int T, const int bits) {
+    const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), low_bytes = _mm256_set1_epi16(0x00ff);
+    UNROLL
+    for (int t = 0; t < T; t++) d[t] = _mm256_setzero_si256();
+    for (int s = 0; s < steps; s++) {
+        __m256i wv = a8_weights(w + (size_t)s * A8_STEP_BYTES, half);
+        if (bits == 4) {
+            __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const int8_t *xt = x + (size_t)t * x_stride + (size_t)s * A8_Q4_BLOCK;
+                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xt)),
+                                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xt + 32))));
+                d[t] = _mm256_add_epi32(d[t], _mm256_madd_epi16(p, ones));
+            }
+        } else {
+            __m256i we = _mm256_and_si256(wv, low_bytes), wo = _mm256_srli_epi16(wv, 8);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (size_t)t * x_stride + (size_t)s * A8_STEP_BYTES));
+                __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(xv, 8), 8), xo = _mm256_srai_epi16(xv, 8);
+                d[t] = _mm256_add_epi32(d[t], _mm256_add_epi32(_mm256_madd_epi16(we, xe), _mm256_madd_epi16(wo, xo)));
+            }
+        }
+    }
+}
+
+/* R rows x T tokens of an affine matrix (bits 4 or 8) with int8 activations; the
+ * same body for both ways to the lanes (a macro: a function with the AVX-VNNI
+ * target cannot be inlined into one without it, and compiling the plain way with
+ * that target would let the compiler fuse vpmaddwd + vpaddd into VNNI instructions). */
+#define A8_TILE(name, target, row_dots)                                                                         \
+    target INLINE void name(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R, const int T,       \
+                            const int bits) {                                                                   \
+        const int cols = W->cols, gs = W->group_size, ng = cols / gs;                                            \
+        const int split = bits == 4 && gs < A8_Q4_BLOCK; /* two groups per step */                               \
+        const int unit = split ? 2 : 1;                  /* groups per pass of the loop below */                 \
+        const int steps = split ? 1 : gs * bits / 8 / A8_STEP_BYTES;                                           \
+        const __m256i pair = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0); /* lane -> group of a split step */        \
+        const size_t row_bytes = (size_t)cols * (size_t)bits / 8;                                              \
+        const uint8_t *rowp[TILE_R];                                                                           \
+        __m256 acc[TILE_R][TILE_T];                                                                            \
+        UNROLL                                                                                                 \
+        for (int i = 0; i < R; i++) {                                                                          \
+            rowp[i] = (const uint8_t *)W->data + (size_t)(r + i) * row_bytes;                                   \
+            UNROLL                                                                                             \
+            for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();                                       \
+        }                                                                                                      \
+        /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                  \
+         * (the second group of a half step and the biases' last 8 read past it). */                       \
+        float sf[TILE_R][GROUP_BLOCK + LANES], bf[TILE_R][GROUP_BLOCK + LANES];                                   \
+        for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {                                                         \
+            const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;                                      \
+            UNROLL                                                                                             \
+            for (int i = 0; i < R; i++) {                                                                      \
+                size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;                                        \
+                groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);                                         \
+                groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);                                         \
+                memset(sf[i] + gn, 0, sizeof(float) * LANES);                                                  \
+                memset(bf[i] + gn, 0, sizeof(float) * LANES);                                                  \
+            }                                                                                                  \
+            for (int g = 0; g < gn; g += unit) {                                                               \
+                const size_t c = (size_t)(g0 + g) * (size_t)gs; /* first column */                              \
+                const int half = g + unit > gn;                 /* one group left of a split step */            \
+                __m256 dxv[TILE_T];                                                                            \
+                UNROLL                                                                                         \
+                for (int t = 0; t < T; t++) {                                                                  \
+                    const float *dxt = a->dx + (size_t)t * (size_t)a->ng_stride + g0 + g;                      \
+                    dxv[t] = split ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(dxt), pair) : _mm256_broadcast_ss(dxt); \
+                }                                                                                              \
+                UNROLL                                                                                         \
+                for (int i = 0; i < R; i++) {                                                                  \
+                    __m256 sv = split ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(sf[i] + g), pair)              \
+                                      : _mm256_broadcast_ss(sf[i] + g);                                        \
+                    __m256i d[TILE_T];                                                                         \
+                    row_dots(d, rowp[i] + c * (size_t)bits / 8, a->q + c, a->q_stride, steps, half, T, bits);   \
+                    UNROLL                                                                                     \
+                    for (int t = 0; t < T; t++)                                                                \
+                        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[t]), _mm256_mul_ps(sv, dxv[t]), acc[i][t]); \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int gb = 0; gb < gn; gb += LANES) {                                                           \
+                UNROLL                                                                                         \
+                for (int i = 0; i < R; i++) {                                                                  \
+                    __m256 b = _mm256_loadu_ps(bf[i] + gb);                                                    \
+                    UNROLL                                                                                     \
+                    for (int t = 0; t < T; t++)                                                                \
+                        acc[i][t] = _mm256_fmadd_ps(                                                           \
+                            b, _mm256_loadu_ps(a->xsum + (size_t)t * (size_t)a->ng_stride + g0 + gb), acc[i][t]); \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        UNROLL                                                                                                 \
+        for (int t = 0; t < T; t++)                                                                            \
+            UNROLL                                                                                             \
+            for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);          \
+    }
+A8_TILE(a8_tile_vnni, TARGET_VNNI, row_dots_vnni)
+A8_TILE(a8_tile_plain, TARGET, row_dots_plain)
+
+typedef void (*a8_tile_fn)(const lm_mat *W, int r, const lm_act8 *a, float *y);
+#define A8_SHAPES(way, target, bits)                                                                       \
+    target static void a8_##way##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, TILE_R, TILE_T, bits);                                                   \
+    }                                                                                                      \
+    target static void a8_##way##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, TILE_R, 1, bits);                                                        \
+    }                                                                                                      \
+    target static void a8_##way##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, 1, TILE_T, bits);                                                        \
+    }                                                                                                      \
+    target static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, 1, 1, bits);                                                             \
+    }                                                                                                      \
+    static const a8_tile_fn a8_##way##bits[4] = {a8_##way##bits##_RT, a8_##way##bits##_R1, a8_##way##bits##_1T, \
+                                                 a8_##way##bits##_11};
+A8_SHAPES(vnni, TARGET_VNNI, 4)
+A8_SHAPES(vnni, TARGET_VNNI, 8)
+A8_SHAPES(plain, TARGET, 4)
+A8_SHAPES(plain, TARGET, 8)
+
+/* Token t's view of the activations. */
+static lm_act8 a8_token(const lm_act8 *a, int t) {
+    lm_act8 at = *a;
+    at.q += (size_t)t * a->q_stride;
+    at.dx += (size_t)t * (size_t)a->ng_stride;
+    at.xsum += (size_t)t * (size_t)a->ng_stride;
+    return at;
+}
+
+static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    const int vnni = (lm_cpu_features() & LM_CPU_AVXVNNI) != 0;
+    const a8_tile_fn *f = W->bits == 4 ? (vnni ? a8_vnni4 : a8_plain4) : (vnni ? a8_vnni8 : a8_plain8);
+    const size_t rows = (size_t)W->rows;
+    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
+        int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
+        for (int r = r0; r < r1;) {
+            int full = r + TILE_R <= r1; /* a whole tile of rows, else one row */
+            int t = t0;
+            for (; t + TILE_T <= t0 + tn; t += TILE_T) {
+                lm_act8 at = a8_token(a, t);
+                f[full ? 0 : 2](W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+            for (; t < t0 + tn; t++) {
+                lm_act8 at = a8_token(a, t);
+                f[full ? 1 : 3](W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+            r += full ? TILE_R : 1;
+        }
+    }
+}
+
+static int handles_act8_avx2(const lm_mat *W) {
+    if (W->dtype != LM_DT_U32 || (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16))
+        return 0;
+    int gs = W->group_size;
+    if (W->bits == 4) return gs == 32 || (gs > 0 && gs % A8_Q4_BLOCK == 0);
+    if (W->bits == 8) return gs > 0 && gs % A8_STEP_BYTES == 0;
+    return 0;
+}
+
 TARGET static void f16_to_f32_avx2(float *dst, const uint16_t *src, int n) {
     int i = 0;
     for (; i + LANES <= n; i += LANES) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
@@ -237,7 +461,17 @@ static int available_avx2(void) {
     return (lm_cpu_features() & need) == need;
 }
 
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2, f16_to_f32_avx2, dot_avx2, axpy_avx2, NULL, NULL, 0};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2",
+                                            "AVX2 with FMA and F16C",
+                                            available_avx2,
+                                            handles_avx2,
+                                            rows_avx2,
+                                            f16_to_f32_avx2,
+                                            dot_avx2,
+                                            axpy_avx2,
+                                            handles_act8_avx2,
+                                            rows_act8_avx2,
+                                            A8_Q4_BLOCK};
 
 #else /* not x86-64 */
 
