@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ARM NEON kernels, cross-compiled for AArch64 (aarch64-linux-gnu-gcc, static)
 # and run under qemu-aarch64: tests/test_kernels.c against the scalar reference,
-# as on x86. Needs gcc-aarch64-linux-gnu and qemu-user (tools/install-deps.sh);
+# as on x86, on an emulated CPU with the dot-product extension and on one without. Needs gcc-aarch64-linux-gnu and qemu-user (tools/install-deps.sh);
 # without them this test fails rather than skipping.
 set -u
 cd "$(dirname "$0")/../.."
@@ -24,8 +24,28 @@ if ! log=$($CC -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-pr
 fi
 echo "ok neon_kernels_build"
 # The binary's own ok/FAIL lines, renamed so they do not collide with the native run.
-result=$($QEMU $out/test_kernels 2>&1); rc=$?
+# qemu's default CPU ("max") has the dot-product extension: the int8 kernels run
+# with SDOT, and without it where the test hides it.
+result=$($QEMU -cpu max $out/test_kernels 2>&1); rc=$?
 echo "$result" | sed -e 's/^ok /ok neon_/' -e 's/^FAIL /FAIL neon_/'
 if ! echo "$result" | grep -q '^# auto kernels: neon$'; then echo "FAIL neon_kernels_selected: auto did not pick neon"; exit 1; fi
 echo "ok neon_kernels_selected"
-exit $rc
+if ! echo "$result" | grep -q '^# neon int8: SDOT (dotprod) and the plain way compared'; then
+    echo "FAIL neon_kernels_sdot_ran: qemu -cpu max did not report the dot-product extension"; rc=1
+else
+    echo "ok neon_kernels_sdot_ran"
+fi
+# A Cortex-A57 (ARMv8.0) has no dot-product instructions: the CPU detection must
+# say so, and nothing the kernels run on it may use them (qemu would stop with
+# SIGILL). Only the int8 cases differ from the run above.
+result=$($QEMU -cpu cortex-a57 $out/test_kernels 2>&1); rc57=$?
+echo "$result" | grep -E '^(ok|FAIL) kernels_act8' | sed -e 's/^ok /ok neon_a57_/' -e 's/^FAIL /FAIL neon_a57_/'
+if [ $rc57 -ne 0 ] && ! echo "$result" | grep -q '^FAIL '; then
+    echo "FAIL neon_a57_kernels: exited with status $rc57: $(echo "$result" | tail -3 | tr '\n' ' ')"
+fi
+if echo "$result" | grep -q '^# neon int8: this CPU lacks SDOT'; then
+    echo "ok neon_a57_no_sdot"
+else
+    echo "FAIL neon_a57_no_sdot: the Cortex-A57 run did not take the plain int8 path"; rc57=1
+fi
+[ $rc -eq 0 ] && [ $rc57 -eq 0 ]

@@ -225,67 +225,53 @@ TARGET static void rows_avx2(const lm_mat *W, int r0, int r1, const float *x, in
  *    two vpmaddwd give the even and odd products of each lane.
  * The integer lanes are equal either way, so the two give bit-identical results. */
 #define TARGET_VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define A8_TARGET_vnni TARGET_VNNI
+#define A8_TARGET_plain TARGET
 #define A8_STEP_BYTES 32 /* packed weight bytes per step */
 #define A8_Q4_BLOCK 64   /* 4-bit weights per step: the activation layout's block */
 
-/* 32 bytes of packed weights, or only the first 16 (the half step a row of 4-bit
- * weights in groups of 32 can end with) and zeros. */
-TARGET INLINE __m256i a8_weights(const uint8_t *p, int half) {
-    return half ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_si256((const __m256i *)p);
-}
-
-/* d[t] = the lanes of one row against tokens t < T over `steps` steps: w the row's
- * packed bytes from the first step, x token 0's activations from the same column,
- * the others x_stride bytes apart. */
-TARGET_VNNI INLINE void row_dots_vnni(__m256i d[], const uint8_t *w, const int8_t *x, size_t x_stride, int steps,
-                                      int half, const int T, const int bits) {
-    const __m256i nib = _mm256_set1_epi8(0x0f);
-    UNROLL
-    for (int t = 0; t < T; t++) d[t] = _mm256_setzero_si256();
-    for (int s = 0; s < steps; s++) {
-        __m256i wv = a8_weights(w + (size_t)s * A8_STEP_BYTES, half);
-        if (bits == 4) {
-            __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);
-            UNROLL
-            for (int t = 0; t < T; t++) {
-                const int8_t *xt = x + (size_t)t * x_stride + (size_t)s * A8_Q4_BLOCK;
-                d[t] = _mm256_dpbusd_avx_epi32(d[t], lo, _mm256_loadu_si256((const __m256i *)xt));
-                d[t] = _mm256_dpbusd_avx_epi32(d[t], hi, _mm256_loadu_si256((const __m256i *)(xt + 32)));
-            }
-        } else {
-            UNROLL
-            for (int t = 0; t < T; t++) {
-                const int8_t *xt = x + (size_t)t * x_stride + (size_t)s * A8_STEP_BYTES;
-                d[t] = _mm256_dpbusd_avx_epi32(d[t], wv, _mm256_loadu_si256((const __m256i *)xt));
-            }
+/* d[t] += the lanes of one step of one row (w: its 32 packed bytes) against
+ * tokens t < T (x: token 0's activations from the step's column, the others
+ * x_stride bytes apart). */
+TARGET_VNNI INLINE void step_dots_vnni(__m256i d[], const uint8_t *w, const int8_t *x, size_t x_stride, const int T,
+                                       const int bits) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)w);
+    if (bits == 4) {
+        const __m256i nib = _mm256_set1_epi8(0x0f);
+        __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = x + (size_t)t * x_stride;
+            d[t] = _mm256_dpbusd_avx_epi32(d[t], lo, _mm256_loadu_si256((const __m256i *)xt));
+            d[t] = _mm256_dpbusd_avx_epi32(d[t], hi, _mm256_loadu_si256((const __m256i *)(xt + 32)));
         }
+    } else {
+        UNROLL
+        for (int t = 0; t < T; t++)
+            d[t] = _mm256_dpbusd_avx_epi32(d[t], wv, _mm256_loadu_si256((const __m256i *)(x + (size_t)t * x_stride)));
     }
 }
 
-TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x, size_t x_stride, int steps,
-                                  int half, const int T, const int bits) {
-    const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), low_bytes = _mm256_set1_epi16(0x00ff);
-    UNROLL
-    for (int t = 0; t < T; t++) d[t] = _mm256_setzero_si256();
-    for (int s = 0; s < steps; s++) {
-        __m256i wv = a8_weights(w + (size_t)s * A8_STEP_BYTES, half);
-        if (bits == 4) {
-            __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);
-            UNROLL
-            for (int t = 0; t < T; t++) {
-                const int8_t *xt = x + (size_t)t * x_stride + (size_t)s * A8_Q4_BLOCK;
-                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xt)),
-                                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xt + 32))));
-                d[t] = _mm256_add_epi32(d[t], _mm256_madd_epi16(p, ones));
-            }
-        } else {
-            __m256i we = _mm256_and_si256(wv, low_bytes), wo = _mm256_srli_epi16(wv, 8);
-            UNROLL
-            for (int t = 0; t < T; t++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (size_t)t * x_stride + (size_t)s * A8_STEP_BYTES));
-                __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(xv, 8), 8), xo = _mm256_srai_epi16(xv, 8);
-                d[t] = _mm256_add_epi32(d[t], _mm256_add_epi32(_mm256_madd_epi16(we, xe), _mm256_madd_epi16(wo, xo)));
-            }
+TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x, size_t x_stride, const int T,
+                                   const int bits) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)w);
+    if (bits == 4) {
+        const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+        __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = x + (size_t)t * x_stride;
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xt)),
+                                         _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xt + 32))));
+            d[t] = _mm256_add_epi32(d[t], _mm256_madd_epi16(p, ones));
+        }
+    } else {
+        __m256i we = _mm256_and_si256(wv, _mm256_set1_epi16(0x00ff)), wo = _mm256_srli_epi16(wv, 8);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x + (size_t)t * x_stride));
+            __m256i xe = _mm256_srai_epi16(_mm256_slli_epi16(xv, 8), 8), xo = _mm256_srai_epi16(xv, 8);
+            d[t] = _mm256_add_epi32(d[t], _mm256_add_epi32(_mm256_madd_epi16(we, xe), _mm256_madd_epi16(wo, xo)));
         }
     }
 }
@@ -294,9 +280,9 @@ TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x
  * same body for both ways to the lanes (a macro: a function with the AVX-VNNI
  * target cannot be inlined into one without it, and compiling the plain way with
  * that target would let the compiler fuse vpmaddwd + vpaddd into VNNI instructions). */
-#define A8_TILE(name, target, row_dots)                                                                         \
-    target INLINE void name(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R, const int T,       \
-                            const int bits) {                                                                   \
+#define A8_TILE(way)                                                                         \
+    A8_TARGET_##way INLINE void a8_tile_##way(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R,  \
+                                              const int T, const int bits) {                                    \
         const int cols = W->cols, gs = W->group_size, ng = cols / gs;                                            \
         const int split = bits == 4 && gs < A8_Q4_BLOCK; /* two groups per step */                               \
         const int unit = split ? 2 : 1;                  /* groups per pass of the loop below */                 \
@@ -314,6 +300,7 @@ TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x
         /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                  \
          * (the second group of a half step and the biases' last 8 read past it). */                       \
         float sf[TILE_R][GROUP_BLOCK + LANES], bf[TILE_R][GROUP_BLOCK + LANES];                                   \
+        uint8_t pad[A8_STEP_BYTES] = {0};                                                                      \
         for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {                                                         \
             const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;                                      \
             UNROLL                                                                                             \
@@ -326,7 +313,23 @@ TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x
             }                                                                                                  \
             for (int g = 0; g < gn; g += unit) {                                                               \
                 const size_t c = (size_t)(g0 + g) * (size_t)gs; /* first column */                              \
-                const int half = g + unit > gn;                 /* one group left of a split step */            \
+                /* A split step with one group left (the row's end): its 16 bytes, zero-padded. */             \
+                const int half = g + unit > gn;                                                                \
+                __m256i d[TILE_R][TILE_T];                                                                     \
+                UNROLL                                                                                         \
+                for (int i = 0; i < R; i++)                                                                    \
+                    UNROLL                                                                                     \
+                    for (int t = 0; t < T; t++) d[i][t] = _mm256_setzero_si256();                              \
+                for (int s = 0; s < steps; s++) {                                                              \
+                    const size_t wo = c * (size_t)bits / 8 + (size_t)s * A8_STEP_BYTES;                        \
+                    const int8_t *xs = a->q + c + (size_t)s * (bits == 4 ? A8_Q4_BLOCK : A8_STEP_BYTES);         \
+                    UNROLL                                                                                     \
+                    for (int i = 0; i < R; i++) {                                                              \
+                        const uint8_t *wp = rowp[i] + wo;                                                      \
+                        if (half) wp = (const uint8_t *)memcpy(pad, wp, A8_STEP_BYTES / 2);                    \
+                        step_dots_##way(d[i], wp, xs, a->q_stride, T, bits);                                         \
+                    }                                                                                          \
+                }                                                                                              \
                 __m256 dxv[TILE_T];                                                                            \
                 UNROLL                                                                                         \
                 for (int t = 0; t < T; t++) {                                                                  \
@@ -337,11 +340,9 @@ TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x
                 for (int i = 0; i < R; i++) {                                                                  \
                     __m256 sv = split ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(sf[i] + g), pair)              \
                                       : _mm256_broadcast_ss(sf[i] + g);                                        \
-                    __m256i d[TILE_T];                                                                         \
-                    row_dots(d, rowp[i] + c * (size_t)bits / 8, a->q + c, a->q_stride, steps, half, T, bits);   \
                     UNROLL                                                                                     \
                     for (int t = 0; t < T; t++)                                                                \
-                        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[t]), _mm256_mul_ps(sv, dxv[t]), acc[i][t]); \
+                        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[i][t]), _mm256_mul_ps(sv, dxv[t]), acc[i][t]); \
                 }                                                                                              \
             }                                                                                                  \
             for (int gb = 0; gb < gn; gb += LANES) {                                                           \
@@ -360,29 +361,29 @@ TARGET INLINE void row_dots_plain(__m256i d[], const uint8_t *w, const int8_t *x
             UNROLL                                                                                             \
             for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);          \
     }
-A8_TILE(a8_tile_vnni, TARGET_VNNI, row_dots_vnni)
-A8_TILE(a8_tile_plain, TARGET, row_dots_plain)
+A8_TILE(vnni)
+A8_TILE(plain)
 
 typedef void (*a8_tile_fn)(const lm_mat *W, int r, const lm_act8 *a, float *y);
-#define A8_SHAPES(way, target, bits)                                                                       \
-    target static void a8_##way##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+#define A8_SHAPES(way, bits)                                                                       \
+    A8_TARGET_##way static void a8_##way##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
         a8_tile_##way(W, r, a, y, TILE_R, TILE_T, bits);                                                   \
     }                                                                                                      \
-    target static void a8_##way##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+    A8_TARGET_##way static void a8_##way##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
         a8_tile_##way(W, r, a, y, TILE_R, 1, bits);                                                        \
     }                                                                                                      \
-    target static void a8_##way##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+    A8_TARGET_##way static void a8_##way##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
         a8_tile_##way(W, r, a, y, 1, TILE_T, bits);                                                        \
     }                                                                                                      \
-    target static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+    A8_TARGET_##way static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
         a8_tile_##way(W, r, a, y, 1, 1, bits);                                                             \
     }                                                                                                      \
     static const a8_tile_fn a8_##way##bits[4] = {a8_##way##bits##_RT, a8_##way##bits##_R1, a8_##way##bits##_1T, \
                                                  a8_##way##bits##_11};
-A8_SHAPES(vnni, TARGET_VNNI, 4)
-A8_SHAPES(vnni, TARGET_VNNI, 8)
-A8_SHAPES(plain, TARGET, 4)
-A8_SHAPES(plain, TARGET, 8)
+A8_SHAPES(vnni, 4)
+A8_SHAPES(vnni, 8)
+A8_SHAPES(plain, 4)
+A8_SHAPES(plain, 8)
 
 /* Token t's view of the activations. */
 static lm_act8 a8_token(const lm_act8 *a, int t) {

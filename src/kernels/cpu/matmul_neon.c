@@ -1,16 +1,19 @@
 /* ARM NEON matrix kernels (AArch64: Apple Silicon, Graviton, Ampere, ...).
  *
- * NEON is part of every AArch64 CPU, so no feature check or target attribute is
- * needed. Columns go 16 at a time as four 4-lane quarters; each (row, token)
+ * NEON is part of every AArch64 CPU, so the f32 kernels need no feature check or
+ * target attribute. Columns go 16 at a time as four 4-lane quarters; each (row, token)
  * pair keeps two accumulators (quarters 0 and 2 into the first, 1 and 3 into
  * the second) so consecutive FMAs do not wait on each other, summed in a fixed
  * order at the end (see cpu_kernels.h: the chain does not depend on the tile).
  * 4-bit affine: 8 bytes hold 16 weights; mask and shift give the even and odd
  * nibbles, vzip restores the order, then widen, convert and fma(scale, q, bias).
- * Activations stay f32, so the dot-product (SDOT) instructions, which need int8
- * activations, are not used: results match the scalar reference to f32 rounding.
- * Built and tested on x86 hosts with aarch64-linux-gnu-gcc under qemu-aarch64
- * (tests/cli/neon.sh).
+ * With f32 activations results match the scalar reference to f32 rounding.
+ * Int8 activations (lm_act8) give exact integer dot products per group, with the
+ * dot-product extension's SDOT where the CPU has it (a per-function target, checked
+ * at run time), else with widening multiplies; both reach the same int32 lanes, so
+ * they agree bit for bit (details further down).
+ * Built and tested on x86 hosts with aarch64-linux-gnu-gcc under qemu-aarch64, on an
+ * emulated CPU with the extension and on one without (tests/cli/neon.sh).
  */
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -202,6 +205,236 @@ static void rows_neon(const lm_mat *W, int r0, int r1, const float *x, int n, fl
     }
 }
 
+/* ---- int8 activations (cpu_kernels.h: lm_act8) -------------------------------------
+ *
+ * A step takes 16 bytes of packed weights: 32 4-bit weights or 16 8-bit ones. Its
+ * int32 lane k sums the products of the step's bytes 4k..4k+3 with their
+ * activations (4-bit: a mask gives the low nibbles, the even-indexed weights, and a
+ * shift the high ones, which meet the activations the backend stored as even-then-
+ * odd halves of each 32-block (act8_q4_block), so lane k holds weights 8k..8k+7;
+ * 8-bit: weights 4k..4k+3). SDOT is signed x signed and 8-bit weights (0..255) do
+ * not fit a signed byte, so they enter as w - 128 (flip the top bit) and each lane
+ * starts from 128 * the sum of its activations, which restores sum w * x exactly.
+ * The lanes add up exactly over a group's steps; each group then adds
+ * cvt(lanes) * (scale * dx) to the f32 lane accumulators, and the biases'
+ * bias_g * xsum_g join them 4 groups at a time.
+ * Two ways to the same lanes, picked per call from lm_cpu_features():
+ *  - SDOT (the dot-product extension: Cortex-A55/A76 and later, Apple M1, Graviton 2):
+ *    each 4 products into a lane, one instruction;
+ *  - base NEON: smull / smlal to 16-bit products (4-bit: low and high nibble
+ *    products of a byte summed, at most 2 * 15 * 127; 8-bit: one product, at most
+ *    128 * 127), addp of neighbours (at most 32512) and sadalp into the lanes.
+ * The integer lanes are equal either way, so the two give bit-identical results. */
+#if defined(__ARM_FEATURE_DOTPROD)
+#define HAVE_SDOT 1 /* the whole build targets it */
+#define TARGET_SDOT
+#elif defined(__GNUC__) && !defined(__clang__)
+/* GCC's arm_neon.h declares vdotq_s32 for armv8.2-a+dotprod: a caller needs that
+ * whole architecture to inline it. Every CPU with the extension implements 8.2. */
+#define HAVE_SDOT 1
+#define TARGET_SDOT __attribute__((target("arch=armv8.2-a+dotprod")))
+#else
+/* Older clang declares the intrinsics only for builds that target dotprod. */
+#define HAVE_SDOT 0
+#endif
+#define A8_TARGET_sdot TARGET_SDOT
+#define A8_TARGET_plain /* base NEON */
+#define A8_STEP_BYTES 16 /* packed weight bytes per step */
+#define A8_Q4_BLOCK 32   /* 4-bit weights per step: the activation layout's block */
+
+/* d[t] += the lanes of one step of one row (w: its 16 packed bytes) against
+ * tokens t < T (x: token 0's activations from the step's column, the others
+ * x_stride bytes apart). */
+#if HAVE_SDOT
+TARGET_SDOT INLINE void step_dots_sdot(int32x4_t d[], const uint8_t *w, const int8_t *x, size_t x_stride, const int T,
+                                       const int bits) {
+    uint8x16_t wv = vld1q_u8(w);
+    if (bits == 4) {
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(wv, vdupq_n_u8(15))), hi = vreinterpretq_s8_u8(vshrq_n_u8(wv, 4));
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = x + (size_t)t * x_stride;
+            d[t] = vdotq_s32(d[t], lo, vld1q_s8(xt));
+            d[t] = vdotq_s32(d[t], hi, vld1q_s8(xt + 16));
+        }
+    } else {
+        int8x16_t ws = vreinterpretq_s8_u8(veorq_u8(wv, vdupq_n_u8(0x80))); /* w - 128 */
+        UNROLL
+        for (int t = 0; t < T; t++) d[t] = vdotq_s32(d[t], ws, vld1q_s8(x + (size_t)t * x_stride));
+    }
+}
+#endif
+
+INLINE void step_dots_plain(int32x4_t d[], const uint8_t *w, const int8_t *x, size_t x_stride, const int T,
+                            const int bits) {
+    uint8x16_t wv = vld1q_u8(w);
+    if (bits == 4) {
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(wv, vdupq_n_u8(15))), hi = vreinterpretq_s8_u8(vshrq_n_u8(wv, 4));
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = x + (size_t)t * x_stride;
+            int8x16_t xe = vld1q_s8(xt), xo = vld1q_s8(xt + 16);
+            int16x8_t m0 = vmlal_s8(vmull_s8(vget_low_s8(lo), vget_low_s8(xe)), vget_low_s8(hi), vget_low_s8(xo));
+            int16x8_t m1 = vmlal_high_s8(vmull_high_s8(lo, xe), hi, xo);
+            d[t] = vpadalq_s16(d[t], vpaddq_s16(m0, m1));
+        }
+    } else {
+        int8x16_t ws = vreinterpretq_s8_u8(veorq_u8(wv, vdupq_n_u8(0x80))); /* w - 128 */
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            int8x16_t xv = vld1q_s8(x + (size_t)t * x_stride);
+            int16x8_t m0 = vmull_s8(vget_low_s8(ws), vget_low_s8(xv)), m1 = vmull_high_s8(ws, xv);
+            d[t] = vpadalq_s16(d[t], vpaddq_s16(m0, m1));
+        }
+    }
+}
+
+/* R rows x T tokens of an affine matrix (bits 4 or 8) with int8 activations; the
+ * same body for both ways to the lanes (a macro: a function with the dotprod
+ * target cannot be inlined into one without it, and compiling the plain way with
+ * that target would let the compiler turn its multiplies into SDOT). */
+#define A8_TILE(way)                                                                        \
+    A8_TARGET_##way INLINE void a8_tile_##way(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R,  \
+                                              const int T, const int bits) {                                    \
+        const int cols = W->cols, gs = W->group_size, ng = cols / gs;                                            \
+        const int block = bits == 4 ? A8_Q4_BLOCK : A8_STEP_BYTES; /* weights per step */                        \
+        const int steps = gs / block;                                                                          \
+        const size_t row_bytes = (size_t)cols * (size_t)bits / 8;                                              \
+        const uint8_t *rowp[TILE_R];                                                                           \
+        float32x4_t acc[TILE_R][TILE_T];                                                                       \
+        UNROLL                                                                                                 \
+        for (int i = 0; i < R; i++) {                                                                          \
+            rowp[i] = (const uint8_t *)W->data + (size_t)(r + i) * row_bytes;                                   \
+            UNROLL                                                                                             \
+            for (int t = 0; t < T; t++) acc[i][t] = vdupq_n_f32(0);                                            \
+        }                                                                                                      \
+        /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                  \
+         * (the biases' last 4 read past it). */                                                         \
+        float sf[TILE_R][GROUP_BLOCK], bf[TILE_R][GROUP_BLOCK + 4];                                             \
+        for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {                                                         \
+            const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;                                      \
+            for (int i = 0; i < R; i++) {                                                                      \
+                size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;                                        \
+                groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);                                         \
+                groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);                                         \
+                memset(bf[i] + gn, 0, sizeof(float) * 4);                                                      \
+            }                                                                                                  \
+            for (int g = 0; g < gn; g++) {                                                                     \
+                const size_t c = (size_t)(g0 + g) * (size_t)gs; /* first column */                              \
+                int32x4_t d[TILE_R][TILE_T];                                                                   \
+                UNROLL                                                                                         \
+                for (int t = 0; t < T; t++) {                                                                  \
+                    int32x4_t start = vdupq_n_s32(0);                                                          \
+                    if (bits == 8) { /* 128 * each lane's activations: the w - 128 correction */               \
+                        const int8_t *xt = a->q + (size_t)t * a->q_stride + c;                                 \
+                        for (int s = 0; s < steps; s++)                                                        \
+                            start = vpadalq_s16(start, vpaddlq_s8(vld1q_s8(xt + (size_t)s * A8_STEP_BYTES)));  \
+                        start = vshlq_n_s32(start, 7);                                                         \
+                    }                                                                                          \
+                    UNROLL                                                                                     \
+                    for (int i = 0; i < R; i++) d[i][t] = start;                                               \
+                }                                                                                              \
+                for (int s = 0; s < steps; s++) {                                                              \
+                    const size_t wo = c * (size_t)bits / 8 + (size_t)s * A8_STEP_BYTES;                        \
+                    const int8_t *xs = a->q + c + (size_t)s * (size_t)block;                                   \
+                    UNROLL                                                                                     \
+                    for (int i = 0; i < R; i++) step_dots_##way(d[i], rowp[i] + wo, xs, a->q_stride, T, bits);       \
+                }                                                                                              \
+                float32x4_t dxv[TILE_T];                                                                       \
+                UNROLL                                                                                         \
+                for (int t = 0; t < T; t++) dxv[t] = vdupq_n_f32(a->dx[(size_t)t * (size_t)a->ng_stride + g0 + g]); \
+                UNROLL                                                                                         \
+                for (int i = 0; i < R; i++) {                                                                  \
+                    float32x4_t sv = vdupq_n_f32(sf[i][g]);                                                    \
+                    UNROLL                                                                                     \
+                    for (int t = 0; t < T; t++)                                                                \
+                        acc[i][t] = vfmaq_f32(acc[i][t], vcvtq_f32_s32(d[i][t]), vmulq_f32(sv, dxv[t]));       \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int gb = 0; gb < gn; gb += 4) {                                                               \
+                UNROLL                                                                                         \
+                for (int i = 0; i < R; i++) {                                                                  \
+                    float32x4_t b = vld1q_f32(bf[i] + gb);                                                     \
+                    UNROLL                                                                                     \
+                    for (int t = 0; t < T; t++)                                                                \
+                        acc[i][t] = vfmaq_f32(acc[i][t], b,                                                    \
+                                              vld1q_f32(a->xsum + (size_t)t * (size_t)a->ng_stride + g0 + gb)); \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        UNROLL                                                                                                 \
+        for (int t = 0; t < T; t++)                                                                            \
+            UNROLL                                                                                             \
+            for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = vaddvq_f32(acc[i][t]);    \
+    }
+A8_TILE(plain)
+
+typedef void (*a8_tile_fn)(const lm_mat *W, int r, const lm_act8 *a, float *y);
+#define A8_SHAPES(way, bits)                                                                       \
+    A8_TARGET_##way static void a8_##way##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, TILE_R, TILE_T, bits);                                                   \
+    }                                                                                                      \
+    A8_TARGET_##way static void a8_##way##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, TILE_R, 1, bits);                                                        \
+    }                                                                                                      \
+    A8_TARGET_##way static void a8_##way##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, 1, TILE_T, bits);                                                        \
+    }                                                                                                      \
+    A8_TARGET_##way static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+        a8_tile_##way(W, r, a, y, 1, 1, bits);                                                             \
+    }                                                                                                      \
+    static const a8_tile_fn a8_##way##bits[4] = {a8_##way##bits##_RT, a8_##way##bits##_R1, a8_##way##bits##_1T, \
+                                                 a8_##way##bits##_11};
+A8_SHAPES(plain, 4)
+A8_SHAPES(plain, 8)
+#if HAVE_SDOT
+A8_TILE(sdot)
+A8_SHAPES(sdot, 4)
+A8_SHAPES(sdot, 8)
+#endif
+
+/* Token t's view of the activations. */
+static lm_act8 a8_token(const lm_act8 *a, int t) {
+    lm_act8 at = *a;
+    at.q += (size_t)t * a->q_stride;
+    at.dx += (size_t)t * (size_t)a->ng_stride;
+    at.xsum += (size_t)t * (size_t)a->ng_stride;
+    return at;
+}
+
+static void rows_act8_neon(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    const a8_tile_fn *f = W->bits == 4 ? a8_plain4 : a8_plain8;
+#if HAVE_SDOT
+    if (lm_cpu_features() & LM_CPU_DOTPROD) f = W->bits == 4 ? a8_sdot4 : a8_sdot8;
+#endif
+    const size_t rows = (size_t)W->rows;
+    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
+        int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
+        for (int r = r0; r < r1;) {
+            int full = r + TILE_R <= r1; /* a whole tile of rows, else one row */
+            int t = t0;
+            for (; t + TILE_T <= t0 + tn; t += TILE_T) {
+                lm_act8 at = a8_token(a, t);
+                f[full ? 0 : 2](W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+            for (; t < t0 + tn; t++) {
+                lm_act8 at = a8_token(a, t);
+                f[full ? 1 : 3](W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+            r += full ? TILE_R : 1;
+        }
+    }
+}
+
+static int handles_act8_neon(const lm_mat *W) {
+    if (W->dtype != LM_DT_U32 || (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16))
+        return 0;
+    int gs = W->group_size;
+    if (W->bits == 4) return gs > 0 && gs % A8_Q4_BLOCK == 0;
+    if (W->bits == 8) return gs > 0 && gs % A8_STEP_BYTES == 0;
+    return 0;
+}
+
 static void f16_to_f32_neon(float *dst, const uint16_t *src, int n) {
     int i = 0;
     for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vld1_f16((const float16_t *)(src + i))));
@@ -235,8 +468,17 @@ static int handles_neon(const lm_mat *W) {
 
 static int available_neon(void) { return (lm_cpu_features() & LM_CPU_NEON) != 0; }
 
-const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", available_neon, handles_neon,
-                                            rows_neon, f16_to_f32_neon, dot_neon, axpy_neon, NULL, NULL, 0};
+const lm_cpu_kernels lm_cpu_kernels_neon = {"neon",
+                                            "an AArch64 CPU with NEON",
+                                            available_neon,
+                                            handles_neon,
+                                            rows_neon,
+                                            f16_to_f32_neon,
+                                            dot_neon,
+                                            axpy_neon,
+                                            handles_act8_neon,
+                                            rows_act8_neon,
+                                            A8_Q4_BLOCK};
 
 #else /* not AArch64 */
 
