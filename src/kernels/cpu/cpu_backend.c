@@ -290,8 +290,9 @@ static void act8_prepare(lm_pool *pool, const lm_mat *W, const float *x, int n, 
     size_t fb = round64((size_t)ngs * sizeof(float));
     a->q = (int8_t *)buf;
     a->q_stride = qs;
-    a->dx = (float *)(buf + (size_t)n * qs);
-    a->xsum = (float *)(buf + (size_t)n * (qs + fb));
+    void *dx = buf + (size_t)n * qs, *xsum = buf + (size_t)n * (qs + fb); /* 64-byte aligned */
+    a->dx = dx;
+    a->xsum = xsum;
     a->ng_stride = ngs;
     int tasks = n < 2 * lm_pool_size(pool) ? n : 2 * lm_pool_size(pool);
     quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a};
