@@ -137,7 +137,7 @@ done:
                "\"bytes_read\": %llu, \"decode_bytes_read\": %llu, \"decode_miss_bandwidth\": %.0f, "
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
                "\"planned_bytes\": %llu, \"prefetched\": %llu, \"prefetch_used\": %llu, "
-               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, "
+               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, \"act_bits\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
                "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
                model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
@@ -147,7 +147,7 @@ done:
                (unsigned long long)st2.planned_bytes, (unsigned long long)st2.prefetched,
                (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
                st2.resident ? "true" : "false", st2.capacity, info.n_experts,
-               info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
+               info.top_k, opt.act_bits == 8 ? 8 : 32, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
         /* The generated ids, so runs under different budgets can be compared. */
         printf(", \"generated_ids\": [");

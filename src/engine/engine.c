@@ -47,6 +47,25 @@ static uint64_t scratch_bytes(const lm_config *c, int T) {
     return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E;
 }
 
+/* The widest matrix input of the model (columns). */
+static int widest_input(const lm_config *c) {
+    int widest[] = {c->hidden_size, max_intermediate(c), c->n_heads * c->head_dim, c->lin_v_heads * c->lin_v_dim,
+                    c->lin_k_heads * c->lin_k_dim};
+    int w = 0;
+    for (size_t i = 0; i < sizeof widest / sizeof widest[0]; i++)
+        if (widest[i] > w) w = widest[i];
+    return w;
+}
+
+/* The CPU backend's int8-activation buffer at its largest: a chunk of tokens for up
+ * to two distinct inputs of one call (values, steps and sums at the smallest group
+ * size, 32, plus alignment). */
+static uint64_t act8_bytes(const lm_config *c, int act_bits) {
+    if (act_bits != 8) return 0;
+    uint64_t w = (uint64_t)widest_input(c);
+    return 2u * LM_CHUNK_TOKENS * (w + 256 + 2 * 4 * (w / 32 + 32));
+}
+
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
 
 static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
@@ -117,7 +136,8 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     int io = o->io_threads > 0 ? o->io_threads : 8;
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
-    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
+    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) +
+                     act8_bytes(c, o->act_bits) + overhead;
     uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -227,16 +247,9 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         }
     }
     if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
-    if (m->opt.act_bits && m->opt.act_bits != 32) {
-        const lm_config *c = &m->w.cfg;
-        int widest[] = {c->hidden_size, c->intermediate_size, c->moe_intermediate_size,
-                        c->shared_expert_intermediate_size, c->n_heads * c->head_dim,
-                        c->lin_v_heads * c->lin_v_dim, c->lin_k_heads * c->lin_k_dim};
-        int max_cols = 0;
-        for (size_t i = 0; i < sizeof widest / sizeof widest[0]; i++)
-            if (widest[i] > max_cols) max_cols = widest[i];
-        if (lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, max_cols, e) != 0) goto fail;
-    }
+    if (m->opt.act_bits && m->opt.act_bits != 32 &&
+        lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, widest_input(&m->w.cfg), e) != 0)
+        goto fail;
     if (lm_model_text_load(&m->text, dir, &m->w.cfg, e) != 0) goto fail;
     *out = m;
     return 0;

@@ -163,12 +163,6 @@ static float dot_affine(const lm_mat *m, int r, const float *x, const float *xsu
 
 /* ---- int8 activations (cpu_kernels.h: lm_act8) ------------------------------------ */
 
-static size_t act8_position(int c, int block) {
-    if (!block) return (size_t)c;
-    int base = c / block * block, j = c - base;
-    return (size_t)base + (size_t)((j & 1) ? block / 2 + j / 2 : j / 2);
-}
-
 void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int8_t *q, size_t q_stride,
                       float *dx, float *xsum, int ng_stride) {
     int ng = cols / gs;
@@ -176,30 +170,56 @@ void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int
         const float *xt = x + (size_t)t * (size_t)cols;
         int8_t *qt = q + (size_t)t * q_stride;
         float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
-        memset(qt, 0, q_stride);
         for (int g = 0; g < ng; g++) {
             const float *xg = xt + (size_t)g * (size_t)gs;
-            float amax = 0, sum = 0;
-            for (int i = 0; i < gs; i++) {
+            int8_t *qg = qt + (size_t)g * (size_t)gs;
+            /* 16 running lanes combined in a fixed tree: a set order that SIMD
+             * code can reproduce (a sequential sum could not be vectorized). */
+            float lane_max[16] = {0}, lane_sum[16] = {0};
+            int i = 0;
+            for (; i + 16 <= gs; i += 16)
+                for (int k = 0; k < 16; k++) {
+                    float a = fabsf(xg[i + k]);
+                    lane_max[k] = a > lane_max[k] ? a : lane_max[k];
+                    lane_sum[k] += xg[i + k];
+                }
+            for (int k = 0; i < gs; i++, k++) {
                 float a = fabsf(xg[i]);
-                if (a > amax) amax = a;
-                sum += xg[i];
+                lane_max[k] = a > lane_max[k] ? a : lane_max[k];
+                lane_sum[k] += xg[i];
             }
+            for (int w = 8; w >= 1; w /= 2)
+                for (int k = 0; k < w; k++) {
+                    lane_max[k] = lane_max[k + w] > lane_max[k] ? lane_max[k + w] : lane_max[k];
+                    lane_sum[k] += lane_sum[k + w];
+                }
+            float amax = lane_max[0], sum = lane_sum[0];
             /* amax is finite for finite x; a NaN or infinite activation gives a NaN
-             * or infinite result, as it would in f32. */
+             * or infinite result, as it would in f32 (through xsum and dx). */
             float inv = amax > 0 && amax <= 3.4e38f ? 127.0f / amax : 0.0f;
             dt[g] = amax / 127.0f;
             st[g] = sum;
-            for (int i = 0; i < gs; i++) {
+            for (i = 0; i < gs; i++) {
                 float v = xg[i] * inv;
-                if (!(v >= -127.0f)) v = v < 0 ? -127.0f : 0.0f; /* NaN -> 0: xsum carries it */
-                if (v > 127.0f) v = 127.0f;
+                v = v >= -127.0f ? v : v < 0 ? -127.0f : 0.0f; /* NaN -> 0: xsum carries it */
+                v = v <= 127.0f ? v : 127.0f;
                 /* Round to nearest, ties to even, by adding and removing 1.5 * 2^23
                  * (exact for |v| < 2^22; inline, where lrintf is a libm call). */
-                qt[act8_position(g * gs + i, q4_block)] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f);
+                qg[i] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f);
             }
         }
+        memset(qt + cols, 0, q_stride - (size_t)cols);
         for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
+        if (!q4_block) continue;
+        /* Each block of q4_block values becomes its even-indexed values, then its
+         * odd ones (a partial last block: both halves zero-padded). */
+        int8_t tmp[LM_ACT8_MAX_BLOCK];
+        for (int base = 0; base < cols; base += q4_block) {
+            int m = cols - base < q4_block ? cols - base : q4_block, half = q4_block / 2;
+            memcpy(tmp, qt + base, (size_t)m);
+            memset(qt + base, 0, (size_t)q4_block);
+            for (int j = 0; j < m; j++) qt[base + (j & 1) * half + j / 2] = tmp[j];
+        }
     }
 }
 
@@ -245,19 +265,43 @@ static int act8_reserve(cpu_impl *impl, size_t bytes) {
     return 0;
 }
 
-/* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes). */
-static void act8_prepare(const lm_mat *W, const float *x, int n, int block, char *buf, lm_act8 *a) {
+typedef struct {
+    const lm_mat *W;
+    const float *x;
+    int n, block, per_task;
+    lm_act8 *a;
+} quantize_job;
+
+static void quantize_task(void *ctx, int task) {
+    const quantize_job *j = ctx;
+    int t0 = task * j->per_task, tn = j->n - t0 < j->per_task ? j->n - t0 : j->per_task;
+    lm_act8 *a = j->a;
+    lm_act8_quantize(j->x + (size_t)t0 * (size_t)j->W->cols, tn, j->W->cols, j->W->group_size, j->block,
+                     (int8_t *)a->q + (size_t)t0 * a->q_stride, a->q_stride,
+                     (float *)a->dx + (size_t)t0 * (size_t)a->ng_stride,
+                     (float *)a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride);
+}
+
+/* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes),
+ * spread over the pool by tokens when there are enough. */
+static void act8_prepare(lm_pool *pool, const lm_mat *W, const float *x, int n, int block, char *buf, lm_act8 *a) {
     size_t qs = act8_q_stride(W, block);
     int ngs = act8_ng_stride(W);
     size_t fb = round64((size_t)ngs * sizeof(float));
-    int8_t *q = (int8_t *)buf;
-    float *dx = (float *)(buf + (size_t)n * qs), *xs = (float *)(buf + (size_t)n * (qs + fb));
-    lm_act8_quantize(x, n, W->cols, W->group_size, block, q, qs, dx, xs, ngs);
-    a->q = q;
+    a->q = (int8_t *)buf;
     a->q_stride = qs;
+    void *dx = buf + (size_t)n * qs, *xsum = buf + (size_t)n * (qs + fb); /* 64-byte aligned */
     a->dx = dx;
-    a->xsum = xs;
+    a->xsum = xsum;
     a->ng_stride = ngs;
+    int tasks = n < 2 * lm_pool_size(pool) ? n : 2 * lm_pool_size(pool);
+    quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a};
+    if (tasks <= 1 || (size_t)n * (size_t)W->cols < 8192) {
+        quantize_task(&j, 0);
+        return;
+    }
+    j.per_task = (n + tasks - 1) / tasks;
+    lm_pool_run(pool, (n + j.per_task - 1) / j.per_task, quantize_task, &j);
 }
 
 /* ---- matmul --------------------------------------------------------------------- */
@@ -355,7 +399,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
         lm_act8 a;
         for (int t0 = 0; t0 < n; t0 += piece) {
             int tn = n - t0 < piece ? n - t0 : piece;
-            act8_prepare(W, x + (size_t)t0 * (size_t)W->cols, tn, block, impl->a8buf, &a);
+            act8_prepare(impl->pool, W, x + (size_t)t0 * (size_t)W->cols, tn, block, impl->a8buf, &a);
             j.a8 = &a;
             j.n = tn;
             j.y = y + (size_t)t0 * (size_t)W->rows;
@@ -460,7 +504,9 @@ static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int cou
             local[i].x = items[i].x + (size_t)t0 * (size_t)W->cols;
             local[i].y = items[i].y + (size_t)t0 * (size_t)W->rows;
             j.a8[i] = NULL;
-            if (share[i] == -1) act8_prepare(W, local[i].x, tn, q4_block(impl->k, W), impl->a8buf + off[i] * (size_t)tn, &a[i]);
+            if (share[i] == -1)
+                act8_prepare(impl->pool, W, local[i].x, tn, q4_block(impl->k, W), impl->a8buf + off[i] * (size_t)tn,
+                             &a[i]);
             if (share[i] >= 0) a[i] = a[share[i]];
             if (share[i] != -2) j.a8[i] = &a[i];
         }

@@ -37,6 +37,7 @@ typedef struct {
     int ng_stride;
 } lm_act8;
 #define LM_ACT8_PAD 16
+#define LM_ACT8_MAX_BLOCK 256 /* largest q4_block */
 
 /* Quantizes tokens x[n][cols] for group size gs into a (q: n * q_stride bytes,
  * dx and xsum: n * ng_stride floats). The padding past cols (up to q_stride) and
