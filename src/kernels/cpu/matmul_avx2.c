@@ -300,7 +300,7 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
         /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                  \
          * (the second group of a half step and the biases' last 8 read past it). */                       \
         float sf[TILE_R][GROUP_BLOCK + LANES], bf[TILE_R][GROUP_BLOCK + LANES];                                   \
-        uint8_t pad[A8_STEP_BYTES] = {0};                                                                      \
+        uint8_t pad[TILE_R][A8_STEP_BYTES] = {{0}}; /* a half step's bytes, then zeros */                       \
         for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {                                                         \
             const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;                                      \
             UNROLL                                                                                             \
@@ -313,22 +313,21 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
             }                                                                                                  \
             for (int g = 0; g < gn; g += unit) {                                                               \
                 const size_t c = (size_t)(g0 + g) * (size_t)gs; /* first column */                              \
-                /* A split step with one group left (the row's end): its 16 bytes, zero-padded. */             \
-                const int half = g + unit > gn;                                                                \
+                const uint8_t *wp[TILE_R];                                                                     \
+                UNROLL                                                                                         \
+                for (int i = 0; i < R; i++) wp[i] = rowp[i] + c * (size_t)bits / 8;                           \
+                if (g + unit > gn) /* a split step with one group left (the row's end): 16 bytes */            \
+                    for (int i = 0; i < R; i++) wp[i] = (const uint8_t *)memcpy(pad[i], wp[i], A8_STEP_BYTES / 2); \
                 __m256i d[TILE_R][TILE_T];                                                                     \
                 UNROLL                                                                                         \
                 for (int i = 0; i < R; i++)                                                                    \
                     UNROLL                                                                                     \
                     for (int t = 0; t < T; t++) d[i][t] = _mm256_setzero_si256();                              \
                 for (int s = 0; s < steps; s++) {                                                              \
-                    const size_t wo = c * (size_t)bits / 8 + (size_t)s * A8_STEP_BYTES;                        \
                     const int8_t *xs = a->q + c + (size_t)s * (bits == 4 ? A8_Q4_BLOCK : A8_STEP_BYTES);         \
                     UNROLL                                                                                     \
-                    for (int i = 0; i < R; i++) {                                                              \
-                        const uint8_t *wp = rowp[i] + wo;                                                      \
-                        if (half) wp = (const uint8_t *)memcpy(pad, wp, A8_STEP_BYTES / 2);                    \
-                        step_dots_##way(d[i], wp, xs, a->q_stride, T, bits);                                         \
-                    }                                                                                          \
+                    for (int i = 0; i < R; i++)                                                                \
+                        step_dots_##way(d[i], wp[i] + (size_t)s * A8_STEP_BYTES, xs, a->q_stride, T, bits);    \
                 }                                                                                              \
                 __m256 dxv[TILE_T];                                                                            \
                 UNROLL                                                                                         \
@@ -365,20 +364,23 @@ A8_TILE(vnni)
 A8_TILE(plain)
 
 typedef void (*a8_tile_fn)(const lm_mat *W, int r, const lm_act8 *a, float *y);
-#define A8_SHAPES(way, bits)                                                                       \
-    A8_TARGET_##way static void a8_##way##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
-        a8_tile_##way(W, r, a, y, TILE_R, TILE_T, bits);                                                   \
+/* Tile shapes that keep every accumulator in the 16 ymm registers: 2 rows x 2
+ * tokens (4 integer + 4 float accumulators and the operands) for token pairs,
+ * 4 rows x 1 token for a single token (decode), and one row for the last rows. */
+#define A8_SHAPES(way, bits)                                                                               \
+    A8_TARGET_##way static void a8_##way##bits##_22(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
+        a8_tile_##way(W, r, a, y, 2, 2, bits);                                                             \
     }                                                                                                      \
-    A8_TARGET_##way static void a8_##way##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
-        a8_tile_##way(W, r, a, y, TILE_R, 1, bits);                                                        \
+    A8_TARGET_##way static void a8_##way##bits##_41(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
+        a8_tile_##way(W, r, a, y, 4, 1, bits);                                                             \
     }                                                                                                      \
-    A8_TARGET_##way static void a8_##way##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
-        a8_tile_##way(W, r, a, y, 1, TILE_T, bits);                                                        \
+    A8_TARGET_##way static void a8_##way##bits##_12(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
+        a8_tile_##way(W, r, a, y, 1, 2, bits);                                                             \
     }                                                                                                      \
-    A8_TARGET_##way static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {          \
+    A8_TARGET_##way static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
         a8_tile_##way(W, r, a, y, 1, 1, bits);                                                             \
     }                                                                                                      \
-    static const a8_tile_fn a8_##way##bits[4] = {a8_##way##bits##_RT, a8_##way##bits##_R1, a8_##way##bits##_1T, \
+    static const a8_tile_fn a8_##way##bits[4] = {a8_##way##bits##_22, a8_##way##bits##_41, a8_##way##bits##_12, \
                                                  a8_##way##bits##_11};
 A8_SHAPES(vnni, 4)
 A8_SHAPES(vnni, 8)
@@ -397,21 +399,28 @@ static lm_act8 a8_token(const lm_act8 *a, int t) {
 static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
     const int vnni = (lm_cpu_features() & LM_CPU_AVXVNNI) != 0;
     const a8_tile_fn *f = W->bits == 4 ? (vnni ? a8_vnni4 : a8_plain4) : (vnni ? a8_vnni8 : a8_plain8);
+    const a8_tile_fn t22 = f[0], t41 = f[1], t12 = f[2], t11 = f[3];
     const size_t rows = (size_t)W->rows;
     for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
         int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
         for (int r = r0; r < r1;) {
-            int full = r + TILE_R <= r1; /* a whole tile of rows, else one row */
+            int full = r + 4 <= r1; /* 4 rows, else one */
             int t = t0;
-            for (; t + TILE_T <= t0 + tn; t += TILE_T) {
+            for (; t + 2 <= t0 + tn; t += 2) {
                 lm_act8 at = a8_token(a, t);
-                f[full ? 0 : 2](W, r, &at, y + (size_t)t * rows + (size_t)r);
+                float *yt = y + (size_t)t * rows + (size_t)r;
+                if (full) {
+                    t22(W, r, &at, yt);
+                    t22(W, r + 2, &at, yt + 2);
+                } else {
+                    t12(W, r, &at, yt);
+                }
             }
-            for (; t < t0 + tn; t++) {
+            if (t < t0 + tn) {
                 lm_act8 at = a8_token(a, t);
-                f[full ? 1 : 3](W, r, &at, y + (size_t)t * rows + (size_t)r);
+                (full ? t41 : t11)(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
-            r += full ? TILE_R : 1;
+            r += full ? 4 : 1;
         }
     }
 }
