@@ -6,7 +6,9 @@
  * build: make && cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc bench/bench_matmul.c \
  *        build/liblazymoe.a -ljansson -lpcre2-8 -lpthread -lm -o build/bench_matmul
  * run:   build/bench_matmul [ROWS=768] [COLS=2048] [BITS=4] [GS=64] [THREADS=1]
- * LAZYMOE_KERNELS picks the table as for lazymoe itself.
+ * LAZYMOE_KERNELS picks the table as for lazymoe itself; LAZYMOE_CPU_HIDE=avxvnni
+ * (or dotprod on ARM) measures the int8 path a CPU without the dot-product
+ * instructions takes, e.g. LAZYMOE_KERNELS=avx2 LAZYMOE_CPU_HIDE=avxvnni.
  */
 #include "common/error.h"
 #include "kernels/backend.h"

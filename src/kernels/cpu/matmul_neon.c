@@ -290,9 +290,10 @@ INLINE void step_dots_plain(int32x4_t d[], const uint8_t *w, const int8_t *x, si
 }
 
 /* R rows x T tokens of an affine matrix (bits 4 or 8) with int8 activations; the
- * same body for both ways to the lanes (a macro: a function with the dotprod
- * target cannot be inlined into one without it, and compiling the plain way with
- * that target would let the compiler turn its multiplies into SDOT). */
+ * same body for both ways to the lanes. A macro: a function with the dotprod
+ * target cannot be inlined into one without it, and the plain way must not be
+ * compiled with that target, which lets the compiler emit SDOT of its own (GCC's
+ * vectorizer uses it for dot-product loops at -O3). */
 #define A8_TILE(way)                                                                        \
     A8_TARGET_##way INLINE void a8_tile_##way(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R,  \
                                               const int T, const int bits) {                                    \
