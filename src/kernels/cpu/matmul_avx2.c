@@ -215,8 +215,8 @@ TARGET static void rows_avx2(const lm_mat *W, int r0, int r1, const float *x, in
  * with groups of 32: a step holds two groups, lanes 0-3 and 4-7), and the biases'
  * bias_g * xsum_g join the same accumulators 8 groups at a time. Tiles are 2 rows x
  * 2 tokens or 4 rows x 1 token, so that all accumulators stay in the 16 ymm
- * registers; a single token (decode) streams each weight once, and prefetching
- * 256 bytes ahead in its rows took 8-bit decode from about 1.05x to 1.4x f32 here.
+ * registers; tiles that stream their rows in prefetch 256 bytes ahead, which took
+ * 8-bit decode from about 1.05x to 1.4x f32 here (a Zen 5).
  * Two ways to the same lanes, picked per call from lm_cpu_features():
  *  - AVX-VNNI (Alder Lake, Zen 5): vpdpbusd multiplies unsigned weight bytes with
  *    signed activations and adds each 4 products into a lane, one instruction;
@@ -287,7 +287,7 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
  * own (GCC's vectorizer turns dot-product loops into vpdpwssd at -O3). */
 #define A8_TILE(way)                                                                         \
     A8_TARGET_##way INLINE void a8_tile_##way(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R,  \
-                                              const int T, const int bits) {                                    \
+                                              const int T, const int bits, const int prefetch) {                \
         const int cols = W->cols, gs = W->group_size, ng = cols / gs;                                            \
         const int split = bits == 4 && gs < A8_Q4_BLOCK; /* two groups per step */                               \
         const int unit = split ? 2 : 1;                  /* groups per pass of the loop below */                 \
@@ -330,9 +330,9 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
                     for (int t = 0; t < T; t++) d[i][t] = _mm256_setzero_si256();                              \
                 for (int s = 0; s < steps; s++) {                                                              \
                     const int8_t *xs = a->q + c + (size_t)s * (bits == 4 ? A8_Q4_BLOCK : A8_STEP_BYTES);         \
-                    /* A single token streams the weights once: one prefetch per 64-byte line of each   \
-                     * row (one per step measured slower); token pairs reuse them from cache. */        \
-                    const int line_start = T == 1 && !((c * (size_t)bits / 8 + (size_t)s * A8_STEP_BYTES) & 32); \
+                    /* Tiles that stream the rows in (prefetch): one prefetch per 64-byte line of each  \
+                     * row (one per step measured slower). */                                           \
+                    const int line_start = prefetch && !((c * (size_t)bits / 8 + (size_t)s * A8_STEP_BYTES) & 32); \
                     UNROLL                                                                                     \
                     for (int i = 0; i < R; i++) {                                                              \
                         const uint8_t *ws = wp[i] + (size_t)s * A8_STEP_BYTES;                                 \
@@ -377,22 +377,28 @@ A8_TILE(plain)
 typedef void (*a8_tile_fn)(const lm_mat *W, int r, const lm_act8 *a, float *y);
 /* Tile shapes that keep every accumulator in the 16 ymm registers: 2 rows x 2
  * tokens (4 integer + 4 float accumulators and the operands) for token pairs,
- * 4 rows x 1 token for a single token (decode), and one row for the last rows. */
+ * 4 rows x 1 token for a single token (decode), and one row for the last rows.
+ * Tiles that meet their rows first prefetch them: a single token's, and the first
+ * token pair's of a block of rows (the other pairs find the rows in L1; prefetching
+ * there too measured ~10% slower at 64 tokens). */
 #define A8_SHAPES(way, bits)                                                                               \
     A8_TARGET_##way static void a8_##way##bits##_22(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
-        a8_tile_##way(W, r, a, y, 2, 2, bits);                                                             \
+        a8_tile_##way(W, r, a, y, 2, 2, bits, 0);                                                          \
     }                                                                                                      \
-    A8_TARGET_##way static void a8_##way##bits##_41(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
-        a8_tile_##way(W, r, a, y, 4, 1, bits);                                                             \
+    A8_TARGET_##way static void a8_##way##bits##_22p(const lm_mat *W, int r, const lm_act8 *a, float *y) { \
+        a8_tile_##way(W, r, a, y, 2, 2, bits, 1);                                                          \
+    }                                                                                                      \
+    A8_TARGET_##way static void a8_##way##bits##_41p(const lm_mat *W, int r, const lm_act8 *a, float *y) { \
+        a8_tile_##way(W, r, a, y, 4, 1, bits, 1);                                                          \
     }                                                                                                      \
     A8_TARGET_##way static void a8_##way##bits##_12(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
-        a8_tile_##way(W, r, a, y, 1, 2, bits);                                                             \
+        a8_tile_##way(W, r, a, y, 1, 2, bits, 0);                                                          \
     }                                                                                                      \
-    A8_TARGET_##way static void a8_##way##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {  \
-        a8_tile_##way(W, r, a, y, 1, 1, bits);                                                             \
+    A8_TARGET_##way static void a8_##way##bits##_11p(const lm_mat *W, int r, const lm_act8 *a, float *y) { \
+        a8_tile_##way(W, r, a, y, 1, 1, bits, 1);                                                          \
     }                                                                                                      \
-    static const a8_tile_fn a8_##way##bits[4] = {a8_##way##bits##_22, a8_##way##bits##_41, a8_##way##bits##_12, \
-                                                 a8_##way##bits##_11};
+    static const a8_tile_fn a8_##way##bits[5] = {a8_##way##bits##_22, a8_##way##bits##_22p,               \
+                                                 a8_##way##bits##_41p, a8_##way##bits##_12, a8_##way##bits##_11p};
 A8_SHAPES(vnni, 4)
 A8_SHAPES(vnni, 8)
 A8_SHAPES(plain, 4)
@@ -410,7 +416,7 @@ static lm_act8 a8_token(const lm_act8 *a, int t) {
 static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
     const int vnni = (lm_cpu_features() & LM_CPU_AVXVNNI) != 0;
     const a8_tile_fn *f = W->bits == 4 ? (vnni ? a8_vnni4 : a8_plain4) : (vnni ? a8_vnni8 : a8_plain8);
-    const a8_tile_fn t22 = f[0], t41 = f[1], t12 = f[2], t11 = f[3];
+    const a8_tile_fn t22 = f[0], t22p = f[1], t41p = f[2], t12 = f[3], t11p = f[4];
     const size_t rows = (size_t)W->rows;
     for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
         int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
@@ -421,15 +427,15 @@ static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
                 lm_act8 at = a8_token(a, t);
                 float *yt = y + (size_t)t * rows + (size_t)r;
                 if (full) {
-                    t22(W, r, &at, yt);
-                    t22(W, r + 2, &at, yt + 2);
+                    (t == t0 ? t22p : t22)(W, r, &at, yt);
+                    (t == t0 ? t22p : t22)(W, r + 2, &at, yt + 2);
                 } else {
                     t12(W, r, &at, yt);
                 }
             }
             if (t < t0 + tn) {
                 lm_act8 at = a8_token(a, t);
-                (full ? t41 : t11)(W, r, &at, y + (size_t)t * rows + (size_t)r);
+                (full ? t41p : t11p)(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
             r += full ? 4 : 1;
         }
