@@ -557,42 +557,114 @@ static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
 
 /* ---- elementwise ------------------------------------------------------------------ */
 
-static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
-    (void)be;
-    for (int t = 0; t < n; t++) {
-        const float *xt = x + (size_t)t * (size_t)dim;
-        float *yt = y + (size_t)t * (size_t)dim;
+/* Elementwise work is split over the pool by tokens (or element ranges) once it is
+ * large enough to pay for the hand-over; every element is computed the same way
+ * whoever computes it. */
+#define ELEMENTWISE_MIN 16384 /* elements below which the calling thread does it alone */
+
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int n, dim, per_task;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_task(void *ctx, int task) {
+    const rmsnorm_job *j = ctx;
+    int t1 = (task + 1) * j->per_task < j->n ? (task + 1) * j->per_task : j->n;
+    for (int t = task * j->per_task; t < t1; t++) {
+        const float *xt = j->x + (size_t)t * (size_t)j->dim;
+        float *yt = j->y + (size_t)t * (size_t)j->dim;
         float ss = 0;
-        for (int i = 0; i < dim; i++) ss += xt[i] * xt[i];
-        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int i = 0; i < dim; i++) yt[i] = w[i] * (xt[i] * inv);
+        for (int i = 0; i < j->dim; i++) ss += xt[i] * xt[i];
+        float inv = 1.0f / sqrtf(ss / (float)j->dim + j->eps);
+        for (int i = 0; i < j->dim; i++) yt[i] = j->w[i] * (xt[i] * inv);
     }
 }
 
-static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                     const float *inv_freq, int half) {
-    (void)be;
-    for (int t = 0; t < n; t++) {
-        float p = (float)pos[t];
-        for (int i = 0; i < half; i++) {
-            float ang = p * inv_freq[i];
+/* Tasks for n rows of `row` elements: one per ~ELEMENTWISE_MIN elements, at most 4 per thread. */
+static int row_tasks(const cpu_impl *impl, int n, size_t row, int *per_task) {
+    size_t total = (size_t)n * row;
+    int tasks = total < ELEMENTWISE_MIN ? 1 : (int)(total / ELEMENTWISE_MIN);
+    int most = 4 * lm_pool_size(impl->pool);
+    if (tasks > most) tasks = most;
+    if (tasks > n) tasks = n;
+    if (tasks < 1) tasks = 1;
+    *per_task = (n + tasks - 1) / tasks;
+    return (n + *per_task - 1) / *per_task;
+}
+
+static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    cpu_impl *impl = be->impl;
+    rmsnorm_job j = {.y = y, .x = x, .w = w, .n = n, .dim = dim, .eps = eps};
+    int tasks = row_tasks(impl, n, (size_t)dim, &j.per_task);
+    if (tasks <= 1) rmsnorm_task(&j, 0);
+    else lm_pool_run(impl->pool, tasks, rmsnorm_task, &j);
+}
+
+typedef struct {
+    float *x;
+    int n, n_heads, head_dim, half, per_task;
+    const int32_t *pos;
+    const float *inv_freq;
+} rope_job;
+
+static void rope_task(void *ctx, int task) {
+    const rope_job *j = ctx;
+    int t1 = (task + 1) * j->per_task < j->n ? (task + 1) * j->per_task : j->n;
+    for (int t = task * j->per_task; t < t1; t++) {
+        float p = (float)j->pos[t];
+        for (int i = 0; i < j->half; i++) {
+            float ang = p * j->inv_freq[i];
             float c = cosf(ang), s = sinf(ang);
-            for (int h = 0; h < n_heads; h++) {
-                float *xh = x + ((size_t)t * (size_t)n_heads + (size_t)h) * (size_t)head_dim;
-                float x1 = xh[i], x2 = xh[i + half];
+            for (int h = 0; h < j->n_heads; h++) {
+                float *xh = j->x + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->head_dim;
+                float x1 = xh[i], x2 = xh[i + j->half];
                 xh[i] = x1 * c - x2 * s;
-                xh[i + half] = x2 * c + x1 * s;
+                xh[i + j->half] = x2 * c + x1 * s;
             }
         }
     }
 }
 
-static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
-    (void)be;
-    for (size_t i = 0; i < n; i++) {
-        float a = g[i];
-        g[i] = a / (1.0f + expf(-a)) * u[i];
+static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                     const float *inv_freq, int half) {
+    cpu_impl *impl = be->impl;
+    rope_job j = {.x = x, .n = n, .n_heads = n_heads, .head_dim = head_dim, .half = half, .pos = pos,
+                  .inv_freq = inv_freq};
+    /* cosf/sinf per (token, frequency) cost like many elements each */
+    int tasks = row_tasks(impl, n, (size_t)n_heads * (size_t)head_dim * 4, &j.per_task);
+    if (tasks <= 1) rope_task(&j, 0);
+    else lm_pool_run(impl->pool, tasks, rope_task, &j);
+}
+
+typedef struct {
+    float *g;
+    const float *u;
+    size_t n, per_task;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int task) {
+    const swiglu_job *j = ctx;
+    size_t i1 = ((size_t)task + 1) * j->per_task < j->n ? ((size_t)task + 1) * j->per_task : j->n;
+    for (size_t i = (size_t)task * j->per_task; i < i1; i++) {
+        float a = j->g[i];
+        j->g[i] = a / (1.0f + expf(-a)) * j->u[i];
     }
+}
+
+static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
+    cpu_impl *impl = be->impl;
+    swiglu_job j = {.g = g, .u = u, .n = n, .per_task = n};
+    /* expf costs like several elements of a norm: split from a quarter of the usual size */
+    size_t tasks = n / (ELEMENTWISE_MIN / 4), most = 4 * (size_t)lm_pool_size(impl->pool);
+    if (tasks > most) tasks = most;
+    if (tasks <= 1) {
+        swiglu_task(&j, 0);
+        return;
+    }
+    j.per_task = (n + tasks - 1) / tasks;
+    lm_pool_run(impl->pool, (int)((n + j.per_task - 1) / j.per_task), swiglu_task, &j);
 }
 
 /* ---- KV cache ----------------------------------------------------------------------- */
