@@ -285,8 +285,8 @@ static void attention_tiled(const char *kernels) {
 static void attention_scalar(void) { attention_tiled("scalar"); }
 static void attention_auto(void) { attention_tiled(NULL); }
 
-/* matmul_many: each product bit-identical to matmul of it alone (mixed types). */
-static void matmul_many_equals_single(void) {
+/* matmul_batch: each product bit-identical to matmul of it alone (mixed types). */
+static void matmul_batch_equals_single(void) {
     char err[LM_ERR_LEN];
     const char *names[] = {"scalar", "avx512", "avx2", "neon"};
     for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
@@ -304,9 +304,9 @@ static void matmul_many_equals_single(void) {
             ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
             y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
             for (int k = 0; k < n * t[i].m.cols; k++) x[i][k] = (float)urand();
-            items[i] = (lm_matmul_item){ym[i], &t[i].m, x[i]};
+            items[i] = (lm_matmul_item){ym[i], &t[i].m, x[i], n};
         }
-        be->ops->matmul_many(be, items, 3, n);
+        be->ops->matmul_batch(be, items, 3);
         for (int i = 0; i < 3; i++) {
             be->ops->matmul(be, y1[i], &t[i].m, x[i], n);
             CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows), "%s: item %d differs",
@@ -477,7 +477,7 @@ static void act8_matches_definition(void) {
 }
 
 /* int8 activations keep the batching and thread-count invariance (lazy == resident),
- * and matmul_many (two items sharing an input, one float item) equals single calls. */
+ * and matmul_batch (two items sharing an input, one float item) equals single calls. */
 static void act8_bit_identical_one(const char *name, const char *way) {
     char err[LM_ERR_LEN];
     lm_backend *one, *three;
@@ -520,13 +520,13 @@ static void act8_bit_identical_one(const char *name, const char *way) {
     for (int i = 0; i < 3; i++) {
         ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
         y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
-        items[i] = (lm_matmul_item){ym[i], &t[i].m, i == 2 ? x2 : x0};
+        items[i] = (lm_matmul_item){ym[i], &t[i].m, i == 2 ? x2 : x0, n};
     }
-    three->ops->matmul_many(three, items, 3, n);
+    three->ops->matmul_batch(three, items, 3);
     for (int i = 0; i < 3; i++) {
         three->ops->matmul(three, y1[i], &t[i].m, items[i].x, n);
         CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows),
-               "%s%s act8 many: item %d differs", name, way, i);
+               "%s%s act8 batch: item %d differs", name, way, i);
         free(ym[i]), free(y1[i]);
         free_mat(&t[i]);
     }
@@ -601,6 +601,46 @@ static void act8_settings(void) {
     lm_backend_free(be);
 }
 
+/* A batch like a layer's experts: 40 items of 4- and 8-bit matrices with 0 to 9
+ * tokens each (empty items among them), pairs sharing an input, f32 and int8
+ * activations: every product equals matmul of it alone. */
+static void matmul_batch_many_items(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    enum { N = 40 };
+    test_mat t[N];
+    float *x[N], *yb[N], *y1[N];
+    lm_matmul_item items[N];
+    for (int i = 0; i < N; i++) {
+        make_mat(&t[i], 12 + 4 * (i % 5), 128, LM_DT_BF16, i % 3 ? 4 : 8, i % 2 ? 64 : 32);
+        int n = (i * 7) % 10;
+        x[i] = malloc(sizeof(float) * 10 * 128);
+        yb[i] = malloc(sizeof(float) * 10 * (size_t)t[i].m.rows);
+        y1[i] = malloc(sizeof(float) * 10 * (size_t)t[i].m.rows);
+        for (int k = 0; k < 10 * 128; k++) x[i][k] = (float)urand();
+        /* odd items share the previous item's input when the token counts agree */
+        const float *xi = (i % 2 && (((i - 1) * 7) % 10) == n) ? x[i - 1] : x[i];
+        items[i] = (lm_matmul_item){yb[i], &t[i].m, xi, n};
+    }
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++)
+        for (int act = 32; act >= 8; act -= 24) {
+            lm_backend *be;
+            if (lm_backend_cpu_create_with(&be, 3, names[ti], err) != 0) continue;
+            CHECK(lm_backend_cpu_set_act_bits(be, act, 128, err) == 0);
+            be->ops->matmul_batch(be, items, N);
+            for (int i = 0; i < N; i++) {
+                be->ops->matmul(be, y1[i], &t[i].m, items[i].x, items[i].n);
+                CHECKF(!memcmp(yb[i], y1[i], sizeof(float) * (size_t)items[i].n * (size_t)t[i].m.rows),
+                       "%s act %d: item %d (%d tokens) differs", names[ti], act, i, items[i].n);
+            }
+            lm_backend_free(be);
+        }
+    for (int i = 0; i < N; i++) {
+        free(x[i]), free(yb[i]), free(y1[i]);
+        free_mat(&t[i]);
+    }
+}
+
 /* The pool runs every task of every job exactly once, back to back, with more
  * threads than cores (workers are descheduled mid-job and wake up late). */
 typedef struct {
@@ -660,7 +700,8 @@ int main(void) {
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
     TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
-    TEST_CASE("kernels_matmul_many_equals_single", matmul_many_equals_single);
+    TEST_CASE("kernels_matmul_batch_equals_single", matmul_batch_equals_single);
+    TEST_CASE("kernels_matmul_batch_many_items", matmul_batch_many_items);
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);
     TEST_CASE("kernels_selection", kernel_selection);
     TEST_CASE("kernels_act8_quantize_layout", act8_quantize_layout);

@@ -44,7 +44,8 @@ static uint64_t scratch_bytes(const lm_config *c, int T) {
     uint64_t t = (uint64_t)T;
     uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
     uint64_t extra = (c->attn_output_gate ? 2 * nq : 0) + (c->shared_expert_intermediate_size ? H : 0);
-    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E;
+    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E +
+           E * (3 * 4 + sizeof(lm_expert) + 2 * sizeof(lm_matmul_item)) + 4;
 }
 
 /* The widest matrix input of the model (columns). */
@@ -331,6 +332,7 @@ static void scratch_free(lm_scratch *S) {
     void *bufs[] = {S->x,    S->h,    S->q,      S->att,  S->knew, S->vnew,       S->proj, S->qgate, S->shared,
                     S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
                     S->tok_of, S->pos, S->need, S->need_status, S->expert_used,
+                    S->expert_off, S->expert_cur, S->expert_ids, S->expert_views, S->expert_items,
                     S->la_h, S->la_logits, S->la_ids, S->la_mark};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
     memset(S, 0, sizeof *S);
@@ -353,6 +355,9 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
         {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
         {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
         {(void **)&S->expert_used, E},
+        {(void **)&S->expert_off, (E + 1) * 4}, {(void **)&S->expert_cur, E * 4},
+        {(void **)&S->expert_ids, E * 4},       {(void **)&S->expert_views, E * sizeof(lm_expert)},
+        {(void **)&S->expert_items, 2 * E * sizeof(lm_matmul_item)},
         {(void **)&S->la_h, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * H * 4},
         {(void **)&S->la_logits, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * E * 4},
         {(void **)&S->la_ids, E * 4},     {(void **)&S->la_mark, E},

@@ -45,6 +45,7 @@ typedef struct {
     float *y;
     const lm_mat *W;
     const float *x;
+    int n; /* tokens */
 } lm_matmul_item;
 
 /* One layer's K or V cache: [positions][n_kv][head_dim] values in `dtype`:
@@ -60,10 +61,10 @@ typedef struct {
     const char *name;
     /* y[n][W.rows] = x[n][W.cols] . W^T */
     void (*matmul)(lm_backend *be, float *y, const lm_mat *W, const float *x, int n);
-    /* Several independent matmuls over n tokens each, as one piece of parallel
-     * work (fewer hand-overs to the threads than one call each); every result is
-     * bit-identical to what matmul gives for it alone. */
-    void (*matmul_many)(lm_backend *be, const lm_matmul_item *items, int count, int n);
+    /* Several independent matmuls (each with its own token count) as one piece of
+     * parallel work: fewer hand-overs to the threads than one call each. Every
+     * result is bit-identical to what matmul gives for it alone. */
+    void (*matmul_batch)(lm_backend *be, const lm_matmul_item *items, int count);
     /* y[n][dim] = x / sqrt(mean(x^2) + eps) * w ; y may alias x */
     void (*rmsnorm)(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half

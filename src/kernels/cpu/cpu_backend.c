@@ -28,6 +28,8 @@ typedef struct {
     int act_bits;   /* 32, or 8: int8 activations for affine matmuls */
     char *a8buf;    /* quantized activations of the current call (64-byte aligned) */
     size_t a8cap;
+    void *batch_mem; /* per-call arrays of matmul_batch */
+    size_t batch_cap;
 } cpu_impl;
 
 uint64_t lm_mat_bytes(const lm_mat *m) {
@@ -432,127 +434,237 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
     lm_pool_run(impl->pool, tasks, matmul_task, &j);
 }
 
-#define MANY_MAX 8
+/* ---- batches of independent matmuls -------------------------------------------------
+ *
+ * One pool run for many products (an attention's q/k/v, a group of experts' gate and
+ * up products, their down products): tasks are row ranges of the items, sized by each
+ * item's share of the work, so one hand-over to the threads replaces one per item.
+ * Every product is computed exactly as matmul computes it alone. */
 
 typedef struct {
     const lm_cpu_kernels *k;
     const lm_matmul_item *items;
-    const lm_act8 *a8[MANY_MAX]; /* per item: int8 activations, NULL = f32 */
-    int count, n;
-    int first_task[MANY_MAX + 1]; /* tasks of item i: [first_task[i], first_task[i+1]) */
-    int rpt[MANY_MAX];
-} many_job;
+    const lm_act8 *const *a8; /* per item: int8 activations, NULL = f32 */
+    const int *first_task;    /* [count + 1]: tasks of item i are [first_task[i], first_task[i+1]) */
+    const int *rpt;           /* rows per task of each item */
+    int count;
+} batch_job;
 
-static void many_task(void *ctx, int task) {
-    const many_job *j = ctx;
-    int i = 0;
-    while (task >= j->first_task[i + 1]) i++;
-    const lm_matmul_item *it = &j->items[i];
-    int r0 = (task - j->first_task[i]) * j->rpt[i];
-    int r1 = r0 + j->rpt[i] < it->W->rows ? r0 + j->rpt[i] : it->W->rows;
-    if (j->a8[i]) j->k->rows_act8(it->W, r0, r1, j->a8[i], j->n, it->y);
-    else j->k->rows(it->W, r0, r1, it->x, j->n, it->y);
+static void batch_task(void *ctx, int task) {
+    const batch_job *j = ctx;
+    int lo = 0, hi = j->count - 1; /* the last item whose first task is <= task (skips empty ones) */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (j->first_task[mid] <= task) lo = mid;
+        else hi = mid - 1;
+    }
+    const lm_matmul_item *it = &j->items[lo];
+    int r0 = (task - j->first_task[lo]) * j->rpt[lo];
+    int r1 = r0 + j->rpt[lo] < it->W->rows ? r0 + j->rpt[lo] : it->W->rows;
+    if (j->a8[lo]) j->k->rows_act8(it->W, r0, r1, j->a8[lo], it->n, it->y);
+    else j->k->rows(it->W, r0, r1, it->x, it->n, it->y);
 }
 
-static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int count, int n) {
+/* Per-call arrays of a batch, kept in the backend (grown, never shrunk). */
+typedef struct {
+    int *first_task, *rpt, *share;
+    size_t *off;
+    const lm_act8 **a8p;
+    lm_act8 *a8;
+} batch_arrays;
+
+static int batch_reserve(cpu_impl *impl, int count, batch_arrays *b) {
+    size_t n = (size_t)count + 1;
+    size_t need = n * (3 * sizeof(int) + sizeof(size_t) + sizeof(lm_act8 *) + sizeof(lm_act8));
+    if (need > impl->batch_cap) {
+        void *p = realloc(impl->batch_mem, need);
+        if (!p) return -1;
+        impl->batch_mem = p;
+        impl->batch_cap = need;
+    }
+    char *m = impl->batch_mem; /* largest alignment first */
+    b->a8 = (void *)m, m += n * sizeof(lm_act8);
+    b->off = (void *)m, m += n * sizeof(size_t);
+    b->a8p = (void *)m, m += n * sizeof(lm_act8 *);
+    b->first_task = (void *)m, m += n * sizeof(int);
+    b->rpt = (void *)m, m += n * sizeof(int);
+    b->share = (void *)m;
+    return 0;
+}
+
+static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
     cpu_impl *impl = be->impl;
-    int simd = impl->k != NULL && count <= MANY_MAX;
+    int simd = impl->k != NULL;
     for (int i = 0; i < count && simd; i++) simd = table_for(impl, items[i].W, uses_act8(impl, items[i].W)) != NULL;
-    if (!simd) { /* the scalar path's per-call input sums: one call each */
-        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, n);
+    batch_arrays b;
+    if (!simd || batch_reserve(impl, count, &b) != 0) { /* the same results, one call each */
+        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n);
         return;
     }
-    many_job j = {.k = impl->k, .items = items, .count = count, .n = n};
-    int threads = lm_pool_size(impl->pool);
-    for (int i = 0; i < count; i++) {
-        j.rpt[i] = rows_per_task(items[i].W->rows, threads);
-        j.first_task[i + 1] = j.first_task[i] + (items[i].W->rows + j.rpt[i] - 1) / j.rpt[i];
-    }
-    /* Int8 items: one quantization per distinct input and layout (gate and up
-     * share theirs), laid out one after another in the buffer. */
-    int share[MANY_MAX];
-    size_t off[MANY_MAX], per = 0;
+    /* Int8 items: one quantization per distinct input (gate and up share theirs). */
+    size_t a8_bytes = 0;
     for (int i = 0; i < count; i++) {
         const lm_mat *W = items[i].W;
-        share[i] = -2; /* f32 */
-        if (!uses_act8(impl, W)) continue;
-        share[i] = -1; /* quantized here */
-        for (int p = 0; p < i && share[i] == -1; p++) {
+        b.share[i] = -2; /* f32 */
+        if (!uses_act8(impl, W) || items[i].n == 0) continue;
+        b.share[i] = -1; /* quantized for this item */
+        for (int p = 0; p < i && b.share[i] == -1; p++) {
             const lm_mat *P = items[p].W;
-            if (share[p] == -1 && items[p].x == items[i].x && P->cols == W->cols && P->group_size == W->group_size &&
-                q4_block(impl->k, P) == q4_block(impl->k, W))
-                share[i] = p;
+            if (b.share[p] == -1 && items[p].x == items[i].x && items[p].n == items[i].n && P->cols == W->cols &&
+                P->group_size == W->group_size && q4_block(impl->k, P) == q4_block(impl->k, W))
+                b.share[i] = p;
         }
-        if (share[i] == -1) {
-            off[i] = per;
-            per += act8_token_bytes(W, q4_block(impl->k, W));
+        if (b.share[i] == -1) {
+            b.off[i] = a8_bytes;
+            a8_bytes += act8_token_bytes(W, q4_block(impl->k, W)) * (size_t)items[i].n;
         }
     }
-    if (per == 0) {
-        lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
+    if (a8_bytes && act8_reserve(impl, a8_bytes) != 0) { /* pieces of tokens, per item */
+        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n);
         return;
     }
-    int piece = act8_piece(impl, per, n);
-    lm_matmul_item local[MANY_MAX];
-    lm_act8 a[MANY_MAX];
-    j.items = local;
-    for (int t0 = 0; t0 < n; t0 += piece) {
-        int tn = n - t0 < piece ? n - t0 : piece;
-        for (int i = 0; i < count; i++) {
-            const lm_mat *W = items[i].W;
-            local[i] = items[i];
-            local[i].x = items[i].x + (size_t)t0 * (size_t)W->cols;
-            local[i].y = items[i].y + (size_t)t0 * (size_t)W->rows;
-            j.a8[i] = NULL;
-            if (share[i] == -1)
-                act8_prepare(impl->pool, W, local[i].x, tn, q4_block(impl->k, W), impl->a8buf + off[i] * (size_t)tn,
-                             &a[i]);
-            if (share[i] >= 0) a[i] = a[share[i]];
-            if (share[i] != -2) j.a8[i] = &a[i];
-        }
-        j.n = tn;
-        lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
+    for (int i = 0; i < count; i++) {
+        b.a8p[i] = NULL;
+        if (b.share[i] == -1)
+            act8_prepare(impl->pool, items[i].W, items[i].x, items[i].n, q4_block(impl->k, items[i].W),
+                         impl->a8buf + b.off[i], &b.a8[i]);
+        if (b.share[i] >= 0) b.a8[i] = b.a8[b.share[i]];
+        if (b.share[i] != -2) b.a8p[i] = &b.a8[i];
     }
+    /* Tasks: about 8 per thread over the whole batch, each item's count in
+     * proportion to its work, in whole 4-row tiles. */
+    double total = 0;
+    for (int i = 0; i < count; i++) total += (double)items[i].W->rows * items[i].W->cols * items[i].n;
+    double per_task = total / (8.0 * lm_pool_size(impl->pool)) + 1;
+    b.first_task[0] = 0;
+    for (int i = 0; i < count; i++) {
+        const lm_mat *W = items[i].W;
+        int tasks = 0;
+        b.rpt[i] = 4;
+        if (items[i].n > 0 && W->rows > 0) {
+            double want = (double)W->rows * W->cols * items[i].n / per_task;
+            int most = (W->rows + 3) / 4;
+            tasks = want < 1 ? 1 : want > most ? most : (int)want;
+            b.rpt[i] = ((W->rows + tasks - 1) / tasks + 3) / 4 * 4;
+            tasks = (W->rows + b.rpt[i] - 1) / b.rpt[i];
+        }
+        b.first_task[i + 1] = b.first_task[i] + tasks;
+    }
+    batch_job j = {.k = impl->k, .items = items, .a8 = b.a8p, .first_task = b.first_task, .rpt = b.rpt,
+                   .count = count};
+    if (b.first_task[count] > 0) lm_pool_run(impl->pool, b.first_task[count], batch_task, &j);
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */
 
-static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
-    (void)be;
-    for (int t = 0; t < n; t++) {
-        const float *xt = x + (size_t)t * (size_t)dim;
-        float *yt = y + (size_t)t * (size_t)dim;
+/* Elementwise work is split over the pool by tokens (or element ranges) once it is
+ * large enough to pay for the hand-over; every element is computed the same way
+ * whoever computes it. */
+#define ELEMENTWISE_MIN 16384 /* elements below which the calling thread does it alone */
+
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int n, dim, per_task;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_task(void *ctx, int task) {
+    const rmsnorm_job *j = ctx;
+    int t1 = (task + 1) * j->per_task < j->n ? (task + 1) * j->per_task : j->n;
+    for (int t = task * j->per_task; t < t1; t++) {
+        const float *xt = j->x + (size_t)t * (size_t)j->dim;
+        float *yt = j->y + (size_t)t * (size_t)j->dim;
         float ss = 0;
-        for (int i = 0; i < dim; i++) ss += xt[i] * xt[i];
-        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int i = 0; i < dim; i++) yt[i] = w[i] * (xt[i] * inv);
+        for (int i = 0; i < j->dim; i++) ss += xt[i] * xt[i];
+        float inv = 1.0f / sqrtf(ss / (float)j->dim + j->eps);
+        for (int i = 0; i < j->dim; i++) yt[i] = j->w[i] * (xt[i] * inv);
     }
 }
 
-static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                     const float *inv_freq, int half) {
-    (void)be;
-    for (int t = 0; t < n; t++) {
-        float p = (float)pos[t];
-        for (int i = 0; i < half; i++) {
-            float ang = p * inv_freq[i];
+/* Tasks for n rows of `row` elements: one per ~ELEMENTWISE_MIN elements, at most 4 per thread. */
+static int row_tasks(const cpu_impl *impl, int n, size_t row, int *per_task) {
+    size_t total = (size_t)n * row;
+    int tasks = total < ELEMENTWISE_MIN ? 1 : (int)(total / ELEMENTWISE_MIN);
+    int most = 4 * lm_pool_size(impl->pool);
+    if (tasks > most) tasks = most;
+    if (tasks > n) tasks = n;
+    if (tasks < 1) tasks = 1;
+    *per_task = (n + tasks - 1) / tasks;
+    return (n + *per_task - 1) / *per_task;
+}
+
+static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    cpu_impl *impl = be->impl;
+    rmsnorm_job j = {.y = y, .x = x, .w = w, .n = n, .dim = dim, .eps = eps};
+    int tasks = row_tasks(impl, n, (size_t)dim, &j.per_task);
+    if (tasks <= 1) rmsnorm_task(&j, 0);
+    else lm_pool_run(impl->pool, tasks, rmsnorm_task, &j);
+}
+
+typedef struct {
+    float *x;
+    int n, n_heads, head_dim, half, per_task;
+    const int32_t *pos;
+    const float *inv_freq;
+} rope_job;
+
+static void rope_task(void *ctx, int task) {
+    const rope_job *j = ctx;
+    int t1 = (task + 1) * j->per_task < j->n ? (task + 1) * j->per_task : j->n;
+    for (int t = task * j->per_task; t < t1; t++) {
+        float p = (float)j->pos[t];
+        for (int i = 0; i < j->half; i++) {
+            float ang = p * j->inv_freq[i];
             float c = cosf(ang), s = sinf(ang);
-            for (int h = 0; h < n_heads; h++) {
-                float *xh = x + ((size_t)t * (size_t)n_heads + (size_t)h) * (size_t)head_dim;
-                float x1 = xh[i], x2 = xh[i + half];
+            for (int h = 0; h < j->n_heads; h++) {
+                float *xh = j->x + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->head_dim;
+                float x1 = xh[i], x2 = xh[i + j->half];
                 xh[i] = x1 * c - x2 * s;
-                xh[i + half] = x2 * c + x1 * s;
+                xh[i + j->half] = x2 * c + x1 * s;
             }
         }
     }
 }
 
-static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
-    (void)be;
-    for (size_t i = 0; i < n; i++) {
-        float a = g[i];
-        g[i] = a / (1.0f + expf(-a)) * u[i];
+static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                     const float *inv_freq, int half) {
+    cpu_impl *impl = be->impl;
+    rope_job j = {.x = x, .n = n, .n_heads = n_heads, .head_dim = head_dim, .half = half, .pos = pos,
+                  .inv_freq = inv_freq};
+    /* cosf/sinf per (token, frequency) cost like many elements each */
+    int tasks = row_tasks(impl, n, (size_t)n_heads * (size_t)head_dim * 4, &j.per_task);
+    if (tasks <= 1) rope_task(&j, 0);
+    else lm_pool_run(impl->pool, tasks, rope_task, &j);
+}
+
+typedef struct {
+    float *g;
+    const float *u;
+    size_t n, per_task;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int task) {
+    const swiglu_job *j = ctx;
+    size_t i1 = ((size_t)task + 1) * j->per_task < j->n ? ((size_t)task + 1) * j->per_task : j->n;
+    for (size_t i = (size_t)task * j->per_task; i < i1; i++) {
+        float a = j->g[i];
+        j->g[i] = a / (1.0f + expf(-a)) * j->u[i];
     }
+}
+
+static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
+    cpu_impl *impl = be->impl;
+    swiglu_job j = {.g = g, .u = u, .n = n, .per_task = n};
+    /* expf costs like several elements of a norm: split from a quarter of the usual size */
+    size_t tasks = n / (ELEMENTWISE_MIN / 4), most = 4 * (size_t)lm_pool_size(impl->pool);
+    if (tasks > most) tasks = most;
+    if (tasks <= 1) {
+        swiglu_task(&j, 0);
+        return;
+    }
+    j.per_task = (n + tasks - 1) / tasks;
+    lm_pool_run(impl->pool, (int)((n + j.per_task - 1) / j.per_task), swiglu_task, &j);
 }
 
 /* ---- KV cache ----------------------------------------------------------------------- */
@@ -712,7 +824,7 @@ static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_k
 static const lm_backend_ops cpu_ops = {
     .name = "cpu",
     .matmul = cpu_matmul,
-    .matmul_many = cpu_matmul_many,
+    .matmul_batch = cpu_matmul_batch,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
@@ -779,13 +891,13 @@ int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *er
     cpu_impl *impl = be->impl;
     if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);
     if (bits == 8) {
-        /* One token of the widest input for every item of a matmul_many, at the
-         * smallest MLX group size (the most scales per column). */
+        /* One token of the widest input for a few distinct inputs, at the smallest
+         * MLX group size (the most scales per column): matmul always fits. */
         lm_mat widest = {.dtype = LM_DT_U32, .rows = 1, .cols = max_cols < 32 ? 32 : max_cols, .bits = 4,
                          .group_size = 32};
         size_t per = act8_token_bytes(&widest, 128) + 64;
-        if (act8_reserve(impl, (size_t)MANY_MAX * per) != 0)
-            return lm_errf(err, "out of memory for int8 activations (%zu bytes)", (size_t)MANY_MAX * per);
+        if (act8_reserve(impl, (size_t)8 * per) != 0)
+            return lm_errf(err, "out of memory for int8 activations (%zu bytes)", (size_t)8 * per);
     }
     impl->act_bits = bits;
     return 0;
@@ -802,6 +914,7 @@ void lm_backend_free(lm_backend *be) {
     lm_pool_free(impl->pool);
     free(impl->xsum);
     free(impl->a8buf);
+    free(impl->batch_mem);
     free(impl);
     free(be);
 }
