@@ -35,11 +35,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [ROWS] [COLS] [BITS 4|8] [GS] [THREADS]\n", argv[0]);
         return 2;
     }
-    /* Several copies of the matrix, cycled, so each call streams from memory as
-     * a decode step does rather than from cache. */
-    enum { COPIES = 16 };
+    /* Copies of the matrix, cycled, 256 MB in all (more than any L3 cache here), so
+     * each call streams its weights from memory as a decode step does. */
     size_t wbytes = (size_t)rows * (size_t)cols * (size_t)bits / 8, ng = (size_t)rows * (size_t)(cols / gs);
-    lm_mat W[COPIES];
+    enum { MAX_COPIES = 1024 };
+    int COPIES = (int)((256u << 20) / wbytes) + 1;
+    if (COPIES > MAX_COPIES) COPIES = MAX_COPIES;
+    if (COPIES < 2) COPIES = 2;
+    static lm_mat W[MAX_COPIES];
     for (int c = 0; c < COPIES; c++) {
         uint8_t *d = malloc(wbytes);
         uint16_t *s = malloc(ng * 2), *b = malloc(ng * 2);
