@@ -107,10 +107,11 @@ typedef struct {
     int resident;             /* 1: every expert in memory, no cache */
     int capacity;             /* expert slots per MoE layer */
     uint64_t hits, misses;    /* routed experts found cached / read from disk */
-    uint64_t bytes_read;
+    uint64_t bytes_read;      /* expert bytes read from disk */
+    uint64_t direct_bytes_read; /* of them, read with direct I/O (O_DIRECT), not the page cache */
     uint64_t prefetched;         /* router-lookahead reads queued */
     uint64_t prefetch_used;      /* of them, routed to before being evicted */
-    uint64_t prefetch_cancelled; /* dropped unstarted: the layer did not need them */      /* expert bytes read from disk */
+    uint64_t prefetch_cancelled; /* dropped unstarted: the layer did not need them */
     double read_seconds;      /* summed over the reader threads */
     double wait_seconds;      /* compute blocked waiting for reads */
     uint64_t memory_budget;   /* the budget the plan was made for */

@@ -111,14 +111,16 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     const lm_config *c = &m->w.cfg;
     const lazymoe_options *o = &m->opt;
     uint64_t budget = o->memory_budget ? o->memory_budget : (uint64_t)((double)avail * 0.85);
-    uint64_t per_capacity = 0; /* bytes of one slot in every MoE layer */
+    uint64_t per_capacity = 0, per_expert = 0; /* one cache slot / one resident expert of every MoE layer */
     for (int l = 0; l < c->n_layers; l++)
-        if (m->w.layers[l].is_moe) per_capacity += m->w.layers[l].src.slot_bytes;
-    int io = o->io_threads > 0 ? o->io_threads : 8;
+        if (m->w.layers[l].is_moe) {
+            per_capacity += lm_cache_slot_bytes(&m->w, l);
+            per_expert += m->w.layers[l].src.slot_bytes;
+        }
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
     uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
-    uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
+    uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
     if (o->expert_capacity < 0 || per_capacity == 0 || (o->expert_capacity == 0 && fixed + all_experts <= budget)) {
@@ -126,7 +128,7 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         m->planned_bytes = fixed + all_experts;
     } else if (o->expert_capacity > 0) {
         *capacity = o->expert_capacity < c->n_experts ? o->expert_capacity : c->n_experts;
-        m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity, io);
+        m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity);
     }
     if (*capacity != 0) {
         /* Fixed by the caller: an explicit budget must still hold. */
@@ -137,8 +139,7 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         }
         return 0;
     }
-    uint64_t bounce = lm_cache_bytes_for(&m->w, 0, io);
-    uint64_t need_min = fixed + bounce + per_capacity * (uint64_t)c->top_k;
+    uint64_t need_min = fixed + lm_cache_bytes_for(&m->w, c->top_k);
     if (budget < need_min) {
         fmt_gb(b1, sizeof b1, budget);
         fmt_gb(b2, sizeof b2, need_min);
@@ -148,10 +149,13 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
                        "for %d tokens, and %d experts per layer); raise --memory or lower --ctx",
                        b1, b2, b3, m->max_context, c->top_k);
     }
-    uint64_t cap = (budget - fixed - bounce) / per_capacity;
+    /* Slots are allocated per layer, rounded up to whole huge pages: step down from
+     * the linear estimate until the exact size fits. */
+    uint64_t cap = (budget - fixed) / per_capacity;
     if (cap > (uint64_t)c->n_experts) cap = (uint64_t)c->n_experts;
+    while (cap > (uint64_t)c->top_k && fixed + lm_cache_bytes_for(&m->w, (int)cap) > budget) cap--;
     *capacity = (int)cap;
-    m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity, io);
+    m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity);
     return 0;
 }
 
@@ -250,6 +254,7 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->hits = cc.hits;
     st->misses = cc.misses;
     st->bytes_read = cc.bytes_read;
+    st->direct_bytes_read = cc.direct_bytes;
     st->read_seconds = cc.read_seconds;
     st->wait_seconds = cc.wait_seconds;
     st->prefetched = cc.prefetched;

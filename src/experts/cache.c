@@ -2,10 +2,19 @@
  *
  * Reads: every expert is nparts byte ranges (9 for MLX files). Each range is one
  * queue item, so the reader threads (queue depth = their number) fetch the parts
- * of all missing experts of a layer in parallel. With direct I/O, a range is read
- * through a per-thread aligned bounce buffer covering its 4 KiB-aligned span and
- * copied into the slot; without it (tmpfs refuses O_DIRECT), pread goes straight
- * into the slot through the page cache.
+ * of all missing experts of a layer in parallel.
+ *
+ * Slot layout: direct I/O (O_DIRECT) reads whole LM_DIRECT_ALIGN blocks into aligned
+ * memory. So each part p owns a region of the slot starting at an aligned offset,
+ * region[p], long enough for the aligned span of the part in any expert: the part
+ * of expert e, at file offset o, sits at region[p] + o % LM_DIRECT_ALIGN, congruent
+ * to its file offset, and the span's blocks are read straight into the region; the
+ * bytes read before and after the part land in the region's own padding, never in
+ * another part. No bounce buffer, no copy. The one exception: a part whose file
+ * offset is not a multiple of its element size (possible in a safetensors file,
+ * never seen in a real one) would then be misaligned in memory; it is moved down
+ * to the element boundary inside its region after the read. Without direct I/O
+ * (tmpfs refuses O_DIRECT) pread fills the same positions through the page cache.
  */
 #include "experts/cache.h"
 
@@ -20,8 +29,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BOUNCE_MAX (4u << 20)
-
 typedef struct {
     int layer, slot, expert, part;
     int speculative; /* a router-lookahead read: cancelled if its layer runs without it */
@@ -30,6 +37,8 @@ typedef struct {
 typedef struct {
     const lm_expert_source *src;
     int capacity;
+    uint64_t region[LM_EXPERT_MAX_PARTS]; /* where part p's region starts in a slot */
+    uint64_t slot_bytes;                  /* a multiple of LM_DIRECT_ALIGN */
     char *slots;
     int32_t *slot_expert;   /* [capacity] expert held, -1 empty */
     uint8_t *busy;          /* [capacity] acquired by this step */
@@ -47,6 +56,7 @@ typedef struct {
     uint64_t prefetched, prefetch_used, prefetch_cancelled;
     double wait_seconds;
     _Atomic uint64_t bytes_read;
+    _Atomic uint64_t direct_bytes;
     _Atomic uint64_t read_ns;
 } layer_cache;
 
@@ -68,48 +78,73 @@ struct lm_expert_cache {
     int n_threads;
 };
 
-/* ---- reading ---------------------------------------------------------------------- */
+/* ---- slot layout ------------------------------------------------------------------ */
 
-/* Per-thread bounce buffer: the aligned span of the largest part, at most 4 MiB
- * (longer parts are read in several pieces). */
-static uint64_t bounce_bytes(const lm_weights *w) {
-    uint64_t maxlen = 0;
-    for (int l = 0; l < w->cfg.n_layers; l++)
-        for (int p = 0; p < w->layers[l].src.nparts; p++)
-            if (w->layers[l].src.part_len[p] > maxlen) maxlen = w->layers[l].src.part_len[p];
-    uint64_t b = ((maxlen + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1)) + LM_DIRECT_ALIGN;
-    return b < BOUNCE_MAX ? b : BOUNCE_MAX;
+static uint64_t align_up(uint64_t x) { return (x + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1); }
+
+/* Fills region[] and returns the slot size of a layer's experts (see the top). */
+static uint64_t slot_layout(const lm_expert_source *s, int n_experts, uint64_t region[LM_EXPERT_MAX_PARTS]) {
+    uint64_t at = 0;
+    for (int p = 0; p < s->nparts; p++) {
+        uint64_t need = 0; /* the longest aligned span of this part over all experts */
+        for (int e = 0; e < n_experts; e++) {
+            uint64_t span = align_up(s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN + s->part_len[p]);
+            if (span > need) need = span;
+        }
+        region[p] = at;
+        at += need;
+    }
+    return at;
 }
 
-/* Reads len bytes at off of a direct-I/O fd into dst through an aligned bounce buffer. */
-static int read_direct(int fd, char *bounce, uint64_t bounce_len, char *dst, uint64_t off, uint64_t len, char *err) {
+/* Offset in the part's region where part p of expert e's bytes lie once read. */
+static uint64_t part_shift(const lm_expert_source *s, int e, int p) {
+    uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
+    uint64_t elem = s->part_align[p] ? s->part_align[p] : 1;
+    return shift - shift % elem;
+}
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+/* Reads the aligned span [a, a + span) of a direct-I/O fd into dst, of which the first
+ * `need` bytes must arrive (the rest is padding that may lie past the end of the file).
+ * A short read that stops inside a block before `need` is finished through the page
+ * cache (buffered_fd). */
+static int read_direct(int dfd, int buffered_fd, char *dst, uint64_t a, uint64_t span, uint64_t need, char *err) {
     uint64_t done = 0;
-    while (done < len) {
-        uint64_t want_start = off + done;
-        uint64_t a = want_start & ~(uint64_t)(LM_DIRECT_ALIGN - 1);
-        uint64_t span = (want_start - a) + (len - done);
-        if (span > bounce_len) span = bounce_len;
-        uint64_t rd = (span + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1);
+    while (done < need) {
         ssize_t got;
         do {
-            got = pread(fd, bounce, rd, (off_t)a);
+            got = pread(dfd, dst + done, span - done, (off_t)(a + done));
         } while (got < 0 && errno == EINTR);
-        if (got < 0) return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)a, strerror(errno));
-        uint64_t useful = (uint64_t)got > want_start - a ? (uint64_t)got - (want_start - a) : 0;
-        if (useful == 0) return lm_errf(err, "file shorter than expected (end of file at offset %llu)", (unsigned long long)a);
-        uint64_t take = len - done < useful ? len - done : useful;
-        if (take > span - (want_start - a)) take = span - (want_start - a);
-        memcpy(dst + done, bounce + (want_start - a), take);
-        done += take;
+        if (got < 0) return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)(a + done), strerror(errno));
+        if (got == 0)
+            return lm_errf(err, "file shorter than expected (end of file at offset %llu)", (unsigned long long)(a + done));
+        done += (uint64_t)got;
+        if (done < need && done % LM_DIRECT_ALIGN) return lm_pread_full(buffered_fd, dst + done, need - done, a + done, err);
     }
+    return 0;
+}
+
+/* Reads part p of expert e into the slot at `slot`. Returns 0 or -1 (err set);
+ * *direct says whether O_DIRECT carried it. */
+static int read_part(const lm_expert_cache *c, const layer_cache *lc, int e, int p, char *slot, int *direct, char *err) {
+    const lm_expert_source *s = lc->src;
+    int idx = e * LM_EXPERT_MAX_PARTS + p;
+    const st_file *f = &c->w->archive->files[s->file[idx]];
+    uint64_t off = s->off[idx], len = s->part_len[p];
+    uint64_t shift = off % LM_DIRECT_ALIGN, at = part_shift(s, e, p);
+    char *region = slot + lc->region[p];
+    int dfd = c->direct_fd[s->file[idx]];
+    *direct = dfd >= 0;
+    if (dfd < 0) return lm_pread_full(f->fd, region + at, len, off, err);
+    if (read_direct(dfd, f->fd, region, off - shift, align_up(shift + len), shift + len, err) != 0) return -1;
+    if (at != shift) memmove(region + at, region + shift, len); /* misaligned in the file: see the top */
     return 0;
 }
 
 static void *reader_main(void *arg) {
     lm_expert_cache *c = arg;
-    char *bounce = NULL;
-    uint64_t blen = bounce_bytes(c->w);
-    if (posix_memalign((void **)&bounce, LM_DIRECT_ALIGN, blen) != 0) bounce = NULL;
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->stop && c->qlen == 0 && c->bglen == 0) pthread_cond_wait(&c->cv_work, &c->mu);
@@ -128,21 +163,16 @@ static void *reader_main(void *arg) {
 
         layer_cache *lc = &c->layers[it.layer];
         const lm_expert_source *s = lc->src;
-        int idx = it.expert * LM_EXPERT_MAX_PARTS + it.part;
-        const st_file *f = &c->w->archive->files[s->file[idx]];
-        char *dst = lc->slots + (size_t)it.slot * s->slot_bytes + s->part_off[it.part];
         char err[LM_ERR_LEN] = "";
         double t0 = lm_now();
-        int rc;
-        int dfd = c->direct_fd[s->file[idx]];
-        if (dfd >= 0 && bounce)
-            rc = read_direct(dfd, bounce, blen, dst, s->off[idx], s->part_len[it.part], err);
-        else
-            rc = lm_pread_full(f->fd, dst, s->part_len[it.part], s->off[idx], err);
+        int direct = 0;
+        int rc = read_part(c, lc, it.expert, it.part, lc->slots + (size_t)it.slot * lc->slot_bytes, &direct, err);
         atomic_fetch_add(&lc->read_ns, (uint64_t)((lm_now() - t0) * 1e9));
         if (rc == 0) {
             atomic_fetch_add(&lc->bytes_read, s->part_len[it.part]);
+            if (direct) atomic_fetch_add(&lc->direct_bytes, s->part_len[it.part]);
         } else if (atomic_exchange(&lc->failed[it.slot], 1) == 0) {
+            const st_file *f = &c->w->archive->files[s->file[it.expert * LM_EXPERT_MAX_PARTS + it.part]];
             lm_err_prefix(err, "%s: layer %d expert %d", f->path, it.layer, it.expert);
             memcpy(lc->errmsg[it.slot], err, LM_ERR_LEN);
         }
@@ -150,16 +180,21 @@ static void *reader_main(void *arg) {
         if (atomic_fetch_sub(&lc->pending[it.slot], 1) == 1) pthread_cond_broadcast(&c->cv_done);
     }
     pthread_mutex_unlock(&c->mu);
-    free(bounce);
     return NULL;
 }
 
 /* ---- setup ------------------------------------------------------------------------ */
 
-uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity, int io_threads) {
-    uint64_t b = (uint64_t)io_threads * bounce_bytes(w);
+uint64_t lm_cache_slot_bytes(const lm_weights *w, int l) {
+    uint64_t region[LM_EXPERT_MAX_PARTS];
+    return w->layers[l].is_moe ? slot_layout(&w->layers[l].src, w->cfg.n_experts, region) : 0;
+}
+
+uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity) {
+    uint64_t b = 0;
+    if (capacity > w->cfg.n_experts) capacity = w->cfg.n_experts;
     for (int l = 0; l < w->cfg.n_layers; l++)
-        if (w->layers[l].is_moe) b += (uint64_t)capacity * w->layers[l].src.slot_bytes;
+        if (w->layers[l].is_moe && capacity > 0) b += lm_malloc_direct_size((size_t)capacity * lm_cache_slot_bytes(w, l));
     return b;
 }
 
@@ -200,7 +235,8 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         int cap = c->opt.capacity, E = cfg->n_experts;
         lc->src = &w->layers[l].src;
         lc->capacity = cap;
-        lc->slots = lm_malloc_aligned(lc->src->slot_bytes * (size_t)cap, "expert cache slots", err);
+        lc->slot_bytes = slot_layout(lc->src, E, lc->region);
+        lc->slots = lm_malloc_direct(lc->slot_bytes * (size_t)cap, "expert cache slots", err);
         if (!lc->slots) goto fail;
         lc->slot_expert = malloc(sizeof(int32_t) * (size_t)cap);
         lc->busy = calloc((size_t)cap, 1);
@@ -422,7 +458,10 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) 
         lc->slot_expert[s] = -1;
         return -1;
     }
-    *view = lm_expert_view(lc->src, lc->slots + (size_t)s * lc->src->slot_bytes);
+    const char *part[LM_EXPERT_MAX_PARTS] = {0};
+    const char *slot = lc->slots + (size_t)s * lc->slot_bytes;
+    for (int p = 0; p < lc->src->nparts; p++) part[p] = slot + lc->region[p] + part_shift(lc->src, e, p);
+    *view = lm_expert_view_parts(lc->src, part);
     return 0;
 }
 
@@ -454,6 +493,7 @@ void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *o
         out->hits += lc->hits;
         out->misses += lc->misses;
         out->bytes_read += atomic_load(&lc->bytes_read);
+        out->direct_bytes += atomic_load(&lc->direct_bytes);
         out->read_seconds += (double)atomic_load(&lc->read_ns) * 1e-9;
         out->wait_seconds += lc->wait_seconds;
         out->prefetched += lc->prefetched;

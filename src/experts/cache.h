@@ -32,6 +32,7 @@ typedef struct {
 typedef struct {
     uint64_t hits, misses;
     uint64_t bytes_read;
+    uint64_t direct_bytes; /* of them, read with direct I/O (O_DIRECT) */
     double read_seconds; /* summed over reader threads */
     double wait_seconds; /* compute thread blocked on reads */
     uint64_t prefetched;         /* lookahead reads queued */
@@ -73,7 +74,11 @@ const float *lm_cache_uses(const lm_expert_cache *c, int l);
 /* Per-layer counters (l < 0: totals). */
 void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *out);
 int lm_cache_capacity(const lm_expert_cache *c);
-/* Bytes the cache allocates (slots and read buffers) for a capacity. */
-uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity, int io_threads);
+/* Bytes of one cache slot of layer l (0 for a dense layer): an expert plus the
+ * padding that lets direct reads land in place (cache.c). */
+uint64_t lm_cache_slot_bytes(const lm_weights *w, int l);
+/* Bytes the cache allocates for its slots at a capacity (an upper bound of what it
+ * can touch: allocator rounding included). */
+uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity);
 
 #endif
