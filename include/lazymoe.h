@@ -44,7 +44,10 @@ typedef struct {
      * when they fit: fully resident); -1 = all resident regardless of the budget;
      * N > 0 = an N-slot cache per layer, experts read on demand. */
     int expert_capacity;
-    int io_threads;           /* concurrent expert reads; 0 = 8 */
+    int io_threads;           /* concurrent expert reads (reader threads); 0 = the default (8) */
+    uint64_t io_chunk_bytes;  /* largest single expert read: longer tensors are read in several
+                               * requests at once, so a few misses still fill the queue;
+                               * 0 = the default (256 KiB) */
     lazymoe_eviction eviction;
     int buffered_io;          /* 1 = no O_DIRECT (reads go through the page cache) */
     const char *trace_routing; /* record the routing of every token to this file */
@@ -117,6 +120,7 @@ typedef struct {
     uint64_t memory_budget;   /* the budget the plan was made for */
     uint64_t planned_bytes;   /* what the plan expects the process to use */
     uint64_t peak_rss_bytes;  /* measured peak resident set size */
+    int io_threads;           /* reader threads of the expert cache (0 when resident) */
     int warm_start_experts;   /* experts queued from the popularity history at start */
 } lazymoe_expert_stats;
 

@@ -107,6 +107,7 @@ static lazymoe_model *open_model(const model_args *a) {
     "         --capacity N       experts cached per MoE layer (default: from the budget)\n"             \
     "         --resident         keep every expert in memory\n"                                        \
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
+    "         --io-chunk SIZE    longest single read; longer tensors are split (default 256K)\n"      \
     "         --eviction P       lru | lcp | lfru (default lcp)\n"                                    \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \

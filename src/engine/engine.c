@@ -202,7 +202,8 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         if (lm_weights_load_experts(&m->w, progress, NULL, e) != 0) goto fail;
     } else {
         lm_cache_options co = {.capacity = capacity,
-                               .io_threads = m->opt.io_threads > 0 ? m->opt.io_threads : 8,
+                               .io_threads = m->opt.io_threads,
+                               .chunk_bytes = m->opt.io_chunk_bytes,
                                .policy = (lm_evict_policy)m->opt.eviction,
                                .direct_io = !m->opt.buffered_io,
                                .verbose = m->opt.verbose};
@@ -249,6 +250,7 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->peak_rss_bytes = lm_peak_rss();
     st->warm_start_experts = m->warm_started;
     if (!m->cache) return;
+    st->io_threads = lm_cache_io_threads(m->cache);
     lm_cache_counters cc;
     lm_cache_get_counters(m->cache, layer, &cc);
     st->hits = cc.hits;

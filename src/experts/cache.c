@@ -1,8 +1,10 @@
 /* Expert cache and its reader threads. See cache.h for the contract.
  *
- * Reads: every expert is nparts byte ranges (9 for MLX files). Each range is one
- * queue item, so the reader threads (queue depth = their number) fetch the parts
- * of all missing experts of a layer in parallel.
+ * Reads: every expert is nparts byte ranges (9 for MLX files). Each range, or each
+ * piece of at most chunk_bytes of a longer one, is one queue item, so the reader
+ * threads (queue depth = their number) fetch the parts of all missing experts of a
+ * layer in parallel, and a step that misses only one or two experts still keeps
+ * every reader busy instead of waiting on its three big projections.
  *
  * Slot layout: direct I/O (O_DIRECT) reads whole LM_DIRECT_ALIGN blocks into aligned
  * memory. So each part p owns a region of the slot starting at an aligned offset,
@@ -31,6 +33,7 @@
 
 typedef struct {
     int layer, slot, expert, part;
+    int chunk;       /* which chunk_bytes piece of the part's aligned span */
     int speculative; /* a router-lookahead read: cancelled if its layer runs without it */
 } io_item;
 
@@ -45,7 +48,8 @@ typedef struct {
     uint8_t *blocked;       /* [capacity] busy, or a read still in flight: not evictable */
     uint8_t *speculative;   /* [capacity] filled by a lookahead read and not routed to since */
     float *uses;            /* [E] times each expert was routed to (warm-start history) */
-    atomic_int *pending;    /* [capacity] parts still to read; 0 = ready */
+    atomic_int *pending;    /* [capacity] read requests still to finish; 0 = ready */
+    int *requests;          /* [capacity] requests the slot's last read was split into */
     atomic_int *failed;     /* [capacity] a part failed */
     char (*errmsg)[LM_ERR_LEN];
     int32_t *expert_slot;   /* [E] slot or -1 */
@@ -104,6 +108,21 @@ static uint64_t part_shift(const lm_expert_source *s, int e, int p) {
     return shift - shift % elem;
 }
 
+/* Read requests for part p of expert e: its aligned span in pieces of chunk bytes, or
+ * one request for a part that is moved after the read (the move needs all of it). */
+static int part_requests(const lm_expert_source *s, int e, int p, uint64_t chunk) {
+    uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
+    if (part_shift(s, e, p) != shift) return 1;
+    uint64_t n = (align_up(shift + s->part_len[p]) + chunk - 1) / chunk;
+    return n > 0 ? (int)n : 1;
+}
+
+static int expert_requests(const lm_expert_source *s, int e, uint64_t chunk) {
+    int n = 0;
+    for (int p = 0; p < s->nparts; p++) n += part_requests(s, e, p, chunk);
+    return n;
+}
+
 /* ---- reading ---------------------------------------------------------------------- */
 
 /* Reads the aligned span [a, a + span) of a direct-I/O fd into dst, of which the first
@@ -126,21 +145,32 @@ static int read_direct(int dfd, int buffered_fd, char *dst, uint64_t a, uint64_t
     return 0;
 }
 
-/* Reads part p of expert e into the slot at `slot`. Returns 0 or -1 (err set);
- * *direct says whether O_DIRECT carried it. */
-static int read_part(const lm_expert_cache *c, const layer_cache *lc, int e, int p, char *slot, int *direct, char *err) {
+/* Performs read request `it` into the slot at `slot`. Returns 0 or -1 (err set);
+ * *bytes is the part's bytes it read, *direct whether O_DIRECT carried them. */
+static int read_request(const lm_expert_cache *c, const layer_cache *lc, const io_item *it, char *slot,
+                        uint64_t *bytes, int *direct, char *err) {
     const lm_expert_source *s = lc->src;
-    int idx = e * LM_EXPERT_MAX_PARTS + p;
+    int e = it->expert, p = it->part, idx = e * LM_EXPERT_MAX_PARTS + p;
     const st_file *f = &c->w->archive->files[s->file[idx]];
     uint64_t off = s->off[idx], len = s->part_len[p];
-    uint64_t shift = off % LM_DIRECT_ALIGN, at = part_shift(s, e, p);
+    uint64_t shift = off % LM_DIRECT_ALIGN, at = part_shift(s, e, p), base = off - shift;
     char *region = slot + lc->region[p];
     int dfd = c->direct_fd[s->file[idx]];
     *direct = dfd >= 0;
-    if (dfd < 0) return lm_pread_full(f->fd, region + at, len, off, err);
-    if (read_direct(dfd, f->fd, region, off - shift, align_up(shift + len), shift + len, err) != 0) return -1;
-    if (at != shift) memmove(region + at, region + shift, len); /* misaligned in the file: see the top */
-    return 0;
+    if (at != shift) { /* the whole part, then the move (see the top) */
+        *bytes = len;
+        if (dfd < 0) return lm_pread_full(f->fd, region + at, len, off, err);
+        if (read_direct(dfd, f->fd, region, base, align_up(shift + len), shift + len, err) != 0) return -1;
+        memmove(region + at, region + shift, len);
+        return 0;
+    }
+    /* Piece [c0, c1) of the aligned span; the part's bytes in it are [d0, d1). */
+    uint64_t span = align_up(shift + len), c0 = (uint64_t)it->chunk * c->opt.chunk_bytes;
+    uint64_t c1 = c0 + c->opt.chunk_bytes < span ? c0 + c->opt.chunk_bytes : span;
+    uint64_t d0 = c0 > shift ? c0 : shift, d1 = c1 < shift + len ? c1 : shift + len;
+    *bytes = d1 > d0 ? d1 - d0 : 0;
+    if (dfd < 0) return lm_pread_full(f->fd, region + d0, *bytes, base + d0, err);
+    return read_direct(dfd, f->fd, region + c0, base + c0, c1 - c0, d1 > c0 ? d1 - c0 : 0, err);
 }
 
 static void *reader_main(void *arg) {
@@ -166,11 +196,12 @@ static void *reader_main(void *arg) {
         char err[LM_ERR_LEN] = "";
         double t0 = lm_now();
         int direct = 0;
-        int rc = read_part(c, lc, it.expert, it.part, lc->slots + (size_t)it.slot * lc->slot_bytes, &direct, err);
+        uint64_t bytes = 0;
+        int rc = read_request(c, lc, &it, lc->slots + (size_t)it.slot * lc->slot_bytes, &bytes, &direct, err);
         atomic_fetch_add(&lc->read_ns, (uint64_t)((lm_now() - t0) * 1e9));
         if (rc == 0) {
-            atomic_fetch_add(&lc->bytes_read, s->part_len[it.part]);
-            if (direct) atomic_fetch_add(&lc->direct_bytes, s->part_len[it.part]);
+            atomic_fetch_add(&lc->bytes_read, bytes);
+            if (direct) atomic_fetch_add(&lc->direct_bytes, bytes);
         } else if (atomic_exchange(&lc->failed[it.slot], 1) == 0) {
             const st_file *f = &c->w->archive->files[s->file[it.expert * LM_EXPERT_MAX_PARTS + it.part]];
             lm_err_prefix(err, "%s: layer %d expert %d", f->path, it.layer, it.expert);
@@ -206,16 +237,25 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
     if (!c) return lm_errf(err, "out of memory");
     c->w = w;
     c->opt = *opt;
-    if (c->opt.io_threads < 1) c->opt.io_threads = 8;
+    if (c->opt.io_threads < 1) c->opt.io_threads = LM_CACHE_IO_THREADS;
+    if (c->opt.chunk_bytes == 0) c->opt.chunk_bytes = LM_CACHE_CHUNK_BYTES;
+    c->opt.chunk_bytes = align_up(c->opt.chunk_bytes); /* whole blocks: direct reads stay aligned */
     if (c->opt.capacity > cfg->n_experts) c->opt.capacity = cfg->n_experts;
+    int max_requests = 1; /* the most read requests one expert needs */
+    for (int l = 0; l < cfg->n_layers; l++)
+        for (int e = 0; w->layers[l].is_moe && e < cfg->n_experts; e++) {
+            int n = expert_requests(&w->layers[l].src, e, c->opt.chunk_bytes);
+            if (n > max_requests) max_requests = n;
+        }
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv_work, NULL);
     pthread_cond_init(&c->cv_done, NULL);
     c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
     c->direct_fd = malloc(sizeof(int) * (size_t)w->archive->nfiles);
-    c->qcap = c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
+    /* Demand reads are one layer's at a time: at most every slot's requests. */
+    c->qcap = c->opt.capacity * max_requests + 16;
     c->queue = malloc(sizeof(io_item) * (size_t)c->qcap);
-    c->bgcap = cfg->n_layers * c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
+    c->bgcap = cfg->n_layers * c->opt.capacity * max_requests + 16;
     c->bg = malloc(sizeof(io_item) * (size_t)c->bgcap);
     if (!c->layers || !c->direct_fd || !c->queue || !c->bg) goto oom;
     int warned = 0;
@@ -244,11 +284,12 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         lc->speculative = calloc((size_t)cap, 1);
         lc->uses = calloc((size_t)E, sizeof(float));
         lc->pending = calloc((size_t)cap, sizeof(atomic_int));
+        lc->requests = calloc((size_t)cap, sizeof(int));
         lc->failed = calloc((size_t)cap, sizeof(atomic_int));
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->uses || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -291,6 +332,7 @@ void lm_cache_free(lm_expert_cache *c) {
             free(lc->speculative);
             free(lc->uses);
             free(lc->pending);
+            free(lc->requests);
             free(lc->failed);
             free(lc->errmsg);
             free(lc->expert_slot);
@@ -309,9 +351,50 @@ void lm_cache_free(lm_expert_cache *c) {
     free(c);
 }
 
+/* ---- queueing (called with c->mu held) ------------------------------------------- */
+
+typedef enum { TO_DEMAND, TO_BG_BACK, TO_BG_FRONT } queue_place;
+
+/* Queues every read request of expert e into `slot` of layer l and marks the slot
+ * pending. TO_BG_FRONT puts them in front of the background queue, in order. */
+static int queue_expert(lm_expert_cache *c, int l, int slot, int e, queue_place where, int speculative) {
+    layer_cache *lc = &c->layers[l];
+    const lm_expert_source *s = lc->src;
+    int n = expert_requests(s, e, c->opt.chunk_bytes);
+    atomic_store(&lc->failed[slot], 0);
+    atomic_store(&lc->pending[slot], n);
+    lc->requests[slot] = n;
+    if (where == TO_BG_FRONT) {
+        c->bghead = (c->bghead + c->bgcap - n) % c->bgcap;
+        c->bglen += n;
+    }
+    int k = 0;
+    for (int p = 0; p < s->nparts; p++)
+        for (int ch = 0, nc = part_requests(s, e, p, c->opt.chunk_bytes); ch < nc; ch++, k++) {
+            io_item it = {l, slot, e, p, ch, speculative};
+            if (where == TO_DEMAND) c->queue[(c->qhead + c->qlen++) % c->qcap] = it;
+            else if (where == TO_BG_BACK) c->bg[(c->bghead + c->bglen++) % c->bgcap] = it;
+            else c->bg[(c->bghead + k) % c->bgcap] = it;
+        }
+    return n;
+}
+
+/* Wakes as many idle readers as there are new requests (waking all of them for a
+ * step's one or two misses costs the compute thread's cores more than it gains). */
+static void wake_readers(lm_expert_cache *c, int n_new) {
+    if (n_new >= c->n_threads) pthread_cond_broadcast(&c->cv_work);
+    else
+        for (int i = 0; i < n_new; i++) pthread_cond_signal(&c->cv_work);
+}
+
+/* Whether the background queue has room for expert e of layer l's requests. */
+static int bg_room(const lm_expert_cache *c, int l, int e) {
+    return c->bglen + expert_requests(c->layers[l].src, e, c->opt.chunk_bytes) <= c->bgcap;
+}
+
 /* ---- background queue maintenance (called with c->mu held) ------------------------- */
 
-/* Parts of (layer, slot) still waiting in the background queue. */
+/* Read requests of (layer, slot) still waiting in the background queue. */
 static int bg_parts_queued(const lm_expert_cache *c, int l, int slot) {
     int n = 0;
     for (int k = 0; k < c->bglen; k++) {
@@ -324,19 +407,19 @@ static int bg_parts_queued(const lm_expert_cache *c, int l, int slot) {
 /* Moves the background items of layer l whose slot is (busy = 1) or is not (busy = 0)
  * acquired by this step to the demand queue, keeping the others in order. */
 static void promote_bg(lm_expert_cache *c, int l, const layer_cache *lc, int busy) {
-    int w = 0, moved = 0;
+    int w = 0, moved = 0; /* requests moved */
     for (int k = 0; k < c->bglen; k++) {
         io_item it = c->bg[(c->bghead + k) % c->bgcap];
         if (it.layer == l && (lc->busy[it.slot] != 0) == busy) {
             c->queue[(c->qhead + c->qlen) % c->qcap] = it;
             c->qlen++;
-            moved = 1;
+            moved++;
         } else {
             c->bg[(c->bghead + w++) % c->bgcap] = it;
         }
     }
     c->bglen = w;
-    if (moved) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, moved);
 }
 
 /* Slots the policy may not evict: acquired by this step, or a read still in flight. */
@@ -382,7 +465,7 @@ void lm_cache_begin_step(lm_expert_cache *c) { c->step++; }
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
-    int got = 0, queued = 0;
+    int got = 0, queued = 0; /* requests queued */
     /* Hits first, so a miss never evicts an expert this step is about to use. */
     for (int i = 0; i < n; i++) {
         int s = lc->expert_slot[need[i]];
@@ -405,8 +488,8 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
      * need are dropped while none of their parts has started, freeing disk time and
      * their slots. */
     for (int s = 0; s < lc->capacity; s++)
-        if (lc->speculative[s] && !lc->busy[s] && atomic_load(&lc->pending[s]) == lc->src->nparts &&
-            bg_parts_queued(c, l, s) == lc->src->nparts)
+        if (lc->speculative[s] && !lc->busy[s] && atomic_load(&lc->pending[s]) == lc->requests[s] &&
+            bg_parts_queued(c, l, s) == lc->requests[s])
             drop_speculative(c, lc, l, s);
     promote_bg(c, l, lc, 1);
     mark_blocked(lc);
@@ -423,19 +506,13 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         lc->blocked[s] = 1;
         lc->speculative[s] = 0;
         lc->acquired[lc->n_acquired++] = s;
-        atomic_store(&lc->failed[s], 0);
-        atomic_store(&lc->pending[s], lc->src->nparts);
-        for (int p = 0; p < lc->src->nparts; p++) {
-            c->queue[(c->qhead + c->qlen) % c->qcap] = (io_item){l, s, need[i], p, 0};
-            c->qlen++;
-        }
-        queued = 1;
+        queued += queue_expert(c, l, s, need[i], TO_DEMAND, 0);
         status[i] = 2;
         lc->misses++;
         lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
         got++;
     }
-    if (queued) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, queued);
     pthread_mutex_unlock(&c->mu);
     return got;
 }
@@ -506,7 +583,7 @@ int lm_cache_capacity(const lm_expert_cache *c) { return c->opt.capacity; }
 
 int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) {
     layer_cache *lc = &c->layers[l];
-    int queued = 0;
+    int queued = 0, n_requests = 0;
     pthread_mutex_lock(&c->mu);
     for (int i = 0; i < n; i++) {
         int e = experts[i];
@@ -515,18 +592,13 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) 
         for (int k = 0; k < lc->capacity && s < 0; k++)
             if (lc->slot_expert[k] < 0 && !lc->busy[k] && atomic_load(&lc->pending[k]) == 0) s = k;
         if (s < 0) break; /* only empty slots: a warm start never evicts */
-        if (c->bglen + lc->src->nparts > c->bgcap) break;
+        if (!bg_room(c, l, e)) break;
         lc->slot_expert[s] = e;
         lc->expert_slot[e] = s;
-        atomic_store(&lc->failed[s], 0);
-        atomic_store(&lc->pending[s], lc->src->nparts);
-        for (int p = 0; p < lc->src->nparts; p++) {
-            c->bg[(c->bghead + c->bglen) % c->bgcap] = (io_item){l, s, e, p, 0};
-            c->bglen++;
-        }
+        n_requests += queue_expert(c, l, s, e, TO_BG_BACK, 0);
         queued++;
     }
-    if (queued) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, n_requests);
     pthread_mutex_unlock(&c->mu);
     return queued;
 }
@@ -536,7 +608,7 @@ const float *lm_cache_uses(const lm_expert_cache *c, int l) { return c->layers[l
 int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n) {
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
-    int queued = 0;
+    int queued = 0, n_requests = 0;
     pthread_mutex_lock(&c->mu);
     mark_blocked(lc);
     for (int i = 0; i < n; i++) {
@@ -544,24 +616,21 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
         if (lc->expert_slot[e] >= 0) continue;
         int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
         if (s < 0) break;
-        if (c->bglen + lc->src->nparts > c->bgcap) break;
+        if (!bg_room(c, l, e)) break;
         if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
         lc->slot_expert[s] = e;
         lc->expert_slot[e] = s;
         lc->blocked[s] = 1;
         lc->speculative[s] = 1;
-        atomic_store(&lc->failed[s], 0);
-        atomic_store(&lc->pending[s], lc->src->nparts);
         /* In front of the warm start: the next layer is about to need these. */
-        for (int p = lc->src->nparts - 1; p >= 0; p--) {
-            c->bghead = (c->bghead + c->bgcap - 1) % c->bgcap;
-            c->bg[c->bghead] = (io_item){l, s, e, p, 1};
-            c->bglen++;
-        }
+        n_requests += queue_expert(c, l, s, e, TO_BG_FRONT, 1);
         lc->prefetched++;
         queued++;
     }
-    if (queued) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, n_requests);
     pthread_mutex_unlock(&c->mu);
     return queued;
 }
+
+int lm_cache_io_threads(const lm_expert_cache *c) { return c->opt.io_threads; }
+

@@ -21,9 +21,15 @@
 
 typedef struct lm_expert_cache lm_expert_cache;
 
+/* Defaults, measured on the development machine's virtual disk (bench/RESULTS.md,
+ * "Reader threads and request size"). */
+#define LM_CACHE_IO_THREADS 8
+#define LM_CACHE_CHUNK_BYTES (256u << 10)
+
 typedef struct {
     int capacity;       /* slots per MoE layer */
-    int io_threads;     /* reader threads (queue depth) */
+    int io_threads;     /* reader threads (queue depth); 0 = LM_CACHE_IO_THREADS */
+    uint64_t chunk_bytes; /* parts longer than this are read in several requests; 0 = LM_CACHE_CHUNK_BYTES */
     lm_evict_policy policy;
     int direct_io;      /* 1: O_DIRECT where the file system allows, 0: buffered */
     int verbose;
@@ -74,6 +80,8 @@ const float *lm_cache_uses(const lm_expert_cache *c, int l);
 /* Per-layer counters (l < 0: totals). */
 void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *out);
 int lm_cache_capacity(const lm_expert_cache *c);
+/* Reader threads the cache runs. */
+int lm_cache_io_threads(const lm_expert_cache *c);
 /* Bytes of one cache slot of layer l (0 for a dense layer): an expert plus the
  * padding that lets direct reads land in place (cache.c). */
 uint64_t lm_cache_slot_bytes(const lm_weights *w, int l);
