@@ -59,6 +59,12 @@ typedef struct {
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
      * with the hottest experts in the background. 1 = neither read nor write it. */
     int no_warm_start;
+    /* Pinning (lazy experts only): the pin_experts most popular experts of each MoE layer,
+     * by the same popularity history the warm start uses, are read at start and never
+     * evicted; they take pin_experts of the expert_capacity slots, and the rest must
+     * still hold a token's top_k experts (else lazymoe_model_open fails). Without a
+     * history (a model's first run, or no_warm_start) nothing is pinned. 0 = off. */
+    int pin_experts;
     /* KV cache positions the memory plan reserves, summed over every session the
      * program keeps (a server keeping several conversations); 0 = max_context (one
      * full session). Values below max_context count as max_context. */
@@ -122,6 +128,7 @@ typedef struct {
     uint64_t peak_rss_bytes;  /* measured peak resident set size */
     int io_threads;           /* reader threads of the expert cache (0 when resident) */
     int warm_start_experts;   /* experts queued from the popularity history at start */
+    int pinned_experts;       /* experts pinned (never evicted), over the layers asked for */
 } lazymoe_expert_stats;
 
 /* Expert cache counters and memory plan (l < 0: all layers; else one layer). */

@@ -7,6 +7,7 @@
 #include "convert/convert.h"
 #include "experts/policy.h"
 #include "experts/trace.h"
+#include "engine/engine.h"
 #include "lazymoe.h"
 #include "platform/platform.h"
 
@@ -28,6 +29,9 @@ typedef struct {
 static int warm_runs; /* 1: let runs use the popularity history (warm start) */
 static int lookahead_n; /* router lookahead of the runs (0 = off) */
 static uint64_t chunk_bytes; /* largest read request of the runs (0 = default) */
+static int pin_n;            /* experts pinned per layer (0 = none) */
+/* Called on the model of a run before it closes (NULL = none). */
+static void (*inspect_model)(const lazymoe_model *m);
 
 static int run(const char *dir, int capacity, int buffered, const int32_t *ids, int n, run_result *r, char *err) {
     lazymoe_options o;
@@ -39,6 +43,7 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
     o.io_threads = 3;
     o.lookahead = lookahead_n;
     o.io_chunk_bytes = chunk_bytes;
+    o.pin_experts = pin_n;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, dir, &o, err, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
@@ -58,6 +63,7 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
         rc = lazymoe_session_eval(s, &r->gen[g], 1, lg, 0, err, LM_ERR_LEN);
     }
     lazymoe_model_get_expert_stats(m, -1, &r->st);
+    if (inspect_model) inspect_model(m);
     free(lg);
     lazymoe_session_free(s);
     lazymoe_model_close(m);
@@ -501,6 +507,107 @@ static void warm_start(void) {
     setenv("XDG_CACHE_HOME", xdg, 1);
 }
 
+/* Per MoE layer of the last inspected run: the pinned experts, and how often the
+ * cache read each expert. */
+#define PIN_MAX_LAYERS 16
+#define PIN_MAX_EXPERTS 64
+static int pinned_of[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+static uint32_t reads_of[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+
+static void record_pins(const lazymoe_model *m) {
+    memset(pinned_of, 0, sizeof pinned_of);
+    memset(reads_of, 0, sizeof reads_of);
+    for (int l = 0; l < m->w.cfg.n_layers && l < PIN_MAX_LAYERS; l++)
+        for (int e = 0; m->w.layers[l].is_moe && e < m->w.cfg.n_experts && e < PIN_MAX_EXPERTS; e++) {
+            pinned_of[l][e] = lm_cache_is_pinned(m->cache, l, e);
+            reads_of[l][e] = lm_cache_expert_reads(m->cache, l, e);
+        }
+}
+
+/* Pinning the most popular experts: at a tiny capacity (top_k + pins) results stay
+ * bit-identical to resident, each layer pins exactly N experts -- its most routed
+ * ones in the history -- and reads each of them exactly once: never evicted. The
+ * same run without pins reads some of those experts again (so the check can fail).
+ * Without a history nothing is pinned; too many pins for the capacity is an error. */
+static void pinning(void) {
+    const char *dir = LAZYMOE_SOURCE_DIR "/models/demo-coder";
+    const int top_k = 4, n_layers = 8, pin = 3;
+    char err[LM_ERR_LEN], xdg[512];
+    snprintf(xdg, sizeof xdg, "%s/xdg-pin", tmp);
+    setenv("XDG_CACHE_HOME", xdg, 1);
+    run_result ref = {0}, r = {0};
+    CHECKF(run(dir, -1, 0, IDS, NIDS, &ref, err) == 0, "resident: %s", err);
+    /* First run: no history yet, so nothing is pinned; it records one. */
+    warm_runs = 1;
+    pin_n = pin;
+    CHECKF(run(dir, top_k + pin, 0, IDS, NIDS, &r, err) == 0, "%s", err);
+    CHECKF(r.st.pinned_experts == 0, "pinned %d experts without a history", r.st.pinned_experts);
+    free(r.logits);
+    /* The history the next run pins from. */
+    lazymoe_model *m = NULL;
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.expert_capacity = top_k + pin;
+    CHECKF(lazymoe_model_open(&m, dir, &o, err, sizeof err) == 0, "%s", err);
+    if (!m) return;
+    float hist[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+    CHECK(m->history.uses != NULL && m->w.cfg.n_layers == n_layers && m->w.cfg.n_experts <= PIN_MAX_EXPERTS);
+    for (int l = 0; l < n_layers && m->history.uses; l++)
+        for (int e = 0; e < m->w.cfg.n_experts; e++) hist[l][e] = m->history.uses[(size_t)l * (size_t)m->w.cfg.n_experts + (size_t)e];
+    int n_experts = m->w.cfg.n_experts;
+    lazymoe_model_close(m);
+    /* Pinned run. The history now holds two runs: pins come from it as it was at open. */
+    memset(&r, 0, sizeof r);
+    inspect_model = record_pins;
+    CHECKF(run(dir, top_k + pin, 0, IDS, NIDS, &r, err) == 0, "%s", err);
+    CHECKF(r.logits && ref.logits && memcmp(r.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0,
+           "pinned run: logits differ from resident");
+    CHECK(memcmp(r.gen, ref.gen, sizeof r.gen) == 0);
+    CHECKF(r.st.pinned_experts == n_layers * pin, "pinned %d experts", r.st.pinned_experts);
+    int pinned_hot[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+    memcpy(pinned_hot, pinned_of, sizeof pinned_hot);
+    for (int l = 0; l < n_layers; l++) {
+        int n = 0;
+        float least_pinned = 1e30f, most_unpinned = -1;
+        for (int e = 0; e < n_experts; e++) {
+            if (!pinned_of[l][e]) {
+                if (hist[l][e] > most_unpinned) most_unpinned = hist[l][e];
+                continue;
+            }
+            n++;
+            if (hist[l][e] < least_pinned) least_pinned = hist[l][e];
+            CHECKF(reads_of[l][e] == 1, "layer %d: pinned expert %d was read %u times", l, e, reads_of[l][e]);
+        }
+        CHECKF(n == pin, "layer %d pinned %d experts", l, n);
+        CHECKF(least_pinned >= most_unpinned, "layer %d: pinned an expert used %g times, left one used %g", l,
+               least_pinned, most_unpinned);
+    }
+    free(r.logits);
+    /* Without pins, at the same capacity, the hot experts are evicted and read again. */
+    pin_n = 0;
+    memset(&r, 0, sizeof r);
+    CHECKF(run(dir, top_k + pin, 0, IDS, NIDS, &r, err) == 0, "%s", err);
+    int reread = 0;
+    for (int l = 0; l < n_layers; l++)
+        for (int e = 0; e < n_experts; e++) reread += pinned_hot[l][e] && reads_of[l][e] > 1;
+    CHECKF(reread > 0, "no hot expert was read twice without pinning: the pinned run proves nothing");
+    printf("# without pins, %d of the %d hot experts were read more than once\n", reread, n_layers * pin);
+    free(r.logits);
+    inspect_model = NULL;
+    /* Too many pins for the capacity: refused, naming both numbers. */
+    pin_n = 2;
+    memset(&r, 0, sizeof r);
+    CHECK(run(dir, top_k + 1, 0, IDS, NIDS, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "--pin 2 leaves 3 of the 5 cache slots");
+    CHECK_STR_CONTAINS(err, "the 4 a token needs");
+    free(r.logits);
+    pin_n = 0;
+    warm_runs = 0;
+    free(ref.logits);
+    snprintf(xdg, sizeof xdg, "%s/xdg-default", tmp);
+    setenv("XDG_CACHE_HOME", xdg, 1);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-lazy-%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -526,6 +633,7 @@ int main(void) {
     TEST_CASE("eviction_policies", policies);
     TEST_CASE("routing_trace_round_trip", trace_round_trip);
     TEST_CASE("warm_start_from_popularity_history", warm_start);
+    TEST_CASE("pinning_popular_experts", pinning);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# cleanup failed\n");

@@ -141,6 +141,9 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
     } else if (!strcmp(s, "--capacity")) {
         if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return -1;
         o->expert_capacity = (int)x;
+    } else if (!strcmp(s, "--pin")) {
+        if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
+        o->pin_experts = (int)x;
     } else if (!strcmp(s, "--lookahead")) {
         if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
         o->lookahead = (int)x;

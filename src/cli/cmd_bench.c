@@ -12,7 +12,7 @@
 
 static const char bench_usage[] =
     "usage: lazymoe bench MODEL [--prompt-tokens 128] [--gen-tokens 32] [--seed S] [--json]\n"
-    "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--io-chunk SIZE]\n"
+    "                    [--memory SIZE] [--capacity N] [--pin N] [--resident] [--io-threads N] [--io-chunk SIZE]\n"
     "                    [--eviction P] [--buffered-io] [--no-warm-start] [--routing-trace FILE]\n"
     "                    [--trace-routing FILE] [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
@@ -138,7 +138,7 @@ done:
                "\"bytes_read\": %llu, \"decode_bytes_read\": %llu, \"decode_miss_bandwidth\": %.0f, "
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
                "\"planned_bytes\": %llu, \"prefetched\": %llu, \"prefetch_used\": %llu, "
-               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, "
+               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"pinned_experts\": %d, "
                "\"io_threads\": %d, \"direct_bytes_read\": %llu, \"experts\": %d, \"top_k\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
                "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
@@ -148,7 +148,7 @@ done:
                (unsigned long long)st2.peak_rss_bytes, (unsigned long long)st2.memory_budget,
                (unsigned long long)st2.planned_bytes, (unsigned long long)st2.prefetched,
                (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
-               st2.resident ? "true" : "false", st2.capacity, st2.io_threads,
+               st2.resident ? "true" : "false", st2.capacity, st2.pinned_experts, st2.io_threads,
                (unsigned long long)st2.direct_bytes_read, info.n_experts,
                info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
@@ -162,6 +162,7 @@ done:
         printf("experts      %s, capacity %d per layer; plan %.2f GB of budget %.2f GB\n",
                st2.resident ? "resident" : "cached", st2.capacity, (double)st2.planned_bytes / 1e9,
                (double)st2.memory_budget / 1e9);
+        if (st2.pinned_experts) printf("pinned       %d experts over all layers\n", st2.pinned_experts);
         printf("load         %.2f s\n", t_load);
         printf("prefill      %d tokens in %.2f s: %.2f tok/s\n", prompt, t_prefill, prefill_tps);
         printf("decode       %d tokens in %.2f s: %.2f tok/s\n", gen, t_decode, decode_tps);

@@ -47,6 +47,9 @@ typedef struct {
     uint8_t *busy;          /* [capacity] acquired by this step */
     uint8_t *blocked;       /* [capacity] busy, or a read still in flight: not evictable */
     uint8_t *speculative;   /* [capacity] filled by a lookahead read and not routed to since */
+    uint8_t *pinned;        /* [capacity] holds a pinned expert: never evicted */
+    int n_pinned;
+    uint32_t *reads;        /* [E] times each expert was queued for reading */
     float *uses;            /* [E] times each expert was routed to (warm-start history) */
     atomic_int *pending;    /* [capacity] read requests still to finish; 0 = ready */
     int *requests;          /* [capacity] requests the slot's last read was split into */
@@ -282,6 +285,8 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         lc->busy = calloc((size_t)cap, 1);
         lc->blocked = calloc((size_t)cap, 1);
         lc->speculative = calloc((size_t)cap, 1);
+        lc->pinned = calloc((size_t)cap, 1);
+        lc->reads = calloc((size_t)E, sizeof(uint32_t));
         lc->uses = calloc((size_t)E, sizeof(float));
         lc->pending = calloc((size_t)cap, sizeof(atomic_int));
         lc->requests = calloc((size_t)cap, sizeof(int));
@@ -289,7 +294,7 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->pinned || !lc->reads || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -330,6 +335,8 @@ void lm_cache_free(lm_expert_cache *c) {
             free(lc->busy);
             free(lc->blocked);
             free(lc->speculative);
+            free(lc->pinned);
+            free(lc->reads);
             free(lc->uses);
             free(lc->pending);
             free(lc->requests);
@@ -361,6 +368,7 @@ static int queue_expert(lm_expert_cache *c, int l, int slot, int e, queue_place 
     layer_cache *lc = &c->layers[l];
     const lm_expert_source *s = lc->src;
     int n = expert_requests(s, e, c->opt.chunk_bytes);
+    lc->reads[e]++;
     atomic_store(&lc->failed[slot], 0);
     atomic_store(&lc->pending[slot], n);
     lc->requests[slot] = n;
@@ -422,9 +430,20 @@ static void promote_bg(lm_expert_cache *c, int l, const layer_cache *lc, int bus
     wake_readers(c, moved);
 }
 
-/* Slots the policy may not evict: acquired by this step, or a read still in flight. */
+/* Slots the policy may not evict: acquired by this step, a read still in flight, or
+ * pinned. */
 static void mark_blocked(layer_cache *lc) {
-    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    for (int s = 0; s < lc->capacity; s++)
+        lc->blocked[s] = lc->busy[s] || lc->pinned[s] || atomic_load(&lc->pending[s]) > 0;
+}
+
+/* A slot whose read failed holds nothing: it is emptied (and unpinned, so the slot
+ * is not lost to the layer) and a later step reads the expert again. */
+static void forget_slot(layer_cache *lc, int s) {
+    if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
+    lc->slot_expert[s] = -1;
+    if (lc->pinned[s]) lc->n_pinned--;
+    lc->pinned[s] = 0;
 }
 
 /* Cancels an unstarted lookahead read: its parts leave the background queue and its
@@ -445,15 +464,16 @@ static void drop_speculative(lm_expert_cache *c, layer_cache *lc, int l, int slo
 
 /* Every slot this step does not use is still being filled by a background read (warm
  * start or lookahead) that has started: rather than stall, those reads are moved ahead
- * of all other background work and awaited, after which their slots can be evicted.
- * Returns 1 if any slot was freed up that way. Called with c->mu held. */
+ * of all other background work and awaited, after which their slots can be evicted
+ * (pinned ones excepted). Returns 1 if any slot was freed up that way. Called with
+ * c->mu held. */
 static int finish_background_reads(lm_expert_cache *c, int l, layer_cache *lc) {
     int any = 0;
-    for (int s = 0; s < lc->capacity; s++) any |= !lc->busy[s] && atomic_load(&lc->pending[s]) > 0;
+    for (int s = 0; s < lc->capacity; s++) any |= !lc->busy[s] && !lc->pinned[s] && atomic_load(&lc->pending[s]) > 0;
     if (!any) return 0;
     promote_bg(c, l, lc, 0);
     for (int s = 0; s < lc->capacity; s++)
-        while (!lc->busy[s] && atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
+        while (!lc->busy[s] && !lc->pinned[s] && atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
     mark_blocked(lc);
     return 1;
 }
@@ -530,9 +550,7 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) 
     }
     if (atomic_load(&lc->failed[s])) {
         lm_errf(err, "%s", lc->errmsg[s]);
-        /* The slot's contents are unusable: forget it so a later step rereads. */
-        lc->expert_slot[e] = -1;
-        lc->slot_expert[s] = -1;
+        forget_slot(lc, s);
         return -1;
     }
     const char *part[LM_EXPERT_MAX_PARTS] = {0};
@@ -554,10 +572,7 @@ void lm_cache_release_layer(lm_expert_cache *c, int l) {
     for (int i = 0; i < lc->n_acquired; i++) {
         int s = lc->acquired[i];
         lc->busy[s] = 0;
-        if (atomic_load(&lc->failed[s]) && lc->slot_expert[s] >= 0) {
-            lc->expert_slot[lc->slot_expert[s]] = -1;
-            lc->slot_expert[s] = -1;
-        }
+        if (atomic_load(&lc->failed[s]) && lc->slot_expert[s] >= 0) forget_slot(lc, s);
     }
     lc->n_acquired = 0;
 }
@@ -634,3 +649,38 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
 
 int lm_cache_io_threads(const lm_expert_cache *c) { return c->opt.io_threads; }
 
+int lm_cache_pin(lm_expert_cache *c, int l, const int32_t *experts, int n) {
+    layer_cache *lc = &c->layers[l];
+    int pinned = 0, n_requests = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < n; i++) {
+        int e = experts[i], s = lc->expert_slot[e];
+        if (s < 0) {
+            for (int k = 0; k < lc->capacity && s < 0; k++)
+                if (lc->slot_expert[k] < 0 && !lc->busy[k] && atomic_load(&lc->pending[k]) == 0) s = k;
+            if (s < 0 || !bg_room(c, l, e)) break; /* pins take empty slots only */
+            lc->slot_expert[s] = e;
+            lc->expert_slot[e] = s;
+            n_requests += queue_expert(c, l, s, e, TO_BG_BACK, 0);
+        }
+        if (!lc->pinned[s]) {
+            lc->pinned[s] = 1;
+            lc->speculative[s] = 0;
+            lc->n_pinned++;
+            pinned++;
+        }
+    }
+    wake_readers(c, n_requests);
+    pthread_mutex_unlock(&c->mu);
+    return pinned;
+}
+
+int lm_cache_pinned(const lm_expert_cache *c, int l) { return c->layers[l].n_pinned; }
+
+int lm_cache_is_pinned(const lm_expert_cache *c, int l, int e) {
+    const layer_cache *lc = &c->layers[l];
+    int s = lc->expert_slot[e];
+    return s >= 0 && lc->pinned[s];
+}
+
+uint32_t lm_cache_expert_reads(const lm_expert_cache *c, int l, int e) { return c->layers[l].reads[e]; }

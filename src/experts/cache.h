@@ -74,6 +74,18 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n);
  * expert is an ordinary cache entry: results never depend on the prediction.
  * Returns how many reads were queued. */
 int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* Pins experts of layer l: each takes an empty slot (none is evicted for it) and is
+ * read in the background like a warm start; from then on the policy never evicts it.
+ * An expert already cached is pinned where it is. Stops when no empty slot is left.
+ * The caller keeps capacity - pinned >= top_k so a step can still acquire what it
+ * needs. Returns how many were pinned. */
+int lm_cache_pin(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* Pinned experts of layer l; whether expert e of layer l is cached and pinned. */
+int lm_cache_pinned(const lm_expert_cache *c, int l);
+int lm_cache_is_pinned(const lm_expert_cache *c, int l, int e);
+/* Times expert e of layer l was queued for reading (misses, warm start, lookahead,
+ * pins) since the cache was created. */
+uint32_t lm_cache_expert_reads(const lm_expert_cache *c, int l, int e);
 /* How often each expert of layer l was routed to since the cache was created. */
 const float *lm_cache_uses(const lm_expert_cache *c, int l);
 
