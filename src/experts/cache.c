@@ -111,8 +111,10 @@ static uint64_t part_shift(const lm_expert_source *s, int e, int p) {
     return shift - shift % elem;
 }
 
-/* Read requests for part p of expert e: its aligned span in pieces of chunk bytes, or
- * one request for a part that is moved after the read (the move needs all of it). */
+/* Read requests for part p of expert e: its aligned span in pieces of at most chunk
+ * bytes, or one request for a part that is moved after the read (the move needs all
+ * of it). The pieces are of equal size, in whole blocks (read_request): a span one
+ * block longer than 3 chunks is 4 pieces of ~3/4 chunk, not 3 chunks and one block. */
 static int part_requests(const lm_expert_source *s, int e, int p, uint64_t chunk) {
     uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
     if (part_shift(s, e, p) != shift) return 1;
@@ -167,9 +169,11 @@ static int read_request(const lm_expert_cache *c, const layer_cache *lc, const i
         memmove(region + at, region + shift, len);
         return 0;
     }
-    /* Piece [c0, c1) of the aligned span; the part's bytes in it are [d0, d1). */
-    uint64_t span = align_up(shift + len), c0 = (uint64_t)it->chunk * c->opt.chunk_bytes;
-    uint64_t c1 = c0 + c->opt.chunk_bytes < span ? c0 + c->opt.chunk_bytes : span;
+    /* Piece [c0, c1) of the aligned span (blocks k*B/n to (k+1)*B/n of its B blocks);
+     * the part's bytes in it are [d0, d1). */
+    uint64_t span = align_up(shift + len), blocks = span / LM_DIRECT_ALIGN;
+    uint64_t n = (uint64_t)part_requests(s, e, p, c->opt.chunk_bytes), k = (uint64_t)it->chunk;
+    uint64_t c0 = blocks * k / n * LM_DIRECT_ALIGN, c1 = blocks * (k + 1) / n * LM_DIRECT_ALIGN;
     uint64_t d0 = c0 > shift ? c0 : shift, d1 = c1 < shift + len ? c1 : shift + len;
     *bytes = d1 > d0 ? d1 - d0 : 0;
     if (dfd < 0) return lm_pread_full(f->fd, region + d0, *bytes, base + d0, err);
