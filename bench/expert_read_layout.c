@@ -6,16 +6,19 @@
  * reader threads (queue depth N), each reading whole experts one after another.
  *
  * --batch M: what the expert cache does on a decode step. M distinct random experts
- * of one random layer are missed at once; their parts (split into aligned requests of
- * at most --chunk KiB, 0 = one request per part) go to one queue served by N reader
- * threads that read each request straight into its place in an aligned slot, as the
- * cache does; the step ends when every request is done, then the next layer's misses
+ * of one random layer are missed at once; their parts (split into equal aligned
+ * requests of at most --chunk KiB, 0 = one request per part) go to one queue served by
+ * N reader threads that read each request straight into its place in an aligned slot,
+ * as the cache does; the step ends when every request is done, then the next layer's misses
  * are queued. Reports MB/s and the mean time per step. Parts start `--shift` bytes past
  * a block boundary, as tensors in a safetensors file do (default 8, so each part's
- * aligned span is one block longer than the part).
+ * aligned span is one block longer than the part). --bounce reads as the cache did
+ * before it read into its slots: each request into the reader's own aligned buffer,
+ * then a memcpy of the part's bytes into the slot.
  *
  * build: cc -O2 -o build/expert_read_layout bench/expert_read_layout.c -lpthread
- * run:   build/expert_read_layout FILE [GB=2] [THREADS=8] [SECONDS=6] [--batch M [--chunk KIB] [--shift B]]
+ * run:   build/expert_read_layout FILE [GB=2] [THREADS=8] [SECONDS=6]
+ *                                [--batch M [--chunk KIB] [--shift B] [--bounce]]
  * Shapes are Qwen3-30B-A3B's at 4 bits, group 64: a 768x2048 projection is
  * 786432 bytes of weights + 2 x 49152 of scales/biases (bf16); 2.65 MB per expert.
  * The scratch file is created (non-zero data) if shorter than asked; delete it after.
@@ -84,27 +87,33 @@ typedef struct {
     uint64_t file_off; /* aligned */
     uint64_t len;      /* aligned */
     char *dst;         /* aligned */
+    uint64_t skip;     /* --bounce: bytes before the part in the span (not copied) */
+    uint64_t keep;     /* --bounce: the part's bytes in the span */
 } request;
 
 static request reqs[MAX_REQ];
-static int n_req, next_req, req_left, read_failed;
+static int n_req, next_req, req_left, read_failed, bounce;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv_work = PTHREAD_COND_INITIALIZER, cv_done = PTHREAD_COND_INITIALIZER;
 
 static void *batch_reader(void *arg) {
     (void)arg;
+    char *buf = NULL;
+    if (bounce && posix_memalign((void **)&buf, ALIGN, 4 << 20)) return NULL;
     pthread_mutex_lock(&mu);
     for (;;) {
         while (!stop && next_req >= n_req) pthread_cond_wait(&cv_work, &mu);
         if (stop) break;
         request r = reqs[next_req++];
         pthread_mutex_unlock(&mu);
-        ssize_t got = pread(fd, r.dst, r.len, (off_t)r.file_off);
+        ssize_t got = pread(fd, bounce ? buf : r.dst, r.len, (off_t)r.file_off);
+        if (bounce && got == (ssize_t)r.len) memcpy(r.dst, buf + r.skip, r.keep);
         pthread_mutex_lock(&mu);
         if (got != (ssize_t)r.len) read_failed = 1;
         if (--req_left == 0) pthread_cond_signal(&cv_done);
     }
     pthread_mutex_unlock(&mu);
+    free(buf);
     return NULL;
 }
 
@@ -125,12 +134,17 @@ static void queue_batch(int m, uint64_t chunk, uint64_t shift, char *slots, uint
         for (int p = 0; p < 9; p++) {
             uint64_t off = t + (uint64_t)e * PART[p];
             uint64_t a = off & ~(ALIGN - 1), span = align_up(off + PART[p]) - a;
-            uint64_t step = chunk ? chunk : span;
-            for (uint64_t at = 0; at < span; at += step) {
+            /* n pieces of equal size in whole blocks, each at most chunk, as the cache splits */
+            uint64_t blocks = span / ALIGN, n = chunk ? (span + chunk - 1) / chunk : 1;
+            for (uint64_t k = 0; k < n; k++) {
+                uint64_t at = blocks * k / n * ALIGN;
                 request *r = &reqs[n_req++];
                 r->file_off = a + at;
-                r->len = span - at < step ? span - at : step;
+                r->len = blocks * (k + 1) / n * ALIGN - at;
                 r->dst = slots + (uint64_t)i * slot_bytes + region + at;
+                r->skip = at == 0 ? off - a : 0;
+                r->keep = (at + r->len < off - a + PART[p] ? at + r->len : off - a + PART[p]) - (at + r->skip);
+                if (bounce) r->dst = slots + (uint64_t)i * slot_bytes + region + at + r->skip;
             }
             region += align_up(shift % ALIGN + PART[p]);
             t += EXPERTS * PART[p];
@@ -176,15 +190,16 @@ static int run_batches(int threads, double secs, int m, uint64_t chunk, uint64_t
         fprintf(stderr, "a read failed\n");
         return 1;
     }
-    printf("batch %2d experts  chunk %4llu KiB  threads %3d  %8.1f MB/s  %7.2f ms per step  (%llu requests per step)\n",
-           m, (unsigned long long)(chunk >> 10), threads, bytes / dt / 1e6, 1e3 * dt / (double)steps,
-           (unsigned long long)n_req);
+    printf("batch %2d experts  chunk %4llu KiB  threads %3d%s  %8.1f MB/s  %7.2f ms per step  (%llu requests per step)\n",
+           m, (unsigned long long)(chunk >> 10), threads, bounce ? " bounce" : "", bytes / dt / 1e6,
+           1e3 * dt / (double)steps, (unsigned long long)n_req);
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s FILE [GB] [THREADS] [SECONDS] [--batch M [--chunk KIB] [--shift B]]\n", argv[0]);
+        fprintf(stderr, "usage: %s FILE [GB] [THREADS] [SECONDS] [--batch M [--chunk KIB] [--shift B] [--bounce]]\n",
+                argv[0]);
         return 1;
     }
     int batch = 0, pos = 0;
@@ -195,6 +210,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = (uint64_t)atoll(argv[++i]) << 10;
         else if (!strcmp(argv[i], "--shift") && i + 1 < argc) shift = (uint64_t)atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--bounce")) bounce = 1;
         else if (pos == 0) gb = atof(argv[i]), pos++;
         else if (pos == 1) threads = atoi(argv[i]), pos++;
         else if (pos == 2) secs = atof(argv[i]), pos++;

@@ -47,7 +47,7 @@ typedef struct {
     int io_threads;           /* concurrent expert reads (reader threads); 0 = the default (8) */
     uint64_t io_chunk_bytes;  /* largest single expert read: longer tensors are read in several
                                * requests at once, so a few misses still fill the queue;
-                               * 0 = the default (256 KiB) */
+                               * 0 = the default (512 KiB) */
     lazymoe_eviction eviction;
     int buffered_io;          /* 1 = no O_DIRECT (reads go through the page cache) */
     const char *trace_routing; /* record the routing of every token to this file */

@@ -109,7 +109,7 @@ static lazymoe_model *open_model(const model_args *a) {
     "                            cached for good; N of the capacity, the rest must hold top_k\n"     \
     "         --resident         keep every expert in memory\n"                                        \
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
-    "         --io-chunk SIZE    longest single read; longer tensors are split (default 256K)\n"      \
+    "         --io-chunk SIZE    longest single read; longer tensors are split (default 512K)\n"      \
     "         --eviction P       lru | lcp | lfru (default lcp)\n"                                    \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \

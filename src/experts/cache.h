@@ -22,9 +22,9 @@
 typedef struct lm_expert_cache lm_expert_cache;
 
 /* Defaults, measured on the development machine's virtual disk (bench/RESULTS.md,
- * "Reader threads and request size"). */
+ * "Expert reads: into the slots, queue depth, request size"). */
 #define LM_CACHE_IO_THREADS 8
-#define LM_CACHE_CHUNK_BYTES (256u << 10)
+#define LM_CACHE_CHUNK_BYTES (512u << 10)
 
 typedef struct {
     int capacity;       /* slots per MoE layer */
