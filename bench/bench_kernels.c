@@ -18,7 +18,8 @@
  *
  * build: make && cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc bench/bench_kernels.c \
  *        build/liblazymoe.a -ljansson -lpcre2-8 -lpthread -lm -o build/bench_kernels
- * run:   build/bench_kernels MODEL_DIR [PROMPT=512] [GEN=32] [REPS=3] [THREADS=0 (all cores)]
+ * run:   build/bench_kernels MODEL_DIR [PROMPT=512] [GEN=32] [REPS=3] [THREADS=0 (all cores)] [ACT_BITS=32]
+ * ACT_BITS 8 runs the int8-activation matmuls (lazymoe --act-bits 8).
  * LAZYMOE_KERNELS=scalar|avx2|avx512|neon picks the matmul kernels (default: best).
  */
 #include "engine/engine.h"
@@ -94,11 +95,12 @@ static uint64_t decode_weight_bytes(const lazymoe_model *m) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [PROMPT=512] [GEN=32] [REPS=3] [THREADS=0]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL_DIR [PROMPT=512] [GEN=32] [REPS=3] [THREADS=0] [ACT_BITS=32]\n", argv[0]);
         return 2;
     }
     int P = argc > 2 ? atoi(argv[2]) : 512, G = argc > 3 ? atoi(argv[3]) : 32;
     int R = argc > 4 ? atoi(argv[4]) : 3, threads = argc > 5 ? atoi(argv[5]) : 0;
+    int act_bits = argc > 6 ? atoi(argv[6]) : 32;
     if (P < 1 || G < 1 || R < 1) return fprintf(stderr, "PROMPT, GEN and REPS must be positive\n"), 2;
     int cores = threads > 0 ? threads : lm_cpu_count();
 
@@ -115,6 +117,7 @@ int main(int argc, char **argv) {
     o.n_threads = threads;
     o.no_warm_start = 1;
     o.max_context = P + G + 8;
+    o.act_bits = act_bits;
     lazymoe_model *m;
     char err[512];
     if (lazymoe_model_open(&m, argv[1], &o, err, sizeof err) != 0) return fprintf(stderr, "%s\n", err), 1;
@@ -159,7 +162,8 @@ int main(int argc, char **argv) {
     uint64_t kv = (uint64_t)c->n_layers * 2u * (uint64_t)(P + G) * (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim *
                   lm_dtype_size(m->kv_dtype);
     double bound = bw / (double)wbytes, ratio = best_dec / bound;
-    printf("kernels          %s, %d threads\n", lm_backend_cpu_kernels(m->be), cores);
+    printf("kernels          %s, %d threads, %s activations\n", lm_backend_cpu_kernels(m->be), cores,
+           act_bits == 8 ? "int8" : "f32");
     printf("memcpy           %.2f GB/s (1 thread %.2f, %d threads %.2f)\n", bw / 1e9, bw1 / 1e9, cores, bwn / 1e9);
     printf("weights/token    %.1f MB (%d layers, top-%d of %d experts); KV read at the end %.1f MB\n",
            (double)wbytes / 1e6, c->n_layers, c->top_k, c->n_experts, (double)kv / 1e6);
@@ -169,9 +173,9 @@ int main(int argc, char **argv) {
     printf("prefill          %.2f tok/s on %d tokens = %.2fx decode\n", best_pre, P, best_pre / best_dec);
     printf("{\"kernels\": \"%s\", \"threads\": %d, \"memcpy_bw\": %.0f, \"weight_bytes_per_token\": %llu, "
            "\"bound_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"decode_vs_bound\": %.4f, \"prefill_tok_s\": %.3f, "
-           "\"prompt_tokens\": %d, \"prefill_vs_decode\": %.3f, \"layers\": %d}\n",
+           "\"prompt_tokens\": %d, \"prefill_vs_decode\": %.3f, \"layers\": %d, \"act_bits\": %d}\n",
            lm_backend_cpu_kernels(m->be), cores, bw, (unsigned long long)wbytes, bound, best_dec, ratio, best_pre, P,
-           best_pre / best_dec, c->n_layers);
+           best_pre / best_dec, c->n_layers, act_bits);
     free(ids);
     free(logits);
     lazymoe_model_close(m);

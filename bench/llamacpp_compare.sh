@@ -8,7 +8,9 @@
 #      same prompt ids (bench/bench_prompt_ids.c reproduces lazymoe bench's random prompt),
 #      same prompt/generation lengths and threads, alternating engines, REPS rounds,
 #      best of each; prints prefill and decode tok/s, the ratios lazymoe / llama.cpp and
-#      whether the greedy continuations agree.
+#      whether the greedy continuations agree. lazymoe runs twice per round: with f32
+#      activations (its default) and with int8 activations (--act-bits 8, the same kind of
+#      arithmetic as llama.cpp's Q4_1 x Q8_1 dot products).
 #
 # usage: bench/llamacpp_compare.sh [LAYERS=4] [PROMPT=128] [GEN=32] [THREADS=2] [REPS=3]
 # Needs npm (registry access) the first time: node-llama-cpp is installed into
@@ -59,6 +61,9 @@ log=$OUT/llamacpp-compare-$stamp.txt
         echo -n "lazymoe "
         build/lazymoe bench "$MODEL" --resident --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
             --threads "$THREADS" --seed 1 --json
+        echo -n "lazymoe-int8 "
+        build/lazymoe bench "$MODEL" --resident --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
+            --threads "$THREADS" --seed 1 --json --act-bits 8
         echo -n "llamacpp "
         node bench/llamacpp_bench.mjs "$NPM_DIR/node_modules" "$GGUF" "$IDS" "$GEN" "$THREADS" 1
     done
@@ -67,24 +72,29 @@ python3 - "$log" <<'EOF'
 import json, sys
 best = {}
 ids = {}
+engines = ("lazymoe", "lazymoe-int8", "llamacpp")
 for line in open(sys.argv[1]):
-    for eng in ("lazymoe", "llamacpp"):
+    for eng in engines:
         if line.startswith(eng + " {"):
             d = json.loads(line[len(eng) + 1:])
             b = best.setdefault(eng, {"prefill": 0.0, "decode": 0.0})
             b["prefill"] = max(b["prefill"], d["prefill_tok_s"])
             b["decode"] = max(b["decode"], d["decode_tok_s"])
             ids[eng] = d["generated_ids"]
-lm, lc = best["lazymoe"], best["llamacpp"]
-print(f"best of rounds    prefill tok/s   decode tok/s")
-print(f"lazymoe           {lm['prefill']:13.2f}   {lm['decode']:12.2f}")
-print(f"llama.cpp         {lc['prefill']:13.2f}   {lc['decode']:12.2f}")
-print(f"ratio lazymoe/llama.cpp: prefill {lm['prefill'] / lc['prefill']:.2f}x, decode {lm['decode'] / lc['decode']:.2f}x")
-a, b = ids["lazymoe"], ids["llamacpp"]
-same = sum(x == y for x, y in zip(a, b))
-first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-print(f"greedy ids: {same}/{len(a)} positions equal; first difference at {first}")
-print("lazymoe  ", a[:12])
-print("llama.cpp", b[:12])
+lc = best["llamacpp"]
+print(f"best of rounds        prefill tok/s   decode tok/s")
+for eng in engines:
+    print(f"{eng:20s}  {best[eng]['prefill']:13.2f}   {best[eng]['decode']:12.2f}")
+for eng in engines[:2]:
+    lm = best[eng]
+    print(f"ratio {eng}/llama.cpp: prefill {lm['prefill'] / lc['prefill']:.2f}x, decode {lm['decode'] / lc['decode']:.2f}x")
+for eng in engines[:2]:
+    a, b = ids[eng], ids["llamacpp"]
+    same = sum(x == y for x, y in zip(a, b))
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    print(f"greedy ids {eng} vs llama.cpp: {same}/{len(a)} positions equal; first difference at {first}")
+print("lazymoe     ", ids["lazymoe"][:12])
+print("lazymoe-int8", ids["lazymoe-int8"][:12])
+print("llama.cpp   ", ids["llamacpp"][:12])
 EOF
 echo "written to $log"

@@ -79,6 +79,12 @@ typedef struct {
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;
+    /* Activation precision in matmuls with quantized (MLX 4/8-bit) weights: 32
+     * (default: f32 activations, the reference numerics) or 8 (each token's input
+     * quantized to int8 per weight group, multiplied with integer dot-product
+     * instructions: faster, with the error tests/test_golden.c states). Lazy and
+     * resident runs stay bit-identical either way; 0 = default. */
+    int act_bits;
 } lazymoe_options;
 
 /* Fills the defaults above. */

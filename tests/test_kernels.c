@@ -282,8 +282,8 @@ static void attention_tiled(const char *kernels) {
 static void attention_scalar(void) { attention_tiled("scalar"); }
 static void attention_auto(void) { attention_tiled(NULL); }
 
-/* matmul_many: each product bit-identical to matmul of it alone (mixed types). */
-static void matmul_many_equals_single(void) {
+/* matmul_batch: each product bit-identical to matmul of it alone (mixed types). */
+static void matmul_batch_equals_single(void) {
     char err[LM_ERR_LEN];
     const char *names[] = {"scalar", "avx512", "avx2", "neon"};
     for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
@@ -301,9 +301,9 @@ static void matmul_many_equals_single(void) {
             ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
             y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
             for (int k = 0; k < n * t[i].m.cols; k++) x[i][k] = (float)urand();
-            items[i] = (lm_matmul_item){ym[i], &t[i].m, x[i]};
+            items[i] = (lm_matmul_item){ym[i], &t[i].m, x[i], n};
         }
-        be->ops->matmul_many(be, items, 3, n);
+        be->ops->matmul_batch(be, items, 3);
         for (int i = 0; i < 3; i++) {
             be->ops->matmul(be, y1[i], &t[i].m, x[i], n);
             CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows), "%s: item %d differs",
@@ -312,6 +312,254 @@ static void matmul_many_equals_single(void) {
             free_mat(&t[i]);
         }
         lm_backend_free(be);
+    }
+}
+
+/* ---- int8 activations (cpu_kernels.h: lm_act8) ---------------------------------- */
+
+#include "kernels/cpu/cpu_kernels.h"
+
+/* The quantized values of one group, from the definition in cpu_kernels.h
+ * (f32 step 127 / max|x|, product rounded to nearest with ties to even). */
+static void ref_quantize(const float *x, int gs, int *q, double *dx, double *xsum) {
+    float amax = 0;
+    double sum = 0;
+    for (int i = 0; i < gs; i++) {
+        if (fabsf(x[i]) > amax) amax = fabsf(x[i]);
+        sum += x[i];
+    }
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    for (int i = 0; i < gs; i++) q[i] = (int)nearbyint((double)(x[i] * inv));
+    *dx = (double)(amax / 127.0f);
+    *xsum = sum;
+}
+
+/* Affine q of element (r, c) from the bit stream. */
+static unsigned ref_q(const lm_mat *m, int r, int c) {
+    size_t i = (size_t)r * (size_t)m->cols + (size_t)c;
+    const uint8_t *b = m->data;
+    unsigned q = 0;
+    for (int k = 0; k < m->bits; k++) {
+        size_t bit = i * (size_t)m->bits + (size_t)k;
+        q |= (unsigned)((b[bit / 8] >> (bit % 8)) & 1u) << k;
+    }
+    return q;
+}
+
+static void act8_quantize_layout(void) {
+    enum { COLS = 320, GS = 64, NG = COLS / GS, BLOCK = 128 };
+    float x[2 * COLS];
+    for (int i = 0; i < 2 * COLS; i++) x[i] = (float)urand() * (i % 7 == 0 ? 9.0f : 1.0f);
+    for (int i = 64; i < 128; i++) x[i] = 0; /* an all-zero group */
+    x[200] = 3.5f * (1.0f / 127.0f) * 4.0f;  /* not a tie in general; ties come from the random values */
+    size_t stride = 384; /* COLS rounded up to the 128-block, then to 64 bytes */
+    int8_t q[2 * 384];
+    float dx[2 * (NG + 16)], xs[2 * (NG + 16)];
+    memset(q, 0x55, sizeof q);
+    lm_act8_quantize(x, 2, COLS, GS, BLOCK, q, stride, dx, xs, NG + 16);
+    for (int t = 0; t < 2; t++)
+        for (int g = 0; g < NG; g++) {
+            int rq[GS];
+            double rdx, rsum;
+            ref_quantize(x + t * COLS + g * GS, GS, rq, &rdx, &rsum);
+            CHECKF(dx[t * (NG + 16) + g] == (float)rdx, "token %d group %d: step %g, expected %g", t, g,
+                   (double)dx[t * (NG + 16) + g], rdx);
+            CHECKF(fabs(xs[t * (NG + 16) + g] - rsum) <= 1e-5 * (1 + fabs(rsum)), "token %d group %d: sum %g vs %g", t,
+                   g, (double)xs[t * (NG + 16) + g], rsum);
+            for (int i = 0; i < GS; i++) {
+                int c = g * GS + i, base = c / BLOCK * BLOCK, j = c - base;
+                int pos = base + ((j & 1) ? BLOCK / 2 + j / 2 : j / 2);
+                if (q[t * stride + (size_t)pos] != rq[i]) {
+                    CHECKF(0, "token %d column %d: q %d, expected %d (stored at %d)", t, c, q[t * stride + (size_t)pos],
+                           rq[i], pos);
+                    return;
+                }
+                CHECK(rq[i] >= -127 && rq[i] <= 127);
+            }
+        }
+    /* Padding: the half-filled last block (64 of 128 values) and the row's tail. */
+    for (int t = 0; t < 2; t++) {
+        for (int j = 32; j < 64; j++) CHECK(q[t * stride + 256 + j] == 0 && q[t * stride + 256 + 64 + j] == 0);
+        for (int g = NG; g < NG + 16; g++) CHECK(dx[t * (NG + 16) + g] == 0 && xs[t * (NG + 16) + g] == 0);
+    }
+}
+
+/* y with int8 activations: every table (scalar included) against the definition
+ * computed here in double from the bit stream and ref_quantize, to f32 rounding;
+ * and against the f32 product within the quantization's own bound
+ * sum_g |scale_g| * sum_i q_w,i * |x_i - dx_g * q_i|. */
+static void act8_matches_definition(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    int tested = 0;
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
+        lm_backend *be;
+        if (lm_backend_cpu_create_with(&be, 2, names[ti], err) != 0) continue;
+        CHECKF(lm_backend_cpu_set_act_bits(be, 8, 4096, err) == 0, "%s", err);
+        tested++;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const shape *sh = &shapes[si];
+            if (!sh->bits) continue;
+            test_mat t;
+            make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
+            int n = 70, ng = sh->cols / sh->gs;
+            float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
+            float *y = malloc(sizeof(float) * (size_t)n * (size_t)sh->rows);
+            int *q = malloc(sizeof(int) * (size_t)sh->cols);
+            double *dx = malloc(sizeof(double) * (size_t)ng), *xs = malloc(sizeof(double) * (size_t)ng);
+            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++)
+                x[i] = (float)urand() * (i % 13 == 0 ? 6.0f : 1.0f); /* some outliers */
+            be->ops->matmul(be, y, &t.m, x, n);
+            double worst_def = 0, worst_bound = 0;
+            for (int tok = 0; tok < n; tok++) {
+                const float *xt = x + (size_t)tok * (size_t)sh->cols;
+                for (int g = 0; g < ng; g++) ref_quantize(xt + g * sh->gs, sh->gs, q + g * sh->gs, &dx[g], &xs[g]);
+                for (int r = 0; r < sh->rows; r++) {
+                    double def = 0, mag = 0, bound = 0, exact = 0;
+                    for (int g = 0; g < ng; g++) {
+                        double s = lm_load_float(t.m.scales, t.m.qdtype, (size_t)r * (size_t)ng + (size_t)g);
+                        double b = lm_load_float(t.m.biases, t.m.qdtype, (size_t)r * (size_t)ng + (size_t)g);
+                        long long dot = 0;
+                        double qerr = 0;
+                        for (int i = 0; i < sh->gs; i++) {
+                            int c = g * sh->gs + i;
+                            unsigned w = ref_q(&t.m, r, c);
+                            dot += (long long)w * q[c];
+                            qerr += w * fabs((double)xt[c] - dx[g] * q[c]);
+                            exact += ref_w(&t.m, r, c) * xt[c];
+                        }
+                        def += s * dx[g] * (double)dot + b * xs[g];
+                        mag += fabs(s * dx[g] * (double)dot) + fabs(b * xs[g]);
+                        bound += fabs(s) * qerr;
+                    }
+                    double got = y[(size_t)tok * (size_t)sh->rows + (size_t)r];
+                    double d = fabs(got - def) / (mag + 1e-30);
+                    double e = fabs(got - exact) / (bound + 4e-6 * mag + 1e-30);
+                    if (d > worst_def) worst_def = d;
+                    if (e > worst_bound) worst_bound = e;
+                }
+            }
+            CHECKF(worst_def <= 2e-6, "%s act8 %dx%d bits %d g%d: relative error %.3g vs the definition", names[ti],
+                   sh->rows, sh->cols, sh->bits, sh->gs, worst_def);
+            CHECKF(worst_bound <= 1.0, "%s act8 %dx%d bits %d g%d: error %.3g of the quantization bound", names[ti],
+                   sh->rows, sh->cols, sh->bits, sh->gs, worst_bound);
+            free(x), free(y), free(q), free(dx), free(xs);
+            free_mat(&t);
+        }
+        lm_backend_free(be);
+    }
+    CHECK(tested >= 2); /* scalar and at least one SIMD table on x86-64 / AArch64 */
+}
+
+/* int8 activations keep the batching and thread-count invariance (lazy == resident),
+ * and matmul_batch (two items sharing an input, one float item) equals single calls. */
+static void act8_bit_identical(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++) {
+        lm_backend *one, *three;
+        if (lm_backend_cpu_create_with(&one, 1, names[ti], err) != 0) continue;
+        CHECK(lm_backend_cpu_create_with(&three, 3, names[ti], err) == 0);
+        CHECK(lm_backend_cpu_set_act_bits(one, 8, 4096, err) == 0 && lm_backend_cpu_set_act_bits(three, 8, 4096, err) == 0);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const shape *sh = &shapes[si];
+            if (!sh->bits) continue;
+            test_mat t;
+            make_mat(&t, sh->rows, sh->cols, sh->dt, sh->bits, sh->gs);
+            int n = 67;
+            size_t ny = (size_t)n * (size_t)sh->rows;
+            float *x = malloc(sizeof(float) * (size_t)n * (size_t)sh->cols);
+            float *ya = malloc(sizeof(float) * ny), *yb = malloc(sizeof(float) * ny);
+            for (size_t i = 0; i < (size_t)n * (size_t)sh->cols; i++) x[i] = (float)urand();
+            one->ops->matmul(one, ya, &t.m, x, n);
+            three->ops->matmul(three, yb, &t.m, x, n);
+            CHECKF(!memcmp(ya, yb, sizeof(float) * ny), "%s act8 %dx%d: 1 vs 3 threads differ", names[ti], sh->rows,
+                   sh->cols);
+            for (int tok = 0; tok < n; tok += 7) {
+                three->ops->matmul(three, yb, &t.m, x + (size_t)tok * (size_t)sh->cols, 1);
+                CHECKF(!memcmp(yb, ya + (size_t)tok * (size_t)sh->rows, sizeof(float) * (size_t)sh->rows),
+                       "%s act8 %dx%d bits %d: token %d alone differs", names[ti], sh->rows, sh->cols, sh->bits, tok);
+            }
+            free(x), free(ya), free(yb);
+            free_mat(&t);
+        }
+        test_mat t[3];
+        make_mat(&t[0], 24, 256, LM_DT_BF16, 4, 64);
+        make_mat(&t[1], 20, 256, LM_DT_BF16, 4, 64); /* shares item 0's input */
+        make_mat(&t[2], 21, 100, LM_DT_F16, 0, 0);
+        int n = 6;
+        float *x0 = malloc(sizeof(float) * (size_t)n * 256), *x2 = malloc(sizeof(float) * (size_t)n * 100);
+        for (int k = 0; k < n * 256; k++) x0[k] = (float)urand();
+        for (int k = 0; k < n * 100; k++) x2[k] = (float)urand();
+        float *ym[3], *y1[3];
+        lm_matmul_item items[3];
+        for (int i = 0; i < 3; i++) {
+            ym[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+            y1[i] = malloc(sizeof(float) * (size_t)n * (size_t)t[i].m.rows);
+            items[i] = (lm_matmul_item){ym[i], &t[i].m, i == 2 ? x2 : x0, n};
+        }
+        three->ops->matmul_batch(three, items, 3);
+        for (int i = 0; i < 3; i++) {
+            three->ops->matmul(three, y1[i], &t[i].m, items[i].x, n);
+            CHECKF(!memcmp(ym[i], y1[i], sizeof(float) * (size_t)n * (size_t)t[i].m.rows), "%s act8 many: item %d differs",
+                   names[ti], i);
+            free(ym[i]), free(y1[i]);
+            free_mat(&t[i]);
+        }
+        free(x0), free(x2);
+        lm_backend_free(one);
+        lm_backend_free(three);
+    }
+}
+
+static void act8_settings(void) {
+    char err[LM_ERR_LEN];
+    lm_backend *be;
+    CHECK(lm_backend_cpu_create_with(&be, 1, "scalar", err) == 0);
+    CHECK(lm_backend_cpu_set_act_bits(be, 4, 1024, err) == -1);
+    CHECK_STR_CONTAINS(err, "choose 8 or 32");
+    CHECK(lm_backend_cpu_set_act_bits(be, 8, 1024, err) == 0);
+    CHECK(lm_backend_cpu_set_act_bits(be, 32, 1024, err) == 0);
+    lm_backend_free(be);
+}
+
+/* A batch like a layer's experts: 40 items of 4- and 8-bit matrices with 0 to 9
+ * tokens each (empty items among them), pairs sharing an input, f32 and int8
+ * activations: every product equals matmul of it alone. */
+static void matmul_batch_many_items(void) {
+    char err[LM_ERR_LEN];
+    const char *names[] = {"scalar", "avx512", "avx2", "neon"};
+    enum { N = 40 };
+    test_mat t[N];
+    float *x[N], *yb[N], *y1[N];
+    lm_matmul_item items[N];
+    for (int i = 0; i < N; i++) {
+        make_mat(&t[i], 12 + 4 * (i % 5), 128, LM_DT_BF16, i % 3 ? 4 : 8, i % 2 ? 64 : 32);
+        int n = (i * 7) % 10;
+        x[i] = malloc(sizeof(float) * 10 * 128);
+        yb[i] = malloc(sizeof(float) * 10 * (size_t)t[i].m.rows);
+        y1[i] = malloc(sizeof(float) * 10 * (size_t)t[i].m.rows);
+        for (int k = 0; k < 10 * 128; k++) x[i][k] = (float)urand();
+        /* odd items share the previous item's input when the token counts agree */
+        const float *xi = (i % 2 && (((i - 1) * 7) % 10) == n) ? x[i - 1] : x[i];
+        items[i] = (lm_matmul_item){yb[i], &t[i].m, xi, n};
+    }
+    for (size_t ti = 0; ti < sizeof names / sizeof names[0]; ti++)
+        for (int act = 32; act >= 8; act -= 24) {
+            lm_backend *be;
+            if (lm_backend_cpu_create_with(&be, 3, names[ti], err) != 0) continue;
+            CHECK(lm_backend_cpu_set_act_bits(be, act, 128, err) == 0);
+            be->ops->matmul_batch(be, items, N);
+            for (int i = 0; i < N; i++) {
+                be->ops->matmul(be, y1[i], &t[i].m, items[i].x, items[i].n);
+                CHECKF(!memcmp(yb[i], y1[i], sizeof(float) * (size_t)items[i].n * (size_t)t[i].m.rows),
+                       "%s act %d: item %d (%d tokens) differs", names[ti], act, i, items[i].n);
+            }
+            lm_backend_free(be);
+        }
+    for (int i = 0; i < N; i++) {
+        free(x[i]), free(yb[i]), free(y1[i]);
+        free_mat(&t[i]);
     }
 }
 
@@ -374,8 +622,13 @@ int main(void) {
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
     TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
-    TEST_CASE("kernels_matmul_many_equals_single", matmul_many_equals_single);
+    TEST_CASE("kernels_matmul_batch_equals_single", matmul_batch_equals_single);
+    TEST_CASE("kernels_matmul_batch_many_items", matmul_batch_many_items);
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);
     TEST_CASE("kernels_selection", kernel_selection);
+    TEST_CASE("kernels_act8_quantize_layout", act8_quantize_layout);
+    TEST_CASE("kernels_act8_matches_definition", act8_matches_definition);
+    TEST_CASE("kernels_act8_bit_identical", act8_bit_identical);
+    TEST_CASE("kernels_act8_settings", act8_settings);
     return th_failed_cases ? 1 : 0;
 }

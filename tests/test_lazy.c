@@ -32,6 +32,7 @@ static uint64_t chunk_bytes; /* largest read request of the runs (0 = default) *
 static int pin_n;            /* experts pinned per layer (0 = none) */
 /* Called on the model of a run before it closes (NULL = none). */
 static void (*inspect_model)(const lazymoe_model *m);
+static int act_bits_runs; /* activation bits of the runs (0 = default f32) */
 
 static int run(const char *dir, int capacity, int buffered, const int32_t *ids, int n, run_result *r, char *err) {
     lazymoe_options o;
@@ -44,6 +45,7 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
     o.lookahead = lookahead_n;
     o.io_chunk_bytes = chunk_bytes;
     o.pin_experts = pin_n;
+    o.act_bits = act_bits_runs;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, dir, &o, err, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
@@ -110,6 +112,12 @@ static void olmoe_clip(void) { same_at_capacities(GOLDEN "olmoe_clip_bf16", 6, 3
 /* The shipped 4-bit demo model: trained routing, 32 experts, top-4. */
 static void demo_coder(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
 static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2); }
+/* Int8 activations (--act-bits 8) keep lazy == resident too. */
+static void demo_coder_act8(void) {
+    act_bits_runs = 8;
+    same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4);
+    act_bits_runs = 0;
+}
 
 /* Router lookahead only changes what is read when: with it on, at capacities where
  * most routes miss, results stay bit-identical to resident on every family, and the
@@ -625,6 +633,7 @@ int main(void) {
     TEST_CASE("lazy_qwen3_next_bit_identical", qwen3_next);
     TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
     TEST_CASE("lazy_demo_coder_bit_identical", demo_coder);
+    TEST_CASE("lazy_demo_coder_int8_activations_bit_identical", demo_coder_act8);
     TEST_CASE("lazy_lookahead_bit_identical", lookahead_bit_identical);
     TEST_CASE("lazy_odd_offsets_direct_io", odd_offsets_direct_io);
     TEST_CASE("lazy_long_prompt_waves", long_prompt_waves);

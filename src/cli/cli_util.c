@@ -131,6 +131,10 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
         if (x != 8 && x != 16 && x != 32) return cli_fail("--kv-bits expects 8, 16 or 32"), -1;
         o->kv_bits = (int)x;
+    } else if (!strcmp(s, "--act-bits")) {
+        if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
+        if (x != 8 && x != 32) return cli_fail("--act-bits expects 8 or 32"), -1;
+        o->act_bits = (int)x;
     } else if (!strcmp(s, "--ctx")) {
         if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return -1;
         o->max_context = (int)x;

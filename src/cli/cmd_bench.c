@@ -15,6 +15,7 @@ static const char bench_usage[] =
     "                    [--memory SIZE] [--capacity N] [--pin N] [--resident] [--io-threads N] [--io-chunk SIZE]\n"
     "                    [--eviction P] [--buffered-io] [--no-warm-start] [--routing-trace FILE]\n"
     "                    [--trace-routing FILE] [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
+    "                    [--act-bits 8|32]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
@@ -139,7 +140,7 @@ done:
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
                "\"planned_bytes\": %llu, \"prefetched\": %llu, \"prefetch_used\": %llu, "
                "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"pinned_experts\": %d, "
-               "\"io_threads\": %d, \"direct_bytes_read\": %llu, \"experts\": %d, \"top_k\": %d, "
+               "\"io_threads\": %d, \"direct_bytes_read\": %llu, \"experts\": %d, \"top_k\": %d, \"act_bits\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
                "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
                model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
@@ -150,7 +151,7 @@ done:
                (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
                st2.resident ? "true" : "false", st2.capacity, st2.pinned_experts, st2.io_threads,
                (unsigned long long)st2.direct_bytes_read, info.n_experts,
-               info.top_k, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
+               info.top_k, opt.act_bits == 8 ? 8 : 32, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
         /* The generated ids, so runs under different budgets can be compared. */
         printf(", \"generated_ids\": [");

@@ -116,7 +116,9 @@ static lazymoe_model *open_model(const model_args *a) {
     "         --no-warm-start    neither use nor update the expert popularity history\n"               \
     "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
     "                            attention runs (router lookahead; default 0 = off)\n"               \
-    "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"
+    "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
+    "         --act-bits N       activations in quantized matmuls: 32 (default, f32) or 8 (int8:\n"  \
+    "                            faster, small stated error)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"

@@ -32,7 +32,7 @@ static const char serve_usage[] =
     "  -v, --verbose           model loading progress\n"
     "memory:  --memory SIZE, --capacity N, --pin N, --resident, --io-threads N, --io-chunk SIZE,\n"
     "         --eviction P, --buffered-io, --trace-routing F, --no-warm-start, --lookahead N,\n"
-    "         --kv-bits N\n"
+    "         --kv-bits N, --act-bits N\n"
     "         (see lazymoe run --help)\n";
 
 static volatile sig_atomic_t stop_requested;

@@ -44,7 +44,27 @@ static uint64_t scratch_bytes(const lm_config *c, int T) {
     uint64_t t = (uint64_t)T;
     uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
     uint64_t extra = (c->attn_output_gate ? 2 * nq : 0) + (c->shared_expert_intermediate_size ? H : 0);
-    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E;
+    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E +
+           E * (3 * 4 + sizeof(lm_expert) + 2 * sizeof(lm_matmul_item)) + 4;
+}
+
+/* The widest matrix input of the model (columns). */
+static int widest_input(const lm_config *c) {
+    int widest[] = {c->hidden_size, max_intermediate(c), c->n_heads * c->head_dim, c->lin_v_heads * c->lin_v_dim,
+                    c->lin_k_heads * c->lin_k_dim};
+    int w = 0;
+    for (size_t i = 0; i < sizeof widest / sizeof widest[0]; i++)
+        if (widest[i] > w) w = widest[i];
+    return w;
+}
+
+/* The CPU backend's int8-activation buffer at its largest: a chunk of tokens for up
+ * to two distinct inputs of one call (values, steps and sums at the smallest group
+ * size, 32, plus alignment). */
+static uint64_t act8_bytes(const lm_config *c, int act_bits) {
+    if (act_bits != 8) return 0;
+    uint64_t w = (uint64_t)widest_input(c);
+    return 2u * LM_CHUNK_TOKENS * (w + 256 + 2 * 4 * (w / 32 + 32));
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
@@ -131,7 +151,8 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         }
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
-    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) + overhead;
+    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) +
+                     act8_bytes(c, o->act_bits) + overhead;
     uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -254,6 +275,9 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         }
     }
     if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
+    if (m->opt.act_bits && m->opt.act_bits != 32 &&
+        lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, widest_input(&m->w.cfg), e) != 0)
+        goto fail;
     if (lm_model_text_load(&m->text, dir, &m->w.cfg, e) != 0) goto fail;
     *out = m;
     return 0;
@@ -338,6 +362,7 @@ static void scratch_free(lm_scratch *S) {
     void *bufs[] = {S->x,    S->h,    S->q,      S->att,  S->knew, S->vnew,       S->proj, S->qgate, S->shared,
                     S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
                     S->tok_of, S->pos, S->need, S->need_status, S->expert_used,
+                    S->expert_off, S->expert_cur, S->expert_ids, S->expert_views, S->expert_items,
                     S->la_h, S->la_logits, S->la_ids, S->la_mark};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
     memset(S, 0, sizeof *S);
@@ -360,6 +385,9 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
         {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
         {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
         {(void **)&S->expert_used, E},
+        {(void **)&S->expert_off, (E + 1) * 4}, {(void **)&S->expert_cur, E * 4},
+        {(void **)&S->expert_ids, E * 4},       {(void **)&S->expert_views, E * sizeof(lm_expert)},
+        {(void **)&S->expert_items, 2 * E * sizeof(lm_matmul_item)},
         {(void **)&S->la_h, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * H * 4},
         {(void **)&S->la_logits, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * E * 4},
         {(void **)&S->la_ids, E * 4},     {(void **)&S->la_mark, E},

@@ -45,7 +45,11 @@ typedef struct {
     float *eout;    /* [T*top_k][H] expert outputs per (token, slot) */
     int32_t *sel;   /* [T][top_k] chosen experts */
     float *selw;    /* [T][top_k] their weights */
-    int32_t *tok_of;  /* [T*top_k] gather lists per expert */
+    int32_t *tok_of;  /* [T*top_k] the chunk's routes sorted by expert (group_routes) */
+    int32_t *expert_off, *expert_cur; /* [E+1], [E]: where each expert's routes start in tok_of */
+    int32_t *expert_ids;      /* [E] experts of one run_experts call */
+    lm_expert *expert_views;  /* [E] their weights */
+    lm_matmul_item *expert_items; /* [2E] one backend batch */
     int32_t *need;    /* [E] distinct experts a lazy layer needs */
     uint8_t *need_status; /* [E] */
     uint8_t *expert_used; /* [E] */

@@ -48,9 +48,9 @@ static void attention_block(lazymoe_session *s, int l, int T) {
     be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, H, c->rms_norm_eps);
     float *kdst = S->knew, *vdst = S->vnew;
     /* q_proj gives each head its query then its output gate with attn_output_gate (qwen3_next). */
-    const lm_matmul_item qkv[3] = {{c->attn_output_gate ? S->qgate : S->q, &ly->q, S->h},
-                                   {kdst, &ly->k, S->h}, {vdst, &ly->v, S->h}};
-    be->ops->matmul_many(be, qkv, 3, T);
+    const lm_matmul_item qkv[3] = {{c->attn_output_gate ? S->qgate : S->q, &ly->q, S->h, T},
+                                   {kdst, &ly->k, S->h, T}, {vdst, &ly->v, S->h, T}};
+    be->ops->matmul_batch(be, qkv, 3);
     if (c->attn_output_gate)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < c->n_heads; h++)
@@ -136,24 +136,67 @@ static void route(const lm_config *c, const float *logits, int T, int32_t *sel, 
     }
 }
 
-/* Runs expert e on the tokens of this chunk that chose it; writes each result into
- * eout[token * K + slot]. */
-static void run_expert(lazymoe_session *s, const lm_expert *ex, int e, int T) {
+/* Sorts the chunk's (token, slot) routes by expert: expert e's routes are
+ * tok_of[expert_off[e] .. expert_off[e+1]), in token order. */
+static void group_routes(lm_scratch *S, int E, int TK) {
+    memset(S->expert_off, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (int i = 0; i < TK; i++) S->expert_off[S->sel[i] + 1]++;
+    for (int e = 0; e < E; e++) S->expert_off[e + 1] += S->expert_off[e];
+    memcpy(S->expert_cur, S->expert_off, sizeof(int32_t) * (size_t)E);
+    for (int i = 0; i < TK; i++) S->tok_of[S->expert_cur[S->sel[i]]++] = i;
+}
+
+/* Runs experts ids[0..n) (weights views[0..n)) on the tokens of this chunk that chose
+ * them (group_routes first) and writes each result into eout[token * K + slot]. As
+ * many experts as the scratch holds tokens for go together: their gate and up
+ * products in one backend batch, their down products in another, so a layer costs
+ * a few hand-overs to the threads rather than two per expert. */
+static void run_experts(lazymoe_session *s, const lm_expert *views, const int32_t *ids, int n) {
     lm_backend *be = BE(s);
     const lm_config *c = &s->m->w.cfg;
     lm_scratch *S = &s->s;
     int K = c->top_k, H = c->hidden_size, I = c->moe_intermediate_size;
-    int m = 0;
-    for (int i = 0; i < T * K; i++)
-        if (S->sel[i] == e) S->tok_of[m++] = i;
-    for (int j = 0; j < m; j++)
-        memcpy(S->xe + (size_t)j * (size_t)H, S->h + (size_t)(S->tok_of[j] / K) * (size_t)H, sizeof(float) * (size_t)H);
-    const lm_matmul_item gate_up[2] = {{S->gate, &ex->gate, S->xe}, {S->up, &ex->up, S->xe}};
-    be->ops->matmul_many(be, gate_up, 2, m);
-    be->ops->swiglu(be, S->gate, S->up, (size_t)m * (size_t)I);
-    be->ops->matmul(be, S->proj, &ex->down, S->gate, m);
-    for (int j = 0; j < m; j++)
-        memcpy(S->eout + (size_t)S->tok_of[j] * (size_t)H, S->proj + (size_t)j * (size_t)H, sizeof(float) * (size_t)H);
+    lm_matmul_item *items = S->expert_items;
+    for (int i = 0; i < n;) {
+        int j = i, tokens = 0;
+        while (j < n) {
+            int m = S->expert_off[ids[j] + 1] - S->expert_off[ids[j]];
+            if (j > i && tokens + m > S->cap_tokens) break;
+            tokens += m;
+            j++;
+        }
+        int base = 0;
+        for (int k = i; k < j; k++) {
+            const int32_t *routes = S->tok_of + S->expert_off[ids[k]];
+            int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+            float *xe = S->xe + (size_t)base * (size_t)H;
+            for (int r = 0; r < m; r++)
+                memcpy(xe + (size_t)r * (size_t)H, S->h + (size_t)(routes[r] / K) * (size_t)H, sizeof(float) * (size_t)H);
+            items[2 * (k - i)] = (lm_matmul_item){S->gate + (size_t)base * (size_t)I, &views[k].gate, xe, m};
+            items[2 * (k - i) + 1] = (lm_matmul_item){S->up + (size_t)base * (size_t)I, &views[k].up, xe, m};
+            base += m;
+        }
+        be->ops->matmul_batch(be, items, 2 * (j - i));
+        be->ops->swiglu(be, S->gate, S->up, (size_t)tokens * (size_t)I);
+        base = 0;
+        for (int k = i; k < j; k++) {
+            int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+            items[k - i] = (lm_matmul_item){S->proj + (size_t)base * (size_t)H, &views[k].down,
+                                            S->gate + (size_t)base * (size_t)I, m};
+            base += m;
+        }
+        be->ops->matmul_batch(be, items, j - i);
+        base = 0;
+        for (int k = i; k < j; k++) {
+            const int32_t *routes = S->tok_of + S->expert_off[ids[k]];
+            int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+            for (int r = 0; r < m; r++)
+                memcpy(S->eout + (size_t)routes[r] * (size_t)H, S->proj + (size_t)(base + r) * (size_t)H,
+                       sizeof(float) * (size_t)H);
+            base += m;
+        }
+        i = j;
+    }
 }
 
 /* The shared expert (qwen3_next) into S->shared: sigmoid(h.w_g) * down(silu(gate h) * up h).
@@ -189,21 +232,27 @@ static int run_lazy_experts(lazymoe_session *s, int l, int T, char *err) {
     for (int i = 0; i < T * c->top_k; i++) used[S->sel[i]] = 1;
     for (int e = 0; e < E; e++)
         if (used[e]) S->need[n++] = e;
+    group_routes(S, E, T * c->top_k);
     while (n > 0) {
         int got = lm_cache_acquire(cache, l, S->need, n, S->need_status);
         if (got == 0) return lm_errf(err, "expert cache of layer %d has no free slot", l);
-        lm_expert view;
         int rc = 0;
-        for (int pass = 1; pass <= 2 && rc == 0; pass++) { /* hits, then misses */
-            if (pass == 2 && !shared_done && s->m->w.layers[l].shared_gate.rows) {
-                shared_expert(s, &s->m->w.layers[l], T);
-                shared_done = 1;
-            }
-            for (int i = 0; i < n && rc == 0; i++) {
-                if (S->need_status[i] != pass) continue;
-                rc = lm_cache_wait(cache, l, S->need[i], &view, err);
-                if (rc == 0) run_expert(s, &view, S->need[i], T);
-            }
+        /* The hits together, while the misses are read; then each miss as it lands. */
+        int hits = 0;
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (S->need_status[i] != 1) continue;
+            rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[hits], err);
+            S->expert_ids[hits++] = S->need[i];
+        }
+        if (rc == 0 && hits) run_experts(s, S->expert_views, S->expert_ids, hits);
+        if (rc == 0 && !shared_done && s->m->w.layers[l].shared_gate.rows) {
+            shared_expert(s, &s->m->w.layers[l], T);
+            shared_done = 1;
+        }
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (S->need_status[i] != 2) continue;
+            rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[0], err);
+            if (rc == 0) run_experts(s, S->expert_views, &S->need[i], 1);
         }
         lm_cache_release_layer(cache, l);
         if (rc) return -1;
@@ -234,11 +283,14 @@ static int moe_block(lazymoe_session *s, int l, int T, char *err) {
             }
         }
     if (ly->experts) {
-        for (int e = 0; e < E; e++) {
-            int used = 0;
-            for (int i = 0; i < T * K && !used; i++) used = S->sel[i] == e;
-            if (used) run_expert(s, &ly->experts[e], e, T);
-        }
+        group_routes(S, E, T * K);
+        int n = 0;
+        for (int e = 0; e < E; e++)
+            if (S->expert_off[e + 1] > S->expert_off[e]) {
+                S->expert_views[n] = ly->experts[e];
+                S->expert_ids[n++] = e;
+            }
+        run_experts(s, S->expert_views, S->expert_ids, n);
         if (ly->shared_gate.rows) shared_expert(s, ly, T);
     } else if (run_lazy_experts(s, l, T, err) != 0) {
         return -1;

@@ -45,6 +45,7 @@ typedef struct {
     float *y;
     const lm_mat *W;
     const float *x;
+    int n; /* tokens */
 } lm_matmul_item;
 
 /* One layer's K or V cache: [positions][n_kv][head_dim] values in `dtype`:
@@ -60,10 +61,10 @@ typedef struct {
     const char *name;
     /* y[n][W.rows] = x[n][W.cols] . W^T */
     void (*matmul)(lm_backend *be, float *y, const lm_mat *W, const float *x, int n);
-    /* Several independent matmuls over n tokens each, as one piece of parallel
-     * work (fewer hand-overs to the threads than one call each); every result is
-     * bit-identical to what matmul gives for it alone. */
-    void (*matmul_many)(lm_backend *be, const lm_matmul_item *items, int count, int n);
+    /* Several independent matmuls (each with its own token count) as one piece of
+     * parallel work: fewer hand-overs to the threads than one call each. Every
+     * result is bit-identical to what matmul gives for it alone. */
+    void (*matmul_batch)(lm_backend *be, const lm_matmul_item *items, int count);
     /* y[n][dim] = x / sqrt(mean(x^2) + eps) * w ; y may alias x */
     void (*rmsnorm)(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half
@@ -95,6 +96,15 @@ struct lm_backend {
 int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err);
 /* The same with the kernels named (NULL = auto); an error if the CPU lacks them. */
 int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kernels, char *err);
+/* Precision of the activations in matmuls with affine (MLX 4/8-bit) weights:
+ * 32 (default) multiplies the f32 activations with the widened weights; 8
+ * quantizes each token's activations per weight group to int8 (cpu_kernels.h:
+ * lm_act8) and multiplies integers, with VNNI / dot-product instructions where
+ * the CPU has them -- faster, at a small stated error (tests/test_golden.c).
+ * Float weights and attention stay f32 either way. max_cols (the widest matrix
+ * input the model has) sizes the quantization buffer up front, so running out
+ * of memory is reported here rather than during a matmul. */
+int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err);
 /* Name of the matmul kernels a CPU backend runs ("avx512", "scalar", ...). */
 const char *lm_backend_cpu_kernels(const lm_backend *be);
 void lm_backend_free(lm_backend *be);

@@ -16,6 +16,7 @@
 #include "platform/platform.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +25,11 @@ typedef struct {
     const lm_cpu_kernels *k; /* SIMD matmul, NULL = scalar reference only */
     float *xsum; /* per-token per-group input sums for affine matmul */
     size_t xsum_cap;
+    int act_bits;   /* 32, or 8: int8 activations for affine matmuls */
+    char *a8buf;    /* quantized activations of the current call (64-byte aligned) */
+    size_t a8cap;
+    void *batch_mem; /* per-call arrays of matmul_batch */
+    size_t batch_cap;
 } cpu_impl;
 
 uint64_t lm_mat_bytes(const lm_mat *m) {
@@ -157,16 +163,168 @@ static float dot_affine(const lm_mat *m, int r, const float *x, const float *xsu
     return acc;
 }
 
+/* ---- int8 activations (cpu_kernels.h: lm_act8) ------------------------------------ */
+
+void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int8_t *q, size_t q_stride,
+                      float *dx, float *xsum, int ng_stride) {
+    int ng = cols / gs;
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * (size_t)cols;
+        int8_t *qt = q + (size_t)t * q_stride;
+        float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
+        for (int g = 0; g < ng; g++) {
+            const float *xg = xt + (size_t)g * (size_t)gs;
+            int8_t *qg = qt + (size_t)g * (size_t)gs;
+            /* 16 running lanes combined in a fixed tree: a set order that SIMD
+             * code can reproduce (a sequential sum could not be vectorized). */
+            float lane_max[16] = {0}, lane_sum[16] = {0};
+            int i = 0;
+            for (; i + 16 <= gs; i += 16)
+                for (int k = 0; k < 16; k++) {
+                    float a = fabsf(xg[i + k]);
+                    lane_max[k] = a > lane_max[k] ? a : lane_max[k];
+                    lane_sum[k] += xg[i + k];
+                }
+            for (int k = 0; i < gs; i++, k++) {
+                float a = fabsf(xg[i]);
+                lane_max[k] = a > lane_max[k] ? a : lane_max[k];
+                lane_sum[k] += xg[i];
+            }
+            for (int w = 8; w >= 1; w /= 2)
+                for (int k = 0; k < w; k++) {
+                    lane_max[k] = lane_max[k + w] > lane_max[k] ? lane_max[k + w] : lane_max[k];
+                    lane_sum[k] += lane_sum[k + w];
+                }
+            float amax = lane_max[0], sum = lane_sum[0];
+            /* amax is finite for finite x; a NaN or infinite activation gives a NaN
+             * or infinite result, as it would in f32 (through xsum and dx). */
+            float inv = amax > 0 && amax <= 3.4e38f ? 127.0f / amax : 0.0f;
+            dt[g] = amax / 127.0f;
+            st[g] = sum;
+            for (i = 0; i < gs; i++) {
+                float v = xg[i] * inv;
+                v = v >= -127.0f ? v : v < 0 ? -127.0f : 0.0f; /* NaN -> 0: xsum carries it */
+                v = v <= 127.0f ? v : 127.0f;
+                /* Round to nearest, ties to even, by adding and removing 1.5 * 2^23
+                 * (exact for |v| < 2^22; inline, where lrintf is a libm call). */
+                qg[i] = (int8_t)(int)((v + 12582912.0f) - 12582912.0f);
+            }
+        }
+        memset(qt + cols, 0, q_stride - (size_t)cols);
+        for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
+        if (!q4_block) continue;
+        /* Each block of q4_block values becomes its even-indexed values, then its
+         * odd ones (a partial last block: both halves zero-padded). */
+        int8_t tmp[LM_ACT8_MAX_BLOCK];
+        for (int base = 0; base < cols; base += q4_block) {
+            int m = cols - base < q4_block ? cols - base : q4_block, half = q4_block / 2;
+            memcpy(tmp, qt + base, (size_t)m);
+            memset(qt + base, 0, (size_t)q4_block);
+            for (int j = 0; j < m; j++) qt[base + (j & 1) * half + j / 2] = tmp[j];
+        }
+    }
+}
+
+/* The reference: exact integer dot per group, groups combined in order. */
+static float dot_affine_act8(const lm_mat *m, int r, const int8_t *q, const float *dx, const float *xsum) {
+    const uint32_t *row = affine_row(m, r);
+    int gs = m->group_size, ng = m->cols / gs;
+    size_t sb = (size_t)r * (size_t)ng;
+    float acc = 0;
+    for (int g = 0; g < ng; g++) {
+        int32_t dot = 0;
+        for (int i = 0; i < gs; i++) {
+            int c = g * gs + i;
+            dot += (int32_t)affine_q(row, m->bits, c) * (int32_t)q[c];
+        }
+        float s = lm_load_float(m->scales, m->qdtype, sb + (size_t)g);
+        float b = lm_load_float(m->biases, m->qdtype, sb + (size_t)g);
+        acc += (s * dx[g]) * (float)dot + b * xsum[g];
+    }
+    return acc;
+}
+
+/* Bytes one token's quantized input takes for W under a table's layout. */
+static size_t round64(size_t v) { return (v + 63) / 64 * 64; }
+static size_t act8_q_stride(const lm_mat *W, int block) {
+    size_t c = (size_t)W->cols;
+    if (block) c = (c + (size_t)block - 1) / (size_t)block * (size_t)block;
+    return round64(c);
+}
+static int act8_ng_stride(const lm_mat *W) { return W->cols / W->group_size + LM_ACT8_PAD; }
+static size_t act8_token_bytes(const lm_mat *W, int block) {
+    return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float));
+}
+
+/* Makes the buffer hold at least `bytes`; 0 when it does (or already did). */
+static int act8_reserve(cpu_impl *impl, size_t bytes) {
+    if (bytes <= impl->a8cap) return 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes) != 0) return -1;
+    free(impl->a8buf);
+    impl->a8buf = p;
+    impl->a8cap = bytes;
+    return 0;
+}
+
+typedef struct {
+    const lm_mat *W;
+    const float *x;
+    int n, block, per_task;
+    lm_act8 *a;
+} quantize_job;
+
+static void quantize_task(void *ctx, int task) {
+    const quantize_job *j = ctx;
+    int t0 = task * j->per_task, tn = j->n - t0 < j->per_task ? j->n - t0 : j->per_task;
+    lm_act8 *a = j->a;
+    lm_act8_quantize(j->x + (size_t)t0 * (size_t)j->W->cols, tn, j->W->cols, j->W->group_size, j->block,
+                     (int8_t *)a->q + (size_t)t0 * a->q_stride, a->q_stride,
+                     (float *)a->dx + (size_t)t0 * (size_t)a->ng_stride,
+                     (float *)a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride);
+}
+
+/* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes),
+ * spread over the pool by tokens when there are enough. */
+static void act8_prepare(lm_pool *pool, const lm_mat *W, const float *x, int n, int block, char *buf, lm_act8 *a) {
+    size_t qs = act8_q_stride(W, block);
+    int ngs = act8_ng_stride(W);
+    size_t fb = round64((size_t)ngs * sizeof(float));
+    a->q = (int8_t *)buf;
+    a->q_stride = qs;
+    void *dx = buf + (size_t)n * qs, *xsum = buf + (size_t)n * (qs + fb); /* 64-byte aligned */
+    a->dx = dx;
+    a->xsum = xsum;
+    a->ng_stride = ngs;
+    int tasks = n < 2 * lm_pool_size(pool) ? n : 2 * lm_pool_size(pool);
+    quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a};
+    if (tasks <= 1 || (size_t)n * (size_t)W->cols < 8192) {
+        quantize_task(&j, 0);
+        return;
+    }
+    j.per_task = (n + tasks - 1) / tasks;
+    lm_pool_run(pool, (n + j.per_task - 1) / j.per_task, quantize_task, &j);
+}
+
 /* ---- matmul --------------------------------------------------------------------- */
 
 typedef struct {
-    const lm_cpu_kernels *k;
+    const lm_cpu_kernels *k; /* SIMD table for W (rows, or rows_act8 with a8), NULL = scalar */
     float *y;
     const lm_mat *W;
     const float *x;
     const float *xsum;
+    const lm_act8 *a8; /* int8 activations, NULL = f32 */
     int n, rows_per_task;
 } matmul_job;
+
+static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    for (int r = r0; r < r1; r++)
+        for (int t = 0; t < n; t++)
+            y[(size_t)t * (size_t)W->rows + (size_t)r] =
+                dot_affine_act8(W, r, a->q + (size_t)t * a->q_stride, a->dx + (size_t)t * (size_t)a->ng_stride,
+                                a->xsum + (size_t)t * (size_t)a->ng_stride);
+}
 
 static void matmul_task(void *ctx, int task) {
     const matmul_job *j = ctx;
@@ -174,6 +332,11 @@ static void matmul_task(void *ctx, int task) {
     int r0 = task * j->rows_per_task;
     int r1 = r0 + j->rows_per_task;
     if (r1 > W->rows) r1 = W->rows;
+    if (j->a8) {
+        if (j->k) j->k->rows_act8(W, r0, r1, j->a8, j->n, j->y);
+        else act8_rows_scalar(W, r0, r1, j->a8, j->n, j->y);
+        return;
+    }
     if (j->k) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
         return;
@@ -202,10 +365,50 @@ static int rows_per_task(int rows, int threads) {
     return (rpt + 3) / 4 * 4;
 }
 
+/* The SIMD table that computes W under the backend's settings (NULL = scalar). */
+static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, int act8) {
+    if (!impl->k) return NULL;
+    if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
+    return impl->k->handles(W) ? impl->k : NULL;
+}
+static int uses_act8(const cpu_impl *impl, const lm_mat *W) { return impl->act_bits == 8 && W->dtype == LM_DT_U32; }
+static int q4_block(const lm_cpu_kernels *k, const lm_mat *W) { return k && W->bits == 4 ? k->act8_q4_block : 0; }
+
+/* Tokens per piece so that `per_token` bytes each fit the quantization buffer,
+ * which grows to all n tokens when memory allows; smaller pieces give the same
+ * results (a token's dot products do not depend on the others in the call). */
+static int act8_piece(cpu_impl *impl, size_t per_token, int n) {
+    if (act8_reserve(impl, per_token * (size_t)n) != 0 && per_token > impl->a8cap) {
+        /* lm_backend_cpu_set_act_bits reserved room for the widest input the
+         * model declared, so this means a matrix wider than that: a bug. */
+        fprintf(stderr, "lazymoe: int8 activations need %zu bytes per token, more than reserved\n", per_token);
+        abort();
+    }
+    size_t fit = impl->a8cap / per_token;
+    return fit < (size_t)n ? (int)fit : n;
+}
+
 static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
-    matmul_job j = {.y = y, .W = W, .x = x, .n = n};
-    if (impl->k && impl->k->handles(W)) j.k = impl->k;
+    int act8 = uses_act8(impl, W);
+    matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
+    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
+    j.rows_per_task = rpt;
+    int tasks = (W->rows + rpt - 1) / rpt;
+    if (act8) {
+        int block = q4_block(j.k, W);
+        int piece = act8_piece(impl, act8_token_bytes(W, block), n);
+        lm_act8 a;
+        for (int t0 = 0; t0 < n; t0 += piece) {
+            int tn = n - t0 < piece ? n - t0 : piece;
+            act8_prepare(impl->pool, W, x + (size_t)t0 * (size_t)W->cols, tn, block, impl->a8buf, &a);
+            j.a8 = &a;
+            j.n = tn;
+            j.y = y + (size_t)t0 * (size_t)W->rows;
+            lm_pool_run(impl->pool, tasks, matmul_task, &j);
+        }
+        return;
+    }
     if (W->dtype == LM_DT_U32 && !j.k) {
         int ng = W->cols / W->group_size;
         size_t need = (size_t)n * (size_t)ng;
@@ -228,86 +431,240 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
             }
         j.xsum = need <= impl->xsum_cap ? impl->xsum : NULL;
     }
-    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
-    j.rows_per_task = rpt;
-    lm_pool_run(impl->pool, (W->rows + rpt - 1) / rpt, matmul_task, &j);
+    lm_pool_run(impl->pool, tasks, matmul_task, &j);
 }
 
-#define MANY_MAX 8
+/* ---- batches of independent matmuls -------------------------------------------------
+ *
+ * One pool run for many products (an attention's q/k/v, a group of experts' gate and
+ * up products, their down products): tasks are row ranges of the items, sized by each
+ * item's share of the work, so one hand-over to the threads replaces one per item.
+ * Every product is computed exactly as matmul computes it alone. */
 
 typedef struct {
     const lm_cpu_kernels *k;
     const lm_matmul_item *items;
-    int count, n;
-    int first_task[MANY_MAX + 1]; /* tasks of item i: [first_task[i], first_task[i+1]) */
-    int rpt[MANY_MAX];
-} many_job;
+    const lm_act8 *const *a8; /* per item: int8 activations, NULL = f32 */
+    const int *first_task;    /* [count + 1]: tasks of item i are [first_task[i], first_task[i+1]) */
+    const int *rpt;           /* rows per task of each item */
+    int count;
+} batch_job;
 
-static void many_task(void *ctx, int task) {
-    const many_job *j = ctx;
-    int i = 0;
-    while (task >= j->first_task[i + 1]) i++;
-    const lm_matmul_item *it = &j->items[i];
-    int r0 = (task - j->first_task[i]) * j->rpt[i];
-    int r1 = r0 + j->rpt[i] < it->W->rows ? r0 + j->rpt[i] : it->W->rows;
-    j->k->rows(it->W, r0, r1, it->x, j->n, it->y);
+static void batch_task(void *ctx, int task) {
+    const batch_job *j = ctx;
+    int lo = 0, hi = j->count - 1; /* the last item whose first task is <= task (skips empty ones) */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (j->first_task[mid] <= task) lo = mid;
+        else hi = mid - 1;
+    }
+    const lm_matmul_item *it = &j->items[lo];
+    int r0 = (task - j->first_task[lo]) * j->rpt[lo];
+    int r1 = r0 + j->rpt[lo] < it->W->rows ? r0 + j->rpt[lo] : it->W->rows;
+    if (j->a8[lo]) j->k->rows_act8(it->W, r0, r1, j->a8[lo], it->n, it->y);
+    else j->k->rows(it->W, r0, r1, it->x, it->n, it->y);
 }
 
-static void cpu_matmul_many(lm_backend *be, const lm_matmul_item *items, int count, int n) {
+/* Per-call arrays of a batch, kept in the backend (grown, never shrunk). */
+typedef struct {
+    int *first_task, *rpt, *share;
+    size_t *off;
+    const lm_act8 **a8p;
+    lm_act8 *a8;
+} batch_arrays;
+
+static int batch_reserve(cpu_impl *impl, int count, batch_arrays *b) {
+    size_t n = (size_t)count + 1;
+    size_t need = n * (3 * sizeof(int) + sizeof(size_t) + sizeof(lm_act8 *) + sizeof(lm_act8));
+    if (need > impl->batch_cap) {
+        void *p = realloc(impl->batch_mem, need);
+        if (!p) return -1;
+        impl->batch_mem = p;
+        impl->batch_cap = need;
+    }
+    char *m = impl->batch_mem; /* largest alignment first */
+    b->a8 = (void *)m, m += n * sizeof(lm_act8);
+    b->off = (void *)m, m += n * sizeof(size_t);
+    b->a8p = (void *)m, m += n * sizeof(lm_act8 *);
+    b->first_task = (void *)m, m += n * sizeof(int);
+    b->rpt = (void *)m, m += n * sizeof(int);
+    b->share = (void *)m;
+    return 0;
+}
+
+static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
     cpu_impl *impl = be->impl;
-    int simd = impl->k != NULL && count <= MANY_MAX;
-    for (int i = 0; i < count && simd; i++) simd = impl->k->handles(items[i].W);
-    if (!simd) { /* the scalar path's per-call input sums: one call each */
-        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, n);
+    int simd = impl->k != NULL;
+    for (int i = 0; i < count && simd; i++) simd = table_for(impl, items[i].W, uses_act8(impl, items[i].W)) != NULL;
+    batch_arrays b;
+    if (!simd || batch_reserve(impl, count, &b) != 0) { /* the same results, one call each */
+        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n);
         return;
     }
-    many_job j = {.k = impl->k, .items = items, .count = count, .n = n};
-    int threads = lm_pool_size(impl->pool);
+    /* Int8 items: one quantization per distinct input (gate and up share theirs). */
+    size_t a8_bytes = 0;
     for (int i = 0; i < count; i++) {
-        j.rpt[i] = rows_per_task(items[i].W->rows, threads);
-        j.first_task[i + 1] = j.first_task[i] + (items[i].W->rows + j.rpt[i] - 1) / j.rpt[i];
+        const lm_mat *W = items[i].W;
+        b.share[i] = -2; /* f32 */
+        if (!uses_act8(impl, W) || items[i].n == 0) continue;
+        b.share[i] = -1; /* quantized for this item */
+        for (int p = 0; p < i && b.share[i] == -1; p++) {
+            const lm_mat *P = items[p].W;
+            if (b.share[p] == -1 && items[p].x == items[i].x && items[p].n == items[i].n && P->cols == W->cols &&
+                P->group_size == W->group_size && q4_block(impl->k, P) == q4_block(impl->k, W))
+                b.share[i] = p;
+        }
+        if (b.share[i] == -1) {
+            b.off[i] = a8_bytes;
+            a8_bytes += act8_token_bytes(W, q4_block(impl->k, W)) * (size_t)items[i].n;
+        }
     }
-    lm_pool_run(impl->pool, j.first_task[count], many_task, &j);
+    if (a8_bytes && act8_reserve(impl, a8_bytes) != 0) { /* pieces of tokens, per item */
+        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n);
+        return;
+    }
+    for (int i = 0; i < count; i++) {
+        b.a8p[i] = NULL;
+        if (b.share[i] == -1)
+            act8_prepare(impl->pool, items[i].W, items[i].x, items[i].n, q4_block(impl->k, items[i].W),
+                         impl->a8buf + b.off[i], &b.a8[i]);
+        if (b.share[i] >= 0) b.a8[i] = b.a8[b.share[i]];
+        if (b.share[i] != -2) b.a8p[i] = &b.a8[i];
+    }
+    /* Tasks: about 8 per thread over the whole batch, each item's count in
+     * proportion to its work, in whole 4-row tiles. */
+    double total = 0;
+    for (int i = 0; i < count; i++) total += (double)items[i].W->rows * items[i].W->cols * items[i].n;
+    double per_task = total / (8.0 * lm_pool_size(impl->pool)) + 1;
+    b.first_task[0] = 0;
+    for (int i = 0; i < count; i++) {
+        const lm_mat *W = items[i].W;
+        int tasks = 0;
+        b.rpt[i] = 4;
+        if (items[i].n > 0 && W->rows > 0) {
+            double want = (double)W->rows * W->cols * items[i].n / per_task;
+            int most = (W->rows + 3) / 4;
+            tasks = want < 1 ? 1 : want > most ? most : (int)want;
+            b.rpt[i] = ((W->rows + tasks - 1) / tasks + 3) / 4 * 4;
+            tasks = (W->rows + b.rpt[i] - 1) / b.rpt[i];
+        }
+        b.first_task[i + 1] = b.first_task[i] + tasks;
+    }
+    batch_job j = {.k = impl->k, .items = items, .a8 = b.a8p, .first_task = b.first_task, .rpt = b.rpt,
+                   .count = count};
+    if (b.first_task[count] > 0) lm_pool_run(impl->pool, b.first_task[count], batch_task, &j);
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */
 
-static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
-    (void)be;
-    for (int t = 0; t < n; t++) {
-        const float *xt = x + (size_t)t * (size_t)dim;
-        float *yt = y + (size_t)t * (size_t)dim;
+/* Elementwise work is split over the pool by tokens (or element ranges) once it is
+ * large enough to pay for the hand-over; every element is computed the same way
+ * whoever computes it. */
+#define ELEMENTWISE_MIN 16384 /* elements below which the calling thread does it alone */
+
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int n, dim, per_task;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_task(void *ctx, int task) {
+    const rmsnorm_job *j = ctx;
+    int t1 = (task + 1) * j->per_task < j->n ? (task + 1) * j->per_task : j->n;
+    for (int t = task * j->per_task; t < t1; t++) {
+        const float *xt = j->x + (size_t)t * (size_t)j->dim;
+        float *yt = j->y + (size_t)t * (size_t)j->dim;
         float ss = 0;
-        for (int i = 0; i < dim; i++) ss += xt[i] * xt[i];
-        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int i = 0; i < dim; i++) yt[i] = w[i] * (xt[i] * inv);
+        for (int i = 0; i < j->dim; i++) ss += xt[i] * xt[i];
+        float inv = 1.0f / sqrtf(ss / (float)j->dim + j->eps);
+        for (int i = 0; i < j->dim; i++) yt[i] = j->w[i] * (xt[i] * inv);
     }
 }
 
-static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                     const float *inv_freq, int half) {
-    (void)be;
-    for (int t = 0; t < n; t++) {
-        float p = (float)pos[t];
-        for (int i = 0; i < half; i++) {
-            float ang = p * inv_freq[i];
+/* Tasks for n rows of `row` elements: one per ~ELEMENTWISE_MIN elements, at most 4 per thread. */
+static int row_tasks(const cpu_impl *impl, int n, size_t row, int *per_task) {
+    size_t total = (size_t)n * row;
+    int tasks = total < ELEMENTWISE_MIN ? 1 : (int)(total / ELEMENTWISE_MIN);
+    int most = 4 * lm_pool_size(impl->pool);
+    if (tasks > most) tasks = most;
+    if (tasks > n) tasks = n;
+    if (tasks < 1) tasks = 1;
+    *per_task = (n + tasks - 1) / tasks;
+    return (n + *per_task - 1) / *per_task;
+}
+
+static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    cpu_impl *impl = be->impl;
+    rmsnorm_job j = {.y = y, .x = x, .w = w, .n = n, .dim = dim, .eps = eps};
+    int tasks = row_tasks(impl, n, (size_t)dim, &j.per_task);
+    if (tasks <= 1) rmsnorm_task(&j, 0);
+    else lm_pool_run(impl->pool, tasks, rmsnorm_task, &j);
+}
+
+typedef struct {
+    float *x;
+    int n, n_heads, head_dim, half, per_task;
+    const int32_t *pos;
+    const float *inv_freq;
+} rope_job;
+
+static void rope_task(void *ctx, int task) {
+    const rope_job *j = ctx;
+    int t1 = (task + 1) * j->per_task < j->n ? (task + 1) * j->per_task : j->n;
+    for (int t = task * j->per_task; t < t1; t++) {
+        float p = (float)j->pos[t];
+        for (int i = 0; i < j->half; i++) {
+            float ang = p * j->inv_freq[i];
             float c = cosf(ang), s = sinf(ang);
-            for (int h = 0; h < n_heads; h++) {
-                float *xh = x + ((size_t)t * (size_t)n_heads + (size_t)h) * (size_t)head_dim;
-                float x1 = xh[i], x2 = xh[i + half];
+            for (int h = 0; h < j->n_heads; h++) {
+                float *xh = j->x + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->head_dim;
+                float x1 = xh[i], x2 = xh[i + j->half];
                 xh[i] = x1 * c - x2 * s;
-                xh[i + half] = x2 * c + x1 * s;
+                xh[i + j->half] = x2 * c + x1 * s;
             }
         }
     }
 }
 
-static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
-    (void)be;
-    for (size_t i = 0; i < n; i++) {
-        float a = g[i];
-        g[i] = a / (1.0f + expf(-a)) * u[i];
+static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                     const float *inv_freq, int half) {
+    cpu_impl *impl = be->impl;
+    rope_job j = {.x = x, .n = n, .n_heads = n_heads, .head_dim = head_dim, .half = half, .pos = pos,
+                  .inv_freq = inv_freq};
+    /* cosf/sinf per (token, frequency) cost like many elements each */
+    int tasks = row_tasks(impl, n, (size_t)n_heads * (size_t)head_dim * 4, &j.per_task);
+    if (tasks <= 1) rope_task(&j, 0);
+    else lm_pool_run(impl->pool, tasks, rope_task, &j);
+}
+
+typedef struct {
+    float *g;
+    const float *u;
+    size_t n, per_task;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int task) {
+    const swiglu_job *j = ctx;
+    size_t i1 = ((size_t)task + 1) * j->per_task < j->n ? ((size_t)task + 1) * j->per_task : j->n;
+    for (size_t i = (size_t)task * j->per_task; i < i1; i++) {
+        float a = j->g[i];
+        j->g[i] = a / (1.0f + expf(-a)) * j->u[i];
     }
+}
+
+static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
+    cpu_impl *impl = be->impl;
+    swiglu_job j = {.g = g, .u = u, .n = n, .per_task = n};
+    /* expf costs like several elements of a norm: split from a quarter of the usual size */
+    size_t tasks = n / (ELEMENTWISE_MIN / 4), most = 4 * (size_t)lm_pool_size(impl->pool);
+    if (tasks > most) tasks = most;
+    if (tasks <= 1) {
+        swiglu_task(&j, 0);
+        return;
+    }
+    j.per_task = (n + tasks - 1) / tasks;
+    lm_pool_run(impl->pool, (int)((n + j.per_task - 1) / j.per_task), swiglu_task, &j);
 }
 
 /* ---- KV cache ----------------------------------------------------------------------- */
@@ -467,7 +824,7 @@ static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_k
 static const lm_backend_ops cpu_ops = {
     .name = "cpu",
     .matmul = cpu_matmul,
-    .matmul_many = cpu_matmul_many,
+    .matmul_batch = cpu_matmul_batch,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
@@ -519,6 +876,7 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
         return -1;
     }
     impl->k = k;
+    impl->act_bits = 32;
     be->ops = &cpu_ops;
     be->impl = impl;
     *out = be;
@@ -527,6 +885,22 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
 
 int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
     return lm_backend_cpu_create_with(out, n_threads, getenv("LAZYMOE_KERNELS"), err);
+}
+
+int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err) {
+    cpu_impl *impl = be->impl;
+    if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);
+    if (bits == 8) {
+        /* One token of the widest input for a few distinct inputs, at the smallest
+         * MLX group size (the most scales per column): matmul always fits. */
+        lm_mat widest = {.dtype = LM_DT_U32, .rows = 1, .cols = max_cols < 32 ? 32 : max_cols, .bits = 4,
+                         .group_size = 32};
+        size_t per = act8_token_bytes(&widest, 128) + 64;
+        if (act8_reserve(impl, (size_t)8 * per) != 0)
+            return lm_errf(err, "out of memory for int8 activations (%zu bytes)", (size_t)8 * per);
+    }
+    impl->act_bits = bits;
+    return 0;
 }
 
 const char *lm_backend_cpu_kernels(const lm_backend *be) {
@@ -539,6 +913,8 @@ void lm_backend_free(lm_backend *be) {
     cpu_impl *impl = be->impl;
     lm_pool_free(impl->pool);
     free(impl->xsum);
+    free(impl->a8buf);
+    free(impl->batch_mem);
     free(impl);
     free(be);
 }

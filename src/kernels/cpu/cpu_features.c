@@ -28,7 +28,10 @@ static unsigned detect(void) {
             if ((b7 >> 30) & 1) f |= LM_CPU_AVX512BW;
             if ((b7 >> 31) & 1) f |= LM_CPU_AVX512VL;
             if ((c7 >> 1) & 1) f |= LM_CPU_AVX512VBMI;
+            if ((c7 >> 11) & 1) f |= LM_CPU_AVX512VNNI;
         }
+        unsigned a71, b71, c71, d71;
+        if (a7 >= 1 && __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71) && ((a71 >> 4) & 1)) f |= LM_CPU_AVXVNNI;
     }
     return f;
 }

@@ -18,6 +18,33 @@
 
 #include "kernels/backend.h"
 
+/* Activations quantized to int8 for affine matmuls (lm_backend_cpu_set_act_bits 8).
+ * Per token and per weight group g (the matrix's group size): step dx_g =
+ * max|x_g| / 127, q_i = round-to-nearest-even(x_i * 127 / max|x_g|) in -127..127,
+ * and xsum_g = the f32 sum of the unquantized x_g. A (row, token) dot product is
+ *   sum_g  (scale_g * dx_g) * I_g  +  bias_g * xsum_g,   I_g = sum_{i in g} q_w,i * q_i
+ * with I_g exact in int32; only the f32 combination of the groups differs between
+ * tables (order of additions). Every table quantizes to the same values
+ * (lm_act8_quantize), so the integer parts agree exactly across tables.
+ * The values of token t are at q + t * q_stride, laid out for the table: for 4-bit
+ * weights a table may ask for blocks of `q4_block` values stored as the block's
+ * even-indexed values, then its odd-indexed ones (so nibbles unpacked with a mask
+ * and a shift meet their activation without a shuffle); 0 = natural order. */
+typedef struct {
+    const int8_t *q;
+    size_t q_stride;
+    const float *dx, *xsum; /* [n][ng_stride]; at least LM_ACT8_PAD readable past ng */
+    int ng_stride;
+} lm_act8;
+#define LM_ACT8_PAD 16
+#define LM_ACT8_MAX_BLOCK 256 /* largest q4_block */
+
+/* Quantizes tokens x[n][cols] for group size gs into a (q: n * q_stride bytes,
+ * dx and xsum: n * ng_stride floats). The padding past cols (up to q_stride) and
+ * past ng is zero. */
+void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int8_t *q, size_t q_stride,
+                      float *dx, float *xsum, int ng_stride);
+
 typedef struct {
     const char *name;
     /* What the CPU must have, for the error when a forced table is unavailable. */
@@ -34,6 +61,11 @@ typedef struct {
      * dot(a, b, n) and y[i] += a * x[i] for i < n. */
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
+    /* Int8 activations (optional, NULL = the scalar reference does them): which
+     * affine matrices rows_act8 takes, and y[t][W->rows] rows r0..r1-1 for n tokens. */
+    int (*handles_act8)(const lm_mat *W);
+    void (*rows_act8)(const lm_mat *W, int r0, int r1, const lm_act8 *x, int n, float *y);
+    int act8_q4_block; /* see lm_act8 */
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;
@@ -52,6 +84,8 @@ enum {
     LM_CPU_AVX512VBMI = 1u << 7,
     LM_CPU_NEON = 1u << 8,
     LM_CPU_DOTPROD = 1u << 9,
+    LM_CPU_AVX512VNNI = 1u << 10,
+    LM_CPU_AVXVNNI = 1u << 11, /* the VEX-coded 256-bit form (Alder Lake, Zen 5) */
 };
 unsigned lm_cpu_features(void);
 

@@ -237,11 +237,11 @@ static int available_avx2(void) {
     return (lm_cpu_features() & need) == need;
 }
 
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2, f16_to_f32_avx2, dot_avx2, axpy_avx2};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "AVX2 with FMA and F16C", available_avx2, handles_avx2, rows_avx2, f16_to_f32_avx2, dot_avx2, axpy_avx2, NULL, NULL, 0};
 
 #else /* not x86-64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "an x86-64 CPU with AVX2", unavailable, NULL, NULL, NULL, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2", "an x86-64 CPU with AVX2", unavailable, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 
 #endif

@@ -249,6 +249,183 @@ TARGET static void rows_avx512(const lm_mat *W, int r0, int r1, const float *x, 
     }
 }
 
+/* ---- int8 activations (cpu_kernels.h: lm_act8), AVX-512 VNNI -------------------
+ *
+ * vpdpbusd multiplies 64 unsigned weight bytes with 64 signed activation bytes
+ * and adds each 4 adjacent products into one of 16 int32 lanes. 4-bit: 64 packed
+ * bytes (128 weights) per step; a mask gives the low nibbles (the even-indexed
+ * weights) and a shift the high ones (odd), which meet the activations the
+ * backend stored as even-then-odd halves of each 128-block (act8_q4_block), so
+ * lane k sums weights 8k..8k+7 exactly. 8-bit: 64 weights per step, natural
+ * order, lane k = weights 4k..4k+3. Each lane then adds int * (scale * dx) of its
+ * group to an f32 accumulator, and the biases' sum_g bias_g * xsum_g joins the
+ * same accumulator 16 groups at a time. */
+#define TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma,f16c")))
+#define Q4_BLOCK 128 /* weights per step, 4-bit */
+#define Q8_BLOCK 64  /* weights per step, 8-bit */
+
+/* Lane k's group relative to the step's first group: (k * weights_per_lane) / gs,
+ * for group sizes below the step; a step inside one group uses lane 0's. */
+TARGET_VNNI INLINE __m512i lane_groups(int weights_per_lane, int gs) {
+    int idx[16];
+    for (int k = 0; k < 16; k++) idx[k] = k * weights_per_lane / gs;
+    return _mm512_loadu_si512(idx);
+}
+
+/* The 16 lanes' entries of s from group g on (a step inside one group has all
+ * indices 0: a broadcast). Branch-free for every group size. */
+TARGET_VNNI INLINE __m512 step_scales(const float *s, int g, __m512i idx) {
+    return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(s + g));
+}
+
+/* R rows x T tokens of an affine matrix (bits 4 or 8) with int8 activations. */
+TARGET_VNNI INLINE void a8_tile(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R, const int T,
+                                const int bits) {
+    const int cols = W->cols, gs = W->group_size, ng = cols / gs;
+    const int block = bits == 4 ? Q4_BLOCK : Q8_BLOCK;
+    const int per_lane = block / 16;               /* weights per int32 lane */
+    const int split = gs < block;                  /* several groups per step */
+    const __m512i idx = lane_groups(per_lane, gs);
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const size_t row_bytes = (size_t)cols * (size_t)bits / 8;
+    const uint8_t *rowp[TILE_R];
+    __m512 acc[TILE_R][TILE_T];
+    UNROLL
+    for (int i = 0; i < R; i++) {
+        rowp[i] = (const uint8_t *)W->data + (size_t)(r + i) * row_bytes;
+        UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    }
+    /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group
+     * (a partial step reads 16 entries; 0 keeps its empty lanes 0). */
+    float sf[TILE_R][GROUP_BLOCK + LANES], bf[TILE_R][GROUP_BLOCK + LANES];
+    for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {
+        const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;
+            groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);
+            groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);
+            memset(sf[i] + gn, 0, sizeof(float) * LANES);
+            memset(bf[i] + gn, 0, sizeof(float) * LANES);
+        }
+        const int c0 = g0 * gs, c1 = (g0 + gn) * gs; /* a multiple of the step: GROUP_BLOCK * gs */
+        /* The step's first group relative to g0, advanced without a division. */
+        const int groups_per_step = split ? block / gs : 0, steps_per_group = split ? 1 : gs / block;
+        int g = 0, sub = 0;
+        for (int c = c0; c < c1; c += block) {
+            const int bytes_left = (c1 - c) * bits / 8;
+            const __mmask64 m = bytes_left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << bytes_left) - 1);
+            __m512 dxv[TILE_T];
+            UNROLL
+            for (int t = 0; t < T; t++)
+                dxv[t] = step_scales(a->dx + (size_t)t * (size_t)a->ng_stride + g0, g, idx);
+            UNROLL
+            for (int i = 0; i < R; i++) {
+                const uint8_t *wp = rowp[i] + (size_t)c * (size_t)bits / 8;
+                /* Plain loads for whole steps: masked byte loads are slow on some CPUs (Zen). */
+                __m512i w = bytes_left >= 64 ? _mm512_loadu_si512(wp) : _mm512_maskz_loadu_epi8(m, wp);
+                __m512 sv = step_scales(sf[i], g, idx);
+                __m512i lo = bits == 4 ? _mm512_and_si512(w, nib) : w;
+                __m512i hi = bits == 4 ? _mm512_and_si512(_mm512_srli_epi16(w, 4), nib) : w;
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xq = a->q + (size_t)t * a->q_stride + c;
+                    __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(xq));
+                    if (bits == 4) d = _mm512_dpbusd_epi32(d, hi, _mm512_load_si512(xq + 64));
+                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sv, dxv[t]), acc[i][t]);
+                }
+            }
+            if (split) {
+                g += groups_per_step;
+            } else if (++sub == steps_per_group) {
+                sub = 0;
+                g++;
+            }
+        }
+        for (int gb = 0; gb < gn; gb += LANES) {
+            UNROLL
+            for (int i = 0; i < R; i++) {
+                __m512 b = _mm512_loadu_ps(bf[i] + gb);
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    acc[i][t] = _mm512_fmadd_ps(
+                        b, _mm512_loadu_ps(a->xsum + (size_t)t * (size_t)a->ng_stride + g0 + gb), acc[i][t]);
+            }
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++)
+        UNROLL
+        for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);
+}
+
+typedef void (*a8_tile_fn)(const lm_mat *W, int r, const lm_act8 *a, float *y);
+#define A8_SHAPES(bits)                                                                                    \
+    TARGET_VNNI static void a8q##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
+        a8_tile(W, r, a, y, TILE_R, TILE_T, bits);                                                         \
+    }                                                                                                      \
+    TARGET_VNNI static void a8q##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
+        a8_tile(W, r, a, y, TILE_R, 1, bits);                                                              \
+    }                                                                                                      \
+    TARGET_VNNI static void a8q##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
+        a8_tile(W, r, a, y, 1, TILE_T, bits);                                                              \
+    }                                                                                                      \
+    TARGET_VNNI static void a8q##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
+        a8_tile(W, r, a, y, 1, 1, bits);                                                                   \
+    }
+A8_SHAPES(4)
+A8_SHAPES(8)
+
+TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    a8_tile_fn rt = a8q4_RT, r1t = a8q4_R1, one_t = a8q4_1T, one1 = a8q4_11;
+    if (W->bits == 8) rt = a8q8_RT, r1t = a8q8_R1, one_t = a8q8_1T, one1 = a8q8_11;
+    const size_t rows = (size_t)W->rows;
+    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
+        int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
+        int r = r0;
+        for (; r + TILE_R <= r1; r += TILE_R) {
+            int t = t0;
+            for (; t + TILE_T <= t0 + tn; t += TILE_T) {
+                lm_act8 at = *a;
+                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
+                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                rt(W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+            for (; t < t0 + tn; t++) {
+                lm_act8 at = *a;
+                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
+                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                r1t(W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+        }
+        for (; r < r1; r++) {
+            int t = t0;
+            for (; t + TILE_T <= t0 + tn; t += TILE_T) {
+                lm_act8 at = *a;
+                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
+                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                one_t(W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+            for (; t < t0 + tn; t++) {
+                lm_act8 at = *a;
+                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
+                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                one1(W, r, &at, y + (size_t)t * rows + (size_t)r);
+            }
+        }
+    }
+}
+
+static int handles_act8_avx512(const lm_mat *W) {
+    if (!(lm_cpu_features() & LM_CPU_AVX512VNNI) || W->dtype != LM_DT_U32) return 0;
+    if (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16) return 0;
+    int gs = W->group_size;
+    if (W->bits == 4) return gs == 32 || gs == 64 || (gs > 0 && gs % Q4_BLOCK == 0);
+    if (W->bits == 8) return gs == 32 || (gs > 0 && gs % Q8_BLOCK == 0);
+    return 0;
+}
+
 TARGET static void f16_to_f32_avx512(float *dst, const uint16_t *src, int n) {
     for (int i = 0; i < n; i += LANES) {
         __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
@@ -291,12 +468,21 @@ static int available_avx512(void) {
     return (lm_cpu_features() & need) == need;
 }
 
-const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "AVX-512 F/BW/VL/DQ/VBMI with FMA and F16C", available_avx512,
-                                              handles_avx512, rows_avx512, f16_to_f32_avx512, dot_avx512, axpy_avx512};
+const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512",
+                                              "AVX-512 F/BW/VL/DQ/VBMI with FMA and F16C",
+                                              available_avx512,
+                                              handles_avx512,
+                                              rows_avx512,
+                                              f16_to_f32_avx512,
+                                              dot_avx512,
+                                              axpy_avx512,
+                                              handles_act8_avx512,
+                                              rows_act8_avx512,
+                                              Q4_BLOCK};
 
 #else /* not x86-64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL, NULL, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512", "an x86-64 CPU with AVX-512 VBMI", unavailable, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 
 #endif

@@ -236,11 +236,11 @@ static int handles_neon(const lm_mat *W) {
 static int available_neon(void) { return (lm_cpu_features() & LM_CPU_NEON) != 0; }
 
 const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", available_neon, handles_neon,
-                                            rows_neon, f16_to_f32_neon, dot_neon, axpy_neon};
+                                            rows_neon, f16_to_f32_neon, dot_neon, axpy_neon, NULL, NULL, 0};
 
 #else /* not AArch64 */
 
 static int unavailable(void) { return 0; }
-const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", unavailable, NULL, NULL, NULL, NULL, NULL};
+const lm_cpu_kernels lm_cpu_kernels_neon = {"neon", "an AArch64 CPU with NEON", unavailable, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 
 #endif
