@@ -3,8 +3,8 @@
  * Reads: every expert is nparts byte ranges (9 for MLX files). Each range, or each
  * piece of at most chunk_bytes of a longer one, is one queue item, so the reader
  * threads (queue depth = their number) fetch the parts of all missing experts of a
- * layer in parallel, and a step that misses only one or two experts still keeps
- * every reader busy instead of waiting on its three big projections.
+ * layer in parallel, and a step that misses only one or two experts keeps more
+ * reads in flight than its three big projections.
  *
  * Slot layout: direct I/O (O_DIRECT) reads whole LM_DIRECT_ALIGN blocks into aligned
  * memory. So each part p owns a region of the slot starting at an aligned offset,
@@ -13,9 +13,9 @@
  * to its file offset, and the span's blocks are read straight into the region; the
  * bytes read before and after the part land in the region's own padding, never in
  * another part. No bounce buffer, no copy. The one exception: a part whose file
- * offset is not a multiple of its element size (possible in a safetensors file,
- * never seen in a real one) would then be misaligned in memory; it is moved down
- * to the element boundary inside its region after the read. Without direct I/O
+ * offset is not a multiple of its element size (a safetensors file allows it; the
+ * writers we know align tensors) would then be misaligned in memory; it is moved
+ * down to the element boundary inside its region after the read. Without direct I/O
  * (tmpfs refuses O_DIRECT) pread fills the same positions through the page cache.
  */
 #include "experts/cache.h"
@@ -33,7 +33,7 @@
 
 typedef struct {
     int layer, slot, expert, part;
-    int chunk;       /* which chunk_bytes piece of the part's aligned span */
+    int chunk;       /* which of the equal pieces of the part's aligned span (part_requests) */
     int speculative; /* a router-lookahead read: cancelled if its layer runs without it */
 } io_item;
 
@@ -45,7 +45,7 @@ typedef struct {
     char *slots;
     int32_t *slot_expert;   /* [capacity] expert held, -1 empty */
     uint8_t *busy;          /* [capacity] acquired by this step */
-    uint8_t *blocked;       /* [capacity] busy, or a read still in flight: not evictable */
+    uint8_t *blocked;       /* [capacity] busy, pinned, or a read still in flight: not evictable */
     uint8_t *speculative;   /* [capacity] filled by a lookahead read and not routed to since */
     uint8_t *pinned;        /* [capacity] holds a pinned expert: never evicted */
     int n_pinned;
