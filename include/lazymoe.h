@@ -44,7 +44,10 @@ typedef struct {
      * when they fit: fully resident); -1 = all resident regardless of the budget;
      * N > 0 = an N-slot cache per layer, experts read on demand. */
     int expert_capacity;
-    int io_threads;           /* concurrent expert reads; 0 = 8 */
+    int io_threads;           /* concurrent expert reads (reader threads); 0 = the default (8) */
+    uint64_t io_chunk_bytes;  /* largest single expert read: longer tensors are read in several
+                               * requests at once, so a few misses still fill the queue;
+                               * 0 = the default (512 KiB) */
     lazymoe_eviction eviction;
     int buffered_io;          /* 1 = no O_DIRECT (reads go through the page cache) */
     const char *trace_routing; /* record the routing of every token to this file */
@@ -56,6 +59,12 @@ typedef struct {
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
      * with the hottest experts in the background. 1 = neither read nor write it. */
     int no_warm_start;
+    /* Pinning (lazy experts only): the pin_experts most popular experts of each MoE layer,
+     * by the same popularity history the warm start uses, are read at start and never
+     * evicted; they take pin_experts of the expert_capacity slots, and the rest must
+     * still hold a token's top_k experts (else lazymoe_model_open fails). Without a
+     * history (a model's first run, or no_warm_start) nothing is pinned. 0 = off. */
+    int pin_experts;
     /* KV cache positions the memory plan reserves, summed over every session the
      * program keeps (a server keeping several conversations); 0 = max_context (one
      * full session). Values below max_context count as max_context. */
@@ -113,16 +122,19 @@ typedef struct {
     int resident;             /* 1: every expert in memory, no cache */
     int capacity;             /* expert slots per MoE layer */
     uint64_t hits, misses;    /* routed experts found cached / read from disk */
-    uint64_t bytes_read;
+    uint64_t bytes_read;      /* expert bytes read from disk */
+    uint64_t direct_bytes_read; /* of them, read with direct I/O (O_DIRECT), not the page cache */
     uint64_t prefetched;         /* router-lookahead reads queued */
     uint64_t prefetch_used;      /* of them, routed to before being evicted */
-    uint64_t prefetch_cancelled; /* dropped unstarted: the layer did not need them */      /* expert bytes read from disk */
+    uint64_t prefetch_cancelled; /* dropped unstarted: the layer did not need them */
     double read_seconds;      /* summed over the reader threads */
     double wait_seconds;      /* compute blocked waiting for reads */
     uint64_t memory_budget;   /* the budget the plan was made for */
     uint64_t planned_bytes;   /* what the plan expects the process to use */
     uint64_t peak_rss_bytes;  /* measured peak resident set size */
+    int io_threads;           /* reader threads of the expert cache (0 when resident) */
     int warm_start_experts;   /* experts queued from the popularity history at start */
+    int pinned_experts;       /* experts pinned (never evicted), over the layers asked for */
 } lazymoe_expert_stats;
 
 /* Expert cache counters and memory plan (l < 0: all layers; else one layer). */

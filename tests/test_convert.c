@@ -485,12 +485,17 @@ static void test_fused_inputs(void) {
     CHECKF(same_tensors(out, path_in_tmp("mixtral_bf16_4_64"), err), "mixtral fused: %s", err);
 }
 
-/* Logits of a model directory on fixed ids (NULL on failure, message printed). */
-static float *dir_logits(const char *dir, const int32_t *ids, int n, size_t *vocab) {
+/* Logits of a model directory on fixed ids (NULL on failure, message printed), with
+ * an expert cache of `capacity` slots per layer (0: the default plan). */
+static float *dir_logits(const char *dir, const int32_t *ids, int n, int capacity, size_t *vocab) {
     lazymoe_model *m;
     lazymoe_session *s = NULL;
     char err[LM_ERR_LEN];
-    if (lazymoe_model_open(&m, dir, NULL, err, sizeof err) != 0) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.expert_capacity = capacity;
+    o.no_warm_start = 1;
+    if (lazymoe_model_open(&m, dir, &o, err, sizeof err) != 0) {
         printf("# %s\n", err);
         return NULL;
     }
@@ -509,7 +514,8 @@ static float *dir_logits(const char *dir, const int32_t *ids, int n, size_t *voc
 }
 
 /* The engine reads the transformers-5 fused expert layout (gate_up_proj/down_proj)
- * and computes exactly what it computes on the per-expert files. */
+ * and computes exactly what it computes on the per-expert files, with every expert
+ * resident and through a 2-slot expert cache (where gate and up share one read). */
 static void test_engine_reads_fused(void) {
     char err[LM_ERR_LEN] = "", orig[512];
     static const int32_t ids[] = {5, 17, 2, 99, 41, 7};
@@ -519,10 +525,13 @@ static void test_engine_reads_fused(void) {
         CHECKF(make_fused_copy(names[i], dst, i, err) == 0, "%s", err);
         snprintf(orig, sizeof orig, LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/%s", names[i]);
         size_t v1 = 0, v2 = 0;
-        float *a = dir_logits(orig, ids, 6, &v1), *b = dir_logits(dst, ids, 6, &v2);
+        float *a = dir_logits(orig, ids, 6, -1, &v1), *b = dir_logits(dst, ids, 6, -1, &v2);
+        float *c = dir_logits(dst, ids, 6, 2, &v2);
         CHECKF(a && b && v1 == v2 && memcmp(a, b, sizeof(float) * 6 * v1) == 0, "%s: fused != per-expert", names[i]);
+        CHECKF(a && c && memcmp(a, c, sizeof(float) * 6 * v1) == 0, "%s: fused through the cache != per-expert", names[i]);
         free(a);
         free(b);
+        free(c);
     }
 }
 

@@ -7,8 +7,11 @@
 #include "convert/convert.h"
 #include "experts/policy.h"
 #include "experts/trace.h"
+#include "engine/engine.h"
 #include "lazymoe.h"
+#include "platform/platform.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,6 +28,10 @@ typedef struct {
 /* Logits of ids over the prompt, then 12 greedy tokens, at a given capacity. */
 static int warm_runs; /* 1: let runs use the popularity history (warm start) */
 static int lookahead_n; /* router lookahead of the runs (0 = off) */
+static uint64_t chunk_bytes; /* largest read request of the runs (0 = default) */
+static int pin_n;            /* experts pinned per layer (0 = none) */
+/* Called on the model of a run before it closes (NULL = none). */
+static void (*inspect_model)(const lazymoe_model *m);
 static int act_bits_runs; /* activation bits of the runs (0 = default f32) */
 
 static int run(const char *dir, int capacity, int buffered, const int32_t *ids, int n, run_result *r, char *err) {
@@ -36,6 +43,8 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
     o.buffered_io = buffered;
     o.io_threads = 3;
     o.lookahead = lookahead_n;
+    o.io_chunk_bytes = chunk_bytes;
+    o.pin_experts = pin_n;
     o.act_bits = act_bits_runs;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, dir, &o, err, LM_ERR_LEN) != 0) return -1;
@@ -56,6 +65,7 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
         rc = lazymoe_session_eval(s, &r->gen[g], 1, lg, 0, err, LM_ERR_LEN);
     }
     lazymoe_model_get_expert_stats(m, -1, &r->st);
+    if (inspect_model) inspect_model(m);
     free(lg);
     lazymoe_session_free(s);
     lazymoe_model_close(m);
@@ -122,6 +132,9 @@ static void lookahead_bit_identical(void) {
         snprintf(xdg, sizeof xdg, "%s/xdg-lookahead-%d", tmp, pass);
         setenv("XDG_CACHE_HOME", xdg, 1);
         warm_runs = pass;
+        /* The warm pass splits every part into 4 KiB requests: a speculative read is
+         * cancelled only while all of its requests are unstarted. */
+        chunk_bytes = pass ? 4096 : 0;
         for (int d = 0; d < 4; d++) {
             run_result ref = {0};
             lookahead_n = 0;
@@ -152,6 +165,7 @@ static void lookahead_bit_identical(void) {
     }
     lookahead_n = 0;
     warm_runs = 0;
+    chunk_bytes = 0;
     snprintf(xdg, sizeof xdg, "%s/xdg-default", tmp);
     setenv("XDG_CACHE_HOME", xdg, 1);
 }
@@ -173,6 +187,143 @@ static void quantized_mlx(void) {
         CHECKF(lm_convert(src, out, &o, err) == 0, "%s", err);
         same_at_capacities(out, E[i], K[i]);
     }
+}
+
+/* Rewrites the safetensors file at path with `pad` spaces after its JSON header (a
+ * header may end in spaces), so every tensor lies `pad` bytes further into the file. */
+static int pad_header(const char *path, int pad) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc((size_t)size + (size_t)pad);
+    int ok = buf && fread(buf, 1, (size_t)size, f) == (size_t)size && size >= 8;
+    fclose(f);
+    if (!ok) {
+        free(buf);
+        return -1;
+    }
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)buf[i] << (8 * i);
+    memmove(buf + 8 + hlen + pad, buf + 8 + hlen, (size_t)size - 8 - hlen);
+    memset(buf + 8 + hlen, ' ', (size_t)pad);
+    hlen += (uint64_t)pad;
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(hlen >> (8 * i));
+    f = fopen(path, "wb");
+    ok = f && fwrite(buf, 1, (size_t)size + (size_t)pad, f) == (size_t)size + (size_t)pad;
+    if (f && fclose(f) != 0) ok = 0;
+    free(buf);
+    return ok ? 0 : -1;
+}
+
+/* Copies model directory src to dst with every tensor moved `pad` bytes further into
+ * its file. */
+static int shifted_copy(const char *src, const char *dst, int pad) {
+    char cmd[2600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", dst, src, dst);
+    if (system(cmd) != 0) return -1;
+    DIR *d = opendir(dst);
+    if (!d) return -1;
+    int rc = 0;
+    const struct dirent *de;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        size_t n = strlen(de->d_name);
+        if (n < 12 || strcmp(de->d_name + n - 12, ".safetensors") != 0) continue;
+        char p[1100];
+        snprintf(p, sizeof p, "%s/%s", dst, de->d_name);
+        rc = pad_header(p, pad);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* A directory where O_DIRECT works (the system's /tmp may be a tmpfs, which refuses
+ * it; the build tree is on a disk), or NULL. */
+static const char *direct_io_dir(void) {
+    static char dir[512];
+    const char *cands[2] = {tmp, LAZYMOE_SOURCE_DIR "/build"};
+    for (int i = 0; i < 2; i++) {
+        char probe[700], err[LM_ERR_LEN];
+        snprintf(dir, sizeof dir, "%s/direct-io-%d", cands[i], (int)getpid());
+        mkdir(dir, 0755);
+        snprintf(probe, sizeof probe, "%s/probe", dir);
+        FILE *f = fopen(probe, "wb");
+        if (f) {
+            static char zeros[4096];
+            fwrite(zeros, 1, sizeof zeros, f);
+            fclose(f);
+        }
+        int fd = lm_file_open_direct(probe, err);
+        unlink(probe);
+        if (fd >= 0) {
+            lm_file_close(fd);
+            return dir;
+        }
+        rmdir(dir);
+    }
+    return NULL;
+}
+
+/* Direct reads land in the cache slots in place, each part at its file offset modulo
+ * the block size: parts at every offset -- odd ones (moved to an element boundary
+ * after the read), 2- and 4-byte aligned ones, parts whose aligned span runs past
+ * the end of the file (the sharded fixture's first file ends with an expert) -- give
+ * exactly the resident model's results, with direct I/O really used, and so does the
+ * buffered fallback; whole parts (these are at most 10 KiB) or split into 4 KiB
+ * requests. */
+static void odd_offsets_direct_io(void) {
+    const char *base = direct_io_dir();
+    CHECKF(base != NULL, "no directory found where O_DIRECT works (tried %s and the build tree)", tmp);
+    if (!base) return;
+    char err[LM_ERR_LEN], q4[600];
+    snprintf(q4, sizeof q4, "%s/qwen3_moe_q4", base);
+    lm_convert_options co;
+    lm_convert_options_init(&co);
+    co.bits = 4;
+    co.group_size = 32;
+    co.quiet = 1;
+    co.force = 1;
+    CHECKF(lm_convert(GOLDEN "qwen3_moe_f32", q4, &co, err) == 0, "%s", err);
+    struct {
+        const char *src;
+        int top_k, pad;
+    } cases[] = {
+        {GOLDEN "olmoe_f32", 2, 1},          {GOLDEN "olmoe_f32", 2, 4},  {GOLDEN "mixtral_bf16", 2, 3},
+        {GOLDEN "mixtral_bf16", 2, 2},       {GOLDEN "qwen3_moe_sharded_f32", 2, 1},
+        {GOLDEN "qwen3_moe_sharded_f32", 2, 4088}, {q4, 2, 1},           {q4, 2, 2},
+        {q4, 2, 4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dst[700];
+        snprintf(dst, sizeof dst, "%s/shifted-%zu", base, i);
+        CHECKF(shifted_copy(cases[i].src, dst, cases[i].pad) == 0, "cannot write %s", dst);
+        run_result ref = {0};
+        CHECKF(run(cases[i].src, -1, 0, IDS, NIDS, &ref, err) == 0, "resident %s: %s", cases[i].src, err);
+        for (int variant = 0; variant < 4; variant++) {
+            int buffered = variant & 1;
+            chunk_bytes = variant & 2 ? 4096 : 0;
+            int caps[2] = {1, cases[i].top_k};
+            for (int k = 0; k < 2; k++) {
+                run_result r = {0};
+                CHECKF(run(dst, caps[k], buffered, IDS, NIDS, &r, err) == 0, "%s: %s", dst, err);
+                CHECKF(r.logits && ref.logits && memcmp(r.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0,
+                       "%s shifted by %d, capacity %d%s%s: logits differ from resident", cases[i].src, cases[i].pad,
+                       caps[k], buffered ? " buffered" : "", chunk_bytes ? " 4 KiB requests" : "");
+                CHECKF(memcmp(r.gen, ref.gen, sizeof r.gen) == 0, "%s shifted by %d: greedy ids differ", cases[i].src,
+                       cases[i].pad);
+                CHECKF(r.st.misses > 0 && r.st.direct_bytes_read == (buffered ? 0 : r.st.bytes_read),
+                       "%s: %llu of %llu bytes read directly", dst, (unsigned long long)r.st.direct_bytes_read,
+                       (unsigned long long)r.st.bytes_read);
+                free(r.logits);
+            }
+        }
+        free(ref.logits);
+    }
+    chunk_bytes = 0;
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
+    CHECK(system(cmd) == 0);
 }
 
 /* A prompt longer than one prefill chunk needs more experts than a 1-slot cache
@@ -237,18 +388,28 @@ static void memory_budget(void) {
     o.max_context = 64;
     o.io_threads = 1;
     o.memory_budget = 0;
-    CHECK(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == 0);
-    lazymoe_model_get_expert_stats(m, -1, &st);
-    uint64_t full = st.planned_bytes;
-    lazymoe_model_close(m);
-    /* One olmoe_f32 expert slot is 3 x 64 x 40 f32 = 30720 bytes, in 2 MoE layers; a
-     * cache adds a read buffer per reader thread (the aligned span of the largest
-     * part, 10240 bytes: 16 KiB). Leave room for 5 experts. */
-    o.memory_budget = full + 16384 - 3 * 2 * 30720;
+    /* What one more slot per layer costs, from two plans at fixed capacities (a cache
+     * slot holds an expert plus the padding that lets direct reads land in place). */
+    uint64_t at[2];
+    for (int k = 0; k < 2; k++) {
+        o.expert_capacity = 3 + k;
+        CHECKF(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == 0, "%s", err);
+        if (!m) return;
+        lazymoe_model_get_expert_stats(m, -1, &st);
+        at[k] = st.planned_bytes;
+        lazymoe_model_close(m);
+    }
+    o.expert_capacity = 0;
+    /* One olmoe_f32 expert is 3 x 64 x 40 f32 = 30720 bytes, in 2 MoE layers. */
+    CHECKF(at[1] - at[0] >= 2 * 30720 && at[1] - at[0] <= 2 * (30720 + 3 * 2 * 4096), "one slot per layer costs %llu",
+           (unsigned long long)(at[1] - at[0]));
+    /* Between the two: the plan for 3 slots and half of a fourth (too little for all 8
+     * experts resident). The plan must pick capacity 3 and stay within the budget. */
+    o.memory_budget = at[0] + (at[1] - at[0]) / 2;
     CHECKF(lazymoe_model_open(&m, GOLDEN "olmoe_f32", &o, err, sizeof err) == 0, "%s", err);
     if (m) {
         lazymoe_model_get_expert_stats(m, -1, &st);
-        CHECKF(!st.resident && st.capacity == 5 && st.planned_bytes <= st.memory_budget,
+        CHECKF(!st.resident && st.capacity == 3 && st.planned_bytes == at[0] && st.planned_bytes <= st.memory_budget,
                "capacity %d planned %llu budget %llu", st.capacity, (unsigned long long)st.planned_bytes,
                (unsigned long long)st.memory_budget);
         lazymoe_model_close(m);
@@ -354,6 +515,107 @@ static void warm_start(void) {
     setenv("XDG_CACHE_HOME", xdg, 1);
 }
 
+/* Per MoE layer of the last inspected run: the pinned experts, and how often the
+ * cache read each expert. */
+#define PIN_MAX_LAYERS 16
+#define PIN_MAX_EXPERTS 64
+static int pinned_of[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+static uint32_t reads_of[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+
+static void record_pins(const lazymoe_model *m) {
+    memset(pinned_of, 0, sizeof pinned_of);
+    memset(reads_of, 0, sizeof reads_of);
+    for (int l = 0; l < m->w.cfg.n_layers && l < PIN_MAX_LAYERS; l++)
+        for (int e = 0; m->w.layers[l].is_moe && e < m->w.cfg.n_experts && e < PIN_MAX_EXPERTS; e++) {
+            pinned_of[l][e] = lm_cache_is_pinned(m->cache, l, e);
+            reads_of[l][e] = lm_cache_expert_reads(m->cache, l, e);
+        }
+}
+
+/* Pinning the most popular experts: at a tiny capacity (top_k + pins) results stay
+ * bit-identical to resident, each layer pins exactly N experts -- its most routed
+ * ones in the history -- and reads each of them exactly once: never evicted. The
+ * same run without pins reads some of those experts again (so the check can fail).
+ * Without a history nothing is pinned; too many pins for the capacity is an error. */
+static void pinning(void) {
+    const char *dir = LAZYMOE_SOURCE_DIR "/models/demo-coder";
+    const int top_k = 4, n_layers = 8, pin = 3;
+    char err[LM_ERR_LEN], xdg[512];
+    snprintf(xdg, sizeof xdg, "%s/xdg-pin", tmp);
+    setenv("XDG_CACHE_HOME", xdg, 1);
+    run_result ref = {0}, r = {0};
+    CHECKF(run(dir, -1, 0, IDS, NIDS, &ref, err) == 0, "resident: %s", err);
+    /* First run: no history yet, so nothing is pinned; it records one. */
+    warm_runs = 1;
+    pin_n = pin;
+    CHECKF(run(dir, top_k + pin, 0, IDS, NIDS, &r, err) == 0, "%s", err);
+    CHECKF(r.st.pinned_experts == 0, "pinned %d experts without a history", r.st.pinned_experts);
+    free(r.logits);
+    /* The history the next run pins from. */
+    lazymoe_model *m = NULL;
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.expert_capacity = top_k + pin;
+    CHECKF(lazymoe_model_open(&m, dir, &o, err, sizeof err) == 0, "%s", err);
+    if (!m) return;
+    float hist[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+    CHECK(m->history.uses != NULL && m->w.cfg.n_layers == n_layers && m->w.cfg.n_experts <= PIN_MAX_EXPERTS);
+    for (int l = 0; l < n_layers && m->history.uses; l++)
+        for (int e = 0; e < m->w.cfg.n_experts; e++) hist[l][e] = m->history.uses[(size_t)l * (size_t)m->w.cfg.n_experts + (size_t)e];
+    int n_experts = m->w.cfg.n_experts;
+    lazymoe_model_close(m);
+    /* Pinned run. The history now holds two runs: pins come from it as it was at open. */
+    memset(&r, 0, sizeof r);
+    inspect_model = record_pins;
+    CHECKF(run(dir, top_k + pin, 0, IDS, NIDS, &r, err) == 0, "%s", err);
+    CHECKF(r.logits && ref.logits && memcmp(r.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0,
+           "pinned run: logits differ from resident");
+    CHECK(memcmp(r.gen, ref.gen, sizeof r.gen) == 0);
+    CHECKF(r.st.pinned_experts == n_layers * pin, "pinned %d experts", r.st.pinned_experts);
+    int pinned_hot[PIN_MAX_LAYERS][PIN_MAX_EXPERTS];
+    memcpy(pinned_hot, pinned_of, sizeof pinned_hot);
+    for (int l = 0; l < n_layers; l++) {
+        int n = 0;
+        float least_pinned = 1e30f, most_unpinned = -1;
+        for (int e = 0; e < n_experts; e++) {
+            if (!pinned_of[l][e]) {
+                if (hist[l][e] > most_unpinned) most_unpinned = hist[l][e];
+                continue;
+            }
+            n++;
+            if (hist[l][e] < least_pinned) least_pinned = hist[l][e];
+            CHECKF(reads_of[l][e] == 1, "layer %d: pinned expert %d was read %u times", l, e, reads_of[l][e]);
+        }
+        CHECKF(n == pin, "layer %d pinned %d experts", l, n);
+        CHECKF(least_pinned >= most_unpinned, "layer %d: pinned an expert used %g times, left one used %g", l,
+               least_pinned, most_unpinned);
+    }
+    free(r.logits);
+    /* Without pins, at the same capacity, the hot experts are evicted and read again. */
+    pin_n = 0;
+    memset(&r, 0, sizeof r);
+    CHECKF(run(dir, top_k + pin, 0, IDS, NIDS, &r, err) == 0, "%s", err);
+    int reread = 0;
+    for (int l = 0; l < n_layers; l++)
+        for (int e = 0; e < n_experts; e++) reread += pinned_hot[l][e] && reads_of[l][e] > 1;
+    CHECKF(reread > 0, "no hot expert was read twice without pinning: the pinned run proves nothing");
+    printf("# without pins, %d of the %d hot experts were read more than once\n", reread, n_layers * pin);
+    free(r.logits);
+    inspect_model = NULL;
+    /* Too many pins for the capacity: refused, naming both numbers. */
+    pin_n = 2;
+    memset(&r, 0, sizeof r);
+    CHECK(run(dir, top_k + 1, 0, IDS, NIDS, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "--pin 2 leaves 3 of the 5 cache slots");
+    CHECK_STR_CONTAINS(err, "the 4 a token needs");
+    free(r.logits);
+    pin_n = 0;
+    warm_runs = 0;
+    free(ref.logits);
+    snprintf(xdg, sizeof xdg, "%s/xdg-default", tmp);
+    setenv("XDG_CACHE_HOME", xdg, 1);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-lazy-%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -373,12 +635,14 @@ int main(void) {
     TEST_CASE("lazy_demo_coder_bit_identical", demo_coder);
     TEST_CASE("lazy_demo_coder_int8_activations_bit_identical", demo_coder_act8);
     TEST_CASE("lazy_lookahead_bit_identical", lookahead_bit_identical);
+    TEST_CASE("lazy_odd_offsets_direct_io", odd_offsets_direct_io);
     TEST_CASE("lazy_long_prompt_waves", long_prompt_waves);
     TEST_CASE("lazy_read_error_is_reported", read_error);
     TEST_CASE("memory_budget_plans_and_refuses", memory_budget);
     TEST_CASE("eviction_policies", policies);
     TEST_CASE("routing_trace_round_trip", trace_round_trip);
     TEST_CASE("warm_start_from_popularity_history", warm_start);
+    TEST_CASE("pinning_popular_experts", pinning);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# cleanup failed\n");

@@ -145,12 +145,20 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
     } else if (!strcmp(s, "--capacity")) {
         if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return -1;
         o->expert_capacity = (int)x;
+    } else if (!strcmp(s, "--pin")) {
+        if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
+        o->pin_experts = (int)x;
     } else if (!strcmp(s, "--lookahead")) {
         if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
         o->lookahead = (int)x;
     } else if (!strcmp(s, "--io-threads")) {
         if ((x = cli_parse_long(s, v, 1, 256)) < 0) return -1;
         o->io_threads = (int)x;
+    } else if (!strcmp(s, "--io-chunk")) {
+        long long b = cli_parse_size(s, v);
+        if (b < 0) return -1;
+        if (b < 4096 || b > (1ll << 30)) return cli_fail("--io-chunk expects a size from 4K to 1G"), -1;
+        o->io_chunk_bytes = (uint64_t)b;
     } else if (!strcmp(s, "--eviction")) {
         static const char *const names[] = {"lru", "lcp", "lfru"}; /* lazymoe_eviction order */
         int p = -1;

@@ -12,9 +12,9 @@
 
 static const char bench_usage[] =
     "usage: lazymoe bench MODEL [--prompt-tokens 128] [--gen-tokens 32] [--seed S] [--json]\n"
-    "                    [--memory SIZE] [--capacity N] [--resident] [--io-threads N] [--eviction P]\n"
-    "                    [--buffered-io] [--no-warm-start] [--routing-trace FILE] [--trace-routing FILE]\n"
-    "                    [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
+    "                    [--memory SIZE] [--capacity N] [--pin N] [--resident] [--io-threads N] [--io-chunk SIZE]\n"
+    "                    [--eviction P] [--buffered-io] [--no-warm-start] [--routing-trace FILE]\n"
+    "                    [--trace-routing FILE] [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
     "                    [--act-bits 8|32]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
@@ -129,7 +129,9 @@ done:
     double hit_rate = dec_hits + dec_miss ? (double)dec_hits / (double)(dec_hits + dec_miss) : 1.0;
     double prefill_tps = t_prefill > 0 ? prompt / t_prefill : 0;
     double decode_tps = t_decode > 0 && gen ? gen / t_decode : 0;
-    double read_bw = st2.read_seconds > 0 ? (double)st2.bytes_read / (st2.read_seconds / (opt.io_threads ? opt.io_threads : 8)) : 0;
+    /* read_seconds is summed over the reader threads: per thread, the time spent reading. */
+    double read_bw = st2.read_seconds > 0 && st2.io_threads > 0
+                         ? (double)st2.bytes_read / (st2.read_seconds / st2.io_threads) : 0;
     double miss_bw = t_decode > 0 ? (double)dec_bytes / t_decode : 0;
     if (json) {
         printf("{\"model\": \"%s\", \"prompt_tokens\": %d, \"gen_tokens\": %d, \"load_s\": %.3f, "
@@ -137,7 +139,8 @@ done:
                "\"bytes_read\": %llu, \"decode_bytes_read\": %llu, \"decode_miss_bandwidth\": %.0f, "
                "\"read_bandwidth\": %.0f, \"wait_s\": %.3f, \"peak_rss_bytes\": %llu, \"memory_budget\": %llu, "
                "\"planned_bytes\": %llu, \"prefetched\": %llu, \"prefetch_used\": %llu, "
-               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"experts\": %d, \"top_k\": %d, \"act_bits\": %d, "
+               "\"prefetch_cancelled\": %llu, \"resident\": %s, \"capacity\": %d, \"pinned_experts\": %d, "
+               "\"io_threads\": %d, \"direct_bytes_read\": %llu, \"experts\": %d, \"top_k\": %d, \"act_bits\": %d, "
                "\"routing\": {\"distinct_experts\": %.2f, \"consecutive_reuse\": %.4f, \"top16_share\": %.4f, "
                "\"decode_distinct_experts\": %.2f, \"decode_consecutive_reuse\": %.4f, \"decode_top16_share\": %.4f}",
                model, prompt, gen, t_load, prefill_tps, decode_tps, hit_rate,
@@ -146,7 +149,8 @@ done:
                (unsigned long long)st2.peak_rss_bytes, (unsigned long long)st2.memory_budget,
                (unsigned long long)st2.planned_bytes, (unsigned long long)st2.prefetched,
                (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
-               st2.resident ? "true" : "false", st2.capacity, info.n_experts,
+               st2.resident ? "true" : "false", st2.capacity, st2.pinned_experts, st2.io_threads,
+               (unsigned long long)st2.direct_bytes_read, info.n_experts,
                info.top_k, opt.act_bits == 8 ? 8 : 32, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
         /* The generated ids, so runs under different budgets can be compared. */
@@ -159,6 +163,7 @@ done:
         printf("experts      %s, capacity %d per layer; plan %.2f GB of budget %.2f GB\n",
                st2.resident ? "resident" : "cached", st2.capacity, (double)st2.planned_bytes / 1e9,
                (double)st2.memory_budget / 1e9);
+        if (st2.pinned_experts) printf("pinned       %d experts over all layers\n", st2.pinned_experts);
         printf("load         %.2f s\n", t_load);
         printf("prefill      %d tokens in %.2f s: %.2f tok/s\n", prompt, t_prefill, prefill_tps);
         printf("decode       %d tokens in %.2f s: %.2f tok/s\n", gen, t_decode, decode_tps);

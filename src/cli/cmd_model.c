@@ -105,8 +105,11 @@ static lazymoe_model *open_model(const model_args *a) {
 #define MEMORY_OPTIONS                                                                              \
     "memory:  --memory SIZE      budget for the whole process (default: 85% of available memory)\n"     \
     "         --capacity N       experts cached per MoE layer (default: from the budget)\n"             \
+    "         --pin N            keep each layer's N most used experts (popularity of earlier runs)\n"  \
+    "                            cached for good; N of the capacity, the rest must hold top_k\n"     \
     "         --resident         keep every expert in memory\n"                                        \
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
+    "         --io-chunk SIZE    longest single read; longer tensors are split (default 512K)\n"      \
     "         --eviction P       lru | lcp | lfru (default lcp)\n"                                    \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \

@@ -30,9 +30,9 @@ static const char serve_usage[] =
     "  --ctx N                 context size in tokens (default: min(model maximum, 8192))\n"
     "  --threads N             compute threads (default: all cores)\n"
     "  -v, --verbose           model loading progress\n"
-    "memory:  --memory SIZE, --capacity N, --resident, --io-threads N, --eviction P,\n"
-    "         --buffered-io, --trace-routing F, --no-warm-start, --lookahead N, --kv-bits N,\n"
-    "         --act-bits N\n"
+    "memory:  --memory SIZE, --capacity N, --pin N, --resident, --io-threads N, --io-chunk SIZE,\n"
+    "         --eviction P, --buffered-io, --trace-routing F, --no-warm-start, --lookahead N,\n"
+    "         --kv-bits N, --act-bits N\n"
     "         (see lazymoe run --help)\n";
 
 static volatile sig_atomic_t stop_requested;

@@ -76,14 +76,24 @@ static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
 }
 
 /* Fills each layer's cache with its historically hottest experts, in the
- * background: demand reads always go first, so the first token is not delayed. */
+ * background: demand reads always go first, so the first token is not delayed. The
+ * `pin_experts` hottest of them are pinned first. */
 static void warm_start(lazymoe_model *m, const char *dir) {
     const lm_config *c = &m->w.cfg;
     char path[4096], e[LM_ERR_LEN];
-    m->model_id = lm_popularity_model_id(dir);
-    if (lm_popularity_path(m->model_id, path, sizeof path, e) != 0 ||
-        lm_popularity_load(&m->history, path, m->model_id, c->n_layers, c->n_experts, e) != 0)
-        return; /* no history yet: a cold start */
+    int pin = m->opt.pin_experts;
+    if (!m->opt.no_warm_start) {
+        m->model_id = lm_popularity_model_id(dir);
+        if (lm_popularity_path(m->model_id, path, sizeof path, e) != 0 ||
+            lm_popularity_load(&m->history, path, m->model_id, c->n_layers, c->n_experts, e) != 0)
+            m->history.uses = NULL; /* no history yet: a cold start */
+    }
+    if (!m->history.uses) {
+        if (pin > 0 && m->opt.verbose)
+            fprintf(stderr, "lazymoe: --pin %d: no expert popularity is known for this model yet (%s); nothing "
+                            "pinned\n", pin, m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
+        return;
+    }
     int32_t *order = malloc(sizeof(int32_t) * (size_t)c->n_experts);
     if (!order) return;
     int cap = lm_cache_capacity(m->cache);
@@ -94,9 +104,11 @@ static void warm_start(lazymoe_model *m, const char *dir) {
         for (int x = 0; x < c->n_experts; x++)
             if (u[x] > 0) order[n++] = x;
         qsort_r(order, (size_t)n, sizeof *order, cmp_by_uses_desc, (void *)u);
+        if (pin > 0) m->pinned += lm_cache_pin(m->cache, l, order, n < pin ? n : pin);
         m->warm_started += lm_cache_prefetch(m->cache, l, order, n < cap ? n : cap);
     }
     free(order);
+    if (m->opt.verbose && pin > 0) fprintf(stderr, "lazymoe: pinned %d popular experts\n", m->pinned);
     if (m->opt.verbose) fprintf(stderr, "lazymoe: warm start: reading %d popular experts in the background\n", m->warm_started);
 }
 
@@ -131,15 +143,17 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     const lm_config *c = &m->w.cfg;
     const lazymoe_options *o = &m->opt;
     uint64_t budget = o->memory_budget ? o->memory_budget : (uint64_t)((double)avail * 0.85);
-    uint64_t per_capacity = 0; /* bytes of one slot in every MoE layer */
+    uint64_t per_capacity = 0, per_expert = 0; /* one cache slot / one resident expert of every MoE layer */
     for (int l = 0; l < c->n_layers; l++)
-        if (m->w.layers[l].is_moe) per_capacity += m->w.layers[l].src.slot_bytes;
-    int io = o->io_threads > 0 ? o->io_threads : 8;
+        if (m->w.layers[l].is_moe) {
+            per_capacity += lm_cache_slot_bytes(&m->w, l);
+            per_expert += m->w.layers[l].src.slot_bytes;
+        }
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
     uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) +
                      act8_bytes(c, o->act_bits) + overhead;
-    uint64_t all_experts = per_capacity * (uint64_t)c->n_experts;
+    uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
     if (o->expert_capacity < 0 || per_capacity == 0 || (o->expert_capacity == 0 && fixed + all_experts <= budget)) {
@@ -147,7 +161,7 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         m->planned_bytes = fixed + all_experts;
     } else if (o->expert_capacity > 0) {
         *capacity = o->expert_capacity < c->n_experts ? o->expert_capacity : c->n_experts;
-        m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity, io);
+        m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity);
     }
     if (*capacity != 0) {
         /* Fixed by the caller: an explicit budget must still hold. */
@@ -158,21 +172,26 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         }
         return 0;
     }
-    uint64_t bounce = lm_cache_bytes_for(&m->w, 0, io);
-    uint64_t need_min = fixed + bounce + per_capacity * (uint64_t)c->top_k;
+    /* The least a cache can work with: a token's experts, besides the pinned ones. */
+    int min_slots = c->top_k + (o->pin_experts > 0 ? o->pin_experts : 0);
+    if (min_slots > c->n_experts) min_slots = c->n_experts;
+    uint64_t need_min = fixed + lm_cache_bytes_for(&m->w, min_slots);
     if (budget < need_min) {
         fmt_gb(b1, sizeof b1, budget);
         fmt_gb(b2, sizeof b2, need_min);
         fmt_gb(b3, sizeof b3, m->w.bytes_resident);
         return lm_errf(err,
                        "memory budget %s is too small: this model needs at least %s (resident weights %s, KV cache "
-                       "for %d tokens, and %d experts per layer); raise --memory or lower --ctx",
-                       b1, b2, b3, m->max_context, c->top_k);
+                       "for %d tokens, and %d experts per layer%s); raise --memory or lower --ctx",
+                       b1, b2, b3, m->max_context, min_slots, o->pin_experts > 0 ? ", pinned ones included" : "");
     }
-    uint64_t cap = (budget - fixed - bounce) / per_capacity;
+    /* Slots are allocated per layer, rounded up to whole huge pages: step down from
+     * the linear estimate until the exact size fits. */
+    uint64_t cap = (budget - fixed) / per_capacity;
     if (cap > (uint64_t)c->n_experts) cap = (uint64_t)c->n_experts;
+    while (cap > (uint64_t)min_slots && fixed + lm_cache_bytes_for(&m->w, (int)cap) > budget) cap--;
     *capacity = (int)cap;
-    m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity, io);
+    m->planned_bytes = fixed + lm_cache_bytes_for(&m->w, *capacity);
     return 0;
 }
 
@@ -219,12 +238,20 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         if (lm_weights_load_experts(&m->w, progress, NULL, e) != 0) goto fail;
     } else {
         lm_cache_options co = {.capacity = capacity,
-                               .io_threads = m->opt.io_threads > 0 ? m->opt.io_threads : 8,
+                               .io_threads = m->opt.io_threads,
+                               .chunk_bytes = m->opt.io_chunk_bytes,
                                .policy = (lm_evict_policy)m->opt.eviction,
                                .direct_io = !m->opt.buffered_io,
                                .verbose = m->opt.verbose};
+        if (m->opt.pin_experts > 0 && capacity - m->opt.pin_experts < m->w.cfg.top_k) {
+            lm_errf(e, "--pin %d leaves %d of the %d cache slots per layer for the other experts, fewer than the %d "
+                    "a token needs (top_k); pin at most %d or raise --capacity / --memory", m->opt.pin_experts,
+                    capacity - m->opt.pin_experts > 0 ? capacity - m->opt.pin_experts : 0, capacity,
+                    m->w.cfg.top_k, capacity - m->w.cfg.top_k > 0 ? capacity - m->w.cfg.top_k : 0);
+            goto fail;
+        }
         if (lm_cache_create(&m->cache, &m->w, &co, e) != 0) goto fail;
-        if (!m->opt.no_warm_start) warm_start(m, dir);
+        if (!m->opt.no_warm_start || m->opt.pin_experts > 0) warm_start(m, dir);
     }
     if (m->opt.verbose) {
         char b1[32], b2[32];
@@ -268,12 +295,15 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->planned_bytes = m->planned_bytes;
     st->peak_rss_bytes = lm_peak_rss();
     st->warm_start_experts = m->warm_started;
+    st->pinned_experts = m->cache ? (layer < 0 ? m->pinned : lm_cache_pinned(m->cache, layer)) : 0;
     if (!m->cache) return;
+    st->io_threads = lm_cache_io_threads(m->cache);
     lm_cache_counters cc;
     lm_cache_get_counters(m->cache, layer, &cc);
     st->hits = cc.hits;
     st->misses = cc.misses;
     st->bytes_read = cc.bytes_read;
+    st->direct_bytes_read = cc.direct_bytes;
     st->read_seconds = cc.read_seconds;
     st->wait_seconds = cc.wait_seconds;
     st->prefetched = cc.prefetched;

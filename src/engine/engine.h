@@ -22,6 +22,7 @@ struct lazymoe_model {
     uint64_t model_id;      /* identity for the popularity history */
     lm_popularity history;  /* popularity loaded at start (uses NULL if none) */
     int warm_started;       /* experts queued by the warm start */
+    int pinned;             /* experts pinned, over all layers */
     uint64_t planned_bytes; /* what the plan expects the process to use */
     struct lm_model_text *text; /* tokenizer, chat template, generation defaults (engine/text.h) */
 };

@@ -1,11 +1,22 @@
 /* Expert cache and its reader threads. See cache.h for the contract.
  *
- * Reads: every expert is nparts byte ranges (9 for MLX files). Each range is one
- * queue item, so the reader threads (queue depth = their number) fetch the parts
- * of all missing experts of a layer in parallel. With direct I/O, a range is read
- * through a per-thread aligned bounce buffer covering its 4 KiB-aligned span and
- * copied into the slot; without it (tmpfs refuses O_DIRECT), pread goes straight
- * into the slot through the page cache.
+ * Reads: every expert is nparts byte ranges (9 for MLX files). Each range, or each
+ * piece of at most chunk_bytes of a longer one, is one queue item, so the reader
+ * threads (queue depth = their number) fetch the parts of all missing experts of a
+ * layer in parallel, and a step that misses only one or two experts keeps more
+ * reads in flight than its three big projections.
+ *
+ * Slot layout: direct I/O (O_DIRECT) reads whole LM_DIRECT_ALIGN blocks into aligned
+ * memory. So each part p owns a region of the slot starting at an aligned offset,
+ * region[p], long enough for the aligned span of the part in any expert: the part
+ * of expert e, at file offset o, sits at region[p] + o % LM_DIRECT_ALIGN, congruent
+ * to its file offset, and the span's blocks are read straight into the region; the
+ * bytes read before and after the part land in the region's own padding, never in
+ * another part. No bounce buffer, no copy. The one exception: a part whose file
+ * offset is not a multiple of its element size (a safetensors file allows it; the
+ * writers we know align tensors) would then be misaligned in memory; it is moved
+ * down to the element boundary inside its region after the read. Without direct I/O
+ * (tmpfs refuses O_DIRECT) pread fills the same positions through the page cache.
  */
 #include "experts/cache.h"
 
@@ -20,23 +31,28 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BOUNCE_MAX (4u << 20)
-
 typedef struct {
     int layer, slot, expert, part;
+    int chunk;       /* which of the equal pieces of the part's aligned span (part_requests) */
     int speculative; /* a router-lookahead read: cancelled if its layer runs without it */
 } io_item;
 
 typedef struct {
     const lm_expert_source *src;
     int capacity;
+    uint64_t region[LM_EXPERT_MAX_PARTS]; /* where part p's region starts in a slot */
+    uint64_t slot_bytes;                  /* a multiple of LM_DIRECT_ALIGN */
     char *slots;
     int32_t *slot_expert;   /* [capacity] expert held, -1 empty */
     uint8_t *busy;          /* [capacity] acquired by this step */
-    uint8_t *blocked;       /* [capacity] busy, or a read still in flight: not evictable */
+    uint8_t *blocked;       /* [capacity] busy, pinned, or a read still in flight: not evictable */
     uint8_t *speculative;   /* [capacity] filled by a lookahead read and not routed to since */
+    uint8_t *pinned;        /* [capacity] holds a pinned expert: never evicted */
+    int n_pinned;
+    uint32_t *reads;        /* [E] times each expert was queued for reading */
     float *uses;            /* [E] times each expert was routed to (warm-start history) */
-    atomic_int *pending;    /* [capacity] parts still to read; 0 = ready */
+    atomic_int *pending;    /* [capacity] read requests still to finish; 0 = ready */
+    int *requests;          /* [capacity] requests the slot's last read was split into */
     atomic_int *failed;     /* [capacity] a part failed */
     char (*errmsg)[LM_ERR_LEN];
     int32_t *expert_slot;   /* [E] slot or -1 */
@@ -47,6 +63,7 @@ typedef struct {
     uint64_t prefetched, prefetch_used, prefetch_cancelled;
     double wait_seconds;
     _Atomic uint64_t bytes_read;
+    _Atomic uint64_t direct_bytes;
     _Atomic uint64_t read_ns;
 } layer_cache;
 
@@ -68,48 +85,103 @@ struct lm_expert_cache {
     int n_threads;
 };
 
-/* ---- reading ---------------------------------------------------------------------- */
+/* ---- slot layout ------------------------------------------------------------------ */
 
-/* Per-thread bounce buffer: the aligned span of the largest part, at most 4 MiB
- * (longer parts are read in several pieces). */
-static uint64_t bounce_bytes(const lm_weights *w) {
-    uint64_t maxlen = 0;
-    for (int l = 0; l < w->cfg.n_layers; l++)
-        for (int p = 0; p < w->layers[l].src.nparts; p++)
-            if (w->layers[l].src.part_len[p] > maxlen) maxlen = w->layers[l].src.part_len[p];
-    uint64_t b = ((maxlen + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1)) + LM_DIRECT_ALIGN;
-    return b < BOUNCE_MAX ? b : BOUNCE_MAX;
+static uint64_t align_up(uint64_t x) { return (x + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1); }
+
+/* Fills region[] and returns the slot size of a layer's experts (see the top). */
+static uint64_t slot_layout(const lm_expert_source *s, int n_experts, uint64_t region[LM_EXPERT_MAX_PARTS]) {
+    uint64_t at = 0;
+    for (int p = 0; p < s->nparts; p++) {
+        uint64_t need = 0; /* the longest aligned span of this part over all experts */
+        for (int e = 0; e < n_experts; e++) {
+            uint64_t span = align_up(s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN + s->part_len[p]);
+            if (span > need) need = span;
+        }
+        region[p] = at;
+        at += need;
+    }
+    return at;
 }
 
-/* Reads len bytes at off of a direct-I/O fd into dst through an aligned bounce buffer. */
-static int read_direct(int fd, char *bounce, uint64_t bounce_len, char *dst, uint64_t off, uint64_t len, char *err) {
+/* Offset in the part's region where part p of expert e's bytes lie once read. */
+static uint64_t part_shift(const lm_expert_source *s, int e, int p) {
+    uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
+    uint64_t elem = s->part_align[p] ? s->part_align[p] : 1;
+    return shift - shift % elem;
+}
+
+/* Read requests for part p of expert e: its aligned span in pieces of at most chunk
+ * bytes, or one request for a part that is moved after the read (the move needs all
+ * of it). The pieces are of equal size, in whole blocks (read_request): a span one
+ * block longer than 3 chunks is 4 pieces of ~3/4 chunk, not 3 chunks and one block. */
+static int part_requests(const lm_expert_source *s, int e, int p, uint64_t chunk) {
+    uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
+    if (part_shift(s, e, p) != shift) return 1;
+    uint64_t n = (align_up(shift + s->part_len[p]) + chunk - 1) / chunk;
+    return n > 0 ? (int)n : 1;
+}
+
+static int expert_requests(const lm_expert_source *s, int e, uint64_t chunk) {
+    int n = 0;
+    for (int p = 0; p < s->nparts; p++) n += part_requests(s, e, p, chunk);
+    return n;
+}
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+/* Reads the aligned span [a, a + span) of a direct-I/O fd into dst, of which the first
+ * `need` bytes must arrive (the rest is padding that may lie past the end of the file).
+ * A short read that stops inside a block before `need` is finished through the page
+ * cache (buffered_fd). */
+static int read_direct(int dfd, int buffered_fd, char *dst, uint64_t a, uint64_t span, uint64_t need, char *err) {
     uint64_t done = 0;
-    while (done < len) {
-        uint64_t want_start = off + done;
-        uint64_t a = want_start & ~(uint64_t)(LM_DIRECT_ALIGN - 1);
-        uint64_t span = (want_start - a) + (len - done);
-        if (span > bounce_len) span = bounce_len;
-        uint64_t rd = (span + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1);
+    while (done < need) {
         ssize_t got;
         do {
-            got = pread(fd, bounce, rd, (off_t)a);
+            got = pread(dfd, dst + done, span - done, (off_t)(a + done));
         } while (got < 0 && errno == EINTR);
-        if (got < 0) return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)a, strerror(errno));
-        uint64_t useful = (uint64_t)got > want_start - a ? (uint64_t)got - (want_start - a) : 0;
-        if (useful == 0) return lm_errf(err, "file shorter than expected (end of file at offset %llu)", (unsigned long long)a);
-        uint64_t take = len - done < useful ? len - done : useful;
-        if (take > span - (want_start - a)) take = span - (want_start - a);
-        memcpy(dst + done, bounce + (want_start - a), take);
-        done += take;
+        if (got < 0) return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)(a + done), strerror(errno));
+        if (got == 0)
+            return lm_errf(err, "file shorter than expected (end of file at offset %llu)", (unsigned long long)(a + done));
+        done += (uint64_t)got;
+        if (done < need && done % LM_DIRECT_ALIGN) return lm_pread_full(buffered_fd, dst + done, need - done, a + done, err);
     }
     return 0;
 }
 
+/* Performs read request `it` into the slot at `slot`. Returns 0 or -1 (err set);
+ * *bytes is the part's bytes it read, *direct whether O_DIRECT carried them. */
+static int read_request(const lm_expert_cache *c, const layer_cache *lc, const io_item *it, char *slot,
+                        uint64_t *bytes, int *direct, char *err) {
+    const lm_expert_source *s = lc->src;
+    int e = it->expert, p = it->part, idx = e * LM_EXPERT_MAX_PARTS + p;
+    const st_file *f = &c->w->archive->files[s->file[idx]];
+    uint64_t off = s->off[idx], len = s->part_len[p];
+    uint64_t shift = off % LM_DIRECT_ALIGN, at = part_shift(s, e, p), base = off - shift;
+    char *region = slot + lc->region[p];
+    int dfd = c->direct_fd[s->file[idx]];
+    *direct = dfd >= 0;
+    if (at != shift) { /* the whole part, then the move (see the top) */
+        *bytes = len;
+        if (dfd < 0) return lm_pread_full(f->fd, region + at, len, off, err);
+        if (read_direct(dfd, f->fd, region, base, align_up(shift + len), shift + len, err) != 0) return -1;
+        memmove(region + at, region + shift, len);
+        return 0;
+    }
+    /* Piece [c0, c1) of the aligned span (blocks k*B/n to (k+1)*B/n of its B blocks);
+     * the part's bytes in it are [d0, d1). */
+    uint64_t span = align_up(shift + len), blocks = span / LM_DIRECT_ALIGN;
+    uint64_t n = (uint64_t)part_requests(s, e, p, c->opt.chunk_bytes), k = (uint64_t)it->chunk;
+    uint64_t c0 = blocks * k / n * LM_DIRECT_ALIGN, c1 = blocks * (k + 1) / n * LM_DIRECT_ALIGN;
+    uint64_t d0 = c0 > shift ? c0 : shift, d1 = c1 < shift + len ? c1 : shift + len;
+    *bytes = d1 > d0 ? d1 - d0 : 0;
+    if (dfd < 0) return lm_pread_full(f->fd, region + d0, *bytes, base + d0, err);
+    return read_direct(dfd, f->fd, region + c0, base + c0, c1 - c0, d1 > c0 ? d1 - c0 : 0, err);
+}
+
 static void *reader_main(void *arg) {
     lm_expert_cache *c = arg;
-    char *bounce = NULL;
-    uint64_t blen = bounce_bytes(c->w);
-    if (posix_memalign((void **)&bounce, LM_DIRECT_ALIGN, blen) != 0) bounce = NULL;
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->stop && c->qlen == 0 && c->bglen == 0) pthread_cond_wait(&c->cv_work, &c->mu);
@@ -128,21 +200,17 @@ static void *reader_main(void *arg) {
 
         layer_cache *lc = &c->layers[it.layer];
         const lm_expert_source *s = lc->src;
-        int idx = it.expert * LM_EXPERT_MAX_PARTS + it.part;
-        const st_file *f = &c->w->archive->files[s->file[idx]];
-        char *dst = lc->slots + (size_t)it.slot * s->slot_bytes + s->part_off[it.part];
         char err[LM_ERR_LEN] = "";
         double t0 = lm_now();
-        int rc;
-        int dfd = c->direct_fd[s->file[idx]];
-        if (dfd >= 0 && bounce)
-            rc = read_direct(dfd, bounce, blen, dst, s->off[idx], s->part_len[it.part], err);
-        else
-            rc = lm_pread_full(f->fd, dst, s->part_len[it.part], s->off[idx], err);
+        int direct = 0;
+        uint64_t bytes = 0;
+        int rc = read_request(c, lc, &it, lc->slots + (size_t)it.slot * lc->slot_bytes, &bytes, &direct, err);
         atomic_fetch_add(&lc->read_ns, (uint64_t)((lm_now() - t0) * 1e9));
         if (rc == 0) {
-            atomic_fetch_add(&lc->bytes_read, s->part_len[it.part]);
+            atomic_fetch_add(&lc->bytes_read, bytes);
+            if (direct) atomic_fetch_add(&lc->direct_bytes, bytes);
         } else if (atomic_exchange(&lc->failed[it.slot], 1) == 0) {
+            const st_file *f = &c->w->archive->files[s->file[it.expert * LM_EXPERT_MAX_PARTS + it.part]];
             lm_err_prefix(err, "%s: layer %d expert %d", f->path, it.layer, it.expert);
             memcpy(lc->errmsg[it.slot], err, LM_ERR_LEN);
         }
@@ -150,16 +218,21 @@ static void *reader_main(void *arg) {
         if (atomic_fetch_sub(&lc->pending[it.slot], 1) == 1) pthread_cond_broadcast(&c->cv_done);
     }
     pthread_mutex_unlock(&c->mu);
-    free(bounce);
     return NULL;
 }
 
 /* ---- setup ------------------------------------------------------------------------ */
 
-uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity, int io_threads) {
-    uint64_t b = (uint64_t)io_threads * bounce_bytes(w);
+uint64_t lm_cache_slot_bytes(const lm_weights *w, int l) {
+    uint64_t region[LM_EXPERT_MAX_PARTS];
+    return w->layers[l].is_moe ? slot_layout(&w->layers[l].src, w->cfg.n_experts, region) : 0;
+}
+
+uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity) {
+    uint64_t b = 0;
+    if (capacity > w->cfg.n_experts) capacity = w->cfg.n_experts;
     for (int l = 0; l < w->cfg.n_layers; l++)
-        if (w->layers[l].is_moe) b += (uint64_t)capacity * w->layers[l].src.slot_bytes;
+        if (w->layers[l].is_moe && capacity > 0) b += lm_malloc_direct_size((size_t)capacity * lm_cache_slot_bytes(w, l));
     return b;
 }
 
@@ -171,16 +244,25 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
     if (!c) return lm_errf(err, "out of memory");
     c->w = w;
     c->opt = *opt;
-    if (c->opt.io_threads < 1) c->opt.io_threads = 8;
+    if (c->opt.io_threads < 1) c->opt.io_threads = LM_CACHE_IO_THREADS;
+    if (c->opt.chunk_bytes == 0) c->opt.chunk_bytes = LM_CACHE_CHUNK_BYTES;
+    c->opt.chunk_bytes = align_up(c->opt.chunk_bytes); /* whole blocks: direct reads stay aligned */
     if (c->opt.capacity > cfg->n_experts) c->opt.capacity = cfg->n_experts;
+    int max_requests = 1; /* the most read requests one expert needs */
+    for (int l = 0; l < cfg->n_layers; l++)
+        for (int e = 0; w->layers[l].is_moe && e < cfg->n_experts; e++) {
+            int n = expert_requests(&w->layers[l].src, e, c->opt.chunk_bytes);
+            if (n > max_requests) max_requests = n;
+        }
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv_work, NULL);
     pthread_cond_init(&c->cv_done, NULL);
     c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
     c->direct_fd = malloc(sizeof(int) * (size_t)w->archive->nfiles);
-    c->qcap = c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
+    /* Demand reads are one layer's at a time: at most every slot's requests. */
+    c->qcap = c->opt.capacity * max_requests + 16;
     c->queue = malloc(sizeof(io_item) * (size_t)c->qcap);
-    c->bgcap = cfg->n_layers * c->opt.capacity * LM_EXPERT_MAX_PARTS + 16;
+    c->bgcap = cfg->n_layers * c->opt.capacity * max_requests + 16;
     c->bg = malloc(sizeof(io_item) * (size_t)c->bgcap);
     if (!c->layers || !c->direct_fd || !c->queue || !c->bg) goto oom;
     int warned = 0;
@@ -200,19 +282,23 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         int cap = c->opt.capacity, E = cfg->n_experts;
         lc->src = &w->layers[l].src;
         lc->capacity = cap;
-        lc->slots = lm_malloc_aligned(lc->src->slot_bytes * (size_t)cap, "expert cache slots", err);
+        lc->slot_bytes = slot_layout(lc->src, E, lc->region);
+        lc->slots = lm_malloc_direct(lc->slot_bytes * (size_t)cap, "expert cache slots", err);
         if (!lc->slots) goto fail;
         lc->slot_expert = malloc(sizeof(int32_t) * (size_t)cap);
         lc->busy = calloc((size_t)cap, 1);
         lc->blocked = calloc((size_t)cap, 1);
         lc->speculative = calloc((size_t)cap, 1);
+        lc->pinned = calloc((size_t)cap, 1);
+        lc->reads = calloc((size_t)E, sizeof(uint32_t));
         lc->uses = calloc((size_t)E, sizeof(float));
         lc->pending = calloc((size_t)cap, sizeof(atomic_int));
+        lc->requests = calloc((size_t)cap, sizeof(int));
         lc->failed = calloc((size_t)cap, sizeof(atomic_int));
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->uses || !lc->pending || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->pinned || !lc->reads || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -253,8 +339,11 @@ void lm_cache_free(lm_expert_cache *c) {
             free(lc->busy);
             free(lc->blocked);
             free(lc->speculative);
+            free(lc->pinned);
+            free(lc->reads);
             free(lc->uses);
             free(lc->pending);
+            free(lc->requests);
             free(lc->failed);
             free(lc->errmsg);
             free(lc->expert_slot);
@@ -273,9 +362,51 @@ void lm_cache_free(lm_expert_cache *c) {
     free(c);
 }
 
+/* ---- queueing (called with c->mu held) ------------------------------------------- */
+
+typedef enum { TO_DEMAND, TO_BG_BACK, TO_BG_FRONT } queue_place;
+
+/* Queues every read request of expert e into `slot` of layer l and marks the slot
+ * pending. TO_BG_FRONT puts them in front of the background queue, in order. */
+static int queue_expert(lm_expert_cache *c, int l, int slot, int e, queue_place where, int speculative) {
+    layer_cache *lc = &c->layers[l];
+    const lm_expert_source *s = lc->src;
+    int n = expert_requests(s, e, c->opt.chunk_bytes);
+    lc->reads[e]++;
+    atomic_store(&lc->failed[slot], 0);
+    atomic_store(&lc->pending[slot], n);
+    lc->requests[slot] = n;
+    if (where == TO_BG_FRONT) {
+        c->bghead = (c->bghead + c->bgcap - n) % c->bgcap;
+        c->bglen += n;
+    }
+    int k = 0;
+    for (int p = 0; p < s->nparts; p++)
+        for (int ch = 0, nc = part_requests(s, e, p, c->opt.chunk_bytes); ch < nc; ch++, k++) {
+            io_item it = {l, slot, e, p, ch, speculative};
+            if (where == TO_DEMAND) c->queue[(c->qhead + c->qlen++) % c->qcap] = it;
+            else if (where == TO_BG_BACK) c->bg[(c->bghead + c->bglen++) % c->bgcap] = it;
+            else c->bg[(c->bghead + k) % c->bgcap] = it;
+        }
+    return n;
+}
+
+/* Wakes as many idle readers as there are new requests (waking all of them for a
+ * step's one or two misses costs the compute thread's cores more than it gains). */
+static void wake_readers(lm_expert_cache *c, int n_new) {
+    if (n_new >= c->n_threads) pthread_cond_broadcast(&c->cv_work);
+    else
+        for (int i = 0; i < n_new; i++) pthread_cond_signal(&c->cv_work);
+}
+
+/* Whether the background queue has room for expert e of layer l's requests. */
+static int bg_room(const lm_expert_cache *c, int l, int e) {
+    return c->bglen + expert_requests(c->layers[l].src, e, c->opt.chunk_bytes) <= c->bgcap;
+}
+
 /* ---- background queue maintenance (called with c->mu held) ------------------------- */
 
-/* Parts of (layer, slot) still waiting in the background queue. */
+/* Read requests of (layer, slot) still waiting in the background queue. */
 static int bg_parts_queued(const lm_expert_cache *c, int l, int slot) {
     int n = 0;
     for (int k = 0; k < c->bglen; k++) {
@@ -288,24 +419,35 @@ static int bg_parts_queued(const lm_expert_cache *c, int l, int slot) {
 /* Moves the background items of layer l whose slot is (busy = 1) or is not (busy = 0)
  * acquired by this step to the demand queue, keeping the others in order. */
 static void promote_bg(lm_expert_cache *c, int l, const layer_cache *lc, int busy) {
-    int w = 0, moved = 0;
+    int w = 0, moved = 0; /* requests moved */
     for (int k = 0; k < c->bglen; k++) {
         io_item it = c->bg[(c->bghead + k) % c->bgcap];
         if (it.layer == l && (lc->busy[it.slot] != 0) == busy) {
             c->queue[(c->qhead + c->qlen) % c->qcap] = it;
             c->qlen++;
-            moved = 1;
+            moved++;
         } else {
             c->bg[(c->bghead + w++) % c->bgcap] = it;
         }
     }
     c->bglen = w;
-    if (moved) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, moved);
 }
 
-/* Slots the policy may not evict: acquired by this step, or a read still in flight. */
+/* Slots the policy may not evict: acquired by this step, a read still in flight, or
+ * pinned. */
 static void mark_blocked(layer_cache *lc) {
-    for (int s = 0; s < lc->capacity; s++) lc->blocked[s] = lc->busy[s] || atomic_load(&lc->pending[s]) > 0;
+    for (int s = 0; s < lc->capacity; s++)
+        lc->blocked[s] = lc->busy[s] || lc->pinned[s] || atomic_load(&lc->pending[s]) > 0;
+}
+
+/* A slot whose read failed holds nothing: it is emptied (and unpinned, so the slot
+ * is not lost to the layer) and a later step reads the expert again. */
+static void forget_slot(layer_cache *lc, int s) {
+    if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
+    lc->slot_expert[s] = -1;
+    if (lc->pinned[s]) lc->n_pinned--;
+    lc->pinned[s] = 0;
 }
 
 /* Cancels an unstarted lookahead read: its parts leave the background queue and its
@@ -326,15 +468,16 @@ static void drop_speculative(lm_expert_cache *c, layer_cache *lc, int l, int slo
 
 /* Every slot this step does not use is still being filled by a background read (warm
  * start or lookahead) that has started: rather than stall, those reads are moved ahead
- * of all other background work and awaited, after which their slots can be evicted.
- * Returns 1 if any slot was freed up that way. Called with c->mu held. */
+ * of all other background work and awaited, after which their slots can be evicted
+ * (pinned ones excepted). Returns 1 if any slot was freed up that way. Called with
+ * c->mu held. */
 static int finish_background_reads(lm_expert_cache *c, int l, layer_cache *lc) {
     int any = 0;
-    for (int s = 0; s < lc->capacity; s++) any |= !lc->busy[s] && atomic_load(&lc->pending[s]) > 0;
+    for (int s = 0; s < lc->capacity; s++) any |= !lc->busy[s] && !lc->pinned[s] && atomic_load(&lc->pending[s]) > 0;
     if (!any) return 0;
     promote_bg(c, l, lc, 0);
     for (int s = 0; s < lc->capacity; s++)
-        while (!lc->busy[s] && atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
+        while (!lc->busy[s] && !lc->pinned[s] && atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
     mark_blocked(lc);
     return 1;
 }
@@ -346,7 +489,7 @@ void lm_cache_begin_step(lm_expert_cache *c) { c->step++; }
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
-    int got = 0, queued = 0;
+    int got = 0, queued = 0; /* requests queued */
     /* Hits first, so a miss never evicts an expert this step is about to use. */
     for (int i = 0; i < n; i++) {
         int s = lc->expert_slot[need[i]];
@@ -369,8 +512,8 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
      * need are dropped while none of their parts has started, freeing disk time and
      * their slots. */
     for (int s = 0; s < lc->capacity; s++)
-        if (lc->speculative[s] && !lc->busy[s] && atomic_load(&lc->pending[s]) == lc->src->nparts &&
-            bg_parts_queued(c, l, s) == lc->src->nparts)
+        if (lc->speculative[s] && !lc->busy[s] && atomic_load(&lc->pending[s]) == lc->requests[s] &&
+            bg_parts_queued(c, l, s) == lc->requests[s])
             drop_speculative(c, lc, l, s);
     promote_bg(c, l, lc, 1);
     mark_blocked(lc);
@@ -387,19 +530,13 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         lc->blocked[s] = 1;
         lc->speculative[s] = 0;
         lc->acquired[lc->n_acquired++] = s;
-        atomic_store(&lc->failed[s], 0);
-        atomic_store(&lc->pending[s], lc->src->nparts);
-        for (int p = 0; p < lc->src->nparts; p++) {
-            c->queue[(c->qhead + c->qlen) % c->qcap] = (io_item){l, s, need[i], p, 0};
-            c->qlen++;
-        }
-        queued = 1;
+        queued += queue_expert(c, l, s, need[i], TO_DEMAND, 0);
         status[i] = 2;
         lc->misses++;
         lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
         got++;
     }
-    if (queued) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, queued);
     pthread_mutex_unlock(&c->mu);
     return got;
 }
@@ -417,12 +554,13 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) 
     }
     if (atomic_load(&lc->failed[s])) {
         lm_errf(err, "%s", lc->errmsg[s]);
-        /* The slot's contents are unusable: forget it so a later step rereads. */
-        lc->expert_slot[e] = -1;
-        lc->slot_expert[s] = -1;
+        forget_slot(lc, s);
         return -1;
     }
-    *view = lm_expert_view(lc->src, lc->slots + (size_t)s * lc->src->slot_bytes);
+    const char *part[LM_EXPERT_MAX_PARTS] = {0};
+    const char *slot = lc->slots + (size_t)s * lc->slot_bytes;
+    for (int p = 0; p < lc->src->nparts; p++) part[p] = slot + lc->region[p] + part_shift(lc->src, e, p);
+    *view = lm_expert_view_parts(lc->src, part);
     return 0;
 }
 
@@ -438,10 +576,7 @@ void lm_cache_release_layer(lm_expert_cache *c, int l) {
     for (int i = 0; i < lc->n_acquired; i++) {
         int s = lc->acquired[i];
         lc->busy[s] = 0;
-        if (atomic_load(&lc->failed[s]) && lc->slot_expert[s] >= 0) {
-            lc->expert_slot[lc->slot_expert[s]] = -1;
-            lc->slot_expert[s] = -1;
-        }
+        if (atomic_load(&lc->failed[s]) && lc->slot_expert[s] >= 0) forget_slot(lc, s);
     }
     lc->n_acquired = 0;
 }
@@ -454,6 +589,7 @@ void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *o
         out->hits += lc->hits;
         out->misses += lc->misses;
         out->bytes_read += atomic_load(&lc->bytes_read);
+        out->direct_bytes += atomic_load(&lc->direct_bytes);
         out->read_seconds += (double)atomic_load(&lc->read_ns) * 1e-9;
         out->wait_seconds += lc->wait_seconds;
         out->prefetched += lc->prefetched;
@@ -466,7 +602,7 @@ int lm_cache_capacity(const lm_expert_cache *c) { return c->opt.capacity; }
 
 int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) {
     layer_cache *lc = &c->layers[l];
-    int queued = 0;
+    int queued = 0, n_requests = 0;
     pthread_mutex_lock(&c->mu);
     for (int i = 0; i < n; i++) {
         int e = experts[i];
@@ -475,18 +611,13 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) 
         for (int k = 0; k < lc->capacity && s < 0; k++)
             if (lc->slot_expert[k] < 0 && !lc->busy[k] && atomic_load(&lc->pending[k]) == 0) s = k;
         if (s < 0) break; /* only empty slots: a warm start never evicts */
-        if (c->bglen + lc->src->nparts > c->bgcap) break;
+        if (!bg_room(c, l, e)) break;
         lc->slot_expert[s] = e;
         lc->expert_slot[e] = s;
-        atomic_store(&lc->failed[s], 0);
-        atomic_store(&lc->pending[s], lc->src->nparts);
-        for (int p = 0; p < lc->src->nparts; p++) {
-            c->bg[(c->bghead + c->bglen) % c->bgcap] = (io_item){l, s, e, p, 0};
-            c->bglen++;
-        }
+        n_requests += queue_expert(c, l, s, e, TO_BG_BACK, 0);
         queued++;
     }
-    if (queued) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, n_requests);
     pthread_mutex_unlock(&c->mu);
     return queued;
 }
@@ -496,7 +627,7 @@ const float *lm_cache_uses(const lm_expert_cache *c, int l) { return c->layers[l
 int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n) {
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
-    int queued = 0;
+    int queued = 0, n_requests = 0;
     pthread_mutex_lock(&c->mu);
     mark_blocked(lc);
     for (int i = 0; i < n; i++) {
@@ -504,24 +635,56 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
         if (lc->expert_slot[e] >= 0) continue;
         int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
         if (s < 0) break;
-        if (c->bglen + lc->src->nparts > c->bgcap) break;
+        if (!bg_room(c, l, e)) break;
         if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;
         lc->slot_expert[s] = e;
         lc->expert_slot[e] = s;
         lc->blocked[s] = 1;
         lc->speculative[s] = 1;
-        atomic_store(&lc->failed[s], 0);
-        atomic_store(&lc->pending[s], lc->src->nparts);
         /* In front of the warm start: the next layer is about to need these. */
-        for (int p = lc->src->nparts - 1; p >= 0; p--) {
-            c->bghead = (c->bghead + c->bgcap - 1) % c->bgcap;
-            c->bg[c->bghead] = (io_item){l, s, e, p, 1};
-            c->bglen++;
-        }
+        n_requests += queue_expert(c, l, s, e, TO_BG_FRONT, 1);
         lc->prefetched++;
         queued++;
     }
-    if (queued) pthread_cond_broadcast(&c->cv_work);
+    wake_readers(c, n_requests);
     pthread_mutex_unlock(&c->mu);
     return queued;
 }
+
+int lm_cache_io_threads(const lm_expert_cache *c) { return c->opt.io_threads; }
+
+int lm_cache_pin(lm_expert_cache *c, int l, const int32_t *experts, int n) {
+    layer_cache *lc = &c->layers[l];
+    int pinned = 0, n_requests = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < n; i++) {
+        int e = experts[i], s = lc->expert_slot[e];
+        if (s < 0) {
+            for (int k = 0; k < lc->capacity && s < 0; k++)
+                if (lc->slot_expert[k] < 0 && !lc->busy[k] && atomic_load(&lc->pending[k]) == 0) s = k;
+            if (s < 0 || !bg_room(c, l, e)) break; /* pins take empty slots only */
+            lc->slot_expert[s] = e;
+            lc->expert_slot[e] = s;
+            n_requests += queue_expert(c, l, s, e, TO_BG_BACK, 0);
+        }
+        if (!lc->pinned[s]) {
+            lc->pinned[s] = 1;
+            lc->speculative[s] = 0;
+            lc->n_pinned++;
+            pinned++;
+        }
+    }
+    wake_readers(c, n_requests);
+    pthread_mutex_unlock(&c->mu);
+    return pinned;
+}
+
+int lm_cache_pinned(const lm_expert_cache *c, int l) { return c->layers[l].n_pinned; }
+
+int lm_cache_is_pinned(const lm_expert_cache *c, int l, int e) {
+    const layer_cache *lc = &c->layers[l];
+    int s = lc->expert_slot[e];
+    return s >= 0 && lc->pinned[s];
+}
+
+uint32_t lm_cache_expert_reads(const lm_expert_cache *c, int l, int e) { return c->layers[l].reads[e]; }

@@ -21,9 +21,15 @@
 
 typedef struct lm_expert_cache lm_expert_cache;
 
+/* Defaults, measured on the development machine's virtual disk (bench/RESULTS.md,
+ * "Expert reads: into the slots, queue depth, request size"). */
+#define LM_CACHE_IO_THREADS 8
+#define LM_CACHE_CHUNK_BYTES (512u << 10)
+
 typedef struct {
     int capacity;       /* slots per MoE layer */
-    int io_threads;     /* reader threads (queue depth) */
+    int io_threads;     /* reader threads (queue depth); 0 = LM_CACHE_IO_THREADS */
+    uint64_t chunk_bytes; /* parts longer than this are read in several requests; 0 = LM_CACHE_CHUNK_BYTES */
     lm_evict_policy policy;
     int direct_io;      /* 1: O_DIRECT where the file system allows, 0: buffered */
     int verbose;
@@ -32,6 +38,7 @@ typedef struct {
 typedef struct {
     uint64_t hits, misses;
     uint64_t bytes_read;
+    uint64_t direct_bytes; /* of them, read with direct I/O (O_DIRECT) */
     double read_seconds; /* summed over reader threads */
     double wait_seconds; /* compute thread blocked on reads */
     uint64_t prefetched;         /* lookahead reads queued */
@@ -67,13 +74,31 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n);
  * expert is an ordinary cache entry: results never depend on the prediction.
  * Returns how many reads were queued. */
 int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* Pins experts of layer l: each takes an empty slot (none is evicted for it) and is
+ * read in the background like a warm start; from then on the policy never evicts it.
+ * An expert already cached is pinned where it is. Stops when no empty slot is left.
+ * The caller keeps capacity - pinned >= top_k so a step can still acquire what it
+ * needs. Returns how many were pinned. */
+int lm_cache_pin(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* Pinned experts of layer l; whether expert e of layer l is cached and pinned. */
+int lm_cache_pinned(const lm_expert_cache *c, int l);
+int lm_cache_is_pinned(const lm_expert_cache *c, int l, int e);
+/* Times expert e of layer l was queued for reading (misses, warm start, lookahead,
+ * pins) since the cache was created. */
+uint32_t lm_cache_expert_reads(const lm_expert_cache *c, int l, int e);
 /* How often each expert of layer l was routed to since the cache was created. */
 const float *lm_cache_uses(const lm_expert_cache *c, int l);
 
 /* Per-layer counters (l < 0: totals). */
 void lm_cache_get_counters(const lm_expert_cache *c, int l, lm_cache_counters *out);
 int lm_cache_capacity(const lm_expert_cache *c);
-/* Bytes the cache allocates (slots and read buffers) for a capacity. */
-uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity, int io_threads);
+/* Reader threads the cache runs. */
+int lm_cache_io_threads(const lm_expert_cache *c);
+/* Bytes of one cache slot of layer l (0 for a dense layer): an expert plus the
+ * padding that lets direct reads land in place (cache.c). */
+uint64_t lm_cache_slot_bytes(const lm_weights *w, int l);
+/* Bytes the cache allocates for its slots at a capacity (an upper bound of what it
+ * can touch: allocator rounding included). */
+uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity);
 
 #endif

@@ -24,26 +24,33 @@ typedef struct {
 #define LM_EXPERT_MAX_PARTS 9
 
 /* Where one layer's experts live on disk, and the memory layout of one expert
- * ("slot") that both the resident model and the expert cache use.
+ * ("slot") in the resident model.
  * Expert e is nparts byte ranges: part p is part_len[p] bytes at absolute offset
- * off[e * LM_EXPERT_MAX_PARTS + p] of archive file file[same index], and goes to
- * offset part_off[p] of the slot. Matrix m (0 gate, 1 up, 2 down) of the expert is
- * tmpl[m] with its field k (0 data, 1 scales, 2 biases) at slot offset
- * field_off[m][k]. MLX stacked files give 9 parts, transformers-5 fused files 2,
- * per-expert float files 3. */
+ * off[e * LM_EXPERT_MAX_PARTS + p] of archive file file[same index]. In a resident
+ * slot it goes to offset part_off[p] (64-byte aligned); the expert cache lays its
+ * slots out differently (src/experts/cache.c: each part where a direct read of its
+ * aligned span can land), so a matrix is found through its part: matrix m (0 gate,
+ * 1 up, 2 down) of the expert is tmpl[m] with its field k (0 data, 1 scales,
+ * 2 biases) at byte field_delta[m][k] of part field_part[m][k]. part_align[p] is
+ * the element size of part p, the alignment its bytes need in memory. MLX stacked
+ * files give 9 parts, transformers-5 fused files 2, per-expert float files 3. */
 typedef struct {
     int nparts;
     uint64_t part_len[LM_EXPERT_MAX_PARTS];
     uint64_t part_off[LM_EXPERT_MAX_PARTS];
+    uint8_t part_align[LM_EXPERT_MAX_PARTS];
     uint64_t slot_bytes;
     int32_t *file;  /* [E * LM_EXPERT_MAX_PARTS] */
     uint64_t *off;  /* [E * LM_EXPERT_MAX_PARTS] */
     lm_mat tmpl[3];
-    uint64_t field_off[3][3];
+    int field_part[3][3];
+    uint64_t field_delta[3][3];
 } lm_expert_source;
 
-/* The expert whose slot memory starts at `slot`. */
+/* The expert whose resident slot memory starts at `slot`. */
 lm_expert lm_expert_view(const lm_expert_source *src, const void *slot);
+/* The expert whose part p starts at part[p], wherever each part lies. */
+lm_expert lm_expert_view_parts(const lm_expert_source *src, const char *const part[LM_EXPERT_MAX_PARTS]);
 
 /* Gated DeltaNet (qwen3_next linear attention) weights of one layer. Shapes with
  * nk/nv key/value heads of dk/dv dims, r = nv / nk:

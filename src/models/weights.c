@@ -273,6 +273,7 @@ static int src_add(loader *L, lm_expert_source *s, const st_tensor *t, int E, in
     int p = s->nparts++;
     uint64_t len = per_expert_tensors ? t->nbytes : t->nbytes / (uint64_t)E;
     s->part_len[p] = len;
+    s->part_align[p] = (uint8_t)lm_dtype_size(t->dtype);
     s->part_off[p] = p ? align64(s->part_off[p - 1] + s->part_len[p - 1]) : 0;
     s->slot_bytes = align64(s->part_off[p] + len);
     if (!per_expert_tensors)
@@ -291,24 +292,30 @@ static int src_add_mat(loader *L, lm_expert_source *s, int m, const lm_mat *tmpl
         if (!tq[k]) continue;
         int p = src_add(L, s, tq[k], E, per_expert);
         if (p < 0) return -1;
-        s->field_off[m][k] = s->part_off[p];
+        s->field_part[m][k] = p;
+        s->field_delta[m][k] = 0;
     }
     return 0;
 }
 
-lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
+lm_expert lm_expert_view_parts(const lm_expert_source *src, const char *const part[LM_EXPERT_MAX_PARTS]) {
     lm_expert ex;
     lm_mat *mats[3] = {&ex.gate, &ex.up, &ex.down};
-    const char *base = slot;
     for (int m = 0; m < 3; m++) {
         *mats[m] = src->tmpl[m];
-        mats[m]->data = base + src->field_off[m][0];
+        mats[m]->data = part[src->field_part[m][0]] + src->field_delta[m][0];
         if (src->tmpl[m].dtype == LM_DT_U32) {
-            mats[m]->scales = base + src->field_off[m][1];
-            mats[m]->biases = base + src->field_off[m][2];
+            mats[m]->scales = part[src->field_part[m][1]] + src->field_delta[m][1];
+            mats[m]->biases = part[src->field_part[m][2]] + src->field_delta[m][2];
         }
     }
     return ex;
+}
+
+lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
+    const char *part[LM_EXPERT_MAX_PARTS] = {0};
+    for (int p = 0; p < src->nparts; p++) part[p] = (const char *)slot + src->part_off[p];
+    return lm_expert_view_parts(src, part);
 }
 
 /* Describes the experts of MoE layer l under module `block` in layer.src. */
@@ -351,9 +358,10 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
         s->tmpl[0] = (lm_mat){.dtype = gu->dtype, .rows = I, .cols = H};
         s->tmpl[1] = s->tmpl[0];
         s->tmpl[2] = (lm_mat){.dtype = dn->dtype, .rows = H, .cols = I};
-        s->field_off[0][0] = s->part_off[p0];
-        s->field_off[1][0] = s->part_off[p0] + (uint64_t)I * (uint64_t)H * lm_dtype_size(gu->dtype);
-        s->field_off[2][0] = s->part_off[p1];
+        s->field_part[0][0] = p0;
+        s->field_part[1][0] = p0;
+        s->field_delta[1][0] = (uint64_t)I * (uint64_t)H * lm_dtype_size(gu->dtype);
+        s->field_part[2][0] = p1;
         return 0;
     }
     w->expert_layout = LM_EXPERTS_SEPARATE;

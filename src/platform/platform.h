@@ -46,6 +46,12 @@ void *lm_malloc(size_t n, const char *what, char *err);
 void *lm_calloc(size_t n, size_t size, const char *what, char *err);
 /* 64-byte aligned allocation (free with lm_free_aligned). */
 void *lm_malloc_aligned(size_t n, const char *what, char *err);
+/* An allocation that direct reads can land in: LM_DIRECT_ALIGN-aligned (free with
+ * lm_free_aligned). */
+void *lm_malloc_direct(size_t n, const char *what, char *err);
+/* Bytes lm_malloc_direct(n) really reserves (it rounds large buffers up to whole
+ * huge pages, which the process may touch), for exact memory plans. */
+size_t lm_malloc_direct_size(size_t n);
 void lm_free_aligned(void *p);
 
 #endif

@@ -185,20 +185,33 @@ void *lm_calloc(size_t n, size_t size, const char *what, char *err) {
     return p;
 }
 
-void *lm_malloc_aligned(size_t n, const char *what, char *err) {
+/* Large buffers (weights, expert slots) are 2 MiB aligned and asked to use huge pages:
+ * filling gigabytes through 4 KiB pages costs a page fault per 4 KiB. */
+static size_t alloc_alignment(size_t n, size_t min_align) { return n >= (8u << 20) ? (2u << 20) : min_align; }
+
+static void *malloc_aligned_to(size_t n, size_t min_align, const char *what, char *err) {
     void *p = NULL;
-    /* Large buffers (weights, expert slots) are 2 MiB aligned and asked to use huge
-     * pages: filling gigabytes through 4 KiB pages costs a page fault per 4 KiB. */
-    size_t align = n >= (8u << 20) ? (2u << 20) : 64;
+    size_t align = alloc_alignment(n, min_align);
     size_t rounded = (n + align - 1) & ~(align - 1);
-    if (rounded < n || posix_memalign(&p, align, rounded ? rounded : 64) != 0) {
+    if (rounded < n || posix_memalign(&p, align, rounded ? rounded : align) != 0) {
         lm_errf(err, "out of memory allocating %zu bytes for %s", n, what);
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
-    if (align > 64) (void)madvise(p, rounded, MADV_HUGEPAGE);
+    if (align > min_align) (void)madvise(p, rounded, MADV_HUGEPAGE);
 #endif
     return p;
+}
+
+void *lm_malloc_aligned(size_t n, const char *what, char *err) { return malloc_aligned_to(n, 64, what, err); }
+
+void *lm_malloc_direct(size_t n, const char *what, char *err) {
+    return malloc_aligned_to(n, LM_DIRECT_ALIGN, what, err);
+}
+
+size_t lm_malloc_direct_size(size_t n) {
+    size_t align = alloc_alignment(n, LM_DIRECT_ALIGN);
+    return n ? (n + align - 1) & ~(align - 1) : align;
 }
 
 void lm_free_aligned(void *p) { free(p); }
