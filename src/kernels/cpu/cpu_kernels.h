@@ -37,6 +37,15 @@ typedef struct {
     int ng_stride;
 } lm_act8;
 #define LM_ACT8_PAD 16
+
+/* Token t's view of the activations (the tokens from t on). */
+static inline lm_act8 lm_act8_token(const lm_act8 *a, int t) {
+    lm_act8 at = *a;
+    at.q += (size_t)t * a->q_stride;
+    at.dx += (size_t)t * (size_t)a->ng_stride;
+    at.xsum += (size_t)t * (size_t)a->ng_stride;
+    return at;
+}
 #define LM_ACT8_MAX_BLOCK 256 /* largest q4_block */
 
 /* Quantizes tokens x[n][cols] for group size gs into a (q: n * q_stride bytes,

@@ -404,15 +404,6 @@ A8_SHAPES(vnni, 8)
 A8_SHAPES(plain, 4)
 A8_SHAPES(plain, 8)
 
-/* Token t's view of the activations. */
-static lm_act8 a8_token(const lm_act8 *a, int t) {
-    lm_act8 at = *a;
-    at.q += (size_t)t * a->q_stride;
-    at.dx += (size_t)t * (size_t)a->ng_stride;
-    at.xsum += (size_t)t * (size_t)a->ng_stride;
-    return at;
-}
-
 static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
     const int vnni = (lm_cpu_features() & LM_CPU_AVXVNNI) != 0;
     const a8_tile_fn *f = W->bits == 4 ? (vnni ? a8_vnni4 : a8_plain4) : (vnni ? a8_vnni8 : a8_plain8);
@@ -424,7 +415,7 @@ static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
             int full = r + 4 <= r1; /* 4 rows, else one */
             int t = t0;
             for (; t + 2 <= t0 + tn; t += 2) {
-                lm_act8 at = a8_token(a, t);
+                lm_act8 at = lm_act8_token(a, t);
                 float *yt = y + (size_t)t * rows + (size_t)r;
                 if (full) {
                     (t == t0 ? t22p : t22)(W, r, &at, yt);
@@ -434,7 +425,7 @@ static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
                 }
             }
             if (t < t0 + tn) {
-                lm_act8 at = a8_token(a, t);
+                lm_act8 at = lm_act8_token(a, t);
                 (full ? t41p : t11p)(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
             r += full ? 4 : 1;

@@ -401,30 +401,22 @@ TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const 
         for (; r + TILE_R <= r1; r += TILE_R) {
             int t = t0;
             for (; t + TILE_T <= t0 + tn; t += TILE_T) {
-                lm_act8 at = *a;
-                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
-                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                lm_act8 at = lm_act8_token(a, t);
                 rt(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
             for (; t < t0 + tn; t++) {
-                lm_act8 at = *a;
-                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
-                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                lm_act8 at = lm_act8_token(a, t);
                 r1t(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
         }
         for (; r < r1; r++) {
             int t = t0;
             for (; t + TILE_T <= t0 + tn; t += TILE_T) {
-                lm_act8 at = *a;
-                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
-                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                lm_act8 at = lm_act8_token(a, t);
                 one_t(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
             for (; t < t0 + tn; t++) {
-                lm_act8 at = *a;
-                at.q += (size_t)t * a->q_stride, at.dx += (size_t)t * (size_t)a->ng_stride,
-                    at.xsum += (size_t)t * (size_t)a->ng_stride;
+                lm_act8 at = lm_act8_token(a, t);
                 one1(W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
         }

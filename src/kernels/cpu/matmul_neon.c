@@ -394,15 +394,6 @@ A8_SHAPES(sdot, 4)
 A8_SHAPES(sdot, 8)
 #endif
 
-/* Token t's view of the activations. */
-static lm_act8 a8_token(const lm_act8 *a, int t) {
-    lm_act8 at = *a;
-    at.q += (size_t)t * a->q_stride;
-    at.dx += (size_t)t * (size_t)a->ng_stride;
-    at.xsum += (size_t)t * (size_t)a->ng_stride;
-    return at;
-}
-
 static void rows_act8_neon(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
     const a8_tile_fn *f = W->bits == 4 ? a8_plain4 : a8_plain8;
 #if HAVE_SDOT
@@ -415,11 +406,11 @@ static void rows_act8_neon(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
             int full = r + TILE_R <= r1; /* a whole tile of rows, else one row */
             int t = t0;
             for (; t + TILE_T <= t0 + tn; t += TILE_T) {
-                lm_act8 at = a8_token(a, t);
+                lm_act8 at = lm_act8_token(a, t);
                 f[full ? 0 : 2](W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
             for (; t < t0 + tn; t++) {
-                lm_act8 at = a8_token(a, t);
+                lm_act8 at = lm_act8_token(a, t);
                 f[full ? 1 : 3](W, r, &at, y + (size_t)t * rows + (size_t)r);
             }
             r += full ? TILE_R : 1;
