@@ -86,6 +86,14 @@ if $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k32.npy --kv-bits 32 &&
 else
     bad cli_kv_bits "runs failed or the caches gave identical logits"
 fi
+check_err cli_err_help_unknown "no help for unknown command 'nope'" $BIN help nope
+# `lazymoe help COMMAND` is that command's own --help.
+if out=$($BIN help bench) && [[ "$out" == *"usage: lazymoe bench MODEL"* ]] &&
+   [ "$out" = "$($BIN bench --help)" ]; then
+    ok cli_help_command
+else
+    bad cli_help_command "help bench did not print bench's usage"
+fi
 check_err cli_err_act_bits "--act-bits expects 8 or 32" $BIN run $G/olmoe_f32 --ids 1 --act-bits 16
 # Int8 activations change the logits of a quantized model, and leave a float model's alone.
 if $BIN logits models/demo-coder --ids 1,2,3,4,5 --out $T/a32.npy &&
