@@ -160,7 +160,6 @@ TARGET INLINE void q8_tile(const lm_mat *W, int r, const float *x, float *y, con
     affine_tile(W, r, x, y, R, T, 8);
 }
 
-typedef void (*tile_fn)(const lm_mat *W, int r, const float *x, float *y);
 
 #define TILE_SHAPES(kind)                                                                                  \
     TARGET static void kind##_RT(const lm_mat *W, int r, const float *x, float *y) {                       \
@@ -172,35 +171,15 @@ typedef void (*tile_fn)(const lm_mat *W, int r, const float *x, float *y);
     TARGET static void kind##_1T(const lm_mat *W, int r, const float *x, float *y) {                       \
         kind##_tile(W, r, x, y, 1, TILE_T);                                                                \
     }                                                                                                      \
-    TARGET static void kind##_11(const lm_mat *W, int r, const float *x, float *y) { kind##_tile(W, r, x, y, 1, 1); }
+    TARGET static void kind##_11(const lm_mat *W, int r, const float *x, float *y) { kind##_tile(W, r, x, y, 1, 1); } \
+    static const lm_f32_tile kind##_shapes[2][2] = {{kind##_11, kind##_1T}, {kind##_R1, kind##_RT}};
 TILE_SHAPES(float)
 TILE_SHAPES(q4)
 TILE_SHAPES(q8)
 
 TARGET static void rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, float *y) {
-    tile_fn rt, r1t, one_t, one1;
-    if (W->dtype == LM_DT_U32 && W->bits == 4) {
-        rt = q4_RT, r1t = q4_R1, one_t = q4_1T, one1 = q4_11;
-    } else if (W->dtype == LM_DT_U32) {
-        rt = q8_RT, r1t = q8_R1, one_t = q8_1T, one1 = q8_11;
-    } else {
-        rt = float_RT, r1t = float_R1, one_t = float_1T, one1 = float_11;
-    }
-    const size_t cols = (size_t)W->cols, rows = (size_t)W->rows;
-    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
-        int tn = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n - t0 : LM_KERNEL_TOKEN_BLOCK;
-        int r = r0;
-        for (; r + TILE_R <= r1; r += TILE_R) {
-            int t = t0;
-            for (; t + TILE_T <= t0 + tn; t += TILE_T) rt(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
-            for (; t < t0 + tn; t++) r1t(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
-        }
-        for (; r < r1; r++) {
-            int t = t0;
-            for (; t + TILE_T <= t0 + tn; t += TILE_T) one_t(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
-            for (; t < t0 + tn; t++) one1(W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
-        }
-    }
+    const lm_f32_tile(*shapes)[2] = W->dtype != LM_DT_U32 ? float_shapes : W->bits == 4 ? q4_shapes : q8_shapes;
+    lm_tile_rows(W, r0, r1, x, n, y, TILE_R, TILE_T, shapes);
 }
 
 /* ---- int8 activations (cpu_kernels.h: lm_act8) -------------------------------------
