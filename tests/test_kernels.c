@@ -404,6 +404,47 @@ static void act8_quantize_layout(void) {
     }
 }
 
+/* A table's SIMD quantizer must give lm_act8_quantize's bytes exactly: the int8
+ * definition is shared by every table. Zeros, NaN, infinities, huge values,
+ * halfway cases, a partial 128-block and the padding are compared bit for bit. */
+static void act8_simd_quantize_matches_reference(void) {
+    static const struct { int cols, gs, block; } cases[] = {
+        {320, 64, 128}, {2048, 64, 128}, {96, 32, 128}, {512, 128, 128}, {8288, 32, 128}, {384, 64, 0}, {200, 40, 0}};
+    const lm_cpu_kernels *simd[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2, &lm_cpu_kernels_neon};
+    int compared = 0;
+    for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
+        const lm_cpu_kernels *k = simd[ti];
+        if (!k->available() || !k->act8_quantize) continue;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const int n = 5, cols = cases[ci].cols, gs = cases[ci].gs, ng = cols / gs, ngs = ng + LM_ACT8_PAD;
+            const size_t qs = ((size_t)cols + 255) / 128 * 128;
+            float *x = malloc(sizeof(float) * (size_t)n * (size_t)cols);
+            int8_t *q[2] = {malloc((size_t)n * qs), malloc((size_t)n * qs)};
+            float *d[2] = {malloc(sizeof(float) * (size_t)n * (size_t)ngs), malloc(sizeof(float) * (size_t)n * (size_t)ngs)};
+            float *sm[2] = {malloc(sizeof(float) * (size_t)n * (size_t)ngs), malloc(sizeof(float) * (size_t)n * (size_t)ngs)};
+            for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) x[i] = (float)urand() * (i % 11 == 0 ? 50.0f : 1.0f);
+            for (int i = 0; i < gs; i++) x[gs + i] = 0;               /* an all-zero group */
+            x[3] = NAN, x[cols + 16] = NAN, x[cols + 7] = INFINITY, x[2 * cols + 1] = -INFINITY; /* tokens 0-2 */
+            x[3 * cols] = 3e38f, x[3 * cols + 1] = -3e38f;               /* near the top of f32 */
+            for (int i = 0; i < gs; i++) x[4 * cols + i] = (float)(i - gs / 2) * 0.5f; /* halfway products */
+            x[4 * cols] = 127.0f;
+            for (int w = 0; w < 2; w++) {
+                memset(q[w], 0x5a, (size_t)n * qs);
+                (w ? k->act8_quantize : lm_act8_quantize)(x, n, cols, gs, cases[ci].block, q[w], qs, d[w], sm[w], ngs);
+            }
+            CHECKF(!memcmp(q[0], q[1], (size_t)n * qs), "%s quantizer: cols %d gs %d block %d: bytes differ", k->name,
+                   cols, gs, cases[ci].block);
+            CHECKF(!memcmp(d[0], d[1], sizeof(float) * (size_t)n * (size_t)ngs) &&
+                       !memcmp(sm[0], sm[1], sizeof(float) * (size_t)n * (size_t)ngs),
+                   "%s quantizer: cols %d gs %d: steps or sums differ", k->name, cols, gs);
+            compared++;
+            free(x), free(q[0]), free(q[1]), free(d[0]), free(d[1]), free(sm[0]), free(sm[1]);
+        }
+    }
+    if (!compared) printf("# no SIMD quantizer on this CPU: nothing to compare\n");
+    CHECK(compared > 0 || !lm_cpu_kernels_avx512.available());
+}
+
 /* y with int8 activations: every table (scalar included) against the definition
  * computed here in double from the bit stream and ref_quantize, to f32 rounding;
  * and against the f32 product within the quantization's own bound
@@ -705,6 +746,7 @@ int main(void) {
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);
     TEST_CASE("kernels_selection", kernel_selection);
     TEST_CASE("kernels_act8_quantize_layout", act8_quantize_layout);
+    TEST_CASE("kernels_act8_simd_quantize_matches_reference", act8_simd_quantize_matches_reference);
     TEST_CASE("kernels_act8_matches_definition", act8_matches_definition);
     TEST_CASE("kernels_act8_bit_identical", act8_bit_identical);
     TEST_CASE("kernels_act8_dot_instructions_bit_identical", act8_dot_instructions_bit_identical);

@@ -212,16 +212,19 @@ void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int
         }
         memset(qt + cols, 0, q_stride - (size_t)cols);
         for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
-        if (!q4_block) continue;
-        /* Each block of q4_block values becomes its even-indexed values, then its
-         * odd ones (a partial last block: both halves zero-padded). */
-        int8_t tmp[LM_ACT8_MAX_BLOCK];
-        for (int base = 0; base < cols; base += q4_block) {
-            int m = cols - base < q4_block ? cols - base : q4_block, half = q4_block / 2;
-            memcpy(tmp, qt + base, (size_t)m);
-            memset(qt + base, 0, (size_t)q4_block);
-            for (int j = 0; j < m; j++) qt[base + (j & 1) * half + j / 2] = tmp[j];
-        }
+        if (q4_block) lm_act8_interleave(qt, cols, q4_block, 0);
+    }
+}
+
+void lm_act8_interleave(int8_t *qt, int cols, int q4_block, int first) {
+    /* Each block of q4_block values becomes its even-indexed values, then its
+     * odd ones (a partial last block: both halves zero-padded). */
+    int8_t tmp[LM_ACT8_MAX_BLOCK];
+    for (int base = first; base < cols; base += q4_block) {
+        int m = cols - base < q4_block ? cols - base : q4_block, half = q4_block / 2;
+        memcpy(tmp, qt + base, (size_t)m);
+        memset(qt + base, 0, (size_t)q4_block);
+        for (int j = 0; j < m; j++) qt[base + (j & 1) * half + j / 2] = tmp[j];
     }
 }
 
@@ -272,13 +275,14 @@ typedef struct {
     const float *x;
     int n, block, per_task;
     lm_act8 *a;
+    lm_act8_quantize_fn quantize;
 } quantize_job;
 
 static void quantize_task(void *ctx, int task) {
     const quantize_job *j = ctx;
     int t0 = task * j->per_task, tn = j->n - t0 < j->per_task ? j->n - t0 : j->per_task;
     lm_act8 *a = j->a;
-    lm_act8_quantize(j->x + (size_t)t0 * (size_t)j->W->cols, tn, j->W->cols, j->W->group_size, j->block,
+    j->quantize(j->x + (size_t)t0 * (size_t)j->W->cols, tn, j->W->cols, j->W->group_size, j->block,
                      (int8_t *)a->q + (size_t)t0 * a->q_stride, a->q_stride,
                      (float *)a->dx + (size_t)t0 * (size_t)a->ng_stride,
                      (float *)a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride);
@@ -286,7 +290,9 @@ static void quantize_task(void *ctx, int task) {
 
 /* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes),
  * spread over the pool by tokens when there are enough. */
-static void act8_prepare(lm_pool *pool, const lm_mat *W, const float *x, int n, int block, char *buf, lm_act8 *a) {
+static void act8_prepare(const cpu_impl *impl, const lm_mat *W, const float *x, int n, int block, char *buf,
+                         lm_act8 *a) {
+    lm_pool *pool = impl->pool;
     size_t qs = act8_q_stride(W, block);
     int ngs = act8_ng_stride(W);
     size_t fb = round64((size_t)ngs * sizeof(float));
@@ -297,7 +303,8 @@ static void act8_prepare(lm_pool *pool, const lm_mat *W, const float *x, int n, 
     a->xsum = xsum;
     a->ng_stride = ngs;
     int tasks = n < 2 * lm_pool_size(pool) ? n : 2 * lm_pool_size(pool);
-    quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a};
+    quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a,
+                      .quantize = impl->k && impl->k->act8_quantize ? impl->k->act8_quantize : lm_act8_quantize};
     if (tasks <= 1 || (size_t)n * (size_t)W->cols < 8192) {
         quantize_task(&j, 0);
         return;
@@ -417,12 +424,12 @@ static void matmul_task(void *ctx, int task) {
     }
 }
 
-/* Rows per task for a matrix: whole 4-row tiles (the SIMD tile height), at least
- * 8 tasks per thread so a busy core does not hold the others up. */
-static int rows_per_task(int rows, int threads) {
+/* Rows per task for a matrix: whole tiles of `align` rows (the SIMD tile height), at
+ * least 8 tasks per thread so a busy core does not hold the others up. */
+static int rows_per_task(int rows, int threads, int align) {
     int tasks = threads * 8;
     int rpt = (rows + tasks - 1) / tasks;
-    return (rpt + 3) / 4 * 4;
+    return (rpt + align - 1) / align * align;
 }
 
 /* The SIMD table that computes W under the backend's settings (NULL = scalar). */
@@ -433,6 +440,9 @@ static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, in
 }
 static int uses_act8(const cpu_impl *impl, const lm_mat *W) { return impl->act_bits == 8 && W->dtype == LM_DT_U32; }
 static int q4_block(const lm_cpu_kernels *k, const lm_mat *W) { return k && W->bits == 4 ? k->act8_q4_block : 0; }
+/* Rows a task's range is a multiple of: the int8 kernels work on 16-row panels
+ * (AVX-512: a row per lane), the others on 4-row tiles. */
+static int task_row_align(const cpu_impl *impl, const lm_mat *W) { return uses_act8(impl, W) ? 16 : 4; }
 
 /* Tokens per piece so that `per_token` bytes each fit the quantization buffer,
  * which grows to all n tokens when memory allows; smaller pieces give the same
@@ -452,7 +462,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
     cpu_impl *impl = be->impl;
     int act8 = uses_act8(impl, W);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
-    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool));
+    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));
     j.rows_per_task = rpt;
     int tasks = (W->rows + rpt - 1) / rpt;
     if (act8) {
@@ -461,7 +471,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
         lm_act8 a;
         for (int t0 = 0; t0 < n; t0 += piece) {
             int tn = n - t0 < piece ? n - t0 : piece;
-            act8_prepare(impl->pool, W, x + (size_t)t0 * (size_t)W->cols, tn, block, impl->a8buf, &a);
+            act8_prepare(impl, W, x + (size_t)t0 * (size_t)W->cols, tn, block, impl->a8buf, &a);
             j.a8 = &a;
             j.n = tn;
             j.y = y + (size_t)t0 * (size_t)W->rows;
@@ -586,13 +596,13 @@ static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
     for (int i = 0; i < count; i++) {
         b.a8p[i] = NULL;
         if (b.share[i] == -1)
-            act8_prepare(impl->pool, items[i].W, items[i].x, items[i].n, q4_block(impl->k, items[i].W),
+            act8_prepare(impl, items[i].W, items[i].x, items[i].n, q4_block(impl->k, items[i].W),
                          impl->a8buf + b.off[i], &b.a8[i]);
         if (b.share[i] >= 0) b.a8[i] = b.a8[b.share[i]];
         if (b.share[i] != -2) b.a8p[i] = &b.a8[i];
     }
     /* Tasks: about 8 per thread over the whole batch, each item's count in
-     * proportion to its work, in whole 4-row tiles. */
+     * proportion to its work, in whole tiles (task_row_align). */
     double total = 0;
     for (int i = 0; i < count; i++) total += (double)items[i].W->rows * items[i].W->cols * items[i].n;
     double per_task = total / (8.0 * lm_pool_size(impl->pool)) + 1;
@@ -600,12 +610,13 @@ static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
     for (int i = 0; i < count; i++) {
         const lm_mat *W = items[i].W;
         int tasks = 0;
-        b.rpt[i] = 4;
+        const int align = task_row_align(impl, W);
+        b.rpt[i] = align;
         if (items[i].n > 0 && W->rows > 0) {
             double want = (double)W->rows * W->cols * items[i].n / per_task;
-            int most = (W->rows + 3) / 4;
+            int most = (W->rows + align - 1) / align;
             tasks = want < 1 ? 1 : want > most ? most : (int)want;
-            b.rpt[i] = ((W->rows + tasks - 1) / tasks + 3) / 4 * 4;
+            b.rpt[i] = ((W->rows + tasks - 1) / tasks + align - 1) / align * align;
             tasks = (W->rows + b.rpt[i] - 1) / b.rpt[i];
         }
         b.first_task[i + 1] = b.first_task[i] + tasks;

@@ -53,6 +53,11 @@ static inline lm_act8 lm_act8_token(const lm_act8 *a, int t) {
  * past ng is zero. */
 void lm_act8_quantize(const float *x, int n, int cols, int gs, int q4_block, int8_t *q, size_t q_stride,
                       float *dx, float *xsum, int ng_stride);
+typedef void (*lm_act8_quantize_fn)(const float *x, int n, int cols, int gs, int q4_block, int8_t *q,
+                                    size_t q_stride, float *dx, float *xsum, int ng_stride);
+/* One token's values qt[cols] in natural order -> the q4_block layout, from column
+ * `first` (a multiple of q4_block) on; the padding up to the last block is zeroed. */
+void lm_act8_interleave(int8_t *qt, int cols, int q4_block, int first);
 
 typedef struct {
     const char *name;
@@ -75,6 +80,8 @@ typedef struct {
     int (*handles_act8)(const lm_mat *W);
     void (*rows_act8)(const lm_mat *W, int r0, int r1, const lm_act8 *x, int n, float *y);
     int act8_q4_block; /* see lm_act8 */
+    /* lm_act8_quantize in SIMD, byte for byte the same (NULL = the scalar one). */
+    lm_act8_quantize_fn act8_quantize;
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

@@ -243,145 +243,400 @@ TARGET static void rows_avx512(const lm_mat *W, int r0, int r1, const float *x, 
 
 /* ---- int8 activations (cpu_kernels.h: lm_act8), AVX-512 VNNI -------------------
  *
- * vpdpbusd multiplies 64 unsigned weight bytes with 64 signed activation bytes
- * and adds each 4 adjacent products into one of 16 int32 lanes. 4-bit: 64 packed
- * bytes (128 weights) per step; a mask gives the low nibbles (the even-indexed
- * weights) and a shift the high ones (odd), which meet the activations the
- * backend stored as even-then-odd halves of each 128-block (act8_q4_block), so
- * lane k sums weights 8k..8k+7 exactly. 8-bit: 64 weights per step, natural
- * order, lane k = weights 4k..4k+3. Each lane then adds int * (scale * dx) of its
- * group to an f32 accumulator, and the biases' sum_g bias_g * xsum_g joins the
- * same accumulator 16 groups at a time. */
+ * Rows in lanes: lane i of every vector belongs to row r + i of a 16-row panel.
+ * The panel's packed 32-bit words are transposed once per chunk of columns into a
+ * buffer on the stack (word w of the 16 rows = one vector), its scales and biases
+ * into one f32 vector per group, and then every token of the call runs over that
+ * buffer, A8_TOKENS at a time. vpdpbusd adds to each lane 4 weight bytes times 4
+ * activation bytes broadcast from the token: a 4-bit word (8 weights) gives its
+ * low nibbles (the even-indexed weights) by a mask and its high ones (odd) by a
+ * shift, which meet the activations the backend stored as even-then-odd halves of
+ * each 128-block (act8_q4_block); an 8-bit word is 4 weights in order. So each
+ * lane holds its row's exact group sum I_g, and adds fma(I_g, scale * dx) and then
+ * fma(bias, xsum) to its f32 accumulator, group after group: the reference's
+ * order, the same ops for any number of tokens or rows in the call. The
+ * transposition (64 shuffles per 16 x 16 words) is paid once per panel and chunk,
+ * not per token, which is what makes prefill fast: the old K-in-lanes tile spent a
+ * convert, multiply and fma per 64-weight step, row and token. */
 #define TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma,f16c")))
-#define Q4_BLOCK 128 /* weights per step, 4-bit */
-#define Q8_BLOCK 64  /* weights per step, 8-bit */
+#define Q4_BLOCK 128     /* the activation layout's even/odd block, 4-bit */
+#define PANEL 16         /* rows per panel: one per lane */
+#define CHUNK_WORDS 256  /* words per row packed at once (16 KiB of stack) */
+#define CHUNK_GROUPS 64  /* most groups in a chunk: words per group >= 4 */
+#define A8_TOKENS 8      /* tokens per pass over a packed chunk */
+#define UNROLL_TOKENS _Pragma("GCC unroll 8")
+#define UNROLL_PANEL _Pragma("GCC unroll 16")
 
-/* Lane k's group relative to the step's first group: (k * weights_per_lane) / gs,
- * for group sizes below the step; a step inside one group uses lane 0's. */
-TARGET_VNNI INLINE __m512i lane_groups(int weights_per_lane, int gs) {
-    int idx[16];
-    for (int k = 0; k < 16; k++) idx[k] = k * weights_per_lane / gs;
-    return _mm512_loadu_si512(idx);
-}
-
-/* The 16 lanes' entries of s from group g on (a step inside one group has all
- * indices 0: a broadcast). Branch-free for every group size. */
-TARGET_VNNI INLINE __m512 step_scales(const float *s, int g, __m512i idx) {
-    return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(s + g));
-}
-
-/* R rows x T tokens of an affine matrix (bits 4 or 8) with int8 activations. */
-TARGET_VNNI INLINE void a8_tile(const lm_mat *W, int r, const lm_act8 *a, float *y, const int R, const int T,
-                                const int bits) {
-    const int cols = W->cols, gs = W->group_size, ng = cols / gs;
-    const int block = bits == 4 ? Q4_BLOCK : Q8_BLOCK;
-    const int per_lane = block / 16;               /* weights per int32 lane */
-    const int split = gs < block;                  /* several groups per step */
-    const __m512i idx = lane_groups(per_lane, gs);
-    const __m512i nib = _mm512_set1_epi8(0x0f);
-    const size_t row_bytes = (size_t)cols * (size_t)bits / 8;
-    const uint8_t *rowp[TILE_R];
-    __m512 acc[TILE_R][TILE_T];
-    UNROLL
-    for (int i = 0; i < R; i++) {
-        rowp[i] = (const uint8_t *)W->data + (size_t)(r + i) * row_bytes;
-        UNROLL
-        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+/* v[i] word j -> v[j] word i: a 16 x 16 transposition of 32-bit elements. */
+TARGET_VNNI INLINE void transpose16(__m512i v[16]) {
+    __m512i t[16];
+    UNROLL_PANEL
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
     }
-    /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group
-     * (a partial step reads 16 entries; 0 keeps its empty lanes 0). */
-    float sf[TILE_R][GROUP_BLOCK + LANES], bf[TILE_R][GROUP_BLOCK + LANES];
-    for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {
-        const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;
-        UNROLL
-        for (int i = 0; i < R; i++) {
-            size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;
-            groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);
-            groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);
-            memset(sf[i] + gn, 0, sizeof(float) * LANES);
-            memset(bf[i] + gn, 0, sizeof(float) * LANES);
+    /* Then v[4i + j], 128-bit lane L: rows 4i..4i+3 of column 4L + j. */
+    UNROLL_PANEL
+    for (int i = 0; i < 4; i++) {
+        v[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        v[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        v[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        v[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    UNROLL_PANEL
+    for (int j = 0; j < 4; j++) {
+        __m512i u0 = _mm512_shuffle_i32x4(v[j], v[4 + j], 0x44), u1 = _mm512_shuffle_i32x4(v[j], v[4 + j], 0xee);
+        __m512i u2 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], 0x44), u3 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], 0xee);
+        t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+        t[4 + j] = _mm512_shuffle_i32x4(u0, u2, 0xdd);
+        t[8 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+        t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xdd);
+    }
+    UNROLL_PANEL
+    for (int i = 0; i < 16; i++) v[i] = t[i];
+}
+
+/* Words w0..w0+nw-1 of rows r..r+nr-1 (nr <= 16) as pk[word][lane]; lanes past nr
+ * are zero. The same words of the next panel are prefetched: a decode step streams
+ * every row once, and 16 row streams outrun the hardware prefetcher. */
+TARGET_VNNI static void pack_words(const lm_mat *W, int r, int nr, int w0, int nw, __m512i *pk) {
+    const size_t row_words = (size_t)W->cols * (size_t)W->bits / 32;
+    const uint32_t *base = (const uint32_t *)W->data + (size_t)r * row_words + (size_t)w0;
+    int j = 0;
+    if (nr == PANEL) /* whole 16 x 16 blocks, straight-line (the common case) */
+        for (; j + 16 <= nw; j += 16) {
+            __m512i v[16];
+            UNROLL_PANEL
+            for (int i = 0; i < 16; i++) {
+                const uint32_t *p = base + (size_t)i * row_words + (size_t)j;
+                _mm_prefetch((const char *)(p + PANEL * row_words), _MM_HINT_T0);
+                v[i] = _mm512_loadu_si512(p);
+            }
+            transpose16(v);
+            UNROLL_PANEL
+            for (int i = 0; i < 16; i++) _mm512_store_si512(pk + j + i, v[i]);
         }
-        const int c0 = g0 * gs, c1 = (g0 + gn) * gs; /* a multiple of the step: GROUP_BLOCK * gs */
-        /* The step's first group relative to g0, advanced without a division. */
-        const int groups_per_step = split ? block / gs : 0, steps_per_group = split ? 1 : gs / block;
-        int g = 0, sub = 0;
-        for (int c = c0; c < c1; c += block) {
-            const int bytes_left = (c1 - c) * bits / 8;
-            const __mmask64 m = bytes_left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << bytes_left) - 1);
-            __m512 dxv[TILE_T];
-            UNROLL
-            for (int t = 0; t < T; t++)
-                dxv[t] = step_scales(a->dx + (size_t)t * (size_t)a->ng_stride + g0, g, idx);
-            UNROLL
-            for (int i = 0; i < R; i++) {
-                const uint8_t *wp = rowp[i] + (size_t)c * (size_t)bits / 8;
-                if (T == 1) _mm_prefetch((const char *)wp + PREFETCH_AHEAD, _MM_HINT_T0);
-                /* Plain loads for whole steps: masked byte loads are slow on some CPUs (Zen). */
-                __m512i w = bytes_left >= 64 ? _mm512_loadu_si512(wp) : _mm512_maskz_loadu_epi8(m, wp);
-                __m512 sv = step_scales(sf[i], g, idx);
-                __m512i lo = bits == 4 ? _mm512_and_si512(w, nib) : w;
-                __m512i hi = bits == 4 ? _mm512_and_si512(_mm512_srli_epi16(w, 4), nib) : w;
-                UNROLL
+    for (; j < nw; j += 16) { /* a partial panel or a row's last words: masked */
+        const int m = nw - j < 16 ? nw - j : 16;
+        const __mmask16 mk = (__mmask16)((1u << m) - 1);
+        __m512i v[16];
+        UNROLL_PANEL
+        for (int i = 0; i < 16; i++)
+            v[i] = _mm512_maskz_loadu_epi32(i < nr ? mk : 0, base + (size_t)(i < nr ? i : 0) * row_words + (size_t)j);
+        transpose16(v);
+        UNROLL_PANEL
+        for (int i = 0; i < 16; i++)
+            if (i < m) _mm512_store_si512(pk + j + i, v[i]);
+    }
+}
+
+/* Scales or biases of groups g0..g0+gn-1 of rows r..r+nr-1 as f32, out[group][lane]. */
+TARGET_VNNI static void pack_groups(const void *src, lm_dtype dt, int ng, int r, int nr, int g0, int gn, __m512 *out) {
+    for (int j = 0; j < gn; j += 16) {
+        const int m = gn - j < 16 ? gn - j : 16;
+        const __mmask16 all = (__mmask16)((1u << m) - 1);
+        __m512i v[16];
+        UNROLL_PANEL
+        for (int i = 0; i < 16; i++) {
+            const __mmask16 mk = i < nr ? all : 0; /* rows past the panel: zero, untouched */
+            const size_t first = (size_t)(r + (i < nr ? i : 0)) * (size_t)ng + (size_t)(g0 + j);
+            if (dt == LM_DT_F32) {
+                v[i] = _mm512_castps_si512(_mm512_maskz_loadu_ps(mk, (const float *)src + first));
+            } else {
+                __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)src + first);
+                v[i] = dt == LM_DT_F16 ? _mm512_castps_si512(_mm512_cvtph_ps(h))
+                                       : _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+            }
+        }
+        transpose16(v);
+        UNROLL_PANEL
+        for (int i = 0; i < 16; i++)
+            if (i < m) _mm512_store_ps((float *)(out + j + i), _mm512_castsi512_ps(v[i]));
+    }
+}
+
+TARGET_VNNI INLINE __m512i bcast32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* T tokens from t0 over one packed chunk (groups g0..g0+gn-1, wpg words each),
+ * accumulating into y's 16 entries of row r (masked by rm); the first chunk starts
+ * from zero, later ones from what the previous chunk stored. */
+TARGET_VNNI INLINE void a8_chunk_tokens(const __m512i *pk, const __m512 *sc, const __m512 *bi, int g0, int gn, int wpg,
+                                        const lm_act8 *a, int t0, const int T, const int bits, float *y, int rows,
+                                        int r, __mmask16 rm, int first) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const int8_t *xq[A8_TOKENS];
+    const float *dx[A8_TOKENS], *xs[A8_TOKENS];
+    __m512 acc[A8_TOKENS];
+    UNROLL_TOKENS
+    for (int t = 0; t < T; t++) {
+        lm_act8 at = lm_act8_token(a, t0 + t);
+        xq[t] = at.q, dx[t] = at.dx + g0, xs[t] = at.xsum + g0;
+        float *yt = y + (size_t)(t0 + t) * (size_t)rows + (size_t)r;
+        acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rm, yt);
+    }
+    int w = g0 * wpg; /* the chunk's first word in the row */
+    for (int g = 0; g < gn; g++) {
+        __m512i ia[A8_TOKENS];
+        UNROLL_TOKENS
+        for (int t = 0; t < T; t++) ia[t] = _mm512_setzero_si512();
+        for (int k = 0; k < wpg; k++, w++) {
+            const __m512i v = pk[g * wpg + k];
+            if (bits == 4) {
+                const size_t off = (size_t)(w >> 4) * Q4_BLOCK + (size_t)(w & 15) * 4;
+                const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                UNROLL_TOKENS
                 for (int t = 0; t < T; t++) {
-                    const int8_t *xq = a->q + (size_t)t * a->q_stride + c;
-                    __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(xq));
-                    if (bits == 4) d = _mm512_dpbusd_epi32(d, hi, _mm512_load_si512(xq + 64));
-                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sv, dxv[t]), acc[i][t]);
+                    ia[t] = _mm512_dpbusd_epi32(ia[t], lo, bcast32(xq[t] + off));
+                    ia[t] = _mm512_dpbusd_epi32(ia[t], hi, bcast32(xq[t] + off + Q4_BLOCK / 2));
+                }
+            } else {
+                UNROLL_TOKENS
+                for (int t = 0; t < T; t++) ia[t] = _mm512_dpbusd_epi32(ia[t], v, bcast32(xq[t] + (size_t)w * 4));
+            }
+        }
+        UNROLL_TOKENS
+        for (int t = 0; t < T; t++) {
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[t]), _mm512_mul_ps(sc[g], _mm512_set1_ps(dx[t][g])), acc[t]);
+            acc[t] = _mm512_fmadd_ps(bi[g], _mm512_set1_ps(xs[t][g]), acc[t]);
+        }
+    }
+    UNROLL_TOKENS
+    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * (size_t)rows + (size_t)r, rm, acc[t]);
+}
+
+#define A8_CHUNK_T(T)                                                                                          \
+    TARGET_VNNI static void a8_chunk_q4_##T(const __m512i *pk, const __m512 *sc, const __m512 *bi, int g0,     \
+                                             int gn, int wpg, const lm_act8 *a, int t0, float *y, int rows,    \
+                                             int r, __mmask16 rm, int first) {                                 \
+        a8_chunk_tokens(pk, sc, bi, g0, gn, wpg, a, t0, T, 4, y, rows, r, rm, first);                          \
+    }                                                                                                          \
+    TARGET_VNNI static void a8_chunk_q8_##T(const __m512i *pk, const __m512 *sc, const __m512 *bi, int g0,     \
+                                             int gn, int wpg, const lm_act8 *a, int t0, float *y, int rows,    \
+                                             int r, __mmask16 rm, int first) {                                 \
+        a8_chunk_tokens(pk, sc, bi, g0, gn, wpg, a, t0, T, 8, y, rows, r, rm, first);                          \
+    }
+A8_CHUNK_T(1)
+A8_CHUNK_T(2)
+A8_CHUNK_T(3)
+A8_CHUNK_T(4)
+A8_CHUNK_T(5)
+A8_CHUNK_T(6)
+A8_CHUNK_T(7)
+A8_CHUNK_T(8)
+typedef void (*a8_chunk_fn)(const __m512i *, const __m512 *, const __m512 *, int, int, int, const lm_act8 *, int,
+                            float *, int, int, __mmask16, int);
+static const a8_chunk_fn a8_chunk_q4[A8_TOKENS + 1] = {NULL, a8_chunk_q4_1, a8_chunk_q4_2, a8_chunk_q4_3,
+                                                       a8_chunk_q4_4, a8_chunk_q4_5, a8_chunk_q4_6,
+                                                       a8_chunk_q4_7, a8_chunk_q4_8};
+static const a8_chunk_fn a8_chunk_q8[A8_TOKENS + 1] = {NULL, a8_chunk_q8_1, a8_chunk_q8_2, a8_chunk_q8_3,
+                                                       a8_chunk_q8_4, a8_chunk_q8_5, a8_chunk_q8_6,
+                                                       a8_chunk_q8_7, a8_chunk_q8_8};
+
+/* ---- one token: K in lanes, then lanes summed per group ----
+ * A decode step has one token per matrix, where transposing the panel cannot be
+ * paid back. Each row's 64-byte step is multiplied in place (lane k = 8 weights of
+ * 4-bit, 4 of 8-bit, as laid out in memory), and the 16 rows' step vectors are then
+ * summed lane-wise into one vector per group with a row per lane (44 shuffles and
+ * adds per 16 rows and step, against 64 shuffles plus a store and a reload to
+ * transpose). Integer sums are exact in any order, so every lane ends with the
+ * same I_g as the panel path and takes the same f32 steps: bit-identical results. */
+
+/* v[i] = row i's lanes for one step, lpg consecutive lanes per group (4, 8 or 16);
+ * out[k] = group k of the step, row i in lane i. */
+TARGET_VNNI INLINE void reduce_rows(const __m512i v[16], const int lpg, __m512i *out) {
+    __m512i t[8], u[4];
+    UNROLL_PANEL
+    for (int i = 0; i < 8; i++) /* 128-bit lane L: rows 2i, 2i+1, 2i, 2i+1 */
+        t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    UNROLL_PANEL
+    for (int i = 0; i < 4; i++) /* 128-bit lane L: rows 4i..4i+3, each its lane L's sum */
+        u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+    __m512i a = _mm512_shuffle_i32x4(u[0], u[1], 0x44), b = _mm512_shuffle_i32x4(u[0], u[1], 0xee);
+    __m512i c = _mm512_shuffle_i32x4(u[2], u[3], 0x44), d = _mm512_shuffle_i32x4(u[2], u[3], 0xee);
+    __m512i q0 = _mm512_shuffle_i32x4(a, c, 0x88), q1 = _mm512_shuffle_i32x4(a, c, 0xdd); /* lane 0, 1 of rows 0..15 */
+    __m512i q2 = _mm512_shuffle_i32x4(b, d, 0x88), q3 = _mm512_shuffle_i32x4(b, d, 0xdd);
+    if (lpg == 4) {
+        out[0] = q0, out[1] = q1, out[2] = q2, out[3] = q3;
+    } else if (lpg == 8) {
+        out[0] = _mm512_add_epi32(q0, q1), out[1] = _mm512_add_epi32(q2, q3);
+    } else {
+        out[0] = _mm512_add_epi32(_mm512_add_epi32(q0, q1), _mm512_add_epi32(q2, q3));
+    }
+}
+
+/* Rows r..r+nr-1 (nr <= 16) for the one token of a, into y[r..]. */
+TARGET_VNNI INLINE void a8_panel_one(const lm_mat *W, int r, int nr, const lm_act8 *a, float *y, const int bits) {
+    const int cols = W->cols, gs = W->group_size, ng = cols / gs;
+    const int wps = bits == 4 ? 128 : 64;                  /* weights per 64-byte step */
+    const int lpg = gs >= wps ? 16 : 16 * gs / wps;        /* lanes per group in a step */
+    const int gps = gs >= wps ? 1 : wps / gs;              /* groups per step */
+    const int spg = gs >= wps ? gs / wps : 1;              /* steps per group */
+    const size_t row_bytes = (size_t)cols * (size_t)bits / 8;
+    const uint8_t *rowp[16];
+    UNROLL_PANEL
+    for (int i = 0; i < 16; i++) rowp[i] = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : 0)) * row_bytes;
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    __m512 sc[CHUNK_GROUPS], bi[CHUNK_GROUPS];
+    __m512 acc = _mm512_setzero_ps();
+    for (int g0 = 0; g0 < ng; g0 += CHUNK_GROUPS) {
+        const int gn = ng - g0 < CHUNK_GROUPS ? ng - g0 : CHUNK_GROUPS;
+        pack_groups(W->scales, W->qdtype, ng, r, nr, g0, gn, sc);
+        pack_groups(W->biases, W->qdtype, ng, r, nr, g0, gn, bi);
+        for (int g = 0; g < gn; g += gps) {
+            __m512i d[16];
+            UNROLL_PANEL
+            for (int i = 0; i < 16; i++) d[i] = _mm512_setzero_si512();
+            for (int s = 0; s < spg; s++) {
+                const int c = (g0 + g) * gs + s * wps; /* the step's first column */
+                const size_t off = (size_t)c * (size_t)bits / 8;
+                const int bytes_left = (int)(row_bytes - off);
+                /* Rows past the panel and bytes past the row: masked to zero (plain
+                 * loads otherwise: masked byte loads are slow on Zen). */
+                const __mmask64 tail = bytes_left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << bytes_left) - 1);
+                const int8_t *xq = a->q + c;
+                const __m512i xe = _mm512_load_si512(xq);
+                const __m512i xo = bits == 4 ? _mm512_load_si512(xq + 64) : xe;
+                UNROLL_PANEL
+                for (int i = 0; i < 16; i++) {
+                    const uint8_t *wp = rowp[i] + off;
+                    _mm_prefetch((const char *)wp + PANEL * row_bytes, _MM_HINT_T0);
+                    __m512i w = i < nr && bytes_left >= 64 ? _mm512_loadu_si512(wp)
+                                                           : _mm512_maskz_loadu_epi8(i < nr ? tail : 0, wp);
+                    if (bits == 4) {
+                        d[i] = _mm512_dpbusd_epi32(d[i], _mm512_and_si512(w, nib), xe);
+                        d[i] = _mm512_dpbusd_epi32(d[i], _mm512_and_si512(_mm512_srli_epi16(w, 4), nib), xo);
+                    } else {
+                        d[i] = _mm512_dpbusd_epi32(d[i], w, xe);
+                    }
                 }
             }
-            if (split) {
-                g += groups_per_step;
-            } else if (++sub == steps_per_group) {
-                sub = 0;
-                g++;
-            }
-        }
-        for (int gb = 0; gb < gn; gb += LANES) {
-            UNROLL
-            for (int i = 0; i < R; i++) {
-                __m512 b = _mm512_loadu_ps(bf[i] + gb);
-                UNROLL
-                for (int t = 0; t < T; t++)
-                    acc[i][t] = _mm512_fmadd_ps(
-                        b, _mm512_loadu_ps(a->xsum + (size_t)t * (size_t)a->ng_stride + g0 + gb), acc[i][t]);
+            __m512i out[4];
+            reduce_rows(d, lpg, out);
+            for (int k = 0; k < gps && g + k < gn; k++) {
+                const __m512 f = _mm512_cvtepi32_ps(out[k]);
+                acc = _mm512_fmadd_ps(f, _mm512_mul_ps(sc[g + k], _mm512_set1_ps(a->dx[g0 + g + k])), acc);
+                acc = _mm512_fmadd_ps(bi[g + k], _mm512_set1_ps(a->xsum[g0 + g + k]), acc);
             }
         }
     }
-    UNROLL
-    for (int t = 0; t < T; t++)
-        UNROLL
-        for (int i = 0; i < R; i++) y[(size_t)t * (size_t)W->rows + (size_t)i] = hsum(acc[i][t]);
+    _mm512_mask_storeu_ps(y + r, nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1), acc);
 }
-
-#define A8_SHAPES(bits)                                                                                    \
-    TARGET_VNNI static void a8q##bits##_RT(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
-        a8_tile(W, r, a, y, TILE_R, TILE_T, bits);                                                         \
-    }                                                                                                      \
-    TARGET_VNNI static void a8q##bits##_R1(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
-        a8_tile(W, r, a, y, TILE_R, 1, bits);                                                              \
-    }                                                                                                      \
-    TARGET_VNNI static void a8q##bits##_1T(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
-        a8_tile(W, r, a, y, 1, TILE_T, bits);                                                              \
-    }                                                                                                      \
-    TARGET_VNNI static void a8q##bits##_11(const lm_mat *W, int r, const lm_act8 *a, float *y) {           \
-        a8_tile(W, r, a, y, 1, 1, bits);                                                                   \
-    } \
-    static const lm_act8_tile a8q##bits##_shapes[2][2] = {{a8q##bits##_11, a8q##bits##_1T}, \
-                                                          {a8q##bits##_R1, a8q##bits##_RT}};
-A8_SHAPES(4)
-A8_SHAPES(8)
+TARGET_VNNI static void a8_panel_one_q4(const lm_mat *W, int r, int nr, const lm_act8 *a, float *y) {
+    a8_panel_one(W, r, nr, a, y, 4);
+}
+TARGET_VNNI static void a8_panel_one_q8(const lm_mat *W, int r, int nr, const lm_act8 *a, float *y) {
+    a8_panel_one(W, r, nr, a, y, 8);
+}
 
 TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
-    lm_tile_rows_act8(W, r0, r1, a, n, y, TILE_R, TILE_T, W->bits == 8 ? a8q8_shapes : a8q4_shapes);
+    const int bits = W->bits, gs = W->group_size, ng = W->cols / gs;
+    const int wpg = gs * bits / 32;          /* words per group */
+    const int gpc = CHUNK_WORDS / wpg;       /* groups per chunk, <= CHUNK_GROUPS */
+    const a8_chunk_fn *fn = bits == 4 ? a8_chunk_q4 : a8_chunk_q8;
+    __m512i pk[CHUNK_WORDS];
+    __m512 sc[CHUNK_GROUPS], bi[CHUNK_GROUPS];
+    if (n == 1) {
+        for (int r = r0; r < r1; r += PANEL) {
+            const int nr = r1 - r < PANEL ? r1 - r : PANEL;
+            if (bits == 4) a8_panel_one_q4(W, r, nr, a, y);
+            else a8_panel_one_q8(W, r, nr, a, y);
+        }
+        return;
+    }
+    for (int r = r0; r < r1; r += PANEL) {
+        const int nr = r1 - r < PANEL ? r1 - r : PANEL;
+        const __mmask16 rm = nr == PANEL ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        for (int g0 = 0; g0 < ng; g0 += gpc) {
+            const int gn = ng - g0 < gpc ? ng - g0 : gpc;
+            pack_words(W, r, nr, g0 * wpg, gn * wpg, pk);
+            pack_groups(W->scales, W->qdtype, ng, r, nr, g0, gn, sc);
+            pack_groups(W->biases, W->qdtype, ng, r, nr, g0, gn, bi);
+            for (int t0 = 0; t0 < n; t0 += A8_TOKENS) {
+                const int tn = n - t0 < A8_TOKENS ? n - t0 : A8_TOKENS;
+                fn[tn](pk, sc, bi, g0, gn, wpg, a, t0, y, W->rows, r, rm, g0 == 0);
+            }
+        }
+    }
 }
 
+/* Group sizes both paths take: whole groups in a chunk (4 to 256 words), and
+ * whole groups in a 64-byte step or whole steps in a group. */
 static int handles_act8_avx512(const lm_mat *W) {
     if (!(lm_cpu_features() & LM_CPU_AVX512VNNI) || W->dtype != LM_DT_U32) return 0;
     if (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16) return 0;
     int gs = W->group_size;
-    if (W->bits == 4) return gs == 32 || gs == 64 || (gs > 0 && gs % Q4_BLOCK == 0);
-    if (W->bits == 8) return gs == 32 || (gs > 0 && gs % Q8_BLOCK == 0);
+    if (W->bits == 4) return gs == 32 || gs == 64 || (gs > 0 && gs % 128 == 0 && gs <= 2048);
+    if (W->bits == 8) return gs == 16 || gs == 32 || (gs > 0 && gs % 64 == 0 && gs <= 1024);
     return 0;
+}
+
+/* lm_act8_quantize with 16 lanes: the reference keeps 16 running lanes per group
+ * and combines them in the same 16 -> 8 -> 4 -> 2 -> 1 tree as hsum, so max and sum
+ * come out bit for bit; clamping and rounding (by 1.5 * 2^23) are the same
+ * operations. Group sizes that are not a multiple of 16 go to the reference. */
+TARGET INLINE float hmax_tree(__m512 v) { /* lane k = max(lane k + w, lane k), as the reference's tree */
+    __m256 a = _mm256_max_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
+    __m128 b = _mm_max_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    b = _mm_max_ps(_mm_movehl_ps(b, b), b);
+    b = _mm_max_ss(_mm_movehdup_ps(b), b);
+    return _mm_cvtss_f32(b);
+}
+
+TARGET static void act8_quantize_avx512(const float *x, int n, int cols, int gs, int q4_block, int8_t *q,
+                                        size_t q_stride, float *dx, float *xsum, int ng_stride) {
+    if (gs % LANES || (q4_block && q4_block != Q4_BLOCK)) {
+        lm_act8_quantize(x, n, cols, gs, q4_block, q, q_stride, dx, xsum, ng_stride);
+        return;
+    }
+    const int ng = cols / gs;
+    const __m512 sign = _mm512_set1_ps(-0.0f), magic = _mm512_set1_ps(12582912.0f);
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f), zero = _mm512_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * (size_t)cols;
+        int8_t *qt = q + (size_t)t * q_stride;
+        float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
+        for (int g = 0; g < ng; g++) {
+            const float *xg = xt + (size_t)g * (size_t)gs;
+            __m512 m = zero, sum = zero;
+            for (int i = 0; i < gs; i += LANES) {
+                __m512 v = _mm512_loadu_ps(xg + i);
+                m = _mm512_max_ps(_mm512_andnot_ps(sign, v), m); /* a > m ? a : m */
+                sum = _mm512_add_ps(sum, v);
+            }
+            float amax = hmax_tree(m), total = hsum(sum);
+            float inv = amax > 0 && amax <= 3.4e38f ? 127.0f / amax : 0.0f;
+            dt[g] = amax / 127.0f;
+            st[g] = total;
+            const __m512 vinv = _mm512_set1_ps(inv);
+            for (int i = 0; i < gs; i += LANES) {
+                __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xg + i), vinv);
+                __mmask16 keep = _mm512_cmp_ps_mask(v, lo, _CMP_GE_OQ), neg = _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ);
+                v = _mm512_mask_blend_ps(keep, _mm512_mask_blend_ps(neg, zero, lo), v); /* NaN -> 0 */
+                v = _mm512_min_ps(v, hi);
+                v = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+                _mm_storeu_si128((__m128i *)(qt + (size_t)g * (size_t)gs + i),
+                                 _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+            }
+        }
+        memset(qt + cols, 0, q_stride - (size_t)cols);
+        for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
+        if (!q4_block) continue;
+        int base = 0; /* whole 128-blocks: even bytes by truncating 16-bit lanes, odd by shifting first */
+        for (; base + Q4_BLOCK <= cols; base += Q4_BLOCK) {
+            __m512i a = _mm512_loadu_si512(qt + base), b = _mm512_loadu_si512(qt + base + 64);
+            _mm256_storeu_si256((__m256i *)(qt + base), _mm512_cvtepi16_epi8(a));
+            _mm256_storeu_si256((__m256i *)(qt + base + 32), _mm512_cvtepi16_epi8(b));
+            _mm256_storeu_si256((__m256i *)(qt + base + 64), _mm512_cvtepi16_epi8(_mm512_srli_epi16(a, 8)));
+            _mm256_storeu_si256((__m256i *)(qt + base + 96), _mm512_cvtepi16_epi8(_mm512_srli_epi16(b, 8)));
+        }
+        lm_act8_interleave(qt, cols, Q4_BLOCK, base);
+    }
 }
 
 TARGET static void f16_to_f32_avx512(float *dst, const uint16_t *src, int n) {
@@ -436,7 +691,8 @@ const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512",
                                               axpy_avx512,
                                               handles_act8_avx512,
                                               rows_act8_avx512,
-                                              Q4_BLOCK};
+                                              Q4_BLOCK,
+                                              act8_quantize_avx512};
 
 #else /* not x86-64 */
 
