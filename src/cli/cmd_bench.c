@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "lazymoe.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +68,18 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     if (!model) return cli_fail("no model directory given\n%s", bench_usage);
-    /* The routing statistics come from a trace of this run. */
-    char tmp_trace[64] = "";
+    /* The routing statistics come from a trace of this run, in a fresh private file
+     * (mkstemp: no predictable name in a shared /tmp), removed on every way out. */
+    char tmp_trace[4096] = "";
     if (!opt.trace_routing) {
-        snprintf(tmp_trace, sizeof tmp_trace, "/tmp/lazymoe-bench-trace-%d.txt", (int)getpid());
+        const char *dir = getenv("TMPDIR");
+        if (!dir || !*dir) dir = "/tmp";
+        snprintf(tmp_trace, sizeof tmp_trace, "%s/lazymoe-bench-trace-XXXXXX", dir);
+        int fd = mkstemp(tmp_trace);
+        if (fd < 0)
+            return cli_fail("cannot create the routing trace in %s: %s (set TMPDIR to a writable directory)", dir,
+                            strerror(errno));
+        close(fd);
         opt.trace_routing = tmp_trace;
     }
     const char *trace_out = opt.trace_routing;
@@ -78,7 +87,10 @@ int cmd_bench(int argc, char **argv) {
     char err[512];
     lazymoe_model *m;
     double t_load = now_s();
-    if (lazymoe_model_open(&m, model, &opt, err, sizeof err) != 0) return cli_fail("%s", err);
+    if (lazymoe_model_open(&m, model, &opt, err, sizeof err) != 0) {
+        if (tmp_trace[0]) unlink(tmp_trace);
+        return cli_fail("%s", err);
+    }
     t_load = now_s() - t_load;
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);

@@ -77,6 +77,14 @@ check_err cli_err_budget "memory budget 0.00 GB is too small" $BIN logits $G/olm
 check_err cli_err_size "expects a size" $BIN run $G/olmoe_f32 --ids 1 --memory lots
 check_err cli_err_trace "is for 2 layers x 16 experts top-4" $BIN bench $G/olmoe_f32 --routing-trace $T/trace.txt
 check_err cli_err_kv_bits "--kv-bits expects 8, 16 or 32" $BIN run $G/olmoe_f32 --ids 1 --kv-bits 12
+# bench's temporary routing trace goes to $TMPDIR and is gone afterwards, also when
+# the model does not open; an unwritable TMPDIR is a clear error.
+mkdir -p $T/tmpdir
+TMPDIR=$T/tmpdir $BIN bench /nonexistent >/dev/null 2>&1
+TMPDIR=$T/tmpdir $BIN bench $G/olmoe_f32 --prompt-tokens 3 --gen-tokens 2 >/dev/null 2>&1; rc=$?
+left=$(ls -A $T/tmpdir)
+[ $rc -eq 0 ] && [ -z "$left" ] && ok cli_bench_trace_cleaned || bad cli_bench_trace_cleaned "rc=$rc left: $left"
+check_err cli_err_bench_tmpdir "set TMPDIR" env TMPDIR=/nonexistent/dir $BIN bench $G/olmoe_f32
 # Each KV cache precision runs; f32 and f16 caches give different bytes, int8 differs again.
 if $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k32.npy --kv-bits 32 &&
    $BIN logits $G/olmoe_f32 --ids 1,2,3,4,5 --out $T/k16.npy &&
