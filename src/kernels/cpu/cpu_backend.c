@@ -315,62 +315,21 @@ static void act8_prepare(const cpu_impl *impl, const lm_mat *W, const float *x, 
 
 /* ---- the tile walk of the SIMD tables (cpu_kernels.h) ------------------------------ */
 
-/* Visits one tile: rows from r, tokens from t, full_rows / full_tokens as in shapes[][]. */
-typedef void (*tile_visit)(const void *ctx, int r, int t, int full_rows, int full_tokens);
-
-static void walk_tiles(int r0, int r1, int n, int tile_r, int tile_t, tile_visit visit, const void *ctx) {
-    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
-        int t1 = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n : t0 + LM_KERNEL_TOKEN_BLOCK;
-        int r = r0;
-        for (; r + tile_r <= r1; r += tile_r) {
-            int t = t0;
-            for (; t + tile_t <= t1; t += tile_t) visit(ctx, r, t, 1, 1);
-            for (; t < t1; t++) visit(ctx, r, t, 1, 0);
-        }
-        for (; r < r1; r++) {
-            int t = t0;
-            for (; t + tile_t <= t1; t += tile_t) visit(ctx, r, t, 0, 1);
-            for (; t < t1; t++) visit(ctx, r, t, 0, 0);
-        }
-    }
-}
-
-typedef struct {
-    const lm_mat *W;
-    const float *x;
-    float *y;
-    const lm_f32_tile (*shapes)[2];
-} f32_walk;
-
-static void f32_visit(const void *ctx, int r, int t, int full_rows, int full_tokens) {
-    const f32_walk *w = ctx;
-    w->shapes[full_rows][full_tokens](w->W, r, w->x + (size_t)t * (size_t)w->W->cols,
-                                      w->y + (size_t)t * (size_t)w->W->rows + (size_t)r);
-}
-
 void lm_tile_rows(const lm_mat *W, int r0, int r1, const float *x, int n, float *y, int tile_r, int tile_t,
                   const lm_f32_tile shapes[2][2]) {
-    f32_walk w = {W, x, y, shapes};
-    walk_tiles(r0, r1, n, tile_r, tile_t, f32_visit, &w);
-}
-
-typedef struct {
-    const lm_mat *W;
-    const lm_act8 *a;
-    float *y;
-    const lm_act8_tile (*shapes)[2];
-} act8_walk;
-
-static void act8_visit(const void *ctx, int r, int t, int full_rows, int full_tokens) {
-    const act8_walk *w = ctx;
-    lm_act8 at = lm_act8_token(w->a, t);
-    w->shapes[full_rows][full_tokens](w->W, r, &at, w->y + (size_t)t * (size_t)w->W->rows + (size_t)r);
-}
-
-void lm_tile_rows_act8(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y, int tile_r, int tile_t,
-                       const lm_act8_tile shapes[2][2]) {
-    act8_walk w = {W, a, y, shapes};
-    walk_tiles(r0, r1, n, tile_r, tile_t, act8_visit, &w);
+    const size_t cols = (size_t)W->cols, rows = (size_t)W->rows;
+    for (int t0 = 0; t0 < n; t0 += LM_KERNEL_TOKEN_BLOCK) {
+        int t1 = n - t0 < LM_KERNEL_TOKEN_BLOCK ? n : t0 + LM_KERNEL_TOKEN_BLOCK;
+        for (int r = r0; r < r1;) {
+            const int full_rows = r + tile_r <= r1;
+            for (int t = t0; t < t1;) {
+                const int full_tokens = t + tile_t <= t1;
+                shapes[full_rows][full_tokens](W, r, x + (size_t)t * cols, y + (size_t)t * rows + (size_t)r);
+                t += full_tokens ? tile_t : 1;
+            }
+            r += full_rows ? tile_r : 1; /* the leftover rows (and tokens) one at a time */
+        }
+    }
 }
 
 /* ---- matmul --------------------------------------------------------------------- */

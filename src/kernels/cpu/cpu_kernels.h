@@ -116,16 +116,14 @@ unsigned lm_cpu_features_hide(unsigned mask);
 
 /* A table's tile functions of one kind, by shape: shapes[full_rows][full_tokens],
  * [1][1] = tile_r rows x tile_t tokens, [1][0] = tile_r rows x 1 token, [0][1] = 1 row
- * x tile_t tokens, [0][0] = 1 x 1. x (or a) and y point at the tile's first token and
- * row as in rows(). */
+ * x tile_t tokens, [0][0] = 1 x 1. x and y point at the tile's first token and row as
+ * in rows(). */
 typedef void (*lm_f32_tile)(const lm_mat *W, int r, const float *x, float *y);
-typedef void (*lm_act8_tile)(const lm_mat *W, int r, const lm_act8 *a, float *y);
 /* The walk every table's rows() shares: tokens in blocks of LM_KERNEL_TOKEN_BLOCK; in
  * each block rows r0..r1-1 in tiles of tile_r, each over tokens in tiles of tile_t,
- * the leftover tokens and rows one at a time. */
+ * the leftover tokens and rows one at a time. (The int8 drivers walk their own
+ * shapes: AVX-512's 16-row panels, AVX2's and NEON's loops.) */
 void lm_tile_rows(const lm_mat *W, int r0, int r1, const float *x, int n, float *y, int tile_r, int tile_t,
                   const lm_f32_tile shapes[2][2]);
-void lm_tile_rows_act8(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y, int tile_r, int tile_t,
-                       const lm_act8_tile shapes[2][2]);
 
 #endif

@@ -548,9 +548,6 @@ TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const 
     const int bits = W->bits, gs = W->group_size, ng = W->cols / gs;
     const int wpg = gs * bits / 32;          /* words per group */
     const int gpc = CHUNK_WORDS / wpg;       /* groups per chunk, <= CHUNK_GROUPS */
-    const a8_chunk_fn *fn = bits == 4 ? a8_chunk_q4 : a8_chunk_q8;
-    __m512i pk[CHUNK_WORDS];
-    __m512 sc[CHUNK_GROUPS], bi[CHUNK_GROUPS];
     if (n == 1) {
         for (int r = r0; r < r1; r += PANEL) {
             const int nr = r1 - r < PANEL ? r1 - r : PANEL;
@@ -559,6 +556,9 @@ TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const 
         }
         return;
     }
+    const a8_chunk_fn *fn = bits == 4 ? a8_chunk_q4 : a8_chunk_q8;
+    __m512i pk[CHUNK_WORDS];
+    __m512 sc[CHUNK_GROUPS], bi[CHUNK_GROUPS];
     for (int r = r0; r < r1; r += PANEL) {
         const int nr = r1 - r < PANEL ? r1 - r : PANEL;
         const __mmask16 rm = nr == PANEL ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
