@@ -3,7 +3,7 @@
 
 #include "common/error.h"
 #include "engine/linear_attention.h"
-#include "engine/text.h"
+#include "api/text.h"
 #include "platform/platform.h"
 
 #include <stdio.h>
