@@ -22,6 +22,10 @@ static const char serve_usage[] =
     "  --max-tokens N          generated tokens per request at most, and the default (4096)\n"
     "  --max-input-tokens N    refuse longer prompts (default: the context size, --ctx)\n"
     "  --max-body SIZE         refuse larger request bodies with 413 (default 32M)\n"
+    "  --max-connections N     connections open at once (default 64); past it, and past 3/4 of it\n"
+    "                          from one address, the longest idle connection is closed\n"
+    "  --header-timeout S      seconds a connection may take to send a request's headers, also\n"
+    "                          between requests (default 15); a body gets 120 s after them\n"
     "  --cache-slots N         conversations kept in the prompt cache (default 4)\n"
     "  --cache-tokens N        KV positions those conversations may hold together; the memory\n"
     "                          plan reserves them (default: --ctx, i.e. one full context)\n"
@@ -94,6 +98,12 @@ int cmd_serve(int argc, char **argv) {
             long long b = cli_parse_size(s, v);
             if (b < 0) return 1;
             so.max_body = (size_t)b, i++;
+        } else if (!strcmp(s, "--max-connections")) {
+            if ((x = cli_parse_long(s, v, 1, 4096)) < 0) return 1;
+            so.max_connections = (int)x, i++;
+        } else if (!strcmp(s, "--header-timeout")) {
+            if ((x = cli_parse_long(s, v, 1, 3600)) < 0) return 1;
+            so.header_timeout_s = (double)x, i++;
         } else if (!strcmp(s, "--cache-slots")) {
             if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
             so.cache_slots = (int)x, i++;

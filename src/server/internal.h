@@ -5,6 +5,7 @@
 
 #include "server/buf.h"
 #include "server/cache.h"
+#include "server/conns.h"
 #include "server/reply.h"
 #include "server/request.h"
 #include "server/server.h"
@@ -65,6 +66,7 @@ typedef struct srv_server {
     int cache_sessions, cache_tokens; /* its size as of the last request, for /health */
     unsigned long long served;
     double started_at;
+    srv_conns conns;      /* open connections: deadlines and shedding (conns.h) */
 } srv_server;
 
 /* job.c */
