@@ -203,6 +203,11 @@ static void progress_stderr(void *ctx, const char *what, double frac) {
 
 int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err,
                        size_t errlen) {
+    return lm_model_open_io(out, dir, opt, NULL, err, errlen);
+}
+
+int lm_model_open_io(lazymoe_model **out, const char *dir, const lazymoe_options *opt, const lm_io *io, char *err,
+                     size_t errlen) {
     char e[LM_ERR_LEN] = "";
     *out = NULL;
     lazymoe_model *m = calloc(1, sizeof *m);
@@ -216,7 +221,7 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     /* What is available before this model takes anything (the plan counts the
      * resident weights itself). */
     uint64_t avail = lm_mem_available();
-    if (lm_weights_load(&m->w, dir, 1, progress, NULL, e) != 0) {
+    if (lm_weights_load(&m->w, dir, progress, NULL, e) != 0) {
         free(m);
         copy_err(err, errlen, e);
         return -1;
@@ -234,14 +239,14 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     }
     int capacity = 0;
     if (plan_memory(m, avail, &capacity, e) != 0) goto fail;
+    if (lm_store_open(&m->store, &m->w, capacity >= 0 && !m->opt.buffered_io, io, e) != 0) goto fail;
     if (capacity < 0) {
-        if (lm_weights_load_experts(&m->w, progress, NULL, e) != 0) goto fail;
+        if (lm_store_load_resident(m->store, progress, NULL, e) != 0) goto fail;
     } else {
         lm_cache_options co = {.capacity = capacity,
                                .io_threads = m->opt.io_threads,
                                .chunk_bytes = m->opt.io_chunk_bytes,
                                .policy = (lm_evict_policy)m->opt.eviction,
-                               .direct_io = !m->opt.buffered_io,
                                .verbose = m->opt.verbose};
         if (m->opt.pin_experts > 0 && capacity - m->opt.pin_experts < m->w.cfg.top_k) {
             lm_errf(e, "--pin %d leaves %d of the %d cache slots per layer for the other experts, fewer than the %d "
@@ -250,7 +255,7 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
                     m->w.cfg.top_k, capacity - m->w.cfg.top_k > 0 ? capacity - m->w.cfg.top_k : 0);
             goto fail;
         }
-        if (lm_cache_create(&m->cache, &m->w, &co, e) != 0) goto fail;
+        if (lm_cache_create(&m->cache, m->store, &co, e) != 0) goto fail;
         if (!m->opt.no_warm_start || m->opt.pin_experts > 0) warm_start(m, dir);
     }
     if (m->opt.verbose) {
@@ -318,6 +323,7 @@ void lazymoe_model_close(lazymoe_model *m) {
     save_history(m);
     lm_popularity_free(&m->history);
     lm_cache_free(m->cache);
+    lm_store_close(m->store);
     lm_model_text_free(m->text);
     lm_trace_data_free(&m->replay);
     if (m->be) lm_backend_free(m->be);

@@ -15,6 +15,7 @@ struct lazymoe_model {
     lazymoe_options opt;
     int max_context;
     lm_dtype kv_dtype;      /* KV cache element type (options.kv_bits) */
+    lm_expert_store *store; /* reads the experts (into memory or into the cache) */
     lm_expert_cache *cache; /* NULL when every expert is resident */
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
@@ -71,6 +72,11 @@ struct lazymoe_session {
 
 /* Router lookahead predicts experts for decode steps of at most this many tokens. */
 #define LOOKAHEAD_MAX_TOKENS 4
+
+/* lazymoe_model_open with the expert store's reads going through io (NULL =
+ * pread): tests inject read faults with it. */
+int lm_model_open_io(lazymoe_model **out, const char *dir, const lazymoe_options *opt, const lm_io *io, char *err,
+                     size_t errlen);
 
 /* Runs the model over ids[n] at positions n_past.. (cache already sized). Writes
  * logits of every token (all = 1) or of the last one into out. */
