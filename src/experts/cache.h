@@ -81,8 +81,10 @@ void lm_cache_begin_step(lm_expert_cache *c);
  * 2 (miss, read queued) or 0 (not acquired: every slot is in use by this step;
  * release and acquire again in a later wave). Returns the number acquired. */
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status);
-/* Waits for acquired expert e of layer l and returns its matrices. Fails if the
- * read failed (the message names file, layer and expert). */
+/* Waits for acquired expert e of layer l and returns its matrices. A hit on a
+ * background read that failed is read again here, on demand. Fails if the demand
+ * read failed (the message names file, layer, expert and cause); the expert's slot
+ * is then empty again, so a later acquire reads it anew. */
 int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err);
 /* Releases every expert of layer l acquired since the last release. */
 void lm_cache_release_layer(lm_expert_cache *c, int l);
