@@ -131,7 +131,7 @@ static int open_model(const char *dir, int capacity, int buffered, lazymoe_model
     o.io_threads = 3;
     o.io_chunk_bytes = CHUNK;
     lm_io io = {faulty_read, &F};
-    return lm_model_open_io(m, dir, &o, &io, err, LM_ERR_LEN);
+    return lm_engine_open_io(m, dir, &o, &io, err);
 }
 
 static size_t vocab(const lazymoe_model *m) {
@@ -149,7 +149,7 @@ static float *prompt_logits(const char *dir, int capacity, int buffered, char *e
     int rc = lazymoe_session_create(&s, m, err, LM_ERR_LEN);
     if (rc == 0) rc = lazymoe_session_eval(s, IDS, NIDS, lg, 1, err, LM_ERR_LEN);
     lazymoe_session_free(s);
-    lazymoe_model_close(m);
+    lm_engine_close(m);
     if (rc != 0) {
         free(lg);
         return NULL;
@@ -169,7 +169,7 @@ static void make_reference(void) {
     CHECKF(open_model(MODEL, -1, 0, &m, err) == 0, "%s", err);
     if (!m) return;
     V = vocab(m);
-    lazymoe_model_close(m);
+    lm_engine_close(m);
     reference = prompt_logits(MODEL, -1, 0, err);
     CHECKF(reference != NULL, "%s", err);
 }
@@ -260,7 +260,7 @@ static void fault_at_every_read(const char *dir, int buffered) {
         CHECKF(rc == 0 && same_as_resident(lg), "after the fault at read %d of layer %d expert %d: logits differ", k,
                L, X);
         lazymoe_session_free(s);
-        lazymoe_model_close(m);
+        lm_engine_close(m);
     }
     printf("# %s: a fault at each of the %d reads of layer %d expert %d\n", buffered ? "buffered" : "direct", n, L, X);
     free(lg);
@@ -429,8 +429,8 @@ static void background_read_faults(void) {
     CHECK(same_as_resident(lg));
     free(lg);
     lazymoe_session_free(s);
-    lazymoe_model_close(m);
-    lazymoe_model_close(res);
+    lm_engine_close(m);
+    lm_engine_close(res);
 }
 
 int main(void) {

@@ -19,6 +19,7 @@
 #include "experts/store.h"
 
 #include "common/error.h"
+#include "common/log.h"
 #include "platform/platform.h"
 
 #include <errno.h>
@@ -58,7 +59,7 @@ int lm_store_open(lm_expert_store **out, lm_weights *w, int direct_io, const lm_
         char e2[LM_ERR_LEN];
         st->direct_fd[i] = lm_file_open_direct(w->archive->files[i].path, e2);
         if (st->direct_fd[i] < 0 && !warned) {
-            fprintf(stderr, "lazymoe: %s; using buffered reads (the page cache will hold experts too)\n", e2);
+            lm_log(LAZYMOE_LOG_WARN, "lazymoe: %s; using buffered reads (the page cache will hold experts too)", e2);
             warned = 1;
         }
     }

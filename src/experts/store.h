@@ -51,8 +51,8 @@ typedef struct {
 typedef struct lm_expert_store lm_expert_store;
 
 /* Opens the store of a model loaded by lm_weights_load. direct_io: use O_DIRECT
- * where the file system allows it (a warning on stderr and buffered reads where it
- * does not). io: NULL = pread. The store must be closed before w is freed. */
+ * where the file system allows it (a warning through lm_log and buffered reads
+ * where it does not). io: NULL = pread. The store must be closed before w is freed. */
 int lm_store_open(lm_expert_store **out, lm_weights *w, int direct_io, const lm_io *io, char *err);
 void lm_store_close(lm_expert_store *st);
 const lm_weights *lm_store_weights(const lm_expert_store *st);
