@@ -60,8 +60,9 @@ static void test_registry_names(void) {
         CHECKF(f->hf_architecture && strstr(f->hf_architecture, "ForCausalLM"), "%s: hf_architecture",
                f->model_type);
         /* Tensor names weight binding needs. */
-        CHECKF(f->moe_blocks[0] && f->router && f->expert_gate[0] && f->expert_up[0] && f->expert_down[0] &&
-                   f->shared_expert && f->shared_expert_gate,
+        const lm_tensor_names *tn = f->names;
+        CHECKF(tn && tn->moe_blocks[0] && tn->router && tn->expert_gate[0] && tn->expert_up[0] &&
+                   tn->expert_down[0] && tn->shared_expert && tn->shared_expert_gate,
                "%s: a tensor name is missing", f->model_type);
         for (int j = 0; j < i; j++) {
             const lm_family *g = lm_families[j];

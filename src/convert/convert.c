@@ -162,7 +162,7 @@ static const char *proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
 /* Which projection (0 gate, 1 up, 2 down) the per-expert name s[0..n) is, by the
  * family's names; -1 if none. */
 static int proj_index(const lm_family *f, const char *s, size_t n) {
-    const char *const *names[3] = {f->expert_gate, f->expert_up, f->expert_down};
+    const char *const *names[3] = {f->names->expert_gate, f->names->expert_up, f->names->expert_down};
     for (int p = 0; p < 3; p++)
         for (int a = 0; a < 3 && names[p][a]; a++)
             if (strlen(names[p][a]) == n && strncmp(s, names[p][a], n) == 0) return p;
@@ -314,7 +314,7 @@ static int plan(converter *c, char *err) {
     int tie = f->mlx_tie_default;
     json_t *tv = json_object_get(c->config, "tie_word_embeddings");
     if (json_is_boolean(tv)) tie = json_is_true(tv);
-    const char *moe_prefix = f->moe_blocks[0]; /* mlx-lm's name of the MoE block */
+    const char *moe_prefix = f->names->moe_blocks[0]; /* mlx-lm's name of the MoE block */
 
     for (int i = 0; i < a->ntensors && rc == 0; i++) {
         const st_tensor *t = &a->tensors[i];
@@ -332,9 +332,10 @@ static int plan(converter *c, char *err) {
             /* Other names of the MoE block become mlx-lm's (transformers 5 names mixtral's
              * block_sparse_moe "mlp"). */
             const char *alias_rest = NULL;
-            for (int b = 1; b < 3 && f->moe_blocks[b] && !alias_rest; b++) {
-                size_t bl = strlen(f->moe_blocks[b]);
-                if (strncmp(rest, f->moe_blocks[b], bl) == 0 && rest[bl] == '.') alias_rest = rest + bl + 1;
+            const char *const *blocks = f->names->moe_blocks;
+            for (int b = 1; b < 3 && blocks[b] && !alias_rest; b++) {
+                size_t bl = strlen(blocks[b]);
+                if (strncmp(rest, blocks[b], bl) == 0 && rest[bl] == '.') alias_rest = rest + bl + 1;
             }
             if (alias_rest)
                 name = lm_strdup_printf("model.layers.%d.%s.%s", layer, moe_prefix, alias_rest);

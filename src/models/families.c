@@ -14,6 +14,16 @@ const lm_family *const lm_families[] = {
     NULL,
 };
 
+const lm_tensor_names lm_names_mlp = {
+    .moe_blocks = {"mlp"},
+    .router = "gate",
+    .expert_gate = {"gate_proj"},
+    .expert_up = {"up_proj"},
+    .expert_down = {"down_proj"},
+    .shared_expert = "shared_expert",
+    .shared_expert_gate = "shared_expert_gate",
+};
+
 const lm_family *lm_family_find(const char *model_type) {
     if (!model_type) return NULL;
     for (int i = 0; lm_families[i]; i++) {

@@ -50,6 +50,23 @@ typedef struct {
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
 } lm_synth_preset;
 
+/* How a family names the tensors of its MoE blocks inside model.layers.N (Hugging Face
+ * and MLX files). MLX stacked (BLOCK.switch_mlp.{gate,up,down}_proj) and transformers-5
+ * fused (BLOCK.experts.gate_up_proj / down_proj) expert layouts are the same for every
+ * family; attention, norms and dense MLPs use the common Llama names (weights.c). */
+typedef struct {
+    const char *moe_blocks[3];  /* module of the router and experts, tried in order; [0] is mlx-lm's */
+    const char *router;         /* router module inside the MoE block ("gate") */
+    /* Per-expert projections (legacy HF layout BLOCK.experts.E.NAME), aliases tried in order. */
+    const char *expert_gate[3], *expert_up[3], *expert_down[3];
+    const char *shared_expert;      /* shared expert module inside the MoE block */
+    const char *shared_expert_gate; /* its [1, H] sigmoid gate */
+} lm_tensor_names;
+
+/* mlp.gate, mlp.experts.E.{gate,up,down}_proj, mlp.shared_expert(_gate): the names of
+ * qwen3_moe, olmoe and qwen3_next (families.c). */
+extern const lm_tensor_names lm_names_mlp;
+
 typedef struct lm_family {
     /* ---- names ---- */
     const char *model_type;     /* Hugging Face config.json model_type */
@@ -69,15 +86,8 @@ typedef struct lm_family {
      * model's config object; returns 0 or -1 with err set. */
     int (*parse_config)(lm_config *c, json_t *o, char *err);
 
-    /* ---- tensor names inside model.layers.N (Hugging Face and MLX files) ---- */
-    const char *moe_blocks[3];  /* module of the router and experts, tried in order; [0] is mlx-lm's */
-    const char *router;         /* router module inside the MoE block ("gate") */
-    /* Per-expert projections (legacy HF layout BLOCK.experts.E.NAME), aliases tried in order.
-     * MLX stacked (BLOCK.switch_mlp.{gate,up,down}_proj) and transformers-5 fused
-     * (BLOCK.experts.gate_up_proj / down_proj) layouts are the same for every family. */
-    const char *expert_gate[3], *expert_up[3], *expert_down[3];
-    const char *shared_expert;      /* shared expert module inside the MoE block */
-    const char *shared_expert_gate; /* its [1, H] sigmoid gate */
+    /* ---- tensor names ---- */
+    const lm_tensor_names *names;
 
     /* ---- convert (mlx-lm's rules for the family) ---- */
     int mlx_tie_default;            /* mlx-lm ModelArgs default of tie_word_embeddings */

@@ -5,6 +5,16 @@
  * leaves the router at --bits. GGUF files call the architecture "llama". */
 #include "models/family.h"
 
+static const lm_tensor_names names = {
+    .moe_blocks = {"block_sparse_moe", "mlp"},
+    .router = "gate",
+    .expert_gate = {"w1", "gate_proj"},
+    .expert_up = {"w3", "up_proj"},
+    .expert_down = {"w2", "down_proj"},
+    .shared_expert = "shared_expert",
+    .shared_expert_gate = "shared_expert_gate",
+};
+
 /* Public config.json values of mistralai/Mixtral-8x7B-v0.1. */
 static const lm_synth_preset presets[] = {
     {.name = "mixtral-8x7b", .layers = 32, .hidden = 4096, .heads = 32, .kv_heads = 8, .head_dim = 0,
@@ -28,13 +38,7 @@ const lm_family lm_family_mixtral = {
     .router_renorm = LM_RENORM_ALWAYS,
     .window = LM_WINDOW_WHEN_SET,
     .experts_use_intermediate_size = 1,
-    .moe_blocks = {"block_sparse_moe", "mlp"},
-    .router = "gate",
-    .expert_gate = {"w1", "gate_proj"},
-    .expert_up = {"w3", "up_proj"},
-    .expert_down = {"w2", "down_proj"},
-    .shared_expert = "shared_expert",
-    .shared_expert_gate = "shared_expert_gate",
+    .names = &names,
     .synth_presets = presets,
     .synth_config = synth_config,
 };

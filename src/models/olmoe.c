@@ -10,12 +10,6 @@ const lm_family lm_family_olmoe = {
     .qk_norm = LM_QK_NORM_FULL,
     .router_renorm = LM_RENORM_FROM_CONFIG,
     .window = LM_WINDOW_IGNORED,
-    .moe_blocks = {"mlp"},
-    .router = "gate",
-    .expert_gate = {"gate_proj"},
-    .expert_up = {"up_proj"},
-    .expert_down = {"down_proj"},
-    .shared_expert = "shared_expert",
-    .shared_expert_gate = "shared_expert_gate",
+    .names = &lm_names_mlp,
     .mlx_tie_default = 1,
 };

@@ -322,7 +322,7 @@ lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
 static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
-    const lm_family *f = c->family;
+    const lm_tensor_names *n = c->family->names;
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
     lm_expert_source *s = &ly->src;
     memset(s, 0, sizeof *s);
@@ -365,7 +365,7 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
         return 0;
     }
     w->expert_layout = LM_EXPERTS_SEPARATE;
-    const char *const *alias[3] = {f->expert_gate, f->expert_up, f->expert_down};
+    const char *const *alias[3] = {n->expert_gate, n->expert_up, n->expert_down};
     for (int e = 0; e < E; e++) {
         int part = 0;
         for (int m = 0; m < 3; m++) {
@@ -493,23 +493,23 @@ mlp:
         MAT(ly->mlp_down, H, F, "model.layers.%d.mlp.down_proj", l);
         return 0;
     }
-    const lm_family *f = c->family;
+    const lm_tensor_names *n = c->family->names;
     char block[256] = "";
-    for (int i = 0; i < 3 && f->moe_blocks[i]; i++) {
-        snprintf(block, sizeof block, "model.layers.%d.%s", l, f->moe_blocks[i]);
-        if (findf(L, "%s.%s.weight", block, f->router)) break;
+    for (int i = 0; i < 3 && n->moe_blocks[i]; i++) {
+        snprintf(block, sizeof block, "model.layers.%d.%s", l, n->moe_blocks[i]);
+        if (findf(L, "%s.%s.weight", block, n->router)) break;
         block[0] = 0;
     }
     if (!block[0])
         return lm_errf(L->err, "layer %d is a MoE layer but has no router (model.layers.%d.%s.%s.weight)", l, l,
-                       f->moe_blocks[0], f->router);
-    MAT(ly->router, c->n_experts, H, "%s.%s", block, f->router);
+                       n->moe_blocks[0], n->router);
+    MAT(ly->router, c->n_experts, H, "%s.%s", block, n->router);
     int SI = c->shared_expert_intermediate_size;
     if (SI > 0) {
-        MAT(ly->shared_gate, SI, H, "%s.%s.gate_proj", block, f->shared_expert);
-        MAT(ly->shared_up, SI, H, "%s.%s.up_proj", block, f->shared_expert);
-        MAT(ly->shared_down, H, SI, "%s.%s.down_proj", block, f->shared_expert);
-        MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, f->shared_expert_gate);
+        MAT(ly->shared_gate, SI, H, "%s.%s.gate_proj", block, n->shared_expert);
+        MAT(ly->shared_up, SI, H, "%s.%s.up_proj", block, n->shared_expert);
+        MAT(ly->shared_down, H, SI, "%s.%s.down_proj", block, n->shared_expert);
+        MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, n->shared_expert_gate);
     }
     return load_experts(L, l, block, ly, lazy);
 #undef VEC

@@ -309,7 +309,7 @@ static int plan_layer(synth *S, int l, char *err) {
     char p[96];
     snprintf(p, sizeof p, "model.layers.%d", l);
     const lm_family *f = s->fam;
-    const char *moe = f->moe_blocks[0]; /* mlx-lm's name of the MoE block */
+    const char *moe = f->names->moe_blocks[0]; /* mlx-lm's name of the MoE block */
     rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.input_layernorm.weight", p);
     rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.post_attention_layernorm.weight", p);
     int linear = s->m.full_interval && (l + 1) % s->m.full_interval != 0;
@@ -344,14 +344,15 @@ static int plan_layer(synth *S, int l, char *err) {
             rc |= add_vec(S, b, 1, vq, INIT_NORM, 0, err, "%s.self_attn.q_norm.weight", p);
         }
     }
-    rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, err, "%s.%s.%s", p, moe, f->router);
+    rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, err, "%s.%s.%s", p, moe, f->names->router);
     if (s->m.shared_intermediate) {
         int SI = s->m.shared_intermediate;
-        const char *se = f->shared_expert;
+        const char *se = f->names->shared_expert;
         rc |= add_mat(S, b, 1, H, SI, INIT_LINEAR, inv_sqrt(SI) * resid, err, "%s.%s.%s.down_proj", p, moe, se);
         rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s.gate_proj", p, moe, se);
         rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s.up_proj", p, moe, se);
-        rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s", p, moe, f->shared_expert_gate);
+        rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s", p, moe,
+                      f->names->shared_expert_gate);
     }
     rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, err, "%s.%s.switch_mlp.down_proj", p, moe);
     rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.switch_mlp.gate_proj", p, moe);
@@ -563,8 +564,8 @@ int lm_synth_router_floats(const lm_synth_options *o, int layer, float *w, char 
     make_common(o, S.spec.m.hidden, S.common);
     synth_item it;
     memset(&it, 0, sizeof it);
-    snprintf(it.name, sizeof it.name, "model.layers.%d.%s.%s", layer, S.spec.fam->moe_blocks[0],
-             S.spec.fam->router);
+    snprintf(it.name, sizeof it.name, "model.layers.%d.%s.%s", layer, S.spec.fam->names->moe_blocks[0],
+             S.spec.fam->names->router);
     it.init = INIT_ROUTER;
     it.layer = layer;
     it.nmat = 1;
