@@ -150,7 +150,30 @@ static void decode_allocates_nothing(void) {
     CHECK_EQ_INT(atomic_load(&allocations), 1);
 }
 
+/* lazymoe_options.backend picks the backend; an unknown name is refused by name. */
+static void backend_chosen_by_options(void) {
+    const char *names[] = {NULL, "cpu", "tpu"};
+    for (int i = 0; i < 3; i++) {
+        lazymoe_options o;
+        lazymoe_options_init(&o);
+        o.backend = names[i];
+        o.n_threads = 1;
+        lazymoe_model *m = NULL;
+        char err[LM_ERR_LEN] = "";
+        int rc = lazymoe_model_open(&m, GOLDEN "qwen3_moe_f32", &o, err, sizeof err);
+        if (i < 2) {
+            CHECKF(rc == 0, "%s: %s", names[i] ? names[i] : "default", err);
+            if (m) CHECK(!strcmp(m->be->ops->name, "cpu"));
+        } else {
+            CHECK(rc != 0 && m == NULL);
+            CHECK_STR_CONTAINS(err, "unknown backend 'tpu'");
+        }
+        lazymoe_model_close(m);
+    }
+}
+
 int main(void) {
+    TEST_CASE("memory_backend_chosen_by_options", backend_chosen_by_options);
     TEST_CASE("memory_planned_equals_allocated", planned_equals_allocated);
     TEST_CASE("memory_decode_allocates_nothing", decode_allocates_nothing);
     TEST_EXIT();
