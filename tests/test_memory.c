@@ -43,6 +43,9 @@ static void on_free(const volatile void *p) { (void)p; }
 static lazymoe_model *open_model(const char *dir, int ctx, int kv_bits, int capacity, int act_bits, char *err) {
     lazymoe_options o;
     lazymoe_options_init(&o);
+    /* One reader thread: it has certainly started (and run) by the end of the warm-up,
+     * whose steps miss, so its start-up allocations are not counted as decode's. */
+    o.io_threads = 1;
     o.n_threads = 2;
     o.max_context = ctx;
     o.kv_bits = kv_bits;

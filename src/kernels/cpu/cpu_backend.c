@@ -11,7 +11,6 @@
 #include "kernels/backend.h"
 
 #include "common/error.h"
-#include "common/log.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/threadpool.h"
