@@ -1,5 +1,6 @@
 /* OpenAI and Anthropic request bodies -> srv_chat (see request.h). */
 #include "server/request.h"
+#include "server/parse.h"
 
 #include "server/buf.h"
 
@@ -63,11 +64,7 @@ static const char *json_kind(const json_t *v) {
 }
 
 /* Parsing context: the API (for error shapes) and the path of the field at hand. */
-typedef struct {
-    srv_api api;
-    srv_error *e;
-    srv_chat *c;
-} pctx;
+typedef srv_pctx pctx;
 
 static int bad_type(pctx *p, const char *field, const char *want, const json_t *got) {
     return srv_fail(p->e, p->api, 400, field, "%s: expected %s, got %s", field, want, json_kind(got));
@@ -829,8 +826,32 @@ void srv_chat_free(srv_chat *c) {
     for (int i = 0; i < c->n_stop; i++) free(c->stop[i]);
     free(c->stop);
     free(c->forced_output);
+    json_decref(c->response_format);
+    free(c->tool_choice_name);
+    json_decref(c->freeform_tools);
     memset(c, 0, sizeof *c);
 }
+
+/* ---- the helpers other request parsers share (parse.h) -------------------------------- */
+
+int srv_p_bad_type(srv_pctx *p, const char *field, const char *want, const json_t *got) {
+    return bad_type(p, field, want, got);
+}
+int srv_p_oom(srv_pctx *p) { return oom(p); }
+json_t *srv_p_load_body(srv_pctx *p, const char *body, size_t len) { return load_body(p, body, len); }
+int srv_p_int(srv_pctx *p, const json_t *obj, const char *key, long long lo, long long hi, long long *out) {
+    return get_int(p, obj, key, lo, hi, out);
+}
+int srv_p_bool(srv_pctx *p, const json_t *obj, const char *key) { return get_bool(p, obj, key); }
+int srv_p_string(srv_pctx *p, const json_t *obj, const char *key, const char *field, const char **out) {
+    return get_string(p, obj, key, field, out);
+}
+int srv_p_common_fields(srv_pctx *p, const json_t *root) { return common_fields(p, root); }
+int srv_p_set_kwarg(srv_pctx *p, const char *key, json_t *value) { return set_kwarg(p, key, value); }
+json_t *srv_p_arguments_object(srv_pctx *p, const json_t *args, const char *field) {
+    return arguments_object(p, args, field);
+}
+int srv_p_append_msg(srv_pctx *p, json_t *msg) { return append_msg(p, msg); }
 
 /* ---- prompt ------------------------------------------------------------------------- */
 
