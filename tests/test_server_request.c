@@ -48,7 +48,7 @@ static char *render(srv_api api, const char *body, int *n_tokens) {
         printf("# parse: %d %s\n", e.status, e.message);
         return NULL;
     }
-    if (srv_build_prompt(M, &c, &prompt, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
+    if (srv_build_prompt(M, &c, &prompt, NULL, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
     srv_chat_free(&c);
     free(ids);
     if (n_tokens) *n_tokens = n;
@@ -197,7 +197,7 @@ static void check_error(srv_api api, const char *body, int status, const char *n
         char *p = NULL;
         int32_t *ids = NULL;
         int n;
-        rc = srv_build_prompt(M, &c, &p, &ids, &n, &e);
+        rc = srv_build_prompt(M, &c, &p, NULL, &ids, &n, &e);
         free(p);
         free(ids);
         srv_chat_free(&c);

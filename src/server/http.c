@@ -262,8 +262,7 @@ static int check_length(srv_server *s, srv_api api, int n, srv_error *e) {
     return -1;
 }
 
-static int ends_in_think(const char *prompt) {
-    size_t n = strlen(prompt);
+static int ends_in_think(const char *prompt, size_t n) {
     while (n && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ' || prompt[n - 1] == '\r')) n--;
     return n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
 }
@@ -273,14 +272,14 @@ static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connecti
     srv_job *j = srv_job_new(s);
     if (!j) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory"), &e));
     if (parse_chat(s, c, &j->chat, &e) != 0 ||
-        srv_build_prompt(s->m, &j->chat, &j->prompt, &j->ids, &j->n_ids, &e) != 0 ||
+        srv_build_prompt(s->m, &j->chat, &j->prompt, &j->prompt_len, &j->ids, &j->n_ids, &e) != 0 ||
         check_length(s, c->api, j->n_ids, &e) != 0) {
         srv_job_release(j);
         return send_error(c, mc, &e);
     }
     j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
                                                                                       : s->opt.max_tokens;
-    j->in_think = ends_in_think(j->prompt);
+    j->in_think = ends_in_think(j->prompt, j->prompt_len);
     snprintf(j->endpoint, sizeof j->endpoint, "%s", endpoint);
     if (j->chat.skipped_tools[0]) srv_log("%s: built-in tools skipped (this server cannot run them): %s", endpoint, j->chat.skipped_tools);
     if (srv_job_enqueue(s, j) != 0) {
@@ -299,7 +298,7 @@ static enum MHD_Result post_count_tokens(srv_server *s, srv_conn *c, struct MHD_
     int32_t *ids = NULL;
     int n = 0;
     if (parse_chat(s, c, &chat, &e) != 0) return send_error(c, mc, &e);
-    int rc = srv_build_prompt(s->m, &chat, &prompt, &ids, &n, &e);
+    int rc = srv_build_prompt(s->m, &chat, &prompt, NULL, &ids, &n, &e);
     srv_chat_free(&chat);
     free(prompt);
     free(ids);
