@@ -10,9 +10,9 @@ import fs from 'node:fs';
 const [upstream, portFile, logFile] = process.argv.slice(2);
 const call = (name, param, value) =>
   `<tool_call>\n<function=${name}>\n<parameter=${param}>\n${value}\n</parameter>\n</function>\n</tool_call>`;
-// Turn by turn: a shell command, a patch through the freeform apply_patch tool, a final answer.
+// Turn by turn: reasoning and a shell command, a patch through the freeform apply_patch tool, a final answer.
 const TURNS = [
-  call('exec_command', 'cmd', "printf 'hello from lazymoe\\n' > hello.txt && cat hello.txt"),
+  '<think>\nFirst create the file with the shell.\n</think>\n\n' + call('exec_command', 'cmd', "printf 'hello from lazymoe\\n' > hello.txt && cat hello.txt"),
   call('apply_patch', 'input', '*** Begin Patch\n*** Update File: hello.txt\n@@\n-hello from lazymoe\n+hello from codex and lazymoe\n*** End Patch'),
   'Done: hello.txt was created with the shell tool and edited with apply_patch.',
 ];

@@ -44,6 +44,7 @@ fail=0
 check() { if eval "$2"; then echo "ok $1"; else echo "FAIL $1"; fail=1; fi; }
 check codex_file_patched '[ "$(cat hello.txt 2>/dev/null)" = "hello from codex and lazymoe" ]'
 check codex_shell_output_sent_back 'grep -q "\"turn\":1.*hello from lazymoe" "$work/director.log"'
+check codex_reasoning_sent_back 'grep -q "\"turn\":1,.*\"reasoning\",\"function_call\",\"function_call_output\"" "$work/director.log"'
 check codex_three_turns '[ "$(grep -c "\"status\":200" "$work/director.log")" -ge 3 ]'
 check codex_final_message 'grep -q "edited with apply_patch" "$work/codex.log"'
 exit $fail

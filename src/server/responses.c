@@ -341,10 +341,15 @@ static int tools(srv_pctx *p, const json_t *v) {
             }
             params = json_is_object(ps) ? json_deep_copy(ps) : json_pack("{s:s, s:{}}", "type", "object", "properties");
         }
-        json_t *fn = params ? json_pack("{s:s, s:o}", "name", name, "parameters", params) : NULL;
-        if (fn && desc && json_object_set_new(fn, "description", json_string(desc)) != 0) {
+        /* the key order of chat completions' tools: templates that print a tool as JSON
+         * show the same text whichever API it came from */
+        json_t *fn = params ? json_pack("{s:s}", "name", name) : NULL;
+        if (fn && ((desc && json_object_set_new(fn, "description", json_string(desc)) != 0) ||
+                   json_object_set_new(fn, "parameters", params) != 0)) {
             json_decref(fn);
             fn = NULL;
+        } else if (!fn) {
+            json_decref(params);
         }
         json_t *tool = fn ? json_pack("{s:s, s:o}", "type", "function", "function", fn) : NULL;
         if (!tool || json_array_append_new(out, tool) != 0) {
