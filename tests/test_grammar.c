@@ -150,26 +150,26 @@ static void test_token_mask(void) {
     lm_gmatch *m;
     CHECK(lm_gmatch_new(g, &m, err) == 0);
     uint8_t allowed[32];
-    CHECK_EQ_INT(lm_gmatch_mask(m, t, allowed, err), 2); /* "{" and "{\"" */
+    CHECK_EQ_INT(lm_gmatch_mask(m, t, -1, allowed, err), 2); /* "{" and "{\"" */
     CHECK(allowed[0] && allowed[8] && !allowed[10]);
     CHECK_EQ_INT(lm_gmatch_accept(m, "{\"", 2, err), 1);
-    int k = lm_gmatch_mask(m, t, allowed, err);
+    int k = lm_gmatch_mask(m, t, -1, allowed, err);
     CHECK_EQ_INT(k, 4); /* a, ab, \xc3 (start of é), é -- not \xa9, not "\":" yet */
     CHECK(allowed[3] && allowed[4] && allowed[11] && allowed[13] && !allowed[12] && !allowed[6]);
     CHECK_EQ_INT(lm_gmatch_accept(m, "\xc3", 1, err), 1);
-    CHECK_EQ_INT(lm_gmatch_mask(m, t, allowed, err), 1); /* only the continuation byte */
+    CHECK_EQ_INT(lm_gmatch_mask(m, t, -1, allowed, err), 1); /* only the continuation byte */
     CHECK(allowed[12]);
     CHECK_EQ_INT(lm_gmatch_accept(m, "\xa9", 1, err), 1);
-    lm_gmatch_mask(m, t, allowed, err);
+    lm_gmatch_mask(m, t, -1, allowed, err);
     CHECK(allowed[6] && allowed[3] && !allowed[5]);
     CHECK_EQ_INT(lm_gmatch_accept(m, "\":12", 4, err), 1);
     CHECK(!lm_gmatch_complete(m));
-    lm_gmatch_mask(m, t, allowed, err);
+    lm_gmatch_mask(m, t, -1, allowed, err);
     CHECK(allowed[1] && allowed[14] && allowed[15] && !allowed[16]); /* "}\n" goes past the end */
     CHECK_EQ_INT(lm_gmatch_accept(m, "x", 1, err), 0);              /* rejected: state kept */
     CHECK_EQ_INT(lm_gmatch_accept(m, "}", 1, err), 1);
     CHECK(lm_gmatch_complete(m));
-    CHECK_EQ_INT(lm_gmatch_mask(m, t, allowed, err), 0); /* only end-of-sequence remains */
+    CHECK_EQ_INT(lm_gmatch_mask(m, t, -1, allowed, err), 0); /* only end-of-sequence remains */
     lm_gmatch_free(m);
     lm_grammar_free(g);
     lm_token_trie_free(t);

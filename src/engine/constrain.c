@@ -114,16 +114,19 @@ void lm_constraint_free(lm_constraint *c) {
     memset(c, 0, sizeof *c);
 }
 
-int lm_constraint_mask(lm_constraint *c, float *logits, char *e) {
+int lm_constraint_mask(lm_constraint *c, float *logits, long budget, char *e) {
     float eos_logit[LM_TEXT_MAX_EOS];
     const lm_model_text *t = c->text;
     for (int i = 0; i < t->n_eos; i++)
         eos_logit[i] = t->eos[i] >= 0 && t->eos[i] < c->vocab ? logits[t->eos[i]] : -INFINITY;
-    int n = lm_gmatch_mask(c->match, c->trie, c->allowed, e);
+    int n = lm_gmatch_mask(c->match, c->trie, budget, c->allowed, e);
+    int complete = lm_gmatch_complete(c->match), any_eos = 0;
+    /* too few tokens left even for the shortest ending: the answer will be cut off
+     * (finish "length"); until then, any continuation */
+    if (n == 0 && !complete && budget >= 0) n = lm_gmatch_mask(c->match, c->trie, -1, c->allowed, e);
     if (n < 0) return -1;
     for (int i = 0; i < c->vocab; i++)
         if (!c->allowed[i]) logits[i] = -INFINITY;
-    int complete = lm_gmatch_complete(c->match), any_eos = 0;
     for (int i = 0; i < t->n_eos; i++) {
         int32_t id = t->eos[i];
         if (id < 0 || id >= c->vocab) continue;

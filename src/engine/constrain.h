@@ -23,8 +23,10 @@ typedef struct {
 int lm_constraint_init(lm_constraint *c, lazymoe_model *m, const lazymoe_grammar *g, char *err);
 void lm_constraint_free(lm_constraint *c);
 /* Sets logits of tokens that cannot come next to -inf (end-of-sequence ids: allowed
- * only when the grammar is complete). */
-int lm_constraint_mask(lm_constraint *c, float *logits, char *err);
+ * only when the grammar is complete). budget: tokens that may follow this one (< 0:
+ * unlimited); tokens after which the shortest ending would not fit are masked too, so
+ * an answer cut by max_tokens is still a whole sentence. */
+int lm_constraint_mask(lm_constraint *c, float *logits, long budget, char *err);
 /* Advances past a sampled (non end-of-sequence) token. */
 int lm_constraint_accept(lm_constraint *c, int32_t id, char *err);
 

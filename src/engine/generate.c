@@ -321,7 +321,11 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             st.finish_reason = LAZYMOE_FINISH_STOP;
             break;
         }
-        if (con.match && lm_constraint_mask(&con, logits, e) != 0) goto done;
+        if (con.match) {
+            long left = m->max_context - s->n_past - 1; /* tokens that may follow this one */
+            if (params->max_tokens > 0 && params->max_tokens - g - 1 < left) left = params->max_tokens - g - 1;
+            if (lm_constraint_mask(&con, logits, left, e) != 0) goto done;
+        }
         int32_t t = params->forced_text ? forced[g] : lm_sampler_sample(&smp, logits);
         if (t < 0) {
             lm_errf(e, "the model produced no finite logits at position %d", s->n_past);

@@ -279,6 +279,10 @@ static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connecti
     j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
                                                                                       : s->opt.max_tokens;
     j->in_think = ends_in_think(j->prompt);
+    if (srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, &e) != 0) {
+        srv_job_release(j);
+        return send_error(c, mc, &e);
+    }
     snprintf(j->endpoint, sizeof j->endpoint, "%s", endpoint);
     if (srv_job_enqueue(s, j) != 0) {
         srv_job_release(j);

@@ -69,6 +69,9 @@ struct lazymoe_grammar {
     gr_rule *rules;
     uint32_t n_rules, cap_rules;
     uint32_t root;
+    uint32_t *rule_min;   /* [n_rules] fewest bytes a rule can match */
+    uint32_t *elem_min;   /* [n_elems] fewest bytes of one instance of the element */
+    uint32_t *suffix_min; /* [n_elems] fewest bytes from the element (its min instances) to its alternative's end */
 };
 
 static int grow(void **p, uint32_t *cap, uint32_t need, size_t size) {
@@ -89,6 +92,9 @@ void lm_grammar_free(lm_grammar *g) {
     if (!g) return;
     for (uint32_t i = 0; i < g->n_rules; i++) free(g->rules[i].name);
     free(g->rules);
+    free(g->rule_min);
+    free(g->elem_min);
+    free(g->suffix_min);
     free(g->alts);
     free(g->elems);
     free(g->ranges);
@@ -544,6 +550,57 @@ static int left_rec(const lm_grammar *g, uint32_t r, char *err, int depth) {
     return 0;
 }
 
+#define LEN_INF (1u << 30)
+
+static uint32_t sat_add(uint32_t a, uint32_t b) { return a + b >= LEN_INF ? LEN_INF : a + b; }
+static uint32_t sat_mul(uint32_t a, uint32_t n) { return n && a >= LEN_INF / n ? LEN_INF : a * n; }
+
+static uint32_t utf8_len(uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
+
+/* Shortest completions, for the length budget of masks: fixpoint over the rules. */
+static int compute_min_lengths(lm_grammar *g, char *err) {
+    g->rule_min = malloc(((size_t)g->n_rules + 1) * sizeof *g->rule_min);
+    g->elem_min = malloc(((size_t)g->n_elems + 1) * sizeof *g->elem_min);
+    g->suffix_min = malloc(((size_t)g->n_elems + 1) * sizeof *g->suffix_min);
+    if (!g->rule_min || !g->elem_min || !g->suffix_min) return oom(err);
+    for (uint32_t r = 0; r < g->n_rules; r++) g->rule_min[r] = LEN_INF;
+    for (uint32_t i = 0; i < g->n_elems; i++) {
+        const gr_elem *e = &g->elems[i];
+        g->elem_min[i] = e->kind == GE_CHARS ? utf8_len(g->ranges[e->arg].lo) : LEN_INF;
+    }
+    for (int changed = 1; changed;) {
+        changed = 0;
+        for (uint32_t r = 0; r < g->n_rules; r++) {
+            const gr_rule *R = &g->rules[r];
+            for (uint32_t a = 0; a < R->n_alts; a++) {
+                const gr_alt *A = &g->alts[R->first_alt + a];
+                uint32_t sum = 0;
+                for (uint32_t k = 0; k < A->n; k++) {
+                    uint32_t i = A->first + k;
+                    const gr_elem *e = &g->elems[i];
+                    if (e->kind == GE_REF) g->elem_min[i] = g->rule_min[e->arg];
+                    sum = sat_add(sum, sat_mul(g->elem_min[i], e->min));
+                }
+                if (sum < g->rule_min[r]) {
+                    g->rule_min[r] = sum;
+                    changed = 1;
+                }
+            }
+        }
+    }
+    for (uint32_t a = 0; a < g->n_alts; a++) {
+        const gr_alt *A = &g->alts[a];
+        uint32_t sum = 0;
+        for (uint32_t k = A->n; k-- > 0;) {
+            uint32_t i = A->first + k;
+            if (g->elems[i].kind == GE_REF) g->elem_min[i] = g->rule_min[g->elems[i].arg];
+            sum = sat_add(sum, sat_mul(g->elem_min[i], g->elems[i].min));
+            g->suffix_min[i] = sum;
+        }
+    }
+    return 0;
+}
+
 static int check(lm_grammar *g, char *err) {
     for (uint32_t r = 0; r < g->n_rules; r++)
         if (!g->rules[r].defined) return lm_errf(err, "grammar: rule %s is used but not defined", g->rules[r].name);
@@ -555,7 +612,7 @@ static int check(lm_grammar *g, char *err) {
     }
     for (uint32_t r = 0; r < g->n_rules; r++)
         if (left_rec(g, r, err, 0)) return -1;
-    return 0;
+    return compute_min_lengths(g, err);
 }
 
 int lm_grammar_parse(const char *text, size_t len, lm_grammar **out, char err[LM_ERR_LEN]) {
@@ -780,6 +837,33 @@ static int advance(lm_gmatch *m, uint32_t lo, uint32_t hi, uint32_t cp) {
     return 0;
 }
 
+/* Fewest bytes that complete a stack: what its top alternative still needs, then each
+ * parent's alternative after the element being matched. */
+static uint32_t stack_min(const lm_gmatch *m, int32_t t) {
+    const lm_grammar *g = m->g;
+    uint32_t sum = 0;
+    for (int top = 1; t >= 0; top = 0) {
+        const gframe *f = &m->fr[t];
+        uint32_t i = g->alts[f->alt].first + f->elem;
+        const gr_elem *e = &g->elems[i];
+        uint32_t done = f->count + (top ? 0 : 1); /* a parent's element is one instance further when the child ends */
+        uint32_t after = f->elem + 1 < g->alts[f->alt].n ? g->suffix_min[i + 1] : 0;
+        uint32_t left = done < e->min ? e->min - done : (top ? 1 : 0); /* the top waits on at least one more char */
+        sum = sat_add(sum, sat_add(sat_mul(g->elem_min[i], left), after));
+        t = f->parent;
+    }
+    return sum;
+}
+
+static uint32_t state_min(const lm_gmatch *m, uint32_t lo, uint32_t hi, const u8state *u) {
+    uint32_t best = LEN_INF;
+    for (uint32_t i = lo; i < hi; i++) {
+        uint32_t v = m->st[i] < 0 ? 0 : stack_min(m, m->st[i]);
+        if (v < best) best = v;
+    }
+    return sat_add(best, u->need);
+}
+
 /* Some stack of st[lo..hi) accepts a code point in [clo, chi]. */
 static int viable(const lm_gmatch *m, uint32_t lo, uint32_t hi, uint32_t clo, uint32_t chi) {
     for (uint32_t i = lo; i < hi; i++) {
@@ -823,6 +907,8 @@ int lm_gmatch_new(const lm_grammar *g, lm_gmatch **out, char err[LM_ERR_LEN]) {
     *out = m;
     return 0;
 }
+
+long lm_gmatch_min_bytes(const lm_gmatch *m) { return (long)state_min(m, 0, m->cur, &m->u8); }
 
 int lm_gmatch_complete(const lm_gmatch *m) {
     if (m->u8.need) return 0;
@@ -990,6 +1076,7 @@ typedef struct {
     const lm_token_trie *t;
     uint8_t *allowed;
     int count;
+    long budget; /* < 0: none */
 } walk_ctx;
 
 /* Child c of a trie node whose prefix left the stacks at st[lo..hi) and UTF-8 state u. */
@@ -1010,7 +1097,8 @@ static int walk(walk_ctx *w, int32_t c, uint32_t lo, uint32_t hi, u8state u) {
         hi = m->n_st;
     }
     if (lo < hi) {
-        for (int32_t id = nd->tok; id >= 0; id = w->t->tok_next[id]) {
+        int fits = nd->tok < 0 || w->budget < 0 || state_min(m, lo, hi, &u) <= (unsigned long)w->budget;
+        for (int32_t id = fits ? nd->tok : -1; id >= 0; id = w->t->tok_next[id]) {
             w->allowed[id] = 1;
             w->count++;
         }
@@ -1021,11 +1109,11 @@ static int walk(walk_ctx *w, int32_t c, uint32_t lo, uint32_t hi, u8state u) {
     return rc;
 }
 
-int lm_gmatch_mask(lm_gmatch *m, const lm_token_trie *t, uint8_t *allowed, char err[LM_ERR_LEN]) {
+int lm_gmatch_mask(lm_gmatch *m, const lm_token_trie *t, long budget, uint8_t *allowed, char err[LM_ERR_LEN]) {
     m->err = err;
     m->depth = 0;
     memset(allowed, 0, (size_t)t->n);
-    walk_ctx w = {m, t, allowed, 0};
+    walk_ctx w = {m, t, allowed, 0, budget};
     uint32_t save_fr = m->n_fr;
     int rc = 0;
     for (int b = 0; b < 256 && !rc; b++)

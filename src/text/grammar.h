@@ -70,7 +70,12 @@ int lm_token_trie_size(const lm_token_trie *t); /* n */
 const char *lm_token_trie_bytes(const lm_token_trie *t, int id, size_t *len);
 
 /* allowed[0..n) = 1 for every token whose bytes the matcher can accept next, else 0.
- * Returns the number of allowed tokens, or -1 (as lm_gmatch_accept). */
-int lm_gmatch_mask(lm_gmatch *m, const lm_token_trie *t, uint8_t *allowed, char err[LM_ERR_LEN]);
+ * budget >= 0 also drops tokens after which a whole sentence needs more than budget
+ * more bytes: with one token per byte still to come, generation can always finish in
+ * time (the caller passes the tokens left after this one). Returns the number of
+ * allowed tokens, or -1 (as lm_gmatch_accept). */
+int lm_gmatch_mask(lm_gmatch *m, const lm_token_trie *t, long budget, uint8_t *allowed, char err[LM_ERR_LEN]);
+/* Fewest bytes that still complete a sentence from the current state (0 if complete). */
+long lm_gmatch_min_bytes(const lm_gmatch *m);
 
 #endif
