@@ -286,6 +286,93 @@ static void test_schema_unsupported(void) {
     }
 }
 
+/* The mask (trie walk with its shortcuts) equals feeding every token to a fresh copy of
+ * the state, at every step along a document, with a vocabulary of JSON fragments. */
+static void test_mask_matches_brute_force(void) {
+    static const char *const pieces[] = {
+        "{", "}", "[", "]", "\"", ",", ":", " ", "\\", "\\n", "\\\"", "n", "a", "ab", "abc", "name", "\"name",
+        "\":", "\": ", ", \"", "\"}", "\"]", "\",", "1", "12", "0", "-", ".", "5e", "e", "E+", "true", "false", "null",
+        "tr", "ue", "\xc3", "\xa9", "\xc3\xa9", "\xe4\xb8\xad", "\xe4", "\xb8\xad", "\xf0\x9f\x98\x80", "\n", "\t",
+        "low", "mid", "high", "\"mid\"", "xyz xyz", "hello world", "  ", "a\"", "\xff", "id", "tags", "meta", "level",
+        "created", "active", "\"level\": \"", "}}", "]}", "\"\"", "q", "\\t", "\\u", "/", "\x01", "+", "3", "5",
+    };
+    int n = (int)(sizeof pieces / sizeof *pieces);
+    size_t lens[128];
+    for (int i = 0; i < n; i++) lens[i] = strlen(pieces[i]);
+    char err[LM_ERR_LEN] = "";
+    lm_token_trie *t;
+    CHECK(lm_token_trie_new(pieces, lens, n, &t, err) == 0);
+    lm_grammar *g = schema_grammar(
+        "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"name\":{\"type\":\"string\"},"
+        "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":6}},\"meta\":{\"type\":\"object\"},"
+        "\"level\":{\"enum\":[\"low\",\"mid\",\"high\"]}},\"required\":[\"name\",\"level\"]}",
+        err);
+    CHECKF(g != NULL, "%s", err);
+    const char *doc = "{\"name\": \"ab\\n\xc3\xa9\xe4\xb8\xad xyz xyz \\\"hello world\", \"tags\": [\"ab\", \"\xf0\x9f\x98\x80q\"], "
+                      "\"meta\": {\"name\": [true, null, {\"a\": -12.5e+3}]}, \"level\": \"mid\"}";
+    lm_gmatch *m;
+    CHECK(g && lm_gmatch_new(g, &m, err) == 0);
+    uint8_t allowed[128];
+    size_t pos = 0, len = strlen(doc);
+    int steps = 0, mismatches = 0;
+    while (g && pos < len && steps < 400) {
+        lm_gmatch_mask(m, t, -1, allowed, err);
+        for (int id = 0; id < n; id++) {
+            lm_gmatch *b;
+            lm_gmatch_new(g, &b, err);
+            lm_gmatch_accept(b, doc, pos, err);
+            int ok = lm_gmatch_accept(b, pieces[id], lens[id], err) == 1;
+            lm_gmatch_free(b);
+            if (ok != allowed[id]) {
+                if (!mismatches) printf("# at byte %zu token %d (%s): mask %d, feeding %d\n", pos, id, pieces[id], allowed[id], ok);
+                mismatches++;
+            }
+        }
+        /* advance by the longest allowed piece that continues the document */
+        int best = -1;
+        for (int id = 0; id < n; id++)
+            if (allowed[id] && lens[id] <= len - pos && !memcmp(pieces[id], doc + pos, lens[id]) && (best < 0 || lens[id] > lens[best]))
+                best = id;
+        CHECKF(best >= 0, "no piece continues the document at byte %zu", pos);
+        if (best < 0) break;
+        CHECK_EQ_INT(lm_gmatch_accept(m, pieces[best], lens[best], err), 1);
+        pos += lens[best];
+        steps++;
+    }
+    CHECK_EQ_INT(mismatches, 0);
+    CHECK(pos == len && lm_gmatch_complete(m));
+    if (g) lm_gmatch_free(m);
+    lm_grammar_free(g);
+    lm_token_trie_free(t);
+}
+
+/* With a budget of b bytes after the token, only tokens that leave an ending of at most
+ * b bytes are allowed; the shortest ending is counted right. */
+static void test_mask_budget(void) {
+    static const char *const vocab[] = {"a", "aa", "}", "a}", "]}", "]"};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) lens[i] = strlen(vocab[i]);
+    char err[LM_ERR_LEN];
+    lm_token_trie *t;
+    CHECK(lm_token_trie_new(vocab, lens, 6, &t, err) == 0);
+    lm_grammar *g = parse("root ::= \"{\" [a]* \"]\"? \"}\"");
+    lm_gmatch *m;
+    CHECK(g && lm_gmatch_new(g, &m, err) == 0);
+    CHECK_EQ_INT(lm_gmatch_min_bytes(m), 2);
+    CHECK_EQ_INT(lm_gmatch_accept(m, "{", 1, err), 1);
+    CHECK_EQ_INT(lm_gmatch_min_bytes(m), 1);
+    uint8_t allowed[6];
+    CHECK_EQ_INT(lm_gmatch_mask(m, t, -1, allowed, err), 6);
+    CHECK_EQ_INT(lm_gmatch_mask(m, t, 1, allowed, err), 6); /* each leaves at most one byte ("}") */
+    CHECK_EQ_INT(lm_gmatch_mask(m, t, 0, allowed, err), 3); /* only those that end it: "}", "a}", "]}" */
+    CHECK(allowed[2] && allowed[3] && allowed[4] && !allowed[0] && !allowed[5]);
+    CHECK_EQ_INT(lm_gmatch_accept(m, "a}", 2, err), 1);
+    CHECK_EQ_INT(lm_gmatch_min_bytes(m), 0);
+    lm_gmatch_free(m);
+    lm_grammar_free(g);
+    lm_token_trie_free(t);
+}
+
 int main(void) {
     TEST_CASE("grammar_literals_and_alternatives", test_literals_and_alternatives);
     TEST_CASE("grammar_repetition", test_repetition);
@@ -293,6 +380,8 @@ int main(void) {
     TEST_CASE("grammar_recursion", test_recursion);
     TEST_CASE("grammar_parse_errors", test_parse_errors);
     TEST_CASE("grammar_token_mask", test_token_mask);
+    TEST_CASE("grammar_mask_matches_brute_force", test_mask_matches_brute_force);
+    TEST_CASE("grammar_mask_budget", test_mask_budget);
     TEST_CASE("json_schema_objects", test_schema_objects);
     TEST_CASE("json_schema_keywords", test_schema_keywords);
     TEST_CASE("json_schema_unsupported", test_schema_unsupported);

@@ -687,6 +687,11 @@ struct lm_gmatch {
     uint32_t cap_fr2;
     char *err;
     int depth;
+    struct pure_cache {
+        const lm_token_trie *t;
+        uint32_t ranges;  /* the class (its first range in the grammar) */
+        uint8_t *pure;    /* per trie node: 0 unknown, 1 every token below is in the class, 2 not */
+    } pure[4];
 };
 
 /* 1 complete (*cp set), 0 more bytes needed, -1 not UTF-8. */
@@ -879,6 +884,7 @@ void lm_gmatch_free(lm_gmatch *m) {
     free(m->fr2);
     free(m->st);
     free(m->remap);
+    for (int i = 0; i < 4; i++) free(m->pure[i].pure);
     free(m);
 }
 
@@ -985,6 +991,8 @@ reject:
 typedef struct {
     int32_t child, sibling; /* first child, next sibling (-1: none) */
     int32_t tok;            /* first token ending here (-1), more via tok_next */
+    uint32_t lo, hi;        /* the tokens of this subtree: order[lo..hi) */
+    uint32_t below;         /* longest token suffix below this node, in bytes */
     uint8_t byte;
 } trie_node;
 
@@ -994,6 +1002,8 @@ struct lm_token_trie {
     int32_t *tok_next; /* [n] next token with the same bytes */
     int32_t root_child[256];
     int n;
+    int32_t *order; /* token ids in depth-first order: each subtree is a range */
+    uint32_t n_order;
     char *blob;   /* every token's bytes, token i at blob + off[i] .. off[i + 1] */
     size_t *off;  /* [n + 1] */
 };
@@ -1004,6 +1014,7 @@ void lm_token_trie_free(lm_token_trie *t) {
     free(t->tok_next);
     free(t->blob);
     free(t->off);
+    free(t->order);
     free(t);
 }
 
@@ -1016,6 +1027,21 @@ const char *lm_token_trie_bytes(const lm_token_trie *t, int id, size_t *len) {
     }
     *len = t->off[id + 1] - t->off[id];
     return t->blob + t->off[id];
+}
+
+/* Depth-first numbering: a node's own tokens, then its children's. */
+static void number_subtree(lm_token_trie *t, int32_t c) {
+    trie_node *nd = &t->nodes[c];
+    nd->lo = t->n_order;
+    for (int32_t id = nd->tok; id >= 0; id = t->tok_next[id]) t->order[t->n_order++] = id;
+    uint32_t below = 0;
+    for (int32_t k = nd->child; k >= 0; k = t->nodes[k].sibling) {
+        number_subtree(t, k);
+        if (t->nodes[k].below + 1 > below) below = t->nodes[k].below + 1;
+    }
+    nd = &t->nodes[c];
+    nd->hi = t->n_order;
+    nd->below = below;
 }
 
 int lm_token_trie_new(const char *const *bytes, const size_t *lens, int n, lm_token_trie **out,
@@ -1064,6 +1090,9 @@ int lm_token_trie_new(const char *const *bytes, const size_t *lens, int n, lm_to
         t->tok_next[id] = t->nodes[node].tok;
         t->nodes[node].tok = id;
     }
+    if (!(t->order = malloc(((size_t)n + 1) * sizeof *t->order))) goto fail;
+    for (int b = 0; b < 256; b++)
+        if (t->root_child[b] >= 0) number_subtree(t, t->root_child[b]);
     *out = t;
     return 0;
 fail:
@@ -1075,9 +1104,90 @@ typedef struct {
     lm_gmatch *m;
     const lm_token_trie *t;
     uint8_t *allowed;
-    int count;
     long budget; /* < 0: none */
 } walk_ctx;
+
+/* ---- the shortcut through long runs of one character class ----
+ * Inside a JSON string most of the vocabulary is allowed, and walking it node by node
+ * costs as much as the whole trie. When, at a character boundary, every live stack
+ * either repeats one class C with room for the longest token below, or waits on a
+ * class disjoint from C, then each token below whose characters are all in C is
+ * allowed, and the others only by what the walk finds; a subtree made only of such
+ * tokens ("pure") is marked at once. Purity is computed once per class and trie node. */
+
+static int pure_below(const lm_token_trie *t, const lm_grammar *g, const gr_elem *e, int32_t node, uint8_t *pure);
+
+static int pure_char(const lm_token_trie *t, const lm_grammar *g, const gr_elem *e, int32_t c, u8state u, uint8_t *pure) {
+    const trie_node *nd = &t->nodes[c];
+    uint32_t cp = 0;
+    int r = u8_step(&u, nd->byte, &cp);
+    if (r < 0) return 0;
+    if (r == 0) {
+        if (nd->tok >= 0) return 0; /* a token ends inside a character */
+        for (int32_t k = nd->child; k >= 0; k = t->nodes[k].sibling)
+            if (!pure_char(t, g, e, k, u, pure)) return 0;
+        return 1;
+    }
+    return class_has(g, e, cp) && pure_below(t, g, e, c, pure);
+}
+
+static int pure_below(const lm_token_trie *t, const lm_grammar *g, const gr_elem *e, int32_t node, uint8_t *pure) {
+    if (pure[node]) return pure[node] == 1;
+    int ok = 1;
+    u8state u = {0};
+    for (int32_t k = t->nodes[node].child; ok && k >= 0; k = t->nodes[k].sibling) ok = pure_char(t, g, e, k, u, pure);
+    pure[node] = ok ? 1 : 2;
+    return ok;
+}
+
+static int classes_meet(const lm_grammar *g, const gr_elem *a, const gr_elem *b) {
+    const gr_range *x = g->ranges + a->arg, *y = g->ranges + b->arg;
+    uint32_t i = 0, j = 0;
+    while (i < a->n && j < b->n) {
+        if (x[i].hi < y[j].lo) i++;
+        else if (y[j].hi < x[i].lo) j++;
+        else return 1;
+    }
+    return 0;
+}
+
+/* 1 when node c's subtree was marked whole (see above), 0 when it must be walked. */
+static int shortcut(walk_ctx *w, int32_t c, uint32_t lo, uint32_t hi) {
+    lm_gmatch *m = w->m;
+    const lm_grammar *g = m->g;
+    const trie_node *nd = &w->t->nodes[c];
+    const gr_elem *C = NULL;
+    for (uint32_t i = lo; i < hi; i++) {
+        if (m->st[i] < 0) continue;
+        const gframe *f = &m->fr[m->st[i]];
+        const gr_elem *e = frame_elem(g, f);
+        if (e->max > 1 && (e->max == UNBOUNDED || e->max - f->count >= nd->below)) {
+            if (!C) C = e;
+            else if (C->arg != e->arg) return 0;
+        }
+    }
+    if (!C) return 0;
+    for (uint32_t i = lo; i < hi; i++) {
+        if (m->st[i] < 0) continue;
+        const gframe *f = &m->fr[m->st[i]];
+        const gr_elem *e = frame_elem(g, f);
+        int rep = e->arg == C->arg && e->max > 1 && (e->max == UNBOUNDED || e->max - f->count >= nd->below);
+        if (!rep && classes_meet(g, e, C)) return 0;
+    }
+    struct pure_cache *pc = NULL;
+    for (int i = 0; i < 4 && !pc; i++) {
+        if (m->pure[i].pure && m->pure[i].t == w->t && m->pure[i].ranges == C->arg) pc = &m->pure[i];
+        else if (!m->pure[i].pure) {
+            if (!(m->pure[i].pure = calloc(w->t->n_nodes ? w->t->n_nodes : 1, 1))) return 0;
+            m->pure[i].t = w->t;
+            m->pure[i].ranges = C->arg;
+            pc = &m->pure[i];
+        }
+    }
+    if (!pc || !pure_below(w->t, g, C, c, pc->pure)) return 0;
+    for (uint32_t k = nd->lo; k < nd->hi; k++) w->allowed[w->t->order[k]] = 1;
+    return 1;
+}
 
 /* Child c of a trie node whose prefix left the stacks at st[lo..hi) and UTF-8 state u. */
 static int walk(walk_ctx *w, int32_t c, uint32_t lo, uint32_t hi, u8state u) {
@@ -1097,12 +1207,11 @@ static int walk(walk_ctx *w, int32_t c, uint32_t lo, uint32_t hi, u8state u) {
         hi = m->n_st;
     }
     if (lo < hi) {
-        int fits = nd->tok < 0 || w->budget < 0 || state_min(m, lo, hi, &u) <= (unsigned long)w->budget;
-        for (int32_t id = fits ? nd->tok : -1; id >= 0; id = w->t->tok_next[id]) {
-            w->allowed[id] = 1;
-            w->count++;
-        }
-        for (int32_t k = nd->child; k >= 0 && !rc; k = w->t->nodes[k].sibling) rc = walk(w, k, lo, hi, u);
+        int fits = w->budget < 0 || state_min(m, lo, hi, &u) <= (unsigned long)w->budget;
+        if (fits)
+            for (int32_t id = nd->tok; id >= 0; id = w->t->tok_next[id]) w->allowed[id] = 1;
+        if (!(fits && !u.need && nd->child >= 0 && shortcut(w, c, lo, hi)))
+            for (int32_t k = nd->child; k >= 0 && !rc; k = w->t->nodes[k].sibling) rc = walk(w, k, lo, hi, u);
     }
     m->n_st = save_st;
     m->n_fr = save_fr;
@@ -1113,12 +1222,15 @@ int lm_gmatch_mask(lm_gmatch *m, const lm_token_trie *t, long budget, uint8_t *a
     m->err = err;
     m->depth = 0;
     memset(allowed, 0, (size_t)t->n);
-    walk_ctx w = {m, t, allowed, 0, budget};
+    walk_ctx w = {m, t, allowed, budget};
     uint32_t save_fr = m->n_fr;
     int rc = 0;
     for (int b = 0; b < 256 && !rc; b++)
         if (t->root_child[b] >= 0) rc = walk(&w, t->root_child[b], 0, m->cur, m->u8);
     m->n_st = m->cur;
     m->n_fr = save_fr;
-    return rc ? -1 : w.count;
+    if (rc) return -1;
+    int count = 0;
+    for (int i = 0; i < t->n; i++) count += allowed[i];
+    return count;
 }

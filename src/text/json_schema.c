@@ -122,10 +122,13 @@ static int need(lm_schema_gen *g, unsigned what, char *err) {
     switch (what) {
     case HAVE_WS: return put(g, err, "ws ::= \" \"?\n");
     case HAVE_STR:
+        /* jstr: runs of plain characters between escapes (a repeated class is what
+         * the mask walk can skip through); jchar counts one character for lengths */
         return put(g, err, "jchar ::= [^\"\\\\\\x00-\\x1F] | \"\\\\\" [\"\\\\/bfnrt]\n"
-                           "jstr ::= \"\\\"\" jchar{0,%d} \"\\\"\"\n",
-                   LM_SCHEMA_MAX_STRING);
-    case HAVE_KEY: return need(g, HAVE_STR, err) || put(g, err, "jkey ::= \"\\\"\" jchar{0,64} \"\\\"\"\n");
+                           "jrun ::= [^\"\\\\\\x00-\\x1F]{0,%d}\n"
+                           "jstr ::= \"\\\"\" jrun (\"\\\\\" [\"\\\\/bfnrt] jrun){0,%d} \"\\\"\"\n",
+                   LM_SCHEMA_MAX_STRING, LM_SCHEMA_MAX_ESCAPES);
+    case HAVE_KEY: return need(g, HAVE_STR, err) || put(g, err, "jkey ::= \"\\\"\" [^\"\\\\\\x00-\\x1F]{1,64} \"\\\"\"\n");
     case HAVE_INT: return put(g, err, "jint ::= \"-\"? (\"0\" | [1-9] [0-9]{0,15})\n");
     case HAVE_NUM:
         return need(g, HAVE_INT, err) || put(g, err, "jnum ::= jint (\".\" [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?\n");

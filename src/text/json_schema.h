@@ -23,8 +23,10 @@
  *    at most 64 characters) with values of additionalProperties (any JSON when absent
  *    or true), at most LM_SCHEMA_MAX_ITEMS members.
  *  - whitespace: at most one space after "{", "[", ",", ":"; none elsewhere.
- *  - strings: at most maxLength, else LM_SCHEMA_MAX_STRING, characters; escapes
- *    \" \\ \/ \b \f \n \r \t (no \u: raw UTF-8 instead, so no lone surrogates or NUL).
+ *  - strings: minLength..maxLength characters when given; otherwise up to
+ *    LM_SCHEMA_MAX_ESCAPES escapes with at most LM_SCHEMA_MAX_STRING characters between
+ *    them; escapes \" \\ \/ \b \f \n \r \t (no \u: raw UTF-8 instead, so no lone
+ *    surrogates or NUL). Keys of free-form objects: 1-64 characters, no escapes.
  *  - numbers: up to 16 integer and 16 fraction digits, exponents of 1-2 digits.
  *  - arrays: at most maxItems, else LM_SCHEMA_MAX_ITEMS, items.
  *  - "any value" (no type): JSON nested at most LM_SCHEMA_ANY_DEPTH levels.
@@ -37,7 +39,8 @@
 
 #include <jansson.h>
 
-#define LM_SCHEMA_MAX_STRING 256
+#define LM_SCHEMA_MAX_STRING 256 /* characters between two escapes */
+#define LM_SCHEMA_MAX_ESCAPES 32
 #define LM_SCHEMA_MAX_ITEMS 32
 #define LM_SCHEMA_ANY_DEPTH 4
 #define LM_SCHEMA_NAME 32 /* bytes of a rule name */
