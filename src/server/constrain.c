@@ -84,7 +84,10 @@ static void param_types(const json_t *s, int *str, int *other, int depth) {
     }
     if (depth > 4) return;
     static const char *const alts[] = {"anyOf", "oneOf"};
-    for (int k = 0; k < 2; k++) json_array_foreach(json_object_get(s, alts[k]), i, x) param_types(x, str, other, depth + 1);
+    for (int k = 0; k < 2; k++) {
+        const json_t *list = json_object_get(s, alts[k]);
+        for (i = 0; i < json_array_size(list); i++) param_types(json_array_get(list, i), str, other, depth + 1);
+    }
 }
 
 /* VALUE of an XML parameter. */
@@ -198,14 +201,19 @@ static int call_rule(bctx *b, call_format f, const json_t *fn, size_t ti, char n
     }
     const char **keys = calloc(n + 1, sizeof *keys);
     const json_t **schemas = calloc(n + 1, sizeof *schemas);
-    rc = keys && schemas ? 0 : srv_fail(b->e, b->api, 500, NULL, "out of memory");
     size_t i = 0;
     const char *key;
     json_t *ps;
-    if (!rc) json_object_foreach((json_t *)props, key, ps) {
-            keys[i] = key;
-            schemas[i++] = ps;
-        }
+    if (!keys || !schemas) {
+        free(m);
+        free(keys);
+        free(schemas);
+        return srv_fail(b->e, b->api, 500, NULL, "out of memory");
+    }
+    json_object_foreach((json_t *)props, key, ps) {
+        keys[i] = key;
+        schemas[i++] = ps;
+    }
     for (size_t k = n; !rc && k-- > 0;) {
         char pf[256], val[LM_SCHEMA_NAME], open_[LM_SCHEMA_NAME], one[LM_SCHEMA_NAME];
         snprintf(pf, sizeof pf, "%s.properties.%.100s", field, keys[k]);
@@ -280,12 +288,9 @@ static int tool_grammar(bctx *b, const lazymoe_model *m, const srv_chat *c, char
     size_t blen = n_calls * (LM_SCHEMA_NAME + 3) + 1;
     char *body = rc ? NULL : malloc(blen);
     if (!rc && !body) rc = srv_fail(b->e, b->api, 500, NULL, "out of memory");
-    if (!rc) {
-        body[0] = 0;
-        for (size_t i = 0; i < n_calls; i++) {
-            if (i) strcat(body, " | ");
-            strcat(body, calls[i]);
-        }
+    if (!rc && body) {
+        size_t at = 0;
+        for (size_t i = 0; i < n_calls; i++) at += (size_t)snprintf(body + at, blen - at, "%s%s", i ? " | " : "", calls[i]);
         char any[LM_SCHEMA_NAME];
         lm_schema_gen_name(b->gen, any);
         char seq[2 * LM_SCHEMA_NAME + 32];

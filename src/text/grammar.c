@@ -255,7 +255,7 @@ static int cmp_range(const void *a, const void *b) {
 /* Appends ranges (sorted and merged, complemented when negate) to the grammar. */
 static int add_ranges(parser *p, gr_range *r, uint32_t n, int negate, gr_elem *e) {
     lm_grammar *g = p->g;
-    qsort(r, n, sizeof *r, cmp_range);
+    if (n) qsort(r, n, sizeof *r, cmp_range);
     uint32_t m = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (m && r[i].lo <= r[m - 1].hi + 1) {
