@@ -32,7 +32,8 @@
 #define UNBOUNDED UINT32_MAX
 #define MAX_ELEMS (1u << 22)
 #define MAX_REPEAT 100000u   /* largest m or n in {m,n} */
-#define MAX_STACKS 4096u     /* distinct parse stacks in one state */
+#define MAX_STACKS 512u      /* distinct parse stacks in one state */
+#define MAX_WORK 4000000u    /* frames compared for one accept or mask (~20 ms) */
 #define MAX_DEPTH 4000       /* closure recursion */
 #define MAX_NEST 256         /* nested groups in grammar text */
 
@@ -687,6 +688,7 @@ struct lm_gmatch {
     uint32_t cap_fr2;
     char *err;
     int depth;
+    uint32_t work; /* spent in this accept / mask, against MAX_WORK */
     struct pure_cache {
         const lm_token_trie *t;
         uint32_t ranges;  /* the class (its first range in the grammar) */
@@ -751,8 +753,9 @@ static int new_frame(lm_gmatch *m, gframe f, int32_t *idx) {
     return 0;
 }
 
-static int same_stack(const lm_gmatch *m, int32_t a, int32_t b) {
+static int same_stack(const lm_gmatch *m, int32_t a, int32_t b, uint32_t *work) {
     while (a >= 0 && b >= 0) {
+        (*work)++;
         if (a == b) return 1;
         const gframe *x = &m->fr[a], *y = &m->fr[b];
         if (x->alt != y->alt || x->elem != y->elem || x->count != y->count) return 0;
@@ -764,8 +767,11 @@ static int same_stack(const lm_gmatch *m, int32_t a, int32_t b) {
 
 /* Adds a stack top to the list that starts at st[lo], unless an equal stack is there. */
 static int push_top(lm_gmatch *m, uint32_t lo, int32_t top) {
+    m->work += m->n_st - lo + 1;
+    if (m->work > MAX_WORK)
+        return lm_errf(m->err, "grammar: too ambiguous to follow (more than %u steps of work for one token)", MAX_WORK);
     for (uint32_t i = lo; i < m->n_st; i++)
-        if (same_stack(m, m->st[i], top)) return 0;
+        if (same_stack(m, m->st[i], top, &m->work)) return 0;
     if (m->n_st - lo >= MAX_STACKS) return lm_errf(m->err, "grammar: too ambiguous (more than %u parse stacks)", MAX_STACKS);
     if (grow((void **)&m->st, &m->cap_st, m->n_st + 1, sizeof *m->st)) return oom(m->err);
     m->st[m->n_st++] = top;
@@ -893,6 +899,7 @@ int lm_gmatch_reset(lm_gmatch *m, char err[LM_ERR_LEN]) {
     m->err = err;
     m->n_fr = m->n_st = m->cur = 0;
     m->depth = 0;
+    m->work = 0;
     memset(&m->u8, 0, sizeof m->u8);
     const gr_rule *R = &g->rules[g->root];
     for (uint32_t a = 0; a < R->n_alts; a++)
@@ -954,6 +961,7 @@ static int compact(lm_gmatch *m) {
 int lm_gmatch_accept(lm_gmatch *m, const char *bytes, size_t n, char err[LM_ERR_LEN]) {
     m->err = err;
     m->depth = 0;
+    m->work = 0;
     uint32_t lo = 0, hi = m->cur, save_fr = m->n_fr;
     u8state u = m->u8;
     for (size_t i = 0; i < n; i++) {
@@ -1221,6 +1229,7 @@ static int walk(walk_ctx *w, int32_t c, uint32_t lo, uint32_t hi, u8state u) {
 int lm_gmatch_mask(lm_gmatch *m, const lm_token_trie *t, long budget, uint8_t *allowed, char err[LM_ERR_LEN]) {
     m->err = err;
     m->depth = 0;
+    m->work = 0;
     memset(allowed, 0, (size_t)t->n);
     walk_ctx w = {m, t, allowed, budget};
     uint32_t save_fr = m->n_fr;
