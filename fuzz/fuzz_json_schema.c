@@ -44,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g) return 0;
     lm_gmatch *m;
     if (lm_gmatch_new(g, &m, err) == 0) {
+        lm_gmatch_set_work_limit(m, 200000); /* the default bound, scaled to a fuzzing budget */
         uint8_t allowed[sizeof VOCAB / sizeof *VOCAB];
         size_t half = flen / 2;
         if (lm_gmatch_accept(m, feed, half, err) >= 0 && lm_gmatch_mask(m, trie, (long)(flen % 7) - 1, allowed, err) >= 0)

@@ -688,7 +688,8 @@ struct lm_gmatch {
     uint32_t cap_fr2;
     char *err;
     int depth;
-    uint32_t work; /* spent in this accept / mask, against MAX_WORK */
+    uint32_t work;       /* spent in this accept / mask */
+    uint32_t work_limit; /* MAX_WORK unless lm_gmatch_set_work_limit */
     struct pure_cache {
         const lm_token_trie *t;
         uint32_t ranges;  /* the class (its first range in the grammar) */
@@ -768,8 +769,8 @@ static int same_stack(const lm_gmatch *m, int32_t a, int32_t b, uint32_t *work) 
 /* Adds a stack top to the list that starts at st[lo], unless an equal stack is there. */
 static int push_top(lm_gmatch *m, uint32_t lo, int32_t top) {
     m->work += m->n_st - lo + 1;
-    if (m->work > MAX_WORK)
-        return lm_errf(m->err, "grammar: too ambiguous to follow (more than %u steps of work for one token)", MAX_WORK);
+    if (m->work > m->work_limit)
+        return lm_errf(m->err, "grammar: too ambiguous to follow (more than %u steps of work for one token)", m->work_limit);
     for (uint32_t i = lo; i < m->n_st; i++)
         if (same_stack(m, m->st[i], top, &m->work)) return 0;
     if (m->n_st - lo >= MAX_STACKS) return lm_errf(m->err, "grammar: too ambiguous (more than %u parse stacks)", MAX_STACKS);
@@ -913,6 +914,7 @@ int lm_gmatch_new(const lm_grammar *g, lm_gmatch **out, char err[LM_ERR_LEN]) {
     lm_gmatch *m = calloc(1, sizeof *m);
     if (!m) return oom(err);
     m->g = g;
+    m->work_limit = MAX_WORK;
     if (lm_gmatch_reset(m, err)) {
         lm_gmatch_free(m);
         return -1;
@@ -922,6 +924,8 @@ int lm_gmatch_new(const lm_grammar *g, lm_gmatch **out, char err[LM_ERR_LEN]) {
 }
 
 long lm_gmatch_min_bytes(const lm_gmatch *m) { return (long)state_min(m, 0, m->cur, &m->u8); }
+
+void lm_gmatch_set_work_limit(lm_gmatch *m, uint32_t limit) { m->work_limit = limit ? limit : MAX_WORK; }
 
 int lm_gmatch_complete(const lm_gmatch *m) {
     if (m->u8.need) return 0;

@@ -57,6 +57,9 @@ int lm_gmatch_reset(lm_gmatch *m, char err[LM_ERR_LEN]);
  * cannot continue any sentence (the state is unchanged), -1 = out of memory or a
  * grammar too ambiguous to track (err says which). */
 int lm_gmatch_accept(lm_gmatch *m, const char *bytes, size_t n, char err[LM_ERR_LEN]);
+/* Work allowed for one accept or mask (frames compared), beyond which they fail as "too
+ * ambiguous"; 0 = the default (about 20 ms). The fuzz target lowers it to stay fast. */
+void lm_gmatch_set_work_limit(lm_gmatch *m, uint32_t limit);
 /* 1 when the bytes accepted so far form a whole sentence (the output may end here). */
 int lm_gmatch_complete(const lm_gmatch *m);
 

@@ -15,7 +15,7 @@ import { testCase, assert, done } from './harness.mjs';
 import { startServer, http } from './server_harness.mjs';
 
 const SEEDS = Number(process.env.GRAMMAR_SEEDS || 2);
-const MAX_TOKENS = 200;
+const MAX_TOKENS = 120;
 const server = await startServer([]);
 const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 const anthropic = new Anthropic({ baseURL: server.url, apiKey: 'unused', maxRetries: 0 });
@@ -195,7 +195,7 @@ await testCase('grammar_openai_tool_choice_required_and_named', async () => {
     const r = await openai.chat.completions.create({
       model: 'demo', messages: [{ role: 'user', content: 'What is the weather in Paris?' }], tools,
       tool_choice: named ? { type: 'function', function: { name: 'search' } } : 'required',
-      max_tokens: 300, temperature: 0.9, seed,
+      max_tokens: 200, temperature: 0.9, seed,
     });
     const c = r.choices[0];
     assert(c.finish_reason === 'tool_calls' && c.message.tool_calls && c.message.tool_calls.length >= 1, JSON.stringify(c));
@@ -213,7 +213,7 @@ await testCase('grammar_anthropic_tool_choice_any_and_tool', async () => {
   for (let seed = 0; seed < 3 * SEEDS; seed++) {
     const named = seed % 2 === 0;
     const r = await anthropic.messages.create({
-      model: 'demo', max_tokens: 300, temperature: 0.9, seed: 50 + seed, tools,
+      model: 'demo', max_tokens: 200, temperature: 0.9, seed: 50 + seed, tools,
       tool_choice: named ? { type: 'tool', name: 'get_weather' } : { type: 'any' },
       messages: [{ role: 'user', content: 'Find the parser.' }],
     });
