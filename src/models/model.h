@@ -1,9 +1,9 @@
 /* The weights of a loaded model, bound to the architecture's structure.
  *
- * Families differ in tensor names and in a few switches (see arch.c); the
- * forward pass (src/engine/forward.c) is shared. A family is a table entry plus,
- * where it really computes something different, a few lines in the forward pass
- * guarded by a config switch.
+ * Families differ in tensor names and in a few switches (models/family.h, one
+ * file per family); the forward pass (src/engine/forward.c) is shared. A family is
+ * a descriptor plus, where it really computes something different, a few lines in
+ * the forward pass guarded by a config switch.
  *
  * Expert weights: `experts` of a MoE layer is an array of n_experts views; in a
  * resident model they point into the loaded stacked tensors. The lazy expert

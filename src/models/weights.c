@@ -8,7 +8,7 @@
 #include "models/model.h"
 
 #include "common/error.h"
-#include "models/arch.h"
+#include "models/family.h"
 #include "platform/platform.h"
 
 #include <math.h>
@@ -322,7 +322,7 @@ lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
 static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
-    const lm_arch_names *names = lm_arch_get(c->arch);
+    const lm_tensor_names *n = c->family->names;
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
     lm_expert_source *s = &ly->src;
     memset(s, 0, sizeof *s);
@@ -365,12 +365,12 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
         return 0;
     }
     w->expert_layout = LM_EXPERTS_SEPARATE;
-    const char *const *alias[3] = {names->expert_gate, names->expert_up, names->expert_down};
+    const char *const *alias[3] = {n->expert_gate, n->expert_up, n->expert_down};
     for (int e = 0; e < E; e++) {
         int part = 0;
         for (int m = 0; m < 3; m++) {
             int found = 0;
-            for (int a = 0; alias[m][a] && !found; a++) {
+            for (int a = 0; a < 3 && alias[m][a] && !found; a++) {
                 snprintf(path, sizeof path, "%s.experts.%d.%s", block, e, alias[m][a]);
                 if (findf(L, "%s.weight", path)) found = 1;
             }
@@ -493,24 +493,23 @@ mlp:
         MAT(ly->mlp_down, H, F, "model.layers.%d.mlp.down_proj", l);
         return 0;
     }
-    const lm_arch_names *names = lm_arch_get(c->arch);
+    const lm_tensor_names *n = c->family->names;
     char block[256] = "";
-    for (int i = 0; names->moe_blocks[i]; i++) {
-        snprintf(block, sizeof block, "model.layers.%d.%s", l, names->moe_blocks[i]);
-        if (findf(L, "%s.gate.weight", block)) break;
+    for (int i = 0; i < 3 && n->moe_blocks[i]; i++) {
+        snprintf(block, sizeof block, "model.layers.%d.%s", l, n->moe_blocks[i]);
+        if (findf(L, "%s.%s.weight", block, n->router)) break;
         block[0] = 0;
     }
     if (!block[0])
-        return lm_errf(L->err, "layer %d is a MoE layer but has no router (model.layers.%d.%s.gate.weight)", l, l,
-                       names->moe_blocks[0]);
-    snprintf(p, sizeof p, "%s.gate", block);
-    if (load_mat(L, p, c->n_experts, H, &ly->router)) return -1;
+        return lm_errf(L->err, "layer %d is a MoE layer but has no router (model.layers.%d.%s.%s.weight)", l, l,
+                       n->moe_blocks[0], n->router);
+    MAT(ly->router, c->n_experts, H, "%s.%s", block, n->router);
     int SI = c->shared_expert_intermediate_size;
     if (SI > 0) {
-        MAT(ly->shared_gate, SI, H, "%s.shared_expert.gate_proj", block);
-        MAT(ly->shared_up, SI, H, "%s.shared_expert.up_proj", block);
-        MAT(ly->shared_down, H, SI, "%s.shared_expert.down_proj", block);
-        MAT(ly->shared_expert_gate, 1, H, "%s.shared_expert_gate", block);
+        MAT(ly->shared_gate, SI, H, "%s.%s.gate_proj", block, n->shared_expert);
+        MAT(ly->shared_up, SI, H, "%s.%s.up_proj", block, n->shared_expert);
+        MAT(ly->shared_down, H, SI, "%s.%s.down_proj", block, n->shared_expert);
+        MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, n->shared_expert_gate);
     }
     return load_experts(L, l, block, ly, lazy);
 #undef VEC

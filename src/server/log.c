@@ -1,5 +1,7 @@
 #include "server/internal.h"
 
+#include "common/log.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
@@ -10,8 +12,8 @@ double srv_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* One line per call, written whole (stderr is unbuffered; one fputs per line keeps
- * lines from different threads apart). */
+/* One line per call, through the library's log callback (the CLI's writes each line
+ * whole to stderr, so lines from different threads stay apart). */
 void srv_log(const char *fmt, ...) {
     char line[1024];
     time_t t = time(NULL);
@@ -23,8 +25,5 @@ void srv_log(const char *fmt, ...) {
     int k = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
     va_end(ap);
     if (k < 0) return;
-    n += (size_t)k < sizeof line - n - 1 ? (size_t)k : sizeof line - n - 2;
-    line[n++] = '\n';
-    line[n] = 0;
-    fputs(line, stderr);
+    lm_log(LAZYMOE_LOG_INFO, "%s", line);
 }

@@ -73,7 +73,7 @@ typedef struct {
     uint64_t seed;             /* default 0 */
     lm_synth_routing routing;  /* default realistic */
     int force;                 /* replace a non-empty output directory */
-    int quiet;                 /* no progress on stderr */
+    int quiet;                 /* no progress lines (they go to the log callback) */
     int threads;               /* 0: min(2, cores) */
     uint64_t max_shard_bytes;  /* 0: mlx-lm's 5 GiB */
     /* Test-only shrinking (0 = preset value): same names, dtypes and layout, smaller
@@ -85,7 +85,7 @@ typedef struct {
 
 void lm_synth_options_init(lm_synth_options *o);
 
-/* "qwen3-30b-a3b, qwen3-coder-next, mixtral-8x7b, tiny" */
+/* The presets of every registered family (src/models/, one file per family), comma-separated. */
 const char *lm_synth_presets(void);
 /* "realistic" | "uniform" | "collapsed" -> 0, else -1. */
 int lm_synth_parse_routing(const char *s, lm_synth_routing *out);

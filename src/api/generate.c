@@ -14,10 +14,10 @@
  * buffer grows to the longest piece + the longest stop string).
  */
 #include "common/error.h"
-#include "engine/constrain.h"
+#include "api/constrain.h"
 #include "engine/engine.h"
-#include "engine/sampler.h"
-#include "engine/text.h"
+#include "api/sampler.h"
+#include "api/text.h"
 #include "platform/platform.h"
 
 #include <jansson.h>

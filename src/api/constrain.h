@@ -1,8 +1,8 @@
 /* Constrained decoding in the generation loop (see constrain.c). One per generation:
  * init (NULL grammar: inactive, every call a no-op is the caller's choice), then per
  * step mask the logits, sample, accept the token; free at the end. */
-#ifndef LAZYMOE_ENGINE_CONSTRAIN_H
-#define LAZYMOE_ENGINE_CONSTRAIN_H
+#ifndef LAZYMOE_API_CONSTRAIN_H
+#define LAZYMOE_API_CONSTRAIN_H
 
 #include "lazymoe.h"
 #include "text/grammar.h"

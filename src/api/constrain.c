@@ -8,10 +8,10 @@
  * decoders which strip a leading space from the first token (SentencePiece) do not
  * change them; ref is the id of "a" when the vocabulary has one, else plain decode.
  */
-#include "engine/constrain.h"
+#include "api/constrain.h"
 
 #include "engine/engine.h"
-#include "engine/text.h"
+#include "api/text.h"
 #include "platform/platform.h"
 #include "text/json_schema.h"
 
