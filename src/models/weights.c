@@ -43,6 +43,11 @@ static void *track(loader *L, void *p) {
     return p;
 }
 
+void *lm_weights_keep(lm_weights *w, void *buf, char *err) {
+    loader L = {w, err, 0.0f};
+    return track(&L, buf);
+}
+
 static const st_tensor *findf(loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static const st_tensor *findf(loader *L, const char *fmt, ...) {
     char name[512];
@@ -396,49 +401,9 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     return 0;
 }
 
-int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *err) {
-    const lm_expert_source *s = &w->layers[l].src;
-    for (int p = 0; p < s->nparts; p++) {
-        int i = e * LM_EXPERT_MAX_PARTS + p;
-        const st_file *f = &w->archive->files[s->file[i]];
-        if (lm_pread_full(f->fd, (char *)slot + s->part_off[p], s->part_len[p], s->off[i], err) != 0)
-            return lm_err_prefix(err, "%s: layer %d expert %d", f->path, l, e);
-    }
-    return 0;
-}
+static int load_experts(loader *L, int l, const char *block, lm_layer *ly) { return describe_experts(L, l, block, ly); }
 
-/* Resident experts: one buffer of E slots for the layer, read part by part. */
-static int read_layer_experts(loader *L, int l, lm_layer *ly) {
-    int E = L->w->cfg.n_experts;
-    ly->experts = track(L, lm_malloc_aligned(sizeof(lm_expert) * (size_t)E, "expert table", L->err));
-    char *slots = track(L, lm_malloc_aligned(ly->src.slot_bytes * (size_t)E, "experts", L->err));
-    if (!ly->experts || !slots) return -1;
-    for (int e = 0; e < E; e++) {
-        char *slot = slots + ly->src.slot_bytes * (size_t)e;
-        if (lm_weights_read_expert(L->w, l, e, slot, L->err)) return -1;
-        ly->experts[e] = lm_expert_view(&ly->src, slot);
-    }
-    return 0;
-}
-
-static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int lazy) {
-    if (describe_experts(L, l, block, ly)) return -1;
-    return lazy ? 0 : read_layer_experts(L, l, ly);
-}
-
-int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *pctx, char *err) {
-    loader L = {w, err, 0.0f};
-    for (int l = 0; l < w->cfg.n_layers; l++) {
-        lm_layer *ly = &w->layers[l];
-        if (!ly->is_moe || ly->experts) continue;
-        if (read_layer_experts(&L, l, ly) != 0) return -1;
-        if (progress) progress(pctx, "loading experts", (double)(l + 1) / w->cfg.n_layers);
-    }
-    for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
-    return 0;
-}
-
-static int load_layer(loader *L, int l, int lazy) {
+static int load_layer(loader *L, int l) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
     lm_layer *ly = &w->layers[l];
@@ -511,7 +476,7 @@ mlp:
         MAT(ly->shared_down, H, SI, "%s.%s.down_proj", block, n->shared_expert);
         MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, n->shared_expert_gate);
     }
-    return load_experts(L, l, block, ly, lazy);
+    return load_experts(L, l, block, ly);
 #undef VEC
 #undef MAT
 #undef NORM
@@ -560,8 +525,7 @@ static void account(lm_weights *w) {
     w->params_active = resident_params + active;
 }
 
-int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress, void *pctx,
-                    char *err) {
+int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
     loader L = {w, err, 0.0f};
     if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
@@ -581,7 +545,7 @@ int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progres
         goto fail;
     }
     for (int l = 0; l < c->n_layers; l++) {
-        if (load_layer(&L, l, lazy_experts) != 0) goto fail;
+        if (load_layer(&L, l) != 0) goto fail;
         if (progress) progress(pctx, "loading weights", (double)(l + 1) / c->n_layers);
     }
     int half = c->rope_dim / 2;
