@@ -207,6 +207,12 @@ int lazymoe_detokenize(const lazymoe_model *m, const int32_t *ids, int n_ids, in
 int lazymoe_chat_format(const lazymoe_model *m, const char *messages_json, const char *tools_json,
                         int add_generation_prompt, const char *kwargs_json, char **text, char *err,
                         size_t errlen);
+/* The same, with the text's length in *len: a string in the messages may hold NUL
+ * bytes ("\u0000" in the JSON, e.g. a binary file an agent read), which the text then
+ * holds too; they are tokenized like any other character. */
+int lazymoe_chat_format_n(const lazymoe_model *m, const char *messages_json, const char *tools_json,
+                          int add_generation_prompt, const char *kwargs_json, char **text, size_t *len, char *err,
+                          size_t errlen);
 
 /* Sampling, in the order applied:
  *   penalties    repetition_penalty (transformers: a seen token's logit is divided by

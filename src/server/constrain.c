@@ -20,6 +20,7 @@
 
 #include "text/json_schema.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -305,8 +306,26 @@ static int tool_grammar(bctx *b, const lazymoe_model *m, const srv_chat *c, char
     return rc;
 }
 
-int srv_build_grammar(const lazymoe_model *m, const srv_chat *c, int in_think, lazymoe_grammar **out, srv_error *e) {
+int srv_build_grammar(const lazymoe_model *m, const srv_chat *c0, int in_think, lazymoe_grammar **out, srv_error *e) {
     *out = NULL;
+    /* The Responses parser hands text.format over as chat completions' response_format
+     * and a named tool as tool_choice_name: read them into this file's fields. */
+    srv_chat cc = *c0;
+    const srv_chat *c = &cc;
+    if (!cc.tool_name && cc.tool_choice_name) cc.tool_name = cc.tool_choice_name;
+    if (!cc.format && json_is_object(cc.response_format)) {
+        const char *t = json_string_value(json_object_get(cc.response_format, "type"));
+        const json_t *js = json_object_get(json_object_get(cc.response_format, "json_schema"), "schema");
+        if (t && !strcmp(t, "json_object")) {
+            cc.format = SRV_FORMAT_JSON_OBJECT;
+            snprintf(cc.format_field, sizeof cc.format_field, "text.format");
+        } else if (t && !strcmp(t, "json_schema")) {
+            if (!js) return srv_fail(e, c->api, 400, "text.format.schema", "text.format.schema is missing");
+            cc.format = SRV_FORMAT_JSON_SCHEMA;
+            cc.schema = (json_t *)js;
+            snprintf(cc.format_field, sizeof cc.format_field, "text.format.schema");
+        }
+    }
     int forced_call = c->tool_choice == SRV_TOOLS_REQUIRED;
     if (!c->format && !forced_call) return 0;
     if (c->format && forced_call)
