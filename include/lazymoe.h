@@ -89,6 +89,8 @@ typedef struct {
      * instructions: faster, with the error tests/test_golden.c states). Lazy and
      * resident runs stay bit-identical either way; 0 = default. */
     int act_bits;
+    /* Where the tensor work runs: "cpu" (the only backend today); NULL = cpu. */
+    const char *backend;
 } lazymoe_options;
 
 /* Fills the defaults above. */
