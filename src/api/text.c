@@ -1,5 +1,6 @@
 /* Tokenizer, chat template and generation defaults of a model directory (text.h). */
 #include "api/text.h"
+#include "text/grammar.h"
 
 #include "platform/platform.h"
 
@@ -98,6 +99,7 @@ void lm_model_text_free(lm_model_text *t) {
     if (!t) return;
     lm_tokenizer_free(t->tok);
     lm_chat_template_free(t->tmpl);
+    lm_token_trie_free(t->trie);
     pthread_mutex_destroy(&t->lock);
     free(t);
 }

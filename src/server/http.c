@@ -281,6 +281,10 @@ static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connecti
     j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
                                                                                       : s->opt.max_tokens;
     j->in_think = ends_in_think(j->prompt, j->prompt_len);
+    if (srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, &e) != 0) {
+        srv_job_release(j);
+        return send_error(c, mc, &e);
+    }
     snprintf(j->endpoint, sizeof j->endpoint, "%s", endpoint);
     if (j->chat.skipped_tools[0]) srv_log("%s: built-in tools skipped (this server cannot run them): %s", endpoint, j->chat.skipped_tools);
     if (srv_job_enqueue(s, j) != 0) {

@@ -28,6 +28,7 @@ typedef struct srv_job {
     int n_ids;
     int max_tokens;       /* after the server's cap */
     int in_think;         /* the prompt ends inside an opened <think> */
+    lazymoe_grammar *grammar; /* the output's constraint, or NULL (owned) */
     char endpoint[32];    /* for the log line */
     double t_arrive;      /* lm clock, seconds */
     struct srv_job *next; /* queue link */
