@@ -4,12 +4,6 @@
 #include <stdio.h>
 #include <time.h>
 
-double srv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* One line per call, written whole (stderr is unbuffered; one fputs per line keeps
  * lines from different threads apart). */
 void srv_log(const char *fmt, ...) {
