@@ -99,6 +99,12 @@ static void test_grow(void) {
     CHECK(LM_GROW(v, cap, SIZE_MAX / sizeof *v + 1) == -1);
     CHECK(v == keep && cap == cap_before);
     free(v);
+    int16_t *w = NULL;
+    CHECK(LM_RESIZE(w, 5) == 0 && w != NULL); /* exactly n elements, for parallel arrays */
+    w[4] = 7;
+    CHECK(LM_RESIZE(w, 0) == -1 && w[4] == 7);
+    CHECK(LM_RESIZE(w, SIZE_MAX / 2 + 1) == -1 && w[4] == 7); /* n * 2 bytes overflows */
+    free(w);
     CHECK(lm_grow_cap(0, 1, 4) == 16);
     CHECK(lm_grow_cap(16, 17, 4) == 32);
     CHECK(lm_grow_cap(40, 30, 4) == 40);

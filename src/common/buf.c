@@ -15,17 +15,22 @@ size_t lm_grow_cap(size_t cap, size_t need, size_t elem_size) {
     return c;
 }
 
-int lm_grow(void *arrp, size_t *cap, size_t need, size_t elem_size) {
-    if (need <= *cap) return 0;
-    size_t c = lm_grow_cap(*cap, need, elem_size);
-    if (!c) return -1;
+int lm_resize(void *arrp, size_t n, size_t elem_size) {
+    if (n == 0 || (elem_size && n > SIZE_MAX / elem_size)) return -1;
     /* arrp is the address of a T *; object pointers share one representation on every
      * platform this builds for, and memcpy keeps the access free of aliasing questions. */
     void *old;
     memcpy(&old, arrp, sizeof old);
-    void *p = realloc(old, c * elem_size);
+    void *p = realloc(old, n * elem_size);
     if (!p) return -1;
     memcpy(arrp, &p, sizeof p);
+    return 0; // cppcheck-suppress memleak ; p is stored through arrp
+}
+
+int lm_grow(void *arrp, size_t *cap, size_t need, size_t elem_size) {
+    if (need <= *cap) return 0;
+    size_t c = lm_grow_cap(*cap, need, elem_size);
+    if (!c || lm_resize(arrp, c, elem_size) != 0) return -1;
     *cap = c;
     return 0;
 }

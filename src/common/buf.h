@@ -48,8 +48,15 @@ int lm_grow(void *arrp, size_t *cap, size_t need, size_t elem_size);
 #define LM_GROW(arr, cap, need) lm_grow(&(arr), &(cap), (need), sizeof *(arr))
 
 /* The capacity lm_grow would choose for `need` elements of elem_size bytes starting from
- * cap (cap itself when it suffices), or 0 when that many bytes cannot be addressed. For
- * parallel arrays that share one capacity. */
+ * cap (cap itself when it suffices), or 0 when that many bytes cannot be addressed. */
 size_t lm_grow_cap(size_t cap, size_t need, size_t elem_size);
+
+/* Reallocates *arrp to exactly n elements of elem_size bytes (n > 0); 0, or -1 with *arrp
+ * untouched on overflow or out of memory. For parallel arrays that share one capacity:
+ *     size_t cap = lm_grow_cap(v->cap, v->n + 1, sizeof *v->a);
+ *     if (!cap || LM_RESIZE(v->a, cap) || LM_RESIZE(v->b, cap)) return -1;
+ *     v->cap = cap; */
+int lm_resize(void *arrp, size_t n, size_t elem_size);
+#define LM_RESIZE(arr, n) lm_resize(&(arr), (n), sizeof *(arr))
 
 #endif

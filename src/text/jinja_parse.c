@@ -79,12 +79,14 @@ static jnode *nn(parser *P, jnode_kind kind, int line) {
 }
 
 static bool kid_push(parser *P, kidlist *k, jnode *node, const char *kw) {
-    size_t cap_kids = k->cap, cap_kw = k->cap; /* two arrays, one capacity: commit when both grew */
-    if (JA_GROW(P->a, k->kids, cap_kids, k->n) != 0 || JA_GROW(P->a, k->kw, cap_kw, k->n) != 0) {
+    size_t cap = k->cap; /* two arrays, one capacity: commit when both grew */
+    bool ok = JA_GROW(P->a, k->kids, cap, k->n) == 0;
+    cap = k->cap;
+    if (!ok || JA_GROW(P->a, k->kw, cap, k->n) != 0) {
         fail(P, "%s", "template too large");
         return false;
     }
-    k->cap = cap_kids;
+    k->cap = cap;
     k->kids[k->n] = node;
     k->kw[k->n] = kw;
     k->n++;

@@ -123,9 +123,11 @@ jv_dict *jv_dict_new(jarena *a, size_t cap) {
 }
 
 int jv_dict_push(jarena *a, jv_dict *d, jv key, jv val) {
-    size_t cap_keys = d->cap, cap_vals = d->cap; /* two arrays, one capacity: commit when both grew */
-    if (JA_GROW(a, d->keys, cap_keys, d->len) != 0 || JA_GROW(a, d->vals, cap_vals, d->len) != 0) return -1;
-    d->cap = cap_keys;
+    size_t cap = d->cap; /* two arrays, one capacity: commit when both grew */
+    if (JA_GROW(a, d->keys, cap, d->len) != 0) return -1;
+    cap = d->cap;
+    if (JA_GROW(a, d->vals, cap, d->len) != 0) return -1;
+    d->cap = cap;
     d->keys[d->len] = key;
     d->vals[d->len] = val;
     d->len++;

@@ -26,10 +26,8 @@ int tb_set_token(lm_tokenizer *tok, int32_t id, const char *s, size_t len) {
     if ((size_t)id >= tok->n_ids) {
         size_t n = tok->n_ids ? tok->n_ids : 1024;
         while (n <= (size_t)id) n *= 2;
-        /* Four arrays of one length: each grows from n_ids to exactly n (doubling). */
-        size_t c1 = tok->n_ids, c2 = tok->n_ids, c3 = tok->n_ids, c4 = tok->n_ids;
-        if (LM_GROW(tok->id_off, c1, n) || LM_GROW(tok->id_len, c2, n) || LM_GROW(tok->id_is_special, c3, n) ||
-            LM_GROW(tok->id_is_added, c4, n))
+        if (LM_RESIZE(tok->id_off, n) || LM_RESIZE(tok->id_len, n) || LM_RESIZE(tok->id_is_special, n) ||
+            LM_RESIZE(tok->id_is_added, n))
             return -1;
         for (size_t i = tok->n_ids; i < n; i++) {
             tok->id_len[i] = UINT32_MAX;

@@ -7,11 +7,11 @@
 #include "text/tokenizer_internal.h"
 
 int tb_pieces_add(tb_pieces *l, const char *s, size_t n, int32_t flag) {
-    /* The three arrays share one capacity: grow copies of it, then commit. */
-    size_t c1 = l->cap, c2 = l->cap, c3 = l->cap;
-    if (LM_GROW(l->off, c1, l->n + 1) || LM_GROW(l->len, c2, l->n + 1) || LM_GROW(l->flag, c3, l->n + 1))
-        return -1;
-    l->cap = c1;
+    if (l->n == l->cap) { /* three arrays, one capacity */
+        size_t cap = lm_grow_cap(l->cap, l->n + 1, sizeof *l->off);
+        if (!cap || LM_RESIZE(l->off, cap) || LM_RESIZE(l->len, cap) || LM_RESIZE(l->flag, cap)) return -1;
+        l->cap = cap;
+    }
     size_t at = l->bytes.len;
     /* s may point into l->bytes itself; lm_buf_append allows that */
     if (lm_buf_append(&l->bytes, s, n)) return -1;
