@@ -9,6 +9,10 @@
  * Error convention: functions that can fail return 0 on success and -1 on
  * failure, writing a one-line reason into the caller's buffer `err` of `errlen`
  * bytes (which may be NULL / 0).
+ *
+ * The library writes nothing to stdout or stderr: warnings and, when asked for
+ * (options.verbose), progress go to the log callback the program installs with
+ * lazymoe_set_log, and nowhere without one.
  */
 #ifndef LAZYMOE_H
 #define LAZYMOE_H
@@ -35,7 +39,7 @@ typedef enum {
 typedef struct {
     int n_threads;   /* worker threads for the matrix work; 0 = all cores */
     int max_context; /* tokens a session may hold; 0 = min(model maximum, 8192) */
-    int verbose;     /* 1 = progress and timings on stderr */
+    int verbose;     /* 1 = progress and the memory plan, through the log callback (lazymoe_set_log) */
     /* Memory: the whole process (resident weights, KV cache for max_context,
      * expert cache, buffers) is planned to fit memory_budget bytes; 0 = 85% of
      * what is available (MemAvailable and the cgroup limit, the smaller). */
@@ -292,6 +296,27 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
 /* The same, collecting the answer: *text is malloc'd (lazymoe_free). */
 int lazymoe_generate(lazymoe_session *s, const char *prompt, const lazymoe_gen_params *params, char **text,
                      lazymoe_gen_stats *stats, char *err, size_t errlen);
+
+/* ---- Logging -----------------------------------------------------------------
+ * What the library has to say besides errors returned from calls: warnings (a
+ * fallback taken, a file that could not be saved; the result is still right),
+ * with options.verbose the progress and memory plan of lazymoe_model_open, and the
+ * HTTP server's request lines. Without a callback nothing is written anywhere. */
+typedef enum {
+    LAZYMOE_LOG_ERROR = 0, /* something failed that no call's error reports (a trace not saved) */
+    LAZYMOE_LOG_WARN,      /* a fallback was taken; results are unaffected */
+    LAZYMOE_LOG_INFO,      /* progress lines, the memory plan, server requests */
+    /* A progress meter update, as terminal text: it starts with '\r' (overwriting the
+     * previous update) and the last update of a series ends with '\n'. */
+    LAZYMOE_LOG_PROGRESS,
+} lazymoe_log_level;
+
+/* msg: one line without a newline (LAZYMOE_LOG_PROGRESS: see above), valid during the
+ * call. Called one at a time, from whichever thread logs (reader threads too). */
+typedef void (*lazymoe_log_fn)(void *ctx, lazymoe_log_level level, const char *msg);
+
+/* Installs the process-wide log callback; NULL removes it. */
+void lazymoe_set_log(lazymoe_log_fn fn, void *ctx);
 
 /* Finds a model: an existing directory is used as is; otherwise a Hugging Face repo
  * id "ORG/NAME" is looked up in the local Hugging Face cache ($HF_HUB_CACHE,

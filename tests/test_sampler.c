@@ -1,7 +1,7 @@
 /* Sampler: distributions against hand-computed values, penalties, determinism,
  * filter edge cases, degenerate logits, generation_config defaults. */
-#include "engine/sampler.h"
-#include "engine/text.h"
+#include "api/sampler.h"
+#include "api/text.h"
 #include "harness.h"
 
 static lazymoe_sampling params(float temp) {

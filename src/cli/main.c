@@ -4,6 +4,7 @@
 #include "lazymoe.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -33,7 +34,30 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
 }
 
+/* The library's messages, on stderr as they always were: one line per message
+ * written whole (one write, so the server's threads never interleave lines), and
+ * progress meters as the terminal text they are. */
+static void log_to_stderr(void *ctx, lazymoe_log_level level, const char *msg) {
+    (void)ctx;
+    if (level == LAZYMOE_LOG_PROGRESS) {
+        fputs(msg, stderr);
+        return;
+    }
+    size_t n = strlen(msg);
+    char *line = malloc(n + 2);
+    if (!line) {
+        fprintf(stderr, "%s\n", msg);
+        return;
+    }
+    memcpy(line, msg, n);
+    line[n] = '\n';
+    line[n + 1] = 0;
+    fputs(line, stderr);
+    free(line);
+}
+
 int main(int argc, char **argv) {
+    lazymoe_set_log(log_to_stderr, NULL);
     if (argc >= 3 && !strcmp(argv[1], "help")) { /* lazymoe help COMMAND = lazymoe COMMAND --help */
         for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
             if (!strcmp(argv[2], commands[i].name)) {

@@ -12,6 +12,7 @@
 #include "common/buf.h"
 #include "common/dir_replace.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "common/str.h"
 #include "formats/pyjson.h"
 #include "formats/safetensors.h"
@@ -579,12 +580,12 @@ static int produce_all(converter *c, char *err) {
         total += bytes;
         if (!c->opt->quiet) {
             if (c->items[i].layer >= 0)
-                fprintf(stderr, "convert: layer %d/%d: %d tensors, %.1f MB (total %.1f MB, %.1fs)\n",
-                        c->items[i].layer + 1, c->num_layers, j - i, (double)bytes / 1e6,
-                        (double)total / 1e6, lm_now() - t0);
+                lm_log(LAZYMOE_LOG_INFO, "convert: layer %d/%d: %d tensors, %.1f MB (total %.1f MB, %.1fs)",
+                       c->items[i].layer + 1, c->num_layers, j - i, (double)bytes / 1e6,
+                       (double)total / 1e6, lm_now() - t0);
             else
-                fprintf(stderr, "convert: %s%s: %.1f MB (total %.1f MB)\n", c->items[i].name,
-                        j - i > 1 ? " and others" : "", (double)bytes / 1e6, (double)total / 1e6);
+                lm_log(LAZYMOE_LOG_INFO, "convert: %s%s: %.1f MB (total %.1f MB)", c->items[i].name,
+                       j - i > 1 ? " and others" : "", (double)bytes / 1e6, (double)total / 1e6);
         }
         i = j;
     }
@@ -794,9 +795,8 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
     if (declare_items(&c, err) != 0) goto done;
     if (stw_model_start(c.writer, err) != 0) goto done;
     if (!opt->quiet)
-        fprintf(stderr, "convert: %s -> %s: %d output weights, %d bits, group size %d, %d shard(s)\n",
-                hf_dir, out_dir, c.nitems, opt->bits, opt->group_size,
-                stw_model_shard_count(c.writer));
+        lm_log(LAZYMOE_LOG_INFO, "convert: %s -> %s: %d output weights, %d bits, group size %d, %d shard(s)",
+               hf_dir, out_dir, c.nitems, opt->bits, opt->group_size, stw_model_shard_count(c.writer));
     if (produce_all(&c, err) != 0) goto done;
     if (stw_model_commit(c.writer, c.total_parameters, err) != 0) goto done;
     if (write_config(&c, hf_dir, tmp_dir, err) != 0) goto done;
@@ -805,8 +805,8 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
     if (lm_dir_replace(tmp_dir, out_dir, err) != 0) goto done;
     tmp_made = 0;
     if (!opt->quiet)
-        fprintf(stderr, "convert: done: %s (%llu parameters)\n", out_dir,
-                (unsigned long long)c.total_parameters);
+        lm_log(LAZYMOE_LOG_INFO, "convert: done: %s (%llu parameters)", out_dir,
+               (unsigned long long)c.total_parameters);
     rc = 0;
 done:
     stw_model_free(c.writer); /* removes uncommitted shard files */

@@ -56,7 +56,7 @@ typedef struct {
     mlxq_kernel kernel;       /* default MLXQ_KERNEL_GPU (Apple GPU files) */
     int force;                /* replace a non-empty OUT_DIR */
     uint64_t max_shard_bytes; /* 0: mlx-lm's 5 GiB */
-    int quiet;                /* no progress lines on stderr */
+    int quiet;                /* no progress lines (they go to the log callback) */
 } lm_convert_options;
 
 void lm_convert_options_init(lm_convert_options *o);

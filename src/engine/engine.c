@@ -1,9 +1,10 @@
-/* The public API (include/lazymoe.h): model loading, sessions, evaluation. */
+/* The engine behind the public API (src/api/): model loading, memory planning,
+ * sessions, evaluation. */
 #include "engine/engine.h"
 
 #include "common/error.h"
+#include "common/log.h"
 #include "engine/linear_attention.h"
-#include "engine/text.h"
 #include "platform/platform.h"
 
 #include <stdio.h>
@@ -13,15 +14,6 @@
 /* Tokens per forward chunk: bounds scratch memory during long prefills while
  * keeping expert matmuls batched. */
 #define LM_CHUNK_TOKENS 256
-
-static void copy_err(char *dst, size_t len, const char *src) {
-    if (dst && len) snprintf(dst, len, "%s", src);
-}
-
-void lazymoe_options_init(lazymoe_options *opt) {
-    memset(opt, 0, sizeof *opt);
-    opt->eviction = LAZYMOE_EVICT_LCP; /* best measured so far: bench/RESULTS.md */
-}
 
 /* KV cache of the attention layers for ctx positions (values, plus one f32 scale per
  * position and KV head at 8 bits), plus linear-attention states, snapshots and scratch. */
@@ -90,8 +82,8 @@ static void warm_start(lazymoe_model *m, const char *dir) {
     }
     if (!m->history.uses) {
         if (pin > 0 && m->opt.verbose)
-            fprintf(stderr, "lazymoe: --pin %d: no expert popularity is known for this model yet (%s); nothing "
-                            "pinned\n", pin, m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
+            lm_log(LAZYMOE_LOG_INFO, "lazymoe: --pin %d: no expert popularity is known for this model yet (%s); "
+                   "nothing pinned", pin, m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
         return;
     }
     int32_t *order = malloc(sizeof(int32_t) * (size_t)c->n_experts);
@@ -108,8 +100,9 @@ static void warm_start(lazymoe_model *m, const char *dir) {
         m->warm_started += lm_cache_prefetch(m->cache, l, order, n < cap ? n : cap);
     }
     free(order);
-    if (m->opt.verbose && pin > 0) fprintf(stderr, "lazymoe: pinned %d popular experts\n", m->pinned);
-    if (m->opt.verbose) fprintf(stderr, "lazymoe: warm start: reading %d popular experts in the background\n", m->warm_started);
+    if (m->opt.verbose && pin > 0) lm_log(LAZYMOE_LOG_INFO, "lazymoe: pinned %d popular experts", m->pinned);
+    if (m->opt.verbose)
+        lm_log(LAZYMOE_LOG_INFO, "lazymoe: warm start: reading %d popular experts in the background", m->warm_started);
 }
 
 /* Merges this run's routing counts into the history (older runs weigh half) and
@@ -133,7 +126,7 @@ static void save_history(lazymoe_model *m) {
     char path[4096], e[LM_ERR_LEN];
     if (total > 0 && (lm_popularity_path(m->model_id, path, sizeof path, e) != 0 || lm_popularity_save(&p, path, e) != 0) &&
         m->opt.verbose)
-        fprintf(stderr, "lazymoe: could not save expert popularity: %s\n", e);
+        lm_log(LAZYMOE_LOG_WARN, "lazymoe: could not save expert popularity: %s", e);
     free(p.uses);
 }
 
@@ -195,30 +188,22 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     return 0;
 }
 
-static void progress_stderr(void *ctx, const char *what, double frac) {
+static void progress_log(void *ctx, const char *what, double frac) {
     (void)ctx;
-    fprintf(stderr, "\r%s: %3.0f%%", what, frac * 100.0);
-    if (frac >= 1.0) fprintf(stderr, "\n");
+    lm_log(LAZYMOE_LOG_PROGRESS, "\r%s: %3.0f%%%s", what, frac * 100.0, frac >= 1.0 ? "\n" : "");
 }
 
-int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err,
-                       size_t errlen) {
-    char e[LM_ERR_LEN] = "";
+int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *e) {
     *out = NULL;
     lazymoe_model *m = calloc(1, sizeof *m);
-    if (!m) {
-        copy_err(err, errlen, "out of memory");
-        return -1;
-    }
-    if (opt) m->opt = *opt;
-    else lazymoe_options_init(&m->opt);
-    lm_progress_fn progress = m->opt.verbose ? progress_stderr : NULL;
+    if (!m) return lm_errf(e, "out of memory");
+    m->opt = *opt;
+    lm_progress_fn progress = m->opt.verbose ? progress_log : NULL;
     /* What is available before this model takes anything (the plan counts the
      * resident weights itself). */
     uint64_t avail = lm_mem_available();
     if (lm_weights_load(&m->w, dir, 1, progress, NULL, e) != 0) {
         free(m);
-        copy_err(err, errlen, e);
         return -1;
     }
     int maxc = m->w.cfg.max_position_embeddings;
@@ -257,9 +242,9 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
         char b1[32], b2[32];
         fmt_gb(b1, sizeof b1, m->planned_bytes);
         fmt_gb(b2, sizeof b2, m->budget);
-        if (capacity < 0) fprintf(stderr, "lazymoe: all experts resident; plan %s of budget %s\n", b1, b2);
-        else fprintf(stderr, "lazymoe: expert cache %d of %d experts per layer; plan %s of budget %s\n", capacity,
-                     m->w.cfg.n_experts, b1, b2);
+        if (capacity < 0) lm_log(LAZYMOE_LOG_INFO, "lazymoe: all experts resident; plan %s of budget %s", b1, b2);
+        else lm_log(LAZYMOE_LOG_INFO, "lazymoe: expert cache %d of %d experts per layer; plan %s of budget %s",
+                    capacity, m->w.cfg.n_experts, b1, b2);
     }
     if (m->opt.trace_routing &&
         lm_trace_create(&m->trace, m->opt.trace_routing, m->w.cfg.n_layers, m->w.cfg.n_experts, m->w.cfg.top_k, e) != 0)
@@ -278,16 +263,14 @@ int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_optio
     if (m->opt.act_bits && m->opt.act_bits != 32 &&
         lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, widest_input(&m->w.cfg), e) != 0)
         goto fail;
-    if (lm_model_text_load(&m->text, dir, &m->w.cfg, e) != 0) goto fail;
     *out = m;
     return 0;
 fail:
-    lazymoe_model_close(m);
-    copy_err(err, errlen, e);
+    lm_engine_close(m);
     return -1;
 }
 
-void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st) {
+void lm_engine_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st) {
     memset(st, 0, sizeof *st);
     st->resident = m->cache == NULL;
     st->capacity = m->cache ? lm_cache_capacity(m->cache) : m->w.cfg.n_experts;
@@ -311,21 +294,20 @@ void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_e
     st->prefetch_cancelled = cc.prefetch_cancelled;
 }
 
-void lazymoe_model_close(lazymoe_model *m) {
+void lm_engine_close(lazymoe_model *m) {
     if (!m) return;
     char e[LM_ERR_LEN];
-    if (m->trace && lm_trace_close(m->trace, e) != 0) fprintf(stderr, "lazymoe: %s\n", e);
+    if (m->trace && lm_trace_close(m->trace, e) != 0) lm_log(LAZYMOE_LOG_ERROR, "lazymoe: %s", e);
     save_history(m);
     lm_popularity_free(&m->history);
     lm_cache_free(m->cache);
-    lm_model_text_free(m->text);
     lm_trace_data_free(&m->replay);
     if (m->be) lm_backend_free(m->be);
     lm_weights_free(&m->w);
     free(m);
 }
 
-void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
+void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     const lm_config *c = &m->w.cfg;
     memset(info, 0, sizeof *info);
     snprintf(info->model_type, sizeof info->model_type, "%s", c->model_type);
@@ -406,29 +388,26 @@ static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
     return 0;
 }
 
-int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen) {
-    char e[LM_ERR_LEN] = "";
+int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *e) {
     *out = NULL;
     lazymoe_session *s = calloc(1, sizeof *s);
     int L = m->w.cfg.n_layers;
     if (!s || !(s->k_cache = calloc((size_t)L, sizeof(lm_kv))) || !(s->v_cache = calloc((size_t)L, sizeof(lm_kv)))) {
         if (s) free(s->k_cache);
         free(s);
-        copy_err(err, errlen, "out of memory");
-        return -1;
+        return lm_errf(e, "out of memory");
     }
     s->m = m;
     if (scratch_alloc(&s->s, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0 ||
         (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0)) {
-        lazymoe_session_free(s);
-        copy_err(err, errlen, e);
+        lm_session_free(s);
         return -1;
     }
     *out = s;
     return 0;
 }
 
-void lazymoe_session_free(lazymoe_session *s) {
+void lm_session_free(lazymoe_session *s) {
     if (!s) return;
     for (int l = 0; s->k_cache && l < s->m->w.cfg.n_layers; l++) {
         free(s->k_cache[l].data);
@@ -443,12 +422,6 @@ void lazymoe_session_free(lazymoe_session *s) {
     lm_linear_free(s->lin);
     free(s);
 }
-
-int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
-
-int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
-
-const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
 int lm_session_reusable(const lazymoe_session *s, int want) {
     if (want > s->n_past) want = s->n_past;
@@ -474,18 +447,9 @@ static int cut_to(lazymoe_session *s, int n, char *err) {
     return lm_forward(s, s->tokens + from, n - from, NULL, 0, err);
 }
 
-int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
-    char e[LM_ERR_LEN];
-    if (n < 0 || n > s->n_past) {
-        lm_errf(e, "cannot truncate a context of %d tokens to %d", s->n_past, n);
-        copy_err(err, errlen, e);
-        return -1;
-    }
-    if (cut_to(s, n, e) != 0) {
-        copy_err(err, errlen, e);
-        return -1;
-    }
-    return 0;
+int lm_session_truncate(lazymoe_session *s, int n, char *e) {
+    if (n < 0 || n > s->n_past) return lm_errf(e, "cannot truncate a context of %d tokens to %d", s->n_past, n);
+    return cut_to(s, n, e);
 }
 
 /* Grows the KV caches to hold `need` positions (doubling, capped at max_context). */
@@ -521,53 +485,15 @@ static int ensure_capacity(lazymoe_session *s, int need, char *err) {
     return 0;
 }
 
-int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions,
-                         char *err, size_t errlen) {
-    char e[LM_ERR_LEN] = "";
-    if (n <= 0) {
-        copy_err(err, errlen, "no tokens to evaluate");
-        return -1;
-    }
-    if (ensure_capacity(s, s->n_past + n, e) != 0) {
-        copy_err(err, errlen, e);
-        return -1;
-    }
+int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *e) {
+    if (n <= 0) return lm_errf(e, "no tokens to evaluate");
+    if (ensure_capacity(s, s->n_past + n, e) != 0) return -1;
     /* A pass that failed midway may have advanced some layers' recurrent states:
      * rebuild them for the tokens held before going on. */
-    if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) {
-        copy_err(err, errlen, e);
-        return -1;
-    }
+    if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) return -1;
     int before = s->n_past;
     int rc = lm_forward(s, ids, n, logits, all_positions, e);
     /* The history follows the positions computed, also when a later chunk failed. */
     memcpy(s->tokens + before, ids, sizeof(int32_t) * (size_t)(s->n_past - before));
-    if (rc != 0) {
-        copy_err(err, errlen, e);
-        return -1;
-    }
-    return 0;
-}
-
-int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
-                              size_t errlen) {
-    char e[LM_ERR_LEN];
-    lm_trace_data d;
-    lm_routing_stats rs;
-    memset(out, 0, sizeof *out);
-    if (lm_trace_load(&d, trace_path, e) != 0) {
-        copy_err(err, errlen, e);
-        return -1;
-    }
-    int rc = lm_trace_stats(&d, skip_tokens, &rs, e);
-    lm_trace_data_free(&d);
-    if (rc != 0) {
-        copy_err(err, errlen, e);
-        return -1;
-    }
-    out->tokens = rs.tokens;
-    out->distinct_experts = rs.distinct_experts;
-    out->consecutive_reuse = rs.consecutive_reuse;
-    out->top16_share = rs.top16_share;
-    return 0;
+    return rc;
 }

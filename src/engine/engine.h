@@ -1,4 +1,10 @@
-/* Internal definitions behind the opaque public types. */
+/* The engine: the definitions behind the opaque public types, loading and memory
+ * planning, sessions and the forward pass. The public entry points (src/api/) wrap
+ * these functions and add text, sampling and generation; nothing here includes or
+ * calls src/api/ (tests/cli/lint.sh checks the includes).
+ *
+ * Errors: functions that can fail return -1 with the reason in err (LM_ERR_LEN bytes,
+ * common/error.h). */
 #ifndef LAZYMOE_ENGINE_H
 #define LAZYMOE_ENGINE_H
 
@@ -24,7 +30,10 @@ struct lazymoe_model {
     int warm_started;       /* experts queued by the warm start */
     int pinned;             /* experts pinned, over all layers */
     uint64_t planned_bytes; /* what the plan expects the process to use */
-    struct lm_model_text *text; /* tokenizer, chat template, generation defaults (engine/text.h) */
+    /* Tokenizer, chat template, generation defaults (api/text.h): owned by the API
+     * layer, which loads it after lm_engine_open and frees it before lm_engine_close;
+     * the engine never touches it. */
+    struct lm_model_text *text;
 };
 
 /* Scratch for one forward call over up to `cap_tokens` tokens; sized once per
@@ -68,6 +77,21 @@ struct lazymoe_session {
     struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
     lm_scratch s;
 };
+
+/* Loads the model in dir as opt says (opt required) and plans its memory; on failure
+ * *out stays NULL and nothing is left allocated. */
+int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err);
+/* Saves the popularity history and the routing trace, frees everything but m->text. */
+void lm_engine_close(lazymoe_model *m);
+void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info);
+void lm_engine_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st);
+
+int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *err);
+void lm_session_free(lazymoe_session *s);
+/* The public lazymoe_session_truncate / lazymoe_session_eval, with the engine's
+ * error convention. */
+int lm_session_truncate(lazymoe_session *s, int n, char *err);
+int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *err);
 
 /* Router lookahead predicts experts for decode steps of at most this many tokens. */
 #define LOOKAHEAD_MAX_TOKENS 4

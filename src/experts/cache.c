@@ -21,6 +21,7 @@
 #include "experts/cache.h"
 
 #include "common/error.h"
+#include "common/log.h"
 #include "platform/platform.h"
 
 #include <errno.h>
@@ -272,7 +273,7 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         char e2[LM_ERR_LEN];
         c->direct_fd[i] = lm_file_open_direct(w->archive->files[i].path, e2);
         if (c->direct_fd[i] < 0 && !warned) {
-            fprintf(stderr, "lazymoe: %s; using buffered reads (the page cache will hold experts too)\n", e2);
+            lm_log(LAZYMOE_LOG_WARN, "lazymoe: %s; using buffered reads (the page cache will hold experts too)", e2);
             warned = 1;
         }
     }

@@ -1,11 +1,13 @@
 #include "server/internal.h"
 
+#include "common/log.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
 
-/* One line per call, written whole (stderr is unbuffered; one fputs per line keeps
- * lines from different threads apart). */
+/* One line per call, through the library's log callback (the CLI's writes each line
+ * whole to stderr, so lines from different threads stay apart). */
 void srv_log(const char *fmt, ...) {
     char line[1024];
     time_t t = time(NULL);
@@ -17,8 +19,5 @@ void srv_log(const char *fmt, ...) {
     int k = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
     va_end(ap);
     if (k < 0) return;
-    n += (size_t)k < sizeof line - n - 1 ? (size_t)k : sizeof line - n - 2;
-    line[n++] = '\n';
-    line[n] = 0;
-    fputs(line, stderr);
+    lm_log(LAZYMOE_LOG_INFO, "%s", line);
 }

@@ -33,9 +33,10 @@ typedef struct {
 
 void srv_options_init(srv_options *o);
 
-/* Serves until *stop becomes non-zero (e.g. from a signal handler). Prints
- * "lazymoe: listening on http://HOST:PORT" on stderr once ready, then one line per
- * request. Returns 0, or -1 with err (e.g. the port is taken). */
+/* Serves until *stop becomes non-zero (e.g. from a signal handler). Logs
+ * "lazymoe: listening on http://HOST:PORT" once ready, then one line per request,
+ * through the log callback (lazymoe_set_log; the CLI's prints them on stderr).
+ * Returns 0, or -1 with err (e.g. the port is taken). */
 int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t *stop, char *err, size_t errlen);
 
 #endif

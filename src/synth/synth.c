@@ -13,6 +13,7 @@
 #include "common/buf.h"
 #include "common/dir_replace.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "common/str.h"
 #include "formats/dtype.h"
 #include "formats/mlx_quant.h"
@@ -1032,15 +1033,15 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     if (check_space(o, parent, need, err) != 0) goto done;
     int nthreads = o->threads > 0 ? o->threads : (lm_cpu_count() < 2 ? 1 : 2);
     if (nthreads > MAX_SYNTH_THREADS) nthreads = MAX_SYNTH_THREADS;
-    if (!o->quiet)
-        fprintf(stderr,
-                "synth: %s (%s) -> %s: %d layers, %d experts top-%d, %d-bit group %d, routing %s\n"
-                "synth: %.2f GB in %d shard(s), %d tensors, %.2f MB per expert, %d thread(s)\n",
-                o->preset, S.spec.model_type, out, S.spec.layers, S.spec.experts, S.spec.top_k,
-                o->bits, o->group_size,
-                o->routing == LM_SYNTH_UNIFORM ? "uniform" : o->routing == LM_SYNTH_COLLAPSED ? "collapsed" : "realistic",
-                (double)plan.bytes_total / 1e9, plan.n_shards, plan.n_tensors,
-                (double)plan.bytes_per_expert / 1e6, nthreads);
+    if (!o->quiet) {
+        lm_log(LAZYMOE_LOG_INFO, "synth: %s (%s) -> %s: %d layers, %d experts top-%d, %d-bit group %d, routing %s",
+               o->preset, S.spec.model_type, out, S.spec.layers, S.spec.experts, S.spec.top_k, o->bits,
+               o->group_size,
+               o->routing == LM_SYNTH_UNIFORM ? "uniform" : o->routing == LM_SYNTH_COLLAPSED ? "collapsed" : "realistic");
+        lm_log(LAZYMOE_LOG_INFO, "synth: %.2f GB in %d shard(s), %d tensors, %.2f MB per expert, %d thread(s)",
+               (double)plan.bytes_total / 1e9, plan.n_shards, plan.n_tensors, (double)plan.bytes_per_expert / 1e6,
+               nthreads);
+    }
     if (!(tmp = lm_dir_temp_create(out, err))) goto done;
     tmp_made = 1;
     S.common = lm_malloc(sizeof(float) * (size_t)S.spec.hidden, "common direction", err);
@@ -1067,9 +1068,9 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
             if (b == 0) snprintf(what, sizeof what, "embeddings");
             else if (b <= S.spec.layers) snprintf(what, sizeof what, "layer %d/%d", b, S.spec.layers);
             else snprintf(what, sizeof what, "norm + lm_head");
-            fprintf(stderr, "synth: %s: %.1f MB at %.0f MB/s; total %.2f/%.2f GB, %.0f MB/s, ETA %s\n",
-                    what, (double)bytes / 1e6, (double)bytes / 1e6 / (now - tb + 1e-9),
-                    (double)done_bytes / 1e9, (double)plan.bytes_total / 1e9, rate / 1e6, eta);
+            lm_log(LAZYMOE_LOG_INFO, "synth: %s: %.1f MB at %.0f MB/s; total %.2f/%.2f GB, %.0f MB/s, ETA %s",
+                   what, (double)bytes / 1e6, (double)bytes / 1e6 / (now - tb + 1e-9),
+                   (double)done_bytes / 1e9, (double)plan.bytes_total / 1e9, rate / 1e6, eta);
         }
         i = j;
     }
@@ -1079,8 +1080,8 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     tmp_made = 0;
     if (!o->quiet) {
         double dt = lm_now() - t0;
-        fprintf(stderr, "synth: done: %s, %.2f GB in %.1f s (%.0f MB/s)\n", out,
-                (double)plan.bytes_total / 1e9, dt, (double)plan.bytes_total / 1e6 / (dt + 1e-9));
+        lm_log(LAZYMOE_LOG_INFO, "synth: done: %s, %.2f GB in %.1f s (%.0f MB/s)", out,
+               (double)plan.bytes_total / 1e9, dt, (double)plan.bytes_total / 1e6 / (dt + 1e-9));
     }
     rc = 0;
 done:

@@ -73,7 +73,7 @@ typedef struct {
     uint64_t seed;             /* default 0 */
     lm_synth_routing routing;  /* default realistic */
     int force;                 /* replace a non-empty output directory */
-    int quiet;                 /* no progress on stderr */
+    int quiet;                 /* no progress lines (they go to the log callback) */
     int threads;               /* 0: min(2, cores) */
     uint64_t max_shard_bytes;  /* 0: mlx-lm's 5 GiB */
     /* Test-only shrinking (0 = preset value): same names, dtypes and layout, smaller

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Static analysis must stay clean: cppcheck and clang-tidy (clang-analyzer + bugprone).
+# Static analysis must stay clean: cppcheck and clang-tidy (clang-analyzer + bugprone),
+# and the layering of src/ holds (nothing below the API layer uses it).
 set -u
 cd "$(dirname "$0")/../.."
 fail=0
@@ -16,4 +17,21 @@ CHECKS='-*,clang-analyzer-*,-clang-analyzer-valist.Uninitialized,bugprone-*,-bug
 # One clang-tidy per file, as many at once as there are cores.
 out=$(printf '%s\n' $SRCS | xargs -P "$(nproc)" -I{} clang-tidy -quiet --checks="$CHECKS" {} -- -std=c11 -D_GNU_SOURCE -Iinclude -Isrc 2>&1 | grep -E 'warning:|error:')
 if [ -z "$out" ]; then echo "ok lint_clang_tidy"; else echo "FAIL lint_clang_tidy: $(echo "$out" | head -8 | tr '\n' ' ')"; fail=1; fi
+# Layering: the public API layer (src/api/) sits on the engine; the engine and
+# everything below it neither include its headers nor call its functions (only the
+# CLI and the server, which are above it, may). The call check reads the objects of
+# the sanitizer build when it is there.
+up=$(grep -ln '#include "api/' $SRCS $(find src -name '*.h') | grep -v '^src/\(api\|cli\|server\)/')
+calls=""
+if [ -d build/asan/src/api ]; then
+    api_syms=$(nm -g --defined-only build/asan/src/api/*.o | awk 'NF == 3 {print $3}' | sort -u)
+    for c in $(printf '%s\n' $SRCS | grep -v '^src/\(api\|cli\|server\)/'); do
+        o=build/asan/${c%.c}.o
+        [ -f "$o" ] || continue
+        hit=$(comm -12 <(echo "$api_syms") <(nm -u "$o" | awk '{print $NF}' | sort -u) | tr '\n' ' ')
+        [ -n "$hit" ] && calls="$calls $c calls $hit;"
+    done
+fi
+if [ -z "$up" ] && [ -z "$calls" ]; then echo "ok lint_layering"
+else echo "FAIL lint_layering: below src/api/ but using it:" $up $calls; fail=1; fi
 exit $fail

@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 
 #include "common/error.h"
+#include "common/log.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
@@ -410,7 +411,7 @@ static int act8_piece(cpu_impl *impl, size_t per_token, int n) {
     if (act8_reserve(impl, per_token * (size_t)n) != 0 && per_token > impl->a8cap) {
         /* lm_backend_cpu_set_act_bits reserved room for the widest input the
          * model declared, so this means a matrix wider than that: a bug. */
-        fprintf(stderr, "lazymoe: int8 activations need %zu bytes per token, more than reserved\n", per_token);
+        lm_log(LAZYMOE_LOG_ERROR, "lazymoe: int8 activations need %zu bytes per token, more than reserved", per_token);
         abort();
     }
     size_t fit = impl->a8cap / per_token;

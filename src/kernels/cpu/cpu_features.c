@@ -6,6 +6,8 @@
  * tested and measured on a CPU that has the instructions. */
 #include "kernels/cpu/cpu_kernels.h"
 
+#include "common/log.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,7 +88,7 @@ static const struct {
 };
 
 /* The features LAZYMOE_CPU_HIDE names (comma-separated); an unknown name is
- * reported on stderr and hides nothing. */
+ * reported through the log callback and hides nothing. */
 static unsigned hidden_by_env(void) {
     const char *s = getenv("LAZYMOE_CPU_HIDE");
     unsigned mask = 0;
@@ -96,9 +98,9 @@ static unsigned hidden_by_env(void) {
         while (i < n && !(strlen(feature_names[i].name) == len && !strncmp(s, feature_names[i].name, len))) i++;
         if (i < n) mask |= feature_names[i].bit;
         else if (len)
-            fprintf(stderr, "lazymoe: LAZYMOE_CPU_HIDE: unknown feature '%.*s' ignored (known: avx2, fma, f16c, "
-                            "avx512f, avx512bw, avx512vl, avx512dq, avx512vbmi, avx512vnni, avxvnni, neon, dotprod)\n",
-                    (int)len, s);
+            lm_log(LAZYMOE_LOG_WARN, "lazymoe: LAZYMOE_CPU_HIDE: unknown feature '%.*s' ignored (known: avx2, fma, "
+                   "f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512vbmi, avx512vnni, avxvnni, neon, dotprod)",
+                   (int)len, s);
         s += len;
         if (*s == ',') s++;
     }

@@ -7,7 +7,7 @@
  * applies top-k before top-p. A max-heap yields that prefix in O(V + kept x log V)
  * instead of sorting the whole vocabulary every token.
  */
-#include "engine/sampler.h"
+#include "api/sampler.h"
 
 #include "common/error.h"
 #include "platform/platform.h"

@@ -16,8 +16,8 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "engine/engine.h"
-#include "engine/sampler.h"
-#include "engine/text.h"
+#include "api/sampler.h"
+#include "api/text.h"
 #include "platform/platform.h"
 
 #include <jansson.h>

@@ -1,5 +1,5 @@
 /* Tokenizer, chat template and generation defaults of a model directory (text.h). */
-#include "engine/text.h"
+#include "api/text.h"
 
 #include <jansson.h>
 #include <stdio.h>

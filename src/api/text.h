@@ -6,8 +6,8 @@
  * Ownership: owned by the model; immutable after loading except the tokenizer's
  * word cache, which `lock` serializes (encode is the only writer).
  */
-#ifndef LAZYMOE_ENGINE_TEXT_H
-#define LAZYMOE_ENGINE_TEXT_H
+#ifndef LAZYMOE_API_TEXT_H
+#define LAZYMOE_API_TEXT_H
 
 #include "common/error.h"
 #include "lazymoe.h"

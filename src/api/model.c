@@ -1,0 +1,97 @@
+/* The public model and session entry points (include/lazymoe.h): argument checks,
+ * errors copied into the caller's buffer, the text side of a model (tokenizer, chat
+ * template, generation defaults) loaded beside the engine's weights, and the log
+ * callback. The work itself is the engine's (engine/engine.h). */
+#include "api/text.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "engine/engine.h"
+#include "experts/trace.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int copy_err(char *dst, size_t len, const char *src) {
+    if (dst && len) snprintf(dst, len, "%s", src);
+    return -1;
+}
+
+void lazymoe_set_log(lazymoe_log_fn fn, void *ctx) { lm_log_set(fn, ctx); }
+
+void lazymoe_options_init(lazymoe_options *opt) {
+    memset(opt, 0, sizeof *opt);
+    opt->eviction = LAZYMOE_EVICT_LCP; /* best measured so far: bench/RESULTS.md */
+}
+
+int lazymoe_model_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err,
+                       size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    lazymoe_options defaults;
+    if (!opt) {
+        lazymoe_options_init(&defaults);
+        opt = &defaults;
+    }
+    *out = NULL;
+    lazymoe_model *m;
+    if (lm_engine_open(&m, dir, opt, e) != 0) return copy_err(err, errlen, e);
+    if (lm_model_text_load(&m->text, dir, &m->w.cfg, e) != 0) {
+        lm_engine_close(m);
+        return copy_err(err, errlen, e);
+    }
+    *out = m;
+    return 0;
+}
+
+void lazymoe_model_close(lazymoe_model *m) {
+    if (!m) return;
+    lm_model_text_free(m->text);
+    m->text = NULL;
+    lm_engine_close(m);
+}
+
+void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info) { lm_engine_get_info(m, info); }
+
+void lazymoe_model_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_expert_stats *st) {
+    lm_engine_get_expert_stats(m, layer, st);
+}
+
+int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_create(out, m, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
+void lazymoe_session_free(lazymoe_session *s) { lm_session_free(s); }
+
+int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
+
+int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
+
+const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
+
+int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_truncate(s, n, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
+int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions,
+                         char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_eval(s, ids, n, logits, all_positions, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
+int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
+                              size_t errlen) {
+    char e[LM_ERR_LEN];
+    lm_trace_data d;
+    lm_routing_stats rs;
+    memset(out, 0, sizeof *out);
+    if (lm_trace_load(&d, trace_path, e) != 0) return copy_err(err, errlen, e);
+    int rc = lm_trace_stats(&d, skip_tokens, &rs, e);
+    lm_trace_data_free(&d);
+    if (rc != 0) return copy_err(err, errlen, e);
+    out->tokens = rs.tokens;
+    out->distinct_experts = rs.distinct_experts;
+    out->consecutive_reuse = rs.consecutive_reuse;
+    out->top16_share = rs.top16_share;
+    return 0;
+}
