@@ -344,8 +344,8 @@ static void long_prompt_waves(void) {
     free(b.logits);
 }
 
-/* A file that shrinks under a running model: a clear error naming the file,
- * layer and expert; no crash; the model stays usable for cached experts. */
+/* A file that really shrinks under a running model: a clear error naming the file,
+ * layer and expert; no crash. (tests/test_store.c injects faults at every read.) */
 static void read_error(void) {
     char dir[512], cmd[1200], err[LM_ERR_LEN] = "";
     snprintf(dir, sizeof dir, "%s/shrink", tmp);
@@ -363,6 +363,7 @@ static void read_error(void) {
     CHECK(lazymoe_session_create(&s, m, err, sizeof err) == 0);
     CHECK(lazymoe_session_eval(s, IDS, 4, NULL, 0, err, sizeof err) == -1);
     CHECK_STR_CONTAINS(err, "model.safetensors: layer 0 expert");
+    CHECK_STR_CONTAINS(err, ": short read: got ");
     CHECK_STR_CONTAINS(err, "shorter than expected");
     CHECK(lazymoe_session_length(s) == 0);
     lazymoe_session_free(s);

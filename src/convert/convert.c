@@ -17,6 +17,7 @@
 #include "formats/pyjson.h"
 #include "formats/safetensors.h"
 #include "formats/safetensors_write.h"
+#include "models/family.h"
 #include "platform/fs.h"
 #include "platform/platform.h"
 
@@ -32,20 +33,7 @@
 #define ROUTER_BITS 8
 #define ROUTER_GROUP_SIZE 64
 
-typedef enum { FAM_QWEN3_MOE, FAM_MIXTRAL, FAM_OLMOE, FAM_QWEN3_NEXT } family;
-
-static const struct {
-    const char *name;
-    family fam;
-    int tie_default; /* mlx-lm ModelArgs default of tie_word_embeddings */
-} families[] = {
-    {"qwen3_moe", FAM_QWEN3_MOE, 0},
-    {"mixtral", FAM_MIXTRAL, 0},
-    {"olmoe", FAM_OLMOE, 1},
-    {"qwen3_next", FAM_QWEN3_NEXT, 0},
-};
-
-const char *lm_convert_supported_types(void) { return "qwen3_moe, mixtral, olmoe, qwen3_next"; }
+const char *lm_convert_supported_types(void) { return lm_family_names(); }
 
 void lm_convert_options_init(lm_convert_options *o) {
     memset(o, 0, sizeof *o);
@@ -82,7 +70,7 @@ typedef struct {
 
 typedef struct {
     const lm_convert_options *opt;
-    family fam;
+    const lm_family *fam; /* its mlx_* fields are the per-family rules */
     json_t *config;
     st_archive *src;
     out_item *items;
@@ -170,10 +158,13 @@ typedef struct {
 
 static const char *proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
 
-static int proj_index(const char *s, size_t n) {
-    static const char *names[6] = {"gate_proj", "up_proj", "down_proj", "w1", "w3", "w2"};
-    for (int i = 0; i < 6; i++)
-        if (strlen(names[i]) == n && strncmp(s, names[i], n) == 0) return i % 3;
+/* Which projection (0 gate, 1 up, 2 down) the per-expert name s[0..n) is, by the
+ * family's names; -1 if none. */
+static int proj_index(const lm_family *f, const char *s, size_t n) {
+    const char *const *names[3] = {f->names->expert_gate, f->names->expert_up, f->names->expert_down};
+    for (int p = 0; p < 3; p++)
+        for (int a = 0; a < 3 && names[p][a]; a++)
+            if (strlen(names[p][a]) == n && strncmp(s, names[p][a], n) == 0) return p;
     return -1;
 }
 
@@ -279,9 +270,11 @@ static int decide_item(converter *c, out_item *it, char *err) {
     it->quantize = 1;
     it->bits = c->opt->bits;
     it->group_size = c->opt->group_size;
-    int router = 0;
-    if (c->fam == FAM_QWEN3_MOE || c->fam == FAM_QWEN3_NEXT) router = ends_with(it->name, "mlp.gate.weight");
-    if (c->fam == FAM_QWEN3_NEXT) router |= ends_with(it->name, "shared_expert_gate.weight");
+    /* linear_like: the name ends with ".weight"; the rule names module paths. */
+    char *module = strndup(it->name, strlen(it->name) - strlen(".weight"));
+    if (!module) return lm_errf(err, "out of memory");
+    int router = lm_family_router_8bit(c->fam, module);
+    free(module);
     if (router) {
         if (it->cols % ROUTER_GROUP_SIZE != 0)
             return lm_errf(err,
@@ -295,7 +288,8 @@ static int decide_item(converter *c, out_item *it, char *err) {
     return 0;
 }
 
-static int is_qwen3_next_norm(const char *name) {
+/* The RMSNorm weights (zero-centred in families that say so). */
+static int is_rms_norm(const char *name) {
     static const char *keys[] = {".input_layernorm.weight", ".post_attention_layernorm.weight",
                                  "model.norm.weight", ".q_norm.weight", ".k_norm.weight"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
@@ -315,15 +309,16 @@ static int plan(converter *c, char *err) {
     layer_experts *les = calloc((size_t)c->num_layers, sizeof *les);
     if (!les) return lm_errf(err, "out of memory");
     int rc = 0;
-    int tie = families[c->fam].tie_default;
+    const lm_family *f = c->fam;
+    int tie = f->mlx_tie_default;
     json_t *tv = json_object_get(c->config, "tie_word_embeddings");
     if (json_is_boolean(tv)) tie = json_is_true(tv);
-    const char *moe_prefix = c->fam == FAM_MIXTRAL ? "block_sparse_moe" : "mlp";
+    const char *moe_prefix = f->names->moe_blocks[0]; /* mlx-lm's name of the MoE block */
 
     for (int i = 0; i < a->ntensors && rc == 0; i++) {
         const st_tensor *t = &a->tensors[i];
         if (tie && strcmp(t->name, "lm_head.weight") == 0) continue;
-        if (c->fam == FAM_QWEN3_NEXT && strstr(t->name, "mtp.")) continue;
+        if (f->mlx_drop && strstr(t->name, f->mlx_drop)) continue;
         const char *rest = NULL;
         int layer = parse_layer(t->name, &rest);
         char *name = NULL;
@@ -333,9 +328,16 @@ static int plan(converter *c, char *err) {
                              c->num_layers);
                 break;
             }
-            /* transformers 5 names mixtral's MoE block "mlp"; mlx-lm's is block_sparse_moe */
-            if (c->fam == FAM_MIXTRAL && strncmp(rest, "mlp.", 4) == 0)
-                name = lm_strdup_printf("model.layers.%d.block_sparse_moe.%s", layer, rest + 4);
+            /* Other names of the MoE block become mlx-lm's (transformers 5 names mixtral's
+             * block_sparse_moe "mlp"). */
+            const char *alias_rest = NULL;
+            const char *const *blocks = f->names->moe_blocks;
+            for (int b = 1; b < 3 && blocks[b] && !alias_rest; b++) {
+                size_t bl = strlen(blocks[b]);
+                if (strncmp(rest, blocks[b], bl) == 0 && rest[bl] == '.') alias_rest = rest + bl + 1;
+            }
+            if (alias_rest)
+                name = lm_strdup_printf("model.layers.%d.%s.%s", layer, moe_prefix, alias_rest);
             else
                 name = strdup(t->name);
             if (!name) {
@@ -359,7 +361,7 @@ static int plan(converter *c, char *err) {
                     long e = strtol(ex, &end, 10);
                     int p = -1;
                     if (end != ex && *end == '.' && ends_with(end, ".weight"))
-                        p = proj_index(end + 1, strlen(end + 1) - strlen(".weight"));
+                        p = proj_index(f, end + 1, strlen(end + 1) - strlen(".weight"));
                     if (p < 0 || e < 0) {
                         rc = lm_errf(err, "%s: unsupported expert tensor", t->name);
                     } else if (c->num_experts <= 0 || e >= c->num_experts) {
@@ -395,8 +397,8 @@ static int plan(converter *c, char *err) {
             rc = -1;
             break;
         }
-        if (c->fam == FAM_QWEN3_NEXT) {
-            if (t->ndim == 1 && is_qwen3_next_norm(name)) it->xf = XF_ADD_ONE;
+        if (f->zero_centred_norms && t->ndim == 1 && is_rms_norm(name)) it->xf = XF_ADD_ONE;
+        if (f->mlx_conv1d_moveaxis) {
             if (strstr(name, "conv1d.weight") && t->ndim == 3 && t->shape[2] != 1) {
                 /* mlx moveaxis(2, 1): [C, 1, K] -> [C, K, 1] keeps the data order. */
                 if (t->shape[1] != 1) {
@@ -443,10 +445,12 @@ static int declare_items(converter *c, char *err) {
         if (!it->quantize) {
             if (stw_model_declare(c->writer, it->name, it->out_dtype, it->ndim, it->shape, err) != 0)
                 return -1;
-            /* mlx-lm's get_total_parameters counts leaf modules only: qwen3_next's A_log
-             * and dt_bias belong to the (non-leaf) GatedDeltaNet module and are skipped. */
-            if (c->fam == FAM_QWEN3_NEXT && (ends_with(it->name, ".A_log") || ends_with(it->name, ".dt_bias")))
-                continue;
+            /* mlx-lm's get_total_parameters counts leaf modules only: e.g. qwen3_next's
+             * A_log and dt_bias belong to the (non-leaf) GatedDeltaNet module. */
+            int nonleaf = 0;
+            for (int k = 0; k < 3 && c->fam->mlx_nonleaf_params[k]; k++)
+                nonleaf |= ends_with(it->name, c->fam->mlx_nonleaf_params[k]);
+            if (nonleaf) continue;
             c->total_parameters += (uint64_t)it->nmat * (uint64_t)it->rows * (uint64_t)it->cols;
             continue;
         }
@@ -703,13 +707,8 @@ static int load_config(converter *c, const char *hf_dir, char *err) {
     if (!json_is_object(c->config)) return lm_errf(err, "config.json is not a JSON object");
     const char *mt = json_string_value(json_object_get(c->config, "model_type"));
     if (!mt) return lm_errf(err, "config.json has no model_type");
-    int found = 0;
-    for (size_t i = 0; i < sizeof families / sizeof *families; i++)
-        if (strcmp(mt, families[i].name) == 0) {
-            c->fam = families[i].fam;
-            found = 1;
-        }
-    if (!found)
+    c->fam = lm_family_find(mt);
+    if (!c->fam)
         return lm_errf(err, "unsupported model_type \"%s\" (supported: %s)", mt,
                        lm_convert_supported_types());
     if (json_object_get(c->config, "quantization") ||

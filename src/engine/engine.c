@@ -194,6 +194,10 @@ static void progress_log(void *ctx, const char *what, double frac) {
 }
 
 int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *e) {
+    return lm_engine_open_io(out, dir, opt, NULL, e);
+}
+
+int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_options *opt, const lm_io *io, char *e) {
     *out = NULL;
     lazymoe_model *m = calloc(1, sizeof *m);
     if (!m) return lm_errf(e, "out of memory");
@@ -202,7 +206,7 @@ int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *
     /* What is available before this model takes anything (the plan counts the
      * resident weights itself). */
     uint64_t avail = lm_mem_available();
-    if (lm_weights_load(&m->w, dir, 1, progress, NULL, e) != 0) {
+    if (lm_weights_load(&m->w, dir, progress, NULL, e) != 0) {
         free(m);
         return -1;
     }
@@ -219,14 +223,14 @@ int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *
     }
     int capacity = 0;
     if (plan_memory(m, avail, &capacity, e) != 0) goto fail;
+    if (lm_store_open(&m->store, &m->w, capacity >= 0 && !m->opt.buffered_io, io, e) != 0) goto fail;
     if (capacity < 0) {
-        if (lm_weights_load_experts(&m->w, progress, NULL, e) != 0) goto fail;
+        if (lm_store_load_resident(m->store, progress, NULL, e) != 0) goto fail;
     } else {
         lm_cache_options co = {.capacity = capacity,
                                .io_threads = m->opt.io_threads,
                                .chunk_bytes = m->opt.io_chunk_bytes,
                                .policy = (lm_evict_policy)m->opt.eviction,
-                               .direct_io = !m->opt.buffered_io,
                                .verbose = m->opt.verbose};
         if (m->opt.pin_experts > 0 && capacity - m->opt.pin_experts < m->w.cfg.top_k) {
             lm_errf(e, "--pin %d leaves %d of the %d cache slots per layer for the other experts, fewer than the %d "
@@ -235,7 +239,7 @@ int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *
                     m->w.cfg.top_k, capacity - m->w.cfg.top_k > 0 ? capacity - m->w.cfg.top_k : 0);
             goto fail;
         }
-        if (lm_cache_create(&m->cache, &m->w, &co, e) != 0) goto fail;
+        if (lm_cache_create(&m->cache, m->store, &co, e) != 0) goto fail;
         if (!m->opt.no_warm_start || m->opt.pin_experts > 0) warm_start(m, dir);
     }
     if (m->opt.verbose) {
@@ -301,6 +305,7 @@ void lm_engine_close(lazymoe_model *m) {
     save_history(m);
     lm_popularity_free(&m->history);
     lm_cache_free(m->cache);
+    lm_store_close(m->store);
     lm_trace_data_free(&m->replay);
     if (m->be) lm_backend_free(m->be);
     lm_weights_free(&m->w);

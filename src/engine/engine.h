@@ -21,6 +21,7 @@ struct lazymoe_model {
     lazymoe_options opt;
     int max_context;
     lm_dtype kv_dtype;      /* KV cache element type (options.kv_bits) */
+    lm_expert_store *store; /* reads the experts (into memory or into the cache) */
     lm_expert_cache *cache; /* NULL when every expert is resident */
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
@@ -81,6 +82,9 @@ struct lazymoe_session {
 /* Loads the model in dir as opt says (opt required) and plans its memory; on failure
  * *out stays NULL and nothing is left allocated. */
 int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *opt, char *err);
+/* lm_engine_open with the expert store's reads going through io (NULL = pread):
+ * tests inject read faults with it. */
+int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_options *opt, const lm_io *io, char *err);
 /* Saves the popularity history and the routing trace, frees everything but m->text. */
 void lm_engine_close(lazymoe_model *m);
 void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info);

@@ -4,24 +4,19 @@
  * piece of at most chunk_bytes of a longer one, is one queue item, so the reader
  * threads (queue depth = their number) fetch the parts of all missing experts of a
  * layer in parallel, and a step that misses only one or two experts keeps more
- * reads in flight than its three big projections.
+ * reads in flight than its three big projections. The expert store (store.c) lays
+ * the slots out and performs each request: direct reads land in the slot in place,
+ * no bounce buffer, no copy.
  *
- * Slot layout: direct I/O (O_DIRECT) reads whole LM_DIRECT_ALIGN blocks into aligned
- * memory. So each part p owns a region of the slot starting at an aligned offset,
- * region[p], long enough for the aligned span of the part in any expert: the part
- * of expert e, at file offset o, sits at region[p] + o % LM_DIRECT_ALIGN, congruent
- * to its file offset, and the span's blocks are read straight into the region; the
- * bytes read before and after the part land in the region's own padding, never in
- * another part. No bounce buffer, no copy. The one exception: a part whose file
- * offset is not a multiple of its element size (a safetensors file allows it; the
- * writers we know align tensors) would then be misaligned in memory; it is moved
- * down to the element boundary inside its region after the read. Without direct I/O
- * (tmpfs refuses O_DIRECT) pread fills the same positions through the page cache.
+ * Failed reads: a slot whose read failed is never handed out as loaded. A demand
+ * read that fails (the store has already tried it twice) is the waiting step's
+ * error, and its slot is emptied; a background read (warm start, lookahead, pin)
+ * that fails costs nothing but time: the expert is read again, on demand, by the
+ * step that needs it.
  */
 #include "experts/cache.h"
 
 #include "common/error.h"
-#include "common/log.h"
 #include "platform/platform.h"
 
 #include <errno.h>
@@ -34,7 +29,7 @@
 
 typedef struct {
     int layer, slot, expert, part;
-    int chunk;       /* which of the equal pieces of the part's aligned span (part_requests) */
+    int chunk;       /* which of the equal pieces of the part's aligned span (lm_store_part_requests) */
     int speculative; /* a router-lookahead read: cancelled if its layer runs without it */
 } io_item;
 
@@ -55,6 +50,7 @@ typedef struct {
     atomic_int *pending;    /* [capacity] read requests still to finish; 0 = ready */
     int *requests;          /* [capacity] requests the slot's last read was split into */
     atomic_int *failed;     /* [capacity] a part failed */
+    uint8_t *background;    /* [capacity] the slot's last read was queued in the background */
     char (*errmsg)[LM_ERR_LEN];
     int32_t *expert_slot;   /* [E] slot or -1 */
     int32_t *acquired;      /* slots acquired since the last release */
@@ -70,9 +66,9 @@ typedef struct {
 
 struct lm_expert_cache {
     const lm_weights *w;
+    const lm_expert_store *store;
     lm_cache_options opt;
     layer_cache *layers;
-    int *direct_fd; /* per archive file, -1 if none */
     uint64_t step;
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
@@ -86,100 +82,9 @@ struct lm_expert_cache {
     int n_threads;
 };
 
-/* ---- slot layout ------------------------------------------------------------------ */
-
 static uint64_t align_up(uint64_t x) { return (x + LM_DIRECT_ALIGN - 1) & ~(uint64_t)(LM_DIRECT_ALIGN - 1); }
 
-/* Fills region[] and returns the slot size of a layer's experts (see the top). */
-static uint64_t slot_layout(const lm_expert_source *s, int n_experts, uint64_t region[LM_EXPERT_MAX_PARTS]) {
-    uint64_t at = 0;
-    for (int p = 0; p < s->nparts; p++) {
-        uint64_t need = 0; /* the longest aligned span of this part over all experts */
-        for (int e = 0; e < n_experts; e++) {
-            uint64_t span = align_up(s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN + s->part_len[p]);
-            if (span > need) need = span;
-        }
-        region[p] = at;
-        at += need;
-    }
-    return at;
-}
-
-/* Offset in the part's region where part p of expert e's bytes lie once read. */
-static uint64_t part_shift(const lm_expert_source *s, int e, int p) {
-    uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
-    uint64_t elem = s->part_align[p] ? s->part_align[p] : 1;
-    return shift - shift % elem;
-}
-
-/* Read requests for part p of expert e: its aligned span in pieces of at most chunk
- * bytes, or one request for a part that is moved after the read (the move needs all
- * of it). The pieces are of equal size, in whole blocks (read_request): a span one
- * block longer than 3 chunks is 4 pieces of ~3/4 chunk, not 3 chunks and one block. */
-static int part_requests(const lm_expert_source *s, int e, int p, uint64_t chunk) {
-    uint64_t shift = s->off[e * LM_EXPERT_MAX_PARTS + p] % LM_DIRECT_ALIGN;
-    if (part_shift(s, e, p) != shift) return 1;
-    uint64_t n = (align_up(shift + s->part_len[p]) + chunk - 1) / chunk;
-    return n > 0 ? (int)n : 1;
-}
-
-static int expert_requests(const lm_expert_source *s, int e, uint64_t chunk) {
-    int n = 0;
-    for (int p = 0; p < s->nparts; p++) n += part_requests(s, e, p, chunk);
-    return n;
-}
-
 /* ---- reading ---------------------------------------------------------------------- */
-
-/* Reads the aligned span [a, a + span) of a direct-I/O fd into dst, of which the first
- * `need` bytes must arrive (the rest is padding that may lie past the end of the file).
- * A short read that stops inside a block before `need` is finished through the page
- * cache (buffered_fd). */
-static int read_direct(int dfd, int buffered_fd, char *dst, uint64_t a, uint64_t span, uint64_t need, char *err) {
-    uint64_t done = 0;
-    while (done < need) {
-        ssize_t got;
-        do {
-            got = pread(dfd, dst + done, span - done, (off_t)(a + done));
-        } while (got < 0 && errno == EINTR);
-        if (got < 0) return lm_errf(err, "read error at offset %llu: %s", (unsigned long long)(a + done), strerror(errno));
-        if (got == 0)
-            return lm_errf(err, "file shorter than expected (end of file at offset %llu)", (unsigned long long)(a + done));
-        done += (uint64_t)got;
-        if (done < need && done % LM_DIRECT_ALIGN) return lm_pread_full(buffered_fd, dst + done, need - done, a + done, err);
-    }
-    return 0;
-}
-
-/* Performs read request `it` into the slot at `slot`. Returns 0 or -1 (err set);
- * *bytes is the part's bytes it read, *direct whether O_DIRECT carried them. */
-static int read_request(const lm_expert_cache *c, const layer_cache *lc, const io_item *it, char *slot,
-                        uint64_t *bytes, int *direct, char *err) {
-    const lm_expert_source *s = lc->src;
-    int e = it->expert, p = it->part, idx = e * LM_EXPERT_MAX_PARTS + p;
-    const st_file *f = &c->w->archive->files[s->file[idx]];
-    uint64_t off = s->off[idx], len = s->part_len[p];
-    uint64_t shift = off % LM_DIRECT_ALIGN, at = part_shift(s, e, p), base = off - shift;
-    char *region = slot + lc->region[p];
-    int dfd = c->direct_fd[s->file[idx]];
-    *direct = dfd >= 0;
-    if (at != shift) { /* the whole part, then the move (see the top) */
-        *bytes = len;
-        if (dfd < 0) return lm_pread_full(f->fd, region + at, len, off, err);
-        if (read_direct(dfd, f->fd, region, base, align_up(shift + len), shift + len, err) != 0) return -1;
-        memmove(region + at, region + shift, len);
-        return 0;
-    }
-    /* Piece [c0, c1) of the aligned span (blocks k*B/n to (k+1)*B/n of its B blocks);
-     * the part's bytes in it are [d0, d1). */
-    uint64_t span = align_up(shift + len), blocks = span / LM_DIRECT_ALIGN;
-    uint64_t n = (uint64_t)part_requests(s, e, p, c->opt.chunk_bytes), k = (uint64_t)it->chunk;
-    uint64_t c0 = blocks * k / n * LM_DIRECT_ALIGN, c1 = blocks * (k + 1) / n * LM_DIRECT_ALIGN;
-    uint64_t d0 = c0 > shift ? c0 : shift, d1 = c1 < shift + len ? c1 : shift + len;
-    *bytes = d1 > d0 ? d1 - d0 : 0;
-    if (dfd < 0) return lm_pread_full(f->fd, region + d0, *bytes, base + d0, err);
-    return read_direct(dfd, f->fd, region + c0, base + c0, c1 - c0, d1 > c0 ? d1 - c0 : 0, err);
-}
 
 static void *reader_main(void *arg) {
     lm_expert_cache *c = arg;
@@ -200,20 +105,18 @@ static void *reader_main(void *arg) {
         pthread_mutex_unlock(&c->mu);
 
         layer_cache *lc = &c->layers[it.layer];
-        const lm_expert_source *s = lc->src;
         char err[LM_ERR_LEN] = "";
         double t0 = lm_now();
         int direct = 0;
         uint64_t bytes = 0;
-        int rc = read_request(c, lc, &it, lc->slots + (size_t)it.slot * lc->slot_bytes, &bytes, &direct, err);
+        int rc = lm_store_read_request(c->store, it.layer, it.expert, it.part, it.chunk, c->opt.chunk_bytes,
+                                       lc->slots + (size_t)it.slot * lc->slot_bytes, lc->region, &bytes, &direct, err);
         atomic_fetch_add(&lc->read_ns, (uint64_t)((lm_now() - t0) * 1e9));
         if (rc == 0) {
             atomic_fetch_add(&lc->bytes_read, bytes);
             if (direct) atomic_fetch_add(&lc->direct_bytes, bytes);
         } else if (atomic_exchange(&lc->failed[it.slot], 1) == 0) {
-            const st_file *f = &c->w->archive->files[s->file[it.expert * LM_EXPERT_MAX_PARTS + it.part]];
-            lm_err_prefix(err, "%s: layer %d expert %d", f->path, it.layer, it.expert);
-            memcpy(lc->errmsg[it.slot], err, LM_ERR_LEN);
+            memcpy(lc->errmsg[it.slot], err, LM_ERR_LEN); /* the first failure of the slot's read */
         }
         pthread_mutex_lock(&c->mu);
         if (atomic_fetch_sub(&lc->pending[it.slot], 1) == 1) pthread_cond_broadcast(&c->cv_done);
@@ -226,7 +129,7 @@ static void *reader_main(void *arg) {
 
 uint64_t lm_cache_slot_bytes(const lm_weights *w, int l) {
     uint64_t region[LM_EXPERT_MAX_PARTS];
-    return w->layers[l].is_moe ? slot_layout(&w->layers[l].src, w->cfg.n_experts, region) : 0;
+    return w->layers[l].is_moe ? lm_store_slot_layout(&w->layers[l].src, w->cfg.n_experts, region) : 0;
 }
 
 uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity) {
@@ -237,13 +140,15 @@ uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity) {
     return b;
 }
 
-int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_options *opt, char *err) {
+int lm_cache_create(lm_expert_cache **out, const lm_expert_store *store, const lm_cache_options *opt, char *err) {
     *out = NULL;
+    const lm_weights *w = lm_store_weights(store);
     const lm_config *cfg = &w->cfg;
     if (opt->capacity < 1) return lm_errf(err, "expert cache capacity must be at least 1");
     lm_expert_cache *c = calloc(1, sizeof *c);
     if (!c) return lm_errf(err, "out of memory");
     c->w = w;
+    c->store = store;
     c->opt = *opt;
     if (c->opt.io_threads < 1) c->opt.io_threads = LM_CACHE_IO_THREADS;
     if (c->opt.chunk_bytes == 0) c->opt.chunk_bytes = LM_CACHE_CHUNK_BYTES;
@@ -252,38 +157,26 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
     int max_requests = 1; /* the most read requests one expert needs */
     for (int l = 0; l < cfg->n_layers; l++)
         for (int e = 0; w->layers[l].is_moe && e < cfg->n_experts; e++) {
-            int n = expert_requests(&w->layers[l].src, e, c->opt.chunk_bytes);
+            int n = lm_store_expert_requests(&w->layers[l].src, e, c->opt.chunk_bytes);
             if (n > max_requests) max_requests = n;
         }
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv_work, NULL);
     pthread_cond_init(&c->cv_done, NULL);
     c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
-    c->direct_fd = malloc(sizeof(int) * (size_t)w->archive->nfiles);
     /* Demand reads are one layer's at a time: at most every slot's requests. */
     c->qcap = c->opt.capacity * max_requests + 16;
     c->queue = malloc(sizeof(io_item) * (size_t)c->qcap);
     c->bgcap = cfg->n_layers * c->opt.capacity * max_requests + 16;
     c->bg = malloc(sizeof(io_item) * (size_t)c->bgcap);
-    if (!c->layers || !c->direct_fd || !c->queue || !c->bg) goto oom;
-    int warned = 0;
-    for (int i = 0; i < w->archive->nfiles; i++) {
-        c->direct_fd[i] = -1;
-        if (!c->opt.direct_io) continue;
-        char e2[LM_ERR_LEN];
-        c->direct_fd[i] = lm_file_open_direct(w->archive->files[i].path, e2);
-        if (c->direct_fd[i] < 0 && !warned) {
-            lm_log(LAZYMOE_LOG_WARN, "lazymoe: %s; using buffered reads (the page cache will hold experts too)", e2);
-            warned = 1;
-        }
-    }
+    if (!c->layers || !c->queue || !c->bg) goto oom;
     for (int l = 0; l < cfg->n_layers; l++) {
         layer_cache *lc = &c->layers[l];
         if (!w->layers[l].is_moe) continue;
         int cap = c->opt.capacity, E = cfg->n_experts;
         lc->src = &w->layers[l].src;
         lc->capacity = cap;
-        lc->slot_bytes = slot_layout(lc->src, E, lc->region);
+        lc->slot_bytes = lm_store_slot_layout(lc->src, E, lc->region);
         lc->slots = lm_malloc_direct(lc->slot_bytes * (size_t)cap, "expert cache slots", err);
         if (!lc->slots) goto fail;
         lc->slot_expert = malloc(sizeof(int32_t) * (size_t)cap);
@@ -296,10 +189,11 @@ int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_o
         lc->pending = calloc((size_t)cap, sizeof(atomic_int));
         lc->requests = calloc((size_t)cap, sizeof(int));
         lc->failed = calloc((size_t)cap, sizeof(atomic_int));
+        lc->background = calloc((size_t)cap, 1);
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->pinned || !lc->reads || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->pinned || !lc->reads || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->background || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -346,14 +240,12 @@ void lm_cache_free(lm_expert_cache *c) {
             free(lc->pending);
             free(lc->requests);
             free(lc->failed);
+            free(lc->background);
             free(lc->errmsg);
             free(lc->expert_slot);
             free(lc->acquired);
             lm_usage_free(&lc->usage);
         }
-    if (c->direct_fd)
-        for (int i = 0; i < c->w->archive->nfiles; i++) lm_file_close(c->direct_fd[i]);
-    free(c->direct_fd);
     free(c->layers);
     free(c->queue);
     free(c->bg);
@@ -372,8 +264,9 @@ typedef enum { TO_DEMAND, TO_BG_BACK, TO_BG_FRONT } queue_place;
 static int queue_expert(lm_expert_cache *c, int l, int slot, int e, queue_place where, int speculative) {
     layer_cache *lc = &c->layers[l];
     const lm_expert_source *s = lc->src;
-    int n = expert_requests(s, e, c->opt.chunk_bytes);
+    int n = lm_store_expert_requests(s, e, c->opt.chunk_bytes);
     lc->reads[e]++;
+    lc->background[slot] = where != TO_DEMAND;
     atomic_store(&lc->failed[slot], 0);
     atomic_store(&lc->pending[slot], n);
     lc->requests[slot] = n;
@@ -383,7 +276,7 @@ static int queue_expert(lm_expert_cache *c, int l, int slot, int e, queue_place 
     }
     int k = 0;
     for (int p = 0; p < s->nparts; p++)
-        for (int ch = 0, nc = part_requests(s, e, p, c->opt.chunk_bytes); ch < nc; ch++, k++) {
+        for (int ch = 0, nc = lm_store_part_requests(s, e, p, c->opt.chunk_bytes); ch < nc; ch++, k++) {
             io_item it = {l, slot, e, p, ch, speculative};
             if (where == TO_DEMAND) c->queue[(c->qhead + c->qlen++) % c->qcap] = it;
             else if (where == TO_BG_BACK) c->bg[(c->bghead + c->bglen++) % c->bgcap] = it;
@@ -402,7 +295,7 @@ static void wake_readers(lm_expert_cache *c, int n_new) {
 
 /* Whether the background queue has room for expert e of layer l's requests. */
 static int bg_room(const lm_expert_cache *c, int l, int e) {
-    return c->bglen + expert_requests(c->layers[l].src, e, c->opt.chunk_bytes) <= c->bgcap;
+    return c->bglen + lm_store_expert_requests(c->layers[l].src, e, c->opt.chunk_bytes) <= c->bgcap;
 }
 
 /* ---- background queue maintenance (called with c->mu held) ------------------------- */
@@ -485,6 +378,11 @@ static int finish_background_reads(lm_expert_cache *c, int l, layer_cache *lc) {
 
 /* ---- the compute thread's side ---------------------------------------------------- */
 
+/* Whether slot s's last read is over and failed (a background read nobody waited for). */
+static int read_failed(layer_cache *lc, int s) {
+    return atomic_load(&lc->pending[s]) == 0 && atomic_load(&lc->failed[s]) != 0;
+}
+
 void lm_cache_begin_step(lm_expert_cache *c) { c->step++; }
 
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
@@ -496,7 +394,7 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         int s = lc->expert_slot[need[i]];
         status[i] = 0;
         lc->uses[need[i]] += 1.0f;
-        if (s >= 0 && !lc->busy[s]) {
+        if (s >= 0 && !lc->busy[s] && !read_failed(lc, s)) {
             lc->busy[s] = 1;
             lc->acquired[lc->n_acquired++] = s;
             status[i] = 1;
@@ -520,7 +418,11 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
     mark_blocked(lc);
     for (int i = 0; i < n; i++) {
         if (status[i]) continue;
-        int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
+        /* An expert whose background read failed still owns its slot (a pinned one
+         * stays pinned): it is read again there. */
+        int s = lc->expert_slot[need[i]];
+        if (s < 0 || lc->busy[s])
+            s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
         if (s < 0 && finish_background_reads(c, l, lc))
             s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
         if (s < 0) break; /* every slot in use this step: the caller goes on in waves */
@@ -553,6 +455,18 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) 
         pthread_mutex_unlock(&c->mu);
         lc->wait_seconds += lm_now() - t0;
     }
+    if (atomic_load(&lc->failed[s]) && lc->background[s]) {
+        /* A hit on a background read that failed: this step reads it again, on
+         * demand; only a failure of that read is the step's error. */
+        double t0 = lm_now();
+        pthread_mutex_lock(&c->mu);
+        wake_readers(c, queue_expert(c, l, s, e, TO_DEMAND, 0));
+        while (atomic_load(&lc->pending[s]) > 0) pthread_cond_wait(&c->cv_done, &c->mu);
+        pthread_mutex_unlock(&c->mu);
+        lc->wait_seconds += lm_now() - t0;
+        lc->hits--;
+        lc->misses++;
+    }
     if (atomic_load(&lc->failed[s])) {
         lm_errf(err, "%s", lc->errmsg[s]);
         forget_slot(lc, s);
@@ -560,7 +474,7 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) 
     }
     const char *part[LM_EXPERT_MAX_PARTS] = {0};
     const char *slot = lc->slots + (size_t)s * lc->slot_bytes;
-    for (int p = 0; p < lc->src->nparts; p++) part[p] = slot + lc->region[p] + part_shift(lc->src, e, p);
+    for (int p = 0; p < lc->src->nparts; p++) part[p] = slot + lc->region[p] + lm_store_part_shift(lc->src, e, p);
     *view = lm_expert_view_parts(lc->src, part);
     return 0;
 }

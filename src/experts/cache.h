@@ -1,20 +1,44 @@
 /* The expert cache: bounded slots per MoE layer, filled on demand from disk.
  *
- * Each MoE layer owns `capacity` slots of its layer's slot size (lm_expert_source).
+ * Each MoE layer owns `capacity` slots of its layer's slot size (lm_cache_slot_bytes).
  * The forward pass, once a layer's routes are known, acquires every expert the
  * step needs: cached ones are hits; for each miss a slot is claimed (the policy
  * picks a victim among slots the step is not using) and its parts are queued to
  * the reader threads at once, so all misses of the layer are in flight together
  * while the hits are computed. lm_cache_wait blocks until one expert is loaded.
+ * Every byte comes through the expert store (store.h).
  *
- * Ownership and lifetime: an acquired expert stays in its slot, readable and
- * never evicted, until lm_cache_release_layer for that layer. Only the compute
- * thread calls acquire / wait / release; reader threads only fill slots.
+ * The tier contract. The cache is one tier of expert memory over the store (the
+ * disk); a further tier (GPU memory) can implement the same calls over this one, or
+ * sit on it, filling its slots from the views lm_cache_wait returns:
+ *   acquire  reserves a slot for each needed expert of a layer and starts the read
+ *            of every miss; it never blocks on I/O (except to let an unneeded
+ *            background read finish when that frees the only evictable slot). An
+ *            expert it could not place (every slot in use by this step) is reported
+ *            as not acquired: the caller releases and acquires the rest in waves.
+ *   wait     blocks until one acquired expert is loaded and returns a view of it
+ *            that stays valid and unchanged until release; or fails with a message
+ *            naming file, layer and expert. A failed expert is never handed out, and
+ *            its slot returns to the free state: acquiring it again reads it again.
+ *   release  ends the use of every expert of a layer acquired since the last
+ *            release; only then may their slots be evicted. It waits for reads of
+ *            those slots still in flight (an error path may release before waiting),
+ *            so no slot is reused while a reader writes it.
+ *   pin      keeps an expert in its slot: the policy never evicts it.
+ *   prefetch starts background reads (warm start into empty slots; lookahead, which
+ *            may evict, in front of them). They are hints: demand reads go first, a
+ *            later acquire turns a needed one into a demand read and cancels an
+ *            unneeded unstarted lookahead, and a failed one costs only time (the
+ *            step that needs the expert reads it again). Results never depend on them.
+ * Thread-safety: only the compute thread calls acquire / wait / release / prefetch /
+ * pin; reader threads only fill slots. The views
+ * are read concurrently by the compute workers.
  */
 #ifndef LAZYMOE_EXPERT_CACHE_H
 #define LAZYMOE_EXPERT_CACHE_H
 
 #include "experts/policy.h"
+#include "experts/store.h"
 #include "models/model.h"
 
 #include <stdint.h>
@@ -31,7 +55,6 @@ typedef struct {
     int io_threads;     /* reader threads (queue depth); 0 = LM_CACHE_IO_THREADS */
     uint64_t chunk_bytes; /* parts longer than this are read in several requests; 0 = LM_CACHE_CHUNK_BYTES */
     lm_evict_policy policy;
-    int direct_io;      /* 1: O_DIRECT where the file system allows, 0: buffered */
     int verbose;
 } lm_cache_options;
 
@@ -46,7 +69,9 @@ typedef struct {
     uint64_t prefetch_cancelled; /* dropped unstarted when their layer did not need them */
 } lm_cache_counters;
 
-int lm_cache_create(lm_expert_cache **out, const lm_weights *w, const lm_cache_options *opt, char *err);
+/* A cache over the experts of store's model (direct or buffered reads: as the
+ * store was opened). The store must outlive the cache. */
+int lm_cache_create(lm_expert_cache **out, const lm_expert_store *store, const lm_cache_options *opt, char *err);
 void lm_cache_free(lm_expert_cache *c);
 
 /* Starts a new step (a token, or a prefill chunk); recency is measured in steps. */
@@ -56,8 +81,10 @@ void lm_cache_begin_step(lm_expert_cache *c);
  * 2 (miss, read queued) or 0 (not acquired: every slot is in use by this step;
  * release and acquire again in a later wave). Returns the number acquired. */
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status);
-/* Waits for acquired expert e of layer l and returns its matrices. Fails if the
- * read failed (the message names file, layer and expert). */
+/* Waits for acquired expert e of layer l and returns its matrices. A hit on a
+ * background read that failed is read again here, on demand. Fails if the demand
+ * read failed (the message names file, layer, expert and cause); the expert's slot
+ * is then empty again, so a later acquire reads it anew. */
 int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err);
 /* Releases every expert of layer l acquired since the last release. */
 void lm_cache_release_layer(lm_expert_cache *c, int l);

@@ -2,6 +2,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
+#include "models/family.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -10,15 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *arch_names[LM_ARCH_COUNT] = {"qwen3_moe", "mixtral", "olmoe", "qwen3_next"};
-
-const char *lm_config_supported_types(void) { return "qwen3_moe, mixtral, olmoe, qwen3_next"; }
-
-#define REQUIRED LLONG_MIN
+#define REQUIRED LM_CFG_REQUIRED
 
 /* Reads an integer field; `def` when absent or null (REQUIRED: absence is an
  * error). Errors on a wrong type or a value (given or default) out of range. */
-static int get_int(json_t *o, const char *key, long long def, long long lo, long long hi,
+int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long long hi,
                    long long *out, char *err) {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
@@ -112,7 +109,7 @@ static int parse_quant(lm_config *c, json_t *q, char *err) {
     if (!q || json_is_null(q)) return 0;
     if (!json_is_object(q)) return lm_errf(err, "config.json: 'quantization' must be an object");
     long long bits = 0, gs = 0;
-    if (get_int(q, "bits", 4, 1, 8, &bits, err) || get_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
+    if (lm_cfg_int(q, "bits", 4, 1, 8, &bits, err) || lm_cfg_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
         return -1;
     json_t *mode = json_object_get(q, "mode");
     if (mode && json_is_string(mode) && strcmp(json_string_value(mode), "affine") != 0)
@@ -133,7 +130,7 @@ static int parse_quant(lm_config *c, json_t *q, char *err) {
             o->group_size = 0;
         } else if (json_is_object(v)) {
             long long b = 0, g = 0;
-            if (get_int(v, "bits", bits, 1, 8, &b, err) || get_int(v, "group_size", gs, 1, 1 << 20, &g, err))
+            if (lm_cfg_int(v, "bits", bits, 1, 8, &b, err) || lm_cfg_int(v, "group_size", gs, 1, 1 << 20, &g, err))
                 return lm_err_prefix(err, "quantization override '%s'", key);
             o->bits = (int)b;
             o->group_size = (int)g;
@@ -198,53 +195,13 @@ static int parse_rope(lm_config *c, json_t *root, char *err) {
     double prf;
     if (get_num(root, "partial_rotary_factor", 1.0, &prf, err)) return -1;
     if (typed && get_num(typed, "partial_rotary_factor", prf, &prf, err)) return -1;
-    if (prf != 1.0 && c->arch != LM_ARCH_QWEN3_NEXT)
+    if (prf != 1.0 && !c->family->partial_rope)
         return lm_errf(err, "partial_rotary_factor %g is not supported for %s", prf, c->model_type);
     if (!(prf > 0 && prf <= 1.0)) return lm_errf(err, "partial_rotary_factor %g must be in (0, 1]", prf);
     c->rope_dim = (int)((double)c->head_dim * prf);
     if (c->rope_dim < 2 || c->rope_dim % 2)
         return lm_errf(err, "partial_rotary_factor %g gives %d rotated dims of head_dim %d; need an even number >= 2",
                        prf, c->rope_dim, c->head_dim);
-    return 0;
-}
-
-/* qwen3_next: the Gated DeltaNet shapes and which layers use it (layer_types, or
- * every layer but each full_attention_interval-th). */
-static int parse_linear_attention(lm_config *c, json_t *o, char *err) {
-    long long v = 0;
-    struct { int *dst; const char *key; long long hi; } f[] = {
-        {&c->lin_k_heads, "linear_num_key_heads", 4096},   {&c->lin_v_heads, "linear_num_value_heads", 4096},
-        {&c->lin_k_dim, "linear_key_head_dim", 4096},      {&c->lin_v_dim, "linear_value_head_dim", 4096},
-        {&c->conv_kernel, "linear_conv_kernel_dim", 64},
-    };
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
-        if (get_int(o, f[i].key, REQUIRED, 1, f[i].hi, &v, err)) return -1;
-        *f[i].dst = (int)v;
-    }
-    if (c->lin_v_heads % c->lin_k_heads)
-        return lm_errf(err, "config.json: linear_num_value_heads %d is not a multiple of linear_num_key_heads %d",
-                       c->lin_v_heads, c->lin_k_heads);
-    c->layer_linear = calloc((size_t)c->n_layers, 1);
-    if (!c->layer_linear) return lm_errf(err, "out of memory");
-    json_t *types = json_object_get(o, "layer_types");
-    if (types && !json_is_null(types)) {
-        if (!json_is_array(types) || json_array_size(types) != (size_t)c->n_layers)
-            return lm_errf(err, "config.json: layer_types must list %d layer types", c->n_layers);
-        for (int l = 0; l < c->n_layers; l++) {
-            const char *t = json_string_value(json_array_get(types, (size_t)l));
-            if (t && !strcmp(t, "linear_attention")) c->layer_linear[l] = 1;
-            else if (!t || strcmp(t, "full_attention") != 0)
-                return lm_errf(err, "config.json: layer_types[%d] must be \"linear_attention\" or \"full_attention\"", l);
-        }
-    } else {
-        if (get_int(o, "full_attention_interval", 4, 1, 4096, &v, err)) return -1;
-        for (int l = 0; l < c->n_layers; l++) c->layer_linear[l] = (l + 1) % v != 0;
-    }
-    for (int l = 0; l < c->n_layers; l++) c->n_linear_layers += c->layer_linear[l];
-    if (get_int(o, "shared_expert_intermediate_size", 0, 0, 1 << 20, &v, err)) return -1;
-    c->shared_expert_intermediate_size = (int)v;
-    c->attn_output_gate = 1;
-    c->zero_centred_norms = 1;
     return 0;
 }
 
@@ -263,16 +220,14 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     }
     json_t *mt = json_object_get(root, "model_type");
     if (!json_is_string(mt)) {
-        lm_errf(err, "config.json has no model_type (supported: %s)", lm_config_supported_types());
+        lm_errf(err, "config.json has no model_type (supported: %s)", lm_family_names());
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", json_string_value(mt));
-    c->arch = LM_ARCH_COUNT;
-    for (int a = 0; a < LM_ARCH_COUNT; a++)
-        if (strcmp(c->model_type, arch_names[a]) == 0) c->arch = (lm_arch_id)a;
-    if (c->arch == LM_ARCH_COUNT) {
+    const lm_family *fam = c->family = lm_family_find(json_string_value(mt));
+    if (!fam) {
         lm_errf(err, "model_type '%.64s' is not supported (supported: %s)", json_string_value(mt),
-                lm_config_supported_types());
+                lm_family_names());
         goto done;
     }
     /* Some checkpoints nest the text model's config (multimodal wrappers). */
@@ -281,7 +236,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
 
 #define INT_FIELD(dst, key, def, lo, hi)                                                  \
     do {                                                                                  \
-        if (get_int(o, key, def, lo, hi, &v, err)) goto done;                             \
+        if (lm_cfg_int(o, key, def, lo, hi, &v, err)) goto done;                             \
         (dst) = (int)v;                                                                   \
     } while (0)
     const int BIG = 1 << 24;
@@ -318,7 +273,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
                 c->n_experts);
         goto done;
     }
-    if (c->arch == LM_ARCH_MIXTRAL) c->moe_intermediate_size = c->intermediate_size;
+    if (fam->experts_use_intermediate_size) c->moe_intermediate_size = c->intermediate_size;
     if (c->moe_intermediate_size <= 0) {
         lm_errf(err, "config.json: intermediate size of the experts is missing");
         goto done;
@@ -335,31 +290,32 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     c->clip_qkv = (float)clip;
     if (get_bool(o, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) goto done;
     if (get_bool(o, "attention_bias", 0, &c->attention_bias, err)) goto done;
-    if (get_bool(o, "norm_topk_prob", c->arch == LM_ARCH_MIXTRAL, &c->norm_topk_prob, err)) goto done;
-    if (c->arch == LM_ARCH_MIXTRAL) c->norm_topk_prob = 1; /* softmax over the top-k logits */
-    c->qk_norm = c->arch == LM_ARCH_QWEN3_MOE || c->arch == LM_ARCH_QWEN3_NEXT ? LM_QK_NORM_PER_HEAD
-               : c->arch == LM_ARCH_OLMOE     ? LM_QK_NORM_FULL
-                                              : LM_QK_NORM_NONE;
+    int renorm_always = fam->router_renorm == LM_RENORM_ALWAYS;
+    if (get_bool(o, "norm_topk_prob", renorm_always, &c->norm_topk_prob, err)) goto done;
+    if (renorm_always) c->norm_topk_prob = 1; /* softmax over the top-k logits */
+    c->qk_norm = fam->qk_norm;
+    c->attn_output_gate = fam->attn_output_gate;
+    c->zero_centred_norms = fam->zero_centred_norms;
     json_t *act = json_object_get(o, "hidden_act");
     if (act && json_is_string(act) && strcmp(json_string_value(act), "silu") != 0) {
         lm_errf(err, "hidden_act '%s' is not supported (only silu)", json_string_value(act));
         goto done;
     }
-    /* Sliding window: mixtral applies it when set; qwen3_moe only with use_sliding_window. */
+    /* Sliding window: see lm_window_rule. */
     long long sw = 0;
     json_t *swv = json_object_get(o, "sliding_window");
     if (swv && json_is_integer(swv)) sw = json_integer_value(swv);
-    int use_sw = c->arch == LM_ARCH_MIXTRAL;
-    if (c->arch == LM_ARCH_QWEN3_MOE && get_bool(o, "use_sliding_window", 0, &use_sw, err)) goto done;
+    int use_sw = fam->window == LM_WINDOW_WHEN_SET;
+    if (fam->window == LM_WINDOW_OPT_IN && get_bool(o, "use_sliding_window", 0, &use_sw, err)) goto done;
     if (use_sw && sw > 0) {
-        if (c->arch == LM_ARCH_QWEN3_MOE) {
-            lm_errf(err, "qwen3_moe with use_sliding_window is not supported yet");
+        if (fam->window == LM_WINDOW_OPT_IN) {
+            lm_errf(err, "%s with use_sliding_window is not supported yet", fam->model_type);
             goto done;
         }
         c->sliding_window = (int)(sw > (1 << 30) ? (1 << 30) : sw);
     }
     if (parse_rope(c, o, err)) goto done;
-    if (c->arch == LM_ARCH_QWEN3_NEXT && parse_linear_attention(c, o, err)) goto done;
+    if (fam->parse_config && fam->parse_config(c, o, err)) goto done;
 
     c->mlp_only = calloc((size_t)c->n_layers, 1);
     if (!c->mlp_only) {

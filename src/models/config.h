@@ -1,7 +1,10 @@
 /* Model hyper-parameters, parsed from config.json (+ generation_config.json).
  *
  * One struct serves every family; fields a family does not use stay at their
- * defaults. Parsing validates ranges and consistency up front so the forward pass
+ * defaults. The family (models/family.h) decides which blocks a layer uses by
+ * filling the switches below (qk_norm, norm_topk_prob, attn_output_gate,
+ * zero_centred_norms, sliding_window, layer_linear, shared expert); the forward
+ * pass reads only these fields, never the family. Parsing validates ranges and consistency up front so the forward pass
  * can trust every number here.
  */
 #ifndef LAZYMOE_CONFIG_H
@@ -12,13 +15,7 @@
 #define LM_MAX_EOS 8
 #define LM_MAX_QUANT_OVERRIDES 4096
 
-typedef enum {
-    LM_ARCH_QWEN3_MOE = 0,
-    LM_ARCH_MIXTRAL,
-    LM_ARCH_OLMOE,
-    LM_ARCH_QWEN3_NEXT,
-    LM_ARCH_COUNT
-} lm_arch_id;
+struct lm_family; /* models/family.h */
 
 typedef enum {
     LM_QK_NORM_NONE = 0,
@@ -37,7 +34,7 @@ typedef struct {
 
 typedef struct {
     char model_type[32];
-    lm_arch_id arch;
+    const struct lm_family *family; /* the registry entry model_type named */
 
     int vocab_size;
     int hidden_size;
@@ -100,8 +97,5 @@ void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int
 static inline int lm_config_layer_is_linear(const lm_config *c, int l) {
     return c->layer_linear && c->layer_linear[l];
 }
-
-/* "qwen3_moe, mixtral, olmoe, qwen3_next" */
-const char *lm_config_supported_types(void);
 
 #endif

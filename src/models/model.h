@@ -1,14 +1,14 @@
 /* The weights of a loaded model, bound to the architecture's structure.
  *
- * Families differ in tensor names and in a few switches (see arch.c); the
- * forward pass (src/engine/forward.c) is shared. A family is a table entry plus,
- * where it really computes something different, a few lines in the forward pass
- * guarded by a config switch.
+ * Families differ in tensor names and in a few switches (models/family.h, one
+ * file per family); the forward pass (src/engine/forward.c) is shared. A family is
+ * a descriptor plus, where it really computes something different, a few lines in
+ * the forward pass guarded by a config switch.
  *
  * Expert weights: `experts` of a MoE layer is an array of n_experts views; in a
- * resident model they point into the loaded stacked tensors. The lazy expert
- * store (src/experts/) fills views of cached slots instead, so the forward pass
- * is the same for both.
+ * resident model they point into memory the expert store (src/experts/store.c)
+ * read them into. The lazy expert cache (src/experts/) fills views of cached slots
+ * instead, so the forward pass is the same for both.
  */
 #ifndef LAZYMOE_MODEL_H
 #define LAZYMOE_MODEL_H
@@ -28,7 +28,7 @@ typedef struct {
  * Expert e is nparts byte ranges: part p is part_len[p] bytes at absolute offset
  * off[e * LM_EXPERT_MAX_PARTS + p] of archive file file[same index]. In a resident
  * slot it goes to offset part_off[p] (64-byte aligned); the expert cache lays its
- * slots out differently (src/experts/cache.c: each part where a direct read of its
+ * slots out differently (src/experts/store.c: each part where a direct read of its
  * aligned span can land), so a matrix is found through its part: matrix m (0 gate,
  * 1 up, 2 down) of the expert is tmpl[m] with its field k (0 data, 1 scales,
  * 2 biases) at byte field_delta[m][k] of part field_part[m][k]. part_align[p] is
@@ -108,14 +108,13 @@ typedef struct {
 typedef void (*lm_progress_fn)(void *ctx, const char *what, double fraction);
 
 /* Opens the archive in `dir` and loads every tensor the config calls for,
- * validating names, shapes and dtypes against the config. With lazy_experts the
- * experts are only described (layer.src), not read: the expert cache reads them. */
-int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress,
-                    void *progress_ctx, char *err);
-/* Reads every expert of a model loaded with lazy_experts into memory (resident). */
-int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *progress_ctx, char *err);
-/* Reads expert e of MoE layer l into `slot` (src.slot_bytes, 64-byte aligned). */
-int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *err);
+ * validating names, shapes and dtypes against the config. The experts are only
+ * described (layer.src), not read: the expert store (src/experts/store.h) reads
+ * them, into memory or into the expert cache. */
+int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *progress_ctx, char *err);
+/* Hands buf (from lm_malloc_aligned) to w, which frees it in lm_weights_free, and
+ * returns it; NULL in, or no memory to track it: NULL (buf freed, err set). */
+void *lm_weights_keep(lm_weights *w, void *buf, char *err);
 void lm_weights_free(lm_weights *w);
 
 #endif

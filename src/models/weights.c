@@ -9,7 +9,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
-#include "models/arch.h"
+#include "models/family.h"
 #include "platform/platform.h"
 
 #include <math.h>
@@ -36,6 +36,11 @@ static void *track(loader *L, void *p) {
     }
     w->buffers[w->n_buffers++] = p;
     return p;
+}
+
+void *lm_weights_keep(lm_weights *w, void *buf, char *err) {
+    loader L = {w, err, 0.0f};
+    return track(&L, buf);
 }
 
 static const st_tensor *findf(loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -317,7 +322,7 @@ lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
 static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
-    const lm_arch_names *names = lm_arch_get(c->arch);
+    const lm_tensor_names *n = c->family->names;
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
     lm_expert_source *s = &ly->src;
     memset(s, 0, sizeof *s);
@@ -360,12 +365,12 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
         return 0;
     }
     w->expert_layout = LM_EXPERTS_SEPARATE;
-    const char *const *alias[3] = {names->expert_gate, names->expert_up, names->expert_down};
+    const char *const *alias[3] = {n->expert_gate, n->expert_up, n->expert_down};
     for (int e = 0; e < E; e++) {
         int part = 0;
         for (int m = 0; m < 3; m++) {
             int found = 0;
-            for (int a = 0; alias[m][a] && !found; a++) {
+            for (int a = 0; a < 3 && alias[m][a] && !found; a++) {
                 snprintf(path, sizeof path, "%s.experts.%d.%s", block, e, alias[m][a]);
                 if (findf(L, "%s.weight", path)) found = 1;
             }
@@ -391,49 +396,9 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     return 0;
 }
 
-int lm_weights_read_expert(const lm_weights *w, int l, int e, void *slot, char *err) {
-    const lm_expert_source *s = &w->layers[l].src;
-    for (int p = 0; p < s->nparts; p++) {
-        int i = e * LM_EXPERT_MAX_PARTS + p;
-        const st_file *f = &w->archive->files[s->file[i]];
-        if (lm_pread_full(f->fd, (char *)slot + s->part_off[p], s->part_len[p], s->off[i], err) != 0)
-            return lm_err_prefix(err, "%s: layer %d expert %d", f->path, l, e);
-    }
-    return 0;
-}
+static int load_experts(loader *L, int l, const char *block, lm_layer *ly) { return describe_experts(L, l, block, ly); }
 
-/* Resident experts: one buffer of E slots for the layer, read part by part. */
-static int read_layer_experts(loader *L, int l, lm_layer *ly) {
-    int E = L->w->cfg.n_experts;
-    ly->experts = track(L, lm_malloc_aligned(sizeof(lm_expert) * (size_t)E, "expert table", L->err));
-    char *slots = track(L, lm_malloc_aligned(ly->src.slot_bytes * (size_t)E, "experts", L->err));
-    if (!ly->experts || !slots) return -1;
-    for (int e = 0; e < E; e++) {
-        char *slot = slots + ly->src.slot_bytes * (size_t)e;
-        if (lm_weights_read_expert(L->w, l, e, slot, L->err)) return -1;
-        ly->experts[e] = lm_expert_view(&ly->src, slot);
-    }
-    return 0;
-}
-
-static int load_experts(loader *L, int l, const char *block, lm_layer *ly, int lazy) {
-    if (describe_experts(L, l, block, ly)) return -1;
-    return lazy ? 0 : read_layer_experts(L, l, ly);
-}
-
-int lm_weights_load_experts(lm_weights *w, lm_progress_fn progress, void *pctx, char *err) {
-    loader L = {w, err, 0.0f};
-    for (int l = 0; l < w->cfg.n_layers; l++) {
-        lm_layer *ly = &w->layers[l];
-        if (!ly->is_moe || ly->experts) continue;
-        if (read_layer_experts(&L, l, ly) != 0) return -1;
-        if (progress) progress(pctx, "loading experts", (double)(l + 1) / w->cfg.n_layers);
-    }
-    for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
-    return 0;
-}
-
-static int load_layer(loader *L, int l, int lazy) {
+static int load_layer(loader *L, int l) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
     lm_layer *ly = &w->layers[l];
@@ -488,26 +453,25 @@ mlp:
         MAT(ly->mlp_down, H, F, "model.layers.%d.mlp.down_proj", l);
         return 0;
     }
-    const lm_arch_names *names = lm_arch_get(c->arch);
+    const lm_tensor_names *n = c->family->names;
     char block[256] = "";
-    for (int i = 0; names->moe_blocks[i]; i++) {
-        snprintf(block, sizeof block, "model.layers.%d.%s", l, names->moe_blocks[i]);
-        if (findf(L, "%s.gate.weight", block)) break;
+    for (int i = 0; i < 3 && n->moe_blocks[i]; i++) {
+        snprintf(block, sizeof block, "model.layers.%d.%s", l, n->moe_blocks[i]);
+        if (findf(L, "%s.%s.weight", block, n->router)) break;
         block[0] = 0;
     }
     if (!block[0])
-        return lm_errf(L->err, "layer %d is a MoE layer but has no router (model.layers.%d.%s.gate.weight)", l, l,
-                       names->moe_blocks[0]);
-    snprintf(p, sizeof p, "%s.gate", block);
-    if (load_mat(L, p, c->n_experts, H, &ly->router)) return -1;
+        return lm_errf(L->err, "layer %d is a MoE layer but has no router (model.layers.%d.%s.%s.weight)", l, l,
+                       n->moe_blocks[0], n->router);
+    MAT(ly->router, c->n_experts, H, "%s.%s", block, n->router);
     int SI = c->shared_expert_intermediate_size;
     if (SI > 0) {
-        MAT(ly->shared_gate, SI, H, "%s.shared_expert.gate_proj", block);
-        MAT(ly->shared_up, SI, H, "%s.shared_expert.up_proj", block);
-        MAT(ly->shared_down, H, SI, "%s.shared_expert.down_proj", block);
-        MAT(ly->shared_expert_gate, 1, H, "%s.shared_expert_gate", block);
+        MAT(ly->shared_gate, SI, H, "%s.%s.gate_proj", block, n->shared_expert);
+        MAT(ly->shared_up, SI, H, "%s.%s.up_proj", block, n->shared_expert);
+        MAT(ly->shared_down, H, SI, "%s.%s.down_proj", block, n->shared_expert);
+        MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, n->shared_expert_gate);
     }
-    return load_experts(L, l, block, ly, lazy);
+    return load_experts(L, l, block, ly);
 #undef VEC
 #undef MAT
 #undef NORM
@@ -556,8 +520,7 @@ static void account(lm_weights *w) {
     w->params_active = resident_params + active;
 }
 
-int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progress_fn progress, void *pctx,
-                    char *err) {
+int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
     loader L = {w, err, 0.0f};
     if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
@@ -577,7 +540,7 @@ int lm_weights_load(lm_weights *w, const char *dir, int lazy_experts, lm_progres
         goto fail;
     }
     for (int l = 0; l < c->n_layers; l++) {
-        if (load_layer(&L, l, lazy_experts) != 0) goto fail;
+        if (load_layer(&L, l) != 0) goto fail;
         if (progress) progress(pctx, "loading weights", (double)(l + 1) / c->n_layers);
     }
     int half = c->rope_dim / 2;

@@ -19,6 +19,7 @@
 #include "formats/mlx_quant.h"
 #include "formats/pyjson.h"
 #include "formats/safetensors_write.h"
+#include "models/family.h"
 #include "platform/fs.h"
 #include "platform/platform.h"
 
@@ -46,54 +47,14 @@
 
 /* ---- presets ------------------------------------------------------------------------ */
 
-typedef enum { FAM_QWEN3_MOE, FAM_MIXTRAL, FAM_QWEN3_NEXT } family;
-
+/* A preset (its family's file, src/models/) with the --layers and test overrides. */
 typedef struct {
-    const char *name;
-    const char *model_type, *architecture;
-    double rope_theta, rms_eps;
-    double partial_rotary;
-    family fam;
-    int layers, hidden, heads, kv_heads;
-    int head_dim;         /* 0: hidden / heads, and no head_dim key in config.json */
-    int experts, top_k, moe_intermediate;
-    int intermediate;     /* config's intermediate_size (mixtral: the experts') */
-    int shared_intermediate;
-    int vocab, max_position;
-    int bos, eos, eos2;   /* eos2 < 0: one eos id */
-    /* qwen3_next: Gated DeltaNet */
-    int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
-    int resid_layers;     /* the preset's own layer count: fixes the residual init scale */
+    lm_synth_preset m;
+    const lm_family *fam;
+    int resid_layers; /* the preset's own layer count: fixes the residual init scale */
 } synth_spec;
 
-/* Public config.json values (Qwen/Qwen3-30B-A3B, mistralai/Mixtral-8x7B-v0.1,
- * Qwen/Qwen3-Next-80B-A3B-Instruct, whose shapes Qwen3-Coder-Next shares). */
-static const synth_spec presets[] = {
-    {.name = "qwen3-30b-a3b", .fam = FAM_QWEN3_MOE, .model_type = "qwen3_moe",
-     .architecture = "Qwen3MoeForCausalLM", .layers = 48, .hidden = 2048, .heads = 32,
-     .kv_heads = 4, .head_dim = 128, .experts = 128, .top_k = 8, .moe_intermediate = 768,
-     .intermediate = 6144, .vocab = 151936, .max_position = 40960, .rope_theta = 1e6,
-     .rms_eps = 1e-6, .bos = 151643, .eos = 151645, .eos2 = 151643, .partial_rotary = 1.0},
-    {.name = "qwen3-coder-next", .fam = FAM_QWEN3_NEXT, .model_type = "qwen3_next",
-     .architecture = "Qwen3NextForCausalLM", .layers = 48, .hidden = 2048, .heads = 16,
-     .kv_heads = 2, .head_dim = 256, .experts = 512, .top_k = 10, .moe_intermediate = 512,
-     .intermediate = 5120, .shared_intermediate = 512, .vocab = 151936,
-     .max_position = 262144, .rope_theta = 1e7, .rms_eps = 1e-6, .bos = 151643,
-     .eos = 151645, .eos2 = 151643, .lin_k_heads = 16, .lin_v_heads = 32, .lin_k_dim = 128,
-     .lin_v_dim = 128, .conv_kernel = 4, .full_interval = 4, .partial_rotary = 0.25},
-    {.name = "mixtral-8x7b", .fam = FAM_MIXTRAL, .model_type = "mixtral",
-     .architecture = "MixtralForCausalLM", .layers = 32, .hidden = 4096, .heads = 32,
-     .kv_heads = 8, .head_dim = 0, .experts = 8, .top_k = 2, .moe_intermediate = 14336,
-     .intermediate = 14336, .vocab = 32000, .max_position = 32768, .rope_theta = 1e6,
-     .rms_eps = 1e-5, .bos = 1, .eos = 2, .eos2 = -1, .partial_rotary = 1.0},
-    {.name = "tiny", .fam = FAM_QWEN3_MOE, .model_type = "qwen3_moe",
-     .architecture = "Qwen3MoeForCausalLM", .layers = 4, .hidden = 256, .heads = 4,
-     .kv_heads = 2, .head_dim = 64, .experts = 16, .top_k = 4, .moe_intermediate = 128,
-     .intermediate = 512, .vocab = 2048, .max_position = 4096, .rope_theta = 1e6,
-     .rms_eps = 1e-6, .bos = 1, .eos = 2, .eos2 = -1, .partial_rotary = 1.0},
-};
-
-const char *lm_synth_presets(void) { return "qwen3-30b-a3b, qwen3-coder-next, mixtral-8x7b, tiny"; }
+const char *lm_synth_presets(void) { return lm_family_preset_names(); }
 
 void lm_synth_options_init(lm_synth_options *o) {
     memset(o, 0, sizeof *o);
@@ -114,44 +75,44 @@ int lm_synth_parse_routing(const char *s, lm_synth_routing *out) {
 
 static int make_spec(const lm_synth_options *o, synth_spec *s, char *err) {
     if (!o->preset) return lm_errf(err, "no preset (presets: %s)", lm_synth_presets());
-    const synth_spec *p = NULL;
-    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
-        if (!strcmp(o->preset, presets[i].name)) p = &presets[i];
+    const lm_family *fam = NULL;
+    const lm_synth_preset *p = lm_family_find_preset(o->preset, &fam);
     if (!p) return lm_errf(err, "unknown preset '%.64s' (presets: %s)", o->preset, lm_synth_presets());
-    *s = *p;
+    s->m = *p;
+    s->fam = fam;
     s->resid_layers = p->layers;
     if (o->layers < 0 || o->layers > 4096) return lm_errf(err, "--layers must be 1..4096");
-    if (o->layers) s->layers = o->layers;
+    if (o->layers) s->m.layers = o->layers;
     if (o->hidden < 0 || o->experts < 0 || o->moe_intermediate < 0 || o->vocab < 0)
         return lm_errf(err, "dimension overrides must be positive");
-    if (o->hidden) s->hidden = o->hidden;
+    if (o->hidden) s->m.hidden = o->hidden;
     if (o->experts) {
-        s->experts = o->experts;
-        if (s->top_k > s->experts) s->top_k = s->experts;
+        s->m.experts = o->experts;
+        if (s->m.top_k > s->m.experts) s->m.top_k = s->m.experts;
     }
     if (o->moe_intermediate) {
-        s->moe_intermediate = o->moe_intermediate;
-        if (s->fam == FAM_MIXTRAL) s->intermediate = o->moe_intermediate;
-        if (s->shared_intermediate) s->shared_intermediate = o->moe_intermediate;
+        s->m.moe_intermediate = o->moe_intermediate;
+        if (s->fam->experts_use_intermediate_size) s->m.intermediate = o->moe_intermediate;
+        if (s->m.shared_intermediate) s->m.shared_intermediate = o->moe_intermediate;
     }
     if (o->vocab) {
-        s->vocab = o->vocab;
-        if (s->bos >= s->vocab || s->eos >= s->vocab || s->eos2 >= s->vocab) {
-            s->bos = 1;
-            s->eos = 2;
-            s->eos2 = -1;
+        s->m.vocab = o->vocab;
+        if (s->m.bos >= s->m.vocab || s->m.eos >= s->m.vocab || s->m.eos2 >= s->m.vocab) {
+            s->m.bos = 1;
+            s->m.eos = 2;
+            s->m.eos2 = -1;
         }
     }
-    if (s->hidden > (1 << 16) || s->experts > (1 << 14) || s->moe_intermediate > (1 << 18) ||
-        s->vocab > (1 << 22))
+    if (s->m.hidden > (1 << 16) || s->m.experts > (1 << 14) || s->m.moe_intermediate > (1 << 18) ||
+        s->m.vocab > (1 << 22))
         return lm_errf(err, "dimension overrides are too large");
-    if (!s->head_dim && s->hidden % s->heads)
-        return lm_errf(err, "hidden size %d is not divisible by %d heads", s->hidden, s->heads);
+    if (!s->m.head_dim && s->m.hidden % s->m.heads)
+        return lm_errf(err, "hidden size %d is not divisible by %d heads", s->m.hidden, s->m.heads);
     mlxq_params q = {o->bits, o->group_size, LM_DT_BF16, MLXQ_KERNEL_GPU};
     if (mlxq_check(&q, 1, o->group_size, err) != 0) return lm_err_prefix(err, "synth");
     if (o->bits != 4 && o->bits != 8)
         return lm_errf(err, "--bits must be 4 or 8, not %d", o->bits);
-    int dims[2] = {s->hidden, s->moe_intermediate};
+    int dims[2] = {s->m.hidden, s->m.moe_intermediate};
     for (int i = 0; i < 2; i++)
         if (dims[i] % o->group_size || dims[i] % ROUTER_GROUP_SIZE)
             return lm_errf(err, "dimension %d is not divisible by the group size %d", dims[i],
@@ -159,7 +120,7 @@ static int make_spec(const lm_synth_options *o, synth_spec *s, char *err) {
     return 0;
 }
 
-static int head_dim_of(const synth_spec *s) { return s->head_dim ? s->head_dim : s->hidden / s->heads; }
+static int head_dim_of(const synth_spec *s) { return s->m.head_dim ? s->m.head_dim : s->m.hidden / s->m.heads; }
 
 /* ---- random numbers -------------------------------------------------------------------- */
 
@@ -272,17 +233,20 @@ static int add_item(synth *S, synth_item **out, char *err) {
     return 0;
 }
 
+/* A quantized matrix (stack); modules the family's mlx-lm rule names (routers) get
+ * 8 bits, group 64, recorded as overrides in config.json. */
 static int add_mat(synth *S, int batch, int nmat, int64_t rows, int64_t cols, init_kind init,
-                   float std, int router, char *err, const char *fmt, ...)
-    __attribute__((format(printf, 10, 11)));
+                   float std, char *err, const char *fmt, ...)
+    __attribute__((format(printf, 9, 10)));
 static int add_mat(synth *S, int batch, int nmat, int64_t rows, int64_t cols, init_kind init,
-                   float std, int router, char *err, const char *fmt, ...) {
+                   float std, char *err, const char *fmt, ...) {
     synth_item *it;
     if (add_item(S, &it, err) != 0) return -1;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(it->name, sizeof it->name, fmt, ap);
     va_end(ap);
+    int router = lm_family_router_8bit(S->spec.fam, it->name);
     it->batch = batch;
     it->layer = batch - 1;
     it->quant = 1;
@@ -332,77 +296,65 @@ static float inv_sqrt(int64_t n) { return 1.0f / sqrtf((float)n); }
 /* One decoder layer's tensors (plan_items sorts them by name afterwards). */
 static int plan_layer(synth *S, int l, char *err) {
     const synth_spec *s = &S->spec;
-    const int b = l + 1, H = s->hidden, hd = head_dim_of(s), E = s->experts;
-    const int I = s->moe_intermediate;
+    const int b = l + 1, H = s->m.hidden, hd = head_dim_of(s), E = s->m.experts;
+    const int I = s->m.moe_intermediate;
     const float resid = inv_sqrt(2 * (int64_t)s->resid_layers); /* GPT-2 residual init */
     /* Realistic routing lets attention carry context into the residual stream, which
      * makes consecutive tokens' routing correlated (see synth.h). */
     const float attn = S->opt->routing == LM_SYNTH_REALISTIC ? REALISTIC_ATTN_GAIN : resid;
-    int64_t vH[1] = {H}, vhd[1] = {hd};
+    int64_t vH[1] = {H};
     int rc = 0;
     char p[96];
     snprintf(p, sizeof p, "model.layers.%d", l);
-    /* Names are added in bytewise-sorted order. */
-    if (s->fam == FAM_MIXTRAL) {
-        rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, 0, err,
-                      "%s.block_sparse_moe.switch_mlp.down_proj", p);
-        rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), 0, err,
-                      "%s.block_sparse_moe.switch_mlp.gate_proj", p);
-        rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), 0, err,
-                      "%s.block_sparse_moe.switch_mlp.up_proj", p);
-        rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, 0, err, "%s.block_sparse_moe.gate", p);
-        rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.input_layernorm.weight", p);
-        rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.post_attention_layernorm.weight", p);
-        int nq = s->heads * hd, nkv = s->kv_heads * hd;
-        rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.k_proj", p);
-        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * attn, 0, err, "%s.self_attn.o_proj", p);
-        rc |= add_mat(S, b, 1, nq, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.q_proj", p);
-        rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.v_proj", p);
-        return rc ? -1 : 0;
-    }
+    const lm_family *f = s->fam;
+    const char *moe = f->names->moe_blocks[0]; /* mlx-lm's name of the MoE block */
     rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.input_layernorm.weight", p);
-    int linear = s->fam == FAM_QWEN3_NEXT && (l + 1) % s->full_interval != 0;
+    rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.post_attention_layernorm.weight", p);
+    int linear = s->m.full_interval && (l + 1) % s->m.full_interval != 0;
     if (linear) {
-        int key_dim = s->lin_k_heads * s->lin_k_dim, value_dim = s->lin_v_heads * s->lin_v_dim;
+        int key_dim = s->m.lin_k_heads * s->m.lin_k_dim, value_dim = s->m.lin_v_heads * s->m.lin_v_dim;
         int conv_dim = 2 * key_dim + value_dim;
-        int64_t vv[1] = {s->lin_v_heads}, conv[3] = {conv_dim, s->conv_kernel, 1};
-        int64_t vnorm[1] = {s->lin_v_dim};
+        int64_t vv[1] = {s->m.lin_v_heads}, conv[3] = {conv_dim, s->m.conv_kernel, 1};
+        int64_t vnorm[1] = {s->m.lin_v_dim};
         rc |= add_vec(S, b, 1, vv, INIT_ALOG, 0, err, "%s.linear_attn.A_log", p);
-        rc |= add_vec(S, b, 3, conv, INIT_LINEAR, inv_sqrt(s->conv_kernel), err,
+        rc |= add_vec(S, b, 3, conv, INIT_LINEAR, inv_sqrt(s->m.conv_kernel), err,
                       "%s.linear_attn.conv1d.weight", p);
         rc |= add_vec(S, b, 1, vv, INIT_ONES, 0, err, "%s.linear_attn.dt_bias", p);
-        rc |= add_mat(S, b, 1, 2 * (int64_t)s->lin_v_heads, H, INIT_LINEAR, inv_sqrt(H), 0, err,
+        rc |= add_mat(S, b, 1, 2 * (int64_t)s->m.lin_v_heads, H, INIT_LINEAR, inv_sqrt(H), err,
                       "%s.linear_attn.in_proj_ba", p);
         rc |= add_mat(S, b, 1, 2 * (int64_t)key_dim + 2 * (int64_t)value_dim, H, INIT_LINEAR,
-                      inv_sqrt(H), 0, err, "%s.linear_attn.in_proj_qkvz", p);
+                      inv_sqrt(H), err, "%s.linear_attn.in_proj_qkvz", p);
         rc |= add_vec(S, b, 1, vnorm, INIT_NORM, 0, err, "%s.linear_attn.norm.weight", p);
-        rc |= add_mat(S, b, 1, H, value_dim, INIT_LINEAR, inv_sqrt(value_dim) * attn, 0, err,
+        rc |= add_mat(S, b, 1, H, value_dim, INIT_LINEAR, inv_sqrt(value_dim) * attn, err,
                       "%s.linear_attn.out_proj", p);
+    } else {
+        /* With an output gate q_proj is [2 * heads * hd, H] (per head: query, then gate). */
+        int nq = s->m.heads * hd, nkv = s->m.kv_heads * hd;
+        int qrows = f->attn_output_gate ? 2 * nq : nq;
+        rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), err, "%s.self_attn.k_proj", p);
+        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * attn, err, "%s.self_attn.o_proj", p);
+        rc |= add_mat(S, b, 1, qrows, H, INIT_LINEAR, inv_sqrt(H), err, "%s.self_attn.q_proj", p);
+        rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), err, "%s.self_attn.v_proj", p);
+        if (f->qk_norm != LM_QK_NORM_NONE) {
+            int per_head = f->qk_norm == LM_QK_NORM_PER_HEAD;
+            int64_t vq[1] = {per_head ? hd : nq}, vk[1] = {per_head ? hd : nkv};
+            rc |= add_vec(S, b, 1, vk, INIT_NORM, 0, err, "%s.self_attn.k_norm.weight", p);
+            rc |= add_vec(S, b, 1, vq, INIT_NORM, 0, err, "%s.self_attn.q_norm.weight", p);
+        }
     }
-    rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, 1, err, "%s.mlp.gate", p);
-    if (s->shared_intermediate) {
-        int SI = s->shared_intermediate;
-        rc |= add_mat(S, b, 1, H, SI, INIT_LINEAR, inv_sqrt(SI) * resid, 0, err,
-                      "%s.mlp.shared_expert.down_proj", p);
-        rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.mlp.shared_expert.gate_proj", p);
-        rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.mlp.shared_expert.up_proj", p);
-        rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), 1, err, "%s.mlp.shared_expert_gate", p);
+    rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, err, "%s.%s.%s", p, moe, f->names->router);
+    if (s->m.shared_intermediate) {
+        int SI = s->m.shared_intermediate;
+        const char *se = f->names->shared_expert;
+        rc |= add_mat(S, b, 1, H, SI, INIT_LINEAR, inv_sqrt(SI) * resid, err, "%s.%s.%s.down_proj", p, moe, se);
+        rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s.gate_proj", p, moe, se);
+        rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s.up_proj", p, moe, se);
+        rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s", p, moe,
+                      f->names->shared_expert_gate);
     }
-    rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, 0, err, "%s.mlp.switch_mlp.down_proj", p);
-    rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.mlp.switch_mlp.gate_proj", p);
-    rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.mlp.switch_mlp.up_proj", p);
-    rc |= add_vec(S, b, 1, vH, INIT_NORM, 0, err, "%s.post_attention_layernorm.weight", p);
-    if (!linear) {
-        /* qwen3_next's full attention has an output gate: q_proj is [2 * heads * hd, H]. */
-        int nq = s->heads * hd, nkv = s->kv_heads * hd;
-        int qrows = s->fam == FAM_QWEN3_NEXT ? 2 * nq : nq;
-        rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.k_proj", p);
-        rc |= add_vec(S, b, 1, vhd, INIT_NORM, 0, err, "%s.self_attn.k_norm.weight", p);
-        rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * attn, 0, err, "%s.self_attn.o_proj", p);
-        rc |= add_mat(S, b, 1, qrows, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.q_proj", p);
-        rc |= add_vec(S, b, 1, vhd, INIT_NORM, 0, err, "%s.self_attn.q_norm.weight", p);
-        rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), 0, err, "%s.self_attn.v_proj", p);
-    }
+    rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, err, "%s.%s.switch_mlp.down_proj", p, moe);
+    rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.switch_mlp.gate_proj", p, moe);
+    rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.switch_mlp.up_proj", p, moe);
     return rc ? -1 : 0;
 }
 
@@ -414,14 +366,14 @@ static int cmp_items(const void *pa, const void *pb) {
 
 static int plan_items(synth *S, char *err) {
     const synth_spec *s = &S->spec;
-    if (add_mat(S, 0, 1, s->vocab, s->hidden, INIT_EMBED, 1.0f, 0, err, "model.embed_tokens")) return -1;
-    for (int l = 0; l < s->layers; l++)
+    if (add_mat(S, 0, 1, s->m.vocab, s->m.hidden, INIT_EMBED, 1.0f, err, "model.embed_tokens")) return -1;
+    for (int l = 0; l < s->m.layers; l++)
         if (plan_layer(S, l, err) != 0) return -1;
-    int64_t vH[1] = {s->hidden};
-    int last = s->layers + 1;
+    int64_t vH[1] = {s->m.hidden};
+    int last = s->m.layers + 1;
     /* mlx-lm's order puts the model's own modules after the layers: norm, then lm_head. */
     if (add_vec(S, last, 1, vH, INIT_NORM, 0, err, "model.norm.weight")) return -1;
-    if (add_mat(S, last, 1, s->vocab, s->hidden, INIT_LINEAR, inv_sqrt(s->hidden), 0, err, "lm_head"))
+    if (add_mat(S, last, 1, s->m.vocab, s->m.hidden, INIT_LINEAR, inv_sqrt(s->m.hidden), err, "lm_head"))
         return -1;
     /* The converter's order: embeddings, layers in order, the rest; by name inside each. */
     qsort(S->items, (size_t)S->nitems, sizeof *S->items, cmp_items);
@@ -438,13 +390,13 @@ static uint64_t item_bytes(const synth_item *it) {
 static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
     memset(plan, 0, sizeof *plan);
     const synth_spec *s = &S->spec;
-    snprintf(plan->model_type, sizeof plan->model_type, "%s", s->model_type);
-    plan->layers = s->layers;
-    plan->hidden = s->hidden;
-    plan->experts = s->experts;
-    plan->top_k = s->top_k;
-    plan->moe_intermediate = s->moe_intermediate;
-    plan->vocab = s->vocab;
+    snprintf(plan->model_type, sizeof plan->model_type, "%s", s->fam->model_type);
+    plan->layers = s->m.layers;
+    plan->hidden = s->m.hidden;
+    plan->experts = s->m.experts;
+    plan->top_k = s->m.top_k;
+    plan->moe_intermediate = s->m.moe_intermediate;
+    plan->vocab = s->m.vocab;
     S->params_total = 0;
     for (int i = 0; i < S->nitems; i++) {
         const synth_item *it = &S->items[i];
@@ -476,7 +428,7 @@ static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
         }
     }
     plan->bytes_resident = plan->bytes_total - plan->bytes_experts;
-    uint64_t moe_layers = (uint64_t)s->layers * (uint64_t)s->experts;
+    uint64_t moe_layers = (uint64_t)s->m.layers * (uint64_t)s->m.experts;
     plan->bytes_per_expert = moe_layers ? plan->bytes_experts / moe_layers : 0;
     plan->params_total = S->params_total;
     /* Shard count as the writer will cut them (mlx-lm's rule, see safetensors_write.h). */
@@ -530,11 +482,11 @@ static void router_params(const synth *S, int layer, int e, float *scale, float 
         uint64_t key = o->seed ^ hash_str("synth.collapsed") ^ ((uint64_t)layer << 20);
         uint64_t x = key + (uint64_t)e, mine = splitmix64(&x);
         int below = 0;
-        for (int k = 0; k < S->spec.experts; k++) {
+        for (int k = 0; k < S->spec.m.experts; k++) {
             uint64_t y = key + (uint64_t)k, h = splitmix64(&y);
             below += h < mine || (h == mine && k < e);
         }
-        if (below < S->spec.top_k) *bias = COLLAPSED_BIAS;
+        if (below < S->spec.m.top_k) *bias = COLLAPSED_BIAS;
     }
 }
 
@@ -542,7 +494,7 @@ static void router_params(const synth *S, int layer, int e, float *scale, float 
 static void gen_rows(const synth *S, const synth_item *it, int mat, int64_t r0, int64_t n, float *f) {
     const int64_t C = it->cols;
     const uint64_t nh = hash_str(it->name);
-    const int H = S->spec.hidden;
+    const int H = S->spec.m.hidden;
     for (int64_t i = 0; i < n; i++) {
         int64_t row = r0 + i;
         float *dst = f + i * C;
@@ -595,7 +547,7 @@ static void gen_rows(const synth *S, const synth_item *it, int mat, int64_t r0, 
 int lm_synth_common_direction(const lm_synth_options *o, float *m, char *err) {
     synth_spec s;
     if (make_spec(o, &s, err) != 0) return -1;
-    make_common(o, s.hidden, m);
+    make_common(o, s.m.hidden, m);
     return 0;
 }
 
@@ -604,19 +556,19 @@ int lm_synth_router_floats(const lm_synth_options *o, int layer, float *w, char 
     memset(&S, 0, sizeof S);
     S.opt = o;
     if (make_spec(o, &S.spec, err) != 0) return -1;
-    if (layer < 0 || layer >= S.spec.layers) return lm_errf(err, "layer %d out of range", layer);
-    S.common = malloc(sizeof(float) * (size_t)S.spec.hidden);
+    if (layer < 0 || layer >= S.spec.m.layers) return lm_errf(err, "layer %d out of range", layer);
+    S.common = malloc(sizeof(float) * (size_t)S.spec.m.hidden);
     if (!S.common) return lm_errf(err, "out of memory");
-    make_common(o, S.spec.hidden, S.common);
+    make_common(o, S.spec.m.hidden, S.common);
     synth_item it;
     memset(&it, 0, sizeof it);
-    snprintf(it.name, sizeof it.name, "model.layers.%d.%s", layer,
-             S.spec.fam == FAM_MIXTRAL ? "block_sparse_moe.gate" : "mlp.gate");
+    snprintf(it.name, sizeof it.name, "model.layers.%d.%s.%s", layer, S.spec.fam->names->moe_blocks[0],
+             S.spec.fam->names->router);
     it.init = INIT_ROUTER;
     it.layer = layer;
     it.nmat = 1;
-    it.rows = S.spec.experts;
-    it.cols = S.spec.hidden;
+    it.rows = S.spec.m.experts;
+    it.cols = S.spec.m.hidden;
     gen_rows(&S, &it, 0, 0, it.rows, w);
     free(S.common);
     return 0;
@@ -823,10 +775,10 @@ static int sorted_key_cmp(const void *a, const void *b) {
 }
 
 static json_t *eos_json(const synth_spec *s) {
-    if (s->eos2 < 0) return json_integer(s->eos);
+    if (s->m.eos2 < 0) return json_integer(s->m.eos);
     json_t *a = json_array();
-    json_array_append_new(a, json_integer(s->eos));
-    json_array_append_new(a, json_integer(s->eos2));
+    json_array_append_new(a, json_integer(s->m.eos));
+    json_array_append_new(a, json_integer(s->m.eos2));
     return a;
 }
 
@@ -834,59 +786,30 @@ static json_t *build_config(const synth *S) {
     const synth_spec *s = &S->spec;
     json_t *c = json_object();
     json_t *arch = json_array();
-    json_array_append_new(arch, json_string(s->architecture));
+    json_array_append_new(arch, json_string(s->fam->hf_architecture));
     json_object_set_new(c, "architectures", arch);
     json_object_set_new(c, "attention_dropout", json_real(0.0));
-    json_object_set_new(c, "bos_token_id", json_integer(s->bos));
+    json_object_set_new(c, "bos_token_id", json_integer(s->m.bos));
     /* As convert: eos_token_id taken from generation_config.json (a list for Qwen). */
     json_object_set_new(c, "eos_token_id", eos_json(s));
     json_object_set_new(c, "hidden_act", json_string("silu"));
-    json_object_set_new(c, "hidden_size", json_integer(s->hidden));
+    json_object_set_new(c, "hidden_size", json_integer(s->m.hidden));
     json_object_set_new(c, "initializer_range", json_real(0.02));
-    json_object_set_new(c, "intermediate_size", json_integer(s->intermediate));
-    json_object_set_new(c, "max_position_embeddings", json_integer(s->max_position));
-    json_object_set_new(c, "model_type", json_string(s->model_type));
-    json_object_set_new(c, "num_attention_heads", json_integer(s->heads));
-    json_object_set_new(c, "num_experts_per_tok", json_integer(s->top_k));
-    json_object_set_new(c, "num_hidden_layers", json_integer(s->layers));
-    json_object_set_new(c, "num_key_value_heads", json_integer(s->kv_heads));
+    json_object_set_new(c, "intermediate_size", json_integer(s->m.intermediate));
+    json_object_set_new(c, "max_position_embeddings", json_integer(s->m.max_position));
+    json_object_set_new(c, "model_type", json_string(s->fam->model_type));
+    json_object_set_new(c, "num_attention_heads", json_integer(s->m.heads));
+    json_object_set_new(c, "num_experts_per_tok", json_integer(s->m.top_k));
+    json_object_set_new(c, "num_hidden_layers", json_integer(s->m.layers));
+    json_object_set_new(c, "num_key_value_heads", json_integer(s->m.kv_heads));
     json_object_set_new(c, "output_router_logits", json_false());
-    json_object_set_new(c, "rms_norm_eps", json_real(s->rms_eps));
-    json_object_set_new(c, "rope_theta", json_real(s->rope_theta));
+    json_object_set_new(c, "rms_norm_eps", json_real(s->m.rms_eps));
+    json_object_set_new(c, "rope_theta", json_real(s->m.rope_theta));
     json_object_set_new(c, "tie_word_embeddings", json_false());
     json_object_set_new(c, "torch_dtype", json_string("bfloat16"));
     json_object_set_new(c, "use_cache", json_true());
-    json_object_set_new(c, "vocab_size", json_integer(s->vocab));
-    if (s->fam == FAM_MIXTRAL) {
-        json_object_set_new(c, "num_local_experts", json_integer(s->experts));
-        json_object_set_new(c, "router_aux_loss_coef", json_real(0.02));
-        json_object_set_new(c, "sliding_window", json_null());
-    } else {
-        json_object_set_new(c, "attention_bias", json_false());
-        json_object_set_new(c, "decoder_sparse_step", json_integer(1));
-        json_object_set_new(c, "head_dim", json_integer(head_dim_of(s)));
-        json_object_set_new(c, "mlp_only_layers", json_array());
-        json_object_set_new(c, "moe_intermediate_size", json_integer(s->moe_intermediate));
-        json_object_set_new(c, "norm_topk_prob", json_true());
-        json_object_set_new(c, "num_experts", json_integer(s->experts));
-        json_object_set_new(c, "rope_scaling", json_null());
-        json_object_set_new(c, "router_aux_loss_coef", json_real(0.001));
-        json_object_set_new(c, "use_sliding_window", json_false());
-    }
-    if (s->fam == FAM_QWEN3_MOE) {
-        json_object_set_new(c, "max_window_layers", json_integer(s->layers));
-        json_object_set_new(c, "sliding_window", json_null());
-    }
-    if (s->fam == FAM_QWEN3_NEXT) {
-        json_object_set_new(c, "full_attention_interval", json_integer(s->full_interval));
-        json_object_set_new(c, "linear_conv_kernel_dim", json_integer(s->conv_kernel));
-        json_object_set_new(c, "linear_key_head_dim", json_integer(s->lin_k_dim));
-        json_object_set_new(c, "linear_num_key_heads", json_integer(s->lin_k_heads));
-        json_object_set_new(c, "linear_num_value_heads", json_integer(s->lin_v_heads));
-        json_object_set_new(c, "linear_value_head_dim", json_integer(s->lin_v_dim));
-        json_object_set_new(c, "partial_rotary_factor", json_real(s->partial_rotary));
-        json_object_set_new(c, "shared_expert_intermediate_size", json_integer(s->shared_intermediate));
-    }
+    json_object_set_new(c, "vocab_size", json_integer(s->m.vocab));
+    if (s->fam->synth_config) s->fam->synth_config(c, &s->m);
     json_t *q = json_object();
     json_object_set_new(q, "group_size", json_integer(S->opt->group_size));
     json_object_set_new(q, "bits", json_integer(S->opt->bits));
@@ -948,15 +871,10 @@ static int write_configs(const synth *S, const char *dir, char *err) {
     if (write_json(dir, "config.json", build_config(S), 4, 0, err)) return -1;
     const synth_spec *s = &S->spec;
     json_t *g = json_object();
-    json_object_set_new(g, "bos_token_id", json_integer(s->bos));
+    json_object_set_new(g, "bos_token_id", json_integer(s->m.bos));
     json_object_set_new(g, "do_sample", json_true());
     json_object_set_new(g, "eos_token_id", eos_json(s));
-    if (s->fam != FAM_MIXTRAL) {
-        json_object_set_new(g, "pad_token_id", json_integer(s->bos));
-        json_object_set_new(g, "temperature", json_real(0.7));
-        json_object_set_new(g, "top_k", json_integer(20));
-        json_object_set_new(g, "top_p", json_real(0.8));
-    }
+    if (s->fam->synth_generation) s->fam->synth_generation(g, &s->m);
     json_object_set_new(g, "transformers_version", json_string("4.51.0"));
     return write_json(dir, "generation_config.json", g, 2, 1, err);
 }
@@ -1035,7 +953,7 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     if (nthreads > MAX_SYNTH_THREADS) nthreads = MAX_SYNTH_THREADS;
     if (!o->quiet) {
         lm_log(LAZYMOE_LOG_INFO, "synth: %s (%s) -> %s: %d layers, %d experts top-%d, %d-bit group %d, routing %s",
-               o->preset, S.spec.model_type, out, S.spec.layers, S.spec.experts, S.spec.top_k, o->bits,
+               o->preset, S.spec.fam->model_type, out, S.spec.m.layers, S.spec.m.experts, S.spec.m.top_k, o->bits,
                o->group_size,
                o->routing == LM_SYNTH_UNIFORM ? "uniform" : o->routing == LM_SYNTH_COLLAPSED ? "collapsed" : "realistic");
         lm_log(LAZYMOE_LOG_INFO, "synth: %.2f GB in %d shard(s), %d tensors, %.2f MB per expert, %d thread(s)",
@@ -1044,9 +962,9 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     }
     if (!(tmp = lm_dir_temp_create(out, err))) goto done;
     tmp_made = 1;
-    S.common = lm_malloc(sizeof(float) * (size_t)S.spec.hidden, "common direction", err);
+    S.common = lm_malloc(sizeof(float) * (size_t)S.spec.m.hidden, "common direction", err);
     if (!S.common) goto done;
-    make_common(o, S.spec.hidden, S.common);
+    make_common(o, S.spec.m.hidden, S.common);
     if (stw_model_create(&S.writer, tmp, o->max_shard_bytes, err) != 0) goto done;
     if (declare_all(&S, &plan, err) != 0) goto done;
     if (stw_model_start(S.writer, err) != 0) goto done;
@@ -1066,7 +984,7 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
             int b = S.items[i].batch;
             char what[48];
             if (b == 0) snprintf(what, sizeof what, "embeddings");
-            else if (b <= S.spec.layers) snprintf(what, sizeof what, "layer %d/%d", b, S.spec.layers);
+            else if (b <= S.spec.m.layers) snprintf(what, sizeof what, "layer %d/%d", b, S.spec.m.layers);
             else snprintf(what, sizeof what, "norm + lm_head");
             lm_log(LAZYMOE_LOG_INFO, "synth: %s: %.1f MB at %.0f MB/s; total %.2f/%.2f GB, %.0f MB/s, ETA %s",
                    what, (double)bytes / 1e6, (double)bytes / 1e6 / (now - tb + 1e-9),

@@ -85,7 +85,7 @@ typedef struct {
 
 void lm_synth_options_init(lm_synth_options *o);
 
-/* "qwen3-30b-a3b, qwen3-coder-next, mixtral-8x7b, tiny" */
+/* The presets of every registered family (src/models/, one file per family), comma-separated. */
 const char *lm_synth_presets(void);
 /* "realistic" | "uniform" | "collapsed" -> 0, else -1. */
 int lm_synth_parse_routing(const char *s, lm_synth_routing *out);

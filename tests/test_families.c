@@ -1,0 +1,270 @@
+/* The family registry (src/models/family.h): every family is listed once under names
+ * that find it again; every registered family parses the config of at least one golden
+ * fixture and binds its weights (resident and lazy), with the lm_config switches its
+ * descriptor promises; "not supported" errors of config parsing and convert name every
+ * registered family; synth presets belong to registered families and plan; mlx-lm's
+ * 8-bit router rule. */
+#include "harness.h"
+
+#include "common/error.h"
+#include "convert/convert.h"
+#include "experts/store.h"
+#include "models/config.h"
+#include "models/family.h"
+#include "models/model.h"
+#include "platform/fs.h"
+#include "synth/synth.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden"
+
+static int n_families(void) {
+    int n = 0;
+    while (lm_families[n]) n++;
+    return n;
+}
+
+/* Number of times `name` occurs in the comma-separated list. */
+static int count_in_list(const char *list, const char *name) {
+    int n = 0;
+    size_t len = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t item = end ? (size_t)(end - p) : strlen(p);
+        if (item == len && strncmp(p, name, len) == 0) n++;
+        if (!end) break;
+        p = end + 1;
+        while (*p == ' ') p++;
+    }
+    return n;
+}
+
+static void test_registry_names(void) {
+    int n = n_families();
+    CHECK(n >= 4);
+    const char *list = lm_family_names();
+    for (int i = 0; i < n; i++) {
+        const lm_family *f = lm_families[i];
+        CHECKF(f->model_type && f->model_type[0], "family %d has no model_type", i);
+        if (!f->model_type) continue;
+        CHECKF(lm_family_find(f->model_type) == f, "%s does not find itself", f->model_type);
+        CHECKF(count_in_list(list, f->model_type) == 1, "%s is listed %d times in \"%s\"", f->model_type,
+               count_in_list(list, f->model_type), list);
+        for (int a = 0; a < 4 && f->aliases[a]; a++)
+            CHECKF(lm_family_find(f->aliases[a]) == f, "alias %s of %s finds another family", f->aliases[a],
+                   f->model_type);
+        if (f->gguf_arch)
+            CHECKF(lm_family_find_gguf(f->gguf_arch) == f, "GGUF name %s of %s finds another family",
+                   f->gguf_arch, f->model_type);
+        CHECKF(f->hf_architecture && strstr(f->hf_architecture, "ForCausalLM"), "%s: hf_architecture",
+               f->model_type);
+        /* Tensor names weight binding needs. */
+        const lm_tensor_names *tn = f->names;
+        CHECKF(tn && tn->moe_blocks[0] && tn->router && tn->expert_gate[0] && tn->expert_up[0] &&
+                   tn->expert_down[0] && tn->shared_expert && tn->shared_expert_gate,
+               "%s: a tensor name is missing", f->model_type);
+        for (int j = 0; j < i; j++) {
+            const lm_family *g = lm_families[j];
+            CHECKF(g != f, "%s is registered twice", f->model_type);
+            CHECKF(strcmp(g->model_type, f->model_type) != 0, "model_type %s is registered twice", f->model_type);
+            CHECKF(!g->gguf_arch || !f->gguf_arch || strcmp(g->gguf_arch, f->gguf_arch) != 0,
+                   "GGUF name %s is registered twice", f->gguf_arch);
+        }
+    }
+    /* The listing holds the registered names and nothing else. */
+    int items = 1;
+    for (const char *p = list; *p; p++) items += *p == ',';
+    CHECK_EQ_INT(items, n);
+    CHECK(lm_family_find("llama4") == NULL);
+    CHECK(lm_family_find(NULL) == NULL);
+    CHECK(lm_family_find_gguf("not-an-architecture") == NULL);
+    CHECK(lm_family_find("QWEN3_MOE") == NULL); /* exact names only */
+}
+
+/* Checks what a family promises about the config and the bound weights. */
+static void check_bound(const lm_family *f, const lm_weights *w, const char *fixture) {
+    const lm_config *c = &w->cfg;
+    CHECKF(c->family == f, "%s: parsed as %s", fixture, c->family ? c->family->model_type : "nothing");
+    CHECKF(c->qk_norm == f->qk_norm, "%s: qk_norm", fixture);
+    CHECKF(c->attn_output_gate == f->attn_output_gate, "%s: attn_output_gate", fixture);
+    CHECKF(c->zero_centred_norms == f->zero_centred_norms, "%s: zero_centred_norms", fixture);
+    if (f->router_renorm == LM_RENORM_ALWAYS) CHECKF(c->norm_topk_prob == 1, "%s: renormalised router", fixture);
+    if (f->experts_use_intermediate_size)
+        CHECKF(c->moe_intermediate_size == c->intermediate_size, "%s: expert width", fixture);
+    if (f->window == LM_WINDOW_IGNORED) CHECKF(c->sliding_window == 0, "%s: sliding window", fixture);
+    if (!f->parse_config) CHECKF(c->layer_linear == NULL, "%s: linear attention layers", fixture);
+    int moe_layers = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const lm_layer *ly = &w->layers[l];
+        if (!ly->is_linear)
+            CHECKF((ly->q_norm != NULL) == (f->qk_norm != LM_QK_NORM_NONE), "%s: layer %d q_norm", fixture, l);
+        if (ly->is_moe) {
+            moe_layers++;
+            CHECKF(ly->router.rows == c->n_experts && ly->src.nparts > 0, "%s: layer %d experts", fixture, l);
+        }
+    }
+    CHECKF(moe_layers > 0, "%s: no MoE layer bound", fixture);
+}
+
+/* Every registered family parses and binds at least one golden fixture. */
+static void test_every_family_binds_a_fixture(void) {
+    int n = n_families();
+    int *bound = calloc((size_t)n, sizeof *bound);
+    DIR *d = opendir(GOLDEN);
+    CHECK(d != NULL && bound != NULL);
+    struct dirent *e;
+    char err[LM_ERR_LEN], dir[1024];
+    while (d && bound && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(dir, sizeof dir, "%s/%s", GOLDEN, e->d_name);
+        lm_config c;
+        if (lm_config_load(&c, dir, err) != 0) {
+            CHECKF(0, "%s: %s", e->d_name, err);
+            continue;
+        }
+        int idx = -1;
+        for (int i = 0; i < n; i++)
+            if (lm_families[i] == c.family) idx = i;
+        lm_config_free(&c);
+        CHECKF(idx >= 0, "%s: family not in the registry", e->d_name);
+        if (idx < 0) continue;
+        for (int lazy = 0; lazy < 2; lazy++) {
+            lm_weights w;
+            if (lm_weights_load(&w, dir, NULL, NULL, err) != 0) {
+                CHECKF(0, "%s: %s", e->d_name, err);
+                continue;
+            }
+            lm_expert_store *st = NULL;
+            if (!lazy && (lm_store_open(&st, &w, 0, NULL, err) != 0 || lm_store_load_resident(st, NULL, NULL, err) != 0))
+                CHECKF(0, "%s: resident experts: %s", e->d_name, err);
+            lm_store_close(st);
+            check_bound(lm_families[idx], &w, e->d_name);
+            lm_weights_free(&w);
+        }
+        bound[idx]++;
+    }
+    if (d) closedir(d);
+    for (int i = 0; bound && i < n; i++)
+        CHECKF(bound[i] > 0, "family %s has no golden fixture (tests/fixtures/golden)", lm_families[i]->model_type);
+    free(bound);
+}
+
+static void test_unsupported_names_every_family(void) {
+    char err[LM_ERR_LEN];
+    lm_config c;
+    CHECK(lm_config_parse(&c, "{\"model_type\": \"llama4\", \"vocab_size\": 8}", NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "model_type 'llama4' is not supported");
+    for (int i = 0; lm_families[i]; i++) CHECK_STR_CONTAINS(err, lm_families[i]->model_type);
+    CHECK(lm_config_parse(&c, "{\"vocab_size\": 8}", NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "no model_type");
+    for (int i = 0; lm_families[i]; i++) CHECK_STR_CONTAINS(err, lm_families[i]->model_type);
+
+    /* convert refuses it with the same list. */
+    char root[256], in[300], out[300], p[400];
+    snprintf(root, sizeof root, "/tmp/lazymoe_test_families.%ld", (long)getpid());
+    lm_remove_tree(root, NULL);
+    CHECK(lm_mkdir(root, NULL) == 0);
+    snprintf(in, sizeof in, "%s/in", root);
+    snprintf(out, sizeof out, "%s/out", root);
+    CHECK(lm_mkdir(in, NULL) == 0);
+    snprintf(p, sizeof p, "%s/config.json", in);
+    FILE *f = fopen(p, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("{\"model_type\": \"gpt2\", \"num_hidden_layers\": 1}", f);
+        fclose(f);
+    }
+    lm_convert_options o;
+    lm_convert_options_init(&o);
+    o.quiet = 1;
+    CHECK(lm_convert(in, out, &o, err) == -1);
+    CHECK_STR_CONTAINS(err, "unsupported model_type \"gpt2\"");
+    for (int i = 0; lm_families[i]; i++) CHECK_STR_CONTAINS(err, lm_families[i]->model_type);
+    CHECK(strcmp(lm_convert_supported_types(), lm_family_names()) == 0);
+    lm_remove_tree(root, NULL);
+}
+
+/* A family that does not allow partial RoPE refuses it; one that does takes it. */
+static void test_family_keys(void) {
+    char err[LM_ERR_LEN];
+    lm_config c;
+    const char *fmt = "{\"model_type\": \"%s\", \"vocab_size\": 16, \"hidden_size\": 32, \"num_hidden_layers\": 2,"
+                      " \"num_attention_heads\": 2, \"head_dim\": 16, \"moe_intermediate_size\": 8,"
+                      " \"intermediate_size\": 8, \"num_experts\": 4, \"num_experts_per_tok\": 2,"
+                      " \"partial_rotary_factor\": 0.5, \"linear_num_key_heads\": 1,"
+                      " \"linear_num_value_heads\": 2, \"linear_key_head_dim\": 8,"
+                      " \"linear_value_head_dim\": 8, \"linear_conv_kernel_dim\": 4}";
+    char json[1024];
+    for (int i = 0; lm_families[i]; i++) {
+        const lm_family *f = lm_families[i];
+        snprintf(json, sizeof json, fmt, f->model_type);
+        int rc = lm_config_parse(&c, json, NULL, err);
+        if (f->partial_rope) {
+            CHECKF(rc == 0, "%s: %s", f->model_type, err);
+            if (rc == 0) {
+                CHECK_EQ_INT(c.rope_dim, 8);
+                CHECK(c.family == f);
+                lm_config_free(&c);
+            }
+        } else {
+            CHECKF(rc == -1 && strstr(err, "partial_rotary_factor 0.5 is not supported"), "%s: %s", f->model_type,
+                   rc ? err : "accepted");
+        }
+    }
+}
+
+static void test_synth_presets(void) {
+    const char *list = lm_synth_presets();
+    CHECK(strcmp(list, lm_family_preset_names()) == 0);
+    int presets = 0;
+    char err[LM_ERR_LEN];
+    for (int i = 0; lm_families[i]; i++) {
+        const lm_family *f = lm_families[i];
+        for (const lm_synth_preset *p = f->synth_presets; p && p->name; p++) {
+            presets++;
+            const lm_family *owner = NULL;
+            CHECKF(lm_family_find_preset(p->name, &owner) == p && owner == f, "preset %s", p->name);
+            CHECKF(count_in_list(list, p->name) == 1, "preset %s listed %d times", p->name, count_in_list(list, p->name));
+            CHECKF(f->synth_config != NULL, "%s has presets but no synth_config", f->model_type);
+            lm_synth_options o;
+            lm_synth_options_init(&o);
+            o.preset = p->name;
+            o.layers = 1;
+            lm_synth_plan plan;
+            CHECKF(lm_synth_plan_model(&o, &plan, err) == 0, "%s: %s", p->name, err);
+            CHECK(strcmp(plan.model_type, f->model_type) == 0);
+            CHECK_EQ_INT(plan.experts, p->experts);
+        }
+    }
+    CHECK(presets >= 4);
+    int items = 1;
+    for (const char *q = list; *q; q++) items += *q == ',';
+    CHECK_EQ_INT(items, presets);
+    CHECK(lm_family_find_preset("no-such-preset", NULL) == NULL);
+}
+
+/* mlx-lm quantizes qwen routers (and qwen3_next's shared_expert_gate) at 8 bits, and
+ * nothing of mixtral or olmoe. */
+static void test_router_8bit_rule(void) {
+    CHECK(lm_family_router_8bit(&lm_family_qwen3_moe, "model.layers.3.mlp.gate"));
+    CHECK(!lm_family_router_8bit(&lm_family_qwen3_moe, "model.layers.3.mlp.switch_mlp.gate_proj"));
+    CHECK(!lm_family_router_8bit(&lm_family_qwen3_moe, "model.layers.3.mlp.shared_expert_gate"));
+    CHECK(lm_family_router_8bit(&lm_family_qwen3_next, "model.layers.3.mlp.gate"));
+    CHECK(lm_family_router_8bit(&lm_family_qwen3_next, "model.layers.3.mlp.shared_expert_gate"));
+    CHECK(!lm_family_router_8bit(&lm_family_qwen3_next, "model.layers.3.mlp.shared_expert.gate_proj"));
+    CHECK(!lm_family_router_8bit(&lm_family_mixtral, "model.layers.3.block_sparse_moe.gate"));
+    CHECK(!lm_family_router_8bit(&lm_family_olmoe, "model.layers.3.mlp.gate"));
+    CHECK(!lm_family_router_8bit(&lm_family_qwen3_moe, "lm_head"));
+}
+
+int main(void) {
+    TEST_CASE("families_registry_names", test_registry_names);
+    TEST_CASE("families_every_family_binds_a_fixture", test_every_family_binds_a_fixture);
+    TEST_CASE("families_unsupported_names_every_family", test_unsupported_names_every_family);
+    TEST_CASE("families_family_keys", test_family_keys);
+    TEST_CASE("families_synth_presets", test_synth_presets);
+    TEST_CASE("families_router_8bit_rule", test_router_8bit_rule);
+    TEST_EXIT();
+}
