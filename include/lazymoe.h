@@ -89,6 +89,8 @@ typedef struct {
      * instructions: faster, with the error tests/test_golden.c states). Lazy and
      * resident runs stay bit-identical either way; 0 = default. */
     int act_bits;
+    /* Where the tensor work runs: "cpu" (the only backend today); NULL = cpu. */
+    const char *backend;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -207,6 +209,12 @@ int lazymoe_detokenize(const lazymoe_model *m, const int32_t *ids, int n_ids, in
 int lazymoe_chat_format(const lazymoe_model *m, const char *messages_json, const char *tools_json,
                         int add_generation_prompt, const char *kwargs_json, char **text, char *err,
                         size_t errlen);
+/* The same, with the text's length in *len: a string in the messages may hold NUL
+ * bytes ("\u0000" in the JSON, e.g. a binary file an agent read), which the text then
+ * holds too; they are tokenized like any other character. */
+int lazymoe_chat_format_n(const lazymoe_model *m, const char *messages_json, const char *tools_json,
+                          int add_generation_prompt, const char *kwargs_json, char **text, size_t *len, char *err,
+                          size_t errlen);
 
 /* Sampling, in the order applied:
  *   penalties    repetition_penalty (transformers: a seen token's logit is divided by

@@ -18,68 +18,68 @@ static void test_errf(void) {
     CHECK(lm_errf(NULL, "ignored") == -1);
 }
 
-/* ---- lm_buf ---------------------------------------------------------------------- */
+/* ---- lm_strbuf ---------------------------------------------------------------------- */
 
 static void test_buf_append(void) {
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     CHECK(b.data == NULL);
-    CHECK(lm_buf_append(&b, "", 0) == 0); /* an empty append still gives a "" string */
+    CHECK(lm_strbuf_append(&b, "", 0) == 0); /* an empty append still gives a "" string */
     CHECK(b.data && b.data[0] == 0 && b.len == 0);
-    CHECK(lm_buf_puts(&b, "abc") == 0);
-    CHECK(lm_buf_putc(&b, '-') == 0);
-    CHECK(lm_buf_printf(&b, "%d/%s", 42, "x") == 0);
+    CHECK(lm_strbuf_puts(&b, "abc") == 0);
+    CHECK(lm_strbuf_putc(&b, '-') == 0);
+    CHECK(lm_strbuf_printf(&b, "%d/%s", 42, "x") == 0);
     CHECK(strcmp(b.data, "abc-42/x") == 0 && b.len == 8);
     /* growth across many doublings keeps every byte */
-    for (int i = 0; i < 10000; i++) lm_buf_putc(&b, (char)('a' + i % 26));
+    for (int i = 0; i < 10000; i++) lm_strbuf_putc(&b, (char)('a' + i % 26));
     CHECK(b.len == 10008 && b.cap > b.len && b.data[b.len] == 0);
     CHECK(b.data[8] == 'a' && b.data[8 + 27] == 'b');
     /* appending a part of itself survives the move of the data */
     size_t before = b.len;
-    lm_buf_append(&b, b.data, 3);
+    lm_strbuf_append(&b, b.data, 3);
     CHECK(b.len == before + 3 && memcmp(b.data + before, "abc", 3) == 0);
-    lm_buf_consume(&b, before);
+    lm_strbuf_consume(&b, before);
     CHECK(strcmp(b.data, "abc") == 0);
-    lm_buf_consume(&b, 100);
+    lm_strbuf_consume(&b, 100);
     CHECK(b.len == 0 && b.data[0] == 0);
-    lm_buf_puts(&b, "xyz");
-    lm_buf_reset(&b);
+    lm_strbuf_puts(&b, "xyz");
+    lm_strbuf_reset(&b);
     CHECK(b.len == 0 && b.data[0] == 0 && !b.failed);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     CHECK(b.data == NULL && b.len == 0 && b.cap == 0);
 }
 
 static void test_buf_printf_long(void) {
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     char big[1000];
     memset(big, 'q', sizeof big - 1);
     big[sizeof big - 1] = 0;
-    CHECK(lm_buf_printf(&b, "<%s>", big) == 0); /* longer than any fixed scratch */
+    CHECK(lm_strbuf_printf(&b, "<%s>", big) == 0); /* longer than any fixed scratch */
     CHECK(b.len == 1001 && b.data[0] == '<' && b.data[1000] == '>');
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
 }
 
 static void test_buf_limit_and_sticky(void) {
-    lm_buf b = {.limit = 5};
-    CHECK(lm_buf_puts(&b, "abcde") == 0);
-    CHECK(lm_buf_putc(&b, 'f') == -1); /* one past the limit */
+    lm_strbuf b = {.limit = 5};
+    CHECK(lm_strbuf_puts(&b, "abcde") == 0);
+    CHECK(lm_strbuf_putc(&b, 'f') == -1); /* one past the limit */
     CHECK(b.failed && b.len == 5 && strcmp(b.data, "abcde") == 0);
     /* sticky: nothing is appended after a failure, even what would fit */
     b.limit = 0;
-    CHECK(lm_buf_putc(&b, 'g') == -1);
-    CHECK(lm_buf_printf(&b, "%d", 1) == -1);
+    CHECK(lm_strbuf_putc(&b, 'g') == -1);
+    CHECK(lm_strbuf_printf(&b, "%d", 1) == -1);
     CHECK(b.len == 5);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     CHECK(!b.failed && b.limit == 0);
 }
 
 static void test_buf_overflow(void) {
-    lm_buf b = {0};
-    lm_buf_puts(&b, "ab");
+    lm_strbuf b = {0};
+    lm_strbuf_puts(&b, "ab");
     /* a size that wraps around size_t is refused, not allocated short */
-    CHECK(lm_buf_reserve(&b, SIZE_MAX - 1) == -1);
+    CHECK(lm_strbuf_reserve(&b, SIZE_MAX - 1) == -1);
     CHECK(b.failed);
     CHECK(strcmp(b.data, "ab") == 0);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
 }
 
 static void test_grow(void) {
@@ -118,22 +118,22 @@ static void test_buf_read_stream(void) {
     if (!f) return;
     for (int i = 0; i < 100000; i++) fputc('0' + i % 10, f);
     rewind(f);
-    lm_buf b = {0};
-    CHECK(lm_buf_read_stream(&b, f, 0) == LM_READ_OK);
+    lm_strbuf b = {0};
+    CHECK(lm_strbuf_read_stream(&b, f, 0) == LM_READ_OK);
     CHECK(b.len == 100000 && b.data[99999] == '9' && b.data[100000] == 0);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     rewind(f);
-    CHECK(lm_buf_read_stream(&b, f, 99999) == LM_READ_TOO_LONG);
-    lm_buf_free(&b);
+    CHECK(lm_strbuf_read_stream(&b, f, 99999) == LM_READ_TOO_LONG);
+    lm_strbuf_free(&b);
     rewind(f);
-    CHECK(lm_buf_read_stream(&b, f, 100000) == LM_READ_OK); /* exactly the limit is fine */
-    lm_buf_free(&b);
+    CHECK(lm_strbuf_read_stream(&b, f, 100000) == LM_READ_OK); /* exactly the limit is fine */
+    lm_strbuf_free(&b);
     fclose(f);
     f = tmpfile();
     if (!f) return;
-    CHECK(lm_buf_read_stream(&b, f, 0) == LM_READ_OK); /* empty stream: "" */
+    CHECK(lm_strbuf_read_stream(&b, f, 0) == LM_READ_OK); /* empty stream: "" */
     CHECK(b.data && b.len == 0 && b.data[0] == 0);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     fclose(f);
 }
 

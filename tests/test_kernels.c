@@ -205,8 +205,9 @@ static void batching_and_threads_bit_identical(void) {
 }
 
 /* Attention over a KV cache of 200 positions (several key tiles), GQA 6 heads on
- * 2 kv heads, with and without a window: against a naive double softmax over the
- * cache's own (rounded) values; and each query alone equals it in the batch. */
+ * 2 kv heads, with and without a window, and with attention sinks: against a naive
+ * double softmax over the cache's own (rounded) values; and each query alone equals
+ * it in the batch. */
 static void attention_tiled(const char *kernels) {
     char err[LM_ERR_LEN];
     enum { P = 200, NH = 6, NKV = 2, HD = 40 };
@@ -220,8 +221,12 @@ static void attention_tiled(const char *kernels) {
     float *kr = malloc(sizeof(float) * P * NKV * HD), *vr = malloc(sizeof(float) * P * NKV * HD);
     for (int i = 0; i < P * NKV * HD; i++) k[i] = (float)urand() * 2, v[i] = (float)urand();
     for (int i = 0; i < P * NH * HD; i++) q[i] = (float)urand();
+    float sinks[NH]; /* around the scores' size, so they change the result (no urand: later cases keep their inputs) */
+    for (int h = 0; h < NH; h++) sinks[h] = 0.6f * (float)h - 1.0f;
     for (size_t ti = 0; ti < 3; ti++)
-        for (int window = 0; window <= 50; window += 50) {
+        for (int variant = 0; variant < 3; variant++) {
+            int window = variant ? 50 : 0;
+            const float *sk = variant == 2 ? sinks : NULL;
             lm_kv kc = {types[ti], malloc(P * NKV * HD * 4), malloc(P * NKV * 4)};
             lm_kv vc = {types[ti], malloc(P * NKV * HD * 4), malloc(P * NKV * 4)};
             /* Stored in two calls: the cache holds the same either way. */
@@ -249,7 +254,7 @@ static void attention_tiled(const char *kernels) {
             }
             CHECKF(worst_store <= tol_store, "%s cache stores keys %.3g off", lm_dtype_name(types[ti]), worst_store);
             float sc = 1.0f / sqrtf((float)HD);
-            be->ops->attention(be, out, q, &kc, &vc, P, 0, NH, NKV, HD, sc, window);
+            CHECK(be->ops->attention(be, out, q, &kc, &vc, P, 0, NH, NKV, HD, sc, window, sk) == 0);
             double worst = 0;
             for (int t = 0; t < P; t++)
                 for (int h = 0; h < NH; h++) {
@@ -262,6 +267,8 @@ static void attention_tiled(const char *kernels) {
                         w[p] = s_ * sc;
                         if (w[p] > mx) mx = w[p];
                     }
+                    if (sk && sk[h] > mx) mx = sk[h];
+                    if (sk) sum += exp(sk[h] - mx);
                     for (int p = first; p <= t; p++) sum += (w[p] = exp(w[p] - mx));
                     for (int d = 0; d < HD; d++) {
                         double o = 0;
@@ -270,9 +277,10 @@ static void attention_tiled(const char *kernels) {
                         if (e > worst) worst = e;
                     }
                 }
-            CHECKF(worst < 1e-5, "%s window %d: attention off by %.3g", lm_dtype_name(types[ti]), window, worst);
+            CHECKF(worst < 1e-5, "%s window %d%s: attention off by %.3g", lm_dtype_name(types[ti]), window,
+                   sk ? " sinks" : "", worst);
             for (int t = 0; t < P; t += 37) {
-                be->ops->attention(be, one, q + (size_t)t * NH * HD, &kc, &vc, 1, t, NH, NKV, HD, sc, window);
+                CHECK(be->ops->attention(be, one, q + (size_t)t * NH * HD, &kc, &vc, 1, t, NH, NKV, HD, sc, window, sk) == 0);
                 CHECKF(!memcmp(one, out + (size_t)t * NH * HD, sizeof(float) * NH * HD), "%s: query %d alone differs",
                        lm_dtype_name(types[ti]), t);
             }

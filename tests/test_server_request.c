@@ -18,6 +18,13 @@
 
 static lazymoe_model *M;
 
+static int parse(srv_api api, const char *body, srv_chat *c, srv_error *e) {
+    size_t n = strlen(body);
+    return api == SRV_ANTHROPIC   ? srv_parse_anthropic(body, n, c, e)
+           : api == SRV_RESPONSES ? srv_parse_responses(body, n, c, e)
+                                  : srv_parse_openai(body, n, c, e);
+}
+
 /* The Python jinja2 render of corpus conversation `id`, or NULL. */
 static char *expected_render(const char *id) {
     FILE *f = fopen(EXPECTED, "r");
@@ -42,13 +49,12 @@ static char *render(srv_api api, const char *body, int *n_tokens) {
     char *prompt = NULL;
     int32_t *ids = NULL;
     int n = 0;
-    int rc = api == SRV_ANTHROPIC ? srv_parse_anthropic(body, strlen(body), &c, &e)
-                                  : srv_parse_openai(body, strlen(body), &c, &e);
+    int rc = parse(api, body, &c, &e);
     if (rc != 0) {
         printf("# parse: %d %s\n", e.status, e.message);
         return NULL;
     }
-    if (srv_build_prompt(M, &c, &prompt, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
+    if (srv_build_prompt(M, &c, &prompt, NULL, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
     srv_chat_free(&c);
     free(ids);
     if (n_tokens) *n_tokens = n;
@@ -70,6 +76,13 @@ static void check_render(const char *what, srv_api api, const char *body, const 
     "\"City name, e.g. \\\"Paris\\\"\"}, \"unit\": {\"type\": \"string\", \"enum\": [\"celsius\", \"fahrenheit\"], "     \
     "\"description\": \"Temperature unit\"}, \"days\": {\"type\": \"integer\", \"description\": \"Forecast days\", "     \
     "\"default\": 1}}, \"required\": [\"city\"]}}}]"
+
+#define TOOLS_RESPONSES                                                                                                 \
+    "[{\"type\": \"function\", \"name\": \"get_weather\", \"description\": \"Get the current weather in a city\", "    \
+    "\"strict\": false, \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", "   \
+    "\"description\": \"City name, e.g. \\\"Paris\\\"\"}, \"unit\": {\"type\": \"string\", \"enum\": [\"celsius\", "  \
+    "\"fahrenheit\"], \"description\": \"Temperature unit\"}, \"days\": {\"type\": \"integer\", \"description\": "    \
+    "\"Forecast days\", \"default\": 1}}, \"required\": [\"city\"]}}, {\"type\": \"web_search_preview\"}]"
 
 #define TOOLS_ANTHROPIC                                                                                                 \
     "[{\"name\": \"get_weather\", \"description\": \"Get the current weather in a city\", \"input_schema\": {\"type\": " \
@@ -111,18 +124,33 @@ static void test_renders_match_python(void) {
                  "\"content\": \"Paris: 20\"}, {\"type\": \"tool_result\", \"tool_use_id\": \"toolu_2\", \"content\": "
                  "[{\"type\": \"text\", \"text\": \"Tokyo: 25\"}]}]}], \"tools\": " TOOLS_ANTHROPIC "}",
                  "parallel-tool-calls");
+    /* The Responses API says the same in items: calls after the assistant's text join
+     * its message, outputs become tool messages, instructions the system message. */
+    check_render("responses basic", SRV_RESPONSES,
+                 "{\"instructions\": \"You are a helpful assistant.\", \"input\": [{\"type\": \"message\", \"role\": "
+                 "\"user\", \"content\": [{\"type\": \"input_text\", \"text\": \"Hello!\"}]}]}",
+                 "basic");
+    check_render("responses parallel tool calls", SRV_RESPONSES,
+                 "{\"input\": [{\"role\": \"user\", \"content\": \"Weather in Paris and Tokyo?\"}, {\"type\": "
+                 "\"message\", \"role\": \"assistant\", \"content\": [{\"type\": \"output_text\", \"text\": \"Let me "
+                 "check both.\"}]}, {\"type\": \"function_call\", \"call_id\": \"call_1\", \"name\": \"get_weather\", "
+                 "\"arguments\": \"{\\\"city\\\": \\\"Paris\\\"}\"}, {\"type\": \"function_call\", \"call_id\": \"call_2\", "
+                 "\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Tokyo\\\", \\\"unit\\\": "
+                 "\\\"celsius\\\"}\"}, {\"type\": \"function_call_output\", \"call_id\": \"call_1\", \"output\": \"Paris: "
+                 "20\"}, {\"type\": \"function_call_output\", \"call_id\": \"call_2\", \"output\": [{\"type\": "
+                 "\"input_text\", \"text\": \"Tokyo: 25\"}]}], \"tools\": " TOOLS_RESPONSES ", \"tool_choice\": \"auto\"}",
+                 "parallel-tool-calls");
 }
 
 /* The messages a request becomes, compared as JSON. */
 static void check_messages(srv_api api, const char *body, const char *want_json) {
     srv_chat c;
     srv_error e;
-    int rc = api == SRV_ANTHROPIC ? srv_parse_anthropic(body, strlen(body), &c, &e)
-                                  : srv_parse_openai(body, strlen(body), &c, &e);
+    int rc = parse(api, body, &c, &e);
     CHECKF(rc == 0, "%s", e.message);
     if (rc != 0) return;
     json_error_t je;
-    json_t *want = json_loads(want_json, 0, &je);
+    json_t *want = json_loads(want_json, JSON_ALLOW_NUL, &je);
     CHECKF(want, "bad expected JSON: %s", je.text);
     int same = want && json_equal(want, c.messages);
     char *got = json_dumps(c.messages, JSON_COMPACT);
@@ -133,6 +161,26 @@ static void check_messages(srv_api api, const char *body, const char *want_json)
 }
 
 static void test_message_shapes(void) {
+    /* Responses: a reasoning item goes to the next assistant message (content, else
+     * summary); a custom call carries {"input": raw text}; developer is system; a
+     * call with no assistant text before it gets an empty assistant message; NUL
+     * bytes stay in the text. */
+    check_messages(SRV_RESPONSES,
+                   "{\"instructions\": \"sys\", \"input\": [{\"role\": \"developer\", \"content\": \"dev\"}, "
+                   "{\"role\": \"user\", \"content\": \"a\\u0000b\"}, {\"type\": \"reasoning\", \"summary\": [{\"type\": "
+                   "\"summary_text\", \"text\": \"short\"}], \"content\": [{\"type\": \"reasoning_text\", \"text\": "
+                   "\"long\"}]}, {\"type\": \"custom_tool_call\", \"call_id\": \"c1\", \"name\": \"apply_patch\", "
+                   "\"input\": \"*** Begin Patch\\n\"}, {\"type\": \"custom_tool_call_output\", \"call_id\": \"c1\", "
+                   "\"output\": \"ok\"}, {\"type\": \"reasoning\", \"summary\": [{\"type\": \"summary_text\", \"text\": "
+                   "\"only a summary\"}]}, {\"type\": \"message\", \"role\": \"assistant\", \"content\": [{\"type\": "
+                   "\"output_text\", \"text\": \"done\"}, {\"type\": \"refusal\", \"refusal\": \"no\"}]}], \"tools\": "
+                   "[{\"type\": \"custom\", \"name\": \"apply_patch\"}, {\"type\": \"web_search\"}]}",
+                   "[{\"role\": \"system\", \"content\": \"sys\"}, {\"role\": \"system\", \"content\": \"dev\"}, "
+                   "{\"role\": \"user\", \"content\": \"a\\u0000b\"}, {\"role\": \"assistant\", \"content\": \"\", "
+                   "\"reasoning_content\": \"long\", \"tool_calls\": [{\"id\": \"c1\", \"type\": \"function\", "
+                   "\"function\": {\"name\": \"apply_patch\", \"arguments\": {\"input\": \"*** Begin Patch\\n\"}}}]}, "
+                   "{\"role\": \"tool\", \"content\": \"ok\", \"tool_call_id\": \"c1\"}, {\"role\": \"assistant\", "
+                   "\"content\": \"done\\nno\", \"reasoning_content\": \"only a summary\"}]");
     /* Anthropic: tool results become tool messages before the user's text; is_error is
      * said; thinking goes back as reasoning_content; inline system messages stay. */
     check_messages(SRV_ANTHROPIC,
@@ -186,18 +234,34 @@ static void test_options(void) {
     CHECK(!strcmp(json_string_value(json_object_get(json_object_get(json_array_get(c.tools, 0), "function"), "name")),
                   "get_weather"));
     srv_chat_free(&c);
+    const char *r = "{\"input\": \"x\", \"max_output_tokens\": 9, \"temperature\": 0.25, \"reasoning\": {\"effort\": "
+                    "\"high\"}, \"tools\": [{\"type\": \"function\", \"name\": \"f\"}, {\"type\": \"custom\", \"name\": "
+                    "\"g\"}, {\"type\": \"file_search\"}, {\"type\": \"web_search\"}], \"tool_choice\": {\"type\": "
+                    "\"function\", \"name\": \"f\"}, \"text\": {\"format\": {\"type\": \"json_schema\", \"name\": \"s\", "
+                    "\"schema\": {\"type\": \"object\"}, \"strict\": true}}, \"store\": false, \"stream\": true, "
+                    "\"include\": [\"reasoning.encrypted_content\"]}";
+    CHECKF(srv_parse_responses(r, strlen(r), &c, &e) == 0, "%s", e.message);
+    CHECK(c.api == SRV_RESPONSES && c.max_tokens == 9 && c.stream && (c.set & SRV_SET_TEMPERATURE));
+    CHECK(json_array_size(c.tools) == 2 && json_object_get(c.freeform_tools, "g") && !json_object_get(c.freeform_tools, "f"));
+    CHECKF(!strcmp(c.skipped_tools, "file_search,web_search"), "skipped %s", c.skipped_tools);
+    CHECK(c.tool_choice == SRV_TOOLS_REQUIRED && c.tool_choice_name && !strcmp(c.tool_choice_name, "f"));
+    CHECK(!strcmp(json_string_value(json_object_get(c.kwargs, "reasoning_effort")), "high"));
+    json_t *rf = json_pack("{s:s, s:{s:s, s:{s:s}, s:b}}", "type", "json_schema", "json_schema", "name", "s", "schema",
+                           "type", "object", "strict", 1);
+    CHECK(json_equal(rf, c.response_format)); /* chat completions' response_format */
+    json_decref(rf);
+    srv_chat_free(&c);
 }
 
 static void check_error(srv_api api, const char *body, int status, const char *needle) {
     srv_chat c;
     srv_error e;
-    int rc = api == SRV_ANTHROPIC ? srv_parse_anthropic(body, strlen(body), &c, &e)
-                                  : srv_parse_openai(body, strlen(body), &c, &e);
+    int rc = parse(api, body, &c, &e);
     if (rc == 0) {
         char *p = NULL;
         int32_t *ids = NULL;
         int n;
-        rc = srv_build_prompt(M, &c, &p, &ids, &n, &e);
+        rc = srv_build_prompt(M, &c, &p, NULL, &ids, &n, &e);
         free(p);
         free(ids);
         srv_chat_free(&c);
@@ -220,6 +284,12 @@ static void test_client_mistakes(void) {
     check_error(SRV_ANTHROPIC, "{\"messages\": [{\"role\": \"assistant\", \"content\": [{\"type\": \"tool_result\", "
                                "\"tool_use_id\": \"x\"}]}]}", 400, "assistant");
     check_error(SRV_ANTHROPIC, "{\"messages\": []}", 400, "messages");
+    check_error(SRV_RESPONSES, "{\"input\": [{\"type\": \"function_call\", \"call_id\": \"c\", \"name\": \"f\", "
+                               "\"arguments\": \"[1]\"}]}", 400, "input[0].arguments");
+    check_error(SRV_RESPONSES, "{\"input\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_file\"}]}]}", 400,
+                "input[0].content[0].type");
+    check_error(SRV_RESPONSES, "{\"input\": \"x\", \"conversation\": \"conv_1\"}", 400, "conversation");
+    check_error(SRV_RESPONSES, "{\"input\": [{\"type\": \"reasoning\", \"content\": [\"x\"]}]}", 400, "input[0].content[0]");
     /* The template refuses: a 400 that says so (Qwen3-Coder concatenates content, so a
      * tool call with non-object arguments is refused at parse time). */
     check_error(SRV_ANTHROPIC, "{\"messages\": [{\"role\": \"assistant\", \"content\": [{\"type\": \"tool_use\", \"name\": "

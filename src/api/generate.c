@@ -88,7 +88,7 @@ int lazymoe_detokenize(const lazymoe_model *m, const int32_t *ids, int n_ids, in
 
 static json_t *parse_json_arg(const char *what, const char *text, int want_array, char *e) {
     json_error_t je;
-    json_t *v = json_loads(text, JSON_DECODE_ANY, &je);
+    json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (!v) {
         lm_errf(e, "%s: invalid JSON: %s (at character %d)", what, je.text, je.position);
         return NULL;
@@ -104,8 +104,17 @@ static json_t *parse_json_arg(const char *what, const char *text, int want_array
 int lazymoe_chat_format(const lazymoe_model *m, const char *messages_json, const char *tools_json,
                         int add_generation_prompt, const char *kwargs_json, char **text, char *err,
                         size_t errlen) {
+    size_t len;
+    return lazymoe_chat_format_n(m, messages_json, tools_json, add_generation_prompt, kwargs_json, text, &len, err,
+                                 errlen);
+}
+
+int lazymoe_chat_format_n(const lazymoe_model *m, const char *messages_json, const char *tools_json,
+                          int add_generation_prompt, const char *kwargs_json, char **text, size_t *len, char *err,
+                          size_t errlen) {
     char e[LM_ERR_LEN] = "";
     *text = NULL;
+    *len = 0;
     if (!m->text || !m->text->tmpl) return fail(err, errlen, m->text ? m->text->tmpl_err : "no chat template");
     json_t *msgs = parse_json_arg("messages", messages_json ? messages_json : "null", 1, e);
     json_t *tools = msgs && tools_json ? parse_json_arg("tools", tools_json, 1, e) : NULL;
@@ -114,8 +123,7 @@ int lazymoe_chat_format(const lazymoe_model *m, const char *messages_json, const
     if (!e[0]) {
         lm_chat_request req = {.messages = msgs, .tools = tools, .add_generation_prompt = add_generation_prompt != 0,
                                .kwargs = kw};
-        size_t len;
-        rc = lm_chat_template_render(m->text->tmpl, &req, NULL, text, &len, e);
+        rc = lm_chat_template_render(m->text->tmpl, &req, NULL, text, len, e);
     }
     json_decref(msgs);
     json_decref(tools);
@@ -383,18 +391,18 @@ done:
     return rc ? fail(err, errlen, e) : 0;
 }
 
-static int collect(void *vctx, const char *piece, size_t len) { return lm_buf_append(vctx, piece, len) != 0; }
+static int collect(void *vctx, const char *piece, size_t len) { return lm_strbuf_append(vctx, piece, len) != 0; }
 
 int lazymoe_generate(lazymoe_session *s, const char *prompt, const lazymoe_gen_params *params, char **text,
                      lazymoe_gen_stats *stats, char *err, size_t errlen) {
-    lm_buf c = {0};
+    lm_strbuf c = {0};
     *text = NULL;
     int rc = lazymoe_generate_stream(s, prompt, params, collect, &c, stats, err, errlen);
     if (rc == 0 && c.failed) rc = fail(err, errlen, "out of memory collecting the answer");
     if (rc == 0 && !c.data) c.data = calloc(1, 1);
     if (rc == 0 && !c.data) rc = fail(err, errlen, "out of memory");
     if (rc != 0) {
-        lm_buf_free(&c);
+        lm_strbuf_free(&c);
         return -1;
     }
     *text = c.data;

@@ -115,9 +115,9 @@ long long cli_parse_size(const char *opt, const char *s) {
 }
 
 char *cli_read_stdin(void) {
-    lm_buf b = {0};
-    if (lm_buf_read_stream(&b, stdin, 0) == LM_READ_OK) return b.data;
-    lm_buf_free(&b);
+    lm_strbuf b = {0};
+    if (lm_strbuf_read_stream(&b, stdin, 0) == LM_READ_OK) return b.data;
+    lm_strbuf_free(&b);
     return NULL;
 }
 

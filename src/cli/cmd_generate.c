@@ -137,7 +137,7 @@ static void print_stats(FILE *f, const lazymoe_gen_stats *st) {
 }
 
 typedef struct {
-    lm_buf text; /* the answer so far (chat history) */
+    lm_strbuf text; /* the answer so far (chat history) */
     char last;
 } out_ctx;
 
@@ -146,7 +146,7 @@ static int on_piece(void *vctx, const char *piece, size_t len) {
     fwrite(piece, 1, len, stdout);
     fflush(stdout);
     if (len) o->last = piece[len - 1];
-    return lm_buf_append(&o->text, piece, len) != 0;
+    return lm_strbuf_append(&o->text, piece, len) != 0;
 }
 
 /* messages + generation prompt -> text, with enable_thinking false for --no-think. */
@@ -213,7 +213,7 @@ int cli_run_text(lazymoe_model *m, const char *prompt, cli_textgen *t, int ignor
     }
     rc = 0;
 done:
-    lm_buf_free(&o.text);
+    lm_strbuf_free(&o.text);
     lazymoe_free(rendered);
     json_decref(messages);
     lazymoe_session_free(s);
@@ -327,12 +327,12 @@ int cli_chat(lazymoe_model *m, cli_textgen *t, int ignore_eos) {
             /* The turn failed (e.g. the context is full): drop it and carry on. */
             json_array_remove(messages, json_array_size(messages) - 1);
             fprintf(stderr, "lazymoe: %s\n", err);
-            lm_buf_free(&o.text);
+            lm_strbuf_free(&o.text);
             continue;
         }
         have_stats = 1;
         int bad = add_message(messages, "assistant", o.text.data ? o.text.data : "");
-        lm_buf_free(&o.text);
+        lm_strbuf_free(&o.text);
         if (bad) {
             cli_fail("out of memory");
             goto done;

@@ -170,11 +170,11 @@ int cmd_perplexity(int argc, char **argv) {
     if (!a.text_file) return cli_fail("perplexity needs --text FILE\n%s", perplexity_usage);
     FILE *f = fopen(a.text_file, "rb");
     if (!f) return cli_fail("cannot open %s: %s", a.text_file, strerror(errno));
-    lm_buf file = {0};
-    int read_rc = lm_buf_read_stream(&file, f, 0);
+    lm_strbuf file = {0};
+    int read_rc = lm_strbuf_read_stream(&file, f, 0);
     fclose(f);
     if (read_rc != LM_READ_OK) {
-        lm_buf_free(&file);
+        lm_strbuf_free(&file);
         return cli_fail("cannot read %s", a.text_file);
     }
     char *text = file.data;

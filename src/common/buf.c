@@ -35,7 +35,7 @@ int lm_grow(void *arrp, size_t *cap, size_t need, size_t elem_size) {
     return 0;
 }
 
-int lm_buf_reserve(lm_buf *b, size_t extra) {
+int lm_strbuf_reserve(lm_strbuf *b, size_t extra) {
     if (b->failed) return -1;
     if (extra > SIZE_MAX - 1 - b->len || (b->limit && (b->len > b->limit || extra > b->limit - b->len))) {
         b->failed = 1;
@@ -52,28 +52,28 @@ int lm_buf_reserve(lm_buf *b, size_t extra) {
     return 0;
 }
 
-int lm_buf_append(lm_buf *b, const void *s, size_t n) {
+int lm_strbuf_append(lm_strbuf *b, const void *s, size_t n) {
     /* s may point into b->data, which the growth can move. */
     size_t at = b->data && (const char *)s >= b->data && (const char *)s < b->data + b->cap
                     ? (size_t)((const char *)s - b->data) : SIZE_MAX;
-    if (lm_buf_reserve(b, n) != 0) return -1;
+    if (lm_strbuf_reserve(b, n) != 0) return -1;
     if (n) memmove(b->data + b->len, at != SIZE_MAX ? b->data + at : s, n);
     b->len += n;
     b->data[b->len] = 0;
     return 0;
 }
 
-int lm_buf_puts(lm_buf *b, const char *s) { return lm_buf_append(b, s, strlen(s)); }
+int lm_strbuf_puts(lm_strbuf *b, const char *s) { return lm_strbuf_append(b, s, strlen(s)); }
 
-int lm_buf_putc(lm_buf *b, char c) { return lm_buf_append(b, &c, 1); }
+int lm_strbuf_putc(lm_strbuf *b, char c) { return lm_strbuf_append(b, &c, 1); }
 
-int lm_buf_printf(lm_buf *b, const char *fmt, ...) {
+int lm_strbuf_printf(lm_strbuf *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
     if (n < 0) b->failed = 1;
-    if (n < 0 || lm_buf_reserve(b, (size_t)n) != 0) return -1;
+    if (n < 0 || lm_strbuf_reserve(b, (size_t)n) != 0) return -1;
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
@@ -81,11 +81,11 @@ int lm_buf_printf(lm_buf *b, const char *fmt, ...) {
     return 0;
 }
 
-int lm_buf_read_stream(lm_buf *b, FILE *f, size_t max_len) {
-    if (lm_buf_reserve(b, 0) != 0) return LM_READ_NO_MEMORY;
+int lm_strbuf_read_stream(lm_strbuf *b, FILE *f, size_t max_len) {
+    if (lm_strbuf_reserve(b, 0) != 0) return LM_READ_NO_MEMORY;
     for (;;) {
         /* Read straight into the buffer, 64 KiB at a time. */
-        if (lm_buf_reserve(b, 1 << 16) != 0) return LM_READ_NO_MEMORY;
+        if (lm_strbuf_reserve(b, 1 << 16) != 0) return LM_READ_NO_MEMORY;
         size_t got = fread(b->data + b->len, 1, b->cap - b->len - 1, f);
         b->len += got;
         b->data[b->len] = 0;
@@ -95,7 +95,7 @@ int lm_buf_read_stream(lm_buf *b, FILE *f, size_t max_len) {
     return ferror(f) ? LM_READ_ERROR : LM_READ_OK;
 }
 
-void lm_buf_consume(lm_buf *b, size_t n) {
+void lm_strbuf_consume(lm_strbuf *b, size_t n) {
     if (n >= b->len) {
         b->len = 0;
     } else {
@@ -105,12 +105,12 @@ void lm_buf_consume(lm_buf *b, size_t n) {
     if (b->data) b->data[b->len] = 0;
 }
 
-void lm_buf_reset(lm_buf *b) {
+void lm_strbuf_reset(lm_strbuf *b) {
     b->len = 0;
     if (b->data) b->data[0] = 0;
 }
 
-void lm_buf_free(lm_buf *b) {
+void lm_strbuf_free(lm_strbuf *b) {
     free(b->data);
     memset(b, 0, sizeof *b);
 }

@@ -11,33 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Tokens per forward chunk: bounds scratch memory during long prefills while
- * keeping expert matmuls batched. */
-#define LM_CHUNK_TOKENS 256
-
-/* KV cache of the attention layers for ctx positions (values, plus one f32 scale per
- * position and KV head at 8 bits), plus linear-attention states, snapshots and scratch. */
-static uint64_t kv_bytes(const lm_config *c, int ctx, lm_dtype dt) {
-    uint64_t rows = (uint64_t)(c->n_layers - c->n_linear_layers) * 2u * (uint64_t)ctx * (uint64_t)c->n_kv_heads;
-    return rows * (uint64_t)c->head_dim * lm_dtype_size(dt) + (dt == LM_DT_I8 ? rows * 4u : 0) +
+/* Everything one session allocates with a context of ctx positions: the sizes
+ * its allocators report (memory.c, linear_attention.c). */
+uint64_t lm_session_plan_bytes(const lazymoe_model *m, int ctx) {
+    const lm_config *c = &m->w.cfg;
+    return lm_kv_cache_bytes(c, ctx, m->kv_dtype) + lm_scratch_bytes(c, LM_CHUNK_TOKENS) +
            lm_linear_bytes(c, LM_CHUNK_TOKENS);
 }
 
 static int max_intermediate(const lm_config *c) {
     int F = c->intermediate_size > c->moe_intermediate_size ? c->intermediate_size : c->moe_intermediate_size;
     return F > c->shared_expert_intermediate_size ? F : c->shared_expert_intermediate_size;
-}
-
-/* Forward scratch for one chunk: exactly what scratch_alloc allocates. */
-static uint64_t scratch_bytes(const lm_config *c, int T) {
-    uint64_t H = (uint64_t)c->hidden_size, nq = (uint64_t)c->n_heads * (uint64_t)c->head_dim;
-    uint64_t E = (uint64_t)c->n_experts, K = (uint64_t)c->top_k;
-    uint64_t F = (uint64_t)max_intermediate(c);
-    uint64_t t = (uint64_t)T;
-    uint64_t nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
-    uint64_t extra = (c->attn_output_gate ? 2 * nq : 0) + (c->shared_expert_intermediate_size ? H : 0);
-    return t * 4u * (4 * H + 2 * nq + 2 * nkv + E + 2 * F + K * H + 3 * K + 1 + extra) + 6 * E +
-           E * (3 * 4 + sizeof(lm_expert) + 2 * sizeof(lm_matmul_item)) + 4;
 }
 
 /* The widest matrix input of the model (columns). */
@@ -144,8 +128,8 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         }
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
-    uint64_t fixed = m->w.bytes_resident + kv_bytes(c, kv_tokens, m->kv_dtype) + scratch_bytes(c, 256) +
-                     act8_bytes(c, o->act_bits) + overhead;
+    /* KV cache for every session's positions; scratch and linear-attention states of one */
+    uint64_t fixed = m->w.bytes_resident + lm_session_plan_bytes(m, kv_tokens) + act8_bytes(c, o->act_bits) + overhead;
     uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -263,7 +247,12 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
             goto fail;
         }
     }
-    if (lm_backend_cpu_create(&m->be, m->opt.n_threads, e) != 0) goto fail;
+    if (lm_backend_create(&m->be, m->opt.backend, m->opt.n_threads, e) != 0) goto fail;
+    /* the largest batch forward.c makes: every expert's gate and up products */
+    if (m->be->ops->reserve_batch(m->be, 2 * m->w.cfg.n_experts + 3) != 0) {
+        lm_errf(e, "%s", lm_backend_error(m->be));
+        goto fail;
+    }
     if (m->opt.act_bits && m->opt.act_bits != 32 &&
         lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, widest_input(&m->w.cfg), e) != 0)
         goto fail;
@@ -345,66 +334,19 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     memcpy(info->eos_ids, c->eos_ids, sizeof(int32_t) * (size_t)(c->n_eos < 8 ? c->n_eos : 8));
 }
 
-static void scratch_free(lm_scratch *S) {
-    void *bufs[] = {S->x,    S->h,    S->q,      S->att,  S->knew, S->vnew,       S->proj, S->qgate, S->shared,
-                    S->router, S->gate, S->up,   S->xe,  S->eout,   S->sel,         S->selw,
-                    S->tok_of, S->pos, S->need, S->need_status, S->expert_used,
-                    S->expert_off, S->expert_cur, S->expert_ids, S->expert_views, S->expert_items,
-                    S->la_h, S->la_logits, S->la_ids, S->la_mark};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
-    memset(S, 0, sizeof *S);
-}
-
-static int scratch_alloc(lm_scratch *S, const lm_config *c, int T, char *err) {
-    size_t H = (size_t)c->hidden_size, nq = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t E = (size_t)c->n_experts, nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
-    size_t K = (size_t)c->top_k;
-    size_t F = (size_t)max_intermediate(c);
-    size_t t = (size_t)T;
-    struct { void **p; size_t bytes; } want[] = {
-        {(void **)&S->x, t * H * 4},      {(void **)&S->h, t * H * 4},
-        {(void **)&S->q, t * nq * 4},     {(void **)&S->att, t * nq * 4},
-        {(void **)&S->knew, t * nkv * 4}, {(void **)&S->vnew, t * nkv * 4},
-        {(void **)&S->proj, t * H * 4}, {(void **)&S->router, t * E * 4},
-        {(void **)&S->gate, t * F * 4},   {(void **)&S->up, t * F * 4},
-        {(void **)&S->xe, t * H * 4},     {(void **)&S->eout, t * K * H * 4},
-        {(void **)&S->sel, t * K * 4},    {(void **)&S->selw, t * K * 4},
-        {(void **)&S->tok_of, t * K * 4}, {(void **)&S->pos, t * 4},
-        {(void **)&S->need, E * 4},       {(void **)&S->need_status, E},
-        {(void **)&S->expert_used, E},
-        {(void **)&S->expert_off, (E + 1) * 4}, {(void **)&S->expert_cur, E * 4},
-        {(void **)&S->expert_ids, E * 4},       {(void **)&S->expert_views, E * sizeof(lm_expert)},
-        {(void **)&S->expert_items, 2 * E * sizeof(lm_matmul_item)},
-        {(void **)&S->la_h, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * H * 4},
-        {(void **)&S->la_logits, (t < LOOKAHEAD_MAX_TOKENS ? t : LOOKAHEAD_MAX_TOKENS) * E * 4},
-        {(void **)&S->la_ids, E * 4},     {(void **)&S->la_mark, E},
-        {(void **)&S->qgate, c->attn_output_gate ? t * 2 * nq * 4 : 0},
-        {(void **)&S->shared, c->shared_expert_intermediate_size ? t * H * 4 : 0},
-    };
-    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        if (!want[i].bytes) continue; /* not used by this family: stays NULL */
-        *want[i].p = lm_malloc_aligned(want[i].bytes, "forward scratch", err);
-        if (!*want[i].p) {
-            scratch_free(S);
-            return -1;
-        }
-    }
-    S->cap_tokens = T;
-    return 0;
-}
-
 int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *e) {
     *out = NULL;
     lazymoe_session *s = calloc(1, sizeof *s);
     int L = m->w.cfg.n_layers;
-    if (!s || !(s->k_cache = calloc((size_t)L, sizeof(lm_kv))) || !(s->v_cache = calloc((size_t)L, sizeof(lm_kv)))) {
-        if (s) free(s->k_cache);
+    if (!s || !(s->k_cache = calloc((size_t)L, sizeof(lm_kv))) || !(s->v_cache = calloc((size_t)L, sizeof(lm_kv))) ||
+        !(s->kv_bufs = calloc((size_t)L * 4, sizeof(lm_buf)))) {
+        if (s) free(s->k_cache), free(s->v_cache);
         free(s);
         return lm_errf(e, "out of memory");
     }
     s->m = m;
-    if (scratch_alloc(&s->s, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0 ||
-        (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0)) {
+    if (lm_scratch_alloc(&s->s, m->be, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0 ||
+        (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, m->be, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0)) {
         lm_session_free(s);
         return -1;
     }
@@ -414,16 +356,8 @@ int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *e) {
 
 void lm_session_free(lazymoe_session *s) {
     if (!s) return;
-    for (int l = 0; s->k_cache && l < s->m->w.cfg.n_layers; l++) {
-        free(s->k_cache[l].data);
-        free(s->k_cache[l].scales);
-        free(s->v_cache[l].data);
-        free(s->v_cache[l].scales);
-    }
-    free(s->k_cache);
-    free(s->v_cache);
-    free(s->tokens);
-    scratch_free(&s->s);
+    lm_kv_cache_free(s);
+    lm_scratch_free(&s->s, s->m->be);
     lm_linear_free(s->lin);
     free(s);
 }
@@ -465,29 +399,7 @@ static int ensure_capacity(lazymoe_session *s, int need, char *err) {
     int cap = s->cap_ctx ? s->cap_ctx : 256;
     while (cap < need) cap *= 2;
     if (cap > s->m->max_context) cap = s->m->max_context;
-    const lm_config *c = &s->m->w.cfg;
-    lm_dtype dt = s->m->kv_dtype;
-    size_t row = (size_t)c->n_kv_heads * (size_t)c->head_dim * lm_dtype_size(dt);
-    size_t srow = dt == LM_DT_I8 ? (size_t)c->n_kv_heads * sizeof(float) : 0;
-    for (int l = 0; l < c->n_layers; l++) {
-        if (lm_config_layer_is_linear(c, l)) continue; /* no KV cache */
-        lm_kv *kv[2] = {&s->k_cache[l], &s->v_cache[l]};
-        for (int i = 0; i < 2; i++) {
-            kv[i]->dtype = dt;
-            void *d = realloc(kv[i]->data, row * (size_t)cap);
-            if (!d) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
-            kv[i]->data = d;
-            if (!srow) continue;
-            float *sc = realloc(kv[i]->scales, srow * (size_t)cap);
-            if (!sc) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
-            kv[i]->scales = sc;
-        }
-    }
-    int32_t *t = realloc(s->tokens, sizeof(int32_t) * (size_t)cap);
-    if (!t) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
-    s->tokens = t;
-    s->cap_ctx = cap;
-    return 0;
+    return lm_kv_cache_grow(s, cap, err);
 }
 
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *e) {

@@ -37,10 +37,14 @@ struct lazymoe_model {
     struct lm_model_text *text;
 };
 
-/* Scratch for one forward call over up to `cap_tokens` tokens; sized once per
- * session growth, so decode allocates nothing. Shapes in floats. */
+/* Scratch for one forward call over up to `cap_tokens` tokens; allocated once per
+ * session (memory.c: lm_scratch_alloc), so decode allocates nothing. Shapes in
+ * floats, T = cap_tokens.
+ * Device arrays are backend memory (the backend's activations and index arrays);
+ * host arrays are the bookkeeping of routing and lazy experts. */
 typedef struct {
     int cap_tokens;
+    /* ---- device ---- */
     float *x;       /* [T][H] residual stream */
     float *h;       /* [T][H] normalised input of a sub-block */
     float *q;       /* [T][nq] */
@@ -50,12 +54,20 @@ typedef struct {
     float *knew, *vnew; /* [T][nkv] keys and values of this chunk, before they are rounded into the cache */
     float *proj;    /* [T][H] output of o_proj / MLP */
     float *router;  /* [T][E] */
-    float *gate, *up; /* [T][F] F = max(dense, expert) intermediate; an expert sees <= T tokens */
-    float *xe;      /* [T][H] tokens gathered for one expert */
+    float *gate, *up; /* [T][F] F = max(dense, expert, shared) intermediate; an expert sees <= T tokens */
+    float *xe;      /* [T][H] tokens gathered for the experts of one batch */
     float *eout;    /* [T*top_k][H] expert outputs per (token, slot) */
     int32_t *sel;   /* [T][top_k] chosen experts */
     float *selw;    /* [T][top_k] their weights */
-    int32_t *tok_of;  /* [T*top_k] the chunk's routes sorted by expert (group_routes) */
+    int32_t *tok_of; /* [T*top_k] the chunk's routes sorted by expert (group_routes) */
+    int32_t *ids;   /* [T] token ids of the chunk */
+    int32_t *pos;   /* [T] their positions */
+    float *la_h, *la_logits; /* router lookahead: [min(T, LOOKAHEAD_MAX_TOKENS)][H] and [..][E] */
+    /* ---- host ---- */
+    int32_t *sel_host;   /* [T][top_k] sel, downloaded for grouping, lazy loading and traces */
+    float *selw_host;    /* [T][top_k] replayed weights, uploaded */
+    int32_t *tok_of_host; /* [T*top_k] */
+    int32_t *pos_host;   /* [T] */
     int32_t *expert_off, *expert_cur; /* [E+1], [E]: where each expert's routes start in tok_of */
     int32_t *expert_ids;      /* [E] experts of one run_experts call */
     lm_expert *expert_views;  /* [E] their weights */
@@ -63,10 +75,14 @@ typedef struct {
     int32_t *need;    /* [E] distinct experts a lazy layer needs */
     uint8_t *need_status; /* [E] */
     uint8_t *expert_used; /* [E] */
-    float *la_h, *la_logits; /* router lookahead: [LOOKAHEAD_MAX_TOKENS][H] and [..][E] */
+    float *la_logits_host;   /* [min(T, LOOKAHEAD_MAX_TOKENS)][E] */
     int32_t *la_ids;         /* [E] experts predicted */
     uint8_t *la_mark;        /* [E] */
-    int32_t *pos;   /* [T] */
+    /* ---- what the arrays live in ---- */
+#define LM_SCRATCH_MAX_BUFS 48
+    lm_buf bufs[LM_SCRATCH_MAX_BUFS]; /* backend buffers of the device arrays */
+    int n_bufs;
+    uint64_t host_bytes;              /* bytes of the host arrays */
 } lm_scratch;
 
 struct lazymoe_session {
@@ -75,6 +91,7 @@ struct lazymoe_session {
     int cap_ctx;          /* positions allocated in the caches */
     int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
     lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype; no data for linear-attention layers */
+    lm_buf *kv_bufs;      /* [n_layers][4]: K values, K scales, V values, V scales (backend memory) */
     struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
     lm_scratch s;
 };
@@ -96,6 +113,27 @@ void lm_session_free(lazymoe_session *s);
  * error convention. */
 int lm_session_truncate(lazymoe_session *s, int n, char *err);
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *err);
+
+/* Tokens per forward chunk: bounds scratch memory during long prefills while
+ * keeping expert matmuls batched. */
+#define LM_CHUNK_TOKENS 256
+
+/* Session memory (memory.c). Each size is computed from the table its allocator
+ * allocates from, so the plan and the allocation cannot drift apart. */
+/* KV cache for ctx positions (values and int8 scales) plus the held token ids. */
+uint64_t lm_kv_cache_bytes(const lm_config *c, int ctx, lm_dtype dt);
+/* Forward scratch for chunks of T tokens (device and host arrays). */
+uint64_t lm_scratch_bytes(const lm_config *c, int T);
+int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, char *err);
+void lm_scratch_free(lm_scratch *S, lm_backend *be);
+/* Grows a session's KV caches and token list to `cap` positions, keeping what they hold. */
+int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err);
+void lm_kv_cache_free(lazymoe_session *s);
+/* Bytes a session holds now: KV cache, tokens, scratch, linear-attention states --
+ * counted from what was allocated (tests compare it with the plan's sizes). */
+uint64_t lm_session_bytes(const lazymoe_session *s);
+/* What the memory plan counts for one session holding ctx positions (engine.c). */
+uint64_t lm_session_plan_bytes(const lazymoe_model *m, int ctx);
 
 /* Router lookahead predicts experts for decode steps of at most this many tokens. */
 #define LOOKAHEAD_MAX_TOKENS 4

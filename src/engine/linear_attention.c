@@ -17,7 +17,9 @@
  * small dense products; across chunks the state carries over. Both forms compute the
  * same function up to float rounding (tests/test_qwen3_next.c measures how close).
  *
- * Cost: the recurrence is plain single-threaded C (no backend op yet). Per token and
+ * Cost: the recurrence is plain single-threaded C on the host (no backend op yet:
+ * its arrays are backend buffers read directly, which only a host-memory backend
+ * allows; a device backend needs this block as an operation). Per token and
  * value head, decode does ~3 dk dv multiply-adds (Qwen3-Coder-Next: 32 heads x 49k per
  * linear layer, small beside the projections); prefill ~2x that plus O(chunk) terms.
  * The projections go through the backend like every other matmul.
@@ -42,7 +44,10 @@ typedef struct {
     float *rec;   /* [n_lin][rec_floats] */
 } snapshot;
 
+#define LINEAR_BUFS (15 + 2 * LM_LINEAR_SNAPSHOTS)
+
 struct lm_linear_state {
+    lm_backend *be;
     int n_layers, n_lin;
     int *index;                /* [n_layers]: linear layer number, -1 for others */
     int K, nk, nv, dk, dv, conv_dim, qkvz_dim;
@@ -58,51 +63,13 @@ struct lm_linear_state {
     int cap;
     float *qkvz, *ba, *ext, *xc, *g, *beta, *core;
     float *kb, *wb, *ub, *A, *qk, *gc;
+    lm_buf bufs[LINEAR_BUFS]; /* what every array above lives in */
 };
 
-static size_t scratch_floats(const lm_config *c, int T) {
-    size_t t = (size_t)T, nv = (size_t)c->lin_v_heads, dk = (size_t)c->lin_k_dim, dv = (size_t)c->lin_v_dim;
-    size_t key_dim = (size_t)c->lin_k_heads * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
-    size_t C = LM_LINEAR_CHUNK;
-    return t * (2 * key_dim + 2 * value_dim) + t * 2 * nv + (t + (size_t)c->conv_kernel - 1) * conv_dim +
-           t * conv_dim + 2 * t * nv + t * value_dim + 2 * C * dk + C * dv + 2 * C * C + C;
-}
-
-static size_t state_floats(const lm_config *c) {
-    size_t key_dim = (size_t)c->lin_k_heads * (size_t)c->lin_k_dim;
-    size_t value_dim = (size_t)c->lin_v_heads * (size_t)c->lin_v_dim;
-    return (size_t)(c->conv_kernel - 1) * (2 * key_dim + value_dim) +
-           (size_t)c->lin_v_heads * (size_t)c->lin_v_dim * (size_t)c->lin_k_dim;
-}
-
-uint64_t lm_linear_bytes(const lm_config *c, int cap_tokens) {
-    if (c->n_linear_layers == 0) return 0;
-    return 4u * ((uint64_t)c->n_linear_layers * (uint64_t)state_floats(c) * (1 + LM_LINEAR_SNAPSHOTS) +
-                 (uint64_t)scratch_floats(c, cap_tokens));
-}
-
-void lm_linear_free(lm_linear_state *st) {
-    if (!st) return;
-    float *bufs[] = {st->conv, st->rec, st->qkvz, st->ba, st->ext, st->xc, st->g, st->beta,
-                     st->core, st->kb, st->wb,  st->ub,   st->A,   st->qk, st->gc};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lm_free_aligned(bufs[i]);
-    for (int i = 0; i < LM_LINEAR_SNAPSHOTS; i++) {
-        lm_free_aligned(st->snap[i].conv);
-        lm_free_aligned(st->snap[i].rec);
-    }
-    free(st->index);
-    free(st);
-}
-
-int lm_linear_create(lm_linear_state **out, const lm_config *c, int cap_tokens, char *err) {
-    *out = NULL;
-    lm_linear_state *st = calloc(1, sizeof *st);
-    if (!st || !(st->index = malloc(sizeof(int) * (size_t)c->n_layers))) {
-        free(st);
-        return lm_errf(err, "out of memory");
-    }
+/* Shapes of the state for config c (no arrays). */
+static void set_shapes(lm_linear_state *st, const lm_config *c, int cap_tokens) {
     st->n_layers = c->n_layers;
-    for (int l = 0; l < c->n_layers; l++) st->index[l] = lm_config_layer_is_linear(c, l) ? st->n_lin++ : -1;
+    st->n_lin = c->n_linear_layers;
     st->K = c->conv_kernel;
     st->nk = c->lin_k_heads;
     st->nv = c->lin_v_heads;
@@ -113,11 +80,18 @@ int lm_linear_create(lm_linear_state **out, const lm_config *c, int cap_tokens, 
     st->conv_floats = (size_t)(st->K - 1) * (size_t)st->conv_dim;
     st->rec_floats = (size_t)st->nv * (size_t)st->dv * (size_t)st->dk;
     st->cap = cap_tokens;
-    st->chunk = LM_LINEAR_CHUNK;
-    st->pending = -1;
-    size_t n = (size_t)st->n_lin, t = (size_t)cap_tokens, C = LM_LINEAR_CHUNK;
+}
+
+/* Every array of the state and its size in floats (at least 1, so each is a real buffer). */
+typedef struct {
+    float **p;
+    size_t floats;
+} linear_entry;
+
+static int linear_table(lm_linear_state *st, linear_entry *e) {
+    size_t n = (size_t)st->n_lin, t = (size_t)st->cap, C = LM_LINEAR_CHUNK;
     size_t value_dim = (size_t)st->nv * (size_t)st->dv;
-    struct { float **p; size_t floats; } want[] = {
+    const linear_entry want[] = {
         {&st->conv, n * st->conv_floats},
         {&st->rec, n * st->rec_floats},
         {&st->qkvz, t * (size_t)st->qkvz_dim},
@@ -134,24 +108,71 @@ int lm_linear_create(lm_linear_state **out, const lm_config *c, int cap_tokens, 
         {&st->qk, C * C},
         {&st->gc, C},
     };
-    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        *want[i].p = lm_malloc_aligned(sizeof(float) * (want[i].floats ? want[i].floats : 1), "linear attention", err);
-        if (!*want[i].p) {
-            lm_linear_free(st);
-            return -1;
-        }
-    }
+    int k = 0;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) e[k++] = want[i];
     for (int i = 0; i < LM_LINEAR_SNAPSHOTS; i++) {
-        st->snap[i].pos = -1;
-        st->snap[i].conv = lm_malloc_aligned(sizeof(float) * (n * st->conv_floats + 1), "state snapshot", err);
-        st->snap[i].rec = lm_malloc_aligned(sizeof(float) * (n * st->rec_floats + 1), "state snapshot", err);
-        if (!st->snap[i].conv || !st->snap[i].rec) {
+        e[k++] = (linear_entry){&st->snap[i].conv, n * st->conv_floats};
+        e[k++] = (linear_entry){&st->snap[i].rec, n * st->rec_floats};
+    }
+    for (int i = 0; i < k; i++)
+        if (!e[i].floats) e[i].floats = 1;
+    return k;
+}
+
+uint64_t lm_linear_bytes(const lm_config *c, int cap_tokens) {
+    if (c->n_linear_layers == 0) return 0;
+    lm_linear_state st;
+    memset(&st, 0, sizeof st);
+    set_shapes(&st, c, cap_tokens);
+    linear_entry e[LINEAR_BUFS];
+    int n = linear_table(&st, e);
+    uint64_t b = 0;
+    for (int i = 0; i < n; i++) b += sizeof(float) * (uint64_t)e[i].floats;
+    return b;
+}
+
+uint64_t lm_linear_held_bytes(const lm_linear_state *st) {
+    uint64_t b = 0;
+    for (int i = 0; st && i < LINEAR_BUFS; i++) b += st->bufs[i].bytes;
+    return b;
+}
+
+void lm_linear_free(lm_linear_state *st) {
+    if (!st) return;
+    for (int i = 0; i < LINEAR_BUFS; i++) lm_backend_release(st->be, &st->bufs[i]);
+    free(st->index);
+    free(st);
+}
+
+int lm_linear_create(lm_linear_state **out, lm_backend *be, const lm_config *c, int cap_tokens, char *err) {
+    *out = NULL;
+    if (!be->ops->host_memory)
+        return lm_errf(err, "linear attention runs on the host; the %s backend's memory is not host memory",
+                       be->ops->name);
+    lm_linear_state *st = calloc(1, sizeof *st);
+    if (!st || !(st->index = malloc(sizeof(int) * (size_t)c->n_layers))) {
+        free(st);
+        return lm_errf(err, "out of memory");
+    }
+    st->be = be;
+    set_shapes(st, c, cap_tokens);
+    int n_lin = 0;
+    for (int l = 0; l < c->n_layers; l++) st->index[l] = lm_config_layer_is_linear(c, l) ? n_lin++ : -1;
+    st->n_lin = n_lin;
+    st->chunk = LM_LINEAR_CHUNK;
+    st->pending = -1;
+    linear_entry e[LINEAR_BUFS];
+    int n = linear_table(st, e);
+    for (int i = 0; i < n; i++) {
+        if (lm_backend_alloc(be, &st->bufs[i], sizeof(float) * e[i].floats, "linear attention", err) != 0) {
             lm_linear_free(st);
             return -1;
         }
+        *e[i].p = st->bufs[i].ptr;
     }
-    memset(st->conv, 0, sizeof(float) * n * st->conv_floats);
-    memset(st->rec, 0, sizeof(float) * n * st->rec_floats);
+    for (int i = 0; i < LM_LINEAR_SNAPSHOTS; i++) st->snap[i].pos = -1;
+    memset(st->conv, 0, sizeof(float) * (size_t)st->n_lin * st->conv_floats);
+    memset(st->rec, 0, sizeof(float) * (size_t)st->n_lin * st->rec_floats);
     st->live_pos = 0;
     *out = st;
     return 0;
@@ -415,8 +436,8 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
     snapshot *snap = split >= 0 ? &st->snap[st->pending] : NULL;
     st->live_pos = -1; /* until lm_linear_end_chunk: a failure midway leaves layers apart */
 
-    be->ops->matmul(be, st->qkvz, &la->in_qkvz, S->h, T);
-    be->ops->matmul(be, st->ba, &la->in_ba, S->h, T);
+    if (be->ops->matmul(be, st->qkvz, &la->in_qkvz, S->h, T) != 0 || be->ops->matmul(be, st->ba, &la->in_ba, S->h, T) != 0)
+        return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
 
     /* Convolution input: the K-1 remembered rows, then [q | k | v] of each new token. */
     float *ext = st->ext;
@@ -487,7 +508,8 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
     }
 
     /* Gated RMSNorm per value head: rmsnorm(o) * weight * silu(z). */
-    be->ops->rmsnorm(be, st->core, st->core, la->norm, T * nv, dv, c->rms_norm_eps);
+    if (be->ops->rmsnorm(be, st->core, st->core, la->norm, T * nv, dv, c->rms_norm_eps) != 0)
+        return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
     for (int t = 0; t < T; t++) {
         const float *src = st->qkvz + (size_t)t * (size_t)st->qkvz_dim;
         for (int h = 0; h < nv; h++) {
@@ -497,6 +519,7 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
             for (int i = 0; i < dv; i++) o[i] *= z[i] / (1.0f + expf(-z[i]));
         }
     }
-    be->ops->matmul(be, S->proj, &la->out, st->core, T);
+    if (be->ops->matmul(be, S->proj, &la->out, st->core, T) != 0)
+        return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
     return 0;
 }

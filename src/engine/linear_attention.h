@@ -12,6 +12,7 @@
 #ifndef LAZYMOE_LINEAR_ATTENTION_H
 #define LAZYMOE_LINEAR_ATTENTION_H
 
+#include "kernels/backend.h"
 #include "models/config.h"
 
 #include <stdint.h>
@@ -25,11 +26,16 @@ typedef struct lm_linear_state lm_linear_state;
 #define LM_LINEAR_CHUNK 64
 
 /* Bytes of the states, snapshots and scratch of one session evaluating up to
- * cap_tokens tokens per forward chunk (0 for families without linear attention). */
+ * cap_tokens tokens per forward chunk (0 for families without linear attention):
+ * the sum of the table lm_linear_create allocates from. */
 uint64_t lm_linear_bytes(const lm_config *c, int cap_tokens);
 
-int lm_linear_create(lm_linear_state **out, const lm_config *c, int cap_tokens, char *err);
+/* The arrays are backend buffers of `be` (read and written on the host: the
+ * recurrence has no backend operation yet, so only a host-memory backend runs it). */
+int lm_linear_create(lm_linear_state **out, lm_backend *be, const lm_config *c, int cap_tokens, char *err);
 void lm_linear_free(lm_linear_state *st);
+/* Bytes the state holds (0 for NULL). */
+uint64_t lm_linear_held_bytes(const lm_linear_state *st);
 
 /* Runs linear-attention layer l over the session's chunk: reads s->s.h [T][H],
  * writes s->s.proj [T][H], advances the layer's states. */

@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void sb_indent(lm_buf *b, int indent, int level) {
-    lm_buf_append(b, "\n", 1);
-    for (int i = 0; i < indent * level; i++) lm_buf_append(b, " ", 1);
+static void sb_indent(lm_strbuf *b, int indent, int level) {
+    lm_strbuf_append(b, "\n", 1);
+    for (int i = 0; i < indent * level; i++) lm_strbuf_append(b, " ", 1);
 }
 
 void pyjson_format_double(double x, char *buf, size_t cap) {
@@ -87,24 +87,24 @@ static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
     return lm_utf8_bad_run(s, n, &incomplete);
 }
 
-static void emit_string(lm_buf *b, const char *s, size_t n) {
-    lm_buf_append(b, "\"", 1);
+static void emit_string(lm_strbuf *b, const char *s, size_t n) {
+    lm_strbuf_append(b, "\"", 1);
     const unsigned char *u = (const unsigned char *)s;
     char esc[16];
     for (size_t i = 0; i < n;) {
         unsigned c = u[i];
-        if (c == '"') lm_buf_puts(b, "\\\"");
-        else if (c == '\\') lm_buf_puts(b, "\\\\");
-        else if (c == '\n') lm_buf_puts(b, "\\n");
-        else if (c == '\r') lm_buf_puts(b, "\\r");
-        else if (c == '\t') lm_buf_puts(b, "\\t");
-        else if (c == '\b') lm_buf_puts(b, "\\b");
-        else if (c == '\f') lm_buf_puts(b, "\\f");
+        if (c == '"') lm_strbuf_puts(b, "\\\"");
+        else if (c == '\\') lm_strbuf_puts(b, "\\\\");
+        else if (c == '\n') lm_strbuf_puts(b, "\\n");
+        else if (c == '\r') lm_strbuf_puts(b, "\\r");
+        else if (c == '\t') lm_strbuf_puts(b, "\\t");
+        else if (c == '\b') lm_strbuf_puts(b, "\\b");
+        else if (c == '\f') lm_strbuf_puts(b, "\\f");
         else if (c < 0x20 || c == 0x7f) {
             snprintf(esc, sizeof esc, "\\u%04x", c);
-            lm_buf_puts(b, esc);
+            lm_strbuf_puts(b, esc);
         } else if (c < 0x80) {
-            lm_buf_append(b, (const char *)&u[i], 1);
+            lm_strbuf_append(b, (const char *)&u[i], 1);
         } else {
             uint32_t cp;
             size_t len = utf8_decode(u + i, n - i, &cp);
@@ -115,67 +115,67 @@ static void emit_string(lm_buf *b, const char *s, size_t n) {
             } else {
                 snprintf(esc, sizeof esc, "\\u%04x", cp);
             }
-            lm_buf_puts(b, esc);
+            lm_strbuf_puts(b, esc);
             i += len;
             continue;
         }
         i++;
     }
-    lm_buf_append(b, "\"", 1);
+    lm_strbuf_append(b, "\"", 1);
 }
 
-static void emit(lm_buf *b, const json_t *v, int indent, int level) {
+static void emit(lm_strbuf *b, const json_t *v, int indent, int level) {
     char num[64];
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         if (json_object_size(v) == 0) {
-            lm_buf_puts(b, "{}");
+            lm_strbuf_puts(b, "{}");
             return;
         }
-        lm_buf_puts(b, "{");
+        lm_strbuf_puts(b, "{");
         const char *key;
         json_t *child;
         int first = 1;
         /* json_object_foreach needs a non-const object; iteration does not modify it. */
         json_object_foreach((json_t *)v, key, child) {
-            if (!first) lm_buf_puts(b, ",");
+            if (!first) lm_strbuf_puts(b, ",");
             first = 0;
             sb_indent(b, indent, level + 1);
             emit_string(b, key, strlen(key));
-            lm_buf_puts(b, ": ");
+            lm_strbuf_puts(b, ": ");
             emit(b, child, indent, level + 1);
         }
         sb_indent(b, indent, level);
-        lm_buf_puts(b, "}");
+        lm_strbuf_puts(b, "}");
         return;
     }
     case JSON_ARRAY: {
         if (json_array_size(v) == 0) {
-            lm_buf_puts(b, "[]");
+            lm_strbuf_puts(b, "[]");
             return;
         }
-        lm_buf_puts(b, "[");
+        lm_strbuf_puts(b, "[");
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i) lm_buf_puts(b, ",");
+            if (i) lm_strbuf_puts(b, ",");
             sb_indent(b, indent, level + 1);
             emit(b, json_array_get(v, i), indent, level + 1);
         }
         sb_indent(b, indent, level);
-        lm_buf_puts(b, "]");
+        lm_strbuf_puts(b, "]");
         return;
     }
     case JSON_STRING: emit_string(b, json_string_value(v), json_string_length(v)); return;
     case JSON_INTEGER:
         snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
-        lm_buf_puts(b, num);
+        lm_strbuf_puts(b, num);
         return;
     case JSON_REAL:
         pyjson_format_double(json_real_value(v), num, sizeof num);
-        lm_buf_puts(b, num);
+        lm_strbuf_puts(b, num);
         return;
-    case JSON_TRUE: lm_buf_puts(b, "true"); return;
-    case JSON_FALSE: lm_buf_puts(b, "false"); return;
-    case JSON_NULL: lm_buf_puts(b, "null"); return;
+    case JSON_TRUE: lm_strbuf_puts(b, "true"); return;
+    case JSON_FALSE: lm_strbuf_puts(b, "false"); return;
+    case JSON_NULL: lm_strbuf_puts(b, "null"); return;
     }
 }
 
@@ -184,7 +184,7 @@ char *pyjson_dumps(const json_t *value, int indent, char *err) {
         lm_errf(err, "json: nothing to write");
         return NULL;
     }
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     emit(&b, value, indent, 0);
     if (b.failed || !b.data) {
         free(b.data);

@@ -102,19 +102,19 @@ uint64_t stw_file_data_bytes(const stw_file *w) {
 
 /* Appends s to the header buffer, escaping as JSON (tensor names are plain ASCII in
  * practice; quotes, backslashes and control characters are escaped anyway). */
-static void put_json_string(lm_buf *b, const char *s) {
-    lm_buf_putc(b, '"');
+static void put_json_string(lm_strbuf *b, const char *s) {
+    lm_strbuf_putc(b, '"');
     for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
         if (*u == '"' || *u == '\\') {
-            lm_buf_putc(b, '\\');
-            lm_buf_putc(b, (char)*u);
+            lm_strbuf_putc(b, '\\');
+            lm_strbuf_putc(b, (char)*u);
         } else if (*u < 0x20) {
-            lm_buf_printf(b, "\\u%04x", *u);
+            lm_strbuf_printf(b, "\\u%04x", *u);
         } else {
-            lm_buf_putc(b, (char)*u);
+            lm_strbuf_putc(b, (char)*u);
         }
     }
-    lm_buf_putc(b, '"');
+    lm_strbuf_putc(b, '"');
 }
 
 int stw_file_start(stw_file *w, char *err) {
@@ -131,46 +131,46 @@ int stw_file_start(stw_file *w, char *err) {
     }
     /* Header: {"__metadata__":{"format":"mlx"},"name":{...},...} in bytewise key order;
      * "__metadata__" sorts before any lower-case name, but sort it in properly anyway. */
-    lm_buf h = {0};
-    lm_buf_putc(&h, '{');
+    lm_strbuf h = {0};
+    lm_strbuf_putc(&h, '{');
     int meta_done = (w->format == NULL);
     int first = 1;
     for (int i = 0; i <= w->count && !h.failed; i++) {
         if (!meta_done && (i == w->count || strcmp("__metadata__", w->entries[i].name) < 0)) {
-            lm_buf_puts(&h, first ? "\"__metadata__\":{\"format\":" : ",\"__metadata__\":{\"format\":");
+            lm_strbuf_puts(&h, first ? "\"__metadata__\":{\"format\":" : ",\"__metadata__\":{\"format\":");
             put_json_string(&h, w->format);
-            lm_buf_putc(&h, '}');
+            lm_strbuf_putc(&h, '}');
             meta_done = 1;
             first = 0;
         }
         if (i == w->count) break;
         const stw_entry *e = &w->entries[i];
-        if (!first) lm_buf_putc(&h, ',');
+        if (!first) lm_strbuf_putc(&h, ',');
         first = 0;
         put_json_string(&h, e->name);
-        lm_buf_printf(&h, ":{\"data_offsets\":[%llu,%llu],\"dtype\":\"%s\",\"shape\":[",
+        lm_strbuf_printf(&h, ":{\"data_offsets\":[%llu,%llu],\"dtype\":\"%s\",\"shape\":[",
                       (unsigned long long)e->offset, (unsigned long long)e->offset + e->nbytes,
                       lm_dtype_name(e->dtype));
-        for (int d = 0; d < e->ndim; d++) lm_buf_printf(&h, "%s%lld", d ? "," : "", (long long)e->shape[d]);
-        lm_buf_puts(&h, "]}");
+        for (int d = 0; d < e->ndim; d++) lm_strbuf_printf(&h, "%s%lld", d ? "," : "", (long long)e->shape[d]);
+        lm_strbuf_puts(&h, "]}");
     }
-    lm_buf_putc(&h, '}');
-    while (!h.failed && (8 + h.len) % 8 != 0) lm_buf_putc(&h, ' ');
+    lm_strbuf_putc(&h, '}');
+    while (!h.failed && (8 + h.len) % 8 != 0) lm_strbuf_putc(&h, ' ');
     if (h.failed) {
-        lm_buf_free(&h);
+        lm_strbuf_free(&h);
         return lm_errf(err, "out of memory building the safetensors header");
     }
     size_t hl = h.len;
     w->fd = lm_file_create(w->tmp_path, err);
     if (w->fd < 0) {
-        lm_buf_free(&h);
+        lm_strbuf_free(&h);
         return -1;
     }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hl >> (8 * i));
     int rc = lm_pwrite_full(w->fd, len8, 8, 0, err);
     if (rc == 0) rc = lm_pwrite_full(w->fd, h.data, hl, 8, err);
-    lm_buf_free(&h);
+    lm_strbuf_free(&h);
     if (rc != 0) return lm_err_prefix(err, "%s", w->tmp_path);
     w->data_start = 8 + hl;
     /* Size the file now so a tensor written last still leaves no hole behind. */

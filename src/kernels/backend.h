@@ -1,10 +1,14 @@
 /* The tensor-work interface the model code calls.
  *
- * Model code (src/engine/forward.c) never touches numbers itself beyond routing
- * decisions: it calls these operations through a backend table, so a CUDA
- * backend can implement the same table without the model code changing.
- * Activations are float32 arrays allocated through the backend (on CPU, host
- * memory); weights are lm_mat views of memory in their stored precision.
+ * Model code (src/engine/forward.c) never touches numbers itself: it calls these
+ * operations through a backend table, so a CUDA backend can implement the same
+ * table without the model code changing. The backend owns its memory: activations,
+ * the KV cache and index arrays are lm_buf buffers it allocates (on the CPU, host
+ * memory), filled and read back only through upload / download. Weights are still
+ * lm_mat views of host memory in their stored precision (the loader's; a device
+ * backend uploads them). What stays on the host: the routing decisions a lazy
+ * expert cache needs (which experts a chunk uses, downloaded after `route`), and
+ * the linear-attention recurrence (linear_attention.c, no backend op yet).
  *
  * Determinism contract: for the same inputs an operation returns bit-identical
  * results regardless of thread count or scheduling, so lazily loaded experts
@@ -13,6 +17,7 @@
 #ifndef LAZYMOE_BACKEND_H
 #define LAZYMOE_BACKEND_H
 
+#include "common/error.h"
 #include "formats/dtype.h"
 
 #include <stddef.h>
@@ -50,45 +55,150 @@ typedef struct {
 
 /* One layer's K or V cache: [positions][n_kv][head_dim] values in `dtype`:
  *  LM_DT_F32, LM_DT_F16 (default), or LM_DT_I8 with one f32 scale per
- *  (position, kv head): value = scale * q, scale = max|row| / 127. */
+ *  (position, kv head): value = scale * q, scale = max|row| / 127.
+ * data and scales are backend memory (lm_buf.ptr). */
 typedef struct {
     lm_dtype dtype;
     void *data;
     float *scales; /* LM_DT_I8 only: [positions][n_kv] */
 } lm_kv;
 
+/* Memory the backend owns. `ptr` is a device address: on the CPU backend it is host
+ * memory, on a GPU backend it may only be handed to ops, upload, download and copy.
+ * A buffer is released exactly once, by lm_backend_release, with the backend that
+ * allocated it. */
+typedef struct {
+    void *ptr;
+    size_t bytes;
+} lm_buf;
+
+/* How a MoE router turns a token's logits [E] into its top_k experts and weights.
+ * Ties go to the lower expert index; the chosen experts are written in ascending
+ * index order (the order their outputs are summed in). */
+typedef enum {
+    /* p = softmax(logits); the top_k largest p, weights p (qwen3_moe, mixtral, olmoe,
+     * qwen3_next). */
+    LM_ROUTER_SOFTMAX_TOPK = 0,
+    /* The top_k largest logits; weights = softmax over those k (gpt-oss). */
+    LM_ROUTER_TOPK_SOFTMAX,
+    /* s = sigmoid(logits); experts are chosen by s + correction_bias, only inside the
+     * topk_group best of n_group equal groups (a group scores the sum of its two best
+     * biased scores); weights are the unbiased s (deepseek_v3, glm4_moe, minimax_m2). */
+    LM_ROUTER_SIGMOID,
+} lm_router_kind;
+
+/* Limits of LM_ROUTER_SIGMOID (its working arrays are fixed-size). */
+#define LM_ROUTER_MAX_EXPERTS 1024
+#define LM_ROUTER_MAX_GROUPS 64
+
+typedef struct {
+    lm_router_kind kind;
+    int n_experts, top_k;
+    int renormalize;              /* weights /= their sum (norm_topk_prob; sigmoid: sum + 1e-20) */
+    float scale;                  /* weights *= scale afterwards (routed_scaling_factor); 1 = none */
+    const float *correction_bias; /* [n_experts] (sigmoid: e_score_correction_bias), NULL = none */
+    int n_group, topk_group;      /* sigmoid group-limited choice; n_group <= 1 = no groups */
+} lm_router;
+
+/* Every operation returns 0, or -1 with the reason in be->err (lm_backend_error).
+ * Pointers to activations, KV caches and index arrays are device addresses (backend
+ * memory); weights are lm_mat views; arguments documented "host" are host memory. */
 typedef struct {
     const char *name;
+    /* 1: device addresses are host addresses (the CPU). The forward pass then writes
+     * logits straight into the caller's array, and linear attention's recurrence
+     * (host code) can run; a device backend needs both as operations first. */
+    int host_memory;
+    /* ---- memory ---- */
+    /* A buffer of `bytes` (64-byte aligned, contents undefined); use lm_backend_alloc,
+     * which also counts what is held. */
+    int (*alloc)(lm_backend *be, lm_buf *out, size_t bytes);
+    void (*free)(lm_backend *be, lm_buf *buf);
+    int (*upload)(lm_backend *be, void *dst, const void *host_src, size_t bytes);
+    int (*download)(lm_backend *be, void *host_dst, const void *src, size_t bytes);
+    int (*copy)(lm_backend *be, void *dst, const void *src, size_t bytes);
+    /* Reserves the working memory of matmul_batch calls of up to max_items items now,
+     * so that later calls allocate nothing (decode must not). */
+    int (*reserve_batch)(lm_backend *be, int max_items);
+    /* Waits until every operation issued so far has finished (a no-op on the CPU,
+     * whose operations finish before they return). */
+    int (*sync)(lm_backend *be);
+    /* ---- matrices ---- */
     /* y[n][W.rows] = x[n][W.cols] . W^T */
-    void (*matmul)(lm_backend *be, float *y, const lm_mat *W, const float *x, int n);
+    int (*matmul)(lm_backend *be, float *y, const lm_mat *W, const float *x, int n);
     /* Several independent matmuls (each with its own token count) as one piece of
      * parallel work: fewer hand-overs to the threads than one call each. Every
      * result is bit-identical to what matmul gives for it alone. */
-    void (*matmul_batch)(lm_backend *be, const lm_matmul_item *items, int count);
+    int (*matmul_batch)(lm_backend *be, const lm_matmul_item *items, int count);
+    /* x[t] = row ids[t] of W as f32 (embedding lookup); ids[n] are device ints. */
+    int (*embed)(lm_backend *be, float *x, const lm_mat *W, const int32_t *ids, int n);
+    /* ---- elementwise ---- */
     /* y[n][dim] = x / sqrt(mean(x^2) + eps) * w ; y may alias x */
-    void (*rmsnorm)(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps);
+    int (*rmsnorm)(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps);
+    /* y[i] += x[i], i < n (residual adds) */
+    int (*add)(lm_backend *be, float *y, const float *x, size_t n);
+    /* y[t][i] += b[i] for n rows of dim (biases) */
+    int (*add_rows)(lm_backend *be, float *y, const float *b, int n, int dim);
+    /* y[i] = clamp(y[i], -lim, lim) */
+    int (*clamp)(lm_backend *be, float *y, size_t n, float lim);
+    /* dst[r * dst_stride + i] = src[r * src_stride + i], i < width, r < rows */
+    int (*copy_rows)(lm_backend *be, float *dst, size_t dst_stride, const float *src, size_t src_stride, int rows,
+                     int width);
+    /* y[r * y_stride + i] *= sigmoid(g[r * g_stride + i]) for i < width; with
+     * per_row, every i of row r uses g[r * g_stride] (a scalar gate per row). */
+    int (*sigmoid_mul)(lm_backend *be, float *y, size_t y_stride, const float *g, size_t g_stride, int rows,
+                       int width, int per_row);
+    /* g[i] = silu(g[i]) * u[i] */
+    int (*swiglu)(lm_backend *be, float *g, const float *u, size_t n);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half
      * convention) at positions pos[n] with inverse frequencies inv_freq[half]. */
-    void (*rope)(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                 const float *inv_freq, int half);
+    int (*rope)(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                const float *inv_freq, int half);
+    /* ---- attention ---- */
     /* Stores n rows src[n][n_kv*hd] into the cache at positions pos0..pos0+n-1,
      * rounded to the cache's type. */
-    void (*kv_store)(lm_backend *be, lm_kv *cache, int pos0, const float *src, int n, int n_kv, int hd);
+    int (*kv_store)(lm_backend *be, lm_kv *cache, int pos0, const float *src, int n, int n_kv, int hd);
     /* Causal attention of n new queries q[n][n_heads*hd] at positions pos0..pos0+n-1
      * over cached keys/values k,v (positions 0..pos0+n-1); out[n][n_heads*hd].
-     * window > 0 limits each query to the last `window` positions. Keys are taken
-     * in fixed tiles counted from the first visible position, so a query's result
-     * does not depend on how many queries share the call. */
-    void (*attention)(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v,
-                      int n, int pos0, int n_heads, int n_kv, int hd, float scale, int window);
-    /* g[i] = silu(g[i]) * u[i] */
-    void (*swiglu)(lm_backend *be, float *g, const float *u, size_t n);
+     * window > 0 limits each query to the last `window` positions. sinks[n_heads]
+     * (NULL = none) adds one logit per head to every softmax denominator, with no
+     * value (gpt-oss attention sinks). Keys are taken in fixed tiles counted from the
+     * first visible position, so a query's result does not depend on how many
+     * queries share the call. */
+    int (*attention)(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
+                     int n_heads, int n_kv, int hd, float scale, int window, const float *sinks);
+    /* ---- mixture of experts ---- */
+    /* Routes n tokens: logits[n][E] -> sel[n][top_k] (ascending expert index) and
+     * their weights selw[n][top_k]. */
+    int (*route)(lm_backend *be, const lm_router *r, const float *logits, int n, int32_t *sel, float *selw);
+    /* dst[r] = src[idx[r] / idx_div] for m rows of width floats (tokens gathered for
+     * one expert: idx are route numbers token * top_k + slot). */
+    int (*gather_rows)(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
+                       int idx_div);
+    /* dst[idx[r]] = src[r] for m rows of width floats. */
+    int (*scatter_rows)(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width);
+    /* y[t] = sum_k selw[t][k] * eout[t * top_k + k] (k ascending), then + shared[t]
+     * when shared is not NULL; rows of width floats, n tokens. */
+    int (*moe_combine)(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
+                       int top_k, int width);
 } lm_backend_ops;
 
 struct lm_backend {
     const lm_backend_ops *ops;
     void *impl;
+    uint64_t bytes_held;   /* lm_backend_alloc minus lm_backend_release, in requested bytes */
+    char err[LM_ERR_LEN];  /* the last failed operation's reason */
 };
+
+/* Backends by name: "cpu" (NULL or "" mean cpu). n_threads as for the CPU backend. */
+int lm_backend_create(lm_backend **out, const char *name, int n_threads, char *err);
+/* A buffer of `bytes` for `what` (named in the error); counted in bytes_held. A
+ * zero-byte request gives an empty buffer (ptr NULL) and no error. */
+int lm_backend_alloc(lm_backend *be, lm_buf *out, size_t bytes, const char *what, char *err);
+/* Releases a buffer (an empty one is fine) and empties it. */
+void lm_backend_release(lm_backend *be, lm_buf *buf);
+/* The reason the last operation failed. */
+const char *lm_backend_error(const lm_backend *be);
 
 /* CPU backend with a pool of n_threads workers (0 = all cores). Matmul kernels:
  * the environment's LAZYMOE_KERNELS (auto, scalar, avx512, avx2, neon), default auto

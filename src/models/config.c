@@ -370,11 +370,11 @@ done:
 static char *read_text_file(const char *path, size_t limit, char *err) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    lm_buf b = {0};
-    int rc = lm_buf_read_stream(&b, f, limit);
+    lm_strbuf b = {0};
+    int rc = lm_strbuf_read_stream(&b, f, limit);
     fclose(f);
     if (rc == LM_READ_OK) return b.data;
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     if (rc == LM_READ_TOO_LONG) lm_errf(err, "%s is larger than %zu bytes", path, limit);
     else if (rc == LM_READ_ERROR) lm_errf(err, "cannot read %s", path);
     else lm_errf(err, "out of memory reading %s", path);

@@ -11,19 +11,19 @@
 #include <jansson.h>
 #include <stddef.h>
 
-/* The server's byte buffer is common/buf.h's lm_buf; these names are kept for the
+/* The server's byte buffer is common/buf.h's lm_strbuf; these names are kept for the
  * server code. `failed` (sticky) is set by the first failed append. */
-typedef lm_buf srv_buf;
+typedef lm_strbuf srv_buf;
 
-static inline void srv_buf_append(srv_buf *b, const char *s, size_t n) { lm_buf_append(b, s, n); }
-static inline void srv_buf_puts(srv_buf *b, const char *s) { lm_buf_puts(b, s); }
-#define srv_buf_printf(b, ...) ((void)lm_buf_printf((b), __VA_ARGS__))
+static inline void srv_buf_append(srv_buf *b, const char *s, size_t n) { lm_strbuf_append(b, s, n); }
+static inline void srv_buf_puts(srv_buf *b, const char *s) { lm_strbuf_puts(b, s); }
+#define srv_buf_printf(b, ...) ((void)lm_strbuf_printf((b), __VA_ARGS__))
 /* Appends v as compact JSON (non-ASCII kept as UTF-8). Steals nothing. */
 void srv_buf_json(srv_buf *b, const json_t *v);
 /* Drops the first n bytes. */
-static inline void srv_buf_consume(srv_buf *b, size_t n) { lm_buf_consume(b, n); }
-static inline void srv_buf_reset(srv_buf *b) { lm_buf_reset(b); }
-static inline void srv_buf_free(srv_buf *b) { lm_buf_free(b); }
+static inline void srv_buf_consume(srv_buf *b, size_t n) { lm_strbuf_consume(b, n); }
+static inline void srv_buf_reset(srv_buf *b) { lm_strbuf_reset(b); }
+static inline void srv_buf_free(srv_buf *b) { lm_strbuf_free(b); }
 
 /* One server-sent event: "event: NAME\n" (when name is non-NULL), "data: JSON\n\n".
  * Steals data (json_decref'd here; NULL counts as out of memory). */

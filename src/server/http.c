@@ -237,8 +237,9 @@ static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connect
 
 static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) {
     const char *data = c->body.data ? c->body.data : "";
-    int rc = c->api == SRV_ANTHROPIC ? srv_parse_anthropic(data, c->body.len, chat, e)
-                                     : srv_parse_openai(data, c->body.len, chat, e);
+    int rc = c->api == SRV_ANTHROPIC   ? srv_parse_anthropic(data, c->body.len, chat, e)
+             : c->api == SRV_RESPONSES ? srv_parse_responses(data, c->body.len, chat, e)
+                                       : srv_parse_openai(data, c->body.len, chat, e);
     if (rc == 0 && chat->forced_output && !s->opt.allow_forced_output) {
         srv_chat_free(chat);
         return srv_fail(e, c->api, 400, "lazymoe_forced_output",
@@ -249,8 +250,9 @@ static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) 
 
 static int check_length(srv_server *s, srv_api api, int n, srv_error *e) {
     if (n <= s->input_limit) return 0;
-    srv_fail(e, api, 400, "messages", "prompt is too long: %d tokens > %d maximum", n, s->input_limit);
-    if (api == SRV_OPENAI) {
+    srv_fail(e, api, 400, api == SRV_RESPONSES ? "input" : "messages", "prompt is too long: %d tokens > %d maximum", n,
+             s->input_limit);
+    if (api != SRV_ANTHROPIC) {
         snprintf(e->code, sizeof e->code, "context_length_exceeded");
         snprintf(e->message, sizeof e->message,
                  "This model's maximum context length is %d tokens, but the prompt has %d tokens (prompt is too long: "
@@ -260,8 +262,7 @@ static int check_length(srv_server *s, srv_api api, int n, srv_error *e) {
     return -1;
 }
 
-static int ends_in_think(const char *prompt) {
-    size_t n = strlen(prompt);
+static int ends_in_think(const char *prompt, size_t n) {
     while (n && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ' || prompt[n - 1] == '\r')) n--;
     return n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
 }
@@ -271,15 +272,16 @@ static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connecti
     srv_job *j = srv_job_new(s);
     if (!j) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory"), &e));
     if (parse_chat(s, c, &j->chat, &e) != 0 ||
-        srv_build_prompt(s->m, &j->chat, &j->prompt, &j->ids, &j->n_ids, &e) != 0 ||
+        srv_build_prompt(s->m, &j->chat, &j->prompt, &j->prompt_len, &j->ids, &j->n_ids, &e) != 0 ||
         check_length(s, c->api, j->n_ids, &e) != 0) {
         srv_job_release(j);
         return send_error(c, mc, &e);
     }
     j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
                                                                                       : s->opt.max_tokens;
-    j->in_think = ends_in_think(j->prompt);
+    j->in_think = ends_in_think(j->prompt, j->prompt_len);
     snprintf(j->endpoint, sizeof j->endpoint, "%s", endpoint);
+    if (j->chat.skipped_tools[0]) srv_log("%s: built-in tools skipped (this server cannot run them): %s", endpoint, j->chat.skipped_tools);
     if (srv_job_enqueue(s, j) != 0) {
         srv_job_release(j);
         return send_error(c, mc, (srv_fail(&e, c->api, 503, NULL, "the server is shutting down"), &e));
@@ -296,7 +298,7 @@ static enum MHD_Result post_count_tokens(srv_server *s, srv_conn *c, struct MHD_
     int32_t *ids = NULL;
     int n = 0;
     if (parse_chat(s, c, &chat, &e) != 0) return send_error(c, mc, &e);
-    int rc = srv_build_prompt(s->m, &chat, &prompt, &ids, &n, &e);
+    int rc = srv_build_prompt(s->m, &chat, &prompt, NULL, &ids, &n, &e);
     srv_chat_free(&chat);
     free(prompt);
     free(ids);
@@ -324,7 +326,7 @@ static int authorized(const srv_server *s, struct MHD_Connection *mc) {
 }
 
 static srv_api api_of(const char *url) {
-    return !strncmp(url, "/v1/messages", 12) ? SRV_ANTHROPIC : SRV_OPENAI;
+    return !strncmp(url, "/v1/messages", 12) ? SRV_ANTHROPIC : !strncmp(url, "/v1/responses", 13) ? SRV_RESPONSES : SRV_OPENAI;
 }
 
 static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *mc, const char *url, const char *method) {
@@ -336,7 +338,7 @@ static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *
     }
     if (!authorized(s, mc)) {
         srv_fail(&e, c->api, 401, NULL, "%s", c->api == SRV_ANTHROPIC ? "invalid x-api-key" : "Incorrect API key provided");
-        if (c->api == SRV_OPENAI) snprintf(e.code, sizeof e.code, "invalid_api_key");
+        if (c->api != SRV_ANTHROPIC) snprintf(e.code, sizeof e.code, "invalid_api_key");
         return send_error(c, mc, &e);
     }
     if (c->too_large)
@@ -344,7 +346,8 @@ static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *
                                            s->opt.max_body), &e));
     if (c->body.failed) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory reading the request"), &e));
     struct { const char *path; int post; } routes[] = {
-        {"/v1/chat/completions", 1}, {"/v1/messages", 1}, {"/v1/messages/count_tokens", 1}, {"/v1/models", 0}};
+        {"/v1/chat/completions", 1}, {"/v1/messages", 1}, {"/v1/messages/count_tokens", 1}, {"/v1/models", 0},
+        {"/v1/responses", 1}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(url, routes[i].path) != 0) continue;
         if (routes[i].post ? !post : !get)
@@ -354,7 +357,8 @@ static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *
         case 0: return post_chat(s, c, mc, "POST /v1/chat/completions");
         case 1: return post_chat(s, c, mc, "POST /v1/messages");
         case 2: return post_count_tokens(s, c, mc);
-        default: return get_models(s, c, mc);
+        case 3: return get_models(s, c, mc);
+        default: return post_chat(s, c, mc, "POST /v1/responses");
         }
     }
     if (get && !strncmp(url, "/v1/models/", 11)) return send_json(c, mc, 200, model_object(s));

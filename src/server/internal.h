@@ -23,6 +23,7 @@ typedef struct srv_job {
     struct srv_server *srv;
     srv_chat chat;        /* the parsed request (owned) */
     char *prompt;         /* rendered chat template (owned) */
+    size_t prompt_len;    /* its length (it may hold NUL bytes from the messages) */
     int32_t *ids;         /* its tokens (owned) */
     int n_ids;
     int max_tokens;       /* after the server's cap */

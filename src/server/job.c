@@ -71,20 +71,46 @@ static void emit(srv_job *j, const lm_tc_event *ev) {
     pthread_mutex_unlock(&j->mu);
 }
 
-static int on_event(void *ctx, const lm_tc_event *ev) {
-    emit(ctx, ev);
-    return 0;
-}
-
 typedef struct {
     srv_job *job;
     lm_toolcall_parser *parser;
     char err[LM_ERR_LEN]; /* a parser failure (out of memory) */
+    srv_buf raw;          /* everything generated, as the model wrote it */
+    size_t call_start;    /* where the markup of the latest call starts in raw */
 } gen_ctx;
+
+/* Where the markup of a call that just began starts in raw: at its <function= tag,
+ * or at the <tool_call> wrapper when nothing but whitespace lies between them (or
+ * when the call has no <function= tag: Hermes JSON). The parser announces a call
+ * once it has read the name, so its tags are already in raw. */
+static const char *last_tag(const srv_buf *raw, const char *tag) {
+    size_t n = strlen(tag);
+    for (size_t i = raw->len; raw->data && i >= n; i--)
+        if (!memcmp(raw->data + i - n, tag, n)) return raw->data + i - n;
+    return NULL;
+}
+
+static size_t markup_start(const srv_buf *raw) {
+    const char *t = last_tag(raw, "<tool_call>"), *f = last_tag(raw, "<function=");
+    if (f && (!t || f > t)) {
+        const char *q = t ? t + strlen("<tool_call>") : f;
+        while (q < f && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t')) q++;
+        if (q != f) t = f;
+    }
+    return t ? (size_t)(t - raw->data) : 0;
+}
+
+static int on_gen_event(void *ctx, const lm_tc_event *ev) {
+    gen_ctx *g = ctx;
+    if (ev->kind == LM_TC_CALL_BEGIN) g->call_start = markup_start(&g->raw);
+    emit(g->job, ev);
+    return 0;
+}
 
 /* A piece of generated text -> the parser -> events. */
 static int on_piece(void *ctx, const char *piece, size_t len) {
     gen_ctx *g = ctx;
+    srv_buf_append(&g->raw, piece, len);
     if (lm_toolcall_parser_feed(g->parser, piece, len, g->err) != 0) return 1;
     return g->job->cancel ? 1 : 0;
 }
@@ -160,6 +186,7 @@ static void run_job(srv_server *s, srv_job *j) {
     pthread_mutex_lock(&j->mu);
     j->state = JOB_RUNNING;
     srv_reply_init(&j->reply, j->chat.api, j->chat.stream, j->chat.include_usage, model, j->n_ids, reused);
+    j->reply.freeform = j->chat.freeform_tools;
     srv_reply_begin(&j->reply, &j->out);
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -167,7 +194,7 @@ static void run_job(srv_server *s, srv_job *j) {
     gen_ctx g = {.job = j};
     char *tools_json = j->chat.tools ? json_dumps(j->chat.tools, JSON_COMPACT) : NULL;
     if ((j->chat.tools && !tools_json) ||
-        lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_event, j, g.err) != 0) {
+        lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_gen_event, &g, g.err) != 0) {
         free(tools_json);
         srv_cache_put(&s->cache, sess);
         finish_with_error(j, 500, g.err[0] ? g.err : "out of memory");
@@ -192,11 +219,23 @@ static void run_job(srv_server *s, srv_job *j) {
         rc = -1;
         snprintf(err, sizeof err, "%s", g.err);
     }
-    if (rc == 0 && !j->cancel && lm_toolcall_parser_finish(g.parser, g.err) != 0) {
-        rc = -1;
-        snprintf(err, sizeof err, "%s", g.err);
+    if (rc == 0 && !j->cancel) {
+        /* A call the parser closes now was cut by max_tokens when generation stopped
+         * there: marked, and its markup kept for replies that show it as text. */
+        pthread_mutex_lock(&j->mu);
+        j->reply.at_cut = j->stats.finish_reason == LAZYMOE_FINISH_LENGTH;
+        pthread_mutex_unlock(&j->mu);
+        if (lm_toolcall_parser_finish(g.parser, g.err) != 0) {
+            rc = -1;
+            snprintf(err, sizeof err, "%s", g.err);
+        }
+        pthread_mutex_lock(&j->mu);
+        if (rc == 0 && j->reply.n_calls && j->reply.calls[j->reply.n_calls - 1].cut && !g.raw.failed)
+            j->reply.cut_text = strndup(g.raw.data + g.call_start, g.raw.len - g.call_start);
+        pthread_mutex_unlock(&j->mu);
     }
     lm_toolcall_parser_free(g.parser);
+    srv_buf_free(&g.raw);
     if (rc == 0 && j->cancel_reason == CANCEL_SHUTDOWN) { /* not an answer: say so */
         snprintf(err, sizeof err, "the server is shutting down");
         finish_with_error(j, 503, err);

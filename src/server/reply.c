@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-static void random_alnum(char *dst, int n) {
+void srv_random_alnum(char *dst, int n) {
     static const char abc[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     unsigned char raw[64];
     FILE *f = fopen("/dev/urandom", "rb");
@@ -33,14 +33,18 @@ void srv_reply_init(srv_reply *r, srv_api api, int stream, int include_usage, co
     r->prompt_tokens = prompt_tokens;
     r->cached_tokens = cached_tokens;
     char rnd[33];
-    random_alnum(rnd, 24);
-    snprintf(r->id, sizeof r->id, "%s%s", api == SRV_ANTHROPIC ? "msg_" : "chatcmpl-", rnd);
+    srv_random_alnum(rnd, 24);
+    snprintf(r->id, sizeof r->id, "%s%s", api == SRV_ANTHROPIC ? "msg_" : api == SRV_RESPONSES ? "resp_" : "chatcmpl-",
+             rnd);
 }
 
 void srv_reply_free(srv_reply *r) {
     srv_buf_free(&r->text);
     srv_buf_free(&r->reasoning);
     srv_buf_free(&r->pending_ws);
+    srv_buf_free(&r->item_text);
+    json_decref(r->items);
+    free(r->cut_text);
     for (int i = 0; i < r->n_calls; i++) {
         free(r->calls[i].id);
         free(r->calls[i].name);
@@ -69,28 +73,47 @@ static void record(srv_reply *r, const lm_tc_event *ev) {
     case LM_TC_CALL_ARGS:
         if (r->n_calls) srv_buf_append(&r->calls[r->n_calls - 1].args, ev->data, ev->len);
         break;
-    case LM_TC_CALL_END: break;
+    case LM_TC_CALL_END:
+        if (r->at_cut && r->n_calls) r->calls[r->n_calls - 1].cut = 1;
+        break;
     }
 }
 
 void srv_reply_begin(srv_reply *r, srv_buf *out) {
+    if (r->api == SRV_RESPONSES) srv_responses_begin(r, out); /* builds the output items, streamed or not */
     if (!r->stream) return;
+    if (r->api == SRV_RESPONSES) return;
     if (r->api == SRV_ANTHROPIC) srv_anthropic_begin(r, out);
     else srv_openai_begin(r, out);
 }
 
 void srv_reply_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     record(r, ev);
-    if (!r->stream) return;
+    if (r->api == SRV_RESPONSES) srv_responses_event(r, ev, out);
+    if (!r->stream || r->api == SRV_RESPONSES) return;
     if (r->api == SRV_ANTHROPIC) srv_anthropic_event(r, ev, out);
     else srv_openai_event(r, ev, out);
 }
 
+/* A non-streamed reply shows a call cut by max_tokens as the text the model wrote,
+ * never as a call with arguments the model did not finish. (Streams have sent the
+ * call already; their finish reason says the output was cut.) */
+static void cut_call_to_text(srv_reply *r) {
+    if (r->stream || !r->n_calls || !r->calls[r->n_calls - 1].cut) return;
+    srv_call *c = &r->calls[--r->n_calls];
+    if (r->cut_text) srv_buf_puts(&r->text, r->cut_text);
+    free(c->id);
+    free(c->name);
+    srv_buf_free(&c->args);
+}
+
 void srv_reply_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out) {
+    if (r->api != SRV_RESPONSES) cut_call_to_text(r); /* the Responses writer replaces its output item itself */
     if (r->text.failed) out->failed = 1;
     for (int i = 0; i < r->n_calls; i++)
         if (r->calls[i].args.failed) out->failed = 1;
     if (r->api == SRV_ANTHROPIC) srv_anthropic_end(r, st, stop_seq, out);
+    else if (r->api == SRV_RESPONSES) srv_responses_end(r, st, out);
     else srv_openai_end(r, st, out);
 }
 
@@ -103,7 +126,9 @@ json_t *srv_error_body(srv_api api, const srv_error *e) {
 }
 
 void srv_reply_stream_error(srv_reply *r, const srv_error *e, srv_buf *out) {
-    if (r->api == SRV_ANTHROPIC) {
+    if (r->api == SRV_RESPONSES) {
+        srv_responses_stream_error(r, e, out);
+    } else if (r->api == SRV_ANTHROPIC) {
         srv_sse(out, "error", srv_error_body(r->api, e));
     } else {
         srv_sse(out, NULL, srv_error_body(r->api, e));

@@ -18,6 +18,7 @@
 typedef struct {
     char *id, *name;
     srv_buf args;
+    int cut; /* max_tokens ended the output inside this call: the parser closed it */
 } srv_call;
 
 typedef struct {
@@ -35,6 +36,17 @@ typedef struct {
     int block;          /* Anthropic: kind of the open content block (0 = none) */
     int next_block;     /* Anthropic: index the next block gets */
     srv_buf pending_ws; /* Anthropic: whitespace held until text follows (no blank text blocks) */
+    /* Responses API: output items are built as they come, streamed or not */
+    int seq;                 /* sequence_number of the next event */
+    int item;                /* kind of the open output item (0 = none) */
+    char item_id[48];
+    srv_buf item_text;       /* text of the open message / reasoning item */
+    json_t *items;           /* output items done so far */
+    const json_t *freeform;  /* borrowed: names of the request's freeform tools, or NULL */
+    /* set by the worker before the parser's finish: generation stopped at max_tokens,
+     * so a call the parser closes now was cut */
+    int at_cut;
+    char *cut_text;          /* the raw output of a cut call (non-streamed replies show it as text) */
 } srv_reply;
 
 /* prompt_tokens / cached_tokens are known before generation starts (message_start
@@ -63,5 +75,12 @@ void srv_anthropic_begin(srv_reply *r, srv_buf *out);
 void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
 void srv_anthropic_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);
 json_t *srv_anthropic_usage(const srv_reply *r, int output_tokens);
+void srv_responses_begin(srv_reply *r, srv_buf *out);
+void srv_responses_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
+void srv_responses_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out);
+void srv_responses_stream_error(srv_reply *r, const srv_error *e, srv_buf *out);
+
+/* n random letters and digits, NUL-terminated (dst holds n + 1 bytes; n <= 64). */
+void srv_random_alnum(char *dst, int n);
 
 #endif

@@ -1,5 +1,6 @@
 /* OpenAI and Anthropic request bodies -> srv_chat (see request.h). */
 #include "server/request.h"
+#include "server/parse.h"
 
 #include "server/buf.h"
 
@@ -63,11 +64,7 @@ static const char *json_kind(const json_t *v) {
 }
 
 /* Parsing context: the API (for error shapes) and the path of the field at hand. */
-typedef struct {
-    srv_api api;
-    srv_error *e;
-    srv_chat *c;
-} pctx;
+typedef srv_pctx pctx;
 
 static int bad_type(pctx *p, const char *field, const char *want, const json_t *got) {
     return srv_fail(p->e, p->api, 400, field, "%s: expected %s, got %s", field, want, json_kind(got));
@@ -92,7 +89,7 @@ static int depth_ok(const json_t *v, int depth) {
 
 static json_t *load_body(pctx *p, const char *body, size_t len) {
     json_error_t je;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je); /* NUL bytes are text too */
     if (!root) {
         srv_fail(p->e, p->api, 400, NULL, "the request body is not valid JSON: %s (line %d, column %d)", je.text,
                  je.line, je.column);
@@ -263,7 +260,7 @@ static int content_text(pctx *p, const json_t *v, const char *field, srv_buf *ou
         if (get_string(p, part, "text", ft, &text) != 0) return -1;
         if (!text) return srv_fail(p->e, p->api, 400, ft, "%s is missing", ft);
         if (!first) srv_buf_puts(out, "\n");
-        srv_buf_puts(out, text);
+        srv_buf_append(out, text, json_string_length(json_object_get(part, "text")));
         first = 0;
     }
     return 0;
@@ -291,7 +288,7 @@ static json_t *arguments_object(pctx *p, const json_t *args, const char *field) 
     while (n && (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')) s++, n--;
     if (!n) return json_object();
     json_error_t je;
-    json_t *o = json_loadb(s, n, 0, &je);
+    json_t *o = json_loadb(s, n, JSON_ALLOW_NUL, &je);
     if (!o || !json_is_object(o)) {
         json_decref(o);
         srv_fail(p->e, p->api, 400, field, "%s must be a JSON object encoded as a string", field);
@@ -361,10 +358,11 @@ static int openai_message(pctx *p, const json_t *m, size_t i) {
         const json_t *calls = json_object_get(m, "tool_calls");
         snprintf(g, sizeof g, "%s.tool_calls", f);
         if (calls && !json_is_null(calls)) rc = openai_tool_calls(p, calls, g, msg);
-        const char *reasoning = NULL;
+        const char *reasoning = NULL, *reasoning_key = "reasoning_content";
         if (!rc) rc = get_string(p, m, "reasoning_content", "reasoning_content", &reasoning);
-        if (!rc && !reasoning) rc = get_string(p, m, "reasoning", "reasoning", &reasoning);
-        if (!rc && reasoning && json_object_set_new(msg, "reasoning_content", json_string(reasoning)) != 0) rc = oom(p);
+        if (!rc && !reasoning) rc = get_string(p, m, reasoning_key = "reasoning", "reasoning", &reasoning);
+        if (!rc && reasoning && json_object_set_new(msg, "reasoning_content", json_copy(json_object_get(m, reasoning_key))) != 0)
+            rc = oom(p);
     } else if (!strcmp(role, "tool")) {
         const char *id;
         snprintf(g, sizeof g, "%s.tool_call_id", f);
@@ -514,7 +512,7 @@ static int is_billing_block(const char *text) {
 static int anthropic_system(pctx *p, const json_t *sys, srv_buf *out) {
     if (!sys || json_is_null(sys)) return 0;
     if (json_is_string(sys)) {
-        if (!is_billing_block(json_string_value(sys))) srv_buf_puts(out, json_string_value(sys));
+        if (!is_billing_block(json_string_value(sys))) srv_buf_append(out, json_string_value(sys), json_string_length(sys));
         return 0;
     }
     if (!json_is_array(sys)) return bad_type(p, "system", "a string or an array of text blocks", sys);
@@ -535,7 +533,7 @@ static int anthropic_system(pctx *p, const json_t *sys, srv_buf *out) {
         if (!text) return srv_fail(p->e, p->api, 400, g, "%s is missing", g);
         if (is_billing_block(text)) continue;
         if (out->len) srv_buf_puts(out, "\n");
-        srv_buf_puts(out, text);
+        srv_buf_append(out, text, json_string_length(json_object_get(b, "text")));
     }
     return 0;
 }
@@ -629,7 +627,7 @@ static int anthropic_message(pctx *p, const json_t *m, size_t i) {
             }
             if (!is_assistant && !pending) srv_buf_reset(&text);
             if (text.len) srv_buf_puts(&text, "\n");
-            srv_buf_puts(&text, t);
+            srv_buf_append(&text, t, json_string_length(json_object_get(b, "text")));
             pending = 1;
         } else if (!strcmp(type, "tool_result") && !is_assistant) {
             if (flush_text(p, role, &text, &pending) != 0 || tool_result(p, b, bf) != 0) goto done;
@@ -659,7 +657,7 @@ static int anthropic_message(pctx *p, const json_t *m, size_t i) {
             const char *t;
             snprintf(h, sizeof h, "%s.thinking", bf);
             if (get_string(p, b, "thinking", h, &t) != 0) goto done;
-            if (t) srv_buf_puts(&thinking, t);
+            if (t) srv_buf_append(&thinking, t, json_string_length(json_object_get(b, "thinking")));
         } else if (!strcmp(type, "redacted_thinking")) {
             continue; /* opaque to any model but Claude */
         } else {
@@ -670,7 +668,7 @@ static int anthropic_message(pctx *p, const json_t *m, size_t i) {
     }
     if (is_assistant) {
         json_t *msg = text_message(role, &text);
-        if (msg && thinking.len && json_object_set_new(msg, "reasoning_content", json_string(thinking.data)) != 0) {
+        if (msg && thinking.len && json_object_set_new(msg, "reasoning_content", json_stringn(thinking.data, thinking.len)) != 0) {
             json_decref(msg);
             msg = NULL;
         }
@@ -829,13 +827,37 @@ void srv_chat_free(srv_chat *c) {
     for (int i = 0; i < c->n_stop; i++) free(c->stop[i]);
     free(c->stop);
     free(c->forced_output);
+    json_decref(c->response_format);
+    free(c->tool_choice_name);
+    json_decref(c->freeform_tools);
     memset(c, 0, sizeof *c);
 }
 
+/* ---- the helpers other request parsers share (parse.h) -------------------------------- */
+
+int srv_p_bad_type(srv_pctx *p, const char *field, const char *want, const json_t *got) {
+    return bad_type(p, field, want, got);
+}
+int srv_p_oom(srv_pctx *p) { return oom(p); }
+json_t *srv_p_load_body(srv_pctx *p, const char *body, size_t len) { return load_body(p, body, len); }
+int srv_p_int(srv_pctx *p, const json_t *obj, const char *key, long long lo, long long hi, long long *out) {
+    return get_int(p, obj, key, lo, hi, out);
+}
+int srv_p_bool(srv_pctx *p, const json_t *obj, const char *key) { return get_bool(p, obj, key); }
+int srv_p_string(srv_pctx *p, const json_t *obj, const char *key, const char *field, const char **out) {
+    return get_string(p, obj, key, field, out);
+}
+int srv_p_common_fields(srv_pctx *p, const json_t *root) { return common_fields(p, root); }
+int srv_p_set_kwarg(srv_pctx *p, const char *key, json_t *value) { return set_kwarg(p, key, value); }
+json_t *srv_p_arguments_object(srv_pctx *p, const json_t *args, const char *field) {
+    return arguments_object(p, args, field);
+}
+int srv_p_append_msg(srv_pctx *p, json_t *msg) { return append_msg(p, msg); }
+
 /* ---- prompt ------------------------------------------------------------------------- */
 
-int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, int32_t **ids, int *n_ids,
-                     srv_error *e) {
+int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, size_t *prompt_len, int32_t **ids,
+                     int *n_ids, srv_error *e) {
     char err[512];
     *prompt = NULL;
     *ids = NULL;
@@ -848,11 +870,13 @@ int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, i
         srv_fail(e, c->api, 500, NULL, "out of memory");
         goto done;
     }
-    if (lazymoe_chat_format(m, mj, tj, 1, kj, prompt, err, sizeof err) != 0) {
+    size_t len = 0;
+    if (lazymoe_chat_format_n(m, mj, tj, 1, kj, prompt, &len, err, sizeof err) != 0) {
         srv_fail(e, c->api, 400, "messages", "the model's chat template cannot render these messages: %s", err);
         goto done;
     }
-    if (lazymoe_tokenize(m, *prompt, strlen(*prompt), 0, ids, n_ids, err, sizeof err) != 0) {
+    if (prompt_len) *prompt_len = len;
+    if (lazymoe_tokenize(m, *prompt, len, 0, ids, n_ids, err, sizeof err) != 0) {
         srv_fail(e, c->api, 400, "messages", "cannot tokenize the prompt: %s", err);
         lazymoe_free(*prompt);
         *prompt = NULL;

@@ -23,7 +23,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
-typedef enum { SRV_OPENAI = 0, SRV_ANTHROPIC = 1 } srv_api;
+typedef enum { SRV_OPENAI = 0, SRV_ANTHROPIC = 1, SRV_RESPONSES = 2 } srv_api; /* RESPONSES: OpenAI /v1/responses */
 
 typedef struct {
     int status;     /* HTTP status */
@@ -65,18 +65,31 @@ typedef struct {
     unsigned set;
     srv_tool_choice tool_choice;
     char *forced_output;  /* the test-only "lazymoe_forced_output" field, or NULL */
+    /* Constrained output, in chat completions' vocabulary whatever the API said it in:
+     * response_format as chat completions sends it ({"type": "json_schema",
+     * "json_schema": {"name", "schema", "strict"}} / {"type": "json_object"}; NULL =
+     * plain text), and the tool a named tool_choice asks for (NULL = none named). */
+    json_t *response_format;
+    char *tool_choice_name;
+    /* Responses API: the names of the freeform ("custom") tools, whose calls carry
+     * raw text (object name -> true; NULL when none), and the built-in tools that were
+     * skipped (comma-separated, for the log line). */
+    json_t *freeform_tools;
+    char skipped_tools[160];
 } srv_chat;
 
 /* Parses a request body. On failure *out holds nothing (freed) and e says why. */
 int srv_parse_openai(const char *body, size_t len, srv_chat *out, srv_error *e);
 int srv_parse_anthropic(const char *body, size_t len, srv_chat *out, srv_error *e);
+int srv_parse_responses(const char *body, size_t len, srv_chat *out, srv_error *e); /* responses.c */
 void srv_chat_free(srv_chat *c);
 
 /* Renders the chat template for c and tokenizes the result (add_special 0: the
- * template writes the special tokens). *prompt and *ids are malloc'd (free()).
- * A template error (e.g. a role the template refuses) is a 400. */
-int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, int32_t **ids, int *n_ids,
-                     srv_error *e);
+ * template writes the special tokens). *prompt and *ids are malloc'd (free());
+ * *prompt_len (when not NULL) is the prompt's length: it may hold NUL bytes that
+ * the messages held. A template error (e.g. a role the template refuses) is a 400. */
+int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, size_t *prompt_len, int32_t **ids,
+                     int *n_ids, srv_error *e);
 
 /* Sampling for the request: the model's generation_config defaults, then the
  * request's values. A seed not given is drawn at random. */

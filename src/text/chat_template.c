@@ -28,11 +28,11 @@ static char *read_file(const char *path, size_t *len, bool *missing, char *err) 
         if (!*missing) lm_errf(err, "%s: %s", path, strerror(errno));
         return NULL;
     }
-    lm_buf b = {0};
-    int rc = lm_buf_read_stream(&b, f, (size_t)64 << 20);
+    lm_strbuf b = {0};
+    int rc = lm_strbuf_read_stream(&b, f, (size_t)64 << 20);
     fclose(f);
     if (rc != LM_READ_OK) {
-        lm_buf_free(&b);
+        lm_strbuf_free(&b);
         if (rc == LM_READ_TOO_LONG) lm_errf(err, "%s: file too large", path);
         else if (rc == LM_READ_ERROR) lm_errf(err, "%s: read error", path);
         else lm_errf(err, "out of memory");

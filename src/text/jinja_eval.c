@@ -51,16 +51,16 @@ static int undefined_error(jrender *r, jv v) {
 
 int jinja_to_str(jrender *r, jv v, jv *out) {
     if (v.type == JV_STR) { *out = v; return 0; }
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     jv_write_str(&b, v);
-    if (b.failed) { lm_buf_free(&b); return jr_oom(r); }
+    if (b.failed) { lm_strbuf_free(&b); return jr_oom(r); }
     *out = jr_str(r, b.data, b.len);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     return r->has_error ? -1 : 0;
 }
 
 static int emit(jrender *r, const char *s, size_t n) {
-    lm_buf_append(r->out, s, n);
+    lm_strbuf_append(r->out, s, n);
     if (r->out->failed) return jr_fail(r, "output exceeds %zu bytes", r->max_output);
     return 0;
 }
@@ -160,13 +160,13 @@ int jinja_getitem(jrender *r, jv obj, jv key, jv *out) {
     }
     if (key.type == JV_STR && obj.type != JV_DICT) return jinja_getattr(r, obj, key.u.str.s, key.u.str.len, out);
     /* jinja2 answers a missing item with Undefined */
-    lm_buf kb = {0};
+    lm_strbuf kb = {0};
     jv_write_repr(&kb, key);
     const char *tn = obj.type == JV_NONE ? "None" : jv_type_name(obj);
     char tbuf[64];
     snprintf(tbuf, sizeof tbuf, obj.type == JV_NONE ? "%s" : "%s object", tn);
     *out = jv_undef(undef_hint(r, "'%.*s' has no attribute %.*s", tbuf, strlen(tbuf), kb.data ? kb.data : "", kb.len));
-    lm_buf_free(&kb);
+    lm_strbuf_free(&kb);
     return 0;
 }
 
@@ -215,8 +215,8 @@ int jinja_iterable(jrender *r, jv v, jv_list **out) {
 static int exec_body(jrender *r, const jnode *body, jscope *sc);
 
 static int capture(jrender *r, const jnode *body, jscope *sc, jv *out) {
-    lm_buf buf = {.limit = r->max_output};
-    lm_buf *saved = r->out;
+    lm_strbuf buf = {.limit = r->max_output};
+    lm_strbuf *saved = r->out;
     r->out = &buf;
     int rc = exec_body(r, body, sc);
     r->out = saved;
@@ -224,7 +224,7 @@ static int capture(jrender *r, const jnode *body, jscope *sc, jv *out) {
         *out = jr_str(r, buf.data, buf.len);
         if (r->has_error) rc = -1;
     }
-    lm_buf_free(&buf);
+    lm_strbuf_free(&buf);
     return rc;
 }
 
@@ -683,15 +683,15 @@ int jinja_eval(jrender *r, const jnode *n, jscope *sc, jv *out) {
         return 0;
     }
     case JN_CONCAT: {
-        lm_buf b = {.limit = r->max_output};
+        lm_strbuf b = {.limit = r->max_output};
         for (size_t i = 0; i < n->nkids; i++) {
             jv v;
-            if (jinja_eval(r, n->kids[i], sc, &v)) { lm_buf_free(&b); return -1; }
+            if (jinja_eval(r, n->kids[i], sc, &v)) { lm_strbuf_free(&b); return -1; }
             jv_write_str(&b, v);
         }
-        if (b.failed) { lm_buf_free(&b); return jr_fail(r, "string exceeds %zu bytes", r->max_output); }
+        if (b.failed) { lm_strbuf_free(&b); return jr_fail(r, "string exceeds %zu bytes", r->max_output); }
         *out = jr_str(r, b.data, b.len);
-        lm_buf_free(&b);
+        lm_strbuf_free(&b);
         return r->has_error ? -1 : 0;
     }
     default:
@@ -937,7 +937,7 @@ int lm_jinja_render(const lm_jinja_template *tmpl, const json_t *context, const 
     r.arena.limit = o.max_memory_bytes ? o.max_memory_bytes : (size_t)512 << 20;
     r.now_unix = o.now_unix;
     r.block_value = jv_undef(NULL);
-    lm_buf buf = {.limit = r.max_output};
+    lm_strbuf buf = {.limit = r.max_output};
     r.out = &buf;
     int rc = -1;
     jscope *globals = scope_new(&r, NULL);
@@ -975,7 +975,7 @@ done:
         if (out_len) *out_len = buf.len;
     } else {
         if (!r.has_error) lm_errf(err, "render failed");
-        lm_buf_free(&buf);
+        lm_strbuf_free(&buf);
     }
     ja_free_all(&r.arena);
     return rc == 0 ? 0 : -1;

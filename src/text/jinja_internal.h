@@ -40,7 +40,7 @@ void ja_free_all(jarena *a);
 int ja_grow(jarena *a, void *arrp, size_t *cap, size_t len, size_t elem_size);
 #define JA_GROW(a, arr, cap, len) ja_grow((a), &(arr), &(cap), (len), sizeof *(arr))
 
-/* Growable byte buffers are common/buf.h's lm_buf (malloc'd; the owner calls lm_buf_free);
+/* Growable byte buffers are common/buf.h's lm_strbuf (malloc'd; the owner calls lm_strbuf_free);
  * output buffers set its limit to the render's output limit. */
 
 /* ---- values ------------------------------------------------------------------ */
@@ -117,12 +117,12 @@ bool jv_is_number(jv v);
 double jv_as_double(jv v);
 
 /* Python str() and repr() into a buffer. */
-void jv_write_str(lm_buf *b, jv v);
-void jv_write_repr(lm_buf *b, jv v);
-void jv_write_float(lm_buf *b, double f);  /* Python repr of a float */
+void jv_write_str(lm_strbuf *b, jv v);
+void jv_write_repr(lm_strbuf *b, jv v);
+void jv_write_float(lm_strbuf *b, double f);  /* Python repr of a float */
 /* json.dumps(v, ensure_ascii, indent, separators, sort_keys). indent NULL = single
  * line; item_sep/key_sep NULL = Python's defaults for that indent. */
-int jv_write_json(lm_buf *b, jv v, const char *indent, const char *item_sep,
+int jv_write_json(lm_strbuf *b, jv v, const char *indent, const char *item_sep,
                   const char *key_sep, bool sort_keys, bool ensure_ascii, int depth, char *err);
 
 int jv_from_json(jarena *a, const json_t *j, jv *out, int depth);
@@ -189,7 +189,7 @@ struct jscope {
 
 typedef struct jrender {
     jarena arena;
-    lm_buf *out;             /* current output (captures swap it) */
+    lm_strbuf *out;             /* current output (captures swap it) */
     char *err;
     bool has_error;          /* the first error wins */
     int line;                /* line of the node being evaluated, for errors */

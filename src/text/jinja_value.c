@@ -1,6 +1,6 @@
 /* Values of the Jinja interpreter and how Python would print them.
  *
- * The arena gives every render one place to free; lm_buf is the output and
+ * The arena gives every render one place to free; lm_strbuf is the output and
  * scratch buffer. Printing follows CPython exactly where chat templates can see
  * it: str() of None/True/floats, repr() inside printed containers, and
  * json.dumps(ensure_ascii=False) for tojson, including float repr (1.0, 1e-05,
@@ -261,9 +261,9 @@ const char *jv_type_name(jv v) {
 }
 
 /* ---- printing ------------------------------------------------------------------------ */
-void jv_write_float(lm_buf *b, double f) {
-    if (isnan(f)) { lm_buf_puts(b, "nan"); return; }
-    if (isinf(f)) { lm_buf_puts(b, f < 0 ? "-inf" : "inf"); return; }
+void jv_write_float(lm_strbuf *b, double f) {
+    if (isnan(f)) { lm_strbuf_puts(b, "nan"); return; }
+    if (isinf(f)) { lm_strbuf_puts(b, f < 0 ? "-inf" : "inf"); return; }
     /* Shortest digits that read back to the same double, as CPython's repr. */
     char tmp[64];
     int prec;
@@ -272,7 +272,7 @@ void jv_write_float(lm_buf *b, double f) {
         if (strtod(tmp, NULL) == f) break;
     }
     const char *p = tmp;
-    if (*p == '-') { lm_buf_putc(b, '-'); p++; }
+    if (*p == '-') { lm_strbuf_putc(b, '-'); p++; }
     char digits[32];
     int nd = 0;
     for (; *p && *p != 'e'; p++)
@@ -283,95 +283,95 @@ void jv_write_float(lm_buf *b, double f) {
     int decpt = exp10 + 1;
     if (decpt > -4 && decpt <= 16) {
         if (decpt <= 0) {
-            lm_buf_puts(b, "0.");
-            for (int i = 0; i < -decpt; i++) lm_buf_putc(b, '0');
-            lm_buf_append(b, digits, (size_t)nd);
+            lm_strbuf_puts(b, "0.");
+            for (int i = 0; i < -decpt; i++) lm_strbuf_putc(b, '0');
+            lm_strbuf_append(b, digits, (size_t)nd);
         } else if (decpt >= nd) {
-            lm_buf_append(b, digits, (size_t)nd);
-            for (int i = nd; i < decpt; i++) lm_buf_putc(b, '0');
-            lm_buf_puts(b, ".0");
+            lm_strbuf_append(b, digits, (size_t)nd);
+            for (int i = nd; i < decpt; i++) lm_strbuf_putc(b, '0');
+            lm_strbuf_puts(b, ".0");
         } else {
-            lm_buf_append(b, digits, (size_t)decpt);
-            lm_buf_putc(b, '.');
-            lm_buf_append(b, digits + decpt, (size_t)(nd - decpt));
+            lm_strbuf_append(b, digits, (size_t)decpt);
+            lm_strbuf_putc(b, '.');
+            lm_strbuf_append(b, digits + decpt, (size_t)(nd - decpt));
         }
     } else {
-        lm_buf_putc(b, digits[0]);
-        if (nd > 1) { lm_buf_putc(b, '.'); lm_buf_append(b, digits + 1, (size_t)(nd - 1)); }
+        lm_strbuf_putc(b, digits[0]);
+        if (nd > 1) { lm_strbuf_putc(b, '.'); lm_strbuf_append(b, digits + 1, (size_t)(nd - 1)); }
         int e = decpt - 1;
-        lm_buf_printf(b, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+        lm_strbuf_printf(b, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
     }
 }
 
-static void write_repr_str(lm_buf *b, const char *s, size_t n) {
+static void write_repr_str(lm_strbuf *b, const char *s, size_t n) {
     bool has_single = memchr(s, '\'', n) != NULL, has_double = memchr(s, '"', n) != NULL;
     char q = has_single && !has_double ? '"' : '\'';
-    lm_buf_putc(b, q);
+    lm_strbuf_putc(b, q);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\\') lm_buf_puts(b, "\\\\");
-        else if (c == (unsigned char)q) { lm_buf_putc(b, '\\'); lm_buf_putc(b, q); }
-        else if (c == '\n') lm_buf_puts(b, "\\n");
-        else if (c == '\r') lm_buf_puts(b, "\\r");
-        else if (c == '\t') lm_buf_puts(b, "\\t");
-        else if (c < 0x20 || c == 0x7f) lm_buf_printf(b, "\\x%02x", c);
-        else lm_buf_putc(b, (char)c);
+        if (c == '\\') lm_strbuf_puts(b, "\\\\");
+        else if (c == (unsigned char)q) { lm_strbuf_putc(b, '\\'); lm_strbuf_putc(b, q); }
+        else if (c == '\n') lm_strbuf_puts(b, "\\n");
+        else if (c == '\r') lm_strbuf_puts(b, "\\r");
+        else if (c == '\t') lm_strbuf_puts(b, "\\t");
+        else if (c < 0x20 || c == 0x7f) lm_strbuf_printf(b, "\\x%02x", c);
+        else lm_strbuf_putc(b, (char)c);
     }
-    lm_buf_putc(b, q);
+    lm_strbuf_putc(b, q);
 }
 
-static void write_repr_depth(lm_buf *b, jv v, int depth);
+static void write_repr_depth(lm_strbuf *b, jv v, int depth);
 
-static void write_items(lm_buf *b, jv v, int depth) {
-    if (depth > 100) { lm_buf_puts(b, "..."); return; }
+static void write_items(lm_strbuf *b, jv v, int depth) {
+    if (depth > 100) { lm_strbuf_puts(b, "..."); return; }
     if (v.type == JV_LIST && v.sub == JV_GENERATOR) {
-        lm_buf_puts(b, "<generator object>");
+        lm_strbuf_puts(b, "<generator object>");
     } else if (v.type == JV_LIST) {
-        lm_buf_putc(b, v.sub ? '(' : '[');
+        lm_strbuf_putc(b, v.sub ? '(' : '[');
         for (size_t i = 0; i < v.u.list->len; i++) {
-            if (i) lm_buf_puts(b, ", ");
+            if (i) lm_strbuf_puts(b, ", ");
             write_repr_depth(b, v.u.list->items[i], depth + 1);
         }
-        if (v.sub && v.u.list->len == 1) lm_buf_putc(b, ',');
-        lm_buf_putc(b, v.sub ? ')' : ']');
+        if (v.sub && v.u.list->len == 1) lm_strbuf_putc(b, ',');
+        lm_strbuf_putc(b, v.sub ? ')' : ']');
     } else {
-        lm_buf_putc(b, '{');
+        lm_strbuf_putc(b, '{');
         for (size_t i = 0; i < v.u.dict->len; i++) {
-            if (i) lm_buf_puts(b, ", ");
+            if (i) lm_strbuf_puts(b, ", ");
             write_repr_depth(b, v.u.dict->keys[i], depth + 1);
-            lm_buf_puts(b, ": ");
+            lm_strbuf_puts(b, ": ");
             write_repr_depth(b, v.u.dict->vals[i], depth + 1);
         }
-        lm_buf_putc(b, '}');
+        lm_strbuf_putc(b, '}');
     }
 }
 
-static void write_repr_depth(lm_buf *b, jv v, int depth) {
+static void write_repr_depth(lm_strbuf *b, jv v, int depth) {
     if (v.type == JV_STR) write_repr_str(b, v.u.str.s, v.u.str.len);
     else if (v.type == JV_LIST || v.type == JV_DICT) write_items(b, v, depth);
     else if (v.type == JV_NS) {
         jv d = v;
         d.type = JV_DICT;
-        lm_buf_puts(b, "<Namespace ");
+        lm_strbuf_puts(b, "<Namespace ");
         write_items(b, d, depth);
-        lm_buf_putc(b, '>');
+        lm_strbuf_putc(b, '>');
     } else if (v.type == JV_UNDEF) {
-        lm_buf_puts(b, "Undefined");  /* repr(Undefined) inside printed containers */
+        lm_strbuf_puts(b, "Undefined");  /* repr(Undefined) inside printed containers */
     } else jv_write_str(b, v);
 }
 
-void jv_write_repr(lm_buf *b, jv v) { write_repr_depth(b, v, 0); }
+void jv_write_repr(lm_strbuf *b, jv v) { write_repr_depth(b, v, 0); }
 
-void jv_write_str(lm_buf *b, jv v) {
+void jv_write_str(lm_strbuf *b, jv v) {
     switch (v.type) {
     case JV_UNDEF: return;
-    case JV_NONE: lm_buf_puts(b, "None"); return;
-    case JV_BOOL: lm_buf_puts(b, v.u.b ? "True" : "False"); return;
-    case JV_INT: lm_buf_printf(b, "%lld", (long long)v.u.i); return;
+    case JV_NONE: lm_strbuf_puts(b, "None"); return;
+    case JV_BOOL: lm_strbuf_puts(b, v.u.b ? "True" : "False"); return;
+    case JV_INT: lm_strbuf_printf(b, "%lld", (long long)v.u.i); return;
     case JV_FLOAT: jv_write_float(b, v.u.f); return;
-    case JV_STR: lm_buf_append(b, v.u.str.s, v.u.str.len); return;
-    case JV_FUNC: lm_buf_printf(b, "<built-in method %s>", v.u.func->name); return;
-    case JV_MACRO: lm_buf_puts(b, "<Macro>"); return;
+    case JV_STR: lm_strbuf_append(b, v.u.str.s, v.u.str.len); return;
+    case JV_FUNC: lm_strbuf_printf(b, "<built-in method %s>", v.u.func->name); return;
+    case JV_MACRO: lm_strbuf_puts(b, "<Macro>"); return;
     default: write_repr_depth(b, v, 0); return;
     }
 }
@@ -392,8 +392,8 @@ static unsigned long utf8_next(const char *s, size_t n, size_t *i) {
     return cp;
 }
 
-static void write_json_str(lm_buf *b, const char *s, size_t n, bool ensure_ascii) {
-    lm_buf_putc(b, '"');
+static void write_json_str(lm_strbuf *b, const char *s, size_t n, bool ensure_ascii) {
+    lm_strbuf_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (ensure_ascii && c >= 0x80) {
@@ -401,31 +401,31 @@ static void write_json_str(lm_buf *b, const char *s, size_t n, bool ensure_ascii
             i--;
             if (cp >= 0x10000) {
                 cp -= 0x10000;
-                lm_buf_printf(b, "\\u%04lx\\u%04lx", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+                lm_strbuf_printf(b, "\\u%04lx\\u%04lx", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
             } else {
-                lm_buf_printf(b, "\\u%04lx", cp);
+                lm_strbuf_printf(b, "\\u%04lx", cp);
             }
             continue;
         }
         switch (c) {
-        case '"': lm_buf_puts(b, "\\\""); break;
-        case '\\': lm_buf_puts(b, "\\\\"); break;
-        case '\n': lm_buf_puts(b, "\\n"); break;
-        case '\r': lm_buf_puts(b, "\\r"); break;
-        case '\t': lm_buf_puts(b, "\\t"); break;
-        case '\b': lm_buf_puts(b, "\\b"); break;
-        case '\f': lm_buf_puts(b, "\\f"); break;
+        case '"': lm_strbuf_puts(b, "\\\""); break;
+        case '\\': lm_strbuf_puts(b, "\\\\"); break;
+        case '\n': lm_strbuf_puts(b, "\\n"); break;
+        case '\r': lm_strbuf_puts(b, "\\r"); break;
+        case '\t': lm_strbuf_puts(b, "\\t"); break;
+        case '\b': lm_strbuf_puts(b, "\\b"); break;
+        case '\f': lm_strbuf_puts(b, "\\f"); break;
         default:
-            if (c < 0x20) lm_buf_printf(b, "\\u%04x", c);
-            else lm_buf_putc(b, (char)c);
+            if (c < 0x20) lm_strbuf_printf(b, "\\u%04x", c);
+            else lm_strbuf_putc(b, (char)c);
         }
     }
-    lm_buf_putc(b, '"');
+    lm_strbuf_putc(b, '"');
 }
 
-static void json_newline(lm_buf *b, const char *indent, int level) {
-    lm_buf_putc(b, '\n');
-    for (int i = 0; i < level; i++) lm_buf_puts(b, indent);
+static void json_newline(lm_strbuf *b, const char *indent, int level) {
+    lm_strbuf_putc(b, '\n');
+    for (int i = 0; i < level; i++) lm_strbuf_puts(b, indent);
 }
 
 static int json_key_order_cmp(const void *x, const void *y) {
@@ -435,71 +435,71 @@ static int json_key_order_cmp(const void *x, const void *y) {
     return r;
 }
 
-int jv_write_json(lm_buf *b, jv v, const char *indent, const char *item_sep, const char *key_sep,
+int jv_write_json(lm_strbuf *b, jv v, const char *indent, const char *item_sep, const char *key_sep,
                   bool sort_keys, bool ensure_ascii, int depth, char *err) {
     if (depth > 200) return lm_errf(err, "tojson: nesting too deep");
     if (!item_sep) item_sep = indent ? "," : ", ";
     if (!key_sep) key_sep = ": ";
     switch (v.type) {
-    case JV_NONE: lm_buf_puts(b, "null"); return 0;
-    case JV_BOOL: lm_buf_puts(b, v.u.b ? "true" : "false"); return 0;
-    case JV_INT: lm_buf_printf(b, "%lld", (long long)v.u.i); return 0;
+    case JV_NONE: lm_strbuf_puts(b, "null"); return 0;
+    case JV_BOOL: lm_strbuf_puts(b, v.u.b ? "true" : "false"); return 0;
+    case JV_INT: lm_strbuf_printf(b, "%lld", (long long)v.u.i); return 0;
     case JV_FLOAT:
-        if (isnan(v.u.f)) lm_buf_puts(b, "NaN");
-        else if (isinf(v.u.f)) lm_buf_puts(b, v.u.f < 0 ? "-Infinity" : "Infinity");
+        if (isnan(v.u.f)) lm_strbuf_puts(b, "NaN");
+        else if (isinf(v.u.f)) lm_strbuf_puts(b, v.u.f < 0 ? "-Infinity" : "Infinity");
         else jv_write_float(b, v.u.f);
         return 0;
     case JV_STR: write_json_str(b, v.u.str.s, v.u.str.len, ensure_ascii); return 0;
     case JV_LIST: {
         if (v.sub == JV_GENERATOR) return lm_errf(err, "Object of type generator is not JSON serializable");
-        if (v.u.list->len == 0) { lm_buf_puts(b, "[]"); return 0; }
-        lm_buf_putc(b, '[');
+        if (v.u.list->len == 0) { lm_strbuf_puts(b, "[]"); return 0; }
+        lm_strbuf_putc(b, '[');
         for (size_t i = 0; i < v.u.list->len; i++) {
-            if (i) lm_buf_puts(b, item_sep);
+            if (i) lm_strbuf_puts(b, item_sep);
             if (indent) json_newline(b, indent, depth + 1);
             if (jv_write_json(b, v.u.list->items[i], indent, item_sep, key_sep, sort_keys, ensure_ascii,
                               depth + 1, err))
                 return -1;
         }
         if (indent) json_newline(b, indent, depth);
-        lm_buf_putc(b, ']');
+        lm_strbuf_putc(b, ']');
         return 0;
     }
     case JV_DICT: {
         jv_dict *d = v.u.dict;
-        if (d->len == 0) { lm_buf_puts(b, "{}"); return 0; }
+        if (d->len == 0) { lm_strbuf_puts(b, "{}"); return 0; }
         const jv **order = malloc(d->len * sizeof *order);
         if (!order) return lm_errf(err, "out of memory");
         for (size_t i = 0; i < d->len; i++) order[i] = &d->keys[i];
         if (sort_keys) qsort(order, d->len, sizeof *order, json_key_order_cmp);
-        lm_buf_putc(b, '{');
+        lm_strbuf_putc(b, '{');
         int rc = 0;
         for (size_t i = 0; i < d->len && rc == 0; i++) {
             jv key = *order[i];
             jv val = d->vals[order[i] - d->keys];
-            if (i) lm_buf_puts(b, item_sep);
+            if (i) lm_strbuf_puts(b, item_sep);
             if (indent) json_newline(b, indent, depth + 1);
             if (key.type == JV_STR) write_json_str(b, key.u.str.s, key.u.str.len, ensure_ascii);
             else if (key.type == JV_INT || key.type == JV_FLOAT || key.type == JV_BOOL ||
                      key.type == JV_NONE) {
-                lm_buf kb = {0};
-                if (key.type == JV_NONE) lm_buf_puts(&kb, "null");
-                else if (key.type == JV_BOOL) lm_buf_puts(&kb, key.u.b ? "true" : "false");
+                lm_strbuf kb = {0};
+                if (key.type == JV_NONE) lm_strbuf_puts(&kb, "null");
+                else if (key.type == JV_BOOL) lm_strbuf_puts(&kb, key.u.b ? "true" : "false");
                 else jv_write_str(&kb, key);
                 write_json_str(b, kb.data ? kb.data : "", kb.len, ensure_ascii);
-                lm_buf_free(&kb);
+                lm_strbuf_free(&kb);
             } else {
                 rc = lm_errf(err, "keys must be str, int, float, bool or None, not %s",
                              jv_type_name(key));
                 break;
             }
-            lm_buf_puts(b, key_sep);
+            lm_strbuf_puts(b, key_sep);
             rc = jv_write_json(b, val, indent, item_sep, key_sep, sort_keys, ensure_ascii, depth + 1, err);
         }
         free(order);
         if (rc) return -1;
         if (indent) json_newline(b, indent, depth);
-        lm_buf_putc(b, '}');
+        lm_strbuf_putc(b, '}');
         return 0;
     }
     default:

@@ -40,7 +40,7 @@ int tb_set_token(lm_tokenizer *tok, int32_t id, const char *s, size_t len) {
     if (tok->id_text.len + len >= UINT32_MAX) return -1;
     tok->id_off[id] = (uint32_t)tok->id_text.len;
     tok->id_len[id] = (uint32_t)len;
-    return lm_buf_append(&tok->id_text, s, len);
+    return lm_strbuf_append(&tok->id_text, s, len);
 }
 
 /* ---- added tokens ------------------------------------------------------------------- */
@@ -362,7 +362,7 @@ done:
 
 void lm_tokenizer_free(lm_tokenizer *tok) {
     if (!tok) return;
-    lm_buf_free(&tok->id_text);
+    lm_strbuf_free(&tok->id_text);
     free(tok->id_off); free(tok->id_len); free(tok->id_is_special); free(tok->id_is_added);
     tb_normalizer_free(tok->normalizer);
     tb_pretok_free(tok->pretok);

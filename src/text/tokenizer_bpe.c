@@ -123,7 +123,7 @@ static int merge_halves(json_t *e, size_t rank, const char **a, size_t *alen, co
 
 int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
     tb_bpe *m = calloc(1, sizeof *m);
-    lm_buf joined = {0};
+    lm_strbuf joined = {0};
     if (!m) return lm_errf(err, "out of memory");
     m->unk_id = -1;
     for (int i = 0; i < 256; i++) m->byte_id[i] = -1;
@@ -176,7 +176,7 @@ int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
         /* With a continuing_subword_prefix the right half carries it; the merge drops it. */
         size_t skip = m->prefix_len && blen >= m->prefix_len && !memcmp(b, m->prefix, m->prefix_len) ? m->prefix_len : 0;
         joined.len = 0;
-        if (lm_buf_append(&joined, a, alen) || lm_buf_append(&joined, b + skip, blen - skip)) { lm_errf(err, "out of memory"); goto fail; }
+        if (lm_strbuf_append(&joined, a, alen) || lm_strbuf_append(&joined, b + skip, blen - skip)) { lm_errf(err, "out of memory"); goto fail; }
         int32_t im = tb_strmap_get(&m->vocab, joined.data, joined.len, -1);
         if (ia < 0 || ib < 0 || im < 0) {
             lm_errf(err, "model.merges[%zu]: \"%.*s\" + \"%.*s\" uses a token missing from the vocabulary",
@@ -185,11 +185,11 @@ int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
         }
         if (pair_put(m, ia, ib, (int32_t)r, im)) { lm_errf(err, "out of memory"); goto fail; }
     }
-    lm_buf_free(&joined);
+    lm_strbuf_free(&joined);
     *out = m;
     return 0;
 fail:
-    lm_buf_free(&joined);
+    lm_strbuf_free(&joined);
     tb_bpe_free(m);
     return -1;
 }
@@ -253,13 +253,13 @@ static int add_sym(tb_bpe *m, size_t *n_sym, int32_t id) {
 
 /* Symbols for one character c (clen bytes) of the word. */
 static int char_symbols(tb_bpe *m, const char *c, size_t clen, int first, int last,
-                        size_t *n_sym, lm_buf *tmp) {
+                        size_t *n_sym, lm_strbuf *tmp) {
     const char *s = c;
     size_t n = clen;
     if ((!first && m->prefix_len) || (last && m->suffix_len)) {
         tmp->len = 0;
-        if ((!first && lm_buf_append(tmp, m->prefix, m->prefix_len)) || lm_buf_append(tmp, c, clen) ||
-            (last && lm_buf_append(tmp, m->suffix, m->suffix_len)))
+        if ((!first && lm_strbuf_append(tmp, m->prefix, m->prefix_len)) || lm_strbuf_append(tmp, c, clen) ||
+            (last && lm_strbuf_append(tmp, m->suffix, m->suffix_len)))
             return -1;
         s = tmp->data;
         n = tmp->len;
@@ -300,19 +300,19 @@ int tb_bpe_encode_word(tb_bpe *m, const lm_tokenizer *tok, const char *s, size_t
     }
     /* 1. one symbol per character */
     size_t n_sym = 0;
-    lm_buf tmp = {0};
+    lm_strbuf tmp = {0};
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
         size_t k = u[i] < 0x80 ? 1 : lm_utf8_next(u + i, len - i, &cp);
         if (!k) k = 1;  /* cannot happen for repaired input; treat a stray byte as a char */
         if (char_symbols(m, s + i, k, i == 0, i + k == len, &n_sym, &tmp)) {
-            lm_buf_free(&tmp);
+            lm_strbuf_free(&tmp);
             return lm_errf(err, "out of memory");
         }
         i += k;
     }
-    lm_buf_free(&tmp);
+    lm_strbuf_free(&tmp);
     /* 2. merge loop */
     if (n_sym > 1) {
         if (LM_GROW(m->heap, m->heap_cap, n_sym * 2) != 0) return lm_errf(err, "out of memory");

@@ -125,7 +125,7 @@ static int is_byte_token(const char *t, size_t n, unsigned char *byte) {
 }
 
 static int replace_all(const pcre2_code *re, const char *s, size_t len, const char *rep,
-                       size_t rep_len, lm_buf *out) {
+                       size_t rep_len, lm_strbuf *out) {
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     if (!md) return -1;
     size_t pos = 0, from = 0;
@@ -135,17 +135,17 @@ static int replace_all(const pcre2_code *re, const char *s, size_t len, const ch
         if (m < 0) break;  /* no match (or a match error: keep the rest as is) */
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         if (ov[1] == ov[0]) { from = ov[0] + 1; continue; }
-        if (lm_buf_append(out, s + pos, ov[0] - pos) || lm_buf_append(out, rep, rep_len)) { rc = -1; break; }
+        if (lm_strbuf_append(out, s + pos, ov[0] - pos) || lm_strbuf_append(out, rep, rep_len)) { rc = -1; break; }
         pos = from = ov[1];
     }
-    if (!rc && lm_buf_append(out, s + pos, len - pos)) rc = -1;
+    if (!rc && lm_strbuf_append(out, s + pos, len - pos)) rc = -1;
     pcre2_match_data_free(md);
     return rc;
 }
 
 /* Runs decoder d over in, producing out. */
 static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain_ctx *ctx) {
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     int rc = 0;
     switch (d->type) {
     case D_SEQ: {
@@ -170,10 +170,10 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
             for (size_t j = 0; !rc && j < n;) {
                 uint32_t cp;
                 size_t k = lm_utf8_next(t + j, n - j, &cp);
-                if (!k) { rc = lm_buf_append(&b, t + j, 1); j++; continue; }
+                if (!k) { rc = lm_strbuf_append(&b, t + j, 1); j++; continue; }
                 int byte = tb_cp_to_byte(cp);
-                if (byte >= 0) { char c = (char)byte; rc = lm_buf_append(&b, &c, 1); }
-                else rc = lm_buf_append(&b, t + j, k);
+                if (byte >= 0) { char c = (char)byte; rc = lm_strbuf_append(&b, &c, 1); }
+                else rc = lm_strbuf_append(&b, t + j, k);
                 j += k;
             }
             if (!rc) rc = tb_pieces_add(out, b.data ? b.data : "", b.len, 0);
@@ -184,7 +184,7 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
         for (size_t i = 0; !rc && i < in->n; i++) {
             unsigned char byte;
             if (is_byte_token(TB_PIECE(in, i), in->len[i], &byte)) {
-                rc = lm_buf_append(&b, &byte, 1);
+                rc = lm_strbuf_append(&b, &byte, 1);
                 in_bytes = 1;
                 continue;
             }
@@ -200,15 +200,15 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
             size_t n = in->len[i];
             b.len = 0;
             for (size_t j = 0; !rc && j < n;) {
-                if (j + d->text_len <= n && !memcmp(t + j, d->text, d->text_len)) { rc = lm_buf_append(&b, " ", 1); j += d->text_len; }
-                else { rc = lm_buf_append(&b, t + j, 1); j++; }
+                if (j + d->text_len <= n && !memcmp(t + j, d->text, d->text_len)) { rc = lm_strbuf_append(&b, " ", 1); j += d->text_len; }
+                else { rc = lm_strbuf_append(&b, t + j, 1); j++; }
             }
             size_t skip = i == 0 && ctx->at_start && b.len && b.data[0] == ' ' ? 1 : 0;
             if (!rc) rc = tb_pieces_add(out, b.data ? b.data + skip : "", b.len - skip, in->flag[i]);
         }
         break;
     case D_FUSE:
-        for (size_t i = 0; !rc && i < in->n; i++) rc = lm_buf_append(&b, TB_PIECE(in, i), in->len[i]);
+        for (size_t i = 0; !rc && i < in->n; i++) rc = lm_strbuf_append(&b, TB_PIECE(in, i), in->len[i]);
         if (!rc) rc = tb_pieces_add(out, b.data ? b.data : "", b.len, 0);
         ctx->fused = 1;
         break;
@@ -234,12 +234,12 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
         }
         break;
     }
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     return rc;
 }
 
 int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int flags,
-                  int at_start, lm_buf *out, char *err) {
+                  int at_start, lm_strbuf *out, char *err) {
     tb_pieces list = {0}, res = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < n; i++) {
@@ -252,10 +252,10 @@ int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int fla
         if (tok->decoder) {
             chain_ctx ctx = {at_start, 0};
             rc = run_decoder(tok->decoder, &list, &res, &ctx);
-            for (size_t i = 0; !rc && i < res.n; i++) rc = lm_buf_append(out, TB_PIECE(&res, i), res.len[i]);
+            for (size_t i = 0; !rc && i < res.n; i++) rc = lm_strbuf_append(out, TB_PIECE(&res, i), res.len[i]);
         } else {
             for (size_t i = 0; !rc && i < list.n; i++)
-                rc = (i && lm_buf_append(out, " ", 1)) || lm_buf_append(out, TB_PIECE(&list, i), list.len[i]);
+                rc = (i && lm_strbuf_append(out, " ", 1)) || lm_strbuf_append(out, TB_PIECE(&list, i), list.len[i]);
         }
     }
     tb_pieces_free(&list);
@@ -265,7 +265,7 @@ int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int fla
 
 /* transformers' clean_up_tokenization: drop the space before . ? ! , and English
  * contractions, in this order. */
-static void cleanup_spaces(lm_buf *b) {
+static void cleanup_spaces(lm_strbuf *b) {
     static const char *const from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"};
     static const char *const to[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
     for (size_t r = 0; r < sizeof from / sizeof *from; r++) {
@@ -284,10 +284,10 @@ static void cleanup_spaces(lm_buf *b) {
 
 int lm_tokenizer_decode(const lm_tokenizer *tok, const int32_t *ids, size_t n_ids, int flags,
                         char **out, size_t *out_len, char err[LM_ERR_LEN]) {
-    lm_buf b = {0};
-    if (tb_decode_ids(tok, ids, n_ids, flags, 1, &b, err)) { lm_buf_free(&b); return -1; }
+    lm_strbuf b = {0};
+    if (tb_decode_ids(tok, ids, n_ids, flags, 1, &b, err)) { lm_strbuf_free(&b); return -1; }
     if (flags & LM_DECODE_CLEANUP) cleanup_spaces(&b);
-    if (!b.data && lm_buf_append(&b, "", 0)) return lm_errf(err, "out of memory");
+    if (!b.data && lm_strbuf_append(&b, "", 0)) return lm_errf(err, "out of memory");
     *out = b.data;
     *out_len = b.len;
     return 0;
@@ -305,8 +305,8 @@ struct lm_detok {
     const lm_tokenizer *tok;
     int flags;
     int started;     /* a token has gone through the decoder chain */
-    lm_buf pending;  /* decoded bytes not yet returned (an unfinished character) */
-    lm_buf out;      /* text returned by the last call */
+    lm_strbuf pending;  /* decoded bytes not yet returned (an unfinished character) */
+    lm_strbuf out;      /* text returned by the last call */
 };
 
 int lm_detok_new(const lm_tokenizer *tok, int flags, lm_detok **out, char err[LM_ERR_LEN]) {
@@ -320,8 +320,8 @@ int lm_detok_new(const lm_tokenizer *tok, int flags, lm_detok **out, char err[LM
 
 void lm_detok_free(lm_detok *d) {
     if (!d) return;
-    lm_buf_free(&d->pending);
-    lm_buf_free(&d->out);
+    lm_strbuf_free(&d->pending);
+    lm_strbuf_free(&d->out);
     free(d);
 }
 
@@ -333,16 +333,16 @@ static int drain(lm_detok *d, int final) {
     while (i < n) {
         uint32_t cp;
         size_t k = lm_utf8_next(p + i, n - i, &cp);
-        if (k) { if (lm_buf_append(&d->out, p + i, k)) return -1; i += k; continue; }
+        if (k) { if (lm_strbuf_append(&d->out, p + i, k)) return -1; i += k; continue; }
         int incomplete;
         size_t run = lm_utf8_bad_run(p + i, n - i, &incomplete);
         if (incomplete && !final) break;  /* wait for the rest of the character */
-        if (lm_buf_append(&d->out, "\xEF\xBF\xBD", 3)) return -1;
+        if (lm_strbuf_append(&d->out, "\xEF\xBF\xBD", 3)) return -1;
         i += run;
     }
     if (n > i) memmove(d->pending.data, p + i, n - i);
     d->pending.len = n - i;
-    if (!d->out.data && lm_buf_append(&d->out, "", 0)) return -1;
+    if (!d->out.data && lm_strbuf_append(&d->out, "", 0)) return -1;
     d->out.data[d->out.len] = 0;
     return 0;
 }

@@ -17,12 +17,12 @@
 
 /* ---- small containers -------------------------------------------------------------- */
 
-/* Byte buffers are common/buf.h's lm_buf. */
+/* Byte buffers are common/buf.h's lm_strbuf. */
 
 /* A list of byte strings kept in one buffer: piece i is bytes.data[off[i] .. off[i]+len[i]).
  * `flag` is a per-piece tag (added-token id for decoder lists, -1 otherwise). */
 typedef struct {
-    lm_buf bytes;
+    lm_strbuf bytes;
     size_t *off, *len;
     int32_t *flag;
     size_t n, cap;
@@ -34,7 +34,7 @@ void tb_pieces_free(tb_pieces *l);
 
 /* Open-addressing map from byte strings (copied in) to int32 values. */
 typedef struct {
-    lm_buf keys;
+    lm_strbuf keys;
     uint32_t *koff, *klen;
     int32_t *val;
     size_t cap, count; /* cap is a power of two; slot empty when klen == UINT32_MAX */
@@ -113,7 +113,7 @@ typedef struct {
 struct lm_tokenizer {
     /* id -> token string for every id (model vocab and added tokens); off/len index into
      * id_text; len == UINT32_MAX means no token has this id. */
-    lm_buf id_text;
+    lm_strbuf id_text;
     uint32_t *id_off, *id_len;
     uint8_t *id_is_special;  /* 1 for special added tokens (skip_special_tokens) */
     uint8_t *id_is_added;
@@ -140,7 +140,7 @@ int tb_set_token(lm_tokenizer *tok, int32_t id, const char *s, size_t len);
 /* Runs the decoder chain on ids -> bytes, appending to out. at_start: these ids begin the
  * text (Metaspace/Strip remove the leading space only there). */
 int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int flags,
-                  int at_start, lm_buf *out, char *err);
+                  int at_start, lm_strbuf *out, char *err);
 
 int tb_is_unicode_space(uint32_t cp);
 

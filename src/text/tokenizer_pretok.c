@@ -25,17 +25,17 @@
  * U+180E); transformers.js does the same rewrite. (\h, hex digit in Oniguruma, is left
  * alone: no known tokenizer uses it.) Returns a malloc'd pattern or NULL. */
 static char *oniguruma_to_pcre2(const char *p, size_t len, size_t *out_len) {
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < len; i++) {
-        if (p[i] != '\\' || i + 1 == len) { rc = lm_buf_append(&b, p + i, 1); continue; }
+        if (p[i] != '\\' || i + 1 == len) { rc = lm_strbuf_append(&b, p + i, 1); continue; }
         char c = p[++i];
         const char *rep = c == 's' ? "\\p{White_Space}" : c == 'S' ? "\\P{White_Space}" : NULL;
-        if (rep) rc = lm_buf_append(&b, rep, strlen(rep));
-        else { char esc[2] = {'\\', c}; rc = lm_buf_append(&b, esc, 2); }
+        if (rep) rc = lm_strbuf_append(&b, rep, strlen(rep));
+        else { char esc[2] = {'\\', c}; rc = lm_strbuf_append(&b, esc, 2); }
     }
-    if (!rc && !b.data) rc = lm_buf_append(&b, "", 0);
-    if (rc) { lm_buf_free(&b); return NULL; }
+    if (!rc && !b.data) rc = lm_strbuf_append(&b, "", 0);
+    if (rc) { lm_strbuf_free(&b); return NULL; }
     *out_len = b.len;
     return b.data;
 }
@@ -176,24 +176,24 @@ void tb_normalizer_free(tb_normalizer *n) {
 
 /* Replaces every match of re in s by rep. */
 static int regex_replace(const pcre2_code *re, const char *s, size_t len, const char *rep,
-                         size_t rep_len, lm_buf *out, char *err) {
+                         size_t rep_len, lm_strbuf *out, char *err) {
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     if (!md) return lm_errf(err, "out of memory");
     size_t pos = 0, ms, me;
     int failed = 0, rc = 0;
     while (next_match(re, md, s, len, pos, &ms, &me, err, &failed)) {
-        if (lm_buf_append(out, s + pos, ms - pos) || lm_buf_append(out, rep, rep_len)) { rc = lm_errf(err, "out of memory"); break; }
+        if (lm_strbuf_append(out, s + pos, ms - pos) || lm_strbuf_append(out, rep, rep_len)) { rc = lm_errf(err, "out of memory"); break; }
         pos = me;
     }
     if (!rc && failed) rc = -1;
-    if (!rc && lm_buf_append(out, s + pos, len - pos)) rc = lm_errf(err, "out of memory");
+    if (!rc && lm_strbuf_append(out, s + pos, len - pos)) rc = lm_errf(err, "out of memory");
     pcre2_match_data_free(md);
     return rc;
 }
 
 int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
                  size_t *out_len, char *err) {
-    lm_buf b = {0};
+    lm_strbuf b = {0};
     switch (n->type) {
     case N_SEQ: {
         char *cur = malloc(len + 1);
@@ -217,11 +217,11 @@ int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
         if (lm_unicode_normalize(n->form, in, len, out, out_len)) return lm_errf(err, "out of memory");
         return 0;
     case N_PREPEND:
-        if ((len && lm_buf_append(&b, n->text, n->text_len)) || lm_buf_append(&b, in, len)) goto oom;
+        if ((len && lm_strbuf_append(&b, n->text, n->text_len)) || lm_strbuf_append(&b, in, len)) goto oom;
         break;
     case N_REPLACE:
-        if (regex_replace(n->re, in, len, n->text, n->text_len, &b, err)) { lm_buf_free(&b); return -1; }
-        if (lm_buf_append(&b, "", 0)) goto oom;
+        if (regex_replace(n->re, in, len, n->text, n->text_len, &b, err)) { lm_strbuf_free(&b); return -1; }
+        if (lm_strbuf_append(&b, "", 0)) goto oom;
         break;
     case N_STRIP: {
         const unsigned char *u = (const unsigned char *)in;
@@ -239,16 +239,16 @@ int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
             if (!k || !tb_is_unicode_space(cp)) break;
             e = p;
         }
-        if (lm_buf_append(&b, in + s, e - s)) goto oom;
+        if (lm_strbuf_append(&b, in + s, e - s)) goto oom;
         break;
     }
     }
-    if (!b.data && lm_buf_append(&b, "", 0)) goto oom;
+    if (!b.data && lm_strbuf_append(&b, "", 0)) goto oom;
     *out = b.data;
     *out_len = b.len;
     return 0;
 oom:
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     return lm_errf(err, "out of memory");
 }
 
@@ -434,11 +434,11 @@ static int split_regex(const pcre2_code *re, int behavior, int invert, const cha
 }
 
 static int byte_level_map(const char *s, size_t len, tb_pieces *out) {
-    lm_buf b = {0};
-    if (lm_buf_reserve(&b, len * 2)) return -1;
+    lm_strbuf b = {0};
+    if (lm_strbuf_reserve(&b, len * 2)) return -1;
     for (size_t i = 0; i < len; i++) b.len += lm_utf8_put(tb_byte_to_cp((unsigned char)s[i]), b.data + b.len);
     int rc = tb_pieces_add(out, b.data, b.len, -1);
-    lm_buf_free(&b);
+    lm_strbuf_free(&b);
     return rc;
 }
 
@@ -449,9 +449,9 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
     case P_SPLIT:
         return split_regex(p->re, p->behavior, p->invert, s, len, out, err);
     case P_BYTELEVEL: {
-        lm_buf pre = {0};
+        lm_strbuf pre = {0};
         if (p->add_prefix_space && (len == 0 || s[0] != ' ')) {
-            if (lm_buf_append(&pre, " ", 1) || lm_buf_append(&pre, s, len)) { lm_buf_free(&pre); return lm_errf(err, "out of memory"); }
+            if (lm_strbuf_append(&pre, " ", 1) || lm_strbuf_append(&pre, s, len)) { lm_strbuf_free(&pre); return lm_errf(err, "out of memory"); }
             s = pre.data;
             len = pre.len;
         }
@@ -465,7 +465,7 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
         } else if (len && byte_level_map(s, len, out)) {
             rc = lm_errf(err, "out of memory");
         }
-        lm_buf_free(&pre);
+        lm_strbuf_free(&pre);
         return rc;
     }
     case P_DIGITS: {
@@ -485,21 +485,21 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
         return rc ? lm_errf(err, "out of memory") : 0;
     }
     case P_METASPACE: {
-        lm_buf b = {0};
+        lm_strbuf b = {0};
         int rc = 0;
         int starts;
         size_t i;
         /* replace spaces first, then decide on the prefix */
-        lm_buf r = {0};
+        lm_strbuf r = {0};
         for (i = 0; i < len && !rc; i++)
-            rc = s[i] == ' ' ? lm_buf_append(&r, p->repl, p->repl_len) : lm_buf_append(&r, s + i, 1);
-        if (!rc && !r.data) rc = lm_buf_append(&r, "", 0);
+            rc = s[i] == ' ' ? lm_strbuf_append(&r, p->repl, p->repl_len) : lm_strbuf_append(&r, s + i, 1);
+        if (!rc && !r.data) rc = lm_strbuf_append(&r, "", 0);
         if (!rc) {
             starts = r.len >= p->repl_len && !memcmp(r.data, p->repl, p->repl_len);
             int prepend = !starts && (p->prepend_scheme == PREPEND_ALWAYS ||
                                       (p->prepend_scheme == PREPEND_FIRST && at_text_start));
-            if (prepend) rc = lm_buf_append(&b, p->repl, p->repl_len);
-            if (!rc) rc = lm_buf_append(&b, r.data, r.len);
+            if (prepend) rc = lm_strbuf_append(&b, p->repl, p->repl_len);
+            if (!rc) rc = lm_strbuf_append(&b, r.data, r.len);
         }
         if (!rc) {
             if (p->split) {
@@ -520,8 +520,8 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
                 rc = tb_pieces_add(out, b.data, b.len, -1);
             }
         }
-        lm_buf_free(&b);
-        lm_buf_free(&r);
+        lm_strbuf_free(&b);
+        lm_strbuf_free(&r);
         return rc ? lm_errf(err, "out of memory") : 0;
     }
     }

@@ -13,8 +13,8 @@ int tb_pieces_add(tb_pieces *l, const char *s, size_t n, int32_t flag) {
         l->cap = cap;
     }
     size_t at = l->bytes.len;
-    /* s may point into l->bytes itself; lm_buf_append allows that */
-    if (lm_buf_append(&l->bytes, s, n)) return -1;
+    /* s may point into l->bytes itself; lm_strbuf_append allows that */
+    if (lm_strbuf_append(&l->bytes, s, n)) return -1;
     l->off[l->n] = at;
     l->len[l->n] = n;
     l->flag[l->n] = flag;
@@ -28,7 +28,7 @@ void tb_pieces_clear(tb_pieces *l) {
 }
 
 void tb_pieces_free(tb_pieces *l) {
-    lm_buf_free(&l->bytes);
+    lm_strbuf_free(&l->bytes);
     free(l->off);
     free(l->len);
     free(l->flag);
@@ -75,7 +75,7 @@ int tb_strmap_put(tb_strmap *m, const char *k, size_t n, int32_t v) {
         j = (j + 1) & (m->cap - 1);
     }
     size_t at = m->keys.len;
-    if (lm_buf_append(&m->keys, k, n)) return -1;
+    if (lm_strbuf_append(&m->keys, k, n)) return -1;
     m->koff[j] = (uint32_t)at;
     m->klen[j] = (uint32_t)n;
     m->val[j] = v;
@@ -100,7 +100,7 @@ void tb_strmap_clear(tb_strmap *m) {
 }
 
 void tb_strmap_free(tb_strmap *m) {
-    lm_buf_free(&m->keys);
+    lm_strbuf_free(&m->keys);
     free(m->koff); free(m->klen); free(m->val);
     memset(m, 0, sizeof *m);
 }

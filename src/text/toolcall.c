@@ -59,17 +59,17 @@ struct lm_toolcall_parser {
     json_t *tools;      /* owned; NULL when no tools were given (markup is then text) */
     enum state st;
     int failed;         /* FAIL_*: sticky, every later call reports it */
-    lm_buf in;            /* in.data[head..in.len): input not consumed yet */
+    lm_strbuf in;            /* in.data[head..in.len): input not consumed yet */
     size_t head;
     size_t scan;        /* bytes after head already examined (S_WRAP, S_FNAME, S_HERMES) */
     size_t open_len;    /* opening tag at head, given back as text when the guess fails */
     int wrapped;        /* inside <tool_call> ... </tool_call> */
     /* current text or reasoning segment */
-    lm_buf ws;            /* trailing whitespace not emitted yet */
+    lm_strbuf ws;            /* trailing whitespace not emitted yet */
     int seg_nonempty;   /* non-whitespace emitted in this segment */
     int trim_lead;      /* segment follows markup: its leading whitespace is dropped */
     /* output of the current feed, coalesced into one event per run of one kind */
-    lm_buf out;
+    lm_strbuf out;
     lm_tc_kind out_kind;
     int out_index;
     /* current call */
@@ -80,7 +80,7 @@ struct lm_toolcall_parser {
     int n_params;
     unsigned ptypes;    /* type bits of the current parameter; 0 = streamed as a string */
     int value_started;  /* the optional newline after <parameter=p> was looked at */
-    lm_buf value;         /* raw text of a non-string parameter */
+    lm_strbuf value;         /* raw text of a non-string parameter */
     /* Hermes JSON scanner */
     size_t json_start;  /* offset of '{' after head */
     int depth, in_str, esc;
@@ -90,9 +90,9 @@ struct lm_toolcall_parser {
 
 /* ---- buffers and output ------------------------------------------------------- */
 
-static void sb_add(lm_toolcall_parser *p, lm_buf *b, const char *d, size_t n) {
+static void sb_add(lm_toolcall_parser *p, lm_strbuf *b, const char *d, size_t n) {
     if (n == 0 || p->failed) return;
-    if (lm_buf_append(b, d, n) != 0) p->failed = FAIL_OOM;
+    if (lm_strbuf_append(b, d, n) != 0) p->failed = FAIL_OOM;
 }
 
 static void emit(lm_toolcall_parser *p, const lm_tc_event *ev) {
@@ -431,7 +431,7 @@ static int valid_name(const char *s, size_t n) {
 /* Emits one Hermes call from its JSON text; -1 (nothing emitted) when it is no call.
  * close_open: the text was cut off, close its open string and brackets first. */
 static int hermes_call(lm_toolcall_parser *p, const char *body, size_t n, int close_open) {
-    lm_buf fix = {0};
+    lm_strbuf fix = {0};
     int in_str = 0, esc = 0, rc = -1;
     json_t *j = NULL, *inner = NULL;
     char *dumped = NULL;
@@ -493,7 +493,7 @@ done:
     free(dumped);
     json_decref(inner);
     json_decref(j);
-    lm_buf_free(&fix);
+    lm_strbuf_free(&fix);
     return rc;
 }
 
@@ -887,10 +887,10 @@ int lm_toolcall_parser_calls(const lm_toolcall_parser *p) { return p->n_done; }
 void lm_toolcall_parser_free(lm_toolcall_parser *p) {
     if (!p) return;
     json_decref(p->tools);
-    lm_buf_free(&p->in);
-    lm_buf_free(&p->ws);
-    lm_buf_free(&p->out);
-    lm_buf_free(&p->value);
+    lm_strbuf_free(&p->in);
+    lm_strbuf_free(&p->ws);
+    lm_strbuf_free(&p->out);
+    lm_strbuf_free(&p->value);
     free(p->name);
     free(p);
 }

@@ -11,8 +11,8 @@
 #include "kernels/backend.h"
 
 #include "common/error.h"
-#include "common/log.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
 
@@ -407,18 +407,18 @@ static int task_row_align(const cpu_impl *impl, const lm_mat *W) { return uses_a
 /* Tokens per piece so that `per_token` bytes each fit the quantization buffer,
  * which grows to all n tokens when memory allows; smaller pieces give the same
  * results (a token's dot products do not depend on the others in the call). */
-static int act8_piece(cpu_impl *impl, size_t per_token, int n) {
-    if (act8_reserve(impl, per_token * (size_t)n) != 0 && per_token > impl->a8cap) {
+static int act8_piece(lm_backend *be, size_t per_token, int n) {
+    cpu_impl *impl = be->impl;
+    if (act8_reserve(impl, per_token * (size_t)n) != 0 && per_token > impl->a8cap)
         /* lm_backend_cpu_set_act_bits reserved room for the widest input the
          * model declared, so this means a matrix wider than that: a bug. */
-        lm_log(LAZYMOE_LOG_ERROR, "lazymoe: int8 activations need %zu bytes per token, more than reserved", per_token);
-        abort();
-    }
+        return lm_errf(be->err, "int8 activations need %zu bytes per token, more than the %zu reserved", per_token,
+                       impl->a8cap);
     size_t fit = impl->a8cap / per_token;
     return fit < (size_t)n ? (int)fit : n;
 }
 
-static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
+static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
     int act8 = uses_act8(impl, W);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
@@ -427,7 +427,8 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
     int tasks = (W->rows + rpt - 1) / rpt;
     if (act8) {
         int block = q4_block(j.k, W);
-        int piece = act8_piece(impl, act8_token_bytes(W, block), n);
+        int piece = act8_piece(be, act8_token_bytes(W, block), n);
+        if (piece < 0) return -1;
         lm_act8 a;
         for (int t0 = 0; t0 < n; t0 += piece) {
             int tn = n - t0 < piece ? n - t0 : piece;
@@ -437,7 +438,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
             j.y = y + (size_t)t0 * (size_t)W->rows;
             lm_pool_run(impl->pool, tasks, matmul_task, &j);
         }
-        return;
+        return 0;
     }
     if (W->dtype == LM_DT_U32 && !j.k) {
         int ng = W->cols / W->group_size;
@@ -462,6 +463,7 @@ static void cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x
         j.xsum = need <= impl->xsum_cap ? impl->xsum : NULL;
     }
     lm_pool_run(impl->pool, tasks, matmul_task, &j);
+    return 0;
 }
 
 /* ---- batches of independent matmuls -------------------------------------------------
@@ -522,15 +524,26 @@ static int batch_reserve(cpu_impl *impl, int count, batch_arrays *b) {
     return 0;
 }
 
-static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
+/* One matmul per item, for batches the SIMD path does not take. */
+static int matmul_each(lm_backend *be, const lm_matmul_item *items, int count) {
+    for (int i = 0; i < count; i++)
+        if (cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n) != 0) return -1;
+    return 0;
+}
+
+static int cpu_reserve_batch(lm_backend *be, int max_items) {
+    batch_arrays b;
+    if (batch_reserve(be->impl, max_items, &b) != 0)
+        return lm_errf(be->err, "out of memory for the arrays of %d-item matmul batches", max_items);
+    return 0;
+}
+
+static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
     cpu_impl *impl = be->impl;
     int simd = impl->k != NULL;
     for (int i = 0; i < count && simd; i++) simd = table_for(impl, items[i].W, uses_act8(impl, items[i].W)) != NULL;
     batch_arrays b;
-    if (!simd || batch_reserve(impl, count, &b) != 0) { /* the same results, one call each */
-        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n);
-        return;
-    }
+    if (!simd || batch_reserve(impl, count, &b) != 0) return matmul_each(be, items, count); /* the same results */
     /* Int8 items: one quantization per distinct input (gate and up share theirs). */
     size_t a8_bytes = 0;
     for (int i = 0; i < count; i++) {
@@ -549,10 +562,7 @@ static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
             a8_bytes += act8_token_bytes(W, q4_block(impl->k, W)) * (size_t)items[i].n;
         }
     }
-    if (a8_bytes && act8_reserve(impl, a8_bytes) != 0) { /* pieces of tokens, per item */
-        for (int i = 0; i < count; i++) cpu_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n);
-        return;
-    }
+    if (a8_bytes && act8_reserve(impl, a8_bytes) != 0) return matmul_each(be, items, count); /* pieces of tokens */
     for (int i = 0; i < count; i++) {
         b.a8p[i] = NULL;
         if (b.share[i] == -1)
@@ -584,6 +594,7 @@ static void cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
     batch_job j = {.k = impl->k, .items = items, .a8 = b.a8p, .first_task = b.first_task, .rpt = b.rpt,
                    .count = count};
     if (b.first_task[count] > 0) lm_pool_run(impl->pool, b.first_task[count], batch_task, &j);
+    return 0;
 }
 
 /* ---- elementwise ------------------------------------------------------------------ */
@@ -625,12 +636,13 @@ static int row_tasks(const cpu_impl *impl, int n, size_t row, int *per_task) {
     return (n + *per_task - 1) / *per_task;
 }
 
-static void cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+static int cpu_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
     cpu_impl *impl = be->impl;
     rmsnorm_job j = {.y = y, .x = x, .w = w, .n = n, .dim = dim, .eps = eps};
     int tasks = row_tasks(impl, n, (size_t)dim, &j.per_task);
     if (tasks <= 1) rmsnorm_task(&j, 0);
     else lm_pool_run(impl->pool, tasks, rmsnorm_task, &j);
+    return 0;
 }
 
 typedef struct {
@@ -658,7 +670,7 @@ static void rope_task(void *ctx, int task) {
     }
 }
 
-static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+static int cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                      const float *inv_freq, int half) {
     cpu_impl *impl = be->impl;
     rope_job j = {.x = x, .n = n, .n_heads = n_heads, .head_dim = head_dim, .half = half, .pos = pos,
@@ -667,6 +679,7 @@ static void cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim,
     int tasks = row_tasks(impl, n, (size_t)n_heads * (size_t)head_dim * 4, &j.per_task);
     if (tasks <= 1) rope_task(&j, 0);
     else lm_pool_run(impl->pool, tasks, rope_task, &j);
+    return 0;
 }
 
 typedef struct {
@@ -684,7 +697,7 @@ static void swiglu_task(void *ctx, int task) {
     }
 }
 
-static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
+static int cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     cpu_impl *impl = be->impl;
     swiglu_job j = {.g = g, .u = u, .n = n, .per_task = n};
     /* expf costs like several elements of a norm: split from a quarter of the usual size */
@@ -692,15 +705,16 @@ static void cpu_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     if (tasks > most) tasks = most;
     if (tasks <= 1) {
         swiglu_task(&j, 0);
-        return;
+        return 0;
     }
     j.per_task = (n + tasks - 1) / tasks;
     lm_pool_run(impl->pool, (int)((n + j.per_task - 1) / j.per_task), swiglu_task, &j);
+    return 0;
 }
 
 /* ---- KV cache ----------------------------------------------------------------------- */
 
-static void cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, int n, int n_kv, int hd) {
+static int cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, int n, int n_kv, int hd) {
     (void)be;
     size_t row = (size_t)n_kv * (size_t)hd;
     for (int t = 0; t < n; t++) {
@@ -726,6 +740,7 @@ static void cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, i
             }
         }
     }
+    return 0;
 }
 
 /* ---- attention -------------------------------------------------------------------- */
@@ -747,6 +762,7 @@ typedef struct {
     const lm_kv *k, *v;
     int n, pos0, n_heads, n_kv, hd, window, heads_per_task;
     float scale;
+    const float *sinks; /* [n_heads] or NULL */
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
 } attn_job;
@@ -833,13 +849,23 @@ static void attn_task(void *ctx, int task) {
     }
     for (int i = 0; i < nh; i++) {
         float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+        if (j->sinks) { /* one more logit in the denominator, with no value */
+            float sink = j->sinks[h0 + i];
+            if (sink > m[i]) {
+                float corr = expf(m[i] - sink);
+                l[i] *= corr;
+                for (int d = 0; d < hd; d++) o[d] *= corr;
+                m[i] = sink;
+            }
+            l[i] += expf(sink - m[i]);
+        }
         float inv = 1.0f / l[i];
         for (int d = 0; d < hd; d++) o[d] *= inv;
     }
 }
 
-static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n,
-                          int pos0, int n_heads, int n_kv, int hd, float scale, int window) {
+static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n,
+                         int pos0, int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
     cpu_impl *impl = be->impl;
     /* Split each kv head's query group in halves until there are two tasks per
      * thread (decode has only n_kv groups); a head's arithmetic is the same
@@ -847,20 +873,39 @@ static void cpu_attention(lm_backend *be, float *out, const float *q, const lm_k
     int group = n_heads / n_kv, hpt = group, threads = lm_pool_size(impl->pool);
     while (hpt % 2 == 0 && (size_t)n * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
     while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
-    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale, dot_f32, axpy_scalar};
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale, sinks, dot_f32, axpy_scalar};
     if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
     lm_pool_run(impl->pool, n * n_kv * (group / hpt), attn_task, &j);
+    return 0;
 }
 
 static const lm_backend_ops cpu_ops = {
     .name = "cpu",
+    .host_memory = 1,
+    .alloc = lm_cpu_alloc,
+    .free = lm_cpu_free,
+    .upload = lm_cpu_copy,
+    .download = lm_cpu_copy,
+    .copy = lm_cpu_copy,
+    .reserve_batch = cpu_reserve_batch,
+    .sync = lm_cpu_sync,
     .matmul = cpu_matmul,
     .matmul_batch = cpu_matmul_batch,
+    .embed = lm_cpu_embed,
     .rmsnorm = cpu_rmsnorm,
+    .add = lm_cpu_add,
+    .add_rows = lm_cpu_add_rows,
+    .clamp = lm_cpu_clamp,
+    .copy_rows = lm_cpu_copy_rows,
+    .sigmoid_mul = lm_cpu_sigmoid_mul,
+    .swiglu = cpu_swiglu,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
-    .swiglu = cpu_swiglu,
+    .route = lm_cpu_route,
+    .gather_rows = lm_cpu_gather_rows,
+    .scatter_rows = lm_cpu_scatter_rows,
+    .moe_combine = lm_cpu_moe_combine,
 };
 
 /* SIMD tables in order of preference. */

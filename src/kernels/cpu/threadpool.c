@@ -49,6 +49,7 @@ struct lm_pool {
     atomic_int done;              /* tasks finished in the current generation */
     atomic_uint generation;       /* what idle workers wait on */
     atomic_int stop;
+    int started; /* workers running (under mu): lm_pool_create waits for all */
 };
 
 /* Next task index of generation g, or -1 when g is over or not current. */
@@ -79,6 +80,10 @@ static void work(lm_pool *p, uint32_t g, lm_task_fn fn, void *ctx, int n_tasks) 
 static void *worker_main(void *arg) {
     lm_pool *p = arg;
     uint32_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    p->started++;
+    pthread_cond_broadcast(&p->done_cv);
+    pthread_mutex_unlock(&p->mu);
     for (;;) {
         uint32_t g = atomic_load(&p->generation);
         for (int spin = 0; g == seen && spin < SPIN_ROUNDS && !atomic_load(&p->stop); spin++) {
@@ -126,6 +131,11 @@ int lm_pool_create(lm_pool **out, int n_threads, char *err) {
             return lm_errf(err, "cannot start worker thread %d", i);
         }
     }
+    /* Every worker is running before the pool is used: a thread's start-up (the C
+     * library's and sanitizers' own allocations) then never falls into a decode step. */
+    pthread_mutex_lock(&p->mu);
+    while (p->started < n_threads - 1) pthread_cond_wait(&p->done_cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
     *out = p;
     return 0;
 }

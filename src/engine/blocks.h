@@ -1,0 +1,53 @@
+/* The parameterised blocks the forward pass composes (forward.c).
+ *
+ * A layer is a token mixer (attention or linear attention) and a feed-forward
+ * block (dense MLP or mixture of experts), each behind an RMSNorm and added to the
+ * residual stream. What differs between families is data in these structs,
+ * derived from the config and the layer's weights (lm_layer_blocks), not a copy of
+ * the forward pass: a new family fills the fields it needs (a router kind, a
+ * window per layer, sinks) and the block does the rest with backend operations.
+ * Weight pointers are views into lm_weights (host memory on the CPU backend).
+ */
+#ifndef LAZYMOE_BLOCKS_H
+#define LAZYMOE_BLOCKS_H
+
+#include "kernels/backend.h"
+#include "models/model.h"
+
+/* How positions enter attention. Only RoPE today; room for others (ALiBi, none). */
+typedef enum { LM_POS_ROPE = 0 } lm_pos_kind;
+
+typedef struct {
+    int n_heads, n_kv_heads, head_dim; /* GQA: n_heads / n_kv_heads queries per kv head */
+    lm_qk_norm qk_norm;                /* none, per head, or over all heads */
+    float clip_qkv;                    /* clamp q, k, v to +-clip (0 = none) */
+    int output_gate;                   /* q_proj gives each head its query then a gate: out *= sigmoid(gate) */
+    int window;                        /* sliding window of this layer, 0 = full attention */
+    float scale;                       /* softmax scale */
+    const float *sinks;                /* [n_heads] attention sinks, NULL = none */
+    lm_pos_kind pos;
+    int rope_dim;                      /* leading dims of a head that RoPE rotates */
+    const float *rope_inv_freq;        /* [rope_dim / 2]; a scaled RoPE (YaRN) brings its own */
+} lm_attn_block;
+
+typedef struct {
+    lm_router router;         /* how logits become experts and weights */
+    const float *router_bias; /* [E] added to the router logits (gpt-oss), NULL = none */
+    int shared;               /* a shared expert runs on every token */
+    int shared_gated;         /* its output is scaled by sigmoid(h . shared_expert_gate) */
+} lm_moe_block;
+
+typedef enum { LM_MIXER_ATTENTION, LM_MIXER_LINEAR } lm_mixer_kind;
+typedef enum { LM_FFN_DENSE, LM_FFN_MOE } lm_ffn_kind;
+
+typedef struct {
+    lm_mixer_kind mixer;
+    lm_attn_block attn; /* LM_MIXER_ATTENTION */
+    lm_ffn_kind ffn;
+    lm_moe_block moe;   /* LM_FFN_MOE */
+} lm_layer_blocks;
+
+/* The blocks of layer l of a loaded model. */
+void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out);
+
+#endif
