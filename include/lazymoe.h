@@ -268,10 +268,26 @@ typedef struct {
      * context limit apply as usual; when the text is used up, generation ends with
      * finish reason STOP. NULL = sample normally. */
     const char *forced_text;
+    /* Optional constrained decoding: the answer is a sentence of this grammar. Before
+     * each draw, tokens whose bytes cannot continue it are masked out; end-of-sequence
+     * is allowed only once the text so far is a whole sentence, and is the only choice
+     * when nothing can follow. Borrowed for the call; ignored with forced_text. */
+    const struct lazymoe_grammar *grammar;
 } lazymoe_gen_params;
 
 /* Defaults above, sampling from lazymoe_sampling_init(m). */
 void lazymoe_gen_params_init(lazymoe_gen_params *p, const lazymoe_model *m);
+
+/* Grammars for lazymoe_gen_params.grammar. The text form has rules "name ::= ..."
+ * with "literals", [character classes], rule names, ( groups ), | alternatives and
+ * * + ? {m,n} repetition; the rule "root" is the start (src/text/grammar.h). The JSON
+ * Schema form gives a grammar of JSON texts that validate against the schema
+ * (supported keywords: src/text/json_schema.h; others are refused by name). An
+ * immutable grammar may serve any number of concurrent generations. */
+typedef struct lazymoe_grammar lazymoe_grammar;
+int lazymoe_grammar_parse(const char *text, lazymoe_grammar **out, char *err, size_t errlen);
+int lazymoe_grammar_from_json_schema(const char *schema_json, lazymoe_grammar **out, char *err, size_t errlen);
+void lazymoe_grammar_free(lazymoe_grammar *g);
 
 typedef struct {
     int prompt_tokens;        /* tokens of the prompt */

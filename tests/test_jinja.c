@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <stdint.h>
 #include <unistd.h>
+#include <time.h>
 
 #define FIXTURES "tests/fixtures/templates"
 #define NOW 1749988800 /* as in tools/make_template_fixtures.py */
@@ -151,6 +152,39 @@ static void test_output_and_memory_limits(void) {
     lm_jinja_options m = {.max_memory_bytes = 4 << 20};
     CHECK(render("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", NULL, &m, &out, err) != 0);
     CHECKF(strstr(err, "memory") || strstr(err, "exceeds"), "err: %s", err);
+}
+
+/* Filters and operators whose work a template sizes (issue 22): each ends quickly,
+ * within the iteration limit, and a render that loops within every other limit still
+ * stops at its wall-clock budget. Before the fix batch(10**12) and '' * 10**12 spun
+ * for hours. */
+static void test_filter_work_limits(void) {
+    char err[LM_ERR_LEN], *out;
+    CHECK(render("{{ [1, 2, 3]|batch(1000000000000)|list }}", NULL, NULL, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "[[1, 2, 3]]") == 0, "got %s", out);
+    free(out);
+    CHECK(render("{{ [1, 2, 3]|batch(2, 0)|list }}", NULL, NULL, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "[[1, 2], [3, 0]]") == 0, "got %s", out);
+    free(out);
+    CHECK(render("{{ [1]|batch(1000000000000, 'x')|list }}", NULL, NULL, &out, err) != 0);
+    CHECK_ERR("iteration limit");
+    CHECK(render("{{ ('' * 1000000000000)|length }} {{ ([] * 1000000000000)|length }}", NULL, NULL, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "0 0") == 0, "got %s", out);
+    free(out);
+    lm_jinja_options few = {.max_loop_iterations = 1000};
+    CHECK(render("{{ 'a'|center(5000) }}", NULL, &few, &out, err) != 0);
+    CHECK_ERR("iteration limit");
+    CHECK(render("{{ 'a'|center(5) }}", NULL, &few, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "  a  ") == 0, "got '%s'", out);
+    free(out);
+    lm_jinja_options quick = {.max_seconds = 0.05};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(render("{% for i in range(3000) %}{% for j in range(3000) %}{% set x = j ~ 'a' %}{% endfor %}{% endfor %}", NULL, &quick, &out, err) != 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK_ERR("time limit");
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    CHECKF(s < 2.0, "render ran %.2f s past a 0.05 s budget", s);
 }
 
 static void test_context_from_json(void) {
@@ -364,6 +398,7 @@ int main(void) {
     TEST_CASE("jinja loop iteration limit", test_loop_limit);
     TEST_CASE("jinja recursion and nesting limits", test_recursion_limit);
     TEST_CASE("jinja output and memory limits", test_output_and_memory_limits);
+    TEST_CASE("jinja filter work limits and time budget", test_filter_work_limits);
     TEST_CASE("jinja context from JSON", test_context_from_json);
     TEST_CASE("jinja template reused across renders", test_template_reuse);
     TEST_CASE("chat template loading", test_chat_template_load);

@@ -254,6 +254,8 @@ static void test_malformed_files(void) {
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"post_processor\":{\"type\":\"Bogus\"}}", "Bogus");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"Split\",\"behavior\":\"Isolated\",\"pattern\":{\"Regex\":\"(\"}}}", "regex");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":\"x\"}]}", "added_tokens[0]");
+    /* issue 22: an empty vocabulary made encoding memcpy from NULL */
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}", "vocab is empty");
     char err[LM_ERR_LEN] = "";
     lm_tokenizer *tok = NULL;
     CHECK(lm_tokenizer_load("/nonexistent/dir", &tok, err) == -1 && tok == NULL);
@@ -268,6 +270,39 @@ static void test_malformed_files(void) {
         else CHECK(tok == NULL && err[0]);
     }
     free(buf);
+}
+
+/* issue 22: a chain of Replace normalizers that each double the text grew to gigabytes;
+ * every stage is now held to 16x the input, and ordinary growth still works. */
+static void test_normalizer_growth_bound(void) {
+    char err[LM_ERR_LEN] = "";
+    lm_tokenizer *tok = NULL;
+    const char *rep = "{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aa\"}";
+    size_t cap = 64 * 1024;
+    char *json = malloc(cap);
+    if (!json) { CHECK(0); return; }
+    size_t n = (size_t)snprintf(json, cap, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+                                "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[");
+    for (int i = 0; i < 40; i++) n += (size_t)snprintf(json + n, cap - n, "%s%s", i ? "," : "", rep);
+    snprintf(json + n, cap - n, "]}}");
+    if (lm_tokenizer_load(write_file("grow.json", json), &tok, err)) { CHECKF(0, "load: %s", err); free(json); return; }
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    CHECK(lm_tokenizer_encode(tok, "aaaa", 4, 0, &ids, &n_ids, err) == -1);
+    CHECK_STR_CONTAINS(err, "grew past");
+    free(ids);
+    lm_tokenizer_free(tok);
+    /* three doublings (8x) stay inside the bound and encode */
+    n = (size_t)snprintf(json, cap, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+                         "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[%s,%s,%s]}}", rep, rep, rep);
+    tok = NULL;
+    if (lm_tokenizer_load(write_file("grow3.json", json), &tok, err)) { CHECKF(0, "load: %s", err); free(json); return; }
+    ids = NULL;
+    CHECK(lm_tokenizer_encode(tok, "aa", 2, 0, &ids, &n_ids, err) == 0);
+    CHECK_EQ_INT(n_ids, 16);
+    free(ids);
+    lm_tokenizer_free(tok);
+    free(json);
 }
 
 static void test_normalization(void) {
@@ -411,6 +446,7 @@ int main(void) {
     TEST_CASE("tokenizer_invalid_utf8_input", test_invalid_utf8_input);
     TEST_CASE("tokenizer_malformed_files", test_malformed_files);
     TEST_CASE("tokenizer_unicode_normalization", test_normalization);
+    TEST_CASE("tokenizer_normalizer_growth_bound", test_normalizer_growth_bound);
     TEST_CASE("tokenizer_utf8_helpers", test_utf8_helpers);
     TEST_CASE("tokenizer_stream_real_qwen3", test_stream_real);
     TEST_CASE("tokenizer_speed_real_qwen3", test_speed_real);

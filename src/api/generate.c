@@ -15,6 +15,7 @@
  */
 #include "common/buf.h"
 #include "common/error.h"
+#include "api/constrain.h"
 #include "engine/engine.h"
 #include "api/sampler.h"
 #include "api/text.h"
@@ -266,6 +267,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             return fail(err, errlen, "stop strings must not be NULL");
         }
     lm_sampler smp;
+    lm_constraint con = {0};
     lm_detok *dt = NULL;
     int32_t *forced = NULL;
     size_t n_forced = 0;
@@ -293,6 +295,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     if (!(logits = lm_malloc(sizeof(float) * (size_t)V, "logits", e))) goto done;
     if (params->forced_text && encode(m, params->forced_text, strlen(params->forced_text), 0, &forced, &n_forced, e) != 0)
         goto done;
+    if (!params->forced_text && lm_constraint_init(&con, m, params->grammar, e) != 0) goto done;
 
     /* 1. Prefix reuse: keep what the session shares with the prompt. Recurrent states
      * (linear attention) can only go back to a snapshot, so keep may shrink to one; a
@@ -321,6 +324,11 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             st.finish_reason = LAZYMOE_FINISH_STOP;
             break;
         }
+        if (con.match) {
+            long left = m->max_context - s->n_past - 1; /* tokens that may follow this one */
+            if (params->max_tokens > 0 && params->max_tokens - g - 1 < left) left = params->max_tokens - g - 1;
+            if (lm_constraint_mask(&con, logits, left, e) != 0) goto done;
+        }
         int32_t t = params->forced_text ? forced[g] : lm_sampler_sample(&smp, logits);
         if (t < 0) {
             lm_errf(e, "the model produced no finite logits at position %d", s->n_past);
@@ -332,6 +340,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             st.finish_reason = LAZYMOE_FINISH_STOP;
             break;
         }
+        if (con.match && lm_constraint_accept(&con, t, e) != 0) goto done;
         const char *piece;
         size_t plen;
         if (lm_detok_push(dt, t, &piece, &plen, e) != 0 || sf_append(&sf, piece, plen, e) != 0) goto done;
@@ -385,6 +394,7 @@ done:
     free(sf.buf);
     free(logits);
     lm_detok_free(dt);
+    lm_constraint_free(&con);
     lm_sampler_free(&smp);
     free(owned_ids);
     free(forced);

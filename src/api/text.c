@@ -1,5 +1,8 @@
 /* Tokenizer, chat template and generation defaults of a model directory (text.h). */
 #include "api/text.h"
+#include "text/grammar.h"
+
+#include "platform/platform.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -67,8 +70,11 @@ int lm_model_text_load(lm_model_text **out, const char *dir, const lm_config *cf
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     if (file_exists(path)) {
         json_error_t je;
-        json_t *g = json_load_file(path, 0, &je);
-        int rc = g ? parse_defaults(g, &t->defaults, err) : lm_errf(err, "%s: %s", path, je.text);
+        json_t *g = NULL;
+        int rc;
+        if (lm_refuse_special_file(path, err)) rc = -1;
+        else if (!(g = json_load_file(path, 0, &je))) rc = lm_errf(err, "%s: %s", path, je.text);
+        else rc = parse_defaults(g, &t->defaults, err);
         json_decref(g);
         if (rc != 0) {
             lm_model_text_free(t);
@@ -93,6 +99,7 @@ void lm_model_text_free(lm_model_text *t) {
     if (!t) return;
     lm_tokenizer_free(t->tok);
     lm_chat_template_free(t->tmpl);
+    lm_token_trie_free(t->trie);
     pthread_mutex_destroy(&t->lock);
     free(t);
 }

@@ -26,6 +26,7 @@ typedef struct lm_model_text {
     char tmpl_err[LM_ERR_LEN];
     pthread_mutex_t lock;     /* serializes lm_tokenizer_encode */
     lazymoe_sampling defaults; /* from generation_config.json */
+    struct lm_token_trie *trie; /* token bytes for grammar masks; built on first use under lock */
     int n_eos;                /* config's (generation_config's when it has them) + tokenizer's eos */
     int32_t eos[LM_TEXT_MAX_EOS];
 } lm_model_text;

@@ -111,6 +111,11 @@ long long cli_parse_size(const char *opt, const char *s) {
         cli_fail("%s: cannot read the size \"%s\"", opt, s);
         return -1;
     }
+    /* inf or 1e30 would overflow the conversion (undefined, negative in practice) */
+    if (!(v * mult < 9.2e18)) {
+        cli_fail("%s: the size \"%s\" is too large", opt, s);
+        return -1;
+    }
     return (long long)(v * mult);
 }
 

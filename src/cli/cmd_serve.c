@@ -22,6 +22,10 @@ static const char serve_usage[] =
     "  --max-tokens N          generated tokens per request at most, and the default (4096)\n"
     "  --max-input-tokens N    refuse longer prompts (default: the context size, --ctx)\n"
     "  --max-body SIZE         refuse larger request bodies with 413 (default 32M)\n"
+    "  --max-connections N     connections open at once (default 64); past it, and past 3/4 of it\n"
+    "                          from one address, the longest idle connection is closed\n"
+    "  --header-timeout S      seconds a connection may take to send a request's headers, also\n"
+    "                          between requests (default 15); a body gets 120 s after them\n"
     "  --cache-slots N         conversations kept in the prompt cache (default 4)\n"
     "  --cache-tokens N        KV positions those conversations may hold together; the memory\n"
     "                          plan reserves them (default: --ctx, i.e. one full context)\n"
@@ -54,7 +58,8 @@ static const char *base_name(const char *path) {
 
 typedef struct {
     srv_options so;
-    const char *name; /* --name */
+    const char *name;   /* --name */
+    int header_timeout; /* --header-timeout; 0 = the server's default */
 } serve_args;
 
 static int serve_arg(void *ctx, const char *s, const char *v) {
@@ -67,6 +72,8 @@ static int serve_arg(void *ctx, const char *s, const char *v) {
         {"--name", .str = &sa->name, .what = "a name", .nonempty = 1},
         {"--max-tokens", .num = &so->max_tokens, .lo = 1, .hi = 1 << 30},
         {"--max-input-tokens", .num = &so->max_input_tokens, .lo = 1, .hi = 1 << 30},
+        {"--max-connections", .num = &so->max_connections, .lo = 1, .hi = 4096},
+        {"--header-timeout", .num = &sa->header_timeout, .lo = 1, .hi = 3600},
         {"--cache-slots", .num = &so->cache_slots, .lo = 1, .hi = 256},
         {"--cache-tokens", .num = &so->cache_tokens, .lo = 1, .hi = 1 << 30},
         {"--allow-forced-output", .flag = &so->allow_forced_output, .lo = 1},
@@ -88,6 +95,7 @@ int cmd_serve(int argc, char **argv) {
     int prc = cli_parse_model_args(argc, argv, serve_usage, &a, serve_arg, &args);
     if (prc) return prc == 2 ? 0 : prc;
     srv_options so = args.so;
+    if (args.header_timeout) so.header_timeout_s = (double)args.header_timeout;
     const char *model = a.model, *name = args.name;
     a.opt.kv_cache_tokens = so.cache_tokens;
     char err[512], path[4096];

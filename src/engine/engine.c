@@ -7,6 +7,7 @@
 #include "engine/linear_attention.h"
 #include "platform/platform.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,5 +413,15 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
     int rc = lm_forward(s, ids, n, logits, all_positions, e);
     /* The history follows the positions computed, also when a later chunk failed. */
     memcpy(s->tokens + before, ids, sizeof(int32_t) * (size_t)(s->n_past - before));
+    if (rc == 0 && logits) {
+        /* NaN or inf logits are garbage every caller would otherwise print or sample
+         * from (argmax of NaNs is token 0): an error on every path. */
+        size_t V = (size_t)s->m->w.cfg.vocab_size, count = (all_positions ? (size_t)n : 1) * V;
+        for (size_t i = 0; i < count; i++)
+            if (!isfinite(logits[i]))
+                return lm_errf(e, "the model computed a non-finite logit (%g) at position %zu; the weights or "
+                               "config.json are broken", (double)logits[i],
+                               (size_t)before + (all_positions ? i / V : (size_t)n - 1));
+    }
     return rc;
 }

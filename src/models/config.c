@@ -3,6 +3,7 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "models/family.h"
+#include "platform/platform.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -86,14 +87,21 @@ static const char *first_key(json_t *o, const char *const *keys) {
 static int parse_eos(lm_config *c, json_t *v, char *err) {
     if (!v || json_is_null(v)) return 0;
     c->n_eos = 0;
+    /* ids are checked as 64-bit values: 2^40 must not wrap to token 0 */
     if (json_is_integer(v)) {
-        c->eos_ids[c->n_eos++] = (int32_t)json_integer_value(v);
+        json_int_t id = json_integer_value(v);
+        if (id < 0 || id >= c->vocab_size)
+            return lm_errf(err, "eos_token_id %lld is outside the vocabulary (%d)", (long long)id, c->vocab_size);
+        c->eos_ids[c->n_eos++] = (int32_t)id;
     } else if (json_is_array(v)) {
         size_t i;
         json_t *e;
         json_array_foreach(v, i, e) {
             if (!json_is_integer(e)) return lm_errf(err, "eos_token_id entries must be integers");
-            if (c->n_eos < LM_MAX_EOS) c->eos_ids[c->n_eos++] = (int32_t)json_integer_value(e);
+            json_int_t id = json_integer_value(e);
+            if (id < 0 || id >= c->vocab_size)
+                return lm_errf(err, "eos_token_id %lld is outside the vocabulary (%d)", (long long)id, c->vocab_size);
+            if (c->n_eos < LM_MAX_EOS) c->eos_ids[c->n_eos++] = (int32_t)id;
         }
     } else {
         return lm_errf(err, "eos_token_id must be an integer or a list");
@@ -280,6 +288,10 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     }
     double eps;
     if (get_num(o, "rms_norm_eps", 1e-6, &eps, err)) goto done;
+    if (!(eps > 0) || !isfinite((float)eps)) {  /* eps <= 0 turns a zero row into NaN logits */
+        lm_errf(err, "config.json: rms_norm_eps must be a positive finite number, not %g", eps);
+        goto done;
+    }
     c->rms_norm_eps = (float)eps;
     double clip;
     if (get_num(o, "clip_qkv", 0.0, &clip, err)) goto done;
@@ -344,7 +356,14 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
 
     if (parse_eos(c, json_object_get(o, "eos_token_id"), err)) goto done;
     json_t *bos = json_object_get(o, "bos_token_id");
-    if (bos && json_is_integer(bos)) c->bos_id = (int32_t)json_integer_value(bos);
+    if (bos && json_is_integer(bos)) {
+        if (json_integer_value(bos) < 0 || json_integer_value(bos) >= c->vocab_size) {
+            lm_errf(err, "config.json: bos_token_id %lld is outside the vocabulary (%d)",
+                    (long long)json_integer_value(bos), c->vocab_size);
+            goto done;
+        }
+        c->bos_id = (int32_t)json_integer_value(bos);
+    }
     if (generation_json) {
         gen = json_loads(generation_json, 0, &je);
         if (!gen || !json_is_object(gen)) {
@@ -368,6 +387,7 @@ done:
 }
 
 static char *read_text_file(const char *path, size_t limit, char *err) {
+    if (lm_refuse_special_file(path, err)) return NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     lm_strbuf b = {0};
@@ -392,6 +412,10 @@ int lm_config_load(lm_config *cfg, const char *dir, char *err) {
     }
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     char *gen = read_text_file(path, 16u << 20, err);
+    if (!gen && err && err[0]) {
+        free(text);
+        return -1;
+    }
     int rc = lm_config_parse(cfg, text, gen, err);
     free(text);
     free(gen);

@@ -520,11 +520,27 @@ static void account(lm_weights *w) {
     w->params_active = resident_params + active;
 }
 
+/* A config.json with fewer layers than the weights would run the first N layers and
+ * silently ignore the rest: any tensor of a layer past num_hidden_layers is an error. */
+static int check_layer_count(const st_archive *a, int n_layers, char *err) {
+    for (int i = 0; i < a->ntensors; i++) {
+        const char *p = strstr(a->tensors[i].name, "model.layers.");
+        if (!p) continue;
+        char *end;
+        long l = strtol(p + strlen("model.layers."), &end, 10);
+        if (end != p + strlen("model.layers.") && *end == '.' && l >= n_layers)
+            return lm_errf(err, "the weights hold layer %ld ('%s') but config.json num_hidden_layers is %d",
+                           l, a->tensors[i].name, n_layers);
+    }
+    return 0;
+}
+
 int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
     loader L = {w, err, 0.0f};
     if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
     if (st_open(&w->archive, dir, err) != 0) goto fail;
+    if (check_layer_count(w->archive, w->cfg.n_layers, err) != 0) goto fail;
     if (w->cfg.zero_centred_norms && detect_norm_offset(&L) != 0) goto fail;
     const lm_config *c = &w->cfg;
     int H = c->hidden_size;

@@ -9,8 +9,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Opens a file read-only; returns fd >= 0 or -1 with the reason in err. */
+/* Opens a regular file read-only; returns fd >= 0 or -1 with the reason in err. A FIFO,
+ * device or directory is refused without blocking (opening a FIFO waits for a writer). */
 int lm_file_open_read(const char *path, char *err);
+/* -1 with "PATH is not a regular file" when path exists (after symbolic links) but is a
+ * FIFO, device, socket or directory: model files read with fopen or json_load_file are
+ * checked with it first, since opening a FIFO blocks forever. 0 for a regular file and
+ * for a missing one, which each caller reports its own way. */
+int lm_refuse_special_file(const char *path, char *err);
 void lm_file_close(int fd);
 /* Tells the OS the file's cached pages are no longer needed (weights copied into
  * our own memory should not be counted twice against a memory limit). */

@@ -14,9 +14,26 @@
 #include <unistd.h>
 
 int lm_file_open_read(const char *path, char *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK so that a FIFO opens at once and is refused below, instead of waiting */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return lm_errf(err, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return lm_errf(err, "%s is not a regular file", path);
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        close(fd);
+        return lm_errf(err, "cannot open %s: %s", path, strerror(errno));
+    }
     return fd;
+}
+
+int lm_refuse_special_file(const char *path, char *err) {
+    struct stat st;
+    if (stat(path, &st) != 0 || S_ISREG(st.st_mode)) return 0;
+    return lm_errf(err, "%s is not a regular file", path);
 }
 
 int lm_file_open_direct(const char *path, char *err) {

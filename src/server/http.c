@@ -31,6 +31,7 @@ typedef struct {
     srv_api api;       /* error shape, from the path */
     srv_buf body;
     int too_large;
+    int unauthorized;  /* no valid key: the body is dropped unread, the answer is 401 */
     double t0;
     int logged_by_job; /* a job was queued: the worker writes the log line */
     int status;        /* of the response sent, for the log line */
@@ -280,6 +281,10 @@ static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connecti
     j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
                                                                                       : s->opt.max_tokens;
     j->in_think = ends_in_think(j->prompt, j->prompt_len);
+    if (srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, &e) != 0) {
+        srv_job_release(j);
+        return send_error(c, mc, &e);
+    }
     snprintf(j->endpoint, sizeof j->endpoint, "%s", endpoint);
     if (j->chat.skipped_tools[0]) srv_log("%s: built-in tools skipped (this server cannot run them): %s", endpoint, j->chat.skipped_tools);
     if (srv_job_enqueue(s, j) != 0) {
@@ -365,6 +370,20 @@ static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *
     return send_error(c, mc, (srv_fail(&e, c->api, 404, NULL, "no such endpoint: %s %s", method, url), &e));
 }
 
+typedef struct {
+    const char *first; /* the first Content-Length value */
+    int conflict;      /* a later one differs */
+} content_lengths;
+
+static enum MHD_Result check_content_length(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    content_lengths *cl = cls;
+    if (!key || strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0) return MHD_YES;
+    if (!cl->first) cl->first = value ? value : "";
+    else if (!value || strcmp(cl->first, value) != 0) cl->conflict = 1;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     (void)version;
@@ -382,9 +401,34 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->opt.max_body) c->too_large = 1;
         *con_cls = c;
+        srv_conns_stage(&s->conns, mc, CONN_BODY);
+        /* Two Content-Length headers that disagree make the body's end ambiguous (the
+         * way requests are smuggled past a proxy): refused before anything is read. */
+        content_lengths lengths = {NULL, 0};
+        MHD_get_connection_values(mc, MHD_HEADER_KIND, check_content_length, &lengths);
+        if (lengths.conflict) {
+            srv_error e = {0};
+            return send_error(c, mc, (srv_fail(&e, c->api, 400, NULL, "conflicting Content-Length headers"), &e));
+        }
+        /* The key is checked on the headers alone: a client without it gets no
+         * "100 Continue" and no byte of its body is kept. A body that may be large
+         * (over 64 KiB, chunked, or announced with Expect: 100-continue) is not read
+         * at all: the 401 goes out now and the connection closes after it. A small
+         * one is read and dropped first, so that the client, which has sent it
+         * already, reads the 401 rather than a connection reset. */
+        if (strcmp(url, "/health") != 0 && !authorized(s, mc)) {
+            c->unauthorized = 1;
+            const char *expect = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+            const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+            if (expect || te || (cl && strtoull(cl, NULL, 10) > 64 * 1024)) return route(s, c, mc, url, method);
+        }
         return MHD_YES;
     }
     if (*upload_size) {
+        if (c->unauthorized) {
+            *upload_size = 0;
+            return MHD_YES;
+        }
         /* An oversized body is read and dropped, then answered with 413: clients
          * handle a response to a request they finished sending far better than a
          * connection reset in the middle of it. */
@@ -396,16 +440,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         *upload_size = 0;
         return MHD_YES;
     }
+    srv_conns_stage(&s->conns, mc, CONN_ANSWERING);
     return route(s, c, mc, url, method);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    srv_server *s = cls;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) srv_conns_opened(&s->conns, mc);
+    else srv_conns_closed(&s->conns, mc);
 }
 
 /* MHD calls this once a request is over: its response fully written (the last
  * byte handed to the socket), or the connection closed. */
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
     srv_server *s = cls;
-    (void)mc;
     (void)toe;
     srv_conn *c = *con_cls;
+    srv_conns_stage(&s->conns, mc, CONN_HEADERS); /* kept alive: the next request's headers are due */
     if (!c) return;
     if (!c->logged_by_job)
         srv_log("%s %d %s%s%.1f ms", c->what, c->status ? c->status : 499, c->note, c->note[0] ? " " : "",
@@ -455,6 +508,30 @@ void srv_options_init(srv_options *o) {
     o->max_body = 32u << 20;
     o->cache_slots = 4;
     o->max_connections = 64;
+    o->header_timeout_s = 15;
+    o->body_timeout_s = 120;
+}
+
+/* Renders and tokenizes a one-message conversation before serving: a model whose
+ * tokenizer or chat template is broken would otherwise start, report itself healthy,
+ * and answer every request with an error that blames the client. */
+static int check_model_text(const lazymoe_model *m, char *err, size_t errlen) {
+    char e[512];
+    char *prompt = NULL;
+    int32_t *ids = NULL;
+    int n = 0;
+    if (lazymoe_chat_format(m, "[{\"role\": \"user\", \"content\": \"Hello\"}]", NULL, 1, NULL, &prompt, e, sizeof e) != 0) {
+        snprintf(err, errlen, "cannot serve: the model's chat template does not render a one-message chat: %s", e);
+        return -1;
+    }
+    int rc = lazymoe_tokenize(m, prompt, strlen(prompt), 0, &ids, &n, e, sizeof e);
+    lazymoe_free(prompt);
+    lazymoe_free(ids);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot serve: the model's tokenizer fails on a chat prompt: %s", e);
+        return -1;
+    }
+    return 0;
 }
 
 int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t *stop, char *err, size_t errlen) {
@@ -478,6 +555,10 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     pthread_mutex_init(&s->qmu, NULL);
     pthread_cond_init(&s->qcv, NULL);
     pthread_cond_init(&s->drained, NULL);
+    /* one client address may hold most, not all, of the connections */
+    srv_conns_init(&s->conns, o->max_connections, o->max_connections > 4 ? o->max_connections * 3 / 4 : o->max_connections,
+                   o->header_timeout_s > 0 ? o->header_timeout_s : 15, o->body_timeout_s > 0 ? o->body_timeout_s : 120);
+    if (check_model_text(m, err, errlen) != 0) goto done;
     if (srv_cache_init(&s->cache, m, o->cache_slots, o->cache_tokens, err, errlen) != 0) goto done;
     snprintf(port, sizeof port, "%d", o->port);
     int gai = getaddrinfo(o->host, port, &hints, &ai);
@@ -488,11 +569,15 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     if (srv_worker_start(s, err, errlen) != 0) goto done;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    /* MHD's own limit sits above max_connections so that the connection that passes
+     * it is accepted, and conns.c sheds an idle one for it. No
+     * MHD_OPTION_LISTENING_ADDRESS_REUSE: with it (SO_REUSEPORT) a second server on
+     * the port started and took half the traffic; without it binding fails. */
     s->daemon = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
-                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+                                 on_connection, s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections + 16,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024), MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s port %d (%s): is another server using it? (--host, --port)", o->host,
                  o->port, errno ? strerror(errno) : "libmicrohttpd refused");
@@ -505,6 +590,7 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     while (!*stop) {
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);
+        srv_conns_sweep(&s->conns);
     }
     srv_log("lazymoe: shutting down");
     lsock = MHD_quiesce_daemon(s->daemon); /* no new connections; requests on open ones get 503 */
@@ -518,6 +604,7 @@ done:
     if (lsock != MHD_INVALID_SOCKET) close(lsock);
     if (ai) freeaddrinfo(ai);
     srv_cache_free(&s->cache);
+    srv_conns_free(&s->conns);
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcv);
     pthread_cond_destroy(&s->drained);

@@ -6,6 +6,7 @@
 #include "platform/platform.h" /* lm_now: the monotonic clock */
 #include "server/buf.h"
 #include "server/cache.h"
+#include "server/conns.h"
 #include "server/reply.h"
 #include "server/request.h"
 #include "server/server.h"
@@ -28,6 +29,7 @@ typedef struct srv_job {
     int n_ids;
     int max_tokens;       /* after the server's cap */
     int in_think;         /* the prompt ends inside an opened <think> */
+    lazymoe_grammar *grammar; /* the output's constraint, or NULL (owned) */
     char endpoint[32];    /* for the log line */
     double t_arrive;      /* lm clock, seconds */
     struct srv_job *next; /* queue link */
@@ -67,6 +69,7 @@ typedef struct srv_server {
     int cache_sessions, cache_tokens; /* its size as of the last request, for /health */
     unsigned long long served;
     double started_at;
+    srv_conns conns;      /* open connections: deadlines and shedding (conns.h) */
 } srv_server;
 
 /* job.c */

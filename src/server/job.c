@@ -33,6 +33,7 @@ void srv_job_release(srv_job *j) {
     pthread_mutex_unlock(&j->mu);
     if (!last) return;
     srv_chat_free(&j->chat);
+    lazymoe_grammar_free(j->grammar);
     free(j->prompt);
     free(j->ids);
     srv_buf_free(&j->out);
@@ -213,6 +214,7 @@ static void run_job(srv_server *s, srv_job *j) {
     p.add_special = 0;
     p.cancel = &j->cancel;
     p.forced_text = j->chat.forced_output;
+    p.grammar = j->grammar;
     int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
     srv_cache_put(&s->cache, sess);
     if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */

@@ -416,7 +416,66 @@ static int openai_tool_choice(pctx *p, const json_t *v) {
         return 0;
     }
     if (!json_is_object(v)) return bad_type(p, "tool_choice", "a string or an object", v);
-    p->c->tool_choice = SRV_TOOLS_REQUIRED; /* a named function */
+    const char *type, *name = NULL;
+    if (get_string(p, v, "type", "tool_choice.type", &type) != 0) return -1;
+    if (type && strcmp(type, "function") != 0)
+        return srv_fail(p->e, p->api, 400, "tool_choice.type", "tool_choice.type: expected \"function\", got \"%s\"", type);
+    const json_t *fn = json_object_get(v, "function");
+    if (fn && !json_is_object(fn)) return bad_type(p, "tool_choice.function", "an object", fn);
+    if (fn && get_string(p, fn, "name", "tool_choice.function.name", &name) != 0) return -1;
+    if (!name) return srv_fail(p->e, p->api, 400, "tool_choice.function.name", "tool_choice.function.name is missing");
+    p->c->tool_choice = SRV_TOOLS_REQUIRED;
+    if (!(p->c->tool_name = strdup(name))) return oom(p);
+    return 0;
+}
+
+/* The output format: "field" is an object {"type": ..., schema at schema_key}. */
+static int output_format(pctx *p, const json_t *v, const char *field) {
+    if (!v || json_is_null(v)) return 0;
+    char f[128];
+    if (!json_is_object(v)) return bad_type(p, field, "an object", v);
+    const char *type;
+    snprintf(f, sizeof f, "%s.type", field);
+    if (get_string(p, v, "type", f, &type) != 0) return -1;
+    if (!type) return srv_fail(p->e, p->api, 400, f, "%s is missing", f);
+    srv_chat *c = p->c;
+    if (!strcmp(type, "text")) return 0;
+    if (!strcmp(type, "json_object")) {
+        c->format = SRV_FORMAT_JSON_OBJECT;
+        snprintf(c->format_field, sizeof c->format_field, "%.60s", field);
+        return 0;
+    }
+    if (strcmp(type, "json_schema") != 0)
+        return srv_fail(p->e, p->api, 400, f, "%s: expected %s, got \"%s\"", f,
+                        p->api == SRV_OPENAI ? "\"text\", \"json_object\" or \"json_schema\"" : "\"json_schema\"", type);
+    /* OpenAI nests {name, schema, strict} under "json_schema"; Anthropic puts schema beside type */
+    const json_t *holder = v;
+    char hf[64];
+    snprintf(hf, sizeof hf, "%.40s", field);
+    if (p->api == SRV_OPENAI) {
+        holder = json_object_get(v, "json_schema");
+        snprintf(hf, sizeof hf, "%.40s.json_schema", field);
+        if (!holder) return srv_fail(p->e, p->api, 400, hf, "%s is missing", hf);
+        if (!json_is_object(holder)) return bad_type(p, hf, "an object", holder);
+    }
+    const json_t *schema = json_object_get(holder, "schema");
+    snprintf(f, sizeof f, "%s.schema", hf);
+    if (!schema) return srv_fail(p->e, p->api, 400, f, "%s is missing", f);
+    if (!json_is_object(schema) && !json_is_boolean(schema)) return bad_type(p, f, "a JSON schema object", schema);
+    if (!(c->schema = json_deep_copy(schema))) return oom(p);
+    c->format = SRV_FORMAT_JSON_SCHEMA;
+    snprintf(c->format_field, sizeof c->format_field, "%s", f);
+    return 0;
+}
+
+/* logprobs / top_logprobs are not produced: refused rather than ignored. */
+static int no_logprobs(pctx *p, const json_t *root) {
+    int r = get_bool(p, root, "logprobs");
+    if (r < 0) return -1;
+    if (r) return srv_fail(p->e, p->api, 400, "logprobs", "logprobs: not supported by this server");
+    const json_t *t = json_object_get(root, "top_logprobs");
+    if (t && !json_is_null(t) && !(json_is_integer(t) && json_integer_value(t) == 0))
+        return srv_fail(p->e, p->api, 400, "top_logprobs", "top_logprobs: not supported by this server");
     return 0;
 }
 
@@ -452,7 +511,8 @@ int srv_parse_openai(const char *body, size_t len, srv_chat *c, srv_error *e) {
     for (size_t i = 0; i < json_array_size(msgs); i++)
         if (openai_message(&p, json_array_get(msgs, i), i) != 0) goto done;
     if (openai_tools(&p, json_object_get(root, "tools")) != 0 ||
-        openai_tool_choice(&p, json_object_get(root, "tool_choice")) != 0)
+        openai_tool_choice(&p, json_object_get(root, "tool_choice")) != 0 ||
+        output_format(&p, json_object_get(root, "response_format"), "response_format") != 0 || no_logprobs(&p, root) != 0)
         goto done;
     if ((r = get_int(&p, root, "max_completion_tokens", 1, 1 << 30, &x)) < 0) goto done;
     if (r) c->max_tokens = (int)x;
@@ -749,6 +809,12 @@ static int anthropic_tool_choice(pctx *p, const json_t *v) {
     else if (!strcmp(type, "any") || !strcmp(type, "tool")) p->c->tool_choice = SRV_TOOLS_REQUIRED;
     else if (strcmp(type, "auto") != 0)
         return srv_fail(p->e, p->api, 400, "tool_choice.type", "tool_choice.type: expected auto, any, tool or none, got \"%s\"", type);
+    if (!strcmp(type, "tool")) {
+        const char *name;
+        if (get_string(p, v, "name", "tool_choice.name", &name) != 0) return -1;
+        if (!name) return srv_fail(p->e, p->api, 400, "tool_choice.name", "tool_choice.name is missing");
+        if (!(p->c->tool_name = strdup(name))) return oom(p);
+    }
     return 0;
 }
 
@@ -792,6 +858,15 @@ int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e)
     if (anthropic_tools(&p, json_object_get(root, "tools")) != 0 ||
         anthropic_tool_choice(&p, json_object_get(root, "tool_choice")) != 0)
         goto done;
+    const json_t *oc = json_object_get(root, "output_config");
+    if (oc && !json_is_null(oc)) {
+        if (!json_is_object(oc)) {
+            bad_type(&p, "output_config", "an object", oc);
+            goto done;
+        }
+        if (output_format(&p, json_object_get(oc, "format"), "output_config.format") != 0) goto done;
+    }
+    if (!c->format && output_format(&p, json_object_get(root, "output_format"), "output_format") != 0) goto done;
     if ((r = get_int(&p, root, "max_tokens", 1, 1 << 30, &x)) < 0) goto done;
     if (r) c->max_tokens = (int)x;
     if (get_stops(&p, root, "stop_sequences") != 0) goto done;
@@ -827,6 +902,8 @@ void srv_chat_free(srv_chat *c) {
     for (int i = 0; i < c->n_stop; i++) free(c->stop[i]);
     free(c->stop);
     free(c->forced_output);
+    free(c->tool_name);
+    json_decref(c->schema);
     json_decref(c->response_format);
     free(c->tool_choice_name);
     json_decref(c->freeform_tools);

@@ -49,6 +49,7 @@ enum {
 };
 
 typedef enum { SRV_TOOLS_AUTO = 0, SRV_TOOLS_NONE, SRV_TOOLS_REQUIRED } srv_tool_choice;
+typedef enum { SRV_FORMAT_TEXT = 0, SRV_FORMAT_JSON_OBJECT, SRV_FORMAT_JSON_SCHEMA } srv_format;
 
 typedef struct {
     srv_api api;
@@ -64,7 +65,12 @@ typedef struct {
     lazymoe_sampling sampling; /* the fields named in `set` were given */
     unsigned set;
     srv_tool_choice tool_choice;
+    char *tool_name;      /* tool_choice naming one function (then REQUIRED), or NULL */
     char *forced_output;  /* the test-only "lazymoe_forced_output" field, or NULL */
+    /* Constrained output (server/constrain.c turns it into a grammar). */
+    srv_format format;
+    json_t *schema;       /* SRV_FORMAT_JSON_SCHEMA: the schema (owned) */
+    char format_field[128]; /* the request field that gave it, for errors */
     /* Constrained output, in chat completions' vocabulary whatever the API said it in:
      * response_format as chat completions sends it ({"type": "json_schema",
      * "json_schema": {"name", "schema", "strict"}} / {"type": "json_object"}; NULL =
@@ -90,6 +96,13 @@ void srv_chat_free(srv_chat *c);
  * the messages held. A template error (e.g. a role the template refuses) is a 400. */
 int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, size_t *prompt_len, int32_t **ids,
                      int *n_ids, srv_error *e);
+
+/* The grammar that enforces c's output format or forced tool call (NULL when the
+ * output is free); a schema or tool the grammar cannot express is a 400 naming the
+ * field. The tool-call format is the one the model's chat template writes (Qwen3-Coder
+ * XML or Hermes JSON), found by rendering a sample call. Free with lazymoe_grammar_free.
+ * in_think: the prompt ends inside <think> (reasoning comes first). */
+int srv_build_grammar(const lazymoe_model *m, const srv_chat *c, int in_think, lazymoe_grammar **out, srv_error *e);
 
 /* Sampling for the request: the model's generation_config defaults, then the
  * request's values. A seed not given is drawn at random. */

@@ -28,7 +28,9 @@ typedef struct {
     int cache_slots;         /* conversations kept in the prompt cache */
     int cache_tokens;        /* KV positions the kept conversations may hold together */
     int allow_forced_output; /* tests only: accept "lazymoe_forced_output" */
-    int max_connections;
+    int max_connections;     /* open at once; idle ones are shed first (conns.h) */
+    double header_timeout_s; /* a request's headers must arrive within this (default 15 s) */
+    double body_timeout_s;   /* and its body within this after them (default 120 s) */
 } srv_options;
 
 void srv_options_init(srv_options *o);

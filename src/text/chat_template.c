@@ -3,6 +3,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
+#include "platform/platform.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -22,6 +23,8 @@ static const char *const SPECIAL_TOKENS[] = {"bos_token", "eos_token", "unk_toke
 
 /* Reads a whole file; NULL with *missing set when it does not exist. */
 static char *read_file(const char *path, size_t *len, bool *missing, char *err) {
+    *missing = false;
+    if (lm_refuse_special_file(path, err)) return NULL;
     FILE *f = fopen(path, "rb");
     *missing = !f && errno == ENOENT;
     if (!f) {
@@ -98,6 +101,7 @@ int lm_chat_template_load(const char *model_dir, lm_chat_template **out, char *e
     json_t *config = NULL;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
     json_error_t jerr;
+    if (lm_refuse_special_file(path, err)) return -1;
     FILE *f = fopen(path, "rb");
     if (f) {
         config = json_loadf(f, JSON_DECODE_INT_AS_REAL, &jerr);  /* model_max_length can exceed int64 */

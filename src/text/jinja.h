@@ -7,7 +7,7 @@
  * is the reference: values print as Python prints them (`None`, `True`, `[1, 'a']`).
  *
  * Sandbox: templates cannot reach files, the environment or the OS. Rendering is
- * bounded in loop iterations, call depth, output size and memory; exceeding a
+ * bounded in loop iterations, call depth, output size, memory and wall-clock time; exceeding a
  * limit is an ordinary error. Every failure names the template line.
  *
  * Ownership: a parsed template owns its syntax tree and is immutable, so one
@@ -34,6 +34,8 @@ typedef struct {
     size_t max_output_bytes;    /* default 64 MiB */
     size_t max_memory_bytes;    /* render arena; default 512 MiB */
     int64_t now_unix;           /* strftime_now clock; 0 = the real clock */
+    double max_seconds;         /* wall-clock budget of one render; default 10 s, so a
+                                   template that loops within its other limits still ends */
 } lm_jinja_options;
 
 /* Parses template source (need not be NUL-terminated). On success *out owns

@@ -1079,11 +1079,17 @@ FILTER(f_batch) {
     for (size_t i = 0; i < l->len; i += size) {
         jv_list *chunk = jv_list_new(&r->arena, 0);
         if (!chunk) return jr_oom(r);
-        for (size_t j = i; j < i + size; j++) {
-            if (j < l->len) { if (jv_list_push(&r->arena, chunk, l->items[j])) return jr_oom(r); }
-            else if (given(fill)) { if (jv_list_push(&r->arena, chunk, fill)) return jr_oom(r); }
-        }
+        size_t have = l->len - i < size ? l->len - i : size;
+        /* the size comes from the template: the padding of the last batch is work it
+         * asked for, charged like loop iterations (batch(10**12) must not spin) */
+        size_t pad = given(fill) ? size - have : 0;
+        if (jr_charge(r, (uint64_t)have + pad)) return -1;
+        for (size_t j = 0; j < have; j++)
+            if (jv_list_push(&r->arena, chunk, l->items[i + j])) return jr_oom(r);
+        for (size_t j = 0; j < pad; j++)
+            if (jv_list_push(&r->arena, chunk, fill)) return jr_oom(r);
         if (jv_list_push(&r->arena, res, make_list(chunk, false))) return jr_oom(r);
+        if (have < size) break;
     }
     *out = make_list(res, false);
     return 0;
@@ -1097,7 +1103,8 @@ FILTER(f_center) {
     size_t len = utf8_len(s.u.str.s, s.u.str.len);
     if (w <= (int64_t)len || w > 100000) { *out = s; return 0; }
     size_t total = (size_t)w - len, left = total / 2 + (total & (size_t)w & 1);
-    lm_strbuf b = {0};
+    if (jr_charge(r, total)) return -1;
+    lm_strbuf b = {.limit = r->max_output};
     for (size_t i = 0; i < left; i++) lm_strbuf_putc(&b, ' ');
     lm_strbuf_append(&b, s.u.str.s, s.u.str.len);
     for (size_t i = left; i < total; i++) lm_strbuf_putc(&b, ' ');

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define EX_BREAK 1
 #define EX_CONTINUE 2
@@ -35,6 +36,23 @@ void jr_fail_set(jrender *r, const char *fmt, ...) {
     va_end(ap);
     r->has_error = true;
     lm_errf_set(r->err, "template line %d: %s", r->line, msg);
+}
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int jr_charge(jrender *r, uint64_t n) {
+    if (n > (uint64_t)(r->max_iterations - r->iterations))
+        return jr_fail(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
+    r->iterations += (long)n;
+    /* reading the clock costs ~20 ns: once per 256 charges keeps it out of the profile */
+    if ((++r->clock_tick & 255) == 0 || n > 256) {
+        if (monotonic_ns() > r->deadline_ns) return jr_fail(r, "render time limit exceeded");
+    }
+    return 0;
 }
 
 void jr_oom_set(jrender *r) { jr_fail_set(r, "out of memory (render limit %zu bytes)", r->arena.limit); }
@@ -316,6 +334,8 @@ static int64_t as_int(jv v) { return v.type == JV_INT ? v.u.i : (int64_t)v.u.b; 
 
 static int repeat(jrender *r, jv seq, int64_t times, jv *out) {
     if (times < 0) times = 0;
+    /* an empty sequence repeats to itself: no loop of `times` empty copies */
+    if ((seq.type == JV_STR && seq.u.str.len == 0) || (seq.type != JV_STR && seq.u.list->len == 0)) times = 0;
     if (seq.type == JV_STR) {
         if (seq.u.str.len && (uint64_t)times > r->max_output / seq.u.str.len)
             return jr_fail(r, "string repetition exceeds the output limit");
@@ -752,8 +772,7 @@ static int exec_for(jrender *r, const jnode *n, jscope *sc) {
         if (!kept) return jr_oom(r);
         for (size_t i = 0; i < items->len; i++) {
             jv c;
-            if (++r->iterations > r->max_iterations)
-                return jr_fail(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
+            if (jr_charge(r, 1)) return -1;
             body_scope->vars->len = 0;
             if (assign(r, n->a, body_scope, items->items[i]) || jinja_eval(r, n->kids[0], body_scope, &c)) return -1;
             if (jv_truthy(c)) kept->items[kept->len++] = items->items[i];
@@ -780,8 +799,7 @@ static int exec_for(jrender *r, const jnode *n, jscope *sc) {
     loop->vals[11].type = JV_FUNC;
     loop->vals[11].u.func = cyc;
     for (size_t i = 0; i < len; i++) {
-        if (++r->iterations > r->max_iterations)
-            return jr_fail(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
+        if (jr_charge(r, 1)) return -1;
         jv *v = loop->vals;
         v[0] = jv_int((int64_t)i + 1);
         v[1] = jv_int((int64_t)i);
@@ -932,6 +950,8 @@ int lm_jinja_render(const lm_jinja_template *tmpl, const json_t *context, const 
     r.err = err;
     r.line = 1;
     r.max_iterations = o.max_loop_iterations > 0 ? o.max_loop_iterations : 10000000;
+    double budget_s = o.max_seconds > 0 && o.max_seconds < 1e6 ? o.max_seconds : 10.0;
+    r.deadline_ns = monotonic_ns() + (int64_t)(budget_s * 1e9);
     r.max_depth = o.max_call_depth > 0 ? o.max_call_depth : 64;
     r.max_output = o.max_output_bytes ? o.max_output_bytes : (size_t)64 << 20;
     r.arena.limit = o.max_memory_bytes ? o.max_memory_bytes : (size_t)512 << 20;

@@ -194,6 +194,8 @@ typedef struct jrender {
     bool has_error;          /* the first error wins */
     int line;                /* line of the node being evaluated, for errors */
     long iterations, max_iterations;
+    int64_t deadline_ns;     /* CLOCK_MONOTONIC time the render must end by */
+    unsigned clock_tick;     /* charges since the clock was last read */
     int depth, max_depth;
     size_t max_output;
     int64_t now_unix;
@@ -210,6 +212,11 @@ jv jr_str(jrender *r, const char *s, size_t n);   /* copies into the arena */
 /* Records an out-of-memory error and evaluates to -1, like jr_fail. */
 void jr_oom_set(jrender *r);
 #define jr_oom(r) (jr_oom_set(r), lm_failed())
+
+/* Charges n steps of work (loop iterations, padding a filter writes) against the
+ * render's iteration limit and checks its wall-clock budget; -1 with the error set
+ * when either is spent. Every loop whose length a template controls calls it. */
+int jr_charge(jrender *r, uint64_t n);
 
 int jinja_eval(jrender *r, const jnode *n, jscope *sc, jv *out);
 /* Calls a callable value (macro or builtin). */

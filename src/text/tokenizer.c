@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "common/error.h"
+#include "platform/platform.h"
 #include "text/tokenizer_internal.h"
 #include "text/unicode.h"
 
@@ -290,6 +291,7 @@ static int32_t config_token(lm_tokenizer *tok, json_t *v) {
 static int load_config(lm_tokenizer *tok, const char *path, char *err) {
     struct stat st;
     if (stat(path, &st) != 0) return 0;  /* optional */
+    if (lm_refuse_special_file(path, err)) return -1;
     json_error_t je;
     json_t *cfg = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);  /* model_max_length can be 1e30 */
     if (!cfg) return lm_errf(err, "%s: line %d: %s", path, je.line, je.text);
@@ -344,6 +346,7 @@ int lm_tokenizer_load(const char *path, lm_tokenizer **out, char err[LM_ERR_LEN]
     tok->bos_id = tok->eos_id = -1;
     tok->cleanup_default = 1;
     json_error_t je;
+    if (lm_refuse_special_file(json_path, err)) goto done;
     root = json_load_file(json_path, 0, &je);
     if (!root) { lm_errf(err, "%s: line %d: %s", json_path, je.line, je.text); goto done; }
     if (load_json(tok, root, err)) { lm_err_prefix(err, "%s", json_path); goto done; }

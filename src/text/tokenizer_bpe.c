@@ -149,6 +149,8 @@ int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
             lm_errf(err, "out of memory"); goto fail;
         }
     }
+    /* an empty vocabulary can encode nothing, and its tables would stay NULL */
+    if (json_object_size(vocab) == 0) { lm_errf(err, "model.vocab is empty"); goto fail; }
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);

@@ -176,13 +176,17 @@ void tb_normalizer_free(tb_normalizer *n) {
 
 /* Replaces every match of re in s by rep. */
 static int regex_replace(const pcre2_code *re, const char *s, size_t len, const char *rep,
-                         size_t rep_len, lm_strbuf *out, char *err) {
+                         size_t rep_len, size_t bound, lm_strbuf *out, char *err) {
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     if (!md) return lm_errf(err, "out of memory");
     size_t pos = 0, ms, me;
     int failed = 0, rc = 0;
     while (next_match(re, md, s, len, pos, &ms, &me, err, &failed)) {
         if (lm_strbuf_append(out, s + pos, ms - pos) || lm_strbuf_append(out, rep, rep_len)) { rc = lm_errf(err, "out of memory"); break; }
+        if (out->len > bound) {  /* stop before building what normalize_bounded refuses */
+            rc = lm_errf(err, "tokenizer normalizer: the text grew past %zu bytes (16x its input)", bound);
+            break;
+        }
         pos = me;
     }
     if (!rc && failed) rc = -1;
@@ -191,8 +195,24 @@ static int regex_replace(const pcre2_code *re, const char *s, size_t len, const 
     return rc;
 }
 
+/* A normalizer's output may grow (Replace " " by "\u2581" triples the bytes), but a
+ * chain of Replaces in a hostile tokenizer.json would compound the growth to gigabytes:
+ * every stage's output is held to this bound, a fixed multiple of the text the
+ * chain was given. */
+static size_t normalize_bound(size_t len) {
+    return len > SIZE_MAX / 32 - 4096 ? SIZE_MAX : 16 * len + 4096;
+}
+
+static int normalize_bounded(const tb_normalizer *n, const char *in, size_t len, size_t bound,
+                             char **out, size_t *out_len, char *err);
+
 int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
                  size_t *out_len, char *err) {
+    return normalize_bounded(n, in, len, normalize_bound(len), out, out_len, err);
+}
+
+static int normalize_bounded(const tb_normalizer *n, const char *in, size_t len, size_t bound,
+                             char **out, size_t *out_len, char *err) {
     lm_strbuf b = {0};
     switch (n->type) {
     case N_SEQ: {
@@ -204,7 +224,7 @@ int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
         for (size_t i = 0; i < n->n_kids; i++) {
             char *next = NULL;
             size_t next_len = 0;
-            if (tb_normalize(n->kids[i], cur, cur_len, &next, &next_len, err)) { free(cur); return -1; }
+            if (normalize_bounded(n->kids[i], cur, cur_len, bound, &next, &next_len, err)) { free(cur); return -1; }
             free(cur);
             cur = next;
             cur_len = next_len;
@@ -215,12 +235,17 @@ int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
     }
     case N_UNICODE:
         if (lm_unicode_normalize(n->form, in, len, out, out_len)) return lm_errf(err, "out of memory");
+        if (*out_len > bound) {
+            free(*out);
+            *out = NULL;
+            return lm_errf(err, "tokenizer normalizer: the text grew past %zu bytes (16x its input)", bound);
+        }
         return 0;
     case N_PREPEND:
         if ((len && lm_strbuf_append(&b, n->text, n->text_len)) || lm_strbuf_append(&b, in, len)) goto oom;
         break;
     case N_REPLACE:
-        if (regex_replace(n->re, in, len, n->text, n->text_len, &b, err)) { lm_strbuf_free(&b); return -1; }
+        if (regex_replace(n->re, in, len, n->text, n->text_len, bound, &b, err)) { lm_strbuf_free(&b); return -1; }
         if (lm_strbuf_append(&b, "", 0)) goto oom;
         break;
     case N_STRIP: {
@@ -244,6 +269,11 @@ int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
     }
     }
     if (!b.data && lm_strbuf_append(&b, "", 0)) goto oom;
+    if (b.len > bound) {
+        lm_strbuf_free(&b);
+        return lm_errf(err, "tokenizer normalizer: the text grew past %zu bytes (16x its input); "
+                       "the normalizer chain in tokenizer.json expands without bound", bound);
+    }
     *out = b.data;
     *out_len = b.len;
     return 0;
