@@ -13,6 +13,7 @@
  * Per-token work allocates nothing once the buffers have grown (the stop filter's
  * buffer grows to the longest piece + the longest stop string).
  */
+#include "common/buf.h"
 #include "common/error.h"
 #include "api/constrain.h"
 #include "engine/engine.h"
@@ -21,6 +22,7 @@
 #include "platform/platform.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,14 +159,7 @@ typedef struct {
 } stop_filter;
 
 static int sf_append(stop_filter *f, const char *s, size_t n, char *e) {
-    if (!f->buf || f->len + n + 1 > f->cap) {
-        size_t cap = f->cap ? f->cap : 256;
-        while (cap < f->len + n + 1) cap *= 2;
-        char *b = realloc(f->buf, cap);
-        if (!b) return lm_errf(e, "out of memory");
-        f->buf = b;
-        f->cap = cap;
-    }
+    if (n > SIZE_MAX - 1 - f->len || LM_GROW(f->buf, f->cap, f->len + n + 1) != 0) return lm_errf(e, "out of memory");
     if (n) memcpy(f->buf + f->len, s, n);
     f->len += n;
     f->buf[f->len] = 0;
@@ -406,43 +401,20 @@ done:
     return rc ? fail(err, errlen, e) : 0;
 }
 
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    int oom;
-} collect_ctx;
-
-static int collect(void *vctx, const char *piece, size_t len) {
-    collect_ctx *c = vctx;
-    if (c->len + len + 1 > c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 256;
-        while (cap < c->len + len + 1) cap *= 2;
-        char *b = realloc(c->buf, cap);
-        if (!b) {
-            c->oom = 1;
-            return 1;
-        }
-        c->buf = b;
-        c->cap = cap;
-    }
-    memcpy(c->buf + c->len, piece, len);
-    c->len += len;
-    c->buf[c->len] = 0;
-    return 0;
-}
+static int collect(void *vctx, const char *piece, size_t len) { return lm_strbuf_append(vctx, piece, len) != 0; }
 
 int lazymoe_generate(lazymoe_session *s, const char *prompt, const lazymoe_gen_params *params, char **text,
                      lazymoe_gen_stats *stats, char *err, size_t errlen) {
-    collect_ctx c = {0};
+    lm_strbuf c = {0};
     *text = NULL;
     int rc = lazymoe_generate_stream(s, prompt, params, collect, &c, stats, err, errlen);
-    if (rc == 0 && c.oom) rc = fail(err, errlen, "out of memory collecting the answer");
-    if (rc == 0 && !c.buf) c.buf = calloc(1, 1);
-    if (rc == 0 && !c.buf) rc = fail(err, errlen, "out of memory");
+    if (rc == 0 && c.failed) rc = fail(err, errlen, "out of memory collecting the answer");
+    if (rc == 0 && !c.data) c.data = calloc(1, 1);
+    if (rc == 0 && !c.data) rc = fail(err, errlen, "out of memory");
     if (rc != 0) {
-        free(c.buf);
+        lm_strbuf_free(&c);
         return -1;
     }
-    *text = c.buf;
+    *text = c.data;
     return 0;
 }

@@ -1,4 +1,5 @@
 #include "cli/cli.h"
+#include "common/buf.h"
 
 #include "lazymoe.h"
 
@@ -33,14 +34,9 @@ int cli_parse_ids(const char *s, int32_t **out) {
             cli_fail("--ids: expected comma-separated non-negative integers, got \"%s\"", s);
             return -1;
         }
-        if (n == cap) {
-            cap *= 2;
-            int32_t *ni = realloc(ids, cap * sizeof *ids);
-            if (!ni) {
-                free(ids);
-                return cli_fail("out of memory"), -1;
-            }
-            ids = ni;
+        if (LM_GROW(ids, cap, n + 1) != 0) {
+            free(ids);
+            return cli_fail("out of memory"), -1;
         }
         ids[n++] = (int32_t)v;
         p = end;
@@ -70,6 +66,27 @@ long cli_parse_long(const char *opt, const char *s, long lo, long hi) {
         return -1;
     }
     return v;
+}
+
+int cli_options(const char *s, const char *v, const cli_option *opts, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const cli_option *o = &opts[i];
+        if (strcmp(s, o->name) != 0) continue;
+        if (o->flag) {
+            *o->flag = (int)o->lo;
+            return 1;
+        }
+        if (o->str) {
+            if (!v || (o->nonempty && !*v)) return cli_fail("%s needs %s", s, o->what), -1;
+            *o->str = v;
+            return 2;
+        }
+        long x = cli_parse_long(s, v, o->lo, o->hi);
+        if (x < 0) return -1;
+        *o->num = (int)x;
+        return 2;
+    }
+    return 0;
 }
 
 long long cli_parse_size(const char *opt, const char *s) {
@@ -103,36 +120,29 @@ long long cli_parse_size(const char *opt, const char *s) {
 }
 
 char *cli_read_stdin(void) {
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t got = fread(buf + n, 1, cap - n - 1, stdin);
-        n += got;
-        if (got == 0) break;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                return NULL;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    if (buf && ferror(stdin)) {
-        free(buf);
-        return NULL;
-    }
-    if (buf) buf[n] = 0;
-    return buf;
+    lm_strbuf b = {0};
+    if (lm_strbuf_read_stream(&b, stdin, 0) == LM_READ_OK) return b.data;
+    lm_strbuf_free(&b);
+    return NULL;
 }
 
 int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
+    const cli_option opts[] = {
+        {"--threads", .num = &o->n_threads, .lo = 0, .hi = 4096},
+        {"--ctx", .num = &o->max_context, .lo = 1, .hi = 1 << 30},
+        {"--capacity", .num = &o->expert_capacity, .lo = 1, .hi = 1 << 20},
+        {"--pin", .num = &o->pin_experts, .lo = 0, .hi = 1 << 20},
+        {"--lookahead", .num = &o->lookahead, .lo = 0, .hi = 1 << 20},
+        {"--io-threads", .num = &o->io_threads, .lo = 1, .hi = 256},
+        {"--trace-routing", .str = &o->trace_routing, .what = "a file name"},
+        {"--resident", .flag = &o->expert_capacity, .lo = -1},
+        {"--buffered-io", .flag = &o->buffered_io, .lo = 1},
+        {"--no-warm-start", .flag = &o->no_warm_start, .lo = 1},
+    };
+    int r = CLI_OPTIONS(s, v, opts);
+    if (r) return r;
     long x;
-    if (!strcmp(s, "--threads")) {
-        if ((x = cli_parse_long(s, v, 0, 4096)) < 0) return -1;
-        o->n_threads = (int)x;
-    } else if (!strcmp(s, "--kv-bits")) {
+    if (!strcmp(s, "--kv-bits")) {
         if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
         if (x != 8 && x != 16 && x != 32) return cli_fail("--kv-bits expects 8, 16 or 32"), -1;
         o->kv_bits = (int)x;
@@ -140,30 +150,12 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
         if (x != 8 && x != 32) return cli_fail("--act-bits expects 8 or 32"), -1;
         o->act_bits = (int)x;
-    } else if (!strcmp(s, "--ctx")) {
-        if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return -1;
-        o->max_context = (int)x;
-    } else if (!strcmp(s, "--memory")) {
+    } else if (!strcmp(s, "--memory") || !strcmp(s, "--io-chunk")) {
         long long b = cli_parse_size(s, v);
         if (b < 0) return -1;
-        o->memory_budget = (uint64_t)b;
-    } else if (!strcmp(s, "--capacity")) {
-        if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return -1;
-        o->expert_capacity = (int)x;
-    } else if (!strcmp(s, "--pin")) {
-        if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
-        o->pin_experts = (int)x;
-    } else if (!strcmp(s, "--lookahead")) {
-        if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return -1;
-        o->lookahead = (int)x;
-    } else if (!strcmp(s, "--io-threads")) {
-        if ((x = cli_parse_long(s, v, 1, 256)) < 0) return -1;
-        o->io_threads = (int)x;
-    } else if (!strcmp(s, "--io-chunk")) {
-        long long b = cli_parse_size(s, v);
-        if (b < 0) return -1;
-        if (b < 4096 || b > (1ll << 30)) return cli_fail("--io-chunk expects a size from 4K to 1G"), -1;
-        o->io_chunk_bytes = (uint64_t)b;
+        if (!strcmp(s, "--memory")) o->memory_budget = (uint64_t)b;
+        else if (b < 4096 || b > (1ll << 30)) return cli_fail("--io-chunk expects a size from 4K to 1G"), -1;
+        else o->io_chunk_bytes = (uint64_t)b;
     } else if (!strcmp(s, "--eviction")) {
         static const char *const names[] = {"lru", "lcp", "lfru"}; /* lazymoe_eviction order */
         int p = -1;
@@ -171,20 +163,51 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
             if (strcmp(v, names[k]) == 0) p = k;
         if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru"), -1;
         o->eviction = (lazymoe_eviction)p;
-    } else if (!strcmp(s, "--trace-routing")) {
-        if (!v) return cli_fail("--trace-routing needs a file name"), -1;
-        o->trace_routing = v;
-    } else if (!strcmp(s, "--resident")) {
-        o->expert_capacity = -1;
-        return 1;
-    } else if (!strcmp(s, "--buffered-io")) {
-        o->buffered_io = 1;
-        return 1;
-    } else if (!strcmp(s, "--no-warm-start")) {
-        o->no_warm_start = 1;
-        return 1;
     } else {
         return 0;
     }
     return 2;
+}
+
+int cli_parse_model_args(int argc, char **argv, const char *usage, cli_model_args *a, cli_arg_fn fn, void *ctx) {
+    memset(a, 0, sizeof *a);
+    lazymoe_options_init(&a->opt);
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int is_option = s[0] == '-' && s[1]; /* "-" alone is an argument (stdin) */
+        int r = 0;
+        if (is_option) {
+            r = cli_model_option(s, v, &a->opt);
+            if (!r && (!strcmp(s, "-h") || !strcmp(s, "--help"))) {
+                printf("%s", usage);
+                return 2;
+            }
+            if (!r && (!strcmp(s, "-v") || !strcmp(s, "--verbose"))) {
+                a->opt.verbose = 1;
+                continue;
+            }
+        } else if (!a->model) {
+            a->model = s;
+            continue;
+        }
+        if (!r && fn) r = fn(ctx, s, is_option ? v : NULL);
+        if (r < 0) return 1;
+        if (!r && is_option) return cli_fail("unknown option %s (see lazymoe %s --help)", s, argv[0]);
+        if (!r) return cli_fail("unexpected argument \"%s\"", s);
+        i += r - 1;
+    }
+    if (!a->model) return cli_fail("no model given\n%s", usage);
+    return 0;
+}
+
+lazymoe_model *cli_open_model(const cli_model_args *a, char *path, size_t pathlen) {
+    char err[512], dir[4096];
+    lazymoe_model *m;
+    if (lazymoe_resolve_model(a->model, dir, sizeof dir, err, sizeof err) != 0 ||
+        lazymoe_model_open(&m, dir, &a->opt, err, sizeof err) != 0) {
+        cli_fail("%s", err);
+        return NULL;
+    }
+    if (path) snprintf(path, pathlen, "%s", dir);
+    return m;
 }

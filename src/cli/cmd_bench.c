@@ -3,12 +3,12 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "lazymoe.h"
+#include "platform/platform.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static const char bench_usage[] =
@@ -21,57 +21,36 @@ static const char bench_usage[] =
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+typedef struct {
+    int prompt, gen, json, seed;
+    const char *replay; /* --routing-trace */
+} bench_args;
+
+static int bench_arg(void *ctx, const char *s, const char *v) {
+    bench_args *b = ctx;
+    const cli_option opts[] = {
+        {"--prompt-tokens", .num = &b->prompt, .lo = 1, .hi = 1 << 20},
+        {"--gen-tokens", .num = &b->gen, .lo = 0, .hi = 1 << 20},
+        {"--seed", .num = &b->seed, .lo = 0, .hi = 0x7fffffff},
+        {"--routing-trace", .str = &b->replay, .what = "a file"},
+        {"--json", .flag = &b->json, .lo = 1},
+    };
+    return CLI_OPTIONS(s, v, opts);
 }
 
 int cmd_bench(int argc, char **argv) {
-    const char *model = NULL;
-    int prompt = 128, gen = 32, json = 0;
-    unsigned seed = 1;
-    long x;
-    lazymoe_options opt;
-    lazymoe_options_init(&opt);
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int r = cli_model_option(s, v, &opt);
-        if (r) {
-            if (r < 0) return 1;
-            i += r - 1;
-        } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
-            printf("%s", bench_usage);
-            return 0;
-        } else if (!strcmp(s, "--prompt-tokens")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 20)) < 0) return 1;
-            prompt = (int)x, i++;
-        } else if (!strcmp(s, "--gen-tokens")) {
-            if ((x = cli_parse_long(s, v, 0, 1 << 20)) < 0) return 1;
-            gen = (int)x, i++;
-        } else if (!strcmp(s, "--seed")) {
-            if ((x = cli_parse_long(s, v, 0, 0x7fffffff)) < 0) return 1;
-            seed = (unsigned)x, i++;
-        } else if (!strcmp(s, "--json")) {
-            json = 1;
-        } else if (!strcmp(s, "--routing-trace")) {
-            if (!v) return cli_fail("--routing-trace needs a file");
-            opt.replay_routing = v, i++;
-        } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
-            opt.verbose = 1;
-        } else if (s[0] == '-') {
-            return cli_fail("unknown option %s (see lazymoe bench --help)", s);
-        } else if (!model) {
-            model = s;
-        } else {
-            return cli_fail("unexpected argument \"%s\"", s);
-        }
-    }
-    if (!model) return cli_fail("no model directory given\n%s", bench_usage);
+    bench_args ba = {.prompt = 128, .gen = 32, .seed = 1};
+    cli_model_args a;
+    int prc = cli_parse_model_args(argc, argv, bench_usage, &a, bench_arg, &ba);
+    if (prc) return prc == 2 ? 0 : prc;
+    if (ba.replay) a.opt.replay_routing = ba.replay;
+    const char *model = a.model;
+    int prompt = ba.prompt, gen = ba.gen, json = ba.json;
+    unsigned seed = (unsigned)ba.seed;
     /* The routing statistics come from a trace of this run, in a fresh private file
      * (mkstemp: no predictable name in a shared /tmp), removed on every way out. */
     char tmp_trace[4096] = "";
-    if (!opt.trace_routing) {
+    if (!a.opt.trace_routing) {
         const char *dir = getenv("TMPDIR");
         if (!dir || !*dir) dir = "/tmp";
         snprintf(tmp_trace, sizeof tmp_trace, "%s/lazymoe-bench-trace-XXXXXX", dir);
@@ -80,18 +59,18 @@ int cmd_bench(int argc, char **argv) {
             return cli_fail("cannot create the routing trace in %s: %s (set TMPDIR to a writable directory)", dir,
                             strerror(errno));
         close(fd);
-        opt.trace_routing = tmp_trace;
+        a.opt.trace_routing = tmp_trace;
     }
-    const char *trace_out = opt.trace_routing;
-    if (!opt.max_context) opt.max_context = prompt + gen + 1;
+    const char *trace_out = a.opt.trace_routing;
+    if (!a.opt.max_context) a.opt.max_context = prompt + gen + 1;
     char err[512];
     lazymoe_model *m;
-    double t_load = now_s();
-    if (lazymoe_model_open(&m, model, &opt, err, sizeof err) != 0) {
+    double t_load = lm_now();
+    if (!(m = cli_open_model(&a, NULL, 0))) {
         if (tmp_trace[0]) unlink(tmp_trace);
-        return cli_fail("%s", err);
+        return 1;
     }
-    t_load = now_s() - t_load;
+    t_load = lm_now() - t_load;
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)prompt);
@@ -105,11 +84,11 @@ int cmd_bench(int argc, char **argv) {
     double t_prefill = 0, t_decode = 0;
     if (!ids || !logits || !out_ids || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
     lazymoe_model_get_expert_stats(m, -1, &st0);
-    double t0 = now_s();
+    double t0 = lm_now();
     if (lazymoe_session_eval(s, ids, prompt, logits, 0, err, sizeof err) != 0) goto done;
-    t_prefill = now_s() - t0;
+    t_prefill = lm_now() - t0;
     lazymoe_model_get_expert_stats(m, -1, &st1);
-    t0 = now_s();
+    t0 = lm_now();
     for (int g = 0; g < gen; g++) {
         int32_t best = 0;
         for (int i = 1; i < info.vocab_size; i++)
@@ -117,7 +96,7 @@ int cmd_bench(int argc, char **argv) {
         out_ids[g] = best;
         if (lazymoe_session_eval(s, &best, 1, logits, 0, err, sizeof err) != 0) goto done;
     }
-    t_decode = now_s() - t0;
+    t_decode = lm_now() - t0;
     lazymoe_model_get_expert_stats(m, -1, &st2);
     rc = 0;
 done:
@@ -163,7 +142,7 @@ done:
                (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
                st2.resident ? "true" : "false", st2.capacity, st2.pinned_experts, st2.io_threads,
                (unsigned long long)st2.direct_bytes_read, info.n_experts,
-               info.top_k, opt.act_bits == 8 ? 8 : 32, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
+               info.top_k, a.opt.act_bits == 8 ? 8 : 32, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
         /* The generated ids, so runs under different budgets can be compared. */
         printf(", \"generated_ids\": [");

@@ -5,6 +5,7 @@
 #include "cli/textgen.h"
 
 #include "cli/cli.h"
+#include "common/buf.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -136,8 +137,7 @@ static void print_stats(FILE *f, const lazymoe_gen_stats *st) {
 }
 
 typedef struct {
-    char *text; /* the answer so far (chat history) */
-    size_t len, cap;
+    lm_strbuf text; /* the answer so far (chat history) */
     char last;
 } out_ctx;
 
@@ -146,18 +146,7 @@ static int on_piece(void *vctx, const char *piece, size_t len) {
     fwrite(piece, 1, len, stdout);
     fflush(stdout);
     if (len) o->last = piece[len - 1];
-    if (o->len + len + 1 > o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 256;
-        while (cap < o->len + len + 1) cap *= 2;
-        char *b = realloc(o->text, cap);
-        if (!b) return 1;
-        o->text = b;
-        o->cap = cap;
-    }
-    memcpy(o->text + o->len, piece, len);
-    o->len += len;
-    o->text[o->len] = 0;
-    return 0;
+    return lm_strbuf_append(&o->text, piece, len) != 0;
 }
 
 /* messages + generation prompt -> text, with enable_thinking false for --no-think. */
@@ -212,11 +201,11 @@ int cli_run_text(lazymoe_model *m, const char *prompt, cli_textgen *t, int ignor
     }
     if (lazymoe_session_create(&s, m, err, sizeof err) != 0 ||
         lazymoe_generate_stream(s, rendered ? rendered : prompt, &p, on_piece, &o, &st, err, sizeof err) != 0) {
-        if (o.len && o.last != '\n') printf("\n");
+        if (o.text.len && o.last != '\n') printf("\n");
         cli_fail("%s", err);
         goto done;
     }
-    if (o.len && o.last != '\n') printf("\n");
+    if (o.text.len && o.last != '\n') printf("\n");
     fflush(stdout);
     if (!t->no_stats) {
         fprintf(stderr, "lazymoe: ");
@@ -224,7 +213,7 @@ int cli_run_text(lazymoe_model *m, const char *prompt, cli_textgen *t, int ignor
     }
     rc = 0;
 done:
-    free(o.text);
+    lm_strbuf_free(&o.text);
     lazymoe_free(rendered);
     json_decref(messages);
     lazymoe_session_free(s);
@@ -331,19 +320,19 @@ int cli_chat(lazymoe_model *m, cli_textgen *t, int ignore_eos) {
         out_ctx o = {0};
         int grc = lazymoe_generate_stream(s, prompt, &p, on_piece, &o, &last, err, sizeof err);
         lazymoe_free(prompt);
-        if (o.len && o.last != '\n') printf("\n");
+        if (o.text.len && o.last != '\n') printf("\n");
         if (last.finish_reason == LAZYMOE_FINISH_CANCELLED) printf("(stopped)\n");
         fflush(stdout);
         if (grc != 0) {
             /* The turn failed (e.g. the context is full): drop it and carry on. */
             json_array_remove(messages, json_array_size(messages) - 1);
             fprintf(stderr, "lazymoe: %s\n", err);
-            free(o.text);
+            lm_strbuf_free(&o.text);
             continue;
         }
         have_stats = 1;
-        int bad = add_message(messages, "assistant", o.text ? o.text : "");
-        free(o.text);
+        int bad = add_message(messages, "assistant", o.text.data ? o.text.data : "");
+        lm_strbuf_free(&o.text);
         if (bad) {
             cli_fail("out of memory");
             goto done;

@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "cli/textgen.h"
+#include "common/buf.h"
 #include "formats/npy.h"
 #include "lazymoe.h"
 
@@ -12,94 +13,91 @@
 #include <string.h>
 
 typedef struct {
-    const char *model;
+    cli_model_args cm; /* MODEL and the model options */
     const char *ids_arg;
     const char *out;
     int n_gen;
     double temp;
-    unsigned long long seed;
+    int seed;
     int print_ids;
     int ignore_eos;
     int json;
     const char *prompt; /* text commands: the second positional argument */
     const char *text_file; /* perplexity: the text scored */
     int window;            /* perplexity: tokens per window */
-    lazymoe_options opt;
+    cli_textgen *text;     /* text commands: their options; NULL for the others */
 } model_args;
+
+/* The options of logits, run, perplexity and info (after the text options, for text
+ * commands); see cli_arg_fn. */
+static int model_arg(void *ctx, const char *s, const char *v) {
+    model_args *a = ctx;
+    const cli_option opts[] = {
+        {"--ids", .str = &a->ids_arg, .what = "a value"},
+        {"--out", .str = &a->out, .what = "a file name"},
+        {"-o", .str = &a->out, .what = "a file name"},
+        {"-n", .num = &a->n_gen, .lo = 0, .hi = 1 << 30},
+        {"--max-tokens", .num = &a->n_gen, .lo = 0, .hi = 1 << 30},
+        {"--seed", .num = &a->seed, .lo = 0, .hi = 0x7fffffff},
+        {"--text", .str = &a->text_file, .what = "a file name"},
+        {"--window", .num = &a->window, .lo = 2, .hi = 1 << 20},
+        {"--print-ids", .flag = &a->print_ids, .lo = 1},
+        {"--ignore-eos", .flag = &a->ignore_eos, .lo = 1},
+        {"--json", .flag = &a->json, .lo = 1},
+    };
+    int r = a->text ? cli_textgen_option(a->text, s, v) : 0;
+    if (!r) r = CLI_OPTIONS(s, v, opts);
+    if (r) return r;
+    if (!strcmp(s, "--temp") || !strcmp(s, "--temperature")) {
+        char *end;
+        a->temp = v ? strtod(v, &end) : -1;
+        if (!v || *end || !(a->temp >= 0) || !isfinite(a->temp)) return cli_fail("%s expects a number >= 0", s), -1;
+        return 2;
+    }
+    if (a->text && !a->prompt && (s[0] != '-' || !s[1])) {
+        a->prompt = s; /* the positional argument after MODEL */
+        return 1;
+    }
+    return 0;
+}
 
 /* text: NULL, or the text-generation options (their flags and a prompt argument). */
 static int parse_args(int argc, char **argv, model_args *a, const char *usage, cli_textgen *text) {
     memset(a, 0, sizeof *a);
-    lazymoe_options_init(&a->opt);
     a->n_gen = 32;
-    a->seed = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long x;
-        int r = cli_model_option(s, v, &a->opt);
-        if (!r && text) r = cli_textgen_option(text, s, v);
-        if (r) {
-            if (r < 0) return 1;
-            i += r - 1;
-        } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
-            printf("%s", usage);
-            return 2;
-        } else if (!strcmp(s, "--ids")) {
-            if (!v) return cli_fail("--ids needs a value");
-            a->ids_arg = v, i++;
-        } else if (!strcmp(s, "--out") || !strcmp(s, "-o")) {
-            if (!v) return cli_fail("%s needs a file name", s);
-            a->out = v, i++;
-        } else if (!strcmp(s, "-n") || !strcmp(s, "--max-tokens")) {
-            if ((x = cli_parse_long(s, v, 0, 1 << 30)) < 0) return 1;
-            a->n_gen = (int)x, i++;
-        } else if (!strcmp(s, "--temp") || !strcmp(s, "--temperature")) {
-            char *end;
-            a->temp = v ? strtod(v, &end) : -1;
-            if (!v || *end || !(a->temp >= 0) || !isfinite(a->temp))
-                return cli_fail("%s expects a number >= 0", s);
-            i++;
-        } else if (!strcmp(s, "--seed")) {
-            if ((x = cli_parse_long(s, v, 0, 0x7fffffff)) < 0) return 1;
-            a->seed = (unsigned long long)x, i++;
-        } else if (!strcmp(s, "--print-ids")) {
-            a->print_ids = 1;
-        } else if (!strcmp(s, "--ignore-eos")) {
-            a->ignore_eos = 1;
-        } else if (!strcmp(s, "--json")) {
-            a->json = 1;
-        } else if (!strcmp(s, "--text")) {
-            if (!v) return cli_fail("--text needs a file name");
-            a->text_file = v, i++;
-        } else if (!strcmp(s, "--window")) {
-            if ((x = cli_parse_long(s, v, 2, 1 << 20)) < 0) return 1;
-            a->window = (int)x, i++;
-        } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
-            a->opt.verbose = 1;
-        } else if (s[0] == '-' && s[1]) {
-            return cli_fail("unknown option %s (see %s --help)", s, argv[0]);
-        } else if (!a->model) {
-            a->model = s;
-        } else if (text && !a->prompt) {
-            a->prompt = s;
-        } else {
-            return cli_fail("unexpected argument \"%s\"", s);
-        }
-    }
-    if (!a->model) return cli_fail("no model directory given\n%s", usage);
-    return 0;
+    a->text = text;
+    return cli_parse_model_args(argc, argv, usage, &a->cm, model_arg, a);
 }
 
-static lazymoe_model *open_model(const model_args *a) {
-    char err[512], path[4096];
+static lazymoe_model *open_model(const model_args *a) { return cli_open_model(&a->cm, NULL, 0); }
+
+/* What logits and run --ids evaluate: the --ids prompt, the model and a session. */
+typedef struct {
+    int32_t *ids;
+    int n;
     lazymoe_model *m;
-    if (lazymoe_resolve_model(a->model, path, sizeof path, err, sizeof err) != 0 ||
-        lazymoe_model_open(&m, path, &a->opt, err, sizeof err) != 0) {
+    lazymoe_model_info info;
+    lazymoe_session *s;
+} ids_eval;
+
+static void ids_eval_close(ids_eval *r) {
+    free(r->ids);
+    lazymoe_session_free(r->s);
+    lazymoe_model_close(r->m);
+}
+
+/* 0, or 1 after printing why (nothing is left open then). */
+static int ids_eval_open(ids_eval *r, const model_args *a) {
+    char err[512];
+    memset(r, 0, sizeof *r);
+    if ((r->n = cli_parse_ids(a->ids_arg, &r->ids)) < 0) return 1;
+    if ((r->m = open_model(a))) {
+        lazymoe_model_get_info(r->m, &r->info);
+        if (lazymoe_session_create(&r->s, r->m, err, sizeof err) == 0) return 0;
         cli_fail("%s", err);
-        return NULL;
     }
-    return m;
+    ids_eval_close(r);
+    return 1;
 }
 
 #define MEMORY_OPTIONS                                                                              \
@@ -129,33 +127,22 @@ int cmd_logits(int argc, char **argv) {
     int rc = parse_args(argc, argv, &a, logits_usage, NULL);
     if (rc) return rc == 2 ? 0 : rc;
     if (!a.ids_arg || !a.out) return cli_fail("logits needs --ids and --out\n%s", logits_usage);
-    int32_t *ids;
-    int n = cli_parse_ids(a.ids_arg, &ids);
-    if (n < 0) return 1;
-    lazymoe_model *m = open_model(&a);
-    if (!m) {
-        free(ids);
-        return 1;
-    }
-    lazymoe_model_info info;
-    lazymoe_model_get_info(m, &info);
+    ids_eval r;
+    if (ids_eval_open(&r, &a) != 0) return 1;
     char err[512];
-    lazymoe_session *s = NULL;
-    float *logits = malloc(sizeof(float) * (size_t)n * (size_t)info.vocab_size);
+    int V = r.info.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)r.n * (size_t)V);
     rc = 1;
-    if (!logits) cli_fail("out of memory for %d x %d logits", n, info.vocab_size);
-    else if (lazymoe_session_create(&s, m, err, sizeof err) != 0 ||
-             lazymoe_session_eval(s, ids, n, logits, 1, err, sizeof err) != 0)
+    if (!logits) cli_fail("out of memory for %d x %d logits", r.n, V);
+    else if (lazymoe_session_eval(r.s, r.ids, r.n, logits, 1, err, sizeof err) != 0)
         cli_fail("%s", err);
     else {
-        size_t shape[2] = {(size_t)n, (size_t)info.vocab_size};
+        size_t shape[2] = {(size_t)r.n, (size_t)V};
         if (lm_npy_write_f32(a.out, logits, shape, 2, err) != 0) cli_fail("%s", err);
         else rc = 0;
     }
     free(logits);
-    free(ids);
-    lazymoe_session_free(s);
-    lazymoe_model_close(m);
+    ids_eval_close(&r);
     return rc;
 }
 
@@ -183,22 +170,15 @@ int cmd_perplexity(int argc, char **argv) {
     if (!a.text_file) return cli_fail("perplexity needs --text FILE\n%s", perplexity_usage);
     FILE *f = fopen(a.text_file, "rb");
     if (!f) return cli_fail("cannot open %s: %s", a.text_file, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    char *text = malloc(cap);
-    for (size_t got; text && (got = fread(text + len, 1, cap - len, f)) > 0;) {
-        len += got;
-        if (len == cap) {
-            char *t = realloc(text, cap *= 2);
-            if (!t) free(text);
-            text = t;
-        }
-    }
-    int read_err = ferror(f);
+    lm_strbuf file = {0};
+    int read_rc = lm_strbuf_read_stream(&file, f, 0);
     fclose(f);
-    if (!text || read_err) {
-        free(text);
+    if (read_rc != LM_READ_OK) {
+        lm_strbuf_free(&file);
         return cli_fail("cannot read %s", a.text_file);
     }
+    char *text = file.data;
+    size_t len = file.len;
     lazymoe_model *m = open_model(&a);
     if (!m) {
         free(text);
@@ -337,25 +317,16 @@ int cmd_run(int argc, char **argv) {
     if (rc) return rc == 2 ? 0 : rc;
     if (!a.ids_arg)
         return cli_fail("run needs the prompt as token ids (--ids 3,14,15); text prompts need the tokenizer");
-    int32_t *ids;
-    int n = cli_parse_ids(a.ids_arg, &ids);
-    if (n < 0) return 1;
-    lazymoe_model *m = open_model(&a);
-    if (!m) {
-        free(ids);
-        return 1;
-    }
-    lazymoe_model_info info;
-    lazymoe_model_get_info(m, &info);
+    ids_eval r;
+    if (ids_eval_open(&r, &a) != 0) return 1;
+    const lazymoe_model_info info = r.info;
     char err[512];
-    lazymoe_session *s = NULL;
     float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
-    unsigned long long rng = a.seed;
+    unsigned long long rng = (unsigned long long)a.seed;
     rc = 1;
     if (!logits) {
         cli_fail("out of memory");
-    } else if (lazymoe_session_create(&s, m, err, sizeof err) != 0 ||
-               lazymoe_session_eval(s, ids, n, logits, 0, err, sizeof err) != 0) {
+    } else if (lazymoe_session_eval(r.s, r.ids, r.n, logits, 0, err, sizeof err) != 0) {
         cli_fail("%s", err);
     } else {
         rc = 0;
@@ -367,7 +338,7 @@ int cmd_run(int argc, char **argv) {
             for (int e = 0; e < info.n_eos; e++) eos |= tok == info.eos_ids[e];
             if (eos && !a.ignore_eos) break;
             if (g + 1 == a.n_gen) break;
-            if (lazymoe_session_eval(s, &tok, 1, logits, 0, err, sizeof err) != 0) {
+            if (lazymoe_session_eval(r.s, &tok, 1, logits, 0, err, sizeof err) != 0) {
                 printf("\n");
                 cli_fail("%s", err);
                 rc = 1;
@@ -378,9 +349,7 @@ int cmd_run(int argc, char **argv) {
     }
     (void)a.print_ids; /* ids are the only output until text decoding exists */
     free(logits);
-    free(ids);
-    lazymoe_session_free(s);
-    lazymoe_model_close(m);
+    ids_eval_close(&r);
     return rc;
 }
 
@@ -398,11 +367,11 @@ int cmd_info(int argc, char **argv) {
     model_args a;
     int rc = parse_args(argc, argv, &a, info_usage, NULL);
     if (rc) return rc == 2 ? 0 : rc;
-    a.opt.n_threads = 1;
+    a.cm.opt.n_threads = 1;
     /* Describing a model needs no expert in memory: a one-slot cache reads nothing
      * until a token is evaluated (--resident still loads them all, to time it). */
-    if (a.opt.expert_capacity == 0) a.opt.expert_capacity = 1;
-    a.opt.no_warm_start = 1;
+    if (a.cm.opt.expert_capacity == 0) a.cm.opt.expert_capacity = 1;
+    a.cm.opt.no_warm_start = 1;
     lazymoe_model *m = open_model(&a);
     if (!m) return 1;
     lazymoe_model_info i;
@@ -425,7 +394,7 @@ int cmd_info(int argc, char **argv) {
         human_bytes(r, sizeof r, i.bytes_resident);
         human_bytes(pe, sizeof pe, i.bytes_per_expert);
         human_bytes(ex, sizeof ex, i.bytes_experts);
-        printf("model          %s\n", a.model);
+        printf("model          %s\n", a.cm.model);
         printf("architecture   %s\n", i.model_type);
         printf("layers         %d (%d MoE, %d dense)\n", i.n_layers, i.n_moe_layers, i.n_layers - i.n_moe_layers);
         printf("experts        %d per MoE layer, top-%d per token\n", i.n_experts, i.top_k);

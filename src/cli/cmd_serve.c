@@ -56,79 +56,51 @@ static const char *base_name(const char *path) {
     return name;
 }
 
-int cmd_serve(int argc, char **argv) {
-    lazymoe_options opt;
-    lazymoe_options_init(&opt);
+typedef struct {
     srv_options so;
-    srv_options_init(&so);
-    so.api_key = getenv("LAZYMOE_API_KEY");
-    if (so.api_key && !*so.api_key) so.api_key = NULL;
-    const char *model = NULL, *name = NULL;
-    long x;
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int r = cli_model_option(s, v, &opt);
-        if (r < 0) return 1;
-        if (r) {
-            i += r - 1;
-            continue;
-        }
-        if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
-            printf("%s", serve_usage);
-            return 0;
-        } else if (!strcmp(s, "--host")) {
-            if (!v || !*v) return cli_fail("--host needs an address");
-            so.host = v, i++;
-        } else if (!strcmp(s, "--port")) {
-            if ((x = cli_parse_long(s, v, 0, 65535)) < 0) return 1;
-            so.port = (int)x, i++;
-        } else if (!strcmp(s, "--api-key")) {
-            if (!v || !*v) return cli_fail("--api-key needs a key");
-            so.api_key = v, i++;
-        } else if (!strcmp(s, "--name")) {
-            if (!v || !*v) return cli_fail("--name needs a name");
-            name = v, i++;
-        } else if (!strcmp(s, "--max-tokens")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
-            so.max_tokens = (int)x, i++;
-        } else if (!strcmp(s, "--max-input-tokens")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
-            so.max_input_tokens = (int)x, i++;
-        } else if (!strcmp(s, "--max-body")) {
-            long long b = cli_parse_size(s, v);
-            if (b < 0) return 1;
-            so.max_body = (size_t)b, i++;
-        } else if (!strcmp(s, "--max-connections")) {
-            if ((x = cli_parse_long(s, v, 1, 4096)) < 0) return 1;
-            so.max_connections = (int)x, i++;
-        } else if (!strcmp(s, "--header-timeout")) {
-            if ((x = cli_parse_long(s, v, 1, 3600)) < 0) return 1;
-            so.header_timeout_s = (double)x, i++;
-        } else if (!strcmp(s, "--cache-slots")) {
-            if ((x = cli_parse_long(s, v, 1, 256)) < 0) return 1;
-            so.cache_slots = (int)x, i++;
-        } else if (!strcmp(s, "--cache-tokens")) {
-            if ((x = cli_parse_long(s, v, 1, 1 << 30)) < 0) return 1;
-            so.cache_tokens = (int)x, i++;
-        } else if (!strcmp(s, "--allow-forced-output")) {
-            so.allow_forced_output = 1;
-        } else if (!strcmp(s, "-v") || !strcmp(s, "--verbose")) {
-            opt.verbose = 1;
-        } else if (s[0] == '-' && s[1]) {
-            return cli_fail("unknown option %s (see lazymoe serve --help)", s);
-        } else if (!model) {
-            model = s;
-        } else {
-            return cli_fail("unexpected argument \"%s\"", s);
-        }
-    }
-    if (!model) return cli_fail("no model given\n%s", serve_usage);
-    opt.kv_cache_tokens = so.cache_tokens;
+    const char *name;   /* --name */
+    int header_timeout; /* --header-timeout; 0 = the server's default */
+} serve_args;
+
+static int serve_arg(void *ctx, const char *s, const char *v) {
+    serve_args *sa = ctx;
+    srv_options *so = &sa->so;
+    const cli_option opts[] = {
+        {"--host", .str = &so->host, .what = "an address", .nonempty = 1},
+        {"--port", .num = &so->port, .lo = 0, .hi = 65535},
+        {"--api-key", .str = &so->api_key, .what = "a key", .nonempty = 1},
+        {"--name", .str = &sa->name, .what = "a name", .nonempty = 1},
+        {"--max-tokens", .num = &so->max_tokens, .lo = 1, .hi = 1 << 30},
+        {"--max-input-tokens", .num = &so->max_input_tokens, .lo = 1, .hi = 1 << 30},
+        {"--max-connections", .num = &so->max_connections, .lo = 1, .hi = 4096},
+        {"--header-timeout", .num = &sa->header_timeout, .lo = 1, .hi = 3600},
+        {"--cache-slots", .num = &so->cache_slots, .lo = 1, .hi = 256},
+        {"--cache-tokens", .num = &so->cache_tokens, .lo = 1, .hi = 1 << 30},
+        {"--allow-forced-output", .flag = &so->allow_forced_output, .lo = 1},
+    };
+    int r = CLI_OPTIONS(s, v, opts);
+    if (r || strcmp(s, "--max-body") != 0) return r;
+    long long b = cli_parse_size(s, v);
+    if (b < 0) return -1;
+    so->max_body = (size_t)b;
+    return 2;
+}
+
+int cmd_serve(int argc, char **argv) {
+    serve_args args = {.name = NULL};
+    srv_options_init(&args.so);
+    args.so.api_key = getenv("LAZYMOE_API_KEY");
+    if (args.so.api_key && !*args.so.api_key) args.so.api_key = NULL;
+    cli_model_args a;
+    int prc = cli_parse_model_args(argc, argv, serve_usage, &a, serve_arg, &args);
+    if (prc) return prc == 2 ? 0 : prc;
+    srv_options so = args.so;
+    if (args.header_timeout) so.header_timeout_s = (double)args.header_timeout;
+    const char *model = a.model, *name = args.name;
+    a.opt.kv_cache_tokens = so.cache_tokens;
     char err[512], path[4096];
-    lazymoe_model *m = NULL;
-    if (lazymoe_resolve_model(model, path, sizeof path, err, sizeof err) != 0 ||
-        lazymoe_model_open(&m, path, &opt, err, sizeof err) != 0)
-        return cli_fail("%s", err);
+    lazymoe_model *m = cli_open_model(&a, path, sizeof path);
+    if (!m) return 1;
     /* A repo id names the model better than its snapshot directory. */
     so.model_name = name ? name : (strcmp(path, model) != 0 ? model : base_name(path));
     struct sigaction sa;

@@ -9,6 +9,8 @@
  */
 #include "convert/convert.h"
 
+#include "common/buf.h"
+#include "common/dir_replace.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/str.h"
@@ -72,7 +74,8 @@ typedef struct {
     json_t *config;
     st_archive *src;
     out_item *items;
-    int nitems, cap;
+    int nitems;
+    size_t cap;
     int num_layers;
     int64_t num_experts;
     lm_dtype cast_dtype; /* LM_DT_INVALID: keep stored dtypes */
@@ -123,15 +126,9 @@ static int64_t config_int(json_t *cfg, const char *key, int64_t dflt) {
 }
 
 static out_item *new_item(converter *c, char *err) {
-    if (c->nitems == c->cap) {
-        int cap = c->cap ? c->cap * 2 : 256;
-        out_item *p = realloc(c->items, (size_t)cap * sizeof *p);
-        if (!p) {
-            lm_errf(err, "out of memory");
-            return NULL;
-        }
-        c->items = p;
-        c->cap = cap;
+    if (LM_GROW(c->items, c->cap, (size_t)c->nitems + 1) != 0) {
+        lm_errf(err, "out of memory");
+        return NULL;
     }
     out_item *it = &c->items[c->nitems++];
     memset(it, 0, sizeof *it);
@@ -145,7 +142,8 @@ static void free_items(converter *c) {
     }
     free(c->items);
     c->items = NULL;
-    c->nitems = c->cap = 0;
+    c->nitems = 0;
+    c->cap = 0;
 }
 
 /* ---- plan: input tensors -> output items ------------------------------------------ */
@@ -766,25 +764,13 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
     memset(&c, 0, sizeof c);
     c.opt = opt;
     char *out_dir = clean_path(out_dir_arg);
-    char *tmp_dir = NULL, *old_dir = NULL, *parent = NULL;
+    char *tmp_dir = NULL;
     int tmp_made = 0, rc = -1;
     if (!out_dir) {
         lm_errf(err, "out of memory");
         goto done;
     }
-    lm_path_kind existing = lm_path_type(out_dir);
-    if (existing == LM_PATH_FILE || existing == LM_PATH_OTHER) {
-        lm_errf(err, "%s exists and is not a directory", out_dir);
-        goto done;
-    }
-    if (existing == LM_PATH_DIR) {
-        int empty = lm_dir_is_empty(out_dir, err);
-        if (empty < 0) goto done;
-        if (!empty && !opt->force) {
-            lm_errf(err, "%s exists and is not empty (use --force to replace it)", out_dir);
-            goto done;
-        }
-    }
+    if (lm_out_dir_check(out_dir, opt->force, err) != 0) goto done;
     if (load_config(&c, hf_dir, err) != 0) {
         lm_err_prefix(err, "%s", hf_dir);
         goto done;
@@ -793,13 +779,7 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
     if (plan(&c, err) != 0) goto done;
 
     /* Work in a sibling directory, renamed over OUT_DIR at the very end. */
-    tmp_dir = lm_strdup_printf("%s.lazymoe-tmp-%ld", out_dir, (long)getpid());
-    old_dir = lm_strdup_printf("%s.lazymoe-old-%ld", out_dir, (long)getpid());
-    if (!tmp_dir || !old_dir) {
-        lm_errf(err, "out of memory");
-        goto done;
-    }
-    if (lm_remove_tree(tmp_dir, err) != 0 || lm_mkdir(tmp_dir, err) != 0) goto done;
+    if (!(tmp_dir = lm_dir_temp_create(out_dir, err))) goto done;
     tmp_made = 1;
     c.fbuf = malloc(CHUNK_FLOATS * sizeof(float));
     c.rawbuf = malloc(CHUNK_FLOATS * 8);
@@ -820,29 +800,9 @@ int lm_convert(const char *hf_dir, const char *out_dir_arg, const lm_convert_opt
     if (stw_model_commit(c.writer, c.total_parameters, err) != 0) goto done;
     if (write_config(&c, hf_dir, tmp_dir, err) != 0) goto done;
     if (copy_side_files(hf_dir, tmp_dir, err) != 0) goto done;
-    if (lm_fsync_dir(tmp_dir, err) != 0) goto done;
-
-    /* Swap into place. An existing OUT_DIR (empty, or with --force) is moved aside
-     * first; rename(2) cannot replace a non-empty directory. */
-    existing = lm_path_type(out_dir);
-    if (existing == LM_PATH_DIR && lm_rename(out_dir, old_dir, err) != 0) goto done;
-    if (lm_rename(tmp_dir, out_dir, err) != 0) {
-        if (existing == LM_PATH_DIR) rename(old_dir, out_dir);
-        goto done;
-    }
+    /* Swap into place; an existing OUT_DIR (empty, or with --force) is replaced. */
+    if (lm_dir_replace(tmp_dir, out_dir, err) != 0) goto done;
     tmp_made = 0;
-    if (existing == LM_PATH_DIR && lm_remove_tree(old_dir, err) != 0) goto done;
-    parent = strdup(out_dir);
-    if (parent) {
-        char *slash = strrchr(parent, '/');
-        if (slash == parent) slash[1] = '\0';
-        else if (slash) *slash = '\0';
-        else {
-            free(parent);
-            parent = strdup(".");
-        }
-        if (parent) lm_fsync_dir(parent, NULL);
-    }
     if (!opt->quiet)
         lm_log(LAZYMOE_LOG_INFO, "convert: done: %s (%llu parameters)", out_dir,
                (unsigned long long)c.total_parameters);
@@ -860,7 +820,5 @@ done:
     free(c.bbuf);
     free(out_dir);
     free(tmp_dir);
-    free(old_dir);
-    free(parent);
     return rc;
 }

@@ -1,5 +1,6 @@
 #include "experts/trace.h"
 
+#include "common/buf.h"
 #include "common/error.h"
 
 #include <stdlib.h>
@@ -90,17 +91,12 @@ int lm_trace_load(lm_trace_data *d, const char *path, char *err) {
         goto done;
     }
     size_t per_token = (size_t)d->n_layers * (size_t)d->top_k; /* > 0: header checked */
-    int cap_tokens = 0;
+    size_t cap_tokens = 0;
     while (getline(&line, &cap, f) > 0) {
-        if (d->n_tokens == cap_tokens) {
-            cap_tokens = cap_tokens ? cap_tokens * 2 : 256;
-            if (per_token == 0) break;
-            int32_t *ni = realloc(d->ids, sizeof(int32_t) * per_token * (size_t)cap_tokens);
-            if (!ni) {
-                lm_errf(err, "out of memory reading %s", path);
-                goto done;
-            }
-            d->ids = ni;
+        /* one element of the growth is a token: per_token ids */
+        if (lm_grow(&d->ids, &cap_tokens, (size_t)d->n_tokens + 1, sizeof(int32_t) * per_token) != 0) {
+            lm_errf(err, "out of memory reading %s", path);
+            goto done;
         }
         int32_t *tok = d->ids + (size_t)d->n_tokens * per_token;
         for (size_t i = 0; i < per_token; i++) tok[i] = -1;

@@ -1,43 +1,18 @@
 /* Python-compatible JSON emitter; see pyjson.h for what "compatible" covers. */
 #include "formats/pyjson.h"
 
+#include "common/buf.h"
 #include "common/error.h"
+#include "common/utf8.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* A growable string buffer; `failed` records the first allocation failure. */
-typedef struct {
-    char *data;
-    size_t len, cap;
-    int failed;
-} strbuf;
-
-static void sb_put(strbuf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->data, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-static void sb_puts(strbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_indent(strbuf *b, int indent, int level) {
-    sb_put(b, "\n", 1);
-    for (int i = 0; i < indent * level; i++) sb_put(b, " ", 1);
+static void sb_indent(lm_strbuf *b, int indent, int level) {
+    lm_strbuf_append(b, "\n", 1);
+    for (int i = 0; i < indent * level; i++) lm_strbuf_append(b, " ", 1);
 }
 
 void pyjson_format_double(double x, char *buf, size_t cap) {
@@ -102,113 +77,105 @@ void pyjson_format_double(double x, char *buf, size_t cap) {
     snprintf(buf, cap, "%s", out);
 }
 
-/* Decodes one UTF-8 sequence; returns its length, or 1 with *cp = U+FFFD if invalid
- * (jansson only holds valid UTF-8, so that case does not arise in practice). */
-static int utf8_decode(const unsigned char *s, size_t n, unsigned *cp) {
-    if (s[0] < 0x80) {
-        *cp = s[0];
-        return 1;
-    }
-    int len = (s[0] >= 0xF0) ? 4 : (s[0] >= 0xE0) ? 3 : (s[0] >= 0xC0) ? 2 : 0;
-    if (len == 0 || (size_t)len > n) {
-        *cp = 0xFFFD;
-        return 1;
-    }
-    unsigned v = s[0] & (0x7F >> len);
-    for (int i = 1; i < len; i++) v = (v << 6) | (s[i] & 0x3F);
-    *cp = v;
-    return len;
+/* Decodes one UTF-8 sequence; returns its length, or the length of the invalid subpart
+ * with *cp = U+FFFD (jansson only holds valid UTF-8, so that case does not arise in
+ * practice). */
+static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
+    size_t len = lm_utf8_decode(s, n, cp, 0);
+    if (len) return len;
+    int incomplete;
+    return lm_utf8_bad_run(s, n, &incomplete);
 }
 
-static void emit_string(strbuf *b, const char *s, size_t n) {
-    sb_put(b, "\"", 1);
+static void emit_string(lm_strbuf *b, const char *s, size_t n) {
+    lm_strbuf_append(b, "\"", 1);
     const unsigned char *u = (const unsigned char *)s;
     char esc[16];
     for (size_t i = 0; i < n;) {
         unsigned c = u[i];
-        if (c == '"') sb_puts(b, "\\\"");
-        else if (c == '\\') sb_puts(b, "\\\\");
-        else if (c == '\n') sb_puts(b, "\\n");
-        else if (c == '\r') sb_puts(b, "\\r");
-        else if (c == '\t') sb_puts(b, "\\t");
-        else if (c == '\b') sb_puts(b, "\\b");
-        else if (c == '\f') sb_puts(b, "\\f");
+        if (c == '"') lm_strbuf_puts(b, "\\\"");
+        else if (c == '\\') lm_strbuf_puts(b, "\\\\");
+        else if (c == '\n') lm_strbuf_puts(b, "\\n");
+        else if (c == '\r') lm_strbuf_puts(b, "\\r");
+        else if (c == '\t') lm_strbuf_puts(b, "\\t");
+        else if (c == '\b') lm_strbuf_puts(b, "\\b");
+        else if (c == '\f') lm_strbuf_puts(b, "\\f");
         else if (c < 0x20 || c == 0x7f) {
             snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_puts(b, esc);
+            lm_strbuf_puts(b, esc);
         } else if (c < 0x80) {
-            sb_put(b, (const char *)&u[i], 1);
+            lm_strbuf_append(b, (const char *)&u[i], 1);
         } else {
-            unsigned cp;
-            int len = utf8_decode(u + i, n - i, &cp);
+            uint32_t cp;
+            size_t len = utf8_decode(u + i, n - i, &cp);
             if (cp >= 0x10000) {
-                unsigned v = cp - 0x10000;
+                uint32_t v = cp - 0x10000;
                 snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xD800 + (v >> 10),
                          0xDC00 + (v & 0x3FF));
             } else {
                 snprintf(esc, sizeof esc, "\\u%04x", cp);
             }
-            sb_puts(b, esc);
-            i += (size_t)len;
+            lm_strbuf_puts(b, esc);
+            i += len;
             continue;
         }
         i++;
     }
-    sb_put(b, "\"", 1);
+    lm_strbuf_append(b, "\"", 1);
 }
 
-static void emit(strbuf *b, const json_t *v, int indent, int level) {
+static void emit(lm_strbuf *b, const json_t *v, int indent, int level) {
     char num[64];
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         if (json_object_size(v) == 0) {
-            sb_puts(b, "{}");
+            lm_strbuf_puts(b, "{}");
             return;
         }
-        sb_puts(b, "{");
+        lm_strbuf_puts(b, "{");
         const char *key;
         json_t *child;
         int first = 1;
         /* json_object_foreach needs a non-const object; iteration does not modify it. */
         json_object_foreach((json_t *)v, key, child) {
-            if (!first) sb_puts(b, ",");
+            if (!first) lm_strbuf_puts(b, ",");
             first = 0;
             sb_indent(b, indent, level + 1);
             emit_string(b, key, strlen(key));
-            sb_puts(b, ": ");
+            lm_strbuf_puts(b, ": ");
             emit(b, child, indent, level + 1);
         }
         sb_indent(b, indent, level);
-        sb_puts(b, "}");
+        lm_strbuf_puts(b, "}");
         return;
     }
     case JSON_ARRAY: {
         if (json_array_size(v) == 0) {
-            sb_puts(b, "[]");
+            lm_strbuf_puts(b, "[]");
             return;
         }
-        sb_puts(b, "[");
+        lm_strbuf_puts(b, "[");
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i) sb_puts(b, ",");
+            if (i) lm_strbuf_puts(b, ",");
             sb_indent(b, indent, level + 1);
             emit(b, json_array_get(v, i), indent, level + 1);
         }
         sb_indent(b, indent, level);
-        sb_puts(b, "]");
+        lm_strbuf_puts(b, "]");
         return;
     }
     case JSON_STRING: emit_string(b, json_string_value(v), json_string_length(v)); return;
     case JSON_INTEGER:
         snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
-        sb_puts(b, num);
+        lm_strbuf_puts(b, num);
         return;
     case JSON_REAL:
         pyjson_format_double(json_real_value(v), num, sizeof num);
-        sb_puts(b, num);
+        lm_strbuf_puts(b, num);
         return;
-    case JSON_TRUE: sb_puts(b, "true"); return;
-    case JSON_FALSE: sb_puts(b, "false"); return;
-    case JSON_NULL: sb_puts(b, "null"); return;
+    case JSON_TRUE: lm_strbuf_puts(b, "true"); return;
+    case JSON_FALSE: lm_strbuf_puts(b, "false"); return;
+    case JSON_NULL: lm_strbuf_puts(b, "null"); return;
     }
 }
 
@@ -217,7 +184,7 @@ char *pyjson_dumps(const json_t *value, int indent, char *err) {
         lm_errf(err, "json: nothing to write");
         return NULL;
     }
-    strbuf b = {0};
+    lm_strbuf b = {0};
     emit(&b, value, indent, 0);
     if (b.failed || !b.data) {
         free(b.data);

@@ -1,5 +1,6 @@
 #include "formats/safetensors.h"
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "platform/platform.h"
 
@@ -281,12 +282,7 @@ static int open_all_in_dir(st_archive *a, const char *dir, char *err) {
     int rc = 0;
     while ((e = readdir(d)) != NULL) {
         if (!has_suffix(e->d_name, ".safetensors")) continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **nn = realloc(names, cap * sizeof *names);
-            if (!nn) { rc = lm_errf(err, "out of memory"); break; }
-            names = nn;
-        }
+        if (LM_GROW(names, cap, n + 1) != 0) { rc = lm_errf(err, "out of memory"); break; }
         names[n] = strdup(e->d_name);
         if (!names[n]) { rc = lm_errf(err, "out of memory"); break; }
         n++;

@@ -1,6 +1,7 @@
 /* safetensors writers; layout and guarantees are described in safetensors_write.h. */
 #include "formats/safetensors_write.h"
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "formats/pyjson.h"
 #include "formats/safetensors.h"
@@ -58,7 +59,8 @@ static int cmp_entry_name(const void *a, const void *b) {
 struct stw_file {
     char *path, *tmp_path, *format;
     stw_entry *entries;
-    int count, cap;
+    int count;
+    size_t cap;
     int fd;
     uint64_t data_start;
     int started, committed;
@@ -86,13 +88,7 @@ int stw_file_declare(stw_file *w, const char *name, lm_dtype dtype, int ndim,
                      const int64_t *shape, char *err) {
     if (!w) return lm_errf(err, "safetensors write: no writer");
     if (w->started) return lm_errf(err, "safetensors write: declare after start (%s)", name);
-    if (w->count == w->cap) {
-        int cap = w->cap ? w->cap * 2 : 64;
-        stw_entry *p = realloc(w->entries, (size_t)cap * sizeof *p);
-        if (!p) return lm_errf(err, "out of memory");
-        w->entries = p;
-        w->cap = cap;
-    }
+    if (LM_GROW(w->entries, w->cap, (size_t)w->count + 1) != 0) return lm_errf(err, "out of memory");
     if (make_entry(&w->entries[w->count], name, dtype, ndim, shape, err) != 0) return -1;
     w->count++;
     return 0;
@@ -106,46 +102,19 @@ uint64_t stw_file_data_bytes(const stw_file *w) {
 
 /* Appends s to the header buffer, escaping as JSON (tensor names are plain ASCII in
  * practice; quotes, backslashes and control characters are escaped anyway). */
-static int put_json_string(char **buf, size_t *len, size_t *cap, const char *s) {
-    size_t need = *len + strlen(s) * 6 + 3;
-    if (need > *cap) {
-        size_t c = *cap ? *cap : 4096;
-        while (c < need) c *= 2;
-        char *p = realloc(*buf, c);
-        if (!p) return -1;
-        *buf = p;
-        *cap = c;
-    }
-    char *o = *buf + *len;
-    *o++ = '"';
+static void put_json_string(lm_strbuf *b, const char *s) {
+    lm_strbuf_putc(b, '"');
     for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
         if (*u == '"' || *u == '\\') {
-            *o++ = '\\';
-            *o++ = (char)*u;
+            lm_strbuf_putc(b, '\\');
+            lm_strbuf_putc(b, (char)*u);
         } else if (*u < 0x20) {
-            o += sprintf(o, "\\u%04x", *u);
+            lm_strbuf_printf(b, "\\u%04x", *u);
         } else {
-            *o++ = (char)*u;
+            lm_strbuf_putc(b, (char)*u);
         }
     }
-    *o++ = '"';
-    *len = (size_t)(o - *buf);
-    return 0;
-}
-
-static int put_raw(char **buf, size_t *len, size_t *cap, const char *s) {
-    size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t c = *cap ? *cap : 4096;
-        while (c < *len + n + 1) c *= 2;
-        char *p = realloc(*buf, c);
-        if (!p) return -1;
-        *buf = p;
-        *cap = c;
-    }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
-    return 0;
+    lm_strbuf_putc(b, '"');
 }
 
 int stw_file_start(stw_file *w, char *err) {
@@ -162,51 +131,46 @@ int stw_file_start(stw_file *w, char *err) {
     }
     /* Header: {"__metadata__":{"format":"mlx"},"name":{...},...} in bytewise key order;
      * "__metadata__" sorts before any lower-case name, but sort it in properly anyway. */
-    char *h = NULL;
-    size_t hl = 0, hc = 0;
-    int bad = put_raw(&h, &hl, &hc, "{");
+    lm_strbuf h = {0};
+    lm_strbuf_putc(&h, '{');
     int meta_done = (w->format == NULL);
     int first = 1;
-    char num[128];
-    for (int i = 0; i <= w->count && !bad; i++) {
+    for (int i = 0; i <= w->count && !h.failed; i++) {
         if (!meta_done && (i == w->count || strcmp("__metadata__", w->entries[i].name) < 0)) {
-            bad |= put_raw(&h, &hl, &hc, first ? "\"__metadata__\":{\"format\":" : ",\"__metadata__\":{\"format\":");
-            bad |= put_json_string(&h, &hl, &hc, w->format);
-            bad |= put_raw(&h, &hl, &hc, "}");
+            lm_strbuf_puts(&h, first ? "\"__metadata__\":{\"format\":" : ",\"__metadata__\":{\"format\":");
+            put_json_string(&h, w->format);
+            lm_strbuf_putc(&h, '}');
             meta_done = 1;
             first = 0;
         }
         if (i == w->count) break;
         const stw_entry *e = &w->entries[i];
-        if (!first) bad |= put_raw(&h, &hl, &hc, ",");
+        if (!first) lm_strbuf_putc(&h, ',');
         first = 0;
-        bad |= put_json_string(&h, &hl, &hc, e->name);
-        snprintf(num, sizeof num, ":{\"data_offsets\":[%llu,%llu],\"dtype\":\"%s\",\"shape\":[",
-                 (unsigned long long)e->offset, (unsigned long long)e->offset + e->nbytes,
-                 lm_dtype_name(e->dtype));
-        bad |= put_raw(&h, &hl, &hc, num);
-        for (int d = 0; d < e->ndim; d++) {
-            snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)e->shape[d]);
-            bad |= put_raw(&h, &hl, &hc, num);
-        }
-        bad |= put_raw(&h, &hl, &hc, "]}");
+        put_json_string(&h, e->name);
+        lm_strbuf_printf(&h, ":{\"data_offsets\":[%llu,%llu],\"dtype\":\"%s\",\"shape\":[",
+                      (unsigned long long)e->offset, (unsigned long long)e->offset + e->nbytes,
+                      lm_dtype_name(e->dtype));
+        for (int d = 0; d < e->ndim; d++) lm_strbuf_printf(&h, "%s%lld", d ? "," : "", (long long)e->shape[d]);
+        lm_strbuf_puts(&h, "]}");
     }
-    bad |= put_raw(&h, &hl, &hc, "}");
-    while (!bad && (8 + hl) % 8 != 0) bad |= put_raw(&h, &hl, &hc, " ");
-    if (bad) {
-        free(h);
+    lm_strbuf_putc(&h, '}');
+    while (!h.failed && (8 + h.len) % 8 != 0) lm_strbuf_putc(&h, ' ');
+    if (h.failed) {
+        lm_strbuf_free(&h);
         return lm_errf(err, "out of memory building the safetensors header");
     }
+    size_t hl = h.len;
     w->fd = lm_file_create(w->tmp_path, err);
     if (w->fd < 0) {
-        free(h);
+        lm_strbuf_free(&h);
         return -1;
     }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hl >> (8 * i));
     int rc = lm_pwrite_full(w->fd, len8, 8, 0, err);
-    if (rc == 0) rc = lm_pwrite_full(w->fd, h, hl, 8, err);
-    free(h);
+    if (rc == 0) rc = lm_pwrite_full(w->fd, h.data, hl, 8, err);
+    lm_strbuf_free(&h);
     if (rc != 0) return lm_err_prefix(err, "%s", w->tmp_path);
     w->data_start = 8 + hl;
     /* Size the file now so a tensor written last still leaves no hole behind. */
@@ -271,7 +235,8 @@ struct stw_model {
     char *dir;
     uint64_t max_shard_bytes;
     stw_entry *decl; /* declaration order */
-    int count, cap;
+    int count;
+    size_t cap;
     stw_entry *by_name; /* sorted copy (names borrowed from decl) after start */
     stw_file **shards;
     char **shard_names;
@@ -296,13 +261,7 @@ int stw_model_create(stw_model **out, const char *dir, uint64_t max_shard_bytes,
 int stw_model_declare(stw_model *m, const char *name, lm_dtype dtype, int ndim,
                       const int64_t *shape, char *err) {
     if (m->started) return lm_errf(err, "safetensors write: declare after start (%s)", name);
-    if (m->count == m->cap) {
-        int cap = m->cap ? m->cap * 2 : 256;
-        stw_entry *p = realloc(m->decl, (size_t)cap * sizeof *p);
-        if (!p) return lm_errf(err, "out of memory");
-        m->decl = p;
-        m->cap = cap;
-    }
+    if (LM_GROW(m->decl, m->cap, (size_t)m->count + 1) != 0) return lm_errf(err, "out of memory");
     if (make_entry(&m->decl[m->count], name, dtype, ndim, shape, err) != 0) return -1;
     m->count++;
     return 0;

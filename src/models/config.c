@@ -1,5 +1,6 @@
 #include "models/config.h"
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "models/family.h"
 #include "platform/platform.h"
@@ -389,33 +390,15 @@ static char *read_text_file(const char *path, size_t limit, char *err) {
     if (lm_refuse_special_file(path, err)) return NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 65536;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                lm_errf(err, "out of memory reading %s", path);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (n == 0) break;
-        if (len > limit) {
-            free(buf);
-            fclose(f);
-            lm_errf(err, "%s is larger than %zu bytes", path, limit);
-            return NULL;
-        }
-    }
+    lm_strbuf b = {0};
+    int rc = lm_strbuf_read_stream(&b, f, limit);
     fclose(f);
-    buf[len] = 0;
-    return buf;
+    if (rc == LM_READ_OK) return b.data;
+    lm_strbuf_free(&b);
+    if (rc == LM_READ_TOO_LONG) lm_errf(err, "%s is larger than %zu bytes", path, limit);
+    else if (rc == LM_READ_ERROR) lm_errf(err, "cannot read %s", path);
+    else lm_errf(err, "out of memory reading %s", path);
+    return NULL;
 }
 
 int lm_config_load(lm_config *cfg, const char *dir, char *err) {

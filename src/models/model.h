@@ -99,7 +99,8 @@ typedef struct {
     lm_dtype float_dtype;     /* dtype of the float weights */
     /* Every buffer the loader allocated (freed by lm_weights_free). */
     void **buffers;
-    int n_buffers, cap_buffers;
+    int n_buffers;
+    size_t cap_buffers;
     uint64_t bytes_resident, bytes_experts, bytes_per_expert;
     uint64_t params_total, params_expert, params_active;
 } lm_weights;

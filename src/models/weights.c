@@ -7,6 +7,7 @@
  */
 #include "models/model.h"
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "models/family.h"
 #include "platform/platform.h"
@@ -28,16 +29,10 @@ typedef struct {
 static void *track(loader *L, void *p) {
     lm_weights *w = L->w;
     if (!p) return NULL;
-    if (w->n_buffers == w->cap_buffers) {
-        int cap = w->cap_buffers ? w->cap_buffers * 2 : 64;
-        void **nb = realloc(w->buffers, sizeof(void *) * (size_t)cap);
-        if (!nb) {
-            lm_free_aligned(p);
-            lm_errf(L->err, "out of memory");
-            return NULL;
-        }
-        w->buffers = nb;
-        w->cap_buffers = cap;
+    if (LM_GROW(w->buffers, w->cap_buffers, (size_t)w->n_buffers + 1) != 0) {
+        lm_free_aligned(p);
+        lm_errf(L->err, "out of memory");
+        return NULL;
     }
     w->buffers[w->n_buffers++] = p;
     return p;

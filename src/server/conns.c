@@ -62,7 +62,7 @@ static srv_conn_slot *victim(srv_conns *t, const srv_conn_slot *addr) {
 }
 
 void srv_conns_opened(srv_conns *t, struct MHD_Connection *mc) {
-    srv_conn_slot c = {.mc = mc, .fd = -1, .stage = CONN_HEADERS, .since = srv_now()};
+    srv_conn_slot c = {.mc = mc, .fd = -1, .stage = CONN_HEADERS, .since = lm_now()};
     const union MHD_ConnectionInfo *fi = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (fi) c.fd = dup(fi->connect_fd);
     const union MHD_ConnectionInfo *ai = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -125,13 +125,13 @@ void srv_conns_stage(srv_conns *t, struct MHD_Connection *mc, int stage) {
     int i = find(t, mc);
     if (i >= 0 && t->slots[i].stage != stage) {
         t->slots[i].stage = stage;
-        t->slots[i].since = srv_now();
+        t->slots[i].since = lm_now();
     }
     pthread_mutex_unlock(&t->mu);
 }
 
 void srv_conns_sweep(srv_conns *t) {
-    double now = srv_now();
+    double now = lm_now();
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->n; i++) {
         srv_conn_slot *c = &t->slots[i];

@@ -29,7 +29,7 @@ typedef struct {
     struct MHD_Connection *mc;
     int fd;                  /* our duplicate of its socket */
     int stage;               /* CONN_* */
-    double since;            /* when the stage began (srv_now) */
+    double since;            /* when the stage began (lm_now) */
     unsigned char addr[16];  /* client address without the port */
     int addr_len;
     int shed;                /* shutdown already sent */

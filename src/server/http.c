@@ -58,7 +58,7 @@ static enum MHD_Result send_json(srv_conn *c, struct MHD_Connection *mc, int sta
     srv_buf_json(&b, v);
     json_decref(v);
     enum MHD_Result ok;
-    if (b.oom) ok = send_bytes(c, mc, 500, "text/plain", "out of memory\n", 14);
+    if (b.failed) ok = send_bytes(c, mc, 500, "text/plain", "out of memory\n", 14);
     else ok = send_bytes(c, mc, status, "application/json", b.data, b.len);
     srv_buf_free(&b);
     return ok;
@@ -116,7 +116,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     srv_job *j = sc->job;
     pthread_mutex_lock(&j->mu);
     for (;;) {
-        if (j->out.oom) {
+        if (j->out.failed) {
             cancel_locked(j, CANCEL_DISCONNECT);
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -126,7 +126,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             memcpy(buf, j->out.data, n);
             srv_buf_consume(&j->out, n);
             pthread_mutex_unlock(&j->mu);
-            sc->last_sent = srv_now();
+            sc->last_sent = lm_now();
             return (ssize_t)n;
         }
         if (j->state == JOB_DONE) {
@@ -139,7 +139,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (!j->out.len && srv_now() - sc->last_sent > KEEPALIVE_S) {
+        if (!j->out.len && lm_now() - sc->last_sent > KEEPALIVE_S) {
             /* Anthropic streams that have begun get a real ping event (Claude Code
              * measures stalls between events); otherwise an SSE comment, which every
              * client skips. */
@@ -149,7 +149,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             size_t n = strlen(ka);
             if (n <= max) {
                 pthread_mutex_unlock(&j->mu);
-                sc->last_sent = srv_now();
+                sc->last_sent = lm_now();
                 memcpy(buf, ka, n); /* NOLINT(bugprone-not-null-terminated-result): bytes, not a string */
                 return (ssize_t)n;
             }
@@ -173,7 +173,7 @@ static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_j
     if (!sc) return MHD_NO;
     sc->job = j;
     sc->fd = conn_fd(mc);
-    sc->last_sent = srv_now();
+    sc->last_sent = lm_now();
     struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, sc, stream_free);
     if (!r) {
         free(sc);
@@ -349,7 +349,7 @@ static enum MHD_Result route(srv_server *s, srv_conn *c, struct MHD_Connection *
     if (c->too_large)
         return send_error(c, mc, (srv_fail(&e, c->api, 413, NULL, "request body is larger than the server's limit of %zu bytes",
                                            s->opt.max_body), &e));
-    if (c->body.oom) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory reading the request"), &e));
+    if (c->body.failed) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory reading the request"), &e));
     struct { const char *path; int post; } routes[] = {
         {"/v1/chat/completions", 1}, {"/v1/messages", 1}, {"/v1/messages/count_tokens", 1}, {"/v1/models", 0},
         {"/v1/responses", 1}};
@@ -392,7 +392,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     if (!c) {
         if (!(c = calloc(1, sizeof *c))) return MHD_NO;
         c->srv = s;
-        c->t0 = srv_now();
+        c->t0 = lm_now();
         c->api = api_of(url);
         snprintf(c->what, sizeof c->what, "%s %s", method, url);
         pthread_mutex_lock(&s->qmu);
@@ -462,7 +462,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     if (!c) return;
     if (!c->logged_by_job)
         srv_log("%s %d %s%s%.1f ms", c->what, c->status ? c->status : 499, c->note, c->note[0] ? " " : "",
-                (srv_now() - c->t0) * 1e3);
+                (lm_now() - c->t0) * 1e3);
     srv_buf_free(&c->body);
     free(c);
     *con_cls = NULL;
@@ -551,7 +551,7 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     s->max_context = info.max_context;
     s->input_limit = o->max_input_tokens > 0 && o->max_input_tokens < info.max_context ? o->max_input_tokens
                                                                                          : info.max_context;
-    s->started_at = srv_now();
+    s->started_at = lm_now();
     pthread_mutex_init(&s->qmu, NULL);
     pthread_cond_init(&s->qcv, NULL);
     pthread_cond_init(&s->drained, NULL);

@@ -3,6 +3,7 @@
 #ifndef LAZYMOE_SERVER_INTERNAL_H
 #define LAZYMOE_SERVER_INTERNAL_H
 
+#include "platform/platform.h" /* lm_now: the monotonic clock */
 #include "server/buf.h"
 #include "server/cache.h"
 #include "server/conns.h"
@@ -83,6 +84,5 @@ void srv_worker_stop(srv_server *s);
 
 /* log.c */
 void srv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-double srv_now(void);
 
 #endif

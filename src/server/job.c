@@ -20,7 +20,7 @@ srv_job *srv_job_new(srv_server *s) {
     j->refs = 1;
     j->state = JOB_QUEUED;
     j->status = 200;
-    j->t_arrive = srv_now();
+    j->t_arrive = lm_now();
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
     return j;
@@ -132,7 +132,7 @@ static const char *finish_name(const srv_job *j) {
 
 static void log_job(const srv_job *j, double t_start, const char *error) {
     const lazymoe_gen_stats *st = &j->stats;
-    double now = srv_now();
+    double now = lm_now();
     if (error) {
         srv_log("%s %d%s in=%d error=\"%s\" queued %.2fs", j->endpoint, j->status, j->chat.stream ? " stream" : "",
                 j->n_ids, error, t_start - j->t_arrive);
@@ -170,7 +170,7 @@ static void finish_with_error(srv_job *j, int status, const char *msg) {
 
 static void run_job(srv_server *s, srv_job *j) {
     char err[512];
-    double t_start = srv_now();
+    double t_start = lm_now();
     if (j->cancel) { /* the client left while the job waited */
         finish_with_error(j, j->cancel_reason == CANCEL_SHUTDOWN ? 503 : 499, "cancelled before it started");
         log_job(j, t_start, j->cancel_reason == CANCEL_SHUTDOWN ? "server shutting down" : "client disconnected while queued");
@@ -232,7 +232,7 @@ static void run_job(srv_server *s, srv_job *j) {
             snprintf(err, sizeof err, "%s", g.err);
         }
         pthread_mutex_lock(&j->mu);
-        if (rc == 0 && j->reply.n_calls && j->reply.calls[j->reply.n_calls - 1].cut && !g.raw.oom)
+        if (rc == 0 && j->reply.n_calls && j->reply.calls[j->reply.n_calls - 1].cut && !g.raw.failed)
             j->reply.cut_text = strndup(g.raw.data + g.call_start, g.raw.len - g.call_start);
         pthread_mutex_unlock(&j->mu);
     }
@@ -254,7 +254,7 @@ static void run_job(srv_server *s, srv_job *j) {
                                ? j->chat.stop[j->stats.stop_index]
                                : NULL;
     srv_reply_end(&j->reply, &j->stats, stop_seq, &j->out);
-    if (j->out.oom) {
+    if (j->out.failed) {
         pthread_mutex_unlock(&j->mu);
         finish_with_error(j, 500, "out of memory building the reply");
         log_job(j, t_start, "out of memory building the reply");

@@ -6,12 +6,6 @@
 #include <stdio.h>
 #include <time.h>
 
-double srv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* One line per call, through the library's log callback (the CLI's writes each line
  * whole to stderr, so lines from different threads stay apart). */
 void srv_log(const char *fmt, ...) {

@@ -55,7 +55,7 @@ void srv_openai_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     case LM_TC_CALL_END: return;
     }
     if (!d) {
-        out->oom = 1;
+        out->failed = 1;
         return;
     }
     chunk(r, d, NULL, out);

@@ -60,20 +60,14 @@ static void record(srv_reply *r, const lm_tc_event *ev) {
     case LM_TC_TEXT: srv_buf_append(&r->text, ev->data, ev->len); break;
     case LM_TC_REASONING: srv_buf_append(&r->reasoning, ev->data, ev->len); break;
     case LM_TC_CALL_BEGIN:
-        if (r->n_calls == r->cap_calls) {
-            int cap = r->cap_calls ? r->cap_calls * 2 : 4;
-            srv_call *c = realloc(r->calls, sizeof *c * (size_t)cap);
-            if (!c) {
-                r->text.oom = 1;
-                return;
-            }
-            r->calls = c;
-            r->cap_calls = cap;
+        if (LM_GROW(r->calls, r->cap_calls, (size_t)r->n_calls + 1) != 0) {
+            r->text.failed = 1;
+            return;
         }
         memset(&r->calls[r->n_calls], 0, sizeof r->calls[0]);
         r->calls[r->n_calls].id = strdup(ev->id ? ev->id : "");
         r->calls[r->n_calls].name = strdup(ev->name ? ev->name : "");
-        if (!r->calls[r->n_calls].id || !r->calls[r->n_calls].name) r->text.oom = 1;
+        if (!r->calls[r->n_calls].id || !r->calls[r->n_calls].name) r->text.failed = 1;
         r->n_calls++;
         break;
     case LM_TC_CALL_ARGS:
@@ -115,9 +109,9 @@ static void cut_call_to_text(srv_reply *r) {
 
 void srv_reply_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out) {
     if (r->api != SRV_RESPONSES) cut_call_to_text(r); /* the Responses writer replaces its output item itself */
-    if (r->text.oom) out->oom = 1;
+    if (r->text.failed) out->failed = 1;
     for (int i = 0; i < r->n_calls; i++)
-        if (r->calls[i].args.oom) out->oom = 1;
+        if (r->calls[i].args.failed) out->failed = 1;
     if (r->api == SRV_ANTHROPIC) srv_anthropic_end(r, st, stop_seq, out);
     else if (r->api == SRV_RESPONSES) srv_responses_end(r, st, out);
     else srv_openai_end(r, st, out);

@@ -30,7 +30,8 @@ typedef struct {
     int prompt_tokens, cached_tokens;
     srv_buf text, reasoning; /* the whole answer (non-streamed bodies) */
     srv_call *calls;
-    int n_calls, cap_calls;
+    int n_calls;
+    size_t cap_calls;
     /* streaming state */
     int block;          /* Anthropic: kind of the open content block (0 = none) */
     int next_block;     /* Anthropic: index the next block gets */

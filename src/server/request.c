@@ -347,7 +347,7 @@ static int openai_message(pctx *p, const json_t *m, size_t i) {
         return -1;
     }
     json_t *msg = text_message(role, &text);
-    int bad = text.oom;
+    int bad = text.failed;
     srv_buf_free(&text);
     if (!msg || bad) {
         json_decref(msg);
@@ -625,7 +625,7 @@ static int tool_result(pctx *p, const json_t *b, const char *f) {
     }
     json_t *msg = json_pack("{s:s, s:s#, s:s}", "role", "tool", "content", text.data ? text.data : "", text.len,
                             "tool_call_id", id);
-    int bad = text.oom;
+    int bad = text.failed;
     srv_buf_free(&text);
     if (bad) {
         json_decref(msg);
@@ -651,7 +651,7 @@ static int anthropic_message(pctx *p, const json_t *m, size_t i) {
         srv_buf text = {0};
         srv_buf_append(&text, json_string_value(content), json_string_length(content));
         json_t *msg = text_message(role, &text);
-        int bad = text.oom;
+        int bad = text.failed;
         srv_buf_free(&text);
         if (bad) json_decref(msg);
         return bad ? oom(p) : append_msg(p, msg);
@@ -743,7 +743,7 @@ static int anthropic_message(pctx *p, const json_t *m, size_t i) {
     } else if (flush_text(p, role, &text, &pending) != 0) {
         goto done;
     }
-    rc = text.oom || thinking.oom ? oom(p) : 0;
+    rc = text.failed || thinking.failed ? oom(p) : 0;
 done:
     json_decref(calls);
     srv_buf_free(&text);
@@ -844,7 +844,7 @@ int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e)
         goto done;
     }
     if (anthropic_system(&p, json_object_get(root, "system"), &sys) != 0) goto done;
-    if (sys.oom) {
+    if (sys.failed) {
         oom(&p);
         goto done;
     }

@@ -75,7 +75,7 @@ typedef struct {
 
 static int set_reasoning(srv_pctx *p, conv *cv, json_t *msg) {
     if (!cv->reasoning.len) return 0;
-    if (cv->reasoning.oom) return srv_p_oom(p);
+    if (cv->reasoning.failed) return srv_p_oom(p);
     if (json_object_set_new(msg, "reasoning_content", json_stringn(cv->reasoning.data, cv->reasoning.len)) != 0)
         return srv_p_oom(p);
     srv_buf_reset(&cv->reasoning);
@@ -83,7 +83,7 @@ static int set_reasoning(srv_pctx *p, conv *cv, json_t *msg) {
 }
 
 static int add_message(srv_pctx *p, conv *cv, const char *role, const srv_buf *text) {
-    if (text->oom) return srv_p_oom(p);
+    if (text->failed) return srv_p_oom(p);
     json_t *msg = json_pack("{s:s, s:s#}", "role", role, "content", text->data ? text->data : "", text->len);
     if (!msg) return srv_p_oom(p);
     int assistant = !strcmp(role, "assistant");
@@ -118,7 +118,7 @@ static int message_item(srv_pctx *p, conv *cv, const json_t *it, const char *f) 
             srv_buf_append(&joined, json_string_value(prev), json_string_length(prev));
             if (joined.len && text.len) srv_buf_puts(&joined, "\n");
             srv_buf_append(&joined, text.data ? text.data : "", text.len);
-            rc = joined.oom ? srv_p_oom(p)
+            rc = joined.failed ? srv_p_oom(p)
                             : json_object_set_new(cv->assistant, "content", json_stringn(joined.data ? joined.data : "", joined.len))
                                   ? srv_p_oom(p)
                                   : 0;
@@ -187,7 +187,7 @@ static int output_item(srv_pctx *p, conv *cv, const json_t *it, const char *f) {
     snprintf(g, sizeof g, "%s.output", f);
     const json_t *out = json_object_get(it, "output");
     int rc = !out ? missing(p, g) : message_text(p, out, g, &text);
-    if (!rc && text.oom) rc = srv_p_oom(p);
+    if (!rc && text.failed) rc = srv_p_oom(p);
     if (!rc) {
         json_t *msg = json_pack("{s:s, s:s#, s:s}", "role", "tool", "content", text.data ? text.data : "", text.len,
                                 "tool_call_id", id);
@@ -255,7 +255,7 @@ static int input_items(srv_pctx *p, const json_t *input) {
             rc = srv_fail(p->e, p->api, 400, g, "%s: input items of type \"%s\" are not supported", g, type);
         if (rc) break;
     }
-    if (!rc && cv.reasoning.oom) rc = srv_p_oom(p);
+    if (!rc && cv.reasoning.failed) rc = srv_p_oom(p);
     srv_buf_free(&cv.reasoning);
     return rc;
 }

@@ -31,7 +31,7 @@ enum { ITEM_NONE = 0, ITEM_MESSAGE, ITEM_REASONING, ITEM_CALL };
 
 static void event(srv_reply *r, const char *type, json_t *ev, srv_buf *out) {
     if (!ev) {
-        out->oom = 1;
+        out->failed = 1;
         return;
     }
     int seq = r->seq++;
@@ -79,11 +79,11 @@ static void item_added(srv_reply *r, json_t *item, srv_buf *out) {
 /* Appends the finished item (stolen) to the list and sends output_item.done. */
 static void item_done(srv_reply *r, json_t *item, srv_buf *out) {
     if (!item) {
-        out->oom = 1;
+        out->failed = 1;
         return;
     }
     event(r, "response.output_item.done", json_pack("{s:i, s:O}", "output_index", output_index(r), "item", item), out);
-    if ((!r->items && !(r->items = json_array())) || json_array_append_new(r->items, item) != 0) out->oom = 1;
+    if ((!r->items && !(r->items = json_array())) || json_array_append_new(r->items, item) != 0) out->failed = 1;
     r->item = ITEM_NONE;
     srv_buf_reset(&r->item_text);
 }
@@ -145,7 +145,7 @@ static void close_call(srv_reply *r, srv_buf *out) {
     if (is_freeform(r, c->name)) {
         json_t *in = freeform_input(c);
         if (!in) {
-            out->oom = 1;
+            out->failed = 1;
             return;
         }
         event(r, "response.custom_tool_call_input.delta",
@@ -269,7 +269,7 @@ void srv_responses_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out) 
     close_item(r, cut ? "incomplete" : "completed", out);
     cut_call_to_text(r, out);
     if (!r->items && !(r->items = json_array())) {
-        out->oom = 1;
+        out->failed = 1;
         return;
     }
     json_t *resp = response(r, cut ? "incomplete" : "completed", st, NULL);

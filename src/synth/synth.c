@@ -10,6 +10,8 @@
  */
 #include "synth/synth.h"
 
+#include "common/buf.h"
+#include "common/dir_replace.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/str.h"
@@ -217,20 +219,15 @@ typedef struct {
     const lm_synth_options *opt;
     synth_spec spec;
     synth_item *items;
-    int nitems, cap;
+    int nitems;
+    size_t cap;
     float *common; /* m: H floats */
     stw_model *writer;
     uint64_t params_total;
 } synth;
 
 static int add_item(synth *S, synth_item **out, char *err) {
-    if (S->nitems == S->cap) {
-        int cap = S->cap ? S->cap * 2 : 256;
-        synth_item *n = realloc(S->items, sizeof *n * (size_t)cap);
-        if (!n) return lm_errf(err, "out of memory");
-        S->items = n;
-        S->cap = cap;
-    }
+    if (LM_GROW(S->items, S->cap, (size_t)S->nitems + 1) != 0) return lm_errf(err, "out of memory");
     *out = &S->items[S->nitems++];
     memset(*out, 0, sizeof **out);
     return 0;
@@ -733,7 +730,8 @@ static void *worker_main(void *arg) {
 
 /* Generates and writes every item of batch b [first, end) with nthreads workers. */
 static int run_batch(synth *S, int first, int end, int nthreads, char *err) {
-    int nunits = 0, cap = 0;
+    int nunits = 0;
+    size_t cap = 0;
     unit *units = NULL;
     for (int i = first; i < end; i++) {
         const synth_item *it = &S->items[i];
@@ -741,14 +739,9 @@ static int run_batch(synth *S, int first, int end, int nthreads, char *err) {
         if (step < 1) step = 1;
         for (int m = 0; m < it->nmat; m++)
             for (int64_t r = 0; r < it->rows; r += step) {
-                if (nunits == cap) {
-                    cap = cap ? cap * 2 : 256;
-                    unit *nu = realloc(units, sizeof *nu * (size_t)cap);
-                    if (!nu) {
-                        free(units);
-                        return lm_errf(err, "out of memory");
-                    }
-                    units = nu;
+                if (LM_GROW(units, cap, (size_t)nunits + 1) != 0) {
+                    free(units);
+                    return lm_errf(err, "out of memory");
                 }
                 units[nunits++] = (unit){i, m, r, it->rows - r < step ? it->rows - r : step};
             }
@@ -911,19 +904,6 @@ int lm_synth_plan_model(const lm_synth_options *o, lm_synth_plan *plan, char *er
 }
 
 /* Parent directory of a path ("." when it has none). */
-static char *parent_of(const char *path) {
-    char *p = strdup(path);
-    if (!p) return NULL;
-    char *slash = strrchr(p, '/');
-    if (slash == p) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    else {
-        free(p);
-        p = strdup(".");
-    }
-    return p;
-}
-
 static void fmt_eta(double s, char *buf, size_t cap) {
     if (!(s >= 0) || s > 1e7) s = 0;
     int t = (int)(s + 0.5);
@@ -953,30 +933,16 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     if (!out_arg || !*out_arg) return lm_errf(err, "no output directory");
     synth S;
     lm_synth_plan plan;
-    char *out = strdup(out_arg), *tmp = NULL, *old = NULL, *parent = NULL;
+    char *out = strdup(out_arg), *tmp = NULL, *parent = NULL;
     int tmp_made = 0, rc = -1;
     if (!out) return lm_errf(err, "out of memory");
     size_t ol = strlen(out);
     while (ol > 1 && out[ol - 1] == '/') out[--ol] = '\0';
     if (plan_only(&S, o, &plan, err) != 0) goto done;
     if (plan_out) *plan_out = plan;
-    lm_path_kind existing = lm_path_type(out);
-    if (existing == LM_PATH_FILE || existing == LM_PATH_OTHER) {
-        lm_errf(err, "%s exists and is not a directory", out);
-        goto done;
-    }
-    if (existing == LM_PATH_DIR) {
-        int empty = lm_dir_is_empty(out, err);
-        if (empty < 0) goto done;
-        if (!empty && !o->force) {
-            lm_errf(err, "%s exists and is not empty (use --force to replace it)", out);
-            goto done;
-        }
-    }
-    parent = parent_of(out);
-    tmp = lm_strdup_printf("%s.lazymoe-tmp-%ld", out, (long)getpid());
-    old = lm_strdup_printf("%s.lazymoe-old-%ld", out, (long)getpid());
-    if (!parent || !tmp || !old) {
+    if (lm_out_dir_check(out, o->force, err) != 0) goto done;
+    parent = lm_path_parent(out);
+    if (!parent) {
         lm_errf(err, "out of memory");
         goto done;
     }
@@ -994,7 +960,7 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
                (double)plan.bytes_total / 1e9, plan.n_shards, plan.n_tensors, (double)plan.bytes_per_expert / 1e6,
                nthreads);
     }
-    if (lm_remove_tree(tmp, err) != 0 || lm_mkdir(tmp, err) != 0) goto done;
+    if (!(tmp = lm_dir_temp_create(out, err))) goto done;
     tmp_made = 1;
     S.common = lm_malloc(sizeof(float) * (size_t)S.spec.m.hidden, "common direction", err);
     if (!S.common) goto done;
@@ -1028,16 +994,8 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     }
     if (stw_model_commit(S.writer, S.params_total, err) != 0) goto done;
     if (write_configs(&S, tmp, err) != 0) goto done;
-    if (lm_fsync_dir(tmp, err) != 0) goto done;
-    existing = lm_path_type(out);
-    if (existing == LM_PATH_DIR && lm_rename(out, old, err) != 0) goto done;
-    if (lm_rename(tmp, out, err) != 0) {
-        if (existing == LM_PATH_DIR) rename(old, out);
-        goto done;
-    }
+    if (lm_dir_replace(tmp, out, err) != 0) goto done;
     tmp_made = 0;
-    if (existing == LM_PATH_DIR && lm_remove_tree(old, err) != 0) goto done;
-    lm_fsync_dir(parent, NULL);
     if (!o->quiet) {
         double dt = lm_now() - t0;
         lm_log(LAZYMOE_LOG_INFO, "synth: done: %s, %.2f GB in %.1f s (%.0f MB/s)", out,
@@ -1049,7 +1007,6 @@ done:
     if (tmp_made) lm_remove_tree(tmp, NULL);
     free(out);
     free(tmp);
-    free(old);
     free(parent);
     return rc;
 }

@@ -1,6 +1,7 @@
 /* Chat template loading and context building; see chat_template.h. */
 #include "text/chat_template.h"
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "platform/platform.h"
 
@@ -30,27 +31,18 @@ static char *read_file(const char *path, size_t *len, bool *missing, char *err) 
         if (!*missing) lm_errf(err, "%s: %s", path, strerror(errno));
         return NULL;
     }
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            size_t ncap = cap ? cap * 2 : 65536;
-            if (ncap > ((size_t)64 << 20)) { free(buf); fclose(f); lm_errf(err, "%s: file too large", path); return NULL; }
-            char *p = realloc(buf, ncap);
-            if (!p) { free(buf); fclose(f); lm_errf(err, "out of memory"); return NULL; }
-            buf = p;
-            cap = ncap;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
+    lm_strbuf b = {0};
+    int rc = lm_strbuf_read_stream(&b, f, (size_t)64 << 20);
     fclose(f);
-    if (bad) { free(buf); lm_errf(err, "%s: read error", path); return NULL; }
-    buf[n] = 0;
-    *len = n;
-    return buf;
+    if (rc != LM_READ_OK) {
+        lm_strbuf_free(&b);
+        if (rc == LM_READ_TOO_LONG) lm_errf(err, "%s: file too large", path);
+        else if (rc == LM_READ_ERROR) lm_errf(err, "%s: read error", path);
+        else lm_errf(err, "out of memory");
+        return NULL;
+    }
+    *len = b.len;
+    return b.data;
 }
 
 static json_t *special_tokens_of(const json_t *config) {

@@ -42,10 +42,10 @@ static int need_str(jrender *r, jv v, const char *what) {
     return 0;
 }
 
-static int str_result(jrender *r, strbuf *b, jv *out) {
-    if (b->failed) { sb_free(b); return jr_fail(r, "string exceeds the size limit"); }
+static int str_result(jrender *r, lm_strbuf *b, jv *out) {
+    if (b->failed) { lm_strbuf_free(b); return jr_fail(r, "string exceeds the size limit"); }
     *out = jr_str(r, b->data, b->len);
-    sb_free(b);
+    lm_strbuf_free(b);
     return r->has_error ? -1 : 0;
 }
 
@@ -262,16 +262,16 @@ BUILTIN(m_endswith) {
 static int do_replace(jrender *r, jv s, jv old, jv new_, jv count_v, jv *out) {
     if (need_str(r, old, "replace() argument 1") || need_str(r, new_, "replace() argument 2")) return -1;
     int64_t count = count_v.type == JV_INT ? count_v.u.i : -1;
-    strbuf b = {.limit = r->max_output};
+    lm_strbuf b = {.limit = r->max_output};
     const char *p = s.u.str.s;
     size_t n = s.u.str.len, m = old.u.str.len;
     int64_t done = 0;
     if (m == 0) {
         for (size_t i = 0; i <= n;) {
-            if (count < 0 || done < count) { sb_put(&b, new_.u.str.s, new_.u.str.len); done++; }
+            if (count < 0 || done < count) { lm_strbuf_append(&b, new_.u.str.s, new_.u.str.len); done++; }
             if (i == n) break;
             size_t l = cp_len(p, n, i);
-            sb_put(&b, p + i, l);
+            lm_strbuf_append(&b, p + i, l);
             i += l;
         }
         return str_result(r, &b, out);
@@ -280,12 +280,12 @@ static int do_replace(jrender *r, jv s, jv old, jv new_, jv count_v, jv *out) {
     while (count < 0 || done < count) {
         const char *hit = memmem(p + st, n - st, old.u.str.s, m);
         if (!hit) break;
-        sb_put(&b, p + st, (size_t)(hit - p) - st);
-        sb_put(&b, new_.u.str.s, new_.u.str.len);
+        lm_strbuf_append(&b, p + st, (size_t)(hit - p) - st);
+        lm_strbuf_append(&b, new_.u.str.s, new_.u.str.len);
         st = (size_t)(hit - p) + m;
         done++;
     }
-    sb_put(&b, p + st, n - st);
+    lm_strbuf_append(&b, p + st, n - st);
     return str_result(r, &b, out);
 }
 
@@ -329,14 +329,14 @@ BUILTIN(m_str_join) {
     UNUSED_ARGS;
     jv_list *items;
     if (jinja_iterable(r, ARG(0, "iterable"), &items)) return -1;
-    strbuf b = {.limit = r->max_output};
+    lm_strbuf b = {.limit = r->max_output};
     for (size_t i = 0; i < items->len; i++) {
         if (items->items[i].type != JV_STR) {
-            sb_free(&b);
+            lm_strbuf_free(&b);
             return jr_fail(r, "sequence item %zu: expected str instance, %s found", i, jv_type_name(items->items[i]));
         }
-        if (i) sb_put(&b, self.u.str.s, self.u.str.len);
-        sb_put(&b, items->items[i].u.str.s, items->items[i].u.str.len);
+        if (i) lm_strbuf_append(&b, self.u.str.s, self.u.str.len);
+        lm_strbuf_append(&b, items->items[i].u.str.s, items->items[i].u.str.len);
     }
     return str_result(r, &b, out);
 }
@@ -344,18 +344,18 @@ BUILTIN(m_str_join) {
 /* str.format with {} / {0} / {name} fields; format specs are not supported. */
 BUILTIN(m_format) {
     UNUSED_ARGS;
-    strbuf b = {.limit = r->max_output};
+    lm_strbuf b = {.limit = r->max_output};
     const char *p = self.u.str.s;
     size_t n = self.u.str.len, auto_index = 0;
     for (size_t i = 0; i < n; i++) {
-        if (p[i] == '{' && i + 1 < n && p[i + 1] == '{') { sb_putc(&b, '{'); i++; continue; }
-        if (p[i] == '}' && i + 1 < n && p[i + 1] == '}') { sb_putc(&b, '}'); i++; continue; }
-        if (p[i] != '{') { sb_putc(&b, p[i]); continue; }
+        if (p[i] == '{' && i + 1 < n && p[i + 1] == '{') { lm_strbuf_putc(&b, '{'); i++; continue; }
+        if (p[i] == '}' && i + 1 < n && p[i + 1] == '}') { lm_strbuf_putc(&b, '}'); i++; continue; }
+        if (p[i] != '{') { lm_strbuf_putc(&b, p[i]); continue; }
         const char *close = memchr(p + i, '}', n - i);
-        if (!close) { sb_free(&b); return jr_fail(r, "Single '{' encountered in format string"); }
+        if (!close) { lm_strbuf_free(&b); return jr_fail(r, "Single '{' encountered in format string"); }
         size_t fl = (size_t)(close - p) - i - 1;
         const char *field = p + i + 1;
-        if (memchr(field, ':', fl) || memchr(field, '!', fl)) { sb_free(&b); return jr_fail(r, "format specs are not supported"); }
+        if (memchr(field, ':', fl) || memchr(field, '!', fl)) { lm_strbuf_free(&b); return jr_fail(r, "format specs are not supported"); }
         jv v;
         bool found = false;
         if (fl == 0) {
@@ -368,7 +368,7 @@ BUILTIN(m_format) {
             for (size_t k = npos; k < nargs; k++)
                 if (strlen(kw[k]) == fl && memcmp(kw[k], field, fl) == 0) { v = args[k]; found = true; }
         }
-        if (!found) { sb_free(&b); return jr_fail(r, "format field '%.*s' has no argument", (int)fl, field); }
+        if (!found) { lm_strbuf_free(&b); return jr_fail(r, "format field '%.*s' has no argument", (int)fl, field); }
         jv_write_str(&b, v);
         i = (size_t)(close - p);
     }
@@ -522,10 +522,10 @@ FILTER(f_tojson) {
         if (!item_sep || !key_sep) return jr_oom(r);
     }
     if (v.type == JV_UNDEF) return jr_fail(r, "Object of type Undefined is not JSON serializable");
-    strbuf b = {.limit = r->max_output};
+    lm_strbuf b = {.limit = r->max_output};
     char err[LM_ERR_LEN];
     if (jv_write_json(&b, v, indent, item_sep, key_sep, jv_truthy(sort), jv_truthy(ascii), 0, err)) {
-        sb_free(&b);
+        lm_strbuf_free(&b);
         return jr_fail(r, "%s", err);
     }
     return str_result(r, &b, out);
@@ -604,10 +604,10 @@ FILTER(f_join) {
     jv sep = ARG(0, "d"), attr = ARG(1, "attribute");
     jv_list *l;
     if (jinja_iterable(r, v, &l)) return -1;
-    strbuf b = {.limit = r->max_output};
+    lm_strbuf b = {.limit = r->max_output};
     for (size_t i = 0; i < l->len; i++) {
         jv item = l->items[i];
-        if (given(attr) && get_path(r, item, attr, &item)) { sb_free(&b); return -1; }
+        if (given(attr) && get_path(r, item, attr, &item)) { lm_strbuf_free(&b); return -1; }
         if (i && given(sep)) jv_write_str(&b, sep);
         jv_write_str(&b, item);
     }
@@ -987,16 +987,16 @@ static int html_escape(jrender *r, jv v, bool force, jv *out) {
     jv s;
     if (v.type == JV_STR && v.sub == JV_MARKUP && !force) { *out = v; return 0; }
     if (to_str(r, v, &s)) return -1;
-    strbuf b = {.limit = r->max_output};
+    lm_strbuf b = {.limit = r->max_output};
     for (size_t i = 0; i < s.u.str.len; i++) {
         char c = s.u.str.s[i];
         switch (c) {
-        case '&': sb_puts(&b, "&amp;"); break;
-        case '<': sb_puts(&b, "&lt;"); break;
-        case '>': sb_puts(&b, "&gt;"); break;
-        case '"': sb_puts(&b, "&#34;"); break;
-        case '\'': sb_puts(&b, "&#39;"); break;
-        default: sb_putc(&b, c);
+        case '&': lm_strbuf_puts(&b, "&amp;"); break;
+        case '<': lm_strbuf_puts(&b, "&lt;"); break;
+        case '>': lm_strbuf_puts(&b, "&gt;"); break;
+        case '"': lm_strbuf_puts(&b, "&#34;"); break;
+        case '\'': lm_strbuf_puts(&b, "&#39;"); break;
+        default: lm_strbuf_putc(&b, c);
         }
     }
     if (str_result(r, &b, out)) return -1;
@@ -1027,8 +1027,8 @@ FILTER(f_indent) {
     }
     /* jinja2: lines = (s + "\n").splitlines(); with blank=True every line after the
      * first is indented, otherwise only the non-empty ones. */
-    strbuf b = {.limit = r->max_output};
-    if (jv_truthy(first)) sb_put(&b, ind, ind_len);
+    lm_strbuf b = {.limit = r->max_output};
+    if (jv_truthy(first)) lm_strbuf_append(&b, ind, ind_len);
     const char *p = s.u.str.s;
     size_t n = s.u.str.len, st = 0;
     for (bool first_line = true;; first_line = false) {
@@ -1036,16 +1036,16 @@ FILTER(f_indent) {
         while (e < n && p[e] != '\n' && p[e] != '\r') e++;
         /* e == n is the break of the appended "\n"; a line starting at n is not one */
         if (!first_line) {
-            sb_putc(&b, '\n');
-            if (e > st || jv_truthy(blank)) sb_put(&b, ind, ind_len);
+            lm_strbuf_putc(&b, '\n');
+            if (e > st || jv_truthy(blank)) lm_strbuf_append(&b, ind, ind_len);
         }
-        sb_put(&b, p + st, e - st);
+        lm_strbuf_append(&b, p + st, e - st);
         if (e >= n) break;
         st = e + 1;
         if (p[e] == '\r' && st < n && p[st] == '\n') st++;
         if (st >= n) {  /* s ends with a newline: one more (empty) line from the appended "\n" */
-            sb_putc(&b, '\n');
-            if (jv_truthy(blank)) sb_put(&b, ind, ind_len);
+            lm_strbuf_putc(&b, '\n');
+            if (jv_truthy(blank)) lm_strbuf_append(&b, ind, ind_len);
             break;
         }
     }
@@ -1104,10 +1104,10 @@ FILTER(f_center) {
     if (w <= (int64_t)len || w > 100000) { *out = s; return 0; }
     size_t total = (size_t)w - len, left = total / 2 + (total & (size_t)w & 1);
     if (jr_charge(r, total)) return -1;
-    strbuf b = {.limit = r->max_output};
-    for (size_t i = 0; i < left; i++) sb_putc(&b, ' ');
-    sb_put(&b, s.u.str.s, s.u.str.len);
-    for (size_t i = left; i < total; i++) sb_putc(&b, ' ');
+    lm_strbuf b = {.limit = r->max_output};
+    for (size_t i = 0; i < left; i++) lm_strbuf_putc(&b, ' ');
+    lm_strbuf_append(&b, s.u.str.s, s.u.str.len);
+    for (size_t i = left; i < total; i++) lm_strbuf_putc(&b, ' ');
     return str_result(r, &b, out);
 }
 

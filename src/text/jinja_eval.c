@@ -69,16 +69,16 @@ static int undefined_error(jrender *r, jv v) {
 
 int jinja_to_str(jrender *r, jv v, jv *out) {
     if (v.type == JV_STR) { *out = v; return 0; }
-    strbuf b = {0};
+    lm_strbuf b = {0};
     jv_write_str(&b, v);
-    if (b.failed) { sb_free(&b); return jr_oom(r); }
+    if (b.failed) { lm_strbuf_free(&b); return jr_oom(r); }
     *out = jr_str(r, b.data, b.len);
-    sb_free(&b);
+    lm_strbuf_free(&b);
     return r->has_error ? -1 : 0;
 }
 
 static int emit(jrender *r, const char *s, size_t n) {
-    sb_put(r->out, s, n);
+    lm_strbuf_append(r->out, s, n);
     if (r->out->failed) return jr_fail(r, "output exceeds %zu bytes", r->max_output);
     return 0;
 }
@@ -178,13 +178,13 @@ int jinja_getitem(jrender *r, jv obj, jv key, jv *out) {
     }
     if (key.type == JV_STR && obj.type != JV_DICT) return jinja_getattr(r, obj, key.u.str.s, key.u.str.len, out);
     /* jinja2 answers a missing item with Undefined */
-    strbuf kb = {0};
+    lm_strbuf kb = {0};
     jv_write_repr(&kb, key);
     const char *tn = obj.type == JV_NONE ? "None" : jv_type_name(obj);
     char tbuf[64];
     snprintf(tbuf, sizeof tbuf, obj.type == JV_NONE ? "%s" : "%s object", tn);
     *out = jv_undef(undef_hint(r, "'%.*s' has no attribute %.*s", tbuf, strlen(tbuf), kb.data ? kb.data : "", kb.len));
-    sb_free(&kb);
+    lm_strbuf_free(&kb);
     return 0;
 }
 
@@ -233,8 +233,8 @@ int jinja_iterable(jrender *r, jv v, jv_list **out) {
 static int exec_body(jrender *r, const jnode *body, jscope *sc);
 
 static int capture(jrender *r, const jnode *body, jscope *sc, jv *out) {
-    strbuf buf = {.limit = r->max_output};
-    strbuf *saved = r->out;
+    lm_strbuf buf = {.limit = r->max_output};
+    lm_strbuf *saved = r->out;
     r->out = &buf;
     int rc = exec_body(r, body, sc);
     r->out = saved;
@@ -242,7 +242,7 @@ static int capture(jrender *r, const jnode *body, jscope *sc, jv *out) {
         *out = jr_str(r, buf.data, buf.len);
         if (r->has_error) rc = -1;
     }
-    sb_free(&buf);
+    lm_strbuf_free(&buf);
     return rc;
 }
 
@@ -703,15 +703,15 @@ int jinja_eval(jrender *r, const jnode *n, jscope *sc, jv *out) {
         return 0;
     }
     case JN_CONCAT: {
-        strbuf b = {.limit = r->max_output};
+        lm_strbuf b = {.limit = r->max_output};
         for (size_t i = 0; i < n->nkids; i++) {
             jv v;
-            if (jinja_eval(r, n->kids[i], sc, &v)) { sb_free(&b); return -1; }
+            if (jinja_eval(r, n->kids[i], sc, &v)) { lm_strbuf_free(&b); return -1; }
             jv_write_str(&b, v);
         }
-        if (b.failed) { sb_free(&b); return jr_fail(r, "string exceeds %zu bytes", r->max_output); }
+        if (b.failed) { lm_strbuf_free(&b); return jr_fail(r, "string exceeds %zu bytes", r->max_output); }
         *out = jr_str(r, b.data, b.len);
-        sb_free(&b);
+        lm_strbuf_free(&b);
         return r->has_error ? -1 : 0;
     }
     default:
@@ -957,7 +957,7 @@ int lm_jinja_render(const lm_jinja_template *tmpl, const json_t *context, const 
     r.arena.limit = o.max_memory_bytes ? o.max_memory_bytes : (size_t)512 << 20;
     r.now_unix = o.now_unix;
     r.block_value = jv_undef(NULL);
-    strbuf buf = {.limit = r.max_output};
+    lm_strbuf buf = {.limit = r.max_output};
     r.out = &buf;
     int rc = -1;
     jscope *globals = scope_new(&r, NULL);
@@ -995,7 +995,7 @@ done:
         if (out_len) *out_len = buf.len;
     } else {
         if (!r.has_error) lm_errf(err, "render failed");
-        sb_free(&buf);
+        lm_strbuf_free(&buf);
     }
     ja_free_all(&r.arena);
     return rc == 0 ? 0 : -1;

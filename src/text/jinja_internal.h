@@ -15,6 +15,7 @@
 #ifndef LAZYMOE_JINJA_INTERNAL_H
 #define LAZYMOE_JINJA_INTERNAL_H
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "text/jinja.h"
 
@@ -33,20 +34,14 @@ typedef struct {
 void *ja_alloc(jarena *a, size_t n);           /* zeroed; NULL if over limit or OOM */
 char *ja_strndup(jarena *a, const char *s, size_t n);
 void ja_free_all(jarena *a);
+/* Arena arrays: makes room for element len of the array *arrp (elements of elem_size
+ * bytes, *cap allocated) by moving its len elements into a block twice as large (at
+ * least 4). 0, or -1 with nothing changed when over the limit or out of memory. */
+int ja_grow(jarena *a, void *arrp, size_t *cap, size_t len, size_t elem_size);
+#define JA_GROW(a, arr, cap, len) ja_grow((a), &(arr), &(cap), (len), sizeof *(arr))
 
-/* ---- growable byte buffer (malloc'd; owner calls sb_free) --------------------- */
-typedef struct {
-    char *data;
-    size_t len, cap;
-    size_t limit;   /* 0 = unlimited */
-    bool failed;    /* set when an append would exceed limit or malloc failed */
-} strbuf;
-
-void sb_put(strbuf *b, const char *s, size_t n);
-void sb_puts(strbuf *b, const char *s);
-void sb_putc(strbuf *b, char c);
-void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sb_free(strbuf *b);
+/* Growable byte buffers are common/buf.h's lm_strbuf (malloc'd; the owner calls lm_strbuf_free);
+ * output buffers set its limit to the render's output limit. */
 
 /* ---- values ------------------------------------------------------------------ */
 typedef enum {
@@ -122,12 +117,12 @@ bool jv_is_number(jv v);
 double jv_as_double(jv v);
 
 /* Python str() and repr() into a buffer. */
-void jv_write_str(strbuf *b, jv v);
-void jv_write_repr(strbuf *b, jv v);
-void jv_write_float(strbuf *b, double f);  /* Python repr of a float */
+void jv_write_str(lm_strbuf *b, jv v);
+void jv_write_repr(lm_strbuf *b, jv v);
+void jv_write_float(lm_strbuf *b, double f);  /* Python repr of a float */
 /* json.dumps(v, ensure_ascii, indent, separators, sort_keys). indent NULL = single
  * line; item_sep/key_sep NULL = Python's defaults for that indent. */
-int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep,
+int jv_write_json(lm_strbuf *b, jv v, const char *indent, const char *item_sep,
                   const char *key_sep, bool sort_keys, bool ensure_ascii, int depth, char *err);
 
 int jv_from_json(jarena *a, const json_t *j, jv *out, int depth);
@@ -194,7 +189,7 @@ struct jscope {
 
 typedef struct jrender {
     jarena arena;
-    strbuf *out;             /* current output (captures swap it) */
+    lm_strbuf *out;             /* current output (captures swap it) */
     char *err;
     bool has_error;          /* the first error wins */
     int line;                /* line of the node being evaluated, for errors */

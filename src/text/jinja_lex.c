@@ -10,6 +10,8 @@
  */
 #include "text/jinja_internal.h"
 
+#include "common/utf8.h"
+
 #include <ctype.h>
 #include <string.h>
 
@@ -31,14 +33,7 @@ static int line_at(lexer *L, size_t pos) {
 }
 
 static int push(lexer *L, jtok_kind kind, size_t at, const char *s, size_t n) {
-    if (L->ntok == L->cap) {
-        size_t cap = L->cap ? L->cap * 2 : 256;
-        jtoken *t = ja_alloc(L->a, cap * sizeof *t);
-        if (!t) return lm_errf(L->err, "template too large");
-        if (L->ntok) memcpy(t, L->toks, L->ntok * sizeof *t);
-        L->toks = t;
-        L->cap = cap;
-    }
+    if (JA_GROW(L->a, L->toks, L->cap, L->ntok) != 0) return lm_errf(L->err, "template too large");
     jtoken *t = &L->toks[L->ntok++];
     memset(t, 0, sizeof *t);
     t->kind = kind;
@@ -53,23 +48,6 @@ static int hexval(char c) {
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
-}
-
-static size_t put_utf8(char *o, unsigned long cp) {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    if (cp > 0x10FFFF) cp = 0xFFFD;
-    if (cp >= 0x10000 && cp <= 0x10FFFF) {
-        o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F));
-        return 4;
-    }
-    return put_utf8(o, 0xFFFD);
 }
 
 /* Lexes a quoted string at L->pos, unescaping as Python's unicode-escape does. */
@@ -109,7 +87,7 @@ static int lex_string(lexer *L) {
                 unsigned long v = (unsigned long)(e - '0');
                 for (int k = 0; k < 2 && L->pos < L->len && L->src[L->pos] >= '0' && L->src[L->pos] <= '7'; k++)
                     v = v * 8 + (unsigned long)(L->src[L->pos++] - '0');
-                n += put_utf8(out + n, v);
+                n += lm_utf8_put((uint32_t)v, out + n);
             } else {
                 out[n++] = '\\';
                 out[n++] = e;
@@ -123,7 +101,7 @@ static int lex_string(lexer *L) {
                 v = v * 16 + (unsigned long)h;
                 L->pos++;
             }
-            n += put_utf8(out + n, v);
+            n += lm_utf8_put((uint32_t)v, out + n);
         }
     }
     if (L->pos >= L->len) return lm_errf(L->err, "line %d: unterminated string", line_at(L, start));

@@ -79,19 +79,14 @@ static jnode *nn(parser *P, jnode_kind kind, int line) {
 }
 
 static bool kid_push(parser *P, kidlist *k, jnode *node, const char *kw) {
-    if (k->n == k->cap) {
-        size_t cap = k->cap ? k->cap * 2 : 4;
-        jnode **kids = ja_alloc(P->a, cap * sizeof *kids);
-        const char **kws = ja_alloc(P->a, cap * sizeof *kws);
-        if (!kids || !kws) { fail(P, "%s", "template too large"); return false; }
-        if (k->n) {
-            memcpy(kids, k->kids, k->n * sizeof *kids);
-            memcpy(kws, k->kw, k->n * sizeof *kws);
-        }
-        k->kids = kids;
-        k->kw = kws;
-        k->cap = cap;
+    size_t cap = k->cap; /* two arrays, one capacity: commit when both grew */
+    bool ok = JA_GROW(P->a, k->kids, cap, k->n) == 0;
+    cap = k->cap;
+    if (!ok || JA_GROW(P->a, k->kw, cap, k->n) != 0) {
+        fail(P, "%s", "template too large");
+        return false;
     }
+    k->cap = cap;
     k->kids[k->n] = node;
     k->kw[k->n] = kw;
     k->n++;

@@ -1,12 +1,14 @@
 /* Values of the Jinja interpreter and how Python would print them.
  *
- * The arena gives every render one place to free; strbuf is the output and
+ * The arena gives every render one place to free; lm_strbuf is the output and
  * scratch buffer. Printing follows CPython exactly where chat templates can see
  * it: str() of None/True/floats, repr() inside printed containers, and
  * json.dumps(ensure_ascii=False) for tojson, including float repr (1.0, 1e-05,
  * 1e+16) and key order.
  */
 #include "text/jinja_internal.h"
+
+#include "common/utf8.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -60,6 +62,23 @@ char *ja_strndup(jarena *a, const char *s, size_t n) {
     return p;
 }
 
+int ja_grow(jarena *a, void *arrp, size_t *cap, size_t len, size_t elem_size) {
+    if (len < *cap) return 0;
+    size_t c = *cap ? *cap : 4;
+    while (c <= len) {
+        if (c > SIZE_MAX / 2 / elem_size) return -1;
+        c *= 2;
+    }
+    void *p = ja_alloc(a, c * elem_size);
+    if (!p) return -1;
+    void *old;
+    memcpy(&old, arrp, sizeof old); /* see lm_grow: arrp is the address of a T * */
+    if (len) memcpy(p, old, len * elem_size);
+    memcpy(arrp, &p, sizeof p);
+    *cap = c;
+    return 0;
+}
+
 void ja_free_all(jarena *a) {
     ja_chunk *c = a->head;
     while (c) {
@@ -69,42 +88,6 @@ void ja_free_all(jarena *a) {
     }
     a->head = NULL;
     a->total = 0;
-}
-
-/* ---- strbuf ------------------------------------------------------------------ */
-void sb_put(strbuf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->limit && b->len + n > b->limit) { b->failed = true; return; }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->data, cap);
-        if (!p) { b->failed = true; return; }
-        b->data = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = 0;
-}
-
-void sb_puts(strbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-void sb_putc(strbuf *b, char c) { sb_put(b, &c, 1); }
-
-void sb_printf(strbuf *b, const char *fmt, ...) {
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-void sb_free(strbuf *b) {
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
 }
 
 /* ---- containers ---------------------------------------------------------------- */
@@ -122,14 +105,7 @@ jv_list *jv_list_new(jarena *a, size_t cap) {
 }
 
 int jv_list_push(jarena *a, jv_list *l, jv v) {
-    if (l->len == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 4;
-        jv *items = ja_alloc(a, cap * sizeof(jv));
-        if (!items) return -1;
-        if (l->len) memcpy(items, l->items, l->len * sizeof(jv));
-        l->items = items;
-        l->cap = cap;
-    }
+    if (JA_GROW(a, l->items, l->cap, l->len) != 0) return -1;
     l->items[l->len++] = v;
     return 0;
 }
@@ -147,19 +123,11 @@ jv_dict *jv_dict_new(jarena *a, size_t cap) {
 }
 
 int jv_dict_push(jarena *a, jv_dict *d, jv key, jv val) {
-    if (d->len == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 4;
-        jv *keys = ja_alloc(a, cap * sizeof(jv));
-        jv *vals = ja_alloc(a, cap * sizeof(jv));
-        if (!keys || !vals) return -1;
-        if (d->len) {
-            memcpy(keys, d->keys, d->len * sizeof(jv));
-            memcpy(vals, d->vals, d->len * sizeof(jv));
-        }
-        d->keys = keys;
-        d->vals = vals;
-        d->cap = cap;
-    }
+    size_t cap = d->cap; /* two arrays, one capacity: commit when both grew */
+    if (JA_GROW(a, d->keys, cap, d->len) != 0) return -1;
+    cap = d->cap;
+    if (JA_GROW(a, d->vals, cap, d->len) != 0) return -1;
+    d->cap = cap;
     d->keys[d->len] = key;
     d->vals[d->len] = val;
     d->len++;
@@ -293,9 +261,9 @@ const char *jv_type_name(jv v) {
 }
 
 /* ---- printing ------------------------------------------------------------------------ */
-void jv_write_float(strbuf *b, double f) {
-    if (isnan(f)) { sb_puts(b, "nan"); return; }
-    if (isinf(f)) { sb_puts(b, f < 0 ? "-inf" : "inf"); return; }
+void jv_write_float(lm_strbuf *b, double f) {
+    if (isnan(f)) { lm_strbuf_puts(b, "nan"); return; }
+    if (isinf(f)) { lm_strbuf_puts(b, f < 0 ? "-inf" : "inf"); return; }
     /* Shortest digits that read back to the same double, as CPython's repr. */
     char tmp[64];
     int prec;
@@ -304,7 +272,7 @@ void jv_write_float(strbuf *b, double f) {
         if (strtod(tmp, NULL) == f) break;
     }
     const char *p = tmp;
-    if (*p == '-') { sb_putc(b, '-'); p++; }
+    if (*p == '-') { lm_strbuf_putc(b, '-'); p++; }
     char digits[32];
     int nd = 0;
     for (; *p && *p != 'e'; p++)
@@ -315,116 +283,117 @@ void jv_write_float(strbuf *b, double f) {
     int decpt = exp10 + 1;
     if (decpt > -4 && decpt <= 16) {
         if (decpt <= 0) {
-            sb_puts(b, "0.");
-            for (int i = 0; i < -decpt; i++) sb_putc(b, '0');
-            sb_put(b, digits, (size_t)nd);
+            lm_strbuf_puts(b, "0.");
+            for (int i = 0; i < -decpt; i++) lm_strbuf_putc(b, '0');
+            lm_strbuf_append(b, digits, (size_t)nd);
         } else if (decpt >= nd) {
-            sb_put(b, digits, (size_t)nd);
-            for (int i = nd; i < decpt; i++) sb_putc(b, '0');
-            sb_puts(b, ".0");
+            lm_strbuf_append(b, digits, (size_t)nd);
+            for (int i = nd; i < decpt; i++) lm_strbuf_putc(b, '0');
+            lm_strbuf_puts(b, ".0");
         } else {
-            sb_put(b, digits, (size_t)decpt);
-            sb_putc(b, '.');
-            sb_put(b, digits + decpt, (size_t)(nd - decpt));
+            lm_strbuf_append(b, digits, (size_t)decpt);
+            lm_strbuf_putc(b, '.');
+            lm_strbuf_append(b, digits + decpt, (size_t)(nd - decpt));
         }
     } else {
-        sb_putc(b, digits[0]);
-        if (nd > 1) { sb_putc(b, '.'); sb_put(b, digits + 1, (size_t)(nd - 1)); }
+        lm_strbuf_putc(b, digits[0]);
+        if (nd > 1) { lm_strbuf_putc(b, '.'); lm_strbuf_append(b, digits + 1, (size_t)(nd - 1)); }
         int e = decpt - 1;
-        sb_printf(b, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+        lm_strbuf_printf(b, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
     }
 }
 
-static void write_repr_str(strbuf *b, const char *s, size_t n) {
+static void write_repr_str(lm_strbuf *b, const char *s, size_t n) {
     bool has_single = memchr(s, '\'', n) != NULL, has_double = memchr(s, '"', n) != NULL;
     char q = has_single && !has_double ? '"' : '\'';
-    sb_putc(b, q);
+    lm_strbuf_putc(b, q);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\\') sb_puts(b, "\\\\");
-        else if (c == (unsigned char)q) { sb_putc(b, '\\'); sb_putc(b, q); }
-        else if (c == '\n') sb_puts(b, "\\n");
-        else if (c == '\r') sb_puts(b, "\\r");
-        else if (c == '\t') sb_puts(b, "\\t");
-        else if (c < 0x20 || c == 0x7f) sb_printf(b, "\\x%02x", c);
-        else sb_putc(b, (char)c);
+        if (c == '\\') lm_strbuf_puts(b, "\\\\");
+        else if (c == (unsigned char)q) { lm_strbuf_putc(b, '\\'); lm_strbuf_putc(b, q); }
+        else if (c == '\n') lm_strbuf_puts(b, "\\n");
+        else if (c == '\r') lm_strbuf_puts(b, "\\r");
+        else if (c == '\t') lm_strbuf_puts(b, "\\t");
+        else if (c < 0x20 || c == 0x7f) lm_strbuf_printf(b, "\\x%02x", c);
+        else lm_strbuf_putc(b, (char)c);
     }
-    sb_putc(b, q);
+    lm_strbuf_putc(b, q);
 }
 
-static void write_repr_depth(strbuf *b, jv v, int depth);
+static void write_repr_depth(lm_strbuf *b, jv v, int depth);
 
-static void write_items(strbuf *b, jv v, int depth) {
-    if (depth > 100) { sb_puts(b, "..."); return; }
+static void write_items(lm_strbuf *b, jv v, int depth) {
+    if (depth > 100) { lm_strbuf_puts(b, "..."); return; }
     if (v.type == JV_LIST && v.sub == JV_GENERATOR) {
-        sb_puts(b, "<generator object>");
+        lm_strbuf_puts(b, "<generator object>");
     } else if (v.type == JV_LIST) {
-        sb_putc(b, v.sub ? '(' : '[');
+        lm_strbuf_putc(b, v.sub ? '(' : '[');
         for (size_t i = 0; i < v.u.list->len; i++) {
-            if (i) sb_puts(b, ", ");
+            if (i) lm_strbuf_puts(b, ", ");
             write_repr_depth(b, v.u.list->items[i], depth + 1);
         }
-        if (v.sub && v.u.list->len == 1) sb_putc(b, ',');
-        sb_putc(b, v.sub ? ')' : ']');
+        if (v.sub && v.u.list->len == 1) lm_strbuf_putc(b, ',');
+        lm_strbuf_putc(b, v.sub ? ')' : ']');
     } else {
-        sb_putc(b, '{');
+        lm_strbuf_putc(b, '{');
         for (size_t i = 0; i < v.u.dict->len; i++) {
-            if (i) sb_puts(b, ", ");
+            if (i) lm_strbuf_puts(b, ", ");
             write_repr_depth(b, v.u.dict->keys[i], depth + 1);
-            sb_puts(b, ": ");
+            lm_strbuf_puts(b, ": ");
             write_repr_depth(b, v.u.dict->vals[i], depth + 1);
         }
-        sb_putc(b, '}');
+        lm_strbuf_putc(b, '}');
     }
 }
 
-static void write_repr_depth(strbuf *b, jv v, int depth) {
+static void write_repr_depth(lm_strbuf *b, jv v, int depth) {
     if (v.type == JV_STR) write_repr_str(b, v.u.str.s, v.u.str.len);
     else if (v.type == JV_LIST || v.type == JV_DICT) write_items(b, v, depth);
     else if (v.type == JV_NS) {
         jv d = v;
         d.type = JV_DICT;
-        sb_puts(b, "<Namespace ");
+        lm_strbuf_puts(b, "<Namespace ");
         write_items(b, d, depth);
-        sb_putc(b, '>');
+        lm_strbuf_putc(b, '>');
     } else if (v.type == JV_UNDEF) {
-        sb_puts(b, "Undefined");  /* repr(Undefined) inside printed containers */
+        lm_strbuf_puts(b, "Undefined");  /* repr(Undefined) inside printed containers */
     } else jv_write_str(b, v);
 }
 
-void jv_write_repr(strbuf *b, jv v) { write_repr_depth(b, v, 0); }
+void jv_write_repr(lm_strbuf *b, jv v) { write_repr_depth(b, v, 0); }
 
-void jv_write_str(strbuf *b, jv v) {
+void jv_write_str(lm_strbuf *b, jv v) {
     switch (v.type) {
     case JV_UNDEF: return;
-    case JV_NONE: sb_puts(b, "None"); return;
-    case JV_BOOL: sb_puts(b, v.u.b ? "True" : "False"); return;
-    case JV_INT: sb_printf(b, "%lld", (long long)v.u.i); return;
+    case JV_NONE: lm_strbuf_puts(b, "None"); return;
+    case JV_BOOL: lm_strbuf_puts(b, v.u.b ? "True" : "False"); return;
+    case JV_INT: lm_strbuf_printf(b, "%lld", (long long)v.u.i); return;
     case JV_FLOAT: jv_write_float(b, v.u.f); return;
-    case JV_STR: sb_put(b, v.u.str.s, v.u.str.len); return;
-    case JV_FUNC: sb_printf(b, "<built-in method %s>", v.u.func->name); return;
-    case JV_MACRO: sb_puts(b, "<Macro>"); return;
+    case JV_STR: lm_strbuf_append(b, v.u.str.s, v.u.str.len); return;
+    case JV_FUNC: lm_strbuf_printf(b, "<built-in method %s>", v.u.func->name); return;
+    case JV_MACRO: lm_strbuf_puts(b, "<Macro>"); return;
     default: write_repr_depth(b, v, 0); return;
     }
 }
 
 /* ---- JSON --------------------------------------------------------------------------------- */
-/* Decodes one UTF-8 sequence at s[*i] (advancing *i); invalid bytes give U+FFFD. */
+/* Decodes one UTF-8 sequence at s[*i] (advancing *i); each invalid subpart gives U+FFFD.
+ * Lone surrogates (Python's "\ud800", which the lexer writes in their 3-byte form) decode
+ * as themselves, so json.dumps writes them back as \ud800 the way Python does. */
 static unsigned long utf8_next(const char *s, size_t n, size_t *i) {
-    unsigned char c = (unsigned char)s[*i];
-    int extra = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : 0;
-    unsigned long cp = extra == 3 ? c & 0x07 : extra == 2 ? c & 0x0F : extra == 1 ? c & 0x1F : c;
-    if (c >= 0x80 && extra == 0) { (*i)++; return 0xFFFD; }
-    (*i)++;
-    for (int k = 0; k < extra; k++) {
-        if (*i >= n || ((unsigned char)s[*i] & 0xC0) != 0x80) return 0xFFFD;
-        cp = (cp << 6) | ((unsigned char)s[(*i)++] & 0x3F);
+    const unsigned char *u = (const unsigned char *)s + *i;
+    uint32_t cp;
+    size_t k = lm_utf8_decode(u, n - *i, &cp, LM_UTF8_SURROGATES);
+    if (!k) {
+        int incomplete;
+        k = lm_utf8_bad_run_flags(u, n - *i, &incomplete, LM_UTF8_SURROGATES);
     }
+    *i += k;
     return cp;
 }
 
-static void write_json_str(strbuf *b, const char *s, size_t n, bool ensure_ascii) {
-    sb_putc(b, '"');
+static void write_json_str(lm_strbuf *b, const char *s, size_t n, bool ensure_ascii) {
+    lm_strbuf_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (ensure_ascii && c >= 0x80) {
@@ -432,31 +401,31 @@ static void write_json_str(strbuf *b, const char *s, size_t n, bool ensure_ascii
             i--;
             if (cp >= 0x10000) {
                 cp -= 0x10000;
-                sb_printf(b, "\\u%04lx\\u%04lx", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+                lm_strbuf_printf(b, "\\u%04lx\\u%04lx", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
             } else {
-                sb_printf(b, "\\u%04lx", cp);
+                lm_strbuf_printf(b, "\\u%04lx", cp);
             }
             continue;
         }
         switch (c) {
-        case '"': sb_puts(b, "\\\""); break;
-        case '\\': sb_puts(b, "\\\\"); break;
-        case '\n': sb_puts(b, "\\n"); break;
-        case '\r': sb_puts(b, "\\r"); break;
-        case '\t': sb_puts(b, "\\t"); break;
-        case '\b': sb_puts(b, "\\b"); break;
-        case '\f': sb_puts(b, "\\f"); break;
+        case '"': lm_strbuf_puts(b, "\\\""); break;
+        case '\\': lm_strbuf_puts(b, "\\\\"); break;
+        case '\n': lm_strbuf_puts(b, "\\n"); break;
+        case '\r': lm_strbuf_puts(b, "\\r"); break;
+        case '\t': lm_strbuf_puts(b, "\\t"); break;
+        case '\b': lm_strbuf_puts(b, "\\b"); break;
+        case '\f': lm_strbuf_puts(b, "\\f"); break;
         default:
-            if (c < 0x20) sb_printf(b, "\\u%04x", c);
-            else sb_putc(b, (char)c);
+            if (c < 0x20) lm_strbuf_printf(b, "\\u%04x", c);
+            else lm_strbuf_putc(b, (char)c);
         }
     }
-    sb_putc(b, '"');
+    lm_strbuf_putc(b, '"');
 }
 
-static void json_newline(strbuf *b, const char *indent, int level) {
-    sb_putc(b, '\n');
-    for (int i = 0; i < level; i++) sb_puts(b, indent);
+static void json_newline(lm_strbuf *b, const char *indent, int level) {
+    lm_strbuf_putc(b, '\n');
+    for (int i = 0; i < level; i++) lm_strbuf_puts(b, indent);
 }
 
 static int json_key_order_cmp(const void *x, const void *y) {
@@ -466,71 +435,71 @@ static int json_key_order_cmp(const void *x, const void *y) {
     return r;
 }
 
-int jv_write_json(strbuf *b, jv v, const char *indent, const char *item_sep, const char *key_sep,
+int jv_write_json(lm_strbuf *b, jv v, const char *indent, const char *item_sep, const char *key_sep,
                   bool sort_keys, bool ensure_ascii, int depth, char *err) {
     if (depth > 200) return lm_errf(err, "tojson: nesting too deep");
     if (!item_sep) item_sep = indent ? "," : ", ";
     if (!key_sep) key_sep = ": ";
     switch (v.type) {
-    case JV_NONE: sb_puts(b, "null"); return 0;
-    case JV_BOOL: sb_puts(b, v.u.b ? "true" : "false"); return 0;
-    case JV_INT: sb_printf(b, "%lld", (long long)v.u.i); return 0;
+    case JV_NONE: lm_strbuf_puts(b, "null"); return 0;
+    case JV_BOOL: lm_strbuf_puts(b, v.u.b ? "true" : "false"); return 0;
+    case JV_INT: lm_strbuf_printf(b, "%lld", (long long)v.u.i); return 0;
     case JV_FLOAT:
-        if (isnan(v.u.f)) sb_puts(b, "NaN");
-        else if (isinf(v.u.f)) sb_puts(b, v.u.f < 0 ? "-Infinity" : "Infinity");
+        if (isnan(v.u.f)) lm_strbuf_puts(b, "NaN");
+        else if (isinf(v.u.f)) lm_strbuf_puts(b, v.u.f < 0 ? "-Infinity" : "Infinity");
         else jv_write_float(b, v.u.f);
         return 0;
     case JV_STR: write_json_str(b, v.u.str.s, v.u.str.len, ensure_ascii); return 0;
     case JV_LIST: {
         if (v.sub == JV_GENERATOR) return lm_errf(err, "Object of type generator is not JSON serializable");
-        if (v.u.list->len == 0) { sb_puts(b, "[]"); return 0; }
-        sb_putc(b, '[');
+        if (v.u.list->len == 0) { lm_strbuf_puts(b, "[]"); return 0; }
+        lm_strbuf_putc(b, '[');
         for (size_t i = 0; i < v.u.list->len; i++) {
-            if (i) sb_puts(b, item_sep);
+            if (i) lm_strbuf_puts(b, item_sep);
             if (indent) json_newline(b, indent, depth + 1);
             if (jv_write_json(b, v.u.list->items[i], indent, item_sep, key_sep, sort_keys, ensure_ascii,
                               depth + 1, err))
                 return -1;
         }
         if (indent) json_newline(b, indent, depth);
-        sb_putc(b, ']');
+        lm_strbuf_putc(b, ']');
         return 0;
     }
     case JV_DICT: {
         jv_dict *d = v.u.dict;
-        if (d->len == 0) { sb_puts(b, "{}"); return 0; }
+        if (d->len == 0) { lm_strbuf_puts(b, "{}"); return 0; }
         const jv **order = malloc(d->len * sizeof *order);
         if (!order) return lm_errf(err, "out of memory");
         for (size_t i = 0; i < d->len; i++) order[i] = &d->keys[i];
         if (sort_keys) qsort(order, d->len, sizeof *order, json_key_order_cmp);
-        sb_putc(b, '{');
+        lm_strbuf_putc(b, '{');
         int rc = 0;
         for (size_t i = 0; i < d->len && rc == 0; i++) {
             jv key = *order[i];
             jv val = d->vals[order[i] - d->keys];
-            if (i) sb_puts(b, item_sep);
+            if (i) lm_strbuf_puts(b, item_sep);
             if (indent) json_newline(b, indent, depth + 1);
             if (key.type == JV_STR) write_json_str(b, key.u.str.s, key.u.str.len, ensure_ascii);
             else if (key.type == JV_INT || key.type == JV_FLOAT || key.type == JV_BOOL ||
                      key.type == JV_NONE) {
-                strbuf kb = {0};
-                if (key.type == JV_NONE) sb_puts(&kb, "null");
-                else if (key.type == JV_BOOL) sb_puts(&kb, key.u.b ? "true" : "false");
+                lm_strbuf kb = {0};
+                if (key.type == JV_NONE) lm_strbuf_puts(&kb, "null");
+                else if (key.type == JV_BOOL) lm_strbuf_puts(&kb, key.u.b ? "true" : "false");
                 else jv_write_str(&kb, key);
                 write_json_str(b, kb.data ? kb.data : "", kb.len, ensure_ascii);
-                sb_free(&kb);
+                lm_strbuf_free(&kb);
             } else {
                 rc = lm_errf(err, "keys must be str, int, float, bool or None, not %s",
                              jv_type_name(key));
                 break;
             }
-            sb_puts(b, key_sep);
+            lm_strbuf_puts(b, key_sep);
             rc = jv_write_json(b, val, indent, item_sep, key_sep, sort_keys, ensure_ascii, depth + 1, err);
         }
         free(order);
         if (rc) return -1;
         if (indent) json_newline(b, indent, depth);
-        sb_putc(b, '}');
+        lm_strbuf_putc(b, '}');
         return 0;
     }
     default:

@@ -27,25 +27,21 @@ int tb_set_token(lm_tokenizer *tok, int32_t id, const char *s, size_t len) {
     if ((size_t)id >= tok->n_ids) {
         size_t n = tok->n_ids ? tok->n_ids : 1024;
         while (n <= (size_t)id) n *= 2;
-        uint32_t *off = realloc(tok->id_off, n * sizeof *off);
-        if (!off) return -1;
-        tok->id_off = off;
-        uint32_t *ln = realloc(tok->id_len, n * sizeof *ln);
-        if (!ln) return -1;
-        tok->id_len = ln;
-        uint8_t *sp = realloc(tok->id_is_special, n);
-        if (!sp) return -1;
-        tok->id_is_special = sp;
-        uint8_t *ad = realloc(tok->id_is_added, n);
-        if (!ad) return -1;
-        tok->id_is_added = ad;
-        for (size_t i = tok->n_ids; i < n; i++) { ln[i] = UINT32_MAX; sp[i] = 0; ad[i] = 0; off[i] = 0; }
+        if (LM_RESIZE(tok->id_off, n) || LM_RESIZE(tok->id_len, n) || LM_RESIZE(tok->id_is_special, n) ||
+            LM_RESIZE(tok->id_is_added, n))
+            return -1;
+        for (size_t i = tok->n_ids; i < n; i++) {
+            tok->id_len[i] = UINT32_MAX;
+            tok->id_is_special[i] = 0;
+            tok->id_is_added[i] = 0;
+            tok->id_off[i] = 0;
+        }
         tok->n_ids = n;
     }
     if (tok->id_text.len + len >= UINT32_MAX) return -1;
     tok->id_off[id] = (uint32_t)tok->id_text.len;
     tok->id_len[id] = (uint32_t)len;
-    return tb_put(&tok->id_text, s, len);
+    return lm_strbuf_append(&tok->id_text, s, len);
 }
 
 /* ---- added tokens ------------------------------------------------------------------- */
@@ -102,13 +98,7 @@ typedef struct { section *v; size_t n, cap; } section_vec;
 
 static int section_add(section_vec *sv, size_t s, size_t e, int32_t added) {
     if (s == e && added < 0) return 0;
-    if (sv->n == sv->cap) {
-        size_t cap = sv->cap ? sv->cap * 2 : 16;
-        section *v = realloc(sv->v, cap * sizeof *v);
-        if (!v) return -1;
-        sv->v = v;
-        sv->cap = cap;
-    }
+    if (LM_GROW(sv->v, sv->cap, sv->n + 1) != 0) return -1;
     sv->v[sv->n++] = (section){s, e, added};
     return 0;
 }
@@ -375,7 +365,7 @@ done:
 
 void lm_tokenizer_free(lm_tokenizer *tok) {
     if (!tok) return;
-    tb_free(&tok->id_text);
+    lm_strbuf_free(&tok->id_text);
     free(tok->id_off); free(tok->id_len); free(tok->id_is_special); free(tok->id_is_added);
     tb_normalizer_free(tok->normalizer);
     tb_pretok_free(tok->pretok);
@@ -394,13 +384,7 @@ void lm_tokenizer_free(lm_tokenizer *tok) {
 typedef struct { int32_t *v; size_t n, cap; } id_vec;
 
 static int id_push(id_vec *ids, int32_t id) {
-    if (ids->n == ids->cap) {
-        size_t cap = ids->cap ? ids->cap * 2 : 64;
-        int32_t *p = realloc(ids->v, cap * sizeof *p);
-        if (!p) return -1;
-        ids->v = p;
-        ids->cap = cap;
-    }
+    if (LM_GROW(ids->v, ids->cap, ids->n + 1) != 0) return -1;
     ids->v[ids->n++] = id;
     return 0;
 }
@@ -478,7 +462,7 @@ int32_t lm_tokenizer_token_to_id(const lm_tokenizer *tok, const char *token, siz
 const char *lm_tokenizer_id_to_token(const lm_tokenizer *tok, int32_t id, size_t *len) {
     if (id < 0 || (size_t)id >= tok->n_ids || tok->id_len[id] == UINT32_MAX) return NULL;
     if (len) *len = tok->id_len[id];
-    return tok->id_text.p + tok->id_off[id];
+    return tok->id_text.data + tok->id_off[id];
 }
 
 size_t lm_tokenizer_n_vocab(const lm_tokenizer *tok) {

@@ -123,7 +123,7 @@ static int merge_halves(json_t *e, size_t rank, const char **a, size_t *alen, co
 
 int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
     tb_bpe *m = calloc(1, sizeof *m);
-    tb_buf joined = {0};
+    lm_strbuf joined = {0};
     if (!m) return lm_errf(err, "out of memory");
     m->unk_id = -1;
     for (int i = 0; i < 256; i++) m->byte_id[i] = -1;
@@ -178,8 +178,8 @@ int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
         /* With a continuing_subword_prefix the right half carries it; the merge drops it. */
         size_t skip = m->prefix_len && blen >= m->prefix_len && !memcmp(b, m->prefix, m->prefix_len) ? m->prefix_len : 0;
         joined.len = 0;
-        if (tb_put(&joined, a, alen) || tb_put(&joined, b + skip, blen - skip)) { lm_errf(err, "out of memory"); goto fail; }
-        int32_t im = tb_strmap_get(&m->vocab, joined.p, joined.len, -1);
+        if (lm_strbuf_append(&joined, a, alen) || lm_strbuf_append(&joined, b + skip, blen - skip)) { lm_errf(err, "out of memory"); goto fail; }
+        int32_t im = tb_strmap_get(&m->vocab, joined.data, joined.len, -1);
         if (ia < 0 || ib < 0 || im < 0) {
             lm_errf(err, "model.merges[%zu]: \"%.*s\" + \"%.*s\" uses a token missing from the vocabulary",
                     r, (int)(alen > 40 ? 40 : alen), a, (int)(blen > 40 ? 40 : blen), b);
@@ -187,11 +187,11 @@ int tb_bpe_parse(json_t *model, lm_tokenizer *tok, tb_bpe **out, char *err) {
         }
         if (pair_put(m, ia, ib, (int32_t)r, im)) { lm_errf(err, "out of memory"); goto fail; }
     }
-    tb_free(&joined);
+    lm_strbuf_free(&joined);
     *out = m;
     return 0;
 fail:
-    tb_free(&joined);
+    lm_strbuf_free(&joined);
     tb_bpe_free(m);
     return -1;
 }
@@ -208,13 +208,7 @@ void tb_bpe_free(tb_bpe *m) {
 }
 
 static int push_id(int32_t **ids, size_t *n, size_t *cap, int32_t id) {
-    if (*n == *cap) {
-        size_t c = *cap ? *cap * 2 : 64;
-        int32_t *p = realloc(*ids, c * sizeof *p);
-        if (!p) return -1;
-        *ids = p;
-        *cap = c;
-    }
+    if (LM_GROW(*ids, *cap, *n + 1) != 0) return -1;
     (*ids)[(*n)++] = id;
     return 0;
 }
@@ -250,13 +244,7 @@ static bpe_cand heap_pop(bpe_cand *h, size_t *n) {
 
 /* Adds a symbol, growing scratch space. */
 static int add_sym(tb_bpe *m, size_t *n_sym, int32_t id) {
-    if (*n_sym == m->sym_cap) {
-        size_t cap = m->sym_cap ? m->sym_cap * 2 : 256;
-        bpe_sym *s = realloc(m->sym, cap * sizeof *s);
-        if (!s) return -1;
-        m->sym = s;
-        m->sym_cap = cap;
-    }
+    if (LM_GROW(m->sym, m->sym_cap, *n_sym + 1) != 0) return -1;
     size_t i = (*n_sym)++;
     m->sym[i].id = id;
     m->sym[i].prev = (int32_t)i - 1;
@@ -267,15 +255,15 @@ static int add_sym(tb_bpe *m, size_t *n_sym, int32_t id) {
 
 /* Symbols for one character c (clen bytes) of the word. */
 static int char_symbols(tb_bpe *m, const char *c, size_t clen, int first, int last,
-                        size_t *n_sym, tb_buf *tmp) {
+                        size_t *n_sym, lm_strbuf *tmp) {
     const char *s = c;
     size_t n = clen;
     if ((!first && m->prefix_len) || (last && m->suffix_len)) {
         tmp->len = 0;
-        if ((!first && tb_put(tmp, m->prefix, m->prefix_len)) || tb_put(tmp, c, clen) ||
-            (last && tb_put(tmp, m->suffix, m->suffix_len)))
+        if ((!first && lm_strbuf_append(tmp, m->prefix, m->prefix_len)) || lm_strbuf_append(tmp, c, clen) ||
+            (last && lm_strbuf_append(tmp, m->suffix, m->suffix_len)))
             return -1;
-        s = tmp->p;
+        s = tmp->data;
         n = tmp->len;
     }
     int32_t id = tb_strmap_get(&m->vocab, s, n, -1);
@@ -314,27 +302,22 @@ int tb_bpe_encode_word(tb_bpe *m, const lm_tokenizer *tok, const char *s, size_t
     }
     /* 1. one symbol per character */
     size_t n_sym = 0;
-    tb_buf tmp = {0};
+    lm_strbuf tmp = {0};
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
         size_t k = u[i] < 0x80 ? 1 : lm_utf8_next(u + i, len - i, &cp);
         if (!k) k = 1;  /* cannot happen for repaired input; treat a stray byte as a char */
         if (char_symbols(m, s + i, k, i == 0, i + k == len, &n_sym, &tmp)) {
-            tb_free(&tmp);
+            lm_strbuf_free(&tmp);
             return lm_errf(err, "out of memory");
         }
         i += k;
     }
-    tb_free(&tmp);
+    lm_strbuf_free(&tmp);
     /* 2. merge loop */
     if (n_sym > 1) {
-        if (m->heap_cap < n_sym * 2) {
-            bpe_cand *h = realloc(m->heap, n_sym * 2 * sizeof *h);
-            if (!h) return lm_errf(err, "out of memory");
-            m->heap = h;
-            m->heap_cap = n_sym * 2;
-        }
+        if (LM_GROW(m->heap, m->heap_cap, n_sym * 2) != 0) return lm_errf(err, "out of memory");
         size_t hn = 0;
         int32_t mid;
         for (size_t i = 0; i + 1 < n_sym; i++) {
@@ -360,12 +343,8 @@ int tb_bpe_encode_word(tb_bpe *m, const lm_tokenizer *tok, const char *s, size_t
                 int32_t r = pair_get(m, a->id, m->sym[a->next].id, &mid);
                 if (r >= 0) heap_push(m->heap, &hn, (bpe_cand){r, c.pos});
             }
-            if (hn + 2 > m->heap_cap) {  /* defensive: stale entries can pile up */
-                bpe_cand *h = realloc(m->heap, m->heap_cap * 2 * sizeof *h);
-                if (!h) return lm_errf(err, "out of memory");
-                m->heap = h;
-                m->heap_cap *= 2;
-            }
+            /* defensive: stale entries can pile up */
+            if (LM_GROW(m->heap, m->heap_cap, hn + 2) != 0) return lm_errf(err, "out of memory");
         }
     }
     size_t first_out = *n;
@@ -375,14 +354,7 @@ int tb_bpe_encode_word(tb_bpe *m, const lm_tokenizer *tok, const char *s, size_t
     if (cacheable) {
         size_t cnt = *n - first_out;
         if (m->cache.count >= CACHE_MAX_ENTRIES) { tb_strmap_clear(&m->cache); m->cache_len = 0; }
-        if (m->cache_len + cnt + 1 > m->cache_cap) {
-            size_t c = m->cache_cap ? m->cache_cap : 4096;
-            while (c < m->cache_len + cnt + 1) c *= 2;
-            int32_t *p = realloc(m->cache_ids, c * sizeof *p);
-            if (!p) return 0;  /* caching is optional */
-            m->cache_ids = p;
-            m->cache_cap = c;
-        }
+        if (LM_GROW(m->cache_ids, m->cache_cap, m->cache_len + cnt + 1) != 0) return 0; /* caching is optional */
         int32_t at = (int32_t)m->cache_len;
         m->cache_ids[m->cache_len++] = (int32_t)cnt;
         memcpy(m->cache_ids + m->cache_len, *ids + first_out, cnt * sizeof(int32_t));

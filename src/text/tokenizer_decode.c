@@ -125,7 +125,7 @@ static int is_byte_token(const char *t, size_t n, unsigned char *byte) {
 }
 
 static int replace_all(const pcre2_code *re, const char *s, size_t len, const char *rep,
-                       size_t rep_len, tb_buf *out) {
+                       size_t rep_len, lm_strbuf *out) {
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     if (!md) return -1;
     size_t pos = 0, from = 0;
@@ -135,17 +135,17 @@ static int replace_all(const pcre2_code *re, const char *s, size_t len, const ch
         if (m < 0) break;  /* no match (or a match error: keep the rest as is) */
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         if (ov[1] == ov[0]) { from = ov[0] + 1; continue; }
-        if (tb_put(out, s + pos, ov[0] - pos) || tb_put(out, rep, rep_len)) { rc = -1; break; }
+        if (lm_strbuf_append(out, s + pos, ov[0] - pos) || lm_strbuf_append(out, rep, rep_len)) { rc = -1; break; }
         pos = from = ov[1];
     }
-    if (!rc && tb_put(out, s + pos, len - pos)) rc = -1;
+    if (!rc && lm_strbuf_append(out, s + pos, len - pos)) rc = -1;
     pcre2_match_data_free(md);
     return rc;
 }
 
 /* Runs decoder d over in, producing out. */
 static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain_ctx *ctx) {
-    tb_buf b = {0};
+    lm_strbuf b = {0};
     int rc = 0;
     switch (d->type) {
     case D_SEQ: {
@@ -170,13 +170,13 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
             for (size_t j = 0; !rc && j < n;) {
                 uint32_t cp;
                 size_t k = lm_utf8_next(t + j, n - j, &cp);
-                if (!k) { rc = tb_put(&b, t + j, 1); j++; continue; }
+                if (!k) { rc = lm_strbuf_append(&b, t + j, 1); j++; continue; }
                 int byte = tb_cp_to_byte(cp);
-                if (byte >= 0) { char c = (char)byte; rc = tb_put(&b, &c, 1); }
-                else rc = tb_put(&b, t + j, k);
+                if (byte >= 0) { char c = (char)byte; rc = lm_strbuf_append(&b, &c, 1); }
+                else rc = lm_strbuf_append(&b, t + j, k);
                 j += k;
             }
-            if (!rc) rc = tb_pieces_add(out, b.p ? b.p : "", b.len, 0);
+            if (!rc) rc = tb_pieces_add(out, b.data ? b.data : "", b.len, 0);
         }
         break;
     case D_BYTEFALLBACK: {
@@ -184,14 +184,14 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
         for (size_t i = 0; !rc && i < in->n; i++) {
             unsigned char byte;
             if (is_byte_token(TB_PIECE(in, i), in->len[i], &byte)) {
-                rc = tb_put(&b, &byte, 1);
+                rc = lm_strbuf_append(&b, &byte, 1);
                 in_bytes = 1;
                 continue;
             }
-            if (in_bytes) { rc = tb_pieces_add(out, b.p, b.len, 0); b.len = 0; in_bytes = 0; }
+            if (in_bytes) { rc = tb_pieces_add(out, b.data, b.len, 0); b.len = 0; in_bytes = 0; }
             if (!rc) rc = tb_pieces_add(out, TB_PIECE(in, i), in->len[i], in->flag[i]);
         }
-        if (!rc && in_bytes) rc = tb_pieces_add(out, b.p, b.len, 0);
+        if (!rc && in_bytes) rc = tb_pieces_add(out, b.data, b.len, 0);
         break;
     }
     case D_METASPACE:
@@ -200,16 +200,16 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
             size_t n = in->len[i];
             b.len = 0;
             for (size_t j = 0; !rc && j < n;) {
-                if (j + d->text_len <= n && !memcmp(t + j, d->text, d->text_len)) { rc = tb_put(&b, " ", 1); j += d->text_len; }
-                else { rc = tb_put(&b, t + j, 1); j++; }
+                if (j + d->text_len <= n && !memcmp(t + j, d->text, d->text_len)) { rc = lm_strbuf_append(&b, " ", 1); j += d->text_len; }
+                else { rc = lm_strbuf_append(&b, t + j, 1); j++; }
             }
-            size_t skip = i == 0 && ctx->at_start && b.len && b.p[0] == ' ' ? 1 : 0;
-            if (!rc) rc = tb_pieces_add(out, b.p ? b.p + skip : "", b.len - skip, in->flag[i]);
+            size_t skip = i == 0 && ctx->at_start && b.len && b.data[0] == ' ' ? 1 : 0;
+            if (!rc) rc = tb_pieces_add(out, b.data ? b.data + skip : "", b.len - skip, in->flag[i]);
         }
         break;
     case D_FUSE:
-        for (size_t i = 0; !rc && i < in->n; i++) rc = tb_put(&b, TB_PIECE(in, i), in->len[i]);
-        if (!rc) rc = tb_pieces_add(out, b.p ? b.p : "", b.len, 0);
+        for (size_t i = 0; !rc && i < in->n; i++) rc = lm_strbuf_append(&b, TB_PIECE(in, i), in->len[i]);
+        if (!rc) rc = tb_pieces_add(out, b.data ? b.data : "", b.len, 0);
         ctx->fused = 1;
         break;
     case D_STRIP:
@@ -230,32 +230,32 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
         for (size_t i = 0; !rc && i < in->n; i++) {
             b.len = 0;
             rc = replace_all(d->re, TB_PIECE(in, i), in->len[i], d->text, d->text_len, &b);
-            if (!rc) rc = tb_pieces_add(out, b.p ? b.p : "", b.len, in->flag[i]);
+            if (!rc) rc = tb_pieces_add(out, b.data ? b.data : "", b.len, in->flag[i]);
         }
         break;
     }
-    tb_free(&b);
+    lm_strbuf_free(&b);
     return rc;
 }
 
 int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int flags,
-                  int at_start, tb_buf *out, char *err) {
+                  int at_start, lm_strbuf *out, char *err) {
     tb_pieces list = {0}, res = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || (size_t)id >= tok->n_ids || tok->id_len[id] == UINT32_MAX) continue;
         if ((flags & LM_DECODE_SKIP_SPECIAL) && tok->id_is_special[id]) continue;
-        rc = tb_pieces_add(&list, tok->id_text.p + tok->id_off[id], tok->id_len[id], tok->id_is_added[id] ? 1 : 0);
+        rc = tb_pieces_add(&list, tok->id_text.data + tok->id_off[id], tok->id_len[id], tok->id_is_added[id] ? 1 : 0);
     }
     if (!rc && list.n) {
         if (tok->decoder) {
             chain_ctx ctx = {at_start, 0};
             rc = run_decoder(tok->decoder, &list, &res, &ctx);
-            for (size_t i = 0; !rc && i < res.n; i++) rc = tb_put(out, TB_PIECE(&res, i), res.len[i]);
+            for (size_t i = 0; !rc && i < res.n; i++) rc = lm_strbuf_append(out, TB_PIECE(&res, i), res.len[i]);
         } else {
             for (size_t i = 0; !rc && i < list.n; i++)
-                rc = (i && tb_put(out, " ", 1)) || tb_put(out, TB_PIECE(&list, i), list.len[i]);
+                rc = (i && lm_strbuf_append(out, " ", 1)) || lm_strbuf_append(out, TB_PIECE(&list, i), list.len[i]);
         }
     }
     tb_pieces_free(&list);
@@ -265,30 +265,30 @@ int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int fla
 
 /* transformers' clean_up_tokenization: drop the space before . ? ! , and English
  * contractions, in this order. */
-static void cleanup_spaces(tb_buf *b) {
+static void cleanup_spaces(lm_strbuf *b) {
     static const char *const from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"};
     static const char *const to[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
     for (size_t r = 0; r < sizeof from / sizeof *from; r++) {
         size_t fl = strlen(from[r]), tl = strlen(to[r]), w = 0;
         for (size_t i = 0; i < b->len;) {
-            if (i + fl <= b->len && !memcmp(b->p + i, from[r], fl)) {
-                memmove(b->p + w, to[r], tl);  /* tl < fl, so w + tl <= i */
+            if (i + fl <= b->len && !memcmp(b->data + i, from[r], fl)) {
+                memmove(b->data + w, to[r], tl);  /* tl < fl, so w + tl <= i */
                 w += tl;
                 i += fl;
-            } else b->p[w++] = b->p[i++];
+            } else b->data[w++] = b->data[i++];
         }
         b->len = w;
-        if (b->p) b->p[w] = 0;
+        if (b->data) b->data[w] = 0;
     }
 }
 
 int lm_tokenizer_decode(const lm_tokenizer *tok, const int32_t *ids, size_t n_ids, int flags,
                         char **out, size_t *out_len, char err[LM_ERR_LEN]) {
-    tb_buf b = {0};
-    if (tb_decode_ids(tok, ids, n_ids, flags, 1, &b, err)) { tb_free(&b); return -1; }
+    lm_strbuf b = {0};
+    if (tb_decode_ids(tok, ids, n_ids, flags, 1, &b, err)) { lm_strbuf_free(&b); return -1; }
     if (flags & LM_DECODE_CLEANUP) cleanup_spaces(&b);
-    if (!b.p && tb_put(&b, "", 0)) return lm_errf(err, "out of memory");
-    *out = b.p;
+    if (!b.data && lm_strbuf_append(&b, "", 0)) return lm_errf(err, "out of memory");
+    *out = b.data;
     *out_len = b.len;
     return 0;
 }
@@ -305,8 +305,8 @@ struct lm_detok {
     const lm_tokenizer *tok;
     int flags;
     int started;     /* a token has gone through the decoder chain */
-    tb_buf pending;  /* decoded bytes not yet returned (an unfinished character) */
-    tb_buf out;      /* text returned by the last call */
+    lm_strbuf pending;  /* decoded bytes not yet returned (an unfinished character) */
+    lm_strbuf out;      /* text returned by the last call */
 };
 
 int lm_detok_new(const lm_tokenizer *tok, int flags, lm_detok **out, char err[LM_ERR_LEN]) {
@@ -320,30 +320,30 @@ int lm_detok_new(const lm_tokenizer *tok, int flags, lm_detok **out, char err[LM
 
 void lm_detok_free(lm_detok *d) {
     if (!d) return;
-    tb_free(&d->pending);
-    tb_free(&d->out);
+    lm_strbuf_free(&d->pending);
+    lm_strbuf_free(&d->out);
     free(d);
 }
 
 /* Moves the complete part of pending into out; with final, the rest too (as U+FFFD). */
 static int drain(lm_detok *d, int final) {
-    const unsigned char *p = (const unsigned char *)d->pending.p;
+    const unsigned char *p = (const unsigned char *)d->pending.data;
     size_t n = d->pending.len, i = 0;
     d->out.len = 0;
     while (i < n) {
         uint32_t cp;
         size_t k = lm_utf8_next(p + i, n - i, &cp);
-        if (k) { if (tb_put(&d->out, p + i, k)) return -1; i += k; continue; }
+        if (k) { if (lm_strbuf_append(&d->out, p + i, k)) return -1; i += k; continue; }
         int incomplete;
         size_t run = lm_utf8_bad_run(p + i, n - i, &incomplete);
         if (incomplete && !final) break;  /* wait for the rest of the character */
-        if (tb_put(&d->out, "\xEF\xBF\xBD", 3)) return -1;
+        if (lm_strbuf_append(&d->out, "\xEF\xBF\xBD", 3)) return -1;
         i += run;
     }
-    if (n > i) memmove(d->pending.p, p + i, n - i);
+    if (n > i) memmove(d->pending.data, p + i, n - i);
     d->pending.len = n - i;
-    if (!d->out.p && tb_put(&d->out, "", 0)) return -1;
-    d->out.p[d->out.len] = 0;
+    if (!d->out.data && lm_strbuf_append(&d->out, "", 0)) return -1;
+    d->out.data[d->out.len] = 0;
     return 0;
 }
 
@@ -356,7 +356,7 @@ int lm_detok_push(lm_detok *d, int32_t id, const char **text, size_t *len, char 
         d->started = 1;
     }
     if (drain(d, 0)) return lm_errf(err, "out of memory");
-    *text = d->out.p;
+    *text = d->out.data;
     *len = d->out.len;
     return 0;
 }
@@ -364,7 +364,7 @@ int lm_detok_push(lm_detok *d, int32_t id, const char **text, size_t *len, char 
 int lm_detok_flush(lm_detok *d, const char **text, size_t *len, char err[LM_ERR_LEN]) {
     if (drain(d, 1)) return lm_errf(err, "out of memory");
     d->started = 0;
-    *text = d->out.p;
+    *text = d->out.data;
     *len = d->out.len;
     return 0;
 }

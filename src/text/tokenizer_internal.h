@@ -12,20 +12,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "text/tokenizer.h"
 
 /* ---- small containers -------------------------------------------------------------- */
 
-/* Growable byte buffer; p is NUL-terminated whenever len > 0 after tb_put. */
-typedef struct { char *p; size_t len, cap; } tb_buf;
-int tb_put(tb_buf *b, const void *data, size_t n);
-int tb_reserve(tb_buf *b, size_t extra);
-void tb_free(tb_buf *b);
+/* Byte buffers are common/buf.h's lm_strbuf. */
 
-/* A list of byte strings kept in one buffer: piece i is bytes.p[off[i] .. off[i]+len[i]).
+/* A list of byte strings kept in one buffer: piece i is bytes.data[off[i] .. off[i]+len[i]).
  * `flag` is a per-piece tag (added-token id for decoder lists, -1 otherwise). */
 typedef struct {
-    tb_buf bytes;
+    lm_strbuf bytes;
     size_t *off, *len;
     int32_t *flag;
     size_t n, cap;
@@ -33,11 +30,11 @@ typedef struct {
 int tb_pieces_add(tb_pieces *l, const char *s, size_t n, int32_t flag);
 void tb_pieces_clear(tb_pieces *l);
 void tb_pieces_free(tb_pieces *l);
-#define TB_PIECE(l, i) ((l)->bytes.p + (l)->off[i])
+#define TB_PIECE(l, i) ((l)->bytes.data + (l)->off[i])
 
 /* Open-addressing map from byte strings (copied in) to int32 values. */
 typedef struct {
-    tb_buf keys;
+    lm_strbuf keys;
     uint32_t *koff, *klen;
     int32_t *val;
     size_t cap, count; /* cap is a power of two; slot empty when klen == UINT32_MAX */
@@ -116,7 +113,7 @@ typedef struct {
 struct lm_tokenizer {
     /* id -> token string for every id (model vocab and added tokens); off/len index into
      * id_text; len == UINT32_MAX means no token has this id. */
-    tb_buf id_text;
+    lm_strbuf id_text;
     uint32_t *id_off, *id_len;
     uint8_t *id_is_special;  /* 1 for special added tokens (skip_special_tokens) */
     uint8_t *id_is_added;
@@ -143,7 +140,7 @@ int tb_set_token(lm_tokenizer *tok, int32_t id, const char *s, size_t len);
 /* Runs the decoder chain on ids -> bytes, appending to out. at_start: these ids begin the
  * text (Metaspace/Strip remove the leading space only there). */
 int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int flags,
-                  int at_start, tb_buf *out, char *err);
+                  int at_start, lm_strbuf *out, char *err);
 
 int tb_is_unicode_space(uint32_t cp);
 

@@ -25,19 +25,19 @@
  * U+180E); transformers.js does the same rewrite. (\h, hex digit in Oniguruma, is left
  * alone: no known tokenizer uses it.) Returns a malloc'd pattern or NULL. */
 static char *oniguruma_to_pcre2(const char *p, size_t len, size_t *out_len) {
-    tb_buf b = {0};
+    lm_strbuf b = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < len; i++) {
-        if (p[i] != '\\' || i + 1 == len) { rc = tb_put(&b, p + i, 1); continue; }
+        if (p[i] != '\\' || i + 1 == len) { rc = lm_strbuf_append(&b, p + i, 1); continue; }
         char c = p[++i];
         const char *rep = c == 's' ? "\\p{White_Space}" : c == 'S' ? "\\P{White_Space}" : NULL;
-        if (rep) rc = tb_put(&b, rep, strlen(rep));
-        else { char esc[2] = {'\\', c}; rc = tb_put(&b, esc, 2); }
+        if (rep) rc = lm_strbuf_append(&b, rep, strlen(rep));
+        else { char esc[2] = {'\\', c}; rc = lm_strbuf_append(&b, esc, 2); }
     }
-    if (!rc && !b.p) rc = tb_put(&b, "", 0);
-    if (rc) { tb_free(&b); return NULL; }
+    if (!rc && !b.data) rc = lm_strbuf_append(&b, "", 0);
+    if (rc) { lm_strbuf_free(&b); return NULL; }
     *out_len = b.len;
-    return b.p;
+    return b.data;
 }
 
 pcre2_code *tb_regex_compile(const char *pattern, size_t len, int literal, char *err) {
@@ -176,13 +176,13 @@ void tb_normalizer_free(tb_normalizer *n) {
 
 /* Replaces every match of re in s by rep. */
 static int regex_replace(const pcre2_code *re, const char *s, size_t len, const char *rep,
-                         size_t rep_len, size_t bound, tb_buf *out, char *err) {
+                         size_t rep_len, size_t bound, lm_strbuf *out, char *err) {
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     if (!md) return lm_errf(err, "out of memory");
     size_t pos = 0, ms, me;
     int failed = 0, rc = 0;
     while (next_match(re, md, s, len, pos, &ms, &me, err, &failed)) {
-        if (tb_put(out, s + pos, ms - pos) || tb_put(out, rep, rep_len)) { rc = lm_errf(err, "out of memory"); break; }
+        if (lm_strbuf_append(out, s + pos, ms - pos) || lm_strbuf_append(out, rep, rep_len)) { rc = lm_errf(err, "out of memory"); break; }
         if (out->len > bound) {  /* stop before building what normalize_bounded refuses */
             rc = lm_errf(err, "tokenizer normalizer: the text grew past %zu bytes (16x its input)", bound);
             break;
@@ -190,7 +190,7 @@ static int regex_replace(const pcre2_code *re, const char *s, size_t len, const 
         pos = me;
     }
     if (!rc && failed) rc = -1;
-    if (!rc && tb_put(out, s + pos, len - pos)) rc = lm_errf(err, "out of memory");
+    if (!rc && lm_strbuf_append(out, s + pos, len - pos)) rc = lm_errf(err, "out of memory");
     pcre2_match_data_free(md);
     return rc;
 }
@@ -213,7 +213,7 @@ int tb_normalize(const tb_normalizer *n, const char *in, size_t len, char **out,
 
 static int normalize_bounded(const tb_normalizer *n, const char *in, size_t len, size_t bound,
                              char **out, size_t *out_len, char *err) {
-    tb_buf b = {0};
+    lm_strbuf b = {0};
     switch (n->type) {
     case N_SEQ: {
         char *cur = malloc(len + 1);
@@ -242,11 +242,11 @@ static int normalize_bounded(const tb_normalizer *n, const char *in, size_t len,
         }
         return 0;
     case N_PREPEND:
-        if ((len && tb_put(&b, n->text, n->text_len)) || tb_put(&b, in, len)) goto oom;
+        if ((len && lm_strbuf_append(&b, n->text, n->text_len)) || lm_strbuf_append(&b, in, len)) goto oom;
         break;
     case N_REPLACE:
-        if (regex_replace(n->re, in, len, n->text, n->text_len, bound, &b, err)) { tb_free(&b); return -1; }
-        if (tb_put(&b, "", 0)) goto oom;
+        if (regex_replace(n->re, in, len, n->text, n->text_len, bound, &b, err)) { lm_strbuf_free(&b); return -1; }
+        if (lm_strbuf_append(&b, "", 0)) goto oom;
         break;
     case N_STRIP: {
         const unsigned char *u = (const unsigned char *)in;
@@ -264,21 +264,21 @@ static int normalize_bounded(const tb_normalizer *n, const char *in, size_t len,
             if (!k || !tb_is_unicode_space(cp)) break;
             e = p;
         }
-        if (tb_put(&b, in + s, e - s)) goto oom;
+        if (lm_strbuf_append(&b, in + s, e - s)) goto oom;
         break;
     }
     }
-    if (!b.p && tb_put(&b, "", 0)) goto oom;
+    if (!b.data && lm_strbuf_append(&b, "", 0)) goto oom;
     if (b.len > bound) {
-        tb_free(&b);
+        lm_strbuf_free(&b);
         return lm_errf(err, "tokenizer normalizer: the text grew past %zu bytes (16x its input); "
                        "the normalizer chain in tokenizer.json expands without bound", bound);
     }
-    *out = b.p;
+    *out = b.data;
     *out_len = b.len;
     return 0;
 oom:
-    tb_free(&b);
+    lm_strbuf_free(&b);
     return lm_errf(err, "out of memory");
 }
 
@@ -398,13 +398,7 @@ typedef struct { seg *v; size_t n, cap; } seg_vec;
 
 static int seg_add(seg_vec *sv, size_t s, size_t e, int m) {
     if (s == e) return 0;
-    if (sv->n == sv->cap) {
-        size_t cap = sv->cap ? sv->cap * 2 : 32;
-        seg *v = realloc(sv->v, cap * sizeof *v);
-        if (!v) return -1;
-        sv->v = v;
-        sv->cap = cap;
-    }
+    if (LM_GROW(sv->v, sv->cap, sv->n + 1) != 0) return -1;
     sv->v[sv->n++] = (seg){s, e, m};
     return 0;
 }
@@ -470,11 +464,11 @@ static int split_regex(const pcre2_code *re, int behavior, int invert, const cha
 }
 
 static int byte_level_map(const char *s, size_t len, tb_pieces *out) {
-    tb_buf b = {0};
-    if (tb_reserve(&b, len * 2)) return -1;
-    for (size_t i = 0; i < len; i++) b.len += lm_utf8_put(tb_byte_to_cp((unsigned char)s[i]), b.p + b.len);
-    int rc = tb_pieces_add(out, b.p, b.len, -1);
-    tb_free(&b);
+    lm_strbuf b = {0};
+    if (lm_strbuf_reserve(&b, len * 2)) return -1;
+    for (size_t i = 0; i < len; i++) b.len += lm_utf8_put(tb_byte_to_cp((unsigned char)s[i]), b.data + b.len);
+    int rc = tb_pieces_add(out, b.data, b.len, -1);
+    lm_strbuf_free(&b);
     return rc;
 }
 
@@ -485,10 +479,10 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
     case P_SPLIT:
         return split_regex(p->re, p->behavior, p->invert, s, len, out, err);
     case P_BYTELEVEL: {
-        tb_buf pre = {0};
+        lm_strbuf pre = {0};
         if (p->add_prefix_space && (len == 0 || s[0] != ' ')) {
-            if (tb_put(&pre, " ", 1) || tb_put(&pre, s, len)) { tb_free(&pre); return lm_errf(err, "out of memory"); }
-            s = pre.p;
+            if (lm_strbuf_append(&pre, " ", 1) || lm_strbuf_append(&pre, s, len)) { lm_strbuf_free(&pre); return lm_errf(err, "out of memory"); }
+            s = pre.data;
             len = pre.len;
         }
         int rc = 0;
@@ -501,7 +495,7 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
         } else if (len && byte_level_map(s, len, out)) {
             rc = lm_errf(err, "out of memory");
         }
-        tb_free(&pre);
+        lm_strbuf_free(&pre);
         return rc;
     }
     case P_DIGITS: {
@@ -521,21 +515,21 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
         return rc ? lm_errf(err, "out of memory") : 0;
     }
     case P_METASPACE: {
-        tb_buf b = {0};
+        lm_strbuf b = {0};
         int rc = 0;
         int starts;
         size_t i;
         /* replace spaces first, then decide on the prefix */
-        tb_buf r = {0};
+        lm_strbuf r = {0};
         for (i = 0; i < len && !rc; i++)
-            rc = s[i] == ' ' ? tb_put(&r, p->repl, p->repl_len) : tb_put(&r, s + i, 1);
-        if (!rc && !r.p) rc = tb_put(&r, "", 0);
+            rc = s[i] == ' ' ? lm_strbuf_append(&r, p->repl, p->repl_len) : lm_strbuf_append(&r, s + i, 1);
+        if (!rc && !r.data) rc = lm_strbuf_append(&r, "", 0);
         if (!rc) {
-            starts = r.len >= p->repl_len && !memcmp(r.p, p->repl, p->repl_len);
+            starts = r.len >= p->repl_len && !memcmp(r.data, p->repl, p->repl_len);
             int prepend = !starts && (p->prepend_scheme == PREPEND_ALWAYS ||
                                       (p->prepend_scheme == PREPEND_FIRST && at_text_start));
-            if (prepend) rc = tb_put(&b, p->repl, p->repl_len);
-            if (!rc) rc = tb_put(&b, r.p, r.len);
+            if (prepend) rc = lm_strbuf_append(&b, p->repl, p->repl_len);
+            if (!rc) rc = lm_strbuf_append(&b, r.data, r.len);
         }
         if (!rc) {
             if (p->split) {
@@ -543,21 +537,21 @@ static int pretok_one(const tb_pretok *p, const char *s, size_t len, int at_text
                 seg_vec sv = {0};
                 size_t from = 0;
                 for (i = 0; !rc && i + p->repl_len <= b.len;) {
-                    if (!memcmp(b.p + i, p->repl, p->repl_len)) {
+                    if (!memcmp(b.data + i, p->repl, p->repl_len)) {
                         if (seg_add(&sv, from, i, 0) || seg_add(&sv, i, i + p->repl_len, 1)) rc = -1;
                         i += p->repl_len;
                         from = i;
                     } else i++;
                 }
                 if (!rc && seg_add(&sv, from, b.len, 0)) rc = -1;
-                if (!rc) rc = emit_segments(&sv, B_MERGED_NEXT, b.p, out);
+                if (!rc) rc = emit_segments(&sv, B_MERGED_NEXT, b.data, out);
                 free(sv.v);
             } else if (b.len) {
-                rc = tb_pieces_add(out, b.p, b.len, -1);
+                rc = tb_pieces_add(out, b.data, b.len, -1);
             }
         }
-        tb_free(&b);
-        tb_free(&r);
+        lm_strbuf_free(&b);
+        lm_strbuf_free(&r);
         return rc ? lm_errf(err, "out of memory") : 0;
     }
     }

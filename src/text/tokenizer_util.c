@@ -6,51 +6,15 @@
 
 #include "text/tokenizer_internal.h"
 
-int tb_reserve(tb_buf *b, size_t extra) {
-    if (b->len + extra + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-int tb_put(tb_buf *b, const void *data, size_t n) {
-    if (tb_reserve(b, n)) return -1;
-    if (n) memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = 0;
-    return 0;
-}
-
-void tb_free(tb_buf *b) {
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
 int tb_pieces_add(tb_pieces *l, const char *s, size_t n, int32_t flag) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        size_t *off = realloc(l->off, cap * sizeof *off);
-        if (!off) return -1;
-        l->off = off;
-        size_t *len = realloc(l->len, cap * sizeof *len);
-        if (!len) return -1;
-        l->len = len;
-        int32_t *flag_arr = realloc(l->flag, cap * sizeof *flag_arr);
-        if (!flag_arr) return -1;
-        l->flag = flag_arr;
+    if (l->n == l->cap) { /* three arrays, one capacity */
+        size_t cap = lm_grow_cap(l->cap, l->n + 1, sizeof *l->off);
+        if (!cap || LM_RESIZE(l->off, cap) || LM_RESIZE(l->len, cap) || LM_RESIZE(l->flag, cap)) return -1;
         l->cap = cap;
     }
     size_t at = l->bytes.len;
-    /* s may point into l->bytes itself, so reserve first and copy with memmove */
-    if (tb_reserve(&l->bytes, n)) return -1;
-    if (n) memmove(l->bytes.p + at, s, n);
-    l->bytes.len += n;
-    l->bytes.p[l->bytes.len] = 0;
+    /* s may point into l->bytes itself; lm_strbuf_append allows that */
+    if (lm_strbuf_append(&l->bytes, s, n)) return -1;
     l->off[l->n] = at;
     l->len[l->n] = n;
     l->flag[l->n] = flag;
@@ -64,7 +28,7 @@ void tb_pieces_clear(tb_pieces *l) {
 }
 
 void tb_pieces_free(tb_pieces *l) {
-    tb_free(&l->bytes);
+    lm_strbuf_free(&l->bytes);
     free(l->off);
     free(l->len);
     free(l->flag);
@@ -90,7 +54,7 @@ static int strmap_grow(tb_strmap *m) {
     memset(klen, 0xFF, cap * sizeof *klen);
     for (size_t i = 0; i < m->cap; i++) {
         if (m->klen[i] == UINT32_MAX) continue;
-        size_t j = tb_hash(m->keys.p + m->koff[i], m->klen[i]) & (cap - 1);
+        size_t j = tb_hash(m->keys.data + m->koff[i], m->klen[i]) & (cap - 1);
         while (klen[j] != UINT32_MAX) j = (j + 1) & (cap - 1);
         koff[j] = m->koff[i];
         klen[j] = m->klen[i];
@@ -107,11 +71,11 @@ int tb_strmap_put(tb_strmap *m, const char *k, size_t n, int32_t v) {
     if ((m->count + 1) * 4 > m->cap * 3 && strmap_grow(m)) return -1;
     size_t j = tb_hash(k, n) & (m->cap - 1);
     while (m->klen[j] != UINT32_MAX) {
-        if (m->klen[j] == n && !memcmp(m->keys.p + m->koff[j], k, n)) { m->val[j] = v; return 0; }
+        if (m->klen[j] == n && !memcmp(m->keys.data + m->koff[j], k, n)) { m->val[j] = v; return 0; }
         j = (j + 1) & (m->cap - 1);
     }
     size_t at = m->keys.len;
-    if (tb_put(&m->keys, k, n)) return -1;
+    if (lm_strbuf_append(&m->keys, k, n)) return -1;
     m->koff[j] = (uint32_t)at;
     m->klen[j] = (uint32_t)n;
     m->val[j] = v;
@@ -123,7 +87,7 @@ int32_t tb_strmap_get(const tb_strmap *m, const char *k, size_t n, int32_t missi
     if (!m->cap) return missing;
     size_t j = tb_hash(k, n) & (m->cap - 1);
     while (m->klen[j] != UINT32_MAX) {
-        if (m->klen[j] == n && !memcmp(m->keys.p + m->koff[j], k, n)) return m->val[j];
+        if (m->klen[j] == n && !memcmp(m->keys.data + m->koff[j], k, n)) return m->val[j];
         j = (j + 1) & (m->cap - 1);
     }
     return missing;
@@ -136,7 +100,7 @@ void tb_strmap_clear(tb_strmap *m) {
 }
 
 void tb_strmap_free(tb_strmap *m) {
-    tb_free(&m->keys);
+    lm_strbuf_free(&m->keys);
     free(m->koff); free(m->klen); free(m->val);
     memset(m, 0, sizeof *m);
 }

@@ -1,7 +1,7 @@
 /* Streaming tool-call and reasoning parser (interface and observable rules: toolcall.h).
  *
  * DESIGN
- * Input is appended to `in`; in.d[head..in.n) is not consumed yet. A state machine eats
+ * Input is appended to `in`; in.data[head..in.len) is not consumed yet. A state machine eats
  * from the front. Markup whose meaning is still open (a tag prefix, a <tool_call> wrapper
  * whose content is not seen yet, a function name, a Hermes JSON body) stays in the buffer
  * from `head`, so a wrong guess can be undone: the opening tag (open_len bytes) is given
@@ -39,7 +39,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/error.h"
+#include "common/utf8.h"
 
 #define NAME_MAX_LEN 256
 #define HERMES_MAX_DEPTH 64
@@ -51,28 +53,23 @@ enum { FAIL_CANCEL = 1, FAIL_OOM = 2 };
 /* JSON-schema type bits of a parameter. */
 enum { T_STRING = 1, T_INT = 2, T_NUM = 4, T_BOOL = 8, T_OBJ = 16, T_ARR = 32, T_NULL = 64 };
 
-typedef struct {
-    char *d;
-    size_t n, cap;
-} sbuf;
-
 struct lm_toolcall_parser {
     lm_tc_event_fn fn;
     void *ctx;
     json_t *tools;      /* owned; NULL when no tools were given (markup is then text) */
     enum state st;
     int failed;         /* FAIL_*: sticky, every later call reports it */
-    sbuf in;            /* in.d[head..in.n): input not consumed yet */
+    lm_strbuf in;            /* in.data[head..in.len): input not consumed yet */
     size_t head;
     size_t scan;        /* bytes after head already examined (S_WRAP, S_FNAME, S_HERMES) */
     size_t open_len;    /* opening tag at head, given back as text when the guess fails */
     int wrapped;        /* inside <tool_call> ... </tool_call> */
     /* current text or reasoning segment */
-    sbuf ws;            /* trailing whitespace not emitted yet */
+    lm_strbuf ws;            /* trailing whitespace not emitted yet */
     int seg_nonempty;   /* non-whitespace emitted in this segment */
     int trim_lead;      /* segment follows markup: its leading whitespace is dropped */
     /* output of the current feed, coalesced into one event per run of one kind */
-    sbuf out;
+    lm_strbuf out;
     lm_tc_kind out_kind;
     int out_index;
     /* current call */
@@ -83,7 +80,7 @@ struct lm_toolcall_parser {
     int n_params;
     unsigned ptypes;    /* type bits of the current parameter; 0 = streamed as a string */
     int value_started;  /* the optional newline after <parameter=p> was looked at */
-    sbuf value;         /* raw text of a non-string parameter */
+    lm_strbuf value;         /* raw text of a non-string parameter */
     /* Hermes JSON scanner */
     size_t json_start;  /* offset of '{' after head */
     int depth, in_str, esc;
@@ -93,26 +90,9 @@ struct lm_toolcall_parser {
 
 /* ---- buffers and output ------------------------------------------------------- */
 
-static void sb_add(lm_toolcall_parser *p, sbuf *b, const char *d, size_t n) {
+static void sb_add(lm_toolcall_parser *p, lm_strbuf *b, const char *d, size_t n) {
     if (n == 0 || p->failed) return;
-    if (n > SIZE_MAX / 4 - b->n) {
-        p->failed = FAIL_OOM;
-        return;
-    }
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *nd = realloc(b->d, cap);
-        if (!nd) {
-            p->failed = FAIL_OOM;
-            return;
-        }
-        b->d = nd;
-        b->cap = cap;
-    }
-    memcpy(b->d + b->n, d, n);
-    b->n += n;
-    b->d[b->n] = 0;
+    if (lm_strbuf_append(b, d, n) != 0) p->failed = FAIL_OOM;
 }
 
 static void emit(lm_toolcall_parser *p, const lm_tc_event *ev) {
@@ -120,16 +100,16 @@ static void emit(lm_toolcall_parser *p, const lm_tc_event *ev) {
 }
 
 static void flush(lm_toolcall_parser *p) {
-    if (!p->out.n) return;
-    lm_tc_event ev = {.kind = p->out_kind, .index = p->out_index, .data = p->out.d,
-                      .len = p->out.n};
-    p->out.n = 0;
+    if (!p->out.len) return;
+    lm_tc_event ev = {.kind = p->out_kind, .index = p->out_index, .data = p->out.data,
+                      .len = p->out.len};
+    p->out.len = 0;
     emit(p, &ev);
 }
 
 static void out_add(lm_toolcall_parser *p, lm_tc_kind kind, int index, const char *d, size_t n) {
     if (n == 0) return;
-    if (p->out.n && (p->out_kind != kind || p->out_index != index)) flush(p);
+    if (p->out.len && (p->out_kind != kind || p->out_index != index)) flush(p);
     p->out_kind = kind;
     p->out_index = index;
     sb_add(p, &p->out, d, n);
@@ -143,7 +123,7 @@ static void args_str(lm_toolcall_parser *p, const char *s) { args_add(p, s, strl
 static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
 static void seg_reset(lm_toolcall_parser *p, int trim_lead) {
-    p->ws.n = 0;
+    p->ws.len = 0;
     p->seg_nonempty = 0;
     p->trim_lead = trim_lead;
 }
@@ -158,10 +138,10 @@ static void content(lm_toolcall_parser *p, lm_tc_kind kind, const char *d, size_
     }
     while (is_ws(d[j - 1])) j--;
     if (p->seg_nonempty || !p->trim_lead) {
-        out_add(p, kind, 0, p->ws.d, p->ws.n);
+        out_add(p, kind, 0, p->ws.data, p->ws.len);
         out_add(p, kind, 0, d, i);
     }
-    p->ws.n = 0;
+    p->ws.len = 0;
     out_add(p, kind, 0, d + i, j - i);
     sb_add(p, &p->ws, d + j, n - j);
     p->seg_nonempty = 1;
@@ -171,36 +151,12 @@ static void content(lm_toolcall_parser *p, lm_tc_kind kind, const char *d, size_
 
 /* Length of the UTF-8 sequence at s: >0 valid, 0 a valid but truncated prefix, -1 invalid. */
 static int utf8_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0], lo = 0x80, hi = 0xBF;
-    int len;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F; /* no surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return -1;
-    }
-    for (int k = 1; k < len; k++) {
-        if ((size_t)k >= n) return 0;
-        if (s[k] < (k == 1 ? lo : 0x80) || s[k] > (k == 1 ? hi : 0xBF)) return -1;
-    }
-    return len;
-}
-
-static int utf8_valid(const char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int l = utf8_len((const unsigned char *)s + i, n - i);
-        if (l <= 0) return 0;
-        i += (size_t)l;
-    }
-    return 1;
+    uint32_t cp;
+    size_t len = lm_utf8_next(s, n, &cp);
+    if (len) return (int)len;
+    int incomplete;
+    lm_utf8_bad_run(s, n, &incomplete);
+    return incomplete ? 0 : -1;
 }
 
 /* Appends d as the inside of a JSON string to the call's arguments. Without `final`, a
@@ -305,7 +261,7 @@ static void make_id(lm_toolcall_parser *p) {
 }
 
 static void begin_call(lm_toolcall_parser *p, const char *name, size_t n) {
-    p->ws.n = 0; /* whitespace right before a call is not shown */
+    p->ws.len = 0; /* whitespace right before a call is not shown */
     char *copy = strndup(name, n);
     if (!copy) {
         p->failed = FAIL_OOM;
@@ -350,7 +306,7 @@ static void begin_param(lm_toolcall_parser *p, const char *name, size_t n) {
     esc_add(p, name, n, 1);
     args_str(p, p->ptypes ? "\": " : "\": \"");
     p->value_started = 0;
-    p->value.n = 0;
+    p->value.len = 0;
 }
 
 static void value_add(lm_toolcall_parser *p, const char *d, size_t n, int final, size_t *used) {
@@ -372,8 +328,8 @@ static void end_value(lm_toolcall_parser *p) {
         args_str(p, "\"");
         return;
     }
-    const char *v = p->value.n ? p->value.d : "";
-    size_t n = p->value.n, a = 0, b = n;
+    const char *v = p->value.len ? p->value.data : "";
+    size_t n = p->value.len, a = 0, b = n;
     unsigned ty = p->ptypes;
     while (a < b && is_ws(v[a])) a++;
     while (b > a && is_ws(v[b - 1])) b--;
@@ -469,13 +425,13 @@ static int valid_name(const char *s, size_t n) {
     if (n == 0 || n > NAME_MAX_LEN) return 0;
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] < 0x20) return 0;
-    return utf8_valid(s, n);
+    return lm_utf8_valid(s, n);
 }
 
 /* Emits one Hermes call from its JSON text; -1 (nothing emitted) when it is no call.
  * close_open: the text was cut off, close its open string and brackets first. */
 static int hermes_call(lm_toolcall_parser *p, const char *body, size_t n, int close_open) {
-    sbuf fix = {0};
+    lm_strbuf fix = {0};
     int in_str = 0, esc = 0, rc = -1;
     json_t *j = NULL, *inner = NULL;
     char *dumped = NULL;
@@ -499,12 +455,12 @@ static int hermes_call(lm_toolcall_parser *p, const char *body, size_t n, int cl
     if (close_open) {
         if (esc) goto done;
         if (in_str) sb_add(p, &fix, "\"", 1);
-        while (!in_str && fix.n && (is_ws(fix.d[fix.n - 1]) || fix.d[fix.n - 1] == ',')) fix.n--;
+        while (!in_str && fix.len && (is_ws(fix.data[fix.len - 1]) || fix.data[fix.len - 1] == ',')) fix.len--;
         for (int k = p->depth - 1; k >= 0; k--) sb_add(p, &fix, p->stack[k] == '{' ? "}" : "]", 1);
     }
-    if (p->failed || !fix.n) goto done;
+    if (p->failed || !fix.len) goto done;
     json_error_t err;
-    j = json_loadb(fix.d, fix.n, 0, &err);
+    j = json_loadb(fix.data, fix.len, 0, &err);
     const json_t *name = json_object_get(j, "name");
     if (!json_is_string(name) || !valid_name(json_string_value(name), json_string_length(name)))
         goto done;
@@ -514,8 +470,8 @@ static int hermes_call(lm_toolcall_parser *p, const char *body, size_t n, int cl
     const char *text = "{}";
     size_t off = 0, len = 2;
     if (json_is_object(args)) {
-        if (member_span(fix.d, fix.n, key, &off, &len) == 0) {
-            text = fix.d; /* as written: jansson would print 0.1 as 0.10000000000000001 */
+        if (member_span(fix.data, fix.len, key, &off, &len) == 0) {
+            text = fix.data; /* as written: jansson would print 0.1 as 0.10000000000000001 */
         } else {      /* the key was written with escapes: fall back to jansson's text */
             if (!(dumped = json_dumps(args, JSON_COMPACT))) goto done;
             text = dumped;
@@ -537,7 +493,7 @@ done:
     free(dumped);
     json_decref(inner);
     json_decref(j);
-    free(fix.d);
+    lm_strbuf_free(&fix);
     return rc;
 }
 
@@ -563,7 +519,7 @@ static int match_any(const char *s, size_t n, const char *const *tags, int ntags
 }
 
 static void give_back(lm_toolcall_parser *p) {
-    content(p, LM_TC_TEXT, p->in.d + p->head, p->open_len);
+    content(p, LM_TC_TEXT, p->in.data + p->head, p->open_len);
     p->head += p->open_len;
     p->st = S_TEXT;
     p->wrapped = 0;
@@ -577,8 +533,8 @@ static void start_hermes(lm_toolcall_parser *p, size_t at) {
 
 /* S_TEXT and S_THINK: content up to the next tag. */
 static enum step st_content(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head;
     int think = p->st == S_THINK;
     lm_tc_kind kind = think ? LM_TC_REASONING : LM_TC_TEXT;
     const char *lt = memchr(b, '<', n);
@@ -617,8 +573,8 @@ static enum step st_content(lm_toolcall_parser *p, int eof) {
 
 /* S_WRAP: after <tool_call>, JSON or <function= must follow. */
 static enum step st_wrap(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head;
     while (p->scan < n && is_ws(b[p->scan])) p->scan++;
     if (p->scan == n) {
         if (!eof) return NEED;
@@ -640,8 +596,8 @@ static enum step st_wrap(lm_toolcall_parser *p, int eof) {
 
 /* S_FNAME: the function name up to '>'. */
 static enum step st_fname(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head, s = p->scan, q = s;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head, s = p->scan, q = s;
     while (q < n && q - s <= NAME_MAX_LEN && b[q] != '>' && b[q] != '<' && b[q] != '\n') q++;
     if (q == n && !eof && q - s <= NAME_MAX_LEN) return NEED;
     if (q < n && b[q] == '>') {
@@ -671,8 +627,8 @@ static const char *const body_tags[] = {"<parameter=", "</function>", "</tool_ca
 
 /* S_BODY: between parameters of an XML call. */
 static enum step st_body(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head;
     const char *lt = memchr(b, '<', n);
     if (lt != b) { /* stray text inside a call is dropped */
         p->head += lt ? (size_t)(lt - b) : n;
@@ -698,8 +654,8 @@ static enum step st_body(lm_toolcall_parser *p, int eof) {
 
 /* S_PNAME: the parameter name up to '>' (or a newline, when the model dropped the '>'). */
 static enum step st_pname(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head, q = 0;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head, q = 0;
     while (q < n && q <= NAME_MAX_LEN && b[q] != '>' && b[q] != '<' && b[q] != '\n') q++;
     if (q == n && !eof && q <= NAME_MAX_LEN) return NEED;
     p->st = S_BODY;
@@ -721,8 +677,8 @@ static const char *const value_ends[] = {"</parameter>", "<parameter=", "</funct
 
 /* S_PVALUE: a parameter value, ended by its closing tag or by the next tag. */
 static enum step st_pvalue(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head, used;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head, used;
     if (!p->value_started) {
         if (n == 0) return NEED;
         if (b[0] == '\n') p->head++;
@@ -754,8 +710,8 @@ static enum step st_pvalue(lm_toolcall_parser *p, int eof) {
 
 /* S_AFTER: after </function> or a Hermes object inside a <tool_call> wrapper. */
 static enum step st_after(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head, i = 0;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head, i = 0;
     while (i < n && is_ws(b[i])) i++;
     p->head += i;
     b += i;
@@ -783,8 +739,8 @@ static enum step st_after(lm_toolcall_parser *p, int eof) {
 
 /* S_HERMES: scans the JSON object for its end, string and bracket aware. */
 static enum step st_hermes(lm_toolcall_parser *p, int eof) {
-    const char *b = p->in.d + p->head;
-    size_t n = p->in.n - p->head, q = p->scan;
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head, q = p->scan;
     for (; q < n; q++) {
         char c = b[q];
         if (p->in_str) {
@@ -820,7 +776,7 @@ static enum step st_hermes(lm_toolcall_parser *p, int eof) {
         p->scan = q;
         if (!eof) return NEED;
         if (hermes_call(p, b + p->json_start, n - p->json_start, 1) == 0) {
-            p->head = p->in.n;
+            p->head = p->in.len;
             p->st = S_TEXT;
             p->wrapped = 0;
             return PROGRESS;
@@ -831,7 +787,7 @@ static enum step st_hermes(lm_toolcall_parser *p, int eof) {
 }
 
 static void run(lm_toolcall_parser *p, int eof) {
-    while (!p->failed && p->head < p->in.n) {
+    while (!p->failed && p->head < p->in.len) {
         enum step r = NEED;
         switch (p->st) {
         case S_TEXT:
@@ -895,8 +851,8 @@ int lm_toolcall_parser_create(lm_toolcall_parser **out, const char *tools_json, 
 int lm_toolcall_parser_feed(lm_toolcall_parser *p, const char *piece, size_t len, char *err) {
     if (p->failed) return report(p, err);
     if (p->head) { /* drop consumed input */
-        memmove(p->in.d, p->in.d + p->head, p->in.n - p->head);
-        p->in.n -= p->head;
+        memmove(p->in.data, p->in.data + p->head, p->in.len - p->head);
+        p->in.len -= p->head;
         p->head = 0;
     }
     sb_add(p, &p->in, piece, len);
@@ -910,7 +866,7 @@ int lm_toolcall_parser_finish(lm_toolcall_parser *p, char *err) {
     run(p, 1);
     switch (p->st) {
     case S_TEXT:
-        if (p->seg_nonempty || !p->trim_lead) out_add(p, LM_TC_TEXT, 0, p->ws.d, p->ws.n);
+        if (p->seg_nonempty || !p->trim_lead) out_add(p, LM_TC_TEXT, 0, p->ws.data, p->ws.len);
         break;
     case S_PVALUE:
         end_value(p);
@@ -920,7 +876,7 @@ int lm_toolcall_parser_finish(lm_toolcall_parser *p, char *err) {
     case S_PNAME: xml_close_call(p); break;
     default: break;
     }
-    p->ws.n = 0;
+    p->ws.len = 0;
     p->st = S_TEXT;
     flush(p);
     return p->failed ? report(p, err) : 0;
@@ -931,10 +887,10 @@ int lm_toolcall_parser_calls(const lm_toolcall_parser *p) { return p->n_done; }
 void lm_toolcall_parser_free(lm_toolcall_parser *p) {
     if (!p) return;
     json_decref(p->tools);
-    free(p->in.d);
-    free(p->ws.d);
-    free(p->out.d);
-    free(p->value.d);
+    lm_strbuf_free(&p->in);
+    lm_strbuf_free(&p->ws);
+    lm_strbuf_free(&p->out);
+    lm_strbuf_free(&p->value);
     free(p->name);
     free(p);
 }

@@ -1,4 +1,4 @@
-/* UTF-8 validation/repair and Unicode normalization.
+/* Unicode normalization (the UTF-8 helpers are in common/utf8.c).
  *
  * Normalization follows UAX #15 directly: decompose every code point (canonical or
  * compatibility table, Hangul arithmetically), put each run of non-starters in canonical
@@ -9,120 +9,12 @@
  */
 #include "text/unicode.h"
 
+#include "common/buf.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 #include "text/unicode_norm_tables.h"
-
-size_t lm_utf8_next(const unsigned char *s, size_t len, uint32_t *cp) {
-    if (len == 0) return 0;
-    unsigned char c = s[0];
-    if (c < 0x80) { *cp = c; return 1; }
-    size_t need;
-    uint32_t v;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) { need = 2; v = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 3; v = c & 0x0F;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 4; v = c & 0x07;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if (len < need) return 0;
-    if (s[1] < lo || s[1] > hi) return 0;
-    v = (v << 6) | (s[1] & 0x3F);
-    for (size_t i = 2; i < need; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    *cp = v;
-    return need;
-}
-
-size_t lm_utf8_put(uint32_t cp, char *out) {
-    unsigned char *o = (unsigned char *)out;
-    if (cp < 0x80) { o[0] = (unsigned char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (unsigned char)(0xC0 | (cp >> 6)); o[1] = (unsigned char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (unsigned char)(0xE0 | (cp >> 12)); o[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (unsigned char)(0x80 | (cp & 0x3F)); return 3;
-    }
-    o[0] = (unsigned char)(0xF0 | (cp >> 18)); o[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-size_t lm_utf8_bad_run(const unsigned char *s, size_t len, int *incomplete) {
-    *incomplete = 0;
-    unsigned char c = s[0];
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 2;
-    else if (c >= 0xE0 && c <= 0xEF) { need = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-    else if (c >= 0xF0 && c <= 0xF4) { need = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
-    else return 1;                      /* stray continuation byte or impossible lead */
-    size_t i = 1;
-    while (i < need && i < len) {
-        unsigned char b = s[i];
-        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-        if (b < l || b > h) return i;   /* the valid prefix so far is one subpart */
-        i++;
-    }
-    if (i < need) *incomplete = 1;      /* ran out of input: could still complete */
-    return i;
-}
-
-size_t lm_utf8_complete_prefix(const unsigned char *s, size_t len) {
-    /* Only the last 3 bytes can hold an unfinished sequence. */
-    size_t start = len > 3 ? len - 3 : 0;
-    for (size_t i = start; i < len; i++) {
-        if ((s[i] & 0xC0) == 0x80) continue;
-        uint32_t cp;
-        if (s[i] < 0x80) continue;
-        if (lm_utf8_next(s + i, len - i, &cp)) continue;
-        int incomplete;
-        size_t run = lm_utf8_bad_run(s + i, len - i, &incomplete);
-        if (incomplete && i + run == len) return i;
-    }
-    return len;
-}
-
-int lm_utf8_valid(const char *s, size_t len) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    uint32_t cp;
-    while (i < len) {
-        if (u[i] < 0x80) { i++; continue; }
-        size_t n = lm_utf8_next(u + i, len - i, &cp);
-        if (!n) return 0;
-        i += n;
-    }
-    return 1;
-}
-
-int lm_utf8_sanitize(const char *s, size_t len, char **out, size_t *out_len) {
-    /* Worst case: every byte becomes 3 bytes of U+FFFD. */
-    char *o = malloc(len * 3 + 1);
-    if (!o) return -1;
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0, n = 0;
-    while (i < len) {
-        uint32_t cp;
-        size_t k = u[i] < 0x80 ? 1 : lm_utf8_next(u + i, len - i, &cp);
-        if (k) { memcpy(o + n, s + i, k); n += k; i += k; continue; }
-        int incomplete;
-        i += lm_utf8_bad_run(u + i, len - i, &incomplete);
-        memcpy(o + n, "\xEF\xBF\xBD", 3);
-        n += 3;
-    }
-    o[n] = 0;
-    *out = o;
-    *out_len = n;
-    return 0;
-}
 
 /* ---- normalization ------------------------------------------------------------------- */
 
@@ -169,13 +61,7 @@ static uint32_t compose_pair(uint32_t a, uint32_t b) {
 typedef struct { uint32_t *v; size_t n, cap; } cp_vec;
 
 static int cp_push(cp_vec *c, uint32_t cp) {
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 64;
-        uint32_t *v = realloc(c->v, cap * sizeof *v);
-        if (!v) return -1;
-        c->v = v;
-        c->cap = cap;
-    }
+    if (LM_GROW(c->v, c->cap, c->n + 1) != 0) return -1;
     c->v[c->n++] = cp;
     return 0;
 }

@@ -73,6 +73,35 @@ a=$(HF_HOME=$T/hf HF_HUB_CACHE= $BIN run tiny-org/tiny-moe "hello" -n 5 --temp 0
 b=$(HF_HUB_CACHE=$T/hf/hub $BIN run tiny-org/tiny-moe "hello" -n 5 --temp 0 --no-stats 2>&1 | tr -d "\0")
 c=$($BIN run $M "hello" -n 5 --temp 0 --no-stats 2>&1 | tr -d "\0")
 [ "$a" = "$c" ] && [ "$b" = "$c" ] && ok cli_hf_cache_repo_id || bad cli_hf_cache_repo_id "'$a' / '$b' vs '$c'"
+# Every command that takes MODEL resolves a repo id through the same parser and open
+# as run does: bench, info, logits, perplexity and serve answer as they do for the directory.
+hf() { HF_HOME=$T/hf HF_HUB_CACHE= XDG_CACHE_HOME=$T/xdg "$@"; }
+gen_ids() { grep -o '"generated_ids": \[[^]]*\]'; }
+a=$(hf $BIN bench tiny-org/tiny-moe --prompt-tokens 5 --gen-tokens 4 --json 2>&1 | gen_ids)
+b=$(XDG_CACHE_HOME=$T/xdg $BIN bench $M --prompt-tokens 5 --gen-tokens 4 --json 2>&1 | gen_ids)
+[ -n "$a" ] && [ "$a" = "$b" ] && ok cli_hf_cache_bench || bad cli_hf_cache_bench "'$a' vs '$b'"
+a=$(hf $BIN info tiny-org/tiny-moe --json 2>&1); b=$($BIN info $M --json 2>&1)
+[[ "$a" == *'"experts"'* ]] && [ "$a" = "$b" ] && ok cli_hf_cache_info || bad cli_hf_cache_info "'$a' vs '$b'"
+hf $BIN logits tiny-org/tiny-moe --ids 3,14,15 --out $T/hf.npy >/dev/null 2>&1
+XDG_CACHE_HOME=$T/xdg $BIN logits $M --ids 3,14,15 --out $T/dir.npy >/dev/null 2>&1
+[ -s $T/hf.npy ] && cmp -s $T/hf.npy $T/dir.npy && ok cli_hf_cache_logits || bad cli_hf_cache_logits "logits differ or missing"
+printf 'the quick brown fox jumps over the lazy dog, again and again.\n' >$T/ppl.txt
+a=$(hf $BIN perplexity tiny-org/tiny-moe --text $T/ppl.txt --json 2>&1)
+b=$(XDG_CACHE_HOME=$T/xdg $BIN perplexity $M --text $T/ppl.txt --json 2>&1)
+[[ "$a" == *'"perplexity"'* ]] && [ "$a" = "$b" ] && ok cli_hf_cache_perplexity || bad cli_hf_cache_perplexity "'$a' vs '$b'"
+hf $BIN serve tiny-org/tiny-moe --port 0 --ctx 64 >$T/serve.log 2>&1 &
+spid=$!
+port=
+for _ in $(seq 1 300); do
+    port=$(sed -n 's/.*listening on http:.*:\([0-9][0-9]*\) (model.*/\1/p' $T/serve.log)
+    [ -n "$port" ] && break
+    kill -0 $spid 2>/dev/null || break
+    sleep 0.1
+done
+models=$([ -n "$port" ] && curl -s http://127.0.0.1:$port/v1/models)
+kill $spid 2>/dev/null; wait $spid 2>/dev/null
+[[ "$models" == *'"id":"tiny-org/tiny-moe"'* || "$models" == *'"id": "tiny-org/tiny-moe"'* ]] && ok cli_hf_cache_serve ||
+    bad cli_hf_cache_serve "port '$port' models '$models' log '$(cat $T/serve.log)'"
 msg=$(HF_HUB_CACHE=$T/nowhere HF_HOME=$T/hf2 HOME=$T/home $BIN run nobody/missing-model "hi" 2>&1 >/dev/null); rc=$?
 if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [[ "$msg" == *"nobody/missing-model"* && "$msg" == *"$T/nowhere"* &&
       "$msg" == *"$T/hf2/hub"* && "$msg" == *"$T/home/.cache/huggingface/hub"* ]]; then
