@@ -89,7 +89,8 @@ printf 'the quick brown fox jumps over the lazy dog, again and again.\n' >$T/ppl
 a=$(hf $BIN perplexity tiny-org/tiny-moe --text $T/ppl.txt --json 2>&1)
 b=$(XDG_CACHE_HOME=$T/xdg $BIN perplexity $M --text $T/ppl.txt --json 2>&1)
 [[ "$a" == *'"perplexity"'* ]] && [ "$a" = "$b" ] && ok cli_hf_cache_perplexity || bad cli_hf_cache_perplexity "'$a' vs '$b'"
-hf $BIN serve tiny-org/tiny-moe --port 0 --ctx 64 >$T/serve.log 2>&1 &
+# exec: $! must be the server itself (a backgrounded shell function would leave it running).
+(HF_HOME=$T/hf HF_HUB_CACHE= XDG_CACHE_HOME=$T/xdg exec $BIN serve tiny-org/tiny-moe --port 0 --ctx 64 >$T/serve.log 2>&1) &
 spid=$!
 port=
 for _ in $(seq 1 300); do
