@@ -28,6 +28,8 @@
  *  affine: dtype U32 (MLX), data = rows x (cols*bits/32) packed words, lowest bits
  *          first; scales and biases rows x (cols/group_size) of qdtype;
  *          w[r][c] = scale[r][c/g] * q[r][c] + bias[r][c/g]
+ *  block:  a ggml block type (lm_dtype_is_block), data = rows x
+ *          lm_dtype_row_bytes(dtype, cols) bytes; scales/biases unused
  * The view does not own its memory. */
 typedef struct {
     lm_dtype dtype;

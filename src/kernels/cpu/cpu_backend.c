@@ -35,6 +35,7 @@ typedef struct {
 
 uint64_t lm_mat_bytes(const lm_mat *m) {
     uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
+    if (lm_dtype_is_block(m->dtype)) return (uint64_t)m->rows * lm_dtype_row_bytes(m->dtype, (uint64_t)m->cols);
     if (m->dtype == LM_DT_U32)
         return n * (uint64_t)m->bits / 8 +
                2 * (uint64_t)m->rows * (uint64_t)(m->cols / m->group_size) * lm_dtype_size(m->qdtype);
