@@ -82,6 +82,9 @@ typedef struct {
      * skipped (comma-separated, for the log line). */
     json_t *freeform_tools;
     char skipped_tools[160];
+    /* OpenAI chat completions: report each token's log-probability (logprobs) with
+     * top_logprobs alternatives. */
+    int logprobs, top_logprobs;
 } srv_chat;
 
 /* Parses a request body. On failure *out holds nothing (freed) and e says why. */

@@ -239,10 +239,12 @@ await testCase('grammar_unsupported_is_400', async () => {
   assert(r.status === 400 && r.json.error.param === 'response_format.json_schema.schema', r.text);
   r = await post({ response_format: { type: 'yaml' } });
   assert(r.status === 400 && r.json.error.param === 'response_format.type', r.text);
-  r = await post({ logprobs: true });
-  assert(r.status === 400 && r.json.error.param === 'logprobs', r.text);
   r = await post({ top_logprobs: 3 });
+  assert(r.status === 400 && r.json.error.param === 'top_logprobs' && /requires logprobs/.test(r.json.error.message), r.text);
+  r = await post({ logprobs: true, top_logprobs: 21 });
   assert(r.status === 400 && r.json.error.param === 'top_logprobs', r.text);
+  r = await post({ logprobs: 'yes' });
+  assert(r.status === 400 && r.json.error.param === 'logprobs', r.text);
   r = await post({ tool_choice: 'required' });
   assert(r.status === 400 && r.json.error.param === 'tool_choice' && /needs tools/.test(r.json.error.message), r.text);
   const tools = [{ type: 'function', function: WEATHER }];
