@@ -197,6 +197,11 @@ void lazymoe_free(void *p);
  * ("<|im_start|>") always become their ids. *ids is malloc'd (lazymoe_free). */
 int lazymoe_tokenize(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids,
                      int *n_ids, char *err, size_t errlen);
+/* The same, but counting stops once the text is known to need more than max_ids ids
+ * (a prompt that cannot fit costs no more than the limit): *n_ids > max_ids then
+ * means "too long", and *ids is a prefix of the encoding. */
+int lazymoe_tokenize_max(const lazymoe_model *m, const char *text, size_t len, int add_special, int max_ids,
+                         int32_t **ids, int *n_ids, char *err, size_t errlen);
 /* Decodes ids to valid UTF-8 (broken sequences become U+FFFD); skip_special = 1 drops
  * special tokens (<|im_end|>). */
 int lazymoe_detokenize(const lazymoe_model *m, const int32_t *ids, int n_ids, int skip_special, char **text,

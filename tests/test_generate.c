@@ -617,6 +617,32 @@ static void test_logprobs(void) {
     lazymoe_session_free(w);
 }
 
+/* lazymoe_tokenize_max stops counting past the limit and gives a prefix of the
+ * full encoding; under the limit it is the full encoding. */
+static void test_tokenize_max(void) {
+    size_t len = 200000;
+    char *text = malloc(len + 1);
+    CHECK(text != NULL);
+    if (!text) return;
+    for (size_t i = 0; i < len; i++) text[i] = "ab cd\nxyz. "[i % 12];
+    text[len] = 0;
+    int32_t *all = NULL, *some = NULL;
+    int n_all = 0, n_some = 0;
+    CHECK(lazymoe_tokenize(M, text, len, 0, &all, &n_all, err, sizeof err) == 0);
+    CHECK(n_all > 1000);
+    CHECK(lazymoe_tokenize_max(M, text, len, 0, 1000, &some, &n_some, err, sizeof err) == 0);
+    CHECKF(n_some > 1000 && n_some < 1100, "counted %d ids with a limit of 1000", n_some);
+    CHECK(all && some && !memcmp(all, some, sizeof(int32_t) * 1000));
+    lazymoe_free(some);
+    some = NULL;
+    CHECK(lazymoe_tokenize_max(M, text, len, 0, n_all, &some, &n_some, err, sizeof err) == 0);
+    CHECK(n_some == n_all && some && !memcmp(all, some, sizeof(int32_t) * (size_t)n_all));
+    lazymoe_free(some);
+    CHECK(lazymoe_tokenize_max(M, text, len, 0, -1, &some, &n_some, err, sizeof err) != 0);
+    lazymoe_free(all);
+    free(text);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -639,6 +665,7 @@ int main(void) {
     TEST_CASE("generate_forced_text", test_forced_text);
     TEST_CASE("generate_kv_cache_tokens_planned", test_kv_cache_tokens_planned);
     TEST_CASE("generate_logprobs_match_log_softmax", test_logprobs);
+    TEST_CASE("generate_tokenize_max_stops_counting", test_tokenize_max);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

@@ -46,23 +46,34 @@ static const lm_tokenizer *need_tokenizer(const lazymoe_model *m, char *e) {
 }
 
 /* Serialized: the tokenizer's word cache is not thread-safe. */
-static int encode(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids, size_t *n,
-                  char *e) {
+static int encode_max(const lazymoe_model *m, const char *text, size_t len, int add_special, size_t max_ids,
+                      int32_t **ids, size_t *n, char *e) {
     if (!need_tokenizer(m, e)) return -1;
     lm_model_text *t = m->text;
     pthread_mutex_lock(&t->lock);
-    int rc = lm_tokenizer_encode(t->tok, text, len, add_special, ids, n, e);
+    int rc = lm_tokenizer_encode_max(t->tok, text, len, add_special, max_ids, ids, n, e);
     pthread_mutex_unlock(&t->lock);
     return rc;
 }
 
+static int encode(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids, size_t *n,
+                  char *e) {
+    return encode_max(m, text, len, add_special, SIZE_MAX - 1, ids, n, e);
+}
+
 int lazymoe_tokenize(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids,
                      int *n_ids, char *err, size_t errlen) {
+    return lazymoe_tokenize_max(m, text, len, add_special, INT32_MAX - 1, ids, n_ids, err, errlen);
+}
+
+int lazymoe_tokenize_max(const lazymoe_model *m, const char *text, size_t len, int add_special, int max_ids,
+                         int32_t **ids, int *n_ids, char *err, size_t errlen) {
     char e[LM_ERR_LEN];
     size_t n = 0;
     *ids = NULL;
     *n_ids = 0;
-    if (encode(m, text, len, add_special, ids, &n, e) != 0) return fail(err, errlen, e);
+    if (max_ids < 0 || max_ids >= INT32_MAX) return fail(err, errlen, "max_ids must be 0 .. INT32_MAX - 1");
+    if (encode_max(m, text, len, add_special, (size_t)max_ids, ids, &n, e) != 0) return fail(err, errlen, e);
     if (n > (size_t)INT32_MAX) {
         free(*ids);
         *ids = NULL;

@@ -368,6 +368,7 @@ void srv_worker_stop(srv_server *s) {
     for (srv_job *j = s->head; j; j = j->next) cancel_for_shutdown(j);
     if (s->running) cancel_for_shutdown(s->running);
     pthread_cond_broadcast(&s->qcv);
+    pthread_cond_broadcast(&s->prepare_cv); /* requests waiting to be prepared give up */
     pthread_mutex_unlock(&s->qmu);
     pthread_join(s->worker, NULL);
     s->worker_started = 0;

@@ -937,8 +937,8 @@ int srv_p_append_msg(srv_pctx *p, json_t *msg) { return append_msg(p, msg); }
 
 /* ---- prompt ------------------------------------------------------------------------- */
 
-int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, size_t *prompt_len, int32_t **ids,
-                     int *n_ids, srv_error *e) {
+int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, int max_ids, char **prompt, size_t *prompt_len,
+                     int32_t **ids, int *n_ids, srv_error *e) {
     char err[512];
     *prompt = NULL;
     *ids = NULL;
@@ -957,7 +957,7 @@ int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, s
         goto done;
     }
     if (prompt_len) *prompt_len = len;
-    if (lazymoe_tokenize(m, *prompt, len, 0, ids, n_ids, err, sizeof err) != 0) {
+    if (lazymoe_tokenize_max(m, *prompt, len, 0, max_ids, ids, n_ids, err, sizeof err) != 0) {
         srv_fail(e, c->api, 400, "messages", "cannot tokenize the prompt: %s", err);
         lazymoe_free(*prompt);
         *prompt = NULL;
