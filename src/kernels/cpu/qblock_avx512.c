@@ -218,8 +218,8 @@ TARGET_QB INLINE void chunk_k(const qrows *dec, int s0, int ns, const lm_act8 *a
 TARGET_QB INLINE void chunk_tokens(const qrows *dec, int s0, int ns, const lm_act8 *a, int t0, int tn, int sh,
                                    int has_b, __m512 acc[QR][QTOK], __m512 accb[QR][QTOK]) {
     int tt = 0;
-    for (; tt + QTP <= tn; tt += QTP) chunk_k(dec, s0, ns, a, (size_t)(t0 + tt), QTP, sh, has_b, acc, accb, tt);
-    for (; tt < tn; tt++) chunk_k(dec, s0, ns, a, (size_t)(t0 + tt), 1, sh, has_b, acc, accb, tt);
+    for (; tt + QTP <= tn; tt += QTP) chunk_k(dec, s0, ns, a, (size_t)t0 + (size_t)tt, QTP, sh, has_b, acc, accb, tt);
+    for (; tt < tn; tt++) chunk_k(dec, s0, ns, a, (size_t)t0 + (size_t)tt, 1, sh, has_b, acc, accb, tt);
 }
 
 /* The same with the type's constants known, so the compiler drops the unused paths. */
@@ -261,7 +261,7 @@ TARGET_QB void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_a
                 const size_t first = (size_t)s0 * rb / (size_t)nsteps, span = (size_t)ns * rb / (size_t)nsteps;
                 /* The same bytes PF_ROWS rows on (two tiles), spread over the decoding:
                  * the row streams of a decode step outrun the hardware prefetcher. */
-                const int pf = (size_t)(r + PF_ROWS + QR) <= rows;
+                const int pf = (size_t)r + PF_ROWS + QR <= rows;
                 for (int i = 0; i < QR; i++) {
                     /* rows past the range repeat the last one; their results are dropped */
                     const uint8_t *row = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : nr - 1)) * rb;
