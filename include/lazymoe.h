@@ -83,11 +83,13 @@ typedef struct {
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;
-    /* Activation precision in matmuls with quantized (MLX 4/8-bit) weights: 32
-     * (default: f32 activations, the reference numerics) or 8 (each token's input
-     * quantized to int8 per weight group, multiplied with integer dot-product
-     * instructions: faster, with the error tests/test_golden.c states). Lazy and
-     * resident runs stay bit-identical either way; 0 = default. */
+    /* Activation precision in matmuls with quantized weights (MLX affine, GGUF
+     * blocks): 8 (each token's input quantized to int8 per group of values and
+     * multiplied with integer dot-product instructions, as llama.cpp does: fast, with
+     * the error tests/test_golden.c states) or 32 (f32 activations, the reference
+     * numerics). Float weights always take f32. Lazy and resident runs stay
+     * bit-identical either way. 0 = default: 8 when the model has quantized
+     * weights, else 32. */
     int act_bits;
     /* Where the tensor work runs: "cpu" (the only backend today); NULL = cpu. */
     const char *backend;
@@ -120,6 +122,7 @@ typedef struct {
     int32_t eos_ids[8];
     char expert_layout[16];    /* "mlx-stacked", "hf-fused" or "hf-separate" */
     int expert_read_ranges;    /* separate byte ranges to read one expert */
+    int act_bits;              /* activation precision in effect (8 or 32; options.act_bits) */
 } lazymoe_model_info;
 
 void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);
