@@ -10,6 +10,7 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "models/family.h"
+#include "models/gguf_model.h"
 #include "platform/platform.h"
 
 #include <math.h>
@@ -538,8 +539,18 @@ static int check_layer_count(const st_archive *a, int n_layers, char *err) {
 int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
     loader L = {w, err, 0.0f};
-    if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
-    if (st_open(&w->archive, dir, err) != 0) goto fail;
+    if (gguf_is_path(dir)) {
+        /* a GGUF file: config from its metadata, tensors under Hugging Face names */
+        gguf_archive *g = NULL;
+        if (gguf_open(&g, dir, err) != 0) return -1;
+        int rc = lm_gguf_config(&w->cfg, g, err);
+        if (rc == 0) rc = lm_gguf_archive(g, &w->cfg, &w->archive, err);
+        gguf_close(g);
+        if (rc != 0) goto fail;
+    } else {
+        if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
+        if (st_open(&w->archive, dir, err) != 0) goto fail;
+    }
     if (check_layer_count(w->archive, w->cfg.n_layers, err) != 0) goto fail;
     if (w->cfg.zero_centred_norms && detect_norm_offset(&L) != 0) goto fail;
     const lm_config *c = &w->cfg;
