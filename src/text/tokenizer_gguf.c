@@ -134,7 +134,7 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
             json_array_append_new(added, json_pack("{s:I, s:O, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i,
                                                    "content", s, "single_word", 0, "lstrip", 0, "rstrip", 0,
                                                    "normalized", type == 4, "special", type == 3));
-        if (!json_object_get(vocab, json_string_value(s))) json_object_set(vocab, json_string_value(s), json_integer((json_int_t)i));
+        if (!json_object_get(vocab, json_string_value(s))) json_object_set_new(vocab, json_string_value(s), json_integer((json_int_t)i));
         json_decref(s);
     }
     for (uint64_t i = 0; merges && i < merges->arr_n; i++) {
