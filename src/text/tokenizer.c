@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "platform/platform.h"
 #include "text/tokenizer_internal.h"
+#include "text/tokenizer_gguf.h"
 #include "text/unicode.h"
 
 enum { MAX_ADDED_TOKENS = 1 << 20 };
@@ -329,6 +330,13 @@ static int load_json(lm_tokenizer *tok, json_t *root, char *err) {
 
 int lm_tokenizer_load(const char *path, lm_tokenizer **out, char err[LM_ERR_LEN]) {
     *out = NULL;
+    if (gguf_is_path(path)) {
+        gguf_archive *g;
+        if (gguf_open(&g, path, err) != 0) return -1;
+        int rc = lm_tokenizer_from_gguf(g, out, err);
+        gguf_close(g);
+        return rc ? lm_err_prefix(err, "%s", path) : 0;
+    }
     struct stat st;
     if (stat(path, &st) != 0) return lm_errf(err, "%s: no such file or directory", path);
     size_t plen = strlen(path);
