@@ -76,7 +76,7 @@ static float max_diff(const run_result *a, const run_result *b) {
 static void export_to(const char *dir, const char *name, lm_dtype t, char *out) {
     char err[LM_ERR_LEN];
     snprintf(out, 512, "%s/%s", tmp, name);
-    CHECKF(lm_gguf_export(dir, out, t, err) == 0, "export %s: %s", dir, err);
+    CHECKF(lm_gguf_export(dir, out, t, 0, err) == 0, "export %s: %s", dir, err);
 }
 
 /* GGUF (F32 / F16 / BF16) vs the directory it was written from: logits within tol,

@@ -2,7 +2,9 @@
  * GGUF file with llama.cpp's conventions (src/convert/gguf_export.h).
  *
  *   make build/gguf_export
- *   build/gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16]      (default f32)
+ *   build/gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16] [--placeholder-vocab]   (default f32)
+ * --placeholder-vocab: a model without tokenizer.json gets a stand-in byte-level vocabulary
+ * (llama.cpp cannot evaluate a "no_vocab" model) instead of none.
  */
 #include "common/error.h"
 #include "convert/gguf_export.h"
@@ -11,8 +13,10 @@
 #include <string.h>
 
 int main(int argc, char **argv) {
+    int placeholder = argc > 3 && strcmp(argv[argc - 1], "--placeholder-vocab") == 0;
+    if (placeholder) argc--;
     if (argc < 3 || argc > 4) {
-        fprintf(stderr, "usage: gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16]\n");
+        fprintf(stderr, "usage: gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16] [--placeholder-vocab]\n");
         return 2;
     }
     lm_dtype t = LM_DT_F32;
@@ -25,7 +29,7 @@ int main(int argc, char **argv) {
         }
     }
     char err[LM_ERR_LEN];
-    if (lm_gguf_export(argv[1], argv[2], t, err) != 0) {
+    if (lm_gguf_export(argv[1], argv[2], t, placeholder, err) != 0) {
         fprintf(stderr, "gguf_export: %s\n", err);
         return 1;
     }

@@ -22,6 +22,7 @@ typedef struct {
     lm_dtype type;
     char *err;
     int llama; /* permute q/k rows for ggml's RoPE */
+    int placeholder_vocab;
 } exporter;
 
 static uint32_t ggml_of(lm_dtype t) { return t == LM_DT_F16 ? GGML_F16 : t == LM_DT_BF16 ? GGML_BF16 : GGML_F32; }
@@ -166,11 +167,54 @@ static int put_layer(exporter *x, int l) {
 
 /* ---- metadata ---- */
 
+/* No tokenizer.json: the model runs on token ids only (llama.cpp's "no_vocab"). */
+static int put_no_vocab(exporter *x) { return gguf_w_str(x->w, "tokenizer.ggml.model", "no_vocab") ? lm_errf(x->err, "out of memory") : 0; }
+
+/* A stand-in byte-level vocabulary for checks with llama.cpp, whose evaluation needs a
+ * tokenizer even when only ids are fed: GPT-2's 256 byte symbols (bytes_to_unicode),
+ * then "<|tN|>" for the other ids, no merges. */
+static int put_placeholder_vocab(exporter *x) {
+    int V = x->lw->cfg.vocab_size;
+    char (*s)[16] = calloc((size_t)V, 16);
+    const char **toks = calloc((size_t)V, sizeof *toks);
+    int32_t *types = calloc((size_t)V, sizeof *types);
+    if (!s || !toks || !types) {
+        free(s);
+        free(toks);
+        free(types);
+        return lm_errf(x->err, "out of memory");
+    }
+    int extra = 0;
+    for (int b = 0; b < 256 && b < V; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        unsigned cp = printable ? (unsigned)b : 256u + (unsigned)extra++;
+        if (cp < 0x80) s[b][0] = (char)cp;
+        else {
+            s[b][0] = (char)(0xc0 | (cp >> 6));
+            s[b][1] = (char)(0x80 | (cp & 0x3f));
+        }
+    }
+    for (int i = 0; i < V; i++) {
+        if (i >= 256) snprintf(s[i], 16, "<|t%d|>", i);
+        toks[i] = s[i];
+        types[i] = 1;
+    }
+    gguf_w_str(x->w, "tokenizer.ggml.model", "gpt2");
+    gguf_w_str(x->w, "tokenizer.ggml.pre", "default");
+    gguf_w_arr_str(x->w, "tokenizer.ggml.tokens", toks, (uint64_t)V);
+    int rc = gguf_w_arr(x->w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, (uint64_t)V);
+    gguf_w_arr_str(x->w, "tokenizer.ggml.merges", toks, 0);
+    free(s);
+    free(toks);
+    free(types);
+    return rc ? lm_errf(x->err, "out of memory") : 0;
+}
+
 static int put_tokenizer(exporter *x, const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     struct stat st;
-    if (stat(path, &st) != 0) return 0; /* no tokenizer: ids only */
+    if (stat(path, &st) != 0) return x->placeholder_vocab ? put_placeholder_vocab(x) : put_no_vocab(x);
     json_error_t je;
     json_t *tj = json_load_file(path, 0, &je), *cj = NULL;
     if (!tj) return lm_errf(x->err, "%s: line %d: %s", path, je.line, je.text);
@@ -352,13 +396,13 @@ static void put_config(exporter *x, const char *arch) {
 #undef KEY
 }
 
-int lm_gguf_export(const char *dir, const char *out, lm_dtype type, char *err) {
+int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int placeholder_vocab, char *err) {
     if (type != LM_DT_F32 && type != LM_DT_F16 && type != LM_DT_BF16)
         return lm_errf(err, "GGUF export writes F32, F16 or BF16 matrices");
     lm_weights lw;
     if (lm_weights_load(&lw, dir, NULL, NULL, err) != 0) return -1;
     const lm_config *c = &lw.cfg;
-    exporter x = {gguf_w_new(), &lw, type, err, 0};
+    exporter x = {gguf_w_new(), &lw, type, err, 0, placeholder_vocab};
     int rc = -1;
     if (!x.w) {
         lm_errf(err, "out of memory");

@@ -25,7 +25,9 @@
 
 #include "formats/dtype.h"
 
-/* type: LM_DT_F32, LM_DT_F16 or LM_DT_BF16 for the matrices. */
-int lm_gguf_export(const char *model_dir, const char *out_path, lm_dtype type, char *err);
+/* type: LM_DT_F32, LM_DT_F16 or LM_DT_BF16 for the matrices. A directory without
+ * tokenizer.json gets tokenizer.ggml.model "no_vocab" (ids only), or with
+ * placeholder_vocab a stand-in byte-level vocabulary so llama.cpp can evaluate it. */
+int lm_gguf_export(const char *model_dir, const char *out_path, lm_dtype type, int placeholder_vocab, char *err);
 
 #endif

@@ -80,8 +80,9 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
     json_t *root = NULL, *cfg = NULL;
     int rc = -1;
     if (gguf_get_str(g, "tokenizer.ggml.model", &model, err) < 0) goto done;
-    if (!model) {
-        lm_errf(err, "the GGUF file has no tokenizer (tokenizer.ggml.model)");
+    if (!model || strcmp(model, "no_vocab") == 0 || strcmp(model, "none") == 0) {
+        lm_errf(err, "the GGUF file has no tokenizer (tokenizer.ggml.model %s): text needs one (token ids work)",
+                model ? model : "is missing");
         goto done;
     }
     if (strcmp(model, "gpt2") != 0) {
