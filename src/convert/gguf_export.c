@@ -47,6 +47,7 @@ static int dest_row(int r, int head_dim) {
 
 /* Writes `count` stacked matrices (count 1: one matrix) as one tensor. */
 static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, int count, lm_dtype type, int permute) {
+    if (count < 1 || !mats[0]) return lm_errf(x->err, "%s: no matrix to write", name);
     int rows = mats[0]->rows, cols = mats[0]->cols;
     size_t es = lm_dtype_size(type), per = (size_t)rows * (size_t)cols;
     uint64_t nbytes = (uint64_t)per * (uint64_t)count * es;

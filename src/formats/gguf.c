@@ -47,6 +47,12 @@ static int need(cursor *c, uint64_t n, const char *what) {
                    (unsigned long long)c->file_size);
 }
 
+/* The low `bits` bits of u as a signed (two's complement) value; bits < 64. */
+static int64_t sext(uint64_t u, int bits) {
+    uint64_t sign = 1ull << (bits - 1);
+    return (int64_t)((u & ((sign << 1) - 1)) ^ sign) - (int64_t)sign;
+}
+
 static uint64_t le(const uint8_t *p, int n) {
     uint64_t v = 0;
     for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
@@ -104,9 +110,9 @@ static int rd_value(cursor *c, gguf_type t, int depth, gguf_kv *kv, const char *
             uint64_t u = le(c->b + c->pos, n);
             kv->u = u;
             switch (t) {
-            case GGUF_TYPE_I8: kv->i = (int8_t)u; break;
-            case GGUF_TYPE_I16: kv->i = (int16_t)u; break;
-            case GGUF_TYPE_I32: kv->i = (int32_t)u; break;
+            case GGUF_TYPE_I8: kv->i = sext(u, 8); break;
+            case GGUF_TYPE_I16: kv->i = sext(u, 16); break;
+            case GGUF_TYPE_I32: kv->i = sext(u, 32); break;
             case GGUF_TYPE_I64: kv->i = (int64_t)u; break;
             case GGUF_TYPE_BOOL: kv->i = u != 0; break;
             default: kv->i = (int64_t)u; break;
@@ -625,9 +631,9 @@ int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i) {
     int n = type_size[kv->arr_type];
     uint64_t u = le(kv->arr_data + i * (uint64_t)n, n);
     switch (kv->arr_type) {
-    case GGUF_TYPE_I8: return (int8_t)u;
-    case GGUF_TYPE_I16: return (int16_t)u;
-    case GGUF_TYPE_I32: return (int32_t)u;
+    case GGUF_TYPE_I8: return sext(u, 8);
+    case GGUF_TYPE_I16: return sext(u, 16);
+    case GGUF_TYPE_I32: return sext(u, 32);
     default: return (int64_t)u;
     }
 }
