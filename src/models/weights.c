@@ -146,9 +146,23 @@ static int check_mat_stack(loader *L, const char *path, int n_stack, int rows, i
         tq[2] = tb;
         return 0;
     }
+    if (lm_dtype_is_block(t->dtype)) {
+        /* a ggml block type (GGUF): rows of cols / block_elems self-contained blocks */
+        int64_t ws[3];
+        int i = 0;
+        if (n_stack) ws[i++] = n_stack;
+        ws[i] = rows;
+        ws[i + 1] = cols;
+        if (check_shape(L, t, nd, ws)) return -1;
+        if (!lm_dtype_row_bytes(t->dtype, (uint64_t)cols))
+            return lm_errf(L->err, "tensor '%s' (%s): %d inputs are not whole blocks of %d", t->name,
+                           lm_dtype_name(t->dtype), cols, lm_dtype_block_elems(t->dtype));
+        *tmpl = (lm_mat){.dtype = t->dtype, .rows = rows, .cols = cols};
+        return 0;
+    }
     if (!lm_dtype_is_float(t->dtype) || t->dtype == LM_DT_F64)
-        return lm_errf(L->err, "tensor '%s' has dtype %s; expected F32, F16, BF16 or MLX U32", t->name,
-                       lm_dtype_name(t->dtype));
+        return lm_errf(L->err, "tensor '%s' has dtype %s; expected F32, F16, BF16, MLX U32 or a ggml block type",
+                       t->name, lm_dtype_name(t->dtype));
     int64_t ws[3];
     int i = 0;
     if (n_stack) ws[i++] = n_stack;
