@@ -38,7 +38,9 @@ typedef enum {
 
 typedef struct {
     int n_threads;   /* worker threads for the matrix work; 0 = all cores */
-    int max_context; /* tokens a session may hold; 0 = min(model maximum, 8192) */
+    int max_context; /* tokens a session may hold; 0 = the model's maximum, lowered to
+                      * what a quarter of the memory left after the resident weights
+                      * holds as KV cache (at least 4096) */
     int verbose;     /* 1 = progress and the memory plan, through the log callback (lazymoe_set_log) */
     /* Memory: the whole process (resident weights, KV cache for max_context,
      * expert cache, buffers) is planned to fit memory_budget bytes; 0 = 85% of
@@ -107,7 +109,8 @@ typedef struct {
     int n_experts, top_k;
     int hidden_size, vocab_size;
     int n_heads, n_kv_heads, head_dim;
-    int max_context;
+    int max_context;           /* this model handle's context (lazymoe_options.max_context) */
+    int model_max_context;     /* what the model declares (max_position_embeddings) */
     uint64_t params_total;     /* all parameters (unquantized count) */
     uint64_t params_active;    /* parameters used per token */
     uint64_t params_expert;    /* parameters of one expert (gate + up + down) */
@@ -163,8 +166,12 @@ void lazymoe_session_free(lazymoe_session *s);
 /* Tokens currently held in the session's context. */
 int lazymoe_session_length(const lazymoe_session *s);
 /* Positions the session's KV cache has memory for: it grows by doubling as the
- * context grows (up to max_context) and never shrinks until the session is freed. */
+ * context grows (up to max_context) and shrinks only by lazymoe_session_fit. */
 int lazymoe_session_capacity(const lazymoe_session *s);
+/* Releases the KV memory beyond what the session holds (rounded up to 256
+ * positions): a kept conversation then costs what it holds, not the doubled
+ * capacity it grew to. */
+int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen);
 /* Forgets all tokens after the first n (n <= length). Models with recurrent state
  * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
  * snapshot at or before n (generation keeps one before each prompt's last token), or
