@@ -152,10 +152,14 @@ typedef struct {
                        int width, int per_row);
     /* g[i] = silu(g[i]) * u[i] */
     int (*swiglu)(lm_backend *be, float *g, const float *u, size_t n);
+    /* gpt-oss's clamped SwiGLU: with a = min(g[i], limit) and b = clamp(u[i], -limit,
+     * limit), g[i] = a * sigmoid(alpha * a) * (b + 1). */
+    int (*swiglu_clamped)(lm_backend *be, float *g, const float *u, size_t n, float alpha, float limit);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half
-     * convention) at positions pos[n] with inverse frequencies inv_freq[half]. */
+     * convention) at positions pos[n] with inverse frequencies inv_freq[half], with cos
+     * and sin multiplied by scale (YaRN's attention factor; 1 = plain RoPE). */
     int (*rope)(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                const float *inv_freq, int half);
+                const float *inv_freq, int half, float scale);
     /* ---- attention ---- */
     /* Stores n rows src[n][n_kv*hd] into the cache at positions pos0..pos0+n-1,
      * rounded to the cache's type. */

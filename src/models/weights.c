@@ -562,14 +562,7 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
     int half = c->rope_dim / 2;
     w->rope_inv_freq = track(&L, lm_malloc_aligned(sizeof(float) * (size_t)half, "rope", err));
     if (!w->rope_inv_freq) goto fail;
-    for (int i = 0; i < half; i++) {
-        /* float32 like transformers: 1 / theta^(2i/d) over the rotated dims d, divided by
-         * the linear factor. */
-        float expo = (float)(2 * i) / (float)c->rope_dim;
-        float f = 1.0f / powf((float)c->rope_theta, expo);
-        if (c->rope_type == LM_ROPE_LINEAR) f = f / (float)c->rope_factor;
-        w->rope_inv_freq[i] = f;
-    }
+    lm_rope_params(c, w->rope_inv_freq, &w->rope_scale);
     account(w);
     for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
     return 0;

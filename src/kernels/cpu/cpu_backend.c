@@ -651,6 +651,7 @@ typedef struct {
     int n, n_heads, head_dim, half, per_task;
     const int32_t *pos;
     const float *inv_freq;
+    float scale;
 } rope_job;
 
 static void rope_task(void *ctx, int task) {
@@ -660,7 +661,7 @@ static void rope_task(void *ctx, int task) {
         float p = (float)j->pos[t];
         for (int i = 0; i < j->half; i++) {
             float ang = p * j->inv_freq[i];
-            float c = cosf(ang), s = sinf(ang);
+            float c = cosf(ang) * j->scale, s = sinf(ang) * j->scale; /* exact when scale is 1 */
             for (int h = 0; h < j->n_heads; h++) {
                 float *xh = j->x + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->head_dim;
                 float x1 = xh[i], x2 = xh[i + j->half];
@@ -672,10 +673,10 @@ static void rope_task(void *ctx, int task) {
 }
 
 static int cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                     const float *inv_freq, int half) {
+                     const float *inv_freq, int half, float scale) {
     cpu_impl *impl = be->impl;
     rope_job j = {.x = x, .n = n, .n_heads = n_heads, .head_dim = head_dim, .half = half, .pos = pos,
-                  .inv_freq = inv_freq};
+                  .inv_freq = inv_freq, .scale = scale};
     /* cosf/sinf per (token, frequency) cost like many elements each */
     int tasks = row_tasks(impl, n, (size_t)n_heads * (size_t)head_dim * 4, &j.per_task);
     if (tasks <= 1) rope_task(&j, 0);
@@ -900,6 +901,7 @@ static const lm_backend_ops cpu_ops = {
     .copy_rows = lm_cpu_copy_rows,
     .sigmoid_mul = lm_cpu_sigmoid_mul,
     .swiglu = cpu_swiglu,
+    .swiglu_clamped = lm_cpu_swiglu_clamped,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,

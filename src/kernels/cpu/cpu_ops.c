@@ -90,6 +90,18 @@ int lm_cpu_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g
     return 0;
 }
 
+/* transformers' order: glu = gate * sigmoid(gate * alpha), then (up + 1) * glu. */
+int lm_cpu_swiglu_clamped(lm_backend *be, float *g, const float *u, size_t n, float alpha, float limit) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float a = g[i] > limit ? limit : g[i];
+        float b = u[i] > limit ? limit : (u[i] < -limit ? -limit : u[i]);
+        float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
+        g[i] = (b + 1.0f) * glu;
+    }
+    return 0;
+}
+
 /* ---- routing --------------------------------------------------------------------- */
 
 /* The index of the largest score[e] over e < E not yet in taken[0..k) and allowed
