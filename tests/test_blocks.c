@@ -155,19 +155,20 @@ static void swiglu_clamped(void) {
     CHECKF(lm_backend_create(&be, NULL, 2, err) == 0, "%s", err);
     if (!be) return;
     enum { N = 400 };
-    float g[N], u[N], g0[N];
-    for (int i = 0; i < N; i++) g[i] = g0[i] = (float)urand() * 12, u[i] = (float)urand() * 12;
-    g[0] = g0[0] = 9, u[0] = -9; /* both clamps bite: 7 * sigmoid(11.914) * (-6) */
-    CHECK(be->ops->swiglu_clamped(be, g, u, N, 1.702f, 7.0f) == 0);
+    float gu[2 * N], out[N];
+    for (int i = 0; i < 2 * N; i++) gu[i] = (float)urand() * 12;
+    gu[0] = 9, gu[1] = -9; /* both clamps bite: 7 * sigmoid(11.914) * (-6) */
+    CHECK(be->ops->swiglu_clamped(be, out, gu, N, 1.702f, 7.0f) == 0);
     double worst = 0;
     for (int i = 0; i < N; i++) {
-        double a = g0[i] > 7 ? 7 : g0[i], b = u[i] > 7 ? 7 : u[i] < -7 ? -7 : u[i];
+        double g = gu[2 * i], u = gu[2 * i + 1];
+        double a = g > 7 ? 7 : g, b = u > 7 ? 7 : u < -7 ? -7 : u;
         double want = a / (1 + exp(-1.702 * a)) * (b + 1);
-        double e = fabs(g[i] - want) / (fabs(want) + 1e-3);
+        double e = fabs(out[i] - want) / (fabs(want) + 1e-3);
         worst = e > worst ? e : worst;
     }
     CHECKF(worst < 1e-5, "clamped swiglu off by %.3g relative", worst);
-    CHECK(fabs(g[0] - (-42.0 / (1 + exp(-11.914)))) < 1e-4);
+    CHECK(fabs(out[0] - (-42.0 / (1 + exp(-11.914)))) < 1e-4);
     lm_backend_free(be);
 }
 
@@ -175,13 +176,13 @@ static void swiglu_clamped(void) {
  * sinks, router bias, router kind and activation passed through. */
 static void layer_wiring(void) {
     uint8_t sliding[3] = {1, 0, 1};
-    float qb[8], kb[4], vb[4], ob[8], sinks[2], rb[4], eg[8], eu[8], ed[16], inv[2];
+    float qb[8], kb[4], vb[4], ob[8], sinks[2], rb[4], egu[16], ed[16], inv[2];
     lm_layer layers[3];
     memset(layers, 0, sizeof layers);
     for (int l = 0; l < 3; l++) {
         layers[l].q_bias = qb, layers[l].k_bias = kb, layers[l].v_bias = vb, layers[l].o_bias = ob;
         layers[l].sinks = sinks, layers[l].router_bias = rb, layers[l].is_moe = 1;
-        layers[l].expert_gate_bias = eg, layers[l].expert_up_bias = eu, layers[l].expert_down_bias = ed;
+        layers[l].expert_gate_up_bias = egu, layers[l].expert_down_bias = ed;
     }
     lm_weights w;
     memset(&w, 0, sizeof w);
@@ -200,7 +201,7 @@ static void layer_wiring(void) {
         CHECK(b.attn.sinks == sinks && b.attn.rope_scale == 1.25f && b.attn.rope_inv_freq == inv);
         CHECK(b.moe.router_bias == rb && b.moe.router.kind == LM_ROUTER_TOPK_SOFTMAX);
         CHECK(b.moe.act == LM_ACT_SWIGLU_CLAMPED && b.moe.act_alpha == 1.702f && b.moe.act_limit == 7.0f);
-        CHECK(b.moe.gate_bias == eg && b.moe.up_bias == eu && b.moe.down_bias == ed);
+        CHECK(b.moe.gate_up_bias == egu && b.moe.down_bias == ed);
     }
     /* without layer_sliding the window applies everywhere; plain families get none of it */
     w.cfg.layer_sliding = NULL;
@@ -209,7 +210,7 @@ static void layer_wiring(void) {
     lm_layer_blocks b;
     lm_layer_blocks_of(&w, 1, &b);
     CHECK_EQ_INT(b.attn.window, 5);
-    CHECK(!b.attn.q_bias && !b.attn.sinks && !b.moe.router_bias && !b.moe.gate_bias);
+    CHECK(!b.attn.q_bias && !b.attn.sinks && !b.moe.router_bias && !b.moe.gate_up_bias);
     CHECK(b.moe.router.kind == LM_ROUTER_SOFTMAX_TOPK && b.moe.act == LM_ACT_SWIGLU);
 }
 

@@ -37,8 +37,11 @@ typedef struct {
 /* The gated activation between an expert's (or MLP's) gate/up and down products. */
 typedef enum {
     LM_ACT_SWIGLU = 0,     /* silu(gate) * up */
-    LM_ACT_SWIGLU_CLAMPED, /* gpt-oss: g = min(gate, limit), u = clamp(up, +-limit),
-                            * g * sigmoid(alpha g) * (u + 1) */
+    /* gpt-oss: an expert's `gate` view is its gate_up matrix [2I, H] whose rows
+     * alternate gate, up (its `up` view is unused); one product gives interleaved
+     * (gate, up) pairs, then g = min(gate, limit), u = clamp(up, +-limit) and
+     * g * sigmoid(alpha g) * (u + 1). */
+    LM_ACT_SWIGLU_CLAMPED,
 } lm_act_kind;
 
 typedef struct {
@@ -48,10 +51,10 @@ typedef struct {
     int shared_gated;         /* its output is scaled by sigmoid(h . shared_expert_gate) */
     lm_act_kind act;          /* the routed experts' activation */
     float act_alpha, act_limit; /* LM_ACT_SWIGLU_CLAMPED */
-    /* Routed experts' biases (gpt-oss), added after their products: expert e's gate
-     * and up biases are gate_bias/up_bias + e * moe_intermediate_size, its down bias
-     * down_bias + e * hidden_size; NULL = none. */
-    const float *gate_bias, *up_bias, *down_bias;
+    /* Routed experts' biases (gpt-oss), added after their products: expert e's are
+     * gate_up_bias + e * 2 * moe_intermediate_size (interleaved like the gate_up
+     * product) and down_bias + e * hidden_size; NULL = none. */
+    const float *gate_up_bias, *down_bias;
 } lm_moe_block;
 
 typedef enum { LM_MIXER_ATTENTION, LM_MIXER_LINEAR } lm_mixer_kind;

@@ -9,8 +9,8 @@
  *   to the cache; att = softmax(q.K^T * scale [+ sink]).V; with an output gate (q_proj
  *   yields it beside q) att *= sigmoid(gate); out = att.Wo (+ bias).
  * Dense MLP: down(silu(gate(h)) * up(h)).
- * Routed experts: the same, or gpt-oss's clamped SwiGLU, with optional per-expert
- *   biases after the gate/up and down products.
+ * Routed experts: the same, or gpt-oss's: one gate_up product giving interleaved
+ *   (gate, up) pairs, its bias, the clamped SwiGLU, then down and its bias.
  * MoE: the router turns h.Wr into top-k experts and weights (lm_router: softmax top-k,
  *   top-k softmax, or sigmoid with correction bias and group-limited choice, each with
  *   optional renormalisation and scaling); every chosen expert runs on the tokens that
@@ -73,8 +73,7 @@ void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
                               .act = c->swiglu_clamped ? LM_ACT_SWIGLU_CLAMPED : LM_ACT_SWIGLU,
                               .act_alpha = c->swiglu_alpha,
                               .act_limit = c->swiglu_limit,
-                              .gate_bias = ly->expert_gate_bias,
-                              .up_bias = ly->expert_up_bias,
+                              .gate_up_bias = ly->expert_gate_up_bias,
                               .down_bias = ly->expert_down_bias};
     if (c->router_topk_softmax) out->moe.router.kind = LM_ROUTER_TOPK_SOFTMAX;
 }
@@ -178,36 +177,41 @@ static int run_experts(lazymoe_session *s, const lm_moe_block *mb, const lm_expe
             tokens += m;
             j++;
         }
-        int base = 0;
+        int base = 0, fused = mb->act == LM_ACT_SWIGLU_CLAMPED;
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
             float *xe = S->xe + (size_t)base * (size_t)H;
             OP(be, be->ops->gather_rows(be, xe, S->h, S->tok_of + S->expert_off[ids[k]], m, H, K));
-            items[2 * (k - i)] = (lm_matmul_item){S->gate + (size_t)base * (size_t)I, &views[k].gate, xe, m};
-            items[2 * (k - i) + 1] = (lm_matmul_item){S->up + (size_t)base * (size_t)I, &views[k].up, xe, m};
+            if (fused) {
+                items[k - i] = (lm_matmul_item){S->gate + (size_t)base * 2 * (size_t)I, &views[k].gate, xe, m};
+            } else {
+                items[2 * (k - i)] = (lm_matmul_item){S->gate + (size_t)base * (size_t)I, &views[k].gate, xe, m};
+                items[2 * (k - i) + 1] = (lm_matmul_item){S->up + (size_t)base * (size_t)I, &views[k].up, xe, m};
+            }
             base += m;
         }
-        OP(be, be->ops->matmul_batch(be, items, 2 * (j - i)));
-        if (mb->gate_bias) {
+        OP(be, be->ops->matmul_batch(be, items, (fused ? 1 : 2) * (j - i)));
+        /* act: where the activations the down products read are */
+        float *act = S->gate;
+        if (fused) {
             base = 0;
-            for (int k = i; k < j; k++) {
+            for (int k = i; mb->gate_up_bias && k < j; k++) {
                 int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
-                size_t eo = (size_t)ids[k] * (size_t)I;
-                OP(be, be->ops->add_rows(be, S->gate + (size_t)base * (size_t)I, mb->gate_bias + eo, m, I));
-                OP(be, be->ops->add_rows(be, S->up + (size_t)base * (size_t)I, mb->up_bias + eo, m, I));
+                OP(be, be->ops->add_rows(be, S->gate + (size_t)base * 2 * (size_t)I,
+                                         mb->gate_up_bias + (size_t)ids[k] * 2 * (size_t)I, m, 2 * I));
                 base += m;
             }
-        }
-        if (mb->act == LM_ACT_SWIGLU_CLAMPED)
-            OP(be, be->ops->swiglu_clamped(be, S->gate, S->up, (size_t)tokens * (size_t)I, mb->act_alpha,
+            OP(be, be->ops->swiglu_clamped(be, S->up, S->gate, (size_t)tokens * (size_t)I, mb->act_alpha,
                                            mb->act_limit));
-        else
+            act = S->up;
+        } else {
             OP(be, be->ops->swiglu(be, S->gate, S->up, (size_t)tokens * (size_t)I));
+        }
         base = 0;
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
             items[k - i] = (lm_matmul_item){S->proj + (size_t)base * (size_t)H, &views[k].down,
-                                            S->gate + (size_t)base * (size_t)I, m};
+                                            act + (size_t)base * (size_t)I, m};
             base += m;
         }
         OP(be, be->ops->matmul_batch(be, items, j - i));

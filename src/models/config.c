@@ -116,6 +116,10 @@ static int parse_eos(lm_config *c, json_t *v, char *err) {
 static int parse_quant(lm_config *c, json_t *q, char *err) {
     if (!q || json_is_null(q)) return 0;
     if (!json_is_object(q)) return lm_errf(err, "config.json: 'quantization' must be an object");
+    /* Hugging Face's MXFP4 (gpt-oss): the tensors say which are quantized (NAME_blocks,
+     * NAME_scales); nothing here changes how the others are read. */
+    json_t *qm = json_object_get(q, "quant_method");
+    if (json_is_string(qm) && !strcmp(json_string_value(qm), "mxfp4")) return 0;
     long long bits = 0, gs = 0;
     if (lm_cfg_int(q, "bits", 4, 1, 8, &bits, err) || lm_cfg_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
         return -1;

@@ -57,6 +57,7 @@ typedef struct {
     int shared_expert_intermediate_size; /* 0 = no shared expert */
     lm_qk_norm qk_norm;
     float clip_qkv; /* 0 = none */
+    int attn_sinks;          /* attention has a sink logit per head (self_attn.sinks, gpt-oss) */
     int router_topk_softmax; /* router: top-k of the logits, then softmax over those k (gpt-oss) */
     int swiglu_clamped;      /* experts use the clamped SwiGLU (gpt-oss): alpha, limit below */
     float swiglu_alpha, swiglu_limit;

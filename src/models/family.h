@@ -133,6 +133,7 @@ int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long lon
 
 /* The families (one file each). */
 extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next;
+extern const lm_family lm_family_gpt_oss;
 
 /* Shared by the qwen families: the config.json keys of synthetic Qwen MoE checkpoints
  * and their sampling defaults (qwen3_moe.c). */

@@ -70,8 +70,9 @@ typedef struct {
     float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL unless attention_bias */
     float *sinks;                /* [n_heads] attention sink logits (gpt-oss), NULL = none */
     float *router_bias;          /* [E] added to the router logits, NULL = none */
-    /* Routed experts' biases, resident ([E][I], [E][I], [E][H]), NULL = none. */
-    float *expert_gate_bias, *expert_up_bias, *expert_down_bias;
+    /* Routed experts' biases, resident: [E][2I] (interleaved like gpt-oss's gate_up
+     * product) and [E][H]; NULL = none. */
+    float *expert_gate_up_bias, *expert_down_bias;
     lm_mat q, k, v, o;          /* q is [2 nq, H] with attn_output_gate (per head: query, then gate) */
     int is_linear;              /* linear attention (lin) instead of q/k/v/o */
     lm_linear_attn lin;

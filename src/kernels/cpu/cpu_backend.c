@@ -11,8 +11,10 @@
 #include "kernels/backend.h"
 
 #include "common/error.h"
+#include "formats/mxfp4.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/mxfp4_dot.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
 
@@ -36,6 +38,7 @@ typedef struct {
 uint64_t lm_mat_bytes(const lm_mat *m) {
     uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
     if (lm_dtype_is_block(m->dtype)) return (uint64_t)m->rows * lm_dtype_row_bytes(m->dtype, (uint64_t)m->cols);
+    if (m->dtype == LM_DT_MXFP4_SPLIT) return n / 2 + n / 32;
     if (m->dtype == LM_DT_U32)
         return n * (uint64_t)m->bits / 8 +
                2 * (uint64_t)m->rows * (uint64_t)(m->cols / m->group_size) * lm_dtype_size(m->qdtype);
@@ -65,6 +68,18 @@ static inline const uint32_t *affine_row(const lm_mat *m, int r) {
 }
 
 void lm_mat_row_f32(const lm_mat *m, int r, float *out) {
+    if (m->dtype == LM_DT_MXFP4_SPLIT) {
+        lm_mxfp4_split_row_f32(m->data, m->scales, m->cols, r, out);
+        return;
+    }
+    if (m->dtype == LM_DT_MXFP4) {
+        lm_mxfp4_block_row_f32(m->data, m->cols, r, out);
+        return;
+    }
+    if (m->col_major) {
+        for (int c = 0; c < m->cols; c++) out[c] = lm_load_float(m->data, m->dtype, (size_t)c * (size_t)m->rows + (size_t)r);
+        return;
+    }
     if (m->dtype != LM_DT_U32) {
         const char *base = (const char *)m->data + (size_t)r * (size_t)m->cols * lm_dtype_size(m->dtype);
         lm_convert_to_f32(out, base, m->dtype, (size_t)m->cols);
@@ -354,6 +369,22 @@ static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, 
                                 a->xsum + (size_t)t * (size_t)a->ng_stride);
 }
 
+/* MXFP4 rows (mxfp4_dot.h), or a transposed float matrix: each output's dot product
+ * over the inputs in order, reading a column of the stored [cols][rows] array. */
+static void mxfp4_or_col_major_rows(const lm_mat *W, int r0, int r1, const float *x, int n, float *y) {
+    const size_t cols = (size_t)W->cols, rows = (size_t)W->rows;
+    for (int r = r0; r < r1; r++)
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * cols;
+            float v = 0;
+            if (W->col_major)
+                for (size_t c = 0; c < cols; c++) v += lm_load_float(W->data, W->dtype, c * rows + (size_t)r) * xt[c];
+            else
+                v = lm_mxfp4_dot_f32(W, r, xt);
+            y[(size_t)t * rows + (size_t)r] = v;
+        }
+}
+
 static void matmul_task(void *ctx, int task) {
     const matmul_job *j = ctx;
     const lm_mat *W = j->W;
@@ -367,6 +398,10 @@ static void matmul_task(void *ctx, int task) {
     }
     if (j->k) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
+        return;
+    }
+    if (lm_dtype_is_mxfp4(W->dtype) || W->col_major) {
+        mxfp4_or_col_major_rows(W, r0, r1, j->x, j->n, j->y);
         return;
     }
     int cols = W->cols, ng = W->dtype == LM_DT_U32 ? cols / W->group_size : 0;
@@ -395,7 +430,7 @@ static int rows_per_task(int rows, int threads, int align) {
 
 /* The SIMD table that computes W under the backend's settings (NULL = scalar). */
 static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, int act8) {
-    if (!impl->k) return NULL;
+    if (!impl->k || W->col_major || lm_dtype_is_mxfp4(W->dtype)) return NULL;
     if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
     return impl->k->handles(W) ? impl->k : NULL;
 }

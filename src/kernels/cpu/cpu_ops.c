@@ -91,13 +91,14 @@ int lm_cpu_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g
 }
 
 /* transformers' order: glu = gate * sigmoid(gate * alpha), then (up + 1) * glu. */
-int lm_cpu_swiglu_clamped(lm_backend *be, float *g, const float *u, size_t n, float alpha, float limit) {
+int lm_cpu_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
     (void)be;
     for (size_t i = 0; i < n; i++) {
-        float a = g[i] > limit ? limit : g[i];
-        float b = u[i] > limit ? limit : (u[i] < -limit ? -limit : u[i]);
+        float g = gu[2 * i], u = gu[2 * i + 1];
+        float a = g > limit ? limit : g;
+        float b = u > limit ? limit : (u < -limit ? -limit : u);
         float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
-        g[i] = (b + 1.0f) * glu;
+        out[i] = (b + 1.0f) * glu;
     }
     return 0;
 }
