@@ -21,6 +21,8 @@ static const lm_tensor_names names = {
     .expert_gate = {"gate_proj"},
     .expert_up = {"up_proj"},
     .expert_down = {"down_proj"},
+    .shared_expert = "shared_expert", /* gpt-oss has none (shared_expert_intermediate_size 0) */
+    .shared_expert_gate = "shared_expert_gate",
 };
 
 static int parse_config(lm_config *c, json_t *o, char *err) {
