@@ -389,6 +389,7 @@ typedef struct {
     const float *xsum;
     const lm_act8 *a8; /* int8 activations, NULL = f32 */
     int n, rows_per_task;
+    int mxfp4_simd; /* MXFP4 rows in AVX2 (mxfp4_dot.h) rather than the scalar reference */
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
@@ -428,6 +429,10 @@ static void matmul_task(void *ctx, int task) {
     }
     if (j->k) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
+        return;
+    }
+    if (lm_dtype_is_mxfp4(W->dtype) && j->mxfp4_simd) {
+        lm_mxfp4_rows_avx2(W, r0, r1, j->x, j->n, j->y);
         return;
     }
     if (lm_dtype_is_mxfp4(W->dtype) || W->col_major) {
@@ -498,6 +503,8 @@ static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x,
     if (check_block(be, W) != 0) return -1;
     int act8 = uses_act8(impl, W);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
+    const unsigned avx2_fma = LM_CPU_AVX2 | LM_CPU_FMA;
+    j.mxfp4_simd = impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & avx2_fma) == avx2_fma;
     int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));
     j.rows_per_task = rpt;
     int tasks = (W->rows + rpt - 1) / rpt;

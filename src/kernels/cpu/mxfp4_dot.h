@@ -13,4 +13,9 @@ static inline int lm_dtype_is_mxfp4(lm_dtype t) { return t == LM_DT_MXFP4 || t =
 /* dot(W[r], x) for an MXFP4 matrix of either layout. */
 float lm_mxfp4_dot_f32(const lm_mat *W, int r, const float *x);
 
+/* y[t][W->rows] rows r0..r1-1 for n tokens x[n][W->cols] (mxfp4_avx2.c): AVX2 + FMA
+ * only; lm_mxfp4_rows picks it when the CPU has them and the backend's kernels are
+ * not the scalar reference. */
+void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
+
 #endif
