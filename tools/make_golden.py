@@ -162,8 +162,10 @@ def gpt_oss_cases():
     C = []
     # alternating sliding (layer 0, 2) / full layers, a window of 4 under an 11-token
     # prompt, YaRN with truncate false (as the released checkpoints)
+    # vocab 336: the server's harmony fixture (tests/fixtures/server_harmony) puts the
+    # textgen tokenizer's 320 tokens and harmony's special tokens on these weights
     C.append(("gpt_oss_f32", gpt_oss_config(
-        vocab_size=320, hidden_size=64, intermediate_size=48, num_hidden_layers=4,
+        vocab_size=336, hidden_size=64, intermediate_size=48, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8,
         num_experts_per_tok=2, sliding_window=4, max_position_embeddings=256,
         rope_theta=10000.0, rope=dict(rope_type="yarn", factor=4.0, beta_fast=32.0, beta_slow=1.0,
