@@ -396,11 +396,15 @@ typedef void (*lazymoe_log_fn)(void *ctx, lazymoe_log_level level, const char *m
 /* Installs the process-wide log callback; NULL removes it. */
 void lazymoe_set_log(lazymoe_log_fn fn, void *ctx);
 
-/* Finds a model: an existing directory is used as is; otherwise a Hugging Face repo
- * id "ORG/NAME" is looked up in the local Hugging Face cache ($HF_HUB_CACHE,
- * $HF_HOME/hub, $XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub) as
- * models--ORG--NAME/snapshots/<refs/main>/. Anything else is returned unchanged (the
- * open reports it). Fails, naming every place looked, for a repo id not cached. */
+/* Finds a model: an existing directory or file (a .gguf) is used as is; otherwise a
+ * Hugging Face repo id "ORG/NAME" is looked up in the local Hugging Face cache
+ * ($HF_HUB_CACHE, $HF_HOME/hub, $XDG_CACHE_HOME/huggingface/hub,
+ * ~/.cache/huggingface/hub) as models--ORG--NAME/snapshots/<refs/main>/.
+ * "ORG/NAME:QUANT" (e.g. unsloth/Qwen3-30B-A3B-GGUF:Q4_K_M) picks the snapshot's GGUF
+ * file whose name has QUANT as a word (part 1 of a split file); a snapshot without
+ * config.json but with a single GGUF model resolves to it without a tag. Anything else
+ * is returned unchanged (the open reports it). Fails, naming every place looked, for a
+ * repo id not cached, and naming the candidates when the quant is missing or ambiguous. */
 int lazymoe_resolve_model(const char *name, char *path, size_t pathlen, char *err, size_t errlen);
 
 #ifdef __cplusplus
