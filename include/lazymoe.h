@@ -175,6 +175,19 @@ int lazymoe_session_capacity(const lazymoe_session *s);
  * positions): a kept conversation then costs what it holds, not the doubled
  * capacity it grew to. */
 int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen);
+/* Session state on disk: the first n positions a session holds (its tokens and KV
+ * cache), written atomically (a temporary file renamed into place). A state restores
+ * into an empty session of the same model and computation (backend, kernels, KV and
+ * activation precision): the restored session continues exactly as the saved one
+ * would, so generation after it equals evaluating the tokens again. Loading checks
+ * the header, every token id and a checksum; a foreign, truncated or corrupt file is
+ * an error and leaves the session empty. Models with linear attention are refused. */
+int lazymoe_session_save(const lazymoe_session *s, int n, const char *path, char *err, size_t errlen);
+int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t errlen);
+/* The token ids a state file holds (*tokens malloc'd, lazymoe_free), after checking
+ * it belongs to this model and computation: to choose which file to load. */
+int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,
+                                size_t errlen);
 /* Forgets all tokens after the first n (n <= length). Models with recurrent state
  * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
  * snapshot at or before n (generation keeps one before each prompt's last token), or
