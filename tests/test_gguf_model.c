@@ -40,6 +40,7 @@ static int run(const char *path, int capacity, run_result *r, char *err) {
     o.n_threads = 2;
     o.expert_capacity = capacity;
     o.io_threads = 3;
+    o.act_bits = 32; /* the reference numerics on both sides (quantized models default to int8) */
     lazymoe_model *m;
     if (lazymoe_model_open(&m, path, &o, err, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
