@@ -10,6 +10,7 @@
 #include "common/error.h"
 
 #include <ctype.h>
+#include <stdint.h>
 #include <jansson.h>
 
 typedef struct {
@@ -395,6 +396,92 @@ static void test_all_splits_sample(void) {
     free(s);
 }
 
+/* GLM-4.5 / 4.6 (glm4_moe): <tool_call>NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>
+ * ...</tool_call>, as its chat template writes them (values: strings as they are, other
+ * types as JSON), with <think> reasoning before. */
+static void test_glm(void) {
+    expect(TOOLS, 0,
+           "<think>Need the weather.</think>\nLet me check.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n"
+           "<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
+           "R[Need the weather.] T[Let me check.] B0:get_weather A0[{\"city\": \"Paris\", \"days\": 3}] E0");
+    /* two calls; an object value; no argument at all; unknown names stay calls */
+    expect(TOOLS, 0,
+           "<tool_call>get_weather\n<arg_key>opts</arg_key>\n<arg_value>{\"a\": [1, 2]}</arg_value>\n</tool_call>"
+           "<tool_call>get_time\n</tool_call>\nDone.",
+           "B0:get_weather A0[{\"opts\": {\"a\": [1, 2]}}] E0 B1:get_time A1[{}] E1 T[Done.]");
+    /* the GLM-4.5 template puts no newline between the tags when arguments follow directly */
+    expect(TOOLS, 0, "<tool_call>write_file<arg_key>path</arg_key><arg_value>a \"b\"\n</arg_value></tool_call>",
+           "B0:write_file A0[{\"path\": \"a \\\"b\\\"\\n\"}] E0");
+    /* prose that only looks like the tag stays text; a cut-off call is closed */
+    expect(TOOLS, 0, "Use <tool_call>get(x)</tool_call> like so.", "T[Use <tool_call>get(x)</tool_call> like so.]");
+    expect(TOOLS, 0, "<tool_call>write_file\n<arg_key>content</arg_key>\n<arg_value>hel",
+           "B0:write_file A0[{\"content\": \"hel\"}] E0");
+    /* a key without a value is dropped */
+    expect(TOOLS, 0, "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_key>days</arg_key><arg_value>2</arg_value></tool_call>",
+           "B0:get_weather A0[{\"days\": 2}] E0");
+}
+
+/* MiniMax-M2: <minimax:tool_call> holding one or more <invoke name="F"> with
+ * <parameter name="K">V</parameter>, and interleaved <think> blocks between calls. */
+static void test_minimax(void) {
+    expect(TOOLS, 0,
+           "<think>\nCheck first.\n</think>\n\nChecking.\n<minimax:tool_call>\n<invoke name=\"get_weather\">\n"
+           "<parameter name=\"city\">Paris</parameter>\n<parameter name=\"metric\">true</parameter>\n</invoke>\n"
+           "<invoke name=\"write_file\">\n<parameter name=\"content\">a\nb</parameter>\n</invoke>\n"
+           "</minimax:tool_call>",
+           "R[Check first.] T[Checking.] B0:get_weather A0[{\"city\": \"Paris\", \"metric\": true}] E0 "
+           "B1:write_file A1[{\"content\": \"a\\nb\"}] E1");
+    /* interleaved thinking: reasoning after a call, then another call, then the answer */
+    expect(TOOLS, 0,
+           "<minimax:tool_call>\n<invoke name=\"get_weather\">\n<parameter name=\"days\">2</parameter>\n</invoke>\n"
+           "</minimax:tool_call><think>Now write it.</think>\n<minimax:tool_call>\n<invoke name=\"write_file\">\n"
+           "</invoke>\n</minimax:tool_call>\nDone.",
+           "B0:get_weather A0[{\"days\": 2}] E0 R[Now write it.] B1:write_file A1[{}] E1 T[Done.]");
+    /* not a call: the wrapper is given back as text; a cut-off call is closed */
+    expect(TOOLS, 0, "See <minimax:tool_call> docs.", "T[See <minimax:tool_call> docs.]");
+    expect(TOOLS, 0, "<minimax:tool_call>\n<invoke name=\"write_file\">\n<parameter name=\"path\">x.t",
+           "B0:write_file A0[{\"path\": \"x.t\"}] E0");
+    expect(NULL, 0, "<minimax:tool_call><invoke name=\"f\"></invoke></minimax:tool_call>",
+           "T[<minimax:tool_call><invoke name=\"f\"></invoke></minimax:tool_call>]");
+}
+
+/* Random splits of random mixes of every format's pieces: no crash, no structural
+ * problem (valid ids, arguments always a JSON object, no empty fragments), and the
+ * stream does not depend on how the text was split. */
+static void test_fuzz_formats(void) {
+    static const char *const pieces[] = {
+        "<tool_call>", "</tool_call>", "get_weather", "\n", "<arg_key>", "city", "</arg_key>", "<arg_value>",
+        "Paris", "</arg_value>", "<minimax:tool_call>", "</minimax:tool_call>", "<invoke name=\"", "\">",
+        "</invoke>", "<parameter name=\"", "days", "</parameter>", "<think>", "</think>", "{\"name\": \"f\"}",
+        "<function=write_file>", "<parameter=", ">", "</function>", " text ", "<", "\"", "3", "\xc3\xa9", "\xff"};
+    uint64_t r = 0x243F6A8885A308D3ull;
+    char text[512];
+    for (int iter = 0; iter < 400; iter++) {
+        size_t n = 0;
+        int k = 1 + (int)(r % 24);
+        for (int i = 0; i < k; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            const char *pc = pieces[(r >> 33) % (sizeof pieces / sizeof pieces[0])];
+            size_t l = strlen(pc);
+            if (n + l >= sizeof text) break;
+            memcpy(text + n, pc, l);
+            n += l;
+        }
+        text[n] = 0;
+        const char *problem = NULL;
+        char *whole = render_cuts(TOOLS, (int)(r & 1), text, n, NULL, 0, NULL, &problem);
+        CHECKF(!problem, "%s for %s", problem, text);
+        size_t cut[3] = {n / 3, n / 2, n - n / 4};
+        if (cut[1] < cut[0]) cut[1] = cut[0];
+        if (cut[2] < cut[1]) cut[2] = cut[1];
+        char *split = render_cuts(TOOLS, (int)(r & 1), text, n, cut, 3, NULL, &problem);
+        CHECKF(!problem && strcmp(whole, split) == 0, "split differs for %s\n  whole %s\n  split %s", text, whole,
+               split);
+        free(whole);
+        free(split);
+    }
+}
+
 int main(void) {
     TEST_CASE("toolcall_no_tools", test_no_tools);
     TEST_CASE("toolcall_hermes", test_hermes);
@@ -404,6 +491,9 @@ int main(void) {
     TEST_CASE("toolcall_qwen_types", test_qwen_types);
     TEST_CASE("toolcall_qwen_malformed", test_qwen_malformed);
     TEST_CASE("toolcall_reasoning", test_reasoning);
+    TEST_CASE("toolcall_glm", test_glm);
+    TEST_CASE("toolcall_minimax", test_minimax);
+    TEST_CASE("toolcall_fuzz_formats", test_fuzz_formats);
     TEST_CASE("toolcall_whitespace", test_whitespace);
     TEST_CASE("toolcall_streaming", test_streaming);
     TEST_CASE("toolcall_cancel_and_errors", test_cancel_and_errors);

@@ -46,7 +46,9 @@
 #define NAME_MAX_LEN 256
 #define HERMES_MAX_DEPTH 64
 
-enum state { S_TEXT, S_THINK, S_WRAP, S_FNAME, S_HERMES, S_BODY, S_PNAME, S_PVALUE, S_AFTER };
+enum state { S_TEXT, S_THINK, S_WRAP, S_FNAME, S_HERMES, S_BODY, S_PNAME, S_PVALUE, S_AFTER, S_GLMNAME, S_MMWRAP };
+/* XML call dialects: their tags (dialects[] below). */
+enum { D_QWEN, D_GLM, D_MINIMAX };
 enum step { NEED, PROGRESS };
 enum { M_NONE, M_PART, M_FULL };
 enum { FAIL_CANCEL = 1, FAIL_OOM = 2 };
@@ -63,7 +65,8 @@ struct lm_toolcall_parser {
     size_t head;
     size_t scan;        /* bytes after head already examined (S_WRAP, S_FNAME, S_HERMES) */
     size_t open_len;    /* opening tag at head, given back as text when the guess fails */
-    int wrapped;        /* inside <tool_call> ... </tool_call> */
+    int wrapped;        /* inside <tool_call> ... </tool_call> (or <minimax:tool_call>) */
+    int dl;             /* D_*: the XML dialect of the current call */
     /* current text or reasoning segment */
     lm_strbuf ws;            /* trailing whitespace not emitted yet */
     int seg_nonempty;   /* non-whitespace emitted in this segment */
@@ -518,6 +521,29 @@ static int match_any(const char *s, size_t n, const char *const *tags, int ntags
     return part ? -1 : -2;
 }
 
+/* The tags of an XML call dialect. body[]: a parameter opens, the function ends, the
+ * wrapper ends, another function starts, another wrapper starts (NULL: no such tag).
+ * ends[]: what ends a value: its closing tag, the next parameter, the function's end,
+ * the wrapper's end. pname_end: what ends a parameter name. */
+typedef struct {
+    const char *body[5];
+    const char *ends[4];
+    const char *pname_end;
+    int trim_newlines; /* one newline after the name tag and one before the closing tag are not value */
+} dialect;
+
+static const dialect dialects[3] = {
+    [D_QWEN] = {{"<parameter=", "</function>", "</tool_call>", "<function=", "<tool_call>"},
+                {"</parameter>", "<parameter=", "</function>", "</tool_call>"}, ">", 1},
+    /* GLM-4.5: <tool_call>NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>...</tool_call> */
+    [D_GLM] = {{"<arg_key>", NULL, "</tool_call>", NULL, "<tool_call>"},
+               {"</arg_value>", "<arg_key>", NULL, "</tool_call>"}, "</arg_key>", 0},
+    /* MiniMax-M2: <minimax:tool_call>\n<invoke name="F">\n<parameter name="K">V</parameter>\n
+     * </invoke>\n</minimax:tool_call> (several invokes may share the wrapper) */
+    [D_MINIMAX] = {{"<parameter name=", "</invoke>", "</minimax:tool_call>", "<invoke name=", "<minimax:tool_call>"},
+                   {"</parameter>", "<parameter name=", "</invoke>", "</minimax:tool_call>"}, ">", 0},
+};
+
 static void give_back(lm_toolcall_parser *p) {
     content(p, LM_TC_TEXT, p->in.data + p->head, p->open_len);
     p->head += p->open_len;
@@ -544,17 +570,18 @@ static enum step st_content(lm_toolcall_parser *p, int eof) {
         p->head += k;
         return PROGRESS;
     }
-    const char *tags[4] = {NULL, NULL, NULL, NULL};
+    const char *tags[5] = {NULL, NULL, NULL, NULL, NULL};
     if (think) {
         tags[0] = "</think>";
     } else {
         if (p->tools) {
             tags[1] = "<tool_call>";
             tags[2] = "<function=";
+            tags[4] = "<minimax:tool_call>";
         }
         if (!p->seg_nonempty) tags[3] = "<think>";
     }
-    int m = match_any(b, n, tags, 4);
+    int m = match_any(b, n, tags, 5);
     if (m == -1 && !eof) return NEED;
     if (m < 0) {
         content(p, kind, b, 1);
@@ -564,9 +591,10 @@ static enum step st_content(lm_toolcall_parser *p, int eof) {
         p->st = m == 0 ? S_TEXT : S_THINK;
         seg_reset(p, 1);
     } else {
-        p->wrapped = m == 1;
+        p->wrapped = m == 1 || m == 4;
+        p->dl = m == 4 ? D_MINIMAX : D_QWEN;
         p->open_len = p->scan = strlen(tags[m]);
-        p->st = m == 1 ? S_WRAP : S_FNAME;
+        p->st = m == 1 ? S_WRAP : m == 4 ? S_MMWRAP : S_FNAME;
     }
     return PROGRESS;
 }
@@ -587,6 +615,8 @@ static enum step st_wrap(lm_toolcall_parser *p, int eof) {
         if (m == M_FULL) {
             p->scan += 10;
             p->st = S_FNAME;
+        } else if (b[p->scan] != '<') { /* GLM: the function name follows the tag */
+            p->st = S_GLMNAME;
         } else {
             give_back(p);
         }
@@ -594,7 +624,64 @@ static enum step st_wrap(lm_toolcall_parser *p, int eof) {
     return PROGRESS;
 }
 
-/* S_FNAME: the function name up to '>'. */
+/* S_GLMNAME: GLM's function name after <tool_call>, up to a newline, <arg_key> or
+ * </tool_call>. */
+static enum step st_glmname(lm_toolcall_parser *p, int eof) {
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head, s = p->scan, q = s;
+    while (q < n && q - s <= NAME_MAX_LEN && b[q] != '\n' && b[q] != '<') q++;
+    if (q == n && !eof && q - s <= NAME_MAX_LEN) return NEED;
+    int ok = q - s <= NAME_MAX_LEN && (q == n || b[q] == '\n');
+    if (q < n && b[q] == '<') {
+        static const char *const after[] = {"<arg_key>", "</tool_call>"};
+        int m = match_any(b + q, n - q, after, 2);
+        if (m == -1 && !eof) return NEED;
+        ok = m >= 0;
+    }
+    size_t a = s, e = q;
+    while (e > a && is_ws(b[e - 1])) e--;
+    for (size_t i = a; ok && i < e; i++) /* a function name, not prose ("<tool_call>get(x)</tool_call>") */
+        ok = (b[i] >= 'a' && b[i] <= 'z') || (b[i] >= 'A' && b[i] <= 'Z') || (b[i] >= '0' && b[i] <= '9') ||
+             strchr("_-.:/", b[i]) != NULL || (unsigned char)b[i] >= 0x80;
+    if (!ok || !valid_name(b + a, e - a)) {
+        give_back(p);
+        return PROGRESS;
+    }
+    p->dl = D_GLM;
+    begin_call(p, b + a, e - a);
+    p->head += q;
+    p->st = S_BODY;
+    return PROGRESS;
+}
+
+/* S_MMWRAP: inside <minimax:tool_call>, before an <invoke name=...> or the wrapper's end. */
+static enum step st_mmwrap(lm_toolcall_parser *p, int eof) {
+    const char *b = p->in.data + p->head;
+    size_t n = p->in.len - p->head;
+    while (p->scan < n && is_ws(b[p->scan])) p->scan++;
+    if (p->scan == n && !eof) return NEED;
+    static const char *const tags[] = {"<invoke name=", "</minimax:tool_call>"};
+    int m = p->scan < n ? match_any(b + p->scan, n - p->scan, tags, 2) : -2;
+    if (m == -1 && !eof) return NEED;
+    if (m == 0) {
+        p->scan += strlen(tags[0]);
+        p->dl = D_MINIMAX;
+        p->st = S_FNAME;
+    } else if (m == 1) { /* the wrapper ends (after its calls, or empty: nothing to show) */
+        p->head += p->scan + strlen(tags[1]);
+        p->st = S_TEXT;
+        p->wrapped = 0;
+    } else if (p->open_len) {
+        give_back(p);
+    } else { /* after a call: whatever follows is text again */
+        p->head += p->scan;
+        p->st = S_TEXT;
+        p->wrapped = 0;
+    }
+    return PROGRESS;
+}
+
+/* S_FNAME: the function name up to '>' (MiniMax: name="NAME">, quotes optional). */
 static enum step st_fname(lm_toolcall_parser *p, int eof) {
     const char *b = p->in.data + p->head;
     size_t n = p->in.len - p->head, s = p->scan, q = s;
@@ -604,6 +691,7 @@ static enum step st_fname(lm_toolcall_parser *p, int eof) {
         size_t a = s, e = q;
         while (a < e && is_ws(b[a])) a++;
         while (e > a && is_ws(b[e - 1])) e--;
+        if (p->dl == D_MINIMAX && e - a >= 2 && b[a] == '"' && b[e - 1] == '"') a++, e--;
         int known = 0;
         if (p->tools && e - a <= NAME_MAX_LEN) {
             char name[NAME_MAX_LEN + 1];
@@ -622,8 +710,6 @@ static enum step st_fname(lm_toolcall_parser *p, int eof) {
     return PROGRESS;
 }
 
-static const char *const body_tags[] = {"<parameter=", "</function>", "</tool_call>",
-                                        "<function=", "<tool_call>"};
 
 /* S_BODY: between parameters of an XML call. */
 static enum step st_body(lm_toolcall_parser *p, int eof) {
@@ -634,54 +720,78 @@ static enum step st_body(lm_toolcall_parser *p, int eof) {
         p->head += lt ? (size_t)(lt - b) : n;
         return PROGRESS;
     }
-    int m = match_any(b, n, body_tags, 5);
+    const char *const *tags = dialects[p->dl].body;
+    int m = match_any(b, n, tags, 5);
     if (m == -1 && !eof) return NEED;
     if (m < 0) {
         p->head++;
         return PROGRESS;
     }
     if (m == 0) {
-        p->head += 11;
+        p->head += strlen(tags[0]);
         p->st = S_PNAME;
         return PROGRESS;
     }
-    if (m <= 2) p->head += strlen(body_tags[m]); /* </function> or </tool_call> */
+    if (m <= 2) p->head += strlen(tags[m]); /* the function's or the wrapper's end */
     xml_close_call(p);
-    p->st = p->wrapped && (m == 1 || m == 3) ? S_AFTER : S_TEXT;
+    p->st = p->wrapped && (m == 1 || m == 3) ? (p->dl == D_MINIMAX ? S_MMWRAP : S_AFTER) : S_TEXT;
+    p->open_len = p->scan = 0;
     if (p->st == S_TEXT) p->wrapped = 0;
     return PROGRESS;
 }
 
-/* S_PNAME: the parameter name up to '>' (or a newline, when the model dropped the '>'). */
+/* S_PNAME: the parameter name up to '>' (or a newline, when the model dropped the '>');
+ * MiniMax: name="K">; GLM: K</arg_key> then <arg_value> after optional whitespace. */
 static enum step st_pname(lm_toolcall_parser *p, int eof) {
     const char *b = p->in.data + p->head;
-    size_t n = p->in.len - p->head, q = 0;
+    size_t n = p->in.len - p->head, q = 0, skip = 1;
     while (q < n && q <= NAME_MAX_LEN && b[q] != '>' && b[q] != '<' && b[q] != '\n') q++;
     if (q == n && !eof && q <= NAME_MAX_LEN) return NEED;
+    int named = q < n && (b[q] == '>' || b[q] == '\n');
+    if (p->dl == D_GLM) { /* K</arg_key> \s* <arg_value> */
+        named = 0;
+        if (q < n && b[q] == '<') {
+            int m = match(b + q, n - q, "</arg_key>");
+            if (m == M_PART && !eof) return NEED;
+            if (m == M_FULL) {
+                size_t v = skip_ws(b, n, q + 10);
+                int mv = v < n ? match(b + v, n - v, "<arg_value>") : M_PART;
+                if (mv == M_PART && !eof && v - q <= 64) return NEED;
+                named = mv == M_FULL;
+                skip = named ? v + 11 - q : 10;
+                if (!named) {
+                    p->head += q + 10; /* a key without a value: dropped */
+                    p->st = S_BODY;
+                    return PROGRESS;
+                }
+            }
+        }
+    }
     p->st = S_BODY;
-    if (q < n && (b[q] == '>' || b[q] == '\n')) {
+    if (q < n && (named || b[q] == '>' || b[q] == '\n')) {
         size_t a = 0, e = q;
         while (a < e && is_ws(b[a])) a++;
         while (e > a && is_ws(b[e - 1])) e--;
-        if (e > a) {
+        if (p->dl == D_MINIMAX && e - a >= 2 && b[a] == '"' && b[e - 1] == '"') a++, e--;
+        if (e > a && named) {
             begin_param(p, b + a, e - a);
             p->st = S_PVALUE;
         }
-        p->head += q + 1;
+        p->head += q + skip;
     }
     return PROGRESS;
 }
 
-static const char *const value_ends[] = {"</parameter>", "<parameter=", "</function>",
-                                         "</tool_call>"};
 
 /* S_PVALUE: a parameter value, ended by its closing tag or by the next tag. */
 static enum step st_pvalue(lm_toolcall_parser *p, int eof) {
     const char *b = p->in.data + p->head;
     size_t n = p->in.len - p->head, used;
+    const dialect *d = &dialects[p->dl];
+    const char *const *value_ends = d->ends;
     if (!p->value_started) {
         if (n == 0) return NEED;
-        if (b[0] == '\n') p->head++;
+        if (b[0] == '\n' && d->trim_newlines) p->head++;
         p->value_started = 1;
         return PROGRESS;
     }
@@ -696,7 +806,7 @@ static enum step st_pvalue(lm_toolcall_parser *p, int eof) {
     size_t k = lt ? (size_t)(lt - b) : n;
     int final = m >= 0 || eof;
     /* hold back a newline that may turn out to be the one before the closing tag */
-    size_t k2 = k && b[k - 1] == '\n' ? k - 1 : k;
+    size_t k2 = k && b[k - 1] == '\n' && d->trim_newlines ? k - 1 : k;
     value_add(p, b, k2, final, &used);
     if (!final) {
         p->head += used;
@@ -799,6 +909,8 @@ static void run(lm_toolcall_parser *p, int eof) {
         case S_PNAME: r = st_pname(p, eof); break;
         case S_PVALUE: r = st_pvalue(p, eof); break;
         case S_AFTER: r = st_after(p, eof); break;
+        case S_GLMNAME: r = st_glmname(p, eof); break;
+        case S_MMWRAP: r = st_mmwrap(p, eof); break;
         }
         if (r == NEED) break;
     }
