@@ -87,7 +87,9 @@ static void test_registry_names(void) {
 static void check_bound(const lm_family *f, const lm_weights *w, const char *fixture) {
     const lm_config *c = &w->cfg;
     CHECKF(c->family == f, "%s: parsed as %s", fixture, c->family ? c->family->model_type : "nothing");
-    CHECKF(c->qk_norm == f->qk_norm, "%s: qk_norm", fixture);
+    /* glm4_moe's q/k norm is optional (use_qk_norm): per head when on */
+    CHECKF(c->qk_norm == f->qk_norm || (f == &lm_family_glm4_moe && c->qk_norm == LM_QK_NORM_PER_HEAD),
+           "%s: qk_norm", fixture);
     CHECKF(c->attn_output_gate == f->attn_output_gate, "%s: attn_output_gate", fixture);
     CHECKF(c->zero_centred_norms == f->zero_centred_norms, "%s: zero_centred_norms", fixture);
     if (f->router_renorm == LM_RENORM_ALWAYS) CHECKF(c->norm_topk_prob == 1, "%s: renormalised router", fixture);
@@ -99,10 +101,14 @@ static void check_bound(const lm_family *f, const lm_weights *w, const char *fix
     for (int l = 0; l < c->n_layers; l++) {
         const lm_layer *ly = &w->layers[l];
         if (!ly->is_linear)
-            CHECKF((ly->q_norm != NULL) == (f->qk_norm != LM_QK_NORM_NONE), "%s: layer %d q_norm", fixture, l);
+            CHECKF((ly->q_norm != NULL) == (c->qk_norm != LM_QK_NORM_NONE), "%s: layer %d q_norm", fixture, l);
         if (ly->is_moe) {
             moe_layers++;
             CHECKF(ly->router.rows == c->n_experts && ly->src.nparts > 0, "%s: layer %d experts", fixture, l);
+            CHECKF((ly->router_correction != NULL) == c->router_sigmoid, "%s: layer %d correction bias", fixture, l);
+            CHECKF((ly->shared_gate.rows > 0) == (c->shared_expert_intermediate_size > 0) &&
+                       (ly->shared_expert_gate.rows > 0) == (c->shared_expert_intermediate_size > 0 && c->shared_expert_gated),
+                   "%s: layer %d shared expert", fixture, l);
         }
     }
     CHECKF(moe_layers > 0, "%s: no MoE layer bound", fixture);

@@ -11,6 +11,9 @@ const lm_family *const lm_families[] = {
     &lm_family_mixtral,
     &lm_family_olmoe,
     &lm_family_qwen3_next,
+    &lm_family_minimax_m2,
+    &lm_family_glm4_moe,
+    &lm_family_qwen3_5_moe,
     NULL,
 };
 
@@ -22,6 +25,7 @@ const lm_tensor_names lm_names_mlp = {
     .expert_down = {"down_proj"},
     .shared_expert = "shared_expert",
     .shared_expert_gate = "shared_expert_gate",
+    .correction_bias = {"gate.e_score_correction_bias", "e_score_correction_bias"},
 };
 
 const lm_family *lm_family_find(const char *model_type) {

@@ -60,7 +60,10 @@ typedef struct {
     /* Per-expert projections (legacy HF layout BLOCK.experts.E.NAME), aliases tried in order. */
     const char *expert_gate[3], *expert_up[3], *expert_down[3];
     const char *shared_expert;      /* shared expert module inside the MoE block */
-    const char *shared_expert_gate; /* its [1, H] sigmoid gate */
+    const char *shared_expert_gate; /* its [1, H] sigmoid gate (config's shared_expert_gated) */
+    /* The sigmoid router's e_score_correction_bias [E] inside the MoE block, aliases
+     * tried in order (glm4_moe keeps it in the router, minimax_m2 beside it). */
+    const char *correction_bias[2];
 } lm_tensor_names;
 
 /* mlp.gate, mlp.experts.E.{gate,up,down}_proj, mlp.shared_expert(_gate): the names of
@@ -129,7 +132,12 @@ int lm_family_router_8bit(const lm_family *f, const char *path);
 int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long long hi, long long *out, char *err);
 
 /* The families (one file each). */
-extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next;
+extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next,
+    lm_family_minimax_m2, lm_family_glm4_moe, lm_family_qwen3_5_moe;
+
+/* qwen3_next's parse_config (Gated DeltaNet shapes, layer_types, gated shared expert),
+ * which qwen3_5_moe shares. */
+int lm_family_qwen3_next_parse_config(lm_config *c, json_t *o, char *err);
 
 /* Shared by the qwen families: the config.json keys of synthetic Qwen MoE checkpoints
  * and their sampling defaults (qwen3_moe.c). */
