@@ -132,6 +132,24 @@ CASES = [
     {"id": "llama-tools-in-system", "messages": [SYS, {"role": "user", "content": "Weather?"}],
      "tools": [WEATHER], "add_generation_prompt": True, "extra": {"tools_in_user_message": False}},
     {"id": "empty-content", "messages": [{"role": "user", "content": ""}], "add_generation_prompt": True},
+    # reasoning kept across tool calls within the last user turn and dropped before it
+    # (GLM-4.5/4.6, MiniMax-M2 interleaved thinking), think tags inside content
+    {"id": "interleaved-thinking-tools", "messages": [
+        {"role": "user", "content": "Plan a trip"},
+        {"role": "assistant", "content": "<think>\nOld plan.\n</think>\n\nSure.", "reasoning_content": None},
+        {"role": "user", "content": "Weather in Oslo, then write it down."},
+        {"role": "assistant", "content": "", "reasoning_content": "Need the weather first.",
+         "tool_calls": [call("get_weather", {"city": "Oslo", "days": 2})]},
+        {"role": "tool", "content": "{\"temp\": -3}"},
+        {"role": "assistant", "content": "<think>Now write.</think>Writing.",
+         "tool_calls": [call("search_files", {"pattern": "*.md", "options": {"case_sensitive": False}})]},
+        {"role": "tool", "content": "notes.md"},
+        {"role": "tool", "content": "todo.md"}],
+     "tools": [WEATHER, SEARCH], "add_generation_prompt": True},
+    {"id": "thinking-disabled", "messages": [
+        {"role": "user", "content": "Quick: 2+2?"}, {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3? /nothink"}],
+     "add_generation_prompt": True, "extra": {"enable_thinking": False}},
     # cases where at least one template raises
     {"id": "error-channel-tags", "messages": [
         {"role": "user", "content": "x"},
