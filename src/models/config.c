@@ -326,6 +326,9 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     if (renorm_always) c->norm_topk_prob = 1; /* softmax over the top-k logits */
     c->qk_norm = fam->qk_norm;
     c->routed_scaling_factor = 1.0f;
+    c->router_sigmoid = fam->sigmoid_router;
+    c->n_group = c->topk_group = 1;
+    c->lin_separate_proj = fam->linear_separate_proj;
     c->attn_output_gate = fam->attn_output_gate;
     c->zero_centred_norms = fam->zero_centred_norms;
     json_t *act = json_object_get(o, "hidden_act");

@@ -48,6 +48,8 @@ typedef struct {
     int bos, eos, eos2;   /* eos2 < 0: one eos id */
     /* Gated DeltaNet (full_interval 0: every layer is full attention) */
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
+    int attn_bias;   /* q/k/v projections have biases (glm4_moe) */
+    int first_dense; /* the first layers are dense MLPs of `intermediate` (first_k_dense_replace) */
 } lm_synth_preset;
 
 /* How a family names the tensors of its MoE blocks inside model.layers.N (Hugging Face
@@ -85,6 +87,8 @@ typedef struct lm_family {
     int partial_rope;              /* partial_rotary_factor < 1 allowed */
     int attn_output_gate;          /* q_proj also yields a per-head sigmoid output gate */
     int zero_centred_norms;        /* HF files store RMSNorm weights as w - 1 */
+    int sigmoid_router;            /* sigmoid router with e_score_correction_bias (config router_sigmoid) */
+    int linear_separate_proj;      /* Gated DeltaNet projections stored separately (config lin_separate_proj) */
     /* Family-only keys, read after the common ones and RoPE (NULL: none). o is the text
      * model's config object; returns 0 or -1 with err set. */
     int (*parse_config)(lm_config *c, json_t *o, char *err);

@@ -25,7 +25,6 @@ static const lm_tensor_names names = {
 
 static int parse_config(lm_config *c, json_t *o, char *err) {
     long long v = 0;
-    c->router_sigmoid = 1;
     if (!json_object_get(o, "norm_topk_prob")) c->norm_topk_prob = 1; /* transformers' default */
     if (lm_cfg_int(o, "n_group", 1, 1, 1024, &v, err)) return -1;
     c->n_group = (int)v;
@@ -57,14 +56,14 @@ static int parse_config(lm_config *c, json_t *o, char *err) {
 static const lm_synth_preset presets[] = {
     {.name = "glm-4.5-air", .layers = 46, .hidden = 4096, .heads = 96, .kv_heads = 8, .head_dim = 128,
      .experts = 128, .top_k = 8, .moe_intermediate = 1408, .intermediate = 10944, .shared_intermediate = 1408,
-     .vocab = 151552, .max_position = 131072, .rope_theta = 1e6, .rms_eps = 1e-5, .bos = -1, .eos = 151329,
-     .eos2 = 151336, .partial_rotary = 0.5},
+     .vocab = 151552, .max_position = 131072, .rope_theta = 1e6, .rms_eps = 1e-5, .bos = 151329, .eos = 151329,
+     .eos2 = 151336, .partial_rotary = 0.5, .attn_bias = 1, .first_dense = 1},
     {.name = NULL},
 };
 
 static void synth_config(json_t *c, const lm_synth_preset *p) {
-    json_object_set_new(c, "attention_bias", json_true());
-    json_object_set_new(c, "first_k_dense_replace", json_integer(1));
+    json_object_set_new(c, "attention_bias", json_boolean(p->attn_bias));
+    json_object_set_new(c, "first_k_dense_replace", json_integer(p->first_dense));
     json_object_set_new(c, "head_dim", json_integer(p->head_dim));
     json_object_set_new(c, "moe_intermediate_size", json_integer(p->moe_intermediate));
     json_object_set_new(c, "n_group", json_integer(1));
@@ -86,6 +85,7 @@ const lm_family lm_family_glm4_moe = {
     .router_renorm = LM_RENORM_FROM_CONFIG,
     .window = LM_WINDOW_IGNORED,
     .partial_rope = 1,
+    .sigmoid_router = 1,
     .parse_config = parse_config,
     .names = &names,
     .synth_presets = presets,

@@ -30,8 +30,6 @@ static int parse_config(lm_config *c, json_t *o, char *err) {
     if (sf && json_is_string(sf) && strcmp(json_string_value(sf), "sigmoid") != 0)
         return lm_errf(err, "config.json: scoring_func '%s' is not supported for minimax_m2 (only sigmoid)",
                        json_string_value(sf));
-    c->router_sigmoid = 1;
-    c->n_group = c->topk_group = 1;
     long long rd = 0;
     if (lm_cfg_int(o, "rotary_dim", 0, 0, c->head_dim, &rd, err)) return -1;
     if (rd > 0) {
@@ -73,6 +71,7 @@ const lm_family lm_family_minimax_m2 = {
     .window = LM_WINDOW_IGNORED,
     .experts_use_intermediate_size = 1,
     .partial_rope = 1,
+    .sigmoid_router = 1,
     .parse_config = parse_config,
     .names = &names,
     .mlx_router_8bit = {"block_sparse_moe.gate"},

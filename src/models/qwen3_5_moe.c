@@ -11,17 +11,11 @@
  * three position streams are equal; tests/test_golden.c checks transformers' cos/sin). */
 #include "models/family.h"
 
-static int parse_config(lm_config *c, json_t *o, char *err) {
-    if (lm_family_qwen3_next_parse_config(c, o, err)) return -1;
-    c->lin_separate_proj = 1;
-    return 0;
-}
-
 /* Public config.json values of Qwen/Qwen3.5-35B-A3B (text_config). */
 static const lm_synth_preset presets[] = {
     {.name = "qwen3.5-35b-a3b", .layers = 40, .hidden = 2048, .heads = 16, .kv_heads = 2, .head_dim = 256,
      .experts = 256, .top_k = 8, .moe_intermediate = 512, .intermediate = 0, .shared_intermediate = 512,
-     .vocab = 248320, .max_position = 262144, .rope_theta = 1e7, .rms_eps = 1e-6, .bos = -1, .eos = 248046,
+     .vocab = 248320, .max_position = 262144, .rope_theta = 1e7, .rms_eps = 1e-6, .bos = 248044, .eos = 248046,
      .eos2 = 248044, .lin_k_heads = 16, .lin_v_heads = 32, .lin_k_dim = 128, .lin_v_dim = 128, .conv_kernel = 4,
      .full_interval = 4, .partial_rotary = 0.25},
     {.name = NULL},
@@ -56,7 +50,8 @@ const lm_family lm_family_qwen3_5_moe = {
     .partial_rope = 1,
     .attn_output_gate = 1,
     .zero_centred_norms = 1,
-    .parse_config = parse_config,
+    .linear_separate_proj = 1,
+    .parse_config = lm_family_qwen3_next_parse_config,
     .names = &lm_names_mlp,
     .mlx_router_8bit = {"mlp.gate", "shared_expert_gate"},
     .mlx_drop = "mtp.",
