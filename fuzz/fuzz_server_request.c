@@ -43,7 +43,7 @@ static void one(srv_api api, const char *body, size_t size) {
         char *prompt = NULL;
         int32_t *ids = NULL;
         int n = 0;
-        if (srv_build_prompt(model, &c, &prompt, NULL, &ids, &n, &e) == 0) {
+        if (srv_build_prompt(model, &c, 1 << 16, &prompt, NULL, &ids, &n, &e) == 0) {
             lazymoe_sampling s;
             srv_chat_sampling(&c, model, &s);
             free(prompt);

@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int32_t *ids = NULL;
         size_t len = 0;
         int n = 0;
-        if (srv_build_prompt(model, &c, &prompt, &len, &ids, &n, &e) == 0) {
+        if (srv_build_prompt(model, &c, 1 << 16, &prompt, &len, &ids, &n, &e) == 0) {
             lazymoe_sampling s;
             srv_chat_sampling(&c, model, &s);
             free(prompt);

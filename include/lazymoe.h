@@ -200,6 +200,11 @@ void lazymoe_free(void *p);
  * ("<|im_start|>") always become their ids. *ids is malloc'd (lazymoe_free). */
 int lazymoe_tokenize(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids,
                      int *n_ids, char *err, size_t errlen);
+/* The same, but counting stops once the text is known to need more than max_ids ids
+ * (a prompt that cannot fit costs no more than the limit): *n_ids > max_ids then
+ * means "too long", and *ids is a prefix of the encoding. */
+int lazymoe_tokenize_max(const lazymoe_model *m, const char *text, size_t len, int add_special, int max_ids,
+                         int32_t **ids, int *n_ids, char *err, size_t errlen);
 /* Decodes ids to valid UTF-8 (broken sequences become U+FFFD); skip_special = 1 drops
  * special tokens (<|im_end|>). */
 int lazymoe_detokenize(const lazymoe_model *m, const int32_t *ids, int n_ids, int skip_special, char **text,
@@ -253,6 +258,26 @@ typedef enum {
     LAZYMOE_FINISH_CANCELLED, /* the callback returned non-zero or *cancel was set */
 } lazymoe_finish;
 
+/* One token and its log-probability under the model (see lazymoe_gen_params.on_token). */
+typedef struct {
+    int32_t id;
+    float logprob;     /* natural log; -inf for a token the model gives no chance */
+    const char *bytes; /* the token's bytes as the tokenizer decodes it alone: may be */
+    size_t n_bytes;    /* part of a UTF-8 character (borrowed for the callback) */
+} lazymoe_token_prob;
+
+typedef struct {
+    lazymoe_token_prob token; /* the generated token */
+    int n_top;                /* the n_top most likely tokens at this step, most likely */
+    const lazymoe_token_prob *top; /* first (ties: lower id first) */
+} lazymoe_token_info;
+
+/* Returning non-zero stops generation (finish reason CANCELLED). */
+typedef int (*lazymoe_token_fn)(void *ctx, const lazymoe_token_info *info);
+
+/* Most alternatives on_token reports per step. */
+#define LAZYMOE_MAX_TOP_LOGPROBS 20
+
 typedef struct {
     lazymoe_sampling sampling;
     int max_tokens;             /* tokens generated at most; default 512 */
@@ -276,6 +301,15 @@ typedef struct {
      * is allowed only once the text so far is a whole sentence, and is the only choice
      * when nothing can follow. Borrowed for the call; ignored with forced_text. */
     const struct lazymoe_grammar *grammar;
+    /* Optional: called for every generated token that becomes part of the answer (not
+     * an end-of-sequence token), before its text reaches the piece callback, with its
+     * log-probability under the model's own distribution: log-softmax of the logits,
+     * before temperature, penalties, filters and the grammar's mask -- what the model
+     * thinks, independent of how the token was drawn. n_top_logprobs (0 ..
+     * LAZYMOE_MAX_TOP_LOGPROBS) alternatives come with it. */
+    lazymoe_token_fn on_token;
+    void *token_ctx;
+    int n_top_logprobs;
 } lazymoe_gen_params;
 
 /* Defaults above, sampling from lazymoe_sampling_init(m). */

@@ -5,6 +5,8 @@
 #include "harness.h"
 #include "lazymoe.h"
 
+#include <math.h>
+
 #define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/textgen"
 
 static lazymoe_model *M;
@@ -497,6 +499,150 @@ static void test_no_tokenizer(void) {
     lazymoe_model_close(m);
 }
 
+/* on_token: the reported log-probabilities are the log-softmax of the logits the
+ * plain eval path computes for the same tokens (independent walk, naive double
+ * arithmetic), the alternatives are the n most likely in order, and the callback
+ * sees every generated token once, before its text. */
+typedef struct {
+    int n;
+    int32_t ids[32];
+    float lp[32];
+    int n_top[32];
+    int32_t top[32][5];
+    float top_lp[32][5];
+    size_t bytes_total;
+    int bad_bytes;
+} lp_log;
+
+static int on_token_log(void *ctx, const lazymoe_token_info *info) {
+    lp_log *l = ctx;
+    if (l->n >= 32) return 1;
+    l->ids[l->n] = info->token.id;
+    l->lp[l->n] = info->token.logprob;
+    l->n_top[l->n] = info->n_top;
+    for (int i = 0; i < info->n_top && i < 5; i++) {
+        l->top[l->n][i] = info->top[i].id;
+        l->top_lp[l->n][i] = info->top[i].logprob;
+        if (!info->top[i].bytes) l->bad_bytes++;
+    }
+    if (!info->token.bytes) l->bad_bytes++;
+    l->bytes_total += info->token.n_bytes;
+    l->n++;
+    return 0;
+}
+
+static void test_logprobs(void) {
+    const char *prompt = "hello world, the experts";
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, M);
+    p.sampling.temperature = 0.9f;
+    p.sampling.top_k = 20;
+    p.sampling.seed = 7;
+    p.max_tokens = 24;
+    p.ignore_eos = 1;
+    p.add_special = 1;
+    lp_log l = {0};
+    p.on_token = on_token_log;
+    p.token_ctx = &l;
+    p.n_top_logprobs = 5;
+    lazymoe_session *s = new_session();
+    char *text = NULL;
+    lazymoe_gen_stats st;
+    CHECK(lazymoe_generate(s, prompt, &p, &text, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(l.n, st.generated_tokens);
+    CHECK_EQ_INT(l.bad_bytes, 0);
+    char *again = NULL; /* the reported ids are the answer's */
+    CHECK(lazymoe_detokenize(M, l.ids, l.n, 1, &again, err, sizeof err) == 0);
+    CHECK(text && again && !strcmp(text, again));
+    CHECK(l.bytes_total > 0);
+    lazymoe_free(again);
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
+    lazymoe_model_info info;
+    lazymoe_model_get_info(M, &info);
+    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
+    lazymoe_session *w = new_session();
+    int ok = logits && w && lazymoe_session_eval(w, ids, n, logits, 0, err, sizeof err) == 0;
+    double worst = 0;
+    int order_bad = 0;
+    for (int g = 0; ok && g < l.n; g++) {
+        double mx = -INFINITY, sum = 0;
+        for (int i = 0; i < info.vocab_size; i++)
+            if (logits[i] > mx) mx = logits[i];
+        for (int i = 0; i < info.vocab_size; i++) sum += exp((double)logits[i] - mx);
+        double lse = mx + log(sum);
+        double d = fabs(((double)logits[l.ids[g]] - lse) - (double)l.lp[g]);
+        if (d > worst) worst = d;
+        /* the alternatives: the 5 largest logits, most likely first, ties by lower id */
+        if (l.n_top[g] != 5) order_bad++;
+        for (int k = 0; k < 5 && k < l.n_top[g]; k++) {
+            int32_t t = l.top[g][k];
+            int rank = 0;
+            for (int i = 0; i < info.vocab_size; i++)
+                if (logits[i] > logits[t] || (logits[i] == logits[t] && i < t)) rank++;
+            if (rank != k) order_bad++;
+            d = fabs(((double)logits[t] - lse) - (double)l.top_lp[g][k]);
+            if (d > worst) worst = d;
+        }
+        ok = lazymoe_session_eval(w, &l.ids[g], 1, logits, 0, err, sizeof err) == 0;
+    }
+    CHECK(ok);
+    CHECKF(worst < 1e-5, "largest log-probability difference %g", worst);
+    CHECK_EQ_INT(order_bad, 0);
+    /* the same draw without the callback: reporting changes nothing */
+    lazymoe_session *s2 = new_session();
+    p.on_token = NULL;
+    char *text2 = NULL;
+    CHECK(lazymoe_generate(s2, prompt, &p, &text2, NULL, err, sizeof err) == 0);
+    CHECK(text && text2 && !strcmp(text, text2));
+    /* bad n_top is an error, a non-zero return cancels */
+    p.on_token = on_token_log;
+    p.n_top_logprobs = LAZYMOE_MAX_TOP_LOGPROBS + 1;
+    char *t3 = NULL;
+    CHECK(lazymoe_generate(s2, prompt, &p, &t3, NULL, err, sizeof err) != 0);
+    CHECK(strstr(err, "n_top_logprobs") != NULL);
+    lp_log full = {.n = 30};
+    p.n_top_logprobs = 0;
+    p.token_ctx = &full;
+    CHECK(lazymoe_generate(s2, prompt, &p, &t3, &st, err, sizeof err) == 0);
+    CHECK_EQ_INT(st.finish_reason, LAZYMOE_FINISH_CANCELLED);
+    lazymoe_free(t3);
+    lazymoe_free(text);
+    lazymoe_free(text2);
+    lazymoe_free(ids);
+    free(logits);
+    lazymoe_session_free(s);
+    lazymoe_session_free(s2);
+    lazymoe_session_free(w);
+}
+
+/* lazymoe_tokenize_max stops counting past the limit and gives a prefix of the
+ * full encoding; under the limit it is the full encoding. */
+static void test_tokenize_max(void) {
+    size_t len = 200000;
+    char *text = malloc(len + 1);
+    CHECK(text != NULL);
+    if (!text) return;
+    for (size_t i = 0; i < len; i++) text[i] = "ab cd\nxyz. "[i % 12];
+    text[len] = 0;
+    int32_t *all = NULL, *some = NULL;
+    int n_all = 0, n_some = 0;
+    CHECK(lazymoe_tokenize(M, text, len, 0, &all, &n_all, err, sizeof err) == 0);
+    CHECK(n_all > 1000);
+    CHECK(lazymoe_tokenize_max(M, text, len, 0, 1000, &some, &n_some, err, sizeof err) == 0);
+    CHECKF(n_some > 1000 && n_some < 1100, "counted %d ids with a limit of 1000", n_some);
+    CHECK(all && some && !memcmp(all, some, sizeof(int32_t) * 1000));
+    lazymoe_free(some);
+    some = NULL;
+    CHECK(lazymoe_tokenize_max(M, text, len, 0, n_all, &some, &n_some, err, sizeof err) == 0);
+    CHECK(n_some == n_all && some && !memcmp(all, some, sizeof(int32_t) * (size_t)n_all));
+    lazymoe_free(some);
+    CHECK(lazymoe_tokenize_max(M, text, len, 0, -1, &some, &n_some, err, sizeof err) != 0);
+    lazymoe_free(all);
+    free(text);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -518,6 +664,8 @@ int main(void) {
     TEST_CASE("generate_no_tokenizer", test_no_tokenizer);
     TEST_CASE("generate_forced_text", test_forced_text);
     TEST_CASE("generate_kv_cache_tokens_planned", test_kv_cache_tokens_planned);
+    TEST_CASE("generate_logprobs_match_log_softmax", test_logprobs);
+    TEST_CASE("generate_tokenize_max_stops_counting", test_tokenize_max);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

@@ -54,7 +54,7 @@ static char *render(srv_api api, const char *body, int *n_tokens) {
         printf("# parse: %d %s\n", e.status, e.message);
         return NULL;
     }
-    if (srv_build_prompt(M, &c, &prompt, NULL, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
+    if (srv_build_prompt(M, &c, INT32_MAX - 1, &prompt, NULL, &ids, &n, &e) != 0) printf("# build: %d %s\n", e.status, e.message);
     srv_chat_free(&c);
     free(ids);
     if (n_tokens) *n_tokens = n;
@@ -261,7 +261,7 @@ static void check_error(srv_api api, const char *body, int status, const char *n
         char *p = NULL;
         int32_t *ids = NULL;
         int n;
-        rc = srv_build_prompt(M, &c, &p, NULL, &ids, &n, &e);
+        rc = srv_build_prompt(M, &c, INT32_MAX - 1, &p, NULL, &ids, &n, &e);
         free(p);
         free(ids);
         srv_chat_free(&c);

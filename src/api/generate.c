@@ -22,6 +22,7 @@
 #include "platform/platform.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,23 +46,34 @@ static const lm_tokenizer *need_tokenizer(const lazymoe_model *m, char *e) {
 }
 
 /* Serialized: the tokenizer's word cache is not thread-safe. */
-static int encode(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids, size_t *n,
-                  char *e) {
+static int encode_max(const lazymoe_model *m, const char *text, size_t len, int add_special, size_t max_ids,
+                      int32_t **ids, size_t *n, char *e) {
     if (!need_tokenizer(m, e)) return -1;
     lm_model_text *t = m->text;
     pthread_mutex_lock(&t->lock);
-    int rc = lm_tokenizer_encode(t->tok, text, len, add_special, ids, n, e);
+    int rc = lm_tokenizer_encode_max(t->tok, text, len, add_special, max_ids, ids, n, e);
     pthread_mutex_unlock(&t->lock);
     return rc;
 }
 
+static int encode(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids, size_t *n,
+                  char *e) {
+    return encode_max(m, text, len, add_special, SIZE_MAX - 1, ids, n, e);
+}
+
 int lazymoe_tokenize(const lazymoe_model *m, const char *text, size_t len, int add_special, int32_t **ids,
                      int *n_ids, char *err, size_t errlen) {
+    return lazymoe_tokenize_max(m, text, len, add_special, INT32_MAX - 1, ids, n_ids, err, errlen);
+}
+
+int lazymoe_tokenize_max(const lazymoe_model *m, const char *text, size_t len, int add_special, int max_ids,
+                         int32_t **ids, int *n_ids, char *err, size_t errlen) {
     char e[LM_ERR_LEN];
     size_t n = 0;
     *ids = NULL;
     *n_ids = 0;
-    if (encode(m, text, len, add_special, ids, &n, e) != 0) return fail(err, errlen, e);
+    if (max_ids < 0 || max_ids >= INT32_MAX) return fail(err, errlen, "max_ids must be 0 .. INT32_MAX - 1");
+    if (encode_max(m, text, len, add_special, (size_t)max_ids, ids, &n, e) != 0) return fail(err, errlen, e);
     if (n > (size_t)INT32_MAX) {
         free(*ids);
         *ids = NULL;
@@ -216,6 +228,79 @@ static int sf_emit(stop_filter *f, size_t n, lazymoe_piece_fn cb, void *ctx) {
 
 static int cancelled(const lazymoe_gen_params *p) { return p->cancel && *p->cancel; }
 
+/* ---- log-probabilities (params->on_token) ----------------------------------------- */
+
+typedef struct {
+    int n_top;
+    double lse;                 /* log-sum-exp of the step's finite logits */
+    float *raw;                 /* [vocab] the logits before the grammar's mask */
+    int32_t top_id[LAZYMOE_MAX_TOP_LOGPROBS];
+    lazymoe_token_prob top[LAZYMOE_MAX_TOP_LOGPROBS];
+    char *bytes[LAZYMOE_MAX_TOP_LOGPROBS + 1]; /* decoded tokens of the step (owned) */
+} logprob_step;
+
+/* Before anything changes the logits: keeps a copy, their log-normaliser and the
+ * n_top largest (ties: lower id first, as an ascending scan that inserts only on a
+ * strictly larger value gives). NaN counts as -inf, like the sampler. */
+static void logprob_begin(logprob_step *lp, const float *logits, int V) {
+    memcpy(lp->raw, logits, sizeof(float) * (size_t)V);
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    if (isfinite(mx))
+        for (int i = 0; i < V; i++)
+            if (logits[i] > -INFINITY) sum += exp((double)logits[i] - (double)mx);
+    lp->lse = isfinite(mx) ? (double)mx + log(sum) : INFINITY;
+    int k = 0;
+    for (int i = 0; i < V && lp->n_top; i++) {
+        float v = logits[i];
+        if (!(v > -INFINITY)) continue;
+        if (k == lp->n_top && !(v > logits[lp->top_id[k - 1]])) continue;
+        int at = k < lp->n_top ? k++ : k - 1;
+        while (at > 0 && v > logits[lp->top_id[at - 1]]) {
+            lp->top_id[at] = lp->top_id[at - 1];
+            at--;
+        }
+        lp->top_id[at] = i;
+    }
+    for (int i = k; i < lp->n_top; i++) lp->top_id[i] = -1;
+}
+
+static float logprob_of(const logprob_step *lp, int32_t id) {
+    float v = lp->raw[id];
+    return v > -INFINITY ? (float)((double)v - lp->lse) : -INFINITY;
+}
+
+/* Fills one entry with the token's bytes (decoded alone, special tokens spelled out). */
+static int logprob_fill(logprob_step *lp, const lm_tokenizer *tok, int slot, int32_t id, lazymoe_token_prob *out,
+                        char *e) {
+    size_t len = 0;
+    if (lm_tokenizer_decode(tok, &id, 1, 0, &lp->bytes[slot], &len, e) != 0) return -1;
+    out->id = id;
+    out->logprob = logprob_of(lp, id);
+    out->bytes = lp->bytes[slot];
+    out->n_bytes = len;
+    return 0;
+}
+
+/* Reports token t of this step; 1 = the callback asked to stop, -1 = error. */
+static int logprob_report(logprob_step *lp, const lm_tokenizer *tok, const lazymoe_gen_params *params, int32_t t,
+                          char *e) {
+    lazymoe_token_info info = {.top = lp->top};
+    int rc = logprob_fill(lp, tok, 0, t, &info.token, e);
+    for (int i = 0; rc == 0 && i < lp->n_top && lp->top_id[i] >= 0; i++) {
+        rc = logprob_fill(lp, tok, i + 1, lp->top_id[i], &lp->top[i], e);
+        info.n_top = i + 1;
+    }
+    if (rc == 0) rc = params->on_token(params->token_ctx, &info) ? 1 : 0;
+    for (int i = 0; i <= LAZYMOE_MAX_TOP_LOGPROBS; i++) {
+        free(lp->bytes[i]);
+        lp->bytes[i] = NULL;
+    }
+    return rc;
+}
+
 static int prefill(lazymoe_session *s, const int32_t *ids, int n, float *logits, const lazymoe_gen_params *p,
                    int *was_cancelled, char *e) {
     for (int done = 0; done < n;) {
@@ -273,6 +358,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     size_t n_forced = 0;
     float *logits = NULL;
     stop_filter sf = {.stop = params->stop, .n_stop = params->n_stop};
+    logprob_step lp = {0};
     int rc = -1, was_cancelled = 0;
     memset(&smp, 0, sizeof smp);
     if (n <= 0) {
@@ -296,6 +382,14 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     if (params->forced_text && encode(m, params->forced_text, strlen(params->forced_text), 0, &forced, &n_forced, e) != 0)
         goto done;
     if (!params->forced_text && lm_constraint_init(&con, m, params->grammar, e) != 0) goto done;
+    if (params->on_token) {
+        if (params->n_top_logprobs < 0 || params->n_top_logprobs > LAZYMOE_MAX_TOP_LOGPROBS) {
+            lm_errf(e, "n_top_logprobs must be 0..%d, got %d", LAZYMOE_MAX_TOP_LOGPROBS, params->n_top_logprobs);
+            goto done;
+        }
+        lp.n_top = params->n_top_logprobs;
+        if (!(lp.raw = lm_malloc(sizeof(float) * (size_t)V, "logits", e))) goto done;
+    }
 
     /* 1. Prefix reuse: keep what the session shares with the prompt. Recurrent states
      * (linear attention) can only go back to a snapshot, so keep may shrink to one; a
@@ -324,6 +418,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             st.finish_reason = LAZYMOE_FINISH_STOP;
             break;
         }
+        if (params->on_token) logprob_begin(&lp, logits, V);
         if (con.match) {
             long left = m->max_context - s->n_past - 1; /* tokens that may follow this one */
             if (params->max_tokens > 0 && params->max_tokens - g - 1 < left) left = params->max_tokens - g - 1;
@@ -341,6 +436,14 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             break;
         }
         if (con.match && lm_constraint_accept(&con, t, e) != 0) goto done;
+        if (params->on_token) {
+            int r = logprob_report(&lp, tok, params, t, e);
+            if (r < 0) goto done;
+            if (r > 0) {
+                st.finish_reason = LAZYMOE_FINISH_CANCELLED;
+                break;
+            }
+        }
         const char *piece;
         size_t plen;
         if (lm_detok_push(dt, t, &piece, &plen, e) != 0 || sf_append(&sf, piece, plen, e) != 0) goto done;
@@ -393,6 +496,7 @@ done:
     if (stats) *stats = st;
     free(sf.buf);
     free(logits);
+    free(lp.raw);
     lm_detok_free(dt);
     lm_constraint_free(&con);
     lm_sampler_free(&smp);

@@ -249,16 +249,24 @@ static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) 
     return rc;
 }
 
+/* Prompts are tokenized only this far: a prompt that cannot fit costs no more than a
+ * few times the limit, and clients still learn its size when it is a little over
+ * (Claude Code reads "N tokens > M maximum" to decide how much to compact). */
+static int count_limit(const srv_server *s) {
+    return s->input_limit < INT32_MAX / 4 ? 4 * s->input_limit : INT32_MAX - 1;
+}
+
 static int check_length(srv_server *s, srv_api api, int n, srv_error *e) {
     if (n <= s->input_limit) return 0;
-    srv_fail(e, api, 400, api == SRV_RESPONSES ? "input" : "messages", "prompt is too long: %d tokens > %d maximum", n,
-             s->input_limit);
+    const char *at_least = n > count_limit(s) ? " (at least: counting stopped there)" : "";
+    srv_fail(e, api, 400, api == SRV_RESPONSES ? "input" : "messages", "prompt is too long: %d tokens > %d maximum%s", n,
+             s->input_limit, at_least);
     if (api != SRV_ANTHROPIC) {
         snprintf(e->code, sizeof e->code, "context_length_exceeded");
         snprintf(e->message, sizeof e->message,
-                 "This model's maximum context length is %d tokens, but the prompt has %d tokens (prompt is too long: "
-                 "%d tokens > %d maximum). Shorten the messages.",
-                 s->input_limit, n, n, s->input_limit);
+                 "This model's maximum context length is %d tokens, but the prompt has %d tokens%s (prompt is too "
+                 "long: %d tokens > %d maximum). Shorten the messages.",
+                 s->input_limit, n, at_least, n, s->input_limit);
     }
     return -1;
 }
@@ -268,20 +276,47 @@ static int ends_in_think(const char *prompt, size_t n) {
     return n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
 }
 
+/* The gate around preparing a request (parse, template, tokenize, grammar): waits for
+ * a free place; 0 when the server is stopping instead. */
+static int prepare_enter(srv_server *s) {
+    pthread_mutex_lock(&s->qmu);
+    while (s->preparing >= SRV_MAX_PREPARING && !s->stopping) pthread_cond_wait(&s->prepare_cv, &s->qmu);
+    int ok = !s->stopping;
+    if (ok) s->preparing++;
+    pthread_mutex_unlock(&s->qmu);
+    return ok;
+}
+
+static void prepare_leave(srv_server *s) {
+    pthread_mutex_lock(&s->qmu);
+    s->preparing--;
+    pthread_cond_signal(&s->prepare_cv);
+    pthread_mutex_unlock(&s->qmu);
+}
+
+/* Parses the body and builds the job's prompt, ids and grammar. */
+static int prepare_job(srv_server *s, srv_conn *c, srv_job *j, srv_error *e) {
+    if (parse_chat(s, c, &j->chat, e) != 0 ||
+        srv_build_prompt(s->m, &j->chat, count_limit(s), &j->prompt, &j->prompt_len, &j->ids, &j->n_ids, e) != 0 ||
+        check_length(s, c->api, j->n_ids, e) != 0)
+        return -1;
+    j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
+                                                                                      : s->opt.max_tokens;
+    j->in_think = ends_in_think(j->prompt, j->prompt_len);
+    return srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, e);
+}
+
 static enum MHD_Result post_chat(srv_server *s, srv_conn *c, struct MHD_Connection *mc, const char *endpoint) {
     srv_error e = {0};
     srv_job *j = srv_job_new(s);
     if (!j) return send_error(c, mc, (srv_fail(&e, c->api, 500, NULL, "out of memory"), &e));
-    if (parse_chat(s, c, &j->chat, &e) != 0 ||
-        srv_build_prompt(s->m, &j->chat, &j->prompt, &j->prompt_len, &j->ids, &j->n_ids, &e) != 0 ||
-        check_length(s, c->api, j->n_ids, &e) != 0) {
+    if (!prepare_enter(s)) {
         srv_job_release(j);
-        return send_error(c, mc, &e);
+        return send_error(c, mc, (srv_fail(&e, c->api, 503, NULL, "the server is shutting down"), &e));
     }
-    j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
-                                                                                      : s->opt.max_tokens;
-    j->in_think = ends_in_think(j->prompt, j->prompt_len);
-    if (srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, &e) != 0) {
+    int rc = prepare_job(s, c, j, &e);
+    prepare_leave(s);
+    if (rc != 0) {
         srv_job_release(j);
         return send_error(c, mc, &e);
     }
@@ -302,11 +337,17 @@ static enum MHD_Result post_count_tokens(srv_server *s, srv_conn *c, struct MHD_
     char *prompt = NULL;
     int32_t *ids = NULL;
     int n = 0;
-    if (parse_chat(s, c, &chat, &e) != 0) return send_error(c, mc, &e);
-    int rc = srv_build_prompt(s->m, &chat, &prompt, NULL, &ids, &n, &e);
+    if (!prepare_enter(s)) return send_error(c, mc, (srv_fail(&e, c->api, 503, NULL, "the server is shutting down"), &e));
+    if (parse_chat(s, c, &chat, &e) != 0) {
+        prepare_leave(s);
+        return send_error(c, mc, &e);
+    }
+    int rc = srv_build_prompt(s->m, &chat, count_limit(s), &prompt, NULL, &ids, &n, &e);
+    prepare_leave(s);
     srv_chat_free(&chat);
     free(prompt);
     free(ids);
+    if (rc == 0 && n > count_limit(s)) rc = check_length(s, c->api, n, &e);
     if (rc != 0) return send_error(c, mc, &e);
     snprintf(c->note, sizeof c->note, "in=%d", n);
     return send_json(c, mc, 200, json_pack("{s:i}", "input_tokens", n));
@@ -555,6 +596,7 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     pthread_mutex_init(&s->qmu, NULL);
     pthread_cond_init(&s->qcv, NULL);
     pthread_cond_init(&s->drained, NULL);
+    pthread_cond_init(&s->prepare_cv, NULL);
     /* one client address may hold most, not all, of the connections */
     srv_conns_init(&s->conns, o->max_connections, o->max_connections > 4 ? o->max_connections * 3 / 4 : o->max_connections,
                    o->header_timeout_s > 0 ? o->header_timeout_s : 15, o->body_timeout_s > 0 ? o->body_timeout_s : 120);
@@ -608,6 +650,7 @@ done:
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcv);
     pthread_cond_destroy(&s->drained);
+    pthread_cond_destroy(&s->prepare_cv);
     free(s);
     return rc;
 }

@@ -70,7 +70,14 @@ typedef struct srv_server {
     unsigned long long served;
     double started_at;
     srv_conns conns;      /* open connections: deadlines and shedding (conns.h) */
+    /* Requests being parsed, rendered and tokenized in connection threads: at most
+     * SRV_MAX_PREPARING at once (under qmu), so concurrent huge requests cost the
+     * memory and CPU of a few, whatever the number of connections. */
+    int preparing;
+    pthread_cond_t prepare_cv;
 } srv_server;
+
+#define SRV_MAX_PREPARING 2
 
 /* job.c */
 srv_job *srv_job_new(srv_server *s);

@@ -8,6 +8,7 @@
 #include "server/internal.h"
 
 #include "common/error.h"
+#include "text/tokenizer.h"
 #include "text/toolcall.h"
 
 #include <stdlib.h>
@@ -116,6 +117,49 @@ static int on_piece(void *ctx, const char *piece, size_t len) {
     return g->job->cancel ? 1 : 0;
 }
 
+/* One token as chat completions' logprobs show it: its text (invalid UTF-8 of a
+ * partial character as U+FFFD), its bytes, and the log-probability (-9999 standing
+ * for -inf, as OpenAI does, since JSON has no infinity). */
+static json_t *token_json(const lazymoe_token_prob *t) {
+    char *text = NULL, e[LM_ERR_LEN];
+    size_t tlen = 0;
+    if (lm_text_to_valid_utf8(t->bytes, t->n_bytes, &text, &tlen, e) != 0) return NULL;
+    json_t *bytes = json_array();
+    for (size_t i = 0; bytes && i < t->n_bytes; i++)
+        if (json_array_append_new(bytes, json_integer((unsigned char)t->bytes[i])) != 0) {
+            json_decref(bytes);
+            bytes = NULL;
+        }
+    double lp = t->logprob > -9999.0f ? (double)t->logprob : -9999.0;
+    json_t *o = bytes ? json_pack("{s:s#, s:f, s:o}", "token", text, tlen, "logprob", lp, "bytes", bytes) : NULL;
+    free(text);
+    return o;
+}
+
+static int on_token(void *ctx, const lazymoe_token_info *info) {
+    gen_ctx *g = ctx;
+    json_t *entry = token_json(&info->token), *top = json_array();
+    for (int i = 0; entry && top && i < info->n_top; i++) {
+        json_t *alt = token_json(&info->top[i]);
+        if (!alt || json_array_append_new(top, alt) != 0) {
+            json_decref(top);
+            top = NULL;
+        }
+    }
+    if (entry && (!top || json_object_set_new(entry, "top_logprobs", top) != 0)) {
+        json_decref(entry);
+        entry = NULL;
+    }
+    if (!entry) {
+        snprintf(g->err, sizeof g->err, "out of memory reporting log-probabilities");
+        return 1;
+    }
+    pthread_mutex_lock(&g->job->mu);
+    srv_reply_token(&g->job->reply, entry);
+    pthread_mutex_unlock(&g->job->mu);
+    return g->job->cancel ? 1 : 0;
+}
+
 /* ---- running one job ----------------------------------------------------------------- */
 
 static const char *finish_name(const srv_job *j) {
@@ -188,6 +232,7 @@ static void run_job(srv_server *s, srv_job *j) {
     j->state = JOB_RUNNING;
     srv_reply_init(&j->reply, j->chat.api, j->chat.stream, j->chat.include_usage, model, j->n_ids, reused);
     j->reply.freeform = j->chat.freeform_tools;
+    j->reply.logprobs = j->chat.logprobs;
     srv_reply_begin(&j->reply, &j->out);
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -215,6 +260,11 @@ static void run_job(srv_server *s, srv_job *j) {
     p.cancel = &j->cancel;
     p.forced_text = j->chat.forced_output;
     p.grammar = j->grammar;
+    if (j->chat.logprobs) {
+        p.on_token = on_token;
+        p.token_ctx = &g;
+        p.n_top_logprobs = j->chat.top_logprobs;
+    }
     int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
     srv_cache_put(&s->cache, sess);
     if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */
@@ -318,6 +368,7 @@ void srv_worker_stop(srv_server *s) {
     for (srv_job *j = s->head; j; j = j->next) cancel_for_shutdown(j);
     if (s->running) cancel_for_shutdown(s->running);
     pthread_cond_broadcast(&s->qcv);
+    pthread_cond_broadcast(&s->prepare_cv); /* requests waiting to be prepared give up */
     pthread_mutex_unlock(&s->qmu);
     pthread_join(s->worker, NULL);
     s->worker_started = 0;

@@ -24,9 +24,10 @@ static json_t *usage(const srv_reply *r, const lazymoe_gen_stats *st) {
 
 /* One chunk with delta (stolen) and finish_reason (NULL = null). */
 static void chunk(srv_reply *r, json_t *delta, const char *finish, srv_buf *out) {
-    json_t *c = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:o}]}", "id", r->id, "object",
+    /* With logprobs, the tokens generated since the last chunk ride on this one. */
+    json_t *c = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o, s:o}]}", "id", r->id, "object",
                           "chat.completion.chunk", "created", (json_int_t)r->created, "model", r->model, "choices",
-                          "index", 0, "delta", delta, "logprobs", "finish_reason",
+                          "index", 0, "delta", delta, "logprobs", srv_reply_take_logprobs(r), "finish_reason",
                           finish ? json_string(finish) : json_null());
     if (c && r->include_usage) json_object_set_new(c, "usage", json_null());
     srv_sse(out, NULL, c);
@@ -94,9 +95,10 @@ void srv_openai_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out) {
             json_object_set_new(msg, "tool_calls", calls);
         }
     }
-    json_t *body = msg ? json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s}], s:o}", "id", r->id, "object",
+    json_t *body = msg ? json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o, s:s}], s:o}", "id", r->id, "object",
                                    "chat.completion", "created", (json_int_t)r->created, "model", r->model,
-                                   "choices", "index", 0, "message", msg, "logprobs", "finish_reason", finish,
+                                   "choices", "index", 0, "message", msg, "logprobs", srv_reply_take_logprobs(r),
+                                   "finish_reason", finish,
                                    "usage", usage(r, st))
                        : NULL;
     srv_buf_json(out, body);

@@ -44,6 +44,7 @@ void srv_reply_free(srv_reply *r) {
     srv_buf_free(&r->pending_ws);
     srv_buf_free(&r->item_text);
     json_decref(r->items);
+    json_decref(r->lp_entries);
     free(r->cut_text);
     for (int i = 0; i < r->n_calls; i++) {
         free(r->calls[i].id);
@@ -93,6 +94,19 @@ void srv_reply_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     if (!r->stream || r->api == SRV_RESPONSES) return;
     if (r->api == SRV_ANTHROPIC) srv_anthropic_event(r, ev, out);
     else srv_openai_event(r, ev, out);
+}
+
+void srv_reply_token(srv_reply *r, json_t *entry) {
+    if (!entry || (!r->lp_entries && !(r->lp_entries = json_array())) ||
+        json_array_append_new(r->lp_entries, entry) != 0)
+        r->text.failed = 1; /* reported as out of memory at the end */
+}
+
+json_t *srv_reply_take_logprobs(srv_reply *r) {
+    if (!r->logprobs || (r->stream && !r->lp_entries)) return json_null(); /* nothing new for this chunk */
+    json_t *entries = r->lp_entries ? r->lp_entries : json_array();
+    r->lp_entries = NULL;
+    return json_pack("{s:o}", "content", entries);
 }
 
 /* A non-streamed reply shows a call cut by max_tokens as the text the model wrote,

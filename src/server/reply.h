@@ -47,6 +47,10 @@ typedef struct {
      * so a call the parser closes now was cut */
     int at_cut;
     char *cut_text;          /* the raw output of a cut call (non-streamed replies show it as text) */
+    /* OpenAI chat logprobs: entries of tokens generated so far; streams attach the
+     * pending ones to the next chunk they send, bodies show them all */
+    int logprobs;
+    json_t *lp_entries;
 } srv_reply;
 
 /* prompt_tokens / cached_tokens are known before generation starts (message_start
@@ -58,6 +62,11 @@ void srv_reply_free(srv_reply *r);
 /* Streaming: the opening (OpenAI role chunk; Anthropic message_start + ping). */
 void srv_reply_begin(srv_reply *r, srv_buf *out);
 void srv_reply_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
+/* One generated token's logprobs entry ({token, logprob, bytes, top_logprobs}; stolen),
+ * reported before the events its text causes. */
+void srv_reply_token(srv_reply *r, json_t *entry);
+/* {"content": [entries not yet sent]} (and forgets them), or null without logprobs. */
+json_t *srv_reply_take_logprobs(srv_reply *r);
 /* The end: streaming, the final events; otherwise the whole body. stop_seq: the stop
  * string that ended the answer, or NULL. */
 void srv_reply_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);

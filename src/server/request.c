@@ -468,14 +468,17 @@ static int output_format(pctx *p, const json_t *v, const char *field) {
     return 0;
 }
 
-/* logprobs / top_logprobs are not produced: refused rather than ignored. */
-static int no_logprobs(pctx *p, const json_t *root) {
+/* logprobs (bool) and top_logprobs (0..20, only with logprobs), as OpenAI checks them. */
+static int logprobs_fields(pctx *p, const json_t *root) {
     int r = get_bool(p, root, "logprobs");
     if (r < 0) return -1;
-    if (r) return srv_fail(p->e, p->api, 400, "logprobs", "logprobs: not supported by this server");
-    const json_t *t = json_object_get(root, "top_logprobs");
-    if (t && !json_is_null(t) && !(json_is_integer(t) && json_integer_value(t) == 0))
-        return srv_fail(p->e, p->api, 400, "top_logprobs", "top_logprobs: not supported by this server");
+    p->c->logprobs = r == 1;
+    long long x = 0;
+    int t = get_int(p, root, "top_logprobs", 0, LAZYMOE_MAX_TOP_LOGPROBS, &x);
+    if (t < 0) return -1;
+    if (t && !p->c->logprobs && x > 0)
+        return srv_fail(p->e, p->api, 400, "top_logprobs", "top_logprobs requires logprobs to be true");
+    p->c->top_logprobs = (int)x;
     return 0;
 }
 
@@ -512,7 +515,8 @@ int srv_parse_openai(const char *body, size_t len, srv_chat *c, srv_error *e) {
         if (openai_message(&p, json_array_get(msgs, i), i) != 0) goto done;
     if (openai_tools(&p, json_object_get(root, "tools")) != 0 ||
         openai_tool_choice(&p, json_object_get(root, "tool_choice")) != 0 ||
-        output_format(&p, json_object_get(root, "response_format"), "response_format") != 0 || no_logprobs(&p, root) != 0)
+        output_format(&p, json_object_get(root, "response_format"), "response_format") != 0 ||
+        logprobs_fields(&p, root) != 0)
         goto done;
     if ((r = get_int(&p, root, "max_completion_tokens", 1, 1 << 30, &x)) < 0) goto done;
     if (r) c->max_tokens = (int)x;
@@ -933,8 +937,8 @@ int srv_p_append_msg(srv_pctx *p, json_t *msg) { return append_msg(p, msg); }
 
 /* ---- prompt ------------------------------------------------------------------------- */
 
-int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, size_t *prompt_len, int32_t **ids,
-                     int *n_ids, srv_error *e) {
+int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, int max_ids, char **prompt, size_t *prompt_len,
+                     int32_t **ids, int *n_ids, srv_error *e) {
     char err[512];
     *prompt = NULL;
     *ids = NULL;
@@ -953,7 +957,7 @@ int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, s
         goto done;
     }
     if (prompt_len) *prompt_len = len;
-    if (lazymoe_tokenize(m, *prompt, len, 0, ids, n_ids, err, sizeof err) != 0) {
+    if (lazymoe_tokenize_max(m, *prompt, len, 0, max_ids, ids, n_ids, err, sizeof err) != 0) {
         srv_fail(e, c->api, 400, "messages", "cannot tokenize the prompt: %s", err);
         lazymoe_free(*prompt);
         *prompt = NULL;

@@ -82,6 +82,9 @@ typedef struct {
      * skipped (comma-separated, for the log line). */
     json_t *freeform_tools;
     char skipped_tools[160];
+    /* OpenAI chat completions: report each token's log-probability (logprobs) with
+     * top_logprobs alternatives. */
+    int logprobs, top_logprobs;
 } srv_chat;
 
 /* Parses a request body. On failure *out holds nothing (freed) and e says why. */
@@ -91,11 +94,12 @@ int srv_parse_responses(const char *body, size_t len, srv_chat *out, srv_error *
 void srv_chat_free(srv_chat *c);
 
 /* Renders the chat template for c and tokenizes the result (add_special 0: the
- * template writes the special tokens). *prompt and *ids are malloc'd (free());
+ * template writes the special tokens), counting at most max_ids + 1 ids (*n_ids >
+ * max_ids: longer than that, counting stopped). *prompt and *ids are malloc'd (free());
  * *prompt_len (when not NULL) is the prompt's length: it may hold NUL bytes that
  * the messages held. A template error (e.g. a role the template refuses) is a 400. */
-int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, char **prompt, size_t *prompt_len, int32_t **ids,
-                     int *n_ids, srv_error *e);
+int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, int max_ids, char **prompt, size_t *prompt_len,
+                     int32_t **ids, int *n_ids, srv_error *e);
 
 /* The grammar that enforces c's output format or forced tool call (NULL when the
  * output is free); a schema or tool the grammar cannot express is a 400 naming the

@@ -435,6 +435,32 @@ static int refuse_if_set(srv_pctx *p, const json_t *root, const char *key, const
     return srv_fail(p->e, p->api, 400, key, "%s: %s", key, why);
 }
 
+/* Log-probabilities are produced on chat completions only: asked for here (top_logprobs,
+ * or include naming message.output_text.logprobs), they are refused, not ignored.
+ * Other include values (Codex asks for reasoning.encrypted_content) change nothing we
+ * send: there is no encrypted reasoning to return. */
+static int no_logprobs(srv_pctx *p, const json_t *root) {
+    long long x = 0;
+    int r = srv_p_int(p, root, "top_logprobs", 0, 20, &x);
+    if (r < 0) return -1;
+    if (r && x > 0)
+        return srv_fail(p->e, p->api, 400, "top_logprobs",
+                        "top_logprobs: log-probabilities are returned on /v1/chat/completions only");
+    const json_t *inc = json_object_get(root, "include");
+    if (!inc || json_is_null(inc)) return 0;
+    if (!json_is_array(inc)) return srv_p_bad_type(p, "include", "an array of strings", inc);
+    size_t i;
+    const json_t *v;
+    json_array_foreach(inc, i, v) {
+        if (!json_is_string(v)) return srv_p_bad_type(p, "include", "an array of strings", inc);
+        if (!strcmp(json_string_value(v), "message.output_text.logprobs"))
+            return srv_fail(p->e, p->api, 400, "include",
+                            "include: message.output_text.logprobs: log-probabilities are returned on "
+                            "/v1/chat/completions only");
+    }
+    return 0;
+}
+
 int srv_parse_responses(const char *body, size_t len, srv_chat *c, srv_error *e) {
     memset(e, 0, sizeof *e);
     memset(c, 0, sizeof *c);
@@ -449,7 +475,7 @@ int srv_parse_responses(const char *body, size_t len, srv_chat *c, srv_error *e)
     if (srv_p_common_fields(&p, root) != 0) goto done;
     if (refuse_if_set(&p, root, "previous_response_id", "this server stores no responses: send the whole conversation as input") ||
         refuse_if_set(&p, root, "conversation", "this server stores no conversations: send the whole conversation as input") ||
-        refuse_if_set(&p, root, "background", "background responses are not supported"))
+        refuse_if_set(&p, root, "background", "background responses are not supported") || no_logprobs(&p, root))
         goto done;
     if (!(c->messages = json_array())) {
         srv_p_oom(&p);

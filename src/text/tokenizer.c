@@ -10,6 +10,7 @@
  *      <|begin_of_text|>).
  * Everything is UTF-8 bytes; invalid input is repaired to U+FFFD first.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,7 +391,7 @@ static int id_push(id_vec *ids, int32_t id) {
 }
 
 /* Normalizes, splits normalized added tokens, pre-tokenizes and BPE-encodes one section. */
-static int encode_section(lm_tokenizer *tok, const char *s, size_t len, int at_text_start,
+static int encode_section(lm_tokenizer *tok, const char *s, size_t len, int at_text_start, size_t max_ids,
                           id_vec *ids, char *err) {
     char *norm = NULL;
     size_t norm_len = len;
@@ -402,13 +403,13 @@ static int encode_section(lm_tokenizer *tok, const char *s, size_t len, int at_t
     section_vec subs = {0};
     tb_pieces words = {0};
     int rc = split_added(tok, &tok->match_norm, text, norm_len, &subs) ? lm_errf(err, "out of memory") : 0;
-    for (size_t k = 0; !rc && k < subs.n; k++) {
+    for (size_t k = 0; !rc && k < subs.n && ids->n <= max_ids; k++) {
         section sub = subs.v[k];
         if (sub.added >= 0) { if (id_push(ids, tok->added[sub.added].id)) rc = lm_errf(err, "out of memory"); continue; }
         tb_pieces_clear(&words);
         if (tok->pretok) rc = tb_pretokenize(tok->pretok, text + sub.s, sub.e - sub.s, at_text_start && sub.s == 0, &words, err);
         else if (tb_pieces_add(&words, text + sub.s, sub.e - sub.s, -1)) rc = lm_errf(err, "out of memory");
-        for (size_t w = 0; !rc && w < words.n; w++)
+        for (size_t w = 0; !rc && w < words.n && ids->n <= max_ids; w++)
             rc = tb_bpe_encode_word(tok->bpe, tok, TB_PIECE(&words, w), words.len[w], &ids->v, &ids->n, &ids->cap, err);
     }
     free(subs.v);
@@ -419,6 +420,11 @@ static int encode_section(lm_tokenizer *tok, const char *s, size_t len, int at_t
 
 int lm_tokenizer_encode(lm_tokenizer *tok, const char *text, size_t len, int add_special,
                         int32_t **ids_out, size_t *n_ids, char err[LM_ERR_LEN]) {
+    return lm_tokenizer_encode_max(tok, text, len, add_special, SIZE_MAX - 1, ids_out, n_ids, err);
+}
+
+int lm_tokenizer_encode_max(lm_tokenizer *tok, const char *text, size_t len, int add_special, size_t max_ids,
+                            int32_t **ids_out, size_t *n_ids, char err[LM_ERR_LEN]) {
     char *fixed = NULL;
     size_t fixed_len;
     *ids_out = NULL;
@@ -436,12 +442,12 @@ int lm_tokenizer_encode(lm_tokenizer *tok, const char *text, size_t len, int add
         for (size_t i = 0; !rc && i < tok->post.n_prefix; i++) rc = id_push(&ids, tok->post.prefix[i]);
     if (!rc && len && split_added(tok, &tok->match_raw, text, len, &secs)) rc = -1;
     if (rc) lm_errf(err, "out of memory");
-    for (size_t k = 0; !rc && k < secs.n; k++) {
+    for (size_t k = 0; !rc && k < secs.n && ids.n <= max_ids; k++) {
         section s = secs.v[k];
         if (s.added >= 0) { if (id_push(&ids, tok->added[s.added].id)) rc = lm_errf(err, "out of memory"); continue; }
-        rc = encode_section(tok, text + s.s, s.e - s.s, s.s == 0, &ids, err);
+        rc = encode_section(tok, text + s.s, s.e - s.s, s.s == 0, max_ids, &ids, err);
     }
-    if (add_special)
+    if (add_special && ids.n <= max_ids)
         for (size_t i = 0; !rc && i < tok->post.n_suffix; i++)
             if (id_push(&ids, tok->post.suffix[i])) rc = lm_errf(err, "out of memory");
     if (!rc && !ids.v && !(ids.v = malloc(sizeof(int32_t)))) rc = lm_errf(err, "out of memory");

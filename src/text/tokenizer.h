@@ -35,6 +35,11 @@ void lm_tokenizer_free(lm_tokenizer *tok);
  * *n_ids is 0). */
 int lm_tokenizer_encode(lm_tokenizer *tok, const char *text, size_t len, int add_special,
                         int32_t **ids, size_t *n_ids, char err[LM_ERR_LEN]);
+/* The same, giving up once more than max_ids ids are made (a prompt that cannot fit
+ * costs no more than the limit): *n_ids > max_ids then says "too long" and the ids
+ * are a prefix of the encoding (within one pre-tokenized word of the limit). */
+int lm_tokenizer_encode_max(lm_tokenizer *tok, const char *text, size_t len, int add_special, size_t max_ids,
+                            int32_t **ids, size_t *n_ids, char err[LM_ERR_LEN]);
 
 enum {
     LM_DECODE_SKIP_SPECIAL = 1,   /* drop special added tokens */

@@ -1,10 +1,10 @@
 // Constrained decoding through `lazymoe serve models/demo-coder` (a Python code model
 // that never writes JSON by itself): 20 JSON schemas through OpenAI chat completions
-// (response_format json_schema, the official client, streamed and not) and Anthropic
-// messages (output_config.format, the official client), sampled at temperature 0.9
+// (response_format json_schema, the official client, streamed and not), the Responses
+// API (text.format) and Anthropic messages (output_config.format, the official client), sampled at temperature 0.9
 // with several seeds: every answer must parse and validate against its schema (a small
 // JSON Schema validator below, independent of the server's converter). tool_choice
-// required / named (OpenAI) and any / tool (Anthropic) must always give a call whose
+// required / named (OpenAI chat and Responses) and any / tool (Anthropic) must always give a call whose
 // arguments validate against the tool's schema. Unsupported schema keywords and
 // fields are 400s naming them, in each API's error shape.
 //
@@ -156,6 +156,28 @@ await testCase('grammar_anthropic_output_config_20_schemas', async () => {
   }
 });
 
+await testCase('grammar_responses_text_format_20_schemas', async () => {
+  for (const name of NAMES) {
+    const r = await openai.responses.create({
+      model: 'demo', input: ask(name), max_output_tokens: MAX_TOKENS, temperature: 0.9,
+      text: { format: { type: 'json_schema', name, schema: SCHEMAS[name], strict: true } },
+    });
+    // 'incomplete' when the grammar had to close the JSON on the very last allowed token
+    assert(r.status === 'completed' || (r.status === 'incomplete' && r.usage.output_tokens === MAX_TOKENS),
+      `${name}: status ${r.status} after ${r.usage.output_tokens} tokens`);
+    check(name, r.output_text, 'responses');
+  }
+  for (const name of ['record', 'tree']) {
+    const stream = await openai.responses.create({
+      model: 'demo', input: ask(name), max_output_tokens: MAX_TOKENS, temperature: 0.9, stream: true,
+      text: { format: { type: 'json_schema', name, schema: SCHEMAS[name] } },
+    });
+    let text = '';
+    for await (const ev of stream) if (ev.type === 'response.output_text.delta') text += ev.delta;
+    check(name, text, 'responses stream');
+  }
+});
+
 await testCase('grammar_openai_streamed_and_json_object', async () => {
   for (const name of ['record', 'tree', 'one_of']) {
     const stream = await openai.chat.completions.create({
@@ -208,6 +230,24 @@ await testCase('grammar_openai_tool_choice_required_and_named', async () => {
   }
 });
 
+await testCase('grammar_responses_tool_choice_required_and_named', async () => {
+  const tools = TOOLS.map((f) => ({ type: 'function', name: f.name, description: f.description, parameters: f.parameters }));
+  for (let k = 0; k < 2; k++) {
+    const named = k === 1;
+    const r = await openai.responses.create({
+      model: 'demo', input: 'What is the weather in Paris?', tools, max_output_tokens: 200, temperature: 0.9,
+      tool_choice: named ? { type: 'function', name: 'search' } : 'required',
+    });
+    const calls = r.output.filter((o) => o.type === 'function_call');
+    assert(calls.length >= 1, JSON.stringify(r.output));
+    for (const c of calls) {
+      if (named) assert(c.name === 'search', JSON.stringify(c));
+      const why = validate(schemaOf(c.name), JSON.parse(c.arguments));
+      assert(why === null, `${why}: ${c.arguments}`);
+    }
+  }
+});
+
 await testCase('grammar_anthropic_tool_choice_any_and_tool', async () => {
   const tools = TOOLS.map((f) => ({ name: f.name, description: f.description, input_schema: f.parameters }));
   for (let seed = 0; seed < 3 * SEEDS; seed++) {
@@ -239,10 +279,12 @@ await testCase('grammar_unsupported_is_400', async () => {
   assert(r.status === 400 && r.json.error.param === 'response_format.json_schema.schema', r.text);
   r = await post({ response_format: { type: 'yaml' } });
   assert(r.status === 400 && r.json.error.param === 'response_format.type', r.text);
-  r = await post({ logprobs: true });
-  assert(r.status === 400 && r.json.error.param === 'logprobs', r.text);
   r = await post({ top_logprobs: 3 });
+  assert(r.status === 400 && r.json.error.param === 'top_logprobs' && /requires logprobs/.test(r.json.error.message), r.text);
+  r = await post({ logprobs: true, top_logprobs: 21 });
   assert(r.status === 400 && r.json.error.param === 'top_logprobs', r.text);
+  r = await post({ logprobs: 'yes' });
+  assert(r.status === 400 && r.json.error.param === 'logprobs', r.text);
   r = await post({ tool_choice: 'required' });
   assert(r.status === 400 && r.json.error.param === 'tool_choice' && /needs tools/.test(r.json.error.message), r.text);
   const tools = [{ type: 'function', function: WEATHER }];

@@ -104,6 +104,26 @@ await testCase('server_conflicting_content_length_400', async () => {
   assert(/^HTTP\/1\.1 400/.test(c.data) && /conflicting Content-Length/.test(c.data), `got: ${c.data.slice(0, 200)}`);
 });
 
+await testCase('server_oversized_prompts_stop_counting_and_health_answers', async () => {
+  // Before: every prompt was tokenized to the end (500k one-character messages: ~0.9 GB
+  // and 7.6 s each, all at once). Now tokenization stops a few times past the input limit
+  // and at most two requests are prepared at once; /health answers meanwhile.
+  const messages = Array.from({ length: 30000 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: 'x' }));
+  const auth = { authorization: `Bearer ${KEY}` };
+  const big = () => http(`${server.url}/v1/chat/completions`, { body: { messages, max_tokens: 4 }, headers: auth });
+  const pending = [big(), big(), big(), big()];
+  const h = await within(http(`${server.url}/health`, { method: 'GET', headers: auth }), 20000, '/health during big requests');
+  assert(h.status === 200, `health ${h.status}`);
+  for (const r of await within(Promise.all(pending), 120000, 'oversized requests')) {
+    assert(r.status === 400 && r.json.error.code === 'context_length_exceeded' &&
+      /counting stopped there/.test(r.json.error.message), `${r.status} ${r.text.slice(0, 300)}`);
+    const n = Number(/prompt has (\d+) tokens/.exec(r.json.error.message)[1]);
+    assert(n > 4096 && n < 4 * 4096 + 64, `counted ${n} tokens for a prompt of ~150k`);
+  }
+  const ok = await http(`${server.url}/v1/chat/completions`, { body: { messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }, headers: auth });
+  assert(ok.status === 200, `normal request after: ${ok.status} ${ok.text.slice(0, 200)}`);
+});
+
 // Runs `lazymoe serve` on a model directory that must be refused: resolves with the
 // exit code and log, or throws if the server starts listening.
 function serveRefused(dir) {

@@ -240,6 +240,9 @@ await testCase('responses_client_errors', async () => {
     [{ input: 'hi', text: { format: { type: 'json_schema', name: 'x' } } }, 'text.format.schema'],
     [{ input: 'hi', previous_response_id: 'resp_1' }, 'previous_response_id'],
     [{ input: 'hi', background: true }, 'background'],
+    [{ input: 'hi', top_logprobs: 3 }, 'top_logprobs'],
+    [{ input: 'hi', include: ['message.output_text.logprobs'] }, 'include'],
+    [{ input: 'hi', include: 'x' }, 'include'],
   ];
   for (const [body, field] of cases) {
     await expectError({ model: 'm', ...body }, 400, (e) => {
