@@ -63,7 +63,7 @@ static void test_registry_names(void) {
         /* Tensor names weight binding needs. */
         const lm_tensor_names *tn = f->names;
         CHECKF(tn && tn->moe_blocks[0] && tn->router && tn->expert_gate[0] && tn->expert_up[0] &&
-                   tn->expert_down[0] && tn->shared_expert && tn->shared_expert_gate,
+                   tn->expert_down[0] && tn->shared_expert, /* shared_expert_gate: NULL when ungated (glm4_moe) */
                "%s: a tensor name is missing", f->model_type);
         for (int j = 0; j < i; j++) {
             const lm_family *g = lm_families[j];
@@ -221,6 +221,73 @@ static void test_family_keys(void) {
     }
 }
 
+/* issue 16 config keys, read the way transformers 5.17 reads them. */
+static void test_new_family_configs(void) {
+    char err[LM_ERR_LEN];
+    lm_config c;
+    /* glm4_moe: groups, scaling, shared experts without a gate, dense first layers, q/k
+     * norm on request, MTP layers counted; norm_topk_prob defaults to true */
+    const char *glm = "{\"model_type\": \"glm4_moe\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                      " \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
+                      " \"head_dim\": 16, \"intermediate_size\": 48, \"moe_intermediate_size\": 8,"
+                      " \"n_routed_experts\": 16, \"num_experts_per_tok\": 4, \"n_group\": 4, \"topk_group\": 2,"
+                      " \"n_shared_experts\": 2, \"routed_scaling_factor\": 2.5, \"first_k_dense_replace\": 2,"
+                      " \"use_qk_norm\": true, \"num_nextn_predict_layers\": 1, \"partial_rotary_factor\": 0.5,"
+                      " \"attention_bias\": true}";
+    CHECKF(lm_config_parse(&c, glm, NULL, err) == 0, "%s", err);
+    CHECK(c.router_sigmoid && c.n_group == 4 && c.topk_group == 2 && c.routed_scaling_factor == 2.5f);
+    CHECK(c.norm_topk_prob == 1 && c.shared_expert_intermediate_size == 16 && !c.shared_expert_gated);
+    CHECK(c.mlp_only[0] && c.mlp_only[1] && !c.mlp_only[2] && !c.mlp_only[3]);
+    CHECK(c.qk_norm == LM_QK_NORM_PER_HEAD && c.n_nextn_layers == 1 && c.attention_bias && c.rope_dim == 8);
+    lm_config_free(&c);
+    char bad[2048];
+    /* one kept group of 4 experts cannot give top-8 */
+    CHECK(lm_config_parse(&c, "{\"model_type\": \"glm4_moe\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                              " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"moe_intermediate_size\": 8,"
+                              " \"n_routed_experts\": 16, \"num_experts_per_tok\": 8, \"n_group\": 4,"
+                              " \"topk_group\": 1}", NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "cannot give 8 experts");
+    const char *mm = "{\"model_type\": \"minimax_m2\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                     " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
+                     " \"head_dim\": 16, \"intermediate_size\": 8, \"num_local_experts\": 8,"
+                     " \"num_experts_per_tok\": 2, \"rotary_dim\": 8%s}";
+    snprintf(bad, sizeof bad, mm, "");
+    CHECKF(lm_config_parse(&c, bad, NULL, err) == 0, "%s", err);
+    CHECK(c.rope_dim == 8 && c.router_sigmoid && c.norm_topk_prob == 1 && c.qk_norm == LM_QK_NORM_FULL);
+    CHECK(c.moe_intermediate_size == 8 && c.n_group == 1);
+    lm_config_free(&c);
+    snprintf(bad, sizeof bad, mm, ", \"partial_rotary_factor\": 0.5");
+    CHECKF(lm_config_parse(&c, bad, NULL, err) == 0, "%s", err);
+    lm_config_free(&c);
+    snprintf(bad, sizeof bad, mm, ", \"partial_rotary_factor\": 0.25");
+    CHECK(lm_config_parse(&c, bad, NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "rotary_dim 8 disagrees");
+    snprintf(bad, sizeof bad, mm, ", \"scoring_func\": \"softmax\"");
+    CHECK(lm_config_parse(&c, bad, NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "scoring_func 'softmax'");
+    /* qwen3_5_moe: the wrapper's text_config, layer_types, tie_word_embeddings at the top,
+     * an eos id past this tiny vocabulary (a warning, not a refusal) */
+    const char *q35 = "{\"model_type\": \"qwen3_5_moe\", \"tie_word_embeddings\": true, \"text_config\": {"
+                      "\"model_type\": \"qwen3_5_moe_text\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                      " \"num_hidden_layers\": 3, \"num_attention_heads\": 2, \"num_key_value_heads\": 1,"
+                      " \"head_dim\": 16, \"moe_intermediate_size\": 8, \"shared_expert_intermediate_size\": 8,"
+                      " \"num_experts\": 4, \"num_experts_per_tok\": 2, \"linear_num_key_heads\": 1,"
+                      " \"linear_num_value_heads\": 2, \"linear_key_head_dim\": 8, \"linear_value_head_dim\": 8,"
+                      " \"linear_conv_kernel_dim\": 4, \"layer_types\": [\"full_attention\", \"linear_attention\","
+                      " \"full_attention\"], \"eos_token_id\": 248046, \"bos_token_id\": 99999,"
+                      " \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 1e7,"
+                      " \"partial_rotary_factor\": 0.25, \"mrope_section\": [1, 1, 0], \"mrope_interleaved\": true}}}";
+    CHECKF(lm_config_parse(&c, q35, "{\"eos_token_id\": [248046, 63]}", err) == 0, "%s", err);
+    CHECK(c.family == &lm_family_qwen3_5_moe && c.lin_separate_proj && c.tie_word_embeddings);
+    CHECK(!c.layer_linear[0] && c.layer_linear[1] && !c.layer_linear[2] && c.rope_dim == 4);
+    CHECK(c.norm_topk_prob == 1 && c.shared_expert_gated && c.bos_id == -1 && c.n_eos == 1 && c.eos_ids[0] == 63);
+    lm_config_free(&c);
+    CHECK(lm_family_find("qwen3_5_moe_text") == &lm_family_qwen3_5_moe);
+    /* ids that do not fit 32 bits are still refused */
+    CHECK(lm_config_parse(&c, q35, "{\"eos_token_id\": 1099511627776}", err) == -1);
+    CHECK_STR_CONTAINS(err, "eos_token_id 1099511627776 is outside the vocabulary");
+}
+
 static void test_synth_presets(void) {
     const char *list = lm_synth_presets();
     CHECK(strcmp(list, lm_family_preset_names()) == 0);
@@ -268,6 +335,7 @@ static void test_router_8bit_rule(void) {
 int main(void) {
     TEST_CASE("families_registry_names", test_registry_names);
     TEST_CASE("families_every_family_binds_a_fixture", test_every_family_binds_a_fixture);
+    TEST_CASE("families_new_family_configs", test_new_family_configs);
     TEST_CASE("families_unsupported_names_every_family", test_unsupported_names_every_family);
     TEST_CASE("families_family_keys", test_family_keys);
     TEST_CASE("families_synth_presets", test_synth_presets);
