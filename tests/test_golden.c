@@ -218,6 +218,15 @@ static void qwen3_5_moe_text_f32(void) {
     check_greedy("qwen3_5_moe_text_f32", "greedy.txt");
 }
 
+/* qwen3_next_f32's weights laid out as a released Qwen3.5-MoE checkpoint (the wrapper,
+ * separate linear-attention projections, a vision tower and NaN mtp.* tensors:
+ * tools/derive_qwen3_5_fixture.py), checked against transformers' qwen3_next logits,
+ * which the Qwen3.5 modeling computes for these weights (see that script). */
+static void qwen3_5_moe_from_next(void) {
+    check_logits("qwen3_5_moe_from_next_f32", F32_TOL, 0);
+    check_greedy("qwen3_5_moe_from_next_f32", "greedy.txt");
+}
+
 /* Qwen3.5's interleaved multimodal RoPE reduces to plain RoPE on text: transformers' own
  * rotary embedding (the fixture's model) with the three position streams equal gives the
  * cos of plain RoPE over the rotated dims, cat(pos * inv_freq, pos * inv_freq), with the
@@ -337,6 +346,7 @@ int main(void) {
     TEST_CASE("golden_glm4_moe_f32", glm4_moe_f32);
     TEST_CASE("golden_glm4_moe_qknorm_f32", glm4_moe_qknorm_f32);
     TEST_CASE("golden_qwen3_5_moe_vl_f32", qwen3_5_moe_vl_f32);
+    TEST_CASE("golden_qwen3_5_moe_from_qwen3_next_f32", qwen3_5_moe_from_next);
     TEST_CASE("golden_qwen3_5_moe_text_f32", qwen3_5_moe_text_f32);
     TEST_CASE("golden_qwen3_5_mrope_is_plain_rope", qwen3_5_mrope_is_plain_rope);
     TEST_CASE("golden_kv_f16_error", kv_f16);

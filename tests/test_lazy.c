@@ -116,7 +116,7 @@ static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2)
  * vision-language wrapper's prefix. */
 static void minimax_m2(void) { same_at_capacities(GOLDEN "minimax_m2_mqa_f32", 16, 4); }
 static void glm4_moe(void) { same_at_capacities(GOLDEN "glm4_moe_f32", 16, 4); }
-static void qwen3_5_moe(void) { same_at_capacities(GOLDEN "qwen3_5_moe_vl_f32", 8, 2); }
+static void qwen3_5_moe(void) { same_at_capacities(GOLDEN "qwen3_5_moe_from_next_f32", 8, 2); }
 /* Int8 activations (--act-bits 8) keep lazy == resident too. */
 static void demo_coder_act8(void) {
     act_bits_runs = 8;
@@ -198,7 +198,7 @@ static void quantized_mlx(void) {
  * so; the wrapper's vision tower and MTP tensors dropped): the conversions load, run,
  * and stay bit-identical lazy vs resident. */
 static void quantized_new_families(void) {
-    const char *names[4] = {"minimax_m2_f32", "glm4_moe_f32", "glm4_moe_qknorm_f32", "qwen3_5_moe_vl_f32"};
+    const char *names[4] = {"minimax_m2_f32", "glm4_moe_f32", "glm4_moe_qknorm_f32", "qwen3_5_moe_from_next_f32"};
     int E[4] = {8, 16, 8, 8}, K[4] = {2, 4, 3, 2};
     for (int i = 0; i < 4; i++)
         for (int bits = 8; bits >= 4; bits -= 4) {
