@@ -30,7 +30,11 @@ REL     := build/release
 REL_OBJ := $(LIB_SRC:%.c=$(REL)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(REL)/%.o)
 
-all: build/lazymoe build/liblazymoe.a
+all: build/lazymoe build/liblazymoe.a build/gguf_export
+
+# tools/gguf_export.c: model directory -> GGUF (src/convert/gguf_export.h)
+build/gguf_export: $(REL)/tools/gguf_export.o build/liblazymoe.a
+	$(CC) $(OPT) -o $@ $< build/liblazymoe.a $(LIBS)
 
 build/liblazymoe.a: $(REL_OBJ)
 	@mkdir -p $(dir $@)

@@ -38,7 +38,9 @@ typedef enum {
 
 typedef struct {
     int n_threads;   /* worker threads for the matrix work; 0 = all cores */
-    int max_context; /* tokens a session may hold; 0 = min(model maximum, 8192) */
+    int max_context; /* tokens a session may hold; 0 = the model's maximum, lowered to
+                      * what a quarter of the memory left after the resident weights
+                      * holds as KV cache (at least 4096) */
     int verbose;     /* 1 = progress and the memory plan, through the log callback (lazymoe_set_log) */
     /* Memory: the whole process (resident weights, KV cache for max_context,
      * expert cache, buffers) is planned to fit memory_budget bytes; 0 = 85% of
@@ -107,7 +109,8 @@ typedef struct {
     int n_experts, top_k;
     int hidden_size, vocab_size;
     int n_heads, n_kv_heads, head_dim;
-    int max_context;
+    int max_context;           /* this model handle's context (lazymoe_options.max_context) */
+    int model_max_context;     /* what the model declares (max_position_embeddings) */
     uint64_t params_total;     /* all parameters (unquantized count) */
     uint64_t params_active;    /* parameters used per token */
     uint64_t params_expert;    /* parameters of one expert (gate + up + down) */
@@ -166,8 +169,12 @@ void lazymoe_session_free(lazymoe_session *s);
 /* Tokens currently held in the session's context. */
 int lazymoe_session_length(const lazymoe_session *s);
 /* Positions the session's KV cache has memory for: it grows by doubling as the
- * context grows (up to max_context) and never shrinks until the session is freed. */
+ * context grows (up to max_context) and shrinks only by lazymoe_session_fit. */
 int lazymoe_session_capacity(const lazymoe_session *s);
+/* Releases the KV memory beyond what the session holds (rounded up to 256
+ * positions): a kept conversation then costs what it holds, not the doubled
+ * capacity it grew to. */
+int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen);
 /* Forgets all tokens after the first n (n <= length). Models with recurrent state
  * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
  * snapshot at or before n (generation keeps one before each prompt's last token), or
@@ -379,11 +386,15 @@ typedef void (*lazymoe_log_fn)(void *ctx, lazymoe_log_level level, const char *m
 /* Installs the process-wide log callback; NULL removes it. */
 void lazymoe_set_log(lazymoe_log_fn fn, void *ctx);
 
-/* Finds a model: an existing directory is used as is; otherwise a Hugging Face repo
- * id "ORG/NAME" is looked up in the local Hugging Face cache ($HF_HUB_CACHE,
- * $HF_HOME/hub, $XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub) as
- * models--ORG--NAME/snapshots/<refs/main>/. Anything else is returned unchanged (the
- * open reports it). Fails, naming every place looked, for a repo id not cached. */
+/* Finds a model: an existing directory or file (a .gguf) is used as is; otherwise a
+ * Hugging Face repo id "ORG/NAME" is looked up in the local Hugging Face cache
+ * ($HF_HUB_CACHE, $HF_HOME/hub, $XDG_CACHE_HOME/huggingface/hub,
+ * ~/.cache/huggingface/hub) as models--ORG--NAME/snapshots/<refs/main>/.
+ * "ORG/NAME:QUANT" (e.g. unsloth/Qwen3-30B-A3B-GGUF:Q4_K_M) picks the snapshot's GGUF
+ * file whose name has QUANT as a word (part 1 of a split file); a snapshot without
+ * config.json but with a single GGUF model resolves to it without a tag. Anything else
+ * is returned unchanged (the open reports it). Fails, naming every place looked, for a
+ * repo id not cached, and naming the candidates when the quant is missing or ambiguous. */
 int lazymoe_resolve_model(const char *name, char *path, size_t pathlen, char *err, size_t errlen);
 
 #ifdef __cplusplus

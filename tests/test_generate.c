@@ -643,6 +643,42 @@ static void test_tokenize_max(void) {
     free(text);
 }
 
+/* lazymoe_session_fit releases capacity beyond what is held, and a fitted session
+ * goes on exactly as an unfitted one (the KV prefix is kept). */
+static void test_session_fit(void) {
+    const char *prompt = "hello world, the experts and the rest of the words";
+    lazymoe_gen_params p;
+    lazymoe_gen_params_init(&p, M);
+    p.sampling.temperature = 0;
+    p.max_tokens = 300;
+    p.ignore_eos = 1;
+    lazymoe_session *a = new_session(), *b = new_session();
+    char *ta = NULL, *tb = NULL;
+    CHECK(lazymoe_generate(a, prompt, &p, &ta, NULL, err, sizeof err) == 0);
+    CHECK(lazymoe_generate(b, prompt, &p, &tb, NULL, err, sizeof err) == 0);
+    int len = lazymoe_session_length(a);
+    CHECKF(lazymoe_session_capacity(a) == 512 && len > 256 && len < 512, "capacity %d, length %d",
+           lazymoe_session_capacity(a), len);
+    CHECK(lazymoe_session_fit(a, err, sizeof err) == 0);
+    CHECK_EQ_INT(lazymoe_session_capacity(a), 512 > len ? (len + 255) / 256 * 256 : 512);
+    CHECK_EQ_INT(lazymoe_session_length(a), len);
+    /* both continue the same conversation */
+    char *full = malloc(strlen(prompt) + strlen(ta ? ta : "") + 16);
+    if (full) sprintf(full, "%s%s more", prompt, ta ? ta : "");
+    char *ca = NULL, *cb = NULL;
+    p.max_tokens = 40;
+    CHECK(full && lazymoe_generate(a, full, &p, &ca, NULL, err, sizeof err) == 0);
+    CHECK(full && lazymoe_generate(b, full, &p, &cb, NULL, err, sizeof err) == 0);
+    CHECK(ca && cb && !strcmp(ca, cb));
+    free(full);
+    lazymoe_free(ta);
+    lazymoe_free(tb);
+    lazymoe_free(ca);
+    lazymoe_free(cb);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -666,6 +702,7 @@ int main(void) {
     TEST_CASE("generate_kv_cache_tokens_planned", test_kv_cache_tokens_planned);
     TEST_CASE("generate_logprobs_match_log_softmax", test_logprobs);
     TEST_CASE("generate_tokenize_max_stops_counting", test_tokenize_max);
+    TEST_CASE("generate_session_fit_keeps_the_conversation", test_session_fit);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

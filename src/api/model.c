@@ -68,6 +68,11 @@ int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
 
 const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
+int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_fit(s, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
 int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
     char e[LM_ERR_LEN] = "";
     return lm_session_truncate(s, n, e) == 0 ? 0 : copy_err(err, errlen, e);

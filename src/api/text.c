@@ -1,6 +1,7 @@
 /* Tokenizer, chat template and generation defaults of a model directory (text.h). */
 #include "api/text.h"
 #include "text/grammar.h"
+#include "text/tokenizer_gguf.h"
 
 #include "platform/platform.h"
 
@@ -57,6 +58,36 @@ int lm_model_text_is_eos(const lm_model_text *t, int32_t id) {
     return 0;
 }
 
+/* A GGUF file carries its tokenizer and chat template in its metadata
+ * (text/tokenizer_gguf.h); a file without them still runs on token ids. */
+static int load_gguf_text(lm_model_text *t, lm_model_text **out, const char *path, const lm_config *cfg, char *err) {
+    gguf_archive *g = NULL;
+    if (gguf_open(&g, path, err) != 0) {
+        lm_model_text_free(t);
+        return -1;
+    }
+    for (int i = 0; i < cfg->n_eos; i++) add_eos(t, cfg->eos_ids[i]);
+    json_t *tj = NULL, *cj = NULL;
+    if (lm_gguf_tokenizer_json(g, &tj, &cj, t->tok_err) != 0) {
+        lm_err_prefix(t->tok_err, "%s", path);
+        snprintf(t->tmpl_err, sizeof t->tmpl_err, "%s", t->tok_err);
+    } else {
+        if (lm_tokenizer_load_json(tj, cj, &t->tok, t->tok_err) != 0) t->tok = NULL;
+        else add_eos(t, lm_tokenizer_eos_id(t->tok));
+        json_t *ct = json_object_get(cj, "chat_template");
+        if (!json_is_string(ct))
+            snprintf(t->tmpl_err, sizeof t->tmpl_err, "%s: no chat template (tokenizer.chat_template)", path);
+        else if (lm_chat_template_from_source(json_string_value(ct), json_string_length(ct), cj, &t->tmpl,
+                                              t->tmpl_err) != 0)
+            t->tmpl = NULL;
+    }
+    json_decref(tj);
+    json_decref(cj);
+    gguf_close(g);
+    *out = t;
+    return 0;
+}
+
 int lm_model_text_load(lm_model_text **out, const char *dir, const lm_config *cfg, char *err) {
     *out = NULL;
     lm_model_text *t = calloc(1, sizeof *t);
@@ -67,6 +98,7 @@ int lm_model_text_load(lm_model_text **out, const char *dir, const lm_config *cf
     }
     char path[4096];
     lazymoe_sampling_init(&t->defaults, NULL);
+    if (gguf_is_path(dir)) return load_gguf_text(t, out, dir, cfg, err);
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     if (file_exists(path)) {
         json_error_t je;

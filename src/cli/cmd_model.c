@@ -400,6 +400,7 @@ int cmd_info(int argc, char **argv) {
         printf("experts        %d per MoE layer, top-%d per token\n", i.n_experts, i.top_k);
         printf("hidden size    %d; %d heads, %d KV heads, head dim %d; vocab %d\n", i.hidden_size, i.n_heads,
                i.n_kv_heads, i.head_dim, i.vocab_size);
+        printf("context        %d tokens (model maximum %d)\n", i.max_context, i.model_max_context);
         printf("parameters     %.3f B total, %.3f B active per token, %.3f M per expert\n",
                (double)i.params_total / 1e9, (double)i.params_active / 1e9, (double)i.params_expert / 1e6);
         printf("resident       %s (non-expert weights as stored)\n", r);

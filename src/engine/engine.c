@@ -173,6 +173,24 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     return 0;
 }
 
+/* The context when the caller names none: the model's maximum, unless the KV cache
+ * for it would take more than a quarter of what the budget leaves after the resident
+ * weights -- then the most whole 1024s that quarter holds (at least 4096, or the
+ * model's maximum if that is less). Agents send 30k-token prompts, so the default must
+ * be long; but a KV reservation the size of the budget would starve the expert cache.
+ * The KV cache grows as a session fills, so unused context costs the plan only. */
+static int default_context(const lazymoe_model *m, uint64_t avail) {
+    const lm_config *c = &m->w.cfg;
+    int model_max = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
+    uint64_t budget = m->opt.memory_budget ? m->opt.memory_budget : (uint64_t)((double)avail * 0.85);
+    uint64_t taken = m->w.bytes_resident + (64ull << 20);
+    uint64_t quarter = budget > taken ? (budget - taken) / 4 : 0;
+    uint64_t per_1024 = lm_kv_cache_bytes(c, 1024, m->kv_dtype);
+    uint64_t fits = per_1024 ? quarter / per_1024 * 1024 : (uint64_t)model_max;
+    if (fits < 4096) fits = 4096;
+    return fits < (uint64_t)model_max ? (int)fits : model_max;
+}
+
 static void progress_log(void *ctx, const char *what, double frac) {
     (void)ctx;
     lm_log(LAZYMOE_LOG_PROGRESS, "\r%s: %3.0f%%%s", what, frac * 100.0, frac >= 1.0 ? "\n" : "");
@@ -195,10 +213,6 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
         free(m);
         return -1;
     }
-    int maxc = m->w.cfg.max_position_embeddings;
-    if (maxc > 8192) maxc = 8192;
-    if (m->opt.max_context > 0) maxc = m->opt.max_context;
-    m->max_context = maxc;
     switch (m->opt.kv_bits) {
     case 0:
     case 16: m->kv_dtype = LM_DT_F16; break;
@@ -206,6 +220,7 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
     case 8: m->kv_dtype = LM_DT_I8; break;
     default: lm_errf(e, "kv_bits %d is not supported (choose 8, 16 or 32)", m->opt.kv_bits); goto fail;
     }
+    m->max_context = m->opt.max_context > 0 ? m->opt.max_context : default_context(m, avail);
     int capacity = 0;
     if (plan_memory(m, avail, &capacity, e) != 0) goto fail;
     if (lm_store_open(&m->store, &m->w, capacity >= 0 && !m->opt.buffered_io, io, e) != 0) goto fail;
@@ -316,6 +331,7 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->n_kv_heads = c->n_kv_heads;
     info->head_dim = c->head_dim;
     info->max_context = m->max_context;
+    info->model_max_context = c->max_position_embeddings;
     info->params_total = m->w.params_total;
     info->params_active = m->w.params_active;
     info->params_expert = m->w.params_expert;
@@ -403,6 +419,14 @@ static int ensure_capacity(lazymoe_session *s, int need, char *err) {
     while (cap < need) cap *= 2;
     if (cap > s->m->max_context) cap = s->m->max_context;
     return lm_kv_cache_grow(s, cap, err);
+}
+
+int lm_session_fit(lazymoe_session *s, char *e) {
+    int cap = (s->n_past + 255) / 256 * 256;
+    if (cap < 256) cap = 256;
+    if (cap > s->m->max_context) cap = s->m->max_context;
+    if (cap >= s->cap_ctx) return 0;
+    return lm_kv_cache_grow(s, cap, e);
 }
 
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *e) {

@@ -112,6 +112,8 @@ void lm_session_free(lazymoe_session *s);
 /* The public lazymoe_session_truncate / lazymoe_session_eval, with the engine's
  * error convention. */
 int lm_session_truncate(lazymoe_session *s, int n, char *err);
+/* Releases KV capacity beyond the positions held (rounded up to 256). */
+int lm_session_fit(lazymoe_session *s, char *err);
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *err);
 
 /* Tokens per forward chunk: bounds scratch memory during long prefills while
@@ -126,7 +128,8 @@ uint64_t lm_kv_cache_bytes(const lm_config *c, int ctx, lm_dtype dt);
 uint64_t lm_scratch_bytes(const lm_config *c, int T);
 int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, char *err);
 void lm_scratch_free(lm_scratch *S, lm_backend *be);
-/* Grows a session's KV caches and token list to `cap` positions, keeping what they hold. */
+/* Resizes a session's KV caches and token list to `cap` positions (cap >= the
+ * positions held), keeping what they hold. */
 int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err);
 void lm_kv_cache_free(lazymoe_session *s);
 /* Bytes a session holds now: KV cache, tokens, scratch, linear-attention states --

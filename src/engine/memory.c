@@ -135,11 +135,17 @@ int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err) {
         lm_buf *bufs = s->kv_bufs + (size_t)l * 4;
         for (int i = 0; i < 4; i++) {
             lm_buf nb;
-            if (lm_backend_alloc(be, &nb, want[i], "the KV cache", err) != 0)
-                return lm_err_prefix(err, "growing the KV cache to %d tokens", cap);
-            if (had[i] && be->ops->copy(be, nb.ptr, bufs[i].ptr, had[i]) != 0) {
+            if (lm_backend_alloc(be, &nb, want[i], "the KV cache", err) != 0) {
+                /* shrinking: layers done so far hold only cap positions now */
+                if (cap < s->cap_ctx) s->cap_ctx = cap;
+                return lm_err_prefix(err, "resizing the KV cache to %d tokens", cap);
+            }
+            /* positions are the outer index: a smaller cache keeps a prefix */
+            size_t keep = had[i] < want[i] ? had[i] : want[i];
+            if (keep && be->ops->copy(be, nb.ptr, bufs[i].ptr, keep) != 0) {
                 lm_backend_release(be, &nb);
-                return lm_errf(err, "growing the KV cache: %s", lm_backend_error(be));
+                if (cap < s->cap_ctx) s->cap_ctx = cap;
+                return lm_errf(err, "resizing the KV cache: %s", lm_backend_error(be));
             }
             lm_backend_release(be, &bufs[i]);
             bufs[i] = nb;
@@ -148,6 +154,10 @@ int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err) {
         s->v_cache[l] = (lm_kv){dt, bufs[2].ptr, bufs[3].ptr};
     }
     int32_t *t = realloc(s->tokens, sizeof(int32_t) * (size_t)cap);
+    if (!t && cap < s->cap_ctx) { /* the larger token list still serves */
+        s->cap_ctx = cap;
+        return 0;
+    }
     if (!t) return lm_errf(err, "out of memory growing the KV cache to %d tokens", cap);
     s->tokens = t;
     s->cap_ctx = cap;

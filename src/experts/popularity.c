@@ -33,7 +33,16 @@ uint64_t lm_popularity_model_id(const char *dir) {
         fclose(f);
     }
     DIR *d = opendir(dir);
-    if (!d) return h;
+    if (!d) {
+        /* a single-file model (GGUF): its name and size */
+        struct stat st;
+        if (stat(dir, &st) != 0) return h;
+        const char *base = strrchr(dir, '/');
+        base = base ? base + 1 : dir;
+        uint64_t size = (uint64_t)st.st_size;
+        h = fnv1a(h, base, strlen(base));
+        return fnv1a(h, &size, sizeof size);
+    }
     /* Order-independent: combine per-file hashes by addition. */
     uint64_t files = 0;
     struct dirent *e;

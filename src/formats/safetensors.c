@@ -364,11 +364,36 @@ int st_read_range(const st_archive *a, const st_tensor *t, uint64_t off, uint64_
                   char *err) {
     if (off > t->nbytes || len > t->nbytes - off)
         return lm_errf(err, "read past the end of tensor '%s'", t->name);
+    if (t->rope_unpermute && (off != 0 || len != t->nbytes))
+        return lm_errf(err, "tensor '%s' can only be read whole (its rows are reordered)", t->name);
     if (lm_pread_full(a->files[t->file].fd, dst, len, t->offset + off, err) != 0)
         return lm_err_prefix(err, "%s: tensor '%s'", a->files[t->file].path, t->name);
     return 0;
 }
 
+/* llama.cpp's converter stores row h*d + 2i + j of a head of d rows where Hugging Face
+ * has row h*d + j*d/2 + i (j = 0, 1; i < d/2): ggml's RoPE rotates adjacent pairs, the
+ * Hugging Face one rotates the two halves. Restores Hugging Face order in place. */
+static int unpermute_rows(const st_tensor *t, char *dst, char *err) {
+    uint64_t rows = t->ndim ? (uint64_t)t->shape[0] : 0, d = (uint64_t)t->rope_unpermute;
+    if (!rows || d < 2 || d % 2 || rows % d || t->nbytes % rows)
+        return lm_errf(err, "tensor '%s': %llu rows do not split into heads of %llu", t->name,
+                       (unsigned long long)rows, (unsigned long long)d);
+    size_t rb = (size_t)(t->nbytes / rows), hb = rb * (size_t)d;
+    char *tmp = malloc(hb);
+    if (!tmp) return lm_errf(err, "out of memory");
+    for (uint64_t h = 0; h < rows / d; h++) {
+        char *head = dst + h * hb;
+        memcpy(tmp, head, hb);
+        for (uint64_t i = 0; i < d / 2; i++)
+            for (uint64_t j = 0; j < 2; j++)
+                memcpy(head + (j * d / 2 + i) * rb, tmp + (2 * i + j) * rb, rb);
+    }
+    free(tmp);
+    return 0;
+}
+
 int st_read(const st_archive *a, const st_tensor *t, void *dst, char *err) {
-    return st_read_range(a, t, 0, t->nbytes, dst, err);
+    if (st_read_range(a, t, 0, t->nbytes, dst, err) != 0) return -1;
+    return t->rope_unpermute ? unpermute_rows(t, dst, err) : 0;
 }

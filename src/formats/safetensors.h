@@ -30,6 +30,10 @@ typedef struct {
     uint64_t offset; /* absolute byte offset in its file */
     uint64_t nbytes;
     int file; /* index into st_archive.files */
+    /* GGUF llama-architecture q/k projections (models/gguf_model.h): the rows of each
+     * head of this many rows were interleaved by llama.cpp's converter; st_read puts
+     * them back in Hugging Face order, and partial reads are refused. 0: none. */
+    int rope_unpermute;
 } st_tensor;
 
 typedef struct {

@@ -10,6 +10,7 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "models/family.h"
+#include "models/gguf_model.h"
 #include "platform/platform.h"
 
 #include <math.h>
@@ -163,9 +164,23 @@ static int check_mat_stack(loader *L, const char *path, int n_stack, int rows, i
         tq[2] = tb;
         return 0;
     }
+    if (lm_dtype_is_block(t->dtype)) {
+        /* a ggml block type (GGUF): rows of cols / block_elems self-contained blocks */
+        int64_t ws[3];
+        int i = 0;
+        if (n_stack) ws[i++] = n_stack;
+        ws[i] = rows;
+        ws[i + 1] = cols;
+        if (check_shape(L, t, nd, ws)) return -1;
+        if (!lm_dtype_row_bytes(t->dtype, (uint64_t)cols))
+            return lm_errf(L->err, "tensor '%s' (%s): %d inputs are not whole blocks of %d", t->name,
+                           lm_dtype_name(t->dtype), cols, lm_dtype_block_elems(t->dtype));
+        *tmpl = (lm_mat){.dtype = t->dtype, .rows = rows, .cols = cols};
+        return 0;
+    }
     if (!lm_dtype_is_float(t->dtype) || t->dtype == LM_DT_F64)
-        return lm_errf(L->err, "tensor '%s' has dtype %s; expected F32, F16, BF16 or MLX U32", t->name,
-                       lm_dtype_name(t->dtype));
+        return lm_errf(L->err, "tensor '%s' has dtype %s; expected F32, F16, BF16, MLX U32 or a ggml block type",
+                       t->name, lm_dtype_name(t->dtype));
     int64_t ws[3];
     int i = 0;
     if (n_stack) ws[i++] = n_stack;
@@ -612,8 +627,18 @@ static void find_prefix(loader *L) {
 int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
     loader L = {w, err, 0.0f, "model.", "lm_head"};
-    if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
-    if (st_open(&w->archive, dir, err) != 0) goto fail;
+    if (gguf_is_path(dir)) {
+        /* a GGUF file: config from its metadata, tensors under Hugging Face names */
+        gguf_archive *g = NULL;
+        if (gguf_open(&g, dir, err) != 0) return -1;
+        int rc = lm_gguf_config(&w->cfg, g, err);
+        if (rc == 0) rc = lm_gguf_archive(g, &w->cfg, &w->archive, err);
+        gguf_close(g);
+        if (rc != 0) goto fail;
+    } else {
+        if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
+        if (st_open(&w->archive, dir, err) != 0) goto fail;
+    }
     find_prefix(&L);
     if (check_layer_count(w->archive, L.prefix, &w->cfg, err) != 0) goto fail;
     count_unread(w, L.prefix);

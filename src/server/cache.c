@@ -1,4 +1,5 @@
 #include "server/cache.h"
+#include "server/internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,19 @@ void srv_cache_free(srv_prompt_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* A conversation still in use: it served a later turn, and recently (within twice the
+ * number of slots of requests). */
+static int in_use(const srv_prompt_cache *c, const srv_slot *sl) {
+    return sl->uses > 1 && c->clock - sl->last_used <= 2 * (uint64_t)c->n_slots;
+}
+
+/* 1 when slot a should be evicted before slot b. */
+static int evict_before(const srv_prompt_cache *c, const srv_slot *a, const srv_slot *b) {
+    int ua = in_use(c, a), ub = in_use(c, b);
+    if (ua != ub) return ua < ub;
+    return a->last_used < b->last_used;
+}
+
 static int common_prefix(const lazymoe_session *s, const int32_t *ids, int n) {
     int len = lazymoe_session_length(s), k = 0;
     const int32_t *t = lazymoe_session_tokens(s);
@@ -48,7 +62,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
             best = i;
             best_lcp = lcp;
         }
-        if (lru < 0 || sl->last_used < c->slots[lru].last_used) lru = i;
+        if (lru < 0 || evict_before(c, sl, &c->slots[lru])) lru = i;
     }
     int pick;
     /* The best session is reused when it holds the whole prompt (nothing to evaluate)
@@ -66,6 +80,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
     }
     srv_slot *sl = &c->slots[pick];
     *reused = sl->s ? common_prefix(sl->s, ids, n) : 0;
+    sl->uses = *reused > 0 ? sl->uses + 1 : 1; /* a slot taken over starts a new conversation */
     if (*reused >= n) *reused = n - 1; /* the last prompt token is evaluated again for its logits */
     if (*reused < 0) *reused = 0;
     /* Room for this request's context: free the least recently used others. */
@@ -78,7 +93,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         for (int i = 0; i < c->n_slots; i++) {
             if (i == pick || !c->slots[i].s) continue;
             others += lazymoe_session_capacity(c->slots[i].s);
-            if (!c->slots[i].busy && (victim < 0 || c->slots[i].last_used < c->slots[victim].last_used)) victim = i;
+            if (!c->slots[i].busy && (victim < 0 || evict_before(c, &c->slots[i], &c->slots[victim]))) victim = i;
         }
         if (others + need <= c->budget_tokens || victim < 0) break;
         lazymoe_session_free(c->slots[victim].s);
@@ -94,6 +109,10 @@ void srv_cache_put(srv_prompt_cache *c, lazymoe_session *s) {
         if (c->slots[i].s == s) {
             c->slots[i].busy = 0;
             c->slots[i].last_used = ++c->clock;
+            /* keep the memory for what it holds, not the doubled capacity it grew to;
+             * if that fails the session is still whole (and within the plan) */
+            char err[256];
+            if (lazymoe_session_fit(s, err, sizeof err) != 0) srv_log("prompt cache: %s", err);
         }
 }
 

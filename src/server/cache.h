@@ -4,10 +4,15 @@
  * A request takes the session sharing the longest prefix with its prompt when that
  * prefix is the whole prompt or at least half of what the session holds (the same
  * conversation, or one that only changed its last turn); otherwise a fresh session,
- * or, when every slot is taken, the least recently used one. The KV caches of all sessions together stay
+ * or, when every slot is taken, a victim's. The KV caches of all sessions together stay
  * within `budget_tokens` positions (the memory plan reserves that many): before a
- * request runs, least recently used sessions are freed until the taken one can grow
- * to prompt + max_tokens.
+ * request runs, victims are freed until the taken one can grow to prompt + max_tokens;
+ * after it, a session keeps only the KV memory for what it holds.
+ *
+ * Victims: a conversation in use (served more than once, and recently) is kept over
+ * one-off requests and abandoned conversations; among equals the least recently
+ * used goes first. So an agent's short side request (a title, a summary) never
+ * evicts the long conversation it belongs to while that one fits beside it.
  *
  * Used by the generation worker only (one thread): no locking inside; /health sees
  * a copy of srv_cache_usage the worker publishes after each request.
@@ -22,6 +27,7 @@
 typedef struct {
     lazymoe_session *s; /* NULL: free slot */
     uint64_t last_used;
+    int uses;           /* requests it served since it was made */
     int busy;
 } srv_slot;
 

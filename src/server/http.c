@@ -300,8 +300,12 @@ static int prepare_job(srv_server *s, srv_conn *c, srv_job *j, srv_error *e) {
         srv_build_prompt(s->m, &j->chat, count_limit(s), &j->prompt, &j->prompt_len, &j->ids, &j->n_ids, e) != 0 ||
         check_length(s, c->api, j->n_ids, e) != 0)
         return -1;
-    j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < s->opt.max_tokens ? j->chat.max_tokens
-                                                                                      : s->opt.max_tokens;
+    /* The client's limit, up to the context (generation stops there anyway) and the
+     * server's --max-tokens when one was given; no limit given: the rest of the context. */
+    int room = s->max_context - j->n_ids;
+    int cap = s->opt.max_tokens > 0 && s->opt.max_tokens < room ? s->opt.max_tokens : room;
+    j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < cap ? j->chat.max_tokens : cap;
+    if (j->max_tokens < 1) j->max_tokens = 1;
     j->in_think = ends_in_think(j->prompt, j->prompt_len);
     return srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, e);
 }
@@ -545,7 +549,7 @@ void srv_options_init(srv_options *o) {
     o->host = "127.0.0.1";
     o->port = 8080;
     o->model_name = "lazymoe";
-    o->max_tokens = 4096;
+    o->max_tokens = 0; /* no cap of the server's own: the client's, up to the context */
     o->max_body = 32u << 20;
     o->cache_slots = 4;
     o->max_connections = 64;
@@ -590,6 +594,7 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     s->m = m;
     s->opt = *o;
     s->max_context = info.max_context;
+    s->model_max_context = info.model_max_context;
     s->input_limit = o->max_input_tokens > 0 && o->max_input_tokens < info.max_context ? o->max_input_tokens
                                                                                          : info.max_context;
     s->started_at = lm_now();
@@ -627,8 +632,11 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     int bound = di ? di->port : o->port;
-    srv_log("lazymoe: listening on http://%s%s%s:%d (model %s, context %d tokens)", ai->ai_family == AF_INET6 ? "[" : "",
-            o->host, ai->ai_family == AF_INET6 ? "]" : "", bound, o->model_name, s->max_context);
+    char why[96] = "";
+    if (s->model_max_context > s->max_context)
+        snprintf(why, sizeof why, "; the model allows %d, the memory plan or --ctx less", s->model_max_context);
+    srv_log("lazymoe: listening on http://%s%s%s:%d (model %s, context %d tokens%s)", ai->ai_family == AF_INET6 ? "[" : "",
+            o->host, ai->ai_family == AF_INET6 ? "]" : "", bound, o->model_name, s->max_context, why);
     while (!*stop) {
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);

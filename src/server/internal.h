@@ -52,6 +52,7 @@ typedef struct srv_server {
     lazymoe_model *m;
     srv_options opt;
     int max_context;
+    int model_max_context; /* what the model declares (for the start line) */
     int input_limit;      /* prompts longer than this are refused */
     struct MHD_Daemon *daemon;
 

@@ -22,7 +22,8 @@ typedef struct {
     int port;                /* 0 = any free port (the one chosen is logged) */
     const char *api_key;     /* NULL = no authentication */
     const char *model_name;  /* name reported by /v1/models and in replies */
-    int max_tokens;          /* cap on generated tokens per request (and the default) */
+    int max_tokens;          /* cap on generated tokens per request; 0 = none (the client's
+                                limit, or the rest of the context) */
     int max_input_tokens;    /* prompts longer are refused; 0 = the context size */
     size_t max_body;         /* request bodies larger are refused with 413 */
     int cache_slots;         /* conversations kept in the prompt cache */

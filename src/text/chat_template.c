@@ -4,6 +4,7 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "platform/platform.h"
+#include "text/tokenizer_gguf.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -95,8 +96,24 @@ int lm_chat_template_from_source(const char *src, size_t len, const json_t *toke
     return 0;
 }
 
+/* A GGUF file's tokenizer.chat_template, with its special tokens. */
+static int load_gguf(const char *path, lm_chat_template **out, char *err) {
+    gguf_archive *g;
+    if (gguf_open(&g, path, err) != 0) return -1;
+    json_t *tj = NULL, *cj = NULL;
+    int rc = lm_gguf_tokenizer_json(g, &tj, &cj, err);
+    gguf_close(g);
+    json_t *ct = rc == 0 ? json_object_get(cj, "chat_template") : NULL;
+    if (rc == 0 && !json_is_string(ct)) rc = lm_errf(err, "no chat template (tokenizer.chat_template)");
+    if (rc == 0) rc = lm_chat_template_from_source(json_string_value(ct), json_string_length(ct), cj, out, err);
+    json_decref(tj);
+    json_decref(cj);
+    return rc ? lm_err_prefix(err, "%s", path) : 0;
+}
+
 int lm_chat_template_load(const char *model_dir, lm_chat_template **out, char *err) {
     *out = NULL;
+    if (gguf_is_path(model_dir)) return load_gguf(model_dir, out, err);
     char path[4096];
     json_t *config = NULL;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);

@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "platform/platform.h"
 #include "text/tokenizer_internal.h"
+#include "text/tokenizer_gguf.h"
 #include "text/unicode.h"
 
 enum { MAX_ADDED_TOKENS = 1 << 20 };
@@ -289,6 +290,13 @@ static int32_t config_token(lm_tokenizer *tok, json_t *v) {
     return lookup_content(tok, json_string_value(v), json_string_length(v));
 }
 
+static void apply_config(lm_tokenizer *tok, json_t *cfg) {
+    tok->bos_id = config_token(tok, json_object_get(cfg, "bos_token"));
+    tok->eos_id = config_token(tok, json_object_get(cfg, "eos_token"));
+    json_t *cu = json_object_get(cfg, "clean_up_tokenization_spaces");
+    if (json_is_boolean(cu)) tok->cleanup_default = json_is_true(cu);
+}
+
 static int load_config(lm_tokenizer *tok, const char *path, char *err) {
     struct stat st;
     if (stat(path, &st) != 0) return 0;  /* optional */
@@ -297,10 +305,7 @@ static int load_config(lm_tokenizer *tok, const char *path, char *err) {
     json_t *cfg = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);  /* model_max_length can be 1e30 */
     if (!cfg) return lm_errf(err, "%s: line %d: %s", path, je.line, je.text);
     if (!json_is_object(cfg)) { json_decref(cfg); return lm_errf(err, "%s: expected a JSON object", path); }
-    tok->bos_id = config_token(tok, json_object_get(cfg, "bos_token"));
-    tok->eos_id = config_token(tok, json_object_get(cfg, "eos_token"));
-    json_t *cu = json_object_get(cfg, "clean_up_tokenization_spaces");
-    if (json_is_boolean(cu)) tok->cleanup_default = json_is_true(cu);
+    apply_config(tok, cfg);
     json_decref(cfg);
     return 0;
 }
@@ -326,6 +331,13 @@ static int load_json(lm_tokenizer *tok, json_t *root, char *err) {
 
 int lm_tokenizer_load(const char *path, lm_tokenizer **out, char err[LM_ERR_LEN]) {
     *out = NULL;
+    if (gguf_is_path(path)) {
+        gguf_archive *g;
+        if (gguf_open(&g, path, err) != 0) return -1;
+        int rc = lm_tokenizer_from_gguf(g, out, err);
+        gguf_close(g);
+        return rc ? lm_err_prefix(err, "%s", path) : 0;
+    }
     struct stat st;
     if (stat(path, &st) != 0) return lm_errf(err, "%s: no such file or directory", path);
     size_t plen = strlen(path);
@@ -362,6 +374,21 @@ done:
     if (rc) lm_tokenizer_free(tok);
     else *out = tok;
     return rc;
+}
+
+int lm_tokenizer_load_json(json_t *tokenizer, json_t *config, lm_tokenizer **out, char err[LM_ERR_LEN]) {
+    *out = NULL;
+    lm_tokenizer *tok = calloc(1, sizeof *tok);
+    if (!tok) return lm_errf(err, "out of memory");
+    tok->bos_id = tok->eos_id = -1;
+    tok->cleanup_default = 1;
+    if (load_json(tok, tokenizer, err)) {
+        lm_tokenizer_free(tok);
+        return -1;
+    }
+    if (json_is_object(config)) apply_config(tok, config);
+    *out = tok;
+    return 0;
 }
 
 void lm_tokenizer_free(lm_tokenizer *tok) {

@@ -28,6 +28,11 @@ typedef struct lm_tokenizer lm_tokenizer;
  * *out owns the tokenizer: release it with lm_tokenizer_free. */
 int lm_tokenizer_load(const char *path, lm_tokenizer **out, char err[LM_ERR_LEN]);
 void lm_tokenizer_free(lm_tokenizer *tok);
+/* The same from parsed tokenizer.json and tokenizer_config.json objects (config may be
+ * NULL); neither is taken over. */
+struct json_t;
+int lm_tokenizer_load_json(struct json_t *tokenizer, struct json_t *config, lm_tokenizer **out,
+                           char err[LM_ERR_LEN]);
 
 /* Encodes len bytes of text. With add_special != 0 the post-processor's special tokens are
  * added (BOS for Llama 3), as transformers' `encode(text)` does by default. On success

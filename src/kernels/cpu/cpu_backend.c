@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 
 #include "common/error.h"
+#include "formats/ggml_blocks.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/threadpool.h"
@@ -65,6 +66,14 @@ static inline const uint32_t *affine_row(const lm_mat *m, int r) {
 }
 
 void lm_mat_row_f32(const lm_mat *m, int r, float *out) {
+    if (lm_dtype_is_block(m->dtype)) {
+        const uint64_t rb = lm_dtype_row_bytes(m->dtype, (uint64_t)m->cols);
+        /* Types without a conversion are refused before any row is read (embed,
+         * matmul); zeros rather than stale memory if one slips through. */
+        if (lm_blocks_to_f32(m->dtype, (const char *)m->data + (size_t)r * rb, out, (size_t)m->cols) != 0)
+            memset(out, 0, sizeof(float) * (size_t)m->cols);
+        return;
+    }
     if (m->dtype != LM_DT_U32) {
         const char *base = (const char *)m->data + (size_t)r * (size_t)m->cols * lm_dtype_size(m->dtype);
         lm_convert_to_f32(out, base, m->dtype, (size_t)m->cols);
@@ -119,6 +128,27 @@ static float dot_f16(const uint16_t *w, const float *x, int n) {
     }
     for (; i < n; i++) a0 += lm_f16_to_f32(w[i]) * x[i];
     return a0 + a1;
+}
+
+/* A block-quantized row: exactly dot_f32 of the row converted to f32 (the same four
+ * lane sums, carried from block to block), one block converted at a time. */
+#define BLOCK_MAX_ELEMS 256
+static float dot_block(const lm_mat *m, int r, const float *x) {
+    const size_t be = (size_t)lm_dtype_block_elems(m->dtype), bb = lm_dtype_block_bytes(m->dtype);
+    const uint8_t *row = (const uint8_t *)m->data + (size_t)r * lm_dtype_row_bytes(m->dtype, (uint64_t)m->cols);
+    float w[BLOCK_MAX_ELEMS];
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (size_t b = 0; b < (size_t)m->cols / be; b++) {
+        lm_blocks_to_f32(m->dtype, row + b * bb, w, be);
+        const float *xb = x + b * be;
+        for (size_t i = 0; i < be; i += 4) {
+            a0 += w[i] * xb[i];
+            a1 += w[i + 1] * xb[i + 1];
+            a2 += w[i + 2] * xb[i + 2];
+            a3 += w[i + 3] * xb[i + 3];
+        }
+    }
+    return (a0 + a1) + (a2 + a3);
 }
 
 /* sum_g scale_g * (q_g . x_g) + bias_g * sum(x_g) */
@@ -378,7 +408,8 @@ static void matmul_task(void *ctx, int task) {
             case LM_DT_F32: v = dot_f32((const float *)W->data + (size_t)r * (size_t)cols, x, cols); break;
             case LM_DT_BF16: v = dot_bf16((const uint16_t *)W->data + (size_t)r * (size_t)cols, x, cols); break;
             case LM_DT_F16: v = dot_f16((const uint16_t *)W->data + (size_t)r * (size_t)cols, x, cols); break;
-            default: v = dot_affine(W, r, x, j->xsum ? j->xsum + (size_t)t * (size_t)ng : NULL); break;
+            case LM_DT_U32: v = dot_affine(W, r, x, j->xsum ? j->xsum + (size_t)t * (size_t)ng : NULL); break;
+            default: v = dot_block(W, r, x); break;
             }
             j->y[(size_t)t * (size_t)W->rows + (size_t)r] = v;
         }
@@ -419,8 +450,17 @@ static int act8_piece(lm_backend *be, size_t per_token, int n) {
     return fit < (size_t)n ? (int)fit : n;
 }
 
+/* Block types without kernels (IQ2_XXS, IQ3_XXS, MXFP4 until they land) are refused
+ * by name rather than computed as zeros. */
+static int check_block(lm_backend *be, const lm_mat *W) {
+    if (lm_dtype_is_block(W->dtype) && !lm_blocks_supported(W->dtype))
+        return lm_errf(be->err, "no CPU kernels for weights of type %s", lm_dtype_name(W->dtype));
+    return 0;
+}
+
 static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
+    if (check_block(be, W) != 0) return -1;
     int act8 = uses_act8(impl, W);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
     int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));

@@ -6,6 +6,7 @@
  */
 #include "kernels/cpu/cpu_ops.h"
 
+#include "formats/ggml_blocks.h"
 #include "platform/platform.h"
 
 #include <math.h>
@@ -40,6 +41,8 @@ int lm_cpu_sync(lm_backend *be) {
 /* ---- rows and elementwise ---------------------------------------------------------- */
 
 int lm_cpu_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *ids, int n) {
+    if (lm_dtype_is_block(W->dtype) && !lm_blocks_supported(W->dtype))
+        return lm_errf(be->err, "no CPU conversion for embeddings of type %s", lm_dtype_name(W->dtype));
     for (int t = 0; t < n; t++) {
         if (ids[t] < 0 || ids[t] >= W->rows) return lm_errf(be->err, "embedding row %d of %d", ids[t], W->rows);
         lm_mat_row_f32(W, ids[t], x + (size_t)t * (size_t)W->cols);

@@ -1,0 +1,436 @@
+#include "convert/gguf_export.h"
+
+#include "common/buf.h"
+#include "common/error.h"
+#include "formats/gguf_write.h"
+#include "models/family.h"
+#include "models/model.h"
+#include "platform/platform.h"
+#include "text/tokenizer_gguf.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+enum { GGML_F32 = 0, GGML_F16 = 1, GGML_BF16 = 30 };
+
+typedef struct {
+    gguf_writer *w;
+    const lm_weights *lw;
+    lm_dtype type;
+    char *err;
+    int llama; /* permute q/k rows for ggml's RoPE */
+    int placeholder_vocab;
+} exporter;
+
+static uint32_t ggml_of(lm_dtype t) { return t == LM_DT_F16 ? GGML_F16 : t == LM_DT_BF16 ? GGML_BF16 : GGML_F32; }
+
+/* Appends n f32 values converted to `type` at dst (element offset i). */
+static void store(void *dst, size_t i, const float *v, size_t n, lm_dtype type) {
+    for (size_t k = 0; k < n; k++) {
+        if (type == LM_DT_F32) ((float *)dst)[i + k] = v[k];
+        else if (type == LM_DT_F16) ((uint16_t *)dst)[i + k] = lm_f32_to_f16(v[k]);
+        else ((uint16_t *)dst)[i + k] = lm_f32_to_bf16(v[k]);
+    }
+}
+
+/* Row r of the stored matrix goes to row dest_row(r): llama.cpp's q/k permutation puts
+ * Hugging Face row j*d/2 + i of a head of d rows at 2i + j. */
+static int dest_row(int r, int head_dim) {
+    if (!head_dim) return r;
+    int h = r / head_dim, w = r % head_dim, half = head_dim / 2;
+    int j = w / half, i = w % half;
+    return h * head_dim + 2 * i + j;
+}
+
+/* Writes `count` stacked matrices (count 1: one matrix) as one tensor. */
+static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, int count, lm_dtype type, int permute) {
+    if (count < 1 || !mats[0]) return lm_errf(x->err, "%s: no matrix to write", name);
+    int rows = mats[0]->rows, cols = mats[0]->cols;
+    size_t es = lm_dtype_size(type), per = (size_t)rows * (size_t)cols;
+    uint64_t nbytes = (uint64_t)per * (uint64_t)count * es;
+    void *buf = lm_malloc((size_t)nbytes, name, x->err);
+    float *row = lm_malloc(sizeof(float) * (size_t)cols, name, x->err);
+    if (!buf || !row) {
+        free(buf);
+        free(row);
+        return -1;
+    }
+    int hd = permute ? x->lw->cfg.head_dim : 0;
+    for (int e = 0; e < count; e++)
+        for (int r = 0; r < rows; r++) {
+            lm_mat_row_f32(mats[e], r, row);
+            store(buf, (size_t)e * per + (size_t)dest_row(r, hd) * (size_t)cols, row, (size_t)cols, type);
+        }
+    free(row);
+    int64_t ne[3] = {cols, rows, count};
+    return gguf_w_tensor(x->w, name, ggml_of(type), count > 1 ? 3 : 2, ne, buf, nbytes, 1) == 0
+               ? 0
+               : lm_errf(x->err, "out of memory");
+}
+
+static int put_mat(exporter *x, const char *name, const lm_mat *m, lm_dtype type, int permute) {
+    const lm_mat *one[1] = {m};
+    return put_mats(x, name, one, 1, type, permute);
+}
+
+static int put_vec(exporter *x, const char *name, const float *v, int n, int permute) {
+    float *buf = lm_malloc(sizeof(float) * (size_t)n, name, x->err);
+    if (!buf) return -1;
+    int hd = permute ? x->lw->cfg.head_dim : 0;
+    for (int i = 0; i < n; i++) buf[dest_row(i, hd)] = v[i];
+    int64_t ne[1] = {n};
+    return gguf_w_tensor(x->w, name, GGML_F32, 1, ne, buf, sizeof(float) * (uint64_t)n, 1) == 0
+               ? 0
+               : lm_errf(x->err, "out of memory");
+}
+
+/* The experts of layer l, read from the files and stacked per projection. */
+static int put_experts(exporter *x, int l) {
+    const lm_layer *ly = &x->lw->layers[l];
+    const lm_expert_source *s = &ly->src;
+    int E = x->lw->cfg.n_experts;
+    char *slots = lm_malloc_aligned((size_t)s->slot_bytes * (size_t)E, "experts", x->err);
+    lm_mat *m = calloc((size_t)E * 3, sizeof(lm_mat));
+    const lm_mat **ptr = calloc((size_t)E, sizeof(lm_mat *));
+    int rc = -1;
+    if (!slots || !m || !ptr) {
+        if (slots) lm_errf(x->err, "out of memory");
+        goto done;
+    }
+    for (int e = 0; e < E; e++) {
+        char *slot = slots + (size_t)e * s->slot_bytes;
+        for (int p = 0; p < s->nparts; p++) {
+            int idx = e * LM_EXPERT_MAX_PARTS + p;
+            const st_file *f = &x->lw->archive->files[s->file[idx]];
+            if (lm_pread_full(f->fd, slot + s->part_off[p], (size_t)s->part_len[p], s->off[idx], x->err) != 0) {
+                lm_err_prefix(x->err, "%s: layer %d expert %d", f->path, l, e);
+                goto done;
+            }
+        }
+        lm_expert ex = lm_expert_view(s, slot);
+        m[e * 3 + 0] = ex.gate;
+        m[e * 3 + 1] = ex.up;
+        m[e * 3 + 2] = ex.down;
+    }
+    static const char *const names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    for (int k = 0; k < 3; k++) {
+        for (int e = 0; e < E; e++) ptr[e] = &m[e * 3 + k];
+        char name[96];
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, names[k]);
+        if (put_mats(x, name, ptr, E, x->type, 0)) goto done;
+    }
+    rc = 0;
+done:
+    lm_free_aligned(slots);
+    free(m);
+    free(ptr);
+    return rc;
+}
+
+static int put_layer(exporter *x, int l) {
+    const lm_config *c = &x->lw->cfg;
+    const lm_layer *ly = &x->lw->layers[l];
+    char n[96];
+    int H = c->hidden_size, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
+#define NAME(part) (snprintf(n, sizeof n, "blk.%d.%s", l, part), n)
+    if (put_vec(x, NAME("attn_norm.weight"), ly->attn_norm, H, 0) ||
+        put_vec(x, NAME("ffn_norm.weight"), ly->ffn_norm, H, 0) ||
+        put_mat(x, NAME("attn_q.weight"), &ly->q, x->type, x->llama) ||
+        put_mat(x, NAME("attn_k.weight"), &ly->k, x->type, x->llama) ||
+        put_mat(x, NAME("attn_v.weight"), &ly->v, x->type, 0) ||
+        put_mat(x, NAME("attn_output.weight"), &ly->o, x->type, 0))
+        return -1;
+    if (ly->q_bias && (put_vec(x, NAME("attn_q.bias"), ly->q_bias, nq, x->llama) ||
+                       put_vec(x, NAME("attn_k.bias"), ly->k_bias, nkv, x->llama) ||
+                       put_vec(x, NAME("attn_v.bias"), ly->v_bias, nkv, 0)))
+        return -1;
+    if (ly->o_bias && put_vec(x, NAME("attn_output.bias"), ly->o_bias, H, 0)) return -1;
+    if (ly->q_norm) {
+        int qn = c->qk_norm == LM_QK_NORM_FULL ? nq : c->head_dim, kn = c->qk_norm == LM_QK_NORM_FULL ? nkv : c->head_dim;
+        if (put_vec(x, NAME("attn_q_norm.weight"), ly->q_norm, qn, 0) ||
+            put_vec(x, NAME("attn_k_norm.weight"), ly->k_norm, kn, 0))
+            return -1;
+    }
+    if (!ly->is_moe)
+        return put_mat(x, NAME("ffn_gate.weight"), &ly->mlp_gate, x->type, 0) ||
+                       put_mat(x, NAME("ffn_up.weight"), &ly->mlp_up, x->type, 0) ||
+                       put_mat(x, NAME("ffn_down.weight"), &ly->mlp_down, x->type, 0)
+                   ? -1
+                   : 0;
+    /* llama.cpp keeps the router in F32 */
+    if (put_mat(x, NAME("ffn_gate_inp.weight"), &ly->router, LM_DT_F32, 0)) return -1;
+#undef NAME
+    return put_experts(x, l);
+}
+
+/* ---- metadata ---- */
+
+/* No tokenizer.json: the model runs on token ids only (llama.cpp's "no_vocab"). */
+static int put_no_vocab(exporter *x) { return gguf_w_str(x->w, "tokenizer.ggml.model", "no_vocab") ? lm_errf(x->err, "out of memory") : 0; }
+
+/* A stand-in byte-level vocabulary for checks with llama.cpp, whose evaluation needs a
+ * tokenizer even when only ids are fed: GPT-2's 256 byte symbols (bytes_to_unicode),
+ * then "<|tN|>" for the other ids, no merges. */
+static int put_placeholder_vocab(exporter *x) {
+    int V = x->lw->cfg.vocab_size;
+    char (*s)[16] = calloc((size_t)V, 16);
+    const char **toks = calloc((size_t)V, sizeof *toks);
+    int32_t *types = calloc((size_t)V, sizeof *types);
+    if (!s || !toks || !types) {
+        free(s);
+        free(toks);
+        free(types);
+        return lm_errf(x->err, "out of memory");
+    }
+    int extra = 0;
+    for (int b = 0; b < 256 && b < V; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        unsigned cp = printable ? (unsigned)b : 256u + (unsigned)extra++;
+        if (cp < 0x80) s[b][0] = (char)cp;
+        else {
+            s[b][0] = (char)(0xc0 | (cp >> 6));
+            s[b][1] = (char)(0x80 | (cp & 0x3f));
+        }
+    }
+    for (int i = 0; i < V; i++) {
+        if (i >= 256) snprintf(s[i], 16, "<|t%d|>", i);
+        toks[i] = s[i];
+        types[i] = 1;
+    }
+    gguf_w_str(x->w, "tokenizer.ggml.model", "gpt2");
+    gguf_w_str(x->w, "tokenizer.ggml.pre", "default");
+    gguf_w_arr_str(x->w, "tokenizer.ggml.tokens", toks, (uint64_t)V);
+    int rc = gguf_w_arr(x->w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, (uint64_t)V);
+    gguf_w_arr_str(x->w, "tokenizer.ggml.merges", toks, 0);
+    free(s);
+    free(toks);
+    free(types);
+    return rc ? lm_errf(x->err, "out of memory") : 0;
+}
+
+static int put_tokenizer(exporter *x, const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    struct stat st;
+    if (stat(path, &st) != 0) return x->placeholder_vocab ? put_placeholder_vocab(x) : put_no_vocab(x);
+    json_error_t je;
+    json_t *tj = json_load_file(path, 0, &je), *cj = NULL;
+    if (!tj) return lm_errf(x->err, "%s: line %d: %s", path, je.line, je.text);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (stat(path, &st) == 0 && !(cj = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je))) {
+        json_decref(tj);
+        return lm_errf(x->err, "%s: line %d: %s", path, je.line, je.text);
+    }
+    int rc = -1;
+    const char **toks = NULL;
+    int32_t *types = NULL;
+    const char **merges = NULL;
+    char **merge_buf = NULL;
+    size_t n_merges = 0;
+    json_t *model = json_object_get(tj, "model"), *vocab = json_object_get(model, "vocab");
+    if (!json_is_object(vocab) || strcmp(json_string_value(json_object_get(model, "type")) ? json_string_value(json_object_get(model, "type")) : "", "BPE") != 0) {
+        lm_errf(x->err, "%s/tokenizer.json: only BPE tokenizers can be written to GGUF", dir);
+        goto done;
+    }
+    /* the pre-tokenizer: Split(regex) + ByteLevel, or a regex ByteLevel (GPT-2) */
+    json_t *pt = json_object_get(tj, "pre_tokenizer");
+    const char *regex = NULL;
+    json_t *items = json_object_get(pt, "pretokenizers");
+    size_t i;
+    json_t *it;
+    json_array_foreach(items, i, it) {
+        json_t *pat = json_object_get(json_object_get(it, "pattern"), "Regex");
+        if (json_is_string(pat)) regex = json_string_value(pat);
+    }
+    const char *pre = regex ? lm_gguf_pre_name(regex) : NULL;
+    if (!regex && json_is_true(json_object_get(pt, "use_regex"))) pre = "gpt2";
+    if (!pre) {
+        lm_errf(x->err, "%s/tokenizer.json: its pre-tokenizer matches none of llama.cpp's names lazymoe knows", dir);
+        goto done;
+    }
+    int V = x->lw->cfg.vocab_size;
+    toks = calloc((size_t)V, sizeof *toks);
+    types = calloc((size_t)V, sizeof *types);
+    char (*pads)[24] = calloc((size_t)V, 24);
+    if (!toks || !types || !pads) {
+        free(pads);
+        lm_errf(x->err, "out of memory");
+        goto done;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(vocab, key, val) {
+        json_int_t id = json_integer_value(val);
+        if (id >= 0 && id < V) {
+            toks[id] = key;
+            types[id] = 1;
+        }
+    }
+    json_array_foreach(json_object_get(tj, "added_tokens"), i, it) {
+        json_int_t id = json_integer_value(json_object_get(it, "id"));
+        const char *content = json_string_value(json_object_get(it, "content"));
+        if (id >= 0 && id < V && content) {
+            toks[id] = content;
+            types[id] = json_is_true(json_object_get(it, "special")) ? 3 : 4;
+        }
+    }
+    for (int k = 0; k < V; k++)
+        if (!toks[k]) {
+            snprintf(pads[k], 24, "[PAD%d]", k);
+            toks[k] = pads[k];
+            types[k] = 5;
+        }
+    json_t *mj = json_object_get(model, "merges");
+    n_merges = json_array_size(mj);
+    merges = calloc(n_merges + 1, sizeof *merges);
+    merge_buf = calloc(n_merges + 1, sizeof *merge_buf);
+    if (!merges || !merge_buf) {
+        free(pads);
+        lm_errf(x->err, "out of memory");
+        goto done;
+    }
+    json_array_foreach(mj, i, it) {
+        if (json_is_string(it)) {
+            merges[i] = json_string_value(it);
+        } else {
+            const char *a = json_string_value(json_array_get(it, 0)), *b = json_string_value(json_array_get(it, 1));
+            size_t la = a ? strlen(a) : 0, lb = b ? strlen(b) : 0;
+            merge_buf[i] = malloc(la + lb + 2);
+            if (!merge_buf[i] || !a || !b) {
+                free(pads);
+                lm_errf(x->err, "tokenizer.json: merges[%zu] is not a pair of strings", i);
+                goto done;
+            }
+            snprintf(merge_buf[i], la + lb + 2, "%s %s", a, b);
+            merges[i] = merge_buf[i];
+        }
+    }
+    gguf_writer *w = x->w;
+    gguf_w_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_w_str(w, "tokenizer.ggml.pre", pre);
+    gguf_w_arr_str(w, "tokenizer.ggml.tokens", toks, (uint64_t)V);
+    gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, (uint64_t)V);
+    gguf_w_arr_str(w, "tokenizer.ggml.merges", merges, n_merges);
+    free(pads);
+    /* special ids from tokenizer_config.json (a string or {"content": ...}) */
+    static const struct {
+        const char *cfg, *key;
+    } specials[] = {{"bos_token", "tokenizer.ggml.bos_token_id"},
+                    {"eos_token", "tokenizer.ggml.eos_token_id"},
+                    {"pad_token", "tokenizer.ggml.padding_token_id"},
+                    {"unk_token", "tokenizer.ggml.unknown_token_id"}};
+    for (size_t k = 0; k < sizeof specials / sizeof specials[0]; k++) {
+        json_t *v = json_object_get(cj, specials[k].cfg);
+        if (json_is_object(v)) v = json_object_get(v, "content");
+        if (!json_is_string(v)) continue;
+        for (int id = 0; id < V; id++)
+            if (types[id] != 5 && strcmp(toks[id], json_string_value(v)) == 0) {
+                gguf_w_u32(w, specials[k].key, (uint32_t)id);
+                break;
+            }
+    }
+    json_t *ab = json_object_get(cj, "add_bos_token");
+    gguf_w_bool(w, "tokenizer.ggml.add_bos_token", json_is_true(ab));
+    /* the chat template: chat_template.jinja, else tokenizer_config.json's string */
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        lm_strbuf b = {0};
+        int r = lm_strbuf_read_stream(&b, f, 16u << 20);
+        fclose(f);
+        if (r == LM_READ_OK) gguf_w_str(w, "tokenizer.chat_template", b.data ? b.data : "");
+        lm_strbuf_free(&b);
+        if (r != LM_READ_OK) {
+            lm_errf(x->err, "cannot read %s", path);
+            goto done;
+        }
+    } else if (json_is_string(json_object_get(cj, "chat_template"))) {
+        gguf_w_str(w, "tokenizer.chat_template", json_string_value(json_object_get(cj, "chat_template")));
+    }
+    rc = 0;
+done:
+    for (size_t k = 0; merge_buf && k < n_merges; k++) free(merge_buf[k]);
+    free(merge_buf);
+    free(merges);
+    free(toks);
+    free(types);
+    json_decref(tj);
+    json_decref(cj);
+    return rc;
+}
+
+static void put_config(exporter *x, const char *arch) {
+    const lm_config *c = &x->lw->cfg;
+    gguf_writer *w = x->w;
+    char k[128];
+#define KEY(s) (snprintf(k, sizeof k, "%s.%s", arch, s), k)
+    gguf_w_str(w, "general.architecture", arch);
+    gguf_w_str(w, "general.name", "lazymoe export");
+    gguf_w_u32(w, "general.file_type", x->type == LM_DT_F32 ? 0 : x->type == LM_DT_F16 ? 1 : 32);
+    gguf_w_u32(w, KEY("block_count"), (uint32_t)c->n_layers);
+    gguf_w_u32(w, KEY("context_length"), (uint32_t)c->max_position_embeddings);
+    gguf_w_u32(w, KEY("embedding_length"), (uint32_t)c->hidden_size);
+    /* mixtral: feed_forward_length is the experts' width */
+    gguf_w_u32(w, KEY("feed_forward_length"),
+               (uint32_t)(c->family->experts_use_intermediate_size ? c->moe_intermediate_size : c->intermediate_size));
+    gguf_w_u32(w, KEY("expert_feed_forward_length"), (uint32_t)c->moe_intermediate_size);
+    gguf_w_u32(w, KEY("attention.head_count"), (uint32_t)c->n_heads);
+    gguf_w_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_kv_heads);
+    gguf_w_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim);
+    gguf_w_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim);
+    gguf_w_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->rms_norm_eps);
+    gguf_w_f32(w, KEY("rope.freq_base"), (float)c->rope_theta);
+    gguf_w_u32(w, KEY("rope.dimension_count"), (uint32_t)c->rope_dim);
+    if (c->rope_type == LM_ROPE_LINEAR) {
+        gguf_w_str(w, KEY("rope.scaling.type"), "linear");
+        gguf_w_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
+    }
+    gguf_w_u32(w, KEY("expert_count"), (uint32_t)c->n_experts);
+    gguf_w_u32(w, KEY("expert_used_count"), (uint32_t)c->top_k);
+    gguf_w_bool(w, KEY("expert_weights_norm"), c->norm_topk_prob);
+    gguf_w_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size);
+    if (c->clip_qkv > 0) gguf_w_f32(w, KEY("attention.clamp_kqv"), c->clip_qkv);
+    if (c->sliding_window > 0) gguf_w_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
+#undef KEY
+}
+
+int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int placeholder_vocab, char *err) {
+    if (type != LM_DT_F32 && type != LM_DT_F16 && type != LM_DT_BF16)
+        return lm_errf(err, "GGUF export writes F32, F16 or BF16 matrices");
+    lm_weights lw;
+    if (lm_weights_load(&lw, dir, NULL, NULL, err) != 0) return -1;
+    const lm_config *c = &lw.cfg;
+    exporter x = {gguf_w_new(), &lw, type, err, 0, placeholder_vocab};
+    int rc = -1;
+    if (!x.w) {
+        lm_errf(err, "out of memory");
+        goto done;
+    }
+    const char *arch = c->family->gguf_arch;
+    if (!arch || c->layer_linear || c->shared_expert_intermediate_size || c->attn_output_gate) {
+        lm_errf(err, "%s models cannot be written to GGUF yet", c->model_type);
+        goto done;
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        if (!lw.layers[l].is_moe && strcmp(arch, "qwen3moe") != 0) {
+            lm_errf(err, "dense layers of %s models cannot be written to GGUF yet", c->model_type);
+            goto done;
+        }
+    x.llama = strcmp(arch, "llama") == 0;
+    put_config(&x, arch);
+    if (put_tokenizer(&x, dir)) goto done;
+    if (put_mat(&x, "token_embd.weight", &lw.embed, type, 0) || put_vec(&x, "output_norm.weight", lw.final_norm,
+                                                                          c->hidden_size, 0))
+        goto done;
+    if (!c->tie_word_embeddings && put_mat(&x, "output.weight", &lw.lm_head, type, 0)) goto done;
+    for (int l = 0; l < c->n_layers; l++)
+        if (put_layer(&x, l)) goto done;
+    rc = gguf_w_save(x.w, out, err);
+done:
+    gguf_w_free(x.w);
+    lm_weights_free(&lw);
+    return rc;
+}

@@ -1,0 +1,33 @@
+/* A lazymoe model directory (Hugging Face safetensors, F32/F16/BF16, or MLX affine) ->
+ * one GGUF file with llama.cpp's conventions, so llama.cpp and lazymoe read the same
+ * file (tools/gguf_export.c is the command; tests use it to check the reader).
+ *
+ * What convert_hf_to_gguf.py does, and therefore what this does:
+ *   - architecture names: qwen3_moe -> qwen3moe, mixtral -> llama (with expert_count),
+ *     olmoe -> olmoe; hyper-parameters under ARCH.* (block_count, embedding_length,
+ *     feed_forward_length, expert_feed_forward_length, attention.head_count(_kv),
+ *     attention.key_length/value_length, attention.layer_norm_rms_epsilon,
+ *     rope.freq_base, rope.dimension_count, expert_count, expert_used_count,
+ *     context_length, attention.clamp_kqv); lazymoe also writes expert_weights_norm
+ *     (llama.cpp's key for the top-k renormalisation) and attention.sliding_window.
+ *   - tensor names as in gguf_model.h; matrices with ne = {cols, rows}; experts stacked
+ *     per projection; llama-architecture q/k rows permuted per head (pairs interleaved,
+ *     for ggml's RoPE); norms and routers in F32, other matrices in the chosen type.
+ *   - MLX affine weights are dequantized (their values are exact in F32).
+ *   - tokenizer.ggml.*: model "gpt2" from a byte-level BPE tokenizer.json, tokens by id
+ *     up to vocab_size (missing ids "[PAD<id>]", type UNUSED), token_type NORMAL /
+ *     CONTROL (special added tokens) / USER_DEFINED (other added tokens), merges as
+ *     "a b", pre from the Split regex (qwen2, llama-bpe, gpt-4o, gpt2), bos/eos/pad ids
+ *     and add_bos_token from tokenizer_config.json; tokenizer.chat_template.
+ */
+#ifndef LAZYMOE_GGUF_EXPORT_H
+#define LAZYMOE_GGUF_EXPORT_H
+
+#include "formats/dtype.h"
+
+/* type: LM_DT_F32, LM_DT_F16 or LM_DT_BF16 for the matrices. A directory without
+ * tokenizer.json gets tokenizer.ggml.model "no_vocab" (ids only), or with
+ * placeholder_vocab a stand-in byte-level vocabulary so llama.cpp can evaluate it. */
+int lm_gguf_export(const char *model_dir, const char *out_path, lm_dtype type, int placeholder_vocab, char *err);
+
+#endif

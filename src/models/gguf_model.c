@@ -1,0 +1,325 @@
+#include "models/gguf_model.h"
+
+#include "common/buf.h"
+#include "common/error.h"
+#include "models/family.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- metadata -> config.json ------------------------------------------------------ */
+
+typedef struct {
+    const gguf_archive *g;
+    const char *arch;
+    json_t *cfg;
+    char *err;
+} meta;
+
+/* Copies integer key ARCH.SUFFIX into cfg[name]; 1 if present, 0 if absent, -1 on error. */
+static int put_int(meta *m, const char *suffix, const char *name) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    const gguf_kv *kv = gguf_find_kv(m->g, key);
+    if (kv && kv->type == GGUF_TYPE_ARRAY)
+        return lm_errf(m->err, "GGUF key '%s' is a per-layer array; lazymoe needs one value for every layer", key);
+    int64_t v;
+    int rc = gguf_get_int(m->g, key, &v, m->err);
+    if (rc == 1) json_object_set_new(m->cfg, name, json_integer((json_int_t)v));
+    return rc;
+}
+
+static int put_num(meta *m, const char *suffix, const char *name, double *out) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    double v;
+    int rc = gguf_get_num(m->g, key, &v, m->err);
+    if (rc == 1) {
+        json_object_set_new(m->cfg, name, json_real(v));
+        if (out) *out = v;
+    }
+    return rc;
+}
+
+static int require(meta *m, int rc, const char *suffix) {
+    if (rc == 0) return lm_errf(m->err, "GGUF metadata lacks '%s.%s'", m->arch, suffix);
+    return rc < 0 ? -1 : 0;
+}
+
+static int token_id(meta *m, const char *key, json_t *eos) {
+    int64_t v;
+    int rc = gguf_get_int(m->g, key, &v, m->err);
+    if (rc == 1) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(eos, i, e) if (json_integer_value(e) == v) return 0;
+        json_array_append_new(eos, json_integer((json_int_t)v));
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+/* Which family a GGUF architecture is; the "llama" architecture holds Mixtral. */
+static const lm_family *family_of(const gguf_archive *g, const char *arch, char *err) {
+    const lm_family *f = lm_family_find_gguf(arch);
+    char key[256];
+    if (f && strcmp(arch, "llama") == 0) {
+        int64_t experts = 0;
+        snprintf(key, sizeof key, "%s.expert_count", arch);
+        if (gguf_get_int(g, key, &experts, err) < 0) return NULL;
+        if (experts <= 0) {
+            lm_errf(err, "this GGUF is a dense llama model (no llama.expert_count); lazymoe runs mixture-of-experts "
+                         "models only (a llama GGUF with experts is Mixtral)");
+            return NULL;
+        }
+    }
+    if (!f) {
+        lm_errf(err, "GGUF architecture '%.64s' is not supported (supported: qwen3moe, llama with experts (Mixtral), "
+                     "olmoe)",
+                arch);
+        return NULL;
+    }
+    if (strcmp(f->model_type, "qwen3_moe") != 0 && strcmp(f->model_type, "mixtral") != 0 &&
+        strcmp(f->model_type, "olmoe") != 0) {
+        lm_errf(err, "GGUF architecture '%.64s' (%s) is not supported from GGUF files yet; use its Hugging Face or "
+                     "MLX checkpoint",
+                arch, f->model_type);
+        return NULL;
+    }
+    return f;
+}
+
+int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
+    memset(c, 0, sizeof *c);
+    char *arch = NULL;
+    int rc = gguf_get_str(g, "general.architecture", &arch, err);
+    if (rc <= 0) return rc < 0 ? -1 : lm_errf(err, "GGUF metadata lacks general.architecture");
+    json_t *cfg = json_object();
+    meta m = {g, arch, cfg, err};
+    char *text = NULL;
+    rc = -1;
+    const lm_family *fam = family_of(g, arch, err);
+    if (!fam || !cfg) goto done;
+    json_object_set_new(cfg, "model_type", json_string(fam->model_type));
+    const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
+    if (!emb || emb->n_dims != 2) {
+        lm_errf(err, "GGUF file lacks a 2-D token_embd.weight");
+        goto done;
+    }
+    json_object_set_new(cfg, "vocab_size", json_integer(emb->ne[1]));
+    int64_t v;
+    char key[256];
+    snprintf(key, sizeof key, "%s.vocab_size", arch);
+    if (gguf_get_int(g, key, &v, err) < 0) goto done;
+    if (gguf_find_kv(g, key) && v != emb->ne[1]) {
+        lm_errf(err, "%s = %lld but token_embd.weight has %lld rows", key, (long long)v, (long long)emb->ne[1]);
+        goto done;
+    }
+    if (require(&m, put_int(&m, "embedding_length", "hidden_size"), "embedding_length") ||
+        require(&m, put_int(&m, "block_count", "num_hidden_layers"), "block_count") ||
+        require(&m, put_int(&m, "attention.head_count", "num_attention_heads"), "attention.head_count") ||
+        put_int(&m, "attention.head_count_kv", "num_key_value_heads") < 0 ||
+        put_int(&m, "attention.key_length", "head_dim") < 0 ||
+        put_int(&m, "feed_forward_length", "intermediate_size") < 0 ||
+        put_int(&m, "expert_feed_forward_length", "moe_intermediate_size") < 0 ||
+        require(&m, put_int(&m, "expert_count", "num_experts"), "expert_count") ||
+        require(&m, put_int(&m, "expert_used_count", "num_experts_per_tok"), "expert_used_count") ||
+        put_int(&m, "context_length", "max_position_embeddings") < 0 ||
+        put_num(&m, "attention.layer_norm_rms_epsilon", "rms_norm_eps", NULL) < 0 ||
+        put_num(&m, "rope.freq_base", "rope_theta", NULL) < 0 || put_num(&m, "attention.clamp_kqv", "clip_qkv", NULL) < 0 ||
+        put_int(&m, "attention.sliding_window", "sliding_window") < 0)
+        goto done;
+    int64_t kl = 0, vl = 0;
+    snprintf(key, sizeof key, "%s.attention.key_length", arch);
+    int has_k = gguf_get_int(g, key, &kl, err);
+    snprintf(key, sizeof key, "%s.attention.value_length", arch);
+    int has_v = gguf_get_int(g, key, &vl, err);
+    if (has_k < 0 || has_v < 0) goto done;
+    if (has_v == 1 && (has_k != 1 || kl != vl)) {
+        lm_errf(err, "GGUF %s.attention.value_length %lld differs from key_length; not supported", arch, (long long)vl);
+        goto done;
+    }
+    /* partial RoPE: rope.dimension_count < head_dim */
+    int64_t rot = 0;
+    snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
+    if (gguf_get_int(g, key, &rot, err) < 0) goto done;
+    if (gguf_find_kv(g, key)) {
+        json_t *hd = json_object_get(cfg, "head_dim"), *H = json_object_get(cfg, "hidden_size"),
+               *nh = json_object_get(cfg, "num_attention_heads");
+        long long head = hd ? json_integer_value(hd)
+                            : (json_integer_value(nh) ? json_integer_value(H) / json_integer_value(nh) : 0);
+        if (head > 0 && rot != head) json_object_set_new(cfg, "partial_rotary_factor", json_real((double)rot / head));
+    }
+    /* RoPE scaling */
+    char *stype = NULL;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    if (gguf_get_str(g, key, &stype, err) < 0) goto done;
+    if (stype && strcmp(stype, "none") != 0) {
+        double factor = 1;
+        snprintf(key, sizeof key, "%s.rope.scaling.factor", arch);
+        if (gguf_get_num(g, key, &factor, err) < 0) {
+            free(stype);
+            goto done;
+        }
+        json_object_set_new(cfg, "rope_scaling", json_pack("{s:s, s:f}", "rope_type", stype, "factor", factor));
+    }
+    free(stype);
+    /* router weighting: llama.cpp's key if the file has it, else what llama.cpp does for
+     * the architecture (qwen3moe and Mixtral renormalise the top-k weights, olmoe not) */
+    int norm = strcmp(fam->model_type, "olmoe") != 0;
+    snprintf(key, sizeof key, "%s.expert_weights_norm", arch);
+    if (gguf_get_bool(g, key, &norm, err) < 0) goto done;
+    json_object_set_new(cfg, "norm_topk_prob", json_boolean(norm));
+    json_object_set_new(cfg, "tie_word_embeddings", json_boolean(!gguf_find_tensor(g, "output.weight")));
+    json_object_set_new(cfg, "attention_bias", json_boolean(gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL));
+    /* dense layers: those without a router */
+    json_t *dense = json_array();
+    int64_t layers = json_integer_value(json_object_get(cfg, "num_hidden_layers"));
+    for (int64_t l = 0; l < layers && l < 4096; l++) {
+        snprintf(key, sizeof key, "blk.%lld.ffn_gate_inp.weight", (long long)l);
+        if (!gguf_find_tensor(g, key)) json_array_append_new(dense, json_integer((json_int_t)l));
+    }
+    json_object_set_new(cfg, "mlp_only_layers", dense);
+    json_t *eos = json_array();
+    json_object_set_new(cfg, "eos_token_id", eos);
+    if (token_id(&m, "tokenizer.ggml.eos_token_id", eos) || token_id(&m, "tokenizer.ggml.eot_token_id", eos) ||
+        token_id(&m, "tokenizer.ggml.eom_token_id", eos))
+        goto done;
+    if (gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v, err) < 0) goto done;
+    if (gguf_find_kv(g, "tokenizer.ggml.bos_token_id")) json_object_set_new(cfg, "bos_token_id", json_integer(v));
+    text = json_dumps(cfg, JSON_COMPACT);
+    if (!text) {
+        lm_errf(err, "out of memory");
+        goto done;
+    }
+    rc = lm_config_parse(c, text, NULL, err);
+    if (rc != 0) {
+        /* config.c's messages speak of config.json keys; say where they came from */
+        lm_err_prefix(err, "GGUF metadata (as config.json)");
+    }
+done:
+    free(text);
+    json_decref(cfg);
+    free(arch);
+    return rc;
+}
+
+/* ---- tensor names ------------------------------------------------------------------- */
+
+/* The Hugging Face name of GGUF tensor `name` (NULL-free: 0, or -1 if unknown). */
+static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, int *is_qk) {
+    const lm_tensor_names *n = c->family->names;
+    const char *moe = n->moe_blocks[0];
+    *is_qk = 0;
+    static const struct {
+        const char *g, *hf;
+    } top[] = {{"token_embd", "model.embed_tokens"}, {"output_norm", "model.norm"}, {"output", "lm_head"}};
+    const char *dot = strrchr(name, '.');
+    if (!dot || (strcmp(dot, ".weight") != 0 && strcmp(dot, ".bias") != 0)) return -1;
+    size_t stem = (size_t)(dot - name);
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
+        if (strlen(top[i].g) == stem && strncmp(name, top[i].g, stem) == 0)
+            return snprintf(out, cap, "%s%s", top[i].hf, dot) < (int)cap ? 0 : -1;
+    if (strncmp(name, "blk.", 4) != 0) return -1;
+    char *end;
+    long l = strtol(name + 4, &end, 10);
+    if (end == name + 4 || *end != '.' || l < 0 || l >= c->n_layers) return -1;
+    char part[64];
+    size_t plen = (size_t)(dot - (end + 1));
+    if (plen == 0 || plen >= sizeof part) return -1;
+    memcpy(part, end + 1, plen);
+    part[plen] = 0;
+    char mod[256];
+    static const struct {
+        const char *g, *hf;
+    } attn[] = {{"attn_norm", "input_layernorm"},     {"ffn_norm", "post_attention_layernorm"},
+                {"attn_q", "self_attn.q_proj"},       {"attn_k", "self_attn.k_proj"},
+                {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
+                {"attn_q_norm", "self_attn.q_norm"},  {"attn_k_norm", "self_attn.k_norm"},
+                {"ffn_gate", "mlp.gate_proj"},        {"ffn_up", "mlp.up_proj"},
+                {"ffn_down", "mlp.down_proj"}};
+    mod[0] = 0;
+    for (size_t i = 0; i < sizeof attn / sizeof attn[0] && !mod[0]; i++)
+        if (strcmp(part, attn[i].g) == 0) snprintf(mod, sizeof mod, "%s", attn[i].hf);
+    if (!mod[0]) {
+        static const char *const exps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+        static const char *const shexp[3] = {"ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"};
+        static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int k = 0; k < 3 && !mod[0]; k++) {
+            if (strcmp(part, exps[k]) == 0) snprintf(mod, sizeof mod, "%s.switch_mlp.%s", moe, proj[k]);
+            if (strcmp(part, shexp[k]) == 0) snprintf(mod, sizeof mod, "%s.%s.%s", moe, n->shared_expert, proj[k]);
+        }
+        if (strcmp(part, "ffn_gate_inp") == 0) snprintf(mod, sizeof mod, "%s.%s", moe, n->router);
+        if (strcmp(part, "ffn_gate_inp_shexp") == 0) snprintf(mod, sizeof mod, "%s.%s", moe, n->shared_expert_gate);
+    }
+    if (!mod[0]) return -1;
+    *is_qk = strcmp(part, "attn_q") == 0 ? 1 : strcmp(part, "attn_k") == 0 ? 2 : 0;
+    return snprintf(out, cap, "model.layers.%ld.%s%s", l, mod, dot) < (int)cap ? 0 : -1;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+}
+
+int lm_gguf_archive(const gguf_archive *g, const lm_config *c, st_archive **out, char *err) {
+    *out = NULL;
+    st_archive *a = calloc(1, sizeof *a);
+    if (!a) return lm_errf(err, "out of memory");
+    a->files = calloc((size_t)g->nfiles + 1, sizeof(st_file));
+    a->tensors = calloc((size_t)g->ntensors + 1, sizeof(st_tensor));
+    int rc = -1;
+    if (!a->files || !a->tensors) {
+        lm_errf(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < g->nfiles; i++) {
+        st_file *f = &a->files[a->nfiles];
+        f->fd = dup(g->files[i].fd);
+        f->path = strdup(g->files[i].path);
+        if (f->fd < 0 || !f->path) {
+            if (f->fd >= 0) close(f->fd);
+            free(f->path);
+            lm_errf(err, "%s: cannot duplicate the file descriptor", g->files[i].path);
+            goto done;
+        }
+        f->size = g->files[i].size;
+        f->data_start = g->files[i].data_start;
+        a->nfiles++;
+    }
+    /* llama-architecture q/k rows are permuted (see gguf_model.h) */
+    int llama = c->family->gguf_arch && strcmp(c->family->gguf_arch, "llama") == 0;
+    for (int i = 0; i < g->ntensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        st_tensor *s = &a->tensors[a->ntensors];
+        char name[512];
+        int qk = 0;
+        if (hf_name(c, t->name, name, sizeof name, &qk) != 0) {
+            lm_errf(err, "tensor '%s' is not one lazymoe knows for a %s model", t->name,
+                    c->family->gguf_arch);
+            goto done;
+        }
+        if (!(s->name = strdup(name))) {
+            lm_errf(err, "out of memory");
+            goto done;
+        }
+        a->ntensors++;
+        s->dtype = t->dtype;
+        s->ndim = t->n_dims;
+        for (int d = 0; d < t->n_dims; d++) s->shape[d] = t->ne[t->n_dims - 1 - d];
+        s->offset = t->offset;
+        s->nbytes = t->nbytes;
+        s->file = t->file;
+        if (llama && qk) s->rope_unpermute = c->head_dim;
+    }
+    qsort(a->tensors, (size_t)a->ntensors, sizeof(st_tensor), cmp_name);
+    rc = 0;
+done:
+    if (rc != 0) {
+        st_close(a);
+        return -1;
+    }
+    *out = a;
+    return 0;
+}

@@ -1,0 +1,206 @@
+#include "text/tokenizer_gguf.h"
+
+#include "common/error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and the split regexes of the
+ * tokenizer.json files they stand for. A name maps to exactly one regex; several
+ * names share one. */
+static const struct {
+    const char *name;
+    const char *regex;
+    int nfc;           /* the Hugging Face tokenizer.json normalizes to NFC first */
+    int ignore_merges; /* BPE model's ignore_merges (Llama 3 family) */
+} pre_table[] = {
+    {"qwen2",
+     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+     "\\s+(?!\\S)|\\s+",
+     1, 0},
+    {"deepseek-r1-qwen",
+     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+     "\\s+(?!\\S)|\\s+",
+     1, 0},
+    {"llama-bpe",
+     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+     "\\s+(?!\\S)|\\s+",
+     0, 1},
+    {"gpt-4o",
+     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+     "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+     0, 0},
+    {"gpt2", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
+    {"default", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
+};
+#define N_PRE (sizeof pre_table / sizeof pre_table[0])
+
+const char *lm_gguf_pre_name(const char *regex) {
+    for (size_t i = 0; i < N_PRE; i++)
+        if (strcmp(pre_table[i].regex, regex) == 0) return pre_table[i].name;
+    return NULL;
+}
+
+static int pre_index(const char *name) {
+    for (size_t i = 0; i < N_PRE; i++)
+        if (strcmp(pre_table[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+const char *lm_gguf_pre_regex(const char *name) {
+    int i = pre_index(name);
+    return i < 0 ? NULL : pre_table[i].regex;
+}
+
+static json_t *str_of(gguf_str s) { return json_stringn(s.p, (size_t)s.len); }
+
+static const gguf_kv *array_kv(const gguf_archive *g, const char *key, gguf_type t, char *err) {
+    const gguf_kv *kv = gguf_find_kv(g, key);
+    if (!kv) return NULL;
+    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != t) {
+        lm_errf(err, "GGUF key '%s' is not an array of %s", key, gguf_type_name(t));
+        return NULL;
+    }
+    return kv;
+}
+
+/* id of tokenizer.ggml.KEY, -1 when absent or out of range */
+static int64_t special_id(const gguf_archive *g, const char *key, uint64_t n) {
+    int64_t v = -1;
+    char e[LM_ERR_LEN];
+    if (gguf_get_int(g, key, &v, e) != 1 || v < 0 || (uint64_t)v >= n) return -1;
+    return v;
+}
+
+int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **config, char *err) {
+    *tokenizer = *config = NULL;
+    char *model = NULL, *pre = NULL, *tmpl = NULL;
+    json_t *root = NULL, *cfg = NULL;
+    int rc = -1;
+    if (gguf_get_str(g, "tokenizer.ggml.model", &model, err) < 0) goto done;
+    if (!model || strcmp(model, "no_vocab") == 0 || strcmp(model, "none") == 0) {
+        lm_errf(err, "the GGUF file has no tokenizer (tokenizer.ggml.model %s): text needs one (token ids work)",
+                model ? model : "is missing");
+        goto done;
+    }
+    if (strcmp(model, "gpt2") != 0) {
+        lm_errf(err, "GGUF tokenizer model '%.40s' is not supported yet (only byte-level BPE, \"gpt2\")", model);
+        goto done;
+    }
+    if (gguf_get_str(g, "tokenizer.ggml.pre", &pre, err) < 0) goto done;
+    int pi = pre_index(pre ? pre : "default");
+    if (pi < 0) {
+        lm_errf(err, "GGUF pre-tokenizer '%.60s' is not known to lazymoe (known: qwen2, llama-bpe, gpt-4o, gpt2)", pre);
+        goto done;
+    }
+    err[0] = 0;
+    const gguf_kv *toks = array_kv(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, err);
+    if (!toks) {
+        if (!err[0]) lm_errf(err, "the GGUF file lacks tokenizer.ggml.tokens");
+        goto done;
+    }
+    const gguf_kv *types = gguf_find_kv(g, "tokenizer.ggml.token_type");
+    if (types && (types->type != GGUF_TYPE_ARRAY || types->arr_n != toks->arr_n ||
+                  (types->arr_type != GGUF_TYPE_I32 && types->arr_type != GGUF_TYPE_U32))) {
+        lm_errf(err, "GGUF tokenizer.ggml.token_type is not an integer array as long as the tokens");
+        goto done;
+    }
+    const gguf_kv *merges = array_kv(g, "tokenizer.ggml.merges", GGUF_TYPE_STRING, err);
+    if (!merges && err[0]) goto done;
+    uint64_t n = toks->arr_n;
+    root = json_object();
+    cfg = json_object();
+    json_t *vocab = json_object(), *added = json_array(), *mj = json_array();
+    json_t *bpe = json_pack("{s:s, s:o, s:o, s:b, s:b, s:b}", "type", "BPE", "vocab", vocab, "merges", mj,
+                            "byte_fallback", 0, "fuse_unk", 0, "ignore_merges", pre_table[pi].ignore_merges);
+    if (!root || !cfg || !bpe || !added) {
+        json_decref(added);
+        lm_errf(err, "out of memory");
+        goto done;
+    }
+    json_object_set_new(root, "version", json_string("1.0"));
+    json_object_set_new(root, "added_tokens", added);
+    json_object_set_new(root, "model", bpe);
+    for (uint64_t i = 0; i < n; i++) {
+        int64_t type = types ? gguf_arr_int(types, i) : 1;
+        if (type == 5) continue; /* unused: padding ids the tokenizer never had */
+        json_t *s = str_of(toks->strs[i]);
+        if (!s) {
+            lm_errf(err, "GGUF token %llu is not valid UTF-8", (unsigned long long)i);
+            goto done;
+        }
+        if (type == 3 || type == 4)
+            json_array_append_new(added, json_pack("{s:I, s:O, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i,
+                                                   "content", s, "single_word", 0, "lstrip", 0, "rstrip", 0,
+                                                   "normalized", type == 4, "special", type == 3));
+        if (!json_object_get(vocab, json_string_value(s))) json_object_set_new(vocab, json_string_value(s), json_integer((json_int_t)i));
+        json_decref(s);
+    }
+    for (uint64_t i = 0; merges && i < merges->arr_n; i++) {
+        json_t *s = str_of(merges->strs[i]);
+        if (!s) {
+            lm_errf(err, "GGUF merge %llu is not valid UTF-8", (unsigned long long)i);
+            goto done;
+        }
+        json_array_append_new(mj, s);
+    }
+    json_object_set_new(root, "normalizer", pre_table[pi].nfc ? json_pack("{s:s}", "type", "NFC") : json_null());
+    json_object_set_new(
+        root, "pre_tokenizer",
+        json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b, s:b}]}", "type", "Sequence", "pretokenizers",
+                  "type", "Split", "pattern", "Regex", pre_table[pi].regex, "behavior", "Isolated", "invert", 0, "type",
+                  "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0, "use_regex", 0));
+    json_object_set_new(root, "decoder", json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1,
+                                                   "trim_offsets", 1, "use_regex", 1));
+    int64_t bos = special_id(g, "tokenizer.ggml.bos_token_id", n), eos = special_id(g, "tokenizer.ggml.eos_token_id", n),
+            pad = special_id(g, "tokenizer.ggml.padding_token_id", n);
+    int add_bos = 0;
+    if (gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, err) < 0) goto done;
+    if (add_bos && bos >= 0) {
+        /* transformers' TemplateProcessing for "<bos> $A" */
+        json_t *bs = str_of(toks->strs[bos]);
+        json_t *single = json_pack("[{s:{s:O, s:i}}, {s:{s:s, s:i}}]", "SpecialToken", "id", bs, "type_id", 0,
+                                   "Sequence", "id", "A", "type_id", 0);
+        json_t *specials = json_object();
+        if (bs && specials)
+            json_object_set_new(specials, json_string_value(bs),
+                                json_pack("{s:O, s:[I], s:[O]}", "id", bs, "ids", (json_int_t)bos, "tokens", bs));
+        json_object_set_new(root, "post_processor",
+                            json_pack("{s:s, s:o, s:[], s:o}", "type", "TemplateProcessing", "single", single, "pair",
+                                      "special_tokens", specials));
+        json_decref(bs);
+    } else {
+        json_object_set_new(root, "post_processor", json_null());
+    }
+    if (bos >= 0) json_object_set_new(cfg, "bos_token", str_of(toks->strs[bos]));
+    if (eos >= 0) json_object_set_new(cfg, "eos_token", str_of(toks->strs[eos]));
+    if (pad >= 0) json_object_set_new(cfg, "pad_token", str_of(toks->strs[pad]));
+    json_object_set_new(cfg, "clean_up_tokenization_spaces", json_false());
+    if (gguf_get_str(g, "tokenizer.chat_template", &tmpl, err) < 0) goto done;
+    if (tmpl) json_object_set_new(cfg, "chat_template", json_string(tmpl));
+    rc = 0;
+done:
+    free(model);
+    free(pre);
+    free(tmpl);
+    if (rc != 0) {
+        json_decref(root);
+        json_decref(cfg);
+        return -1;
+    }
+    *tokenizer = root;
+    *config = cfg;
+    return 0;
+}
+
+int lm_tokenizer_from_gguf(const gguf_archive *g, lm_tokenizer **out, char *err) {
+    json_t *tj, *cj;
+    *out = NULL;
+    if (lm_gguf_tokenizer_json(g, &tj, &cj, err) != 0) return -1;
+    int rc = lm_tokenizer_load_json(tj, cj, out, err);
+    json_decref(tj);
+    json_decref(cj);
+    return rc;
+}

@@ -1,0 +1,31 @@
+/* The tokenizer and chat template stored in a GGUF file (tokenizer.ggml.*), turned into
+ * the tokenizer.json / tokenizer_config.json they were converted from, so the one
+ * tokenizer implementation (tokenizer.h) serves both and gives the same ids.
+ *
+ * tokenizer.ggml.model "gpt2" (byte-level BPE): tokens, token_type (1 normal, 3 control
+ * = special added token, 4 user-defined = added token, 5 unused = not in the vocabulary),
+ * merges ("a b"), bos/eos/pad/unk ids, add_bos_token, and pre, llama.cpp's name for the
+ * pre-tokenizer, mapped to its split regex (table in tokenizer_gguf.c). Other models
+ * ("llama" SentencePiece, ...) and unknown pre names are refused with an error naming
+ * them: a guessed regex would silently give other ids.
+ */
+#ifndef LAZYMOE_TOKENIZER_GGUF_H
+#define LAZYMOE_TOKENIZER_GGUF_H
+
+#include "formats/gguf.h"
+#include "text/tokenizer.h"
+
+#include <jansson.h>
+
+/* tokenizer.json and tokenizer_config.json (chat_template included when the file has
+ * one) as new JSON objects. */
+int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **config, char *err);
+/* A tokenizer from a GGUF file's metadata. */
+int lm_tokenizer_from_gguf(const gguf_archive *g, lm_tokenizer **out, char *err);
+
+/* llama.cpp's pre-tokenizer name for a split regex (NULL if none), and the regex of a
+ * name (NULL if unknown). */
+const char *lm_gguf_pre_name(const char *regex);
+const char *lm_gguf_pre_regex(const char *name);
+
+#endif

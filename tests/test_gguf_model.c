@@ -1,0 +1,300 @@
+/* GGUF models end to end: golden fixtures and the demo model written to GGUF with
+ * tools' exporter (llama.cpp's conventions) give the same logits and greedy ids as
+ * their safetensors / MLX runs; the GGUF tokenizer and chat template give the same
+ * ids and renders as tokenizer.json / tokenizer_config.json; lazy experts read from
+ * GGUF slices are bit-identical to resident at every capacity; metadata errors are
+ * clear. (Independent check with llama.cpp itself: tests/node/gguf_llamacpp.test.mjs.) */
+#include "harness.h"
+
+#include "api/text.h"
+#include "common/error.h"
+#include "convert/gguf_export.h"
+#include "formats/gguf.h"
+#include "formats/gguf_write.h"
+#include "lazymoe.h"
+#include "text/tokenizer_gguf.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
+#define DEMO LAZYMOE_SOURCE_DIR "/models/demo-coder"
+static char tmp[256];
+
+typedef struct {
+    float *logits; /* [n][V] */
+    int32_t gen[12];
+    size_t V;
+    lazymoe_expert_stats st;
+} run_result;
+
+static const int32_t IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140, 9, 31, 200, 18};
+#define NIDS 16
+
+/* Logits over IDS, then 12 greedy tokens; capacity -1 = resident. */
+static int run(const char *path, int capacity, run_result *r, char *err) {
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.no_warm_start = 1;
+    o.n_threads = 2;
+    o.expert_capacity = capacity;
+    o.io_threads = 3;
+    lazymoe_model *m;
+    if (lazymoe_model_open(&m, path, &o, err, LM_ERR_LEN) != 0) return -1;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    r->V = (size_t)info.vocab_size;
+    r->logits = malloc(sizeof(float) * NIDS * r->V);
+    float *lg = malloc(sizeof(float) * r->V);
+    lazymoe_session *s;
+    int rc = lazymoe_session_create(&s, m, err, LM_ERR_LEN);
+    if (rc == 0) rc = lazymoe_session_eval(s, IDS, NIDS, r->logits, 1, err, LM_ERR_LEN);
+    if (rc == 0) memcpy(lg, r->logits + (size_t)(NIDS - 1) * r->V, sizeof(float) * r->V);
+    for (int g = 0; rc == 0 && g < 12; g++) {
+        int best = 0;
+        for (size_t i = 1; i < r->V; i++)
+            if (lg[i] > lg[best]) best = (int)i;
+        r->gen[g] = best;
+        rc = lazymoe_session_eval(s, &r->gen[g], 1, lg, 0, err, LM_ERR_LEN);
+    }
+    lazymoe_model_get_expert_stats(m, -1, &r->st);
+    free(lg);
+    if (rc == 0) lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+static float max_diff(const run_result *a, const run_result *b) {
+    float d = 0;
+    for (size_t i = 0; i < NIDS * a->V; i++) {
+        float x = fabsf(a->logits[i] - b->logits[i]);
+        if (!(x <= d)) d = x;
+    }
+    return d;
+}
+
+static void export_to(const char *dir, const char *name, lm_dtype t, char *out) {
+    char err[LM_ERR_LEN];
+    snprintf(out, 512, "%s/%s", tmp, name);
+    CHECKF(lm_gguf_export(dir, out, t, 0, err) == 0, "export %s: %s", dir, err);
+}
+
+/* GGUF (F32 / F16 / BF16) vs the directory it was written from: logits within tol,
+ * same greedy ids. */
+static void same_as_source(const char *dir, const char *name, lm_dtype t, float tol) {
+    char path[512], err[LM_ERR_LEN];
+    export_to(dir, name, t, path);
+    run_result a = {0}, b = {0};
+    CHECKF(run(dir, -1, &a, err) == 0, "%s: %s", dir, err);
+    CHECKF(run(path, -1, &b, err) == 0, "%s: %s", path, err);
+    if (a.logits && b.logits && a.V == b.V) {
+        float d = max_diff(&a, &b);
+        printf("# %s: max |logit difference| %.3g\n", name, d);
+        CHECKF(d <= tol, "%s: logits differ by %g (> %g)", name, d, tol);
+        CHECKF(memcmp(a.gen, b.gen, sizeof a.gen) == 0, "%s: greedy ids differ", name);
+    } else {
+        CHECK(a.V == b.V);
+    }
+    free(a.logits);
+    free(b.logits);
+}
+
+static void qwen3_moe_f32(void) { same_as_source(GOLDEN "qwen3_moe_f32", "qwen3_moe_f32.gguf", LM_DT_F32, 0); }
+static void qwen3_moe_tied_bf16(void) {
+    same_as_source(GOLDEN "qwen3_moe_tied_bf16", "qwen3_moe_tied_bf16.gguf", LM_DT_BF16, 0);
+}
+static void mixtral_f32(void) { same_as_source(GOLDEN "mixtral_f32", "mixtral_f32.gguf", LM_DT_F32, 0); }
+static void mixtral_bf16(void) { same_as_source(GOLDEN "mixtral_bf16", "mixtral_bf16.gguf", LM_DT_BF16, 0); }
+static void olmoe_f32(void) { same_as_source(GOLDEN "olmoe_f32", "olmoe_f32.gguf", LM_DT_F32, 0); }
+static void olmoe_clip_bf16(void) { same_as_source(GOLDEN "olmoe_clip_bf16", "olmoe_clip_bf16.gguf", LM_DT_BF16, 0); }
+/* F16 rounds the F32 weights: the logits move a little, the greedy ids do not. */
+static void qwen3_moe_f16(void) { same_as_source(GOLDEN "qwen3_moe_f32", "qwen3_moe_f16.gguf", LM_DT_F16, 1e-2f); }
+/* The MLX 4-bit demo model dequantized into an F32 GGUF: the same weights, computed in
+ * f32 instead of from 4-bit codes. */
+static void demo_f32(void) { same_as_source(DEMO, "demo_f32.gguf", LM_DT_F32, 1e-4f); }
+
+/* Lazy experts from GGUF slices: bit-identical to resident at capacities 1, top-k, all. */
+static void lazy_equals_resident(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/demo_f32.gguf", tmp);
+    run_result ref = {0};
+    CHECKF(run(path, -1, &ref, err) == 0, "resident: %s", err);
+    int caps[] = {1, 4, 32};
+    for (int i = 0; i < 3 && ref.logits; i++) {
+        run_result r = {0};
+        CHECKF(run(path, caps[i], &r, err) == 0, "capacity %d: %s", caps[i], err);
+        if (!r.logits) continue;
+        CHECKF(!r.st.resident && r.st.misses > 0 && r.st.bytes_read > 0, "capacity %d: nothing read lazily", caps[i]);
+        CHECKF(memcmp(r.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0, "capacity %d logits differ", caps[i]);
+        CHECKF(memcmp(r.gen, ref.gen, sizeof r.gen) == 0, "capacity %d greedy ids differ", caps[i]);
+        printf("# gguf capacity %d: hits %llu misses %llu bytes %llu\n", caps[i], (unsigned long long)r.st.hits,
+               (unsigned long long)r.st.misses, (unsigned long long)r.st.bytes_read);
+        free(r.logits);
+    }
+    free(ref.logits);
+}
+
+static char *read_all(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    *n = fread(b, 1, (size_t)len, f);
+    b[*n] = 0;
+    fclose(f);
+    return b;
+}
+
+/* The demo GGUF's tokenizer and template against tokenizer.json / chat_template.jinja:
+ * every line of the held-out text (and the whole text) tokenizes to the same ids, ids
+ * decode to the same bytes, and the same conversation renders to the same prompt. */
+static void tokenizer_and_template(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/demo_f32.gguf", tmp);
+    lm_tokenizer *ref = NULL, *tok = NULL;
+    CHECKF(lm_tokenizer_load(DEMO, &ref, err) == 0, "%s", err);
+    gguf_archive *g = NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (g) CHECKF(lm_tokenizer_from_gguf(g, &tok, err) == 0, "%s", err);
+    size_t n = 0;
+    char *text = read_all(DEMO "/heldout.txt", &n);
+    CHECK(text != NULL);
+    if (ref && tok && text) {
+        CHECK(lm_tokenizer_eos_id(ref) == lm_tokenizer_eos_id(tok) && lm_tokenizer_bos_id(ref) == lm_tokenizer_bos_id(tok));
+        const char *extra[] = {"<|im_start|>user\nhi<|im_end|>", "  x =  1\r\n\t\tcafé naïve 中文 🙂 123456", ""};
+        int lines = 0, same = 1;
+        for (int pass = 0; pass < 2 + 3; pass++) {
+            const char *s = pass == 0 ? text : pass == 1 ? NULL : extra[pass - 2];
+            if (pass == 1) { /* every line on its own */
+                for (char *p = text; *p && same;) {
+                    char *e = strchr(p, '\n');
+                    size_t len = e ? (size_t)(e - p + 1) : strlen(p);
+                    int32_t *a = NULL, *b = NULL;
+                    size_t na = 0, nb = 0;
+                    lm_tokenizer_encode(ref, p, len, 1, &a, &na, err);
+                    lm_tokenizer_encode(tok, p, len, 1, &b, &nb, err);
+                    same = a && b && na == nb && (na == 0 || memcmp(a, b, na * sizeof *a) == 0);
+                    free(a);
+                    free(b);
+                    lines++;
+                    p += len;
+                }
+                continue;
+            }
+            int32_t *a = NULL, *b = NULL;
+            size_t na = 0, nb = 0;
+            CHECK(lm_tokenizer_encode(ref, s, strlen(s), 1, &a, &na, err) == 0);
+            CHECK(lm_tokenizer_encode(tok, s, strlen(s), 1, &b, &nb, err) == 0);
+            CHECKF(na == nb && (na == 0 || memcmp(a, b, na * sizeof *a) == 0), "pass %d: ids differ (%zu vs %zu)",
+                   pass, na, nb);
+            char *da = NULL, *db = NULL;
+            size_t la = 0, lb = 0;
+            CHECK(lm_tokenizer_decode(ref, a, na, 0, &da, &la, err) == 0);
+            CHECK(lm_tokenizer_decode(tok, b, nb, 0, &db, &lb, err) == 0);
+            CHECK(da && db && la == lb && memcmp(da, db, la) == 0);
+            if (pass == 0) printf("# heldout.txt: %zu ids, same from GGUF\n", na);
+            free(a);
+            free(b);
+            free(da);
+            free(db);
+        }
+        CHECKF(same, "a line of heldout.txt tokenizes differently");
+        printf("# %d lines compared\n", lines);
+    }
+    /* chat template: same render */
+    char *ra = NULL, *rb = NULL;
+    size_t la = 0, lb = 0;
+    lm_model_text *ta = NULL, *tb = NULL;
+    lm_config cfg = {0};
+    cfg.n_eos = 0;
+    CHECK(lm_model_text_load(&ta, DEMO, &cfg, err) == 0);
+    CHECK(lm_model_text_load(&tb, path, &cfg, err) == 0);
+    if (ta && tb) {
+        CHECKF(ta->tmpl && tb->tmpl, "templates: %s / %s", ta->tmpl_err, tb->tmpl_err);
+        json_t *msgs = json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "role", "system", "content", "Be brief.",
+                                 "role", "user", "content", "Write a loop.", "role", "assistant", "content",
+                                 "for i in range(3): pass", "role", "user", "content", "Again");
+        lm_chat_request req = {.messages = msgs, .add_generation_prompt = true};
+        if (ta->tmpl && tb->tmpl) {
+            CHECK(lm_chat_template_render(ta->tmpl, &req, NULL, &ra, &la, err) == 0);
+            CHECK(lm_chat_template_render(tb->tmpl, &req, NULL, &rb, &lb, err) == 0);
+            CHECK(ra && rb && la == lb && memcmp(ra, rb, la) == 0);
+        }
+        json_decref(msgs);
+    }
+    free(ra);
+    free(rb);
+    lm_model_text_free(ta);
+    lm_model_text_free(tb);
+    free(text);
+    lm_tokenizer_free(ref);
+    lm_tokenizer_free(tok);
+    gguf_close(g);
+}
+
+/* Metadata the reader must refuse, with the reason. */
+static void refused(void) {
+    char err[LM_ERR_LEN], path[512];
+    snprintf(path, sizeof path, "%s/bad.gguf", tmp);
+    float emb[8] = {0};
+    int64_t ne[2] = {4, 2};
+    struct {
+        const char *arch;
+        int experts;
+        const char *tensor, *want;
+    } cases[] = {
+        {"llama", 0, "token_embd.weight", "dense llama model"},
+        {"gpt-neox", 4, "token_embd.weight", "architecture 'gpt-neox' is not supported"},
+        {"qwen3moe", 4, NULL, "lacks a 2-D token_embd.weight"},
+        {"qwen3moe", 0, "token_embd.weight", "lacks 'qwen3moe.expert_count'"},
+        {"qwen3moe", 4, "blk.0.attn_qkv.weight", "tensor 'blk.0.attn_qkv.weight' is not one lazymoe knows"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        gguf_writer *w = gguf_w_new();
+        char k[128];
+        gguf_w_str(w, "general.architecture", cases[i].arch);
+#define K(s) (snprintf(k, sizeof k, "%s.%s", cases[i].arch, s), k)
+        gguf_w_u32(w, K("block_count"), 1);
+        gguf_w_u32(w, K("embedding_length"), 4);
+        gguf_w_u32(w, K("attention.head_count"), 1);
+        gguf_w_u32(w, K("feed_forward_length"), 4);
+        if (cases[i].experts) {
+            gguf_w_u32(w, K("expert_count"), (uint32_t)cases[i].experts);
+            gguf_w_u32(w, K("expert_used_count"), 1);
+        }
+#undef K
+        if (cases[i].tensor) gguf_w_tensor(w, "token_embd.weight", 0, 2, ne, emb, sizeof emb, 0);
+        if (cases[i].tensor && strcmp(cases[i].tensor, "token_embd.weight") != 0)
+            gguf_w_tensor(w, cases[i].tensor, 0, 2, ne, emb, sizeof emb, 0);
+        CHECK(gguf_w_save(w, path, err) == 0);
+        gguf_w_free(w);
+        lazymoe_model *m = NULL;
+        CHECKF(lazymoe_model_open(&m, path, NULL, err, sizeof err) != 0, "case %zu opened", i);
+        CHECKF(strstr(err, cases[i].want) != NULL, "case %zu: \"%s\" lacks \"%s\"", i, err, cases[i].want);
+        CHECKF(strstr(err, "bad.gguf") != NULL, "case %zu: \"%s\" does not name the file", i, err);
+        lazymoe_model_close(m);
+    }
+}
+
+int main(void) {
+    snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-gguf-model-%d", (int)getpid());
+    mkdir(tmp, 0755);
+    setenv("XDG_CACHE_HOME", tmp, 1);
+    TEST_CASE("gguf_qwen3_moe_f32_same_as_safetensors", qwen3_moe_f32);
+    TEST_CASE("gguf_qwen3_moe_tied_bf16_same_as_safetensors", qwen3_moe_tied_bf16);
+    TEST_CASE("gguf_qwen3_moe_f16_close_to_safetensors", qwen3_moe_f16);
+    TEST_CASE("gguf_mixtral_f32_same_as_safetensors", mixtral_f32);
+    TEST_CASE("gguf_mixtral_bf16_same_as_safetensors", mixtral_bf16);
+    TEST_CASE("gguf_olmoe_f32_same_as_safetensors", olmoe_f32);
+    TEST_CASE("gguf_olmoe_clip_bf16_same_as_safetensors", olmoe_clip_bf16);
+    TEST_CASE("gguf_demo_f32_same_as_mlx", demo_f32);
+    TEST_CASE("gguf_lazy_equals_resident", lazy_equals_resident);
+    TEST_CASE("gguf_tokenizer_and_template", tokenizer_and_template);
+    TEST_CASE("gguf_refused_metadata", refused);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    if (system(cmd) != 0) printf("# could not remove %s\n", tmp);
+    TEST_EXIT();
+}
