@@ -317,6 +317,10 @@ typedef struct {
     lazymoe_token_fn on_token;
     void *token_ctx;
     int n_top_logprobs;
+    /* 1 = special tokens the model writes (other than the end-of-sequence token that
+     * ends generation) reach the text as their strings, e.g. harmony's <|channel|>,
+     * for a parser that needs them; default 0 (they are left out). */
+    int keep_special;
 } lazymoe_gen_params;
 
 /* Defaults above, sampling from lazymoe_sampling_init(m). */

@@ -112,6 +112,10 @@ static void olmoe_clip(void) { same_at_capacities(GOLDEN "olmoe_clip_bf16", 6, 3
 /* The shipped 4-bit demo model: trained routing, 32 experts, top-4. */
 static void demo_coder(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
 static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2); }
+/* gpt_oss (tests/fixtures/gpt_oss): transposed bf16 experts, and MXFP4 slices read
+ * lazily (capacities 1, top-k, all but one, all). */
+static void gpt_oss(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/float", 4, 2); }
+static void gpt_oss_mxfp4(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/mxfp4", 4, 2); }
 /* qwen3_5_moe: the vision-language wrapper's prefix, separate linear-attention projections. */
 static void qwen3_5_moe(void) { same_at_capacities(GOLDEN "qwen3_5_moe_from_next_f32", 8, 2); }
 /* Int8 activations (--act-bits 8) keep lazy == resident too. */
@@ -652,6 +656,8 @@ int main(void) {
     TEST_CASE("lazy_qwen3_moe_bf16_tied_bit_identical", qwen3_moe_bf16_tied);
     TEST_CASE("lazy_qwen3_moe_sharded_bit_identical", qwen3_moe_sharded);
     TEST_CASE("lazy_mixtral_bit_identical", mixtral);
+    TEST_CASE("lazy_gpt_oss_bit_identical", gpt_oss);
+    TEST_CASE("lazy_gpt_oss_mxfp4_bit_identical", gpt_oss_mxfp4);
     TEST_CASE("lazy_mixtral_bf16_bit_identical", mixtral_bf16);
     TEST_CASE("lazy_olmoe_bit_identical", olmoe);
     TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);

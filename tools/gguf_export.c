@@ -2,7 +2,7 @@
  * GGUF file with llama.cpp's conventions (src/convert/gguf_export.h).
  *
  *   make build/gguf_export
- *   build/gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16] [--placeholder-vocab]   (default f32)
+ *   build/gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16|q8_0] [--placeholder-vocab]   (default f32)
  * --placeholder-vocab: a model without tokenizer.json gets a stand-in byte-level vocabulary
  * (llama.cpp cannot evaluate a "no_vocab" model) instead of none.
  */
@@ -16,15 +16,16 @@ int main(int argc, char **argv) {
     int placeholder = argc > 3 && strcmp(argv[argc - 1], "--placeholder-vocab") == 0;
     if (placeholder) argc--;
     if (argc < 3 || argc > 4) {
-        fprintf(stderr, "usage: gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16] [--placeholder-vocab]\n");
+        fprintf(stderr, "usage: gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16|q8_0] [--placeholder-vocab]\n");
         return 2;
     }
     lm_dtype t = LM_DT_F32;
     if (argc == 4) {
         if (!strcmp(argv[3], "f16")) t = LM_DT_F16;
         else if (!strcmp(argv[3], "bf16")) t = LM_DT_BF16;
+        else if (!strcmp(argv[3], "q8_0")) t = LM_DT_Q8_0;
         else if (strcmp(argv[3], "f32") != 0) {
-            fprintf(stderr, "gguf_export: type must be f32, f16 or bf16, not '%s'\n", argv[3]);
+            fprintf(stderr, "gguf_export: type must be f32, f16, bf16 or q8_0, not '%s'\n", argv[3]);
             return 2;
         }
     }

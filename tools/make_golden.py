@@ -40,16 +40,32 @@ def spread_init(model, seed, zero_centred_norms=False):
                     v = base + 0.2 * torch.randn(shape, generator=gen)
                 elif name.endswith("A_log"):
                     v = torch.log(torch.rand(shape, generator=gen) * 8 + 1)
+                elif name.endswith("sinks"):  # around the attention scores, so they matter
+                    v = 1.5 * torch.randn(shape, generator=gen)
                 else:  # biases, dt_bias
                     v = 0.1 * torch.randn(shape, generator=gen)
+            elif p.dim() == 2 and name.endswith("_bias"):  # gpt-oss expert biases [E, n]
+                v = 0.1 * torch.randn(shape, generator=gen)
+            if p.dim() == 1 or (p.dim() == 2 and name.endswith("_bias")):
+                pass
             else:
                 fan_in = shape[-1]
+                cfg = model.config
+                # gpt-oss stores its experts [E, in, out] (x @ W): the fan-in is the
+                # hidden size for gate_up_proj and the expert width for down_proj
+                # whichever way round the tensor is.
+                if p.dim() == 3 and name.endswith("experts.gate_up_proj"):
+                    fan_in = cfg.hidden_size
+                elif p.dim() == 3 and name.endswith("experts.down_proj"):
+                    fan_in = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size
                 std = 1.0 / math.sqrt(fan_in)
                 if "embed_tokens" in name:
                     std = 1.0
                 if name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight") \
-                        or name.endswith("shared_expert_gate.weight"):
+                        or name.endswith("shared_expert_gate.weight") or name.endswith("mlp.router.weight"):
                     std *= 4.0
+                if cfg.model_type == "gpt_oss" and name.endswith("experts.gate_up_proj"):
+                    std *= 3.0  # some gate/up values pass the SwiGLU clamp (7)
                 v = torch.randn(shape, generator=gen) * std
             p.copy_(v.to(p.dtype))
 
@@ -178,6 +194,161 @@ def make_case(name, config, dtype="float32", seed=0, prompt_len=11, gen_len=20, 
           f"greedy cache==nocache {g == g2}", flush=True)
 
 
+def gpt_oss_config(**kw):
+    """A GptOssConfig with YaRN RoPE, passed the way this transformers takes it
+    (rope_parameters in 5.x, rope_scaling before)."""
+    import inspect
+    from transformers import GptOssConfig
+    rope = kw.pop("rope")
+    theta = kw.pop("rope_theta")
+    if "rope_parameters" in inspect.signature(GptOssConfig.__init__).parameters:
+        kw["rope_parameters"] = dict(rope, rope_theta=theta)
+    else:
+        kw["rope_scaling"] = rope
+        kw["rope_theta"] = theta
+    cfg = GptOssConfig(**kw)
+    got = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    assert got and got.get("rope_type", got.get("type")) == "yarn", got
+    return cfg
+
+
+def gpt_oss_cases():
+    C = []
+    # alternating sliding (layer 0, 2) / full layers, a window of 4 under an 11-token
+    # prompt, YaRN with truncate false (as the released checkpoints)
+    # vocab 336: the server's harmony fixture (tests/fixtures/server_harmony) puts the
+    # textgen tokenizer's 320 tokens and harmony's special tokens on these weights
+    C.append(("gpt_oss_f32", gpt_oss_config(
+        vocab_size=336, hidden_size=64, intermediate_size=48, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8,
+        num_experts_per_tok=2, sliding_window=4, max_position_embeddings=256,
+        rope_theta=10000.0, rope=dict(rope_type="yarn", factor=4.0, beta_fast=32.0, beta_slow=1.0,
+                                      original_max_position_embeddings=32, truncate=False),
+        rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=319, pad_token_id=318),
+        dict(seed=21)))
+    # another shape: 3 query heads on one kv head, head_dim 32, explicit layer_types with
+    # a full first layer, truncated YaRN bounds, 40-token prompt over a window of 7
+    C.append(("gpt_oss_yarn_f32", gpt_oss_config(
+        vocab_size=288, hidden_size=96, intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=3, num_key_value_heads=1, head_dim=32, num_local_experts=6,
+        num_experts_per_tok=3, sliding_window=7, max_position_embeddings=512,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+        rope_theta=50000.0, rope=dict(rope_type="yarn", factor=8.0, beta_fast=16.0, beta_slow=2.0,
+                                      original_max_position_embeddings=64, truncate=True),
+        rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=287, pad_token_id=0),
+        dict(seed=22, prompt_len=40, gen_len=12)))
+    C.append(("gpt_oss_bf16", gpt_oss_config(
+        vocab_size=300, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_local_experts=4,
+        num_experts_per_tok=2, sliding_window=5, max_position_embeddings=256,
+        rope_theta=10000.0, rope=dict(rope_type="yarn", factor=2.0, beta_fast=32.0, beta_slow=1.0,
+                                      original_max_position_embeddings=64, truncate=False),
+        rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=299, pad_token_id=0),
+        dict(seed=23, dtype="bfloat16")))
+    return C
+
+
+def mxfp4_config():
+    return gpt_oss_config(
+        vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+        num_experts_per_tok=2, sliding_window=5, max_position_embeddings=256,
+        rope_theta=10000.0, rope=dict(rope_type="yarn", factor=4.0, beta_fast=32.0, beta_slow=1.0,
+                                      original_max_position_embeddings=32, truncate=False),
+        rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=255, pad_token_id=0)
+
+
+def make_mxfp4_case(name="gpt_oss_mxfp4", seed=24, prompt_len=16, gen_len=12):
+    """A gpt-oss checkpoint laid out like the released ones: experts as MXFP4
+    (NAME_blocks uint8 [E, out, in/32, 16], two e2m1 codes a byte, low nibble first;
+    NAME_scales uint8 [E, out, in/32], e8m0 exponents biased by 127), every other tensor
+    bf16, quantization_config {quant_method: mxfp4}. The codes and scales are drawn at
+    random (a few scales of 0, the smallest exponent); the reference is transformers'
+    own dequantization (integrations.mxfp4.convert_moe_packed_tensors) loaded into the
+    float32 model, and from_pretrained with Mxfp4Config(dequantize=True) is run too as a
+    cross-check of the file layout."""
+    from safetensors.torch import save_file
+    from transformers.integrations import mxfp4 as hf_mxfp4
+    path = os.path.join(OUT, name)
+    os.makedirs(path, exist_ok=True)
+    config = mxfp4_config()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model.eval()
+    spread_init(model, seed)
+    gen = torch.Generator().manual_seed(seed + 7)
+    E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+    tensors, note = {}, {}
+    with torch.no_grad():
+        sd = model.state_dict()
+        for k, v in sd.items():
+            if ".experts.gate_up_proj" in k and not k.endswith("_bias") or \
+                    k.endswith(".experts.down_proj"):
+                out_dim, in_dim = (2 * I, H) if "gate_up" in k else (H, I)
+                blocks = torch.randint(0, 256, (E, out_dim, in_dim // 32, 16), generator=gen,
+                                       dtype=torch.int32).to(torch.uint8)
+                scales = torch.randint(121, 126, (E, out_dim, in_dim // 32), generator=gen,
+                                       dtype=torch.int32).to(torch.uint8)
+                scales[:, 0, 0] = 0  # 2^-127: a subnormal float32 scale
+                tensors[k + "_blocks"] = blocks.contiguous()
+                tensors[k + "_scales"] = scales.contiguous()
+                deq = hf_mxfp4.convert_moe_packed_tensors(blocks.clone(), scales.clone(),
+                                                          dtype=torch.float32).cpu()
+                if deq.shape != v.shape:  # [E, in, out] from the helper; the model's other way round
+                    deq = deq.transpose(1, 2).contiguous()
+                assert deq.shape == v.shape, (k, deq.shape, v.shape)
+                v.copy_(deq)
+                note[k] = list(deq.shape)
+            else:
+                b = v.to(torch.bfloat16)
+                tensors[k] = b.contiguous()
+                v.copy_(b.float())
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    cj = config.to_dict()
+    cj["architectures"] = ["GptOssForCausalLM"]
+    cj["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    cj["torch_dtype"] = "bfloat16"
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cj, f, indent=2, sort_keys=True)
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": config.eos_token_id, "pad_token_id": 0}, f)
+    rng = np.random.default_rng(seed + 1000)
+    ids = [int(x) for x in rng.integers(0, config.vocab_size, size=prompt_len)]
+    with open(os.path.join(path, "input_ids.txt"), "w") as f:
+        f.write(",".join(map(str, ids)) + "\n")
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+    np.save(os.path.join(path, "logits.npy"), logits.astype(np.float32))
+    g = greedy(model, ids, gen_len)
+    with open(os.path.join(path, "greedy.txt"), "w") as f:
+        f.write(" ".join(map(str, g[len(ids):])) + "\n")
+    with torch.no_grad():
+        gl = model(torch.tensor([g]), use_cache=False).logits[0].float().numpy()
+    np.save(os.path.join(path, "greedy_logits.npy"), gl.astype(np.float32))
+    cross = None
+    try:  # the file read back by transformers' MXFP4 loader, dequantizing
+        from transformers import Mxfp4Config
+        m2 = AutoModelForCausalLM.from_pretrained(path, quantization_config=Mxfp4Config(dequantize=True),
+                                                  dtype=torch.float32, attn_implementation="eager")
+        m2.eval()
+        with torch.no_grad():
+            l2 = m2(torch.tensor([ids]), use_cache=False).logits[0].float().cpu().numpy()
+        cross = float(np.abs(l2 - logits).max() / np.abs(logits).max())
+    except Exception as e:
+        traceback.print_exc()
+        cross = "failed: " + repr(e)[:300]
+    manifest = {"case": name, "dtype": "mxfp4+bfloat16 (reference in float32)", "seed": seed,
+                "transformers": transformers.__version__, "torch": torch.__version__,
+                "reference": "integrations.mxfp4.convert_moe_packed_tensors into the float32 model",
+                "from_pretrained_mxfp4_dequantize_rel_diff": cross,
+                "dequantized_shapes": note,
+                "tensors": {k: [str(v.dtype)] + list(v.shape) for k, v in tensors.items()}}
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    print(f"[ok] {name}: {len(tensors)} tensors, from_pretrained cross-check {cross}", flush=True)
+
+
 def cases():
     from transformers import Qwen3MoeConfig, MixtralConfig, OlmoeConfig
     C = []
@@ -237,6 +408,7 @@ def cases():
         num_experts_per_tok=2, max_position_embeddings=256, rope_theta=10000.0,
         sliding_window=6, tie_word_embeddings=False, eos_token_id=2),
         dict(seed=10, prompt_len=20, gen_len=12)))
+    C.extend(gpt_oss_cases())
     try:
         from transformers import Qwen3NextConfig
         C.append(("qwen3_next_f32", Qwen3NextConfig(
@@ -365,6 +537,12 @@ def family_cases():
 if __name__ == "__main__":
     print("transformers", transformers.__version__, "torch", torch.__version__, flush=True)
     only = set(sys.argv[2:])
+    if not only or "gpt_oss_mxfp4" in only:
+        try:
+            make_mxfp4_case()
+        except Exception:
+            print("[FAIL] gpt_oss_mxfp4", flush=True)
+            traceback.print_exc()
     for name, cfg, kw in cases():
         if only and name not in only:
             continue

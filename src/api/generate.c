@@ -377,7 +377,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     const lm_tokenizer *tok = need_tokenizer(m, e);
     if (!tok) goto done;
     if (lm_sampler_init(&smp, V, &params->sampling, e) != 0) goto done;
-    if (lm_detok_new(tok, LM_DECODE_SKIP_SPECIAL, &dt, e) != 0) goto done;
+    if (lm_detok_new(tok, params->keep_special ? 0 : LM_DECODE_SKIP_SPECIAL, &dt, e) != 0) goto done;
     if (!(logits = lm_malloc(sizeof(float) * (size_t)V, "logits", e))) goto done;
     if (params->forced_text && encode(m, params->forced_text, strlen(params->forced_text), 0, &forced, &n_forced, e) != 0)
         goto done;

@@ -9,12 +9,13 @@
 #include "text/tokenizer_gguf.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-enum { GGML_F32 = 0, GGML_F16 = 1, GGML_BF16 = 30 };
+enum { GGML_F32 = 0, GGML_F16 = 1, GGML_Q8_0 = 8, GGML_BF16 = 30 };
 
 typedef struct {
     gguf_writer *w;
@@ -25,7 +26,23 @@ typedef struct {
     int placeholder_vocab;
 } exporter;
 
-static uint32_t ggml_of(lm_dtype t) { return t == LM_DT_F16 ? GGML_F16 : t == LM_DT_BF16 ? GGML_BF16 : GGML_F32; }
+static uint32_t ggml_of(lm_dtype t) {
+    return t == LM_DT_F16 ? GGML_F16 : t == LM_DT_BF16 ? GGML_BF16 : t == LM_DT_Q8_0 ? GGML_Q8_0 : GGML_F32;
+}
+
+/* One row as Q8_0 blocks, the way ggml's reference quantizer does it: per 32 values
+ * d = max|x| / 127 (stored as f16), q = round(x / d). */
+static void quantize_q8_0(uint8_t *dst, const float *x, int n) {
+    for (int b = 0; b < n / 32; b++, dst += 34) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = lm_f32_to_f16(d);
+        dst[0] = (uint8_t)(h & 0xff);
+        dst[1] = (uint8_t)(h >> 8);
+        for (int j = 0; j < 32; j++) dst[2 + j] = (uint8_t)(int8_t)roundf(x[b * 32 + j] * id);
+    }
+}
 
 /* Appends n f32 values converted to `type` at dst (element offset i). */
 static void store(void *dst, size_t i, const float *v, size_t n, lm_dtype type) {
@@ -49,8 +66,10 @@ static int dest_row(int r, int head_dim) {
 static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, int count, lm_dtype type, int permute) {
     if (count < 1 || !mats[0]) return lm_errf(x->err, "%s: no matrix to write", name);
     int rows = mats[0]->rows, cols = mats[0]->cols;
-    size_t es = lm_dtype_size(type), per = (size_t)rows * (size_t)cols;
-    uint64_t nbytes = (uint64_t)per * (uint64_t)count * es;
+    if (type == LM_DT_Q8_0 && cols % 32) type = LM_DT_F32; /* as llama.cpp: rows that are not whole blocks stay float */
+    size_t es = lm_dtype_size(type);
+    size_t row_bytes = type == LM_DT_Q8_0 ? (size_t)cols / 32 * 34 : (size_t)cols * es;
+    uint64_t nbytes = (uint64_t)rows * row_bytes * (uint64_t)count;
     void *buf = lm_malloc((size_t)nbytes, name, x->err);
     float *row = lm_malloc(sizeof(float) * (size_t)cols, name, x->err);
     if (!buf || !row) {
@@ -62,7 +81,9 @@ static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, in
     for (int e = 0; e < count; e++)
         for (int r = 0; r < rows; r++) {
             lm_mat_row_f32(mats[e], r, row);
-            store(buf, (size_t)e * per + (size_t)dest_row(r, hd) * (size_t)cols, row, (size_t)cols, type);
+            size_t dr = (size_t)e * (size_t)rows + (size_t)dest_row(r, hd);
+            if (type == LM_DT_Q8_0) quantize_q8_0((uint8_t *)buf + dr * row_bytes, row, cols);
+            else store(buf, dr * (size_t)cols, row, (size_t)cols, type);
         }
     free(row);
     int64_t ne[3] = {cols, rows, count};
@@ -369,7 +390,7 @@ static void put_config(exporter *x, const char *arch) {
 #define KEY(s) (snprintf(k, sizeof k, "%s.%s", arch, s), k)
     gguf_w_str(w, "general.architecture", arch);
     gguf_w_str(w, "general.name", "lazymoe export");
-    gguf_w_u32(w, "general.file_type", x->type == LM_DT_F32 ? 0 : x->type == LM_DT_F16 ? 1 : 32);
+    gguf_w_u32(w, "general.file_type", x->type == LM_DT_F32 ? 0 : x->type == LM_DT_F16 ? 1 : x->type == LM_DT_Q8_0 ? 7 : 32);
     gguf_w_u32(w, KEY("block_count"), (uint32_t)c->n_layers);
     gguf_w_u32(w, KEY("context_length"), (uint32_t)c->max_position_embeddings);
     gguf_w_u32(w, KEY("embedding_length"), (uint32_t)c->hidden_size);
@@ -398,8 +419,8 @@ static void put_config(exporter *x, const char *arch) {
 }
 
 int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int placeholder_vocab, char *err) {
-    if (type != LM_DT_F32 && type != LM_DT_F16 && type != LM_DT_BF16)
-        return lm_errf(err, "GGUF export writes F32, F16 or BF16 matrices");
+    if (type != LM_DT_F32 && type != LM_DT_F16 && type != LM_DT_BF16 && type != LM_DT_Q8_0)
+        return lm_errf(err, "GGUF export writes F32, F16, BF16 or Q8_0 matrices");
     lm_weights lw;
     if (lm_weights_load(&lw, dir, NULL, NULL, err) != 0) return -1;
     const lm_config *c = &lw.cfg;

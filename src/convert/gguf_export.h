@@ -12,7 +12,8 @@
  *     (llama.cpp's key for the top-k renormalisation) and attention.sliding_window.
  *   - tensor names as in gguf_model.h; matrices with ne = {cols, rows}; experts stacked
  *     per projection; llama-architecture q/k rows permuted per head (pairs interleaved,
- *     for ggml's RoPE); norms and routers in F32, other matrices in the chosen type.
+ *     for ggml's RoPE); norms and routers in F32, other matrices in the chosen type
+ *     (F32, F16, BF16 or Q8_0).
  *   - MLX affine weights are dequantized (their values are exact in F32).
  *   - tokenizer.ggml.*: model "gpt2" from a byte-level BPE tokenizer.json, tokens by id
  *     up to vocab_size (missing ids "[PAD<id>]", type UNUSED), token_type NORMAL /
@@ -25,7 +26,8 @@
 
 #include "formats/dtype.h"
 
-/* type: LM_DT_F32, LM_DT_F16 or LM_DT_BF16 for the matrices. A directory without
+/* type: LM_DT_F32, LM_DT_F16, LM_DT_BF16 or LM_DT_Q8_0 (ggml's reference quantizer;
+ * matrices whose rows are not whole blocks of 32 stay F32) for the matrices. A directory without
  * tokenizer.json gets tokenizer.ggml.model "no_vocab" (ids only), or with
  * placeholder_vocab a stand-in byte-level vocabulary so llama.cpp can evaluate it. */
 int lm_gguf_export(const char *model_dir, const char *out_path, lm_dtype type, int placeholder_vocab, char *err);

@@ -28,13 +28,33 @@ typedef struct {
     lm_pos_kind pos;
     int rope_dim;                      /* leading dims of a head that RoPE rotates */
     const float *rope_inv_freq;        /* [rope_dim / 2]; a scaled RoPE (YaRN) brings its own */
+    float rope_scale;                  /* cos and sin times this (YaRN's attention factor), 1 = plain */
+    /* Projection biases (attention_bias): q [n_heads*hd], k and v [n_kv*hd], o [hidden];
+     * NULL = none. */
+    const float *q_bias, *k_bias, *v_bias, *o_bias;
 } lm_attn_block;
+
+/* The gated activation between an expert's (or MLP's) gate/up and down products. */
+typedef enum {
+    LM_ACT_SWIGLU = 0,     /* silu(gate) * up */
+    /* gpt-oss: an expert's `gate` view is its gate_up matrix [2I, H] whose rows
+     * alternate gate, up (its `up` view is unused); one product gives interleaved
+     * (gate, up) pairs, then g = min(gate, limit), u = clamp(up, +-limit) and
+     * g * sigmoid(alpha g) * (u + 1). */
+    LM_ACT_SWIGLU_CLAMPED,
+} lm_act_kind;
 
 typedef struct {
     lm_router router;         /* how logits become experts and weights */
     const float *router_bias; /* [E] added to the router logits (gpt-oss), NULL = none */
     int shared;               /* a shared expert runs on every token */
     int shared_gated;         /* its output is scaled by sigmoid(h . shared_expert_gate) */
+    lm_act_kind act;          /* the routed experts' activation */
+    float act_alpha, act_limit; /* LM_ACT_SWIGLU_CLAMPED */
+    /* Routed experts' biases (gpt-oss), added after their products: expert e's are
+     * gate_up_bias + e * 2 * moe_intermediate_size (interleaved like the gate_up
+     * product) and down_bias + e * hidden_size; NULL = none. */
+    const float *gate_up_bias, *down_bias;
 } lm_moe_block;
 
 typedef enum { LM_MIXER_ATTENTION, LM_MIXER_LINEAR } lm_mixer_kind;

@@ -9,6 +9,8 @@
  *   to the cache; att = softmax(q.K^T * scale [+ sink]).V; with an output gate (q_proj
  *   yields it beside q) att *= sigmoid(gate); out = att.Wo (+ bias).
  * Dense MLP: down(silu(gate(h)) * up(h)).
+ * Routed experts: the same, or gpt-oss's: one gate_up product giving interleaved
+ *   (gate, up) pairs, its bias, the clamped SwiGLU, then down and its bias.
  * MoE: the router turns h.Wr into top-k experts and weights (lm_router: softmax top-k,
  *   top-k softmax, or sigmoid with correction bias and group-limited choice, each with
  *   optional renormalisation and scaling); every chosen expert runs on the tokens that
@@ -48,12 +50,17 @@ void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
                                 .qk_norm = c->qk_norm,
                                 .clip_qkv = c->clip_qkv,
                                 .output_gate = c->attn_output_gate,
-                                .window = c->sliding_window,
                                 .scale = 1.0f / sqrtf((float)c->head_dim),
-                                .sinks = NULL,
+                                .sinks = ly->sinks,
                                 .pos = LM_POS_ROPE,
                                 .rope_dim = c->rope_dim,
-                                .rope_inv_freq = w->rope_inv_freq};
+                                .rope_inv_freq = w->rope_inv_freq,
+                                .rope_scale = w->rope_scale,
+                                .q_bias = ly->q_bias,
+                                .k_bias = ly->k_bias,
+                                .v_bias = ly->v_bias,
+                                .o_bias = ly->o_bias};
+    out->attn.window = lm_config_layer_window(c, l);
     out->ffn = ly->is_moe ? LM_FFN_MOE : LM_FFN_DENSE;
     out->moe = (lm_moe_block){.router = {.kind = c->router_sigmoid ? LM_ROUTER_SIGMOID : LM_ROUTER_SOFTMAX_TOPK,
                                          .n_experts = c->n_experts,
@@ -63,8 +70,15 @@ void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
                                          .correction_bias = ly->router_correction,
                                          .n_group = c->n_group,
                                          .topk_group = c->topk_group},
+                              .router_bias = ly->router_bias,
                               .shared = ly->shared_gate.rows > 0,
-                              .shared_gated = ly->shared_expert_gate.rows > 0};
+                              .shared_gated = ly->shared_expert_gate.rows > 0,
+                              .act = c->swiglu_clamped ? LM_ACT_SWIGLU_CLAMPED : LM_ACT_SWIGLU,
+                              .act_alpha = c->swiglu_alpha,
+                              .act_limit = c->swiglu_limit,
+                              .gate_up_bias = ly->expert_gate_up_bias,
+                              .down_bias = ly->expert_down_bias};
+    if (c->router_topk_softmax) out->moe.router.kind = LM_ROUTER_TOPK_SOFTMAX;
 }
 
 /* ---- attention -------------------------------------------------------------------- */
@@ -84,9 +98,9 @@ static int attention_block(lazymoe_session *s, const lm_attn_block *a, int l, in
                                    {kdst, &ly->k, S->h, T}, {vdst, &ly->v, S->h, T}};
     OP(be, be->ops->matmul_batch(be, qkv, 3));
     if (a->output_gate) OP(be, be->ops->copy_rows(be, S->q, (size_t)hd, S->qgate, 2 * (size_t)hd, T * nh, hd));
-    if (ly->q_bias) OP(be, be->ops->add_rows(be, S->q, ly->q_bias, T, nq));
-    if (ly->k_bias) OP(be, be->ops->add_rows(be, kdst, ly->k_bias, T, nkv));
-    if (ly->v_bias) OP(be, be->ops->add_rows(be, vdst, ly->v_bias, T, nkv));
+    if (a->q_bias) OP(be, be->ops->add_rows(be, S->q, a->q_bias, T, nq));
+    if (a->k_bias) OP(be, be->ops->add_rows(be, kdst, a->k_bias, T, nkv));
+    if (a->v_bias) OP(be, be->ops->add_rows(be, vdst, a->v_bias, T, nkv));
     if (a->qk_norm == LM_QK_NORM_FULL) {
         OP(be, be->ops->rmsnorm(be, S->q, S->q, ly->q_norm, T, nq, eps));
         OP(be, be->ops->rmsnorm(be, kdst, kdst, ly->k_norm, T, nkv, eps));
@@ -100,8 +114,8 @@ static int attention_block(lazymoe_session *s, const lm_attn_block *a, int l, in
         OP(be, be->ops->rmsnorm(be, S->q, S->q, ly->q_norm, T * nh, hd, eps));
         OP(be, be->ops->rmsnorm(be, kdst, kdst, ly->k_norm, T * nkvh, hd, eps));
     }
-    OP(be, be->ops->rope(be, S->q, T, nh, hd, S->pos, a->rope_inv_freq, a->rope_dim / 2));
-    OP(be, be->ops->rope(be, kdst, T, nkvh, hd, S->pos, a->rope_inv_freq, a->rope_dim / 2));
+    OP(be, be->ops->rope(be, S->q, T, nh, hd, S->pos, a->rope_inv_freq, a->rope_dim / 2, a->rope_scale));
+    OP(be, be->ops->rope(be, kdst, T, nkvh, hd, S->pos, a->rope_inv_freq, a->rope_dim / 2, a->rope_scale));
     OP(be, be->ops->kv_store(be, &s->k_cache[l], s->n_past, kdst, T, nkvh, hd));
     OP(be, be->ops->kv_store(be, &s->v_cache[l], s->n_past, vdst, T, nkvh, hd));
     OP(be, be->ops->attention(be, S->att, S->q, &s->k_cache[l], &s->v_cache[l], T, s->n_past, nh, nkvh, hd,
@@ -109,7 +123,7 @@ static int attention_block(lazymoe_session *s, const lm_attn_block *a, int l, in
     if (a->output_gate)
         OP(be, be->ops->sigmoid_mul(be, S->att, (size_t)hd, S->qgate + hd, 2 * (size_t)hd, T * nh, hd, 0));
     OP(be, be->ops->matmul(be, S->proj, &ly->o, S->att, T));
-    if (ly->o_bias) OP(be, be->ops->add_rows(be, S->proj, ly->o_bias, T, H));
+    if (a->o_bias) OP(be, be->ops->add_rows(be, S->proj, a->o_bias, T, H));
     return 0;
 }
 
@@ -151,7 +165,8 @@ static int group_routes(lazymoe_session *s, int E, int TK, char *err) {
  * many experts as the scratch holds tokens for go together: their gate and up
  * products in one backend batch, their down products in another, so a layer costs
  * a few hand-overs to the threads rather than two per expert. */
-static int run_experts(lazymoe_session *s, const lm_expert *views, const int32_t *ids, int n, char *err) {
+static int run_experts(lazymoe_session *s, const lm_moe_block *mb, const lm_expert *views, const int32_t *ids, int n,
+                       char *err) {
     lm_backend *be = BE(s);
     const lm_config *c = &s->m->w.cfg;
     lm_scratch *S = &s->s;
@@ -165,28 +180,50 @@ static int run_experts(lazymoe_session *s, const lm_expert *views, const int32_t
             tokens += m;
             j++;
         }
-        int base = 0;
+        int base = 0, fused = mb->act == LM_ACT_SWIGLU_CLAMPED;
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
             float *xe = S->xe + (size_t)base * (size_t)H;
             OP(be, be->ops->gather_rows(be, xe, S->h, S->tok_of + S->expert_off[ids[k]], m, H, K));
-            items[2 * (k - i)] = (lm_matmul_item){S->gate + (size_t)base * (size_t)I, &views[k].gate, xe, m};
-            items[2 * (k - i) + 1] = (lm_matmul_item){S->up + (size_t)base * (size_t)I, &views[k].up, xe, m};
+            if (fused) {
+                items[k - i] = (lm_matmul_item){S->gate + (size_t)base * 2 * (size_t)I, &views[k].gate, xe, m};
+            } else {
+                items[2 * (k - i)] = (lm_matmul_item){S->gate + (size_t)base * (size_t)I, &views[k].gate, xe, m};
+                items[2 * (k - i) + 1] = (lm_matmul_item){S->up + (size_t)base * (size_t)I, &views[k].up, xe, m};
+            }
             base += m;
         }
-        OP(be, be->ops->matmul_batch(be, items, 2 * (j - i)));
-        OP(be, be->ops->swiglu(be, S->gate, S->up, (size_t)tokens * (size_t)I));
+        OP(be, be->ops->matmul_batch(be, items, (fused ? 1 : 2) * (j - i)));
+        /* act: where the activations the down products read are */
+        float *act = S->gate;
+        if (fused) {
+            base = 0;
+            for (int k = i; mb->gate_up_bias && k < j; k++) {
+                int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+                OP(be, be->ops->add_rows(be, S->gate + (size_t)base * 2 * (size_t)I,
+                                         mb->gate_up_bias + (size_t)ids[k] * 2 * (size_t)I, m, 2 * I));
+                base += m;
+            }
+            OP(be, be->ops->swiglu_clamped(be, S->up, S->gate, (size_t)tokens * (size_t)I, mb->act_alpha,
+                                           mb->act_limit));
+            act = S->up;
+        } else {
+            OP(be, be->ops->swiglu(be, S->gate, S->up, (size_t)tokens * (size_t)I));
+        }
         base = 0;
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
             items[k - i] = (lm_matmul_item){S->proj + (size_t)base * (size_t)H, &views[k].down,
-                                            S->gate + (size_t)base * (size_t)I, m};
+                                            act + (size_t)base * (size_t)I, m};
             base += m;
         }
         OP(be, be->ops->matmul_batch(be, items, j - i));
         base = 0;
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+            if (mb->down_bias)
+                OP(be, be->ops->add_rows(be, S->proj + (size_t)base * (size_t)H,
+                                         mb->down_bias + (size_t)ids[k] * (size_t)H, m, H));
             OP(be, be->ops->scatter_rows(be, S->eout, S->proj + (size_t)base * (size_t)H,
                                          S->tok_of + S->expert_off[ids[k]], m, H));
             base += m;
@@ -236,7 +273,7 @@ static int run_lazy_experts(lazymoe_session *s, const lm_moe_block *mb, int l, i
             rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[hits], err);
             S->expert_ids[hits++] = S->need[i];
         }
-        if (rc == 0 && hits) rc = run_experts(s, S->expert_views, S->expert_ids, hits, err);
+        if (rc == 0 && hits) rc = run_experts(s, mb, S->expert_views, S->expert_ids, hits, err);
         if (rc == 0 && !shared_done && mb->shared) {
             rc = shared_expert(s, mb, &s->m->w.layers[l], T, err);
             shared_done = 1;
@@ -244,7 +281,7 @@ static int run_lazy_experts(lazymoe_session *s, const lm_moe_block *mb, int l, i
         for (int i = 0; i < n && rc == 0; i++) {
             if (S->need_status[i] != 2) continue;
             rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[0], err);
-            if (rc == 0) rc = run_experts(s, S->expert_views, &S->need[i], 1, err);
+            if (rc == 0) rc = run_experts(s, mb, S->expert_views, &S->need[i], 1, err);
         }
         lm_cache_release_layer(cache, l);
         if (rc) return -1;
@@ -296,7 +333,7 @@ static int moe_block(lazymoe_session *s, const lm_moe_block *mb, int l, int T, c
                 S->expert_views[n] = ly->experts[e];
                 S->expert_ids[n++] = e;
             }
-        if (run_experts(s, S->expert_views, S->expert_ids, n, err) != 0) return -1;
+        if (run_experts(s, mb, S->expert_views, S->expert_ids, n, err) != 0) return -1;
         if (mb->shared && shared_expert(s, mb, ly, T, err) != 0) return -1;
     } else if (run_lazy_experts(s, mb, l, T, err) != 0) {
         return -1;

@@ -40,7 +40,8 @@ static int scratch_table(lm_scratch *S, const lm_config *c, int T, scratch_entry
         {(void **)&S->q, t * nq * 4, 1},       {(void **)&S->att, t * nq * 4, 1},
         {(void **)&S->knew, t * nkv * 4, 1},   {(void **)&S->vnew, t * nkv * 4, 1},
         {(void **)&S->proj, t * H * 4, 1},     {(void **)&S->router, t * E * 4, 1},
-        {(void **)&S->gate, t * F * 4, 1},     {(void **)&S->up, t * F * 4, 1},
+        {(void **)&S->gate, t * F * (c->swiglu_clamped ? 2 : 1) * 4, 1}, /* gpt-oss: (gate, up) pairs */
+        {(void **)&S->up, t * F * 4, 1},
         {(void **)&S->xe, t * H * 4, 1},       {(void **)&S->eout, t * K * H * 4, 1},
         {(void **)&S->sel, t * K * 4, 1},      {(void **)&S->selw, t * K * 4, 1},
         {(void **)&S->tok_of, t * K * 4, 1},   {(void **)&S->ids, t * 4, 1},

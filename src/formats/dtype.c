@@ -13,7 +13,7 @@ static const struct {
     [LM_DT_U8] = {"U8", 1},           [LM_DT_I16] = {"I16", 2},   [LM_DT_U16] = {"U16", 2},
     [LM_DT_I32] = {"I32", 4},         [LM_DT_U32] = {"U32", 4},   [LM_DT_I64] = {"I64", 8},
     [LM_DT_U64] = {"U64", 8},         [LM_DT_BOOL] = {"BOOL", 1}, [LM_DT_F8_E4M3] = {"F8_E4M3", 1},
-    [LM_DT_F8_E5M2] = {"F8_E5M2", 1},
+    [LM_DT_F8_E5M2] = {"F8_E5M2", 1}, [LM_DT_MXFP4_SPLIT] = {"MXFP4_SPLIT", 0},
     /* Block sizes from ggml's block structs: QK4_0 = QK8_0 = 32 with an f16 scale
      * (and an f16 min for _1), QK_K = 256 super-blocks, MXFP4 = 32 with one byte. */
     [LM_DT_Q4_0] = {"Q4_0", 0, 32, 18},       [LM_DT_Q4_1] = {"Q4_1", 0, 32, 20},
@@ -33,7 +33,7 @@ const char *lm_dtype_name(lm_dtype t) {
 }
 
 lm_dtype lm_dtype_from_name(const char *s) {
-    for (int t = 1; t < LM_DT_FIRST_BLOCK; t++)
+    for (int t = 1; t < LM_DT_MXFP4_SPLIT; t++)
         if (strcmp(s, dtype_info[t].name) == 0) return (lm_dtype)t;
     return LM_DT_INVALID;
 }

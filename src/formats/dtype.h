@@ -26,6 +26,11 @@ typedef enum {
     LM_DT_BOOL,
     LM_DT_F8_E4M3,
     LM_DT_F8_E5M2,
+    /* MXFP4 as Hugging Face stores it (gpt-oss): an lm_mat's data holds the e2m1 codes,
+     * two per byte with the even value in the low nibble ([rows][cols / 2]), and its
+     * scales one e8m0 exponent byte per 32 values ([rows][cols / 32]); formats/mxfp4.h.
+     * Not a safetensors dtype (the file says U8) and not a ggml block type. */
+    LM_DT_MXFP4_SPLIT,
     /* Block-quantized types in ggml's layouts (GGUF files): a row of `cols` values
      * is cols / lm_dtype_block_elems(t) consecutive blocks of lm_dtype_block_bytes(t)
      * bytes, each block self-contained (its scales inside). The layouts are ggml's

@@ -30,6 +30,8 @@
  *          w[r][c] = scale[r][c/g] * q[r][c] + bias[r][c/g]
  *  block:  a ggml block type (lm_dtype_is_block), data = rows x
  *          lm_dtype_row_bytes(dtype, cols) bytes; scales/biases unused
+ *  MXFP4 split (LM_DT_MXFP4_SPLIT, formats/mxfp4.h): data = e2m1 codes, scales =
+ *          e8m0 bytes
  * The view does not own its memory. */
 typedef struct {
     lm_dtype dtype;
@@ -38,6 +40,9 @@ typedef struct {
     int bits, group_size;
     lm_dtype qdtype;
     const void *scales, *biases;
+    /* Float weights stored transposed, data [cols][rows] (gpt-oss's Hugging Face
+     * expert tensors, x @ W); computed by the scalar code. */
+    int col_major;
 } lm_mat;
 
 /* Bytes the matrix occupies as stored (scales and biases included). */
@@ -152,10 +157,15 @@ typedef struct {
                        int width, int per_row);
     /* g[i] = silu(g[i]) * u[i] */
     int (*swiglu)(lm_backend *be, float *g, const float *u, size_t n);
+    /* gpt-oss's clamped SwiGLU over interleaved pairs: with a = min(gu[2i], limit) and
+     * b = clamp(gu[2i+1], -limit, limit), out[i] = a * sigmoid(alpha * a) * (b + 1),
+     * i < n. */
+    int (*swiglu_clamped)(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half
-     * convention) at positions pos[n] with inverse frequencies inv_freq[half]. */
+     * convention) at positions pos[n] with inverse frequencies inv_freq[half], with cos
+     * and sin multiplied by scale (YaRN's attention factor; 1 = plain RoPE). */
     int (*rope)(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                const float *inv_freq, int half);
+                const float *inv_freq, int half, float scale);
     /* ---- attention ---- */
     /* Stores n rows src[n][n_kv*hd] into the cache at positions pos0..pos0+n-1,
      * rounded to the cache's type. */

@@ -133,6 +133,10 @@ static int parse_eos(lm_config *c, json_t *v, char *err) {
 static int parse_quant(lm_config *c, json_t *q, char *err) {
     if (!q || json_is_null(q)) return 0;
     if (!json_is_object(q)) return lm_errf(err, "config.json: 'quantization' must be an object");
+    /* Hugging Face's MXFP4 (gpt-oss): the tensors say which are quantized (NAME_blocks,
+     * NAME_scales); nothing here changes how the others are read. */
+    json_t *qm = json_object_get(q, "quant_method");
+    if (json_is_string(qm) && !strcmp(json_string_value(qm), "mxfp4")) return 0;
     long long bits = 0, gs = 0;
     if (lm_cfg_int(q, "bits", 4, 1, 8, &bits, err) || lm_cfg_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
         return -1;
@@ -179,6 +183,57 @@ void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int
         }
 }
 
+/* YaRN's keys, read as transformers' _compute_yarn_parameters reads them: a missing
+ * factor is max_position_embeddings / original_max_position_embeddings, beta_fast and
+ * beta_slow default to 32 and 1 (as do zeros), truncate to true, and the attention
+ * factor, unless given, is 0.1 ln(factor) + 1 (or the ratio of the mscale and
+ * mscale_all_dim versions of it when both are set; 1 when factor <= 1). */
+static double yarn_mscale(double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * log(scale) + 1.0; }
+
+static int parse_yarn(lm_config *c, json_t *typed, char *err) {
+    long long orig = 0;
+    if (lm_cfg_int(typed, "original_max_position_embeddings", c->max_position_embeddings, 1, 1 << 30, &orig, err))
+        return -1;
+    c->rope_orig_max_pos = (int)orig;
+    c->rope_type = LM_ROPE_YARN;
+    double factor, af, ms, msa, bf, bs;
+    if (get_num(typed, "factor", (double)c->max_position_embeddings / (double)orig, &factor, err) ||
+        get_num(typed, "attention_factor", 0.0, &af, err) || get_num(typed, "mscale", 0.0, &ms, err) ||
+        get_num(typed, "mscale_all_dim", 0.0, &msa, err) || get_num(typed, "beta_fast", 0.0, &bf, err) ||
+        get_num(typed, "beta_slow", 0.0, &bs, err) || get_bool(typed, "truncate", 1, &c->rope_truncate, err))
+        return -1;
+    if (!(factor > 0)) return lm_errf(err, "config.json: yarn factor must be positive");
+    c->rope_factor = factor;
+    c->rope_beta_fast = bf != 0 ? bf : 32.0;
+    c->rope_beta_slow = bs != 0 ? bs : 1.0;
+    if (!(c->rope_beta_fast > 0) || !(c->rope_beta_slow > 0))
+        return lm_errf(err, "config.json: yarn beta_fast and beta_slow must be positive");
+    json_t *afv = json_object_get(typed, "attention_factor");
+    if (afv && !json_is_null(afv)) c->rope_attn_factor = af;
+    else if (ms != 0 && msa != 0) c->rope_attn_factor = yarn_mscale(factor, ms) / yarn_mscale(factor, msa);
+    else c->rope_attn_factor = yarn_mscale(factor, 1.0);
+    if (!(c->rope_attn_factor > 0)) return lm_errf(err, "config.json: yarn attention_factor must be positive");
+    return 0;
+}
+
+/* layer_types of a family whose window applies per layer: "sliding_attention" layers
+ * use sliding_window, "full_attention" layers see everything. */
+static int parse_layer_windows(lm_config *c, json_t *o, char *err) {
+    json_t *types = json_object_get(o, "layer_types");
+    if (!types || json_is_null(types)) return 0;
+    if (!json_is_array(types) || json_array_size(types) != (size_t)c->n_layers)
+        return lm_errf(err, "config.json: layer_types must list %d layer types", c->n_layers);
+    c->layer_sliding = calloc((size_t)c->n_layers, 1);
+    if (!c->layer_sliding) return lm_errf(err, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        const char *t = json_string_value(json_array_get(types, (size_t)l));
+        if (t && !strcmp(t, "sliding_attention")) c->layer_sliding[l] = 1;
+        else if (!t || strcmp(t, "full_attention") != 0)
+            return lm_errf(err, "config.json: layer_types[%d] must be \"sliding_attention\" or \"full_attention\"", l);
+    }
+    return 0;
+}
+
 static int parse_rope(lm_config *c, json_t *root, char *err) {
     /* Newer transformers: rope_parameters {rope_theta, rope_type, factor, ...};
      * older: top-level rope_theta plus optional rope_scaling {type|rope_type, factor}. */
@@ -199,6 +254,7 @@ static int parse_rope(lm_config *c, json_t *root, char *err) {
     c->rope_theta = theta;
     c->rope_type = LM_ROPE_DEFAULT;
     c->rope_factor = 1.0;
+    c->rope_attn_factor = 1.0;
     if (typed) {
         json_t *t = json_object_get(typed, "rope_type");
         if (!t || !json_is_string(t)) t = json_object_get(typed, "type");
@@ -209,8 +265,10 @@ static int parse_rope(lm_config *c, json_t *root, char *err) {
             c->rope_type = LM_ROPE_LINEAR;
             if (get_num(typed, "factor", 1.0, &c->rope_factor, err)) return -1;
             if (c->rope_factor <= 0) return lm_errf(err, "rope factor must be positive");
+        } else if (!strcmp(type, "yarn")) {
+            if (parse_yarn(c, typed, err)) return -1;
         } else {
-            return lm_errf(err, "RoPE type '%s' is not supported yet (supported: default, linear)", type);
+            return lm_errf(err, "RoPE type '%s' is not supported yet (supported: default, linear, yarn)", type);
         }
     }
     if (!(c->rope_theta > 0)) return lm_errf(err, "rope_theta must be positive");
@@ -340,7 +398,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
     long long sw = 0;
     json_t *swv = json_object_get(o, "sliding_window");
     if (swv && json_is_integer(swv)) sw = json_integer_value(swv);
-    int use_sw = fam->window == LM_WINDOW_WHEN_SET;
+    int use_sw = fam->window == LM_WINDOW_WHEN_SET || fam->window == LM_WINDOW_PER_LAYER;
     if (fam->window == LM_WINDOW_OPT_IN && get_bool(o, "use_sliding_window", 0, &use_sw, err)) goto done;
     if (use_sw && sw > 0) {
         if (fam->window == LM_WINDOW_OPT_IN) {
@@ -349,6 +407,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
         }
         c->sliding_window = (int)(sw > (1 << 30) ? (1 << 30) : sw);
     }
+    if (fam->window == LM_WINDOW_PER_LAYER && parse_layer_windows(c, o, err)) goto done;
     if (parse_rope(c, o, err)) goto done;
     if (fam->parse_config && fam->parse_config(c, o, err)) goto done;
 
@@ -451,6 +510,8 @@ void lm_config_free(lm_config *c) {
     c->mlp_only = NULL;
     free(c->layer_linear);
     c->layer_linear = NULL;
+    free(c->layer_sliding);
+    c->layer_sliding = NULL;
     for (int i = 0; i < c->n_quant_overrides; i++) free(c->quant_overrides[i].path);
     free(c->quant_overrides);
     c->quant_overrides = NULL;

@@ -23,7 +23,7 @@ typedef enum {
     LM_QK_NORM_FULL,     /* RMSNorm over the whole projection (olmoe) */
 } lm_qk_norm;
 
-typedef enum { LM_ROPE_DEFAULT = 0, LM_ROPE_LINEAR } lm_rope_type;
+typedef enum { LM_ROPE_DEFAULT = 0, LM_ROPE_LINEAR, LM_ROPE_YARN } lm_rope_type;
 
 /* Per-module quantization override from config.json's "quantization" block. */
 typedef struct {
@@ -72,8 +72,15 @@ typedef struct {
     int lin_separate_proj;
     lm_qk_norm qk_norm;
     float clip_qkv; /* 0 = none */
+    int attn_sinks;          /* attention has a sink logit per head (self_attn.sinks, gpt-oss) */
+    int router_topk_softmax; /* router: top-k of the logits, then softmax over those k (gpt-oss) */
+    int swiglu_clamped;      /* experts use the clamped SwiGLU (gpt-oss): alpha, limit below */
+    float swiglu_alpha, swiglu_limit;
     float rms_norm_eps;
     int sliding_window; /* 0 = full attention */
+    /* [n_layers] 1 where layer_types says "sliding_attention" (the window applies only
+     * there); NULL: sliding_window applies to every layer. */
+    uint8_t *layer_sliding;
     int max_position_embeddings;
 
     /* Gated DeltaNet linear attention (qwen3_next); layer_linear NULL for other families. */
@@ -84,6 +91,13 @@ typedef struct {
     double rope_theta;
     lm_rope_type rope_type;
     double rope_factor;
+    /* YaRN (rope_type "yarn"): the pretrained context, the rotation bounds of the
+     * frequency ramp, whether those bounds are rounded to whole dims, and the
+     * attention factor cos and sin are multiplied by (models/rope.c). */
+    int rope_orig_max_pos;
+    double rope_beta_fast, rope_beta_slow;
+    int rope_truncate;
+    double rope_attn_factor;
 
     int n_eos;
     int32_t eos_ids[LM_MAX_EOS];
@@ -108,6 +122,15 @@ static inline int lm_config_layer_is_moe(const lm_config *c, int l) { return !c-
 /* Quantization of the module at `path` (e.g. "model.layers.3.mlp.gate"): fills bits
  * and group size (bits 0 = stored as float). */
 void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size);
+
+/* The sliding window of layer l (0 = full attention). */
+static inline int lm_config_layer_window(const lm_config *c, int l) {
+    return c->layer_sliding && !c->layer_sliding[l] ? 0 : c->sliding_window;
+}
+
+/* RoPE inverse frequencies inv_freq[rope_dim / 2] (float32, as transformers computes
+ * them) and the factor cos and sin are scaled by (1 unless YaRN); models/rope.c. */
+void lm_rope_params(const lm_config *c, float *inv_freq, float *attn_scale);
 
 static inline int lm_config_layer_is_linear(const lm_config *c, int l) {
     return c->layer_linear && c->layer_linear[l];

@@ -11,6 +11,7 @@ const lm_family *const lm_families[] = {
     &lm_family_mixtral,
     &lm_family_olmoe,
     &lm_family_qwen3_next,
+    &lm_family_gpt_oss,
     &lm_family_qwen3_5_moe,
     NULL,
 };

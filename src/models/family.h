@@ -31,6 +31,9 @@ typedef enum {
     LM_WINDOW_IGNORED = 0, /* full attention whatever sliding_window says */
     LM_WINDOW_WHEN_SET,    /* sliding_window > 0 applies (mixtral) */
     LM_WINDOW_OPT_IN,      /* use_sliding_window turns it on: refused as not supported yet (qwen3_moe) */
+    LM_WINDOW_PER_LAYER,   /* sliding_window applies to the layers layer_types calls "sliding_attention"
+                            * (every layer when layer_types is absent, unless the family's
+                            * parse_config fills lm_config.layer_sliding itself) */
 } lm_window_rule;
 
 /* A synthetic model's shape (`lazymoe synth` presets): public config.json values of
@@ -136,8 +139,8 @@ int lm_family_router_8bit(const lm_family *f, const char *path);
 int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long long hi, long long *out, char *err);
 
 /* The families (one file each). */
-extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next,
-    lm_family_qwen3_5_moe;
+extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next;
+extern const lm_family lm_family_gpt_oss, lm_family_qwen3_5_moe;
 
 /* qwen3_next's parse_config (Gated DeltaNet shapes, layer_types, gated shared expert),
  * which qwen3_5_moe shares. */

@@ -72,6 +72,11 @@ typedef struct {
     float *attn_norm, *ffn_norm; /* [H] */
     float *q_norm, *k_norm;      /* [head_dim] or [n_heads*head_dim] / [n_kv*head_dim]; NULL if none */
     float *q_bias, *k_bias, *v_bias, *o_bias; /* NULL unless attention_bias */
+    float *sinks;                /* [n_heads] attention sink logits (gpt-oss), NULL = none */
+    float *router_bias;          /* [E] added to the router logits, NULL = none */
+    /* Routed experts' biases, resident: [E][2I] (interleaved like gpt-oss's gate_up
+     * product) and [E][H]; NULL = none. */
+    float *expert_gate_up_bias, *expert_down_bias;
     lm_mat q, k, v, o;          /* q is [2 nq, H] with attn_output_gate (per head: query, then gate) */
     int is_linear;              /* linear attention (lin) instead of q/k/v/o */
     lm_linear_attn lin;
@@ -100,6 +105,7 @@ typedef struct {
     lm_mat lm_head;           /* [vocab, H]; equals embed when tied */
     float *final_norm;        /* [H] */
     float *rope_inv_freq;     /* [rope_dim/2] */
+    float rope_scale;         /* cos and sin are multiplied by it (YaRN's attention factor; else 1) */
     lm_expert_layout expert_layout;
     int n_mtp_layers;         /* multi-token-prediction layers in the files, never read */
     int has_vision_tower;     /* a vision tower (model.visual.*) in the files, never read */

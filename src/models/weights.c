@@ -344,12 +344,105 @@ lm_expert lm_expert_view_parts(const lm_expert_source *src, const char *const pa
     for (int m = 0; m < 3; m++) {
         *mats[m] = src->tmpl[m];
         mats[m]->data = part[src->field_part[m][0]] + src->field_delta[m][0];
-        if (src->tmpl[m].dtype == LM_DT_U32) {
+        if (src->tmpl[m].dtype == LM_DT_U32 || src->tmpl[m].dtype == LM_DT_MXFP4_SPLIT)
             mats[m]->scales = part[src->field_part[m][1]] + src->field_delta[m][1];
+        if (src->tmpl[m].dtype == LM_DT_U32)
             mats[m]->biases = part[src->field_part[m][2]] + src->field_delta[m][2];
-        }
     }
     return ex;
+}
+
+/* A float tensor [rows, cols] named `name`, widened to f32 (gpt-oss's expert biases). */
+static float *load_rows_f32(loader *L, const char *name, int rows, int cols) {
+    const st_tensor *t = st_find(L->w->archive, name);
+    if (!t) {
+        lm_errf(L->err, "missing tensor '%s'", name);
+        return NULL;
+    }
+    int64_t want[2] = {rows, cols};
+    if (check_shape(L, t, 2, want)) return NULL;
+    if (!lm_dtype_is_float(t->dtype)) {
+        lm_errf(L->err, "tensor '%s' has dtype %s; expected a float type", name, lm_dtype_name(t->dtype));
+        return NULL;
+    }
+    size_t n = (size_t)rows * (size_t)cols;
+    void *raw = lm_malloc(t->nbytes, name, L->err);
+    if (!raw) return NULL;
+    float *v = track(L, lm_malloc_aligned(sizeof(float) * n, name, L->err));
+    if (!v || st_read(L->w->archive, t, raw, L->err) != 0) {
+        free(raw);
+        return NULL;
+    }
+    lm_convert_to_f32(v, raw, t->dtype, n);
+    free(raw);
+    return v;
+}
+
+/* One MXFP4 stack of the released gpt-oss files: NAME_blocks uint8 [E, out, in/32, 16]
+ * and NAME_scales uint8 [E, out, in/32] as the matrix m of every expert. */
+static int gpt_oss_mxfp4(loader *L, lm_expert_source *s, const char *name, int m, int E, int out, int in) {
+    const st_tensor *tb = findf(L, "%s_blocks", name), *ts = findf(L, "%s_scales", name);
+    if (!tb || !ts) return lm_errf(L->err, "missing tensor '%s_%s'", name, tb ? "scales" : "blocks");
+    if (in % 32) return lm_errf(L->err, "'%s_blocks': %d inputs are not a whole number of MXFP4 groups of 32", name, in);
+    int64_t wb[4] = {E, out, in / 32, 16}, ws[3] = {E, out, in / 32};
+    if (check_shape(L, tb, 4, wb) || check_shape(L, ts, 3, ws)) return -1;
+    if (tb->dtype != LM_DT_U8 || ts->dtype != LM_DT_U8)
+        return lm_errf(L->err, "MXFP4 tensors '%s_blocks' and '%s_scales' must be U8", name, name);
+    int pb = src_add(L, s, tb, E, 0), ps = src_add(L, s, ts, E, 0);
+    if (pb < 0 || ps < 0) return -1;
+    s->tmpl[m] = (lm_mat){.dtype = LM_DT_MXFP4_SPLIT, .rows = out, .cols = in};
+    s->field_part[m][0] = pb;
+    s->field_part[m][1] = ps;
+    return 0;
+}
+
+/* gpt-oss experts: gate_up [2I, H] (rows alternate gate and up) as each expert's gate
+ * view (forward.c: LM_ACT_SWIGLU_CLAMPED), down [H, I], and their biases (resident,
+ * f32). Released files hold MXFP4 (gpt_oss_mxfp4); Hugging Face float files hold
+ * gate_up_proj [E, H, 2I] and down_proj [E, I, H], x @ W, bound as transposed
+ * matrices (lm_mat.col_major); [E, 2I, H] / [E, H, I] are read as plain rows. */
+static int describe_gpt_oss_experts(loader *L, const char *block, lm_layer *ly) {
+    lm_weights *w = L->w;
+    const lm_config *c = &w->cfg;
+    int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
+    lm_expert_source *s = &ly->src;
+    char gu[320], dn[320], name[352];
+    snprintf(gu, sizeof gu, "%s.experts.gate_up_proj", block);
+    snprintf(dn, sizeof dn, "%s.experts.down_proj", block);
+    w->expert_layout = LM_EXPERTS_FUSED;
+    if (findf(L, "%s_blocks", gu)) {
+        if (gpt_oss_mxfp4(L, s, gu, 0, E, 2 * I, H) || gpt_oss_mxfp4(L, s, dn, 2, E, H, I)) return -1;
+    } else {
+        const st_tensor *tg = st_find(w->archive, gu), *td = st_find(w->archive, dn);
+        if (!tg || !td)
+            return lm_errf(L->err, "missing tensor '%s'%s", tg ? dn : gu,
+                           " (gpt-oss experts: gate_up_proj and down_proj, or their _blocks/_scales)");
+        if (!lm_dtype_is_float(tg->dtype) || tg->dtype == LM_DT_F64 || td->dtype != tg->dtype)
+            return lm_errf(L->err, "experts of '%s' must be F32, F16 or BF16 (or MXFP4 _blocks/_scales)", block);
+        int64_t tr[3] = {E, H, 2 * (int64_t)I}, rm[3] = {E, 2 * (int64_t)I, H};
+        int col_major = 1;
+        if (check_shape(L, tg, 3, tr) != 0) {
+            if (check_shape(L, tg, 3, rm) != 0)
+                return lm_errf(L->err, "tensor '%s' should be [%d, %d, %d] (or [%d, %d, %d])", gu, E, H, 2 * I, E,
+                               2 * I, H);
+            col_major = 0;
+        }
+        int64_t wd[3] = {E, col_major ? I : H, col_major ? H : I};
+        if (check_shape(L, td, 3, wd)) return -1;
+        if (w->float_dtype == LM_DT_INVALID) w->float_dtype = tg->dtype;
+        int p0 = src_add(L, s, tg, E, 0), p1 = src_add(L, s, td, E, 0);
+        if (p0 < 0 || p1 < 0) return -1;
+        s->tmpl[0] = (lm_mat){.dtype = tg->dtype, .rows = 2 * I, .cols = H, .col_major = col_major};
+        s->tmpl[2] = (lm_mat){.dtype = td->dtype, .rows = H, .cols = I, .col_major = col_major};
+        s->field_part[0][0] = p0;
+        s->field_part[2][0] = p1;
+    }
+    s->tmpl[1] = (lm_mat){.dtype = s->tmpl[0].dtype}; /* unused: the gate view holds gate and up */
+    snprintf(name, sizeof name, "%s_bias", gu);
+    if (!(ly->expert_gate_up_bias = load_rows_f32(L, name, E, 2 * I))) return -1;
+    snprintf(name, sizeof name, "%s_bias", dn);
+    if (!(ly->expert_down_bias = load_rows_f32(L, name, E, H))) return -1;
+    return 0;
 }
 
 lm_expert lm_expert_view(const lm_expert_source *src, const void *slot) {
@@ -372,6 +465,7 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     char path[512];
     lm_mat tmpl;
     const st_tensor *tq[3];
+    if (c->swiglu_clamped) return describe_gpt_oss_experts(L, block, ly);
     if (findf(L, "%s.switch_mlp.gate_proj.weight", block)) {
         w->expert_layout = LM_EXPERTS_STACKED;
         static const char *proj[3] = {"gate_proj", "up_proj", "down_proj"};
@@ -477,6 +571,7 @@ static int load_layer(loader *L, int l) {
         VEC(ly->v_bias, 1, nkv, "model.layers.%d.self_attn.v_proj.bias", l);
         VEC(ly->o_bias, 0, H, "model.layers.%d.self_attn.o_proj.bias", l);
     }
+    if (c->attn_sinks) VEC(ly->sinks, 1, c->n_heads, "model.layers.%d.self_attn.sinks", l);
     if (c->qk_norm == LM_QK_NORM_PER_HEAD) {
         NORM(ly->q_norm, hd, "model.layers.%d.self_attn.q_norm.weight", l);
         NORM(ly->k_norm, hd, "model.layers.%d.self_attn.k_norm.weight", l);
@@ -504,6 +599,7 @@ mlp:
         return lm_errf(L->err, "layer %d is a MoE layer but has no router (model.layers.%d.%s.%s.weight)", l, l,
                        n->moe_blocks[0], n->router);
     MAT(ly->router, c->n_experts, H, "%s.%s", block, n->router);
+    if (c->router_topk_softmax) VEC(ly->router_bias, 1, c->n_experts, "%s.%s.bias", block, n->router);
     int SI = c->shared_expert_intermediate_size;
     if (SI > 0) {
         MAT(ly->shared_gate, SI, H, "%s.%s.gate_proj", block, n->shared_expert);
@@ -663,14 +759,7 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
     int half = c->rope_dim / 2;
     w->rope_inv_freq = track(&L, lm_malloc_aligned(sizeof(float) * (size_t)half, "rope", err));
     if (!w->rope_inv_freq) goto fail;
-    for (int i = 0; i < half; i++) {
-        /* float32 like transformers: 1 / theta^(2i/d) over the rotated dims d, divided by
-         * the linear factor. */
-        float expo = (float)(2 * i) / (float)c->rope_dim;
-        float f = 1.0f / powf((float)c->rope_theta, expo);
-        if (c->rope_type == LM_ROPE_LINEAR) f = f / (float)c->rope_factor;
-        w->rope_inv_freq[i] = f;
-    }
+    lm_rope_params(c, w->rope_inv_freq, &w->rope_scale);
     account(w);
     for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
     return 0;

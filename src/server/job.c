@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "text/tokenizer.h"
+#include "text/harmony.h"
 #include "text/toolcall.h"
 
 #include <stdlib.h>
@@ -76,6 +77,7 @@ static void emit(srv_job *j, const lm_tc_event *ev) {
 typedef struct {
     srv_job *job;
     lm_toolcall_parser *parser;
+    lm_harmony_parser *harmony; /* instead of parser: the model writes harmony (gpt-oss) */
     char err[LM_ERR_LEN]; /* a parser failure (out of memory) */
     srv_buf raw;          /* everything generated, as the model wrote it */
     size_t call_start;    /* where the markup of the latest call starts in raw */
@@ -102,9 +104,17 @@ static size_t markup_start(const srv_buf *raw) {
     return t ? (size_t)(t - raw->data) : 0;
 }
 
+/* A harmony call's header starts at the <|start|> of its message, or at its
+ * <|channel|> in the output's first message. */
+static size_t harmony_markup_start(const srv_buf *raw) {
+    const char *st = last_tag(raw, "<|start|>"), *end = last_tag(raw, "<|end|>"), *ch = last_tag(raw, "<|channel|>");
+    const char *t = st && (!end || st > end) ? st : ch;
+    return t ? (size_t)(t - raw->data) : 0;
+}
+
 static int on_gen_event(void *ctx, const lm_tc_event *ev) {
     gen_ctx *g = ctx;
-    if (ev->kind == LM_TC_CALL_BEGIN) g->call_start = markup_start(&g->raw);
+    if (ev->kind == LM_TC_CALL_BEGIN) g->call_start = g->harmony ? harmony_markup_start(&g->raw) : markup_start(&g->raw);
     emit(g->job, ev);
     return 0;
 }
@@ -113,7 +123,9 @@ static int on_gen_event(void *ctx, const lm_tc_event *ev) {
 static int on_piece(void *ctx, const char *piece, size_t len) {
     gen_ctx *g = ctx;
     srv_buf_append(&g->raw, piece, len);
-    if (lm_toolcall_parser_feed(g->parser, piece, len, g->err) != 0) return 1;
+    if (g->harmony ? lm_harmony_parser_feed(g->harmony, piece, len, g->err) != 0
+                   : lm_toolcall_parser_feed(g->parser, piece, len, g->err) != 0)
+        return 1;
     return g->job->cancel ? 1 : 0;
 }
 
@@ -238,9 +250,13 @@ static void run_job(srv_server *s, srv_job *j) {
     pthread_mutex_unlock(&j->mu);
 
     gen_ctx g = {.job = j};
+    lazymoe_model_info info;
+    lazymoe_model_get_info(s->m, &info);
+    int harmony = !strcmp(info.model_type, "gpt_oss"); /* gpt-oss writes harmony (text/harmony.h) */
     char *tools_json = j->chat.tools ? json_dumps(j->chat.tools, JSON_COMPACT) : NULL;
     if ((j->chat.tools && !tools_json) ||
-        lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_gen_event, &g, g.err) != 0) {
+        (harmony ? lm_harmony_parser_create(&g.harmony, on_gen_event, &g, g.err)
+                 : lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_gen_event, &g, g.err)) != 0) {
         free(tools_json);
         srv_cache_put(&s->cache, sess);
         finish_with_error(j, 500, g.err[0] ? g.err : "out of memory");
@@ -260,6 +276,7 @@ static void run_job(srv_server *s, srv_job *j) {
     p.cancel = &j->cancel;
     p.forced_text = j->chat.forced_output;
     p.grammar = j->grammar;
+    p.keep_special = harmony; /* the parser reads <|channel|>, <|message|>, ... */
     if (j->chat.logprobs) {
         p.on_token = on_token;
         p.token_ctx = &g;
@@ -277,7 +294,7 @@ static void run_job(srv_server *s, srv_job *j) {
         pthread_mutex_lock(&j->mu);
         j->reply.at_cut = j->stats.finish_reason == LAZYMOE_FINISH_LENGTH;
         pthread_mutex_unlock(&j->mu);
-        if (lm_toolcall_parser_finish(g.parser, g.err) != 0) {
+        if ((g.harmony ? lm_harmony_parser_finish(g.harmony, g.err) : lm_toolcall_parser_finish(g.parser, g.err)) != 0) {
             rc = -1;
             snprintf(err, sizeof err, "%s", g.err);
         }
@@ -287,6 +304,7 @@ static void run_job(srv_server *s, srv_job *j) {
         pthread_mutex_unlock(&j->mu);
     }
     lm_toolcall_parser_free(g.parser);
+    lm_harmony_parser_free(g.harmony);
     srv_buf_free(&g.raw);
     if (rc == 0 && j->cancel_reason == CANCEL_SHUTDOWN) { /* not an answer: say so */
         snprintf(err, sizeof err, "the server is shutting down");

@@ -885,6 +885,14 @@ int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e)
         if (type && (!strcmp(type, "enabled") || !strcmp(type, "disabled")) &&
             set_kwarg(&p, "enable_thinking", json_boolean(!strcmp(type, "enabled"))) != 0)
             goto done;
+        /* The budget as a reasoning effort (gpt-oss's template variable): under 4096
+         * tokens low, under 16384 medium, else high. */
+        long long budget = 0;
+        int got = get_int(&p, th, "budget_tokens", 0, 1 << 30, &budget);
+        if (got < 0) goto done;
+        if (got && type && !strcmp(type, "enabled") &&
+            set_kwarg(&p, "reasoning_effort", json_string(budget < 4096 ? "low" : budget < 16384 ? "medium" : "high")) != 0)
+            goto done;
     }
     rc = 0;
 done:
@@ -943,6 +951,22 @@ int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, int max_ids, cha
     *prompt = NULL;
     *ids = NULL;
     *n_ids = 0;
+    /* gpt-oss's template reads an assistant turn's earlier reasoning from "thinking"
+     * (it shows it again before that turn's tool call): every API's reasoning arrives
+     * here as reasoning_content. */
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    if (!strcmp(info.model_type, "gpt_oss")) {
+        size_t i;
+        json_t *msg;
+        json_array_foreach(c->messages, i, msg) {
+            json_t *rc_ = json_object_get(msg, "reasoning_content");
+            if (rc_ && !json_object_get(msg, "thinking") && json_object_set(msg, "thinking", rc_) != 0) {
+                srv_fail(e, c->api, 500, NULL, "out of memory");
+                return -1;
+            }
+        }
+    }
     char *mj = json_dumps(c->messages, JSON_COMPACT);
     char *tj = c->tools ? json_dumps(c->tools, JSON_COMPACT) : NULL;
     char *kj = c->kwargs ? json_dumps(c->kwargs, JSON_COMPACT) : NULL;

@@ -2,7 +2,7 @@
 // prebuilt CPU library): files written by build/gguf_export from the demo model and
 // the golden fixtures load in llama.cpp; it tokenizes text to the same ids as lazymoe
 // and greedy-decodes the same ids from the same prompt (F32 files; Mixtral's permuted
-// q/k rows included). node-llama-cpp comes from tests/node/package.json, or from
+// q/k rows included; and a Q8_0 file of the demo model). node-llama-cpp comes from tests/node/package.json, or from
 // $LLAMACPP_NODE_MODULES.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,9 +23,9 @@ async function getLlamaOnce() {
   return llama;
 }
 
-function exportGguf(dir, name, extra = []) {
+function exportGguf(dir, name, extra = [], type = 'f32') {
   const out = path.join(tmp, name);
-  execFileSync(exporter, [dir, out, 'f32', ...extra]);
+  execFileSync(exporter, [dir, out, type, ...extra]);
   return out;
 }
 
@@ -67,6 +67,17 @@ await testCase('gguf_llamacpp_demo_tokenize_and_greedy', async () => {
   const { model: m2, gen } = await llamaGreedy(file, prompt, 16);
   await m2.dispose();
   const ours = lazymoeGreedy(file, prompt, 16);
+  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+});
+
+// A quantized file: Q8_0 blocks (exporter quantizes like ggml's reference); llama.cpp
+// computes Q8_0 x Q8_0 dot products, lazymoe its own kernels: the greedy ids agree.
+await testCase('gguf_llamacpp_demo_q8_0_greedy', async () => {
+  const file = exportGguf(path.join(ROOT, 'models', 'demo-coder'), 'demo_q8_0.gguf', [], 'q8_0');
+  const prompt = JSON.parse(lazymoe(['tokenize', file, '--text', 'def fibonacci(n):']).stdout);
+  const { model, gen } = await llamaGreedy(file, prompt, 24);
+  await model.dispose();
+  const ours = lazymoeGreedy(file, prompt, 24);
   assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
 });
 

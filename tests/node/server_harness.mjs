@@ -9,8 +9,8 @@ import { ROOT, LAZYMOE } from './harness.mjs';
 // model can replace the fixture later.
 export const SERVER_MODEL = process.env.LAZYMOE_SERVER_MODEL || path.join(ROOT, 'models', 'demo-coder');
 
-export async function startServer(extraArgs = [], env = {}) {
-  const args = ['serve', SERVER_MODEL, '--port', '0', '--ctx', '4096', '--no-warm-start', ...extraArgs];
+export async function startServer(extraArgs = [], env = {}, model = SERVER_MODEL) {
+  const args = ['serve', model, '--port', '0', '--ctx', '4096', '--no-warm-start', ...extraArgs];
   const proc = spawn(LAZYMOE, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let log = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));

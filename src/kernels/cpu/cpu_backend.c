@@ -12,8 +12,10 @@
 
 #include "common/error.h"
 #include "formats/ggml_blocks.h"
+#include "formats/mxfp4.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/mxfp4_dot.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
 
@@ -37,6 +39,7 @@ typedef struct {
 uint64_t lm_mat_bytes(const lm_mat *m) {
     uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols;
     if (lm_dtype_is_block(m->dtype)) return (uint64_t)m->rows * lm_dtype_row_bytes(m->dtype, (uint64_t)m->cols);
+    if (m->dtype == LM_DT_MXFP4_SPLIT) return n / 2 + n / 32;
     if (m->dtype == LM_DT_U32)
         return n * (uint64_t)m->bits / 8 +
                2 * (uint64_t)m->rows * (uint64_t)(m->cols / m->group_size) * lm_dtype_size(m->qdtype);
@@ -66,6 +69,18 @@ static inline const uint32_t *affine_row(const lm_mat *m, int r) {
 }
 
 void lm_mat_row_f32(const lm_mat *m, int r, float *out) {
+    if (m->dtype == LM_DT_MXFP4_SPLIT) {
+        lm_mxfp4_split_row_f32(m->data, m->scales, m->cols, r, out);
+        return;
+    }
+    if (m->dtype == LM_DT_MXFP4) {
+        lm_mxfp4_block_row_f32(m->data, m->cols, r, out);
+        return;
+    }
+    if (m->col_major) {
+        for (int c = 0; c < m->cols; c++) out[c] = lm_load_float(m->data, m->dtype, (size_t)c * (size_t)m->rows + (size_t)r);
+        return;
+    }
     if (lm_dtype_is_block(m->dtype)) {
         const uint64_t rb = lm_dtype_row_bytes(m->dtype, (uint64_t)m->cols);
         /* Types without a conversion are refused before any row is read (embed,
@@ -374,6 +389,7 @@ typedef struct {
     const float *xsum;
     const lm_act8 *a8; /* int8 activations, NULL = f32 */
     int n, rows_per_task;
+    int mxfp4_simd; /* MXFP4 rows in AVX2 (mxfp4_dot.h) rather than the scalar reference */
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
@@ -382,6 +398,22 @@ static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, 
             y[(size_t)t * (size_t)W->rows + (size_t)r] =
                 dot_affine_act8(W, r, a->q + (size_t)t * a->q_stride, a->dx + (size_t)t * (size_t)a->ng_stride,
                                 a->xsum + (size_t)t * (size_t)a->ng_stride);
+}
+
+/* MXFP4 rows (mxfp4_dot.h), or a transposed float matrix: each output's dot product
+ * over the inputs in order, reading a column of the stored [cols][rows] array. */
+static void mxfp4_or_col_major_rows(const lm_mat *W, int r0, int r1, const float *x, int n, float *y) {
+    const size_t cols = (size_t)W->cols, rows = (size_t)W->rows;
+    for (int r = r0; r < r1; r++)
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * cols;
+            float v = 0;
+            if (W->col_major)
+                for (size_t c = 0; c < cols; c++) v += lm_load_float(W->data, W->dtype, c * rows + (size_t)r) * xt[c];
+            else
+                v = lm_mxfp4_dot_f32(W, r, xt);
+            y[(size_t)t * rows + (size_t)r] = v;
+        }
 }
 
 static void matmul_task(void *ctx, int task) {
@@ -397,6 +429,14 @@ static void matmul_task(void *ctx, int task) {
     }
     if (j->k) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
+        return;
+    }
+    if (lm_dtype_is_mxfp4(W->dtype) && j->mxfp4_simd) {
+        lm_mxfp4_rows_avx2(W, r0, r1, j->x, j->n, j->y);
+        return;
+    }
+    if (lm_dtype_is_mxfp4(W->dtype) || W->col_major) {
+        mxfp4_or_col_major_rows(W, r0, r1, j->x, j->n, j->y);
         return;
     }
     int cols = W->cols, ng = W->dtype == LM_DT_U32 ? cols / W->group_size : 0;
@@ -426,7 +466,7 @@ static int rows_per_task(int rows, int threads, int align) {
 
 /* The SIMD table that computes W under the backend's settings (NULL = scalar). */
 static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, int act8) {
-    if (!impl->k) return NULL;
+    if (!impl->k || W->col_major || lm_dtype_is_mxfp4(W->dtype)) return NULL;
     if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
     return impl->k->handles(W) ? impl->k : NULL;
 }
@@ -450,10 +490,10 @@ static int act8_piece(lm_backend *be, size_t per_token, int n) {
     return fit < (size_t)n ? (int)fit : n;
 }
 
-/* Block types without kernels (IQ2_XXS, IQ3_XXS, MXFP4 until they land) are refused
- * by name rather than computed as zeros. */
+/* Block types without kernels (IQ2_XXS, IQ3_XXS) are refused by name rather than
+ * computed as zeros; MXFP4 has its own (mxfp4_dot.h). */
 static int check_block(lm_backend *be, const lm_mat *W) {
-    if (lm_dtype_is_block(W->dtype) && !lm_blocks_supported(W->dtype))
+    if (lm_dtype_is_block(W->dtype) && !lm_blocks_supported(W->dtype) && W->dtype != LM_DT_MXFP4)
         return lm_errf(be->err, "no CPU kernels for weights of type %s", lm_dtype_name(W->dtype));
     return 0;
 }
@@ -463,6 +503,8 @@ static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x,
     if (check_block(be, W) != 0) return -1;
     int act8 = uses_act8(impl, W);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
+    const unsigned avx2_fma = LM_CPU_AVX2 | LM_CPU_FMA;
+    j.mxfp4_simd = impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & avx2_fma) == avx2_fma;
     int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));
     j.rows_per_task = rpt;
     int tasks = (W->rows + rpt - 1) / rpt;
@@ -691,6 +733,7 @@ typedef struct {
     int n, n_heads, head_dim, half, per_task;
     const int32_t *pos;
     const float *inv_freq;
+    float scale;
 } rope_job;
 
 static void rope_task(void *ctx, int task) {
@@ -700,7 +743,7 @@ static void rope_task(void *ctx, int task) {
         float p = (float)j->pos[t];
         for (int i = 0; i < j->half; i++) {
             float ang = p * j->inv_freq[i];
-            float c = cosf(ang), s = sinf(ang);
+            float c = cosf(ang) * j->scale, s = sinf(ang) * j->scale; /* exact when scale is 1 */
             for (int h = 0; h < j->n_heads; h++) {
                 float *xh = j->x + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)j->head_dim;
                 float x1 = xh[i], x2 = xh[i + j->half];
@@ -712,10 +755,10 @@ static void rope_task(void *ctx, int task) {
 }
 
 static int cpu_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
-                     const float *inv_freq, int half) {
+                     const float *inv_freq, int half, float scale) {
     cpu_impl *impl = be->impl;
     rope_job j = {.x = x, .n = n, .n_heads = n_heads, .head_dim = head_dim, .half = half, .pos = pos,
-                  .inv_freq = inv_freq};
+                  .inv_freq = inv_freq, .scale = scale};
     /* cosf/sinf per (token, frequency) cost like many elements each */
     int tasks = row_tasks(impl, n, (size_t)n_heads * (size_t)head_dim * 4, &j.per_task);
     if (tasks <= 1) rope_task(&j, 0);
@@ -940,6 +983,7 @@ static const lm_backend_ops cpu_ops = {
     .copy_rows = lm_cpu_copy_rows,
     .sigmoid_mul = lm_cpu_sigmoid_mul,
     .swiglu = cpu_swiglu,
+    .swiglu_clamped = lm_cpu_swiglu_clamped,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,

@@ -41,7 +41,7 @@ int lm_cpu_sync(lm_backend *be) {
 /* ---- rows and elementwise ---------------------------------------------------------- */
 
 int lm_cpu_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *ids, int n) {
-    if (lm_dtype_is_block(W->dtype) && !lm_blocks_supported(W->dtype))
+    if (lm_dtype_is_block(W->dtype) && !lm_blocks_supported(W->dtype) && W->dtype != LM_DT_MXFP4)
         return lm_errf(be->err, "no CPU conversion for embeddings of type %s", lm_dtype_name(W->dtype));
     for (int t = 0; t < n; t++) {
         if (ids[t] < 0 || ids[t] >= W->rows) return lm_errf(be->err, "embedding row %d of %d", ids[t], W->rows);
@@ -89,6 +89,19 @@ int lm_cpu_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g
         } else {
             for (int i = 0; i < width; i++) yr[i] *= 1.0f / (1.0f + expf(-gr[i]));
         }
+    }
+    return 0;
+}
+
+/* transformers' order: glu = gate * sigmoid(gate * alpha), then (up + 1) * glu. */
+int lm_cpu_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float g = gu[2 * i], u = gu[2 * i + 1];
+        float a = g > limit ? limit : g;
+        float b = u > limit ? limit : (u < -limit ? -limit : u);
+        float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
+        out[i] = (b + 1.0f) * glu;
     }
     return 0;
 }

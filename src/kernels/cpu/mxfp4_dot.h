@@ -1,0 +1,21 @@
+/* MXFP4 matrices (formats/mxfp4.h) in the CPU backend: dot products of a row with
+ * float32 activations, both layouts. Each group's 32 products of code * x are summed
+ * in float32 in column order, then scaled by the group's 2^(E - 128) and added to
+ * the row's sum in group order: a fixed order, so a row's result does not depend on
+ * the batch or the thread count. */
+#ifndef LAZYMOE_MXFP4_DOT_H
+#define LAZYMOE_MXFP4_DOT_H
+
+#include "kernels/backend.h"
+
+static inline int lm_dtype_is_mxfp4(lm_dtype t) { return t == LM_DT_MXFP4 || t == LM_DT_MXFP4_SPLIT; }
+
+/* dot(W[r], x) for an MXFP4 matrix of either layout. */
+float lm_mxfp4_dot_f32(const lm_mat *W, int r, const float *x);
+
+/* y[t][W->rows] rows r0..r1-1 for n tokens x[n][W->cols] (mxfp4_avx2.c): AVX2 + FMA
+ * only; lm_mxfp4_rows picks it when the CPU has them and the backend's kernels are
+ * not the scalar reference. */
+void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
+
+#endif

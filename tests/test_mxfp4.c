@@ -1,0 +1,177 @@
+/* MXFP4 (formats/mxfp4.h): both layouts against values worked out by hand, against
+ * libggml's own MXFP4 to_float (libggml-base.so from npm @node-llama-cpp/linux-x64,
+ * loaded with dlopen, as tests/test_ggml_types.c does for the other block types), the
+ * two layouts against each other, and the CPU backend's products with MXFP4 weights
+ * against the dequantized matrix in double, bit-identical across threads and batches. */
+#include "harness.h"
+
+#include "formats/mxfp4.h"
+#include "kernels/backend.h"
+
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define GGML_LIB LAZYMOE_SOURCE_DIR "/tests/node/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so"
+
+typedef void (*ggml_to_float_t)(const void *x, float *y, int64_t k);
+struct ggml_type_traits { /* ggml.h, as in tests/test_ggml_types.c */
+    const char *type_name;
+    int64_t blck_size;
+    int64_t blck_size_interleave;
+    size_t type_size;
+    bool is_quantized;
+    ggml_to_float_t to_float;
+    void *from_float_ref;
+};
+typedef const struct ggml_type_traits *(*get_traits_fn)(int type);
+#define GGML_TYPE_MXFP4 39
+
+static uint64_t rng = 0x6a09e667f3bcc909ull;
+static uint64_t next(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* e2m1 by hand: sign, then 0, 0.5, 1, 1.5, 2, 3, 4, 6 */
+static const float E2M1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+
+static void by_hand(void) {
+    /* one row of 64 values: group 0 scale 2^0 (E = 127) with codes 0..15 twice;
+     * group 1 scale 2^3 (E = 130) with codes 15..0 twice */
+    uint8_t codes[32], scales[2] = {127, 130}, block[34];
+    for (int j = 0; j < 16; j++) {
+        int a = (2 * j) % 16, b = (2 * j + 1) % 16; /* split: values 2j, 2j+1 */
+        codes[j] = (uint8_t)(a | b << 4);
+        codes[16 + j] = (uint8_t)((15 - a) | (15 - b) << 4);
+    }
+    float out[64];
+    lm_mxfp4_split_row_f32(codes, scales, 64, 0, out);
+    for (int i = 0; i < 32; i++) CHECKF(out[i] == E2M1[i % 16], "split value %d: %g", i, out[i]); /* -0 == 0 */
+    for (int i = 0; i < 32; i++) CHECKF(out[32 + i] == 8 * E2M1[15 - i % 16], "split value %d: %g", 32 + i, out[32 + i]);
+    CHECK(out[8] == 0 && !signbit(out[8])); /* code 8, -0, reads as +0 as in ggml (a zero either way) */
+    /* ggml block: byte j holds values j (low) and j + 16 (high) */
+    block[0] = 127;
+    block[17] = 130;
+    for (int j = 0; j < 16; j++) block[1 + j] = (uint8_t)(j | j << 4), block[18 + j] = (uint8_t)((15 - j) | (15 - j) << 4);
+    lm_mxfp4_block_row_f32(block, 64, 0, out);
+    for (int i = 0; i < 32; i++) CHECKF(out[i] == E2M1[i % 16], "block value %d: %g", i, out[i]);
+    for (int i = 0; i < 32; i++) CHECKF(out[32 + i] == 8 * E2M1[15 - i % 16], "block value %d: %g", 32 + i, out[32 + i]);
+    /* the scale's ends: 2^-127 is a subnormal, 2^127 the largest */
+    CHECK(lm_e8m0_to_f32(0) == ldexpf(1, -127) && lm_e8m0_to_f32(1) == ldexpf(1, -126));
+    CHECK(lm_e8m0_to_f32(127) == 1 && lm_e8m0_to_f32(254) == ldexpf(1, 127));
+    CHECK(lm_e8m0_half_to_f32(0) == ldexpf(1, -128) && lm_e8m0_half_to_f32(1) == ldexpf(1, -127));
+    CHECK(lm_e8m0_half_to_f32(128) == 1);
+    uint8_t tiny[16] = {0x71}; /* codes 1 (0.5) and 7 (6) at scale 2^-127 */
+    uint8_t zero = 0;
+    lm_mxfp4_split_row_f32(tiny, &zero, 32, 0, out);
+    CHECK(out[0] == ldexpf(1, -128) && out[1] == 6 * ldexpf(1, -127) && out[2] == 0);
+}
+
+static uint8_t random_scale(void) {
+    static const uint8_t edge[] = {0, 1, 2, 126, 127, 128, 200, 254, 255};
+    return next() % 4 == 0 ? edge[next() % sizeof edge] : (uint8_t)(110 + next() % 30);
+}
+
+static void against_libggml(void) {
+    void *h = dlopen(GGML_LIB, RTLD_NOW | RTLD_LOCAL);
+    CHECKF(h != NULL, "cannot load %s (%s): run tools/install-deps.sh or npm ci in tests/node", GGML_LIB, dlerror());
+    if (!h) return;
+    get_traits_fn traits_of = (get_traits_fn)dlsym(h, "ggml_get_type_traits");
+    CHECK(traits_of != NULL);
+    const struct ggml_type_traits *tr = traits_of ? traits_of(GGML_TYPE_MXFP4) : NULL;
+    CHECKF(tr && tr->type_name && !strcmp(tr->type_name, "mxfp4") && tr->blck_size == 32 && tr->type_size == 17 &&
+               tr->to_float,
+           "ggml type 39 is not mxfp4 with 32 values in 17 bytes");
+    if (!tr || !tr->to_float) return;
+    enum { BLOCKS = 4096 };
+    uint8_t *b = malloc(17 * BLOCKS);
+    float *mine = malloc(sizeof(float) * 32 * BLOCKS), *theirs = malloc(sizeof(float) * 32 * BLOCKS);
+    for (int i = 0; i < 17 * BLOCKS; i++) b[i] = (uint8_t)next();
+    for (int k = 0; k < BLOCKS; k++) b[17 * k] = random_scale();
+    tr->to_float(b, theirs, 32 * BLOCKS);
+    lm_mxfp4_block_row_f32(b, 32 * BLOCKS, 0, mine);
+    int bad = 0;
+    for (int i = 0; i < 32 * BLOCKS; i++)
+        if (memcmp(&mine[i], &theirs[i], 4) && !(isnan(mine[i]) && isnan(theirs[i]))) {
+            if (!bad) printf("# value %d (scale byte %d): %a vs libggml %a\n", i, b[17 * (i / 32)], mine[i], theirs[i]);
+            bad++;
+        }
+    CHECKF(bad == 0, "%d of %d values differ from libggml's to_float", bad, 32 * BLOCKS);
+    free(b), free(mine), free(theirs);
+    dlclose(h);
+}
+
+/* The same values in both layouts: a split row turned into ggml blocks. */
+static void split_to_blocks(const uint8_t *codes, const uint8_t *scales, int rows, int cols, uint8_t *blocks) {
+    int ng = cols / 32;
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < ng; g++) {
+            const uint8_t *c = codes + (size_t)r * (cols / 2) + 16 * g;
+            uint8_t *b = blocks + ((size_t)r * ng + g) * 17;
+            b[0] = scales[(size_t)r * ng + g];
+            uint8_t v[32];
+            for (int j = 0; j < 16; j++) v[2 * j] = c[j] & 15, v[2 * j + 1] = c[j] >> 4;
+            for (int j = 0; j < 16; j++) b[1 + j] = (uint8_t)(v[j] | v[j + 16] << 4);
+        }
+}
+
+static void matmul(void) {
+    char err[LM_ERR_LEN];
+    enum { ROWS = 37, COLS = 320, N = 70 };
+    uint8_t *codes = malloc(ROWS * COLS / 2), *scales = malloc(ROWS * COLS / 32), *blocks = malloc(ROWS * COLS / 32 * 17);
+    for (int i = 0; i < ROWS * COLS / 2; i++) codes[i] = (uint8_t)next();
+    for (int i = 0; i < ROWS * COLS / 32; i++) scales[i] = (uint8_t)(118 + next() % 12);
+    split_to_blocks(codes, scales, ROWS, COLS, blocks);
+    lm_mat ms = {.dtype = LM_DT_MXFP4_SPLIT, .rows = ROWS, .cols = COLS, .data = codes, .scales = scales};
+    lm_mat mb = {.dtype = LM_DT_MXFP4, .rows = ROWS, .cols = COLS, .data = blocks};
+    CHECK(lm_mat_bytes(&ms) == ROWS * COLS / 2 + ROWS * COLS / 32 && lm_mat_bytes(&mb) == ROWS * COLS / 32 * 17);
+    float *w = malloc(sizeof(float) * ROWS * COLS), *wb = malloc(sizeof(float) * COLS);
+    for (int r = 0; r < ROWS; r++) {
+        lm_mat_row_f32(&ms, r, w + (size_t)r * COLS);
+        lm_mat_row_f32(&mb, r, wb);
+        CHECKF(!memcmp(wb, w + (size_t)r * COLS, sizeof(float) * COLS), "row %d: the layouts differ", r);
+    }
+    float *x = malloc(sizeof(float) * N * COLS), *y = malloc(sizeof(float) * N * ROWS), *y1 = malloc(sizeof(float) * ROWS);
+    float *yb = malloc(sizeof(float) * N * ROWS);
+    for (int i = 0; i < N * COLS; i++) x[i] = (float)((double)(next() >> 11) / 9007199254740992.0 * 2 - 1);
+    /* the scalar reference, then the kernels the CPU picks (AVX2 on x86), 1 and 3 threads */
+    for (int run = 0; run < 4; run++) {
+        int threads = run % 2 ? 3 : 1;
+        lm_backend *be;
+        CHECKF(lm_backend_cpu_create_with(&be, threads, run < 2 ? "scalar" : NULL, err) == 0, "%s", err);
+        if (!be) break;
+        CHECK(be->ops->matmul(be, y, &ms, x, N) == 0);
+        CHECK(be->ops->matmul(be, yb, &mb, x, N) == 0);
+        double worst = 0;
+        for (int t = 0; t < N; t++)
+            for (int r = 0; r < ROWS; r++) {
+                double exact = 0, mag = 0;
+                for (int c = 0; c < COLS; c++) {
+                    double p = (double)w[(size_t)r * COLS + c] * x[(size_t)t * COLS + c];
+                    exact += p, mag += fabs(p);
+                }
+                double d = fabs(y[t * ROWS + r] - exact) / (mag + 1e-30);
+                worst = d > worst ? d : worst;
+            }
+        CHECKF(worst < 2e-6, "%s, %d threads: relative error %.3g against the dequantized product",
+               lm_backend_cpu_kernels(be), threads, worst);
+        printf("# %s kernels, %d threads: relative error %.3g\n", lm_backend_cpu_kernels(be), threads, worst);
+        CHECK(!memcmp(y, yb, sizeof(float) * N * ROWS)); /* both layouts, the same numbers */
+        for (int t = 0; t < N; t += 23) { /* one token alone: the same bits as in the batch */
+            CHECK(be->ops->matmul(be, y1, &ms, x + (size_t)t * COLS, 1) == 0);
+            CHECK(!memcmp(y1, y + (size_t)t * ROWS, sizeof(float) * ROWS));
+        }
+        lm_backend_free(be);
+    }
+    free(codes), free(scales), free(blocks), free(w), free(wb), free(x), free(y), free(y1), free(yb);
+}
+
+int main(void) {
+    TEST_CASE("mxfp4_values_by_hand", by_hand);
+    TEST_CASE("mxfp4_blocks_match_libggml", against_libggml);
+    TEST_CASE("mxfp4_matmul_matches_dequantized", matmul);
+    TEST_EXIT();
+}
