@@ -85,11 +85,13 @@ typedef struct {
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;
-    /* Activation precision in matmuls with quantized (MLX 4/8-bit) weights: 32
-     * (default: f32 activations, the reference numerics) or 8 (each token's input
-     * quantized to int8 per weight group, multiplied with integer dot-product
-     * instructions: faster, with the error tests/test_golden.c states). Lazy and
-     * resident runs stay bit-identical either way; 0 = default. */
+    /* Activation precision in matmuls with quantized weights (MLX affine, GGUF
+     * blocks): 8 (each token's input quantized to int8 per group of values and
+     * multiplied with integer dot-product instructions, as llama.cpp does: fast, with
+     * the error tests/test_golden.c states) or 32 (f32 activations, the reference
+     * numerics). Float weights always take f32. Lazy and resident runs stay
+     * bit-identical either way. 0 = default: 8 when the model has quantized
+     * weights, else 32. */
     int act_bits;
     /* Where the tensor work runs: "cpu" (the only backend today); NULL = cpu. */
     const char *backend;
@@ -123,6 +125,7 @@ typedef struct {
     int32_t eos_ids[8];
     char expert_layout[16];    /* "mlx-stacked", "hf-fused" or "hf-separate" */
     int expert_read_ranges;    /* separate byte ranges to read one expert */
+    int act_bits;              /* activation precision in effect (8 or 32; options.act_bits) */
 } lazymoe_model_info;
 
 void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);
@@ -172,6 +175,19 @@ int lazymoe_session_capacity(const lazymoe_session *s);
  * positions): a kept conversation then costs what it holds, not the doubled
  * capacity it grew to. */
 int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen);
+/* Session state on disk: the first n positions a session holds (its tokens and KV
+ * cache), written atomically (a temporary file renamed into place). A state restores
+ * into an empty session of the same model and computation (backend, kernels, KV and
+ * activation precision): the restored session continues exactly as the saved one
+ * would, so generation after it equals evaluating the tokens again. Loading checks
+ * the header, every token id and a checksum; a foreign, truncated or corrupt file is
+ * an error and leaves the session empty. Models with linear attention are refused. */
+int lazymoe_session_save(const lazymoe_session *s, int n, const char *path, char *err, size_t errlen);
+int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t errlen);
+/* The token ids a state file holds (*tokens malloc'd, lazymoe_free), after checking
+ * it belongs to this model and computation: to choose which file to load. */
+int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,
+                                size_t errlen);
 /* Forgets all tokens after the first n (n <= length). Models with recurrent state
  * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
  * snapshot at or before n (generation keeps one before each prompt's last token), or

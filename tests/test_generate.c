@@ -6,6 +6,7 @@
 #include "lazymoe.h"
 
 #include <math.h>
+#include <unistd.h>
 
 #define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/textgen"
 
@@ -679,6 +680,68 @@ static void test_session_fit(void) {
     lazymoe_session_free(b);
 }
 
+/* A saved session restores into a new one that computes exactly what the original
+ * does next (logits bit for bit); foreign, truncated and corrupt files are errors that
+ * leave the session empty. */
+static void test_session_file(void) {
+    const char *prompt = "hello world, the experts and the rest of the words we say";
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
+    lazymoe_model_info info;
+    lazymoe_model_get_info(M, &info);
+    size_t V = (size_t)info.vocab_size;
+    float *la = malloc(sizeof(float) * V * 3), *lb = malloc(sizeof(float) * V * 3);
+    lazymoe_session *a = new_session(), *b = new_session();
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/lazymoe-test-session-%d.lmkv", (int)getpid());
+    CHECK(la && lb && lazymoe_session_eval(a, ids, n, NULL, 0, err, sizeof err) == 0);
+    CHECK(lazymoe_session_save(a, n - 2, path, err, sizeof err) == 0);
+    CHECK(lazymoe_session_load(b, path, err, sizeof err) == 0);
+    CHECK_EQ_INT(lazymoe_session_length(b), n - 2);
+    int32_t *held = NULL;
+    int nh = 0;
+    CHECK(lazymoe_session_file_tokens(M, path, &held, &nh, err, sizeof err) == 0);
+    CHECK(nh == n - 2 && held && !memcmp(held, ids, sizeof(int32_t) * (size_t)nh));
+    lazymoe_free(held);
+    /* the original, cut back to the saved positions, and the restored one continue alike */
+    CHECK(lazymoe_session_truncate(a, n - 2, err, sizeof err) == 0);
+    int32_t more[3] = {ids[n - 2], ids[n - 1], ids[0]};
+    CHECK(lazymoe_session_eval(a, more, 3, la, 1, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(b, more, 3, lb, 1, err, sizeof err) == 0);
+    CHECK(la && lb && !memcmp(la, lb, sizeof(float) * V * 3));
+    /* damage: one flipped byte, a truncated copy, a wrong magic */
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    if (f) {
+        fseek(f, 200, SEEK_SET);
+        int ch = fgetc(f);
+        fseek(f, 200, SEEK_SET);
+        fputc(ch ^ 1, f);
+        fclose(f);
+    }
+    lazymoe_session *c = new_session();
+    CHECK(lazymoe_session_load(c, path, err, sizeof err) != 0);
+    CHECKF(strstr(err, "checksum") || strstr(err, "vocabulary"), "error: %s", err);
+    CHECK_EQ_INT(lazymoe_session_length(c), 0);
+    CHECK(truncate(path, 100) == 0);
+    CHECK(lazymoe_session_load(c, path, err, sizeof err) != 0 && strstr(err, "truncated"));
+    f = fopen(path, "wb");
+    if (f) {
+        fputs("not a session file at all, just text", f);
+        fclose(f);
+    }
+    CHECK(lazymoe_session_load(c, path, err, sizeof err) != 0 && strstr(err, "not a lazymoe session"));
+    CHECK(lazymoe_session_save(a, 0, path, err, sizeof err) != 0);
+    unlink(path);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+    lazymoe_session_free(c);
+    free(la);
+    free(lb);
+    lazymoe_free(ids);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -703,6 +766,7 @@ int main(void) {
     TEST_CASE("generate_logprobs_match_log_softmax", test_logprobs);
     TEST_CASE("generate_tokenize_max_stops_counting", test_tokenize_max);
     TEST_CASE("generate_session_fit_keeps_the_conversation", test_session_fit);
+    TEST_CASE("generate_session_file_restores_exactly", test_session_file);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

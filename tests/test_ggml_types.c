@@ -18,6 +18,8 @@
 
 #include "formats/ggml_blocks.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/qblock.h"
 
 #include <dlfcn.h>
 #include <stdbool.h>
@@ -158,6 +160,30 @@ static uint8_t *random_blocks(int ti, int rows, int cols) {
     return p;
 }
 
+/* The int8-activation group form (qblock.h) against the conversion libggml agrees
+ * with: a16 * (u - off) + b is each value, to f32 rounding. */
+static void test_group_form(void) {
+    for (int ti = 0; ti < NTYPES; ti++) {
+        const lm_dtype t = types[ti].t;
+        if (!lm_qblock_act8(t)) continue;
+        const int cols = 512, off = lm_qblock_off_shift(t) >= 0 ? 1 << lm_qblock_off_shift(t) : 0;
+        uint8_t *row = random_blocks(ti, 1, cols);
+        float w[512];
+        CHECK(lm_blocks_to_f32(t, row, w, cols) == 0);
+        for (int g = 0; g < cols / 32; g++) {
+            lm_qgroup gr;
+            lm_qblock_group(t, row, g, &gr);
+            for (int i = 0; i < 32; i++) {
+                double v = (double)gr.a16[i / 16] * ((int)gr.u[i] - off) + gr.b, e = w[32 * g + i];
+                CHECKF(fabs(v - e) <= 2e-7 * (fabs(gr.a16[i / 16]) * 255 + fabs(gr.b)), "%s group %d value %d: %g vs %g",
+                       types[ti].name, g, i, v, e);
+            }
+        }
+        free(row);
+    }
+    CHECK(!lm_qblock_act8(LM_DT_Q2_K) && !lm_qblock_act8(LM_DT_F32) && !lm_qblock_act8(LM_DT_MXFP4));
+}
+
 static const char *kernel_names[] = {"scalar", "avx512", "avx2", "neon"};
 
 static void test_matmul(void) {
@@ -175,6 +201,11 @@ static void test_matmul(void) {
             for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) x[i] = (float)urand();
             float *ref = malloc(sizeof(float) * (size_t)n * (size_t)rows), *y = malloc(sizeof(float) * (size_t)n * (size_t)rows),
                   *y1 = malloc(sizeof(float) * (size_t)rows);
+            /* the activations as the backend quantizes them for block weights */
+            const int ng8 = cols / 32 + LM_ACT8_PAD;
+            int8_t *q8 = malloc((size_t)n * (size_t)cols);
+            float *dx8 = malloc(sizeof(float) * (size_t)n * (size_t)ng8), *xs8 = malloc(sizeof(float) * (size_t)n * (size_t)ng8);
+            lm_act8_quantize(x, n, cols, 32, 0, q8, (size_t)cols, dx8, xs8, ng8);
             lm_backend *sc = NULL;
             CHECKF(lm_backend_cpu_create_with(&sc, 1, "scalar", err) == 0, "%s", err);
             if (!sc) return;
@@ -191,20 +222,37 @@ static void test_matmul(void) {
                         if (lm_backend_cpu_create_with(&be, threads, kernel_names[ki], err) != 0) continue; /* not this CPU */
                         CHECKF(lm_backend_cpu_set_act_bits(be, bits, cols, err) == 0, "%s", err);
                         CHECK(be->ops->matmul(be, y, &W, x, n) == 0);
-                        /* int8 activations: within the error of quantizing x (<= 1/254 of
-                         * max|x| per value), bounded by sum |w| * max|x| / 127 */
+                        /* f32 activations: the f32 product to rounding. int8 activations
+                         * (types with that path): the exact sum over the converted weights
+                         * times the quantized activations dx_g * q_i, except that a
+                         * group's min or bias b multiplies the unquantized sum of x. */
+                        const int a8 = bits == 8 && lm_qblock_act8(types[ti].t);
                         double worst = 0;
                         for (int t = 0; t < n; t++)
                             for (int r = 0; r < rows; r++) {
-                                double aw = 0;
-                                for (int c = 0; c < cols; c++) aw += fabs(wf[(size_t)r * cols + c] * x[(size_t)t * cols + c]);
-                                double tol = bits == 8 ? 0 : 2e-6 * aw + 1e-30;
-                                if (bits == 8) {
-                                    double sw = 0;
-                                    for (int c = 0; c < cols; c++) sw += fabs(wf[(size_t)r * cols + c]);
-                                    tol = sw / 127.0 + 1e-6 * aw;
+                                const float *wr = wf + (size_t)r * cols, *xt = x + (size_t)t * cols;
+                                double aw = 0, want = ref[(size_t)t * rows + r];
+                                if (a8) {
+                                    want = 0;
+                                    const uint8_t *row = data + (size_t)r * lm_dtype_row_bytes(types[ti].t, (uint64_t)cols);
+                                    for (int g = 0; g < cols / 32; g++) {
+                                        lm_qgroup gr;
+                                        lm_qblock_group(types[ti].t, row, g, &gr);
+                                        const int8_t *qg = q8 + (size_t)t * (size_t)cols + (size_t)g * 32;
+                                        double xs = 0;
+                                        for (int i = 0; i < 32; i++) {
+                                            const double wv = (double)wr[32 * g + i] - gr.b, xq = (double)dx8[(size_t)t * ng8 + g] * qg[i];
+                                            want += wv * xq;
+                                            aw += fabs(wv * xq);
+                                            xs += xt[32 * g + i];
+                                        }
+                                        want += (double)gr.b * xs;
+                                        aw += fabs((double)gr.b * xs);
+                                    }
+                                } else {
+                                    for (int c = 0; c < cols; c++) aw += fabs(wr[c] * xt[c]);
                                 }
-                                double d = fabs((double)y[(size_t)t * rows + r] - ref[(size_t)t * rows + r]) / tol;
+                                double d = fabs((double)y[(size_t)t * rows + r] - want) / (4e-6 * aw + 1e-30);
                                 worst = d > worst ? d : worst;
                             }
                         CHECKF(worst <= 1.0, "%s %s act%d %dx%d n=%d: error %.3g of the tolerance", types[ti].name,
@@ -224,6 +272,9 @@ static void test_matmul(void) {
             free(ref);
             free(y);
             free(y1);
+            free(q8);
+            free(dx8);
+            free(xs8);
         }
     }
 }
@@ -257,6 +308,7 @@ static void test_embed_and_errors(void) {
 int main(void) {
     TEST_CASE("ggml_library", test_library);
     TEST_CASE("ggml_bit_exact", test_bit_exact);
+    TEST_CASE("ggml_block_act8_form", test_group_form);
     TEST_CASE("ggml_block_matmul", test_matmul);
     TEST_CASE("ggml_block_embed_errors", test_embed_and_errors);
     TEST_EXIT();

@@ -12,6 +12,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_write.h"
 #include "lazymoe.h"
+#include "models/gguf_model.h"
 #include "text/tokenizer_gguf.h"
 
 #include <sys/stat.h>
@@ -39,6 +40,7 @@ static int run(const char *path, int capacity, run_result *r, char *err) {
     o.n_threads = 2;
     o.expert_capacity = capacity;
     o.io_threads = 3;
+    o.act_bits = 32; /* the reference numerics on both sides (quantized models default to int8) */
     lazymoe_model *m;
     if (lazymoe_model_open(&m, path, &o, err, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
@@ -260,6 +262,34 @@ static void tokenizer_and_template(void) {
     gguf_close(g);
 }
 
+/* The demo GGUF's config equals config.json's where both speak: shapes, RoPE, norms,
+ * router weighting and the end-of-generation ids (GGUF keeps one eos id; the other
+ * end tokens come back from the control tokens' spelling, as llama.cpp does). */
+static void config_matches(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/demo_f32.gguf", tmp);
+    lm_config a, b;
+    gguf_archive *g = NULL;
+    CHECKF(lm_config_load(&a, DEMO, err) == 0, "%s", err);
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (!g) return;
+    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
+    CHECK(a.vocab_size == b.vocab_size && a.hidden_size == b.hidden_size && a.n_layers == b.n_layers);
+    CHECK(a.n_heads == b.n_heads && a.n_kv_heads == b.n_kv_heads && a.head_dim == b.head_dim);
+    CHECK(a.moe_intermediate_size == b.moe_intermediate_size && a.n_experts == b.n_experts && a.top_k == b.top_k);
+    CHECK(a.norm_topk_prob == b.norm_topk_prob && a.rope_theta == b.rope_theta && a.rms_norm_eps == b.rms_norm_eps);
+    CHECK(a.rope_dim == b.rope_dim && a.tie_word_embeddings == b.tie_word_embeddings && a.qk_norm == b.qk_norm);
+    CHECK_EQ_INT(a.n_eos, b.n_eos);
+    for (int i = 0; i < a.n_eos; i++) {
+        int found = 0;
+        for (int j = 0; j < b.n_eos; j++) found |= a.eos_ids[i] == b.eos_ids[j];
+        CHECKF(found, "eos id %d of config.json is not an end id of the GGUF", a.eos_ids[i]);
+    }
+    lm_config_free(&a);
+    lm_config_free(&b);
+    gguf_close(g);
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -319,6 +349,7 @@ int main(void) {
     TEST_CASE("gguf_lazy_equals_resident", lazy_equals_resident);
     TEST_CASE("gguf_demo_q8_0", demo_q8_0);
     TEST_CASE("gguf_tokenizer_and_template", tokenizer_and_template);
+    TEST_CASE("gguf_config_matches_config_json", config_matches);
     TEST_CASE("gguf_refused_metadata", refused);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

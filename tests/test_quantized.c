@@ -50,12 +50,21 @@ static int convert_fixture(const char *name, int bits, int gs, char *out, size_t
     return 0;
 }
 
+/* f32 activations, the reference numerics these comparisons are about (quantized
+ * models default to int8 activations). */
+static const lazymoe_options *ref_options(void) {
+    static lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.act_bits = 32;
+    return &o;
+}
+
 /* Every quantized matrix of the converted model, through the backend's matmul,
  * equals the independent dequantisation times random inputs (to f32 rounding). */
 static void check_matmuls(const char *dir) {
     lazymoe_model *m;
     char err[LM_ERR_LEN];
-    CHECKF(lazymoe_model_open(&m, dir, NULL, err, sizeof err) == 0, "%s", err);
+    CHECKF(lazymoe_model_open(&m, dir, ref_options(), err, sizeof err) == 0, "%s", err);
     if (!m) return;
     const lm_config *c = &m->w.cfg;
     int checked = 0;
@@ -144,7 +153,7 @@ static void close_to_f32(const char *name, int bits, int gs, double max_rel, dou
     CHECK(lm_npy_read_f32(path, &ref, shape, &nd, err) == 0);
     lazymoe_model *m;
     lazymoe_session *s = NULL;
-    CHECKF(lazymoe_model_open(&m, dir, NULL, err, sizeof err) == 0, "%s", err);
+    CHECKF(lazymoe_model_open(&m, dir, ref_options(), err, sizeof err) == 0, "%s", err);
     if (!m) return;
     size_t V = shape[1];
     float *out = malloc(sizeof(float) * (size_t)n * V);
@@ -258,8 +267,8 @@ static void quantized_equals_dequantized(void) {
         snprintf(d, sizeof d, "%s.dequant", q);
         CHECKF(write_dequantized(q, d, err) == 0, "%s", err);
         lazymoe_model *mq, *md;
-        CHECKF(lazymoe_model_open(&mq, q, NULL, err, sizeof err) == 0, "%s", err);
-        CHECKF(lazymoe_model_open(&md, d, NULL, err, sizeof err) == 0, "%s", err);
+        CHECKF(lazymoe_model_open(&mq, q, ref_options(), err, sizeof err) == 0, "%s", err);
+        CHECKF(lazymoe_model_open(&md, d, ref_options(), err, sizeof err) == 0, "%s", err);
         if (!mq || !md) continue;
         size_t V = (size_t)mq->w.cfg.vocab_size;
         float *a = malloc(sizeof(float) * 8 * V), *b = malloc(sizeof(float) * 8 * V);

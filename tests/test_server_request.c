@@ -305,8 +305,8 @@ static void test_client_mistakes(void) {
 }
 
 /* The prompt cache's choices (server/cache.h): extend a conversation in place, keep an
- * unrelated one apart, serve a prompt the session already holds, free the least
- * recently used sessions when the KV budget needs room. */
+ * unrelated one apart, serve a prompt the session already holds, free sessions when
+ * the KV budget needs room -- one-off requests before a conversation in use. */
 static void fill(lazymoe_session *s, const int32_t *ids, int n, int reused) {
     char err[512];
     CHECK(lazymoe_session_truncate(s, reused, err, sizeof err) == 0);
@@ -346,13 +346,30 @@ static void test_prompt_cache_policy(void) {
     CHECKF(sessions == 1, "%d sessions kept while a 4000-token request needs the whole budget", sessions);
     fill(s5, a, N, reused);
     srv_cache_put(&c, s5);
-    /* ... and an unrelated request then takes the free slot, freeing the long one
-     * (its capacity and the new request's do not fit one context together). */
+    /* An unrelated short request takes the free slot and the long conversation stays:
+     * it keeps only the KV memory it holds (3072 positions), which leaves room. */
     lazymoe_session *s6 = srv_cache_take(&c, b, 200, 100, &reused, err, sizeof err);
-    CHECK(s6 && reused == 0);
+    CHECK(s6 && s6 != s1 && reused == 0);
+    CHECK_EQ_INT(lazymoe_session_capacity(s1), 3072);
     srv_cache_usage(&c, &sessions, &tokens);
-    CHECKF(sessions == 1 && tokens == 0, "%d sessions, %d tokens", sessions, tokens);
+    CHECKF(sessions == 2 && tokens == N, "%d sessions, %d tokens", sessions, tokens);
+    fill(s6, b, 200, reused);
     srv_cache_put(&c, s6);
+    /* Another one-off takes the one-off's slot, not the conversation in use. */
+    int32_t *d = malloc(sizeof(int32_t) * 600);
+    for (int i = 0; i < 600; i++) d[i] = 11 + i % 150;
+    lazymoe_session *s7 = srv_cache_take(&c, d, 600, 100, &reused, err, sizeof err);
+    CHECK(s7 == s6 && reused == 0);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 2 && tokens == N + 200, "%d sessions, %d tokens", sessions, tokens);
+    /* One that cannot fit beside it frees it. */
+    srv_cache_put(&c, s7);
+    lazymoe_session *s8 = srv_cache_take(&c, d, 600, 2000, &reused, err, sizeof err);
+    CHECK(s8 == s6);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 1, "%d sessions", sessions);
+    free(d);
+    srv_cache_put(&c, s8);
     srv_cache_free(&c);
     free(a);
     free(b);

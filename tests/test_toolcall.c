@@ -264,6 +264,12 @@ static void test_qwen_types(void) {
            "<parameter=either>\nx\"y\n</parameter>\n<parameter=days>\n1 2\n</parameter>\n</function>",
            "B0:get_weather A0[{\"days\": \"three\", \"metric\": \"yes\", \"opts\": \"[1]\", \"temp\": \"\", "
            "\"either\": \"x\\\"y\", \"days\": \"1 2\"}] E0");
+    /* a JSON array or object may hold tags inside its strings (the grammar allows
+     * them there): they do not end the value */
+    expect(TOOLS, 0,
+           "<function=get_weather>\n<parameter=tags>\n[\"</parameter>\", \"<b>\\\"</tool_call>\"]\n</parameter>\n"
+           "<parameter=opts>\n{\"k\": \"</function>\"}\n</parameter>\n</function>",
+           "B0:get_weather A0[{\"tags\": [\"</parameter>\", \"<b>\\\"</tool_call>\"], \"opts\": {\"k\": \"</function>\"}}] E0");
     /* an unknown function (wrapped): every parameter is a string */
     expect(TOOLS, 0, "<tool_call>\n<function=run>\n<parameter=n>\n5\n</parameter>\n</function>\n</tool_call>",
            "B0:run A0[{\"n\": \"5\"}] E0");

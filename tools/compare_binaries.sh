@@ -4,7 +4,9 @@
 # refactoring changed no number:
 #   tools/compare_binaries.sh OLD_BINARY NEW_BINARY
 # Each case runs resident and lazy (capacity 1 and top_k), f16/f32/int8 KV, and
-# int8 activations on quantized models, with 1 and 2 threads.
+# int8 activations on quantized models, with 1 and 2 threads. The activation
+# precision is always named (--act-bits 32, the reference, or 8), so binaries from
+# before and after int8 became the default for quantized models compare alike.
 set -u
 cd "$(dirname "$0")/.."
 old=$1; new=$2
@@ -33,14 +35,15 @@ for m in "${models[@]}"; do
     if [ -f "$m/input_ids.txt" ]; then ids=$(tr -s ' \n' ',' <"$m/input_ids.txt" | sed 's/^,//; s/,$//'); else ids=3,14,15,92,65,35,89,79; fi
     topk=$(sed -n 's/.*"num_experts_per_tok": *\([0-9]*\).*/\1/p' "$m/config.json" | head -1); topk=${topk:-2}
     for threads in 1 2; do
-        compare "$name resident t$threads" logits "$m" --ids "$ids" --resident --threads $threads --no-warm-start
-        compare "$name cap1 t$threads" logits "$m" --ids "$ids" --capacity 1 --threads $threads --no-warm-start
+        compare "$name resident t$threads" logits "$m" --ids "$ids" --act-bits 32 --resident --threads $threads --no-warm-start
+        compare "$name cap1 t$threads" logits "$m" --ids "$ids" --act-bits 32 --capacity 1 --threads $threads --no-warm-start
     done
-    compare "$name cap$topk" logits "$m" --ids "$ids" --capacity "$topk" --no-warm-start
-    for kv in 8 32; do compare "$name kv$kv" logits "$m" --ids "$ids" --kv-bits $kv --no-warm-start; done
+    compare "$name cap$topk" logits "$m" --ids "$ids" --act-bits 32 --capacity "$topk" --no-warm-start
+    for kv in 8 32; do compare "$name kv$kv" logits "$m" --ids "$ids" --act-bits 32 --kv-bits $kv --no-warm-start; done
     compare "$name act8" logits "$m" --ids "$ids" --act-bits 8 --no-warm-start
-    compare_ids "$name greedy" run "$m" --ids "$ids" -n 16 --temp 0 --print-ids --no-warm-start
-    compare_ids "$name greedy cap1" run "$m" --ids "$ids" -n 16 --temp 0 --print-ids --capacity 1 --no-warm-start
+    compare_ids "$name greedy act8" run "$m" --ids "$ids" --act-bits 8 -n 16 --temp 0 --print-ids --no-warm-start
+    compare_ids "$name greedy" run "$m" --ids "$ids" --act-bits 32 -n 16 --temp 0 --print-ids --no-warm-start
+    compare_ids "$name greedy cap1" run "$m" --ids "$ids" --act-bits 32 -n 16 --temp 0 --print-ids --capacity 1 --no-warm-start
 done
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -73,6 +73,22 @@ int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen) {
     return lm_session_fit(s, e) == 0 ? 0 : copy_err(err, errlen, e);
 }
 
+int lazymoe_session_save(const lazymoe_session *s, int n, const char *path, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_save(s, n, path, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
+int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_load(s, path, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
+int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,
+                                size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_file_tokens(m, path, tokens, n, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
 int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen) {
     char e[LM_ERR_LEN] = "";
     return lm_session_truncate(s, n, e) == 0 ? 0 : copy_err(err, errlen, e);

@@ -142,7 +142,7 @@ done:
                (unsigned long long)st2.prefetch_used, (unsigned long long)st2.prefetch_cancelled,
                st2.resident ? "true" : "false", st2.capacity, st2.pinned_experts, st2.io_threads,
                (unsigned long long)st2.direct_bytes_read, info.n_experts,
-               info.top_k, a.opt.act_bits == 8 ? 8 : 32, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
+               info.top_k, info.act_bits, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
         /* The generated ids, so runs under different budgets can be compared. */
         printf(", \"generated_ids\": [");

@@ -115,8 +115,8 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
     "                            attention runs (router lookahead; default 0 = off)\n"               \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
-    "         --act-bits N       activations in quantized matmuls: 32 (default, f32) or 8 (int8:\n"  \
-    "                            faster, small stated error)\n"
+    "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
+    "                            stated error) or 32 (f32, the reference numerics)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"

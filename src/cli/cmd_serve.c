@@ -30,6 +30,9 @@ static const char serve_usage[] =
     "  --cache-slots N         conversations kept in the prompt cache (default 4)\n"
     "  --cache-tokens N        KV positions those conversations may hold together; the memory\n"
     "                          plan reserves them (default: --ctx, i.e. one full context)\n"
+    "  --prompt-cache-dir DIR  where evaluated long prompts are kept across sessions and restarts\n"
+    "                          (default $XDG_CACHE_HOME/lazymoe/prompt-cache, else ~/.cache/...)\n"
+    "  --prompt-cache-size SIZE  disk the stored prompts may take (default 8G; 0 = off)\n"
     "  --allow-forced-output   FOR TESTS ONLY: accept the request field \"lazymoe_forced_output\",\n"
     "                          which makes the model's answer that text (off by default)\n"
     "  --ctx N                 context size in tokens (default: the model's maximum, or what a\n"
@@ -79,12 +82,18 @@ static int serve_arg(void *ctx, const char *s, const char *v) {
         {"--cache-slots", .num = &so->cache_slots, .lo = 1, .hi = 256},
         {"--cache-tokens", .num = &so->cache_tokens, .lo = 1, .hi = 1 << 30},
         {"--allow-forced-output", .flag = &so->allow_forced_output, .lo = 1},
+        {"--prompt-cache-dir", .str = &so->prompt_cache_dir, .what = "a directory", .nonempty = 1},
     };
     int r = CLI_OPTIONS(s, v, opts);
-    if (r || strcmp(s, "--max-body") != 0) return r;
+    if (r || (strcmp(s, "--max-body") != 0 && strcmp(s, "--prompt-cache-size") != 0)) return r;
+    if (!strcmp(s, "--prompt-cache-size") && v && !strcmp(v, "0")) { /* off */
+        so->prompt_cache_size = 0;
+        return 2;
+    }
     long long b = cli_parse_size(s, v);
     if (b < 0) return -1;
-    so->max_body = (size_t)b;
+    if (!strcmp(s, "--max-body")) so->max_body = (size_t)b;
+    else so->prompt_cache_size = (unsigned long long)b;
     return 2;
 }
 

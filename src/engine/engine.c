@@ -41,7 +41,23 @@ static int widest_input(const lm_config *c) {
 static uint64_t act8_bytes(const lm_config *c, int act_bits) {
     if (act_bits != 8) return 0;
     uint64_t w = (uint64_t)widest_input(c);
-    return 2u * LM_CHUNK_TOKENS * (w + 256 + 2 * 4 * (w / 32 + 32));
+    /* values, group steps and sums, and for ggml block weights three lane tables */
+    return 2u * LM_CHUNK_TOKENS * (w + 256 + 2 * 4 * (w / 32 + 32) + 3 * (w + 128));
+}
+
+/* Whether a matmul of the model takes quantized weights (MLX affine or ggml blocks). */
+static int mat_quantized(const lm_mat *x) { return x->rows > 0 && (x->dtype == LM_DT_U32 || lm_dtype_is_block(x->dtype)); }
+static int has_quantized_weights(const lm_weights *w) {
+    if (mat_quantized(&w->lm_head)) return 1;
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        const lm_layer *L = &w->layers[l];
+        const lm_mat *ms[] = {&L->q, &L->k, &L->v, &L->o, &L->lin.in_qkvz, &L->lin.in_ba, &L->lin.out, &L->router,
+                              &L->mlp_gate, &L->mlp_up, &L->mlp_down, &L->shared_gate, &L->shared_up,
+                              &L->shared_down, &L->src.tmpl[0], &L->src.tmpl[1], &L->src.tmpl[2]};
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+            if (mat_quantized(ms[i])) return 1;
+    }
+    return 0;
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
@@ -213,6 +229,10 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
         free(m);
         return -1;
     }
+    /* Quantized weights take int8 activations unless asked otherwise (as llama.cpp
+     * always does): much faster, at the error tests/test_golden.c states; float
+     * models keep f32, which is also the reference everywhere (--act-bits 32). */
+    if (m->opt.act_bits == 0) m->opt.act_bits = has_quantized_weights(&m->w) ? 8 : 32;
     switch (m->opt.kv_bits) {
     case 0:
     case 16: m->kv_dtype = LM_DT_F16; break;
@@ -321,6 +341,7 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     const lm_config *c = &m->w.cfg;
     memset(info, 0, sizeof *info);
     snprintf(info->model_type, sizeof info->model_type, "%s", c->model_type);
+    info->act_bits = m->opt.act_bits;
     info->n_layers = c->n_layers;
     for (int l = 0; l < c->n_layers; l++) info->n_moe_layers += m->w.layers[l].is_moe;
     info->n_experts = c->n_experts;

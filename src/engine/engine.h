@@ -116,6 +116,16 @@ int lm_session_truncate(lazymoe_session *s, int n, char *err);
 int lm_session_fit(lazymoe_session *s, char *err);
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *err);
 
+/* Session state files (session_file.c): the first n positions of a session (tokens and
+ * KV cache) saved atomically, restored into an empty session of the same model and
+ * computation (backend, kernels, KV and activation precision: restored state must
+ * give the logits recomputing would). Not for models with linear attention. */
+int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err);
+int lm_session_load(lazymoe_session *s, const char *path, char *err);
+/* The tokens a state file holds, after checking it belongs to this model and
+ * computation (its header only; lm_session_load checks the whole file). */
+int lm_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err);
+
 /* Tokens per forward chunk: bounds scratch memory during long prefills while
  * keeping expert matmuls batched. */
 #define LM_CHUNK_TOKENS 256
@@ -131,6 +141,8 @@ void lm_scratch_free(lm_scratch *S, lm_backend *be);
 /* Resizes a session's KV caches and token list to `cap` positions (cap >= the
  * positions held), keeping what they hold. */
 int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err);
+/* One layer's KV buffers for cap positions: K values, K scales, V values, V scales. */
+void lm_kv_layer_bytes(const lm_config *c, int cap, lm_dtype dt, size_t bytes[4]);
 void lm_kv_cache_free(lazymoe_session *s);
 /* Bytes a session holds now: KV cache, tokens, scratch, linear-attention states --
  * counted from what was allocated (tests compare it with the plan's sizes). */

@@ -108,7 +108,7 @@ fail:
 /* ---- KV cache ------------------------------------------------------------------------ */
 
 /* Bytes of one attention layer's four KV arrays (K, K scales, V, V scales) at cap positions. */
-static void kv_layer_bytes(const lm_config *c, int cap, lm_dtype dt, size_t bytes[4]) {
+void lm_kv_layer_bytes(const lm_config *c, int cap, lm_dtype dt, size_t bytes[4]) {
     size_t row = (size_t)c->n_kv_heads * (size_t)c->head_dim * lm_dtype_size(dt);
     size_t srow = dt == LM_DT_I8 ? (size_t)c->n_kv_heads * sizeof(float) : 0;
     bytes[0] = bytes[2] = row * (size_t)cap;
@@ -117,7 +117,7 @@ static void kv_layer_bytes(const lm_config *c, int cap, lm_dtype dt, size_t byte
 
 uint64_t lm_kv_cache_bytes(const lm_config *c, int ctx, lm_dtype dt) {
     size_t b[4];
-    kv_layer_bytes(c, ctx, dt, b);
+    lm_kv_layer_bytes(c, ctx, dt, b);
     uint64_t total = 0;
     for (int l = 0; l < c->n_layers; l++)
         if (!lm_config_layer_is_linear(c, l)) total += (uint64_t)b[0] + b[1] + b[2] + b[3];
@@ -129,8 +129,8 @@ int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err) {
     lm_backend *be = s->m->be;
     lm_dtype dt = s->m->kv_dtype;
     size_t want[4], had[4];
-    kv_layer_bytes(c, cap, dt, want);
-    kv_layer_bytes(c, s->cap_ctx, dt, had);
+    lm_kv_layer_bytes(c, cap, dt, want);
+    lm_kv_layer_bytes(c, s->cap_ctx, dt, had);
     for (int l = 0; l < c->n_layers; l++) {
         if (lm_config_layer_is_linear(c, l)) continue; /* no KV cache */
         lm_buf *bufs = s->kv_bufs + (size_t)l * 4;

@@ -61,6 +61,30 @@ static int token_id(meta *m, const char *key, json_t *eos) {
     return rc < 0 ? -1 : 0;
 }
 
+/* GGUF keeps one eos id; generation_config.json often lists more (Qwen: <|im_end|> and
+ * <|endoftext|>). Like llama.cpp, control tokens spelled as a known end of turn or of
+ * text also end generation. */
+static void add_end_tokens(const gguf_archive *g, json_t *eos) {
+    static const char *const ends[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
+                                       "<|return|>",    "<|call|>",   "</s>",       "<end_of_turn>"};
+    const gguf_kv *toks = gguf_find_kv(g, "tokenizer.ggml.tokens"), *types = gguf_find_kv(g, "tokenizer.ggml.token_type");
+    if (!toks || !types || toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING ||
+        types->type != GGUF_TYPE_ARRAY || (types->arr_type != GGUF_TYPE_I32 && types->arr_type != GGUF_TYPE_U32) ||
+        types->arr_n != toks->arr_n)
+        return;
+    for (uint64_t i = 0; i < toks->arr_n && json_array_size(eos) < LM_MAX_EOS; i++) {
+        if (gguf_arr_int(types, i) != 3) continue;
+        for (size_t k = 0; k < sizeof ends / sizeof ends[0]; k++)
+            if (toks->strs[i].len == strlen(ends[k]) && memcmp(toks->strs[i].p, ends[k], strlen(ends[k])) == 0) {
+                size_t j;
+                json_t *e;
+                int dup = 0;
+                json_array_foreach(eos, j, e) dup |= json_integer_value(e) == (json_int_t)i;
+                if (!dup) json_array_append_new(eos, json_integer((json_int_t)i));
+            }
+    }
+}
+
 /* Which family a GGUF architecture is; the "llama" architecture holds Mixtral. */
 static const lm_family *family_of(const gguf_archive *g, const char *arch, char *err) {
     const lm_family *f = lm_family_find_gguf(arch);
@@ -187,6 +211,7 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
     if (token_id(&m, "tokenizer.ggml.eos_token_id", eos) || token_id(&m, "tokenizer.ggml.eot_token_id", eos) ||
         token_id(&m, "tokenizer.ggml.eom_token_id", eos))
         goto done;
+    add_end_tokens(g, eos);
     if (gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v, err) < 0) goto done;
     if (gguf_find_kv(g, "tokenizer.ggml.bos_token_id")) json_object_set_new(cfg, "bos_token_id", json_integer(v));
     text = json_dumps(cfg, JSON_COMPACT);

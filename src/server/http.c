@@ -555,6 +555,15 @@ void srv_options_init(srv_options *o) {
     o->max_connections = 64;
     o->header_timeout_s = 15;
     o->body_timeout_s = 120;
+    o->prompt_cache_size = 8ull << 30;
+}
+
+/* The persistent prompt cache's directory when none is given. */
+static int default_prompt_cache_dir(char *out, size_t len) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && xdg[0] == '/') return snprintf(out, len, "%s/lazymoe/prompt-cache", xdg) < (int)len ? 0 : -1;
+    if (home && home[0]) return snprintf(out, len, "%s/.cache/lazymoe/prompt-cache", home) < (int)len ? 0 : -1;
+    return -1;
 }
 
 /* Renders and tokenizes a one-message conversation before serving: a model whose
@@ -607,6 +616,10 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
                    o->header_timeout_s > 0 ? o->header_timeout_s : 15, o->body_timeout_s > 0 ? o->body_timeout_s : 120);
     if (check_model_text(m, err, errlen) != 0) goto done;
     if (srv_cache_init(&s->cache, m, o->cache_slots, o->cache_tokens, err, errlen) != 0) goto done;
+    char pc_dir[4096];
+    const char *pcd = o->prompt_cache_dir;
+    if (!pcd && o->prompt_cache_size && default_prompt_cache_dir(pc_dir, sizeof pc_dir) == 0) pcd = pc_dir;
+    if (srv_disk_init(&s->disk, m, pcd, o->prompt_cache_size, err, errlen) != 0) goto done;
     snprintf(port, sizeof port, "%d", o->port);
     int gai = getaddrinfo(o->host, port, &hints, &ai);
     if (gai != 0 || !ai) {
@@ -654,6 +667,7 @@ done:
     if (lsock != MHD_INVALID_SOCKET) close(lsock);
     if (ai) freeaddrinfo(ai);
     srv_cache_free(&s->cache);
+    srv_disk_free(&s->disk);
     srv_conns_free(&s->conns);
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcv);

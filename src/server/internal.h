@@ -7,6 +7,7 @@
 #include "server/buf.h"
 #include "server/cache.h"
 #include "server/conns.h"
+#include "server/disk_cache.h"
 #include "server/reply.h"
 #include "server/request.h"
 #include "server/server.h"
@@ -67,6 +68,7 @@ typedef struct srv_server {
     pthread_t worker;
     int worker_started;
     srv_prompt_cache cache; /* the worker's alone */
+    srv_disk_cache disk;    /* the worker's alone */
     int cache_sessions, cache_tokens; /* its size as of the last request, for /health */
     unsigned long long served;
     double started_at;

@@ -239,6 +239,7 @@ static void run_job(srv_server *s, srv_job *j) {
         log_job(j, t_start, err);
         return;
     }
+    reused = srv_disk_restore(&s->disk, sess, j->ids, j->n_ids, reused); /* a stored prompt may go further */
     const char *model = j->chat.model ? j->chat.model : s->opt.model_name;
     pthread_mutex_lock(&j->mu);
     j->state = JOB_RUNNING;
@@ -283,6 +284,8 @@ static void run_job(srv_server *s, srv_job *j) {
         p.n_top_logprobs = j->chat.top_logprobs;
     }
     int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
+    if (rc == 0 && !j->cancel)
+        srv_disk_store(&s->disk, sess, j->n_ids, j->stats.prompt_tokens - j->stats.cached_tokens);
     srv_cache_put(&s->cache, sess);
     if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */
         rc = -1;

@@ -32,6 +32,11 @@ typedef struct {
     int max_connections;     /* open at once; idle ones are shed first (conns.h) */
     double header_timeout_s; /* a request's headers must arrive within this (default 15 s) */
     double body_timeout_s;   /* and its body within this after them (default 120 s) */
+    /* The persistent prompt cache (disk_cache.h): a directory (NULL = the default,
+     * $XDG_CACHE_HOME/lazymoe/prompt-cache or ~/.cache/lazymoe/prompt-cache) and the
+     * bytes its files may take (0 = off). */
+    const char *prompt_cache_dir;
+    unsigned long long prompt_cache_size;
 } srv_options;
 
 void srv_options_init(srv_options *o);

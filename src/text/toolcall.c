@@ -84,6 +84,8 @@ struct lm_toolcall_parser {
     unsigned ptypes;    /* type bits of the current parameter; 0 = streamed as a string */
     int value_started;  /* the optional newline after <parameter=p> was looked at */
     lm_strbuf value;         /* raw text of a non-string parameter */
+    int vkind, vstr, vesc;   /* that text: 0 not begun, 1 a JSON array or object, 2 other;
+                                inside one of its strings; after a backslash there */
     /* Hermes JSON scanner */
     size_t json_start;  /* offset of '{' after head */
     int depth, in_str, esc;
@@ -309,11 +311,36 @@ static void begin_param(lm_toolcall_parser *p, const char *name, size_t n) {
     esc_add(p, name, n, 1);
     args_str(p, p->ptypes ? "\": " : "\": \"");
     p->value_started = 0;
+    p->vkind = p->vstr = p->vesc = 0;
     p->value.len = 0;
+}
+
+/* Scans the raw text of a non-string parameter from state (kind, str, esc), see the
+ * parser's fields, and returns its first '<' that may start a tag (NULL: none): in a
+ * JSON array or object, a '<' inside a string is text (the grammar allows it there);
+ * elsewhere every '<' counts, so a stray quote cannot swallow the closing tags. */
+static const char *value_scan(const char *d, size_t n, int *kind, int *str, int *esc) {
+    for (size_t i = 0; i < n; i++) {
+        const char c = d[i];
+        if (*kind == 0 && !is_ws(c)) *kind = c == '[' || c == '{' ? 1 : 2;
+        if (*kind != 1) {
+            if (c == '<') return d + i;
+        } else if (*str) {
+            if (*esc) *esc = 0;
+            else if (c == '\\') *esc = 1;
+            else if (c == '"') *str = 0;
+        } else if (c == '"') {
+            *str = 1;
+        } else if (c == '<') {
+            return d + i;
+        }
+    }
+    return NULL;
 }
 
 static void value_add(lm_toolcall_parser *p, const char *d, size_t n, int final, size_t *used) {
     if (p->ptypes) {
+        value_scan(d, n, &p->vkind, &p->vstr, &p->vesc); /* the state after these bytes */
         sb_add(p, &p->value, d, n);
         *used = n;
     } else {
@@ -795,7 +822,10 @@ static enum step st_pvalue(lm_toolcall_parser *p, int eof) {
         p->value_started = 1;
         return PROGRESS;
     }
-    const char *lt = memchr(b, '<', n);
+    /* A JSON value (non-string parameter) may hold '<' inside its strings, which
+     * the grammar allows there: only a '<' outside them can start a closing tag. */
+    int vk = p->vkind, vs = p->vstr, ve = p->vesc;
+    const char *lt = p->ptypes ? value_scan(b, n, &vk, &vs, &ve) : memchr(b, '<', n);
     int m = lt ? match_any(lt, n - (size_t)(lt - b), value_ends, 4) : -2;
     if (lt && m == -1 && eof) m = -2;
     if (lt && m == -2) { /* a literal '<': everything up to it is value */

@@ -103,15 +103,19 @@ else
     bad cli_help_command "help bench did not print bench's usage"
 fi
 check_err cli_err_act_bits "--act-bits expects 8 or 32" $BIN run $G/olmoe_f32 --ids 1 --act-bits 16
-# Int8 activations change the logits of a quantized model, and leave a float model's alone.
-if $BIN logits models/demo-coder --ids 1,2,3,4,5 --out $T/a32.npy &&
+# Int8 activations change the logits of a quantized model, and leave a float model's
+# alone; they are the default for quantized weights (--act-bits 32 is the reference).
+if $BIN logits models/demo-coder --ids 1,2,3,4,5 --out $T/a32.npy --act-bits 32 &&
    $BIN logits models/demo-coder --ids 1,2,3,4,5 --out $T/a8.npy --act-bits 8 &&
-   $BIN logits $G/olmoe_f32 --ids 1,2,3 --out $T/f32.npy &&
+   $BIN logits models/demo-coder --ids 1,2,3,4,5 --out $T/adef.npy &&
+   $BIN logits $G/olmoe_f32 --ids 1,2,3 --out $T/f32.npy --act-bits 32 &&
    $BIN logits $G/olmoe_f32 --ids 1,2,3 --out $T/f8.npy --act-bits 8 &&
-   ! cmp -s $T/a32.npy $T/a8.npy && cmp -s $T/f32.npy $T/f8.npy; then
+   $BIN logits $G/olmoe_f32 --ids 1,2,3 --out $T/fdef.npy &&
+   ! cmp -s $T/a32.npy $T/a8.npy && cmp -s $T/a8.npy $T/adef.npy && cmp -s $T/f32.npy $T/f8.npy &&
+   cmp -s $T/f32.npy $T/fdef.npy; then
     ok cli_act_bits
 else
-    bad cli_act_bits "runs failed, or int8 activations did not apply to exactly the quantized model"
+    bad cli_act_bits "runs failed, or int8 activations did not apply to exactly the quantized model, or are not its default"
 fi
 # perplexity: the shipped demo model scores held-out Python far better than chance (a
 # vocabulary of 4160 tokens), and the window size changes the result only a little.

@@ -10,7 +10,10 @@ import { ROOT, LAZYMOE } from './harness.mjs';
 export const SERVER_MODEL = process.env.LAZYMOE_SERVER_MODEL || path.join(ROOT, 'models', 'demo-coder');
 
 export async function startServer(extraArgs = [], env = {}, model = SERVER_MODEL) {
-  const args = ['serve', model, '--port', '0', '--ctx', '4096', '--no-warm-start', ...extraArgs];
+  // The persistent prompt cache stays off unless a test names its directory: one
+  // test's stored prompts must not change another's cached_tokens.
+  const pc = extraArgs.includes('--prompt-cache-dir') ? [] : ['--prompt-cache-size', '0'];
+  const args = ['serve', model, '--port', '0', '--ctx', '4096', '--no-warm-start', ...pc, ...extraArgs];
   const proc = spawn(LAZYMOE, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let log = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));

@@ -2,7 +2,11 @@
 // Claude Code's own 573-token title request evicted its 34,771-token conversation).
 // Repro on a --ctx 4096 server: a ~2,100-token request, a ~260-token one, the first again
 // -> the first must come back with its prompt cached. Before: the first session had grown
-// (by doubling) to the whole 4096-token budget and any other request evicted it.
+// (by doubling) to the whole 4096-token budget and any other request evicted it. Then
+// the persistent prompt cache across server restarts.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import OpenAI from 'openai';
 import { testCase, assert, done, lazymoe } from './harness.mjs';
 import { startServer, SERVER_MODEL } from './server_harness.mjs';
@@ -34,4 +38,47 @@ await testCase('default_context_is_the_models_maximum', async () => {
 });
 
 await server.stop();
+
+// The persistent prompt cache: a restarted server starts from the stored state of a
+// long prompt (same answer, prompt counted as cached), also for a new conversation that
+// only shares the prompt's beginning; a damaged file is dropped with a log line and the
+// request is evaluated in full, with the same answer.
+await testCase('prompt_cache_survives_restart', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-pc-'));
+  try {
+    const system = { role: 'system', content: `You are a coding agent. Tools and rules: ${words(900, 't')}` };
+    const first = [system, { role: 'user', content: 'Fix the parser.' }];
+    const other = [system, { role: 'user', content: 'Write the tests.' }];
+    const run = async (extra, fn) => {
+      const srv = await startServer(['--prompt-cache-dir', dir, ...extra]);
+      const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      try { return await fn(client); } finally { await srv.stop(); }
+    };
+    const ask2 = (client, messages) => client.chat.completions.create({ model: 'demo', messages, max_tokens: 12, temperature: 0 });
+    const cold = await run([], (c) => ask2(c, first));
+    assert(cold.usage.prompt_tokens > 1024 && cold.usage.prompt_tokens_details.cached_tokens === 0, JSON.stringify(cold.usage));
+    const files = fs.readdirSync(dir).filter((f) => f.endsWith('.lmkv'));
+    assert(files.length === 1, `stored files: ${files}`);
+    const [warm, shared] = await run([], async (c) => [await ask2(c, first), await ask2(c, other)]);
+    assert(warm.usage.prompt_tokens_details.cached_tokens === warm.usage.prompt_tokens - 1, JSON.stringify(warm.usage));
+    assert(warm.choices[0].message.content === cold.choices[0].message.content, 'restored state answers differently');
+    assert(shared.usage.prompt_tokens_details.cached_tokens > 900, `shared prefix: ${JSON.stringify(shared.usage)}`);
+    // damage the stored file: the next server drops it and evaluates everything again
+    const f = path.join(dir, files[0]);
+    const buf = fs.readFileSync(f);
+    buf[buf.length - 100] ^= 0xff;
+    fs.writeFileSync(f, buf);
+    let log = '';
+    const again = await (async () => {
+      const srv = await startServer(['--prompt-cache-dir', dir, '--prompt-cache-size', '1G']);
+      const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      try { return await ask2(client, first); } finally { log = await srv.stop(); }
+    })();
+    assert(/prompt cache: dropping .*checksum/.test(log), log.slice(-600));
+    assert(again.choices[0].message.content === cold.choices[0].message.content, 'answer after a damaged file differs');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 done();

@@ -16,6 +16,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/mxfp4_dot.h"
+#include "kernels/cpu/qblock.h"
 #include "kernels/cpu/threadpool.h"
 #include "platform/platform.h"
 
@@ -301,9 +302,16 @@ static size_t act8_q_stride(const lm_mat *W, int block) {
     if (block) c = (c + (size_t)block - 1) / (size_t)block * (size_t)block;
     return round64(c);
 }
-static int act8_ng_stride(const lm_mat *W) { return W->cols / W->group_size + LM_ACT8_PAD; }
+/* The activations' group size: the affine matrix's, or 32 for ggml blocks (qblock.h). */
+static int act8_gs(const lm_mat *W) { return W->dtype == LM_DT_U32 ? W->group_size : LM_QB_GROUP; }
+static int act8_ng_stride(const lm_mat *W) { return W->cols / act8_gs(W) + LM_ACT8_PAD; }
+/* Entries per token of each lane table (block weights only; 0 otherwise). */
+static size_t act8_lane_stride(const lm_mat *W) {
+    return lm_dtype_is_block(W->dtype) ? round64((size_t)W->cols / 4 * sizeof(float) + 64) / sizeof(float) : 0;
+}
 static size_t act8_token_bytes(const lm_mat *W, int block) {
-    return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float));
+    return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float)) +
+           3 * act8_lane_stride(W) * sizeof(float);
 }
 
 /* Makes the buffer hold at least `bytes`; 0 when it does (or already did). */
@@ -329,10 +337,16 @@ static void quantize_task(void *ctx, int task) {
     const quantize_job *j = ctx;
     int t0 = task * j->per_task, tn = j->n - t0 < j->per_task ? j->n - t0 : j->per_task;
     lm_act8 *a = j->a;
-    j->quantize(j->x + (size_t)t0 * (size_t)j->W->cols, tn, j->W->cols, j->W->group_size, j->block,
+    j->quantize(j->x + (size_t)t0 * (size_t)j->W->cols, tn, j->W->cols, act8_gs(j->W), j->block,
                      (int8_t *)a->q + (size_t)t0 * a->q_stride, a->q_stride,
                      (float *)a->dx + (size_t)t0 * (size_t)a->ng_stride,
                      (float *)a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride);
+    if (a->lane_qsum) {
+        const size_t ls = a->lane_stride, off = (size_t)t0 * ls;
+        lm_qblock_lanes(a->q + (size_t)t0 * a->q_stride, a->q_stride, a->dx + (size_t)t0 * (size_t)a->ng_stride,
+                        a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride, tn, j->W->cols,
+                        (int32_t *)a->lane_qsum + off, (float *)a->lane_dx + off, (float *)a->lane_xsum + off, ls);
+    }
 }
 
 /* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes),
@@ -349,6 +363,16 @@ static void act8_prepare(const cpu_impl *impl, const lm_mat *W, const float *x, 
     a->dx = dx;
     a->xsum = xsum;
     a->ng_stride = ngs;
+    a->lane_stride = act8_lane_stride(W);
+    a->lane_qsum = NULL;
+    a->lane_dx = a->lane_xsum = NULL;
+    if (a->lane_stride) {
+        char *lanes = buf + (size_t)n * (qs + 2 * fb);
+        const size_t lb = (size_t)n * a->lane_stride * sizeof(float);
+        a->lane_qsum = (const int32_t *)(void *)lanes;
+        a->lane_dx = (const float *)(void *)(lanes + lb);
+        a->lane_xsum = (const float *)(void *)(lanes + 2 * lb);
+    }
     int tasks = n < 2 * lm_pool_size(pool) ? n : 2 * lm_pool_size(pool);
     quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a,
                       .quantize = impl->k && impl->k->act8_quantize ? impl->k->act8_quantize : lm_act8_quantize};
@@ -393,6 +417,14 @@ typedef struct {
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    if (lm_dtype_is_block(W->dtype)) {
+        for (int r = r0; r < r1; r++)
+            for (int t = 0; t < n; t++)
+                y[(size_t)t * (size_t)W->rows + (size_t)r] =
+                    lm_qblock_dot_act8(W, r, a->q + (size_t)t * a->q_stride, a->dx + (size_t)t * (size_t)a->ng_stride,
+                                       a->xsum + (size_t)t * (size_t)a->ng_stride);
+        return;
+    }
     for (int r = r0; r < r1; r++)
         for (int t = 0; t < n; t++)
             y[(size_t)t * (size_t)W->rows + (size_t)r] =
@@ -470,7 +502,9 @@ static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, in
     if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
     return impl->k->handles(W) ? impl->k : NULL;
 }
-static int uses_act8(const cpu_impl *impl, const lm_mat *W) { return impl->act_bits == 8 && W->dtype == LM_DT_U32; }
+static int uses_act8(const cpu_impl *impl, const lm_mat *W) {
+    return impl->act_bits == 8 && (W->dtype == LM_DT_U32 || lm_qblock_act8(W->dtype));
+}
 static int q4_block(const lm_cpu_kernels *k, const lm_mat *W) { return k && W->bits == 4 ? k->act8_q4_block : 0; }
 /* Rows a task's range is a multiple of: the int8 kernels work on 16-row panels
  * (AVX-512: a row per lane), the others on 4-row tiles. */
@@ -637,7 +671,7 @@ static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int cou
         for (int p = 0; p < i && b.share[i] == -1; p++) {
             const lm_mat *P = items[p].W;
             if (b.share[p] == -1 && items[p].x == items[i].x && items[p].n == items[i].n && P->cols == W->cols &&
-                P->group_size == W->group_size && q4_block(impl->k, P) == q4_block(impl->k, W))
+                act8_gs(P) == act8_gs(W) && lm_dtype_is_block(P->dtype) == lm_dtype_is_block(W->dtype) && q4_block(impl->k, P) == q4_block(impl->k, W))
                 b.share[i] = p;
         }
         if (b.share[i] == -1) {
@@ -1056,7 +1090,8 @@ int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *er
          * MLX group size (the most scales per column): matmul always fits. */
         lm_mat widest = {.dtype = LM_DT_U32, .rows = 1, .cols = max_cols < 32 ? 32 : max_cols, .bits = 4,
                          .group_size = 32};
-        size_t per = act8_token_bytes(&widest, 128) + 64;
+        lm_mat widest_block = {.dtype = LM_DT_Q8_0, .rows = 1, .cols = (max_cols + 63) / 64 * 64};
+        size_t per = act8_token_bytes(&widest, 128) + act8_token_bytes(&widest_block, 0) + 64;
         if (act8_reserve(impl, (size_t)8 * per) != 0)
             return lm_errf(err, "out of memory for int8 activations (%zu bytes)", (size_t)8 * per);
     }

@@ -1,0 +1,105 @@
+/* ggml block weights against MLX 4-bit in one matmul, same run, same shapes: int8
+ * activations (the default for quantized weights) and f32 activations, for a decode
+ * step (1 token, weights streamed from memory: copies cycled, 256 MB in all; CACHED=1
+ * keeps one copy in cache) and
+ * for token batches (weights in cache: the kernels' compute rate).
+ *
+ * build: make && cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc bench/bench_qblock.c \
+ *        build/liblazymoe.a -ljansson -lpcre2-8 -lpthread -lm -o build/bench_qblock
+ * run:   build/bench_qblock [ROWS=768] [COLS=2048] [THREADS=1] [TOKENS=1,8,64]
+ * Prints one line per (weights, tokens, activation bits): GMAC/s and GB/s of weights.
+ */
+#include "common/error.h"
+#include "formats/ggml_blocks.h"
+#include "kernels/backend.h"
+#include "platform/platform.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t next(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 32);
+}
+static float frand(void) { return (float)next() / 4294967296.0f * 2.0f - 1.0f; }
+
+/* Random bytes with small finite f16 scales at the type's scale fields. */
+static void fill(lm_mat *W, uint8_t *d, size_t bytes) {
+    for (size_t i = 0; i < bytes; i++) d[i] = (uint8_t)next();
+    if (W->dtype == LM_DT_U32) {
+        uint16_t *s = (uint16_t *)W->scales, *b = (uint16_t *)W->biases;
+        size_t ng = (size_t)W->rows * (size_t)(W->cols / W->group_size);
+        for (size_t i = 0; i < ng; i++) s[i] = lm_f32_to_f16(frand() * 0.01f), b[i] = lm_f32_to_f16(frand() * 0.01f);
+        return;
+    }
+    const size_t bb = lm_dtype_block_bytes(W->dtype);
+    int at[2] = {0, -1};
+    if (W->dtype == LM_DT_Q4_K) at[1] = 2;
+    if (W->dtype == LM_DT_Q6_K) at[0] = 208;
+    for (size_t b = 0; b + bb <= bytes; b += bb)
+        for (int f = 0; f < 2; f++)
+            if (at[f] >= 0) {
+                uint16_t v = lm_f32_to_f16(frand() * 0.01f);
+                d[b + (size_t)at[f]] = (uint8_t)v, d[b + (size_t)at[f] + 1] = (uint8_t)(v >> 8);
+            }
+}
+
+int main(int argc, char **argv) {
+    int rows = argc > 1 ? atoi(argv[1]) : 768, cols = argc > 2 ? atoi(argv[2]) : 2048;
+    int threads = argc > 3 ? atoi(argv[3]) : 1;
+    const char *toks = argc > 4 ? argv[4] : "1,8,64";
+    const lm_dtype types[] = {LM_DT_U32, LM_DT_Q4_K, LM_DT_Q6_K, LM_DT_Q4_0, LM_DT_Q8_0};
+    char err[LM_ERR_LEN];
+    lm_backend *be;
+    if (lm_backend_cpu_create(&be, threads, err) != 0) return fprintf(stderr, "%s\n", err), 1;
+    printf("kernels %s, %d x %d, %d threads\n", lm_backend_cpu_kernels(be), rows, cols, threads);
+    float *x = malloc(sizeof(float) * 64 * (size_t)cols), *y = malloc(sizeof(float) * 64 * (size_t)rows);
+    for (size_t i = 0; i < 64 * (size_t)cols; i++) x[i] = frand();
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        lm_mat W0 = {.dtype = types[ti], .rows = rows, .cols = cols};
+        if (types[ti] == LM_DT_U32) W0.bits = 4, W0.group_size = 32, W0.qdtype = LM_DT_F16;
+        const size_t wbytes = lm_mat_bytes(&W0);
+        enum { MAXC = 512 };
+        int copies = (int)((256u << 20) / wbytes) + 1;
+        copies = copies > MAXC ? MAXC : copies < 2 ? 2 : copies;
+        static lm_mat W[MAXC];
+        for (int c = 0; c < copies; c++) {
+            W[c] = W0;
+            const size_t dbytes = types[ti] == LM_DT_U32 ? (size_t)rows * (size_t)cols / 2 : wbytes;
+            uint8_t *d = malloc(dbytes);
+            if (types[ti] == LM_DT_U32) {
+                size_t ng = (size_t)rows * (size_t)(cols / 32);
+                W[c].scales = malloc(ng * 2), W[c].biases = malloc(ng * 2);
+            }
+            W[c].data = d;
+            fill(&W[c], d, dbytes);
+        }
+        const char *name = types[ti] == LM_DT_U32 ? "MLX4g32" : lm_dtype_name(types[ti]);
+        for (const char *p = toks; *p;) {
+            int n = atoi(p);
+            while (*p && *p != ',') p++;
+            if (*p == ',') p++;
+            if (n < 1 || n > 64) continue;
+            for (int bits = 8; bits <= (getenv("ACT8_ONLY") ? 8 : 32); bits += 24) {
+                if (lm_backend_cpu_set_act_bits(be, bits, cols, err) != 0) return fprintf(stderr, "%s\n", err), 1;
+                /* decode streams the copies; batches reuse copy 0 (in cache) */
+                int iters = n == 1 && !getenv("CACHED") ? copies * 2 : (int)(2e9 / ((double)rows * cols * n)) + 3;
+                if (n > 1 && bits == 32) iters = iters / 4 + 2;
+                for (int w = 0; w < 3; w++) be->ops->matmul(be, y, &W[0], x, n);
+                double t0 = lm_now();
+                const int stream = n == 1 && !getenv("CACHED");
+                for (int i = 0; i < iters; i++) be->ops->matmul(be, y, &W[stream ? i % copies : 0], x, n);
+                double dt = lm_now() - t0;
+                printf("%-8s n=%-3d act%-2d %7.2f GMAC/s %6.2f GB/s\n", name, n, bits,
+                       (double)rows * cols * n * iters / dt / 1e9, (double)wbytes * iters / dt / 1e9);
+                fflush(stdout);
+            }
+        }
+    }
+    lm_backend_free(be);
+    return 0;
+}

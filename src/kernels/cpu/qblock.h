@@ -1,0 +1,54 @@
+/* Int8 activations with ggml block weights (cpu_kernels.h: lm_act8).
+ *
+ * Activations are quantized per 32 values (group size 32, Q8_0-style: dx = max|x|/127
+ * per group, xsum = the f32 sum), whatever the weight type. Every supported block
+ * type is read as 32-value groups in one common form:
+ *     w_i = a16[i / 16] * (u_i - off) + b
+ * u_i an unsigned byte code, off a per-type power of two (0, 4, 8, 16, 32 or 128),
+ * a16 the scale of each 16-value half (equal halves for the 32-scale types) and b
+ * the group's min or bias (0 for the symmetric types). A (row, token) dot product is
+ *     sum_g  sum_h (a16_h * dx_g) * I_h  +  b_g * xsum_g,
+ *     I_h = sum_{i in h} u_i q_i - off * sum_{i in h} q_i     (exact in int32)
+ * so the integer parts are exact and only the f32 combination differs between the
+ * scalar reference (this order) and the SIMD tables (per-lane sums, a fixed tree).
+ * Q2_K (mins per 16 values) keeps f32 activations.
+ *
+ * The SIMD tables read per-lane tables of each token too (lm_act8.lanes): for lane
+ * L (values 4L..4L+3), the sum of its 4 q, the dx of its group, and the group's
+ * xsum at the group's first lane (0 in the other lanes). */
+#ifndef LAZYMOE_QBLOCK_H
+#define LAZYMOE_QBLOCK_H
+
+#include "kernels/cpu/cpu_kernels.h"
+
+#define LM_QB_GROUP 32
+
+/* 1 when block type t has the int8-activation path. */
+int lm_qblock_act8(lm_dtype t);
+/* log2(off) for type t, -1 when off = 0. */
+int lm_qblock_off_shift(lm_dtype t);
+/* 1 when type t has a b term (mins or biases). */
+int lm_qblock_has_b(lm_dtype t);
+
+/* Group g (values 32g..32g+31) of a row of type t at row (the row's first block). */
+typedef struct {
+    uint8_t u[LM_QB_GROUP];
+    float a16[2];
+    float b;
+} lm_qgroup;
+void lm_qblock_group(lm_dtype t, const uint8_t *row, int g, lm_qgroup *out);
+
+/* The reference dot product of row r of W with one token's quantized values. */
+float lm_qblock_dot_act8(const lm_mat *W, int r, const int8_t *q, const float *dx, const float *xsum);
+
+/* The lane tables of n tokens (see above), cols a multiple of 32: from q (stride
+ * q_stride), dx and xsum (stride ng_stride) into qs (int32), dxl and xsl (f32),
+ * each lane_stride entries per token. */
+void lm_qblock_lanes(const int8_t *q, size_t q_stride, const float *dx, const float *xsum, int ng_stride, int n,
+                     int cols, int32_t *qs, float *dxl, float *xsl, size_t lane_stride);
+
+/* The AVX-512 VNNI rows for block types (qblock_avx512.c); 0 / nothing elsewhere. */
+int lm_qblock_handles_avx512(const lm_mat *W);
+void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
+
+#endif
