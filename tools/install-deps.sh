@@ -20,5 +20,8 @@ if [ -n "$missing" ]; then
 fi
 if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
     echo "installing npm test dependencies"
-    (cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    # npm install, not npm ci: node-llama-cpp lists optional per-platform packages that
+    # the registry lacks at its version (riscv64, mac, win), and npm ci refuses a lock
+    # without them; npm install keeps the lock's versions and skips what is missing.
+    (cd tests/node && npm install --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
