@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU thread scaling of the resident path (issue 7: "2 cores and 16 cores both scale"):
 # bench/bench_kernels.c on one synthetic Qwen3-30B-A3B-shaped 4-bit model at each thread
-# count, with f32 activations (default) and int8 activations (--act-bits 8). Prints, per
+# count, with f32 activations (--act-bits 32) and int8 activations (8, the default for quantized
+# weights). Prints, per
 # run, decode tok/s as a fraction of the memcpy bound measured at that thread count,
 # prefill tok/s, and the speed-up over 1 thread.
 #

@@ -8,9 +8,10 @@
 #      same prompt ids (bench/bench_prompt_ids.c reproduces lazymoe bench's random prompt),
 #      same prompt/generation lengths and threads, alternating engines, REPS rounds,
 #      best of each; prints prefill and decode tok/s, the ratios lazymoe / llama.cpp and
-#      whether the greedy continuations agree. lazymoe runs twice per round: with f32
-#      activations (its default) and with int8 activations (--act-bits 8, the same kind of
-#      arithmetic as llama.cpp's Q4_1 x Q8_1 dot products).
+#      whether the greedy continuations agree. lazymoe runs twice per round: with its
+#      default flags (int8 activations for quantized weights, the same kind of arithmetic
+#      as llama.cpp's Q4_1 x Q8_1 dot products) and with f32 activations (--act-bits 32,
+#      the reference numerics).
 #
 # usage: bench/llamacpp_compare.sh [LAYERS=4] [PROMPT=128] [GEN=32] [THREADS=2] [REPS=3]
 # Needs npm (registry access) the first time: node-llama-cpp is installed into
@@ -61,9 +62,9 @@ log=$OUT/llamacpp-compare-$stamp.txt
         echo -n "lazymoe "
         build/lazymoe bench "$MODEL" --resident --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
             --threads "$THREADS" --seed 1 --json
-        echo -n "lazymoe-int8 "
+        echo -n "lazymoe-f32 "
         build/lazymoe bench "$MODEL" --resident --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
-            --threads "$THREADS" --seed 1 --json --act-bits 8
+            --threads "$THREADS" --seed 1 --json --act-bits 32
         echo -n "llamacpp "
         node bench/llamacpp_bench.mjs "$NPM_DIR/node_modules" "$GGUF" "$IDS" "$GEN" "$THREADS" 1
     done
@@ -72,7 +73,7 @@ python3 - "$log" <<'EOF'
 import json, sys
 best = {}
 ids = {}
-engines = ("lazymoe", "lazymoe-int8", "llamacpp")
+engines = ("lazymoe", "lazymoe-f32", "llamacpp")
 for line in open(sys.argv[1]):
     for eng in engines:
         if line.startswith(eng + " {"):
@@ -94,7 +95,7 @@ for eng in engines[:2]:
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
     print(f"greedy ids {eng} vs llama.cpp: {same}/{len(a)} positions equal; first difference at {first}")
 print("lazymoe     ", ids["lazymoe"][:12])
-print("lazymoe-int8", ids["lazymoe-int8"][:12])
+print("lazymoe-f32 ", ids["lazymoe-f32"][:12])
 print("llama.cpp   ", ids["llamacpp"][:12])
 EOF
 echo "written to $log"

@@ -4,8 +4,10 @@
 #include "text/harmony.h"
 
 #include "common/buf.h"
+#include "common/error.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,7 +38,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lm_harmony_parser *p;
     if (lm_harmony_parser_create(&p, on_event, &c, err) != 0) return 0;
     for (size_t at = 0; at < n; at += step)
-        if (lm_harmony_parser_feed(p, text + at, at + step < n ? step : n - at, err) != 0) abort();
+        if (lm_harmony_parser_feed(p, text + at, at + step < n ? step : n - at, err) != 0) {
+            fprintf(stderr, "feed failed at %zu: %s\n", at, err);
+            abort();
+        }
     if (lm_harmony_parser_finish(p, err) != 0) abort();
     if (c.begins != c.ends || lm_harmony_parser_calls(p) != c.ends) abort();
     lm_harmony_parser_free(p);

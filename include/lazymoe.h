@@ -126,6 +126,9 @@ typedef struct {
     char expert_layout[16];    /* "mlx-stacked", "hf-fused" or "hf-separate" */
     int expert_read_ranges;    /* separate byte ranges to read one expert */
     int act_bits;              /* activation precision in effect (8 or 32; options.act_bits) */
+    int skipped_mtp_layers;    /* multi-token-prediction layers in the files: not part of the
+                                  forward pass, never read */
+    int skipped_vision_tower;  /* 1 if the files hold a vision tower (never read) */
 } lazymoe_model_info;
 
 void lazymoe_model_get_info(const lazymoe_model *m, lazymoe_model_info *info);

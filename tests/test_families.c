@@ -63,7 +63,7 @@ static void test_registry_names(void) {
         /* Tensor names weight binding needs. */
         const lm_tensor_names *tn = f->names;
         CHECKF(tn && tn->moe_blocks[0] && tn->router && tn->expert_gate[0] && tn->expert_up[0] &&
-                   tn->expert_down[0] && tn->shared_expert && tn->shared_expert_gate,
+                   tn->expert_down[0] && tn->shared_expert, /* shared_expert_gate: NULL when ungated (glm4_moe) */
                "%s: a tensor name is missing", f->model_type);
         for (int j = 0; j < i; j++) {
             const lm_family *g = lm_families[j];
@@ -99,10 +99,14 @@ static void check_bound(const lm_family *f, const lm_weights *w, const char *fix
     for (int l = 0; l < c->n_layers; l++) {
         const lm_layer *ly = &w->layers[l];
         if (!ly->is_linear)
-            CHECKF((ly->q_norm != NULL) == (f->qk_norm != LM_QK_NORM_NONE), "%s: layer %d q_norm", fixture, l);
+            CHECKF((ly->q_norm != NULL) == (c->qk_norm != LM_QK_NORM_NONE), "%s: layer %d q_norm", fixture, l);
         if (ly->is_moe) {
             moe_layers++;
             CHECKF(ly->router.rows == c->n_experts && ly->src.nparts > 0, "%s: layer %d experts", fixture, l);
+            CHECKF((ly->router_correction != NULL) == c->router_sigmoid, "%s: layer %d correction bias", fixture, l);
+            CHECKF((ly->shared_gate.rows > 0) == (c->shared_expert_intermediate_size > 0) &&
+                       (ly->shared_expert_gate.rows > 0) == (c->shared_expert_intermediate_size > 0 && c->shared_expert_gated),
+                   "%s: layer %d shared expert", fixture, l);
         }
     }
     CHECKF(moe_layers > 0, "%s: no MoE layer bound", fixture);
@@ -219,6 +223,33 @@ static void test_family_keys(void) {
     }
 }
 
+/* issue 16 config keys, read the way transformers 5.17 reads them. */
+static void test_new_family_configs(void) {
+    char err[LM_ERR_LEN];
+    lm_config c;
+    /* qwen3_5_moe: the wrapper's text_config, layer_types, tie_word_embeddings at the top,
+     * an eos id past this tiny vocabulary (a warning, not a refusal) */
+    const char *q35 = "{\"model_type\": \"qwen3_5_moe\", \"tie_word_embeddings\": true, \"text_config\": {"
+                      "\"model_type\": \"qwen3_5_moe_text\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                      " \"num_hidden_layers\": 3, \"num_attention_heads\": 2, \"num_key_value_heads\": 1,"
+                      " \"head_dim\": 16, \"moe_intermediate_size\": 8, \"shared_expert_intermediate_size\": 8,"
+                      " \"num_experts\": 4, \"num_experts_per_tok\": 2, \"linear_num_key_heads\": 1,"
+                      " \"linear_num_value_heads\": 2, \"linear_key_head_dim\": 8, \"linear_value_head_dim\": 8,"
+                      " \"linear_conv_kernel_dim\": 4, \"layer_types\": [\"full_attention\", \"linear_attention\","
+                      " \"full_attention\"], \"eos_token_id\": 248046, \"bos_token_id\": 99999,"
+                      " \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 1e7,"
+                      " \"partial_rotary_factor\": 0.25, \"mrope_section\": [1, 1, 0], \"mrope_interleaved\": true}}}";
+    CHECKF(lm_config_parse(&c, q35, "{\"eos_token_id\": [248046, 63]}", err) == 0, "%s", err);
+    CHECK(c.family == &lm_family_qwen3_5_moe && c.lin_separate_proj && c.tie_word_embeddings);
+    CHECK(!c.layer_linear[0] && c.layer_linear[1] && !c.layer_linear[2] && c.rope_dim == 4);
+    CHECK(c.norm_topk_prob == 1 && c.shared_expert_gated && c.bos_id == -1 && c.n_eos == 1 && c.eos_ids[0] == 63);
+    lm_config_free(&c);
+    CHECK(lm_family_find("qwen3_5_moe_text") == &lm_family_qwen3_5_moe);
+    /* ids that do not fit 32 bits are still refused */
+    CHECK(lm_config_parse(&c, q35, "{\"eos_token_id\": 1099511627776}", err) == -1);
+    CHECK_STR_CONTAINS(err, "eos_token_id 1099511627776 is outside the vocabulary");
+}
+
 static void test_synth_presets(void) {
     const char *list = lm_synth_presets();
     CHECK(strcmp(list, lm_family_preset_names()) == 0);
@@ -266,6 +297,7 @@ static void test_router_8bit_rule(void) {
 int main(void) {
     TEST_CASE("families_registry_names", test_registry_names);
     TEST_CASE("families_every_family_binds_a_fixture", test_every_family_binds_a_fixture);
+    TEST_CASE("families_new_family_configs", test_new_family_configs);
     TEST_CASE("families_unsupported_names_every_family", test_unsupported_names_every_family);
     TEST_CASE("families_family_keys", test_family_keys);
     TEST_CASE("families_synth_presets", test_synth_presets);

@@ -193,6 +193,15 @@ static void demo_coder(void) { check_logits("models/demo-coder", F32_TOL, 0); ch
 static void qwen3_next_f32(void) { check_logits("qwen3_next_f32", F32_TOL, 0); check_greedy("qwen3_next_f32", "greedy.txt"); }
 static void olmoe_clip_bf16(void) { check_logits("olmoe_clip_bf16", BF16_TOL, F32_TOL); check_greedy("olmoe_clip_bf16", "greedy_f32.txt"); }
 
+/* qwen3_next_f32's weights laid out as a released Qwen3.5-MoE checkpoint (the wrapper,
+ * separate linear-attention projections, a vision tower and NaN mtp.* tensors:
+ * tools/derive_qwen3_5_fixture.py), checked against transformers' qwen3_next logits,
+ * which the Qwen3.5 modeling computes for these weights (see that script). */
+static void qwen3_5_moe_from_next(void) {
+    check_logits("qwen3_5_moe_from_next_f32", F32_TOL, 0);
+    check_greedy("qwen3_5_moe_from_next_f32", "greedy.txt");
+}
+
 /* The lower-precision KV caches on every f32 fixture: their whole error against
  * transformers' f32 logits, printed, within the stated bound. */
 static void kv_cache_error(int bits, double tol) {
@@ -267,6 +276,7 @@ int main(void) {
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
     TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
+    TEST_CASE("golden_qwen3_5_moe_from_qwen3_next_f32", qwen3_5_moe_from_next);
     TEST_CASE("golden_kv_f16_error", kv_f16);
     TEST_CASE("golden_kv_int8_error", kv_int8);
     TEST_CASE("golden_act8_error_demo_coder_q4", act8_demo);

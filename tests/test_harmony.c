@@ -127,6 +127,8 @@ static void cut_and_malformed(void) {
     expect("<|channel|>commentary to=functions.w json<|message|>", "B0:w|A0:{}|E0:", 1);
     expect("<|channel|>commentary to=functions.w json<|message|>not json",
            "B0:w|A0:{\"arguments\":\"not json\"}|E0:", 1);
+    /* invalid UTF-8 in a body that is not JSON becomes U+FFFD inside the string */
+    expect("<|channel|>commentary to=functions.w json<|message|>H\x97x", "B0:w|A0:{\"arguments\":\"H\xef\xbf\xbdx\"}|E0:", 1);
     /* text after the object is not part of the arguments */
     expect("<|channel|>commentary to=functions.w json<|message|> {\"a\":1} trailing", "B0:w|A0:{\"a\":1}|E0:", 1);
     /* a model that ignores the format: all text, byte for byte */

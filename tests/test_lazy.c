@@ -116,6 +116,8 @@ static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2)
  * lazily (capacities 1, top-k, all but one, all). */
 static void gpt_oss(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/float", 4, 2); }
 static void gpt_oss_mxfp4(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/mxfp4", 4, 2); }
+/* qwen3_5_moe: the vision-language wrapper's prefix, separate linear-attention projections. */
+static void qwen3_5_moe(void) { same_at_capacities(GOLDEN "qwen3_5_moe_from_next_f32", 8, 2); }
 /* Int8 activations (--act-bits 8) keep lazy == resident too. */
 static void demo_coder_act8(void) {
     act_bits_runs = 8;
@@ -191,6 +193,28 @@ static void quantized_mlx(void) {
         CHECKF(lm_convert(src, out, &o, err) == 0, "%s", err);
         same_at_capacities(out, E[i], K[i]);
     }
+}
+
+/* qwen3_5_moe converted at 8 and 4 bits (the router and shared_expert_gate at 8 bits as
+ * mlx-lm does; the wrapper unwrapped, its vision tower and MTP tensors dropped): the
+ * conversions load, run, and stay bit-identical lazy vs resident. */
+static void quantized_new_families(void) {
+    const char *names[1] = {"qwen3_5_moe_from_next_f32"};
+    int E[1] = {8}, K[1] = {2};
+    for (int i = 0; i < 1; i++)
+        for (int bits = 8; bits >= 4; bits -= 4) {
+            char src[512], out[512], err[LM_ERR_LEN];
+            snprintf(src, sizeof src, GOLDEN "%s", names[i]);
+            snprintf(out, sizeof out, "%s/%s_q%d", tmp, names[i], bits);
+            lm_convert_options o;
+            lm_convert_options_init(&o);
+            o.bits = bits;
+            o.group_size = 32;
+            o.quiet = 1;
+            o.force = 1;
+            CHECKF(lm_convert(src, out, &o, err) == 0, "%s: %s", names[i], err);
+            same_at_capacities(out, E[i], K[i]);
+        }
 }
 
 /* Rewrites the safetensors file at path with `pad` spaces after its JSON header (a
@@ -638,7 +662,9 @@ int main(void) {
     TEST_CASE("lazy_olmoe_bit_identical", olmoe);
     TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);
     TEST_CASE("lazy_qwen3_next_bit_identical", qwen3_next);
+    TEST_CASE("lazy_qwen3_5_moe_bit_identical", qwen3_5_moe);
     TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
+    TEST_CASE("lazy_new_families_mlx_8bit_4bit_bit_identical", quantized_new_families);
     TEST_CASE("lazy_demo_coder_bit_identical", demo_coder);
     TEST_CASE("lazy_demo_coder_int8_activations_bit_identical", demo_coder_act8);
     TEST_CASE("lazy_lookahead_bit_identical", lookahead_bit_identical);

@@ -88,32 +88,86 @@ def greedy_nocache(model, ids, n, eos):
     return seq
 
 
+def spread_buffers(model, seed):
+    """The sigmoid routers' e_score_correction_bias is a buffer that from_config leaves at
+    zero: give it non-negative values of the size of the sigmoid scores' spread, so it
+    changes which experts are chosen (and the scores a group-limited router masks to 0
+    stay below every allowed one, as in trained checkpoints)."""
+    gen = torch.Generator().manual_seed(seed + 77)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_((0.4 * torch.rand(b.shape, generator=gen)).to(b.dtype))
+
+
+def add_unread_tensors(path, names_shapes):
+    """Appends NaN tensors the engine must never read (multi-token-prediction layers
+    and heads of real checkpoints that transformers' model does not build): if any
+    were read into the forward pass the logits would be NaN."""
+    from safetensors.torch import load_file, save_file
+    f = os.path.join(path, "model.safetensors")
+    sd = load_file(f)
+    for n, shp in names_shapes:
+        sd[n] = torch.full(shp, float("nan"), dtype=torch.float32)
+    save_file(sd, f, metadata={"format": "pt"})
+
+
+def mrope_check(model, path, T=24):
+    """cos of Qwen3.5's interleaved multimodal RoPE (the model's own rotary_emb) for
+    text-only positions (three equal streams) and for unequal streams, so a test can
+    show the first equals plain RoPE and the second does not."""
+    lm = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    x = torch.zeros(1, T, model.config.get_text_config().hidden_size)
+    pos = torch.arange(T)[None, :]
+    with torch.no_grad():
+        eq = lm.rotary_emb(x, pos[None].expand(3, 1, T))[0][0].float().numpy()
+        uneq_pos = torch.stack([pos, pos + 5, pos * 2 + 1])
+        ne = lm.rotary_emb(x, uneq_pos)[0][0].float().numpy()
+    np.save(os.path.join(path, "mrope_cos_text.npy"), eq.astype(np.float32))
+    np.save(os.path.join(path, "mrope_cos_unequal.npy"), ne.astype(np.float32))
+
+
 def make_case(name, config, dtype="float32", seed=0, prompt_len=11, gen_len=20, shard=None,
-              zero_centred_norms=False):
+              zero_centred_norms=False, model_cls=None, unread=None, mrope=False):
     path = os.path.join(OUT, name)
     os.makedirs(path, exist_ok=True)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    if callable(config) and not hasattr(config, "to_dict"):
+        config = config()
+    cls = model_cls or AutoModelForCausalLM
+    model = cls.from_config(config, attn_implementation="eager") if cls is AutoModelForCausalLM \
+        else cls._from_config(config, attn_implementation="eager")
     model.eval()
     spread_init(model, seed, zero_centred_norms)
+    spread_buffers(model, seed)
+    text_cfg = config.get_text_config()
+    if getattr(config, "eos_token_id", None) is None:
+        try:
+            config.eos_token_id = text_cfg.eos_token_id
+        except Exception:
+            traceback.print_exc()
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.eos_token_id = getattr(config, "eos_token_id", None) or text_cfg.eos_token_id
     kw = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(path, **kw)
+    if mrope:
+        mrope_check(model, path)
+    if unread:
+        add_unread_tensors(path, unread)
 
     rng = np.random.default_rng(seed + 1000)
-    ids = [int(x) for x in rng.integers(0, config.vocab_size, size=prompt_len)]
+    ids = [int(x) for x in rng.integers(0, text_cfg.vocab_size, size=prompt_len)]
     with open(os.path.join(path, "input_ids.txt"), "w") as f:
         f.write(",".join(map(str, ids)) + "\n")
     # Reference runs reload the saved files, as a user would: from_pretrained in the
     # stored dtype (native) and in float32 (same weights, f32 arithmetic).
     del model
-    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    eos_id = getattr(config, "eos_token_id", None) or text_cfg.eos_token_id
+    eos = eos_id if isinstance(eos_id, list) else [eos_id]
     runs = [("", dtype)] + ([("_f32", "float32")] if dtype != "float32" else [])
     for suffix, run_dtype in runs:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, run_dtype),
-                                                     attn_implementation="eager")
+        model = cls.from_pretrained(path, dtype=getattr(torch, run_dtype), attn_implementation="eager")
         model.eval()
         with torch.no_grad():
             logits = model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
@@ -369,6 +423,114 @@ def cases():
             dict(seed=8, zero_centred_norms=True, prompt_len=37)))
     except Exception:
         traceback.print_exc()
+    C += family_cases()
+    return C
+
+
+def mk(cls, **kw):
+    """cls(**kw), dropping (and saying so) any keyword this transformers version rejects,
+    so a renamed key costs that key, not the whole run; the C tests then show what the
+    saved config.json lacks."""
+    import re
+    for _ in range(len(kw) + 1):
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            m = re.search(r"unexpected keyword argument '([^']+)'", str(e)) or \
+                re.search(r"[Uu]nexpected.*?'([^']+)'", str(e))
+            if not m or m.group(1) not in kw:
+                raise
+            print(f"[note] {cls.__name__} rejects {m.group(1)}: dropped", flush=True)
+            kw.pop(m.group(1))
+    return cls(**kw)
+
+
+def family_cases():
+    """issue 16: minimax_m2, glm4_moe, qwen3_5_moe (+ its text-only type). Configs are
+    built lazily (a callable), so one that this transformers rejects fails its case only."""
+    import transformers as T
+    C = []
+    # minimax_m2: q/k norm over the whole projection, partial RoPE, sigmoid router with
+    # correction bias; head_dim 32 != hidden / heads = 16, GQA 4:2.
+    C.append(("minimax_m2_f32", lambda: mk(T.MiniMaxM2Config, 
+        vocab_size=320, hidden_size=64, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_local_experts=8,
+        num_experts_per_tok=2, max_position_embeddings=512, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        tie_word_embeddings=False, eos_token_id=319, bos_token_id=318), dict(seed=21)))
+    # MQA (one kv head), 16 experts top-4, a quarter of each head rotated.
+    C.append(("minimax_m2_mqa_f32", lambda: mk(T.MiniMaxM2Config, 
+        vocab_size=288, hidden_size=48, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=1, head_dim=16, num_local_experts=16,
+        num_experts_per_tok=4, max_position_embeddings=512, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.25},
+        tie_word_embeddings=False, eos_token_id=287), dict(seed=22, prompt_len=17)))
+    # glm4_moe: a dense first layer, 16 experts in 4 groups (2 kept), top-4, one shared
+    # expert, routed_scaling_factor 2.5, q/k/v biases, half of each head rotated, and an
+    # MTP layer (num_nextn_predict_layers) stored after the last layer that must not be read.
+    glm_a = dict(
+        vocab_size=320, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2, n_shared_experts=1,
+        first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+        partial_rotary_factor=0.5, attention_bias=True, use_qk_norm=False,
+        num_nextn_predict_layers=1, max_position_embeddings=512, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        tie_word_embeddings=False, eos_token_id=[318, 319], pad_token_id=0)
+    C.append(("glm4_moe_f32", lambda: mk(T.Glm4MoeConfig, **glm_a),
+              dict(seed=23, unread=[("model.layers.3.eh_proj.weight", (64, 128)),
+                                    ("model.layers.3.enorm.weight", (64,)),
+                                    ("model.layers.3.mlp.gate.weight", (16, 64))])))
+    # per-head q/k norm, MQA-ish 6:1 with head_dim 16 != 64 / 6, two dense layers, one
+    # group, no renormalisation, two shared experts.
+    glm_b = dict(
+        vocab_size=256, hidden_size=64, intermediate_size=80, moe_intermediate_size=24,
+        num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=1, head_dim=16,
+        n_routed_experts=8, num_experts_per_tok=3, n_group=1, topk_group=1, n_shared_experts=2,
+        first_k_dense_replace=2, routed_scaling_factor=1.0, norm_topk_prob=False,
+        partial_rotary_factor=0.5, attention_bias=True, use_qk_norm=True,
+        num_nextn_predict_layers=0, max_position_embeddings=512, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.5},
+        tie_word_embeddings=False, eos_token_id=255, pad_token_id=0)
+    C.append(("glm4_moe_qknorm_f32", lambda: mk(T.Glm4MoeConfig, **glm_b), dict(seed=24, prompt_len=19)))
+
+    def q35_text(**over):
+        kw = dict(
+            vocab_size=320, hidden_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+            linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8, num_experts_per_tok=2,
+            layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "mrope_section": [3, 3, 2], "mrope_interleaved": True},
+            max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=319)
+        kw.update(over)
+        return kw
+
+    def q35_vl():
+        text = q35_text()
+        vision = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=4,
+                      temporal_patch_size=2, spatial_merge_size=2, in_channels=3, out_hidden_size=64,
+                      num_position_embeddings=16)
+        return mk(T.Qwen3_5MoeConfig, text_config=text, vision_config=vision, tie_word_embeddings=False)
+    # The released layout: the vision-language wrapper (config under text_config, weights
+    # under model.language_model., a vision tower and an MTP head that must not be read).
+    C.append(("qwen3_5_moe_vl_f32", q35_vl,
+              dict(seed=25, zero_centred_norms=True, prompt_len=37, mrope=True,
+                   model_cls=getattr(T, "Qwen3_5MoeForConditionalGeneration", None),
+                   unread=[("mtp.fc.weight", (64, 128)), ("mtp.layers.0.mlp.gate.weight", (8, 64)),
+                           ("mtp.norm.weight", (64,))])))
+    # The text-only type: other layer order, GQA 4:1, head_dim 16 != 64 / 4, 4 key heads
+    # with 8 value heads.
+    C.append(("qwen3_5_moe_text_f32", lambda: mk(T.Qwen3_5MoeTextConfig, **q35_text(
+        num_hidden_layers=4, num_key_value_heads=1, head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=8, linear_key_head_dim=8, linear_value_head_dim=8, num_experts=12,
+        num_experts_per_tok=3,
+        layer_types=["full_attention", "linear_attention", "linear_attention", "full_attention"],
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.5,
+                         "mrope_section": [2, 1, 1], "mrope_interleaved": True})),
+        dict(seed=26, zero_centred_norms=True, prompt_len=70,
+             model_cls=getattr(T, "Qwen3_5MoeForCausalLM", None))))
     return C
 
 

@@ -77,6 +77,7 @@ typedef struct {
     int nitems;
     size_t cap;
     int num_layers;
+    int num_nextn_layers; /* MTP layers after the last (num_nextn_predict_layers): dropped */
     int64_t num_experts;
     lm_dtype cast_dtype; /* LM_DT_INVALID: keep stored dtypes */
     stw_model *writer;
@@ -319,9 +320,23 @@ static int plan(converter *c, char *err) {
         const st_tensor *t = &a->tensors[i];
         if (tie && strcmp(t->name, "lm_head.weight") == 0) continue;
         if (f->mlx_drop && strstr(t->name, f->mlx_drop)) continue;
+        /* A vision-language wrapper converts to its text model: model.language_model.X
+         * becomes model.X, and the vision tower is not converted. */
+        if (!strncmp(t->name, "model.visual.", 13)) continue;
+        char unwrapped[1024];
+        const char *tname = t->name;
+        if (!strncmp(t->name, "model.language_model.", 21)) {
+            if ((size_t)snprintf(unwrapped, sizeof unwrapped, "model.%s", t->name + 21) >= sizeof unwrapped) {
+                rc = lm_errf(err, "%s: name too long", t->name);
+                break;
+            }
+            tname = unwrapped;
+        }
         const char *rest = NULL;
-        int layer = parse_layer(t->name, &rest);
+        int layer = parse_layer(tname, &rest);
         char *name = NULL;
+        if (layer >= c->num_layers && layer < c->num_layers + c->num_nextn_layers)
+            continue; /* multi-token-prediction layers (glm4_moe): not converted, as mlx-lm */
         if (layer >= 0) {
             if (layer >= c->num_layers) {
                 rc = lm_errf(err, "%s: layer %d but num_hidden_layers is %d", t->name, layer,
@@ -339,7 +354,7 @@ static int plan(converter *c, char *err) {
             if (alias_rest)
                 name = lm_strdup_printf("model.layers.%d.%s.%s", layer, moe_prefix, alias_rest);
             else
-                name = strdup(t->name);
+                name = strdup(tname);
             if (!name) {
                 rc = lm_errf(err, "out of memory");
                 break;
@@ -378,7 +393,7 @@ static int plan(converter *c, char *err) {
                 continue;
             }
         } else {
-            name = strdup(t->name);
+            name = strdup(tname);
             if (!name) {
                 rc = lm_errf(err, "out of memory");
                 break;
@@ -715,12 +730,20 @@ static int load_config(converter *c, const char *hf_dir, char *err) {
         json_object_get(c->config, "quantization_config"))
         return lm_errf(err, "the input model is already quantized (config.json has a "
                             "quantization block); convert needs a float checkpoint");
-    c->num_layers = (int)config_int(c->config, "num_hidden_layers", -1);
+    /* Multimodal wrappers (qwen3_5_moe) nest the text model's keys under text_config. */
+    json_t *tc = json_object_get(c->config, "text_config");
+    if (!json_is_object(tc) || json_object_get(c->config, "hidden_size")) tc = c->config;
+    c->num_layers = (int)config_int(tc, "num_hidden_layers", -1);
     if (c->num_layers <= 0 || c->num_layers > 100000)
         return lm_errf(err, "config.json: missing or bad num_hidden_layers");
-    /* transformers 5 writes num_local_experts where older qwen3_moe files have num_experts */
-    c->num_experts = config_int(c->config, "num_experts", -1);
-    if (c->num_experts <= 0) c->num_experts = config_int(c->config, "num_local_experts", -1);
+    c->num_nextn_layers = (int)config_int(tc, "num_nextn_predict_layers", 0);
+    if (c->num_nextn_layers < 0 || c->num_nextn_layers > 64)
+        return lm_errf(err, "config.json: bad num_nextn_predict_layers");
+    /* transformers 5 writes num_local_experts where older qwen3_moe files have num_experts;
+     * glm4_moe says n_routed_experts */
+    c->num_experts = config_int(tc, "num_experts", -1);
+    if (c->num_experts <= 0) c->num_experts = config_int(tc, "num_local_experts", -1);
+    if (c->num_experts <= 0) c->num_experts = config_int(tc, "n_routed_experts", -1);
     if (c->num_experts > 1000000) return lm_errf(err, "config.json: bad expert count");
     /* dtype: --dtype, else torch_dtype, else text_config.dtype (mlx_lm/convert.py). */
     c->cast_dtype = c->opt->dtype;

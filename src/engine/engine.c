@@ -368,6 +368,8 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     for (int l = 0; l < c->n_layers; l++)
         if (m->w.layers[l].is_moe && m->w.layers[l].src.nparts > info->expert_read_ranges)
             info->expert_read_ranges = m->w.layers[l].src.nparts;
+    info->skipped_mtp_layers = m->w.n_mtp_layers;
+    info->skipped_vision_tower = m->w.has_vision_tower;
     info->n_eos = c->n_eos;
     memcpy(info->eos_ids, c->eos_ids, sizeof(int32_t) * (size_t)(c->n_eos < 8 ? c->n_eos : 8));
 }

@@ -62,11 +62,14 @@ void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
                                 .o_bias = ly->o_bias};
     out->attn.window = lm_config_layer_window(c, l);
     out->ffn = ly->is_moe ? LM_FFN_MOE : LM_FFN_DENSE;
-    out->moe = (lm_moe_block){.router = {.kind = LM_ROUTER_SOFTMAX_TOPK,
+    out->moe = (lm_moe_block){.router = {.kind = c->router_sigmoid ? LM_ROUTER_SIGMOID : LM_ROUTER_SOFTMAX_TOPK,
                                          .n_experts = c->n_experts,
                                          .top_k = c->top_k,
                                          .renormalize = c->norm_topk_prob,
-                                         .scale = 1.0f},
+                                         .scale = c->routed_scaling_factor,
+                                         .correction_bias = ly->router_correction,
+                                         .n_group = c->n_group,
+                                         .topk_group = c->topk_group},
                               .router_bias = ly->router_bias,
                               .shared = ly->shared_gate.rows > 0,
                               .shared_gated = ly->shared_expert_gate.rows > 0,

@@ -436,13 +436,28 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
     snapshot *snap = split >= 0 ? &st->snap[st->pending] : NULL;
     st->live_pos = -1; /* until lm_linear_end_chunk: a failure midway leaves layers apart */
 
-    if (be->ops->matmul(be, st->qkvz, &la->in_qkvz, S->h, T) != 0 || be->ops->matmul(be, st->ba, &la->in_ba, S->h, T) != 0)
+    /* Fused projections (qwen3_next): per token [per key head: q, k, r v, r z] and
+     * [per key head: r b, r a]. Separate ones (qwen3_5_moe): qkvz holds [T][q | k | v]
+     * then [T][z], ba holds [T][b] then [T][a]. */
+    const int sep = c->lin_separate_proj;
+    const float *zsep = st->qkvz + (size_t)T * (size_t)cd, *asep = st->ba + (size_t)T * (size_t)nv;
+    if (sep) {
+        const lm_matmul_item items[4] = {{st->qkvz, &la->in_qkvz, S->h, T},
+                                         {st->qkvz + (size_t)T * (size_t)cd, &la->in_z, S->h, T},
+                                         {st->ba, &la->in_ba, S->h, T},
+                                         {st->ba + (size_t)T * (size_t)nv, &la->in_a, S->h, T}};
+        if (be->ops->matmul_batch(be, items, 4) != 0) return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
+    } else if (be->ops->matmul(be, st->qkvz, &la->in_qkvz, S->h, T) != 0 ||
+               be->ops->matmul(be, st->ba, &la->in_ba, S->h, T) != 0) {
         return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
+    }
 
     /* Convolution input: the K-1 remembered rows, then [q | k | v] of each new token. */
     float *ext = st->ext;
     memcpy(ext, conv_state, sizeof(float) * st->conv_floats);
-    for (int t = 0; t < T; t++) {
+    for (int t = 0; t < T && sep; t++)
+        memcpy(ext + (size_t)(K - 1 + t) * (size_t)cd, st->qkvz + (size_t)t * (size_t)cd, sizeof(float) * (size_t)cd);
+    for (int t = 0; t < T && !sep; t++) {
         const float *src = st->qkvz + (size_t)t * (size_t)st->qkvz_dim;
         float *row = ext + (size_t)(K - 1 + t) * (size_t)cd;
         for (int g = 0; g < nk; g++) {
@@ -477,7 +492,8 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
         const float *ba = st->ba + (size_t)t * 2 * (size_t)nv;
         for (int h = 0; h < nv; h++) {
             int g = h / r, j = h % r;
-            float b = ba[g * 2 * r + j], a = ba[g * 2 * r + r + j];
+            float b = sep ? st->ba[(size_t)t * (size_t)nv + (size_t)h] : ba[g * 2 * r + j];
+            float a = sep ? asep[(size_t)t * (size_t)nv + (size_t)h] : ba[g * 2 * r + r + j];
             st->beta[(size_t)t * (size_t)nv + (size_t)h] = 1.0f / (1.0f + expf(-b));
             st->g[(size_t)t * (size_t)nv + (size_t)h] = -expf(la->A_log[h]) * softplus(a + la->dt_bias[h]);
         }
@@ -513,8 +529,9 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
     for (int t = 0; t < T; t++) {
         const float *src = st->qkvz + (size_t)t * (size_t)st->qkvz_dim;
         for (int h = 0; h < nv; h++) {
-            const float *z = src + (size_t)(h / r) * (size_t)per_k + 2 * (size_t)dk + (size_t)r * (size_t)dv +
-                             (size_t)(h % r) * (size_t)dv;
+            const float *z = sep ? zsep + ((size_t)t * (size_t)nv + (size_t)h) * (size_t)dv
+                                 : src + (size_t)(h / r) * (size_t)per_k + 2 * (size_t)dk + (size_t)r * (size_t)dv +
+                                       (size_t)(h % r) * (size_t)dv;
             float *o = st->core + ((size_t)t * (size_t)nv + (size_t)h) * (size_t)dv;
             for (int i = 0; i < dv; i++) o[i] *= z[i] / (1.0f + expf(-z[i]));
         }

@@ -2,6 +2,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "models/family.h"
 #include "platform/platform.h"
 
@@ -84,32 +85,48 @@ static const char *first_key(json_t *o, const char *const *keys) {
     return keys[0];
 }
 
+/* One eos/bos id. An id past the vocabulary of this checkpoint is dropped with a warning
+ * (transformers loads such configs: tiny test models keep the real model's special ids);
+ * one that is negative or does not fit 32 bits is an error. Returns 1 if kept. */
+static int check_special_id(const lm_config *c, const char *key, json_int_t id, char *err) {
+    if (id < 0 || id > INT32_MAX) {
+        lm_errf(err, "%s %lld is outside the vocabulary (%d)", key, (long long)id, c->vocab_size);
+        return -1;
+    }
+    if (id >= c->vocab_size) {
+        lm_log(LAZYMOE_LOG_WARN, "config: %s %lld is outside the vocabulary (%d); ignored", key, (long long)id,
+               c->vocab_size);
+        return 0;
+    }
+    return 1;
+}
+
+/* o's value of key, else the wrapper's (multimodal configs keep some keys at the top). */
+static json_t *key_of(json_t *o, json_t *root, const char *key) {
+    json_t *v = json_object_get(o, key);
+    return v && !json_is_null(v) ? v : json_object_get(root, key);
+}
+
 static int parse_eos(lm_config *c, json_t *v, char *err) {
     if (!v || json_is_null(v)) return 0;
     c->n_eos = 0;
     /* ids are checked as 64-bit values: 2^40 must not wrap to token 0 */
     if (json_is_integer(v)) {
-        json_int_t id = json_integer_value(v);
-        if (id < 0 || id >= c->vocab_size)
-            return lm_errf(err, "eos_token_id %lld is outside the vocabulary (%d)", (long long)id, c->vocab_size);
-        c->eos_ids[c->n_eos++] = (int32_t)id;
+        int k = check_special_id(c, "eos_token_id", json_integer_value(v), err);
+        if (k < 0) return -1;
+        if (k) c->eos_ids[c->n_eos++] = (int32_t)json_integer_value(v);
     } else if (json_is_array(v)) {
         size_t i;
         json_t *e;
         json_array_foreach(v, i, e) {
             if (!json_is_integer(e)) return lm_errf(err, "eos_token_id entries must be integers");
-            json_int_t id = json_integer_value(e);
-            if (id < 0 || id >= c->vocab_size)
-                return lm_errf(err, "eos_token_id %lld is outside the vocabulary (%d)", (long long)id, c->vocab_size);
-            if (c->n_eos < LM_MAX_EOS) c->eos_ids[c->n_eos++] = (int32_t)id;
+            int k = check_special_id(c, "eos_token_id", json_integer_value(e), err);
+            if (k < 0) return -1;
+            if (k && c->n_eos < LM_MAX_EOS) c->eos_ids[c->n_eos++] = (int32_t)json_integer_value(e);
         }
     } else {
         return lm_errf(err, "eos_token_id must be an integer or a list");
     }
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_ids[i] < 0 || c->eos_ids[i] >= c->vocab_size)
-            return lm_errf(err, "eos_token_id %d is outside the vocabulary (%d)", c->eos_ids[i],
-                           c->vocab_size);
     return 0;
 }
 
@@ -358,12 +375,18 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
         goto done;
     }
     c->clip_qkv = (float)clip;
-    if (get_bool(o, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) goto done;
+    if (get_bool(json_object_get(o, "tie_word_embeddings") ? o : root, "tie_word_embeddings", 0,
+                 &c->tie_word_embeddings, err))
+        goto done;
     if (get_bool(o, "attention_bias", 0, &c->attention_bias, err)) goto done;
     int renorm_always = fam->router_renorm == LM_RENORM_ALWAYS;
     if (get_bool(o, "norm_topk_prob", renorm_always, &c->norm_topk_prob, err)) goto done;
     if (renorm_always) c->norm_topk_prob = 1; /* softmax over the top-k logits */
     c->qk_norm = fam->qk_norm;
+    c->routed_scaling_factor = 1.0f;
+    c->router_sigmoid = fam->sigmoid_router;
+    c->n_group = c->topk_group = 1;
+    c->lin_separate_proj = fam->linear_separate_proj;
     c->attn_output_gate = fam->attn_output_gate;
     c->zero_centred_norms = fam->zero_centred_norms;
     json_t *act = json_object_get(o, "hidden_act");
@@ -394,7 +417,7 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
         goto done;
     }
     for (int l = 0; l < c->n_layers; l++)
-        c->mlp_only[l] = (l + 1) % c->decoder_sparse_step != 0;
+        c->mlp_only[l] = (l + 1) % c->decoder_sparse_step != 0 || l < c->first_k_dense;
     json_t *mol = json_object_get(o, "mlp_only_layers");
     if (mol && json_is_array(mol)) {
         size_t i;
@@ -413,15 +436,15 @@ int lm_config_parse(lm_config *c, const char *config_json, const char *generatio
             goto done;
         }
 
-    if (parse_eos(c, json_object_get(o, "eos_token_id"), err)) goto done;
-    json_t *bos = json_object_get(o, "bos_token_id");
+    if (parse_eos(c, key_of(o, root, "eos_token_id"), err)) goto done;
+    json_t *bos = key_of(o, root, "bos_token_id");
     if (bos && json_is_integer(bos)) {
-        if (json_integer_value(bos) < 0 || json_integer_value(bos) >= c->vocab_size) {
-            lm_errf(err, "config.json: bos_token_id %lld is outside the vocabulary (%d)",
-                    (long long)json_integer_value(bos), c->vocab_size);
+        int k = check_special_id(c, "bos_token_id", json_integer_value(bos), err);
+        if (k < 0) {
+            lm_err_prefix(err, "config.json");
             goto done;
         }
-        c->bos_id = (int32_t)json_integer_value(bos);
+        if (k) c->bos_id = (int32_t)json_integer_value(bos);
     }
     if (generation_json) {
         gen = json_loads(generation_json, 0, &je);

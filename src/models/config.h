@@ -48,6 +48,7 @@ typedef struct {
     int top_k;
     int norm_topk_prob;
     int decoder_sparse_step;
+    int first_k_dense;  /* layers 0 .. first_k_dense-1 are dense (first_k_dense_replace) */
     uint8_t *mlp_only; /* [n_layers]: 1 if the layer is dense */
     int tie_word_embeddings;
     int attention_bias;
@@ -55,6 +56,20 @@ typedef struct {
     int zero_centred_norms; /* RMSNorm weights stored as w - 1 (x * (1 + w)) in HF files (qwen3_next) */
     int rope_dim;           /* leading dims of a head that RoPE rotates (partial_rotary_factor) */
     int shared_expert_intermediate_size; /* 0 = no shared expert */
+    int shared_expert_gated;             /* the shared expert's output is scaled by sigmoid(h . w) */
+    /* Sigmoid router (glm4_moe, minimax_m2): experts chosen by sigmoid(logit) + the
+     * layer's e_score_correction_bias within the topk_group best of n_group groups;
+     * weights are the unbiased sigmoids, renormalised (norm_topk_prob), times
+     * routed_scaling_factor. router_sigmoid 0: softmax top-k. */
+    int router_sigmoid;
+    int n_group, topk_group;
+    float routed_scaling_factor;
+    /* Multi-token-prediction layers stored after the last layer (glm4_moe's
+     * num_nextn_predict_layers): not part of the forward pass, never read. */
+    int n_nextn_layers;
+    /* Gated DeltaNet projections stored separately (qwen3_5_moe: in_proj_qkv, in_proj_z,
+     * in_proj_b, in_proj_a) rather than fused per key head (qwen3_next). */
+    int lin_separate_proj;
     lm_qk_norm qk_norm;
     float clip_qkv; /* 0 = none */
     int attn_sinks;          /* attention has a sink logit per head (self_attn.sinks, gpt-oss) */

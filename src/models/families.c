@@ -12,6 +12,7 @@ const lm_family *const lm_families[] = {
     &lm_family_olmoe,
     &lm_family_qwen3_next,
     &lm_family_gpt_oss,
+    &lm_family_qwen3_5_moe,
     NULL,
 };
 
@@ -23,6 +24,7 @@ const lm_tensor_names lm_names_mlp = {
     .expert_down = {"down_proj"},
     .shared_expert = "shared_expert",
     .shared_expert_gate = "shared_expert_gate",
+    .correction_bias = {"gate.e_score_correction_bias", "e_score_correction_bias"},
 };
 
 const lm_family *lm_family_find(const char *model_type) {

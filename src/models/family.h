@@ -51,6 +51,8 @@ typedef struct {
     int bos, eos, eos2;   /* eos2 < 0: one eos id */
     /* Gated DeltaNet (full_interval 0: every layer is full attention) */
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
+    int attn_bias;   /* q/k/v projections have biases (glm4_moe) */
+    int first_dense; /* the first layers are dense MLPs of `intermediate` (first_k_dense_replace) */
 } lm_synth_preset;
 
 /* How a family names the tensors of its MoE blocks inside model.layers.N (Hugging Face
@@ -63,7 +65,10 @@ typedef struct {
     /* Per-expert projections (legacy HF layout BLOCK.experts.E.NAME), aliases tried in order. */
     const char *expert_gate[3], *expert_up[3], *expert_down[3];
     const char *shared_expert;      /* shared expert module inside the MoE block */
-    const char *shared_expert_gate; /* its [1, H] sigmoid gate */
+    const char *shared_expert_gate; /* its [1, H] sigmoid gate (config's shared_expert_gated) */
+    /* The sigmoid router's e_score_correction_bias [E] inside the MoE block, aliases
+     * tried in order (glm4_moe keeps it in the router, minimax_m2 beside it). */
+    const char *correction_bias[2];
 } lm_tensor_names;
 
 /* mlp.gate, mlp.experts.E.{gate,up,down}_proj, mlp.shared_expert(_gate): the names of
@@ -85,6 +90,8 @@ typedef struct lm_family {
     int partial_rope;              /* partial_rotary_factor < 1 allowed */
     int attn_output_gate;          /* q_proj also yields a per-head sigmoid output gate */
     int zero_centred_norms;        /* HF files store RMSNorm weights as w - 1 */
+    int sigmoid_router;            /* sigmoid router with e_score_correction_bias (config router_sigmoid) */
+    int linear_separate_proj;      /* Gated DeltaNet projections stored separately (config lin_separate_proj) */
     /* Family-only keys, read after the common ones and RoPE (NULL: none). o is the text
      * model's config object; returns 0 or -1 with err set. */
     int (*parse_config)(lm_config *c, json_t *o, char *err);
@@ -133,7 +140,11 @@ int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long lon
 
 /* The families (one file each). */
 extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next;
-extern const lm_family lm_family_gpt_oss;
+extern const lm_family lm_family_gpt_oss, lm_family_qwen3_5_moe;
+
+/* qwen3_next's parse_config (Gated DeltaNet shapes, layer_types, gated shared expert),
+ * which qwen3_5_moe shares. */
+int lm_family_qwen3_next_parse_config(lm_config *c, json_t *o, char *err);
 
 /* Shared by the qwen families: the config.json keys of synthetic Qwen MoE checkpoints
  * and their sampling defaults (qwen3_moe.c). */

@@ -60,6 +60,10 @@ lm_expert lm_expert_view_parts(const lm_expert_source *src, const char *const pa
  *   A_log, dt_bias [nv]; norm [dv] (a plain weight, not zero-centred); out [H, nv dv] */
 typedef struct {
     lm_mat in_qkvz, in_ba, out;
+    /* Separate projections (config lin_separate_proj, qwen3_5_moe): in_qkvz holds
+     * in_proj_qkv [2 nk dk + nv dv, H] (all q, all k, all v: the conv's channel order),
+     * in_z [nv dv, H], in_ba holds in_proj_b [nv, H] and in_a [nv, H]. */
+    lm_mat in_z, in_a;
     float *conv;
     float *A_log, *dt_bias, *norm;
 } lm_linear_attn;
@@ -78,6 +82,7 @@ typedef struct {
     lm_linear_attn lin;
     int is_moe;
     lm_mat router;                        /* [E, H] */
+    float *router_correction;             /* [E] sigmoid router's e_score_correction_bias; NULL if none */
     lm_mat mlp_gate, mlp_up, mlp_down;    /* dense layers */
     lm_expert_source src;                 /* MoE layers: where the experts are */
     lm_expert *experts;                   /* [E] views when resident; NULL when lazy */
@@ -102,6 +107,8 @@ typedef struct {
     float *rope_inv_freq;     /* [rope_dim/2] */
     float rope_scale;         /* cos and sin are multiplied by it (YaRN's attention factor; else 1) */
     lm_expert_layout expert_layout;
+    int n_mtp_layers;         /* multi-token-prediction layers in the files, never read */
+    int has_vision_tower;     /* a vision tower (model.visual.*) in the files, never read */
     lm_dtype float_dtype;     /* dtype of the float weights */
     /* Every buffer the loader allocated (freed by lm_weights_free). */
     void **buffers;

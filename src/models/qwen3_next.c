@@ -14,7 +14,7 @@
 
 /* The Gated DeltaNet shapes and which layers use it (layer_types, or every layer but
  * each full_attention_interval-th), and the shared expert's width. */
-static int parse_config(lm_config *c, json_t *o, char *err) {
+int lm_family_qwen3_next_parse_config(lm_config *c, json_t *o, char *err) {
     long long v = 0;
     struct { int *dst; const char *key; long long hi; } f[] = {
         {&c->lin_k_heads, "linear_num_key_heads", 4096},   {&c->lin_v_heads, "linear_num_value_heads", 4096},
@@ -47,6 +47,7 @@ static int parse_config(lm_config *c, json_t *o, char *err) {
     for (int l = 0; l < c->n_layers; l++) c->n_linear_layers += c->layer_linear[l];
     if (lm_cfg_int(o, "shared_expert_intermediate_size", 0, 0, 1 << 20, &v, err)) return -1;
     c->shared_expert_intermediate_size = (int)v;
+    c->shared_expert_gated = 1;
     return 0;
 }
 
@@ -83,7 +84,7 @@ const lm_family lm_family_qwen3_next = {
     .partial_rope = 1,
     .attn_output_gate = 1,
     .zero_centred_norms = 1,
-    .parse_config = parse_config,
+    .parse_config = lm_family_qwen3_next_parse_config,
     .names = &lm_names_mlp,
     .mlx_router_8bit = {"mlp.gate", "shared_expert_gate"},
     .mlx_drop = "mtp.",

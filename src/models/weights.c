@@ -25,6 +25,11 @@ typedef struct {
     /* Added to zero-centred RMSNorm weights (qwen3_next): 1 for Hugging Face files,
      * 0 for MLX files, whose converter already stored 1 + w. */
     float norm_offset;
+    /* Where the text model's tensors are: "model." in causal-LM files; multimodal
+     * wrappers keep it under "model.language_model." (transformers) or
+     * "language_model.model." (MLX), with their lm_head beside it. The loader asks for
+     * "model.X" and "lm_head.X" names; lookup() rewrites them. */
+    const char *prefix, *head_prefix;
 } loader;
 
 static void *track(loader *L, void *p) {
@@ -40,8 +45,21 @@ static void *track(loader *L, void *p) {
 }
 
 void *lm_weights_keep(lm_weights *w, void *buf, char *err) {
-    loader L = {w, err, 0.0f};
+    loader L = {w, err, 0.0f, "model.", "lm_head"};
     return track(&L, buf);
+}
+
+/* The tensor the loader calls `name` (see loader.prefix). */
+static const st_tensor *lookup(loader *L, const char *name) {
+    char buf[600];
+    if (!strncmp(name, "model.", 6) && strcmp(L->prefix, "model.") != 0) {
+        snprintf(buf, sizeof buf, "%s%s", L->prefix, name + 6);
+        name = buf;
+    } else if (!strncmp(name, "lm_head", 7) && strcmp(L->head_prefix, "lm_head") != 0) {
+        snprintf(buf, sizeof buf, "%s%s", L->head_prefix, name + 7);
+        name = buf;
+    }
+    return st_find(L->w->archive, name);
 }
 
 static const st_tensor *findf(loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -51,7 +69,7 @@ static const st_tensor *findf(loader *L, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    return st_find(L->w->archive, name);
+    return lookup(L, name);
 }
 
 /* Reads a whole tensor into a tracked, aligned buffer. */
@@ -76,7 +94,7 @@ static int check_shape(loader *L, const st_tensor *t, int ndim, const int64_t *w
 
 /* A vector of n floats named NAME, widened to f32. */
 static float *load_vec(loader *L, const char *name, int n, int required) {
-    const st_tensor *t = st_find(L->w->archive, name);
+    const st_tensor *t = lookup(L, name);
     if (!t) {
         if (required) lm_errf(L->err, "missing tensor '%s'", name);
         else if (L->err) L->err[0] = 0;
@@ -232,7 +250,7 @@ static int detect_norm_offset(loader *L) {
 /* The depthwise conv1d kernel as f32 [C][K], from [C, 1, K] (HF) or [C, K, 1] (MLX):
  * both store channel-major, tap-minor, so the bytes are in the same order. */
 static float *load_conv(loader *L, const char *name, int C, int K) {
-    const st_tensor *t = st_find(L->w->archive, name);
+    const st_tensor *t = lookup(L, name);
     if (!t) {
         lm_errf(L->err, "missing tensor '%s'", name);
         return NULL;
@@ -266,9 +284,16 @@ static int load_linear_attn(loader *L, int l, lm_linear_attn *la) {
     int key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
     char p[512];
 #define LA(what) (snprintf(p, sizeof p, "model.layers.%d.linear_attn.%s", l, what), p)
-    if (load_mat(L, LA("in_proj_qkvz"), 2 * key_dim + 2 * value_dim, H, &la->in_qkvz) ||
-        load_mat(L, LA("in_proj_ba"), 2 * nv, H, &la->in_ba) || load_mat(L, LA("out_proj"), H, value_dim, &la->out))
+    if (c->lin_separate_proj) {
+        if (load_mat(L, LA("in_proj_qkv"), conv_dim, H, &la->in_qkvz) ||
+            load_mat(L, LA("in_proj_z"), value_dim, H, &la->in_z) || load_mat(L, LA("in_proj_b"), nv, H, &la->in_ba) ||
+            load_mat(L, LA("in_proj_a"), nv, H, &la->in_a))
+            return -1;
+    } else if (load_mat(L, LA("in_proj_qkvz"), 2 * key_dim + 2 * value_dim, H, &la->in_qkvz) ||
+               load_mat(L, LA("in_proj_ba"), 2 * nv, H, &la->in_ba)) {
         return -1;
+    }
+    if (load_mat(L, LA("out_proj"), H, value_dim, &la->out)) return -1;
     if (!(la->conv = load_conv(L, LA("conv1d.weight"), conv_dim, c->conv_kernel))) return -1;
     if (!(la->A_log = load_vec(L, LA("A_log"), nv, 1)) || !(la->dt_bias = load_vec(L, LA("dt_bias"), nv, 1)) ||
         !(la->norm = load_vec(L, LA("norm.weight"), dv, 1)))
@@ -580,7 +605,17 @@ mlp:
         MAT(ly->shared_gate, SI, H, "%s.%s.gate_proj", block, n->shared_expert);
         MAT(ly->shared_up, SI, H, "%s.%s.up_proj", block, n->shared_expert);
         MAT(ly->shared_down, H, SI, "%s.%s.down_proj", block, n->shared_expert);
-        MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, n->shared_expert_gate);
+        if (c->shared_expert_gated) MAT(ly->shared_expert_gate, 1, H, "%s.%s", block, n->shared_expert_gate);
+    }
+    if (c->router_sigmoid) {
+        for (int i = 0; i < 2 && n->correction_bias[i] && !ly->router_correction; i++) {
+            snprintf(p, sizeof p, "%s.%s", block, n->correction_bias[i]);
+            ly->router_correction = load_vec(L, p, c->n_experts, 0);
+            if (!ly->router_correction && L->err && L->err[0]) return -1;
+        }
+        if (!ly->router_correction)
+            return lm_errf(L->err, "layer %d: missing tensor '%s.%s' (the sigmoid router's correction bias)", l,
+                           block, n->correction_bias[0]);
     }
     return load_experts(L, l, block, ly);
 #undef VEC
@@ -602,7 +637,8 @@ static void account(lm_weights *w) {
         resident_params += 2 * H;
         const lm_mat *mats[] = {&ly->q,          &ly->k,           &ly->v,           &ly->o,
                                 &ly->lin.in_qkvz, &ly->lin.in_ba,  &ly->lin.out,     &ly->shared_gate,
-                                &ly->shared_up,  &ly->shared_down, &ly->shared_expert_gate};
+                                &ly->shared_up,  &ly->shared_down, &ly->shared_expert_gate, &ly->lin.in_z,
+                                &ly->lin.in_a};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
             resident_params += mat_params(mats[i]);
             bytes += lm_mat_bytes(mats[i]);
@@ -632,23 +668,61 @@ static void account(lm_weights *w) {
 }
 
 /* A config.json with fewer layers than the weights would run the first N layers and
- * silently ignore the rest: any tensor of a layer past num_hidden_layers is an error. */
-static int check_layer_count(const st_archive *a, int n_layers, char *err) {
+ * silently ignore the rest: any tensor of a layer past num_hidden_layers is an error,
+ * except the multi-token-prediction layers the config declares (never read). */
+static int check_layer_count(const st_archive *a, const char *prefix, const lm_config *c, char *err) {
+    size_t pl = strlen(prefix);
     for (int i = 0; i < a->ntensors; i++) {
-        const char *p = strstr(a->tensors[i].name, "model.layers.");
-        if (!p) continue;
+        const char *name = a->tensors[i].name;
+        if (strncmp(name, prefix, pl) != 0 || strncmp(name + pl, "layers.", 7) != 0) continue;
+        const char *p = name + pl + 7;
         char *end;
-        long l = strtol(p + strlen("model.layers."), &end, 10);
-        if (end != p + strlen("model.layers.") && *end == '.' && l >= n_layers)
-            return lm_errf(err, "the weights hold layer %ld ('%s') but config.json num_hidden_layers is %d",
-                           l, a->tensors[i].name, n_layers);
+        long l = strtol(p, &end, 10);
+        if (end != p && *end == '.' && l >= c->n_layers && l >= (long)c->n_layers + c->n_nextn_layers)
+            return lm_errf(err, "the weights hold layer %ld ('%s') but config.json num_hidden_layers is %d", l, name,
+                           c->n_layers);
     }
     return 0;
 }
 
+/* What the files hold that the forward pass never reads, for `info`: multi-token-
+ * prediction layers (glm4_moe's layers past the last, qwen3_5_moe's mtp.layers.N) and a
+ * vision tower (model.visual.*). Names only; no byte of them is read. */
+static void count_unread(lm_weights *w, const char *prefix) {
+    const st_archive *a = w->archive;
+    size_t pl = strlen(prefix);
+    int seen[64] = {0};
+    for (int i = 0; i < a->ntensors; i++) {
+        const char *name = a->tensors[i].name, *p = NULL;
+        if (!strncmp(name, prefix, pl) && !strncmp(name + pl, "layers.", 7)) p = name + pl + 7;
+        else if (!strncmp(name, "mtp.layers.", 11)) p = name + 11;
+        if (!strncmp(name, "model.visual.", 13)) w->has_vision_tower = 1;
+        if (!p) continue;
+        long l = strtol(p, NULL, 10);
+        if (p == name + 11) l += w->cfg.n_layers; /* mtp.layers.N */
+        long k = l - w->cfg.n_layers;
+        if (k >= 0 && k < 64 && !seen[k]) {
+            seen[k] = 1;
+            w->n_mtp_layers++;
+        }
+    }
+}
+
+/* Where the text model's tensors are (loader.prefix). */
+static void find_prefix(loader *L) {
+    L->prefix = "model.";
+    L->head_prefix = "lm_head";
+    if (st_find(L->w->archive, "model.language_model.embed_tokens.weight")) {
+        L->prefix = "model.language_model.";
+    } else if (st_find(L->w->archive, "language_model.model.embed_tokens.weight")) {
+        L->prefix = "language_model.model.";
+        L->head_prefix = "language_model.lm_head";
+    }
+}
+
 int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
-    loader L = {w, err, 0.0f};
+    loader L = {w, err, 0.0f, "model.", "lm_head"};
     if (gguf_is_path(dir)) {
         /* a GGUF file: config from its metadata, tensors under Hugging Face names */
         gguf_archive *g = NULL;
@@ -661,7 +735,9 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
         if (lm_config_load(&w->cfg, dir, err) != 0) return -1;
         if (st_open(&w->archive, dir, err) != 0) goto fail;
     }
-    if (check_layer_count(w->archive, w->cfg.n_layers, err) != 0) goto fail;
+    find_prefix(&L);
+    if (check_layer_count(w->archive, L.prefix, &w->cfg, err) != 0) goto fail;
+    count_unread(w, L.prefix);
     if (w->cfg.zero_centred_norms && detect_norm_offset(&L) != 0) goto fail;
     const lm_config *c = &w->cfg;
     int H = c->hidden_size;
@@ -671,7 +747,7 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
     if (load_mat(&L, "model.embed_tokens", c->vocab_size, H, &w->embed)) goto fail;
     w->final_norm = load_norm(&L, "model.norm.weight", H);
     if (!w->final_norm) goto fail;
-    if (c->tie_word_embeddings && !st_find(w->archive, "lm_head.weight")) {
+    if (c->tie_word_embeddings && !lookup(&L, "lm_head.weight")) {
         w->lm_head = w->embed;
     } else if (load_mat(&L, "lm_head", c->vocab_size, H, &w->lm_head)) {
         goto fail;

@@ -320,10 +320,17 @@ static int plan_layer(synth *S, int l, char *err) {
         rc |= add_vec(S, b, 3, conv, INIT_LINEAR, inv_sqrt(s->m.conv_kernel), err,
                       "%s.linear_attn.conv1d.weight", p);
         rc |= add_vec(S, b, 1, vv, INIT_ONES, 0, err, "%s.linear_attn.dt_bias", p);
-        rc |= add_mat(S, b, 1, 2 * (int64_t)s->m.lin_v_heads, H, INIT_LINEAR, inv_sqrt(H), err,
-                      "%s.linear_attn.in_proj_ba", p);
-        rc |= add_mat(S, b, 1, 2 * (int64_t)key_dim + 2 * (int64_t)value_dim, H, INIT_LINEAR,
-                      inv_sqrt(H), err, "%s.linear_attn.in_proj_qkvz", p);
+        if (f->linear_separate_proj) { /* qwen3_5_moe */
+            rc |= add_mat(S, b, 1, s->m.lin_v_heads, H, INIT_LINEAR, inv_sqrt(H), err, "%s.linear_attn.in_proj_a", p);
+            rc |= add_mat(S, b, 1, s->m.lin_v_heads, H, INIT_LINEAR, inv_sqrt(H), err, "%s.linear_attn.in_proj_b", p);
+            rc |= add_mat(S, b, 1, conv_dim, H, INIT_LINEAR, inv_sqrt(H), err, "%s.linear_attn.in_proj_qkv", p);
+            rc |= add_mat(S, b, 1, value_dim, H, INIT_LINEAR, inv_sqrt(H), err, "%s.linear_attn.in_proj_z", p);
+        } else {
+            rc |= add_mat(S, b, 1, 2 * (int64_t)s->m.lin_v_heads, H, INIT_LINEAR, inv_sqrt(H), err,
+                          "%s.linear_attn.in_proj_ba", p);
+            rc |= add_mat(S, b, 1, 2 * (int64_t)key_dim + 2 * (int64_t)value_dim, H, INIT_LINEAR,
+                          inv_sqrt(H), err, "%s.linear_attn.in_proj_qkvz", p);
+        }
         rc |= add_vec(S, b, 1, vnorm, INIT_NORM, 0, err, "%s.linear_attn.norm.weight", p);
         rc |= add_mat(S, b, 1, H, value_dim, INIT_LINEAR, inv_sqrt(value_dim) * attn, err,
                       "%s.linear_attn.out_proj", p);
@@ -335,6 +342,12 @@ static int plan_layer(synth *S, int l, char *err) {
         rc |= add_mat(S, b, 1, H, nq, INIT_LINEAR, inv_sqrt(nq) * attn, err, "%s.self_attn.o_proj", p);
         rc |= add_mat(S, b, 1, qrows, H, INIT_LINEAR, inv_sqrt(H), err, "%s.self_attn.q_proj", p);
         rc |= add_mat(S, b, 1, nkv, H, INIT_LINEAR, inv_sqrt(H), err, "%s.self_attn.v_proj", p);
+        if (s->m.attn_bias) { /* glm4_moe: q/k/v biases, none on o_proj */
+            int64_t bq[1] = {nq}, bkv[1] = {nkv};
+            rc |= add_vec(S, b, 1, bkv, INIT_LINEAR, 0.02f, err, "%s.self_attn.k_proj.bias", p);
+            rc |= add_vec(S, b, 1, bq, INIT_LINEAR, 0.02f, err, "%s.self_attn.q_proj.bias", p);
+            rc |= add_vec(S, b, 1, bkv, INIT_LINEAR, 0.02f, err, "%s.self_attn.v_proj.bias", p);
+        }
         if (f->qk_norm != LM_QK_NORM_NONE) {
             int per_head = f->qk_norm == LM_QK_NORM_PER_HEAD;
             int64_t vq[1] = {per_head ? hd : nq}, vk[1] = {per_head ? hd : nkv};
@@ -342,15 +355,27 @@ static int plan_layer(synth *S, int l, char *err) {
             rc |= add_vec(S, b, 1, vq, INIT_NORM, 0, err, "%s.self_attn.q_norm.weight", p);
         }
     }
+    if (l < s->m.first_dense) { /* glm4_moe's first_k_dense_replace layers: a dense MLP */
+        int F = s->m.intermediate;
+        rc |= add_mat(S, b, 1, H, F, INIT_LINEAR, inv_sqrt(F) * resid, err, "%s.mlp.down_proj", p);
+        rc |= add_mat(S, b, 1, F, H, INIT_LINEAR, inv_sqrt(H), err, "%s.mlp.gate_proj", p);
+        rc |= add_mat(S, b, 1, F, H, INIT_LINEAR, inv_sqrt(H), err, "%s.mlp.up_proj", p);
+        return rc ? -1 : 0;
+    }
     rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, err, "%s.%s.%s", p, moe, f->names->router);
+    if (f->sigmoid_router) { /* e_score_correction_bias: small, so routing stays the router's */
+        int64_t vE[1] = {E};
+        rc |= add_vec(S, b, 1, vE, INIT_LINEAR, 0.01f, err, "%s.%s.%s", p, moe, f->names->correction_bias[0]);
+    }
     if (s->m.shared_intermediate) {
         int SI = s->m.shared_intermediate;
         const char *se = f->names->shared_expert;
         rc |= add_mat(S, b, 1, H, SI, INIT_LINEAR, inv_sqrt(SI) * resid, err, "%s.%s.%s.down_proj", p, moe, se);
         rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s.gate_proj", p, moe, se);
         rc |= add_mat(S, b, 1, SI, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s.up_proj", p, moe, se);
-        rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s", p, moe,
-                      f->names->shared_expert_gate);
+        if (f->names->shared_expert_gate)
+            rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s", p, moe,
+                          f->names->shared_expert_gate);
     }
     rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, err, "%s.%s.switch_mlp.down_proj", p, moe);
     rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.switch_mlp.gate_proj", p, moe);

@@ -13,6 +13,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
+#include "common/utf8.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -152,11 +153,17 @@ static void end_call(lm_harmony_parser *p) {
     if (!p->args_started) {
         out_add(p, LM_TC_CALL_ARGS, "{}", 2);
     } else if (!p->args_object) {
-        json_t *o = json_pack("{s:s%}", "arguments", p->raw.data ? p->raw.data : "", p->raw.len);
+        /* invalid UTF-8 in the body becomes U+FFFD (a JSON string must be valid) */
+        char *clean = NULL;
+        size_t clean_len = 0;
+        json_t *o = NULL;
+        if (lm_utf8_sanitize(p->raw.data ? p->raw.data : "", p->raw.len, &clean, &clean_len) == 0)
+            o = json_pack("{s:s%}", "arguments", clean, clean_len);
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (!s) p->failed = FAIL_OOM;
         else out_add(p, LM_TC_CALL_ARGS, s, strlen(s));
         free(s);
+        free(clean);
         json_decref(o);
     } else if (!p->args_closed) {
         if (p->in_str) {
