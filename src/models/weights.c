@@ -247,6 +247,25 @@ static int detect_norm_offset(loader *L) {
     return 0;
 }
 
+/* A float tensor of n values (shape already checked) read and widened to f32, kept
+ * with the loader's allocations. */
+static float *read_f32(loader *L, const st_tensor *t, const char *name, size_t n) {
+    if (!lm_dtype_is_float(t->dtype)) {
+        lm_errf(L->err, "tensor '%s' has dtype %s; expected a float type", name, lm_dtype_name(t->dtype));
+        return NULL;
+    }
+    void *raw = lm_malloc(t->nbytes, name, L->err);
+    if (!raw) return NULL;
+    float *v = track(L, lm_malloc_aligned(sizeof(float) * n, name, L->err));
+    if (!v || st_read(L->w->archive, t, raw, L->err) != 0) {
+        free(raw);
+        return NULL;
+    }
+    lm_convert_to_f32(v, raw, t->dtype, n);
+    free(raw);
+    return v;
+}
+
 /* The depthwise conv1d kernel as f32 [C][K], from [C, 1, K] (HF) or [C, K, 1] (MLX):
  * both store channel-major, tap-minor, so the bytes are in the same order. */
 static float *load_conv(loader *L, const char *name, int C, int K) {
@@ -261,21 +280,7 @@ static float *load_conv(loader *L, const char *name, int C, int K) {
                 K, C, K);
         return NULL;
     }
-    if (!lm_dtype_is_float(t->dtype)) {
-        lm_errf(L->err, "tensor '%s' has dtype %s; expected a float type", name, lm_dtype_name(t->dtype));
-        return NULL;
-    }
-    size_t n = (size_t)C * (size_t)K;
-    void *raw = lm_malloc(t->nbytes, name, L->err);
-    if (!raw) return NULL;
-    float *v = track(L, lm_malloc_aligned(sizeof(float) * n, name, L->err));
-    if (!v || st_read(L->w->archive, t, raw, L->err) != 0) {
-        free(raw);
-        return NULL;
-    }
-    lm_convert_to_f32(v, raw, t->dtype, n);
-    free(raw);
-    return v;
+    return read_f32(L, t, name, (size_t)C * (size_t)K);
 }
 
 static int load_linear_attn(loader *L, int l, lm_linear_attn *la) {
@@ -361,21 +366,7 @@ static float *load_rows_f32(loader *L, const char *name, int rows, int cols) {
     }
     int64_t want[2] = {rows, cols};
     if (check_shape(L, t, 2, want)) return NULL;
-    if (!lm_dtype_is_float(t->dtype)) {
-        lm_errf(L->err, "tensor '%s' has dtype %s; expected a float type", name, lm_dtype_name(t->dtype));
-        return NULL;
-    }
-    size_t n = (size_t)rows * (size_t)cols;
-    void *raw = lm_malloc(t->nbytes, name, L->err);
-    if (!raw) return NULL;
-    float *v = track(L, lm_malloc_aligned(sizeof(float) * n, name, L->err));
-    if (!v || st_read(L->w->archive, t, raw, L->err) != 0) {
-        free(raw);
-        return NULL;
-    }
-    lm_convert_to_f32(v, raw, t->dtype, n);
-    free(raw);
-    return v;
+    return read_f32(L, t, name, (size_t)rows * (size_t)cols);
 }
 
 /* One MXFP4 stack of the released gpt-oss files: NAME_blocks uint8 [E, out, in/32, 16]
