@@ -10,6 +10,7 @@
  * only to close them when the output ends inside them.
  */
 #include "text/harmony.h"
+#include "text/toolcall.h"
 
 #include "common/buf.h"
 #include "common/error.h"
@@ -86,18 +87,7 @@ static void out_add(lm_harmony_parser *p, lm_tc_kind kind, const char *d, size_t
 
 /* ---- calls ----------------------------------------------------------------------- */
 
-static void make_id(lm_harmony_parser *p) {
-    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    memcpy(p->id, "call_", 5);
-    for (int i = 0; i < 24; i++) {
-        uint64_t z = (p->rng += 0x9E3779B97F4A7C15ull); /* splitmix64 */
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        p->id[5 + i] = alnum[z % 62];
-    }
-    p->id[29] = 0;
-}
+static void make_id(lm_harmony_parser *p) { lm_toolcall_make_id(p->id, &p->rng); }
 
 static void begin_call(lm_harmony_parser *p, const char *name, size_t n) {
     free(p->name);

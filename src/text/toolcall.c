@@ -252,18 +252,20 @@ static unsigned schema_types(const json_t *s, int depth) {
 
 /* ---- calls --------------------------------------------------------------------- */
 
-static void make_id(lm_toolcall_parser *p) {
+void lm_toolcall_make_id(char id[30], uint64_t *rng) {
     static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    memcpy(p->id, "call_", 5);
+    memcpy(id, "call_", 5);
     for (int i = 0; i < 24; i++) {
-        uint64_t z = (p->rng += 0x9E3779B97F4A7C15ull); /* splitmix64 */
+        uint64_t z = (*rng += 0x9E3779B97F4A7C15ull); /* splitmix64 */
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         z ^= z >> 31;
-        p->id[5 + i] = alnum[z % 62];
+        id[5 + i] = alnum[z % 62];
     }
-    p->id[29] = 0;
+    id[29] = 0;
 }
+
+static void make_id(lm_toolcall_parser *p) { lm_toolcall_make_id(p->id, &p->rng); }
 
 static void begin_call(lm_toolcall_parser *p, const char *name, size_t n) {
     p->ws.len = 0; /* whitespace right before a call is not shown */

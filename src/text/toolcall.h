@@ -35,6 +35,7 @@
 #ifndef LAZYMOE_TOOLCALL_H
 #define LAZYMOE_TOOLCALL_H
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum {
     LM_TC_TEXT,        /* visible answer text: data/len */
@@ -79,4 +80,8 @@ int lm_toolcall_parser_finish(lm_toolcall_parser *p, char *err);
 /* Number of complete tool calls emitted so far (finish_reason tool_calls when > 0). */
 int lm_toolcall_parser_calls(const lm_toolcall_parser *p);
 void lm_toolcall_parser_free(lm_toolcall_parser *p);
+
+/* A call id as OpenAI writes them ("call_" and 24 letters and digits) into id[30],
+ * the next one of the sequence *rng (splitmix64) stands for. Shared by the parsers. */
+void lm_toolcall_make_id(char id[30], uint64_t *rng);
 #endif
