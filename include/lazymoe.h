@@ -236,7 +236,10 @@ int lazymoe_detokenize(const lazymoe_model *m, const int32_t *ids, int n_ids, in
 /* Renders the model's chat template as transformers' apply_chat_template does.
  * messages_json: a JSON array of {"role", "content", ...}; tools_json: a JSON array
  * or NULL; kwargs_json: a JSON object of extra template variables or NULL
- * (e.g. {"enable_thinking": false}). */
+ * (e.g. {"enable_thinking": false}). Returns 0; on failure -1, or one of these when
+ * the fault is the input's rather than the template's: */
+#define LAZYMOE_TEMPLATE_REFUSED (-2)   /* the template's raise_exception() refused the messages */
+#define LAZYMOE_TEMPLATE_TOO_LARGE (-3) /* they exceed a render limit (time, memory, loops, output) */
 int lazymoe_chat_format(const lazymoe_model *m, const char *messages_json, const char *tools_json,
                         int add_generation_prompt, const char *kwargs_json, char **text, char *err,
                         size_t errlen);

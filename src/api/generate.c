@@ -141,7 +141,9 @@ int lazymoe_chat_format_n(const lazymoe_model *m, const char *messages_json, con
     json_decref(msgs);
     json_decref(tools);
     json_decref(kw);
-    return rc ? fail(err, errlen, e) : 0;
+    if (!rc) return 0;
+    fail(err, errlen, e);
+    return rc == LM_JINJA_RAISED ? LAZYMOE_TEMPLATE_REFUSED : rc == LM_JINJA_LIMIT ? LAZYMOE_TEMPLATE_TOO_LARGE : -1;
 }
 
 void lazymoe_sampling_init(lazymoe_sampling *p, const lazymoe_model *m) {

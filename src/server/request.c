@@ -976,8 +976,17 @@ int srv_build_prompt(const lazymoe_model *m, const srv_chat *c, int max_ids, cha
         goto done;
     }
     size_t len = 0;
-    if (lazymoe_chat_format_n(m, mj, tj, 1, kj, prompt, &len, err, sizeof err) != 0) {
-        srv_fail(e, c->api, 400, "messages", "the model's chat template cannot render these messages: %s", err);
+    int frc = lazymoe_chat_format_n(m, mj, tj, 1, kj, prompt, &len, err, sizeof err);
+    if (frc == LAZYMOE_TEMPLATE_REFUSED) { /* the template's own check of the messages */
+        srv_fail(e, c->api, 400, "messages", "the model's chat template refuses these messages: %s", err);
+        goto done;
+    }
+    if (frc == LAZYMOE_TEMPLATE_TOO_LARGE) {
+        srv_fail(e, c->api, 413, "messages", "the messages are too large to render: %s", err);
+        goto done;
+    }
+    if (frc != 0) { /* the model's template failed: the server's fault, not the client's */
+        srv_fail(e, c->api, 500, NULL, "the model's chat template failed on this request: %s", err);
         goto done;
     }
     if (prompt_len) *prompt_len = len;

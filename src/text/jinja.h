@@ -44,9 +44,18 @@ int lm_jinja_parse(const char *src, size_t len, lm_jinja_template **out, char *e
 
 void lm_jinja_free(lm_jinja_template *tmpl);
 
+/* Why a render failed (lm_jinja_render's return value): the callers of a chat
+ * template answer the first as their own fault, the other two as the input's. */
+enum {
+    LM_JINJA_ERROR = -1,  /* an error in the template (or data it cannot handle) */
+    LM_JINJA_RAISED = -2, /* the template refused its input with raise_exception() */
+    LM_JINJA_LIMIT = -3,  /* a render limit: iterations, time, memory, output, call depth */
+};
+
 /* Renders with the variables of `context` (a JSON object, borrowed; may be
  * NULL). opts may be NULL for defaults. On success *out is a NUL-terminated
- * malloc'd string of *out_len bytes that the caller frees. */
+ * malloc'd string of *out_len bytes that the caller frees; on failure one of the
+ * LM_JINJA_* values above. */
 int lm_jinja_render(const lm_jinja_template *tmpl, const json_t *context,
                     const lm_jinja_options *opts, char **out, size_t *out_len, char *err);
 

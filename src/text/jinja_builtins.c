@@ -43,7 +43,7 @@ static int need_str(jrender *r, jv v, const char *what) {
 }
 
 static int str_result(jrender *r, lm_strbuf *b, jv *out) {
-    if (b->failed) { lm_strbuf_free(b); return jr_fail(r, "string exceeds the size limit"); }
+    if (b->failed) { lm_strbuf_free(b); return jr_limit(r, "string exceeds the size limit"); }
     *out = jr_str(r, b->data, b->len);
     lm_strbuf_free(b);
     return r->has_error ? -1 : 0;
@@ -1222,7 +1222,7 @@ BUILTIN(g_range) {
 #undef I
     if (step == 0) return jr_fail(r, "range() arg 3 must not be zero");
     double count_d = ((double)stop - (double)start) / (double)step;
-    if (count_d > (double)r->max_iterations) return jr_fail(r, "range() too large (limit %ld items)", r->max_iterations);
+    if (count_d > (double)r->max_iterations) return jr_limit(r, "range() too large (limit %ld items)", r->max_iterations);
     jv_list *l = jv_list_new(&r->arena, count_d > 0 ? (size_t)count_d + 1 : 0);
     if (!l) return jr_oom(r);
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
@@ -1257,7 +1257,7 @@ BUILTIN(g_raise_exception) {
     jv msg = ARG(0, "message");
     if (msg.type != JV_STR && jinja_to_str(r, msg, &msg)) return -1;
     (void)out;
-    return jr_fail(r, "%.*s", (int)(msg.u.str.len > 400 ? 400 : msg.u.str.len), msg.u.str.s);
+    return jr_raise(r, "%.*s", (int)(msg.u.str.len > 400 ? 400 : msg.u.str.len), msg.u.str.s);
 }
 
 BUILTIN(g_strftime_now) {

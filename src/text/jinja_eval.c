@@ -27,15 +27,34 @@ struct lm_jinja_template {
 };
 
 /* ---- errors and small helpers ------------------------------------------------------ */
-void jr_fail_set(jrender *r, const char *fmt, ...) {
+static void fail_kind(jrender *r, int fault, const char *fmt, va_list ap) {
     if (r->has_error) return;
     char msg[LM_ERR_LEN];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    r->has_error = true;
+    r->fault = fault;
+    lm_errf_set(r->err, "template line %d: %s", r->line, msg);
+}
+
+void jr_fail_set(jrender *r, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    fail_kind(r, LM_JINJA_ERROR, fmt, ap);
     va_end(ap);
-    r->has_error = true;
-    lm_errf_set(r->err, "template line %d: %s", r->line, msg);
+}
+
+void jr_limit_set(jrender *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fail_kind(r, LM_JINJA_LIMIT, fmt, ap);
+    va_end(ap);
+}
+
+void jr_raise_set(jrender *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fail_kind(r, LM_JINJA_RAISED, fmt, ap);
+    va_end(ap);
 }
 
 static int64_t monotonic_ns(void) {
@@ -46,16 +65,16 @@ static int64_t monotonic_ns(void) {
 
 int jr_charge(jrender *r, uint64_t n) {
     if (n > (uint64_t)(r->max_iterations - r->iterations))
-        return jr_fail(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
+        return jr_limit(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
     r->iterations += (long)n;
     /* reading the clock costs ~20 ns: once per 256 charges keeps it out of the profile */
     if ((++r->clock_tick & 255) == 0 || n > 256) {
-        if (monotonic_ns() > r->deadline_ns) return jr_fail(r, "render time limit exceeded");
+        if (monotonic_ns() > r->deadline_ns) return jr_limit(r, "render time limit exceeded");
     }
     return 0;
 }
 
-void jr_oom_set(jrender *r) { jr_fail_set(r, "out of memory (render limit %zu bytes)", r->arena.limit); }
+void jr_oom_set(jrender *r) { jr_limit_set(r, "out of memory (render limit %zu bytes)", r->arena.limit); }
 
 jv jr_str(jrender *r, const char *s, size_t n) {
     char *p = ja_strndup(&r->arena, s ? s : "", s ? n : 0);
@@ -79,7 +98,7 @@ int jinja_to_str(jrender *r, jv v, jv *out) {
 
 static int emit(jrender *r, const char *s, size_t n) {
     lm_strbuf_append(r->out, s, n);
-    if (r->out->failed) return jr_fail(r, "output exceeds %zu bytes", r->max_output);
+    if (r->out->failed) return jr_limit(r, "output exceeds %zu bytes", r->max_output);
     return 0;
 }
 
@@ -250,7 +269,7 @@ static int call_macro(jrender *r, struct jmacro *m, const jv *args, const char *
                       size_t npos, jv *out) {
     const jnode *def = m->def;
     const char *mname = def->kind == JN_MACRO ? def->name : "caller";
-    if (r->depth >= r->max_depth) return jr_fail(r, "maximum call depth (%d) exceeded", r->max_depth);
+    if (r->depth >= r->max_depth) return jr_limit(r, "maximum call depth (%d) exceeded", r->max_depth);
     jscope *sc = scope_new(r, m->closure);
     if (!sc) return -1;
     if (npos > def->nkids)
@@ -338,7 +357,7 @@ static int repeat(jrender *r, jv seq, int64_t times, jv *out) {
     if ((seq.type == JV_STR && seq.u.str.len == 0) || (seq.type != JV_STR && seq.u.list->len == 0)) times = 0;
     if (seq.type == JV_STR) {
         if (seq.u.str.len && (uint64_t)times > r->max_output / seq.u.str.len)
-            return jr_fail(r, "string repetition exceeds the output limit");
+            return jr_limit(r, "string repetition exceeds the output limit");
         size_t n = seq.u.str.len * (size_t)times;
         char *s = ja_alloc(&r->arena, n + 1);
         if (!s) return jr_oom(r);
@@ -709,7 +728,7 @@ int jinja_eval(jrender *r, const jnode *n, jscope *sc, jv *out) {
             if (jinja_eval(r, n->kids[i], sc, &v)) { lm_strbuf_free(&b); return -1; }
             jv_write_str(&b, v);
         }
-        if (b.failed) { lm_strbuf_free(&b); return jr_fail(r, "string exceeds %zu bytes", r->max_output); }
+        if (b.failed) { lm_strbuf_free(&b); return jr_limit(r, "string exceeds %zu bytes", r->max_output); }
         *out = jr_str(r, b.data, b.len);
         lm_strbuf_free(&b);
         return r->has_error ? -1 : 0;
@@ -842,7 +861,7 @@ static int exec_stmt(jrender *r, const jnode *n, jscope *sc) {
         if (jinja_eval(r, n->a, sc, &v)) return -1;
         if (v.type == JV_STR) return emit(r, v.u.str.s, v.u.str.len);
         jv_write_str(r->out, v);
-        if (r->out->failed) return jr_fail(r, "output exceeds %zu bytes", r->max_output);
+        if (r->out->failed) return jr_limit(r, "output exceeds %zu bytes", r->max_output);
         return 0;
     }
     case JN_IF: {
@@ -998,5 +1017,5 @@ done:
         lm_strbuf_free(&buf);
     }
     ja_free_all(&r.arena);
-    return rc == 0 ? 0 : -1;
+    return rc == 0 ? 0 : r.has_error && r.fault ? r.fault : LM_JINJA_ERROR;
 }

@@ -192,6 +192,7 @@ typedef struct jrender {
     lm_strbuf *out;             /* current output (captures swap it) */
     char *err;
     bool has_error;          /* the first error wins */
+    int fault;               /* its kind: LM_JINJA_ERROR, _RAISED or _LIMIT (jinja.h) */
     int line;                /* line of the node being evaluated, for errors */
     long iterations, max_iterations;
     int64_t deadline_ns;     /* CLOCK_MONOTONIC time the render must end by */
@@ -208,6 +209,13 @@ void jr_fail_set(jrender *r, const char *fmt, ...) __attribute__((format(printf,
 /* Records a render error (first one wins) and evaluates to -1; a macro so the
  * failure value is visible at each call site, as with lm_errf. */
 #define jr_fail(r, ...) (jr_fail_set((r), __VA_ARGS__), lm_failed())
+/* The same for a render limit (iterations, time, memory, output, depth): the input is
+ * too large for the template, not the template broken. */
+void jr_limit_set(jrender *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define jr_limit(r, ...) (jr_limit_set((r), __VA_ARGS__), lm_failed())
+/* The same for the template's own raise_exception(): it refused its input. */
+void jr_raise_set(jrender *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define jr_raise(r, ...) (jr_raise_set((r), __VA_ARGS__), lm_failed())
 jv jr_str(jrender *r, const char *s, size_t n);   /* copies into the arena */
 /* Records an out-of-memory error and evaluates to -1, like jr_fail. */
 void jr_oom_set(jrender *r);

@@ -124,6 +124,37 @@ await testCase('server_oversized_prompts_stop_counting_and_health_answers', asyn
   assert(ok.status === 200, `normal request after: ${ok.status} ${ok.text.slice(0, 200)}`);
 });
 
+await testCase('server_template_failures_are_classified', async () => {
+  // Before: every render failure was a 400 blaming the client. Now the template's own
+  // refusal (raise_exception) is a 400, input past a render limit a 413, and a failure of
+  // the template itself a 500 -- the server's fault, without local paths.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-tpl-'));
+  let srv;
+  try {
+    for (const f of fs.readdirSync(SERVER_MODEL))
+      if (f !== 'chat_template.jinja') fs.symlinkSync(path.join(SERVER_MODEL, f), path.join(dir, f));
+    fs.writeFileSync(path.join(dir, 'chat_template.jinja'),
+      "{%- for m in messages -%}{%- if m.role == 'system' -%}{{ raise_exception('no system messages') }}{%- endif -%}" +
+      "{%- if m.content == 'boom' -%}{{ m.nothing.deeper }}{%- endif -%}" +
+      "{%- if m.content == 'big' -%}{%- for i in range(100000000) -%}x{%- endfor -%}{%- endif -%}" +
+      "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor -%}" +
+      "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}");
+    srv = await startServer([], {}, dir);
+    const ask = (messages) => http(`${srv.url}/v1/chat/completions`, { body: { messages, max_tokens: 2 } });
+    let r = await ask([{ role: 'system', content: 'x' }, { role: 'user', content: 'hi' }]);
+    assert(r.status === 400 && /refuses these messages: .*no system messages/.test(r.json.error.message), `${r.status} ${r.text}`);
+    r = await ask([{ role: 'user', content: 'big' }]);
+    assert(r.status === 413 && /too large to render/.test(r.json.error.message), `${r.status} ${r.text}`);
+    r = await ask([{ role: 'user', content: 'boom' }]);
+    assert(r.status === 500 && /chat template failed/.test(r.json.error.message) && !r.text.includes(dir), `${r.status} ${r.text}`);
+    r = await ask([{ role: 'user', content: 'hi' }]);
+    assert(r.status === 200, `${r.status} ${r.text}`);
+  } finally {
+    if (srv) await srv.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 // Runs `lazymoe serve` on a model directory that must be refused: resolves with the
 // exit code and log, or throws if the server starts listening.
 function serveRefused(dir) {
