@@ -357,7 +357,7 @@ int tb_bpe_encode_word(tb_bpe *m, const lm_tokenizer *tok, const char *s, size_t
         if (LM_GROW(m->cache_ids, m->cache_cap, m->cache_len + cnt + 1) != 0) return 0; /* caching is optional */
         int32_t at = (int32_t)m->cache_len;
         m->cache_ids[m->cache_len++] = (int32_t)cnt;
-        memcpy(m->cache_ids + m->cache_len, *ids + first_out, cnt * sizeof(int32_t));
+        if (cnt) memcpy(m->cache_ids + m->cache_len, *ids + first_out, cnt * sizeof(int32_t)); /* *ids may be NULL */
         m->cache_len += cnt;
         if (tb_strmap_put(&m->cache, s, len, at)) { tb_strmap_clear(&m->cache); m->cache_len = 0; }
     }
