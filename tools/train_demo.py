@@ -25,11 +25,14 @@ minutes, because nothing survives between calls there: the run is sized by wall 
 
 Usage: train_demo.py OUT_DIR --lazymoe PATH [--train-seconds 360] [--smoke]
 """
-import argparse, gzip, hashlib, json, math, os, random, subprocess, sys, sysconfig, time
+import argparse, json, math, os, random, subprocess, sys, time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lm_training as lt  # noqa: E402  (corpus, tokenizer, balance loss: shared with train_routing_model.py)
 
 T0 = time.time()
 
@@ -55,83 +58,16 @@ random.seed(1234)
 dev = "cuda"
 
 # ---------------------------------------------------------------- corpus
-roots = []
-for key in ("stdlib", "purelib", "platlib"):
-    p = sysconfig.get_paths().get(key)
-    if p and os.path.isdir(p) and p not in roots:
-        roots.append(p)
-files = []
-for root in roots:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        # A nested site-packages inside stdlib is covered by its own root.
-        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in roots]
-        for fn in sorted(filenames):
-            if fn.endswith(".py"):
-                files.append((root, os.path.relpath(os.path.join(dirpath, fn), root)))
-seen = set()
-train_docs, held_docs, manifest = [], [], []
-for root, rel in files:
-    full = os.path.join(root, rel)
-    try:
-        size = os.path.getsize(full)
-        if size < 256 or size > 256 * 1024:
-            continue
-        with open(full, "rb") as f:
-            raw = f.read()
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        continue
-    if "\x00" in text:
-        continue
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest in seen:
-        continue
-    seen.add(digest)
-    tag = os.path.basename(root) + "/" + rel
-    held = hashlib.sha1(tag.encode()).digest()[0] < 5
-    manifest.append(f"{tag}\t{size}\t{digest[:16]}\t{'heldout' if held else 'train'}")
-    (held_docs if held else train_docs).append((tag, text))
-if args.smoke:
-    train_docs, held_docs = train_docs[:3000], held_docs[:60]
-total = sum(len(t) for _, t in train_docs)
-if total > args.max_train_mb * 1e6:
-    # Keep a hash-chosen subset so every package stays represented.
-    keep_frac = args.max_train_mb * 1e6 / total
-    kept = {tag for tag, _ in train_docs if hashlib.sha1(tag.encode()).digest()[1] < 256 * keep_frac}
-    train_docs = [d for d in train_docs if d[0] in kept]
-    manifest = [m if m.split("\t", 1)[0] in kept or m.endswith("heldout") else m[:m.rindex("\t")] + "\tunused"
-                for m in manifest]
-with gzip.open(os.path.join(OUT, "manifest.tsv.gz"), "wt") as f:
-    f.write("# path\tbytes\tsha256_16\tsplit  (roots: " + " ".join(roots) + ")\n")
-    f.write("\n".join(manifest) + "\n")
+roots = lt.python_roots()
+train_docs, held_docs = lt.collect_corpus(roots, os.path.join(OUT, "manifest.tsv.gz"), smoke=args.smoke,
+                                          max_train_mb=args.max_train_mb)
 log(f"corpus: {len(train_docs)} train files ({sum(len(t) for _, t in train_docs) / 1e6:.1f} MB), "
     f"{len(held_docs)} held out ({sum(len(t) for _, t in held_docs) / 1e6:.1f} MB)")
 
 # ---------------------------------------------------------------- tokenizer
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-         r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-tk = Tokenizer(models.BPE())
-tk.normalizer = normalizers.NFC()
-tk.pre_tokenizer = pre_tokenizers.Sequence([
-    pre_tokenizers.Split(Regex(SPLIT), behavior="isolated", invert=False),
-    pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
-tk.decoder = decoders.ByteLevel()
-trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=2, special_tokens=SPECIALS,
-                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-budget, sample = 0, []
-for _, t in train_docs[::3]:  # every third file, up to 60 MB: enough for 4k merges
-    sample.append(t)
-    budget += len(t)
-    if budget > 60e6:
-        break
-tk.train_from_iterator(sample, trainer)
-tk.add_tokens([AddedToken(t, special=False, normalized=False)
-               for t in ("<think>", "</think>", "<tool_call>", "</tool_call>")])
+tk = lt.train_tokenizer(train_docs)
 with open(args.template) as f:
     template = f.read()
 hf_tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -139,27 +75,13 @@ hf_tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pa
 hf_tok.chat_template = template
 tok_dir = os.path.join(OUT, "hf")
 hf_tok.save_pretrained(tok_dir)
-EOT, IM_START, IM_END = (tk.token_to_id(s) for s in SPECIALS)
+EOT, IM_START, IM_END = (tk.token_to_id(s) for s in lt.SPECIALS)
 n_vocab = tk.get_vocab_size()
 log(f"tokenizer: {n_vocab} tokens")
 
 
-def chat_wrap(tag, text):
-    name = tag.split("/", 1)[1]
-    return (f"<|im_start|>user\nWrite the Python module `{name}`.<|im_end|>\n"
-            f"<|im_start|>assistant\n{text}<|im_end|>\n")
-
-
 def encode_docs(docs, wrap_every=0):
-    texts = []
-    for i, (tag, text) in enumerate(docs):
-        texts.append(chat_wrap(tag, text) if wrap_every and i % wrap_every == 0 else text)
-    out = []
-    for i in range(0, len(texts), 2000):
-        for enc in tk.encode_batch(texts[i:i + 2000], add_special_tokens=False):
-            out.extend(enc.ids)
-            out.append(EOT)
-    return np.array(out, dtype=np.int32)
+    return np.array(lt.encode_docs(tk, docs, EOT, wrap_every), dtype=np.int32)
 
 
 rng = random.Random(7)
@@ -171,7 +93,7 @@ log(f"tokens: train {len(train_ids) / 1e6:.1f} M, held out {len(held_ids) / 1e6:
     f"({sum(len(t) for _, t in train_docs) / len(train_ids):.2f} bytes/token)")
 
 # ---------------------------------------------------------------- model
-from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, Qwen3MoeConfig  # noqa: E402
 
 SEQ = 256 if args.smoke else 1024
 cfg = Qwen3MoeConfig(
@@ -184,19 +106,7 @@ cfg = Qwen3MoeConfig(
     bos_token_id=None, eos_token_id=IM_END, pad_token_id=EOT)
 
 
-def build(c, **kw):
-    for impl in ("grouped_mm", None):
-        try:
-            if impl:
-                return AutoModelForCausalLM.from_config(c, attn_implementation="sdpa",
-                                                        experts_implementation=impl, **kw), impl
-            return AutoModelForCausalLM.from_config(c, attn_implementation="sdpa", **kw), "eager"
-        except (TypeError, ValueError) as e:
-            log("experts implementation", impl, "refused:", e)
-    raise SystemExit("no model")
-
-
-model, experts_impl = build(cfg)
+model, experts_impl = lt.build_model(cfg, log)
 model.to(dev)
 n_params = sum(p.numel() for p in model.parameters())
 log(f"model: {n_params / 1e6:.2f} M parameters, experts implementation {experts_impl}")
@@ -207,20 +117,6 @@ data = torch.from_numpy(train_ids).to(dev)
 WARMUP = 200
 AUX_COEF = 0.02
 
-
-def layer_balance_loss(router_logits):
-    """Switch-Transformer load balancing, computed per layer and averaged.
-
-    transformers' own auxiliary loss pools the tokens of all layers before balancing, so
-    it cannot see one layer favouring a few experts (a first model trained with it left
-    1-9 of 32 experts per layer unused); production MoEs balance each layer."""
-    total = 0.0
-    for lg in router_logits:
-        p = torch.softmax(lg.float(), dim=-1)                      # [tokens, E]
-        top = torch.topk(p, cfg.num_experts_per_tok, dim=-1).indices
-        frac = torch.zeros_like(p).scatter_(1, top, 1.0).mean(0)   # share of tokens routed to e
-        total = total + cfg.num_experts * (frac * p.mean(0)).sum() / cfg.num_experts_per_tok
-    return total / len(router_logits)
 
 if args.deadline:
     args.train_seconds = max(10.0, min(args.train_seconds, args.deadline - (time.time() - T0) - 100))
@@ -240,7 +136,7 @@ while True:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         # labels = inputs: transformers shifts them by one itself.
         out = model(input_ids=chunk, labels=chunk, output_router_logits=True)
-        aux = layer_balance_loss(out.router_logits)
+        aux = lt.layer_balance_loss(out.router_logits, cfg.num_experts, cfg.num_experts_per_tok)
     opt.zero_grad(set_to_none=True)
     (out.loss + AUX_COEF * aux).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -21,5 +21,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_template(int argc, char **argv);
 /* lazymoe synth --preset NAME --out DIR [--layers N] [--bits 4|8] [--seed S] ... */
 int cmd_synth(int argc, char **argv);
+/* lazymoe replay TRACE [--capacity N]... [--policy P]...: cache hit rates on a routing trace */
+int cmd_replay(int argc, char **argv);
 
 #endif

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "tokenize JSONL text with a model's tokenizer.json"},
     {"template", cmd_template, "render chat templates for JSONL conversations"},
     {"synth", cmd_synth, "write a random-weight MLX model at a real model's shapes"},
+    {"replay", cmd_replay, "expert-cache hit rates of each eviction policy on a routing trace"},
 };
 
 static void usage(FILE *f) {

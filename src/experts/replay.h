@@ -1,0 +1,51 @@
+/* Expert-cache replay: hit rates of an eviction policy on a recorded routing trace,
+ * without a model, I/O or threads.
+ *
+ * It follows the cache's own rules (cache.c): each MoE layer has `capacity` slots;
+ * per token and layer, the experts the token needs are hits if cached, and each miss
+ * takes the policy's victim among the slots this step does not use (pinned slots are
+ * never evicted). Usage history is touched exactly as cache.c touches it. With a
+ * lookahead trace (per token and layer, the experts the router lookahead predicts,
+ * best first, as tools/train_routing_model.py records them), the first `lookahead` of
+ * them are read into the layer before its step, as lm_cache_prefetch_lookahead does.
+ * Belady's MIN (the offline optimum: evict the expert whose next use is furthest away)
+ * is the ceiling of every policy without lookahead.
+ *
+ * The first `skip` tokens warm the cache and are not counted (lazymoe bench counts
+ * decode after a 1-token prompt: skip = 1 matches it).
+ */
+#ifndef LAZYMOE_REPLAY_H
+#define LAZYMOE_REPLAY_H
+
+#include "experts/policy.h"
+#include "experts/trace.h"
+
+#include <stdint.h>
+
+typedef struct {
+    lm_evict_policy policy;
+    double param;    /* the policy's tunable; 0 = its default (lm_policy_default_param) */
+    int belady;      /* 1: Belady's MIN instead of the policy (lookahead must be 0) */
+    int capacity;    /* slots per MoE layer (>= top_k) */
+    int lookahead;   /* predicted experts read before each layer's step; 0 = off */
+    int guard_predicted; /* 1: a lookahead read never evicts another predicted expert */
+    int pin;         /* experts per layer pinned before the first token: the most used
+                      * ones of `history` (capacity - pin >= top_k) */
+    int skip;        /* tokens not counted */
+    int global;      /* 1: one pool of capacity x (MoE layers) slots shared by all layers,
+                      * so busy layers take slots from quiet ones (per-layer adaptive
+                      * capacity); each layer keeps at least top_k */
+} lm_replay_options;
+
+typedef struct {
+    uint64_t hits, misses;   /* counted tokens' needed experts: cached at their step or not */
+    uint64_t prefetched;     /* lookahead reads (counted tokens) */
+    uint64_t prefetch_used;  /* of them, needed at that step */
+} lm_replay_result;
+
+/* Replays `routes` (and `predicted` when o->lookahead > 0; `history` when o->pin > 0).
+ * The traces must agree on layers and experts. Returns 0, or -1 with err. */
+int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const lm_trace_data *history,
+              const lm_replay_options *o, lm_replay_result *r, char *err);
+
+#endif

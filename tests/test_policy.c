@@ -1,0 +1,239 @@
+/* Eviction policies and the cache replay (src/experts/policy.c, replay.c) on small
+ * hand-made traces whose right answers are worked out in the comments, plus the demo
+ * model's recorded trace against figures the real cache measured. */
+#include "common/error.h"
+#include "experts/policy.h"
+#include "experts/replay.h"
+#include "experts/trace.h"
+#include "harness.h"
+
+#ifndef LAZYMOE_SOURCE_DIR
+#define LAZYMOE_SOURCE_DIR "."
+#endif
+
+/* A one-layer trace of n tokens, top-k = k, ids given token by token. */
+static lm_trace_data one_layer(int experts, int k, int n, int32_t *ids) {
+    lm_trace_data d = {.n_layers = 1, .n_experts = experts, .top_k = k, .n_tokens = n, .ids = ids};
+    return d;
+}
+
+static double rate(const lm_replay_result *r) {
+    return r->hits + r->misses ? (double)r->hits / (double)(r->hits + r->misses) : -1;
+}
+
+/* 0 1 2 0 1 2 with 2 slots, top-1, everything counted. LRU always evicts the expert that
+ * comes back next: 0 hits. Belady: t2 evicts 1 (next use t4) over 0 (t3); t3 hits 0;
+ * t4 evicts 0 (never again) over 2 (t5); t5 hits 2: 2 hits. */
+static void belady_cycle(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[] = {0, 1, 2, 0, 1, 2};
+    lm_trace_data d = one_layer(4, 1, 6, ids);
+    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 2};
+    lm_replay_result r;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 0);
+    CHECK_EQ_INT(r.misses, 6);
+    o.belady = 1;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 2);
+    CHECK_EQ_INT(r.misses, 4);
+    o.skip = 4; /* only t4 (miss) and t5 (hit) counted */
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 1);
+    CHECK_EQ_INT(r.misses, 1);
+}
+
+/* Belady is an upper bound: no policy beats it, on any capacity, on a trace with some
+ * structure (a popular expert 0, a cycle through the others). */
+static void belady_bounds_policies(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[2 * 64];
+    for (int t = 0; t < 64; t++) {
+        ids[2 * t] = t % 3 == 0 ? 0 : 1 + (t * 7) % 9;
+        ids[2 * t + 1] = 1 + (t * 5 + 3) % 9 == ids[2 * t] ? 1 + (t * 5 + 4) % 9 : 1 + (t * 5 + 3) % 9;
+    }
+    lm_trace_data d = one_layer(10, 2, 64, ids);
+    for (int cap = 2; cap <= 10; cap += 2) {
+        lm_replay_options o = {.capacity = cap, .belady = 1, .skip = 1};
+        lm_replay_result best, r;
+        CHECK(lm_replay(&d, NULL, NULL, &o, &best, err) == 0);
+        o.belady = 0;
+        for (int p = 0; p < LM_EVICT_COUNT; p++) {
+            o.policy = (lm_evict_policy)p;
+            CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+            CHECKF(r.hits <= best.hits && r.hits + r.misses == best.hits + best.misses, "%s at %d: %llu > %llu",
+                   lm_policy_name(o.policy), cap, (unsigned long long)r.hits, (unsigned long long)best.hits);
+        }
+    }
+}
+
+/* Exact predictions read ahead into a single slot: every step hits its prefetched expert. */
+static void lookahead_exact(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[] = {0, 1, 2, 3, 0, 1};
+    lm_trace_data d = one_layer(4, 1, 6, ids), pred = one_layer(4, 1, 6, ids);
+    lm_replay_options o = {.policy = LM_EVICT_LCP, .capacity = 1, .lookahead = 1};
+    lm_replay_result r;
+    CHECK(lm_replay(&d, &pred, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 6);
+    CHECK_EQ_INT(r.misses, 0);
+    CHECK_EQ_INT(r.prefetched, 6);
+    CHECK_EQ_INT(r.prefetch_used, 6);
+    o.lookahead = 0; /* without it: every token misses */
+    CHECK(lm_replay(&d, &pred, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 0);
+}
+
+/* 2 slots, top-1, lookahead 2. t0 predicts [0 1]: both read, 0 needed (hit). t1 predicts
+ * [1 0]: both cached, 1 needed (hit). t2 predicts [0 2] and needs 0: 2 must be read, and
+ * the LRU victim is 0 (last used at t0). Unguarded (what the cache did before), the
+ * lookahead read evicts the predicted, needed 0, and t2 misses; guarded, it evicts 1. */
+static void lookahead_guard(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[] = {0, 1, 0};
+    int32_t pids[] = {0, 1, 1, 0, 0, 2};
+    lm_trace_data d = one_layer(4, 1, 3, ids), pred = one_layer(4, 2, 3, pids);
+    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 2, .lookahead = 2, .skip = 2};
+    lm_replay_result r;
+    CHECK(lm_replay(&d, &pred, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 0);
+    CHECK_EQ_INT(r.misses, 1);
+    o.guard_predicted = 1;
+    CHECK(lm_replay(&d, &pred, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 1);
+    CHECK_EQ_INT(r.misses, 0);
+    CHECK_EQ_INT(r.prefetched, 1); /* expert 2, at t2 */
+    CHECK_EQ_INT(r.prefetch_used, 0);
+}
+
+/* 3 5 0 1 2 3 with 2 slots, top-1. LRU: after 0 1 2 the cache holds {1, 2}: 3 misses at t5.
+ * Pinning the history's most used expert (3) keeps it: t5 hits; the other slot turns over. */
+static void pinning(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[] = {3, 5, 0, 1, 2, 3};
+    int32_t hist_ids[] = {3, 3, 1, 3, 2};
+    lm_trace_data d = one_layer(6, 1, 6, ids), hist = one_layer(6, 1, 5, hist_ids);
+    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 2};
+    lm_replay_result r;
+    CHECK(lm_replay(&d, NULL, &hist, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 0);
+    o.pin = 1;
+    CHECK(lm_replay(&d, NULL, &hist, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 2); /* t0 and t5: 3 was pinned before the first token */
+    o.pin = 2; /* leaves fewer than top_k free slots */
+    CHECK(lm_replay(&d, NULL, &hist, &o, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "free slots");
+}
+
+/* Two layers in one shared pool of 2 x 2 slots: layer 1 uses one expert, layer 0 cycles
+ * through three, so the shared pool lets layer 0 keep all three (after the first round,
+ * every step hits); separate pools of 2 miss layer 0's cycle under LRU. */
+static void shared_pool(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[2 * 9];
+    for (int t = 0; t < 9; t++) ids[2 * t] = t % 3, ids[2 * t + 1] = 0;
+    lm_trace_data d = {.n_layers = 2, .n_experts = 3, .top_k = 1, .n_tokens = 9, .ids = ids};
+    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 2, .skip = 3};
+    lm_replay_result r;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 6); /* layer 1 only */
+    o.global = 1;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.hits, 12);
+}
+
+static void bad_options(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[] = {0, 1};
+    lm_trace_data d = one_layer(4, 2, 1, ids);
+    lm_replay_options o = {.policy = LM_EVICT_LCP, .capacity = 1};
+    lm_replay_result r;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "capacity 1");
+    o.capacity = 2;
+    o.lookahead = 2;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "lookahead trace");
+    lm_trace_data other = one_layer(5, 2, 1, ids);
+    CHECK(lm_replay(&d, &other, NULL, &o, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "5 experts");
+    o.lookahead = 0;
+    o.pin = 1;
+    CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == -1);
+    CHECK_STR_CONTAINS(err, "history");
+}
+
+/* The policies' own choices on hand-made histories. */
+static void policy_choices(void) {
+    char err[LM_ERR_LEN];
+    lm_usage u;
+    int32_t slots[3] = {0, 1, 2};
+    uint8_t busy[3] = {0, 0, 0};
+    /* LRFU, half-life 10: expert 0 used at 1..10 (sum of 2^(-age/10) at step 40 ~ 0.93),
+     * expert 1 once at 35 (0.71), expert 2 once at 30 (0.50): 2 goes. With half-life 1
+     * it is LRU: 0 (last used at 10) goes. */
+    CHECK(lm_usage_init(&u, 3, err) == 0);
+    u.param = 10;
+    for (uint64_t t = 1; t <= 10; t++) lm_usage_touch(&u, LM_EVICT_LRFU, 0, t);
+    lm_usage_touch(&u, LM_EVICT_LRFU, 2, 30);
+    lm_usage_touch(&u, LM_EVICT_LRFU, 1, 35);
+    CHECK_EQ_INT(lm_policy_victim(LM_EVICT_LRFU, &u, slots, busy, 3, 40), 2);
+    u.param = 1;
+    CHECK_EQ_INT(lm_policy_victim(LM_EVICT_LRFU, &u, slots, busy, 3, 40), 0);
+    lm_usage_free(&u);
+    /* STALE at step 20: expert 0 comes every 2 steps, last at 18 (due at 20: 0 away);
+     * expert 1 every 10 steps, last at 15 (due at 25: 5 away); expert 2 every 3 steps,
+     * last at 6 (due at 9, 11 steps overdue): 2 goes, then 1. */
+    CHECK(lm_usage_init(&u, 3, err) == 0);
+    for (uint64_t t = 2; t <= 18; t += 2) lm_usage_touch(&u, LM_EVICT_STALE, 0, t);
+    for (uint64_t t = 5; t <= 15; t += 10) lm_usage_touch(&u, LM_EVICT_STALE, 1, t);
+    for (uint64_t t = 3; t <= 6; t += 3) lm_usage_touch(&u, LM_EVICT_STALE, 2, t);
+    CHECK_EQ_INT(lm_policy_victim(LM_EVICT_STALE, &u, slots, busy, 3, 20), 2);
+    busy[2] = 1;
+    CHECK_EQ_INT(lm_policy_victim(LM_EVICT_STALE, &u, slots, busy, 3, 20), 1);
+    lm_usage_free(&u);
+    CHECK(lm_policy_parse("stale") == LM_EVICT_STALE && lm_policy_parse("lrfu") == LM_EVICT_LRFU);
+    CHECK(lm_policy_default_param(LM_EVICT_LCP) == 128.0);
+}
+
+/* The replay follows the real cache: on the demo model's trace (first 3,001 tokens, as
+ * bench/RESULTS.md's table), `lazymoe bench --routing-trace` measured the cache at 8 slots:
+ * LRU 46.4%, LCP 47.5%, LFRU 46.4%; at 16: 70.6%, 72.2%, 72.0%; bench/belady.py gave
+ * Belady 62.9% and 85.7%. */
+static void demo_trace_matches_cache(void) {
+    char err[LM_ERR_LEN];
+    lm_trace_data d;
+    if (lm_trace_load(&d, LAZYMOE_SOURCE_DIR "/models/demo-coder/routing/heldout.trace", err) != 0) {
+        CHECKF(0, "%s", err);
+        return;
+    }
+    d.n_tokens = 3001;
+    static const struct {
+        int cap, policy;
+        double pct;
+    } want[] = {{8, LM_EVICT_LRU, 46.4},  {8, LM_EVICT_LCP, 47.5},  {8, LM_EVICT_LFRU, 46.4},  {8, -1, 62.9},
+                {16, LM_EVICT_LRU, 70.6}, {16, LM_EVICT_LCP, 72.2}, {16, LM_EVICT_LFRU, 72.0}, {16, -1, 85.7}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        lm_replay_options o = {.capacity = want[i].cap, .skip = 1, .belady = want[i].policy < 0,
+                               .policy = want[i].policy < 0 ? LM_EVICT_LRU : (lm_evict_policy)want[i].policy};
+        lm_replay_result r;
+        CHECK(lm_replay(&d, NULL, NULL, &o, &r, err) == 0);
+        double got = 100 * rate(&r);
+        CHECKF(fabs(got - want[i].pct) < 0.051, "capacity %d policy %d: %.2f%%, the cache measured %.1f%%", want[i].cap,
+               want[i].policy, got, want[i].pct);
+    }
+    lm_trace_data_free(&d);
+}
+
+int main(void) {
+    TEST_CASE("replay_belady_cycle", belady_cycle);
+    TEST_CASE("replay_belady_bounds_policies", belady_bounds_policies);
+    TEST_CASE("replay_lookahead_exact", lookahead_exact);
+    TEST_CASE("replay_lookahead_guard", lookahead_guard);
+    TEST_CASE("replay_pinning", pinning);
+    TEST_CASE("replay_shared_pool", shared_pool);
+    TEST_CASE("replay_bad_options", bad_options);
+    TEST_CASE("policy_lrfu_stale_choices", policy_choices);
+    TEST_CASE("replay_demo_trace_matches_cache", demo_trace_matches_cache);
+    return th_failed_cases ? 1 : 0;
+}

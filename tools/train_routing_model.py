@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Train lazymoe's routing model: Qwen3-30B-A3B's routing topology at toy width.
+
+qwen3_moe with 48 layers of 128 experts, top-8, renormalised (Qwen3-30B-A3B's router), but
+hidden 192 and expert width 64, so that one GPU-box call (at most ten minutes, nothing
+survives between calls) trains it. It exists to record routing learned from data at real
+depth and expert count -- the expert cache's eviction, lookahead and pinning are studied on
+its traces -- not to write good code.
+
+  1. Corpus and tokenizer: the demo model's (tools/lm_training.py): every .py file of the
+     Python installation that runs this script, the same held-out rule (sha1 of the path),
+     the demo model's tokenizer (models/demo-coder/tokenizer.json), one training document
+     in eight wrapped as a chat turn.
+  2. Training: bf16 autocast, AdamW, per-layer Switch load balancing as for the demo model,
+     sized by wall clock (--train-seconds, cut short by --deadline).
+  3. Results written to OUT as they come (so a run cut short still returns something):
+     train_log.txt is the caller's tee; loss.tsv every 25 steps; report.json (training
+     facts, config, held-out perplexity at f32 in SEQ-token windows); four routing traces
+     in src/experts/trace.c's format over held-out code, two disjoint sets of held-out files
+     (`tune`: the even-numbered held-out files, to choose policy parameters on; `heldout`:
+     the odd-numbered ones, to report on):
+       <set>.trace            the experts each token's router picked in each layer (top-8,
+                              best first), f32 weights, teacher-forced SEQ-token windows
+       <set>.lookahead.trace  per token and layer, the 16 experts that layer L's router
+                              picks from the residual before layer L's attention (normalised
+                              with layer L's post-attention norm), best first: what router
+                              lookahead can know once layer L-1 is done
+     The weights (about 230 M parameters, ~130 MB at 4 bits) are not returned: rerun this
+     script to reproduce a similar model.
+
+Usage: train_routing_model.py OUT [--work DIR] [--train-seconds 330] [--deadline 470] [--smoke]
+"""
+import argparse, json, math, os, random, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lm_training as lt  # noqa: E402
+
+T0 = time.time()
+
+
+def log(*a):
+    print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
+
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--work", default="/tmp/routing-model", help="scratch folder (manifest, exported weights)")
+ap.add_argument("--tokenizer", default="models/demo-coder/tokenizer.json")
+ap.add_argument("--train-seconds", type=float, default=330)
+ap.add_argument("--deadline", type=float, default=0,
+                help="seconds from start by which everything must be done (training is shortened)")
+ap.add_argument("--max-train-mb", type=float, default=150, help="training text kept, subsampled by path hash")
+ap.add_argument("--layers", type=int, default=48)
+ap.add_argument("--experts", type=int, default=128)
+ap.add_argument("--top-k", type=int, default=8)
+ap.add_argument("--hidden", type=int, default=192)
+ap.add_argument("--moe-intermediate", type=int, default=64)
+ap.add_argument("--heads", type=int, default=3)
+ap.add_argument("--kv-heads", type=int, default=1)
+ap.add_argument("--seq", type=int, default=512)
+ap.add_argument("--batch", type=int, default=32)
+ap.add_argument("--lr", type=float, default=1.5e-3)
+ap.add_argument("--trace-tokens", type=int, default=2048, help="tokens per routing trace")
+ap.add_argument("--predict", type=int, default=16, help="lookahead candidates recorded per layer")
+ap.add_argument("--save-weights", action="store_true", help="save_pretrained (f32) under --work/hf")
+ap.add_argument("--smoke", action="store_true", help="tiny corpus and model, to test the pipeline")
+args = ap.parse_args()
+if args.smoke:
+    args.layers, args.experts, args.seq, args.batch, args.trace_tokens = 4, 16, 128, 4, 256
+OUT, WORK = args.out, args.work
+os.makedirs(OUT, exist_ok=True)
+os.makedirs(WORK, exist_ok=True)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Qwen3MoeConfig  # noqa: E402
+
+torch.manual_seed(1234)
+random.seed(1234)
+dev = "cuda"
+log(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}")
+
+report = {"script": "tools/train_routing_model.py", "argv": sys.argv[1:]}
+
+
+def save_report():
+    with open(os.path.join(OUT, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+# ---------------------------------------------------------------- corpus, tokenizer
+roots = lt.python_roots()
+train_docs, held_docs = lt.collect_corpus(roots, os.path.join(OUT, "manifest.tsv.gz"), smoke=args.smoke,
+                                          max_train_mb=args.max_train_mb)
+log(f"corpus: {len(train_docs)} train files ({sum(len(t) for _, t in train_docs) / 1e6:.1f} MB), "
+    f"{len(held_docs)} held out ({sum(len(t) for _, t in held_docs) / 1e6:.1f} MB)")
+tk = Tokenizer.from_file(args.tokenizer)
+EOT, IM_START, IM_END = (tk.token_to_id(s) for s in lt.SPECIALS)
+n_vocab = tk.get_vocab_size()
+rng = random.Random(7)
+order = list(range(len(train_docs)))
+rng.shuffle(order)
+train_ids = np.array(lt.encode_docs(tk, [train_docs[i] for i in order], EOT, wrap_every=8), dtype=np.int32)
+held_ids = lt.encode_docs(tk, held_docs, EOT)
+# Two disjoint sets of held-out files for the traces: choose on one, report on the other.
+trace_sets = {"tune": lt.encode_docs(tk, held_docs[0::2], EOT), "heldout": lt.encode_docs(tk, held_docs[1::2], EOT)}
+log(f"tokens: train {len(train_ids) / 1e6:.1f} M, held out {len(held_ids) / 1e6:.2f} M; "
+    f"tokenizer {n_vocab} tokens")
+report.update({"train_files": len(train_docs), "heldout_files": len(held_docs),
+               "train_tokens_available": int(len(train_ids)), "heldout_tokens": len(held_ids),
+               "trace_files": {"tune": "even-numbered held-out files (path order)",
+                               "heldout": "odd-numbered held-out files"}})
+
+# ---------------------------------------------------------------- model
+SEQ, BATCH = args.seq, args.batch
+cfg = Qwen3MoeConfig(
+    vocab_size=((n_vocab + 63) // 64) * 64, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+    moe_intermediate_size=args.moe_intermediate, num_hidden_layers=args.layers,
+    num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=64,
+    num_experts=args.experts, num_experts_per_tok=args.top_k, decoder_sparse_step=1, norm_topk_prob=True,
+    max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    router_aux_loss_coef=0.0, output_router_logits=True, bos_token_id=None, eos_token_id=IM_END,
+    pad_token_id=EOT)
+model, experts_impl = lt.build_model(cfg, log)
+model.to(dev)
+n_params = sum(p.numel() for p in model.parameters())
+K, E, L = cfg.num_experts_per_tok, cfg.num_experts, cfg.num_hidden_layers
+log(f"model: {n_params / 1e6:.1f} M parameters, experts implementation {experts_impl}")
+report.update({"parameters": n_params, "experts_impl": experts_impl, "hf_config": json.loads(cfg.to_json_string()),
+               "torch": torch.__version__, "transformers": transformers.__version__,
+               "gpu": torch.cuda.get_device_name()})
+save_report()
+
+opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+data = torch.from_numpy(train_ids).to(dev)
+WARMUP = 200
+AUX_COEF = 0.02
+if args.deadline:
+    # Leave time for evaluation and the traces (about a minute at full size).
+    args.train_seconds = max(10.0, min(args.train_seconds, args.deadline - (time.time() - T0) - 75))
+log(f"training for {args.train_seconds:.0f} s")
+step, t_start = 0, time.time()
+loss_log = open(os.path.join(OUT, "loss.tsv"), "w")
+loss_log.write("step\tseconds\ttokens\tloss\taux_loss\tlr\n")
+model.train()
+while True:
+    frac = (time.time() - t_start) / args.train_seconds
+    if frac >= 1:
+        break
+    lr = args.lr * min(1.0, (step + 1) / WARMUP) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
+    chunk = data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        # labels = inputs: transformers shifts them by one itself.
+        out = model(input_ids=chunk, labels=chunk, output_router_logits=True)
+        aux = lt.layer_balance_loss(out.router_logits, E, K)
+    opt.zero_grad(set_to_none=True)
+    (out.loss + AUX_COEF * aux).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    step += 1
+    if step % 25 == 0:
+        a, l = float(aux.item()), out.loss.item()
+        loss_log.write(f"{step}\t{time.time() - t_start:.1f}\t{step * BATCH * SEQ}\t{l:.4f}\t{a:.4f}\t{lr:.2e}\n")
+        loss_log.flush()
+        if step % 200 == 0:
+            log(f"step {step} loss {l:.3f} aux {a:.3f} lr {lr:.2e} "
+                f"{step * BATCH * SEQ / (time.time() - t_start) / 1e3:.0f}k tok/s")
+loss_log.close()
+train_seconds = time.time() - t_start
+log(f"trained {step} steps, {step * BATCH * SEQ / 1e6:.1f} M tokens in {train_seconds:.0f} s")
+report.update({"steps": step, "batch": BATCH, "seq": SEQ, "tokens_seen": step * BATCH * SEQ,
+               "train_seconds": train_seconds, "lr": args.lr, "aux_coef": AUX_COEF})
+save_report()
+
+# ---------------------------------------------------------------- held-out perplexity (f32)
+model.eval()
+model.float()
+
+
+@torch.no_grad()
+def perplexity(m, ids, window):
+    """Non-overlapping windows of `window` tokens; each scores its tokens 1..window-1."""
+    nll, n = 0.0, 0
+    for s in range(0, len(ids) - 1, window):
+        w = torch.tensor([ids[s:s + window]], device=dev)
+        if w.shape[1] < 2:
+            break
+        lg = m(input_ids=w, use_cache=False).logits[0, :-1].float()
+        nll += F.cross_entropy(lg, w[0, 1:], reduction="sum").item()
+        n += w.shape[1] - 1
+    return math.exp(nll / n), n
+
+
+N_EVAL = min(len(held_ids) // SEQ, 8 if args.smoke else 96) * SEQ
+ppl, n_scored = perplexity(model, held_ids[:N_EVAL], SEQ)
+log(f"held-out perplexity f32: {ppl:.3f} over {n_scored} tokens ({SEQ}-token windows)")
+report.update({"ppl_f32": ppl, "eval_tokens_scored": n_scored, "eval_window": SEQ})
+save_report()
+
+# ---------------------------------------------------------------- routing traces
+caught = {}
+hooks = []
+for li, layer in enumerate(model.model.layers):
+    def hook(mod, inp, out, li=li):
+        # Logits recomputed from the router's input and weight: the router module's own
+        # return value differs between transformers versions.
+        x = inp[0].detach().reshape(-1, inp[0].shape[-1])
+        caught[li] = F.linear(x.float(), mod.weight.float())
+    hooks.append(layer.mlp.gate.register_forward_hook(hook))
+
+P = min(args.predict, E)
+recall = {m: [0.0] * L for m in (K, 2 * K) if m <= P}
+n_traced = 0
+with torch.no_grad():
+    for name, ids in trace_sets.items():
+        T = min(args.trace_tokens, len(ids))
+        routes, preds = [], []  # [T][L][K], [T][L][P]
+        for s in range(0, T, SEQ):
+            w = torch.tensor([ids[s:min(s + SEQ, T)]], device=dev)
+            caught.clear()
+            o = model(input_ids=w, use_cache=False, output_hidden_states=True)
+            hs = o.hidden_states  # hs[l] = layer l's input residual
+            r_layers, p_layers = [], []
+            for li, layer in enumerate(model.model.layers):
+                r_layers.append(torch.topk(caught[li], K, dim=-1).indices.cpu())
+                x = layer.post_attention_layernorm(hs[li][0])
+                pl = F.linear(x.float(), layer.mlp.gate.weight.float())
+                top = torch.topk(pl, P, dim=-1).indices
+                p_layers.append(top.cpu())
+                actual = torch.zeros(top.shape[0], E, device=dev).scatter_(1, caught[li].topk(K, dim=-1).indices, 1.0)
+                for m in recall:
+                    hit = torch.zeros_like(actual).scatter_(1, top[:, :m], 1.0)
+                    recall[m][li] += (hit * actual).sum().item() / K
+            for t in range(w.shape[1]):
+                routes.append([r_layers[li][t].tolist() for li in range(L)])
+                preds.append([p_layers[li][t].tolist() for li in range(L)])
+        n_traced += T
+        lt.write_trace(os.path.join(OUT, f"{name}.trace"), routes, L, E, K)
+        lt.write_trace(os.path.join(OUT, f"{name}.lookahead.trace"), preds, L, E, P,
+                       note="lookahead: layer L's router on the residual before layer L's attention, best first")
+        log(f"{name}: {T} tokens traced")
+for h in hooks:
+    h.remove()
+report["lookahead_recall"] = {f"at_{m}": [v / n_traced for v in recall[m]] for m in recall}
+log("lookahead recall@8 per layer:", " ".join(f"{v / n_traced:.2f}" for v in recall[K]))
+save_report()
+
+if args.save_weights:
+    model.config.output_router_logits = False
+    model.save_pretrained(os.path.join(WORK, "hf"))
+log("done")
