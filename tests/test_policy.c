@@ -87,18 +87,19 @@ static void lookahead_exact(void) {
 /* 2 slots, top-1, lookahead 2. t0 predicts [0 1]: both read, 0 needed (hit). t1 predicts
  * [1 0]: both cached, 1 needed (hit). t2 predicts [0 2] and needs 0: 2 must be read, and
  * the LRU victim is 0 (last used at t0). Unguarded (what the cache did before), the
- * lookahead read evicts the predicted, needed 0, and t2 misses; guarded, it evicts 1. */
+ * lookahead read evicts the predicted, needed 0, and t2 misses; guarded (the cache now),
+ * it evicts 1. */
 static void lookahead_guard(void) {
     char err[LM_ERR_LEN];
     int32_t ids[] = {0, 1, 0};
     int32_t pids[] = {0, 1, 1, 0, 0, 2};
     lm_trace_data d = one_layer(4, 1, 3, ids), pred = one_layer(4, 2, 3, pids);
-    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 2, .lookahead = 2, .skip = 2};
+    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 2, .lookahead = 2, .skip = 2, .unguarded = 1};
     lm_replay_result r;
     CHECK(lm_replay(&d, &pred, NULL, &o, &r, err) == 0);
     CHECK_EQ_INT(r.hits, 0);
     CHECK_EQ_INT(r.misses, 1);
-    o.guard_predicted = 1;
+    o.unguarded = 0;
     CHECK(lm_replay(&d, &pred, NULL, &o, &r, err) == 0);
     CHECK_EQ_INT(r.hits, 1);
     CHECK_EQ_INT(r.misses, 0);

@@ -16,14 +16,16 @@ static const char bench_usage[] =
     "                    [--memory SIZE] [--capacity N] [--pin N] [--resident] [--io-threads N] [--io-chunk SIZE]\n"
     "                    [--eviction P] [--buffered-io] [--no-warm-start] [--routing-trace FILE]\n"
     "                    [--trace-routing FILE] [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
-    "                    [--act-bits 8|32]\n"
+    "                    [--act-bits 8|32] [--lookahead-trace FILE]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
     "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
-    "trace in place of the router's picks (cache policy studies; the text is then meaningless).\n";
+    "trace in place of the router's picks (cache policy studies; the text is then meaningless);\n"
+    "--lookahead-trace gives --lookahead its recorded predictions for that trace.\n";
 
 typedef struct {
     int prompt, gen, json, seed;
     const char *replay; /* --routing-trace */
+    const char *replay_pred; /* --lookahead-trace */
 } bench_args;
 
 static int bench_arg(void *ctx, const char *s, const char *v) {
@@ -33,6 +35,7 @@ static int bench_arg(void *ctx, const char *s, const char *v) {
         {"--gen-tokens", .num = &b->gen, .lo = 0, .hi = 1 << 20},
         {"--seed", .num = &b->seed, .lo = 0, .hi = 0x7fffffff},
         {"--routing-trace", .str = &b->replay, .what = "a file"},
+        {"--lookahead-trace", .str = &b->replay_pred, .what = "a file"},
         {"--json", .flag = &b->json, .lo = 1},
     };
     return CLI_OPTIONS(s, v, opts);
@@ -44,6 +47,7 @@ int cmd_bench(int argc, char **argv) {
     int prc = cli_parse_model_args(argc, argv, bench_usage, &a, bench_arg, &ba);
     if (prc) return prc == 2 ? 0 : prc;
     if (ba.replay) a.opt.replay_routing = ba.replay;
+    if (ba.replay_pred) a.opt.replay_lookahead = ba.replay_pred;
     const char *model = a.model;
     int prompt = ba.prompt, gen = ba.gen, json = ba.json;
     unsigned seed = (unsigned)ba.seed;

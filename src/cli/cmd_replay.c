@@ -12,7 +12,7 @@
 
 static const char replay_usage[] =
     "usage: lazymoe replay TRACE [--capacity N|P%]... [--policy P]... [--param X] [--belady]\n"
-    "                      [--lookahead-trace F --lookahead N [--guard]] [--history F --pin N]\n"
+    "                      [--lookahead-trace F --lookahead N [--no-guard]] [--history F --pin N]\n"
     "                      [--global] [--skip N] [--first N] [--tokens N] [--json]\n"
     "Replays a routing trace (lazymoe run --trace-routing, tools/train_routing_model.py) through\n"
     "the expert cache's rules and prints each policy's hit rate, counted after the first --skip\n"
@@ -23,7 +23,8 @@ static const char replay_usage[] =
     "  --belady         also Belady's MIN, the offline optimum (default when no --policy)\n"
     "  --lookahead-trace F, --lookahead N  read each layer's first N predicted experts before\n"
     "                   its step (F: per token and layer, the lookahead's picks, best first)\n"
-    "  --guard          a lookahead read never evicts another predicted expert\n"
+    "  --no-guard       a lookahead read may evict another predicted expert (the cache before\n"
+    "                   it was made lookahead-aware)\n"
     "  --history F, --pin N  pin each layer's N most used experts of trace F\n"
     "  --global         one pool of slots for all layers (per-layer adaptive capacity)\n"
     "  --first N        start at token N of the traces (default 0)\n"
@@ -44,10 +45,10 @@ static void print_result(int json, const char *name, double param, int cap, cons
     uint64_t total = r->hits + r->misses;
     double rate = total ? 100.0 * (double)r->hits / (double)total : 0;
     if (json)
-        printf("{\"policy\":\"%s\",\"param\":%g,\"capacity\":%d,\"lookahead\":%d,\"guard\":%d,\"pin\":%d,"
+        printf("{\"policy\":\"%s\",\"param\":%g,\"capacity\":%d,\"lookahead\":%d,\"guarded\":%d,\"pin\":%d,"
                "\"global\":%d,\"hits\":%llu,\"misses\":%llu,\"hit_rate\":%.4f,\"prefetched\":%llu,"
                "\"prefetch_used\":%llu}\n",
-               name, param, cap, o->lookahead, o->guard_predicted, o->pin, o->global, (unsigned long long)r->hits,
+               name, param, cap, o->lookahead, !o->unguarded, o->pin, o->global, (unsigned long long)r->hits,
                (unsigned long long)r->misses, rate, (unsigned long long)r->prefetched,
                (unsigned long long)r->prefetch_used);
     else {
@@ -55,7 +56,7 @@ static void print_result(int json, const char *name, double param, int cap, cons
         if (param > 0) printf(" (%g)", param);
         printf("  hit rate %6.2f%%  (%llu of %llu)", rate, (unsigned long long)r->hits, (unsigned long long)total);
         if (o->lookahead)
-            printf("  lookahead %d%s: %llu read, %llu used", o->lookahead, o->guard_predicted ? " guarded" : "",
+            printf("  lookahead %d%s: %llu read, %llu used", o->lookahead, o->unguarded ? " unguarded" : "",
                    (unsigned long long)r->prefetched, (unsigned long long)r->prefetch_used);
         if (o->pin) printf("  pinned %d", o->pin);
         if (o->global) printf("  shared pool");
@@ -67,7 +68,7 @@ int cmd_replay(int argc, char **argv) {
     const char *trace = NULL, *pred_path = NULL, *hist_path = NULL;
     const char *caps[MAX_LIST];
     int ncaps = 0, policies[MAX_LIST], npol = 0;
-    int belady = 0, json = 0, guard = 0, global = 0, lookahead = 0, pin = 0, skip = 1, tokens = 0, first = 0;
+    int belady = 0, json = 0, unguarded = 0, global = 0, lookahead = 0, pin = 0, skip = 1, tokens = 0, first = 0;
     double param = 0;
     cli_option opts[] = {
         {"--lookahead-trace", .str = &pred_path, .what = "a file"},
@@ -78,7 +79,7 @@ int cmd_replay(int argc, char **argv) {
         {"--tokens", .num = &tokens, .lo = 1, .hi = 1 << 30},
         {"--first", .num = &first, .lo = 0, .hi = 1 << 30},
         {"--belady", .flag = &belady, .lo = 1},
-        {"--guard", .flag = &guard, .lo = 1},
+        {"--no-guard", .flag = &unguarded, .lo = 1},
         {"--global", .flag = &global, .lo = 1},
         {"--json", .flag = &json, .lo = 1},
     };
@@ -171,7 +172,7 @@ int cmd_replay(int argc, char **argv) {
         printf("trace %s: %d tokens, %d layers, %d experts, top-%d; counted after %d\n", trace, routes.n_tokens,
                routes.n_layers, routes.n_experts, routes.top_k, skip);
     for (int c = 0; c < ncaps; c++) {
-        lm_replay_options o = {.capacity = capv[c], .lookahead = lookahead, .guard_predicted = guard, .pin = pin,
+        lm_replay_options o = {.capacity = capv[c], .lookahead = lookahead, .unguarded = unguarded, .pin = pin,
                                .skip = skip, .global = global, .param = param};
         lm_replay_result r;
         for (int i = 0; i < npol; i++) {

@@ -283,6 +283,21 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
             goto fail;
         }
     }
+    if (m->opt.replay_lookahead) {
+        if (!m->opt.replay_routing) {
+            lm_errf(e, "a lookahead trace (%s) is replayed only with a routing trace", m->opt.replay_lookahead);
+            goto fail;
+        }
+        if (lm_trace_load(&m->replay_pred, m->opt.replay_lookahead, e) != 0) goto fail;
+        if (m->replay_pred.n_layers != m->w.cfg.n_layers || m->replay_pred.n_experts != m->w.cfg.n_experts ||
+            m->replay_pred.n_tokens < m->replay.n_tokens) {
+            lm_errf(e, "lookahead trace %s is for %d layers x %d experts over %d tokens; the model has %d x %d and "
+                       "the routing trace %d tokens",
+                    m->opt.replay_lookahead, m->replay_pred.n_layers, m->replay_pred.n_experts,
+                    m->replay_pred.n_tokens, m->w.cfg.n_layers, m->w.cfg.n_experts, m->replay.n_tokens);
+            goto fail;
+        }
+    }
     if (lm_backend_create(&m->be, m->opt.backend, m->opt.n_threads, e) != 0) goto fail;
     /* the largest batch forward.c makes: every expert's gate and up products */
     if (m->be->ops->reserve_batch(m->be, 2 * m->w.cfg.n_experts + 3) != 0) {
@@ -332,6 +347,7 @@ void lm_engine_close(lazymoe_model *m) {
     lm_cache_free(m->cache);
     lm_store_close(m->store);
     lm_trace_data_free(&m->replay);
+    lm_trace_data_free(&m->replay_pred);
     if (m->be) lm_backend_free(m->be);
     lm_weights_free(&m->w);
     free(m);

@@ -25,6 +25,7 @@ struct lazymoe_model {
     lm_expert_cache *cache; /* NULL when every expert is resident */
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
+    lm_trace_data replay_pred; /* its lookahead predictions (replay_pred.ids NULL if none) */
     uint64_t budget;        /* memory budget the plan was made for (bytes) */
     uint64_t model_id;      /* identity for the popularity history */
     lm_popularity history;  /* popularity loaded at start (uses NULL if none) */

@@ -357,6 +357,21 @@ static int lookahead(lazymoe_session *s, int l, int T, char *err) {
     lm_scratch *S = &s->s;
     int E = c->n_experts, H = c->hidden_size, N = s->m->opt.lookahead, n = 0;
     if (N > E) N = E;
+    const lm_trace_data *pred = &s->m->replay_pred;
+    if (pred->ids) {
+        /* Replay: the recorded prediction of each token (same index as replay_routes). */
+        uint8_t *queued = S->la_mark;
+        memset(queued, 0, (size_t)E);
+        int P = N < pred->top_k ? N : pred->top_k;
+        for (int t = 0; t < T; t++) {
+            const int32_t *ids = pred->ids + ((size_t)((s->n_past + t) % s->m->replay.n_tokens) * (size_t)pred->n_layers +
+                                              (size_t)l) * (size_t)pred->top_k;
+            for (int k = 0; k < P && ids[k] >= 0; k++)
+                if (!queued[ids[k]]) queued[ids[k]] = 1, S->la_ids[n++] = ids[k];
+        }
+        lm_cache_prefetch_lookahead(s->m->cache, l, S->la_ids, n);
+        return 0;
+    }
     OP(be, be->ops->rmsnorm(be, S->la_h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps));
     OP(be, be->ops->matmul(be, S->la_logits, &ly->router, S->la_h, T));
     OP(be, be->ops->download(be, S->la_logits_host, S->la_logits, sizeof(float) * (size_t)T * (size_t)E));
@@ -380,7 +395,7 @@ static int lookahead(lazymoe_session *s, int l, int T, char *err) {
 static int wants_lookahead(const lazymoe_session *s, int l, int T) {
     const lm_weights *w = &s->m->w;
     return s->m->cache && s->m->opt.lookahead > 0 && T <= LOOKAHEAD_MAX_TOKENS && l < w->cfg.n_layers &&
-           w->layers[l].is_moe && !w->layers[l].experts && !s->m->replay.ids;
+           w->layers[l].is_moe && !w->layers[l].experts && (!s->m->replay.ids || s->m->replay_pred.ids);
 }
 
 /* ---- the driver ---------------------------------------------------------------------- */

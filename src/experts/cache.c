@@ -545,6 +545,10 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
     int queued = 0, n_requests = 0;
     pthread_mutex_lock(&c->mu);
     mark_blocked(lc);
+    /* Lookahead-aware: a read for one predicted expert never evicts another that is
+     * already cached (bench/RESULTS.md, "Eviction policies"). */
+    for (int i = 0; i < n; i++)
+        if (lc->expert_slot[experts[i]] >= 0) lc->blocked[lc->expert_slot[experts[i]]] = 1;
     for (int i = 0; i < n; i++) {
         int e = experts[i];
         if (lc->expert_slot[e] >= 0) continue;

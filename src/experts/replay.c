@@ -204,7 +204,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
                 int n = o->lookahead < predicted->top_k ? o->lookahead : predicted->top_k;
                 const int32_t *pred = predicted->ids + (size_t)t * (size_t)predicted->n_layers * (size_t)predicted->top_k +
                                       (size_t)l * (size_t)predicted->top_k;
-                if (o->guard_predicted)
+                if (!o->unguarded)
                     for (int i = 0; i < n && pred[i] >= 0; i++) {
                         int s = p->key_slot[base + pred[i]];
                         if (s >= 0) p->blocked[s] = 1;

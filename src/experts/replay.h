@@ -7,7 +7,8 @@
  * never evicted). Usage history is touched exactly as cache.c touches it. With a
  * lookahead trace (per token and layer, the experts the router lookahead predicts,
  * best first, as tools/train_routing_model.py records them), the first `lookahead` of
- * them are read into the layer before its step, as lm_cache_prefetch_lookahead does.
+ * them are read into the layer before its step, as lm_cache_prefetch_lookahead does
+ * (its reads never evict another predicted expert, and are not touched as uses).
  * Belady's MIN (the offline optimum: evict the expert whose next use is furthest away)
  * is the ceiling of every policy without lookahead.
  *
@@ -28,7 +29,8 @@ typedef struct {
     int belady;      /* 1: Belady's MIN instead of the policy (lookahead must be 0) */
     int capacity;    /* slots per MoE layer (>= top_k) */
     int lookahead;   /* predicted experts read before each layer's step; 0 = off */
-    int guard_predicted; /* 1: a lookahead read never evicts another predicted expert */
+    int unguarded;   /* 1: a lookahead read may evict another predicted expert (the cache
+                      * before it was made lookahead-aware); 0: never, as cache.c does */
     int pin;         /* experts per layer pinned before the first token: the most used
                       * ones of `history` (capacity - pin >= top_k) */
     int skip;        /* tokens not counted */
