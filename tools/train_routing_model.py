@@ -59,7 +59,7 @@ ap.add_argument("--heads", type=int, default=3)
 ap.add_argument("--kv-heads", type=int, default=1)
 ap.add_argument("--seq", type=int, default=512)
 ap.add_argument("--batch", type=int, default=32)
-ap.add_argument("--lr", type=float, default=1.5e-3)
+ap.add_argument("--lr", type=float, default=8e-4)
 ap.add_argument("--trace-tokens", type=int, default=2048, help="tokens per routing trace")
 ap.add_argument("--predict", type=int, default=16, help="lookahead candidates recorded per layer")
 ap.add_argument("--save-weights", action="store_true", help="save_pretrained (f32) under --work/hf")
@@ -125,6 +125,15 @@ cfg = Qwen3MoeConfig(
     router_aux_loss_coef=0.0, output_router_logits=True, bos_token_id=None, eos_token_id=IM_END,
     pad_token_id=EOT)
 model, experts_impl = lt.build_model(cfg, log)
+# Depth-scaled init of the projections that write into the residual stream (GPT-2's
+# 1/sqrt(2 x layers)): 48 layers at transformers' flat 0.02 let the residual grow until a
+# first run (lr 1.5e-3, no z-loss) went to NaN at step ~90.
+with torch.no_grad():
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
+        for name, prm in layer.mlp.experts.named_parameters():
+            if "down" in name:
+                prm.mul_(1 / math.sqrt(2 * args.layers))
 model.to(dev)
 n_params = sum(p.numel() for p in model.parameters())
 K, E, L = cfg.num_experts_per_tok, cfg.num_experts, cfg.num_hidden_layers
@@ -138,11 +147,18 @@ opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weigh
 data = torch.from_numpy(train_ids).to(dev)
 WARMUP = 200
 AUX_COEF = 0.02
+Z_COEF = 1e-3  # router z-loss (ST-MoE): keeps router logits small, a known MoE stabiliser
+
+
+def router_z_loss(router_logits):
+    return sum(torch.logsumexp(lg.float(), dim=-1).square().mean() for lg in router_logits) / len(router_logits)
+
+
 if args.deadline:
     # Leave time for evaluation and the traces (about a minute at full size).
     args.train_seconds = max(10.0, min(args.train_seconds, args.deadline - (time.time() - T0) - 75))
 log(f"training for {args.train_seconds:.0f} s")
-step, t_start = 0, time.time()
+step, t_start, skipped = 0, time.time(), 0
 loss_log = open(os.path.join(OUT, "loss.tsv"), "w")
 loss_log.write("step\tseconds\ttokens\tloss\taux_loss\tlr\n")
 model.train()
@@ -160,8 +176,20 @@ while True:
         out = model(input_ids=chunk, labels=chunk, output_router_logits=True)
         aux = lt.layer_balance_loss(out.router_logits, E, K)
     opt.zero_grad(set_to_none=True)
-    (out.loss + AUX_COEF * aux).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(out.router_logits)
+    total.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if not (torch.isfinite(total) and torch.isfinite(gnorm)):
+        # One bad batch must not poison the weights: skip it, and halve the learning rate
+        # for good if it keeps happening.
+        skipped += 1
+        opt.zero_grad(set_to_none=True)
+        log(f"step {step}: non-finite loss {total.item()} / gradient norm {gnorm.item()}: skipped ({skipped})")
+        if skipped % 5 == 0:
+            args.lr /= 2
+        if skipped > 50:
+            raise SystemExit("training diverged: 50 non-finite steps")
+        continue
     opt.step()
     step += 1
     if step % 25 == 0:
@@ -174,7 +202,7 @@ while True:
 loss_log.close()
 train_seconds = time.time() - t_start
 log(f"trained {step} steps, {step * BATCH * SEQ / 1e6:.1f} M tokens in {train_seconds:.0f} s")
-report.update({"steps": step, "batch": BATCH, "seq": SEQ, "tokens_seen": step * BATCH * SEQ,
+report.update({"steps": step, "skipped_steps": skipped, "z_coef": Z_COEF, "batch": BATCH, "seq": SEQ, "tokens_seen": step * BATCH * SEQ,
                "train_seconds": train_seconds, "lr": args.lr, "aux_coef": AUX_COEF})
 save_report()
 
