@@ -31,9 +31,12 @@ typedef struct lazymoe_model lazymoe_model;
 typedef struct lazymoe_session lazymoe_session;
 
 typedef enum {
-    LAZYMOE_EVICT_LRU = 0,  /* least recently used */
-    LAZYMOE_EVICT_LCP = 1,  /* mlx-moe's frequency x 0.25^(age/128) (default: best measured) */
-    LAZYMOE_EVICT_LFRU = 2, /* decayed frequency + recency window (experimental) */
+    LAZYMOE_EVICT_LRU = 0,   /* least recently used */
+    LAZYMOE_EVICT_LCP = 1,   /* mlx-moe's frequency x 0.25^(age/128) */
+    LAZYMOE_EVICT_LFRU = 2,  /* decayed frequency + recency window (experimental) */
+    LAZYMOE_EVICT_LRFU = 3,  /* every past use weighs 2^(-age/16) (default: best measured on
+                              * held-out traces, bench/RESULTS.md) */
+    LAZYMOE_EVICT_STALE = 4, /* predicted next use from each expert's own rhythm (experimental) */
 } lazymoe_eviction;
 
 typedef struct {
@@ -61,6 +64,11 @@ typedef struct {
      * (token i uses the trace's token i modulo its length, equal weights). The
      * output is then meaningless; the expert traffic is the trace's. */
     const char *replay_routing;
+    /* Benchmarks only, with replay_routing: a lookahead trace (per token and layer, the
+     * experts the router lookahead predicts, best first; tools/train_routing_model.py
+     * records them) whose first `lookahead` picks are read ahead in place of the
+     * prediction the router would make from the replayed run's residual. */
+    const char *replay_lookahead;
     /* Warm start: expert popularity learned from earlier runs of this model is kept
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
      * with the hottest experts in the background. 1 = neither read nor write it. */

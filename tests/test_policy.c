@@ -194,7 +194,7 @@ static void policy_choices(void) {
     CHECK_EQ_INT(lm_policy_victim(LM_EVICT_STALE, &u, slots, busy, 3, 20), 1);
     lm_usage_free(&u);
     CHECK(lm_policy_parse("stale") == LM_EVICT_STALE && lm_policy_parse("lrfu") == LM_EVICT_LRFU);
-    CHECK(lm_policy_default_param(LM_EVICT_LCP) == 128.0);
+    CHECK(lm_policy_default_param(LM_EVICT_LCP) == 128.0 && lm_policy_default_param(LM_EVICT_LRFU) == 16.0);
 }
 
 /* The replay follows the real cache: on the demo model's trace (first 3,001 tokens, as

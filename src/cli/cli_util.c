@@ -157,11 +157,11 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         else if (b < 4096 || b > (1ll << 30)) return cli_fail("--io-chunk expects a size from 4K to 1G"), -1;
         else o->io_chunk_bytes = (uint64_t)b;
     } else if (!strcmp(s, "--eviction")) {
-        static const char *const names[] = {"lru", "lcp", "lfru"}; /* lazymoe_eviction order */
+        static const char *const names[] = {"lru", "lcp", "lfru", "lrfu", "stale"}; /* lazymoe_eviction order */
         int p = -1;
-        for (int k = 0; k < 3 && v; k++)
+        for (int k = 0; k < 5 && v; k++)
             if (strcmp(v, names[k]) == 0) p = k;
-        if (p < 0) return cli_fail("--eviction expects lru, lcp or lfru"), -1;
+        if (p < 0) return cli_fail("--eviction expects lru, lcp, lfru, lrfu or stale"), -1;
         o->eviction = (lazymoe_eviction)p;
     } else {
         return 0;

@@ -23,7 +23,7 @@ static const char replay_usage[] =
     "  --belady         also Belady's MIN, the offline optimum (default when no --policy)\n"
     "  --lookahead-trace F, --lookahead N  read each layer's first N predicted experts before\n"
     "                   its step (F: per token and layer, the lookahead's picks, best first)\n"
-    "  --no-guard       a lookahead read may evict another predicted expert (the cache before\n"
+    "  --no-guard       a lookahead read may evict any predicted expert (the cache before\n"
     "                   it was made lookahead-aware)\n"
     "  --history F, --pin N  pin each layer's N most used experts of trace F\n"
     "  --global         one pool of slots for all layers (per-layer adaptive capacity)\n"

@@ -247,6 +247,10 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
     if (capacity < 0) {
         if (lm_store_load_resident(m->store, progress, NULL, e) != 0) goto fail;
     } else {
+        _Static_assert(LAZYMOE_EVICT_LRU == (int)LM_EVICT_LRU && LAZYMOE_EVICT_LCP == (int)LM_EVICT_LCP &&
+                           LAZYMOE_EVICT_LFRU == (int)LM_EVICT_LFRU && LAZYMOE_EVICT_LRFU == (int)LM_EVICT_LRFU &&
+                           LAZYMOE_EVICT_STALE == (int)LM_EVICT_STALE && LM_EVICT_COUNT == 5,
+                       "lazymoe_eviction and lm_evict_policy list the policies in the same order");
         lm_cache_options co = {.capacity = capacity,
                                .io_threads = m->opt.io_threads,
                                .chunk_bytes = m->opt.io_chunk_bytes,

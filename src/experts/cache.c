@@ -545,14 +545,21 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
     int queued = 0, n_requests = 0;
     pthread_mutex_lock(&c->mu);
     mark_blocked(lc);
-    /* Lookahead-aware: a read for one predicted expert never evicts another that is
-     * already cached (bench/RESULTS.md, "Eviction policies"). */
+    /* Lookahead-aware: a read for a predicted expert evicts another predicted expert
+     * that is cached only when nothing else can go, and then only one ranked below it
+     * (experts[] is best first for one token) (bench/RESULTS.md, "Eviction policies"). */
     for (int i = 0; i < n; i++)
         if (lc->expert_slot[experts[i]] >= 0) lc->blocked[lc->expert_slot[experts[i]]] = 1;
     for (int i = 0; i < n; i++) {
         int e = experts[i];
         if (lc->expert_slot[e] >= 0) continue;
         int s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
+        if (s < 0) {
+            mark_blocked(lc); /* in use, pinned, being read (these reads included) */
+            for (int j = 0; j < i; j++)
+                if (lc->expert_slot[experts[j]] >= 0) lc->blocked[lc->expert_slot[experts[j]]] = 1;
+            s = lm_policy_victim(c->opt.policy, &lc->usage, lc->slot_expert, lc->blocked, lc->capacity, now);
+        }
         if (s < 0) break;
         if (!bg_room(c, l, e)) break;
         if (lc->slot_expert[s] >= 0) lc->expert_slot[lc->slot_expert[s]] = -1;

@@ -26,7 +26,7 @@
 #define LCP_AGE_SCALE 128.0
 #define LFRU_HALF_LIFE 256.0
 #define LFRU_RECENT_STEPS 4
-#define LRFU_HALF_LIFE 64.0
+#define LRFU_HALF_LIFE 16.0
 #define STALE_WEIGHT 0.25
 
 double lm_policy_default_param(lm_evict_policy p) {

@@ -213,6 +213,13 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
                     int key = base + pred[i];
                     if (p->key_slot[key] >= 0) continue;
                     int s = lm_policy_victim(o->policy, &p->usage, p->slot_key, p->blocked, p->nslots, now);
+                    if (s < 0 && !o->unguarded) {
+                        /* as cache.c: then a cached prediction ranked below this one may go */
+                        for (int q = 0; q < p->nslots; q++) p->blocked[q] = p->pinned[q] || p->spec[q];
+                        for (int j = 0; j < i; j++)
+                            if (p->key_slot[base + pred[j]] >= 0) p->blocked[p->key_slot[base + pred[j]]] = 1;
+                        s = lm_policy_victim(o->policy, &p->usage, p->slot_key, p->blocked, p->nslots, now);
+                    }
                     if (s < 0) break;
                     place(p, s, key);
                     p->blocked[s] = p->spec[s] = 1; /* a read in flight */

@@ -8,7 +8,8 @@
  * lookahead trace (per token and layer, the experts the router lookahead predicts,
  * best first, as tools/train_routing_model.py records them), the first `lookahead` of
  * them are read into the layer before its step, as lm_cache_prefetch_lookahead does
- * (its reads never evict another predicted expert, and are not touched as uses).
+ * (its reads evict a cached predicted expert only when nothing else can go, and then
+ * only one ranked below; they are not touched as uses).
  * Belady's MIN (the offline optimum: evict the expert whose next use is furthest away)
  * is the ceiling of every policy without lookahead.
  *
