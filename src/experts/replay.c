@@ -115,6 +115,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
     if (o->pin) {
         if (!history) return lm_errf(err, "pinning needs a history trace (which experts were used most)");
         if (check_pair(routes, history, "history", err)) return -1;
+        if (o->pin > E - K) return lm_errf(err, "--pin %d: a layer has only %d experts", o->pin, E);
         if (o->pin > o->capacity - K)
             return lm_errf(err, "--pin %d leaves fewer than top_k %d free slots of %d", o->pin, K, o->capacity);
     }
@@ -175,7 +176,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
                 }
             for (int e = 0; e < E; e++) order[e] = e;
             /* the pin most used, ties to the lower id: a selection, E is small */
-            for (int i = 0; i < o->pin; i++) {
+            for (int i = 0; i < o->pin && i < E; i++) {
                 int best = i;
                 for (int j = i + 1; j < E; j++)
                     if (counts[order[j]] > counts[order[best]]) best = j;
