@@ -32,10 +32,10 @@ typedef struct lazymoe_session lazymoe_session;
 
 typedef enum {
     LAZYMOE_EVICT_LRU = 0,   /* least recently used */
-    LAZYMOE_EVICT_LCP = 1,   /* mlx-moe's frequency x 0.25^(age/128) */
+    LAZYMOE_EVICT_LCP = 1,   /* mlx-moe's frequency x 0.25^(age/128) (default: no policy
+                              * measured beats it on every held-out trace, bench/RESULTS.md) */
     LAZYMOE_EVICT_LFRU = 2,  /* decayed frequency + recency window (experimental) */
-    LAZYMOE_EVICT_LRFU = 3,  /* every past use weighs 2^(-age/16) (default: best measured on
-                              * held-out traces, bench/RESULTS.md) */
+    LAZYMOE_EVICT_LRFU = 3,  /* every past use weighs 2^(-age/16) (experimental) */
     LAZYMOE_EVICT_STALE = 4, /* predicted next use from each expert's own rhythm (experimental) */
 } lazymoe_eviction;
 

@@ -108,7 +108,7 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --resident         keep every expert in memory\n"                                        \
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
     "         --io-chunk SIZE    longest single read; longer tensors are split (default 512K)\n"      \
-    "         --eviction P       lru | lcp | lfru | lrfu | stale (default lrfu)\n"                                \
+    "         --eviction P       lru | lcp | lfru | lrfu | stale (default lcp)\n"                                 \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \
     "         --no-warm-start    neither use nor update the expert popularity history\n"               \
