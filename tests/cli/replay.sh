@@ -42,3 +42,19 @@ check cli_replay_pin_too_many $([ $rc -eq 1 ] && grep -q "free slots" "$T/out"; 
 
 "$BIN" replay "$T/cycle.trace" --capacity 50% --first 6 >"$T/out" 2>&1; rc=$?
 check cli_replay_first_past_end $([ $rc -eq 1 ] && grep -q "past the trace" "$T/out"; echo $?) "rc=$rc $(cat "$T/out")"
+
+# The engine replays recorded predictions too: with the routing trace as its own lookahead
+# trace (exact predictions), every decode step's experts were read ahead: a 100% hit rate
+# at 8 of 32 slots, where lookahead 0 gets about half.
+DEMO=models/demo-coder
+head -41 "$DEMO/routing/heldout.trace" >"$T/demo.trace"
+XDG_CACHE_HOME="$T/xdg" "$BIN" bench "$DEMO" --routing-trace "$T/demo.trace" --lookahead-trace "$T/demo.trace" \
+    --lookahead 4 --capacity 8 --prompt-tokens 1 --gen-tokens 24 --no-warm-start --json >"$T/out" 2>"$T/err"; rc=$?
+check cli_bench_lookahead_trace $([ $rc -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
+sys.exit(0 if d['hit_rate'] == 1.0 and d['prefetched'] > 0 and d['prefetch_used'] == d['prefetched'] else 1)" "$T/out"; echo $?) \
+    "rc=$rc $(head -c 300 "$T/out") $(tail -2 "$T/err")"
+
+"$BIN" bench "$DEMO" --lookahead-trace "$T/demo.trace" --lookahead 4 --capacity 8 --gen-tokens 1 --no-warm-start \
+    >"$T/out" 2>&1; rc=$?
+check cli_bench_lookahead_trace_needs_routing $([ $rc -ne 0 ] && grep -q "only with a routing trace" "$T/out"; echo $?) \
+    "rc=$rc $(tail -2 "$T/out")"
