@@ -188,10 +188,15 @@ static const char *kernel_names[] = {"scalar", "avx512", "avx2", "neon"};
 
 static void test_matmul(void) {
     char err[LM_ERR_LEN];
-    const int shapes[][3] = {{37, 256, 1}, {19, 512, 5}, {64, 768, 70}, {3, 1024, 2}};
+    /* Rows: partial 16-row panels (37, 19, 3, 21, 17) and whole ones; columns: one
+     * chunk of the AVX-512 kernel (1024 values) and past it (1280: a 256-value tail,
+     * 1088: a 64-value one, 32-value blocks only); tokens: every pass width (8, 4,
+     * 2, 1) and their mixes. */
+    const int shapes[][3] = {{37, 256, 1}, {19, 512, 5}, {64, 768, 70}, {3, 1024, 2}, {21, 1280, 15}, {17, 1088, 3}};
     for (int ti = 0; ti < NTYPES; ti++) {
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
+            if (cols % lm_dtype_block_elems(types[ti].t)) continue; /* 1088: not whole super-blocks */
             uint8_t *data = random_blocks(ti, rows, cols);
             lm_mat W = {.dtype = types[ti].t, .rows = rows, .cols = cols, .data = data};
             float *wf = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
@@ -200,7 +205,7 @@ static void test_matmul(void) {
             float *x = malloc(sizeof(float) * (size_t)n * (size_t)cols);
             for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) x[i] = (float)urand();
             float *ref = malloc(sizeof(float) * (size_t)n * (size_t)rows), *y = malloc(sizeof(float) * (size_t)n * (size_t)rows),
-                  *y1 = malloc(sizeof(float) * (size_t)rows);
+                  *y1 = malloc(sizeof(float) * (size_t)rows), *yt1 = malloc(sizeof(float) * (size_t)n * (size_t)rows);
             /* the activations as the backend quantizes them for block weights */
             const int ng8 = cols / 32 + LM_ACT8_PAD;
             int8_t *q8 = malloc((size_t)n * (size_t)cols);
@@ -222,6 +227,11 @@ static void test_matmul(void) {
                         if (lm_backend_cpu_create_with(&be, threads, kernel_names[ki], err) != 0) continue; /* not this CPU */
                         CHECKF(lm_backend_cpu_set_act_bits(be, bits, cols, err) == 0, "%s", err);
                         CHECK(be->ops->matmul(be, y, &W, x, n) == 0);
+                        /* 3 threads split the rows differently from 1: the same bits */
+                        if (threads == 1) memcpy(yt1, y, sizeof(float) * (size_t)n * (size_t)rows);
+                        else CHECKF(!memcmp(yt1, y, sizeof(float) * (size_t)n * (size_t)rows),
+                                    "%s %s act%d %dx%d n=%d: 3 threads differ from 1", types[ti].name,
+                                    kernel_names[ki], bits, rows, cols, n);
                         /* f32 activations: the f32 product to rounding. int8 activations
                          * (types with that path): the exact sum over the converted weights
                          * times the quantized activations dx_g * q_i, except that a
@@ -272,6 +282,7 @@ static void test_matmul(void) {
             free(ref);
             free(y);
             free(y1);
+            free(yt1);
             free(q8);
             free(dx8);
             free(xs8);
