@@ -47,5 +47,8 @@ void lm_qblock_qsum16(const int8_t *q, size_t q_stride, int n, int cols, int32_t
 /* The AVX-512 VNNI rows for block types (qblock_avx512.c); 0 / nothing elsewhere. */
 int lm_qblock_handles_avx512(const lm_mat *W);
 void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
+/* The AVX2 rows (qblock_avx2.c; AVX-VNNI where present): the same results. */
+int lm_qblock_handles_avx2(const lm_mat *W);
+void lm_qblock_rows_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
 
 #endif
