@@ -209,7 +209,7 @@ TARGET_Q2 INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PAN
     }
     for (int s = 0; s < ns; s++) {
         __m256i va[PANEL], vb[PANEL];
-        const size_t pf = (size_t)(s0 + s) * rb / (size_t)nsteps;
+        const size_t pf = ((size_t)s0 + (size_t)s) * rb / (size_t)nsteps;
         UNROLL8
         for (int i = 0; i < PANEL; i++) {
             if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
@@ -300,7 +300,7 @@ TARGET_Q2V INLINE __m256i dots_vnni(__m256i ia, const __m256i *w, const int8_t *
         const int32_t *q16[4];                                                                                         \
         __m256 acc[4];                                                                                                 \
         for (int t = 0; t < T; t++) {                                                                                  \
-            const size_t tt = (size_t)(t0 + t);                                                                        \
+            const size_t tt = (size_t)t0 + (size_t)t;                                                                        \
             q[t] = a->q + tt * a->q_stride + (size_t)g0 * 32;                                                          \
             dx[t] = a->dx + tt * (size_t)a->ng_stride + g0;                                                            \
             xs[t] = a->xsum + tt * (size_t)a->ng_stride + g0;                                                          \

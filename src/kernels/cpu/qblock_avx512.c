@@ -197,7 +197,7 @@ TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PAN
     }
     for (int s = 0; s < ns; s++) {
         __m512i v[PANEL];
-        const size_t pf = (size_t)(s0 + s) * rb / (size_t)nsteps; /* the step's first byte, about */
+        const size_t pf = ((size_t)s0 + (size_t)s) * rb / (size_t)nsteps; /* the step's first byte, about */
         UNROLL16
         for (int i = 0; i < PANEL; i++) {
             if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
@@ -250,7 +250,7 @@ TARGET_QB INLINE void chunk_tokens(const qpanel *p, int g0, int gn, const lm_act
     __m512 acc[8];
     UNROLL8
     for (int t = 0; t < T; t++) {
-        const size_t tt = (size_t)(t0 + t);
+        const size_t tt = (size_t)t0 + (size_t)t;
         q[t] = a->q + tt * a->q_stride + (size_t)g0 * 32;
         dx[t] = a->dx + tt * (size_t)a->ng_stride + g0;
         xs[t] = a->xsum + tt * (size_t)a->ng_stride + g0;
