@@ -145,8 +145,12 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         }
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
-    /* KV cache for every session's positions; scratch and linear-attention states of one */
+    /* KV cache for every session's positions; scratch and linear-attention states of
+     * each session kept, and a batch's scratch for the sequences decoded together */
     uint64_t fixed = m->w.bytes_resident + lm_session_plan_bytes(m, kv_tokens) + act8_bytes(c, o->act_bits) + overhead;
+    if (o->sessions > 1)
+        fixed += (uint64_t)(o->sessions - 1) * (lm_scratch_bytes(c, LM_CHUNK_TOKENS) + lm_linear_bytes(c, LM_CHUNK_TOKENS));
+    if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
     uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -357,6 +361,31 @@ void lm_engine_close(lazymoe_model *m) {
     free(m);
 }
 
+/* "T x N, ..." over the archive's tensors, the most frequent type first (ties in
+ * lm_dtype order), cut at the last whole entry that fits; *blocks = 1 when a ggml
+ * block type is among them. */
+static void tensor_type_counts(const st_archive *a, char *out, size_t cap, int *blocks) {
+    int count[LM_DT_COUNT] = {0};
+    for (int i = 0; a && i < a->ntensors; i++)
+        if (a->tensors[i].dtype > LM_DT_INVALID && a->tensors[i].dtype < LM_DT_COUNT) count[a->tensors[i].dtype]++;
+    *blocks = 0;
+    for (int t = LM_DT_FIRST_BLOCK; t < LM_DT_COUNT; t++) *blocks |= count[t] > 0;
+    size_t len = 0;
+    out[0] = 0;
+    for (;;) {
+        int best = LM_DT_INVALID;
+        for (int t = 1; t < LM_DT_COUNT; t++)
+            if (count[t] > count[best]) best = t;
+        if (!count[best]) break;
+        char item[48];
+        int n = snprintf(item, sizeof item, "%s%s x %d", len ? ", " : "", lm_dtype_name((lm_dtype)best), count[best]);
+        if (n < 0 || len + (size_t)n + 1 > cap) break;
+        memcpy(out + len, item, (size_t)n + 1);
+        len += (size_t)n;
+        count[best] = 0;
+    }
+}
+
 void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     const lm_config *c = &m->w.cfg;
     memset(info, 0, sizeof *info);
@@ -383,6 +412,7 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->quant_group_size = c->quant_group_size;
     snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
              m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
+    tensor_type_counts(m->w.archive, info->tensor_types, sizeof info->tensor_types, &info->block_weights);
     static const char *layouts[] = {"mlx-stacked", "hf-fused", "hf-separate"};
     snprintf(info->expert_layout, sizeof info->expert_layout, "%s", layouts[m->w.expert_layout]);
     for (int l = 0; l < c->n_layers; l++)
@@ -408,6 +438,21 @@ int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *e) {
     if (lm_scratch_alloc(&s->s, m->be, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0 ||
         (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, m->be, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0)) {
         lm_session_free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+int lm_batch_session_create(lazymoe_session **out, lazymoe_model *m, int max_seqs, char *e) {
+    *out = NULL;
+    if (max_seqs < 1 || max_seqs > LM_CHUNK_TOKENS)
+        return lm_errf(e, "a batch holds 1..%d sequences, not %d", LM_CHUNK_TOKENS, max_seqs);
+    lazymoe_session *s = calloc(1, sizeof *s);
+    if (!s) return lm_errf(e, "out of memory");
+    s->m = m; /* no KV caches: lm_kv_cache_free and lm_session_bytes see cap_ctx 0 */
+    if (lm_scratch_alloc(&s->s, m->be, &m->w.cfg, max_seqs, e) != 0) {
+        free(s);
         return -1;
     }
     *out = s;
@@ -491,4 +536,22 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
                                (size_t)before + (all_positions ? i / V : (size_t)n - 1));
     }
     return rc;
+}
+
+int lm_session_eval_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int32_t *ids, int n, float *logits,
+                          char *e) {
+    if (n < 1) return lm_errf(e, "no sequences to evaluate");
+    for (int i = 0; i < n; i++) {
+        lazymoe_session *s = seqs[i];
+        if (ensure_capacity(s, s->n_past + 1, e) != 0) return -1;
+        if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) return -1;
+    }
+    if (lm_forward_batch(b, seqs, ids, n, logits, e) != 0) return -1;
+    for (int i = 0; i < n; i++) seqs[i]->tokens[seqs[i]->n_past - 1] = ids[i];
+    size_t V = (size_t)b->m->w.cfg.vocab_size;
+    for (size_t i = 0; logits && i < (size_t)n * V; i++)
+        if (!isfinite(logits[i]))
+            return lm_errf(e, "the model computed a non-finite logit (%g) at position %d of sequence %zu; the weights "
+                           "or config.json are broken", (double)logits[i], seqs[i / V]->n_past - 1, i / V);
+    return 0;
 }
