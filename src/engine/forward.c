@@ -374,7 +374,7 @@ static int lookahead(lazymoe_session *s, int l, int T, char *err) {
         memset(queued, 0, (size_t)E);
         int P = N < pred->top_k ? N : pred->top_k;
         for (int t = 0; t < T; t++) {
-            const int32_t *ids = pred->ids + ((size_t)((s->n_past + t) % s->m->replay.n_tokens) * (size_t)pred->n_layers +
+            const int32_t *ids = pred->ids + ((size_t)(S->pos_host[t] % s->m->replay.n_tokens) * (size_t)pred->n_layers +
                                               (size_t)l) * (size_t)pred->top_k;
             for (int k = 0; k < P && ids[k] >= 0; k++)
                 if (!queued[ids[k]]) queued[ids[k]] = 1, S->la_ids[n++] = ids[k];
