@@ -758,10 +758,13 @@ static void quantize_fast(const float *w, int64_t rows, int64_t cols, int bits, 
     else quantize_rows(w, rows, cols, 8, gs, packed, scales, biases);
 }
 
-/* The e2m1 code (mxfp4.h) nearest to |v| <= 6, sign in bit 3. */
+/* The e2m1 code (mxfp4.h) nearest to |v| <= 6, sign in bit 3: every midpoint between
+ * levels (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) is a multiple of 1/4, so the code of
+ * |v| is a table entry indexed by floor(4 |v|). */
 static inline uint8_t e2m1_code(float v) {
-    float a = fabsf(v);
-    uint8_t c = a < 0.25f ? 0 : a < 0.75f ? 1 : a < 1.25f ? 2 : a < 1.75f ? 3 : a < 2.5f ? 4 : a < 3.5f ? 5 : a < 5.0f ? 6 : 7;
+    static const uint8_t by_quarter[25] = {0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7};
+    int k = (int)(fabsf(v) * 4.0f);
+    uint8_t c = by_quarter[k > 24 ? 24 : k];
     return (uint8_t)(c | (v < 0.0f && c ? 8 : 0));
 }
 

@@ -305,9 +305,10 @@ static size_t act8_q_stride(const lm_mat *W, int block) {
 /* The activations' group size: the affine matrix's, or 32 for ggml blocks (qblock.h). */
 static int act8_gs(const lm_mat *W) { return W->dtype == LM_DT_U32 ? W->group_size : LM_QB_GROUP; }
 static int act8_ng_stride(const lm_mat *W) { return W->cols / act8_gs(W) + LM_ACT8_PAD; }
-/* Entries per token of each lane table (block weights only; 0 otherwise). */
+/* Entries per token of each lane table (block weights and MXFP4, the qblock.h form;
+ * 0 otherwise). */
 static size_t act8_lane_stride(const lm_mat *W) {
-    return lm_dtype_is_block(W->dtype) ? round64((size_t)W->cols / 4 * sizeof(float) + 64) / sizeof(float) : 0;
+    return lm_qblock_form(W->dtype) ? round64((size_t)W->cols / 4 * sizeof(float) + 64) / sizeof(float) : 0;
 }
 static size_t act8_token_bytes(const lm_mat *W, int block) {
     return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float)) +
@@ -417,7 +418,7 @@ typedef struct {
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
-    if (lm_dtype_is_block(W->dtype)) {
+    if (lm_qblock_form(W->dtype)) {
         for (int r = r0; r < r1; r++)
             for (int t = 0; t < n; t++)
                 y[(size_t)t * (size_t)W->rows + (size_t)r] =
@@ -456,6 +457,7 @@ static void matmul_task(void *ctx, int task) {
     if (r1 > W->rows) r1 = W->rows;
     if (j->a8) {
         if (j->k) j->k->rows_act8(W, r0, r1, j->a8, j->n, j->y);
+        else if (j->mxfp4_simd) lm_mxfp4_rows_act8_avx2(W, r0, r1, j->a8, j->n, j->y);
         else act8_rows_scalar(W, r0, r1, j->a8, j->n, j->y);
         return;
     }
@@ -498,8 +500,9 @@ static int rows_per_task(int rows, int threads, int align) {
 
 /* The SIMD table that computes W under the backend's settings (NULL = scalar). */
 static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, int act8) {
-    if (!impl->k || W->col_major || lm_dtype_is_mxfp4(W->dtype)) return NULL;
+    if (!impl->k || W->col_major) return NULL;
     if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
+    if (lm_dtype_is_mxfp4(W->dtype)) return NULL; /* f32 activations: mxfp4_dot.h */
     return impl->k->handles(W) ? impl->k : NULL;
 }
 static int uses_act8(const cpu_impl *impl, const lm_mat *W) {
@@ -671,7 +674,7 @@ static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int cou
         for (int p = 0; p < i && b.share[i] == -1; p++) {
             const lm_mat *P = items[p].W;
             if (b.share[p] == -1 && items[p].x == items[i].x && items[p].n == items[i].n && P->cols == W->cols &&
-                act8_gs(P) == act8_gs(W) && lm_dtype_is_block(P->dtype) == lm_dtype_is_block(W->dtype) && q4_block(impl->k, P) == q4_block(impl->k, W))
+                act8_gs(P) == act8_gs(W) && lm_qblock_form(P->dtype) == lm_qblock_form(W->dtype) && q4_block(impl->k, P) == q4_block(impl->k, W))
                 b.share[i] = p;
         }
         if (b.share[i] == -1) {

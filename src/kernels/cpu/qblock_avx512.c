@@ -15,6 +15,7 @@
 #if defined(__x86_64__)
 
 #include "formats/ggml_blocks.h"
+#include "formats/mxfp4.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -100,10 +101,40 @@ TARGET_QB INLINE void decode_q6k(const uint8_t *bl, __m512i *u, __m512 *f, __m51
     }
 }
 
+/* MXFP4 codes -> u = twice the e2m1 value + 16 (qblock.h), one byte per code. */
+TARGET_QB INLINE __m128i mxfp4_u(__m128i codes) {
+    const __m128i lut = _mm_setr_epi8(16, 17, 18, 19, 20, 22, 24, 28, 16, 15, 14, 13, 12, 10, 8, 4);
+    return _mm_shuffle_epi8(lut, codes);
+}
+
+/* One MXFP4 group's 16 code bytes as its 32 u in value order: pairs (2j, 2j + 1)
+ * (split) or (j, j + 16) (ggml). */
+TARGET_QB INLINE __m256i mxfp4_group_u(const uint8_t *c, int split) {
+    const __m128i m4 = _mm_set1_epi8(0x0f), x = _mm_loadu_si128((const __m128i *)c);
+    const __m128i lo = _mm_and_si128(x, m4), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m4);
+    if (split) return _mm256_set_m128i(mxfp4_u(_mm_unpackhi_epi8(lo, hi)), mxfp4_u(_mm_unpacklo_epi8(lo, hi)));
+    return _mm256_set_m128i(mxfp4_u(hi), mxfp4_u(lo));
+}
+
 /* Step s (values 64s..64s+63) of a row of type t: the 32-value block types, and the
- * others through the common group form. */
-TARGET_QB INLINE void decode_step(lm_dtype t, const uint8_t *row, int s, __m512i *u, __m512 *f, __m512 *b) {
+ * others through the common group form. srow: the row's scales (MXFP4_SPLIT only). */
+TARGET_QB INLINE void decode_step(lm_dtype t, const uint8_t *row, const uint8_t *srow, int s, __m512i *u, __m512 *f,
+                                  __m512 *b) {
     switch (t) {
+    case LM_DT_MXFP4_SPLIT: {
+        const uint8_t *c = row + (size_t)s * 32;
+        *u = join256(mxfp4_group_u(c, 1), mxfp4_group_u(c + 16, 1));
+        *f = halves8(lm_e8m0_half_to_f32(srow[2 * s]), lm_e8m0_half_to_f32(srow[2 * s + 1]));
+        *b = _mm512_setzero_ps();
+        return;
+    }
+    case LM_DT_MXFP4: {
+        const uint8_t *b0 = row + (size_t)(2 * s) * 17, *b1 = b0 + 17;
+        *u = join256(mxfp4_group_u(b0 + 1, 0), mxfp4_group_u(b1 + 1, 0));
+        *f = halves8(lm_e8m0_half_to_f32(b0[0]), lm_e8m0_half_to_f32(b1[0]));
+        *b = _mm512_setzero_ps();
+        return;
+    }
     case LM_DT_Q8_0: {
         const uint8_t *b0 = row + (size_t)(2 * s) * 34, *b1 = b0 + 34;
         const __m256i x80 = _mm256_set1_epi8((char)0x80);
@@ -142,8 +173,8 @@ TARGET_QB INLINE void decode_step(lm_dtype t, const uint8_t *row, int s, __m512i
 
 /* Steps s0..s0+ns-1 (s0 and ns multiples of 4 for the 256-value types, which cols
  * being a multiple of 256 makes so). */
-TARGET_QB INLINE void decode_steps(lm_dtype t, const uint8_t *row, int s0, int ns, qrows *o, const char *pf,
-                                   size_t span) {
+TARGET_QB INLINE void decode_steps(lm_dtype t, const uint8_t *row, const uint8_t *srow, int s0, int ns, qrows *o,
+                                   const char *pf, size_t span) {
     const size_t per = span / (size_t)ns; /* bytes per step */
     size_t next_pf = 0;
     if (t == LM_DT_Q4_K || t == LM_DT_Q6_K) {
@@ -158,7 +189,7 @@ TARGET_QB INLINE void decode_steps(lm_dtype t, const uint8_t *row, int s0, int n
     }
     for (int s = 0; s < ns; s++) {
         for (; pf && next_pf < (size_t)(s + 1) * per; next_pf += 64) _mm_prefetch(pf + next_pf, _MM_HINT_T0);
-        decode_step(t, row, s0 + s, &o->u[s], &o->f[s], &o->b[s]);
+        decode_step(t, row, srow, s0 + s, &o->u[s], &o->f[s], &o->b[s]);
     }
 }
 
@@ -240,7 +271,8 @@ typedef void (*chunk_fn)(const qrows *, int, int, const lm_act8 *, int, int, __m
 TARGET_QB void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
     const lm_dtype t = W->dtype;
     const int nsteps = W->cols / 64, sh = lm_qblock_off_shift(t), has_b = lm_qblock_has_b(t);
-    const size_t rb = lm_dtype_row_bytes(t, (uint64_t)W->cols), rows = (size_t)W->rows;
+    const int split = t == LM_DT_MXFP4_SPLIT; /* codes [rows][cols / 2], scales [rows][cols / 32] apart */
+    const size_t rb = split ? (size_t)W->cols / 2 : lm_dtype_row_bytes(t, (uint64_t)W->cols), rows = (size_t)W->rows;
     chunk_fn fn = has_b ? chunk_b
                 : sh == 2 ? chunk_off2
                 : sh == 3 ? chunk_off3
@@ -264,8 +296,11 @@ TARGET_QB void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_a
                 const int pf = (size_t)r + PF_ROWS + QR <= rows;
                 for (int i = 0; i < QR; i++) {
                     /* rows past the range repeat the last one; their results are dropped */
-                    const uint8_t *row = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : nr - 1)) * rb;
-                    decode_steps(t, row, s0, ns, &dec[i], pf ? (const char *)row + PF_ROWS * rb + first : NULL, span);
+                    const size_t ri = (size_t)(r + (i < nr ? i : nr - 1));
+                    const uint8_t *row = (const uint8_t *)W->data + ri * rb;
+                    const uint8_t *srow = split ? (const uint8_t *)W->scales + ri * (size_t)(W->cols / 32) : NULL;
+                    decode_steps(t, row, srow, s0, ns, &dec[i], pf ? (const char *)row + PF_ROWS * rb + first : NULL,
+                                 span);
                 }
 
                 fn(dec, s0, ns, a, t0, tn, acc, accb);
