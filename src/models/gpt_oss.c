@@ -51,8 +51,8 @@ static int parse_config(lm_config *c, json_t *o, char *err) {
  * only in layers and experts); synth writes them in the released layout
  * (LM_SYNTH_HF_MXFP4). */
 #define GPT_OSS_PRESET(NAME, LAYERS, EXPERTS)                                                             \
-    {.name = NAME, .layers = LAYERS, .hidden = 2880, .heads = 64, .kv_heads = 8, .head_dim = 64,          \
-     .experts = EXPERTS, .top_k = 4, .moe_intermediate = 2880, .intermediate = 2880, .vocab = 201088,     \
+    {.name = (NAME), .layers = (LAYERS), .hidden = 2880, .heads = 64, .kv_heads = 8, .head_dim = 64,          \
+     .experts = (EXPERTS), .top_k = 4, .moe_intermediate = 2880, .intermediate = 2880, .vocab = 201088,     \
      .max_position = 131072, .rope_theta = 150000, .rms_eps = 1e-5, .bos = 199998, .eos = 200002,         \
      .eos2 = -1, .partial_rotary = 1.0, .attn_bias = 1, .o_bias = 1, .attn_sinks = 1, .router_bias = 1,    \
      .fused_experts = 1}

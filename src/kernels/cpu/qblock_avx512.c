@@ -296,9 +296,9 @@ TARGET_QB void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_a
                 const int pf = (size_t)r + PF_ROWS + QR <= rows;
                 for (int i = 0; i < QR; i++) {
                     /* rows past the range repeat the last one; their results are dropped */
-                    const size_t ri = (size_t)(r + (i < nr ? i : nr - 1));
+                    const size_t ri = (size_t)r + (size_t)(i < nr ? i : nr - 1);
                     const uint8_t *row = (const uint8_t *)W->data + ri * rb;
-                    const uint8_t *srow = split ? (const uint8_t *)W->scales + ri * (size_t)(W->cols / 32) : NULL;
+                    const uint8_t *srow = split ? (const uint8_t *)W->scales + ri * ((size_t)W->cols / 32) : NULL;
                     decode_steps(t, row, srow, s0, ns, &dec[i], pf ? (const char *)row + PF_ROWS * rb + first : NULL,
                                  span);
                 }
