@@ -319,28 +319,28 @@ static void test_prompt_cache_policy(void) {
     for (int i = 0; i < N; i++) a[i] = 3 + i % 300, b[i] = i < 5 ? a[i] : 7 + i % 200;
     srv_prompt_cache c;
     char err[512];
-    int reused = -1, sessions, tokens;
+    int reused = -1, sessions, tokens, wait = 0;
     CHECK(srv_cache_init(&c, M, 2, 0, err, sizeof err) == 0); /* budget: one context (4096) */
-    lazymoe_session *s1 = srv_cache_take(&c, a, 100, 50, &reused, err, sizeof err);
+    lazymoe_session *s1 = srv_cache_take(&c, a, 100, 50, &reused, &wait, err, sizeof err);
     CHECK(s1 && reused == 0);
     fill(s1, a, 100, reused);
     srv_cache_put(&c, s1);
-    lazymoe_session *s2 = srv_cache_take(&c, a, 150, 50, &reused, err, sizeof err); /* the next turn */
+    lazymoe_session *s2 = srv_cache_take(&c, a, 150, 50, &reused, &wait, err, sizeof err); /* the next turn */
     CHECK(s2 == s1 && reused == 100);
     fill(s2, a, 150, reused);
     srv_cache_put(&c, s2);
-    lazymoe_session *s3 = srv_cache_take(&c, b, 120, 50, &reused, err, sizeof err); /* shares 5 tokens only */
+    lazymoe_session *s3 = srv_cache_take(&c, b, 120, 50, &reused, &wait, err, sizeof err); /* shares 5 tokens only */
     CHECK(s3 && s3 != s1 && reused == 0);
     fill(s3, b, 120, reused);
     srv_cache_put(&c, s3);
     srv_cache_usage(&c, &sessions, &tokens);
     CHECK(sessions == 2 && tokens == 270);
-    lazymoe_session *s4 = srv_cache_take(&c, a, 40, 50, &reused, err, sizeof err); /* held entirely by s1 */
+    lazymoe_session *s4 = srv_cache_take(&c, a, 40, 50, &reused, &wait, err, sizeof err); /* held entirely by s1 */
     CHECK(s4 == s1 && reused == 39);
     fill(s4, a, 40, reused);
     srv_cache_put(&c, s4);
     /* A long conversation fills the budget: the other session is freed for it. */
-    lazymoe_session *s5 = srv_cache_take(&c, a, N, 1000, &reused, err, sizeof err);
+    lazymoe_session *s5 = srv_cache_take(&c, a, N, 1000, &reused, &wait, err, sizeof err);
     CHECK(s5 == s1 && reused == 40);
     srv_cache_usage(&c, &sessions, &tokens);
     CHECKF(sessions == 1, "%d sessions kept while a 4000-token request needs the whole budget", sessions);
@@ -348,7 +348,7 @@ static void test_prompt_cache_policy(void) {
     srv_cache_put(&c, s5);
     /* An unrelated short request takes the free slot and the long conversation stays:
      * it keeps only the KV memory it holds (3072 positions), which leaves room. */
-    lazymoe_session *s6 = srv_cache_take(&c, b, 200, 100, &reused, err, sizeof err);
+    lazymoe_session *s6 = srv_cache_take(&c, b, 200, 100, &reused, &wait, err, sizeof err);
     CHECK(s6 && s6 != s1 && reused == 0);
     CHECK_EQ_INT(lazymoe_session_capacity(s1), 3072);
     srv_cache_usage(&c, &sessions, &tokens);
@@ -358,18 +358,36 @@ static void test_prompt_cache_policy(void) {
     /* Another one-off takes the one-off's slot, not the conversation in use. */
     int32_t *d = malloc(sizeof(int32_t) * 600);
     for (int i = 0; i < 600; i++) d[i] = 11 + i % 150;
-    lazymoe_session *s7 = srv_cache_take(&c, d, 600, 100, &reused, err, sizeof err);
+    lazymoe_session *s7 = srv_cache_take(&c, d, 600, 100, &reused, &wait, err, sizeof err);
     CHECK(s7 == s6 && reused == 0);
     srv_cache_usage(&c, &sessions, &tokens);
     CHECKF(sessions == 2 && tokens == N + 200, "%d sessions, %d tokens", sessions, tokens);
     /* One that cannot fit beside it frees it. */
     srv_cache_put(&c, s7);
-    lazymoe_session *s8 = srv_cache_take(&c, d, 600, 2000, &reused, err, sizeof err);
+    lazymoe_session *s8 = srv_cache_take(&c, d, 600, 2000, &reused, &wait, err, sizeof err);
     CHECK(s8 == s6);
     srv_cache_usage(&c, &sessions, &tokens);
     CHECKF(sessions == 1, "%d sessions", sessions);
-    free(d);
     srv_cache_put(&c, s8);
+    /* Requests running at once (--parallel): a running one counts for the room it may
+     * grow to and is never evicted; a request that does not fit beside it waits. */
+    lazymoe_session *r1 = srv_cache_take(&c, a, 100, 2500, &reused, &wait, err, sizeof err);
+    CHECK(r1 && !wait);
+    lazymoe_session *r2 = srv_cache_take(&c, d, 600, 1500, &reused, &wait, err, sizeof err); /* 2600 + 2100 > 4096 */
+    CHECK(!r2 && wait == 1);
+    CHECK_STR_CONTAINS(err, "waiting for room");
+    lazymoe_session *r3 = srv_cache_take(&c, d, 600, 100, &reused, &wait, err, sizeof err); /* 2600 + 700 fits */
+    CHECK(r3 && r3 != r1 && !wait);
+    lazymoe_session *r4 = srv_cache_take(&c, b, 10, 10, &reused, &wait, err, sizeof err); /* both slots run */
+    CHECK(!r4 && wait == 1);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECK(sessions == 2);
+    srv_cache_put(&c, r3);
+    srv_cache_put(&c, r1);
+    r2 = srv_cache_take(&c, d, 600, 1500, &reused, &wait, err, sizeof err); /* now it fits */
+    CHECK(r2 && !wait);
+    srv_cache_put(&c, r2);
+    free(d);
     srv_cache_free(&c);
     free(a);
     free(b);

@@ -47,9 +47,30 @@ static int common_prefix(const lazymoe_session *s, const int32_t *ids, int n) {
     return k;
 }
 
-lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, char *err,
-                                size_t errlen) {
+/* KV positions a slot holds or, running, may grow to. */
+static long long slot_tokens(const srv_slot *sl) {
+    long long cap = sl->s ? lazymoe_session_capacity(sl->s) : 0;
+    return sl->busy && sl->reserved > cap ? sl->reserved : cap;
+}
+
+lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, int *wait,
+                                char *err, size_t errlen) {
     int best = -1, best_lcp = 0, free_slot = -1, lru = -1;
+    *wait = 0;
+    /* Room beside the running requests (which cannot be evicted), or wait for one. */
+    long long need = (long long)n + max_new, running = 0;
+    if (need > c->max_context) need = c->max_context;
+    int n_busy = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].busy) {
+            running += slot_tokens(&c->slots[i]);
+            n_busy++;
+        }
+    if (n_busy && (running + need > c->budget_tokens || n_busy == c->n_slots)) {
+        *wait = 1;
+        snprintf(err, errlen, "waiting for room in the KV budget");
+        return NULL;
+    }
     for (int i = 0; i < c->n_slots; i++) {
         srv_slot *sl = &c->slots[i];
         if (sl->busy) continue;
@@ -79,20 +100,24 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         return NULL;
     }
     srv_slot *sl = &c->slots[pick];
+    /* A kept session may hold more capacity than this request needs. */
+    if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
+    if (n_busy && running + need > c->budget_tokens) {
+        *wait = 1;
+        snprintf(err, errlen, "waiting for room in the KV budget");
+        return NULL;
+    }
     *reused = sl->s ? common_prefix(sl->s, ids, n) : 0;
     sl->uses = *reused > 0 ? sl->uses + 1 : 1; /* a slot taken over starts a new conversation */
     if (*reused >= n) *reused = n - 1; /* the last prompt token is evaluated again for its logits */
     if (*reused < 0) *reused = 0;
     /* Room for this request's context: free the least recently used others. */
-    long long need = (long long)n + max_new;
-    if (need > c->max_context) need = c->max_context;
-    if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
     for (;;) {
         long long others = 0;
         int victim = -1;
         for (int i = 0; i < c->n_slots; i++) {
             if (i == pick || !c->slots[i].s) continue;
-            others += lazymoe_session_capacity(c->slots[i].s);
+            others += slot_tokens(&c->slots[i]);
             if (!c->slots[i].busy && (victim < 0 || evict_before(c, &c->slots[i], &c->slots[victim]))) victim = i;
         }
         if (others + need <= c->budget_tokens || victim < 0) break;
@@ -101,6 +126,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
     }
     if (!sl->s && lazymoe_session_create(&sl->s, c->m, err, errlen) != 0) return NULL;
     sl->busy = 1;
+    sl->reserved = (int)need;
     return sl->s;
 }
 
