@@ -404,7 +404,6 @@ typedef struct {
     const lm_act8 *a8; /* int8 activations, NULL = f32 */
     int n, rows_per_task;
     int mxfp4_simd; /* MXFP4 rows in AVX2 (mxfp4_dot.h) rather than the scalar reference */
-    int mxfp4_avx512; /* ... in AVX-512 (f32 activations), under the AVX-512 table */
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
@@ -453,10 +452,6 @@ static void matmul_task(void *ctx, int task) {
     }
     if (j->k) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
-        return;
-    }
-    if (lm_dtype_is_mxfp4(W->dtype) && j->mxfp4_avx512) {
-        lm_mxfp4_rows_avx512(W, r0, r1, j->x, j->n, j->y);
         return;
     }
     if (lm_dtype_is_mxfp4(W->dtype) && j->mxfp4_simd) {
@@ -536,7 +531,6 @@ static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x,
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
     const unsigned avx2_fma = LM_CPU_AVX2 | LM_CPU_FMA;
     j.mxfp4_simd = impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & avx2_fma) == avx2_fma;
-    j.mxfp4_avx512 = j.mxfp4_simd && impl->k == &lm_cpu_kernels_avx512; /* its table implies the features */
     int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));
     j.rows_per_task = rpt;
     int tasks = (W->rows + rpt - 1) / rpt;

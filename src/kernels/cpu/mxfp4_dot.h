@@ -17,9 +17,6 @@ float lm_mxfp4_dot_f32(const lm_mat *W, int r, const float *x);
  * only; lm_mxfp4_rows picks it when the CPU has them and the backend's kernels are
  * not the scalar reference. */
 void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
-/* The same in AVX-512 F/BW/VL/DQ (mxfp4_avx512.c), taken when the backend's kernels
- * are the AVX-512 table. */
-void lm_mxfp4_rows_avx512(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
 
 /* The same with int8 activations (cpu_kernels.h lm_act8, group 32, natural order):
  * each half-group's integer sum of twice-the-value codes times q is exact in int32
