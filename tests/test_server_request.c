@@ -375,6 +375,94 @@ static void test_prompt_cache_policy(void) {
     free(b);
 }
 
+/* KV positions the cache's sessions other than `taken` hold memory for. */
+static long long others_capacity(const srv_prompt_cache *c, const lazymoe_session *taken) {
+    long long sum = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].s && c->slots[i].s != taken) sum += lazymoe_session_capacity(c->slots[i].s);
+    return sum;
+}
+
+/* A conversation keeps the KV memory it grew to between turns, so its next turn
+ * extends it in place (no shrink after a request, no regrowing copy on the next);
+ * sessions are cut to what they hold only when the budget needs the room, before
+ * any is freed, and the budget still bounds the cache. */
+static void test_prompt_cache_keeps_capacity(void) {
+    enum { N = 3000 };
+    int32_t *a = malloc(sizeof(int32_t) * N), *b = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) a[i] = 3 + i % 300, b[i] = 7 + i % 200;
+    srv_prompt_cache c;
+    char err[512];
+    int reused = -1, sessions, tokens;
+    CHECK(srv_cache_init(&c, M, 2, 0, err, sizeof err) == 0); /* budget: one context (4096) */
+    lazymoe_session *s1 = srv_cache_take(&c, a, 600, 50, &reused, err, sizeof err);
+    CHECK(s1 && reused == 0);
+    fill(s1, a, 600, reused); /* grows by doubling: 256, 512, 1024 */
+    CHECK_EQ_INT(lazymoe_session_capacity(s1), 1024);
+    srv_cache_put(&c, s1);
+    CHECKF(lazymoe_session_capacity(s1) == 1024, "capacity %d after the request: the cache shrank a session "
+           "though the budget had room", lazymoe_session_capacity(s1));
+    /* The next turn: 900 tokens fit the 1024 positions it kept; cut to the 768 it held,
+     * it would have had to grow (copy) to 1536. */
+    lazymoe_session *s2 = srv_cache_take(&c, a, 900, 50, &reused, err, sizeof err);
+    CHECK(s2 == s1 && reused == 600);
+    fill(s2, a, 900, reused);
+    CHECKF(lazymoe_session_capacity(s2) == 1024, "capacity %d: the second turn regrew the KV cache",
+           lazymoe_session_capacity(s2));
+    srv_cache_put(&c, s2);
+    /* Its third turn is cut back to 700 tokens (an edited last message): 1024 kept. */
+    lazymoe_session *s3 = srv_cache_take(&c, a, 700, 10, &reused, err, sizeof err);
+    CHECK(s3 == s1 && reused == 699);
+    fill(s3, a, 700, reused);
+    srv_cache_put(&c, s3);
+    CHECK_EQ_INT(lazymoe_session_capacity(s1), 1024);
+    /* Another conversation needing 3300 positions: 1024 + 3300 exceeds the budget, but
+     * the first one cut to what it holds (768) leaves room, so it is kept, not freed. */
+    lazymoe_session *s4 = srv_cache_take(&c, b, 3000, 300, &reused, err, sizeof err);
+    CHECK(s4 && s4 != s1 && reused == 0);
+    CHECK_EQ_INT(lazymoe_session_capacity(s1), 768);
+    CHECKF(others_capacity(&c, s4) + 3300 <= 4096, "%lld positions kept beside a 3300-position request",
+           others_capacity(&c, s4));
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 2 && tokens == 700, "%d sessions, %d tokens", sessions, tokens);
+    fill(s4, b, 3000, reused);
+    srv_cache_put(&c, s4);
+    /* The first conversation again, needing 2000 positions: the second one holds 3000
+     * of its 4096 (cut to 3072, still too many), so it is freed. */
+    lazymoe_session *s5 = srv_cache_take(&c, a, 1900, 100, &reused, err, sizeof err);
+    CHECK(s5 == s1 && reused == 700);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 1, "%d sessions kept while 3072 + 2000 positions exceed the budget", sessions);
+    CHECK(others_capacity(&c, s5) == 0);
+    srv_cache_put(&c, s5);
+    srv_cache_free(&c);
+    /* The taken session is cut too when it holds more memory than its request needs,
+     * before others are freed. Budget 4850: a (1100 tokens in 2048 positions) and b
+     * (2700 tokens, 4096 positions) were both kept; a retry of a's last request needs
+     * 1200 positions, b cut to what it holds (2816) beside a's 2048 is still too many,
+     * a cut to 1280 fits. */
+    CHECK(srv_cache_init(&c, M, 2, 4850, err, sizeof err) == 0);
+    lazymoe_session *t1 = srv_cache_take(&c, a, 1100, 100, &reused, err, sizeof err);
+    fill(t1, a, 1100, reused);
+    srv_cache_put(&c, t1);
+    lazymoe_session *t2 = srv_cache_take(&c, b, 2700, 100, &reused, err, sizeof err);
+    CHECK(t1 && t2 && t2 != t1 && reused == 0);
+    CHECK_EQ_INT(lazymoe_session_capacity(t1), 2048); /* 2048 + 2800 fit the budget: not cut */
+    fill(t2, b, 2700, reused);
+    srv_cache_put(&c, t2);
+    lazymoe_session *t3 = srv_cache_take(&c, a, 1100, 100, &reused, err, sizeof err);
+    CHECK(t3 == t1 && reused == 1099);
+    CHECK_EQ_INT(lazymoe_session_capacity(t2), 2816);
+    CHECK_EQ_INT(lazymoe_session_capacity(t1), 1280);
+    srv_cache_usage(&c, &sessions, &tokens);
+    CHECKF(sessions == 2 && tokens == 3800, "%d sessions, %d tokens", sessions, tokens);
+    CHECK(others_capacity(&c, t3) + 1280 <= 4850);
+    srv_cache_put(&c, t3);
+    srv_cache_free(&c);
+    free(a);
+    free(b);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -390,6 +478,7 @@ int main(void) {
     TEST_CASE("server_request_options", test_options);
     TEST_CASE("server_request_client_mistakes_are_4xx", test_client_mistakes);
     TEST_CASE("server_prompt_cache_policy", test_prompt_cache_policy);
+    TEST_CASE("server_prompt_cache_keeps_capacity_between_turns", test_prompt_cache_keeps_capacity);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

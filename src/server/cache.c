@@ -47,6 +47,14 @@ static int common_prefix(const lazymoe_session *s, const int32_t *ids, int n) {
     return k;
 }
 
+/* Releases a session's KV memory beyond what it holds; if that fails the session is
+ * still whole (it keeps the memory it had, and eviction makes room instead). */
+static void fit(srv_slot *sl) {
+    char err[256];
+    sl->fitted = 1;
+    if (lazymoe_session_fit(sl->s, err, sizeof err) != 0) srv_log("prompt cache: %s", err);
+}
+
 lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, char *err,
                                 size_t errlen) {
     int best = -1, best_lcp = 0, free_slot = -1, lru = -1;
@@ -83,24 +91,44 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
     sl->uses = *reused > 0 ? sl->uses + 1 : 1; /* a slot taken over starts a new conversation */
     if (*reused >= n) *reused = n - 1; /* the last prompt token is evaluated again for its logits */
     if (*reused < 0) *reused = 0;
-    /* Room for this request's context: free the least recently used others. */
+    /* Room for this request's context. Sessions keep the KV memory they grew to, so
+     * that the next turn of a conversation extends it in place; only when the budget
+     * would be exceeded are others shrunk to what they hold (in eviction order), then
+     * this one if it holds more than the request needs, and only then are whole
+     * sessions freed. */
     long long need = (long long)n + max_new;
     if (need > c->max_context) need = c->max_context;
-    if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
+    long long taken_need = need; /* what this request alone needs */
     for (;;) {
+        if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
         long long others = 0;
-        int victim = -1;
+        int victim = -1, shrink = -1;
         for (int i = 0; i < c->n_slots; i++) {
-            if (i == pick || !c->slots[i].s) continue;
-            others += lazymoe_session_capacity(c->slots[i].s);
-            if (!c->slots[i].busy && (victim < 0 || evict_before(c, &c->slots[i], &c->slots[victim]))) victim = i;
+            const srv_slot *o = &c->slots[i];
+            if (i == pick || !o->s) continue;
+            others += lazymoe_session_capacity(o->s);
+            if (o->busy) continue;
+            if (victim < 0 || evict_before(c, o, &c->slots[victim])) victim = i;
+            if (!o->fitted && (shrink < 0 || evict_before(c, o, &c->slots[shrink]))) shrink = i;
         }
-        if (others + need <= c->budget_tokens || victim < 0) break;
+        if (others + need <= c->budget_tokens) break;
+        if (shrink >= 0) {
+            fit(&c->slots[shrink]);
+            continue;
+        }
+        if (sl->s && !sl->fitted && lazymoe_session_capacity(sl->s) > taken_need) {
+            fit(sl);
+            need = taken_need;
+            continue;
+        }
+        if (victim < 0) break;
         lazymoe_session_free(c->slots[victim].s);
         c->slots[victim].s = NULL;
+        c->slots[victim].fitted = 0;
     }
     if (!sl->s && lazymoe_session_create(&sl->s, c->m, err, errlen) != 0) return NULL;
     sl->busy = 1;
+    sl->fitted = 0; /* it grows as this request needs */
     return sl->s;
 }
 
@@ -109,10 +137,6 @@ void srv_cache_put(srv_prompt_cache *c, lazymoe_session *s) {
         if (c->slots[i].s == s) {
             c->slots[i].busy = 0;
             c->slots[i].last_used = ++c->clock;
-            /* keep the memory for what it holds, not the doubled capacity it grew to;
-             * if that fails the session is still whole (and within the plan) */
-            char err[256];
-            if (lazymoe_session_fit(s, err, sizeof err) != 0) srv_log("prompt cache: %s", err);
         }
 }
 
