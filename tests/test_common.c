@@ -4,6 +4,7 @@
 #include "common/error.h"
 #include "common/utf8.h"
 #include "platform/fs.h"
+#include "platform/platform.h"
 
 #include <stdint.h>
 #include <sys/stat.h>
@@ -334,6 +335,28 @@ static void test_dir_replace_rename_fails(void) {
     CHECK(lm_dir_replace(path, out, err) == -1);
 }
 
+/* lm_user_cache_dir follows the XDG rule: an absolute XDG_CACHE_HOME, else
+ * $HOME/.cache; neither set is an error. */
+static void test_user_cache_dir(void) {
+    char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char *saved_xdg = xdg ? strdup(xdg) : NULL, *saved_home = home ? strdup(home) : NULL;
+    char out[64], err[LM_ERR_LEN];
+    setenv("XDG_CACHE_HOME", "/x/cache", 1);
+    setenv("HOME", "/h", 1);
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == 0 && !strcmp(out, "/x/cache/lazymoe"));
+    setenv("XDG_CACHE_HOME", "relative", 1); /* not absolute: ignored, as the spec says */
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == 0 && !strcmp(out, "/h/.cache/lazymoe"));
+    unsetenv("XDG_CACHE_HOME");
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == 0 && !strcmp(out, "/h/.cache/lazymoe"));
+    CHECK(lm_user_cache_dir(out, 10, err) == -1 && strstr(err, "too long"));
+    unsetenv("HOME");
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == -1 && strstr(err, "HOME"));
+    if (saved_xdg) setenv("XDG_CACHE_HOME", saved_xdg, 1);
+    if (saved_home) setenv("HOME", saved_home, 1);
+    free(saved_xdg);
+    free(saved_home);
+}
+
 static void test_path_parent(void) {
     char *p;
     CHECK((p = lm_path_parent("a/b/c")) && strcmp(p, "a/b") == 0);
@@ -365,6 +388,7 @@ int main(void) {
     TEST_CASE("dir_replace_existing_target", test_dir_replace_existing_target);
     TEST_CASE("dir_replace_rename_fails", test_dir_replace_rename_fails);
     TEST_CASE("path_parent", test_path_parent);
+    TEST_CASE("user_cache_dir", test_user_cache_dir);
     lm_remove_tree(test_root, NULL);
     TEST_EXIT();
 }

@@ -61,11 +61,8 @@ uint64_t lm_popularity_model_id(const char *dir) {
 }
 
 int lm_popularity_path(uint64_t model_id, char *path, size_t len, char *err) {
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     char base[3000];
-    if (xdg && xdg[0] == '/') snprintf(base, sizeof base, "%s/lazymoe", xdg);
-    else if (home && home[0]) snprintf(base, sizeof base, "%s/.cache/lazymoe", home);
-    else return lm_errf(err, "neither XDG_CACHE_HOME nor HOME is set");
+    if (lm_user_cache_dir(base, sizeof base, err) != 0) return -1;
     if ((size_t)snprintf(path, len, "%s/popularity-%016llx.bin", base, (unsigned long long)model_id) >= len)
         return lm_errf(err, "cache path too long");
     return 0;
