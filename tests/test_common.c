@@ -335,6 +335,32 @@ static void test_dir_replace_rename_fails(void) {
     CHECK(lm_dir_replace(path, out, err) == -1);
 }
 
+/* lm_mkdir_parents: makes every missing level, accepts what exists (also through a
+ * symbolic link), and names the component it could not make. */
+static void test_mkdir_parents(void) {
+    char dir[600], path[700], err[LM_ERR_LEN];
+    snprintf(dir, sizeof dir, "%s/p/q//r/", test_root);
+    CHECK(lm_mkdir_parents(dir, err) == 0);
+    snprintf(path, sizeof path, "%s/p/q/r", test_root);
+    CHECK(lm_path_type(path) == LM_PATH_DIR);
+    CHECK(lm_mkdir_parents(path, err) == 0); /* exists: fine */
+    snprintf(dir, sizeof dir, "%s/link", test_root);
+    CHECK(symlink(path, dir) == 0);
+    snprintf(path, sizeof path, "%s/link/s", test_root);
+    CHECK(lm_mkdir_parents(dir, err) == 0 && lm_mkdir_parents(path, err) == 0);
+    snprintf(path, sizeof path, "%s/p/q/r/s", test_root);
+    CHECK(lm_path_type(path) == LM_PATH_DIR);
+    /* a regular file in the way: named in the error */
+    snprintf(path, sizeof path, "%s/p/file", test_root);
+    CHECK(write_text(path, "x") == 0);
+    snprintf(dir, sizeof dir, "%s/p/file/sub/deeper", test_root);
+    err[0] = 0;
+    CHECK(lm_mkdir_parents(dir, err) == -1);
+    CHECKF(strstr(err, "cannot create directory") && strstr(err, "/p/file: "), "%s", err);
+    CHECK(lm_mkdir_parents(path, err) == -1); /* the file itself is no directory */
+    CHECK(lm_mkdir_parents("", err) == -1);
+}
+
 /* lm_user_cache_dir follows the XDG rule: an absolute XDG_CACHE_HOME, else
  * $HOME/.cache; neither set is an error. */
 static void test_user_cache_dir(void) {
@@ -388,6 +414,7 @@ int main(void) {
     TEST_CASE("dir_replace_existing_target", test_dir_replace_existing_target);
     TEST_CASE("dir_replace_rename_fails", test_dir_replace_rename_fails);
     TEST_CASE("path_parent", test_path_parent);
+    TEST_CASE("mkdir_parents", test_mkdir_parents);
     TEST_CASE("user_cache_dir", test_user_cache_dir);
     lm_remove_tree(test_root, NULL);
     TEST_EXIT();

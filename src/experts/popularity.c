@@ -1,10 +1,10 @@
 #include "experts/popularity.h"
 
 #include "common/error.h"
+#include "platform/fs.h"
 #include "platform/platform.h"
 
 #include <dirent.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,24 +113,13 @@ done:
     return rc;
 }
 
-static int mkdir_p(char *dir) {
-    for (char *s = dir + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        int bad = mkdir(dir, 0755) != 0 && errno != EEXIST;
-        *s = '/';
-        if (bad) return -1;
-    }
-    return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 int lm_popularity_save(const lm_popularity *p, const char *path, char *err) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash) {
         *slash = 0;
-        if (mkdir_p(dir) != 0) return lm_errf(err, "cannot create %s: %s", dir, strerror(errno));
+        if (lm_mkdir_parents(dir, err) != 0) return -1;
     }
     size_t n = (size_t)p->n_layers * (size_t)p->n_experts;
     size_t total = 8 + 4 + 4 + 8 + n * 4 + 8;
