@@ -2,6 +2,7 @@
 #include "common/buf.h"
 #include "common/dir_replace.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/utf8.h"
 #include "platform/fs.h"
 #include "platform/platform.h"
@@ -335,6 +336,15 @@ static void test_dir_replace_rename_fails(void) {
     CHECK(lm_dir_replace(path, out, err) == -1);
 }
 
+/* lm_fnv1a against the published FNV-1a 64-bit test vectors (Fowler, Noll, Vo), and
+ * fed in pieces it equals one call over the whole. */
+static void test_fnv1a(void) {
+    CHECK(lm_fnv1a(LM_FNV1A_INIT, "", 0) == 0xcbf29ce484222325ull);
+    CHECK(lm_fnv1a(LM_FNV1A_INIT, "a", 1) == 0xaf63dc4c8601ec8cull);
+    CHECK(lm_fnv1a(LM_FNV1A_INIT, "foobar", 6) == 0x85944171f73967e8ull);
+    CHECK(lm_fnv1a(lm_fnv1a(LM_FNV1A_INIT, "foo", 3), "bar", 3) == 0x85944171f73967e8ull);
+}
+
 /* lm_mkdir_parents: makes every missing level, accepts what exists (also through a
  * symbolic link), and names the component it could not make. */
 static void test_mkdir_parents(void) {
@@ -404,6 +414,7 @@ int main(void) {
     TEST_CASE("utf8_valid_sequences", test_utf8_valid_sequences);
     TEST_CASE("utf8_invalid_sequences", test_utf8_invalid_sequences);
     TEST_CASE("utf8_surrogates_flag", test_utf8_surrogates_flag);
+    TEST_CASE("fnv1a_test_vectors", test_fnv1a);
     const char *t = getenv("TMPDIR");
     snprintf(test_root, sizeof test_root, "%s/lazymoe-test-common-XXXXXX", t && *t ? t : "/tmp");
     if (!mkdtemp(test_root)) {
