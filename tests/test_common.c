@@ -3,6 +3,7 @@
 #include "common/dir_replace.h"
 #include "common/error.h"
 #include "common/hash.h"
+#include "common/str.h"
 #include "common/utf8.h"
 #include "platform/fs.h"
 #include "platform/platform.h"
@@ -345,6 +346,12 @@ static void test_fnv1a(void) {
     CHECK(lm_fnv1a(lm_fnv1a(LM_FNV1A_INIT, "foo", 3), "bar", 3) == 0x85944171f73967e8ull);
 }
 
+static void test_hex_digit(void) {
+    CHECK(lm_hex_digit('0') == 0 && lm_hex_digit('9') == 9 && lm_hex_digit('a') == 10 && lm_hex_digit('F') == 15);
+    CHECK(lm_hex_digit('g') == -1 && lm_hex_digit('G') == -1 && lm_hex_digit('/') == -1 && lm_hex_digit(':') == -1);
+    CHECK(lm_hex_digit('@') == -1 && lm_hex_digit('`') == -1 && lm_hex_digit(0) == -1 && lm_hex_digit((char)0xE0) == -1);
+}
+
 /* lm_mkdir_parents: makes every missing level, accepts what exists (also through a
  * symbolic link), and names the component it could not make. */
 static void test_mkdir_parents(void) {
@@ -415,6 +422,7 @@ int main(void) {
     TEST_CASE("utf8_invalid_sequences", test_utf8_invalid_sequences);
     TEST_CASE("utf8_surrogates_flag", test_utf8_surrogates_flag);
     TEST_CASE("fnv1a_test_vectors", test_fnv1a);
+    TEST_CASE("hex_digit", test_hex_digit);
     const char *t = getenv("TMPDIR");
     snprintf(test_root, sizeof test_root, "%s/lazymoe-test-common-XXXXXX", t && *t ? t : "/tmp");
     if (!mkdtemp(test_root)) {

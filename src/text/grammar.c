@@ -23,6 +23,8 @@
  */
 #include "text/grammar.h"
 
+#include "common/str.h"
+
 #include "text/unicode.h"
 
 #include <stdlib.h>
@@ -211,13 +213,6 @@ static int commit_rule(parser *p, uint32_t r, avec *a) {
     return 0;
 }
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* One character of a literal or class: an escape or a UTF-8 sequence. */
 static int parse_char(parser *p, uint32_t *cp) {
     if (p->s >= p->end) return perr(p, "unexpected end of grammar");
@@ -229,7 +224,7 @@ static int parse_char(parser *p, uint32_t *cp) {
         if (digits) {
             uint32_t v = 0;
             for (int i = 0; i < digits; i++) {
-                int h = p->s < p->end ? hexval(*p->s) : -1;
+                int h = p->s < p->end ? lm_hex_digit(*p->s) : -1;
                 if (h < 0) return perr(p, "bad hex escape");
                 v = v * 16 + (uint32_t)h;
                 p->s++;
