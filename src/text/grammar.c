@@ -24,6 +24,7 @@
 #include "text/grammar.h"
 
 #include "common/str.h"
+#include "common/utf8.h"
 
 #include "text/unicode.h"
 
@@ -699,24 +700,9 @@ static int u8_step(u8state *s, uint8_t b, uint32_t *cp) {
             *cp = b;
             return 1;
         }
-        s->lo = 0x80;
-        s->hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            s->cp = b & 0x1Fu;
-            s->need = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            s->cp = b & 0x0Fu;
-            s->need = 2;
-            if (b == 0xE0) s->lo = 0xA0;
-            if (b == 0xED) s->hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            s->cp = b & 0x07u;
-            s->need = 3;
-            if (b == 0xF0) s->lo = 0x90;
-            if (b == 0xF4) s->hi = 0x8F;
-        } else {
-            return -1;
-        }
+        size_t len = lm_utf8_lead(b, 0, &s->lo, &s->hi, &s->cp);
+        if (!len) return -1;
+        s->need = (uint8_t)(len - 1);
         return 0;
     }
     if (b < s->lo || b > s->hi) return -1;
