@@ -121,6 +121,10 @@ typedef struct {
     uint64_t bytes_experts;    /* all experts */
     int quant_bits, quant_group_size; /* 0 bits = float weights */
     char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
+    /* Tensors in the files per stored type, most frequent first ("Q4_K x 96, Q6_K x 48,
+     * F32 x 97"; safetensors dtypes by their names, GGUF blocks by ggml's). */
+    char tensor_types[160];
+    int block_weights;         /* 1 when some tensor is a ggml block type (a quantized GGUF) */
     int n_eos;
     int32_t eos_ids[8];
     char expert_layout[16];    /* "mlx-stacked", "hf-fused" or "hf-separate" */

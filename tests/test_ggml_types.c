@@ -184,14 +184,24 @@ static void test_group_form(void) {
     CHECK(!lm_qblock_act8(LM_DT_Q2_K) && !lm_qblock_act8(LM_DT_F32) && !lm_qblock_act8(LM_DT_MXFP4));
 }
 
-static const char *kernel_names[] = {"scalar", "avx512", "avx2", "neon"};
+/* Kernel tables, the AVX2 one also as a CPU without AVX-VNNI runs it. */
+static const struct {
+    const char *name;
+    unsigned hide;
+} kernels[] = {{"scalar", 0}, {"avx512", 0}, {"avx2", 0}, {"avx2", LM_CPU_AVXVNNI}, {"neon", 0}};
+#define kernel_names(ki) (kernels[ki].hide ? "avx2-without-vnni" : kernels[ki].name)
 
 static void test_matmul(void) {
     char err[LM_ERR_LEN];
-    const int shapes[][3] = {{37, 256, 1}, {19, 512, 5}, {64, 768, 70}, {3, 1024, 2}};
+    /* Rows: partial 16-row panels (37, 19, 3, 21, 17) and whole ones; columns: one
+     * chunk of the AVX-512 kernel (1024 values) and past it (1280: a 256-value tail,
+     * 1088: a 64-value one, 32-value blocks only); tokens: every pass width (8, 4,
+     * 2, 1) and their mixes. */
+    const int shapes[][3] = {{37, 256, 1}, {19, 512, 5}, {64, 768, 70}, {3, 1024, 2}, {21, 1280, 15}, {17, 1088, 3}};
     for (int ti = 0; ti < NTYPES; ti++) {
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
+            if (cols % lm_dtype_block_elems(types[ti].t)) continue; /* 1088: not whole super-blocks */
             uint8_t *data = random_blocks(ti, rows, cols);
             lm_mat W = {.dtype = types[ti].t, .rows = rows, .cols = cols, .data = data};
             float *wf = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
@@ -200,7 +210,9 @@ static void test_matmul(void) {
             float *x = malloc(sizeof(float) * (size_t)n * (size_t)cols);
             for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) x[i] = (float)urand();
             float *ref = malloc(sizeof(float) * (size_t)n * (size_t)rows), *y = malloc(sizeof(float) * (size_t)n * (size_t)rows),
-                  *y1 = malloc(sizeof(float) * (size_t)rows);
+                  *y1 = malloc(sizeof(float) * (size_t)rows), *yt1 = malloc(sizeof(float) * (size_t)n * (size_t)rows),
+                  *y512 = malloc(sizeof(float) * (size_t)n * (size_t)rows);
+            int have512 = 0;
             /* the activations as the backend quantizes them for block weights */
             const int ng8 = cols / 32 + LM_ACT8_PAD;
             int8_t *q8 = malloc((size_t)n * (size_t)cols);
@@ -215,13 +227,33 @@ static void test_matmul(void) {
             CHECKF(!memcmp(y, ref, sizeof(float) * (size_t)n * (size_t)rows), "%s %dx%d n=%d: scalar block matmul != f32 of the converted rows",
                    types[ti].name, rows, cols, n);
             lm_backend_free(sc);
-            for (size_t ki = 0; ki < sizeof kernel_names / sizeof kernel_names[0]; ki++)
+            for (size_t ki = 0; ki < sizeof kernels / sizeof kernels[0]; ki++)
                 for (int bits = 32; bits >= 8; bits -= 24)
                     for (int threads = 1; threads <= 3; threads += 2) {
                         lm_backend *be = NULL;
-                        if (lm_backend_cpu_create_with(&be, threads, kernel_names[ki], err) != 0) continue; /* not this CPU */
+                        const unsigned old_hide = lm_cpu_features_hide(kernels[ki].hide);
+                        if (lm_backend_cpu_create_with(&be, threads, kernels[ki].name, err) != 0) { /* not this CPU */
+                            lm_cpu_features_hide(old_hide);
+                            continue;
+                        }
                         CHECKF(lm_backend_cpu_set_act_bits(be, bits, cols, err) == 0, "%s", err);
                         CHECK(be->ops->matmul(be, y, &W, x, n) == 0);
+                        /* The AVX2 block kernels (either way to the integers) compute what the
+                         * AVX-512 ones do, bit for bit: the same f32 steps per row and token. */
+                        const int a8blocks = bits == 8 && lm_qblock_act8(types[ti].t);
+                        if (a8blocks && !strcmp(kernels[ki].name, "avx512") && threads == 1 && lm_qblock_handles_avx512(&W)) {
+                            memcpy(y512, y, sizeof(float) * (size_t)n * (size_t)rows);
+                            have512 = 1;
+                        }
+                        if (a8blocks && !strcmp(kernels[ki].name, "avx2") && have512 && lm_qblock_handles_avx2(&W))
+                            CHECKF(!memcmp(y512, y, sizeof(float) * (size_t)n * (size_t)rows),
+                                   "%s %s %d threads %dx%d n=%d: differs from avx512", types[ti].name,
+                                   kernel_names(ki), threads, rows, cols, n);
+                        /* 3 threads split the rows differently from 1: the same bits */
+                        if (threads == 1) memcpy(yt1, y, sizeof(float) * (size_t)n * (size_t)rows);
+                        else CHECKF(!memcmp(yt1, y, sizeof(float) * (size_t)n * (size_t)rows),
+                                    "%s %s act%d %dx%d n=%d: 3 threads differ from 1", types[ti].name,
+                                    kernel_names(ki), bits, rows, cols, n);
                         /* f32 activations: the f32 product to rounding. int8 activations
                          * (types with that path): the exact sum over the converted weights
                          * times the quantized activations dx_g * q_i, except that a
@@ -256,15 +288,16 @@ static void test_matmul(void) {
                                 worst = d > worst ? d : worst;
                             }
                         CHECKF(worst <= 1.0, "%s %s act%d %dx%d n=%d: error %.3g of the tolerance", types[ti].name,
-                               kernel_names[ki], bits, rows, cols, n, worst);
+                               kernel_names(ki), bits, rows, cols, n, worst);
                         /* each token alone gives its batched result bit for bit */
                         for (int t = 0; t < n; t += n > 4 ? n / 4 : 1) {
                             CHECK(be->ops->matmul(be, y1, &W, x + (size_t)t * (size_t)cols, 1) == 0);
                             CHECKF(!memcmp(y1, y + (size_t)t * rows, sizeof(float) * (size_t)rows),
                                    "%s %s act%d %d threads: token %d alone differs from the batch of %d", types[ti].name,
-                                   kernel_names[ki], bits, threads, t, n);
+                                   kernel_names(ki), bits, threads, t, n);
                         }
                         lm_backend_free(be);
+                        lm_cpu_features_hide(old_hide);
                     }
             free(data);
             free(wf);
@@ -272,6 +305,8 @@ static void test_matmul(void) {
             free(ref);
             free(y);
             free(y1);
+            free(yt1);
+            free(y512);
             free(q8);
             free(dx8);
             free(xs8);

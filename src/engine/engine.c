@@ -337,6 +337,31 @@ void lm_engine_close(lazymoe_model *m) {
     free(m);
 }
 
+/* "T x N, ..." over the archive's tensors, the most frequent type first (ties in
+ * lm_dtype order), cut at the last whole entry that fits; *blocks = 1 when a ggml
+ * block type is among them. */
+static void tensor_type_counts(const st_archive *a, char *out, size_t cap, int *blocks) {
+    int count[LM_DT_COUNT] = {0};
+    for (int i = 0; a && i < a->ntensors; i++)
+        if (a->tensors[i].dtype > LM_DT_INVALID && a->tensors[i].dtype < LM_DT_COUNT) count[a->tensors[i].dtype]++;
+    *blocks = 0;
+    for (int t = LM_DT_FIRST_BLOCK; t < LM_DT_COUNT; t++) *blocks |= count[t] > 0;
+    size_t len = 0;
+    out[0] = 0;
+    for (;;) {
+        int best = LM_DT_INVALID;
+        for (int t = 1; t < LM_DT_COUNT; t++)
+            if (count[t] > count[best]) best = t;
+        if (!count[best]) break;
+        char item[48];
+        int n = snprintf(item, sizeof item, "%s%s x %d", len ? ", " : "", lm_dtype_name((lm_dtype)best), count[best]);
+        if (n < 0 || len + (size_t)n + 1 > cap) break;
+        memcpy(out + len, item, (size_t)n + 1);
+        len += (size_t)n;
+        count[best] = 0;
+    }
+}
+
 void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     const lm_config *c = &m->w.cfg;
     memset(info, 0, sizeof *info);
@@ -363,6 +388,7 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->quant_group_size = c->quant_group_size;
     snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
              m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
+    tensor_type_counts(m->w.archive, info->tensor_types, sizeof info->tensor_types, &info->block_weights);
     static const char *layouts[] = {"mlx-stacked", "hf-fused", "hf-separate"};
     snprintf(info->expert_layout, sizeof info->expert_layout, "%s", layouts[m->w.expert_layout]);
     for (int l = 0; l < c->n_layers; l++)

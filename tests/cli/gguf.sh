@@ -34,6 +34,36 @@ $BIN logits $G --ids 3,14,15,92 --out $T/b.npy >/dev/null 2>&1
 [ -s $T/a.npy ] && cmp -s $T/a.npy $T/b.npy && ok gguf_cli_logits || bad gguf_cli_logits "logits differ"
 a=$($BIN info $G 2>&1)
 [[ "$a" == *"architecture   qwen3_moe"* ]] && ok gguf_cli_info || bad gguf_cli_info "$a"
+[[ "$a" == *"quantization   none (F32)"* ]] && ok gguf_cli_info_float || bad gguf_cli_info_float "$a"
+# A quantized GGUF: info names its tensors per stored type, which an independent
+# reader of the file's tensor infos (below, Python) must count the same.
+$EXPORT $M $T/q8.gguf q8_0 || bad gguf_export_q8_0 "exit $?"
+a=$($BIN info $T/q8.gguf 2>&1)
+want=$(python3 - "$T/q8.gguf" <<'EOF2'
+import struct, sys
+f = open(sys.argv[1], 'rb')
+def u(fmt): return struct.unpack('<' + fmt, f.read(struct.calcsize(fmt)))[0]
+def s(): return f.read(u('Q')).decode()
+size = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+def skip(t):
+    if t == 8: s()
+    elif t == 9:
+        et, n = u('I'), u('Q')
+        for _ in range(n): skip(et)
+    else: f.read(size[t])
+assert f.read(4) == b'GGUF' and u('I') == 3
+nt, nkv = u('Q'), u('Q')
+for _ in range(nkv): s(); skip(u('I'))
+names = {0: 'F32', 1: 'F16', 8: 'Q8_0', 30: 'BF16'}
+count = {}
+for _ in range(nt):
+    s(); nd = u('I'); f.read(8 * nd); t = names[u('I')]; u('Q')
+    count[t] = count.get(t, 0) + 1
+print(', '.join('%s x %d' % kv for kv in sorted(count.items())))
+EOF2
+)
+got=$(sed -n 's/^quantization   ggml blocks; tensors per type: //p' <<<"$a" | tr ',' '\n' | sed "s/^ //" | LC_ALL=C sort | paste -sd, | sed 's/,/, /g')
+[ -n "$want" ] && [[ "$want" == *"Q8_0 x "* ]] && [ "$got" = "$want" ] && ok gguf_cli_info_tensor_types || bad gguf_cli_info_tensor_types "'$got' vs file '$want': $a"
 a=$($BIN tokenize $M --text "hello world"); b=$($BIN tokenize $G --text "hello world")
 [ -n "$a" ] && [ "$a" = "$b" ] && ok gguf_cli_tokenize || bad gguf_cli_tokenize "'$b' vs '$a'"
 

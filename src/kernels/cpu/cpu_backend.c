@@ -305,13 +305,13 @@ static size_t act8_q_stride(const lm_mat *W, int block) {
 /* The activations' group size: the affine matrix's, or 32 for ggml blocks (qblock.h). */
 static int act8_gs(const lm_mat *W) { return W->dtype == LM_DT_U32 ? W->group_size : LM_QB_GROUP; }
 static int act8_ng_stride(const lm_mat *W) { return W->cols / act8_gs(W) + LM_ACT8_PAD; }
-/* Entries per token of each lane table (block weights only; 0 otherwise). */
-static size_t act8_lane_stride(const lm_mat *W) {
-    return lm_dtype_is_block(W->dtype) ? round64((size_t)W->cols / 4 * sizeof(float) + 64) / sizeof(float) : 0;
+/* Entries per token of the 16-value sums (block weights only; 0 otherwise). */
+static size_t act8_qsum16_stride(const lm_mat *W) {
+    return lm_dtype_is_block(W->dtype) ? round64((size_t)W->cols / 16 * sizeof(int32_t) + 64) / sizeof(int32_t) : 0;
 }
 static size_t act8_token_bytes(const lm_mat *W, int block) {
     return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float)) +
-           3 * act8_lane_stride(W) * sizeof(float);
+           act8_qsum16_stride(W) * sizeof(int32_t);
 }
 
 /* Makes the buffer hold at least `bytes`; 0 when it does (or already did). */
@@ -341,12 +341,9 @@ static void quantize_task(void *ctx, int task) {
                      (int8_t *)a->q + (size_t)t0 * a->q_stride, a->q_stride,
                      (float *)a->dx + (size_t)t0 * (size_t)a->ng_stride,
                      (float *)a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride);
-    if (a->lane_qsum) {
-        const size_t ls = a->lane_stride, off = (size_t)t0 * ls;
-        lm_qblock_lanes(a->q + (size_t)t0 * a->q_stride, a->q_stride, a->dx + (size_t)t0 * (size_t)a->ng_stride,
-                        a->xsum + (size_t)t0 * (size_t)a->ng_stride, a->ng_stride, tn, j->W->cols,
-                        (int32_t *)a->lane_qsum + off, (float *)a->lane_dx + off, (float *)a->lane_xsum + off, ls);
-    }
+    if (a->qsum16)
+        lm_qblock_qsum16(a->q + (size_t)t0 * a->q_stride, a->q_stride, tn, j->W->cols,
+                         (int32_t *)a->qsum16 + (size_t)t0 * a->qsum16_stride, a->qsum16_stride);
 }
 
 /* Quantizes n tokens of x for W at buf (act8_token_bytes(W, block) * n bytes),
@@ -363,16 +360,8 @@ static void act8_prepare(const cpu_impl *impl, const lm_mat *W, const float *x, 
     a->dx = dx;
     a->xsum = xsum;
     a->ng_stride = ngs;
-    a->lane_stride = act8_lane_stride(W);
-    a->lane_qsum = NULL;
-    a->lane_dx = a->lane_xsum = NULL;
-    if (a->lane_stride) {
-        char *lanes = buf + (size_t)n * (qs + 2 * fb);
-        const size_t lb = (size_t)n * a->lane_stride * sizeof(float);
-        a->lane_qsum = (const int32_t *)(void *)lanes;
-        a->lane_dx = (const float *)(void *)(lanes + lb);
-        a->lane_xsum = (const float *)(void *)(lanes + 2 * lb);
-    }
+    a->qsum16_stride = act8_qsum16_stride(W);
+    a->qsum16 = a->qsum16_stride ? (const int32_t *)(void *)(buf + (size_t)n * (qs + 2 * fb)) : NULL;
     int tasks = n < 2 * lm_pool_size(pool) ? n : 2 * lm_pool_size(pool);
     quantize_job j = {.W = W, .x = x, .n = n, .block = block, .per_task = n, .a = a,
                       .quantize = impl->k && impl->k->act8_quantize ? impl->k->act8_quantize : lm_act8_quantize};

@@ -35,12 +35,10 @@ typedef struct {
     size_t q_stride;
     const float *dx, *xsum; /* [n][ng_stride]; at least LM_ACT8_PAD readable past ng */
     int ng_stride;
-    /* ggml block weights only (group size 32, natural order; qblock.h): per 4-value
-     * lane of each token, at lane + t * lane_stride, the sum of its 4 q, the dx of
-     * its group, and the group's xsum at its first lane (0 at the others). */
-    const int32_t *lane_qsum;
-    const float *lane_dx, *lane_xsum;
-    size_t lane_stride;
+    /* ggml block weights only (group size 32, natural order; qblock.h): the sum of
+     * each 16 consecutive q of token t, at qsum16 + t * qsum16_stride. */
+    const int32_t *qsum16;
+    size_t qsum16_stride;
 } lm_act8;
 #define LM_ACT8_PAD 16
 
@@ -50,11 +48,7 @@ static inline lm_act8 lm_act8_token(const lm_act8 *a, int t) {
     at.q += (size_t)t * a->q_stride;
     at.dx += (size_t)t * (size_t)a->ng_stride;
     at.xsum += (size_t)t * (size_t)a->ng_stride;
-    if (a->lane_qsum) {
-        at.lane_qsum += (size_t)t * a->lane_stride;
-        at.lane_dx += (size_t)t * a->lane_stride;
-        at.lane_xsum += (size_t)t * a->lane_stride;
-    }
+    if (a->qsum16) at.qsum16 += (size_t)t * a->qsum16_stride;
     return at;
 }
 #define LM_ACT8_MAX_BLOCK 256 /* largest q4_block */

@@ -10,6 +10,7 @@
  * reach the same int32 lanes, so they agree bit for bit (details further down).
  */
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/qblock.h"
 
 #if defined(__x86_64__)
 
@@ -384,6 +385,10 @@ A8_SHAPES(plain, 4)
 A8_SHAPES(plain, 8)
 
 static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    if (lm_dtype_is_block(W->dtype)) { /* ggml blocks: qblock_avx2.c */
+        lm_qblock_rows_avx2(W, r0, r1, a, n, y);
+        return;
+    }
     const int vnni = (lm_cpu_features() & LM_CPU_AVXVNNI) != 0;
     const a8_tile_fn *f = W->bits == 4 ? (vnni ? a8_vnni4 : a8_plain4) : (vnni ? a8_vnni8 : a8_plain8);
     const a8_tile_fn t22 = f[0], t22p = f[1], t41p = f[2], t12 = f[3], t11p = f[4];
@@ -413,6 +418,7 @@ static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
 }
 
 static int handles_act8_avx2(const lm_mat *W) {
+    if (lm_dtype_is_block(W->dtype)) return lm_qblock_handles_avx2(W);
     if (W->dtype != LM_DT_U32 || (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16))
         return 0;
     int gs = W->group_size;

@@ -13,6 +13,8 @@
 
 #if defined(__x86_64__)
 
+#include "kernels/cpu/avx512_transpose.h"
+
 #include <immintrin.h>
 #include <string.h>
 
@@ -268,35 +270,6 @@ TARGET static void rows_avx512(const lm_mat *W, int r0, int r1, const float *x, 
 #define UNROLL_TOKENS _Pragma("GCC unroll 8")
 #define UNROLL_PANEL _Pragma("GCC unroll 16")
 
-/* v[i] word j -> v[j] word i: a 16 x 16 transposition of 32-bit elements. */
-TARGET_VNNI INLINE void transpose16(__m512i v[16]) {
-    __m512i t[16];
-    UNROLL_PANEL
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    /* Then v[4i + j], 128-bit lane L: rows 4i..4i+3 of column 4L + j. */
-    UNROLL_PANEL
-    for (int i = 0; i < 4; i++) {
-        v[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        v[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        v[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        v[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    UNROLL_PANEL
-    for (int j = 0; j < 4; j++) {
-        __m512i u0 = _mm512_shuffle_i32x4(v[j], v[4 + j], 0x44), u1 = _mm512_shuffle_i32x4(v[j], v[4 + j], 0xee);
-        __m512i u2 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], 0x44), u3 = _mm512_shuffle_i32x4(v[8 + j], v[12 + j], 0xee);
-        t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
-        t[4 + j] = _mm512_shuffle_i32x4(u0, u2, 0xdd);
-        t[8 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
-        t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xdd);
-    }
-    UNROLL_PANEL
-    for (int i = 0; i < 16; i++) v[i] = t[i];
-}
-
 /* Words w0..w0+nw-1 of rows r..r+nr-1 (nr <= 16) as pk[word][lane]; lanes past nr
  * are zero. The same words of the next panel are prefetched: a decode step streams
  * every row once, and 16 row streams outrun the hardware prefetcher. */
@@ -313,7 +286,7 @@ TARGET_VNNI static void pack_words(const lm_mat *W, int r, int nr, int w0, int n
                 _mm_prefetch((const char *)(p + PANEL * row_words), _MM_HINT_T0);
                 v[i] = _mm512_loadu_si512(p);
             }
-            transpose16(v);
+            lm_transpose16x16(v);
             UNROLL_PANEL
             for (int i = 0; i < 16; i++) _mm512_store_si512(pk + j + i, v[i]);
         }
@@ -324,7 +297,7 @@ TARGET_VNNI static void pack_words(const lm_mat *W, int r, int nr, int w0, int n
         UNROLL_PANEL
         for (int i = 0; i < 16; i++)
             v[i] = _mm512_maskz_loadu_epi32(i < nr ? mk : 0, base + (size_t)(i < nr ? i : 0) * row_words + (size_t)j);
-        transpose16(v);
+        lm_transpose16x16(v);
         UNROLL_PANEL
         for (int i = 0; i < 16; i++)
             if (i < m) _mm512_store_si512(pk + j + i, v[i]);
@@ -349,7 +322,7 @@ TARGET_VNNI static void pack_groups(const void *src, lm_dtype dt, int ng, int r,
                                        : _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
             }
         }
-        transpose16(v);
+        lm_transpose16x16(v);
         UNROLL_PANEL
         for (int i = 0; i < 16; i++)
             if (i < m) _mm512_store_ps((float *)(out + j + i), _mm512_castsi512_ps(v[i]));

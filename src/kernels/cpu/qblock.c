@@ -149,18 +149,14 @@ float lm_qblock_dot_act8(const lm_mat *W, int r, const int8_t *q, const float *d
     return acc;
 }
 
-void lm_qblock_lanes(const int8_t *q, size_t q_stride, const float *dx, const float *xsum, int ng_stride, int n,
-                     int cols, int32_t *qs, float *dxl, float *xsl, size_t lane_stride) {
-    const int lanes = cols / 4;
+void lm_qblock_qsum16(const int8_t *q, size_t q_stride, int n, int cols, int32_t *out, size_t out_stride) {
     for (int t = 0; t < n; t++) {
         const int8_t *qt = q + (size_t)t * q_stride;
-        const float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
-        int32_t *qo = qs + (size_t)t * lane_stride;
-        float *d = dxl + (size_t)t * lane_stride, *s = xsl + (size_t)t * lane_stride;
-        for (int l = 0; l < lanes; l++) {
-            qo[l] = qt[4 * l] + qt[4 * l + 1] + qt[4 * l + 2] + qt[4 * l + 3];
-            d[l] = dt[l / 8];
-            s[l] = l % 8 == 0 ? st[l / 8] : 0.0f;
+        int32_t *o = out + (size_t)t * out_stride;
+        for (int h = 0; h < cols / 16; h++) {
+            int32_t s = 0;
+            for (int i = 0; i < 16; i++) s += qt[16 * h + i];
+            o[h] = s;
         }
     }
 }

@@ -13,9 +13,8 @@
  * scalar reference (this order) and the SIMD tables (per-lane sums, a fixed tree).
  * Q2_K (mins per 16 values) keeps f32 activations.
  *
- * The SIMD tables read per-lane tables of each token too (lm_act8.lanes): for lane
- * L (values 4L..4L+3), the sum of its 4 q, the dx of its group, and the group's
- * xsum at the group's first lane (0 in the other lanes). */
+ * The SIMD tables also read, per token, the sum of each 16 consecutive q
+ * (lm_act8.qsum16): the off * sum q term of every half above. */
 #ifndef LAZYMOE_QBLOCK_H
 #define LAZYMOE_QBLOCK_H
 
@@ -41,14 +40,15 @@ void lm_qblock_group(lm_dtype t, const uint8_t *row, int g, lm_qgroup *out);
 /* The reference dot product of row r of W with one token's quantized values. */
 float lm_qblock_dot_act8(const lm_mat *W, int r, const int8_t *q, const float *dx, const float *xsum);
 
-/* The lane tables of n tokens (see above), cols a multiple of 32: from q (stride
- * q_stride), dx and xsum (stride ng_stride) into qs (int32), dxl and xsl (f32),
- * each lane_stride entries per token. */
-void lm_qblock_lanes(const int8_t *q, size_t q_stride, const float *dx, const float *xsum, int ng_stride, int n,
-                     int cols, int32_t *qs, float *dxl, float *xsl, size_t lane_stride);
+/* The 16-value sums of n tokens' q (stride q_stride, cols a multiple of 16) into
+ * out (out_stride entries per token). */
+void lm_qblock_qsum16(const int8_t *q, size_t q_stride, int n, int cols, int32_t *out, size_t out_stride);
 
 /* The AVX-512 VNNI rows for block types (qblock_avx512.c); 0 / nothing elsewhere. */
 int lm_qblock_handles_avx512(const lm_mat *W);
 void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
+/* The AVX2 rows (qblock_avx2.c; AVX-VNNI where present): the same results. */
+int lm_qblock_handles_avx2(const lm_mat *W);
+void lm_qblock_rows_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
 
 #endif

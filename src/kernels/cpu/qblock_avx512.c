@@ -1,284 +1,390 @@
 /* Int8 activations with ggml block weights, AVX-512 VNNI (qblock.h).
  *
- * K in lanes: a 64-value step of a row is one vector of unsigned byte codes, lane L
- * holding values 4L..4L+3 (groups of 32 are lanes 0-7 and 8-15). vpdpbusd adds the
- * codes times the token's int8 values to a start of -off * (the lane's 4 q summed),
- * so each lane ends with its exact share of I_h; the lanes are then converted and
- * multiplied by a16 * dx of their group into one f32 accumulator per (row, token),
- * plus b * xsum at the group's first lane, and summed by a fixed tree at the end.
- * Rows are decoded QR at a time for QCHUNK steps into a stack buffer, then every
- * token of the block runs over it, so prefill decodes a row once per 64 tokens.
- * A (row, token) pair takes the same operations in the same order whatever tile or
- * call it is in: results do not depend on batching or threads. */
+ * Rows in lanes, as the affine int8 kernel of matmul_avx512.c: a panel of 16 rows
+ * is decoded CHUNK values at a time into unsigned byte codes (one 64-value step of
+ * a row per vector, straight from the block layout), and the 16 rows' steps are
+ * transposed so that word k of the chunk (values 4k..4k+3) of the 16 rows is one
+ * vector. The scales come as one f32 vector per group (a16, or per 16-value half
+ * where the halves differ: Q6_K, Q3_K) and per group (b), gathered from the 16
+ * rows' blocks. Then every token of the call runs over the decoded chunk: per group,
+ * vpdpbusd adds the codes times 4 activation bytes broadcast from the token to a
+ * start of -off * (the q sum of the group or half, lm_act8.qsum16), so each lane
+ * holds its row's exact I, and the lane's f32 accumulator takes fma(I, a16 * dx)
+ * and then fma(b, xsum), group after group. Decoding and scale work is paid once
+ * per panel and chunk, the per-token work is 8 vpdpbusd and 2-4 f32 operations per
+ * 32 values of 16 rows.
+ * Every (row, token) takes the same operations in the same order whatever the
+ * call's tokens, rows or threads, and one token (decode) runs the same path: a
+ * token alone gives its batched result bit for bit. Against the scalar reference
+ * (qblock.c) only the f32 combination differs (fused multiply-adds, one product
+ * per group where the halves share a16), never the integer parts. */
 #include "kernels/cpu/qblock.h"
 
 #if defined(__x86_64__)
 
 #include "formats/ggml_blocks.h"
+#include "kernels/cpu/avx512_transpose.h"
 
 #include <immintrin.h>
+#include <limits.h>
 #include <string.h>
 
 #define TARGET_QB __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
-#define QR 4      /* rows decoded together */
-#define QCHUNK 32 /* steps (64 values) of each row decoded at once: 2048 values */
-#define QTOK LM_KERNEL_TOKEN_BLOCK
-#define PF_ROWS 8
+#define PANEL 16
+#define CHUNK 1024      /* values of each row decoded at once */
+#define CG (CHUNK / 32) /* groups per chunk */
+#define UNROLL16 _Pragma("GCC unroll 16")
+#define UNROLL8 _Pragma("GCC unroll 8")
 
+/* A decoded chunk of a panel: codes and scales with row i in lane i. */
 typedef struct {
-    __m512i u[QCHUNK];
-    __m512 f[QCHUNK]; /* a16 * of the lane's half */
-    __m512 b[QCHUNK]; /* b at lanes 0 and 8 */
-} qrows;
+    __m512i w[CHUNK / 4];                           /* word k: values 4k..4k+3 */
+    float f[2 * CG][PANEL] __attribute__((aligned(64))); /* a16: f[g], or f[2g + h] per half */
+    float b[CG][PANEL] __attribute__((aligned(64)));     /* b per group */
+} qpanel;
 
-#define UNROLL_R _Pragma("GCC unroll 4")
-#define UNROLL_T _Pragma("GCC unroll 2")
-#define QTP 2 /* tokens per pass over a decoded chunk */
-
-TARGET_QB INLINE float f16c(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-TARGET_QB INLINE __m512 halves8(float a, float b) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
-}
-TARGET_QB INLINE __m512 first_lanes(float a, float b) { return _mm512_maskz_mov_ps(0x0101, halves8(a, b)); }
 TARGET_QB INLINE __m512i join256(__m256i lo, __m256i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
+TARGET_QB INLINE __m256i load256(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
 
-/* Super-block sb of a Q4_K row: its 4 steps. */
-TARGET_QB INLINE void decode_q4k(const uint8_t *bl, __m512i *u, __m512 *f, __m512 *b) {
+/* ---- scales: one gather of a 32-bit word from each of the 16 rows ---- */
+
+TARGET_QB INLINE __m512i gather(const uint8_t *row0, __m512i idx, size_t off) {
+    return _mm512_i32gather_epi32(idx, (const void *)(row0 + off), 1);
+}
+TARGET_QB INLINE __m512 f16_low(__m512i w) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w)); }
+TARGET_QB INLINE __m512 f16_high(__m512i w) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16))); }
+/* byte k of each lane, unsigned or signed, as f32 */
+TARGET_QB INLINE __m512 byte_u(__m512i w, const unsigned k) {
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(w, 8 * k), _mm512_set1_epi32(0xff)));
+}
+TARGET_QB INLINE __m512 byte_s(__m512i w, const unsigned k) {
+    return _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * k), 24));
+}
+TARGET_QB INLINE __m512 negate(__m512 v) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT_MIN))); }
+
+/* Q4_K / Q5_K super-block at byte off of each row: groups gc..gc+7 of the chunk.
+ * a16 = d * sc and b = -(dmin * mn), the reference's products (qblock.c). */
+TARGET_QB INLINE void scales_q45k(const uint8_t *row0, __m512i idx, size_t off, qpanel *p, int gc) {
+    const __m512i w0 = gather(row0, idx, off), w1 = gather(row0, idx, off + 4), w2 = gather(row0, idx, off + 8),
+                  w3 = gather(row0, idx, off + 12);
+    const __m512 d = f16_low(w0), dmin = f16_high(w0);
+    const __m512i m6 = _mm512_set1_epi32(0x3f3f3f3f), m4 = _mm512_set1_epi32(0x0f0f0f0f), m2 = _mm512_set1_epi32(0x03030303);
+    /* the 6-bit scales and mins 0..3 and 4..7, a byte each (lm_q4k_scale_min) */
+    const __m512i sc03 = _mm512_and_si512(w1, m6), mn03 = _mm512_and_si512(w2, m6);
+    const __m512i sc47 = _mm512_or_si512(_mm512_and_si512(w3, m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(w1, 6), m2), 4));
+    const __m512i mn47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w3, 4), m4),
+                                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(w2, 6), m2), 4));
+    UNROLL8
+    for (unsigned k = 0; k < 4; k++) {
+        _mm512_store_ps(p->f[gc + (int)k], _mm512_mul_ps(d, byte_u(sc03, k)));
+        _mm512_store_ps(p->f[gc + 4 + (int)k], _mm512_mul_ps(d, byte_u(sc47, k)));
+        _mm512_store_ps(p->b[gc + (int)k], negate(_mm512_mul_ps(dmin, byte_u(mn03, k))));
+        _mm512_store_ps(p->b[gc + 4 + (int)k], negate(_mm512_mul_ps(dmin, byte_u(mn47, k))));
+    }
+}
+
+/* Q6_K: a16 = d * sc for the 16 halves (the reference's product); d is read from
+ * bytes 206..209 so the gather stays inside the 210-byte block. */
+TARGET_QB INLINE void scales_q6k(const uint8_t *row0, __m512i idx, size_t off, qpanel *p, int gc) {
+    const __m512 d = f16_high(gather(row0, idx, off + 206));
+    UNROLL8
+    for (unsigned k = 0; k < 4; k++) {
+        const __m512i s = gather(row0, idx, off + 192 + 4 * k);
+        UNROLL8
+        for (unsigned j = 0; j < 4; j++) _mm512_store_ps(p->f[2 * gc + (int)(4 * k + j)], _mm512_mul_ps(d, byte_s(s, j)));
+    }
+}
+
+/* IQ4_XS: a16 = d * (ls - 32), ls the 6-bit scale of each of the 8 groups. */
+TARGET_QB INLINE void scales_iq4xs(const uint8_t *row0, __m512i idx, size_t off, qpanel *p, int gc) {
+    const __m512i w0 = gather(row0, idx, off), sl = gather(row0, idx, off + 4);
+    const __m512 d = f16_low(w0);
+    const __m512i sh = _mm512_srli_epi32(w0, 16), m4 = _mm512_set1_epi32(0x0f), m2 = _mm512_set1_epi32(3);
+    UNROLL8
+    for (unsigned j = 0; j < 8; j++) {
+        const __m512i ls = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(sl, 4 * j), m4),
+                                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(sh, 2 * j), m2), 4));
+        _mm512_store_ps(p->f[gc + (int)j], _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(ls, _mm512_set1_epi32(32)))));
+    }
+}
+
+/* ---- codes: step s (values 64s..64s+63) of one row as 64 unsigned bytes ---- */
+
+TARGET_QB INLINE __m512i nibbles(__m256i raw) { /* low nibbles, then high nibbles */
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    uint32_t w[3];
-    memcpy(w, bl + 4, 12);
-    const uint32_t sc03 = w[0] & 0x3f3f3f3fu, mn03 = w[1] & 0x3f3f3f3fu;
-    const uint32_t sc47 = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 6) & 0x03030303u) << 4;
-    const uint32_t mn47 = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 6) & 0x03030303u) << 4;
-    const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi32((int)mn47, (int)mn03, (int)sc47, (int)sc03)));
-    /* [d * sc_0..7, -(dmin * mn_0..7)], the reference's products */
-    const __m512 dm = _mm512_mul_ps(halves8(f16c(bl), f16c(bl + 2)), v);
-    const __m512 neg = _mm512_maskz_sub_ps(0xff00, _mm512_setzero_ps(), dm);
-    const __m512 prod = _mm512_mask_mov_ps(neg, 0x00ff, dm);
-    for (int c = 0; c < 4; c++) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i *)(bl + 16 + 32 * c));
-        u[c] = join256(_mm256_and_si256(raw, m4), _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
-        const __m512i fi = _mm512_inserti64x4(_mm512_set1_epi32(2 * c), _mm256_set1_epi32(2 * c + 1), 1);
-        f[c] = _mm512_permutexvar_ps(fi, prod);
-        b[c] = _mm512_maskz_permutexvar_ps(0x0101, _mm512_add_epi32(fi, _mm512_set1_epi32(8)), prod);
-    }
+    return join256(_mm256_and_si256(raw, m4), _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
 }
 
-TARGET_QB INLINE void decode_q6k(const uint8_t *bl, __m512i *u, __m512 *f, __m512 *b) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
-    const __m512 d = _mm512_set1_ps(f16c(bl + 208));
-    /* d * sc for the 16 halves, the reference's products */
-    const __m512 ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(bl + 192)))));
-    for (int h = 0; h < 2; h++) {
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(bl + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(bl + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(bl + 128 + 32 * h));
-        const __m256i lo0 = _mm256_and_si256(l0, m4), lo1 = _mm256_and_si256(l1, m4);
-        const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), hi1 = _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4);
-        const __m256i q0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
-        const __m256i q1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
-        const __m256i q2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
-        const __m256i q3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
-        /* groups 4h + k: k = 0, 1 low nibbles of ql[0..31], ql[32..63]; k = 2, 3 high */
-        u[2 * h] = join256(_mm256_or_si256(lo0, q0), _mm256_or_si256(lo1, q1));
-        u[2 * h + 1] = join256(_mm256_or_si256(hi0, q2), _mm256_or_si256(hi1, q3));
-        for (int c = 0; c < 2; c++) { /* step 2h + c: halves 8h + 4c .. 8h + 4c + 3, 4 lanes each */
-            const int base = 8 * h + 4 * c;
-            const __m512i idx = _mm512_set_epi32(base + 3, base + 3, base + 3, base + 3, base + 2, base + 2, base + 2,
-                                                 base + 2, base + 1, base + 1, base + 1, base + 1, base, base, base, base);
-            f[2 * h + c] = _mm512_permutexvar_ps(idx, ds);
-            b[2 * h + c] = _mm512_setzero_ps();
+TARGET_QB INLINE __m512i step_q4k(const uint8_t *row, int s) {
+    return nibbles(load256(row + (size_t)(s / 4) * 144 + 16 + 32 * (s % 4)));
+}
+
+TARGET_QB INLINE __m512i step_q5k(const uint8_t *row, int s) {
+    const uint8_t *bl = row + (size_t)(s / 4) * 176;
+    const int c = s % 4; /* groups 2c, 2c + 1 of the super-block: 5th bits are bits 2c, 2c + 1 of qh[l] */
+    const __m512i u = nibbles(load256(bl + 48 + 32 * c));
+    const __m512i qh = _mm512_broadcast_i64x4(load256(bl + 16));
+    const __m512i bit = join256(_mm256_set1_epi8((char)(1 << (2 * c))), _mm256_set1_epi8((char)(1 << (2 * c + 1))));
+    return _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(qh, bit), u, _mm512_set1_epi8(16));
+}
+
+TARGET_QB INLINE __m512i step_q6k(const uint8_t *row, int s) {
+    /* groups 4h + k, k = 2c, 2c + 1: nibble c of ql[64h + l] and ql[64h + 32 + l],
+     * high bits 2k of qh[32h + l] */
+    const uint8_t *bl = row + (size_t)(s / 4) * 210;
+    const int h = (s % 4) / 2, c = s % 2;
+    __m512i ql = _mm512_loadu_si512(bl + 64 * h);
+    if (c) ql = _mm512_srli_epi16(ql, 4);
+    const __m512i qh = _mm512_broadcast_i64x4(load256(bl + 128 + 32 * h));
+    const __m512i cnt = join256(_mm256_set1_epi16((short)(4 * c)), _mm256_set1_epi16((short)(4 * c + 2)));
+    const __m512i hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, cnt), _mm512_set1_epi8(3)), 4);
+    return _mm512_or_si512(_mm512_and_si512(ql, _mm512_set1_epi8(0x0f)), hi);
+}
+
+TARGET_QB INLINE __m512i step_q8_0(const uint8_t *row, int s) {
+    const uint8_t *b0 = row + (size_t)(2 * s) * 34;
+    const __m256i x80 = _mm256_set1_epi8((char)0x80); /* k + 128 */
+    return join256(_mm256_xor_si256(load256(b0 + 2), x80), _mm256_xor_si256(load256(b0 + 36), x80));
+}
+
+TARGET_QB INLINE __m512i step_q4_0(const uint8_t *row, int s) {
+    const uint8_t *b0 = row + (size_t)(2 * s) * 18;
+    const __m256i raw = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(const void *)(b0 + 20)),
+                                         _mm_loadu_si128((const __m128i *)(const void *)(b0 + 2)));
+    /* nibbles(): [lo a, lo b, hi a, hi b] in 128-bit lanes; a block is lo then hi */
+    return _mm512_shuffle_i64x2(nibbles(raw), nibbles(raw), _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+TARGET_QB INLINE __m512i step_iq4xs(const uint8_t *row, int s) {
+    const __m512i levels = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 24, 45, 63, 79, 93, 106, 118, (char)129, (char)141,
+                                                                (char)153, (char)166, (char)181, (char)197, (char)217,
+                                                                (char)241)); /* lm_iq4_levels + 128 */
+    const __m512i u = nibbles(load256(row + (size_t)(s / 4) * 136 + 8 + 32 * (s % 4)));
+    return _mm512_shuffle_epi8(levels, _mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* ---- a panel's chunk ---- */
+
+/* Whether type t keeps one a16 per 16-value half (else one per group). */
+INLINE int halves_of(lm_dtype t) { return t == LM_DT_Q6_K || t == LM_DT_Q3_K; }
+
+/* Values c0..c0+nv-1 (c0 a multiple of CHUNK, nv of 64) of the 16 rows at rowp
+ * (idx: their byte offsets from rowp[0]) into p; the same bytes of the next panel
+ * (pf_off bytes on, 0 = none) are prefetched while decoding. */
+TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PANEL], __m512i idx, size_t rb, int cols,
+                                 int c0, int nv, qpanel *p, size_t pf_off) {
+    const int s0 = c0 / 64, ns = nv / 64, nsteps = cols / 64;
+    /* scales, 256 values at a time (cols and c0 are multiples of 256 for 256-value blocks) */
+    for (int v = 0; v < nv; v += 256) {
+        const int gc = v / 32, first = (c0 + v) / 32; /* group in the chunk and in the row */
+        switch (t) {
+        case LM_DT_Q4_K: scales_q45k(rowp[0], idx, (size_t)(first / 8) * 144, p, gc); break;
+        case LM_DT_Q5_K: scales_q45k(rowp[0], idx, (size_t)(first / 8) * 176, p, gc); break;
+        case LM_DT_Q6_K: scales_q6k(rowp[0], idx, (size_t)(first / 8) * 210, p, gc); break;
+        case LM_DT_IQ4_XS: scales_iq4xs(rowp[0], idx, (size_t)(first / 8) * 136, p, gc); break;
+        case LM_DT_Q8_0:
+        case LM_DT_Q4_0: {
+            const size_t bb = t == LM_DT_Q8_0 ? 34 : 18;
+            const int gn = nv - v < 256 ? (nv - v) / 32 : 8;
+            for (int g = 0; g < gn; g++) _mm512_store_ps(p->f[gc + g], f16_low(gather(rowp[0], idx, (size_t)(first + g) * bb)));
+            break;
         }
-    }
-}
-
-/* Step s (values 64s..64s+63) of a row of type t: the 32-value block types, and the
- * others through the common group form. */
-TARGET_QB INLINE void decode_step(lm_dtype t, const uint8_t *row, int s, __m512i *u, __m512 *f, __m512 *b) {
-    switch (t) {
-    case LM_DT_Q8_0: {
-        const uint8_t *b0 = row + (size_t)(2 * s) * 34, *b1 = b0 + 34;
-        const __m256i x80 = _mm256_set1_epi8((char)0x80);
-        *u = join256(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(b0 + 2)), x80),
-                     _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(b1 + 2)), x80));
-        *f = halves8(f16c(b0), f16c(b1));
-        *b = _mm512_setzero_ps();
-        return;
-    }
-    case LM_DT_Q4_0: {
-        const uint8_t *b0 = row + (size_t)(2 * s) * 18, *b1 = b0 + 18;
-        const __m128i m = _mm_set1_epi8(0x0f);
-        const __m128i x0 = _mm_loadu_si128((const __m128i *)(b0 + 2)), x1 = _mm_loadu_si128((const __m128i *)(b1 + 2));
-        const __m256i v0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x0, 4), m), _mm_and_si128(x0, m));
-        const __m256i v1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x1, 4), m), _mm_and_si128(x1, m));
-        *u = join256(v0, v1);
-        *f = halves8(f16c(b0), f16c(b1));
-        *b = _mm512_setzero_ps();
-        return;
-    }
-    default: {
-        lm_qgroup g0, g1;
-        lm_qblock_group(t, row, 2 * s, &g0);
-        lm_qblock_group(t, row, 2 * s + 1, &g1);
-        uint8_t buf[64];
-        memcpy(buf, g0.u, 32);
-        memcpy(buf + 32, g1.u, 32);
-        *u = _mm512_loadu_si512(buf);
-        *f = _mm512_set_ps(g1.a16[1], g1.a16[1], g1.a16[1], g1.a16[1], g1.a16[0], g1.a16[0], g1.a16[0], g1.a16[0],
-                           g0.a16[1], g0.a16[1], g0.a16[1], g0.a16[1], g0.a16[0], g0.a16[0], g0.a16[0], g0.a16[0]);
-        *b = first_lanes(g0.b, g1.b);
-        return;
-    }
-    }
-}
-
-/* Steps s0..s0+ns-1 (s0 and ns multiples of 4 for the 256-value types, which cols
- * being a multiple of 256 makes so). */
-TARGET_QB INLINE void decode_steps(lm_dtype t, const uint8_t *row, int s0, int ns, qrows *o, const char *pf,
-                                   size_t span) {
-    const size_t per = span / (size_t)ns; /* bytes per step */
-    size_t next_pf = 0;
-    if (t == LM_DT_Q4_K || t == LM_DT_Q6_K) {
-        const size_t bb = t == LM_DT_Q4_K ? 144 : 210;
-        for (int s = 0; s < ns; s += 4) {
-            const uint8_t *bl = row + (size_t)((s0 + s) / 4) * bb;
-            for (; pf && next_pf < (size_t)(s + 4) * per; next_pf += 64) _mm_prefetch(pf + next_pf, _MM_HINT_T0);
-            if (t == LM_DT_Q4_K) decode_q4k(bl, o->u + s, o->f + s, o->b + s);
-            else decode_q6k(bl, o->u + s, o->f + s, o->b + s);
+        default: break; /* the other types: with their codes, below */
         }
-        return;
     }
     for (int s = 0; s < ns; s++) {
-        for (; pf && next_pf < (size_t)(s + 1) * per; next_pf += 64) _mm_prefetch(pf + next_pf, _MM_HINT_T0);
-        decode_step(t, row, s0 + s, &o->u[s], &o->f[s], &o->b[s]);
-    }
-}
-
-/* Fixed summation tree: 16 -> 8 -> 4 -> 2 -> 1. */
-TARGET_QB INLINE float hsum16(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 c = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    c = _mm_add_ps(c, _mm_movehl_ps(c, c));
-    c = _mm_add_ss(c, _mm_movehdup_ps(c));
-    return _mm_cvtss_f32(c);
-}
-
-/* K tokens from token t over a decoded chunk: per (row, token) an accumulator for
- * the integer part and one for the b part, kept in registers across the steps. */
-TARGET_QB INLINE void chunk_k(const qrows *dec, int s0, int ns, const lm_act8 *a, size_t t, const int K, int sh,
-                              int has_b, __m512 acc[QR][QTOK], __m512 accb[QR][QTOK], int tt) {
-    const int8_t *q[QTP];
-    const int32_t *lq[QTP];
-    const float *ld[QTP], *lx[QTP];
-    __m512 ac[QTP][QR], ab[QTP][QR];
-    UNROLL_T
-    for (int k = 0; k < K; k++) {
-        q[k] = a->q + (t + (size_t)k) * a->q_stride + (size_t)s0 * 64;
-        lq[k] = a->lane_qsum + (t + (size_t)k) * a->lane_stride + (size_t)s0 * 16;
-        ld[k] = a->lane_dx + (t + (size_t)k) * a->lane_stride + (size_t)s0 * 16;
-        lx[k] = a->lane_xsum + (t + (size_t)k) * a->lane_stride + (size_t)s0 * 16;
-        UNROLL_R
-        for (int i = 0; i < QR; i++) ac[k][i] = acc[i][tt + k], ab[k][i] = accb[i][tt + k];
-    }
-    for (int s = 0; s < ns; s++) {
-        UNROLL_T
-        for (int k = 0; k < K; k++) {
-            const __m512i x = _mm512_loadu_si512(q[k] + 64 * s);
-            const __m512i nq =
-                sh >= 0 ? _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(lq[k] + 16 * s), (unsigned)sh))
-                        : _mm512_setzero_si512();
-            const __m512 dx = _mm512_loadu_ps(ld[k] + 16 * s);
-            UNROLL_R
-            for (int i = 0; i < QR; i++) {
-                const __m512i in = _mm512_dpbusd_epi32(nq, dec[i].u[s], x);
-                ac[k][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(in), _mm512_mul_ps(dec[i].f[s], dx), ac[k][i]);
-            }
-            if (has_b) {
-                const __m512 xs = _mm512_loadu_ps(lx[k] + 16 * s);
-                UNROLL_R
-                for (int i = 0; i < QR; i++) ab[k][i] = _mm512_fmadd_ps(dec[i].b[s], xs, ab[k][i]);
-            }
-        }
-    }
-    UNROLL_T
-    for (int k = 0; k < K; k++) {
-        UNROLL_R
-        for (int i = 0; i < QR; i++) acc[i][tt + k] = ac[k][i], accb[i][tt + k] = ab[k][i];
-    }
-}
-
-TARGET_QB INLINE void chunk_tokens(const qrows *dec, int s0, int ns, const lm_act8 *a, int t0, int tn, int sh,
-                                   int has_b, __m512 acc[QR][QTOK], __m512 accb[QR][QTOK]) {
-    int tt = 0;
-    for (; tt + QTP <= tn; tt += QTP) chunk_k(dec, s0, ns, a, (size_t)t0 + (size_t)tt, QTP, sh, has_b, acc, accb, tt);
-    for (; tt < tn; tt++) chunk_k(dec, s0, ns, a, (size_t)t0 + (size_t)tt, 1, sh, has_b, acc, accb, tt);
-}
-
-/* The same with the type's constants known, so the compiler drops the unused paths. */
-#define CHUNK_FN(name, SH, HB)                                                                                    \
-    TARGET_QB static void name(const qrows *dec, int s0, int ns, const lm_act8 *a, int t0, int tn,               \
-                               __m512 acc[QR][QTOK], __m512 accb[QR][QTOK]) {                                     \
-        chunk_tokens(dec, s0, ns, a, t0, tn, SH, HB, acc, accb);                                                  \
-    }
-CHUNK_FN(chunk_sym0, -1, 0)
-CHUNK_FN(chunk_b, -1, 1)
-CHUNK_FN(chunk_off2, 2, 0)
-CHUNK_FN(chunk_off3, 3, 0)
-CHUNK_FN(chunk_off4, 4, 0)
-CHUNK_FN(chunk_off5, 5, 0)
-CHUNK_FN(chunk_off7, 7, 0)
-typedef void (*chunk_fn)(const qrows *, int, int, const lm_act8 *, int, int, __m512 (*)[QTOK], __m512 (*)[QTOK]);
-
-TARGET_QB void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
-    const lm_dtype t = W->dtype;
-    const int nsteps = W->cols / 64, sh = lm_qblock_off_shift(t), has_b = lm_qblock_has_b(t);
-    const size_t rb = lm_dtype_row_bytes(t, (uint64_t)W->cols), rows = (size_t)W->rows;
-    chunk_fn fn = has_b ? chunk_b
-                : sh == 2 ? chunk_off2
-                : sh == 3 ? chunk_off3
-                : sh == 4 ? chunk_off4
-                : sh == 5 ? chunk_off5
-                : sh == 7 ? chunk_off7
-                : chunk_sym0;
-    qrows dec[QR];
-    __m512 acc[QR][QTOK], accb[QR][QTOK];
-    for (int t0 = 0; t0 < n; t0 += QTOK) {
-        const int tn = n - t0 < QTOK ? n - t0 : QTOK;
-        for (int r = r0; r < r1; r += QR) {
-            const int nr = r1 - r < QR ? r1 - r : QR;
-            for (int i = 0; i < QR; i++)
-                for (int tt = 0; tt < tn; tt++) acc[i][tt] = accb[i][tt] = _mm512_setzero_ps();
-            for (int s0 = 0; s0 < nsteps; s0 += QCHUNK) {
-                const int ns = nsteps - s0 < QCHUNK ? nsteps - s0 : QCHUNK;
-                const size_t first = (size_t)s0 * rb / (size_t)nsteps, span = (size_t)ns * rb / (size_t)nsteps;
-                /* The same bytes PF_ROWS rows on (two tiles), spread over the decoding:
-                 * the row streams of a decode step outrun the hardware prefetcher. */
-                const int pf = (size_t)r + PF_ROWS + QR <= rows;
-                for (int i = 0; i < QR; i++) {
-                    /* rows past the range repeat the last one; their results are dropped */
-                    const uint8_t *row = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : nr - 1)) * rb;
-                    decode_steps(t, row, s0, ns, &dec[i], pf ? (const char *)row + PF_ROWS * rb + first : NULL, span);
+        __m512i v[PANEL];
+        const size_t pf = ((size_t)s0 + (size_t)s) * rb / (size_t)nsteps; /* the step's first byte, about */
+        UNROLL16
+        for (int i = 0; i < PANEL; i++) {
+            if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+            switch (t) {
+            case LM_DT_Q4_K: v[i] = step_q4k(rowp[i], s0 + s); break;
+            case LM_DT_Q5_K: v[i] = step_q5k(rowp[i], s0 + s); break;
+            case LM_DT_Q6_K: v[i] = step_q6k(rowp[i], s0 + s); break;
+            case LM_DT_Q8_0: v[i] = step_q8_0(rowp[i], s0 + s); break;
+            case LM_DT_Q4_0: v[i] = step_q4_0(rowp[i], s0 + s); break;
+            case LM_DT_IQ4_XS: v[i] = step_iq4xs(rowp[i], s0 + s); break;
+            default: { /* through the common group form, one row at a time */
+                lm_qgroup g[2];
+                uint8_t buf[64];
+                for (int k = 0; k < 2; k++) {
+                    const int gc = 2 * s + k;
+                    lm_qblock_group(t, rowp[i], 2 * (s0 + s) + k, &g[k]);
+                    memcpy(buf + 32 * k, g[k].u, 32);
+                    if (halves_of(t)) p->f[2 * gc][i] = g[k].a16[0], p->f[2 * gc + 1][i] = g[k].a16[1];
+                    else p->f[gc][i] = g[k].a16[0];
+                    p->b[gc][i] = g[k].b;
                 }
-
-                fn(dec, s0, ns, a, t0, tn, acc, accb);
+                v[i] = _mm512_loadu_si512(buf);
+                break;
             }
-            for (int tt = 0; tt < tn; tt++)
-                for (int i = 0; i < nr; i++)
-                    y[(size_t)(t0 + tt) * rows + (size_t)(r + i)] = hsum16(_mm512_add_ps(acc[i][tt], accb[i][tt]));
+            }
+        }
+        lm_transpose16x16(v);
+        UNROLL16
+        for (int i = 0; i < PANEL; i++) _mm512_store_si512(&p->w[16 * s + i], v[i]);
+    }
+}
+
+/* ---- the tokens over a chunk ---- */
+
+TARGET_QB INLINE __m512i bcast32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* T tokens from t0 over groups 0..gn-1 of chunk p (the row's groups g0..), into
+ * y's rows r..r+15 (masked by rm): from zero for the row's first chunk, else from
+ * what the previous chunk stored. */
+TARGET_QB INLINE void chunk_tokens(const qpanel *p, int g0, int gn, const lm_act8 *a, int t0, const int T, float *y,
+                                   size_t rows, int r, __mmask16 rm, int first, const int halves, const int sh,
+                                   const int has_b) {
+    const int8_t *q[8];
+    const float *dx[8], *xs[8];
+    const int32_t *q16[8];
+    __m512 acc[8];
+    UNROLL8
+    for (int t = 0; t < T; t++) {
+        const size_t tt = (size_t)t0 + (size_t)t;
+        q[t] = a->q + tt * a->q_stride + (size_t)g0 * 32;
+        dx[t] = a->dx + tt * (size_t)a->ng_stride + g0;
+        xs[t] = a->xsum + tt * (size_t)a->ng_stride + g0;
+        q16[t] = a->qsum16 + tt * a->qsum16_stride + 2 * (size_t)g0;
+        acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rm, y + tt * rows + (size_t)r);
+    }
+    const int mul = sh >= 0 ? 1 << sh : 0;
+    for (int g = 0; g < gn; g++) {
+        __m512i w[8]; /* the group's codes, kept in registers over the tokens */
+        UNROLL8
+        for (int k = 0; k < 8; k++) w[k] = _mm512_load_si512(&p->w[8 * g + k]);
+        UNROLL8
+        for (int t = 0; t < T; t++) {
+            const int8_t *x = q[t] + 32 * g;
+            const __m512 d = _mm512_set1_ps(dx[t][g]);
+            if (halves) {
+                UNROLL8
+                for (int h = 0; h < 2; h++) {
+                    __m512i ia = _mm512_set1_epi32(-q16[t][2 * g + h] * mul);
+                    UNROLL8
+                    for (int k = 0; k < 4; k++) ia = _mm512_dpbusd_epi32(ia, w[4 * h + k], bcast32(x + 16 * h + 4 * k));
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), _mm512_mul_ps(_mm512_load_ps(p->f[2 * g + h]), d), acc[t]);
+                }
+            } else {
+                /* two chains of 4, added: the same exact sum, half the latency */
+                __m512i ia = _mm512_set1_epi32(-(q16[t][2 * g] + q16[t][2 * g + 1]) * mul), ib = _mm512_setzero_si512();
+                UNROLL8
+                for (int k = 0; k < 4; k++) {
+                    ia = _mm512_dpbusd_epi32(ia, w[k], bcast32(x + 4 * k));
+                    ib = _mm512_dpbusd_epi32(ib, w[4 + k], bcast32(x + 16 + 4 * k));
+                }
+                ia = _mm512_add_epi32(ia, ib);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), _mm512_mul_ps(_mm512_load_ps(p->f[g]), d), acc[t]);
+            }
+            if (has_b) acc[t] = _mm512_fmadd_ps(_mm512_load_ps(p->b[g]), _mm512_set1_ps(xs[t][g]), acc[t]);
+        }
+    }
+    UNROLL8
+    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * rows + (size_t)r, rm, acc[t]);
+}
+
+typedef void (*tokens_fn)(const qpanel *, int, int, const lm_act8 *, int, float *, size_t, int, __mmask16, int);
+/* One function per token count (1, 2, 4, 8) and per form of the type: halves or
+ * not, log2(off) (-1: none), a b term or not. */
+#define TOKENS_T(name, T, HV, SH, HB)                                                                               \
+    TARGET_QB static void name##_##T(const qpanel *p, int g0, int gn, const lm_act8 *a, int t0, float *y, size_t rows, \
+                                     int r, __mmask16 rm, int first) {                                              \
+        chunk_tokens(p, g0, gn, a, t0, T, y, rows, r, rm, first, HV, SH, HB);                                       \
+    }
+#define TOKENS(name, HV, SH, HB)                                                                                    \
+    TOKENS_T(name, 1, HV, SH, HB)                                                                                   \
+    TOKENS_T(name, 2, HV, SH, HB)                                                                                   \
+    TOKENS_T(name, 4, HV, SH, HB)                                                                                   \
+    TOKENS_T(name, 8, HV, SH, HB)                                                                                   \
+    static const tokens_fn name[4] = {name##_1, name##_2, name##_4, name##_8};
+TOKENS(tok_b, 0, -1, 1)     /* Q4_K, Q5_K, Q4_1, Q5_1 */
+TOKENS(tok_off3, 0, 3, 0)   /* Q4_0 */
+TOKENS(tok_off4, 0, 4, 0)   /* Q5_0 */
+TOKENS(tok_off7, 0, 7, 0)   /* Q8_0, IQ4_XS, IQ4_NL */
+TOKENS(tok_h_off5, 1, 5, 0) /* Q6_K */
+TOKENS(tok_h_off2, 1, 2, 0) /* Q3_K */
+
+static const tokens_fn *tokens_for(lm_dtype t) {
+    switch (t) {
+    case LM_DT_Q4_0: return tok_off3;
+    case LM_DT_Q5_0: return tok_off4;
+    case LM_DT_Q8_0: case LM_DT_IQ4_XS: case LM_DT_IQ4_NL: return tok_off7;
+    case LM_DT_Q6_K: return tok_h_off5;
+    case LM_DT_Q3_K: return tok_h_off2;
+    default: return tok_b;
+    }
+}
+
+TARGET_QB INLINE void rows_of(const lm_dtype t, const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    const size_t rb = lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols), rows = (size_t)W->rows;
+    const int cols = W->cols;
+    const tokens_fn *fn = tokens_for(W->dtype);
+    qpanel p;
+    for (int r = r0; r < r1; r += PANEL) {
+        const int nr = r1 - r < PANEL ? r1 - r : PANEL;
+        const __mmask16 rm = nr == PANEL ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        const uint8_t *rowp[PANEL];
+        int32_t off[PANEL];
+        for (int i = 0; i < PANEL; i++) { /* lanes past the rows repeat the first; their results are dropped */
+            rowp[i] = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : 0)) * rb;
+            off[i] = (int32_t)(i < nr ? (size_t)i * rb : 0);
+        }
+        const __m512i idx = _mm512_loadu_si512(off);
+        /* a decode step streams 16 rows at once, which outruns the hardware
+         * prefetcher: the next panel's same bytes are fetched meanwhile */
+        const size_t pf_off = (size_t)r + 2 * PANEL <= rows ? PANEL * rb : 0;
+        for (int c0 = 0; c0 < cols; c0 += CHUNK) {
+            const int nv = cols - c0 < CHUNK ? cols - c0 : CHUNK;
+            fill_chunk(t, rowp, idx, rb, cols, c0, nv, &p, pf_off);
+            for (int t0 = 0; t0 < n;) {
+                const int left = n - t0, k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
+                fn[k](&p, c0 / 32, nv / 32, a, t0, y, rows, r, rm, c0 == 0);
+                t0 += 1 << k;
+            }
         }
     }
 }
 
+#define ROWS_FN(name, T)                                                                                    \
+    TARGET_QB static void name(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {        \
+        rows_of(T, W, r0, r1, a, n, y);                                                                     \
+    }
+ROWS_FN(rows_q4k, LM_DT_Q4_K)
+ROWS_FN(rows_q5k, LM_DT_Q5_K)
+ROWS_FN(rows_q6k, LM_DT_Q6_K)
+ROWS_FN(rows_q8_0, LM_DT_Q8_0)
+ROWS_FN(rows_q4_0, LM_DT_Q4_0)
+ROWS_FN(rows_iq4xs, LM_DT_IQ4_XS)
+
+TARGET_QB static void rows_generic(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    rows_of(W->dtype, W, r0, r1, a, n, y);
+}
+
+void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    switch (W->dtype) {
+    case LM_DT_Q4_K: rows_q4k(W, r0, r1, a, n, y); break;
+    case LM_DT_Q5_K: rows_q5k(W, r0, r1, a, n, y); break;
+    case LM_DT_Q6_K: rows_q6k(W, r0, r1, a, n, y); break;
+    case LM_DT_Q8_0: rows_q8_0(W, r0, r1, a, n, y); break;
+    case LM_DT_Q4_0: rows_q4_0(W, r0, r1, a, n, y); break;
+    case LM_DT_IQ4_XS: rows_iq4xs(W, r0, r1, a, n, y); break;
+    default: rows_generic(W, r0, r1, a, n, y); break;
+    }
+}
+
+/* Whole 64-value steps, and 16 rows' byte offsets within int32 (the gathers). */
 int lm_qblock_handles_avx512(const lm_mat *W) {
-    return (lm_cpu_features() & LM_CPU_AVX512VNNI) && lm_qblock_act8(W->dtype) && W->cols % 64 == 0;
+    return (lm_cpu_features() & LM_CPU_AVX512VNNI) && lm_qblock_act8(W->dtype) && W->cols % 64 == 0 &&
+           lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols) < (uint64_t)INT32_MAX / PANEL;
 }
 
 #else
