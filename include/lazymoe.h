@@ -29,6 +29,7 @@ extern "C" {
 
 typedef struct lazymoe_model lazymoe_model;
 typedef struct lazymoe_session lazymoe_session;
+typedef struct lazymoe_batch lazymoe_batch;
 
 typedef enum {
     LAZYMOE_EVICT_LRU = 0,  /* least recently used */
@@ -75,6 +76,13 @@ typedef struct {
      * program keeps (a server keeping several conversations); 0 = max_context (one
      * full session). Values below max_context count as max_context. */
     int kv_cache_tokens;
+    /* Sessions the program keeps at once (a server's prompt-cache slots): each has its
+     * own forward scratch and linear-attention states, which the plan counts that many
+     * times; 0 = 1. */
+    int sessions;
+    /* Sequences decoded together (lazymoe_batch, a server's --parallel): the plan adds
+     * the batch's scratch for that many rows when above 1; 0 = 1. */
+    int parallel;
     /* Router lookahead (lazy experts only, decode steps of up to 4 tokens): when a layer
      * is done, the next MoE layer's router is applied to its input -- before that
      * layer's attention has run -- and the `lookahead` most likely experts per token
@@ -207,6 +215,30 @@ int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen
  * or of every appended token [n][vocab] (all_positions = 1). */
 int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits,
                          int all_positions, char *err, size_t errlen);
+
+/* ---- Batches: several sessions decoded together ----------------------------------
+ * A batch evaluates one token for each of up to max_seqs sessions in a single
+ * forward pass: each session's attention (or recurrent state) uses its own context,
+ * while the feed-forward and expert matmuls run on all rows together, so a routed
+ * expert is read and applied once per step for every session that routes to it.
+ * Each session's logits are bit-identical to evaluating its token alone.
+ * Generations in different threads that share a batch (lazymoe_gen_params.batch)
+ * meet at each decode step; a batch serializes all use of the model among them:
+ * other calls that touch sessions or the model while such generations run (create,
+ * free, truncate, fit, save, load, eval) must hold lazymoe_batch_lock. */
+int lazymoe_batch_create(lazymoe_batch **out, lazymoe_model *m, int max_seqs, char *err, size_t errlen);
+void lazymoe_batch_free(lazymoe_batch *b);
+/* One token per session: ids[i] is appended to s[i] (n <= max_seqs distinct sessions
+ * of the batch's model); logits: NULL or room for [n][vocab], row i for s[i].
+ * Takes the batch's lock for the call. */
+int lazymoe_batch_eval(lazymoe_batch *b, lazymoe_session *const *s, const int32_t *ids, int n, float *logits,
+                       char *err, size_t errlen);
+/* Exclusive use of the model between batch steps and prompt chunks. */
+void lazymoe_batch_lock(lazymoe_batch *b);
+void lazymoe_batch_unlock(lazymoe_batch *b);
+/* Steps run and tokens they evaluated since the batch was made (tokens / steps is
+ * the average batch size). */
+void lazymoe_batch_counters(lazymoe_batch *b, unsigned long long *steps, unsigned long long *tokens);
 
 /* Token ids the session holds, in order (lazymoe_session_length of them); the
  * pointer is valid until the next call that changes the session. */
@@ -344,6 +376,12 @@ typedef struct {
      * ends generation) reach the text as their strings, e.g. harmony's <|channel|>,
      * for a parser that needs them; default 0 (they are left out). */
     int keep_special;
+    /* Optional: decode together with the other generations sharing this batch (each
+     * running in its own thread on its own session, see lazymoe_batch_create): every
+     * decode step evaluates their next tokens in one forward pass, and prompt chunks
+     * take turns with those steps. The answer is the one generating alone gives.
+     * NULL = alone. */
+    lazymoe_batch *batch;
 } lazymoe_gen_params;
 
 /* Defaults above, sampling from lazymoe_sampling_init(m). */

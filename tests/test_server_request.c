@@ -313,10 +313,12 @@ static void fill(lazymoe_session *s, const int32_t *ids, int n, int reused) {
     CHECK(lazymoe_session_eval(s, ids + reused, n - reused, NULL, 0, err, sizeof err) == 0);
 }
 
+/* A request that must get a session at once (none running beside it). */
 static lazymoe_session *take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused) {
     char err[512];
-    lazymoe_session *s = srv_cache_take(c, ids, n, max_new, reused, err, sizeof err);
-    CHECKF(s != NULL, "%s", err);
+    int wait = -1;
+    lazymoe_session *s = srv_cache_take(c, ids, n, max_new, reused, &wait, err, sizeof err);
+    CHECKF(s != NULL && wait == 0, "%s", err);
     return s;
 }
 
@@ -395,8 +397,28 @@ static void test_prompt_cache_policy(void) {
     CHECK(s8 == s6);
     srv_cache_usage(c, &sessions, &tokens);
     CHECKF(sessions == 1, "%d sessions", sessions);
-    free(d);
     srv_cache_put(c, s8);
+    /* Requests running at once (--parallel): a running one counts for the room it may
+     * grow to and is never evicted; a request that does not fit beside it waits. */
+    char err[512];
+    int wait = 0;
+    lazymoe_session *r1 = srv_cache_take(c, a, 100, 2500, &reused, &wait, err, sizeof err);
+    CHECK(r1 && !wait);
+    lazymoe_session *r2 = srv_cache_take(c, d, 600, 1500, &reused, &wait, err, sizeof err); /* 2600 + 2100 > 4096 */
+    CHECK(!r2 && wait == 1);
+    CHECK_STR_CONTAINS(err, "waiting for room");
+    lazymoe_session *r3 = srv_cache_take(c, d, 600, 100, &reused, &wait, err, sizeof err); /* 2600 + 700 fits */
+    CHECK(r3 && r3 != r1 && !wait);
+    lazymoe_session *r4 = srv_cache_take(c, b, 10, 10, &reused, &wait, err, sizeof err); /* both slots run */
+    CHECK(!r4 && wait == 1);
+    srv_cache_usage(c, &sessions, &tokens);
+    CHECK(sessions == 2);
+    srv_cache_put(c, r3);
+    srv_cache_put(c, r1);
+    r2 = srv_cache_take(c, d, 600, 1500, &reused, &wait, err, sizeof err); /* now it fits */
+    CHECK(r2 && !wait);
+    srv_cache_put(c, r2);
+    free(d);
     cache_case_close(&t);
 }
 
@@ -468,6 +490,24 @@ static void test_prompt_cache_keeps_capacity(void) {
     CHECKF(sessions == 2 && tokens == 3800, "%d sessions, %d tokens", sessions, tokens);
     CHECK(others_capacity(&t.c, t3) + 1280 <= 4850);
     srv_cache_put(&t.c, t3);
+    cache_case_close(&t);
+    /* With a request running (--parallel), a session that grew past its reservation
+     * (1100 tokens in 2048 positions for a 1200-position request) is cut to what it
+     * holds before its next request would wait: 2810 running + 1280 fit 4096. */
+    cache_case_open(&t, 0);
+    char err[512];
+    int wait = -1;
+    lazymoe_session *u1 = take(&t.c, t.a, 1100, 100, &reused);
+    lazymoe_session *u2 = take(&t.c, t.b, 10, 2800, &reused); /* 1200 + 2810 fit beside it */
+    CHECK(u1 && u2 && u1 != u2);
+    fill(u1, t.a, 1100, 0);
+    srv_cache_put(&t.c, u1);
+    CHECK_EQ_INT(lazymoe_session_capacity(u1), 2048);
+    lazymoe_session *u3 = srv_cache_take(&t.c, t.a, 1100, 100, &reused, &wait, err, sizeof err);
+    CHECKF(u3 == u1 && wait == 0, "%s", err);
+    CHECK_EQ_INT(lazymoe_session_capacity(u1), 1280);
+    if (u3) srv_cache_put(&t.c, u3);
+    srv_cache_put(&t.c, u2);
     cache_case_close(&t);
 }
 

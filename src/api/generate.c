@@ -15,6 +15,7 @@
  */
 #include "common/buf.h"
 #include "common/error.h"
+#include "api/batch.h"
 #include "api/constrain.h"
 #include "engine/engine.h"
 #include "api/sampler.h"
@@ -311,7 +312,11 @@ static int prefill(lazymoe_session *s, const int32_t *ids, int n, float *logits,
             return 0;
         }
         int k = n - done < PREFILL_CHUNK ? n - done : PREFILL_CHUNK;
-        if (lazymoe_session_eval(s, ids + done, k, done + k == n ? logits : NULL, 0, e, LM_ERR_LEN) != 0) return -1;
+        /* In a batch, each chunk takes its turn between the members' decode steps. */
+        if (p->batch) lm_batch_turn_begin(p->batch);
+        int rc = lazymoe_session_eval(s, ids + done, k, done + k == n ? logits : NULL, 0, e, LM_ERR_LEN);
+        if (p->batch) lm_batch_turn_end(p->batch);
+        if (rc != 0) return -1;
         done += k;
     }
     return 0;
@@ -361,7 +366,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     float *logits = NULL;
     stop_filter sf = {.stop = params->stop, .n_stop = params->n_stop};
     logprob_step lp = {0};
-    int rc = -1, was_cancelled = 0;
+    int rc = -1, was_cancelled = 0, joined = 0;
     memset(&smp, 0, sizeof smp);
     if (n <= 0) {
         lm_errf(e, "the prompt is empty (no tokens to start from)");
@@ -401,7 +406,10 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     while (keep < have && keep < n && s->tokens[keep] == ids[keep]) keep++;
     if (keep == n) keep = n - 1; /* the last prompt token is evaluated again for its logits */
     keep = lm_session_reusable(s, keep);
-    if (lazymoe_session_truncate(s, keep, e, sizeof e) != 0) goto done;
+    if (params->batch) lm_batch_turn_begin(params->batch); /* truncating may evaluate (linear attention) */
+    int cut = lazymoe_session_truncate(s, keep, e, sizeof e);
+    if (params->batch) lm_batch_turn_end(params->batch);
+    if (cut != 0) goto done;
     lm_session_snapshot_at(s, n - 1);
     st.prompt_tokens = n;
     st.cached_tokens = keep;
@@ -414,7 +422,11 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     int decode_evals = 0, stopped = 0;
     if (was_cancelled) st.finish_reason = LAZYMOE_FINISH_CANCELLED;
 
-    /* 2. Decode. */
+    /* 2. Decode (in a batch: as one of its members, each step shared with theirs). */
+    if (params->batch && !st.finish_reason) {
+        lm_batch_join(params->batch);
+        joined = 1;
+    }
     for (int g = 0; !st.finish_reason; g++) {
         if (params->forced_text && (size_t)g >= n_forced) {
             st.finish_reason = LAZYMOE_FINISH_STOP;
@@ -469,8 +481,14 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             st.finish_reason = LAZYMOE_FINISH_STOP;
             break;
         }
-        if (lazymoe_session_eval(s, &t, 1, logits, 0, e, sizeof e) != 0) goto done;
+        if (joined ? lm_batch_decode(params->batch, s, t, logits, e) != 0
+                   : lazymoe_session_eval(s, &t, 1, logits, 0, e, sizeof e) != 0)
+            goto done;
         decode_evals++;
+    }
+    if (joined) { /* the others' steps no longer wait for this one */
+        lm_batch_leave(params->batch);
+        joined = 0;
     }
     /* Held-back text is emitted unless a stop string or a cancel ended the answer. */
     if (!stopped && st.finish_reason != LAZYMOE_FINISH_CANCELLED) {
@@ -488,6 +506,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     if (st.decode_seconds > 0) st.decode_tok_per_s = decode_evals / st.decode_seconds;
     rc = 0;
 done:
+    if (joined) lm_batch_leave(params->batch);
     lazymoe_model_get_expert_stats(m, -1, &ex1);
     st.peak_rss_bytes = ex1.peak_rss_bytes;
     if (!ex1.resident) {

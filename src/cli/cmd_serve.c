@@ -27,7 +27,11 @@ static const char serve_usage[] =
     "                          from one address, the longest idle connection is closed\n"
     "  --header-timeout S      seconds a connection may take to send a request's headers, also\n"
     "                          between requests (default 15); a body gets 120 s after them\n"
-    "  --cache-slots N         conversations kept in the prompt cache (default 4)\n"
+    "  --parallel N            requests generating at once (default 4): their tokens are decoded\n"
+    "                          together, each step reading every routed expert once for all of\n"
+    "                          them; each answer is the one the request gets alone. A request\n"
+    "                          waits while the running ones hold its KV room (--cache-tokens)\n"
+    "  --cache-slots N         conversations kept in the prompt cache (default 4, at least --parallel)\n"
     "  --cache-tokens N        KV positions those conversations may hold together; the memory\n"
     "                          plan reserves them (default: --ctx, i.e. one full context)\n"
     "  --prompt-cache-dir DIR  where evaluated long prompts are kept across sessions and restarts\n"
@@ -79,6 +83,7 @@ static int serve_arg(void *ctx, const char *s, const char *v) {
         {"--max-input-tokens", .num = &so->max_input_tokens, .lo = 1, .hi = 1 << 30},
         {"--max-connections", .num = &so->max_connections, .lo = 1, .hi = 4096},
         {"--header-timeout", .num = &sa->header_timeout, .lo = 1, .hi = 3600},
+        {"--parallel", .num = &so->parallel, .lo = 1, .hi = 64},
         {"--cache-slots", .num = &so->cache_slots, .lo = 1, .hi = 256},
         {"--cache-tokens", .num = &so->cache_tokens, .lo = 1, .hi = 1 << 30},
         {"--allow-forced-output", .flag = &so->allow_forced_output, .lo = 1},
@@ -109,6 +114,8 @@ int cmd_serve(int argc, char **argv) {
     if (args.header_timeout) so.header_timeout_s = (double)args.header_timeout;
     const char *model = a.model, *name = args.name;
     a.opt.kv_cache_tokens = so.cache_tokens;
+    a.opt.parallel = so.parallel;
+    a.opt.sessions = so.cache_slots > so.parallel ? so.cache_slots : so.parallel; /* the plan counts their scratch */
     char err[512], path[4096];
     lazymoe_model *m = cli_open_model(&a, path, sizeof path);
     if (!m) return 1;

@@ -145,8 +145,12 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
         }
     const uint64_t overhead = 64ull << 20; /* code, allocator slack, thread stacks, tokenizer */
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
-    /* KV cache for every session's positions; scratch and linear-attention states of one */
+    /* KV cache for every session's positions; scratch and linear-attention states of
+     * each session kept, and a batch's scratch for the sequences decoded together */
     uint64_t fixed = m->w.bytes_resident + lm_session_plan_bytes(m, kv_tokens) + act8_bytes(c, o->act_bits) + overhead;
+    if (o->sessions > 1)
+        fixed += (uint64_t)(o->sessions - 1) * (lm_scratch_bytes(c, LM_CHUNK_TOKENS) + lm_linear_bytes(c, LM_CHUNK_TOKENS));
+    if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
     uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
     char b1[32], b2[32], b3[32];
@@ -420,6 +424,21 @@ int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *e) {
     return 0;
 }
 
+int lm_batch_session_create(lazymoe_session **out, lazymoe_model *m, int max_seqs, char *e) {
+    *out = NULL;
+    if (max_seqs < 1 || max_seqs > LM_CHUNK_TOKENS)
+        return lm_errf(e, "a batch holds 1..%d sequences, not %d", LM_CHUNK_TOKENS, max_seqs);
+    lazymoe_session *s = calloc(1, sizeof *s);
+    if (!s) return lm_errf(e, "out of memory");
+    s->m = m; /* no KV caches: lm_kv_cache_free and lm_session_bytes see cap_ctx 0 */
+    if (lm_scratch_alloc(&s->s, m->be, &m->w.cfg, max_seqs, e) != 0) {
+        free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
 void lm_session_free(lazymoe_session *s) {
     if (!s) return;
     lm_kv_cache_free(s);
@@ -497,4 +516,22 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
                                (size_t)before + (all_positions ? i / V : (size_t)n - 1));
     }
     return rc;
+}
+
+int lm_session_eval_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int32_t *ids, int n, float *logits,
+                          char *e) {
+    if (n < 1) return lm_errf(e, "no sequences to evaluate");
+    for (int i = 0; i < n; i++) {
+        lazymoe_session *s = seqs[i];
+        if (ensure_capacity(s, s->n_past + 1, e) != 0) return -1;
+        if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) return -1;
+    }
+    if (lm_forward_batch(b, seqs, ids, n, logits, e) != 0) return -1;
+    for (int i = 0; i < n; i++) seqs[i]->tokens[seqs[i]->n_past - 1] = ids[i];
+    size_t V = (size_t)b->m->w.cfg.vocab_size;
+    for (size_t i = 0; logits && i < (size_t)n * V; i++)
+        if (!isfinite(logits[i]))
+            return lm_errf(e, "the model computed a non-finite logit (%g) at position %d of sequence %zu; the weights "
+                           "or config.json are broken", (double)logits[i], seqs[i / V]->n_past - 1, i / V);
+    return 0;
 }

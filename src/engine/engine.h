@@ -157,6 +157,22 @@ uint64_t lm_session_plan_bytes(const lazymoe_model *m, int ctx);
  * logits of every token (all = 1) or of the last one into out. */
 int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err);
 
+/* A batch step (several sessions, one token each, in one pass): writes the logits of
+ * sequence i into out + i * vocab (out may be NULL). b is a batch session
+ * (lm_batch_session_create): its scratch holds the step's rows; each sequence's
+ * attention and recurrent state use its own caches. Every row is computed exactly
+ * as lm_forward computes that session's token alone (the kernels are invariant to
+ * the rows beside a row). Advances each sequence's n_past on success only. */
+int lm_forward_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int32_t *ids, int n, float *out,
+                     char *err);
+/* A session that holds no context, only a forward scratch for max_seqs rows: the
+ * working memory of batch steps (free with lm_session_free). */
+int lm_batch_session_create(lazymoe_session **out, lazymoe_model *m, int max_seqs, char *err);
+/* lm_session_eval for a batch step: grows each sequence's KV cache, runs
+ * lm_forward_batch, records the tokens, refuses non-finite logits. */
+int lm_session_eval_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int32_t *ids, int n, float *logits,
+                          char *err);
+
 /* Prefix reuse: the largest position <= want the session can go back to without
  * computing anything (want itself for pure-attention models). */
 int lm_session_reusable(const lazymoe_session *s, int want);

@@ -83,8 +83,11 @@ void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
 
 /* ---- attention -------------------------------------------------------------------- */
 
-/* Reads S->h, writes S->proj. */
-static int attention_block(lazymoe_session *s, const lm_attn_block *a, int l, int T, char *err) {
+/* Reads S->h, writes S->proj. seqs == NULL: the T rows are consecutive tokens of s
+ * (positions s->n_past..); else row i is the next token of session seqs[i] (a batch
+ * step, lm_forward_batch), stored and attended in that session's own KV cache. */
+static int attention_block(lazymoe_session *s, const lm_attn_block *a, int l, int T, lazymoe_session *const *seqs,
+                           char *err) {
     lm_backend *be = BE(s);
     const lm_config *c = &s->m->w.cfg;
     const lm_layer *ly = &s->m->w.layers[l];
@@ -116,10 +119,17 @@ static int attention_block(lazymoe_session *s, const lm_attn_block *a, int l, in
     }
     OP(be, be->ops->rope(be, S->q, T, nh, hd, S->pos, a->rope_inv_freq, a->rope_dim / 2, a->rope_scale));
     OP(be, be->ops->rope(be, kdst, T, nkvh, hd, S->pos, a->rope_inv_freq, a->rope_dim / 2, a->rope_scale));
-    OP(be, be->ops->kv_store(be, &s->k_cache[l], s->n_past, kdst, T, nkvh, hd));
-    OP(be, be->ops->kv_store(be, &s->v_cache[l], s->n_past, vdst, T, nkvh, hd));
-    OP(be, be->ops->attention(be, S->att, S->q, &s->k_cache[l], &s->v_cache[l], T, s->n_past, nh, nkvh, hd,
-                              a->scale, a->window, a->sinks));
+    /* Each sequence's rows against its own cache: the same calls a session decoding
+     * alone makes, so a batch step computes each row exactly as a solo step. */
+    for (int i = 0; i < (seqs ? T : 1); i++) {
+        lazymoe_session *q = seqs ? seqs[i] : s;
+        int rows = seqs ? 1 : T;
+        size_t at = seqs ? (size_t)i : 0;
+        OP(be, be->ops->kv_store(be, &q->k_cache[l], q->n_past, kdst + at * (size_t)nkv, rows, nkvh, hd));
+        OP(be, be->ops->kv_store(be, &q->v_cache[l], q->n_past, vdst + at * (size_t)nkv, rows, nkvh, hd));
+        OP(be, be->ops->attention(be, S->att + at * (size_t)nq, S->q + at * (size_t)nq, &q->k_cache[l],
+                                  &q->v_cache[l], rows, q->n_past, nh, nkvh, hd, a->scale, a->window, a->sinks));
+    }
     if (a->output_gate)
         OP(be, be->ops->sigmoid_mul(be, S->att, (size_t)hd, S->qgate + hd, 2 * (size_t)hd, T * nh, hd, 0));
     OP(be, be->ops->matmul(be, S->proj, &ly->o, S->att, T));
@@ -301,7 +311,7 @@ static int replay_routes(lazymoe_session *s, int l, int T, char *err) {
     int K = s->m->w.cfg.top_k;
     for (int t = 0; t < T; t++) {
         const int32_t *ids =
-            rp->ids + ((size_t)((s->n_past + t) % rp->n_tokens) * (size_t)rp->n_layers + (size_t)l) * (size_t)K;
+            rp->ids + ((size_t)(S->pos_host[t] % rp->n_tokens) * (size_t)rp->n_layers + (size_t)l) * (size_t)K;
         for (int k = 0; k < K; k++) {
             S->sel_host[t * K + k] = ids[k] >= 0 ? ids[k] : k;
             S->selw_host[t * K + k] = 1.0f / (float)K;
@@ -385,7 +395,21 @@ static int wants_lookahead(const lazymoe_session *s, int l, int T) {
 
 /* ---- the driver ---------------------------------------------------------------------- */
 
-static int layer(lazymoe_session *s, int l, int T, char *err) {
+/* Linear attention for a batch step: each session's recurrence on its row, in its
+ * own scratch (the solo decode path), the result copied back into the batch's rows. */
+static int linear_batch(lazymoe_session *s, lazymoe_session *const *seqs, int l, int T, char *err) {
+    lm_backend *be = BE(s);
+    size_t H = (size_t)s->m->w.cfg.hidden_size;
+    for (int i = 0; i < T; i++) {
+        lazymoe_session *q = seqs[i];
+        OP(be, be->ops->copy_rows(be, q->s.h, H, s->s.h + (size_t)i * H, H, 1, (int)H));
+        if (lm_linear_block(q, l, 1, err) != 0) return -1;
+        OP(be, be->ops->copy_rows(be, s->s.proj + (size_t)i * H, H, q->s.proj, H, 1, (int)H));
+    }
+    return 0;
+}
+
+static int layer(lazymoe_session *s, int l, int T, lazymoe_session *const *seqs, char *err) {
     lm_backend *be = BE(s);
     const lm_config *c = &s->m->w.cfg;
     const lm_layer *ly = &s->m->w.layers[l];
@@ -396,8 +420,8 @@ static int layer(lazymoe_session *s, int l, int T, char *err) {
     if (l == 0 && wants_lookahead(s, 0, T) && lookahead(s, 0, T, err) != 0) return -1;
     OP(be, be->ops->rmsnorm(be, S->h, S->x, ly->attn_norm, T, c->hidden_size, c->rms_norm_eps));
     if (b.mixer == LM_MIXER_LINEAR) {
-        if (lm_linear_block(s, l, T, err) != 0) return -1;
-    } else if (attention_block(s, &b.attn, l, T, err) != 0) {
+        if ((seqs ? linear_batch(s, seqs, l, T, err) : lm_linear_block(s, l, T, err)) != 0) return -1;
+    } else if (attention_block(s, &b.attn, l, T, seqs, err) != 0) {
         return -1;
     }
     OP(be, be->ops->add(be, S->x, S->proj, TH));
@@ -431,7 +455,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         for (int l = 0; l < c->n_layers; l++)
-            if (layer(s, l, T, err) != 0) return -1;
+            if (layer(s, l, T, NULL, err) != 0) return -1;
         if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
         if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
         s->n_past += T;
@@ -444,6 +468,42 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
             float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
             OP(be, be->ops->matmul(be, dst, &w->lm_head, S->h, rows)); /* host memory: checked above */
         }
+    }
+    return 0;
+}
+
+int lm_forward_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int32_t *ids, int n, float *out,
+                     char *err) {
+    const lm_weights *w = &b->m->w;
+    const lm_config *c = &w->cfg;
+    lm_backend *be = BE(b);
+    lm_scratch *S = &b->s;
+    int H = c->hidden_size, V = c->vocab_size;
+    if (n < 1 || n > S->cap_tokens) return lm_errf(err, "a batch step takes 1..%d sequences, not %d", S->cap_tokens, n);
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= V)
+            return lm_errf(err, "token id %d of sequence %d is outside the vocabulary (0..%d)", ids[i], i, V - 1);
+        if (seqs[i]->m != b->m) return lm_errf(err, "sequence %d belongs to another model", i);
+        for (int j = 0; j < i; j++)
+            if (seqs[j] == seqs[i]) return lm_errf(err, "a session appears twice in one batch step");
+        S->pos_host[i] = seqs[i]->n_past;
+    }
+    if (out && !be->ops->host_memory)
+        return lm_errf(err, "the %s backend cannot write logits into host memory yet", be->ops->name);
+    OP(be, be->ops->upload(be, S->pos, S->pos_host, sizeof(int32_t) * (size_t)n));
+    OP(be, be->ops->upload(be, S->ids, ids, sizeof(int32_t) * (size_t)n));
+    OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, n));
+    if (b->m->cache) lm_cache_begin_step(b->m->cache);
+    for (int l = 0; l < c->n_layers; l++)
+        if (layer(b, l, n, seqs, err) != 0) return -1;
+    for (int i = 0; i < n; i++) {
+        if (seqs[i]->lin) lm_linear_end_chunk(seqs[i]->lin, seqs[i]->n_past, 1);
+        seqs[i]->n_past++;
+    }
+    if (b->m->trace && lm_trace_end_chunk(b->m->trace, n, err) != 0) return -1;
+    if (out) {
+        OP(be, be->ops->rmsnorm(be, S->h, S->x, w->final_norm, n, H, c->rms_norm_eps));
+        OP(be, be->ops->matmul(be, out, &w->lm_head, S->h, n)); /* host memory: checked above */
     }
     return 0;
 }

@@ -55,9 +55,30 @@ static void fit(srv_slot *sl) {
     if (lazymoe_session_fit(sl->s, err, sizeof err) != 0) srv_log("prompt cache: %s", err);
 }
 
-lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, char *err,
-                                size_t errlen) {
+/* KV positions a slot holds or, running, may grow to. */
+static long long slot_tokens(const srv_slot *sl) {
+    long long cap = sl->s ? lazymoe_session_capacity(sl->s) : 0;
+    return sl->busy && sl->reserved > cap ? sl->reserved : cap;
+}
+
+lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, int *wait,
+                                char *err, size_t errlen) {
     int best = -1, best_lcp = 0, free_slot = -1, lru = -1;
+    *wait = 0;
+    /* Room beside the running requests (which cannot be evicted), or wait for one. */
+    long long need = (long long)n + max_new, running = 0;
+    if (need > c->max_context) need = c->max_context;
+    int n_busy = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].busy) {
+            running += slot_tokens(&c->slots[i]);
+            n_busy++;
+        }
+    if (n_busy && (running + need > c->budget_tokens || n_busy == c->n_slots)) {
+        *wait = 1;
+        snprintf(err, errlen, "waiting for room in the KV budget");
+        return NULL;
+    }
     for (int i = 0; i < c->n_slots; i++) {
         srv_slot *sl = &c->slots[i];
         if (sl->busy) continue;
@@ -87,6 +108,19 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         return NULL;
     }
     srv_slot *sl = &c->slots[pick];
+    long long taken_need = need; /* what this request alone needs */
+    /* A kept session may hold more capacity than this request needs; before the
+     * request waits for that, the session is cut to what it holds. */
+    if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
+    if (n_busy && running + need > c->budget_tokens && sl->s && !sl->fitted && need > taken_need) {
+        fit(sl);
+        need = lazymoe_session_capacity(sl->s) > taken_need ? lazymoe_session_capacity(sl->s) : taken_need;
+    }
+    if (n_busy && running + need > c->budget_tokens) {
+        *wait = 1;
+        snprintf(err, errlen, "waiting for room in the KV budget");
+        return NULL;
+    }
     *reused = sl->s ? common_prefix(sl->s, ids, n) : 0;
     sl->uses = *reused > 0 ? sl->uses + 1 : 1; /* a slot taken over starts a new conversation */
     if (*reused >= n) *reused = n - 1; /* the last prompt token is evaluated again for its logits */
@@ -95,10 +129,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
      * that the next turn of a conversation extends it in place; only when the budget
      * would be exceeded are others shrunk to what they hold (in eviction order), then
      * this one if it holds more than the request needs, and only then are whole
-     * sessions freed. */
-    long long need = (long long)n + max_new;
-    if (need > c->max_context) need = c->max_context;
-    long long taken_need = need; /* what this request alone needs */
+     * sessions freed. Running ones (busy) are neither shrunk nor freed. */
     for (;;) {
         if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
         long long others = 0;
@@ -106,7 +137,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         for (int i = 0; i < c->n_slots; i++) {
             const srv_slot *o = &c->slots[i];
             if (i == pick || !o->s) continue;
-            others += lazymoe_session_capacity(o->s);
+            others += slot_tokens(o);
             if (o->busy) continue;
             if (victim < 0 || evict_before(c, o, &c->slots[victim])) victim = i;
             if (!o->fitted && (shrink < 0 || evict_before(c, o, &c->slots[shrink]))) shrink = i;
@@ -129,6 +160,7 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
     if (!sl->s && lazymoe_session_create(&sl->s, c->m, err, errlen) != 0) return NULL;
     sl->busy = 1;
     sl->fitted = 0; /* it grows as this request needs */
+    sl->reserved = (int)need;
     return sl->s;
 }
 

@@ -17,8 +17,13 @@
  * used goes first. So an agent's short side request (a title, a summary) never
  * evicts the long conversation it belongs to while that one fits beside it.
  *
- * Used by the generation worker only (one thread): no locking inside; /health sees
- * a copy of srv_cache_usage the worker publishes after each request.
+ * Several requests run at once (--parallel): a running request's session is busy
+ * and counts for what it may grow to (its prompt + max_tokens, at most the context),
+ * so the budget holds whatever they generate; a request that does not fit beside the
+ * running ones waits (srv_cache_take says so) until one of them finishes.
+ *
+ * No locking inside: the workers call it holding the engine's lock (the batch's);
+ * /health sees a copy of srv_cache_usage a worker publishes after each request.
  */
 #ifndef LAZYMOE_SERVER_CACHE_H
 #define LAZYMOE_SERVER_CACHE_H
@@ -32,6 +37,7 @@ typedef struct {
     uint64_t last_used;
     int uses;           /* requests it served since it was made */
     int busy;
+    int reserved;       /* busy: KV positions it may grow to */
     int fitted;         /* its KV memory was cut to what it holds since it last grew */
 } srv_slot;
 
@@ -48,9 +54,11 @@ int srv_cache_init(srv_prompt_cache *c, lazymoe_model *m, int n_slots, int budge
 void srv_cache_free(srv_prompt_cache *c);
 /* A session for prompt ids[n] that will generate up to max_new tokens; *reused =
  * prompt tokens it already holds (what generation will not evaluate again). NULL
- * with err when no session can be made. Give it back with srv_cache_put. */
-lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, char *err,
-                                size_t errlen);
+ * with *wait = 1 when it does not fit beside the running requests (retry after one
+ * finished), or with *wait = 0 and err when no session can be made. Give it back
+ * with srv_cache_put. */
+lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, int *wait,
+                                char *err, size_t errlen);
 void srv_cache_put(srv_prompt_cache *c, lazymoe_session *s);
 /* Sessions kept and the tokens they hold. */
 void srv_cache_usage(const srv_prompt_cache *c, int *sessions, int *tokens);

@@ -228,14 +228,19 @@ static enum MHD_Result get_models(srv_server *s, srv_conn *c, struct MHD_Connect
 
 static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connection *mc) {
     pthread_mutex_lock(&s->qmu);
-    int queued = s->queued, generating = s->running != NULL;
+    int queued = s->queued, running = s->n_running;
     int sessions = s->cache_sessions, tokens = s->cache_tokens; /* as of the last request */
-    unsigned long long served = s->served;
+    unsigned long long served = s->served, steps = 0, stepped = 0;
+    if (s->batch) lazymoe_batch_counters(s->batch, &steps, &stepped);
     pthread_mutex_unlock(&s->qmu);
+    /* decode_steps / decoded_tokens: batch steps run and the tokens they carried
+     * (their ratio is the average number of requests decoded together) */
     return send_json(c, mc, 200,
-                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:I, s:i, s:i}", "status", "ok", "model", s->opt.model_name,
-                               "context_length", s->max_context, "queued", queued, "generating", generating, "served",
-                               (json_int_t)served, "cached_conversations", sessions, "cached_tokens", tokens));
+                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I}", "status", "ok", "model",
+                               s->opt.model_name, "context_length", s->max_context, "queued", queued, "generating",
+                               running > 0, "running", running, "parallel", s->n_workers, "served", (json_int_t)served,
+                               "cached_conversations", sessions, "cached_tokens", tokens, "decode_steps",
+                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped));
 }
 
 static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) {
@@ -553,6 +558,10 @@ void srv_options_init(srv_options *o) {
     o->model_name = "lazymoe";
     o->max_tokens = 0; /* no cap of the server's own: the client's, up to the context */
     o->max_body = 32u << 20;
+    /* An agent's main request, its side requests (titles, summaries) and a couple of
+     * sub-agents run at once; more rows per step cost little on a CPU (the step reads
+     * the same weights), but each running request reserves its KV room. */
+    o->parallel = 4;
     o->cache_slots = 4;
     o->max_connections = 64;
     o->header_timeout_s = 15;
@@ -613,11 +622,14 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     pthread_cond_init(&s->qcv, NULL);
     pthread_cond_init(&s->drained, NULL);
     pthread_cond_init(&s->prepare_cv, NULL);
+    pthread_cond_init(&s->room_cv, NULL);
+    if (s->opt.parallel < 1) s->opt.parallel = 1;
+    if (s->opt.cache_slots < s->opt.parallel) s->opt.cache_slots = s->opt.parallel; /* a session per running request */
     /* one client address may hold most, not all, of the connections */
     srv_conns_init(&s->conns, o->max_connections, o->max_connections > 4 ? o->max_connections * 3 / 4 : o->max_connections,
                    o->header_timeout_s > 0 ? o->header_timeout_s : 15, o->body_timeout_s > 0 ? o->body_timeout_s : 120);
     if (check_model_text(m, err, errlen) != 0) goto done;
-    if (srv_cache_init(&s->cache, m, o->cache_slots, o->cache_tokens, err, errlen) != 0) goto done;
+    if (srv_cache_init(&s->cache, m, s->opt.cache_slots, o->cache_tokens, err, errlen) != 0) goto done;
     char pc_dir[4096];
     const char *pcd = o->prompt_cache_dir;
     if (!pcd && o->prompt_cache_size && default_prompt_cache_dir(pc_dir, sizeof pc_dir) == 0) pcd = pc_dir;
@@ -650,8 +662,9 @@ int srv_run(lazymoe_model *m, const srv_options *o, const volatile sig_atomic_t 
     char why[96] = "";
     if (s->model_max_context > s->max_context)
         snprintf(why, sizeof why, "; the model allows %d, the memory plan or --ctx less", s->model_max_context);
-    srv_log("lazymoe: listening on http://%s%s%s:%d (model %s, context %d tokens%s)", ai->ai_family == AF_INET6 ? "[" : "",
-            o->host, ai->ai_family == AF_INET6 ? "]" : "", bound, o->model_name, s->max_context, why);
+    srv_log("lazymoe: listening on http://%s%s%s:%d (model %s, context %d tokens%s, %d requests at once)",
+            ai->ai_family == AF_INET6 ? "[" : "", o->host, ai->ai_family == AF_INET6 ? "]" : "", bound, o->model_name,
+            s->max_context, why, s->n_workers);
     while (!*stop) {
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);
@@ -675,6 +688,7 @@ done:
     pthread_cond_destroy(&s->qcv);
     pthread_cond_destroy(&s->drained);
     pthread_cond_destroy(&s->prepare_cv);
+    pthread_cond_destroy(&s->room_cv);
     free(s);
     return rc;
 }

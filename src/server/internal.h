@@ -63,12 +63,18 @@ typedef struct srv_server {
     pthread_cond_t drained; /* signalled when open_requests drops to 0 */
     srv_job *head, *tail;
     int queued;
-    srv_job *running;
+    srv_job **running;    /* [opt.parallel] jobs the workers hold (NULL: none) */
+    int n_running;
+    int waiting_room;     /* workers waiting for KV room: the others take no new job meanwhile */
+    pthread_cond_t room_cv; /* signalled when a job finishes (its KV reservation is free) */
     int stopping;
-    pthread_t worker;
-    int worker_started;
-    srv_prompt_cache cache; /* the worker's alone */
-    srv_disk_cache disk;    /* the worker's alone */
+    pthread_t *workers;   /* [opt.parallel] */
+    int n_workers;
+    /* Decodes the running requests together (NULL with --parallel 1); its lock
+     * serializes every use of the model by the workers (lazymoe_batch_lock). */
+    lazymoe_batch *batch;
+    srv_prompt_cache cache; /* the workers', under the engine lock */
+    srv_disk_cache disk;    /* the workers', under the engine lock */
     int cache_sessions, cache_tokens; /* its size as of the last request, for /health */
     unsigned long long served;
     double started_at;
@@ -88,8 +94,10 @@ void srv_job_release(srv_job *j);
 /* Adds the job to the queue (the queue takes a reference); -1 when the server is
  * shutting down. */
 int srv_job_enqueue(srv_server *s, srv_job *j);
+/* Starts opt.parallel workers (each runs one job at a time; their decode steps meet
+ * in s->batch). */
 int srv_worker_start(srv_server *s, char *err, size_t errlen);
-/* Cancels everything, drains the queue and joins the worker. */
+/* Cancels everything, drains the queue and joins the workers. */
 void srv_worker_stop(srv_server *s);
 
 /* log.c */

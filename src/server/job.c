@@ -1,10 +1,14 @@
-/* Generation jobs: the FIFO queue and the single worker thread that runs them.
+/* Generation jobs: the FIFO queue and the worker threads that run them.
  *
- * The worker takes the oldest job, picks a session from the prompt cache, and
- * generates; each piece of text goes through the tool-call parser, whose events
- * become the API's wire format in job->out, where the job's connection thread
- * picks them up. A job cancelled while queued is never started; one cancelled
- * while running stops between tokens. */
+ * Each of the `parallel` workers takes the oldest job, picks a session from the
+ * prompt cache (waiting, without letting later jobs pass, while the job's KV room
+ * is not free beside the running ones), and generates as a member of the server's
+ * batch, so that the running jobs' decode steps share one forward pass; each piece
+ * of text goes through the tool-call parser, whose events become the API's wire
+ * format in job->out, where the job's connection thread picks them up. A job
+ * cancelled while queued is never started; one cancelled while running stops
+ * between tokens and leaves the batch. Every use of the model (the cache's
+ * sessions, the disk cache, prompt chunks, decode steps) holds the batch's lock. */
 #include "server/internal.h"
 
 #include "common/error.h"
@@ -224,22 +228,59 @@ static void finish_with_error(srv_job *j, int status, const char *msg) {
     pthread_mutex_unlock(&j->mu);
 }
 
+/* The engine lock: the model is used by one worker at a time outside batch steps. */
+static void engine_lock(srv_server *s) {
+    if (s->batch) lazymoe_batch_lock(s->batch);
+}
+static void engine_unlock(srv_server *s) {
+    if (s->batch) lazymoe_batch_unlock(s->batch);
+}
+
+static int cancelled_before_start(srv_job *j, double t_start) {
+    if (!j->cancel) return 0;
+    finish_with_error(j, j->cancel_reason == CANCEL_SHUTDOWN ? 503 : 499, "cancelled before it started");
+    log_job(j, t_start, j->cancel_reason == CANCEL_SHUTDOWN ? "server shutting down" : "client disconnected while queued");
+    return 1;
+}
+
+/* A session for the job, waiting while its KV room is taken by running jobs (other
+ * workers take no new job meanwhile, so it is next). NULL when it failed or was
+ * cancelled (the job is finished then). */
+static lazymoe_session *take_session(srv_server *s, srv_job *j, double t_start, int *reused) {
+    char err[512];
+    for (;;) {
+        if (cancelled_before_start(j, t_start)) return NULL;
+        int wait = 0;
+        engine_lock(s);
+        lazymoe_session *sess = srv_cache_take(&s->cache, j->ids, j->n_ids, j->max_tokens, reused, &wait, err, sizeof err);
+        if (sess) *reused = srv_disk_restore(&s->disk, sess, j->ids, j->n_ids, *reused); /* a stored prompt may go further */
+        engine_unlock(s);
+        if (sess) return sess;
+        if (!wait) {
+            finish_with_error(j, 500, err);
+            log_job(j, t_start, err);
+            return NULL;
+        }
+        pthread_mutex_lock(&s->qmu);
+        s->waiting_room++;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L; /* also to see a cancel */
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->room_cv, &s->qmu, &ts);
+        s->waiting_room--;
+        pthread_cond_broadcast(&s->qcv); /* the other workers may take jobs again */
+        pthread_mutex_unlock(&s->qmu);
+    }
+}
+
 static void run_job(srv_server *s, srv_job *j) {
     char err[512];
     double t_start = lm_now();
-    if (j->cancel) { /* the client left while the job waited */
-        finish_with_error(j, j->cancel_reason == CANCEL_SHUTDOWN ? 503 : 499, "cancelled before it started");
-        log_job(j, t_start, j->cancel_reason == CANCEL_SHUTDOWN ? "server shutting down" : "client disconnected while queued");
-        return;
-    }
     int reused = 0;
-    lazymoe_session *sess = srv_cache_take(&s->cache, j->ids, j->n_ids, j->max_tokens, &reused, err, sizeof err);
-    if (!sess) {
-        finish_with_error(j, 500, err);
-        log_job(j, t_start, err);
-        return;
-    }
-    reused = srv_disk_restore(&s->disk, sess, j->ids, j->n_ids, reused); /* a stored prompt may go further */
+    lazymoe_session *sess = take_session(s, j, t_start, &reused);
+    if (!sess) return;
+    t_start = lm_now(); /* the wait for room counts as queued */
     const char *model = j->chat.model ? j->chat.model : s->opt.model_name;
     pthread_mutex_lock(&j->mu);
     j->state = JOB_RUNNING;
@@ -259,7 +300,9 @@ static void run_job(srv_server *s, srv_job *j) {
         (harmony ? lm_harmony_parser_create(&g.harmony, on_gen_event, &g, g.err)
                  : lm_toolcall_parser_create(&g.parser, tools_json, j->in_think, on_gen_event, &g, g.err)) != 0) {
         free(tools_json);
+        engine_lock(s);
         srv_cache_put(&s->cache, sess);
+        engine_unlock(s);
         finish_with_error(j, 500, g.err[0] ? g.err : "out of memory");
         log_job(j, t_start, g.err[0] ? g.err : "out of memory");
         return;
@@ -283,10 +326,13 @@ static void run_job(srv_server *s, srv_job *j) {
         p.token_ctx = &g;
         p.n_top_logprobs = j->chat.top_logprobs;
     }
+    p.batch = s->batch;
     int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
+    engine_lock(s);
     if (rc == 0 && !j->cancel)
         srv_disk_store(&s->disk, sess, j->n_ids, j->stats.prompt_tokens - j->stats.cached_tokens);
     srv_cache_put(&s->cache, sess);
+    engine_unlock(s);
     if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */
         rc = -1;
         snprintf(err, sizeof err, "%s", g.err);
@@ -341,7 +387,7 @@ static void *worker_main(void *arg) {
     srv_server *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->qmu);
-        while (!s->head && !s->stopping) pthread_cond_wait(&s->qcv, &s->qmu);
+        while ((!s->head || s->waiting_room) && !s->stopping) pthread_cond_wait(&s->qcv, &s->qmu);
         srv_job *j = s->head;
         if (!j) { /* stopping and drained */
             pthread_mutex_unlock(&s->qmu);
@@ -350,16 +396,23 @@ static void *worker_main(void *arg) {
         s->head = j->next;
         if (!s->head) s->tail = NULL;
         s->queued--;
-        s->running = j;
+        int slot = 0;
+        while (s->running[slot]) slot++; /* a free one: at most n_workers jobs run */
+        s->running[slot] = j;
+        s->n_running++;
         pthread_mutex_unlock(&s->qmu);
         run_job(s, j);
         int sessions, tokens;
+        engine_lock(s);
         srv_cache_usage(&s->cache, &sessions, &tokens);
+        engine_unlock(s);
         pthread_mutex_lock(&s->qmu);
-        s->running = NULL;
+        s->running[slot] = NULL;
+        s->n_running--;
         s->served++;
         s->cache_sessions = sessions;
         s->cache_tokens = tokens;
+        pthread_cond_broadcast(&s->room_cv);
         pthread_mutex_unlock(&s->qmu);
         srv_job_release(j);
     }
@@ -367,11 +420,21 @@ static void *worker_main(void *arg) {
 }
 
 int srv_worker_start(srv_server *s, char *err, size_t errlen) {
-    if (pthread_create(&s->worker, NULL, worker_main, s) != 0) {
-        snprintf(err, errlen, "cannot start the generation thread");
+    int n = s->opt.parallel > 0 ? s->opt.parallel : 1;
+    s->workers = calloc((size_t)n, sizeof *s->workers);
+    s->running = calloc((size_t)n, sizeof *s->running);
+    if (!s->workers || !s->running) {
+        snprintf(err, errlen, "out of memory");
         return -1;
     }
-    s->worker_started = 1;
+    if (n > 1 && lazymoe_batch_create(&s->batch, s->m, n, err, errlen) != 0) return -1;
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&s->workers[i], NULL, worker_main, s) != 0) {
+            snprintf(err, errlen, "cannot start the generation threads");
+            return -1; /* srv_worker_stop joins those started */
+        }
+        s->n_workers++;
+    }
     return 0;
 }
 
@@ -383,14 +446,21 @@ static void cancel_for_shutdown(srv_job *j) {
 }
 
 void srv_worker_stop(srv_server *s) {
-    if (!s->worker_started) return;
     pthread_mutex_lock(&s->qmu);
     s->stopping = 1;
     for (srv_job *j = s->head; j; j = j->next) cancel_for_shutdown(j);
-    if (s->running) cancel_for_shutdown(s->running);
+    for (int i = 0; s->running && i < s->n_workers; i++)
+        if (s->running[i]) cancel_for_shutdown(s->running[i]);
     pthread_cond_broadcast(&s->qcv);
+    pthread_cond_broadcast(&s->room_cv);
     pthread_cond_broadcast(&s->prepare_cv); /* requests waiting to be prepared give up */
     pthread_mutex_unlock(&s->qmu);
-    pthread_join(s->worker, NULL);
-    s->worker_started = 0;
+    for (int i = 0; i < s->n_workers; i++) pthread_join(s->workers[i], NULL);
+    s->n_workers = 0;
+    lazymoe_batch_free(s->batch);
+    s->batch = NULL;
+    free(s->workers);
+    free(s->running);
+    s->workers = NULL;
+    s->running = NULL;
 }

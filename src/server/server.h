@@ -5,9 +5,13 @@
  * validate requests, render and tokenize prompts (the model's text functions are
  * thread-safe) and answer what needs no generation (/health, /v1/models,
  * count_tokens, every error). Generation requests become jobs in a FIFO served
- * one at a time by a single worker thread, which owns the sessions (the prompt
- * cache). The connection thread then relays what the worker produces and watches
- * its socket: a client that goes away cancels its own job, queued or running.
+ * by `parallel` worker threads, one job each; the workers share the sessions (the
+ * prompt cache) under the engine lock, and their decode steps meet in one batch
+ * (lazymoe_batch): each step evaluates every running request's next token in one
+ * forward pass, and a new request's prompt is evaluated in chunks between those
+ * steps. Each answer is the one the request gets alone. The connection thread then
+ * relays what its worker produces and watches its socket: a client that goes away
+ * cancels its own job, queued or running (its worker and KV room are freed).
  */
 #ifndef LAZYMOE_SERVER_H
 #define LAZYMOE_SERVER_H
@@ -26,7 +30,8 @@ typedef struct {
                                 limit, or the rest of the context) */
     int max_input_tokens;    /* prompts longer are refused; 0 = the context size */
     size_t max_body;         /* request bodies larger are refused with 413 */
-    int cache_slots;         /* conversations kept in the prompt cache */
+    int parallel;            /* requests generating at once, decoded together (default 4) */
+    int cache_slots;         /* conversations kept in the prompt cache (at least parallel) */
     int cache_tokens;        /* KV positions the kept conversations may hold together */
     int allow_forced_output; /* tests only: accept "lazymoe_forced_output" */
     int max_connections;     /* open at once; idle ones are shed first (conns.h) */
