@@ -140,7 +140,7 @@ int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long lon
 
 /* The families (one file each). */
 extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next;
-extern const lm_family lm_family_gpt_oss, lm_family_qwen3_5_moe;
+extern const lm_family lm_family_gpt_oss, lm_family_qwen3_5_moe, lm_family_minimax_m2, lm_family_glm4_moe;
 
 /* qwen3_next's parse_config (Gated DeltaNet shapes, layer_types, gated shared expert),
  * which qwen3_5_moe shares. */
