@@ -13,6 +13,7 @@
 #include "common/buf.h"
 #include "common/dir_replace.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/str.h"
 #include "formats/dtype.h"
@@ -140,11 +141,7 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-static uint64_t hash_str(const char *s) {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-    return h;
-}
+static uint64_t hash_str(const char *s) { return lm_fnv1a(LM_FNV1A_INIT, s, strlen(s)); }
 
 /* xoshiro256+ (Blackman & Vigna): fast, good enough for weights. */
 typedef struct {
