@@ -4,30 +4,15 @@
  * then the sampling is derived. Malformed and hostile JSON must give an error, never
  * a crash, a leak or undefined behaviour. Run from the repository root (the model is
  * tests/fixtures/server; without it only the parsers are fuzzed). */
-#include "lazymoe.h"
-#include "server/request.h"
-
-#include <stdio.h>
-#include <stdlib.h>
+#include "server_fixture.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-static lazymoe_model *model;
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    lazymoe_options o;
-    lazymoe_options_init(&o);
-    o.max_context = 4096;
-    o.no_warm_start = 1;
-    o.n_threads = 1;
-    char err[512];
-    if (lazymoe_model_open(&model, "tests/fixtures/server", &o, err, sizeof err) != 0) {
-        fprintf(stderr, "fuzz_server_request: %s: fuzzing the parsers only\n", err);
-        model = NULL;
-    }
+    open_server_fixture("fuzz_server_request");
     return 0;
 }
 
@@ -39,20 +24,7 @@ static void one(srv_api api, const char *body, size_t size) {
         if (e.status < 400 || e.status > 599 || !e.message[0]) abort(); /* every failure says why */
         return;
     }
-    if (model) {
-        char *prompt = NULL;
-        int32_t *ids = NULL;
-        int n = 0;
-        if (srv_build_prompt(model, &c, 1 << 16, &prompt, NULL, &ids, &n, &e) == 0) {
-            lazymoe_sampling s;
-            srv_chat_sampling(&c, model, &s);
-            free(prompt);
-            free(ids);
-        } else if (e.status != 400 && e.status != 500) {
-            abort();
-        }
-    }
-    srv_chat_free(&c);
+    build_and_free(&c);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

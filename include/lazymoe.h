@@ -102,7 +102,7 @@ typedef struct {
      * scale per position and KV head); 0 = default. */
     int kv_bits;
     /* Activation precision in matmuls with quantized weights (MLX affine, GGUF
-     * blocks): 8 (each token's input quantized to int8 per group of values and
+     * blocks, MXFP4): 8 (each token's input quantized to int8 per group of values and
      * multiplied with integer dot-product instructions, as llama.cpp does: fast, with
      * the error tests/test_golden.c states) or 32 (f32 activations, the reference
      * numerics). Float weights always take f32. Lazy and resident runs stay

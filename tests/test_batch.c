@@ -137,6 +137,9 @@ static void mixtral_window(void) { batch_equals_alone(GOLDEN "mixtral_window_f32
 static void olmoe_clip(void) { batch_equals_alone(GOLDEN "olmoe_clip_bf16", 2, 0); }
 static void gpt_oss_sinks(void) { batch_equals_alone(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/mxfp4", -1, 0); }
 
+static void glm4_moe_sigmoid(void) { batch_equals_alone(GOLDEN "glm4_moe_qknorm_f32", 3, 0); }
+static void minimax_m2_mqa(void) { batch_equals_alone(GOLDEN "minimax_m2_mqa_f32", -1, 0); }
+
 static void bad_steps_refused(void) {
     char err[LM_ERR_LEN] = "";
     lazymoe_model *m = open_model(GOLDEN "qwen3_moe_f32", -1, 0, err);
@@ -258,6 +261,8 @@ int main(void) {
     TEST_CASE("batch_mixtral_window_equals_alone", mixtral_window);
     TEST_CASE("batch_olmoe_clip_lazy_equals_alone", olmoe_clip);
     TEST_CASE("batch_gpt_oss_sinks_equals_alone", gpt_oss_sinks);
+    TEST_CASE("batch_glm4_moe_sigmoid_router_lazy_equals_alone", glm4_moe_sigmoid);
+    TEST_CASE("batch_minimax_m2_mqa_equals_alone", minimax_m2_mqa);
     TEST_CASE("batch_bad_steps_refused", bad_steps_refused);
     TEST_CASE("batch_threads_generate_as_alone", threads_share_a_batch);
     return th_failed_cases ? 1 : 0;

@@ -2,8 +2,11 @@
 #include "common/buf.h"
 #include "common/dir_replace.h"
 #include "common/error.h"
+#include "common/hash.h"
+#include "common/str.h"
 #include "common/utf8.h"
 #include "platform/fs.h"
+#include "platform/platform.h"
 
 #include <stdint.h>
 #include <sys/stat.h>
@@ -334,6 +337,69 @@ static void test_dir_replace_rename_fails(void) {
     CHECK(lm_dir_replace(path, out, err) == -1);
 }
 
+/* lm_fnv1a against the published FNV-1a 64-bit test vectors (Fowler, Noll, Vo), and
+ * fed in pieces it equals one call over the whole. */
+static void test_fnv1a(void) {
+    CHECK(lm_fnv1a(LM_FNV1A_INIT, "", 0) == 0xcbf29ce484222325ull);
+    CHECK(lm_fnv1a(LM_FNV1A_INIT, "a", 1) == 0xaf63dc4c8601ec8cull);
+    CHECK(lm_fnv1a(LM_FNV1A_INIT, "foobar", 6) == 0x85944171f73967e8ull);
+    CHECK(lm_fnv1a(lm_fnv1a(LM_FNV1A_INIT, "foo", 3), "bar", 3) == 0x85944171f73967e8ull);
+}
+
+static void test_hex_digit(void) {
+    CHECK(lm_hex_digit('0') == 0 && lm_hex_digit('9') == 9 && lm_hex_digit('a') == 10 && lm_hex_digit('F') == 15);
+    CHECK(lm_hex_digit('g') == -1 && lm_hex_digit('G') == -1 && lm_hex_digit('/') == -1 && lm_hex_digit(':') == -1);
+    CHECK(lm_hex_digit('@') == -1 && lm_hex_digit('`') == -1 && lm_hex_digit(0) == -1 && lm_hex_digit((char)0xE0) == -1);
+}
+
+/* lm_mkdir_parents: makes every missing level, accepts what exists (also through a
+ * symbolic link), and names the component it could not make. */
+static void test_mkdir_parents(void) {
+    char dir[600], path[700], err[LM_ERR_LEN];
+    snprintf(dir, sizeof dir, "%s/p/q//r/", test_root);
+    CHECK(lm_mkdir_parents(dir, err) == 0);
+    snprintf(path, sizeof path, "%s/p/q/r", test_root);
+    CHECK(lm_path_type(path) == LM_PATH_DIR);
+    CHECK(lm_mkdir_parents(path, err) == 0); /* exists: fine */
+    snprintf(dir, sizeof dir, "%s/link", test_root);
+    CHECK(symlink(path, dir) == 0);
+    snprintf(path, sizeof path, "%s/link/s", test_root);
+    CHECK(lm_mkdir_parents(dir, err) == 0 && lm_mkdir_parents(path, err) == 0);
+    snprintf(path, sizeof path, "%s/p/q/r/s", test_root);
+    CHECK(lm_path_type(path) == LM_PATH_DIR);
+    /* a regular file in the way: named in the error */
+    snprintf(path, sizeof path, "%s/p/file", test_root);
+    CHECK(write_text(path, "x") == 0);
+    snprintf(dir, sizeof dir, "%s/p/file/sub/deeper", test_root);
+    err[0] = 0;
+    CHECK(lm_mkdir_parents(dir, err) == -1);
+    CHECKF(strstr(err, "cannot create directory") && strstr(err, "/p/file: "), "%s", err);
+    CHECK(lm_mkdir_parents(path, err) == -1); /* the file itself is no directory */
+    CHECK(lm_mkdir_parents("", err) == -1);
+}
+
+/* lm_user_cache_dir follows the XDG rule: an absolute XDG_CACHE_HOME, else
+ * $HOME/.cache; neither set is an error. */
+static void test_user_cache_dir(void) {
+    char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char *saved_xdg = xdg ? strdup(xdg) : NULL, *saved_home = home ? strdup(home) : NULL;
+    char out[64], err[LM_ERR_LEN];
+    setenv("XDG_CACHE_HOME", "/x/cache", 1);
+    setenv("HOME", "/h", 1);
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == 0 && !strcmp(out, "/x/cache/lazymoe"));
+    setenv("XDG_CACHE_HOME", "relative", 1); /* not absolute: ignored, as the spec says */
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == 0 && !strcmp(out, "/h/.cache/lazymoe"));
+    unsetenv("XDG_CACHE_HOME");
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == 0 && !strcmp(out, "/h/.cache/lazymoe"));
+    CHECK(lm_user_cache_dir(out, 10, err) == -1 && strstr(err, "too long"));
+    unsetenv("HOME");
+    CHECK(lm_user_cache_dir(out, sizeof out, err) == -1 && strstr(err, "HOME"));
+    if (saved_xdg) setenv("XDG_CACHE_HOME", saved_xdg, 1);
+    if (saved_home) setenv("HOME", saved_home, 1);
+    free(saved_xdg);
+    free(saved_home);
+}
+
 static void test_path_parent(void) {
     char *p;
     CHECK((p = lm_path_parent("a/b/c")) && strcmp(p, "a/b") == 0);
@@ -355,6 +421,8 @@ int main(void) {
     TEST_CASE("utf8_valid_sequences", test_utf8_valid_sequences);
     TEST_CASE("utf8_invalid_sequences", test_utf8_invalid_sequences);
     TEST_CASE("utf8_surrogates_flag", test_utf8_surrogates_flag);
+    TEST_CASE("fnv1a_test_vectors", test_fnv1a);
+    TEST_CASE("hex_digit", test_hex_digit);
     const char *t = getenv("TMPDIR");
     snprintf(test_root, sizeof test_root, "%s/lazymoe-test-common-XXXXXX", t && *t ? t : "/tmp");
     if (!mkdtemp(test_root)) {
@@ -365,6 +433,8 @@ int main(void) {
     TEST_CASE("dir_replace_existing_target", test_dir_replace_existing_target);
     TEST_CASE("dir_replace_rename_fails", test_dir_replace_rename_fails);
     TEST_CASE("path_parent", test_path_parent);
+    TEST_CASE("mkdir_parents", test_mkdir_parents);
+    TEST_CASE("user_cache_dir", test_user_cache_dir);
     lm_remove_tree(test_root, NULL);
     TEST_EXIT();
 }

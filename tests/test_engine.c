@@ -153,7 +153,7 @@ static void broken_models(void) {
     char d[512];
     variant("olmoe_f32", "unsupported", "s/\"model_type\": \"olmoe\"/\"model_type\": \"llama4\"/");
     snprintf(d, sizeof d, "%s/unsupported", tmp);
-    expect_open_error(d, "model_type 'llama4' is not supported (supported: qwen3_moe, mixtral, olmoe, qwen3_next, gpt_oss, qwen3_5_moe)");
+    expect_open_error(d, "model_type 'llama4' is not supported (supported: qwen3_moe, mixtral, olmoe, qwen3_next, gpt_oss, minimax_m2, glm4_moe, qwen3_5_moe)");
     variant("olmoe_f32", "wrong_shape", "s/\"intermediate_size\": 40/\"intermediate_size\": 48/");
     snprintf(d, sizeof d, "%s/wrong_shape", tmp);
     expect_open_error(d, "the config implies");

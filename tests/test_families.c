@@ -87,7 +87,9 @@ static void test_registry_names(void) {
 static void check_bound(const lm_family *f, const lm_weights *w, const char *fixture) {
     const lm_config *c = &w->cfg;
     CHECKF(c->family == f, "%s: parsed as %s", fixture, c->family ? c->family->model_type : "nothing");
-    CHECKF(c->qk_norm == f->qk_norm, "%s: qk_norm", fixture);
+    /* glm4_moe's q/k norm is optional (use_qk_norm): per head when on */
+    CHECKF(c->qk_norm == f->qk_norm || (f == &lm_family_glm4_moe && c->qk_norm == LM_QK_NORM_PER_HEAD),
+           "%s: qk_norm", fixture);
     CHECKF(c->attn_output_gate == f->attn_output_gate, "%s: attn_output_gate", fixture);
     CHECKF(c->zero_centred_norms == f->zero_centred_norms, "%s: zero_centred_norms", fixture);
     if (f->router_renorm == LM_RENORM_ALWAYS) CHECKF(c->norm_topk_prob == 1, "%s: renormalised router", fixture);
@@ -227,6 +229,46 @@ static void test_family_keys(void) {
 static void test_new_family_configs(void) {
     char err[LM_ERR_LEN];
     lm_config c;
+    /* glm4_moe: groups, scaling, shared experts without a gate, dense first layers, q/k
+     * norm on request, MTP layers counted; norm_topk_prob defaults to true */
+    const char *glm = "{\"model_type\": \"glm4_moe\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                      " \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
+                      " \"head_dim\": 16, \"intermediate_size\": 48, \"moe_intermediate_size\": 8,"
+                      " \"n_routed_experts\": 16, \"num_experts_per_tok\": 4, \"n_group\": 4, \"topk_group\": 2,"
+                      " \"n_shared_experts\": 2, \"routed_scaling_factor\": 2.5, \"first_k_dense_replace\": 2,"
+                      " \"use_qk_norm\": true, \"num_nextn_predict_layers\": 1, \"partial_rotary_factor\": 0.5,"
+                      " \"attention_bias\": true}";
+    CHECKF(lm_config_parse(&c, glm, NULL, err) == 0, "%s", err);
+    CHECK(c.router_sigmoid && c.n_group == 4 && c.topk_group == 2 && c.routed_scaling_factor == 2.5f);
+    CHECK(c.norm_topk_prob == 1 && c.shared_expert_intermediate_size == 16 && !c.shared_expert_gated);
+    CHECK(c.mlp_only[0] && c.mlp_only[1] && !c.mlp_only[2] && !c.mlp_only[3]);
+    CHECK(c.qk_norm == LM_QK_NORM_PER_HEAD && c.n_nextn_layers == 1 && c.attention_bias && c.rope_dim == 8);
+    lm_config_free(&c);
+    char bad[2048];
+    /* one kept group of 4 experts cannot give top-8 */
+    CHECK(lm_config_parse(&c, "{\"model_type\": \"glm4_moe\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                              " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"moe_intermediate_size\": 8,"
+                              " \"n_routed_experts\": 16, \"num_experts_per_tok\": 8, \"n_group\": 4,"
+                              " \"topk_group\": 1}", NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "cannot give 8 experts");
+    const char *mm = "{\"model_type\": \"minimax_m2\", \"vocab_size\": 64, \"hidden_size\": 32,"
+                     " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
+                     " \"head_dim\": 16, \"intermediate_size\": 8, \"num_local_experts\": 8,"
+                     " \"num_experts_per_tok\": 2, \"rotary_dim\": 8%s}";
+    snprintf(bad, sizeof bad, mm, "");
+    CHECKF(lm_config_parse(&c, bad, NULL, err) == 0, "%s", err);
+    CHECK(c.rope_dim == 8 && c.router_sigmoid && c.norm_topk_prob == 1 && c.qk_norm == LM_QK_NORM_FULL);
+    CHECK(c.moe_intermediate_size == 8 && c.n_group == 1);
+    lm_config_free(&c);
+    snprintf(bad, sizeof bad, mm, ", \"partial_rotary_factor\": 0.5");
+    CHECKF(lm_config_parse(&c, bad, NULL, err) == 0, "%s", err);
+    lm_config_free(&c);
+    snprintf(bad, sizeof bad, mm, ", \"partial_rotary_factor\": 0.25");
+    CHECK(lm_config_parse(&c, bad, NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "rotary_dim 8 disagrees");
+    snprintf(bad, sizeof bad, mm, ", \"scoring_func\": \"softmax\"");
+    CHECK(lm_config_parse(&c, bad, NULL, err) == -1);
+    CHECK_STR_CONTAINS(err, "scoring_func 'softmax'");
     /* qwen3_5_moe: the wrapper's text_config, layer_types, tie_word_embeddings at the top,
      * an eos id past this tiny vocabulary (a warning, not a refusal) */
     const char *q35 = "{\"model_type\": \"qwen3_5_moe\", \"tie_word_embeddings\": true, \"text_config\": {"

@@ -17,6 +17,7 @@
 #include "harness.h"
 
 #include "formats/ggml_blocks.h"
+#include "formats/mxfp4.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/qblock.h"
@@ -181,7 +182,31 @@ static void test_group_form(void) {
         }
         free(row);
     }
-    CHECK(!lm_qblock_act8(LM_DT_Q2_K) && !lm_qblock_act8(LM_DT_F32) && !lm_qblock_act8(LM_DT_MXFP4));
+    CHECK(!lm_qblock_act8(LM_DT_Q2_K) && !lm_qblock_act8(LM_DT_F32));
+    /* MXFP4 (both layouts) takes the form exactly: u = twice the e2m1 value + 16,
+     * a16 = 2^(E - 128), against formats/mxfp4.c's conversion (itself checked against
+     * libggml's to_float in tests/test_mxfp4.c). */
+    CHECK(lm_qblock_act8(LM_DT_MXFP4) && lm_qblock_act8(LM_DT_MXFP4_SPLIT) && lm_qblock_off_shift(LM_DT_MXFP4) == 4 &&
+          lm_qblock_off_shift(LM_DT_MXFP4_SPLIT) == 4 && !lm_qblock_has_b(LM_DT_MXFP4));
+    enum { C = 256 };
+    uint8_t blocks[C / 32 * 17], codes[C / 2], scales[C / 32];
+    for (int i = 0; i < C / 32 * 17; i++) blocks[i] = (uint8_t)next();
+    for (int i = 0; i < C / 2; i++) codes[i] = (uint8_t)next();
+    for (int i = 0; i < C / 32; i++) scales[i] = (uint8_t)next(), blocks[17 * i] = scales[i];
+    float wb[C], ws[C];
+    lm_mxfp4_block_row_f32(blocks, C, 0, wb);
+    lm_mxfp4_split_row_f32(codes, scales, C, 0, ws);
+    int bad = 0;
+    for (int g = 0; g < C / 32; g++) {
+        lm_qgroup gb, gs;
+        lm_qblock_group(LM_DT_MXFP4, blocks, g, &gb);
+        lm_qblock_group_mxfp4_split(codes, scales, g, &gs);
+        for (int i = 0; i < 32; i++) {
+            bad += gb.a16[i / 16] * (float)((int)gb.u[i] - 16) != wb[32 * g + i] || gb.b != 0;
+            bad += gs.a16[i / 16] * (float)((int)gs.u[i] - 16) != ws[32 * g + i] || gs.b != 0;
+        }
+    }
+    CHECKF(bad == 0, "%d MXFP4 values differ from the group form", bad);
 }
 
 /* Kernel tables, the AVX2 one also as a CPU without AVX-VNNI runs it. */

@@ -13,6 +13,7 @@
 
 #include "formats/npy.h"
 #include "lazymoe.h"
+#include "models/model.h"
 
 #include <stdint.h>
 
@@ -193,6 +194,24 @@ static void demo_coder(void) { check_logits("models/demo-coder", F32_TOL, 0); ch
 static void qwen3_next_f32(void) { check_logits("qwen3_next_f32", F32_TOL, 0); check_greedy("qwen3_next_f32", "greedy.txt"); }
 static void olmoe_clip_bf16(void) { check_logits("olmoe_clip_bf16", BF16_TOL, F32_TOL); check_greedy("olmoe_clip_bf16", "greedy_f32.txt"); }
 
+/* issue 16 families (tools/make_golden.py family_cases). */
+static void minimax_m2_f32(void) { check_logits("minimax_m2_f32", F32_TOL, 0); check_greedy("minimax_m2_f32", "greedy.txt"); }
+static void minimax_m2_mqa_f32(void) {
+    check_logits("minimax_m2_mqa_f32", F32_TOL, 0);
+    check_greedy("minimax_m2_mqa_f32", "greedy.txt");
+}
+/* Group-limited sigmoid routing, a dense first layer, a shared expert, q/k/v biases and a
+ * NaN multi-token-prediction layer after the last one (never read: the logits are finite). */
+static void glm4_moe_f32(void) { check_logits("glm4_moe_f32", F32_TOL, 0); check_greedy("glm4_moe_f32", "greedy.txt"); }
+static void glm4_moe_qknorm_f32(void) {
+    check_logits("glm4_moe_qknorm_f32", F32_TOL, 0);
+    check_greedy("glm4_moe_qknorm_f32", "greedy.txt");
+}
+static void qwen3_5_moe_text_f32(void) {
+    check_logits("qwen3_5_moe_text_f32", F32_TOL, 0);
+    check_greedy("qwen3_5_moe_text_f32", "greedy.txt");
+}
+
 /* qwen3_next_f32's weights laid out as a released Qwen3.5-MoE checkpoint (the wrapper,
  * separate linear-attention projections, a vision tower and NaN mtp.* tensors:
  * tools/derive_qwen3_5_fixture.py), checked against transformers' qwen3_next logits,
@@ -201,6 +220,19 @@ static void qwen3_5_moe_from_next(void) {
     check_logits("qwen3_5_moe_from_next_f32", F32_TOL, 0);
     check_greedy("qwen3_5_moe_from_next_f32", "greedy.txt");
 }
+
+/* issue 17: gpt_oss (tools/make_golden.py gpt_oss_cases / make_mxfp4_case): attention
+ * sinks and biases, alternating sliding windows shorter than the prompt, YaRN (with and
+ * without truncated bounds), router bias, clamped SwiGLU experts with biases. */
+static void gpt_oss_f32(void) { check_logits("gpt_oss_f32", F32_TOL, 0); check_greedy("gpt_oss_f32", "greedy.txt"); }
+static void gpt_oss_yarn_f32(void) {
+    check_logits("gpt_oss_yarn_f32", F32_TOL, 0);
+    check_greedy("gpt_oss_yarn_f32", "greedy.txt");
+}
+static void gpt_oss_bf16(void) { check_logits("gpt_oss_bf16", BF16_TOL, F32_TOL); check_greedy("gpt_oss_bf16", "greedy_f32.txt"); }
+/* Experts stored as released (MXFP4 blocks + e8m0 scales), the rest bf16; the reference is
+ * transformers' own dequantization of the same codes computed in float32. */
+static void gpt_oss_mxfp4(void) { check_logits("gpt_oss_mxfp4", F32_TOL, 0); check_greedy("gpt_oss_mxfp4", "greedy.txt"); }
 
 /* The lower-precision KV caches on every f32 fixture: their whole error against
  * transformers' f32 logits, printed, within the stated bound. */
@@ -276,7 +308,16 @@ int main(void) {
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
     TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
+    TEST_CASE("golden_minimax_m2_f32", minimax_m2_f32);
+    TEST_CASE("golden_minimax_m2_mqa_f32", minimax_m2_mqa_f32);
+    TEST_CASE("golden_glm4_moe_f32", glm4_moe_f32);
+    TEST_CASE("golden_glm4_moe_qknorm_f32", glm4_moe_qknorm_f32);
     TEST_CASE("golden_qwen3_5_moe_from_qwen3_next_f32", qwen3_5_moe_from_next);
+    TEST_CASE("golden_qwen3_5_moe_text_f32", qwen3_5_moe_text_f32);
+    TEST_CASE("golden_gpt_oss_f32", gpt_oss_f32);
+    TEST_CASE("golden_gpt_oss_yarn_f32", gpt_oss_yarn_f32);
+    TEST_CASE("golden_gpt_oss_bf16", gpt_oss_bf16);
+    TEST_CASE("golden_gpt_oss_mxfp4", gpt_oss_mxfp4);
     TEST_CASE("golden_kv_f16_error", kv_f16);
     TEST_CASE("golden_kv_int8_error", kv_int8);
     TEST_CASE("golden_act8_error_demo_coder_q4", act8_demo);

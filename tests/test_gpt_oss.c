@@ -53,12 +53,14 @@ static void binding(void) {
     }
 }
 
-static float *logits(const char *dir, const int32_t *ids, int n, int32_t *gen, int ngen) {
+static float *logits_act(const char *dir, const int32_t *ids, int n, int32_t *gen, int ngen, int act_bits,
+                         int *act_used) {
     char err[512];
     lazymoe_options o;
     lazymoe_options_init(&o);
     o.no_warm_start = 1;
     o.kv_bits = 32;
+    o.act_bits = act_bits;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, dir, &o, err, sizeof err) != 0) {
         CHECKF(0, "%s: %s", dir, err);
@@ -66,6 +68,7 @@ static float *logits(const char *dir, const int32_t *ids, int n, int32_t *gen, i
     }
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
+    if (act_used) *act_used = info.act_bits;
     float *lg = malloc(sizeof(float) * (size_t)info.vocab_size * (size_t)n);
     lazymoe_session *s = NULL;
     CHECK(lazymoe_session_create(&s, m, err, sizeof err) == 0);
@@ -83,6 +86,11 @@ static float *logits(const char *dir, const int32_t *ids, int n, int32_t *gen, i
     lazymoe_session_free(s);
     lazymoe_model_close(m);
     return lg;
+}
+
+/* The reference numerics: f32 activations. */
+static float *logits(const char *dir, const int32_t *ids, int n, int32_t *gen, int ngen) {
+    return logits_act(dir, ids, n, gen, ngen, 32, NULL);
 }
 
 static void layouts_agree(void) {
@@ -105,9 +113,36 @@ out:
     free(b);
 }
 
+/* MXFP4 weights are quantized weights: by the project's rule (lazymoe.h act_bits) the
+ * default is int8 activations, whose logits stay within the int8 tolerance that
+ * tests/test_golden.c states for 4-bit models (0.08 of the largest logit). */
+static void act8_default(void) {
+    const int32_t ids[] = {5, 17, 300, 42, 7, 9, 100, 200, 11, 3, 250, 66, 1, 2};
+    enum { N = 14, V = 336 };
+    int32_t g8[1], g32[1];
+    int used8 = 0, used_float = 0;
+    float *a = logits(FIX "mxfp4", ids, N, g32, 1), *b = logits_act(FIX "mxfp4", ids, N, g8, 1, 0, &used8);
+    float *c = logits_act(FIX "float", ids, N, g8, 1, 0, &used_float);
+    CHECK_EQ_INT(used8, 8);
+    CHECK_EQ_INT(used_float, 32); /* float weights: f32 activations */
+    if (a && b) {
+        double mx = 0, diff = 0;
+        for (int i = 0; i < N * V; i++) {
+            mx = fabs(a[i]) > mx ? fabs(a[i]) : mx;
+            diff = fabs(a[i] - b[i]) > diff ? fabs(a[i] - b[i]) : diff;
+        }
+        printf("# MXFP4 int8 vs f32 activations: max|diff|/max|logit| = %.3g\n", diff / mx);
+        CHECKF(diff > 0 && diff / mx < 0.08, "int8 activations: %.3g", diff / mx);
+    }
+    free(a);
+    free(b);
+    free(c);
+}
+
 int main(void) {
     TEST_CASE("gpt_oss_config_switches", config_switches);
     TEST_CASE("gpt_oss_binding_both_layouts", binding);
     TEST_CASE("gpt_oss_float_and_mxfp4_layouts_agree", layouts_agree);
+    TEST_CASE("gpt_oss_mxfp4_act8_default", act8_default);
     TEST_EXIT();
 }

@@ -116,7 +116,10 @@ static void qwen3_next(void) { same_at_capacities(GOLDEN "qwen3_next_f32", 8, 2)
  * lazily (capacities 1, top-k, all but one, all). */
 static void gpt_oss(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/float", 4, 2); }
 static void gpt_oss_mxfp4(void) { same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/mxfp4", 4, 2); }
-/* qwen3_5_moe: the vision-language wrapper's prefix, separate linear-attention projections. */
+/* issue 16 families: sigmoid routers (glm4_moe with groups), shared experts, the
+ * vision-language wrapper's prefix. */
+static void minimax_m2(void) { same_at_capacities(GOLDEN "minimax_m2_mqa_f32", 16, 4); }
+static void glm4_moe(void) { same_at_capacities(GOLDEN "glm4_moe_f32", 16, 4); }
 static void qwen3_5_moe(void) { same_at_capacities(GOLDEN "qwen3_5_moe_from_next_f32", 8, 2); }
 /* Int8 activations (--act-bits 8) keep lazy == resident too. */
 static void demo_coder_act8(void) {
@@ -195,13 +198,13 @@ static void quantized_mlx(void) {
     }
 }
 
-/* qwen3_5_moe converted at 8 and 4 bits (the router and shared_expert_gate at 8 bits as
- * mlx-lm does; the wrapper unwrapped, its vision tower and MTP tensors dropped): the
- * conversions load, run, and stay bit-identical lazy vs resident. */
+/* issue 16 families converted at 8 and 4 bits (the router at 8 bits where mlx-lm says
+ * so; the wrapper's vision tower and MTP tensors dropped): the conversions load, run,
+ * and stay bit-identical lazy vs resident. */
 static void quantized_new_families(void) {
-    const char *names[1] = {"qwen3_5_moe_from_next_f32"};
-    int E[1] = {8}, K[1] = {2};
-    for (int i = 0; i < 1; i++)
+    const char *names[4] = {"minimax_m2_f32", "glm4_moe_f32", "glm4_moe_qknorm_f32", "qwen3_5_moe_from_next_f32"};
+    int E[4] = {8, 16, 8, 8}, K[4] = {2, 4, 3, 2};
+    for (int i = 0; i < 4; i++)
         for (int bits = 8; bits >= 4; bits -= 4) {
             char src[512], out[512], err[LM_ERR_LEN];
             snprintf(src, sizeof src, GOLDEN "%s", names[i]);
@@ -662,6 +665,8 @@ int main(void) {
     TEST_CASE("lazy_olmoe_bit_identical", olmoe);
     TEST_CASE("lazy_olmoe_clip_bf16_bit_identical", olmoe_clip);
     TEST_CASE("lazy_qwen3_next_bit_identical", qwen3_next);
+    TEST_CASE("lazy_minimax_m2_bit_identical", minimax_m2);
+    TEST_CASE("lazy_glm4_moe_bit_identical", glm4_moe);
     TEST_CASE("lazy_qwen3_5_moe_bit_identical", qwen3_5_moe);
     TEST_CASE("lazy_mlx_4bit_bit_identical", quantized_mlx);
     TEST_CASE("lazy_new_families_mlx_8bit_4bit_bit_identical", quantized_new_families);

@@ -313,84 +313,202 @@ static void fill(lazymoe_session *s, const int32_t *ids, int n, int reused) {
     CHECK(lazymoe_session_eval(s, ids + reused, n - reused, NULL, 0, err, sizeof err) == 0);
 }
 
-static void test_prompt_cache_policy(void) {
-    enum { N = 3000 };
-    int32_t *a = malloc(sizeof(int32_t) * N), *b = malloc(sizeof(int32_t) * N);
-    for (int i = 0; i < N; i++) a[i] = 3 + i % 300, b[i] = i < 5 ? a[i] : 7 + i % 200;
-    srv_prompt_cache c;
+/* A request that must get a session at once (none running beside it). */
+static lazymoe_session *take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused) {
     char err[512];
-    int reused = -1, sessions, tokens, wait = 0;
-    CHECK(srv_cache_init(&c, M, 2, 0, err, sizeof err) == 0); /* budget: one context (4096) */
-    lazymoe_session *s1 = srv_cache_take(&c, a, 100, 50, &reused, &wait, err, sizeof err);
+    int wait = -1;
+    lazymoe_session *s = srv_cache_take(c, ids, n, max_new, reused, &wait, err, sizeof err);
+    CHECKF(s != NULL && wait == 0, "%s", err);
+    return s;
+}
+
+/* One request: take, evaluate the prompt as generation would, give back. */
+static lazymoe_session *serve(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused) {
+    lazymoe_session *s = take(c, ids, n, max_new, reused);
+    if (s) {
+        fill(s, ids, n, *reused);
+        srv_cache_put(c, s);
+    }
+    return s;
+}
+
+/* A cache of two slots and two conversations of up to N tokens that share their
+ * first 5 (a system prompt). */
+enum { N = 3000 };
+typedef struct {
+    srv_prompt_cache c;
+    int32_t *a, *b;
+} cache_case;
+
+static void cache_case_open(cache_case *t, int budget_tokens) {
+    char err[512];
+    t->a = malloc(sizeof(int32_t) * N);
+    t->b = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) t->a[i] = 3 + i % 300, t->b[i] = i < 5 ? t->a[i] : 7 + i % 200;
+    CHECK(srv_cache_init(&t->c, M, 2, budget_tokens, err, sizeof err) == 0);
+}
+
+static void cache_case_close(cache_case *t) {
+    srv_cache_free(&t->c);
+    free(t->a);
+    free(t->b);
+}
+
+static void test_prompt_cache_policy(void) {
+    cache_case t;
+    cache_case_open(&t, 0); /* budget: one context (4096) */
+    srv_prompt_cache *c = &t.c;
+    const int32_t *a = t.a, *b = t.b;
+    int reused = -1, sessions, tokens;
+    lazymoe_session *s1 = serve(c, a, 100, 50, &reused);
     CHECK(s1 && reused == 0);
-    fill(s1, a, 100, reused);
-    srv_cache_put(&c, s1);
-    lazymoe_session *s2 = srv_cache_take(&c, a, 150, 50, &reused, &wait, err, sizeof err); /* the next turn */
-    CHECK(s2 == s1 && reused == 100);
-    fill(s2, a, 150, reused);
-    srv_cache_put(&c, s2);
-    lazymoe_session *s3 = srv_cache_take(&c, b, 120, 50, &reused, &wait, err, sizeof err); /* shares 5 tokens only */
+    CHECK(serve(c, a, 150, 50, &reused) == s1 && reused == 100); /* the next turn */
+    lazymoe_session *s3 = serve(c, b, 120, 50, &reused); /* shares 5 tokens only */
     CHECK(s3 && s3 != s1 && reused == 0);
-    fill(s3, b, 120, reused);
-    srv_cache_put(&c, s3);
-    srv_cache_usage(&c, &sessions, &tokens);
+    srv_cache_usage(c, &sessions, &tokens);
     CHECK(sessions == 2 && tokens == 270);
-    lazymoe_session *s4 = srv_cache_take(&c, a, 40, 50, &reused, &wait, err, sizeof err); /* held entirely by s1 */
-    CHECK(s4 == s1 && reused == 39);
-    fill(s4, a, 40, reused);
-    srv_cache_put(&c, s4);
+    CHECK(serve(c, a, 40, 50, &reused) == s1 && reused == 39); /* held entirely by s1 */
     /* A long conversation fills the budget: the other session is freed for it. */
-    lazymoe_session *s5 = srv_cache_take(&c, a, N, 1000, &reused, &wait, err, sizeof err);
+    lazymoe_session *s5 = take(c, a, N, 1000, &reused);
     CHECK(s5 == s1 && reused == 40);
-    srv_cache_usage(&c, &sessions, &tokens);
+    srv_cache_usage(c, &sessions, &tokens);
     CHECKF(sessions == 1, "%d sessions kept while a 4000-token request needs the whole budget", sessions);
     fill(s5, a, N, reused);
-    srv_cache_put(&c, s5);
+    srv_cache_put(c, s5);
     /* An unrelated short request takes the free slot and the long conversation stays:
-     * it keeps only the KV memory it holds (3072 positions), which leaves room. */
-    lazymoe_session *s6 = srv_cache_take(&c, b, 200, 100, &reused, &wait, err, sizeof err);
+     * cut to the KV memory it holds (3072 positions), it leaves room. */
+    lazymoe_session *s6 = take(c, b, 200, 100, &reused);
     CHECK(s6 && s6 != s1 && reused == 0);
     CHECK_EQ_INT(lazymoe_session_capacity(s1), 3072);
-    srv_cache_usage(&c, &sessions, &tokens);
+    srv_cache_usage(c, &sessions, &tokens);
     CHECKF(sessions == 2 && tokens == N, "%d sessions, %d tokens", sessions, tokens);
     fill(s6, b, 200, reused);
-    srv_cache_put(&c, s6);
+    srv_cache_put(c, s6);
     /* Another one-off takes the one-off's slot, not the conversation in use. */
     int32_t *d = malloc(sizeof(int32_t) * 600);
     for (int i = 0; i < 600; i++) d[i] = 11 + i % 150;
-    lazymoe_session *s7 = srv_cache_take(&c, d, 600, 100, &reused, &wait, err, sizeof err);
+    lazymoe_session *s7 = take(c, d, 600, 100, &reused);
     CHECK(s7 == s6 && reused == 0);
-    srv_cache_usage(&c, &sessions, &tokens);
+    srv_cache_usage(c, &sessions, &tokens);
     CHECKF(sessions == 2 && tokens == N + 200, "%d sessions, %d tokens", sessions, tokens);
     /* One that cannot fit beside it frees it. */
-    srv_cache_put(&c, s7);
-    lazymoe_session *s8 = srv_cache_take(&c, d, 600, 2000, &reused, &wait, err, sizeof err);
+    srv_cache_put(c, s7);
+    lazymoe_session *s8 = take(c, d, 600, 2000, &reused);
     CHECK(s8 == s6);
-    srv_cache_usage(&c, &sessions, &tokens);
+    srv_cache_usage(c, &sessions, &tokens);
     CHECKF(sessions == 1, "%d sessions", sessions);
-    srv_cache_put(&c, s8);
+    srv_cache_put(c, s8);
     /* Requests running at once (--parallel): a running one counts for the room it may
      * grow to and is never evicted; a request that does not fit beside it waits. */
-    lazymoe_session *r1 = srv_cache_take(&c, a, 100, 2500, &reused, &wait, err, sizeof err);
+    char err[512];
+    int wait = 0;
+    lazymoe_session *r1 = srv_cache_take(c, a, 100, 2500, &reused, &wait, err, sizeof err);
     CHECK(r1 && !wait);
-    lazymoe_session *r2 = srv_cache_take(&c, d, 600, 1500, &reused, &wait, err, sizeof err); /* 2600 + 2100 > 4096 */
+    lazymoe_session *r2 = srv_cache_take(c, d, 600, 1500, &reused, &wait, err, sizeof err); /* 2600 + 2100 > 4096 */
     CHECK(!r2 && wait == 1);
     CHECK_STR_CONTAINS(err, "waiting for room");
-    lazymoe_session *r3 = srv_cache_take(&c, d, 600, 100, &reused, &wait, err, sizeof err); /* 2600 + 700 fits */
+    lazymoe_session *r3 = srv_cache_take(c, d, 600, 100, &reused, &wait, err, sizeof err); /* 2600 + 700 fits */
     CHECK(r3 && r3 != r1 && !wait);
-    lazymoe_session *r4 = srv_cache_take(&c, b, 10, 10, &reused, &wait, err, sizeof err); /* both slots run */
+    lazymoe_session *r4 = srv_cache_take(c, b, 10, 10, &reused, &wait, err, sizeof err); /* both slots run */
     CHECK(!r4 && wait == 1);
-    srv_cache_usage(&c, &sessions, &tokens);
+    srv_cache_usage(c, &sessions, &tokens);
     CHECK(sessions == 2);
-    srv_cache_put(&c, r3);
-    srv_cache_put(&c, r1);
-    r2 = srv_cache_take(&c, d, 600, 1500, &reused, &wait, err, sizeof err); /* now it fits */
+    srv_cache_put(c, r3);
+    srv_cache_put(c, r1);
+    r2 = srv_cache_take(c, d, 600, 1500, &reused, &wait, err, sizeof err); /* now it fits */
     CHECK(r2 && !wait);
-    srv_cache_put(&c, r2);
+    srv_cache_put(c, r2);
     free(d);
-    srv_cache_free(&c);
-    free(a);
-    free(b);
+    cache_case_close(&t);
+}
+
+/* KV positions the cache's sessions other than `taken` hold memory for. */
+static long long others_capacity(const srv_prompt_cache *c, const lazymoe_session *taken) {
+    long long sum = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (c->slots[i].s && c->slots[i].s != taken) sum += lazymoe_session_capacity(c->slots[i].s);
+    return sum;
+}
+
+/* A conversation keeps the KV memory it grew to between turns, so its next turn
+ * extends it in place (no shrink after a request, no regrowing copy on the next);
+ * sessions are cut to what they hold only when the budget needs the room, before
+ * any is freed, and the budget still bounds the cache. */
+static void test_prompt_cache_keeps_capacity(void) {
+    cache_case t;
+    cache_case_open(&t, 0); /* budget: one context (4096) */
+    int reused = -1, sessions, tokens;
+    lazymoe_session *s1 = serve(&t.c, t.a, 600, 50, &reused); /* grows by doubling: 256, 512, 1024 */
+    CHECK(s1 && reused == 0);
+    CHECKF(lazymoe_session_capacity(s1) == 1024, "capacity %d after the request: the cache shrank a session "
+           "though the budget had room", lazymoe_session_capacity(s1));
+    /* The next turn: 900 tokens fit the 1024 positions it kept; cut to the 768 it held,
+     * it would have had to grow (copy) to 1536. */
+    CHECK(serve(&t.c, t.a, 900, 50, &reused) == s1 && reused == 600);
+    CHECKF(lazymoe_session_capacity(s1) == 1024, "capacity %d: the second turn regrew the KV cache",
+           lazymoe_session_capacity(s1));
+    /* Its third turn is cut back to 700 tokens (an edited last message): 1024 kept. */
+    CHECK(serve(&t.c, t.a, 700, 10, &reused) == s1 && reused == 699);
+    CHECK_EQ_INT(lazymoe_session_capacity(s1), 1024);
+    /* Another conversation needing 3300 positions: 1024 + 3300 exceeds the budget, but
+     * the first one cut to what it holds (768) leaves room, so it is kept, not freed. */
+    lazymoe_session *s4 = take(&t.c, t.b, 3000, 300, &reused);
+    CHECK(s4 && s4 != s1 && reused == 0);
+    CHECK_EQ_INT(lazymoe_session_capacity(s1), 768);
+    CHECKF(others_capacity(&t.c, s4) + 3300 <= 4096, "%lld positions kept beside a 3300-position request",
+           others_capacity(&t.c, s4));
+    srv_cache_usage(&t.c, &sessions, &tokens);
+    CHECKF(sessions == 2 && tokens == 700, "%d sessions, %d tokens", sessions, tokens);
+    fill(s4, t.b, 3000, reused);
+    srv_cache_put(&t.c, s4);
+    /* The first conversation again, needing 2000 positions: the second one holds 3000
+     * of its 4096 (cut to 3072, still too many), so it is freed. */
+    lazymoe_session *s5 = take(&t.c, t.a, 1900, 100, &reused);
+    CHECK(s5 == s1 && reused == 700);
+    srv_cache_usage(&t.c, &sessions, &tokens);
+    CHECKF(sessions == 1, "%d sessions kept while 3072 + 2000 positions exceed the budget", sessions);
+    CHECK(others_capacity(&t.c, s5) == 0);
+    srv_cache_put(&t.c, s5);
+    cache_case_close(&t);
+    /* The taken session is cut too when it holds more memory than its request needs,
+     * before others are freed. Budget 4850: a (1100 tokens in 2048 positions) and b
+     * (2700 tokens, 4096 positions) were both kept; a retry of a's last request needs
+     * 1200 positions, b cut to what it holds (2816) beside a's 2048 is still too many,
+     * a cut to 1280 fits. */
+    cache_case_open(&t, 4850);
+    lazymoe_session *t1 = serve(&t.c, t.a, 1100, 100, &reused);
+    lazymoe_session *t2 = take(&t.c, t.b, 2700, 100, &reused);
+    CHECK(t1 && t2 && t2 != t1 && reused == 0);
+    CHECK_EQ_INT(lazymoe_session_capacity(t1), 2048); /* 2048 + 2800 fit the budget: not cut */
+    fill(t2, t.b, 2700, reused);
+    srv_cache_put(&t.c, t2);
+    lazymoe_session *t3 = take(&t.c, t.a, 1100, 100, &reused);
+    CHECK(t3 == t1 && reused == 1099);
+    CHECK_EQ_INT(lazymoe_session_capacity(t2), 2816);
+    CHECK_EQ_INT(lazymoe_session_capacity(t1), 1280);
+    srv_cache_usage(&t.c, &sessions, &tokens);
+    CHECKF(sessions == 2 && tokens == 3800, "%d sessions, %d tokens", sessions, tokens);
+    CHECK(others_capacity(&t.c, t3) + 1280 <= 4850);
+    srv_cache_put(&t.c, t3);
+    cache_case_close(&t);
+    /* With a request running (--parallel), a session that grew past its reservation
+     * (1100 tokens in 2048 positions for a 1200-position request) is cut to what it
+     * holds before its next request would wait: 2810 running + 1280 fit 4096. */
+    cache_case_open(&t, 0);
+    char err[512];
+    int wait = -1;
+    lazymoe_session *u1 = take(&t.c, t.a, 1100, 100, &reused);
+    lazymoe_session *u2 = take(&t.c, t.b, 10, 2800, &reused); /* 1200 + 2810 fit beside it */
+    CHECK(u1 && u2 && u1 != u2);
+    fill(u1, t.a, 1100, 0);
+    srv_cache_put(&t.c, u1);
+    CHECK_EQ_INT(lazymoe_session_capacity(u1), 2048);
+    lazymoe_session *u3 = srv_cache_take(&t.c, t.a, 1100, 100, &reused, &wait, err, sizeof err);
+    CHECKF(u3 == u1 && wait == 0, "%s", err);
+    CHECK_EQ_INT(lazymoe_session_capacity(u1), 1280);
+    if (u3) srv_cache_put(&t.c, u3);
+    srv_cache_put(&t.c, u2);
+    cache_case_close(&t);
 }
 
 int main(void) {
@@ -408,6 +526,7 @@ int main(void) {
     TEST_CASE("server_request_options", test_options);
     TEST_CASE("server_request_client_mistakes_are_4xx", test_client_mistakes);
     TEST_CASE("server_prompt_cache_policy", test_prompt_cache_policy);
+    TEST_CASE("server_prompt_cache_keeps_capacity_between_turns", test_prompt_cache_keeps_capacity);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

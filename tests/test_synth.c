@@ -1,12 +1,13 @@
 /* lazymoe synth: the tiny preset opens and evaluates in the engine; same seed gives the
  * same bytes, another seed others; --layers; a shrunk mixtral and qwen3_next have the
  * names, shapes and dtypes of the real layout; real presets' plans (dry run) match the
- * published sizes; weight spread; the routing construction; disk-space refusal; bad
- * arguments. */
+ * published sizes; gpt-oss in the released MXFP4 layout (lazy == resident); weight
+ * spread; the routing construction; disk-space refusal; bad arguments. */
 #include "harness.h"
 
 #include "common/error.h"
 #include "formats/mlx_quant.h"
+#include "formats/mxfp4.h"
 #include "formats/safetensors.h"
 #include "lazymoe.h"
 #include "platform/fs.h"
@@ -298,6 +299,164 @@ static void test_qwen3_next_layout(void) {
     CHECKF(eval_finite(tmp_path("next"), err), "%s", err); /* what synth writes, the engine runs */
 }
 
+/* Logits of a prefill of 8 ids then 4 single-token steps (12 * vocab floats) with
+ * `capacity` expert slots per layer (-1: resident); 0 on failure. */
+static int eval_capacity(const char *dir, int capacity, float *logits, int vocab, char *err) {
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.n_threads = 1;
+    opt.max_context = 64;
+    opt.expert_capacity = capacity;
+    opt.no_warm_start = 1;
+    lazymoe_model *m = NULL;
+    lazymoe_session *s = NULL;
+    if (lazymoe_model_open(&m, dir, &opt, err, LM_ERR_LEN) != 0) return 0;
+    int ok = lazymoe_session_create(&s, m, err, LM_ERR_LEN) == 0;
+    static const int32_t ids[12] = {1, 5, 9, 100, 7, 3, 400, 22, 301, 17, 18, 250};
+    if (ok) ok = lazymoe_session_eval(s, ids, 8, logits, 1, err, LM_ERR_LEN) == 0;
+    for (int i = 8; ok && i < 12; i++)
+        ok = lazymoe_session_eval(s, ids + i, 1, logits + (size_t)i * (size_t)vocab, 1, err, LM_ERR_LEN) == 0;
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return ok;
+}
+
+/* gpt-oss at reduced width, in the released layout: MXFP4 experts (fused gate_up) with
+ * BF16 biases, everything else BF16 under transformers' names, attention biases and
+ * sinks, router bias; OpenAI's config keys. The MXFP4 scale of every group is the
+ * smallest power of two that fits it (its largest code is 3, 4 or 6) and dequantized
+ * weights have std 1/sqrt(fan_in). The engine runs it, lazy == resident bit-identical. */
+static void test_gpt_oss_layout(void) {
+    char err[LM_ERR_LEN] = "";
+    lm_synth_options o = tiny_opts();
+    o.preset = "gpt-oss-120b";
+    o.layers = 3;
+    o.hidden = 256;
+    o.experts = 8;
+    o.moe_intermediate = 128;
+    o.vocab = 512;
+    lm_synth_plan plan;
+    CHECKF(lm_synth_write(tmp_path("goss"), &o, &plan, err) == 0, "%s", err);
+    CHECK_EQ_INT(plan.bytes_per_expert, 3 * (256 * 128 / 2 + 256 * 128 / 32));
+    st_archive *a = NULL;
+    CHECKF(st_open(&a, tmp_path("goss"), err) == 0, "%s", err);
+    if (a) {
+        const char *L = "model.layers.2";
+        char n[128];
+#define T(SUFFIX, DT, ND, D0, D1, D2) \
+    (snprintf(n, sizeof n, "%s.%s", L, SUFFIX), check_tensor(a, n, DT, ND, D0, D1, D2))
+        T("mlp.experts.gate_up_proj_scales", LM_DT_U8, 3, 8, 256, 8);
+        T("mlp.experts.down_proj_scales", LM_DT_U8, 3, 8, 256, 4);
+        T("mlp.experts.gate_up_proj_bias", LM_DT_BF16, 2, 8, 256, 0);
+        T("mlp.experts.down_proj_bias", LM_DT_BF16, 2, 8, 256, 0);
+        T("mlp.router.weight", LM_DT_BF16, 2, 8, 256, 0);
+        T("mlp.router.bias", LM_DT_BF16, 1, 8, 0, 0);
+        T("self_attn.q_proj.weight", LM_DT_BF16, 2, 64 * 64, 256, 0);
+        T("self_attn.q_proj.bias", LM_DT_BF16, 1, 64 * 64, 0, 0);
+        T("self_attn.k_proj.weight", LM_DT_BF16, 2, 8 * 64, 256, 0);
+        T("self_attn.v_proj.bias", LM_DT_BF16, 1, 8 * 64, 0, 0);
+        T("self_attn.o_proj.weight", LM_DT_BF16, 2, 256, 64 * 64, 0);
+        T("self_attn.o_proj.bias", LM_DT_BF16, 1, 256, 0, 0);
+        T("self_attn.sinks", LM_DT_BF16, 1, 64, 0, 0);
+        T("input_layernorm.weight", LM_DT_BF16, 1, 256, 0, 0);
+#undef T
+        check_tensor(a, "model.embed_tokens.weight", LM_DT_BF16, 2, 512, 256, 0);
+        check_tensor(a, "lm_head.weight", LM_DT_BF16, 2, 512, 256, 0);
+        CHECK(st_find(a, "model.layers.0.mlp.switch_mlp.gate_proj.weight") == NULL);
+        CHECK(!a->files[0].is_mlx);
+        const st_tensor *tb = st_find(a, "model.layers.1.mlp.experts.gate_up_proj_blocks");
+        const st_tensor *ts = st_find(a, "model.layers.1.mlp.experts.gate_up_proj_scales");
+        CHECK(tb && tb->dtype == LM_DT_U8 && tb->ndim == 4 && tb->shape[0] == 8 && tb->shape[1] == 256 &&
+              tb->shape[2] == 8 && tb->shape[3] == 16);
+        if (tb && ts && tb->nbytes == 8 * 256 * 128 && ts->nbytes == 8 * 256 * 8) {
+            uint8_t *codes = malloc(tb->nbytes), *sc = malloc(ts->nbytes);
+            float *row = malloc(sizeof(float) * 256);
+            CHECK(st_read(a, tb, codes, err) == 0 && st_read(a, ts, sc, err) == 0);
+            int tight = 1;
+            for (size_t g = 0; g < ts->nbytes; g++) {
+                int big = 0;
+                for (int j = 0; j < 16; j++) {
+                    uint8_t b = codes[g * 16 + j];
+                    big |= (b & 7) >= 5 || (b >> 4 & 7) >= 5; /* codes 5..7: 3, 4, 6 */
+                }
+                tight &= big;
+            }
+            CHECK(tight);
+            double sum = 0, sq = 0;
+            for (int r = 0; r < 8 * 256; r++) {
+                lm_mxfp4_split_row_f32(codes, sc, 256, r, row);
+                for (int j = 0; j < 256; j++) {
+                    sum += row[j];
+                    sq += (double)row[j] * row[j];
+                }
+            }
+            double cnt = 8.0 * 256 * 256, mean = sum / cnt, sd = sqrt(sq / cnt - mean * mean);
+            CHECKF(fabs(sd - 1.0 / 16.0) < 0.15 / 16.0, "std %g, want 1/sqrt(256) = 0.0625", sd);
+            CHECKF(fabs(mean) < 0.002, "mean %g", mean);
+            free(codes);
+            free(sc);
+            free(row);
+        }
+        st_close(a);
+    }
+    json_t *cfg = json_load_file(tmp_path("goss/config.json"), 0, NULL);
+    json_t *qc = json_object_get(cfg, "quantization_config");
+    CHECK_STR_CONTAINS(json_string_value(json_object_get(qc, "quant_method")), "mxfp4");
+    CHECK(json_object_get(cfg, "quantization") == NULL);
+    json_t *types = json_object_get(cfg, "layer_types");
+    CHECK_EQ_INT(json_array_size(types), 3);
+    CHECK_STR_CONTAINS(json_string_value(json_array_get(types, 0)), "sliding_attention");
+    CHECK_STR_CONTAINS(json_string_value(json_array_get(types, 1)), "full_attention");
+    json_t *rope = json_object_get(cfg, "rope_scaling");
+    CHECK_STR_CONTAINS(json_string_value(json_object_get(rope, "rope_type")), "yarn");
+    CHECK(json_number_value(json_object_get(rope, "factor")) == 32.0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(cfg, "sliding_window")), 128);
+    CHECK_EQ_INT(json_integer_value(json_object_get(cfg, "num_local_experts")), 8);
+    CHECK_STR_CONTAINS(json_string_value(json_object_get(cfg, "model_type")), "gpt_oss");
+    json_decref(cfg);
+    CHECKF(eval_finite(tmp_path("goss"), err), "%s", err);
+    /* Lazy experts (4 and 7 slots of 8) and resident: the same logits, bit for bit. */
+    size_t nl = (size_t)12 * 512;
+    float *ref = malloc(sizeof(float) * nl), *lazy = malloc(sizeof(float) * nl);
+    CHECKF(eval_capacity(tmp_path("goss"), -1, ref, 512, err), "%s", err);
+    static const int caps[2] = {4, 7};
+    for (int i = 0; i < 2; i++) {
+        CHECKF(eval_capacity(tmp_path("goss"), caps[i], lazy, 512, err), "%s", err);
+        CHECKF(memcmp(ref, lazy, sizeof(float) * nl) == 0, "capacity %d differs from resident", caps[i]);
+    }
+    free(ref);
+    free(lazy);
+}
+
+/* The gpt-oss presets' declared sizes: OpenAI's model card lists 60.8 GiB (116.8B
+ * parameters) for gpt-oss-120b and 12.8 GiB (20.9B) for gpt-oss-20b. */
+static void test_gpt_oss_presets_plan(void) {
+    static const struct {
+        const char *preset;
+        int layers, E, tensors;
+        double gib, params_b;
+    } cases[] = {{"gpt-oss-120b", 36, 128, 687, 60.8, 116.8}, {"gpt-oss-20b", 24, 32, 459, 12.8, 20.9}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char err[LM_ERR_LEN] = "";
+        lm_synth_options o = tiny_opts();
+        o.preset = cases[i].preset;
+        lm_synth_plan p;
+        CHECKF(lm_synth_plan_model(&o, &p, err) == 0, "%s", err);
+        CHECK_EQ_INT(p.layers, cases[i].layers);
+        CHECK_EQ_INT(p.experts, cases[i].E);
+        CHECK_EQ_INT(p.top_k, 4);
+        CHECK_EQ_INT(p.vocab, 201088);
+        /* gate_up [5760, 2880] + down [2880, 2880]: 4 bits a value + one byte per 32 */
+        uint64_t vals = 3ull * 2880 * 2880;
+        CHECK_EQ_INT(p.bytes_per_expert, vals / 2 + vals / 32);
+        CHECK_EQ_INT(p.n_tensors, cases[i].tensors);
+        CHECKF(fabs((double)p.bytes_total / (1u << 30) - cases[i].gib) < 0.05, "%s: %.3f GiB", cases[i].preset,
+               (double)p.bytes_total / (1u << 30));
+        CHECKF(fabs((double)p.params_total / 1e9 - cases[i].params_b) < 0.05, "%s: %.3fB params",
+               cases[i].preset, (double)p.params_total / 1e9);
+    }
+}
+
 /* The real presets, declared only: sizes from the shapes, and the published totals
  * (mlx-community 4-bit: Qwen3-30B-A3B 17.2 GB, Mixtral-8x7B 26.3 GB, Qwen3-Next 44.8 GB). */
 static void test_real_presets_plan(void) {
@@ -493,6 +652,8 @@ int main(void) {
     TEST_CASE("synth_mixtral_layout", test_mixtral_layout);
     TEST_CASE("synth_qwen3_next_layout", test_qwen3_next_layout);
     TEST_CASE("synth_real_presets_plan", test_real_presets_plan);
+    TEST_CASE("synth_gpt_oss_layout", test_gpt_oss_layout);
+    TEST_CASE("synth_gpt_oss_presets_plan", test_gpt_oss_presets_plan);
     TEST_CASE("synth_routing_construction", test_routing_construction);
     TEST_CASE("synth_disk_space_refusal", test_disk_space_refusal);
     TEST_CASE("synth_bad_arguments", test_bad_arguments);

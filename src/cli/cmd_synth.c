@@ -13,7 +13,9 @@ static void synth_usage(FILE *f) {
     fprintf(f,
             "usage: lazymoe synth --preset NAME --out DIR [options]\n"
             "Writes a random-weight model at a real model's shapes, in the MLX quantized layout\n"
-            "(config.json, generation_config.json, safetensors shards), for benchmarks.\n"
+            "(config.json, generation_config.json, safetensors shards), for benchmarks; the\n"
+            "gpt-oss presets in the released layout (MXFP4 experts, BF16 rest; --bits and\n"
+            "--group-size do not apply to them).\n"
             "  --preset NAME       %s\n"
             "  --out DIR           output directory (written atomically)\n"
             "  --layers N          override the layer count (config says N layers)\n"
@@ -50,11 +52,14 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
 
 static void print_plan(const lm_synth_options *o, const lm_synth_plan *p) {
     printf("preset: %s\nmodel_type: %s\nlayers: %d\nhidden: %d\nexperts: %d\ntop_k: %d\n"
-           "moe_intermediate: %d\nvocab: %d\nbits: %d\ngroup_size: %d\ntensors: %d\nshards: %d\n"
+           "moe_intermediate: %d\nvocab: %d\n",
+           o->preset, p->model_type, p->layers, p->hidden, p->experts, p->top_k, p->moe_intermediate, p->vocab);
+    if (p->mxfp4) printf("storage: mxfp4 experts, bf16 rest\n");
+    else printf("bits: %d\ngroup_size: %d\n", o->bits, o->group_size);
+    printf("tensors: %d\nshards: %d\n"
            "bytes_per_expert: %llu\nbytes_experts: %llu\nbytes_resident: %llu\nbytes_total: %llu\n"
            "params_total: %llu\n",
-           o->preset, p->model_type, p->layers, p->hidden, p->experts, p->top_k, p->moe_intermediate,
-           p->vocab, o->bits, o->group_size, p->n_tensors, p->n_shards,
+           p->n_tensors, p->n_shards,
            (unsigned long long)p->bytes_per_expert, (unsigned long long)p->bytes_experts,
            (unsigned long long)p->bytes_resident, (unsigned long long)p->bytes_total,
            (unsigned long long)p->params_total);

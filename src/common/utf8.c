@@ -3,10 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The well-formed byte sequences (Unicode table 3-7): a lead byte fixes the length and
- * the range of the first continuation byte; later continuation bytes are 80..BF. Returns
- * the length, 0 for a byte that cannot start a multi-byte sequence. */
-static size_t lead(unsigned char c, int flags, unsigned char *lo, unsigned char *hi, uint32_t *bits) {
+size_t lm_utf8_lead(unsigned char c, int flags, unsigned char *lo, unsigned char *hi, uint32_t *bits) {
     *lo = 0x80;
     *hi = 0xBF;
     if (c >= 0xC2 && c <= 0xDF) {
@@ -37,7 +34,7 @@ size_t lm_utf8_decode(const unsigned char *s, size_t len, uint32_t *cp, int flag
     }
     unsigned char lo, hi;
     uint32_t v;
-    size_t need = lead(s[0], flags, &lo, &hi, &v);
+    size_t need = lm_utf8_lead(s[0], flags, &lo, &hi, &v);
     if (!need || len < need) return 0;
     for (size_t i = 1; i < need; i++) {
         if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF)) return 0;
@@ -53,7 +50,7 @@ size_t lm_utf8_bad_run_flags(const unsigned char *s, size_t len, int *incomplete
     *incomplete = 0;
     unsigned char lo, hi;
     uint32_t bits;
-    size_t need = lead(s[0], flags, &lo, &hi, &bits);
+    size_t need = lm_utf8_lead(s[0], flags, &lo, &hi, &bits);
     if (!need) return 1; /* stray continuation byte or impossible lead */
     size_t i = 1;
     while (i < need && i < len) {

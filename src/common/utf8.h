@@ -14,6 +14,13 @@
 
 enum { LM_UTF8_SURROGATES = 1 };
 
+/* The well-formed multi-byte sequences (Unicode table 3-7): a lead byte c fixes the
+ * length and the range [*lo, *hi] of the first continuation byte (later ones are
+ * 80..BF); *bits are the lead's code point bits. Returns the length (2-4), 0 for a
+ * byte that cannot start a multi-byte sequence (ASCII, a continuation byte, C0, C1,
+ * F5..FF). For decoders that take one byte at a time. */
+size_t lm_utf8_lead(unsigned char c, int flags, unsigned char *lo, unsigned char *hi, uint32_t *bits);
+
 /* Length in bytes (1-4) of the valid sequence starting at s[0] (len > 0 bytes), storing
  * its code point in *cp; 0 if s does not start with a complete, valid sequence (then *cp
  * is U+FFFD). flags: 0 or LM_UTF8_SURROGATES. */

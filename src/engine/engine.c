@@ -45,8 +45,10 @@ static uint64_t act8_bytes(const lm_config *c, int act_bits) {
     return 2u * LM_CHUNK_TOKENS * (w + 256 + 2 * 4 * (w / 32 + 32) + 3 * (w + 128));
 }
 
-/* Whether a matmul of the model takes quantized weights (MLX affine or ggml blocks). */
-static int mat_quantized(const lm_mat *x) { return x->rows > 0 && (x->dtype == LM_DT_U32 || lm_dtype_is_block(x->dtype)); }
+/* Whether a matmul of the model takes quantized weights (MLX affine, ggml blocks, MXFP4). */
+static int mat_quantized(const lm_mat *x) {
+    return x->rows > 0 && (x->dtype == LM_DT_U32 || lm_dtype_is_block(x->dtype) || x->dtype == LM_DT_MXFP4_SPLIT);
+}
 static int has_quantized_weights(const lm_weights *w) {
     if (mat_quantized(&w->lm_head)) return 1;
     for (int l = 0; l < w->cfg.n_layers; l++) {

@@ -19,6 +19,7 @@
 #include "engine/engine.h"
 
 #include "common/error.h"
+#include "common/hash.h"
 #include "platform/fs.h"
 
 #include <stdio.h>
@@ -29,18 +30,12 @@
 static const char magic[8] = {'L', 'M', 'K', 'V', 'S', 'T', '1', '\n'};
 enum { STAGE_BYTES = 1 << 20 };
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static uint64_t compute_signature(const lazymoe_model *m) {
     const lm_config *c = &m->w.cfg;
     char sig[256];
     snprintf(sig, sizeof sig, "%s|%s|kv%d|act%d|L%d|kv%d|hd%d", m->be->ops->name, lm_backend_cpu_kernels(m->be),
              (int)m->kv_dtype, m->opt.act_bits, c->n_layers, c->n_kv_heads, c->head_dim);
-    return fnv(0xcbf29ce484222325ull, sig, strlen(sig));
+    return lm_fnv1a(LM_FNV1A_INIT, sig, strlen(sig));
 }
 
 typedef struct {
@@ -51,14 +46,14 @@ typedef struct {
 } stream;
 
 static int put(stream *w, const void *p, size_t n) {
-    w->sum = fnv(w->sum, p, n);
+    w->sum = lm_fnv1a(w->sum, p, n);
     if (fwrite(p, 1, n, w->f) != n) return lm_errf(w->err, "%s: write failed (disk full?)", w->path);
     return 0;
 }
 
 static int get(stream *r, void *p, size_t n) {
     if (fread(p, 1, n, r->f) != n) return lm_errf(r->err, "%s: truncated", r->path);
-    r->sum = fnv(r->sum, p, n);
+    r->sum = lm_fnv1a(r->sum, p, n);
     return 0;
 }
 
@@ -69,7 +64,7 @@ int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err
     if (n <= 0 || n > s->n_past) return lm_errf(err, "cannot save %d positions of a session holding %d", n, s->n_past);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
-    stream w = {.f = fopen(tmp, "wb"), .sum = 0xcbf29ce484222325ull, .path = tmp, .err = err};
+    stream w = {.f = fopen(tmp, "wb"), .sum = LM_FNV1A_INIT, .path = tmp, .err = err};
     if (!w.f) return lm_errf(err, "%s: cannot create", tmp);
     char *stage = malloc(STAGE_BYTES);
     uint64_t head[2] = {m->model_id, compute_signature(m)};
@@ -106,7 +101,7 @@ int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err
 /* Opens a file and checks its header against the model; *n = positions it holds. */
 static int open_checked(const lazymoe_model *m, const char *path, stream *r, uint32_t *n, char *err) {
     r->f = fopen(path, "rb");
-    r->sum = 0xcbf29ce484222325ull;
+    r->sum = LM_FNV1A_INIT;
     r->path = path;
     r->err = err;
     if (!r->f) return lm_errf(err, "%s: cannot open", path);

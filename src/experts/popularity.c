@@ -1,10 +1,11 @@
 #include "experts/popularity.h"
 
 #include "common/error.h"
+#include "common/hash.h"
+#include "platform/fs.h"
 #include "platform/platform.h"
 
 #include <dirent.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,24 +13,15 @@
 
 static const unsigned char MAGIC[8] = {'L', 'M', 'P', 'O', 'P', 0, 0, 1};
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 uint64_t lm_popularity_model_id(const char *dir) {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = LM_FNV1A_INIT;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "rb");
     if (f) {
         char buf[4096];
         size_t n;
-        while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = fnv1a(h, buf, n);
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0) h = lm_fnv1a(h, buf, n);
         fclose(f);
     }
     DIR *d = opendir(dir);
@@ -40,8 +32,8 @@ uint64_t lm_popularity_model_id(const char *dir) {
         const char *base = strrchr(dir, '/');
         base = base ? base + 1 : dir;
         uint64_t size = (uint64_t)st.st_size;
-        h = fnv1a(h, base, strlen(base));
-        return fnv1a(h, &size, sizeof size);
+        h = lm_fnv1a(h, base, strlen(base));
+        return lm_fnv1a(h, &size, sizeof size);
     }
     /* Order-independent: combine per-file hashes by addition. */
     uint64_t files = 0;
@@ -52,20 +44,17 @@ uint64_t lm_popularity_model_id(const char *dir) {
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         if (stat(path, &st) != 0) continue;
-        uint64_t fh = fnv1a(0xcbf29ce484222325ull, e->d_name, nl);
+        uint64_t fh = lm_fnv1a(LM_FNV1A_INIT, e->d_name, nl);
         uint64_t size = (uint64_t)st.st_size;
-        files += fnv1a(fh, &size, sizeof size);
+        files += lm_fnv1a(fh, &size, sizeof size);
     }
     closedir(d);
-    return fnv1a(h, &files, sizeof files);
+    return lm_fnv1a(h, &files, sizeof files);
 }
 
 int lm_popularity_path(uint64_t model_id, char *path, size_t len, char *err) {
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     char base[3000];
-    if (xdg && xdg[0] == '/') snprintf(base, sizeof base, "%s/lazymoe", xdg);
-    else if (home && home[0]) snprintf(base, sizeof base, "%s/.cache/lazymoe", home);
-    else return lm_errf(err, "neither XDG_CACHE_HOME nor HOME is set");
+    if (lm_user_cache_dir(base, sizeof base, err) != 0) return -1;
     if ((size_t)snprintf(path, len, "%s/popularity-%016llx.bin", base, (unsigned long long)model_id) >= len)
         return lm_errf(err, "cache path too long");
     return 0;
@@ -94,7 +83,7 @@ int lm_popularity_load(lm_popularity *p, const char *path, uint64_t model_id, in
     memcpy(&id, buf + 16, 8);
     memcpy(&sum, buf + total - 8, 8);
     if (memcmp(buf, MAGIC, 8) != 0 || nl != (uint32_t)n_layers || ne != (uint32_t)n_experts || id != model_id ||
-        sum != fnv1a(0xcbf29ce484222325ull, buf, total - 8)) {
+        sum != lm_fnv1a(LM_FNV1A_INIT, buf, total - 8)) {
         lm_errf(err, "%s: not this model's popularity file (or damaged)", path);
         goto done;
     }
@@ -116,24 +105,13 @@ done:
     return rc;
 }
 
-static int mkdir_p(char *dir) {
-    for (char *s = dir + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        int bad = mkdir(dir, 0755) != 0 && errno != EEXIST;
-        *s = '/';
-        if (bad) return -1;
-    }
-    return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 int lm_popularity_save(const lm_popularity *p, const char *path, char *err) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash) {
         *slash = 0;
-        if (mkdir_p(dir) != 0) return lm_errf(err, "cannot create %s: %s", dir, strerror(errno));
+        if (lm_mkdir_parents(dir, err) != 0) return -1;
     }
     size_t n = (size_t)p->n_layers * (size_t)p->n_experts;
     size_t total = 8 + 4 + 4 + 8 + n * 4 + 8;
@@ -145,7 +123,7 @@ int lm_popularity_save(const lm_popularity *p, const char *path, char *err) {
     memcpy(buf + 12, &ne, 4);
     memcpy(buf + 16, &p->model_id, 8);
     memcpy(buf + 24, p->uses, n * 4);
-    uint64_t sum = fnv1a(0xcbf29ce484222325ull, buf, total - 8);
+    uint64_t sum = lm_fnv1a(LM_FNV1A_INIT, buf, total - 8);
     memcpy(buf + total - 8, &sum, 8);
     int rc = lm_write_file_atomic(path, buf, total, err);
     free(buf);

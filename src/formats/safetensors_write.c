@@ -242,6 +242,7 @@ struct stw_model {
     char **shard_names;
     int nshards;
     int started;
+    const char *format; /* static; NULL: "mlx" */
 };
 
 int stw_model_create(stw_model **out, const char *dir, uint64_t max_shard_bytes, char *err) {
@@ -257,6 +258,8 @@ int stw_model_create(stw_model **out, const char *dir, uint64_t max_shard_bytes,
     *out = m;
     return 0;
 }
+
+void stw_model_set_format(stw_model *m, const char *format) { m->format = format; }
 
 int stw_model_declare(stw_model *m, const char *name, lm_dtype dtype, int ndim,
                       const int64_t *shape, char *err) {
@@ -304,7 +307,7 @@ int stw_model_start(stw_model *m, char *err) {
             return lm_errf(err, "out of memory");
         }
         snprintf(path, n, "%s/%s", m->dir, name);
-        int rc = stw_file_create(&m->shards[s], path, "mlx", err);
+        int rc = stw_file_create(&m->shards[s], path, m->format ? m->format : "mlx", err);
         free(path);
         if (rc != 0) return -1;
     }

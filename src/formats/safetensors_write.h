@@ -65,6 +65,9 @@ typedef struct stw_model stw_model;
 int stw_model_create(stw_model **out, const char *dir, uint64_t max_shard_bytes, char *err);
 int stw_model_declare(stw_model *m, const char *name, lm_dtype dtype, int ndim,
                       const int64_t *shape, char *err);
+/* The shards' __metadata__ format: "mlx" unless set (before start) to another static
+ * string, e.g. "pt" as transformers' save_pretrained writes. */
+void stw_model_set_format(stw_model *m, const char *format);
 int stw_model_start(stw_model *m, char *err);
 int stw_model_write_at(stw_model *m, const char *name, uint64_t offset, const void *data,
                        size_t len, char *err);

@@ -12,6 +12,8 @@ const lm_family *const lm_families[] = {
     &lm_family_olmoe,
     &lm_family_qwen3_next,
     &lm_family_gpt_oss,
+    &lm_family_minimax_m2,
+    &lm_family_glm4_moe,
     &lm_family_qwen3_5_moe,
     NULL,
 };

@@ -53,7 +53,22 @@ typedef struct {
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel, full_interval;
     int attn_bias;   /* q/k/v projections have biases (glm4_moe) */
     int first_dense; /* the first layers are dense MLPs of `intermediate` (first_k_dense_replace) */
+    /* gpt-oss: o_proj bias, a learned sink logit per head (self_attn.sinks), a router
+     * bias, and fused experts (gate_up_proj with gate / up rows interleaved, down_proj,
+     * and their per-expert biases NAME_bias) instead of gate / up / down stacks. */
+    int o_bias, attn_sinks, router_bias, fused_experts;
 } lm_synth_preset;
+
+/* How `synth` stores a family's tensors. */
+typedef enum {
+    /* mlx-lm's converted checkpoints: every matrix MLX affine (--bits, --group-size),
+     * routers as the family's mlx-lm rule says, vectors BF16 (synth.h). */
+    LM_SYNTH_MLX_AFFINE = 0,
+    /* The released gpt-oss files: routed expert stacks MXFP4 (NAME_blocks uint8
+     * [E, out, in / 32, 16], NAME_scales uint8 e8m0 [E, out, in / 32]), everything else
+     * BF16 under its Hugging Face name, quantization_config {quant_method: mxfp4}. */
+    LM_SYNTH_HF_MXFP4,
+} lm_synth_layout;
 
 /* How a family names the tensors of its MoE blocks inside model.layers.N (Hugging Face
  * and MLX files). MLX stacked (BLOCK.switch_mlp.{gate,up,down}_proj) and transformers-5
@@ -111,6 +126,7 @@ typedef struct lm_family {
 
     /* ---- synth ---- */
     const lm_synth_preset *synth_presets; /* terminated by a NULL name; NULL: none */
+    lm_synth_layout synth_layout;
     /* Family keys of a synthetic config.json / generation_config.json (NULL: none). */
     void (*synth_config)(json_t *cfg, const lm_synth_preset *p);
     void (*synth_generation)(json_t *gen, const lm_synth_preset *p);
@@ -140,7 +156,7 @@ int lm_cfg_int(json_t *o, const char *key, long long def, long long lo, long lon
 
 /* The families (one file each). */
 extern const lm_family lm_family_qwen3_moe, lm_family_mixtral, lm_family_olmoe, lm_family_qwen3_next;
-extern const lm_family lm_family_gpt_oss, lm_family_qwen3_5_moe;
+extern const lm_family lm_family_gpt_oss, lm_family_qwen3_5_moe, lm_family_minimax_m2, lm_family_glm4_moe;
 
 /* qwen3_next's parse_config (Gated DeltaNet shapes, layer_types, gated shared expert),
  * which qwen3_5_moe shares. */

@@ -22,6 +22,10 @@ lm_path_kind lm_path_type(const char *path);
 /* 1 if the directory has no entries besides . and .., 0 if it has, -1 on error. */
 int lm_dir_is_empty(const char *path, char *err);
 int lm_mkdir(const char *path, char *err);
+/* Makes a directory and its missing parents (mode 0755), like mkdir -p: one that
+ * exists already (also through a symbolic link) is fine; the error names the first
+ * component that could not be made. */
+int lm_mkdir_parents(const char *path, char *err);
 /* rename(2) with an error naming both paths. */
 int lm_rename(const char *from, const char *to, char *err);
 /* Removes a file or a directory tree (does not follow symbolic links). Missing is fine. */

@@ -73,6 +73,39 @@ int lm_mkdir(const char *path, char *err) {
     return 0;
 }
 
+/* mkdir that accepts an existing directory (EEXIST is reported before permission
+ * errors, but a read-only or inaccessible parent may say otherwise). */
+static int mkdir_once(const char *path) {
+    if (mkdir(path, 0755) == 0) return 0;
+    int saved = errno;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;
+    errno = saved;
+    return -1;
+}
+
+int lm_mkdir_parents(const char *path, char *err) {
+    size_t n = strlen(path);
+    if (n == 0) return lm_errf(err, "cannot create a directory with an empty name");
+    char *p = malloc(n + 1);
+    if (!p) return lm_errf(err, "out of memory");
+    memcpy(p, path, n + 1);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/' || s[-1] == '/') continue;
+        *s = 0;
+        int bad = mkdir_once(p) != 0;
+        if (bad) lm_errf(err, "cannot create directory %s: %s", p, strerror(errno));
+        *s = '/';
+        if (bad) {
+            free(p);
+            return -1;
+        }
+    }
+    int rc = mkdir_once(p) != 0 ? lm_errf(err, "cannot create directory %s: %s", p, strerror(errno)) : 0;
+    free(p);
+    return rc;
+}
+
 int lm_rename(const char *from, const char *to, char *err) {
     if (rename(from, to) != 0)
         return lm_errf(err, "cannot rename %s to %s: %s", from, to, strerror(errno));

@@ -37,6 +37,11 @@ int lm_file_open_direct(const char *path, char *err);
 /* Writes a whole file atomically: to PATH.tmp.PID, fsync, rename over PATH. */
 int lm_write_file_atomic(const char *path, const void *data, size_t len, char *err);
 
+/* The user's cache directory for lazymoe: $XDG_CACHE_HOME/lazymoe when that is an
+ * absolute path, else $HOME/.cache/lazymoe (the XDG base-directory rule). It is not
+ * created here. -1 with the reason when neither is set or the name does not fit. */
+int lm_user_cache_dir(char *out, size_t len, char *err);
+
 /* Monotonic seconds. */
 double lm_now(void);
 /* Number of online CPU cores (at least 1). */

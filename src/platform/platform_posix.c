@@ -117,6 +117,16 @@ int lm_write_file_atomic(const char *path, const void *data, size_t len, char *e
     return 0;
 }
 
+int lm_user_cache_dir(char *out, size_t len, char *err) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int n;
+    if (xdg && xdg[0] == '/') n = snprintf(out, len, "%s/lazymoe", xdg);
+    else if (home && home[0]) n = snprintf(out, len, "%s/.cache/lazymoe", home);
+    else return lm_errf(err, "neither XDG_CACHE_HOME nor HOME is set");
+    if (n < 0 || (size_t)n >= len) return lm_errf(err, "the user cache directory's name is too long");
+    return 0;
+}
+
 double lm_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -47,6 +47,14 @@ static int common_prefix(const lazymoe_session *s, const int32_t *ids, int n) {
     return k;
 }
 
+/* Releases a session's KV memory beyond what it holds; if that fails the session is
+ * still whole (it keeps the memory it had, and eviction makes room instead). */
+static void fit(srv_slot *sl) {
+    char err[256];
+    sl->fitted = 1;
+    if (lazymoe_session_fit(sl->s, err, sizeof err) != 0) srv_log("prompt cache: %s", err);
+}
+
 /* KV positions a slot holds or, running, may grow to. */
 static long long slot_tokens(const srv_slot *sl) {
     long long cap = sl->s ? lazymoe_session_capacity(sl->s) : 0;
@@ -100,8 +108,14 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         return NULL;
     }
     srv_slot *sl = &c->slots[pick];
-    /* A kept session may hold more capacity than this request needs. */
+    long long taken_need = need; /* what this request alone needs */
+    /* A kept session may hold more capacity than this request needs; before the
+     * request waits for that, the session is cut to what it holds. */
     if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
+    if (n_busy && running + need > c->budget_tokens && sl->s && !sl->fitted && need > taken_need) {
+        fit(sl);
+        need = lazymoe_session_capacity(sl->s) > taken_need ? lazymoe_session_capacity(sl->s) : taken_need;
+    }
     if (n_busy && running + need > c->budget_tokens) {
         *wait = 1;
         snprintf(err, errlen, "waiting for room in the KV budget");
@@ -111,21 +125,41 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
     sl->uses = *reused > 0 ? sl->uses + 1 : 1; /* a slot taken over starts a new conversation */
     if (*reused >= n) *reused = n - 1; /* the last prompt token is evaluated again for its logits */
     if (*reused < 0) *reused = 0;
-    /* Room for this request's context: free the least recently used others. */
+    /* Room for this request's context. Sessions keep the KV memory they grew to, so
+     * that the next turn of a conversation extends it in place; only when the budget
+     * would be exceeded are others shrunk to what they hold (in eviction order), then
+     * this one if it holds more than the request needs, and only then are whole
+     * sessions freed. Running ones (busy) are neither shrunk nor freed. */
     for (;;) {
+        if (sl->s && lazymoe_session_capacity(sl->s) > need) need = lazymoe_session_capacity(sl->s);
         long long others = 0;
-        int victim = -1;
+        int victim = -1, shrink = -1;
         for (int i = 0; i < c->n_slots; i++) {
-            if (i == pick || !c->slots[i].s) continue;
-            others += slot_tokens(&c->slots[i]);
-            if (!c->slots[i].busy && (victim < 0 || evict_before(c, &c->slots[i], &c->slots[victim]))) victim = i;
+            const srv_slot *o = &c->slots[i];
+            if (i == pick || !o->s) continue;
+            others += slot_tokens(o);
+            if (o->busy) continue;
+            if (victim < 0 || evict_before(c, o, &c->slots[victim])) victim = i;
+            if (!o->fitted && (shrink < 0 || evict_before(c, o, &c->slots[shrink]))) shrink = i;
         }
-        if (others + need <= c->budget_tokens || victim < 0) break;
+        if (others + need <= c->budget_tokens) break;
+        if (shrink >= 0) {
+            fit(&c->slots[shrink]);
+            continue;
+        }
+        if (sl->s && !sl->fitted && lazymoe_session_capacity(sl->s) > taken_need) {
+            fit(sl);
+            need = taken_need;
+            continue;
+        }
+        if (victim < 0) break;
         lazymoe_session_free(c->slots[victim].s);
         c->slots[victim].s = NULL;
+        c->slots[victim].fitted = 0;
     }
     if (!sl->s && lazymoe_session_create(&sl->s, c->m, err, errlen) != 0) return NULL;
     sl->busy = 1;
+    sl->fitted = 0; /* it grows as this request needs */
     sl->reserved = (int)need;
     return sl->s;
 }
@@ -135,10 +169,6 @@ void srv_cache_put(srv_prompt_cache *c, lazymoe_session *s) {
         if (c->slots[i].s == s) {
             c->slots[i].busy = 0;
             c->slots[i].last_used = ++c->clock;
-            /* keep the memory for what it holds, not the doubled capacity it grew to;
-             * if that fails the session is still whole (and within the plan) */
-            char err[256];
-            if (lazymoe_session_fit(s, err, sizeof err) != 0) srv_log("prompt cache: %s", err);
         }
 }
 

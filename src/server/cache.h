@@ -6,8 +6,11 @@
  * conversation, or one that only changed its last turn); otherwise a fresh session,
  * or, when every slot is taken, a victim's. The KV caches of all sessions together stay
  * within `budget_tokens` positions (the memory plan reserves that many): before a
- * request runs, victims are freed until the taken one can grow to prompt + max_tokens;
- * after it, a session keeps only the KV memory for what it holds.
+ * request runs, room is made for the taken one to grow to prompt + max_tokens. A
+ * session keeps the KV memory it grew to (so a conversation's next turn extends it
+ * without copying); only when the budget would be exceeded are the others cut to
+ * what they hold (lazymoe_session_fit), then the taken one if it holds more than the
+ * request needs, and only then are victims freed.
  *
  * Victims: a conversation in use (served more than once, and recently) is kept over
  * one-off requests and abandoned conversations; among equals the least recently
@@ -35,6 +38,7 @@ typedef struct {
     int uses;           /* requests it served since it was made */
     int busy;
     int reserved;       /* busy: KV positions it may grow to */
+    int fitted;         /* its KV memory was cut to what it holds since it last grew */
 } srv_slot;
 
 typedef struct {

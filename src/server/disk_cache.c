@@ -2,6 +2,7 @@
 #include "server/internal.h"
 
 #include "common/buf.h"
+#include "common/error.h"
 #include "platform/fs.h"
 
 #include <dirent.h>
@@ -67,20 +68,13 @@ int srv_disk_init(srv_disk_cache *c, lazymoe_model *m, const char *dir, uint64_t
     c->m = m;
     c->min_tokens = 1024;
     if (!dir || !limit) return 0;
-    /* make the directory and its parents */
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+    char path[4096], mkerr[LM_ERR_LEN];
+    if (strlen(dir) >= sizeof path) {
         snprintf(err, errlen, "prompt cache directory name too long");
         return -1;
     }
-    for (char *p = path + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            mkdir(path, 0755);
-            *p = '/';
-        }
-    if (mkdir(path, 0755) != 0 && lm_path_type(path) != LM_PATH_DIR) {
-        snprintf(err, errlen, "cannot make the prompt cache directory %s", dir);
+    if (lm_mkdir_parents(dir, mkerr) != 0) {
+        snprintf(err, errlen, "cannot make the prompt cache directory %s: %s", dir, mkerr);
         return -1;
     }
     if (!(c->dir = strdup(dir))) {

@@ -3,6 +3,8 @@
  * the client's socket while its job waits or runs. */
 #include "server/internal.h"
 
+#include "common/error.h"
+
 #include <microhttpd.h>
 
 #include <errno.h>
@@ -567,12 +569,12 @@ void srv_options_init(srv_options *o) {
     o->prompt_cache_size = 8ull << 30;
 }
 
-/* The persistent prompt cache's directory when none is given. */
+/* The persistent prompt cache's directory when none is given: prompt-cache in the
+ * user's cache directory; -1 (no persistent cache) when there is none. */
 static int default_prompt_cache_dir(char *out, size_t len) {
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    if (xdg && xdg[0] == '/') return snprintf(out, len, "%s/lazymoe/prompt-cache", xdg) < (int)len ? 0 : -1;
-    if (home && home[0]) return snprintf(out, len, "%s/.cache/lazymoe/prompt-cache", home) < (int)len ? 0 : -1;
-    return -1;
+    char base[3000], e[LM_ERR_LEN];
+    if (lm_user_cache_dir(base, sizeof base, e) != 0) return -1;
+    return snprintf(out, len, "%s/prompt-cache", base) < (int)len ? 0 : -1;
 }
 
 /* Renders and tokenizes a one-message conversation before serving: a model whose

@@ -230,6 +230,39 @@ static int common_fields(pctx *p, const json_t *root) {
     return 0;
 }
 
+/* The start of every API's parser: a cleared request of that API (no output limit
+ * asked for yet), the body loaded and its common fields read. The root object, or
+ * NULL with e filled and c freed. */
+static json_t *parse_begin(pctx *p, srv_api api, const char *body, size_t len, srv_chat *c, srv_error *e) {
+    memset(e, 0, sizeof *e);
+    memset(c, 0, sizeof *c);
+    c->api = api;
+    c->max_tokens = -1;
+    *p = (pctx){api, e, c};
+    json_t *root = load_body(p, body, len);
+    if (root && common_fields(p, root) != 0) {
+        json_decref(root);
+        srv_chat_free(c);
+        return NULL;
+    }
+    return root;
+}
+
+/* The end of every API's parser: root released; on failure (rc != 0) the request is
+ * freed, on success tools the client ruled out (tool_choice none) are dropped, so the
+ * template does not offer them. Returns rc. */
+static int parse_finish(pctx *p, json_t *root, int rc) {
+    srv_chat *c = p->c;
+    json_decref(root);
+    if (rc) {
+        srv_chat_free(c);
+    } else if (c->tool_choice == SRV_TOOLS_NONE) {
+        json_decref(c->tools);
+        c->tools = NULL;
+    }
+    return rc;
+}
+
 /* ---- message content ------------------------------------------------------------- */
 
 /* Text of an OpenAI content (string, null or array of parts) or an Anthropic
@@ -483,18 +516,13 @@ static int logprobs_fields(pctx *p, const json_t *root) {
 }
 
 int srv_parse_openai(const char *body, size_t len, srv_chat *c, srv_error *e) {
-    memset(e, 0, sizeof *e);
-    memset(c, 0, sizeof *c);
-    c->api = SRV_OPENAI;
-    c->max_tokens = -1;
-    pctx p = {SRV_OPENAI, e, c};
-    json_t *root = load_body(&p, body, len);
+    pctx p;
+    json_t *root = parse_begin(&p, SRV_OPENAI, body, len, c, e);
     if (!root) return -1;
     int rc = -1;
     const json_t *msgs = json_object_get(root, "messages");
     long long x = 0;
     int r;
-    if (common_fields(&p, root) != 0) goto done;
     if (!msgs) {
         srv_fail(e, p.api, 400, "messages", "messages is missing");
         goto done;
@@ -557,13 +585,7 @@ int srv_parse_openai(const char *body, size_t len, srv_chat *c, srv_error *e) {
     if (effort && set_kwarg(&p, "reasoning_effort", json_string(effort)) != 0) goto done;
     rc = 0;
 done:
-    json_decref(root);
-    if (rc) srv_chat_free(c);
-    if (!rc && c->tool_choice == SRV_TOOLS_NONE) {
-        json_decref(c->tools);
-        c->tools = NULL;
-    }
-    return rc;
+    return parse_finish(&p, root, rc);
 }
 
 /* ---- Anthropic --------------------------------------------------------------------- */
@@ -823,18 +845,13 @@ static int anthropic_tool_choice(pctx *p, const json_t *v) {
 }
 
 int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e) {
-    memset(e, 0, sizeof *e);
-    memset(c, 0, sizeof *c);
-    c->api = SRV_ANTHROPIC;
-    c->max_tokens = -1;
-    pctx p = {SRV_ANTHROPIC, e, c};
-    json_t *root = load_body(&p, body, len);
+    pctx p;
+    json_t *root = parse_begin(&p, SRV_ANTHROPIC, body, len, c, e);
     if (!root) return -1;
     int rc = -1, r;
     long long x = 0;
     srv_buf sys = {0};
     const json_t *msgs = json_object_get(root, "messages");
-    if (common_fields(&p, root) != 0) goto done;
     if (!msgs) {
         srv_fail(e, p.api, 400, "messages", "messages: Field required");
         goto done;
@@ -897,13 +914,7 @@ int srv_parse_anthropic(const char *body, size_t len, srv_chat *c, srv_error *e)
     rc = 0;
 done:
     srv_buf_free(&sys);
-    json_decref(root);
-    if (rc) srv_chat_free(c);
-    if (!rc && c->tool_choice == SRV_TOOLS_NONE) {
-        json_decref(c->tools);
-        c->tools = NULL;
-    }
-    return rc;
+    return parse_finish(&p, root, rc);
 }
 
 void srv_chat_free(srv_chat *c) {
@@ -928,7 +939,6 @@ int srv_p_bad_type(srv_pctx *p, const char *field, const char *want, const json_
     return bad_type(p, field, want, got);
 }
 int srv_p_oom(srv_pctx *p) { return oom(p); }
-json_t *srv_p_load_body(srv_pctx *p, const char *body, size_t len) { return load_body(p, body, len); }
 int srv_p_int(srv_pctx *p, const json_t *obj, const char *key, long long lo, long long hi, long long *out) {
     return get_int(p, obj, key, lo, hi, out);
 }
@@ -936,7 +946,10 @@ int srv_p_bool(srv_pctx *p, const json_t *obj, const char *key) { return get_boo
 int srv_p_string(srv_pctx *p, const json_t *obj, const char *key, const char *field, const char **out) {
     return get_string(p, obj, key, field, out);
 }
-int srv_p_common_fields(srv_pctx *p, const json_t *root) { return common_fields(p, root); }
+json_t *srv_p_begin(srv_pctx *p, srv_api api, const char *body, size_t len, srv_chat *c, srv_error *e) {
+    return parse_begin(p, api, body, len, c, e);
+}
+int srv_p_finish(srv_pctx *p, json_t *root, int rc) { return parse_finish(p, root, rc); }
 int srv_p_set_kwarg(srv_pctx *p, const char *key, json_t *value) { return set_kwarg(p, key, value); }
 json_t *srv_p_arguments_object(srv_pctx *p, const json_t *args, const char *field) {
     return arguments_object(p, args, field);

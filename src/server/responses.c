@@ -462,17 +462,12 @@ static int no_logprobs(srv_pctx *p, const json_t *root) {
 }
 
 int srv_parse_responses(const char *body, size_t len, srv_chat *c, srv_error *e) {
-    memset(e, 0, sizeof *e);
-    memset(c, 0, sizeof *c);
-    c->api = SRV_RESPONSES;
-    c->max_tokens = -1;
-    srv_pctx p = {SRV_RESPONSES, e, c};
-    json_t *root = srv_p_load_body(&p, body, len);
+    srv_pctx p;
+    json_t *root = srv_p_begin(&p, SRV_RESPONSES, body, len, c, e);
     if (!root) return -1;
     int rc = -1, r;
     long long x = 0;
     const json_t *input = json_object_get(root, "input"), *instr = json_object_get(root, "instructions");
-    if (srv_p_common_fields(&p, root) != 0) goto done;
     if (refuse_if_set(&p, root, "previous_response_id", "this server stores no responses: send the whole conversation as input") ||
         refuse_if_set(&p, root, "conversation", "this server stores no conversations: send the whole conversation as input") ||
         refuse_if_set(&p, root, "background", "background responses are not supported") || no_logprobs(&p, root))
@@ -522,11 +517,5 @@ int srv_parse_responses(const char *body, size_t len, srv_chat *c, srv_error *e)
     }
     rc = 0;
 done:
-    json_decref(root);
-    if (rc) srv_chat_free(c);
-    if (!rc && c->tool_choice == SRV_TOOLS_NONE) {
-        json_decref(c->tools);
-        c->tools = NULL;
-    }
-    return rc;
+    return srv_p_finish(&p, root, rc);
 }

@@ -13,10 +13,12 @@
 #include "common/buf.h"
 #include "common/dir_replace.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/str.h"
 #include "formats/dtype.h"
 #include "formats/mlx_quant.h"
+#include "formats/mxfp4.h"
 #include "formats/pyjson.h"
 #include "formats/safetensors_write.h"
 #include "models/family.h"
@@ -108,6 +110,14 @@ static int make_spec(const lm_synth_options *o, synth_spec *s, char *err) {
         return lm_errf(err, "dimension overrides are too large");
     if (!s->m.head_dim && s->m.hidden % s->m.heads)
         return lm_errf(err, "hidden size %d is not divisible by %d heads", s->m.hidden, s->m.heads);
+    if (fam->synth_layout == LM_SYNTH_HF_MXFP4) { /* --bits / --group-size do not apply */
+        int dims[2] = {s->m.hidden, s->m.moe_intermediate};
+        for (int i = 0; i < 2; i++)
+            if (dims[i] % LM_MXFP4_GROUP)
+                return lm_errf(err, "dimension %d is not a whole number of MXFP4 groups of %d", dims[i],
+                               LM_MXFP4_GROUP);
+        return 0;
+    }
     mlxq_params q = {o->bits, o->group_size, LM_DT_BF16, MLXQ_KERNEL_GPU};
     if (mlxq_check(&q, 1, o->group_size, err) != 0) return lm_err_prefix(err, "synth");
     if (o->bits != 4 && o->bits != 8)
@@ -131,11 +141,7 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-static uint64_t hash_str(const char *s) {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-    return h;
-}
+static uint64_t hash_str(const char *s) { return lm_fnv1a(LM_FNV1A_INIT, s, strlen(s)); }
 
 /* xoshiro256+ (Blackman & Vigna): fast, good enough for weights. */
 typedef struct {
@@ -201,11 +207,20 @@ typedef enum {
     INIT_ALOG,    /* log U(1, 16) */
 } init_kind;
 
+/* How an item is stored (the family's lm_synth_layout decides for matrices). */
+typedef enum {
+    STORE_BF16 = 0,   /* one BF16 tensor: name, or name.weight for a matrix (weight_suffix) */
+    STORE_MLX_AFFINE, /* name.weight (U32 words) / .scales / .biases (BF16), mlx_quant.h */
+    STORE_MXFP4,      /* name_blocks [.., rows, cols / 32, 16] / name_scales [.., rows, cols / 32], U8 */
+} storage_kind;
+
 typedef struct {
-    char name[160];  /* quantized: module path (tensors add .weight/.scales/.biases) */
+    char name[160];  /* matrices: module path (the tensors' names add suffixes) */
     int batch;       /* 0 embeddings, 1 + layer, layers + 1 the rest */
     int layer;       /* for routers */
-    int quant, bits, group_size, record_override;
+    storage_kind storage;
+    int weight_suffix; /* STORE_BF16 matrix: the tensor is name.weight */
+    int bits, group_size, record_override;
     int nmat;        /* stacked matrices (E) or 1 */
     int64_t rows, cols;
     int ndim;        /* float tensors: their shape */
@@ -233,8 +248,9 @@ static int add_item(synth *S, synth_item **out, char *err) {
     return 0;
 }
 
-/* A quantized matrix (stack); modules the family's mlx-lm rule names (routers) get
- * 8 bits, group 64, recorded as overrides in config.json. */
+/* A matrix (stack). MLX layout: quantized, and modules the family's mlx-lm rule names
+ * (routers) get 8 bits, group 64, recorded as overrides in config.json. Released
+ * gpt-oss layout: routed expert stacks MXFP4, every other matrix BF16. */
 static int add_mat(synth *S, int batch, int nmat, int64_t rows, int64_t cols, init_kind init,
                    float std, char *err, const char *fmt, ...)
     __attribute__((format(printf, 9, 10)));
@@ -246,19 +262,34 @@ static int add_mat(synth *S, int batch, int nmat, int64_t rows, int64_t cols, in
     va_start(ap, fmt);
     vsnprintf(it->name, sizeof it->name, fmt, ap);
     va_end(ap);
-    int router = lm_family_router_8bit(S->spec.fam, it->name);
     it->batch = batch;
     it->layer = batch - 1;
-    it->quant = 1;
-    it->bits = router ? ROUTER_BITS : S->opt->bits;
-    it->group_size = router ? ROUTER_GROUP_SIZE : S->opt->group_size;
-    it->record_override = router;
     it->nmat = nmat;
     it->rows = rows;
     it->cols = cols;
     it->init = init;
     it->std = std;
     it->expert = nmat > 1;
+    if (S->spec.fam->synth_layout == LM_SYNTH_HF_MXFP4) {
+        if (nmat > 1) {
+            it->storage = STORE_MXFP4;
+            if (cols % LM_MXFP4_GROUP)
+                return lm_errf(err, "%s: input dimension %lld is not a whole number of MXFP4 groups of %d",
+                               it->name, (long long)cols, LM_MXFP4_GROUP);
+        } else {
+            it->storage = STORE_BF16;
+            it->weight_suffix = 1;
+            it->ndim = 2;
+            it->shape[0] = rows;
+            it->shape[1] = cols;
+        }
+        return 0;
+    }
+    int router = lm_family_router_8bit(S->spec.fam, it->name);
+    it->storage = STORE_MLX_AFFINE;
+    it->bits = router ? ROUTER_BITS : S->opt->bits;
+    it->group_size = router ? ROUTER_GROUP_SIZE : S->opt->group_size;
+    it->record_override = router;
     if (cols % it->group_size)
         return lm_errf(err, "%s: input dimension %lld is not divisible by the group size %d",
                        it->name, (long long)cols, it->group_size);
@@ -348,6 +379,11 @@ static int plan_layer(synth *S, int l, char *err) {
             rc |= add_vec(S, b, 1, bq, INIT_LINEAR, 0.02f, err, "%s.self_attn.q_proj.bias", p);
             rc |= add_vec(S, b, 1, bkv, INIT_LINEAR, 0.02f, err, "%s.self_attn.v_proj.bias", p);
         }
+        if (s->m.o_bias) rc |= add_vec(S, b, 1, vH, INIT_LINEAR, 0.02f * attn, err, "%s.self_attn.o_proj.bias", p);
+        if (s->m.attn_sinks) { /* a logit per head, of the order of the attention scores */
+            int64_t vh[1] = {s->m.heads};
+            rc |= add_vec(S, b, 1, vh, INIT_LINEAR, 1.0f, err, "%s.self_attn.sinks", p);
+        }
         if (f->qk_norm != LM_QK_NORM_NONE) {
             int per_head = f->qk_norm == LM_QK_NORM_PER_HEAD;
             int64_t vq[1] = {per_head ? hd : nq}, vk[1] = {per_head ? hd : nkv};
@@ -363,10 +399,11 @@ static int plan_layer(synth *S, int l, char *err) {
         return rc ? -1 : 0;
     }
     rc |= add_mat(S, b, 1, E, H, INIT_ROUTER, 0, err, "%s.%s.%s", p, moe, f->names->router);
-    if (f->sigmoid_router) { /* e_score_correction_bias: small, so routing stays the router's */
-        int64_t vE[1] = {E};
+    int64_t vE[1] = {E};
+    if (f->sigmoid_router) /* e_score_correction_bias: small, so routing stays the router's */
         rc |= add_vec(S, b, 1, vE, INIT_LINEAR, 0.01f, err, "%s.%s.%s", p, moe, f->names->correction_bias[0]);
-    }
+    if (s->m.router_bias) /* small too: the routing construction lives in the weights */
+        rc |= add_vec(S, b, 1, vE, INIT_LINEAR, 0.01f, err, "%s.%s.%s.bias", p, moe, f->names->router);
     if (s->m.shared_intermediate) {
         int SI = s->m.shared_intermediate;
         const char *se = f->names->shared_expert;
@@ -376,6 +413,15 @@ static int plan_layer(synth *S, int l, char *err) {
         if (f->names->shared_expert_gate)
             rc |= add_mat(S, b, 1, 1, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.%s", p, moe,
                           f->names->shared_expert_gate);
+    }
+    if (s->m.fused_experts) { /* gpt-oss: gate_up rows alternate gate and up; biases per expert */
+        int64_t bgu[2] = {E, 2 * (int64_t)I}, bdn[2] = {E, H};
+        rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, err, "%s.%s.experts.down_proj", p, moe);
+        rc |= add_vec(S, b, 2, bdn, INIT_LINEAR, 0.02f * resid, err, "%s.%s.experts.down_proj_bias", p, moe);
+        rc |= add_mat(S, b, E, 2 * (int64_t)I, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.experts.gate_up_proj", p,
+                      moe);
+        rc |= add_vec(S, b, 2, bgu, INIT_LINEAR, 0.02f, err, "%s.%s.experts.gate_up_proj_bias", p, moe);
+        return rc ? -1 : 0;
     }
     rc |= add_mat(S, b, E, H, I, INIT_LINEAR, inv_sqrt(I) * resid, err, "%s.%s.switch_mlp.down_proj", p, moe);
     rc |= add_mat(S, b, E, I, H, INIT_LINEAR, inv_sqrt(H), err, "%s.%s.switch_mlp.gate_proj", p, moe);
@@ -405,11 +451,30 @@ static int plan_items(synth *S, char *err) {
     return 0;
 }
 
-static uint64_t item_bytes(const synth_item *it) {
+/* The bytes of each tensor an item writes, in declaration order; returns their count. */
+static int item_parts(const synth_item *it, uint64_t parts[3]) {
     uint64_t n = (uint64_t)it->nmat * (uint64_t)it->rows;
-    if (!it->quant) return n * (uint64_t)it->cols * 2;
-    return n * ((uint64_t)mlxq_words_per_row(it->cols, it->bits) * 4 +
-                (uint64_t)mlxq_groups_per_row(it->cols, it->group_size) * 2 * 2);
+    switch (it->storage) {
+    case STORE_MLX_AFFINE:
+        parts[0] = n * (uint64_t)mlxq_words_per_row(it->cols, it->bits) * 4;
+        parts[1] = parts[2] = n * (uint64_t)mlxq_groups_per_row(it->cols, it->group_size) * 2;
+        return 3;
+    case STORE_MXFP4:
+        parts[0] = n * (uint64_t)it->cols / 2;
+        parts[1] = n * (uint64_t)it->cols / LM_MXFP4_GROUP;
+        return 2;
+    case STORE_BF16:
+        break;
+    }
+    parts[0] = n * (uint64_t)it->cols * 2;
+    return 1;
+}
+
+static uint64_t item_bytes(const synth_item *it) {
+    uint64_t parts[3], total = 0;
+    int np = item_parts(it, parts);
+    for (int k = 0; k < np; k++) total += parts[k];
+    return total;
 }
 
 static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
@@ -422,6 +487,7 @@ static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
     plan->top_k = s->m.top_k;
     plan->moe_intermediate = s->m.moe_intermediate;
     plan->vocab = s->m.vocab;
+    plan->mxfp4 = s->fam->synth_layout == LM_SYNTH_HF_MXFP4;
     S->params_total = 0;
     for (int i = 0; i < S->nitems; i++) {
         const synth_item *it = &S->items[i];
@@ -430,7 +496,20 @@ static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
         if (it->expert) plan->bytes_experts += bytes;
         S->params_total += (uint64_t)it->nmat * (uint64_t)it->rows * (uint64_t)it->cols;
         char name[192];
-        if (it->quant) {
+        if (it->storage == STORE_MXFP4) {
+            int64_t bs[4], ss[3];
+            int nd = 0;
+            if (it->nmat > 1) bs[nd] = ss[nd] = it->nmat, nd++;
+            bs[nd] = ss[nd] = it->rows;
+            bs[nd + 1] = ss[nd + 1] = it->cols / LM_MXFP4_GROUP;
+            bs[nd + 2] = LM_MXFP4_GROUP / 2;
+            plan->n_tensors += 2;
+            if (!S->writer) continue;
+            snprintf(name, sizeof name, "%s_blocks", it->name);
+            if (stw_model_declare(S->writer, name, LM_DT_U8, nd + 3, bs, err)) return -1;
+            snprintf(name, sizeof name, "%s_scales", it->name);
+            if (stw_model_declare(S->writer, name, LM_DT_U8, nd + 2, ss, err)) return -1;
+        } else if (it->storage == STORE_MLX_AFFINE) {
             int64_t ws[3], ss[3];
             int nd = 0;
             if (it->nmat > 1) ws[nd] = ss[nd] = it->nmat, nd++;
@@ -448,7 +527,8 @@ static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
             if (stw_model_declare(S->writer, name, LM_DT_BF16, nd, ss, err)) return -1;
         } else {
             plan->n_tensors++;
-            if (S->writer && stw_model_declare(S->writer, it->name, LM_DT_BF16, it->ndim, it->shape, err))
+            snprintf(name, sizeof name, it->weight_suffix ? "%s.weight" : "%s", it->name);
+            if (S->writer && stw_model_declare(S->writer, name, LM_DT_BF16, it->ndim, it->shape, err))
                 return -1;
         }
     }
@@ -463,15 +543,7 @@ static int declare_all(synth *S, lm_synth_plan *plan, char *err) {
     for (int i = 0; i < S->nitems; i++) {
         const synth_item *it = &S->items[i];
         uint64_t parts[3];
-        int np = 1;
-        if (it->quant) {
-            uint64_t n = (uint64_t)it->nmat * (uint64_t)it->rows;
-            parts[0] = n * (uint64_t)mlxq_words_per_row(it->cols, it->bits) * 4;
-            parts[1] = parts[2] = n * (uint64_t)mlxq_groups_per_row(it->cols, it->group_size) * 2;
-            np = 3;
-        } else {
-            parts[0] = item_bytes(it);
-        }
+        int np = item_parts(it, parts);
         for (int k = 0; k < np; k++) {
             if (cur > 0 && cur + parts[k] > limit) {
                 plan->n_shards++;
@@ -683,13 +755,56 @@ static void quantize_fast(const float *w, int64_t rows, int64_t cols, int bits, 
     else quantize_rows(w, rows, cols, 8, gs, packed, scales, biases);
 }
 
+/* The e2m1 code (mxfp4.h) nearest to |v| <= 6, sign in bit 3: every midpoint between
+ * levels (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) is a multiple of 1/4, so the code of
+ * |v| is a table entry indexed by floor(4 |v|). */
+static inline uint8_t e2m1_code(float v) {
+    static const uint8_t by_quarter[25] = {0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7};
+    int k = (int)(fabsf(v) * 4.0f);
+    uint8_t c = by_quarter[k > 24 ? 24 : k];
+    return (uint8_t)(c | (v < 0.0f && c ? 8 : 0));
+}
+
+/* MXFP4 in the split layout (mxfp4.h) of rows [rows, cols], as OpenAI's checkpoints
+ * scale it: per 32 values the smallest power of two 2^(E - 127) that brings the
+ * largest magnitude within e2m1's 6, then each value to its nearest code. */
+static void quantize_mxfp4(const float *w, int64_t rows, int64_t cols, uint8_t *codes, uint8_t *scales) {
+    const int64_t groups = cols / LM_MXFP4_GROUP;
+    for (int64_t g = 0; g < rows * groups; g++) {
+        const float *x = w + g * LM_MXFP4_GROUP;
+        float amax = 0.0f;
+        for (int j = 0; j < LM_MXFP4_GROUP; j++) amax = fmaxf(amax, fabsf(x[j]));
+        int e = 0; /* amax / 6 = m * 2^e, m in [0.5, 1): 2^e is the scale unless m == 0.5 */
+        float m = frexpf(amax / 6.0f, &e);
+        if (m == 0.5f) e--;
+        int E = amax > 0.0f ? e + 127 : 127;
+        E = E < 1 ? 1 : E > 254 ? 254 : E;
+        scales[g] = (uint8_t)E;
+        const float inv = 1.0f / lm_e8m0_to_f32((uint8_t)E);
+        for (int j = 0; j < LM_MXFP4_GROUP / 2; j++)
+            codes[g * 16 + j] = (uint8_t)(e2m1_code(x[2 * j] * inv) | e2m1_code(x[2 * j + 1] * inv) << 4);
+    }
+}
+
 static int run_unit(batch_ctx *B, const unit *u, worker_buf *wb, char *err) {
     synth *S = B->S;
     const synth_item *it = &S->items[u->item];
     gen_rows(S, it, u->mat, u->r0, u->n, wb->f);
     const uint64_t row_index = (uint64_t)u->mat * (uint64_t)it->rows + (uint64_t)u->r0;
     int rc = 0;
-    if (it->quant) {
+    if (it->storage == STORE_MXFP4) {
+        uint8_t *codes = (uint8_t *)wb->packed, *sc = (uint8_t *)wb->scales;
+        quantize_mxfp4(wb->f, u->n, it->cols, codes, sc);
+        const uint64_t crow = (uint64_t)it->cols / 2, srow = (uint64_t)it->cols / LM_MXFP4_GROUP;
+        char name[192];
+        pthread_mutex_lock(&B->lock);
+        snprintf(name, sizeof name, "%s_blocks", it->name);
+        rc = stw_model_write_at(S->writer, name, row_index * crow, codes, (size_t)((uint64_t)u->n * crow), err);
+        snprintf(name, sizeof name, "%s_scales", it->name);
+        if (rc == 0)
+            rc = stw_model_write_at(S->writer, name, row_index * srow, sc, (size_t)((uint64_t)u->n * srow), err);
+        pthread_mutex_unlock(&B->lock);
+    } else if (it->storage == STORE_MLX_AFFINE) {
         quantize_fast(wb->f, u->n, it->cols, it->bits, it->group_size, wb->packed, wb->scales,
                       wb->biases);
         uint64_t wrow = (uint64_t)mlxq_words_per_row(it->cols, it->bits) * 4;
@@ -711,8 +826,10 @@ static int run_unit(batch_ctx *B, const unit *u, worker_buf *wb, char *err) {
     } else {
         size_t total = (size_t)(u->n * it->cols);
         for (size_t j = 0; j < total; j++) wb->scales[j] = lm_f32_to_bf16(wb->f[j]);
+        char name[192];
+        snprintf(name, sizeof name, it->weight_suffix ? "%s.weight" : "%s", it->name);
         pthread_mutex_lock(&B->lock);
-        rc = stw_model_write_at(S->writer, it->name, row_index * (uint64_t)it->cols * 2, wb->scales,
+        rc = stw_model_write_at(S->writer, name, row_index * (uint64_t)it->cols * 2, wb->scales,
                                 total * 2, err);
         pthread_mutex_unlock(&B->lock);
     }
@@ -807,6 +924,28 @@ static json_t *eos_json(const synth_spec *s) {
     return a;
 }
 
+/* c with its top-level keys sorted, as mlx-lm's save_config (c is consumed). */
+static json_t *sort_keys(json_t *c) {
+    size_t n = json_object_size(c);
+    const char **keys = calloc(n ? n : 1, sizeof *keys);
+    json_t *sorted = json_object();
+    if (!keys || !sorted) {
+        free(keys);
+        json_decref(sorted);
+        json_decref(c);
+        return NULL;
+    }
+    size_t k = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(c, key, v) keys[k++] = key;
+    qsort(keys, n, sizeof *keys, sorted_key_cmp);
+    for (size_t i = 0; i < n; i++) json_object_set(sorted, keys[i], json_object_get(c, keys[i]));
+    free(keys);
+    json_decref(c);
+    return sorted;
+}
+
 static json_t *build_config(const synth *S) {
     const synth_spec *s = &S->spec;
     json_t *c = json_object();
@@ -835,6 +974,16 @@ static json_t *build_config(const synth *S) {
     json_object_set_new(c, "use_cache", json_true());
     json_object_set_new(c, "vocab_size", json_integer(s->m.vocab));
     if (s->fam->synth_config) s->fam->synth_config(c, &s->m);
+    if (s->fam->synth_layout == LM_SYNTH_HF_MXFP4) { /* as OpenAI's released config.json */
+        static const char *const keep[] = {"model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                           "model.embed_tokens", "lm_head"};
+        json_t *q = json_object(), *not_conv = json_array();
+        for (size_t i = 0; i < sizeof keep / sizeof *keep; i++) json_array_append_new(not_conv, json_string(keep[i]));
+        json_object_set_new(q, "modules_to_not_convert", not_conv);
+        json_object_set_new(q, "quant_method", json_string("mxfp4"));
+        json_object_set_new(c, "quantization_config", q);
+        return sort_keys(c);
+    }
     json_t *q = json_object();
     json_object_set_new(q, "group_size", json_integer(S->opt->group_size));
     json_object_set_new(q, "bits", json_integer(S->opt->bits));
@@ -850,25 +999,7 @@ static json_t *build_config(const synth *S) {
     json_object_set(c, "quantization", q);
     json_object_set_new(c, "quantization_config", json_deep_copy(q));
     json_decref(q);
-    /* Top-level keys sorted, as mlx-lm's save_config. */
-    size_t n = json_object_size(c);
-    const char **keys = calloc(n ? n : 1, sizeof *keys);
-    json_t *sorted = json_object();
-    if (!keys || !sorted) {
-        free(keys);
-        json_decref(sorted);
-        json_decref(c);
-        return NULL;
-    }
-    size_t k = 0;
-    const char *key;
-    json_t *v;
-    json_object_foreach(c, key, v) keys[k++] = key;
-    qsort(keys, n, sizeof *keys, sorted_key_cmp);
-    for (size_t i = 0; i < n; i++) json_object_set(sorted, keys[i], json_object_get(c, keys[i]));
-    free(keys);
-    json_decref(c);
-    return sorted;
+    return sort_keys(c);
 }
 
 static int write_json(const char *dir, const char *file, json_t *j, int indent, int newline, char *err) {
@@ -977,9 +1108,11 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     int nthreads = o->threads > 0 ? o->threads : (lm_cpu_count() < 2 ? 1 : 2);
     if (nthreads > MAX_SYNTH_THREADS) nthreads = MAX_SYNTH_THREADS;
     if (!o->quiet) {
-        lm_log(LAZYMOE_LOG_INFO, "synth: %s (%s) -> %s: %d layers, %d experts top-%d, %d-bit group %d, routing %s",
-               o->preset, S.spec.fam->model_type, out, S.spec.m.layers, S.spec.m.experts, S.spec.m.top_k, o->bits,
-               o->group_size,
+        char storage[48];
+        if (S.spec.fam->synth_layout == LM_SYNTH_HF_MXFP4) snprintf(storage, sizeof storage, "MXFP4 experts, BF16 rest");
+        else snprintf(storage, sizeof storage, "%d-bit group %d", o->bits, o->group_size);
+        lm_log(LAZYMOE_LOG_INFO, "synth: %s (%s) -> %s: %d layers, %d experts top-%d, %s, routing %s",
+               o->preset, S.spec.fam->model_type, out, S.spec.m.layers, S.spec.m.experts, S.spec.m.top_k, storage,
                o->routing == LM_SYNTH_UNIFORM ? "uniform" : o->routing == LM_SYNTH_COLLAPSED ? "collapsed" : "realistic");
         lm_log(LAZYMOE_LOG_INFO, "synth: %.2f GB in %d shard(s), %d tensors, %.2f MB per expert, %d thread(s)",
                (double)plan.bytes_total / 1e9, plan.n_shards, plan.n_tensors, (double)plan.bytes_per_expert / 1e6,
@@ -991,6 +1124,7 @@ int lm_synth_write(const char *out_arg, const lm_synth_options *o, lm_synth_plan
     if (!S.common) goto done;
     make_common(o, S.spec.m.hidden, S.common);
     if (stw_model_create(&S.writer, tmp, o->max_shard_bytes, err) != 0) goto done;
+    if (S.spec.fam->synth_layout == LM_SYNTH_HF_MXFP4) stw_model_set_format(S.writer, "pt");
     if (declare_all(&S, &plan, err) != 0) goto done;
     if (stw_model_start(S.writer, err) != 0) goto done;
     double t0 = lm_now();

@@ -1,4 +1,6 @@
 /* `lazymoe synth`: synthetic MoE models at real shapes, in the MLX layout, for benchmarks.
+ * (gpt-oss presets are written in the layout OpenAI released instead: the family's
+ * lm_synth_layout, src/models/family.h, says which; the rest of this note holds for both.)
  *
  * A synthetic model is a directory that looks exactly like an mlx-lm converted,
  * affine-quantized checkpoint (config.json with its "quantization" block and router
@@ -101,6 +103,7 @@ typedef struct {
     uint64_t bytes_experts;    /* all routed experts of all layers */
     uint64_t bytes_resident;   /* everything else */
     uint64_t params_total;     /* unquantized parameter count */
+    int mxfp4;                 /* the released gpt-oss layout: MXFP4 experts, BF16 rest (no --bits) */
 } lm_synth_plan;
 
 /* Declares the model without writing anything (--dry-run). */

@@ -23,6 +23,9 @@
  */
 #include "text/grammar.h"
 
+#include "common/str.h"
+#include "common/utf8.h"
+
 #include "text/unicode.h"
 
 #include <stdlib.h>
@@ -211,13 +214,6 @@ static int commit_rule(parser *p, uint32_t r, avec *a) {
     return 0;
 }
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* One character of a literal or class: an escape or a UTF-8 sequence. */
 static int parse_char(parser *p, uint32_t *cp) {
     if (p->s >= p->end) return perr(p, "unexpected end of grammar");
@@ -229,7 +225,7 @@ static int parse_char(parser *p, uint32_t *cp) {
         if (digits) {
             uint32_t v = 0;
             for (int i = 0; i < digits; i++) {
-                int h = p->s < p->end ? hexval(*p->s) : -1;
+                int h = p->s < p->end ? lm_hex_digit(*p->s) : -1;
                 if (h < 0) return perr(p, "bad hex escape");
                 v = v * 16 + (uint32_t)h;
                 p->s++;
@@ -704,24 +700,9 @@ static int u8_step(u8state *s, uint8_t b, uint32_t *cp) {
             *cp = b;
             return 1;
         }
-        s->lo = 0x80;
-        s->hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            s->cp = b & 0x1Fu;
-            s->need = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            s->cp = b & 0x0Fu;
-            s->need = 2;
-            if (b == 0xE0) s->lo = 0xA0;
-            if (b == 0xED) s->hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            s->cp = b & 0x07u;
-            s->need = 3;
-            if (b == 0xF0) s->lo = 0x90;
-            if (b == 0xF4) s->hi = 0x8F;
-        } else {
-            return -1;
-        }
+        size_t len = lm_utf8_lead(b, 0, &s->lo, &s->hi, &s->cp);
+        if (!len) return -1;
+        s->need = (uint8_t)(len - 1);
         return 0;
     }
     if (b < s->lo || b > s->hi) return -1;

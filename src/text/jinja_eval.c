@@ -11,12 +11,13 @@
  */
 #include "text/jinja_internal.h"
 
+#include "platform/platform.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define EX_BREAK 1
 #define EX_CONTINUE 2
@@ -57,19 +58,13 @@ void jr_raise_set(jrender *r, const char *fmt, ...) {
     va_end(ap);
 }
 
-static int64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int jr_charge(jrender *r, uint64_t n) {
     if (n > (uint64_t)(r->max_iterations - r->iterations))
         return jr_limit(r, "loop iteration limit (%ld) exceeded", r->max_iterations);
     r->iterations += (long)n;
     /* reading the clock costs ~20 ns: once per 256 charges keeps it out of the profile */
     if ((++r->clock_tick & 255) == 0 || n > 256) {
-        if (monotonic_ns() > r->deadline_ns) return jr_limit(r, "render time limit exceeded");
+        if (lm_now() > r->deadline) return jr_limit(r, "render time limit exceeded");
     }
     return 0;
 }
@@ -970,7 +965,7 @@ int lm_jinja_render(const lm_jinja_template *tmpl, const json_t *context, const 
     r.line = 1;
     r.max_iterations = o.max_loop_iterations > 0 ? o.max_loop_iterations : 10000000;
     double budget_s = o.max_seconds > 0 && o.max_seconds < 1e6 ? o.max_seconds : 10.0;
-    r.deadline_ns = monotonic_ns() + (int64_t)(budget_s * 1e9);
+    r.deadline = lm_now() + budget_s;
     r.max_depth = o.max_call_depth > 0 ? o.max_call_depth : 64;
     r.max_output = o.max_output_bytes ? o.max_output_bytes : (size_t)64 << 20;
     r.arena.limit = o.max_memory_bytes ? o.max_memory_bytes : (size_t)512 << 20;

@@ -195,7 +195,7 @@ typedef struct jrender {
     int fault;               /* its kind: LM_JINJA_ERROR, _RAISED or _LIMIT (jinja.h) */
     int line;                /* line of the node being evaluated, for errors */
     long iterations, max_iterations;
-    int64_t deadline_ns;     /* CLOCK_MONOTONIC time the render must end by */
+    double deadline;         /* lm_now() time the render must end by */
     unsigned clock_tick;     /* charges since the clock was last read */
     int depth, max_depth;
     size_t max_output;

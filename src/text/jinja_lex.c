@@ -10,6 +10,7 @@
  */
 #include "text/jinja_internal.h"
 
+#include "common/str.h"
 #include "common/utf8.h"
 
 #include <ctype.h>
@@ -41,13 +42,6 @@ static int push(lexer *L, jtok_kind kind, size_t at, const char *s, size_t n) {
     t->s = s;
     t->len = n;
     return 0;
-}
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
 }
 
 /* Lexes a quoted string at L->pos, unescaping as Python's unicode-escape does. */
@@ -96,7 +90,7 @@ static int lex_string(lexer *L) {
         if (digits) {
             unsigned long v = 0;
             for (int k = 0; k < digits; k++) {
-                int h = L->pos < L->len ? hexval(L->src[L->pos]) : -1;
+                int h = L->pos < L->len ? lm_hex_digit(L->src[L->pos]) : -1;
                 if (h < 0) return lm_errf(L->err, "line %d: truncated \\%c escape in string", line_at(L, start), e);
                 v = v * 16 + (unsigned long)h;
                 L->pos++;

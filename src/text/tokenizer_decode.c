@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/str.h"
 #include "text/tokenizer_internal.h"
 #include "text/unicode.h"
 
@@ -115,8 +116,7 @@ static int is_byte_token(const char *t, size_t n, unsigned char *byte) {
     if (n != 6 || memcmp(t, "<0x", 3) != 0 || t[5] != '>') return 0;
     int v = 0;
     for (int i = 3; i < 5; i++) {
-        char c = t[i];
-        int h = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        int h = lm_hex_digit(t[i]);
         if (h < 0) return 0;
         v = v * 16 + h;
     }

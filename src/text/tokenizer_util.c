@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "text/tokenizer_internal.h"
 
 int tb_pieces_add(tb_pieces *l, const char *s, size_t n, int32_t flag) {
@@ -37,8 +38,7 @@ void tb_pieces_free(tb_pieces *l) {
 
 uint64_t tb_hash(const char *s, size_t n) {
     /* FNV-1a, then a final mix so the low bits used for slot selection are well spread. */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    uint64_t h = lm_fnv1a(LM_FNV1A_INIT, s, n);
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 32;

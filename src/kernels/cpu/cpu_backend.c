@@ -305,9 +305,10 @@ static size_t act8_q_stride(const lm_mat *W, int block) {
 /* The activations' group size: the affine matrix's, or 32 for ggml blocks (qblock.h). */
 static int act8_gs(const lm_mat *W) { return W->dtype == LM_DT_U32 ? W->group_size : LM_QB_GROUP; }
 static int act8_ng_stride(const lm_mat *W) { return W->cols / act8_gs(W) + LM_ACT8_PAD; }
-/* Entries per token of the 16-value sums (block weights only; 0 otherwise). */
+/* Entries per token of the 16-value sums (block weights and MXFP4, the qblock.h form;
+ * 0 otherwise). */
 static size_t act8_qsum16_stride(const lm_mat *W) {
-    return lm_dtype_is_block(W->dtype) ? round64((size_t)W->cols / 16 * sizeof(int32_t) + 64) / sizeof(int32_t) : 0;
+    return lm_qblock_form(W->dtype) ? round64((size_t)W->cols / 16 * sizeof(int32_t) + 64) / sizeof(int32_t) : 0;
 }
 static size_t act8_token_bytes(const lm_mat *W, int block) {
     return act8_q_stride(W, block) + 2 * round64((size_t)act8_ng_stride(W) * sizeof(float)) +
@@ -406,7 +407,7 @@ typedef struct {
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
-    if (lm_dtype_is_block(W->dtype)) {
+    if (lm_qblock_form(W->dtype)) {
         for (int r = r0; r < r1; r++)
             for (int t = 0; t < n; t++)
                 y[(size_t)t * (size_t)W->rows + (size_t)r] =
@@ -445,6 +446,7 @@ static void matmul_task(void *ctx, int task) {
     if (r1 > W->rows) r1 = W->rows;
     if (j->a8) {
         if (j->k) j->k->rows_act8(W, r0, r1, j->a8, j->n, j->y);
+        else if (j->mxfp4_simd) lm_mxfp4_rows_act8_avx2(W, r0, r1, j->a8, j->n, j->y);
         else act8_rows_scalar(W, r0, r1, j->a8, j->n, j->y);
         return;
     }
@@ -487,8 +489,9 @@ static int rows_per_task(int rows, int threads, int align) {
 
 /* The SIMD table that computes W under the backend's settings (NULL = scalar). */
 static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, int act8) {
-    if (!impl->k || W->col_major || lm_dtype_is_mxfp4(W->dtype)) return NULL;
+    if (!impl->k || W->col_major) return NULL;
     if (act8) return impl->k->handles_act8 && impl->k->handles_act8(W) ? impl->k : NULL;
+    if (lm_dtype_is_mxfp4(W->dtype)) return NULL; /* f32 activations: mxfp4_dot.h */
     return impl->k->handles(W) ? impl->k : NULL;
 }
 static int uses_act8(const cpu_impl *impl, const lm_mat *W) {
@@ -660,7 +663,7 @@ static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int cou
         for (int p = 0; p < i && b.share[i] == -1; p++) {
             const lm_mat *P = items[p].W;
             if (b.share[p] == -1 && items[p].x == items[i].x && items[p].n == items[i].n && P->cols == W->cols &&
-                act8_gs(P) == act8_gs(W) && lm_dtype_is_block(P->dtype) == lm_dtype_is_block(W->dtype) && q4_block(impl->k, P) == q4_block(impl->k, W))
+                act8_gs(P) == act8_gs(W) && lm_qblock_form(P->dtype) == lm_qblock_form(W->dtype) && q4_block(impl->k, P) == q4_block(impl->k, W))
                 b.share[i] = p;
         }
         if (b.share[i] == -1) {
@@ -856,6 +859,7 @@ static int cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, in
 #define ATTN_TILE_FLOATS 8192
 #define ATTN_TILE_MAX 64
 #define ATTN_TILE_HEADS 64 /* query heads one task handles at most */
+#define ATTN_QUERY_BLOCK 16 /* query tokens one task handles at most */
 
 static int attn_tile(int hd) {
     int t = ATTN_TILE_FLOATS / hd;
@@ -867,7 +871,7 @@ typedef struct {
     float *out;
     const float *q;
     const lm_kv *k, *v;
-    int n, pos0, n_heads, n_kv, hd, window, heads_per_task;
+    int n, pos0, n_heads, n_kv, hd, window, heads_per_task, qblock;
     float scale;
     const float *sinks; /* [n_heads] or NULL */
     float (*dot)(const float *a, const float *b, int n);
@@ -904,71 +908,84 @@ static const float *kv_rows(const attn_job *j, const lm_kv *c, int p0, int cnt, 
     return buf;
 }
 
-/* One token, one run of query heads sharing a kv head: online softmax over the
- * visible keys tile by tile (tiles counted from the first visible position), so
- * memory stays O(tile) at any context length and each K/V tile is widened once
- * for all the heads of the run. A head's arithmetic does not depend on the run. */
+/* A block of consecutive query tokens (prefill without a window; one token otherwise),
+ * one run of query heads sharing a kv head: online softmax over the visible keys tile
+ * by tile (tiles counted from the first visible position), so memory stays O(tile) at
+ * any context length, and each K/V tile is widened once for all the tokens and heads
+ * of the task -- a long prompt's attention then costs its dot products, not a
+ * widening of the whole cache per query. Each (token, head) does the same arithmetic
+ * in the same order whatever block or run it is in, so results do not depend on the
+ * blocking (a query alone equals it in a prompt, bit for bit). */
 static void attn_task(void *ctx, int task) {
     const attn_job *j = ctx;
     int chunks = j->n_heads / j->n_kv / j->heads_per_task;
-    int t = task / (j->n_kv * chunks), rest = task % (j->n_kv * chunks);
+    int tb = task / (j->n_kv * chunks), rest = task % (j->n_kv * chunks);
     int kvh = rest / chunks, h0 = kvh * (j->n_heads / j->n_kv) + (rest % chunks) * j->heads_per_task;
     int nh = j->heads_per_task, hd = j->hd, tile = attn_tile(hd);
-    int pos = j->pos0 + t, first = 0;
-    if (j->window > 0 && pos - j->window + 1 > 0) first = pos - j->window + 1;
-    float buf[ATTN_TILE_FLOATS];
+    int t0 = tb * j->qblock, t1 = t0 + j->qblock < j->n ? t0 + j->qblock : j->n;
+    int last = j->pos0 + t1 - 1, first = 0; /* the block's last position; a window means one token a block */
+    if (j->window > 0 && j->pos0 + t0 - j->window + 1 > 0) first = j->pos0 + t0 - j->window + 1;
+    float kbuf[ATTN_TILE_FLOATS], vbuf[ATTN_TILE_FLOATS];
     float sc[ATTN_TILE_HEADS][ATTN_TILE_MAX];
-    float m[ATTN_TILE_HEADS], l[ATTN_TILE_HEADS];
-    for (int i = 0; i < nh; i++) {
-        m[i] = -INFINITY;
-        l[i] = 0;
-        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-        for (int d = 0; d < hd; d++) o[d] = 0;
-    }
-    for (int p0 = first; p0 <= pos; p0 += tile) {
-        int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
-        size_t ks, vs;
-        const float *kr = kv_rows(j, j->k, p0, cnt, kvh, buf, &ks);
-        float mt[ATTN_TILE_HEADS];
+    float m[ATTN_QUERY_BLOCK][ATTN_TILE_HEADS], l[ATTN_QUERY_BLOCK][ATTN_TILE_HEADS];
+    for (int t = t0; t < t1; t++)
         for (int i = 0; i < nh; i++) {
-            const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-            mt[i] = m[i];
-            for (int r = 0; r < cnt; r++) {
-                sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd) * j->scale;
-                mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
+            m[t - t0][i] = -INFINITY;
+            l[t - t0][i] = 0;
+            float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+            for (int d = 0; d < hd; d++) o[d] = 0;
+        }
+    for (int p0 = first; p0 <= last; p0 += tile) {
+        int cnt_all = last - p0 + 1 < tile ? last - p0 + 1 : tile;
+        size_t ks, vs;
+        const float *kr = kv_rows(j, j->k, p0, cnt_all, kvh, kbuf, &ks);
+        const float *vr = kv_rows(j, j->v, p0, cnt_all, kvh, vbuf, &vs);
+        for (int t = t0; t < t1; t++) {
+            int pos = j->pos0 + t;
+            if (pos < p0) continue; /* this tile is in the token's future */
+            int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
+            float *mr = m[t - t0], *lr = l[t - t0], mt[ATTN_TILE_HEADS];
+            for (int i = 0; i < nh; i++) {
+                const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+                mt[i] = mr[i];
+                for (int r = 0; r < cnt; r++) {
+                    sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd) * j->scale;
+                    mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
+                }
+            }
+            for (int i = 0; i < nh; i++) {
+                float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
+                if (mt[i] > mr[i]) {
+                    float corr = expf(mr[i] - mt[i]); /* 0 on the first tile */
+                    lr[i] *= corr;
+                    for (int d = 0; d < hd; d++) o[d] *= corr;
+                    mr[i] = mt[i];
+                }
+                for (int r = 0; r < cnt; r++) {
+                    float e = expf(sc[i][r] - mr[i]);
+                    lr[i] += e;
+                    j->axpy(o, e, vr + (size_t)r * vs, hd);
+                }
             }
         }
-        const float *vr = kv_rows(j, j->v, p0, cnt, kvh, buf, &vs); /* K is no longer needed */
+    }
+    for (int t = t0; t < t1; t++)
         for (int i = 0; i < nh; i++) {
             float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-            if (mt[i] > m[i]) {
-                float corr = expf(m[i] - mt[i]); /* 0 on the first tile */
-                l[i] *= corr;
-                for (int d = 0; d < hd; d++) o[d] *= corr;
-                m[i] = mt[i];
+            float *mr = m[t - t0], *lr = l[t - t0];
+            if (j->sinks) { /* one more logit in the denominator, with no value */
+                float sink = j->sinks[h0 + i];
+                if (sink > mr[i]) {
+                    float corr = expf(mr[i] - sink);
+                    lr[i] *= corr;
+                    for (int d = 0; d < hd; d++) o[d] *= corr;
+                    mr[i] = sink;
+                }
+                lr[i] += expf(sink - mr[i]);
             }
-            for (int r = 0; r < cnt; r++) {
-                float e = expf(sc[i][r] - m[i]);
-                l[i] += e;
-                j->axpy(o, e, vr + (size_t)r * vs, hd);
-            }
+            float inv = 1.0f / lr[i];
+            for (int d = 0; d < hd; d++) o[d] *= inv;
         }
-    }
-    for (int i = 0; i < nh; i++) {
-        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-        if (j->sinks) { /* one more logit in the denominator, with no value */
-            float sink = j->sinks[h0 + i];
-            if (sink > m[i]) {
-                float corr = expf(m[i] - sink);
-                l[i] *= corr;
-                for (int d = 0; d < hd; d++) o[d] *= corr;
-                m[i] = sink;
-            }
-            l[i] += expf(sink - m[i]);
-        }
-        float inv = 1.0f / l[i];
-        for (int d = 0; d < hd; d++) o[d] *= inv;
-    }
 }
 
 static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n,
@@ -976,13 +993,17 @@ static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv
     cpu_impl *impl = be->impl;
     /* Split each kv head's query group in halves until there are two tasks per
      * thread (decode has only n_kv groups); a head's arithmetic is the same
-     * whichever run it is in. */
+     * whichever run it is in. Then block the queries (without a window, whose tiles
+     * start at each token's own first position), as many per task as still leaves
+     * two tasks per thread. */
     int group = n_heads / n_kv, hpt = group, threads = lm_pool_size(impl->pool);
     while (hpt % 2 == 0 && (size_t)n * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
     while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
-    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, scale, sinks, dot_f32, axpy_scalar};
+    int qb = window > 0 ? 1 : ATTN_QUERY_BLOCK;
+    while (qb > 1 && (size_t)((n + qb - 1) / qb) * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) qb /= 2;
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, qb, scale, sinks, dot_f32, axpy_scalar};
     if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
-    lm_pool_run(impl->pool, n * n_kv * (group / hpt), attn_task, &j);
+    lm_pool_run(impl->pool, (n + qb - 1) / qb * n_kv * (group / hpt), attn_task, &j);
     return 0;
 }
 

@@ -418,6 +418,7 @@ static void rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
 }
 
 static int handles_act8_avx2(const lm_mat *W) {
+    if (W->dtype == LM_DT_MXFP4) return 0; /* mxfp4_avx2.c: the scalar reference's bits, both layouts */
     if (lm_dtype_is_block(W->dtype)) return lm_qblock_handles_avx2(W);
     if (W->dtype != LM_DT_U32 || (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16))
         return 0;

@@ -519,7 +519,7 @@ TARGET_VNNI static void a8_panel_one_q8(const lm_mat *W, int r, int nr, const lm
 }
 
 TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
-    if (lm_dtype_is_block(W->dtype)) { /* ggml blocks: qblock_avx512.c */
+    if (lm_qblock_form(W->dtype)) { /* ggml blocks and MXFP4: qblock_avx512.c */
         lm_qblock_rows_avx512(W, r0, r1, a, n, y);
         return;
     }
@@ -556,7 +556,7 @@ TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const 
 /* Group sizes both paths take: whole groups in a chunk (4 to 256 words), and
  * whole groups in a 64-byte step or whole steps in a group. */
 static int handles_act8_avx512(const lm_mat *W) {
-    if (lm_dtype_is_block(W->dtype)) return lm_qblock_handles_avx512(W);
+    if (lm_qblock_form(W->dtype)) return lm_qblock_handles_avx512(W);
     if (!(lm_cpu_features() & LM_CPU_AVX512VNNI) || W->dtype != LM_DT_U32) return 0;
     if (W->qdtype != LM_DT_F32 && W->qdtype != LM_DT_F16 && W->qdtype != LM_DT_BF16) return 0;
     int gs = W->group_size;

@@ -72,10 +72,45 @@ void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, 
             y[(size_t)t * (size_t)W->rows + (size_t)r] = dot_avx2(W, r, x + (size_t)t * (size_t)W->cols);
 }
 
+/* Int8 activations: the codes become int8 twice-values (-12..12) by a byte shuffle;
+ * maddubs(|w|, q with w's sign) pairs stay within int16 (2 * 12 * 127), and the two
+ * 16-value halves' int32 sums come out exact; f32 work as the reference's. */
+TARGET static float dot_act8_avx2(const lm_mat *W, int r, const int8_t *q, const float *dx, const float *xsum) {
+    const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m256i ones = _mm256_set1_epi16(1);
+    float acc = 0;
+    for (int g = 0; g < W->cols / 32; g++, q += 32) {
+        __m128i a, b;
+        uint8_t e;
+        group_codes(W, r, g, &a, &b, &e);
+        const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(lut, b), _mm_shuffle_epi8(lut, a));
+        const __m256i x = _mm256_loadu_si256((const __m256i *)q);
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+        __m128i h = _mm_hadd_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        h = _mm_hadd_epi32(h, h); /* values 0..15, 16..31 */
+        const float f = lm_e8m0_half_to_f32(e), b0 = 0.0f;
+        acc += (f * dx[g]) * (float)_mm_cvtsi128_si32(h);
+        acc += (f * dx[g]) * (float)_mm_extract_epi32(h, 1);
+        acc += b0 * xsum[g]; /* the reference's b term (0), kept for its -0 / NaN behaviour */
+    }
+    return acc;
+}
+
+void lm_mxfp4_rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    for (int r = r0; r < r1; r++)
+        for (int t = 0; t < n; t++)
+            y[(size_t)t * (size_t)W->rows + (size_t)r] =
+                dot_act8_avx2(W, r, a->q + (size_t)t * a->q_stride, a->dx + (size_t)t * (size_t)a->ng_stride,
+                              a->xsum + (size_t)t * (size_t)a->ng_stride);
+}
+
 #else
 
 void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, float *y) {
     (void)W, (void)r0, (void)r1, (void)x, (void)n, (void)y;
+}
+void lm_mxfp4_rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
+    (void)W, (void)r0, (void)r1, (void)a, (void)n, (void)y;
 }
 
 #endif

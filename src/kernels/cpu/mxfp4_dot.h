@@ -6,7 +6,7 @@
 #ifndef LAZYMOE_MXFP4_DOT_H
 #define LAZYMOE_MXFP4_DOT_H
 
-#include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 static inline int lm_dtype_is_mxfp4(lm_dtype t) { return t == LM_DT_MXFP4 || t == LM_DT_MXFP4_SPLIT; }
 
@@ -17,5 +17,11 @@ float lm_mxfp4_dot_f32(const lm_mat *W, int r, const float *x);
  * only; lm_mxfp4_rows picks it when the CPU has them and the backend's kernels are
  * not the scalar reference. */
 void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
+
+/* The same with int8 activations (cpu_kernels.h lm_act8, group 32, natural order):
+ * each half-group's integer sum of twice-the-value codes times q is exact in int32
+ * and is combined in f32 in lm_qblock_dot_act8's order (qblock.h), so the result is
+ * that reference's bit for bit. For CPUs with AVX2 but no AVX-512 VNNI table. */
+void lm_mxfp4_rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
 
 #endif

@@ -3,13 +3,15 @@
 #include "kernels/cpu/qblock.h"
 
 #include "formats/ggml_blocks.h"
+#include "formats/mxfp4.h"
 
 static float f16_at(const uint8_t *p) { return lm_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
 
 int lm_qblock_act8(lm_dtype t) {
     switch (t) {
     case LM_DT_Q4_0: case LM_DT_Q4_1: case LM_DT_Q5_0: case LM_DT_Q5_1: case LM_DT_Q8_0: case LM_DT_Q3_K:
-    case LM_DT_Q4_K: case LM_DT_Q5_K: case LM_DT_Q6_K: case LM_DT_IQ4_NL: case LM_DT_IQ4_XS: return 1;
+    case LM_DT_Q4_K: case LM_DT_Q5_K: case LM_DT_Q6_K: case LM_DT_IQ4_NL: case LM_DT_IQ4_XS:
+    case LM_DT_MXFP4: case LM_DT_MXFP4_SPLIT: return 1;
     default: return 0;
     }
 }
@@ -17,7 +19,7 @@ int lm_qblock_act8(lm_dtype t) {
 int lm_qblock_off_shift(lm_dtype t) {
     switch (t) {
     case LM_DT_Q4_0: return 3;
-    case LM_DT_Q5_0: return 4;
+    case LM_DT_Q5_0: case LM_DT_MXFP4: case LM_DT_MXFP4_SPLIT: return 4;
     case LM_DT_Q6_K: return 5;
     case LM_DT_Q3_K: return 2;
     case LM_DT_Q8_0: case LM_DT_IQ4_NL: case LM_DT_IQ4_XS: return 7;
@@ -27,8 +29,29 @@ int lm_qblock_off_shift(lm_dtype t) {
 
 int lm_qblock_has_b(lm_dtype t) { return t == LM_DT_Q4_1 || t == LM_DT_Q5_1 || t == LM_DT_Q4_K || t == LM_DT_Q5_K; }
 
+/* An MXFP4 group (mxfp4.h): u = twice the e2m1 value + 16 (4..28), a16 = 2^(E - 128),
+ * so a16 * (u - 16) is the value exactly. lo / hi: the 16 code bytes of the group
+ * hold values (2j, 2j + 1) (split layout) or (j, j + 16) (ggml blocks). */
+static void group_mxfp4(const uint8_t *codes, uint8_t e, int split, lm_qgroup *o) {
+    o->a16[0] = o->a16[1] = lm_e8m0_half_to_f32(e);
+    o->b = 0;
+    for (int j = 0; j < 16; j++) {
+        uint8_t lo = (uint8_t)(lm_mxfp4_code2[codes[j] & 15] + 16), hi = (uint8_t)(lm_mxfp4_code2[codes[j] >> 4] + 16);
+        if (split) o->u[2 * j] = lo, o->u[2 * j + 1] = hi;
+        else o->u[j] = lo, o->u[j + 16] = hi;
+    }
+}
+
+void lm_qblock_group_mxfp4_split(const uint8_t *codes_row, const uint8_t *scales_row, int g, lm_qgroup *out) {
+    group_mxfp4(codes_row + (size_t)g * 16, scales_row[g], 1, out);
+}
+
 /* 32-value blocks: group g is block g. */
 static void group_32(lm_dtype t, const uint8_t *b, lm_qgroup *o) {
+    if (t == LM_DT_MXFP4) {
+        group_mxfp4(b + 1, b[0], 0, o);
+        return;
+    }
     const float d = f16_at(b);
     o->a16[0] = o->a16[1] = d;
     o->b = 0;
@@ -128,12 +151,16 @@ void lm_qblock_group(lm_dtype t, const uint8_t *row, int g, lm_qgroup *out) {
 }
 
 float lm_qblock_dot_act8(const lm_mat *W, int r, const int8_t *q, const float *dx, const float *xsum) {
-    const uint8_t *row = (const uint8_t *)W->data + (size_t)r * lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols);
     const int sh = lm_qblock_off_shift(W->dtype), ng = W->cols / LM_QB_GROUP;
+    const int split = W->dtype == LM_DT_MXFP4_SPLIT; /* codes [rows][cols / 2], scales [rows][ng] apart */
+    const size_t rb = split ? (size_t)W->cols / 2 : lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols);
+    const uint8_t *row = (const uint8_t *)W->data + (size_t)r * rb;
+    const uint8_t *srow = split ? (const uint8_t *)W->scales + (size_t)r * (size_t)ng : NULL;
     float acc = 0;
     for (int g = 0; g < ng; g++) {
         lm_qgroup gr;
-        lm_qblock_group(W->dtype, row, g, &gr);
+        if (split) lm_qblock_group_mxfp4_split(row, srow, g, &gr);
+        else lm_qblock_group(W->dtype, row, g, &gr);
         const int8_t *qg = q + (size_t)g * LM_QB_GROUP;
         for (int h = 0; h < 2; h++) {
             int32_t dot = 0, qsum = 0;

@@ -11,7 +11,8 @@
  *     I_h = sum_{i in h} u_i q_i - off * sum_{i in h} q_i     (exact in int32)
  * so the integer parts are exact and only the f32 combination differs between the
  * scalar reference (this order) and the SIMD tables (per-lane sums, a fixed tree).
- * Q2_K (mins per 16 values) keeps f32 activations.
+ * Q2_K (mins per 16 values) keeps f32 activations. MXFP4 (both layouts, mxfp4.h) is
+ * u = twice the e2m1 value + 16 with off = 16 and a16 = 2^(E - 128): exact.
  *
  * The SIMD tables also read, per token, the sum of each 16 consecutive q
  * (lm_act8.qsum16): the off * sum q term of every half above. */
@@ -24,6 +25,9 @@
 
 /* 1 when block type t has the int8-activation path. */
 int lm_qblock_act8(lm_dtype t);
+/* 1 when int8 activations with t take this file's form (group 32, lane tables):
+ * ggml blocks and the split MXFP4 layout. */
+static inline int lm_qblock_form(lm_dtype t) { return lm_dtype_is_block(t) || t == LM_DT_MXFP4_SPLIT; }
 /* log2(off) for type t, -1 when off = 0. */
 int lm_qblock_off_shift(lm_dtype t);
 /* 1 when type t has a b term (mins or biases). */
@@ -36,6 +40,9 @@ typedef struct {
     float b;
 } lm_qgroup;
 void lm_qblock_group(lm_dtype t, const uint8_t *row, int g, lm_qgroup *out);
+/* The same for LM_DT_MXFP4_SPLIT, whose scales lie apart from the codes: group g of
+ * the row whose codes (cols / 2 bytes) and scales (cols / 32) are given. */
+void lm_qblock_group_mxfp4_split(const uint8_t *codes_row, const uint8_t *scales_row, int g, lm_qgroup *out);
 
 /* The reference dot product of row r of W with one token's quantized values. */
 float lm_qblock_dot_act8(const lm_mat *W, int r, const int8_t *q, const float *dx, const float *xsum);

@@ -17,12 +17,14 @@
  * call's tokens, rows or threads, and one token (decode) runs the same path: a
  * token alone gives its batched result bit for bit. Against the scalar reference
  * (qblock.c) only the f32 combination differs (fused multiply-adds, one product
- * per group where the halves share a16), never the integer parts. */
+ * per group where the halves share a16), never the integer parts. MXFP4 (both
+ * layouts) decodes its codes by a byte shuffle and its scales per row. */
 #include "kernels/cpu/qblock.h"
 
 #if defined(__x86_64__)
 
 #include "formats/ggml_blocks.h"
+#include "formats/mxfp4.h"
 #include "kernels/cpu/avx512_transpose.h"
 
 #include <immintrin.h>
@@ -166,16 +168,41 @@ TARGET_QB INLINE __m512i step_iq4xs(const uint8_t *row, int s) {
     return _mm512_shuffle_epi8(levels, _mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+/* MXFP4 (both layouts, qblock.h): 16 code bytes of a group as its 32 u = twice the
+ * e2m1 value + 16, in value order: pairs (2j, 2j + 1) (split) or (j, j + 16) (ggml). */
+TARGET_QB INLINE __m256i mxfp4_group_u(const uint8_t *c, int split) {
+    const __m128i lut = _mm_setr_epi8(16, 17, 18, 19, 20, 22, 24, 28, 16, 15, 14, 13, 12, 10, 8, 4);
+    const __m128i m4 = _mm_set1_epi8(0x0f), x = _mm_loadu_si128((const __m128i *)(const void *)c);
+    const __m128i lo = _mm_and_si128(x, m4), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m4);
+    const __m128i v0 = split ? _mm_unpacklo_epi8(lo, hi) : lo, v1 = split ? _mm_unpackhi_epi8(lo, hi) : hi;
+    return _mm256_set_m128i(_mm_shuffle_epi8(lut, v1), _mm_shuffle_epi8(lut, v0));
+}
+
+/* Step s of an MXFP4 row (codes at row; the split layout's scales at srow), and its
+ * two groups' a16 = 2^(E - 128) into lane i of f[gc], f[gc + 1]. */
+TARGET_QB INLINE __m512i step_mxfp4(const uint8_t *row, const uint8_t *srow, int s, qpanel *p, int gc, int i) {
+    if (srow) {
+        p->f[gc][i] = lm_e8m0_half_to_f32(srow[2 * s]);
+        p->f[gc + 1][i] = lm_e8m0_half_to_f32(srow[2 * s + 1]);
+        return join256(mxfp4_group_u(row + (size_t)s * 32, 1), mxfp4_group_u(row + (size_t)s * 32 + 16, 1));
+    }
+    const uint8_t *b0 = row + (size_t)(2 * s) * 17;
+    p->f[gc][i] = lm_e8m0_half_to_f32(b0[0]);
+    p->f[gc + 1][i] = lm_e8m0_half_to_f32(b0[17]);
+    return join256(mxfp4_group_u(b0 + 1, 0), mxfp4_group_u(b0 + 18, 0));
+}
+
 /* ---- a panel's chunk ---- */
 
 /* Whether type t keeps one a16 per 16-value half (else one per group). */
 INLINE int halves_of(lm_dtype t) { return t == LM_DT_Q6_K || t == LM_DT_Q3_K; }
 
 /* Values c0..c0+nv-1 (c0 a multiple of CHUNK, nv of 64) of the 16 rows at rowp
- * (idx: their byte offsets from rowp[0]) into p; the same bytes of the next panel
- * (pf_off bytes on, 0 = none) are prefetched while decoding. */
-TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PANEL], __m512i idx, size_t rb, int cols,
-                                 int c0, int nv, qpanel *p, size_t pf_off) {
+ * (idx: their byte offsets from rowp[0]; srowp: MXFP4_SPLIT's scale rows) into p; the
+ * same bytes of the next panel (pf_off bytes on, 0 = none) are prefetched while
+ * decoding. */
+TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PANEL], const uint8_t *const srowp[PANEL],
+                                 __m512i idx, size_t rb, int cols, int c0, int nv, qpanel *p, size_t pf_off) {
     const int s0 = c0 / 64, ns = nv / 64, nsteps = cols / 64;
     /* scales, 256 values at a time (cols and c0 are multiples of 256 for 256-value blocks) */
     for (int v = 0; v < nv; v += 256) {
@@ -208,6 +235,8 @@ TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PAN
             case LM_DT_Q8_0: v[i] = step_q8_0(rowp[i], s0 + s); break;
             case LM_DT_Q4_0: v[i] = step_q4_0(rowp[i], s0 + s); break;
             case LM_DT_IQ4_XS: v[i] = step_iq4xs(rowp[i], s0 + s); break;
+            case LM_DT_MXFP4: v[i] = step_mxfp4(rowp[i], NULL, s0 + s, p, 2 * s, i); break;
+            case LM_DT_MXFP4_SPLIT: v[i] = step_mxfp4(rowp[i], srowp[i], s0 + s, p, 2 * s, i); break;
             default: { /* through the common group form, one row at a time */
                 lm_qgroup g[2];
                 uint8_t buf[64];
@@ -316,7 +345,7 @@ TOKENS(tok_h_off2, 1, 2, 0) /* Q3_K */
 static const tokens_fn *tokens_for(lm_dtype t) {
     switch (t) {
     case LM_DT_Q4_0: return tok_off3;
-    case LM_DT_Q5_0: return tok_off4;
+    case LM_DT_Q5_0: case LM_DT_MXFP4: case LM_DT_MXFP4_SPLIT: return tok_off4;
     case LM_DT_Q8_0: case LM_DT_IQ4_XS: case LM_DT_IQ4_NL: return tok_off7;
     case LM_DT_Q6_K: return tok_h_off5;
     case LM_DT_Q3_K: return tok_h_off2;
@@ -325,17 +354,20 @@ static const tokens_fn *tokens_for(lm_dtype t) {
 }
 
 TARGET_QB INLINE void rows_of(const lm_dtype t, const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
-    const size_t rb = lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols), rows = (size_t)W->rows;
+    const int split = t == LM_DT_MXFP4_SPLIT; /* codes [rows][cols / 2], scales [rows][cols / 32] apart */
+    const size_t rb = split ? (size_t)W->cols / 2 : lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols);
+    const size_t rows = (size_t)W->rows;
     const int cols = W->cols;
     const tokens_fn *fn = tokens_for(W->dtype);
     qpanel p;
     for (int r = r0; r < r1; r += PANEL) {
         const int nr = r1 - r < PANEL ? r1 - r : PANEL;
         const __mmask16 rm = nr == PANEL ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
-        const uint8_t *rowp[PANEL];
+        const uint8_t *rowp[PANEL], *srowp[PANEL];
         int32_t off[PANEL];
         for (int i = 0; i < PANEL; i++) { /* lanes past the rows repeat the first; their results are dropped */
             rowp[i] = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : 0)) * rb;
+            srowp[i] = split ? (const uint8_t *)W->scales + (size_t)(r + (i < nr ? i : 0)) * ((size_t)cols / 32) : NULL;
             off[i] = (int32_t)(i < nr ? (size_t)i * rb : 0);
         }
         const __m512i idx = _mm512_loadu_si512(off);
@@ -344,7 +376,7 @@ TARGET_QB INLINE void rows_of(const lm_dtype t, const lm_mat *W, int r0, int r1,
         const size_t pf_off = (size_t)r + 2 * PANEL <= rows ? PANEL * rb : 0;
         for (int c0 = 0; c0 < cols; c0 += CHUNK) {
             const int nv = cols - c0 < CHUNK ? cols - c0 : CHUNK;
-            fill_chunk(t, rowp, idx, rb, cols, c0, nv, &p, pf_off);
+            fill_chunk(t, rowp, srowp, idx, rb, cols, c0, nv, &p, pf_off);
             for (int t0 = 0; t0 < n;) {
                 const int left = n - t0, k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
                 fn[k](&p, c0 / 32, nv / 32, a, t0, y, rows, r, rm, c0 == 0);
@@ -364,6 +396,8 @@ ROWS_FN(rows_q6k, LM_DT_Q6_K)
 ROWS_FN(rows_q8_0, LM_DT_Q8_0)
 ROWS_FN(rows_q4_0, LM_DT_Q4_0)
 ROWS_FN(rows_iq4xs, LM_DT_IQ4_XS)
+ROWS_FN(rows_mxfp4, LM_DT_MXFP4)
+ROWS_FN(rows_mxfp4_split, LM_DT_MXFP4_SPLIT)
 
 TARGET_QB static void rows_generic(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
     rows_of(W->dtype, W, r0, r1, a, n, y);
@@ -377,14 +411,17 @@ void lm_qblock_rows_avx512(const lm_mat *W, int r0, int r1, const lm_act8 *a, in
     case LM_DT_Q8_0: rows_q8_0(W, r0, r1, a, n, y); break;
     case LM_DT_Q4_0: rows_q4_0(W, r0, r1, a, n, y); break;
     case LM_DT_IQ4_XS: rows_iq4xs(W, r0, r1, a, n, y); break;
+    case LM_DT_MXFP4: rows_mxfp4(W, r0, r1, a, n, y); break;
+    case LM_DT_MXFP4_SPLIT: rows_mxfp4_split(W, r0, r1, a, n, y); break;
     default: rows_generic(W, r0, r1, a, n, y); break;
     }
 }
 
 /* Whole 64-value steps, and 16 rows' byte offsets within int32 (the gathers). */
 int lm_qblock_handles_avx512(const lm_mat *W) {
+    const uint64_t rb = W->dtype == LM_DT_MXFP4_SPLIT ? (uint64_t)W->cols / 2 : lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols);
     return (lm_cpu_features() & LM_CPU_AVX512VNNI) && lm_qblock_act8(W->dtype) && W->cols % 64 == 0 &&
-           lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols) < (uint64_t)INT32_MAX / PANEL;
+           rb < (uint64_t)INT32_MAX / PANEL;
 }
 
 #else
