@@ -50,7 +50,7 @@ def spread_init(model, seed, zero_centred_norms=False):
                 pass
             else:
                 fan_in = shape[-1]
-                cfg = model.config
+                cfg = model.config.get_text_config()  # the VL wrapper keeps its sizes in text_config
                 # gpt-oss stores its experts [E, in, out] (x @ W): the fan-in is the
                 # hidden size for gate_up_proj and the expert width for down_proj
                 # whichever way round the tensor is.
