@@ -14,6 +14,7 @@
  * bit-identical results across thread counts and batch sizes, and a clear error
  * for a block type that has no kernels.
  */
+#include "ggml_ref.h"
 #include "harness.h"
 
 #include "formats/ggml_blocks.h"
@@ -22,26 +23,8 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/qblock.h"
 
-#include <dlfcn.h>
 #include <stdbool.h>
 #include <stdint.h>
-
-#define GGML_LIB LAZYMOE_SOURCE_DIR "/tests/node/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so"
-
-/* ggml.h's struct ggml_type_traits (llama.cpp as shipped by node-llama-cpp 3.22.1);
- * the name, block size and type size are checked against what lazymoe expects
- * before to_float is called, so a changed layout fails loudly. */
-typedef void (*ggml_to_float_t)(const void *x, float *y, int64_t k);
-struct ggml_type_traits {
-    const char *type_name;
-    int64_t blck_size;
-    int64_t blck_size_interleave;
-    size_t type_size;
-    bool is_quantized;
-    ggml_to_float_t to_float;
-    void *from_float_ref;
-};
-typedef const struct ggml_type_traits *(*get_traits_fn)(int type);
 
 static const struct {
     lm_dtype t;
@@ -68,11 +51,7 @@ static double urand(void) { return (double)(next() >> 11) / 9007199254740992.0 *
 static get_traits_fn traits_of;
 
 static void test_library(void) {
-    void *h = dlopen(GGML_LIB, RTLD_NOW | RTLD_LOCAL);
-    CHECKF(h != NULL, "cannot load %s (%s): run tools/install-deps.sh or npm ci in tests/node", GGML_LIB, dlerror());
-    if (!h) return;
-    traits_of = (get_traits_fn)dlsym(h, "ggml_get_type_traits");
-    CHECKF(traits_of != NULL, "ggml_get_type_traits not found in %s", GGML_LIB);
+    traits_of = ggml_ref_traits();
     for (int i = 0; traits_of && i < NTYPES; i++) {
         const struct ggml_type_traits *tr = traits_of(types[i].ggml);
         CHECKF(tr && tr->type_name && !strcmp(tr->type_name, types[i].name), "ggml type %d is '%s', expected %s",

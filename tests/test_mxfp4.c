@@ -5,29 +5,16 @@
  * against the dequantized matrix in double, bit-identical across threads and batches;
  * with int8 activations (scalar reference, AVX2, AVX-512) against the int8 product
  * worked out in double and against f32 activations within the stated bound. */
+#include "ggml_ref.h"
 #include "harness.h"
 
 #include "formats/mxfp4.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 
-#include <dlfcn.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-#define GGML_LIB LAZYMOE_SOURCE_DIR "/tests/node/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so"
-
-typedef void (*ggml_to_float_t)(const void *x, float *y, int64_t k);
-struct ggml_type_traits { /* ggml.h, as in tests/test_ggml_types.c */
-    const char *type_name;
-    int64_t blck_size;
-    int64_t blck_size_interleave;
-    size_t type_size;
-    bool is_quantized;
-    ggml_to_float_t to_float;
-    void *from_float_ref;
-};
-typedef const struct ggml_type_traits *(*get_traits_fn)(int type);
 #define GGML_TYPE_MXFP4 39
 
 static uint64_t rng = 0x6a09e667f3bcc909ull;
@@ -79,12 +66,9 @@ static uint8_t random_scale(void) {
 }
 
 static void against_libggml(void) {
-    void *h = dlopen(GGML_LIB, RTLD_NOW | RTLD_LOCAL);
-    CHECKF(h != NULL, "cannot load %s (%s): run tools/install-deps.sh or npm ci in tests/node", GGML_LIB, dlerror());
-    if (!h) return;
-    get_traits_fn traits_of = (get_traits_fn)dlsym(h, "ggml_get_type_traits");
-    CHECK(traits_of != NULL);
-    const struct ggml_type_traits *tr = traits_of ? traits_of(GGML_TYPE_MXFP4) : NULL;
+    get_traits_fn traits_of = ggml_ref_traits();
+    if (!traits_of) return;
+    const struct ggml_type_traits *tr = traits_of(GGML_TYPE_MXFP4);
     CHECKF(tr && tr->type_name && !strcmp(tr->type_name, "mxfp4") && tr->blck_size == 32 && tr->type_size == 17 &&
                tr->to_float,
            "ggml type 39 is not mxfp4 with 32 values in 17 bytes");
@@ -104,7 +88,6 @@ static void against_libggml(void) {
         }
     CHECKF(bad == 0, "%d of %d values differ from libggml's to_float", bad, 32 * BLOCKS);
     free(b), free(mine), free(theirs);
-    dlclose(h);
 }
 
 /* The same values in both layouts: a split row turned into ggml blocks. */
