@@ -208,8 +208,9 @@ static void log_job(const srv_job *j, double t_start, const char *error) {
 }
 
 /* The job ends with an error: a status + body when nothing was sent yet, an error
- * event in the stream otherwise. */
-static void finish_with_error(srv_job *j, int status, const char *msg) {
+ * event in the stream otherwise. The log line (`why`, or msg) is written before the
+ * client is woken, so whoever has the answer also finds it in the log. */
+static void finish_with_error(srv_job *j, double t_start, int status, const char *msg, const char *why) {
     srv_error e;
     srv_fail(&e, j->chat.api, status, NULL, "%s", msg);
     pthread_mutex_lock(&j->mu);
@@ -223,6 +224,7 @@ static void finish_with_error(srv_job *j, int status, const char *msg) {
         srv_buf_json(&j->out, body);
         json_decref(body);
     }
+    log_job(j, t_start, why ? why : msg);
     j->state = JOB_DONE;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -238,8 +240,8 @@ static void engine_unlock(srv_server *s) {
 
 static int cancelled_before_start(srv_job *j, double t_start) {
     if (!j->cancel) return 0;
-    finish_with_error(j, j->cancel_reason == CANCEL_SHUTDOWN ? 503 : 499, "cancelled before it started");
-    log_job(j, t_start, j->cancel_reason == CANCEL_SHUTDOWN ? "server shutting down" : "client disconnected while queued");
+    finish_with_error(j, t_start, j->cancel_reason == CANCEL_SHUTDOWN ? 503 : 499, "cancelled before it started",
+                      j->cancel_reason == CANCEL_SHUTDOWN ? "server shutting down" : "client disconnected while queued");
     return 1;
 }
 
@@ -257,8 +259,7 @@ static lazymoe_session *take_session(srv_server *s, srv_job *j, double t_start, 
         engine_unlock(s);
         if (sess) return sess;
         if (!wait) {
-            finish_with_error(j, 500, err);
-            log_job(j, t_start, err);
+            finish_with_error(j, t_start, 500, err, NULL);
             return NULL;
         }
         pthread_mutex_lock(&s->qmu);
@@ -303,8 +304,7 @@ static void run_job(srv_server *s, srv_job *j) {
         engine_lock(s);
         srv_cache_put(&s->cache, sess);
         engine_unlock(s);
-        finish_with_error(j, 500, g.err[0] ? g.err : "out of memory");
-        log_job(j, t_start, g.err[0] ? g.err : "out of memory");
+        finish_with_error(j, t_start, 500, g.err[0] ? g.err : "out of memory", NULL);
         return;
     }
     free(tools_json);
@@ -357,13 +357,11 @@ static void run_job(srv_server *s, srv_job *j) {
     srv_buf_free(&g.raw);
     if (rc == 0 && j->cancel_reason == CANCEL_SHUTDOWN) { /* not an answer: say so */
         snprintf(err, sizeof err, "the server is shutting down");
-        finish_with_error(j, 503, err);
-        log_job(j, t_start, err);
+        finish_with_error(j, t_start, 503, err, NULL);
         return;
     }
     if (rc != 0) {
-        finish_with_error(j, 500, err);
-        log_job(j, t_start, err);
+        finish_with_error(j, t_start, 500, err, NULL);
         return;
     }
     pthread_mutex_lock(&j->mu);
@@ -373,14 +371,13 @@ static void run_job(srv_server *s, srv_job *j) {
     srv_reply_end(&j->reply, &j->stats, stop_seq, &j->out);
     if (j->out.failed) {
         pthread_mutex_unlock(&j->mu);
-        finish_with_error(j, 500, "out of memory building the reply");
-        log_job(j, t_start, "out of memory building the reply");
+        finish_with_error(j, t_start, 500, "out of memory building the reply", NULL);
         return;
     }
+    log_job(j, t_start, NULL); /* before the client is woken: see finish_with_error */
     j->state = JOB_DONE;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    log_job(j, t_start, NULL);
 }
 
 static void *worker_main(void *arg) {

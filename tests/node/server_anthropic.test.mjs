@@ -244,11 +244,7 @@ await testCase('anthropic_disconnect_and_two_clients', async () => {
   assert(o.content[0].text === 'the other answer' && o.stop_reason === 'end_turn', JSON.stringify(o));
   // The two requests race to the queue: when the other one ran first, the aborted
   // stream is still being cut short now; the worker logs it once it notices.
-  let line = null;
-  for (let i = 0; i < 100 && !line; i++) {
-    line = server.log().split('\n').find((l) => /POST \/v1\/messages 499 stream .*finish=client-disconnected/.test(l));
-    if (!line) await new Promise((r) => setTimeout(r, 100));
-  }
+  const [line] = await server.logLines(/POST \/v1\/messages 499 stream .*finish=client-disconnected/, 1, 10000);
   assert(line && Number(/out=(\d+)/.exec(line)[1]) < 2500, `no early client-disconnected line: ${server.log().slice(-800)}`);
 });
 
@@ -260,11 +256,7 @@ await testCase('anthropic_disconnect_not_streamed', async () => {
   try { await req; } catch (e) { caught = e; }
   assert(caught instanceof Anthropic.APIUserAbortError, String(caught));
   // the worker notices within its polling interval and logs the cut-short request
-  let line = null;
-  for (let i = 0; i < 100 && !line; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    line = server.log().split('\n').find((l) => /POST \/v1\/messages 499 in=\d+ .*finish=client-disconnected/.test(l));
-  }
+  const [line] = await server.logLines(/POST \/v1\/messages 499 in=\d+ .*finish=client-disconnected/, 1, 10000);
   assert(line && Number(/out=(\d+)/.exec(line)[1]) < 2500, `no early client-disconnected line: ${server.log().slice(-800)}`);
   const after = await client.messages.create({ model: MODEL, max_tokens: 20, messages: hi, lazymoe_forced_output: 'still here' });
   assert(after.content[0].text === 'still here', JSON.stringify(after));

@@ -35,6 +35,17 @@ export async function startServer(extraArgs = [], env = {}, model = SERVER_MODEL
   return {
     url,
     log: () => log,
+    // The log lines matching re, waiting (up to timeoutMs) until there are at least
+    // `count`: the server writes a request's line before it answers, but stderr and the
+    // HTTP socket are two pipes, and node may read the answer first.
+    async logLines(re, count = 1, timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const lines = log.split('\n').filter((l) => re.test(l));
+        if (lines.length >= count || Date.now() > deadline) return lines;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+    },
     // Stops the server with SIGTERM; throws unless it exits 0 without sanitizer reports.
     async stop() {
       proc.kill('SIGTERM');

@@ -309,7 +309,7 @@ await testCase('openai_disconnect_cancels_only_its_own_generation', async () => 
   const b = await bPromise;
   assert(b.choices[0].message.content === 'answer of B', JSON.stringify(b.choices[0]));
   // the server logged A as cut short by its client, long before the 3500 tokens
-  const line = server.log().split('\n').find((l) => /finish=client-disconnected/.test(l));
+  const [line] = await server.logLines(/finish=client-disconnected/);
   assert(line, `no client-disconnected line in ${server.log().slice(-1500)}`);
   const out = Number(/out=(\d+)/.exec(line)[1]);
   assert(out < 2500, `A generated ${out} tokens after its client left`);

@@ -123,7 +123,7 @@ await testCase('parallel_disconnect_frees_a_place_for_the_queue', async () => {
       await new Promise((res) => setTimeout(res, 20));
     }
     assert(h.running === 0 && h.queued === 0, `places not freed: ${JSON.stringify(h)}`);
-    const lines = srv.log().split('\n').filter((l) => /finish=client-disconnected/.test(l));
+    const lines = await srv.logLines(/finish=client-disconnected/, 3);
     assert(lines.length === 3, `expected 3 client-disconnected lines: ${srv.log().slice(-2000)}`);
     for (const l of lines) assert(Number(/out=(\d+)/.exec(l)[1]) < 8000, `generated on after its client left: ${l}`);
   } finally {
@@ -152,8 +152,8 @@ await testCase('parallel_kv_budget_queues_requests_that_do_not_fit', async () =>
     }
     const rs = await all;
     for (const r of rs) assert(r.choices[0].message.content === forced, 'an answer was cut');
-    const lines = tight.log().split('\n').filter((l) => /chat\/completions 200/.test(l));
-    assert(lines.length === 2, tight.log().slice(-1500));
+    const lines = await tight.logLines(/chat\/completions 200/, 2);
+    assert(lines.length === 2, `expected 2 chat/completions 200 lines, found ${lines.length}: ${tight.log().split('\n').filter((l) => !/\/health/.test(l)).slice(-20).join(' | ')}`);
     // the second waited for the first: its queued time covers the first's generation
     const q = lines.map((l) => Number(/queued ([\d.]+)s/.exec(l)[1]));
     const total = lines.map((l) => Number(/total ([\d.]+)s/.exec(l)[1]));
