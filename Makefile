@@ -7,6 +7,8 @@
 #   make            release build: build/lazymoe and build/liblazymoe.a
 #   make test       AddressSanitizer + UBSan build of everything, then tests/run.sh
 #   make fuzz       libFuzzer targets under fuzz/ (clang)
+#   make CUDA=1     also build/cuda/lazymoe: the CLI with the CUDA backend (nvcc)
+#   make test-cuda  build and run tests/cuda/test_cuda.c (a machine with a GPU)
 #   make clean
 #
 # Dependencies are Debian packages: libjansson-dev (JSON), libpcre2-dev (tokenizer
@@ -30,7 +32,7 @@ REL     := build/release
 REL_OBJ := $(LIB_SRC:%.c=$(REL)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(REL)/%.o)
 
-all: build/lazymoe build/liblazymoe.a build/gguf_export
+all: build/lazymoe build/liblazymoe.a build/gguf_export $(if $(filter 1,$(CUDA)),cuda)
 
 # tools/gguf_export.c: model directory -> GGUF (src/convert/gguf_export.h)
 build/gguf_export: $(REL)/tools/gguf_export.o build/liblazymoe.a
@@ -78,6 +80,51 @@ test-build: all $(SAN)/lazymoe $(TESTS) $(EXAMPLES)
 test: test-build
 	tests/run.sh
 
+# ---- CUDA backend (src/kernels/cuda/, optional) --------------------------------
+# Built only when asked (`make CUDA=1`, `make cuda`, `make test-cuda`), never by the
+# default targets: the default binary stays the same everywhere and needs no CUDA
+# runtime. The CUDA build is its own tree, build/cuda/: the release objects, with
+# backend.c compiled again with LAZYMOE_CUDA (it then names the cuda backend) and
+# the .cu files compiled by nvcc for sm_90 (H100/H200) plus sm_80 PTX that newer
+# GPUs' drivers compile at load. --fmad=false: a * b + c rounds twice, as the C
+# reference does (cuda_backend.cu). The CUDA runtime is linked statically, and so
+# are jansson and pcre2 in the test binary, so that it runs on a machine that has
+# only the driver (the GPU box: tools/cuda_check.sh).
+NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+NVFLAGS   := -std=c++17 -O2 -g --fmad=false -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_80,code=compute_80 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings
+CU_SRC    := $(sort $(wildcard src/*/*/*.cu))
+CUDA_DIR  := build/cuda
+CUDA_CU_OBJ := $(CU_SRC:%.cu=$(CUDA_DIR)/%.o)
+CUDA_LIB_OBJ := $(filter-out $(REL)/src/kernels/backend.o,$(REL_OBJ)) $(CUDA_DIR)/src/kernels/backend.o $(CUDA_CU_OBJ)
+CUDA_RT   := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+STATIC_DEPS := -Wl,-Bstatic -ljansson -lpcre2-8 -Wl,-Bdynamic -lpthread -lm
+
+$(CUDA_DIR)/src/kernels/backend.o: src/kernels/backend.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -DLAZYMOE_CUDA -MMD -MP -c $< -o $@
+
+$(CUDA_DIR)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) $(INC) -MMD -MP -c $< -o $@
+
+$(CUDA_DIR)/liblazymoe.a: $(CUDA_LIB_OBJ)
+	ar rcs $@ $^
+
+$(CUDA_DIR)/lazymoe: $(CLI_OBJ) $(CUDA_DIR)/liblazymoe.a
+	$(CC) $(OPT) -o $@ $(CLI_OBJ) $(CUDA_DIR)/liblazymoe.a $(LIBS) $(CUDA_RT)
+
+$(CUDA_DIR)/tests/test_cuda: tests/cuda/test_cuda.c tests/harness.h $(CUDA_DIR)/liblazymoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -DLAZYMOE_SOURCE_DIR=\"$(CURDIR)\" -o $@ $< $(CUDA_DIR)/liblazymoe.a \
+	    $(STATIC_DEPS) $(CUDA_RT)
+
+cuda: $(CUDA_DIR)/lazymoe
+
+test-cuda: $(CUDA_DIR)/tests/test_cuda
+	$(CUDA_DIR)/tests/test_cuda
+
 # ---- fuzzing ------------------------------------------------------------------
 FUZZ_SRC := $(sort $(wildcard fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build/fuzz/%)
@@ -97,7 +144,8 @@ fuzz: $(FUZZ_BIN)
 clean:
 	rm -rf build
 
-.PHONY: all test test-build fuzz clean
+.PHONY: all test test-build fuzz clean cuda test-cuda
 # Keep intermediate objects (fuzz objects would otherwise be deleted after linking).
 .SECONDARY:
--include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d) $(FZ_OBJ:.o=.d)
+-include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d) $(FZ_OBJ:.o=.d) $(CUDA_CU_OBJ:.o=.d) \
+    $(CUDA_DIR)/src/kernels/backend.d

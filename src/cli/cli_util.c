@@ -135,6 +135,7 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         {"--lookahead", .num = &o->lookahead, .lo = 0, .hi = 1 << 20},
         {"--io-threads", .num = &o->io_threads, .lo = 1, .hi = 256},
         {"--trace-routing", .str = &o->trace_routing, .what = "a file name"},
+        {"--backend", .str = &o->backend, .what = "a backend name (cpu or cuda)"},
         {"--resident", .flag = &o->expert_capacity, .lo = -1},
         {"--buffered-io", .flag = &o->buffered_io, .lo = 1},
         {"--no-warm-start", .flag = &o->no_warm_start, .lo = 1},

@@ -116,7 +116,9 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "                            attention runs (router lookahead; default 0 = off)\n"               \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
     "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
-    "                            stated error) or 32 (f32, the reference numerics)\n"
+    "                            stated error) or 32 (f32, the reference numerics)\n"                 \
+    "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; f32\n"       \
+    "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"

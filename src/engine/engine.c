@@ -237,8 +237,10 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
     }
     /* Quantized weights take int8 activations unless asked otherwise (as llama.cpp
      * always does): much faster, at the error tests/test_golden.c states; float
-     * models keep f32, which is also the reference everywhere (--act-bits 32). */
-    if (m->opt.act_bits == 0) m->opt.act_bits = has_quantized_weights(&m->w) ? 8 : 32;
+     * models keep f32, which is also the reference everywhere (--act-bits 32).
+     * Int8 activations are CPU kernels: other backends take f32. */
+    int cpu_backend = !m->opt.backend || !*m->opt.backend || !strcmp(m->opt.backend, "cpu");
+    if (m->opt.act_bits == 0) m->opt.act_bits = cpu_backend && has_quantized_weights(&m->w) ? 8 : 32;
     switch (m->opt.kv_bits) {
     case 0:
     case 16: m->kv_dtype = LM_DT_F16; break;

@@ -84,6 +84,11 @@ typedef struct {
     lm_buf bufs[LM_SCRATCH_MAX_BUFS]; /* backend buffers of the device arrays */
     int n_bufs;
     uint64_t host_bytes;              /* bytes of the host arrays */
+    /* Backends without host memory: logits of up to logits_rows tokens on the
+     * device, downloaded into the caller's array (outside the memory plan, which
+     * counts host memory). Empty on the CPU, whose matmul writes them in place. */
+    lm_buf logits_dev;
+    int logits_rows;
 } lm_scratch;
 
 struct lazymoe_session {

@@ -256,6 +256,17 @@ static int shared_expert(lazymoe_session *s, const lm_moe_block *mb, const lm_la
     return 0;
 }
 
+/* A backend that copies weights (a GPU) keys its copies by host address, and a
+ * lazy cache slot may hold another expert than when that copy was made: every
+ * expert taken from the cache is marked changed, so it is uploaded again (phase 1
+ * of issue 18: correct, an upload per use; a VRAM expert tier replaces this). */
+static void expert_slot_refreshed(lm_backend *be, const lm_expert *v) {
+    if (!be->ops->weights_changed) return;
+    lm_backend_weights_changed(be, &v->gate);
+    lm_backend_weights_changed(be, &v->up);
+    lm_backend_weights_changed(be, &v->down);
+}
+
 /* Lazy experts: acquire every distinct expert the chunk routed to; compute the
  * cached ones while the misses are read, then each miss as it lands. When the
  * chunk needs more experts than the layer has slots, it goes in waves, still
@@ -281,6 +292,7 @@ static int run_lazy_experts(lazymoe_session *s, const lm_moe_block *mb, int l, i
         for (int i = 0; i < n && rc == 0; i++) {
             if (S->need_status[i] != 1) continue;
             rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[hits], err);
+            if (rc == 0) expert_slot_refreshed(BE(s), &S->expert_views[hits]);
             S->expert_ids[hits++] = S->need[i];
         }
         if (rc == 0 && hits) rc = run_experts(s, mb, S->expert_views, S->expert_ids, hits, err);
@@ -291,6 +303,7 @@ static int run_lazy_experts(lazymoe_session *s, const lm_moe_block *mb, int l, i
         for (int i = 0; i < n && rc == 0; i++) {
             if (S->need_status[i] != 2) continue;
             rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[0], err);
+            if (rc == 0) expert_slot_refreshed(BE(s), &S->expert_views[0]);
             if (rc == 0) rc = run_experts(s, mb, S->expert_views, &S->need[i], 1, err);
         }
         lm_cache_release_layer(cache, l);
@@ -451,6 +464,23 @@ static int layer(lazymoe_session *s, int l, int T, lazymoe_session *const *seqs,
     return 0;
 }
 
+/* out[rows][V] (host memory) = lm_head . S->h[rows]: in place where the backend's
+ * memory is the host's, else into the device logits buffer and downloaded, a few
+ * rows at a time. */
+static int head_logits(lm_backend *be, lm_scratch *S, const lm_weights *w, int rows, float *out, char *err) {
+    if (be->ops->host_memory) {
+        OP(be, be->ops->matmul(be, out, &w->lm_head, S->h, rows));
+        return 0;
+    }
+    size_t V = (size_t)w->cfg.vocab_size, H = (size_t)w->cfg.hidden_size;
+    for (int r0 = 0; r0 < rows; r0 += S->logits_rows) {
+        int m = rows - r0 < S->logits_rows ? rows - r0 : S->logits_rows;
+        OP(be, be->ops->matmul(be, S->logits_dev.ptr, &w->lm_head, S->h + (size_t)r0 * H, m));
+        OP(be, be->ops->download(be, out + (size_t)r0 * V, S->logits_dev.ptr, sizeof(float) * (size_t)m * V));
+    }
+    return 0;
+}
+
 int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err) {
     const lm_weights *w = &s->m->w;
     const lm_config *c = &w->cfg;
@@ -460,8 +490,6 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
             return lm_errf(err, "token id %d at position %d is outside the vocabulary (0..%d)", ids[i], i, V - 1);
-    if (out && !be->ops->host_memory)
-        return lm_errf(err, "the %s backend cannot write logits into host memory yet", be->ops->name);
     for (int done = 0; done < n;) {
         int T = n - done < S->cap_tokens ? n - done : S->cap_tokens;
         for (int t = 0; t < T; t++) S->pos_host[t] = s->n_past + t;
@@ -481,7 +509,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
             OP(be, be->ops->rmsnorm(be, S->h, S->x + (size_t)first * (size_t)H, w->final_norm, rows, H,
                                     c->rms_norm_eps));
             float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
-            OP(be, be->ops->matmul(be, dst, &w->lm_head, S->h, rows)); /* host memory: checked above */
+            if (head_logits(be, S, w, rows, dst, err) != 0) return -1;
         }
     }
     return 0;
@@ -503,8 +531,6 @@ int lm_forward_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int
             if (seqs[j] == seqs[i]) return lm_errf(err, "a session appears twice in one batch step");
         S->pos_host[i] = seqs[i]->n_past;
     }
-    if (out && !be->ops->host_memory)
-        return lm_errf(err, "the %s backend cannot write logits into host memory yet", be->ops->name);
     OP(be, be->ops->upload(be, S->pos, S->pos_host, sizeof(int32_t) * (size_t)n));
     OP(be, be->ops->upload(be, S->ids, ids, sizeof(int32_t) * (size_t)n));
     OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, n));
@@ -518,7 +544,7 @@ int lm_forward_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int
     if (b->m->trace && lm_trace_end_chunk(b->m->trace, n, err) != 0) return -1;
     if (out) {
         OP(be, be->ops->rmsnorm(be, S->h, S->x, w->final_norm, n, H, c->rms_norm_eps));
-        OP(be, be->ops->matmul(be, out, &w->lm_head, S->h, n)); /* host memory: checked above */
+        if (head_logits(be, S, w, n, out, err) != 0) return -1;
     }
     return 0;
 }

@@ -17,6 +17,9 @@
 
 /* ---- forward scratch ------------------------------------------------------------ */
 
+/* Tokens' logits a device backend computes at once before downloading them. */
+#define LOGITS_DEVICE_ROWS 16
+
 typedef struct {
     void **p;
     size_t bytes;
@@ -79,6 +82,7 @@ void lm_scratch_free(lm_scratch *S, lm_backend *be) {
     for (int i = 0; i < n; i++)
         if (!e[i].device) lm_free_aligned(*e[i].p);
     for (int i = 0; i < S->n_bufs; i++) lm_backend_release(be, &S->bufs[i]);
+    lm_backend_release(be, &S->logits_dev);
     memset(S, 0, sizeof *S);
 }
 
@@ -97,6 +101,11 @@ int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, c
             if (!(*e[i].p = lm_malloc_aligned(e[i].bytes, "forward scratch", err))) goto fail;
             S->host_bytes += e[i].bytes;
         }
+    }
+    if (!be->ops->host_memory && c->vocab_size > 0) {
+        S->logits_rows = T < LOGITS_DEVICE_ROWS ? T : LOGITS_DEVICE_ROWS;
+        size_t bytes = (size_t)S->logits_rows * (size_t)c->vocab_size * sizeof(float);
+        if (lm_backend_alloc(be, &S->logits_dev, bytes, "device logits", err) != 0) goto fail;
     }
     S->cap_tokens = T;
     return 0;

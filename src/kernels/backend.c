@@ -1,12 +1,43 @@
 /* What every backend shares: choosing one by name, and counting the memory it holds. */
 #include "kernels/backend.h"
 
+#ifdef LAZYMOE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+#include <stdlib.h>
 #include <string.h>
+
+#ifdef LAZYMOE_CUDA
+/* LAZYMOE_CUDA_DEVICE picks the GPU (default 0). */
+static int cuda_create(lm_backend **out, char *err) {
+    const char *dev = getenv("LAZYMOE_CUDA_DEVICE");
+    int d = 0;
+    if (dev && *dev) {
+        char *end;
+        long v = strtol(dev, &end, 10);
+        if (*end || v < 0 || v > 1024) return lm_errf(err, "LAZYMOE_CUDA_DEVICE=\"%s\" is not a device number", dev);
+        d = (int)v;
+    }
+    return lm_backend_cuda_create(out, d, err);
+}
+#endif
 
 int lm_backend_create(lm_backend **out, const char *name, int n_threads, char *err) {
     *out = NULL;
     if (!name || !*name || !strcmp(name, "cpu")) return lm_backend_cpu_create(out, n_threads, err);
+    if (!strcmp(name, "cuda")) {
+#ifdef LAZYMOE_CUDA
+        return cuda_create(out, err);
+#else
+        return lm_errf(err, "this build has no CUDA (rebuild with make CUDA=1 where nvcc is installed)");
+#endif
+    }
+#ifdef LAZYMOE_CUDA
+    return lm_errf(err, "unknown backend '%s' (this build has: cpu, cuda)", name);
+#else
     return lm_errf(err, "unknown backend '%s' (this build has: cpu)", name);
+#endif
 }
 
 int lm_backend_alloc(lm_backend *be, lm_buf *out, size_t bytes, const char *what, char *err) {
@@ -28,3 +59,14 @@ void lm_backend_release(lm_backend *be, lm_buf *buf) {
 }
 
 const char *lm_backend_error(const lm_backend *be) { return be->err; }
+
+void lm_backend_weights_changed(lm_backend *be, const lm_mat *m) {
+    if (!be->ops->weights_changed) return;
+    be->ops->weights_changed(be, m->data);
+    if (m->scales) be->ops->weights_changed(be, m->scales);
+    if (m->biases) be->ops->weights_changed(be, m->biases);
+}
+
+void lm_backend_free(lm_backend *be) {
+    if (be) be->ops->destroy(be);
+}

@@ -193,6 +193,14 @@ typedef struct {
      * when shared is not NULL; rows of width floats, n tokens. */
     int (*moe_combine)(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
                        int top_k, int width);
+    /* ---- lifetime ---- */
+    /* A device backend keeps a copy of each host weight array it is handed, keyed by
+     * the host address; this says the memory at `host` now holds other bytes (a
+     * lazy expert slot refilled), so the copy is refreshed before its next use. NULL
+     * where weights are read in place (the CPU). Use lm_backend_weights_changed. */
+    void (*weights_changed)(lm_backend *be, const void *host);
+    /* Frees the backend and what it holds (lm_backend_free). */
+    void (*destroy)(lm_backend *be);
 } lm_backend_ops;
 
 struct lm_backend {
@@ -202,7 +210,9 @@ struct lm_backend {
     char err[LM_ERR_LEN];  /* the last failed operation's reason */
 };
 
-/* Backends by name: "cpu" (NULL or "" mean cpu). n_threads as for the CPU backend. */
+/* Backends by name: "cpu" (NULL or "" mean cpu), "cuda" (builds made with
+ * `make CUDA=1`: kernels/cuda/cuda_backend.h; the GPU LAZYMOE_CUDA_DEVICE, default 0).
+ * n_threads as for the CPU backend. */
 int lm_backend_create(lm_backend **out, const char *name, int n_threads, char *err);
 /* A buffer of `bytes` for `what` (named in the error); counted in bytes_held. A
  * zero-byte request gives an empty buffer (ptr NULL) and no error. */
@@ -211,6 +221,10 @@ int lm_backend_alloc(lm_backend *be, lm_buf *out, size_t bytes, const char *what
 void lm_backend_release(lm_backend *be, lm_buf *buf);
 /* The reason the last operation failed. */
 const char *lm_backend_error(const lm_backend *be);
+/* The host memory of m (its data, scales and biases) was rewritten since it was last
+ * handed to an op: a device backend's copies of it are refreshed at their next use
+ * (ops->weights_changed); nothing on the CPU. */
+void lm_backend_weights_changed(lm_backend *be, const lm_mat *m);
 
 /* CPU backend with a pool of n_threads workers (0 = all cores). Matmul kernels:
  * the environment's LAZYMOE_KERNELS (auto, scalar, avx512, avx2, neon), default auto
@@ -229,6 +243,7 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
 int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err);
 /* Name of the matmul kernels a CPU backend runs ("avx512", "scalar", ...). */
 const char *lm_backend_cpu_kernels(const lm_backend *be);
+/* Frees any backend (ops->destroy). */
 void lm_backend_free(lm_backend *be);
 
 #endif

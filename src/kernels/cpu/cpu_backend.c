@@ -1007,6 +1007,8 @@ static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv
     return 0;
 }
 
+static void cpu_destroy(lm_backend *be);
+
 static const lm_backend_ops cpu_ops = {
     .name = "cpu",
     .host_memory = 1,
@@ -1035,6 +1037,8 @@ static const lm_backend_ops cpu_ops = {
     .gather_rows = lm_cpu_gather_rows,
     .scatter_rows = lm_cpu_scatter_rows,
     .moe_combine = lm_cpu_moe_combine,
+    .weights_changed = NULL, /* weights are read in place */
+    .destroy = cpu_destroy,
 };
 
 /* SIMD tables in order of preference. */
@@ -1093,6 +1097,9 @@ int lm_backend_cpu_create(lm_backend **out, int n_threads, char *err) {
 }
 
 int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err) {
+    if (be->ops != &cpu_ops)
+        return lm_errf(err, "activation bits are a CPU backend setting; the %s backend takes f32 activations (--act-bits 32)",
+                       be->ops->name);
     cpu_impl *impl = be->impl;
     if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);
     if (bits == 8) {
@@ -1110,12 +1117,12 @@ int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *er
 }
 
 const char *lm_backend_cpu_kernels(const lm_backend *be) {
+    if (be->ops != &cpu_ops) return be->ops->name; /* not a CPU backend: its own name */
     const cpu_impl *impl = be->impl;
     return impl->k ? impl->k->name : "scalar";
 }
 
-void lm_backend_free(lm_backend *be) {
-    if (!be) return;
+static void cpu_destroy(lm_backend *be) {
     cpu_impl *impl = be->impl;
     lm_pool_free(impl->pool);
     free(impl->xsum);

@@ -1,0 +1,1221 @@
+/* CUDA backend: lm_backend_ops on one NVIDIA GPU (phase 1 of issue 18: correctness).
+ *
+ * Every operation is the CPU reference (cpu_ops.c, cpu_backend.c's scalar code)
+ * written as simple kernels on one stream: a warp per output row for matmuls, a
+ * warp per (query, head) for attention, one thread per token for routing, one per
+ * element for the rest. The arithmetic follows the CPU's operation by operation
+ * (the build passes --fmad=false so that a * b + c is two roundings, as in the C
+ * code, which is compiled without contraction); what still differs is the order of
+ * long sums (dot products, sums of squares), which the tests bound
+ * (tests/cuda/test_cuda.c). Integer results (routing choices, gathers) are exact.
+ *
+ * Memory: buffers are cudaMalloc'd; upload and download wait for their copy, so
+ * the host memory can be reused as soon as they return (forward.c rewrites its
+ * index arrays at once). Kernels are queued on the backend's stream; a failure in
+ * one (a bad address, say) surfaces at the next sync or download, as an error
+ * message naming the CUDA error, never an abort.
+ *
+ * Weights are lm_mat views of HOST memory (and some ops take host float arrays:
+ * norm weights, biases, RoPE frequencies, sinks, router correction biases). The
+ * backend keeps one device copy per host array, keyed by its host address and
+ * uploaded on first use. That key is only right for memory whose contents never
+ * change while the backend lives: the resident weights (mapped or read once). The
+ * lazy expert cache reuses host slots for other experts, so the same address then
+ * holds new bytes: whoever rewrites such memory must call lm_backend_weights_changed
+ * (backend.h), which marks the copy stale so its next use uploads it again into
+ * the same device buffer. Phase 1 wires this in forward.c for every expert that
+ * comes out of the lazy cache (correct, and an upload per use); phase 2 replaces it
+ * with the VRAM expert tier of issue 18.
+ */
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "formats/dtype.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+}
+
+/* ---- the backend's state ------------------------------------------------------------- */
+
+/* A device copy of one host array. */
+typedef struct {
+    const void *host; /* key; NULL = empty slot */
+    size_t bytes;     /* bytes uploaded */
+    size_t cap;       /* bytes of dev */
+    void *dev;
+    int stale; /* the host memory was rewritten: upload again before use */
+} weight_copy;
+
+/* One cudaMalloc'd buffer, to tell device addresses from host ones. */
+typedef struct {
+    uintptr_t base;
+    size_t bytes;
+} device_range;
+
+typedef struct {
+    int device;
+    cudaStream_t stream;
+    weight_copy *w; /* open addressing on the host address, capacity w_cap (a power of two) */
+    size_t w_cap, w_used;
+    uint64_t weight_bytes;
+    device_range *ranges; /* sorted by base */
+    size_t n_ranges, cap_ranges;
+    int *flag;      /* device [2]: an op's error flag and its detail (embed's bad id) */
+} cuda_impl;
+
+static cuda_impl *impl_of(lm_backend *be) { return (cuda_impl *)be->impl; }
+
+static int cuda_fail(lm_backend *be, const char *what, cudaError_t e) {
+    return lm_errf(be->err, "CUDA %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+#define CU(be, what, call)                                                                                             \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess) return cuda_fail((be), (what), e_);                                                     \
+    } while (0)
+
+/* After every launch: a bad configuration is reported here, a fault at the next sync. */
+static int launched(lm_backend *be, const char *kernel) {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? 0 : cuda_fail(be, kernel, e);
+}
+
+/* Grid size for `total` independent items of `per_block` each. */
+static unsigned blocks_for(size_t total, unsigned per_block) { return (unsigned)((total + per_block - 1) / per_block); }
+#define EW_THREADS 256u
+/* Elementwise kernels loop over a grid of at most this many blocks (grid-stride). */
+#define EW_MAX_BLOCKS 65535u
+static unsigned ew_blocks(size_t n) {
+    unsigned b = blocks_for(n, EW_THREADS);
+    return b > EW_MAX_BLOCKS ? EW_MAX_BLOCKS : (b ? b : 1u);
+}
+
+/* ---- telling device addresses from host ones ------------------------------------------- */
+
+static int range_add(cuda_impl *im, void *p, size_t bytes) {
+    if (im->n_ranges == im->cap_ranges) {
+        size_t cap = im->cap_ranges ? 2 * im->cap_ranges : 64;
+        device_range *r = (device_range *)realloc(im->ranges, cap * sizeof *r);
+        if (!r) return -1;
+        im->ranges = r;
+        im->cap_ranges = cap;
+    }
+    uintptr_t b = (uintptr_t)p;
+    size_t i = im->n_ranges;
+    while (i > 0 && im->ranges[i - 1].base > b) {
+        im->ranges[i] = im->ranges[i - 1];
+        i--;
+    }
+    im->ranges[i].base = b;
+    im->ranges[i].bytes = bytes;
+    im->n_ranges++;
+    return 0;
+}
+
+static void range_remove(cuda_impl *im, const void *p) {
+    uintptr_t b = (uintptr_t)p;
+    for (size_t i = 0; i < im->n_ranges; i++)
+        if (im->ranges[i].base == b) {
+            memmove(&im->ranges[i], &im->ranges[i + 1], (im->n_ranges - i - 1) * sizeof im->ranges[0]);
+            im->n_ranges--;
+            return;
+        }
+}
+
+/* 1 when p lies in a buffer this backend allocated (then it is used as it is). */
+static int is_device(const cuda_impl *im, const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    size_t lo = 0, hi = im->n_ranges; /* the last range with base <= a */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (im->ranges[mid].base <= a) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo > 0 && a - im->ranges[lo - 1].base < im->ranges[lo - 1].bytes;
+}
+
+/* ---- device copies of host weights ---------------------------------------------------------- */
+
+static size_t hash_ptr(const void *p, size_t cap) {
+    uint64_t h = (uint64_t)(uintptr_t)p;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return (size_t)h & (cap - 1);
+}
+
+static weight_copy *weight_slot(cuda_impl *im, const void *host) {
+    size_t i = hash_ptr(host, im->w_cap);
+    while (im->w[i].host && im->w[i].host != host) i = (i + 1) & (im->w_cap - 1);
+    return &im->w[i];
+}
+
+static int weights_grow(cuda_impl *im) {
+    size_t cap = im->w_cap ? 2 * im->w_cap : 1024;
+    weight_copy *old = im->w;
+    size_t old_cap = im->w_cap;
+    weight_copy *w = (weight_copy *)calloc(cap, sizeof *w);
+    if (!w) return -1;
+    im->w = w;
+    im->w_cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i].host) *weight_slot(im, old[i].host) = old[i];
+    free(old);
+    return 0;
+}
+
+/* The device address of `bytes` of host memory at `host` (a weight): its copy,
+ * uploaded now if there is none, it is too short or it was marked stale. A device
+ * address (a buffer of this backend) is returned as it is. NULL with be->err set
+ * on failure; NULL for a NULL host. */
+static const void *dev_weight(lm_backend *be, const void *host, size_t bytes, const char *what) {
+    cuda_impl *im = impl_of(be);
+    if (!host || is_device(im, host)) return host;
+    if (im->w_used * 2 >= im->w_cap && weights_grow(im) != 0) {
+        lm_errf(be->err, "out of host memory for the table of device weight copies");
+        return NULL;
+    }
+    weight_copy *c = weight_slot(im, host);
+    if (c->host && !c->stale && c->bytes >= bytes) return c->dev;
+    if (!c->host) {
+        c->host = host;
+        im->w_used++;
+    }
+    if (c->cap < bytes) {
+        if (c->dev) {
+            cudaFree(c->dev);
+            im->weight_bytes -= c->cap;
+        }
+        c->dev = NULL;
+        c->cap = 0;
+        cudaError_t e = cudaMalloc(&c->dev, bytes ? bytes : 1);
+        if (e != cudaSuccess) {
+            c->dev = NULL;
+            c->bytes = 0;
+            lm_errf(be->err, "CUDA out of device memory for a copy of %s (%zu bytes): %s", what, bytes,
+                    cudaGetErrorString(e));
+            return NULL;
+        }
+        c->cap = bytes;
+        im->weight_bytes += bytes;
+    }
+    cudaError_t e = cudaMemcpyAsync(c->dev, host, bytes, cudaMemcpyHostToDevice, im->stream);
+    /* wait: the host memory may be rewritten as soon as this returns (expert slots) */
+    if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
+    if (e != cudaSuccess) {
+        c->bytes = 0;
+        cuda_fail(be, "uploading a weight", e);
+        return NULL;
+    }
+    c->bytes = bytes;
+    c->stale = 0;
+    return c->dev;
+}
+
+static const float *dev_floats(lm_backend *be, const float *host, size_t n, const char *what) {
+    return (const float *)dev_weight(be, host, n * sizeof(float), what);
+}
+
+static void cuda_forget(lm_backend *be, const void *host) {
+    cuda_impl *im = impl_of(be);
+    if (!host || !im->w_cap) return;
+    weight_copy *c = weight_slot(im, host);
+    if (c->host) c->stale = 1;
+}
+
+/* ---- weights as the kernels see them --------------------------------------------------------- */
+
+typedef struct {
+    int dtype, rows, cols, col_major;
+    const void *data, *scales, *biases;
+    int bits, group_size, qdtype;
+    size_t row_bytes; /* affine: packed words' bytes per row; block types: bytes per row */
+} wdesc;
+
+static int float_type(lm_dtype t) { return t == LM_DT_F32 || t == LM_DT_F16 || t == LM_DT_BF16; }
+static int block_type_supported(lm_dtype t) {
+    return t == LM_DT_Q8_0 || t == LM_DT_Q4_0 || t == LM_DT_Q4_K || t == LM_DT_MXFP4;
+}
+
+/* Checks W and makes its device view (uploading what is not there yet). */
+static int weight_view(lm_backend *be, const lm_mat *W, wdesc *d) {
+    memset(d, 0, sizeof *d);
+    d->dtype = W->dtype;
+    d->rows = W->rows;
+    d->cols = W->cols;
+    d->col_major = W->col_major;
+    size_t rows = (size_t)W->rows, cols = (size_t)W->cols, data_bytes = 0, side_bytes = 0;
+    if (W->rows < 0 || W->cols < 0) return lm_errf(be->err, "matrix of %d x %d", W->rows, W->cols);
+    if (float_type(W->dtype)) {
+        data_bytes = rows * cols * lm_dtype_size(W->dtype);
+    } else if (W->col_major) {
+        return lm_errf(be->err, "transposed weights of type %s are not supported", lm_dtype_name(W->dtype));
+    } else if (W->dtype == LM_DT_U32) {
+        int b = W->bits;
+        if (!(b == 2 || b == 3 || b == 4 || b == 5 || b == 6 || b == 8) || W->group_size <= 0 ||
+            W->cols % W->group_size != 0 || ((size_t)W->cols * (size_t)b) % 32 != 0 || !float_type(W->qdtype))
+            return lm_errf(be->err, "affine weights of %d bits, group %d, %d columns, scales %s are not supported",
+                           b, W->group_size, W->cols, lm_dtype_name(W->qdtype));
+        d->bits = b;
+        d->group_size = W->group_size;
+        d->qdtype = W->qdtype;
+        d->row_bytes = cols * (size_t)b / 8;
+        data_bytes = rows * d->row_bytes;
+        side_bytes = rows * (cols / (size_t)W->group_size) * lm_dtype_size(W->qdtype);
+    } else if (W->dtype == LM_DT_MXFP4_SPLIT) {
+        if (W->cols % 32 != 0) return lm_errf(be->err, "MXFP4 weights of %d columns", W->cols);
+        data_bytes = rows * cols / 2;
+        side_bytes = rows * cols / 32;
+    } else if (lm_dtype_is_block(W->dtype) && block_type_supported(W->dtype)) {
+        d->row_bytes = (size_t)lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols);
+        if (!d->row_bytes) return lm_errf(be->err, "%s weights of %d columns", lm_dtype_name(W->dtype), W->cols);
+        data_bytes = rows * d->row_bytes;
+    } else {
+        return lm_errf(be->err, "the cuda backend has no kernels for weights of type %s yet",
+                       lm_dtype_name(W->dtype));
+    }
+    if (!(d->data = dev_weight(be, W->data, data_bytes, "a weight matrix"))) return -1;
+    if (W->dtype == LM_DT_U32 && !(d->biases = dev_weight(be, W->biases, side_bytes, "affine biases"))) return -1;
+    if ((W->dtype == LM_DT_U32 || W->dtype == LM_DT_MXFP4_SPLIT) &&
+        !(d->scales = dev_weight(be, W->scales, side_bytes, "weight scales")))
+        return -1;
+    return 0;
+}
+
+/* ---- device helpers ------------------------------------------------------------------------------ */
+
+__device__ __forceinline__ float bits_f32(uint32_t u) { return __uint_as_float(u); }
+
+/* lm_f16_to_f32: exact for every half (subnormals included). */
+__device__ __forceinline__ float f16_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (exp == 0) {
+        if (mant == 0) return bits_f32(sign);
+        int e = -1;
+        do {
+            e++;
+            mant <<= 1;
+        } while (!(mant & 0x400u));
+        return bits_f32(sign | (uint32_t)(127 - 15 - e) << 23 | (mant & 0x3ffu) << 13);
+    }
+    if (exp == 31) return bits_f32(sign | 0x7f800000u | mant << 13);
+    return bits_f32(sign | (exp + 127 - 15) << 23 | mant << 13);
+}
+
+/* lm_f32_to_f16: round to nearest even, overflow to inf, NaN kept. */
+__device__ __forceinline__ uint16_t f32_f16(float f) {
+    uint32_t u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, absu = u & 0x7fffffffu;
+    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+    if (absu < 0x38800000u) {
+        if (absu < 0x33000000u) return (uint16_t)sign;
+        uint32_t mant = (absu & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(absu >> 23);
+        uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (half & 1u))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = (absu >> 13) - (112u << 10), rem = absu & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (half & 1u))) half++;
+    return (uint16_t)(sign | half);
+}
+
+__device__ __forceinline__ float load_float(const void *p, int dt, size_t i) {
+    if (dt == LM_DT_F32) return ((const float *)p)[i];
+    if (dt == LM_DT_BF16) return bits_f32((uint32_t)((const uint16_t *)p)[i] << 16);
+    return f16_f32(((const uint16_t *)p)[i]); /* F16 (weight_view admits only these three) */
+}
+
+__device__ __forceinline__ float f16_at(const uint8_t *p) { return f16_f32((uint16_t)(p[0] | p[1] << 8)); }
+
+/* Twice the e2m1 value of each code (formats/mxfp4.h). */
+__constant__ int8_t mxfp4_code2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+/* lm_e8m0_half_to_f32: 2^(E - 128). */
+__device__ __forceinline__ float e8m0_half(uint8_t e) {
+    return bits_f32(e >= 2 ? (uint32_t)(e - 1) << 23 : (e == 1 ? 0x00400000u : 0x00200000u));
+}
+
+/* affine_q of cpu_backend.c: value c of a packed row, lowest bits first. */
+__device__ __forceinline__ uint32_t affine_q(const uint32_t *row, int bits, int c) {
+    if (bits == 4) return (row[c >> 3] >> ((c & 7) * 4)) & 15u;
+    if (bits == 8) return (row[c >> 2] >> ((c & 3) * 8)) & 255u;
+    if (bits == 2) return (row[c >> 4] >> ((c & 15) * 2)) & 3u;
+    uint64_t bit = (uint64_t)c * (uint64_t)bits;
+    const uint8_t *bytes = (const uint8_t *)row;
+    uint32_t v = 0;
+    for (int b = 0; b < bits; b++) {
+        uint64_t p = bit + (uint64_t)b;
+        v |= (uint32_t)((bytes[p >> 3] >> (p & 7)) & 1u) << b;
+    }
+    return v;
+}
+
+/* Element (r, c) of W as float32, exactly as lm_mat_row_f32 widens it. */
+__device__ float wval(const wdesc &w, int r, int c) {
+    switch (w.dtype) {
+    case LM_DT_F32:
+    case LM_DT_F16:
+    case LM_DT_BF16: {
+        size_t i = w.col_major ? (size_t)c * (size_t)w.rows + (size_t)r : (size_t)r * (size_t)w.cols + (size_t)c;
+        return load_float(w.data, w.dtype, i);
+    }
+    case LM_DT_U32: {
+        const uint32_t *row = (const uint32_t *)((const uint8_t *)w.data + (size_t)r * w.row_bytes);
+        size_t g = (size_t)r * (size_t)(w.cols / w.group_size) + (size_t)(c / w.group_size);
+        float s = load_float(w.scales, w.qdtype, g), b = load_float(w.biases, w.qdtype, g);
+        return s * (float)affine_q(row, w.bits, c) + b;
+    }
+    case LM_DT_MXFP4_SPLIT: {
+        uint8_t byte = ((const uint8_t *)w.data)[(size_t)r * (size_t)(w.cols / 2) + (size_t)(c / 2)];
+        uint8_t e = ((const uint8_t *)w.scales)[(size_t)r * (size_t)(w.cols / 32) + (size_t)(c / 32)];
+        return (float)mxfp4_code2[(c & 1) ? byte >> 4 : byte & 15] * e8m0_half(e);
+    }
+    default: break;
+    }
+    const uint8_t *row = (const uint8_t *)w.data + (size_t)r * w.row_bytes;
+    if (w.dtype == LM_DT_Q8_0) {
+        const uint8_t *b = row + (size_t)(c / 32) * 34;
+        return (float)(int8_t)b[2 + c % 32] * f16_at(b);
+    }
+    if (w.dtype == LM_DT_Q4_0) {
+        const uint8_t *b = row + (size_t)(c / 32) * 18;
+        int j = c % 32;
+        int q = j < 16 ? (b[2 + j] & 0x0f) - 8 : (b[2 + j - 16] >> 4) - 8;
+        return (float)q * f16_at(b);
+    }
+    if (w.dtype == LM_DT_MXFP4) {
+        const uint8_t *b = row + (size_t)(c / 32) * 17;
+        int j = c % 32;
+        uint8_t code = j < 16 ? b[1 + j] & 15 : b[1 + j - 16] >> 4;
+        return (float)mxfp4_code2[code] * e8m0_half(b[0]);
+    }
+    /* Q4_K: 256 values; pairs of 32-value sub-blocks share 32 bytes of nibbles */
+    const uint8_t *b = row + (size_t)(c / 256) * 144;
+    int i = c % 256, pair = i / 64, l = i % 64, j = 2 * pair + (l >= 32);
+    const uint8_t *s = b + 4, *qs = b + 16 + pair * 32;
+    uint8_t sc, mn;
+    if (j < 4) {
+        sc = s[j] & 63;
+        mn = s[j + 4] & 63;
+    } else {
+        sc = (uint8_t)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+        mn = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+    float d1 = f16_at(b) * (float)sc, m1 = f16_at(b + 2) * (float)mn;
+    int q = l < 32 ? qs[l] & 0x0f : qs[l - 32] >> 4;
+    return d1 * (float)q - m1;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return __shfl_sync(0xffffffffu, v, 0); /* every lane the same value */
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+/* ---- matmul ----------------------------------------------------------------------------------------- */
+
+#define MM_WARPS 4 /* output rows per block of the row kernel */
+#define MM_TOK 8   /* tokens a warp computes at once */
+
+/* y[t][r] = x[t] . W[r] for a warp's row r and tokens t0..t0+MM_TOK-1: each lane
+ * takes columns lane, lane+32, ..., the warp sums the lanes. Decode (n = 1) reads
+ * each weight once; prefill goes to the tiled kernel below. */
+__global__ void __launch_bounds__(MM_WARPS * 32) k_matmul_rows(wdesc w, const float *__restrict__ x,
+                                                                float *__restrict__ y, int n) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * MM_WARPS + warp, t0 = blockIdx.y * MM_TOK;
+    if (r >= w.rows) return; /* the whole warp leaves together */
+    int nt = n - t0 < MM_TOK ? n - t0 : MM_TOK;
+    float acc[MM_TOK];
+#pragma unroll
+    for (int t = 0; t < MM_TOK; t++) acc[t] = 0.0f;
+    const float *xt = x + (size_t)t0 * (size_t)w.cols;
+    for (int c = lane; c < w.cols; c += 32) {
+        float wv = wval(w, r, c);
+#pragma unroll
+        for (int t = 0; t < MM_TOK; t++)
+            if (t < nt) acc[t] = fmaf(wv, xt[(size_t)t * (size_t)w.cols + (size_t)c], acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < MM_TOK; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0 && t < nt) y[(size_t)(t0 + t) * (size_t)w.rows + (size_t)r] = v;
+    }
+}
+
+/* Prefill: a block computes a GT x GT tile of y (GT tokens x GT rows), stepping
+ * through the inputs GK columns at a time with both operands in shared memory
+ * (the weights widened once per tile rather than once per token). Each of the
+ * 256 threads owns a 4 x 4 patch of the tile. */
+#define GT 64
+#define GK 32
+__global__ void __launch_bounds__(256) k_matmul_tiled(wdesc w, const float *__restrict__ x, float *__restrict__ y,
+                                                      int n) {
+    __shared__ float ws[GK][GT + 1]; /* [column][row] */
+    __shared__ float xs[GK][GT + 1]; /* [column][token] */
+    int r0 = blockIdx.x * GT, t0 = blockIdx.y * GT;
+    int tr = threadIdx.x % 16, tt = threadIdx.x / 16; /* rows r0 + tr*4.., tokens t0 + tt*4.. */
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) acc[a][b] = 0.0f;
+    for (int c0 = 0; c0 < w.cols; c0 += GK) {
+        for (int i = threadIdx.x; i < GT * GK; i += 256) {
+            int rr = i / GK, cc = i % GK, r = r0 + rr, c = c0 + cc, t = t0 + rr;
+            ws[cc][rr] = r < w.rows && c < w.cols ? wval(w, r, c) : 0.0f;
+            xs[cc][rr] = t < n && c < w.cols ? x[(size_t)t * (size_t)w.cols + (size_t)c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int cc = 0; cc < GK; cc++) {
+            float wr[4], xv[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) wr[a] = ws[cc][tr * 4 + a];
+#pragma unroll
+            for (int b = 0; b < 4; b++) xv[b] = xs[cc][tt * 4 + b];
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[b][a] = fmaf(wr[a], xv[b], acc[b][a]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int b = 0; b < 4; b++)
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            int t = t0 + tt * 4 + b, r = r0 + tr * 4 + a;
+            if (t < n && r < w.rows) y[(size_t)t * (size_t)w.rows + (size_t)r] = acc[b][a];
+        }
+}
+
+/* Tokens from which the tiled kernel is used: below it the row kernel reads the
+ * weights fewer times than it takes to fill a tile. */
+#define TILED_MIN_TOKENS 32
+
+static int cuda_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
+    wdesc d;
+    if (weight_view(be, W, &d) != 0) return -1;
+    if (n <= 0 || W->rows == 0) return 0;
+    cuda_impl *im = impl_of(be);
+    if (n >= TILED_MIN_TOKENS) {
+        dim3 grid(blocks_for((size_t)W->rows, GT), blocks_for((size_t)n, GT));
+        if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", n);
+        k_matmul_tiled<<<grid, 256, 0, im->stream>>>(d, x, y, n);
+        return launched(be, "matmul (tiled)");
+    }
+    dim3 grid(blocks_for((size_t)W->rows, MM_WARPS), blocks_for((size_t)n, MM_TOK));
+    k_matmul_rows<<<grid, MM_WARPS * 32, 0, im->stream>>>(d, x, y, n);
+    return launched(be, "matmul");
+}
+
+static int cuda_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
+    for (int i = 0; i < count; i++)
+        if (cuda_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n) != 0) return -1;
+    return 0;
+}
+
+static int cuda_reserve_batch(lm_backend *be, int max_items) {
+    (void)be;
+    (void)max_items; /* matmul_batch keeps no per-call arrays */
+    return 0;
+}
+
+/* ---- embedding --------------------------------------------------------------------------------------- */
+
+__global__ void k_embed(float *x, wdesc w, const int32_t *ids, int n, int *flag) {
+    size_t total = (size_t)n * (size_t)w.cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int t = (int)(i / (size_t)w.cols), c = (int)(i % (size_t)w.cols), id = ids[t];
+        if (id < 0 || id >= w.rows) {
+            if (atomicExch(&flag[0], 1) == 0) flag[1] = id;
+            x[i] = 0.0f;
+        } else {
+            x[i] = wval(w, id, c);
+        }
+    }
+}
+
+static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *ids, int n) {
+    cuda_impl *im = impl_of(be);
+    wdesc d;
+    if (weight_view(be, W, &d) != 0) return -1;
+    if (n <= 0 || W->cols == 0) return 0;
+    k_embed<<<ew_blocks((size_t)n * (size_t)W->cols), EW_THREADS, 0, im->stream>>>(x, d, ids, n, im->flag);
+    if (launched(be, "embed") != 0) return -1;
+    /* The ids are device memory: an out-of-range one is found by the kernel and
+     * reported here (one small download per forward step). */
+    int flag[2];
+    CU(be, "embed (reading its check)", cudaMemcpyAsync(flag, im->flag, sizeof flag, cudaMemcpyDeviceToHost, im->stream));
+    CU(be, "embed", cudaStreamSynchronize(im->stream));
+    if (flag[0]) {
+        CU(be, "embed (resetting its check)", cudaMemsetAsync(im->flag, 0, 2 * sizeof(int), im->stream));
+        return lm_errf(be->err, "embedding row %d of %d", flag[1], W->rows);
+    }
+    return 0;
+}
+
+/* ---- elementwise --------------------------------------------------------------------------------------- */
+
+#define GRID_LOOP(i, total)                                                                                           \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
+
+#define NORM_THREADS 256
+/* One block per row: the sum of squares over the block (a tree, not the CPU's
+ * sequential order), then y = w * (x * inv) as the CPU writes it. y may alias x:
+ * every element is read into the sum before any is written, and each is then
+ * written by the thread that reads it. */
+__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float *x, const float *w, int dim, float eps) {
+    __shared__ float part[NORM_THREADS / 32];
+    const float *xt = x + (size_t)blockIdx.x * (size_t)dim;
+    float *yt = y + (size_t)blockIdx.x * (size_t)dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += NORM_THREADS) ss += xt[i] * xt[i];
+    ss = warp_sum(ss);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int k = 0; k < NORM_THREADS / 32; k++) tot += part[k];
+    float inv = 1.0f / sqrtf(tot / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += NORM_THREADS) yt[i] = w[i] * (xt[i] * inv);
+}
+
+static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
+    if (!dw) return -1;
+    if (n <= 0 || dim <= 0) return 0;
+    k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, impl_of(be)->stream>>>(y, x, dw, dim, eps);
+    return launched(be, "rmsnorm");
+}
+
+__global__ void k_add(float *y, const float *x, size_t n) {
+    GRID_LOOP(i, n) y[i] += x[i];
+}
+
+static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
+    if (!n) return 0;
+    k_add<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, x, n);
+    return launched(be, "add");
+}
+
+__global__ void k_add_rows(float *y, const float *b, int n, int dim) {
+    GRID_LOOP(i, (size_t)n * (size_t)dim) y[i] += b[i % (size_t)dim];
+}
+
+static int cuda_add_rows(lm_backend *be, float *y, const float *b, int n, int dim) {
+    const float *db = dev_floats(be, b, (size_t)dim, "biases");
+    if (!db) return -1;
+    if (n <= 0 || dim <= 0) return 0;
+    k_add_rows<<<ew_blocks((size_t)n * (size_t)dim), EW_THREADS, 0, impl_of(be)->stream>>>(y, db, n, dim);
+    return launched(be, "add_rows");
+}
+
+__global__ void k_clamp(float *y, size_t n, float lim) {
+    GRID_LOOP(i, n) y[i] = y[i] > lim ? lim : (y[i] < -lim ? -lim : y[i]);
+}
+
+static int cuda_clamp(lm_backend *be, float *y, size_t n, float lim) {
+    if (!n) return 0;
+    k_clamp<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, n, lim);
+    return launched(be, "clamp");
+}
+
+__global__ void k_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, int rows, int width) {
+    GRID_LOOP(i, (size_t)rows * (size_t)width) {
+        size_t r = i / (size_t)width, c = i % (size_t)width;
+        dst[r * dst_stride + c] = src[r * src_stride + c];
+    }
+}
+
+static int cuda_copy_rows(lm_backend *be, float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                          int rows, int width) {
+    if (rows <= 0 || width <= 0) return 0;
+    k_copy_rows<<<ew_blocks((size_t)rows * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
+        dst, dst_stride, src, src_stride, rows, width);
+    return launched(be, "copy_rows");
+}
+
+__global__ void k_sigmoid_mul(float *y, size_t y_stride, const float *g, size_t g_stride, int rows, int width,
+                              int per_row) {
+    GRID_LOOP(i, (size_t)rows * (size_t)width) {
+        size_t r = i / (size_t)width, c = i % (size_t)width;
+        const float *gr = g + r * g_stride;
+        float gate = per_row ? gr[0] : gr[c];
+        y[r * y_stride + c] *= 1.0f / (1.0f + expf(-gate));
+    }
+}
+
+static int cuda_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g, size_t g_stride, int rows,
+                            int width, int per_row) {
+    if (rows <= 0 || width <= 0) return 0;
+    k_sigmoid_mul<<<ew_blocks((size_t)rows * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
+        y, y_stride, g, g_stride, rows, width, per_row);
+    return launched(be, "sigmoid_mul");
+}
+
+__global__ void k_swiglu(float *g, const float *u, size_t n) {
+    GRID_LOOP(i, n) {
+        float a = g[i];
+        g[i] = a / (1.0f + expf(-a)) * u[i];
+    }
+}
+
+static int cuda_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
+    if (!n) return 0;
+    k_swiglu<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(g, u, n);
+    return launched(be, "swiglu");
+}
+
+__global__ void k_swiglu_clamped(float *out, const float *gu, size_t n, float alpha, float limit) {
+    GRID_LOOP(i, n) {
+        float g = gu[2 * i], u = gu[2 * i + 1];
+        float a = g > limit ? limit : g;
+        float b = u > limit ? limit : (u < -limit ? -limit : u);
+        float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
+        out[i] = (b + 1.0f) * glu;
+    }
+}
+
+static int cuda_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
+    if (!n) return 0;
+    k_swiglu_clamped<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(out, gu, n, alpha, limit);
+    return launched(be, "swiglu_clamped");
+}
+
+/* One thread per (token, head, frequency): the pair (i, i + half) of that head. */
+__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+                       int half, float scale) {
+    GRID_LOOP(k, (size_t)n * (size_t)n_heads * (size_t)half) {
+        int i = (int)(k % (size_t)half);
+        size_t th = k / (size_t)half; /* token * n_heads + head */
+        int t = (int)(th / (size_t)n_heads);
+        float ang = (float)pos[t] * inv_freq[i];
+        float c = cosf(ang) * scale, s = sinf(ang) * scale;
+        float *xh = x + th * (size_t)head_dim;
+        float x1 = xh[i], x2 = xh[i + half];
+        xh[i] = x1 * c - x2 * s;
+        xh[i + half] = x2 * c + x1 * s;
+    }
+}
+
+static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+                     const float *inv_freq, int half, float scale) {
+    if (2 * half > head_dim) return lm_errf(be->err, "rope over %d dims of %d-dim heads", 2 * half, head_dim);
+    const float *df = dev_floats(be, inv_freq, (size_t)half, "RoPE frequencies");
+    if (half > 0 && !df) return -1;
+    if (n <= 0 || n_heads <= 0 || half <= 0) return 0;
+    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
+    k_rope<<<ew_blocks(total), EW_THREADS, 0, impl_of(be)->stream>>>(x, n, n_heads, head_dim, pos, df, half, scale);
+    return launched(be, "rope");
+}
+
+/* ---- KV cache ------------------------------------------------------------------------------------------- */
+
+/* One warp per (token, kv head): the row rounded into the cache's type. The int8
+ * scale is max|x| / 127 (a max, exact in any order) and each value round(x / scale)
+ * to nearest even, as nearbyintf does in the default rounding mode. */
+__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)warp;
+    if (item >= (size_t)n * (size_t)n_kv) return;
+    int t = (int)(item / (size_t)n_kv), h = (int)(item % (size_t)n_kv);
+    const float *x = src + item * (size_t)hd;
+    size_t base = ((size_t)(pos0 + t) * (size_t)n_kv + (size_t)h) * (size_t)hd;
+    if (dtype == LM_DT_F32) {
+        for (int i = lane; i < hd; i += 32) ((float *)data)[base + (size_t)i] = x[i];
+    } else if (dtype == LM_DT_F16) {
+        for (int i = lane; i < hd; i += 32) ((uint16_t *)data)[base + (size_t)i] = f32_f16(x[i]);
+    } else {
+        float amax = 0.0f;
+        for (int i = lane; i < hd; i += 32) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        amax = warp_max(amax);
+        float scale = amax / 127.0f;
+        int8_t *d = (int8_t *)data + base;
+        for (int i = lane; i < hd; i += 32) {
+            float q = scale > 0 ? rintf(x[i] / scale) : 0.0f;
+            d[i] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+        }
+        if (lane == 0) scales[(size_t)(pos0 + t) * (size_t)n_kv + (size_t)h] = scale;
+    }
+}
+
+static int kv_type_ok(lm_backend *be, const lm_kv *c) {
+    if (c->dtype == LM_DT_F32 || c->dtype == LM_DT_F16 || (c->dtype == LM_DT_I8 && c->scales)) return 0;
+    return lm_errf(be->err, "KV cache of type %s", lm_dtype_name(c->dtype));
+}
+
+#define KV_WARPS 4
+static int cuda_kv_store(lm_backend *be, lm_kv *cache, int pos0, const float *src, int n, int n_kv, int hd) {
+    if (kv_type_ok(be, cache) != 0) return -1;
+    if (n <= 0 || n_kv <= 0 || hd <= 0) return 0;
+    size_t items = (size_t)n * (size_t)n_kv;
+    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(
+        (int)cache->dtype, cache->data, cache->scales, pos0, src, n, n_kv, hd);
+    return launched(be, "kv_store");
+}
+
+/* ---- attention ------------------------------------------------------------------------------------------ */
+
+#define ATT_WARPS 4
+#define ATT_MAX_HD 256 /* head_dim the kernel holds in registers (8 values a lane) */
+#define ATT_TILE_FLOATS 8192
+#define ATT_TILE_MAX 64
+
+/* cpu_backend.c's tile size: keys per tile, counted from the first visible one. */
+static int attn_tile(int hd) {
+    int t = ATT_TILE_FLOATS / hd;
+    return t < 1 ? 1 : (t > ATT_TILE_MAX ? ATT_TILE_MAX : t);
+}
+
+typedef struct {
+    int dtype;
+    const void *data;
+    const float *scales;
+} kvdesc;
+
+__device__ __forceinline__ float kv_at(const kvdesc &c, size_t i, size_t scale_i) {
+    if (c.dtype == LM_DT_F32) return ((const float *)c.data)[i];
+    if (c.dtype == LM_DT_F16) return f16_f32(((const uint16_t *)c.data)[i]);
+    return c.scales[scale_i] * (float)((const int8_t *)c.data)[i];
+}
+
+/* One warp per (query token, head), lanes across head_dim: the CPU's tile walk
+ * (cpu_backend.c attn_task) -- per tile the scores and their max, the running sum
+ * and output rescaled when the max grows, then exp(score - max) accumulated in key
+ * order; the sink joins the denominator at the end. */
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
+                                                               int pos0, int n_heads, int n_kv, int hd, float scale,
+                                                               int window, const float *sinks, int tile) {
+    __shared__ float sc[ATT_WARPS][ATT_TILE_MAX];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t item = (size_t)blockIdx.x * ATT_WARPS + (size_t)warp;
+    if (item >= (size_t)n * (size_t)n_heads) return; /* whole warp; no block-wide barrier below */
+    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
+    int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = 0;
+    if (window > 0 && pos - window + 1 > 0) first = pos - window + 1;
+    const int J = ATT_MAX_HD / 32;
+    float qv[J], o[J];
+    const float *qt = q + item * (size_t)hd;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int d = lane + 32 * j;
+        qv[j] = d < hd ? qt[d] : 0.0f;
+        o[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    size_t row = (size_t)n_kv * (size_t)hd;
+    for (int p0 = first; p0 <= pos; p0 += tile) {
+        int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
+        float mt = m;
+        for (int r = 0; r < cnt; r++) {
+            size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+            float part = 0.0f;
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                int d = lane + 32 * j;
+                if (d < hd) part = fmaf(kv_at(kc, base + (size_t)d, si), qv[j], part);
+            }
+            float s = warp_sum(part) * scale;
+            if (lane == 0) sc[warp][r] = s;
+            mt = s > mt ? s : mt;
+        }
+        __syncwarp();
+        if (mt > m) {
+            float corr = expf(m - mt); /* 0 on the first tile */
+            l *= corr;
+#pragma unroll
+            for (int j = 0; j < J; j++) o[j] *= corr;
+            m = mt;
+        }
+        for (int r = 0; r < cnt; r++) {
+            size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+            float e = expf(sc[warp][r] - m);
+            l += e;
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                int d = lane + 32 * j;
+                if (d < hd) o[j] += e * kv_at(vc, base + (size_t)d, si);
+            }
+        }
+        __syncwarp(); /* sc is rewritten by the next tile */
+    }
+    if (sinks) {
+        float sink = sinks[h];
+        if (sink > m) {
+            float corr = expf(m - sink);
+            l *= corr;
+#pragma unroll
+            for (int j = 0; j < J; j++) o[j] *= corr;
+            m = sink;
+        }
+        l += expf(sink - m);
+    }
+    float inv = 1.0f / l;
+    float *ot = out + item * (size_t)hd;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int d = lane + 32 * j;
+        if (d < hd) ot[d] = o[j] * inv;
+    }
+}
+
+static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
+                          int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
+    if (kv_type_ok(be, k) != 0 || kv_type_ok(be, v) != 0) return -1;
+    if (hd < 1 || hd > ATT_MAX_HD) return lm_errf(be->err, "attention heads of %d dims (the cuda kernel takes 1..%d)", hd, ATT_MAX_HD);
+    if (n_kv < 1 || n_heads % n_kv != 0)
+        return lm_errf(be->err, "attention: %d heads over %d kv heads", n_heads, n_kv);
+    const float *ds = dev_floats(be, sinks, (size_t)n_heads, "attention sinks");
+    if (sinks && !ds) return -1;
+    if (n <= 0) return 0;
+    kvdesc kc = {(int)k->dtype, k->data, k->scales}, vc = {(int)v->dtype, v->data, v->scales};
+    size_t items = (size_t)n * (size_t)n_heads;
+    k_attention<<<blocks_for(items, ATT_WARPS), ATT_WARPS * 32, 0, impl_of(be)->stream>>>(
+        out, q, kc, vc, n, pos0, n_heads, n_kv, hd, scale, window, ds, attn_tile(hd));
+    return launched(be, "attention");
+}
+
+/* ---- routing ---------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int kind, n_experts, top_k, renormalize, n_group, topk_group;
+    float scale;
+    const float *bias; /* device [n_experts] or NULL */
+} route_desc;
+
+/* The score best_left compares: the logit itself, or the sigmoid router's biased
+ * choice score (recomputed on each look: the same float every time). */
+__device__ __forceinline__ float sigmoid_of(float v) { return 1.0f / (1.0f + expf(-v)); }
+__device__ __forceinline__ float route_score(const route_desc &r, const float *lg, int e) {
+    if (r.kind != LM_ROUTER_SIGMOID) return lg[e];
+    return sigmoid_of(lg[e]) + (r.bias ? r.bias[e] : 0.0f);
+}
+
+/* cpu_ops.c best_left over experts [lo, lo + count): the largest score not in
+ * taken[0..k) and in an allowed group (group_mask NULL = all; bit g of groups of
+ * `per`), ties to the lower index; -1 if none. */
+__device__ int best_left(const route_desc &r, const float *lg, int lo, int count, const int32_t *taken, int k,
+                         const uint64_t *group_mask, int per) {
+    int best = -1;
+    float bs = 0.0f;
+    for (int e = lo; e < lo + count; e++) {
+        if (group_mask && !((*group_mask >> (e / per)) & 1u)) continue;
+        int used = 0;
+        for (int j = 0; j < k; j++) used |= taken[j] == e;
+        if (used) continue;
+        float s = route_score(r, lg, e);
+        if (best < 0 || s > bs) {
+            best = e;
+            bs = s;
+        }
+    }
+    return best;
+}
+
+/* One thread per token: cpu_ops.c's softmax_topk, topk_softmax and sigmoid_group,
+ * then the scale and the insertion sort by expert, in the same operations. */
+__global__ void k_route(route_desc r, const float *logits, int n, int32_t *sel, float *selw) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    int E = r.n_experts, K = r.top_k;
+    const float *lg = logits + (size_t)t * (size_t)E;
+    int32_t *st = sel + (size_t)t * (size_t)K;
+    float *wt = selw + (size_t)t * (size_t)K;
+    if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
+        float mx = lg[0];
+        for (int e = 1; e < E; e++) mx = lg[e] > mx ? lg[e] : mx;
+        float sum = 0;
+        for (int e = 0; e < E; e++) sum += expf(lg[e] - mx);
+        for (int k = 0; k < K; k++) {
+            st[k] = best_left(r, lg, 0, E, st, k, NULL, 1);
+            wt[k] = expf(lg[st[k]] - mx) / sum;
+        }
+        if (r.renormalize) {
+            float tot = 0;
+            for (int k = 0; k < K; k++) tot += wt[k];
+            for (int k = 0; k < K; k++) wt[k] /= tot;
+        }
+    } else if (r.kind == LM_ROUTER_TOPK_SOFTMAX) {
+        for (int k = 0; k < K; k++) st[k] = best_left(r, lg, 0, E, st, k, NULL, 1);
+        float mx = lg[st[0]], sum = 0;
+        for (int k = 0; k < K; k++) sum += (wt[k] = expf(lg[st[k]] - mx));
+        for (int k = 0; k < K; k++) wt[k] /= sum;
+    } else {
+        uint64_t allowed = 0;
+        const uint64_t *mask = NULL;
+        int per = 1;
+        if (r.n_group > 1) {
+            int G = r.n_group;
+            per = E / G;
+            float gscore[LM_ROUTER_MAX_GROUPS];
+            int32_t gsel[LM_ROUTER_MAX_GROUPS];
+            for (int g = 0; g < G; g++) { /* the sum of the group's two best choice scores */
+                int32_t two[2];
+                two[0] = best_left(r, lg, g * per, per, two, 0, NULL, 1);
+                gscore[g] = route_score(r, lg, two[0]);
+                if (per > 1) {
+                    two[1] = best_left(r, lg, g * per, per, two, 1, NULL, 1);
+                    gscore[g] += route_score(r, lg, two[1]);
+                }
+            }
+            for (int k = 0; k < r.topk_group; k++) { /* best_left over the group scores */
+                int best = -1;
+                for (int g = 0; g < G; g++) {
+                    int used = 0;
+                    for (int j = 0; j < k; j++) used |= gsel[j] == g;
+                    if (!used && (best < 0 || gscore[g] > gscore[best])) best = g;
+                }
+                gsel[k] = best;
+                allowed |= 1ull << best;
+            }
+            mask = &allowed;
+        }
+        for (int k = 0; k < K; k++) {
+            st[k] = best_left(r, lg, 0, E, st, k, mask, per);
+            wt[k] = sigmoid_of(lg[st[k]]);
+        }
+        if (r.renormalize) {
+            float tot = 0;
+            for (int k = 0; k < K; k++) tot += wt[k];
+            for (int k = 0; k < K; k++) wt[k] /= tot + 1e-20f;
+        }
+    }
+    if (r.scale != 1.0f && r.scale != 0.0f)
+        for (int k = 0; k < K; k++) wt[k] *= r.scale;
+    for (int a = 1; a < K; a++) /* ascending expert order: the summation order */
+        for (int b = a; b > 0 && st[b - 1] > st[b]; b--) {
+            int32_t ti = st[b];
+            st[b] = st[b - 1];
+            st[b - 1] = ti;
+            float tw = wt[b];
+            wt[b] = wt[b - 1];
+            wt[b - 1] = tw;
+        }
+}
+
+static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, int n, int32_t *sel, float *selw) {
+    int E = r->n_experts, K = r->top_k;
+    if (K < 1 || K > E) return lm_errf(be->err, "router: top_k %d with %d experts", K, E);
+    if (r->kind == LM_ROUTER_SIGMOID) {
+        if (E > LM_ROUTER_MAX_EXPERTS)
+            return lm_errf(be->err, "router: %d experts (at most %d)", E, LM_ROUTER_MAX_EXPERTS);
+        if (r->n_group > 1 && (r->n_group > LM_ROUTER_MAX_GROUPS || E % r->n_group != 0 || r->topk_group < 1 ||
+                               r->topk_group > r->n_group || r->topk_group * (E / r->n_group) < K))
+            return lm_errf(be->err, "router: %d experts in %d groups, %d groups kept, top_k %d do not fit", E,
+                           r->n_group, r->topk_group, K);
+    } else if (r->kind != LM_ROUTER_SOFTMAX_TOPK && r->kind != LM_ROUTER_TOPK_SOFTMAX) {
+        return lm_errf(be->err, "router kind %d is unknown", (int)r->kind);
+    }
+    route_desc d = {(int)r->kind, E, K, r->renormalize, r->n_group, r->topk_group, r->scale, NULL};
+    if (r->kind == LM_ROUTER_SIGMOID && r->correction_bias &&
+        !(d.bias = dev_floats(be, r->correction_bias, (size_t)E, "router correction biases")))
+        return -1;
+    if (n <= 0) return 0;
+    k_route<<<blocks_for((size_t)n, 64), 64, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
+    return launched(be, "route");
+}
+
+/* ---- experts' tokens ---------------------------------------------------------------------------------------- */
+
+__global__ void k_gather_rows(float *dst, const float *src, const int32_t *idx, int m, int width, int idx_div) {
+    GRID_LOOP(i, (size_t)m * (size_t)width) {
+        size_t r = i / (size_t)width, c = i % (size_t)width;
+        dst[i] = src[(size_t)(idx[r] / idx_div) * (size_t)width + c];
+    }
+}
+
+static int cuda_gather_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
+                            int idx_div) {
+    if (m <= 0 || width <= 0) return 0;
+    if (idx_div < 1) return lm_errf(be->err, "gather_rows with divisor %d", idx_div);
+    k_gather_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
+                                                                                                  width, idx_div);
+    return launched(be, "gather_rows");
+}
+
+__global__ void k_scatter_rows(float *dst, const float *src, const int32_t *idx, int m, int width) {
+    GRID_LOOP(i, (size_t)m * (size_t)width) {
+        size_t r = i / (size_t)width, c = i % (size_t)width;
+        dst[(size_t)idx[r] * (size_t)width + c] = src[i];
+    }
+}
+
+static int cuda_scatter_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width) {
+    if (m <= 0 || width <= 0) return 0;
+    k_scatter_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
+                                                                                                   width);
+    return launched(be, "scatter_rows");
+}
+
+/* y[t][i]: the weighted sum over k in ascending order from 0, then the shared
+ * expert, each product rounded before it is added (as the CPU's loop). */
+__global__ void k_moe_combine(float *y, const float *eout, const float *selw, const float *shared, int n, int top_k,
+                              int width) {
+    GRID_LOOP(i, (size_t)n * (size_t)width) {
+        size_t t = i / (size_t)width, c = i % (size_t)width;
+        float acc = 0.0f;
+        for (int k = 0; k < top_k; k++)
+            acc += eout[(t * (size_t)top_k + (size_t)k) * (size_t)width + c] * selw[t * (size_t)top_k + (size_t)k];
+        if (shared) acc += shared[i];
+        y[i] = acc;
+    }
+}
+
+static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
+                            int top_k, int width) {
+    if (n <= 0 || width <= 0) return 0;
+    k_moe_combine<<<ew_blocks((size_t)n * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
+        y, eout, selw, shared, n, top_k, width);
+    return launched(be, "moe_combine");
+}
+
+/* ---- memory ------------------------------------------------------------------------------------------------ */
+
+static int cuda_alloc(lm_backend *be, lm_buf *out, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    out->ptr = NULL;
+    out->bytes = 0;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes); /* 256-byte aligned */
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* clear it: an allocation failure is not sticky */
+        return lm_errf(be->err, "CUDA device memory (%zu bytes): %s", bytes, cudaGetErrorString(e));
+    }
+    if (range_add(im, p, bytes) != 0) {
+        cudaFree(p);
+        return lm_errf(be->err, "out of host memory for the table of device buffers");
+    }
+    out->ptr = p;
+    out->bytes = bytes;
+    return 0;
+}
+
+static void cuda_free_buf(lm_backend *be, lm_buf *buf) {
+    cuda_impl *im = impl_of(be);
+    range_remove(im, buf->ptr);
+    /* queued work may still use it (a KV cache copied into its successor) */
+    cudaStreamSynchronize(im->stream);
+    cudaFree(buf->ptr); /* a sticky error shows at the next op */
+}
+
+static int cuda_upload(lm_backend *be, void *dst, const void *host_src, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!bytes) return 0;
+    CU(be, "upload", cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->stream));
+    CU(be, "upload", cudaStreamSynchronize(im->stream)); /* host_src may be reused at once */
+    return 0;
+}
+
+static int cuda_download(lm_backend *be, void *host_dst, const void *src, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!bytes) return 0;
+    CU(be, "download", cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
+    CU(be, "download", cudaStreamSynchronize(im->stream));
+    return 0;
+}
+
+static int cuda_copy(lm_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    CU(be, "copy", cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, impl_of(be)->stream));
+    return 0;
+}
+
+static int cuda_sync(lm_backend *be) {
+    CU(be, "sync", cudaStreamSynchronize(impl_of(be)->stream));
+    return 0;
+}
+
+static void cuda_destroy(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    if (im) {
+        if (im->stream) cudaStreamSynchronize(im->stream);
+        for (size_t i = 0; i < im->w_cap; i++)
+            if (im->w[i].dev) cudaFree(im->w[i].dev);
+        if (im->flag) cudaFree(im->flag);
+        if (im->stream) cudaStreamDestroy(im->stream);
+        free(im->w);
+        free(im->ranges);
+        free(im);
+    }
+    free(be);
+}
+
+static const lm_backend_ops cuda_ops = {
+    /* .name = */ "cuda",
+    /* .host_memory = */ 0,
+    /* .alloc = */ cuda_alloc,
+    /* .free = */ cuda_free_buf,
+    /* .upload = */ cuda_upload,
+    /* .download = */ cuda_download,
+    /* .copy = */ cuda_copy,
+    /* .reserve_batch = */ cuda_reserve_batch,
+    /* .sync = */ cuda_sync,
+    /* .matmul = */ cuda_matmul,
+    /* .matmul_batch = */ cuda_matmul_batch,
+    /* .embed = */ cuda_embed,
+    /* .rmsnorm = */ cuda_rmsnorm,
+    /* .add = */ cuda_add,
+    /* .add_rows = */ cuda_add_rows,
+    /* .clamp = */ cuda_clamp,
+    /* .copy_rows = */ cuda_copy_rows,
+    /* .sigmoid_mul = */ cuda_sigmoid_mul,
+    /* .swiglu = */ cuda_swiglu,
+    /* .swiglu_clamped = */ cuda_swiglu_clamped,
+    /* .rope = */ cuda_rope,
+    /* .kv_store = */ cuda_kv_store,
+    /* .attention = */ cuda_attention,
+    /* .route = */ cuda_route,
+    /* .gather_rows = */ cuda_gather_rows,
+    /* .scatter_rows = */ cuda_scatter_rows,
+    /* .moe_combine = */ cuda_moe_combine,
+    /* .weights_changed = */ cuda_forget,
+    /* .destroy = */ cuda_destroy,
+};
+
+extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
+    *out = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess)
+        return lm_errf(err, "the cuda backend found no usable GPU: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    if (device < 0 || device >= count)
+        return lm_errf(err, "the cuda backend: device %d asked for, %d present", device, count);
+    if ((e = cudaSetDevice(device)) != cudaSuccess)
+        return lm_errf(err, "the cuda backend: selecting device %d: %s", device, cudaGetErrorString(e));
+    lm_backend *be = (lm_backend *)calloc(1, sizeof *be);
+    cuda_impl *im = (cuda_impl *)calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        return lm_errf(err, "out of memory");
+    }
+    be->ops = &cuda_ops;
+    be->impl = im;
+    im->device = device;
+    if ((e = cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&im->flag, 2 * sizeof(int))) != cudaSuccess ||
+        (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess) {
+        lm_errf(err, "the cuda backend: setting up device %d: %s", device, cudaGetErrorString(e));
+        cuda_destroy(be);
+        return -1;
+    }
+    *out = be;
+    return 0;
+}
+
+extern "C" uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be) {
+    return ((const cuda_impl *)be->impl)->weight_bytes;
+}

@@ -1,0 +1,29 @@
+/* The CUDA backend (cuda_backend.cu): lm_backend_ops on one NVIDIA GPU.
+ *
+ * Built only with `make CUDA=1` (nvcc); backend.c names it when LAZYMOE_CUDA is
+ * defined and otherwise says how to rebuild. Activations, the KV cache and index
+ * arrays are device memory (cudaMalloc); weights arrive as lm_mat views of host
+ * memory and are copied to the device on first use (see cuda_backend.cu for the
+ * key and why it is only right for memory that does not change underneath it).
+ */
+#ifndef LAZYMOE_CUDA_BACKEND_H
+#define LAZYMOE_CUDA_BACKEND_H
+
+#include "kernels/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A backend on CUDA device `device` (0 = the first). Fails with the CUDA runtime's
+ * reason when there is no usable device. */
+int lm_backend_cuda_create(lm_backend **out, int device, char *err);
+
+/* Bytes of host weights the backend holds device copies of (tests, -v). */
+uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
