@@ -153,10 +153,11 @@ static void decode_allocates_nothing(void) {
     CHECK_EQ_INT(atomic_load(&allocations), 1);
 }
 
-/* lazymoe_options.backend picks the backend; an unknown name is refused by name. */
+/* lazymoe_options.backend picks the backend; an unknown name is refused by name, and
+ * "cuda" in a build without it (this one: make test builds no CUDA) says how to get it. */
 static void backend_chosen_by_options(void) {
-    const char *names[] = {NULL, "cpu", "tpu"};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {NULL, "cpu", "tpu", "cuda"};
+    for (int i = 0; i < 4; i++) {
         lazymoe_options o;
         lazymoe_options_init(&o);
         o.backend = names[i];
@@ -169,7 +170,7 @@ static void backend_chosen_by_options(void) {
             if (m) CHECK(!strcmp(m->be->ops->name, "cpu"));
         } else {
             CHECK(rc != 0 && m == NULL);
-            CHECK_STR_CONTAINS(err, "unknown backend 'tpu'");
+            CHECK_STR_CONTAINS(err, i == 2 ? "unknown backend 'tpu'" : "rebuild with make CUDA=1");
         }
         lazymoe_model_close(m);
     }

@@ -473,6 +473,8 @@ static int head_logits(lm_backend *be, lm_scratch *S, const lm_weights *w, int r
         return 0;
     }
     size_t V = (size_t)w->cfg.vocab_size, H = (size_t)w->cfg.hidden_size;
+    if (S->logits_rows < 1 || !S->logits_dev.ptr)
+        return lm_errf(err, "the %s backend has no device logits buffer (a scratch of no tokens)", be->ops->name);
     for (int r0 = 0; r0 < rows; r0 += S->logits_rows) {
         int m = rows - r0 < S->logits_rows ? rows - r0 : S->logits_rows;
         OP(be, be->ops->matmul(be, S->logits_dev.ptr, &w->lm_head, S->h + (size_t)r0 * H, m));

@@ -160,7 +160,16 @@ static lm_mat make_mat(lm_dtype dt, int rows, int cols, int col_major, int bits,
     return m;
 }
 
+/* Host weight arrays are freed through these: the backend keys its device copies by
+ * host address, and malloc hands the same address to the next array (the case the
+ * expert cache reports with lm_backend_weights_changed). */
+static void free_weight(void *p) {
+    if (p) gpu->ops->weights_changed(gpu, p);
+    free(p);
+}
+
 static void free_mat(lm_mat *m) {
+    lm_backend_weights_changed(gpu, m);
     free((void *)m->data);
     free((void *)m->scales);
     free((void *)m->biases);
@@ -331,7 +340,7 @@ static void rmsnorm(void) {
     /* only the sum of squares is reordered: a few ulps of each output */
     CHECK(close_enough("rmsnorm", got, want, N, 1e-6, 1e-7));
     CHECK(same_bits("rmsnorm in place", got2, got, sizeof(float) * N));
-    free(x), free(w), free(want), free(got), free(got2);
+    free(x), free_weight(w), free(want), free(got), free(got2);
     dev_free(dx), dev_free(dy);
 }
 
@@ -383,7 +392,7 @@ static void elementwise_exact(void) {
     CHECK(gpu->ops->copy_rows(gpu, c.dy, 130, dsrc, 257, 4, 100) == 0);
     got = ew_end(&c);
     CHECK(same_bits("copy_rows", got, c.want, sizeof(float) * 4 * 130));
-    free(got), free(c.want), free(src), free(x), free(b);
+    free(got), free(c.want), free(src), free(x), free_weight(b);
     dev_free(dsrc), dev_free(dx);
 }
 
@@ -439,6 +448,7 @@ static void rope(void) {
         free(x), free(want), free(got);
         dev_free(dx), dev_free(dpos);
     }
+    gpu->ops->weights_changed(gpu, inv); /* a stack array: the address will hold other things */
 }
 
 /* ---- KV cache and attention --------------------------------------------------------------------------- */
@@ -522,7 +532,7 @@ static void attention_case(lm_dtype dt, int n, int pos0, int n_heads, int n_kv, 
     snprintf(what, sizeof what, "attention %s n=%d pos0=%d heads %d/%d hd %d window %d sinks %d", lm_dtype_name(dt), n,
              pos0, n_heads, n_kv, hd, window, with_sinks);
     CHECKF(close_enough(what, got, want, nq, ATTN_TOL, ATTN_TOL), "%s", what);
-    free(q), free(want), free(sinks), free(got);
+    free(q), free(want), free_weight(sinks), free(got);
     dev_free(dq), dev_free(dout);
     kv_free(&p);
 }
@@ -584,7 +594,7 @@ static void route_kinds(void) {
     CHECK(gpu->ops->route(gpu, &r, lg, 1, dsel, (float *)dsel) != 0);
     CHECK_STR_CONTAINS(lm_backend_error(gpu), "top_k");
     dev_free(dsel);
-    free(lg), free(bias), free(ties);
+    free(lg), free_weight(bias), free(ties);
 }
 
 /* ---- experts' tokens ------------------------------------------------------------------------------------------- */
@@ -644,13 +654,18 @@ static void errors_are_messages(void) {
 
 /* ---- the engine on the golden fixtures ---------------------------------------------------------------------------- */
 
-#define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
+/* The source tree: LAZYMOE_SOURCE_DIR in the environment (a binary built elsewhere
+ * and carried to the GPU box: tools/cuda_check.sh), else where it was built. */
+static const char *source_dir(void) {
+    const char *d = getenv("LAZYMOE_SOURCE_DIR");
+    return d && *d ? d : LAZYMOE_SOURCE_DIR;
+}
 
 static void fixture_path(char *buf, size_t n, const char *name, const char *file) {
     if (!strncmp(name, "models/", 7))
-        snprintf(buf, n, LAZYMOE_SOURCE_DIR "/%s%s%s", name, file ? "/golden/" : "", file ? file : "");
+        snprintf(buf, n, "%s/%s%s%s", source_dir(), name, file ? "/golden/" : "", file ? file : "");
     else
-        snprintf(buf, n, GOLDEN "%s%s%s", name, file ? "/" : "", file ? file : "");
+        snprintf(buf, n, "%s/tests/fixtures/golden/%s%s%s", source_dir(), name, file ? "/" : "", file ? file : "");
 }
 
 static int read_ids(const char *path, int32_t *ids, int max, const char *sep) {
@@ -851,6 +866,10 @@ int main(void) {
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));
     lm_backend_free(gpu);
     lm_backend_free(cpu);
+    /* CUDA_TEST_OPS_ONLY=1: the operations alone (under compute-sanitizer, whose
+     * checks slow every kernel down) */
+    const char *ops_only = getenv("CUDA_TEST_OPS_ONLY");
+    if (ops_only && !strcmp(ops_only, "1")) TEST_EXIT();
     TEST_CASE("cuda_golden_qwen3_moe_f32", golden_qwen3_moe);
     TEST_CASE("cuda_golden_qwen3_moe_sharded_f32", golden_qwen3_moe_sharded);
     TEST_CASE("cuda_golden_qwen3_moe_long_prompt_chunked", golden_qwen3_moe_long);
