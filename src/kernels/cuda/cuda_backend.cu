@@ -281,10 +281,13 @@ static int weight_view(lm_backend *be, const lm_mat *W, wdesc *d) {
         return lm_errf(be->err, "the cuda backend has no kernels for weights of type %s yet",
                        lm_dtype_name(W->dtype));
     }
+    int needs_scales = W->dtype == LM_DT_U32 || W->dtype == LM_DT_MXFP4_SPLIT;
+    if (!W->data || (needs_scales && !W->scales) || (W->dtype == LM_DT_U32 && !W->biases))
+        return lm_errf(be->err, "%s weights of %d x %d without their data, scales or biases", lm_dtype_name(W->dtype),
+                       W->rows, W->cols);
     if (!(d->data = dev_weight(be, W->data, data_bytes, "a weight matrix"))) return -1;
     if (W->dtype == LM_DT_U32 && !(d->biases = dev_weight(be, W->biases, side_bytes, "affine biases"))) return -1;
-    if ((W->dtype == LM_DT_U32 || W->dtype == LM_DT_MXFP4_SPLIT) &&
-        !(d->scales = dev_weight(be, W->scales, side_bytes, "weight scales")))
+    if (needs_scales && !(d->scales = dev_weight(be, W->scales, side_bytes, "weight scales")))
         return -1;
     return 0;
 }
@@ -594,6 +597,7 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float 
 }
 
 static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    if (!w) return lm_errf(be->err, "rmsnorm without weights");
     const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
     if (!dw) return -1;
     if (n <= 0 || dim <= 0) return 0;
@@ -616,6 +620,7 @@ __global__ void k_add_rows(float *y, const float *b, int n, int dim) {
 }
 
 static int cuda_add_rows(lm_backend *be, float *y, const float *b, int n, int dim) {
+    if (!b) return lm_errf(be->err, "add_rows without biases");
     const float *db = dev_floats(be, b, (size_t)dim, "biases");
     if (!db) return -1;
     if (n <= 0 || dim <= 0) return 0;
@@ -714,6 +719,7 @@ __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t
 static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                      const float *inv_freq, int half, float scale) {
     if (2 * half > head_dim) return lm_errf(be->err, "rope over %d dims of %d-dim heads", 2 * half, head_dim);
+    if (half > 0 && !inv_freq) return lm_errf(be->err, "rope without frequencies");
     const float *df = dev_floats(be, inv_freq, (size_t)half, "RoPE frequencies");
     if (half > 0 && !df) return -1;
     if (n <= 0 || n_heads <= 0 || half <= 0) return 0;
