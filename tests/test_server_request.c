@@ -9,9 +9,15 @@
 #include "harness.h"
 #include "lazymoe.h"
 #include "server/cache.h"
+#include "server/disk_cache.h"
 #include "server/request.h"
 
+#include <dirent.h>
 #include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/server"
 #define EXPECTED LAZYMOE_SOURCE_DIR "/tests/fixtures/templates/expected/qwen3-coder.jsonl"
@@ -511,6 +517,70 @@ static void test_prompt_cache_keeps_capacity(void) {
     cache_case_close(&t);
 }
 
+/* Bytes of the files in dir, and how many there are; remove = 1 deletes them. */
+static unsigned long long dir_bytes(const char *dir, int *files, int remove) {
+    unsigned long long total = 0;
+    *files = 0;
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char path[4200];
+    struct stat st;
+    while (d && (de = readdir(d)))
+        if (de->d_name[0] != '.' && snprintf(path, sizeof path, "%s/%s", dir, de->d_name) > 0 && stat(path, &st) == 0) {
+            total += (unsigned long long)st.st_size;
+            (*files)++;
+            if (remove) unlink(path);
+        }
+    if (d) closedir(d);
+    return total;
+}
+
+/* Stores the first n tokens of the conversation that starts with `first`. */
+static void store_prompt(srv_disk_cache *dc, int first, int n) {
+    char err[512];
+    lazymoe_session *s = NULL;
+    CHECKF(lazymoe_session_create(&s, M, err, sizeof err) == 0, "%s", err);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) ids[i] = 3 + (first + i * 7) % 300;
+    ids[0] = first;
+    CHECKF(s && lazymoe_session_eval(s, ids, n, NULL, 0, err, sizeof err) == 0, "%s", err);
+    if (s) srv_disk_store(dc, s, n, n);
+    lazymoe_session_free(s);
+    free(ids);
+}
+
+/* The disk prompt cache holds its size limit: a file's exact size is known before it
+ * is written (room is made first, so the directory stays within the limit while the
+ * temporary file is written too), and a prompt too big for the limit on its own is
+ * not stored. Before, it was written, then every other stored prompt was removed to
+ * make room for it, then it too. */
+static void test_disk_cache_limit(void) {
+    char dir[] = "/tmp/lazymoe-diskcache-XXXXXX", err[512];
+    CHECK(mkdtemp(dir) != NULL);
+    unsigned long long one = lazymoe_session_file_bytes(M, 1100);
+    srv_disk_cache dc;
+    CHECKF(srv_disk_init(&dc, M, dir, one * 5 / 2, err, sizeof err) == 0, "%s", err); /* two such files */
+    int files = 0;
+    store_prompt(&dc, 10, 1100);
+    CHECK_EQ_INT((long long)dir_bytes(dir, &files, 0), (long long)one); /* the size was exact */
+    CHECK_EQ_INT(files, 1);
+    store_prompt(&dc, 11, 1100);
+    CHECK_EQ_INT(dc.n, 2);
+    store_prompt(&dc, 12, 3000); /* its file alone is over the limit */
+    CHECKF(lazymoe_session_file_bytes(M, 3000) > one * 5 / 2, "the large prompt fits: %llu",
+           (unsigned long long)lazymoe_session_file_bytes(M, 3000));
+    unsigned long long bytes = dir_bytes(dir, &files, 0);
+    CHECKF(files == 2 && bytes == 2 * one, "a prompt over the limit left %d files, %llu bytes (two of %llu expected)",
+           files, bytes, one);
+    store_prompt(&dc, 13, 1100); /* the least recently used (10) makes room */
+    bytes = dir_bytes(dir, &files, 0);
+    CHECKF(files == 2 && bytes <= one * 5 / 2, "%d files, %llu bytes", files, bytes);
+    for (int i = 0; i < dc.n; i++) CHECKF(dc.e[i].tokens[0] != 10, "the oldest prompt was kept: %s", dc.e[i].path);
+    srv_disk_free(&dc);
+    dir_bytes(dir, &files, 1);
+    CHECK(rmdir(dir) == 0);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -527,6 +597,7 @@ int main(void) {
     TEST_CASE("server_request_client_mistakes_are_4xx", test_client_mistakes);
     TEST_CASE("server_prompt_cache_policy", test_prompt_cache_policy);
     TEST_CASE("server_prompt_cache_keeps_capacity_between_turns", test_prompt_cache_keeps_capacity);
+    TEST_CASE("server_disk_cache_holds_its_limit", test_disk_cache_limit);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

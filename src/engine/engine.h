@@ -122,6 +122,7 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
  * computation (backend, kernels, KV and activation precision: restored state must
  * give the logits recomputing would). Not for models with linear attention. */
 int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err);
+uint64_t lm_session_file_bytes(const lazymoe_model *m, int n);
 int lm_session_load(lazymoe_session *s, const char *path, char *err);
 /* The tokens a state file holds, after checking it belongs to this model and
  * computation (its header only; lm_session_load checks the whole file). */

@@ -474,6 +474,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
             const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
             if (expect || te || (cl && strtoull(cl, NULL, 10) > 64 * 1024)) return route(s, c, mc, url, method);
         }
+        /* A client that announces a body over the limit and asks before sending it
+         * (Expect: 100-continue) gets its 413 now, not "100 Continue" and a 413 after
+         * the upload. One that sends at once has its body read and dropped (below). */
+        if (c->too_large && MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT))
+            return route(s, c, mc, url, method);
         return MHD_YES;
     }
     if (*upload_size) {

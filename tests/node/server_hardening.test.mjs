@@ -82,6 +82,17 @@ await testCase('server_keyless_upload_refused_before_body', async () => {
   assert(h.status === 200, `models ${h.status}`);
 });
 
+await testCase('server_oversized_upload_refused_before_body_when_asked', async () => {
+  // A keyed client asking (Expect: 100-continue) to send a body over --max-body: 413 at
+  // once. Before, it was told "100 Continue" and refused only after the whole upload.
+  const c = await connect();
+  c.sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n' +
+               `Authorization: Bearer ${KEY}\r\nContent-Length: 41943040\r\nExpect: 100-continue\r\n\r\n`);
+  await within(c.closed, 5000, '413 to an oversized Expect: 100-continue upload');
+  assert(/^HTTP\/1\.1 413/.test(c.data) && /larger than the server's limit/.test(c.data), `got: ${c.data.slice(0, 200)}`);
+  assert(!/100 Continue/i.test(c.data), 'an oversized upload was told to continue');
+});
+
 await testCase('server_second_instance_refused_on_port', async () => {
   // Before the fix SO_REUSEPORT let a second server share the port (and traffic).
   const proc = spawn(LAZYMOE, ['serve', SERVER_MODEL, '--port', String(port), '--ctx', '512', '--no-warm-start'],
