@@ -66,6 +66,8 @@ int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
 
 int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
 
+void lazymoe_session_set_growth_limit(lazymoe_session *s, int positions) { lm_session_set_growth_limit(s, positions); }
+
 const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
 int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen) {

@@ -46,14 +46,16 @@ static int same_addr(const srv_conn_slot *a, const srv_conn_slot *b) {
 }
 
 /* The oldest connection (of those from `addr`'s address when addr is given) that may
- * be shed: waiting for headers first, then reading a body; NULL when all are being
- * answered. */
+ * be shed: waiting for headers and never answered first, then kept alive between
+ * requests, then reading a body; NULL when all are being answered. */
 static srv_conn_slot *victim(srv_conns *t, const srv_conn_slot *addr) {
-    for (int stage = CONN_HEADERS; stage <= CONN_BODY; stage++) {
+    static const struct { int stage, answered; } order[] = {{CONN_HEADERS, 0}, {CONN_HEADERS, 1}, {CONN_BODY, -1}};
+    for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
         srv_conn_slot *best = NULL;
         for (int i = 0; i < t->n; i++) {
             srv_conn_slot *c = &t->slots[i];
-            if (c->shed || c->stage != stage || (addr && !same_addr(c, addr))) continue;
+            if (c->shed || c->stage != order[k].stage || (addr && !same_addr(c, addr))) continue;
+            if (order[k].answered >= 0 && (c->answered != 0) != order[k].answered) continue;
             if (!best || c->since < best->since) best = c;
         }
         if (best) return best;
@@ -124,6 +126,7 @@ void srv_conns_stage(srv_conns *t, struct MHD_Connection *mc, int stage) {
     pthread_mutex_lock(&t->mu);
     int i = find(t, mc);
     if (i >= 0 && t->slots[i].stage != stage) {
+        if (stage == CONN_HEADERS) t->slots[i].answered = 1; /* after a response: kept alive */
         t->slots[i].stage = stage;
         t->slots[i].since = lm_now();
     }

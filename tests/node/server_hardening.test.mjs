@@ -53,6 +53,31 @@ await testCase('server_idle_connections_do_not_lock_out', async () => {
   }
 });
 
+await testCase('server_sheds_unused_connections_before_kept_alive_ones', async () => {
+  // A client's kept-alive connection, idle between its requests, outlives connections
+  // that never sent a request when the server must shed. Before, the oldest connection
+  // waiting for headers went first: the client's, idle since its last answer (the soak
+  // saw an SDK request fail with a connection error this way).
+  const ka = await connect();
+  const ask = () => new Promise((resolve) => {
+    const before = ka.data.length;
+    ka.sock.write('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    const t = setInterval(() => { if (/"status"/.test(ka.data.slice(before))) { clearInterval(t); resolve(true); } }, 10);
+    ka.closed.then(() => { clearInterval(t); resolve(false); });
+  });
+  assert(await within(ask(), 5000, 'first request'), 'first request unanswered');
+  await sleep(300);
+  const idle = [];
+  for (let i = 0; i < 70; i++) idle.push(await connect()); // past 3/4 of 64 from this address, and past 64
+  await sleep(300);
+  try {
+    assert(await within(ask(), 5000, 'kept-alive request'), 'the kept-alive connection was shed before unused ones');
+  } finally {
+    ka.sock.destroy();
+    for (const c of idle) c.sock.destroy();
+  }
+});
+
 await testCase('server_slow_headers_cut_at_deadline', async () => {
   // Headers sent slowly and never finished: closed after --header-timeout (2 s).
   const c = await connect();

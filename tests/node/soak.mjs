@@ -13,6 +13,7 @@
 // Meanwhile /health is polled, the server's RSS sampled from /proc and the prompt
 // cache directory measured. runSoak returns what it saw; the callers assert it.
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -177,20 +178,28 @@ export async function runSoak(opts = {}) {
   rep.budget = parseSize(o.memory);
   let stopped = false;
   const monitors = [];
-  // /health every 200 ms: how long each answer takes.
+  // /health every 200 ms, each on a new connection (as a load balancer's probe does;
+  // a kept-alive one may be closed as idle by the server when connections run short,
+  // and the client's next request on it then races the close): how long each takes.
   monitors.push((async () => {
     while (!stopped) {
       const t0 = Date.now();
       try {
-        const ac = new AbortController();
-        const timer = setTimeout(() => ac.abort(), 30000);
-        const r = await fetch(`${server.url}/health`, { signal: ac.signal });
-        await r.json();
-        clearTimeout(timer);
-        if (r.status !== 200) rep.health.bad++;
+        const r = await new Promise((resolve, reject) => {
+          const req = http.get(`${server.url}/health`, { agent: false, timeout: 30000 }, (res) => {
+            let body = '';
+            res.on('data', (d) => { body += d; });
+            res.on('end', () => resolve({ status: res.statusCode, body }));
+            res.on('error', reject);
+          });
+          req.on('timeout', () => req.destroy(new Error('no answer in 30 s')));
+          req.on('error', reject);
+        });
+        JSON.parse(r.body);
+        if (r.status !== 200) { rep.health.bad++; fail(`/health: ${r.status}`); }
       } catch (e) {
         rep.health.bad++;
-        fail(`/health: ${e.message}`);
+        fail(`/health: ${e.message} ${e.code || ''}`);
       }
       const ms = Date.now() - t0;
       rep.health.n++;
