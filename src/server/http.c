@@ -43,12 +43,23 @@ typedef struct {
 
 /* ---- responses ------------------------------------------------------------------------- */
 
+/* Tells the client how long an idle kept-alive connection stays open (the header
+ * deadline runs between requests too). A client that reuses one later races the
+ * server's close and has its request cut; undici (node's fetch, under the OpenAI and
+ * Anthropic SDKs) keeps idle connections 4 s unless told, and honours this hint. */
+static void add_keep_alive(const srv_conn *c, struct MHD_Response *r) {
+    char v[32];
+    snprintf(v, sizeof v, "timeout=%d", (int)c->srv->conns.header_s);
+    MHD_add_response_header(r, "Keep-Alive", v);
+}
+
 static enum MHD_Result send_bytes(srv_conn *c, struct MHD_Connection *mc, int status, const char *type,
                                   const char *data, size_t len) {
     c->status = status;
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    add_keep_alive(c, r);
     enum MHD_Result ok = MHD_queue_response(mc, (unsigned)status, r);
     MHD_destroy_response(r);
     return ok;
@@ -184,6 +195,7 @@ static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_j
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_keep_alive(c, r);
     enum MHD_Result ok = MHD_queue_response(mc, 200, r);
     MHD_destroy_response(r); /* frees sc through stream_free when the connection is done with it */
     return ok;

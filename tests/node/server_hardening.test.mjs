@@ -66,6 +66,10 @@ await testCase('server_sheds_unused_connections_before_kept_alive_ones', async (
     ka.closed.then(() => { clearInterval(t); resolve(false); });
   });
   assert(await within(ask(), 5000, 'first request'), 'first request unanswered');
+  // The answer says how long the server keeps an idle connection (--header-timeout 2):
+  // without it, node's fetch reuses idle connections for 4 s and, between 2 and 4 s,
+  // sends requests into connections the server is closing (the soak saw them cut).
+  assert(/\r\nKeep-Alive: timeout=2\r\n/i.test(ka.data), `no Keep-Alive timeout: ${ka.data.slice(0, 300)}`);
   await sleep(300);
   const idle = [];
   for (let i = 0; i < 70; i++) idle.push(await connect()); // past 3/4 of 64 from this address, and past 64
