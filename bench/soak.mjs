@@ -19,6 +19,7 @@ const mb = (b) => `${(b / (1 << 20)).toFixed(1)} MiB`;
 console.log(`binary ${process.env.LAZYMOE_BIN}; ${seconds} s of load, ${clients} normal clients, ${((Date.now() - t0) / 1000).toFixed(0)} s in all`);
 console.log(`counts: ${JSON.stringify(rep.counts)}`);
 console.log(`request log lines by status: ${JSON.stringify(rep.status)}; batch: ${rep.finalHealth?.decode_steps} steps carried ${rep.finalHealth?.decoded_tokens} tokens`);
+console.log(`connections the server closed (deadlines, room): ${rep.finalHealth?.connections_closed}`);
 console.log(`/health: ${rep.health.n} polls, ${rep.health.bad} failed, slowest ${rep.health.maxMs} ms`);
 console.log(`peak RSS (VmHWM) ${mb(rep.hwm)}; plan ${mb(rep.planned)} of --memory ${mb(rep.budget)}; bound ${mb(rssBound(rep, asan))}`);
 console.log(`prompt cache directory: peak ${mb(rep.diskMax)} of a ${mb(rep.limit)} limit; ${rep.stored} stored, ${rep.removed} removed, ${rep.restored} requests reused cached tokens`);

@@ -245,14 +245,18 @@ static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connect
     unsigned long long served = s->served, steps = 0, stepped = 0;
     if (s->batch) lazymoe_batch_counters(s->batch, &steps, &stepped);
     pthread_mutex_unlock(&s->qmu);
+    pthread_mutex_lock(&s->conns.mu);
+    unsigned long long shed = s->conns.shed_count; /* closed by the deadlines or to make room */
+    pthread_mutex_unlock(&s->conns.mu);
     /* decode_steps / decoded_tokens: batch steps run and the tokens they carried
      * (their ratio is the average number of requests decoded together) */
     return send_json(c, mc, 200,
-                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I}", "status", "ok", "model",
+                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I, s:I}", "status", "ok", "model",
                                s->opt.model_name, "context_length", s->max_context, "queued", queued, "generating",
                                running > 0, "running", running, "parallel", s->n_workers, "served", (json_int_t)served,
                                "cached_conversations", sessions, "cached_tokens", tokens, "decode_steps",
-                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped));
+                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped, "connections_closed",
+                               (json_int_t)shed));
 }
 
 static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) {

@@ -23,6 +23,13 @@ import { startServer } from './server_harness.mjs';
 
 const KEY = 'soak-key';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// An error with its causes (the SDKs' "Connection error." wraps fetch's, which wraps
+// the socket's): what the server did shows only there.
+const why = (e) => {
+  const parts = [];
+  for (let x = e, i = 0; x && i < 4; x = x.cause, i++) parts.push(`${x.message || x}${x.code ? ` (${x.code})` : ''}`);
+  return parts.join(' <- ');
+};
 
 export function parseSize(s) {
   const m = /^(\d+)([KMG]?)$/.exec(s);
@@ -248,7 +255,7 @@ export async function runSoak(opts = {}) {
             }
             count('normal_ok');
           } catch (e) {
-            fail(`${name}: ${e.message}`);
+            fail(`${name}: ${why(e)}`);
             count('normal_failed');
           }
         }
@@ -304,7 +311,7 @@ export async function runSoak(opts = {}) {
           ac.abort();
           count('left_mid_stream');
         } catch (e) {
-          if (!/abort/i.test(e.message)) fail(`mid-stream client: ${e.message}`);
+          if (!/abort/i.test(e.message)) fail(`mid-stream client: ${why(e)}`);
         }
         await sleep(100);
       }
@@ -322,7 +329,7 @@ export async function runSoak(opts = {}) {
         await sleep(20 + (k % 7) * 40);
         ac.abort();
         const r = await p;
-        if (r instanceof Error && !/abort/i.test(r.message)) fail(`mid-prefill client: ${r.message}`);
+        if (r instanceof Error && !/abort/i.test(r.message)) fail(`mid-prefill client: ${why(r)}`);
         count('left_mid_prefill');
         await sleep(150);
       }
