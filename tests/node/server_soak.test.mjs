@@ -10,8 +10,10 @@ import { runSoak } from './soak.mjs';
 import { checkSoak } from './soak_check.mjs';
 
 const asan = /asan/.test(LAZYMOE);
-// Under ASan (the suite) ~30 s in all: 15 requests for the references, 12 s of load.
-const rep = await runSoak({ seconds: asan ? 12 : 20, shortPrompts: asan ? 2 : 4, longPrompts: 3, log: (l) => console.log(l) });
+// Under ASan (the suite) ~30 s in all: 10 requests for the references (each API
+// streamed and not, the long prompts), 10 s of load.
+const rep = await runSoak({ seconds: asan ? 10 : 20, shortPrompts: asan ? 1 : 4, longPrompts: 3, log: (l) => console.log(l) });
 console.log(`# ${JSON.stringify({ ...rep, mismatches: rep.mismatches.slice(0, 3) })}`);
-for (const [name, why] of checkSoak(rep, { asan })) await testCase(name, async () => assert(!why, why));
+// 3 clients over 10 s of ASan on a loaded 2-core machine complete about 9-11 requests
+for (const [name, why] of checkSoak(rep, { asan, minNormal: asan ? 5 : 10 })) await testCase(name, async () => assert(!why, why));
 done();

@@ -15,15 +15,17 @@ export function rssBound(rep, asan) {
   return rep.budget + RSS_ALLOWANCE + (asan ? ASAN_QUARANTINE : 0);
 }
 
-export function checkSoak(rep, { asan = false, healthBoundMs = 3000 } = {}) {
+export function checkSoak(rep, { asan = false, healthBoundMs = 3000, minNormal = 10 } = {}) {
   const c = rep.counts;
   const mb = (b) => `${(b / (1 << 20)).toFixed(1)} MiB`;
   const out = [];
   const check = (name, cond, why) => out.push([name, cond ? null : why]);
+  const closed = rep.finalHealth ? rep.finalHealth.connections_closed : '?';
   check('soak_no_client_saw_a_wrong_answer', rep.failures.length === 0 && rep.mismatches.length === 0,
-    `${rep.failures.length} failures: ${rep.failures.slice(0, 8).join(' | ')} ${rep.mismatches.slice(0, 2).join(' | ')}`);
-  check('soak_normal_requests_kept_completing', (c.normal_ok || 0) >= 10 && !c.normal_failed,
-    `normal requests: ${c.normal_ok || 0} ok, ${c.normal_failed || 0} failed`);
+    `${rep.failures.length} failures: ${rep.failures.slice(0, 8).join(' | ')} ${rep.mismatches.slice(0, 2).join(' | ')}` +
+    ` (the server closed ${closed} connections; idle ${rep.counts.idle_closed}, slow headers ${rep.counts.slow_header_cut})`);
+  check('soak_normal_requests_kept_completing', (c.normal_ok || 0) >= minNormal && !c.normal_failed,
+    `normal requests: ${c.normal_ok || 0} ok (at least ${minNormal} expected), ${c.normal_failed || 0} failed`);
   check('soak_every_hostile_kind_ran', ['idle_closed', 'slow_header_cut', 'slow_body_ok', 'left_mid_stream', 'left_mid_prefill',
     'oversized_413', 'keyless_401', 'invalid_400'].every((k) => c[k] > 0), `counts: ${JSON.stringify(c)}`);
   check('soak_health_answered_within_bound', rep.health.bad === 0 && rep.health.n > 10 && rep.health.maxMs <= healthBoundMs,
