@@ -1028,6 +1028,7 @@ static const lm_backend_ops cpu_ops = {
     .sigmoid_mul = lm_cpu_sigmoid_mul,
     .swiglu = cpu_swiglu,
     .swiglu_clamped = lm_cpu_swiglu_clamped,
+    .swiglu_clamped_split = lm_cpu_swiglu_clamped_split,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
