@@ -150,6 +150,30 @@ CASES = [
         {"role": "user", "content": "Quick: 2+2?"}, {"role": "assistant", "content": "4"},
         {"role": "user", "content": "And 3+3? /nothink"}],
      "add_generation_prompt": True, "extra": {"enable_thinking": False}},
+    # content as a list of parts, as the OpenAI and Anthropic SDKs send it (Qwen3.5's
+    # render_content, MiniMax-M2's visible_text), tool results as parts (MiniMax-M2's
+    # tr.output / tr.text), and an image part (Qwen3.5's vision placeholder)
+    {"id": "content-parts", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "Oslo?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "<think>\nCall the tool.\n</think>\n\nChecking."}],
+         "tool_calls": [call("get_weather", {"city": "Oslo", "unit": "celsius"}, "call_7")]},
+        {"role": "tool", "tool_call_id": "call_7", "content": [{"type": "text", "text": "{\"temp\": -3}"}]},
+        {"role": "tool", "tool_call_id": "call_8", "content": [{"type": "text", "text": "second result"}]}],
+     "tools": [WEATHER], "add_generation_prompt": True},
+    {"id": "tool-output-part", "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "Oslo"})]},
+        {"role": "tool", "content": [{"output": "{\"temp\": -3}"}]}],
+     "tools": [WEATHER], "add_generation_prompt": True},
+    {"id": "image-part", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                                     {"type": "text", "text": "What is this?"}]}],
+     "add_generation_prompt": True, "extra": {"add_vision_id": True}},
+    # MiniMax-M2 reads current_date / current_location from the system message
+    {"id": "system-date-location", "messages": [
+        {"role": "system", "content": "You are terse.", "current_date": "2025-06-15", "current_location": "Oslo"},
+        {"role": "user", "content": "Where am I?"}], "add_generation_prompt": True},
     # cases where at least one template raises
     {"id": "error-channel-tags", "messages": [
         {"role": "user", "content": "x"},
