@@ -18,10 +18,9 @@
 #include <unistd.h>
 
 /* The content reader waits this long for output before checking the client's
- * socket again; after KEEPALIVE_S without output it sends an SSE comment so that
- * proxies and client idle timers see a live stream during a long prefill. */
+ * socket again; after --keepalive seconds without output it sends a keep-alive so
+ * that proxies and client idle timers see a live stream during a long prefill. */
 #define WAIT_MS 100
-#define KEEPALIVE_S 15.0
 /* At shutdown, how long requests already begun get to finish sending their last
  * bytes (a stream's error event) before the connections are closed regardless: a
  * reading client needs milliseconds; one that stopped reading must not hold the
@@ -43,12 +42,23 @@ typedef struct {
 
 /* ---- responses ------------------------------------------------------------------------- */
 
+/* Tells the client how long an idle kept-alive connection stays open (the header
+ * deadline runs between requests too). A client that reuses one later races the
+ * server's close and has its request cut; undici (node's fetch, under the OpenAI and
+ * Anthropic SDKs) keeps idle connections 4 s unless told, and honours this hint. */
+static void add_keep_alive(const srv_conn *c, struct MHD_Response *r) {
+    char v[32];
+    snprintf(v, sizeof v, "timeout=%d", (int)c->srv->conns.header_s);
+    MHD_add_response_header(r, "Keep-Alive", v);
+}
+
 static enum MHD_Result send_bytes(srv_conn *c, struct MHD_Connection *mc, int status, const char *type,
                                   const char *data, size_t len) {
     c->status = status;
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    add_keep_alive(c, r);
     enum MHD_Result ok = MHD_queue_response(mc, (unsigned)status, r);
     MHD_destroy_response(r);
     return ok;
@@ -110,6 +120,7 @@ typedef struct {
     srv_job *job;
     int fd;
     double last_sent;
+    double keepalive_s;
 } stream_ctx;
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -141,13 +152,15 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (!j->out.len && lm_now() - sc->last_sent > KEEPALIVE_S) {
-            /* Anthropic streams that have begun get a real ping event (Claude Code
-             * measures stalls between events); otherwise an SSE comment, which every
+        if (!j->out.len && lm_now() - sc->last_sent > sc->keepalive_s) {
+            /* Anthropic and Responses streams that have begun get an event that
+             * counts as activity (reply.h: srv_anthropic_keepalive,
+             * srv_responses_keepalive); the others an SSE comment, which every
              * client skips. */
-            const char *ka = j->state == JOB_RUNNING && j->chat.api == SRV_ANTHROPIC
-                                 ? "event: ping\ndata: {\"type\": \"ping\"}\n\n"
-                                 : ": keepalive\n\n";
+            if (j->state == JOB_RUNNING && j->chat.api == SRV_ANTHROPIC) srv_anthropic_keepalive(&j->reply, &j->out);
+            if (j->state == JOB_RUNNING && j->chat.api == SRV_RESPONSES) srv_responses_keepalive(&j->reply, &j->out);
+            if (j->out.len) continue; /* sent from the top of the loop */
+            const char *ka = ": keepalive\n\n";
             size_t n = strlen(ka);
             if (n <= max) {
                 pthread_mutex_unlock(&j->mu);
@@ -176,6 +189,7 @@ static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_j
     sc->job = j;
     sc->fd = conn_fd(mc);
     sc->last_sent = lm_now();
+    sc->keepalive_s = c->srv->opt.keepalive_s > 0 ? c->srv->opt.keepalive_s : 15;
     struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, sc, stream_free);
     if (!r) {
         free(sc);
@@ -184,6 +198,7 @@ static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_j
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_keep_alive(c, r);
     enum MHD_Result ok = MHD_queue_response(mc, 200, r);
     MHD_destroy_response(r); /* frees sc through stream_free when the connection is done with it */
     return ok;
@@ -233,14 +248,18 @@ static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connect
     unsigned long long served = s->served, steps = 0, stepped = 0;
     if (s->batch) lazymoe_batch_counters(s->batch, &steps, &stepped);
     pthread_mutex_unlock(&s->qmu);
+    pthread_mutex_lock(&s->conns.mu);
+    unsigned long long shed = s->conns.shed_count; /* closed by the deadlines or to make room */
+    pthread_mutex_unlock(&s->conns.mu);
     /* decode_steps / decoded_tokens: batch steps run and the tokens they carried
      * (their ratio is the average number of requests decoded together) */
     return send_json(c, mc, 200,
-                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I}", "status", "ok", "model",
+                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I, s:I}", "status", "ok", "model",
                                s->opt.model_name, "context_length", s->max_context, "queued", queued, "generating",
                                running > 0, "running", running, "parallel", s->n_workers, "served", (json_int_t)served,
                                "cached_conversations", sessions, "cached_tokens", tokens, "decode_steps",
-                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped));
+                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped, "connections_closed",
+                               (json_int_t)shed));
 }
 
 static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) {
@@ -474,6 +493,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
             const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
             if (expect || te || (cl && strtoull(cl, NULL, 10) > 64 * 1024)) return route(s, c, mc, url, method);
         }
+        /* A client that announces a body over the limit and asks before sending it
+         * (Expect: 100-continue) gets its 413 now, not "100 Continue" and a 413 after
+         * the upload. One that sends at once has its body read and dropped (below). */
+        if (c->too_large && MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT))
+            return route(s, c, mc, url, method);
         return MHD_YES;
     }
     if (*upload_size) {
@@ -566,6 +590,7 @@ void srv_options_init(srv_options *o) {
     o->max_connections = 64;
     o->header_timeout_s = 15;
     o->body_timeout_s = 120;
+    o->keepalive_s = 15;
     o->prompt_cache_size = 8ull << 30;
 }
 

@@ -424,6 +424,16 @@ static void elementwise_exp(void) {
     CHECK(gpu->ops->swiglu_clamped(gpu, dout, dgu, n, 1.702f, 7.0f) == 0);
     got = host_from(dout, sizeof(float) * n);
     CHECK(close_enough("swiglu_clamped", got, want, n, EXPF_REL, 1e-7));
+    free(got);
+    /* gate and up apart (gpt-oss from GGUF), written over up: the same values */
+    float *gate = rand_floats(n, -9, 9), *up = rand_floats(n, -9, 9);
+    float *dgate = dev_from(gate, sizeof(float) * n), *dup = dev_from(up, sizeof(float) * n);
+    cpu->ops->swiglu_clamped_split(cpu, want, gate, up, n, 1.702f, 7.0f);
+    CHECK(gpu->ops->swiglu_clamped_split(gpu, dup, dgate, dup, n, 1.702f, 7.0f) == 0);
+    got = host_from(dup, sizeof(float) * n);
+    CHECK(close_enough("swiglu_clamped_split", got, want, n, EXPF_REL, 1e-7));
+    free(gate), free(up);
+    dev_free(dgate), dev_free(dup);
     free(got), free(want), free(gu), free(u), free(g);
     dev_free(dgu), dev_free(dout), dev_free(du), dev_free(dg);
 }

@@ -684,14 +684,29 @@ static int cuda_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     return launched(be, "swiglu");
 }
 
+/* cpu_ops.c swiglu_clamped_one: transformers' order. */
+__device__ __forceinline__ float swiglu_clamped_one(float g, float u, float alpha, float limit) {
+    float a = g > limit ? limit : g;
+    float b = u > limit ? limit : (u < -limit ? -limit : u);
+    float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
+    return (b + 1.0f) * glu;
+}
+
 __global__ void k_swiglu_clamped(float *out, const float *gu, size_t n, float alpha, float limit) {
-    GRID_LOOP(i, n) {
-        float g = gu[2 * i], u = gu[2 * i + 1];
-        float a = g > limit ? limit : g;
-        float b = u > limit ? limit : (u < -limit ? -limit : u);
-        float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
-        out[i] = (b + 1.0f) * glu;
-    }
+    GRID_LOOP(i, n) out[i] = swiglu_clamped_one(gu[2 * i], gu[2 * i + 1], alpha, limit);
+}
+
+/* out may be up: each element is read before it is written, by the same thread. */
+__global__ void k_swiglu_clamped_split(float *out, const float *gate, const float *up, size_t n, float alpha,
+                                       float limit) {
+    GRID_LOOP(i, n) out[i] = swiglu_clamped_one(gate[i], up[i], alpha, limit);
+}
+
+static int cuda_swiglu_clamped_split(lm_backend *be, float *out, const float *gate, const float *up, size_t n,
+                                     float alpha, float limit) {
+    if (!n) return 0;
+    k_swiglu_clamped_split<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(out, gate, up, n, alpha, limit);
+    return launched(be, "swiglu_clamped_split");
 }
 
 static int cuda_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
@@ -1180,6 +1195,7 @@ static const lm_backend_ops cuda_ops = {
     /* .sigmoid_mul = */ cuda_sigmoid_mul,
     /* .swiglu = */ cuda_swiglu,
     /* .swiglu_clamped = */ cuda_swiglu_clamped,
+    /* .swiglu_clamped_split = */ cuda_swiglu_clamped_split,
     /* .rope = */ cuda_rope,
     /* .kv_store = */ cuda_kv_store,
     /* .attention = */ cuda_attention,
