@@ -75,7 +75,9 @@ $(SAN)/examples/%: examples/%.c $(SAN)/liblazymoe.a
 
 test-build: all $(SAN)/lazymoe $(TESTS) $(EXAMPLES)
 
-test: test-build
+# The fuzz targets are built here, with the rest (in parallel under -j), so that
+# tests/cli/fuzz_smoke.sh only runs them.
+test: test-build fuzz
 	tests/run.sh
 
 # ---- fuzzing ------------------------------------------------------------------

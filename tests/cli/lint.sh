@@ -5,7 +5,7 @@ set -u
 cd "$(dirname "$0")/../.."
 fail=0
 SRCS=$(find src -name '*.c' | sort)
-if out=$(cppcheck --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -q \
+if out=$(cppcheck -j "$(nproc)" --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -q \
         -Iinclude -Isrc -D_GNU_SOURCE --std=c11 $SRCS 2>&1); then
     echo "ok lint_cppcheck"
 else
