@@ -3,14 +3,16 @@
 // one JSON line shaped like `lazymoe bench --json` (prefill_tok_s, decode_tok_s,
 // generated_ids).
 //
-// usage: node bench/llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS
+// usage: node bench/llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS [mmap]
 // IDS_FILE: the prompt's token ids, whitespace-separated. Best of REPS fresh contexts.
+// "mmap": map the file as llama.cpp does by default (for runs under a memory cap, where
+// the weights cannot all be read into memory) instead of reading it in at load.
 // Decode timing matches lazymoe's loop: GEN single-token evaluations after the prefill,
 // the first token picked from the prefill's logits.
 import path from "node:path";
 import fs from "node:fs";
 
-const [nodeModules, modelPath, idsFile, genArg, threadsArg, repsArg] = process.argv.slice(2);
+const [nodeModules, modelPath, idsFile, genArg, threadsArg, repsArg, mmapArg] = process.argv.slice(2);
 if (!repsArg) {
     console.error("usage: node llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS");
     process.exit(2);
@@ -25,7 +27,8 @@ const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLev
 const t0 = performance.now();
 // Weights read into memory at load (no mmap), like lazymoe --resident: no page faults
 // inside the timed prefill.
-const model = await llama.loadModel({ modelPath, gpuLayers: 0, useMmap: false });
+const useMmap = mmapArg === "mmap";
+const model = await llama.loadModel({ modelPath, gpuLayers: 0, useMmap });
 const loadS = (performance.now() - t0) / 1e3;
 
 let best = null;
@@ -53,7 +56,7 @@ for (let r = 0; r < reps; r++) {
     else best.prefill_tok_s = Math.max(best.prefill_tok_s, res.prefill_tok_s);
     await context.dispose();
 }
-console.log(JSON.stringify({ engine: "llama.cpp (node-llama-cpp prebuilt CPU)", model: modelPath,
+console.log(JSON.stringify({ engine: "llama.cpp (node-llama-cpp prebuilt CPU)", model: modelPath, mmap: useMmap,
                              prompt_tokens: ids.length, gen_tokens: gen, threads, load_s: loadS,
                              ...best }));
 await model.dispose();

@@ -6,11 +6,15 @@
  * clear. (Independent check with llama.cpp itself: tests/node/gguf_llamacpp.test.mjs.) */
 #include "harness.h"
 
+#include "ggml_ref.h"
+
 #include "api/text.h"
 #include "common/error.h"
 #include "convert/gguf_export.h"
 #include "formats/gguf.h"
 #include "formats/gguf_write.h"
+#include "formats/mxfp4.h"
+#include "formats/safetensors.h"
 #include "lazymoe.h"
 #include "models/gguf_model.h"
 #include "text/tokenizer_gguf.h"
@@ -32,6 +36,8 @@ typedef struct {
 static const int32_t IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140, 9, 31, 200, 18};
 #define NIDS 16
 
+static int act_bits = 32; /* the reference numerics on both sides (quantized models default to int8) */
+
 /* Logits over IDS, then 12 greedy tokens; capacity -1 = resident. */
 static int run(const char *path, int capacity, run_result *r, char *err) {
     lazymoe_options o;
@@ -40,7 +46,7 @@ static int run(const char *path, int capacity, run_result *r, char *err) {
     o.n_threads = 2;
     o.expert_capacity = capacity;
     o.io_threads = 3;
-    o.act_bits = 32; /* the reference numerics on both sides (quantized models default to int8) */
+    o.act_bits = act_bits;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, path, &o, err, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
@@ -137,6 +143,86 @@ static void lazy_equals_resident_file(const char *name) {
 }
 
 static void lazy_equals_resident(void) { lazy_equals_resident_file("demo_f32.gguf"); }
+
+/* gpt-oss as llama.cpp's converter writes it (arch "gpt-oss": gate and up apart, sinks,
+ * biases, per-layer windows, YaRN keys): the same logits bit for bit as the Hugging
+ * Face files. The MXFP4 fixture's experts become ggml MXFP4 blocks (the nibbles move,
+ * the numbers do not), its bf16 weights stay bf16; with int8 activations (the default
+ * for MXFP4) too, since both layouts feed the same integer dot products. */
+static void gpt_oss_mxfp4(void) {
+    same_as_source(GOLDEN "gpt_oss_mxfp4", "gpt_oss_mxfp4.gguf", LM_DT_BF16, 0);
+    act_bits = 8;
+    same_as_source(GOLDEN "gpt_oss_mxfp4", "gpt_oss_mxfp4.gguf", LM_DT_BF16, 0);
+    act_bits = 32;
+}
+/* Float experts: Hugging Face stores them transposed ([E, H, 2I], x @ W, computed
+ * column-wise), GGUF as rows, so the sums run in another order: close (the golden
+ * test's own tolerance against transformers is 1e-4 of the logit scale), same ids. */
+static void gpt_oss_f32(void) { same_as_source(GOLDEN "gpt_oss_f32", "gpt_oss_f32.gguf", LM_DT_F32, 1e-4f); }
+/* truncated YaRN (lazymoe's rope.scaling.yarn_truncate), MQA, a window of 7 */
+static void gpt_oss_yarn_f32(void) {
+    same_as_source(GOLDEN "gpt_oss_yarn_f32", "gpt_oss_yarn_f32.gguf", LM_DT_F32, 1e-4f);
+}
+static void gpt_oss_bf16(void) { same_as_source(GOLDEN "gpt_oss_bf16", "gpt_oss_bf16.gguf", LM_DT_BF16, 1e-4f); }
+static void gpt_oss_lazy_equals_resident(void) { lazy_equals_resident_file("gpt_oss_mxfp4.gguf"); }
+
+/* The exported expert tensors read by llama.cpp's own ggml (libggml's MXFP4 to_float)
+ * are the released file's numbers: ffn_gate_exps row r of expert e is gate_up row 2r,
+ * ffn_up_exps row r is row 2r + 1, ffn_down_exps is down; all bit for bit. */
+static void gpt_oss_blocks_match_libggml(void) {
+    get_traits_fn traits_of = ggml_ref_traits();
+    if (!traits_of) return;
+    const struct ggml_type_traits *tr = traits_of(39);
+    CHECKF(tr && tr->type_name && !strcmp(tr->type_name, "mxfp4") && tr->type_size == 17 && tr->to_float,
+           "ggml type 39 is not mxfp4");
+    if (!tr || !tr->to_float) return;
+    char path[512], err[LM_ERR_LEN];
+    export_to(GOLDEN "gpt_oss_mxfp4", "gpt_oss_mxfp4_blocks.gguf", LM_DT_BF16, path);
+    gguf_archive *g = NULL;
+    st_archive *st = NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    CHECKF(st_open(&st, GOLDEN "gpt_oss_mxfp4", err) == 0, "%s", err);
+    if (!g || !st) goto done;
+    static const char *const ours[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    static const char *const hf[3] = {"gate_up_proj", "gate_up_proj", "down_proj"};
+    int checked = 0;
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 3; k++) {
+            char name[128];
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, ours[k]);
+            const gguf_tensor *t = gguf_find_tensor(g, name);
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s_blocks", l, hf[k]);
+            const st_tensor *sb = st_find(st, name);
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s_scales", l, hf[k]);
+            const st_tensor *ss = st_find(st, name);
+            CHECKF(t && sb && ss && t->n_dims == 3 && t->dtype == LM_DT_MXFP4, "layer %d %s: tensors missing or not MXFP4",
+                   l, ours[k]);
+            if (!t || !sb || !ss || t->n_dims != 3) continue;
+            int cols = (int)t->ne[0], rows = (int)t->ne[1], E = (int)t->ne[2];
+            uint8_t *blocks = malloc(t->nbytes), *codes = malloc(sb->nbytes), *scales = malloc(ss->nbytes);
+            float *theirs = malloc(sizeof(float) * (size_t)cols), *mine = malloc(sizeof(float) * (size_t)cols);
+            CHECK(gguf_read_range(g, t, 0, t->nbytes, blocks, err) == 0 && st_read(st, sb, codes, err) == 0 &&
+                  st_read(st, ss, scales, err) == 0);
+            int hf_rows = k == 2 ? rows : 2 * rows, bad = 0;
+            for (int e = 0; e < E; e++)
+                for (int r = 0; r < rows; r++) {
+                    size_t row = (size_t)e * (size_t)rows + (size_t)r;
+                    tr->to_float(blocks + row * (size_t)cols / 32 * 17, theirs, cols);
+                    int hr = k == 2 ? r : 2 * r + k;
+                    lm_mxfp4_split_row_f32(codes + (size_t)e * (size_t)hf_rows * (size_t)cols / 2,
+                                           scales + (size_t)e * (size_t)hf_rows * (size_t)cols / 32, cols, hr, mine);
+                    bad += memcmp(mine, theirs, sizeof(float) * (size_t)cols) != 0;
+                    checked++;
+                }
+            CHECKF(bad == 0, "layer %d %s: %d rows differ from the released file's", l, ours[k], bad);
+            free(blocks), free(codes), free(scales), free(theirs), free(mine);
+        }
+    printf("# %d expert rows read by libggml equal the released layout's\n", checked);
+    CHECK(checked > 0);
+done:
+    gguf_close(g);
+    st_close(st);
+}
 
 /* The demo model as a Q8_0 GGUF (ggml's block format, quantized by the exporter the
  * way ggml does): close to the F32 file, the same greedy ids, and lazy == resident. */
@@ -347,6 +433,12 @@ int main(void) {
     TEST_CASE("gguf_olmoe_clip_bf16_same_as_safetensors", olmoe_clip_bf16);
     TEST_CASE("gguf_demo_f32_same_as_mlx", demo_f32);
     TEST_CASE("gguf_lazy_equals_resident", lazy_equals_resident);
+    TEST_CASE("gguf_gpt_oss_mxfp4_same_as_safetensors", gpt_oss_mxfp4);
+    TEST_CASE("gguf_gpt_oss_f32_same_as_safetensors", gpt_oss_f32);
+    TEST_CASE("gguf_gpt_oss_yarn_f32_same_as_safetensors", gpt_oss_yarn_f32);
+    TEST_CASE("gguf_gpt_oss_bf16_same_as_safetensors", gpt_oss_bf16);
+    TEST_CASE("gguf_gpt_oss_lazy_equals_resident", gpt_oss_lazy_equals_resident);
+    TEST_CASE("gguf_gpt_oss_mxfp4_blocks_match_libggml", gpt_oss_blocks_match_libggml);
     TEST_CASE("gguf_demo_q8_0", demo_q8_0);
     TEST_CASE("gguf_tokenizer_and_template", tokenizer_and_template);
     TEST_CASE("gguf_config_matches_config_json", config_matches);

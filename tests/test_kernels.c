@@ -744,6 +744,81 @@ static void kernel_selection(void) {
 #endif
 }
 
+/* MXFP4 (both layouts: Hugging Face's split codes / scales and ggml's 17-byte blocks)
+ * in the SIMD rows (AVX2 on x86, NEON on AArch64) against the scalar reference: with
+ * f32 activations within f32 rounding (2e-6 * sum |w x|) of it and of a double
+ * dequantisation from the format's definition (value = twice-value code * 2^(E - 128));
+ * with int8 activations its bits. Both layouts the same bits, a token alone the same
+ * bits as in the batch, 1 and 3 threads alike. */
+static void mxfp4_simd_matches_scalar(void) {
+    static const int code2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    const uint64_t saved_rng = rng; /* the other cases' random matrices stay what they were */
+    char err[LM_ERR_LEN];
+    enum { ROWS = 37, COLS = 352, NG = COLS / 32, N = 7 };
+    uint8_t *codes = malloc(ROWS * COLS / 2), *scales = malloc(ROWS * NG), *blocks = malloc(ROWS * NG * 17);
+    for (int i = 0; i < ROWS * COLS / 2; i++) codes[i] = (uint8_t)(urand() * 128 + 128);
+    for (int i = 0; i < ROWS * NG; i++) scales[i] = (uint8_t)(121 + (int)(urand() * 6)); /* 115..126 */
+    for (int r = 0; r < ROWS; r++)
+        for (int g = 0; g < NG; g++) { /* the same values as ggml blocks: value j low, j + 16 high */
+            const uint8_t *c = codes + r * COLS / 2 + 16 * g;
+            uint8_t *b = blocks + (r * NG + g) * 17, v[32];
+            b[0] = scales[r * NG + g];
+            for (int j = 0; j < 16; j++) v[2 * j] = c[j] & 15, v[2 * j + 1] = c[j] >> 4;
+            for (int j = 0; j < 16; j++) b[1 + j] = (uint8_t)(v[j] | v[j + 16] << 4);
+        }
+    lm_mat ms = {.dtype = LM_DT_MXFP4_SPLIT, .rows = ROWS, .cols = COLS, .data = codes, .scales = scales};
+    lm_mat mb = {.dtype = LM_DT_MXFP4, .rows = ROWS, .cols = COLS, .data = blocks};
+    float *x = malloc(sizeof(float) * N * COLS);
+    for (int i = 0; i < N * COLS; i++) x[i] = (float)urand();
+    double *ideal = malloc(sizeof(double) * N * ROWS), *mag = malloc(sizeof(double) * N * ROWS);
+    for (int t = 0; t < N; t++)
+        for (int r = 0; r < ROWS; r++) {
+            double s = 0, m = 0;
+            for (int c = 0; c < COLS; c++) {
+                uint8_t b = codes[r * COLS / 2 + c / 2];
+                double w = code2[c % 2 ? b >> 4 : b & 15] * ldexp(1, scales[r * NG + c / 32] - 128);
+                s += w * x[t * COLS + c], m += fabs(w * x[t * COLS + c]);
+            }
+            ideal[t * ROWS + r] = s, mag[t * ROWS + r] = m;
+        }
+    float *ref[2] = {malloc(sizeof(float) * N * ROWS), malloc(sizeof(float) * N * ROWS)}; /* f32, int8 */
+    float *y = malloc(sizeof(float) * N * ROWS), *yb = malloc(sizeof(float) * N * ROWS), *y1 = malloc(sizeof(float) * ROWS);
+    static const char *mx_tables[3] = {"scalar", "avx2", "neon"};
+    int simd = 0;
+    for (int k = 0; k < 3; k++)
+        for (int threads = 1; threads <= 3; threads += 2)
+            for (int act = 0; act < 2; act++) {
+                lm_backend *be = NULL;
+                if (lm_backend_cpu_create_with(&be, threads, mx_tables[k], err) != 0) break;
+                simd += k > 0;
+                CHECKF(lm_backend_cpu_set_act_bits(be, act ? 8 : 32, COLS, err) == 0, "%s", err);
+                CHECK(be->ops->matmul(be, y, &ms, x, N) == 0);
+                CHECK(be->ops->matmul(be, yb, &mb, x, N) == 0);
+                CHECKF(!memcmp(y, yb, sizeof(float) * N * ROWS), "%s act %d: the layouts differ", mx_tables[k], act);
+                for (int t = 0; t < N; t += 3) {
+                    CHECK(be->ops->matmul(be, y1, &mb, x + (size_t)t * COLS, 1) == 0);
+                    CHECKF(!memcmp(y1, y + (size_t)t * ROWS, sizeof(float) * ROWS), "%s: token %d alone differs",
+                           mx_tables[k], t);
+                }
+                if (k == 0 && threads == 1) memcpy(ref[act], y, sizeof(float) * N * ROWS);
+                double worst = 0;
+                for (int i = 0; i < N * ROWS; i++) {
+                    if (!act) worst = fmax(worst, fabs(y[i] - ref[0][i]) / (mag[i] + 1e-30));
+                    if (!act) worst = fmax(worst, fabs(y[i] - ideal[i]) / (mag[i] + 1e-30));
+                }
+                if (act) CHECKF(!memcmp(y, ref[1], sizeof(float) * N * ROWS), "%s int8: not the reference's bits", mx_tables[k]);
+                else CHECKF(worst <= 2e-6, "%s f32: %.3g of sum |w x| from the reference", mx_tables[k], worst);
+                if (threads == 1)
+                    printf("# mxfp4 %s rows, %s activations: %s\n", mx_tables[k], act ? "int8" : "f32",
+                           act ? "the scalar reference's bits" : "within f32 rounding");
+                lm_backend_free(be);
+            }
+    CHECKF(simd > 0, "no SIMD table for MXFP4 on this CPU");
+    free(codes), free(scales), free(blocks), free(x), free(ideal), free(mag), free(ref[0]), free(ref[1]), free(y);
+    free(yb), free(y1);
+    rng = saved_rng;
+}
+
 int main(void) {
     TEST_CASE("kernels_simd_match_scalar", simd_matches_scalar);
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
@@ -759,5 +834,6 @@ int main(void) {
     TEST_CASE("kernels_act8_bit_identical", act8_bit_identical);
     TEST_CASE("kernels_act8_dot_instructions_bit_identical", act8_dot_instructions_bit_identical);
     TEST_CASE("kernels_act8_settings", act8_settings);
+    TEST_CASE("kernels_mxfp4_simd_match_scalar", mxfp4_simd_matches_scalar);
     return th_failed_cases ? 1 : 0;
 }

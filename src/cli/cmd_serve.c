@@ -27,6 +27,9 @@ static const char serve_usage[] =
     "                          from one address, the longest idle connection is closed\n"
     "  --header-timeout S      seconds a connection may take to send a request's headers, also\n"
     "                          between requests (default 15); a body gets 120 s after them\n"
+    "  --keepalive S           a stream without output for S seconds (a long prefill) gets a\n"
+    "                          keep-alive: an SSE comment, and on Anthropic streams an empty\n"
+    "                          delta, which Claude Code's 300 s stall timer counts (default 15)\n"
     "  --parallel N            requests generating at once (default 4): their tokens are decoded\n"
     "                          together, each step reading every routed expert once for all of\n"
     "                          them; each answer is the one the request gets alone. A request\n"
@@ -69,6 +72,7 @@ typedef struct {
     srv_options so;
     const char *name;   /* --name */
     int header_timeout; /* --header-timeout; 0 = the server's default */
+    int keepalive;      /* --keepalive; 0 = the server's default */
 } serve_args;
 
 static int serve_arg(void *ctx, const char *s, const char *v) {
@@ -83,6 +87,7 @@ static int serve_arg(void *ctx, const char *s, const char *v) {
         {"--max-input-tokens", .num = &so->max_input_tokens, .lo = 1, .hi = 1 << 30},
         {"--max-connections", .num = &so->max_connections, .lo = 1, .hi = 4096},
         {"--header-timeout", .num = &sa->header_timeout, .lo = 1, .hi = 3600},
+        {"--keepalive", .num = &sa->keepalive, .lo = 1, .hi = 3600},
         {"--parallel", .num = &so->parallel, .lo = 1, .hi = 64},
         {"--cache-slots", .num = &so->cache_slots, .lo = 1, .hi = 256},
         {"--cache-tokens", .num = &so->cache_tokens, .lo = 1, .hi = 1 << 30},
@@ -112,6 +117,7 @@ int cmd_serve(int argc, char **argv) {
     if (prc) return prc == 2 ? 0 : prc;
     srv_options so = args.so;
     if (args.header_timeout) so.header_timeout_s = (double)args.header_timeout;
+    if (args.keepalive) so.keepalive_s = (double)args.keepalive;
     const char *model = a.model, *name = args.name;
     a.opt.kv_cache_tokens = so.cache_tokens;
     a.opt.parallel = so.parallel;

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-enum { GGML_F32 = 0, GGML_F16 = 1, GGML_Q8_0 = 8, GGML_BF16 = 30 };
+enum { GGML_F32 = 0, GGML_F16 = 1, GGML_Q8_0 = 8, GGML_BF16 = 30, GGML_MXFP4 = 39 };
 
 typedef struct {
     gguf_writer *w;
@@ -24,6 +24,7 @@ typedef struct {
     char *err;
     int llama; /* permute q/k rows for ggml's RoPE */
     int placeholder_vocab;
+    int gpt_oss;
 } exporter;
 
 static uint32_t ggml_of(lm_dtype t) {
@@ -108,19 +109,14 @@ static int put_vec(exporter *x, const char *name, const float *v, int n, int per
                : lm_errf(x->err, "out of memory");
 }
 
-/* The experts of layer l, read from the files and stacked per projection. */
-static int put_experts(exporter *x, int l) {
-    const lm_layer *ly = &x->lw->layers[l];
-    const lm_expert_source *s = &ly->src;
+/* Reads the experts of layer l from the files: *slots (free with lm_free_aligned) holds
+ * them, m[e * 3 + k] views expert e's gate, up and down. */
+static int read_experts(exporter *x, int l, char **slots_out, lm_mat *m) {
+    const lm_expert_source *s = &x->lw->layers[l].src;
     int E = x->lw->cfg.n_experts;
     char *slots = lm_malloc_aligned((size_t)s->slot_bytes * (size_t)E, "experts", x->err);
-    lm_mat *m = calloc((size_t)E * 3, sizeof(lm_mat));
-    const lm_mat **ptr = calloc((size_t)E, sizeof(lm_mat *));
-    int rc = -1;
-    if (!slots || !m || !ptr) {
-        if (slots) lm_errf(x->err, "out of memory");
-        goto done;
-    }
+    *slots_out = slots;
+    if (!slots) return -1;
     for (int e = 0; e < E; e++) {
         char *slot = slots + (size_t)e * s->slot_bytes;
         for (int p = 0; p < s->nparts; p++) {
@@ -128,7 +124,7 @@ static int put_experts(exporter *x, int l) {
             const st_file *f = &x->lw->archive->files[s->file[idx]];
             if (lm_pread_full(f->fd, slot + s->part_off[p], (size_t)s->part_len[p], s->off[idx], x->err) != 0) {
                 lm_err_prefix(x->err, "%s: layer %d expert %d", f->path, l, e);
-                goto done;
+                return -1;
             }
         }
         lm_expert ex = lm_expert_view(s, slot);
@@ -136,6 +132,21 @@ static int put_experts(exporter *x, int l) {
         m[e * 3 + 1] = ex.up;
         m[e * 3 + 2] = ex.down;
     }
+    return 0;
+}
+
+/* The experts of layer l, read from the files and stacked per projection. */
+static int put_experts(exporter *x, int l) {
+    int E = x->lw->cfg.n_experts;
+    char *slots = NULL;
+    lm_mat *m = calloc((size_t)E * 3, sizeof(lm_mat));
+    const lm_mat **ptr = calloc((size_t)E, sizeof(lm_mat *));
+    int rc = -1;
+    if (!m || !ptr) {
+        lm_errf(x->err, "out of memory");
+        goto done;
+    }
+    if (read_experts(x, l, &slots, m)) goto done;
     static const char *const names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
     for (int k = 0; k < 3; k++) {
         for (int e = 0; e < E; e++) ptr[e] = &m[e * 3 + k];
@@ -151,6 +162,105 @@ done:
     return rc;
 }
 
+/* Row r of an MXFP4 matrix (split or ggml layout) as ggml blocks: per 32 values the
+ * e8m0 byte, then 16 bytes with value j in the low nibble and value j + 16 in the high
+ * one. The split layout keeps values 2k, 2k + 1 in byte k: only the nibbles move. */
+static void mxfp4_row_blocks(const lm_mat *m, int r, uint8_t *dst) {
+    int groups = m->cols / 32;
+    if (m->dtype == LM_DT_MXFP4) {
+        memcpy(dst, (const uint8_t *)m->data + (size_t)r * (size_t)groups * 17, (size_t)groups * 17);
+        return;
+    }
+    const uint8_t *codes = (const uint8_t *)m->data + (size_t)r * (size_t)(m->cols / 2);
+    const uint8_t *scales = (const uint8_t *)m->scales + (size_t)r * (size_t)groups;
+    for (int g = 0; g < groups; g++, dst += 17) {
+        const uint8_t *c = codes + g * 16;
+        dst[0] = scales[g];
+        for (int j = 0; j < 16; j++) {
+            int lo = (c[j / 2] >> (4 * (j & 1))) & 15, hi = (c[8 + j / 2] >> (4 * (j & 1))) & 15;
+            dst[1 + j] = (uint8_t)(lo | hi << 4);
+        }
+    }
+}
+
+/* gpt-oss experts as llama.cpp's converter writes them: ffn_gate_exps and ffn_up_exps
+ * [E, I, H] (the even and odd rows of Hugging Face's gate_up), ffn_down_exps [E, H, I],
+ * MXFP4 as ggml MXFP4 blocks bit for bit (float experts in the chosen type), and F32
+ * biases ffn_{gate,up,down}_exps.bias [E, I], [E, I], [E, H]. A GGUF source (gate and
+ * up apart, weights.c gpt_oss_stacked_experts) is written back as it is. */
+static int put_gpt_oss_experts(exporter *x, int l) {
+    const lm_config *c = &x->lw->cfg;
+    const lm_layer *ly = &x->lw->layers[l];
+    int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
+    int fused = x->lw->expert_layout == LM_EXPERTS_FUSED;
+    char *slots = NULL;
+    lm_mat *m = calloc((size_t)E * 3, sizeof(lm_mat));
+    float *row = lm_malloc(sizeof(float) * (size_t)(H > I ? H : I), "row", x->err);
+    int rc = -1;
+    if (!m || !row) {
+        if (row) lm_errf(x->err, "out of memory");
+        goto done;
+    }
+    if (read_experts(x, l, &slots, m)) goto done;
+    static const char *const names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    char name[96];
+    for (int k = 0; k < 3; k++) {
+        int rows = k == 2 ? H : I, cols = k == 2 ? I : H;
+        /* the matrix of expert e holding projection k, and which of its rows is row r */
+        int src_k = k == 2 ? 2 : fused ? 0 : k, step = fused && k < 2 ? 2 : 1, first = fused && k < 2 ? k : 0;
+        lm_dtype st = m[src_k].dtype;
+        int mx = st == LM_DT_MXFP4 || st == LM_DT_MXFP4_SPLIT;
+        lm_dtype type = mx ? LM_DT_MXFP4 : x->type;
+        if (type == LM_DT_Q8_0 && cols % 32) type = LM_DT_F32;
+        size_t row_bytes = mx ? (size_t)cols / 32 * 17
+                              : type == LM_DT_Q8_0 ? (size_t)cols / 32 * 34 : (size_t)cols * lm_dtype_size(type);
+        uint64_t nbytes = (uint64_t)row_bytes * (uint64_t)rows * (uint64_t)E;
+        uint8_t *buf = lm_malloc((size_t)nbytes, names[k], x->err);
+        if (!buf) goto done;
+        for (int e = 0; e < E; e++)
+            for (int r = 0; r < rows; r++) {
+                const lm_mat *src = &m[e * 3 + src_k];
+                int sr = first + step * r;
+                uint8_t *dst = buf + ((size_t)e * (size_t)rows + (size_t)r) * row_bytes;
+                if (mx) {
+                    mxfp4_row_blocks(src, sr, dst);
+                    continue;
+                }
+                lm_mat_row_f32(src, sr, row);
+                if (type == LM_DT_Q8_0) quantize_q8_0(dst, row, cols);
+                else store(dst, 0, row, (size_t)cols, type);
+            }
+        int64_t ne[3] = {cols, rows, E};
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, names[k]);
+        if (gguf_w_tensor(x->w, name, mx ? GGML_MXFP4 : ggml_of(type), 3, ne, buf, nbytes, 1) != 0) {
+            lm_errf(x->err, "out of memory");
+            goto done;
+        }
+        /* biases: Hugging Face interleaves gate and up; a GGUF source keeps them apart */
+        int bn = rows;
+        float *b = lm_malloc(sizeof(float) * (size_t)bn * (size_t)E, "bias", x->err);
+        if (!b) goto done;
+        for (int e = 0; e < E; e++)
+            for (int r = 0; r < bn; r++)
+                b[(size_t)e * (size_t)bn + (size_t)r] =
+                    k == 2 ? ly->expert_down_bias[(size_t)e * (size_t)H + (size_t)r]
+                    : fused ? ly->expert_gate_up_bias[(size_t)e * 2 * (size_t)I + 2 * (size_t)r + (size_t)k]
+                            : ly->expert_gate_up_bias[(size_t)e * 2 * (size_t)I + (size_t)k * (size_t)I + (size_t)r];
+        int64_t bne[2] = {bn, E};
+        snprintf(name, sizeof name, "blk.%d.%s.bias", l, names[k]);
+        if (gguf_w_tensor(x->w, name, GGML_F32, 2, bne, b, sizeof(float) * (uint64_t)bn * (uint64_t)E, 1) != 0) {
+            lm_errf(x->err, "out of memory");
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    lm_free_aligned(slots);
+    free(m);
+    free(row);
+    return rc;
+}
+
 static int put_layer(exporter *x, int l) {
     const lm_config *c = &x->lw->cfg;
     const lm_layer *ly = &x->lw->layers[l];
@@ -158,7 +268,7 @@ static int put_layer(exporter *x, int l) {
     int H = c->hidden_size, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
 #define NAME(part) (snprintf(n, sizeof n, "blk.%d.%s", l, part), n)
     if (put_vec(x, NAME("attn_norm.weight"), ly->attn_norm, H, 0) ||
-        put_vec(x, NAME("ffn_norm.weight"), ly->ffn_norm, H, 0) ||
+        put_vec(x, NAME(x->gpt_oss ? "post_attention_norm.weight" : "ffn_norm.weight"), ly->ffn_norm, H, 0) ||
         put_mat(x, NAME("attn_q.weight"), &ly->q, x->type, x->llama) ||
         put_mat(x, NAME("attn_k.weight"), &ly->k, x->type, x->llama) ||
         put_mat(x, NAME("attn_v.weight"), &ly->v, x->type, 0) ||
@@ -169,6 +279,7 @@ static int put_layer(exporter *x, int l) {
                        put_vec(x, NAME("attn_v.bias"), ly->v_bias, nkv, 0)))
         return -1;
     if (ly->o_bias && put_vec(x, NAME("attn_output.bias"), ly->o_bias, H, 0)) return -1;
+    if (ly->sinks && put_vec(x, NAME("attn_sinks.weight"), ly->sinks, c->n_heads, 0)) return -1;
     if (ly->q_norm) {
         int qn = c->qk_norm == LM_QK_NORM_FULL ? nq : c->head_dim, kn = c->qk_norm == LM_QK_NORM_FULL ? nkv : c->head_dim;
         if (put_vec(x, NAME("attn_q_norm.weight"), ly->q_norm, qn, 0) ||
@@ -183,8 +294,9 @@ static int put_layer(exporter *x, int l) {
                    : 0;
     /* llama.cpp keeps the router in F32 */
     if (put_mat(x, NAME("ffn_gate_inp.weight"), &ly->router, LM_DT_F32, 0)) return -1;
+    if (ly->router_bias && put_vec(x, NAME("ffn_gate_inp.bias"), ly->router_bias, c->n_experts, 0)) return -1;
 #undef NAME
-    return put_experts(x, l);
+    return x->gpt_oss ? put_gpt_oss_experts(x, l) : put_experts(x, l);
 }
 
 /* ---- metadata ---- */
@@ -409,13 +521,55 @@ static void put_config(exporter *x, const char *arch) {
         gguf_w_str(w, KEY("rope.scaling.type"), "linear");
         gguf_w_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
     }
+    if (c->rope_type == LM_ROPE_YARN) { /* gguf_model.c put_yarn reads these back */
+        gguf_w_str(w, KEY("rope.scaling.type"), "yarn");
+        gguf_w_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
+        gguf_w_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)c->rope_orig_max_pos);
+        gguf_w_f32(w, KEY("rope.scaling.yarn_beta_fast"), (float)c->rope_beta_fast);
+        gguf_w_f32(w, KEY("rope.scaling.yarn_beta_slow"), (float)c->rope_beta_slow);
+        if (c->rope_truncate != !x->gpt_oss) gguf_w_bool(w, KEY("rope.scaling.yarn_truncate"), c->rope_truncate);
+    }
     gguf_w_u32(w, KEY("expert_count"), (uint32_t)c->n_experts);
     gguf_w_u32(w, KEY("expert_used_count"), (uint32_t)c->top_k);
-    gguf_w_bool(w, KEY("expert_weights_norm"), c->norm_topk_prob);
+    if (!x->gpt_oss) gguf_w_bool(w, KEY("expert_weights_norm"), c->norm_topk_prob);
     gguf_w_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size);
     if (c->clip_qkv > 0) gguf_w_f32(w, KEY("attention.clamp_kqv"), c->clip_qkv);
-    if (c->sliding_window > 0) gguf_w_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
+    if (c->sliding_window > 0 || x->gpt_oss)
+        gguf_w_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
+    /* gpt-oss's sliding layers: llama.cpp's default is a period of 2 (even layers
+     * slide); another pattern is written as its period, or one bool per layer */
+    if (x->gpt_oss && c->sliding_window > 0) {
+        int period = 0;
+        for (int p = 1; p <= c->n_layers + 1 && !period; p++) {
+            int fits = 1;
+            for (int l = 0; l < c->n_layers; l++)
+                fits &= (lm_config_layer_window(c, l) > 0) == (l % p < p - 1);
+            if (fits) period = p;
+        }
+        if (period > 0 && period != 2) gguf_w_u32(w, KEY("attention.sliding_window_pattern"), (uint32_t)period);
+        if (period == 0 && c->n_layers > 0) {
+            uint8_t *v = calloc((size_t)c->n_layers, 1);
+            for (int l = 0; v && l < c->n_layers; l++) v[l] = lm_config_layer_window(c, l) > 0;
+            if (v) gguf_w_arr(w, KEY("attention.sliding_window_pattern"), GGUF_TYPE_BOOL, v, (uint64_t)c->n_layers);
+            free(v);
+        }
+    }
 #undef KEY
+}
+
+/* What llama.cpp cannot express, refused rather than written wrong: its gpt-oss graph
+ * fixes the SwiGLU limit at 7, and its YaRN's attention factor is 0.1 ln(factor) + 1. */
+static int check_llamacpp_fits(const lm_config *c, int gpt_oss, char *err) {
+    if (gpt_oss && c->swiglu_limit != 7.0f)
+        return lm_errf(err, "gpt-oss swiglu_limit %g cannot be written to GGUF (llama.cpp fixes it at 7)",
+                       (double)c->swiglu_limit);
+    if (c->rope_type == LM_ROPE_YARN) {
+        double want = c->rope_factor <= 1 ? 1.0 : 0.1 * log(c->rope_factor) + 1.0;
+        if (fabs(c->rope_attn_factor - want) > 1e-12 * want)
+            return lm_errf(err, "a YaRN attention_factor of %g (not 0.1 ln(factor) + 1) cannot be written to GGUF",
+                           c->rope_attn_factor);
+    }
+    return 0;
 }
 
 int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int placeholder_vocab, char *err) {
@@ -441,6 +595,8 @@ int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int placehol
             goto done;
         }
     x.llama = strcmp(arch, "llama") == 0;
+    x.gpt_oss = strcmp(c->model_type, "gpt_oss") == 0;
+    if (check_llamacpp_fits(c, x.gpt_oss, err)) goto done;
     put_config(&x, arch);
     if (put_tokenizer(&x, dir)) goto done;
     if (put_mat(&x, "token_embd.weight", &lw.embed, type, 0) || put_vec(&x, "output_norm.weight", lw.final_norm,

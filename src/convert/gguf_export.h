@@ -15,6 +15,14 @@
  *     for ggml's RoPE); norms and routers in F32, other matrices in the chosen type
  *     (F32, F16, BF16 or Q8_0).
  *   - MLX affine weights are dequantized (their values are exact in F32).
+ *   - gpt_oss -> gpt-oss as llama.cpp's converter writes it: post_attention_norm,
+ *     attn_sinks, q/k/v/o, router and expert biases, gate and up experts apart (the
+ *     even and odd rows of gate_up), MXFP4 experts as ggml MXFP4 blocks (the same
+ *     numbers: only the nibbles move), expert_feed_forward_length,
+ *     attention.sliding_window (+ sliding_window_pattern when not every other layer),
+ *     rope.scaling.* for YaRN (+ lazymoe's yarn_truncate when it is true). A SwiGLU
+ *     limit other than 7, or a YaRN attention factor other than 0.1 ln(factor) + 1,
+ *     is refused: llama.cpp cannot express them.
  *   - tokenizer.ggml.*: model "gpt2" from a byte-level BPE tokenizer.json, tokens by id
  *     up to vocab_size (missing ids "[PAD<id>]", type UNUSED), token_type NORMAL /
  *     CONTROL (special added tokens) / USER_DEFINED (other added tokens), merges as

@@ -37,10 +37,11 @@ typedef struct {
 /* The gated activation between an expert's (or MLP's) gate/up and down products. */
 typedef enum {
     LM_ACT_SWIGLU = 0,     /* silu(gate) * up */
-    /* gpt-oss: an expert's `gate` view is its gate_up matrix [2I, H] whose rows
-     * alternate gate, up (its `up` view is unused); one product gives interleaved
-     * (gate, up) pairs, then g = min(gate, limit), u = clamp(up, +-limit) and
-     * g * sigmoid(alpha g) * (u + 1). */
+    /* gpt-oss: g = min(gate, limit), u = clamp(up, +-limit) and
+     * g * sigmoid(alpha g) * (u + 1). With fused_gate_up (Hugging Face files) an
+     * expert's `gate` view is its gate_up matrix [2I, H] whose rows alternate gate,
+     * up (its `up` view is unused) and one product gives interleaved (gate, up)
+     * pairs; else (GGUF files) gate and up are apart, as for LM_ACT_SWIGLU. */
     LM_ACT_SWIGLU_CLAMPED,
 } lm_act_kind;
 
@@ -51,9 +52,11 @@ typedef struct {
     int shared_gated;         /* its output is scaled by sigmoid(h . shared_expert_gate) */
     lm_act_kind act;          /* the routed experts' activation */
     float act_alpha, act_limit; /* LM_ACT_SWIGLU_CLAMPED */
+    int fused_gate_up;          /* LM_ACT_SWIGLU_CLAMPED: gate views hold gate_up (above) */
     /* Routed experts' biases (gpt-oss), added after their products: expert e's are
      * gate_up_bias + e * 2 * moe_intermediate_size (interleaved like the gate_up
-     * product) and down_bias + e * hidden_size; NULL = none. */
+     * product when fused_gate_up, else I gate biases then I up biases) and
+     * down_bias + e * hidden_size; NULL = none. */
     const float *gate_up_bias, *down_bias;
 } lm_moe_block;
 

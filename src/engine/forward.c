@@ -76,6 +76,7 @@ void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
                               .act = c->swiglu_clamped ? LM_ACT_SWIGLU_CLAMPED : LM_ACT_SWIGLU,
                               .act_alpha = c->swiglu_alpha,
                               .act_limit = c->swiglu_limit,
+                              .fused_gate_up = c->swiglu_clamped && w->expert_layout == LM_EXPERTS_FUSED,
                               .gate_up_bias = ly->expert_gate_up_bias,
                               .down_bias = ly->expert_down_bias};
     if (c->router_topk_softmax) out->moe.router.kind = LM_ROUTER_TOPK_SOFTMAX;
@@ -190,7 +191,7 @@ static int run_experts(lazymoe_session *s, const lm_moe_block *mb, const lm_expe
             tokens += m;
             j++;
         }
-        int base = 0, fused = mb->act == LM_ACT_SWIGLU_CLAMPED;
+        int base = 0, fused = mb->act == LM_ACT_SWIGLU_CLAMPED && mb->fused_gate_up;
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
             float *xe = S->xe + (size_t)base * (size_t)H;
@@ -216,6 +217,20 @@ static int run_experts(lazymoe_session *s, const lm_moe_block *mb, const lm_expe
             }
             OP(be, be->ops->swiglu_clamped(be, S->up, S->gate, (size_t)tokens * (size_t)I, mb->act_alpha,
                                            mb->act_limit));
+            act = S->up;
+        } else if (mb->act == LM_ACT_SWIGLU_CLAMPED) {
+            base = 0;
+            for (int k = i; mb->gate_up_bias && k < j; k++) {
+                int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+                const float *b = mb->gate_up_bias + (size_t)ids[k] * 2 * (size_t)I;
+                OP(be, be->ops->add_rows(be, S->gate + (size_t)base * (size_t)I, b, m, I));
+                OP(be, be->ops->add_rows(be, S->up + (size_t)base * (size_t)I, b + I, m, I));
+                base += m;
+            }
+            if (!be->ops->swiglu_clamped_split)
+                return lm_errf(err, "this backend cannot run gpt-oss experts stored apart (GGUF)");
+            OP(be, be->ops->swiglu_clamped_split(be, S->up, S->gate, S->up, (size_t)tokens * (size_t)I, mb->act_alpha,
+                                                 mb->act_limit));
             act = S->up;
         } else {
             OP(be, be->ops->swiglu(be, S->gate, S->up, (size_t)tokens * (size_t)I));

@@ -161,6 +161,10 @@ typedef struct {
      * b = clamp(gu[2i+1], -limit, limit), out[i] = a * sigmoid(alpha * a) * (b + 1),
      * i < n. */
     int (*swiglu_clamped)(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit);
+    /* The same activation with gate and up apart (gpt-oss from GGUF): out[i] from
+     * gate[i], up[i], bit for bit what swiglu_clamped gives the pair; out may be up. */
+    int (*swiglu_clamped_split)(lm_backend *be, float *out, const float *gate, const float *up, size_t n, float alpha,
+                                float limit);
     /* Rotates the first 2*half dims of each head of x[n][n_heads*head_dim] (rotate-half
      * convention) at positions pos[n] with inverse frequencies inv_freq[half], with cos
      * and sin multiplied by scale (YaRN's attention factor; 1 = plain RoPE). */

@@ -85,6 +85,58 @@ static void add_end_tokens(const gguf_archive *g, json_t *eos) {
     }
 }
 
+/* YaRN's keys beside rope.scaling.factor: the pretrained context
+ * (rope.scaling.original_context_length) and the rotation bounds
+ * (rope.scaling.yarn_beta_fast / _slow, absent in older files: transformers'
+ * defaults). llama.cpp has no key for transformers' `truncate`: lazymoe writes
+ * ARCH.rope.scaling.yarn_truncate when it is not the family's default (false for
+ * gpt-oss, whose released config says so; true, transformers' default, elsewhere). */
+static int put_yarn(meta *m, json_t *rs, int truncate_default) {
+    char key[256];
+    int64_t orig;
+    snprintf(key, sizeof key, "%s.rope.scaling.original_context_length", m->arch);
+    int rc = gguf_get_int(m->g, key, &orig, m->err);
+    if (rc < 0) return -1;
+    if (rc == 1) json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)orig));
+    static const char *const betas[2][2] = {{"yarn_beta_fast", "beta_fast"}, {"yarn_beta_slow", "beta_slow"}};
+    for (int i = 0; i < 2; i++) {
+        double v;
+        snprintf(key, sizeof key, "%s.rope.scaling.%s", m->arch, betas[i][0]);
+        rc = gguf_get_num(m->g, key, &v, m->err);
+        if (rc < 0) return -1;
+        if (rc == 1) json_object_set_new(rs, betas[i][1], json_real(v));
+    }
+    int truncate = truncate_default;
+    snprintf(key, sizeof key, "%s.rope.scaling.yarn_truncate", m->arch);
+    if (gguf_get_bool(m->g, key, &truncate, m->err) < 0) return -1;
+    json_object_set_new(rs, "truncate", json_boolean(truncate));
+    return 0;
+}
+
+/* gpt-oss's sliding layers, as llama.cpp reads them: ARCH.attention.sliding_window_pattern
+ * is a period p (default 2) whose first p - 1 layers slide, or one bool per layer. */
+static int put_window_pattern(meta *m) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", m->arch);
+    const gguf_kv *kv = gguf_find_kv(m->g, key);
+    int64_t layers = json_integer_value(json_object_get(m->cfg, "num_hidden_layers")), period = 2;
+    if (kv && kv->type == GGUF_TYPE_ARRAY) {
+        if (kv->arr_type != GGUF_TYPE_BOOL || kv->arr_n != (uint64_t)layers)
+            return lm_errf(m->err, "GGUF key '%s' must hold one bool per layer (%lld)", key, (long long)layers);
+    } else if (gguf_get_int(m->g, key, &period, m->err) < 0) {
+        return -1;
+    } else if (period < 1) {
+        return lm_errf(m->err, "GGUF key '%s' is %lld; a period is at least 1", key, (long long)period);
+    }
+    json_t *types = json_array();
+    for (int64_t l = 0; l < layers && l < 4096; l++) {
+        int sliding = kv && kv->type == GGUF_TYPE_ARRAY ? gguf_arr_int(kv, (uint64_t)l) != 0 : l % period < period - 1;
+        json_array_append_new(types, json_string(sliding ? "sliding_attention" : "full_attention"));
+    }
+    json_object_set_new(m->cfg, "layer_types", types);
+    return 0;
+}
+
 /* Which family a GGUF architecture is; the "llama" architecture holds Mixtral. */
 static const lm_family *family_of(const gguf_archive *g, const char *arch, char *err) {
     const lm_family *f = lm_family_find_gguf(arch);
@@ -101,12 +153,12 @@ static const lm_family *family_of(const gguf_archive *g, const char *arch, char 
     }
     if (!f) {
         lm_errf(err, "GGUF architecture '%.64s' is not supported (supported: qwen3moe, llama with experts (Mixtral), "
-                     "olmoe)",
+                     "olmoe, gpt-oss)",
                 arch);
         return NULL;
     }
     if (strcmp(f->model_type, "qwen3_moe") != 0 && strcmp(f->model_type, "mixtral") != 0 &&
-        strcmp(f->model_type, "olmoe") != 0) {
+        strcmp(f->model_type, "olmoe") != 0 && strcmp(f->model_type, "gpt_oss") != 0) {
         lm_errf(err, "GGUF architecture '%.64s' (%s) is not supported from GGUF files yet; use its Hugging Face or "
                      "MLX checkpoint",
                 arch, f->model_type);
@@ -187,9 +239,15 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
             free(stype);
             goto done;
         }
-        json_object_set_new(cfg, "rope_scaling", json_pack("{s:s, s:f}", "rope_type", stype, "factor", factor));
+        json_t *rs = json_pack("{s:s, s:f}", "rope_type", stype, "factor", factor);
+        json_object_set_new(cfg, "rope_scaling", rs);
+        if (strcmp(stype, "yarn") == 0 && put_yarn(&m, rs, strcmp(fam->model_type, "gpt_oss") != 0) != 0) {
+            free(stype);
+            goto done;
+        }
     }
     free(stype);
+    if (strcmp(fam->model_type, "gpt_oss") == 0 && put_window_pattern(&m) != 0) goto done;
     /* router weighting: llama.cpp's key if the file has it, else what llama.cpp does for
      * the architecture (qwen3moe and Mixtral renormalise the top-k weights, olmoe not) */
     int norm = strcmp(fam->model_type, "olmoe") != 0;
@@ -257,9 +315,12 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
     memcpy(part, end + 1, plen);
     part[plen] = 0;
     char mod[256];
+    if (strcmp(part, "attn_sinks") == 0 && strcmp(dot, ".weight") == 0) /* gpt-oss: no suffix in HF */
+        return snprintf(out, cap, "model.layers.%ld.self_attn.sinks", l) < (int)cap ? 0 : -1;
     static const struct {
         const char *g, *hf;
     } attn[] = {{"attn_norm", "input_layernorm"},     {"ffn_norm", "post_attention_layernorm"},
+                {"post_attention_norm", "post_attention_layernorm"},
                 {"attn_q", "self_attn.q_proj"},       {"attn_k", "self_attn.k_proj"},
                 {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
                 {"attn_q_norm", "self_attn.q_norm"},  {"attn_k_norm", "self_attn.k_norm"},

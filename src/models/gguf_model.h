@@ -13,6 +13,15 @@
  *     interleaved RoPE: those tensors carry st_tensor.rope_unpermute and st_read
  *     restores Hugging Face order.
  *   - Mixtral is "llama" with llama.expert_count > 0; a dense llama is refused.
+ *   - gpt-oss ("gpt-oss"): blk.N.post_attention_norm, attn_sinks.weight (HF's
+ *     self_attn.sinks), biases on attn_q/k/v/output, ffn_gate_inp and the experts
+ *     (ffn_{gate,up,down}_exps.bias), gate and up experts apart (weights.c binds them
+ *     apart; Hugging Face fuses and interleaves them), experts as MXFP4 blocks or
+ *     floats; its sliding layers from ARCH.attention.sliding_window_pattern (a period,
+ *     default 2: even layers slide, or one bool per layer); YaRN from
+ *     ARCH.rope.scaling.{type,factor,original_context_length,yarn_beta_fast,
+ *     yarn_beta_slow} and lazymoe's own ARCH.rope.scaling.yarn_truncate (absent: false
+ *     for gpt-oss, as its released config says; llama.cpp itself always truncates).
  */
 #ifndef LAZYMOE_GGUF_MODEL_H
 #define LAZYMOE_GGUF_MODEL_H

@@ -387,6 +387,40 @@ static int gpt_oss_mxfp4(loader *L, lm_expert_source *s, const char *name, int m
     return 0;
 }
 
+/* gpt-oss experts as llama.cpp's GGUF files hold them (gguf_model.c names them):
+ * gate, up and down stacked apart ([E, I, H], [E, I, H], [E, H, I]; MXFP4 blocks or
+ * floats) with biases gate [E, I], up [E, I], down [E, H]. The gate and up products
+ * run apart (lm_moe_block.fused_gate_up 0); expert e's biases are kept as
+ * expert_gate_up_bias + e * 2I = its gate bias, then its up bias. */
+static int gpt_oss_stacked_experts(loader *L, const char *block, lm_layer *ly) {
+    lm_weights *w = L->w;
+    const lm_config *c = &w->cfg;
+    int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
+    lm_expert_source *s = &ly->src;
+    w->expert_layout = LM_EXPERTS_STACKED;
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    char path[320], name[352];
+    float *b[3];
+    for (int m = 0; m < 3; m++) {
+        lm_mat tmpl;
+        const st_tensor *tq[3];
+        snprintf(path, sizeof path, "%s.switch_mlp.%s", block, proj[m]);
+        int rows = m == 2 ? H : I, cols = m == 2 ? I : H;
+        if (check_mat_stack(L, path, E, rows, cols, &tmpl, tq) || src_add_mat(L, s, m, &tmpl, tq, E, 0)) return -1;
+        snprintf(name, sizeof name, "%s.bias", path);
+        if (!(b[m] = load_rows_f32(L, name, E, rows))) return -1; /* owned by the loader (track) */
+    }
+    float *gu = track(L, lm_malloc_aligned(sizeof(float) * 2 * (size_t)E * (size_t)I, "expert biases", L->err));
+    if (!gu) return -1;
+    for (int e = 0; e < E; e++) {
+        memcpy(gu + (size_t)e * 2 * (size_t)I, b[0] + (size_t)e * (size_t)I, sizeof(float) * (size_t)I);
+        memcpy(gu + ((size_t)e * 2 + 1) * (size_t)I, b[1] + (size_t)e * (size_t)I, sizeof(float) * (size_t)I);
+    }
+    ly->expert_gate_up_bias = gu;
+    ly->expert_down_bias = b[2];
+    return 0;
+}
+
 /* gpt-oss experts: gate_up [2I, H] (rows alternate gate and up) as each expert's gate
  * view (forward.c: LM_ACT_SWIGLU_CLAMPED), down [H, I], and their biases (resident,
  * f32). Released files hold MXFP4 (gpt_oss_mxfp4); Hugging Face float files hold
@@ -400,6 +434,7 @@ static int describe_gpt_oss_experts(loader *L, const char *block, lm_layer *ly) 
     char gu[320], dn[320], name[352];
     snprintf(gu, sizeof gu, "%s.experts.gate_up_proj", block);
     snprintf(dn, sizeof dn, "%s.experts.down_proj", block);
+    if (findf(L, "%s.switch_mlp.gate_proj.weight", block)) return gpt_oss_stacked_experts(L, block, ly);
     w->expert_layout = LM_EXPERTS_FUSED;
     if (findf(L, "%s_blocks", gu)) {
         if (gpt_oss_mxfp4(L, s, gu, 0, E, 2 * I, H) || gpt_oss_mxfp4(L, s, dn, 2, E, H, I)) return -1;

@@ -33,6 +33,7 @@ void srv_anthropic_begin(srv_reply *r, srv_buf *out) {
 
 static void close_block(srv_reply *r, srv_buf *out) {
     if (r->block == BLOCK_NONE) return;
+    r->blank_text = 0;
     srv_sse(out, "content_block_stop", json_pack("{s:s, s:i}", "type", "content_block_stop", "index", r->next_block - 1));
     r->block = BLOCK_NONE;
 }
@@ -69,14 +70,17 @@ static void text_delta(srv_reply *r, const char *s, size_t n, srv_buf *out) {
 
 void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     switch (ev->kind) {
-    case LM_TC_TEXT:
+    case LM_TC_TEXT: {
         /* Whitespace between blocks (after </think>, before a tool call) would make
-         * blank text blocks: it is held until real text follows. */
-        if (r->block != BLOCK_TEXT && all_space(ev->data, ev->len)) {
+         * blank text blocks: it is held until real text follows. A text block a
+         * keep-alive opened counts as none yet. */
+        int no_text_yet = r->block != BLOCK_TEXT || r->blank_text;
+        if (no_text_yet && all_space(ev->data, ev->len)) {
             srv_buf_append(&r->pending_ws, ev->data, ev->len);
             return;
         }
-        if (r->pending_ws.len && r->block != BLOCK_TEXT) {
+        r->blank_text = 0;
+        if (r->pending_ws.len && no_text_yet) {
             srv_buf_append(&r->pending_ws, ev->data, ev->len);
             text_delta(r, r->pending_ws.data, r->pending_ws.len, out);
             srv_buf_reset(&r->pending_ws);
@@ -84,6 +88,7 @@ void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
         }
         text_delta(r, ev->data, ev->len, out);
         return;
+    }
     case LM_TC_REASONING:
         open_block(r, BLOCK_THINKING, json_pack("{s:s, s:s, s:s}", "type", "thinking", "thinking", "", "signature", ""),
                    out);
@@ -102,6 +107,26 @@ void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
         return;
     case LM_TC_CALL_END:
         close_block(r, out);
+        return;
+    }
+}
+
+void srv_anthropic_keepalive(srv_reply *r, srv_buf *out) {
+    switch (r->block) {
+    case BLOCK_NONE:
+        if (r->next_block != 0) return; /* between blocks: not worth a blank one */
+        open_block(r, BLOCK_TEXT, json_pack("{s:s, s:s}", "type", "text", "text", ""), out);
+        r->blank_text = 1;
+        delta(r, json_pack("{s:s, s:s}", "type", "text_delta", "text", ""), out);
+        return;
+    case BLOCK_TEXT:
+        delta(r, json_pack("{s:s, s:s}", "type", "text_delta", "text", ""), out);
+        return;
+    case BLOCK_THINKING:
+        delta(r, json_pack("{s:s, s:s}", "type", "thinking_delta", "thinking", ""), out);
+        return;
+    default:
+        delta(r, json_pack("{s:s, s:s}", "type", "input_json_delta", "partial_json", ""), out);
         return;
     }
 }

@@ -18,10 +18,9 @@
 #include <unistd.h>
 
 /* The content reader waits this long for output before checking the client's
- * socket again; after KEEPALIVE_S without output it sends an SSE comment so that
- * proxies and client idle timers see a live stream during a long prefill. */
+ * socket again; after --keepalive seconds without output it sends a keep-alive so
+ * that proxies and client idle timers see a live stream during a long prefill. */
 #define WAIT_MS 100
-#define KEEPALIVE_S 15.0
 /* At shutdown, how long requests already begun get to finish sending their last
  * bytes (a stream's error event) before the connections are closed regardless: a
  * reading client needs milliseconds; one that stopped reading must not hold the
@@ -110,6 +109,7 @@ typedef struct {
     srv_job *job;
     int fd;
     double last_sent;
+    double keepalive_s;
 } stream_ctx;
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -141,13 +141,15 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (!j->out.len && lm_now() - sc->last_sent > KEEPALIVE_S) {
-            /* Anthropic streams that have begun get a real ping event (Claude Code
-             * measures stalls between events); otherwise an SSE comment, which every
+        if (!j->out.len && lm_now() - sc->last_sent > sc->keepalive_s) {
+            /* Anthropic and Responses streams that have begun get an event that
+             * counts as activity (reply.h: srv_anthropic_keepalive,
+             * srv_responses_keepalive); the others an SSE comment, which every
              * client skips. */
-            const char *ka = j->state == JOB_RUNNING && j->chat.api == SRV_ANTHROPIC
-                                 ? "event: ping\ndata: {\"type\": \"ping\"}\n\n"
-                                 : ": keepalive\n\n";
+            if (j->state == JOB_RUNNING && j->chat.api == SRV_ANTHROPIC) srv_anthropic_keepalive(&j->reply, &j->out);
+            if (j->state == JOB_RUNNING && j->chat.api == SRV_RESPONSES) srv_responses_keepalive(&j->reply, &j->out);
+            if (j->out.len) continue; /* sent from the top of the loop */
+            const char *ka = ": keepalive\n\n";
             size_t n = strlen(ka);
             if (n <= max) {
                 pthread_mutex_unlock(&j->mu);
@@ -176,6 +178,7 @@ static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_j
     sc->job = j;
     sc->fd = conn_fd(mc);
     sc->last_sent = lm_now();
+    sc->keepalive_s = c->srv->opt.keepalive_s > 0 ? c->srv->opt.keepalive_s : 15;
     struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, sc, stream_free);
     if (!r) {
         free(sc);
@@ -566,6 +569,7 @@ void srv_options_init(srv_options *o) {
     o->max_connections = 64;
     o->header_timeout_s = 15;
     o->body_timeout_s = 120;
+    o->keepalive_s = 15;
     o->prompt_cache_size = 8ull << 30;
 }
 

@@ -36,6 +36,7 @@ typedef struct {
     int block;          /* Anthropic: kind of the open content block (0 = none) */
     int next_block;     /* Anthropic: index the next block gets */
     srv_buf pending_ws; /* Anthropic: whitespace held until text follows (no blank text blocks) */
+    int blank_text;     /* Anthropic: the open text block was opened by a keep-alive and has no text yet */
     /* Responses API: output items are built as they come, streamed or not */
     int seq;                 /* sequence_number of the next event */
     int item;                /* kind of the open output item (0 = none) */
@@ -83,11 +84,23 @@ void srv_openai_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out);
 void srv_anthropic_begin(srv_reply *r, srv_buf *out);
 void srv_anthropic_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
 void srv_anthropic_end(srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq, srv_buf *out);
+/* A stream that has sent nothing for a while (a long prefill): an event that clients
+ * count as activity -- an empty delta of the open block, or, before the first block,
+ * the answer's text block opened early (it stays empty when the answer starts with a
+ * tool call or reasoning). Claude Code aborts a stream after 300 s without a content
+ * event (pings do not count: CLAUDE_STREAM_IDLE_TIMEOUT_MS) and retries without
+ * streaming, which sends no byte until the answer is done. Adds nothing to `out`
+ * between two blocks (the caller sends a comment then). */
+void srv_anthropic_keepalive(srv_reply *r, srv_buf *out);
 json_t *srv_anthropic_usage(const srv_reply *r, int output_tokens);
 void srv_responses_begin(srv_reply *r, srv_buf *out);
 void srv_responses_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out);
 void srv_responses_end(srv_reply *r, const lazymoe_gen_stats *st, srv_buf *out);
 void srv_responses_stream_error(srv_reply *r, const srv_error *e, srv_buf *out);
+/* The keep-alive of a Responses stream: response.in_progress again (Codex ends a
+ * stream after stream_idle_timeout_ms, 300 s, without an event; comments are not
+ * events). */
+void srv_responses_keepalive(srv_reply *r, srv_buf *out);
 
 /* n random letters and digits, NUL-terminated (dst holds n + 1 bytes; n <= 64). */
 void srv_random_alnum(char *dst, int n);

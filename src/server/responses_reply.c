@@ -181,6 +181,10 @@ void srv_responses_begin(srv_reply *r, srv_buf *out) {
     event(r, "response.in_progress", json_pack("{s:o}", "response", response(r, "in_progress", NULL, NULL)), out);
 }
 
+void srv_responses_keepalive(srv_reply *r, srv_buf *out) {
+    event(r, "response.in_progress", json_pack("{s:o}", "response", response(r, "in_progress", NULL, NULL)), out);
+}
+
 void srv_responses_event(srv_reply *r, const lm_tc_event *ev, srv_buf *out) {
     int idx;
     switch (ev->kind) {

@@ -37,6 +37,7 @@ typedef struct {
     int max_connections;     /* open at once; idle ones are shed first (conns.h) */
     double header_timeout_s; /* a request's headers must arrive within this (default 15 s) */
     double body_timeout_s;   /* and its body within this after them (default 120 s) */
+    double keepalive_s;      /* a stream without output this long gets a keep-alive (default 15 s) */
     /* The persistent prompt cache (disk_cache.h): a directory (NULL = the default,
      * $XDG_CACHE_HOME/lazymoe/prompt-cache or ~/.cache/lazymoe/prompt-cache) and the
      * bytes its files may take (0 = off). */

@@ -2,8 +2,9 @@
 // prebuilt CPU library): files written by build/gguf_export from the demo model and
 // the golden fixtures load in llama.cpp; it tokenizes text to the same ids as lazymoe
 // and greedy-decodes the same ids from the same prompt (F32 files; Mixtral's permuted
-// q/k rows included; and a Q8_0 file of the demo model). node-llama-cpp comes from tests/node/package.json, or from
-// $LLAMACPP_NODE_MODULES.
+// q/k rows included; and a Q8_0 file of the demo model), and gpt-oss files (arch "gpt-oss",
+// MXFP4 experts as ggml blocks) give the same greedy ids and close log-probabilities.
+// node-llama-cpp comes from tests/node/package.json, or from $LLAMACPP_NODE_MODULES.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -92,6 +93,99 @@ for (const f of ['mixtral_f32', 'mixtral_bf16', 'olmoe_f32']) {
     assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
   });
 }
+
+// gpt-oss fixtures written the way llama.cpp's converter writes gpt-oss. llama.cpp always
+// rounds YaRN's correction range outwards (ggml_rope_yarn_corr_dims floors and ceils it),
+// which is transformers' `truncate: true`; the fixtures, like the released gpt-oss config,
+// say false, and there the engines differ by design (0.76 in log-probability on the tiny
+// head_dim 16 gpt_oss_f32 model; on gpt_oss_bf16 the first greedy pick is a near tie,
+// 0.0007 apart, that the rounding flips). truncatedCopy writes a fixture with truncate
+// true (lazymoe keeps it in the GGUF as rope.scaling.yarn_truncate), which both compute alike.
+function fixture(name) { return path.join(ROOT, 'tests', 'fixtures', 'golden', name); }
+function promptIds(dir) {
+  return fs.readFileSync(path.join(dir, 'input_ids.txt'), 'utf8').split('\n')[0].split(',').map(Number);
+}
+function truncatedCopy(name) {
+  const src = fixture(name), dir = path.join(tmp, `${name}_truncated`);
+  fs.mkdirSync(dir);
+  for (const n of fs.readdirSync(src)) fs.copyFileSync(path.join(src, n), path.join(dir, n));
+  const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+  assert(cfg.rope_parameters && cfg.rope_parameters.truncate === false, `${name} changed: expected YaRN truncate false`);
+  cfg.rope_parameters.truncate = true;
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+  return dir;
+}
+
+// The MXFP4 fixture (released layout; experts become ggml MXFP4 blocks, bf16 elsewhere):
+// llama.cpp greedy-decodes the ids lazymoe does, which are transformers' own (greedy.txt).
+await testCase('gguf_llamacpp_gpt_oss_mxfp4_greedy', async () => {
+  const dir = fixture('gpt_oss_mxfp4');
+  const file = exportGguf(dir, 'gpt_oss_mxfp4.gguf', ['--placeholder-vocab'], 'bf16');
+  const ids = promptIds(dir);
+  const ref = fs.readFileSync(path.join(dir, 'greedy.txt'), 'utf8').trim().split(/[\s,]+/).map(Number).slice(0, 10);
+  const { model, gen } = await llamaGreedy(file, ids, 10);
+  await model.dispose();
+  const ours = lazymoeGreedy(file, ids, 10);
+  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+  assert(JSON.stringify(ours) === JSON.stringify(ref), `greedy ids differ from transformers': ${ours} vs ${ref}`);
+});
+
+await testCase('gguf_llamacpp_gpt_oss_bf16_greedy', async () => {
+  const dir = truncatedCopy('gpt_oss_bf16');
+  const file = exportGguf(dir, 'gpt_oss_bf16.gguf', ['--placeholder-vocab'], 'bf16');
+  const ids = promptIds(dir);
+  const { model, gen } = await llamaGreedy(file, ids, 10);
+  await model.dispose();
+  const ours = lazymoeGreedy(file, ids, 10);
+  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+});
+
+// float32 .npy [rows, V] as written by `lazymoe logits`
+function readNpy(file) {
+  const b = fs.readFileSync(file);
+  const hl = b.readUInt16LE(8), header = b.toString('latin1', 10, 10 + hl);
+  assert(header.includes("'descr': '<f4'"), `${file}: not float32`);
+  const V = Number(header.match(/'shape': \((\d+), (\d+)\)/)[2]);
+  return { V, data: new Float32Array(b.buffer.slice(b.byteOffset + 10 + hl, b.byteOffset + b.length)) };
+}
+
+function logSoftmax(row) {
+  let m = -Infinity;
+  for (const x of row) m = Math.max(m, x);
+  let s = 0;
+  for (const x of row) s += Math.exp(x - m);
+  const lse = m + Math.log(s);
+  return row.map((x) => x - lse);
+}
+
+// Log-probabilities at every prompt position, llama.cpp vs lazymoe, on one f32 gpt-oss
+// file (gpt_oss_f32: sinks, biases, windows of 4 under 11 tokens, YaRN, truncated as
+// above): they agree to within the f16 rounding in llama.cpp's attention (measured 0.010).
+await testCase('gguf_llamacpp_gpt_oss_f32_logprobs', async () => {
+  const dir = truncatedCopy('gpt_oss_f32');
+  const file = exportGguf(dir, 'gpt_oss_f32_truncated.gguf', ['--placeholder-vocab'], 'f32');
+  const ids = promptIds(dir);
+  const npy = path.join(tmp, 'gpt_oss_f32_ours.npy');
+  const r = lazymoe(['logits', file, '--ids', ids.join(','), '--out', npy, '--resident', '--act-bits', '32',
+                     '--threads', '2']);
+  assert(r.status === 0, `lazymoe logits failed: ${r.stderr}`);
+  const ours = readNpy(npy);
+  const l = await getLlamaOnce();
+  const model = await l.loadModel({ modelPath: file, gpuLayers: 0 });
+  const ctx = await model.createContext({ contextSize: 256, threads: 2 });
+  const out = await ctx.getSequence().controlledEvaluate(ids.map((t) => [t, { generateNext: { logits: true } }]));
+  let worst = 0;
+  for (let i = 0; i < ids.length; i++) {
+    const theirs = new Array(ours.V).fill(-Infinity);
+    for (const [t, v] of out[i].next.logits) theirs[t] = v;
+    const a = logSoftmax(Array.from(ours.data.subarray(i * ours.V, (i + 1) * ours.V))), b = logSoftmax(theirs);
+    for (let v = 0; v < ours.V; v++) worst = Math.max(worst, Math.abs(a[v] - b[v]));
+  }
+  await ctx.dispose();
+  await model.dispose();
+  console.log(`# gpt_oss_f32 (truncated YaRN): max |log-probability difference| lazymoe vs llama.cpp ${worst.toExponential(3)} over ${ids.length} positions`);
+  assert(worst < 0.03, `log-probabilities differ by ${worst}`);
+});
 
 if (llama) await llama.dispose();
 fs.rmSync(tmp, { recursive: true, force: true });

@@ -49,6 +49,36 @@ function checkEventSequence(text) {
   return ev;
 }
 
+// A long prefill keeps the stream alive with events clients count as activity (Claude
+// Code aborts after 300 s without one; pings do not count): the answer's text block
+// opens early and gets empty deltas, and the answer then continues in it.
+await testCase('anthropic_keepalive_during_long_prefill', async () => {
+  const ka = await startServer(['--allow-forced-output', '--keepalive', '1']);
+  try {
+    const long = Array.from({ length: 100 }, (_, i) => `line ${i}: def f${i}(x): return x * ${i}`).join('\n');
+    const forced = 'Let me check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>';
+    const t0 = Date.now();
+    const r = await http(`${ka.url}/v1/messages`, {
+      body: { model: MODEL, max_tokens: 200, stream: true, tools: TOOLS, messages: [{ role: 'user', content: long }], lazymoe_forced_output: forced },
+      headers: { 'anthropic-version': '2023-06-01' },
+    });
+    const secs = (Date.now() - t0) / 1000;
+    assert(r.status === 200, r.text);
+    const ev = checkEventSequence(r.text);
+    const firstText = ev.findIndex((e) => e.event === 'content_block_delta' && e.data.delta.text);
+    const blanks = ev.slice(0, firstText).filter((e) => e.event === 'content_block_delta' && e.data.delta.text === '');
+    assert(blanks.length >= 1, `a ${secs.toFixed(1)} s request sent no empty delta before its text (if the prefill took under 1 s, make the prompt longer): ${ev.map((e) => e.event).join()}`);
+    const starts = ev.filter((e) => e.event === 'content_block_start').map((e) => e.data.content_block);
+    assert(starts.length === 2 && starts[0].type === 'text' && starts[1].type === 'tool_use' && starts[1].name === 'get_weather', JSON.stringify(starts));
+    const text = ev.filter((e) => e.event === 'content_block_delta' && e.data.index === 0).map((e) => e.data.delta.text).join('');
+    assert(text === 'Let me check.', `the answer's text did not continue the early block: ${JSON.stringify(text)}`);
+    const args = ev.filter((e) => e.event === 'content_block_delta' && e.data.index === 1).map((e) => e.data.delta.partial_json).join('');
+    assert(JSON.parse(args).city === 'Paris' && ev.at(-2).data.delta.stop_reason === 'tool_use', args);
+  } finally {
+    await ka.stop();
+  }
+});
+
 await testCase('anthropic_message_not_streamed', async () => {
   const m = await client.messages.create({ model: MODEL, max_tokens: 8, messages: hi });
   assert(m.type === 'message' && m.role === 'assistant' && m.model === MODEL && /^msg_/.test(m.id), JSON.stringify(m));

@@ -43,6 +43,28 @@ function checkFraming(evs) {
   return last.response;
 }
 
+// A long prefill keeps the stream alive with events (Codex ends a stream after 300 s
+// without one; SSE comments are not events): response.in_progress again.
+await testCase('responses_keepalive_during_long_prefill', async () => {
+  const ka = await startServer(['--allow-forced-output', '--keepalive', '1']);
+  try {
+    const c = new OpenAI({ baseURL: `${ka.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const long = Array.from({ length: 100 }, (_, i) => `line ${i}: def f${i}(x): return x * ${i}`).join('\n');
+    const t0 = Date.now();
+    const evs = [];
+    for await (const ev of await c.responses.create({ model: 'm', input: long, max_output_tokens: 20, stream: true, lazymoe_forced_output: 'done' })) evs.push(ev);
+    const secs = (Date.now() - t0) / 1000;
+    const r = checkFraming(evs);
+    const first = evs.findIndex((e) => e.type === 'response.output_item.added');
+    const alive = evs.slice(2, first).filter((e) => e.type === 'response.in_progress');
+    assert(alive.length >= 1 && alive.length === first - 2, `a ${secs.toFixed(1)} s request sent ${alive.length} keep-alives before its output (if the prefill took under 1 s, make the prompt longer): ${evs.map((e) => e.type).join()}`);
+    assert(alive.every((e) => e.response.status === 'in_progress' && e.response.id === r.id), JSON.stringify(alive[0]));
+    assert(r.status === 'completed' && r.output[0].content[0].text === 'done', JSON.stringify(r.output));
+  } finally {
+    await ka.stop();
+  }
+});
+
 await testCase('responses_not_streamed', async () => {
   const r = await client.responses.create({ model: 'whatever', input: 'def add(a, b):', max_output_tokens: 8, seed: 3 });
   assert(r.object === 'response' && r.id.startsWith('resp_') && r.model === 'whatever', JSON.stringify(r));

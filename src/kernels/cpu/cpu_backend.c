@@ -403,7 +403,9 @@ typedef struct {
     const float *xsum;
     const lm_act8 *a8; /* int8 activations, NULL = f32 */
     int n, rows_per_task;
-    int mxfp4_simd; /* MXFP4 rows in AVX2 (mxfp4_dot.h) rather than the scalar reference */
+    /* MXFP4 rows in AVX2 or NEON (mxfp4_dot.h) rather than the scalar reference; NULL = scalar */
+    void (*mxfp4_rows)(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
+    void (*mxfp4_rows_act8)(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
 } matmul_job;
 
 static void act8_rows_scalar(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {
@@ -446,7 +448,7 @@ static void matmul_task(void *ctx, int task) {
     if (r1 > W->rows) r1 = W->rows;
     if (j->a8) {
         if (j->k) j->k->rows_act8(W, r0, r1, j->a8, j->n, j->y);
-        else if (j->mxfp4_simd) lm_mxfp4_rows_act8_avx2(W, r0, r1, j->a8, j->n, j->y);
+        else if (j->mxfp4_rows_act8) j->mxfp4_rows_act8(W, r0, r1, j->a8, j->n, j->y);
         else act8_rows_scalar(W, r0, r1, j->a8, j->n, j->y);
         return;
     }
@@ -454,8 +456,8 @@ static void matmul_task(void *ctx, int task) {
         j->k->rows(W, r0, r1, j->x, j->n, j->y);
         return;
     }
-    if (lm_dtype_is_mxfp4(W->dtype) && j->mxfp4_simd) {
-        lm_mxfp4_rows_avx2(W, r0, r1, j->x, j->n, j->y);
+    if (lm_dtype_is_mxfp4(W->dtype) && j->mxfp4_rows) {
+        j->mxfp4_rows(W, r0, r1, j->x, j->n, j->y);
         return;
     }
     if (lm_dtype_is_mxfp4(W->dtype) || W->col_major) {
@@ -530,7 +532,13 @@ static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x,
     int act8 = uses_act8(impl, W);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
     const unsigned avx2_fma = LM_CPU_AVX2 | LM_CPU_FMA;
-    j.mxfp4_simd = impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & avx2_fma) == avx2_fma;
+    if (impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & avx2_fma) == avx2_fma) {
+        j.mxfp4_rows = lm_mxfp4_rows_avx2;
+        j.mxfp4_rows_act8 = lm_mxfp4_rows_act8_avx2;
+    } else if (impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & LM_CPU_NEON)) {
+        j.mxfp4_rows = lm_mxfp4_rows_neon;
+        j.mxfp4_rows_act8 = lm_mxfp4_rows_act8_neon;
+    }
     int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));
     j.rows_per_task = rpt;
     int tasks = (W->rows + rpt - 1) / rpt;
@@ -1028,6 +1036,7 @@ static const lm_backend_ops cpu_ops = {
     .sigmoid_mul = lm_cpu_sigmoid_mul,
     .swiglu = cpu_swiglu,
     .swiglu_clamped = lm_cpu_swiglu_clamped,
+    .swiglu_clamped_split = lm_cpu_swiglu_clamped_split,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,

@@ -94,15 +94,23 @@ int lm_cpu_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g
 }
 
 /* transformers' order: glu = gate * sigmoid(gate * alpha), then (up + 1) * glu. */
+static inline float swiglu_clamped_one(float g, float u, float alpha, float limit) {
+    float a = g > limit ? limit : g;
+    float b = u > limit ? limit : (u < -limit ? -limit : u);
+    float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
+    return (b + 1.0f) * glu;
+}
+
 int lm_cpu_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
     (void)be;
-    for (size_t i = 0; i < n; i++) {
-        float g = gu[2 * i], u = gu[2 * i + 1];
-        float a = g > limit ? limit : g;
-        float b = u > limit ? limit : (u < -limit ? -limit : u);
-        float glu = a * (1.0f / (1.0f + expf(-(a * alpha))));
-        out[i] = (b + 1.0f) * glu;
-    }
+    for (size_t i = 0; i < n; i++) out[i] = swiglu_clamped_one(gu[2 * i], gu[2 * i + 1], alpha, limit);
+    return 0;
+}
+
+int lm_cpu_swiglu_clamped_split(lm_backend *be, float *out, const float *gate, const float *up, size_t n, float alpha,
+                                float limit) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) out[i] = swiglu_clamped_one(gate[i], up[i], alpha, limit);
     return 0;
 }
 

@@ -20,6 +20,8 @@ int lm_cpu_copy_rows(lm_backend *be, float *dst, size_t dst_stride, const float 
 int lm_cpu_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g, size_t g_stride, int rows,
                        int width, int per_row);
 int lm_cpu_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit);
+int lm_cpu_swiglu_clamped_split(lm_backend *be, float *out, const float *gate, const float *up, size_t n, float alpha,
+                                float limit);
 int lm_cpu_route(lm_backend *be, const lm_router *r, const float *logits, int n, int32_t *sel, float *selw);
 int lm_cpu_gather_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
                        int idx_div);

@@ -24,4 +24,9 @@ void lm_mxfp4_rows_avx2(const lm_mat *W, int r0, int r1, const float *x, int n, 
  * that reference's bit for bit. For CPUs with AVX2 but no AVX-512 VNNI table. */
 void lm_mxfp4_rows_act8_avx2(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
 
+/* The same two on AArch64 NEON (mxfp4_neon.c): f32 within float rounding of the scalar
+ * reference, int8 its bits. No-ops elsewhere (and the AVX2 ones on AArch64). */
+void lm_mxfp4_rows_neon(const lm_mat *W, int r0, int r1, const float *x, int n, float *y);
+void lm_mxfp4_rows_act8_neon(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y);
+
 #endif
