@@ -211,6 +211,9 @@ int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t
  * it belongs to this model and computation: to choose which file to load. */
 int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,
                                 size_t errlen);
+/* The exact size of the state file lazymoe_session_save writes for n positions: a
+ * cache under a disk limit makes room for it before writing. */
+uint64_t lazymoe_session_file_bytes(const lazymoe_model *m, int n);
 /* Forgets all tokens after the first n (n <= length). Models with recurrent state
  * (qwen3_next's linear attention) cannot cut it back: they return to the nearest state
  * snapshot at or before n (generation keeps one before each prompt's last token), or

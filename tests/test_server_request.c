@@ -9,9 +9,15 @@
 #include "harness.h"
 #include "lazymoe.h"
 #include "server/cache.h"
+#include "server/disk_cache.h"
 #include "server/request.h"
 
+#include <dirent.h>
 #include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/server"
 #define EXPECTED LAZYMOE_SOURCE_DIR "/tests/fixtures/templates/expected/qwen3-coder.jsonl"
@@ -470,30 +476,31 @@ static void test_prompt_cache_keeps_capacity(void) {
     CHECK(others_capacity(&t.c, s5) == 0);
     srv_cache_put(&t.c, s5);
     cache_case_close(&t);
-    /* The taken session is cut too when it holds more memory than its request needs,
-     * before others are freed. Budget 4850: a (1100 tokens in 2048 positions) and b
-     * (2700 tokens, 4096 positions) were both kept; a retry of a's last request needs
-     * 1200 positions, b cut to what it holds (2816) beside a's 2048 is still too many,
-     * a cut to 1280 fits. */
+    /* A session doubles only into the room the budget has. Budget 4850: a holds 1100
+     * tokens in 2048 positions; b (2800 positions needed) would double to 4096, but
+     * gets the 2802 left beside a (before, it took 4096: 6144 positions in all). A
+     * retry of a's last request then fits in place: both kept, neither cut. */
     cache_case_open(&t, 4850);
     lazymoe_session *t1 = serve(&t.c, t.a, 1100, 100, &reused);
     lazymoe_session *t2 = take(&t.c, t.b, 2700, 100, &reused);
     CHECK(t1 && t2 && t2 != t1 && reused == 0);
     CHECK_EQ_INT(lazymoe_session_capacity(t1), 2048); /* 2048 + 2800 fit the budget: not cut */
     fill(t2, t.b, 2700, reused);
+    CHECK_EQ_INT(lazymoe_session_capacity(t2), 2802);
     srv_cache_put(&t.c, t2);
     lazymoe_session *t3 = take(&t.c, t.a, 1100, 100, &reused);
     CHECK(t3 == t1 && reused == 1099);
-    CHECK_EQ_INT(lazymoe_session_capacity(t2), 2816);
-    CHECK_EQ_INT(lazymoe_session_capacity(t1), 1280);
+    CHECK_EQ_INT(lazymoe_session_capacity(t2), 2802);
+    CHECK_EQ_INT(lazymoe_session_capacity(t1), 2048);
     srv_cache_usage(&t.c, &sessions, &tokens);
     CHECKF(sessions == 2 && tokens == 3800, "%d sessions, %d tokens", sessions, tokens);
-    CHECK(others_capacity(&t.c, t3) + 1280 <= 4850);
+    CHECK(others_capacity(&t.c, t3) + 2048 <= 4850);
     srv_cache_put(&t.c, t3);
     cache_case_close(&t);
-    /* With a request running (--parallel), a session that grew past its reservation
-     * (1100 tokens in 2048 positions for a 1200-position request) is cut to what it
-     * holds before its next request would wait: 2810 running + 1280 fit 4096. */
+    /* With requests running (--parallel): u1 (1200 positions needed) may double to
+     * 2048 while alone, but u2 (2810) fits only beside what u1 needs, so u1's room is
+     * taken back: it holds 1200 (before: 2048, and 2048 + 2810 > 4096). Its next
+     * request fits in place beside u2 without waiting. */
     cache_case_open(&t, 0);
     char err[512];
     int wait = -1;
@@ -502,13 +509,103 @@ static void test_prompt_cache_keeps_capacity(void) {
     CHECK(u1 && u2 && u1 != u2);
     fill(u1, t.a, 1100, 0);
     srv_cache_put(&t.c, u1);
-    CHECK_EQ_INT(lazymoe_session_capacity(u1), 2048);
+    CHECK_EQ_INT(lazymoe_session_capacity(u1), 1200);
     lazymoe_session *u3 = srv_cache_take(&t.c, t.a, 1100, 100, &reused, &wait, err, sizeof err);
     CHECKF(u3 == u1 && wait == 0, "%s", err);
-    CHECK_EQ_INT(lazymoe_session_capacity(u1), 1280);
+    CHECK_EQ_INT(lazymoe_session_capacity(u1), 1200);
     if (u3) srv_cache_put(&t.c, u3);
     srv_cache_put(&t.c, u2);
     cache_case_close(&t);
+}
+
+/* Requests running at once stay inside the KV budget the memory plan reserves: a
+ * session doubles only into room the budget has beside the others, and a request
+ * that fits beside what the running ones need takes back the room they were given
+ * to double into. Before, KV caches doubled regardless, so two running requests that
+ * fit the budget by their needs (700 + 3200 of 4096) held 1024 + 4096 positions. */
+static void test_running_requests_stay_in_kv_budget(void) {
+    cache_case t;
+    cache_case_open(&t, 0); /* budget: one context (4096) */
+    char err[512];
+    int reused = 0, wait = 0;
+    lazymoe_session *r1 = srv_cache_take(&t.c, t.a, 600, 100, &reused, &wait, err, sizeof err);
+    CHECKF(r1 && !wait, "%s", err);
+    lazymoe_session *r2 = srv_cache_take(&t.c, t.b, 1200, 2000, &reused, &wait, err, sizeof err);
+    CHECKF(r2 && r2 != r1 && !wait, "%s", err);
+    if (r1 && r2) {
+        fill(r1, t.a, 700, 0); /* the prompt and every generated token */
+        fill(r2, t.b, 2100, 0); /* still generating */
+        int c1 = lazymoe_session_capacity(r1), c2 = lazymoe_session_capacity(r2);
+        CHECKF(c1 == 700 && c2 >= 2100 && c1 + c2 <= 4096,
+               "running sessions hold %d + %d KV positions, needing 700 + 3200, in a budget of 4096", c1, c2);
+        srv_cache_put(&t.c, r1);
+        srv_cache_put(&t.c, r2);
+    }
+    cache_case_close(&t);
+}
+
+/* Bytes of the files in dir, and how many there are; remove = 1 deletes them. */
+static unsigned long long dir_bytes(const char *dir, int *files, int remove) {
+    unsigned long long total = 0;
+    *files = 0;
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char path[4200];
+    struct stat st;
+    while (d && (de = readdir(d)))
+        if (de->d_name[0] != '.' && snprintf(path, sizeof path, "%s/%s", dir, de->d_name) > 0 && stat(path, &st) == 0) {
+            total += (unsigned long long)st.st_size;
+            (*files)++;
+            if (remove) unlink(path);
+        }
+    if (d) closedir(d);
+    return total;
+}
+
+/* Stores the first n tokens of the conversation that starts with `first`. */
+static void store_prompt(srv_disk_cache *dc, int first, int n) {
+    char err[512];
+    lazymoe_session *s = NULL;
+    CHECKF(lazymoe_session_create(&s, M, err, sizeof err) == 0, "%s", err);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) ids[i] = 3 + (first + i * 7) % 300;
+    ids[0] = first;
+    CHECKF(s && lazymoe_session_eval(s, ids, n, NULL, 0, err, sizeof err) == 0, "%s", err);
+    if (s) srv_disk_store(dc, s, n, n);
+    lazymoe_session_free(s);
+    free(ids);
+}
+
+/* The disk prompt cache holds its size limit: a file's exact size is known before it
+ * is written (room is made first, so the directory stays within the limit while the
+ * temporary file is written too), and a prompt too big for the limit on its own is
+ * not stored. Before, it was written, then every other stored prompt was removed to
+ * make room for it, then it too. */
+static void test_disk_cache_limit(void) {
+    char dir[] = "/tmp/lazymoe-diskcache-XXXXXX", err[512];
+    CHECK(mkdtemp(dir) != NULL);
+    unsigned long long one = lazymoe_session_file_bytes(M, 1100);
+    srv_disk_cache dc;
+    CHECKF(srv_disk_init(&dc, M, dir, one * 5 / 2, err, sizeof err) == 0, "%s", err); /* two such files */
+    int files = 0;
+    store_prompt(&dc, 10, 1100);
+    CHECK_EQ_INT((long long)dir_bytes(dir, &files, 0), (long long)one); /* the size was exact */
+    CHECK_EQ_INT(files, 1);
+    store_prompt(&dc, 11, 1100);
+    CHECK_EQ_INT(dc.n, 2);
+    store_prompt(&dc, 12, 3000); /* its file alone is over the limit */
+    CHECKF(lazymoe_session_file_bytes(M, 3000) > one * 5 / 2, "the large prompt fits: %llu",
+           (unsigned long long)lazymoe_session_file_bytes(M, 3000));
+    unsigned long long bytes = dir_bytes(dir, &files, 0);
+    CHECKF(files == 2 && bytes == 2 * one, "a prompt over the limit left %d files, %llu bytes (two of %llu expected)",
+           files, bytes, one);
+    store_prompt(&dc, 13, 1100); /* the least recently used (10) makes room */
+    bytes = dir_bytes(dir, &files, 0);
+    CHECKF(files == 2 && bytes <= one * 5 / 2, "%d files, %llu bytes", files, bytes);
+    for (int i = 0; i < dc.n; i++) CHECKF(dc.e[i].tokens[0] != 10, "the oldest prompt was kept: %s", dc.e[i].path);
+    srv_disk_free(&dc);
+    dir_bytes(dir, &files, 1);
+    CHECK(rmdir(dir) == 0);
 }
 
 int main(void) {
@@ -527,6 +624,8 @@ int main(void) {
     TEST_CASE("server_request_client_mistakes_are_4xx", test_client_mistakes);
     TEST_CASE("server_prompt_cache_policy", test_prompt_cache_policy);
     TEST_CASE("server_prompt_cache_keeps_capacity_between_turns", test_prompt_cache_keeps_capacity);
+    TEST_CASE("server_disk_cache_holds_its_limit", test_disk_cache_limit);
+    TEST_CASE("server_running_requests_stay_in_kv_budget", test_running_requests_stay_in_kv_budget);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

@@ -66,6 +66,8 @@ int lazymoe_session_length(const lazymoe_session *s) { return s->n_past; }
 
 int lazymoe_session_capacity(const lazymoe_session *s) { return s->cap_ctx; }
 
+void lazymoe_session_set_growth_limit(lazymoe_session *s, int positions) { lm_session_set_growth_limit(s, positions); }
+
 const int32_t *lazymoe_session_tokens(const lazymoe_session *s) { return s->tokens; }
 
 int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen) {
@@ -82,6 +84,8 @@ int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t
     char e[LM_ERR_LEN] = "";
     return lm_session_load(s, path, e) == 0 ? 0 : copy_err(err, errlen, e);
 }
+
+uint64_t lazymoe_session_file_bytes(const lazymoe_model *m, int n) { return lm_session_file_bytes(m, n); }
 
 int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,
                                 size_t errlen) {

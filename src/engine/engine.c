@@ -498,16 +498,20 @@ int lm_session_truncate(lazymoe_session *s, int n, char *e) {
     return cut_to(s, n, e);
 }
 
-/* Grows the KV caches to hold `need` positions (doubling, capped at max_context). */
+/* Grows the KV caches to hold `need` positions (doubling, capped at max_context and
+ * at the growth limit, but never below need). */
 static int ensure_capacity(lazymoe_session *s, int need, char *err) {
     if (need <= s->cap_ctx) return 0;
     if (need > s->m->max_context)
         return lm_errf(err, "context of %d tokens exceeds the maximum of %d", need, s->m->max_context);
     int cap = s->cap_ctx ? s->cap_ctx : 256;
     while (cap < need) cap *= 2;
-    if (cap > s->m->max_context) cap = s->m->max_context;
+    int ceiling = s->cap_limit > 0 && s->cap_limit < s->m->max_context ? s->cap_limit : s->m->max_context;
+    if (cap > ceiling) cap = need > ceiling ? need : ceiling;
     return lm_kv_cache_grow(s, cap, err);
 }
+
+void lm_session_set_growth_limit(lazymoe_session *s, int positions) { s->cap_limit = positions > 0 ? positions : 0; }
 
 int lm_session_fit(lazymoe_session *s, char *e) {
     int cap = (s->n_past + 255) / 256 * 256;

@@ -90,6 +90,7 @@ struct lazymoe_session {
     lazymoe_model *m;
     int n_past;
     int cap_ctx;          /* positions allocated in the caches */
+    int cap_limit;        /* the caches double no further than this (0: max_context) */
     int32_t *tokens;      /* [cap_ctx] the ids held, n_past of them (prefix reuse) */
     lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype; no data for linear-attention layers */
     lm_buf *kv_bufs;      /* [n_layers][4]: K values, K scales, V values, V scales (backend memory) */
@@ -115,6 +116,7 @@ void lm_session_free(lazymoe_session *s);
 int lm_session_truncate(lazymoe_session *s, int n, char *err);
 /* Releases KV capacity beyond the positions held (rounded up to 256). */
 int lm_session_fit(lazymoe_session *s, char *err);
+void lm_session_set_growth_limit(lazymoe_session *s, int positions);
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *err);
 
 /* Session state files (session_file.c): the first n positions of a session (tokens and
@@ -122,6 +124,7 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
  * computation (backend, kernels, KV and activation precision: restored state must
  * give the logits recomputing would). Not for models with linear attention. */
 int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err);
+uint64_t lm_session_file_bytes(const lazymoe_model *m, int n);
 int lm_session_load(lazymoe_session *s, const char *path, char *err);
 /* The tokens a state file holds, after checking it belongs to this model and
  * computation (its header only; lm_session_load checks the whole file). */

@@ -57,6 +57,17 @@ static int get(stream *r, void *p, size_t n) {
     return 0;
 }
 
+/* What lm_session_save writes, in the order it writes it. */
+uint64_t lm_session_file_bytes(const lazymoe_model *m, int n) {
+    const lm_config *c = &m->w.cfg;
+    uint64_t total = sizeof magic + 2 * sizeof(uint64_t) + 2 * sizeof(uint32_t) + sizeof(int32_t) * (uint64_t)n;
+    size_t bytes[4];
+    lm_kv_layer_bytes(c, n, m->kv_dtype, bytes);
+    for (int l = 0; l < c->n_layers; l++)
+        if (!lm_config_layer_is_linear(c, l)) total += (uint64_t)bytes[0] + bytes[1] + bytes[2] + bytes[3];
+    return total + sizeof(uint64_t); /* the checksum */
+}
+
 int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err) {
     const lazymoe_model *m = s->m;
     const lm_config *c = &m->w.cfg;

@@ -61,23 +61,51 @@ static long long slot_tokens(const srv_slot *sl) {
     return sl->busy && sl->reserved > cap ? sl->reserved : cap;
 }
 
+/* KV positions a running slot holds or its request needs: what it keeps when its
+ * reservation is cut back to the need. */
+static long long slot_need(const srv_slot *sl) {
+    long long cap = sl->s ? lazymoe_session_capacity(sl->s) : 0;
+    return sl->need > cap ? sl->need : cap;
+}
+
+/* The capacity a session of `cap` positions doubles to for `need` (engine.c's
+ * ensure_capacity without a limit). */
+static long long doubled(long long cap, long long need, long long max_context) {
+    long long c = cap > 0 ? cap : 256;
+    while (c < need) c *= 2;
+    return c < max_context ? c : max_context;
+}
+
 lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, int max_new, int *reused, int *wait,
                                 char *err, size_t errlen) {
     int best = -1, best_lcp = 0, free_slot = -1, lru = -1;
     *wait = 0;
     /* Room beside the running requests (which cannot be evicted), or wait for one. */
-    long long need = (long long)n + max_new, running = 0;
+    long long need = (long long)n + max_new, running = 0, running_need = 0;
     if (need > c->max_context) need = c->max_context;
     int n_busy = 0;
     for (int i = 0; i < c->n_slots; i++)
         if (c->slots[i].busy) {
             running += slot_tokens(&c->slots[i]);
+            running_need += slot_need(&c->slots[i]);
             n_busy++;
         }
-    if (n_busy && (running + need > c->budget_tokens || n_busy == c->n_slots)) {
+    if (n_busy && (running_need + need > c->budget_tokens || n_busy == c->n_slots)) {
         *wait = 1;
         snprintf(err, errlen, "waiting for room in the KV budget");
         return NULL;
+    }
+    /* Running sessions may have been given room to double into; a request that fits
+     * beside what they need takes that room back (their sessions are between steps:
+     * the caller holds the batch's lock). */
+    if (running + need > c->budget_tokens) {
+        for (int i = 0; i < c->n_slots; i++) {
+            srv_slot *o = &c->slots[i];
+            if (!o->busy) continue;
+            o->reserved = (int)slot_need(o);
+            lazymoe_session_set_growth_limit(o->s, o->reserved);
+        }
+        running = running_need;
     }
     for (int i = 0; i < c->n_slots; i++) {
         srv_slot *sl = &c->slots[i];
@@ -158,9 +186,19 @@ lazymoe_session *srv_cache_take(srv_prompt_cache *c, const int32_t *ids, int n, 
         c->slots[victim].fitted = 0;
     }
     if (!sl->s && lazymoe_session_create(&sl->s, c->m, err, errlen) != 0) return NULL;
+    /* The session grows by doubling (few copies over a conversation's turns), but
+     * only into room the budget has beside the others: unlimited, a request needing
+     * 1,100 positions took 2,048, and the running ones together up to twice the
+     * budget the memory plan holds. */
+    long long others = 0;
+    for (int i = 0; i < c->n_slots; i++)
+        if (i != pick && c->slots[i].s) others += slot_tokens(&c->slots[i]);
+    long long room = c->budget_tokens - others, grow = doubled(lazymoe_session_capacity(sl->s), need, c->max_context);
     sl->busy = 1;
     sl->fitted = 0; /* it grows as this request needs */
-    sl->reserved = (int)need;
+    sl->need = (int)need;
+    sl->reserved = (int)(grow < room ? grow : room > need ? room : need);
+    lazymoe_session_set_growth_limit(sl->s, sl->reserved);
     return sl->s;
 }
 

@@ -37,7 +37,8 @@ typedef struct {
     uint64_t last_used;
     int uses;           /* requests it served since it was made */
     int busy;
-    int reserved;       /* busy: KV positions it may grow to */
+    int reserved;       /* busy: KV positions it may grow to (its session's growth limit) */
+    int need;           /* busy: KV positions its request needs (prompt + max_tokens) */
     int fitted;         /* its KV memory was cut to what it holds since it last grew */
 } srv_slot;
 

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,15 +46,27 @@ static int same_addr(const srv_conn_slot *a, const srv_conn_slot *b) {
     return a->addr_len == b->addr_len && memcmp(a->addr, b->addr, (size_t)a->addr_len) == 0;
 }
 
+/* Bytes the client has sent that the connection's thread has not read yet: a new
+ * connection whose request is already waiting is not idle, only not yet served. */
+static int pending_bytes(const srv_conn_slot *c) {
+    int n = 0;
+    return c->fd >= 0 && ioctl(c->fd, FIONREAD, &n) == 0 ? n : 0;
+}
+
 /* The oldest connection (of those from `addr`'s address when addr is given) that may
- * be shed: waiting for headers first, then reading a body; NULL when all are being
- * answered. */
+ * be shed: idle ones waiting for headers first (never answered, then kept alive
+ * between requests), then those whose request is waiting unread, then those reading
+ * a body; NULL when all are being answered. */
 static srv_conn_slot *victim(srv_conns *t, const srv_conn_slot *addr) {
-    for (int stage = CONN_HEADERS; stage <= CONN_BODY; stage++) {
+    static const struct { int stage, answered, pending; } order[] = {
+        {CONN_HEADERS, 0, 0}, {CONN_HEADERS, 1, 0}, {CONN_HEADERS, -1, 1}, {CONN_BODY, -1, -1}};
+    for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
         srv_conn_slot *best = NULL;
         for (int i = 0; i < t->n; i++) {
             srv_conn_slot *c = &t->slots[i];
-            if (c->shed || c->stage != stage || (addr && !same_addr(c, addr))) continue;
+            if (c->shed || c->stage != order[k].stage || (addr && !same_addr(c, addr))) continue;
+            if (order[k].answered >= 0 && (c->answered != 0) != order[k].answered) continue;
+            if (order[k].pending >= 0 && (pending_bytes(c) > 0) != order[k].pending) continue;
             if (!best || c->since < best->since) best = c;
         }
         if (best) return best;
@@ -124,6 +137,7 @@ void srv_conns_stage(srv_conns *t, struct MHD_Connection *mc, int stage) {
     pthread_mutex_lock(&t->mu);
     int i = find(t, mc);
     if (i >= 0 && t->slots[i].stage != stage) {
+        if (stage == CONN_HEADERS) t->slots[i].answered = 1; /* after a response: kept alive */
         t->slots[i].stage = stage;
         t->slots[i].since = lm_now();
     }
@@ -135,7 +149,8 @@ void srv_conns_sweep(srv_conns *t) {
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->n; i++) {
         srv_conn_slot *c = &t->slots[i];
-        if ((c->stage == CONN_HEADERS && now - c->since > t->header_s) ||
+        /* unread bytes waiting: the server, not the client, is late */
+        if ((c->stage == CONN_HEADERS && now - c->since > t->header_s && pending_bytes(c) == 0) ||
             (c->stage == CONN_BODY && now - c->since > t->body_s))
             shed(t, c);
     }

@@ -7,11 +7,15 @@
  * or kept alive between requests), reading a body, being answered, or closed. Two
  * rules, applied under one lock:
  *  - deadlines: headers must be complete within header_s of the connection opening or
- *    of its previous response, a body within body_s of its headers;
+ *    of its previous response (unless what the client sent is waiting unread: then the
+ *    busy server is late, not the client), a body within body_s of its headers;
  *  - shedding: when a new connection brings the total above max_total, or its client
- *    address above max_per_addr, the oldest connection that is waiting for headers
- *    (then the oldest reading a body) is closed to make room; connections being
- *    answered are never shed, and when none can be, the new connection is refused.
+ *    address above max_per_addr, the oldest idle connection waiting for headers that
+ *    has never been answered is closed to make room, then the oldest kept alive
+ *    between requests (a client's pool, which would see its next request cut), then
+ *    one whose request has arrived but is not read yet (a busy server is slow to read
+ *    it: it is not idle), then the oldest reading a body; connections being answered
+ *    are never shed, and when none can be, the new connection is refused.
  * A connection is closed by shutdown() on a duplicate of its socket, which wakes the
  * connection's thread (it sees end of file and closes); the duplicate keeps the socket
  * from being reused for another connection until the table forgets it.
@@ -33,6 +37,7 @@ typedef struct {
     unsigned char addr[16];  /* client address without the port */
     int addr_len;
     int shed;                /* shutdown already sent */
+    int answered;            /* a response was completed on it: kept alive, not unused */
 } srv_conn_slot;
 
 typedef struct {

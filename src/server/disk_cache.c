@@ -48,10 +48,11 @@ static uint64_t file_bytes(const char *path) {
     return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
-/* Removes the least recently used files until ours fit the limit. */
-static void enforce_limit(srv_disk_cache *c) {
+/* Removes the least recently used files until ours and `incoming` more bytes fit the
+ * limit. */
+static void enforce_limit(srv_disk_cache *c, uint64_t incoming) {
     for (;;) {
-        uint64_t total = 0;
+        uint64_t total = incoming;
         int lru = -1;
         for (int i = 0; i < c->n; i++) {
             total += c->e[i].bytes;
@@ -107,7 +108,7 @@ int srv_disk_init(srv_disk_cache *c, lazymoe_model *m, const char *dir, uint64_t
         found++;
     }
     closedir(d);
-    enforce_limit(c);
+    enforce_limit(c, 0);
     if (found || skipped)
         srv_log("prompt cache: %d stored prompt%s in %s%s", found, found == 1 ? "" : "s", dir,
                 skipped ? " (other files skipped)" : "");
@@ -158,6 +159,19 @@ void srv_disk_store(srv_disk_cache *c, const lazymoe_session *s, int n, int eval
     const int32_t *t = lazymoe_session_tokens(s);
     for (int i = 0; i < c->n; i++)
         if (c->e[i].n >= n && common_prefix(c->e[i].tokens, c->e[i].n, t, n) == n) return; /* covered */
+    /* The limit holds while the file is written too (its temporary file is in the
+     * directory): room is made first, and a prompt whose file alone exceeds the limit
+     * is not stored -- it would push out every other stored prompt for nothing. */
+    uint64_t want = lazymoe_session_file_bytes(c->m, n);
+    if (want > c->limit) {
+        srv_log("prompt cache: not stored: %d tokens take %.1f MB, over the disk limit of %.1f MB", n, (double)want / 1e6,
+                (double)c->limit / 1e6);
+        return;
+    }
+    /* stored prefixes of this prompt are superseded by it */
+    for (int i = c->n - 1; i >= 0; i--)
+        if (c->e[i].n < n && common_prefix(c->e[i].tokens, c->e[i].n, t, n) == c->e[i].n) drop(c, i, 1);
+    enforce_limit(c, want);
     uint64_t h = 0xcbf29ce484222325ull;
     for (int i = 0; i < n; i++) h = (h ^ (uint32_t)t[i]) * 0x100000001b3ull;
     char path[4200], err[512];
@@ -171,9 +185,6 @@ void srv_disk_store(srv_disk_cache *c, const lazymoe_session *s, int n, int eval
         free(copy);
         return;
     }
-    /* a stored prefix of this prompt is superseded */
-    for (int i = c->n - 1; i >= 0; i--)
-        if (c->e[i].n < n && common_prefix(c->e[i].tokens, c->e[i].n, t, n) == c->e[i].n) drop(c, i, 1);
     uint64_t bytes = file_bytes(path);
     if (add(c, path, copy, n, bytes) != 0) {
         free(copy);
@@ -181,5 +192,5 @@ void srv_disk_store(srv_disk_cache *c, const lazymoe_session *s, int n, int eval
         return;
     }
     srv_log("prompt cache: stored %d tokens (%.1f MB) in %.2fs", n, (double)bytes / 1e6, lm_now() - t0);
-    enforce_limit(c);
+    enforce_limit(c, 0);
 }

@@ -9,7 +9,9 @@
  * not ours and is left alone). At start the directory is scanned for ours; a corrupt
  * one is skipped with a log line. A prompt is stored after its request when it was
  * long (>= min_tokens) and mostly newly evaluated; the files we own stay within
- * `limit` bytes, least recently used removed first. Used by the worker thread only.
+ * `limit` bytes, least recently used removed first, also while one is written (room
+ * is made for its exact size before), and a prompt whose file alone is over the limit
+ * is not stored. Used by the worker thread only.
  */
 #ifndef LAZYMOE_SERVER_DISK_CACHE_H
 #define LAZYMOE_SERVER_DISK_CACHE_H

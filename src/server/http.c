@@ -42,12 +42,23 @@ typedef struct {
 
 /* ---- responses ------------------------------------------------------------------------- */
 
+/* Tells the client how long an idle kept-alive connection stays open (the header
+ * deadline runs between requests too). A client that reuses one later races the
+ * server's close and has its request cut; undici (node's fetch, under the OpenAI and
+ * Anthropic SDKs) keeps idle connections 4 s unless told, and honours this hint. */
+static void add_keep_alive(const srv_conn *c, struct MHD_Response *r) {
+    char v[32];
+    snprintf(v, sizeof v, "timeout=%d", (int)c->srv->conns.header_s);
+    MHD_add_response_header(r, "Keep-Alive", v);
+}
+
 static enum MHD_Result send_bytes(srv_conn *c, struct MHD_Connection *mc, int status, const char *type,
                                   const char *data, size_t len) {
     c->status = status;
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    add_keep_alive(c, r);
     enum MHD_Result ok = MHD_queue_response(mc, (unsigned)status, r);
     MHD_destroy_response(r);
     return ok;
@@ -187,6 +198,7 @@ static enum MHD_Result send_stream(srv_conn *c, struct MHD_Connection *mc, srv_j
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_keep_alive(c, r);
     enum MHD_Result ok = MHD_queue_response(mc, 200, r);
     MHD_destroy_response(r); /* frees sc through stream_free when the connection is done with it */
     return ok;
@@ -236,14 +248,18 @@ static enum MHD_Result get_health(srv_server *s, srv_conn *c, struct MHD_Connect
     unsigned long long served = s->served, steps = 0, stepped = 0;
     if (s->batch) lazymoe_batch_counters(s->batch, &steps, &stepped);
     pthread_mutex_unlock(&s->qmu);
+    pthread_mutex_lock(&s->conns.mu);
+    unsigned long long shed = s->conns.shed_count; /* closed by the deadlines or to make room */
+    pthread_mutex_unlock(&s->conns.mu);
     /* decode_steps / decoded_tokens: batch steps run and the tokens they carried
      * (their ratio is the average number of requests decoded together) */
     return send_json(c, mc, 200,
-                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I}", "status", "ok", "model",
+                     json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:i, s:I, s:i, s:i, s:I, s:I, s:I}", "status", "ok", "model",
                                s->opt.model_name, "context_length", s->max_context, "queued", queued, "generating",
                                running > 0, "running", running, "parallel", s->n_workers, "served", (json_int_t)served,
                                "cached_conversations", sessions, "cached_tokens", tokens, "decode_steps",
-                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped));
+                               (json_int_t)steps, "decoded_tokens", (json_int_t)stepped, "connections_closed",
+                               (json_int_t)shed));
 }
 
 static int parse_chat(srv_server *s, srv_conn *c, srv_chat *chat, srv_error *e) {
@@ -477,6 +493,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
             const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
             if (expect || te || (cl && strtoull(cl, NULL, 10) > 64 * 1024)) return route(s, c, mc, url, method);
         }
+        /* A client that announces a body over the limit and asks before sending it
+         * (Expect: 100-continue) gets its 413 now, not "100 Continue" and a 413 after
+         * the upload. One that sends at once has its body read and dropped (below). */
+        if (c->too_large && MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT))
+            return route(s, c, mc, url, method);
         return MHD_YES;
     }
     if (*upload_size) {

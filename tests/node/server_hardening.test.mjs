@@ -53,6 +53,35 @@ await testCase('server_idle_connections_do_not_lock_out', async () => {
   }
 });
 
+await testCase('server_sheds_unused_connections_before_kept_alive_ones', async () => {
+  // A client's kept-alive connection, idle between its requests, outlives connections
+  // that never sent a request when the server must shed. Before, the oldest connection
+  // waiting for headers went first: the client's, idle since its last answer (the soak
+  // saw an SDK request fail with a connection error this way).
+  const ka = await connect();
+  const ask = () => new Promise((resolve) => {
+    const before = ka.data.length;
+    ka.sock.write('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    const t = setInterval(() => { if (/"status"/.test(ka.data.slice(before))) { clearInterval(t); resolve(true); } }, 10);
+    ka.closed.then(() => { clearInterval(t); resolve(false); });
+  });
+  assert(await within(ask(), 5000, 'first request'), 'first request unanswered');
+  // The answer says how long the server keeps an idle connection (--header-timeout 2):
+  // without it, node's fetch reuses idle connections for 4 s and, between 2 and 4 s,
+  // sends requests into connections the server is closing (the soak saw them cut).
+  assert(/\r\nKeep-Alive: timeout=2\r\n/i.test(ka.data), `no Keep-Alive timeout: ${ka.data.slice(0, 300)}`);
+  await sleep(300);
+  const idle = [];
+  for (let i = 0; i < 70; i++) idle.push(await connect()); // past 3/4 of 64 from this address, and past 64
+  await sleep(300);
+  try {
+    assert(await within(ask(), 5000, 'kept-alive request'), 'the kept-alive connection was shed before unused ones');
+  } finally {
+    ka.sock.destroy();
+    for (const c of idle) c.sock.destroy();
+  }
+});
+
 await testCase('server_slow_headers_cut_at_deadline', async () => {
   // Headers sent slowly and never finished: closed after --header-timeout (2 s).
   const c = await connect();
@@ -80,6 +109,17 @@ await testCase('server_keyless_upload_refused_before_body', async () => {
   // the server still answers keyed requests
   const h = await within(http(`${server.url}/v1/models`, { method: 'GET', headers: { 'x-api-key': KEY } }), 5000, 'models');
   assert(h.status === 200, `models ${h.status}`);
+});
+
+await testCase('server_oversized_upload_refused_before_body_when_asked', async () => {
+  // A keyed client asking (Expect: 100-continue) to send a body over --max-body: 413 at
+  // once. Before, it was told "100 Continue" and refused only after the whole upload.
+  const c = await connect();
+  c.sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n' +
+               `Authorization: Bearer ${KEY}\r\nContent-Length: 41943040\r\nExpect: 100-continue\r\n\r\n`);
+  await within(c.closed, 5000, '413 to an oversized Expect: 100-continue upload');
+  assert(/^HTTP\/1\.1 413/.test(c.data) && /larger than the server's limit/.test(c.data), `got: ${c.data.slice(0, 200)}`);
+  assert(!/100 Continue/i.test(c.data), 'an oversized upload was told to continue');
 });
 
 await testCase('server_second_instance_refused_on_port', async () => {

@@ -34,6 +34,7 @@ export async function startServer(extraArgs = [], env = {}, model = SERVER_MODEL
   });
   return {
     url,
+    pid: proc.pid,
     log: () => log,
     // The log lines matching re, waiting (up to timeoutMs) until there are at least
     // `count`: the server writes a request's line before it answers, but stderr and the
