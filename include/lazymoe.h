@@ -109,8 +109,7 @@ typedef struct {
      * bit-identical either way. 0 = default: 8 when the model has quantized
      * weights, else 32. */
     int act_bits;
-    /* Where the tensor work runs: "cpu" or "cuda" (builds made with `make CUDA=1`;
-     * otherwise an error says so); NULL = cpu. */
+    /* Where the tensor work runs: "cpu" (the only backend today); NULL = cpu. */
     const char *backend;
 } lazymoe_options;
 
