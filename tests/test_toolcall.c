@@ -451,6 +451,30 @@ static void test_minimax(void) {
            "T[<minimax:tool_call><invoke name=\"f\"></invoke></minimax:tool_call>]");
 }
 
+/* A NUL byte in an XML value (byte-level tokenizers can write one): the arguments stay one
+ * JSON object jansson accepts (the server parses them back for Anthropic's tool_use input),
+ * the NUL becoming U+FFFD, whole and byte by byte. Found by fuzz/fuzz_toolcall.c. */
+static void test_nul_in_values(void) {
+    static const char glm[] = "<tool_call>write_file\n<arg_key>content</arg_key>\n<arg_value>a\0b</arg_value>\n</tool_call>";
+    static const char mm[] = "<minimax:tool_call>\n<invoke name=\"write_file\">\n<parameter name=\"content\">a\0b"
+                             "</parameter>\n</invoke>\n</minimax:tool_call>";
+    static const char qw[] = "<tool_call>\n<function=write_file>\n<parameter=content>\na\0b\n</parameter>\n</function>\n</tool_call>";
+    const char *const texts[] = {glm, mm, qw};
+    const size_t lens[] = {sizeof glm - 1, sizeof mm - 1, sizeof qw - 1};
+    for (int t = 0; t < 3; t++) {
+        const char *problem = NULL;
+        size_t n = lens[t], cut[256];
+        for (size_t i = 0; i + 1 < n; i++) cut[i] = i + 1;
+        char *whole = render_cuts(TOOLS, 0, texts[t], n, NULL, 0, NULL, &problem);
+        CHECKF(!problem && !strcmp(whole, "B0:write_file A0[{\"content\": \"a\xEF\xBF\xBD" "b\"}] E0"), "%d: %s (%s)", t, whole,
+               problem ? problem : "");
+        char *bytes = render_cuts(TOOLS, 0, texts[t], n, cut, (int)n - 1, NULL, &problem);
+        CHECKF(!problem && !strcmp(whole, bytes), "%d byte by byte: %s", t, bytes);
+        free(whole);
+        free(bytes);
+    }
+}
+
 /* Random splits of random mixes of every format's pieces: no crash, no structural
  * problem (valid ids, arguments always a JSON object, no empty fragments), and the
  * stream does not depend on how the text was split. */
@@ -499,6 +523,7 @@ int main(void) {
     TEST_CASE("toolcall_reasoning", test_reasoning);
     TEST_CASE("toolcall_glm", test_glm);
     TEST_CASE("toolcall_minimax", test_minimax);
+    TEST_CASE("toolcall_nul_in_values", test_nul_in_values);
     TEST_CASE("toolcall_fuzz_formats", test_fuzz_formats);
     TEST_CASE("toolcall_whitespace", test_whitespace);
     TEST_CASE("toolcall_streaming", test_streaming);

@@ -166,7 +166,8 @@ static int utf8_len(const unsigned char *s, size_t n) {
 
 /* Appends d as the inside of a JSON string to the call's arguments. Without `final`, a
  * truncated UTF-8 sequence at the end is left unconsumed (its rest is still to come);
- * returns the bytes consumed. Invalid UTF-8 becomes U+FFFD so the JSON stays valid. */
+ * returns the bytes consumed. Invalid UTF-8 and NUL become U+FFFD so the JSON stays valid
+ * (and acceptable to jansson). */
 static size_t esc_add(lm_toolcall_parser *p, const char *d, size_t n, int final) {
     size_t i = 0, run = 0;
     while (i < n) {
@@ -184,6 +185,9 @@ static size_t esc_add(lm_toolcall_parser *p, const char *d, size_t n, int final)
             case '\n': memcpy(e, "\\n", 3); break;
             case '\r': memcpy(e, "\\r", 3); break;
             case '\t': memcpy(e, "\\t", 3); break;
+            /* jansson (the server's replies parse the arguments back) refuses \u0000:
+             * a NUL byte becomes U+FFFD, as invalid UTF-8 does */
+            case 0: memcpy(e, "\xEF\xBF\xBD", 4); break;
             default: snprintf(e, sizeof e, "\\u%04x", c); break;
             }
             args_str(p, e);

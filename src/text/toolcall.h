@@ -29,7 +29,8 @@
  *     </parameter> ends where the next tag starts, stray text between parameters is
  *     dropped, end of output closes the call with valid JSON.
  *   - CALL_ARGS fragments of one call concatenate to one JSON object that jansson accepts
- *     (invalid UTF-8 inside values becomes U+FFFD). TEXT and REASONING pass bytes through.
+ *     (invalid UTF-8 and NUL bytes inside values become U+FFFD). TEXT and REASONING pass
+ *     bytes through.
  * Events of a feed are coalesced: each feed emits at most one event per run of one kind.
  */
 #ifndef LAZYMOE_TOOLCALL_H
