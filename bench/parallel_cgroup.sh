@@ -8,7 +8,9 @@
 #
 # usage: bench/parallel_cgroup.sh MODEL [PERCENT=50] [TOKENS=32] [extra serve args...]
 # Needs root (cgroup, drop_caches). Model: e.g. `lazymoe synth --preset qwen3-30b-a3b
-# --layers 24 --out DIR` (Qwen3-30B-A3B shapes, 24 of 48 layers, 8.8 GB).
+# --layers 24 --out DIR` (Qwen3-30B-A3B shapes, 24 of 48 layers, 8.8 GB) with the demo
+# model's tokenizer.json, tokenizer_config.json and chat_template.jinja copied in (the
+# same Qwen vocabulary; the server needs a tokenizer and a template).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:?usage: bench/parallel_cgroup.sh MODEL [PERCENT] [TOKENS] [serve args...]}

@@ -198,6 +198,11 @@ int lazymoe_session_capacity(const lazymoe_session *s);
  * positions): a kept conversation then costs what it holds, not the doubled
  * capacity it grew to. */
 int lazymoe_session_fit(lazymoe_session *s, char *err, size_t errlen);
+/* Doubling stops at `positions` (0: at max_context, the default): a caller that
+ * reserved KV room for a request (the server's --cache-tokens budget) keeps the
+ * session's memory inside the reservation rather than up to twice it. An evaluation
+ * that needs more than the limit still gets exactly what it needs. */
+void lazymoe_session_set_growth_limit(lazymoe_session *s, int positions);
 /* Session state on disk: the first n positions a session holds (its tokens and KV
  * cache), written atomically (a temporary file renamed into place). A state restores
  * into an empty session of the same model and computation (backend, kernels, KV and

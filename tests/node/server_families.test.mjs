@@ -16,17 +16,8 @@ import Anthropic from '@anthropic-ai/sdk';
 import fs from 'node:fs';
 import path from 'node:path';
 import { testCase, assert, done, ROOT, lazymoe } from './harness.mjs';
-import { startServer, http, parseSSE } from './server_harness.mjs';
+import { startServer, http, parseSSE, eq, WEATHER, TOOLS } from './server_harness.mjs';
 
-const eq = (a, b) => JSON.stringify(a) === JSON.stringify(b);
-const WEATHER = [{
-  type: 'function',
-  function: {
-    name: 'get_weather', description: 'Weather for a city',
-    parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } }, required: ['city'] },
-  },
-}];
-const TOOLS = [{ name: 'get_weather', description: 'Weather for a city', input_schema: WEATHER[0].function.parameters }];
 const ASK = [{ role: 'user', content: 'Weather in Paris?' }];
 const REASONING = 'The user wants the weather in Paris.';
 const ARGS = { city: 'Paris', days: 3 };

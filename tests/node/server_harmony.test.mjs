@@ -9,21 +9,12 @@ import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import path from 'node:path';
 import { testCase, assert, done, ROOT } from './harness.mjs';
-import { startServer, http } from './server_harness.mjs';
+import { startServer, http, eq, WEATHER, TOOLS } from './server_harness.mjs';
 
 const MODEL_DIR = path.join(ROOT, 'tests', 'fixtures', 'server_harmony');
 const server = await startServer(['--allow-forced-output'], {}, MODEL_DIR);
 const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'x', maxRetries: 0 });
 const anthropic = new Anthropic({ baseURL: server.url, apiKey: 'x', maxRetries: 0 });
-const eq = (a, b) => JSON.stringify(a) === JSON.stringify(b);
-const WEATHER = [{
-  type: 'function',
-  function: {
-    name: 'get_weather', description: 'Weather for a city',
-    parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } }, required: ['city'] },
-  },
-}];
-const TOOLS = [{ name: 'get_weather', description: 'Weather for a city', input_schema: WEATHER[0].function.parameters }];
 // What gpt-oss writes after "<|start|>assistant": reasoning, then a call (<|call|> ends
 // generation: an end-of-sequence token).
 const CALL = '<|channel|>analysis<|message|>The user wants the weather in Paris.<|end|>' +

@@ -91,3 +91,17 @@ export function parseSSE(text) {
   }
   return out;
 }
+
+/** JSON equality of plain values (key order matters). */
+export const eq = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+// The weather tool the server tests call, as OpenAI chat (WEATHER) and Anthropic
+// (TOOLS) declare it.
+export const WEATHER = [{
+  type: 'function',
+  function: {
+    name: 'get_weather', description: 'Weather for a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } }, required: ['city'] },
+  },
+}];
+export const TOOLS = [{ name: 'get_weather', description: 'Weather for a city', input_schema: WEATHER[0].function.parameters }];
