@@ -16,7 +16,7 @@ for tool in $CC $QEMU; do
 done
 out=build/neon
 mkdir -p $out
-srcs="tests/test_kernels.c src/kernels/cpu/*.c src/formats/dtype.c src/formats/ggml_blocks.c src/formats/mxfp4.c src/common/error.c src/common/log.c src/platform/platform_posix.c"
+srcs="tests/test_kernels.c src/kernels/backend.c src/kernels/cpu/*.c src/formats/dtype.c src/formats/ggml_blocks.c src/formats/mxfp4.c src/common/error.c src/common/log.c src/platform/platform_posix.c"
 # shellcheck disable=SC2086
 if ! log=$($CC -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers \
         -Iinclude -Isrc -O2 -g -static -o $out/test_kernels $srcs -lpthread -lm 2>&1); then
