@@ -35,6 +35,13 @@ run_one() { # name, command...
     if [ "$fail" -ne 0 ]; then grep -E '^FAIL ' "$out" | head -20; tail -30 "$out"; fi
 }
 
+# Static analysis (tests/cli/lint.sh) takes minutes of CPU and asserts nothing about
+# time: it runs beside the other tests at a lower priority from the start, and its
+# result is counted at the end.
+lint_start=$SECONDS
+( nice -n 10 bash tests/cli/lint.sh >"$log/lint.out" 2>&1; echo $? >"$log/lint.rc" ) &
+lint_pid=$!
+
 for t in $SAN/tests/test_*; do
     [ -x "$t" ] || continue
     run_one "$(basename "$t")" "$t"
@@ -54,8 +61,12 @@ else
 fi
 for t in tests/cli/*.sh; do
     [ -f "$t" ] || continue
+    [ "$t" = tests/cli/lint.sh ] && continue # running since the start
     run_one "$(basename "$t" .sh)" bash "$t"
 done
+wait "$lint_pid"
+run_one lint bash -c 'cat "$1"; exit "$(cat "$2")"' lint "$log/lint.out" "$log/lint.rc"
+echo "  (lint ran beside the tests: $((SECONDS - lint_start)) s since the start)"
 rm -rf "$log"
 if [ -n "$(echo "$skipped" | tr -d '[:space:]')" ]; then echo "skipped (not run, not counted):"; echo "$skipped" | grep -v '^$'; fi
 echo "$passed passed, $failed failed"
