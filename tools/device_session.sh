@@ -10,23 +10,55 @@
 #   golden:NAME[,NAME...]   tools/make_golden.py for those cases (transformers goldens)
 #   cuda                    tools/cuda_check.sh (build with nvcc, make test-cuda)
 #   routing:SECONDS         tools/train_routing_model.py trained for SECONDS
+#   fuzz:SECONDS:T1,T2,...  libFuzzer campaigns (-fork) of the carried fuzz targets,
+#                           the spare cores split between them, for SECONDS each
+# A job written with a trailing '&' (quote it) runs in the background beside the next
+# ones; the archive is packed again when every background job has ended.
+#
+# Carry build/device-carry.tar.xz (made here by `tools/device_session.sh --pack`): the
+# CUDA fallback binaries (build/cuda-carry), the fuzz targets built with libFuzzer and
+# the shared libraries they and the carried CLI need that the box may lack.
 #
 # Example (what the session after the CUDA backend landed runs first):
 #   bash tools/device_session.sh golden:qwen3_5_moe_vl_f32 cuda
 # and unpacks files_at/device.tgz here: goldens go to tests/fixtures/golden/.
 set -u
 cd "$(dirname "$0")/.."
+FUZZ_CARRY=build/fuzz-carry
+if [ "${1:-}" = "--pack" ]; then
+    # Everything must fit beside the tracked tree in the 64 MiB a call ships: xz it.
+    bash tools/cuda_check.sh --pack >/dev/null || exit 1
+    make -j2 fuzz >/dev/null || exit 1
+    rm -rf $FUZZ_CARRY && mkdir -p $FUZZ_CARRY/libs
+    # an archive of the objects lets the linker take only what each target uses
+    ar rcs $FUZZ_CARRY/libfz.a $(find build/fuzz/obj/src -name '*.o') || exit 1
+    for t in tokenizer chat_template server_responses; do
+        clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -O1 -fsanitize=fuzzer,address,undefined \
+            -o $FUZZ_CARRY/fuzz_$t fuzz/fuzz_$t.c $FUZZ_CARRY/libfz.a -Wl,--as-needed \
+            -Wl,-Bstatic -ljansson -lpcre2-8 -Wl,-Bdynamic -lmicrohttpd -lpthread -lm && strip $FUZZ_CARRY/fuzz_$t || exit 1
+    done
+    rm $FUZZ_CARRY/libfz.a
+    for l in $(ldd $FUZZ_CARRY/fuzz_server_responses build/cuda-carry/lazymoe | awk '/=>/ {print $3}' | sort -u); do
+        case $(basename "$l") in libc.so*|libm.so*|libstdc++*|libgcc_s*|libpthread*|libdl*|librt*) ;; *) cp -L "$l" $FUZZ_CARRY/libs/ ;; esac
+    done
+    tar cJf build/device-carry.tar.xz build/cuda-carry $FUZZ_CARRY || exit 1
+    ls -la build/device-carry.tar.xz
+    echo 'carry ["build/device-carry.tar.xz"] in the device call'
+    exit 0
+fi
+[ -f build/device-carry.tar.xz ] && tar xJf build/device-carry.tar.xz
 OUT=${OUT:?run this through the device tool: \$OUT is where results go}
 STAGE=$(mktemp -d)
-pack() { tar czf "$OUT/device.tgz.tmp" -C "$STAGE" . && mv "$OUT/device.tgz.tmp" "$OUT/device.tgz"; }
+# background jobs pack too: one packer at a time
+pack() { ( flock 9; tar czf "$OUT/device.tgz.tmp" -C "$STAGE" . && mv "$OUT/device.tgz.tmp" "$OUT/device.tgz" ) 9>"$STAGE.lock"; }
 status=0
-for job in "$@"; do
-    name=${job%%:*}
+run_job() {
+    local job=$1 name=${1%%:*} arg rc
+    arg=${job#*:}
     arg=${job#*:}
     [ "$arg" = "$job" ] && arg=""
-    dir="$STAGE/${name}"
+    local dir="$STAGE/${name}" start=$SECONDS
     mkdir -p "$dir"
-    start=$SECONDS
     echo "== $job ($(date -u +%T))"
     case "$name" in
     golden)
@@ -38,7 +70,7 @@ for job in "$@"; do
         ;;
     cuda)
         if [ -f tools/cuda_check.sh ]; then
-            OUT="$dir" bash tools/cuda_check.sh >"$dir/log.txt" 2>&1
+            OUT="$dir" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" bash tools/cuda_check.sh >"$dir/log.txt" 2>&1
             rc=$?
         else
             echo "tools/cuda_check.sh is missing" >"$dir/log.txt"; rc=1
@@ -50,15 +82,45 @@ for job in "$@"; do
             >"$dir/train_log.txt" 2>&1
         rc=$?
         ;;
+    fuzz)
+        local secs=${arg%%:*} targets=${arg#*:} t n k pids=""
+        n=$(echo "$targets" | tr ',' '\n' | wc -l)
+        k=$(( ($(nproc) - 2) / n )); [ "$k" -lt 1 ] && k=1
+        for t in ${targets//,/ }; do
+            mkdir -p "$dir/$t" "/tmp/corpus-$t"
+            # from the repository root: the server targets read tests/fixtures/server
+            ( LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" nice -n 5 timeout $((secs + 60)) \
+                "$FUZZ_CARRY/fuzz_$t" -fork="$k" -max_total_time="$secs" -max_len=16384 -timeout=30 \
+                -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$dir/$t/" \
+                "/tmp/corpus-$t" "fuzz/corpus/$t" >"$dir/$t/log.txt" 2>&1
+              echo "exit $?" >>"$dir/$t/log.txt" ) &
+            pids="$pids $!"
+        done
+        rc=0
+        for p in $pids; do wait "$p" || rc=1; done
+        for t in ${targets//,/ }; do
+            grep -E '^#[0-9]+' "$dir/$t/log.txt" | tail -1 | sed "s/^/$t: /" >>"$dir/summary.txt"
+            tail -n 3 "$dir/$t/log.txt" >>"$dir/summary.txt"
+            grep -q '^exit 0' "$dir/$t/log.txt" || rc=1
+        done
+        ;;
     *)
-        echo "unknown job '$job' (golden:NAMES, cuda, routing:SECONDS)" | tee "$dir/log.txt"; rc=2
+        echo "unknown job '$job' (golden:NAMES, cuda, routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
         ;;
     esac
     echo "$job: exit $rc after $((SECONDS - start)) s" | tee -a "$STAGE/summary.txt"
-    [ "$rc" -ne 0 ] && status=1
     tail -n 5 "$dir"/*.txt 2>/dev/null
     pack
+    return "$rc"
+}
+bg=""
+for job in "$@"; do
+    case "$job" in
+    *'&') run_job "${job%&}" & bg="$bg $!" ;;
+    *) run_job "$job" || status=1 ;;
+    esac
 done
+for p in $bg; do wait "$p" || status=1; done
 pack
 rm -rf "$STAGE"
 exit $status
