@@ -59,6 +59,12 @@ step "machine"
     uname -a
     command -v compute-sanitizer
     ls /usr/include/jansson.h /usr/include/pcre2.h /usr/include/microhttpd.h 2>&1
+    # what a llama.cpp CUDA build from source would need there
+    for t in cmake gcc g++ clang make ninja python3 node; do printf '%s: ' $t; command -v $t || echo missing; done
+    ldd --version 2>&1 | head -1
+    head -2 /etc/os-release
+    lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-300
+    free -g | head -2
 } >"$R/machine.txt" 2>&1
 cat "$R/machine.txt"
 
