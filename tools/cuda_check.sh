@@ -106,7 +106,7 @@ grep -cE "^FAIL " "$R/test_cuda.txt" | sed 's/^/FAIL cases: /'
 
 if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck, ops only"
-    CUDA_TEST_OPS_ONLY=1 timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
+    CUDA_TEST_OPS_ONLY=1 CUDA_TEST_SANITIZER=1 timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
         "$TEST" >"$R/memcheck.txt" 2>&1
     echo "exit $?" >>"$R/memcheck.txt"
     tail -15 "$R/memcheck.txt"
