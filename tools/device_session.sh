@@ -96,9 +96,11 @@ run_job() {
         k=$(( ($(nproc) - 2) / n )); [ "$k" -lt 1 ] && k=1
         for t in ${targets//,/ }; do
             mkdir -p "$dir/$t" "/tmp/corpus-$t"
+            # a campaign resumes from the corpus an earlier call brought back, when carried
+            [ -f "build/fuzz-corpus/$t.tar.xz" ] && tar xJf "build/fuzz-corpus/$t.tar.xz" -C "/tmp/corpus-$t"
             # from the repository root: the server targets read tests/fixtures/server
             ( LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" nice -n 5 timeout $((secs + 60)) \
-                "$FUZZ_CARRY/fuzz_$t" -fork="$k" -max_total_time="$secs" -max_len=16384 -timeout=30 \
+                "$FUZZ_CARRY/fuzz_$t" -fork="$k" -max_total_time="$secs" -max_len="${FUZZ_MAX_LEN:-16384}" -timeout=30 \
                 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$dir/$t/" \
                 "/tmp/corpus-$t" "fuzz/corpus/$t" >"$dir/$t/log.txt" 2>&1
               echo "exit $?" >>"$dir/$t/log.txt" ) &
@@ -110,6 +112,7 @@ run_job() {
             grep -E '^#[0-9]+' "$dir/$t/log.txt" | tail -1 | sed "s/^/$t: /" >>"$dir/summary.txt"
             tail -n 3 "$dir/$t/log.txt" >>"$dir/summary.txt"
             grep -q '^exit 0' "$dir/$t/log.txt" || rc=1
+            tar cJf "$dir/$t/corpus.tar.xz" -C "/tmp/corpus-$t" .
         done
         ;;
     *)
