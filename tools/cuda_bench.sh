@@ -42,7 +42,7 @@ bench() { # name, options...
     local name=$1
     shift
     step "bench $name: $*"
-    timeout 170 "$CLI" bench "$M" --prompt-tokens 512 --gen-tokens 64 --no-warm-start --json -v "$@" \
+    timeout 120 "$CLI" bench "$M" --prompt-tokens 512 --gen-tokens 64 --no-warm-start --json -v "$@" \
         >"$OUT/bench_$name.json" 2>"$OUT/bench_$name.err"
     echo "exit $?" >>"$OUT/bench_$name.err"
     python3 - "$OUT/bench_$name.json" "$name" <<'EOF' | tee -a "$OUT/summary.txt"

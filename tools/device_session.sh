@@ -79,8 +79,9 @@ run_job() {
         fi
         ;;
     cudabench)
-        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" bash tools/cuda_bench.sh \
-            >"$dir/log.txt" 2>&1
+        # bounded so that a call of 10 minutes still packs what it measured
+        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${CUDABENCH_SECONDS:-450}" \
+            bash tools/cuda_bench.sh >"$dir/log.txt" 2>&1
         rc=$?
         rm -rf /tmp/lazymoe-bench
         ;;

@@ -235,8 +235,12 @@ static int plan_device_memory(lazymoe_model *m, int *capacity, char *err) {
         budget = free_bytes > margin ? free_bytes - margin : 0;
     }
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
+    /* the KV cache grows one layer at a time: while a layer is copied it is there twice */
+    size_t layer_kv[4];
+    lm_kv_layer_bytes(c, kv_tokens, m->kv_dtype, layer_kv);
     uint64_t fixed = device_weight_bytes(&m->w) + lm_session_plan_bytes(m, kv_tokens) +
-                     lm_logits_device_bytes(c, LM_CHUNK_TOKENS);
+                     lm_logits_device_bytes(c, LM_CHUNK_TOKENS) + layer_kv[0] + layer_kv[1] + layer_kv[2] +
+                     layer_kv[3];
     if (o->sessions > 1) fixed += (uint64_t)(o->sessions - 1) * lm_scratch_bytes(c, LM_CHUNK_TOKENS);
     if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
     uint64_t per_slot = lm_device_cache_bytes_for(&m->w, 1);

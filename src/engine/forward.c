@@ -367,8 +367,8 @@ static int upload_and_run(lazymoe_session *s, const lm_moe_block *mb, int l, con
             if (rc == 0) rc = run_experts(s, mb, views, &left[i], 1, err);
         }
         /* the host slots are reused once released: the uploads must have read them */
-        char e2[LM_ERR_LEN];
-        if (lm_device_cache_wait_uploads(m->dcache, rc ? e2 : err) != 0 && rc == 0) rc = -1;
+        char later[LM_ERR_LEN] = ""; /* after a failure, the first reason is the one kept */
+        if (lm_device_cache_wait_uploads(m->dcache, rc ? later : err) != 0 && rc == 0) rc = -1;
         lm_cache_release_layer(m->cache, l);
         if (rc) return -1;
         int r = 0;
