@@ -121,6 +121,13 @@ typedef struct {
      * with the size needed. On the CPU backend a nonzero value keeps the same tier
      * as a second pool in RAM (a test of the tier's logic; no use otherwise). */
     uint64_t gpu_memory;
+    /* Steps of at most cpu_experts tokens (decode) compute the experts that are not in
+     * device memory on the CPU, from resident host memory, while the device computes
+     * the ones it holds -- no expert crosses the bus then; longer steps (prefill)
+     * upload them. Needs every expert resident in host memory. Results stay within
+     * the CPU-vs-GPU tolerance (tests/cuda/test_cuda.c). 0 = off: every miss is
+     * uploaded (then results are bit-identical at every device capacity). */
+    int cpu_experts;
 } lazymoe_options;
 
 /* Fills the defaults above. */

@@ -34,6 +34,8 @@ static const int32_t TIER_IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140,
 
 /* The prompt's logits, then 12 greedy tokens; host_capacity -1 = resident host
  * experts, N = a host cache of N slots; gpu_memory 0 = the backend's default. */
+static int tier_cpu_experts; /* options.cpu_experts of the runs */
+
 static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memory, tier_run *r, char *why) {
     memset(r, 0, sizeof *r);
     lazymoe_options o;
@@ -46,6 +48,7 @@ static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memor
     o.expert_capacity = host_capacity;
     o.backend = tier_backend;
     o.gpu_memory = gpu_memory;
+    o.cpu_experts = tier_cpu_experts;
     lazymoe_model *m;
     if (lazymoe_model_open(&m, dir, &o, why, LM_ERR_LEN) != 0) return -1;
     lazymoe_model_info info;
@@ -124,6 +127,49 @@ static void tier_same_at_capacities(const char *dir, int n_experts, int top_k) {
             free(r.logits);
         }
     }
+    /* Steps computing what is not in device memory on the CPU (resident host
+     * experts): on the CPU backend the same kernels, so bit-identical; on a GPU the
+     * CPU's sums, within the CPU-vs-GPU tolerance, greedy ids the same. */
+    /* cpu_experts TIER_NIDS: the prompt's misses too (its logits are compared);
+     * 4: the prompt uploads, then decode steps mix device hits and CPU experts */
+    for (int j = 0; j < 4; j++) {
+        int i = j % 2, ce = j < 2 ? TIER_NIDS : 4;
+        tier_cpu_experts = ce;
+        tier_run r;
+        int rc = tier_run_model(dir, -1, fixed + per_slot * (uint64_t)caps[i], &r, why);
+        tier_cpu_experts = 0;
+        if (rc != 0) {
+            CHECKF(0, "%s, device capacity %d, cpu experts: %s", name, caps[i], why);
+            free(r.logits);
+            continue;
+        }
+        double md = 0, mr = 0;
+        for (size_t k = 0; k < TIER_NIDS * all.V; k++) {
+            double d = fabs((double)r.logits[k] - (double)all.logits[k]);
+            if (d > md) md = d;
+            if (fabs((double)all.logits[k]) > mr) mr = fabs((double)all.logits[k]);
+        }
+        double rel = md / (mr > 0 ? mr : 1);
+        if (!strcmp(tier_backend, "cpu"))
+            CHECKF(md == 0, "%s: device capacity %d, experts on the CPU: logits differ (%.3g)", name, caps[i], rel);
+        else
+            CHECKF(rel <= 1e-3, "%s: device capacity %d, experts on the CPU: %.3g of max|logit|", name, caps[i], rel);
+        CHECKF(!memcmp(r.gen, all.gen, sizeof r.gen), "%s: device capacity %d, experts on the CPU: greedy ids differ",
+               name, caps[i]);
+        CHECKF(r.st.cpu_computed_experts > 0, "%s: capacity %d computed no expert on the CPU", name, caps[i]);
+        printf("# %s on %s, device capacity %d, misses of steps <= %d tokens on the CPU: %llu computed there, %llu "
+               "uploads, logits within %.3g of max|logit|\n",
+               name, tier_backend, caps[i], ce, (unsigned long long)r.st.cpu_computed_experts,
+               (unsigned long long)r.st.gpu_uploads, rel);
+        free(r.logits);
+    }
+    /* the CPU computes from resident host experts only: with a host cache, refused */
+    tier_run rc_cache;
+    tier_cpu_experts = 4;
+    CHECK(tier_run_model(dir, top_k, fixed + per_slot, &rc_cache, why) != 0);
+    tier_cpu_experts = 0;
+    CHECK_STR_CONTAINS(why, "--cpu-experts");
+    free(rc_cache.logits);
     /* one byte short of one expert per layer: refused with the size needed */
     tier_run r;
     CHECK(tier_run_model(dir, -1, fixed + per_slot - 1, &r, why) != 0);

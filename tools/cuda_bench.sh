@@ -6,6 +6,8 @@
 #   vram_all    every expert in GPU memory (the default budget: what is free);
 #   vram_25     --gpu-memory for the resident part and 25% of the experts, the rest
 #               uploaded from host RAM (all experts resident there);
+#   vram_25_cpu the same, with decode steps computing the experts not in GPU memory
+#               on the CPU (--cpu-experts 4; its ids may differ within tolerance);
 #   ssd         the same GPU budget and host RAM capped too (--memory), so experts
 #               come from the disk through the host cache;
 #   cpu         the CPU backend (default flags), for reference.
@@ -52,10 +54,11 @@ try:
 except Exception as e:
     print(sys.argv[2], "no result:", e); sys.exit(0)
 g = d.get("gpu", {})
-print("%-9s prefill %8.1f tok/s  decode %7.2f tok/s  gpu capacity %s  uploads %s (%.2f GB, decode %.2f GB)  "
-      "vram peak %.2f GB of %.2f GB  host hit rate %.3f  read %.2f GB" % (
+print("%-11s prefill %8.1f tok/s  decode %7.2f tok/s  gpu capacity %s  uploads %s (%.2f GB, decode %.2f GB)  "
+      "cpu experts %s  vram peak %.2f GB of %.2f GB  host hit rate %.3f  read %.2f GB" % (
       sys.argv[2], d["prefill_tok_s"], d["decode_tok_s"], g.get("capacity", "-"), g.get("uploads", "-"),
-      g.get("upload_bytes", 0) / 1e9, g.get("decode_upload_bytes", 0) / 1e9, g.get("vram_peak_bytes", 0) / 1e9,
+      g.get("upload_bytes", 0) / 1e9, g.get("decode_upload_bytes", 0) / 1e9, g.get("cpu_computed_experts", "-"),
+      g.get("vram_peak_bytes", 0) / 1e9,
       g.get("budget", 0) / 1e9, d["hit_rate"], d["bytes_read"] / 1e9))
 EOF
 }
@@ -71,6 +74,8 @@ g = json.load(open('$OUT/bench_vram_all.json'))['gpu']
 print(int(g['resident_bytes'] + g['expert_bytes'] // 4))" 2>/dev/null)
 if [ -n "$B25" ]; then
     bench vram_25 --backend "$BE" --ctx 4096 --gpu-memory "$B25"
+    # decode steps compute the experts not in GPU memory on the CPU (prefill uploads)
+    bench vram_25_cpu --backend "$BE" --ctx 4096 --gpu-memory "$B25" --cpu-experts 4
     # host RAM: the non-expert weights and about a quarter of the experts
     M25=$(python3 -c "
 import json

@@ -133,6 +133,7 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         {"--capacity", .num = &o->expert_capacity, .lo = 1, .hi = 1 << 20},
         {"--pin", .num = &o->pin_experts, .lo = 0, .hi = 1 << 20},
         {"--lookahead", .num = &o->lookahead, .lo = 0, .hi = 1 << 20},
+        {"--cpu-experts", .num = &o->cpu_experts, .lo = 0, .hi = 512},
         {"--io-threads", .num = &o->io_threads, .lo = 1, .hi = 256},
         {"--trace-routing", .str = &o->trace_routing, .what = "a file name"},
         {"--backend", .str = &o->backend, .what = "a backend name (cpu or cuda)"},

@@ -120,7 +120,9 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; f32\n"       \
     "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"           \
     "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
-    "                            (the rest come from host memory; default: what is free)\n"
+    "                            (the rest come from host memory; default: what is free)\n"           \
+    "         --cpu-experts N    cuda: steps of up to N tokens compute the experts not in GPU memory\n" \
+    "                            on the CPU instead of uploading them (needs them resident in RAM)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"

@@ -316,6 +316,23 @@ static int open_device_tier(lazymoe_model *m, char *e) {
         return lm_errf(e, "out of memory");
     if (lm_device_cache_create(&m->dcache, m->be, &m->w, capacity, (lm_evict_policy)m->opt.eviction, e) != 0)
         return -1;
+    if (m->opt.cpu_experts > 0) {
+        if (m->cache)
+            return lm_errf(e, "--cpu-experts computes experts from resident host memory, but they do not all fit "
+                              "--memory here (a host expert cache of %d per layer): raise --memory or use --resident",
+                           lm_cache_capacity(m->cache));
+        if (m->opt.cpu_experts > LM_CHUNK_TOKENS)
+            return lm_errf(e, "--cpu-experts %d: at most %d tokens", m->opt.cpu_experts, LM_CHUNK_TOKENS);
+        if (lm_backend_cpu_create(&m->cpu_be, m->opt.n_threads, e) != 0) return -1;
+        size_t rows = (size_t)m->opt.cpu_experts * (size_t)c->top_k, H = (size_t)c->hidden_size;
+        size_t I = (size_t)c->moe_intermediate_size;
+        m->cpu_rows = (int)rows;
+        m->cpu_x = lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' inputs", e);
+        m->cpu_y = m->cpu_x ? lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' outputs", e) : NULL;
+        m->cpu_g = m->cpu_y ? lm_malloc_aligned(sizeof(float) * rows * 2 * I, "CPU experts' activations", e) : NULL;
+        m->cpu_u = m->cpu_g ? lm_malloc_aligned(sizeof(float) * rows * I, "CPU experts' activations", e) : NULL;
+        if (!m->cpu_u) return -1;
+    }
     pin_host_experts(m);
     if (m->opt.verbose) {
         char b1[32], b2[32], b3[32], b4[32];
@@ -485,6 +502,7 @@ void lm_engine_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_exper
         st->gpu_resident_bytes = m->gpu_fixed;
         st->gpu_expert_bytes = lm_device_cache_bytes_for(&m->w, st->gpu_capacity);
         st->gpu_pinned_bytes = m->gpu_pinned_bytes;
+        st->cpu_computed_experts = m->cpu_computed;
         uint64_t total = 0, free_bytes = 0, held = 0, peak = 0;
         if (m->be->ops->memory_info && m->be->ops->memory_info(m->be, &total, &free_bytes, &held, &peak) == 0) {
             st->gpu_peak_bytes = peak;
@@ -513,6 +531,11 @@ void lm_engine_close(lazymoe_model *m) {
     save_history(m);
     lm_popularity_free(&m->history);
     lm_device_cache_free(m->dcache);
+    if (m->cpu_be) lm_backend_free(m->cpu_be);
+    lm_free_aligned(m->cpu_x);
+    lm_free_aligned(m->cpu_y);
+    lm_free_aligned(m->cpu_g);
+    lm_free_aligned(m->cpu_u);
     for (int i = 0; i < m->n_pinned_host; i++) m->be->ops->unpin_host(m->be, m->pinned_host[i]);
     free(m->pinned_host);
     free(m->dev_ids);

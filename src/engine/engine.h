@@ -33,6 +33,12 @@ struct lazymoe_model {
     uint64_t gpu_budget, gpu_fixed, gpu_pinned_bytes; /* device plan: budget, resident part; pinned host bytes */
     void **pinned_host;     /* host ranges page-locked for uploads, [n_pinned_host] */
     int n_pinned_host;
+    /* options.cpu_experts: the CPU backend that computes the experts a decode step
+     * does not find in device memory, and its host arrays for up to cpu_rows rows */
+    lm_backend *cpu_be;
+    int cpu_rows;
+    float *cpu_x, *cpu_g, *cpu_u, *cpu_y;
+    uint64_t cpu_computed;
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
     lm_trace_data replay_pred; /* its lookahead predictions (replay_pred.ids NULL if none) */

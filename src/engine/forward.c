@@ -379,6 +379,77 @@ static int upload_and_run(lazymoe_session *s, const lm_moe_block *mb, int l, con
     return 0;
 }
 
+/* options.cpu_experts: experts ids[0..n) of a decode step that are not in device
+ * memory run on the CPU from resident host memory. First (cpu_gather) their tokens'
+ * rows are gathered on the device and downloaded -- before the device's own experts
+ * are queued, so that both then compute at once; then (cpu_run) the expert MLPs run
+ * on the CPU backend, the same operations run_experts issues, and the outputs are
+ * uploaded and scattered into eout. */
+static int cpu_gather(lazymoe_session *s, const int32_t *ids, int n, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int H = m->w.cfg.hidden_size, K = m->w.cfg.top_k, base = 0;
+    for (int k = 0; k < n; k++) {
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        OP(be, be->ops->gather_rows(be, S->xe + (size_t)base * (size_t)H, S->h, S->tok_of + S->expert_off[ids[k]],
+                                    rows, H, K));
+        base += rows;
+    }
+    if (base > m->cpu_rows) return lm_errf(err, "%d rows for the CPU experts (room for %d)", base, m->cpu_rows);
+    OP(be, be->ops->download(be, m->cpu_x, S->xe, sizeof(float) * (size_t)base * (size_t)H));
+    return 0;
+}
+
+static int cpu_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int32_t *ids, int n, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s), *cb = m->cpu_be;
+    lm_scratch *S = &s->s;
+    const lm_layer *ly = &m->w.layers[l];
+    size_t H = (size_t)m->w.cfg.hidden_size, I = (size_t)m->w.cfg.moe_intermediate_size;
+    int fused = mb->act == LM_ACT_SWIGLU_CLAMPED && mb->fused_gate_up;
+    size_t base = 0;
+    for (int k = 0; k < n; k++) {
+        const lm_expert *v = &ly->experts[ids[k]];
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        const float *x = m->cpu_x + base * H;
+        float *g = m->cpu_g + base * (fused ? 2 * I : I), *u = m->cpu_u + base * I, *act = g;
+        OP(cb, cb->ops->matmul(cb, g, &v->gate, x, rows));
+        if (fused) {
+            if (mb->gate_up_bias) OP(cb, cb->ops->add_rows(cb, g, mb->gate_up_bias + (size_t)ids[k] * 2 * I, rows, 2 * (int)I));
+            OP(cb, cb->ops->swiglu_clamped(cb, u, g, (size_t)rows * I, mb->act_alpha, mb->act_limit));
+            act = u;
+        } else {
+            OP(cb, cb->ops->matmul(cb, u, &v->up, x, rows));
+            if (mb->act == LM_ACT_SWIGLU_CLAMPED) {
+                if (mb->gate_up_bias) {
+                    const float *b = mb->gate_up_bias + (size_t)ids[k] * 2 * I;
+                    OP(cb, cb->ops->add_rows(cb, g, b, rows, (int)I));
+                    OP(cb, cb->ops->add_rows(cb, u, b + I, rows, (int)I));
+                }
+                OP(cb, cb->ops->swiglu_clamped_split(cb, u, g, u, (size_t)rows * I, mb->act_alpha, mb->act_limit));
+                act = u;
+            } else {
+                OP(cb, cb->ops->swiglu(cb, g, u, (size_t)rows * I));
+            }
+        }
+        float *y = m->cpu_y + base * H;
+        OP(cb, cb->ops->matmul(cb, y, &v->down, act, rows));
+        if (mb->down_bias) OP(cb, cb->ops->add_rows(cb, y, mb->down_bias + (size_t)ids[k] * H, rows, (int)H));
+        base += (size_t)rows;
+    }
+    /* queued after the device's experts, which used S->proj before: stream order */
+    OP(be, be->ops->upload(be, S->proj, m->cpu_y, sizeof(float) * base * H));
+    base = 0;
+    for (int k = 0; k < n; k++) {
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        OP(be, be->ops->scatter_rows(be, S->eout, S->proj + base * H, S->tok_of + S->expert_off[ids[k]], rows, (int)H));
+        base += (size_t)rows;
+    }
+    m->cpu_computed += (uint64_t)n;
+    return 0;
+}
+
 /* Experts through the expert cache in device memory (a GPU): the ones it holds are
  * computed at once, the others uploaded into its slots from the host tier
  * (upload_and_run) while those compute. When the layer needs more experts than the
@@ -397,22 +468,28 @@ static int run_device_experts(lazymoe_session *s, const lm_moe_block *mb, int l,
         if (used[e]) S->need[n++] = e;
     if (group_routes(s, E, T * c->top_k, err) != 0) return -1;
     uint8_t *st = m->dev_status;
+    /* a decode step with options.cpu_experts: what is not in device memory runs on the CPU */
+    int cpu_step = m->cpu_be && T <= m->opt.cpu_experts;
     while (n > 0) {
-        int got = lm_device_cache_acquire(m->dcache, l, S->need, n, st);
-        if (got == 0) return lm_errf(err, "the device expert cache of layer %d has no free slot", l);
-        int hits = 0, misses = 0, rc = 0;
+        int got = lm_device_cache_acquire(m->dcache, l, S->need, n, !cpu_step, st);
+        if (got == 0 && !cpu_step) return lm_errf(err, "the device expert cache of layer %d has no free slot", l);
+        int hits = 0, misses = 0, on_cpu = 0, rc = 0;
         for (int i = 0; i < n; i++)
             if (st[i] == 1) {
                 S->expert_views[hits] = lm_device_cache_view(m->dcache, l, S->need[i]);
                 S->expert_ids[hits++] = S->need[i];
+            } else if (st[i] == 3) {
+                m->dev_ids[on_cpu++] = S->need[i];
             }
+        if (on_cpu) rc = cpu_gather(s, m->dev_ids, on_cpu, err);
         /* uploads into this wave's slots wait for the kernels that read them before */
-        rc = lm_device_cache_fence(m->dcache, err);
+        if (rc == 0) rc = lm_device_cache_fence(m->dcache, err);
         if (rc == 0 && hits) rc = run_experts(s, mb, S->expert_views, S->expert_ids, hits, err);
         if (rc == 0 && !shared_done && mb->shared) {
             rc = shared_expert(s, mb, &m->w.layers[l], T, err);
             shared_done = 1;
         }
+        if (rc == 0 && on_cpu) rc = cpu_run(s, mb, l, m->dev_ids, on_cpu, err);
         for (int i = 0; i < n; i++)
             if (st[i] == 2) S->expert_ids[misses++] = S->need[i];
         if (rc == 0 && misses) rc = upload_and_run(s, mb, l, S->expert_ids, misses, err);

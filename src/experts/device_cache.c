@@ -115,7 +115,7 @@ int lm_device_cache_create(lm_device_cache **out, lm_backend *be, const lm_weigh
 
 void lm_device_cache_begin_step(lm_device_cache *c) { c->step++; }
 
-int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
+int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, int claim_misses, uint8_t *status) {
     device_layer *d = &c->layers[l];
     uint64_t now = c->step + 1; /* steps count from 1 in lm_usage */
     int got = 0;
@@ -133,6 +133,11 @@ int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int 
     }
     for (int i = 0; i < n; i++) {
         if (status[i] || d->expert_slot[need[i]] >= 0) continue; /* a hit, or held by a busy slot: not possible */
+        if (!claim_misses) {
+            lm_usage_touch(&d->usage, c->policy, need[i], now);
+            status[i] = 3;
+            continue;
+        }
         int s = lm_policy_victim(c->policy, &d->usage, d->slot_expert, d->busy, c->capacity, now);
         if (s < 0) continue; /* every slot in use by this step: a later wave */
         if (d->slot_expert[s] >= 0) {

@@ -53,9 +53,11 @@ void lm_device_cache_free(lm_device_cache *c);
 
 /* A new step (a token, or a prefill chunk): recency is counted in steps. */
 void lm_device_cache_begin_step(lm_device_cache *c);
-/* Acquires experts need[0..n) (distinct) of layer l; status as above. Returns how
- * many were acquired (status 1 or 2). */
-int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, uint8_t *status);
+/* Acquires experts need[0..n) (distinct) of layer l; status as above. With
+ * claim_misses 0 no slot is claimed: an expert not in device memory gets status 3
+ * (to be computed elsewhere) and nothing is evicted. Returns how many were
+ * acquired (status 1 or 2). */
+int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, int claim_misses, uint8_t *status);
 /* The device view of acquired expert e of layer l (status 1, or 2 once filled). */
 lm_expert lm_device_cache_view(const lm_device_cache *c, int l, int e);
 /* Before a wave's fills: they wait for the kernels issued so far. */
