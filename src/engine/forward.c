@@ -408,6 +408,7 @@ static int cpu_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int3
     const lm_layer *ly = &m->w.layers[l];
     size_t H = (size_t)m->w.cfg.hidden_size, I = (size_t)m->w.cfg.moe_intermediate_size;
     int fused = mb->act == LM_ACT_SWIGLU_CLAMPED && mb->fused_gate_up;
+    if (!cb || !ly->experts) return lm_errf(err, "layer %d: experts on the CPU need the CPU backend and resident experts", l);
     size_t base = 0;
     for (int k = 0; k < n; k++) {
         const lm_expert *v = &ly->experts[ids[k]];
