@@ -4,6 +4,8 @@
 // content chunk. Run from the repository root:
 //   node bench/prompt_cache_ttft.mjs [MODEL] [WORDS] [extra serve args...]
 // (default models/demo-coder, 6000 words ~ 20k tokens). Uses build/lazymoe (release).
+// Also checks that the restored server answers with exactly the cold answer's tokens and
+// log-probabilities (top 5 alternatives of each of the 8 tokens): restoring == recomputing.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -24,23 +26,37 @@ async function serve() {
   return { url, stop: () => new Promise((r) => { p.on('exit', r); p.kill('SIGTERM'); }), log: () => log };
 }
 
+// One streamed request: time to the first content chunk, the usage, and the logprobs of
+// every generated token (top 5 alternatives), to compare a restored state with a cold one.
 async function ttft(url, user) {
   const t0 = performance.now();
   const r = await fetch(`${url}/v1/chat/completions`, {
     method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ messages: [{ role: 'system', content: system }, { role: 'user', content: user }], max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ messages: [{ role: 'system', content: system }, { role: 'user', content: user }], max_tokens: 8, temperature: 0,
+      logprobs: true, top_logprobs: 5, stream: true, stream_options: { include_usage: true } }),
   });
   const reader = r.body.getReader();
-  let first = null, text = '', usage = null;
+  const dec = new TextDecoder();
+  let first = null, buf = '', usage = null;
+  const logprobs = [];
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    text += new TextDecoder().decode(value);
-    if (first === null && /"content":"[^"]/.test(text)) first = performance.now() - t0;
-    const m = /"usage":(\{[^}]*\{[^}]*\}[^}]*\})/.exec(text);
-    if (m) usage = JSON.parse(m[1]);
+    buf += dec.decode(value, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const line = ev.split('\n').find((l) => l.startsWith('data: '));
+      if (!line || line === 'data: [DONE]') continue;
+      const d = JSON.parse(line.slice(6));
+      if (d.usage) usage = d.usage;
+      const c = d.choices && d.choices[0];
+      if (c && c.delta && c.delta.content && first === null) first = performance.now() - t0;
+      if (c && c.logprobs && c.logprobs.content) logprobs.push(...c.logprobs.content);
+    }
   }
-  return { ms: first ?? performance.now() - t0, usage };
+  return { ms: first ?? performance.now() - t0, usage, logprobs };
 }
 
 let s = await serve();
@@ -56,3 +72,9 @@ row('cold', cold);
 row('restarted server, same prompt', warm);
 row('restarted server, new conversation', shared);
 console.log(`speedup: same prompt ${(cold.ms / warm.ms).toFixed(1)}x, new conversation ${(cold.ms / shared.ms).toFixed(1)}x`);
+// the restored state must give exactly what evaluating the prompt gave: the same tokens
+// with the same log-probabilities and the same top-5 alternatives
+const same = cold.logprobs.length > 0 && JSON.stringify(cold.logprobs) === JSON.stringify(warm.logprobs);
+console.log(`restored == cold: ${same ? 'yes' : 'NO'} (${cold.logprobs.length} tokens, logprob and top-5 alternatives each; ` +
+  `first token ${JSON.stringify(cold.logprobs[0]?.token)} ${cold.logprobs[0]?.logprob})`);
+if (!same) { console.log(JSON.stringify({ cold: cold.logprobs, restored: warm.logprobs })); process.exitCode = 1; }

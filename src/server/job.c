@@ -329,8 +329,14 @@ static void run_job(srv_server *s, srv_job *j) {
     p.batch = s->batch;
     int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
     engine_lock(s);
-    if (rc == 0 && !j->cancel)
-        srv_disk_store(&s->disk, sess, j->n_ids, j->stats.prompt_tokens - j->stats.cached_tokens);
+    if (rc == 0) {
+        /* What the prompt's evaluation got to is kept on disk even when the client left
+         * (an agent's user pressing Esc, a client timeout): the session holds the prompt
+         * up to where its prefill stopped, or all of it plus an answer cut short, and the
+         * next session or a restarted server starts from there instead of from zero. */
+        int held = lazymoe_session_length(sess), n = held < j->n_ids ? held : j->n_ids;
+        srv_disk_store(&s->disk, sess, n, n - j->stats.cached_tokens);
+    }
     srv_cache_put(&s->cache, sess);
     engine_unlock(s);
     if (rc == 0 && g.err[0]) { /* the parser failed: not the client's doing */

@@ -81,4 +81,49 @@ await testCase('prompt_cache_survives_restart', async () => {
   }
 });
 
+// A request the client abandons (an agent's user pressing Esc, a client timeout) still
+// leaves its evaluated prompt on disk: the restarted server starts from it. Before, only
+// finished requests were stored, and Claude Code's aborted first request (a 30k-token
+// prefill) was evaluated again from zero after a restart.
+await testCase('prompt_cache_keeps_an_abandoned_request', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-pc-'));
+  try {
+    const messages = [{ role: 'system', content: `You are a coding agent. Rules: ${words(900, 'r')}` },
+      { role: 'user', content: 'Fix the parser.' }];
+    // a forced answer (test-only; every token is still evaluated) makes sure there is an
+    // answer to leave in the middle of
+    const srv = await startServer(['--prompt-cache-dir', dir, '--allow-forced-output']);
+    const ac = new AbortController();
+    const res = await fetch(`${srv.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, signal: ac.signal,
+      body: JSON.stringify({ messages, max_tokens: 400, temperature: 0, stream: true, lazymoe_forced_output: 'x = 1\n'.repeat(100) }),
+    });
+    const reader = res.body.getReader();
+    let text = '';
+    while (!/"content":"[^"]/.test(text)) {
+      const { done: end, value } = await reader.read();
+      assert(!end, `stream ended before any text: ${text.slice(-300)}`);
+      text += new TextDecoder().decode(value);
+    }
+    ac.abort(); // the client leaves during the answer
+    let files = [];
+    for (let i = 0; i < 200 && files.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      files = fs.readdirSync(dir).filter((f) => f.endsWith('.lmkv'));
+    }
+    const log = await srv.stop();
+    assert(/ 499 stream /.test(log), `no 499 for the abandoned request: ${log.slice(-400)}`);
+    assert(files.length === 1, `stored files after the abandoned request: ${files}; ${log.slice(-400)}`);
+    const again = await startServer(['--prompt-cache-dir', dir]);
+    try {
+      const client = new OpenAI({ baseURL: `${again.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const r = await client.chat.completions.create({ model: 'demo', messages, max_tokens: 4, temperature: 0 });
+      assert(r.usage.prompt_tokens > 1024 && r.usage.prompt_tokens_details.cached_tokens === r.usage.prompt_tokens - 1,
+        JSON.stringify(r.usage));
+    } finally { await again.stop(); }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 done();
