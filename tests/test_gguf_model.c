@@ -81,10 +81,12 @@ static float max_diff(const run_result *a, const run_result *b) {
     return d;
 }
 
+static int export_flags; /* LM_GGUF_* for export_to */
+
 static void export_to(const char *dir, const char *name, lm_dtype t, char *out) {
     char err[LM_ERR_LEN];
     snprintf(out, 512, "%s/%s", tmp, name);
-    CHECKF(lm_gguf_export(dir, out, t, 0, err) == 0, "export %s: %s", dir, err);
+    CHECKF(lm_gguf_export(dir, out, t, export_flags, err) == 0, "export %s: %s", dir, err);
 }
 
 /* GGUF (F32 / F16 / BF16) vs the directory it was written from: logits within tol,
@@ -222,6 +224,97 @@ static void gpt_oss_blocks_match_libggml(void) {
 done:
     gguf_close(g);
     st_close(st);
+}
+
+/* llama.cpp's converter with --fuse-gate-up-exps writes gate and up as one
+ * ffn_gate_up_exps [E, 2I, H] (each expert's I gate rows, then its I up rows) and, for
+ * gpt-oss, one ffn_gate_up_exps.bias [E, 2I] alike; its graph splits the product in
+ * halves. The exporter writes that layout on request; here the file's layout is checked
+ * with libggml's own MXFP4 to_float against the released file (gate = even rows of
+ * gate_up, up = odd), then the reader must give the same logits bit for bit as the
+ * Hugging Face files, and lazy == resident from the fused slices. (llama.cpp itself
+ * cannot check this yet: node-llama-cpp 3.22.1, the newest on npm, bundles llama.cpp
+ * release v0.5.0, which refuses these files with "missing tensor
+ * 'blk.0.ffn_gate_exps.weight'": its gpt-oss and qwen3moe loaders predate the fused
+ * tensors.) */
+static void gpt_oss_fused_gate_up(void) {
+    char path[512], err[LM_ERR_LEN];
+    export_flags = LM_GGUF_FUSE_GATE_UP;
+    export_to(GOLDEN "gpt_oss_mxfp4", "gpt_oss_mxfp4_fused.gguf", LM_DT_BF16, path);
+    gguf_archive *g = NULL;
+    st_archive *st = NULL;
+    get_traits_fn traits_of = ggml_ref_traits();
+    const struct ggml_type_traits *tr = traits_of ? traits_of(39) : NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    CHECKF(st_open(&st, GOLDEN "gpt_oss_mxfp4", err) == 0, "%s", err);
+    int rows_checked = 0, biases_checked = 0;
+    for (int l = 0; g && st && l < 2; l++) {
+        char name[128];
+        snprintf(name, sizeof name, "blk.%d.ffn_gate_exps.weight", l);
+        CHECKF(!gguf_find_tensor(g, name), "%s is written beside the fused tensor", name);
+        snprintf(name, sizeof name, "blk.%d.ffn_gate_up_exps.weight", l);
+        const gguf_tensor *t = gguf_find_tensor(g, name);
+        snprintf(name, sizeof name, "blk.%d.ffn_gate_up_exps.bias", l);
+        const gguf_tensor *tb = gguf_find_tensor(g, name);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj_blocks", l);
+        const st_tensor *sb = st_find(st, name);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj_scales", l);
+        const st_tensor *ss = st_find(st, name);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj_bias", l);
+        const st_tensor *sbias = st_find(st, name);
+        CHECKF(t && tb && sb && ss && sbias && t->n_dims == 3 && t->dtype == LM_DT_MXFP4 && tb->n_dims == 2 &&
+                   tb->dtype == LM_DT_F32 && tb->ne[0] == t->ne[1] && tb->ne[1] == t->ne[2] && sbias->dtype == LM_DT_BF16,
+               "layer %d: fused tensors missing or of the wrong type or shape", l);
+        if (!t || !tb || !sb || !ss || !sbias || t->n_dims != 3 || tb->n_dims != 2 || sbias->dtype != LM_DT_BF16) continue;
+        int cols = (int)t->ne[0], rows = (int)t->ne[1], E = (int)t->ne[2], I = rows / 2;
+        uint8_t *blocks = malloc(t->nbytes), *codes = malloc(sb->nbytes), *scales = malloc(ss->nbytes);
+        float *bias = malloc(tb->nbytes), *theirs = malloc(sizeof(float) * (size_t)cols),
+              *mine = malloc(sizeof(float) * (size_t)cols);
+        uint16_t *hb = malloc(sbias->nbytes);
+        CHECK(gguf_read_range(g, t, 0, t->nbytes, blocks, err) == 0 && gguf_read_range(g, tb, 0, tb->nbytes, bias, err) == 0 &&
+              st_read(st, sb, codes, err) == 0 && st_read(st, ss, scales, err) == 0 && st_read(st, sbias, hb, err) == 0);
+        int bad = 0, bad_bias = 0;
+        for (int e = 0; e < E; e++)
+            for (int r = 0; r < rows; r++) {
+                int hr = r < I ? 2 * r : 2 * (r - I) + 1; /* gate rows, then up rows */
+                size_t row = (size_t)e * (size_t)rows + (size_t)r;
+                if (tr && tr->to_float) {
+                    tr->to_float(blocks + row * (size_t)cols / 32 * 17, theirs, cols);
+                    lm_mxfp4_split_row_f32(codes + (size_t)e * (size_t)rows * (size_t)cols / 2,
+                                           scales + (size_t)e * (size_t)rows * (size_t)cols / 32, cols, hr, mine);
+                    bad += memcmp(mine, theirs, sizeof(float) * (size_t)cols) != 0;
+                    rows_checked++;
+                }
+                bad_bias += bias[row] != lm_bf16_to_f32(hb[(size_t)e * (size_t)rows + (size_t)hr]);
+                biases_checked++;
+            }
+        CHECKF(bad == 0, "layer %d: %d fused rows are not the released file's gate / up rows", l, bad);
+        CHECKF(bad_bias == 0, "layer %d: %d fused biases are not the released file's", l, bad_bias);
+        free(blocks), free(codes), free(scales), free(bias), free(theirs), free(mine), free(hb);
+    }
+    printf("# fused gate_up: %d rows read by libggml and %d biases equal the released layout's\n", rows_checked,
+           biases_checked);
+    CHECK(biases_checked > 0 && (rows_checked > 0 || !tr));
+    gguf_close(g);
+    st_close(st);
+    same_as_source(GOLDEN "gpt_oss_mxfp4", "gpt_oss_mxfp4_fused.gguf", LM_DT_BF16, 0);
+    act_bits = 8;
+    same_as_source(GOLDEN "gpt_oss_mxfp4", "gpt_oss_mxfp4_fused.gguf", LM_DT_BF16, 0);
+    act_bits = 32;
+    same_as_source(GOLDEN "gpt_oss_f32", "gpt_oss_f32_fused.gguf", LM_DT_F32, 1e-4f);
+    export_flags = 0;
+    lazy_equals_resident_file("gpt_oss_mxfp4_fused.gguf");
+}
+
+/* The fused layout for the other families (llama.cpp's create_tensor_gate_up_exps
+ * takes it for every architecture): an F32 qwen3moe and a BF16 Mixtral written fused
+ * give the source's logits bit for bit; lazy == resident. */
+static void fused_gate_up_other_families(void) {
+    export_flags = LM_GGUF_FUSE_GATE_UP;
+    same_as_source(GOLDEN "qwen3_moe_f32", "qwen3_moe_f32_fused.gguf", LM_DT_F32, 0);
+    same_as_source(GOLDEN "mixtral_bf16", "mixtral_bf16_fused.gguf", LM_DT_BF16, 0);
+    export_flags = 0;
+    lazy_equals_resident_file("qwen3_moe_f32_fused.gguf");
 }
 
 /* The demo model as a Q8_0 GGUF (ggml's block format, quantized by the exporter the
@@ -439,6 +532,8 @@ int main(void) {
     TEST_CASE("gguf_gpt_oss_bf16_same_as_safetensors", gpt_oss_bf16);
     TEST_CASE("gguf_gpt_oss_lazy_equals_resident", gpt_oss_lazy_equals_resident);
     TEST_CASE("gguf_gpt_oss_mxfp4_blocks_match_libggml", gpt_oss_blocks_match_libggml);
+    TEST_CASE("gguf_gpt_oss_fused_gate_up_exps", gpt_oss_fused_gate_up);
+    TEST_CASE("gguf_fused_gate_up_exps_other_families", fused_gate_up_other_families);
     TEST_CASE("gguf_demo_q8_0", demo_q8_0);
     TEST_CASE("gguf_tokenizer_and_template", tokenizer_and_template);
     TEST_CASE("gguf_config_matches_config_json", config_matches);

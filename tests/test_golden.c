@@ -207,6 +207,12 @@ static void glm4_moe_qknorm_f32(void) {
     check_logits("glm4_moe_qknorm_f32", F32_TOL, 0);
     check_greedy("glm4_moe_qknorm_f32", "greedy.txt");
 }
+/* The vision-language wrapper transformers runs on a text-only prompt (its multimodal
+ * RoPE with three equal position streams), with NaN mtp.* tensors that must not be read. */
+static void qwen3_5_moe_vl_f32(void) {
+    check_logits("qwen3_5_moe_vl_f32", F32_TOL, 0);
+    check_greedy("qwen3_5_moe_vl_f32", "greedy.txt");
+}
 static void qwen3_5_moe_text_f32(void) {
     check_logits("qwen3_5_moe_text_f32", F32_TOL, 0);
     check_greedy("qwen3_5_moe_text_f32", "greedy.txt");
@@ -233,6 +239,46 @@ static void gpt_oss_bf16(void) { check_logits("gpt_oss_bf16", BF16_TOL, F32_TOL)
 /* Experts stored as released (MXFP4 blocks + e8m0 scales), the rest bf16; the reference is
  * transformers' own dequantization of the same codes computed in float32. */
 static void gpt_oss_mxfp4(void) { check_logits("gpt_oss_mxfp4", F32_TOL, 0); check_greedy("gpt_oss_mxfp4", "greedy.txt"); }
+
+/* Qwen3.5's interleaved multimodal RoPE reduces to plain RoPE on text: transformers' own
+ * rotary embedding (the fixture's model) with the three position streams equal gives the
+ * cos of plain RoPE over the rotated dims, cat(pos * inv_freq, pos * inv_freq), with the
+ * inverse frequencies lazymoe computes; with unequal streams it does not (so the check
+ * can fail). */
+static void qwen3_5_mrope_is_plain_rope(void) {
+    char dir[512], path[512], err[512];
+    fixture_path(dir, sizeof dir, "qwen3_5_moe_vl_f32", NULL);
+    lm_weights w;
+    if (lm_weights_load(&w, dir, NULL, NULL, err) != 0) {
+        CHECKF(0, "%s", err);
+        return;
+    }
+    const char *files[2] = {"mrope_cos_text.npy", "mrope_cos_unequal.npy"};
+    for (int f = 0; f < 2; f++) {
+        float *ref;
+        size_t shape[4];
+        int nd;
+        fixture_path(path, sizeof path, "qwen3_5_moe_vl_f32", files[f]);
+        if (lm_npy_read_f32(path, &ref, shape, &nd, err) != 0) {
+            CHECKF(0, "%s", err);
+            continue;
+        }
+        int half = w.cfg.rope_dim / 2;
+        CHECKF(nd == 2 && shape[1] == (size_t)w.cfg.rope_dim, "%s: shape", files[f]);
+        double md = 0;
+        for (size_t t = 0; nd == 2 && t < shape[0]; t++)
+            for (int i = 0; i < w.cfg.rope_dim; i++) {
+                double want = cos((double)((float)t * w.rope_inv_freq[i % half]));
+                double d = fabs(want - ref[t * shape[1] + (size_t)i]);
+                if (d > md) md = d;
+            }
+        printf("# %s: max |cos diff| vs plain RoPE = %.3g\n", files[f], md);
+        if (f == 0) CHECKF(md <= 1e-5, "text-only multimodal RoPE differs from plain RoPE by %.3g", md);
+        else CHECKF(md > 1e-2, "unequal position streams should differ from plain RoPE (%.3g)", md);
+        free(ref);
+    }
+    lm_weights_free(&w);
+}
 
 /* The lower-precision KV caches on every f32 fixture: their whole error against
  * transformers' f32 logits, printed, within the stated bound. */
@@ -314,6 +360,8 @@ int main(void) {
     TEST_CASE("golden_glm4_moe_qknorm_f32", glm4_moe_qknorm_f32);
     TEST_CASE("golden_qwen3_5_moe_from_qwen3_next_f32", qwen3_5_moe_from_next);
     TEST_CASE("golden_qwen3_5_moe_text_f32", qwen3_5_moe_text_f32);
+    TEST_CASE("golden_qwen3_5_moe_vl_f32", qwen3_5_moe_vl_f32);
+    TEST_CASE("golden_qwen3_5_mrope_is_plain_rope", qwen3_5_mrope_is_plain_rope);
     TEST_CASE("golden_gpt_oss_f32", gpt_oss_f32);
     TEST_CASE("golden_gpt_oss_yarn_f32", gpt_oss_yarn_f32);
     TEST_CASE("golden_gpt_oss_bf16", gpt_oss_bf16);

@@ -11,7 +11,8 @@
 #   cuda                    tools/cuda_check.sh (build with nvcc, make test-cuda)
 #   routing:SECONDS         tools/train_routing_model.py trained for SECONDS
 #   fuzz:SECONDS:T1,T2,...  libFuzzer campaigns (-fork) of the carried fuzz targets,
-#                           the spare cores split between them, for SECONDS each
+#                           the spare cores split between them, for SECONDS each;
+#                           T*K gives target T K workers instead of an even share
 # A job written with a trailing '&' (quote it) runs in the background beside the next
 # ones; the archive is packed again when every background job has ended.
 #
@@ -87,10 +88,14 @@ run_job() {
         n=$(echo "$targets" | tr ',' '\n' | wc -l)
         k=$(( ($(nproc) - 2) / n )); [ "$k" -lt 1 ] && k=1
         for t in ${targets//,/ }; do
+            local kt=$k
+            case $t in *'*'*) kt=${t#*\*}; t=${t%%\**} ;; esac
             mkdir -p "$dir/$t" "/tmp/corpus-$t"
+            # a campaign resumes from the corpus an earlier call brought back, when carried
+            [ -f "build/fuzz-corpus/$t.tar.xz" ] && tar xJf "build/fuzz-corpus/$t.tar.xz" -C "/tmp/corpus-$t"
             # from the repository root: the server targets read tests/fixtures/server
             ( LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" nice -n 5 timeout $((secs + 60)) \
-                "$FUZZ_CARRY/fuzz_$t" -fork="$k" -max_total_time="$secs" -max_len=16384 -timeout=30 \
+                "$FUZZ_CARRY/fuzz_$t" -fork="$kt" -max_total_time="$secs" -max_len="${FUZZ_MAX_LEN:-16384}" -timeout=30 \
                 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$dir/$t/" \
                 "/tmp/corpus-$t" "fuzz/corpus/$t" >"$dir/$t/log.txt" 2>&1
               echo "exit $?" >>"$dir/$t/log.txt" ) &
@@ -99,9 +104,11 @@ run_job() {
         rc=0
         for p in $pids; do wait "$p" || rc=1; done
         for t in ${targets//,/ }; do
+            t=${t%%\**}
             grep -E '^#[0-9]+' "$dir/$t/log.txt" | tail -1 | sed "s/^/$t: /" >>"$dir/summary.txt"
             tail -n 3 "$dir/$t/log.txt" >>"$dir/summary.txt"
             grep -q '^exit 0' "$dir/$t/log.txt" || rc=1
+            tar cJf "$dir/$t/corpus.tar.xz" -C "/tmp/corpus-$t" .
         done
         ;;
     *)

@@ -2,9 +2,12 @@
  * GGUF file with llama.cpp's conventions (src/convert/gguf_export.h).
  *
  *   make build/gguf_export
- *   build/gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16|q8_0] [--placeholder-vocab]   (default f32)
+ *   build/gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16|q8_0] [--placeholder-vocab] [--fuse-gate-up-exps]
+ * (default f32)
  * --placeholder-vocab: a model without tokenizer.json gets a stand-in byte-level vocabulary
  * (llama.cpp cannot evaluate a "no_vocab" model) instead of none.
+ * --fuse-gate-up-exps: gate and up experts as one ffn_gate_up_exps tensor, as llama.cpp's
+ * converter writes them with that flag.
  */
 #include "common/error.h"
 #include "convert/gguf_export.h"
@@ -13,10 +16,15 @@
 #include <string.h>
 
 int main(int argc, char **argv) {
-    int placeholder = argc > 3 && strcmp(argv[argc - 1], "--placeholder-vocab") == 0;
-    if (placeholder) argc--;
+    int flags = 0;
+    for (; argc > 3 && !strncmp(argv[argc - 1], "--", 2); argc--) {
+        if (!strcmp(argv[argc - 1], "--placeholder-vocab")) flags |= LM_GGUF_PLACEHOLDER_VOCAB;
+        else if (!strcmp(argv[argc - 1], "--fuse-gate-up-exps")) flags |= LM_GGUF_FUSE_GATE_UP;
+        else break;
+    }
     if (argc < 3 || argc > 4) {
-        fprintf(stderr, "usage: gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16|q8_0] [--placeholder-vocab]\n");
+        fprintf(stderr, "usage: gguf_export MODEL_DIR OUT.gguf [f32|f16|bf16|q8_0] [--placeholder-vocab] "
+                        "[--fuse-gate-up-exps]\n");
         return 2;
     }
     lm_dtype t = LM_DT_F32;
@@ -30,7 +38,7 @@ int main(int argc, char **argv) {
         }
     }
     char err[LM_ERR_LEN];
-    if (lm_gguf_export(argv[1], argv[2], t, placeholder, err) != 0) {
+    if (lm_gguf_export(argv[1], argv[2], t, flags, err) != 0) {
         fprintf(stderr, "gguf_export: %s\n", err);
         return 1;
     }

@@ -24,6 +24,7 @@ typedef struct {
     char *err;
     int llama; /* permute q/k rows for ggml's RoPE */
     int placeholder_vocab;
+    int fuse_gate_up; /* LM_GGUF_FUSE_GATE_UP */
     int gpt_oss;
 } exporter;
 
@@ -63,8 +64,10 @@ static int dest_row(int r, int head_dim) {
     return h * head_dim + 2 * i + j;
 }
 
-/* Writes `count` stacked matrices (count 1: one matrix) as one tensor. */
-static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, int count, lm_dtype type, int permute) {
+/* Writes `count` stacked matrices (count 1: one matrix) as one tensor; every `group`
+ * consecutive matrices (1, or 2 for a fused gate_up) are one entry of the stack. */
+static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, int count, int group, lm_dtype type,
+                    int permute) {
     if (count < 1 || !mats[0]) return lm_errf(x->err, "%s: no matrix to write", name);
     int rows = mats[0]->rows, cols = mats[0]->cols;
     if (type == LM_DT_Q8_0 && cols % 32) type = LM_DT_F32; /* as llama.cpp: rows that are not whole blocks stay float */
@@ -87,7 +90,7 @@ static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, in
             else store(buf, dr * (size_t)cols, row, (size_t)cols, type);
         }
     free(row);
-    int64_t ne[3] = {cols, rows, count};
+    int64_t ne[3] = {cols, (int64_t)rows * group, count / group};
     return gguf_w_tensor(x->w, name, ggml_of(type), count > 1 ? 3 : 2, ne, buf, nbytes, 1) == 0
                ? 0
                : lm_errf(x->err, "out of memory");
@@ -95,7 +98,7 @@ static int put_mats(exporter *x, const char *name, const lm_mat *const *mats, in
 
 static int put_mat(exporter *x, const char *name, const lm_mat *m, lm_dtype type, int permute) {
     const lm_mat *one[1] = {m};
-    return put_mats(x, name, one, 1, type, permute);
+    return put_mats(x, name, one, 1, 1, type, permute);
 }
 
 static int put_vec(exporter *x, const char *name, const float *v, int n, int permute) {
@@ -135,12 +138,13 @@ static int read_experts(exporter *x, int l, char **slots_out, lm_mat *m) {
     return 0;
 }
 
-/* The experts of layer l, read from the files and stacked per projection. */
+/* The experts of layer l, read from the files and stacked per projection (gate and up
+ * as one ffn_gate_up_exps with fuse_gate_up: each expert's gate rows, then its up rows). */
 static int put_experts(exporter *x, int l) {
     int E = x->lw->cfg.n_experts;
     char *slots = NULL;
     lm_mat *m = calloc((size_t)E * 3, sizeof(lm_mat));
-    const lm_mat **ptr = calloc((size_t)E, sizeof(lm_mat *));
+    const lm_mat **ptr = calloc((size_t)E * 2, sizeof(lm_mat *));
     int rc = -1;
     if (!m || !ptr) {
         lm_errf(x->err, "out of memory");
@@ -148,11 +152,14 @@ static int put_experts(exporter *x, int l) {
     }
     if (read_experts(x, l, &slots, m)) goto done;
     static const char *const names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
-    for (int k = 0; k < 3; k++) {
-        for (int e = 0; e < E; e++) ptr[e] = &m[e * 3 + k];
+    /* fused: k = 1 writes gate and up (matrices 0 and 1 of each expert) as one tensor */
+    for (int k = x->fuse_gate_up ? 1 : 0; k < 3; k++) {
+        int group = x->fuse_gate_up && k == 1 ? 2 : 1;
+        for (int e = 0; e < E; e++)
+            for (int g = 0; g < group; g++) ptr[e * group + g] = &m[e * 3 + k - (group - 1) + g];
         char name[96];
-        snprintf(name, sizeof name, "blk.%d.%s.weight", l, names[k]);
-        if (put_mats(x, name, ptr, E, x->type, 0)) goto done;
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, group == 2 ? "ffn_gate_up_exps" : names[k]);
+        if (put_mats(x, name, ptr, E * group, group, x->type, 0)) goto done;
     }
     rc = 0;
 done:
@@ -186,13 +193,15 @@ static void mxfp4_row_blocks(const lm_mat *m, int r, uint8_t *dst) {
 /* gpt-oss experts as llama.cpp's converter writes them: ffn_gate_exps and ffn_up_exps
  * [E, I, H] (the even and odd rows of Hugging Face's gate_up), ffn_down_exps [E, H, I],
  * MXFP4 as ggml MXFP4 blocks bit for bit (float experts in the chosen type), and F32
- * biases ffn_{gate,up,down}_exps.bias [E, I], [E, I], [E, H]. A GGUF source (gate and
- * up apart, weights.c gpt_oss_stacked_experts) is written back as it is. */
+ * biases ffn_{gate,up,down}_exps.bias [E, I], [E, I], [E, H]; with fuse_gate_up (the
+ * converter's --fuse-gate-up-exps) gate and up as one ffn_gate_up_exps [E, 2I, H] and
+ * its bias [E, 2I], each expert's gate rows then its up rows. A GGUF source (gate and
+ * up apart or fused, weights.c gpt_oss_stacked_experts) is written back alike. */
 static int put_gpt_oss_experts(exporter *x, int l) {
     const lm_config *c = &x->lw->cfg;
     const lm_layer *ly = &x->lw->layers[l];
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
-    int fused = x->lw->expert_layout == LM_EXPERTS_FUSED;
+    int hf_fused = x->lw->expert_layout == LM_EXPERTS_FUSED; /* gate and up interleaved in one matrix */
     char *slots = NULL;
     lm_mat *m = calloc((size_t)E * 3, sizeof(lm_mat));
     float *row = lm_malloc(sizeof(float) * (size_t)(H > I ? H : I), "row", x->err);
@@ -204,24 +213,37 @@ static int put_gpt_oss_experts(exporter *x, int l) {
     if (read_experts(x, l, &slots, m)) goto done;
     static const char *const names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
     char name[96];
-    for (int k = 0; k < 3; k++) {
-        int rows = k == 2 ? H : I, cols = k == 2 ? I : H;
-        /* the matrix of expert e holding projection k, and which of its rows is row r */
-        int src_k = k == 2 ? 2 : fused ? 0 : k, step = fused && k < 2 ? 2 : 1, first = fused && k < 2 ? k : 0;
-        lm_dtype st = m[src_k].dtype;
+    /* output tensor t holds projections k0 .. k0 + parts - 1 (gate 0, up 1, down 2) */
+    int fuse = x->fuse_gate_up != 0;
+    for (int t = 0; t < 3 - fuse; t++) {
+        int k0 = fuse && t == 1 ? 2 : t, parts = fuse && t == 0 ? 2 : 1;
+        const char *tname = parts == 2 ? "ffn_gate_up_exps" : names[k0];
+        int rows = k0 == 2 ? H : I, cols = k0 == 2 ? I : H, out_rows = rows * parts;
+        lm_dtype st = m[k0 == 2 ? 2 : hf_fused ? 0 : k0].dtype;
         int mx = st == LM_DT_MXFP4 || st == LM_DT_MXFP4_SPLIT;
         lm_dtype type = mx ? LM_DT_MXFP4 : x->type;
         if (type == LM_DT_Q8_0 && cols % 32) type = LM_DT_F32;
         size_t row_bytes = mx ? (size_t)cols / 32 * 17
                               : type == LM_DT_Q8_0 ? (size_t)cols / 32 * 34 : (size_t)cols * lm_dtype_size(type);
-        uint64_t nbytes = (uint64_t)row_bytes * (uint64_t)rows * (uint64_t)E;
-        uint8_t *buf = lm_malloc((size_t)nbytes, names[k], x->err);
-        if (!buf) goto done;
+        uint64_t nbytes = (uint64_t)row_bytes * (uint64_t)out_rows * (uint64_t)E;
+        uint8_t *buf = lm_malloc((size_t)nbytes, tname, x->err);
+        float *b = buf ? lm_malloc(sizeof(float) * (size_t)out_rows * (size_t)E, "bias", x->err) : NULL;
+        if (!b) {
+            free(buf);
+            goto done;
+        }
         for (int e = 0; e < E; e++)
-            for (int r = 0; r < rows; r++) {
+            for (int ro = 0; ro < out_rows; ro++) {
+                /* projection k's row r: which matrix of expert e holds it, and at which row */
+                int k = k0 + ro / rows, r = ro % rows;
+                int src_k = k == 2 ? 2 : hf_fused ? 0 : k, sr = hf_fused && k < 2 ? 2 * r + k : r;
                 const lm_mat *src = &m[e * 3 + src_k];
-                int sr = first + step * r;
-                uint8_t *dst = buf + ((size_t)e * (size_t)rows + (size_t)r) * row_bytes;
+                uint8_t *dst = buf + ((size_t)e * (size_t)out_rows + (size_t)ro) * row_bytes;
+                /* biases: Hugging Face interleaves gate and up; a GGUF source keeps them apart */
+                b[(size_t)e * (size_t)out_rows + (size_t)ro] =
+                    k == 2      ? ly->expert_down_bias[(size_t)e * (size_t)H + (size_t)r]
+                    : hf_fused ? ly->expert_gate_up_bias[(size_t)e * 2 * (size_t)I + 2 * (size_t)r + (size_t)k]
+                               : ly->expert_gate_up_bias[(size_t)e * 2 * (size_t)I + (size_t)k * (size_t)I + (size_t)r];
                 if (mx) {
                     mxfp4_row_blocks(src, sr, dst);
                     continue;
@@ -230,25 +252,15 @@ static int put_gpt_oss_experts(exporter *x, int l) {
                 if (type == LM_DT_Q8_0) quantize_q8_0(dst, row, cols);
                 else store(dst, 0, row, (size_t)cols, type);
             }
-        int64_t ne[3] = {cols, rows, E};
-        snprintf(name, sizeof name, "blk.%d.%s.weight", l, names[k]);
+        int64_t ne[3] = {cols, out_rows, E}, bne[2] = {out_rows, E};
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, tname);
         if (gguf_w_tensor(x->w, name, mx ? GGML_MXFP4 : ggml_of(type), 3, ne, buf, nbytes, 1) != 0) {
+            free(b);
             lm_errf(x->err, "out of memory");
             goto done;
         }
-        /* biases: Hugging Face interleaves gate and up; a GGUF source keeps them apart */
-        int bn = rows;
-        float *b = lm_malloc(sizeof(float) * (size_t)bn * (size_t)E, "bias", x->err);
-        if (!b) goto done;
-        for (int e = 0; e < E; e++)
-            for (int r = 0; r < bn; r++)
-                b[(size_t)e * (size_t)bn + (size_t)r] =
-                    k == 2 ? ly->expert_down_bias[(size_t)e * (size_t)H + (size_t)r]
-                    : fused ? ly->expert_gate_up_bias[(size_t)e * 2 * (size_t)I + 2 * (size_t)r + (size_t)k]
-                            : ly->expert_gate_up_bias[(size_t)e * 2 * (size_t)I + (size_t)k * (size_t)I + (size_t)r];
-        int64_t bne[2] = {bn, E};
-        snprintf(name, sizeof name, "blk.%d.%s.bias", l, names[k]);
-        if (gguf_w_tensor(x->w, name, GGML_F32, 2, bne, b, sizeof(float) * (uint64_t)bn * (uint64_t)E, 1) != 0) {
+        snprintf(name, sizeof name, "blk.%d.%s.bias", l, tname);
+        if (gguf_w_tensor(x->w, name, GGML_F32, 2, bne, b, sizeof(float) * (uint64_t)out_rows * (uint64_t)E, 1) != 0) {
             lm_errf(x->err, "out of memory");
             goto done;
         }
@@ -572,13 +584,14 @@ static int check_llamacpp_fits(const lm_config *c, int gpt_oss, char *err) {
     return 0;
 }
 
-int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int placeholder_vocab, char *err) {
+int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int flags, char *err) {
     if (type != LM_DT_F32 && type != LM_DT_F16 && type != LM_DT_BF16 && type != LM_DT_Q8_0)
         return lm_errf(err, "GGUF export writes F32, F16, BF16 or Q8_0 matrices");
     lm_weights lw;
     if (lm_weights_load(&lw, dir, NULL, NULL, err) != 0) return -1;
     const lm_config *c = &lw.cfg;
-    exporter x = {gguf_w_new(), &lw, type, err, 0, placeholder_vocab};
+    exporter x = {gguf_w_new(), &lw, type, err, 0, (flags & LM_GGUF_PLACEHOLDER_VOCAB) != 0,
+                  (flags & LM_GGUF_FUSE_GATE_UP) != 0, 0};
     int rc = -1;
     if (!x.w) {
         lm_errf(err, "out of memory");

@@ -34,10 +34,19 @@
 
 #include "formats/dtype.h"
 
+enum {
+    /* a directory without tokenizer.json gets a stand-in byte-level vocabulary so
+     * llama.cpp can evaluate it (otherwise tokenizer.ggml.model "no_vocab": ids only) */
+    LM_GGUF_PLACEHOLDER_VOCAB = 1,
+    /* gate and up experts as one ffn_gate_up_exps [E, 2I, H] (each expert's gate rows,
+     * then its up rows; gpt-oss biases ffn_gate_up_exps.bias [E, 2I] alike), as
+     * convert_hf_to_gguf.py --fuse-gate-up-exps writes them */
+    LM_GGUF_FUSE_GATE_UP = 2,
+};
+
 /* type: LM_DT_F32, LM_DT_F16, LM_DT_BF16 or LM_DT_Q8_0 (ggml's reference quantizer;
- * matrices whose rows are not whole blocks of 32 stay F32) for the matrices. A directory without
- * tokenizer.json gets tokenizer.ggml.model "no_vocab" (ids only), or with
- * placeholder_vocab a stand-in byte-level vocabulary so llama.cpp can evaluate it. */
-int lm_gguf_export(const char *model_dir, const char *out_path, lm_dtype type, int placeholder_vocab, char *err);
+ * matrices whose rows are not whole blocks of 32 stay F32) for the matrices; flags:
+ * LM_GGUF_* above. */
+int lm_gguf_export(const char *model_dir, const char *out_path, lm_dtype type, int flags, char *err);
 
 #endif

@@ -337,6 +337,8 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
             if (strcmp(part, exps[k]) == 0) snprintf(mod, sizeof mod, "%s.switch_mlp.%s", moe, proj[k]);
             if (strcmp(part, shexp[k]) == 0) snprintf(mod, sizeof mod, "%s.%s.%s", moe, n->shared_expert, proj[k]);
         }
+        /* llama.cpp's converter with --fuse-gate-up-exps: one [E, 2I, H] stack, gate rows then up */
+        if (strcmp(part, "ffn_gate_up_exps") == 0) snprintf(mod, sizeof mod, "%s.switch_mlp.gate_up_proj", moe);
         if (strcmp(part, "ffn_gate_inp") == 0) snprintf(mod, sizeof mod, "%s.%s", moe, n->router);
         if (strcmp(part, "ffn_gate_inp_shexp") == 0) snprintf(mod, sizeof mod, "%s.%s", moe, n->shared_expert_gate);
     }

@@ -7,7 +7,10 @@
  *     the archive shows Hugging Face order.
  *   - names: token_embd, output_norm, output (absent: tied), blk.N.attn_norm / ffn_norm,
  *     attn_q/k/v/output, attn_q_norm/attn_k_norm, ffn_gate_inp (router), experts
- *     stacked per projection as ffn_{gate,up,down}_exps [E, rows, cols], dense
+ *     stacked per projection as ffn_{gate,up,down}_exps [E, rows, cols] (or, as the
+ *     converter's --fuse-gate-up-exps writes them, gate and up as one ffn_gate_up_exps
+ *     [E, 2 * rows, cols]: each expert's gate rows, then its up rows; for gpt-oss its
+ *     ffn_gate_up_exps.bias [E, 2 * rows] likewise; weights.c reads each half), dense
  *     ffn_{gate,up,down}, shared experts ffn_*_shexp and ffn_gate_inp_shexp.
  *   - the "llama" architecture (Mixtral) has its q/k rows permuted per head for ggml's
  *     interleaved RoPE: those tensors carry st_tensor.rope_unpermute and st_read

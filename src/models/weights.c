@@ -343,6 +343,38 @@ static int src_add_mat(loader *L, lm_expert_source *s, int m, const lm_mat *tmpl
     return 0;
 }
 
+/* Gate and up (matrices 0 and 1) of a stacked set under PATH_PREFIX (BLOCK.switch_mlp):
+ * gate_proj and up_proj apart, or gate_up_proj [E, 2I, H] as llama.cpp's converter
+ * writes it with --fuse-gate-up-exps, each expert's I gate rows then its I up rows. The
+ * fused stack is one part per tensor (one read) whose second half is the up matrix. */
+static int src_add_gate_up(loader *L, lm_expert_source *s, const char *prefix, int E, int I, int H, int *fused) {
+    char path[384];
+    lm_mat tmpl;
+    const st_tensor *tq[3];
+    snprintf(path, sizeof path, "%s.gate_up_proj", prefix);
+    *fused = findf(L, "%s.weight", path) != NULL;
+    if (!*fused) {
+        static const char *const proj[2] = {"gate_proj", "up_proj"};
+        for (int m = 0; m < 2; m++) {
+            snprintf(path, sizeof path, "%s.%s", prefix, proj[m]);
+            if (check_mat_stack(L, path, E, I, H, &tmpl, tq) || src_add_mat(L, s, m, &tmpl, tq, E, 0)) return -1;
+        }
+        return 0;
+    }
+    if (findf(L, "%s.gate_proj.weight", prefix) || findf(L, "%s.up_proj.weight", prefix))
+        return lm_errf(L->err, "'%s.weight' and separate gate_proj / up_proj tensors are both present", path);
+    if (check_mat_stack(L, path, E, 2 * I, H, &tmpl, tq) || src_add_mat(L, s, 0, &tmpl, tq, E, 0)) return -1;
+    s->tmpl[0].rows = I;
+    s->tmpl[1] = s->tmpl[0];
+    for (int k = 0; k < 3; k++) {
+        if (!tq[k]) continue;
+        int p = s->field_part[0][k];
+        s->field_part[1][k] = p;
+        s->field_delta[1][k] = s->part_len[p] / 2; /* I of the 2I rows of equal size */
+    }
+    return 0;
+}
+
 lm_expert lm_expert_view_parts(const lm_expert_source *src, const char *const part[LM_EXPERT_MAX_PARTS]) {
     lm_expert ex;
     lm_mat *mats[3] = {&ex.gate, &ex.up, &ex.down};
@@ -389,7 +421,8 @@ static int gpt_oss_mxfp4(loader *L, lm_expert_source *s, const char *name, int m
 
 /* gpt-oss experts as llama.cpp's GGUF files hold them (gguf_model.c names them):
  * gate, up and down stacked apart ([E, I, H], [E, I, H], [E, H, I]; MXFP4 blocks or
- * floats) with biases gate [E, I], up [E, I], down [E, H]. The gate and up products
+ * floats) with biases gate [E, I], up [E, I], down [E, H], or gate and up as one
+ * gate_up [E, 2I, H] with biases [E, 2I] (src_add_gate_up). The gate and up products
  * run apart (lm_moe_block.fused_gate_up 0); expert e's biases are kept as
  * expert_gate_up_bias + e * 2I = its gate bias, then its up bias. */
 static int gpt_oss_stacked_experts(loader *L, const char *block, lm_layer *ly) {
@@ -398,17 +431,26 @@ static int gpt_oss_stacked_experts(loader *L, const char *block, lm_layer *ly) {
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
     lm_expert_source *s = &ly->src;
     w->expert_layout = LM_EXPERTS_STACKED;
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    char path[320], name[352];
-    float *b[3];
-    for (int m = 0; m < 3; m++) {
-        lm_mat tmpl;
-        const st_tensor *tq[3];
-        snprintf(path, sizeof path, "%s.switch_mlp.%s", block, proj[m]);
-        int rows = m == 2 ? H : I, cols = m == 2 ? I : H;
-        if (check_mat_stack(L, path, E, rows, cols, &tmpl, tq) || src_add_mat(L, s, m, &tmpl, tq, E, 0)) return -1;
-        snprintf(name, sizeof name, "%s.bias", path);
-        if (!(b[m] = load_rows_f32(L, name, E, rows))) return -1; /* owned by the loader (track) */
+    char prefix[300], path[320], name[352];
+    lm_mat tmpl;
+    const st_tensor *tq[3];
+    int fused;
+    snprintf(prefix, sizeof prefix, "%s.switch_mlp", block);
+    snprintf(path, sizeof path, "%s.down_proj", prefix);
+    if (src_add_gate_up(L, s, prefix, E, I, H, &fused) || check_mat_stack(L, path, E, H, I, &tmpl, tq) ||
+        src_add_mat(L, s, 2, &tmpl, tq, E, 0))
+        return -1;
+    snprintf(name, sizeof name, "%s.bias", path);
+    if (!(ly->expert_down_bias = load_rows_f32(L, name, E, H))) return -1; /* owned by the loader (track) */
+    if (fused) { /* ffn_gate_up_exps.bias [E, 2I]: each expert's gate biases, then its up biases */
+        snprintf(name, sizeof name, "%s.gate_up_proj.bias", prefix);
+        return (ly->expert_gate_up_bias = load_rows_f32(L, name, E, 2 * I)) ? 0 : -1;
+    }
+    float *b[2];
+    static const char *const proj[2] = {"gate_proj", "up_proj"};
+    for (int m = 0; m < 2; m++) {
+        snprintf(name, sizeof name, "%s.%s.bias", prefix, proj[m]);
+        if (!(b[m] = load_rows_f32(L, name, E, I))) return -1;
     }
     float *gu = track(L, lm_malloc_aligned(sizeof(float) * 2 * (size_t)E * (size_t)I, "expert biases", L->err));
     if (!gu) return -1;
@@ -417,7 +459,6 @@ static int gpt_oss_stacked_experts(loader *L, const char *block, lm_layer *ly) {
         memcpy(gu + ((size_t)e * 2 + 1) * (size_t)I, b[1] + (size_t)e * (size_t)I, sizeof(float) * (size_t)I);
     }
     ly->expert_gate_up_bias = gu;
-    ly->expert_down_bias = b[2];
     return 0;
 }
 
@@ -434,7 +475,8 @@ static int describe_gpt_oss_experts(loader *L, const char *block, lm_layer *ly) 
     char gu[320], dn[320], name[352];
     snprintf(gu, sizeof gu, "%s.experts.gate_up_proj", block);
     snprintf(dn, sizeof dn, "%s.experts.down_proj", block);
-    if (findf(L, "%s.switch_mlp.gate_proj.weight", block)) return gpt_oss_stacked_experts(L, block, ly);
+    if (findf(L, "%s.switch_mlp.gate_proj.weight", block) || findf(L, "%s.switch_mlp.gate_up_proj.weight", block))
+        return gpt_oss_stacked_experts(L, block, ly);
     w->expert_layout = LM_EXPERTS_FUSED;
     if (findf(L, "%s_blocks", gu)) {
         if (gpt_oss_mxfp4(L, s, gu, 0, E, 2 * I, H) || gpt_oss_mxfp4(L, s, dn, 2, E, H, I)) return -1;
@@ -492,15 +534,16 @@ static int describe_experts(loader *L, int l, const char *block, lm_layer *ly) {
     lm_mat tmpl;
     const st_tensor *tq[3];
     if (c->swiglu_clamped) return describe_gpt_oss_experts(L, block, ly);
-    if (findf(L, "%s.switch_mlp.gate_proj.weight", block)) {
+    if (findf(L, "%s.switch_mlp.gate_proj.weight", block) || findf(L, "%s.switch_mlp.gate_up_proj.weight", block)) {
         w->expert_layout = LM_EXPERTS_STACKED;
-        static const char *proj[3] = {"gate_proj", "up_proj", "down_proj"};
-        for (int m = 0; m < 3; m++) {
-            snprintf(path, sizeof path, "%s.switch_mlp.%s", block, proj[m]);
-            int rows = m == 2 ? H : I, cols = m == 2 ? I : H;
-            if (check_mat_stack(L, path, E, rows, cols, &tmpl, tq) || src_add_mat(L, s, m, &tmpl, tq, E, 0)) return -1;
-        }
-        return 0;
+        char prefix[300];
+        int fused;
+        snprintf(prefix, sizeof prefix, "%s.switch_mlp", block);
+        snprintf(path, sizeof path, "%s.down_proj", prefix);
+        return src_add_gate_up(L, s, prefix, E, I, H, &fused) || check_mat_stack(L, path, E, H, I, &tmpl, tq) ||
+                       src_add_mat(L, s, 2, &tmpl, tq, E, 0)
+                   ? -1
+                   : 0;
     }
     const st_tensor *gu = findf(L, "%s.experts.gate_up_proj", block);
     if (gu) {
