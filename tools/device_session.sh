@@ -9,9 +9,15 @@
 # Jobs:
 #   golden:NAME[,NAME...]   tools/make_golden.py for those cases (transformers goldens)
 #   cuda                    tools/cuda_check.sh (build with nvcc, make test-cuda)
+#   cudabench[:LAYERS]      tools/cuda_bench.sh: the expert tiers' speed on a synthetic
+#                           Qwen3-30B-A3B-shaped model of LAYERS layers (default 48)
+#   llamacpp[:LAYERS]       tools/llamacpp_cuda.sh: llama.cpp built with CUDA there from the
+#                           carried source (build/llamacpp-carry, --pack it here) against
+#                           lazymoe's CUDA backend on the same Q4_0 GGUF
 #   routing:SECONDS         tools/train_routing_model.py trained for SECONDS
 #   fuzz:SECONDS:T1,T2,...  libFuzzer campaigns (-fork) of the carried fuzz targets,
-#                           the spare cores split between them, for SECONDS each
+#                           the spare cores split between them, for SECONDS each;
+#                           T*K gives target T K workers instead of an even share
 # A job written with a trailing '&' (quote it) runs in the background beside the next
 # ones; the archive is packed again when every background job has ended.
 #
@@ -76,6 +82,19 @@ run_job() {
             echo "tools/cuda_check.sh is missing" >"$dir/log.txt"; rc=1
         fi
         ;;
+    cudabench)
+        # bounded so that a call of 10 minutes still packs what it measured
+        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${CUDABENCH_SECONDS:-450}" \
+            bash tools/cuda_bench.sh >"$dir/log.txt" 2>&1
+        rc=$?
+        rm -rf /tmp/lazymoe-bench
+        ;;
+    llamacpp)
+        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${LLAMACPP_SECONDS:-560}" \
+            bash tools/llamacpp_cuda.sh >"$dir/log.txt" 2>&1
+        rc=$?
+        rm -rf /tmp/llamacpp-bench
+        ;;
     routing)
         secs=${arg:-330}
         python3 tools/train_routing_model.py "$dir" --train-seconds "$secs" --deadline $((secs + 140)) \
@@ -87,12 +106,14 @@ run_job() {
         n=$(echo "$targets" | tr ',' '\n' | wc -l)
         k=$(( ($(nproc) - 2) / n )); [ "$k" -lt 1 ] && k=1
         for t in ${targets//,/ }; do
+            local kt=$k
+            case $t in *'*'*) kt=${t#*\*}; t=${t%%\**} ;; esac
             mkdir -p "$dir/$t" "/tmp/corpus-$t"
             # a campaign resumes from the corpus an earlier call brought back, when carried
             [ -f "build/fuzz-corpus/$t.tar.xz" ] && tar xJf "build/fuzz-corpus/$t.tar.xz" -C "/tmp/corpus-$t"
             # from the repository root: the server targets read tests/fixtures/server
             ( LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" nice -n 5 timeout $((secs + 60)) \
-                "$FUZZ_CARRY/fuzz_$t" -fork="$k" -max_total_time="$secs" -max_len="${FUZZ_MAX_LEN:-16384}" -timeout=30 \
+                "$FUZZ_CARRY/fuzz_$t" -fork="$kt" -max_total_time="$secs" -max_len="${FUZZ_MAX_LEN:-16384}" -timeout=30 \
                 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$dir/$t/" \
                 "/tmp/corpus-$t" "fuzz/corpus/$t" >"$dir/$t/log.txt" 2>&1
               echo "exit $?" >>"$dir/$t/log.txt" ) &
@@ -101,6 +122,7 @@ run_job() {
         rc=0
         for p in $pids; do wait "$p" || rc=1; done
         for t in ${targets//,/ }; do
+            t=${t%%\**}
             grep -E '^#[0-9]+' "$dir/$t/log.txt" | tail -1 | sed "s/^/$t: /" >>"$dir/summary.txt"
             tail -n 3 "$dir/$t/log.txt" >>"$dir/summary.txt"
             grep -q '^exit 0' "$dir/$t/log.txt" || rc=1
@@ -108,7 +130,7 @@ run_job() {
         done
         ;;
     *)
-        echo "unknown job '$job' (golden:NAMES, cuda, routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
+        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], llamacpp[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
         ;;
     esac
     echo "$job: exit $rc after $((SECONDS - start)) s" | tee -a "$STAGE/summary.txt"

@@ -118,7 +118,11 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
     "                            stated error) or 32 (f32, the reference numerics)\n"                 \
     "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; f32\n"       \
-    "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"
+    "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"           \
+    "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
+    "                            (the rest come from host memory; default: what is free)\n"           \
+    "         --cpu-experts N    cuda: steps of up to N tokens compute the experts not in GPU memory\n" \
+    "                            on the CPU instead of uploading them (needs them resident in RAM)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"
@@ -423,6 +427,16 @@ int cmd_info(int argc, char **argv) {
                    "never read)\n", i.skipped_mtp_layers, i.skipped_mtp_layers > 1 ? "s" : "");
         if (i.skipped_vision_tower)
             printf("skipped        the vision tower (model.visual.*): text only, never read\n");
+        lazymoe_expert_stats st;
+        lazymoe_model_get_expert_stats(m, -1, &st);
+        if (st.gpu_capacity) {
+            human_bytes(r, sizeof r, st.gpu_resident_bytes);
+            human_bytes(pe, sizeof pe, st.gpu_expert_bytes);
+            human_bytes(ex, sizeof ex, st.gpu_budget);
+            printf("gpu placement  %d of %d experts per MoE layer in GPU memory (%s), the rest uploaded from host "
+                   "memory; weights, KV cache and scratch %s; budget %s\n",
+                   st.gpu_capacity, i.n_experts, pe, r, ex);
+        }
     }
     lazymoe_model_close(m);
     return 0;
