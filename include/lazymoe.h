@@ -153,6 +153,7 @@ typedef struct {
     uint64_t bytes_per_expert; /* one expert as stored, scales and biases included */
     uint64_t bytes_experts;    /* all experts */
     int quant_bits, quant_group_size; /* 0 bits = float weights */
+    char quant_mode[8];        /* MLX quantization mode when quant_bits: "affine" or "mxfp4" */
     char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
     /* Tensors in the files per stored type, most frequent first ("Q4_K x 96, Q6_K x 48,
      * F32 x 97"; safetensors dtypes by their names, GGUF blocks by ggml's). */
