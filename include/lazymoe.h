@@ -109,8 +109,25 @@ typedef struct {
      * bit-identical either way. 0 = default: 8 when the model has quantized
      * weights, else 32. */
     int act_bits;
-    /* Where the tensor work runs: "cpu" (the only backend today); NULL = cpu. */
+    /* Where the tensor work runs: "cpu" (default; NULL = cpu) or "cuda" (a build made
+     * with make CUDA=1). */
     const char *backend;
+    /* Device memory (backends with their own memory, a GPU): everything the backend
+     * allocates -- non-expert weights, KV cache for max_context, scratch, and the
+     * expert cache in device memory, above the host tier (resident experts or the
+     * host expert cache of memory_budget) -- is planned to fit gpu_memory bytes and
+     * never goes beyond it; 0 = what the device has free (less a margin). A budget
+     * that cannot hold the resident part and one expert per MoE layer is refused
+     * with the size needed. On the CPU backend a nonzero value keeps the same tier
+     * as a second pool in RAM (a test of the tier's logic; no use otherwise). */
+    uint64_t gpu_memory;
+    /* Steps of at most cpu_experts tokens (decode) compute the experts that are not in
+     * device memory on the CPU, from resident host memory, while the device computes
+     * the ones it holds -- no expert crosses the bus then; longer steps (prefill)
+     * upload them. Needs every expert resident in host memory. Results stay within
+     * the CPU-vs-GPU tolerance (tests/cuda/test_cuda.c). 0 = off: every miss is
+     * uploaded (then results are bit-identical at every device capacity). */
+    int cpu_experts;
 } lazymoe_options;
 
 /* Fills the defaults above. */
@@ -136,6 +153,7 @@ typedef struct {
     uint64_t bytes_per_expert; /* one expert as stored, scales and biases included */
     uint64_t bytes_experts;    /* all experts */
     int quant_bits, quant_group_size; /* 0 bits = float weights */
+    char quant_mode[8];        /* MLX quantization mode when quant_bits: "affine" or "mxfp4" */
     char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
     /* Tensors in the files per stored type, most frequent first ("Q4_K x 96, Q6_K x 48,
      * F32 x 97"; safetensors dtypes by their names, GGUF blocks by ggml's). */
@@ -170,6 +188,19 @@ typedef struct {
     int io_threads;           /* reader threads of the expert cache (0 when resident) */
     int warm_start_experts;   /* experts queued from the popularity history at start */
     int pinned_experts;       /* experts pinned (never evicted), over the layers asked for */
+    /* The expert cache in device memory (gpu_capacity 0: none, the CPU backend). */
+    int gpu_capacity;             /* device expert slots per MoE layer */
+    int gpu_experts;              /* experts in device memory now (over the layers asked for) */
+    uint64_t gpu_hits;            /* routed experts found in device memory */
+    uint64_t gpu_uploads;         /* experts uploaded from host memory into device slots */
+    uint64_t gpu_upload_bytes;    /* bytes those uploads moved */
+    uint64_t cpu_computed_experts; /* experts computed on the CPU from host memory (none yet) */
+    uint64_t gpu_budget;          /* the device memory budget (options.gpu_memory or the default) */
+    uint64_t gpu_resident_bytes;  /* planned device bytes besides the expert slots (weights, KV, scratch) */
+    uint64_t gpu_expert_bytes;    /* device bytes of the expert slots */
+    uint64_t gpu_peak_bytes;      /* the most device memory the backend held at once */
+    uint64_t gpu_total_bytes;     /* the device's memory */
+    uint64_t gpu_pinned_bytes;    /* host expert memory page-locked for uploads */
 } lazymoe_expert_stats;
 
 /* Expert cache counters and memory plan (l < 0: all layers; else one layer). */

@@ -105,10 +105,11 @@ grep -cE "^ok " "$R/test_cuda.txt" | sed 's/^/ok cases: /'
 grep -cE "^FAIL " "$R/test_cuda.txt" | sed 's/^/FAIL cases: /'
 
 if command -v compute-sanitizer >/dev/null; then
-    # API errors are not reported: cuda_errors_are_messages provokes an out-of-memory on
-    # purpose (the test itself checks it becomes a message); bad accesses still are
+    # CUDA_TEST_SANITIZER=1: cuda_errors_are_messages leaves out the out-of-memory it
+    # provokes on purpose (call 1's only two reports), so API errors stay reported
+    # beside bad accesses
     step "compute-sanitizer memcheck, ops only"
-    CUDA_TEST_OPS_ONLY=1 timeout 150 compute-sanitizer --tool memcheck --leak-check no --report-api-errors no --error-exitcode 99 \
+    CUDA_TEST_OPS_ONLY=1 CUDA_TEST_SANITIZER=1 timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
         "$TEST" >"$R/memcheck.txt" 2>&1
     echo "exit $?" >>"$R/memcheck.txt"
     tail -15 "$R/memcheck.txt"
@@ -128,6 +129,25 @@ if [ -n "$CLI" ]; then
     else
         echo "demo-coder greedy ids: cuda != cpu" | tee -a "$R/steps.txt"
     fi
-    for f in "$R"/run_*.txt "$R"/bench_*.txt; do echo "-- $f"; tail -n 4 "$f"; done
+    # the expert cache in GPU memory (phase 2): a budget for the resident part and
+    # about 8 of the 32 experts per layer (uploads from host memory at every layer);
+    # every expert is still computed on the GPU, so the ids are the cpu run's
+    timeout 60 "$CLI" run models/demo-coder --ids 1,2,3,4,5 -n 24 --temp 0 --print-ids --ignore-eos --act-bits 32 \
+        --kv-bits 32 --backend cuda --ctx 256 --gpu-memory 14M >"$R/run_cuda_tier.txt" 2>&1
+    echo "exit $?" >>"$R/run_cuda_tier.txt"
+    if [ "$(head -c 300 "$R/run_cuda_tier.txt")" = "$(head -c 300 "$R/run_cpu.txt")" ]; then
+        echo "demo-coder greedy ids, --gpu-memory 14M: cuda == cpu" | tee -a "$R/steps.txt"
+    else
+        echo "demo-coder greedy ids, --gpu-memory 14M: cuda != cpu" | tee -a "$R/steps.txt"
+    fi
+    timeout 60 "$CLI" bench models/demo-coder --backend cuda --act-bits 32 --kv-bits 32 --ctx 256 --gpu-memory 14M \
+        --prompt-tokens 128 --gen-tokens 32 --json -v >"$R/bench_cuda_tier.json" 2>"$R/bench_cuda_tier.err"
+    echo "exit $?" >>"$R/bench_cuda_tier.err"
+    timeout 30 "$CLI" run models/demo-coder --ids 1,2 -n 2 --backend cuda --ctx 256 --gpu-memory 1M \
+        >"$R/run_cuda_too_small.txt" 2>&1
+    echo "exit $?" >>"$R/run_cuda_too_small.txt"
+    timeout 30 "$CLI" info models/demo-coder --backend cuda >"$R/info_cuda.txt" 2>&1
+    echo "exit $?" >>"$R/info_cuda.txt"
+    for f in "$R"/run_*.txt "$R"/bench_*.txt "$R"/bench_cuda_tier.* "$R"/info_cuda.txt; do echo "-- $f"; tail -n 4 "$f"; done
 fi
 step "done"

@@ -9,6 +9,11 @@
 # Jobs:
 #   golden:NAME[,NAME...]   tools/make_golden.py for those cases (transformers goldens)
 #   cuda                    tools/cuda_check.sh (build with nvcc, make test-cuda)
+#   cudabench[:LAYERS]      tools/cuda_bench.sh: the expert tiers' speed on a synthetic
+#                           Qwen3-30B-A3B-shaped model of LAYERS layers (default 48)
+#   llamacpp[:LAYERS]       tools/llamacpp_cuda.sh: llama.cpp built with CUDA there from the
+#                           carried source (build/llamacpp-carry, --pack it here) against
+#                           lazymoe's CUDA backend on the same Q4_0 GGUF
 #   routing:SECONDS         tools/train_routing_model.py trained for SECONDS
 #   fuzz:SECONDS:T1,T2,...  libFuzzer campaigns (-fork) of the carried fuzz targets,
 #                           the spare cores split between them, for SECONDS each;
@@ -77,6 +82,19 @@ run_job() {
             echo "tools/cuda_check.sh is missing" >"$dir/log.txt"; rc=1
         fi
         ;;
+    cudabench)
+        # bounded so that a call of 10 minutes still packs what it measured
+        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${CUDABENCH_SECONDS:-450}" \
+            bash tools/cuda_bench.sh >"$dir/log.txt" 2>&1
+        rc=$?
+        rm -rf /tmp/lazymoe-bench
+        ;;
+    llamacpp)
+        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${LLAMACPP_SECONDS:-560}" \
+            bash tools/llamacpp_cuda.sh >"$dir/log.txt" 2>&1
+        rc=$?
+        rm -rf /tmp/llamacpp-bench
+        ;;
     routing)
         secs=${arg:-330}
         python3 tools/train_routing_model.py "$dir" --train-seconds "$secs" --deadline $((secs + 140)) \
@@ -112,7 +130,7 @@ run_job() {
         done
         ;;
     *)
-        echo "unknown job '$job' (golden:NAMES, cuda, routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
+        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], llamacpp[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
         ;;
     esac
     echo "$job: exit $rc after $((SECONDS - start)) s" | tee -a "$STAGE/summary.txt"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the tiny GLM-4.5/4.6 and MiniMax-M2 model directories the server tests use
-(tests/fixtures/server_glm, tests/fixtures/server_minimax; tests/node/server_families.test.mjs)
-and the prompts those tests expect the server to build.
+(tests/fixtures/server_glm with GLM-4.6's template, server_glm45 with GLM-4.5's,
+server_minimax; tests/node/server_families.test.mjs) and the prompts those tests expect the
+server to build.
 
 Each directory: the random glm4_moe / minimax_m2 weights and config of the transformers
 goldens (symlinks into tests/fixtures/golden), the published chat template (a symlink into
@@ -36,6 +37,8 @@ ASK = {"role": "user", "content": "Weather in Paris?"}
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}}
 RESULT = {"role": "tool", "content": "{\"sky\":\"sunny\",\"celsius\":21}"}
 REASONING = "The user wants the weather in Paris."
+CLOCK = [{"type": "function", "function": {
+    "name": "get_time", "description": "Current time", "parameters": {"type": "object", "properties": {}}}}]
 
 
 def conversations(text_before_call):
@@ -52,6 +55,12 @@ def conversations(text_before_call):
                         {"role": "user", "content": "Thanks. And Oslo?"}], None),
         "later_turn_no_reasoning": ([ASK, {"role": "assistant", "content": "Sunny."},
                                      {"role": "user", "content": "Thanks. And Oslo?"}], None),
+        # a tool without parameters: the call comes back with arguments {} (GLM-4.5's
+        # template iterates tc.arguments.items() with no `or {}`: null would raise)
+        "no_argument_round_trip": ([{"role": "user", "content": "Time?"},
+                                    {"role": "assistant", "content": "", "tool_calls": [
+                                        {"type": "function", "function": {"name": "get_time", "arguments": {}}}]},
+                                    {"role": "tool", "content": "12:00"}], CLOCK),
     }
 
 
@@ -59,6 +68,17 @@ FAMILIES = {
     "server_glm": {
         "golden": "glm4_moe_f32",
         "template": "zai-org-GLM-4.6",
+        "special": ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "markup": ["<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
+                   "</arg_value>", "<tool_response>", "</tool_response>"],
+        # GLM-4.5's generation_config: <|endoftext|>, <|user|>, <|observation|>
+        "eos": ["<|endoftext|>", "<|user|>", "<|observation|>"],
+        "tokenizer_config": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "bos_token": None},
+        "text_before_call": "Let me check.",
+    },
+    "server_glm45": {
+        "golden": "glm4_moe_f32",
+        "template": "zai-org-GLM-4.5",
         "special": ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
         "markup": ["<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
                    "</arg_value>", "<tool_response>", "</tool_response>"],

@@ -174,6 +174,22 @@ CASES = [
     {"id": "system-date-location", "messages": [
         {"role": "system", "content": "You are terse.", "current_date": "2025-06-15", "current_location": "Oslo"},
         {"role": "user", "content": "Where am I?"}], "add_generation_prompt": True},
+    # a tool without parameters called with {} and thinking switched off mid-conversation
+    # (Claude Code's no-argument tools), and a call whose arguments are null: GLM-4.6's
+    # `tc.arguments or {}` renders it, GLM-4.5's `tc.arguments.items()` raises
+    {"id": "tool-call-empty-args", "messages": [
+        {"role": "user", "content": "What time is it?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Use the clock.",
+         "tool_calls": [call("get_time", {}, "call_t")]},
+        {"role": "tool", "tool_call_id": "call_t", "content": "12:00"},
+        {"role": "assistant", "content": "It is noon."},
+        {"role": "user", "content": "Thanks"}],
+     "tools": [NO_PARAMS, WEATHER], "add_generation_prompt": True, "extra": {"enable_thinking": False}},
+    {"id": "tool-call-null-args", "messages": [
+        {"role": "user", "content": "What time is it?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("get_time", None, "call_n")]},
+        {"role": "tool", "tool_call_id": "call_n", "content": "12:00"}],
+     "tools": [NO_PARAMS], "add_generation_prompt": True},
     # cases where at least one template raises
     {"id": "error-channel-tags", "messages": [
         {"role": "user", "content": "x"},

@@ -133,6 +133,7 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         {"--capacity", .num = &o->expert_capacity, .lo = 1, .hi = 1 << 20},
         {"--pin", .num = &o->pin_experts, .lo = 0, .hi = 1 << 20},
         {"--lookahead", .num = &o->lookahead, .lo = 0, .hi = 1 << 20},
+        {"--cpu-experts", .num = &o->cpu_experts, .lo = 0, .hi = 512},
         {"--io-threads", .num = &o->io_threads, .lo = 1, .hi = 256},
         {"--trace-routing", .str = &o->trace_routing, .what = "a file name"},
         {"--backend", .str = &o->backend, .what = "a backend name (cpu or cuda)"},
@@ -151,10 +152,14 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
         if (x != 8 && x != 32) return cli_fail("--act-bits expects 8 or 32"), -1;
         o->act_bits = (int)x;
-    } else if (!strcmp(s, "--memory") || !strcmp(s, "--io-chunk")) {
+    } else if (!strcmp(s, "--memory") || !strcmp(s, "--io-chunk") || !strcmp(s, "--gpu-memory")) {
         long long b = cli_parse_size(s, v);
         if (b < 0) return -1;
         if (!strcmp(s, "--memory")) o->memory_budget = (uint64_t)b;
+        else if (!strcmp(s, "--gpu-memory")) {
+            if (b == 0) return cli_fail("--gpu-memory expects a size above 0"), -1;
+            o->gpu_memory = (uint64_t)b;
+        }
         else if (b < 4096 || b > (1ll << 30)) return cli_fail("--io-chunk expects a size from 4K to 1G"), -1;
         else o->io_chunk_bytes = (uint64_t)b;
     } else if (!strcmp(s, "--eviction")) {

@@ -148,6 +148,18 @@ done:
                (unsigned long long)st2.direct_bytes_read, info.n_experts,
                info.top_k, info.act_bits, rs_all.distinct_experts, rs_all.consecutive_reuse, rs_all.top16_share,
                rs_dec.distinct_experts, rs_dec.consecutive_reuse, rs_dec.top16_share);
+        if (st2.gpu_capacity)
+            printf(", \"gpu\": {\"capacity\": %d, \"experts_resident\": %d, \"hits\": %llu, \"uploads\": %llu, "
+                   "\"upload_bytes\": %llu, \"decode_upload_bytes\": %llu, \"cpu_computed_experts\": %llu, "
+                   "\"budget\": %llu, \"resident_bytes\": %llu, \"expert_bytes\": %llu, \"vram_peak_bytes\": %llu, "
+                   "\"total_bytes\": %llu, \"pinned_host_bytes\": %llu}",
+                   st2.gpu_capacity, st2.gpu_experts, (unsigned long long)st2.gpu_hits,
+                   (unsigned long long)st2.gpu_uploads, (unsigned long long)st2.gpu_upload_bytes,
+                   (unsigned long long)(st2.gpu_upload_bytes - st1.gpu_upload_bytes),
+                   (unsigned long long)st2.cpu_computed_experts, (unsigned long long)st2.gpu_budget,
+                   (unsigned long long)st2.gpu_resident_bytes, (unsigned long long)st2.gpu_expert_bytes,
+                   (unsigned long long)st2.gpu_peak_bytes, (unsigned long long)st2.gpu_total_bytes,
+                   (unsigned long long)st2.gpu_pinned_bytes);
         /* The generated ids, so runs under different budgets can be compared. */
         printf(", \"generated_ids\": [");
         for (int g = 0; g < gen; g++) printf(g ? ", %d" : "%d", out_ids[g]);
@@ -172,6 +184,14 @@ done:
                    (unsigned long long)st2.prefetched, (unsigned long long)st2.prefetch_used,
                    (unsigned long long)st2.prefetch_cancelled);
         printf("peak RSS     %.2f GB\n", (double)st2.peak_rss_bytes / 1e9);
+        if (st2.gpu_capacity)
+            printf("gpu          %d of %d experts per layer in GPU memory (%d there now); %llu hits, %llu uploads "
+                   "(%.1f MB, %.1f MB in decode); %llu computed on the CPU; peak %.2f GB of budget %.2f GB\n",
+                   st2.gpu_capacity, info.n_experts, st2.gpu_experts, (unsigned long long)st2.gpu_hits,
+                   (unsigned long long)st2.gpu_uploads, (double)st2.gpu_upload_bytes / 1e6,
+                   (double)(st2.gpu_upload_bytes - st1.gpu_upload_bytes) / 1e6,
+                   (unsigned long long)st2.cpu_computed_experts, (double)st2.gpu_peak_bytes / 1e9,
+                   (double)st2.gpu_budget / 1e9);
         if (have_routing)
             printf("routing      %.1f distinct experts per layer, %.1f%% reused by the next token, top-16 share %.1f%%"
                    " (decode: %.1f distinct, %.1f%% reuse)\n",

@@ -118,7 +118,11 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
     "                            stated error) or 32 (f32, the reference numerics)\n"                 \
     "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; f32\n"       \
-    "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"
+    "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"           \
+    "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
+    "                            (the rest come from host memory; default: what is free)\n"           \
+    "         --cpu-experts N    cuda: steps of up to N tokens compute the experts not in GPU memory\n" \
+    "                            on the CPU instead of uploading them (needs them resident in RAM)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"
@@ -383,14 +387,16 @@ int cmd_info(int argc, char **argv) {
                "\"hidden_size\": %d, \"vocab_size\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
                "\"params_total\": %llu, \"params_active\": %llu, \"params_per_expert\": %llu, "
                "\"bytes_resident\": %llu, \"bytes_per_expert\": %llu, \"bytes_experts\": %llu, "
-               "\"quant_bits\": %d, \"quant_group_size\": %d, \"weight_dtype\": \"%s\", \"expert_layout\": \"%s\", "
+               "\"quant_bits\": %d, \"quant_group_size\": %d, \"quant_mode\": \"%s\", \"weight_dtype\": \"%s\", "
+               "\"expert_layout\": \"%s\", "
                "\"expert_read_ranges\": %d, \"skipped_mtp_layers\": %d, \"skipped_vision_tower\": %s, "
                "\"tensor_types\": \"%s\"}\n",
                i.model_type, i.n_layers, i.n_moe_layers, i.n_experts, i.top_k, i.hidden_size, i.vocab_size,
                i.n_heads, i.n_kv_heads, i.head_dim, (unsigned long long)i.params_total,
                (unsigned long long)i.params_active, (unsigned long long)i.params_expert,
                (unsigned long long)i.bytes_resident, (unsigned long long)i.bytes_per_expert,
-               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.weight_dtype, i.expert_layout,
+               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.quant_mode, i.weight_dtype,
+               i.expert_layout,
                i.expert_read_ranges, i.skipped_mtp_layers, i.skipped_vision_tower ? "true" : "false", i.tensor_types);
     } else {
         char r[32], pe[32], ex[32];
@@ -410,7 +416,7 @@ int cmd_info(int argc, char **argv) {
         printf("experts        %s each, %s in total\n", pe, ex);
         printf("disk cost      %d byte ranges per expert read (%s layout)\n", i.expert_read_ranges, i.expert_layout);
         if (i.quant_bits)
-            printf("quantization   MLX affine %d-bit, group size %d (float weights %s)\n", i.quant_bits,
+            printf("quantization   MLX %s %d-bit, group size %d (float weights %s)\n", i.quant_mode, i.quant_bits,
                    i.quant_group_size, i.weight_dtype);
         else if (i.block_weights)
             printf("quantization   ggml blocks; tensors per type: %s\n", i.tensor_types);
@@ -421,6 +427,16 @@ int cmd_info(int argc, char **argv) {
                    "never read)\n", i.skipped_mtp_layers, i.skipped_mtp_layers > 1 ? "s" : "");
         if (i.skipped_vision_tower)
             printf("skipped        the vision tower (model.visual.*): text only, never read\n");
+        lazymoe_expert_stats st;
+        lazymoe_model_get_expert_stats(m, -1, &st);
+        if (st.gpu_capacity) {
+            human_bytes(r, sizeof r, st.gpu_resident_bytes);
+            human_bytes(pe, sizeof pe, st.gpu_expert_bytes);
+            human_bytes(ex, sizeof ex, st.gpu_budget);
+            printf("gpu placement  %d of %d experts per MoE layer in GPU memory (%s), the rest uploaded from host "
+                   "memory; weights, KV cache and scratch %s; budget %s\n",
+                   st.gpu_capacity, i.n_experts, pe, r, ex);
+        }
     }
     lazymoe_model_close(m);
     return 0;

@@ -63,6 +63,11 @@ static int has_quantized_weights(const lm_weights *w) {
 }
 
 static void fmt_gb(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GB", (double)b / 1e9); }
+/* GB, or MB below one (device budgets of small models). */
+static void fmt_size(char *buf, size_t n, uint64_t b) {
+    if (b >= 1000000000ull) fmt_gb(buf, n, b);
+    else snprintf(buf, n, "%.2f MB", (double)b / 1e6);
+}
 
 static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
     const float *u = ctx;
@@ -195,6 +200,155 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     return 0;
 }
 
+/* Device bytes of the non-expert weights and the host float arrays the backend
+ * keeps copies of (norms, biases, sinks, router biases, RoPE frequencies): an upper
+ * bound, every optional array counted as if present but the experts' biases. */
+static uint64_t device_weight_bytes(const lm_weights *w) {
+    const lm_config *c = &w->cfg;
+    uint64_t H = (uint64_t)c->hidden_size, E = (uint64_t)c->n_experts, I = (uint64_t)c->moe_intermediate_size;
+    uint64_t nq = (uint64_t)c->n_heads * (uint64_t)c->head_dim, nkv = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
+    uint64_t floats = H + (uint64_t)c->rope_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        const lm_layer *ly = &w->layers[l];
+        floats += 2 * H + (nq + nkv) + (nq + 2 * nkv + H) + (uint64_t)c->n_heads + 2 * E;
+        if (ly->expert_gate_up_bias) floats += E * 3 * I; /* split gate/up (GGUF) copies 2I and I of each row */
+        if (ly->expert_down_bias) floats += E * H;
+    }
+    return w->bytes_resident + 4 * floats;
+}
+
+/* Sizes the expert cache in device memory: the budget (options.gpu_memory, or what
+ * the device has free less a margin for the CUDA context's own allocations) less
+ * what the backend holds for good -- weights, KV cache for every planned position,
+ * scratch -- in slots of every MoE layer. Refuses a budget that cannot hold that
+ * and one expert per layer, naming the size it needs. */
+static int plan_device_memory(lazymoe_model *m, int *capacity, char *err) {
+    const lm_config *c = &m->w.cfg;
+    const lazymoe_options *o = &m->opt;
+    lm_backend *be = m->be;
+    uint64_t budget = o->gpu_memory;
+    if (!budget) {
+        uint64_t total = 0, free_bytes = 0, held = 0, peak = 0;
+        if (!be->ops->memory_info || be->ops->memory_info(be, &total, &free_bytes, &held, &peak) != 0)
+            return lm_errf(err, "the %s backend cannot tell its free memory: give --gpu-memory", be->ops->name);
+        const uint64_t margin = 512ull << 20; /* kernels' and the runtime's own allocations */
+        budget = free_bytes > margin ? free_bytes - margin : 0;
+    }
+    int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
+    /* the KV cache grows one layer at a time: while a layer is copied it is there twice */
+    size_t layer_kv[4];
+    lm_kv_layer_bytes(c, kv_tokens, m->kv_dtype, layer_kv);
+    uint64_t fixed = device_weight_bytes(&m->w) + lm_session_plan_bytes(m, kv_tokens) +
+                     lm_logits_device_bytes(c, LM_CHUNK_TOKENS) + layer_kv[0] + layer_kv[1] + layer_kv[2] +
+                     layer_kv[3];
+    if (o->sessions > 1) fixed += (uint64_t)(o->sessions - 1) * lm_scratch_bytes(c, LM_CHUNK_TOKENS);
+    if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
+    uint64_t per_slot = lm_device_cache_bytes_for(&m->w, 1);
+    m->gpu_budget = budget;
+    m->gpu_fixed = fixed;
+    if (budget < fixed + per_slot) {
+        char b1[32], b2[32], b3[32], b4[32];
+        fmt_size(b1, sizeof b1, budget);
+        fmt_size(b2, sizeof b2, fixed + per_slot);
+        fmt_size(b3, sizeof b3, fixed);
+        fmt_size(b4, sizeof b4, per_slot);
+        return lm_errf(err,
+                       "GPU memory budget %s%s is too small: it needs at least %s (%s for the weights besides the "
+                       "experts, the KV cache for %d tokens and scratch, and %s for one expert per MoE layer); "
+                       "raise --gpu-memory or lower --ctx",
+                       b1, o->gpu_memory ? "" : " (what the device has free)", b2, b3, kv_tokens, b4);
+    }
+    uint64_t cap = (budget - fixed) / per_slot;
+    *capacity = cap > (uint64_t)c->n_experts ? c->n_experts : (int)cap;
+    return 0;
+}
+
+/* Page-locks the host memory uploads read from (every layer's resident experts,
+ * or the host cache's slots), so that they run at bus speed beside the kernels.
+ * Best effort: a refusal (locked-memory limits) leaves uploads staged, slower. */
+static void pin_host_experts(lazymoe_model *m) {
+    lm_backend *be = m->be;
+    const lm_config *c = &m->w.cfg;
+    if (!be->ops->pin_host || !(m->pinned_host = calloc((size_t)c->n_layers, sizeof(void *)))) return;
+    for (int l = 0; l < c->n_layers; l++) {
+        const lm_layer *ly = &m->w.layers[l];
+        if (!ly->is_moe) continue;
+        void *p = NULL;
+        size_t bytes = 0;
+        if (m->cache) {
+            lm_cache_slot_memory(m->cache, l, &p, &bytes);
+        } else if (ly->experts) {
+            const char *part[LM_EXPERT_MAX_PARTS];
+            lm_expert_parts_of(&ly->src, &ly->experts[0], part);
+            if (!part[0]) continue;
+            p = (void *)(part[0] - ly->src.part_off[0]); /* the layer's slots: expert 0's first */
+            bytes = (size_t)ly->src.slot_bytes * (size_t)c->n_experts;
+        }
+        if (!p || !bytes) continue;
+        if (be->ops->pin_host(be, p, bytes) != 0) {
+            if (m->opt.verbose)
+                lm_log(LAZYMOE_LOG_WARN, "lazymoe: uploads of layer %d's experts are staged: %s", l,
+                       lm_backend_error(be));
+            continue;
+        }
+        m->pinned_host[m->n_pinned_host++] = p;
+        m->gpu_pinned_bytes += bytes;
+    }
+}
+
+/* The expert cache in device memory, for a backend with its own memory (or on
+ * request: options.gpu_memory on the CPU, a test of the tier). */
+static int open_device_tier(lazymoe_model *m, char *e) {
+    const lm_config *c = &m->w.cfg;
+    int moe = 0;
+    for (int l = 0; l < c->n_layers; l++) moe |= m->w.layers[l].is_moe;
+    if (!moe || (m->be->ops->host_memory && !m->opt.gpu_memory)) return 0;
+    int capacity = 0;
+    if (plan_device_memory(m, &capacity, e) != 0) return -1;
+    if (m->be->ops->set_memory_limit) m->be->ops->set_memory_limit(m->be, m->gpu_budget);
+    size_t E = (size_t)c->n_experts;
+    m->dev_ids = malloc(sizeof(int32_t) * E);
+    m->dev_need = malloc(sizeof(int32_t) * E);
+    m->dev_status = malloc(E);
+    m->host_status = malloc(E);
+    m->dev_views = malloc(sizeof(lm_expert) * E);
+    if (!m->dev_ids || !m->dev_need || !m->dev_status || !m->host_status || !m->dev_views)
+        return lm_errf(e, "out of memory");
+    if (lm_device_cache_create(&m->dcache, m->be, &m->w, capacity, (lm_evict_policy)m->opt.eviction, e) != 0)
+        return -1;
+    if (m->opt.cpu_experts > 0) {
+        if (m->cache)
+            return lm_errf(e, "--cpu-experts computes experts from resident host memory, but they do not all fit "
+                              "--memory here (a host expert cache of %d per layer): raise --memory or use --resident",
+                           lm_cache_capacity(m->cache));
+        if (m->opt.cpu_experts > LM_CHUNK_TOKENS)
+            return lm_errf(e, "--cpu-experts %d: at most %d tokens", m->opt.cpu_experts, LM_CHUNK_TOKENS);
+        if (lm_backend_cpu_create(&m->cpu_be, m->opt.n_threads, e) != 0) return -1;
+        size_t rows = (size_t)m->opt.cpu_experts * (size_t)c->top_k, H = (size_t)c->hidden_size;
+        size_t I = (size_t)c->moe_intermediate_size;
+        m->cpu_rows = (int)rows;
+        m->cpu_x = lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' inputs", e);
+        m->cpu_y = m->cpu_x ? lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' outputs", e) : NULL;
+        m->cpu_g = m->cpu_y ? lm_malloc_aligned(sizeof(float) * rows * 2 * I, "CPU experts' activations", e) : NULL;
+        m->cpu_u = m->cpu_g ? lm_malloc_aligned(sizeof(float) * rows * I, "CPU experts' activations", e) : NULL;
+        if (!m->cpu_u) return -1;
+    }
+    pin_host_experts(m);
+    if (m->opt.verbose) {
+        char b1[32], b2[32], b3[32], b4[32];
+        fmt_size(b1, sizeof b1, lm_device_cache_bytes_for(&m->w, capacity));
+        fmt_size(b2, sizeof b2, m->gpu_fixed);
+        fmt_size(b3, sizeof b3, m->gpu_budget);
+        fmt_size(b4, sizeof b4, m->gpu_pinned_bytes);
+        lm_log(LAZYMOE_LOG_INFO,
+               "lazymoe: %s memory: %d of %d experts per layer (%s) above the host tier (%s); weights, KV cache and "
+               "scratch %s; budget %s; %s of host experts page-locked for uploads",
+               m->be->ops->name, capacity, c->n_experts, b1, m->cache ? "the host expert cache" : "resident experts",
+               b2, b3, b4);
+    }
+    return 0;
+}
+
 /* The context when the caller names none: the model's maximum, unless the KV cache
  * for it would take more than a quarter of what the budget leaves after the resident
  * weights -- then the most whole 1024s that quarter holds (at least 4096, or the
@@ -319,6 +473,7 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
     if (m->opt.act_bits && m->opt.act_bits != 32 &&
         lm_backend_cpu_set_act_bits(m->be, m->opt.act_bits, widest_input(&m->w.cfg), e) != 0)
         goto fail;
+    if (open_device_tier(m, e) != 0) goto fail;
     *out = m;
     return 0;
 fail:
@@ -335,6 +490,25 @@ void lm_engine_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_exper
     st->peak_rss_bytes = lm_peak_rss();
     st->warm_start_experts = m->warm_started;
     st->pinned_experts = m->cache ? (layer < 0 ? m->pinned : lm_cache_pinned(m->cache, layer)) : 0;
+    if (m->dcache) {
+        lm_device_cache_counters dc;
+        lm_device_cache_get_counters(m->dcache, layer, &dc);
+        st->gpu_capacity = lm_device_cache_capacity(m->dcache);
+        st->gpu_experts = lm_device_cache_resident(m->dcache, layer);
+        st->gpu_hits = dc.hits;
+        st->gpu_uploads = dc.uploads;
+        st->gpu_upload_bytes = dc.upload_bytes;
+        st->gpu_budget = m->gpu_budget;
+        st->gpu_resident_bytes = m->gpu_fixed;
+        st->gpu_expert_bytes = lm_device_cache_bytes_for(&m->w, st->gpu_capacity);
+        st->gpu_pinned_bytes = m->gpu_pinned_bytes;
+        st->cpu_computed_experts = m->cpu_computed;
+        uint64_t total = 0, free_bytes = 0, held = 0, peak = 0;
+        if (m->be->ops->memory_info && m->be->ops->memory_info(m->be, &total, &free_bytes, &held, &peak) == 0) {
+            st->gpu_peak_bytes = peak;
+            st->gpu_total_bytes = total;
+        }
+    }
     if (!m->cache) return;
     st->io_threads = lm_cache_io_threads(m->cache);
     lm_cache_counters cc;
@@ -356,6 +530,19 @@ void lm_engine_close(lazymoe_model *m) {
     if (m->trace && lm_trace_close(m->trace, e) != 0) lm_log(LAZYMOE_LOG_ERROR, "lazymoe: %s", e);
     save_history(m);
     lm_popularity_free(&m->history);
+    lm_device_cache_free(m->dcache);
+    if (m->cpu_be) lm_backend_free(m->cpu_be);
+    lm_free_aligned(m->cpu_x);
+    lm_free_aligned(m->cpu_y);
+    lm_free_aligned(m->cpu_g);
+    lm_free_aligned(m->cpu_u);
+    for (int i = 0; i < m->n_pinned_host; i++) m->be->ops->unpin_host(m->be, m->pinned_host[i]);
+    free(m->pinned_host);
+    free(m->dev_ids);
+    free(m->dev_need);
+    free(m->dev_status);
+    free(m->host_status);
+    free(m->dev_views);
     lm_cache_free(m->cache);
     lm_store_close(m->store);
     lm_trace_data_free(&m->replay);
@@ -414,6 +601,7 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->bytes_experts = m->w.bytes_experts;
     info->quant_bits = c->quant_bits;
     info->quant_group_size = c->quant_group_size;
+    snprintf(info->quant_mode, sizeof info->quant_mode, "%s", c->quant_mxfp4 ? "mxfp4" : "affine");
     snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
              m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
     tensor_type_counts(m->w.archive, info->tensor_types, sizeof info->tensor_types, &info->block_weights);

@@ -11,6 +11,7 @@
 #include "lazymoe.h"
 #include "kernels/backend.h"
 #include "experts/cache.h"
+#include "experts/device_cache.h"
 #include "experts/popularity.h"
 #include "experts/trace.h"
 #include "models/model.h"
@@ -23,6 +24,21 @@ struct lazymoe_model {
     lm_dtype kv_dtype;      /* KV cache element type (options.kv_bits) */
     lm_expert_store *store; /* reads the experts (into memory or into the cache) */
     lm_expert_cache *cache; /* NULL when every expert is resident */
+    /* The expert cache in device memory (experts/device_cache.h), NULL without one;
+     * what a step needs from it: the distinct experts, their status and views. */
+    lm_device_cache *dcache;
+    int32_t *dev_ids, *dev_need;
+    uint8_t *dev_status, *host_status;
+    lm_expert *dev_views;
+    uint64_t gpu_budget, gpu_fixed, gpu_pinned_bytes; /* device plan: budget, resident part; pinned host bytes */
+    void **pinned_host;     /* host ranges page-locked for uploads, [n_pinned_host] */
+    int n_pinned_host;
+    /* options.cpu_experts: the CPU backend that computes the experts a decode step
+     * does not find in device memory, and its host arrays for up to cpu_rows rows */
+    lm_backend *cpu_be;
+    int cpu_rows;
+    float *cpu_x, *cpu_g, *cpu_u, *cpu_y;
+    uint64_t cpu_computed;
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
     lm_trace_data replay_pred; /* its lookahead predictions (replay_pred.ids NULL if none) */
@@ -145,6 +161,8 @@ int lm_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **t
 uint64_t lm_kv_cache_bytes(const lm_config *c, int ctx, lm_dtype dt);
 /* Forward scratch for chunks of T tokens (device and host arrays). */
 uint64_t lm_scratch_bytes(const lm_config *c, int T);
+/* The device logits buffer a backend without host memory gets beside the scratch. */
+uint64_t lm_logits_device_bytes(const lm_config *c, int T);
 int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, char *err);
 void lm_scratch_free(lm_scratch *S, lm_backend *be);
 /* Resizes a session's KV caches and token list to `cap` positions (cap >= the

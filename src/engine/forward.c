@@ -331,6 +331,184 @@ static int run_lazy_experts(lazymoe_session *s, const lm_moe_block *mb, int l, i
     return 0;
 }
 
+/* Uploads experts ids[0..n) of layer l (slots acquired in the device cache) from the
+ * host tier and computes them: resident host experts at once, all together; from
+ * the host cache in its own waves, the cached ones together, then each miss as its
+ * read lands, each wave's uploads finished before its host slots are released. */
+static int upload_and_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int32_t *ids, int n, char *err) {
+    lazymoe_model *m = s->m;
+    const lm_layer *ly = &m->w.layers[l];
+    lm_expert *views = m->dev_views;
+    if (ly->experts) {
+        for (int i = 0; i < n; i++)
+            if (lm_device_cache_fill(m->dcache, l, ids[i], &ly->experts[ids[i]], 1, &views[i], err) != 0) return -1;
+        return run_experts(s, mb, views, ids, n, err);
+    }
+    int32_t *left = m->dev_need;
+    uint8_t *st = m->host_status;
+    memcpy(left, ids, sizeof(int32_t) * (size_t)n);
+    while (n > 0) {
+        int got = lm_cache_acquire(m->cache, l, left, n, st);
+        if (got == 0) return lm_errf(err, "expert cache of layer %d has no free slot", l);
+        int rc = 0, k = 0;
+        lm_expert host;
+        int32_t *done_ids = m->dev_ids; /* the host cache's hits, computed together */
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (st[i] != 1) continue;
+            rc = lm_cache_wait(m->cache, l, left[i], &host, err);
+            if (rc == 0) rc = lm_device_cache_fill(m->dcache, l, left[i], &host, 0, &views[k], err);
+            done_ids[k++] = left[i];
+        }
+        if (rc == 0 && k) rc = run_experts(s, mb, views, done_ids, k, err);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (st[i] != 2) continue;
+            rc = lm_cache_wait(m->cache, l, left[i], &host, err);
+            if (rc == 0) rc = lm_device_cache_fill(m->dcache, l, left[i], &host, 0, &views[0], err);
+            if (rc == 0) rc = run_experts(s, mb, views, &left[i], 1, err);
+        }
+        /* the host slots are reused once released: the uploads must have read them */
+        char later[LM_ERR_LEN] = ""; /* after a failure, the first reason is the one kept */
+        if (lm_device_cache_wait_uploads(m->dcache, rc ? later : err) != 0 && rc == 0) rc = -1;
+        lm_cache_release_layer(m->cache, l);
+        if (rc) return -1;
+        int r = 0;
+        for (int i = 0; i < n; i++)
+            if (!st[i]) left[r++] = left[i];
+        n = r;
+    }
+    return 0;
+}
+
+/* options.cpu_experts: experts ids[0..n) of a decode step that are not in device
+ * memory run on the CPU from resident host memory. First (cpu_gather) their tokens'
+ * rows are gathered on the device and downloaded -- before the device's own experts
+ * are queued, so that both then compute at once; then (cpu_run) the expert MLPs run
+ * on the CPU backend, the same operations run_experts issues, and the outputs are
+ * uploaded and scattered into eout. */
+static int cpu_gather(lazymoe_session *s, const int32_t *ids, int n, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int H = m->w.cfg.hidden_size, K = m->w.cfg.top_k, base = 0, total = 0;
+    for (int k = 0; k < n; k++) total += S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+    if (total > m->cpu_rows || total > S->cap_tokens)
+        return lm_errf(err, "%d rows for the CPU experts (room for %d)", total,
+                       m->cpu_rows < S->cap_tokens ? m->cpu_rows : S->cap_tokens);
+    for (int k = 0; k < n; k++) {
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        OP(be, be->ops->gather_rows(be, S->xe + (size_t)base * (size_t)H, S->h, S->tok_of + S->expert_off[ids[k]],
+                                    rows, H, K));
+        base += rows;
+    }
+    OP(be, be->ops->download(be, m->cpu_x, S->xe, sizeof(float) * (size_t)base * (size_t)H));
+    return 0;
+}
+
+static int cpu_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int32_t *ids, int n, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s), *cb = m->cpu_be;
+    lm_scratch *S = &s->s;
+    const lm_layer *ly = &m->w.layers[l];
+    size_t H = (size_t)m->w.cfg.hidden_size, I = (size_t)m->w.cfg.moe_intermediate_size;
+    int fused = mb->act == LM_ACT_SWIGLU_CLAMPED && mb->fused_gate_up;
+    if (!cb || !ly->experts) return lm_errf(err, "layer %d: experts on the CPU need the CPU backend and resident experts", l);
+    size_t base = 0;
+    for (int k = 0; k < n; k++) {
+        const lm_expert *v = &ly->experts[ids[k]];
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        const float *x = m->cpu_x + base * H;
+        float *g = m->cpu_g + base * (fused ? 2 * I : I), *u = m->cpu_u + base * I, *act = g;
+        OP(cb, cb->ops->matmul(cb, g, &v->gate, x, rows));
+        if (fused) {
+            if (mb->gate_up_bias) OP(cb, cb->ops->add_rows(cb, g, mb->gate_up_bias + (size_t)ids[k] * 2 * I, rows, 2 * (int)I));
+            OP(cb, cb->ops->swiglu_clamped(cb, u, g, (size_t)rows * I, mb->act_alpha, mb->act_limit));
+            act = u;
+        } else {
+            OP(cb, cb->ops->matmul(cb, u, &v->up, x, rows));
+            if (mb->act == LM_ACT_SWIGLU_CLAMPED) {
+                if (mb->gate_up_bias) {
+                    const float *b = mb->gate_up_bias + (size_t)ids[k] * 2 * I;
+                    OP(cb, cb->ops->add_rows(cb, g, b, rows, (int)I));
+                    OP(cb, cb->ops->add_rows(cb, u, b + I, rows, (int)I));
+                }
+                OP(cb, cb->ops->swiglu_clamped_split(cb, u, g, u, (size_t)rows * I, mb->act_alpha, mb->act_limit));
+                act = u;
+            } else {
+                OP(cb, cb->ops->swiglu(cb, g, u, (size_t)rows * I));
+            }
+        }
+        float *y = m->cpu_y + base * H;
+        OP(cb, cb->ops->matmul(cb, y, &v->down, act, rows));
+        if (mb->down_bias) OP(cb, cb->ops->add_rows(cb, y, mb->down_bias + (size_t)ids[k] * H, rows, (int)H));
+        base += (size_t)rows;
+    }
+    /* queued after the device's experts, which used S->proj before: stream order */
+    OP(be, be->ops->upload(be, S->proj, m->cpu_y, sizeof(float) * base * H));
+    base = 0;
+    for (int k = 0; k < n; k++) {
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        OP(be, be->ops->scatter_rows(be, S->eout, S->proj + base * H, S->tok_of + S->expert_off[ids[k]], rows, (int)H));
+        base += (size_t)rows;
+    }
+    m->cpu_computed += (uint64_t)n;
+    return 0;
+}
+
+/* Experts through the expert cache in device memory (a GPU): the ones it holds are
+ * computed at once, the others uploaded into its slots from the host tier
+ * (upload_and_run) while those compute. When the layer needs more experts than the
+ * device cache has slots, it goes in waves. Every expert runs the same kernels on
+ * the same bytes wherever they came from, so the output does not depend on either
+ * tier's capacity. */
+static int run_device_experts(lazymoe_session *s, const lm_moe_block *mb, int l, int T, char *err) {
+    lazymoe_model *m = s->m;
+    const lm_config *c = &m->w.cfg;
+    lm_scratch *S = &s->s;
+    int E = c->n_experts, n = 0, shared_done = 0;
+    uint8_t *used = S->expert_used;
+    memset(used, 0, (size_t)E);
+    for (int i = 0; i < T * c->top_k; i++) used[S->sel_host[i]] = 1;
+    for (int e = 0; e < E; e++)
+        if (used[e]) S->need[n++] = e;
+    if (group_routes(s, E, T * c->top_k, err) != 0) return -1;
+    uint8_t *st = m->dev_status;
+    /* a decode step with options.cpu_experts: what is not in device memory runs on the
+     * CPU; its rows (up to T * top_k) pass through S->xe and S->proj, which hold
+     * cap_tokens rows (a batch step's scratch has as many as it has sequences) */
+    int cpu_step = m->cpu_be && T <= m->opt.cpu_experts && T * c->top_k <= S->cap_tokens;
+    while (n > 0) {
+        int got = lm_device_cache_acquire(m->dcache, l, S->need, n, !cpu_step, st);
+        if (got == 0 && !cpu_step) return lm_errf(err, "the device expert cache of layer %d has no free slot", l);
+        int hits = 0, misses = 0, on_cpu = 0, rc = 0;
+        for (int i = 0; i < n; i++)
+            if (st[i] == 1) {
+                S->expert_views[hits] = lm_device_cache_view(m->dcache, l, S->need[i]);
+                S->expert_ids[hits++] = S->need[i];
+            } else if (st[i] == 3) {
+                m->dev_ids[on_cpu++] = S->need[i];
+            }
+        if (on_cpu) rc = cpu_gather(s, m->dev_ids, on_cpu, err);
+        /* uploads into this wave's slots wait for the kernels that read them before */
+        if (rc == 0) rc = lm_device_cache_fence(m->dcache, err);
+        if (rc == 0 && hits) rc = run_experts(s, mb, S->expert_views, S->expert_ids, hits, err);
+        if (rc == 0 && !shared_done && mb->shared) {
+            rc = shared_expert(s, mb, &m->w.layers[l], T, err);
+            shared_done = 1;
+        }
+        if (rc == 0 && on_cpu) rc = cpu_run(s, mb, l, m->dev_ids, on_cpu, err);
+        for (int i = 0; i < n; i++)
+            if (st[i] == 2) S->expert_ids[misses++] = S->need[i];
+        if (rc == 0 && misses) rc = upload_and_run(s, mb, l, S->expert_ids, misses, err);
+        lm_device_cache_release_layer(m->dcache, l);
+        if (rc) return -1;
+        int left = 0;
+        for (int i = 0; i < n; i++)
+            if (!st[i]) S->need[left++] = S->need[i];
+        n = left;
+    }
+    return 0;
+}
+
 /* Benchmark replay: the trace's picks with equal weights replace the router's. */
 static int replay_routes(lazymoe_session *s, int l, int T, char *err) {
     lm_backend *be = BE(s);
@@ -363,7 +541,9 @@ static int moe_block(lazymoe_session *s, const lm_moe_block *mb, int l, int T, c
     OP(be, be->ops->route(be, &mb->router, S->router, T, S->sel, S->selw));
     OP(be, be->ops->download(be, S->sel_host, S->sel, sizeof(int32_t) * (size_t)T * (size_t)K));
     if (s->m->replay.ids && replay_routes(s, l, T, err) != 0) return -1;
-    if (ly->experts) {
+    if (s->m->dcache) {
+        if (run_device_experts(s, mb, l, T, err) != 0) return -1;
+    } else if (ly->experts) {
         if (group_routes(s, E, T * K, err) != 0) return -1;
         int n = 0;
         for (int e = 0; e < E; e++)
@@ -514,6 +694,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         OP(be, be->ops->upload(be, S->ids, ids + done, sizeof(int32_t) * (size_t)T));
         OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
+        if (s->m->dcache) lm_device_cache_begin_step(s->m->dcache);
         for (int l = 0; l < c->n_layers; l++)
             if (layer(s, l, T, NULL, err) != 0) return -1;
         if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
@@ -552,6 +733,7 @@ int lm_forward_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int
     OP(be, be->ops->upload(be, S->ids, ids, sizeof(int32_t) * (size_t)n));
     OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, n));
     if (b->m->cache) lm_cache_begin_step(b->m->cache);
+    if (b->m->dcache) lm_device_cache_begin_step(b->m->dcache);
     for (int l = 0; l < c->n_layers; l++)
         if (layer(b, l, n, seqs, err) != 0) return -1;
     for (int i = 0; i < n; i++) {

@@ -67,6 +67,11 @@ static int scratch_table(lm_scratch *S, const lm_config *c, int T, scratch_entry
     return n;
 }
 
+uint64_t lm_logits_device_bytes(const lm_config *c, int T) {
+    int rows = T < LOGITS_DEVICE_ROWS ? T : LOGITS_DEVICE_ROWS;
+    return c->vocab_size > 0 ? (uint64_t)rows * (uint64_t)c->vocab_size * sizeof(float) : 0;
+}
+
 uint64_t lm_scratch_bytes(const lm_config *c, int T) {
     lm_scratch S;
     scratch_entry e[LM_SCRATCH_MAX_BUFS];
@@ -103,7 +108,7 @@ int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, c
         }
     }
     if (!be->ops->host_memory && c->vocab_size > 0) {
-        S->logits_rows = T < LOGITS_DEVICE_ROWS ? T : LOGITS_DEVICE_ROWS;
+        S->logits_rows = T < LOGITS_DEVICE_ROWS ? T : LOGITS_DEVICE_ROWS; /* lm_logits_device_bytes */
         size_t bytes = (size_t)S->logits_rows * (size_t)c->vocab_size * sizeof(float);
         if (lm_backend_alloc(be, &S->logits_dev, bytes, "device logits", err) != 0) goto fail;
     }

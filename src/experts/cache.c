@@ -132,6 +132,12 @@ uint64_t lm_cache_slot_bytes(const lm_weights *w, int l) {
     return w->layers[l].is_moe ? lm_store_slot_layout(&w->layers[l].src, w->cfg.n_experts, region) : 0;
 }
 
+void lm_cache_slot_memory(const lm_expert_cache *c, int l, void **ptr, size_t *bytes) {
+    const layer_cache *lc = &c->layers[l];
+    *ptr = lc->slots;
+    *bytes = lc->slots ? lc->slot_bytes * (size_t)lc->capacity : 0;
+}
+
 uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity) {
     uint64_t b = 0;
     if (capacity > w->cfg.n_experts) capacity = w->cfg.n_experts;

@@ -124,6 +124,9 @@ int lm_cache_io_threads(const lm_expert_cache *c);
 /* Bytes of one cache slot of layer l (0 for a dense layer): an expert plus the
  * padding that lets direct reads land in place (cache.c). */
 uint64_t lm_cache_slot_bytes(const lm_weights *w, int l);
+/* The memory of layer l's slots (NULL, 0 for a dense layer): a device backend
+ * page-locks it so that uploads from the slots run at full bus speed. */
+void lm_cache_slot_memory(const lm_expert_cache *c, int l, void **ptr, size_t *bytes);
 /* Bytes the cache allocates for its slots at a capacity (an upper bound of what it
  * can touch: allocator rounding included). */
 uint64_t lm_cache_bytes_for(const lm_weights *w, int capacity);

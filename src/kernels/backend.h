@@ -205,6 +205,28 @@ typedef struct {
     void (*weights_changed)(lm_backend *be, const void *host);
     /* Frees the backend and what it holds (lm_backend_free). */
     void (*destroy)(lm_backend *be);
+    /* ---- device memory tiers (the expert cache in device memory, experts/device_cache.h);
+     * NULL on the CPU, where upload is a copy that has finished when it returns ---- */
+    /* Queues a copy of host memory into a buffer of this backend on a copy queue:
+     * operations issued after it wait for it, ones issued before may run beside it.
+     * host_src must stay unchanged until uploads_wait returns. */
+    int (*upload_async)(lm_backend *be, void *dst, const void *host_src, size_t bytes);
+    /* Uploads queued after this wait for every operation issued before it, so they
+     * may overwrite memory those operations read. */
+    int (*upload_fence)(lm_backend *be);
+    /* Blocks until every queued upload has read its host memory. */
+    int (*uploads_wait)(lm_backend *be);
+    /* Page-locks host memory that will be uploaded from often (cudaHostRegister), so
+     * uploads from it run beside the kernels at full bus speed; -1 with the reason
+     * in be->err when the system refuses (uploads then still work, staged). */
+    int (*pin_host)(lm_backend *be, void *host, size_t bytes);
+    void (*unpin_host)(lm_backend *be, void *host);
+    /* Device memory now (total, free: the driver's; held, peak: what this backend
+     * allocated, weight copies included, and the most it ever held). */
+    int (*memory_info)(lm_backend *be, uint64_t *total, uint64_t *free_bytes, uint64_t *held, uint64_t *peak);
+    /* Caps what the backend allocates (buffers and weight copies) at `bytes`; an
+     * allocation beyond it fails with a message naming the cap. 0 = no cap. */
+    void (*set_memory_limit)(lm_backend *be, uint64_t bytes);
 } lm_backend_ops;
 
 struct lm_backend {

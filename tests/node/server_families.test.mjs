@@ -9,8 +9,9 @@
 // reasoning through the family's published chat template, and the prompt it builds has
 // exactly as many tokens as the template rendered by Python jinja2 gives
 // (tests/fixtures/server_*/expected_prompts.json, tools/make_server_family_fixtures.py).
-// Models: tests/fixtures/server_glm, tests/fixtures/server_minimax (random weights of the
-// transformers goldens, the published templates, tokenizers that write the markup).
+// Models: tests/fixtures/server_glm (GLM-4.6's template), server_glm45 (GLM-4.5's),
+// server_minimax (random weights of the transformers goldens, the published templates,
+// tokenizers that write the markup).
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import fs from 'node:fs';
@@ -23,23 +24,28 @@ const REASONING = 'The user wants the weather in Paris.';
 const ARGS = { city: 'Paris', days: 3 };
 const RESULT = '{"sky":"sunny","celsius":21}';
 
+const GLM = {
+  // GLM-4.5/4.6 start a turn with a newline, think, then write the call; <|observation|>
+  // (an end-of-turn token) hands over to the tool.
+  call: `\n<think>${REASONING}</think>\nLet me check.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n` +
+    '<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call><|observation|>',
+  final: '\n<think>The tool says sunny.</think>\nSunny, 21 C in Paris.<|user|>',
+  // a tool without parameters, as the template renders such a call
+  noArgCall: '\n<think></think>\n<tool_call>get_time\n</tool_call><|observation|>',
+};
 const FAMILIES = {
-  glm: {
-    dir: 'server_glm',
-    // GLM-4.5/4.6 start a turn with a newline, think, then write the call; <|observation|>
-    // (an end-of-turn token) hands over to the tool.
-    call: `\n<think>${REASONING}</think>\nLet me check.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n` +
-      '<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call><|observation|>',
-    final: '\n<think>The tool says sunny.</think>\nSunny, 21 C in Paris.<|user|>',
-  },
+  glm: { dir: 'server_glm', ...GLM }, // GLM-4.6's template
+  glm45: { dir: 'server_glm45', ...GLM }, // GLM-4.5's: tc.arguments.items() without `or {}`
   minimax: {
     dir: 'server_minimax',
     // the template opened <think>: the output starts inside the reasoning
     call: `${REASONING}\n</think>\n\nLet me check.\n<minimax:tool_call>\n<invoke name="get_weather">\n` +
       '<parameter name="city">Paris</parameter>\n<parameter name="days">3</parameter>\n</invoke>\n</minimax:tool_call>[e~[',
     final: 'The tool says sunny.\n</think>\n\nSunny, 21 C in Paris.[e~[',
+    noArgCall: 'Need the clock.\n</think>\n\n<minimax:tool_call>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>[e~[',
   },
 };
+const CLOCK = [{ type: 'function', function: { name: 'get_time', description: 'Current time', parameters: { type: 'object', properties: {} } } }];
 
 async function collect(stream) {
   const chunks = [];
@@ -117,6 +123,25 @@ for (const [fam, F] of Object.entries(FAMILIES)) {
     const want = tokens('later_turn');
     assert(want === tokens('later_turn_no_reasoning'), 'jinja2 keeps old reasoning: fixture out of date');
     assert(withField === want && inContent === want && plain === want, `${withField} ${inContent} ${plain}, jinja2 ${want}`);
+  });
+
+  await testCase(`${fam}_tool_without_arguments`, async () => {
+    // the call parses to arguments {} (OpenAI: the string "{}"); sent back, it renders as
+    // jinja2 renders a call whose arguments are {}: GLM-4.5's template would raise on null
+    const ask = [{ role: 'user', content: 'Time?' }];
+    const first = await chat({ messages: ask, tools: CLOCK, lazymoe_forced_output: F.noArgCall });
+    const c = first.choices[0];
+    assert(c.finish_reason === 'tool_calls' && c.message.tool_calls.length === 1, JSON.stringify(c));
+    const tc = c.message.tool_calls[0];
+    assert(tc.function.name === 'get_time' && eq(JSON.parse(tc.function.arguments), {}), JSON.stringify(tc));
+    const back = [...ask, { role: 'assistant', content: '', tool_calls: [tc] }, { role: 'tool', tool_call_id: tc.id, content: '12:00' }];
+    const r = await chat({ messages: back, tools: CLOCK, max_tokens: 2, lazymoe_forced_output: 'ok' });
+    const want = tokens('no_argument_round_trip');
+    assert(r.usage.prompt_tokens === want, `prompt ${r.usage.prompt_tokens} tokens, jinja2's render ${want}`);
+    // the same call as OpenAI clients may send it back: arguments "" (no JSON at all)
+    const empty = back.map((x) => (x.tool_calls ? { ...x, tool_calls: [{ ...tc, function: { ...tc.function, arguments: '' } }] } : x));
+    const r2 = await chat({ messages: empty, tools: CLOCK, max_tokens: 2, lazymoe_forced_output: 'ok' });
+    assert(r2.usage.prompt_tokens === want, `arguments "": prompt ${r2.usage.prompt_tokens} tokens, jinja2's render ${want}`);
   });
 
   await testCase(`${fam}_anthropic_thinking_and_tool_use`, async () => {

@@ -67,9 +67,33 @@ typedef struct {
     device_range *ranges; /* sorted by base */
     size_t n_ranges, cap_ranges;
     int *flag;      /* device [2]: an op's error flag and its detail (embed's bad id) */
+    /* The expert tier's uploads (upload_async) run on their own stream: the compute
+     * stream waits for each through copy_done, and upload_fence makes the copy
+     * stream wait for the compute issued so far through compute_point. */
+    cudaStream_t copy;
+    cudaEvent_t copy_done, compute_point;
+    /* Device memory this backend asked for (buffers and weight copies), its peak,
+     * and the cap set_memory_limit put on it (0 = none). */
+    uint64_t held, peak, limit;
+    void **pinned; /* host ranges pin_host registered, unregistered at destroy */
+    size_t n_pinned, cap_pinned;
 } cuda_impl;
 
 static cuda_impl *impl_of(lm_backend *be) { return (cuda_impl *)be->impl; }
+
+/* Counts an allocation of `bytes` about to be made against the cap: -1 with the
+ * reason when it would go beyond (nothing is counted then). */
+static int mem_take(lm_backend *be, size_t bytes, const char *what) {
+    cuda_impl *im = (cuda_impl *)be->impl;
+    if (im->limit && im->held + bytes > im->limit)
+        return lm_errf(be->err,
+                       "the GPU memory budget of %llu bytes is used up: %s needs %zu bytes more with %llu held",
+                       (unsigned long long)im->limit, what, bytes, (unsigned long long)im->held);
+    im->held += bytes;
+    if (im->held > im->peak) im->peak = im->held;
+    return 0;
+}
+static void mem_give(cuda_impl *im, size_t bytes) { im->held -= bytes < im->held ? bytes : im->held; }
 
 static int cuda_fail(lm_backend *be, const char *what, cudaError_t e) {
     return lm_errf(be->err, "CUDA %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
@@ -192,13 +216,17 @@ static const void *dev_weight(lm_backend *be, const void *host, size_t bytes, co
         if (c->dev) {
             cudaFree(c->dev);
             im->weight_bytes -= c->cap;
+            mem_give(im, c->cap);
         }
         c->dev = NULL;
         c->cap = 0;
+        c->bytes = 0;
+        if (mem_take(be, bytes, what) != 0) return NULL;
         cudaError_t e = cudaMalloc(&c->dev, bytes ? bytes : 1);
         if (e != cudaSuccess) {
+            cudaGetLastError(); /* an allocation failure is not sticky */
+            mem_give(im, bytes);
             c->dev = NULL;
-            c->bytes = 0;
             lm_errf(be->err, "CUDA out of device memory for a copy of %s (%zu bytes): %s", what, bytes,
                     cudaGetErrorString(e));
             return NULL;
@@ -1110,13 +1138,16 @@ static int cuda_alloc(lm_backend *be, lm_buf *out, size_t bytes) {
     out->ptr = NULL;
     out->bytes = 0;
     void *p = NULL;
+    if (mem_take(be, bytes, "a buffer") != 0) return -1;
     cudaError_t e = cudaMalloc(&p, bytes); /* 256-byte aligned */
     if (e != cudaSuccess) {
         cudaGetLastError(); /* clear it: an allocation failure is not sticky */
+        mem_give(im, bytes);
         return lm_errf(be->err, "CUDA device memory (%zu bytes): %s", bytes, cudaGetErrorString(e));
     }
     if (range_add(im, p, bytes) != 0) {
         cudaFree(p);
+        mem_give(im, bytes);
         return lm_errf(be->err, "out of host memory for the table of device buffers");
     }
     out->ptr = p;
@@ -1127,9 +1158,11 @@ static int cuda_alloc(lm_backend *be, lm_buf *out, size_t bytes) {
 static void cuda_free_buf(lm_backend *be, lm_buf *buf) {
     cuda_impl *im = impl_of(be);
     range_remove(im, buf->ptr);
-    /* queued work may still use it (a KV cache copied into its successor) */
+    /* queued work may still use it (a KV cache copied into its successor, an upload) */
     cudaStreamSynchronize(im->stream);
+    if (im->copy) cudaStreamSynchronize(im->copy);
     cudaFree(buf->ptr); /* a sticky error shows at the next op */
+    mem_give(im, buf->bytes);
 }
 
 static int cuda_upload(lm_backend *be, void *dst, const void *host_src, size_t bytes) {
@@ -1159,14 +1192,87 @@ static int cuda_sync(lm_backend *be) {
     return 0;
 }
 
+/* ---- the expert tier's uploads ------------------------------------------------------------------------ */
+
+static int cuda_upload_async(lm_backend *be, void *dst, const void *host_src, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!bytes) return 0;
+    CU(be, "upload (copy stream)", cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->copy));
+    CU(be, "upload (its event)", cudaEventRecord(im->copy_done, im->copy));
+    /* what is issued from now on waits for this copy; what was issued before does not */
+    CU(be, "upload (ordering the kernels after it)", cudaStreamWaitEvent(im->stream, im->copy_done, 0));
+    return 0;
+}
+
+static int cuda_upload_fence(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    CU(be, "upload fence", cudaEventRecord(im->compute_point, im->stream));
+    CU(be, "upload fence", cudaStreamWaitEvent(im->copy, im->compute_point, 0));
+    return 0;
+}
+
+static int cuda_uploads_wait(lm_backend *be) {
+    CU(be, "waiting for uploads", cudaStreamSynchronize(impl_of(be)->copy));
+    return 0;
+}
+
+static int cuda_pin_host(lm_backend *be, void *host, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!host || !bytes) return 0;
+    if (im->n_pinned == im->cap_pinned) {
+        size_t cap = im->cap_pinned ? 2 * im->cap_pinned : 64;
+        void **p = (void **)realloc(im->pinned, cap * sizeof *p);
+        if (!p) return lm_errf(be->err, "out of host memory for the table of pinned ranges");
+        im->pinned = p;
+        im->cap_pinned = cap;
+    }
+    cudaError_t e = cudaHostRegister(host, bytes, cudaHostRegisterDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: uploads from this memory are staged instead */
+        return lm_errf(be->err, "page-locking %zu bytes of host memory: %s", bytes, cudaGetErrorString(e));
+    }
+    im->pinned[im->n_pinned++] = host;
+    return 0;
+}
+
+static void cuda_unpin_host(lm_backend *be, void *host) {
+    cuda_impl *im = impl_of(be);
+    for (size_t i = 0; i < im->n_pinned; i++)
+        if (im->pinned[i] == host) {
+            if (im->copy) cudaStreamSynchronize(im->copy); /* no upload reads it any more */
+            cudaHostUnregister(host);
+            im->pinned[i] = im->pinned[--im->n_pinned];
+            return;
+        }
+}
+
+static int cuda_memory_info(lm_backend *be, uint64_t *total, uint64_t *free_bytes, uint64_t *held, uint64_t *peak) {
+    cuda_impl *im = impl_of(be);
+    size_t f = 0, t = 0;
+    CU(be, "reading the device's memory", cudaMemGetInfo(&f, &t));
+    *total = t;
+    *free_bytes = f;
+    *held = im->held;
+    *peak = im->peak;
+    return 0;
+}
+
+static void cuda_set_memory_limit(lm_backend *be, uint64_t bytes) { impl_of(be)->limit = bytes; }
+
 static void cuda_destroy(lm_backend *be) {
     cuda_impl *im = impl_of(be);
     if (im) {
+        if (im->copy) cudaStreamSynchronize(im->copy);
+        for (size_t i = 0; i < im->n_pinned; i++) cudaHostUnregister(im->pinned[i]);
+        free(im->pinned);
         if (im->stream) cudaStreamSynchronize(im->stream);
         for (size_t i = 0; i < im->w_cap; i++)
             if (im->w[i].dev) cudaFree(im->w[i].dev);
         if (im->flag) cudaFree(im->flag);
         if (im->stream) cudaStreamDestroy(im->stream);
+        if (im->copy) cudaStreamDestroy(im->copy);
+        if (im->copy_done) cudaEventDestroy(im->copy_done);
+        if (im->compute_point) cudaEventDestroy(im->compute_point);
         free(im->w);
         free(im->ranges);
         free(im);
@@ -1205,6 +1311,13 @@ static const lm_backend_ops cuda_ops = {
     /* .moe_combine = */ cuda_moe_combine,
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
+    /* .upload_async = */ cuda_upload_async,
+    /* .upload_fence = */ cuda_upload_fence,
+    /* .uploads_wait = */ cuda_uploads_wait,
+    /* .pin_host = */ cuda_pin_host,
+    /* .unpin_host = */ cuda_unpin_host,
+    /* .memory_info = */ cuda_memory_info,
+    /* .set_memory_limit = */ cuda_set_memory_limit,
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
@@ -1228,6 +1341,9 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     be->impl = im;
     im->device = device;
     if ((e = cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&im->copy, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&im->copy_done, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&im->compute_point, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaMalloc((void **)&im->flag, 2 * sizeof(int))) != cudaSuccess ||
         (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess) {
         lm_errf(err, "the cuda backend: setting up device %d: %s", device, cudaGetErrorString(e));

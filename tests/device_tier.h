@@ -1,0 +1,182 @@
+/* The expert cache in device memory (experts/device_cache.h), checked through the
+ * engine on one backend: tests/test_device_cache.c runs it on the CPU (where
+ * options.gpu_memory keeps the tier as a second pool in RAM: the same code path,
+ * uploads being copies), tests/cuda/test_cuda.c on the GPU.
+ *
+ * What it proves: a model's logits and greedy ids are bit for bit the same at every
+ * device capacity (1 slot, top_k, all but one, all) as with every expert in device
+ * memory, over resident host experts and over a host expert cache of top_k slots
+ * (three tiers: device, host RAM, disk); experts really are uploaded again when the
+ * capacity is short; the device memory held never goes above the budget where the
+ * backend reports it; a budget that cannot hold the resident part and one expert
+ * per layer is refused, naming the size it needs. The includer defines
+ * tier_backend (a backend name) before including this file. */
+#ifndef LAZYMOE_TEST_DEVICE_TIER_H
+#define LAZYMOE_TEST_DEVICE_TIER_H
+
+#include "harness.h"
+
+#include "common/error.h"
+#include "lazymoe.h"
+
+#include <stdint.h>
+
+typedef struct {
+    float *logits; /* [n][V] */
+    int32_t gen[12];
+    lazymoe_expert_stats st;
+    size_t V;
+} tier_run;
+
+static const int32_t TIER_IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140, 9, 31, 200, 18};
+#define TIER_NIDS 16
+#define TIER_CTX 64
+
+/* The prompt's logits, then 12 greedy tokens; host_capacity -1 = resident host
+ * experts, N = a host cache of N slots; gpu_memory 0 = the backend's default. */
+static int tier_cpu_experts; /* options.cpu_experts of the runs */
+
+static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memory, tier_run *r, char *why) {
+    memset(r, 0, sizeof *r);
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.no_warm_start = 1;
+    o.n_threads = 2;
+    o.act_bits = 32;
+    o.kv_bits = 32;
+    o.max_context = TIER_CTX;
+    o.expert_capacity = host_capacity;
+    o.backend = tier_backend;
+    o.gpu_memory = gpu_memory;
+    o.cpu_experts = tier_cpu_experts;
+    lazymoe_model *m;
+    if (lazymoe_model_open(&m, dir, &o, why, LM_ERR_LEN) != 0) return -1;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    r->V = (size_t)info.vocab_size;
+    r->logits = malloc(sizeof(float) * TIER_NIDS * r->V);
+    float *lg = malloc(sizeof(float) * r->V);
+    lazymoe_session *s;
+    int rc = lazymoe_session_create(&s, m, why, LM_ERR_LEN);
+    if (rc == 0) rc = lazymoe_session_eval(s, TIER_IDS, TIER_NIDS, r->logits, 1, why, LM_ERR_LEN);
+    if (rc == 0) memcpy(lg, r->logits + (size_t)(TIER_NIDS - 1) * r->V, sizeof(float) * r->V);
+    for (int g = 0; rc == 0 && g < 12; g++) {
+        int best = 0;
+        for (size_t i = 1; i < r->V; i++)
+            if (lg[i] > lg[best]) best = (int)i;
+        r->gen[g] = best;
+        rc = lazymoe_session_eval(s, &r->gen[g], 1, lg, 0, why, LM_ERR_LEN);
+    }
+    lazymoe_model_get_expert_stats(m, -1, &r->st);
+    free(lg);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+/* Every device capacity gives the all-in-device-memory run's numbers. */
+static void tier_same_at_capacities(const char *dir, int n_experts, int top_k) {
+    char why[LM_ERR_LEN];
+    const char *name = strrchr(dir, '/') + 1;
+    /* all in device memory: a budget far above the model, to learn the plan's sizes */
+    tier_run all;
+    if (tier_run_model(dir, -1, 4ull << 30, &all, why) != 0) {
+        CHECKF(0, "%s on %s, everything in device memory: %s", name, tier_backend, why);
+        free(all.logits);
+        return;
+    }
+    CHECKF(all.st.gpu_capacity == n_experts, "%s: device capacity %d with room for all %d", name,
+           all.st.gpu_capacity, n_experts);
+    CHECKF(all.st.gpu_uploads > 0 && all.st.gpu_uploads <= all.st.gpu_experts + 0ull,
+           "%s: with room for all, each expert is uploaded once (%llu uploads, %d held)", name,
+           (unsigned long long)all.st.gpu_uploads, all.st.gpu_experts);
+    uint64_t fixed = all.st.gpu_resident_bytes, per_slot = all.st.gpu_expert_bytes / (uint64_t)n_experts;
+    if (all.st.gpu_peak_bytes)
+        CHECKF(all.st.gpu_peak_bytes <= all.st.gpu_budget, "%s: device peak %llu above the budget %llu", name,
+               (unsigned long long)all.st.gpu_peak_bytes, (unsigned long long)all.st.gpu_budget);
+    int caps[] = {1, top_k, n_experts - 1, n_experts};
+    for (int host = 0; host < 2; host++) {
+        int host_capacity = host ? top_k : -1; /* resident host experts, or a host cache of top_k slots */
+        for (int i = 0; i < 4; i++) {
+            if (host && i == 2) continue;
+            uint64_t budget = fixed + per_slot * (uint64_t)caps[i];
+            tier_run r;
+            if (tier_run_model(dir, host_capacity, budget, &r, why) != 0) {
+                CHECKF(0, "%s, device capacity %d, host %d: %s", name, caps[i], host_capacity, why);
+                free(r.logits);
+                continue;
+            }
+            CHECKF(r.st.gpu_capacity == caps[i], "%s: budget for %d slots gave %d", name, caps[i], r.st.gpu_capacity);
+            CHECKF(!memcmp(r.logits, all.logits, sizeof(float) * TIER_NIDS * all.V),
+                   "%s: device capacity %d (host %d) logits differ from all in device memory", name, caps[i],
+                   host_capacity);
+            CHECKF(!memcmp(r.gen, all.gen, sizeof r.gen), "%s: device capacity %d (host %d) greedy ids differ", name,
+                   caps[i], host_capacity);
+            if (caps[i] < top_k)
+                CHECKF(r.st.gpu_uploads > all.st.gpu_uploads, "%s: capacity %d uploaded no more than all (%llu)", name,
+                       caps[i], (unsigned long long)r.st.gpu_uploads);
+            if (host) CHECKF(r.st.misses > 0, "%s: the host cache of %d slots read nothing", name, top_k);
+            if (r.st.gpu_peak_bytes)
+                CHECKF(r.st.gpu_peak_bytes <= budget, "%s: device peak %llu above the budget %llu", name,
+                       (unsigned long long)r.st.gpu_peak_bytes, (unsigned long long)budget);
+            printf("# %s on %s, device capacity %d, host %s: %llu device hits, %llu uploads (%llu bytes), peak %llu "
+                   "of %llu\n",
+                   name, tier_backend, caps[i], host ? "cache" : "resident", (unsigned long long)r.st.gpu_hits,
+                   (unsigned long long)r.st.gpu_uploads, (unsigned long long)r.st.gpu_upload_bytes,
+                   (unsigned long long)r.st.gpu_peak_bytes, (unsigned long long)budget);
+            free(r.logits);
+        }
+    }
+    /* Steps computing what is not in device memory on the CPU (resident host
+     * experts): on the CPU backend the same kernels, so bit-identical; on a GPU the
+     * CPU's sums, within the CPU-vs-GPU tolerance, greedy ids the same. */
+    /* cpu_experts TIER_NIDS: the prompt's misses too (its logits are compared);
+     * 4: the prompt uploads, then decode steps mix device hits and CPU experts */
+    for (int j = 0; j < 4; j++) {
+        int i = j % 2, ce = j < 2 ? TIER_NIDS : 4;
+        tier_cpu_experts = ce;
+        tier_run r;
+        int rc = tier_run_model(dir, -1, fixed + per_slot * (uint64_t)caps[i], &r, why);
+        tier_cpu_experts = 0;
+        if (rc != 0) {
+            CHECKF(0, "%s, device capacity %d, cpu experts: %s", name, caps[i], why);
+            free(r.logits);
+            continue;
+        }
+        double md = 0, mr = 0;
+        for (size_t k = 0; k < TIER_NIDS * all.V; k++) {
+            double d = fabs((double)r.logits[k] - (double)all.logits[k]);
+            if (d > md) md = d;
+            if (fabs((double)all.logits[k]) > mr) mr = fabs((double)all.logits[k]);
+        }
+        double rel = md / (mr > 0 ? mr : 1);
+        if (!strcmp(tier_backend, "cpu"))
+            CHECKF(md == 0, "%s: device capacity %d, experts on the CPU: logits differ (%.3g)", name, caps[i], rel);
+        else
+            CHECKF(rel <= 1e-3, "%s: device capacity %d, experts on the CPU: %.3g of max|logit|", name, caps[i], rel);
+        CHECKF(!memcmp(r.gen, all.gen, sizeof r.gen), "%s: device capacity %d, experts on the CPU: greedy ids differ",
+               name, caps[i]);
+        CHECKF(r.st.cpu_computed_experts > 0, "%s: capacity %d computed no expert on the CPU", name, caps[i]);
+        printf("# %s on %s, device capacity %d, misses of steps <= %d tokens on the CPU: %llu computed there, %llu "
+               "uploads, logits within %.3g of max|logit|\n",
+               name, tier_backend, caps[i], ce, (unsigned long long)r.st.cpu_computed_experts,
+               (unsigned long long)r.st.gpu_uploads, rel);
+        free(r.logits);
+    }
+    /* the CPU computes from resident host experts only: with a host cache, refused */
+    tier_run rc_cache;
+    tier_cpu_experts = 4;
+    CHECK(tier_run_model(dir, top_k, fixed + per_slot, &rc_cache, why) != 0);
+    tier_cpu_experts = 0;
+    CHECK_STR_CONTAINS(why, "--cpu-experts");
+    free(rc_cache.logits);
+    /* one byte short of one expert per layer: refused with the size needed */
+    tier_run r;
+    CHECK(tier_run_model(dir, -1, fixed + per_slot - 1, &r, why) != 0);
+    CHECK_STR_CONTAINS(why, "too small");
+    CHECK_STR_CONTAINS(why, "raise --gpu-memory");
+    free(r.logits);
+    free(all.logits);
+}
+
+#endif

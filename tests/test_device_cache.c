@@ -1,0 +1,27 @@
+/* The expert cache in device memory (experts/device_cache.h) on the CPU backend,
+ * where options.gpu_memory keeps the tier as a second pool in RAM: the engine's
+ * tier path (acquire, fence, fill from resident experts or from the host cache,
+ * waves, release) runs as on a GPU, uploads being copies. tests/device_tier.h
+ * holds the cases; tests/cuda/test_cuda.c runs them on the GPU. */
+static const char *tier_backend = "cpu";
+#include "device_tier.h"
+
+#define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
+
+static void qwen3_moe(void) { tier_same_at_capacities(GOLDEN "qwen3_moe_f32", 8, 2); }
+/* a shared expert and the sigmoid router with groups */
+static void glm4_moe(void) { tier_same_at_capacities(GOLDEN "glm4_moe_f32", 16, 4); }
+/* gpt-oss: fused gate_up experts with biases, transposed bf16 experts; MXFP4 */
+static void gpt_oss(void) { tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/float", 4, 2); }
+static void gpt_oss_mxfp4(void) { tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/mxfp4", 4, 2); }
+/* MLX 4-bit affine experts in several byte ranges each (scales, biases) */
+static void demo_coder(void) { tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
+
+int main(void) {
+    TEST_CASE("device_tier_qwen3_moe_bit_identical", qwen3_moe);
+    TEST_CASE("device_tier_glm4_moe_shared_expert_bit_identical", glm4_moe);
+    TEST_CASE("device_tier_gpt_oss_bit_identical", gpt_oss);
+    TEST_CASE("device_tier_gpt_oss_mxfp4_bit_identical", gpt_oss_mxfp4);
+    TEST_CASE("device_tier_demo_coder_mlx_4bit_bit_identical", demo_coder);
+    TEST_EXIT();
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The CUDA backend's expert tiers at the issue's shapes, on the GPU box (issue 18):
+# a synthetic Qwen3-30B-A3B-shaped MLX 4-bit model (48 layers unless LAYERS says
+# otherwise) made there with `lazymoe synth`, then `lazymoe bench --json` (prompt 512,
+# 64 generated tokens) with
+#   vram_all    every expert in GPU memory (the default budget: what is free);
+#   vram_25     --gpu-memory for the resident part and 25% of the experts, the rest
+#               uploaded from host RAM (all experts resident there);
+#   vram_25_cpu the same, with decode steps computing the experts not in GPU memory
+#               on the CPU (--cpu-experts 4; its ids may differ within tolerance);
+#   ssd         the same GPU budget and host RAM capped too (--memory), so experts
+#               come from the disk through the host cache;
+#   cpu         the CPU backend (default flags), for reference.
+# The GPU runs compute every expert on the GPU, so their generated ids must be
+# identical (checked here, "ids:" in summary.txt). A first look at speed on phase-1
+# kernels, not the issue's benchmark (llama.cpp is not built here).
+#   OUT=dir CLI=build/cuda-carry/lazymoe bash tools/cuda_bench.sh
+# (tools/device_session.sh job `cudabench`; run after the `cuda` job, whose
+# carried CLI it uses.)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/cuda_bench_out}
+mkdir -p "$OUT"
+CLI=${CLI:-build/cuda-carry/lazymoe}
+[ -x build/cuda/lazymoe ] && CLI=build/cuda/lazymoe
+LAYERS=${LAYERS:-48}
+W=/tmp/lazymoe-bench
+M=$W/q30b-$LAYERS
+mkdir -p "$W"
+export XDG_CACHE_HOME="$W/xdg"
+start=$SECONDS
+step() { echo "== $* ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"; }
+
+step "synth qwen3-30b-a3b, $LAYERS layers"
+if [ ! -f "$M/config.json" ]; then
+    timeout 240 "$CLI" synth --preset qwen3-30b-a3b --layers "$LAYERS" --out "$M" --threads "$(nproc)" --quiet \
+        >"$OUT/synth.txt" 2>&1 || { echo "synth failed: $(tail -3 "$OUT/synth.txt")" | tee -a "$OUT/summary.txt"; exit 1; }
+fi
+du -sh "$M" | tee -a "$OUT/summary.txt"
+"$CLI" info "$M" --backend "${BACKEND:-cuda}" >"$OUT/info.txt" 2>&1
+cat "$OUT/info.txt"
+
+bench() { # name, options...
+    local name=$1
+    shift
+    step "bench $name: $*"
+    timeout 120 "$CLI" bench "$M" --prompt-tokens 512 --gen-tokens 64 --no-warm-start --json -v "$@" \
+        >"$OUT/bench_$name.json" 2>"$OUT/bench_$name.err"
+    echo "exit $?" >>"$OUT/bench_$name.err"
+    python3 - "$OUT/bench_$name.json" "$name" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+try:
+    d = json.loads(open(sys.argv[1]).read())
+except Exception as e:
+    print(sys.argv[2], "no result:", e); sys.exit(0)
+g = d.get("gpu", {})
+print("%-11s prefill %8.1f tok/s  decode %7.2f tok/s  gpu capacity %s  uploads %s (%.2f GB, decode %.2f GB)  "
+      "cpu experts %s  vram peak %.2f GB of %.2f GB  host hit rate %.3f  read %.2f GB" % (
+      sys.argv[2], d["prefill_tok_s"], d["decode_tok_s"], g.get("capacity", "-"), g.get("uploads", "-"),
+      g.get("upload_bytes", 0) / 1e9, g.get("decode_upload_bytes", 0) / 1e9, g.get("cpu_computed_experts", "-"),
+      g.get("vram_peak_bytes", 0) / 1e9,
+      g.get("budget", 0) / 1e9, d["hit_rate"], d["bytes_read"] / 1e9))
+EOF
+}
+
+# BACKEND=cpu ALL_GPU_MEMORY=SIZE: the same runs with the tier in RAM (a check of
+# this script where there is no GPU)
+BE=${BACKEND:-cuda}
+bench vram_all --backend "$BE" --ctx 4096 ${ALL_GPU_MEMORY:+--gpu-memory "$ALL_GPU_MEMORY"}
+# the budget for the resident part and a quarter of the experts, from the plan above
+B25=$(python3 -c "
+import json
+g = json.load(open('$OUT/bench_vram_all.json'))['gpu']
+print(int(g['resident_bytes'] + g['expert_bytes'] // 4))" 2>/dev/null)
+if [ -n "$B25" ]; then
+    bench vram_25 --backend "$BE" --ctx 4096 --gpu-memory "$B25"
+    # decode steps compute the experts not in GPU memory on the CPU (prefill uploads)
+    bench vram_25_cpu --backend "$BE" --ctx 4096 --gpu-memory "$B25" --cpu-experts 4
+    # host RAM: the non-expert weights and about a quarter of the experts
+    M25=$(python3 -c "
+import json
+d = json.load(open('$OUT/bench_vram_all.json'))['gpu']
+print(int(d['resident_bytes'] + d['expert_bytes'] // 4 + 2 * 2**30))")
+    bench ssd --backend "$BE" --ctx 4096 --gpu-memory "$B25" --memory "$M25"
+fi
+bench cpu --backend cpu --ctx 4096
+
+python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys, os
+ids = {}
+for n in ("vram_all", "vram_25", "ssd"):
+    p = os.path.join(sys.argv[1], "bench_%s.json" % n)
+    try: ids[n] = json.load(open(p))["generated_ids"]
+    except Exception: pass
+if len(ids) < 2: print("ids: fewer than two GPU runs finished"); sys.exit(0)
+ref = ids.get("vram_all")
+same = all(v == ref for v in ids.values())
+print("ids: %s across %s" % ("identical" if same else "DIFFERENT", ", ".join(ids)))
+EOF
+step "done"
