@@ -13,6 +13,9 @@
 # resident, and whether the greedy ids agree. One run of each, so read the ratios within
 # the run on a shared machine.
 #
+# LLAMACPP_PCTS="75 100" adds llama.cpp capped runs at those percentages of the file (to
+# find the cap under which it still runs), each reported like the PCT one.
+#
 # usage: bench/gpt_oss_llamacpp.sh MODEL.gguf [PCT=50] [PROMPT=32] [GEN=16] [THREADS=2]
 #   MODEL.gguf from: build/lazymoe synth --preset gpt-oss-120b --layers 4 --out DIR &&
 #                    build/gguf_export DIR MODEL.gguf bf16 --placeholder-vocab
@@ -70,13 +73,22 @@ echo "lazymoe capped: cgroup peak $(cat "$CG/memory.max_usage_in_bytes") bytes, 
 echo 0 > "$CG/memory.max_usage_in_bytes"
 llc llamacpp_capped incg mmap
 echo "llama.cpp capped: cgroup peak $(cat "$CG/memory.max_usage_in_bytes") bytes, OOM kills $(awk '$1=="oom_kill"{print $2}' "$CG/memory.oom_control")"
+for p in ${LLAMACPP_PCTS:-}; do
+    echo $((size * p / 100)) > "$CG/memory.limit_in_bytes"
+    echo 0 > "$CG/memory.max_usage_in_bytes"
+    kills=$(awk '$1=="oom_kill"{print $2}' "$CG/memory.oom_control")
+    llc "llamacpp_capped_$p" incg mmap
+    echo "llama.cpp capped at $p% ($((size * p / 100)) bytes): cgroup peak $(cat "$CG/memory.max_usage_in_bytes") bytes," \
+         "OOM kills $(( $(awk '$1=="oom_kill"{print $2}' "$CG/memory.oom_control") - kills ))"
+done
 python3 - "$T" <<'PY'
 import json, os, sys
 t = sys.argv[1]
 runs = {}
-for n in ("lazymoe_resident", "llamacpp_resident", "lazymoe_capped", "llamacpp_capped"):
+extra = sorted(f[:-5] for f in os.listdir(t) if f.startswith("llamacpp_capped_") and f.endswith(".json"))
+for n in ["lazymoe_resident", "llamacpp_resident", "lazymoe_capped", "llamacpp_capped"] + extra:
     p = os.path.join(t, n + ".json")
-    if os.path.getsize(p) > 0:
+    if os.path.exists(p) and os.path.getsize(p) > 0:
         runs[n] = json.loads(open(p).read().strip().splitlines()[-1])
 print("%-18s %10s %10s" % ("run", "prefill", "decode"))
 for n, j in runs.items():
@@ -92,6 +104,9 @@ ratio("lazymoe_resident", "llamacpp_resident", "")
 ratio("lazymoe_capped", "llamacpp_capped", "")
 ratio("lazymoe_capped", "lazymoe_resident", "")
 ratio("llamacpp_capped", "llamacpp_resident", "")
+for n in extra:
+    ratio("lazymoe_capped", n, "")
+    ratio(n, "llamacpp_resident", "")
 ref = runs["lazymoe_resident"]["generated_ids"]
 for n, j in runs.items():
     if n != "lazymoe_resident":

@@ -153,6 +153,7 @@ typedef struct {
     uint64_t bytes_per_expert; /* one expert as stored, scales and biases included */
     uint64_t bytes_experts;    /* all experts */
     int quant_bits, quant_group_size; /* 0 bits = float weights */
+    char quant_mode[8];        /* MLX quantization mode when quant_bits: "affine" or "mxfp4" */
     char weight_dtype[16];     /* stored dtype of the float weights ("BF16", ...) */
     /* Tensors in the files per stored type, most frequent first ("Q4_K x 96, Q6_K x 48,
      * F32 x 97"; safetensors dtypes by their names, GGUF blocks by ggml's). */
@@ -242,6 +243,10 @@ void lazymoe_session_set_growth_limit(lazymoe_session *s, int positions);
  * an error and leaves the session empty. Models with linear attention are refused. */
 int lazymoe_session_save(const lazymoe_session *s, int n, const char *path, char *err, size_t errlen);
 int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t errlen);
+/* The same, restoring only the file's first max_tokens positions (<= 0: all of them);
+ * the whole file is still checked. What a request sharing only part of a stored
+ * conversation needs, without taking KV room for the rest. */
+int lazymoe_session_load_prefix(lazymoe_session *s, const char *path, int max_tokens, char *err, size_t errlen);
 /* The token ids a state file holds (*tokens malloc'd, lazymoe_free), after checking
  * it belongs to this model and computation: to choose which file to load. */
 int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,

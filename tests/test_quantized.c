@@ -227,7 +227,7 @@ static int write_dequantized(const char *qdir, const char *out, char *err) {
             snprintf(sn, sizeof sn, "%s.scales", mod);
             snprintf(bn, sizeof bn, "%s.biases", mod);
             int bits, gs;
-            lm_config_module_quant(&qc, mod, &bits, &gs);
+            lm_config_module_quant(&qc, mod, &bits, &gs, NULL);
             const st_tensor *ts = st_find(a, sn), *tb = st_find(a, bn);
             int64_t rows = 1, cols = t->shape[t->ndim - 1] * 32 / bits;
             for (int d = 0; d < t->ndim - 1; d++) rows *= t->shape[d];

@@ -11,6 +11,9 @@
 #   cuda                    tools/cuda_check.sh (build with nvcc, make test-cuda)
 #   cudabench[:LAYERS]      tools/cuda_bench.sh: the expert tiers' speed on a synthetic
 #                           Qwen3-30B-A3B-shaped model of LAYERS layers (default 48)
+#   llamacpp[:LAYERS]       tools/llamacpp_cuda.sh: llama.cpp built with CUDA there from the
+#                           carried source (build/llamacpp-carry, --pack it here) against
+#                           lazymoe's CUDA backend on the same Q4_0 GGUF
 #   routing:SECONDS         tools/train_routing_model.py trained for SECONDS
 #   fuzz:SECONDS:T1,T2,...  libFuzzer campaigns (-fork) of the carried fuzz targets,
 #                           the spare cores split between them, for SECONDS each;
@@ -86,6 +89,12 @@ run_job() {
         rc=$?
         rm -rf /tmp/lazymoe-bench
         ;;
+    llamacpp)
+        OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${LLAMACPP_SECONDS:-560}" \
+            bash tools/llamacpp_cuda.sh >"$dir/log.txt" 2>&1
+        rc=$?
+        rm -rf /tmp/llamacpp-bench
+        ;;
     routing)
         secs=${arg:-330}
         python3 tools/train_routing_model.py "$dir" --train-seconds "$secs" --deadline $((secs + 140)) \
@@ -121,7 +130,7 @@ run_job() {
         done
         ;;
     *)
-        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
+        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], llamacpp[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
         ;;
     esac
     echo "$job: exit $rc after $((SECONDS - start)) s" | tee -a "$STAGE/summary.txt"

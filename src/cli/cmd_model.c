@@ -387,14 +387,16 @@ int cmd_info(int argc, char **argv) {
                "\"hidden_size\": %d, \"vocab_size\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
                "\"params_total\": %llu, \"params_active\": %llu, \"params_per_expert\": %llu, "
                "\"bytes_resident\": %llu, \"bytes_per_expert\": %llu, \"bytes_experts\": %llu, "
-               "\"quant_bits\": %d, \"quant_group_size\": %d, \"weight_dtype\": \"%s\", \"expert_layout\": \"%s\", "
+               "\"quant_bits\": %d, \"quant_group_size\": %d, \"quant_mode\": \"%s\", \"weight_dtype\": \"%s\", "
+               "\"expert_layout\": \"%s\", "
                "\"expert_read_ranges\": %d, \"skipped_mtp_layers\": %d, \"skipped_vision_tower\": %s, "
                "\"tensor_types\": \"%s\"}\n",
                i.model_type, i.n_layers, i.n_moe_layers, i.n_experts, i.top_k, i.hidden_size, i.vocab_size,
                i.n_heads, i.n_kv_heads, i.head_dim, (unsigned long long)i.params_total,
                (unsigned long long)i.params_active, (unsigned long long)i.params_expert,
                (unsigned long long)i.bytes_resident, (unsigned long long)i.bytes_per_expert,
-               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.weight_dtype, i.expert_layout,
+               (unsigned long long)i.bytes_experts, i.quant_bits, i.quant_group_size, i.quant_mode, i.weight_dtype,
+               i.expert_layout,
                i.expert_read_ranges, i.skipped_mtp_layers, i.skipped_vision_tower ? "true" : "false", i.tensor_types);
     } else {
         char r[32], pe[32], ex[32];
@@ -414,7 +416,7 @@ int cmd_info(int argc, char **argv) {
         printf("experts        %s each, %s in total\n", pe, ex);
         printf("disk cost      %d byte ranges per expert read (%s layout)\n", i.expert_read_ranges, i.expert_layout);
         if (i.quant_bits)
-            printf("quantization   MLX affine %d-bit, group size %d (float weights %s)\n", i.quant_bits,
+            printf("quantization   MLX %s %d-bit, group size %d (float weights %s)\n", i.quant_mode, i.quant_bits,
                    i.quant_group_size, i.weight_dtype);
         else if (i.block_weights)
             printf("quantization   ggml blocks; tensors per type: %s\n", i.tensor_types);

@@ -601,6 +601,7 @@ void lm_engine_get_info(const lazymoe_model *m, lazymoe_model_info *info) {
     info->bytes_experts = m->w.bytes_experts;
     info->quant_bits = c->quant_bits;
     info->quant_group_size = c->quant_group_size;
+    snprintf(info->quant_mode, sizeof info->quant_mode, "%s", c->quant_mxfp4 ? "mxfp4" : "affine");
     snprintf(info->weight_dtype, sizeof info->weight_dtype, "%s",
              m->w.float_dtype == LM_DT_INVALID ? "none" : lm_dtype_name(m->w.float_dtype));
     tensor_type_counts(m->w.archive, info->tensor_types, sizeof info->tensor_types, &info->block_weights);

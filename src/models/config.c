@@ -130,6 +130,25 @@ static int parse_eos(lm_config *c, json_t *v, char *err) {
     return 0;
 }
 
+/* An MLX quantization mode: 0 affine (also when absent: `fallback`), 1 mxfp4, -1 (with
+ * the reason) any other. */
+static int quant_mode(json_t *q, int fallback, char *err) {
+    json_t *mode = json_object_get(q, "mode");
+    if (!mode) return fallback;
+    const char *m = json_is_string(mode) ? json_string_value(mode) : "";
+    if (!strcmp(m, "affine")) return 0;
+    if (!strcmp(m, "mxfp4")) return 1;
+    return lm_errf(err, "quantization mode '%.32s' is not supported (MLX 'affine' or 'mxfp4')", m);
+}
+
+/* mxfp4 is 4-bit codes in groups of 32; mlx accepts nothing else for it. */
+static int check_mxfp4_params(json_t *q, char *err) {
+    json_t *b = json_object_get(q, "bits"), *g = json_object_get(q, "group_size");
+    if ((b && !json_is_null(b) && json_integer_value(b) != 4) || (g && !json_is_null(g) && json_integer_value(g) != 32))
+        return lm_errf(err, "quantization mode 'mxfp4' needs bits 4 and group_size 32");
+    return 0;
+}
+
 static int parse_quant(lm_config *c, json_t *q, char *err) {
     if (!q || json_is_null(q)) return 0;
     if (!json_is_object(q)) return lm_errf(err, "config.json: 'quantization' must be an object");
@@ -140,12 +159,13 @@ static int parse_quant(lm_config *c, json_t *q, char *err) {
     long long bits = 0, gs = 0;
     if (lm_cfg_int(q, "bits", 4, 1, 8, &bits, err) || lm_cfg_int(q, "group_size", 64, 1, 1 << 20, &gs, err))
         return -1;
-    json_t *mode = json_object_get(q, "mode");
-    if (mode && json_is_string(mode) && strcmp(json_string_value(mode), "affine") != 0)
-        return lm_errf(err, "quantization mode '%s' is not supported (only MLX 'affine')",
-                       json_string_value(mode));
+    int mx = quant_mode(q, 0, err);
+    if (mx < 0) return -1;
+    if (mx && check_mxfp4_params(q, err)) return -1;
+    if (mx) bits = 4, gs = 32;
     c->quant_bits = (int)bits;
     c->quant_group_size = (int)gs;
+    c->quant_mxfp4 = mx;
     size_t n = json_object_size(q);
     c->quant_overrides = calloc(n + 1, sizeof(lm_quant_override));
     if (!c->quant_overrides) return lm_errf(err, "out of memory");
@@ -159,10 +179,14 @@ static int parse_quant(lm_config *c, json_t *q, char *err) {
             o->group_size = 0;
         } else if (json_is_object(v)) {
             long long b = 0, g = 0;
-            if (lm_cfg_int(v, "bits", bits, 1, 8, &b, err) || lm_cfg_int(v, "group_size", gs, 1, 1 << 20, &g, err))
+            int omx = quant_mode(v, 0, err); /* mlx: an override dict without "mode" is affine */
+            if (omx < 0 || (omx && check_mxfp4_params(v, err)) ||
+                lm_cfg_int(v, "bits", omx ? 4 : bits, 1, 8, &b, err) ||
+                lm_cfg_int(v, "group_size", omx ? 32 : gs, 1, 1 << 20, &g, err))
                 return lm_err_prefix(err, "quantization override '%s'", key);
             o->bits = (int)b;
             o->group_size = (int)g;
+            o->mxfp4 = omx;
         } else {
             continue; /* other metadata keys */
         }
@@ -173,14 +197,17 @@ static int parse_quant(lm_config *c, json_t *q, char *err) {
     return 0;
 }
 
-void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size) {
+void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size, int *mxfp4) {
     *bits = c->quant_bits;
     *group_size = c->quant_group_size;
+    int mx = c->quant_mxfp4;
     for (int i = 0; i < c->n_quant_overrides; i++)
         if (strcmp(c->quant_overrides[i].path, path) == 0) {
             *bits = c->quant_overrides[i].bits;
             *group_size = c->quant_overrides[i].group_size;
+            mx = c->quant_overrides[i].mxfp4;
         }
+    if (mxfp4) *mxfp4 = mx;
 }
 
 /* YaRN's keys, read as transformers' _compute_yarn_parameters reads them: a missing

@@ -30,6 +30,7 @@ typedef struct {
     char *path; /* module path, e.g. "model.layers.0.mlp.gate" */
     int bits;   /* 0 = not quantized */
     int group_size;
+    int mxfp4; /* "mode": "mxfp4" (MLX mode; an override without "mode" is affine, as in mlx) */
 } lm_quant_override;
 
 typedef struct {
@@ -103,9 +104,12 @@ typedef struct {
     int32_t eos_ids[LM_MAX_EOS];
     int32_t bos_id; /* -1 if none */
 
-    /* MLX affine quantization: bits == 0 means the file is not quantized. */
+    /* MLX quantization: bits == 0 means the file is not quantized; quant_mxfp4: the
+     * default mode is "mxfp4" (e2m1 codes, one e8m0 scale per 32, no biases; bits 4,
+     * group size 32) rather than "affine". */
     int quant_bits;
     int quant_group_size;
+    int quant_mxfp4;
     int n_quant_overrides;
     lm_quant_override *quant_overrides;
 } lm_config;
@@ -119,9 +123,10 @@ void lm_config_free(lm_config *cfg);
 /* True if layer l uses routed experts rather than a dense MLP. */
 static inline int lm_config_layer_is_moe(const lm_config *c, int l) { return !c->mlp_only[l]; }
 
-/* Quantization of the module at `path` (e.g. "model.layers.3.mlp.gate"): fills bits
- * and group size (bits 0 = stored as float). */
-void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size);
+/* Quantization of the module at `path` (e.g. "model.layers.3.mlp.gate"): fills bits,
+ * group size (bits 0 = stored as float) and whether its mode is mxfp4 (mxfp4 may be
+ * NULL). */
+void lm_config_module_quant(const lm_config *c, const char *path, int *bits, int *group_size, int *mxfp4);
 
 /* The sliding window of layer l (0 = full attention). */
 static inline int lm_config_layer_window(const lm_config *c, int l) {

@@ -118,6 +118,37 @@ static float *load_vec(loader *L, const char *name, int n, int required) {
     return v;
 }
 
+/* An MLX "mxfp4" matrix or stack (mlx.core.quantize mode "mxfp4"): PATH.weight U32
+ * [.., rows, cols / 8] holds 8 e2m1 codes per word, lowest bits first, i.e. byte j
+ * holds values 2j (low nibble) and 2j + 1 (high): the bytes of Hugging Face's
+ * MXFP4 _blocks (mlx-lm's gpt-oss sanitize views those as uint32); PATH.scales U8
+ * [.., rows, cols / 32] e8m0; no biases. Bound as LM_DT_MXFP4_SPLIT. The config's mode
+ * says mxfp4 (cfg_mx), or the module has no entry saying otherwise and the tensors can
+ * only be mxfp4 (U8 scales and no biases: affine scales are floats). */
+static int check_mlx_mxfp4(loader *L, const char *path, int n_stack, int rows, int cols, const st_tensor *t,
+                           const st_tensor *ts, const st_tensor *tb, int cfg_mx, lm_mat *tmpl, const st_tensor *tq[3]) {
+    const lm_config *c = &L->w->cfg;
+    if (!cfg_mx)
+        for (int i = 0; i < c->n_quant_overrides; i++)
+            if (!strcmp(c->quant_overrides[i].path, path))
+                return lm_errf(L->err, "'%s' has mxfp4 tensors (U8 scales, no biases) but config.json quantizes it "
+                                       "in affine mode", path);
+    if (!ts) return lm_errf(L->err, "tensor '%s' is U32 (mxfp4) but %s.scales is missing", t->name, path);
+    if (tb) return lm_errf(L->err, "config.json says mxfp4 for '%s' but it has %s.biases (affine)", path, path);
+    if (ts->dtype != LM_DT_U8) return lm_errf(L->err, "mxfp4 scales '%s' must be U8 (e8m0)", ts->name);
+    if (cols % 32) return lm_errf(L->err, "'%s': %d inputs are not whole mxfp4 groups of 32", path, cols);
+    int nd = n_stack ? 3 : 2, i = 0;
+    int64_t ws[3], ss[3];
+    if (n_stack) ws[i] = ss[i] = n_stack, i++;
+    ws[i] = ss[i] = rows;
+    ws[i + 1] = cols / 8;
+    ss[i + 1] = cols / 32;
+    if (check_shape(L, t, nd, ws) || check_shape(L, ts, nd, ss)) return -1;
+    *tmpl = (lm_mat){.dtype = LM_DT_MXFP4_SPLIT, .rows = rows, .cols = cols};
+    tq[1] = ts;
+    return 0;
+}
+
 /* Validates a matrix (n_stack == 0) or a stack of n_stack matrices [n_stack, rows,
  * cols] at module path `path` (tensors path.weight [+ .scales, .biases]) without
  * reading it: fills *tmpl (dtype, shape, quantization; no data) and the tensors
@@ -132,6 +163,10 @@ static int check_mat_stack(loader *L, const char *path, int n_stack, int rows, i
     tq[1] = tq[2] = NULL;
     if (t->dtype == LM_DT_U32) {
         const st_tensor *ts = findf(L, "%s.scales", path), *tb = findf(L, "%s.biases", path);
+        int mx_bits, mx_gs, mx_cfg;
+        lm_config_module_quant(&w->cfg, path, &mx_bits, &mx_gs, &mx_cfg);
+        if (mx_cfg || (ts && !tb && ts->dtype == LM_DT_U8))
+            return check_mlx_mxfp4(L, path, n_stack, rows, cols, t, ts, tb, mx_cfg, tmpl, tq);
         if (!ts || !tb)
             return lm_errf(L->err, "tensor '%s' is U32 (quantized) but %s.scales/%s.biases are missing",
                            t->name, path, path);
@@ -145,7 +180,7 @@ static int check_mat_stack(loader *L, const char *path, int n_stack, int rows, i
         if (bits != 2 && bits != 3 && bits != 4 && bits != 5 && bits != 6 && bits != 8)
             return lm_errf(L->err, "quantized tensor '%s': %d bits is not supported", t->name, bits);
         int cfg_bits, cfg_gs;
-        lm_config_module_quant(&w->cfg, path, &cfg_bits, &cfg_gs);
+        lm_config_module_quant(&w->cfg, path, &cfg_bits, &cfg_gs, NULL);
         if (cfg_bits && (cfg_bits != bits || cfg_gs != gs))
             return lm_errf(L->err, "quantized tensor '%s' is %d-bit group %d but config.json says %d-bit group %d",
                            t->name, bits, gs, cfg_bits, cfg_gs);
@@ -201,15 +236,13 @@ static int load_mat_stack(loader *L, const char *path, int n_stack, int rows, in
     const char *d = read_tensor(L, tq[0]);
     if (!d) return -1;
     const char *sc = NULL, *bi = NULL;
-    if (tq[1] && (!(sc = read_tensor(L, tq[1])) || !(bi = read_tensor(L, tq[2])))) return -1;
+    if (tq[1] && (!(sc = read_tensor(L, tq[1])) || (tq[2] && !(bi = read_tensor(L, tq[2]))))) return -1;
     size_t wstride = tq[0]->nbytes / (size_t)count, sstride = tq[1] ? tq[1]->nbytes / (size_t)count : 0;
     for (int e = 0; e < count; e++) {
         mats[e] = tmpl;
         mats[e].data = d + (size_t)e * wstride;
-        if (tq[1]) {
-            mats[e].scales = sc + (size_t)e * sstride;
-            mats[e].biases = bi + (size_t)e * sstride;
-        }
+        if (tq[1]) mats[e].scales = sc + (size_t)e * sstride;
+        if (tq[2]) mats[e].biases = bi + (size_t)e * sstride; /* MLX affine */
     }
     return 0;
 }
@@ -419,23 +452,25 @@ static int gpt_oss_mxfp4(loader *L, lm_expert_source *s, const char *name, int m
     return 0;
 }
 
-/* gpt-oss experts as llama.cpp's GGUF files hold them (gguf_model.c names them):
- * gate, up and down stacked apart ([E, I, H], [E, I, H], [E, H, I]; MXFP4 blocks or
- * floats) with biases gate [E, I], up [E, I], down [E, H], or gate and up as one
+/* gpt-oss experts stacked per projection under PREFIX: as llama.cpp's GGUF files hold
+ * them (gguf_model.c names them BLOCK.switch_mlp.*) or as mlx-lm's sanitize writes them
+ * (BLOCK.experts.*: the even and odd rows of gate_up, MXFP4 as mlx "mxfp4", affine or
+ * floats): gate, up and down stacked apart ([E, I, H], [E, I, H], [E, H, I]; MXFP4
+ * blocks, mlx mxfp4 / affine or floats) with biases gate [E, I], up [E, I], down
+ * [E, H], or gate and up as one
  * gate_up [E, 2I, H] with biases [E, 2I] (src_add_gate_up). The gate and up products
  * run apart (lm_moe_block.fused_gate_up 0); expert e's biases are kept as
  * expert_gate_up_bias + e * 2I = its gate bias, then its up bias. */
-static int gpt_oss_stacked_experts(loader *L, const char *block, lm_layer *ly) {
+static int gpt_oss_stacked_experts(loader *L, const char *prefix, lm_layer *ly) {
     lm_weights *w = L->w;
     const lm_config *c = &w->cfg;
     int E = c->n_experts, I = c->moe_intermediate_size, H = c->hidden_size;
     lm_expert_source *s = &ly->src;
     w->expert_layout = LM_EXPERTS_STACKED;
-    char prefix[300], path[320], name[352];
+    char path[320], name[352];
     lm_mat tmpl;
     const st_tensor *tq[3];
     int fused;
-    snprintf(prefix, sizeof prefix, "%s.switch_mlp", block);
     snprintf(path, sizeof path, "%s.down_proj", prefix);
     if (src_add_gate_up(L, s, prefix, E, I, H, &fused) || check_mat_stack(L, path, E, H, I, &tmpl, tq) ||
         src_add_mat(L, s, 2, &tmpl, tq, E, 0))
@@ -475,8 +510,12 @@ static int describe_gpt_oss_experts(loader *L, const char *block, lm_layer *ly) 
     char gu[320], dn[320], name[352];
     snprintf(gu, sizeof gu, "%s.experts.gate_up_proj", block);
     snprintf(dn, sizeof dn, "%s.experts.down_proj", block);
-    if (findf(L, "%s.switch_mlp.gate_proj.weight", block) || findf(L, "%s.switch_mlp.gate_up_proj.weight", block))
-        return gpt_oss_stacked_experts(L, block, ly);
+    char stack[300];
+    snprintf(stack, sizeof stack, "%s.switch_mlp", block); /* GGUF (gguf_model.c's names) */
+    if (findf(L, "%s.gate_proj.weight", stack) || findf(L, "%s.gate_up_proj.weight", stack))
+        return gpt_oss_stacked_experts(L, stack, ly);
+    snprintf(stack, sizeof stack, "%s.experts", block); /* MLX: mlx-lm's SwitchGLU is mlp.experts */
+    if (findf(L, "%s.gate_proj.weight", stack)) return gpt_oss_stacked_experts(L, stack, ly);
     w->expert_layout = LM_EXPERTS_FUSED;
     if (findf(L, "%s_blocks", gu)) {
         if (gpt_oss_mxfp4(L, s, gu, 0, E, 2 * I, H) || gpt_oss_mxfp4(L, s, dn, 2, E, H, I)) return -1;
