@@ -389,14 +389,17 @@ static int cpu_gather(lazymoe_session *s, const int32_t *ids, int n, char *err) 
     lazymoe_model *m = s->m;
     lm_backend *be = BE(s);
     lm_scratch *S = &s->s;
-    int H = m->w.cfg.hidden_size, K = m->w.cfg.top_k, base = 0;
+    int H = m->w.cfg.hidden_size, K = m->w.cfg.top_k, base = 0, total = 0;
+    for (int k = 0; k < n; k++) total += S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+    if (total > m->cpu_rows || total > S->cap_tokens)
+        return lm_errf(err, "%d rows for the CPU experts (room for %d)", total,
+                       m->cpu_rows < S->cap_tokens ? m->cpu_rows : S->cap_tokens);
     for (int k = 0; k < n; k++) {
         int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
         OP(be, be->ops->gather_rows(be, S->xe + (size_t)base * (size_t)H, S->h, S->tok_of + S->expert_off[ids[k]],
                                     rows, H, K));
         base += rows;
     }
-    if (base > m->cpu_rows) return lm_errf(err, "%d rows for the CPU experts (room for %d)", base, m->cpu_rows);
     OP(be, be->ops->download(be, m->cpu_x, S->xe, sizeof(float) * (size_t)base * (size_t)H));
     return 0;
 }
@@ -469,8 +472,10 @@ static int run_device_experts(lazymoe_session *s, const lm_moe_block *mb, int l,
         if (used[e]) S->need[n++] = e;
     if (group_routes(s, E, T * c->top_k, err) != 0) return -1;
     uint8_t *st = m->dev_status;
-    /* a decode step with options.cpu_experts: what is not in device memory runs on the CPU */
-    int cpu_step = m->cpu_be && T <= m->opt.cpu_experts;
+    /* a decode step with options.cpu_experts: what is not in device memory runs on the
+     * CPU; its rows (up to T * top_k) pass through S->xe and S->proj, which hold
+     * cap_tokens rows (a batch step's scratch has as many as it has sequences) */
+    int cpu_step = m->cpu_be && T <= m->opt.cpu_experts && T * c->top_k <= S->cap_tokens;
     while (n > 0) {
         int got = lm_device_cache_acquire(m->dcache, l, S->need, n, !cpu_step, st);
         if (got == 0 && !cpu_step) return lm_errf(err, "the device expert cache of layer %d has no free slot", l);
