@@ -243,6 +243,10 @@ void lazymoe_session_set_growth_limit(lazymoe_session *s, int positions);
  * an error and leaves the session empty. Models with linear attention are refused. */
 int lazymoe_session_save(const lazymoe_session *s, int n, const char *path, char *err, size_t errlen);
 int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t errlen);
+/* The same, restoring only the file's first max_tokens positions (<= 0: all of them);
+ * the whole file is still checked. What a request sharing only part of a stored
+ * conversation needs, without taking KV room for the rest. */
+int lazymoe_session_load_prefix(lazymoe_session *s, const char *path, int max_tokens, char *err, size_t errlen);
 /* The token ids a state file holds (*tokens malloc'd, lazymoe_free), after checking
  * it belongs to this model and computation: to choose which file to load. */
 int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,

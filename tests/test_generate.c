@@ -742,6 +742,59 @@ static void test_session_file(void) {
     lazymoe_free(ids);
 }
 
+/* Restoring only a stored session's first positions (what a request that shares part of
+ * a stored conversation needs): the KV room taken is that prefix's, the continuation is
+ * what the original computes after being cut back to it, and the rest of the file is
+ * still checked (a flipped byte past the prefix is an error). */
+static void test_session_file_prefix(void) {
+    const char *prompt = "hello world, the experts and the rest of the words we say, and then some more words";
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
+    lazymoe_model_info info;
+    lazymoe_model_get_info(M, &info);
+    size_t V = (size_t)info.vocab_size;
+    float *la = malloc(sizeof(float) * V * 2), *lb = malloc(sizeof(float) * V * 2);
+    lazymoe_session *a = new_session(), *b = new_session(), *c = new_session();
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/lazymoe-test-prefix-%d.lmkv", (int)getpid());
+    const int keep = 5;
+    CHECK(n > keep + 4 && la && lb);
+    CHECK(lazymoe_session_eval(a, ids, n, NULL, 0, err, sizeof err) == 0);
+    CHECK(lazymoe_session_save(a, n, path, err, sizeof err) == 0);
+    CHECK(lazymoe_session_load_prefix(b, path, keep, err, sizeof err) == 0);
+    CHECK_EQ_INT(lazymoe_session_length(b), keep);
+    CHECKF(lazymoe_session_capacity(b) < n, "restoring %d of %d positions took room for %d", keep, n,
+           lazymoe_session_capacity(b));
+    CHECK(lazymoe_session_truncate(a, keep, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(a, ids + keep, 2, la, 1, err, sizeof err) == 0);
+    CHECK(lazymoe_session_eval(b, ids + keep, 2, lb, 1, err, sizeof err) == 0);
+    CHECK(!memcmp(la, lb, sizeof(float) * V * 2));
+    /* a prefix longer than the file restores the whole file */
+    CHECK(lazymoe_session_load_prefix(c, path, n + 50, err, sizeof err) == 0);
+    CHECK_EQ_INT(lazymoe_session_length(c), n);
+    /* damage after the prefix's bytes: still refused, the session left empty */
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    if (f) {
+        fseek(f, -16, SEEK_END);
+        int ch = fgetc(f);
+        fseek(f, -16, SEEK_END);
+        fputc(ch ^ 1, f);
+        fclose(f);
+    }
+    CHECK(lazymoe_session_load_prefix(c, path, keep, err, sizeof err) != 0);
+    CHECKF(strstr(err, "checksum") != NULL, "error: %s", err);
+    CHECK_EQ_INT(lazymoe_session_length(c), 0);
+    unlink(path);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+    lazymoe_session_free(c);
+    free(la);
+    free(lb);
+    lazymoe_free(ids);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -767,6 +820,7 @@ int main(void) {
     TEST_CASE("generate_tokenize_max_stops_counting", test_tokenize_max);
     TEST_CASE("generate_session_fit_keeps_the_conversation", test_session_fit);
     TEST_CASE("generate_session_file_restores_exactly", test_session_file);
+    TEST_CASE("generate_session_file_prefix_restore", test_session_file_prefix);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

@@ -85,6 +85,11 @@ int lazymoe_session_load(lazymoe_session *s, const char *path, char *err, size_t
     return lm_session_load(s, path, e) == 0 ? 0 : copy_err(err, errlen, e);
 }
 
+int lazymoe_session_load_prefix(lazymoe_session *s, const char *path, int max_tokens, char *err, size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_load_prefix(s, path, max_tokens, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
 uint64_t lazymoe_session_file_bytes(const lazymoe_model *m, int n) { return lm_session_file_bytes(m, n); }
 
 int lazymoe_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err,

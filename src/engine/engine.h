@@ -147,6 +147,9 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
 int lm_session_save(const lazymoe_session *s, int n, const char *path, char *err);
 uint64_t lm_session_file_bytes(const lazymoe_model *m, int n);
 int lm_session_load(lazymoe_session *s, const char *path, char *err);
+/* The same, restoring only the first `keep` positions (keep <= 0: all); the whole file
+ * is still checked. */
+int lm_session_load_prefix(lazymoe_session *s, const char *path, int keep, char *err);
 /* The tokens a state file holds, after checking it belongs to this model and
  * computation (its header only; lm_session_load checks the whole file). */
 int lm_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err);

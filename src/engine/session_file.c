@@ -157,34 +157,52 @@ int lm_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **t
     return 0;
 }
 
-int lm_session_load(lazymoe_session *s, const char *path, char *err) {
+int lm_session_load(lazymoe_session *s, const char *path, char *err) { return lm_session_load_prefix(s, path, 0, err); }
+
+/* Reads len bytes of the stream into dst, through the staging buffer when dst is NULL
+ * (bytes that only count towards the checksum) or when the backend holds the cache. */
+static int get_kv(stream *r, lazymoe_session *s, char *dst, size_t len, char *stage, char *err) {
+    for (size_t off = 0; off < len; off += STAGE_BYTES) {
+        size_t k = len - off < STAGE_BYTES ? len - off : STAGE_BYTES;
+        if (get(r, stage, k) != 0) return -1;
+        if (dst && s->m->be->ops->upload(s->m->be, dst + off, stage, k) != 0)
+            return lm_errf(err, "restoring the KV cache: %s", lm_backend_error(s->m->be));
+    }
+    return 0;
+}
+
+int lm_session_load_prefix(lazymoe_session *s, const char *path, int keep, char *err) {
     lazymoe_model *m = s->m;
     const lm_config *c = &m->w.cfg;
     if (s->lin) return lm_errf(err, "sessions of models with linear attention cannot be restored yet");
     stream r;
     uint32_t n;
     if (open_checked(m, path, &r, &n, err) != 0) return -1;
+    /* Only the first `keep` positions take room in the session: the rest of the file is
+     * read for its checksum only, so a stored conversation longer than the prefix a
+     * request shares with it costs no KV beyond that prefix (the session's growth
+     * limit, its share of the KV budget, holds while restoring too). */
+    uint32_t k = keep > 0 && (uint32_t)keep < n ? (uint32_t)keep : n;
     /* The session is emptied first: a failure below leaves it empty, never half-filled. */
     s->n_past = 0;
-    int rc = s->cap_ctx < (int)n ? lm_kv_cache_grow(s, (int)n, err) : 0;
+    int rc = s->cap_ctx < (int)k ? lm_kv_cache_grow(s, (int)k, err) : 0;
     char *stage = rc ? NULL : malloc(STAGE_BYTES);
-    if (!rc && !stage) rc = lm_errf(err, "out of memory");
-    if (!rc) rc = get(&r, s->tokens, sizeof(int32_t) * n);
+    int32_t *ids = rc ? NULL : malloc(sizeof(int32_t) * n);
+    if (!rc && (!stage || !ids)) rc = lm_errf(err, "out of memory");
+    if (!rc) rc = get(&r, ids, sizeof(int32_t) * n);
     for (uint32_t i = 0; !rc && i < n; i++)
-        if (s->tokens[i] < 0 || s->tokens[i] >= c->vocab_size)
-            rc = lm_errf(err, "%s: token id %d outside the vocabulary", path, s->tokens[i]);
-    size_t bytes[4];
+        if (ids[i] < 0 || ids[i] >= c->vocab_size) rc = lm_errf(err, "%s: token id %d outside the vocabulary", path, ids[i]);
+    if (!rc) memcpy(s->tokens, ids, sizeof(int32_t) * k);
+    size_t bytes[4], kept[4];
     lm_kv_layer_bytes(c, (int)n, m->kv_dtype, bytes);
+    lm_kv_layer_bytes(c, (int)k, m->kv_dtype, kept); /* position-major: k positions are a prefix */
     for (int l = 0; !rc && l < c->n_layers; l++) {
         if (lm_config_layer_is_linear(c, l)) continue;
-        for (int i = 0; !rc && i < 4; i++)
-            for (size_t off = 0; !rc && off < bytes[i]; off += STAGE_BYTES) {
-                size_t k = bytes[i] - off < STAGE_BYTES ? bytes[i] - off : STAGE_BYTES;
-                char *dst = (char *)s->kv_bufs[(size_t)l * 4 + (size_t)i].ptr + off;
-                rc = get(&r, stage, k);
-                if (!rc && m->be->ops->upload(m->be, dst, stage, k) != 0)
-                    rc = lm_errf(err, "restoring the KV cache: %s", lm_backend_error(m->be));
-            }
+        for (int i = 0; !rc && i < 4; i++) {
+            char *dst = s->kv_bufs[(size_t)l * 4 + (size_t)i].ptr;
+            rc = get_kv(&r, s, dst, kept[i], stage, err);
+            if (!rc) rc = get_kv(&r, s, NULL, bytes[i] - kept[i], stage, err);
+        }
     }
     uint64_t want = r.sum, sum = 0;
     if (!rc && fread(&sum, sizeof sum, 1, r.f) != 1) rc = lm_errf(err, "%s: truncated", path);
@@ -192,6 +210,7 @@ int lm_session_load(lazymoe_session *s, const char *path, char *err) {
     if (!rc && fgetc(r.f) != EOF) rc = lm_errf(err, "%s: unexpected bytes after the checksum", path);
     fclose(r.f);
     free(stage);
-    if (!rc) s->n_past = (int)n;
+    free(ids);
+    if (!rc) s->n_past = (int)k;
     return rc;
 }

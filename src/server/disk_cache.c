@@ -143,10 +143,15 @@ int srv_disk_restore(srv_disk_cache *c, lazymoe_session *s, const int32_t *ids, 
         if (best < 0 || best_lcp - have < 64) return have;
         char err[512];
         double t0 = lm_now();
-        if (lazymoe_session_load(s, c->e[best].path, err, sizeof err) == 0) {
+        /* only the shared prefix is restored (the last prompt token is evaluated again for
+         * its logits): the session's KV room is what this request was given, not the
+         * stored conversation's length */
+        int keep = best_lcp >= n ? n - 1 : best_lcp;
+        if (lazymoe_session_load_prefix(s, c->e[best].path, keep, err, sizeof err) == 0) {
             c->e[best].last_used = ++c->clock;
-            srv_log("prompt cache: restored %d tokens from %s in %.2fs", c->e[best].n, c->e[best].path, lm_now() - t0);
-            return best_lcp >= n ? n - 1 : best_lcp;
+            srv_log("prompt cache: restored %d of the %d tokens in %s in %.2fs", keep, c->e[best].n, c->e[best].path,
+                    lm_now() - t0);
+            return keep;
         }
         srv_log("prompt cache: dropping %s", err);
         drop(c, best, 1);

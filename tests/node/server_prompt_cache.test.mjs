@@ -63,6 +63,20 @@ await testCase('prompt_cache_survives_restart', async () => {
     assert(warm.usage.prompt_tokens_details.cached_tokens === warm.usage.prompt_tokens - 1, JSON.stringify(warm.usage));
     assert(warm.choices[0].message.content === cold.choices[0].message.content, 'restored state answers differently');
     assert(shared.usage.prompt_tokens_details.cached_tokens > 900, `shared prefix: ${JSON.stringify(shared.usage)}`);
+    // a restarted server whose first request shares only the system prompt with the
+    // stored conversation restores just that prefix (its KV room is this request's, not
+    // the stored conversation's) and answers as before
+    let plog = '';
+    const partial = await (async () => {
+      const srv = await startServer(['--prompt-cache-dir', dir]);
+      const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      try { return await ask2(client, other); } finally { plog = await srv.stop(); }
+    })();
+    const m = /prompt cache: restored (\d+) of the (\d+) tokens/.exec(plog) || [];
+    const kept = Number(m[1]), stored = Number(m[2]);
+    assert(kept > 900 && kept < stored && kept === partial.usage.prompt_tokens_details.cached_tokens,
+      `restored ${kept} of ${stored}, cached ${JSON.stringify(partial.usage)}: ${plog.slice(-600)}`);
+    assert(partial.choices[0].message.content === shared.choices[0].message.content, 'prefix-restored state answers differently');
     // damage the stored file: the next server drops it and evaluates everything again
     const f = path.join(dir, files[0]);
     const buf = fs.readFileSync(f);
