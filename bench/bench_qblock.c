@@ -6,7 +6,10 @@
  *
  * build: make && cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc bench/bench_qblock.c \
  *        build/liblazymoe.a -ljansson -lpcre2-8 -lpthread -lm -o build/bench_qblock
- * run:   [ACT8_ONLY=1] [ROUNDS=3] build/bench_qblock [ROWS=768] [COLS=2048] [THREADS=1] [TOKENS=1,8,64]
+ * CPUTIME=1 times the matmuls by the process's CPU time rather than the wall clock: on
+ * a shared machine, with THREADS=1, the time other processes take is then not counted
+ * (a neighbour's use of caches and memory still is).
+ * run:   [ACT8_ONLY=1] [ROUNDS=3] [CACHED=1] [CPUTIME=1] build/bench_qblock [ROWS=768] [COLS=2048] [THREADS=1] [TOKENS=1,8,64]
  * Every (type, tokens, bits) runs once per round, the rounds in turn, and the best
  * of the rounds is printed (GMAC/s, GB/s of weights, the ratio to MLX 4-bit g32),
  * so a neighbour's load hits the types of a round alike. The memory-bandwidth bound:
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t next(void) {
@@ -28,6 +32,13 @@ static uint32_t next(void) {
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return (uint32_t)(rng >> 32);
+}
+/* The clock the matmuls are timed by (CPUTIME=1: the process's CPU time). */
+static double clock_s(void) {
+    if (!getenv("CPUTIME")) return lm_now();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 static float frand(void) { return (float)next() / 4294967296.0f * 2.0f - 1.0f; }
 
@@ -149,9 +160,9 @@ int main(int argc, char **argv) {
                     int iters = stream ? copies[ti] : (int)(1e9 / ((double)rows * cols * n)) + 3;
                     if (n > 1 && bits == 32) iters = iters / 4 + 2;
                     for (int w = 0; w < 3; w++) be->ops->matmul(be, y, &W[ti][0], x, n);
-                    double t0 = lm_now();
+                    double t0 = clock_s();
                     for (int i = 0; i < iters; i++) be->ops->matmul(be, y, &W[ti][stream ? i % copies[ti] : 0], x, n);
-                    const double gmacs = (double)rows * cols * n * iters / (lm_now() - t0) / 1e9;
+                    const double gmacs = (double)rows * cols * n * iters / (clock_s() - t0) / 1e9;
                     double *bt = &best[ti][k][bits == 32];
                     *bt = gmacs > *bt ? gmacs : *bt;
                 }

@@ -460,6 +460,70 @@ static int handles_avx2(const lm_mat *W) {
     return W->dtype == LM_DT_F32 || W->dtype == LM_DT_F16 || W->dtype == LM_DT_BF16;
 }
 
+/* lm_act8_quantize with two 8-lane vectors standing for the reference's 16 running
+ * lanes per group, combined in its 16 -> 8 -> 4 -> 2 -> 1 tree (the AVX-512 one's,
+ * matmul_avx512.c), so max and sum come out bit for bit; clamping and rounding (by
+ * 1.5 * 2^23) are the same operations. Group sizes that are not a multiple of 16
+ * go to the reference, and so does the reordering for q4_block. */
+TARGET INLINE float hmax_tree(__m256 lo, __m256 hi) { /* lane k = max(lane k + w, lane k), as the reference's tree */
+    __m256 a = _mm256_max_ps(hi, lo);
+    __m128 b = _mm_max_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    b = _mm_max_ps(_mm_movehl_ps(b, b), b);
+    b = _mm_max_ss(_mm_movehdup_ps(b), b);
+    return _mm_cvtss_f32(b);
+}
+
+TARGET INLINE __m256i quantize8(__m256 v) {
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f), zero = _mm256_setzero_ps();
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 keep = _mm256_cmp_ps(v, lo, _CMP_GE_OQ), neg = _mm256_cmp_ps(v, zero, _CMP_LT_OQ);
+    v = _mm256_blendv_ps(_mm256_blendv_ps(zero, lo, neg), v, keep); /* NaN -> 0 */
+    v = _mm256_min_ps(v, hi);
+    return _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(v, magic), magic));
+}
+
+TARGET static void act8_quantize_avx2(const float *x, int n, int cols, int gs, int q4_block, int8_t *q,
+                                      size_t q_stride, float *dx, float *xsum, int ng_stride) {
+    if (gs % 16) {
+        lm_act8_quantize(x, n, cols, gs, q4_block, q, q_stride, dx, xsum, ng_stride);
+        return;
+    }
+    const int ng = cols / gs;
+    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * (size_t)cols;
+        int8_t *qt = q + (size_t)t * q_stride;
+        float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
+        for (int g = 0; g < ng; g++) {
+            const float *xg = xt + (size_t)g * (size_t)gs;
+            __m256 m0 = zero, m1 = zero, s0 = zero, s1 = zero; /* lanes 0..7 and 8..15 */
+            for (int i = 0; i < gs; i += 16) {
+                const __m256 v0 = _mm256_loadu_ps(xg + i), v1 = _mm256_loadu_ps(xg + i + 8);
+                m0 = _mm256_max_ps(_mm256_andnot_ps(sign, v0), m0); /* a > m ? a : m */
+                m1 = _mm256_max_ps(_mm256_andnot_ps(sign, v1), m1);
+                s0 = _mm256_add_ps(s0, v0);
+                s1 = _mm256_add_ps(s1, v1);
+            }
+            float amax = hmax_tree(m0, m1), total = hsum(_mm256_add_ps(s0, s1));
+            float inv = amax > 0 && amax <= 3.4e38f ? 127.0f / amax : 0.0f;
+            dt[g] = amax / 127.0f;
+            st[g] = total;
+            const __m256 vinv = _mm256_set1_ps(inv);
+            for (int i = 0; i < gs; i += 16) {
+                const __m256i a = quantize8(_mm256_mul_ps(_mm256_loadu_ps(xg + i), vinv));
+                const __m256i b = quantize8(_mm256_mul_ps(_mm256_loadu_ps(xg + i + 8), vinv));
+                /* 16 int32 in -127..127 -> 16 bytes in order (the packs work per 128-bit lane) */
+                const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+                _mm_storeu_si128((__m128i *)(void *)(qt + (size_t)g * (size_t)gs + i),
+                                 _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+            }
+        }
+        memset(qt + cols, 0, q_stride - (size_t)cols);
+        for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
+        if (q4_block) lm_act8_interleave(qt, cols, q4_block, 0);
+    }
+}
+
 static int available_avx2(void) {
     const unsigned need = LM_CPU_AVX2 | LM_CPU_FMA | LM_CPU_F16C;
     return (lm_cpu_features() & need) == need;
@@ -475,7 +539,8 @@ const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2",
                                             axpy_avx2,
                                             handles_act8_avx2,
                                             rows_act8_avx2,
-                                            A8_Q4_BLOCK};
+                                            A8_Q4_BLOCK,
+                                            act8_quantize_avx2};
 
 #else /* not x86-64 */
 

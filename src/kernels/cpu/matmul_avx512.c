@@ -419,31 +419,6 @@ static const a8_chunk_fn a8_chunk_q8[A8_TOKENS + 1] = {NULL, a8_chunk_q8_1, a8_c
  * transpose). Integer sums are exact in any order, so every lane ends with the
  * same I_g as the panel path and takes the same f32 steps: bit-identical results. */
 
-/* v[i] = row i's lanes for one step, lpg consecutive lanes per group (4, 8 or 16);
- * out[k] = group k of the step, row i in lane i. */
-TARGET_VNNI INLINE void reduce_rows(const __m512i v[16], const int lpg, __m512i *out) {
-    __m512i t[8], u[4];
-    UNROLL_PANEL
-    for (int i = 0; i < 8; i++) /* 128-bit lane L: rows 2i, 2i+1, 2i, 2i+1 */
-        t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
-                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-    UNROLL_PANEL
-    for (int i = 0; i < 4; i++) /* 128-bit lane L: rows 4i..4i+3, each its lane L's sum */
-        u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
-                                _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
-    __m512i a = _mm512_shuffle_i32x4(u[0], u[1], 0x44), b = _mm512_shuffle_i32x4(u[0], u[1], 0xee);
-    __m512i c = _mm512_shuffle_i32x4(u[2], u[3], 0x44), d = _mm512_shuffle_i32x4(u[2], u[3], 0xee);
-    __m512i q0 = _mm512_shuffle_i32x4(a, c, 0x88), q1 = _mm512_shuffle_i32x4(a, c, 0xdd); /* lane 0, 1 of rows 0..15 */
-    __m512i q2 = _mm512_shuffle_i32x4(b, d, 0x88), q3 = _mm512_shuffle_i32x4(b, d, 0xdd);
-    if (lpg == 4) {
-        out[0] = q0, out[1] = q1, out[2] = q2, out[3] = q3;
-    } else if (lpg == 8) {
-        out[0] = _mm512_add_epi32(q0, q1), out[1] = _mm512_add_epi32(q2, q3);
-    } else {
-        out[0] = _mm512_add_epi32(_mm512_add_epi32(q0, q1), _mm512_add_epi32(q2, q3));
-    }
-}
-
 /* Rows r..r+nr-1 (nr <= 16) for the one token of a, into y[r..]. */
 TARGET_VNNI INLINE void a8_panel_one(const lm_mat *W, int r, int nr, const lm_act8 *a, float *y, const int bits) {
     const int cols = W->cols, gs = W->group_size, ng = cols / gs;
@@ -501,7 +476,7 @@ TARGET_VNNI INLINE void a8_panel_one(const lm_mat *W, int r, int nr, const lm_ac
                 }
             }
             __m512i out[4];
-            reduce_rows(d, lpg, out);
+            lm_reduce_rows16(d, lpg, out);
             for (int k = 0; k < gps && g + k < gn; k++) {
                 const __m512 f = _mm512_cvtepi32_ps(out[k]);
                 acc = _mm512_fmadd_ps(f, _mm512_mul_ps(sc[g + k], _mm512_set1_ps(a->dx[g0 + g + k])), acc);

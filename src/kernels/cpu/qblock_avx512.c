@@ -67,11 +67,30 @@ TARGET_QB INLINE __m512 byte_s(__m512i w, const unsigned k) {
 }
 TARGET_QB INLINE __m512 negate(__m512 v) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT_MIN))); }
 
+/* The 16 bytes at byte off of each of the 16 rows as w[j] = their 32-bit words j, row
+ * i in lane i: 16 loads and a 4 x 4 transposition inside 128-bit lanes (rows
+ * 4L + k: lane L of load vector k), cheaper than four gathers. */
+TARGET_QB INLINE void words16(const uint8_t *const rowp[PANEL], size_t off, __m512i w[4]) {
+    __m512i v[4], t[4];
+    UNROLL8
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(rowp[k] + off)));
+        v[k] = _mm512_inserti32x4(v[k], _mm_loadu_si128((const __m128i *)(const void *)(rowp[4 + k] + off)), 1);
+        v[k] = _mm512_inserti32x4(v[k], _mm_loadu_si128((const __m128i *)(const void *)(rowp[8 + k] + off)), 2);
+        v[k] = _mm512_inserti32x4(v[k], _mm_loadu_si128((const __m128i *)(const void *)(rowp[12 + k] + off)), 3);
+    }
+    t[0] = _mm512_unpacklo_epi32(v[0], v[1]), t[1] = _mm512_unpackhi_epi32(v[0], v[1]);
+    t[2] = _mm512_unpacklo_epi32(v[2], v[3]), t[3] = _mm512_unpackhi_epi32(v[2], v[3]);
+    w[0] = _mm512_unpacklo_epi64(t[0], t[2]), w[1] = _mm512_unpackhi_epi64(t[0], t[2]);
+    w[2] = _mm512_unpacklo_epi64(t[1], t[3]), w[3] = _mm512_unpackhi_epi64(t[1], t[3]);
+}
+
 /* Q4_K / Q5_K super-block at byte off of each row: groups gc..gc+7 of the chunk.
  * a16 = d * sc and b = -(dmin * mn), the reference's products (qblock.c). */
-TARGET_QB INLINE void scales_q45k(const uint8_t *row0, __m512i idx, size_t off, qpanel *p, int gc) {
-    const __m512i w0 = gather(row0, idx, off), w1 = gather(row0, idx, off + 4), w2 = gather(row0, idx, off + 8),
-                  w3 = gather(row0, idx, off + 12);
+TARGET_QB INLINE void scales_q45k(const uint8_t *const rowp[PANEL], size_t off, qpanel *p, int gc) {
+    __m512i w[4];
+    words16(rowp, off, w);
+    const __m512i w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
     const __m512 d = f16_low(w0), dmin = f16_high(w0);
     const __m512i m6 = _mm512_set1_epi32(0x3f3f3f3f), m4 = _mm512_set1_epi32(0x0f0f0f0f), m2 = _mm512_set1_epi32(0x03030303);
     /* the 6-bit scales and mins 0..3 and 4..7, a byte each (lm_q4k_scale_min) */
@@ -90,19 +109,24 @@ TARGET_QB INLINE void scales_q45k(const uint8_t *row0, __m512i idx, size_t off, 
 
 /* Q6_K: a16 = d * sc for the 16 halves (the reference's product); d is read from
  * bytes 206..209 so the gather stays inside the 210-byte block. */
-TARGET_QB INLINE void scales_q6k(const uint8_t *row0, __m512i idx, size_t off, qpanel *p, int gc) {
-    const __m512 d = f16_high(gather(row0, idx, off + 206));
+TARGET_QB INLINE void scales_q6k(const uint8_t *const rowp[PANEL], size_t off, qpanel *p, int gc) {
+    __m512i w[4], wd[4];
+    words16(rowp, off + 194, wd);
+    const __m512 d = f16_high(wd[3]);
+    words16(rowp, off + 192, w);
     UNROLL8
     for (unsigned k = 0; k < 4; k++) {
-        const __m512i s = gather(row0, idx, off + 192 + 4 * k);
+        const __m512i s = w[k];
         UNROLL8
         for (unsigned j = 0; j < 4; j++) _mm512_store_ps(p->f[2 * gc + (int)(4 * k + j)], _mm512_mul_ps(d, byte_s(s, j)));
     }
 }
 
 /* IQ4_XS: a16 = d * (ls - 32), ls the 6-bit scale of each of the 8 groups. */
-TARGET_QB INLINE void scales_iq4xs(const uint8_t *row0, __m512i idx, size_t off, qpanel *p, int gc) {
-    const __m512i w0 = gather(row0, idx, off), sl = gather(row0, idx, off + 4);
+TARGET_QB INLINE void scales_iq4xs(const uint8_t *const rowp[PANEL], size_t off, qpanel *p, int gc) {
+    __m512i w[4];
+    words16(rowp, off, w);
+    const __m512i w0 = w[0], sl = w[1];
     const __m512 d = f16_low(w0);
     const __m512i sh = _mm512_srli_epi32(w0, 16), m4 = _mm512_set1_epi32(0x0f), m2 = _mm512_set1_epi32(3);
     UNROLL8
@@ -197,21 +221,19 @@ TARGET_QB INLINE __m512i step_mxfp4(const uint8_t *row, const uint8_t *srow, int
 /* Whether type t keeps one a16 per 16-value half (else one per group). */
 INLINE int halves_of(lm_dtype t) { return t == LM_DT_Q6_K || t == LM_DT_Q3_K; }
 
-/* Values c0..c0+nv-1 (c0 a multiple of CHUNK, nv of 64) of the 16 rows at rowp
- * (idx: their byte offsets from rowp[0]; srowp: MXFP4_SPLIT's scale rows) into p; the
- * same bytes of the next panel (pf_off bytes on, 0 = none) are prefetched while
- * decoding. */
-TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PANEL], const uint8_t *const srowp[PANEL],
-                                 __m512i idx, size_t rb, int cols, int c0, int nv, qpanel *p, size_t pf_off) {
-    const int s0 = c0 / 64, ns = nv / 64, nsteps = cols / 64;
-    /* scales, 256 values at a time (cols and c0 are multiples of 256 for 256-value blocks) */
+/* The scales of values c0..c0+nv-1 (c0 a multiple of CHUNK, nv of 64) of the 16 rows
+ * into p, for the types whose scales are gathered (the others come with their codes,
+ * decode_step). */
+TARGET_QB INLINE void fill_scales(const lm_dtype t, const uint8_t *const rowp[PANEL], __m512i idx, int c0, int nv,
+                                  qpanel *p) {
+    /* 256 values at a time (cols and c0 are multiples of 256 for 256-value blocks) */
     for (int v = 0; v < nv; v += 256) {
         const int gc = v / 32, first = (c0 + v) / 32; /* group in the chunk and in the row */
         switch (t) {
-        case LM_DT_Q4_K: scales_q45k(rowp[0], idx, (size_t)(first / 8) * 144, p, gc); break;
-        case LM_DT_Q5_K: scales_q45k(rowp[0], idx, (size_t)(first / 8) * 176, p, gc); break;
-        case LM_DT_Q6_K: scales_q6k(rowp[0], idx, (size_t)(first / 8) * 210, p, gc); break;
-        case LM_DT_IQ4_XS: scales_iq4xs(rowp[0], idx, (size_t)(first / 8) * 136, p, gc); break;
+        case LM_DT_Q4_K: scales_q45k(rowp, (size_t)(first / 8) * 144, p, gc); break;
+        case LM_DT_Q5_K: scales_q45k(rowp, (size_t)(first / 8) * 176, p, gc); break;
+        case LM_DT_Q6_K: scales_q6k(rowp, (size_t)(first / 8) * 210, p, gc); break;
+        case LM_DT_IQ4_XS: scales_iq4xs(rowp, (size_t)(first / 8) * 136, p, gc); break;
         case LM_DT_Q8_0:
         case LM_DT_Q4_0: {
             const size_t bb = t == LM_DT_Q8_0 ? 34 : 18;
@@ -219,39 +241,55 @@ TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PAN
             for (int g = 0; g < gn; g++) _mm512_store_ps(p->f[gc + g], f16_low(gather(rowp[0], idx, (size_t)(first + g) * bb)));
             break;
         }
-        default: break; /* the other types: with their codes, below */
+        default: break; /* the other types: with their codes, decode_step */
         }
     }
+}
+
+/* Step s (values 64s..64s+63) of row i (at row, MXFP4_SPLIT's scales at srow) as 64
+ * unsigned byte codes; the types without gathered scales put row i's scales of the
+ * step's two groups, gc and gc + 1 of the chunk, into lane i of p. */
+TARGET_QB INLINE __m512i decode_step(const lm_dtype t, const uint8_t *row, const uint8_t *srow, int s, qpanel *p,
+                                     int gc, int i) {
+    switch (t) {
+    case LM_DT_Q4_K: return step_q4k(row, s);
+    case LM_DT_Q5_K: return step_q5k(row, s);
+    case LM_DT_Q6_K: return step_q6k(row, s);
+    case LM_DT_Q8_0: return step_q8_0(row, s);
+    case LM_DT_Q4_0: return step_q4_0(row, s);
+    case LM_DT_IQ4_XS: return step_iq4xs(row, s);
+    case LM_DT_MXFP4: return step_mxfp4(row, NULL, s, p, gc, i);
+    case LM_DT_MXFP4_SPLIT: return step_mxfp4(row, srow, s, p, gc, i);
+    default: { /* through the common group form, one row at a time */
+        lm_qgroup g[2];
+        uint8_t buf[64];
+        for (int k = 0; k < 2; k++) {
+            lm_qblock_group(t, row, 2 * s + k, &g[k]);
+            memcpy(buf + 32 * k, g[k].u, 32);
+            if (halves_of(t)) p->f[2 * (gc + k)][i] = g[k].a16[0], p->f[2 * (gc + k) + 1][i] = g[k].a16[1];
+            else p->f[gc + k][i] = g[k].a16[0];
+            p->b[gc + k][i] = g[k].b;
+        }
+        return _mm512_loadu_si512(buf);
+    }
+    }
+}
+
+/* Values c0..c0+nv-1 (c0 a multiple of CHUNK, nv of 64) of the 16 rows at rowp
+ * (idx: their byte offsets from rowp[0]; srowp: MXFP4_SPLIT's scale rows) into p; the
+ * same bytes of the next panel (pf_off bytes on, 0 = none) are prefetched while
+ * decoding. */
+TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PANEL], const uint8_t *const srowp[PANEL],
+                                 __m512i idx, size_t rb, int cols, int c0, int nv, qpanel *p, size_t pf_off) {
+    const int s0 = c0 / 64, ns = nv / 64, nsteps = cols / 64;
+    fill_scales(t, rowp, idx, c0, nv, p);
     for (int s = 0; s < ns; s++) {
         __m512i v[PANEL];
         const size_t pf = ((size_t)s0 + (size_t)s) * rb / (size_t)nsteps; /* the step's first byte, about */
         UNROLL16
         for (int i = 0; i < PANEL; i++) {
             if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
-            switch (t) {
-            case LM_DT_Q4_K: v[i] = step_q4k(rowp[i], s0 + s); break;
-            case LM_DT_Q5_K: v[i] = step_q5k(rowp[i], s0 + s); break;
-            case LM_DT_Q6_K: v[i] = step_q6k(rowp[i], s0 + s); break;
-            case LM_DT_Q8_0: v[i] = step_q8_0(rowp[i], s0 + s); break;
-            case LM_DT_Q4_0: v[i] = step_q4_0(rowp[i], s0 + s); break;
-            case LM_DT_IQ4_XS: v[i] = step_iq4xs(rowp[i], s0 + s); break;
-            case LM_DT_MXFP4: v[i] = step_mxfp4(rowp[i], NULL, s0 + s, p, 2 * s, i); break;
-            case LM_DT_MXFP4_SPLIT: v[i] = step_mxfp4(rowp[i], srowp[i], s0 + s, p, 2 * s, i); break;
-            default: { /* through the common group form, one row at a time */
-                lm_qgroup g[2];
-                uint8_t buf[64];
-                for (int k = 0; k < 2; k++) {
-                    const int gc = 2 * s + k;
-                    lm_qblock_group(t, rowp[i], 2 * (s0 + s) + k, &g[k]);
-                    memcpy(buf + 32 * k, g[k].u, 32);
-                    if (halves_of(t)) p->f[2 * gc][i] = g[k].a16[0], p->f[2 * gc + 1][i] = g[k].a16[1];
-                    else p->f[gc][i] = g[k].a16[0];
-                    p->b[gc][i] = g[k].b;
-                }
-                v[i] = _mm512_loadu_si512(buf);
-                break;
-            }
-            }
+            v[i] = decode_step(t, rowp[i], srowp[i], s0 + s, p, 2 * s, i);
         }
         lm_transpose16x16(v);
         UNROLL16
@@ -386,9 +424,120 @@ TARGET_QB INLINE void rows_of(const lm_dtype t, const lm_mat *W, int r0, int r1,
     }
 }
 
+/* ---- one token (decode): K in lanes, then lanes summed per group ----
+ * With one token a decoded chunk is used once, so transposing it (64 shuffles, a
+ * store and a reload per 16 rows and 64 values) costs more than the products.
+ * Here each row's 64-value step is multiplied where it lies (vpdpbusd against the
+ * token's 64 bytes in natural order: lane k = values 4k..4k+3), and the 16 rows'
+ * vectors are summed lane-wise into one vector per group, or per 16-value half,
+ * with a row per lane (lm_reduce_rows16). Integer sums are exact in any order, so
+ * every lane ends with the panel path's I and then takes its f32 steps in its order
+ * (chunk_tokens with one token): the same bits as a batch. */
+
+/* log2(off) and the b term of type t, as tokens_for reads them (constants once t is). */
+INLINE int off_shift_of(lm_dtype t) {
+    switch (t) {
+    case LM_DT_Q4_0: return 3;
+    case LM_DT_Q5_0: case LM_DT_MXFP4: case LM_DT_MXFP4_SPLIT: return 4;
+    case LM_DT_Q8_0: case LM_DT_IQ4_XS: case LM_DT_IQ4_NL: return 7;
+    case LM_DT_Q6_K: return 5;
+    case LM_DT_Q3_K: return 2;
+    default: return -1;
+    }
+}
+INLINE int has_b_of(lm_dtype t) { return off_shift_of(t) < 0; }
+
+/* The f32 steps of groups g, g + 1 of the row (gc, gc + 1 of the chunk) for one
+ * token, I[] their exact sums u . q (per half where the type has them). */
+TARGET_QB INLINE __m512 one_groups(const lm_dtype t, const __m512i *I, const qpanel *p, int gc, int g,
+                                   const lm_act8 *a, __m512 acc) {
+    const int sh = off_shift_of(t);
+    UNROLL8
+    for (int k = 0; k < 2; k++) {
+        const __m512 d = _mm512_set1_ps(a->dx[g + k]);
+        const int32_t *q16 = a->qsum16 + 2 * (size_t)(g + k);
+        if (halves_of(t)) {
+            UNROLL8
+            for (int h = 0; h < 2; h++) {
+                const __m512i ia = _mm512_sub_epi32(I[2 * k + h], _mm512_set1_epi32(q16[h] * (1 << sh)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), _mm512_mul_ps(_mm512_load_ps(p->f[2 * (gc + k) + h]), d), acc);
+            }
+        } else {
+            const __m512i ia = sh >= 0 ? _mm512_sub_epi32(I[k], _mm512_set1_epi32((q16[0] + q16[1]) * (1 << sh))) : I[k];
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), _mm512_mul_ps(_mm512_load_ps(p->f[gc + k]), d), acc);
+        }
+        if (has_b_of(t)) acc = _mm512_fmadd_ps(_mm512_load_ps(p->b[gc + k]), _mm512_set1_ps(a->xsum[g + k]), acc);
+    }
+    return acc;
+}
+
+TARGET_QB INLINE void rows_one(const lm_dtype t, const lm_mat *W, int r0, int r1, const lm_act8 *a, float *y) {
+    const int split = t == LM_DT_MXFP4_SPLIT;
+    const size_t rb = split ? (size_t)W->cols / 2 : lm_dtype_row_bytes(W->dtype, (uint64_t)W->cols);
+    const size_t rows = (size_t)W->rows;
+    const int cols = W->cols, nsteps = cols / 64;
+    qpanel p; /* its scales only */
+    for (int r = r0; r < r1; r += PANEL) {
+        const int nr = r1 - r < PANEL ? r1 - r : PANEL;
+        const __mmask16 rm = nr == PANEL ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        const uint8_t *rowp[PANEL], *srowp[PANEL];
+        int32_t off[PANEL];
+        for (int i = 0; i < PANEL; i++) { /* lanes past the rows repeat the first; their results are dropped */
+            rowp[i] = (const uint8_t *)W->data + (size_t)(r + (i < nr ? i : 0)) * rb;
+            srowp[i] = split ? (const uint8_t *)W->scales + (size_t)(r + (i < nr ? i : 0)) * ((size_t)cols / 32) : NULL;
+            off[i] = (int32_t)(i < nr ? (size_t)i * rb : 0);
+        }
+        const __m512i idx = _mm512_loadu_si512(off);
+        const size_t pf_off = (size_t)r + 2 * PANEL <= rows ? PANEL * rb : 0;
+        __m512 acc = _mm512_setzero_ps();
+        for (int c0 = 0; c0 < cols; c0 += CHUNK) {
+            const int nv = cols - c0 < CHUNK ? cols - c0 : CHUNK, s0 = c0 / 64;
+            fill_scales(t, rowp, idx, c0, nv, &p);
+            for (int s = 0; t == LM_DT_Q4_K && s < nv / 64; s += 2) {
+                /* 128 values a load: qs bytes 64j..64j+63 of the super-block hold
+                 * groups 4j, 4j+2 in their low nibbles, 4j+1, 4j+3 in their high ones */
+                const __m512i x0 = _mm512_loadu_si512(a->q + (size_t)(s0 + s) * 64),
+                              x1 = _mm512_loadu_si512(a->q + (size_t)(s0 + s) * 64 + 64);
+                const __m512i xlo = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(1, 0, 1, 0)),
+                              xhi = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(3, 2, 3, 2));
+                const size_t pf = ((size_t)s0 + (size_t)s) * rb / (size_t)nsteps;
+                const size_t at = (size_t)((s0 + s) / 4) * 144 + 16 + 32 * (size_t)((s0 + s) % 4);
+                const __m512i m4 = _mm512_set1_epi8(0x0f);
+                __m512i dl[PANEL], dh[PANEL], il[2], ih[2];
+                UNROLL16
+                for (int i = 0; i < PANEL; i++) {
+                    if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+                    const __m512i w = _mm512_loadu_si512(rowp[i] + at);
+                    dl[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m4), xlo);
+                    dh[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(w, 4), m4), xhi);
+                }
+                lm_reduce_rows16(dl, 8, il);
+                lm_reduce_rows16(dh, 8, ih);
+                const __m512i I0[2] = {il[0], ih[0]}, I1[2] = {il[1], ih[1]};
+                acc = one_groups(t, I0, &p, 2 * s, 2 * (s0 + s), a, acc);
+                acc = one_groups(t, I1, &p, 2 * s + 2, 2 * (s0 + s) + 2, a, acc);
+            }
+            for (int s = 0; t != LM_DT_Q4_K && s < nv / 64; s++) {
+                const __m512i x = _mm512_loadu_si512(a->q + (size_t)(s0 + s) * 64);
+                const size_t pf = ((size_t)s0 + (size_t)s) * rb / (size_t)nsteps;
+                __m512i d[PANEL], I[4];
+                UNROLL16
+                for (int i = 0; i < PANEL; i++) {
+                    if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+                    d[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), decode_step(t, rowp[i], srowp[i], s0 + s, &p, 2 * s, i), x);
+                }
+                lm_reduce_rows16(d, halves_of(t) ? 4 : 8, I);
+                acc = one_groups(t, I, &p, 2 * s, 2 * (s0 + s), a, acc);
+            }
+        }
+        _mm512_mask_storeu_ps(y + r, rm, acc);
+    }
+}
+
 #define ROWS_FN(name, T)                                                                                    \
     TARGET_QB static void name(const lm_mat *W, int r0, int r1, const lm_act8 *a, int n, float *y) {        \
-        rows_of(T, W, r0, r1, a, n, y);                                                                     \
+        if (n == 1) rows_one(T, W, r0, r1, a, y);                                                           \
+        else rows_of(T, W, r0, r1, a, n, y);                                                                \
     }
 ROWS_FN(rows_q4k, LM_DT_Q4_K)
 ROWS_FN(rows_q5k, LM_DT_Q5_K)
