@@ -437,6 +437,68 @@ static int handles_neon(const lm_mat *W) {
     return W->dtype == LM_DT_F32 || W->dtype == LM_DT_F16 || W->dtype == LM_DT_BF16;
 }
 
+/* lm_act8_quantize with four 4-lane vectors standing for the reference's 16 running
+ * lanes per group, combined in its 16 -> 8 -> 4 -> 2 -> 1 tree, so max and sum come
+ * out bit for bit (the running max by compare and select, as the reference's
+ * a > m ? a : m, which keeps a NaN out); clamping and rounding (by 1.5 * 2^23) are
+ * the same operations. Group sizes that are not a multiple of 16 go to the
+ * reference, and so does the reordering for q4_block. */
+INLINE float32x4_t max_ref(float32x4_t a, float32x4_t m) { return vbslq_f32(vcgtq_f32(a, m), a, m); }
+
+INLINE int32x4_t quantize4(float32x4_t v) {
+    const float32x4_t lo = vdupq_n_f32(-127.0f), hi = vdupq_n_f32(127.0f), zero = vdupq_n_f32(0.0f);
+    const float32x4_t magic = vdupq_n_f32(12582912.0f);
+    v = vbslq_f32(vcgeq_f32(v, lo), v, vbslq_f32(vcltq_f32(v, zero), lo, zero)); /* NaN -> 0 */
+    v = vbslq_f32(vcleq_f32(v, hi), v, hi);
+    return vcvtq_s32_f32(vsubq_f32(vaddq_f32(v, magic), magic));
+}
+
+static void act8_quantize_neon(const float *x, int n, int cols, int gs, int q4_block, int8_t *q, size_t q_stride,
+                               float *dx, float *xsum, int ng_stride) {
+    if (gs % 16) {
+        lm_act8_quantize(x, n, cols, gs, q4_block, q, q_stride, dx, xsum, ng_stride);
+        return;
+    }
+    const int ng = cols / gs;
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * (size_t)cols;
+        int8_t *qt = q + (size_t)t * q_stride;
+        float *dt = dx + (size_t)t * (size_t)ng_stride, *st = xsum + (size_t)t * (size_t)ng_stride;
+        for (int g = 0; g < ng; g++) {
+            const float *xg = xt + (size_t)g * (size_t)gs;
+            float32x4_t m[4], sm[4]; /* lanes 4j..4j+3 */
+            for (int j = 0; j < 4; j++) m[j] = sm[j] = vdupq_n_f32(0.0f);
+            for (int i = 0; i < gs; i += 16)
+                for (int j = 0; j < 4; j++) {
+                    const float32x4_t v = vld1q_f32(xg + i + 4 * j);
+                    m[j] = max_ref(vabsq_f32(v), m[j]);
+                    sm[j] = vaddq_f32(sm[j], v);
+                }
+            /* lane k takes lane k + w: w = 8, 4, 2, 1 */
+            const float32x4_t m4 = max_ref(max_ref(m[3], m[1]), max_ref(m[2], m[0]));
+            const float32x4_t s4 = vaddq_f32(vaddq_f32(sm[0], sm[2]), vaddq_f32(sm[1], sm[3]));
+            const float32x2_t m2 = vbsl_f32(vcgt_f32(vget_high_f32(m4), vget_low_f32(m4)), vget_high_f32(m4), vget_low_f32(m4));
+            const float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
+            const float m1 = vget_lane_f32(m2, 1), m0 = vget_lane_f32(m2, 0);
+            const float amax = m1 > m0 ? m1 : m0, total = vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
+            const float inv = amax > 0 && amax <= 3.4e38f ? 127.0f / amax : 0.0f;
+            dt[g] = amax / 127.0f;
+            st[g] = total;
+            const float32x4_t vinv = vdupq_n_f32(inv);
+            for (int i = 0; i < gs; i += 16) {
+                int32x4_t v[4];
+                for (int j = 0; j < 4; j++) v[j] = quantize4(vmulq_f32(vld1q_f32(xg + i + 4 * j), vinv));
+                const int16x8_t a = vcombine_s16(vmovn_s32(v[0]), vmovn_s32(v[1]));
+                const int16x8_t b = vcombine_s16(vmovn_s32(v[2]), vmovn_s32(v[3]));
+                vst1q_s8(qt + (size_t)g * (size_t)gs + i, vcombine_s8(vmovn_s16(a), vmovn_s16(b)));
+            }
+        }
+        memset(qt + cols, 0, q_stride - (size_t)cols);
+        for (int g = ng; g < ng_stride; g++) dt[g] = st[g] = 0;
+        if (q4_block) lm_act8_interleave(qt, cols, q4_block, 0);
+    }
+}
+
 static int available_neon(void) { return (lm_cpu_features() & LM_CPU_NEON) != 0; }
 
 const lm_cpu_kernels lm_cpu_kernels_neon = {"neon",
@@ -449,7 +511,8 @@ const lm_cpu_kernels lm_cpu_kernels_neon = {"neon",
                                             axpy_neon,
                                             handles_act8_neon,
                                             rows_act8_neon,
-                                            A8_Q4_BLOCK};
+                                            A8_Q4_BLOCK,
+                                            act8_quantize_neon};
 
 #else /* not AArch64 */
 
