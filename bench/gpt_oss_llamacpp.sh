@@ -85,8 +85,8 @@ python3 - "$T" <<'PY'
 import json, os, sys
 t = sys.argv[1]
 runs = {}
-extra = sorted(f[:-5] for f in os.listdir(t) if f.startswith("llamacpp_capped_") and f.endswith(".json"))
-for n in ["lazymoe_resident", "llamacpp_resident", "lazymoe_capped", "llamacpp_capped"] + extra:
+more = sorted(f[:-5] for f in os.listdir(t) if f.startswith("llamacpp_capped_") and f.endswith(".json"))
+for n in ["lazymoe_resident", "llamacpp_resident", "lazymoe_capped", "llamacpp_capped"] + more:
     p = os.path.join(t, n + ".json")
     if os.path.exists(p) and os.path.getsize(p) > 0:
         runs[n] = json.loads(open(p).read().strip().splitlines()[-1])
@@ -104,7 +104,7 @@ ratio("lazymoe_resident", "llamacpp_resident", "")
 ratio("lazymoe_capped", "llamacpp_capped", "")
 ratio("lazymoe_capped", "lazymoe_resident", "")
 ratio("llamacpp_capped", "llamacpp_resident", "")
-for n in extra:
+for n in more:
     ratio("lazymoe_capped", n, "")
     ratio(n, "llamacpp_resident", "")
 ref = runs["lazymoe_resident"]["generated_ids"]

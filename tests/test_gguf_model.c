@@ -17,6 +17,7 @@
 #include "formats/safetensors.h"
 #include "lazymoe.h"
 #include "models/gguf_model.h"
+#include "models/model.h"
 #include "text/tokenizer_gguf.h"
 
 #include <sys/stat.h>
@@ -304,6 +305,17 @@ static void gpt_oss_fused_gate_up(void) {
     same_as_source(GOLDEN "gpt_oss_f32", "gpt_oss_f32_fused.gguf", LM_DT_F32, 1e-4f);
     export_flags = 0;
     lazy_equals_resident_file("gpt_oss_mxfp4_fused.gguf");
+    /* one read range per expert for gate and up together (the split file needs two) */
+    int parts[2] = {0, 0};
+    for (int f = 0; f < 2; f++) {
+        lm_weights w;
+        snprintf(path, sizeof path, "%s/%s", tmp, f ? "gpt_oss_mxfp4_fused.gguf" : "gpt_oss_mxfp4.gguf");
+        CHECKF(lm_weights_load(&w, path, NULL, NULL, err) == 0, "%s", err);
+        if (err[0] && !w.layers) continue;
+        parts[f] = w.layers[0].src.nparts;
+        lm_weights_free(&w);
+    }
+    CHECKF(parts[0] == 3 && parts[1] == 2, "read ranges per expert: split %d, fused %d (want 3, 2)", parts[0], parts[1]);
 }
 
 /* The fused layout for the other families (llama.cpp's create_tensor_gate_up_exps

@@ -433,9 +433,10 @@ int cmd_info(int argc, char **argv) {
             human_bytes(r, sizeof r, st.gpu_resident_bytes);
             human_bytes(pe, sizeof pe, st.gpu_expert_bytes);
             human_bytes(ex, sizeof ex, st.gpu_budget);
-            printf("gpu placement  %d of %d experts per MoE layer in GPU memory (%s), the rest uploaded from host "
-                   "memory; weights, KV cache and scratch %s; budget %s\n",
-                   st.gpu_capacity, i.n_experts, pe, r, ex);
+            printf("gpu placement  %d of %d experts per MoE layer in GPU memory (%s)%s; weights, KV cache and "
+                   "scratch %s; budget %s\n",
+                   st.gpu_capacity, i.n_experts, pe,
+                   st.gpu_capacity < i.n_experts ? ", the others uploaded from host memory when routed to" : "", r, ex);
         }
     }
     lazymoe_model_close(m);
