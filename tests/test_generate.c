@@ -19,6 +19,13 @@ static lazymoe_session *new_session(void) {
     return s;
 }
 
+/* The model's vocabulary size: the length of one position's logits. */
+static int vocab_size(void) {
+    lazymoe_model_info info;
+    lazymoe_model_get_info(M, &info);
+    return info.vocab_size;
+}
+
 static int valid_utf8(const unsigned char *p, size_t n) {
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
@@ -37,13 +44,12 @@ static int valid_utf8(const unsigned char *p, size_t n) {
 /* The greedy ids the token-id path (`run --ids`) produces: argmax, lowest id on ties. */
 static int greedy_ids(const int32_t *prompt, int n, int gen, int32_t *out) {
     lazymoe_session *s = new_session();
-    lazymoe_model_info info;
-    lazymoe_model_get_info(M, &info);
-    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
+    const int V = vocab_size();
+    float *logits = malloc(sizeof(float) * (size_t)V);
     int ok = s && logits && lazymoe_session_eval(s, prompt, n, logits, 0, err, sizeof err) == 0;
     for (int g = 0; ok && g < gen; g++) {
         int best = 0;
-        for (int i = 1; i < info.vocab_size; i++)
+        for (int i = 1; i < V; i++)
             if (logits[i] > logits[best]) best = i;
         out[g] = best;
         ok = lazymoe_session_eval(s, &out[g], 1, logits, 0, err, sizeof err) == 0;
@@ -279,14 +285,13 @@ static void test_prefix_reuse(void) {
     CHECK(!memcmp(lazymoe_session_tokens(a), lazymoe_session_tokens(b),
                   sizeof(int32_t) * (size_t)lazymoe_session_length(b)));
     /* ... and the same logits for a probe token. */
-    lazymoe_model_info info;
-    lazymoe_model_get_info(M, &info);
-    float *la = malloc(sizeof(float) * (size_t)info.vocab_size), *lb = malloc(sizeof(float) * (size_t)info.vocab_size);
+    const int V = vocab_size();
+    float *la = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * (size_t)V);
     int32_t probe = 104;
     CHECK(la && lb && lazymoe_session_eval(a, &probe, 1, la, 0, err, sizeof err) == 0 &&
           lazymoe_session_eval(b, &probe, 1, lb, 0, err, sizeof err) == 0);
     double worst = 0;
-    for (int i = 0; la && lb && i < info.vocab_size; i++)
+    for (int i = 0; la && lb && i < V; i++)
         if (fabs((double)la[i] - lb[i]) > worst) worst = fabs((double)la[i] - lb[i]);
     CHECKF(worst < 1e-4, "logits differ by %g", worst);
     free(la);
@@ -560,18 +565,17 @@ static void test_logprobs(void) {
     int32_t *ids = NULL;
     int n = 0;
     CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
-    lazymoe_model_info info;
-    lazymoe_model_get_info(M, &info);
-    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
+    const int V = vocab_size();
+    float *logits = malloc(sizeof(float) * (size_t)V);
     lazymoe_session *w = new_session();
     int ok = logits && w && lazymoe_session_eval(w, ids, n, logits, 0, err, sizeof err) == 0;
     double worst = 0;
     int order_bad = 0;
     for (int g = 0; ok && g < l.n; g++) {
         double mx = -INFINITY, sum = 0;
-        for (int i = 0; i < info.vocab_size; i++)
+        for (int i = 0; i < V; i++)
             if (logits[i] > mx) mx = logits[i];
-        for (int i = 0; i < info.vocab_size; i++) sum += exp((double)logits[i] - mx);
+        for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
         double lse = mx + log(sum);
         double d = fabs(((double)logits[l.ids[g]] - lse) - (double)l.lp[g]);
         if (d > worst) worst = d;
@@ -580,7 +584,7 @@ static void test_logprobs(void) {
         for (int k = 0; k < 5 && k < l.n_top[g]; k++) {
             int32_t t = l.top[g][k];
             int rank = 0;
-            for (int i = 0; i < info.vocab_size; i++)
+            for (int i = 0; i < V; i++)
                 if (logits[i] > logits[t] || (logits[i] == logits[t] && i < t)) rank++;
             if (rank != k) order_bad++;
             d = fabs(((double)logits[t] - lse) - (double)l.top_lp[g][k]);
@@ -688,9 +692,7 @@ static void test_session_file(void) {
     int32_t *ids = NULL;
     int n = 0;
     CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
-    lazymoe_model_info info;
-    lazymoe_model_get_info(M, &info);
-    size_t V = (size_t)info.vocab_size;
+    size_t V = (size_t)vocab_size();
     float *la = malloc(sizeof(float) * V * 3), *lb = malloc(sizeof(float) * V * 3);
     lazymoe_session *a = new_session(), *b = new_session();
     char path[256];
@@ -751,9 +753,7 @@ static void test_session_file_prefix(void) {
     int32_t *ids = NULL;
     int n = 0;
     CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
-    lazymoe_model_info info;
-    lazymoe_model_get_info(M, &info);
-    size_t V = (size_t)info.vocab_size;
+    size_t V = (size_t)vocab_size();
     float *la = malloc(sizeof(float) * V * 2), *lb = malloc(sizeof(float) * V * 2);
     lazymoe_session *a = new_session(), *b = new_session(), *c = new_session();
     char path[256];
