@@ -281,6 +281,147 @@ static void matmul_batch(void) {
     free_mat(&B);
 }
 
+/* ---- the fast matmul kernels against the reference ones ------------------------------------------- */
+
+/* Products of the same weights and inputs by the fast kernels (k_gemv, k_gemm) and by
+ * the reference kernels (lm_backend_cuda_set_simple), within MATMUL_TOL of sum|w x|
+ * (the fast ones sum s * sum(q x) + b * sum(x) per unit of 8, another order). */
+static int fast_vs_reference(const char *what, const lm_mat *W, int n, int expect_fast) {
+    float *x = rand_floats((size_t)n * (size_t)W->cols, -1, 1);
+    size_t ny = (size_t)n * (size_t)W->rows;
+    float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)W->cols);
+    float *dy = dev_from(NULL, sizeof(float) * ny), *dr = dev_from(NULL, sizeof(float) * ny);
+    uint64_t before = lm_backend_cuda_fast_launches(gpu);
+    int ok = gpu->ops->matmul(gpu, dy, W, dx, n) == 0;
+    uint64_t launches = lm_backend_cuda_fast_launches(gpu) - before;
+    lm_backend_cuda_set_simple(gpu, 1);
+    ok = ok && gpu->ops->matmul(gpu, dr, W, dx, n) == 0;
+    lm_backend_cuda_set_simple(gpu, 0);
+    if (!ok) printf("# %s: %s\n", what, lm_backend_error(gpu));
+    if (ok && (launches > 0) != expect_fast) {
+        printf("# %s n=%d: %s the fast kernels\n", what, n, expect_fast ? "did not use" : "used");
+        ok = 0;
+    }
+    float *got = ok ? host_from(dy, sizeof(float) * ny) : NULL, *want = ok ? host_from(dr, sizeof(float) * ny) : NULL;
+    float *scale = abs_products(W, x, n);
+    for (size_t i = 0; ok && i < ny; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (!(d <= MATMUL_TOL * scale[i] + 1e-30)) {
+            printf("# %s n=%d: output %zu is %.9g, the reference kernel's %.9g (sum|wx| %.4g)\n", what, n, i, got[i],
+                   want[i], scale[i]);
+            ok = 0;
+        }
+    }
+    free(got), free(want), free(scale), free(x);
+    dev_free(dx), dev_free(dy), dev_free(dr);
+    return ok;
+}
+
+/* Affine scales and biases set to extreme values in a fraction of the groups: the
+ * largest halves, subnormal ones, zero, and (f32) 1e30 / 1e-30. */
+static void extreme_affine(lm_mat *W) {
+    size_t ng = (size_t)W->rows * (size_t)(W->cols / W->group_size), es = lm_dtype_size(W->qdtype);
+    uint8_t *s = (uint8_t *)W->scales, *b = (uint8_t *)W->biases;
+    for (size_t g = 0; g < ng; g += 3) {
+        float sv, bv;
+        switch ((g / 3) % 4) {
+        case 0: sv = 6e4f, bv = -6e4f; break;
+        case 1: sv = 3e-7f, bv = 1e-7f; break;
+        case 2: sv = 0.0f, bv = 1.5f; break;
+        default: sv = W->qdtype == LM_DT_F32 ? 1e30f : 2e3f, bv = W->qdtype == LM_DT_F32 ? -1e-30f : -5e3f; break;
+        }
+        if (W->qdtype == LM_DT_F32) {
+            memcpy(s + 4 * g, &sv, 4);
+            memcpy(b + 4 * g, &bv, 4);
+        } else {
+            uint16_t hs = W->qdtype == LM_DT_F16 ? lm_f32_to_f16(sv) : lm_f32_to_bf16(sv);
+            uint16_t hb = W->qdtype == LM_DT_F16 ? lm_f32_to_f16(bv) : lm_f32_to_bf16(bv);
+            memcpy(s + es * g, &hs, 2);
+            memcpy(b + es * g, &hb, 2);
+        }
+    }
+}
+
+static void fast_case(const char *what, lm_dtype dt, int rows, int cols, int bits, int gs, lm_dtype qdt, int extreme,
+                      int expect_fast) {
+    static const int ns[] = {1, 2, 3, 5, 31, 32, 33, 70}; /* k_gemv below 32 tokens, k_gemm from 32 */
+    lm_mat W = make_mat(dt, rows, cols, 0, bits, gs, qdt);
+    if (extreme) extreme_affine(&W);
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        CHECKF(fast_vs_reference(what, &W, ns[i], expect_fast), "%s (%d x %d) with %d tokens", what, rows, cols, ns[i]);
+    free_mat(&W);
+}
+
+static void matmul_fast_kernels(void) {
+    fast_case("f32", LM_DT_F32, 37, 200, 0, 0, 0, 0, 1);
+    fast_case("f16", LM_DT_F16, 65, 136, 0, 0, 0, 0, 1);
+    fast_case("bf16", LM_DT_BF16, 3, 256, 0, 0, 0, 0, 1);
+    fast_case("affine 4-bit g64 bf16", LM_DT_U32, 131, 512, 4, 64, LM_DT_BF16, 0, 1);
+    fast_case("affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
+    fast_case("affine 4-bit g128 f32", LM_DT_U32, 1, 384, 4, 128, LM_DT_F32, 0, 1);
+    fast_case("affine 4-bit extreme f16", LM_DT_U32, 67, 256, 4, 64, LM_DT_F16, 1, 1);
+    fast_case("affine 4-bit extreme f32", LM_DT_U32, 67, 256, 4, 64, LM_DT_F32, 1, 1);
+    fast_case("affine 8-bit g64 bf16", LM_DT_U32, 99, 320, 8, 64, LM_DT_BF16, 0, 1);
+    fast_case("affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
+    fast_case("q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
+    fast_case("q8_0", LM_DT_Q8_0, 45, 160, 0, 0, 0, 0, 1);
+    fast_case("q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
+    /* no fast format: the reference kernels run (columns not a multiple of 8, 3-bit) */
+    fast_case("f16 130 columns", LM_DT_F16, 20, 130, 0, 0, 0, 0, 0);
+    fast_case("affine 3-bit", LM_DT_U32, 20, 192, 3, 64, LM_DT_BF16, 0, 0);
+}
+
+/* One launch for many items of one shape (a layer's experts; rows may differ, as
+ * for q, k and v): each item's result
+ * bit for bit what the item gives alone, whatever else shares the launch; and in
+ * k_gemv (fewer than 32 tokens) each token's result what it gives alone. */
+static void matmul_fast_batch_invariant(void) {
+    enum { NI = 6 };
+    static const int ns[NI] = {1, 3, 1, 40, 17, 1}, rows_of[NI] = {200, 77, 200, 130, 1, 200};
+    int cols = 256;
+    lm_mat W[NI];
+    float *dx[NI], *dy[NI], *da[NI];
+    lm_matmul_item it[NI];
+    for (int i = 0; i < NI; i++) {
+        int rows = rows_of[i];
+        W[i] = make_mat(LM_DT_U32, rows, cols, 0, 4, 64, LM_DT_BF16);
+        float *x = rand_floats((size_t)ns[i] * (size_t)cols, -1, 1);
+        dx[i] = dev_from(x, sizeof(float) * (size_t)ns[i] * (size_t)cols);
+        free(x);
+        dy[i] = dev_from(NULL, sizeof(float) * (size_t)ns[i] * (size_t)rows);
+        da[i] = dev_from(NULL, sizeof(float) * (size_t)ns[i] * (size_t)rows);
+        it[i] = (lm_matmul_item){dy[i], &W[i], dx[i], ns[i]};
+    }
+    CHECKF(gpu->ops->matmul_batch(gpu, it, NI) == 0, "%s", lm_backend_error(gpu));
+    for (int i = 0; i < NI; i++) CHECK(gpu->ops->matmul(gpu, da[i], &W[i], dx[i], ns[i]) == 0);
+    /* the items in another order and fewer at a time */
+    for (int i = NI - 1; i >= 1; i -= 2) {
+        lm_matmul_item two[2] = {{da[i], &W[i], dx[i], ns[i]}, {da[i - 1], &W[i - 1], dx[i - 1], ns[i - 1]}};
+        CHECK(gpu->ops->matmul_batch(gpu, two, 2) == 0);
+    }
+    for (int i = 0; i < NI; i++) {
+        int rows = rows_of[i];
+        size_t bytes = sizeof(float) * (size_t)ns[i] * (size_t)rows;
+        float *a = host_from(dy[i], bytes), *b = host_from(da[i], bytes);
+        CHECKF(same_bits("batched item", a, b, bytes), "item %d (%d tokens): batched != alone", i, ns[i]);
+        /* k_gemv: token t of the item alone */
+        for (int t = 0; ns[i] < 32 && t < ns[i]; t++) {
+            float *one = dev_from(NULL, sizeof(float) * (size_t)rows);
+            CHECK(gpu->ops->matmul(gpu, one, &W[i], dx[i] + (size_t)t * (size_t)cols, 1) == 0);
+            float *h = host_from(one, sizeof(float) * (size_t)rows);
+            CHECKF(same_bits("token alone", h, a + (size_t)t * (size_t)rows, sizeof(float) * (size_t)rows),
+                   "item %d token %d of %d differs from the token alone", i, t, ns[i]);
+            free(h);
+            dev_free(one);
+        }
+        free(a), free(b);
+    }
+    for (int i = 0; i < NI; i++) {
+        free_mat(&W[i]);
+        dev_free(dx[i]), dev_free(dy[i]), dev_free(da[i]);
+    }
+}
+
 /* A weight's host memory rewritten and reported (a lazy expert slot reused): the
  * next product uses the new values; without the report the device copy is kept. */
 static void weights_changed(void) {
@@ -560,6 +701,15 @@ static void attention(void) {
         attention_case(types[i], 5, 0, 6, 1, 128, 3, 1);    /* MQA, window shorter than the prompt */
     }
     attention_case(LM_DT_F32, 3, 40, 2, 1, 256, 0, 0); /* the widest head the kernel takes */
+    /* more keys than one tile of the fast kernel (512), f16 rows read 8 values at a time */
+    attention_case(LM_DT_F16, 2, 1100, 8, 2, 128, 0, 1);
+    attention_case(LM_DT_F16, 1, 1300, 4, 4, 64, 700, 0);
+    attention_case(LM_DT_I8, 1, 600, 4, 1, 96, 0, 0);
+    /* the reference kernel (phase 1's) on the same cases */
+    lm_backend_cuda_set_simple(gpu, 1);
+    attention_case(LM_DT_F16, 2, 1100, 8, 2, 128, 0, 1);
+    attention_case(LM_DT_F32, 37, 100, 8, 2, 64, 0, 1);
+    lm_backend_cuda_set_simple(gpu, 0);
 }
 
 /* ---- routing ---------------------------------------------------------------------------------------------- */
@@ -602,6 +752,22 @@ static void route_kinds(void) {
     r.n_group = 1;
     r.correction_bias = NULL;
     route_case("sigmoid", &r, lg, n);
+    /* Qwen3-30B-A3B's 128 experts, top 8; 1000 experts (31-32 a lane in the warp kernel),
+     * with ties; and the one-thread reference kernel on the same */
+    float *lg2 = rand_floats((size_t)n * 1000, -4, 4), *ties2 = malloc(sizeof(float) * (size_t)n * 1000);
+    for (int i = 0; i < n * 1000; i++) ties2[i] = (float)(int)(rnd() % 3);
+    lm_router big = {.kind = LM_ROUTER_SOFTMAX_TOPK, .n_experts = 128, .top_k = 8, .renormalize = 1, .scale = 1.0f};
+    route_case("softmax top-8 of 128", &big, lg2, n);
+    big.n_experts = 1000;
+    route_case("softmax top-8 of 1000", &big, lg2, n);
+    route_case("softmax top-8 of 1000 ties", &big, ties2, n);
+    big.kind = LM_ROUTER_TOPK_SOFTMAX;
+    big.top_k = 32;
+    route_case("top-32 softmax of 1000 ties", &big, ties2, n);
+    lm_backend_cuda_set_simple(gpu, 1);
+    route_case("top-32 softmax of 1000 ties (reference kernel)", &big, ties2, n);
+    lm_backend_cuda_set_simple(gpu, 0);
+    free(lg2), free(ties2);
     /* a top_k the experts cannot give: an error */
     r.top_k = E + 1;
     int32_t *dsel = dev_from(NULL, 4 * (size_t)(E + 1));
@@ -937,6 +1103,8 @@ int main(void) {
     TEST_CASE("cuda_matmul_mxfp4", matmul_mxfp4);
     TEST_CASE("cuda_matmul_ggml_blocks", matmul_ggml_blocks);
     TEST_CASE("cuda_matmul_batch", matmul_batch);
+    TEST_CASE("cuda_matmul_fast_vs_reference", matmul_fast_kernels);
+    TEST_CASE("cuda_matmul_fast_batch_invariant", matmul_fast_batch_invariant);
     TEST_CASE("cuda_weights_changed", weights_changed);
     TEST_CASE("cuda_embed", embed_types);
     TEST_CASE("cuda_rmsnorm", rmsnorm);

@@ -27,6 +27,7 @@
  * comes out of the lazy cache (correct, and an upload per use); phase 2 replaces it
  * with the VRAM expert tier of issue 18.
  */
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <math.h>
@@ -34,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 extern "C" {
 #include "formats/dtype.h"
@@ -77,7 +79,35 @@ typedef struct {
     uint64_t held, peak, limit;
     void **pinned; /* host ranges pin_host registered, unregistered at destroy */
     size_t n_pinned, cap_pinned;
+    /* 1: the reference kernels only (lm_backend_cuda_set_simple; LAZYMOE_CUDA_KERNELS=simple) */
+    int simple;
+    /* Small uploads (routes, positions, ids) go through two halves of a page-locked
+     * staging area, so they return without waiting for the GPU: the host bytes are
+     * copied there first; a half is reused only after the copies reading it finished
+     * (stage_ev, recorded when the other half was taken). */
+    uint8_t *stage;
+    size_t stage_used[2];
+    int stage_cur;
+    cudaEvent_t stage_ev[2];
+    /* LAZYMOE_CUDA_TIMING=1: every kernel between two events, summed per kernel
+     * name, and the host's waits, printed to stderr when the backend is freed. */
+    int timing;
+    cudaEvent_t *tev; /* [2 * TIM_CAP]: start, stop of the pending launches */
+    const char **tname;
+    int tn;
+    struct {
+        const char *name;
+        double ms;
+        long calls;
+    } ts[64];
+    int nts;
+    double wait_ms;
+    long waits;
+    uint64_t fast_launches; /* launches of k_gemv / k_gemm (tests) */
 } cuda_impl;
+
+#define STAGE_HALF ((size_t)1 << 20)
+#define TIM_CAP 2048
 
 static cuda_impl *impl_of(lm_backend *be) { return (cuda_impl *)be->impl; }
 
@@ -105,8 +135,80 @@ static int cuda_fail(lm_backend *be, const char *what, cudaError_t e) {
         if (e_ != cudaSuccess) return cuda_fail((be), (what), e_);                                                     \
     } while (0)
 
+/* ---- timing (LAZYMOE_CUDA_TIMING=1) ---- */
+
+static void tim_flush(cuda_impl *im) {
+    if (!im->tn) return;
+    cudaEventSynchronize(im->tev[2 * im->tn - 1]);
+    for (int i = 0; i < im->tn; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, im->tev[2 * i], im->tev[2 * i + 1]) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        int k = 0;
+        while (k < im->nts && strcmp(im->ts[k].name, im->tname[i]) != 0) k++;
+        if (k == im->nts) {
+            if (im->nts == (int)(sizeof im->ts / sizeof im->ts[0])) continue;
+            im->ts[im->nts].name = im->tname[i];
+            im->ts[im->nts].ms = 0;
+            im->ts[im->nts++].calls = 0;
+        }
+        im->ts[k].ms += ms;
+        im->ts[k].calls++;
+    }
+    im->tn = 0;
+}
+
+/* Before every launch (timing: its start event). */
+static void tim_begin(cuda_impl *im) {
+    if (!im->timing) return;
+    if (im->tn == TIM_CAP) tim_flush(im);
+    cudaEventRecord(im->tev[2 * im->tn], im->stream);
+}
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* The host waits for the stream (timing: counted apart from the kernels). */
+static cudaError_t stream_wait(cuda_impl *im) {
+    if (!im->timing) return cudaStreamSynchronize(im->stream);
+    double t0 = now_ms();
+    cudaError_t e = cudaStreamSynchronize(im->stream);
+    im->wait_ms += now_ms() - t0;
+    im->waits++;
+    return e;
+}
+
+static void tim_print(cuda_impl *im) {
+    tim_flush(im);
+    double total = 0;
+    for (int i = 0; i < im->nts; i++) total += im->ts[i].ms;
+    fprintf(stderr, "cuda timing: %.3f ms in kernels, %.3f ms of host waits (%ld)\n", total, im->wait_ms, im->waits);
+    for (int done = 0; done < im->nts; done++) { /* largest first */
+        int b = done;
+        for (int i = done + 1; i < im->nts; i++)
+            if (im->ts[i].ms > im->ts[b].ms) b = i;
+        if (b != done) {
+            auto t = im->ts[b];
+            im->ts[b] = im->ts[done];
+            im->ts[done] = t;
+        }
+        fprintf(stderr, "cuda timing: %-22s %10.3f ms %8ld launches %8.2f us each\n", im->ts[done].name,
+                im->ts[done].ms, im->ts[done].calls, 1e3 * im->ts[done].ms / (double)im->ts[done].calls);
+    }
+}
+
 /* After every launch: a bad configuration is reported here, a fault at the next sync. */
 static int launched(lm_backend *be, const char *kernel) {
+    cuda_impl *im = (cuda_impl *)be->impl;
+    if (im->timing) {
+        cudaEventRecord(im->tev[2 * im->tn + 1], im->stream);
+        im->tname[im->tn++] = kernel;
+    }
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? 0 : cuda_fail(be, kernel, e);
 }
@@ -533,30 +635,440 @@ __global__ void __launch_bounds__(256) k_matmul_tiled(wdesc w, const float *__re
         }
 }
 
+/* ---- fast matmuls (decode GEMV, prefill GEMM) --------------------------------------------------------------
+ *
+ * The kernels above are the reference: a generic element loader (wval) per weight.
+ * The fast kernels below read a row in units of 8 consecutive weights, each unit one
+ * vector load of its packed bytes widened in registers to w = s * q + b (q small
+ * integers or the float values themselves, s and b the unit's scale and offset):
+ *   k_gemv  one to a few tokens (decode): a warp per GV_ROWS rows, each lane one unit
+ *           at a time (lanes take consecutive units: the warp's loads are contiguous),
+ *           sum_i w_i x_i = s * sum_i q_i x_i + b * sum_i x_i in f32, the lanes summed
+ *           by shuffles at the end;
+ *   k_gemm  many tokens (prefill): 64 rows x 64 tokens per block, the weights widened
+ *           once per tile into shared memory (w = s * q + b rounded as wval rounds it)
+ *           and reused by every token of the tile.
+ * Both take a batch of items of one shape and format (the layer's routed experts),
+ * one launch for all of them; an item's result depends on its own weights, inputs
+ * and token count only -- never on the other items, their number or which slot the
+ * expert's bytes sit in -- and within k_gemv a token's result does not depend on
+ * how many tokens share the item either (the per-token arithmetic is the same). */
+
+enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q8_0, FMT_Q4_K };
+
+/* What every item of one launch shares (rows: the most of any item). */
+typedef struct {
+    int rows, cols, group_size, qdtype;
+    size_t row_bytes;
+} mm_shape;
+
+/* One product: its weights (rows of them: items of one launch may differ there, as
+ * q, k and v do), inputs, outputs and tokens. */
+typedef struct {
+    const void *data, *scales, *biases;
+    const float *x;
+    float *y;
+    int n, rows;
+} mm_item;
+
+/* Items of one launch, passed by value (kernel parameters: 32 x 48 bytes). */
+#define MM_MAX_ITEMS 32
+typedef struct {
+    mm_item it[MM_MAX_ITEMS];
+} mm_batch;
+
+/* The fast format of a weight view, FMT_NONE when it has none (the reference kernels
+ * then run): row-major, whole units of 8, and the unit loads aligned -- which holds
+ * for every copy of the same matrix (device buffers are 256-byte aligned and expert
+ * slots' parts 64-byte aligned), so the choice never depends on where an expert sits. */
+static int fast_format(const wdesc *d) {
+    if (d->col_major || d->cols % 8 != 0 || d->cols <= 0) return FMT_NONE;
+    uintptr_t a = (uintptr_t)d->data;
+    switch (d->dtype) {
+    case LM_DT_F32: return a % 16 == 0 ? FMT_F32 : FMT_NONE;
+    case LM_DT_F16: return a % 16 == 0 ? FMT_F16 : FMT_NONE;
+    case LM_DT_BF16: return a % 16 == 0 ? FMT_BF16 : FMT_NONE;
+    case LM_DT_U32:
+        if (d->group_size % 8 != 0) return FMT_NONE;
+        if (d->bits == 4 && a % 4 == 0 && d->row_bytes % 4 == 0) return FMT_A4;
+        if (d->bits == 8 && a % 8 == 0 && d->row_bytes % 8 == 0) return FMT_A8;
+        return FMT_NONE;
+    case LM_DT_Q4_0: return a % 2 == 0 ? FMT_Q4_0 : FMT_NONE;
+    case LM_DT_Q8_0: return a % 2 == 0 ? FMT_Q8_0 : FMT_NONE;
+    case LM_DT_Q4_K: return a % 8 == 0 && d->row_bytes % 8 == 0 ? FMT_Q4_K : FMT_NONE;
+    default: return FMT_NONE;
+    }
+}
+
+/* 8 consecutive weights w[i] = s * q[i] + b. */
+typedef struct {
+    float q[8];
+    float s, b;
+} wunit;
+
+__device__ __forceinline__ float half_bits(uint32_t h) { return __half2float(__ushort_as_half((unsigned short)h)); }
+__device__ __forceinline__ uint32_t u16_at(const uint8_t *p) { return *(const uint16_t *)p; }
+
+/* Unit u (columns 8u .. 8u+7) of row r of an item's weights. */
+template <int FMT>
+__device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it, int r, int u, wunit &o) {
+    o.s = 1.0f;
+    o.b = 0.0f;
+    if (FMT == FMT_F32) {
+        const float4 *p = (const float4 *)((const float *)it.data + (size_t)r * (size_t)sh.cols + 8 * (size_t)u);
+        float4 a = __ldg(p), b = __ldg(p + 1);
+        o.q[0] = a.x, o.q[1] = a.y, o.q[2] = a.z, o.q[3] = a.w, o.q[4] = b.x, o.q[5] = b.y, o.q[6] = b.z, o.q[7] = b.w;
+    } else if (FMT == FMT_F16 || FMT == FMT_BF16) {
+        uint4 v = __ldg((const uint4 *)((const uint16_t *)it.data + (size_t)r * (size_t)sh.cols + 8 * (size_t)u));
+        uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (FMT == FMT_F16) {
+                o.q[2 * i] = half_bits(w[i] & 0xffffu);
+                o.q[2 * i + 1] = half_bits(w[i] >> 16);
+            } else {
+                o.q[2 * i] = __uint_as_float(w[i] << 16);
+                o.q[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+            }
+        }
+    } else if (FMT == FMT_A4 || FMT == FMT_A8) {
+        const uint8_t *row = (const uint8_t *)it.data + (size_t)r * sh.row_bytes;
+        if (FMT == FMT_A4) {
+            uint32_t w = __ldg((const uint32_t *)row + u);
+#pragma unroll
+            for (int i = 0; i < 8; i++) o.q[i] = (float)((w >> (4 * i)) & 15u);
+        } else {
+            uint2 w = __ldg((const uint2 *)row + u);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                o.q[i] = (float)((w.x >> (8 * i)) & 255u);
+                o.q[4 + i] = (float)((w.y >> (8 * i)) & 255u);
+            }
+        }
+        size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
+        o.s = load_float(it.scales, sh.qdtype, g);
+        o.b = load_float(it.biases, sh.qdtype, g);
+    } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 4) * (FMT == FMT_Q4_0 ? 18 : 34);
+        int k = u % 4;
+        o.s = half_bits(u16_at(blk));
+        if (FMT == FMT_Q4_0) { /* values 0-15 of the block: low nibbles of bytes 0-15, 16-31: high ones */
+            const uint8_t *qs = blk + 2 + (k & 1) * 8;
+            int shift = k >= 2 ? 4 : 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                uint32_t two = u16_at(qs + 2 * i);
+                o.q[2 * i] = (float)((int)((two >> shift) & 15u) - 8);
+                o.q[2 * i + 1] = (float)((int)((two >> (8 + shift)) & 15u) - 8);
+            }
+        } else {
+            const uint8_t *qs = blk + 2 + k * 8;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                uint32_t two = u16_at(qs + 2 * i);
+                o.q[2 * i] = (float)(int8_t)(two & 255u);
+                o.q[2 * i + 1] = (float)(int8_t)(two >> 8);
+            }
+        }
+    } else { /* FMT_Q4_K: 256 values a block; sub-block j of 32 has its own 6-bit scale and min */
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 144;
+        int i0 = (u % 32) * 8, pair = i0 / 64, l = i0 % 64, j = 2 * pair + (l >= 32);
+        const uint8_t *s = blk + 4;
+        uint32_t sc, mn;
+        if (j < 4) {
+            sc = s[j] & 63u;
+            mn = s[j + 4] & 63u;
+        } else {
+            sc = (s[j + 4] & 0x0fu) | ((uint32_t)(s[j - 4] >> 6) << 4);
+            mn = (s[j + 4] >> 4) | ((uint32_t)(s[j] >> 6) << 4);
+        }
+        o.s = half_bits(u16_at(blk)) * (float)sc;
+        o.b = -(half_bits(u16_at(blk + 2)) * (float)mn);
+        uint2 w = __ldg((const uint2 *)(blk + 16 + pair * 32 + (l % 32)));
+        int shift = l >= 32 ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[i] = (float)((w.x >> (8 * i + shift)) & 15u);
+            o.q[4 + i] = (float)((w.y >> (8 * i + shift)) & 15u);
+        }
+    }
+}
+
+/* Formats whose offset b is not always 0 (the sum of the inputs is then needed). */
+#define FMT_HAS_OFFSET(F) ((F) == FMT_A4 || (F) == FMT_A8 || (F) == FMT_Q4_K)
+#define FMT_HAS_SCALE(F) ((F) != FMT_F32 && (F) != FMT_F16 && (F) != FMT_BF16)
+
+#define GV_WARPS 4 /* warps per block */
+#define GV_ROWS 2  /* rows per warp (the inputs each lane loads serve all of them) */
+#define GV_TOK 4   /* tokens per pass over a row */
+
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b) {
+    const mm_item &it = b.it[blockIdx.y];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
+    if (r0 >= rows) return; /* the whole warp */
+    int units = sh.cols / 8, n = it.n;
+    for (int t0 = 0; t0 < n; t0 += GV_TOK) {
+        int nt = n - t0 < GV_TOK ? n - t0 : GV_TOK;
+        float acc[GV_ROWS][GV_TOK];
+#pragma unroll
+        for (int a = 0; a < GV_ROWS; a++)
+#pragma unroll
+            for (int t = 0; t < GV_TOK; t++) acc[a][t] = 0.0f;
+        const float *xt = it.x + (size_t)t0 * (size_t)sh.cols;
+        for (int u = lane; u < units; u += 32) {
+            float xv[GV_TOK][8], sx[GV_TOK];
+#pragma unroll
+            for (int t = 0; t < GV_TOK; t++) {
+                if (t < nt) {
+                    const float4 *p = (const float4 *)(xt + (size_t)t * (size_t)sh.cols + 8 * (size_t)u);
+                    float4 a = __ldg(p), c = __ldg(p + 1);
+                    xv[t][0] = a.x, xv[t][1] = a.y, xv[t][2] = a.z, xv[t][3] = a.w;
+                    xv[t][4] = c.x, xv[t][5] = c.y, xv[t][6] = c.z, xv[t][7] = c.w;
+                    sx[t] = 0.0f;
+                    if (FMT_HAS_OFFSET(FMT))
+#pragma unroll
+                        for (int i = 0; i < 8; i++) sx[t] += xv[t][i];
+                }
+            }
+#pragma unroll
+            for (int a = 0; a < GV_ROWS; a++) {
+                int r = r0 + a;
+                if (r >= rows) break;
+                wunit w;
+                load_unit<FMT>(sh, it, r, u, w);
+#pragma unroll
+                for (int t = 0; t < GV_TOK; t++) {
+                    if (t < nt) {
+                        float d = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < 8; i++) d = fmaf(w.q[i], xv[t][i], d);
+                        if (FMT_HAS_OFFSET(FMT)) acc[a][t] = fmaf(w.s, d, fmaf(w.b, sx[t], acc[a][t]));
+                        else if (FMT_HAS_SCALE(FMT)) acc[a][t] = fmaf(w.s, d, acc[a][t]);
+                        else acc[a][t] += d;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < GV_ROWS; a++)
+#pragma unroll
+            for (int t = 0; t < GV_TOK; t++) {
+                float v = warp_sum(acc[a][t]);
+                if (lane == 0 && t < nt && r0 + a < rows) it.y[(size_t)(t0 + t) * (size_t)rows + (size_t)(r0 + a)] = v;
+            }
+    }
+}
+
+/* Prefill: GT rows x GT tokens per block, 32 inputs (4 units) per step; the 256
+ * threads each widen one unit of the weight tile and load two float4 of the input
+ * tile, then compute a 4 x 4 patch. w = s * q + b is rounded as wval rounds it (a
+ * product, then a sum), so the tile holds the reference's weights exactly. */
+#define GK2 32
+template <int FMT>
+__global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
+    __shared__ __align__(16) float ws[GK2][GT]; /* [column][row] */
+    __shared__ __align__(16) float xs[GK2][GT]; /* [column][token] */
+    const mm_item &it = b.it[blockIdx.z];
+    int r0 = blockIdx.x * GT, t0 = blockIdx.y * GT, n = it.n, rows = it.rows;
+    if (t0 >= n || r0 >= rows) return; /* the whole block: this item has fewer tokens or rows */
+    int tid = threadIdx.x, tr = tid % 16, tt = tid / 16;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
+    int wrow = tid / 4, wk = tid % 4; /* the unit this thread widens: row r0 + wrow, units c0/8 + wk */
+    for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
+        {
+            int r = r0 + wrow, u = c0 / 8 + wk;
+            float v[8];
+            if (r < rows && 8 * u < sh.cols) {
+                wunit w;
+                load_unit<FMT>(sh, it, r, u, w);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    v[i] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(w.s, w.q[i]), w.b)
+                                               : (FMT_HAS_SCALE(FMT) ? __fmul_rn(w.q[i], w.s) : w.q[i]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int idx = tid + 256 * h, tok = idx / 8, part = idx % 8, t = t0 + tok;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (t < n && c0 + part * 4 < sh.cols)
+                v = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
+            xs[part * 4 + 0][tok] = v.x;
+            xs[part * 4 + 1][tok] = v.y;
+            xs[part * 4 + 2][tok] = v.z;
+            xs[part * 4 + 3][tok] = v.w;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int cc = 0; cc < GK2; cc++) {
+            float4 wr = *(const float4 *)&ws[cc][tr * 4];
+            float4 xv = *(const float4 *)&xs[cc][tt * 4];
+            float wa[4] = {wr.x, wr.y, wr.z, wr.w}, xa[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[c][a] = fmaf(wa[a], xa[c], acc[c][a]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            int t = t0 + tt * 4 + c, r = r0 + tr * 4 + a;
+            if (t < n && r < rows) it.y[(size_t)t * (size_t)rows + (size_t)r] = acc[c][a];
+        }
+}
+
+/* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
+ * once per GV_TOK tokens). */
+#define GEMM_MIN_TOKENS 32
+
+typedef void (*mm_kernel)(mm_shape, mm_batch);
+static mm_kernel gemv_kernel(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv<FMT_F32>;
+    case FMT_F16: return k_gemv<FMT_F16>;
+    case FMT_BF16: return k_gemv<FMT_BF16>;
+    case FMT_A4: return k_gemv<FMT_A4>;
+    case FMT_A8: return k_gemv<FMT_A8>;
+    case FMT_Q4_0: return k_gemv<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemv<FMT_Q8_0>;
+    default: return k_gemv<FMT_Q4_K>;
+    }
+}
+static mm_kernel gemm_kernel(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemm<FMT_F32>;
+    case FMT_F16: return k_gemm<FMT_F16>;
+    case FMT_BF16: return k_gemm<FMT_BF16>;
+    case FMT_A4: return k_gemm<FMT_A4>;
+    case FMT_A8: return k_gemm<FMT_A8>;
+    case FMT_Q4_0: return k_gemm<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemm<FMT_Q8_0>;
+    default: return k_gemm<FMT_Q4_K>;
+    }
+}
+static const char *fmt_name(int fmt, int gemm) {
+    static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
+                               "gemv q8_0", "gemv q4_k"};
+    static const char *gm[] = {"", "gemm f32", "gemm f16", "gemm bf16", "gemm affine4", "gemm affine8", "gemm q4_0",
+                               "gemm q8_0", "gemm q4_k"};
+    return gemm ? gm[fmt] : gv[fmt];
+}
+
 /* Tokens from which the tiled kernel is used: below it the row kernel reads the
  * weights fewer times than it takes to fill a tile. */
 #define TILED_MIN_TOKENS 32
 
-static int cuda_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
-    wdesc d;
-    if (weight_view(be, W, &d) != 0) return -1;
-    if (n <= 0 || W->rows == 0) return 0;
+/* The reference kernels (phase 1): any weight type. */
+static int matmul_simple(lm_backend *be, const wdesc *d, float *y, const float *x, int n) {
     cuda_impl *im = impl_of(be);
     if (n >= TILED_MIN_TOKENS) {
-        dim3 grid(blocks_for((size_t)W->rows, GT), blocks_for((size_t)n, GT));
+        dim3 grid(blocks_for((size_t)d->rows, GT), blocks_for((size_t)n, GT));
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", n);
-        k_matmul_tiled<<<grid, 256, 0, im->stream>>>(d, x, y, n);
-        return launched(be, "matmul (tiled)");
+        tim_begin(im);
+        k_matmul_tiled<<<grid, 256, 0, im->stream>>>(*d, x, y, n);
+        return launched(be, "matmul simple tiled");
     }
-    dim3 grid(blocks_for((size_t)W->rows, MM_WARPS), blocks_for((size_t)n, MM_TOK));
-    k_matmul_rows<<<grid, MM_WARPS * 32, 0, im->stream>>>(d, x, y, n);
-    return launched(be, "matmul");
+    dim3 grid(blocks_for((size_t)d->rows, MM_WARPS), blocks_for((size_t)n, MM_TOK));
+    tim_begin(im);
+    k_matmul_rows<<<grid, MM_WARPS * 32, 0, im->stream>>>(*d, x, y, n);
+    return launched(be, "matmul simple rows");
 }
 
+/* Items waiting for one fast launch: all of one shape and format. */
+typedef struct {
+    mm_shape sh;
+    int fmt, dtype, bits, count, max_n;
+    mm_batch b;
+} mm_pending;
+
+static int same_shape(const mm_pending *p, const wdesc *d, int fmt) {
+    return p->count > 0 && p->fmt == fmt && p->dtype == d->dtype && p->bits == d->bits && p->sh.cols == d->cols && p->sh.group_size == d->group_size && p->sh.qdtype == d->qdtype &&
+           p->sh.row_bytes == d->row_bytes;
+}
+
+static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
+    if (!p->count) return 0;
+    cuda_impl *im = impl_of(be);
+    int count = p->count;
+    p->count = 0;
+    im->fast_launches++;
+    if (gemm) {
+        dim3 grid(blocks_for((size_t)p->sh.rows, GT), blocks_for((size_t)p->max_n, GT), (unsigned)count);
+        if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
+        tim_begin(im);
+        gemm_kernel(p->fmt)<<<grid, 256, 0, im->stream>>>(p->sh, p->b);
+        return launched(be, fmt_name(p->fmt, 1));
+    }
+    dim3 grid(blocks_for((size_t)p->sh.rows, GV_WARPS * GV_ROWS), (unsigned)count);
+    tim_begin(im);
+    gemv_kernel(p->fmt)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+    return launched(be, fmt_name(p->fmt, 0));
+}
+
+/* Every item: the fast kernels where the weights have a fast format (consecutive
+ * items of one shape in one launch: a layer's experts), the reference ones else. */
 static int cuda_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
-    for (int i = 0; i < count; i++)
-        if (cuda_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n) != 0) return -1;
-    return 0;
+    cuda_impl *im = impl_of(be);
+    mm_pending pend[2]; /* [0]: k_gemv, [1]: k_gemm */
+    pend[0].count = pend[1].count = 0;
+    for (int i = 0; i < count; i++) {
+        const lm_matmul_item *it = &items[i];
+        wdesc d;
+        if (weight_view(be, it->W, &d) != 0) return -1;
+        if (it->n <= 0 || d.rows == 0) continue;
+        int fmt = im->simple ? FMT_NONE : fast_format(&d);
+        if (fmt != FMT_NONE && ((uintptr_t)it->x % 16 != 0 || (uintptr_t)it->y % 4 != 0)) fmt = FMT_NONE;
+        if (fmt == FMT_NONE) {
+            if (matmul_simple(be, &d, it->y, it->x, it->n) != 0) return -1;
+            continue;
+        }
+        int g = it->n >= GEMM_MIN_TOKENS;
+        mm_pending *p = &pend[g];
+        if (p->count == MM_MAX_ITEMS || (p->count && !same_shape(p, &d, fmt)))
+            if (mm_flush(be, p, g) != 0) return -1;
+        if (!p->count) {
+            p->sh.rows = 0;
+            p->sh.cols = d.cols;
+            p->sh.group_size = d.group_size;
+            p->sh.qdtype = d.qdtype;
+            p->sh.row_bytes = d.row_bytes;
+            p->fmt = fmt;
+            p->dtype = d.dtype;
+            p->bits = d.bits;
+            p->max_n = 0;
+        }
+        mm_item *m = &p->b.it[p->count++];
+        m->data = d.data;
+        m->scales = d.scales;
+        m->biases = d.biases;
+        m->x = it->x;
+        m->y = it->y;
+        m->n = it->n;
+        m->rows = d.rows;
+        if (it->n > p->max_n) p->max_n = it->n;
+        if (d.rows > p->sh.rows) p->sh.rows = d.rows;
+    }
+    if (mm_flush(be, &pend[0], 0) != 0) return -1;
+    return mm_flush(be, &pend[1], 1);
+}
+
+static int cuda_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
+    lm_matmul_item it = {y, W, x, n};
+    return cuda_matmul_batch(be, &it, 1);
 }
 
 static int cuda_reserve_batch(lm_backend *be, int max_items) {
@@ -585,13 +1097,14 @@ static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *
     wdesc d;
     if (weight_view(be, W, &d) != 0) return -1;
     if (n <= 0 || W->cols == 0) return 0;
+    tim_begin(impl_of(be));
     k_embed<<<ew_blocks((size_t)n * (size_t)W->cols), EW_THREADS, 0, im->stream>>>(x, d, ids, n, im->flag);
     if (launched(be, "embed") != 0) return -1;
     /* The ids are device memory: an out-of-range one is found by the kernel and
      * reported here (one small download per forward step). */
     int flag[2];
     CU(be, "embed (reading its check)", cudaMemcpyAsync(flag, im->flag, sizeof flag, cudaMemcpyDeviceToHost, im->stream));
-    CU(be, "embed", cudaStreamSynchronize(im->stream));
+    CU(be, "embed", stream_wait(im));
     if (flag[0]) {
         CU(be, "embed (resetting its check)", cudaMemsetAsync(im->flag, 0, 2 * sizeof(int), im->stream));
         return lm_errf(be->err, "embedding row %d of %d", flag[1], W->rows);
@@ -629,6 +1142,7 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
     const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
     if (!dw) return -1;
     if (n <= 0 || dim <= 0) return 0;
+    tim_begin(impl_of(be));
     k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, impl_of(be)->stream>>>(y, x, dw, dim, eps);
     return launched(be, "rmsnorm");
 }
@@ -639,6 +1153,7 @@ __global__ void k_add(float *y, const float *x, size_t n) {
 
 static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_add<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, x, n);
     return launched(be, "add");
 }
@@ -652,6 +1167,7 @@ static int cuda_add_rows(lm_backend *be, float *y, const float *b, int n, int di
     const float *db = dev_floats(be, b, (size_t)dim, "biases");
     if (!db) return -1;
     if (n <= 0 || dim <= 0) return 0;
+    tim_begin(impl_of(be));
     k_add_rows<<<ew_blocks((size_t)n * (size_t)dim), EW_THREADS, 0, impl_of(be)->stream>>>(y, db, n, dim);
     return launched(be, "add_rows");
 }
@@ -662,6 +1178,7 @@ __global__ void k_clamp(float *y, size_t n, float lim) {
 
 static int cuda_clamp(lm_backend *be, float *y, size_t n, float lim) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_clamp<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, n, lim);
     return launched(be, "clamp");
 }
@@ -676,6 +1193,7 @@ __global__ void k_copy_rows(float *dst, size_t dst_stride, const float *src, siz
 static int cuda_copy_rows(lm_backend *be, float *dst, size_t dst_stride, const float *src, size_t src_stride,
                           int rows, int width) {
     if (rows <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_copy_rows<<<ew_blocks((size_t)rows * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
         dst, dst_stride, src, src_stride, rows, width);
     return launched(be, "copy_rows");
@@ -694,6 +1212,7 @@ __global__ void k_sigmoid_mul(float *y, size_t y_stride, const float *g, size_t 
 static int cuda_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g, size_t g_stride, int rows,
                             int width, int per_row) {
     if (rows <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_sigmoid_mul<<<ew_blocks((size_t)rows * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
         y, y_stride, g, g_stride, rows, width, per_row);
     return launched(be, "sigmoid_mul");
@@ -708,6 +1227,7 @@ __global__ void k_swiglu(float *g, const float *u, size_t n) {
 
 static int cuda_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_swiglu<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(g, u, n);
     return launched(be, "swiglu");
 }
@@ -733,12 +1253,14 @@ __global__ void k_swiglu_clamped_split(float *out, const float *gate, const floa
 static int cuda_swiglu_clamped_split(lm_backend *be, float *out, const float *gate, const float *up, size_t n,
                                      float alpha, float limit) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_swiglu_clamped_split<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(out, gate, up, n, alpha, limit);
     return launched(be, "swiglu_clamped_split");
 }
 
 static int cuda_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_swiglu_clamped<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(out, gu, n, alpha, limit);
     return launched(be, "swiglu_clamped");
 }
@@ -767,6 +1289,7 @@ static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim,
     if (half > 0 && !df) return -1;
     if (n <= 0 || n_heads <= 0 || half <= 0) return 0;
     size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
+    tim_begin(impl_of(be));
     k_rope<<<ew_blocks(total), EW_THREADS, 0, impl_of(be)->stream>>>(x, n, n_heads, head_dim, pos, df, half, scale);
     return launched(be, "rope");
 }
@@ -811,6 +1334,7 @@ static int cuda_kv_store(lm_backend *be, lm_kv *cache, int pos0, const float *sr
     if (kv_type_ok(be, cache) != 0) return -1;
     if (n <= 0 || n_kv <= 0 || hd <= 0) return 0;
     size_t items = (size_t)n * (size_t)n_kv;
+    tim_begin(impl_of(be));
     k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(
         (int)cache->dtype, cache->data, cache->scales, pos0, src, n, n_kv, hd);
     return launched(be, "kv_store");
@@ -921,6 +1445,121 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
     }
 }
 
+/* Attention, fast: one block per (query token, head). Keys are taken in tiles of
+ * AF_TILE counted from the first visible one; in a tile every thread scores its
+ * own keys (a whole dot product, q from shared memory), the block takes their max
+ * and rescales, then each warp accumulates the values of every AF_WARPS-th key with
+ * lanes across head_dim; the warps' partial sums are added at the end. A query's
+ * result depends only on its own position and the cache (not on how many queries
+ * share the call). The reference kernel (k_attention) is the CPU's walk. */
+#define AF_WARPS 4
+#define AF_THREADS (AF_WARPS * 32)
+#define AF_TILE 512
+
+/* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
+__device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
+    float s = 0.0f;
+    if (kc.dtype == LM_DT_F16 && hd % 8 == 0) {
+        const uint4 *p = (const uint4 *)((const uint16_t *)kc.data + base);
+        for (int d8 = 0; d8 < hd / 8; d8++) {
+            uint4 v = __ldg(p + d8);
+            uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                s = fmaf(half_bits(w[i] & 0xffffu), qs[8 * d8 + 2 * i], s);
+                s = fmaf(half_bits(w[i] >> 16), qs[8 * d8 + 2 * i + 1], s);
+            }
+        }
+        return s;
+    }
+    for (int d = 0; d < hd; d++) s = fmaf(kv_at(kc, base + (size_t)d, si), qs[d], s);
+    return s;
+}
+
+__global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
+                                                                int pos0, int n_heads, int n_kv, int hd, float scale,
+                                                                int window, const float *sinks) {
+    __shared__ float qs[ATT_MAX_HD];
+    __shared__ float sc[AF_TILE];
+    __shared__ float red[AF_WARPS];
+    __shared__ float part[AF_WARPS][ATT_MAX_HD];
+    __shared__ float lpart[AF_WARPS];
+    size_t item = blockIdx.x;
+    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = 0;
+    if (window > 0 && pos - window + 1 > 0) first = pos - window + 1;
+    const float *qt = q + item * (size_t)hd;
+    for (int d = tid; d < hd; d += AF_THREADS) qs[d] = qt[d];
+    __syncthreads();
+    const int J = ATT_MAX_HD / 32;
+    float o[J];
+#pragma unroll
+    for (int j = 0; j < J; j++) o[j] = 0.0f;
+    float m = -INFINITY, l = 0.0f; /* m: the block's; l and o: this warp's keys */
+    size_t row = (size_t)n_kv * (size_t)hd;
+    for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
+        int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
+        float mt = -INFINITY;
+        for (int r = tid; r < cnt; r += AF_THREADS) {
+            size_t p = (size_t)(p0 + r);
+            float s = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
+            sc[r] = s;
+            mt = s > mt ? s : mt;
+        }
+        mt = warp_max(mt);
+        if (lane == 0) red[warp] = mt;
+        __syncthreads();
+        mt = red[0];
+        for (int w = 1; w < AF_WARPS; w++) mt = red[w] > mt ? red[w] : mt;
+        if (mt > m) {
+            float corr = expf(m - mt); /* 0 on the first tile */
+            l *= corr;
+#pragma unroll
+            for (int j = 0; j < J; j++) o[j] *= corr;
+            m = mt;
+        }
+        for (int r = warp; r < cnt; r += AF_WARPS) {
+            size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+            float e = expf(sc[r] - m);
+            l += e;
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                int d = lane + 32 * j;
+                if (d < hd) o[j] = fmaf(e, kv_at(vc, base + (size_t)d, si), o[j]);
+            }
+        }
+        __syncthreads(); /* sc and red are rewritten by the next tile */
+    }
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int d = lane + 32 * j;
+        if (d < hd) part[warp][d] = o[j];
+    }
+    if (lane == 0) lpart[warp] = l;
+    __syncthreads();
+    float lt = 0.0f;
+    for (int w = 0; w < AF_WARPS; w++) lt += lpart[w];
+    float mm = m, corr = 1.0f;
+    if (sinks) {
+        float sink = sinks[h];
+        if (sink > mm) {
+            corr = expf(mm - sink);
+            lt *= corr;
+            mm = sink;
+        }
+        lt += expf(sink - mm);
+    }
+    float inv = 1.0f / lt;
+    float *ot = out + item * (size_t)hd;
+    for (int d = tid; d < hd; d += AF_THREADS) {
+        float v = 0.0f;
+        for (int w = 0; w < AF_WARPS; w++) v += part[w][d];
+        ot[d] = v * corr * inv;
+    }
+}
+
+
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
                           int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
     if (kv_type_ok(be, k) != 0 || kv_type_ok(be, v) != 0) return -1;
@@ -932,9 +1571,17 @@ static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_k
     if (n <= 0) return 0;
     kvdesc kc = {(int)k->dtype, k->data, k->scales}, vc = {(int)v->dtype, v->data, v->scales};
     size_t items = (size_t)n * (size_t)n_heads;
+    if (!impl_of(be)->simple) {
+        if (items > 0x7fffffffu) return lm_errf(be->err, "attention of %d queries x %d heads in one call", n, n_heads);
+        tim_begin(impl_of(be));
+        k_attention_fast<<<(unsigned)items, AF_THREADS, 0, impl_of(be)->stream>>>(out, q, kc, vc, n, pos0, n_heads,
+                                                                                 n_kv, hd, scale, window, ds);
+        return launched(be, "attention");
+    }
+    tim_begin(impl_of(be));
     k_attention<<<blocks_for(items, ATT_WARPS), ATT_WARPS * 32, 0, impl_of(be)->stream>>>(
         out, q, kc, vc, n, pos0, n_heads, n_kv, hd, scale, window, ds, attn_tile(hd));
-    return launched(be, "attention");
+    return launched(be, "attention simple");
 }
 
 /* ---- routing ---------------------------------------------------------------------------------------------- */
@@ -1055,6 +1702,70 @@ __global__ void k_route(route_desc r, const float *logits, int n, int32_t *sel, 
         }
 }
 
+/* Routing, fast: a warp per token for the two softmax routers (the sigmoid router
+ * keeps the one-thread kernel). Lane i holds experts i, i+32, ...; each of the top_k
+ * rounds is a warp arg-max (ties to the lower index, as best_left); the softmax's
+ * sum is taken over lanes (another order than the CPU's, a few ulps). */
+#define RW_MAX_PER_LANE 32 /* experts per lane: E <= 1024 */
+__global__ void k_route_warp(route_desc r, const float *logits, int n, int32_t *sel, float *selw) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= n) return;
+    int E = r.n_experts, K = r.top_k;
+    const float *lg = logits + (size_t)warp * (size_t)E;
+    int32_t *st = sel + (size_t)warp * (size_t)K;
+    float *wt = selw + (size_t)warp * (size_t)K;
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) mx = lg[e] > mx ? lg[e] : mx;
+    mx = warp_max(mx);
+    uint32_t taken = 0;
+    float sum = 0.0f;
+    if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
+        for (int e = lane; e < E; e += 32) sum += expf(lg[e] - mx);
+        sum = warp_sum(sum);
+    }
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        float bs = 0.0f;
+        for (int i = 0, e = lane; e < E; i++, e += 32) {
+            if ((taken >> i) & 1u) continue;
+            float s = lg[e];
+            if (best < 0 || s > bs) best = e, bs = s;
+        }
+        for (int off = 16; off > 0; off /= 2) {
+            int ob = __shfl_xor_sync(0xffffffffu, best, off);
+            float os = __shfl_xor_sync(0xffffffffu, bs, off);
+            if (ob >= 0 && (best < 0 || os > bs || (os == bs && ob < best))) best = ob, bs = os;
+        }
+        if (best % 32 == lane) taken |= 1u << (best / 32);
+        if (lane == 0) st[k] = best;
+    }
+    __syncwarp();
+    if (lane != 0) return;
+    if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
+        for (int k = 0; k < K; k++) wt[k] = expf(lg[st[k]] - mx) / sum;
+        if (r.renormalize) {
+            float tot = 0;
+            for (int k = 0; k < K; k++) tot += wt[k];
+            for (int k = 0; k < K; k++) wt[k] /= tot;
+        }
+    } else {
+        float m0 = lg[st[0]], s = 0;
+        for (int k = 0; k < K; k++) s += (wt[k] = expf(lg[st[k]] - m0));
+        for (int k = 0; k < K; k++) wt[k] /= s;
+    }
+    if (r.scale != 1.0f && r.scale != 0.0f)
+        for (int k = 0; k < K; k++) wt[k] *= r.scale;
+    for (int a = 1; a < K; a++)
+        for (int b = a; b > 0 && st[b - 1] > st[b]; b--) {
+            int32_t ti = st[b];
+            st[b] = st[b - 1];
+            st[b - 1] = ti;
+            float tw = wt[b];
+            wt[b] = wt[b - 1];
+            wt[b - 1] = tw;
+        }
+}
+
 static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, int n, int32_t *sel, float *selw) {
     int E = r->n_experts, K = r->top_k;
     if (K < 1 || K > E) return lm_errf(be->err, "router: top_k %d with %d experts", K, E);
@@ -1073,8 +1784,14 @@ static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, i
         !(d.bias = dev_floats(be, r->correction_bias, (size_t)E, "router correction biases")))
         return -1;
     if (n <= 0) return 0;
+    if (!impl_of(be)->simple && r->kind != LM_ROUTER_SIGMOID && E <= 32 * RW_MAX_PER_LANE) {
+        tim_begin(impl_of(be));
+        k_route_warp<<<blocks_for((size_t)n, 4), 128, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
+        return launched(be, "route");
+    }
+    tim_begin(impl_of(be));
     k_route<<<blocks_for((size_t)n, 64), 64, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
-    return launched(be, "route");
+    return launched(be, "route simple");
 }
 
 /* ---- experts' tokens ---------------------------------------------------------------------------------------- */
@@ -1090,6 +1807,7 @@ static int cuda_gather_rows(lm_backend *be, float *dst, const float *src, const 
                             int idx_div) {
     if (m <= 0 || width <= 0) return 0;
     if (idx_div < 1) return lm_errf(be->err, "gather_rows with divisor %d", idx_div);
+    tim_begin(impl_of(be));
     k_gather_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
                                                                                                   width, idx_div);
     return launched(be, "gather_rows");
@@ -1104,6 +1822,7 @@ __global__ void k_scatter_rows(float *dst, const float *src, const int32_t *idx,
 
 static int cuda_scatter_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width) {
     if (m <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_scatter_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
                                                                                                    width);
     return launched(be, "scatter_rows");
@@ -1126,6 +1845,7 @@ __global__ void k_moe_combine(float *y, const float *eout, const float *selw, co
 static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
                             int top_k, int width) {
     if (n <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_moe_combine<<<ew_blocks((size_t)n * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
         y, eout, selw, shared, n, top_k, width);
     return launched(be, "moe_combine");
@@ -1168,8 +1888,21 @@ static void cuda_free_buf(lm_backend *be, lm_buf *buf) {
 static int cuda_upload(lm_backend *be, void *dst, const void *host_src, size_t bytes) {
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
+    if (im->stage && bytes <= STAGE_HALF) { /* through the staging area: no wait */
+        if (im->stage_used[im->stage_cur] + bytes > STAGE_HALF) {
+            CU(be, "upload (staging)", cudaEventRecord(im->stage_ev[im->stage_cur], im->stream));
+            im->stage_cur ^= 1;
+            CU(be, "upload (staging)", cudaEventSynchronize(im->stage_ev[im->stage_cur]));
+            im->stage_used[im->stage_cur] = 0;
+        }
+        uint8_t *at = im->stage + (size_t)im->stage_cur * STAGE_HALF + im->stage_used[im->stage_cur];
+        memcpy(at, host_src, bytes);
+        CU(be, "upload", cudaMemcpyAsync(dst, at, bytes, cudaMemcpyHostToDevice, im->stream));
+        im->stage_used[im->stage_cur] += (bytes + 63) & ~(size_t)63;
+        return 0;
+    }
     CU(be, "upload", cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->stream));
-    CU(be, "upload", cudaStreamSynchronize(im->stream)); /* host_src may be reused at once */
+    CU(be, "upload", stream_wait(im)); /* host_src may be reused at once */
     return 0;
 }
 
@@ -1177,7 +1910,7 @@ static int cuda_download(lm_backend *be, void *host_dst, const void *src, size_t
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
     CU(be, "download", cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
-    CU(be, "download", cudaStreamSynchronize(im->stream));
+    CU(be, "download", stream_wait(im));
     return 0;
 }
 
@@ -1188,7 +1921,7 @@ static int cuda_copy(lm_backend *be, void *dst, const void *src, size_t bytes) {
 }
 
 static int cuda_sync(lm_backend *be) {
-    CU(be, "sync", cudaStreamSynchronize(impl_of(be)->stream));
+    CU(be, "sync", stream_wait(impl_of(be)));
     return 0;
 }
 
@@ -1266,6 +1999,15 @@ static void cuda_destroy(lm_backend *be) {
         for (size_t i = 0; i < im->n_pinned; i++) cudaHostUnregister(im->pinned[i]);
         free(im->pinned);
         if (im->stream) cudaStreamSynchronize(im->stream);
+        if (im->timing && im->tev) tim_print(im);
+        if (im->tev)
+            for (int i = 0; i < 2 * TIM_CAP; i++)
+                if (im->tev[i]) cudaEventDestroy(im->tev[i]);
+        free(im->tev);
+        free(im->tname);
+        if (im->stage) cudaFreeHost(im->stage);
+        for (int i = 0; i < 2; i++)
+            if (im->stage_ev[i]) cudaEventDestroy(im->stage_ev[i]);
         for (size_t i = 0; i < im->w_cap; i++)
             if (im->w[i].dev) cudaFree(im->w[i].dev);
         if (im->flag) cudaFree(im->flag);
@@ -1345,10 +2087,32 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
         (e = cudaEventCreateWithFlags(&im->copy_done, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->compute_point, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaMalloc((void **)&im->flag, 2 * sizeof(int))) != cudaSuccess ||
-        (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess) {
+        (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&im->stage_ev[0], cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&im->stage_ev[1], cudaEventDisableTiming)) != cudaSuccess) {
         lm_errf(err, "the cuda backend: setting up device %d: %s", device, cudaGetErrorString(e));
         cuda_destroy(be);
         return -1;
+    }
+    /* without the staging area small uploads wait for their copy, as large ones do */
+    if (cudaMallocHost((void **)&im->stage, 2 * STAGE_HALF) != cudaSuccess) {
+        cudaGetLastError();
+        im->stage = NULL;
+    }
+    const char *k = getenv("LAZYMOE_CUDA_KERNELS");
+    if (k && !strcmp(k, "simple")) im->simple = 1;
+    const char *t = getenv("LAZYMOE_CUDA_TIMING");
+    if (t && !strcmp(t, "1")) {
+        im->tev = (cudaEvent_t *)calloc(2 * TIM_CAP, sizeof *im->tev);
+        im->tname = (const char **)calloc(TIM_CAP, sizeof *im->tname);
+        int ok = im->tev && im->tname;
+        for (int i = 0; ok && i < 2 * TIM_CAP; i++) ok = cudaEventCreate(&im->tev[i]) == cudaSuccess;
+        if (!ok) {
+            lm_errf(err, "the cuda backend: no events for LAZYMOE_CUDA_TIMING");
+            cuda_destroy(be);
+            return -1;
+        }
+        im->timing = 1;
     }
     *out = be;
     return 0;
@@ -1356,4 +2120,9 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
 
 extern "C" uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->weight_bytes;
+}
+
+extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
+extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
+    return ((const cuda_impl *)be->impl)->fast_launches;
 }
