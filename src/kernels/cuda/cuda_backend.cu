@@ -802,25 +802,27 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
 #define GV_ROWS 2  /* rows per warp (the inputs each lane loads serve all of them) */
 #define GV_TOK 4   /* tokens per pass over a row */
 
-template <int FMT>
+/* NT: tokens per pass (GV_TOK; 1 where every item has one token, decode: fewer
+ * registers, more warps in flight). A token's arithmetic is the same for any NT. */
+template <int FMT, int NT>
 __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b) {
     const mm_item &it = b.it[blockIdx.y];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
     if (r0 >= rows) return; /* the whole warp */
     int units = sh.cols / 8, n = it.n;
-    for (int t0 = 0; t0 < n; t0 += GV_TOK) {
-        int nt = n - t0 < GV_TOK ? n - t0 : GV_TOK;
-        float acc[GV_ROWS][GV_TOK];
+    for (int t0 = 0; t0 < n; t0 += NT) {
+        int nt = n - t0 < NT ? n - t0 : NT;
+        float acc[GV_ROWS][NT];
 #pragma unroll
         for (int a = 0; a < GV_ROWS; a++)
 #pragma unroll
-            for (int t = 0; t < GV_TOK; t++) acc[a][t] = 0.0f;
+            for (int t = 0; t < NT; t++) acc[a][t] = 0.0f;
         const float *xt = it.x + (size_t)t0 * (size_t)sh.cols;
         for (int u = lane; u < units; u += 32) {
-            float xv[GV_TOK][8], sx[GV_TOK];
+            float xv[NT][8], sx[NT];
 #pragma unroll
-            for (int t = 0; t < GV_TOK; t++) {
+            for (int t = 0; t < NT; t++) {
                 if (t < nt) {
                     const float4 *p = (const float4 *)(xt + (size_t)t * (size_t)sh.cols + 8 * (size_t)u);
                     float4 a = __ldg(p), c = __ldg(p + 1);
@@ -839,7 +841,7 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
                 wunit w;
                 load_unit<FMT>(sh, it, r, u, w);
 #pragma unroll
-                for (int t = 0; t < GV_TOK; t++) {
+                for (int t = 0; t < NT; t++) {
                     if (t < nt) {
                         float d = 0.0f;
 #pragma unroll
@@ -854,34 +856,37 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
 #pragma unroll
         for (int a = 0; a < GV_ROWS; a++)
 #pragma unroll
-            for (int t = 0; t < GV_TOK; t++) {
+            for (int t = 0; t < NT; t++) {
                 float v = warp_sum(acc[a][t]);
                 if (lane == 0 && t < nt && r0 + a < rows) it.y[(size_t)(t0 + t) * (size_t)rows + (size_t)(r0 + a)] = v;
             }
     }
 }
 
-/* Prefill: GT rows x GT tokens per block, 32 inputs (4 units) per step; the 256
- * threads each widen one unit of the weight tile and load two float4 of the input
- * tile, then compute a 4 x 4 patch. w = s * q + b is rounded as wval rounds it (a
- * product, then a sum), so the tile holds the reference's weights exactly. */
+/* Prefill: TR rows x TT tokens per block (128 x 32 or 64 x 64: the shape with the
+ * least waste for the batch's token counts), 32 inputs (4 units) per step; the 256
+ * threads widen the weight tile's units and load the input tile's float4s, then each
+ * computes a 4 x 4 patch. w = s * q + b is rounded as wval rounds it (a product, then
+ * a sum), so the tile holds the reference's weights exactly; every output is summed
+ * over the inputs in order, one fmaf each, whatever the tile shape. */
 #define GK2 32
-template <int FMT>
+template <int FMT, int TR, int TT>
 __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
-    __shared__ __align__(16) float ws[GK2][GT]; /* [column][row] */
-    __shared__ __align__(16) float xs[GK2][GT]; /* [column][token] */
+    __shared__ __align__(16) float ws[GK2][TR]; /* [column][row] */
+    __shared__ __align__(16) float xs[GK2][TT]; /* [column][token] */
     const mm_item &it = b.it[blockIdx.z];
-    int r0 = blockIdx.x * GT, t0 = blockIdx.y * GT, n = it.n, rows = it.rows;
+    int r0 = blockIdx.x * TR, t0 = blockIdx.y * TT, n = it.n, rows = it.rows;
     if (t0 >= n || r0 >= rows) return; /* the whole block: this item has fewer tokens or rows */
-    int tid = threadIdx.x, tr = tid % 16, tt = tid / 16;
+    int tid = threadIdx.x, tr = tid % (TR / 4), tt = tid / (TR / 4);
     float acc[4][4];
 #pragma unroll
     for (int a = 0; a < 4; a++)
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
-    int wrow = tid / 4, wk = tid % 4; /* the unit this thread widens: row r0 + wrow, units c0/8 + wk */
     for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
-        {
+#pragma unroll
+        for (int h = 0; h < TR * 4 / 256; h++) { /* the weight tile: TR rows x 4 units */
+            int idx = tid + 256 * h, wrow = idx / 4, wk = idx % 4;
             int r = r0 + wrow, u = c0 / 8 + wk;
             float v[8];
             if (r < rows && 8 * u < sh.cols) {
@@ -899,7 +904,7 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
             for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
         }
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < TT * 8 / 256; h++) { /* the input tile: TT tokens x 8 float4 */
             int idx = tid + 256 * h, tok = idx / 8, part = idx % 8, t = t0 + tok;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (t < n && c0 + part * 4 < sh.cols)
@@ -933,33 +938,37 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
-#define GEMM_MIN_TOKENS 32
+#define GEMM_MIN_TOKENS 16
 
 typedef void (*mm_kernel)(mm_shape, mm_batch);
-static mm_kernel gemv_kernel(int fmt) {
+template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     switch (fmt) {
-    case FMT_F32: return k_gemv<FMT_F32>;
-    case FMT_F16: return k_gemv<FMT_F16>;
-    case FMT_BF16: return k_gemv<FMT_BF16>;
-    case FMT_A4: return k_gemv<FMT_A4>;
-    case FMT_A8: return k_gemv<FMT_A8>;
-    case FMT_Q4_0: return k_gemv<FMT_Q4_0>;
-    case FMT_Q8_0: return k_gemv<FMT_Q8_0>;
-    default: return k_gemv<FMT_Q4_K>;
+    case FMT_F32: return k_gemv<FMT_F32, NT>;
+    case FMT_F16: return k_gemv<FMT_F16, NT>;
+    case FMT_BF16: return k_gemv<FMT_BF16, NT>;
+    case FMT_A4: return k_gemv<FMT_A4, NT>;
+    case FMT_A8: return k_gemv<FMT_A8, NT>;
+    case FMT_Q4_0: return k_gemv<FMT_Q4_0, NT>;
+    case FMT_Q8_0: return k_gemv<FMT_Q8_0, NT>;
+    default: return k_gemv<FMT_Q4_K, NT>;
     }
 }
-static mm_kernel gemm_kernel(int fmt) {
+static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
+/* k_gemm in its two tile shapes: 128 rows x 32 tokens (wide: a layer's experts,
+ * a few dozen tokens each) or 64 x 64. */
+template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
     switch (fmt) {
-    case FMT_F32: return k_gemm<FMT_F32>;
-    case FMT_F16: return k_gemm<FMT_F16>;
-    case FMT_BF16: return k_gemm<FMT_BF16>;
-    case FMT_A4: return k_gemm<FMT_A4>;
-    case FMT_A8: return k_gemm<FMT_A8>;
-    case FMT_Q4_0: return k_gemm<FMT_Q4_0>;
-    case FMT_Q8_0: return k_gemm<FMT_Q8_0>;
-    default: return k_gemm<FMT_Q4_K>;
+    case FMT_F32: return k_gemm<FMT_F32, TR, TT>;
+    case FMT_F16: return k_gemm<FMT_F16, TR, TT>;
+    case FMT_BF16: return k_gemm<FMT_BF16, TR, TT>;
+    case FMT_A4: return k_gemm<FMT_A4, TR, TT>;
+    case FMT_A8: return k_gemm<FMT_A8, TR, TT>;
+    case FMT_Q4_0: return k_gemm<FMT_Q4_0, TR, TT>;
+    case FMT_Q8_0: return k_gemm<FMT_Q8_0, TR, TT>;
+    default: return k_gemm<FMT_Q4_K, TR, TT>;
     }
 }
+static mm_kernel gemm_kernel(int fmt, int wide) { return wide ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt); }
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
                                "gemv q8_0", "gemv q4_k"};
@@ -1007,15 +1016,19 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     p->count = 0;
     im->fast_launches++;
     if (gemm) {
-        dim3 grid(blocks_for((size_t)p->sh.rows, GT), blocks_for((size_t)p->max_n, GT), (unsigned)count);
+        /* token tiles of 32 when that wastes less than tiles of 64 (the result is the
+         * same either way: see k_gemm) */
+        int wide = p->max_n <= 32 || (p->max_n % 64 != 0 && p->max_n % 64 <= 32);
+        int tr = wide ? 128 : 64, tt = wide ? 32 : 64;
+        dim3 grid(blocks_for((size_t)p->sh.rows, (unsigned)tr), blocks_for((size_t)p->max_n, (unsigned)tt), (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        gemm_kernel(p->fmt)<<<grid, 256, 0, im->stream>>>(p->sh, p->b);
+        gemm_kernel(p->fmt, wide)<<<grid, 256, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 1));
     }
     dim3 grid(blocks_for((size_t)p->sh.rows, GV_WARPS * GV_ROWS), (unsigned)count);
     tim_begin(im);
-    gemv_kernel(p->fmt)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+    gemv_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
     return launched(be, fmt_name(p->fmt, 0));
 }
 
