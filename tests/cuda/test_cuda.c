@@ -608,6 +608,67 @@ static void rope(void) {
     gpu->ops->weights_changed(gpu, inv); /* a stack array: the address will hold other things */
 }
 
+/* ---- ops held back and launched together ------------------------------------------------------------------- */
+
+/* The backend holds back an add, an rmsnorm, a rope or a KV store and launches it
+ * together with the next op where they pair (a decode step's add + norm, q and k
+ * norms, q and k RoPEs, K and V stores). The same sequence of ops with the reference
+ * mode (nothing held back, one launch each) must give the same bits, and an op that
+ * does not pair (a download, a matmul) must see the held-back op done. */
+static void run_pair_sequence(float *x, float *a, float *h, float *q, float *k, float *kc, float *vc, const float *w,
+                              const float *wq, const float *wk, const int32_t *pos, const float *inv, int T, int H,
+                              int nh, int nkv, int hd) {
+    lm_kv kcache = {.dtype = LM_DT_F16, .data = kc}, vcache = {.dtype = LM_DT_F16, .data = vc};
+    CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);
+    CHECK(gpu->ops->rmsnorm(gpu, h, x, w, T, H, 1e-6f) == 0);                 /* joins the add */
+    CHECK(gpu->ops->rmsnorm(gpu, q, q, wq, T * nh, hd, 1e-6f) == 0);          /* held */
+    CHECK(gpu->ops->rmsnorm(gpu, k, k, wk, T * nkv, hd, 1e-6f) == 0);         /* joins it */
+    CHECK(gpu->ops->rope(gpu, q, T, nh, hd, pos, inv, hd / 2, 1.0f) == 0);    /* held */
+    CHECK(gpu->ops->rope(gpu, k, T, nkv, hd, pos, inv, hd / 2, 1.0f) == 0);   /* joins it */
+    CHECK(gpu->ops->kv_store(gpu, &kcache, 3, k, T, nkv, hd) == 0);           /* held */
+    CHECK(gpu->ops->kv_store(gpu, &vcache, 3, q, T, nkv, hd) == 0);           /* joins it */
+    CHECK(gpu->ops->add(gpu, x, h, (size_t)T * (size_t)H) == 0);              /* held: the download below does it */
+}
+
+static void pending_pairs(void) {
+    int T = 3, H = 256, nh = 4, nkv = 2, hd = 64;
+    size_t nx = (size_t)T * (size_t)H, nq = (size_t)T * (size_t)nh * (size_t)hd, nk = (size_t)T * (size_t)nkv * (size_t)hd;
+    size_t cache = (size_t)(3 + T) * (size_t)nkv * (size_t)hd * 2;
+    float *x = rand_floats(nx, -2, 2), *a = rand_floats(nx, -1, 1), *q = rand_floats(nq, -1, 1), *k = rand_floats(nk, -1, 1);
+    float *w = rand_floats((size_t)H, 0.5f, 1.5f), *wq = rand_floats((size_t)hd, 0.5f, 1.5f), *wk = rand_floats((size_t)hd, 0.5f, 1.5f);
+    float inv[32];
+    for (int i = 0; i < 32; i++) inv[i] = powf(10000.0f, -(float)i / 32.0f);
+    int32_t pos[3] = {3, 4, 5};
+    int32_t *dpos = dev_from(pos, sizeof pos);
+    float *out[2][6];
+    for (int mode = 0; mode < 2; mode++) { /* 0: fast (held back), 1: reference (one launch each) */
+        lm_backend_cuda_set_simple(gpu, mode);
+        float *dx = dev_from(x, sizeof(float) * nx), *da = dev_from(a, sizeof(float) * nx), *dh = dev_from(NULL, sizeof(float) * nx);
+        float *dq = dev_from(q, sizeof(float) * nq), *dk = dev_from(k, sizeof(float) * nk);
+        uint16_t *zero = calloc(cache, 1);
+        float *kc = dev_from(zero, cache), *vc = dev_from(zero, cache);
+        free(zero);
+        run_pair_sequence(dx, da, dh, dq, dk, kc, vc, w, wq, wk, dpos, inv, T, H, nh, nkv, hd);
+        out[mode][0] = host_from(dx, sizeof(float) * nx);
+        out[mode][1] = host_from(dh, sizeof(float) * nx);
+        out[mode][2] = host_from(dq, sizeof(float) * nq);
+        out[mode][3] = host_from(dk, sizeof(float) * nk);
+        out[mode][4] = host_from(kc, cache);
+        out[mode][5] = host_from(vc, cache);
+        dev_free(dx), dev_free(da), dev_free(dh), dev_free(dq), dev_free(dk), dev_free(kc), dev_free(vc);
+    }
+    lm_backend_cuda_set_simple(gpu, 0);
+    static const char *names[6] = {"residual", "norm", "q", "k", "k cache", "v cache"};
+    size_t sizes[6] = {sizeof(float) * nx, sizeof(float) * nx, sizeof(float) * nq, sizeof(float) * nk, cache, cache};
+    for (int i = 0; i < 6; i++) {
+        CHECKF(same_bits(names[i], out[0][i], out[1][i], sizes[i]), "%s: held-back launches differ from single ones", names[i]);
+        free(out[0][i]), free(out[1][i]);
+    }
+    free(x), free(a), free(q), free(k), free_weight(w), free_weight(wq), free_weight(wk);
+    gpu->ops->weights_changed(gpu, inv);
+    dev_free(dpos);
+}
+
 /* ---- KV cache and attention --------------------------------------------------------------------------- */
 
 /* K and V caches of `cap` positions filled with random rows by kv_store on both
@@ -1113,6 +1174,7 @@ int main(void) {
     TEST_CASE("cuda_elementwise_exact", elementwise_exact);
     TEST_CASE("cuda_elementwise_exp", elementwise_exp);
     TEST_CASE("cuda_rope", rope);
+    TEST_CASE("cuda_pending_pairs_bit_identical", pending_pairs);
     TEST_CASE("cuda_kv_store", kv_store_types);
     TEST_CASE("cuda_attention", attention);
     TEST_CASE("cuda_route", route_kinds);

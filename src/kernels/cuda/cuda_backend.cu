@@ -104,6 +104,20 @@ typedef struct {
     double wait_ms;
     long waits;
     uint64_t fast_launches; /* launches of k_gemv / k_gemm (tests) */
+    /* One elementwise op held back to be launched together with the next (pending_op). */
+    struct {
+        int kind;
+        float *y;             /* add: y += x, n floats; norm: y = rmsnorm(x), rows x dim; rope: x = y */
+        const float *x, *w;   /* norm: w is the device copy of the weights */
+        size_t n;
+        int rows, dim, heads, head_dim, half;
+        float eps, scale;
+        const int32_t *pos;
+        const float *freq;    /* rope: device frequencies */
+        int dtype, pos0, n_kv; /* kv_store: rows [n = rows][n_kv][dim = hd] */
+        void *data;
+        float *scales;
+    } pend;
 } cuda_impl;
 
 #define STAGE_HALF ((size_t)1 << 20)
@@ -1135,12 +1149,25 @@ static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *
  * sequential order), then y = w * (x * inv) as the CPU writes it. y may alias x:
  * every element is read into the sum before any is written, and each is then
  * written by the thread that reads it. */
-__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float *x, const float *w, int dim, float eps) {
+/* Row `row` of an rmsnorm; with `add` (the fused residual add), x[i] += add[i] first
+ * (k_add's operation, written back), then the same sums of the updated values. */
+__device__ __forceinline__ void rmsnorm_row(float *y, float *xw, const float *x, const float *add, const float *w, int dim,
+                                            float eps, size_t row) {
     __shared__ float part[NORM_THREADS / 32];
-    const float *xt = x + (size_t)blockIdx.x * (size_t)dim;
-    float *yt = y + (size_t)blockIdx.x * (size_t)dim;
+    const float *xt = x + row * (size_t)dim;
+    float *yt = y + row * (size_t)dim;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += NORM_THREADS) ss += xt[i] * xt[i];
+    if (add) {
+        float *xwt = xw + row * (size_t)dim;
+        const float *at = add + row * (size_t)dim;
+        for (int i = threadIdx.x; i < dim; i += NORM_THREADS) {
+            float r = xwt[i] + at[i];
+            xwt[i] = r;
+            ss += r * r;
+        }
+    } else {
+        for (int i = threadIdx.x; i < dim; i += NORM_THREADS) ss += xt[i] * xt[i];
+    }
     ss = warp_sum(ss);
     if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
     __syncthreads();
@@ -1150,25 +1177,159 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float 
     for (int i = threadIdx.x; i < dim; i += NORM_THREADS) yt[i] = w[i] * (xt[i] * inv);
 }
 
-static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
-    if (!w) return lm_errf(be->err, "rmsnorm without weights");
-    const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
-    if (!dw) return -1;
-    if (n <= 0 || dim <= 0) return 0;
-    tim_begin(impl_of(be));
-    k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, impl_of(be)->stream>>>(y, x, dw, dim, eps);
-    return launched(be, "rmsnorm");
+__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float *x, const float *w, int dim, float eps) {
+    rmsnorm_row(y, NULL, x, NULL, w, dim, eps, blockIdx.x);
+}
+
+/* add(x, a) then rmsnorm(y, x) in one launch: the residual add a layer ends with and
+ * the norm the next block starts with (pending_op). */
+__global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *y, float *x, const float *a, const float *w, int dim,
+                                                               float eps) {
+    rmsnorm_row(y, x, x, a, w, dim, eps, blockIdx.x);
+}
+
+/* Two independent rmsnorms in one launch (q and k norms): blocks [0, rows1) the first. */
+__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const float *x1, const float *w1, int rows1,
+                                                            int dim1, float *y2, const float *x2, const float *w2,
+                                                            int dim2, float eps) {
+    if ((int)blockIdx.x < rows1) rmsnorm_row(y1, NULL, x1, NULL, w1, dim1, eps, blockIdx.x);
+    else rmsnorm_row(y2, NULL, x2, NULL, w2, dim2, eps, blockIdx.x - (unsigned)rows1);
 }
 
 __global__ void k_add(float *y, const float *x, size_t n) {
     GRID_LOOP(i, n) y[i] += x[i];
 }
 
-static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
-    if (!n) return 0;
+/* ---- fewer launches: an op held back (pending_op) ----
+ * A decode step is many small launches, each costing the host a few microseconds.
+ * Four ops come in pairs the next op can join: the residual add and the rmsnorm
+ * after it (k_add_rmsnorm), the q and k norms (k_rmsnorm2), the q and k RoPEs
+ * (k_rope2), the K and V stores (k_kv_store2). Such an op is held back in im->pend;
+ * the next op either joins it in one launch or launches it first, and every other
+ * operation (flushed_op in the ops table: uploads, downloads, syncs, matmuls, ...)
+ * launches it before doing anything. The joined kernels run each element's
+ * arithmetic exactly as the single ones, so results are bit-identical; the
+ * reference mode (simple) holds nothing back. */
+enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV };
+
+__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
+                       float scale);
+__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd);
+
+static int overlap(const void *a, size_t an, const void *b, size_t bn) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + bn && y < x + an;
+}
+
+static int launch_add(lm_backend *be, float *y, const float *x, size_t n) {
     tim_begin(impl_of(be));
     k_add<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, x, n);
     return launched(be, "add");
+}
+
+static int launch_rmsnorm(lm_backend *be, float *y, const float *x, const float *dw, int n, int dim, float eps) {
+    tim_begin(impl_of(be));
+    k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, impl_of(be)->stream>>>(y, x, dw, dim, eps);
+    return launched(be, "rmsnorm");
+}
+
+static int launch_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *df,
+                       int half, float scale) {
+    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
+    tim_begin(impl_of(be));
+    k_rope<<<ew_blocks(total), EW_THREADS, 0, impl_of(be)->stream>>>(x, n, n_heads, head_dim, pos, df, half, scale);
+    return launched(be, "rope");
+}
+
+#define KV_WARPS 4
+static int launch_kv_store(lm_backend *be, int dtype, void *data, float *scales, int pos0, const float *src, int n,
+                           int n_kv, int hd) {
+    size_t items = (size_t)n * (size_t)n_kv;
+    tim_begin(impl_of(be));
+    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(dtype, data, scales, pos0, src, n,
+                                                                                      n_kv, hd);
+    return launched(be, "kv_store");
+}
+
+/* Launches the held-back op, if any. */
+static int flush_pending(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    int kind = im->pend.kind;
+    im->pend.kind = PEND_NONE;
+    switch (kind) {
+    case PEND_ADD: return launch_add(be, im->pend.y, im->pend.x, im->pend.n);
+    case PEND_NORM:
+        return launch_rmsnorm(be, im->pend.y, im->pend.x, im->pend.w, im->pend.rows, im->pend.dim, im->pend.eps);
+    case PEND_ROPE:
+        return launch_rope(be, im->pend.y, im->pend.rows, im->pend.heads, im->pend.head_dim, im->pend.pos,
+                           im->pend.freq, im->pend.half, im->pend.scale);
+    case PEND_KV:
+        return launch_kv_store(be, im->pend.dtype, im->pend.data, im->pend.scales, im->pend.pos0, im->pend.x,
+                               im->pend.rows, im->pend.n_kv, im->pend.dim);
+    default: return 0;
+    }
+}
+
+/* Every op not in the pairs above goes through this in the ops table: the held-back
+ * op first, then the op. */
+template <typename Fn, Fn F> struct flushed_op;
+template <typename... A, int (*F)(lm_backend *, A...)> struct flushed_op<int (*)(lm_backend *, A...), F> {
+    static int call(lm_backend *be, A... a) { return flush_pending(be) != 0 ? -1 : F(be, a...); }
+};
+template <typename... A, void (*F)(lm_backend *, A...)> struct flushed_op<void (*)(lm_backend *, A...), F> {
+    static void call(lm_backend *be, A... a) {
+        flush_pending(be); /* a failure shows at the next op */
+        F(be, a...);
+    }
+};
+#define FLUSHED(f) (flushed_op<decltype(&f), &f>::call)
+
+static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    cuda_impl *im = impl_of(be);
+    if (!w) return lm_errf(be->err, "rmsnorm without weights");
+    const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
+    if (!dw) return -1;
+    if (n <= 0 || dim <= 0) return flush_pending(be);
+    size_t bytes = sizeof(float) * (size_t)n * (size_t)dim;
+    if (im->pend.kind == PEND_ADD && im->pend.y == x && im->pend.n == (size_t)n * (size_t)dim) {
+        im->pend.kind = PEND_NONE;
+        tim_begin(im);
+        k_add_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, im->stream>>>(y, im->pend.y, im->pend.x, dw, dim, eps);
+        return launched(be, "add+rmsnorm");
+    }
+    if (im->pend.kind == PEND_NORM && im->pend.eps == eps) {
+        size_t b1 = sizeof(float) * (size_t)im->pend.rows * (size_t)im->pend.dim;
+        if (!overlap(im->pend.y, b1, x, bytes) && !overlap(im->pend.y, b1, y, bytes) && !overlap(y, bytes, im->pend.x, b1) &&
+            (size_t)im->pend.rows + (size_t)n < 0x7fffffffu) {
+            im->pend.kind = PEND_NONE;
+            tim_begin(im);
+            k_rmsnorm2<<<(unsigned)(im->pend.rows + n), NORM_THREADS, 0, im->stream>>>(
+                im->pend.y, im->pend.x, im->pend.w, im->pend.rows, im->pend.dim, y, x, dw, dim, eps);
+            return launched(be, "rmsnorm x2");
+        }
+    }
+    if (flush_pending(be) != 0) return -1;
+    if (im->simple) return launch_rmsnorm(be, y, x, dw, n, dim, eps);
+    im->pend.kind = PEND_NORM;
+    im->pend.y = y;
+    im->pend.x = x;
+    im->pend.w = dw;
+    im->pend.rows = n;
+    im->pend.dim = dim;
+    im->pend.eps = eps;
+    return 0;
+}
+
+static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
+    cuda_impl *im = impl_of(be);
+    if (flush_pending(be) != 0) return -1;
+    if (!n) return 0;
+    if (im->simple) return launch_add(be, y, x, n);
+    im->pend.kind = PEND_ADD;
+    im->pend.y = y;
+    im->pend.x = x;
+    im->pend.n = n;
+    return 0;
 }
 
 __global__ void k_add_rows(float *y, const float *b, int n, int dim) {
@@ -1279,9 +1440,9 @@ static int cuda_swiglu_clamped(lm_backend *be, float *out, const float *gu, size
 }
 
 /* One thread per (token, head, frequency): the pair (i, i + half) of that head. */
-__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
-                       int half, float scale) {
-    GRID_LOOP(k, (size_t)n * (size_t)n_heads * (size_t)half) {
+__device__ __forceinline__ void rope_at(float *x, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+                                        int half, float scale, size_t k) {
+    {
         int i = (int)(k % (size_t)half);
         size_t th = k / (size_t)half; /* token * n_heads + head */
         int t = (int)(th / (size_t)n_heads);
@@ -1294,17 +1455,52 @@ __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t
     }
 }
 
+__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+                       int half, float scale) {
+    GRID_LOOP(k, (size_t)n * (size_t)n_heads * (size_t)half) rope_at(x, n_heads, head_dim, pos, inv_freq, half, scale, k);
+}
+
+/* Two ropes at the same positions and frequencies in one launch (q and k). */
+__global__ void k_rope2(float *x1, int heads1, float *x2, int heads2, int n, int head_dim, const int32_t *pos,
+                        const float *inv_freq, int half, float scale) {
+    size_t total1 = (size_t)n * (size_t)heads1 * (size_t)half, total2 = (size_t)n * (size_t)heads2 * (size_t)half;
+    GRID_LOOP(k, total1 + total2) {
+        if (k < total1) rope_at(x1, heads1, head_dim, pos, inv_freq, half, scale, k);
+        else rope_at(x2, heads2, head_dim, pos, inv_freq, half, scale, k - total1);
+    }
+}
+
 static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                      const float *inv_freq, int half, float scale) {
     if (2 * half > head_dim) return lm_errf(be->err, "rope over %d dims of %d-dim heads", 2 * half, head_dim);
     if (half > 0 && !inv_freq) return lm_errf(be->err, "rope without frequencies");
     const float *df = dev_floats(be, inv_freq, (size_t)half, "RoPE frequencies");
     if (half > 0 && !df) return -1;
-    if (n <= 0 || n_heads <= 0 || half <= 0) return 0;
-    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
-    tim_begin(impl_of(be));
-    k_rope<<<ew_blocks(total), EW_THREADS, 0, impl_of(be)->stream>>>(x, n, n_heads, head_dim, pos, df, half, scale);
-    return launched(be, "rope");
+    if (n <= 0 || n_heads <= 0 || half <= 0) return flush_pending(be);
+    cuda_impl *im = impl_of(be);
+    if (im->pend.kind == PEND_ROPE && im->pend.rows == n && im->pend.head_dim == head_dim && im->pend.pos == pos &&
+        im->pend.freq == df && im->pend.half == half && im->pend.scale == scale &&
+        !overlap(im->pend.y, sizeof(float) * (size_t)n * (size_t)im->pend.heads * (size_t)head_dim, x,
+                 sizeof(float) * (size_t)n * (size_t)n_heads * (size_t)head_dim)) {
+        im->pend.kind = PEND_NONE;
+        size_t total = (size_t)n * (size_t)(im->pend.heads + n_heads) * (size_t)half;
+        tim_begin(im);
+        k_rope2<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.heads, x, n_heads, n, head_dim,
+                                                                 pos, df, half, scale);
+        return launched(be, "rope x2");
+    }
+    if (flush_pending(be) != 0) return -1;
+    if (im->simple) return launch_rope(be, x, n, n_heads, head_dim, pos, df, half, scale);
+    im->pend.kind = PEND_ROPE;
+    im->pend.y = x;
+    im->pend.rows = n;
+    im->pend.heads = n_heads;
+    im->pend.head_dim = head_dim;
+    im->pend.pos = pos;
+    im->pend.freq = df;
+    im->pend.half = half;
+    im->pend.scale = scale;
+    return 0;
 }
 
 /* ---- KV cache ------------------------------------------------------------------------------------------- */
@@ -1312,10 +1508,9 @@ static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim,
 /* One warp per (token, kv head): the row rounded into the cache's type. The int8
  * scale is max|x| / 127 (a max, exact in any order) and each value round(x / scale)
  * to nearest even, as nearbyintf does in the default rounding mode. */
-__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd) {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)warp;
-    if (item >= (size_t)n * (size_t)n_kv) return;
+__device__ __forceinline__ void kv_store_item(int dtype, void *data, float *scales, int pos0, const float *src, int n_kv,
+                                              int hd, size_t item) {
+    int lane = threadIdx.x % 32;
     int t = (int)(item / (size_t)n_kv), h = (int)(item % (size_t)n_kv);
     const float *x = src + item * (size_t)hd;
     size_t base = ((size_t)(pos0 + t) * (size_t)n_kv + (size_t)h) * (size_t)hd;
@@ -1337,20 +1532,53 @@ __global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const
     }
 }
 
+__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd) {
+    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)(threadIdx.x / 32);
+    if (item >= (size_t)n * (size_t)n_kv) return; /* the whole warp */
+    kv_store_item(dtype, data, scales, pos0, src, n_kv, hd, item);
+}
+
+/* The K and V rows of the same positions in one launch: warps [0, n * n_kv) store K. */
+__global__ void k_kv_store2(int dtype, void *data1, float *scales1, const float *src1, void *data2, float *scales2,
+                            const float *src2, int pos0, int n, int n_kv, int hd) {
+    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)(threadIdx.x / 32), items = (size_t)n * (size_t)n_kv;
+    if (item >= 2 * items) return;
+    if (item < items) kv_store_item(dtype, data1, scales1, pos0, src1, n_kv, hd, item);
+    else kv_store_item(dtype, data2, scales2, pos0, src2, n_kv, hd, item - items);
+}
+
 static int kv_type_ok(lm_backend *be, const lm_kv *c) {
     if (c->dtype == LM_DT_F32 || c->dtype == LM_DT_F16 || (c->dtype == LM_DT_I8 && c->scales)) return 0;
     return lm_errf(be->err, "KV cache of type %s", lm_dtype_name(c->dtype));
 }
 
-#define KV_WARPS 4
 static int cuda_kv_store(lm_backend *be, lm_kv *cache, int pos0, const float *src, int n, int n_kv, int hd) {
     if (kv_type_ok(be, cache) != 0) return -1;
-    if (n <= 0 || n_kv <= 0 || hd <= 0) return 0;
-    size_t items = (size_t)n * (size_t)n_kv;
-    tim_begin(impl_of(be));
-    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(
-        (int)cache->dtype, cache->data, cache->scales, pos0, src, n, n_kv, hd);
-    return launched(be, "kv_store");
+    if (n <= 0 || n_kv <= 0 || hd <= 0) return flush_pending(be);
+    cuda_impl *im = impl_of(be);
+    if (im->pend.kind == PEND_KV && im->pend.dtype == (int)cache->dtype && im->pend.pos0 == pos0 && im->pend.rows == n &&
+        im->pend.n_kv == n_kv && im->pend.dim == hd && im->pend.data != cache->data &&
+        (!cache->scales || im->pend.scales != cache->scales)) {
+        im->pend.kind = PEND_NONE;
+        size_t items = 2 * (size_t)n * (size_t)n_kv;
+        tim_begin(im);
+        k_kv_store2<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, im->stream>>>(
+            (int)cache->dtype, im->pend.data, im->pend.scales, im->pend.x, cache->data, cache->scales, src, pos0, n, n_kv,
+            hd);
+        return launched(be, "kv_store x2");
+    }
+    if (flush_pending(be) != 0) return -1;
+    if (im->simple) return launch_kv_store(be, (int)cache->dtype, cache->data, cache->scales, pos0, src, n, n_kv, hd);
+    im->pend.kind = PEND_KV;
+    im->pend.dtype = (int)cache->dtype;
+    im->pend.data = cache->data;
+    im->pend.scales = cache->scales;
+    im->pend.pos0 = pos0;
+    im->pend.x = src;
+    im->pend.rows = n;
+    im->pend.n_kv = n_kv;
+    im->pend.dim = hd;
+    return 0;
 }
 
 /* ---- attention ------------------------------------------------------------------------------------------ */
@@ -2038,40 +2266,40 @@ static void cuda_destroy(lm_backend *be) {
 static const lm_backend_ops cuda_ops = {
     /* .name = */ "cuda",
     /* .host_memory = */ 0,
-    /* .alloc = */ cuda_alloc,
-    /* .free = */ cuda_free_buf,
-    /* .upload = */ cuda_upload,
-    /* .download = */ cuda_download,
-    /* .copy = */ cuda_copy,
-    /* .reserve_batch = */ cuda_reserve_batch,
-    /* .sync = */ cuda_sync,
-    /* .matmul = */ cuda_matmul,
-    /* .matmul_batch = */ cuda_matmul_batch,
-    /* .embed = */ cuda_embed,
+    /* .alloc = */ FLUSHED(cuda_alloc),
+    /* .free = */ FLUSHED(cuda_free_buf),
+    /* .upload = */ FLUSHED(cuda_upload),
+    /* .download = */ FLUSHED(cuda_download),
+    /* .copy = */ FLUSHED(cuda_copy),
+    /* .reserve_batch = */ FLUSHED(cuda_reserve_batch),
+    /* .sync = */ FLUSHED(cuda_sync),
+    /* .matmul = */ FLUSHED(cuda_matmul),
+    /* .matmul_batch = */ FLUSHED(cuda_matmul_batch),
+    /* .embed = */ FLUSHED(cuda_embed),
     /* .rmsnorm = */ cuda_rmsnorm,
     /* .add = */ cuda_add,
-    /* .add_rows = */ cuda_add_rows,
-    /* .clamp = */ cuda_clamp,
-    /* .copy_rows = */ cuda_copy_rows,
-    /* .sigmoid_mul = */ cuda_sigmoid_mul,
-    /* .swiglu = */ cuda_swiglu,
-    /* .swiglu_clamped = */ cuda_swiglu_clamped,
-    /* .swiglu_clamped_split = */ cuda_swiglu_clamped_split,
+    /* .add_rows = */ FLUSHED(cuda_add_rows),
+    /* .clamp = */ FLUSHED(cuda_clamp),
+    /* .copy_rows = */ FLUSHED(cuda_copy_rows),
+    /* .sigmoid_mul = */ FLUSHED(cuda_sigmoid_mul),
+    /* .swiglu = */ FLUSHED(cuda_swiglu),
+    /* .swiglu_clamped = */ FLUSHED(cuda_swiglu_clamped),
+    /* .swiglu_clamped_split = */ FLUSHED(cuda_swiglu_clamped_split),
     /* .rope = */ cuda_rope,
     /* .kv_store = */ cuda_kv_store,
-    /* .attention = */ cuda_attention,
-    /* .route = */ cuda_route,
-    /* .gather_rows = */ cuda_gather_rows,
-    /* .scatter_rows = */ cuda_scatter_rows,
-    /* .moe_combine = */ cuda_moe_combine,
+    /* .attention = */ FLUSHED(cuda_attention),
+    /* .route = */ FLUSHED(cuda_route),
+    /* .gather_rows = */ FLUSHED(cuda_gather_rows),
+    /* .scatter_rows = */ FLUSHED(cuda_scatter_rows),
+    /* .moe_combine = */ FLUSHED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
-    /* .upload_async = */ cuda_upload_async,
-    /* .upload_fence = */ cuda_upload_fence,
-    /* .uploads_wait = */ cuda_uploads_wait,
-    /* .pin_host = */ cuda_pin_host,
-    /* .unpin_host = */ cuda_unpin_host,
-    /* .memory_info = */ cuda_memory_info,
+    /* .upload_async = */ FLUSHED(cuda_upload_async),
+    /* .upload_fence = */ FLUSHED(cuda_upload_fence),
+    /* .uploads_wait = */ FLUSHED(cuda_uploads_wait),
+    /* .pin_host = */ FLUSHED(cuda_pin_host),
+    /* .unpin_host = */ FLUSHED(cuda_unpin_host),
+    /* .memory_info = */ FLUSHED(cuda_memory_info),
     /* .set_memory_limit = */ cuda_set_memory_limit,
 };
 
