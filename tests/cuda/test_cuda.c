@@ -873,6 +873,44 @@ static void gather_scatter_combine(void) {
     dev_free(dsrc), dev_free(didx), dev_free(dg), dev_free(deout), dev_free(dselw), dev_free(dshared), dev_free(dy);
 }
 
+/* Per-expert gathers into consecutive rows (and scatters from them), as forward.c
+ * issues them for a group of experts that is not one run of routes: held back and
+ * launched as one; the same bits as one launch each, and a gather that does not
+ * continue the held-back ones (a gap) launches them first. */
+static void pending_gathers(void) {
+    int T = 9, K = 4, H = 72;
+    int32_t idx[12] = {1, 5, 6, 30, 2, 3, 9, 10, 35, 0, 21, 33}; /* route numbers, distinct */
+    int seg[4] = {0, 4, 8, 12};                                   /* three experts' routes */
+    size_t rows = (size_t)T * (size_t)K;
+    float *src = rand_floats((size_t)T * (size_t)H, -1, 1), *eout0 = rand_floats(rows * (size_t)H, -1, 1);
+    float *got[2][2];
+    for (int mode = 0; mode < 2; mode++) {
+        lm_backend_cuda_set_simple(gpu, mode);
+        float *dsrc = dev_from(src, sizeof(float) * (size_t)T * (size_t)H);
+        int32_t *didx = dev_from(idx, sizeof idx);
+        float *xe = dev_from(NULL, sizeof(float) * 14 * (size_t)H), *eout = dev_from(eout0, sizeof(float) * rows * (size_t)H);
+        for (int k = 0; k < 3; k++) /* rows 0..11 of xe */
+            CHECK(gpu->ops->gather_rows(gpu, xe + (size_t)seg[k] * (size_t)H, dsrc, didx + seg[k], seg[k + 1] - seg[k], H, K) == 0);
+        /* a gap (row 13, not 12): does not join */
+        CHECK(gpu->ops->gather_rows(gpu, xe + 13 * (size_t)H, dsrc, didx + 2, 1, H, K) == 0);
+        for (int k = 0; k < 3; k++)
+            CHECK(gpu->ops->scatter_rows(gpu, eout, xe + (size_t)seg[k] * (size_t)H, didx + seg[k], seg[k + 1] - seg[k], H) == 0);
+        got[mode][0] = host_from(xe, sizeof(float) * 14 * (size_t)H);
+        got[mode][1] = host_from(eout, sizeof(float) * rows * (size_t)H);
+        dev_free(dsrc), dev_free(didx), dev_free(xe), dev_free(eout);
+    }
+    lm_backend_cuda_set_simple(gpu, 0);
+    CHECK(same_bits("gathered rows", got[0][0], got[1][0], sizeof(float) * 12 * (size_t)H));
+    CHECK(same_bits("gathered row after a gap", got[0][0] + 13 * (size_t)H, got[1][0] + 13 * (size_t)H, sizeof(float) * (size_t)H));
+    CHECK(same_bits("scattered rows", got[0][1], got[1][1], sizeof(float) * rows * (size_t)H));
+    /* and they are the rows asked for */
+    for (int r = 0; r < 12; r++)
+        CHECKF(!memcmp(got[0][0] + (size_t)r * (size_t)H, src + (size_t)(idx[r] / K) * (size_t)H, sizeof(float) * (size_t)H),
+               "row %d is not source row %d", r, idx[r] / K);
+    for (int m = 0; m < 2; m++) free(got[m][0]), free(got[m][1]);
+    free(src), free(eout0);
+}
+
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
 
 static void errors_are_messages(void) {
@@ -1179,6 +1217,7 @@ int main(void) {
     TEST_CASE("cuda_attention", attention);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
+    TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));

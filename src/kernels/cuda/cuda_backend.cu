@@ -60,6 +60,15 @@ typedef struct {
     size_t bytes;
 } device_range;
 
+/* Consecutive gathers (or scatters) of one expert group as one launch: rows
+ * [start[s], start[s+1]) of the contiguous side use index list idx[s]. */
+#define SEG_MAX 32
+typedef struct {
+    const int32_t *idx[SEG_MAX];
+    int start[SEG_MAX + 1];
+    int count;
+} row_segs;
+
 typedef struct {
     int device;
     cudaStream_t stream;
@@ -117,6 +126,8 @@ typedef struct {
         int dtype, pos0, n_kv; /* kv_store: rows [n = rows][n_kv][dim = hd] */
         void *data;
         float *scales;
+        int div;               /* gather: the index divisor */
+        row_segs segs;         /* gather, scatter: rows [dim = width] */
     } pend;
 } cuda_impl;
 
@@ -1204,13 +1215,15 @@ __global__ void k_add(float *y, const float *x, size_t n) {
  * A decode step is many small launches, each costing the host a few microseconds.
  * Four ops come in pairs the next op can join: the residual add and the rmsnorm
  * after it (k_add_rmsnorm), the q and k norms (k_rmsnorm2), the q and k RoPEs
- * (k_rope2), the K and V stores (k_kv_store2). Such an op is held back in im->pend;
+ * (k_rope2), the K and V stores (k_kv_store2); and an expert group's gathers (or
+ * scatters), one per expert, join into one launch (k_gather_segs, k_scatter_segs). Such an op is held back in im->pend;
  * the next op either joins it in one launch or launches it first, and every other
  * operation (flushed_op in the ops table: uploads, downloads, syncs, matmuls, ...)
  * launches it before doing anything. The joined kernels run each element's
  * arithmetic exactly as the single ones, so results are bit-identical; the
  * reference mode (simple) holds nothing back. */
-enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV };
+enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER };
+static int launch_segs(lm_backend *be, int scatter);
 
 __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
                        float scale);
@@ -1266,6 +1279,8 @@ static int flush_pending(lm_backend *be) {
     case PEND_KV:
         return launch_kv_store(be, im->pend.dtype, im->pend.data, im->pend.scales, im->pend.pos0, im->pend.x,
                                im->pend.rows, im->pend.n_kv, im->pend.dim);
+    case PEND_GATHER: return launch_segs(be, 0);
+    case PEND_SCATTER: return launch_segs(be, 1);
     default: return 0;
     }
 }
@@ -2044,16 +2059,6 @@ __global__ void k_gather_rows(float *dst, const float *src, const int32_t *idx, 
     }
 }
 
-static int cuda_gather_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
-                            int idx_div) {
-    if (m <= 0 || width <= 0) return 0;
-    if (idx_div < 1) return lm_errf(be->err, "gather_rows with divisor %d", idx_div);
-    tim_begin(impl_of(be));
-    k_gather_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
-                                                                                                  width, idx_div);
-    return launched(be, "gather_rows");
-}
-
 __global__ void k_scatter_rows(float *dst, const float *src, const int32_t *idx, int m, int width) {
     GRID_LOOP(i, (size_t)m * (size_t)width) {
         size_t r = i / (size_t)width, c = i % (size_t)width;
@@ -2061,12 +2066,104 @@ __global__ void k_scatter_rows(float *dst, const float *src, const int32_t *idx,
     }
 }
 
+/* The pending gather's or scatter's segments: one launch (k_gather_rows or
+ * k_scatter_rows itself for one segment). */
+__global__ void k_gather_segs(float *dst, const float *src, row_segs sg, int width, int idx_div) {
+    GRID_LOOP(i, (size_t)sg.start[sg.count] * (size_t)width) {
+        int r = (int)(i / (size_t)width), s = 0;
+        size_t c = i % (size_t)width;
+        while (r >= sg.start[s + 1]) s++;
+        dst[i] = src[(size_t)(sg.idx[s][r - sg.start[s]] / idx_div) * (size_t)width + c];
+    }
+}
+
+__global__ void k_scatter_segs(float *dst, const float *src, row_segs sg, int width) {
+    GRID_LOOP(i, (size_t)sg.start[sg.count] * (size_t)width) {
+        int r = (int)(i / (size_t)width), s = 0;
+        size_t c = i % (size_t)width;
+        while (r >= sg.start[s + 1]) s++;
+        dst[(size_t)sg.idx[s][r - sg.start[s]] * (size_t)width + c] = src[i];
+    }
+}
+
+static int launch_segs(lm_backend *be, int scatter) {
+    cuda_impl *im = impl_of(be);
+    const row_segs *sg = &im->pend.segs;
+    int m = sg->start[sg->count], width = im->pend.dim;
+    size_t total = (size_t)m * (size_t)width;
+    tim_begin(im);
+    if (scatter) {
+        if (sg->count == 1) k_scatter_rows<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, sg->idx[0], m, width);
+        else k_scatter_segs<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, *sg, width);
+        return launched(be, sg->count == 1 ? "scatter_rows" : "scatter_rows xN");
+    }
+    if (sg->count == 1)
+        k_gather_rows<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, sg->idx[0], m, width, im->pend.div);
+    else k_gather_segs<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, *sg, width, im->pend.div);
+    return launched(be, sg->count == 1 ? "gather_rows" : "gather_rows xN");
+}
+
+/* The buffer of this backend holding p (its base), 0 if none. */
+static uintptr_t buffer_of(const cuda_impl *im, const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    size_t lo = 0, hi = im->n_ranges;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (im->ranges[mid].base <= a) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo > 0 && a - im->ranges[lo - 1].base < im->ranges[lo - 1].bytes ? im->ranges[lo - 1].base : 0;
+}
+
+/* A gather (scatter) joins the pending one when it continues its contiguous side in
+ * the same buffers with the other side in another buffer (so no segment reads what
+ * another writes): forward.c's per-expert calls of one group, whose index lists are
+ * distinct routes. */
+static int segs_join(lm_backend *be, int kind, float *y, const float *x, const int32_t *idx, int m, int width, int div) {
+    cuda_impl *im = impl_of(be);
+    row_segs *sg = &im->pend.segs;
+    if (im->pend.kind == kind && sg->count < SEG_MAX && im->pend.dim == width && im->pend.div == div &&
+        (long long)sg->start[sg->count] + m < 0x7fffffff) {
+        size_t off = (size_t)sg->start[sg->count] * (size_t)width;
+        int cont = kind == PEND_GATHER ? (y == im->pend.y + off && x == im->pend.x) : (x == im->pend.x + off && y == im->pend.y);
+        uintptr_t by = buffer_of(im, y), bx = buffer_of(im, x);
+        if (cont && by && bx && by != bx) {
+            sg->idx[sg->count] = idx;
+            sg->start[sg->count + 1] = sg->start[sg->count] + m;
+            sg->count++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int segs_hold(lm_backend *be, int kind, float *y, const float *x, const int32_t *idx, int m, int width, int div) {
+    cuda_impl *im = impl_of(be);
+    if (segs_join(be, kind, y, x, idx, m, width, div)) return 0;
+    if (flush_pending(be) != 0) return -1;
+    im->pend.kind = kind;
+    im->pend.y = y;
+    im->pend.x = x;
+    im->pend.dim = width;
+    im->pend.div = div;
+    im->pend.segs.count = 1;
+    im->pend.segs.idx[0] = idx;
+    im->pend.segs.start[0] = 0;
+    im->pend.segs.start[1] = m;
+    if (im->simple) return flush_pending(be);
+    return 0;
+}
+
+static int cuda_gather_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
+                            int idx_div) {
+    if (m <= 0 || width <= 0) return flush_pending(be);
+    if (idx_div < 1) return lm_errf(be->err, "gather_rows with divisor %d", idx_div);
+    return segs_hold(be, PEND_GATHER, dst, src, idx, m, width, idx_div);
+}
+
 static int cuda_scatter_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width) {
-    if (m <= 0 || width <= 0) return 0;
-    tim_begin(impl_of(be));
-    k_scatter_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
-                                                                                                   width);
-    return launched(be, "scatter_rows");
+    if (m <= 0 || width <= 0) return flush_pending(be);
+    return segs_hold(be, PEND_SCATTER, dst, src, idx, m, width, 1);
 }
 
 /* y[t][i]: the weighted sum over k in ascending order from 0, then the shared
@@ -2289,8 +2386,8 @@ static const lm_backend_ops cuda_ops = {
     /* .kv_store = */ cuda_kv_store,
     /* .attention = */ FLUSHED(cuda_attention),
     /* .route = */ FLUSHED(cuda_route),
-    /* .gather_rows = */ FLUSHED(cuda_gather_rows),
-    /* .scatter_rows = */ FLUSHED(cuda_scatter_rows),
+    /* .gather_rows = */ cuda_gather_rows,
+    /* .scatter_rows = */ cuda_scatter_rows,
     /* .moe_combine = */ FLUSHED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
