@@ -344,8 +344,8 @@ static void extreme_affine(lm_mat *W) {
 
 static void fast_case(const char *what, lm_dtype dt, int rows, int cols, int bits, int gs, lm_dtype qdt, int extreme,
                       int expect_fast) {
-    /* k_gemv below 16 tokens, k_gemm from 16 (tiles of 128 x 32 or 64 x 64 tokens) */
-    static const int ns[] = {1, 2, 3, 5, 15, 16, 17, 31, 32, 33, 64, 70, 100};
+    /* k_gemv below 8 tokens, k_gemm from 8 (tiles of 256 x 16, 128 x 32 or 64 x 64) */
+    static const int ns[] = {1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 32, 33, 64, 70, 100};
     lm_mat W = make_mat(dt, rows, cols, 0, bits, gs, qdt);
     if (extreme) extreme_affine(&W);
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
@@ -374,12 +374,13 @@ static void matmul_fast_kernels(void) {
 
 /* One launch for many items of one shape (a layer's experts; rows may differ, as
  * for q, k and v): each item's result bit for bit what the item gives alone,
- * whatever else shares the launch (the 40- and 17-token items share a k_gemm launch
- * of 64 x 64 tiles; alone the 17-token one gets 128 x 32); and in k_gemv (fewer
- * than 16 tokens) each token's result what it gives alone. */
+ * whatever else shares the launch (the 40-, 17- and 9-token items share a k_gemm
+ * launch of 64 x 64 tiles; alone the 17-token one gets 128 x 32, the 9-token one
+ * 256 x 16); and in k_gemv (fewer than 8 tokens) each token's result what it gives
+ * alone. */
 static void matmul_fast_batch_invariant(void) {
     enum { NI = 6 };
-    static const int ns[NI] = {1, 3, 1, 40, 17, 1}, rows_of[NI] = {200, 77, 200, 130, 1, 200};
+    static const int ns[NI] = {1, 3, 9, 40, 17, 1}, rows_of[NI] = {200, 77, 300, 130, 1, 200};
     int cols = 256;
     lm_mat W[NI];
     float *dx[NI], *dy[NI], *da[NI];
@@ -407,7 +408,7 @@ static void matmul_fast_batch_invariant(void) {
         float *a = host_from(dy[i], bytes), *b = host_from(da[i], bytes);
         CHECKF(same_bits("batched item", a, b, bytes), "item %d (%d tokens): batched != alone", i, ns[i]);
         /* k_gemv: token t of the item alone */
-        for (int t = 0; ns[i] < 16 && t < ns[i]; t++) {
+        for (int t = 0; ns[i] < 8 && t < ns[i]; t++) {
             float *one = dev_from(NULL, sizeof(float) * (size_t)rows);
             CHECK(gpu->ops->matmul(gpu, one, &W[i], dx[i] + (size_t)t * (size_t)cols, 1) == 0);
             float *h = host_from(one, sizeof(float) * (size_t)rows);

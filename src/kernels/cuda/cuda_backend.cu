@@ -888,8 +888,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
     }
 }
 
-/* Prefill: TR rows x TT tokens per block (128 x 32 or 64 x 64: the shape with the
- * least waste for the batch's token counts), 32 inputs (4 units) per step; the 256
+/* Prefill: TR rows x TT tokens per block (256 x 16, 128 x 32 or 64 x 64: the shape
+ * with the least waste for the batch's token counts), 32 inputs (4 units) per step; the 256
  * threads widen the weight tile's units and load the input tile's float4s, then each
  * computes a 4 x 4 patch. w = s * q + b is rounded as wval rounds it (a product, then
  * a sum), so the tile holds the reference's weights exactly; every output is summed
@@ -910,8 +910,8 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
         for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
     for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
 #pragma unroll
-        for (int h = 0; h < TR * 4 / 256; h++) { /* the weight tile: TR rows x 4 units */
-            int idx = tid + 256 * h, wrow = idx / 4, wk = idx % 4;
+        for (int idx = tid; idx < TR * 4; idx += 256) { /* the weight tile: TR rows x 4 units */
+            int wrow = idx / 4, wk = idx % 4;
             int r = r0 + wrow, u = c0 / 8 + wk;
             float v[8];
             if (r < rows && 8 * u < sh.cols) {
@@ -929,8 +929,8 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
             for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
         }
 #pragma unroll
-        for (int h = 0; h < TT * 8 / 256; h++) { /* the input tile: TT tokens x 8 float4 */
-            int idx = tid + 256 * h, tok = idx / 8, part = idx % 8, t = t0 + tok;
+        for (int idx = tid; idx < TT * 8; idx += 256) { /* the input tile: TT tokens x 8 float4 */
+            int tok = idx / 8, part = idx % 8, t = t0 + tok;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (t < n && c0 + part * 4 < sh.cols)
                 v = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
@@ -963,7 +963,7 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
-#define GEMM_MIN_TOKENS 16
+#define GEMM_MIN_TOKENS 8
 
 typedef void (*mm_kernel)(mm_shape, mm_batch);
 template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
@@ -979,8 +979,8 @@ template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     }
 }
 static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
-/* k_gemm in its two tile shapes: 128 rows x 32 tokens (wide: a layer's experts,
- * a few dozen tokens each) or 64 x 64. */
+/* k_gemm in its tile shapes: 256 rows x 16 tokens or 128 x 32 (a layer's experts in
+ * a prefill chunk of 256 tokens: 16 routes each on average), or 64 x 64. */
 template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
     switch (fmt) {
     case FMT_F32: return k_gemm<FMT_F32, TR, TT>;
@@ -993,7 +993,9 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
     default: return k_gemm<FMT_Q4_K, TR, TT>;
     }
 }
-static mm_kernel gemm_kernel(int fmt, int wide) { return wide ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt); }
+static mm_kernel gemm_kernel(int fmt, int tt) {
+    return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
+}
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
                                "gemv q8_0", "gemv q4_k"};
@@ -1043,12 +1045,12 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     if (gemm) {
         /* token tiles of 32 when that wastes less than tiles of 64 (the result is the
          * same either way: see k_gemm) */
-        int wide = p->max_n <= 32 || (p->max_n % 64 != 0 && p->max_n % 64 <= 32);
-        int tr = wide ? 128 : 64, tt = wide ? 32 : 64;
+        int tt = p->max_n <= 16 ? 16 : (p->max_n <= 32 || (p->max_n % 64 != 0 && p->max_n % 64 <= 32)) ? 32 : 64;
+        int tr = 4096 / tt;
         dim3 grid(blocks_for((size_t)p->sh.rows, (unsigned)tr), blocks_for((size_t)p->max_n, (unsigned)tt), (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        gemm_kernel(p->fmt, wide)<<<grid, 256, 0, im->stream>>>(p->sh, p->b);
+        gemm_kernel(p->fmt, tt)<<<grid, 256, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 1));
     }
     dim3 grid(blocks_for((size_t)p->sh.rows, GV_WARPS * GV_ROWS), (unsigned)count);
