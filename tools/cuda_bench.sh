@@ -10,7 +10,9 @@
 #               on the CPU (--cpu-experts 4; its ids may differ within tolerance);
 #   ssd         the same GPU budget and host RAM capped too (--memory), so experts
 #               come from the disk through the host cache;
-#   cpu         the CPU backend (default flags), for reference.
+#   cpu         the CPU backend (default flags), for reference;
+# then two runs with LAZYMOE_CUDA_TIMING=1 (per-kernel GPU milliseconds, decode-heavy
+# and prefill-only) and one with the reference kernels (LAZYMOE_CUDA_KERNELS=simple).
 # The GPU runs compute every expert on the GPU, so their generated ids must be
 # identical (checked here, "ids:" in summary.txt). A first look at speed on phase-1
 # kernels, not the issue's benchmark (llama.cpp is not built here).
@@ -84,6 +86,34 @@ print(int(d['resident_bytes'] + d['expert_bytes'] // 4 + 2 * 2**30))")
     bench ssd --backend "$BE" --ctx 4096 --gpu-memory "$B25" --memory "$M25"
 fi
 bench cpu --backend cpu --ctx 4096
+
+# Where the time goes (LAZYMOE_CUDA_TIMING=1: each kernel between two events, summed
+# per kernel, and the host's waits for the GPU), for a decode-heavy run (16 prompt
+# tokens, 64 generated) and a prefill-only one (512 prompt tokens, 1 generated); and
+# the phase-1 reference kernels (LAZYMOE_CUDA_KERNELS=simple) for the speed-up.
+if [ "$BE" = cuda ]; then
+    timing() { # name, prompt tokens, generated tokens
+        step "timing $1: prompt $2, generated $3"
+        LAZYMOE_CUDA_TIMING=1 timeout 120 "$CLI" bench "$M" --backend cuda --ctx 4096 --prompt-tokens "$2" \
+            --gen-tokens "$3" --no-warm-start --json >"$OUT/timing_$1.json" 2>"$OUT/timing_$1.err"
+        python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+print('  prefill %.1f tok/s  decode %.2f tok/s' % (d['prefill_tok_s'], d['decode_tok_s']))" "$OUT/timing_$1.json" \
+            2>&1 | tee -a "$OUT/summary.txt"
+        grep 'cuda timing' "$OUT/timing_$1.err" | head -25 | tee -a "$OUT/summary.txt"
+    }
+    timing decode 16 64
+    timing prefill 512 1
+    step "bench simple_kernels: LAZYMOE_CUDA_KERNELS=simple, 128 prompt tokens, 16 generated"
+    LAZYMOE_CUDA_KERNELS=simple timeout 120 "$CLI" bench "$M" --backend cuda --ctx 4096 --prompt-tokens 128 \
+        --gen-tokens 16 --no-warm-start --json >"$OUT/bench_simple.json" 2>"$OUT/bench_simple.err"
+    python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+print('simple      prefill %8.1f tok/s  decode %7.2f tok/s' % (d['prefill_tok_s'], d['decode_tok_s']))" \
+        "$OUT/bench_simple.json" 2>&1 | tee -a "$OUT/summary.txt"
+fi
 
 python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, os

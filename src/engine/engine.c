@@ -296,6 +296,29 @@ static void pin_host_experts(lazymoe_model *m) {
     }
 }
 
+/* With room for every expert in device memory over resident host experts (what
+ * llama.cpp's -ngl 99 gives), all are uploaded now, at load, rather than by the
+ * first steps that route to them: a device backend only (the CPU's tier is a test).
+ * Which slot an expert lands in changes no number (device_cache.h). */
+static int preload_device_experts(lazymoe_model *m, char *e) {
+    const lm_config *c = &m->w.cfg;
+    int E = c->n_experts;
+    if (m->be->ops->host_memory || lm_device_cache_capacity(m->dcache) < E) return 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const lm_layer *ly = &m->w.layers[l];
+        if (!ly->is_moe || !ly->experts) continue;
+        for (int i = 0; i < E; i++) m->dev_need[i] = i;
+        lm_device_cache_acquire(m->dcache, l, m->dev_need, E, 1, m->dev_status);
+        int rc = lm_device_cache_fence(m->dcache, e);
+        for (int i = 0; i < E && rc == 0; i++)
+            if (m->dev_status[i] == 2)
+                rc = lm_device_cache_fill(m->dcache, l, i, &ly->experts[i], 1, &m->dev_views[0], e);
+        lm_device_cache_release_layer(m->dcache, l);
+        if (rc) return -1;
+    }
+    return lm_device_cache_wait_uploads(m->dcache, e);
+}
+
 /* The expert cache in device memory, for a backend with its own memory (or on
  * request: options.gpu_memory on the CPU, a test of the tier). */
 static int open_device_tier(lazymoe_model *m, char *e) {
@@ -334,6 +357,7 @@ static int open_device_tier(lazymoe_model *m, char *e) {
         if (!m->cpu_u) return -1;
     }
     pin_host_experts(m);
+    if (preload_device_experts(m, e) != 0) return -1;
     if (m->opt.verbose) {
         char b1[32], b2[32], b3[32], b4[32];
         fmt_size(b1, sizeof b1, lm_device_cache_bytes_for(&m->w, capacity));

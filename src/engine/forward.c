@@ -192,10 +192,17 @@ static int run_experts(lazymoe_session *s, const lm_moe_block *mb, const lm_expe
             j++;
         }
         int base = 0, fused = mb->act == LM_ACT_SWIGLU_CLAMPED && mb->fused_gate_up;
+        /* The group's routes are one run of tok_of when its experts follow each other
+         * there (every expert of the chunk, or all in between without routes): their
+         * rows are then gathered, and later scattered, by one call each -- the same
+         * rows a call per expert moves. */
+        int one_run = 1;
+        for (int k = i; k + 1 < j; k++) one_run &= S->expert_off[ids[k] + 1] == S->expert_off[ids[k + 1]];
+        if (one_run) OP(be, be->ops->gather_rows(be, S->xe, S->h, S->tok_of + S->expert_off[ids[i]], tokens, H, K));
         for (int k = i; k < j; k++) {
             int m = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
             float *xe = S->xe + (size_t)base * (size_t)H;
-            OP(be, be->ops->gather_rows(be, xe, S->h, S->tok_of + S->expert_off[ids[k]], m, H, K));
+            if (!one_run) OP(be, be->ops->gather_rows(be, xe, S->h, S->tok_of + S->expert_off[ids[k]], m, H, K));
             if (fused) {
                 items[k - i] = (lm_matmul_item){S->gate + (size_t)base * 2 * (size_t)I, &views[k].gate, xe, m};
             } else {
@@ -249,10 +256,12 @@ static int run_experts(lazymoe_session *s, const lm_moe_block *mb, const lm_expe
             if (mb->down_bias)
                 OP(be, be->ops->add_rows(be, S->proj + (size_t)base * (size_t)H,
                                          mb->down_bias + (size_t)ids[k] * (size_t)H, m, H));
-            OP(be, be->ops->scatter_rows(be, S->eout, S->proj + (size_t)base * (size_t)H,
-                                         S->tok_of + S->expert_off[ids[k]], m, H));
+            if (!one_run)
+                OP(be, be->ops->scatter_rows(be, S->eout, S->proj + (size_t)base * (size_t)H,
+                                             S->tok_of + S->expert_off[ids[k]], m, H));
             base += m;
         }
+        if (one_run) OP(be, be->ops->scatter_rows(be, S->eout, S->proj, S->tok_of + S->expert_off[ids[i]], tokens, H));
         i = j;
     }
     return 0;
