@@ -844,6 +844,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[a][t] = 0.0f;
         const float *xt = it.x + (size_t)t0 * (size_t)sh.cols;
+        /* unrolled: several units' loads in flight per lane */
+#pragma unroll 4
         for (int u = lane; u < units; u += 32) {
             float xv[NT][8], sx[NT];
 #pragma unroll
