@@ -374,10 +374,8 @@ static void matmul_fast_kernels(void) {
 
 /* One launch for many items of one shape (a layer's experts; rows may differ, as
  * for q, k and v): each item's result bit for bit what the item gives alone,
- * whatever else shares the launch (the 40-, 17- and 9-token items share a k_gemm
- * launch of 64 x 64 tiles; alone the 17-token one gets 128 x 32, the 9-token one
- * 256 x 16); and in k_gemv (fewer than 8 tokens) each token's result what it gives
- * alone. */
+ * whatever else shares the launch; and in k_gemv (fewer than 8 tokens) each token's
+ * result what it gives alone. */
 static void matmul_fast_batch_invariant(void) {
     enum { NI = 6 };
     static const int ns[NI] = {1, 3, 9, 40, 17, 1}, rows_of[NI] = {200, 77, 300, 130, 1, 200};

@@ -844,6 +844,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[a][t] = 0.0f;
         const float *xt = it.x + (size_t)t0 * (size_t)sh.cols;
+        /* unrolled: several units' loads in flight per lane */
+#pragma unroll 4
         for (int u = lane; u < units; u += 32) {
             float xv[NT][8], sx[NT];
 #pragma unroll
@@ -1036,6 +1038,12 @@ static int same_shape(const mm_pending *p, const wdesc *d, int fmt) {
            p->sh.row_bytes == d->row_bytes;
 }
 
+/* k_gemm's token tile for items of up to n tokens. */
+static int tile_tokens(int n) {
+    if (n <= 16) return 16;
+    return n <= 32 || (n % 64 != 0 && n % 64 <= 32) ? 32 : 64;
+}
+
 static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     if (!p->count) return 0;
     cuda_impl *im = impl_of(be);
@@ -1043,10 +1051,9 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     p->count = 0;
     im->fast_launches++;
     if (gemm) {
-        /* token tiles of 32 when that wastes less than tiles of 64 (the result is the
-         * same either way: see k_gemm) */
-        int tt = p->max_n <= 16 ? 16 : (p->max_n <= 32 || (p->max_n % 64 != 0 && p->max_n % 64 <= 32)) ? 32 : 64;
-        int tr = 4096 / tt;
+        /* token tiles of 16 or 32 where they waste less than tiles of 64 (the result
+         * is the same either way: see k_gemm) */
+        int tt = tile_tokens(p->max_n), tr = 4096 / tt;
         dim3 grid(blocks_for((size_t)p->sh.rows, (unsigned)tr), blocks_for((size_t)p->max_n, (unsigned)tt), (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
@@ -1063,8 +1070,10 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
  * items of one shape in one launch: a layer's experts), the reference ones else. */
 static int cuda_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
     cuda_impl *im = impl_of(be);
-    mm_pending pend[2]; /* [0]: k_gemv, [1]: k_gemm */
-    pend[0].count = pend[1].count = 0;
+    /* [0]: k_gemv; [1], [2], [3]: k_gemm with token tiles of 16, 32, 64 (each item in
+     * the launch whose tile suits its own token count: a layer's experts differ) */
+    mm_pending pend[4];
+    for (int k = 0; k < 4; k++) pend[k].count = 0;
     for (int i = 0; i < count; i++) {
         const lm_matmul_item *it = &items[i];
         wdesc d;
@@ -1076,10 +1085,10 @@ static int cuda_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
             if (matmul_simple(be, &d, it->y, it->x, it->n) != 0) return -1;
             continue;
         }
-        int g = it->n >= GEMM_MIN_TOKENS;
+        int g = it->n < GEMM_MIN_TOKENS ? 0 : (tile_tokens(it->n) == 16 ? 1 : tile_tokens(it->n) == 32 ? 2 : 3);
         mm_pending *p = &pend[g];
         if (p->count == MM_MAX_ITEMS || (p->count && !same_shape(p, &d, fmt)))
-            if (mm_flush(be, p, g) != 0) return -1;
+            if (mm_flush(be, p, g > 0) != 0) return -1;
         if (!p->count) {
             p->sh.rows = 0;
             p->sh.cols = d.cols;
@@ -1102,8 +1111,9 @@ static int cuda_matmul_batch(lm_backend *be, const lm_matmul_item *items, int co
         if (it->n > p->max_n) p->max_n = it->n;
         if (d.rows > p->sh.rows) p->sh.rows = d.rows;
     }
-    if (mm_flush(be, &pend[0], 0) != 0) return -1;
-    return mm_flush(be, &pend[1], 1);
+    for (int k = 0; k < 4; k++)
+        if (mm_flush(be, &pend[k], k > 0) != 0) return -1;
+    return 0;
 }
 
 static int cuda_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
