@@ -547,8 +547,9 @@ static int routed_experts(lazymoe_session *s, const lm_moe_block *mb, int l, int
     lm_backend *be = BE(s);
     lm_scratch *S = &s->s;
     int K = m->w.cfg.top_k;
-    if (!m->dev_table || !m->dev_table[l] || T > LM_ROUTED_MAX_TOKENS || m->replay.ids || mb->act != LM_ACT_SWIGLU ||
-        mb->gate_up_bias || mb->down_bias)
+    /* S->gate and S->up hold cap_tokens rows: the T * K routes' intermediates must fit */
+    if (!m->dev_table || !m->dev_table[l] || T > LM_ROUTED_MAX_TOKENS || T * K > S->cap_tokens || m->replay.ids ||
+        mb->act != LM_ACT_SWIGLU || mb->gate_up_bias || mb->down_bias)
         return 0;
     int rc = be->ops->moe_routed(be, S->eout, m->dev_table[l], m->w.cfg.n_experts, S->sel, S->h, T, K, S->gate, S->up);
     if (rc < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
