@@ -110,8 +110,8 @@ typedef struct {
         long calls;
     } ts[64];
     int nts;
-    double wait_ms;
-    long waits;
+    double wait_ms, host_ms; /* host_ms: the host's time inside ops (waits included) */
+    long waits, host_calls;
     uint64_t fast_launches; /* launches of k_gemv / k_gemm (tests) */
     /* download_later: copies into a page-locked area, handed to their host arrays
      * when the host next waits for the stream (stream_wait) */
@@ -232,6 +232,10 @@ static void tim_print(cuda_impl *im) {
     double total = 0;
     for (int i = 0; i < im->nts; i++) total += im->ts[i].ms;
     fprintf(stderr, "cuda timing: %.3f ms in kernels, %.3f ms of host waits (%ld)\n", total, im->wait_ms, im->waits);
+    /* the host's time in ops less its waits: launching; where it is near the kernels'
+     * time the GPU waits for launches (the kernel times above then include those gaps) */
+    fprintf(stderr, "cuda timing: %.3f ms of host time in %ld ops, %.3f ms of it not waiting\n", im->host_ms,
+            im->host_calls, im->host_ms - im->wait_ms);
     for (int done = 0; done < im->nts; done++) { /* largest first */
         int b = done;
         for (int i = done + 1; i < im->nts; i++)
@@ -1362,17 +1366,30 @@ static int flush_pending(lm_backend *be) {
 
 /* Every op not in the pairs above goes through this in the ops table: the held-back
  * op first, then the op. */
-template <typename Fn, Fn F> struct flushed_op;
-template <typename... A, int (*F)(lm_backend *, A...)> struct flushed_op<int (*)(lm_backend *, A...), F> {
-    static int call(lm_backend *be, A... a) { return flush_pending(be) != 0 ? -1 : F(be, a...); }
+template <typename Fn, Fn F, int FLUSH> struct flushed_op;
+template <typename... A, int (*F)(lm_backend *, A...), int FLUSH>
+struct flushed_op<int (*)(lm_backend *, A...), F, FLUSH> {
+    static int call(lm_backend *be, A... a) {
+        cuda_impl *im = impl_of(be);
+        double t0 = im->timing ? now_ms() : 0;
+        int rc = FLUSH && flush_pending(be) != 0 ? -1 : F(be, a...);
+        if (im->timing) {
+            im->host_ms += now_ms() - t0;
+            im->host_calls++;
+        }
+        return rc;
+    }
 };
-template <typename... A, void (*F)(lm_backend *, A...)> struct flushed_op<void (*)(lm_backend *, A...), F> {
+template <typename... A, void (*F)(lm_backend *, A...), int FLUSH>
+struct flushed_op<void (*)(lm_backend *, A...), F, FLUSH> {
     static void call(lm_backend *be, A... a) {
-        flush_pending(be); /* a failure shows at the next op */
+        if (FLUSH) flush_pending(be); /* a failure shows at the next op */
         F(be, a...);
     }
 };
-#define FLUSHED(f) (flushed_op<decltype(&f), &f>::call)
+#define FLUSHED(f) (flushed_op<decltype(&f), &f, 1>::call)
+/* the ops that hold back or join themselves: only timed (LAZYMOE_CUDA_TIMING) */
+#define TIMED(f) (flushed_op<decltype(&f), &f, 0>::call)
 
 static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
     cuda_impl *im = impl_of(be);
@@ -1776,22 +1793,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
     }
 }
 
-/* Attention, fast: one block per (query token, head). Keys are taken in tiles of
- * AF_TILE counted from the first visible one; in a tile every thread scores its
- * own keys (a whole dot product, q from shared memory), the block takes their max
- * and rescales, then each warp accumulates the values of every AF_WARPS-th key with
- * lanes across head_dim; the warps' partial sums are added at the end. A query's
- * result depends only on its own position and the cache (not on how many queries
- * share the call). The reference kernel (k_attention) is the CPU's walk. */
-#define AF_WARPS 4
+/* Attention, fast: one block of 256 threads per (query token, head). Keys are taken
+ * in tiles of AF_TILE counted from the first visible one. In a tile every thread
+ * scores its own keys (a whole dot product, q from shared memory, f16 rows 8 values
+ * a load), the block takes their max and rescales its running sums, each thread
+ * turns its scores into exp(score - max) in place and the block sums them; then the
+ * values: thread (pair of dims dp, key group g) accumulates every G-th key's values
+ * of its two dims, the G groups' sums added in order at the end. A query's result
+ * depends only on its own position and the cache (not on how many queries share the
+ * call). The reference kernel (k_attention) is the CPU's walk. */
+#define AF_WARPS 8
 #define AF_THREADS (AF_WARPS * 32)
-#define AF_TILE 512
+#define AF_TILE 1024
 
 /* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
 __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
     float s = 0.0f;
     if (kc.dtype == LM_DT_F16 && hd % 8 == 0) {
         const uint4 *p = (const uint4 *)((const uint16_t *)kc.data + base);
+#pragma unroll 4
         for (int d8 = 0; d8 < hd / 8; d8++) {
             uint4 v = __ldg(p + d8);
             uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -1807,71 +1827,97 @@ __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size
     return s;
 }
 
+/* Values d and d + 1 (d even; the second only where d + 1 < hd) of row base. */
+__device__ __forceinline__ void value_pair(const kvdesc &vc, size_t base, size_t si, int d, int hd, float &v0, float &v1) {
+    if (vc.dtype == LM_DT_F16 && hd % 2 == 0) {
+        uint32_t w = __ldg((const uint32_t *)((const uint16_t *)vc.data + base + (size_t)d));
+        v0 = half_bits(w & 0xffffu);
+        v1 = half_bits(w >> 16);
+    } else if (vc.dtype == LM_DT_F32 && hd % 2 == 0) {
+        float2 w = __ldg((const float2 *)((const float *)vc.data + base + (size_t)d));
+        v0 = w.x;
+        v1 = w.y;
+    } else {
+        v0 = kv_at(vc, base + (size_t)d, si);
+        v1 = d + 1 < hd ? kv_at(vc, base + (size_t)d + 1, si) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < AF_WARPS; w++) r = is_max ? (red[w] > r ? red[w] : r) : r + red[w];
+    __syncthreads(); /* red is reused by the next reduction */
+    return r;
+}
+
 __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
                                                                 int pos0, int n_heads, int n_kv, int hd, float scale,
                                                                 int window, const float *sinks) {
     __shared__ float qs[ATT_MAX_HD];
     __shared__ float sc[AF_TILE];
     __shared__ float red[AF_WARPS];
-    __shared__ float part[AF_WARPS][ATT_MAX_HD];
-    __shared__ float lpart[AF_WARPS];
+    __shared__ float part[AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
     size_t item = blockIdx.x;
     int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
-    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    int tid = threadIdx.x;
     int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = 0;
     if (window > 0 && pos - window + 1 > 0) first = pos - window + 1;
     const float *qt = q + item * (size_t)hd;
     for (int d = tid; d < hd; d += AF_THREADS) qs[d] = qt[d];
     __syncthreads();
-    const int J = ATT_MAX_HD / 32;
-    float o[J];
-#pragma unroll
-    for (int j = 0; j < J; j++) o[j] = 0.0f;
-    float m = -INFINITY, l = 0.0f; /* m: the block's; l and o: this warp's keys */
+    /* value work: HP pairs of dims, G groups of keys */
+    int HP = (hd + 1) / 2, G = AF_THREADS / HP, dp = tid % HP, g = tid / HP;
+    int active = g < G;
+    float o0 = 0.0f, o1 = 0.0f, m = -INFINITY, l = 0.0f; /* m, l: the block's */
     size_t row = (size_t)n_kv * (size_t)hd;
     for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
         int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
         float mt = -INFINITY;
         for (int r = tid; r < cnt; r += AF_THREADS) {
             size_t p = (size_t)(p0 + r);
-            float s = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
-            sc[r] = s;
-            mt = s > mt ? s : mt;
+            float sv = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
+            sc[r] = sv;
+            mt = sv > mt ? sv : mt;
         }
-        mt = warp_max(mt);
-        if (lane == 0) red[warp] = mt;
-        __syncthreads();
-        mt = red[0];
-        for (int w = 1; w < AF_WARPS; w++) mt = red[w] > mt ? red[w] : mt;
+        mt = block_reduce(mt, red, 1);
         if (mt > m) {
             float corr = expf(m - mt); /* 0 on the first tile */
             l *= corr;
-#pragma unroll
-            for (int j = 0; j < J; j++) o[j] *= corr;
+            o0 *= corr;
+            o1 *= corr;
             m = mt;
         }
-        for (int r = warp; r < cnt; r += AF_WARPS) {
-            size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+        float ls = 0.0f;
+        for (int r = tid; r < cnt; r += AF_THREADS) { /* each thread its own keys' scores */
             float e = expf(sc[r] - m);
-            l += e;
-#pragma unroll
-            for (int j = 0; j < J; j++) {
-                int d = lane + 32 * j;
-                if (d < hd) o[j] = fmaf(e, kv_at(vc, base + (size_t)d, si), o[j]);
+            sc[r] = e;
+            ls += e;
+        }
+        l += block_reduce(ls, red, 0); /* also the barrier before the values read sc */
+        if (active) {
+            int d = 2 * dp;
+#pragma unroll 8
+            for (int r = g; r < cnt; r += G) {
+                size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+                float v0, v1;
+                value_pair(vc, base, si, d, hd, v0, v1);
+                float e = sc[r];
+                o0 = fmaf(e, v0, o0);
+                o1 = fmaf(e, v1, o1);
             }
         }
-        __syncthreads(); /* sc and red are rewritten by the next tile */
+        __syncthreads(); /* sc is rewritten by the next tile */
     }
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-        int d = lane + 32 * j;
-        if (d < hd) part[warp][d] = o[j];
+    if (active) {
+        part[g * 2 * HP + 2 * dp] = o0;
+        part[g * 2 * HP + 2 * dp + 1] = o1;
     }
-    if (lane == 0) lpart[warp] = l;
     __syncthreads();
-    float lt = 0.0f;
-    for (int w = 0; w < AF_WARPS; w++) lt += lpart[w];
-    float mm = m, corr = 1.0f;
+    float mm = m, corr = 1.0f, lt = l;
     if (sinks) {
         float sink = sinks[h];
         if (sink > mm) {
@@ -1885,11 +1931,10 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const
     float *ot = out + item * (size_t)hd;
     for (int d = tid; d < hd; d += AF_THREADS) {
         float v = 0.0f;
-        for (int w = 0; w < AF_WARPS; w++) v += part[w][d];
+        for (int k = 0; k < G; k++) v += part[k * 2 * HP + d];
         ot[d] = v * corr * inv;
     }
 }
-
 
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
                           int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
@@ -2579,8 +2624,8 @@ static const lm_backend_ops cuda_ops = {
     /* .matmul = */ FLUSHED(cuda_matmul),
     /* .matmul_batch = */ FLUSHED(cuda_matmul_batch),
     /* .embed = */ FLUSHED(cuda_embed),
-    /* .rmsnorm = */ cuda_rmsnorm,
-    /* .add = */ cuda_add,
+    /* .rmsnorm = */ TIMED(cuda_rmsnorm),
+    /* .add = */ TIMED(cuda_add),
     /* .add_rows = */ FLUSHED(cuda_add_rows),
     /* .clamp = */ FLUSHED(cuda_clamp),
     /* .copy_rows = */ FLUSHED(cuda_copy_rows),
@@ -2588,12 +2633,12 @@ static const lm_backend_ops cuda_ops = {
     /* .swiglu = */ FLUSHED(cuda_swiglu),
     /* .swiglu_clamped = */ FLUSHED(cuda_swiglu_clamped),
     /* .swiglu_clamped_split = */ FLUSHED(cuda_swiglu_clamped_split),
-    /* .rope = */ cuda_rope,
-    /* .kv_store = */ cuda_kv_store,
+    /* .rope = */ TIMED(cuda_rope),
+    /* .kv_store = */ TIMED(cuda_kv_store),
     /* .attention = */ FLUSHED(cuda_attention),
     /* .route = */ FLUSHED(cuda_route),
-    /* .gather_rows = */ cuda_gather_rows,
-    /* .scatter_rows = */ cuda_scatter_rows,
+    /* .gather_rows = */ TIMED(cuda_gather_rows),
+    /* .scatter_rows = */ TIMED(cuda_scatter_rows),
     /* .moe_combine = */ FLUSHED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
