@@ -141,6 +141,10 @@ typedef struct {
         float *scales;
         int div;               /* gather: the index divisor */
         row_segs segs;         /* gather, scatter: rows [dim = width] */
+        /* moe_combine into y (rows x dim) from eout, selw, shared, top_k = n_kv; with
+         * PEND_COMBINE_ADD then resid += y (resid: n floats) */
+        const float *eout, *selw, *shared;
+        float *resid;
     } pend;
 } cuda_impl;
 
@@ -1357,6 +1361,24 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *y, float *x
     rmsnorm_row(y, x, x, a, w, dim, eps, blockIdx.x);
 }
 
+/* moe_combine (into y), the residual add x += y and rmsnorm(out, x) of one row in one
+ * block: the MoE block's end and the next block's norm. Each element as k_moe_combine,
+ * k_add and k_rmsnorm compute it. */
+__global__ void __launch_bounds__(NORM_THREADS) k_combine_add_rmsnorm(float *out, float *x, float *y, const float *eout,
+                                                                       const float *selw, const float *shared,
+                                                                       int top_k, const float *w, int dim, float eps) {
+    size_t t = blockIdx.x;
+    for (int c = threadIdx.x; c < dim; c += NORM_THREADS) {
+        float acc = 0.0f;
+        for (int k = 0; k < top_k; k++)
+            acc += eout[(t * (size_t)top_k + (size_t)k) * (size_t)dim + (size_t)c] * selw[t * (size_t)top_k + (size_t)k];
+        if (shared) acc += shared[t * (size_t)dim + (size_t)c];
+        y[t * (size_t)dim + (size_t)c] = acc;
+    }
+    /* the add reads y[i] as this thread wrote it (same i), then the norm of the row */
+    rmsnorm_row(out, x, x, y, w, dim, eps, t);
+}
+
 /* Two independent rmsnorms in one launch (q and k norms): blocks [0, rows1) the first. */
 __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const float *x1, const float *w1, int rows1,
                                                             int dim1, float *y2, const float *x2, const float *w2,
@@ -1380,8 +1402,9 @@ __global__ void k_add(float *y, const float *x, size_t n) {
  * launches it before doing anything. The joined kernels run each element's
  * arithmetic exactly as the single ones, so results are bit-identical; the
  * reference mode (simple) holds nothing back. */
-enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER };
+enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER, PEND_COMBINE, PEND_COMBINE_ADD };
 static int launch_segs(lm_backend *be, int scatter);
+static int launch_combine(lm_backend *be);
 
 __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
                        float scale);
@@ -1439,6 +1462,10 @@ static int flush_pending(lm_backend *be) {
                                im->pend.rows, im->pend.n_kv, im->pend.dim);
     case PEND_GATHER: return launch_segs(be, 0);
     case PEND_SCATTER: return launch_segs(be, 1);
+    case PEND_COMBINE: return launch_combine(be);
+    case PEND_COMBINE_ADD:
+        if (launch_combine(be) != 0) return -1;
+        return launch_add(be, im->pend.resid, im->pend.y, im->pend.n);
     default: return 0;
     }
 }
@@ -1477,6 +1504,13 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
     if (!dw) return -1;
     if (n <= 0 || dim <= 0) return flush_pending(be);
     size_t bytes = sizeof(float) * (size_t)n * (size_t)dim;
+    if (im->pend.kind == PEND_COMBINE_ADD && im->pend.resid == x && im->pend.dim == dim && im->pend.rows == n) {
+        im->pend.kind = PEND_NONE;
+        tim_begin(im);
+        k_combine_add_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, im->stream>>>(
+            y, im->pend.resid, im->pend.y, im->pend.eout, im->pend.selw, im->pend.shared, im->pend.n_kv, dw, dim, eps);
+        return launched(be, "combine+add+rmsnorm");
+    }
     if (im->pend.kind == PEND_ADD && im->pend.y == x && im->pend.n == (size_t)n * (size_t)dim) {
         im->pend.kind = PEND_NONE;
         tim_begin(im);
@@ -1508,6 +1542,14 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
 
 static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
     cuda_impl *im = impl_of(be);
+    /* the residual add of the MoE output just combined: held with it, for the norm */
+    if (im->pend.kind == PEND_COMBINE && x == im->pend.y && n == (size_t)im->pend.rows * (size_t)im->pend.dim &&
+        !overlap(y, sizeof(float) * n, x, sizeof(float) * n)) {
+        im->pend.kind = PEND_COMBINE_ADD;
+        im->pend.resid = y;
+        im->pend.n = n;
+        return 0;
+    }
     if (flush_pending(be) != 0) return -1;
     if (!n) return 0;
     if (im->simple) return launch_add(be, y, x, n);
@@ -2379,13 +2421,32 @@ __global__ void k_moe_combine(float *y, const float *eout, const float *selw, co
     }
 }
 
+static int launch_combine(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    size_t total = (size_t)im->pend.rows * (size_t)im->pend.dim;
+    tim_begin(im);
+    k_moe_combine<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.eout, im->pend.selw,
+                                                                  im->pend.shared, im->pend.rows, im->pend.n_kv,
+                                                                  im->pend.dim);
+    return launched(be, "moe_combine");
+}
+
+/* Held back: the residual add and the next norm usually join it. */
 static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
                             int top_k, int width) {
+    cuda_impl *im = impl_of(be);
+    if (flush_pending(be) != 0) return -1;
     if (n <= 0 || width <= 0) return 0;
-    tim_begin(impl_of(be));
-    k_moe_combine<<<ew_blocks((size_t)n * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
-        y, eout, selw, shared, n, top_k, width);
-    return launched(be, "moe_combine");
+    im->pend.kind = PEND_COMBINE;
+    im->pend.y = y;
+    im->pend.eout = eout;
+    im->pend.selw = selw;
+    im->pend.shared = shared;
+    im->pend.rows = n;
+    im->pend.n_kv = top_k;
+    im->pend.dim = width;
+    if (im->simple) return flush_pending(be);
+    return 0;
 }
 
 /* ---- memory ------------------------------------------------------------------------------------------------ */
@@ -2714,7 +2775,7 @@ static const lm_backend_ops cuda_ops = {
     /* .route = */ FLUSHED(cuda_route),
     /* .gather_rows = */ TIMED(cuda_gather_rows),
     /* .scatter_rows = */ TIMED(cuda_scatter_rows),
-    /* .moe_combine = */ FLUSHED(cuda_moe_combine),
+    /* .moe_combine = */ TIMED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
     /* .upload_async = */ FLUSHED(cuda_upload_async),
