@@ -910,6 +910,63 @@ static void pending_gathers(void) {
     free(src), free(eout0);
 }
 
+/* moe_routed: routes chosen on the device give, bit for bit, what the host-routed
+ * path computes (each route's gate and up products, swiglu, down product by the
+ * matmul op), with the weights in device memory as the device expert cache holds
+ * them; weights it cannot take (3-bit) are refused with 1, not computed wrong. */
+enum { RE_E = 5 };
+static void routed_experts_case(int bits, lm_dtype qdt, int expect, void *dev_parts[3 * RE_E][3]) {
+    enum { E = RE_E, T = 3, K = 2 };
+    int H = 256, I = 96;
+    lm_mat mats[3 * E];
+    for (int e = 0; e < E; e++)
+        for (int m = 0; m < 3; m++) {
+            lm_mat W = make_mat(LM_DT_U32, m == 2 ? H : I, m == 2 ? I : H, 0, bits, 32, qdt);
+            size_t nd = (size_t)W.rows * (size_t)W.cols * (size_t)bits / 8, ns = (size_t)W.rows * (size_t)(W.cols / 32) * lm_dtype_size(qdt);
+            lm_mat D = W;
+            D.data = dev_parts[3 * e + m][0] = dev_from(W.data, nd);
+            D.scales = dev_parts[3 * e + m][1] = dev_from(W.scales, ns);
+            D.biases = dev_parts[3 * e + m][2] = dev_from(W.biases, ns);
+            mats[3 * e + m] = D;
+            free((void *)W.data), free((void *)W.scales), free((void *)W.biases);
+        }
+    int32_t sel[T * K] = {0, 3, 4, 1, 2, 4};
+    float *h = rand_floats((size_t)T * (size_t)H, -1, 1);
+    float *dh = dev_from(h, sizeof(float) * (size_t)T * (size_t)H);
+    int32_t *dsel = dev_from(sel, sizeof sel);
+    float *g = dev_from(NULL, sizeof(float) * T * K * (size_t)I), *u = dev_from(NULL, sizeof(float) * T * K * (size_t)I);
+    float *eout = dev_from(NULL, sizeof(float) * T * K * (size_t)H), *want = dev_from(NULL, sizeof(float) * T * K * (size_t)H);
+    int rc = gpu->ops->moe_routed(gpu, eout, mats, E, dsel, dh, T, K, g, u);
+    CHECKF(rc == expect, "moe_routed returned %d (%s), expected %d", rc, rc < 0 ? lm_backend_error(gpu) : "", expect);
+    if (rc == 0) {
+        for (int r = 0; r < T * K; r++) {
+            const lm_mat *m3 = &mats[3 * sel[r]];
+            float *gr = g + (size_t)r * (size_t)I, *ur = u + (size_t)r * (size_t)I;
+            CHECK(gpu->ops->matmul(gpu, gr, &m3[0], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
+            CHECK(gpu->ops->matmul(gpu, ur, &m3[1], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
+            CHECK(gpu->ops->swiglu(gpu, gr, ur, (size_t)I) == 0);
+            CHECK(gpu->ops->matmul(gpu, want + (size_t)r * (size_t)H, &m3[2], gr, 1) == 0);
+        }
+        float *a = host_from(eout, sizeof(float) * T * K * (size_t)H), *b = host_from(want, sizeof(float) * T * K * (size_t)H);
+        CHECK(same_bits("moe_routed", a, b, sizeof(float) * T * K * (size_t)H));
+        free(a), free(b);
+    }
+    free(h);
+    dev_free(dh), dev_free(dsel), dev_free(g), dev_free(u), dev_free(eout), dev_free(want);
+}
+
+static void routed_experts(void) {
+    /* the weights of all three cases stay allocated until the end (the backend keeps
+     * a table per host array of views, told apart by their first and last views) */
+    static void *parts[3][3 * RE_E][3];
+    routed_experts_case(4, LM_DT_BF16, 0, parts[0]);
+    routed_experts_case(8, LM_DT_F16, 0, parts[1]);
+    routed_experts_case(3, LM_DT_BF16, 1, parts[2]);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < 3 * RE_E; i++)
+            for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
+}
+
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
 
 static void errors_are_messages(void) {
@@ -1217,6 +1274,7 @@ int main(void) {
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);
+    TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));
