@@ -916,6 +916,17 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
     gemv_body<FMT, NT>(sh, b.it[blockIdx.y]);
 }
 
+/* The same for up to 4 items (q/k/v, o, router, lm_head): smaller kernel parameters
+ * make a cheaper launch. */
+#define MM_FEW_ITEMS 4
+typedef struct {
+    mm_item it[MM_FEW_ITEMS];
+} mm_few;
+template <int FMT, int NT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_few(mm_shape sh, mm_few b) {
+    gemv_body<FMT, NT>(sh, b.it[blockIdx.y]);
+}
+
 /* Weights of one matrix of one expert (moe_routed's table on the device). */
 typedef struct {
     const void *data, *scales, *biases;
@@ -1021,6 +1032,49 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 static_assert(LM_ROUTED_MAX_TOKENS < GEMM_MIN_TOKENS, "moe_routed's experts must take k_gemv on the host-routed path too");
 
 typedef void (*mm_kernel)(mm_shape, mm_batch);
+/* moe_routed's gate and up products and the SwiGLU of the two in one launch: a warp
+ * computes its rows of both (gemv_body, as the separate products do), then the lane
+ * that wrote them computes g = silu(g) * u as k_swiglu does. */
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape sh, const mm_desc *tab,
+                                                                       const int32_t *sel, const float *x, int x_div,
+                                                                       float *g, float *u) {
+    int r = blockIdx.y, e = sel[r];
+    mm_item it;
+    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
+    it.n = 1;
+    it.rows = sh.rows;
+    for (int mat = 0; mat < 2; mat++) {
+        const mm_desc &d = tab[(size_t)e * 3 + (size_t)mat];
+        it.data = d.data;
+        it.scales = d.scales;
+        it.biases = d.biases;
+        it.y = (mat ? u : g) + (size_t)r * (size_t)sh.rows;
+        gemv_body<FMT, 1>(sh, it);
+    }
+    int r0 = (blockIdx.x * GV_WARPS + threadIdx.x / 32) * GV_ROWS;
+    if (threadIdx.x % 32 != 0) return;
+    for (int a = 0; a < GV_ROWS && r0 + a < sh.rows; a++) {
+        size_t i = (size_t)r * (size_t)sh.rows + (size_t)(r0 + a);
+        float ga = g[i];
+        g[i] = ga / (1.0f + expf(-ga)) * u[i];
+    }
+}
+
+typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
+static routed_swiglu_kernel routed_swiglu_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_routed_swiglu<FMT_F32>;
+    case FMT_F16: return k_gemv_routed_swiglu<FMT_F16>;
+    case FMT_BF16: return k_gemv_routed_swiglu<FMT_BF16>;
+    case FMT_A4: return k_gemv_routed_swiglu<FMT_A4>;
+    case FMT_A8: return k_gemv_routed_swiglu<FMT_A8>;
+    case FMT_Q4_0: return k_gemv_routed_swiglu<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemv_routed_swiglu<FMT_Q8_0>;
+    default: return k_gemv_routed_swiglu<FMT_Q4_K>;
+    }
+}
+
 typedef void (*routed_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const float *, int, float *, float *);
 static routed_kernel routed_kernel_of(int fmt) {
     switch (fmt) {
@@ -1048,6 +1102,23 @@ template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     }
 }
 static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
+
+typedef void (*mm_few_kernel)(mm_shape, mm_few);
+template <int NT> static mm_few_kernel gemv_few_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_few<FMT_F32, NT>;
+    case FMT_F16: return k_gemv_few<FMT_F16, NT>;
+    case FMT_BF16: return k_gemv_few<FMT_BF16, NT>;
+    case FMT_A4: return k_gemv_few<FMT_A4, NT>;
+    case FMT_A8: return k_gemv_few<FMT_A8, NT>;
+    case FMT_Q4_0: return k_gemv_few<FMT_Q4_0, NT>;
+    case FMT_Q8_0: return k_gemv_few<FMT_Q8_0, NT>;
+    default: return k_gemv_few<FMT_Q4_K, NT>;
+    }
+}
+static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
+    return max_n == 1 ? gemv_few_kernel_of<1>(fmt) : gemv_few_kernel_of<GV_TOK>(fmt);
+}
 /* k_gemm in its tile shapes: 256 rows x 16 tokens or 128 x 32 (a layer's experts in
  * a prefill chunk of 256 tokens: 16 routes each on average), or 64 x 64. */
 template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
@@ -1128,6 +1199,14 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
         return launched(be, fmt_name(p->fmt, 1));
     }
     dim3 grid(blocks_for((size_t)p->sh.rows, GV_WARPS * GV_ROWS), (unsigned)count);
+    if (count <= MM_FEW_ITEMS) {
+        mm_few few;
+        memset(&few, 0, sizeof few);
+        memcpy(few.it, p->b.it, sizeof(mm_item) * (size_t)count);
+        tim_begin(im);
+        gemv_few_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, few);
+        return launched(be, fmt_name(p->fmt, 0));
+    }
     tim_begin(im);
     gemv_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
     return launched(be, fmt_name(p->fmt, 0));
@@ -2497,13 +2576,9 @@ static int cuda_moe_routed(lm_backend *be, float *eout, const lm_mat *mats, int 
     if (!t->ok || (uintptr_t)h % 16 || (uintptr_t)g % 16 || (uintptr_t)u % 16) return 1;
     unsigned R = (unsigned)(n * K);
     tim_begin(im);
-    routed_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)t->sh[0].rows, GV_WARPS * GV_ROWS), R, 2), GV_WARPS * 32, 0,
-                                  im->stream>>>(t->sh[0], t->dev, 0, sel, h, K, g, u);
-    if (launched(be, "routed gate+up") != 0) return -1;
-    size_t gi = (size_t)R * (size_t)t->sh[0].rows;
-    tim_begin(im);
-    k_swiglu<<<ew_blocks(gi), EW_THREADS, 0, im->stream>>>(g, u, gi);
-    if (launched(be, "swiglu") != 0) return -1;
+    routed_swiglu_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)t->sh[0].rows, GV_WARPS * GV_ROWS), R), GV_WARPS * 32,
+                                         0, im->stream>>>(t->sh[0], t->dev, sel, h, K, g, u);
+    if (launched(be, "routed gate+up+swiglu") != 0) return -1;
     tim_begin(im);
     routed_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)t->sh[2].rows, GV_WARPS * GV_ROWS), R, 1), GV_WARPS * 32, 0,
                                   im->stream>>>(t->sh[2], t->dev, 2, sel, g, 1, eout, NULL);
