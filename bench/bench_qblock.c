@@ -9,7 +9,7 @@
  * CPUTIME=1 times the matmuls by the process's CPU time rather than the wall clock: on
  * a shared machine, with THREADS=1, the time other processes take is then not counted
  * (a neighbour's use of caches and memory still is).
- * TYPES=Q4_K,Q6_K,MLX4g32 (names as printed) runs only those types.
+ * TYPES=Q4_K,Q6_K,MLX4g32 (names as printed) runs only those types (ratio 0 without MLX4g32).
  * run:   [ACT8_ONLY=1] [ROUNDS=3] [CACHED=1] [CPUTIME=1] [TYPES=...] build/bench_qblock [ROWS=768] [COLS=2048] [THREADS=1] [TOKENS=1,8,64]
  * Every (type, tokens, bits) runs once per round, the rounds in turn, and the best
  * of the rounds is printed (GMAC/s, GB/s of weights, the ratio to MLX 4-bit g32),
