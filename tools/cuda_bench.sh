@@ -4,13 +4,16 @@
 # otherwise) made there with `lazymoe synth`, then `lazymoe bench --json` (prompt 512,
 # 64 generated tokens) with
 #   vram_all    every expert in GPU memory (the default budget: what is free);
+#   vram_all_host  the same with the routes downloaded every layer (LAZYMOE_CUDA_ROUTED=0);
 #   vram_25     --gpu-memory for the resident part and 25% of the experts, the rest
 #               uploaded from host RAM (all experts resident there);
 #   vram_25_cpu the same, with decode steps computing the experts not in GPU memory
 #               on the CPU (--cpu-experts 4; its ids may differ within tolerance);
 #   ssd         the same GPU budget and host RAM capped too (--memory), so experts
 #               come from the disk through the host cache;
-#   cpu         the CPU backend (default flags), for reference.
+#   cpu         the CPU backend (default flags), for reference;
+# then two runs with LAZYMOE_CUDA_TIMING=1 (per-kernel GPU milliseconds, decode-heavy
+# and prefill-only) and one with the reference kernels (LAZYMOE_CUDA_KERNELS=simple).
 # The GPU runs compute every expert on the GPU, so their generated ids must be
 # identical (checked here, "ids:" in summary.txt). A first look at speed on phase-1
 # kernels, not the issue's benchmark (llama.cpp is not built here).
@@ -67,6 +70,9 @@ EOF
 # this script where there is no GPU)
 BE=${BACKEND:-cuda}
 bench vram_all --backend "$BE" --ctx 4096 ${ALL_GPU_MEMORY:+--gpu-memory "$ALL_GPU_MEMORY"}
+# the same with every layer routed on the host (LAZYMOE_CUDA_ROUTED=0: a download of the
+# routes and a wait per layer), for the routed path's gain; its ids must be the same
+[ "$BE" = cuda ] && LAZYMOE_CUDA_ROUTED=0 bench vram_all_host --backend "$BE" --ctx 4096
 # the budget for the resident part and a quarter of the experts, from the plan above
 B25=$(python3 -c "
 import json
@@ -85,10 +91,38 @@ print(int(d['resident_bytes'] + d['expert_bytes'] // 4 + 2 * 2**30))")
 fi
 bench cpu --backend cpu --ctx 4096
 
+# Where the time goes (LAZYMOE_CUDA_TIMING=1: each kernel between two events, summed
+# per kernel, and the host's waits for the GPU), for a decode-heavy run (16 prompt
+# tokens, 64 generated) and a prefill-only one (512 prompt tokens, 1 generated); and
+# the phase-1 reference kernels (LAZYMOE_CUDA_KERNELS=simple) for the speed-up.
+if [ "$BE" = cuda ]; then
+    timing() { # name, prompt tokens, generated tokens
+        step "timing $1: prompt $2, generated $3"
+        LAZYMOE_CUDA_TIMING=1 timeout 120 "$CLI" bench "$M" --backend cuda --ctx 4096 --prompt-tokens "$2" \
+            --gen-tokens "$3" --no-warm-start --json >"$OUT/timing_$1.json" 2>"$OUT/timing_$1.err"
+        python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+print('  prefill %.1f tok/s  decode %.2f tok/s' % (d['prefill_tok_s'], d['decode_tok_s']))" "$OUT/timing_$1.json" \
+            2>&1 | tee -a "$OUT/summary.txt"
+        grep 'cuda timing' "$OUT/timing_$1.err" | head -25 | tee -a "$OUT/summary.txt"
+    }
+    timing decode 16 64
+    timing prefill 512 1
+    step "bench simple_kernels: LAZYMOE_CUDA_KERNELS=simple, 128 prompt tokens, 16 generated"
+    LAZYMOE_CUDA_KERNELS=simple timeout 120 "$CLI" bench "$M" --backend cuda --ctx 4096 --prompt-tokens 128 \
+        --gen-tokens 16 --no-warm-start --json >"$OUT/bench_simple.json" 2>"$OUT/bench_simple.err"
+    python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+print('simple      prefill %8.1f tok/s  decode %7.2f tok/s' % (d['prefill_tok_s'], d['decode_tok_s']))" \
+        "$OUT/bench_simple.json" 2>&1 | tee -a "$OUT/summary.txt"
+fi
+
 python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, os
 ids = {}
-for n in ("vram_all", "vram_25", "ssd"):
+for n in ("vram_all", "vram_all_host", "vram_25", "ssd"):
     p = os.path.join(sys.argv[1], "bench_%s.json" % n)
     try: ids[n] = json.load(open(p))["generated_ids"]
     except Exception: pass

@@ -32,22 +32,33 @@ set -u
 cd "$(dirname "$0")/.."
 FUZZ_CARRY=build/fuzz-carry
 if [ "${1:-}" = "--pack" ]; then
-    # Everything must fit beside the tracked tree in the 64 MiB a call ships: xz it.
-    bash tools/cuda_check.sh --pack >/dev/null || exit 1
-    make -j2 fuzz >/dev/null || exit 1
+    # Everything must fit beside the tracked tree in the 64 MiB a call ships (counted in
+    # 4 KB blocks): xz it, and pack only what the call needs.
+    #   PACK_FUZZ="T ..."  fuzz targets to carry (default: tokenizer chat_template server_responses)
+    #   PACK_CUDA=0        leave out the CUDA binaries (build/cuda-carry)
+    pack_fuzz=${PACK_FUZZ-tokenizer chat_template server_responses}
+    pack_paths=""
+    if [ "${PACK_CUDA:-1}" != 0 ]; then
+        bash tools/cuda_check.sh --pack >/dev/null || exit 1
+        pack_paths=build/cuda-carry
+    fi
     rm -rf $FUZZ_CARRY && mkdir -p $FUZZ_CARRY/libs
-    # an archive of the objects lets the linker take only what each target uses
-    ar rcs $FUZZ_CARRY/libfz.a $(find build/fuzz/obj/src -name '*.o') || exit 1
-    for t in tokenizer chat_template server_responses; do
-        clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -O1 -fsanitize=fuzzer,address,undefined \
-            -o $FUZZ_CARRY/fuzz_$t fuzz/fuzz_$t.c $FUZZ_CARRY/libfz.a -Wl,--as-needed \
-            -Wl,-Bstatic -ljansson -lpcre2-8 -Wl,-Bdynamic -lmicrohttpd -lpthread -lm && strip $FUZZ_CARRY/fuzz_$t || exit 1
-    done
-    rm $FUZZ_CARRY/libfz.a
-    for l in $(ldd $FUZZ_CARRY/fuzz_server_responses build/cuda-carry/lazymoe | awk '/=>/ {print $3}' | sort -u); do
+    if [ -n "$pack_fuzz" ]; then
+        make -j2 fuzz >/dev/null || exit 1
+        # an archive of the objects lets the linker take only what each target uses
+        ar rcs $FUZZ_CARRY/libfz.a $(find build/fuzz/obj/src -name '*.o') || exit 1
+        for t in $pack_fuzz; do
+            clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -O1 -fsanitize=fuzzer,address,undefined \
+                -o $FUZZ_CARRY/fuzz_$t fuzz/fuzz_$t.c $FUZZ_CARRY/libfz.a -Wl,--as-needed \
+                -Wl,-Bstatic -ljansson -lpcre2-8 -Wl,-Bdynamic -lmicrohttpd -lpthread -lm && strip $FUZZ_CARRY/fuzz_$t || exit 1
+        done
+        rm $FUZZ_CARRY/libfz.a
+    fi
+    # the shared libraries the carried binaries need beyond the C runtime
+    for l in $(ldd $FUZZ_CARRY/fuzz_* ${pack_paths:+build/cuda-carry/lazymoe} 2>/dev/null | awk '/=>/ {print $3}' | sort -u); do
         case $(basename "$l") in libc.so*|libm.so*|libstdc++*|libgcc_s*|libpthread*|libdl*|librt*) ;; *) cp -L "$l" $FUZZ_CARRY/libs/ ;; esac
     done
-    tar cJf build/device-carry.tar.xz build/cuda-carry $FUZZ_CARRY || exit 1
+    XZ_OPT=${XZ_OPT:--9e} tar cJf build/device-carry.tar.xz $pack_paths $FUZZ_CARRY || exit 1
     ls -la build/device-carry.tar.xz
     echo 'carry ["build/device-carry.tar.xz"] in the device call'
     exit 0

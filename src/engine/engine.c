@@ -296,6 +296,47 @@ static void pin_host_experts(lazymoe_model *m) {
     }
 }
 
+/* With room for every expert in device memory over resident host experts (what
+ * llama.cpp's -ngl 99 gives), all are uploaded now, at load, rather than by the
+ * first steps that route to them: a device backend only (the CPU's tier is a test).
+ * Which slot an expert lands in changes no number (device_cache.h). */
+static int preload_device_experts(lazymoe_model *m, char *e) {
+    const lm_config *c = &m->w.cfg;
+    int E = c->n_experts;
+    if (m->be->ops->host_memory || lm_device_cache_capacity(m->dcache) < E) return 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const lm_layer *ly = &m->w.layers[l];
+        if (!ly->is_moe || !ly->experts) continue;
+        for (int i = 0; i < E; i++) m->dev_need[i] = i;
+        lm_device_cache_acquire(m->dcache, l, m->dev_need, E, 1, m->dev_status);
+        int rc = lm_device_cache_fence(m->dcache, e);
+        for (int i = 0; i < E && rc == 0; i++)
+            if (m->dev_status[i] == 2)
+                rc = lm_device_cache_fill(m->dcache, l, i, &ly->experts[i], 1, &m->dev_views[0], e);
+        lm_device_cache_release_layer(m->dcache, l);
+        if (rc) return -1;
+    }
+    if (lm_device_cache_wait_uploads(m->dcache, e) != 0) return -1;
+    /* the slots never change now (no eviction with room for all): the routed path's
+     * tables, for a backend that routes on the device */
+    if (!m->be->ops->moe_routed || !m->be->ops->download_later) return 0;
+    m->dev_table = calloc((size_t)c->n_layers, sizeof *m->dev_table);
+    m->routed_sel = malloc(sizeof(int32_t) * (size_t)c->n_layers * LM_ROUTED_MAX_TOKENS * (size_t)c->top_k);
+    m->routed_n = calloc((size_t)c->n_layers, sizeof *m->routed_n);
+    if (!m->dev_table || !m->routed_sel || !m->routed_n) return lm_errf(e, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!m->w.layers[l].is_moe || !m->w.layers[l].experts) continue;
+        if (!(m->dev_table[l] = malloc(sizeof(lm_mat) * 3 * (size_t)E))) return lm_errf(e, "out of memory");
+        for (int i = 0; i < E; i++) {
+            lm_expert v = lm_device_cache_view(m->dcache, l, i);
+            m->dev_table[l][3 * i] = v.gate;
+            m->dev_table[l][3 * i + 1] = v.up;
+            m->dev_table[l][3 * i + 2] = v.down;
+        }
+    }
+    return 0;
+}
+
 /* The expert cache in device memory, for a backend with its own memory (or on
  * request: options.gpu_memory on the CPU, a test of the tier). */
 static int open_device_tier(lazymoe_model *m, char *e) {
@@ -334,6 +375,7 @@ static int open_device_tier(lazymoe_model *m, char *e) {
         if (!m->cpu_u) return -1;
     }
     pin_host_experts(m);
+    if (preload_device_experts(m, e) != 0) return -1;
     if (m->opt.verbose) {
         char b1[32], b2[32], b3[32], b4[32];
         fmt_size(b1, sizeof b1, lm_device_cache_bytes_for(&m->w, capacity));
@@ -543,6 +585,10 @@ void lm_engine_close(lazymoe_model *m) {
     free(m->dev_status);
     free(m->host_status);
     free(m->dev_views);
+    for (int l = 0; m->dev_table && l < m->w.cfg.n_layers; l++) free(m->dev_table[l]);
+    free(m->dev_table);
+    free(m->routed_sel);
+    free(m->routed_n);
     lm_cache_free(m->cache);
     lm_store_close(m->store);
     lm_trace_data_free(&m->replay);

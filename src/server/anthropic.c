@@ -132,7 +132,10 @@ void srv_anthropic_keepalive(srv_reply *r, srv_buf *out) {
 }
 
 static const char *stop_reason(const srv_reply *r, const lazymoe_gen_stats *st, const char *stop_seq) {
-    if (st->finish_reason == LAZYMOE_FINISH_LENGTH) return "max_tokens";
+    /* The context filling up is not the client's max_tokens: clients that continue a
+     * max_tokens stop with a longer request learn here that it cannot fit (Claude Code
+     * says "The model has reached its context window limit"). */
+    if (st->finish_reason == LAZYMOE_FINISH_LENGTH) return r->context_full ? "model_context_window_exceeded" : "max_tokens";
     if (r->n_calls > 0) return "tool_use";
     return stop_seq ? "stop_sequence" : "end_turn";
 }

@@ -331,6 +331,7 @@ static int prepare_job(srv_server *s, srv_conn *c, srv_job *j, srv_error *e) {
     int room = s->max_context - j->n_ids;
     int cap = s->opt.max_tokens > 0 && s->opt.max_tokens < room ? s->opt.max_tokens : room;
     j->max_tokens = j->chat.max_tokens > 0 && j->chat.max_tokens < cap ? j->chat.max_tokens : cap;
+    j->context_bound = j->max_tokens == room && (j->chat.max_tokens <= 0 || j->chat.max_tokens > room);
     if (j->max_tokens < 1) j->max_tokens = 1;
     j->in_think = ends_in_think(j->prompt, j->prompt_len);
     return srv_build_grammar(s->m, &j->chat, j->in_think, &j->grammar, e);

@@ -29,6 +29,9 @@ typedef struct srv_job {
     int32_t *ids;         /* its tokens (owned) */
     int n_ids;
     int max_tokens;       /* after the server's cap */
+    int context_bound;    /* max_tokens is the room the context has left, and the client
+                           * allowed more (or set no limit): a stop there is the context
+                           * window's, not the client's max_tokens */
     int in_think;         /* the prompt ends inside an opened <think> */
     lazymoe_grammar *grammar; /* the output's constraint, or NULL (owned) */
     char endpoint[32];    /* for the log line */

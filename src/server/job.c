@@ -183,7 +183,7 @@ static const char *finish_name(const srv_job *j) {
     if (j->cancel_reason == CANCEL_DISCONNECT) return "client-disconnected";
     if (j->cancel_reason == CANCEL_SHUTDOWN) return "shutdown";
     switch (st->finish_reason) {
-    case LAZYMOE_FINISH_LENGTH: return "length";
+    case LAZYMOE_FINISH_LENGTH: return j->reply.context_full ? "context-full" : "length";
     case LAZYMOE_FINISH_STOP: return j->reply.n_calls ? "tool_calls" : (st->stop_index >= 0 ? "stop_sequence" : "stop");
     case LAZYMOE_FINISH_CANCELLED: return "cancelled";
     default: return "none";
@@ -348,6 +348,7 @@ static void run_job(srv_server *s, srv_job *j) {
          * there: marked, and its markup kept for replies that show it as text. */
         pthread_mutex_lock(&j->mu);
         j->reply.at_cut = j->stats.finish_reason == LAZYMOE_FINISH_LENGTH;
+        j->reply.context_full = j->reply.at_cut && j->context_bound;
         pthread_mutex_unlock(&j->mu);
         if ((g.harmony ? lm_harmony_parser_finish(g.harmony, g.err) : lm_toolcall_parser_finish(g.parser, g.err)) != 0) {
             rc = -1;

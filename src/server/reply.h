@@ -47,6 +47,10 @@ typedef struct {
     /* set by the worker before the parser's finish: generation stopped at max_tokens,
      * so a call the parser closes now was cut */
     int at_cut;
+    /* set by the worker with at_cut: the stop was the context window filling up before
+     * the client's max_tokens (Anthropic: model_context_window_exceeded; OpenAI has
+     * only "length" / max_output_tokens for both) */
+    int context_full;
     char *cut_text;          /* the raw output of a cut call (non-streamed replies show it as text) */
     /* OpenAI chat logprobs: entries of tokens generated so far; streams attach the
      * pending ones to the next chunk they send, bodies show them all */

@@ -281,6 +281,148 @@ static void matmul_batch(void) {
     free_mat(&B);
 }
 
+/* ---- the fast matmul kernels against the reference ones ------------------------------------------- */
+
+/* Products of the same weights and inputs by the fast kernels (k_gemv, k_gemm) and by
+ * the reference kernels (lm_backend_cuda_set_simple), within MATMUL_TOL of sum|w x|
+ * (the fast ones sum s * sum(q x) + b * sum(x) per unit of 8, another order). */
+static int fast_vs_reference(const char *what, const lm_mat *W, int n, int expect_fast) {
+    float *x = rand_floats((size_t)n * (size_t)W->cols, -1, 1);
+    size_t ny = (size_t)n * (size_t)W->rows;
+    float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)W->cols);
+    float *dy = dev_from(NULL, sizeof(float) * ny), *dr = dev_from(NULL, sizeof(float) * ny);
+    uint64_t before = lm_backend_cuda_fast_launches(gpu);
+    int ok = gpu->ops->matmul(gpu, dy, W, dx, n) == 0;
+    uint64_t launches = lm_backend_cuda_fast_launches(gpu) - before;
+    lm_backend_cuda_set_simple(gpu, 1);
+    ok = ok && gpu->ops->matmul(gpu, dr, W, dx, n) == 0;
+    lm_backend_cuda_set_simple(gpu, 0);
+    if (!ok) printf("# %s: %s\n", what, lm_backend_error(gpu));
+    if (ok && (launches > 0) != expect_fast) {
+        printf("# %s n=%d: %s the fast kernels\n", what, n, expect_fast ? "did not use" : "used");
+        ok = 0;
+    }
+    float *got = ok ? host_from(dy, sizeof(float) * ny) : NULL, *want = ok ? host_from(dr, sizeof(float) * ny) : NULL;
+    float *scale = abs_products(W, x, n);
+    for (size_t i = 0; ok && i < ny; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (!(d <= MATMUL_TOL * scale[i] + 1e-30)) {
+            printf("# %s n=%d: output %zu is %.9g, the reference kernel's %.9g (sum|wx| %.4g)\n", what, n, i, got[i],
+                   want[i], scale[i]);
+            ok = 0;
+        }
+    }
+    free(got), free(want), free(scale), free(x);
+    dev_free(dx), dev_free(dy), dev_free(dr);
+    return ok;
+}
+
+/* Affine scales and biases set to extreme values in a fraction of the groups: the
+ * largest halves, subnormal ones, zero, and (f32) 1e30 / 1e-30. */
+static void extreme_affine(lm_mat *W) {
+    size_t ng = (size_t)W->rows * (size_t)(W->cols / W->group_size), es = lm_dtype_size(W->qdtype);
+    uint8_t *s = (uint8_t *)W->scales, *b = (uint8_t *)W->biases;
+    for (size_t g = 0; g < ng; g += 3) {
+        float sv, bv;
+        switch ((g / 3) % 4) {
+        case 0: sv = 6e4f, bv = -6e4f; break;
+        case 1: sv = 3e-7f, bv = 1e-7f; break;
+        case 2: sv = 0.0f, bv = 1.5f; break;
+        default: sv = W->qdtype == LM_DT_F32 ? 1e30f : 2e3f, bv = W->qdtype == LM_DT_F32 ? -1e-30f : -5e3f; break;
+        }
+        if (W->qdtype == LM_DT_F32) {
+            memcpy(s + 4 * g, &sv, 4);
+            memcpy(b + 4 * g, &bv, 4);
+        } else {
+            uint16_t hs = W->qdtype == LM_DT_F16 ? lm_f32_to_f16(sv) : lm_f32_to_bf16(sv);
+            uint16_t hb = W->qdtype == LM_DT_F16 ? lm_f32_to_f16(bv) : lm_f32_to_bf16(bv);
+            memcpy(s + es * g, &hs, 2);
+            memcpy(b + es * g, &hb, 2);
+        }
+    }
+}
+
+static void fast_case(const char *what, lm_dtype dt, int rows, int cols, int bits, int gs, lm_dtype qdt, int extreme,
+                      int expect_fast) {
+    /* k_gemv below 8 tokens, k_gemm from 8 (tiles of 256 x 16, 128 x 32 or 64 x 64) */
+    static const int ns[] = {1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 32, 33, 64, 70, 100};
+    lm_mat W = make_mat(dt, rows, cols, 0, bits, gs, qdt);
+    if (extreme) extreme_affine(&W);
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        CHECKF(fast_vs_reference(what, &W, ns[i], expect_fast), "%s (%d x %d) with %d tokens", what, rows, cols, ns[i]);
+    free_mat(&W);
+}
+
+static void matmul_fast_kernels(void) {
+    fast_case("f32", LM_DT_F32, 37, 200, 0, 0, 0, 0, 1);
+    fast_case("f16", LM_DT_F16, 65, 136, 0, 0, 0, 0, 1);
+    fast_case("bf16", LM_DT_BF16, 3, 256, 0, 0, 0, 0, 1);
+    fast_case("affine 4-bit g64 bf16", LM_DT_U32, 131, 512, 4, 64, LM_DT_BF16, 0, 1);
+    fast_case("affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
+    fast_case("affine 4-bit g128 f32", LM_DT_U32, 1, 384, 4, 128, LM_DT_F32, 0, 1);
+    fast_case("affine 4-bit extreme f16", LM_DT_U32, 67, 256, 4, 64, LM_DT_F16, 1, 1);
+    fast_case("affine 4-bit extreme f32", LM_DT_U32, 67, 256, 4, 64, LM_DT_F32, 1, 1);
+    fast_case("affine 8-bit g64 bf16", LM_DT_U32, 99, 320, 8, 64, LM_DT_BF16, 0, 1);
+    fast_case("affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
+    fast_case("q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
+    fast_case("q8_0", LM_DT_Q8_0, 45, 160, 0, 0, 0, 0, 1);
+    fast_case("q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
+    /* no fast format: the reference kernels run (columns not a multiple of 8, 3-bit) */
+    fast_case("f16 130 columns", LM_DT_F16, 20, 130, 0, 0, 0, 0, 0);
+    fast_case("affine 3-bit", LM_DT_U32, 20, 192, 3, 64, LM_DT_BF16, 0, 0);
+}
+
+/* One launch for many items of one shape (a layer's experts; rows may differ, as
+ * for q, k and v): each item's result bit for bit what the item gives alone,
+ * whatever else shares the launch; and in k_gemv (fewer than 8 tokens) each token's
+ * result what it gives alone. */
+static void matmul_fast_batch_invariant(void) {
+    enum { NI = 8 }; /* five k_gemv items: more than the launch for a few takes */
+    static const int ns[NI] = {1, 3, 9, 40, 17, 1, 2, 1}, rows_of[NI] = {200, 77, 300, 130, 1, 200, 64, 9};
+    int cols = 256;
+    lm_mat W[NI];
+    float *dx[NI], *dy[NI], *da[NI];
+    lm_matmul_item it[NI];
+    for (int i = 0; i < NI; i++) {
+        int rows = rows_of[i];
+        W[i] = make_mat(LM_DT_U32, rows, cols, 0, 4, 64, LM_DT_BF16);
+        float *x = rand_floats((size_t)ns[i] * (size_t)cols, -1, 1);
+        dx[i] = dev_from(x, sizeof(float) * (size_t)ns[i] * (size_t)cols);
+        free(x);
+        dy[i] = dev_from(NULL, sizeof(float) * (size_t)ns[i] * (size_t)rows);
+        da[i] = dev_from(NULL, sizeof(float) * (size_t)ns[i] * (size_t)rows);
+        it[i] = (lm_matmul_item){dy[i], &W[i], dx[i], ns[i]};
+    }
+    CHECKF(gpu->ops->matmul_batch(gpu, it, NI) == 0, "%s", lm_backend_error(gpu));
+    for (int i = 0; i < NI; i++) CHECK(gpu->ops->matmul(gpu, da[i], &W[i], dx[i], ns[i]) == 0);
+    /* the items in another order and fewer at a time */
+    for (int i = NI - 1; i >= 1; i -= 2) {
+        lm_matmul_item two[2] = {{da[i], &W[i], dx[i], ns[i]}, {da[i - 1], &W[i - 1], dx[i - 1], ns[i - 1]}};
+        CHECK(gpu->ops->matmul_batch(gpu, two, 2) == 0);
+    }
+    for (int i = 0; i < NI; i++) {
+        int rows = rows_of[i];
+        size_t bytes = sizeof(float) * (size_t)ns[i] * (size_t)rows;
+        float *a = host_from(dy[i], bytes), *b = host_from(da[i], bytes);
+        CHECKF(same_bits("batched item", a, b, bytes), "item %d (%d tokens): batched != alone", i, ns[i]);
+        /* k_gemv: token t of the item alone */
+        for (int t = 0; ns[i] < 8 && t < ns[i]; t++) {
+            float *one = dev_from(NULL, sizeof(float) * (size_t)rows);
+            CHECK(gpu->ops->matmul(gpu, one, &W[i], dx[i] + (size_t)t * (size_t)cols, 1) == 0);
+            float *h = host_from(one, sizeof(float) * (size_t)rows);
+            CHECKF(same_bits("token alone", h, a + (size_t)t * (size_t)rows, sizeof(float) * (size_t)rows),
+                   "item %d token %d of %d differs from the token alone", i, t, ns[i]);
+            free(h);
+            dev_free(one);
+        }
+        free(a), free(b);
+    }
+    for (int i = 0; i < NI; i++) {
+        free_mat(&W[i]);
+        dev_free(dx[i]), dev_free(dy[i]), dev_free(da[i]);
+    }
+}
+
 /* A weight's host memory rewritten and reported (a lazy expert slot reused): the
  * next product uses the new values; without the report the device copy is kept. */
 static void weights_changed(void) {
@@ -465,6 +607,67 @@ static void rope(void) {
     gpu->ops->weights_changed(gpu, inv); /* a stack array: the address will hold other things */
 }
 
+/* ---- ops held back and launched together ------------------------------------------------------------------- */
+
+/* The backend holds back an add, an rmsnorm, a rope or a KV store and launches it
+ * together with the next op where they pair (a decode step's add + norm, q and k
+ * norms, q and k RoPEs, K and V stores). The same sequence of ops with the reference
+ * mode (nothing held back, one launch each) must give the same bits, and an op that
+ * does not pair (a download, a matmul) must see the held-back op done. */
+static void run_pair_sequence(float *x, float *a, float *h, float *q, float *k, float *kc, float *vc, const float *w,
+                              const float *wq, const float *wk, const int32_t *pos, const float *inv, int T, int H,
+                              int nh, int nkv, int hd) {
+    lm_kv kcache = {.dtype = LM_DT_F16, .data = kc}, vcache = {.dtype = LM_DT_F16, .data = vc};
+    CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);
+    CHECK(gpu->ops->rmsnorm(gpu, h, x, w, T, H, 1e-6f) == 0);                 /* joins the add */
+    CHECK(gpu->ops->rmsnorm(gpu, q, q, wq, T * nh, hd, 1e-6f) == 0);          /* held */
+    CHECK(gpu->ops->rmsnorm(gpu, k, k, wk, T * nkv, hd, 1e-6f) == 0);         /* joins it */
+    CHECK(gpu->ops->rope(gpu, q, T, nh, hd, pos, inv, hd / 2, 1.0f) == 0);    /* held */
+    CHECK(gpu->ops->rope(gpu, k, T, nkv, hd, pos, inv, hd / 2, 1.0f) == 0);   /* joins it */
+    CHECK(gpu->ops->kv_store(gpu, &kcache, 3, k, T, nkv, hd) == 0);           /* held */
+    CHECK(gpu->ops->kv_store(gpu, &vcache, 3, q, T, nkv, hd) == 0);           /* joins it */
+    CHECK(gpu->ops->add(gpu, x, h, (size_t)T * (size_t)H) == 0);              /* held: the download below does it */
+}
+
+static void pending_pairs(void) {
+    int T = 3, H = 256, nh = 4, nkv = 2, hd = 64;
+    size_t nx = (size_t)T * (size_t)H, nq = (size_t)T * (size_t)nh * (size_t)hd, nk = (size_t)T * (size_t)nkv * (size_t)hd;
+    size_t cache = (size_t)(3 + T) * (size_t)nkv * (size_t)hd * 2;
+    float *x = rand_floats(nx, -2, 2), *a = rand_floats(nx, -1, 1), *q = rand_floats(nq, -1, 1), *k = rand_floats(nk, -1, 1);
+    float *w = rand_floats((size_t)H, 0.5f, 1.5f), *wq = rand_floats((size_t)hd, 0.5f, 1.5f), *wk = rand_floats((size_t)hd, 0.5f, 1.5f);
+    float inv[32];
+    for (int i = 0; i < 32; i++) inv[i] = powf(10000.0f, -(float)i / 32.0f);
+    int32_t pos[3] = {3, 4, 5};
+    int32_t *dpos = dev_from(pos, sizeof pos);
+    float *out[2][6];
+    for (int mode = 0; mode < 2; mode++) { /* 0: fast (held back), 1: reference (one launch each) */
+        lm_backend_cuda_set_simple(gpu, mode);
+        float *dx = dev_from(x, sizeof(float) * nx), *da = dev_from(a, sizeof(float) * nx), *dh = dev_from(NULL, sizeof(float) * nx);
+        float *dq = dev_from(q, sizeof(float) * nq), *dk = dev_from(k, sizeof(float) * nk);
+        uint16_t *zero = calloc(cache, 1);
+        float *kc = dev_from(zero, cache), *vc = dev_from(zero, cache);
+        free(zero);
+        run_pair_sequence(dx, da, dh, dq, dk, kc, vc, w, wq, wk, dpos, inv, T, H, nh, nkv, hd);
+        out[mode][0] = host_from(dx, sizeof(float) * nx);
+        out[mode][1] = host_from(dh, sizeof(float) * nx);
+        out[mode][2] = host_from(dq, sizeof(float) * nq);
+        out[mode][3] = host_from(dk, sizeof(float) * nk);
+        out[mode][4] = host_from(kc, cache);
+        out[mode][5] = host_from(vc, cache);
+        dev_free(dx), dev_free(da), dev_free(dh), dev_free(dq), dev_free(dk), dev_free(kc), dev_free(vc);
+    }
+    lm_backend_cuda_set_simple(gpu, 0);
+    static const char *names[6] = {"residual", "norm", "q", "k", "k cache", "v cache"};
+    size_t sizes[6] = {sizeof(float) * nx, sizeof(float) * nx, sizeof(float) * nq, sizeof(float) * nk, cache, cache};
+    for (int i = 0; i < 6; i++) {
+        CHECKF(same_bits(names[i], out[0][i], out[1][i], sizes[i]), "%s: held-back launches differ from single ones", names[i]);
+        free(out[0][i]), free(out[1][i]);
+    }
+    free(x), free(a), free(q), free(k), free_weight(w), free_weight(wq), free_weight(wk);
+    gpu->ops->weights_changed(gpu, inv);
+    dev_free(dpos);
+}
+
 /* ---- KV cache and attention --------------------------------------------------------------------------- */
 
 /* K and V caches of `cap` positions filled with random rows by kv_store on both
@@ -560,6 +763,15 @@ static void attention(void) {
         attention_case(types[i], 5, 0, 6, 1, 128, 3, 1);    /* MQA, window shorter than the prompt */
     }
     attention_case(LM_DT_F32, 3, 40, 2, 1, 256, 0, 0); /* the widest head the kernel takes */
+    /* more keys than one tile of the fast kernel (512), f16 rows read 8 values at a time */
+    attention_case(LM_DT_F16, 2, 1100, 8, 2, 128, 0, 1);
+    attention_case(LM_DT_F16, 1, 1300, 4, 4, 64, 700, 0);
+    attention_case(LM_DT_I8, 1, 600, 4, 1, 96, 0, 0);
+    /* the reference kernel (phase 1's) on the same cases */
+    lm_backend_cuda_set_simple(gpu, 1);
+    attention_case(LM_DT_F16, 2, 1100, 8, 2, 128, 0, 1);
+    attention_case(LM_DT_F32, 37, 100, 8, 2, 64, 0, 1);
+    lm_backend_cuda_set_simple(gpu, 0);
 }
 
 /* ---- routing ---------------------------------------------------------------------------------------------- */
@@ -602,6 +814,22 @@ static void route_kinds(void) {
     r.n_group = 1;
     r.correction_bias = NULL;
     route_case("sigmoid", &r, lg, n);
+    /* Qwen3-30B-A3B's 128 experts, top 8; 1000 experts (31-32 a lane in the warp kernel),
+     * with ties; and the one-thread reference kernel on the same */
+    float *lg2 = rand_floats((size_t)n * 1000, -4, 4), *ties2 = malloc(sizeof(float) * (size_t)n * 1000);
+    for (int i = 0; i < n * 1000; i++) ties2[i] = (float)(int)(rnd() % 3);
+    lm_router big = {.kind = LM_ROUTER_SOFTMAX_TOPK, .n_experts = 128, .top_k = 8, .renormalize = 1, .scale = 1.0f};
+    route_case("softmax top-8 of 128", &big, lg2, n);
+    big.n_experts = 1000;
+    route_case("softmax top-8 of 1000", &big, lg2, n);
+    route_case("softmax top-8 of 1000 ties", &big, ties2, n);
+    big.kind = LM_ROUTER_TOPK_SOFTMAX;
+    big.top_k = 32;
+    route_case("top-32 softmax of 1000 ties", &big, ties2, n);
+    lm_backend_cuda_set_simple(gpu, 1);
+    route_case("top-32 softmax of 1000 ties (reference kernel)", &big, ties2, n);
+    lm_backend_cuda_set_simple(gpu, 0);
+    free(lg2), free(ties2);
     /* a top_k the experts cannot give: an error */
     r.top_k = E + 1;
     int32_t *dsel = dev_from(NULL, 4 * (size_t)(E + 1));
@@ -642,6 +870,101 @@ static void gather_scatter_combine(void) {
     }
     free(src), free(want), free(got), free(eout), free(geout), free(selw), free(shared), free(y);
     dev_free(dsrc), dev_free(didx), dev_free(dg), dev_free(deout), dev_free(dselw), dev_free(dshared), dev_free(dy);
+}
+
+/* Per-expert gathers into consecutive rows (and scatters from them), as forward.c
+ * issues them for a group of experts that is not one run of routes: held back and
+ * launched as one; the same bits as one launch each, and a gather that does not
+ * continue the held-back ones (a gap) launches them first. */
+static void pending_gathers(void) {
+    int T = 9, K = 4, H = 72;
+    int32_t idx[12] = {1, 5, 6, 30, 2, 3, 9, 10, 35, 0, 21, 33}; /* route numbers, distinct */
+    int seg[4] = {0, 4, 8, 12};                                   /* three experts' routes */
+    size_t rows = (size_t)T * (size_t)K;
+    float *src = rand_floats((size_t)T * (size_t)H, -1, 1), *eout0 = rand_floats(rows * (size_t)H, -1, 1);
+    float *got[2][2];
+    for (int mode = 0; mode < 2; mode++) {
+        lm_backend_cuda_set_simple(gpu, mode);
+        float *dsrc = dev_from(src, sizeof(float) * (size_t)T * (size_t)H);
+        int32_t *didx = dev_from(idx, sizeof idx);
+        float *xe = dev_from(NULL, sizeof(float) * 14 * (size_t)H), *eout = dev_from(eout0, sizeof(float) * rows * (size_t)H);
+        for (int k = 0; k < 3; k++) /* rows 0..11 of xe */
+            CHECK(gpu->ops->gather_rows(gpu, xe + (size_t)seg[k] * (size_t)H, dsrc, didx + seg[k], seg[k + 1] - seg[k], H, K) == 0);
+        /* a gap (row 13, not 12): does not join */
+        CHECK(gpu->ops->gather_rows(gpu, xe + 13 * (size_t)H, dsrc, didx + 2, 1, H, K) == 0);
+        for (int k = 0; k < 3; k++)
+            CHECK(gpu->ops->scatter_rows(gpu, eout, xe + (size_t)seg[k] * (size_t)H, didx + seg[k], seg[k + 1] - seg[k], H) == 0);
+        got[mode][0] = host_from(xe, sizeof(float) * 14 * (size_t)H);
+        got[mode][1] = host_from(eout, sizeof(float) * rows * (size_t)H);
+        dev_free(dsrc), dev_free(didx), dev_free(xe), dev_free(eout);
+    }
+    lm_backend_cuda_set_simple(gpu, 0);
+    CHECK(same_bits("gathered rows", got[0][0], got[1][0], sizeof(float) * 12 * (size_t)H));
+    CHECK(same_bits("gathered row after a gap", got[0][0] + 13 * (size_t)H, got[1][0] + 13 * (size_t)H, sizeof(float) * (size_t)H));
+    CHECK(same_bits("scattered rows", got[0][1], got[1][1], sizeof(float) * rows * (size_t)H));
+    /* and they are the rows asked for */
+    for (int r = 0; r < 12; r++)
+        CHECKF(!memcmp(got[0][0] + (size_t)r * (size_t)H, src + (size_t)(idx[r] / K) * (size_t)H, sizeof(float) * (size_t)H),
+               "row %d is not source row %d", r, idx[r] / K);
+    for (int m = 0; m < 2; m++) free(got[m][0]), free(got[m][1]);
+    free(src), free(eout0);
+}
+
+/* moe_routed: routes chosen on the device give, bit for bit, what the host-routed
+ * path computes (each route's gate and up products, swiglu, down product by the
+ * matmul op), with the weights in device memory as the device expert cache holds
+ * them; weights it cannot take (3-bit) are refused with 1, not computed wrong. */
+enum { RE_E = 5 };
+static void routed_experts_case(int bits, lm_dtype qdt, int expect, void *dev_parts[3 * RE_E][3]) {
+    enum { E = RE_E, T = 3, K = 2 };
+    int H = 256, I = 96;
+    lm_mat mats[3 * E];
+    for (int e = 0; e < E; e++)
+        for (int m = 0; m < 3; m++) {
+            lm_mat W = make_mat(LM_DT_U32, m == 2 ? H : I, m == 2 ? I : H, 0, bits, 32, qdt);
+            size_t nd = (size_t)W.rows * (size_t)W.cols * (size_t)bits / 8, ns = (size_t)W.rows * (size_t)(W.cols / 32) * lm_dtype_size(qdt);
+            lm_mat D = W;
+            D.data = dev_parts[3 * e + m][0] = dev_from(W.data, nd);
+            D.scales = dev_parts[3 * e + m][1] = dev_from(W.scales, ns);
+            D.biases = dev_parts[3 * e + m][2] = dev_from(W.biases, ns);
+            mats[3 * e + m] = D;
+            free((void *)W.data), free((void *)W.scales), free((void *)W.biases);
+        }
+    int32_t sel[T * K] = {0, 3, 4, 1, 2, 4};
+    float *h = rand_floats((size_t)T * (size_t)H, -1, 1);
+    float *dh = dev_from(h, sizeof(float) * (size_t)T * (size_t)H);
+    int32_t *dsel = dev_from(sel, sizeof sel);
+    float *g = dev_from(NULL, sizeof(float) * T * K * (size_t)I), *u = dev_from(NULL, sizeof(float) * T * K * (size_t)I);
+    float *eout = dev_from(NULL, sizeof(float) * T * K * (size_t)H), *want = dev_from(NULL, sizeof(float) * T * K * (size_t)H);
+    int rc = gpu->ops->moe_routed(gpu, eout, mats, E, dsel, dh, T, K, g, u);
+    CHECKF(rc == expect, "moe_routed returned %d (%s), expected %d", rc, rc < 0 ? lm_backend_error(gpu) : "", expect);
+    if (rc == 0) {
+        for (int r = 0; r < T * K; r++) {
+            const lm_mat *m3 = &mats[3 * sel[r]];
+            float *gr = g + (size_t)r * (size_t)I, *ur = u + (size_t)r * (size_t)I;
+            CHECK(gpu->ops->matmul(gpu, gr, &m3[0], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
+            CHECK(gpu->ops->matmul(gpu, ur, &m3[1], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
+            CHECK(gpu->ops->swiglu(gpu, gr, ur, (size_t)I) == 0);
+            CHECK(gpu->ops->matmul(gpu, want + (size_t)r * (size_t)H, &m3[2], gr, 1) == 0);
+        }
+        float *a = host_from(eout, sizeof(float) * T * K * (size_t)H), *b = host_from(want, sizeof(float) * T * K * (size_t)H);
+        CHECK(same_bits("moe_routed", a, b, sizeof(float) * T * K * (size_t)H));
+        free(a), free(b);
+    }
+    free(h);
+    dev_free(dh), dev_free(dsel), dev_free(g), dev_free(u), dev_free(eout), dev_free(want);
+}
+
+static void routed_experts(void) {
+    /* the weights of all three cases stay allocated until the end (the backend keeps
+     * a table per host array of views, told apart by their first and last views) */
+    static void *parts[3][3 * RE_E][3];
+    routed_experts_case(4, LM_DT_BF16, 0, parts[0]);
+    routed_experts_case(8, LM_DT_F16, 0, parts[1]);
+    routed_experts_case(3, LM_DT_BF16, 1, parts[2]);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < 3 * RE_E; i++)
+            for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }
 
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
@@ -937,16 +1260,21 @@ int main(void) {
     TEST_CASE("cuda_matmul_mxfp4", matmul_mxfp4);
     TEST_CASE("cuda_matmul_ggml_blocks", matmul_ggml_blocks);
     TEST_CASE("cuda_matmul_batch", matmul_batch);
+    TEST_CASE("cuda_matmul_fast_vs_reference", matmul_fast_kernels);
+    TEST_CASE("cuda_matmul_fast_batch_invariant", matmul_fast_batch_invariant);
     TEST_CASE("cuda_weights_changed", weights_changed);
     TEST_CASE("cuda_embed", embed_types);
     TEST_CASE("cuda_rmsnorm", rmsnorm);
     TEST_CASE("cuda_elementwise_exact", elementwise_exact);
     TEST_CASE("cuda_elementwise_exp", elementwise_exp);
     TEST_CASE("cuda_rope", rope);
+    TEST_CASE("cuda_pending_pairs_bit_identical", pending_pairs);
     TEST_CASE("cuda_kv_store", kv_store_types);
     TEST_CASE("cuda_attention", attention);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
+    TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);
+    TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));

@@ -27,6 +27,7 @@
  * comes out of the lazy cache (correct, and an upload per use); phase 2 replaces it
  * with the VRAM expert tier of issue 18.
  */
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <math.h>
@@ -34,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 extern "C" {
 #include "formats/dtype.h"
@@ -58,6 +60,15 @@ typedef struct {
     size_t bytes;
 } device_range;
 
+/* Consecutive gathers (or scatters) of one expert group as one launch: rows
+ * [start[s], start[s+1]) of the contiguous side use index list idx[s]. */
+#define SEG_MAX 32
+typedef struct {
+    const int32_t *idx[SEG_MAX];
+    int start[SEG_MAX + 1];
+    int count;
+} row_segs;
+
 typedef struct {
     int device;
     cudaStream_t stream;
@@ -77,7 +88,64 @@ typedef struct {
     uint64_t held, peak, limit;
     void **pinned; /* host ranges pin_host registered, unregistered at destroy */
     size_t n_pinned, cap_pinned;
+    /* 1: the reference kernels only (lm_backend_cuda_set_simple; LAZYMOE_CUDA_KERNELS=simple) */
+    int simple;
+    /* Small uploads (routes, positions, ids) go through two halves of a page-locked
+     * staging area, so they return without waiting for the GPU: the host bytes are
+     * copied there first; a half is reused only after the copies reading it finished
+     * (stage_ev, recorded when the other half was taken). */
+    uint8_t *stage;
+    size_t stage_used[2];
+    int stage_cur;
+    cudaEvent_t stage_ev[2];
+    /* LAZYMOE_CUDA_TIMING=1: every kernel between two events, summed per kernel
+     * name, and the host's waits, printed to stderr when the backend is freed. */
+    int timing;
+    cudaEvent_t *tev; /* [2 * TIM_CAP]: start, stop of the pending launches */
+    const char **tname;
+    int tn;
+    struct {
+        const char *name;
+        double ms;
+        long calls;
+    } ts[64];
+    int nts;
+    double wait_ms, host_ms; /* host_ms: the host's time inside ops (waits included) */
+    long waits, host_calls;
+    uint64_t fast_launches; /* launches of k_gemv / k_gemm (tests) */
+    /* download_later: copies into a page-locked area, handed to their host arrays
+     * when the host next waits for the stream (stream_wait) */
+    uint8_t *later;
+    size_t later_used;
+    struct {
+        void *host;
+        size_t off, bytes;
+    } later_q[256];
+    int n_later;
+    /* moe_routed's tables on the device, one per host table of expert views;
+     * no_routed: LAZYMOE_CUDA_ROUTED=0 (the host routes every layer, for comparison) */
+    struct routed_table *rt;
+    int n_rt, no_routed;
+    /* One elementwise op held back to be launched together with the next (pending_op). */
+    struct {
+        int kind;
+        float *y;             /* add: y += x, n floats; norm: y = rmsnorm(x), rows x dim; rope: x = y */
+        const float *x, *w;   /* norm: w is the device copy of the weights */
+        size_t n;
+        int rows, dim, heads, head_dim, half;
+        float eps, scale;
+        const int32_t *pos;
+        const float *freq;    /* rope: device frequencies */
+        int dtype, pos0, n_kv; /* kv_store: rows [n = rows][n_kv][dim = hd] */
+        void *data;
+        float *scales;
+        int div;               /* gather: the index divisor */
+        row_segs segs;         /* gather, scatter: rows [dim = width] */
+    } pend;
 } cuda_impl;
+
+#define STAGE_HALF ((size_t)1 << 20)
+#define TIM_CAP 2048
 
 static cuda_impl *impl_of(lm_backend *be) { return (cuda_impl *)be->impl; }
 
@@ -105,8 +173,90 @@ static int cuda_fail(lm_backend *be, const char *what, cudaError_t e) {
         if (e_ != cudaSuccess) return cuda_fail((be), (what), e_);                                                     \
     } while (0)
 
+/* ---- timing (LAZYMOE_CUDA_TIMING=1) ---- */
+
+static void tim_flush(cuda_impl *im) {
+    if (!im->tn) return;
+    cudaEventSynchronize(im->tev[2 * im->tn - 1]);
+    for (int i = 0; i < im->tn; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, im->tev[2 * i], im->tev[2 * i + 1]) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        int k = 0;
+        while (k < im->nts && strcmp(im->ts[k].name, im->tname[i]) != 0) k++;
+        if (k == im->nts) {
+            if (im->nts == (int)(sizeof im->ts / sizeof im->ts[0])) continue;
+            im->ts[im->nts].name = im->tname[i];
+            im->ts[im->nts].ms = 0;
+            im->ts[im->nts++].calls = 0;
+        }
+        im->ts[k].ms += ms;
+        im->ts[k].calls++;
+    }
+    im->tn = 0;
+}
+
+/* Before every launch (timing: its start event). */
+static void tim_begin(cuda_impl *im) {
+    if (!im->timing) return;
+    if (im->tn == TIM_CAP) tim_flush(im);
+    cudaEventRecord(im->tev[2 * im->tn], im->stream);
+}
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* The host waits for the stream (timing: counted apart from the kernels); then the
+ * copies download_later queued are complete and go to their host arrays. */
+static cudaError_t stream_wait(cuda_impl *im) {
+    double t0 = im->timing ? now_ms() : 0;
+    cudaError_t e = cudaStreamSynchronize(im->stream);
+    if (im->timing) {
+        im->wait_ms += now_ms() - t0;
+        im->waits++;
+    }
+    if (e == cudaSuccess)
+        for (int i = 0; i < im->n_later; i++) memcpy(im->later_q[i].host, im->later + im->later_q[i].off, im->later_q[i].bytes);
+    im->n_later = 0;
+    im->later_used = 0;
+    return e;
+}
+
+static void tim_print(cuda_impl *im) {
+    tim_flush(im);
+    double total = 0;
+    for (int i = 0; i < im->nts; i++) total += im->ts[i].ms;
+    fprintf(stderr, "cuda timing: %.3f ms in kernels, %.3f ms of host waits (%ld)\n", total, im->wait_ms, im->waits);
+    /* the host's time in ops less its waits: launching; where it is near the kernels'
+     * time the GPU waits for launches (the kernel times above then include those gaps) */
+    fprintf(stderr, "cuda timing: %.3f ms of host time in %ld ops, %.3f ms of it not waiting\n", im->host_ms,
+            im->host_calls, im->host_ms - im->wait_ms);
+    for (int done = 0; done < im->nts; done++) { /* largest first */
+        int b = done;
+        for (int i = done + 1; i < im->nts; i++)
+            if (im->ts[i].ms > im->ts[b].ms) b = i;
+        if (b != done) {
+            auto t = im->ts[b];
+            im->ts[b] = im->ts[done];
+            im->ts[done] = t;
+        }
+        fprintf(stderr, "cuda timing: %-22s %10.3f ms %8ld launches %8.2f us each\n", im->ts[done].name,
+                im->ts[done].ms, im->ts[done].calls, 1e3 * im->ts[done].ms / (double)im->ts[done].calls);
+    }
+}
+
 /* After every launch: a bad configuration is reported here, a fault at the next sync. */
 static int launched(lm_backend *be, const char *kernel) {
+    cuda_impl *im = (cuda_impl *)be->impl;
+    if (im->timing) {
+        cudaEventRecord(im->tev[2 * im->tn + 1], im->stream);
+        im->tname[im->tn++] = kernel;
+    }
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? 0 : cuda_fail(be, kernel, e);
 }
@@ -533,30 +683,588 @@ __global__ void __launch_bounds__(256) k_matmul_tiled(wdesc w, const float *__re
         }
 }
 
+/* ---- fast matmuls (decode GEMV, prefill GEMM) --------------------------------------------------------------
+ *
+ * The kernels above are the reference: a generic element loader (wval) per weight.
+ * The fast kernels below read a row in units of 8 consecutive weights, each unit one
+ * vector load of its packed bytes widened in registers to w = s * q + b (q small
+ * integers or the float values themselves, s and b the unit's scale and offset):
+ *   k_gemv  one to a few tokens (decode): a warp per GV_ROWS rows, each lane one unit
+ *           at a time (lanes take consecutive units: the warp's loads are contiguous),
+ *           sum_i w_i x_i = s * sum_i q_i x_i + b * sum_i x_i in f32, the lanes summed
+ *           by shuffles at the end;
+ *   k_gemm  many tokens (prefill): 64 rows x 64 tokens per block, the weights widened
+ *           once per tile into shared memory (w = s * q + b rounded as wval rounds it)
+ *           and reused by every token of the tile.
+ * Both take a batch of items of one shape and format (the layer's routed experts),
+ * one launch for all of them; an item's result depends on its own weights, inputs
+ * and token count only -- never on the other items, their number or which slot the
+ * expert's bytes sit in -- and within k_gemv a token's result does not depend on
+ * how many tokens share the item either (the per-token arithmetic is the same). */
+
+enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q8_0, FMT_Q4_K };
+
+/* What every item of one launch shares (rows: the most of any item). */
+typedef struct {
+    int rows, cols, group_size, qdtype;
+    size_t row_bytes;
+} mm_shape;
+
+/* One product: its weights (rows of them: items of one launch may differ there, as
+ * q, k and v do), inputs, outputs and tokens. */
+typedef struct {
+    const void *data, *scales, *biases;
+    const float *x;
+    float *y;
+    int n, rows;
+} mm_item;
+
+/* Items of one launch, passed by value (kernel parameters: 32 x 48 bytes). */
+#define MM_MAX_ITEMS 32
+typedef struct {
+    mm_item it[MM_MAX_ITEMS];
+} mm_batch;
+
+/* The fast format of a weight view, FMT_NONE when it has none (the reference kernels
+ * then run): row-major, whole units of 8, and the unit loads aligned -- which holds
+ * for every copy of the same matrix (device buffers are 256-byte aligned and expert
+ * slots' parts 64-byte aligned), so the choice never depends on where an expert sits. */
+static int fast_format(const wdesc *d) {
+    if (d->col_major || d->cols % 8 != 0 || d->cols <= 0) return FMT_NONE;
+    uintptr_t a = (uintptr_t)d->data;
+    switch (d->dtype) {
+    case LM_DT_F32: return a % 16 == 0 ? FMT_F32 : FMT_NONE;
+    case LM_DT_F16: return a % 16 == 0 ? FMT_F16 : FMT_NONE;
+    case LM_DT_BF16: return a % 16 == 0 ? FMT_BF16 : FMT_NONE;
+    case LM_DT_U32:
+        if (d->group_size % 8 != 0) return FMT_NONE;
+        if (d->bits == 4 && a % 4 == 0 && d->row_bytes % 4 == 0) return FMT_A4;
+        if (d->bits == 8 && a % 8 == 0 && d->row_bytes % 8 == 0) return FMT_A8;
+        return FMT_NONE;
+    case LM_DT_Q4_0: return a % 2 == 0 ? FMT_Q4_0 : FMT_NONE;
+    case LM_DT_Q8_0: return a % 2 == 0 ? FMT_Q8_0 : FMT_NONE;
+    case LM_DT_Q4_K: return a % 8 == 0 && d->row_bytes % 8 == 0 ? FMT_Q4_K : FMT_NONE;
+    default: return FMT_NONE;
+    }
+}
+
+/* 8 consecutive weights w[i] = s * q[i] + b. */
+typedef struct {
+    float q[8];
+    float s, b;
+} wunit;
+
+__device__ __forceinline__ float half_bits(uint32_t h) { return __half2float(__ushort_as_half((unsigned short)h)); }
+__device__ __forceinline__ uint32_t u16_at(const uint8_t *p) { return *(const uint16_t *)p; }
+
+/* Unit u (columns 8u .. 8u+7) of row r of an item's weights. */
+template <int FMT>
+__device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it, int r, int u, wunit &o) {
+    o.s = 1.0f;
+    o.b = 0.0f;
+    if (FMT == FMT_F32) {
+        const float4 *p = (const float4 *)((const float *)it.data + (size_t)r * (size_t)sh.cols + 8 * (size_t)u);
+        float4 a = __ldg(p), b = __ldg(p + 1);
+        o.q[0] = a.x, o.q[1] = a.y, o.q[2] = a.z, o.q[3] = a.w, o.q[4] = b.x, o.q[5] = b.y, o.q[6] = b.z, o.q[7] = b.w;
+    } else if (FMT == FMT_F16 || FMT == FMT_BF16) {
+        uint4 v = __ldg((const uint4 *)((const uint16_t *)it.data + (size_t)r * (size_t)sh.cols + 8 * (size_t)u));
+        uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (FMT == FMT_F16) {
+                o.q[2 * i] = half_bits(w[i] & 0xffffu);
+                o.q[2 * i + 1] = half_bits(w[i] >> 16);
+            } else {
+                o.q[2 * i] = __uint_as_float(w[i] << 16);
+                o.q[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+            }
+        }
+    } else if (FMT == FMT_A4 || FMT == FMT_A8) {
+        const uint8_t *row = (const uint8_t *)it.data + (size_t)r * sh.row_bytes;
+        if (FMT == FMT_A4) {
+            uint32_t w = __ldg((const uint32_t *)row + u);
+#pragma unroll
+            for (int i = 0; i < 8; i++) o.q[i] = (float)((w >> (4 * i)) & 15u);
+        } else {
+            uint2 w = __ldg((const uint2 *)row + u);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                o.q[i] = (float)((w.x >> (8 * i)) & 255u);
+                o.q[4 + i] = (float)((w.y >> (8 * i)) & 255u);
+            }
+        }
+        size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
+        o.s = load_float(it.scales, sh.qdtype, g);
+        o.b = load_float(it.biases, sh.qdtype, g);
+    } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 4) * (FMT == FMT_Q4_0 ? 18 : 34);
+        int k = u % 4;
+        o.s = half_bits(u16_at(blk));
+        if (FMT == FMT_Q4_0) { /* values 0-15 of the block: low nibbles of bytes 0-15, 16-31: high ones */
+            const uint8_t *qs = blk + 2 + (k & 1) * 8;
+            int shift = k >= 2 ? 4 : 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                uint32_t two = u16_at(qs + 2 * i);
+                o.q[2 * i] = (float)((int)((two >> shift) & 15u) - 8);
+                o.q[2 * i + 1] = (float)((int)((two >> (8 + shift)) & 15u) - 8);
+            }
+        } else {
+            const uint8_t *qs = blk + 2 + k * 8;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                uint32_t two = u16_at(qs + 2 * i);
+                o.q[2 * i] = (float)(int8_t)(two & 255u);
+                o.q[2 * i + 1] = (float)(int8_t)(two >> 8);
+            }
+        }
+    } else { /* FMT_Q4_K: 256 values a block; sub-block j of 32 has its own 6-bit scale and min */
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 144;
+        int i0 = (u % 32) * 8, pair = i0 / 64, l = i0 % 64, j = 2 * pair + (l >= 32);
+        const uint8_t *s = blk + 4;
+        uint32_t sc, mn;
+        if (j < 4) {
+            sc = s[j] & 63u;
+            mn = s[j + 4] & 63u;
+        } else {
+            sc = (s[j + 4] & 0x0fu) | ((uint32_t)(s[j - 4] >> 6) << 4);
+            mn = (s[j + 4] >> 4) | ((uint32_t)(s[j] >> 6) << 4);
+        }
+        o.s = half_bits(u16_at(blk)) * (float)sc;
+        o.b = -(half_bits(u16_at(blk + 2)) * (float)mn);
+        uint2 w = __ldg((const uint2 *)(blk + 16 + pair * 32 + (l % 32)));
+        int shift = l >= 32 ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[i] = (float)((w.x >> (8 * i + shift)) & 15u);
+            o.q[4 + i] = (float)((w.y >> (8 * i + shift)) & 15u);
+        }
+    }
+}
+
+/* Formats whose offset b is not always 0 (the sum of the inputs is then needed). */
+#define FMT_HAS_OFFSET(F) ((F) == FMT_A4 || (F) == FMT_A8 || (F) == FMT_Q4_K)
+#define FMT_HAS_SCALE(F) ((F) != FMT_F32 && (F) != FMT_F16 && (F) != FMT_BF16)
+
+#define GV_WARPS 4 /* warps per block */
+#define GV_ROWS 2  /* rows per warp (the inputs each lane loads serve all of them) */
+#define GV_TOK 4   /* tokens per pass over a row */
+
+/* NT: tokens per pass (GV_TOK; 1 where every item has one token, decode: fewer
+ * registers, more warps in flight). A token's arithmetic is the same for any NT. */
+template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_shape &sh, const mm_item &it) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
+    if (r0 >= rows) return; /* the whole warp */
+    int units = sh.cols / 8, n = it.n;
+    for (int t0 = 0; t0 < n; t0 += NT) {
+        int nt = n - t0 < NT ? n - t0 : NT;
+        float acc[GV_ROWS][NT];
+#pragma unroll
+        for (int a = 0; a < GV_ROWS; a++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[a][t] = 0.0f;
+        const float *xt = it.x + (size_t)t0 * (size_t)sh.cols;
+        /* unrolled: several units' loads in flight per lane */
+#pragma unroll 4
+        for (int u = lane; u < units; u += 32) {
+            float xv[NT][8], sx[NT];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t < nt) {
+                    const float4 *p = (const float4 *)(xt + (size_t)t * (size_t)sh.cols + 8 * (size_t)u);
+                    float4 a = __ldg(p), c = __ldg(p + 1);
+                    xv[t][0] = a.x, xv[t][1] = a.y, xv[t][2] = a.z, xv[t][3] = a.w;
+                    xv[t][4] = c.x, xv[t][5] = c.y, xv[t][6] = c.z, xv[t][7] = c.w;
+                    sx[t] = 0.0f;
+                    if (FMT_HAS_OFFSET(FMT))
+#pragma unroll
+                        for (int i = 0; i < 8; i++) sx[t] += xv[t][i];
+                }
+            }
+#pragma unroll
+            for (int a = 0; a < GV_ROWS; a++) {
+                int r = r0 + a;
+                if (r >= rows) break;
+                wunit w;
+                load_unit<FMT>(sh, it, r, u, w);
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    if (t < nt) {
+                        float d = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < 8; i++) d = fmaf(w.q[i], xv[t][i], d);
+                        if (FMT_HAS_OFFSET(FMT)) acc[a][t] = fmaf(w.s, d, fmaf(w.b, sx[t], acc[a][t]));
+                        else if (FMT_HAS_SCALE(FMT)) acc[a][t] = fmaf(w.s, d, acc[a][t]);
+                        else acc[a][t] += d;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < GV_ROWS; a++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float v = warp_sum(acc[a][t]);
+                if (lane == 0 && t < nt && r0 + a < rows) it.y[(size_t)(t0 + t) * (size_t)rows + (size_t)(r0 + a)] = v;
+            }
+    }
+}
+
+template <int FMT, int NT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b) {
+    gemv_body<FMT, NT>(sh, b.it[blockIdx.y]);
+}
+
+/* The same for up to 4 items (q/k/v, o, router, lm_head): smaller kernel parameters
+ * make a cheaper launch. */
+#define MM_FEW_ITEMS 4
+typedef struct {
+    mm_item it[MM_FEW_ITEMS];
+} mm_few;
+template <int FMT, int NT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_few(mm_shape sh, mm_few b) {
+    gemv_body<FMT, NT>(sh, b.it[blockIdx.y]);
+}
+
+/* Weights of one matrix of one expert (moe_routed's table on the device). */
+typedef struct {
+    const void *data, *scales, *biases;
+} mm_desc;
+
+/* moe_routed: blockIdx.y = route r (of n * top_k), expert sel[r]; blockIdx.z picks
+ * the matrix (mat0 + z) and the output (y0 or y1). The inputs are row r / x_div of
+ * x; the output row r of y. The same gemv_body as k_gemv: one token per item, as a
+ * host-routed decode step's experts are. */
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                const int32_t *sel, const float *x, int x_div,
+                                                                float *y0, float *y1) {
+    int r = blockIdx.y, mat = mat0 + (int)blockIdx.z;
+    const mm_desc &d = tab[(size_t)sel[r] * 3 + (size_t)mat];
+    mm_item it;
+    it.data = d.data;
+    it.scales = d.scales;
+    it.biases = d.biases;
+    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
+    it.y = (blockIdx.z ? y1 : y0) + (size_t)r * (size_t)sh.rows;
+    it.n = 1;
+    it.rows = sh.rows;
+    gemv_body<FMT, 1>(sh, it);
+}
+
+/* Prefill: TR rows x TT tokens per block (256 x 16, 128 x 32 or 64 x 64: the shape
+ * with the least waste for the batch's token counts), 32 inputs (4 units) per step; the 256
+ * threads widen the weight tile's units and load the input tile's float4s, then each
+ * computes a 4 x 4 patch. w = s * q + b is rounded as wval rounds it (a product, then
+ * a sum), so the tile holds the reference's weights exactly; every output is summed
+ * over the inputs in order, one fmaf each, whatever the tile shape. */
+#define GK2 32
+template <int FMT, int TR, int TT>
+__global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
+    __shared__ __align__(16) float ws[GK2][TR]; /* [column][row] */
+    __shared__ __align__(16) float xs[GK2][TT]; /* [column][token] */
+    const mm_item &it = b.it[blockIdx.z];
+    int r0 = blockIdx.x * TR, t0 = blockIdx.y * TT, n = it.n, rows = it.rows;
+    if (t0 >= n || r0 >= rows) return; /* the whole block: this item has fewer tokens or rows */
+    int tid = threadIdx.x, tr = tid % (TR / 4), tt = tid / (TR / 4);
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
+    for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
+#pragma unroll
+        for (int idx = tid; idx < TR * 4; idx += 256) { /* the weight tile: TR rows x 4 units */
+            int wrow = idx / 4, wk = idx % 4;
+            int r = r0 + wrow, u = c0 / 8 + wk;
+            float v[8];
+            if (r < rows && 8 * u < sh.cols) {
+                wunit w;
+                load_unit<FMT>(sh, it, r, u, w);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    v[i] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(w.s, w.q[i]), w.b)
+                                               : (FMT_HAS_SCALE(FMT) ? __fmul_rn(w.q[i], w.s) : w.q[i]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
+        }
+#pragma unroll
+        for (int idx = tid; idx < TT * 8; idx += 256) { /* the input tile: TT tokens x 8 float4 */
+            int tok = idx / 8, part = idx % 8, t = t0 + tok;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (t < n && c0 + part * 4 < sh.cols)
+                v = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
+            xs[part * 4 + 0][tok] = v.x;
+            xs[part * 4 + 1][tok] = v.y;
+            xs[part * 4 + 2][tok] = v.z;
+            xs[part * 4 + 3][tok] = v.w;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int cc = 0; cc < GK2; cc++) {
+            float4 wr = *(const float4 *)&ws[cc][tr * 4];
+            float4 xv = *(const float4 *)&xs[cc][tt * 4];
+            float wa[4] = {wr.x, wr.y, wr.z, wr.w}, xa[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[c][a] = fmaf(wa[a], xa[c], acc[c][a]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            int t = t0 + tt * 4 + c, r = r0 + tr * 4 + a;
+            if (t < n && r < rows) it.y[(size_t)t * (size_t)rows + (size_t)r] = acc[c][a];
+        }
+}
+
+/* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
+ * once per GV_TOK tokens). */
+#define GEMM_MIN_TOKENS 8
+static_assert(LM_ROUTED_MAX_TOKENS < GEMM_MIN_TOKENS, "moe_routed's experts must take k_gemv on the host-routed path too");
+
+typedef void (*mm_kernel)(mm_shape, mm_batch);
+/* moe_routed's gate and up products and the SwiGLU of the two in one launch: a warp
+ * computes its rows of both (gemv_body, as the separate products do), then the lane
+ * that wrote them computes g = silu(g) * u as k_swiglu does. */
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape sh, const mm_desc *tab,
+                                                                       const int32_t *sel, const float *x, int x_div,
+                                                                       float *g, float *u) {
+    int r = blockIdx.y, e = sel[r];
+    mm_item it;
+    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
+    it.n = 1;
+    it.rows = sh.rows;
+    for (int mat = 0; mat < 2; mat++) {
+        const mm_desc &d = tab[(size_t)e * 3 + (size_t)mat];
+        it.data = d.data;
+        it.scales = d.scales;
+        it.biases = d.biases;
+        it.y = (mat ? u : g) + (size_t)r * (size_t)sh.rows;
+        gemv_body<FMT, 1>(sh, it);
+    }
+    int r0 = (blockIdx.x * GV_WARPS + threadIdx.x / 32) * GV_ROWS;
+    if (threadIdx.x % 32 != 0) return;
+    for (int a = 0; a < GV_ROWS && r0 + a < sh.rows; a++) {
+        size_t i = (size_t)r * (size_t)sh.rows + (size_t)(r0 + a);
+        float ga = g[i];
+        g[i] = ga / (1.0f + expf(-ga)) * u[i];
+    }
+}
+
+typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
+static routed_swiglu_kernel routed_swiglu_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_routed_swiglu<FMT_F32>;
+    case FMT_F16: return k_gemv_routed_swiglu<FMT_F16>;
+    case FMT_BF16: return k_gemv_routed_swiglu<FMT_BF16>;
+    case FMT_A4: return k_gemv_routed_swiglu<FMT_A4>;
+    case FMT_A8: return k_gemv_routed_swiglu<FMT_A8>;
+    case FMT_Q4_0: return k_gemv_routed_swiglu<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemv_routed_swiglu<FMT_Q8_0>;
+    default: return k_gemv_routed_swiglu<FMT_Q4_K>;
+    }
+}
+
+typedef void (*routed_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const float *, int, float *, float *);
+static routed_kernel routed_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_routed<FMT_F32>;
+    case FMT_F16: return k_gemv_routed<FMT_F16>;
+    case FMT_BF16: return k_gemv_routed<FMT_BF16>;
+    case FMT_A4: return k_gemv_routed<FMT_A4>;
+    case FMT_A8: return k_gemv_routed<FMT_A8>;
+    case FMT_Q4_0: return k_gemv_routed<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemv_routed<FMT_Q8_0>;
+    default: return k_gemv_routed<FMT_Q4_K>;
+    }
+}
+
+template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv<FMT_F32, NT>;
+    case FMT_F16: return k_gemv<FMT_F16, NT>;
+    case FMT_BF16: return k_gemv<FMT_BF16, NT>;
+    case FMT_A4: return k_gemv<FMT_A4, NT>;
+    case FMT_A8: return k_gemv<FMT_A8, NT>;
+    case FMT_Q4_0: return k_gemv<FMT_Q4_0, NT>;
+    case FMT_Q8_0: return k_gemv<FMT_Q8_0, NT>;
+    default: return k_gemv<FMT_Q4_K, NT>;
+    }
+}
+static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
+
+typedef void (*mm_few_kernel)(mm_shape, mm_few);
+template <int NT> static mm_few_kernel gemv_few_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_few<FMT_F32, NT>;
+    case FMT_F16: return k_gemv_few<FMT_F16, NT>;
+    case FMT_BF16: return k_gemv_few<FMT_BF16, NT>;
+    case FMT_A4: return k_gemv_few<FMT_A4, NT>;
+    case FMT_A8: return k_gemv_few<FMT_A8, NT>;
+    case FMT_Q4_0: return k_gemv_few<FMT_Q4_0, NT>;
+    case FMT_Q8_0: return k_gemv_few<FMT_Q8_0, NT>;
+    default: return k_gemv_few<FMT_Q4_K, NT>;
+    }
+}
+static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
+    return max_n == 1 ? gemv_few_kernel_of<1>(fmt) : gemv_few_kernel_of<GV_TOK>(fmt);
+}
+/* k_gemm in its tile shapes: 256 rows x 16 tokens or 128 x 32 (a layer's experts in
+ * a prefill chunk of 256 tokens: 16 routes each on average), or 64 x 64. */
+template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemm<FMT_F32, TR, TT>;
+    case FMT_F16: return k_gemm<FMT_F16, TR, TT>;
+    case FMT_BF16: return k_gemm<FMT_BF16, TR, TT>;
+    case FMT_A4: return k_gemm<FMT_A4, TR, TT>;
+    case FMT_A8: return k_gemm<FMT_A8, TR, TT>;
+    case FMT_Q4_0: return k_gemm<FMT_Q4_0, TR, TT>;
+    case FMT_Q8_0: return k_gemm<FMT_Q8_0, TR, TT>;
+    default: return k_gemm<FMT_Q4_K, TR, TT>;
+    }
+}
+static mm_kernel gemm_kernel(int fmt, int tt) {
+    return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
+}
+static const char *fmt_name(int fmt, int gemm) {
+    static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
+                               "gemv q8_0", "gemv q4_k"};
+    static const char *gm[] = {"", "gemm f32", "gemm f16", "gemm bf16", "gemm affine4", "gemm affine8", "gemm q4_0",
+                               "gemm q8_0", "gemm q4_k"};
+    return gemm ? gm[fmt] : gv[fmt];
+}
+
 /* Tokens from which the tiled kernel is used: below it the row kernel reads the
  * weights fewer times than it takes to fill a tile. */
 #define TILED_MIN_TOKENS 32
 
-static int cuda_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
-    wdesc d;
-    if (weight_view(be, W, &d) != 0) return -1;
-    if (n <= 0 || W->rows == 0) return 0;
+/* The reference kernels (phase 1): any weight type. */
+static int matmul_simple(lm_backend *be, const wdesc *d, float *y, const float *x, int n) {
     cuda_impl *im = impl_of(be);
     if (n >= TILED_MIN_TOKENS) {
-        dim3 grid(blocks_for((size_t)W->rows, GT), blocks_for((size_t)n, GT));
+        dim3 grid(blocks_for((size_t)d->rows, GT), blocks_for((size_t)n, GT));
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", n);
-        k_matmul_tiled<<<grid, 256, 0, im->stream>>>(d, x, y, n);
-        return launched(be, "matmul (tiled)");
+        tim_begin(im);
+        k_matmul_tiled<<<grid, 256, 0, im->stream>>>(*d, x, y, n);
+        return launched(be, "matmul simple tiled");
     }
-    dim3 grid(blocks_for((size_t)W->rows, MM_WARPS), blocks_for((size_t)n, MM_TOK));
-    k_matmul_rows<<<grid, MM_WARPS * 32, 0, im->stream>>>(d, x, y, n);
-    return launched(be, "matmul");
+    dim3 grid(blocks_for((size_t)d->rows, MM_WARPS), blocks_for((size_t)n, MM_TOK));
+    tim_begin(im);
+    k_matmul_rows<<<grid, MM_WARPS * 32, 0, im->stream>>>(*d, x, y, n);
+    return launched(be, "matmul simple rows");
 }
 
+/* Items waiting for one fast launch: all of one shape and format. */
+typedef struct {
+    mm_shape sh;
+    int fmt, dtype, bits, count, max_n;
+    mm_batch b;
+} mm_pending;
+
+static int same_shape(const mm_pending *p, const wdesc *d, int fmt) {
+    return p->count > 0 && p->fmt == fmt && p->dtype == d->dtype && p->bits == d->bits && p->sh.cols == d->cols && p->sh.group_size == d->group_size && p->sh.qdtype == d->qdtype &&
+           p->sh.row_bytes == d->row_bytes;
+}
+
+/* k_gemm's token tile for items of up to n tokens. */
+static int tile_tokens(int n) {
+    if (n <= 16) return 16;
+    return n <= 32 || (n % 64 != 0 && n % 64 <= 32) ? 32 : 64;
+}
+
+static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
+    if (!p->count) return 0;
+    cuda_impl *im = impl_of(be);
+    int count = p->count;
+    p->count = 0;
+    im->fast_launches++;
+    if (gemm) {
+        /* token tiles of 16 or 32 where they waste less than tiles of 64 (the result
+         * is the same either way: see k_gemm) */
+        int tt = tile_tokens(p->max_n), tr = 4096 / tt;
+        dim3 grid(blocks_for((size_t)p->sh.rows, (unsigned)tr), blocks_for((size_t)p->max_n, (unsigned)tt), (unsigned)count);
+        if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
+        tim_begin(im);
+        gemm_kernel(p->fmt, tt)<<<grid, 256, 0, im->stream>>>(p->sh, p->b);
+        return launched(be, fmt_name(p->fmt, 1));
+    }
+    dim3 grid(blocks_for((size_t)p->sh.rows, GV_WARPS * GV_ROWS), (unsigned)count);
+    if (count <= MM_FEW_ITEMS) {
+        mm_few few;
+        memset(&few, 0, sizeof few);
+        memcpy(few.it, p->b.it, sizeof(mm_item) * (size_t)count);
+        tim_begin(im);
+        gemv_few_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, few);
+        return launched(be, fmt_name(p->fmt, 0));
+    }
+    tim_begin(im);
+    gemv_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+    return launched(be, fmt_name(p->fmt, 0));
+}
+
+/* Every item: the fast kernels where the weights have a fast format (consecutive
+ * items of one shape in one launch: a layer's experts), the reference ones else. */
 static int cuda_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
-    for (int i = 0; i < count; i++)
-        if (cuda_matmul(be, items[i].y, items[i].W, items[i].x, items[i].n) != 0) return -1;
+    cuda_impl *im = impl_of(be);
+    /* [0]: k_gemv; [1], [2], [3]: k_gemm with token tiles of 16, 32, 64 (each item in
+     * the launch whose tile suits its own token count: a layer's experts differ) */
+    mm_pending pend[4];
+    for (int k = 0; k < 4; k++) pend[k].count = 0;
+    for (int i = 0; i < count; i++) {
+        const lm_matmul_item *it = &items[i];
+        wdesc d;
+        if (weight_view(be, it->W, &d) != 0) return -1;
+        if (it->n <= 0 || d.rows == 0) continue;
+        int fmt = im->simple ? FMT_NONE : fast_format(&d);
+        if (fmt != FMT_NONE && ((uintptr_t)it->x % 16 != 0 || (uintptr_t)it->y % 4 != 0)) fmt = FMT_NONE;
+        if (fmt == FMT_NONE) {
+            if (matmul_simple(be, &d, it->y, it->x, it->n) != 0) return -1;
+            continue;
+        }
+        int g = it->n < GEMM_MIN_TOKENS ? 0 : (tile_tokens(it->n) == 16 ? 1 : tile_tokens(it->n) == 32 ? 2 : 3);
+        mm_pending *p = &pend[g];
+        if (p->count == MM_MAX_ITEMS || (p->count && !same_shape(p, &d, fmt)))
+            if (mm_flush(be, p, g > 0) != 0) return -1;
+        if (!p->count) {
+            p->sh.rows = 0;
+            p->sh.cols = d.cols;
+            p->sh.group_size = d.group_size;
+            p->sh.qdtype = d.qdtype;
+            p->sh.row_bytes = d.row_bytes;
+            p->fmt = fmt;
+            p->dtype = d.dtype;
+            p->bits = d.bits;
+            p->max_n = 0;
+        }
+        mm_item *m = &p->b.it[p->count++];
+        m->data = d.data;
+        m->scales = d.scales;
+        m->biases = d.biases;
+        m->x = it->x;
+        m->y = it->y;
+        m->n = it->n;
+        m->rows = d.rows;
+        if (it->n > p->max_n) p->max_n = it->n;
+        if (d.rows > p->sh.rows) p->sh.rows = d.rows;
+    }
+    for (int k = 0; k < 4; k++)
+        if (mm_flush(be, &pend[k], k > 0) != 0) return -1;
     return 0;
+}
+
+static int cuda_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
+    lm_matmul_item it = {y, W, x, n};
+    return cuda_matmul_batch(be, &it, 1);
 }
 
 static int cuda_reserve_batch(lm_backend *be, int max_items) {
@@ -585,13 +1293,14 @@ static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *
     wdesc d;
     if (weight_view(be, W, &d) != 0) return -1;
     if (n <= 0 || W->cols == 0) return 0;
+    tim_begin(impl_of(be));
     k_embed<<<ew_blocks((size_t)n * (size_t)W->cols), EW_THREADS, 0, im->stream>>>(x, d, ids, n, im->flag);
     if (launched(be, "embed") != 0) return -1;
     /* The ids are device memory: an out-of-range one is found by the kernel and
      * reported here (one small download per forward step). */
     int flag[2];
     CU(be, "embed (reading its check)", cudaMemcpyAsync(flag, im->flag, sizeof flag, cudaMemcpyDeviceToHost, im->stream));
-    CU(be, "embed", cudaStreamSynchronize(im->stream));
+    CU(be, "embed", stream_wait(im));
     if (flag[0]) {
         CU(be, "embed (resetting its check)", cudaMemsetAsync(im->flag, 0, 2 * sizeof(int), im->stream));
         return lm_errf(be->err, "embedding row %d of %d", flag[1], W->rows);
@@ -609,12 +1318,25 @@ static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *
  * sequential order), then y = w * (x * inv) as the CPU writes it. y may alias x:
  * every element is read into the sum before any is written, and each is then
  * written by the thread that reads it. */
-__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float *x, const float *w, int dim, float eps) {
+/* Row `row` of an rmsnorm; with `add` (the fused residual add), x[i] += add[i] first
+ * (k_add's operation, written back), then the same sums of the updated values. */
+__device__ __forceinline__ void rmsnorm_row(float *y, float *xw, const float *x, const float *add, const float *w, int dim,
+                                            float eps, size_t row) {
     __shared__ float part[NORM_THREADS / 32];
-    const float *xt = x + (size_t)blockIdx.x * (size_t)dim;
-    float *yt = y + (size_t)blockIdx.x * (size_t)dim;
+    const float *xt = x + row * (size_t)dim;
+    float *yt = y + row * (size_t)dim;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += NORM_THREADS) ss += xt[i] * xt[i];
+    if (add) {
+        float *xwt = xw + row * (size_t)dim;
+        const float *at = add + row * (size_t)dim;
+        for (int i = threadIdx.x; i < dim; i += NORM_THREADS) {
+            float r = xwt[i] + at[i];
+            xwt[i] = r;
+            ss += r * r;
+        }
+    } else {
+        for (int i = threadIdx.x; i < dim; i += NORM_THREADS) ss += xt[i] * xt[i];
+    }
     ss = warp_sum(ss);
     if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
     __syncthreads();
@@ -624,23 +1346,176 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float 
     for (int i = threadIdx.x; i < dim; i += NORM_THREADS) yt[i] = w[i] * (xt[i] * inv);
 }
 
-static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
-    if (!w) return lm_errf(be->err, "rmsnorm without weights");
-    const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
-    if (!dw) return -1;
-    if (n <= 0 || dim <= 0) return 0;
-    k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, impl_of(be)->stream>>>(y, x, dw, dim, eps);
-    return launched(be, "rmsnorm");
+__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(float *y, const float *x, const float *w, int dim, float eps) {
+    rmsnorm_row(y, NULL, x, NULL, w, dim, eps, blockIdx.x);
+}
+
+/* add(x, a) then rmsnorm(y, x) in one launch: the residual add a layer ends with and
+ * the norm the next block starts with (pending_op). */
+__global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *y, float *x, const float *a, const float *w, int dim,
+                                                               float eps) {
+    rmsnorm_row(y, x, x, a, w, dim, eps, blockIdx.x);
+}
+
+/* Two independent rmsnorms in one launch (q and k norms): blocks [0, rows1) the first. */
+__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const float *x1, const float *w1, int rows1,
+                                                            int dim1, float *y2, const float *x2, const float *w2,
+                                                            int dim2, float eps) {
+    if ((int)blockIdx.x < rows1) rmsnorm_row(y1, NULL, x1, NULL, w1, dim1, eps, blockIdx.x);
+    else rmsnorm_row(y2, NULL, x2, NULL, w2, dim2, eps, blockIdx.x - (unsigned)rows1);
 }
 
 __global__ void k_add(float *y, const float *x, size_t n) {
     GRID_LOOP(i, n) y[i] += x[i];
 }
 
-static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
-    if (!n) return 0;
+/* ---- fewer launches: an op held back (pending_op) ----
+ * A decode step is many small launches, each costing the host a few microseconds.
+ * Four ops come in pairs the next op can join: the residual add and the rmsnorm
+ * after it (k_add_rmsnorm), the q and k norms (k_rmsnorm2), the q and k RoPEs
+ * (k_rope2), the K and V stores (k_kv_store2); and an expert group's gathers (or
+ * scatters), one per expert, join into one launch (k_gather_segs, k_scatter_segs). Such an op is held back in im->pend;
+ * the next op either joins it in one launch or launches it first, and every other
+ * operation (flushed_op in the ops table: uploads, downloads, syncs, matmuls, ...)
+ * launches it before doing anything. The joined kernels run each element's
+ * arithmetic exactly as the single ones, so results are bit-identical; the
+ * reference mode (simple) holds nothing back. */
+enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER };
+static int launch_segs(lm_backend *be, int scatter);
+
+__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
+                       float scale);
+__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd);
+
+static int overlap(const void *a, size_t an, const void *b, size_t bn) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + bn && y < x + an;
+}
+
+static int launch_add(lm_backend *be, float *y, const float *x, size_t n) {
+    tim_begin(impl_of(be));
     k_add<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, x, n);
     return launched(be, "add");
+}
+
+static int launch_rmsnorm(lm_backend *be, float *y, const float *x, const float *dw, int n, int dim, float eps) {
+    tim_begin(impl_of(be));
+    k_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, impl_of(be)->stream>>>(y, x, dw, dim, eps);
+    return launched(be, "rmsnorm");
+}
+
+static int launch_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *df,
+                       int half, float scale) {
+    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
+    tim_begin(impl_of(be));
+    k_rope<<<ew_blocks(total), EW_THREADS, 0, impl_of(be)->stream>>>(x, n, n_heads, head_dim, pos, df, half, scale);
+    return launched(be, "rope");
+}
+
+#define KV_WARPS 4
+static int launch_kv_store(lm_backend *be, int dtype, void *data, float *scales, int pos0, const float *src, int n,
+                           int n_kv, int hd) {
+    size_t items = (size_t)n * (size_t)n_kv;
+    tim_begin(impl_of(be));
+    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(dtype, data, scales, pos0, src, n,
+                                                                                      n_kv, hd);
+    return launched(be, "kv_store");
+}
+
+/* Launches the held-back op, if any. */
+static int flush_pending(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    int kind = im->pend.kind;
+    im->pend.kind = PEND_NONE;
+    switch (kind) {
+    case PEND_ADD: return launch_add(be, im->pend.y, im->pend.x, im->pend.n);
+    case PEND_NORM:
+        return launch_rmsnorm(be, im->pend.y, im->pend.x, im->pend.w, im->pend.rows, im->pend.dim, im->pend.eps);
+    case PEND_ROPE:
+        return launch_rope(be, im->pend.y, im->pend.rows, im->pend.heads, im->pend.head_dim, im->pend.pos,
+                           im->pend.freq, im->pend.half, im->pend.scale);
+    case PEND_KV:
+        return launch_kv_store(be, im->pend.dtype, im->pend.data, im->pend.scales, im->pend.pos0, im->pend.x,
+                               im->pend.rows, im->pend.n_kv, im->pend.dim);
+    case PEND_GATHER: return launch_segs(be, 0);
+    case PEND_SCATTER: return launch_segs(be, 1);
+    default: return 0;
+    }
+}
+
+/* Every op not in the pairs above goes through this in the ops table: the held-back
+ * op first, then the op. */
+template <typename Fn, Fn F, int FLUSH> struct flushed_op;
+template <typename... A, int (*F)(lm_backend *, A...), int FLUSH>
+struct flushed_op<int (*)(lm_backend *, A...), F, FLUSH> {
+    static int call(lm_backend *be, A... a) {
+        cuda_impl *im = impl_of(be);
+        double t0 = im->timing ? now_ms() : 0;
+        int rc = FLUSH && flush_pending(be) != 0 ? -1 : F(be, a...);
+        if (im->timing) {
+            im->host_ms += now_ms() - t0;
+            im->host_calls++;
+        }
+        return rc;
+    }
+};
+template <typename... A, void (*F)(lm_backend *, A...), int FLUSH>
+struct flushed_op<void (*)(lm_backend *, A...), F, FLUSH> {
+    static void call(lm_backend *be, A... a) {
+        if (FLUSH) flush_pending(be); /* a failure shows at the next op */
+        F(be, a...);
+    }
+};
+#define FLUSHED(f) (flushed_op<decltype(&f), &f, 1>::call)
+/* the ops that hold back or join themselves: only timed (LAZYMOE_CUDA_TIMING) */
+#define TIMED(f) (flushed_op<decltype(&f), &f, 0>::call)
+
+static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
+    cuda_impl *im = impl_of(be);
+    if (!w) return lm_errf(be->err, "rmsnorm without weights");
+    const float *dw = dev_floats(be, w, (size_t)dim, "norm weights");
+    if (!dw) return -1;
+    if (n <= 0 || dim <= 0) return flush_pending(be);
+    size_t bytes = sizeof(float) * (size_t)n * (size_t)dim;
+    if (im->pend.kind == PEND_ADD && im->pend.y == x && im->pend.n == (size_t)n * (size_t)dim) {
+        im->pend.kind = PEND_NONE;
+        tim_begin(im);
+        k_add_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, im->stream>>>(y, im->pend.y, im->pend.x, dw, dim, eps);
+        return launched(be, "add+rmsnorm");
+    }
+    if (im->pend.kind == PEND_NORM && im->pend.eps == eps) {
+        size_t b1 = sizeof(float) * (size_t)im->pend.rows * (size_t)im->pend.dim;
+        if (!overlap(im->pend.y, b1, x, bytes) && !overlap(im->pend.y, b1, y, bytes) && !overlap(y, bytes, im->pend.x, b1) &&
+            (size_t)im->pend.rows + (size_t)n < 0x7fffffffu) {
+            im->pend.kind = PEND_NONE;
+            tim_begin(im);
+            k_rmsnorm2<<<(unsigned)(im->pend.rows + n), NORM_THREADS, 0, im->stream>>>(
+                im->pend.y, im->pend.x, im->pend.w, im->pend.rows, im->pend.dim, y, x, dw, dim, eps);
+            return launched(be, "rmsnorm x2");
+        }
+    }
+    if (flush_pending(be) != 0) return -1;
+    if (im->simple) return launch_rmsnorm(be, y, x, dw, n, dim, eps);
+    im->pend.kind = PEND_NORM;
+    im->pend.y = y;
+    im->pend.x = x;
+    im->pend.w = dw;
+    im->pend.rows = n;
+    im->pend.dim = dim;
+    im->pend.eps = eps;
+    return 0;
+}
+
+static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
+    cuda_impl *im = impl_of(be);
+    if (flush_pending(be) != 0) return -1;
+    if (!n) return 0;
+    if (im->simple) return launch_add(be, y, x, n);
+    im->pend.kind = PEND_ADD;
+    im->pend.y = y;
+    im->pend.x = x;
+    im->pend.n = n;
+    return 0;
 }
 
 __global__ void k_add_rows(float *y, const float *b, int n, int dim) {
@@ -652,6 +1527,7 @@ static int cuda_add_rows(lm_backend *be, float *y, const float *b, int n, int di
     const float *db = dev_floats(be, b, (size_t)dim, "biases");
     if (!db) return -1;
     if (n <= 0 || dim <= 0) return 0;
+    tim_begin(impl_of(be));
     k_add_rows<<<ew_blocks((size_t)n * (size_t)dim), EW_THREADS, 0, impl_of(be)->stream>>>(y, db, n, dim);
     return launched(be, "add_rows");
 }
@@ -662,6 +1538,7 @@ __global__ void k_clamp(float *y, size_t n, float lim) {
 
 static int cuda_clamp(lm_backend *be, float *y, size_t n, float lim) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_clamp<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(y, n, lim);
     return launched(be, "clamp");
 }
@@ -676,6 +1553,7 @@ __global__ void k_copy_rows(float *dst, size_t dst_stride, const float *src, siz
 static int cuda_copy_rows(lm_backend *be, float *dst, size_t dst_stride, const float *src, size_t src_stride,
                           int rows, int width) {
     if (rows <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_copy_rows<<<ew_blocks((size_t)rows * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
         dst, dst_stride, src, src_stride, rows, width);
     return launched(be, "copy_rows");
@@ -694,6 +1572,7 @@ __global__ void k_sigmoid_mul(float *y, size_t y_stride, const float *g, size_t 
 static int cuda_sigmoid_mul(lm_backend *be, float *y, size_t y_stride, const float *g, size_t g_stride, int rows,
                             int width, int per_row) {
     if (rows <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_sigmoid_mul<<<ew_blocks((size_t)rows * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
         y, y_stride, g, g_stride, rows, width, per_row);
     return launched(be, "sigmoid_mul");
@@ -708,6 +1587,7 @@ __global__ void k_swiglu(float *g, const float *u, size_t n) {
 
 static int cuda_swiglu(lm_backend *be, float *g, const float *u, size_t n) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_swiglu<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(g, u, n);
     return launched(be, "swiglu");
 }
@@ -733,20 +1613,22 @@ __global__ void k_swiglu_clamped_split(float *out, const float *gate, const floa
 static int cuda_swiglu_clamped_split(lm_backend *be, float *out, const float *gate, const float *up, size_t n,
                                      float alpha, float limit) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_swiglu_clamped_split<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(out, gate, up, n, alpha, limit);
     return launched(be, "swiglu_clamped_split");
 }
 
 static int cuda_swiglu_clamped(lm_backend *be, float *out, const float *gu, size_t n, float alpha, float limit) {
     if (!n) return 0;
+    tim_begin(impl_of(be));
     k_swiglu_clamped<<<ew_blocks(n), EW_THREADS, 0, impl_of(be)->stream>>>(out, gu, n, alpha, limit);
     return launched(be, "swiglu_clamped");
 }
 
 /* One thread per (token, head, frequency): the pair (i, i + half) of that head. */
-__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
-                       int half, float scale) {
-    GRID_LOOP(k, (size_t)n * (size_t)n_heads * (size_t)half) {
+__device__ __forceinline__ void rope_at(float *x, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+                                        int half, float scale, size_t k) {
+    {
         int i = (int)(k % (size_t)half);
         size_t th = k / (size_t)half; /* token * n_heads + head */
         int t = (int)(th / (size_t)n_heads);
@@ -759,16 +1641,52 @@ __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t
     }
 }
 
+__global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+                       int half, float scale) {
+    GRID_LOOP(k, (size_t)n * (size_t)n_heads * (size_t)half) rope_at(x, n_heads, head_dim, pos, inv_freq, half, scale, k);
+}
+
+/* Two ropes at the same positions and frequencies in one launch (q and k). */
+__global__ void k_rope2(float *x1, int heads1, float *x2, int heads2, int n, int head_dim, const int32_t *pos,
+                        const float *inv_freq, int half, float scale) {
+    size_t total1 = (size_t)n * (size_t)heads1 * (size_t)half, total2 = (size_t)n * (size_t)heads2 * (size_t)half;
+    GRID_LOOP(k, total1 + total2) {
+        if (k < total1) rope_at(x1, heads1, head_dim, pos, inv_freq, half, scale, k);
+        else rope_at(x2, heads2, head_dim, pos, inv_freq, half, scale, k - total1);
+    }
+}
+
 static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
                      const float *inv_freq, int half, float scale) {
     if (2 * half > head_dim) return lm_errf(be->err, "rope over %d dims of %d-dim heads", 2 * half, head_dim);
     if (half > 0 && !inv_freq) return lm_errf(be->err, "rope without frequencies");
     const float *df = dev_floats(be, inv_freq, (size_t)half, "RoPE frequencies");
     if (half > 0 && !df) return -1;
-    if (n <= 0 || n_heads <= 0 || half <= 0) return 0;
-    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
-    k_rope<<<ew_blocks(total), EW_THREADS, 0, impl_of(be)->stream>>>(x, n, n_heads, head_dim, pos, df, half, scale);
-    return launched(be, "rope");
+    if (n <= 0 || n_heads <= 0 || half <= 0) return flush_pending(be);
+    cuda_impl *im = impl_of(be);
+    if (im->pend.kind == PEND_ROPE && im->pend.rows == n && im->pend.head_dim == head_dim && im->pend.pos == pos &&
+        im->pend.freq == df && im->pend.half == half && im->pend.scale == scale &&
+        !overlap(im->pend.y, sizeof(float) * (size_t)n * (size_t)im->pend.heads * (size_t)head_dim, x,
+                 sizeof(float) * (size_t)n * (size_t)n_heads * (size_t)head_dim)) {
+        im->pend.kind = PEND_NONE;
+        size_t total = (size_t)n * (size_t)(im->pend.heads + n_heads) * (size_t)half;
+        tim_begin(im);
+        k_rope2<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.heads, x, n_heads, n, head_dim,
+                                                                 pos, df, half, scale);
+        return launched(be, "rope x2");
+    }
+    if (flush_pending(be) != 0) return -1;
+    if (im->simple) return launch_rope(be, x, n, n_heads, head_dim, pos, df, half, scale);
+    im->pend.kind = PEND_ROPE;
+    im->pend.y = x;
+    im->pend.rows = n;
+    im->pend.heads = n_heads;
+    im->pend.head_dim = head_dim;
+    im->pend.pos = pos;
+    im->pend.freq = df;
+    im->pend.half = half;
+    im->pend.scale = scale;
+    return 0;
 }
 
 /* ---- KV cache ------------------------------------------------------------------------------------------- */
@@ -776,10 +1694,9 @@ static int cuda_rope(lm_backend *be, float *x, int n, int n_heads, int head_dim,
 /* One warp per (token, kv head): the row rounded into the cache's type. The int8
  * scale is max|x| / 127 (a max, exact in any order) and each value round(x / scale)
  * to nearest even, as nearbyintf does in the default rounding mode. */
-__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd) {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)warp;
-    if (item >= (size_t)n * (size_t)n_kv) return;
+__device__ __forceinline__ void kv_store_item(int dtype, void *data, float *scales, int pos0, const float *src, int n_kv,
+                                              int hd, size_t item) {
+    int lane = threadIdx.x % 32;
     int t = (int)(item / (size_t)n_kv), h = (int)(item % (size_t)n_kv);
     const float *x = src + item * (size_t)hd;
     size_t base = ((size_t)(pos0 + t) * (size_t)n_kv + (size_t)h) * (size_t)hd;
@@ -801,19 +1718,53 @@ __global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const
     }
 }
 
+__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd) {
+    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)(threadIdx.x / 32);
+    if (item >= (size_t)n * (size_t)n_kv) return; /* the whole warp */
+    kv_store_item(dtype, data, scales, pos0, src, n_kv, hd, item);
+}
+
+/* The K and V rows of the same positions in one launch: warps [0, n * n_kv) store K. */
+__global__ void k_kv_store2(int dtype, void *data1, float *scales1, const float *src1, void *data2, float *scales2,
+                            const float *src2, int pos0, int n, int n_kv, int hd) {
+    size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)(threadIdx.x / 32), items = (size_t)n * (size_t)n_kv;
+    if (item >= 2 * items) return;
+    if (item < items) kv_store_item(dtype, data1, scales1, pos0, src1, n_kv, hd, item);
+    else kv_store_item(dtype, data2, scales2, pos0, src2, n_kv, hd, item - items);
+}
+
 static int kv_type_ok(lm_backend *be, const lm_kv *c) {
     if (c->dtype == LM_DT_F32 || c->dtype == LM_DT_F16 || (c->dtype == LM_DT_I8 && c->scales)) return 0;
     return lm_errf(be->err, "KV cache of type %s", lm_dtype_name(c->dtype));
 }
 
-#define KV_WARPS 4
 static int cuda_kv_store(lm_backend *be, lm_kv *cache, int pos0, const float *src, int n, int n_kv, int hd) {
     if (kv_type_ok(be, cache) != 0) return -1;
-    if (n <= 0 || n_kv <= 0 || hd <= 0) return 0;
-    size_t items = (size_t)n * (size_t)n_kv;
-    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(
-        (int)cache->dtype, cache->data, cache->scales, pos0, src, n, n_kv, hd);
-    return launched(be, "kv_store");
+    if (n <= 0 || n_kv <= 0 || hd <= 0) return flush_pending(be);
+    cuda_impl *im = impl_of(be);
+    if (im->pend.kind == PEND_KV && im->pend.dtype == (int)cache->dtype && im->pend.pos0 == pos0 && im->pend.rows == n &&
+        im->pend.n_kv == n_kv && im->pend.dim == hd && im->pend.data != cache->data &&
+        (!cache->scales || im->pend.scales != cache->scales)) {
+        im->pend.kind = PEND_NONE;
+        size_t items = 2 * (size_t)n * (size_t)n_kv;
+        tim_begin(im);
+        k_kv_store2<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, im->stream>>>(
+            (int)cache->dtype, im->pend.data, im->pend.scales, im->pend.x, cache->data, cache->scales, src, pos0, n, n_kv,
+            hd);
+        return launched(be, "kv_store x2");
+    }
+    if (flush_pending(be) != 0) return -1;
+    if (im->simple) return launch_kv_store(be, (int)cache->dtype, cache->data, cache->scales, pos0, src, n, n_kv, hd);
+    im->pend.kind = PEND_KV;
+    im->pend.dtype = (int)cache->dtype;
+    im->pend.data = cache->data;
+    im->pend.scales = cache->scales;
+    im->pend.pos0 = pos0;
+    im->pend.x = src;
+    im->pend.rows = n;
+    im->pend.n_kv = n_kv;
+    im->pend.dim = hd;
+    return 0;
 }
 
 /* ---- attention ------------------------------------------------------------------------------------------ */
@@ -921,6 +1872,149 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
     }
 }
 
+/* Attention, fast: one block of 256 threads per (query token, head). Keys are taken
+ * in tiles of AF_TILE counted from the first visible one. In a tile every thread
+ * scores its own keys (a whole dot product, q from shared memory, f16 rows 8 values
+ * a load), the block takes their max and rescales its running sums, each thread
+ * turns its scores into exp(score - max) in place and the block sums them; then the
+ * values: thread (pair of dims dp, key group g) accumulates every G-th key's values
+ * of its two dims, the G groups' sums added in order at the end. A query's result
+ * depends only on its own position and the cache (not on how many queries share the
+ * call). The reference kernel (k_attention) is the CPU's walk. */
+#define AF_WARPS 8
+#define AF_THREADS (AF_WARPS * 32)
+#define AF_TILE 1024
+
+/* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
+__device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
+    float s = 0.0f;
+    if (kc.dtype == LM_DT_F16 && hd % 8 == 0) {
+        const uint4 *p = (const uint4 *)((const uint16_t *)kc.data + base);
+#pragma unroll 4
+        for (int d8 = 0; d8 < hd / 8; d8++) {
+            uint4 v = __ldg(p + d8);
+            uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                s = fmaf(half_bits(w[i] & 0xffffu), qs[8 * d8 + 2 * i], s);
+                s = fmaf(half_bits(w[i] >> 16), qs[8 * d8 + 2 * i + 1], s);
+            }
+        }
+        return s;
+    }
+    for (int d = 0; d < hd; d++) s = fmaf(kv_at(kc, base + (size_t)d, si), qs[d], s);
+    return s;
+}
+
+/* Values d and d + 1 (d even; the second only where d + 1 < hd) of row base. */
+__device__ __forceinline__ void value_pair(const kvdesc &vc, size_t base, size_t si, int d, int hd, float &v0, float &v1) {
+    if (vc.dtype == LM_DT_F16 && hd % 2 == 0) {
+        uint32_t w = __ldg((const uint32_t *)((const uint16_t *)vc.data + base + (size_t)d));
+        v0 = half_bits(w & 0xffffu);
+        v1 = half_bits(w >> 16);
+    } else if (vc.dtype == LM_DT_F32 && hd % 2 == 0) {
+        float2 w = __ldg((const float2 *)((const float *)vc.data + base + (size_t)d));
+        v0 = w.x;
+        v1 = w.y;
+    } else {
+        v0 = kv_at(vc, base + (size_t)d, si);
+        v1 = d + 1 < hd ? kv_at(vc, base + (size_t)d + 1, si) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < AF_WARPS; w++) r = is_max ? (red[w] > r ? red[w] : r) : r + red[w];
+    __syncthreads(); /* red is reused by the next reduction */
+    return r;
+}
+
+__global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
+                                                                int pos0, int n_heads, int n_kv, int hd, float scale,
+                                                                int window, const float *sinks) {
+    __shared__ float qs[ATT_MAX_HD];
+    __shared__ float sc[AF_TILE];
+    __shared__ float red[AF_WARPS];
+    __shared__ float part[AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
+    size_t item = blockIdx.x;
+    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
+    int tid = threadIdx.x;
+    int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = 0;
+    if (window > 0 && pos - window + 1 > 0) first = pos - window + 1;
+    const float *qt = q + item * (size_t)hd;
+    for (int d = tid; d < hd; d += AF_THREADS) qs[d] = qt[d];
+    __syncthreads();
+    /* value work: HP pairs of dims, G groups of keys */
+    int HP = (hd + 1) / 2, G = AF_THREADS / HP, dp = tid % HP, g = tid / HP;
+    int active = g < G;
+    float o0 = 0.0f, o1 = 0.0f, m = -INFINITY, l = 0.0f; /* m, l: the block's */
+    size_t row = (size_t)n_kv * (size_t)hd;
+    for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
+        int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
+        float mt = -INFINITY;
+        for (int r = tid; r < cnt; r += AF_THREADS) {
+            size_t p = (size_t)(p0 + r);
+            float sv = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
+            sc[r] = sv;
+            mt = sv > mt ? sv : mt;
+        }
+        mt = block_reduce(mt, red, 1);
+        if (mt > m) {
+            float corr = expf(m - mt); /* 0 on the first tile */
+            l *= corr;
+            o0 *= corr;
+            o1 *= corr;
+            m = mt;
+        }
+        float ls = 0.0f;
+        for (int r = tid; r < cnt; r += AF_THREADS) { /* each thread its own keys' scores */
+            float e = expf(sc[r] - m);
+            sc[r] = e;
+            ls += e;
+        }
+        l += block_reduce(ls, red, 0); /* also the barrier before the values read sc */
+        if (active) {
+            int d = 2 * dp;
+#pragma unroll 8
+            for (int r = g; r < cnt; r += G) {
+                size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+                float v0, v1;
+                value_pair(vc, base, si, d, hd, v0, v1);
+                float e = sc[r];
+                o0 = fmaf(e, v0, o0);
+                o1 = fmaf(e, v1, o1);
+            }
+        }
+        __syncthreads(); /* sc is rewritten by the next tile */
+    }
+    if (active) {
+        part[g * 2 * HP + 2 * dp] = o0;
+        part[g * 2 * HP + 2 * dp + 1] = o1;
+    }
+    __syncthreads();
+    float mm = m, corr = 1.0f, lt = l;
+    if (sinks) {
+        float sink = sinks[h];
+        if (sink > mm) {
+            corr = expf(mm - sink);
+            lt *= corr;
+            mm = sink;
+        }
+        lt += expf(sink - mm);
+    }
+    float inv = 1.0f / lt;
+    float *ot = out + item * (size_t)hd;
+    for (int d = tid; d < hd; d += AF_THREADS) {
+        float v = 0.0f;
+        for (int k = 0; k < G; k++) v += part[k * 2 * HP + d];
+        ot[d] = v * corr * inv;
+    }
+}
+
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
                           int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
     if (kv_type_ok(be, k) != 0 || kv_type_ok(be, v) != 0) return -1;
@@ -932,9 +2026,17 @@ static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_k
     if (n <= 0) return 0;
     kvdesc kc = {(int)k->dtype, k->data, k->scales}, vc = {(int)v->dtype, v->data, v->scales};
     size_t items = (size_t)n * (size_t)n_heads;
+    if (!impl_of(be)->simple) {
+        if (items > 0x7fffffffu) return lm_errf(be->err, "attention of %d queries x %d heads in one call", n, n_heads);
+        tim_begin(impl_of(be));
+        k_attention_fast<<<(unsigned)items, AF_THREADS, 0, impl_of(be)->stream>>>(out, q, kc, vc, n, pos0, n_heads,
+                                                                                 n_kv, hd, scale, window, ds);
+        return launched(be, "attention");
+    }
+    tim_begin(impl_of(be));
     k_attention<<<blocks_for(items, ATT_WARPS), ATT_WARPS * 32, 0, impl_of(be)->stream>>>(
         out, q, kc, vc, n, pos0, n_heads, n_kv, hd, scale, window, ds, attn_tile(hd));
-    return launched(be, "attention");
+    return launched(be, "attention simple");
 }
 
 /* ---- routing ---------------------------------------------------------------------------------------------- */
@@ -1055,6 +2157,70 @@ __global__ void k_route(route_desc r, const float *logits, int n, int32_t *sel, 
         }
 }
 
+/* Routing, fast: a warp per token for the two softmax routers (the sigmoid router
+ * keeps the one-thread kernel). Lane i holds experts i, i+32, ...; each of the top_k
+ * rounds is a warp arg-max (ties to the lower index, as best_left); the softmax's
+ * sum is taken over lanes (another order than the CPU's, a few ulps). */
+#define RW_MAX_PER_LANE 32 /* experts per lane: E <= 1024 */
+__global__ void k_route_warp(route_desc r, const float *logits, int n, int32_t *sel, float *selw) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= n) return;
+    int E = r.n_experts, K = r.top_k;
+    const float *lg = logits + (size_t)warp * (size_t)E;
+    int32_t *st = sel + (size_t)warp * (size_t)K;
+    float *wt = selw + (size_t)warp * (size_t)K;
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) mx = lg[e] > mx ? lg[e] : mx;
+    mx = warp_max(mx);
+    uint32_t taken = 0;
+    float sum = 0.0f;
+    if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
+        for (int e = lane; e < E; e += 32) sum += expf(lg[e] - mx);
+        sum = warp_sum(sum);
+    }
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        float bs = 0.0f;
+        for (int i = 0, e = lane; e < E; i++, e += 32) {
+            if ((taken >> i) & 1u) continue;
+            float s = lg[e];
+            if (best < 0 || s > bs) best = e, bs = s;
+        }
+        for (int off = 16; off > 0; off /= 2) {
+            int ob = __shfl_xor_sync(0xffffffffu, best, off);
+            float os = __shfl_xor_sync(0xffffffffu, bs, off);
+            if (ob >= 0 && (best < 0 || os > bs || (os == bs && ob < best))) best = ob, bs = os;
+        }
+        if (best % 32 == lane) taken |= 1u << (best / 32);
+        if (lane == 0) st[k] = best;
+    }
+    __syncwarp();
+    if (lane != 0) return;
+    if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
+        for (int k = 0; k < K; k++) wt[k] = expf(lg[st[k]] - mx) / sum;
+        if (r.renormalize) {
+            float tot = 0;
+            for (int k = 0; k < K; k++) tot += wt[k];
+            for (int k = 0; k < K; k++) wt[k] /= tot;
+        }
+    } else {
+        float m0 = lg[st[0]], s = 0;
+        for (int k = 0; k < K; k++) s += (wt[k] = expf(lg[st[k]] - m0));
+        for (int k = 0; k < K; k++) wt[k] /= s;
+    }
+    if (r.scale != 1.0f && r.scale != 0.0f)
+        for (int k = 0; k < K; k++) wt[k] *= r.scale;
+    for (int a = 1; a < K; a++)
+        for (int b = a; b > 0 && st[b - 1] > st[b]; b--) {
+            int32_t ti = st[b];
+            st[b] = st[b - 1];
+            st[b - 1] = ti;
+            float tw = wt[b];
+            wt[b] = wt[b - 1];
+            wt[b - 1] = tw;
+        }
+}
+
 static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, int n, int32_t *sel, float *selw) {
     int E = r->n_experts, K = r->top_k;
     if (K < 1 || K > E) return lm_errf(be->err, "router: top_k %d with %d experts", K, E);
@@ -1073,8 +2239,14 @@ static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, i
         !(d.bias = dev_floats(be, r->correction_bias, (size_t)E, "router correction biases")))
         return -1;
     if (n <= 0) return 0;
+    if (!impl_of(be)->simple && r->kind != LM_ROUTER_SIGMOID && E <= 32 * RW_MAX_PER_LANE) {
+        tim_begin(impl_of(be));
+        k_route_warp<<<blocks_for((size_t)n, 4), 128, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
+        return launched(be, "route");
+    }
+    tim_begin(impl_of(be));
     k_route<<<blocks_for((size_t)n, 64), 64, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
-    return launched(be, "route");
+    return launched(be, "route simple");
 }
 
 /* ---- experts' tokens ---------------------------------------------------------------------------------------- */
@@ -1086,15 +2258,6 @@ __global__ void k_gather_rows(float *dst, const float *src, const int32_t *idx, 
     }
 }
 
-static int cuda_gather_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
-                            int idx_div) {
-    if (m <= 0 || width <= 0) return 0;
-    if (idx_div < 1) return lm_errf(be->err, "gather_rows with divisor %d", idx_div);
-    k_gather_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
-                                                                                                  width, idx_div);
-    return launched(be, "gather_rows");
-}
-
 __global__ void k_scatter_rows(float *dst, const float *src, const int32_t *idx, int m, int width) {
     GRID_LOOP(i, (size_t)m * (size_t)width) {
         size_t r = i / (size_t)width, c = i % (size_t)width;
@@ -1102,11 +2265,104 @@ __global__ void k_scatter_rows(float *dst, const float *src, const int32_t *idx,
     }
 }
 
+/* The pending gather's or scatter's segments: one launch (k_gather_rows or
+ * k_scatter_rows itself for one segment). */
+__global__ void k_gather_segs(float *dst, const float *src, row_segs sg, int width, int idx_div) {
+    GRID_LOOP(i, (size_t)sg.start[sg.count] * (size_t)width) {
+        int r = (int)(i / (size_t)width), s = 0;
+        size_t c = i % (size_t)width;
+        while (r >= sg.start[s + 1]) s++;
+        dst[i] = src[(size_t)(sg.idx[s][r - sg.start[s]] / idx_div) * (size_t)width + c];
+    }
+}
+
+__global__ void k_scatter_segs(float *dst, const float *src, row_segs sg, int width) {
+    GRID_LOOP(i, (size_t)sg.start[sg.count] * (size_t)width) {
+        int r = (int)(i / (size_t)width), s = 0;
+        size_t c = i % (size_t)width;
+        while (r >= sg.start[s + 1]) s++;
+        dst[(size_t)sg.idx[s][r - sg.start[s]] * (size_t)width + c] = src[i];
+    }
+}
+
+static int launch_segs(lm_backend *be, int scatter) {
+    cuda_impl *im = impl_of(be);
+    const row_segs *sg = &im->pend.segs;
+    int m = sg->start[sg->count], width = im->pend.dim;
+    size_t total = (size_t)m * (size_t)width;
+    tim_begin(im);
+    if (scatter) {
+        if (sg->count == 1) k_scatter_rows<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, sg->idx[0], m, width);
+        else k_scatter_segs<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, *sg, width);
+        return launched(be, sg->count == 1 ? "scatter_rows" : "scatter_rows xN");
+    }
+    if (sg->count == 1)
+        k_gather_rows<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, sg->idx[0], m, width, im->pend.div);
+    else k_gather_segs<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.x, *sg, width, im->pend.div);
+    return launched(be, sg->count == 1 ? "gather_rows" : "gather_rows xN");
+}
+
+/* The buffer of this backend holding p (its base), 0 if none. */
+static uintptr_t buffer_of(const cuda_impl *im, const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    size_t lo = 0, hi = im->n_ranges;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (im->ranges[mid].base <= a) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo > 0 && a - im->ranges[lo - 1].base < im->ranges[lo - 1].bytes ? im->ranges[lo - 1].base : 0;
+}
+
+/* A gather (scatter) joins the pending one when it continues its contiguous side in
+ * the same buffers with the other side in another buffer (so no segment reads what
+ * another writes): forward.c's per-expert calls of one group, whose index lists are
+ * distinct routes. */
+static int segs_join(lm_backend *be, int kind, float *y, const float *x, const int32_t *idx, int m, int width, int div) {
+    cuda_impl *im = impl_of(be);
+    row_segs *sg = &im->pend.segs;
+    if (im->pend.kind == kind && sg->count < SEG_MAX && im->pend.dim == width && im->pend.div == div &&
+        (long long)sg->start[sg->count] + m < 0x7fffffff) {
+        size_t off = (size_t)sg->start[sg->count] * (size_t)width;
+        int cont = kind == PEND_GATHER ? (y == im->pend.y + off && x == im->pend.x) : (x == im->pend.x + off && y == im->pend.y);
+        uintptr_t by = buffer_of(im, y), bx = buffer_of(im, x);
+        if (cont && by && bx && by != bx) {
+            sg->idx[sg->count] = idx;
+            sg->start[sg->count + 1] = sg->start[sg->count] + m;
+            sg->count++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int segs_hold(lm_backend *be, int kind, float *y, const float *x, const int32_t *idx, int m, int width, int div) {
+    cuda_impl *im = impl_of(be);
+    if (segs_join(be, kind, y, x, idx, m, width, div)) return 0;
+    if (flush_pending(be) != 0) return -1;
+    im->pend.kind = kind;
+    im->pend.y = y;
+    im->pend.x = x;
+    im->pend.dim = width;
+    im->pend.div = div;
+    im->pend.segs.count = 1;
+    im->pend.segs.idx[0] = idx;
+    im->pend.segs.start[0] = 0;
+    im->pend.segs.start[1] = m;
+    if (im->simple) return flush_pending(be);
+    return 0;
+}
+
+static int cuda_gather_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width,
+                            int idx_div) {
+    if (m <= 0 || width <= 0) return flush_pending(be);
+    if (idx_div < 1) return lm_errf(be->err, "gather_rows with divisor %d", idx_div);
+    return segs_hold(be, PEND_GATHER, dst, src, idx, m, width, idx_div);
+}
+
 static int cuda_scatter_rows(lm_backend *be, float *dst, const float *src, const int32_t *idx, int m, int width) {
-    if (m <= 0 || width <= 0) return 0;
-    k_scatter_rows<<<ew_blocks((size_t)m * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(dst, src, idx, m,
-                                                                                                   width);
-    return launched(be, "scatter_rows");
+    if (m <= 0 || width <= 0) return flush_pending(be);
+    return segs_hold(be, PEND_SCATTER, dst, src, idx, m, width, 1);
 }
 
 /* y[t][i]: the weighted sum over k in ascending order from 0, then the shared
@@ -1126,6 +2382,7 @@ __global__ void k_moe_combine(float *y, const float *eout, const float *selw, co
 static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
                             int top_k, int width) {
     if (n <= 0 || width <= 0) return 0;
+    tim_begin(impl_of(be));
     k_moe_combine<<<ew_blocks((size_t)n * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
         y, eout, selw, shared, n, top_k, width);
     return launched(be, "moe_combine");
@@ -1168,8 +2425,21 @@ static void cuda_free_buf(lm_backend *be, lm_buf *buf) {
 static int cuda_upload(lm_backend *be, void *dst, const void *host_src, size_t bytes) {
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
+    if (im->stage && bytes <= STAGE_HALF) { /* through the staging area: no wait */
+        if (im->stage_used[im->stage_cur] + bytes > STAGE_HALF) {
+            CU(be, "upload (staging)", cudaEventRecord(im->stage_ev[im->stage_cur], im->stream));
+            im->stage_cur ^= 1;
+            CU(be, "upload (staging)", cudaEventSynchronize(im->stage_ev[im->stage_cur]));
+            im->stage_used[im->stage_cur] = 0;
+        }
+        uint8_t *at = im->stage + (size_t)im->stage_cur * STAGE_HALF + im->stage_used[im->stage_cur];
+        memcpy(at, host_src, bytes);
+        CU(be, "upload", cudaMemcpyAsync(dst, at, bytes, cudaMemcpyHostToDevice, im->stream));
+        im->stage_used[im->stage_cur] += (bytes + 63) & ~(size_t)63;
+        return 0;
+    }
     CU(be, "upload", cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->stream));
-    CU(be, "upload", cudaStreamSynchronize(im->stream)); /* host_src may be reused at once */
+    CU(be, "upload", stream_wait(im)); /* host_src may be reused at once */
     return 0;
 }
 
@@ -1177,7 +2447,7 @@ static int cuda_download(lm_backend *be, void *host_dst, const void *src, size_t
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
     CU(be, "download", cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
-    CU(be, "download", cudaStreamSynchronize(im->stream));
+    CU(be, "download", stream_wait(im));
     return 0;
 }
 
@@ -1188,8 +2458,131 @@ static int cuda_copy(lm_backend *be, void *dst, const void *src, size_t bytes) {
 }
 
 static int cuda_sync(lm_backend *be) {
-    CU(be, "sync", cudaStreamSynchronize(impl_of(be)->stream));
+    CU(be, "sync", stream_wait(impl_of(be)));
     return 0;
+}
+
+/* ---- routing left on the device ----------------------------------------------------------------------------- */
+
+#define LATER_BYTES ((size_t)256 << 10)
+
+static int cuda_download_later(lm_backend *be, void *host_dst, const void *src, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!bytes) return 0;
+    size_t need = (bytes + 63) & ~(size_t)63;
+    if (!im->later || need > LATER_BYTES) return cuda_download(be, host_dst, src, bytes);
+    if (im->later_used + need > LATER_BYTES || im->n_later == (int)(sizeof im->later_q / sizeof im->later_q[0]))
+        CU(be, "download (making room)", stream_wait(im));
+    CU(be, "download", cudaMemcpyAsync(im->later + im->later_used, src, bytes, cudaMemcpyDeviceToHost, im->stream));
+    im->later_q[im->n_later].host = host_dst;
+    im->later_q[im->n_later].off = im->later_used;
+    im->later_q[im->n_later++].bytes = bytes;
+    im->later_used += need;
+    return 0;
+}
+
+/* A layer's experts as moe_routed reads them: per expert and matrix its weights, on
+ * the device; ok = 0 where the experts' matrices do not share one fast format and
+ * shape (the caller then routes on the host). */
+struct routed_table {
+    const lm_mat *key;
+    lm_mat first, last; /* the key's first and last views when the table was made */
+    int n_experts, ok, fmt[3];
+    mm_shape sh[3];
+    mm_desc *dev;
+    size_t bytes;
+};
+
+static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, int E) {
+    cuda_impl *im = impl_of(be);
+    /* the same array with the same first and last views: the same table (a host
+     * array reused for other experts is told apart by them; the engine's never is) */
+    for (int i = 0; i < im->n_rt; i++)
+        if (im->rt[i].key == mats && im->rt[i].n_experts == E && !memcmp(&im->rt[i].first, &mats[0], sizeof(lm_mat)) &&
+            !memcmp(&im->rt[i].last, &mats[3 * E - 1], sizeof(lm_mat)))
+            return &im->rt[i];
+    struct routed_table *grown = (struct routed_table *)realloc(im->rt, sizeof *grown * (size_t)(im->n_rt + 1));
+    if (!grown) {
+        lm_errf(be->err, "out of host memory for a routed expert table");
+        return NULL;
+    }
+    im->rt = grown;
+    struct routed_table *t = &im->rt[im->n_rt];
+    memset(t, 0, sizeof *t);
+    t->key = mats;
+    t->n_experts = E;
+    if (E > 0) {
+        t->first = mats[0];
+        t->last = mats[3 * E - 1];
+    }
+    mm_desc *host = (mm_desc *)malloc(sizeof(mm_desc) * 3 * (size_t)E);
+    if (!host) {
+        lm_errf(be->err, "out of host memory for a routed expert table");
+        return NULL;
+    }
+    int ok = E > 0;
+    for (int m = 0; m < 3 && ok; m++)
+        for (int e = 0; e < E && ok; e++) {
+            wdesc d;
+            if (weight_view(be, &mats[3 * e + m], &d) != 0) {
+                free(host);
+                return NULL;
+            }
+            int fmt = fast_format(&d);
+            mm_shape sh = {d.rows, d.cols, d.group_size, d.qdtype, d.row_bytes};
+            if (e == 0) {
+                t->fmt[m] = fmt;
+                t->sh[m] = sh;
+            }
+            ok = fmt != FMT_NONE && fmt == t->fmt[m] && sh.rows == t->sh[m].rows && sh.cols == t->sh[m].cols &&
+                 sh.group_size == t->sh[m].group_size && sh.qdtype == t->sh[m].qdtype &&
+                 sh.row_bytes == t->sh[m].row_bytes && d.dtype == mats[m].dtype && d.bits == mats[m].bits;
+            host[3 * e + m].data = d.data;
+            host[3 * e + m].scales = d.scales;
+            host[3 * e + m].biases = d.biases;
+        }
+    ok = ok && t->fmt[0] == t->fmt[1] && t->sh[0].rows == t->sh[1].rows && t->sh[0].cols == t->sh[1].cols &&
+         t->sh[0].group_size == t->sh[1].group_size && t->sh[0].qdtype == t->sh[1].qdtype &&
+         t->sh[2].cols == t->sh[0].rows && t->sh[2].rows == t->sh[0].cols;
+    if (ok) {
+        t->bytes = sizeof(mm_desc) * 3 * (size_t)E;
+        if (mem_take(be, t->bytes, "a routed expert table") != 0) {
+            free(host);
+            return NULL;
+        }
+        cudaError_t e = cudaMalloc((void **)&t->dev, t->bytes);
+        if (e == cudaSuccess) e = cudaMemcpy(t->dev, host, t->bytes, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            if (t->dev) cudaFree(t->dev);
+            mem_give(im, t->bytes);
+            free(host);
+            cuda_fail(be, "a routed expert table", e);
+            return NULL;
+        }
+    }
+    free(host);
+    t->ok = ok;
+    im->n_rt++;
+    return t;
+}
+
+static int cuda_moe_routed(lm_backend *be, float *eout, const lm_mat *mats, int E, const int32_t *sel, const float *h,
+                           int n, int K, float *g, float *u) {
+    cuda_impl *im = impl_of(be);
+    if (im->simple || im->no_routed || n < 1 || n > LM_ROUTED_MAX_TOKENS || K < 1) return 1;
+    struct routed_table *t = routed_table_of(be, mats, E);
+    if (!t) return -1;
+    if (!t->ok || (uintptr_t)h % 16 || (uintptr_t)g % 16 || (uintptr_t)u % 16) return 1;
+    unsigned R = (unsigned)(n * K);
+    tim_begin(im);
+    routed_swiglu_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)t->sh[0].rows, GV_WARPS * GV_ROWS), R), GV_WARPS * 32,
+                                         0, im->stream>>>(t->sh[0], t->dev, sel, h, K, g, u);
+    if (launched(be, "routed gate+up+swiglu") != 0) return -1;
+    tim_begin(im);
+    routed_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)t->sh[2].rows, GV_WARPS * GV_ROWS), R, 1), GV_WARPS * 32, 0,
+                                  im->stream>>>(t->sh[2], t->dev, 2, sel, g, 1, eout, NULL);
+    return launched(be, "routed down");
 }
 
 /* ---- the expert tier's uploads ------------------------------------------------------------------------ */
@@ -1266,6 +2659,19 @@ static void cuda_destroy(lm_backend *be) {
         for (size_t i = 0; i < im->n_pinned; i++) cudaHostUnregister(im->pinned[i]);
         free(im->pinned);
         if (im->stream) cudaStreamSynchronize(im->stream);
+        if (im->timing && im->tev) tim_print(im);
+        if (im->tev)
+            for (int i = 0; i < 2 * TIM_CAP; i++)
+                if (im->tev[i]) cudaEventDestroy(im->tev[i]);
+        free(im->tev);
+        free(im->tname);
+        if (im->stage) cudaFreeHost(im->stage);
+        if (im->later) cudaFreeHost(im->later);
+        for (int i = 0; i < im->n_rt; i++)
+            if (im->rt[i].dev) cudaFree(im->rt[i].dev);
+        free(im->rt);
+        for (int i = 0; i < 2; i++)
+            if (im->stage_ev[i]) cudaEventDestroy(im->stage_ev[i]);
         for (size_t i = 0; i < im->w_cap; i++)
             if (im->w[i].dev) cudaFree(im->w[i].dev);
         if (im->flag) cudaFree(im->flag);
@@ -1283,41 +2689,43 @@ static void cuda_destroy(lm_backend *be) {
 static const lm_backend_ops cuda_ops = {
     /* .name = */ "cuda",
     /* .host_memory = */ 0,
-    /* .alloc = */ cuda_alloc,
-    /* .free = */ cuda_free_buf,
-    /* .upload = */ cuda_upload,
-    /* .download = */ cuda_download,
-    /* .copy = */ cuda_copy,
-    /* .reserve_batch = */ cuda_reserve_batch,
-    /* .sync = */ cuda_sync,
-    /* .matmul = */ cuda_matmul,
-    /* .matmul_batch = */ cuda_matmul_batch,
-    /* .embed = */ cuda_embed,
-    /* .rmsnorm = */ cuda_rmsnorm,
-    /* .add = */ cuda_add,
-    /* .add_rows = */ cuda_add_rows,
-    /* .clamp = */ cuda_clamp,
-    /* .copy_rows = */ cuda_copy_rows,
-    /* .sigmoid_mul = */ cuda_sigmoid_mul,
-    /* .swiglu = */ cuda_swiglu,
-    /* .swiglu_clamped = */ cuda_swiglu_clamped,
-    /* .swiglu_clamped_split = */ cuda_swiglu_clamped_split,
-    /* .rope = */ cuda_rope,
-    /* .kv_store = */ cuda_kv_store,
-    /* .attention = */ cuda_attention,
-    /* .route = */ cuda_route,
-    /* .gather_rows = */ cuda_gather_rows,
-    /* .scatter_rows = */ cuda_scatter_rows,
-    /* .moe_combine = */ cuda_moe_combine,
+    /* .alloc = */ FLUSHED(cuda_alloc),
+    /* .free = */ FLUSHED(cuda_free_buf),
+    /* .upload = */ FLUSHED(cuda_upload),
+    /* .download = */ FLUSHED(cuda_download),
+    /* .copy = */ FLUSHED(cuda_copy),
+    /* .reserve_batch = */ FLUSHED(cuda_reserve_batch),
+    /* .sync = */ FLUSHED(cuda_sync),
+    /* .matmul = */ FLUSHED(cuda_matmul),
+    /* .matmul_batch = */ FLUSHED(cuda_matmul_batch),
+    /* .embed = */ FLUSHED(cuda_embed),
+    /* .rmsnorm = */ TIMED(cuda_rmsnorm),
+    /* .add = */ TIMED(cuda_add),
+    /* .add_rows = */ FLUSHED(cuda_add_rows),
+    /* .clamp = */ FLUSHED(cuda_clamp),
+    /* .copy_rows = */ FLUSHED(cuda_copy_rows),
+    /* .sigmoid_mul = */ FLUSHED(cuda_sigmoid_mul),
+    /* .swiglu = */ FLUSHED(cuda_swiglu),
+    /* .swiglu_clamped = */ FLUSHED(cuda_swiglu_clamped),
+    /* .swiglu_clamped_split = */ FLUSHED(cuda_swiglu_clamped_split),
+    /* .rope = */ TIMED(cuda_rope),
+    /* .kv_store = */ TIMED(cuda_kv_store),
+    /* .attention = */ FLUSHED(cuda_attention),
+    /* .route = */ FLUSHED(cuda_route),
+    /* .gather_rows = */ TIMED(cuda_gather_rows),
+    /* .scatter_rows = */ TIMED(cuda_scatter_rows),
+    /* .moe_combine = */ FLUSHED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
-    /* .upload_async = */ cuda_upload_async,
-    /* .upload_fence = */ cuda_upload_fence,
-    /* .uploads_wait = */ cuda_uploads_wait,
-    /* .pin_host = */ cuda_pin_host,
-    /* .unpin_host = */ cuda_unpin_host,
-    /* .memory_info = */ cuda_memory_info,
+    /* .upload_async = */ FLUSHED(cuda_upload_async),
+    /* .upload_fence = */ FLUSHED(cuda_upload_fence),
+    /* .uploads_wait = */ FLUSHED(cuda_uploads_wait),
+    /* .pin_host = */ FLUSHED(cuda_pin_host),
+    /* .unpin_host = */ FLUSHED(cuda_unpin_host),
+    /* .memory_info = */ FLUSHED(cuda_memory_info),
     /* .set_memory_limit = */ cuda_set_memory_limit,
+    /* .moe_routed = */ FLUSHED(cuda_moe_routed),
+    /* .download_later = */ FLUSHED(cuda_download_later),
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
@@ -1345,10 +2753,38 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
         (e = cudaEventCreateWithFlags(&im->copy_done, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->compute_point, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaMalloc((void **)&im->flag, 2 * sizeof(int))) != cudaSuccess ||
-        (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess) {
+        (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&im->stage_ev[0], cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&im->stage_ev[1], cudaEventDisableTiming)) != cudaSuccess) {
         lm_errf(err, "the cuda backend: setting up device %d: %s", device, cudaGetErrorString(e));
         cuda_destroy(be);
         return -1;
+    }
+    /* without the staging area small uploads wait for their copy, as large ones do */
+    if (cudaMallocHost((void **)&im->stage, 2 * STAGE_HALF) != cudaSuccess) {
+        cudaGetLastError();
+        im->stage = NULL;
+    }
+    if (cudaMallocHost((void **)&im->later, LATER_BYTES) != cudaSuccess) { /* download_later then waits */
+        cudaGetLastError();
+        im->later = NULL;
+    }
+    const char *k = getenv("LAZYMOE_CUDA_KERNELS");
+    if (k && !strcmp(k, "simple")) im->simple = 1;
+    const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
+    if (ro && !strcmp(ro, "0")) im->no_routed = 1;
+    const char *t = getenv("LAZYMOE_CUDA_TIMING");
+    if (t && !strcmp(t, "1")) {
+        im->tev = (cudaEvent_t *)calloc(2 * TIM_CAP, sizeof *im->tev);
+        im->tname = (const char **)calloc(TIM_CAP, sizeof *im->tname);
+        int ok = im->tev && im->tname;
+        for (int i = 0; ok && i < 2 * TIM_CAP; i++) ok = cudaEventCreate(&im->tev[i]) == cudaSuccess;
+        if (!ok) {
+            lm_errf(err, "the cuda backend: no events for LAZYMOE_CUDA_TIMING");
+            cuda_destroy(be);
+            return -1;
+        }
+        im->timing = 1;
     }
     *out = be;
     return 0;
@@ -1356,4 +2792,9 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
 
 extern "C" uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->weight_bytes;
+}
+
+extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
+extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
+    return ((const cuda_impl *)be->impl)->fast_launches;
 }

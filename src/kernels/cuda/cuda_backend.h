@@ -19,6 +19,15 @@ extern "C" {
  * reason when there is no usable device. */
 int lm_backend_cuda_create(lm_backend **out, int device, char *err);
 
+/* 1: only the reference kernels (phase 1's: a generic loader per weight, the CPU's
+ * attention walk, one thread per token for routing), against which tests check the
+ * fast ones; 0 (default): the fast kernels where they apply. The environment's
+ * LAZYMOE_CUDA_KERNELS=simple sets it at creation. */
+void lm_backend_cuda_set_simple(lm_backend *be, int simple);
+
+/* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
+uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
+
 /* Bytes of host weights the backend holds device copies of (tests, -v). */
 uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be);
 
