@@ -611,12 +611,13 @@ static void rope(void) {
 
 /* The backend holds back an add, an rmsnorm, a rope or a KV store and launches it
  * together with the next op where they pair (a decode step's add + norm, q and k
- * norms, q and k RoPEs, K and V stores). The same sequence of ops with the reference
+ * norms, q and k RoPEs, K and V stores, the MoE combine with the residual add and the
+ * next norm). The same sequence of ops with the reference
  * mode (nothing held back, one launch each) must give the same bits, and an op that
  * does not pair (a download, a matmul) must see the held-back op done. */
 static void run_pair_sequence(float *x, float *a, float *h, float *q, float *k, float *kc, float *vc, const float *w,
                               const float *wq, const float *wk, const int32_t *pos, const float *inv, int T, int H,
-                              int nh, int nkv, int hd) {
+                              int nh, int nkv, int hd, const float *eout, const float *selw) {
     lm_kv kcache = {.dtype = LM_DT_F16, .data = kc}, vcache = {.dtype = LM_DT_F16, .data = vc};
     CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);
     CHECK(gpu->ops->rmsnorm(gpu, h, x, w, T, H, 1e-6f) == 0);                 /* joins the add */
@@ -626,7 +627,11 @@ static void run_pair_sequence(float *x, float *a, float *h, float *q, float *k, 
     CHECK(gpu->ops->rope(gpu, k, T, nkv, hd, pos, inv, hd / 2, 1.0f) == 0);   /* joins it */
     CHECK(gpu->ops->kv_store(gpu, &kcache, 3, k, T, nkv, hd) == 0);           /* held */
     CHECK(gpu->ops->kv_store(gpu, &vcache, 3, q, T, nkv, hd) == 0);           /* joins it */
-    CHECK(gpu->ops->add(gpu, x, h, (size_t)T * (size_t)H) == 0);              /* held: the download below does it */
+    CHECK(gpu->ops->moe_combine(gpu, a, eout, selw, NULL, T, 2, H) == 0);      /* held */
+    CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);              /* joins it */
+    CHECK(gpu->ops->rmsnorm(gpu, h, x, w, T, H, 1e-6f) == 0);                 /* joins them */
+    CHECK(gpu->ops->moe_combine(gpu, a, eout, selw, q, T, 2, H) == 0);         /* held, with a shared expert's rows */
+    CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);              /* joins it; the download below does both */
 }
 
 static void pending_pairs(void) {
@@ -639,7 +644,8 @@ static void pending_pairs(void) {
     for (int i = 0; i < 32; i++) inv[i] = powf(10000.0f, -(float)i / 32.0f);
     int32_t pos[3] = {3, 4, 5};
     int32_t *dpos = dev_from(pos, sizeof pos);
-    float *out[2][6];
+    float *out[2][7];
+    float *eo = rand_floats((size_t)T * 2 * (size_t)H, -1, 1), *sw = rand_floats((size_t)T * 2, 0, 1);
     for (int mode = 0; mode < 2; mode++) { /* 0: fast (held back), 1: reference (one launch each) */
         lm_backend_cuda_set_simple(gpu, mode);
         float *dx = dev_from(x, sizeof(float) * nx), *da = dev_from(a, sizeof(float) * nx), *dh = dev_from(NULL, sizeof(float) * nx);
@@ -647,23 +653,27 @@ static void pending_pairs(void) {
         uint16_t *zero = calloc(cache, 1);
         float *kc = dev_from(zero, cache), *vc = dev_from(zero, cache);
         free(zero);
-        run_pair_sequence(dx, da, dh, dq, dk, kc, vc, w, wq, wk, dpos, inv, T, H, nh, nkv, hd);
+        float *deo = dev_from(eo, sizeof(float) * (size_t)T * 2 * (size_t)H), *dsw = dev_from(sw, sizeof(float) * (size_t)T * 2);
+        run_pair_sequence(dx, da, dh, dq, dk, kc, vc, w, wq, wk, dpos, inv, T, H, nh, nkv, hd, deo, dsw);
         out[mode][0] = host_from(dx, sizeof(float) * nx);
         out[mode][1] = host_from(dh, sizeof(float) * nx);
         out[mode][2] = host_from(dq, sizeof(float) * nq);
         out[mode][3] = host_from(dk, sizeof(float) * nk);
         out[mode][4] = host_from(kc, cache);
         out[mode][5] = host_from(vc, cache);
+        out[mode][6] = host_from(da, sizeof(float) * nx);
         dev_free(dx), dev_free(da), dev_free(dh), dev_free(dq), dev_free(dk), dev_free(kc), dev_free(vc);
+        dev_free(deo), dev_free(dsw);
     }
     lm_backend_cuda_set_simple(gpu, 0);
-    static const char *names[6] = {"residual", "norm", "q", "k", "k cache", "v cache"};
-    size_t sizes[6] = {sizeof(float) * nx, sizeof(float) * nx, sizeof(float) * nq, sizeof(float) * nk, cache, cache};
-    for (int i = 0; i < 6; i++) {
+    static const char *names[7] = {"residual", "norm", "q", "k", "k cache", "v cache", "combined"};
+    size_t sizes[7] = {sizeof(float) * nx, sizeof(float) * nx, sizeof(float) * nq, sizeof(float) * nk, cache, cache,
+                       sizeof(float) * nx};
+    for (int i = 0; i < 7; i++) {
         CHECKF(same_bits(names[i], out[0][i], out[1][i], sizes[i]), "%s: held-back launches differ from single ones", names[i]);
         free(out[0][i]), free(out[1][i]);
     }
-    free(x), free(a), free(q), free(k), free_weight(w), free_weight(wq), free_weight(wk);
+    free(x), free(a), free(q), free(k), free_weight(w), free_weight(wq), free_weight(wk), free(eo), free(sw);
     gpu->ops->weights_changed(gpu, inv);
     dev_free(dpos);
 }

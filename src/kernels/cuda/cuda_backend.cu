@@ -141,6 +141,10 @@ typedef struct {
         float *scales;
         int div;               /* gather: the index divisor */
         row_segs segs;         /* gather, scatter: rows [dim = width] */
+        /* moe_combine into y (rows x dim) from eout, selw, shared, top_k = n_kv; with
+         * PEND_COMBINE_ADD then resid += y (resid: n floats) */
+        const float *eout, *selw, *shared;
+        float *resid;
     } pend;
 } cuda_impl;
 
@@ -960,6 +964,33 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, cons
  * a sum), so the tile holds the reference's weights exactly; every output is summed
  * over the inputs in order, one fmaf each, whatever the tile shape. */
 #define GK2 32
+/* A step's global loads of k_gemm into registers: this thread's weight units and
+ * input float4s (zeros outside the matrix), issued a step ahead of their use. */
+template <int FMT, int TR, int TT>
+__device__ __forceinline__ void gemm_fetch(const mm_shape &sh, const mm_item &it, int r0, int t0, int c0,
+                                           wunit (&wp)[TR * 4 / 256], float4 (&xp)[(TT * 8 + 255) / 256]) {
+    int tid = threadIdx.x;
+#pragma unroll
+    for (int j = 0; j < TR * 4 / 256; j++) {
+        int idx = tid + 256 * j, r = r0 + idx / 4, u = c0 / 8 + idx % 4;
+        if (r < it.rows && 8 * u < sh.cols) {
+            load_unit<FMT>(sh, it, r, u, wp[j]);
+        } else {
+            wp[j].s = 0.0f;
+            wp[j].b = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) wp[j].q[i] = 0.0f;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < (TT * 8 + 255) / 256; j++) {
+        int idx = tid + 256 * j, tok = idx / 8, part = idx % 8, t = t0 + tok;
+        xp[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (idx < TT * 8 && t < it.n && c0 + part * 4 < sh.cols)
+            xp[j] = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
+    }
+}
+
 template <int FMT, int TR, int TT>
 __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
     __shared__ __align__(16) float ws[GK2][TR]; /* [column][row] */
@@ -973,38 +1004,31 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
     for (int a = 0; a < 4; a++)
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
+    wunit wp[TR * 4 / 256];
+    float4 xp[(TT * 8 + 255) / 256];
+    gemm_fetch<FMT, TR, TT>(sh, it, r0, t0, 0, wp, xp);
     for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
 #pragma unroll
-        for (int idx = tid; idx < TR * 4; idx += 256) { /* the weight tile: TR rows x 4 units */
-            int wrow = idx / 4, wk = idx % 4;
-            int r = r0 + wrow, u = c0 / 8 + wk;
-            float v[8];
-            if (r < rows && 8 * u < sh.cols) {
-                wunit w;
-                load_unit<FMT>(sh, it, r, u, w);
+        for (int j = 0; j < TR * 4 / 256; j++) { /* the weight tile: TR rows x 4 units, widened */
+            int idx = tid + 256 * j, wrow = idx / 4, wk = idx % 4;
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    v[i] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(w.s, w.q[i]), w.b)
-                                               : (FMT_HAS_SCALE(FMT) ? __fmul_rn(w.q[i], w.s) : w.q[i]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) v[i] = 0.0f;
-            }
-#pragma unroll
-            for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
+            for (int i = 0; i < 8; i++)
+                ws[wk * 8 + i][wrow] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(wp[j].s, wp[j].q[i]), wp[j].b)
+                                                           : (FMT_HAS_SCALE(FMT) ? __fmul_rn(wp[j].q[i], wp[j].s) : wp[j].q[i]);
         }
 #pragma unroll
-        for (int idx = tid; idx < TT * 8; idx += 256) { /* the input tile: TT tokens x 8 float4 */
-            int tok = idx / 8, part = idx % 8, t = t0 + tok;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < n && c0 + part * 4 < sh.cols)
-                v = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
-            xs[part * 4 + 0][tok] = v.x;
-            xs[part * 4 + 1][tok] = v.y;
-            xs[part * 4 + 2][tok] = v.z;
-            xs[part * 4 + 3][tok] = v.w;
+        for (int j = 0; j < (TT * 8 + 255) / 256; j++) { /* the input tile: TT tokens x 8 float4 */
+            int idx = tid + 256 * j, tok = idx / 8, part = idx % 8;
+            if (idx < TT * 8) {
+                xs[part * 4 + 0][tok] = xp[j].x;
+                xs[part * 4 + 1][tok] = xp[j].y;
+                xs[part * 4 + 2][tok] = xp[j].z;
+                xs[part * 4 + 3][tok] = xp[j].w;
+            }
         }
         __syncthreads();
+        /* the next step's loads in flight while this one computes */
+        if (c0 + GK2 < sh.cols) gemm_fetch<FMT, TR, TT>(sh, it, r0, t0, c0 + GK2, wp, xp);
 #pragma unroll 8
         for (int cc = 0; cc < GK2; cc++) {
             float4 wr = *(const float4 *)&ws[cc][tr * 4];
@@ -1357,6 +1381,24 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *y, float *x
     rmsnorm_row(y, x, x, a, w, dim, eps, blockIdx.x);
 }
 
+/* moe_combine (into y), the residual add x += y and rmsnorm(out, x) of one row in one
+ * block: the MoE block's end and the next block's norm. Each element as k_moe_combine,
+ * k_add and k_rmsnorm compute it. */
+__global__ void __launch_bounds__(NORM_THREADS) k_combine_add_rmsnorm(float *out, float *x, float *y, const float *eout,
+                                                                       const float *selw, const float *shared,
+                                                                       int top_k, const float *w, int dim, float eps) {
+    size_t t = blockIdx.x;
+    for (int c = threadIdx.x; c < dim; c += NORM_THREADS) {
+        float acc = 0.0f;
+        for (int k = 0; k < top_k; k++)
+            acc += eout[(t * (size_t)top_k + (size_t)k) * (size_t)dim + (size_t)c] * selw[t * (size_t)top_k + (size_t)k];
+        if (shared) acc += shared[t * (size_t)dim + (size_t)c];
+        y[t * (size_t)dim + (size_t)c] = acc;
+    }
+    /* the add reads y[i] as this thread wrote it (same i), then the norm of the row */
+    rmsnorm_row(out, x, x, y, w, dim, eps, t);
+}
+
 /* Two independent rmsnorms in one launch (q and k norms): blocks [0, rows1) the first. */
 __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const float *x1, const float *w1, int rows1,
                                                             int dim1, float *y2, const float *x2, const float *w2,
@@ -1380,8 +1422,9 @@ __global__ void k_add(float *y, const float *x, size_t n) {
  * launches it before doing anything. The joined kernels run each element's
  * arithmetic exactly as the single ones, so results are bit-identical; the
  * reference mode (simple) holds nothing back. */
-enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER };
+enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER, PEND_COMBINE, PEND_COMBINE_ADD };
 static int launch_segs(lm_backend *be, int scatter);
+static int launch_combine(lm_backend *be);
 
 __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
                        float scale);
@@ -1439,6 +1482,10 @@ static int flush_pending(lm_backend *be) {
                                im->pend.rows, im->pend.n_kv, im->pend.dim);
     case PEND_GATHER: return launch_segs(be, 0);
     case PEND_SCATTER: return launch_segs(be, 1);
+    case PEND_COMBINE: return launch_combine(be);
+    case PEND_COMBINE_ADD:
+        if (launch_combine(be) != 0) return -1;
+        return launch_add(be, im->pend.resid, im->pend.y, im->pend.n);
     default: return 0;
     }
 }
@@ -1477,6 +1524,13 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
     if (!dw) return -1;
     if (n <= 0 || dim <= 0) return flush_pending(be);
     size_t bytes = sizeof(float) * (size_t)n * (size_t)dim;
+    if (im->pend.kind == PEND_COMBINE_ADD && im->pend.resid == x && im->pend.dim == dim && im->pend.rows == n) {
+        im->pend.kind = PEND_NONE;
+        tim_begin(im);
+        k_combine_add_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, im->stream>>>(
+            y, im->pend.resid, im->pend.y, im->pend.eout, im->pend.selw, im->pend.shared, im->pend.n_kv, dw, dim, eps);
+        return launched(be, "combine+add+rmsnorm");
+    }
     if (im->pend.kind == PEND_ADD && im->pend.y == x && im->pend.n == (size_t)n * (size_t)dim) {
         im->pend.kind = PEND_NONE;
         tim_begin(im);
@@ -1508,6 +1562,14 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
 
 static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
     cuda_impl *im = impl_of(be);
+    /* the residual add of the MoE output just combined: held with it, for the norm */
+    if (im->pend.kind == PEND_COMBINE && x == im->pend.y && n == (size_t)im->pend.rows * (size_t)im->pend.dim &&
+        !overlap(y, sizeof(float) * n, x, sizeof(float) * n)) {
+        im->pend.kind = PEND_COMBINE_ADD;
+        im->pend.resid = y;
+        im->pend.n = n;
+        return 0;
+    }
     if (flush_pending(be) != 0) return -1;
     if (!n) return 0;
     if (im->simple) return launch_add(be, y, x, n);
@@ -2379,13 +2441,32 @@ __global__ void k_moe_combine(float *y, const float *eout, const float *selw, co
     }
 }
 
+static int launch_combine(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    size_t total = (size_t)im->pend.rows * (size_t)im->pend.dim;
+    tim_begin(im);
+    k_moe_combine<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.eout, im->pend.selw,
+                                                                  im->pend.shared, im->pend.rows, im->pend.n_kv,
+                                                                  im->pend.dim);
+    return launched(be, "moe_combine");
+}
+
+/* Held back: the residual add and the next norm usually join it. */
 static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
                             int top_k, int width) {
+    cuda_impl *im = impl_of(be);
+    if (flush_pending(be) != 0) return -1;
     if (n <= 0 || width <= 0) return 0;
-    tim_begin(impl_of(be));
-    k_moe_combine<<<ew_blocks((size_t)n * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
-        y, eout, selw, shared, n, top_k, width);
-    return launched(be, "moe_combine");
+    im->pend.kind = PEND_COMBINE;
+    im->pend.y = y;
+    im->pend.eout = eout;
+    im->pend.selw = selw;
+    im->pend.shared = shared;
+    im->pend.rows = n;
+    im->pend.n_kv = top_k;
+    im->pend.dim = width;
+    if (im->simple) return flush_pending(be);
+    return 0;
 }
 
 /* ---- memory ------------------------------------------------------------------------------------------------ */
@@ -2544,21 +2625,25 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
     ok = ok && t->fmt[0] == t->fmt[1] && t->sh[0].rows == t->sh[1].rows && t->sh[0].cols == t->sh[1].cols &&
          t->sh[0].group_size == t->sh[1].group_size && t->sh[0].qdtype == t->sh[1].qdtype &&
          t->sh[2].cols == t->sh[0].rows && t->sh[2].rows == t->sh[0].cols;
+    /* no room for the table under the memory cap (a budget that just holds every
+     * expert): the host routes this layer, which gives the same numbers */
     if (ok) {
         t->bytes = sizeof(mm_desc) * 3 * (size_t)E;
         if (mem_take(be, t->bytes, "a routed expert table") != 0) {
-            free(host);
-            return NULL;
+            ok = 0;
+            t->bytes = 0;
         }
+    }
+    if (ok) {
         cudaError_t e = cudaMalloc((void **)&t->dev, t->bytes);
         if (e == cudaSuccess) e = cudaMemcpy(t->dev, host, t->bytes, cudaMemcpyHostToDevice);
         if (e != cudaSuccess) {
-            cudaGetLastError();
+            cudaGetLastError(); /* out of memory is not sticky; a real fault shows at the next op */
             if (t->dev) cudaFree(t->dev);
+            t->dev = NULL;
             mem_give(im, t->bytes);
-            free(host);
-            cuda_fail(be, "a routed expert table", e);
-            return NULL;
+            t->bytes = 0;
+            ok = 0;
         }
     }
     free(host);
@@ -2714,7 +2799,7 @@ static const lm_backend_ops cuda_ops = {
     /* .route = */ FLUSHED(cuda_route),
     /* .gather_rows = */ TIMED(cuda_gather_rows),
     /* .scatter_rows = */ TIMED(cuda_scatter_rows),
-    /* .moe_combine = */ FLUSHED(cuda_moe_combine),
+    /* .moe_combine = */ TIMED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
     /* .upload_async = */ FLUSHED(cuda_upload_async),
