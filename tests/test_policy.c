@@ -7,6 +7,8 @@
 #include "experts/trace.h"
 #include "harness.h"
 
+#include <string.h>
+
 #ifndef LAZYMOE_SOURCE_DIR
 #define LAZYMOE_SOURCE_DIR "."
 #endif
@@ -226,6 +228,34 @@ static void demo_trace_matches_cache(void) {
     lm_trace_data_free(&d);
 }
 
+/* Two streams over one layer, top-2: tokens 0-2 are stream 0, tokens 3-5 stream 1.
+ * Step s is the union of token s and token 3 + s, each expert once, in first-seen order.
+ * With 4 slots and LRU: step 0 reads {0,1,5} (3 misses), step 1 {0,1} hits, {6} misses,
+ * step 2 needs {2,3,5}: 5 hits, 2 and 3 miss (each evicting one of {0,1,6}). */
+static void merged_streams(void) {
+    char err[LM_ERR_LEN];
+    int32_t ids[] = {0, 1, 0, 1, 2, 3, /* stream 0 */ 5, 1, 6, -1, 5, 2 /* stream 1 (one pick at t4) */};
+    lm_trace_data d = one_layer(8, 2, 6, ids), m;
+    CHECK(lm_trace_merge_streams(&d, 2, &m, err) == 0);
+    CHECK_EQ_INT(m.n_tokens, 3);
+    CHECK_EQ_INT(m.top_k, 4);
+    int32_t want[] = {0, 1, 5, -1, 0, 1, 6, -1, 2, 3, 5, -1};
+    for (int i = 0; i < 12; i++) CHECK_EQ_INT(m.ids[i], want[i]);
+    lm_replay_options o = {.policy = LM_EVICT_LRU, .capacity = 4};
+    lm_replay_result r;
+    CHECK(lm_replay(&m, NULL, NULL, &o, &r, err) == 0);
+    CHECK_EQ_INT(r.misses, 3 + 1 + 2);
+    CHECK_EQ_INT(r.hits, 0 + 2 + 1);
+    lm_trace_data_free(&m);
+    /* one stream is the trace itself; more streams than tokens is an error */
+    CHECK(lm_trace_merge_streams(&d, 1, &m, err) == 0);
+    CHECK_EQ_INT(m.n_tokens, 6);
+    for (int i = 0; i < 12; i++) CHECK_EQ_INT(m.ids[i], ids[i]);
+    lm_trace_data_free(&m);
+    CHECK(lm_trace_merge_streams(&d, 7, &m, err) != 0);
+    CHECK(strstr(err, "7 streams") != NULL);
+}
+
 int main(void) {
     TEST_CASE("replay_belady_cycle", belady_cycle);
     TEST_CASE("replay_belady_bounds_policies", belady_bounds_policies);
@@ -234,6 +264,7 @@ int main(void) {
     TEST_CASE("replay_pinning", pinning);
     TEST_CASE("replay_shared_pool", shared_pool);
     TEST_CASE("replay_bad_options", bad_options);
+    TEST_CASE("replay_merged_streams", merged_streams);
     TEST_CASE("policy_lrfu_stale_choices", policy_choices);
     TEST_CASE("replay_demo_trace_matches_cache", demo_trace_matches_cache);
     return th_failed_cases ? 1 : 0;

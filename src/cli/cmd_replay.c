@@ -13,7 +13,7 @@
 static const char replay_usage[] =
     "usage: lazymoe replay TRACE [--capacity N|P%]... [--policy P]... [--param X] [--belady]\n"
     "                      [--lookahead-trace F --lookahead N [--no-guard]] [--history F --pin N]\n"
-    "                      [--global] [--skip N] [--first N] [--tokens N] [--json]\n"
+    "                      [--global] [--skip N] [--first N] [--tokens N] [--streams S] [--json]\n"
     "Replays a routing trace (lazymoe run --trace-routing, tools/train_routing_model.py) through\n"
     "the expert cache's rules and prints each policy's hit rate, counted after the first --skip\n"
     "tokens (default 1, as lazymoe bench counts decode after a 1-token prompt).\n"
@@ -28,7 +28,10 @@ static const char replay_usage[] =
     "  --history F, --pin N  pin each layer's N most used experts of trace F\n"
     "  --global         one pool of slots for all layers (per-layer adaptive capacity)\n"
     "  --first N        start at token N of the traces (default 0)\n"
-    "  --tokens N       replay only N tokens\n";
+    "  --tokens N       replay only N tokens\n"
+    "  --streams S      S sequences decoded together: the trace cut into S consecutive parts,\n"
+    "                   each step reading the union of their experts once; counts are per\n"
+    "                   step (--skip too) and `reads/token` is expert reads per generated token\n";
 
 #define MAX_LIST 16
 
@@ -40,21 +43,24 @@ static int parse_param(const char *s, double *out) {
     return 0;
 }
 
+/* generated: tokens counted (steps x streams), for expert reads per generated token */
 static void print_result(int json, const char *name, double param, int cap, const lm_replay_options *o,
-                         const lm_replay_result *r) {
+                         const lm_replay_result *r, uint64_t generated) {
     uint64_t total = r->hits + r->misses;
     double rate = total ? 100.0 * (double)r->hits / (double)total : 0;
+    double per_token = generated ? (double)r->misses / (double)generated : 0;
     if (json)
         printf("{\"policy\":\"%s\",\"param\":%g,\"capacity\":%d,\"lookahead\":%d,\"guarded\":%d,\"pin\":%d,"
                "\"global\":%d,\"hits\":%llu,\"misses\":%llu,\"hit_rate\":%.4f,\"prefetched\":%llu,"
-               "\"prefetch_used\":%llu}\n",
+               "\"prefetch_used\":%llu,\"reads_per_token\":%.3f}\n",
                name, param, cap, o->lookahead, !o->unguarded, o->pin, o->global, (unsigned long long)r->hits,
                (unsigned long long)r->misses, rate, (unsigned long long)r->prefetched,
-               (unsigned long long)r->prefetch_used);
+               (unsigned long long)r->prefetch_used, per_token);
     else {
         printf("capacity %4d  %-7s", cap, name);
         if (param > 0) printf(" (%g)", param);
-        printf("  hit rate %6.2f%%  (%llu of %llu)", rate, (unsigned long long)r->hits, (unsigned long long)total);
+        printf("  hit rate %6.2f%%  (%llu of %llu)  reads/token %6.2f", rate, (unsigned long long)r->hits,
+               (unsigned long long)total, per_token);
         if (o->lookahead)
             printf("  lookahead %d%s: %llu read, %llu used", o->lookahead, o->unguarded ? " unguarded" : "",
                    (unsigned long long)r->prefetched, (unsigned long long)r->prefetch_used);
@@ -69,6 +75,7 @@ int cmd_replay(int argc, char **argv) {
     const char *caps[MAX_LIST];
     int ncaps = 0, policies[MAX_LIST], npol = 0;
     int belady = 0, json = 0, unguarded = 0, global = 0, lookahead = 0, pin = 0, skip = 1, tokens = 0, first = 0;
+    int streams = 1;
     double param = 0;
     cli_option opts[] = {
         {"--lookahead-trace", .str = &pred_path, .what = "a file"},
@@ -78,6 +85,7 @@ int cmd_replay(int argc, char **argv) {
         {"--skip", .num = &skip, .lo = 0, .hi = 1 << 30},
         {"--tokens", .num = &tokens, .lo = 1, .hi = 1 << 30},
         {"--first", .num = &first, .lo = 0, .hi = 1 << 30},
+        {"--streams", .num = &streams, .lo = 1, .hi = 1 << 10},
         {"--belady", .flag = &belady, .lo = 1},
         {"--no-guard", .flag = &unguarded, .lo = 1},
         {"--global", .flag = &global, .lo = 1},
@@ -122,6 +130,7 @@ int cmd_replay(int argc, char **argv) {
         if (!lookahead) belady = 1;
     }
     if (belady && lookahead) return cli_fail("Belady's MIN is computed without lookahead"), 2;
+    if (streams > 1 && lookahead) return cli_fail("--streams replays without lookahead"), 2;
 
     char err[LM_ERR_LEN];
     lm_trace_data routes = {0}, pred = {0}, hist = {0};
@@ -148,6 +157,15 @@ int cmd_replay(int argc, char **argv) {
         }
     }
     if (tokens && tokens < routes.n_tokens) routes.n_tokens = tokens;
+    if (streams > 1) {
+        lm_trace_data merged;
+        if (lm_trace_merge_streams(&routes, streams, &merged, err) != 0) {
+            fprintf(stderr, "lazymoe replay: %s\n", err);
+            goto out;
+        }
+        lm_trace_data_free(&routes);
+        routes = merged;
+    }
     if (skip >= routes.n_tokens) {
         fprintf(stderr, "lazymoe replay: --skip %d leaves none of the trace's %d tokens\n", skip, routes.n_tokens);
         goto out;
@@ -169,8 +187,11 @@ int cmd_replay(int argc, char **argv) {
         }
     }
     if (!json)
-        printf("trace %s: %d tokens, %d layers, %d experts, top-%d; counted after %d\n", trace, routes.n_tokens,
-               routes.n_layers, routes.n_experts, routes.top_k, skip);
+        printf("trace %s: %d %s, %d layers, %d experts, top-%d; counted after %d\n", trace, routes.n_tokens,
+               streams > 1 ? "steps" : "tokens", routes.n_layers, routes.n_experts, routes.top_k / streams, skip);
+    if (!json && streams > 1)
+        printf("%d streams decoded together: each step reads the union of their experts once\n", streams);
+    const uint64_t generated = (uint64_t)(routes.n_tokens - skip) * (uint64_t)streams;
     for (int c = 0; c < ncaps; c++) {
         lm_replay_options o = {.capacity = capv[c], .lookahead = lookahead, .unguarded = unguarded, .pin = pin,
                                .skip = skip, .global = global, .param = param};
@@ -182,7 +203,7 @@ int cmd_replay(int argc, char **argv) {
                 goto out;
             }
             print_result(json, lm_policy_name(o.policy), param > 0 ? param : lm_policy_default_param(o.policy),
-                         capv[c], &o, &r);
+                         capv[c], &o, &r, generated);
         }
         if (belady) {
             o.belady = 1;
@@ -191,7 +212,7 @@ int cmd_replay(int argc, char **argv) {
                 fprintf(stderr, "lazymoe replay: %s\n", err);
                 goto out;
             }
-            print_result(json, "belady", 0, capv[c], &o, &r);
+            print_result(json, "belady", 0, capv[c], &o, &r, generated);
         }
     }
     rc = 0;

@@ -97,6 +97,40 @@ static int check_pair(const lm_trace_data *a, const lm_trace_data *b, const char
     return 0;
 }
 
+int lm_trace_merge_streams(const lm_trace_data *in, int streams, lm_trace_data *out, char *err) {
+    memset(out, 0, sizeof *out);
+    if (streams < 1 || streams > in->n_tokens)
+        return lm_errf(err, "%d streams: the trace has %d tokens (at least one per stream)", streams, in->n_tokens);
+    if ((int64_t)in->top_k * streams > (1 << 20))
+        return lm_errf(err, "%d streams of top-%d picks is too many", streams, in->top_k);
+    const int L = in->n_layers, K = in->top_k, n = in->n_tokens / streams, KS = K * streams;
+    out->n_layers = L;
+    out->n_experts = in->n_experts;
+    out->top_k = KS;
+    out->n_tokens = n;
+    out->ids = malloc(sizeof *out->ids * (size_t)n * (size_t)L * (size_t)KS);
+    uint8_t *seen = calloc((size_t)in->n_experts, 1);
+    if (!out->ids || !seen) {
+        free(seen);
+        lm_trace_data_free(out);
+        return lm_errf(err, "out of memory merging %d streams", streams);
+    }
+    for (int s = 0; s < n; s++)
+        for (int l = 0; l < L; l++) {
+            int32_t *dst = out->ids + ((size_t)s * (size_t)L + (size_t)l) * (size_t)KS;
+            int m = 0;
+            for (int q = 0; q < streams; q++) {
+                const int32_t *src = in->ids + (((size_t)q * (size_t)n + (size_t)s) * (size_t)L + (size_t)l) * (size_t)K;
+                for (int k = 0; k < K && src[k] >= 0; k++)
+                    if (!seen[src[k]]) seen[src[k]] = 1, dst[m++] = src[k];
+            }
+            for (int i = 0; i < m; i++) seen[dst[i]] = 0;
+            for (int i = m; i < KS; i++) dst[i] = -1;
+        }
+    free(seen);
+    return 0;
+}
+
 int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const lm_trace_data *history,
               const lm_replay_options *o, lm_replay_result *r, char *err) {
     memset(r, 0, sizeof *r);

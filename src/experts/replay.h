@@ -46,6 +46,16 @@ typedef struct {
     uint64_t prefetch_used;  /* of them, needed at that step */
 } lm_replay_result;
 
+/* Concurrent sequences decoded together (continuous batching): `streams` sequences
+ * take consecutive parts of `in` (sequence i is tokens i*n .. i*n + n - 1, n = in's
+ * tokens / streams), and step s of `out` is token s of every sequence: per layer, the
+ * union of their picks (first appearance order, -1 after it), so each expert a step
+ * needs is acquired once, as the engine's batched decode does (run_lazy_experts on the
+ * union of the rows' routes). out->top_k = in->top_k x streams; free with
+ * lm_trace_data_free. Replaying `out` gives the cache's hits and reads per step; reads
+ * per generated token = misses / (counted steps x streams). */
+int lm_trace_merge_streams(const lm_trace_data *in, int streams, lm_trace_data *out, char *err);
+
 /* Replays `routes` (and `predicted` when o->lookahead > 0; `history` when o->pin > 0).
  * The traces must agree on layers and experts. Returns 0, or -1 with err. */
 int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const lm_trace_data *history,
