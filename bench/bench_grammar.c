@@ -15,15 +15,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 #include "text/grammar.h"
 #include "text/json_schema.h"
 #include "text/tokenizer.h"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static const char *SCHEMA =
     "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"name\":{\"type\":\"string\"},"

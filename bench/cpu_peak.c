@@ -7,16 +7,14 @@
  * build: cc -O2 -std=c11 bench/cpu_peak.c -o build/cpu_peak
  * run:   build/cpu_peak            (x86-64 with AVX-512 VNNI)
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <immintrin.h>
 #include <stdio.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "bench_util.h"
 
 #define CHAINS 16
 #define ITERS 20000000

@@ -23,7 +23,9 @@
  * 786432 bytes of weights + 2 x 49152 of scales/biases (bf16); 2.65 MB per expert.
  * The scratch file is created (non-zero data) if shorter than asked; delete it after.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 #define EXPERTS 128
 #define ALIGN 4096ull
 #define MAX_BATCH 64
@@ -43,12 +47,6 @@ static uint64_t expert_bytes, layer_bytes;
 static int fd, layers, packed;
 static atomic_uint_fast64_t bytes_done, experts_done;
 static volatile int stop;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) & ~(ALIGN - 1); }
 

@@ -964,6 +964,33 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, cons
  * a sum), so the tile holds the reference's weights exactly; every output is summed
  * over the inputs in order, one fmaf each, whatever the tile shape. */
 #define GK2 32
+/* A step's global loads of k_gemm into registers: this thread's weight units and
+ * input float4s (zeros outside the matrix), issued a step ahead of their use. */
+template <int FMT, int TR, int TT>
+__device__ __forceinline__ void gemm_fetch(const mm_shape &sh, const mm_item &it, int r0, int t0, int c0,
+                                           wunit (&wp)[TR * 4 / 256], float4 (&xp)[(TT * 8 + 255) / 256]) {
+    int tid = threadIdx.x;
+#pragma unroll
+    for (int j = 0; j < TR * 4 / 256; j++) {
+        int idx = tid + 256 * j, r = r0 + idx / 4, u = c0 / 8 + idx % 4;
+        if (r < it.rows && 8 * u < sh.cols) {
+            load_unit<FMT>(sh, it, r, u, wp[j]);
+        } else {
+            wp[j].s = 0.0f;
+            wp[j].b = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) wp[j].q[i] = 0.0f;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < (TT * 8 + 255) / 256; j++) {
+        int idx = tid + 256 * j, tok = idx / 8, part = idx % 8, t = t0 + tok;
+        xp[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (idx < TT * 8 && t < it.n && c0 + part * 4 < sh.cols)
+            xp[j] = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
+    }
+}
+
 template <int FMT, int TR, int TT>
 __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
     __shared__ __align__(16) float ws[GK2][TR]; /* [column][row] */
@@ -977,38 +1004,31 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
     for (int a = 0; a < 4; a++)
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
+    wunit wp[TR * 4 / 256];
+    float4 xp[(TT * 8 + 255) / 256];
+    gemm_fetch<FMT, TR, TT>(sh, it, r0, t0, 0, wp, xp);
     for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
 #pragma unroll
-        for (int idx = tid; idx < TR * 4; idx += 256) { /* the weight tile: TR rows x 4 units */
-            int wrow = idx / 4, wk = idx % 4;
-            int r = r0 + wrow, u = c0 / 8 + wk;
-            float v[8];
-            if (r < rows && 8 * u < sh.cols) {
-                wunit w;
-                load_unit<FMT>(sh, it, r, u, w);
+        for (int j = 0; j < TR * 4 / 256; j++) { /* the weight tile: TR rows x 4 units, widened */
+            int idx = tid + 256 * j, wrow = idx / 4, wk = idx % 4;
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    v[i] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(w.s, w.q[i]), w.b)
-                                               : (FMT_HAS_SCALE(FMT) ? __fmul_rn(w.q[i], w.s) : w.q[i]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) v[i] = 0.0f;
-            }
-#pragma unroll
-            for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
+            for (int i = 0; i < 8; i++)
+                ws[wk * 8 + i][wrow] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(wp[j].s, wp[j].q[i]), wp[j].b)
+                                                           : (FMT_HAS_SCALE(FMT) ? __fmul_rn(wp[j].q[i], wp[j].s) : wp[j].q[i]);
         }
 #pragma unroll
-        for (int idx = tid; idx < TT * 8; idx += 256) { /* the input tile: TT tokens x 8 float4 */
-            int tok = idx / 8, part = idx % 8, t = t0 + tok;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < n && c0 + part * 4 < sh.cols)
-                v = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
-            xs[part * 4 + 0][tok] = v.x;
-            xs[part * 4 + 1][tok] = v.y;
-            xs[part * 4 + 2][tok] = v.z;
-            xs[part * 4 + 3][tok] = v.w;
+        for (int j = 0; j < (TT * 8 + 255) / 256; j++) { /* the input tile: TT tokens x 8 float4 */
+            int idx = tid + 256 * j, tok = idx / 8, part = idx % 8;
+            if (idx < TT * 8) {
+                xs[part * 4 + 0][tok] = xp[j].x;
+                xs[part * 4 + 1][tok] = xp[j].y;
+                xs[part * 4 + 2][tok] = xp[j].z;
+                xs[part * 4 + 3][tok] = xp[j].w;
+            }
         }
         __syncthreads();
+        /* the next step's loads in flight while this one computes */
+        if (c0 + GK2 < sh.cols) gemm_fetch<FMT, TR, TT>(sh, it, r0, t0, c0 + GK2, wp, xp);
 #pragma unroll 8
         for (int cc = 0; cc < GK2; cc++) {
             float4 wr = *(const float4 *)&ws[cc][tr * 4];
@@ -2605,21 +2625,25 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
     ok = ok && t->fmt[0] == t->fmt[1] && t->sh[0].rows == t->sh[1].rows && t->sh[0].cols == t->sh[1].cols &&
          t->sh[0].group_size == t->sh[1].group_size && t->sh[0].qdtype == t->sh[1].qdtype &&
          t->sh[2].cols == t->sh[0].rows && t->sh[2].rows == t->sh[0].cols;
+    /* no room for the table under the memory cap (a budget that just holds every
+     * expert): the host routes this layer, which gives the same numbers */
     if (ok) {
         t->bytes = sizeof(mm_desc) * 3 * (size_t)E;
         if (mem_take(be, t->bytes, "a routed expert table") != 0) {
-            free(host);
-            return NULL;
+            ok = 0;
+            t->bytes = 0;
         }
+    }
+    if (ok) {
         cudaError_t e = cudaMalloc((void **)&t->dev, t->bytes);
         if (e == cudaSuccess) e = cudaMemcpy(t->dev, host, t->bytes, cudaMemcpyHostToDevice);
         if (e != cudaSuccess) {
-            cudaGetLastError();
+            cudaGetLastError(); /* out of memory is not sticky; a real fault shows at the next op */
             if (t->dev) cudaFree(t->dev);
+            t->dev = NULL;
             mem_give(im, t->bytes);
-            free(host);
-            cuda_fail(be, "a routed expert table", e);
-            return NULL;
+            t->bytes = 0;
+            ok = 0;
         }
     }
     free(host);
