@@ -9,7 +9,8 @@
  * CPUTIME=1 times the matmuls by the process's CPU time rather than the wall clock: on
  * a shared machine, with THREADS=1, the time other processes take is then not counted
  * (a neighbour's use of caches and memory still is).
- * run:   [ACT8_ONLY=1] [ROUNDS=3] [CACHED=1] [CPUTIME=1] build/bench_qblock [ROWS=768] [COLS=2048] [THREADS=1] [TOKENS=1,8,64]
+ * TYPES=Q4_K,Q6_K,MLX4g32 (names as printed) runs only those types (ratio 0 without MLX4g32).
+ * run:   [ACT8_ONLY=1] [ROUNDS=3] [CACHED=1] [CPUTIME=1] [TYPES=...] build/bench_qblock [ROWS=768] [COLS=2048] [THREADS=1] [TOKENS=1,8,64]
  * Every (type, tokens, bits) runs once per round, the rounds in turn, and the best
  * of the rounds is printed (GMAC/s, GB/s of weights, the ratio to MLX 4-bit g32),
  * so a neighbour's load hits the types of a round alike. The memory-bandwidth bound:
@@ -40,6 +41,7 @@ static double clock_s(void) {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+static const char *type_name(lm_dtype t) { return t == LM_DT_U32 ? "MLX4g32" : lm_dtype_name(t); }
 static float frand(void) { return (float)next() / 4294967296.0f * 2.0f - 1.0f; }
 
 /* Random bytes with small finite f16 scales at the type's scale fields. */
@@ -124,7 +126,20 @@ int main(int argc, char **argv) {
     static lm_mat W[NT][MAXC];
     int copies[NT];
     size_t wbytes[NT];
+    int on[NT];
     for (int ti = 0; ti < NT; ti++) {
+        const char *list = getenv("TYPES"), *name = type_name(types[ti]);
+        on[ti] = 1;
+        if (list) { /* whole names between commas */
+            const char *at = strstr(list, name);
+            while (at && ((at != list && at[-1] != ',') || (at[strlen(name)] && at[strlen(name)] != ',')))
+                at = strstr(at + 1, name);
+            on[ti] = at != NULL;
+        }
+    }
+    for (int ti = 0; ti < NT; ti++) {
+        copies[ti] = 0, wbytes[ti] = 1;
+        if (!on[ti]) continue;
         lm_mat W0 = {.dtype = types[ti], .rows = rows, .cols = cols};
         if (types[ti] == LM_DT_U32) W0.bits = 4, W0.group_size = 32, W0.qdtype = LM_DT_F16;
         wbytes[ti] = lm_mat_bytes(&W0);
@@ -151,7 +166,7 @@ int main(int argc, char **argv) {
         const double b = read_gbps(threads);
         bw = b > bw ? b : bw;
         for (int ti = 0; ti < NT; ti++)
-            for (int k = 0; k < nn; k++) {
+            for (int k = 0; k < nn && on[ti]; k++) {
                 const int n = ns[k];
                 for (int bits = 8; bits <= (getenv("ACT8_ONLY") ? 8 : 32); bits += 24) {
                     if (lm_backend_cpu_set_act_bits(be, bits, cols, err) != 0) return fprintf(stderr, "%s\n", err), 1;
@@ -172,12 +187,12 @@ int main(int argc, char **argv) {
     printf("best of %d rounds; ratio = GMAC/s / MLX4g32's at the same tokens and bits%s\n", rounds,
            getenv("CACHED") ? "" : "; 1 token streams the weights: 'of bound' = weight GB/s / read bandwidth");
     for (int ti = 0; ti < NT; ti++) {
-        const char *name = types[ti] == LM_DT_U32 ? "MLX4g32" : lm_dtype_name(types[ti]);
-        for (int k = 0; k < nn; k++)
+        const char *name = type_name(types[ti]);
+        for (int k = 0; k < nn && on[ti]; k++)
             for (int bits = 8; bits <= (getenv("ACT8_ONLY") ? 8 : 32); bits += 24) {
                 const double g = best[ti][k][bits == 32], gbs = g * (double)wbytes[ti] / ((double)rows * cols * ns[k]);
                 printf("%-8s n=%-3d act%-2d %7.2f GMAC/s %6.2f GB/s  ratio %.2f", name, ns[k], bits, g, gbs,
-                       g / best[0][k][bits == 32]);
+                       on[0] ? g / best[0][k][bits == 32] : 0.0);
                 if (ns[k] == 1 && !getenv("CACHED")) printf("  of bound %.2f", gbs / bw);
                 printf("\n");
             }

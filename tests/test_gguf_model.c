@@ -481,6 +481,72 @@ static void config_matches(void) {
     gguf_close(g);
 }
 
+/* The sigmoid-router families from GGUF (F32: the same weights, so the logits agree
+ * to rounding). glm4moe: leading dense layers, shared experts (*_shexp), exp_probs_b,
+ * expert groups (glm4_moe_f32: 4 groups, 2 used) and expert_weights_scale 2.5; the
+ * qknorm fixture has per-head q/k norms, 2 dense layers and no renormalisation.
+ * minimax-m2: q/k norms over whole projections, partial RoPE, exp_probs_b. */
+static void glm4_moe_f32(void) { same_as_source(GOLDEN "glm4_moe_f32", "glm4_moe_f32.gguf", LM_DT_F32, 1e-4f); }
+static void glm4_moe_qknorm_f32(void) {
+    same_as_source(GOLDEN "glm4_moe_qknorm_f32", "glm4_moe_qknorm_f32.gguf", LM_DT_F32, 1e-4f);
+}
+static void glm4_moe_lazy_equals_resident(void) { lazy_equals_resident_file("glm4_moe_f32.gguf"); }
+static void minimax_m2_f32(void) { same_as_source(GOLDEN "minimax_m2_f32", "minimax_m2_f32.gguf", LM_DT_F32, 1e-4f); }
+static void minimax_m2_mqa_f32(void) {
+    same_as_source(GOLDEN "minimax_m2_mqa_f32", "minimax_m2_mqa_f32.gguf", LM_DT_F32, 1e-4f);
+}
+static void minimax_m2_lazy_equals_resident(void) { lazy_equals_resident_file("minimax_m2_f32.gguf"); }
+
+/* glm4_moe_f32 holds a multi-token-prediction layer (layer 3: eh_proj, enorm, router);
+ * written the way llama.cpp's converter keeps it (blk.3.nextn.*, block_count 4,
+ * nextn_predict_layers 1) it is skipped, named in the model's counts, and changes no
+ * logit. */
+static void glm4_moe_mtp(void) {
+    export_flags = LM_GGUF_KEEP_MTP;
+    same_as_source(GOLDEN "glm4_moe_f32", "glm4_moe_f32_mtp.gguf", LM_DT_F32, 1e-4f);
+    export_flags = 0;
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/glm4_moe_f32_mtp.gguf", tmp);
+    gguf_archive *g = NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (g) {
+        CHECK(gguf_find_tensor(g, "blk.3.nextn.eh_proj.weight") != NULL);
+        CHECK(gguf_find_tensor(g, "blk.3.ffn_gate_inp.weight") != NULL);
+        gguf_close(g);
+    }
+    lm_weights w;
+    CHECKF(lm_weights_load(&w, path, NULL, NULL, err) == 0, "%s", err);
+    CHECK_EQ_INT(w.cfg.n_layers, 3);
+    CHECK_EQ_INT(w.n_mtp_layers, 1);
+    lm_weights_free(&w);
+}
+
+/* glm4moe's config from the GGUF equals config.json's: the keys llama.cpp's converter
+ * writes for it (dense lead, shared experts, groups, scale, norm) come back. */
+static void glm4_moe_config_matches(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/glm4_moe_f32.gguf", tmp);
+    lm_config a, b;
+    gguf_archive *g = NULL;
+    CHECKF(lm_config_load(&a, GOLDEN "glm4_moe_f32", err) == 0, "%s", err);
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (!g) return;
+    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
+    CHECK_EQ_INT(a.n_layers, b.n_layers);
+    CHECK_EQ_INT(a.first_k_dense, b.first_k_dense);
+    CHECK_EQ_INT(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
+    CHECK_EQ_INT(a.n_group, b.n_group);
+    CHECK_EQ_INT(a.topk_group, b.topk_group);
+    CHECK_EQ_INT(a.router_sigmoid, b.router_sigmoid);
+    CHECK_EQ_INT(a.norm_topk_prob, b.norm_topk_prob);
+    CHECK_EQ_INT(a.rope_dim, b.rope_dim);
+    CHECK_EQ_INT(a.attention_bias, b.attention_bias);
+    CHECK(a.routed_scaling_factor == b.routed_scaling_factor);
+    lm_config_free(&a);
+    lm_config_free(&b);
+    gguf_close(g);
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -491,12 +557,20 @@ static void refused(void) {
         const char *arch;
         int experts;
         const char *tensor, *want;
+        const char *extra[2]; /* ARCH-relative u32 keys, "name=value" */
     } cases[] = {
         {"llama", 0, "token_embd.weight", "dense llama model"},
         {"gpt-neox", 4, "token_embd.weight", "architecture 'gpt-neox' is not supported"},
         {"qwen3moe", 4, NULL, "lacks a 2-D token_embd.weight"},
         {"qwen3moe", 0, "token_embd.weight", "lacks 'qwen3moe.expert_count'"},
         {"qwen3moe", 4, "blk.0.attn_qkv.weight", "tensor 'blk.0.attn_qkv.weight' is not one lazymoe knows"},
+        {"glm4moe", 4, "token_embd.weight", "lacks 'glm4moe.expert_shared_count'"},
+        {"glm4moe", 4, "token_embd.weight", "'glm4moe.nextn_predict_layers' is 1 but glm4moe.block_count is 1",
+         {"expert_shared_count=1", "nextn_predict_layers=1"}},
+        {"glm4moe", 4, "token_embd.weight", "'glm4moe.expert_group_count' without 'glm4moe.expert_group_used_count'",
+         {"expert_shared_count=1", "expert_group_count=2"}},
+        {"minimax-m2", 4, "token_embd.weight", "'minimax-m2.expert_gating_func' is 1; minimax-m2 routes with a sigmoid",
+         {"expert_gating_func=1"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         gguf_writer *w = gguf_w_new();
@@ -510,6 +584,12 @@ static void refused(void) {
         if (cases[i].experts) {
             gguf_w_u32(w, K("expert_count"), (uint32_t)cases[i].experts);
             gguf_w_u32(w, K("expert_used_count"), 1);
+        }
+        for (int e = 0; e < 2 && cases[i].extra[e]; e++) {
+            char name[64];
+            const char *eq = strchr(cases[i].extra[e], '=');
+            snprintf(name, sizeof name, "%.*s", (int)(eq - cases[i].extra[e]), cases[i].extra[e]);
+            gguf_w_u32(w, K(name), (uint32_t)atoi(eq + 1));
         }
 #undef K
         if (cases[i].tensor) gguf_w_tensor(w, "token_embd.weight", 0, 2, ne, emb, sizeof emb, 0);
@@ -550,6 +630,14 @@ int main(void) {
     TEST_CASE("gguf_tokenizer_and_template", tokenizer_and_template);
     TEST_CASE("gguf_config_matches_config_json", config_matches);
     TEST_CASE("gguf_refused_metadata", refused);
+    TEST_CASE("gguf_glm4_moe_f32_same_as_safetensors", glm4_moe_f32);
+    TEST_CASE("gguf_glm4_moe_qknorm_f32_same_as_safetensors", glm4_moe_qknorm_f32);
+    TEST_CASE("gguf_glm4_moe_lazy_equals_resident", glm4_moe_lazy_equals_resident);
+    TEST_CASE("gguf_glm4_moe_config_matches_config_json", glm4_moe_config_matches);
+    TEST_CASE("gguf_glm4_moe_mtp_layers_skipped", glm4_moe_mtp);
+    TEST_CASE("gguf_minimax_m2_f32_same_as_safetensors", minimax_m2_f32);
+    TEST_CASE("gguf_minimax_m2_mqa_f32_same_as_safetensors", minimax_m2_mqa_f32);
+    TEST_CASE("gguf_minimax_m2_lazy_equals_resident", minimax_m2_lazy_equals_resident);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmp);

@@ -26,6 +26,8 @@ typedef struct {
     int placeholder_vocab;
     int fuse_gate_up; /* LM_GGUF_FUSE_GATE_UP */
     int gpt_oss;
+    int glm; /* glm4moe: post_attention_norm, exp_probs_b, shared experts, dense leading layers */
+    int mtp; /* glm4moe's multi-token-prediction layers kept (LM_GGUF_KEEP_MTP): how many */
 } exporter;
 
 static uint32_t ggml_of(lm_dtype t) {
@@ -280,7 +282,8 @@ static int put_layer(exporter *x, int l) {
     int H = c->hidden_size, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
 #define NAME(part) (snprintf(n, sizeof n, "blk.%d.%s", l, part), n)
     if (put_vec(x, NAME("attn_norm.weight"), ly->attn_norm, H, 0) ||
-        put_vec(x, NAME(x->gpt_oss ? "post_attention_norm.weight" : "ffn_norm.weight"), ly->ffn_norm, H, 0) ||
+        put_vec(x, NAME(x->gpt_oss || x->glm ? "post_attention_norm.weight" : "ffn_norm.weight"), ly->ffn_norm, H,
+                0) ||
         put_mat(x, NAME("attn_q.weight"), &ly->q, x->type, x->llama) ||
         put_mat(x, NAME("attn_k.weight"), &ly->k, x->type, x->llama) ||
         put_mat(x, NAME("attn_v.weight"), &ly->v, x->type, 0) ||
@@ -307,8 +310,77 @@ static int put_layer(exporter *x, int l) {
     /* llama.cpp keeps the router in F32 */
     if (put_mat(x, NAME("ffn_gate_inp.weight"), &ly->router, LM_DT_F32, 0)) return -1;
     if (ly->router_bias && put_vec(x, NAME("ffn_gate_inp.bias"), ly->router_bias, c->n_experts, 0)) return -1;
+    if (ly->router_correction && put_vec(x, NAME("exp_probs_b.bias"), ly->router_correction, c->n_experts, 0))
+        return -1;
+    if (ly->shared_gate.rows && (put_mat(x, NAME("ffn_gate_shexp.weight"), &ly->shared_gate, x->type, 0) ||
+                                 put_mat(x, NAME("ffn_up_shexp.weight"), &ly->shared_up, x->type, 0) ||
+                                 put_mat(x, NAME("ffn_down_shexp.weight"), &ly->shared_down, x->type, 0)))
+        return -1;
 #undef NAME
     return x->gpt_oss ? put_gpt_oss_experts(x, l) : put_experts(x, l);
+}
+
+/* glm4moe's multi-token-prediction layers (those past num_hidden_layers), copied as
+ * they are under llama.cpp's names (LM_GGUF_KEEP_MTP): Hugging Face name inside the
+ * layer -> GGUF name inside blk.N. */
+static const struct {
+    const char *hf, *gguf;
+} mtp_names[] = {
+    {"eh_proj.weight", "nextn.eh_proj.weight"},
+    {"enorm.weight", "nextn.enorm.weight"},
+    {"hnorm.weight", "nextn.hnorm.weight"},
+    {"embed_tokens.weight", "nextn.embed_tokens.weight"},
+    {"shared_head.head.weight", "nextn.shared_head_head.weight"},
+    {"shared_head.norm.weight", "nextn.shared_head_norm.weight"},
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},
+    {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
+};
+
+static int put_mtp_layers(exporter *x) {
+    const st_archive *a = x->lw->archive;
+    int L = x->lw->cfg.n_layers;
+    for (int i = 0; i < a->ntensors; i++) {
+        const st_tensor *t = &a->tensors[i];
+        if (strncmp(t->name, "model.layers.", 13) != 0) continue;
+        char *end;
+        long l = strtol(t->name + 13, &end, 10);
+        if (end == t->name + 13 || *end != '.' || l < L) continue;
+        const char *gname = NULL;
+        for (size_t k = 0; k < sizeof mtp_names / sizeof mtp_names[0] && !gname; k++)
+            if (strcmp(end + 1, mtp_names[k].hf) == 0) gname = mtp_names[k].gguf;
+        if (!gname)
+            return lm_errf(x->err, "multi-token-prediction tensor '%s' cannot be written to GGUF yet", t->name);
+        if (t->dtype != LM_DT_F32 && t->dtype != LM_DT_F16 && t->dtype != LM_DT_BF16)
+            return lm_errf(x->err, "multi-token-prediction tensor '%s' is not F32, F16 or BF16", t->name);
+        void *buf = lm_malloc((size_t)t->nbytes, t->name, x->err);
+        if (!buf) return -1;
+        const st_file *f = &a->files[t->file];
+        if (lm_pread_full(f->fd, buf, (size_t)t->nbytes, t->offset, x->err) != 0) {
+            free(buf);
+            return lm_err_prefix(x->err, "%s: %s", f->path, t->name);
+        }
+        int64_t ne[4] = {0};
+        for (int d = 0; d < t->ndim && d < 4; d++) ne[d] = t->shape[t->ndim - 1 - d];
+        char name[128];
+        snprintf(name, sizeof name, "blk.%ld.%s", l, gname);
+        if (gguf_w_tensor(x->w, name, ggml_of(t->dtype), t->ndim, ne, buf, t->nbytes, 1) != 0)
+            return lm_errf(x->err, "out of memory");
+    }
+    return 0;
 }
 
 /* ---- metadata ---- */
@@ -515,7 +587,8 @@ static void put_config(exporter *x, const char *arch) {
     gguf_w_str(w, "general.architecture", arch);
     gguf_w_str(w, "general.name", "lazymoe export");
     gguf_w_u32(w, "general.file_type", x->type == LM_DT_F32 ? 0 : x->type == LM_DT_F16 ? 1 : x->type == LM_DT_Q8_0 ? 7 : 32);
-    gguf_w_u32(w, KEY("block_count"), (uint32_t)c->n_layers);
+    gguf_w_u32(w, KEY("block_count"), (uint32_t)(c->n_layers + x->mtp)); /* llama.cpp counts MTP layers */
+    if (x->mtp) gguf_w_u32(w, KEY("nextn_predict_layers"), (uint32_t)x->mtp);
     gguf_w_u32(w, KEY("context_length"), (uint32_t)c->max_position_embeddings);
     gguf_w_u32(w, KEY("embedding_length"), (uint32_t)c->hidden_size);
     /* mixtral: feed_forward_length is the experts' width */
@@ -541,6 +614,17 @@ static void put_config(exporter *x, const char *arch) {
         gguf_w_f32(w, KEY("rope.scaling.yarn_beta_slow"), (float)c->rope_beta_slow);
         if (c->rope_truncate != !x->gpt_oss) gguf_w_bool(w, KEY("rope.scaling.yarn_truncate"), c->rope_truncate);
     }
+    if (x->glm) { /* the keys llama.cpp's converter writes for glm4moe (gguf_model.c put_glm4_moe) */
+        gguf_w_u32(w, KEY("leading_dense_block_count"), (uint32_t)c->first_k_dense);
+        gguf_w_u32(w, KEY("expert_shared_count"),
+                   (uint32_t)(c->moe_intermediate_size ? c->shared_expert_intermediate_size / c->moe_intermediate_size : 0));
+        gguf_w_f32(w, KEY("expert_weights_scale"), c->routed_scaling_factor);
+        if (c->n_group > 1) {
+            gguf_w_u32(w, KEY("expert_group_count"), (uint32_t)c->n_group);
+            gguf_w_u32(w, KEY("expert_group_used_count"), (uint32_t)c->topk_group);
+        }
+    }
+    if (c->router_sigmoid) gguf_w_u32(w, KEY("expert_gating_func"), 2); /* llama.cpp's sigmoid */
     gguf_w_u32(w, KEY("expert_count"), (uint32_t)c->n_experts);
     gguf_w_u32(w, KEY("expert_used_count"), (uint32_t)c->top_k);
     if (!x->gpt_oss) gguf_w_bool(w, KEY("expert_weights_norm"), c->norm_topk_prob);
@@ -598,15 +682,18 @@ int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int flags, c
         goto done;
     }
     const char *arch = c->family->gguf_arch;
-    if (!arch || c->layer_linear || c->shared_expert_intermediate_size || c->attn_output_gate) {
+    x.glm = strcmp(c->model_type, "glm4_moe") == 0;
+    if (!arch || c->layer_linear || (c->shared_expert_intermediate_size && !x.glm) || c->attn_output_gate ||
+        (c->router_sigmoid && !x.glm && strcmp(c->model_type, "minimax_m2") != 0)) {
         lm_errf(err, "%s models cannot be written to GGUF yet", c->model_type);
         goto done;
     }
     for (int l = 0; l < c->n_layers; l++)
-        if (!lw.layers[l].is_moe && strcmp(arch, "qwen3moe") != 0) {
+        if (!lw.layers[l].is_moe && strcmp(arch, "qwen3moe") != 0 && !x.glm) {
             lm_errf(err, "dense layers of %s models cannot be written to GGUF yet", c->model_type);
             goto done;
         }
+    if (flags & LM_GGUF_KEEP_MTP) x.mtp = c->n_nextn_layers;
     x.llama = strcmp(arch, "llama") == 0;
     x.gpt_oss = strcmp(c->model_type, "gpt_oss") == 0;
     if (check_llamacpp_fits(c, x.gpt_oss, err)) goto done;
@@ -618,6 +705,7 @@ int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int flags, c
     if (!c->tie_word_embeddings && put_mat(&x, "output.weight", &lw.lm_head, type, 0)) goto done;
     for (int l = 0; l < c->n_layers; l++)
         if (put_layer(&x, l)) goto done;
+    if (x.mtp && put_mtp_layers(&x)) goto done;
     rc = gguf_w_save(x.w, out, err);
 done:
     gguf_w_free(x.w);

@@ -15,6 +15,14 @@
  *     for ggml's RoPE); norms and routers in F32, other matrices in the chosen type
  *     (F32, F16, BF16 or Q8_0).
  *   - MLX affine weights are dequantized (their values are exact in F32).
+ *   - glm4_moe -> glm4moe: post_attention_norm, q/k/v biases, exp_probs_b.bias (the
+ *     router's e_score_correction_bias), shared experts ffn_{gate,up,down}_shexp,
+ *     leading dense layers (ffn_gate/up/down), leading_dense_block_count,
+ *     expert_shared_count, expert_gating_func 2 (sigmoid), expert_weights_scale,
+ *     expert_group_count / expert_group_used_count when there are groups; the MTP
+ *     layers only with LM_GGUF_KEEP_MTP.
+ *   - minimax_m2 -> minimax-m2: q/k norms over the whole projections, exp_probs_b.bias,
+ *     expert_gating_func 2; feed_forward_length is the experts' width (as mixtral).
  *   - gpt_oss -> gpt-oss as llama.cpp's converter writes it: post_attention_norm,
  *     attn_sinks, q/k/v/o, router and expert biases, gate and up experts apart (the
  *     even and odd rows of gate_up), MXFP4 experts as ggml MXFP4 blocks (the same
@@ -42,6 +50,11 @@ enum {
      * then its up rows; gpt-oss biases ffn_gate_up_exps.bias [E, 2I] alike), as
      * convert_hf_to_gguf.py --fuse-gate-up-exps writes them */
     LM_GGUF_FUSE_GATE_UP = 2,
+    /* glm4moe: the multi-token-prediction layers past num_hidden_layers are copied too
+     * (F32/F16/BF16 as stored, llama.cpp's blk.N.nextn.* names, block_count counting
+     * them, nextn_predict_layers), as the converter does without --no-mtp. By default
+     * they are left out, as with --no-mtp. */
+    LM_GGUF_KEEP_MTP = 4,
 };
 
 /* type: LM_DT_F32, LM_DT_F16, LM_DT_BF16 or LM_DT_Q8_0 (ggml's reference quantizer;

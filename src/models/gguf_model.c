@@ -137,6 +137,57 @@ static int put_window_pattern(meta *m) {
     return 0;
 }
 
+/* llama.cpp's expert_gating_func values (llama-hparams.h): how router logits become weights. */
+enum { GATING_SIGMOID = 2 };
+
+/* The families whose router is a sigmoid (glm4moe, minimax-m2): ARCH.expert_gating_func,
+ * when present, must say so (llama.cpp reads 0, unset, as the architecture's own). */
+static int check_sigmoid_gating(meta *m) {
+    char key[256];
+    int64_t gating = GATING_SIGMOID;
+    snprintf(key, sizeof key, "%s.expert_gating_func", m->arch);
+    if (gguf_get_int(m->g, key, &gating, m->err) < 0) return -1;
+    if (gating != GATING_SIGMOID && gating != 0)
+        return lm_errf(m->err, "GGUF key '%s' is %lld; %s routes with a sigmoid (%d)", key, (long long)gating, m->arch,
+                       GATING_SIGMOID);
+    return 0;
+}
+
+/* glm4moe (GLM-4.5, -4.6, -Air) as llama.cpp's converter writes it. block_count counts
+ * the nextn_predict_layers multi-token-prediction layers kept after the last layer
+ * (their tensors stay in the file, never read); leading_dense_block_count dense layers
+ * come first; expert_shared_count shared experts of expert_feed_forward_length each;
+ * the routed experts are chosen by sigmoid + exp_probs_b within the
+ * expert_group_used_count best of expert_group_count groups and weighed by
+ * expert_weights_scale, renormalised when expert_weights_norm (llama.cpp's default:
+ * not). q/k norms exist when the file has attn_q_norm tensors. */
+static int put_glm4_moe(meta *m) {
+    char key[256];
+    int64_t blocks = json_integer_value(json_object_get(m->cfg, "num_hidden_layers")), nextn = 0;
+    snprintf(key, sizeof key, "%s.nextn_predict_layers", m->arch);
+    if (gguf_get_int(m->g, key, &nextn, m->err) < 0) return -1;
+    if (nextn < 0 || nextn >= blocks)
+        return lm_errf(m->err, "GGUF key '%s' is %lld but %s.block_count is %lld (it counts them)", key,
+                       (long long)nextn, m->arch, (long long)blocks);
+    json_object_set_new(m->cfg, "num_hidden_layers", json_integer((json_int_t)(blocks - nextn)));
+    json_object_set_new(m->cfg, "num_nextn_predict_layers", json_integer((json_int_t)nextn));
+    if (require(m, put_int(m, "expert_shared_count", "n_shared_experts"), "expert_shared_count") ||
+        put_int(m, "leading_dense_block_count", "first_k_dense_replace") < 0 ||
+        put_num(m, "expert_weights_scale", "routed_scaling_factor", NULL) < 0)
+        return -1;
+    /* llama.cpp: a scale of 0 (or none) leaves the weights as they are */
+    json_t *rsf = json_object_get(m->cfg, "routed_scaling_factor");
+    if (rsf && json_number_value(rsf) == 0) json_object_set_new(m->cfg, "routed_scaling_factor", json_real(1.0));
+    int groups = put_int(m, "expert_group_count", "n_group"), used = put_int(m, "expert_group_used_count", "topk_group");
+    if (groups < 0 || used < 0) return -1;
+    if (groups != used)
+        return lm_errf(m->err, "GGUF metadata has '%s.%s' without '%s.%s'", m->arch,
+                       groups ? "expert_group_count" : "expert_group_used_count", m->arch,
+                       groups ? "expert_group_used_count" : "expert_group_count");
+    json_object_set_new(m->cfg, "use_qk_norm", json_boolean(gguf_find_tensor(m->g, "blk.0.attn_q_norm.weight") != NULL));
+    return 0;
+}
+
 /* Which family a GGUF architecture is; the "llama" architecture holds Mixtral. */
 static const lm_family *family_of(const gguf_archive *g, const char *arch, char *err) {
     const lm_family *f = lm_family_find_gguf(arch);
@@ -153,12 +204,13 @@ static const lm_family *family_of(const gguf_archive *g, const char *arch, char 
     }
     if (!f) {
         lm_errf(err, "GGUF architecture '%.64s' is not supported (supported: qwen3moe, llama with experts (Mixtral), "
-                     "olmoe, gpt-oss)",
+                     "olmoe, gpt-oss, glm4moe, minimax-m2)",
                 arch);
         return NULL;
     }
     if (strcmp(f->model_type, "qwen3_moe") != 0 && strcmp(f->model_type, "mixtral") != 0 &&
-        strcmp(f->model_type, "olmoe") != 0 && strcmp(f->model_type, "gpt_oss") != 0) {
+        strcmp(f->model_type, "olmoe") != 0 && strcmp(f->model_type, "gpt_oss") != 0 &&
+        strcmp(f->model_type, "glm4_moe") != 0 && strcmp(f->model_type, "minimax_m2") != 0) {
         lm_errf(err, "GGUF architecture '%.64s' (%s) is not supported from GGUF files yet; use its Hugging Face or "
                      "MLX checkpoint",
                 arch, f->model_type);
@@ -248,9 +300,13 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
     }
     free(stype);
     if (strcmp(fam->model_type, "gpt_oss") == 0 && put_window_pattern(&m) != 0) goto done;
+    int glm = strcmp(fam->model_type, "glm4_moe") == 0;
+    if (glm && put_glm4_moe(&m) != 0) goto done;
+    if (fam->sigmoid_router && check_sigmoid_gating(&m) != 0) goto done;
     /* router weighting: llama.cpp's key if the file has it, else what llama.cpp does for
-     * the architecture (qwen3moe and Mixtral renormalise the top-k weights, olmoe not) */
-    int norm = strcmp(fam->model_type, "olmoe") != 0;
+     * the architecture (qwen3moe and Mixtral renormalise the top-k weights, olmoe and
+     * glm4moe not) */
+    int norm = strcmp(fam->model_type, "olmoe") != 0 && !glm;
     snprintf(key, sizeof key, "%s.expert_weights_norm", arch);
     if (gguf_get_bool(g, key, &norm, err) < 0) goto done;
     json_object_set_new(cfg, "norm_topk_prob", json_boolean(norm));
@@ -308,7 +364,8 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
     if (strncmp(name, "blk.", 4) != 0) return -1;
     char *end;
     long l = strtol(name + 4, &end, 10);
-    if (end == name + 4 || *end != '.' || l < 0 || l >= c->n_layers) return -1;
+    /* multi-token-prediction layers (glm4moe) follow the last layer */
+    if (end == name + 4 || *end != '.' || l < 0 || l >= (long)c->n_layers + c->n_nextn_layers) return -1;
     char part[64];
     size_t plen = (size_t)(dot - (end + 1));
     if (plen == 0 || plen >= sizeof part) return -1;
@@ -317,6 +374,21 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
     char mod[256];
     if (strcmp(part, "attn_sinks") == 0 && strcmp(dot, ".weight") == 0) /* gpt-oss: no suffix in HF */
         return snprintf(out, cap, "model.layers.%ld.self_attn.sinks", l) < (int)cap ? 0 : -1;
+    /* the sigmoid router's correction bias: a ".bias" in GGUF, no suffix in HF */
+    if (strcmp(part, "exp_probs_b") == 0 && strcmp(dot, ".bias") == 0 && n->correction_bias[0])
+        return snprintf(out, cap, "model.layers.%ld.%s.%s", l, moe, n->correction_bias[0]) < (int)cap ? 0 : -1;
+    /* glm4moe's multi-token-prediction tensors, under their HF names (never read) */
+    static const struct {
+        const char *g, *hf;
+    } nextn[] = {{"nextn.eh_proj", "eh_proj"},
+                 {"nextn.enorm", "enorm"},
+                 {"nextn.hnorm", "hnorm"},
+                 {"nextn.embed_tokens", "embed_tokens"},
+                 {"nextn.shared_head_head", "shared_head.head"},
+                 {"nextn.shared_head_norm", "shared_head.norm"}};
+    for (size_t i = 0; i < sizeof nextn / sizeof nextn[0]; i++)
+        if (l >= c->n_layers && strcmp(part, nextn[i].g) == 0)
+            return snprintf(out, cap, "model.layers.%ld.%s%s", l, nextn[i].hf, dot) < (int)cap ? 0 : -1;
     static const struct {
         const char *g, *hf;
     } attn[] = {{"attn_norm", "input_layernorm"},     {"ffn_norm", "post_attention_layernorm"},

@@ -25,6 +25,21 @@
  *     ARCH.rope.scaling.{type,factor,original_context_length,yarn_beta_fast,
  *     yarn_beta_slow} and lazymoe's own ARCH.rope.scaling.yarn_truncate (absent: false
  *     for gpt-oss, as its released config says; llama.cpp itself always truncates).
+ *   - glm4moe (GLM-4.5/4.6/Air): blk.N.post_attention_norm, q/k/v biases, NEOX RoPE
+ *     (no permutation) over rope.dimension_count dims, exp_probs_b.bias (HF's
+ *     mlp.gate.e_score_correction_bias), shared experts ffn_*_shexp, dense leading
+ *     layers; keys leading_dense_block_count, expert_shared_count, expert_gating_func
+ *     (2: sigmoid), expert_weights_scale (routed_scaling_factor; 0 or absent: 1),
+ *     expert_weights_norm (absent: false, as llama.cpp), expert_group_count /
+ *     expert_group_used_count (both or neither). block_count counts the
+ *     nextn_predict_layers multi-token-prediction layers kept after the last one
+ *     (blk.N.nextn.{eh_proj,enorm,hnorm,embed_tokens,shared_head_head,
+ *     shared_head_norm} and an ordinary layer's tensors): they map to HF names past
+ *     num_hidden_layers, which the loader counts and never reads.
+ *   - minimax-m2: q/k norms over the whole projections, exp_probs_b.bias, experts of
+ *     feed_forward_length (= expert_feed_forward_length), always renormalised.
+ *   - qwen3next / qwen35moe are refused for now (their linear-attention tensors need
+ *     the converter's transformations undone: see the issue).
  */
 #ifndef LAZYMOE_GGUF_MODEL_H
 #define LAZYMOE_GGUF_MODEL_H

@@ -36,6 +36,8 @@ typedef struct srv_job {
     lazymoe_grammar *grammar; /* the output's constraint, or NULL (owned) */
     char endpoint[32];    /* for the log line */
     double t_arrive;      /* lm clock, seconds */
+    double first_token_s; /* from arrival to the first generated token (queue, prompt-cache
+                           * restore, prefill); 0 = none was generated */
     struct srv_job *next; /* queue link */
 
     pthread_mutex_t mu;

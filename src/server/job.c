@@ -198,13 +198,14 @@ static void log_job(const srv_job *j, double t_start, const char *error) {
                 j->n_ids, error, t_start - j->t_arrive);
         return;
     }
-    char hit[48] = "";
+    char hit[48] = "", first[48] = "";
     if (st->expert_hit_rate >= 0) snprintf(hit, sizeof hit, " expert-hits %.1f%%", st->expert_hit_rate * 100);
+    if (j->first_token_s > 0) snprintf(first, sizeof first, " first-token %.2fs", j->first_token_s);
     /* 499: the client closed the request (nginx's convention), whatever was sent */
-    srv_log("%s %d%s in=%d cached=%d out=%d prefill %.1f tok/s decode %.1f tok/s%s finish=%s queued %.2fs total %.2fs",
+    srv_log("%s %d%s in=%d cached=%d out=%d prefill %.1f tok/s decode %.1f tok/s%s finish=%s queued %.2fs%s total %.2fs",
             j->endpoint, j->cancel_reason == CANCEL_DISCONNECT ? 499 : j->status, j->chat.stream ? " stream" : "", st->prompt_tokens, st->cached_tokens,
             st->generated_tokens, st->prefill_tok_per_s, st->decode_tok_per_s, hit, finish_name(j), t_start - j->t_arrive,
-            now - j->t_arrive);
+            first, now - j->t_arrive);
 }
 
 /* The job ends with an error: a status + body when nothing was sent yet, an error
@@ -327,7 +328,11 @@ static void run_job(srv_server *s, srv_job *j) {
         p.n_top_logprobs = j->chat.top_logprobs;
     }
     p.batch = s->batch;
+    double t_generate = lm_now();
     int rc = lazymoe_generate_stream(sess, NULL, &p, on_piece, &g, &j->stats, err, sizeof err);
+    /* The first token is drawn as soon as the prompt's uncached part is evaluated. */
+    if (rc == 0 && j->stats.generated_tokens > 0)
+        j->first_token_s = t_generate - j->t_arrive + j->stats.prefill_seconds;
     engine_lock(s);
     if (rc == 0) {
         /* What the prompt's evaluation got to is kept on disk even when the client left

@@ -140,6 +140,31 @@ await testCase('gguf_llamacpp_gpt_oss_bf16_greedy', async () => {
   assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
 });
 
+// The sigmoid-router families, written as llama.cpp's converter writes them: glm4moe
+// (leading dense layers, post_attention_norm, q/k/v biases, partial NEOX RoPE, shared
+// experts *_shexp, exp_probs_b, expert groups, expert_weights_scale; the qknorm fixture
+// adds per-head q/k norms) and minimax-m2 (q/k norms over whole projections,
+// exp_probs_b, always-renormalised sigmoid weights). llama.cpp greedy-decodes the ids
+// lazymoe does on the same file, and both give transformers' ids (greedy.txt) where
+// transformers' own cached and uncached greedy runs agree (the manifest says so; the
+// MQA minimax fixture has a near tie there).
+for (const f of ['glm4_moe_f32', 'glm4_moe_qknorm_f32', 'minimax_m2_f32', 'minimax_m2_mqa_f32']) {
+  await testCase(`gguf_llamacpp_${f}_greedy`, async () => {
+    const dir = fixture(f);
+    const file = exportGguf(dir, `${f}.gguf`, ['--placeholder-vocab']);
+    const ids = promptIds(dir);
+    const { model, gen } = await llamaGreedy(file, ids, 10);
+    await model.dispose();
+    const ours = lazymoeGreedy(file, ids, 10);
+    assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
+    if (manifest.greedy_cache_equals_nocache !== false) {
+      const ref = fs.readFileSync(path.join(dir, 'greedy.txt'), 'utf8').trim().split(/[\s,]+/).map(Number).slice(0, 10);
+      assert(JSON.stringify(ours) === JSON.stringify(ref), `greedy ids differ from transformers': ${ours} vs ${ref}`);
+    }
+  });
+}
+
 // float32 .npy [rows, V] as written by `lazymoe logits`
 function readNpy(file) {
   const b = fs.readFileSync(file);

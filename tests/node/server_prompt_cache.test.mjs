@@ -29,6 +29,23 @@ await testCase('prompt_cache_side_request_keeps_long_conversation', async () => 
   assert(again.choices[0].message.content === a.choices[0].message.content, 'the cached run answers differently');
 });
 
+// The log line says when the first token came (queue, prompt-cache restore and prefill):
+// the measure of a cached prefix. The requests above: the cold long one, the short one,
+// the long one again from the cache.
+await testCase('log_first_token', async () => {
+  const lines = await server.logLines(/chat\/completions 200 in=/, 3);
+  assert(lines.length >= 3, server.log());
+  const t = lines.slice(0, 3).map((l) => {
+    const m = /queued ([\d.]+)s first-token ([\d.]+)s total ([\d.]+)s/.exec(l);
+    assert(m, l);
+    const [q, first, total] = m.slice(1).map(Number);
+    assert(q <= first && first <= total, l);
+    return first;
+  });
+  // 2,100 tokens evaluated against one: the cached answer starts far sooner
+  assert(t[2] < t[0] / 2, `first token: cold ${t[0]} s, cached ${t[2]} s`);
+});
+
 await testCase('default_context_is_the_models_maximum', async () => {
   // no --ctx: the demo model's declared maximum fits its memory plan easily
   const r = lazymoe(['info', SERVER_MODEL]);

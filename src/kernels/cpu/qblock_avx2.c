@@ -213,6 +213,8 @@ TARGET_Q2 INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PAN
         UNROLL8
         for (int i = 0; i < PANEL; i++) {
             if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+            if (pf_off && t == LM_DT_Q8_0) /* 68 bytes a step: the line it ends in too */
+                _mm_prefetch((const char *)rowp[i] + pf_off + pf + 67, _MM_HINT_T0);
             switch (t) {
             case LM_DT_Q4_K: step_q4k(rowp[i], s0 + s, &va[i], &vb[i]); break;
             case LM_DT_Q5_K: step_q5k(rowp[i], s0 + s, &va[i], &vb[i]); break;

@@ -289,6 +289,8 @@ TARGET_QB INLINE void fill_chunk(const lm_dtype t, const uint8_t *const rowp[PAN
         UNROLL16
         for (int i = 0; i < PANEL; i++) {
             if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+            if (pf_off && t == LM_DT_Q8_0) /* 68 bytes a step: the line it ends in too */
+                _mm_prefetch((const char *)rowp[i] + pf_off + pf + 67, _MM_HINT_T0);
             v[i] = decode_step(t, rowp[i], srowp[i], s0 + s, p, 2 * s, i);
         }
         lm_transpose16x16(v);
@@ -506,7 +508,11 @@ TARGET_QB INLINE void rows_one(const lm_dtype t, const lm_mat *W, int r0, int r1
                 __m512i dl[PANEL], dh[PANEL], il[2], ih[2];
                 UNROLL16
                 for (int i = 0; i < PANEL; i++) {
-                    if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+                    if (pf_off) { /* both lines the pair's 72 bytes of the row may touch: one prefetch
+                                   * a pair left every ninth line to the loads, which waited */
+                        _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+                        _mm_prefetch((const char *)rowp[i] + pf_off + pf + 71, _MM_HINT_T0);
+                    }
                     const __m512i w = _mm512_loadu_si512(rowp[i] + at);
                     dl[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m4), xlo);
                     dh[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(w, 4), m4), xhi);
@@ -524,6 +530,8 @@ TARGET_QB INLINE void rows_one(const lm_dtype t, const lm_mat *W, int r0, int r1
                 UNROLL16
                 for (int i = 0; i < PANEL; i++) {
                     if (pf_off) _mm_prefetch((const char *)rowp[i] + pf_off + pf, _MM_HINT_T0);
+                    if (pf_off && t == LM_DT_Q8_0) /* 68 bytes a step: the line it ends in too */
+                        _mm_prefetch((const char *)rowp[i] + pf_off + pf + 67, _MM_HINT_T0);
                     d[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), decode_step(t, rowp[i], srowp[i], s0 + s, &p, 2 * s, i), x);
                 }
                 lm_reduce_rows16(d, halves_of(t) ? 4 : 8, I);
