@@ -373,7 +373,9 @@ static int put_linear_layer(exporter *x, int l) {
     int K = x->lw->cfg.conv_kernel;
     int *mat = calloc((size_t)n, sizeof(int)), *row = calloc((size_t)n, sizeof(int)),
         *col = calloc((size_t)vd, sizeof(int));
-    float *vec = calloc((size_t)s.cd * (size_t)K, sizeof(float)), *vec2 = calloc((size_t)s.nv, sizeof(float));
+    /* every channel of vec is written below; the writer takes it over (lm_malloc, like put_mats' buffers) */
+    float *vec = lm_malloc(sizeof(float) * (size_t)s.cd * (size_t)K, "ssm_conv1d", x->err),
+          *vec2 = calloc((size_t)s.nv, sizeof(float));
     char nm[96];
     int rc = -1;
     if (!mat || !row || !col || !vec || !vec2) {
