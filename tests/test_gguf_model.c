@@ -547,6 +547,70 @@ static void glm4_moe_config_matches(void) {
     gguf_close(g);
 }
 
+/* The Gated DeltaNet hybrids as llama.cpp's converter writes them. qwen3next:
+ * in_proj_qkvz split into attn_qkv (all q, all k, all v) and attn_gate (z), ssm_ba
+ * fused per key head, ssm_a = -exp(A_log), norms with the 1 folded in: the same
+ * weights row for row, so the same logits bit for bit. qwen35moe: its value heads are
+ * reordered to ggml's tiled order (value head j of key head g at j nk + g) in every
+ * tensor that has them, ssm_out's columns included, so that matmul sums its products
+ * in another order: close, not equal (measured 1.1e-6 and 6.7e-6 of logits up to 4),
+ * same greedy ids; the vision-language wrapper's text model likewise. */
+static void qwen3_next_f32(void) { same_as_source(GOLDEN "qwen3_next_f32", "qwen3_next_f32.gguf", LM_DT_F32, 0); }
+static void qwen3_5_moe_f32(void) {
+    same_as_source(GOLDEN "qwen3_5_moe_text_f32", "qwen3_5_moe_text_f32.gguf", LM_DT_F32, 1e-4f);
+    same_as_source(GOLDEN "qwen3_5_moe_vl_f32", "qwen3_5_moe_vl_f32.gguf", LM_DT_F32, 1e-4f);
+}
+static void qwen3_next_lazy_equals_resident(void) {
+    lazy_equals_resident_file("qwen3_next_f32.gguf");
+    lazy_equals_resident_file("qwen3_5_moe_text_f32.gguf");
+}
+
+/* The tensors and keys llama.cpp's loader asks for, with its shapes (ggml ne order),
+ * and the config read back equal to config.json's. */
+static void qwen3_5_moe_layout(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/qwen3_5_moe_text_f32.gguf", tmp);
+    gguf_archive *g = NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (!g) return;
+    /* layer 1 is linear: nk 2 x dk 8, nv 8 x dv 8, K 4, H 64 */
+    static const struct {
+        const char *name;
+        int n_dims;
+        int64_t ne[2];
+    } want[] = {{"blk.1.attn_qkv.weight", 2, {64, 96}},  {"blk.1.attn_gate.weight", 2, {64, 64}},
+                {"blk.1.ssm_beta.weight", 2, {64, 8}},   {"blk.1.ssm_alpha.weight", 2, {64, 8}},
+                {"blk.1.ssm_conv1d.weight", 2, {4, 96}}, {"blk.1.ssm_a", 1, {8, 0}},
+                {"blk.1.ssm_dt.bias", 1, {8, 0}},        {"blk.1.ssm_norm.weight", 1, {8, 0}},
+                {"blk.1.ssm_out.weight", 2, {64, 64}},   {"blk.0.attn_q.weight", 2, {64, 128}},
+                {"blk.0.post_attention_norm.weight", 1, {64, 0}}, {"blk.0.ffn_gate_inp_shexp.weight", 2, {64, 1}}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const gguf_tensor *t = gguf_find_tensor(g, want[i].name);
+        CHECKF(t && t->n_dims == want[i].n_dims && t->ne[0] == want[i].ne[0] && (t->n_dims < 2 || t->ne[1] == want[i].ne[1]),
+               "%s: missing or of the wrong shape", want[i].name);
+    }
+    CHECK(!gguf_find_tensor(g, "blk.1.ssm_ba.weight") && !gguf_find_tensor(g, "blk.1.ssm_in.weight"));
+    lm_config a, b;
+    CHECKF(lm_config_load(&a, GOLDEN "qwen3_5_moe_text_f32", err) == 0, "%s", err);
+    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
+    CHECK_EQ_INT(a.lin_k_heads, b.lin_k_heads);
+    CHECK_EQ_INT(a.lin_v_heads, b.lin_v_heads);
+    CHECK_EQ_INT(a.lin_k_dim, b.lin_k_dim);
+    CHECK_EQ_INT(a.lin_v_dim, b.lin_v_dim);
+    CHECK_EQ_INT(a.conv_kernel, b.conv_kernel);
+    CHECK_EQ_INT(a.n_linear_layers, b.n_linear_layers);
+    for (int l = 0; l < a.n_layers && l < b.n_layers; l++)
+        CHECK_EQ_INT(lm_config_layer_is_linear(&a, l), lm_config_layer_is_linear(&b, l));
+    CHECK_EQ_INT(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
+    CHECK_EQ_INT(a.rope_dim, b.rope_dim);
+    CHECK_EQ_INT(a.zero_centred_norms, b.zero_centred_norms);
+    CHECK_EQ_INT(b.lin_v_tiled, 1);
+    CHECK_EQ_INT(a.lin_v_tiled, 0);
+    lm_config_free(&a);
+    lm_config_free(&b);
+    gguf_close(g);
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -557,7 +621,7 @@ static void refused(void) {
         const char *arch;
         int experts;
         const char *tensor, *want;
-        const char *extra[2]; /* ARCH-relative u32 keys, "name=value" */
+        const char *extra[8]; /* ARCH-relative u32 keys, "name=value"; "name=[a,b,c,d]": an i32 array */
     } cases[] = {
         {"llama", 0, "token_embd.weight", "dense llama model"},
         {"gpt-neox", 4, "token_embd.weight", "architecture 'gpt-neox' is not supported"},
@@ -571,6 +635,17 @@ static void refused(void) {
          {"expert_shared_count=1", "expert_group_count=2"}},
         {"minimax-m2", 4, "token_embd.weight", "'minimax-m2.expert_gating_func' is 1; minimax-m2 routes with a sigmoid",
          {"expert_gating_func=1"}},
+        {"qwen3next", 4, "token_embd.weight", "lacks 'qwen3next.ssm.conv_kernel'"},
+        {"qwen3next", 4, "token_embd.weight", "'qwen3next.ssm.inner_size' is 6, not a positive multiple of",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=4", "ssm.inner_size=6"}},
+        {"qwen3next", 4, "token_embd.weight", "'qwen3next.attention.recurrent_layers' must hold one bool per block",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=2", "ssm.inner_size=4",
+          "attention.recurrent_layers=[1,0,0,0]"}},
+        {"qwen35moe", 4, "token_embd.weight", "lacks 'qwen35moe.rope.dimension_sections'",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=2", "ssm.inner_size=4"}},
+        {"qwen35moe", 4, "token_embd.weight", "leaves rotated pair 0 of 2 to the fourth position stream",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=2", "ssm.inner_size=4",
+          "rope.dimension_count=4", "rope.dimension_sections=[0,1,1,0]"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         gguf_writer *w = gguf_w_new();
@@ -585,11 +660,17 @@ static void refused(void) {
             gguf_w_u32(w, K("expert_count"), (uint32_t)cases[i].experts);
             gguf_w_u32(w, K("expert_used_count"), 1);
         }
-        for (int e = 0; e < 2 && cases[i].extra[e]; e++) {
+        for (int e = 0; e < 8 && cases[i].extra[e]; e++) {
             char name[64];
             const char *eq = strchr(cases[i].extra[e], '=');
             snprintf(name, sizeof name, "%.*s", (int)(eq - cases[i].extra[e]), cases[i].extra[e]);
-            gguf_w_u32(w, K(name), (uint32_t)atoi(eq + 1));
+            if (eq[1] == '[') {
+                int32_t v[4];
+                int n = sscanf(eq + 1, "[%d,%d,%d,%d]", &v[0], &v[1], &v[2], &v[3]);
+                gguf_w_arr(w, K(name), GGUF_TYPE_I32, v, (uint64_t)n);
+            } else {
+                gguf_w_u32(w, K(name), (uint32_t)atoi(eq + 1));
+            }
         }
 #undef K
         if (cases[i].tensor) gguf_w_tensor(w, "token_embd.weight", 0, 2, ne, emb, sizeof emb, 0);
@@ -638,6 +719,10 @@ int main(void) {
     TEST_CASE("gguf_minimax_m2_f32_same_as_safetensors", minimax_m2_f32);
     TEST_CASE("gguf_minimax_m2_mqa_f32_same_as_safetensors", minimax_m2_mqa_f32);
     TEST_CASE("gguf_minimax_m2_lazy_equals_resident", minimax_m2_lazy_equals_resident);
+    TEST_CASE("gguf_qwen3_next_f32_same_as_safetensors", qwen3_next_f32);
+    TEST_CASE("gguf_qwen3_5_moe_f32_close_to_safetensors", qwen3_5_moe_f32);
+    TEST_CASE("gguf_qwen3_next_qwen3_5_moe_lazy_equals_resident", qwen3_next_lazy_equals_resident);
+    TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmp);
