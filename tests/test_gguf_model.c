@@ -611,6 +611,98 @@ static void qwen3_5_moe_layout(void) {
     gguf_close(g);
 }
 
+/* A SentencePiece ("llama") vocabulary from GGUF metadata, on the points of llama.cpp's
+ * algorithm that a tiny vocabulary can pin down (its real vocabularies are compared with
+ * llama.cpp itself in tests/node/gguf_spm_tokenizer.test.mjs): the pair whose piece
+ * scores highest merges first, equal scores merge leftmost first, characters without a
+ * piece fall back to <0xNN> pieces (then to the unknown token), the space prefix, and
+ * decoding by token type. Bad vocabulary metadata is refused naming the key. */
+static int spm_file(const char *path, int n_scores, int score_type, int64_t unk, char *err) {
+    static const char *const pieces[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>",
+                                         "\xE2\x96\x81", "a", "b", "ab", "ba", "\xE2\x96\x81" "a"};
+    static const int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1};
+    static const float scores[] = {0, 0, 0, 0, 0, 0, -1, -2, -2, -5, -5, -3};
+    gguf_writer *w = gguf_w_new();
+    gguf_w_str(w, "general.architecture", "qwen3moe");
+    gguf_w_str(w, "tokenizer.ggml.model", "llama");
+    gguf_w_arr_str(w, "tokenizer.ggml.tokens", pieces, 12);
+    gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, 12);
+    if (score_type == GGUF_TYPE_STRING) gguf_w_arr_str(w, "tokenizer.ggml.scores", pieces, (uint64_t)n_scores);
+    else gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_F32, scores, (uint64_t)n_scores);
+    if (unk != 0) gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
+    int rc = gguf_w_save(w, path, err);
+    gguf_w_free(w);
+    return rc;
+}
+
+static void spm_tokenizer(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/spm.gguf", tmp);
+    CHECKF(spm_file(path, 12, GGUF_TYPE_F32, 0, err) == 0, "%s", err);
+    lm_tokenizer *tok = NULL;
+    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    if (!tok) return;
+    static const struct {
+        const char *text;
+        int32_t ids[8];
+        size_t n;
+    } cases[] = {
+        /* "▁abab": ▁a (-3) first; then "ba" (-5) at 2 before "ab" (-5) at 3 */
+        {"abab", {11, 10, 8}, 3},
+        /* A and é only as bytes; € has neither a piece nor byte pieces: unknown */
+        {"A\xC3\xA9\xE2\x82\xAC", {6, 3, 4, 5, 0, 0, 0}, 7},
+        /* a space prefix after an added token, none inside the text */
+        {"</s>a b", {2, 11, 6, 8}, 4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECKF(lm_tokenizer_encode(tok, cases[i].text, strlen(cases[i].text), 0, &ids, &n, err) == 0, "%s", err);
+        CHECKF(ids && n == cases[i].n && memcmp(ids, cases[i].ids, n * sizeof *ids) == 0, "case %zu: got %zu ids", i, n);
+        free(ids);
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK(lm_tokenizer_encode(tok, "a", 1, 1, &ids, &n, err) == 0 && n == 2 && ids[0] == 1 && ids[1] == 11); /* BOS */
+    free(ids);
+    static const struct {
+        int32_t ids[4];
+        size_t n;
+        int flags;
+        const char *want;
+    } dec[] = {{{11, 10, 8}, 3, 0, "abab"},
+               {{1, 11}, 2, 0, "<s> a"},
+               {{1, 11}, 2, LM_DECODE_SKIP_SPECIAL, " a"},
+               {{3, 4, 5, 6}, 4, 0, "A\xC3\xA9 "}};
+    for (size_t i = 0; i < sizeof dec / sizeof dec[0]; i++) {
+        char *out = NULL;
+        size_t len = 0;
+        CHECK(lm_tokenizer_decode(tok, dec[i].ids, dec[i].n, dec[i].flags, &out, &len, err) == 0);
+        CHECKF(out && len == strlen(dec[i].want) && memcmp(out, dec[i].want, len) == 0, "decode %zu: \"%s\"", i,
+               out ? out : "");
+        free(out);
+    }
+    lm_tokenizer_free(tok);
+    /* no unknown token (its id out of range) and no byte piece for E2: an error */
+    CHECKF(spm_file(path, 12, GGUF_TYPE_F32, 99, err) == 0, "%s", err);
+    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    if (tok) {
+        CHECK(lm_tokenizer_encode(tok, "\xE2\x82\xAC", 3, 0, &ids, &n, err) != 0);
+        CHECKF(strstr(err, "no piece for byte 0xE2") != NULL, "%s", err);
+        lm_tokenizer_free(tok);
+    }
+    /* scores of the wrong type or too few */
+    for (int k = 0; k < 2; k++) {
+        CHECKF(spm_file(path, k ? 5 : 12, k ? GGUF_TYPE_F32 : GGUF_TYPE_STRING, 0, err) == 0, "%s", err);
+        tok = NULL;
+        CHECK(lm_tokenizer_load(path, &tok, err) != 0);
+        CHECKF(strstr(err, "tokenizer.ggml.scores is not an f32 or i32 array as long as the tokens") &&
+                   strstr(err, "spm.gguf"),
+               "%s", err);
+        lm_tokenizer_free(tok);
+    }
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -723,6 +815,7 @@ int main(void) {
     TEST_CASE("gguf_qwen3_5_moe_f32_close_to_safetensors", qwen3_5_moe_f32);
     TEST_CASE("gguf_qwen3_next_qwen3_5_moe_lazy_equals_resident", qwen3_next_lazy_equals_resident);
     TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
+    TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmp);
