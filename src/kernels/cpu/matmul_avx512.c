@@ -486,17 +486,20 @@ TARGET_VNNI INLINE void a8_panel_one(const lm_mat *W, int r, int nr, const lm_ac
     for (int g0 = 0; g0 < ng; g0 += CHUNK_GROUPS) {
         const int gn = ng - g0 < CHUNK_GROUPS ? ng - g0 : CHUNK_GROUPS;
         pack_scales_biases(W, ng, r, nr, g0, gn, sc, bi);
-        /* The next panel's scales and biases too: at group size 32 they are a fifth of
-         * the bytes streamed, and pack_groups would otherwise wait on each row's. */
+        /* The scales and biases of the panel after next too (at group size 32 they are a
+         * fifth of the bytes streamed, and the pack would otherwise wait on each row's),
+         * a few rows' at each step rather than all 64 lines at the panel's start: less CPU
+         * per token in bench/RESULTS.md (session 11) than the next panel's in one burst. */
         const size_t esz = lm_dtype_size(W->qdtype), span = (size_t)gn * esz;
-        for (int i = 0; i < PANEL; i++) {
-            const size_t at = ((size_t)(r + PANEL + i) * (size_t)ng + (size_t)g0) * esz;
-            for (size_t b = 0; b < span; b += 64) {
-                _mm_prefetch((const char *)W->scales + at + b, _MM_HINT_T0);
-                _mm_prefetch((const char *)W->biases + at + b, _MM_HINT_T0);
-            }
-        }
+        const int nit = (gn + gps - 1) / gps; /* iterations of the loop below */
         for (int g = 0; g < gn; g += gps) {
+            for (int i = g / gps * PANEL / nit; i < (g / gps + 1) * PANEL / nit; i++) {
+                const size_t at = ((size_t)(r + 2 * PANEL + i) * (size_t)ng + (size_t)g0) * esz;
+                for (size_t b = 0; b < span; b += 64) {
+                    _mm_prefetch((const char *)W->scales + at + b, _MM_HINT_T0);
+                    _mm_prefetch((const char *)W->biases + at + b, _MM_HINT_T0);
+                }
+            }
             __m512i d[16];
             UNROLL_PANEL
             for (int i = 0; i < 16; i++) d[i] = _mm512_setzero_si512();
