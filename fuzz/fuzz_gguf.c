@@ -1,7 +1,13 @@
-/* libFuzzer target: a whole GGUF file as input (header and data).
+/* libFuzzer target: a whole GGUF file as input (header and data), then what lazymoe
+ * makes of its metadata: the model config (models/gguf_model.c) and the tokenizer
+ * (text/tokenizer_gguf.c: byte-level BPE, SentencePiece), which encodes and decodes.
  * Build with `make fuzz`; run e.g. build/fuzz/fuzz_gguf fuzz/corpus/gguf. */
 #include "common/error.h"
 #include "formats/gguf.h"
+#include "models/config.h"
+#include "models/gguf_model.h"
+#include "text/tokenizer.h"
+#include "text/tokenizer_gguf.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +37,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         int64_t v;
         (void)gguf_get_int(a, "general.alignment", &v, err);
+        lm_config c;
+        (void)lm_gguf_config(&c, a, err);
+        lm_config_free(&c); /* zeroed first, freed whatever the outcome */
+        lm_tokenizer *tok = NULL;
+        if (lm_tokenizer_from_gguf(a, &tok, err) == 0) {
+            static const char text[] = "Hello  w\xC3\xB6rld <s>\n\t\xF0\x9F\xA6\x99 x</s>  ";
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (lm_tokenizer_encode(tok, text, sizeof text - 1, 1, &ids, &n, err) == 0) {
+                char *out = NULL;
+                size_t len = 0;
+                if (lm_tokenizer_decode(tok, ids, n, 0, &out, &len, err) == 0) free(out);
+                if (lm_tokenizer_decode(tok, ids, n, LM_DECODE_SKIP_SPECIAL, &out, &len, err) == 0) free(out);
+            }
+            free(ids);
+            lm_tokenizer_free(tok);
+        }
     }
     gguf_close(a);
     return 0;

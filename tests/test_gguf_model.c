@@ -547,6 +547,162 @@ static void glm4_moe_config_matches(void) {
     gguf_close(g);
 }
 
+/* The Gated DeltaNet hybrids as llama.cpp's converter writes them. qwen3next:
+ * in_proj_qkvz split into attn_qkv (all q, all k, all v) and attn_gate (z), ssm_ba
+ * fused per key head, ssm_a = -exp(A_log), norms with the 1 folded in: the same
+ * weights row for row, so the same logits bit for bit. qwen35moe: its value heads are
+ * reordered to ggml's tiled order (value head j of key head g at j nk + g) in every
+ * tensor that has them, ssm_out's columns included, so that matmul sums its products
+ * in another order: close, not equal (measured 1.1e-6 and 6.7e-6 of logits up to 4),
+ * same greedy ids; the vision-language wrapper's text model likewise. */
+static void qwen3_next_f32(void) { same_as_source(GOLDEN "qwen3_next_f32", "qwen3_next_f32.gguf", LM_DT_F32, 0); }
+static void qwen3_5_moe_f32(void) {
+    same_as_source(GOLDEN "qwen3_5_moe_text_f32", "qwen3_5_moe_text_f32.gguf", LM_DT_F32, 1e-4f);
+    same_as_source(GOLDEN "qwen3_5_moe_vl_f32", "qwen3_5_moe_vl_f32.gguf", LM_DT_F32, 1e-4f);
+}
+static void qwen3_next_lazy_equals_resident(void) {
+    lazy_equals_resident_file("qwen3_next_f32.gguf");
+    lazy_equals_resident_file("qwen3_5_moe_text_f32.gguf");
+}
+
+/* The tensors and keys llama.cpp's loader asks for, with its shapes (ggml ne order),
+ * and the config read back equal to config.json's. */
+static void qwen3_5_moe_layout(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/qwen3_5_moe_text_f32.gguf", tmp);
+    gguf_archive *g = NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (!g) return;
+    /* layer 1 is linear: nk 2 x dk 8, nv 8 x dv 8, K 4, H 64 */
+    static const struct {
+        const char *name;
+        int n_dims;
+        int64_t ne[2];
+    } want[] = {{"blk.1.attn_qkv.weight", 2, {64, 96}},  {"blk.1.attn_gate.weight", 2, {64, 64}},
+                {"blk.1.ssm_beta.weight", 2, {64, 8}},   {"blk.1.ssm_alpha.weight", 2, {64, 8}},
+                {"blk.1.ssm_conv1d.weight", 2, {4, 96}}, {"blk.1.ssm_a", 1, {8, 0}},
+                {"blk.1.ssm_dt.bias", 1, {8, 0}},        {"blk.1.ssm_norm.weight", 1, {8, 0}},
+                {"blk.1.ssm_out.weight", 2, {64, 64}},   {"blk.0.attn_q.weight", 2, {64, 128}},
+                {"blk.0.post_attention_norm.weight", 1, {64, 0}}, {"blk.0.ffn_gate_inp_shexp.weight", 2, {64, 1}}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const gguf_tensor *t = gguf_find_tensor(g, want[i].name);
+        CHECKF(t && t->n_dims == want[i].n_dims && t->ne[0] == want[i].ne[0] && (t->n_dims < 2 || t->ne[1] == want[i].ne[1]),
+               "%s: missing or of the wrong shape", want[i].name);
+    }
+    CHECK(!gguf_find_tensor(g, "blk.1.ssm_ba.weight") && !gguf_find_tensor(g, "blk.1.ssm_in.weight"));
+    lm_config a, b;
+    CHECKF(lm_config_load(&a, GOLDEN "qwen3_5_moe_text_f32", err) == 0, "%s", err);
+    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
+    CHECK_EQ_INT(a.lin_k_heads, b.lin_k_heads);
+    CHECK_EQ_INT(a.lin_v_heads, b.lin_v_heads);
+    CHECK_EQ_INT(a.lin_k_dim, b.lin_k_dim);
+    CHECK_EQ_INT(a.lin_v_dim, b.lin_v_dim);
+    CHECK_EQ_INT(a.conv_kernel, b.conv_kernel);
+    CHECK_EQ_INT(a.n_linear_layers, b.n_linear_layers);
+    for (int l = 0; l < a.n_layers && l < b.n_layers; l++)
+        CHECK_EQ_INT(lm_config_layer_is_linear(&a, l), lm_config_layer_is_linear(&b, l));
+    CHECK_EQ_INT(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
+    CHECK_EQ_INT(a.rope_dim, b.rope_dim);
+    CHECK_EQ_INT(a.zero_centred_norms, b.zero_centred_norms);
+    CHECK_EQ_INT(b.lin_v_tiled, 1);
+    CHECK_EQ_INT(a.lin_v_tiled, 0);
+    lm_config_free(&a);
+    lm_config_free(&b);
+    gguf_close(g);
+}
+
+/* A SentencePiece ("llama") vocabulary from GGUF metadata, on the points of llama.cpp's
+ * algorithm that a tiny vocabulary can pin down (its real vocabularies are compared with
+ * llama.cpp itself in tests/node/gguf_spm_tokenizer.test.mjs): the pair whose piece
+ * scores highest merges first, equal scores merge leftmost first, characters without a
+ * piece fall back to <0xNN> pieces (then to the unknown token), the space prefix, and
+ * decoding by token type. Bad vocabulary metadata is refused naming the key. */
+static int spm_file(const char *path, int n_scores, int score_type, int64_t unk, char *err) {
+    static const char *const pieces[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>",
+                                         "\xE2\x96\x81", "a", "b", "ab", "ba", "\xE2\x96\x81" "a"};
+    static const int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1};
+    static const float scores[] = {0, 0, 0, 0, 0, 0, -1, -2, -2, -5, -5, -3};
+    gguf_writer *w = gguf_w_new();
+    gguf_w_str(w, "general.architecture", "qwen3moe");
+    gguf_w_str(w, "tokenizer.ggml.model", "llama");
+    gguf_w_arr_str(w, "tokenizer.ggml.tokens", pieces, 12);
+    gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, 12);
+    if (score_type == GGUF_TYPE_STRING) gguf_w_arr_str(w, "tokenizer.ggml.scores", pieces, (uint64_t)n_scores);
+    else gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_F32, scores, (uint64_t)n_scores);
+    if (unk != 0) gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
+    int rc = gguf_w_save(w, path, err);
+    gguf_w_free(w);
+    return rc;
+}
+
+static void spm_tokenizer(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/spm.gguf", tmp);
+    CHECKF(spm_file(path, 12, GGUF_TYPE_F32, 0, err) == 0, "%s", err);
+    lm_tokenizer *tok = NULL;
+    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    if (!tok) return;
+    static const struct {
+        const char *text;
+        int32_t ids[8];
+        size_t n;
+    } cases[] = {
+        /* "▁abab": ▁a (-3) first; then "ba" (-5) at 2 before "ab" (-5) at 3 */
+        {"abab", {11, 10, 8}, 3},
+        /* A and é only as bytes; € has neither a piece nor byte pieces: unknown */
+        {"A\xC3\xA9\xE2\x82\xAC", {6, 3, 4, 5, 0, 0, 0}, 7},
+        /* a space prefix after an added token, none inside the text */
+        {"</s>a b", {2, 11, 6, 8}, 4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECKF(lm_tokenizer_encode(tok, cases[i].text, strlen(cases[i].text), 0, &ids, &n, err) == 0, "%s", err);
+        CHECKF(ids && n == cases[i].n && memcmp(ids, cases[i].ids, n * sizeof *ids) == 0, "case %zu: got %zu ids", i, n);
+        free(ids);
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK(lm_tokenizer_encode(tok, "a", 1, 1, &ids, &n, err) == 0 && n == 2 && ids[0] == 1 && ids[1] == 11); /* BOS */
+    free(ids);
+    static const struct {
+        int32_t ids[4];
+        size_t n;
+        int flags;
+        const char *want;
+    } dec[] = {{{11, 10, 8}, 3, 0, "abab"},
+               {{1, 11}, 2, 0, "<s> a"},
+               {{1, 11}, 2, LM_DECODE_SKIP_SPECIAL, " a"},
+               {{3, 4, 5, 6}, 4, 0, "A\xC3\xA9 "}};
+    for (size_t i = 0; i < sizeof dec / sizeof dec[0]; i++) {
+        char *out = NULL;
+        size_t len = 0;
+        CHECK(lm_tokenizer_decode(tok, dec[i].ids, dec[i].n, dec[i].flags, &out, &len, err) == 0);
+        CHECKF(out && len == strlen(dec[i].want) && memcmp(out, dec[i].want, len) == 0, "decode %zu: \"%s\"", i,
+               out ? out : "");
+        free(out);
+    }
+    lm_tokenizer_free(tok);
+    /* no unknown token (its id out of range) and no byte piece for E2: an error */
+    CHECKF(spm_file(path, 12, GGUF_TYPE_F32, 99, err) == 0, "%s", err);
+    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    if (tok) {
+        CHECK(lm_tokenizer_encode(tok, "\xE2\x82\xAC", 3, 0, &ids, &n, err) != 0);
+        CHECKF(strstr(err, "no piece for byte 0xE2") != NULL, "%s", err);
+        lm_tokenizer_free(tok);
+    }
+    /* scores of the wrong type or too few */
+    for (int k = 0; k < 2; k++) {
+        CHECKF(spm_file(path, k ? 5 : 12, k ? GGUF_TYPE_F32 : GGUF_TYPE_STRING, 0, err) == 0, "%s", err);
+        tok = NULL;
+        CHECK(lm_tokenizer_load(path, &tok, err) != 0);
+        CHECKF(strstr(err, "tokenizer.ggml.scores is not an f32 or i32 array as long as the tokens") &&
+                   strstr(err, "spm.gguf"),
+               "%s", err);
+        lm_tokenizer_free(tok);
+    }
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -557,7 +713,7 @@ static void refused(void) {
         const char *arch;
         int experts;
         const char *tensor, *want;
-        const char *extra[2]; /* ARCH-relative u32 keys, "name=value" */
+        const char *extra[8]; /* ARCH-relative u32 keys, "name=value"; "name=[a,b,c,d]": an i32 array */
     } cases[] = {
         {"llama", 0, "token_embd.weight", "dense llama model"},
         {"gpt-neox", 4, "token_embd.weight", "architecture 'gpt-neox' is not supported"},
@@ -571,6 +727,17 @@ static void refused(void) {
          {"expert_shared_count=1", "expert_group_count=2"}},
         {"minimax-m2", 4, "token_embd.weight", "'minimax-m2.expert_gating_func' is 1; minimax-m2 routes with a sigmoid",
          {"expert_gating_func=1"}},
+        {"qwen3next", 4, "token_embd.weight", "lacks 'qwen3next.ssm.conv_kernel'"},
+        {"qwen3next", 4, "token_embd.weight", "'qwen3next.ssm.inner_size' is 6, not a positive multiple of",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=4", "ssm.inner_size=6"}},
+        {"qwen3next", 4, "token_embd.weight", "'qwen3next.attention.recurrent_layers' must hold one bool per block",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=2", "ssm.inner_size=4",
+          "attention.recurrent_layers=[1,0,0,0]"}},
+        {"qwen35moe", 4, "token_embd.weight", "lacks 'qwen35moe.rope.dimension_sections'",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=2", "ssm.inner_size=4"}},
+        {"qwen35moe", 4, "token_embd.weight", "leaves rotated pair 0 of 2 to the fourth position stream",
+         {"ssm.conv_kernel=4", "ssm.state_size=2", "ssm.group_count=1", "ssm.time_step_rank=2", "ssm.inner_size=4",
+          "rope.dimension_count=4", "rope.dimension_sections=[0,1,1,0]"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         gguf_writer *w = gguf_w_new();
@@ -585,11 +752,17 @@ static void refused(void) {
             gguf_w_u32(w, K("expert_count"), (uint32_t)cases[i].experts);
             gguf_w_u32(w, K("expert_used_count"), 1);
         }
-        for (int e = 0; e < 2 && cases[i].extra[e]; e++) {
+        for (int e = 0; e < 8 && cases[i].extra[e]; e++) {
             char name[64];
             const char *eq = strchr(cases[i].extra[e], '=');
             snprintf(name, sizeof name, "%.*s", (int)(eq - cases[i].extra[e]), cases[i].extra[e]);
-            gguf_w_u32(w, K(name), (uint32_t)atoi(eq + 1));
+            if (eq[1] == '[') {
+                int32_t v[4];
+                int n = sscanf(eq + 1, "[%d,%d,%d,%d]", &v[0], &v[1], &v[2], &v[3]);
+                gguf_w_arr(w, K(name), GGUF_TYPE_I32, v, (uint64_t)n);
+            } else {
+                gguf_w_u32(w, K(name), (uint32_t)atoi(eq + 1));
+            }
         }
 #undef K
         if (cases[i].tensor) gguf_w_tensor(w, "token_embd.weight", 0, 2, ne, emb, sizeof emb, 0);
@@ -638,6 +811,11 @@ int main(void) {
     TEST_CASE("gguf_minimax_m2_f32_same_as_safetensors", minimax_m2_f32);
     TEST_CASE("gguf_minimax_m2_mqa_f32_same_as_safetensors", minimax_m2_mqa_f32);
     TEST_CASE("gguf_minimax_m2_lazy_equals_resident", minimax_m2_lazy_equals_resident);
+    TEST_CASE("gguf_qwen3_next_f32_same_as_safetensors", qwen3_next_f32);
+    TEST_CASE("gguf_qwen3_5_moe_f32_close_to_safetensors", qwen3_5_moe_f32);
+    TEST_CASE("gguf_qwen3_next_qwen3_5_moe_lazy_equals_resident", qwen3_next_lazy_equals_resident);
+    TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
+    TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmp);

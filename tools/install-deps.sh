@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # gcc-aarch64-linux-gnu + qemu-user: the NEON kernels are cross-compiled and tested under qemu (tests/cli/neon.sh).
-PKGS="build-essential clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev gcc-aarch64-linux-gnu qemu-user"
+# git: tests/node/gguf_spm_tokenizer.test.mjs takes llama.cpp's test vocabularies from node-llama-cpp's source bundle.
+PKGS="build-essential git clang libclang-rt-dev cppcheck clang-tidy pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev liburing-dev gcc-aarch64-linux-gnu qemu-user"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Node may come from Debian (nodejs + npm) or from elsewhere with npm bundled: only

@@ -28,6 +28,8 @@ typedef struct {
     int gpt_oss;
     int glm; /* glm4moe: post_attention_norm, exp_probs_b, shared experts, dense leading layers */
     int mtp; /* glm4moe's multi-token-prediction layers kept (LM_GGUF_KEEP_MTP): how many */
+    int qwen_linear; /* qwen3next / qwen35moe: Gated DeltaNet layers, shared expert gate */
+    int v_tiled;     /* qwen35moe: value heads written in llama.cpp's tiled order */
 } exporter;
 
 static uint32_t ggml_of(lm_dtype t) {
@@ -275,6 +277,173 @@ done:
     return rc;
 }
 
+/* ---- Gated DeltaNet layers (qwen3next, qwen35moe) ----
+ * Row r of a written tensor comes from row src_row[r] of matrix srcs[src_mat[r]] of the
+ * loaded layer; with col_src, column j of it from column col_src[j]. Value heads are
+ * named in Hugging Face's grouped order (head h = key head h / (nv / nk)) and mapped to
+ * where the source keeps them (its grouped order, or the tiled order of a qwen35moe
+ * GGUF source) and to where llama.cpp wants them: qwen35moe's converter reorders them
+ * to the tiled order, value head j of key head g at j nk + g (ggml's broadcast). */
+typedef struct {
+    int nk, nv, dk, dv, r, key_dim, cd, per_k;
+    int src_tiled;         /* the source keeps value heads tiled */
+    int src_sep, src_sepba; /* the source has in_proj_qkv / in_z apart, in_b / in_a apart */
+} lin_shape;
+
+static lin_shape lin_shape_of(const exporter *x, const lm_linear_attn *la) {
+    const lm_config *c = &x->lw->cfg;
+    lin_shape s = {c->lin_k_heads, c->lin_v_heads, c->lin_k_dim, c->lin_v_dim, c->lin_v_heads / c->lin_k_heads, 0, 0,
+                   0, c->lin_v_tiled, la->in_z.rows > 0, la->in_a.rows > 0};
+    s.key_dim = s.nk * s.dk;
+    s.cd = 2 * s.key_dim + s.nv * s.dv;
+    s.per_k = 2 * s.dk + 2 * s.r * s.dv;
+    return s;
+}
+
+/* where the source keeps grouped value head h; which grouped head the output's head
+ * o is */
+static int src_head(const lin_shape *s, int h) { return s->src_tiled ? (h % s->r) * s->nk + h / s->r : h; }
+static int out_head(const exporter *x, const lin_shape *s, int o) {
+    return x->v_tiled ? (o % s->nk) * s->r + o / s->nk : o;
+}
+
+/* Source row of q/k/v channel ch (conv order, value heads grouped) and of z row i. */
+static int qkv_src_row(const lin_shape *s, int ch) {
+    if (ch < 2 * s->key_dim) {
+        int kpart = ch >= s->key_dim, w = ch % s->key_dim;
+        return s->src_sep ? ch : (w / s->dk) * s->per_k + kpart * s->dk + w % s->dk;
+    }
+    int i = ch - 2 * s->key_dim, h = src_head(s, i / s->dv), e = i % s->dv;
+    return s->src_sep ? 2 * s->key_dim + h * s->dv + e : (h / s->r) * s->per_k + 2 * s->dk + (h % s->r) * s->dv + e;
+}
+static int z_src_row(const lin_shape *s, int i, int *mat) {
+    int h = src_head(s, i / s->dv), e = i % s->dv;
+    *mat = s->src_sep ? 1 : 0;
+    return s->src_sep ? h * s->dv + e : (h / s->r) * s->per_k + 2 * s->dk + s->r * s->dv + (h % s->r) * s->dv + e;
+}
+/* b (which 0) or a (1) of grouped head h: matrix (2 in_ba, 3 in_a) and row */
+static int ba_src_row(const lin_shape *s, int h, int which, int *mat) {
+    h = src_head(s, h);
+    *mat = s->src_sepba && which ? 3 : 2;
+    return s->src_sepba ? h : (h / s->r) * 2 * s->r + which * s->r + h % s->r;
+}
+
+/* Writes rows x cols as described above (type as put_mats: Q8_0 falls back to F32 for
+ * rows that are not whole blocks). */
+static int put_mapped(exporter *x, const char *name, const lm_mat *const *srcs, const int *src_mat, const int *src_row,
+                      int rows, int cols, const int *col_src, lm_dtype type) {
+    if (type == LM_DT_Q8_0 && cols % 32) type = LM_DT_F32;
+    size_t row_bytes = type == LM_DT_Q8_0 ? (size_t)cols / 32 * 34 : (size_t)cols * lm_dtype_size(type);
+    uint64_t nbytes = (uint64_t)rows * row_bytes;
+    int src_cols = srcs[src_mat[0]]->cols;
+    uint8_t *buf = lm_malloc((size_t)nbytes, name, x->err);
+    float *row = lm_malloc(sizeof(float) * (size_t)(src_cols > cols ? src_cols : cols), name, x->err),
+          *out = lm_malloc(sizeof(float) * (size_t)cols, name, x->err);
+    int rc = -1;
+    if (!buf || !row || !out) goto done;
+    for (int r = 0; r < rows; r++) {
+        const lm_mat *m = srcs[src_mat[r]];
+        lm_mat_row_f32(m, src_row[r], row);
+        for (int j = 0; j < cols; j++) out[j] = row[col_src ? col_src[j] : j];
+        if (type == LM_DT_Q8_0) quantize_q8_0(buf + (size_t)r * row_bytes, out, cols);
+        else store(buf + (size_t)r * row_bytes, 0, out, (size_t)cols, type);
+    }
+    int64_t ne[2] = {cols, rows};
+    rc = gguf_w_tensor(x->w, name, ggml_of(type), 2, ne, buf, nbytes, 1) == 0 ? 0 : lm_errf(x->err, "out of memory");
+    buf = NULL; /* the writer owns it, written or not */
+done:
+    free(buf);
+    free(row);
+    free(out);
+    return rc;
+}
+
+/* One Gated DeltaNet layer the way llama.cpp's converter writes it: attn_qkv [q | k | v]
+ * and attn_gate (z) split from Hugging Face's in_proj_qkvz (per key head q, k, v, z),
+ * ssm_ba kept fused (qwen3next) or ssm_beta / ssm_alpha apart (qwen35moe),
+ * ssm_conv1d [C, K], ssm_a = -exp(A_log) (no suffix), ssm_dt.bias, ssm_norm, ssm_out;
+ * qwen35moe's value heads in the tiled order throughout (rows of attn_qkv's v part,
+ * attn_gate, ssm_beta, ssm_alpha, conv channels, ssm_a, ssm_dt, columns of ssm_out). */
+static int put_linear_layer(exporter *x, int l) {
+    const lm_linear_attn *la = &x->lw->layers[l].lin;
+    lin_shape s = lin_shape_of(x, la);
+    const lm_mat *srcs[4] = {&la->in_qkvz, &la->in_z, &la->in_ba, &la->in_a};
+    int vd = s.nv * s.dv, n = s.cd > 2 * s.nv ? s.cd : 2 * s.nv;
+    if (la->out.rows > n) n = la->out.rows;
+    int K = x->lw->cfg.conv_kernel;
+    int *mat = calloc((size_t)n, sizeof(int)), *row = calloc((size_t)n, sizeof(int)),
+        *col = calloc((size_t)vd, sizeof(int));
+    /* every channel of vec is written below; the writer takes it over (lm_malloc, like put_mats' buffers) */
+    float *vec = lm_malloc(sizeof(float) * (size_t)s.cd * (size_t)K, "ssm_conv1d", x->err),
+          *vec2 = calloc((size_t)s.nv, sizeof(float));
+    char nm[96];
+    int rc = -1;
+    if (!mat || !row || !col || !vec || !vec2) {
+        lm_errf(x->err, "out of memory");
+        goto done;
+    }
+#define LNAME(part) (snprintf(nm, sizeof nm, "blk.%d.%s", l, part), nm)
+    /* conv channel ch of the output holds grouped channel chan(ch) */
+    for (int ch = 0; ch < s.cd; ch++) {
+        int g = ch;
+        if (ch >= 2 * s.key_dim) {
+            int i = ch - 2 * s.key_dim;
+            g = 2 * s.key_dim + out_head(x, &s, i / s.dv) * s.dv + i % s.dv;
+        }
+        mat[ch] = 0;
+        row[ch] = qkv_src_row(&s, g);
+        /* the loaded kernel is in the source's conv channel order, [q | k | v] with the
+         * value heads as the source keeps them (fused projections included) */
+        int src_ch = g < 2 * s.key_dim ? g
+                                       : 2 * s.key_dim + src_head(&s, (g - 2 * s.key_dim) / s.dv) * s.dv +
+                                             (g - 2 * s.key_dim) % s.dv;
+        memcpy(vec + (size_t)ch * (size_t)K, la->conv + (size_t)src_ch * (size_t)K, sizeof(float) * (size_t)K);
+    }
+    if (put_mapped(x, LNAME("attn_qkv.weight"), srcs, mat, row, s.cd, srcs[0]->cols, NULL, x->type)) goto done;
+    for (int i = 0; i < vd; i++) row[i] = z_src_row(&s, out_head(x, &s, i / s.dv) * s.dv + i % s.dv, &mat[i]);
+    if (put_mapped(x, LNAME("attn_gate.weight"), srcs, mat, row, vd, srcs[0]->cols, NULL, x->type)) goto done;
+    if (x->v_tiled) { /* qwen35moe: ssm_beta, ssm_alpha [nv, H] */
+        for (int which = 0; which < 2; which++) {
+            for (int o = 0; o < s.nv; o++) row[o] = ba_src_row(&s, out_head(x, &s, o), which, &mat[o]);
+            if (put_mapped(x, LNAME(which ? "ssm_alpha.weight" : "ssm_beta.weight"), srcs, mat, row, s.nv,
+                           srcs[2]->cols, NULL, x->type))
+                goto done;
+        }
+    } else { /* qwen3next: ssm_ba [2 nv, H], per key head its r b then its r a */
+        for (int i = 0; i < 2 * s.nv; i++) {
+            int g = i / (2 * s.r), w = i % (2 * s.r);
+            row[i] = ba_src_row(&s, g * s.r + w % s.r, w >= s.r, &mat[i]);
+        }
+        if (put_mapped(x, LNAME("ssm_ba.weight"), srcs, mat, row, 2 * s.nv, srcs[2]->cols, NULL, x->type)) goto done;
+    }
+    int64_t cne[2] = {K, s.cd};
+    int conv_rc = gguf_w_tensor(x->w, LNAME("ssm_conv1d.weight"), GGML_F32, 2, cne, vec,
+                                sizeof(float) * (uint64_t)s.cd * (uint64_t)K, 1);
+    vec = NULL; /* the writer owns it, written or not */
+    if (conv_rc != 0) {
+        lm_errf(x->err, "out of memory");
+        goto done;
+    }
+    for (int o = 0; o < s.nv; o++) vec2[o] = la->A[src_head(&s, out_head(x, &s, o))];
+    if (put_vec(x, LNAME("ssm_a"), vec2, s.nv, 0)) goto done;
+    for (int o = 0; o < s.nv; o++) vec2[o] = la->dt_bias[src_head(&s, out_head(x, &s, o))];
+    if (put_vec(x, LNAME("ssm_dt.bias"), vec2, s.nv, 0) || put_vec(x, LNAME("ssm_norm.weight"), la->norm, s.dv, 0))
+        goto done;
+    const lm_mat *out[1] = {&la->out};
+    for (int i = 0; i < vd; i++) col[i] = src_head(&s, out_head(x, &s, i / s.dv)) * s.dv + i % s.dv;
+    for (int r = 0; r < la->out.rows; r++) mat[r] = 0, row[r] = r;
+    if (put_mapped(x, LNAME("ssm_out.weight"), out, mat, row, la->out.rows, vd, col, x->type)) goto done;
+#undef LNAME
+    rc = 0;
+done:
+    free(mat);
+    free(row);
+    free(col);
+    free(vec);
+    free(vec2);
+    return rc;
+}
+
 static int put_layer(exporter *x, int l) {
     const lm_config *c = &x->lw->cfg;
     const lm_layer *ly = &x->lw->layers[l];
@@ -282,9 +451,14 @@ static int put_layer(exporter *x, int l) {
     int H = c->hidden_size, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
 #define NAME(part) (snprintf(n, sizeof n, "blk.%d.%s", l, part), n)
     if (put_vec(x, NAME("attn_norm.weight"), ly->attn_norm, H, 0) ||
-        put_vec(x, NAME(x->gpt_oss || x->glm ? "post_attention_norm.weight" : "ffn_norm.weight"), ly->ffn_norm, H,
-                0) ||
-        put_mat(x, NAME("attn_q.weight"), &ly->q, x->type, x->llama) ||
+        put_vec(x, NAME(x->gpt_oss || x->glm || x->qwen_linear ? "post_attention_norm.weight" : "ffn_norm.weight"),
+                ly->ffn_norm, H, 0))
+        return -1;
+    if (ly->is_linear) {
+        if (put_linear_layer(x, l)) return -1;
+        goto ffn;
+    }
+    if (put_mat(x, NAME("attn_q.weight"), &ly->q, x->type, x->llama) ||
         put_mat(x, NAME("attn_k.weight"), &ly->k, x->type, x->llama) ||
         put_mat(x, NAME("attn_v.weight"), &ly->v, x->type, 0) ||
         put_mat(x, NAME("attn_output.weight"), &ly->o, x->type, 0))
@@ -301,6 +475,7 @@ static int put_layer(exporter *x, int l) {
             put_vec(x, NAME("attn_k_norm.weight"), ly->k_norm, kn, 0))
             return -1;
     }
+ffn:
     if (!ly->is_moe)
         return put_mat(x, NAME("ffn_gate.weight"), &ly->mlp_gate, x->type, 0) ||
                        put_mat(x, NAME("ffn_up.weight"), &ly->mlp_up, x->type, 0) ||
@@ -315,6 +490,10 @@ static int put_layer(exporter *x, int l) {
     if (ly->shared_gate.rows && (put_mat(x, NAME("ffn_gate_shexp.weight"), &ly->shared_gate, x->type, 0) ||
                                  put_mat(x, NAME("ffn_up_shexp.weight"), &ly->shared_up, x->type, 0) ||
                                  put_mat(x, NAME("ffn_down_shexp.weight"), &ly->shared_down, x->type, 0)))
+        return -1;
+    /* the shared expert's sigmoid gate [1, H], F32 like the router */
+    if (ly->shared_expert_gate.rows &&
+        put_mat(x, NAME("ffn_gate_inp_shexp.weight"), &ly->shared_expert_gate, LM_DT_F32, 0))
         return -1;
 #undef NAME
     return x->gpt_oss ? put_gpt_oss_experts(x, l) : put_experts(x, l);
@@ -624,6 +803,25 @@ static void put_config(exporter *x, const char *arch) {
             gguf_w_u32(w, KEY("expert_group_used_count"), (uint32_t)c->topk_group);
         }
     }
+    if (x->qwen_linear) { /* the keys llama.cpp's converter writes for qwen3next / qwen35moe */
+        gguf_w_u32(w, KEY("expert_shared_feed_forward_length"), (uint32_t)c->shared_expert_intermediate_size);
+        gguf_w_u32(w, KEY("ssm.conv_kernel"), (uint32_t)c->conv_kernel);
+        gguf_w_u32(w, KEY("ssm.state_size"), (uint32_t)c->lin_k_dim);
+        gguf_w_u32(w, KEY("ssm.group_count"), (uint32_t)c->lin_k_heads);
+        gguf_w_u32(w, KEY("ssm.time_step_rank"), (uint32_t)c->lin_v_heads);
+        gguf_w_u32(w, KEY("ssm.inner_size"), (uint32_t)(c->lin_v_heads * c->lin_v_dim));
+        uint8_t *rec = calloc((size_t)c->n_layers + 1, 1);
+        for (int l = 0; rec && l < c->n_layers; l++) rec[l] = (uint8_t)lm_config_layer_is_linear(c, l);
+        if (rec) gguf_w_arr(w, KEY("attention.recurrent_layers"), GGUF_TYPE_BOOL, rec, (uint64_t)c->n_layers);
+        free(rec);
+        if (x->v_tiled) {
+            /* interleaved MRoPE sections that give every rotated pair of a text position a
+             * stream (what transformers' default [11, 11, 10] is for 32 pairs) */
+            int32_t sec[4] = {0};
+            for (int s3 = 0; s3 < 3; s3++) sec[s3] = (c->rope_dim / 2 - s3 + 2) / 3;
+            gguf_w_arr(w, KEY("rope.dimension_sections"), GGUF_TYPE_I32, sec, 4);
+        }
+    }
     if (c->router_sigmoid) gguf_w_u32(w, KEY("expert_gating_func"), 2); /* llama.cpp's sigmoid */
     gguf_w_u32(w, KEY("expert_count"), (uint32_t)c->n_experts);
     gguf_w_u32(w, KEY("expert_used_count"), (uint32_t)c->top_k);
@@ -683,13 +881,16 @@ int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int flags, c
     }
     const char *arch = c->family->gguf_arch;
     x.glm = strcmp(c->model_type, "glm4_moe") == 0;
-    if (!arch || c->layer_linear || (c->shared_expert_intermediate_size && !x.glm) || c->attn_output_gate ||
+    x.qwen_linear = c->family->parse_config == lm_family_qwen3_next_parse_config;
+    x.v_tiled = x.qwen_linear && strcmp(arch ? arch : "", "qwen35moe") == 0;
+    if (!arch || (c->layer_linear && !x.qwen_linear) ||
+        (c->shared_expert_intermediate_size && !x.glm && !x.qwen_linear) || (c->attn_output_gate && !x.qwen_linear) ||
         (c->router_sigmoid && !x.glm && strcmp(c->model_type, "minimax_m2") != 0)) {
         lm_errf(err, "%s models cannot be written to GGUF yet", c->model_type);
         goto done;
     }
     for (int l = 0; l < c->n_layers; l++)
-        if (!lw.layers[l].is_moe && strcmp(arch, "qwen3moe") != 0 && !x.glm) {
+        if (!lw.layers[l].is_moe && strcmp(arch, "qwen3moe") != 0 && !x.glm && !x.qwen_linear) {
             lm_errf(err, "dense layers of %s models cannot be written to GGUF yet", c->model_type);
             goto done;
         }
@@ -697,6 +898,11 @@ int lm_gguf_export(const char *dir, const char *out, lm_dtype type, int flags, c
     x.llama = strcmp(arch, "llama") == 0;
     x.gpt_oss = strcmp(c->model_type, "gpt_oss") == 0;
     if (check_llamacpp_fits(c, x.gpt_oss, err)) goto done;
+    /* llama.cpp's qwen3next graph always renormalises the top-k weights */
+    if (x.qwen_linear && !x.v_tiled && !c->norm_topk_prob) {
+        lm_errf(err, "qwen3_next with norm_topk_prob false cannot be written to GGUF (llama.cpp always renormalises)");
+        goto done;
+    }
     put_config(&x, arch);
     if (put_tokenizer(&x, dir)) goto done;
     if (put_mat(&x, "token_embd.weight", &lw.embed, type, 0) || put_vec(&x, "output_norm.weight", lw.final_norm,

@@ -5,8 +5,8 @@
  *   x = [q | k | v] over all heads             conv_dim channels per token
  *   x = silu(causal depthwise conv(x))         K taps; the last K-1 inputs are the conv state
  *   q, k = l2norm(q), l2norm(k); q /= sqrt(dk)
- *   beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias)   per value head
- *   per value head (key head = head / (nv / nk)), state S [dv][dk]:
+ *   beta = sigmoid(b); g = A * softplus(a + dt_bias), A = -exp(A_log)   per value head
+ *   per value head (key head = head / (nv / nk), or head % nk with lin_v_tiled), state S [dv][dk]:
  *     S = exp(g) S;  S += beta (v - S k) k^T;  o = S q            (the gated delta rule)
  *   o = rmsnorm(o) * norm_weight * silu(z)     per value head
  *   out = o.W_out
@@ -438,15 +438,17 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
 
     /* Fused projections (qwen3_next): per token [per key head: q, k, r v, r z] and
      * [per key head: r b, r a]. Separate ones (qwen3_5_moe): qkvz holds [T][q | k | v]
-     * then [T][z], ba holds [T][b] then [T][a]. */
-    const int sep = c->lin_separate_proj;
+     * then [T][z], ba holds [T][b] then [T][a]. llama.cpp's qwen3next files: q/k/v and
+     * z apart, b and a fused (sep without sep_ba). */
+    const int sep = la->in_z.rows > 0, sep_ba = la->in_a.rows > 0;
     const float *zsep = st->qkvz + (size_t)T * (size_t)cd, *asep = st->ba + (size_t)T * (size_t)nv;
     if (sep) {
         const lm_matmul_item items[4] = {{st->qkvz, &la->in_qkvz, S->h, T},
                                          {st->qkvz + (size_t)T * (size_t)cd, &la->in_z, S->h, T},
                                          {st->ba, &la->in_ba, S->h, T},
                                          {st->ba + (size_t)T * (size_t)nv, &la->in_a, S->h, T}};
-        if (be->ops->matmul_batch(be, items, 4) != 0) return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
+        if (be->ops->matmul_batch(be, items, sep_ba ? 4 : 3) != 0)
+            return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
     } else if (be->ops->matmul(be, st->qkvz, &la->in_qkvz, S->h, T) != 0 ||
                be->ops->matmul(be, st->ba, &la->in_ba, S->h, T) != 0) {
         return lm_errf(err, "layer %d: %s", l, lm_backend_error(be));
@@ -492,15 +494,15 @@ int lm_linear_block(lazymoe_session *s, int l, int T, char *err) {
         const float *ba = st->ba + (size_t)t * 2 * (size_t)nv;
         for (int h = 0; h < nv; h++) {
             int g = h / r, j = h % r;
-            float b = sep ? st->ba[(size_t)t * (size_t)nv + (size_t)h] : ba[g * 2 * r + j];
-            float a = sep ? asep[(size_t)t * (size_t)nv + (size_t)h] : ba[g * 2 * r + r + j];
+            float b = sep_ba ? st->ba[(size_t)t * (size_t)nv + (size_t)h] : ba[g * 2 * r + j];
+            float a = sep_ba ? asep[(size_t)t * (size_t)nv + (size_t)h] : ba[g * 2 * r + r + j];
             st->beta[(size_t)t * (size_t)nv + (size_t)h] = 1.0f / (1.0f + expf(-b));
-            st->g[(size_t)t * (size_t)nv + (size_t)h] = -expf(la->A_log[h]) * softplus(a + la->dt_bias[h]);
+            st->g[(size_t)t * (size_t)nv + (size_t)h] = la->A[h] * softplus(a + la->dt_bias[h]);
         }
     }
 
     for (int h = 0; h < nv; h++) {
-        int g = h / r;
+        int g = c->lin_v_tiled ? h % nk : h / r; /* the key head value head h reads */
         float *Sh = rec + (size_t)h * (size_t)dv * (size_t)dk;
         head_io io = {.q = st->xc + (size_t)g * (size_t)dk,
                       .k = st->xc + (size_t)key_dim + (size_t)g * (size_t)dk,

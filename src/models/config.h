@@ -88,6 +88,10 @@ typedef struct {
     uint8_t *layer_linear; /* [n_layers]: 1 if the layer is linear attention */
     int n_linear_layers;
     int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel;
+    /* Value head h reads key head h % lin_k_heads (llama.cpp's qwen35moe files, whose
+     * converter reorders the value heads so that ggml's tiled broadcast pairs them)
+     * rather than h / (lin_v_heads / lin_k_heads) (Hugging Face's repeat_interleave). */
+    int lin_v_tiled;
 
     double rope_theta;
     lm_rope_type rope_type;

@@ -188,6 +188,90 @@ static int put_glm4_moe(meta *m) {
     return 0;
 }
 
+/* qwen3next and qwen35moe (Gated DeltaNet hybrids) as llama.cpp's converter writes
+ * them: the linear-attention shapes under ARCH.ssm.* (group_count = key heads,
+ * time_step_rank = value heads, state_size = key head width, inner_size = value
+ * heads x value head width, conv_kernel), the layer kinds from
+ * ARCH.attention.recurrent_layers (one bool per block, MTP blocks included) or every
+ * ARCH.full_attention_interval-th layer full (default 4, llama.cpp's), the shared
+ * expert's width, and block_count counting ARCH.nextn_predict_layers MTP blocks kept
+ * after the last layer (never read). *nextn gets their count. */
+static int put_qwen_linear(meta *m, int64_t *nextn) {
+    char key[256];
+    int64_t blocks = json_integer_value(json_object_get(m->cfg, "num_hidden_layers"));
+    *nextn = 0;
+    snprintf(key, sizeof key, "%s.nextn_predict_layers", m->arch);
+    if (gguf_get_int(m->g, key, nextn, m->err) < 0) return -1;
+    if (*nextn < 0 || *nextn >= blocks)
+        return lm_errf(m->err, "GGUF key '%s' is %lld but %s.block_count is %lld (it counts them)", key,
+                       (long long)*nextn, m->arch, (long long)blocks);
+    int64_t layers = blocks - *nextn;
+    json_object_set_new(m->cfg, "num_hidden_layers", json_integer((json_int_t)layers));
+    if (require(m, put_int(m, "ssm.conv_kernel", "linear_conv_kernel_dim"), "ssm.conv_kernel") ||
+        require(m, put_int(m, "ssm.state_size", "linear_key_head_dim"), "ssm.state_size") ||
+        require(m, put_int(m, "ssm.group_count", "linear_num_key_heads"), "ssm.group_count") ||
+        require(m, put_int(m, "ssm.time_step_rank", "linear_num_value_heads"), "ssm.time_step_rank") ||
+        put_int(m, "expert_shared_feed_forward_length", "shared_expert_intermediate_size") < 0)
+        return -1;
+    int64_t inner = 0, nv = json_integer_value(json_object_get(m->cfg, "linear_num_value_heads"));
+    snprintf(key, sizeof key, "%s.ssm.inner_size", m->arch);
+    int rc = gguf_get_int(m->g, key, &inner, m->err);
+    if (rc <= 0) return rc < 0 ? -1 : lm_errf(m->err, "GGUF metadata lacks '%s'", key);
+    if (nv <= 0 || inner <= 0 || inner % nv)
+        return lm_errf(m->err, "GGUF key '%s' is %lld, not a positive multiple of %s.ssm.time_step_rank (%lld)", key,
+                       (long long)inner, m->arch, (long long)nv);
+    json_object_set_new(m->cfg, "linear_value_head_dim", json_integer((json_int_t)(inner / nv)));
+    if (gguf_find_tensor(m->g, "blk.0.ffn_up_shexp.weight") &&
+        !json_object_get(m->cfg, "shared_expert_intermediate_size"))
+        return lm_errf(m->err, "GGUF metadata lacks '%s.expert_shared_feed_forward_length' (the file has shared experts)",
+                       m->arch);
+    snprintf(key, sizeof key, "%s.attention.recurrent_layers", m->arch);
+    const gguf_kv *rec = gguf_find_kv(m->g, key);
+    int64_t interval = 4;
+    if (rec) {
+        if (rec->type != GGUF_TYPE_ARRAY || (rec->arr_type != GGUF_TYPE_BOOL && rec->arr_type != GGUF_TYPE_I32 &&
+                                             rec->arr_type != GGUF_TYPE_U32 && rec->arr_type != GGUF_TYPE_U8 &&
+                                             rec->arr_type != GGUF_TYPE_I8) ||
+            rec->arr_n != (uint64_t)blocks)
+            return lm_errf(m->err, "GGUF key '%s' must hold one bool per block (%lld)", key, (long long)blocks);
+    } else {
+        snprintf(key, sizeof key, "%s.full_attention_interval", m->arch);
+        if (gguf_get_int(m->g, key, &interval, m->err) < 0) return -1;
+        if (interval < 1) return lm_errf(m->err, "GGUF key '%s' is %lld; it must be at least 1", key, (long long)interval);
+    }
+    json_t *types = json_array();
+    for (int64_t l = 0; l < layers && l < 4096; l++) {
+        int linear = rec ? gguf_arr_int(rec, (uint64_t)l) != 0 : (l + 1) % interval != 0;
+        json_array_append_new(types, json_string(linear ? "linear_attention" : "full_attention"));
+    }
+    json_object_set_new(m->cfg, "layer_types", types);
+    return 0;
+}
+
+/* qwen35moe's interleaved multimodal RoPE (ARCH.rope.dimension_sections, 4 values):
+ * on text, where every position stream is equal, it is plain RoPE if the sections
+ * give every rotated pair a stream (llama.cpp's IMROPE: pair i takes stream i % 3
+ * while i < 3 x its section, else the fourth stream, position 0 on text); refused
+ * otherwise, since lazymoe runs text only. */
+static int check_mrope_sections(meta *m, int rope_dim) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.rope.dimension_sections", m->arch);
+    const gguf_kv *kv = gguf_find_kv(m->g, key);
+    if (!kv) return lm_errf(m->err, "GGUF metadata lacks '%s' (llama.cpp requires it for %s)", key, m->arch);
+    if (kv->type != GGUF_TYPE_ARRAY || (kv->arr_type != GGUF_TYPE_I32 && kv->arr_type != GGUF_TYPE_U32) ||
+        kv->arr_n < 3 || kv->arr_n > 4)
+        return lm_errf(m->err, "GGUF key '%s' must hold 3 or 4 integers", key);
+    int64_t sec[3];
+    for (int k = 0; k < 3; k++) sec[k] = gguf_arr_int(kv, (uint64_t)k);
+    for (int i = 0; i < rope_dim / 2; i++)
+        if (!(i < 3 * sec[i % 3]))
+            return lm_errf(m->err,
+                           "GGUF key '%s' (%lld, %lld, %lld) leaves rotated pair %d of %d to the fourth position "
+                           "stream; text positions need the first three to cover every pair",
+                           key, (long long)sec[0], (long long)sec[1], (long long)sec[2], i, rope_dim / 2);
+    return 0;
+}
+
 /* Which family a GGUF architecture is; the "llama" architecture holds Mixtral. */
 static const lm_family *family_of(const gguf_archive *g, const char *arch, char *err) {
     const lm_family *f = lm_family_find_gguf(arch);
@@ -204,13 +288,14 @@ static const lm_family *family_of(const gguf_archive *g, const char *arch, char 
     }
     if (!f) {
         lm_errf(err, "GGUF architecture '%.64s' is not supported (supported: qwen3moe, llama with experts (Mixtral), "
-                     "olmoe, gpt-oss, glm4moe, minimax-m2)",
+                     "olmoe, gpt-oss, glm4moe, minimax-m2, qwen3next, qwen35moe)",
                 arch);
         return NULL;
     }
     if (strcmp(f->model_type, "qwen3_moe") != 0 && strcmp(f->model_type, "mixtral") != 0 &&
         strcmp(f->model_type, "olmoe") != 0 && strcmp(f->model_type, "gpt_oss") != 0 &&
-        strcmp(f->model_type, "glm4_moe") != 0 && strcmp(f->model_type, "minimax_m2") != 0) {
+        strcmp(f->model_type, "glm4_moe") != 0 && strcmp(f->model_type, "minimax_m2") != 0 &&
+        strcmp(f->model_type, "qwen3_next") != 0 && strcmp(f->model_type, "qwen3_5_moe") != 0) {
         lm_errf(err, "GGUF architecture '%.64s' (%s) is not supported from GGUF files yet; use its Hugging Face or "
                      "MLX checkpoint",
                 arch, f->model_type);
@@ -302,6 +387,9 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
     if (strcmp(fam->model_type, "gpt_oss") == 0 && put_window_pattern(&m) != 0) goto done;
     int glm = strcmp(fam->model_type, "glm4_moe") == 0;
     if (glm && put_glm4_moe(&m) != 0) goto done;
+    int64_t lin_nextn = 0;
+    int qwen_linear = fam->parse_config == lm_family_qwen3_next_parse_config;
+    if (qwen_linear && put_qwen_linear(&m, &lin_nextn) != 0) goto done;
     if (fam->sigmoid_router && check_sigmoid_gating(&m) != 0) goto done;
     /* router weighting: llama.cpp's key if the file has it, else what llama.cpp does for
      * the architecture (qwen3moe and Mixtral renormalise the top-k weights, olmoe and
@@ -337,6 +425,14 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
     if (rc != 0) {
         /* config.c's messages speak of config.json keys; say where they came from */
         lm_err_prefix(err, "GGUF metadata (as config.json)");
+    } else if (qwen_linear) {
+        c->n_nextn_layers = (int)lin_nextn;
+        /* llama.cpp's converter reorders qwen35moe's value heads to ggml's tiled order */
+        c->lin_v_tiled = strcmp(fam->model_type, "qwen3_5_moe") == 0;
+        if (c->lin_v_tiled && check_mrope_sections(&m, c->rope_dim) != 0) {
+            lm_config_free(c);
+            rc = -1;
+        }
     }
 done:
     free(text);
@@ -355,7 +451,13 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
     static const struct {
         const char *g, *hf;
     } top[] = {{"token_embd", "model.embed_tokens"}, {"output_norm", "model.norm"}, {"output", "lm_head"}};
+    /* qwen3next / qwen35moe: ssm_a holds -exp(A_log), with no suffix (bound as A) */
     const char *dot = strrchr(name, '.');
+    long al;
+    int an = 0;
+    if (c->layer_linear && sscanf(name, "blk.%ld.ssm_a%n", &al, &an) == 1 && an > 0 && name[an] == 0 && al >= 0 &&
+        al < c->n_layers && c->layer_linear[al])
+        return snprintf(out, cap, "model.layers.%ld.linear_attn.A", al) < (int)cap ? 0 : -1;
     if (!dot || (strcmp(dot, ".weight") != 0 && strcmp(dot, ".bias") != 0)) return -1;
     size_t stem = (size_t)(dot - name);
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
@@ -398,6 +500,23 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
                 {"attn_q_norm", "self_attn.q_norm"},  {"attn_k_norm", "self_attn.k_norm"},
                 {"ffn_gate", "mlp.gate_proj"},        {"ffn_up", "mlp.up_proj"},
                 {"ffn_down", "mlp.down_proj"}};
+    /* Gated DeltaNet layers (qwen3next, qwen35moe): llama.cpp splits Hugging Face's
+     * in_proj_qkvz into attn_qkv (all q, all k, all v) and attn_gate (z); older files
+     * keep it whole as ssm_in */
+    static const struct {
+        const char *g, *hf;
+    } linear[] = {{"attn_qkv", "linear_attn.in_proj_qkv"}, {"attn_gate", "linear_attn.in_proj_z"},
+                  {"ssm_in", "linear_attn.in_proj_qkvz"},  {"ssm_ba", "linear_attn.in_proj_ba"},
+                  {"ssm_beta", "linear_attn.in_proj_b"},   {"ssm_alpha", "linear_attn.in_proj_a"},
+                  {"ssm_conv1d", "linear_attn.conv1d"},    {"ssm_norm", "linear_attn.norm"},
+                  {"ssm_out", "linear_attn.out_proj"}};
+    if (c->layer_linear && l < c->n_layers && c->layer_linear[l]) {
+        if (strcmp(part, "ssm_dt") == 0 && strcmp(dot, ".bias") == 0)
+            return snprintf(out, cap, "model.layers.%ld.linear_attn.dt_bias", l) < (int)cap ? 0 : -1;
+        for (size_t i = 0; i < sizeof linear / sizeof linear[0]; i++)
+            if (strcmp(part, linear[i].g) == 0 && strcmp(dot, ".weight") == 0)
+                return snprintf(out, cap, "model.layers.%ld.%s%s", l, linear[i].hf, dot) < (int)cap ? 0 : -1;
+    }
     mod[0] = 0;
     for (size_t i = 0; i < sizeof attn / sizeof attn[0] && !mod[0]; i++)
         if (strcmp(part, attn[i].g) == 0) snprintf(mod, sizeof mod, "%s", attn[i].hf);
@@ -468,6 +587,13 @@ int lm_gguf_archive(const gguf_archive *g, const lm_config *c, st_archive **out,
         s->dtype = t->dtype;
         s->ndim = t->n_dims;
         for (int d = 0; d < t->n_dims; d++) s->shape[d] = t->ne[t->n_dims - 1 - d];
+        /* the shared expert's sigmoid gate [1, H] may be stored as a vector [H] */
+        size_t nl = strlen(name), gl = strlen(".shared_expert_gate.weight");
+        if (t->n_dims == 1 && nl > gl && strcmp(name + nl - gl, ".shared_expert_gate.weight") == 0) {
+            s->ndim = 2;
+            s->shape[0] = 1;
+            s->shape[1] = t->ne[0];
+        }
         s->offset = t->offset;
         s->nbytes = t->nbytes;
         s->file = t->file;

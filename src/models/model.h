@@ -57,15 +57,19 @@ lm_expert lm_expert_view_parts(const lm_expert_source *src, const char *const pa
  *   in_qkvz [nk * (2 dk + 2 r dv), H]: per key head q, k, then its r value heads' v, z
  *   in_ba   [nk * 2r, H]: per key head its r value heads' b, then a
  *   conv    [conv_dim][K] depthwise causal kernel, conv_dim = 2 nk dk + nv dv
- *   A_log, dt_bias [nv]; norm [dv] (a plain weight, not zero-centred); out [H, nv dv] */
+ *   A [nv] = -exp(A_log) (the per-head decay rate: Hugging Face files store A_log,
+ *   GGUF files A itself as ssm_a), dt_bias [nv]; norm [dv] (a plain weight, not
+ *   zero-centred); out [H, nv dv] */
 typedef struct {
     lm_mat in_qkvz, in_ba, out;
-    /* Separate projections (config lin_separate_proj, qwen3_5_moe): in_qkvz holds
-     * in_proj_qkv [2 nk dk + nv dv, H] (all q, all k, all v: the conv's channel order),
-     * in_z [nv dv, H], in_ba holds in_proj_b [nv, H] and in_a [nv, H]. */
+    /* Separate projections (qwen3_5_moe; in_z.rows > 0): in_qkvz holds in_proj_qkv
+     * [2 nk dk + nv dv, H] (all q, all k, all v: the conv's channel order), in_z
+     * [nv dv, H]; with in_a.rows > 0 (qwen3_5_moe) in_ba holds in_proj_b [nv, H] and
+     * in_a [nv, H], else in_ba stays fused per key head (qwen3_next GGUF files: llama.cpp
+     * splits in_proj_qkvz into attn_qkv and attn_gate but keeps ssm_ba). */
     lm_mat in_z, in_a;
     float *conv;
-    float *A_log, *dt_bias, *norm;
+    float *A, *dt_bias, *norm;
 } lm_linear_attn;
 
 typedef struct {

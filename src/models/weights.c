@@ -299,42 +299,65 @@ static float *read_f32(loader *L, const st_tensor *t, const char *name, size_t n
     return v;
 }
 
-/* The depthwise conv1d kernel as f32 [C][K], from [C, 1, K] (HF) or [C, K, 1] (MLX):
- * both store channel-major, tap-minor, so the bytes are in the same order. */
+/* The depthwise conv1d kernel as f32 [C][K], from [C, 1, K] (HF), [C, K, 1] (MLX) or
+ * [C, K] (GGUF ssm_conv1d, ne {K, C}): all store channel-major, tap-minor, so the
+ * bytes are in the same order. */
 static float *load_conv(loader *L, const char *name, int C, int K) {
     const st_tensor *t = lookup(L, name);
     if (!t) {
         lm_errf(L->err, "missing tensor '%s'", name);
         return NULL;
     }
-    int64_t hf[3] = {C, 1, K}, mlx[3] = {C, K, 1};
-    if (check_shape(L, t, 3, hf) != 0 && check_shape(L, t, 3, mlx) != 0) {
-        lm_errf(L->err, "tensor '%s' has the wrong shape; the config implies [%d, 1, %d] or [%d, %d, 1]", name, C,
-                K, C, K);
+    int64_t hf[3] = {C, 1, K}, mlx[3] = {C, K, 1}, flat[2] = {C, K};
+    if (check_shape(L, t, 3, hf) != 0 && check_shape(L, t, 3, mlx) != 0 && check_shape(L, t, 2, flat) != 0) {
+        lm_errf(L->err, "tensor '%s' has the wrong shape; the config implies [%d, 1, %d], [%d, %d, 1] or [%d, %d]",
+                name, C, K, C, K, C, K);
         return NULL;
     }
     return read_f32(L, t, name, (size_t)C * (size_t)K);
 }
 
+/* A Gated DeltaNet layer. The projections come fused per key head (qwen3_next:
+ * in_proj_qkvz, in_proj_ba), apart (qwen3_5_moe: in_proj_qkv, in_proj_z, in_proj_b,
+ * in_proj_a), or as llama.cpp's qwen3next files hold them (in_proj_qkv and in_proj_z
+ * apart, in_proj_ba fused): whichever the file has. The decay rate A is -exp(A_log)
+ * from Hugging Face files, or stored as it is (GGUF ssm_a, bound as linear_attn.A). */
 static int load_linear_attn(loader *L, int l, lm_linear_attn *la) {
     const lm_config *c = &L->w->cfg;
     int H = c->hidden_size, nk = c->lin_k_heads, nv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
     int key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
     char p[512];
 #define LA(what) (snprintf(p, sizeof p, "model.layers.%d.linear_attn.%s", l, what), p)
-    if (c->lin_separate_proj) {
+    int sep_qkv = c->lin_separate_proj || findf(L, "model.layers.%d.linear_attn.in_proj_qkv.weight", l);
+    int sep_ba = c->lin_separate_proj || findf(L, "model.layers.%d.linear_attn.in_proj_b.weight", l);
+    if (sep_qkv) {
         if (load_mat(L, LA("in_proj_qkv"), conv_dim, H, &la->in_qkvz) ||
-            load_mat(L, LA("in_proj_z"), value_dim, H, &la->in_z) || load_mat(L, LA("in_proj_b"), nv, H, &la->in_ba) ||
-            load_mat(L, LA("in_proj_a"), nv, H, &la->in_a))
+            load_mat(L, LA("in_proj_z"), value_dim, H, &la->in_z))
             return -1;
-    } else if (load_mat(L, LA("in_proj_qkvz"), 2 * key_dim + 2 * value_dim, H, &la->in_qkvz) ||
-               load_mat(L, LA("in_proj_ba"), 2 * nv, H, &la->in_ba)) {
+    } else if (load_mat(L, LA("in_proj_qkvz"), 2 * key_dim + 2 * value_dim, H, &la->in_qkvz)) {
         return -1;
     }
+    if (sep_ba) {
+        if (load_mat(L, LA("in_proj_b"), nv, H, &la->in_ba) || load_mat(L, LA("in_proj_a"), nv, H, &la->in_a))
+            return -1;
+    } else if (load_mat(L, LA("in_proj_ba"), 2 * nv, H, &la->in_ba)) {
+        return -1;
+    }
+    if (c->lin_v_tiled && (!sep_qkv || !sep_ba))
+        return lm_errf(L->err, "layer %d: value heads in tiled order need separate q/k/v, z, b and a projections", l);
     if (load_mat(L, LA("out_proj"), H, value_dim, &la->out)) return -1;
     if (!(la->conv = load_conv(L, LA("conv1d.weight"), conv_dim, c->conv_kernel))) return -1;
-    if (!(la->A_log = load_vec(L, LA("A_log"), nv, 1)) || !(la->dt_bias = load_vec(L, LA("dt_bias"), nv, 1)) ||
-        !(la->norm = load_vec(L, LA("norm.weight"), dv, 1)))
+    if (findf(L, "model.layers.%d.linear_attn.A", l)) {
+        if (!(la->A = load_vec(L, LA("A"), nv, 1))) return -1;
+        for (int h = 0; h < nv; h++)
+            if (!(la->A[h] <= 0))
+                return lm_errf(L->err, "tensor '%s' holds %g at %d; a decay rate -exp(A_log) is not positive", p,
+                               (double)la->A[h], h);
+    } else {
+        if (!(la->A = load_vec(L, LA("A_log"), nv, 1))) return -1;
+        for (int h = 0; h < nv; h++) la->A[h] = -expf(la->A[h]);
+    }
+    if (!(la->dt_bias = load_vec(L, LA("dt_bias"), nv, 1)) || !(la->norm = load_vec(L, LA("norm.weight"), dv, 1)))
         return -1;
 #undef LA
     return 0;
@@ -846,7 +869,8 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
     find_prefix(&L);
     if (check_layer_count(w->archive, L.prefix, &w->cfg, err) != 0) goto fail;
     count_unread(w, L.prefix);
-    if (w->cfg.zero_centred_norms && detect_norm_offset(&L) != 0) goto fail;
+    /* GGUF files hold zero-centred norms with the 1 added (llama.cpp's converter) */
+    if (w->cfg.zero_centred_norms && !gguf_is_path(dir) && detect_norm_offset(&L) != 0) goto fail;
     const lm_config *c = &w->cfg;
     int H = c->hidden_size;
     w->layers = track(&L, lm_malloc_aligned(sizeof(lm_layer) * (size_t)c->n_layers, "layers", err));

@@ -157,7 +157,7 @@ static int split_added(const lm_tokenizer *tok, const tb_matcher *m, const char 
 static int32_t lookup_content(const lm_tokenizer *tok, const char *s, size_t len) {
     int32_t a = tb_strmap_get(&tok->added_by_content, s, len, -1);
     if (a >= 0) return tok->added[a].id;
-    return tok->bpe ? tb_bpe_vocab_id(tok->bpe, s, len) : -1;
+    return tok->bpe ? tb_bpe_vocab_id(tok->bpe, s, len) : tok->spm ? tb_spm_vocab_id(tok->spm, s, len) : -1;
 }
 
 static int parse_added(lm_tokenizer *tok, json_t *arr, char *err) {
@@ -315,9 +315,13 @@ static int load_json(lm_tokenizer *tok, json_t *root, char *err) {
     json_t *model = json_object_get(root, "model");
     if (!json_is_object(model)) return lm_errf(err, "missing \"model\" object");
     const char *mtype = json_string_value(json_object_get(model, "type"));
-    if (mtype ? strcmp(mtype, "BPE") != 0 : !json_object_get(model, "merges"))
+    if (mtype && !strcmp(mtype, "LlamaSPM")) {
+        if (tb_spm_parse(model, tok, &tok->spm, err)) return -1;
+    } else if (mtype ? strcmp(mtype, "BPE") != 0 : !json_object_get(model, "merges")) {
         return lm_errf(err, "unsupported model type \"%.40s\" (only BPE is implemented)", mtype ? mtype : "?");
-    if (tb_bpe_parse(model, tok, &tok->bpe, err)) return -1;
+    } else if (tb_bpe_parse(model, tok, &tok->bpe, err)) {
+        return -1;
+    }
     if (parse_added(tok, json_object_get(root, "added_tokens"), err)) return -1;
     if (tb_normalizer_parse(json_object_get(root, "normalizer"), &tok->normalizer, err)) return -1;
     if (tb_pretok_parse(json_object_get(root, "pre_tokenizer"), &tok->pretok, err)) return -1;
@@ -398,6 +402,7 @@ void lm_tokenizer_free(lm_tokenizer *tok) {
     tb_normalizer_free(tok->normalizer);
     tb_pretok_free(tok->pretok);
     tb_bpe_free(tok->bpe);
+    tb_spm_free(tok->spm);
     tb_decoder_free(tok->decoder);
     free(tok->post.prefix); free(tok->post.suffix);
     for (size_t i = 0; i < tok->n_added; i++) { free(tok->added[i].content); free(tok->added[i].norm); }
@@ -469,10 +474,18 @@ int lm_tokenizer_encode_max(lm_tokenizer *tok, const char *text, size_t len, int
         for (size_t i = 0; !rc && i < tok->post.n_prefix; i++) rc = id_push(&ids, tok->post.prefix[i]);
     if (!rc && len && split_added(tok, &tok->match_raw, text, len, &secs)) rc = -1;
     if (rc) lm_errf(err, "out of memory");
+    /* SentencePiece (GGUF "llama"): a section gets the space prefix when it starts the
+     * text or follows an added token, as llama.cpp's tokenize does */
+    int prev_added = 1;
     for (size_t k = 0; !rc && k < secs.n && ids.n <= max_ids; k++) {
         section s = secs.v[k];
-        if (s.added >= 0) { if (id_push(&ids, tok->added[s.added].id)) rc = lm_errf(err, "out of memory"); continue; }
-        rc = encode_section(tok, text + s.s, s.e - s.s, s.s == 0, max_ids, &ids, err);
+        if (s.added >= 0) { if (id_push(&ids, tok->added[s.added].id)) rc = lm_errf(err, "out of memory"); prev_added = 1; continue; }
+        if (tok->spm)
+            rc = tb_spm_encode(tok->spm, text + s.s, s.e - s.s, prev_added && tb_spm_add_space_prefix(tok->spm), &ids.v,
+                               &ids.n, &ids.cap, err);
+        else
+            rc = encode_section(tok, text + s.s, s.e - s.s, s.s == 0, max_ids, &ids, err);
+        prev_added = 0;
     }
     if (add_special && ids.n <= max_ids)
         for (size_t i = 0; !rc && i < tok->post.n_suffix; i++)

@@ -240,6 +240,10 @@ static int run_decoder(const tb_decoder *d, tb_pieces *in, tb_pieces *out, chain
 
 int tb_decode_ids(const lm_tokenizer *tok, const int32_t *ids, size_t n, int flags,
                   int at_start, lm_strbuf *out, char *err) {
+    if (tok->spm)
+        return tb_spm_decode(tok->spm, tok, ids, n, (flags & LM_DECODE_SKIP_SPECIAL) != 0, at_start, out)
+                   ? lm_errf(err, "out of memory")
+                   : 0;
     tb_pieces list = {0}, res = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < n; i++) {

@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,123 @@ static int64_t special_id(const gguf_archive *g, const char *key, uint64_t n) {
     return v;
 }
 
+/* tokenizer.ggml.KEY as an id, or def when absent (out of range: -1) */
+static int64_t special_id_or(const gguf_archive *g, const char *key, uint64_t n, int64_t def) {
+    return gguf_find_kv(g, key) ? special_id(g, key, n) : def < (int64_t)n ? def : -1;
+}
+
+/* Token texts that llama.cpp (llama-vocab.cpp) makes control tokens whatever type the
+ * file gives them: end-of-generation, end-of-turn and fill-in-the-middle markers. They
+ * are then split out of text as special tokens and dropped when decoding skips those. */
+static const char *const forced_control[] = {
+    "</s>", "<EOT>", "<MID>", "<PAD>", "<PRE>", "<REPO>", "<SUF>", "<end_of_turn>", "<end_of_utterance>", "<eos>",
+    "<fim-middle>", "<fim-pad>", "<fim-prefix>", "<fim-repo>", "<fim-suffix>", "<fim_middle>", "<fim_pad>",
+    "<fim_prefix>", "<fim_suffix>", "<reponame>", "<turn|>", "<|calls|>", "<|call|>", "<|code_middle|>",
+    "<|code_prefix|>", "<|code_suffix|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>", "<|eom_id|>", "<|eot_id|>",
+    "<|file_sep|>", "<|fim_middle|>", "<|fim_pad|>", "<|fim_prefix|>", "<|fim_repo|>", "<|fim_suffix|>", "<|flush|>",
+    "<|im_end|>", "<|middle|>", "<|prefix|>", "<|repo_name|>", "<|return|>", "<|suffix|>", "<|tool_response>",
+    "<\uFF5Cend\u2581of\u2581sentence\uFF5C>", "<\uFF5Cfim\u2581begin\uFF5C>",
+    "<\uFF5Cfim\u2581end\uFF5C>", "<\uFF5Cfim\u2581hole\uFF5C>", "[EOS]", "[EOT]", "[PAD]", "[e~[", "_<EOT>",
+    "\u2581<MID>", "\u2581<PRE>", "\u2581<SUF>"};
+
+static int is_forced_control(gguf_str t) {
+    for (size_t k = 0; k < sizeof forced_control / sizeof forced_control[0]; k++)
+        if (t.len == strlen(forced_control[k]) && memcmp(t.p, forced_control[k], t.len) == 0) return 1;
+    return 0;
+}
+
+/* A SentencePiece ("llama") vocabulary: pieces with scores and token types, no merges,
+ * encoded by tokenizer_spm.c as llama.cpp does. llama.cpp's defaults where a key is
+ * absent: bos 1, eos 2, unknown 0, add_bos_token true, add_eos_token false,
+ * add_space_prefix true. Control (3) and unknown (2) tokens are special added tokens,
+ * user-defined ones (4) plain added tokens: all split out of the text before encoding
+ * (llama.cpp with special tokens parsed; lazymoe always parses them). */
+static int spm_json(const gguf_archive *g, const gguf_kv *toks, json_t *root, json_t *cfg, char *err) {
+    uint64_t n = toks->arr_n;
+    const gguf_kv *types = gguf_find_kv(g, "tokenizer.ggml.token_type"),
+                  *scores = gguf_find_kv(g, "tokenizer.ggml.scores");
+    if (types && (types->type != GGUF_TYPE_ARRAY || types->arr_n < n ||
+                  (types->arr_type != GGUF_TYPE_I32 && types->arr_type != GGUF_TYPE_U32)))
+        return lm_errf(err, "GGUF tokenizer.ggml.token_type is not an integer array as long as the tokens");
+    if (scores && (scores->type != GGUF_TYPE_ARRAY || scores->arr_n < n ||
+                   (scores->arr_type != GGUF_TYPE_F32 && scores->arr_type != GGUF_TYPE_I32)))
+        return lm_errf(err, "GGUF tokenizer.ggml.scores is not an f32 or i32 array as long as the tokens");
+    int add_prefix = 1, add_bos = 1, add_eos = 0;
+    if (gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &add_prefix, err) < 0 ||
+        gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, err) < 0 ||
+        gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &add_eos, err) < 0)
+        return -1;
+    int64_t bos = special_id_or(g, "tokenizer.ggml.bos_token_id", n, 1),
+            eos = special_id_or(g, "tokenizer.ggml.eos_token_id", n, 2),
+            unk = special_id_or(g, "tokenizer.ggml.unknown_token_id", n, 0),
+            pad = special_id(g, "tokenizer.ggml.padding_token_id", n);
+    json_t *vocab = json_array(), *tt = json_array(), *added = json_array();
+    json_t *model = json_pack("{s:s, s:o, s:o, s:I, s:b}", "type", "LlamaSPM", "vocab", vocab, "token_types", tt,
+                              "unk_id", (json_int_t)unk, "add_space_prefix", add_prefix);
+    if (!model || !added) {
+        json_decref(added);
+        return lm_errf(err, "out of memory");
+    }
+    json_object_set_new(root, "model", model);
+    json_object_set_new(root, "added_tokens", added);
+    /* llama.cpp's rule for Phi-3 (by general.name, as Phi-3's tokenizer_config says):
+     * its added tokens swallow the whitespace after them, except <unk>, <s> and
+     * <|endoftext|> */
+    char *name = NULL;
+    if (gguf_get_str(g, "general.name", &name, err) < 0) return -1;
+    for (char *c = name; c && *c; c++) *c = (char)tolower((unsigned char)*c);
+    int phi3 = name && (strstr(name, "phi-3") || strstr(name, "phi3"));
+    free(name);
+    char empty[40];
+    for (uint64_t i = 0; i < n; i++) {
+        int64_t type = types ? gguf_arr_int(types, i) : 1;
+        if (type != 2 && type != 3 && is_forced_control(toks->strs[i])) type = 3;
+        double score = !scores ? 0.0
+                       : scores->arr_type == GGUF_TYPE_F32 ? gguf_arr_num(scores, i)
+                                                           : (double)gguf_arr_int(scores, i);
+        json_t *s;
+        if (toks->strs[i].len == 0) { /* llama.cpp's name for an empty piece */
+            snprintf(empty, sizeof empty, "[EMPTY_%llu]", (unsigned long long)i);
+            s = json_string(empty);
+        } else {
+            s = str_of(toks->strs[i]);
+        }
+        if (!s) return lm_errf(err, "GGUF token %llu is not valid UTF-8", (unsigned long long)i);
+        if (type == 2 || type == 3 || type == 4) {
+            const char *t = json_string_value(s);
+            int rstrip = phi3 && strcmp(t, "<unk>") != 0 && strcmp(t, "<s>") != 0 && strcmp(t, "<|endoftext|>") != 0;
+            json_array_append_new(added, json_pack("{s:I, s:O, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i,
+                                                   "content", s, "single_word", 0, "lstrip", 0, "rstrip", rstrip,
+                                                   "normalized", 0, "special", type != 4));
+        }
+        json_array_append_new(vocab, json_pack("[o, f]", s, score));
+        json_array_append_new(tt, json_integer((json_int_t)type));
+    }
+    json_object_set_new(root, "normalizer", json_null());
+    json_object_set_new(root, "pre_tokenizer", json_null());
+    json_object_set_new(root, "decoder", json_null());
+    /* transformers' TemplateProcessing: "<bos> $A <eos>" as the add_*_token keys say */
+    json_t *single = json_array(), *specials = json_object();
+    int64_t ends[2] = {add_bos ? bos : -1, add_eos ? eos : -1};
+    for (int k = 0; k < 2; k++) {
+        if (k == 1) json_array_append_new(single, json_pack("{s:{s:s, s:i}}", "Sequence", "id", "A", "type_id", 0));
+        if (ends[k] < 0) continue;
+        json_t *bs = str_of(toks->strs[ends[k]]);
+        json_array_append_new(single, json_pack("{s:{s:O, s:i}}", "SpecialToken", "id", bs, "type_id", 0));
+        json_object_set_new(specials, json_string_value(bs),
+                            json_pack("{s:O, s:[I], s:[O]}", "id", bs, "ids", (json_int_t)ends[k], "tokens", bs));
+        json_decref(bs);
+    }
+    json_object_set_new(root, "post_processor",
+                        json_pack("{s:s, s:o, s:[], s:o}", "type", "TemplateProcessing", "single", single, "pair",
+                                  "special_tokens", specials));
+    if (bos >= 0) json_object_set_new(cfg, "bos_token", str_of(toks->strs[bos]));
+    if (eos >= 0) json_object_set_new(cfg, "eos_token", str_of(toks->strs[eos]));
+    if (pad >= 0) json_object_set_new(cfg, "pad_token", str_of(toks->strs[pad]));
+    json_object_set_new(cfg, "clean_up_tokenization_spaces", json_false());
+    return 0;
+}
+
 int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **config, char *err) {
     *tokenizer = *config = NULL;
     char *model = NULL, *pre = NULL, *tmpl = NULL;
@@ -85,8 +203,31 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
                 model ? model : "is missing");
         goto done;
     }
-    if (strcmp(model, "gpt2") != 0) {
-        lm_errf(err, "GGUF tokenizer model '%.40s' is not supported yet (only byte-level BPE, \"gpt2\")", model);
+    if (strcmp(model, "gpt2") != 0 && strcmp(model, "llama") != 0) {
+        lm_errf(err,
+                "GGUF tokenizer model '%.40s' is not supported yet (byte-level BPE \"gpt2\" and SentencePiece "
+                "\"llama\" are)",
+                model);
+        goto done;
+    }
+    if (strcmp(model, "llama") == 0) {
+        err[0] = 0;
+        const gguf_kv *stoks = array_kv(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, err);
+        if (!stoks) {
+            if (!err[0]) lm_errf(err, "the GGUF file lacks tokenizer.ggml.tokens");
+            goto done;
+        }
+        root = json_object();
+        cfg = json_object();
+        if (!root || !cfg) {
+            lm_errf(err, "out of memory");
+            goto done;
+        }
+        json_object_set_new(root, "version", json_string("1.0"));
+        if (spm_json(g, stoks, root, cfg, err) != 0) goto done;
+        if (gguf_get_str(g, "tokenizer.chat_template", &tmpl, err) < 0) goto done;
+        if (tmpl) json_object_set_new(cfg, "chat_template", json_string(tmpl));
+        rc = 0;
         goto done;
     }
     if (gguf_get_str(g, "tokenizer.ggml.pre", &pre, err) < 0) goto done;

@@ -76,6 +76,23 @@ int tb_bpe_encode_word(tb_bpe *m, const lm_tokenizer *tok, const char *s, size_t
 void tb_bpe_free(tb_bpe *m);
 int32_t tb_bpe_vocab_id(const tb_bpe *m, const char *s, size_t len);
 
+/* ---- SentencePiece vocabularies of GGUF files (tokenizer_spm.c) ------------------------ */
+
+typedef struct tb_spm tb_spm;
+/* Parses model{type:"LlamaSPM", vocab:[[piece, score]...], token_types:[...], unk_id,
+ * add_space_prefix} (what tokenizer_gguf.c makes of a "llama" vocabulary). */
+int tb_spm_parse(json_t *model, lm_tokenizer *tok, tb_spm **out, char *err);
+/* Appends the ids of one section of text (no added tokens in it); prefix_space: the
+ * section starts the text or follows an added token (add_space_prefix applies). */
+int tb_spm_encode(const tb_spm *m, const char *s, size_t len, int prefix_space, int32_t **ids, size_t *n,
+                  size_t *cap, char *err);
+/* Appends the bytes of ids as llama.cpp's detokenize does; at_start: they begin the text. */
+int tb_spm_decode(const tb_spm *m, const lm_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                  int at_start, lm_strbuf *out);
+int tb_spm_add_space_prefix(const tb_spm *m);
+int32_t tb_spm_vocab_id(const tb_spm *m, const char *s, size_t len);
+void tb_spm_free(tb_spm *m);
+
 /* ---- decoders (tokenizer_decode.c) --------------------------------------------------- */
 
 typedef struct tb_decoder tb_decoder;
@@ -122,6 +139,7 @@ struct lm_tokenizer {
     tb_normalizer *normalizer;  /* NULL: none */
     tb_pretok *pretok;          /* NULL: whole section is one word */
     tb_bpe *bpe;
+    tb_spm *spm;                /* instead of bpe: a GGUF "llama" vocabulary */
     tb_decoder *decoder;        /* NULL: tokens joined with " " as transformers.js does */
     tb_template post;           /* empty when no post-processor adds tokens */
 

@@ -329,6 +329,56 @@ TARGET_VNNI static void pack_groups(const void *src, lm_dtype dt, int ng, int r,
     }
 }
 
+/* The scales and the biases of groups g0..g0+gn-1 of rows r..r+nr-1 as f32,
+ * sc[group][lane] and bi[group][lane], as two pack_groups calls give them. Half-width
+ * (F16, BF16) parameters take one transposition for both: a row's scale and bias of
+ * a group are interleaved into one 32-bit word (vpunpck*wd), the 16 x 16 words are
+ * transposed, and each word's halves are widened. Full blocks use plain loads. */
+TARGET_VNNI static void pack_scales_biases(const lm_mat *W, int ng, int r, int nr, int g0, int gn, __m512 *sc,
+                                           __m512 *bi) {
+    const lm_dtype dt = W->qdtype;
+    if (dt == LM_DT_F32) {
+        pack_groups(W->scales, dt, ng, r, nr, g0, gn, sc);
+        pack_groups(W->biases, dt, ng, r, nr, g0, gn, bi);
+        return;
+    }
+    const uint16_t *sp = W->scales, *bp = W->biases;
+    const __m512i hi16 = _mm512_set1_epi32((int)0xffff0000u);
+    for (int j = 0; j < gn; j += 16) {
+        const int m = gn - j < 16 ? gn - j : 16;
+        const __mmask16 mk = (__mmask16)((1u << m) - 1);
+        __m512i v[16];
+        UNROLL_PANEL
+        for (int i = 0; i < 16; i++) {
+            if (i >= nr) { /* rows past the panel: zero, untouched */
+                v[i] = _mm512_setzero_si512();
+                continue;
+            }
+            const size_t first = (size_t)(r + i) * (size_t)ng + (size_t)(g0 + j);
+            const __m256i s = m == 16 ? _mm256_loadu_si256((const __m256i *)(sp + first)) : _mm256_maskz_loadu_epi16(mk, sp + first);
+            const __m256i b = m == 16 ? _mm256_loadu_si256((const __m256i *)(bp + first)) : _mm256_maskz_loadu_epi16(mk, bp + first);
+            /* 128-bit lanes: groups 0-3, 8-11 (unpacklo), 4-7, 12-15 (unpackhi) */
+            v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi16(s, b)), _mm256_unpackhi_epi16(s, b), 1);
+        }
+        lm_transpose16x16(v);
+        UNROLL_PANEL
+        for (int w = 0; w < 16; w++) {
+            const int g = w < 4 ? w : w < 8 ? w + 4 : w < 12 ? w - 4 : w; /* word w holds group g */
+            if (g >= m) continue;
+            __m512 s, b;
+            if (dt == LM_DT_BF16) {
+                s = _mm512_castsi512_ps(_mm512_slli_epi32(v[w], 16));
+                b = _mm512_castsi512_ps(_mm512_and_si512(v[w], hi16));
+            } else {
+                s = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v[w]));
+                b = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(v[w], 16)));
+            }
+            _mm512_store_ps((float *)(sc + j + g), s);
+            _mm512_store_ps((float *)(bi + j + g), b);
+        }
+    }
+}
+
 TARGET_VNNI INLINE __m512i bcast32(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, sizeof v);
@@ -435,8 +485,7 @@ TARGET_VNNI INLINE void a8_panel_one(const lm_mat *W, int r, int nr, const lm_ac
     __m512 acc = _mm512_setzero_ps();
     for (int g0 = 0; g0 < ng; g0 += CHUNK_GROUPS) {
         const int gn = ng - g0 < CHUNK_GROUPS ? ng - g0 : CHUNK_GROUPS;
-        pack_groups(W->scales, W->qdtype, ng, r, nr, g0, gn, sc);
-        pack_groups(W->biases, W->qdtype, ng, r, nr, g0, gn, bi);
+        pack_scales_biases(W, ng, r, nr, g0, gn, sc, bi);
         /* The next panel's scales and biases too: at group size 32 they are a fifth of
          * the bytes streamed, and pack_groups would otherwise wait on each row's. */
         const size_t esz = lm_dtype_size(W->qdtype), span = (size_t)gn * esz;
@@ -518,8 +567,7 @@ TARGET_VNNI static void rows_act8_avx512(const lm_mat *W, int r0, int r1, const 
         for (int g0 = 0; g0 < ng; g0 += gpc) {
             const int gn = ng - g0 < gpc ? ng - g0 : gpc;
             pack_words(W, r, nr, g0 * wpg, gn * wpg, pk);
-            pack_groups(W->scales, W->qdtype, ng, r, nr, g0, gn, sc);
-            pack_groups(W->biases, W->qdtype, ng, r, nr, g0, gn, bi);
+            pack_scales_biases(W, ng, r, nr, g0, gn, sc, bi);
             for (int t0 = 0; t0 < n; t0 += A8_TOKENS) {
                 const int tn = n - t0 < A8_TOKENS ? n - t0 : A8_TOKENS;
                 fn[tn](pk, sc, bi, g0, gn, wpg, a, t0, y, W->rows, r, rm, g0 == 0);
