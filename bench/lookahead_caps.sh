@@ -17,7 +17,7 @@ GEN=${5:-32}
 CAPS=${CAPS:-"50 25"}
 LOOKAHEADS=${LOOKAHEADS:-"0 4 8"}
 BENCH_ARGS=${BENCH_ARGS:-}
-BIN=build/lazymoe
+BIN=${BIN:-build/lazymoe}
 OUT=bench/out
 mkdir -p "$OUT"
 size=$(du -sb --apparent-size "$MODEL" | cut -f1)

@@ -114,6 +114,27 @@ static void test_parenthesised(void) {
     CHECK_ERR("expected ')'");
 }
 
+/* Strings need not be valid UTF-8 (a template's own literals, strftime_now's output). One
+ * that began with a continuation byte had zero characters for `length` and the list
+ * allocation but one when iterated, which wrote past the list (found by fuzz_chat_template
+ * on the GPU box: `{%- set a,y = strftime_now("\xb5") %}`). Every character count now
+ * agrees: a character starts at offset 0 whatever the byte. */
+static void test_stray_continuation_bytes(void) {
+    char err[LM_ERR_LEN], *out;
+    CHECK(render("{% set s = '\xb5" "ab' %}{{ s|length }}|{% for c in s %}[{{ c }}]{% endfor %}|{{ s[0] }}|{{ s[1:] }}|"
+                 "{{ s|list|length }}|{{ s[-1] }}|{{ s|center(5) }}|{{ (s ~ 'c')|length }}",
+                 NULL, NULL, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "3|[\xb5][a][b]|\xb5" "|ab|3|b| \xb5" "ab |4") == 0, "got \"%s\"", out);
+    free(out);
+    CHECK(render("{% set s = '\xb5\x80' %}{{ s|length }}{% for c in s %}[{{ c }}]{% endfor %}", NULL, NULL, &out, err) == 0);
+    if (out) CHECKF(strcmp(out, "1[\xb5\x80]") == 0, "got \"%s\"", out);
+    free(out);
+    /* the fuzzer's input itself: an error or a render, never a write out of bounds */
+    static const char crash[] = "{%- set tado,y = strftime_now(\"\xb5\") %}";
+    if (render(crash, NULL, NULL, &out, err) == 0) free(out);
+    else CHECK(err[0] != 0);
+}
+
 static void test_loop_limit(void) {
     char err[LM_ERR_LEN], *out;
     lm_jinja_options o = {.max_loop_iterations = 1000};
@@ -395,6 +416,7 @@ int main(void) {
     TEST_CASE("jinja errors name the template line", test_error_names_line);
     TEST_CASE("jinja break/continue in a call block", test_loop_control_in_call_block);
     TEST_CASE("jinja parenthesised expressions and tuples", test_parenthesised);
+    TEST_CASE("jinja strings with stray UTF-8 continuation bytes", test_stray_continuation_bytes);
     TEST_CASE("jinja loop iteration limit", test_loop_limit);
     TEST_CASE("jinja recursion and nesting limits", test_recursion_limit);
     TEST_CASE("jinja output and memory limits", test_output_and_memory_limits);

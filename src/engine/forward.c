@@ -311,25 +311,31 @@ static int run_lazy_experts(lazymoe_session *s, const lm_moe_block *mb, int l, i
         int got = lm_cache_acquire(cache, l, S->need, n, S->need_status);
         if (got == 0) return lm_errf(err, "expert cache of layer %d has no free slot", l);
         int rc = 0;
-        /* The hits together, while the misses are read; then each miss as it lands. */
+        /* The hits already in memory together, while the misses are read; then the
+         * hits whose lookahead read is still landing and the misses, each as it
+         * lands (lookahead reads were queued first, so they come first). Each
+         * expert's output goes to its own rows and they are summed in route order
+         * afterwards, so the order of computing changes no bit. */
         int hits = 0;
         for (int i = 0; i < n && rc == 0; i++) {
-            if (S->need_status[i] != 1) continue;
+            if (S->need_status[i] != 1 || !lm_cache_ready(cache, l, S->need[i])) continue;
             rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[hits], err);
             if (rc == 0) expert_slot_refreshed(BE(s), &S->expert_views[hits]);
             S->expert_ids[hits++] = S->need[i];
+            S->need_status[i] = 3; /* computed below */
         }
         if (rc == 0 && hits) rc = run_experts(s, mb, S->expert_views, S->expert_ids, hits, err);
         if (rc == 0 && !shared_done && mb->shared) {
             rc = shared_expert(s, mb, &s->m->w.layers[l], T, err);
             shared_done = 1;
         }
-        for (int i = 0; i < n && rc == 0; i++) {
-            if (S->need_status[i] != 2) continue;
-            rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[0], err);
-            if (rc == 0) expert_slot_refreshed(BE(s), &S->expert_views[0]);
-            if (rc == 0) rc = run_experts(s, mb, S->expert_views, &S->need[i], 1, err);
-        }
+        for (int pass = 1; pass <= 2; pass++)
+            for (int i = 0; i < n && rc == 0; i++) {
+                if (S->need_status[i] != pass) continue;
+                rc = lm_cache_wait(cache, l, S->need[i], &S->expert_views[0], err);
+                if (rc == 0) expert_slot_refreshed(BE(s), &S->expert_views[0]);
+                if (rc == 0) rc = run_experts(s, mb, S->expert_views, &S->need[i], 1, err);
+            }
         lm_cache_release_layer(cache, l);
         if (rc) return -1;
         int left = 0;

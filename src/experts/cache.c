@@ -485,6 +485,12 @@ int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err) 
     return 0;
 }
 
+int lm_cache_ready(const lm_expert_cache *c, int l, int e) {
+    const layer_cache *lc = &c->layers[l];
+    int s = lc->expert_slot[e];
+    return s >= 0 && atomic_load(&lc->pending[s]) == 0;
+}
+
 void lm_cache_release_layer(lm_expert_cache *c, int l) {
     layer_cache *lc = &c->layers[l];
     /* A slot whose read is still in flight (an error path returned early) stays

@@ -86,6 +86,10 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
  * read failed (the message names file, layer, expert and cause); the expert's slot
  * is then empty again, so a later acquire reads it anew. */
 int lm_cache_wait(lm_expert_cache *c, int l, int e, lm_expert *view, char *err);
+/* Whether acquired expert e of layer l is in memory now (its read, if any, has
+ * landed): lm_cache_wait would not block. Lets a step compute the hits that are
+ * ready while lookahead reads of the others are still in flight. */
+int lm_cache_ready(const lm_expert_cache *c, int l, int e);
 /* Releases every expert of layer l acquired since the last release. */
 void lm_cache_release_layer(lm_expert_cache *c, int l);
 

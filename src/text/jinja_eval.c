@@ -571,7 +571,7 @@ static int eval_slice(jrender *r, const jnode *n, jscope *sc, jv *out) {
     if (!offs || !dst) return jr_oom(r);
     size_t c = 0;
     for (size_t i = 0; i < obj.u.str.len; i++)
-        if (((unsigned char)s[i] & 0xC0) != 0x80) offs[c++] = i;
+        if (utf8_char_starts(s, i)) offs[c++] = i;
     offs[count] = obj.u.str.len;
     size_t len = 0;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {

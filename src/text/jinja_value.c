@@ -561,14 +561,14 @@ int jv_from_json(jarena *a, const json_t *j, jv *out, int depth) {
 size_t utf8_len(const char *s, size_t n) {
     size_t count = 0;
     for (size_t i = 0; i < n; i++)
-        if (((unsigned char)s[i] & 0xC0) != 0x80) count++;
+        if (utf8_char_starts(s, i)) count++;
     return count;
 }
 
 size_t utf8_offset(const char *s, size_t n, size_t index) {
     size_t count = 0;
     for (size_t i = 0; i < n; i++) {
-        if (((unsigned char)s[i] & 0xC0) != 0x80) {
+        if (utf8_char_starts(s, i)) {
             if (count == index) return i;
             count++;
         }
