@@ -716,7 +716,9 @@ static void refused(void) {
         const char *extra[8]; /* ARCH-relative u32 keys, "name=value"; "name=[a,b,c,d]": an i32 array */
     } cases[] = {
         {"llama", 0, "token_embd.weight", "dense llama model"},
-        {"gpt-neox", 4, "token_embd.weight", "architecture 'gpt-neox' is not supported"},
+        {"gpt-neox", 4, "token_embd.weight",
+         "architecture 'gpt-neox' is not supported (supported: qwen3moe, llama with experts (Mixtral), olmoe, "
+         "qwen3next, gpt-oss, minimax-m2, glm4moe, qwen35moe)"},
         {"qwen3moe", 4, NULL, "lacks a 2-D token_embd.weight"},
         {"qwen3moe", 0, "token_embd.weight", "lacks 'qwen3moe.expert_count'"},
         {"qwen3moe", 4, "blk.0.attn_qkv.weight", "tensor 'blk.0.attn_qkv.weight' is not one lazymoe knows"},

@@ -94,7 +94,7 @@ typedef struct lm_family {
     /* ---- names ---- */
     const char *model_type;     /* Hugging Face config.json model_type */
     const char *aliases[4];     /* other model_type spellings accepted (NULL-terminated) */
-    const char *gguf_arch;      /* GGUF general.architecture (mixtral files say "llama") */
+    const char *gguf_arch;      /* GGUF general.architecture (mixtral files say "llama"); set: read from GGUF */
     const char *hf_architecture; /* config.json "architectures" entry, e.g. "Qwen3MoeForCausalLM" */
 
     /* ---- config.json: family keys and defaults (see config.c for the common keys) ---- */

@@ -153,6 +153,22 @@ static int check_sigmoid_gating(meta *m) {
     return 0;
 }
 
+/* block_count counts the ARCH.nextn_predict_layers multi-token-prediction blocks kept
+ * after the last layer (glm4moe, qwen3next, qwen35moe: their tensors stay in the file,
+ * never read): num_hidden_layers becomes the layers before them; *nextn their count. */
+static int take_nextn_layers(meta *m, int64_t *nextn) {
+    char key[256];
+    int64_t blocks = json_integer_value(json_object_get(m->cfg, "num_hidden_layers"));
+    *nextn = 0;
+    snprintf(key, sizeof key, "%s.nextn_predict_layers", m->arch);
+    if (gguf_get_int(m->g, key, nextn, m->err) < 0) return -1;
+    if (*nextn < 0 || *nextn >= blocks)
+        return lm_errf(m->err, "GGUF key '%s' is %lld but %s.block_count is %lld (it counts them)", key,
+                       (long long)*nextn, m->arch, (long long)blocks);
+    json_object_set_new(m->cfg, "num_hidden_layers", json_integer((json_int_t)(blocks - *nextn)));
+    return 0;
+}
+
 /* glm4moe (GLM-4.5, -4.6, -Air) as llama.cpp's converter writes it. block_count counts
  * the nextn_predict_layers multi-token-prediction layers kept after the last layer
  * (their tensors stay in the file, never read); leading_dense_block_count dense layers
@@ -162,14 +178,8 @@ static int check_sigmoid_gating(meta *m) {
  * expert_weights_scale, renormalised when expert_weights_norm (llama.cpp's default:
  * not). q/k norms exist when the file has attn_q_norm tensors. */
 static int put_glm4_moe(meta *m) {
-    char key[256];
-    int64_t blocks = json_integer_value(json_object_get(m->cfg, "num_hidden_layers")), nextn = 0;
-    snprintf(key, sizeof key, "%s.nextn_predict_layers", m->arch);
-    if (gguf_get_int(m->g, key, &nextn, m->err) < 0) return -1;
-    if (nextn < 0 || nextn >= blocks)
-        return lm_errf(m->err, "GGUF key '%s' is %lld but %s.block_count is %lld (it counts them)", key,
-                       (long long)nextn, m->arch, (long long)blocks);
-    json_object_set_new(m->cfg, "num_hidden_layers", json_integer((json_int_t)(blocks - nextn)));
+    int64_t nextn;
+    if (take_nextn_layers(m, &nextn) != 0) return -1;
     json_object_set_new(m->cfg, "num_nextn_predict_layers", json_integer((json_int_t)nextn));
     if (require(m, put_int(m, "expert_shared_count", "n_shared_experts"), "expert_shared_count") ||
         put_int(m, "leading_dense_block_count", "first_k_dense_replace") < 0 ||
@@ -198,15 +208,9 @@ static int put_glm4_moe(meta *m) {
  * after the last layer (never read). *nextn gets their count. */
 static int put_qwen_linear(meta *m, int64_t *nextn) {
     char key[256];
-    int64_t blocks = json_integer_value(json_object_get(m->cfg, "num_hidden_layers"));
-    *nextn = 0;
-    snprintf(key, sizeof key, "%s.nextn_predict_layers", m->arch);
-    if (gguf_get_int(m->g, key, nextn, m->err) < 0) return -1;
-    if (*nextn < 0 || *nextn >= blocks)
-        return lm_errf(m->err, "GGUF key '%s' is %lld but %s.block_count is %lld (it counts them)", key,
-                       (long long)*nextn, m->arch, (long long)blocks);
-    int64_t layers = blocks - *nextn;
-    json_object_set_new(m->cfg, "num_hidden_layers", json_integer((json_int_t)layers));
+    if (take_nextn_layers(m, nextn) != 0) return -1;
+    const int64_t layers = json_integer_value(json_object_get(m->cfg, "num_hidden_layers")),
+                  blocks = layers + *nextn;
     if (require(m, put_int(m, "ssm.conv_kernel", "linear_conv_kernel_dim"), "ssm.conv_kernel") ||
         require(m, put_int(m, "ssm.state_size", "linear_key_head_dim"), "ssm.state_size") ||
         require(m, put_int(m, "ssm.group_count", "linear_num_key_heads"), "ssm.group_count") ||
@@ -287,18 +291,15 @@ static const lm_family *family_of(const gguf_archive *g, const char *arch, char 
         }
     }
     if (!f) {
-        lm_errf(err, "GGUF architecture '%.64s' is not supported (supported: qwen3moe, llama with experts (Mixtral), "
-                     "olmoe, gpt-oss, glm4moe, minimax-m2, qwen3next, qwen35moe)",
-                arch);
-        return NULL;
-    }
-    if (strcmp(f->model_type, "qwen3_moe") != 0 && strcmp(f->model_type, "mixtral") != 0 &&
-        strcmp(f->model_type, "olmoe") != 0 && strcmp(f->model_type, "gpt_oss") != 0 &&
-        strcmp(f->model_type, "glm4_moe") != 0 && strcmp(f->model_type, "minimax_m2") != 0 &&
-        strcmp(f->model_type, "qwen3_next") != 0 && strcmp(f->model_type, "qwen3_5_moe") != 0) {
-        lm_errf(err, "GGUF architecture '%.64s' (%s) is not supported from GGUF files yet; use its Hugging Face or "
-                     "MLX checkpoint",
-                arch, f->model_type);
+        /* every family of the registry with a GGUF architecture name is read here */
+        char list[256] = "";
+        size_t len = 0;
+        for (int i = 0; lm_families[i] && len < sizeof list; i++)
+            if (lm_families[i]->gguf_arch)
+                len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "",
+                                        strcmp(lm_families[i]->gguf_arch, "llama") == 0 ? "llama with experts (Mixtral)"
+                                                                                       : lm_families[i]->gguf_arch);
+        lm_errf(err, "GGUF architecture '%.64s' is not supported (supported: %s)", arch, list);
         return NULL;
     }
     return f;

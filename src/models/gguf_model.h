@@ -38,8 +38,13 @@
  *     num_hidden_layers, which the loader counts and never reads.
  *   - minimax-m2: q/k norms over the whole projections, exp_probs_b.bias, experts of
  *     feed_forward_length (= expert_feed_forward_length), always renormalised.
- *   - qwen3next / qwen35moe are refused for now (their linear-attention tensors need
- *     the converter's transformations undone: see the issue).
+ *   - qwen3next / qwen35moe (Gated DeltaNet hybrids): shapes under ARCH.ssm.*, layer
+ *     kinds from ARCH.attention.recurrent_layers or ARCH.full_attention_interval;
+ *     attn_qkv / attn_gate (llama.cpp's split of in_proj_qkvz; older files: ssm_in),
+ *     ssm_ba or ssm_beta / ssm_alpha, ssm_a holding -exp(A_log) itself, ssm_dt.bias,
+ *     norms with their +1 already added; qwen35moe's value heads in ggml's tiled order
+ *     (config lin_v_tiled) and its MRoPE sections checked to be plain RoPE on text.
+ *     MTP blocks counted in block_count are skipped as for glm4moe.
  */
 #ifndef LAZYMOE_GGUF_MODEL_H
 #define LAZYMOE_GGUF_MODEL_H
