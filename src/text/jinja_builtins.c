@@ -55,7 +55,7 @@ static bool is_py_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <=
 
 static size_t cp_len(const char *s, size_t n, size_t i) {
     size_t j = i + 1;
-    while (j < n && ((unsigned char)s[j] & 0xC0) == 0x80) j++;
+    while (j < n && !utf8_char_starts(s, j)) j++;
     return j - i;
 }
 
@@ -79,7 +79,7 @@ static int do_strip(jrender *r, jv s, jv chars, bool left, bool right, jv *out) 
     if (right) {
         while (hi > lo) {
             size_t st = hi - 1;
-            while (st > lo && ((unsigned char)p[st] & 0xC0) == 0x80) st--;
+            while (st > lo && !utf8_char_starts(p, st)) st--;
             if (!in_charset(p + st, hi - st, chars)) break;
             hi = st;
         }

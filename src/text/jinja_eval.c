@@ -229,7 +229,7 @@ int jinja_iterable(jrender *r, jv v, jv_list **out) {
         if (!l) break;
         for (size_t i = 0; i < n;) {
             size_t j = i + 1;
-            while (j < n && ((unsigned char)s[j] & 0xC0) == 0x80) j++;
+            while (j < n && !utf8_char_starts(s, j)) j++;
             l->items[l->len++] = jv_strn(s + i, j - i);
             i = j;
         }

@@ -127,13 +127,13 @@ int jv_write_json(lm_strbuf *b, jv v, const char *indent, const char *item_sep,
 
 int jv_from_json(jarena *a, const json_t *j, jv *out, int depth);
 
-/* UTF-8 helpers: code point count; byte offset of code point index i. */
 /* Where a character starts: at a lead or ASCII byte, and at offset 0 whatever the byte
  * is, so a string that begins with a stray continuation byte (strings need not be valid
  * UTF-8: a template's own literals, strftime_now's output) is never zero characters
  * long while iterating it yields one. Length, indexing, slicing and iteration all count
  * characters this one way. */
 static inline int utf8_char_starts(const char *s, size_t i) { return i == 0 || ((unsigned char)s[i] & 0xC0) != 0x80; }
+/* UTF-8 helpers: code point count; byte offset of code point index i. */
 size_t utf8_len(const char *s, size_t n);
 size_t utf8_offset(const char *s, size_t n, size_t index);
 
