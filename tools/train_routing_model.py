@@ -241,20 +241,27 @@ for li, layer in enumerate(model.model.layers):
         x = inp[0].detach().reshape(-1, inp[0].shape[-1])
         caught[li] = F.linear(x.float(), mod.weight.float())
     hooks.append(layer.mlp.gate.register_forward_hook(hook))
+    # The residual after layer li's attention (the input of its post-attention norm): where
+    # the engine's own lookahead (src/engine/forward.c) predicts layer li+1's experts, a layer
+    # before that layer's attention runs.
+    def mid_hook(mod, inp, li=li):
+        caught[("mid", li)] = inp[0].detach()[0]
+    hooks.append(layer.post_attention_layernorm.register_forward_pre_hook(mid_hook))
 
 P = min(args.predict, E)
 recall = {m: [0.0] * L for m in (K, 2 * K) if m <= P}
+recall_engine = [0.0] * L
 n_traced = 0
 with torch.no_grad():
     for name, ids in trace_sets.items():
         T = min(args.trace_tokens, len(ids))
-        routes, preds = [], []  # [T][L][K], [T][L][P]
+        routes, preds, epreds = [], [], []  # [T][L][K], [T][L][P], [T][L][P]
         for s in range(0, T, SEQ):
             w = torch.tensor([ids[s:min(s + SEQ, T)]], device=dev)
             caught.clear()
             o = model(input_ids=w, use_cache=False, output_hidden_states=True)
             hs = o.hidden_states  # hs[l] = layer l's input residual
-            r_layers, p_layers = [], []
+            r_layers, p_layers, e_layers = [], [], []
             for li, layer in enumerate(model.model.layers):
                 r_layers.append(torch.topk(caught[li], K, dim=-1).indices.cpu())
                 x = layer.post_attention_layernorm(hs[li][0])
@@ -265,18 +272,31 @@ with torch.no_grad():
                 for m in recall:
                     hit = torch.zeros_like(actual).scatter_(1, top[:, :m], 1.0)
                     recall[m][li] += (hit * actual).sum().item() / K
+                # the engine's point: layer li's norm and router on the residual after layer
+                # li-1's attention (the embeddings for layer 0)
+                src = hs[0][0] if li == 0 else caught[("mid", li - 1)]
+                el = F.linear(layer.post_attention_layernorm(src).float(), layer.mlp.gate.weight.float())
+                etop = torch.topk(el, P, dim=-1).indices
+                e_layers.append(etop.cpu())
+                hit = torch.zeros_like(actual).scatter_(1, etop[:, :K], 1.0)
+                recall_engine[li] += (hit * actual).sum().item() / K
             for t in range(w.shape[1]):
                 routes.append([r_layers[li][t].tolist() for li in range(L)])
                 preds.append([p_layers[li][t].tolist() for li in range(L)])
+                epreds.append([e_layers[li][t].tolist() for li in range(L)])
         n_traced += T
         lt.write_trace(os.path.join(OUT, f"{name}.trace"), routes, L, E, K)
         lt.write_trace(os.path.join(OUT, f"{name}.lookahead.trace"), preds, L, E, P,
                        note="lookahead: layer L's router on the residual before layer L's attention, best first")
+        lt.write_trace(os.path.join(OUT, f"{name}.engine-lookahead.trace"), epreds, L, E, P,
+                       note="lookahead as the engine predicts: layer L's router on the residual after layer L-1's attention, best first")
         log(f"{name}: {T} tokens traced")
 for h in hooks:
     h.remove()
 report["lookahead_recall"] = {f"at_{m}": [v / n_traced for v in recall[m]] for m in recall}
 log("lookahead recall@8 per layer:", " ".join(f"{v / n_traced:.2f}" for v in recall[K]))
+report["engine_lookahead_recall_at_k"] = [v / n_traced for v in recall_engine]
+log("engine-point lookahead recall@8 per layer:", " ".join(f"{v / n_traced:.2f}" for v in recall_engine))
 save_report()
 
 if args.save_weights:
