@@ -617,19 +617,44 @@ static void qwen3_5_moe_layout(void) {
  * scores highest merges first, equal scores merge leftmost first, characters without a
  * piece fall back to <0xNN> pieces (then to the unknown token), the space prefix, and
  * decoding by token type. Bad vocabulary metadata is refused naming the key. */
-static int spm_file(const char *path, int n_scores, int score_type, int64_t unk, char *err) {
-    static const char *const pieces[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>",
+static const char *const spm_pieces[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>",
                                          "\xE2\x96\x81", "a", "b", "ab", "ba", "\xE2\x96\x81" "a"};
+static const float spm_scores[] = {0, 0, 0, 0, 0, 0, -1, -2, -2, -5, -5, -3};
+
+typedef struct {
+    int n_scores, score_type; /* tokenizer.ggml.scores: that many of that type */
+    int64_t unk, eos, bos;    /* tokenizer.ggml.unknown_token_id / eos_token_id / bos_token_id; 0: no key */
+    const char *model, *pre;  /* tokenizer.ggml.model (NULL: "llama") and .pre (NULL: none) */
+    int no_types;             /* no tokenizer.ggml.token_type */
+    int model_keys;           /* the keys and token_embd.weight that lm_gguf_config reads */
+} vocab_opts;
+
+static int spm_file(const char *path, const vocab_opts *o, char *err) {
     static const int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1};
-    static const float scores[] = {0, 0, 0, 0, 0, 0, -1, -2, -2, -5, -5, -3};
+    static float emb[12 * 4];
+    int64_t ne[2] = {4, 12};
     gguf_writer *w = gguf_w_new();
     gguf_w_str(w, "general.architecture", "qwen3moe");
-    gguf_w_str(w, "tokenizer.ggml.model", "llama");
-    gguf_w_arr_str(w, "tokenizer.ggml.tokens", pieces, 12);
-    gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, 12);
-    if (score_type == GGUF_TYPE_STRING) gguf_w_arr_str(w, "tokenizer.ggml.scores", pieces, (uint64_t)n_scores);
-    else gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_F32, scores, (uint64_t)n_scores);
-    if (unk != 0) gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk);
+    gguf_w_str(w, "tokenizer.ggml.model", o->model ? o->model : "llama");
+    gguf_w_arr_str(w, "tokenizer.ggml.tokens", spm_pieces, 12);
+    if (!o->no_types) gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, 12);
+    if (o->score_type == GGUF_TYPE_STRING) gguf_w_arr_str(w, "tokenizer.ggml.scores", spm_pieces, (uint64_t)o->n_scores);
+    else gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_F32, spm_scores, (uint64_t)o->n_scores);
+    if (o->unk != 0) gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)o->unk);
+    if (o->eos != 0) gguf_w_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)o->eos);
+    if (o->bos != 0) gguf_w_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)o->bos);
+    if (o->pre) gguf_w_str(w, "tokenizer.ggml.pre", o->pre);
+    if (o->model_keys) {
+        static const char *const keys[] = {"block_count", "embedding_length", "attention.head_count",
+                                           "feed_forward_length", "expert_count", "expert_used_count"};
+        static const uint32_t vals[] = {1, 4, 1, 4, 2, 1};
+        char k[64];
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            snprintf(k, sizeof k, "qwen3moe.%s", keys[i]);
+            gguf_w_u32(w, k, vals[i]);
+        }
+        gguf_w_tensor(w, "token_embd.weight", 0, 2, ne, emb, sizeof emb, 0);
+    }
     int rc = gguf_w_save(w, path, err);
     gguf_w_free(w);
     return rc;
@@ -638,7 +663,7 @@ static int spm_file(const char *path, int n_scores, int score_type, int64_t unk,
 static void spm_tokenizer(void) {
     char path[512], err[LM_ERR_LEN];
     snprintf(path, sizeof path, "%s/spm.gguf", tmp);
-    CHECKF(spm_file(path, 12, GGUF_TYPE_F32, 0, err) == 0, "%s", err);
+    CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32}, err) == 0, "%s", err);
     lm_tokenizer *tok = NULL;
     CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
     if (!tok) return;
@@ -683,23 +708,90 @@ static void spm_tokenizer(void) {
         free(out);
     }
     lm_tokenizer_free(tok);
-    /* no unknown token (its id out of range) and no byte piece for E2: an error */
-    CHECKF(spm_file(path, 12, GGUF_TYPE_F32, 99, err) == 0, "%s", err);
+    /* an unknown id out of range: llama.cpp's default (0) instead */
+    CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32, .unk = 99}, err) == 0, "%s", err);
     CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
     if (tok) {
-        CHECK(lm_tokenizer_encode(tok, "\xE2\x82\xAC", 3, 0, &ids, &n, err) != 0);
-        CHECKF(strstr(err, "no piece for byte 0xE2") != NULL, "%s", err);
+        CHECK(lm_tokenizer_encode(tok, "\xE2\x82\xAC", 3, 0, &ids, &n, err) == 0);
+        CHECK(n == 4 && ids[0] == 6 && ids[1] == 0 && ids[2] == 0 && ids[3] == 0);
+        free(ids);
         lm_tokenizer_free(tok);
     }
+    /* no unknown token and no byte piece for E2: an error */
+    gguf_archive *g = NULL;
+    json_t *tj = NULL, *cj = NULL;
+    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+    if (g) CHECKF(lm_gguf_tokenizer_json(g, &tj, &cj, err) == 0, "%s", err);
+    gguf_close(g);
+    if (tj) {
+        json_object_del(json_object_get(tj, "model"), "unk_id");
+        CHECKF(lm_tokenizer_load_json(tj, cj, &tok, err) == 0, "%s", err);
+        if (tok) {
+            CHECK(lm_tokenizer_encode(tok, "\xE2\x82\xAC", 3, 0, &ids, &n, err) != 0);
+            CHECKF(strstr(err, "no piece for byte 0xE2") != NULL, "%s", err);
+            lm_tokenizer_free(tok);
+        }
+    }
+    json_decref(tj);
+    json_decref(cj);
     /* scores of the wrong type or too few */
     for (int k = 0; k < 2; k++) {
-        CHECKF(spm_file(path, k ? 5 : 12, k ? GGUF_TYPE_F32 : GGUF_TYPE_STRING, 0, err) == 0, "%s", err);
+        CHECKF(spm_file(path, &(vocab_opts){k ? 5 : 12, k ? GGUF_TYPE_F32 : GGUF_TYPE_STRING}, err) == 0, "%s", err);
         tok = NULL;
         CHECK(lm_tokenizer_load(path, &tok, err) != 0);
         CHECKF(strstr(err, "tokenizer.ggml.scores is not an f32 or i32 array as long as the tokens") &&
                    strstr(err, "spm.gguf"),
                "%s", err);
         lm_tokenizer_free(tok);
+    }
+}
+
+/* The special ids llama.cpp gives a SentencePiece vocabulary whose file leaves them out
+ * (llama-vocab.cpp: bos 1, eos 2, unknown 0; a key out of range keeps the default), in
+ * the model's end-of-generation ids and the tokenizer alike; a byte-level BPE ("gpt2")
+ * vocabulary gets none (llama.cpp's 11 is not taken). Where add_bos_token is absent,
+ * SentencePiece adds BOS, and byte-level BPE only for the Llama 3 pre-tokenizer. */
+static void vocab_special_defaults(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/spm_model.gguf", tmp);
+    static const struct {
+        vocab_opts o;
+        int32_t eos, bos; /* -1: none */
+        int adds_bos;     /* encoding with special tokens starts with bos */
+    } cases[] = {
+        {{12, GGUF_TYPE_F32, .model_keys = 1}, 2, 1, 1},
+        {{12, GGUF_TYPE_F32, .model_keys = 1, .no_types = 1}, 2, 1, 1}, /* "</s>" not seen as a control token */
+        {{12, GGUF_TYPE_F32, .model_keys = 1, .no_types = 1, .eos = 99}, 2, 1, 1},
+        {{12, GGUF_TYPE_F32, .model_keys = 1, .no_types = 1, .eos = 7, .bos = 8}, 7, 8, 1},
+        {{12, GGUF_TYPE_F32, .model_keys = 1, .no_types = 1, .model = "gpt2"}, -1, -1, 0},
+        {{12, GGUF_TYPE_F32, .model_keys = 1, .no_types = 1, .model = "gpt2", .pre = "qwen2", .bos = 1}, -1, 1, 0},
+        {{12, GGUF_TYPE_F32, .model_keys = 1, .no_types = 1, .model = "gpt2", .pre = "llama-bpe", .bos = 1}, -1, 1, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECKF(spm_file(path, &cases[i].o, err) == 0, "%s", err);
+        gguf_archive *g = NULL;
+        CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+        if (!g) continue;
+        lm_config c;
+        CHECKF(lm_gguf_config(&c, g, err) == 0, "case %zu: %s", i, err);
+        CHECKF(c.n_eos == (cases[i].eos >= 0) && (c.n_eos == 0 || c.eos_ids[0] == cases[i].eos),
+               "case %zu: %d eos ids, the first %d", i, c.n_eos, c.n_eos ? c.eos_ids[0] : -1);
+        CHECKF(c.bos_id == cases[i].bos, "case %zu: bos %d", i, c.bos_id);
+        lm_config_free(&c);
+        lm_tokenizer *tok = NULL;
+        CHECKF(lm_tokenizer_from_gguf(g, &tok, err) == 0, "case %zu: %s", i, err);
+        if (tok) {
+            CHECKF(lm_tokenizer_eos_id(tok) == cases[i].eos && lm_tokenizer_bos_id(tok) == cases[i].bos,
+                   "case %zu: tokenizer eos %d bos %d", i, lm_tokenizer_eos_id(tok), lm_tokenizer_bos_id(tok));
+            int32_t *ids = NULL;
+            size_t n = 0;
+            CHECKF(lm_tokenizer_encode(tok, "a", 1, 1, &ids, &n, err) == 0, "case %zu: %s", i, err);
+            CHECKF(n > 0 && (ids[0] == cases[i].bos) == cases[i].adds_bos, "case %zu: %zu ids, the first %d", i, n,
+                   n ? ids[0] : -1);
+            free(ids);
+            lm_tokenizer_free(tok);
+        }
+        gguf_close(g);
     }
 }
 
@@ -818,6 +910,7 @@ int main(void) {
     TEST_CASE("gguf_qwen3_next_qwen3_5_moe_lazy_equals_resident", qwen3_next_lazy_equals_resident);
     TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
     TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
+    TEST_CASE("gguf_vocab_special_id_defaults", vocab_special_defaults);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmp);

@@ -3,6 +3,7 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "models/family.h"
+#include "text/tokenizer_gguf.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -49,16 +50,15 @@ static int require(meta *m, int rc, const char *suffix) {
     return rc < 0 ? -1 : 0;
 }
 
-static int token_id(meta *m, const char *key, json_t *eos) {
-    int64_t v;
-    int rc = gguf_get_int(m->g, key, &v, m->err);
-    if (rc == 1) {
-        size_t i;
-        json_t *e;
-        json_array_foreach(eos, i, e) if (json_integer_value(e) == v) return 0;
-        json_array_append_new(eos, json_integer((json_int_t)v));
-    }
-    return rc < 0 ? -1 : 0;
+/* Appends tokenizer.ggml.NAME_token_id to the eos list, as llama.cpp takes it (its
+ * vocabulary type's default where the key is absent), unless it is none or listed. */
+static void add_token_id(const gguf_archive *g, const char *name, json_t *eos) {
+    int64_t v = lm_gguf_special_id(g, name);
+    size_t i;
+    json_t *e;
+    if (v < 0) return;
+    json_array_foreach(eos, i, e) if (json_integer_value(e) == v) return;
+    json_array_append_new(eos, json_integer((json_int_t)v));
 }
 
 /* GGUF keeps one eos id; generation_config.json often lists more (Qwen: <|im_end|> and
@@ -411,12 +411,12 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
     json_object_set_new(cfg, "mlp_only_layers", dense);
     json_t *eos = json_array();
     json_object_set_new(cfg, "eos_token_id", eos);
-    if (token_id(&m, "tokenizer.ggml.eos_token_id", eos) || token_id(&m, "tokenizer.ggml.eot_token_id", eos) ||
-        token_id(&m, "tokenizer.ggml.eom_token_id", eos))
-        goto done;
+    add_token_id(g, "eos", eos);
+    add_token_id(g, "eot", eos);
+    add_token_id(g, "eom", eos);
     add_end_tokens(g, eos);
-    if (gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v, err) < 0) goto done;
-    if (gguf_find_kv(g, "tokenizer.ggml.bos_token_id")) json_object_set_new(cfg, "bos_token_id", json_integer(v));
+    int64_t bos = lm_gguf_special_id(g, "bos");
+    if (bos >= 0) json_object_set_new(cfg, "bos_token_id", json_integer((json_int_t)bos));
     text = json_dumps(cfg, JSON_COMPACT);
     if (!text) {
         lm_errf(err, "out of memory");

@@ -15,6 +15,7 @@ static const struct {
     const char *regex;
     int nfc;           /* the Hugging Face tokenizer.json normalizes to NFC first */
     int ignore_merges; /* BPE model's ignore_merges (Llama 3 family) */
+    int add_bos;       /* llama.cpp's add_bos_token where the file has no key (Llama 3 family) */
 } pre_table[] = {
     {"qwen2",
      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
@@ -27,7 +28,7 @@ static const struct {
     {"llama-bpe",
      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
      "\\s+(?!\\S)|\\s+",
-     0, 1},
+     0, 1, 1},
     {"gpt-4o",
      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
@@ -67,17 +68,18 @@ static const gguf_kv *array_kv(const gguf_archive *g, const char *key, gguf_type
     return kv;
 }
 
-/* id of tokenizer.ggml.KEY, -1 when absent or out of range */
-static int64_t special_id(const gguf_archive *g, const char *key, uint64_t n) {
-    int64_t v = -1;
-    char e[LM_ERR_LEN];
-    if (gguf_get_int(g, key, &v, e) != 1 || v < 0 || (uint64_t)v >= n) return -1;
-    return v;
-}
-
-/* tokenizer.ggml.KEY as an id, or def when absent (out of range: -1) */
-static int64_t special_id_or(const gguf_archive *g, const char *key, uint64_t n, int64_t def) {
-    return gguf_find_kv(g, key) ? special_id(g, key, n) : def < (int64_t)n ? def : -1;
+int64_t lm_gguf_special_id(const gguf_archive *g, const char *name) {
+    const gguf_kv *toks = gguf_find_kv(g, "tokenizer.ggml.tokens");
+    if (!toks || toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING) return -1;
+    uint64_t n = toks->arr_n;
+    char key[64], e[LM_ERR_LEN], *model = NULL;
+    snprintf(key, sizeof key, "tokenizer.ggml.%s_token_id", name);
+    int64_t v = -1, def = -1;
+    if (gguf_get_int(g, key, &v, e) == 1 && v >= 0 && (uint64_t)v < n) return v;
+    if (gguf_get_str(g, "tokenizer.ggml.model", &model, e) == 1 && strcmp(model, "llama") == 0)
+        def = strcmp(name, "bos") == 0 ? 1 : strcmp(name, "eos") == 0 ? 2 : strcmp(name, "unknown") == 0 ? 0 : -1;
+    free(model);
+    return def >= 0 && (uint64_t)def < n ? def : -1;
 }
 
 /* Token texts that llama.cpp (llama-vocab.cpp) makes control tokens whatever type the
@@ -102,8 +104,8 @@ static int is_forced_control(gguf_str t) {
 
 /* A SentencePiece ("llama") vocabulary: pieces with scores and token types, no merges,
  * encoded by tokenizer_spm.c as llama.cpp does. llama.cpp's defaults where a key is
- * absent: bos 1, eos 2, unknown 0, add_bos_token true, add_eos_token false,
- * add_space_prefix true. Control (3) and unknown (2) tokens are special added tokens,
+ * absent: bos 1, eos 2, unknown 0 (lm_gguf_special_id), add_bos_token true,
+ * add_eos_token false, add_space_prefix true. Control (3) and unknown (2) tokens are special added tokens,
  * user-defined ones (4) plain added tokens: all split out of the text before encoding
  * (llama.cpp with special tokens parsed; lazymoe always parses them). */
 static int spm_json(const gguf_archive *g, const gguf_kv *toks, json_t *root, json_t *cfg, char *err) {
@@ -121,10 +123,8 @@ static int spm_json(const gguf_archive *g, const gguf_kv *toks, json_t *root, js
         gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, err) < 0 ||
         gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &add_eos, err) < 0)
         return -1;
-    int64_t bos = special_id_or(g, "tokenizer.ggml.bos_token_id", n, 1),
-            eos = special_id_or(g, "tokenizer.ggml.eos_token_id", n, 2),
-            unk = special_id_or(g, "tokenizer.ggml.unknown_token_id", n, 0),
-            pad = special_id(g, "tokenizer.ggml.padding_token_id", n);
+    int64_t bos = lm_gguf_special_id(g, "bos"), eos = lm_gguf_special_id(g, "eos"),
+            unk = lm_gguf_special_id(g, "unknown"), pad = lm_gguf_special_id(g, "padding");
     json_t *vocab = json_array(), *tt = json_array(), *added = json_array();
     json_t *model = json_pack("{s:s, s:o, s:o, s:I, s:b}", "type", "LlamaSPM", "vocab", vocab, "token_types", tt,
                               "unk_id", (json_int_t)unk, "add_space_prefix", add_prefix);
@@ -295,9 +295,9 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
                   "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0, "use_regex", 0));
     json_object_set_new(root, "decoder", json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1,
                                                    "trim_offsets", 1, "use_regex", 1));
-    int64_t bos = special_id(g, "tokenizer.ggml.bos_token_id", n), eos = special_id(g, "tokenizer.ggml.eos_token_id", n),
-            pad = special_id(g, "tokenizer.ggml.padding_token_id", n);
-    int add_bos = 0;
+    int64_t bos = lm_gguf_special_id(g, "bos"), eos = lm_gguf_special_id(g, "eos"),
+            pad = lm_gguf_special_id(g, "padding");
+    int add_bos = pre_table[pi].add_bos;
     if (gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, err) < 0) goto done;
     if (add_bos && bos >= 0) {
         /* transformers' TemplateProcessing for "<bos> $A" */

@@ -5,9 +5,10 @@
  * tokenizer.ggml.model "gpt2" (byte-level BPE): tokens, token_type (1 normal, 3 control
  * = special added token, 4 user-defined = added token, 5 unused = not in the vocabulary),
  * merges ("a b"), bos/eos/pad/unk ids, add_bos_token, and pre, llama.cpp's name for the
- * pre-tokenizer, mapped to its split regex (table in tokenizer_gguf.c). Other models
- * ("llama" SentencePiece, ...) and unknown pre names are refused with an error naming
- * them: a guessed regex would silently give other ids.
+ * pre-tokenizer, mapped to its split regex (table in tokenizer_gguf.c). "llama"
+ * (SentencePiece): tokens with scores and token types, encoded by tokenizer_spm.c. Other
+ * models and unknown pre names are refused with an error naming them: a guessed regex
+ * would silently give other ids.
  */
 #ifndef LAZYMOE_TOKENIZER_GGUF_H
 #define LAZYMOE_TOKENIZER_GGUF_H
@@ -22,6 +23,14 @@
 int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **config, char *err);
 /* A tokenizer from a GGUF file's metadata. */
 int lm_tokenizer_from_gguf(const gguf_archive *g, lm_tokenizer **out, char *err);
+
+/* The id llama.cpp's vocabulary loader takes for tokenizer.ggml.NAME_token_id (NAME
+ * "bos", "eos", "eot", "unknown", "padding", ...): the key's value when it is a token of
+ * the vocabulary; where the key is absent or out of range, the default of the
+ * vocabulary's model when that is a token: SentencePiece ("llama") bos 1, eos 2,
+ * unknown 0. -1: none. (llama.cpp's byte-level BPE default, bos and eos 11, is not
+ * taken: a leftover of Falcon's vocabulary, "," in GPT-2's and Qwen's.) */
+int64_t lm_gguf_special_id(const gguf_archive *g, const char *name);
 
 /* llama.cpp's pre-tokenizer name for a split regex (NULL if none), and the regex of a
  * name (NULL if unknown). */
