@@ -746,6 +746,123 @@ static void spm_tokenizer(void) {
     }
 }
 
+/* the id of t[0, k) among spm_pieces' normal pieces, -1 if none */
+static int spm_piece(const char *t, size_t k) {
+    for (int p = 6; p < 12; p++)
+        if (k == strlen(spm_pieces[p]) && !memcmp(t, spm_pieces[p], k)) return p;
+    return -1;
+}
+
+/* SentencePiece's merges, slowly: merge the adjacent pair whose concatenation is the
+ * best-scoring piece (equal scores: the leftmost) until none is a piece; what is left
+ * becomes pieces, or <0xNN> pieces, or the unknown token (0). Over spm_file's vocabulary
+ * (no space prefix: t is given escaped). */
+static size_t spm_naive(const char *t, size_t len, int32_t *out) {
+    size_t *start = malloc(sizeof(size_t) * (len + 1)), n = 0, n_out = 0;
+    float *pair = malloc(sizeof(float) * (len + 1)); /* score of symbols i and i + 1 merged; 1: no piece */
+    for (size_t o = 0; o < len; n++) {
+        start[n] = o;
+        unsigned char c = (unsigned char)t[o];
+        o += c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    }
+    start[n] = len;
+#define PAIR(i) (i + 1 < n && spm_piece(t + start[i], start[i + 2] - start[i]) >= 0 \
+                     ? spm_scores[spm_piece(t + start[i], start[i + 2] - start[i])] : 1.0f)
+    for (size_t i = 0; i < n; i++) pair[i] = PAIR(i);
+    for (;;) {
+        size_t best = n;
+        for (size_t i = 0; i + 1 < n; i++)
+            if (pair[i] <= 0 && (best == n || pair[i] > pair[best])) best = i;
+        if (best == n) break;
+        memmove(start + best + 1, start + best + 2, sizeof(size_t) * (n - best - 1));
+        memmove(pair + best + 1, pair + best + 2, sizeof(float) * (n - best - 2));
+        n--;
+        pair[best] = PAIR(best);
+        if (best) pair[best - 1] = PAIR(best - 1);
+    }
+#undef PAIR
+    for (size_t i = 0; i < n; i++) {
+        size_t k = start[i + 1] - start[i];
+        int id = spm_piece(t + start[i], k);
+        if (id >= 0) {
+            out[n_out++] = id;
+            continue;
+        }
+        for (size_t j = 0; j < k; j++) {
+            unsigned char b = (unsigned char)t[start[i] + j];
+            out[n_out++] = b == 0x41 ? 3 : b == 0xC3 ? 4 : b == 0xA9 ? 5 : 0;
+        }
+    }
+    free(start);
+    free(pair);
+    return n_out;
+}
+
+/* A SentencePiece section longer than the encoder's chunks: the ids are the whole
+ * section's (against spm_naive), with and without a stretch no cut can split; with a
+ * limit on ids the encoder stops one id past it, the ids a prefix of the whole
+ * encoding, as the BPE tokenizer reports a text that does not fit. */
+static void spm_long_text_and_limit(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/spm_long.gguf", tmp);
+    CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32}, err) == 0, "%s", err);
+    lm_tokenizer *tok = NULL;
+    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    if (!tok) return;
+    enum { LEN = 12000 };
+    char *text = malloc(LEN + 1), *esc = malloc(3 * LEN + 4);
+    int32_t *want = malloc(sizeof(int32_t) * 4 * (LEN + 1));
+    static const char *const parts[] = {"a", "b", " ", "A", "\xC3\xA9", "ab", "  "};
+    for (int pass = 0; pass < 2; pass++) {
+        size_t len = 0;
+        uint32_t x = 12345;
+        while (len + 2 < LEN) {
+            x = x * 1103515245u + 12345u;
+            /* pass 1: a stretch of 8000 bytes of "ab" that "ab" / "ba" span everywhere */
+            const char *p = pass && len >= 2000 && len < 10000 ? "ab" : parts[(x >> 16) % 7];
+            memcpy(text + len, p, strlen(p));
+            len += strlen(p);
+        }
+        text[len] = 0;
+        size_t el = 0;
+        memcpy(esc, "\xE2\x96\x81", 3); /* the space prefix */
+        el = 3;
+        for (size_t i = 0; i < len; i++) {
+            if (text[i] == ' ') {
+                memcpy(esc + el, "\xE2\x96\x81", 3);
+                el += 3;
+            } else {
+                esc[el++] = text[i];
+            }
+        }
+        size_t n_want = spm_naive(esc, el, want);
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECKF(lm_tokenizer_encode(tok, text, len, 0, &ids, &n, err) == 0, "%s", err);
+        size_t same = 0;
+        while (same < n && same < n_want && ids[same] == want[same]) same++;
+        CHECKF(n == n_want && same == n, "pass %d: %zu ids (%zu expected), the same up to %zu", pass, n, n_want, same);
+        printf("# pass %d: %zu bytes, %zu ids\n", pass, len, n);
+        free(ids);
+        static const size_t limits[] = {0, 1, 100, 3000, 9000};
+        for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++) {
+            CHECKF(lm_tokenizer_encode_max(tok, text, len, 1, limits[k], &ids, &n, err) == 0, "%s", err);
+            /* with the BOS in front: one id past the limit, or all when they fit */
+            size_t expect = limits[k] < n_want ? limits[k] + 1 : n_want + 1;
+            CHECKF(n == expect && ids[0] == 1 && (n == 1 || !memcmp(ids + 1, want, sizeof(int32_t) * (n - 1))),
+                   "pass %d, limit %zu: %zu ids", pass, limits[k], n);
+            free(ids);
+        }
+        CHECKF(lm_tokenizer_encode_max(tok, text, len, 0, n_want, &ids, &n, err) == 0, "%s", err);
+        CHECKF(n == n_want && !memcmp(ids, want, sizeof(int32_t) * n), "limit %zu: %zu ids", n_want, n);
+        free(ids);
+    }
+    free(text);
+    free(esc);
+    free(want);
+    lm_tokenizer_free(tok);
+}
+
 /* The special ids llama.cpp gives a SentencePiece vocabulary whose file leaves them out
  * (llama-vocab.cpp: bos 1, eos 2, unknown 0; a key out of range keeps the default), in
  * the model's end-of-generation ids and the tokenizer alike; a byte-level BPE ("gpt2")
@@ -911,6 +1028,7 @@ int main(void) {
     TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
     TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
     TEST_CASE("gguf_vocab_special_id_defaults", vocab_special_defaults);
+    TEST_CASE("gguf_spm_long_text_and_limit", spm_long_text_and_limit);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmp);

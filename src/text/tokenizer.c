@@ -481,8 +481,8 @@ int lm_tokenizer_encode_max(lm_tokenizer *tok, const char *text, size_t len, int
         section s = secs.v[k];
         if (s.added >= 0) { if (id_push(&ids, tok->added[s.added].id)) rc = lm_errf(err, "out of memory"); prev_added = 1; continue; }
         if (tok->spm)
-            rc = tb_spm_encode(tok->spm, text + s.s, s.e - s.s, prev_added && tb_spm_add_space_prefix(tok->spm), &ids.v,
-                               &ids.n, &ids.cap, err);
+            rc = tb_spm_encode(tok->spm, text + s.s, s.e - s.s, prev_added && tb_spm_add_space_prefix(tok->spm), max_ids,
+                               &ids.v, &ids.n, &ids.cap, err);
         else
             rc = encode_section(tok, text + s.s, s.e - s.s, s.s == 0, max_ids, &ids, err);
         prev_added = 0;

@@ -83,9 +83,10 @@ typedef struct tb_spm tb_spm;
  * add_space_prefix} (what tokenizer_gguf.c makes of a "llama" vocabulary). */
 int tb_spm_parse(json_t *model, lm_tokenizer *tok, tb_spm **out, char *err);
 /* Appends the ids of one section of text (no added tokens in it); prefix_space: the
- * section starts the text or follows an added token (add_space_prefix applies). */
-int tb_spm_encode(const tb_spm *m, const char *s, size_t len, int prefix_space, int32_t **ids, size_t *n,
-                  size_t *cap, char *err);
+ * section starts the text or follows an added token (add_space_prefix applies). Stops
+ * once *n > max_ids (the ids so far are a prefix of the section's). */
+int tb_spm_encode(const tb_spm *m, const char *s, size_t len, int prefix_space, size_t max_ids, int32_t **ids,
+                  size_t *n, size_t *cap, char *err);
 /* Appends the bytes of ids as llama.cpp's detokenize does; at_start: they begin the text. */
 int tb_spm_decode(const tb_spm *m, const lm_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                   int at_start, lm_strbuf *out);

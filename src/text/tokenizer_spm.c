@@ -11,6 +11,9 @@
  * character can be one) becomes its bytes as <0xNN> pieces, or the byte as a piece of its
  * own, or the unknown token. Every piece of the vocabulary takes part, whatever its type
  * (llama.cpp's text_to_token); where two ids spell the same piece the later one wins.
+ * A long section is encoded in chunks of about 4 KB cut where no piece spans the cut (so
+ * the ids are the whole section's), and encoding stops once the caller's limit on ids is
+ * passed, as the BPE tokenizer stops between words.
  *
  * Decoding maps each id by its token type: normal pieces with "▁" back to spaces, byte
  * pieces to their byte, user-defined ones as written, control and unknown ones as written
@@ -31,6 +34,7 @@ struct tb_spm {
     int32_t n;
     int32_t unk_id;    /* -1: none */
     int add_space_prefix;
+    size_t max_piece;  /* bytes of the longest piece */
 };
 
 enum { TYPE_NORMAL = 1, TYPE_UNKNOWN = 2, TYPE_CONTROL = 3, TYPE_USER = 4, TYPE_UNUSED = 5, TYPE_BYTE = 6 };
@@ -57,6 +61,7 @@ int tb_spm_parse(json_t *model, lm_tokenizer *tok, tb_spm **out, char *err) {
             goto fail;
         }
         m->score[i] = (float)json_number_value(s);
+        if (json_string_length(p) > m->max_piece) m->max_piece = json_string_length(p);
         m->type[i] = types ? (uint8_t)json_integer_value(json_array_get(types, i)) : TYPE_NORMAL;
         if (tb_strmap_put(&m->vocab, json_string_value(p), json_string_length(p), (int32_t)i) ||
             tb_set_token(tok, (int32_t)i, json_string_value(p), json_string_length(p)))
@@ -173,60 +178,101 @@ static size_t utf8_len(unsigned char c) {
     return lookup[c >> 4];
 }
 
-int tb_spm_encode(const tb_spm *m, const char *s, size_t len, int prefix_space, int32_t **ids, size_t *n,
-                  size_t *cap, char *err) {
-    static const char space[] = "\xE2\x96\x81";
-    lm_strbuf t = {0};
-    int rc = -1;
-    session ss = {m, NULL, NULL, {0}};
-    if (prefix_space && lm_strbuf_append(&t, space, 3)) goto oom;
-    for (size_t i = 0; i < len; i++)
-        if (s[i] == ' ' ? lm_strbuf_append(&t, space, 3) : lm_strbuf_append(&t, s + i, 1)) goto oom;
-    if (!t.len) {
-        rc = 0;
-        goto done;
-    }
-    ss.text = t.data;
-    ss.sym = malloc(sizeof(symbol) * t.len);
-    if (!ss.sym) goto oom;
+/* Encodes t[lo, hi), a chunk of a section that no piece spans the ends of, appending
+ * ids while *n <= max_ids. sym holds hi - lo symbols. */
+static int encode_chunk(session *ss, size_t lo, size_t hi, size_t max_ids, int32_t **ids, size_t *n, size_t *cap,
+                        char *err) {
+    const tb_spm *m = ss->m;
+    const char *t = ss->text;
+    ss->q.n = 0;
     int count = 0;
-    for (size_t off = 0; off < t.len; count++) {
-        size_t k = utf8_len((unsigned char)t.data[off]);
-        if (k > t.len - off) k = t.len - off;
-        ss.sym[count] = (symbol){off, k, count - 1, off + k == t.len ? -1 : count + 1};
+    for (size_t off = lo; off < hi; count++) {
+        size_t k = utf8_len((unsigned char)t[off]);
+        if (k > hi - off) k = hi - off;
+        ss->sym[count] = (symbol){off, k, count - 1, off + k == hi ? -1 : count + 1};
         off += k;
     }
     for (int i = 1; i < count; i++)
-        if (try_bigram(&ss, i - 1, i)) goto oom;
-    while (ss.q.n) {
-        bigram b = heap_pop(&ss.q);
-        symbol *l = &ss.sym[b.left], *r = &ss.sym[b.right];
+        if (try_bigram(ss, i - 1, i)) return lm_errf(err, "out of memory");
+    while (ss->q.n) {
+        bigram b = heap_pop(&ss->q);
+        symbol *l = &ss->sym[b.left], *r = &ss->sym[b.right];
         /* a pair one of whose symbols has changed since it was queued */
         if (!l->n || !r->n || l->n + r->n != b.size) continue;
         l->n += r->n;
         r->n = 0;
         l->next = r->next;
-        if (r->next >= 0) ss.sym[r->next].prev = b.left;
-        if (try_bigram(&ss, l->prev, b.left) || try_bigram(&ss, b.left, l->next)) goto oom;
+        if (r->next >= 0) ss->sym[r->next].prev = b.left;
+        if (try_bigram(ss, l->prev, b.left) || try_bigram(ss, b.left, l->next)) return lm_errf(err, "out of memory");
     }
     /* Every merged symbol is a piece (pairs are queued only when they are); a single
      * character that is not becomes bytes. */
-    for (int i = 0; i != -1; i = ss.sym[i].next) {
-        const symbol *y = &ss.sym[i];
-        int32_t id = tb_strmap_get(&m->vocab, t.data + y->off, y->n, -1);
+    for (int i = 0; count && i != -1 && *n <= max_ids; i = ss->sym[i].next) {
+        const symbol *y = &ss->sym[i];
+        int32_t id = tb_strmap_get(&m->vocab, t + y->off, y->n, -1);
         if (id >= 0) {
-            if (push_id(id, ids, n, cap)) goto oom;
+            if (push_id(id, ids, n, cap)) return lm_errf(err, "out of memory");
             continue;
         }
-        for (size_t j = 0; j < y->n; j++) {
-            int32_t bid = byte_id(m, (unsigned char)t.data[y->off + j]);
-            if (bid < 0) {
-                lm_errf(err, "the vocabulary has no piece for byte 0x%02X (no <0x%02X>, no unknown token)",
-                        (unsigned char)t.data[y->off + j], (unsigned char)t.data[y->off + j]);
-                goto done;
-            }
-            if (push_id(bid, ids, n, cap)) goto oom;
+        for (size_t j = 0; j < y->n && *n <= max_ids; j++) {
+            int32_t bid = byte_id(m, (unsigned char)t[y->off + j]);
+            if (bid < 0)
+                return lm_errf(err, "the vocabulary has no piece for byte 0x%02X (no <0x%02X>, no unknown token)",
+                               (unsigned char)t[y->off + j], (unsigned char)t[y->off + j]);
+            if (push_id(bid, ids, n, cap)) return lm_errf(err, "out of memory");
         }
+    }
+    return 0;
+}
+
+/* Whether a piece of the vocabulary spans byte c of t[lo, len) (lo: a cut no piece
+ * spans). If none does, no pair across c is ever queued, so the merges on either side
+ * never meet, and t[lo, c) and t[c, len) encode apart to the ids they encode to
+ * together. */
+static int piece_spans(const tb_spm *m, const char *t, size_t lo, size_t c, size_t len) {
+    for (size_t s = c - lo >= m->max_piece ? c - m->max_piece + 1 : lo; s < c; s++)
+        for (size_t e = c + 1; e <= len && e - s <= m->max_piece; e++)
+            if (tb_strmap_get(&m->vocab, t + s, e - s, -1) >= 0) return 1;
+    return 0;
+}
+
+enum { CHUNK = 4096, CUT_TRIES = 16 };
+
+/* The end of the chunk from lo: the first character boundary at or past lo + CHUNK that
+ * no piece spans, else the end of the text. CUT_TRIES boundaries are tried from there,
+ * then as many from twice as far, and so on. */
+static size_t next_cut(const tb_spm *m, const char *t, size_t lo, size_t len) {
+    size_t c = lo, want = CHUNK;
+    while (c < len) {
+        while (c < len && c - lo < want) c += utf8_len((unsigned char)t[c]);
+        for (int k = 0; k < CUT_TRIES && c < len; k++, c += utf8_len((unsigned char)t[c]))
+            if (!piece_spans(m, t, lo, c, len)) return c;
+        want = 2 * (c - lo);
+    }
+    return len;
+}
+
+int tb_spm_encode(const tb_spm *m, const char *s, size_t len, int prefix_space, size_t max_ids, int32_t **ids,
+                  size_t *n, size_t *cap, char *err) {
+    static const char space[] = "\xE2\x96\x81";
+    lm_strbuf t = {0};
+    int rc = -1;
+    session ss = {m, NULL, NULL, {0}};
+    size_t sym_cap = 0;
+    if (prefix_space && lm_strbuf_append(&t, space, 3)) goto oom;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ' ' ? lm_strbuf_append(&t, space, 3) : lm_strbuf_append(&t, s + i, 1)) goto oom;
+    ss.text = t.data;
+    /* chunk by chunk (each as if it were the whole text), so that a text past the limit
+     * costs about the limit */
+    for (size_t lo = 0, hi; lo < t.len && *n <= max_ids; lo = hi) {
+        hi = next_cut(m, t.data, lo, t.len);
+        if (hi - lo > sym_cap) {
+            free(ss.sym);
+            sym_cap = hi - lo;
+            if (!(ss.sym = malloc(sizeof(symbol) * sym_cap))) goto oom;
+        }
+        if (encode_chunk(&ss, lo, hi, max_ids, ids, n, cap, err)) goto done;
     }
     rc = 0;
     goto done;

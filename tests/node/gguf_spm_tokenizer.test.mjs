@@ -67,7 +67,9 @@ const show = (s) => JSON.stringify(s.length > 60 ? s.slice(0, 60) + '...' : s);
 
 // Texts beyond llama.cpp's list: code with indentation and blank lines, characters no
 // piece covers (byte fallback: rare CJK, emoji, control characters), runs of spaces,
-// tabs and CRLF, leading and trailing spaces, and the special tokens' spellings.
+// tabs and CRLF, leading and trailing spaces, and the special tokens' spellings; and
+// texts longer than lazymoe's 4 KB chunks (all of heldout.txt and README.md, CJK with no
+// space to cut at, a long run of spaces), which must encode as one piece does.
 const heldout = fs.readFileSync(path.join(ROOT, 'models', 'demo-coder', 'heldout.txt'), 'utf8');
 const EXTRA = [
   heldout.slice(0, 3000),
@@ -80,6 +82,10 @@ const EXTRA = [
   '<s>not special here</s> <unk>',
   '[INST] hi [/INST]',
   '0123456789 3.14159 1e-9 0x7F',
+  heldout,
+  fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8'),
+  '中文测试，日本語のテキスト、한국어텍스트。'.repeat(400),
+  'x' + ' '.repeat(9000) + 'y' + '\t'.repeat(5000),
 ];
 
 await testCase('gguf_spm_tokenizer_against_llamacpp_and_reference_ids', async () => {
