@@ -565,6 +565,136 @@ static void qwen3_next_lazy_equals_resident(void) {
     lazy_equals_resident_file("qwen3_5_moe_text_f32.gguf");
 }
 
+/* A copy of the GGUF file src at dst with one multi-token-prediction block after the
+ * last layer, the way llama.cpp's converter writes Qwen3-Next's and Qwen3.5's
+ * (mtp.layers.0 as blk.L, mtp.fc as blk.L.nextn.eh_proj, the pre-fc norms as
+ * nextn.enorm / hnorm, mtp.norm as nextn.shared_head_norm; block_count L + 1,
+ * nextn_predict_layers 1, attention.recurrent_layers one (false) entry longer): the
+ * block's attention and MoE tensors are copies of the last full-attention layer's,
+ * its nextn tensors made up. */
+static int add_mtp_block(const char *src, const char *dst, char *err) {
+    gguf_archive *g = NULL;
+    if (gguf_open(&g, src, err) != 0) return -1;
+    char *arch = NULL, key[256];
+    int64_t blocks = 0;
+    gguf_get_str(g, "general.architecture", &arch, err);
+    snprintf(key, sizeof key, "%s.block_count", arch);
+    gguf_get_int(g, key, &blocks, err);
+    gguf_writer *w = gguf_w_new();
+    for (int i = 0; i < g->nkv; i++) {
+        const gguf_kv *kv = &g->kvs[i];
+        char *str = NULL;
+        if (strcmp(kv->key, key) == 0) {
+            gguf_w_u32(w, kv->key, (uint32_t)blocks + 1);
+        } else if (kv->type == GGUF_TYPE_STRING) {
+            str = strndup(kv->s.p, kv->s.len);
+            gguf_w_str(w, kv->key, str);
+        } else if (kv->type == GGUF_TYPE_ARRAY && kv->arr_type == GGUF_TYPE_STRING) {
+            const char **v = malloc(sizeof(char *) * (kv->arr_n + 1));
+            for (uint64_t k = 0; k < kv->arr_n; k++) v[k] = strndup(kv->strs[k].p, kv->strs[k].len);
+            gguf_w_arr_str(w, kv->key, v, kv->arr_n);
+            for (uint64_t k = 0; k < kv->arr_n; k++) free((char *)v[k]);
+            free(v);
+        } else if (kv->type == GGUF_TYPE_ARRAY) {
+            static const size_t size[GGUF_TYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+            size_t es = size[kv->arr_type];
+            int grow = strstr(kv->key, ".attention.recurrent_layers") != NULL;
+            uint8_t *v = calloc(kv->arr_n + 1, es);
+            memcpy(v, kv->arr_data, kv->arr_n * es);
+            gguf_w_arr(w, kv->key, kv->arr_type, v, kv->arr_n + (uint64_t)grow);
+            free(v);
+        } else if (kv->type == GGUF_TYPE_U32) {
+            gguf_w_u32(w, kv->key, (uint32_t)kv->u);
+        } else if (kv->type == GGUF_TYPE_I32) {
+            gguf_w_i32(w, kv->key, (int32_t)kv->i);
+        } else if (kv->type == GGUF_TYPE_U64) {
+            gguf_w_u64(w, kv->key, kv->u);
+        } else if (kv->type == GGUF_TYPE_F32) {
+            gguf_w_f32(w, kv->key, (float)kv->f);
+        } else if (kv->type == GGUF_TYPE_BOOL) {
+            gguf_w_bool(w, kv->key, (int)kv->i);
+        } else {
+            lm_errf(err, "add_mtp_block: key %s of type %s", kv->key, gguf_type_name(kv->type));
+        }
+        free(str);
+    }
+    snprintf(key, sizeof key, "%s.nextn_predict_layers", arch);
+    gguf_w_u32(w, key, 1);
+    int like = -1;
+    for (int l = 0; l < blocks; l++) {
+        snprintf(key, sizeof key, "blk.%d.attn_q.weight", l);
+        if (gguf_find_tensor(g, key)) like = l;
+    }
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "blk.%d.", like);
+    int rc = like >= 0 ? 0 : lm_errf(err, "add_mtp_block: no full-attention layer");
+    for (int i = 0; rc == 0 && i < g->ntensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        void *data = malloc(t->nbytes ? t->nbytes : 1);
+        if (gguf_read_range(g, t, 0, t->nbytes, data, err) != 0) rc = -1;
+        gguf_w_tensor(w, t->name, t->ggml_type, t->n_dims, t->ne, data, t->nbytes, 1);
+        if (rc == 0 && strncmp(t->name, prefix, strlen(prefix)) == 0) {
+            void *copy = malloc(t->nbytes ? t->nbytes : 1);
+            memcpy(copy, data, t->nbytes);
+            snprintf(key, sizeof key, "blk.%lld.%s", (long long)blocks, t->name + strlen(prefix));
+            gguf_w_tensor(w, key, t->ggml_type, t->n_dims, t->ne, copy, t->nbytes, 1);
+        }
+    }
+    const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
+    int64_t H = emb ? emb->ne[0] : 0;
+    static const char *const nextn[] = {"eh_proj", "enorm", "hnorm", "shared_head_norm"};
+    for (int k = 0; rc == 0 && k < 4; k++) {
+        int64_t ne[2] = {k ? H : 2 * H, H};
+        size_t n = (size_t)(k ? H : 2 * H * H);
+        float *v = malloc(sizeof(float) * n);
+        for (size_t j = 0; j < n; j++) v[j] = k ? 1.0f : (float)((j * 7919) % 13) / 13.0f - 0.5f;
+        snprintf(key, sizeof key, "blk.%lld.nextn.%s.weight", (long long)blocks, nextn[k]);
+        gguf_w_tensor(w, key, 0, k ? 1 : 2, ne, v, sizeof(float) * n, 1);
+    }
+    if (rc == 0) rc = gguf_w_save(w, dst, err);
+    gguf_w_free(w);
+    gguf_close(g);
+    free(arch);
+    return rc;
+}
+
+/* Qwen3-Next and Qwen3.5 files with their multi-token-prediction block, as llama.cpp's
+ * converter now writes them: llama.cpp runs the layers before it and never the block
+ * (only a separate draft context does); lazymoe reads the config's layers, counts the
+ * block as unread (as mtp.* of the safetensors), and gives the logits and greedy ids of
+ * the file without it, lazy as resident. */
+static void qwen_linear_mtp(void) {
+    static const char *const files[] = {"qwen3_next_f32", "qwen3_5_moe_text_f32"};
+    for (int f = 0; f < 2; f++) {
+        char src[512], dst[512], name[128], err[LM_ERR_LEN];
+        snprintf(src, sizeof src, "%s/%s.gguf", tmp, files[f]);
+        snprintf(name, sizeof name, "%s_mtp.gguf", files[f]);
+        snprintf(dst, sizeof dst, "%s/%s", tmp, name);
+        CHECKF(add_mtp_block(src, dst, err) == 0, "%s: %s", files[f], err);
+        lm_weights w;
+        CHECKF(lm_weights_load(&w, dst, NULL, NULL, err) == 0, "%s: %s", files[f], err);
+        if (th_case_failed) return;
+        CHECK_EQ_INT(w.cfg.n_layers, 4);
+        CHECK_EQ_INT(w.n_mtp_layers, 1);
+        int n_linear = w.cfg.n_linear_layers;
+        lm_weights_free(&w);
+        CHECKF(lm_weights_load(&w, src, NULL, NULL, err) == 0, "%s: %s", files[f], err);
+        CHECK_EQ_INT(w.cfg.n_linear_layers, n_linear);
+        CHECK_EQ_INT(w.n_mtp_layers, 0);
+        lm_weights_free(&w);
+        run_result a = {0}, b = {0};
+        CHECKF(run(src, -1, &a, err) == 0, "%s: %s", src, err);
+        CHECKF(run(dst, -1, &b, err) == 0, "%s: %s", dst, err);
+        if (a.logits && b.logits && a.V == b.V) {
+            CHECKF(max_diff(&a, &b) == 0, "%s: logits differ by %g", name, max_diff(&a, &b));
+            CHECKF(memcmp(a.gen, b.gen, sizeof a.gen) == 0, "%s: greedy ids differ", name);
+        }
+        free(a.logits);
+        free(b.logits);
+        lazy_equals_resident_file(name);
+    }
+}
+
 /* The tensors and keys llama.cpp's loader asks for, with its shapes (ggml ne order),
  * and the config read back equal to config.json's. */
 static void qwen3_5_moe_layout(void) {
@@ -1026,6 +1156,7 @@ int main(void) {
     TEST_CASE("gguf_qwen3_5_moe_f32_close_to_safetensors", qwen3_5_moe_f32);
     TEST_CASE("gguf_qwen3_next_qwen3_5_moe_lazy_equals_resident", qwen3_next_lazy_equals_resident);
     TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
+    TEST_CASE("gguf_qwen3_next_qwen3_5_moe_mtp_block_skipped", qwen_linear_mtp);
     TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
     TEST_CASE("gguf_vocab_special_id_defaults", vocab_special_defaults);
     TEST_CASE("gguf_spm_long_text_and_limit", spm_long_text_and_limit);
