@@ -467,7 +467,7 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
     if (strncmp(name, "blk.", 4) != 0) return -1;
     char *end;
     long l = strtol(name + 4, &end, 10);
-    /* multi-token-prediction layers (glm4moe) follow the last layer */
+    /* multi-token-prediction layers (glm4moe, qwen3next, qwen35moe) follow the last layer */
     if (end == name + 4 || *end != '.' || l < 0 || l >= (long)c->n_layers + c->n_nextn_layers) return -1;
     char part[64];
     size_t plen = (size_t)(dot - (end + 1));
@@ -480,7 +480,7 @@ static int hf_name(const lm_config *c, const char *name, char *out, size_t cap, 
     /* the sigmoid router's correction bias: a ".bias" in GGUF, no suffix in HF */
     if (strcmp(part, "exp_probs_b") == 0 && strcmp(dot, ".bias") == 0 && n->correction_bias[0])
         return snprintf(out, cap, "model.layers.%ld.%s.%s", l, moe, n->correction_bias[0]) < (int)cap ? 0 : -1;
-    /* glm4moe's multi-token-prediction tensors, under their HF names (never read) */
+    /* the multi-token-prediction tensors, under glm4_moe's HF names (never read) */
     static const struct {
         const char *g, *hf;
     } nextn[] = {{"nextn.eh_proj", "eh_proj"},
