@@ -245,7 +245,8 @@ for li, layer in enumerate(model.model.layers):
     # the engine's own lookahead (src/engine/forward.c) predicts layer li+1's experts, a layer
     # before that layer's attention runs.
     def mid_hook(mod, inp, li=li):
-        caught[("mid", li)] = inp[0].detach()[0]
+        x = inp[0].detach()
+        caught[("mid", li)] = x.reshape(-1, x.shape[-1])
     hooks.append(layer.post_attention_layernorm.register_forward_pre_hook(mid_hook))
 
 P = min(args.predict, E)
@@ -274,7 +275,7 @@ with torch.no_grad():
                     recall[m][li] += (hit * actual).sum().item() / K
                 # the engine's point: layer li's norm and router on the residual after layer
                 # li-1's attention (the embeddings for layer 0)
-                src = hs[0][0] if li == 0 else caught[("mid", li - 1)]
+                src = hs[0].reshape(-1, hs[0].shape[-1]) if li == 0 else caught[("mid", li - 1)]
                 el = F.linear(layer.post_attention_layernorm(src).float(), layer.mlp.gate.weight.float())
                 etop = torch.topk(el, P, dim=-1).indices
                 e_layers.append(etop.cpu())
