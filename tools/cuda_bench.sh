@@ -4,6 +4,7 @@
 # otherwise) made there with `lazymoe synth`, then `lazymoe bench --json` (prompt 512,
 # 64 generated tokens) with
 #   vram_all    every expert in GPU memory (the default budget: what is free);
+#   vram_all_host  the same with the routes downloaded every layer (LAZYMOE_CUDA_ROUTED=0);
 #   vram_25     --gpu-memory for the resident part and 25% of the experts, the rest
 #               uploaded from host RAM (all experts resident there);
 #   vram_25_cpu the same, with decode steps computing the experts not in GPU memory
@@ -69,6 +70,9 @@ EOF
 # this script where there is no GPU)
 BE=${BACKEND:-cuda}
 bench vram_all --backend "$BE" --ctx 4096 ${ALL_GPU_MEMORY:+--gpu-memory "$ALL_GPU_MEMORY"}
+# the same with every layer routed on the host (LAZYMOE_CUDA_ROUTED=0: a download of the
+# routes and a wait per layer), for the routed path's gain; its ids must be the same
+[ "$BE" = cuda ] && LAZYMOE_CUDA_ROUTED=0 bench vram_all_host --backend "$BE" --ctx 4096
 # the budget for the resident part and a quarter of the experts, from the plan above
 B25=$(python3 -c "
 import json
@@ -118,7 +122,7 @@ fi
 python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, os
 ids = {}
-for n in ("vram_all", "vram_25", "ssd"):
+for n in ("vram_all", "vram_all_host", "vram_25", "ssd"):
     p = os.path.join(sys.argv[1], "bench_%s.json" % n)
     try: ids[n] = json.load(open(p))["generated_ids"]
     except Exception: pass

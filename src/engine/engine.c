@@ -316,7 +316,25 @@ static int preload_device_experts(lazymoe_model *m, char *e) {
         lm_device_cache_release_layer(m->dcache, l);
         if (rc) return -1;
     }
-    return lm_device_cache_wait_uploads(m->dcache, e);
+    if (lm_device_cache_wait_uploads(m->dcache, e) != 0) return -1;
+    /* the slots never change now (no eviction with room for all): the routed path's
+     * tables, for a backend that routes on the device */
+    if (!m->be->ops->moe_routed || !m->be->ops->download_later) return 0;
+    m->dev_table = calloc((size_t)c->n_layers, sizeof *m->dev_table);
+    m->routed_sel = malloc(sizeof(int32_t) * (size_t)c->n_layers * LM_ROUTED_MAX_TOKENS * (size_t)c->top_k);
+    m->routed_n = calloc((size_t)c->n_layers, sizeof *m->routed_n);
+    if (!m->dev_table || !m->routed_sel || !m->routed_n) return lm_errf(e, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!m->w.layers[l].is_moe || !m->w.layers[l].experts) continue;
+        if (!(m->dev_table[l] = malloc(sizeof(lm_mat) * 3 * (size_t)E))) return lm_errf(e, "out of memory");
+        for (int i = 0; i < E; i++) {
+            lm_expert v = lm_device_cache_view(m->dcache, l, i);
+            m->dev_table[l][3 * i] = v.gate;
+            m->dev_table[l][3 * i + 1] = v.up;
+            m->dev_table[l][3 * i + 2] = v.down;
+        }
+    }
+    return 0;
 }
 
 /* The expert cache in device memory, for a backend with its own memory (or on
@@ -567,6 +585,10 @@ void lm_engine_close(lazymoe_model *m) {
     free(m->dev_status);
     free(m->host_status);
     free(m->dev_views);
+    for (int l = 0; m->dev_table && l < m->w.cfg.n_layers; l++) free(m->dev_table[l]);
+    free(m->dev_table);
+    free(m->routed_sel);
+    free(m->routed_n);
     lm_cache_free(m->cache);
     lm_store_close(m->store);
     lm_trace_data_free(&m->replay);

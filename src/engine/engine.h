@@ -30,6 +30,13 @@ struct lazymoe_model {
     int32_t *dev_ids, *dev_need;
     uint8_t *dev_status, *host_status;
     lm_expert *dev_views;
+    /* Every expert in device memory for good (preloaded, room for all): per MoE layer
+     * its views as moe_routed takes them ([3 * E]: gate, up, down), else NULL; and
+     * the routes of layers routed on the device in the current chunk, downloaded
+     * without waiting and accounted (trace, device cache counters) at its end. */
+    lm_mat **dev_table;
+    int32_t *routed_sel; /* [n_layers][LM_ROUTED_MAX_TOKENS * top_k] */
+    int *routed_n;       /* [n_layers]: tokens routed on the device this chunk, 0 = none */
     uint64_t gpu_budget, gpu_fixed, gpu_pinned_bytes; /* device plan: budget, resident part; pinned host bytes */
     void **pinned_host;     /* host ranges page-locked for uploads, [n_pinned_host] */
     int n_pinned_host;

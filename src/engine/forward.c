@@ -544,8 +544,53 @@ static int replay_routes(lazymoe_session *s, int l, int T, char *err) {
     return 0;
 }
 
-/* Reads S->h, writes S->proj. */
-static int moe_block(lazymoe_session *s, const lm_moe_block *mb, int l, int T, char *err) {
+/* Every expert of layer l in device memory for good and a few tokens of one sequence
+ * (moe_routed's terms, plain SwiGLU experts): the experts are chosen on the device,
+ * with no wait for the routes; they are accounted at the chunk's end
+ * (routed_accounting). 1 = done, 0 = the host must route this one, -1 = error. */
+static int routed_experts(lazymoe_session *s, const lm_moe_block *mb, int l, int T, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    int K = m->w.cfg.top_k;
+    /* S->gate and S->up hold cap_tokens rows: the T * K routes' intermediates must fit */
+    if (!m->dev_table || !m->dev_table[l] || T > LM_ROUTED_MAX_TOKENS || T * K > S->cap_tokens || m->replay.ids ||
+        mb->act != LM_ACT_SWIGLU || mb->gate_up_bias || mb->down_bias)
+        return 0;
+    int rc = be->ops->moe_routed(be, S->eout, m->dev_table[l], m->w.cfg.n_experts, S->sel, S->h, T, K, S->gate, S->up);
+    if (rc < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
+    if (rc > 0) return 0;
+    OP(be, be->ops->download_later(be, m->routed_sel + (size_t)l * LM_ROUTED_MAX_TOKENS * (size_t)K, S->sel,
+                                   sizeof(int32_t) * (size_t)T * (size_t)K));
+    m->routed_n[l] = T;
+    return 1;
+}
+
+/* The routes of the layers routed on the device in this chunk (complete after a sync
+ * or download since): into the trace and the device cache's counters and recency,
+ * as a host-routed step records them. */
+static void routed_accounting(lazymoe_session *s) {
+    lazymoe_model *m = s->m;
+    const lm_config *c = &m->w.cfg;
+    int K = c->top_k, E = c->n_experts;
+    uint8_t *used = s->s.expert_used;
+    for (int l = 0; l < c->n_layers; l++) {
+        int T = m->routed_n[l], n = 0;
+        if (!T) continue;
+        const int32_t *sel = m->routed_sel + (size_t)l * LM_ROUTED_MAX_TOKENS * (size_t)K;
+        memset(used, 0, (size_t)E);
+        for (int i = 0; i < T * K; i++) used[sel[i]] = 1;
+        for (int e = 0; e < E; e++)
+            if (used[e]) m->dev_need[n++] = e;
+        lm_device_cache_acquire(m->dcache, l, m->dev_need, n, 1, m->dev_status);
+        lm_device_cache_release_layer(m->dcache, l);
+        if (m->trace) lm_trace_record(m->trace, l, sel, T, K);
+        m->routed_n[l] = 0;
+    }
+}
+
+/* Reads S->h, writes S->proj. seqs: a batch step (lm_forward_batch), routed on the host. */
+static int moe_block(lazymoe_session *s, const lm_moe_block *mb, int l, int T, int batch, char *err) {
     lm_backend *be = BE(s);
     const lm_config *c = &s->m->w.cfg;
     const lm_layer *ly = &s->m->w.layers[l];
@@ -554,6 +599,13 @@ static int moe_block(lazymoe_session *s, const lm_moe_block *mb, int l, int T, c
     OP(be, be->ops->matmul(be, S->router, &ly->router, S->h, T));
     if (mb->router_bias) OP(be, be->ops->add_rows(be, S->router, mb->router_bias, T, E));
     OP(be, be->ops->route(be, &mb->router, S->router, T, S->sel, S->selw));
+    int routed = batch ? 0 : routed_experts(s, mb, l, T, err);
+    if (routed < 0) return -1;
+    if (routed) {
+        if (mb->shared && shared_expert(s, mb, ly, T, err) != 0) return -1;
+        OP(be, be->ops->moe_combine(be, S->proj, S->eout, S->selw, mb->shared ? S->shared : NULL, T, K, H));
+        return 0;
+    }
     OP(be, be->ops->download(be, S->sel_host, S->sel, sizeof(int32_t) * (size_t)T * (size_t)K));
     if (s->m->replay.ids && replay_routes(s, l, T, err) != 0) return -1;
     if (s->m->dcache) {
@@ -667,7 +719,7 @@ static int layer(lazymoe_session *s, int l, int T, lazymoe_session *const *seqs,
     OP(be, be->ops->rmsnorm(be, S->h, S->x, ly->ffn_norm, T, c->hidden_size, c->rms_norm_eps));
     if (b.ffn == LM_FFN_DENSE) {
         if (dense_block(s, ly, T, err) != 0) return -1;
-    } else if (moe_block(s, &b.moe, l, T, err) != 0) {
+    } else if (moe_block(s, &b.moe, l, T, seqs != NULL, err) != 0) {
         return -1;
     }
     OP(be, be->ops->add(be, S->x, S->proj, TH));
@@ -713,9 +765,9 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         for (int l = 0; l < c->n_layers; l++)
             if (layer(s, l, T, NULL, err) != 0) return -1;
         if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
-        if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
         s->n_past += T;
         done += T;
+        int synced = 0;
         if (out && (all || done == n)) {
             int first = all ? 0 : T - 1;
             int rows = T - first;
@@ -723,7 +775,15 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
                                     c->rms_norm_eps));
             float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
             if (head_logits(be, S, w, rows, dst, err) != 0) return -1;
+            synced = !be->ops->host_memory; /* the logits' download waited for the step */
         }
+        if (s->m->routed_n) {
+            int any = 0;
+            for (int l = 0; l < c->n_layers; l++) any |= s->m->routed_n[l] != 0;
+            if (any && !synced) OP(be, be->ops->sync(be));
+            if (any) routed_accounting(s);
+        }
+        if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
     }
     return 0;
 }

@@ -377,8 +377,8 @@ static void matmul_fast_kernels(void) {
  * whatever else shares the launch; and in k_gemv (fewer than 8 tokens) each token's
  * result what it gives alone. */
 static void matmul_fast_batch_invariant(void) {
-    enum { NI = 6 };
-    static const int ns[NI] = {1, 3, 9, 40, 17, 1}, rows_of[NI] = {200, 77, 300, 130, 1, 200};
+    enum { NI = 8 }; /* five k_gemv items: more than the launch for a few takes */
+    static const int ns[NI] = {1, 3, 9, 40, 17, 1, 2, 1}, rows_of[NI] = {200, 77, 300, 130, 1, 200, 64, 9};
     int cols = 256;
     lm_mat W[NI];
     float *dx[NI], *dy[NI], *da[NI];
@@ -611,12 +611,13 @@ static void rope(void) {
 
 /* The backend holds back an add, an rmsnorm, a rope or a KV store and launches it
  * together with the next op where they pair (a decode step's add + norm, q and k
- * norms, q and k RoPEs, K and V stores). The same sequence of ops with the reference
+ * norms, q and k RoPEs, K and V stores, the MoE combine with the residual add and the
+ * next norm). The same sequence of ops with the reference
  * mode (nothing held back, one launch each) must give the same bits, and an op that
  * does not pair (a download, a matmul) must see the held-back op done. */
 static void run_pair_sequence(float *x, float *a, float *h, float *q, float *k, float *kc, float *vc, const float *w,
                               const float *wq, const float *wk, const int32_t *pos, const float *inv, int T, int H,
-                              int nh, int nkv, int hd) {
+                              int nh, int nkv, int hd, const float *eout, const float *selw) {
     lm_kv kcache = {.dtype = LM_DT_F16, .data = kc}, vcache = {.dtype = LM_DT_F16, .data = vc};
     CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);
     CHECK(gpu->ops->rmsnorm(gpu, h, x, w, T, H, 1e-6f) == 0);                 /* joins the add */
@@ -626,7 +627,11 @@ static void run_pair_sequence(float *x, float *a, float *h, float *q, float *k, 
     CHECK(gpu->ops->rope(gpu, k, T, nkv, hd, pos, inv, hd / 2, 1.0f) == 0);   /* joins it */
     CHECK(gpu->ops->kv_store(gpu, &kcache, 3, k, T, nkv, hd) == 0);           /* held */
     CHECK(gpu->ops->kv_store(gpu, &vcache, 3, q, T, nkv, hd) == 0);           /* joins it */
-    CHECK(gpu->ops->add(gpu, x, h, (size_t)T * (size_t)H) == 0);              /* held: the download below does it */
+    CHECK(gpu->ops->moe_combine(gpu, a, eout, selw, NULL, T, 2, H) == 0);      /* held */
+    CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);              /* joins it */
+    CHECK(gpu->ops->rmsnorm(gpu, h, x, w, T, H, 1e-6f) == 0);                 /* joins them */
+    CHECK(gpu->ops->moe_combine(gpu, a, eout, selw, q, T, 2, H) == 0);         /* held, with a shared expert's rows */
+    CHECK(gpu->ops->add(gpu, x, a, (size_t)T * (size_t)H) == 0);              /* joins it; the download below does both */
 }
 
 static void pending_pairs(void) {
@@ -639,7 +644,8 @@ static void pending_pairs(void) {
     for (int i = 0; i < 32; i++) inv[i] = powf(10000.0f, -(float)i / 32.0f);
     int32_t pos[3] = {3, 4, 5};
     int32_t *dpos = dev_from(pos, sizeof pos);
-    float *out[2][6];
+    float *out[2][7];
+    float *eo = rand_floats((size_t)T * 2 * (size_t)H, -1, 1), *sw = rand_floats((size_t)T * 2, 0, 1);
     for (int mode = 0; mode < 2; mode++) { /* 0: fast (held back), 1: reference (one launch each) */
         lm_backend_cuda_set_simple(gpu, mode);
         float *dx = dev_from(x, sizeof(float) * nx), *da = dev_from(a, sizeof(float) * nx), *dh = dev_from(NULL, sizeof(float) * nx);
@@ -647,23 +653,27 @@ static void pending_pairs(void) {
         uint16_t *zero = calloc(cache, 1);
         float *kc = dev_from(zero, cache), *vc = dev_from(zero, cache);
         free(zero);
-        run_pair_sequence(dx, da, dh, dq, dk, kc, vc, w, wq, wk, dpos, inv, T, H, nh, nkv, hd);
+        float *deo = dev_from(eo, sizeof(float) * (size_t)T * 2 * (size_t)H), *dsw = dev_from(sw, sizeof(float) * (size_t)T * 2);
+        run_pair_sequence(dx, da, dh, dq, dk, kc, vc, w, wq, wk, dpos, inv, T, H, nh, nkv, hd, deo, dsw);
         out[mode][0] = host_from(dx, sizeof(float) * nx);
         out[mode][1] = host_from(dh, sizeof(float) * nx);
         out[mode][2] = host_from(dq, sizeof(float) * nq);
         out[mode][3] = host_from(dk, sizeof(float) * nk);
         out[mode][4] = host_from(kc, cache);
         out[mode][5] = host_from(vc, cache);
+        out[mode][6] = host_from(da, sizeof(float) * nx);
         dev_free(dx), dev_free(da), dev_free(dh), dev_free(dq), dev_free(dk), dev_free(kc), dev_free(vc);
+        dev_free(deo), dev_free(dsw);
     }
     lm_backend_cuda_set_simple(gpu, 0);
-    static const char *names[6] = {"residual", "norm", "q", "k", "k cache", "v cache"};
-    size_t sizes[6] = {sizeof(float) * nx, sizeof(float) * nx, sizeof(float) * nq, sizeof(float) * nk, cache, cache};
-    for (int i = 0; i < 6; i++) {
+    static const char *names[7] = {"residual", "norm", "q", "k", "k cache", "v cache", "combined"};
+    size_t sizes[7] = {sizeof(float) * nx, sizeof(float) * nx, sizeof(float) * nq, sizeof(float) * nk, cache, cache,
+                       sizeof(float) * nx};
+    for (int i = 0; i < 7; i++) {
         CHECKF(same_bits(names[i], out[0][i], out[1][i], sizes[i]), "%s: held-back launches differ from single ones", names[i]);
         free(out[0][i]), free(out[1][i]);
     }
-    free(x), free(a), free(q), free(k), free_weight(w), free_weight(wq), free_weight(wk);
+    free(x), free(a), free(q), free(k), free_weight(w), free_weight(wq), free_weight(wk), free(eo), free(sw);
     gpu->ops->weights_changed(gpu, inv);
     dev_free(dpos);
 }
@@ -908,6 +918,63 @@ static void pending_gathers(void) {
                "row %d is not source row %d", r, idx[r] / K);
     for (int m = 0; m < 2; m++) free(got[m][0]), free(got[m][1]);
     free(src), free(eout0);
+}
+
+/* moe_routed: routes chosen on the device give, bit for bit, what the host-routed
+ * path computes (each route's gate and up products, swiglu, down product by the
+ * matmul op), with the weights in device memory as the device expert cache holds
+ * them; weights it cannot take (3-bit) are refused with 1, not computed wrong. */
+enum { RE_E = 5 };
+static void routed_experts_case(int bits, lm_dtype qdt, int expect, void *dev_parts[3 * RE_E][3]) {
+    enum { E = RE_E, T = 3, K = 2 };
+    int H = 256, I = 96;
+    lm_mat mats[3 * E];
+    for (int e = 0; e < E; e++)
+        for (int m = 0; m < 3; m++) {
+            lm_mat W = make_mat(LM_DT_U32, m == 2 ? H : I, m == 2 ? I : H, 0, bits, 32, qdt);
+            size_t nd = (size_t)W.rows * (size_t)W.cols * (size_t)bits / 8, ns = (size_t)W.rows * (size_t)(W.cols / 32) * lm_dtype_size(qdt);
+            lm_mat D = W;
+            D.data = dev_parts[3 * e + m][0] = dev_from(W.data, nd);
+            D.scales = dev_parts[3 * e + m][1] = dev_from(W.scales, ns);
+            D.biases = dev_parts[3 * e + m][2] = dev_from(W.biases, ns);
+            mats[3 * e + m] = D;
+            free((void *)W.data), free((void *)W.scales), free((void *)W.biases);
+        }
+    int32_t sel[T * K] = {0, 3, 4, 1, 2, 4};
+    float *h = rand_floats((size_t)T * (size_t)H, -1, 1);
+    float *dh = dev_from(h, sizeof(float) * (size_t)T * (size_t)H);
+    int32_t *dsel = dev_from(sel, sizeof sel);
+    float *g = dev_from(NULL, sizeof(float) * T * K * (size_t)I), *u = dev_from(NULL, sizeof(float) * T * K * (size_t)I);
+    float *eout = dev_from(NULL, sizeof(float) * T * K * (size_t)H), *want = dev_from(NULL, sizeof(float) * T * K * (size_t)H);
+    int rc = gpu->ops->moe_routed(gpu, eout, mats, E, dsel, dh, T, K, g, u);
+    CHECKF(rc == expect, "moe_routed returned %d (%s), expected %d", rc, rc < 0 ? lm_backend_error(gpu) : "", expect);
+    if (rc == 0) {
+        for (int r = 0; r < T * K; r++) {
+            const lm_mat *m3 = &mats[3 * sel[r]];
+            float *gr = g + (size_t)r * (size_t)I, *ur = u + (size_t)r * (size_t)I;
+            CHECK(gpu->ops->matmul(gpu, gr, &m3[0], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
+            CHECK(gpu->ops->matmul(gpu, ur, &m3[1], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
+            CHECK(gpu->ops->swiglu(gpu, gr, ur, (size_t)I) == 0);
+            CHECK(gpu->ops->matmul(gpu, want + (size_t)r * (size_t)H, &m3[2], gr, 1) == 0);
+        }
+        float *a = host_from(eout, sizeof(float) * T * K * (size_t)H), *b = host_from(want, sizeof(float) * T * K * (size_t)H);
+        CHECK(same_bits("moe_routed", a, b, sizeof(float) * T * K * (size_t)H));
+        free(a), free(b);
+    }
+    free(h);
+    dev_free(dh), dev_free(dsel), dev_free(g), dev_free(u), dev_free(eout), dev_free(want);
+}
+
+static void routed_experts(void) {
+    /* the weights of all three cases stay allocated until the end (the backend keeps
+     * a table per host array of views, told apart by their first and last views) */
+    static void *parts[3][3 * RE_E][3];
+    routed_experts_case(4, LM_DT_BF16, 0, parts[0]);
+    routed_experts_case(8, LM_DT_F16, 0, parts[1]);
+    routed_experts_case(3, LM_DT_BF16, 1, parts[2]);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < 3 * RE_E; i++)
+            for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }
 
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
@@ -1217,6 +1284,7 @@ int main(void) {
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);
+    TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));

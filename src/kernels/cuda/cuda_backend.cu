@@ -110,9 +110,22 @@ typedef struct {
         long calls;
     } ts[64];
     int nts;
-    double wait_ms;
-    long waits;
+    double wait_ms, host_ms; /* host_ms: the host's time inside ops (waits included) */
+    long waits, host_calls;
     uint64_t fast_launches; /* launches of k_gemv / k_gemm (tests) */
+    /* download_later: copies into a page-locked area, handed to their host arrays
+     * when the host next waits for the stream (stream_wait) */
+    uint8_t *later;
+    size_t later_used;
+    struct {
+        void *host;
+        size_t off, bytes;
+    } later_q[256];
+    int n_later;
+    /* moe_routed's tables on the device, one per host table of expert views;
+     * no_routed: LAZYMOE_CUDA_ROUTED=0 (the host routes every layer, for comparison) */
+    struct routed_table *rt;
+    int n_rt, no_routed;
     /* One elementwise op held back to be launched together with the next (pending_op). */
     struct {
         int kind;
@@ -128,6 +141,10 @@ typedef struct {
         float *scales;
         int div;               /* gather: the index divisor */
         row_segs segs;         /* gather, scatter: rows [dim = width] */
+        /* moe_combine into y (rows x dim) from eout, selw, shared, top_k = n_kv; with
+         * PEND_COMBINE_ADD then resid += y (resid: n floats) */
+        const float *eout, *selw, *shared;
+        float *resid;
     } pend;
 } cuda_impl;
 
@@ -198,13 +215,19 @@ static double now_ms(void) {
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-/* The host waits for the stream (timing: counted apart from the kernels). */
+/* The host waits for the stream (timing: counted apart from the kernels); then the
+ * copies download_later queued are complete and go to their host arrays. */
 static cudaError_t stream_wait(cuda_impl *im) {
-    if (!im->timing) return cudaStreamSynchronize(im->stream);
-    double t0 = now_ms();
+    double t0 = im->timing ? now_ms() : 0;
     cudaError_t e = cudaStreamSynchronize(im->stream);
-    im->wait_ms += now_ms() - t0;
-    im->waits++;
+    if (im->timing) {
+        im->wait_ms += now_ms() - t0;
+        im->waits++;
+    }
+    if (e == cudaSuccess)
+        for (int i = 0; i < im->n_later; i++) memcpy(im->later_q[i].host, im->later + im->later_q[i].off, im->later_q[i].bytes);
+    im->n_later = 0;
+    im->later_used = 0;
     return e;
 }
 
@@ -213,6 +236,10 @@ static void tim_print(cuda_impl *im) {
     double total = 0;
     for (int i = 0; i < im->nts; i++) total += im->ts[i].ms;
     fprintf(stderr, "cuda timing: %.3f ms in kernels, %.3f ms of host waits (%ld)\n", total, im->wait_ms, im->waits);
+    /* the host's time in ops less its waits: launching; where it is near the kernels'
+     * time the GPU waits for launches (the kernel times above then include those gaps) */
+    fprintf(stderr, "cuda timing: %.3f ms of host time in %ld ops, %.3f ms of it not waiting\n", im->host_ms,
+            im->host_calls, im->host_ms - im->wait_ms);
     for (int done = 0; done < im->nts; done++) { /* largest first */
         int b = done;
         for (int i = done + 1; i < im->nts; i++)
@@ -829,9 +856,7 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
 
 /* NT: tokens per pass (GV_TOK; 1 where every item has one token, decode: fewer
  * registers, more warps in flight). A token's arithmetic is the same for any NT. */
-template <int FMT, int NT>
-__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b) {
-    const mm_item &it = b.it[blockIdx.y];
+template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_shape &sh, const mm_item &it) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
     if (r0 >= rows) return; /* the whole warp */
@@ -890,6 +915,48 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
     }
 }
 
+template <int FMT, int NT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b) {
+    gemv_body<FMT, NT>(sh, b.it[blockIdx.y]);
+}
+
+/* The same for up to 4 items (q/k/v, o, router, lm_head): smaller kernel parameters
+ * make a cheaper launch. */
+#define MM_FEW_ITEMS 4
+typedef struct {
+    mm_item it[MM_FEW_ITEMS];
+} mm_few;
+template <int FMT, int NT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_few(mm_shape sh, mm_few b) {
+    gemv_body<FMT, NT>(sh, b.it[blockIdx.y]);
+}
+
+/* Weights of one matrix of one expert (moe_routed's table on the device). */
+typedef struct {
+    const void *data, *scales, *biases;
+} mm_desc;
+
+/* moe_routed: blockIdx.y = route r (of n * top_k), expert sel[r]; blockIdx.z picks
+ * the matrix (mat0 + z) and the output (y0 or y1). The inputs are row r / x_div of
+ * x; the output row r of y. The same gemv_body as k_gemv: one token per item, as a
+ * host-routed decode step's experts are. */
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                const int32_t *sel, const float *x, int x_div,
+                                                                float *y0, float *y1) {
+    int r = blockIdx.y, mat = mat0 + (int)blockIdx.z;
+    const mm_desc &d = tab[(size_t)sel[r] * 3 + (size_t)mat];
+    mm_item it;
+    it.data = d.data;
+    it.scales = d.scales;
+    it.biases = d.biases;
+    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
+    it.y = (blockIdx.z ? y1 : y0) + (size_t)r * (size_t)sh.rows;
+    it.n = 1;
+    it.rows = sh.rows;
+    gemv_body<FMT, 1>(sh, it);
+}
+
 /* Prefill: TR rows x TT tokens per block (256 x 16, 128 x 32 or 64 x 64: the shape
  * with the least waste for the batch's token counts), 32 inputs (4 units) per step; the 256
  * threads widen the weight tile's units and load the input tile's float4s, then each
@@ -897,6 +964,33 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv(mm_shape sh, mm_batch b)
  * a sum), so the tile holds the reference's weights exactly; every output is summed
  * over the inputs in order, one fmaf each, whatever the tile shape. */
 #define GK2 32
+/* A step's global loads of k_gemm into registers: this thread's weight units and
+ * input float4s (zeros outside the matrix), issued a step ahead of their use. */
+template <int FMT, int TR, int TT>
+__device__ __forceinline__ void gemm_fetch(const mm_shape &sh, const mm_item &it, int r0, int t0, int c0,
+                                           wunit (&wp)[TR * 4 / 256], float4 (&xp)[(TT * 8 + 255) / 256]) {
+    int tid = threadIdx.x;
+#pragma unroll
+    for (int j = 0; j < TR * 4 / 256; j++) {
+        int idx = tid + 256 * j, r = r0 + idx / 4, u = c0 / 8 + idx % 4;
+        if (r < it.rows && 8 * u < sh.cols) {
+            load_unit<FMT>(sh, it, r, u, wp[j]);
+        } else {
+            wp[j].s = 0.0f;
+            wp[j].b = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) wp[j].q[i] = 0.0f;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < (TT * 8 + 255) / 256; j++) {
+        int idx = tid + 256 * j, tok = idx / 8, part = idx % 8, t = t0 + tok;
+        xp[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (idx < TT * 8 && t < it.n && c0 + part * 4 < sh.cols)
+            xp[j] = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
+    }
+}
+
 template <int FMT, int TR, int TT>
 __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
     __shared__ __align__(16) float ws[GK2][TR]; /* [column][row] */
@@ -910,38 +1004,31 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
     for (int a = 0; a < 4; a++)
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[a][c] = 0.0f;
+    wunit wp[TR * 4 / 256];
+    float4 xp[(TT * 8 + 255) / 256];
+    gemm_fetch<FMT, TR, TT>(sh, it, r0, t0, 0, wp, xp);
     for (int c0 = 0; c0 < sh.cols; c0 += GK2) {
 #pragma unroll
-        for (int idx = tid; idx < TR * 4; idx += 256) { /* the weight tile: TR rows x 4 units */
-            int wrow = idx / 4, wk = idx % 4;
-            int r = r0 + wrow, u = c0 / 8 + wk;
-            float v[8];
-            if (r < rows && 8 * u < sh.cols) {
-                wunit w;
-                load_unit<FMT>(sh, it, r, u, w);
+        for (int j = 0; j < TR * 4 / 256; j++) { /* the weight tile: TR rows x 4 units, widened */
+            int idx = tid + 256 * j, wrow = idx / 4, wk = idx % 4;
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    v[i] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(w.s, w.q[i]), w.b)
-                                               : (FMT_HAS_SCALE(FMT) ? __fmul_rn(w.q[i], w.s) : w.q[i]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) v[i] = 0.0f;
-            }
-#pragma unroll
-            for (int i = 0; i < 8; i++) ws[wk * 8 + i][wrow] = v[i];
+            for (int i = 0; i < 8; i++)
+                ws[wk * 8 + i][wrow] = FMT_HAS_OFFSET(FMT) ? __fadd_rn(__fmul_rn(wp[j].s, wp[j].q[i]), wp[j].b)
+                                                           : (FMT_HAS_SCALE(FMT) ? __fmul_rn(wp[j].q[i], wp[j].s) : wp[j].q[i]);
         }
 #pragma unroll
-        for (int idx = tid; idx < TT * 8; idx += 256) { /* the input tile: TT tokens x 8 float4 */
-            int tok = idx / 8, part = idx % 8, t = t0 + tok;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < n && c0 + part * 4 < sh.cols)
-                v = __ldg((const float4 *)(it.x + (size_t)t * (size_t)sh.cols + (size_t)(c0 + part * 4)));
-            xs[part * 4 + 0][tok] = v.x;
-            xs[part * 4 + 1][tok] = v.y;
-            xs[part * 4 + 2][tok] = v.z;
-            xs[part * 4 + 3][tok] = v.w;
+        for (int j = 0; j < (TT * 8 + 255) / 256; j++) { /* the input tile: TT tokens x 8 float4 */
+            int idx = tid + 256 * j, tok = idx / 8, part = idx % 8;
+            if (idx < TT * 8) {
+                xs[part * 4 + 0][tok] = xp[j].x;
+                xs[part * 4 + 1][tok] = xp[j].y;
+                xs[part * 4 + 2][tok] = xp[j].z;
+                xs[part * 4 + 3][tok] = xp[j].w;
+            }
         }
         __syncthreads();
+        /* the next step's loads in flight while this one computes */
+        if (c0 + GK2 < sh.cols) gemm_fetch<FMT, TR, TT>(sh, it, r0, t0, c0 + GK2, wp, xp);
 #pragma unroll 8
         for (int cc = 0; cc < GK2; cc++) {
             float4 wr = *(const float4 *)&ws[cc][tr * 4];
@@ -966,8 +1053,66 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
 #define GEMM_MIN_TOKENS 8
+static_assert(LM_ROUTED_MAX_TOKENS < GEMM_MIN_TOKENS, "moe_routed's experts must take k_gemv on the host-routed path too");
 
 typedef void (*mm_kernel)(mm_shape, mm_batch);
+/* moe_routed's gate and up products and the SwiGLU of the two in one launch: a warp
+ * computes its rows of both (gemv_body, as the separate products do), then the lane
+ * that wrote them computes g = silu(g) * u as k_swiglu does. */
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape sh, const mm_desc *tab,
+                                                                       const int32_t *sel, const float *x, int x_div,
+                                                                       float *g, float *u) {
+    int r = blockIdx.y, e = sel[r];
+    mm_item it;
+    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
+    it.n = 1;
+    it.rows = sh.rows;
+    for (int mat = 0; mat < 2; mat++) {
+        const mm_desc &d = tab[(size_t)e * 3 + (size_t)mat];
+        it.data = d.data;
+        it.scales = d.scales;
+        it.biases = d.biases;
+        it.y = (mat ? u : g) + (size_t)r * (size_t)sh.rows;
+        gemv_body<FMT, 1>(sh, it);
+    }
+    int r0 = (blockIdx.x * GV_WARPS + threadIdx.x / 32) * GV_ROWS;
+    if (threadIdx.x % 32 != 0) return;
+    for (int a = 0; a < GV_ROWS && r0 + a < sh.rows; a++) {
+        size_t i = (size_t)r * (size_t)sh.rows + (size_t)(r0 + a);
+        float ga = g[i];
+        g[i] = ga / (1.0f + expf(-ga)) * u[i];
+    }
+}
+
+typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
+static routed_swiglu_kernel routed_swiglu_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_routed_swiglu<FMT_F32>;
+    case FMT_F16: return k_gemv_routed_swiglu<FMT_F16>;
+    case FMT_BF16: return k_gemv_routed_swiglu<FMT_BF16>;
+    case FMT_A4: return k_gemv_routed_swiglu<FMT_A4>;
+    case FMT_A8: return k_gemv_routed_swiglu<FMT_A8>;
+    case FMT_Q4_0: return k_gemv_routed_swiglu<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemv_routed_swiglu<FMT_Q8_0>;
+    default: return k_gemv_routed_swiglu<FMT_Q4_K>;
+    }
+}
+
+typedef void (*routed_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const float *, int, float *, float *);
+static routed_kernel routed_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_routed<FMT_F32>;
+    case FMT_F16: return k_gemv_routed<FMT_F16>;
+    case FMT_BF16: return k_gemv_routed<FMT_BF16>;
+    case FMT_A4: return k_gemv_routed<FMT_A4>;
+    case FMT_A8: return k_gemv_routed<FMT_A8>;
+    case FMT_Q4_0: return k_gemv_routed<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemv_routed<FMT_Q8_0>;
+    default: return k_gemv_routed<FMT_Q4_K>;
+    }
+}
+
 template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     switch (fmt) {
     case FMT_F32: return k_gemv<FMT_F32, NT>;
@@ -981,6 +1126,23 @@ template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     }
 }
 static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
+
+typedef void (*mm_few_kernel)(mm_shape, mm_few);
+template <int NT> static mm_few_kernel gemv_few_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_F32: return k_gemv_few<FMT_F32, NT>;
+    case FMT_F16: return k_gemv_few<FMT_F16, NT>;
+    case FMT_BF16: return k_gemv_few<FMT_BF16, NT>;
+    case FMT_A4: return k_gemv_few<FMT_A4, NT>;
+    case FMT_A8: return k_gemv_few<FMT_A8, NT>;
+    case FMT_Q4_0: return k_gemv_few<FMT_Q4_0, NT>;
+    case FMT_Q8_0: return k_gemv_few<FMT_Q8_0, NT>;
+    default: return k_gemv_few<FMT_Q4_K, NT>;
+    }
+}
+static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
+    return max_n == 1 ? gemv_few_kernel_of<1>(fmt) : gemv_few_kernel_of<GV_TOK>(fmt);
+}
 /* k_gemm in its tile shapes: 256 rows x 16 tokens or 128 x 32 (a layer's experts in
  * a prefill chunk of 256 tokens: 16 routes each on average), or 64 x 64. */
 template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
@@ -1061,6 +1223,14 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
         return launched(be, fmt_name(p->fmt, 1));
     }
     dim3 grid(blocks_for((size_t)p->sh.rows, GV_WARPS * GV_ROWS), (unsigned)count);
+    if (count <= MM_FEW_ITEMS) {
+        mm_few few;
+        memset(&few, 0, sizeof few);
+        memcpy(few.it, p->b.it, sizeof(mm_item) * (size_t)count);
+        tim_begin(im);
+        gemv_few_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, few);
+        return launched(be, fmt_name(p->fmt, 0));
+    }
     tim_begin(im);
     gemv_kernel(p->fmt, p->max_n)<<<grid, GV_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
     return launched(be, fmt_name(p->fmt, 0));
@@ -1211,6 +1381,24 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *y, float *x
     rmsnorm_row(y, x, x, a, w, dim, eps, blockIdx.x);
 }
 
+/* moe_combine (into y), the residual add x += y and rmsnorm(out, x) of one row in one
+ * block: the MoE block's end and the next block's norm. Each element as k_moe_combine,
+ * k_add and k_rmsnorm compute it. */
+__global__ void __launch_bounds__(NORM_THREADS) k_combine_add_rmsnorm(float *out, float *x, float *y, const float *eout,
+                                                                       const float *selw, const float *shared,
+                                                                       int top_k, const float *w, int dim, float eps) {
+    size_t t = blockIdx.x;
+    for (int c = threadIdx.x; c < dim; c += NORM_THREADS) {
+        float acc = 0.0f;
+        for (int k = 0; k < top_k; k++)
+            acc += eout[(t * (size_t)top_k + (size_t)k) * (size_t)dim + (size_t)c] * selw[t * (size_t)top_k + (size_t)k];
+        if (shared) acc += shared[t * (size_t)dim + (size_t)c];
+        y[t * (size_t)dim + (size_t)c] = acc;
+    }
+    /* the add reads y[i] as this thread wrote it (same i), then the norm of the row */
+    rmsnorm_row(out, x, x, y, w, dim, eps, t);
+}
+
 /* Two independent rmsnorms in one launch (q and k norms): blocks [0, rows1) the first. */
 __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const float *x1, const float *w1, int rows1,
                                                             int dim1, float *y2, const float *x2, const float *w2,
@@ -1234,8 +1422,9 @@ __global__ void k_add(float *y, const float *x, size_t n) {
  * launches it before doing anything. The joined kernels run each element's
  * arithmetic exactly as the single ones, so results are bit-identical; the
  * reference mode (simple) holds nothing back. */
-enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER };
+enum { PEND_NONE = 0, PEND_ADD, PEND_NORM, PEND_ROPE, PEND_KV, PEND_GATHER, PEND_SCATTER, PEND_COMBINE, PEND_COMBINE_ADD };
 static int launch_segs(lm_backend *be, int scatter);
+static int launch_combine(lm_backend *be);
 
 __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
                        float scale);
@@ -1293,23 +1482,40 @@ static int flush_pending(lm_backend *be) {
                                im->pend.rows, im->pend.n_kv, im->pend.dim);
     case PEND_GATHER: return launch_segs(be, 0);
     case PEND_SCATTER: return launch_segs(be, 1);
+    case PEND_COMBINE: return launch_combine(be);
+    case PEND_COMBINE_ADD:
+        if (launch_combine(be) != 0) return -1;
+        return launch_add(be, im->pend.resid, im->pend.y, im->pend.n);
     default: return 0;
     }
 }
 
 /* Every op not in the pairs above goes through this in the ops table: the held-back
  * op first, then the op. */
-template <typename Fn, Fn F> struct flushed_op;
-template <typename... A, int (*F)(lm_backend *, A...)> struct flushed_op<int (*)(lm_backend *, A...), F> {
-    static int call(lm_backend *be, A... a) { return flush_pending(be) != 0 ? -1 : F(be, a...); }
+template <typename Fn, Fn F, int FLUSH> struct flushed_op;
+template <typename... A, int (*F)(lm_backend *, A...), int FLUSH>
+struct flushed_op<int (*)(lm_backend *, A...), F, FLUSH> {
+    static int call(lm_backend *be, A... a) {
+        cuda_impl *im = impl_of(be);
+        double t0 = im->timing ? now_ms() : 0;
+        int rc = FLUSH && flush_pending(be) != 0 ? -1 : F(be, a...);
+        if (im->timing) {
+            im->host_ms += now_ms() - t0;
+            im->host_calls++;
+        }
+        return rc;
+    }
 };
-template <typename... A, void (*F)(lm_backend *, A...)> struct flushed_op<void (*)(lm_backend *, A...), F> {
+template <typename... A, void (*F)(lm_backend *, A...), int FLUSH>
+struct flushed_op<void (*)(lm_backend *, A...), F, FLUSH> {
     static void call(lm_backend *be, A... a) {
-        flush_pending(be); /* a failure shows at the next op */
+        if (FLUSH) flush_pending(be); /* a failure shows at the next op */
         F(be, a...);
     }
 };
-#define FLUSHED(f) (flushed_op<decltype(&f), &f>::call)
+#define FLUSHED(f) (flushed_op<decltype(&f), &f, 1>::call)
+/* the ops that hold back or join themselves: only timed (LAZYMOE_CUDA_TIMING) */
+#define TIMED(f) (flushed_op<decltype(&f), &f, 0>::call)
 
 static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w, int n, int dim, float eps) {
     cuda_impl *im = impl_of(be);
@@ -1318,6 +1524,13 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
     if (!dw) return -1;
     if (n <= 0 || dim <= 0) return flush_pending(be);
     size_t bytes = sizeof(float) * (size_t)n * (size_t)dim;
+    if (im->pend.kind == PEND_COMBINE_ADD && im->pend.resid == x && im->pend.dim == dim && im->pend.rows == n) {
+        im->pend.kind = PEND_NONE;
+        tim_begin(im);
+        k_combine_add_rmsnorm<<<(unsigned)n, NORM_THREADS, 0, im->stream>>>(
+            y, im->pend.resid, im->pend.y, im->pend.eout, im->pend.selw, im->pend.shared, im->pend.n_kv, dw, dim, eps);
+        return launched(be, "combine+add+rmsnorm");
+    }
     if (im->pend.kind == PEND_ADD && im->pend.y == x && im->pend.n == (size_t)n * (size_t)dim) {
         im->pend.kind = PEND_NONE;
         tim_begin(im);
@@ -1349,6 +1562,14 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
 
 static int cuda_add(lm_backend *be, float *y, const float *x, size_t n) {
     cuda_impl *im = impl_of(be);
+    /* the residual add of the MoE output just combined: held with it, for the norm */
+    if (im->pend.kind == PEND_COMBINE && x == im->pend.y && n == (size_t)im->pend.rows * (size_t)im->pend.dim &&
+        !overlap(y, sizeof(float) * n, x, sizeof(float) * n)) {
+        im->pend.kind = PEND_COMBINE_ADD;
+        im->pend.resid = y;
+        im->pend.n = n;
+        return 0;
+    }
     if (flush_pending(be) != 0) return -1;
     if (!n) return 0;
     if (im->simple) return launch_add(be, y, x, n);
@@ -1713,22 +1934,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
     }
 }
 
-/* Attention, fast: one block per (query token, head). Keys are taken in tiles of
- * AF_TILE counted from the first visible one; in a tile every thread scores its
- * own keys (a whole dot product, q from shared memory), the block takes their max
- * and rescales, then each warp accumulates the values of every AF_WARPS-th key with
- * lanes across head_dim; the warps' partial sums are added at the end. A query's
- * result depends only on its own position and the cache (not on how many queries
- * share the call). The reference kernel (k_attention) is the CPU's walk. */
-#define AF_WARPS 4
+/* Attention, fast: one block of 256 threads per (query token, head). Keys are taken
+ * in tiles of AF_TILE counted from the first visible one. In a tile every thread
+ * scores its own keys (a whole dot product, q from shared memory, f16 rows 8 values
+ * a load), the block takes their max and rescales its running sums, each thread
+ * turns its scores into exp(score - max) in place and the block sums them; then the
+ * values: thread (pair of dims dp, key group g) accumulates every G-th key's values
+ * of its two dims, the G groups' sums added in order at the end. A query's result
+ * depends only on its own position and the cache (not on how many queries share the
+ * call). The reference kernel (k_attention) is the CPU's walk. */
+#define AF_WARPS 8
 #define AF_THREADS (AF_WARPS * 32)
-#define AF_TILE 512
+#define AF_TILE 1024
 
 /* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
 __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
     float s = 0.0f;
     if (kc.dtype == LM_DT_F16 && hd % 8 == 0) {
         const uint4 *p = (const uint4 *)((const uint16_t *)kc.data + base);
+#pragma unroll 4
         for (int d8 = 0; d8 < hd / 8; d8++) {
             uint4 v = __ldg(p + d8);
             uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -1744,71 +1968,97 @@ __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size
     return s;
 }
 
+/* Values d and d + 1 (d even; the second only where d + 1 < hd) of row base. */
+__device__ __forceinline__ void value_pair(const kvdesc &vc, size_t base, size_t si, int d, int hd, float &v0, float &v1) {
+    if (vc.dtype == LM_DT_F16 && hd % 2 == 0) {
+        uint32_t w = __ldg((const uint32_t *)((const uint16_t *)vc.data + base + (size_t)d));
+        v0 = half_bits(w & 0xffffu);
+        v1 = half_bits(w >> 16);
+    } else if (vc.dtype == LM_DT_F32 && hd % 2 == 0) {
+        float2 w = __ldg((const float2 *)((const float *)vc.data + base + (size_t)d));
+        v0 = w.x;
+        v1 = w.y;
+    } else {
+        v0 = kv_at(vc, base + (size_t)d, si);
+        v1 = d + 1 < hd ? kv_at(vc, base + (size_t)d + 1, si) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < AF_WARPS; w++) r = is_max ? (red[w] > r ? red[w] : r) : r + red[w];
+    __syncthreads(); /* red is reused by the next reduction */
+    return r;
+}
+
 __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
                                                                 int pos0, int n_heads, int n_kv, int hd, float scale,
                                                                 int window, const float *sinks) {
     __shared__ float qs[ATT_MAX_HD];
     __shared__ float sc[AF_TILE];
     __shared__ float red[AF_WARPS];
-    __shared__ float part[AF_WARPS][ATT_MAX_HD];
-    __shared__ float lpart[AF_WARPS];
+    __shared__ float part[AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
     size_t item = blockIdx.x;
     int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
-    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    int tid = threadIdx.x;
     int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = 0;
     if (window > 0 && pos - window + 1 > 0) first = pos - window + 1;
     const float *qt = q + item * (size_t)hd;
     for (int d = tid; d < hd; d += AF_THREADS) qs[d] = qt[d];
     __syncthreads();
-    const int J = ATT_MAX_HD / 32;
-    float o[J];
-#pragma unroll
-    for (int j = 0; j < J; j++) o[j] = 0.0f;
-    float m = -INFINITY, l = 0.0f; /* m: the block's; l and o: this warp's keys */
+    /* value work: HP pairs of dims, G groups of keys */
+    int HP = (hd + 1) / 2, G = AF_THREADS / HP, dp = tid % HP, g = tid / HP;
+    int active = g < G;
+    float o0 = 0.0f, o1 = 0.0f, m = -INFINITY, l = 0.0f; /* m, l: the block's */
     size_t row = (size_t)n_kv * (size_t)hd;
     for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
         int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
         float mt = -INFINITY;
         for (int r = tid; r < cnt; r += AF_THREADS) {
             size_t p = (size_t)(p0 + r);
-            float s = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
-            sc[r] = s;
-            mt = s > mt ? s : mt;
+            float sv = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
+            sc[r] = sv;
+            mt = sv > mt ? sv : mt;
         }
-        mt = warp_max(mt);
-        if (lane == 0) red[warp] = mt;
-        __syncthreads();
-        mt = red[0];
-        for (int w = 1; w < AF_WARPS; w++) mt = red[w] > mt ? red[w] : mt;
+        mt = block_reduce(mt, red, 1);
         if (mt > m) {
             float corr = expf(m - mt); /* 0 on the first tile */
             l *= corr;
-#pragma unroll
-            for (int j = 0; j < J; j++) o[j] *= corr;
+            o0 *= corr;
+            o1 *= corr;
             m = mt;
         }
-        for (int r = warp; r < cnt; r += AF_WARPS) {
-            size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+        float ls = 0.0f;
+        for (int r = tid; r < cnt; r += AF_THREADS) { /* each thread its own keys' scores */
             float e = expf(sc[r] - m);
-            l += e;
-#pragma unroll
-            for (int j = 0; j < J; j++) {
-                int d = lane + 32 * j;
-                if (d < hd) o[j] = fmaf(e, kv_at(vc, base + (size_t)d, si), o[j]);
+            sc[r] = e;
+            ls += e;
+        }
+        l += block_reduce(ls, red, 0); /* also the barrier before the values read sc */
+        if (active) {
+            int d = 2 * dp;
+#pragma unroll 8
+            for (int r = g; r < cnt; r += G) {
+                size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+                float v0, v1;
+                value_pair(vc, base, si, d, hd, v0, v1);
+                float e = sc[r];
+                o0 = fmaf(e, v0, o0);
+                o1 = fmaf(e, v1, o1);
             }
         }
-        __syncthreads(); /* sc and red are rewritten by the next tile */
+        __syncthreads(); /* sc is rewritten by the next tile */
     }
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-        int d = lane + 32 * j;
-        if (d < hd) part[warp][d] = o[j];
+    if (active) {
+        part[g * 2 * HP + 2 * dp] = o0;
+        part[g * 2 * HP + 2 * dp + 1] = o1;
     }
-    if (lane == 0) lpart[warp] = l;
     __syncthreads();
-    float lt = 0.0f;
-    for (int w = 0; w < AF_WARPS; w++) lt += lpart[w];
-    float mm = m, corr = 1.0f;
+    float mm = m, corr = 1.0f, lt = l;
     if (sinks) {
         float sink = sinks[h];
         if (sink > mm) {
@@ -1822,11 +2072,10 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const
     float *ot = out + item * (size_t)hd;
     for (int d = tid; d < hd; d += AF_THREADS) {
         float v = 0.0f;
-        for (int w = 0; w < AF_WARPS; w++) v += part[w][d];
+        for (int k = 0; k < G; k++) v += part[k * 2 * HP + d];
         ot[d] = v * corr * inv;
     }
 }
-
 
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
                           int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
@@ -2192,13 +2441,32 @@ __global__ void k_moe_combine(float *y, const float *eout, const float *selw, co
     }
 }
 
+static int launch_combine(lm_backend *be) {
+    cuda_impl *im = impl_of(be);
+    size_t total = (size_t)im->pend.rows * (size_t)im->pend.dim;
+    tim_begin(im);
+    k_moe_combine<<<ew_blocks(total), EW_THREADS, 0, im->stream>>>(im->pend.y, im->pend.eout, im->pend.selw,
+                                                                  im->pend.shared, im->pend.rows, im->pend.n_kv,
+                                                                  im->pend.dim);
+    return launched(be, "moe_combine");
+}
+
+/* Held back: the residual add and the next norm usually join it. */
 static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const float *selw, const float *shared, int n,
                             int top_k, int width) {
+    cuda_impl *im = impl_of(be);
+    if (flush_pending(be) != 0) return -1;
     if (n <= 0 || width <= 0) return 0;
-    tim_begin(impl_of(be));
-    k_moe_combine<<<ew_blocks((size_t)n * (size_t)width), EW_THREADS, 0, impl_of(be)->stream>>>(
-        y, eout, selw, shared, n, top_k, width);
-    return launched(be, "moe_combine");
+    im->pend.kind = PEND_COMBINE;
+    im->pend.y = y;
+    im->pend.eout = eout;
+    im->pend.selw = selw;
+    im->pend.shared = shared;
+    im->pend.rows = n;
+    im->pend.n_kv = top_k;
+    im->pend.dim = width;
+    if (im->simple) return flush_pending(be);
+    return 0;
 }
 
 /* ---- memory ------------------------------------------------------------------------------------------------ */
@@ -2273,6 +2541,133 @@ static int cuda_copy(lm_backend *be, void *dst, const void *src, size_t bytes) {
 static int cuda_sync(lm_backend *be) {
     CU(be, "sync", stream_wait(impl_of(be)));
     return 0;
+}
+
+/* ---- routing left on the device ----------------------------------------------------------------------------- */
+
+#define LATER_BYTES ((size_t)256 << 10)
+
+static int cuda_download_later(lm_backend *be, void *host_dst, const void *src, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!bytes) return 0;
+    size_t need = (bytes + 63) & ~(size_t)63;
+    if (!im->later || need > LATER_BYTES) return cuda_download(be, host_dst, src, bytes);
+    if (im->later_used + need > LATER_BYTES || im->n_later == (int)(sizeof im->later_q / sizeof im->later_q[0]))
+        CU(be, "download (making room)", stream_wait(im));
+    CU(be, "download", cudaMemcpyAsync(im->later + im->later_used, src, bytes, cudaMemcpyDeviceToHost, im->stream));
+    im->later_q[im->n_later].host = host_dst;
+    im->later_q[im->n_later].off = im->later_used;
+    im->later_q[im->n_later++].bytes = bytes;
+    im->later_used += need;
+    return 0;
+}
+
+/* A layer's experts as moe_routed reads them: per expert and matrix its weights, on
+ * the device; ok = 0 where the experts' matrices do not share one fast format and
+ * shape (the caller then routes on the host). */
+struct routed_table {
+    const lm_mat *key;
+    lm_mat first, last; /* the key's first and last views when the table was made */
+    int n_experts, ok, fmt[3];
+    mm_shape sh[3];
+    mm_desc *dev;
+    size_t bytes;
+};
+
+static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, int E) {
+    cuda_impl *im = impl_of(be);
+    /* the same array with the same first and last views: the same table (a host
+     * array reused for other experts is told apart by them; the engine's never is) */
+    for (int i = 0; i < im->n_rt; i++)
+        if (im->rt[i].key == mats && im->rt[i].n_experts == E && !memcmp(&im->rt[i].first, &mats[0], sizeof(lm_mat)) &&
+            !memcmp(&im->rt[i].last, &mats[3 * E - 1], sizeof(lm_mat)))
+            return &im->rt[i];
+    struct routed_table *grown = (struct routed_table *)realloc(im->rt, sizeof *grown * (size_t)(im->n_rt + 1));
+    if (!grown) {
+        lm_errf(be->err, "out of host memory for a routed expert table");
+        return NULL;
+    }
+    im->rt = grown;
+    struct routed_table *t = &im->rt[im->n_rt];
+    memset(t, 0, sizeof *t);
+    t->key = mats;
+    t->n_experts = E;
+    if (E > 0) {
+        t->first = mats[0];
+        t->last = mats[3 * E - 1];
+    }
+    mm_desc *host = (mm_desc *)malloc(sizeof(mm_desc) * 3 * (size_t)E);
+    if (!host) {
+        lm_errf(be->err, "out of host memory for a routed expert table");
+        return NULL;
+    }
+    int ok = E > 0;
+    for (int m = 0; m < 3 && ok; m++)
+        for (int e = 0; e < E && ok; e++) {
+            wdesc d;
+            if (weight_view(be, &mats[3 * e + m], &d) != 0) {
+                free(host);
+                return NULL;
+            }
+            int fmt = fast_format(&d);
+            mm_shape sh = {d.rows, d.cols, d.group_size, d.qdtype, d.row_bytes};
+            if (e == 0) {
+                t->fmt[m] = fmt;
+                t->sh[m] = sh;
+            }
+            ok = fmt != FMT_NONE && fmt == t->fmt[m] && sh.rows == t->sh[m].rows && sh.cols == t->sh[m].cols &&
+                 sh.group_size == t->sh[m].group_size && sh.qdtype == t->sh[m].qdtype &&
+                 sh.row_bytes == t->sh[m].row_bytes && d.dtype == mats[m].dtype && d.bits == mats[m].bits;
+            host[3 * e + m].data = d.data;
+            host[3 * e + m].scales = d.scales;
+            host[3 * e + m].biases = d.biases;
+        }
+    ok = ok && t->fmt[0] == t->fmt[1] && t->sh[0].rows == t->sh[1].rows && t->sh[0].cols == t->sh[1].cols &&
+         t->sh[0].group_size == t->sh[1].group_size && t->sh[0].qdtype == t->sh[1].qdtype &&
+         t->sh[2].cols == t->sh[0].rows && t->sh[2].rows == t->sh[0].cols;
+    /* no room for the table under the memory cap (a budget that just holds every
+     * expert): the host routes this layer, which gives the same numbers */
+    if (ok) {
+        t->bytes = sizeof(mm_desc) * 3 * (size_t)E;
+        if (mem_take(be, t->bytes, "a routed expert table") != 0) {
+            ok = 0;
+            t->bytes = 0;
+        }
+    }
+    if (ok) {
+        cudaError_t e = cudaMalloc((void **)&t->dev, t->bytes);
+        if (e == cudaSuccess) e = cudaMemcpy(t->dev, host, t->bytes, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            cudaGetLastError(); /* out of memory is not sticky; a real fault shows at the next op */
+            if (t->dev) cudaFree(t->dev);
+            t->dev = NULL;
+            mem_give(im, t->bytes);
+            t->bytes = 0;
+            ok = 0;
+        }
+    }
+    free(host);
+    t->ok = ok;
+    im->n_rt++;
+    return t;
+}
+
+static int cuda_moe_routed(lm_backend *be, float *eout, const lm_mat *mats, int E, const int32_t *sel, const float *h,
+                           int n, int K, float *g, float *u) {
+    cuda_impl *im = impl_of(be);
+    if (im->simple || im->no_routed || n < 1 || n > LM_ROUTED_MAX_TOKENS || K < 1) return 1;
+    struct routed_table *t = routed_table_of(be, mats, E);
+    if (!t) return -1;
+    if (!t->ok || (uintptr_t)h % 16 || (uintptr_t)g % 16 || (uintptr_t)u % 16) return 1;
+    unsigned R = (unsigned)(n * K);
+    tim_begin(im);
+    routed_swiglu_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)t->sh[0].rows, GV_WARPS * GV_ROWS), R), GV_WARPS * 32,
+                                         0, im->stream>>>(t->sh[0], t->dev, sel, h, K, g, u);
+    if (launched(be, "routed gate+up+swiglu") != 0) return -1;
+    tim_begin(im);
+    routed_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)t->sh[2].rows, GV_WARPS * GV_ROWS), R, 1), GV_WARPS * 32, 0,
+                                  im->stream>>>(t->sh[2], t->dev, 2, sel, g, 1, eout, NULL);
+    return launched(be, "routed down");
 }
 
 /* ---- the expert tier's uploads ------------------------------------------------------------------------ */
@@ -2356,6 +2751,10 @@ static void cuda_destroy(lm_backend *be) {
         free(im->tev);
         free(im->tname);
         if (im->stage) cudaFreeHost(im->stage);
+        if (im->later) cudaFreeHost(im->later);
+        for (int i = 0; i < im->n_rt; i++)
+            if (im->rt[i].dev) cudaFree(im->rt[i].dev);
+        free(im->rt);
         for (int i = 0; i < 2; i++)
             if (im->stage_ev[i]) cudaEventDestroy(im->stage_ev[i]);
         for (size_t i = 0; i < im->w_cap; i++)
@@ -2385,8 +2784,8 @@ static const lm_backend_ops cuda_ops = {
     /* .matmul = */ FLUSHED(cuda_matmul),
     /* .matmul_batch = */ FLUSHED(cuda_matmul_batch),
     /* .embed = */ FLUSHED(cuda_embed),
-    /* .rmsnorm = */ cuda_rmsnorm,
-    /* .add = */ cuda_add,
+    /* .rmsnorm = */ TIMED(cuda_rmsnorm),
+    /* .add = */ TIMED(cuda_add),
     /* .add_rows = */ FLUSHED(cuda_add_rows),
     /* .clamp = */ FLUSHED(cuda_clamp),
     /* .copy_rows = */ FLUSHED(cuda_copy_rows),
@@ -2394,13 +2793,13 @@ static const lm_backend_ops cuda_ops = {
     /* .swiglu = */ FLUSHED(cuda_swiglu),
     /* .swiglu_clamped = */ FLUSHED(cuda_swiglu_clamped),
     /* .swiglu_clamped_split = */ FLUSHED(cuda_swiglu_clamped_split),
-    /* .rope = */ cuda_rope,
-    /* .kv_store = */ cuda_kv_store,
+    /* .rope = */ TIMED(cuda_rope),
+    /* .kv_store = */ TIMED(cuda_kv_store),
     /* .attention = */ FLUSHED(cuda_attention),
     /* .route = */ FLUSHED(cuda_route),
-    /* .gather_rows = */ cuda_gather_rows,
-    /* .scatter_rows = */ cuda_scatter_rows,
-    /* .moe_combine = */ FLUSHED(cuda_moe_combine),
+    /* .gather_rows = */ TIMED(cuda_gather_rows),
+    /* .scatter_rows = */ TIMED(cuda_scatter_rows),
+    /* .moe_combine = */ TIMED(cuda_moe_combine),
     /* .weights_changed = */ cuda_forget,
     /* .destroy = */ cuda_destroy,
     /* .upload_async = */ FLUSHED(cuda_upload_async),
@@ -2410,6 +2809,8 @@ static const lm_backend_ops cuda_ops = {
     /* .unpin_host = */ FLUSHED(cuda_unpin_host),
     /* .memory_info = */ FLUSHED(cuda_memory_info),
     /* .set_memory_limit = */ cuda_set_memory_limit,
+    /* .moe_routed = */ FLUSHED(cuda_moe_routed),
+    /* .download_later = */ FLUSHED(cuda_download_later),
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
@@ -2449,8 +2850,14 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
         cudaGetLastError();
         im->stage = NULL;
     }
+    if (cudaMallocHost((void **)&im->later, LATER_BYTES) != cudaSuccess) { /* download_later then waits */
+        cudaGetLastError();
+        im->later = NULL;
+    }
     const char *k = getenv("LAZYMOE_CUDA_KERNELS");
     if (k && !strcmp(k, "simple")) im->simple = 1;
+    const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
+    if (ro && !strcmp(ro, "0")) im->no_routed = 1;
     const char *t = getenv("LAZYMOE_CUDA_TIMING");
     if (t && !strcmp(t, "1")) {
         im->tev = (cudaEvent_t *)calloc(2 * TIM_CAP, sizeof *im->tev);
