@@ -26,6 +26,9 @@ extern "C" {
 #endif
 
 #define LAZYMOE_VERSION "0.1.0"
+/* Default lookahead gate (lazymoe_options.lookahead_gate): a layer's lookahead reads go
+ * out while at least half of them are used (bench/RESULTS.md, issue 20). */
+#define LAZYMOE_LOOKAHEAD_GATE 0.5
 
 typedef struct lazymoe_model lazymoe_model;
 typedef struct lazymoe_session lazymoe_session;
@@ -98,6 +101,13 @@ typedef struct {
      * decide what is read early; every routed expert is still computed exactly.
      * 0 = off. */
     int lookahead;
+    /* Lookahead reads of a layer are issued only while at least this share of them is
+     * routed to (measured per layer over the last ~32 steps, on the predictions held
+     * back too, so a layer whose predictions improve opens again): the router's
+     * prediction gets worse with depth on some models, and a read nobody uses costs as
+     * much as a miss. lazymoe_options_init sets LAZYMOE_LOOKAHEAD_GATE; 0 = every
+     * prediction is read. */
+    double lookahead_gate;
     /* KV cache precision: 16 (default, IEEE half), 32 (f32) or 8 (int8 with one
      * scale per position and KV head); 0 = default. */
     int kv_bits;

@@ -28,6 +28,7 @@ typedef struct {
 /* Logits of ids over the prompt, then 12 greedy tokens, at a given capacity. */
 static int warm_runs; /* 1: let runs use the popularity history (warm start) */
 static int lookahead_n; /* router lookahead of the runs (0 = off) */
+static double lookahead_gate_runs; /* its gate (0: every prediction read) */
 static uint64_t chunk_bytes; /* largest read request of the runs (0 = default) */
 static int pin_n;            /* experts pinned per layer (0 = none) */
 /* Called on the model of a run before it closes (NULL = none). */
@@ -43,6 +44,7 @@ static int run(const char *dir, int capacity, int buffered, const int32_t *ids, 
     o.buffered_io = buffered;
     o.io_threads = 3;
     o.lookahead = lookahead_n;
+    o.lookahead_gate = lookahead_gate_runs;
     o.io_chunk_bytes = chunk_bytes;
     o.pin_experts = pin_n;
     o.act_bits = act_bits_runs;
@@ -169,6 +171,17 @@ static void lookahead_bit_identical(void) {
                        (unsigned long long)r.st.prefetch_used, (unsigned long long)r.st.prefetch_cancelled);
                 free(r.logits);
             }
+            /* With the default gate (layers open and close as their reads are used or not),
+             * the same logits and ids. */
+            lookahead_n = 8;
+            lookahead_gate_runs = LAZYMOE_LOOKAHEAD_GATE;
+            run_result g = {0};
+            CHECKF(run(dirs[d], caps[d], 0, IDS, NIDS, &g, err) == 0, "gated lookahead: %s", err);
+            CHECKF(g.logits && ref.logits && memcmp(g.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0,
+                   "%s gated lookahead: logits differ from resident", dirs[d]);
+            CHECKF(memcmp(g.gen, ref.gen, sizeof g.gen) == 0, "%s gated lookahead: greedy ids differ", dirs[d]);
+            lookahead_gate_runs = 0;
+            free(g.logits);
             free(ref.logits);
         }
     }

@@ -2,6 +2,7 @@
  * hand-made traces whose right answers are worked out in the comments, plus the demo
  * model's recorded trace against figures the real cache measured. */
 #include "common/error.h"
+#include "experts/lookahead_gate.h"
 #include "experts/policy.h"
 #include "experts/replay.h"
 #include "experts/trace.h"
@@ -256,11 +257,74 @@ static void merged_streams(void) {
     CHECK(strstr(err, "7 streams") != NULL);
 }
 
+/* The gate alone: closed until it has LM_LOOKAHEAD_GATE_EVIDENCE decayed reads, open
+ * while at least the threshold of them was used, closed again when the share falls;
+ * steps with nothing to read change nothing; threshold 0 is always open. */
+static void lookahead_gate_arithmetic(void) {
+    char err[LM_ERR_LEN];
+    lm_lookahead_gate g;
+    CHECK(lm_lookahead_gate_init(&g, 2, 0.5, err) == 0);
+    CHECK(!lm_lookahead_gate_open(&g, 0) && !lm_lookahead_gate_open(&g, 1));
+    int k = 0;
+    while (!lm_lookahead_gate_open(&g, 0) && k < 100) lm_lookahead_gate_observe(&g, 0, 1, 1), k++;
+    CHECKF(k == 10, "opened after %d observations, expected 10 (32 (1 - (31/32)^k) >= 8)", k);
+    CHECK(!lm_lookahead_gate_open(&g, 1)); /* layers are separate */
+    lm_lookahead_gate_observe(&g, 0, 0, 0);
+    CHECK(lm_lookahead_gate_open(&g, 0));
+    /* Unused reads: the decayed share (1 - (31/32)^n of the old weight kept) falls
+     * under one half after a few steps of 4 unused reads. */
+    int n = 0;
+    while (lm_lookahead_gate_open(&g, 0) && n < 100) lm_lookahead_gate_observe(&g, 0, 4, 0), n++;
+    CHECKF(n >= 1 && n <= 4, "closed after %d bad steps", n);
+    /* Half used is enough. */
+    for (int i = 0; i < 200; i++) lm_lookahead_gate_observe(&g, 1, 2, 1);
+    CHECK(lm_lookahead_gate_open(&g, 1));
+    lm_lookahead_gate_free(&g);
+    CHECK(lm_lookahead_gate_init(&g, 1, 0, err) == 0);
+    CHECK(lm_lookahead_gate_open(&g, 0));
+    lm_lookahead_gate_free(&g);
+}
+
+/* Two layers of 8 experts, top-1, 2 slots, 64 tokens cycling through the experts (so no
+ * expert is cached when it comes back), every token counted. Layer 0's predictions are
+ * right, layer 1's always wrong. Ungated, both layers read every prediction: layer 0 hits
+ * at every token, layer 1's reads are all wasted. Gated at one half, layer 1 never reads
+ * (its held-back predictions are never used) and layer 0 reads from token 10 on (after 10
+ * observations of evidence, lookahead_gate_arithmetic), every read used. */
+static void lookahead_gated_replay(void) {
+    char err[LM_ERR_LEN];
+    enum { T = 64 };
+    int32_t ids[T * 2], pred[T * 2];
+    for (int t = 0; t < T; t++) {
+        ids[2 * t] = ids[2 * t + 1] = t % 8;
+        pred[2 * t] = t % 8;
+        pred[2 * t + 1] = (t + 4) % 8;
+    }
+    lm_trace_data d = {.n_layers = 2, .n_experts = 8, .top_k = 1, .n_tokens = T, .ids = ids};
+    lm_trace_data p = d;
+    p.ids = pred;
+    lm_replay_options o = {.policy = LM_EVICT_LCP, .capacity = 2, .lookahead = 1};
+    lm_replay_result r;
+    CHECKF(lm_replay(&d, &p, NULL, &o, &r, err) == 0, "%s", err);
+    CHECK_EQ_INT(r.prefetched, 2 * T);
+    CHECK_EQ_INT(r.prefetch_used, T);
+    CHECK_EQ_INT(r.hits, T);
+    CHECK_EQ_INT(r.misses, T);
+    o.gate = 0.5;
+    CHECKF(lm_replay(&d, &p, NULL, &o, &r, err) == 0, "%s", err);
+    CHECK_EQ_INT(r.prefetched, T - 10);
+    CHECK_EQ_INT(r.prefetch_used, T - 10);
+    CHECK_EQ_INT(r.hits, T - 10);
+    CHECK_EQ_INT(r.misses, T + 10);
+}
+
 int main(void) {
     TEST_CASE("replay_belady_cycle", belady_cycle);
     TEST_CASE("replay_belady_bounds_policies", belady_bounds_policies);
     TEST_CASE("replay_lookahead_exact", lookahead_exact);
     TEST_CASE("replay_lookahead_guard", lookahead_guard);
+    TEST_CASE("lookahead_gate_arithmetic", lookahead_gate_arithmetic);
+    TEST_CASE("replay_lookahead_gated", lookahead_gated_replay);
     TEST_CASE("replay_pinning", pinning);
     TEST_CASE("replay_shared_pool", shared_pool);
     TEST_CASE("replay_bad_options", bad_options);

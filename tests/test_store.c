@@ -121,6 +121,8 @@ static fault F = {.mu = PTHREAD_MUTEX_INITIALIZER};
 /* ---- models and runs ---------------------------------------------------------------- */
 
 /* capacity -1: resident. */
+static double gate_runs; /* lookahead gate of open_model's runs */
+
 static int open_model(const char *dir, int capacity, int buffered, lazymoe_model **m, char *err) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -130,6 +132,7 @@ static int open_model(const char *dir, int capacity, int buffered, lazymoe_model
     o.buffered_io = buffered;
     o.io_threads = 3;
     o.io_chunk_bytes = CHUNK;
+    o.lookahead_gate = gate_runs; /* 0 unless set: the faults are the subject */
     lm_io io = {faulty_read, &F};
     return lm_engine_open_io(m, dir, &o, &io, err);
 }
@@ -433,6 +436,50 @@ static void background_read_faults(void) {
     lm_engine_close(res);
 }
 
+/* The cache's lookahead gate (lookahead_gate.h): layer 0's predictions are always what
+ * the step routes to, layer 1's never. Each step predicts and uses an expert that is not
+ * cached (the cycle is longer than the 2 slots). Both layers start closed and measure the
+ * predictions they hold back; layer 0 opens once it has the evidence and then reads its
+ * predictions, layer 1 never reads one. The reads are real: the expert read ahead is a
+ * hit with the resident weights. */
+static void lookahead_gate_opens_and_stays_shut(void) {
+    char err[LM_ERR_LEN] = "";
+    lazymoe_model *res, *m;
+    fault_set(&F, F_NONE, -1, -1, 1, -1);
+    gate_runs = 0.5;
+    CHECKF(open_model(MODEL, -1, 1, &res, err) == 0, "%s", err);
+    CHECKF(open_model(MODEL, 2, 1, &m, err) == 0, "%s", err);
+    gate_runs = 0;
+    if (!res || !m) return;
+    lm_expert_cache *c = m->cache;
+    int E = m->w.cfg.n_experts, first_open = -1, layer1_reads = 0;
+    for (int t = 0; t < 40; t++) {
+        int32_t e0 = t % E, wrong = (t + E / 2) % E, e1 = e0;
+        lm_cache_begin_step(c);
+        int q0 = lm_cache_prefetch_lookahead(c, 0, &e0, 1);
+        layer1_reads += lm_cache_prefetch_lookahead(c, 1, &wrong, 1);
+        if (q0 && first_open < 0) first_open = t;
+        CHECKF(first_open < 0 || q0, "layer 0 closed again at step %d", t);
+        uint8_t st[1];
+        CHECK(lm_cache_acquire(c, 0, &e0, 1, st) == 1);
+        CHECKF(st[0] == (q0 ? 1 : 2), "step %d: layer 0 status %d with %d read ahead", t, st[0], q0);
+        lm_expert v;
+        CHECKF(lm_cache_wait(c, 0, e0, &v, err) == 0, "%s", err);
+        CHECK(memcmp(v.gate.data, res->w.layers[0].experts[e0].gate.data, lm_mat_bytes(&v.gate)) == 0);
+        lm_cache_release_layer(c, 0);
+        CHECK(lm_cache_acquire(c, 1, &e1, 1, st) == 1);
+        CHECKF(lm_cache_wait(c, 1, e1, &v, err) == 0, "%s", err);
+        lm_cache_release_layer(c, 1);
+    }
+    /* The evidence is LM_LOOKAHEAD_GATE_EVIDENCE (8) decayed reads: 32 (1 - (31/32)^k) >= 8
+     * takes k = 10 observations of one read, and step t is observed when step t + 1
+     * begins, so step 10 is the first to read. */
+    CHECKF(first_open == 10, "layer 0 opened at step %d, expected 10", first_open);
+    CHECKF(layer1_reads == 0, "layer 1 read %d mispredicted experts", layer1_reads);
+    lm_engine_close(m);
+    lm_engine_close(res);
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-store-%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -447,6 +494,7 @@ int main(void) {
     TEST_CASE("store_short_and_slow_reads_are_exact", short_and_slow_reads_are_exact);
     TEST_CASE("store_resident_load_fault", resident_load_fault);
     TEST_CASE("store_background_read_faults", background_read_faults);
+    TEST_CASE("store_lookahead_gate", lookahead_gate_opens_and_stays_shut);
     free(reference);
     remove_dir(tmp);
     TEST_EXIT();

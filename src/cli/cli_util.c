@@ -162,6 +162,12 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         }
         else if (b < 4096 || b > (1ll << 30)) return cli_fail("--io-chunk expects a size from 4K to 1G"), -1;
         else o->io_chunk_bytes = (uint64_t)b;
+    } else if (!strcmp(s, "--lookahead-gate")) {
+        char *end = NULL;
+        double g = v ? strtod(v, &end) : -1;
+        if (!v || end == v || *end || !(g >= 0 && g <= 1))
+            return cli_fail("--lookahead-gate expects a share from 0 to 1 (0: every prediction is read)"), -1;
+        o->lookahead_gate = g;
     } else if (!strcmp(s, "--eviction")) {
         static const char *const names[] = {"lru", "lcp", "lfru", "lrfu", "stale"}; /* lazymoe_eviction order */
         int p = -1;

@@ -114,6 +114,8 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --no-warm-start    neither use nor update the expert popularity history\n"               \
     "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
     "                            attention runs (router lookahead; default 0 = off)\n"               \
+    "         --lookahead-gate X read a layer's predictions only while at least X of them are then\n"  \
+    "                            routed to (default 0.5; 0 = always)\n"                              \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
     "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
     "                            stated error) or 32 (f32, the reference numerics)\n"                 \

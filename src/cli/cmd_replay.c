@@ -12,7 +12,7 @@
 
 static const char replay_usage[] =
     "usage: lazymoe replay TRACE [--capacity N|P%]... [--policy P]... [--param X] [--belady]\n"
-    "                      [--lookahead-trace F --lookahead N [--no-guard]] [--history F --pin N]\n"
+    "                      [--lookahead-trace F --lookahead N [--no-guard] [--gate X]] [--history F --pin N]\n"
     "                      [--global] [--skip N] [--first N] [--tokens N] [--streams S] [--json]\n"
     "Replays a routing trace (lazymoe run --trace-routing, tools/train_routing_model.py) through\n"
     "the expert cache's rules and prints each policy's hit rate, counted after the first --skip\n"
@@ -25,6 +25,8 @@ static const char replay_usage[] =
     "                   its step (F: per token and layer, the lookahead's picks, best first)\n"
     "  --no-guard       a lookahead read may evict any predicted expert (the cache before\n"
     "                   it was made lookahead-aware)\n"
+    "  --gate X         read a layer's predictions only while at least X of its lookahead reads\n"
+    "                   (or, gated, the predictions not cached) were then used (lookahead_gate.h)\n"
     "  --history F, --pin N  pin each layer's N most used experts of trace F\n"
     "  --global         one pool of slots for all layers (per-layer adaptive capacity)\n"
     "  --first N        start at token N of the traces (default 0)\n"
@@ -62,7 +64,7 @@ static void print_result(int json, const char *name, double param, int cap, cons
         printf("  hit rate %6.2f%%  (%llu of %llu)  reads/token %6.2f", rate, (unsigned long long)r->hits,
                (unsigned long long)total, per_token);
         if (o->lookahead)
-            printf("  lookahead %d%s: %llu read, %llu used", o->lookahead, o->unguarded ? " unguarded" : "",
+            printf("  lookahead %d%s%s: %llu read, %llu used", o->lookahead, o->unguarded ? " unguarded" : "", o->gate > 0 ? " gated" : "",
                    (unsigned long long)r->prefetched, (unsigned long long)r->prefetch_used);
         if (o->pin) printf("  pinned %d", o->pin);
         if (o->global) printf("  shared pool");
@@ -76,7 +78,7 @@ int cmd_replay(int argc, char **argv) {
     int ncaps = 0, policies[MAX_LIST], npol = 0;
     int belady = 0, json = 0, unguarded = 0, global = 0, lookahead = 0, pin = 0, skip = 1, tokens = 0, first = 0;
     int streams = 1;
-    double param = 0;
+    double param = 0, gate = 0;
     cli_option opts[] = {
         {"--lookahead-trace", .str = &pred_path, .what = "a file"},
         {"--history", .str = &hist_path, .what = "a file"},
@@ -103,6 +105,14 @@ int cmd_replay(int argc, char **argv) {
             i += used - 1;
             continue;
         }
+        if (!strcmp(a, "--gate")) {
+            char *end = NULL;
+            gate = v ? strtod(v, &end) : 0;
+            if (!v || end == v || *end || !(gate > 0 && gate <= 1))
+                return cli_fail("--gate expects the share of lookahead reads used, in (0, 1]"), 2;
+            i++;
+            continue;
+        }
         if (!strcmp(a, "--capacity") || !strcmp(a, "--policy") || !strcmp(a, "--param")) {
             if (!v) return cli_fail("%s needs a value", a), 2;
             i++;
@@ -124,6 +134,7 @@ int cmd_replay(int argc, char **argv) {
     }
     if (!trace) return cli_fail("%s", replay_usage), 2;
     if (lookahead && !pred_path) return cli_fail("--lookahead needs --lookahead-trace"), 2;
+    if (gate > 0 && !lookahead) return cli_fail("--gate needs --lookahead"), 2;
     if (pin && !hist_path) return cli_fail("--pin needs --history"), 2;
     if (!npol) {
         for (int p = 0; p < LM_EVICT_COUNT; p++) policies[npol++] = p;
@@ -193,7 +204,7 @@ int cmd_replay(int argc, char **argv) {
         printf("%d streams decoded together: each step reads the union of their experts once\n", streams);
     const uint64_t generated = (uint64_t)(routes.n_tokens - skip) * (uint64_t)streams;
     for (int c = 0; c < ncaps; c++) {
-        lm_replay_options o = {.capacity = capv[c], .lookahead = lookahead, .unguarded = unguarded, .pin = pin,
+        lm_replay_options o = {.capacity = capv[c], .lookahead = lookahead, .gate = gate, .unguarded = unguarded, .pin = pin,
                                .skip = skip, .global = global, .param = param};
         lm_replay_result r;
         for (int i = 0; i < npol; i++) {

@@ -459,6 +459,7 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
                                .io_threads = m->opt.io_threads,
                                .chunk_bytes = m->opt.io_chunk_bytes,
                                .policy = (lm_evict_policy)m->opt.eviction,
+                               .lookahead_gate = m->opt.lookahead_gate,
                                .verbose = m->opt.verbose};
         if (m->opt.pin_experts > 0 && capacity - m->opt.pin_experts < m->w.cfg.top_k) {
             lm_errf(e, "--pin %d leaves %d of the %d cache slots per layer for the other experts, fewer than the %d "

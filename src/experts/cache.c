@@ -15,6 +15,7 @@
  * step that needs it.
  */
 #include "experts/cache.h"
+#include "experts/lookahead_gate.h"
 
 #include "common/error.h"
 #include "platform/platform.h"
@@ -43,6 +44,9 @@ typedef struct {
     uint8_t *busy;          /* [capacity] acquired by this step */
     uint8_t *blocked;       /* [capacity] busy, pinned, or a read still in flight: not evictable */
     uint8_t *speculative;   /* [capacity] filled by a lookahead read and not routed to since */
+    uint8_t *shadow;        /* [E] predicted for this step and not cached, but not read: the
+                             * lookahead gate was closed (measures what the reads would give) */
+    int ahead, ahead_used;  /* this step's lookahead reads (or shadow ones) and of them routed to */
     uint8_t *pinned;        /* [capacity] holds a pinned expert: never evicted */
     int n_pinned;
     uint32_t *reads;        /* [E] times each expert was queued for reading */
@@ -70,6 +74,7 @@ struct lm_expert_cache {
     lm_cache_options opt;
     layer_cache *layers;
     uint64_t step;
+    lm_lookahead_gate gate;
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
     io_item *queue; /* demand reads: the step is waiting for them */
@@ -176,6 +181,7 @@ int lm_cache_create(lm_expert_cache **out, const lm_expert_store *store, const l
     c->bgcap = cfg->n_layers * c->opt.capacity * max_requests + 16;
     c->bg = malloc(sizeof(io_item) * (size_t)c->bgcap);
     if (!c->layers || !c->queue || !c->bg) goto oom;
+    if (lm_lookahead_gate_init(&c->gate, cfg->n_layers, c->opt.lookahead_gate, err) != 0) goto fail;
     for (int l = 0; l < cfg->n_layers; l++) {
         layer_cache *lc = &c->layers[l];
         if (!w->layers[l].is_moe) continue;
@@ -189,6 +195,7 @@ int lm_cache_create(lm_expert_cache **out, const lm_expert_store *store, const l
         lc->busy = calloc((size_t)cap, 1);
         lc->blocked = calloc((size_t)cap, 1);
         lc->speculative = calloc((size_t)cap, 1);
+        lc->shadow = calloc((size_t)E, 1);
         lc->pinned = calloc((size_t)cap, 1);
         lc->reads = calloc((size_t)E, sizeof(uint32_t));
         lc->uses = calloc((size_t)E, sizeof(float));
@@ -199,7 +206,7 @@ int lm_cache_create(lm_expert_cache **out, const lm_expert_store *store, const l
         lc->errmsg = calloc((size_t)cap, LM_ERR_LEN);
         lc->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         lc->acquired = malloc(sizeof(int32_t) * (size_t)cap);
-        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->pinned || !lc->reads || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->background || !lc->errmsg || !lc->expert_slot ||
+        if (!lc->slot_expert || !lc->busy || !lc->blocked || !lc->speculative || !lc->shadow || !lc->pinned || !lc->reads || !lc->uses || !lc->pending || !lc->requests || !lc->failed || !lc->background || !lc->errmsg || !lc->expert_slot ||
             !lc->acquired)
             goto oom;
         for (int s = 0; s < cap; s++) lc->slot_expert[s] = -1;
@@ -240,6 +247,7 @@ void lm_cache_free(lm_expert_cache *c) {
             free(lc->busy);
             free(lc->blocked);
             free(lc->speculative);
+            free(lc->shadow);
             free(lc->pinned);
             free(lc->reads);
             free(lc->uses);
@@ -253,6 +261,7 @@ void lm_cache_free(lm_expert_cache *c) {
             lm_usage_free(&lc->usage);
         }
     free(c->layers);
+    lm_lookahead_gate_free(&c->gate);
     free(c->queue);
     free(c->bg);
     pthread_mutex_destroy(&c->mu);
@@ -389,7 +398,17 @@ static int read_failed(layer_cache *lc, int s) {
     return atomic_load(&lc->pending[s]) == 0 && atomic_load(&lc->failed[s]) != 0;
 }
 
-void lm_cache_begin_step(lm_expert_cache *c) { c->step++; }
+void lm_cache_begin_step(lm_expert_cache *c) {
+    /* The step that ended is each layer's one observation for the lookahead gate. */
+    for (int l = 0; l < c->w->cfg.n_layers; l++) {
+        layer_cache *lc = &c->layers[l];
+        if (!lc->ahead) continue;
+        lm_lookahead_gate_observe(&c->gate, l, lc->ahead, lc->ahead_used);
+        memset(lc->shadow, 0, (size_t)c->w->cfg.n_experts);
+        lc->ahead = lc->ahead_used = 0;
+    }
+    c->step++;
+}
 
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
     layer_cache *lc = &c->layers[l];
@@ -400,12 +419,13 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         int s = lc->expert_slot[need[i]];
         status[i] = 0;
         lc->uses[need[i]] += 1.0f;
+        if (lc->shadow[need[i]]) lc->ahead_used++, lc->shadow[need[i]] = 0;
         if (s >= 0 && !lc->busy[s] && !read_failed(lc, s)) {
             lc->busy[s] = 1;
             lc->acquired[lc->n_acquired++] = s;
             status[i] = 1;
             lc->hits++;
-            if (lc->speculative[s]) lc->prefetch_used++;
+            if (lc->speculative[s]) lc->prefetch_used++, lc->ahead_used++;
             lc->speculative[s] = 0;
             lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
             got++;
@@ -555,6 +575,13 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
     int queued = 0, n_requests = 0;
+    if (!lm_lookahead_gate_open(&c->gate, l)) {
+        /* Gate closed: nothing is read; the predictions not cached are remembered, to
+         * count at the layer's step whether they would have been used. */
+        for (int i = 0; i < n; i++)
+            if (lc->expert_slot[experts[i]] < 0 && !lc->shadow[experts[i]]) lc->shadow[experts[i]] = 1, lc->ahead++;
+        return 0;
+    }
     pthread_mutex_lock(&c->mu);
     mark_blocked(lc);
     /* Lookahead-aware: a read for a predicted expert evicts another predicted expert
@@ -582,6 +609,7 @@ int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *expert
         /* In front of the warm start: the next layer is about to need these. */
         n_requests += queue_expert(c, l, s, e, TO_BG_FRONT, 1);
         lc->prefetched++;
+        lc->ahead++;
         queued++;
     }
     wake_readers(c, n_requests);

@@ -55,6 +55,8 @@ typedef struct {
     int io_threads;     /* reader threads (queue depth); 0 = LM_CACHE_IO_THREADS */
     uint64_t chunk_bytes; /* parts longer than this are read in several requests; 0 = LM_CACHE_CHUNK_BYTES */
     lm_evict_policy policy;
+    double lookahead_gate; /* lookahead reads of a layer only while at least this share of
+                            * them is used (lookahead_gate.h); 0 = always */
     int verbose;
 } lm_cache_options;
 

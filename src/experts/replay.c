@@ -7,6 +7,7 @@
  * the token number + 1 as their step, like cache.c.
  */
 #include "experts/replay.h"
+#include "experts/lookahead_gate.h"
 
 #include "common/error.h"
 
@@ -20,6 +21,7 @@ typedef struct {
     uint8_t *blocked;  /* [nslots] not evictable now: used by this step, pinned, or a read in flight */
     uint8_t *pinned;   /* [nslots] */
     uint8_t *spec;     /* [nslots] filled by this step's lookahead */
+    uint8_t *shadow;   /* [nkeys] predicted for this step, not cached, not read: the gate was closed */
     int32_t *key_slot; /* [nkeys] slot or -1 */
     lm_usage usage;    /* over keys */
 } pool;
@@ -37,6 +39,7 @@ static void pool_free(pool *p) {
     free(p->blocked);
     free(p->pinned);
     free(p->spec);
+    free(p->shadow);
     free(p->key_slot);
     lm_usage_free(&p->usage);
     memset(p, 0, sizeof *p);
@@ -50,8 +53,9 @@ static int pool_init(pool *p, int nslots, int nkeys, double param, char *err) {
     p->blocked = calloc((size_t)nslots, 1);
     p->pinned = calloc((size_t)nslots, 1);
     p->spec = calloc((size_t)nslots, 1);
+    p->shadow = calloc((size_t)nkeys, 1);
     p->key_slot = malloc(sizeof *p->key_slot * (size_t)nkeys);
-    if (!p->slot_key || !p->blocked || !p->pinned || !p->spec || !p->key_slot ||
+    if (!p->slot_key || !p->blocked || !p->pinned || !p->spec || !p->shadow || !p->key_slot ||
         lm_usage_init(&p->usage, nkeys, err) != 0) {
         pool_free(p);
         return lm_errf(err, "out of memory for the replay");
@@ -138,7 +142,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
     if (o->capacity < K || (!o->global && o->capacity > E))
         return lm_errf(err, "capacity %d per layer: it must be between top_k %d and the %d experts", o->capacity, K, E);
     if (o->policy < 0 || o->policy >= LM_EVICT_COUNT) return lm_errf(err, "unknown eviction policy %d", (int)o->policy);
-    if (o->lookahead < 0 || o->pin < 0 || o->skip < 0) return lm_errf(err, "negative replay option");
+    if (o->lookahead < 0 || o->pin < 0 || o->skip < 0 || o->gate < 0) return lm_errf(err, "negative replay option");
     if (o->belady && o->lookahead) return lm_errf(err, "Belady's MIN is computed without lookahead");
     if (o->lookahead) {
         if (!predicted) return lm_errf(err, "lookahead needs a lookahead trace (predicted experts)");
@@ -161,11 +165,13 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
     int rc = -1;
     pool *pools = calloc((size_t)npools, sizeof *pools);
     future f = {0};
+    lm_lookahead_gate gate = {0};
     int32_t *counts = NULL, *order = NULL;
     if (!pools) return lm_errf(err, "out of memory for the replay");
     for (int i = 0; i < npools; i++)
         if (pool_init(&pools[i], o->global ? o->capacity * n_moe : o->capacity, nkeys, o->param, err) != 0) goto done;
     size_t per_token = (size_t)L * (size_t)K;
+    if (o->lookahead && lm_lookahead_gate_init(&gate, L, o->gate, err) != 0) goto done;
     if (o->belady) {
         /* Global keys (layer x E + expert) for the future in both layouts; a per-layer
          * pool looks its expert up as layer x E + expert too. */
@@ -235,7 +241,16 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
             pool *p = &pools[o->global ? 0 : l];
             const int base = o->global ? l * E : 0;
             const int64_t tnow = (int64_t)t * L + l;
-            if (o->lookahead) {
+            int ahead = 0, ahead_used = 0; /* lookahead reads issued (or held back) for this step, used */
+            if (o->lookahead && !lm_lookahead_gate_open(&gate, l)) {
+                /* Gate closed: no reads; the predictions not cached are remembered to
+                 * measure whether they would have been used. */
+                int n = o->lookahead < predicted->top_k ? o->lookahead : predicted->top_k;
+                const int32_t *pred = predicted->ids + (size_t)t * (size_t)predicted->n_layers * (size_t)predicted->top_k +
+                                      (size_t)l * (size_t)predicted->top_k;
+                for (int i = 0; i < n && pred[i] >= 0; i++)
+                    if (p->key_slot[base + pred[i]] < 0 && !p->shadow[base + pred[i]]) p->shadow[base + pred[i]] = 1, ahead++;
+            } else if (o->lookahead) {
                 int n = o->lookahead < predicted->top_k ? o->lookahead : predicted->top_k;
                 const int32_t *pred = predicted->ids + (size_t)t * (size_t)predicted->n_layers * (size_t)predicted->top_k +
                                       (size_t)l * (size_t)predicted->top_k;
@@ -258,6 +273,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
                     if (s < 0) break;
                     place(p, s, key);
                     p->blocked[s] = p->spec[s] = 1; /* a read in flight */
+                    ahead++;
                     if (counted) r->prefetched++;
                 }
             }
@@ -266,6 +282,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
                 int s = p->key_slot[base + need[k]];
                 if (s < 0) continue;
                 p->blocked[s] = 1;
+                ahead_used += p->spec[s];
                 if (counted) {
                     r->hits++;
                     r->prefetch_used += p->spec[s];
@@ -276,6 +293,7 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
             for (int k = 0; k < K && need[k] >= 0; k++) {
                 int key = base + need[k];
                 if (p->key_slot[key] >= 0) continue;
+                ahead_used += p->shadow[key];
                 int s = o->belady ? belady_victim(p, &f, o->global ? 0 : l * E, tnow)
                                   : lm_policy_victim(o->policy, &p->usage, p->slot_key, p->blocked, p->nslots, now);
                 if (s < 0) {
@@ -292,12 +310,17 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
                 p->blocked[s] = p->pinned[s];
                 p->spec[s] = 0;
             }
+            if (o->lookahead) {
+                lm_lookahead_gate_observe(&gate, l, ahead, ahead_used);
+                memset(p->shadow + base, 0, (size_t)E);
+            }
         }
     }
     rc = 0;
 done:
     for (int i = 0; i < npools; i++) pool_free(&pools[i]);
     free(pools);
+    lm_lookahead_gate_free(&gate);
     free(f.when);
     free(f.start);
     free(f.cursor);

@@ -30,6 +30,8 @@ typedef struct {
     int belady;      /* 1: Belady's MIN instead of the policy (lookahead must be 0) */
     int capacity;    /* slots per MoE layer (>= top_k) */
     int lookahead;   /* predicted experts read before each layer's step; 0 = off */
+    double gate;     /* lookahead gated per layer (lookahead_gate.h) at this share of reads
+                      * used; 0 = every prediction read */
     int unguarded;   /* 1: a lookahead read may evict another predicted expert (the cache
                       * before it was made lookahead-aware); 0: never, as cache.c does */
     int pin;         /* experts per layer pinned before the first token: the most used

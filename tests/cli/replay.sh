@@ -49,9 +49,16 @@ check cli_replay_first_past_end $([ $rc -eq 1 ] && grep -q "past the trace" "$T/
 DEMO=models/demo-coder
 head -41 "$DEMO/routing/heldout.trace" >"$T/demo.trace"
 XDG_CACHE_HOME="$T/xdg" "$BIN" bench "$DEMO" --routing-trace "$T/demo.trace" --lookahead-trace "$T/demo.trace" \
-    --lookahead 4 --capacity 8 --prompt-tokens 1 --gen-tokens 24 --no-warm-start --json >"$T/out" 2>"$T/err"; rc=$?
+    --lookahead 4 --lookahead-gate 0 --capacity 8 --prompt-tokens 1 --gen-tokens 24 --no-warm-start --json >"$T/out" 2>"$T/err"; rc=$?
 check cli_bench_lookahead_trace $([ $rc -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
 sys.exit(0 if d['hit_rate'] == 1.0 and d['prefetched'] > 0 and d['prefetch_used'] == d['prefetched'] else 1)" "$T/out"; echo $?) \
+    "rc=$rc $(head -c 300 "$T/out") $(tail -2 "$T/err")"
+# With the default gate each layer first measures its held-back predictions for 10 steps,
+# then reads them (they are exact): fewer hits than ungated, every read used.
+XDG_CACHE_HOME="$T/xdg" "$BIN" bench "$DEMO" --routing-trace "$T/demo.trace" --lookahead-trace "$T/demo.trace" \
+    --lookahead 4 --capacity 8 --prompt-tokens 1 --gen-tokens 24 --no-warm-start --json >"$T/out" 2>"$T/err"; rc=$?
+check cli_bench_lookahead_trace_gated $([ $rc -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); \
+sys.exit(0 if d['hit_rate'] < 1.0 and d['prefetched'] > 0 and d['prefetch_used'] == d['prefetched'] else 1)" "$T/out"; echo $?) \
     "rc=$rc $(head -c 300 "$T/out") $(tail -2 "$T/err")"
 
 "$BIN" bench "$DEMO" --lookahead-trace "$T/demo.trace" --lookahead 4 --capacity 8 --gen-tokens 1 --no-warm-start \
