@@ -642,7 +642,7 @@ static int put_tokenizer(exporter *x, const char *dir) {
         if (json_is_string(pat)) regex = json_string_value(pat);
     }
     const char *pre = regex ? lm_gguf_pre_name(regex) : NULL;
-    if (!regex && json_is_true(json_object_get(pt, "use_regex"))) pre = "gpt2";
+    if (!regex && json_is_true(json_object_get(pt, "use_regex"))) pre = "gpt-2";
     if (!pre) {
         lm_errf(x->err, "%s/tokenizer.json: its pre-tokenizer matches none of llama.cpp's names lazymoe knows", dir);
         goto done;

@@ -34,6 +34,15 @@ static const struct {
      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
      "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
      0, 0},
+    /* Qwen3.5 / 3.6: marks (\p{M}) join letters; no NFC (a decomposed "é" stays two
+     * characters in the reference ids) */
+    {"qwen35",
+     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|"
+     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+     0, 0},
+    /* GPT-2's byte-level regex: "gpt-2" is llama.cpp's name (written by gguf_export);
+     * "gpt2" is read too, as files from older lazymoe builds say */
+    {"gpt-2", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
     {"gpt2", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
     {"default", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
 };
@@ -233,7 +242,10 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
     if (gguf_get_str(g, "tokenizer.ggml.pre", &pre, err) < 0) goto done;
     int pi = pre_index(pre ? pre : "default");
     if (pi < 0) {
-        lm_errf(err, "GGUF pre-tokenizer '%.60s' is not known to lazymoe (known: qwen2, llama-bpe, gpt-4o, gpt2)", pre);
+        char known[256] = "";
+        for (size_t i = 0, len = 0; i < N_PRE && len < sizeof known; i++)
+            len += (size_t)snprintf(known + len, sizeof known - len, "%s%s", i ? ", " : "", pre_table[i].name);
+        lm_errf(err, "GGUF pre-tokenizer '%.60s' is not known to lazymoe (known: %s)", pre, known);
         goto done;
     }
     err[0] = 0;

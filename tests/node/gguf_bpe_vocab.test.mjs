@@ -1,0 +1,100 @@
+// Byte-level BPE ("gpt2") vocabularies read from GGUF files (src/text/tokenizer_gguf.c:
+// tokenizer.ggml.pre names a split regex), checked as gguf_spm_tokenizer.test.mjs checks
+// SentencePiece ones: against the token ids llama.cpp's repository records for its test
+// strings (models/ggml-vocab-NAME.gguf.out, made with the Hugging Face tokenizers of those
+// models) and against llama.cpp itself (node-llama-cpp's prebuilt libllama) on the same
+// file. The vocabularies are llama.cpp's own test files, under the pre-tokenizer names
+// its converter writes: qwen2, llama-bpe (Llama 3), gpt-2, and qwen35 (Qwen3.5 / 3.6, the
+// qwen35moe family's), taken from the llama.cpp source that node-llama-cpp ships
+// (llama/gitRelease.bundle) with git.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ROOT, testCase, assert, lazymoe, done, execFileSync } from './harness.mjs';
+
+const nodeModules = process.env.LLAMACPP_NODE_MODULES || path.join(ROOT, 'tests', 'node', 'node_modules');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-gguf-bpe-'));
+const VOCABS = ['qwen2', 'llama-bpe', 'gpt-2', 'qwen35'];
+
+function extractVocabs() {
+  const bundle = path.join(nodeModules, 'node-llama-cpp', 'llama', 'gitRelease.bundle');
+  assert(fs.existsSync(bundle), `${bundle} is missing (npm install in tests/node)`);
+  const repo = path.join(tmp, 'llama.cpp.git');
+  execFileSync('git', ['init', '-q', '--bare', repo]);
+  execFileSync('git', ['--git-dir', repo, 'fetch', '-q', bundle, 'HEAD']);
+  const out = {};
+  for (const v of VOCABS) {
+    out[v] = {};
+    for (const ext of ['', '.inp', '.out']) {
+      const dst = path.join(tmp, `ggml-vocab-${v}.gguf${ext}`);
+      fs.writeFileSync(dst, execFileSync('git', ['--git-dir', repo, 'show', `FETCH_HEAD:models/ggml-vocab-${v}.gguf${ext}`],
+                                         { maxBuffer: 1 << 26 }));
+      out[v][ext || 'gguf'] = dst;
+    }
+  }
+  return out;
+}
+
+let llama = null;
+async function loadVocab(file) {
+  if (!llama) {
+    const { getLlama, LlamaLogLevel } = await import(path.join(nodeModules, 'node-llama-cpp', 'dist', 'index.js'));
+    llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, maxThreads: 2 });
+  }
+  return llama.loadModel({ modelPath: file, vocabOnly: true });
+}
+
+// lazymoe's encodings (no BOS) of texts, through `lazymoe tokenize FILE --jsonl -`
+function lazymoeEncode(file, texts) {
+  const input = texts.map((t, i) => JSON.stringify({ id: i, text: t })).join('\n') + '\n';
+  const r = lazymoe(['tokenize', file, '--jsonl', '-', '--no-special'], input);
+  assert(r.status === 0, `lazymoe tokenize failed: ${r.stderr}`);
+  return r.stdout.trim().split('\n').map((l) => {
+    const o = JSON.parse(l);
+    assert(o.ids, `lazymoe tokenize: ${l}`);
+    return o.ids;
+  });
+}
+
+const show = (s) => JSON.stringify(s.length > 60 ? s.slice(0, 60) + '...' : s);
+
+await testCase('gguf_bpe_vocab_against_reference_ids_and_llamacpp', async () => {
+  const vocabs = extractVocabs();
+  const heldout = fs.readFileSync(path.join(ROOT, 'models', 'demo-coder', 'heldout.txt'), 'utf8').slice(0, 3000);
+  for (const v of VOCABS) {
+    const f = vocabs[v];
+    const cases = fs.readFileSync(f['.inp'], 'utf8').split('\n__ggml_vocab_test__\n');
+    const expected = fs.readFileSync(f['.out'], 'utf8').split('\n').map((l) => l.trim());
+    assert(cases.length >= 30, `${v}: only ${cases.length} test strings`);
+    const texts = [...cases, heldout];
+    const ours = lazymoeEncode(f.gguf, texts);
+    for (let i = 0; i < cases.length; i++) {
+      const ref = expected[i] === '' ? [] : expected[i].split(/\s+/).map(Number);
+      assert(JSON.stringify(ours[i]) === JSON.stringify(ref),
+             `${v}: ids differ from the reference for ${show(texts[i])}: ${ours[i].slice(0, 16)} vs ${ref.slice(0, 16)}`);
+    }
+    const model = await loadVocab(f.gguf);
+    const theirs = Array.from(model.tokenize(heldout, true));
+    await model.dispose();
+    assert(JSON.stringify(ours[cases.length]) === JSON.stringify(theirs), `${v}: heldout.txt encodes otherwise in llama.cpp`);
+    console.log(`# ${v}: ${cases.length} texts equal to llama.cpp's recorded reference ids, heldout.txt to llama.cpp's`);
+  }
+});
+
+// gguf_export names GPT-2's regex as llama.cpp does ("gpt-2"; lazymoe wrote "gpt2", which
+// llama.cpp refuses): a tokenizer.json with ByteLevel's own regex (tests/fixtures/textgen)
+// written to GGUF loads in llama.cpp and encodes as lazymoe does.
+await testCase('gguf_bpe_vocab_gpt2_export_loads_in_llamacpp', async () => {
+  const file = path.join(tmp, 'textgen.gguf');
+  execFileSync(path.join(ROOT, 'build', 'gguf_export'), [path.join(ROOT, 'tests', 'fixtures', 'textgen'), file]);
+  const text = fs.readFileSync(path.join(ROOT, 'models', 'demo-coder', 'heldout.txt'), 'utf8').slice(0, 2000);
+  const [ours] = lazymoeEncode(file, [text]);
+  const model = await loadVocab(file);
+  const theirs = Array.from(model.tokenize(text, true));
+  await model.dispose();
+  assert(JSON.stringify(ours) === JSON.stringify(theirs), `ids differ: lazymoe ${ours.slice(0, 12)} llama.cpp ${theirs.slice(0, 12)}`);
+});
+
+if (llama) await llama.dispose();
+fs.rmSync(tmp, { recursive: true, force: true });
+done();
