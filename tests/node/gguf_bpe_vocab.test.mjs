@@ -10,56 +10,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, testCase, assert, lazymoe, done, execFileSync } from './harness.mjs';
+import { ROOT, testCase, assert, done, execFileSync } from './harness.mjs';
+import { extractVocabs, loadVocab, disposeLlama, lazymoeEncode, show } from './gguf_vocab.mjs';
 
-const nodeModules = process.env.LLAMACPP_NODE_MODULES || path.join(ROOT, 'tests', 'node', 'node_modules');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-gguf-bpe-'));
 const VOCABS = ['qwen2', 'llama-bpe', 'gpt-2', 'qwen35'];
 
-function extractVocabs() {
-  const bundle = path.join(nodeModules, 'node-llama-cpp', 'llama', 'gitRelease.bundle');
-  assert(fs.existsSync(bundle), `${bundle} is missing (npm install in tests/node)`);
-  const repo = path.join(tmp, 'llama.cpp.git');
-  execFileSync('git', ['init', '-q', '--bare', repo]);
-  execFileSync('git', ['--git-dir', repo, 'fetch', '-q', bundle, 'HEAD']);
-  const out = {};
-  for (const v of VOCABS) {
-    out[v] = {};
-    for (const ext of ['', '.inp', '.out']) {
-      const dst = path.join(tmp, `ggml-vocab-${v}.gguf${ext}`);
-      fs.writeFileSync(dst, execFileSync('git', ['--git-dir', repo, 'show', `FETCH_HEAD:models/ggml-vocab-${v}.gguf${ext}`],
-                                         { maxBuffer: 1 << 26 }));
-      out[v][ext || 'gguf'] = dst;
-    }
-  }
-  return out;
-}
-
-let llama = null;
-async function loadVocab(file) {
-  if (!llama) {
-    const { getLlama, LlamaLogLevel } = await import(path.join(nodeModules, 'node-llama-cpp', 'dist', 'index.js'));
-    llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, maxThreads: 2 });
-  }
-  return llama.loadModel({ modelPath: file, vocabOnly: true });
-}
-
-// lazymoe's encodings (no BOS) of texts, through `lazymoe tokenize FILE --jsonl -`
-function lazymoeEncode(file, texts) {
-  const input = texts.map((t, i) => JSON.stringify({ id: i, text: t })).join('\n') + '\n';
-  const r = lazymoe(['tokenize', file, '--jsonl', '-', '--no-special'], input);
-  assert(r.status === 0, `lazymoe tokenize failed: ${r.stderr}`);
-  return r.stdout.trim().split('\n').map((l) => {
-    const o = JSON.parse(l);
-    assert(o.ids, `lazymoe tokenize: ${l}`);
-    return o.ids;
-  });
-}
-
-const show = (s) => JSON.stringify(s.length > 60 ? s.slice(0, 60) + '...' : s);
-
 await testCase('gguf_bpe_vocab_against_reference_ids_and_llamacpp', async () => {
-  const vocabs = extractVocabs();
+  const vocabs = extractVocabs(VOCABS, tmp);
   const heldout = fs.readFileSync(path.join(ROOT, 'models', 'demo-coder', 'heldout.txt'), 'utf8').slice(0, 3000);
   for (const v of VOCABS) {
     const f = vocabs[v];
@@ -95,6 +53,6 @@ await testCase('gguf_bpe_vocab_gpt2_export_loads_in_llamacpp', async () => {
   assert(JSON.stringify(ours) === JSON.stringify(theirs), `ids differ: lazymoe ${ours.slice(0, 12)} llama.cpp ${theirs.slice(0, 12)}`);
 });
 
-if (llama) await llama.dispose();
+await disposeLlama();
 fs.rmSync(tmp, { recursive: true, force: true });
 done();

@@ -9,52 +9,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, testCase, assert, lazymoe, done, execFileSync } from './harness.mjs';
+import { ROOT, testCase, assert, lazymoe, done } from './harness.mjs';
+import { extractVocabs, loadVocab, disposeLlama, lazymoeEncode, show } from './gguf_vocab.mjs';
 
-const nodeModules = process.env.LLAMACPP_NODE_MODULES || path.join(ROOT, 'tests', 'node', 'node_modules');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-gguf-spm-'));
 const VOCABS = ['llama-spm', 'phi-3'];
-
-// models/ggml-vocab-NAME.gguf and its .inp / .out from the bundled llama.cpp source
-function extractVocabs() {
-  const bundle = path.join(nodeModules, 'node-llama-cpp', 'llama', 'gitRelease.bundle');
-  assert(fs.existsSync(bundle), `${bundle} is missing (npm install in tests/node)`);
-  const repo = path.join(tmp, 'llama.cpp.git');
-  execFileSync('git', ['init', '-q', '--bare', repo]);
-  execFileSync('git', ['--git-dir', repo, 'fetch', '-q', bundle, 'HEAD']);
-  const out = {};
-  for (const v of VOCABS) {
-    out[v] = {};
-    for (const ext of ['', '.inp', '.out']) {
-      const dst = path.join(tmp, `ggml-vocab-${v}.gguf${ext}`);
-      fs.writeFileSync(dst, execFileSync('git', ['--git-dir', repo, 'show', `FETCH_HEAD:models/ggml-vocab-${v}.gguf${ext}`],
-                                         { maxBuffer: 1 << 26 }));
-      out[v][ext || 'gguf'] = dst;
-    }
-  }
-  return out;
-}
-
-let llama = null;
-async function loadVocab(file) {
-  if (!llama) {
-    const { getLlama, LlamaLogLevel } = await import(path.join(nodeModules, 'node-llama-cpp', 'dist', 'index.js'));
-    llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, maxThreads: 2 });
-  }
-  return llama.loadModel({ modelPath: file, vocabOnly: true });
-}
-
-// lazymoe's encodings (no BOS) of texts, through `lazymoe tokenize FILE --jsonl -`
-function lazymoeEncode(file, texts) {
-  const input = texts.map((t, i) => JSON.stringify({ id: i, text: t })).join('\n') + '\n';
-  const r = lazymoe(['tokenize', file, '--jsonl', '-', '--no-special'], input);
-  assert(r.status === 0, `lazymoe tokenize failed: ${r.stderr}`);
-  return r.stdout.trim().split('\n').map((l) => {
-    const o = JSON.parse(l);
-    assert(o.ids, `lazymoe tokenize: ${l}`);
-    return o.ids;
-  });
-}
 
 function lazymoeDecode(file, idLists, skipSpecial) {
   const input = idLists.map((ids, i) => JSON.stringify({ id: i, ids })).join('\n') + '\n';
@@ -62,8 +21,6 @@ function lazymoeDecode(file, idLists, skipSpecial) {
   assert(r.status === 0, `lazymoe tokenize --decode failed: ${r.stderr}`);
   return r.stdout.trim().split('\n').map((l) => JSON.parse(l).text);
 }
-
-const show = (s) => JSON.stringify(s.length > 60 ? s.slice(0, 60) + '...' : s);
 
 // Texts beyond llama.cpp's list: code with indentation and blank lines, characters no
 // piece covers (byte fallback: rare CJK, emoji, control characters), runs of spaces,
@@ -89,7 +46,7 @@ const EXTRA = [
 ];
 
 await testCase('gguf_spm_tokenizer_against_llamacpp_and_reference_ids', async () => {
-  const vocabs = extractVocabs();
+  const vocabs = extractVocabs(VOCABS, tmp);
   for (const v of VOCABS) {
     const f = vocabs[v];
     const cases = fs.readFileSync(f['.inp'], 'utf8').split('\n__ggml_vocab_test__\n');
@@ -138,6 +95,6 @@ await testCase('gguf_spm_tokenizer_bos', async () => {
   assert(JSON.stringify(JSON.parse(r.stdout)) === JSON.stringify(theirs), `lazymoe ${r.stdout.trim()} llama.cpp ${theirs}`);
 });
 
-if (llama) await llama.dispose();
+await disposeLlama();
 fs.rmSync(tmp, { recursive: true, force: true });
 done();
