@@ -453,32 +453,65 @@ static void tokenizer_and_template(void) {
     gguf_close(g);
 }
 
+/* config.json of dir into *a and the config of GGUF file tmp/name into *b, with that
+ * file open in *g; 0 when all three load (free them with free_configs), else -1 with
+ * the case failed. */
+static int load_configs(const char *dir, const char *name, lm_config *a, lm_config *b, gguf_archive **g) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/%s", tmp, name);
+    *g = NULL;
+    CHECKF(gguf_open(g, path, err) == 0, "%s", err);
+    if (!*g) return -1;
+    if (lm_config_load(a, dir, err) != 0) {
+        CHECKF(0, "%s: %s", dir, err);
+    } else if (lm_gguf_config(b, *g, err) != 0) {
+        CHECKF(0, "%s: %s", name, err);
+        lm_config_free(a);
+    } else {
+        return 0;
+    }
+    gguf_close(*g);
+    *g = NULL;
+    return -1;
+}
+
+static void free_configs(lm_config *a, lm_config *b, gguf_archive *g) {
+    lm_config_free(a);
+    lm_config_free(b);
+    gguf_close(g);
+}
+
+/* an integer field of the configs a (config.json's) and b (the GGUF's) is the same */
+#define SAME(field) CHECK_EQ_INT(a.field, b.field)
+
 /* The demo GGUF's config equals config.json's where both speak: shapes, RoPE, norms,
  * router weighting and the end-of-generation ids (GGUF keeps one eos id; the other
  * end tokens come back from the control tokens' spelling, as llama.cpp does). */
 static void config_matches(void) {
-    char path[512], err[LM_ERR_LEN];
-    snprintf(path, sizeof path, "%s/demo_f32.gguf", tmp);
     lm_config a, b;
-    gguf_archive *g = NULL;
-    CHECKF(lm_config_load(&a, DEMO, err) == 0, "%s", err);
-    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
-    if (!g) return;
-    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
-    CHECK(a.vocab_size == b.vocab_size && a.hidden_size == b.hidden_size && a.n_layers == b.n_layers);
-    CHECK(a.n_heads == b.n_heads && a.n_kv_heads == b.n_kv_heads && a.head_dim == b.head_dim);
-    CHECK(a.moe_intermediate_size == b.moe_intermediate_size && a.n_experts == b.n_experts && a.top_k == b.top_k);
-    CHECK(a.norm_topk_prob == b.norm_topk_prob && a.rope_theta == b.rope_theta && a.rms_norm_eps == b.rms_norm_eps);
-    CHECK(a.rope_dim == b.rope_dim && a.tie_word_embeddings == b.tie_word_embeddings && a.qk_norm == b.qk_norm);
-    CHECK_EQ_INT(a.n_eos, b.n_eos);
+    gguf_archive *g;
+    if (load_configs(DEMO, "demo_f32.gguf", &a, &b, &g) != 0) return;
+    SAME(vocab_size);
+    SAME(hidden_size);
+    SAME(n_layers);
+    SAME(n_heads);
+    SAME(n_kv_heads);
+    SAME(head_dim);
+    SAME(moe_intermediate_size);
+    SAME(n_experts);
+    SAME(top_k);
+    SAME(norm_topk_prob);
+    CHECK(a.rope_theta == b.rope_theta && a.rms_norm_eps == b.rms_norm_eps);
+    SAME(rope_dim);
+    SAME(tie_word_embeddings);
+    SAME(qk_norm);
+    SAME(n_eos);
     for (int i = 0; i < a.n_eos; i++) {
         int found = 0;
         for (int j = 0; j < b.n_eos; j++) found |= a.eos_ids[i] == b.eos_ids[j];
         CHECKF(found, "eos id %d of config.json is not an end id of the GGUF", a.eos_ids[i]);
     }
-    lm_config_free(&a);
-    lm_config_free(&b);
-    gguf_close(g);
+    free_configs(&a, &b, g);
 }
 
 /* The sigmoid-router families from GGUF (F32: the same weights, so the logits agree
@@ -524,27 +557,20 @@ static void glm4_moe_mtp(void) {
 /* glm4moe's config from the GGUF equals config.json's: the keys llama.cpp's converter
  * writes for it (dense lead, shared experts, groups, scale, norm) come back. */
 static void glm4_moe_config_matches(void) {
-    char path[512], err[LM_ERR_LEN];
-    snprintf(path, sizeof path, "%s/glm4_moe_f32.gguf", tmp);
     lm_config a, b;
-    gguf_archive *g = NULL;
-    CHECKF(lm_config_load(&a, GOLDEN "glm4_moe_f32", err) == 0, "%s", err);
-    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
-    if (!g) return;
-    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
-    CHECK_EQ_INT(a.n_layers, b.n_layers);
-    CHECK_EQ_INT(a.first_k_dense, b.first_k_dense);
-    CHECK_EQ_INT(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
-    CHECK_EQ_INT(a.n_group, b.n_group);
-    CHECK_EQ_INT(a.topk_group, b.topk_group);
-    CHECK_EQ_INT(a.router_sigmoid, b.router_sigmoid);
-    CHECK_EQ_INT(a.norm_topk_prob, b.norm_topk_prob);
-    CHECK_EQ_INT(a.rope_dim, b.rope_dim);
-    CHECK_EQ_INT(a.attention_bias, b.attention_bias);
+    gguf_archive *g;
+    if (load_configs(GOLDEN "glm4_moe_f32", "glm4_moe_f32.gguf", &a, &b, &g) != 0) return;
+    SAME(n_layers);
+    SAME(first_k_dense);
+    SAME(shared_expert_intermediate_size);
+    SAME(n_group);
+    SAME(topk_group);
+    SAME(router_sigmoid);
+    SAME(norm_topk_prob);
+    SAME(rope_dim);
+    SAME(attention_bias);
     CHECK(a.routed_scaling_factor == b.routed_scaling_factor);
-    lm_config_free(&a);
-    lm_config_free(&b);
-    gguf_close(g);
+    free_configs(&a, &b, g);
 }
 
 /* The Gated DeltaNet hybrids as llama.cpp's converter writes them. qwen3next:
@@ -698,11 +724,9 @@ static void qwen_linear_mtp(void) {
 /* The tensors and keys llama.cpp's loader asks for, with its shapes (ggml ne order),
  * and the config read back equal to config.json's. */
 static void qwen3_5_moe_layout(void) {
-    char path[512], err[LM_ERR_LEN];
-    snprintf(path, sizeof path, "%s/qwen3_5_moe_text_f32.gguf", tmp);
-    gguf_archive *g = NULL;
-    CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
-    if (!g) return;
+    lm_config a, b;
+    gguf_archive *g;
+    if (load_configs(GOLDEN "qwen3_5_moe_text_f32", "qwen3_5_moe_text_f32.gguf", &a, &b, &g) != 0) return;
     /* layer 1 is linear: nk 2 x dk 8, nv 8 x dv 8, K 4, H 64 */
     static const struct {
         const char *name;
@@ -720,25 +744,20 @@ static void qwen3_5_moe_layout(void) {
                "%s: missing or of the wrong shape", want[i].name);
     }
     CHECK(!gguf_find_tensor(g, "blk.1.ssm_ba.weight") && !gguf_find_tensor(g, "blk.1.ssm_in.weight"));
-    lm_config a, b;
-    CHECKF(lm_config_load(&a, GOLDEN "qwen3_5_moe_text_f32", err) == 0, "%s", err);
-    CHECKF(lm_gguf_config(&b, g, err) == 0, "%s", err);
-    CHECK_EQ_INT(a.lin_k_heads, b.lin_k_heads);
-    CHECK_EQ_INT(a.lin_v_heads, b.lin_v_heads);
-    CHECK_EQ_INT(a.lin_k_dim, b.lin_k_dim);
-    CHECK_EQ_INT(a.lin_v_dim, b.lin_v_dim);
-    CHECK_EQ_INT(a.conv_kernel, b.conv_kernel);
-    CHECK_EQ_INT(a.n_linear_layers, b.n_linear_layers);
+    SAME(lin_k_heads);
+    SAME(lin_v_heads);
+    SAME(lin_k_dim);
+    SAME(lin_v_dim);
+    SAME(conv_kernel);
+    SAME(n_linear_layers);
     for (int l = 0; l < a.n_layers && l < b.n_layers; l++)
         CHECK_EQ_INT(lm_config_layer_is_linear(&a, l), lm_config_layer_is_linear(&b, l));
-    CHECK_EQ_INT(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
-    CHECK_EQ_INT(a.rope_dim, b.rope_dim);
-    CHECK_EQ_INT(a.zero_centred_norms, b.zero_centred_norms);
+    SAME(shared_expert_intermediate_size);
+    SAME(rope_dim);
+    SAME(zero_centred_norms);
     CHECK_EQ_INT(b.lin_v_tiled, 1);
     CHECK_EQ_INT(a.lin_v_tiled, 0);
-    lm_config_free(&a);
-    lm_config_free(&b);
-    gguf_close(g);
+    free_configs(&a, &b, g);
 }
 
 /* A SentencePiece ("llama") vocabulary from GGUF metadata, on the points of llama.cpp's
@@ -790,12 +809,20 @@ static int spm_file(const char *path, const vocab_opts *o, char *err) {
     return rc;
 }
 
+/* The tokenizer of a spm_file written to path; NULL (the case failed) if either fails. */
+static lm_tokenizer *spm_tokenizer_at(const char *path, const vocab_opts *o) {
+    char err[LM_ERR_LEN];
+    lm_tokenizer *tok = NULL;
+    int rc = spm_file(path, o, err);
+    CHECKF(rc == 0, "%s", err);
+    if (rc == 0) CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    return tok;
+}
+
 static void spm_tokenizer(void) {
     char path[512], err[LM_ERR_LEN];
     snprintf(path, sizeof path, "%s/spm.gguf", tmp);
-    CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32}, err) == 0, "%s", err);
-    lm_tokenizer *tok = NULL;
-    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    lm_tokenizer *tok = spm_tokenizer_at(path, &(vocab_opts){12, GGUF_TYPE_F32});
     if (!tok) return;
     static const struct {
         const char *text;
@@ -839,8 +866,7 @@ static void spm_tokenizer(void) {
     }
     lm_tokenizer_free(tok);
     /* an unknown id out of range: llama.cpp's default (0) instead */
-    CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32, .unk = 99}, err) == 0, "%s", err);
-    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    tok = spm_tokenizer_at(path, &(vocab_opts){12, GGUF_TYPE_F32, .unk = 99});
     if (tok) {
         CHECK(lm_tokenizer_encode(tok, "\xE2\x82\xAC", 3, 0, &ids, &n, err) == 0);
         CHECK(n == 4 && ids[0] == 6 && ids[1] == 0 && ids[2] == 0 && ids[3] == 0);
@@ -935,9 +961,7 @@ static size_t spm_naive(const char *t, size_t len, int32_t *out) {
 static void spm_long_text_and_limit(void) {
     char path[512], err[LM_ERR_LEN];
     snprintf(path, sizeof path, "%s/spm_long.gguf", tmp);
-    CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32}, err) == 0, "%s", err);
-    lm_tokenizer *tok = NULL;
-    CHECKF(lm_tokenizer_load(path, &tok, err) == 0, "%s", err);
+    lm_tokenizer *tok = spm_tokenizer_at(path, &(vocab_opts){12, GGUF_TYPE_F32});
     if (!tok) return;
     enum { LEN = 12000 };
     char *text = malloc(LEN + 1), *esc = malloc(3 * LEN + 4);
