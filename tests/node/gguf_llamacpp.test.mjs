@@ -50,6 +50,21 @@ function lazymoeGreedy(file, ids, n) {
   return r.stdout.trim().split(/\s+/).map(Number);
 }
 
+// n greedy ids after ids on file from llama.cpp and from lazymoe, which must be the same;
+// lazymoe's ids, and llama.cpp's model when keep (the caller disposes of it)
+async function sameGreedy(file, ids, n, keep = false) {
+  const { model, gen } = await llamaGreedy(file, ids, n);
+  if (!keep) await model.dispose();
+  const ours = lazymoeGreedy(file, ids, n);
+  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+  return { ours, model: keep ? model : null };
+}
+
+// transformers' first n greedy ids for a golden fixture (greedy.txt)
+function greedyRef(dir, n) {
+  return fs.readFileSync(path.join(dir, 'greedy.txt'), 'utf8').trim().split(/[\s,]+/).map(Number).slice(0, n);
+}
+
 await testCase('gguf_llamacpp_demo_tokenize_and_greedy', async () => {
   const file = exportGguf(path.join(ROOT, 'models', 'demo-coder'), 'demo.gguf');
   const texts = ['def fibonacci(n):\n    """Return the n-th number."""\n', '  x = [1, 22, 333]  # café 🙂\r\n\tpass',
@@ -65,10 +80,7 @@ await testCase('gguf_llamacpp_demo_tokenize_and_greedy', async () => {
   }
   await model.dispose();
   const prompt = JSON.parse(lazymoe(['tokenize', file, '--text', texts[0]]).stdout);
-  const { model: m2, gen } = await llamaGreedy(file, prompt, 16);
-  await m2.dispose();
-  const ours = lazymoeGreedy(file, prompt, 16);
-  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+  await sameGreedy(file, prompt, 16);
 });
 
 // A quantized file: Q8_0 blocks (exporter quantizes like ggml's reference); llama.cpp
@@ -76,21 +88,14 @@ await testCase('gguf_llamacpp_demo_tokenize_and_greedy', async () => {
 await testCase('gguf_llamacpp_demo_q8_0_greedy', async () => {
   const file = exportGguf(path.join(ROOT, 'models', 'demo-coder'), 'demo_q8_0.gguf', [], 'q8_0');
   const prompt = JSON.parse(lazymoe(['tokenize', file, '--text', 'def fibonacci(n):']).stdout);
-  const { model, gen } = await llamaGreedy(file, prompt, 24);
-  await model.dispose();
-  const ours = lazymoeGreedy(file, prompt, 24);
-  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+  await sameGreedy(file, prompt, 24);
 });
 
 for (const f of ['mixtral_f32', 'mixtral_bf16', 'olmoe_f32']) {
   await testCase(`gguf_llamacpp_${f}_greedy`, async () => {
     const dir = path.join(ROOT, 'tests', 'fixtures', 'golden', f);
     const file = exportGguf(dir, `${f}.gguf`, ['--placeholder-vocab']);
-    const ids = fs.readFileSync(path.join(dir, 'input_ids.txt'), 'utf8').split('\n')[0].split(',').map(Number);
-    const { model, gen } = await llamaGreedy(file, ids, 10);
-    await model.dispose();
-    const ours = lazymoeGreedy(file, ids, 10);
-    assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+    await sameGreedy(file, promptIds(dir), 10);
   });
 }
 
@@ -121,23 +126,15 @@ function truncatedCopy(name) {
 await testCase('gguf_llamacpp_gpt_oss_mxfp4_greedy', async () => {
   const dir = fixture('gpt_oss_mxfp4');
   const file = exportGguf(dir, 'gpt_oss_mxfp4.gguf', ['--placeholder-vocab'], 'bf16');
-  const ids = promptIds(dir);
-  const ref = fs.readFileSync(path.join(dir, 'greedy.txt'), 'utf8').trim().split(/[\s,]+/).map(Number).slice(0, 10);
-  const { model, gen } = await llamaGreedy(file, ids, 10);
-  await model.dispose();
-  const ours = lazymoeGreedy(file, ids, 10);
-  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+  const { ours } = await sameGreedy(file, promptIds(dir), 10);
+  const ref = greedyRef(dir, 10);
   assert(JSON.stringify(ours) === JSON.stringify(ref), `greedy ids differ from transformers': ${ours} vs ${ref}`);
 });
 
 await testCase('gguf_llamacpp_gpt_oss_bf16_greedy', async () => {
   const dir = truncatedCopy('gpt_oss_bf16');
   const file = exportGguf(dir, 'gpt_oss_bf16.gguf', ['--placeholder-vocab'], 'bf16');
-  const ids = promptIds(dir);
-  const { model, gen } = await llamaGreedy(file, ids, 10);
-  await model.dispose();
-  const ours = lazymoeGreedy(file, ids, 10);
-  assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+  await sameGreedy(file, promptIds(dir), 10);
 });
 
 // The sigmoid-router families, written as llama.cpp's converter writes them: glm4moe
@@ -152,14 +149,10 @@ for (const f of ['glm4_moe_f32', 'glm4_moe_qknorm_f32', 'minimax_m2_f32', 'minim
   await testCase(`gguf_llamacpp_${f}_greedy`, async () => {
     const dir = fixture(f);
     const file = exportGguf(dir, `${f}.gguf`, ['--placeholder-vocab']);
-    const ids = promptIds(dir);
-    const { model, gen } = await llamaGreedy(file, ids, 10);
-    await model.dispose();
-    const ours = lazymoeGreedy(file, ids, 10);
-    assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
+    const { ours } = await sameGreedy(file, promptIds(dir), 10);
     const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
     if (manifest.greedy_cache_equals_nocache !== false) {
-      const ref = fs.readFileSync(path.join(dir, 'greedy.txt'), 'utf8').trim().split(/[\s,]+/).map(Number).slice(0, 10);
+      const ref = greedyRef(dir, 10);
       assert(JSON.stringify(ours) === JSON.stringify(ref), `greedy ids differ from transformers': ${ours} vs ${ref}`);
     }
   });
@@ -183,20 +176,15 @@ function logSoftmax(row) {
   return row.map((x) => x - lse);
 }
 
-// Log-probabilities at every prompt position, llama.cpp vs lazymoe, on one f32 gpt-oss
-// file (gpt_oss_f32: sinks, biases, windows of 4 under 11 tokens, YaRN, truncated as
-// above): they agree to within the f16 rounding in llama.cpp's attention (measured 0.010).
-await testCase('gguf_llamacpp_gpt_oss_f32_logprobs', async () => {
-  const dir = truncatedCopy('gpt_oss_f32');
-  const file = exportGguf(dir, 'gpt_oss_f32_truncated.gguf', ['--placeholder-vocab'], 'f32');
-  const ids = promptIds(dir);
-  const npy = path.join(tmp, 'gpt_oss_f32_ours.npy');
+// The largest |log-probability difference| at every prompt position between lazymoe's
+// logits on file (resident, f32 activations; saved as tmp/TAG_ours.npy) and those of
+// llama.cpp's model of the same file
+async function worstLogprobDiff(model, file, ids, tag) {
+  const npy = path.join(tmp, `${tag}_ours.npy`);
   const r = lazymoe(['logits', file, '--ids', ids.join(','), '--out', npy, '--resident', '--act-bits', '32',
                      '--threads', '2']);
   assert(r.status === 0, `lazymoe logits failed: ${r.stderr}`);
   const ours = readNpy(npy);
-  const l = await getLlamaOnce();
-  const model = await l.loadModel({ modelPath: file, gpuLayers: 0 });
   const ctx = await model.createContext({ contextSize: 256, threads: 2 });
   const out = await ctx.getSequence().controlledEvaluate(ids.map((t) => [t, { generateNext: { logits: true } }]));
   let worst = 0;
@@ -207,6 +195,19 @@ await testCase('gguf_llamacpp_gpt_oss_f32_logprobs', async () => {
     for (let v = 0; v < ours.V; v++) worst = Math.max(worst, Math.abs(a[v] - b[v]));
   }
   await ctx.dispose();
+  return worst;
+}
+
+// Log-probabilities at every prompt position, llama.cpp vs lazymoe, on one f32 gpt-oss
+// file (gpt_oss_f32: sinks, biases, windows of 4 under 11 tokens, YaRN, truncated as
+// above): they agree to within the f16 rounding in llama.cpp's attention (measured 0.010).
+await testCase('gguf_llamacpp_gpt_oss_f32_logprobs', async () => {
+  const dir = truncatedCopy('gpt_oss_f32');
+  const file = exportGguf(dir, 'gpt_oss_f32_truncated.gguf', ['--placeholder-vocab'], 'f32');
+  const l = await getLlamaOnce();
+  const model = await l.loadModel({ modelPath: file, gpuLayers: 0 });
+  const ids = promptIds(dir);
+  const worst = await worstLogprobDiff(model, file, ids, 'gpt_oss_f32');
   await model.dispose();
   console.log(`# gpt_oss_f32 (truncated YaRN): max |log-probability difference| lazymoe vs llama.cpp ${worst.toExponential(3)} over ${ids.length} positions`);
   assert(worst < 0.03, `log-probabilities differ by ${worst}`);
@@ -227,26 +228,10 @@ for (const f of ['qwen3_next_f32', 'qwen3_5_moe_text_f32', 'qwen3_5_moe_vl_f32']
     const dir = fixture(f);
     const file = exportGguf(dir, `${f}.gguf`, ['--placeholder-vocab']);
     const ids = promptIds(dir);
-    const { model, gen } = await llamaGreedy(file, ids, 10);
-    const ours = lazymoeGreedy(file, ids, 10);
-    assert(JSON.stringify(ours) === JSON.stringify(gen), `greedy ids differ: lazymoe ${ours} llama.cpp ${gen}`);
-    const ref = fs.readFileSync(path.join(dir, 'greedy.txt'), 'utf8').trim().split(/[\s,]+/).map(Number).slice(0, 10);
+    const { ours, model } = await sameGreedy(file, ids, 10, true);
+    const ref = greedyRef(dir, 10);
     assert(JSON.stringify(ours) === JSON.stringify(ref), `greedy ids differ from transformers': ${ours} vs ${ref}`);
-    const npy = path.join(tmp, `${f}_ours.npy`);
-    const r = lazymoe(['logits', file, '--ids', ids.join(','), '--out', npy, '--resident', '--act-bits', '32',
-                       '--threads', '2']);
-    assert(r.status === 0, `lazymoe logits failed: ${r.stderr}`);
-    const mine = readNpy(npy);
-    const ctx = await model.createContext({ contextSize: 256, threads: 2 });
-    const out = await ctx.getSequence().controlledEvaluate(ids.map((t) => [t, { generateNext: { logits: true } }]));
-    let worst = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const theirs = new Array(mine.V).fill(-Infinity);
-      for (const [t, v] of out[i].next.logits) theirs[t] = v;
-      const a = logSoftmax(Array.from(mine.data.subarray(i * mine.V, (i + 1) * mine.V))), b = logSoftmax(theirs);
-      for (let v = 0; v < mine.V; v++) worst = Math.max(worst, Math.abs(a[v] - b[v]));
-    }
-    await ctx.dispose();
+    const worst = await worstLogprobDiff(model, file, ids, f);
     await model.dispose();
     console.log(`# ${f}: max |log-probability difference| lazymoe vs llama.cpp ${worst.toExponential(3)} over ${ids.length} positions`);
     assert(worst < 3e-3, `log-probabilities differ by ${worst}`);
