@@ -776,19 +776,30 @@ typedef struct {
     const char *model, *pre;  /* tokenizer.ggml.model (NULL: "llama") and .pre (NULL: none) */
     int no_types;             /* no tokenizer.ggml.token_type */
     int model_keys;           /* the keys and token_embd.weight that lm_gguf_config reads */
+    int long_piece;           /* a 13th piece of 100 bytes ("z" x 100) */
 } vocab_opts;
 
 static int spm_file(const char *path, const vocab_opts *o, char *err) {
-    static const int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1};
+    static const int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1};
+    const char *pieces[13];
+    float scores[13];
+    char z[101];
+    memset(z, 'z', 100);
+    z[100] = 0;
+    for (int i = 0; i < 13; i++) {
+        pieces[i] = i < 12 ? spm_pieces[i] : z;
+        scores[i] = i < 12 ? spm_scores[i] : -10;
+    }
+    uint64_t n = o->long_piece ? 13 : 12;
     static float emb[12 * 4];
     int64_t ne[2] = {4, 12};
     gguf_writer *w = gguf_w_new();
     gguf_w_str(w, "general.architecture", "qwen3moe");
     gguf_w_str(w, "tokenizer.ggml.model", o->model ? o->model : "llama");
-    gguf_w_arr_str(w, "tokenizer.ggml.tokens", spm_pieces, 12);
-    if (!o->no_types) gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, 12);
-    if (o->score_type == GGUF_TYPE_STRING) gguf_w_arr_str(w, "tokenizer.ggml.scores", spm_pieces, (uint64_t)o->n_scores);
-    else gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_F32, spm_scores, (uint64_t)o->n_scores);
+    gguf_w_arr_str(w, "tokenizer.ggml.tokens", pieces, n);
+    if (!o->no_types) gguf_w_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_I32, types, n);
+    if (o->score_type == GGUF_TYPE_STRING) gguf_w_arr_str(w, "tokenizer.ggml.scores", pieces, (uint64_t)o->n_scores);
+    else gguf_w_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_F32, scores, (uint64_t)o->n_scores);
     if (o->unk != 0) gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)o->unk);
     if (o->eos != 0) gguf_w_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)o->eos);
     if (o->bos != 0) gguf_w_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)o->bos);
@@ -955,7 +966,8 @@ static size_t spm_naive(const char *t, size_t len, int32_t *out) {
 }
 
 /* A SentencePiece section longer than the encoder's chunks: the ids are the whole
- * section's (against spm_naive), with and without a stretch no cut can split; with a
+ * section's (against spm_naive), with and without a stretch no cut can split, and with
+ * a vocabulary whose 100-byte piece makes the encoder take the section whole; with a
  * limit on ids the encoder stops one id past it, the ids a prefix of the whole
  * encoding, as the BPE tokenizer reports a text that does not fit. */
 static void spm_long_text_and_limit(void) {
@@ -967,13 +979,18 @@ static void spm_long_text_and_limit(void) {
     char *text = malloc(LEN + 1), *esc = malloc(3 * LEN + 4);
     int32_t *want = malloc(sizeof(int32_t) * 4 * (LEN + 1));
     static const char *const parts[] = {"a", "b", " ", "A", "\xC3\xA9", "ab", "  "};
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 3 && tok; pass++) {
+        if (pass == 2) { /* the text of pass 0, never matching the long piece */
+            lm_tokenizer_free(tok);
+            tok = spm_tokenizer_at(path, &(vocab_opts){13, GGUF_TYPE_F32, .long_piece = 1});
+            if (!tok) break;
+        }
         size_t len = 0;
         uint32_t x = 12345;
         while (len + 2 < LEN) {
             x = x * 1103515245u + 12345u;
             /* pass 1: a stretch of 8000 bytes of "ab" that "ab" / "ba" span everywhere */
-            const char *p = pass && len >= 2000 && len < 10000 ? "ab" : parts[(x >> 16) % 7];
+            const char *p = pass == 1 && len >= 2000 && len < 10000 ? "ab" : parts[(x >> 16) % 7];
             memcpy(text + len, p, strlen(p));
             len += strlen(p);
         }

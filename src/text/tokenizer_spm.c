@@ -236,13 +236,18 @@ static int piece_spans(const tb_spm *m, const char *t, size_t lo, size_t c, size
     return 0;
 }
 
-enum { CHUNK = 4096, CUT_TRIES = 16 };
+/* A cut costs up to max_piece^2 / 2 lookups of up to max_piece bytes to check: texts are
+ * cut only with vocabularies whose pieces are at most MAX_CUT_PIECE bytes (SentencePiece's
+ * default limit is 16 characters; LLaMA's longest piece is 48 bytes), others encoded
+ * whole, so that a vocabulary with a huge piece cannot make cutting the costly part. */
+enum { CHUNK = 4096, CUT_TRIES = 16, MAX_CUT_PIECE = 64 };
 
 /* The end of the chunk from lo: the first character boundary at or past lo + CHUNK that
  * no piece spans, else the end of the text. CUT_TRIES boundaries are tried from there,
  * then as many from twice as far, and so on. */
 static size_t next_cut(const tb_spm *m, const char *t, size_t lo, size_t len) {
     size_t c = lo, want = CHUNK;
+    if (m->max_piece > MAX_CUT_PIECE) return len;
     while (c < len) {
         while (c < len && c - lo < want) c += utf8_len((unsigned char)t[c]);
         for (int k = 0; k < CUT_TRIES && c < len; k++, c += utf8_len((unsigned char)t[c]))
