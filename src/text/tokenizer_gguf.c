@@ -10,6 +10,19 @@
 /* llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and the split regexes of the
  * tokenizer.json files they stand for. A name maps to exactly one regex; several
  * names share one. */
+/* the split regexes that several names share */
+#define RE_QWEN2                                                                                                      \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|" \
+    "\\s+(?!\\S)|\\s+"
+#define RE_LLAMA3                                                                                                      \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"          \
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define RE_GPT4O                                                                                                       \
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|" \
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|" \
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define RE_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
+
 static const struct {
     const char *name;
     const char *regex;
@@ -17,23 +30,14 @@ static const struct {
     int ignore_merges; /* BPE model's ignore_merges (Llama 3 family) */
     int add_bos;       /* llama.cpp's add_bos_token where the file has no key (Llama 3 family) */
 } pre_table[] = {
-    {"qwen2",
-     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-     "\\s+(?!\\S)|\\s+",
-     1, 0},
-    {"deepseek-r1-qwen",
-     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-     "\\s+(?!\\S)|\\s+",
-     1, 0},
-    {"llama-bpe",
-     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-     "\\s+(?!\\S)|\\s+",
-     0, 1, 1},
-    {"gpt-4o",
-     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
-     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
-     "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-     0, 0},
+    {"qwen2", RE_QWEN2, 1, 0},
+    {"deepseek-r1-qwen", RE_QWEN2, 1, 0},
+    {"llama-bpe", RE_LLAMA3, 0, 1, 1},
+    /* GLM-4.5 / 4.6 (llama.cpp's chatglm4 split): Llama 3's regex without its
+     * ignore_merges and default BOS */
+    {"glm4", RE_LLAMA3, 0, 0, 0},
+    {"gpt-4o", RE_GPT4O, 0, 0},
+    {"minimax-m2", RE_GPT4O, 0, 0},
     /* Qwen3.5 / 3.6: marks (\p{M}) join letters; no NFC (a decomposed "é" stays two
      * characters in the reference ids) */
     {"qwen35",
@@ -41,10 +45,13 @@ static const struct {
      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
      0, 0},
     /* GPT-2's byte-level regex: "gpt-2" is llama.cpp's name (written by gguf_export);
-     * "gpt2" is read too, as files from older lazymoe builds say */
-    {"gpt-2", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
-    {"gpt2", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
-    {"default", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", 0, 0},
+     * "gpt2" is read too, as files from older lazymoe builds say; MPT and OLMo / OLMoE
+     * (GPT-NeoX's vocabulary) split as GPT-2, as llama.cpp takes them */
+    {"gpt-2", RE_GPT2, 0, 0},
+    {"gpt2", RE_GPT2, 0, 0},
+    {"mpt", RE_GPT2, 0, 0},
+    {"olmo", RE_GPT2, 0, 0},
+    {"default", RE_GPT2, 0, 0},
 };
 #define N_PRE (sizeof pre_table / sizeof pre_table[0])
 

@@ -4,20 +4,21 @@
 // strings (models/ggml-vocab-NAME.gguf.out, made with the Hugging Face tokenizers of those
 // models) and against llama.cpp itself (node-llama-cpp's prebuilt libllama) on the same
 // file. The vocabularies are llama.cpp's own test files, under the pre-tokenizer names
-// its converter writes: qwen2, llama-bpe (Llama 3), gpt-2, and qwen35 (Qwen3.5 / 3.6, the
-// qwen35moe family's), taken from the llama.cpp source that node-llama-cpp ships
+// its converter writes: qwen2, llama-bpe (Llama 3), gpt-2, mpt, and qwen35 (Qwen3.5 / 3.6,
+// the qwen35moe family's), taken from the llama.cpp source that node-llama-cpp ships
 // (llama/gitRelease.bundle) with git.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ROOT, testCase, assert, done, execFileSync } from './harness.mjs';
-import { extractVocabs, loadVocab, disposeLlama, lazymoeEncode, show } from './gguf_vocab.mjs';
+import { extractVocabs, loadVocab, disposeLlama, lazymoeEncode, show, withPre } from './gguf_vocab.mjs';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lazymoe-gguf-bpe-'));
-const VOCABS = ['qwen2', 'llama-bpe', 'gpt-2', 'qwen35'];
+const VOCABS = ['qwen2', 'llama-bpe', 'gpt-2', 'qwen35', 'mpt'];
+let vocabs = null;
 
 await testCase('gguf_bpe_vocab_against_reference_ids_and_llamacpp', async () => {
-  const vocabs = extractVocabs(VOCABS, tmp);
+  vocabs = extractVocabs(VOCABS, tmp);
   const heldout = fs.readFileSync(path.join(ROOT, 'models', 'demo-coder', 'heldout.txt'), 'utf8').slice(0, 3000);
   for (const v of VOCABS) {
     const f = vocabs[v];
@@ -36,6 +37,29 @@ await testCase('gguf_bpe_vocab_against_reference_ids_and_llamacpp', async () => 
     await model.dispose();
     assert(JSON.stringify(ours[cases.length]) === JSON.stringify(theirs), `${v}: heldout.txt encodes otherwise in llama.cpp`);
     console.log(`# ${v}: ${cases.length} texts equal to llama.cpp's recorded reference ids, heldout.txt to llama.cpp's`);
+  }
+});
+
+// The names llama.cpp's converter writes for the other families lazymoe runs, with no
+// test vocabulary of their own in llama.cpp: glm4 (GLM-4.5 / 4.6: Llama 3's split, no
+// ignore_merges), minimax-m2 (gpt-4o's split) and olmo (OLMoE: GPT-2's split). Llama 3's
+// vocabulary under each name encodes llama.cpp's test strings and a 3 KB text as
+// llama.cpp does on the same file.
+await testCase('gguf_bpe_vocab_other_pre_names_as_llamacpp', async () => {
+  assert(vocabs, 'the vocabularies were not extracted');
+  const f = vocabs['llama-bpe'];
+  const cases = fs.readFileSync(f['.inp'], 'utf8').split('\n__ggml_vocab_test__\n');
+  const texts = [...cases, fs.readFileSync(path.join(ROOT, 'models', 'demo-coder', 'heldout.txt'), 'utf8').slice(0, 3000)];
+  for (const pre of ['glm4', 'minimax-m2', 'olmo']) {
+    const file = withPre(f.gguf, pre, path.join(tmp, `vocab-${pre}.gguf`));
+    const ours = lazymoeEncode(file, texts);
+    const model = await loadVocab(file);
+    for (let i = 0; i < texts.length; i++) {
+      const theirs = Array.from(model.tokenize(texts[i], true));
+      assert(JSON.stringify(ours[i]) === JSON.stringify(theirs),
+             `${pre}: ids differ for ${show(texts[i])}: lazymoe ${ours[i].slice(0, 16)} llama.cpp ${theirs.slice(0, 16)}`);
+    }
+    await model.dispose();
   }
 });
 

@@ -58,3 +58,40 @@ export function lazymoeEncode(file, texts) {
 }
 
 export const show = (s) => JSON.stringify(s.length > 60 ? s.slice(0, 60) + '...' : s);
+
+// A copy of a vocabulary-only GGUF file (no tensors, as llama.cpp's test vocabularies
+// are) at out with tokenizer.ggml.pre set to pre: the same vocabulary under another
+// pre-tokenizer name.
+export function withPre(file, pre, out) {
+  const b = fs.readFileSync(file);
+  assert(b.toString('latin1', 0, 4) === 'GGUF' && b.readBigUInt64LE(8) === 0n, `${file}: not a vocabulary-only GGUF`);
+  const nkv = Number(b.readBigUInt64LE(16));
+  const size = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+  let off = 24;
+  const str = () => { const n = Number(b.readBigUInt64LE(off)); off += 8 + n; return b.toString('utf8', off - n, off); };
+  const skip = (t) => {
+    if (t === 8) str();
+    else if (t === 9) {
+      const et = b.readUInt32LE(off), n = Number(b.readBigUInt64LE(off + 4));
+      off += 12;
+      for (let i = 0; i < n; i++) skip(et);
+    } else off += size[t];
+  };
+  const parts = [b.subarray(0, 24)];
+  for (let k = 0; k < nkv; k++) {
+    const start = off, key = str(), t = b.readUInt32LE(off);
+    off += 4;
+    const valueAt = off;
+    skip(t);
+    if (key === 'tokenizer.ggml.pre') {
+      const v = Buffer.from(pre, 'utf8'), len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(v.length));
+      parts.push(b.subarray(start, valueAt), len, v);
+    } else {
+      parts.push(b.subarray(start, off));
+    }
+  }
+  const body = Buffer.concat(parts);
+  fs.writeFileSync(out, Buffer.concat([body, Buffer.alloc((32 - (body.length % 32)) % 32)]));
+  return out;
+}
