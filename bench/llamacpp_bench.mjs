@@ -3,18 +3,22 @@
 // one JSON line shaped like `lazymoe bench --json` (prefill_tok_s, decode_tok_s,
 // generated_ids).
 //
-// usage: node bench/llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS [mmap]
+// usage: node bench/llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS [mmap] [fa] [default-batch]
 // IDS_FILE: the prompt's token ids, whitespace-separated. Best of REPS fresh contexts.
 // "mmap": map the file as llama.cpp does by default (for runs under a memory cap, where
 // the weights cannot all be read into memory) instead of reading it in at load.
+// "fa": flash attention on (off otherwise). "default-batch": node-llama-cpp's default
+// batch size (min(context, 512) tokens, and n_ubatch = n_batch: its addon sets both) in
+// place of the whole prompt in one batch.
 // Decode timing matches lazymoe's loop: GEN single-token evaluations after the prefill,
 // the first token picked from the prefill's logits.
 import path from "node:path";
 import fs from "node:fs";
 
-const [nodeModules, modelPath, idsFile, genArg, threadsArg, repsArg, mmapArg] = process.argv.slice(2);
-if (!repsArg) {
-    console.error("usage: node llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS");
+const [nodeModules, modelPath, idsFile, genArg, threadsArg, repsArg, ...flags] = process.argv.slice(2);
+const known = ["mmap", "fa", "default-batch"];
+if (!repsArg || flags.some((f) => !known.includes(f))) {
+    console.error("usage: node llamacpp_bench.mjs NODE_MODULES_DIR MODEL.gguf IDS_FILE GEN THREADS REPS [mmap] [fa] [default-batch]");
     process.exit(2);
 }
 const { getLlama, LlamaLogLevel } = await import(
@@ -27,14 +31,17 @@ const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLev
 const t0 = performance.now();
 // Weights read into memory at load (no mmap), like lazymoe --resident: no page faults
 // inside the timed prefill.
-const useMmap = mmapArg === "mmap";
+const useMmap = flags.includes("mmap");
+const flashAttention = flags.includes("fa");
+const defaultBatch = flags.includes("default-batch");
 const model = await llama.loadModel({ modelPath, gpuLayers: 0, useMmap });
 const loadS = (performance.now() - t0) / 1e3;
 
-let best = null;
+let best = null, batchSize = 0;
 for (let r = 0; r < reps; r++) {
     const context = await model.createContext({
-        contextSize: ids.length + gen + 16, batchSize: ids.length, threads, flashAttention: false });
+        contextSize: ids.length + gen + 16, threads, flashAttention,
+        ...(defaultBatch ? {} : { batchSize: ids.length }) });
     const seq = context.getSequence();
     // Prefill: the whole prompt in one batch; evaluate() yields the argmax of the last
     // prompt position's logits when the batch is done. Decode: each further step
@@ -54,9 +61,12 @@ for (let r = 0; r < reps; r++) {
                   generated_ids: out.slice(0, gen) };
     if (!best || res.decode_tok_s > best.decode_tok_s) best = { ...res, prefill_tok_s: Math.max(res.prefill_tok_s, best ? best.prefill_tok_s : 0) };
     else best.prefill_tok_s = Math.max(best.prefill_tok_s, res.prefill_tok_s);
+    batchSize = context.batchSize;
     await context.dispose();
 }
 console.log(JSON.stringify({ engine: "llama.cpp (node-llama-cpp prebuilt CPU)", model: modelPath, mmap: useMmap,
+                             flash_attention: flashAttention, flash_attention_supported: model.flashAttentionSupported,
+                             batch_size: batchSize,
                              prompt_tokens: ids.length, gen_tokens: gen, threads, load_s: loadS,
                              ...best }));
 await model.dispose();
