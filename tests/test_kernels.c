@@ -412,6 +412,45 @@ static void act8_quantize_layout(void) {
     }
 }
 
+/* A table's tile functions for attention give what its dot and axpy loops give, bit
+ * for bit: head sizes with and without a tail of a vector, short and full tiles,
+ * rows apart in a cache of several heads. */
+static void attention_rows_match_loops(void) {
+    const lm_cpu_kernels *simd[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2, &lm_cpu_kernels_neon};
+    static const int hds[] = {128, 64, 256, 40, 80, 17, 200};
+    static const int cnts[] = {64, 1, 3, 4, 5, 17, 63};
+    enum { MAXN = 256, MAXR = 64, STRIDE = 4 * MAXN + 3 };
+    float *x = malloc(sizeof(float) * MAXR * STRIDE), q[MAXN], e[MAXR], y0[MAXN], y1[MAXN], s0[MAXR], s1[MAXR];
+    for (int i = 0; i < MAXR * STRIDE; i++) x[i] = (float)urand() * 2;
+    for (int i = 0; i < MAXN; i++) q[i] = (float)urand();
+    for (int r = 0; r < MAXR; r++) e[r] = (float)urand() + 0.5f;
+    int compared = 0;
+    for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
+        const lm_cpu_kernels *k = simd[ti];
+        if (!k->available() || !k->dot_rows || !k->axpy_rows) continue;
+        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+            for (size_t ci = 0; ci < sizeof cnts / sizeof cnts[0]; ci++)
+                for (int sp = 0; sp < 2; sp++) {
+                    int n = hds[hi], cnt = cnts[ci];
+                    size_t stride = sp ? STRIDE : (size_t)n; /* rows of a widened tile, or of the cache */
+                    const float *xs = x + (sp ? 7 : 0);
+                    for (int r = 0; r < cnt; r++) s0[r] = k->dot(xs + (size_t)r * stride, q, n);
+                    k->dot_rows(s1, q, xs, stride, cnt, n);
+                    CHECKF(!memcmp(s0, s1, sizeof(float) * (size_t)cnt), "%s dot_rows: n %d cnt %d stride %zu differs",
+                           k->name, n, cnt, stride);
+                    for (int i = 0; i < n; i++) y0[i] = y1[i] = (float)urand();
+                    for (int r = 0; r < cnt; r++) k->axpy(y0, e[r], xs + (size_t)r * stride, n);
+                    k->axpy_rows(y1, e, xs, stride, cnt, n);
+                    CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n), "%s axpy_rows: n %d cnt %d stride %zu differs",
+                           k->name, n, cnt, stride);
+                    compared++;
+                }
+    }
+    free(x);
+    if (!compared) printf("# no SIMD attention tile functions on this CPU: nothing to compare\n");
+    CHECK(compared > 0 || !lm_cpu_kernels_avx512.available());
+}
+
 /* A table's SIMD quantizer must give lm_act8_quantize's bytes exactly: the int8
  * definition is shared by every table. Zeros, NaN, infinities, huge values,
  * halfway cases, a partial 128-block and the padding are compared bit for bit. */
@@ -824,6 +863,7 @@ int main(void) {
     TEST_CASE("kernels_batching_and_threads_bit_identical", batching_and_threads_bit_identical);
     TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
+    TEST_CASE("kernels_attention_rows_match_loops", attention_rows_match_loops);
     TEST_CASE("kernels_matmul_batch_equals_single", matmul_batch_equals_single);
     TEST_CASE("kernels_matmul_batch_many_items", matmul_batch_many_items);
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);

@@ -884,6 +884,8 @@ typedef struct {
     const float *sinks; /* [n_heads] or NULL */
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
+    void (*dot_rows)(float *out, const float *q, const float *x, size_t stride, int cnt, int n); /* or NULL */
+    void (*axpy_rows)(float *y, const float *e, const float *x, size_t stride, int cnt, int n);  /* or NULL */
 } attn_job;
 
 static void axpy_scalar(float *y, float a, const float *x, int n) {
@@ -956,8 +958,11 @@ static void attn_task(void *ctx, int task) {
             for (int i = 0; i < nh; i++) {
                 const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
                 mt[i] = mr[i];
+                if (j->dot_rows) j->dot_rows(sc[i], q, kr, ks, cnt, hd);
+                else
+                    for (int r = 0; r < cnt; r++) sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd);
                 for (int r = 0; r < cnt; r++) {
-                    sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd) * j->scale;
+                    sc[i][r] *= j->scale;
                     mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
                 }
             }
@@ -969,11 +974,14 @@ static void attn_task(void *ctx, int task) {
                     for (int d = 0; d < hd; d++) o[d] *= corr;
                     mr[i] = mt[i];
                 }
+                float *e = sc[i]; /* the scores become their weights, in place */
                 for (int r = 0; r < cnt; r++) {
-                    float e = expf(sc[i][r] - mr[i]);
-                    lr[i] += e;
-                    j->axpy(o, e, vr + (size_t)r * vs, hd);
+                    e[r] = expf(sc[i][r] - mr[i]);
+                    lr[i] += e[r];
                 }
+                if (j->axpy_rows) j->axpy_rows(o, e, vr, vs, cnt, hd);
+                else
+                    for (int r = 0; r < cnt; r++) j->axpy(o, e[r], vr + (size_t)r * vs, hd);
             }
         }
     }
@@ -1009,8 +1017,10 @@ static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv
     while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
     int qb = window > 0 ? 1 : ATTN_QUERY_BLOCK;
     while (qb > 1 && (size_t)((n + qb - 1) / qb) * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) qb /= 2;
-    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, qb, scale, sinks, dot_f32, axpy_scalar};
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, qb, scale, sinks, dot_f32, axpy_scalar,
+                  NULL, NULL};
     if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
+    if (impl->k && impl->k->dot_rows && impl->k->axpy_rows) j.dot_rows = impl->k->dot_rows, j.axpy_rows = impl->k->axpy_rows;
     lm_pool_run(impl->pool, (n + qb - 1) / qb * n_kv * (group / hpt), attn_task, &j);
     return 0;
 }

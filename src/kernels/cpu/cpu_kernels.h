@@ -87,6 +87,12 @@ typedef struct {
     int act8_q4_block; /* see lm_act8 */
     /* lm_act8_quantize in SIMD, byte for byte the same (NULL = the scalar one). */
     lm_act8_quantize_fn act8_quantize;
+    /* Attention over a tile of rows (optional, NULL = loops of dot and axpy), each
+     * bit for bit what those loops give: out[r] = dot(x + r * stride, q, n) for
+     * r < cnt, and for r = 0..cnt-1 in order y[i] += e[r] * x[r * stride + i]
+     * (y held in registers across the rows instead of stored after each). */
+    void (*dot_rows)(float *out, const float *q, const float *x, size_t stride, int cnt, int n);
+    void (*axpy_rows)(float *y, const float *e, const float *x, size_t stride, int cnt, int n);
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

@@ -683,6 +683,79 @@ TARGET static void axpy_avx512(float *y, float a, const float *x, int n) {
     }
 }
 
+/* dot_avx512 on cnt rows, four at a time (independent chains; each row's the same). */
+TARGET static void dot_rows_avx512(float *out, const float *q, const float *x, size_t stride, int cnt, int n) {
+    int r = 0;
+    for (; r + 4 <= cnt; r += 4) {
+        const float *x0 = x + (size_t)r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        int i = 0;
+        for (; i + 2 * LANES <= n; i += 2 * LANES) {
+            __m512 qa = _mm512_loadu_ps(q + i), qb = _mm512_loadu_ps(q + i + LANES);
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + i), qa, a0);
+            b0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + i + LANES), qb, b0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + i), qa, a1);
+            b1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + i + LANES), qb, b1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + i), qa, a2);
+            b2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + i + LANES), qb, b2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + i), qa, a3);
+            b3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + i + LANES), qb, b3);
+        }
+        for (; i < n; i += LANES) {
+            __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            __m512 qa = _mm512_maskz_loadu_ps(m, q + i);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x0 + i), qa, a0);
+            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x1 + i), qa, a1);
+            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x2 + i), qa, a2);
+            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x3 + i), qa, a3);
+        }
+        out[r] = hsum(_mm512_add_ps(a0, b0));
+        out[r + 1] = hsum(_mm512_add_ps(a1, b1));
+        out[r + 2] = hsum(_mm512_add_ps(a2, b2));
+        out[r + 3] = hsum(_mm512_add_ps(a3, b3));
+    }
+    for (; r < cnt; r++) out[r] = dot_avx512(x + (size_t)r * stride, q, n);
+}
+
+/* axpy_avx512 over cnt rows with y in registers: up to 8 vectors of y per pass over
+ * the rows (independent chains), each element the same fma chain in row order. */
+TARGET static void axpy_rows_avx512(float *y, const float *e, const float *x, size_t stride, int cnt, int n) {
+    int i = 0;
+    for (; i + 8 * LANES <= n; i += 8 * LANES) {
+        __m512 acc[8];
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < 8; c++) acc[c] = _mm512_loadu_ps(y + i + c * LANES);
+        for (int r = 0; r < cnt; r++) {
+            const float *xr = x + (size_t)r * stride + i;
+            __m512 va = _mm512_set1_ps(e[r]);
+            _Pragma("GCC unroll 8")
+            for (int c = 0; c < 8; c++) acc[c] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xr + c * LANES), acc[c]);
+        }
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < 8; c++) _mm512_storeu_ps(y + i + c * LANES, acc[c]);
+    }
+    for (; i + 4 * LANES <= n; i += 4 * LANES) {
+        __m512 acc[4];
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < 4; c++) acc[c] = _mm512_loadu_ps(y + i + c * LANES);
+        for (int r = 0; r < cnt; r++) {
+            const float *xr = x + (size_t)r * stride + i;
+            __m512 va = _mm512_set1_ps(e[r]);
+            _Pragma("GCC unroll 8")
+            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xr + c * LANES), acc[c]);
+        }
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(y + i + c * LANES, acc[c]);
+    }
+    for (; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 acc = _mm512_maskz_loadu_ps(m, y + i);
+        for (int r = 0; r < cnt; r++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(e[r]), _mm512_maskz_loadu_ps(m, x + (size_t)r * stride + i), acc);
+        _mm512_mask_storeu_ps(y + i, m, acc);
+    }
+}
+
 static int handles_avx512(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -707,7 +780,9 @@ const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512",
                                               handles_act8_avx512,
                                               rows_act8_avx512,
                                               Q4_BLOCK,
-                                              act8_quantize_avx512};
+                                              act8_quantize_avx512,
+                                              dot_rows_avx512,
+                                              axpy_rows_avx512};
 
 #else /* not x86-64 */
 
