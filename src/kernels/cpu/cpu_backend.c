@@ -932,6 +932,7 @@ static void attn_task(void *ctx, int task) {
     int tb = task / (j->n_kv * chunks), rest = task % (j->n_kv * chunks);
     int kvh = rest / chunks, h0 = kvh * (j->n_heads / j->n_kv) + (rest % chunks) * j->heads_per_task;
     int nh = j->heads_per_task, hd = j->hd, tile = attn_tile(hd);
+    const float scale = j->scale;
     int t0 = tb * j->qblock, t1 = t0 + j->qblock < j->n ? t0 + j->qblock : j->n;
     int last = j->pos0 + t1 - 1, first = 0; /* the block's last position; a window means one token a block */
     if (j->window > 0 && j->pos0 + t0 - j->window + 1 > 0) first = j->pos0 + t0 - j->window + 1;
@@ -961,10 +962,12 @@ static void attn_task(void *ctx, int task) {
                 if (j->dot_rows) j->dot_rows(sc[i], q, kr, ks, cnt, hd);
                 else
                     for (int r = 0; r < cnt; r++) sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd);
+                float mx = mt[i];
                 for (int r = 0; r < cnt; r++) {
-                    sc[i][r] *= j->scale;
-                    mt[i] = sc[i][r] > mt[i] ? sc[i][r] : mt[i];
+                    sc[i][r] *= scale;
+                    mx = sc[i][r] > mx ? sc[i][r] : mx;
                 }
+                mt[i] = mx;
             }
             for (int i = 0; i < nh; i++) {
                 float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
@@ -974,11 +977,12 @@ static void attn_task(void *ctx, int task) {
                     for (int d = 0; d < hd; d++) o[d] *= corr;
                     mr[i] = mt[i];
                 }
-                float *e = sc[i]; /* the scores become their weights, in place */
+                float *e = sc[i], mi = mr[i], li = lr[i]; /* the scores become their weights, in place */
                 for (int r = 0; r < cnt; r++) {
-                    e[r] = expf(sc[i][r] - mr[i]);
-                    lr[i] += e[r];
+                    e[r] = expf(e[r] - mi);
+                    li += e[r];
                 }
+                lr[i] = li;
                 if (j->axpy_rows) j->axpy_rows(o, e, vr, vs, cnt, hd);
                 else
                     for (int r = 0; r < cnt; r++) j->axpy(o, e[r], vr + (size_t)r * vs, hd);
