@@ -867,7 +867,7 @@ static int cpu_kv_store(lm_backend *be, lm_kv *c, int pos0, const float *src, in
 #define ATTN_TILE_FLOATS 8192
 #define ATTN_TILE_MAX 64
 #define ATTN_TILE_HEADS 64 /* query heads one task handles at most */
-#define ATTN_QUERY_BLOCK 16 /* query tokens one task handles at most */
+#define ATTN_QUERY_BLOCK 64 /* query tokens one task handles at most */
 
 static int attn_tile(int hd) {
     int t = ATTN_TILE_FLOATS / hd;
