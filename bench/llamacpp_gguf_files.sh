@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced (not run) by bench/llamacpp_compare_gguf.sh and bench/long_context_compare.sh:
 # the parts they share, so both use the same files under bench/out/ and either reuses
 # what the other made.
