@@ -242,18 +242,16 @@ int lm_replay(const lm_trace_data *routes, const lm_trace_data *predicted, const
             const int base = o->global ? l * E : 0;
             const int64_t tnow = (int64_t)t * L + l;
             int ahead = 0, ahead_used = 0; /* lookahead reads issued (or held back) for this step, used */
+            const int n = o->lookahead && o->lookahead > predicted->top_k ? predicted->top_k : o->lookahead;
+            const int32_t *pred = o->lookahead ? predicted->ids + (size_t)t * (size_t)predicted->n_layers * (size_t)predicted->top_k +
+                                                     (size_t)l * (size_t)predicted->top_k
+                                               : NULL;
             if (o->lookahead && !lm_lookahead_gate_open(&gate, l)) {
                 /* Gate closed: no reads; the predictions not cached are remembered to
                  * measure whether they would have been used. */
-                int n = o->lookahead < predicted->top_k ? o->lookahead : predicted->top_k;
-                const int32_t *pred = predicted->ids + (size_t)t * (size_t)predicted->n_layers * (size_t)predicted->top_k +
-                                      (size_t)l * (size_t)predicted->top_k;
                 for (int i = 0; i < n && pred[i] >= 0; i++)
                     if (p->key_slot[base + pred[i]] < 0 && !p->shadow[base + pred[i]]) p->shadow[base + pred[i]] = 1, ahead++;
             } else if (o->lookahead) {
-                int n = o->lookahead < predicted->top_k ? o->lookahead : predicted->top_k;
-                const int32_t *pred = predicted->ids + (size_t)t * (size_t)predicted->n_layers * (size_t)predicted->top_k +
-                                      (size_t)l * (size_t)predicted->top_k;
                 if (!o->unguarded)
                     for (int i = 0; i < n && pred[i] >= 0; i++) {
                         int s = p->key_slot[base + pred[i]];
