@@ -717,36 +717,30 @@ TARGET static void dot_rows_avx512(float *out, const float *q, const float *x, s
     for (; r < cnt; r++) out[r] = dot_avx512(x + (size_t)r * stride, q, n);
 }
 
+/* Columns [i, i + W * LANES) of axpy_rows_avx512: W vectors of y held in registers over
+ * all cnt rows. W is a constant at each call, so each width compiles to its own
+ * unrolled loop. */
+TARGET INLINE void axpy_rows_block(float *y, const float *e, const float *x, size_t stride, int cnt, int i,
+                                   const int W) {
+    __m512 acc[8];
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < W; c++) acc[c] = _mm512_loadu_ps(y + i + c * LANES);
+    for (int r = 0; r < cnt; r++) {
+        const float *xr = x + (size_t)r * stride + i;
+        __m512 va = _mm512_set1_ps(e[r]);
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < W; c++) acc[c] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xr + c * LANES), acc[c]);
+    }
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < W; c++) _mm512_storeu_ps(y + i + c * LANES, acc[c]);
+}
+
 /* axpy_avx512 over cnt rows with y in registers: up to 8 vectors of y per pass over
  * the rows (independent chains), each element the same fma chain in row order. */
 TARGET static void axpy_rows_avx512(float *y, const float *e, const float *x, size_t stride, int cnt, int n) {
     int i = 0;
-    for (; i + 8 * LANES <= n; i += 8 * LANES) {
-        __m512 acc[8];
-        _Pragma("GCC unroll 8")
-        for (int c = 0; c < 8; c++) acc[c] = _mm512_loadu_ps(y + i + c * LANES);
-        for (int r = 0; r < cnt; r++) {
-            const float *xr = x + (size_t)r * stride + i;
-            __m512 va = _mm512_set1_ps(e[r]);
-            _Pragma("GCC unroll 8")
-            for (int c = 0; c < 8; c++) acc[c] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xr + c * LANES), acc[c]);
-        }
-        _Pragma("GCC unroll 8")
-        for (int c = 0; c < 8; c++) _mm512_storeu_ps(y + i + c * LANES, acc[c]);
-    }
-    for (; i + 4 * LANES <= n; i += 4 * LANES) {
-        __m512 acc[4];
-        _Pragma("GCC unroll 8")
-        for (int c = 0; c < 4; c++) acc[c] = _mm512_loadu_ps(y + i + c * LANES);
-        for (int r = 0; r < cnt; r++) {
-            const float *xr = x + (size_t)r * stride + i;
-            __m512 va = _mm512_set1_ps(e[r]);
-            _Pragma("GCC unroll 8")
-            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xr + c * LANES), acc[c]);
-        }
-        _Pragma("GCC unroll 8")
-        for (int c = 0; c < 4; c++) _mm512_storeu_ps(y + i + c * LANES, acc[c]);
-    }
+    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_rows_block(y, e, x, stride, cnt, i, 8);
+    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_rows_block(y, e, x, stride, cnt, i, 4);
     for (; i < n; i += LANES) {
         __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
         __m512 acc = _mm512_maskz_loadu_ps(m, y + i);
