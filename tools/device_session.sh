@@ -14,6 +14,8 @@
 #   llamacpp[:LAYERS]       tools/llamacpp_cuda.sh: llama.cpp built with CUDA there from the
 #                           carried source (build/llamacpp-carry, --pack it here) against
 #                           lazymoe's CUDA backend on the same Q4_0 GGUF
+#   llamacpu[:LAYERS]       the same script with MODE=cpu: both engines on the CPU, every
+#                           thread (issue 15's 16-thread figures); reuses llamacpp's build
 #   routing:SECONDS         tools/train_routing_model.py trained for SECONDS
 #   fuzz:SECONDS:T1,T2,...  libFuzzer campaigns (-fork) of the carried fuzz targets,
 #                           the spare cores split between them, for SECONDS each;
@@ -104,7 +106,11 @@ run_job() {
         OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${LLAMACPP_SECONDS:-560}" \
             bash tools/llamacpp_cuda.sh >"$dir/log.txt" 2>&1
         rc=$?
-        rm -rf /tmp/llamacpp-bench
+        ;;
+    llamacpu)
+        OUT="$dir" LAYERS="${arg:-24}" MODE=cpu LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${LLAMACPP_SECONDS:-560}" \
+            bash tools/llamacpp_cuda.sh >"$dir/log.txt" 2>&1
+        rc=$?
         ;;
     routing)
         secs=${arg:-330}
@@ -141,7 +147,7 @@ run_job() {
         done
         ;;
     *)
-        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], llamacpp[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
+        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], llamacpp[:LAYERS], llamacpu[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
         ;;
     esac
     echo "$job: exit $rc after $((SECONDS - start)) s" | tee -a "$STAGE/summary.txt"

@@ -11,16 +11,19 @@
 #        and httplib), about 1.7 MB; tools/ and vendor/ CMakeLists cut down to them;
 #     -> build/llamacpp-carry/gguf_from_mlx: bench/gguf_from_mlx.c linked statically (the
 #        box has no jansson headers), MLX 4-bit group 32 -> the same weights as Q4_1 GGUF.
-# On the box (tools/device_session.sh job `llamacpp[:LAYERS]`, carry
-# build/llamacpp-carry and the CUDA CLI of build/cuda-carry):
-#   1. builds llama-bench and llama-quantize with CUDA (sm_90) in the background;
-#   2. meanwhile: lazymoe synth (group 32) -> gguf_from_mlx -> Q4_1 GGUF (exact) -> the
-#      MLX directory deleted; then llama-quantize -> Q4_0 (4.5 bits), Q4_1 deleted (disk);
-#   3. llama-bench -p 512 -n 64 with -ngl 99 and with --n-cpu-moe (3/4 of the layers: 36 of
-#      48, the issue's split; all threads), and
+# On the box (tools/device_session.sh jobs `llamacpp[:LAYERS]` and `llamacpu[:LAYERS]`,
+# carry build/llamacpp-carry and the CUDA CLI of build/cuda-carry):
+#   1. builds llama-bench and llama-quantize with CUDA (sm_90) in the background, once:
+#      under build/llamacpp-work, which a later call on the same held machine reuses;
+#   2. meanwhile: lazymoe synth (group 32) -> gguf_from_mlx -> Q4_1 GGUF (exact), then
+#      llama-quantize -> Q4_0 (--pure, 4.5 bits) and Q4_K_M; Q4_1 deleted (disk);
+#   3. MODE=cuda (job llamacpp): llama-bench -p 512 -n 64 with -ngl 99 and with
+#      --n-cpu-moe (3/4 of the layers: 36 of 48, the issue's split; all threads), and
 #      lazymoe bench on the same Q4_0 file: every expert in GPU memory, a GPU budget for
 #      25% of them (uploads), and the same with --cpu-experts 4;
-#   4. summary.txt: tok/s of each and the ratios the issue asks for.
+#      MODE=cpu (job llamacpu, issue 15): both engines on the CPU only with every thread,
+#      default flags, on Q4_0, Q4_K_M (and lazymoe on the MLX directory);
+#   4. summary.txt: tok/s of each and the ratios the issues ask for.
 set -u
 cd "$(dirname "$0")/.."
 CARRY=build/llamacpp-carry
@@ -59,43 +62,121 @@ mkdir -p "$OUT"
 CLI=${CLI:-build/cuda-carry/lazymoe}
 [ -x build/cuda/lazymoe ] && CLI=build/cuda/lazymoe
 LAYERS=${LAYERS:-48}
-W=/tmp/llamacpp-bench
+MODE=${MODE:-cuda}
+# Under the repository's build/ (ignored): the device tool keeps it between calls on a
+# machine still held, so a second call (MODE=cpu after MODE=cuda) reuses the llama.cpp
+# build and the model files instead of making them again.
+W=${LLAMACPP_WORK:-$PWD/build/llamacpp-work}
 mkdir -p "$W"
 export XDG_CACHE_HOME="$W/xdg"
 start=$SECONDS
 step() { echo "== $* ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"; }
-
-step "llama.cpp: configure and build (background)"
-tar xJf $CARRY/llama-src.tar.xz -C "$W" || exit 1
-cat "$W/llama.cpp/SOURCE_COMMIT.txt" | tee -a "$OUT/summary.txt"
-(
-    cmake -S "$W/llama.cpp" -B "$W/build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release &&
-        cmake --build "$W/build" -j "$(nproc)" --target llama-bench llama-quantize
-) >"$OUT/llama_build.txt" 2>&1 &
-build_pid=$!
-
-step "model: synth $LAYERS layers (MLX 4-bit group 32) -> Q4_1 GGUF"
-M=$W/mlx Q41=$W/q4_1.gguf Q40=$W/q4_0.gguf
-"$CLI" synth --preset qwen3-30b-a3b --layers "$LAYERS" --bits 4 --group-size 32 --out "$M" --threads 8 --quiet \
-    >"$OUT/synth.txt" 2>&1 || { echo "synth failed"; tail -3 "$OUT/synth.txt"; }
-$CARRY/gguf_from_mlx "$M" "$Q41" >"$OUT/gguf_from_mlx.txt" 2>&1 || { echo "gguf_from_mlx failed"; tail -3 "$OUT/gguf_from_mlx.txt"; }
-rm -rf "$M"
-step "waiting for the llama.cpp build"
-wait $build_pid
-echo "build exit $?" | tee -a "$OUT/summary.txt"
-tail -3 "$OUT/llama_build.txt"
 B=$W/build/bin
+build_pid=""
+if [ ! -x "$B/llama-bench" ] || [ ! -x "$B/llama-quantize" ]; then
+    step "llama.cpp: configure and build (background)"
+    # extracted once: a new extraction would touch every source and rebuild everything
+    [ -d "$W/llama.cpp" ] || tar xJf $CARRY/llama-src.tar.xz -C "$W" || exit 1
+    (
+        cmake -S "$W/llama.cpp" -B "$W/build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON \
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release &&
+            cmake --build "$W/build" -j "$(nproc)" --target llama-bench llama-quantize
+    ) >>"$OUT/llama_build.txt" 2>&1 &
+    build_pid=$!
+fi
+tee -a "$OUT/summary.txt" <"$W/llama.cpp/SOURCE_COMMIT.txt"
+df -h "$W" | tail -1 | tee -a "$OUT/summary.txt"
+
+# the model: MLX 4-bit group 32 (kept: the CPU comparison runs lazymoe on it too) ->
+# the same weights as an exact Q4_1 GGUF -> llama.cpp's quantizer makes Q4_0 (--pure:
+# every matrix Q4_0, the CUDA comparison's file) and Q4_K_M (its default mix: Q4_K
+# experts, Q6_K output); Q4_1 is deleted once both exist (disk)
+M=$W/mlx-$LAYERS Q41=$W/q4_1-$LAYERS.gguf Q40=$W/q4_0-$LAYERS.gguf QK=$W/q4_k_m-$LAYERS.gguf
+if [ ! -f "$M/config.json" ]; then
+    step "model: synth $LAYERS layers (MLX 4-bit group 32)"
+    "$CLI" synth --preset qwen3-30b-a3b --layers "$LAYERS" --bits 4 --group-size 32 --out "$M" --threads 8 --quiet \
+        >"$OUT/synth.txt" 2>&1 || { echo "synth failed"; tail -3 "$OUT/synth.txt"; }
+fi
+if { [ ! -f "$Q40" ] || [ ! -f "$QK" ]; } && [ ! -f "$Q41" ]; then
+    step "model: MLX -> Q4_1 GGUF"
+    $CARRY/gguf_from_mlx "$M" "$Q41" >"$OUT/gguf_from_mlx.txt" 2>&1 || { echo "gguf_from_mlx failed"; tail -3 "$OUT/gguf_from_mlx.txt"; }
+fi
+if [ -n "$build_pid" ]; then
+    step "waiting for the llama.cpp build"
+    wait $build_pid
+    echo "build exit $?" | tee -a "$OUT/summary.txt"
+    tail -3 "$OUT/llama_build.txt"
+fi
 if [ -x "$B/llama-quantize" ] && [ -f "$Q41" ]; then
-    step "llama-quantize Q4_1 -> Q4_0"
-    # --pure: every matrix Q4_0 (the default puts output.weight in Q6_K, which the cuda
-    # backend has no kernel for yet); the F32 routers and norms stay F32
-    "$B/llama-quantize" --pure "$Q41" "$Q40" q4_0 "$(nproc)" >"$OUT/quantize.txt" 2>&1
-    echo "quantize exit $?" | tee -a "$OUT/summary.txt"
-    rm -f "$Q41"
+    if [ ! -f "$Q40" ]; then
+        step "llama-quantize Q4_1 -> Q4_0 (--pure)"
+        # --pure: the default puts output.weight in Q6_K, which the cuda backend has no
+        # kernel for; the F32 routers and norms stay F32
+        "$B/llama-quantize" --pure "$Q41" "$Q40" q4_0 "$(nproc)" >"$OUT/quantize_q4_0.txt" 2>&1
+        echo "quantize exit $?" | tee -a "$OUT/summary.txt"
+    fi
+    if [ ! -f "$QK" ]; then
+        step "llama-quantize Q4_1 -> Q4_K_M"
+        "$B/llama-quantize" --allow-requantize "$Q41" "$QK" q4_k_m "$(nproc)" >"$OUT/quantize_q4_k_m.txt" 2>&1
+        echo "quantize exit $?" | tee -a "$OUT/summary.txt"
+    fi
+    [ -f "$Q40" ] && [ -f "$QK" ] && rm -f "$Q41"
 fi
 ls -la "$W" | tee -a "$OUT/summary.txt"
+
+if [ "$MODE" = cpu ]; then
+    # issue 15's 16-thread figures: both engines on the CPU only, every thread, default
+    # flags; llama.cpp's CUDA build with no device visible is its CPU backend (built
+    # -march=native, Q4_0 repacked as its prebuilt CPU library does)
+    T=$(nproc)
+    for f in q4_0 q4_k_m; do
+        F=$W/$f-$LAYERS.gguf
+        [ -f "$F" ] || continue
+        step "llama-bench CPU $f, $T threads"
+        CUDA_VISIBLE_DEVICES="" timeout 200 "$B/llama-bench" -m "$F" -ngl 0 -t "$T" -p 512 -n 64 -r 2 -o json \
+            >"$OUT/llama_cpu_$f.json" 2>"$OUT/llama_cpu_$f.err"
+    done
+    for f in q4_0 q4_k_m mlx; do
+        F=$W/$f-$LAYERS.gguf
+        [ "$f" = mlx ] && F=$M
+        [ -e "$F" ] || continue
+        step "lazymoe CPU $f, $T threads, default flags"
+        timeout 200 "$CLI" bench "$F" --backend cpu --threads "$T" --prompt-tokens 512 --gen-tokens 64 --no-warm-start \
+            --json >"$OUT/lazymoe_cpu_$f.json" 2>"$OUT/lazymoe_cpu_$f.err"
+    done
+    python3 - "$OUT" <<'PYEOF' | tee -a "$OUT/summary.txt"
+import json, os, sys
+d = sys.argv[1]
+def llama(f):
+    try:
+        rows = json.load(open(os.path.join(d, "llama_cpu_%s.json" % f)))
+    except Exception:
+        return None, None
+    pp = [r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0]
+    tg = [r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0]
+    return (pp[0] if pp else None), (tg[0] if tg else None)
+def lz(f):
+    try:
+        j = json.load(open(os.path.join(d, "lazymoe_cpu_%s.json" % f)))
+        return j["prefill_tok_s"], j["decode_tok_s"]
+    except Exception:
+        return None, None
+ref = {f: llama(f) for f in ("q4_0", "q4_k_m")}
+for f, (p, t) in ref.items():
+    print("llama.cpp CPU %-7s prefill %s decode %s" % (f, p, t))
+best_p = max([p for p, _ in ref.values() if p] or [0]) or None
+best_t = max([t for _, t in ref.values() if t] or [0]) or None
+ratio = lambda a, b: ("%.2fx" % (a / b)) if a and b else "-"
+for f in ("q4_0", "q4_k_m", "mlx"):
+    p, t = lz(f)
+    print("lazymoe CPU %-7s prefill %s decode %s  vs llama.cpp's best file: prefill %s decode %s" % (
+        f, p, t, ratio(p, best_p), ratio(t, best_t)))
+PYEOF
+    step "done"
+    exit 0
+fi
+
 if [ -x "$B/llama-bench" ] && [ -f "$Q40" ]; then
     step "llama-bench -ngl 99"
     timeout 150 "$B/llama-bench" -m "$Q40" -ngl 99 -p 512 -n 64 -r 2 -o json >"$OUT/llama_ngl99.json" 2>"$OUT/llama_ngl99.err"
