@@ -777,6 +777,8 @@ typedef struct {
     int no_types;             /* no tokenizer.ggml.token_type */
     int model_keys;           /* the keys and token_embd.weight that lm_gguf_config reads */
     int long_piece;           /* a 13th piece of 100 bytes ("z" x 100) */
+    const char *typed_id;     /* tokenizer.ggml.TYPED_ID_token_id written as typed_type (value 8, "8", [8]) */
+    gguf_type typed_type;
 } vocab_opts;
 
 static int spm_file(const char *path, const vocab_opts *o, char *err) {
@@ -804,6 +806,19 @@ static int spm_file(const char *path, const vocab_opts *o, char *err) {
     if (o->eos != 0) gguf_w_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)o->eos);
     if (o->bos != 0) gguf_w_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)o->bos);
     if (o->pre) gguf_w_str(w, "tokenizer.ggml.pre", o->pre);
+    if (o->typed_id) {
+        char k[64];
+        static const int32_t eight = 8;
+        snprintf(k, sizeof k, "tokenizer.ggml.%s_token_id", o->typed_id);
+        switch (o->typed_type) {
+        case GGUF_TYPE_I32: gguf_w_i32(w, k, 8); break;
+        case GGUF_TYPE_U64: gguf_w_u64(w, k, 8); break;
+        case GGUF_TYPE_F32: gguf_w_f32(w, k, 8.0f); break;
+        case GGUF_TYPE_BOOL: gguf_w_bool(w, k, 1); break;
+        case GGUF_TYPE_STRING: gguf_w_str(w, k, "8"); break;
+        default: gguf_w_arr(w, k, GGUF_TYPE_I32, &eight, 1); break;
+        }
+    }
     if (o->model_keys) {
         static const char *const keys[] = {"block_count", "embedding_length", "attention.head_count",
                                            "feed_forward_length", "expert_count", "expert_used_count"};
@@ -1083,6 +1098,66 @@ static void vocab_special_defaults(void) {
     }
 }
 
+/* A special-token id key (tokenizer.ggml.NAME_token_id) that holds no integer is an
+ * error naming the key, the type found, the type expected and the file, in the model's
+ * config (bos, eos, eot, eom) and in the tokenizer (bos, eos, unknown, padding), as
+ * llama.cpp refuses the file ("key ... has wrong type ... but expected type u32"); it
+ * was read as absent. Any integer type gives the id, as u32 does. */
+static void vocab_special_id_types(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/spm_typed.gguf", tmp);
+    static const struct {
+        const char *key;
+        gguf_type type;
+        int in_config, in_tokenizer;
+    } bad[] = {
+        {"bos", GGUF_TYPE_STRING, 1, 1}, {"eos", GGUF_TYPE_F32, 1, 1},     {"eot", GGUF_TYPE_BOOL, 1, 0},
+        {"eom", GGUF_TYPE_ARRAY, 1, 0},  {"unknown", GGUF_TYPE_STRING, 0, 1}, {"padding", GGUF_TYPE_F32, 0, 1},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32, .model_keys = 1, .typed_id = bad[i].key,
+                                            .typed_type = bad[i].type},
+                        err) == 0,
+               "%s", err);
+        char want[160];
+        snprintf(want, sizeof want, "GGUF key 'tokenizer.ggml.%s_token_id' is a %s, expected a u32 token id",
+                 bad[i].key, gguf_type_name(bad[i].type));
+        lazymoe_model *m = NULL;
+        int rc = lazymoe_model_open(&m, path, NULL, err, sizeof err);
+        if (bad[i].in_config)
+            CHECKF(rc != 0 && strstr(err, want) && strstr(err, "spm_typed.gguf"), "%s: \"%s\"", bad[i].key, err);
+        else /* the model's config has no use for it: it fails later, for want of tensors */
+            CHECKF(rc != 0 && !strstr(err, "token_id"), "%s: \"%s\"", bad[i].key, err);
+        lazymoe_model_close(m);
+        lm_tokenizer *tok = NULL;
+        rc = lm_tokenizer_load(path, &tok, err);
+        if (bad[i].in_tokenizer)
+            CHECKF(rc != 0 && strstr(err, want) && strstr(err, "spm_typed.gguf"), "%s: \"%s\"", bad[i].key, err);
+        else
+            CHECKF(rc == 0, "%s: %s", bad[i].key, err);
+        lm_tokenizer_free(tok);
+    }
+    /* i32 and u64 ids read as u32 ones */
+    static const gguf_type ints[] = {GGUF_TYPE_I32, GGUF_TYPE_U64};
+    for (size_t i = 0; i < 2; i++) {
+        CHECKF(spm_file(path, &(vocab_opts){12, GGUF_TYPE_F32, .model_keys = 1, .typed_id = "bos", .typed_type = ints[i]},
+                        err) == 0,
+               "%s", err);
+        gguf_archive *g = NULL;
+        CHECKF(gguf_open(&g, path, err) == 0, "%s", err);
+        if (!g) continue;
+        lm_config c;
+        CHECKF(lm_gguf_config(&c, g, err) == 0, "%s", err);
+        CHECKF(c.bos_id == 8, "%s: bos %d", gguf_type_name(ints[i]), c.bos_id);
+        lm_config_free(&c);
+        lm_tokenizer *tok = NULL;
+        CHECKF(lm_tokenizer_from_gguf(g, &tok, err) == 0, "%s", err);
+        CHECK(tok && lm_tokenizer_bos_id(tok) == 8);
+        lm_tokenizer_free(tok);
+        gguf_close(g);
+    }
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -1200,6 +1275,7 @@ int main(void) {
     TEST_CASE("gguf_qwen3_next_qwen3_5_moe_mtp_block_skipped", qwen_linear_mtp);
     TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
     TEST_CASE("gguf_vocab_special_id_defaults", vocab_special_defaults);
+    TEST_CASE("gguf_vocab_special_id_of_a_wrong_type", vocab_special_id_types);
     TEST_CASE("gguf_spm_long_text_and_limit", spm_long_text_and_limit);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

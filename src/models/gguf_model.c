@@ -52,13 +52,15 @@ static int require(meta *m, int rc, const char *suffix) {
 
 /* Appends tokenizer.ggml.NAME_token_id to the eos list, as llama.cpp takes it (its
  * vocabulary type's default where the key is absent), unless it is none or listed. */
-static void add_token_id(const gguf_archive *g, const char *name, json_t *eos) {
-    int64_t v = lm_gguf_special_id(g, name);
+static int add_token_id(const gguf_archive *g, const char *name, json_t *eos, char *err) {
+    int64_t v;
     size_t i;
     json_t *e;
-    if (v < 0) return;
-    json_array_foreach(eos, i, e) if (json_integer_value(e) == v) return;
+    if (lm_gguf_special_id(g, name, &v, err) != 0) return -1;
+    if (v < 0) return 0;
+    json_array_foreach(eos, i, e) if (json_integer_value(e) == v) return 0;
     json_array_append_new(eos, json_integer((json_int_t)v));
+    return 0;
 }
 
 /* GGUF keeps one eos id; generation_config.json often lists more (Qwen: <|im_end|> and
@@ -411,11 +413,11 @@ int lm_gguf_config(lm_config *c, const gguf_archive *g, char *err) {
     json_object_set_new(cfg, "mlp_only_layers", dense);
     json_t *eos = json_array();
     json_object_set_new(cfg, "eos_token_id", eos);
-    add_token_id(g, "eos", eos);
-    add_token_id(g, "eot", eos);
-    add_token_id(g, "eom", eos);
+    int64_t bos;
+    if (add_token_id(g, "eos", eos, err) || add_token_id(g, "eot", eos, err) || add_token_id(g, "eom", eos, err) ||
+        lm_gguf_special_id(g, "bos", &bos, err))
+        goto done;
     add_end_tokens(g, eos);
-    int64_t bos = lm_gguf_special_id(g, "bos");
     if (bos >= 0) json_object_set_new(cfg, "bos_token_id", json_integer((json_int_t)bos));
     text = json_dumps(cfg, JSON_COMPACT);
     if (!text) {

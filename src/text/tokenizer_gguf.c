@@ -84,18 +84,25 @@ static const gguf_kv *array_kv(const gguf_archive *g, const char *key, gguf_type
     return kv;
 }
 
-int64_t lm_gguf_special_id(const gguf_archive *g, const char *name) {
+int lm_gguf_special_id(const gguf_archive *g, const char *name, int64_t *id, char *err) {
+    *id = -1;
     const gguf_kv *toks = gguf_find_kv(g, "tokenizer.ggml.tokens");
-    if (!toks || toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING) return -1;
+    if (!toks || toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING) return 0;
     uint64_t n = toks->arr_n;
     char key[64], e[LM_ERR_LEN], *model = NULL;
     snprintf(key, sizeof key, "tokenizer.ggml.%s_token_id", name);
-    int64_t v = -1, def = -1;
-    if (gguf_get_int(g, key, &v, e) == 1 && v >= 0 && (uint64_t)v < n) return v;
+    const gguf_kv *kv = gguf_find_kv(g, key);
+    /* llama.cpp reads the key as u32 and refuses the file when it has another type;
+     * any integer type is read here (the id is the same number) */
+    if (kv && gguf_get_int(g, key, id, e) != 1)
+        return lm_errf(err, "GGUF key '%s' is a %s, expected a u32 token id", key, gguf_type_name(kv->type));
+    if (*id >= 0 && (uint64_t)*id < n) return 0;
+    int64_t def = -1;
     if (gguf_get_str(g, "tokenizer.ggml.model", &model, e) == 1 && strcmp(model, "llama") == 0)
         def = strcmp(name, "bos") == 0 ? 1 : strcmp(name, "eos") == 0 ? 2 : strcmp(name, "unknown") == 0 ? 0 : -1;
     free(model);
-    return def >= 0 && (uint64_t)def < n ? def : -1;
+    *id = def >= 0 && (uint64_t)def < n ? def : -1;
+    return 0;
 }
 
 /* Token texts that llama.cpp (llama-vocab.cpp) makes control tokens whatever type the
@@ -139,8 +146,10 @@ static int spm_json(const gguf_archive *g, const gguf_kv *toks, json_t *root, js
         gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, err) < 0 ||
         gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &add_eos, err) < 0)
         return -1;
-    int64_t bos = lm_gguf_special_id(g, "bos"), eos = lm_gguf_special_id(g, "eos"),
-            unk = lm_gguf_special_id(g, "unknown"), pad = lm_gguf_special_id(g, "padding");
+    int64_t bos, eos, unk, pad;
+    if (lm_gguf_special_id(g, "bos", &bos, err) || lm_gguf_special_id(g, "eos", &eos, err) ||
+        lm_gguf_special_id(g, "unknown", &unk, err) || lm_gguf_special_id(g, "padding", &pad, err))
+        return -1;
     json_t *vocab = json_array(), *tt = json_array(), *added = json_array();
     json_t *model = json_pack("{s:s, s:o, s:o, s:I, s:b}", "type", "LlamaSPM", "vocab", vocab, "token_types", tt,
                               "unk_id", (json_int_t)unk, "add_space_prefix", add_prefix);
@@ -314,8 +323,10 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
                   "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0, "use_regex", 0));
     json_object_set_new(root, "decoder", json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1,
                                                    "trim_offsets", 1, "use_regex", 1));
-    int64_t bos = lm_gguf_special_id(g, "bos"), eos = lm_gguf_special_id(g, "eos"),
-            pad = lm_gguf_special_id(g, "padding");
+    int64_t bos, eos, pad;
+    if (lm_gguf_special_id(g, "bos", &bos, err) || lm_gguf_special_id(g, "eos", &eos, err) ||
+        lm_gguf_special_id(g, "padding", &pad, err))
+        goto done;
     int add_bos = pre_table[pi].add_bos;
     if (gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos, err) < 0) goto done;
     if (add_bos && bos >= 0) {

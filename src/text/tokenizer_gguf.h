@@ -25,12 +25,14 @@ int lm_gguf_tokenizer_json(const gguf_archive *g, json_t **tokenizer, json_t **c
 int lm_tokenizer_from_gguf(const gguf_archive *g, lm_tokenizer **out, char *err);
 
 /* The id llama.cpp's vocabulary loader takes for tokenizer.ggml.NAME_token_id (NAME
- * "bos", "eos", "eot", "unknown", "padding", ...): the key's value when it is a token of
- * the vocabulary; where the key is absent or out of range, the default of the
+ * "bos", "eos", "eot", "unknown", "padding", ...) into *id: the key's value when it is a
+ * token of the vocabulary; where the key is absent or out of range, the default of the
  * vocabulary's model when that is a token: SentencePiece ("llama") bos 1, eos 2,
  * unknown 0. -1: none. (llama.cpp's byte-level BPE default, bos and eos 11, is not
- * taken: a leftover of Falcon's vocabulary, "," in GPT-2's and Qwen's.) */
-int64_t lm_gguf_special_id(const gguf_archive *g, const char *name);
+ * taken: a leftover of Falcon's vocabulary, "," in GPT-2's and Qwen's.) Returns 0, or
+ * -1 with err naming the key, its type and the type expected when the key holds no
+ * integer (llama.cpp refuses such a file too; callers add the file's name). */
+int lm_gguf_special_id(const gguf_archive *g, const char *name, int64_t *id, char *err);
 
 /* llama.cpp's pre-tokenizer name for a split regex (NULL if none), and the regex of a
  * name (NULL if unknown). */
