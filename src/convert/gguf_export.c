@@ -641,7 +641,9 @@ static int put_tokenizer(exporter *x, const char *dir) {
         json_t *pat = json_object_get(json_object_get(it, "pattern"), "Regex");
         if (json_is_string(pat)) regex = json_string_value(pat);
     }
-    const char *pre = regex ? lm_gguf_pre_name(regex) : NULL;
+    const char *pre = regex ? lm_gguf_pre_name(regex, json_is_true(json_object_get(model, "ignore_merges")),
+                                               x->lw->cfg.model_type)
+                            : NULL;
     if (!regex && json_is_true(json_object_get(pt, "use_regex"))) pre = "gpt-2";
     if (!pre) {
         lm_errf(x->err, "%s/tokenizer.json: its pre-tokenizer matches none of llama.cpp's names lazymoe knows", dir);

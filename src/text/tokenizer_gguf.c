@@ -26,18 +26,21 @@
 static const struct {
     const char *name;
     const char *regex;
-    int nfc;           /* the Hugging Face tokenizer.json normalizes to NFC first */
-    int ignore_merges; /* BPE model's ignore_merges (Llama 3 family) */
-    int add_bos;       /* llama.cpp's add_bos_token where the file has no key (Llama 3 family) */
+    int nfc;            /* the Hugging Face tokenizer.json normalizes to NFC first */
+    int ignore_merges;  /* BPE model's ignore_merges (Llama 3 family) */
+    int add_bos;        /* llama.cpp's add_bos_token where the file has no key (Llama 3 family) */
+    const char *family; /* the model_type whose tokenizer llama.cpp's converter gives this name */
 } pre_table[] = {
     {"qwen2", RE_QWEN2, 1, 0},
     {"deepseek-r1-qwen", RE_QWEN2, 1, 0},
     {"llama-bpe", RE_LLAMA3, 0, 1, 1},
-    /* GLM-4.5 / 4.6 (llama.cpp's chatglm4 split): Llama 3's regex without its
-     * ignore_merges and default BOS */
-    {"glm4", RE_LLAMA3, 0, 0, 0},
+    /* GLM-4.5 / 4.6 / 4.7 (llama.cpp's chatglm4 split): Llama 3's regex without its
+     * ignore_merges and default BOS; llama.cpp's converter names GLM-4.5-Air's and
+     * GLM-4.7-Flash's tokenizers so (convert_hf_to_gguf_update.py) */
+    {"glm4", RE_LLAMA3, 0, 0, 0, "glm4_moe"},
     {"gpt-4o", RE_GPT4O, 0, 0},
-    {"minimax-m2", RE_GPT4O, 0, 0},
+    /* llama.cpp splits it as gpt-4o (LLAMA_VOCAB_PRE_TYPE_MINIMAX_M2 shares the regex) */
+    {"minimax-m2", RE_GPT4O, 0, 0, 0, "minimax_m2"},
     /* Qwen3.5 / 3.6: marks (\p{M}) join letters; no NFC (a decomposed "é" stays two
      * characters in the reference ids) */
     {"qwen35",
@@ -55,10 +58,17 @@ static const struct {
 };
 #define N_PRE (sizeof pre_table / sizeof pre_table[0])
 
-const char *lm_gguf_pre_name(const char *regex) {
-    for (size_t i = 0; i < N_PRE; i++)
-        if (strcmp(pre_table[i].regex, regex) == 0) return pre_table[i].name;
-    return NULL;
+const char *lm_gguf_pre_name(const char *regex, int ignore_merges, const char *model_type) {
+    int best = -1, best_score = -1;
+    for (size_t i = 0; i < N_PRE; i++) {
+        if (strcmp(pre_table[i].regex, regex) != 0) continue;
+        /* the same ids first (llama.cpp takes ignore_merges from the name), then the
+         * family's own name; else the first */
+        int score = 2 * (pre_table[i].ignore_merges == (ignore_merges != 0)) +
+                    (model_type && pre_table[i].family && strcmp(pre_table[i].family, model_type) == 0);
+        if (score > best_score) best = (int)i, best_score = score;
+    }
+    return best < 0 ? NULL : pre_table[best].name;
 }
 
 static int pre_index(const char *name) {

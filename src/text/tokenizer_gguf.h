@@ -34,9 +34,13 @@ int lm_tokenizer_from_gguf(const gguf_archive *g, lm_tokenizer **out, char *err)
  * integer (llama.cpp refuses such a file too; callers add the file's name). */
 int lm_gguf_special_id(const gguf_archive *g, const char *name, int64_t *id, char *err);
 
-/* llama.cpp's pre-tokenizer name for a split regex (NULL if none), and the regex of a
- * name (NULL if unknown). */
-const char *lm_gguf_pre_name(const char *regex);
+/* llama.cpp's pre-tokenizer name for a tokenizer.json's split regex and its BPE model's
+ * ignore_merges (NULL if no name has the regex), and the regex of a name (NULL if
+ * unknown). Several names share a regex: the one whose ignore_merges is the file's comes
+ * first, as llama.cpp takes ignore_merges from the name (Llama 3's regex is "llama-bpe"
+ * with it, "glm4" without), then the one llama.cpp's converter writes for model_type
+ * (a config.json model_type, or NULL). */
+const char *lm_gguf_pre_name(const char *regex, int ignore_merges, const char *model_type);
 const char *lm_gguf_pre_regex(const char *name);
 
 #endif

@@ -59,12 +59,10 @@ export function lazymoeEncode(file, texts) {
 
 export const show = (s) => JSON.stringify(s.length > 60 ? s.slice(0, 60) + '...' : s);
 
-// A copy of a vocabulary-only GGUF file (no tensors, as llama.cpp's test vocabularies
-// are) at out with tokenizer.ggml.pre set to pre: the same vocabulary under another
-// pre-tokenizer name.
-export function withPre(file, pre, out) {
-  const b = fs.readFileSync(file);
-  assert(b.toString('latin1', 0, 4) === 'GGUF' && b.readBigUInt64LE(8) === 0n, `${file}: not a vocabulary-only GGUF`);
+// The key-value pairs of a GGUF file's header: {key: value} for strings and numbers
+// (arrays are skipped), and where the tensor infos begin.
+function readHeader(b, file) {
+  assert(b.toString('latin1', 0, 4) === 'GGUF', `${file}: not a GGUF file`);
   const nkv = Number(b.readBigUInt64LE(16));
   const size = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
   let off = 24;
@@ -77,21 +75,50 @@ export function withPre(file, pre, out) {
       for (let i = 0; i < n; i++) skip(et);
     } else off += size[t];
   };
-  const parts = [b.subarray(0, 24)];
+  const kvs = [];
   for (let k = 0; k < nkv; k++) {
     const start = off, key = str(), t = b.readUInt32LE(off);
     off += 4;
     const valueAt = off;
     skip(t);
-    if (key === 'tokenizer.ggml.pre') {
+    const value = t === 8 ? b.toString('utf8', valueAt + 8, off) : t === 4 ? b.readUInt32LE(valueAt) : undefined;
+    kvs.push({ key, type: t, start, valueAt, end: off, value });
+  }
+  return { kvs, end: off };
+}
+
+// A string or u32 value of a GGUF file's metadata (undefined when absent)
+export function ggufValue(file, key) {
+  const kv = readHeader(fs.readFileSync(file), file).kvs.find((k) => k.key === key);
+  return kv && kv.value;
+}
+
+// A copy of a GGUF file at out with tokenizer.ggml.pre set to pre: the same vocabulary
+// (and tensors) under another pre-tokenizer name.
+export function withPre(file, pre, out) {
+  const b = fs.readFileSync(file);
+  const { kvs, end } = readHeader(b, file);
+  const parts = [b.subarray(0, 24)];
+  for (const kv of kvs) {
+    if (kv.key === 'tokenizer.ggml.pre') {
       const v = Buffer.from(pre, 'utf8'), len = Buffer.alloc(8);
       len.writeBigUInt64LE(BigInt(v.length));
-      parts.push(b.subarray(start, valueAt), len, v);
+      parts.push(b.subarray(kv.start, kv.valueAt), len, v);
     } else {
-      parts.push(b.subarray(start, off));
+      parts.push(b.subarray(kv.start, kv.end));
     }
   }
+  // tensor infos (name, n_dims, ne[n_dims], type, offset into the data section) as they
+  // are; the data section starts at the next multiple of the alignment in both files
+  const align = kvs.find((k) => k.key === 'general.alignment')?.value ?? 32;
+  const pad = (n) => Buffer.alloc((align - (n % align)) % align);
+  let off = end;
+  for (let t = 0, n = Number(b.readBigUInt64LE(8)); t < n; t++) {
+    off += 8 + Number(b.readBigUInt64LE(off));
+    off += 4 + 8 * b.readUInt32LE(off) + 12;
+  }
+  parts.push(b.subarray(end, off));
   const body = Buffer.concat(parts);
-  fs.writeFileSync(out, Buffer.concat([body, Buffer.alloc((32 - (body.length % 32)) % 32)]));
+  fs.writeFileSync(out, Buffer.concat([body, pad(body.length), b.subarray(off + pad(off).length)]));
   return out;
 }
