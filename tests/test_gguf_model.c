@@ -777,12 +777,15 @@ typedef struct {
     int no_types;             /* no tokenizer.ggml.token_type */
     int model_keys;           /* the keys and token_embd.weight that lm_gguf_config reads */
     int long_piece;           /* a 13th piece of 100 bytes ("z" x 100) */
+    int no_byte_pieces;       /* "x", "y", "z" (normal, score -9) instead of the three <0xNN> pieces */
     const char *typed_id;     /* tokenizer.ggml.TYPED_ID_token_id written as typed_type (value 8, "8", [8]) */
     gguf_type typed_type;
 } vocab_opts;
 
 static int spm_file(const char *path, const vocab_opts *o, char *err) {
-    static const int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1};
+    static const int32_t byte_types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1},
+                         plain_types[] = {2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const int32_t *types = o->no_byte_pieces ? plain_types : byte_types;
     const char *pieces[13];
     float scores[13];
     char z[101];
@@ -792,6 +795,11 @@ static int spm_file(const char *path, const vocab_opts *o, char *err) {
         pieces[i] = i < 12 ? spm_pieces[i] : z;
         scores[i] = i < 12 ? spm_scores[i] : -10;
     }
+    if (o->no_byte_pieces)
+        for (int i = 3; i < 6; i++) {
+            pieces[i] = i == 3 ? "x" : i == 4 ? "y" : "z";
+            scores[i] = -9;
+        }
     uint64_t n = o->long_piece ? 13 : 12;
     static float emb[12 * 4];
     int64_t ne[2] = {4, 12};
@@ -926,6 +934,54 @@ static void spm_tokenizer(void) {
                "%s", err);
         lm_tokenizer_free(tok);
     }
+}
+
+/* A character without a piece. With byte pieces (spm_tokenizer above: <0x41>, <0xC3>,
+ * <0xA9> but no <0xE2>): each byte becomes its <0xNN> piece, or the unknown token where
+ * that is missing, as SentencePiece's encoder maps a missing byte piece (llama.cpp throws;
+ * SentencePiece itself refuses to load a model with some but not all 256 byte pieces).
+ * Without any byte piece, a SentencePiece model without byte_fallback: a run of such
+ * characters is one unknown token, across the encoder's 4 KB chunks too, where llama.cpp
+ * throws. The ids are those of SentencePiece itself (google/sentencepiece compiled to wasm,
+ * npm @sctg/sentencepiece-js 1.3.3) for a BPE ModelProto of the same pieces, scores and
+ * types, byte_fallback false, identity normalizer, add_dummy_prefix true,
+ * remove_extra_whitespaces false. Before, each byte was its own unknown token. */
+static void spm_no_byte_pieces(void) {
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/spm_no_bytes.gguf", tmp);
+    lm_tokenizer *tok = spm_tokenizer_at(path, &(vocab_opts){12, GGUF_TYPE_F32, .no_byte_pieces = 1});
+    if (!tok) return;
+    enum { RUN = 5000 };
+    char *run = malloc(3 * RUN + 3);
+    memset(run, 'a', 1);
+    for (int i = 0; i < RUN; i++) memcpy(run + 1 + 3 * i, "\xE2\x82\xAC", 3);
+    run[1 + 3 * RUN] = 'b';
+    static const struct {
+        const char *text;
+        int32_t ids[8];
+        size_t n;
+    } cases[] = {
+        {"abab", {11, 10, 8}, 3},
+        {"A\xC3\xA9\xE2\x82\xAC", {6, 0}, 2},
+        {"A a\xE2\x82\xAC\xE2\x82\xAC" "b", {6, 0, 11, 0, 8}, 5},
+        {"x\xE2\x82\xACy\xC3\xA9\xC3\xA9 a", {6, 3, 0, 4, 0, 11}, 6},
+        {"A\xC3\xA9 \xE2\x82\xAC", {6, 0, 6, 0}, 4},
+        {" ", {6, 6}, 2},
+        {NULL, {11, 0, 8}, 3}, /* "a", 5000 x "€" (15000 bytes: four chunks), "b" */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *text = cases[i].text ? cases[i].text : run;
+        size_t len = cases[i].text ? strlen(text) : 3 * RUN + 2;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECKF(lm_tokenizer_encode(tok, text, len, 0, &ids, &n, err) == 0, "%s", err);
+        CHECKF(ids && n == cases[i].n && memcmp(ids, cases[i].ids, n * sizeof *ids) == 0,
+               "case %zu: %zu ids, the first %d %d %d", i, n, n > 0 ? ids[0] : -1, n > 1 ? ids[1] : -1,
+               n > 2 ? ids[2] : -1);
+        free(ids);
+    }
+    free(run);
+    lm_tokenizer_free(tok);
 }
 
 /* the id of t[0, k) among spm_pieces' normal pieces, -1 if none */
@@ -1274,6 +1330,7 @@ int main(void) {
     TEST_CASE("gguf_qwen3_5_moe_layout_and_config", qwen3_5_moe_layout);
     TEST_CASE("gguf_qwen3_next_qwen3_5_moe_mtp_block_skipped", qwen_linear_mtp);
     TEST_CASE("gguf_spm_tokenizer", spm_tokenizer);
+    TEST_CASE("gguf_spm_tokenizer_without_byte_pieces", spm_no_byte_pieces);
     TEST_CASE("gguf_vocab_special_id_defaults", vocab_special_defaults);
     TEST_CASE("gguf_vocab_special_id_of_a_wrong_type", vocab_special_id_types);
     TEST_CASE("gguf_spm_long_text_and_limit", spm_long_text_and_limit);

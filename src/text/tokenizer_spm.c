@@ -9,7 +9,8 @@
  * the adjacent pair whose concatenation is the highest-scoring piece of the vocabulary
  * (equal scores: the leftmost pair first); a final symbol that is no piece (only a single
  * character can be one) becomes its bytes as <0xNN> pieces, or the byte as a piece of its
- * own, or the unknown token. Every piece of the vocabulary takes part, whatever its type
+ * own, or the unknown token; in a vocabulary without <0xNN> pieces a run of such
+ * characters becomes one unknown token (below). Every piece of the vocabulary takes part, whatever its type
  * (llama.cpp's text_to_token); where two ids spell the same piece the later one wins.
  * A long section is encoded in chunks of about 4 KB cut where no piece spans the cut (so
  * the ids are the whole section's), and encoding stops once the caller's limit on ids is
@@ -33,6 +34,7 @@ struct tb_spm {
     uint8_t *type;     /* [n] GGUF token types (1 normal ... 6 byte) */
     int32_t n;
     int32_t unk_id;    /* -1: none */
+    int byte_pieces;   /* some <0xNN> piece is there: SentencePiece's byte_fallback */
     int add_space_prefix;
     size_t max_piece;  /* bytes of the longest piece */
 };
@@ -71,6 +73,11 @@ int tb_spm_parse(json_t *model, lm_tokenizer *tok, tb_spm **out, char *err) {
     m->unk_id = json_is_integer(unk) && json_integer_value(unk) >= 0 && json_integer_value(unk) < (json_int_t)n
                     ? (int32_t)json_integer_value(unk)
                     : -1;
+    for (int b = 0; b < 256 && !m->byte_pieces; b++) {
+        char piece[8];
+        snprintf(piece, sizeof piece, "<0x%02X>", b);
+        m->byte_pieces = tb_strmap_get(&m->vocab, piece, 6, -1) >= 0;
+    }
     m->add_space_prefix = !json_is_false(json_object_get(model, "add_space_prefix"));
     *out = m;
     return 0;
@@ -147,6 +154,7 @@ typedef struct {
     const char *text;
     symbol *sym;
     heap q;
+    int unk_run; /* the last id of the section is the unknown token of characters without pieces */
 } session;
 
 static int try_bigram(session *s, int left, int right) {
@@ -163,7 +171,18 @@ static int push_id(int32_t id, int32_t **ids, size_t *n, size_t *cap) {
     return 0;
 }
 
-/* The id of byte b: its <0xNN> piece, else the byte as a piece, else unknown. */
+/* The id of byte b: its <0xNN> piece, else the byte as a piece, else unknown.
+ *
+ * A byte whose <0xNN> piece is missing from a vocabulary that has others: llama.cpp
+ * (byte_to_token) throws std::out_of_range from the tokenize call; SentencePiece refuses
+ * to load such a model at all ("there are not 256 byte pieces although `byte_fallback` is
+ * true", model_interface.cc), and its encoder, were it loaded, would map each byte of a
+ * character without a piece through PieceToId, which answers the unknown id for a missing
+ * piece (sentencepiece_processor.cc, PopulateSentencePieceText). That is what this does:
+ * the unknown id per such byte, an error only when there is no unknown token either. A
+ * vocabulary with no <0xNN> piece at all is a SentencePiece model without byte_fallback
+ * (its loader refuses byte pieces without it), encoded in encode_chunk as SentencePiece
+ * encodes one. */
 static int32_t byte_id(const tb_spm *m, unsigned char b) {
     char buf[8];
     snprintf(buf, sizeof buf, "<0x%02X>", b);
@@ -206,12 +225,24 @@ static int encode_chunk(session *ss, size_t lo, size_t hi, size_t max_ids, int32
         if (try_bigram(ss, l->prev, b.left) || try_bigram(ss, b.left, l->next)) return lm_errf(err, "out of memory");
     }
     /* Every merged symbol is a piece (pairs are queued only when they are); a single
-     * character that is not becomes bytes. */
+     * character that is not becomes bytes. Without byte pieces (SentencePiece without
+     * byte_fallback) it is unknown, and so is a run of such characters, once: SentencePiece
+     * merges consecutive unknown pieces into one (PopulateSentencePieceText), where
+     * llama.cpp throws (no <0xNN> piece to fall back on). */
     for (int i = 0; count && i != -1 && *n <= max_ids; i = ss->sym[i].next) {
         const symbol *y = &ss->sym[i];
         int32_t id = tb_strmap_get(&m->vocab, t + y->off, y->n, -1);
         if (id >= 0) {
             if (push_id(id, ids, n, cap)) return lm_errf(err, "out of memory");
+            ss->unk_run = 0;
+            continue;
+        }
+        if (!m->byte_pieces) {
+            if (m->unk_id < 0)
+                return lm_errf(err, "the vocabulary has no piece for \"%.*s\" (no byte pieces, no unknown token)",
+                               (int)y->n, t + y->off);
+            if (!ss->unk_run && push_id(m->unk_id, ids, n, cap)) return lm_errf(err, "out of memory");
+            ss->unk_run = 1;
             continue;
         }
         for (size_t j = 0; j < y->n && *n <= max_ids; j++) {
@@ -262,7 +293,7 @@ int tb_spm_encode(const tb_spm *m, const char *s, size_t len, int prefix_space, 
     static const char space[] = "\xE2\x96\x81";
     lm_strbuf t = {0};
     int rc = -1;
-    session ss = {m, NULL, NULL, {0}};
+    session ss = {m, NULL, NULL, {0}, 0};
     size_t sym_cap = 0;
     if (prefix_space && lm_strbuf_append(&t, space, 3)) goto oom;
     for (size_t i = 0; i < len; i++)
