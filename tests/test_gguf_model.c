@@ -942,10 +942,11 @@ static void spm_tokenizer(void) {
  * SentencePiece itself refuses to load a model with some but not all 256 byte pieces).
  * Without any byte piece, a SentencePiece model without byte_fallback: a run of such
  * characters is one unknown token, across the encoder's 4 KB chunks too, where llama.cpp
- * throws. The ids are those of SentencePiece itself (google/sentencepiece compiled to wasm,
- * npm @sctg/sentencepiece-js 1.3.3) for a BPE ModelProto of the same pieces, scores and
- * types, byte_fallback false, identity normalizer, add_dummy_prefix true,
- * remove_extra_whitespaces false. Before, each byte was its own unknown token. */
+ * throws. The ids are those of SentencePiece itself (google/sentencepiece compiled to
+ * wasm, npm @sctg/sentencepiece-js 1.3.3) for a BPE ModelProto of the same pieces, scores
+ * and types, byte_fallback false, identity normalizer, add_dummy_prefix true,
+ * remove_extra_whitespaces false (tools/spm_reference_ids.mjs writes it and prints them).
+ * Before, each byte was its own unknown token. */
 static void spm_no_byte_pieces(void) {
     char path[512], err[LM_ERR_LEN];
     snprintf(path, sizeof path, "%s/spm_no_bytes.gguf", tmp);
