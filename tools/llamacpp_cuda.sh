@@ -113,13 +113,18 @@ if [ -x "$B/llama-quantize" ] && [ -f "$Q41" ]; then
         step "llama-quantize Q4_1 -> Q4_0 (--pure)"
         # --pure: the default puts output.weight in Q6_K, which the cuda backend has no
         # kernel for; the F32 routers and norms stay F32
-        "$B/llama-quantize" --pure "$Q41" "$Q40" q4_0 "$(nproc)" >"$OUT/quantize_q4_0.txt" 2>&1
-        echo "quantize exit $?" | tee -a "$OUT/summary.txt"
+        "$B/llama-quantize" --pure --allow-requantize "$Q41" "$Q40" q4_0 "$(nproc)" >"$OUT/quantize_q4_0.txt" 2>&1
+        rc=$?
+        # a failed run leaves a partial file that would pass for the model in a later call
+        [ $rc = 0 ] || rm -f "$Q40"
+        echo "quantize exit $rc" | tee -a "$OUT/summary.txt"
     fi
     if [ ! -f "$QK" ]; then
         step "llama-quantize Q4_1 -> Q4_K_M"
         "$B/llama-quantize" --allow-requantize "$Q41" "$QK" q4_k_m "$(nproc)" >"$OUT/quantize_q4_k_m.txt" 2>&1
-        echo "quantize exit $?" | tee -a "$OUT/summary.txt"
+        rc=$?
+        [ $rc = 0 ] || rm -f "$QK"
+        echo "quantize exit $rc" | tee -a "$OUT/summary.txt"
     fi
     [ -f "$Q40" ] && [ -f "$QK" ] && rm -f "$Q41"
 fi

@@ -112,6 +112,14 @@ typedef struct {
     int nts;
     double wait_ms, host_ms; /* host_ms: the host's time inside ops (waits included) */
     long waits, host_calls;
+    /* the host's time per op of the ops table (sig: the op wrapper's __PRETTY_FUNCTION__,
+     * which names the op), to tell which ops' host work the GPU waits for */
+    struct {
+        const char *sig;
+        double ms, slow_ms; /* calls under 1 ms; those of 1 ms or more (uploads at first use, waits) */
+        long calls, slow_calls;
+    } hs[64];
+    int nhs;
     uint64_t fast_launches; /* launches of k_gemv / k_gemm (tests) */
     /* download_later: copies into a page-locked area, handed to their host arrays
      * when the host next waits for the stream (stream_wait) */
@@ -231,6 +239,8 @@ static cudaError_t stream_wait(cuda_impl *im) {
     return e;
 }
 
+__global__ void k_nothing(void) {}
+
 static void tim_print(cuda_impl *im) {
     tim_flush(im);
     double total = 0;
@@ -240,6 +250,41 @@ static void tim_print(cuda_impl *im) {
      * time the GPU waits for launches (the kernel times above then include those gaps) */
     fprintf(stderr, "cuda timing: %.3f ms of host time in %ld ops, %.3f ms of it not waiting\n", im->host_ms,
             im->host_calls, im->host_ms - im->wait_ms);
+    for (int done = 0; done < im->nhs; done++) { /* largest first */
+        int b = done;
+        for (int i = done + 1; i < im->nhs; i++)
+            if (im->hs[i].ms > im->hs[b].ms) b = i;
+        if (b != done) {
+            auto t = im->hs[b];
+            im->hs[b] = im->hs[done];
+            im->hs[done] = t;
+        }
+        /* the op's name: what follows "F = " in the wrapper's signature (g++'s form:
+         * "... [with ...; F = cuda_rmsnorm; int FLUSH = 1]") */
+        const char *sig = im->hs[done].sig, *at = strstr(sig, "F = ");
+        int len = 0;
+        if (at) {
+            at += 4;
+            while (at[len] && at[len] != ';' && at[len] != ']' && at[len] != ',') len++;
+        } else {
+            at = sig;
+            len = (int)strlen(sig);
+        }
+        fprintf(stderr, "cuda timing: host %-28.*s %10.3f ms %8ld calls %8.2f us each; %ld calls of 1 ms+ (%.1f ms)\n",
+                len, at, im->hs[done].ms, im->hs[done].calls,
+                im->hs[done].calls ? 1e3 * im->hs[done].ms / (double)im->hs[done].calls : 0.0, im->hs[done].slow_calls,
+                im->hs[done].slow_ms);
+    }
+    /* the floor under any op that launches: an empty kernel's launch, host side */
+    cudaStreamSynchronize(im->stream);
+    double t0 = now_ms();
+    for (int i = 0; i < 1000; i++) k_nothing<<<1, 32, 0, im->stream>>>();
+    double t1 = now_ms();
+    cudaStreamSynchronize(im->stream);
+    double t2 = now_ms();
+    cudaGetLastError();
+    fprintf(stderr, "cuda timing: an empty kernel's launch: %.2f us on the host, %.2f us until done (1000 in a row)\n",
+            (t1 - t0), (t2 - t0));
     for (int done = 0; done < im->nts; done++) { /* largest first */
         int b = done;
         for (int i = done + 1; i < im->nts; i++)
@@ -1490,6 +1535,27 @@ static int flush_pending(lm_backend *be) {
     }
 }
 
+/* LAZYMOE_CUDA_TIMING: the host's time in one op, summed per op (a pointer compare
+ * over at most 64 entries: timing runs only). */
+static void host_time_add(cuda_impl *im, const char *sig, double ms) {
+    int k = 0;
+    while (k < im->nhs && im->hs[k].sig != sig) k++;
+    if (k == im->nhs) {
+        if (im->nhs == (int)(sizeof im->hs / sizeof im->hs[0])) return;
+        im->hs[k].sig = sig;
+        im->hs[k].ms = im->hs[k].slow_ms = 0;
+        im->hs[k].calls = im->hs[k].slow_calls = 0;
+        im->nhs++;
+    }
+    if (ms < 1.0) {
+        im->hs[k].ms += ms;
+        im->hs[k].calls++;
+    } else {
+        im->hs[k].slow_ms += ms;
+        im->hs[k].slow_calls++;
+    }
+}
+
 /* Every op not in the pairs above goes through this in the ops table: the held-back
  * op first, then the op. */
 template <typename Fn, Fn F, int FLUSH> struct flushed_op;
@@ -1500,8 +1566,10 @@ struct flushed_op<int (*)(lm_backend *, A...), F, FLUSH> {
         double t0 = im->timing ? now_ms() : 0;
         int rc = FLUSH && flush_pending(be) != 0 ? -1 : F(be, a...);
         if (im->timing) {
-            im->host_ms += now_ms() - t0;
+            double ms = now_ms() - t0;
+            im->host_ms += ms;
             im->host_calls++;
+            host_time_add(im, __PRETTY_FUNCTION__, ms);
         }
         return rc;
     }
