@@ -90,6 +90,19 @@ print(int(d['resident_bytes'] + d['expert_bytes'] // 4 + 2 * 2**30))")
     bench ssd --backend "$BE" --ctx 4096 --gpu-memory "$B25" --memory "$M25"
 fi
 bench cpu --backend cpu --ctx 4096
+# the CPU backend's decode by op at every thread and at 4 (LAZYMOE_OP_TIMING=1: wall
+# time per call site of the forward pass), for its thread scaling (issue 15)
+for t in "$(nproc)" 4; do
+    step "op timing: cpu, $t threads, prompt 16, generated 64"
+    LAZYMOE_OP_TIMING=1 timeout 120 "$CLI" bench "$M" --backend cpu --threads "$t" --ctx 4096 --prompt-tokens 16 \
+        --gen-tokens 64 --no-warm-start --json >"$OUT/optiming_cpu_$t.json" 2>"$OUT/optiming_cpu_$t.err"
+    python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+print('  prefill %.1f tok/s  decode %.2f tok/s' % (d['prefill_tok_s'], d['decode_tok_s']))" "$OUT/optiming_cpu_$t.json" \
+        2>&1 | tee -a "$OUT/summary.txt"
+    grep 'op timing' "$OUT/optiming_cpu_$t.err" | head -16 | tee -a "$OUT/summary.txt"
+done
 
 # Where the time goes (LAZYMOE_CUDA_TIMING=1: each kernel between two events, summed
 # per kernel, and the host's waits for the GPU), for a decode-heavy run (16 prompt
@@ -105,7 +118,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 print('  prefill %.1f tok/s  decode %.2f tok/s' % (d['prefill_tok_s'], d['decode_tok_s']))" "$OUT/timing_$1.json" \
             2>&1 | tee -a "$OUT/summary.txt"
-        grep 'cuda timing' "$OUT/timing_$1.err" | head -25 | tee -a "$OUT/summary.txt"
+        grep 'cuda timing' "$OUT/timing_$1.err" | head -60 | tee -a "$OUT/summary.txt"
     }
     timing decode 16 64
     timing prefill 512 1

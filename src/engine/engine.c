@@ -1,6 +1,7 @@
 /* The engine behind the public API (src/api/): model loading, memory planning,
  * sessions, evaluation. */
 #include "engine/engine.h"
+#include "engine/op_timing.h"
 
 #include "common/error.h"
 #include "common/log.h"
@@ -420,6 +421,7 @@ int lm_engine_open(lazymoe_model **out, const char *dir, const lazymoe_options *
 
 int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_options *opt, const lm_io *io, char *e) {
     *out = NULL;
+    lm_op_timing_init();
     lazymoe_model *m = calloc(1, sizeof *m);
     if (!m) return lm_errf(e, "out of memory");
     m->opt = *opt;

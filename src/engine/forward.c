@@ -28,15 +28,20 @@
 #include "common/error.h"
 #include "engine/blocks.h"
 #include "engine/linear_attention.h"
+#include "engine/op_timing.h"
 
 #include <math.h>
 #include <string.h>
 
 #define BE(s) ((s)->m->be)
-/* Runs a backend operation; on failure returns -1 from the caller with its reason. */
+/* Runs a backend operation; on failure returns -1 from the caller with its reason.
+ * With LAZYMOE_OP_TIMING its wall time goes to its call site (engine/op_timing.h). */
 #define OP(be, call)                                                                                               \
     do {                                                                                                           \
-        if ((call) != 0) return lm_errf(err, "%s backend: %s", (be)->ops->name, lm_backend_error(be));           \
+        double t0_ = lm_op_timing ? lm_op_timing_now() : 0.0;                                                      \
+        int rc_ = (call);                                                                                          \
+        if (lm_op_timing) lm_op_timing_add(#call, t0_);                                                            \
+        if (rc_ != 0) return lm_errf(err, "%s backend: %s", (be)->ops->name, lm_backend_error(be));               \
     } while (0)
 
 void lm_layer_blocks_of(const lm_weights *w, int l, lm_layer_blocks *out) {
