@@ -186,18 +186,87 @@ static void hostile_files(void) {
     CASE("block size", (b[info_pos(b, len, "tq") + 4] = 63), "not a multiple of Q8_0's block of 32");
     CASE("dims", (b[info_pos(b, len, "tq")] = 5), "tensor 'tq' has 5 dimensions");
     CASE("duplicate tensor", (b[info_pos(b, len, "tq") - 1] = 'a'), "tensor 'ta' appears twice");
+    CASE("empty tensor name", put_le(b + info_pos(b, len, "tq") - 10, 0, 8), "tensor 2 of 2 has an empty");
     CASE("empty file", len = 0, "the header is truncated");
     /* a KV string length pointing far past the end */
     CASE("string length", put_le(b + 24, 1ull << 50, 8), "the header is truncated");
     free(b);
-    /* every truncation of the file fails cleanly and names the file */
-    int all_fail = 1, named = 1;
+    /* every truncation of the file fails cleanly, names the file, and names what it cuts:
+     * the KV (by number for its key, by key for its type and value), the tensor info (by
+     * number for its name, by name for the rest) or the tensor whose data runs past the
+     * end */
+    static const char *const keys[] = {"general.architecture", "qwen3moe.block_count", "i32", "u64", "f32", "flag",
+                                       "i8", "f64", "tokenizer.ggml.tokens", "ids", "nested"};
+    enum { NK = sizeof keys / sizeof keys[0] };
+    size_t key_at[NK + 1], from = 24;
+    for (int k = 0; k < NK; k++) { /* where KV k's key (u64 length, bytes) starts */
+        size_t kl = strlen(keys[k]);
+        key_at[k] = 0;
+        for (size_t i = from; !key_at[k] && i + 8 + kl <= n; i++)
+            if (base[i] == kl && !memcmp(base + i + 1, "\0\0\0\0\0\0\0", 7) && !memcmp(base + i + 8, keys[k], kl))
+                key_at[k] = i;
+        CHECKF(key_at[k], "KV '%s' not found", keys[k]);
+        from = key_at[k] + 8 + kl;
+    }
+    static const char *const tensors[] = {"ta", "tq"};
+    size_t name_at[2], info_end[2];
+    for (int t = 0; t < 2; t++) {
+        size_t p = info_pos(base, n, tensors[t]);
+        name_at[t] = p - 8 - strlen(tensors[t]);
+        info_end[t] = p + 4 + 8 * base[p] + 4 + 8;
+    }
+    key_at[NK] = name_at[0];
+    gguf_archive *full = NULL;
+    write_bytes("t.gguf", base, n);
+    char full_path[512];
+    path_of(full_path, sizeof full_path, "t.gguf");
+    CHECKF(gguf_open(&full, full_path, err) == 0, "%s", err);
+    uint64_t data_start = full ? full->files[0].data_start : n;
+    gguf_close(full);
+    int all_fail = 1, named = 1, said = 1;
     for (size_t len = 0; len < n; len++) {
         write_bytes("t.gguf", base, len);
         if (open_err("t.gguf", err) != -1) all_fail = 0;
         if (!strstr(err, "t.gguf")) named = 0;
+        char want[128] = "";
+        for (int k = 0; k < NK; k++) {
+            size_t kl = strlen(keys[k]);
+            if (len >= key_at[k] && len < key_at[k] + 8 + kl)
+                snprintf(want, sizeof want, "the key of KV %d of %d", k + 1, (int)NK);
+            else if (len >= key_at[k] + 8 + kl && len < key_at[k] + 12 + kl)
+                snprintf(want, sizeof want, "the type of KV '%s'", keys[k]);
+            else if (len >= key_at[k] + 12 + kl && len < key_at[k + 1])
+                snprintf(want, sizeof want, "'%s'", keys[k]); /* "the value of 'K'", "KV 'K': array ..." */
+        }
+        for (int t = 0; t < 2; t++) {
+            size_t p = name_at[t] + 8 + strlen(tensors[t]);
+            if (len >= name_at[t] && len < p) snprintf(want, sizeof want, "the name of tensor %d of 2", t + 1);
+            else if (len >= p && len < info_end[t]) snprintf(want, sizeof want, "tensor '%s'", tensors[t]);
+        }
+        if (len >= 24 && ((len - 24) / 14 < NK || (len - 24) / 25 < 2)) /* too short for the counts */
+            snprintf(want, sizeof want, "the header's counts (2 tensors, %d KVs) do not fit", (int)NK);
+        if (len >= data_start) /* ta: 24 bytes at 0; tq: 68 at 32 */
+            snprintf(want, sizeof want, "tensor '%s'", len - data_start < 24 ? "ta" : "tq");
+        if (want[0] && !strstr(err, want)) {
+            if (said) printf("# length %zu: \"%s\" lacks \"%s\"\n", len, err, want);
+            said = 0;
+        }
     }
-    CHECK(all_fail && named);
+    CHECK(all_fail && named && said);
+    /* a file that shrinks once open: reading a tensor names the file and the tensor */
+    write_bytes("t.gguf", base, n);
+    CHECKF(gguf_open(&full, full_path, err) == 0, "%s", err);
+    if (full) {
+        CHECK(truncate(full_path, (off_t)data_start + 40) == 0);
+        const gguf_tensor *t = gguf_find_tensor(full, "tq");
+        uint8_t q[sizeof Q8];
+        CHECK(t && gguf_read_range(full, t, 0, sizeof q, q, err) == -1);
+        CHECKF(strstr(err, "t.gguf: tensor 'tq'") && strstr(err, "shorter than expected"), "%s", err);
+        float back[6];
+        t = gguf_find_tensor(full, "ta");
+        CHECKF(t && gguf_read_range(full, t, 0, sizeof back, back, err) == 0, "%s", err);
+    }
+    gguf_close(full);
     free(base);
 }
 

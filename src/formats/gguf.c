@@ -179,16 +179,19 @@ static const gguf_kv *find_kv_in(const gguf_kv *kvs, int n, const char *key) {
 
 /* ---- tensors ---- */
 
-static int rd_tensor(cursor *c, gguf_tensor *t, uint32_t alignment) {
+/* Tensor info k of nt (0-based; errors count from 1). */
+static int rd_tensor(cursor *c, gguf_tensor *t, uint32_t alignment, uint64_t k, uint64_t nt) {
     gguf_str name;
-    if (rd_str(c, &name, "a tensor name")) return -1;
+    char what[MAX_NAME + 32];
+    snprintf(what, sizeof what, "the name of tensor %llu of %llu", (unsigned long long)k + 1, (unsigned long long)nt);
+    if (rd_str(c, &name, what)) return -1;
     if (name.len == 0 || name.len > MAX_NAME || memchr(name.p, 0, (size_t)name.len))
-        return lm_errf(c->err, "a tensor has an empty, over-long or NUL-containing name");
+        return lm_errf(c->err, "tensor %llu of %llu has an empty, over-long or NUL-containing name",
+                       (unsigned long long)k + 1, (unsigned long long)nt);
     t->name = malloc((size_t)name.len + 1);
     if (!t->name) return lm_errf(c->err, "out of memory");
     memcpy(t->name, name.p, (size_t)name.len);
     t->name[name.len] = 0;
-    char what[MAX_NAME + 32];
     snprintf(what, sizeof what, "tensor '%s'", t->name);
     uint32_t nd;
     if (rd_u32(c, &nd, what)) return -1;
@@ -279,9 +282,13 @@ int gguf_parse(gguf_archive *a, const uint8_t *buf, size_t len, uint64_t file_si
         gguf_kv *kv = &kvs[kv_done];
         gguf_str key;
         uint32_t type;
-        if (rd_str(&c, &key, "a KV key")) goto done;
+        char what[160];
+        snprintf(what, sizeof what, "the key of KV %llu of %llu", (unsigned long long)kv_done + 1,
+                 (unsigned long long)nkv);
+        if (rd_str(&c, &key, what)) goto done;
         if (key.len == 0 || key.len > 65535 || memchr(key.p, 0, (size_t)key.len)) {
-            lm_errf(err, "KV %llu has an empty, over-long or NUL-containing key", (unsigned long long)kv_done);
+            lm_errf(err, "KV %llu of %llu has an empty, over-long or NUL-containing key", (unsigned long long)kv_done + 1,
+                    (unsigned long long)nkv);
             goto done;
         }
         kv->key = malloc((size_t)key.len + 1);
@@ -296,7 +303,8 @@ int gguf_parse(gguf_archive *a, const uint8_t *buf, size_t len, uint64_t file_si
             kv_done++;
             goto done;
         }
-        if (rd_u32(&c, &type, "a KV type")) {
+        snprintf(what, sizeof what, "the type of KV '%.100s'", kv->key);
+        if (rd_u32(&c, &type, what)) {
             kv_done++;
             goto done;
         }
@@ -316,7 +324,7 @@ int gguf_parse(gguf_archive *a, const uint8_t *buf, size_t len, uint64_t file_si
         }
     }
     for (; t_done < nt; t_done++) {
-        if (rd_tensor(&c, &ts[t_done], alignment)) {
+        if (rd_tensor(&c, &ts[t_done], alignment, t_done, nt)) {
             t_done++;
             goto done;
         }
