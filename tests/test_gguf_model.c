@@ -25,6 +25,7 @@
 
 #define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
 #define DEMO LAZYMOE_SOURCE_DIR "/models/demo-coder"
+#define FIXTURES LAZYMOE_SOURCE_DIR "/tests/fixtures/"
 static char tmp[256];
 
 typedef struct {
@@ -570,6 +571,29 @@ static void glm4_moe_config_matches(void) {
     SAME(rope_dim);
     SAME(attention_bias);
     CHECK(a.routed_scaling_factor == b.routed_scaling_factor);
+    free_configs(&a, &b, g);
+}
+
+/* A GLM model with its tokenizer (tests/fixtures/server_glm45: GLM-4.5's added tokens,
+ * generation_config.json's ends <|endoftext|> 303, <|user|> 307, <|observation|> 309):
+ * the GGUF keeps eos 303 and, as llama.cpp's converter writes them, eot <|user|> and eom
+ * <|observation|>, so that its end ids are the directory's (they were eos alone). */
+static void glm4_moe_end_ids(void) {
+    lm_config a, b;
+    gguf_archive *g;
+    char path[512], err[LM_ERR_LEN];
+    export_to(FIXTURES "server_glm45", "glm45_vocab.gguf", LM_DT_F32, path);
+    if (load_configs(FIXTURES "server_glm45", "glm45_vocab.gguf", &a, &b, &g) != 0) return;
+    int64_t eot = -1, eom = -1;
+    CHECKF(lm_gguf_special_id(g, "eot", &eot, err) == 0 && lm_gguf_special_id(g, "eom", &eom, err) == 0, "%s", err);
+    CHECKF(eot == 307 && eom == 309, "eot %lld eom %lld", (long long)eot, (long long)eom);
+    CHECK_EQ_INT(a.n_eos, 3);
+    SAME(n_eos);
+    for (int i = 0; i < a.n_eos; i++) {
+        int found = 0;
+        for (int j = 0; j < b.n_eos; j++) found |= a.eos_ids[i] == b.eos_ids[j];
+        CHECKF(found, "eos id %d of generation_config.json is not an end id of the GGUF", a.eos_ids[i]);
+    }
     free_configs(&a, &b, g);
 }
 
@@ -1321,6 +1345,7 @@ int main(void) {
     TEST_CASE("gguf_glm4_moe_qknorm_f32_same_as_safetensors", glm4_moe_qknorm_f32);
     TEST_CASE("gguf_glm4_moe_lazy_equals_resident", glm4_moe_lazy_equals_resident);
     TEST_CASE("gguf_glm4_moe_config_matches_config_json", glm4_moe_config_matches);
+    TEST_CASE("gguf_glm4_moe_end_ids_as_generation_config", glm4_moe_end_ids);
     TEST_CASE("gguf_glm4_moe_mtp_layers_skipped", glm4_moe_mtp);
     TEST_CASE("gguf_minimax_m2_f32_same_as_safetensors", minimax_m2_f32);
     TEST_CASE("gguf_minimax_m2_mqa_f32_same_as_safetensors", minimax_m2_mqa_f32);

@@ -730,6 +730,18 @@ static int put_tokenizer(exporter *x, const char *dir) {
                 break;
             }
     }
+    /* GLM's ends of turn (generation_config.json lists them with <|endoftext|>), as
+     * llama.cpp's converter writes them (_set_vocab_glm): eot <|user|>, eom
+     * <|observation|>; without them neither llama.cpp nor lazymoe stops at a turn's end */
+    static const struct {
+        const char *text, *key;
+    } glm_ends[] = {{"<|user|>", "tokenizer.ggml.eot_token_id"}, {"<|observation|>", "tokenizer.ggml.eom_token_id"}};
+    for (size_t k = 0; x->glm && k < sizeof glm_ends / sizeof glm_ends[0]; k++)
+        for (int id = 0; id < V; id++)
+            if (types[id] != 5 && strcmp(toks[id], glm_ends[k].text) == 0) {
+                gguf_w_u32(w, glm_ends[k].key, (uint32_t)id);
+                break;
+            }
     json_t *ab = json_object_get(cj, "add_bos_token");
     gguf_w_bool(w, "tokenizer.ggml.add_bos_token", json_is_true(ab));
     /* the chat template: chat_template.jinja, else tokenizer_config.json's string */

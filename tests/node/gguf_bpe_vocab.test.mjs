@@ -86,7 +86,8 @@ await testCase('gguf_bpe_vocab_gpt2_export_loads_in_llamacpp', async () => {
 // " there" is a vocabulary token that the merges do not reach ("e r" merges first:
 // Ġth er e), so that the flag shows. gguf_export names it "glm4", and llama.cpp and
 // lazymoe encode the exported file as the Hugging Face tokenizer (transformers.js)
-// encodes the directory; under "llama-bpe" llama.cpp takes " there" whole.
+// encodes the directory; under "llama-bpe" llama.cpp takes " there" whole. Its end
+// ids are generation_config.json's in llama.cpp.
 await testCase('gguf_bpe_vocab_glm_export_as_hf_and_llamacpp', async () => {
   const src = path.join(ROOT, 'tests', 'fixtures', 'server_glm45'), dir = path.join(tmp, 'glm45');
   fs.mkdirSync(dir);
@@ -124,6 +125,10 @@ await testCase('gguf_bpe_vocab_glm_export_as_hf_and_llamacpp', async () => {
     assert(JSON.stringify(ours[i]) === JSON.stringify(ref[i]),
            `lazymoe: ids differ for ${show(texts[i])}: ${ours[i].slice(0, 16)} vs Hugging Face ${ref[i].slice(0, 16)}`);
   }
+  // generation_config.json's ends (<|endoftext|>, <|user|>, <|observation|>) end
+  // generation in llama.cpp too: the exporter writes eot and eom as llama.cpp's converter
+  const ends = JSON.parse(fs.readFileSync(path.join(src, 'generation_config.json'), 'utf8')).eos_token_id;
+  for (const e of ends) assert(model.isEogToken(e), `llama.cpp: token ${e} does not end generation`);
   await model.dispose();
   const bpe = await loadVocab(withPre(file, 'llama-bpe', path.join(tmp, 'glm45-llama-bpe.gguf')));
   const whole = Array.from(bpe.tokenize(texts[0], true));
