@@ -90,6 +90,34 @@ print(int(d['resident_bytes'] + d['expert_bytes'] // 4 + 2 * 2**30))")
     bench ssd --backend "$BE" --ctx 4096 --gpu-memory "$B25" --memory "$M25"
 fi
 bench cpu --backend cpu --ctx 4096
+# A/B against a base build when one is carried (build/cuda-carry/lazymoe-base): the same
+# all-in-VRAM bench alternated twice, and the demo model's logits on the GPU from both,
+# which must be byte-identical when the change is meant to keep every number
+BASE=build/cuda-carry/lazymoe-base
+if [ "$BE" = cuda ] && [ -x "$BASE" ]; then
+    for round in 1 2; do
+        CLI=$BASE bench base_$round --backend cuda --ctx 4096
+        bench new_$round --backend cuda --ctx 4096
+    done
+    ids=$(seq -s, 1 67 4100 | head -c 400 | sed 's/,[0-9]*$//')
+    "$BASE" logits models/demo-coder --backend cuda --ids "$ids" --out "$OUT/ab_base.npy" >"$OUT/ab.err" 2>&1
+    "$CLI" logits models/demo-coder --backend cuda --ids "$ids" --out "$OUT/ab_new.npy" >>"$OUT/ab.err" 2>&1
+    if cmp -s "$OUT/ab_base.npy" "$OUT/ab_new.npy"; then r=identical; else r=DIFFERENT; fi
+    echo "a/b demo-coder cuda logits ($(echo "$ids" | tr ',' '\n' | wc -l) ids): $r" | tee -a "$OUT/summary.txt"
+    python3 - "$OUT" <<'PYEOF' | tee -a "$OUT/summary.txt"
+import json, os, sys
+d = sys.argv[1]
+r = {}
+for n in ("base_1", "new_1", "base_2", "new_2"):
+    try: r[n] = json.load(open(os.path.join(d, "bench_%s.json" % n)))
+    except Exception: pass
+if len(r) == 4:
+    for k in ("prefill_tok_s", "decode_tok_s"):
+        b = [r["base_1"][k], r["base_2"][k]]; n = [r["new_1"][k], r["new_2"][k]]
+        print("a/b %s: base %s new %s, new/base %.3f" % (k, b, n, max(n) / max(b)))
+    print("a/b ids: %s" % ("identical" if all(v["generated_ids"] == r["base_1"]["generated_ids"] for v in r.values()) else "DIFFERENT"))
+PYEOF
+fi
 # the CPU backend's decode by op at every thread and at 4 (LAZYMOE_OP_TIMING=1: wall
 # time per call site of the forward pass), for its thread scaling (issue 15)
 for t in "$(nproc)" 4; do
