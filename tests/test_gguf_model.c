@@ -1239,6 +1239,40 @@ static void vocab_special_id_types(void) {
     }
 }
 
+/* A tensor whose shape does not fit the config is named as the GGUF file names it, then
+ * as the Hugging Face name it is read as: the file's qwen3_moe_f32 export with
+ * output_norm.weight (hidden_size floats) declared half as long. */
+static void wrong_shape_named_as_stored(void) {
+    char path[512], err[LM_ERR_LEN];
+    export_to(GOLDEN "qwen3_moe_f32", "qwen3_moe_shape.gguf", LM_DT_F32, path);
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    if (!f) return;
+    static uint8_t head[1 << 20];
+    size_t n = fread(head, 1, sizeof head, f);
+    static const char name[] = "output_norm.weight";
+    size_t k = sizeof name - 1, at = 0;
+    for (size_t i = 8; !at && i + 8 + k + 12 <= n; i++) /* u64 length, the name, u32 n_dims = 1 */
+        if (head[i] == k && !memcmp(head + i + 1, "\0\0\0\0\0\0\0", 7) && !memcmp(head + i + 8, name, k) &&
+            head[i + 8 + k] == 1)
+            at = i + 8 + k + 4; /* ne[0], a u64 */
+    CHECK(at != 0);
+    uint64_t ne0 = 0;
+    for (int j = 7; at && j >= 0; j--) ne0 = ne0 << 8 | head[at + (size_t)j];
+    char want[256];
+    snprintf(want, sizeof want,
+             "tensor 'output_norm.weight' (read as 'model.norm.weight') has shape [%llu] but the config implies [%llu]",
+             (unsigned long long)ne0 / 2, (unsigned long long)ne0);
+    ne0 /= 2;
+    for (int j = 0; at && j < 8; j++) head[at + (size_t)j] = (uint8_t)(ne0 >> (8 * j));
+    CHECK(fseek(f, 0, SEEK_SET) == 0 && fwrite(head, 1, n, f) == n);
+    fclose(f);
+    lazymoe_model *m = NULL;
+    CHECK(lazymoe_model_open(&m, path, NULL, err, sizeof err) != 0);
+    CHECKF(strstr(err, want) && strstr(err, "qwen3_moe_shape.gguf"), "\"%s\" lacks \"%s\"", err, want);
+    lazymoe_model_close(m);
+}
+
 /* Metadata the reader must refuse, with the reason. */
 static void refused(void) {
     char err[LM_ERR_LEN], path[512];
@@ -1346,6 +1380,7 @@ int main(void) {
     TEST_CASE("gguf_glm4_moe_lazy_equals_resident", glm4_moe_lazy_equals_resident);
     TEST_CASE("gguf_glm4_moe_config_matches_config_json", glm4_moe_config_matches);
     TEST_CASE("gguf_glm4_moe_end_ids_as_generation_config", glm4_moe_end_ids);
+    TEST_CASE("gguf_wrong_shape_named_as_stored", wrong_shape_named_as_stored);
     TEST_CASE("gguf_glm4_moe_mtp_layers_skipped", glm4_moe_mtp);
     TEST_CASE("gguf_minimax_m2_f32_same_as_safetensors", minimax_m2_f32);
     TEST_CASE("gguf_minimax_m2_mqa_f32_same_as_safetensors", minimax_m2_mqa_f32);

@@ -343,7 +343,10 @@ void st_close(st_archive *a) {
         lm_file_close(a->files[i].fd);
         free(a->files[i].path);
     }
-    for (int i = 0; i < a->ntensors; i++) free(a->tensors[i].name);
+    for (int i = 0; i < a->ntensors; i++) {
+        free(a->tensors[i].name);
+        free(a->tensors[i].stored_name);
+    }
     free(a->files);
     free(a->tensors);
     free(a);
@@ -360,14 +363,21 @@ const st_tensor *st_find(const st_archive *a, const char *name) {
     return NULL;
 }
 
+const char *st_label(const st_tensor *t, char *buf, size_t cap) {
+    if (!t->stored_name) snprintf(buf, cap, "'%s'", t->name);
+    else snprintf(buf, cap, "'%s' (read as '%s')", t->stored_name, t->name);
+    return buf;
+}
+
 int st_read_range(const st_archive *a, const st_tensor *t, uint64_t off, uint64_t len, void *dst,
                   char *err) {
+    char label[ST_LABEL_LEN];
     if (off > t->nbytes || len > t->nbytes - off)
         return lm_errf(err, "read past the end of tensor '%s'", t->name);
     if (t->rope_unpermute && (off != 0 || len != t->nbytes))
         return lm_errf(err, "tensor '%s' can only be read whole (its rows are reordered)", t->name);
     if (lm_pread_full(a->files[t->file].fd, dst, len, t->offset + off, err) != 0)
-        return lm_err_prefix(err, "%s: tensor '%s'", a->files[t->file].path, t->name);
+        return lm_err_prefix(err, "%s: tensor %s", a->files[t->file].path, st_label(t, label, sizeof label));
     return 0;
 }
 

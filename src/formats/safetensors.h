@@ -24,6 +24,7 @@
 
 typedef struct {
     char *name;
+    char *stored_name; /* the name in the file where it differs (GGUF: blk.0.attn_q.weight), else NULL */
     lm_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
@@ -35,6 +36,12 @@ typedef struct {
      * them back in Hugging Face order, and partial reads are refused. 0: none. */
     int rope_unpermute;
 } st_tensor;
+
+/* The tensor's name for messages, quoted: as the file names it, then the Hugging Face
+ * name it is read as where that differs ("'blk.0.attn_q.weight' (read as
+ * 'model.layers.0.self_attn.q_proj.weight')"). buf holds ST_LABEL_LEN bytes. */
+#define ST_LABEL_LEN 2200
+const char *st_label(const st_tensor *t, char *buf, size_t cap);
 
 typedef struct {
     char *path;

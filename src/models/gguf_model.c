@@ -582,11 +582,13 @@ int lm_gguf_archive(const gguf_archive *g, const lm_config *c, st_archive **out,
                     c->family->gguf_arch);
             goto done;
         }
-        if (!(s->name = strdup(name))) {
+        s->name = strdup(name);
+        s->stored_name = strdup(t->name);
+        a->ntensors++;
+        if (!s->name || !s->stored_name) {
             lm_errf(err, "out of memory");
             goto done;
         }
-        a->ntensors++;
         s->dtype = t->dtype;
         s->ndim = t->n_dims;
         for (int d = 0; d < t->n_dims; d++) s->shape[d] = t->ne[t->n_dims - 1 - d];

@@ -89,7 +89,9 @@ static int check_shape(loader *L, const st_tensor *t, int ndim, const int64_t *w
         snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     for (int i = 0; i < ndim; i++)
         snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", i ? ", " : "", (long long)want[i]);
-    return lm_errf(L->err, "tensor '%s' has shape [%s] but the config implies [%s]", t->name, got, exp);
+    char label[ST_LABEL_LEN];
+    return lm_errf(L->err, "tensor %s has shape [%s] but the config implies [%s]", st_label(t, label, sizeof label),
+                   got, exp);
 }
 
 /* A vector of n floats named NAME, widened to f32. */
@@ -207,15 +209,19 @@ static int check_mat_stack(loader *L, const char *path, int n_stack, int rows, i
         ws[i] = rows;
         ws[i + 1] = cols;
         if (check_shape(L, t, nd, ws)) return -1;
+        char label[ST_LABEL_LEN];
         if (!lm_dtype_row_bytes(t->dtype, (uint64_t)cols))
-            return lm_errf(L->err, "tensor '%s' (%s): %d inputs are not whole blocks of %d", t->name,
-                           lm_dtype_name(t->dtype), cols, lm_dtype_block_elems(t->dtype));
+            return lm_errf(L->err, "tensor %s (%s): %d inputs are not whole blocks of %d",
+                           st_label(t, label, sizeof label), lm_dtype_name(t->dtype), cols,
+                           lm_dtype_block_elems(t->dtype));
         *tmpl = (lm_mat){.dtype = t->dtype, .rows = rows, .cols = cols};
         return 0;
     }
-    if (!lm_dtype_is_float(t->dtype) || t->dtype == LM_DT_F64)
-        return lm_errf(L->err, "tensor '%s' has dtype %s; expected F32, F16, BF16, MLX U32 or a ggml block type",
-                       t->name, lm_dtype_name(t->dtype));
+    if (!lm_dtype_is_float(t->dtype) || t->dtype == LM_DT_F64) {
+        char label[ST_LABEL_LEN];
+        return lm_errf(L->err, "tensor %s has dtype %s; expected F32, F16, BF16, MLX U32 or a ggml block type",
+                       st_label(t, label, sizeof label), lm_dtype_name(t->dtype));
+    }
     int64_t ws[3];
     int i = 0;
     if (n_stack) ws[i++] = n_stack;
