@@ -421,9 +421,12 @@ static void attention_rows_match_loops(void) {
     static const int cnts[] = {64, 1, 3, 4, 5, 17, 63};
     enum { MAXN = 256, MAXR = 64, STRIDE = 4 * MAXN + 3 };
     float *x = malloc(sizeof(float) * MAXR * STRIDE), q[MAXN], e[MAXR], y0[MAXN], y1[MAXN], s0[MAXR], s1[MAXR];
+    float q2[MAXN], e2[MAXR];
     for (int i = 0; i < MAXR * STRIDE; i++) x[i] = (float)urand() * 2;
     for (int i = 0; i < MAXN; i++) q[i] = (float)urand();
     for (int r = 0; r < MAXR; r++) e[r] = (float)urand() + 0.5f;
+    for (int i = 0; i < MAXN; i++) q2[i] = (float)urand();
+    for (int r = 0; r < MAXR; r++) e2[r] = (float)urand() + 0.5f;
     int compared = 0;
     for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
         const lm_cpu_kernels *k = simd[ti];
@@ -443,12 +446,138 @@ static void attention_rows_match_loops(void) {
                     k->axpy_rows(y1, e, xs, stride, cnt, n);
                     CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n), "%s axpy_rows: n %d cnt %d stride %zu differs",
                            k->name, n, cnt, stride);
+                    if (k->dot_rows2 && k->axpy_rows2) { /* two heads at once: each what one gives */
+                        const float *qb = q2 + (MAXN - n);
+                        float s2[MAXR], s3[MAXR], y2[MAXN], y3[MAXN];
+                        for (int r = 0; r < cnt; r++) s0[r] = k->dot(xs + (size_t)r * stride, qb, n);
+                        k->dot_rows2(s1, s2, q, qb, xs, stride, cnt, n);
+                        k->dot_rows(s3, q, xs, stride, cnt, n);
+                        CHECKF(!memcmp(s3, s1, sizeof(float) * (size_t)cnt) && !memcmp(s0, s2, sizeof(float) * (size_t)cnt),
+                               "%s dot_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                        for (int i = 0; i < n; i++) y0[i] = y1[i] = (float)urand(), y2[i] = y3[i] = (float)urand();
+                        for (int r = 0; r < cnt; r++) k->axpy(y0, e[r], xs + (size_t)r * stride, n);
+                        for (int r = 0; r < cnt; r++) k->axpy(y2, e2[r], xs + (size_t)r * stride, n);
+                        k->axpy_rows2(y1, y3, e, e2, xs, stride, cnt, n);
+                        CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n) && !memcmp(y2, y3, sizeof(float) * (size_t)n),
+                               "%s axpy_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                    }
                     compared++;
                 }
     }
     free(x);
     if (!compared) printf("# no SIMD attention tile functions on this CPU: nothing to compare\n");
     CHECK(compared > 0 || !lm_cpu_kernels_avx512.available());
+}
+
+/* The attention op with a SIMD table against the per-head loop it replaced, bit for
+ * bit: each (token, head) alone, keys in tiles of min(64, 8192 / head size) from its
+ * first visible position, the table's dot and axpy one key at a time, libm expf. The
+ * op shares each key and value load between two heads of a kv group, gives a task
+ * several kv heads when there are few queries (decode) and blocks the queries; none of
+ * that may change a bit. Head groups of 1 to 8 (odd ones leave a head alone), head
+ * sizes with a vector tail, one query and a prompt, a window and sinks, 1 to 3 threads,
+ * f32 and f16 caches. */
+static void attention_ref_head(const lm_cpu_kernels *k, float *o, const float *q, const float *kr, const float *vr,
+                               int pos, int n_kv, int kvh, int hd, float scale, int window, const float *sink) {
+    int tile = 8192 / hd < 1 ? 1 : (8192 / hd > 64 ? 64 : 8192 / hd);
+    int first = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+    float m = -INFINITY, l = 0, s[64];
+    for (int d = 0; d < hd; d++) o[d] = 0;
+    for (int p0 = first; p0 <= pos; p0 += tile) {
+        int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
+        float mt = m;
+        for (int r = 0; r < cnt; r++) {
+            s[r] = k->dot(kr + ((size_t)(p0 + r) * (size_t)n_kv + (size_t)kvh) * (size_t)hd, q, hd);
+            s[r] *= scale;
+            mt = s[r] > mt ? s[r] : mt;
+        }
+        if (mt > m) {
+            float corr = expf(m - mt);
+            l *= corr;
+            for (int d = 0; d < hd; d++) o[d] *= corr;
+            m = mt;
+        }
+        for (int r = 0; r < cnt; r++) {
+            s[r] = expf(s[r] - m);
+            l += s[r];
+        }
+        for (int r = 0; r < cnt; r++) k->axpy(o, s[r], vr + ((size_t)(p0 + r) * (size_t)n_kv + (size_t)kvh) * (size_t)hd, hd);
+    }
+    if (sink) {
+        if (*sink > m) {
+            float corr = expf(m - *sink);
+            l *= corr;
+            for (int d = 0; d < hd; d++) o[d] *= corr;
+            m = *sink;
+        }
+        l += expf(*sink - m);
+    }
+    float inv = 1.0f / l;
+    for (int d = 0; d < hd; d++) o[d] *= inv;
+}
+
+static void attention_matches_head_loop(void) {
+    static const struct {
+        int nh, nkv, hd;
+    } heads[] = {{32, 4, 128}, {6, 2, 40}, {15, 3, 17}, {7, 7, 64}, {16, 2, 80}, {4, 1, 256}};
+    static const int threads[] = {1, 2, 3};
+    enum { P = 150, MAXH = 32, MAXHD = 256, PROMPT = 70 };
+    const lm_cpu_kernels *simd[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2, &lm_cpu_kernels_neon};
+    char err[LM_ERR_LEN];
+    float *kf = malloc(sizeof(float) * P * MAXH * MAXHD), *vf = malloc(sizeof(float) * P * MAXH * MAXHD);
+    float *q = malloc(sizeof(float) * PROMPT * MAXH * MAXHD), *out = malloc(sizeof(float) * PROMPT * MAXH * MAXHD);
+    float *kr = malloc(sizeof(float) * P * MAXH * MAXHD), *vr = malloc(sizeof(float) * P * MAXH * MAXHD);
+    float ref[MAXHD], sinks[MAXH];
+    for (int i = 0; i < P * MAXH * MAXHD; i++) kf[i] = (float)urand() * 2, vf[i] = (float)urand();
+    for (int i = 0; i < PROMPT * MAXH * MAXHD; i++) q[i] = (float)urand();
+    for (int h = 0; h < MAXH; h++) sinks[h] = 0.3f * (float)(h % 7) - 1.0f;
+    int compared = 0;
+    for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
+        if (!simd[ti]->available()) continue;
+        for (size_t si = 0; si < sizeof heads / sizeof heads[0]; si++)
+            for (int dt = 0; dt < 2; dt++)
+                for (int variant = 0; variant < 3; variant++) {
+                    int nh = heads[si].nh, nkv = heads[si].nkv, hd = heads[si].hd, window = variant == 1 ? 50 : 0;
+                    const float *sk = variant == 2 ? sinks : NULL;
+                    size_t kvn = (size_t)P * (size_t)nkv * (size_t)hd;
+                    lm_kv kc = {dt ? LM_DT_F16 : LM_DT_F32, malloc(kvn * 4), NULL};
+                    lm_kv vc = {kc.dtype, malloc(kvn * 4), NULL};
+                    float sc = 1.0f / sqrtf((float)hd);
+                    for (size_t ci = 0; ci < sizeof threads / sizeof threads[0]; ci++) {
+                        lm_backend *be;
+                        CHECKF(lm_backend_cpu_create_with(&be, threads[ci], simd[ti]->name, err) == 0, "%s", err);
+                        if (!be) continue;
+                        if (ci == 0) {
+                            be->ops->kv_store(be, &kc, 0, kf, P, nkv, hd);
+                            be->ops->kv_store(be, &vc, 0, vf, P, nkv, hd);
+                            for (size_t i = 0; i < kvn; i++) /* the cache's values, widened exactly */
+                                kr[i] = dt ? lm_f16_to_f32(((uint16_t *)kc.data)[i]) : ((float *)kc.data)[i],
+                                vr[i] = dt ? lm_f16_to_f32(((uint16_t *)vc.data)[i]) : ((float *)vc.data)[i];
+                        }
+                        /* a prompt of PROMPT tokens ending at the last position, then one query there */
+                        for (int call = 0; call < 2; call++) {
+                            int n = call ? 1 : PROMPT, pos0 = P - n;
+                            CHECK(be->ops->attention(be, out, q, &kc, &vc, n, pos0, nh, nkv, hd, sc, window, sk) == 0);
+                            int bad = 0;
+                            for (int t = 0; t < n && !bad; t++)
+                                for (int h = 0; h < nh && !bad; h++) {
+                                    size_t at = ((size_t)t * (size_t)nh + (size_t)h) * (size_t)hd;
+                                    attention_ref_head(simd[ti], ref, q + at, kr, vr, pos0 + t, nkv, h / (nh / nkv), hd,
+                                                       sc, window, sk ? sk + h : NULL);
+                                    bad = memcmp(ref, out + at, sizeof(float) * (size_t)hd) != 0;
+                                    CHECKF(!bad, "%s %s heads %d/%d size %d, %d threads, %d queries%s%s: token %d head %d",
+                                           simd[ti]->name, lm_dtype_name(kc.dtype), nh, nkv, hd, threads[ci], n,
+                                           window ? ", window" : "", sk ? ", sinks" : "", t, h);
+                                }
+                            compared++;
+                        }
+                        lm_backend_free(be);
+                    }
+                    free(kc.data), free(vc.data);
+                }
+    }
+    free(kf), free(vf), free(q), free(out), free(kr), free(vr);
+    if (!compared) printf("# no SIMD table on this CPU: nothing to compare\n");
 }
 
 /* A table's SIMD quantizer must give lm_act8_quantize's bytes exactly: the int8
@@ -864,6 +993,7 @@ int main(void) {
     TEST_CASE("kernels_attention_tiled_kv_types_scalar", attention_scalar);
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
     TEST_CASE("kernels_attention_rows_match_loops", attention_rows_match_loops);
+    TEST_CASE("kernels_attention_matches_head_loop", attention_matches_head_loop);
     TEST_CASE("kernels_matmul_batch_equals_single", matmul_batch_equals_single);
     TEST_CASE("kernels_matmul_batch_many_items", matmul_batch_many_items);
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);

@@ -879,13 +879,17 @@ typedef struct {
     float *out;
     const float *q;
     const lm_kv *k, *v;
-    int n, pos0, n_heads, n_kv, hd, window, heads_per_task, qblock;
+    int n, pos0, n_heads, n_kv, hd, window, heads_per_task, kv_per_task, qblock;
     float scale;
     const float *sinks; /* [n_heads] or NULL */
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
     void (*dot_rows)(float *out, const float *q, const float *x, size_t stride, int cnt, int n); /* or NULL */
     void (*axpy_rows)(float *y, const float *e, const float *x, size_t stride, int cnt, int n);  /* or NULL */
+    void (*dot_rows2)(float *o0, float *o1, const float *q0, const float *q1, const float *x, size_t stride, int cnt,
+                      int n); /* or NULL */
+    void (*axpy_rows2)(float *y0, float *y1, const float *e0, const float *e1, const float *x, size_t stride, int cnt,
+                       int n); /* or NULL */
 } attn_job;
 
 static void axpy_scalar(float *y, float a, const float *x, int n) {
@@ -918,114 +922,167 @@ static const float *kv_rows(const attn_job *j, const lm_kv *c, int p0, int cnt, 
     return buf;
 }
 
+/* Asks the memory for rows p0..p0+cnt-1 of kv head kvh ahead of their use: one head's
+ * slice of each cache row is too scattered for the hardware prefetcher to run ahead,
+ * and decode computes too little per tile to hide the wait. */
+static void kv_prefetch(const attn_job *j, const lm_kv *c, int p0, int cnt, int kvh) {
+    size_t es = c->dtype == LM_DT_F32 ? 4 : c->dtype == LM_DT_F16 ? 2 : 1;
+    size_t row = (size_t)j->n_kv * (size_t)j->hd * es, bytes = (size_t)j->hd * es;
+    const char *base = (const char *)c->data + (size_t)p0 * row + (size_t)kvh * bytes;
+    for (int r = 0; r < cnt; r++)
+        for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(base + (size_t)r * row + b);
+}
+
 /* A block of consecutive query tokens (prefill without a window; one token otherwise),
- * one run of query heads sharing a kv head: online softmax over the visible keys tile
- * by tile (tiles counted from the first visible position), so memory stays O(tile) at
- * any context length, and each K/V tile is widened once for all the tokens and heads
- * of the task -- a long prompt's attention then costs its dot products, not a
- * widening of the whole cache per query. Each (token, head) does the same arithmetic
- * in the same order whatever block or run it is in, so results do not depend on the
- * blocking (a query alone equals it in a prompt, bit for bit). */
+ * and for each of the task's kv heads one run of the query heads sharing it: online
+ * softmax over the visible keys tile by tile (tiles counted from the first visible
+ * position), so memory stays O(tile) at any context length, and each K/V tile is
+ * widened once for all the tokens and heads of the task -- a long prompt's attention
+ * then costs its dot products, not a widening of the whole cache per query. A task of
+ * several kv heads (decode) takes their rows of a tile one after the other, so it
+ * reads whole cache rows instead of one head's slice of each. Each (token, head) does
+ * the same arithmetic in the same order whatever block, run or task it is in, so
+ * results do not depend on the blocking (a query alone equals it in a prompt, bit for
+ * bit). */
 static void attn_task(void *ctx, int task) {
     const attn_job *j = ctx;
-    int chunks = j->n_heads / j->n_kv / j->heads_per_task;
-    int tb = task / (j->n_kv * chunks), rest = task % (j->n_kv * chunks);
-    int kvh = rest / chunks, h0 = kvh * (j->n_heads / j->n_kv) + (rest % chunks) * j->heads_per_task;
-    int nh = j->heads_per_task, hd = j->hd, tile = attn_tile(hd);
+    int group = j->n_heads / j->n_kv, nh = j->heads_per_task, kvpt = j->kv_per_task;
+    int chunks = group / nh, per_block = j->n_kv / kvpt * chunks;
+    int tb = task / per_block, rest = task % per_block;
+    int kvh0 = rest / chunks * kvpt, hc = (rest % chunks) * nh; /* first kv head; first head in each group */
+    int hd = j->hd, tile = attn_tile(hd);
     const float scale = j->scale;
     int t0 = tb * j->qblock, t1 = t0 + j->qblock < j->n ? t0 + j->qblock : j->n;
     int last = j->pos0 + t1 - 1, first = 0; /* the block's last position; a window means one token a block */
     if (j->window > 0 && j->pos0 + t0 - j->window + 1 > 0) first = j->pos0 + t0 - j->window + 1;
     float kbuf[ATTN_TILE_FLOATS], vbuf[ATTN_TILE_FLOATS];
     float sc[ATTN_TILE_HEADS][ATTN_TILE_MAX];
+    /* running max and sum per token and head: [t - t0][g * nh + i] for head i of kv head kvh0 + g */
     float m[ATTN_QUERY_BLOCK][ATTN_TILE_HEADS], l[ATTN_QUERY_BLOCK][ATTN_TILE_HEADS];
+#define ATTN_OUT(t, g, i) \
+    (j->out + ((size_t)(t) * (size_t)j->n_heads + (size_t)((kvh0 + (g)) * group + hc + (i))) * (size_t)hd)
     for (int t = t0; t < t1; t++)
-        for (int i = 0; i < nh; i++) {
-            m[t - t0][i] = -INFINITY;
-            l[t - t0][i] = 0;
-            float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-            for (int d = 0; d < hd; d++) o[d] = 0;
-        }
+        for (int g = 0; g < kvpt; g++)
+            for (int i = 0; i < nh; i++) {
+                m[t - t0][g * nh + i] = -INFINITY;
+                l[t - t0][g * nh + i] = 0;
+                float *o = ATTN_OUT(t, g, i);
+                for (int d = 0; d < hd; d++) o[d] = 0;
+            }
     for (int p0 = first; p0 <= last; p0 += tile) {
         int cnt_all = last - p0 + 1 < tile ? last - p0 + 1 : tile;
-        size_t ks, vs;
-        const float *kr = kv_rows(j, j->k, p0, cnt_all, kvh, kbuf, &ks);
-        const float *vr = kv_rows(j, j->v, p0, cnt_all, kvh, vbuf, &vs);
-        for (int t = t0; t < t1; t++) {
-            int pos = j->pos0 + t;
-            if (pos < p0) continue; /* this tile is in the token's future */
-            int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
-            float *mr = m[t - t0], *lr = l[t - t0], mt[ATTN_TILE_HEADS];
-            for (int i = 0; i < nh; i++) {
-                const float *q = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-                mt[i] = mr[i];
-                if (j->dot_rows) j->dot_rows(sc[i], q, kr, ks, cnt, hd);
-                else
-                    for (int r = 0; r < cnt; r++) sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd);
-                float mx = mt[i];
-                for (int r = 0; r < cnt; r++) {
-                    sc[i][r] *= scale;
-                    mx = sc[i][r] > mx ? sc[i][r] : mx;
-                }
-                mt[i] = mx;
+        for (int g = 0; g < kvpt; g++) {
+            int kvh = kvh0 + g;
+            size_t ks, vs;
+            int pf = p0 + tile; /* this kv head's rows of the next tile */
+            if (pf <= last) {
+                kv_prefetch(j, j->k, pf, last - pf + 1 < tile ? last - pf + 1 : tile, kvh);
+                kv_prefetch(j, j->v, pf, last - pf + 1 < tile ? last - pf + 1 : tile, kvh);
             }
-            for (int i = 0; i < nh; i++) {
-                float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-                if (mt[i] > mr[i]) {
-                    float corr = expf(mr[i] - mt[i]); /* 0 on the first tile */
-                    lr[i] *= corr;
-                    for (int d = 0; d < hd; d++) o[d] *= corr;
-                    mr[i] = mt[i];
+            const float *kr = kv_rows(j, j->k, p0, cnt_all, kvh, kbuf, &ks);
+            const float *vr = kv_rows(j, j->v, p0, cnt_all, kvh, vbuf, &vs);
+            for (int t = t0; t < t1; t++) {
+                int pos = j->pos0 + t;
+                if (pos < p0) continue; /* this tile is in the token's future */
+                int cnt = pos - p0 + 1 < tile ? pos - p0 + 1 : tile;
+                float *mr = m[t - t0] + g * nh, *lr = l[t - t0] + g * nh, mt[ATTN_TILE_HEADS];
+                const float *qt = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(kvh * group + hc)) * (size_t)hd;
+                int i = 0; /* the scores of the heads, two at a time where the table shares the key loads */
+                if (j->dot_rows2)
+                    for (; i + 2 <= nh; i += 2)
+                        j->dot_rows2(sc[i], sc[i + 1], qt + (size_t)i * hd, qt + (size_t)(i + 1) * hd, kr, ks, cnt, hd);
+                for (; i < nh; i++) {
+                    const float *q = qt + (size_t)i * hd;
+                    if (j->dot_rows) j->dot_rows(sc[i], q, kr, ks, cnt, hd);
+                    else
+                        for (int r = 0; r < cnt; r++) sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd);
                 }
-                float *e = sc[i], mi = mr[i], li = lr[i]; /* the scores become their weights, in place */
-                for (int r = 0; r < cnt; r++) {
-                    e[r] = expf(e[r] - mi);
-                    li += e[r];
+                for (i = 0; i < nh; i++) {
+                    mt[i] = mr[i];
+                    float mx = mt[i];
+                    for (int r = 0; r < cnt; r++) {
+                        sc[i][r] *= scale;
+                        mx = sc[i][r] > mx ? sc[i][r] : mx;
+                    }
+                    mt[i] = mx;
                 }
-                lr[i] = li;
-                if (j->axpy_rows) j->axpy_rows(o, e, vr, vs, cnt, hd);
-                else
-                    for (int r = 0; r < cnt; r++) j->axpy(o, e[r], vr + (size_t)r * vs, hd);
+                for (i = 0; i < nh; i++) {
+                    float *o = ATTN_OUT(t, g, i);
+                    if (mt[i] > mr[i]) {
+                        float corr = expf(mr[i] - mt[i]); /* 0 on the first tile */
+                        lr[i] *= corr;
+                        for (int d = 0; d < hd; d++) o[d] *= corr;
+                        mr[i] = mt[i];
+                    }
+                    float *e = sc[i], mi = mr[i], li = lr[i]; /* the scores become their weights, in place */
+                    for (int r = 0; r < cnt; r++) {
+                        e[r] = expf(e[r] - mi);
+                        li += e[r];
+                    }
+                    lr[i] = li;
+                }
+                i = 0; /* the weighted values, two heads at a time where the table shares the loads */
+                if (j->axpy_rows2)
+                    for (; i + 2 <= nh; i += 2)
+                        j->axpy_rows2(ATTN_OUT(t, g, i), ATTN_OUT(t, g, i + 1), sc[i], sc[i + 1], vr, vs, cnt, hd);
+                for (; i < nh; i++) {
+                    float *o = ATTN_OUT(t, g, i);
+                    if (j->axpy_rows) j->axpy_rows(o, sc[i], vr, vs, cnt, hd);
+                    else
+                        for (int r = 0; r < cnt; r++) j->axpy(o, sc[i][r], vr + (size_t)r * vs, hd);
+                }
             }
         }
     }
     for (int t = t0; t < t1; t++)
-        for (int i = 0; i < nh; i++) {
-            float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)(h0 + i)) * (size_t)hd;
-            float *mr = m[t - t0], *lr = l[t - t0];
-            if (j->sinks) { /* one more logit in the denominator, with no value */
-                float sink = j->sinks[h0 + i];
-                if (sink > mr[i]) {
-                    float corr = expf(mr[i] - sink);
-                    lr[i] *= corr;
-                    for (int d = 0; d < hd; d++) o[d] *= corr;
-                    mr[i] = sink;
+        for (int g = 0; g < kvpt; g++)
+            for (int i = 0; i < nh; i++) {
+                float *o = ATTN_OUT(t, g, i);
+                float *mr = m[t - t0] + g * nh, *lr = l[t - t0] + g * nh;
+                if (j->sinks) { /* one more logit in the denominator, with no value */
+                    float sink = j->sinks[(kvh0 + g) * group + hc + i];
+                    if (sink > mr[i]) {
+                        float corr = expf(mr[i] - sink);
+                        lr[i] *= corr;
+                        for (int d = 0; d < hd; d++) o[d] *= corr;
+                        mr[i] = sink;
+                    }
+                    lr[i] += expf(sink - mr[i]);
                 }
-                lr[i] += expf(sink - mr[i]);
+                float inv = 1.0f / lr[i];
+                for (int d = 0; d < hd; d++) o[d] *= inv;
             }
-            float inv = 1.0f / lr[i];
-            for (int d = 0; d < hd; d++) o[d] *= inv;
-        }
+#undef ATTN_OUT
 }
 
 static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n,
                          int pos0, int n_heads, int n_kv, int hd, float scale, int window, const float *sinks) {
     cpu_impl *impl = be->impl;
-    /* Split each kv head's query group in halves until there are two tasks per
-     * thread (decode has only n_kv groups); a head's arithmetic is the same
-     * whichever run it is in. Then block the queries (without a window, whose tiles
-     * start at each token's own first position), as many per task as still leaves
-     * two tasks per thread. */
-    int group = n_heads / n_kv, hpt = group, threads = lm_pool_size(impl->pool);
-    while (hpt % 2 == 0 && (size_t)n * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
-    while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
+    /* Block the queries (without a window, whose tiles start at each token's own first
+     * position), as many per task as still leaves two tasks per thread. With a single
+     * block (decode), give each task several kv heads while there are still as many
+     * tasks as threads: each task then reads whole cache rows (a task of one kv head
+     * reads a 1/n_kv slice of every row, and the memory brings in the rest anyway).
+     * Otherwise split each kv head's query group in halves until there are two tasks
+     * per thread. A head's arithmetic is the same whichever task it is in. */
+    int group = n_heads / n_kv, hpt = group, kvpt = 1, threads = lm_pool_size(impl->pool);
     int qb = window > 0 ? 1 : ATTN_QUERY_BLOCK;
-    while (qb > 1 && (size_t)((n + qb - 1) / qb) * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) qb /= 2;
-    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, qb, scale, sinks, dot_f32, axpy_scalar,
-                  NULL, NULL};
+    while (qb > 1 && (size_t)((n + qb - 1) / qb) * (size_t)n_kv < 2 * (size_t)threads) qb /= 2;
+    int blocks = (n + qb - 1) / qb;
+    if (blocks == 1 && group <= ATTN_TILE_HEADS)
+        while (n_kv % (2 * kvpt) == 0 && n_kv / (2 * kvpt) >= threads && 2 * kvpt * group <= ATTN_TILE_HEADS)
+            kvpt *= 2;
+    if (kvpt == 1) {
+        while (hpt % 2 == 0 && (size_t)blocks * (size_t)n_kv * (size_t)(group / hpt) < 2 * (size_t)threads) hpt /= 2;
+        while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
+    }
+    attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, kvpt, qb, scale, sinks, dot_f32,
+                  axpy_scalar, NULL, NULL, NULL, NULL};
     if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
     if (impl->k && impl->k->dot_rows && impl->k->axpy_rows) j.dot_rows = impl->k->dot_rows, j.axpy_rows = impl->k->axpy_rows;
-    lm_pool_run(impl->pool, (n + qb - 1) / qb * n_kv * (group / hpt), attn_task, &j);
+    if (j.dot_rows && impl->k->dot_rows2 && impl->k->axpy_rows2)
+        j.dot_rows2 = impl->k->dot_rows2, j.axpy_rows2 = impl->k->axpy_rows2;
+    lm_pool_run(impl->pool, blocks * (n_kv / kvpt) * (group / hpt), attn_task, &j);
     return 0;
 }
 

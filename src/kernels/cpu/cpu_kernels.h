@@ -93,6 +93,14 @@ typedef struct {
      * (y held in registers across the rows instead of stored after each). */
     void (*dot_rows)(float *out, const float *q, const float *x, size_t stride, int cnt, int n);
     void (*axpy_rows)(float *y, const float *e, const float *x, size_t stride, int cnt, int n);
+    /* The same for two heads of a kv group against the same rows, each row loaded once
+     * for both (optional, both or neither; NULL = the functions above per head), each
+     * result bit for bit what those give: dot_rows2 is dot_rows of q0 into o0 and of q1
+     * into o1, axpy_rows2 is axpy_rows of e0 into y0 and of e1 into y1. */
+    void (*dot_rows2)(float *o0, float *o1, const float *q0, const float *q1, const float *x, size_t stride, int cnt,
+                      int n);
+    void (*axpy_rows2)(float *y0, float *y1, const float *e0, const float *e1, const float *x, size_t stride, int cnt,
+                       int n);
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

@@ -717,6 +717,79 @@ TARGET static void dot_rows_avx512(float *out, const float *q, const float *x, s
     for (; r < cnt; r++) out[r] = dot_avx512(x + (size_t)r * stride, q, n);
 }
 
+/* A loaded vector used by two fmas stays one load: without this GCC folds the load into
+ * each fma, and the two-head kernels below would load as often as one head per call. */
+#define KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
+
+/* hsum of eight vectors at once, the same additions in the same pairs (lane i with
+ * i + 8, then i + 4, i + 2, i + 1), the vectors transposed along the way instead of
+ * each reduced alone: v[0..3] -> o0[0..3], v[4..7] -> o1[0..3]. */
+TARGET INLINE void hsum8(const __m512 v[8], float *o0, float *o1) {
+    __m512 a[4], b[2];
+    _Pragma("GCC unroll 4")
+    for (int k = 0; k < 4; k++) /* [v lo 8 + v hi 8 | w lo 8 + w hi 8] for v, w = v[2k], v[2k+1] */
+        a[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xee));
+    _Pragma("GCC unroll 2")
+    for (int k = 0; k < 2; k++) /* quarter q: lanes 0-3 + lanes 4-7 of v[4k + q] */
+        b[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0xdd));
+    /* quarter q: [v[q] 0+2, 1+3, v[4+q] 0+2, 1+3], then each pair added */
+    __m512 c = _mm512_add_ps(_mm512_shuffle_ps(b[0], b[1], 0x44), _mm512_shuffle_ps(b[0], b[1], 0xee));
+    c = _mm512_add_ps(c, _mm512_shuffle_ps(c, c, 0xb1));
+    __m512 r = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0), c);
+    _mm_storeu_ps(o0, _mm512_castps512_ps128(r));
+    _mm_storeu_ps(o1, _mm512_extractf32x4_ps(r, 1));
+}
+
+/* dot_rows_avx512 for two queries (two heads of a kv group): each key row loaded once
+ * for both, four rows at a time (16 independent chains); each (query, row) the same
+ * chain as dot_avx512. */
+TARGET static void dot_rows2_avx512(float *o0, float *o1, const float *q0, const float *q1, const float *x,
+                                    size_t stride, int cnt, int n) {
+    int r = 0;
+    for (; r + 4 <= cnt; r += 4) {
+        const float *xr[4] = {x + (size_t)r * stride, x + (size_t)(r + 1) * stride, x + (size_t)(r + 2) * stride,
+                              x + (size_t)(r + 3) * stride};
+        __m512 a[2][4], b[2][4];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) a[0][k] = a[1][k] = b[0][k] = b[1][k] = _mm512_setzero_ps();
+        int i = 0;
+        for (; i + 2 * LANES <= n; i += 2 * LANES) {
+            __m512 qa0 = _mm512_loadu_ps(q0 + i), qb0 = _mm512_loadu_ps(q0 + i + LANES);
+            __m512 qa1 = _mm512_loadu_ps(q1 + i), qb1 = _mm512_loadu_ps(q1 + i + LANES);
+            _Pragma("GCC unroll 4")
+            for (int k = 0; k < 4; k++) {
+                __m512 xa = _mm512_loadu_ps(xr[k] + i), xb = _mm512_loadu_ps(xr[k] + i + LANES);
+                KEEP_IN_REGISTER(xa);
+                KEEP_IN_REGISTER(xb);
+                a[0][k] = _mm512_fmadd_ps(xa, qa0, a[0][k]);
+                b[0][k] = _mm512_fmadd_ps(xb, qb0, b[0][k]);
+                a[1][k] = _mm512_fmadd_ps(xa, qa1, a[1][k]);
+                b[1][k] = _mm512_fmadd_ps(xb, qb1, b[1][k]);
+            }
+        }
+        for (; i < n; i += LANES) {
+            __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            __m512 qa0 = _mm512_maskz_loadu_ps(m, q0 + i), qa1 = _mm512_maskz_loadu_ps(m, q1 + i);
+            _Pragma("GCC unroll 4")
+            for (int k = 0; k < 4; k++) {
+                __m512 xa = _mm512_maskz_loadu_ps(m, xr[k] + i);
+                a[0][k] = _mm512_fmadd_ps(xa, qa0, a[0][k]);
+                a[1][k] = _mm512_fmadd_ps(xa, qa1, a[1][k]);
+            }
+        }
+        __m512 v[8];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) v[k] = _mm512_add_ps(a[0][k], b[0][k]), v[4 + k] = _mm512_add_ps(a[1][k], b[1][k]);
+        hsum8(v, o0 + r, o1 + r);
+    }
+    for (; r < cnt; r++) {
+        o0[r] = dot_avx512(x + (size_t)r * stride, q0, n);
+        o1[r] = dot_avx512(x + (size_t)r * stride, q1, n);
+    }
+}
+
 /* Columns [i, i + W * LANES) of axpy_rows_avx512: W vectors of y held in registers over
  * all cnt rows. W is a constant at each call, so each width compiles to its own
  * unrolled loop. */
@@ -750,6 +823,48 @@ TARGET static void axpy_rows_avx512(float *y, const float *e, const float *x, si
     }
 }
 
+/* axpy_rows_block for two outputs over the same rows (two heads of a kv group), each
+ * row's vectors loaded once for both. */
+TARGET INLINE void axpy_rows2_block(float *y0, float *y1, const float *e0, const float *e1, const float *x,
+                                    size_t stride, int cnt, int i, const int W) {
+    __m512 a0[8], a1[8];
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < W; c++) a0[c] = _mm512_loadu_ps(y0 + i + c * LANES), a1[c] = _mm512_loadu_ps(y1 + i + c * LANES);
+    for (int r = 0; r < cnt; r++) {
+        const float *xr = x + (size_t)r * stride + i;
+        __m512 v0 = _mm512_set1_ps(e0[r]), v1 = _mm512_set1_ps(e1[r]);
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < W; c++) {
+            __m512 xc = _mm512_loadu_ps(xr + c * LANES);
+            KEEP_IN_REGISTER(xc);
+            a0[c] = _mm512_fmadd_ps(v0, xc, a0[c]);
+            a1[c] = _mm512_fmadd_ps(v1, xc, a1[c]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < W; c++) _mm512_storeu_ps(y0 + i + c * LANES, a0[c]), _mm512_storeu_ps(y1 + i + c * LANES, a1[c]);
+}
+
+/* axpy_rows_avx512 for two outputs: y0 with weights e0 and y1 with e1 over the same
+ * rows, each element the same fma chain in row order. */
+TARGET static void axpy_rows2_avx512(float *y0, float *y1, const float *e0, const float *e1, const float *x,
+                                     size_t stride, int cnt, int n) {
+    int i = 0;
+    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_rows2_block(y0, y1, e0, e1, x, stride, cnt, i, 8);
+    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_rows2_block(y0, y1, e0, e1, x, stride, cnt, i, 4);
+    for (; i < n; i += LANES) {
+        __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 acc0 = _mm512_maskz_loadu_ps(m, y0 + i), acc1 = _mm512_maskz_loadu_ps(m, y1 + i);
+        for (int r = 0; r < cnt; r++) {
+            __m512 xc = _mm512_maskz_loadu_ps(m, x + (size_t)r * stride + i);
+            acc0 = _mm512_fmadd_ps(_mm512_set1_ps(e0[r]), xc, acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_set1_ps(e1[r]), xc, acc1);
+        }
+        _mm512_mask_storeu_ps(y0 + i, m, acc0);
+        _mm512_mask_storeu_ps(y1 + i, m, acc1);
+    }
+}
+
 static int handles_avx512(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -776,7 +891,9 @@ const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512",
                                               Q4_BLOCK,
                                               act8_quantize_avx512,
                                               dot_rows_avx512,
-                                              axpy_rows_avx512};
+                                              axpy_rows_avx512,
+                                              dot_rows2_avx512,
+                                              axpy_rows2_avx512};
 
 #else /* not x86-64 */
 
