@@ -471,7 +471,7 @@ static void attention_rows_match_loops(void) {
 
 /* The attention op with a SIMD table against the per-head loop it replaced, bit for
  * bit: each (token, head) alone, keys in tiles of min(64, 8192 / head size) from its
- * first visible position, the table's dot and axpy one key at a time, libm expf. The
+ * first visible position, the table's dot and axpy one key at a time, its attn_exp. The
  * op shares each key and value load between two heads of a kv group, gives a task
  * several kv heads when there are few queries (decode) and blocks the queries; none of
  * that may change a bit. Head groups of 1 to 8 (odd ones leave a head alone), head
@@ -492,25 +492,27 @@ static void attention_ref_head(const lm_cpu_kernels *k, float *o, const float *q
             mt = s[r] > mt ? s[r] : mt;
         }
         if (mt > m) {
-            float corr = expf(m - mt);
+            float corr = lm_attn_exp(m - mt);
             l *= corr;
             for (int d = 0; d < hd; d++) o[d] *= corr;
             m = mt;
         }
-        for (int r = 0; r < cnt; r++) {
-            s[r] = expf(s[r] - m);
-            l += s[r];
-        }
+        if (k->attn_exp) l += k->attn_exp(s, cnt, m);
+        else
+            for (int r = 0; r < cnt; r++) {
+                s[r] = lm_attn_exp(s[r] - m);
+                l += s[r];
+            }
         for (int r = 0; r < cnt; r++) k->axpy(o, s[r], vr + ((size_t)(p0 + r) * (size_t)n_kv + (size_t)kvh) * (size_t)hd, hd);
     }
     if (sink) {
         if (*sink > m) {
-            float corr = expf(m - *sink);
+            float corr = lm_attn_exp(m - *sink);
             l *= corr;
             for (int d = 0; d < hd; d++) o[d] *= corr;
             m = *sink;
         }
-        l += expf(*sink - m);
+        l += lm_attn_exp(*sink - m);
     }
     float inv = 1.0f / l;
     for (int d = 0; d < hd; d++) o[d] *= inv;
@@ -578,6 +580,62 @@ static void attention_matches_head_loop(void) {
     }
     free(kf), free(vf), free(q), free(out), free(kr), free(vr);
     if (!compared) printf("# no SIMD table on this CPU: nothing to compare\n");
+}
+
+/* Attention's exponential: every table's attn_exp gives lm_attn_exp's bits (over the
+ * whole range, the cut-offs, infinities, NaN, every tail length), and lm_attn_exp is
+ * within 2 ulp of exp where the result is a normal float. */
+static void attention_exp_matches_definition(void) {
+    enum { N = 4096 };
+    static float x[N], e[N], want[N];
+    int k = 0;
+    for (int i = 0; k < N - 40 && i < 3600; i++) x[k++] = -100.0f + 0.0527f * (float)i; /* -100 .. 89.7 */
+    const float special[] = {-INFINITY, INFINITY, NAN, -0.0f, 0.0f, -87.0f, nextafterf(-87.0f, -100.0f), 88.0f, 88.5f,
+                             -86.9999f, -1e-30f, 1e-30f, -0.34657359f, 0.34657359f, -103.0f, 1e30f, -1e30f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) x[k++] = special[i];
+    while (k < N) x[k++] = (float)urand() * 90.0f;
+    const float ms[] = {0.0f, 3.5f, -2.25f};
+    const lm_cpu_kernels *simd[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2, &lm_cpu_kernels_neon};
+    int compared = 0;
+    for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
+        if (!simd[ti]->available() || !simd[ti]->attn_exp) continue;
+        for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+            for (int i = 0; i < N; i++) want[i] = lm_attn_exp(x[i] - ms[mi]);
+            for (int cnt = 1; cnt <= 64; cnt++) /* tails of every length */
+                for (int at = 0; at + cnt <= N; at += 509) {
+                    memcpy(e, x + at, sizeof(float) * (size_t)cnt);
+                    float sum = simd[ti]->attn_exp(e, cnt, ms[mi]);
+                    CHECKF(!memcmp(e, want + at, sizeof(float) * (size_t)cnt), "%s attn_exp: cnt %d at %d m %g differs",
+                           simd[ti]->name, cnt, at, (double)ms[mi]);
+                    double ref = 0, mag = 0; /* the sum, in the table's order: to f32 rounding */
+                    for (int r = 0; r < cnt; r++) ref += want[at + r], mag += fabs(want[at + r]);
+                    CHECKF(ref != ref || mag > 1e38 || fabs(sum - ref) <= 4e-7 * cnt * mag, "%s attn_exp sum %g, not %g",
+                           simd[ti]->name, (double)sum, ref);
+                }
+            memcpy(e, x, sizeof e);
+            simd[ti]->attn_exp(e, N, ms[mi]);
+            CHECKF(!memcmp(e, want, sizeof e), "%s attn_exp: %d values, m %g differ", simd[ti]->name, N, (double)ms[mi]);
+            compared++;
+        }
+    }
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        double ref = exp((double)x[i]);
+        float got = lm_attn_exp(x[i]);
+        if (x[i] != x[i]) {
+            CHECK(got != got);
+        } else if (x[i] < -87.0f) {
+            CHECK(got == 0.0f);
+        } else if (x[i] > 88.0f) {
+            CHECK(got == lm_attn_exp(88.0f) && got > 1e38f);
+        } else if (ref >= 1.1754943508222875e-38) {
+            double ulp = ldexp(1.0, ilogb(ref) - 23), err = fabs((double)got - ref) / ulp;
+            if (err > worst) worst = err;
+        }
+    }
+    printf("# lm_attn_exp: %d SIMD comparisons, worst %.2f ulp against exp\n", compared, worst);
+    CHECKF(worst <= 2.0, "lm_attn_exp %.2f ulp off exp", worst);
+    CHECK(lm_attn_exp(0.0f) == 1.0f && lm_attn_exp(-INFINITY) == 0.0f);
 }
 
 /* A table's SIMD quantizer must give lm_act8_quantize's bytes exactly: the int8
@@ -994,6 +1052,7 @@ int main(void) {
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
     TEST_CASE("kernels_attention_rows_match_loops", attention_rows_match_loops);
     TEST_CASE("kernels_attention_matches_head_loop", attention_matches_head_loop);
+    TEST_CASE("kernels_attention_exp_matches_definition", attention_exp_matches_definition);
     TEST_CASE("kernels_matmul_batch_equals_single", matmul_batch_equals_single);
     TEST_CASE("kernels_matmul_batch_many_items", matmul_batch_many_items);
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);

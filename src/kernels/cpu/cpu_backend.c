@@ -890,6 +890,7 @@ typedef struct {
                       int n); /* or NULL */
     void (*axpy_rows2)(float *y0, float *y1, const float *e0, const float *e1, const float *x, size_t stride, int cnt,
                        int n); /* or NULL */
+    float (*attn_exp)(float *e, int cnt, float m); /* or NULL */
 } attn_job;
 
 static void axpy_scalar(float *y, float a, const float *x, int n) {
@@ -1009,16 +1010,18 @@ static void attn_task(void *ctx, int task) {
                 for (i = 0; i < nh; i++) {
                     float *o = ATTN_OUT(t, g, i);
                     if (mt[i] > mr[i]) {
-                        float corr = expf(mr[i] - mt[i]); /* 0 on the first tile */
+                        float corr = lm_attn_exp(mr[i] - mt[i]); /* 0 on the first tile */
                         lr[i] *= corr;
                         for (int d = 0; d < hd; d++) o[d] *= corr;
                         mr[i] = mt[i];
                     }
                     float *e = sc[i], mi = mr[i], li = lr[i]; /* the scores become their weights, in place */
-                    for (int r = 0; r < cnt; r++) {
-                        e[r] = expf(e[r] - mi);
-                        li += e[r];
-                    }
+                    if (j->attn_exp) li += j->attn_exp(e, cnt, mi);
+                    else
+                        for (int r = 0; r < cnt; r++) {
+                            e[r] = lm_attn_exp(e[r] - mi);
+                            li += e[r];
+                        }
                     lr[i] = li;
                 }
                 i = 0; /* the weighted values, two heads at a time where the table shares the loads */
@@ -1042,12 +1045,12 @@ static void attn_task(void *ctx, int task) {
                 if (j->sinks) { /* one more logit in the denominator, with no value */
                     float sink = j->sinks[(kvh0 + g) * group + hc + i];
                     if (sink > mr[i]) {
-                        float corr = expf(mr[i] - sink);
+                        float corr = lm_attn_exp(mr[i] - sink);
                         lr[i] *= corr;
                         for (int d = 0; d < hd; d++) o[d] *= corr;
                         mr[i] = sink;
                     }
-                    lr[i] += expf(sink - mr[i]);
+                    lr[i] += lm_attn_exp(sink - mr[i]);
                 }
                 float inv = 1.0f / lr[i];
                 for (int d = 0; d < hd; d++) o[d] *= inv;
@@ -1077,8 +1080,9 @@ static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv
         while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
     }
     attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, kvpt, qb, scale, sinks, dot_f32,
-                  axpy_scalar, NULL, NULL, NULL, NULL};
+                  axpy_scalar, NULL, NULL, NULL, NULL, NULL};
     if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
+    if (impl->k) j.attn_exp = impl->k->attn_exp;
     if (impl->k && impl->k->dot_rows && impl->k->axpy_rows) j.dot_rows = impl->k->dot_rows, j.axpy_rows = impl->k->axpy_rows;
     if (j.dot_rows && impl->k->dot_rows2 && impl->k->axpy_rows2)
         j.dot_rows2 = impl->k->dot_rows2, j.axpy_rows2 = impl->k->axpy_rows2;

@@ -18,6 +18,10 @@
 
 #include "kernels/backend.h"
 
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
 /* Activations quantized to int8 for affine matmuls (lm_backend_cpu_set_act_bits 8).
  * Per token and per weight group g (the matrix's group size): step dx_g =
  * max|x_g| / 127, q_i = round-to-nearest-even(x_i * 127 / max|x_g|) in -127..127,
@@ -64,6 +68,50 @@ typedef void (*lm_act8_quantize_fn)(const float *x, int n, int cols, int gs, int
  * `first` (a multiple of q4_block) on; the padding up to the last block is zeroed. */
 void lm_act8_interleave(int8_t *qt, int cols, int q4_block, int first);
 
+/* The exponential of attention's softmax, one definition for every table and path
+ * (prefill, decode, chunked prefill; scalar, AVX2, AVX-512, NEON), so that lazy and
+ * resident runs and a sequence alone or batched stay bit-identical: libm's expf
+ * cannot be matched in SIMD. exp(x) = 2^n p(r): n = x / ln 2 rounded to nearest
+ * (fma with a 1.5 * 2^23 shift), r = x - n ln 2 (ln 2 in two parts, two fmas), p the
+ * Cephes degree-7 polynomial in Horner form (fmas), 2^n put in the exponent field.
+ * x < -87 (and -inf) gives 0 (exp(-87) is 1.6e-38: nothing next to a softmax's
+ * largest weight, 1), x > 88 is taken as 88, NaN stays NaN. Within 2 ulp of exp
+ * (tests/test_kernels.c measures it). Each SIMD table does these same IEEE operations
+ * lane by lane, so its lanes equal this function bit for bit. */
+#define LM_ATTN_EXP_LO (-87.0f)
+#define LM_ATTN_EXP_HI 88.0f
+#define LM_ATTN_EXP_LOG2E 1.44269504088896341f
+#define LM_ATTN_EXP_SHIFT 12582912.0f /* 1.5 * 2^23: adding it rounds to an integer */
+#define LM_ATTN_EXP_LN2_HI 0.693359375f
+#define LM_ATTN_EXP_LN2_LO (-2.12194440e-4f)
+#define LM_ATTN_EXP_P0 1.9875691500e-4f
+#define LM_ATTN_EXP_P1 1.3981999507e-3f
+#define LM_ATTN_EXP_P2 8.3334519073e-3f
+#define LM_ATTN_EXP_P3 4.1665795894e-2f
+#define LM_ATTN_EXP_P4 1.6666665459e-1f
+#define LM_ATTN_EXP_P5 5.0000001201e-1f
+static inline float lm_attn_exp(float x) {
+    if (x != x) return x;
+    if (x < LM_ATTN_EXP_LO) return 0.0f;
+    if (x > LM_ATTN_EXP_HI) x = LM_ATTN_EXP_HI;
+    float k = fmaf(x, LM_ATTN_EXP_LOG2E, LM_ATTN_EXP_SHIFT);
+    float n = k - LM_ATTN_EXP_SHIFT; /* an integer, -126..127 */
+    float r = fmaf(n, -LM_ATTN_EXP_LN2_HI, x);
+    r = fmaf(n, -LM_ATTN_EXP_LN2_LO, r);
+    float p = fmaf(LM_ATTN_EXP_P0, r, LM_ATTN_EXP_P1);
+    p = fmaf(p, r, LM_ATTN_EXP_P2);
+    p = fmaf(p, r, LM_ATTN_EXP_P3);
+    p = fmaf(p, r, LM_ATTN_EXP_P4);
+    p = fmaf(p, r, LM_ATTN_EXP_P5);
+    float r2 = r * r;
+    float y = fmaf(p, r2, r);
+    y = y + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
 typedef struct {
     const char *name;
     /* What the CPU must have, for the error when a forced table is unavailable. */
@@ -101,6 +149,9 @@ typedef struct {
                       int n);
     void (*axpy_rows2)(float *y0, float *y1, const float *e0, const float *e1, const float *x, size_t stride, int cnt,
                        int n);
+    /* e[r] = lm_attn_exp(e[r] - m) for r < cnt, bit for bit, and returns their sum in
+     * the table's fixed order (NULL = that loop, and the sum left to the caller). */
+    float (*attn_exp)(float *e, int cnt, float m);
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

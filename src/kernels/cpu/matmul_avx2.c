@@ -529,6 +529,48 @@ static int available_avx2(void) {
     return (lm_cpu_features() & need) == need;
 }
 
+/* lm_attn_exp of 8 lanes: the same operations, lane by lane. */
+TARGET INLINE __m256 attn_exp8(__m256 x) {
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(LM_ATTN_EXP_LO), _CMP_LT_OQ);
+    __m256 xc = _mm256_min_ps(x, _mm256_set1_ps(LM_ATTN_EXP_HI));
+    __m256 shift = _mm256_set1_ps(LM_ATTN_EXP_SHIFT);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(LM_ATTN_EXP_LOG2E), shift), shift);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LM_ATTN_EXP_LN2_HI), xc);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LM_ATTN_EXP_LN2_LO), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(LM_ATTN_EXP_P0), r, _mm256_set1_ps(LM_ATTN_EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LM_ATTN_EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LM_ATTN_EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LM_ATTN_EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(LM_ATTN_EXP_P5));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 v = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    v = _mm256_andnot_ps(small, v);
+    return _mm256_blendv_ps(v, x, nan);
+}
+
+/* The sum: one vector accumulator over the chunks in order (lanes past cnt add 0),
+ * then hsum. */
+TARGET static float attn_exp_avx2(float *e, int cnt, float m) {
+    __m256 vm = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+    int r = 0;
+    for (; r + LANES <= cnt; r += LANES) {
+        __m256 v = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(e + r), vm));
+        _mm256_storeu_ps(e + r, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    if (r < cnt) { /* the tail through a buffer: the lanes past cnt compute and are dropped */
+        float t[LANES] = {0};
+        memcpy(t, e + r, sizeof(float) * (size_t)(cnt - r));
+        _mm256_storeu_ps(t, attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vm)));
+        memset(t + (cnt - r), 0, sizeof(float) * (size_t)(LANES - (cnt - r)));
+        sum = _mm256_add_ps(sum, _mm256_loadu_ps(t));
+        memcpy(e + r, t, sizeof(float) * (size_t)(cnt - r));
+    }
+    return hsum(sum);
+}
+
 const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2",
                                             "AVX2 with FMA and F16C",
                                             available_avx2,
@@ -540,7 +582,8 @@ const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2",
                                             handles_act8_avx2,
                                             rows_act8_avx2,
                                             A8_Q4_BLOCK,
-                                            act8_quantize_avx2};
+                                            act8_quantize_avx2,
+                                            .attn_exp = attn_exp_avx2};
 
 #else /* not x86-64 */
 

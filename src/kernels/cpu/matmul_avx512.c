@@ -865,6 +865,40 @@ TARGET static void axpy_rows2_avx512(float *y0, float *y1, const float *e0, cons
     }
 }
 
+/* lm_attn_exp of 16 lanes: the same operations, lane by lane. */
+TARGET INLINE __m512 attn_exp16(__m512 x) {
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(LM_ATTN_EXP_LO), _CMP_LT_OQ);
+    __m512 xc = _mm512_min_ps(x, _mm512_set1_ps(LM_ATTN_EXP_HI));
+    __m512 shift = _mm512_set1_ps(LM_ATTN_EXP_SHIFT);
+    __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(LM_ATTN_EXP_LOG2E), shift), shift);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LM_ATTN_EXP_LN2_HI), xc);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LM_ATTN_EXP_LN2_LO), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(LM_ATTN_EXP_P0), r, _mm512_set1_ps(LM_ATTN_EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LM_ATTN_EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LM_ATTN_EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LM_ATTN_EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(LM_ATTN_EXP_P5));
+    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 v = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+    v = _mm512_mask_blend_ps(small, v, _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(nan, v, x);
+}
+
+/* The sum: one vector accumulator over the chunks in order (lanes past cnt add 0),
+ * then hsum. */
+TARGET static float attn_exp_avx512(float *e, int cnt, float m) {
+    __m512 vm = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    for (int r = 0; r < cnt; r += LANES) {
+        __mmask16 k = cnt - r >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (cnt - r)) - 1);
+        __m512 v = _mm512_maskz_mov_ps(k, attn_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, e + r), vm)));
+        _mm512_mask_storeu_ps(e + r, k, v);
+        sum = _mm512_add_ps(sum, v);
+    }
+    return hsum(sum);
+}
+
 static int handles_avx512(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -893,7 +927,8 @@ const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512",
                                               dot_rows_avx512,
                                               axpy_rows_avx512,
                                               dot_rows2_avx512,
-                                              axpy_rows2_avx512};
+                                              axpy_rows2_avx512,
+                                              attn_exp_avx512};
 
 #else /* not x86-64 */
 

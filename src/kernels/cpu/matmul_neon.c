@@ -499,6 +499,49 @@ static void act8_quantize_neon(const float *x, int n, int cols, int gs, int q4_b
     }
 }
 
+/* lm_attn_exp of 4 lanes: the same operations, lane by lane (vfmaq_f32(a, b, c) is
+ * the fused a + b * c). */
+INLINE float32x4_t attn_exp4(float32x4_t x) {
+    uint32x4_t nan = vmvnq_u32(vceqq_f32(x, x)), small = vcltq_f32(x, vdupq_n_f32(LM_ATTN_EXP_LO));
+    float32x4_t xc = vminq_f32(x, vdupq_n_f32(LM_ATTN_EXP_HI));
+    float32x4_t shift = vdupq_n_f32(LM_ATTN_EXP_SHIFT);
+    float32x4_t n = vsubq_f32(vfmaq_f32(shift, xc, vdupq_n_f32(LM_ATTN_EXP_LOG2E)), shift);
+    float32x4_t r = vfmaq_f32(xc, n, vdupq_n_f32(-LM_ATTN_EXP_LN2_HI));
+    r = vfmaq_f32(r, n, vdupq_n_f32(-LM_ATTN_EXP_LN2_LO));
+    float32x4_t p = vfmaq_f32(vdupq_n_f32(LM_ATTN_EXP_P1), vdupq_n_f32(LM_ATTN_EXP_P0), r);
+    p = vfmaq_f32(vdupq_n_f32(LM_ATTN_EXP_P2), p, r);
+    p = vfmaq_f32(vdupq_n_f32(LM_ATTN_EXP_P3), p, r);
+    p = vfmaq_f32(vdupq_n_f32(LM_ATTN_EXP_P4), p, r);
+    p = vfmaq_f32(vdupq_n_f32(LM_ATTN_EXP_P5), p, r);
+    float32x4_t y = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0f));
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    float32x4_t v = vmulq_f32(y, vreinterpretq_f32_s32(e));
+    v = vbslq_f32(small, vdupq_n_f32(0.0f), v);
+    return vbslq_f32(nan, x, v);
+}
+
+/* The sum: one vector accumulator over the chunks in order (lanes past cnt add 0),
+ * then lanes (0 + 2) + (1 + 3). */
+static float attn_exp_neon(float *e, int cnt, float m) {
+    float32x4_t vm = vdupq_n_f32(m), sum = vdupq_n_f32(0.0f);
+    int r = 0;
+    for (; r + 4 <= cnt; r += 4) {
+        float32x4_t v = attn_exp4(vsubq_f32(vld1q_f32(e + r), vm));
+        vst1q_f32(e + r, v);
+        sum = vaddq_f32(sum, v);
+    }
+    if (r < cnt) { /* the tail through a buffer: the lanes past cnt compute and are dropped */
+        float t[4] = {0};
+        memcpy(t, e + r, sizeof(float) * (size_t)(cnt - r));
+        vst1q_f32(t, attn_exp4(vsubq_f32(vld1q_f32(t), vm)));
+        memset(t + (cnt - r), 0, sizeof(float) * (size_t)(4 - (cnt - r)));
+        sum = vaddq_f32(sum, vld1q_f32(t));
+        memcpy(e + r, t, sizeof(float) * (size_t)(cnt - r));
+    }
+    float32x2_t h = vadd_f32(vget_low_f32(sum), vget_high_f32(sum));
+    return vget_lane_f32(h, 0) + vget_lane_f32(h, 1);
+}
+
 static int available_neon(void) { return (lm_cpu_features() & LM_CPU_NEON) != 0; }
 
 const lm_cpu_kernels lm_cpu_kernels_neon = {"neon",
@@ -512,7 +555,8 @@ const lm_cpu_kernels lm_cpu_kernels_neon = {"neon",
                                             handles_act8_neon,
                                             rows_act8_neon,
                                             A8_Q4_BLOCK,
-                                            act8_quantize_neon};
+                                            act8_quantize_neon,
+                                            .attn_exp = attn_exp_neon};
 
 #else /* not AArch64 */
 
