@@ -130,6 +130,50 @@ if [ -x "$B/llama-quantize" ] && [ -f "$Q41" ]; then
 fi
 ls -la "$W" | tee -a "$OUT/summary.txt"
 
+# summary.txt's ratios, mode cpu or cuda: llama-bench's JSON rows and lazymoe bench's
+# JSON, read by one set of functions for both modes
+summarize() {
+    python3 - "$OUT" "$1" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, os, sys
+d, mode = sys.argv[1], sys.argv[2]
+def llama(name):
+    try:
+        rows = json.load(open(os.path.join(d, "llama_%s.json" % name)))
+    except Exception:
+        return None, None
+    pp = [r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0]
+    tg = [r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0]
+    return (pp[0] if pp else None), (tg[0] if tg else None)
+def lz(name):
+    try:
+        j = json.load(open(os.path.join(d, "lazymoe_%s.json" % name)))
+        return j["prefill_tok_s"], j["decode_tok_s"]
+    except Exception:
+        return None, None
+ratio = lambda a, b: ("%.2fx" % (a / b)) if a and b else "-"
+if mode == "cpu":
+    ref = {f: llama("cpu_" + f) for f in ("q4_0", "q4_k_m")}
+    for f, (p, t) in ref.items():
+        print("llama.cpp CPU %-7s prefill %s decode %s" % (f, p, t))
+    best_p = max([p for p, _ in ref.values() if p] or [0]) or None
+    best_t = max([t for _, t in ref.values() if t] or [0]) or None
+    for f in ("q4_0", "q4_k_m", "mlx"):
+        p, t = lz("cpu_" + f)
+        print("lazymoe CPU %-7s prefill %s decode %s  vs llama.cpp's best file: prefill %s decode %s" % (
+            f, p, t, ratio(p, best_p), ratio(t, best_t)))
+else:
+    ref = {"ngl99": llama("ngl99"), "ncmoe36": llama("ncmoe36")}
+    for k, (p, t) in ref.items():
+        print("llama.cpp %-8s prefill %s decode %s" % (k, p, t))
+    pairs = {"vram_all": "ngl99", "vram_25": "ncmoe36", "vram_25_cpu": "ncmoe36"}
+    for name, against in pairs.items():
+        p, t = lz(name)
+        rp, rt = ref[against]
+        print("lazymoe %-11s prefill %s decode %s  vs llama.cpp %s: prefill %s decode %s" % (
+            name, p, t, against, ratio(p, rp), ratio(t, rt)))
+EOF
+}
+
 if [ "$MODE" = cpu ]; then
     # issue 15's 16-thread figures: both engines on the CPU only, every thread, default
     # flags; llama.cpp's CUDA build with no device visible is its CPU backend (built
@@ -150,34 +194,7 @@ if [ "$MODE" = cpu ]; then
         timeout 200 "$CLI" bench "$F" --backend cpu --threads "$T" --prompt-tokens 512 --gen-tokens 64 --no-warm-start \
             --json >"$OUT/lazymoe_cpu_$f.json" 2>"$OUT/lazymoe_cpu_$f.err"
     done
-    python3 - "$OUT" <<'PYEOF' | tee -a "$OUT/summary.txt"
-import json, os, sys
-d = sys.argv[1]
-def llama(f):
-    try:
-        rows = json.load(open(os.path.join(d, "llama_cpu_%s.json" % f)))
-    except Exception:
-        return None, None
-    pp = [r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0]
-    tg = [r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0]
-    return (pp[0] if pp else None), (tg[0] if tg else None)
-def lz(f):
-    try:
-        j = json.load(open(os.path.join(d, "lazymoe_cpu_%s.json" % f)))
-        return j["prefill_tok_s"], j["decode_tok_s"]
-    except Exception:
-        return None, None
-ref = {f: llama(f) for f in ("q4_0", "q4_k_m")}
-for f, (p, t) in ref.items():
-    print("llama.cpp CPU %-7s prefill %s decode %s" % (f, p, t))
-best_p = max([p for p, _ in ref.values() if p] or [0]) or None
-best_t = max([t for _, t in ref.values() if t] or [0]) or None
-ratio = lambda a, b: ("%.2fx" % (a / b)) if a and b else "-"
-for f in ("q4_0", "q4_k_m", "mlx"):
-    p, t = lz(f)
-    print("lazymoe CPU %-7s prefill %s decode %s  vs llama.cpp's best file: prefill %s decode %s" % (
-        f, p, t, ratio(p, best_p), ratio(t, best_t)))
-PYEOF
+    summarize cpu
     step "done"
     exit 0
 fi
@@ -208,32 +225,5 @@ print(int(g['resident_bytes'] + g['expert_bytes'] // 4))" 2>/dev/null)
         lm vram_25_cpu --gpu-memory "$B25" --cpu-experts 4
     fi
 fi
-python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, os, sys
-d = sys.argv[1]
-def llama(name):
-    try:
-        rows = json.load(open(os.path.join(d, name)))
-    except Exception as e:
-        return None, None
-    pp = [r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0]
-    tg = [r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0]
-    return (pp[0] if pp else None), (tg[0] if tg else None)
-def lz(name):
-    try:
-        j = json.load(open(os.path.join(d, "lazymoe_%s.json" % name)))
-        return j["prefill_tok_s"], j["decode_tok_s"]
-    except Exception:
-        return None, None
-ref = {"ngl99": llama("llama_ngl99.json"), "ncmoe36": llama("llama_ncmoe36.json")}
-for k, (p, t) in ref.items():
-    print("llama.cpp %-8s prefill %s decode %s" % (k, p, t))
-pairs = {"vram_all": "ngl99", "vram_25": "ncmoe36", "vram_25_cpu": "ncmoe36"}
-for name, against in pairs.items():
-    p, t = lz(name)
-    rp, rt = ref[against]
-    ratio = lambda a, b: ("%.2fx" % (a / b)) if a and b else "-"
-    print("lazymoe %-11s prefill %s decode %s  vs llama.cpp %s: prefill %s decode %s" % (
-        name, p, t, against, ratio(p, rp), ratio(t, rt)))
-EOF
+summarize cuda
 step "done"
