@@ -241,6 +241,20 @@ static cudaError_t stream_wait(cuda_impl *im) {
 
 __global__ void k_nothing(void) {}
 
+/* The timing tables (per kernel, per op) largest ms first, for printing. */
+template <typename Row> static void sort_by_ms(Row *rows, int n) {
+    for (int done = 0; done < n; done++) {
+        int b = done;
+        for (int i = done + 1; i < n; i++)
+            if (rows[i].ms > rows[b].ms) b = i;
+        if (b != done) {
+            Row t = rows[b];
+            rows[b] = rows[done];
+            rows[done] = t;
+        }
+    }
+}
+
 static void tim_print(cuda_impl *im) {
     tim_flush(im);
     double total = 0;
@@ -250,15 +264,8 @@ static void tim_print(cuda_impl *im) {
      * time the GPU waits for launches (the kernel times above then include those gaps) */
     fprintf(stderr, "cuda timing: %.3f ms of host time in %ld ops, %.3f ms of it not waiting\n", im->host_ms,
             im->host_calls, im->host_ms - im->wait_ms);
-    for (int done = 0; done < im->nhs; done++) { /* largest first */
-        int b = done;
-        for (int i = done + 1; i < im->nhs; i++)
-            if (im->hs[i].ms > im->hs[b].ms) b = i;
-        if (b != done) {
-            auto t = im->hs[b];
-            im->hs[b] = im->hs[done];
-            im->hs[done] = t;
-        }
+    sort_by_ms(im->hs, im->nhs);
+    for (int done = 0; done < im->nhs; done++) {
         /* the op's name: what follows "F = " in the wrapper's signature (g++'s form:
          * "... [with ...; F = cuda_rmsnorm; int FLUSH = 1]") */
         const char *sig = im->hs[done].sig, *at = strstr(sig, "F = ");
@@ -285,15 +292,8 @@ static void tim_print(cuda_impl *im) {
     cudaGetLastError();
     fprintf(stderr, "cuda timing: an empty kernel's launch: %.2f us on the host, %.2f us until done (1000 in a row)\n",
             (t1 - t0), (t2 - t0));
-    for (int done = 0; done < im->nts; done++) { /* largest first */
-        int b = done;
-        for (int i = done + 1; i < im->nts; i++)
-            if (im->ts[i].ms > im->ts[b].ms) b = i;
-        if (b != done) {
-            auto t = im->ts[b];
-            im->ts[b] = im->ts[done];
-            im->ts[done] = t;
-        }
+    sort_by_ms(im->ts, im->nts);
+    for (int done = 0; done < im->nts; done++) {
         fprintf(stderr, "cuda timing: %-22s %10.3f ms %8ld launches %8.2f us each\n", im->ts[done].name,
                 im->ts[done].ms, im->ts[done].calls, 1e3 * im->ts[done].ms / (double)im->ts[done].calls);
     }
