@@ -482,6 +482,15 @@ static void free_configs(lm_config *a, lm_config *b, gguf_archive *g) {
     gguf_close(g);
 }
 
+/* Every end-of-generation id of a (read from `source`) is one of the GGUF config b's. */
+static void ends_found(const lm_config *a, const lm_config *b, const char *source) {
+    for (int i = 0; i < a->n_eos; i++) {
+        int found = 0;
+        for (int j = 0; j < b->n_eos; j++) found |= a->eos_ids[i] == b->eos_ids[j];
+        CHECKF(found, "eos id %d of %s is not an end id of the GGUF", a->eos_ids[i], source);
+    }
+}
+
 /* an integer field of the configs a (config.json's) and b (the GGUF's) is the same */
 #define SAME(field) CHECK_EQ_INT(a.field, b.field)
 
@@ -507,11 +516,7 @@ static void config_matches(void) {
     SAME(tie_word_embeddings);
     SAME(qk_norm);
     SAME(n_eos);
-    for (int i = 0; i < a.n_eos; i++) {
-        int found = 0;
-        for (int j = 0; j < b.n_eos; j++) found |= a.eos_ids[i] == b.eos_ids[j];
-        CHECKF(found, "eos id %d of config.json is not an end id of the GGUF", a.eos_ids[i]);
-    }
+    ends_found(&a, &b, "config.json");
     free_configs(&a, &b, g);
 }
 
@@ -589,11 +594,7 @@ static void glm4_moe_end_ids(void) {
     CHECKF(eot == 307 && eom == 309, "eot %lld eom %lld", (long long)eot, (long long)eom);
     CHECK_EQ_INT(a.n_eos, 3);
     SAME(n_eos);
-    for (int i = 0; i < a.n_eos; i++) {
-        int found = 0;
-        for (int j = 0; j < b.n_eos; j++) found |= a.eos_ids[i] == b.eos_ids[j];
-        CHECKF(found, "eos id %d of generation_config.json is not an end id of the GGUF", a.eos_ids[i]);
-    }
+    ends_found(&a, &b, "generation_config.json");
     free_configs(&a, &b, g);
 }
 
