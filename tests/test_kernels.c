@@ -423,6 +423,9 @@ static void attention_rows_match_loops(void) {
     float *x = malloc(sizeof(float) * MAXR * STRIDE), q[MAXN], e[MAXR], y0[MAXN], y1[MAXN], s0[MAXR], s1[MAXR];
     float q2[MAXN], e2[MAXR];
     for (int i = 0; i < MAXR * STRIDE; i++) x[i] = (float)urand() * 2;
+    uint16_t *xh = malloc(sizeof(uint16_t) * MAXR * STRIDE); /* an f16 cache, and it widened */
+    float *xw = malloc(sizeof(float) * MAXR * STRIDE);
+    for (int i = 0; i < MAXR * STRIDE; i++) xh[i] = lm_f32_to_f16(x[i]), xw[i] = lm_f16_to_f32(xh[i]);
     for (int i = 0; i < MAXN; i++) q[i] = (float)urand();
     for (int r = 0; r < MAXR; r++) e[r] = (float)urand() + 0.5f;
     for (int i = 0; i < MAXN; i++) q2[i] = (float)urand();
@@ -461,10 +464,38 @@ static void attention_rows_match_loops(void) {
                         CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n) && !memcmp(y2, y3, sizeof(float) * (size_t)n),
                                "%s axpy_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
                     }
+                    if (k->dot_rows_f16) { /* an f16 cache read in place: what the f32 functions give on it widened */
+                        const uint64_t saved_rng = rng; /* the other cases' random values stay what they were */
+                        const float *qb = q2 + (MAXN - n);
+                        const uint16_t *hs = xh + (sp ? 7 : 0);
+                        float *ws = xw + (sp ? 7 : 0); /* the same rows widened, same stride */
+                        float s2[MAXR], s3[MAXR], s4[MAXR], y2[MAXN], y3[MAXN], y4[MAXN], y5[MAXN];
+                        k->dot_rows(s0, q, ws, stride, cnt, n);
+                        k->dot_rows_f16(s1, q, hs, stride, cnt, n);
+                        CHECKF(!memcmp(s0, s1, sizeof(float) * (size_t)cnt), "%s dot_rows_f16: n %d cnt %d stride %zu differs",
+                               k->name, n, cnt, stride);
+                        k->dot_rows2(s0, s2, q, qb, ws, stride, cnt, n);
+                        k->dot_rows2_f16(s3, s4, q, qb, hs, stride, cnt, n);
+                        CHECKF(!memcmp(s0, s3, sizeof(float) * (size_t)cnt) && !memcmp(s2, s4, sizeof(float) * (size_t)cnt),
+                               "%s dot_rows2_f16: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                        for (int i = 0; i < n; i++) y4[i] = (float)urand(), y5[i] = (float)urand(); /* starting values */
+                        memcpy(y0, y4, sizeof(float) * (size_t)n), memcpy(y1, y4, sizeof(float) * (size_t)n);
+                        k->axpy_rows(y0, e, ws, stride, cnt, n);
+                        k->axpy_rows_f16(y1, e, hs, stride, cnt, n);
+                        CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n), "%s axpy_rows_f16: n %d cnt %d stride %zu differs",
+                               k->name, n, cnt, stride);
+                        memcpy(y0, y4, sizeof(float) * (size_t)n), memcpy(y1, y4, sizeof(float) * (size_t)n);
+                        memcpy(y2, y5, sizeof(float) * (size_t)n), memcpy(y3, y5, sizeof(float) * (size_t)n);
+                        k->axpy_rows2(y0, y2, e, e2, ws, stride, cnt, n);
+                        k->axpy_rows2_f16(y1, y3, e, e2, hs, stride, cnt, n);
+                        CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n) && !memcmp(y2, y3, sizeof(float) * (size_t)n),
+                               "%s axpy_rows2_f16: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                        rng = saved_rng;
+                    }
                     compared++;
                 }
     }
-    free(x);
+    free(x), free(xh), free(xw);
     if (!compared) printf("# no SIMD attention tile functions on this CPU: nothing to compare\n");
     CHECK(compared > 0 || !lm_cpu_kernels_avx512.available());
 }
@@ -473,8 +504,9 @@ static void attention_rows_match_loops(void) {
  * bit: each (token, head) alone, keys in tiles of min(64, 8192 / head size) from its
  * first visible position, the table's dot and axpy one key at a time, its attn_exp. The
  * op shares each key and value load between two heads of a kv group, gives a task
- * several kv heads when there are few queries (decode) and blocks the queries; none of
- * that may change a bit. Head groups of 1 to 8 (odd ones leave a head alone), head
+ * several kv heads when there are few queries (decode), blocks the queries, reads an
+ * f16 cache in place for a block of one token (decode, windows) and takes the scale
+ * and maximum of the scores in SIMD; none of that may change a bit. Head groups of 1 to 8 (odd ones leave a head alone), head
  * sizes with a vector tail, one query and a prompt, a window and sinks, 1 to 3 threads,
  * f32 and f16 caches. */
 static void attention_ref_head(const lm_cpu_kernels *k, float *o, const float *q, const float *kr, const float *vr,
@@ -580,6 +612,48 @@ static void attention_matches_head_loop(void) {
     }
     free(kf), free(vf), free(q), free(out), free(kr), free(vr);
     if (!compared) printf("# no SIMD table on this CPU: nothing to compare\n");
+}
+
+/* Each table's attn_scale_max gives the scalar loop's scaled scores bit for bit and its
+ * maximum (by value: the sign of a zero maximum may differ, which the softmax cannot
+ * see), over every length of a tile, with NaNs, infinities, zeros and ties among them,
+ * starting from -inf or from a running maximum. */
+static void attention_scale_max_matches_loop(void) {
+    enum { MAXR = 64 };
+    const lm_cpu_kernels *simd[] = {&lm_cpu_kernels_avx512, &lm_cpu_kernels_avx2, &lm_cpu_kernels_neon};
+    const float starts[] = {-INFINITY, 0.25f, -3.0f, 40.0f};
+    float x[MAXR], want[MAXR], got[MAXR];
+    const uint64_t saved_rng = rng; /* the other cases' random values stay what they were */
+    int compared = 0;
+    for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
+        const lm_cpu_kernels *k = simd[ti];
+        if (!k->available() || !k->attn_scale_max) continue;
+        for (int trial = 0; trial < 40; trial++)
+            for (int cnt = 1; cnt <= MAXR; cnt++) {
+                for (int r = 0; r < MAXR; r++) x[r] = (float)urand() * 30.0f;
+                if (trial % 4 == 1) x[(trial * 7) % cnt] = NAN, x[(trial * 3) % cnt] = -INFINITY;
+                if (trial % 4 == 2) /* ties and zeros */
+                    for (int r = 0; r < cnt; r++) x[r] = r % 3 == 0 ? 0.0f : (r % 3 == 1 ? -0.0f : -1.5f);
+                if (trial % 4 == 3) x[cnt - 1] = 1e30f, x[0] = INFINITY * (trial % 8 == 3 ? 1.0f : -1.0f);
+                float scale = trial % 5 == 4 ? 1.0f : 0.08838834764831845f, m0 = starts[trial % 4];
+                float mx = m0;
+                for (int r = 0; r < cnt; r++) {
+                    want[r] = x[r] * scale;
+                    mx = want[r] > mx ? want[r] : mx;
+                }
+                memcpy(got, x, sizeof got);
+                float m = k->attn_scale_max(got, cnt, scale, m0);
+                int same = !memcmp(got, want, sizeof(float) * (size_t)cnt) &&
+                           !memcmp(got + cnt, x + cnt, sizeof(float) * (size_t)(MAXR - cnt)); /* past cnt untouched */
+                CHECKF(same, "%s attn_scale_max: cnt %d trial %d: scores differ", k->name, cnt, trial);
+                CHECKF(m == mx || (m != m && mx != mx), "%s attn_scale_max: cnt %d trial %d: max %g, loop %g", k->name, cnt,
+                       trial, (double)m, (double)mx);
+                compared++;
+            }
+    }
+    rng = saved_rng;
+    if (!compared) printf("# no SIMD attn_scale_max on this CPU: nothing to compare\n");
+    CHECK(compared > 0 || !lm_cpu_kernels_avx512.available());
 }
 
 /* Attention's exponential: every table's attn_exp gives lm_attn_exp's bits (over the
@@ -1052,6 +1126,7 @@ int main(void) {
     TEST_CASE("kernels_attention_tiled_kv_types_simd", attention_auto);
     TEST_CASE("kernels_attention_rows_match_loops", attention_rows_match_loops);
     TEST_CASE("kernels_attention_matches_head_loop", attention_matches_head_loop);
+    TEST_CASE("kernels_attention_scale_max_matches_loop", attention_scale_max_matches_loop);
     TEST_CASE("kernels_attention_exp_matches_definition", attention_exp_matches_definition);
     TEST_CASE("kernels_matmul_batch_equals_single", matmul_batch_equals_single);
     TEST_CASE("kernels_matmul_batch_many_items", matmul_batch_many_items);

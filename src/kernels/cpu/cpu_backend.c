@@ -891,6 +891,8 @@ typedef struct {
     void (*axpy_rows2)(float *y0, float *y1, const float *e0, const float *e1, const float *x, size_t stride, int cnt,
                        int n); /* or NULL */
     float (*attn_exp)(float *e, int cnt, float m); /* or NULL */
+    float (*scale_max)(float *s, int cnt, float scale, float m); /* or NULL */
+    const lm_cpu_kernels *f16; /* its *_f16 tile functions read an f16 K and V in place, or NULL */
 } attn_job;
 
 static void axpy_scalar(float *y, float a, const float *x, int n) {
@@ -956,6 +958,9 @@ static void attn_task(void *ctx, int task) {
     int t0 = tb * j->qblock, t1 = t0 + j->qblock < j->n ? t0 + j->qblock : j->n;
     int last = j->pos0 + t1 - 1, first = 0; /* the block's last position; a window means one token a block */
     if (j->window > 0 && j->pos0 + t0 - j->window + 1 > 0) first = j->pos0 + t0 - j->window + 1;
+    /* A block of one token reads an f16 cache in place where the table can: a widened
+     * copy pays off only when several tokens share it. */
+    const lm_cpu_kernels *hf = t1 - t0 == 1 ? j->f16 : NULL;
     float kbuf[ATTN_TILE_FLOATS], vbuf[ATTN_TILE_FLOATS];
     float sc[ATTN_TILE_HEADS][ATTN_TILE_MAX];
     /* running max and sum per token and head: [t - t0][g * nh + i] for head i of kv head kvh0 + g */
@@ -980,8 +985,16 @@ static void attn_task(void *ctx, int task) {
                 kv_prefetch(j, j->k, pf, last - pf + 1 < tile ? last - pf + 1 : tile, kvh);
                 kv_prefetch(j, j->v, pf, last - pf + 1 < tile ? last - pf + 1 : tile, kvh);
             }
-            const float *kr = kv_rows(j, j->k, p0, cnt_all, kvh, kbuf, &ks);
-            const float *vr = kv_rows(j, j->v, p0, cnt_all, kvh, vbuf, &vs);
+            const float *kr = NULL, *vr = NULL;
+            const uint16_t *kh = NULL, *vh = NULL; /* the f16 rows in place, for a block of one token */
+            if (hf) {
+                size_t first_el = (size_t)p0 * (size_t)j->n_kv * (size_t)hd + (size_t)kvh * (size_t)hd;
+                kh = (const uint16_t *)j->k->data + first_el, vh = (const uint16_t *)j->v->data + first_el;
+                ks = vs = (size_t)j->n_kv * (size_t)hd;
+            } else {
+                kr = kv_rows(j, j->k, p0, cnt_all, kvh, kbuf, &ks);
+                vr = kv_rows(j, j->v, p0, cnt_all, kvh, vbuf, &vs);
+            }
             for (int t = t0; t < t1; t++) {
                 int pos = j->pos0 + t;
                 if (pos < p0) continue; /* this tile is in the token's future */
@@ -989,6 +1002,12 @@ static void attn_task(void *ctx, int task) {
                 float *mr = m[t - t0] + g * nh, *lr = l[t - t0] + g * nh, mt[ATTN_TILE_HEADS];
                 const float *qt = j->q + ((size_t)t * (size_t)j->n_heads + (size_t)(kvh * group + hc)) * (size_t)hd;
                 int i = 0; /* the scores of the heads, two at a time where the table shares the key loads */
+                if (hf) {
+                    for (; i + 2 <= nh; i += 2)
+                        hf->dot_rows2_f16(sc[i], sc[i + 1], qt + (size_t)i * hd, qt + (size_t)(i + 1) * hd, kh, ks, cnt,
+                                          hd);
+                    for (; i < nh; i++) hf->dot_rows_f16(sc[i], qt + (size_t)i * hd, kh, ks, cnt, hd);
+                }
                 if (j->dot_rows2)
                     for (; i + 2 <= nh; i += 2)
                         j->dot_rows2(sc[i], sc[i + 1], qt + (size_t)i * hd, qt + (size_t)(i + 1) * hd, kr, ks, cnt, hd);
@@ -999,8 +1018,11 @@ static void attn_task(void *ctx, int task) {
                         for (int r = 0; r < cnt; r++) sc[i][r] = j->dot(kr + (size_t)r * ks, q, hd);
                 }
                 for (i = 0; i < nh; i++) {
-                    mt[i] = mr[i];
-                    float mx = mt[i];
+                    if (j->scale_max) {
+                        mt[i] = j->scale_max(sc[i], cnt, scale, mr[i]);
+                        continue;
+                    }
+                    float mx = mr[i];
                     for (int r = 0; r < cnt; r++) {
                         sc[i][r] *= scale;
                         mx = sc[i][r] > mx ? sc[i][r] : mx;
@@ -1025,6 +1047,11 @@ static void attn_task(void *ctx, int task) {
                     lr[i] = li;
                 }
                 i = 0; /* the weighted values, two heads at a time where the table shares the loads */
+                if (hf) {
+                    for (; i + 2 <= nh; i += 2)
+                        hf->axpy_rows2_f16(ATTN_OUT(t, g, i), ATTN_OUT(t, g, i + 1), sc[i], sc[i + 1], vh, vs, cnt, hd);
+                    for (; i < nh; i++) hf->axpy_rows_f16(ATTN_OUT(t, g, i), sc[i], vh, vs, cnt, hd);
+                }
                 if (j->axpy_rows2)
                     for (; i + 2 <= nh; i += 2)
                         j->axpy_rows2(ATTN_OUT(t, g, i), ATTN_OUT(t, g, i + 1), sc[i], sc[i + 1], vr, vs, cnt, hd);
@@ -1080,9 +1107,10 @@ static int cpu_attention(lm_backend *be, float *out, const float *q, const lm_kv
         while (hpt > ATTN_TILE_HEADS) hpt = hpt % 2 == 0 ? hpt / 2 : 1;
     }
     attn_job j = {impl, out, q, k, v, n, pos0, n_heads, n_kv, hd, window, hpt, kvpt, qb, scale, sinks, dot_f32,
-                  axpy_scalar, NULL, NULL, NULL, NULL, NULL};
+                  axpy_scalar, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     if (impl->k && impl->k->dot) j.dot = impl->k->dot, j.axpy = impl->k->axpy;
-    if (impl->k) j.attn_exp = impl->k->attn_exp;
+    if (impl->k) j.attn_exp = impl->k->attn_exp, j.scale_max = impl->k->attn_scale_max;
+    if (impl->k && impl->k->dot_rows_f16 && k->dtype == LM_DT_F16 && v->dtype == LM_DT_F16) j.f16 = impl->k;
     if (impl->k && impl->k->dot_rows && impl->k->axpy_rows) j.dot_rows = impl->k->dot_rows, j.axpy_rows = impl->k->axpy_rows;
     if (j.dot_rows && impl->k->dot_rows2 && impl->k->axpy_rows2)
         j.dot_rows2 = impl->k->dot_rows2, j.axpy_rows2 = impl->k->axpy_rows2;

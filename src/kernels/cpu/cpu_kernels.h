@@ -152,6 +152,22 @@ typedef struct {
     /* e[r] = lm_attn_exp(e[r] - m) for r < cnt, bit for bit, and returns their sum in
      * the table's fixed order (NULL = that loop, and the sum left to the caller). */
     float (*attn_exp)(float *e, int cnt, float m);
+    /* dot_rows, axpy_rows, dot_rows2 and axpy_rows2 on rows of an f16 cache read in
+     * place (optional, all four or none; stride in elements), each row widened in
+     * registers: widening is exact, so each result is bit for bit what the f32 function
+     * gives on the widened rows. For decode, whose single query would otherwise pay a
+     * store and reload of a widened copy of every tile it streams from memory. */
+    void (*dot_rows_f16)(float *out, const float *q, const uint16_t *x, size_t stride, int cnt, int n);
+    void (*axpy_rows_f16)(float *y, const float *e, const uint16_t *x, size_t stride, int cnt, int n);
+    void (*dot_rows2_f16)(float *o0, float *o1, const float *q0, const float *q1, const uint16_t *x, size_t stride,
+                          int cnt, int n);
+    void (*axpy_rows2_f16)(float *y0, float *y1, const float *e0, const float *e1, const uint16_t *x, size_t stride,
+                           int cnt, int n);
+    /* s[r] *= scale for r < cnt and returns the largest of m and those s[r], NaNs left
+     * out: the values of the loop `s[r] *= scale; m = s[r] > m ? s[r] : m` (NULL = that
+     * loop). A maximum is the same in any order, up to the sign of a zero maximum, which
+     * the softmax cannot see: the maximum only enters differences, and exp(+-0) = 1. */
+    float (*attn_scale_max)(float *s, int cnt, float scale, float m);
 } lm_cpu_kernels;
 
 extern const lm_cpu_kernels lm_cpu_kernels_avx512;

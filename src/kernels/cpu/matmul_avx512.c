@@ -661,19 +661,36 @@ TARGET static void f16_to_f32_avx512(float *dst, const uint16_t *src, int n) {
     }
 }
 
-TARGET static float dot_avx512(const float *a, const float *b, int n) {
+/* Attention's rows come as f32 (h = 0) or straight from an f16 cache (h = 1, widened in
+ * registers: the same floats as a widened copy, so the same results). h is a constant
+ * at every call: each form compiles to its own loop. off counts elements. */
+TARGET INLINE __m512 row_load(const void *x, size_t off, const int h) {
+    if (h) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + off)));
+    return _mm512_loadu_ps((const float *)x + off);
+}
+
+TARGET INLINE __m512 row_load_mask(const void *x, size_t off, __mmask16 m, const int h) {
+    if (h) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)x + off));
+    return _mm512_maskz_loadu_ps(m, (const float *)x + off);
+}
+
+/* dot of row a (f32 or f16) with b: two chains of whole pairs of vectors, the tail in
+ * the first. */
+TARGET INLINE float dot_row(const void *a, size_t a0, const float *b, int n, const int h) {
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int i = 0;
     for (; i + 2 * LANES <= n; i += 2 * LANES) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + LANES), _mm512_loadu_ps(b + i + LANES), acc1);
+        acc0 = _mm512_fmadd_ps(row_load(a, a0 + (size_t)i, h), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(row_load(a, a0 + (size_t)(i + LANES), h), _mm512_loadu_ps(b + i + LANES), acc1);
     }
     for (; i < n; i += LANES) {
         __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+        acc0 = _mm512_fmadd_ps(row_load_mask(a, a0 + (size_t)i, m, h), _mm512_maskz_loadu_ps(m, b + i), acc0);
     }
     return hsum(_mm512_add_ps(acc0, acc1));
 }
+
+TARGET static float dot_avx512(const float *a, const float *b, int n) { return dot_row(a, 0, b, n, 0); }
 
 TARGET static void axpy_avx512(float *y, float a, const float *x, int n) {
     __m512 va = _mm512_set1_ps(a);
@@ -684,37 +701,45 @@ TARGET static void axpy_avx512(float *y, float a, const float *x, int n) {
 }
 
 /* dot_avx512 on cnt rows, four at a time (independent chains; each row's the same). */
-TARGET static void dot_rows_avx512(float *out, const float *q, const float *x, size_t stride, int cnt, int n) {
+TARGET INLINE void dot_rows_any(float *out, const float *q, const void *x, size_t stride, int cnt, int n, const int h) {
     int r = 0;
     for (; r + 4 <= cnt; r += 4) {
-        const float *x0 = x + (size_t)r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
+        size_t x0 = (size_t)r * stride, x1 = x0 + stride, x2 = x1 + stride, x3 = x2 + stride;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         int i = 0;
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
             __m512 qa = _mm512_loadu_ps(q + i), qb = _mm512_loadu_ps(q + i + LANES);
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + i), qa, a0);
-            b0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + i + LANES), qb, b0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + i), qa, a1);
-            b1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + i + LANES), qb, b1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + i), qa, a2);
-            b2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + i + LANES), qb, b2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + i), qa, a3);
-            b3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + i + LANES), qb, b3);
+            a0 = _mm512_fmadd_ps(row_load(x, x0 + (size_t)i, h), qa, a0);
+            b0 = _mm512_fmadd_ps(row_load(x, x0 + (size_t)(i + LANES), h), qb, b0);
+            a1 = _mm512_fmadd_ps(row_load(x, x1 + (size_t)i, h), qa, a1);
+            b1 = _mm512_fmadd_ps(row_load(x, x1 + (size_t)(i + LANES), h), qb, b1);
+            a2 = _mm512_fmadd_ps(row_load(x, x2 + (size_t)i, h), qa, a2);
+            b2 = _mm512_fmadd_ps(row_load(x, x2 + (size_t)(i + LANES), h), qb, b2);
+            a3 = _mm512_fmadd_ps(row_load(x, x3 + (size_t)i, h), qa, a3);
+            b3 = _mm512_fmadd_ps(row_load(x, x3 + (size_t)(i + LANES), h), qb, b3);
         }
         for (; i < n; i += LANES) {
             __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
             __m512 qa = _mm512_maskz_loadu_ps(m, q + i);
-            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x0 + i), qa, a0);
-            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x1 + i), qa, a1);
-            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x2 + i), qa, a2);
-            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x3 + i), qa, a3);
+            a0 = _mm512_fmadd_ps(row_load_mask(x, x0 + (size_t)i, m, h), qa, a0);
+            a1 = _mm512_fmadd_ps(row_load_mask(x, x1 + (size_t)i, m, h), qa, a1);
+            a2 = _mm512_fmadd_ps(row_load_mask(x, x2 + (size_t)i, m, h), qa, a2);
+            a3 = _mm512_fmadd_ps(row_load_mask(x, x3 + (size_t)i, m, h), qa, a3);
         }
         out[r] = hsum(_mm512_add_ps(a0, b0));
         out[r + 1] = hsum(_mm512_add_ps(a1, b1));
         out[r + 2] = hsum(_mm512_add_ps(a2, b2));
         out[r + 3] = hsum(_mm512_add_ps(a3, b3));
     }
-    for (; r < cnt; r++) out[r] = dot_avx512(x + (size_t)r * stride, q, n);
+    for (; r < cnt; r++) out[r] = dot_row(x, (size_t)r * stride, q, n, h);
+}
+
+TARGET static void dot_rows_avx512(float *out, const float *q, const float *x, size_t stride, int cnt, int n) {
+    dot_rows_any(out, q, x, stride, cnt, n, 0);
+}
+
+TARGET static void dot_rows_f16_avx512(float *out, const float *q, const uint16_t *x, size_t stride, int cnt, int n) {
+    dot_rows_any(out, q, x, stride, cnt, n, 1);
 }
 
 /* A loaded vector used by two fmas stays one load: without this GCC folds the load into
@@ -745,12 +770,12 @@ TARGET INLINE void hsum8(const __m512 v[8], float *o0, float *o1) {
 /* dot_rows_avx512 for two queries (two heads of a kv group): each key row loaded once
  * for both, four rows at a time (16 independent chains); each (query, row) the same
  * chain as dot_avx512. */
-TARGET static void dot_rows2_avx512(float *o0, float *o1, const float *q0, const float *q1, const float *x,
-                                    size_t stride, int cnt, int n) {
+TARGET INLINE void dot_rows2_any(float *o0, float *o1, const float *q0, const float *q1, const void *x, size_t stride,
+                                 int cnt, int n, const int h) {
     int r = 0;
     for (; r + 4 <= cnt; r += 4) {
-        const float *xr[4] = {x + (size_t)r * stride, x + (size_t)(r + 1) * stride, x + (size_t)(r + 2) * stride,
-                              x + (size_t)(r + 3) * stride};
+        const size_t xr[4] = {(size_t)r * stride, (size_t)(r + 1) * stride, (size_t)(r + 2) * stride,
+                              (size_t)(r + 3) * stride};
         __m512 a[2][4], b[2][4];
         _Pragma("GCC unroll 4")
         for (int k = 0; k < 4; k++) a[0][k] = a[1][k] = b[0][k] = b[1][k] = _mm512_setzero_ps();
@@ -760,7 +785,7 @@ TARGET static void dot_rows2_avx512(float *o0, float *o1, const float *q0, const
             __m512 qa1 = _mm512_loadu_ps(q1 + i), qb1 = _mm512_loadu_ps(q1 + i + LANES);
             _Pragma("GCC unroll 4")
             for (int k = 0; k < 4; k++) {
-                __m512 xa = _mm512_loadu_ps(xr[k] + i), xb = _mm512_loadu_ps(xr[k] + i + LANES);
+                __m512 xa = row_load(x, xr[k] + (size_t)i, h), xb = row_load(x, xr[k] + (size_t)(i + LANES), h);
                 KEEP_IN_REGISTER(xa);
                 KEEP_IN_REGISTER(xb);
                 a[0][k] = _mm512_fmadd_ps(xa, qa0, a[0][k]);
@@ -774,7 +799,7 @@ TARGET static void dot_rows2_avx512(float *o0, float *o1, const float *q0, const
             __m512 qa0 = _mm512_maskz_loadu_ps(m, q0 + i), qa1 = _mm512_maskz_loadu_ps(m, q1 + i);
             _Pragma("GCC unroll 4")
             for (int k = 0; k < 4; k++) {
-                __m512 xa = _mm512_maskz_loadu_ps(m, xr[k] + i);
+                __m512 xa = row_load_mask(x, xr[k] + (size_t)i, m, h);
                 a[0][k] = _mm512_fmadd_ps(xa, qa0, a[0][k]);
                 a[1][k] = _mm512_fmadd_ps(xa, qa1, a[1][k]);
             }
@@ -785,24 +810,34 @@ TARGET static void dot_rows2_avx512(float *o0, float *o1, const float *q0, const
         hsum8(v, o0 + r, o1 + r);
     }
     for (; r < cnt; r++) {
-        o0[r] = dot_avx512(x + (size_t)r * stride, q0, n);
-        o1[r] = dot_avx512(x + (size_t)r * stride, q1, n);
+        o0[r] = dot_row(x, (size_t)r * stride, q0, n, h);
+        o1[r] = dot_row(x, (size_t)r * stride, q1, n, h);
     }
+}
+
+TARGET static void dot_rows2_avx512(float *o0, float *o1, const float *q0, const float *q1, const float *x,
+                                    size_t stride, int cnt, int n) {
+    dot_rows2_any(o0, o1, q0, q1, x, stride, cnt, n, 0);
+}
+
+TARGET static void dot_rows2_f16_avx512(float *o0, float *o1, const float *q0, const float *q1, const uint16_t *x,
+                                        size_t stride, int cnt, int n) {
+    dot_rows2_any(o0, o1, q0, q1, x, stride, cnt, n, 1);
 }
 
 /* Columns [i, i + W * LANES) of axpy_rows_avx512: W vectors of y held in registers over
  * all cnt rows. W is a constant at each call, so each width compiles to its own
  * unrolled loop. */
-TARGET INLINE void axpy_rows_block(float *y, const float *e, const float *x, size_t stride, int cnt, int i,
-                                   const int W) {
+TARGET INLINE void axpy_rows_block(float *y, const float *e, const void *x, size_t stride, int cnt, int i, const int W,
+                                   const int h) {
     __m512 acc[8];
     _Pragma("GCC unroll 8")
     for (int c = 0; c < W; c++) acc[c] = _mm512_loadu_ps(y + i + c * LANES);
     for (int r = 0; r < cnt; r++) {
-        const float *xr = x + (size_t)r * stride + i;
+        size_t xr = (size_t)r * stride + (size_t)i;
         __m512 va = _mm512_set1_ps(e[r]);
         _Pragma("GCC unroll 8")
-        for (int c = 0; c < W; c++) acc[c] = _mm512_fmadd_ps(va, _mm512_loadu_ps(xr + c * LANES), acc[c]);
+        for (int c = 0; c < W; c++) acc[c] = _mm512_fmadd_ps(va, row_load(x, xr + (size_t)(c * LANES), h), acc[c]);
     }
     _Pragma("GCC unroll 8")
     for (int c = 0; c < W; c++) _mm512_storeu_ps(y + i + c * LANES, acc[c]);
@@ -810,32 +845,40 @@ TARGET INLINE void axpy_rows_block(float *y, const float *e, const float *x, siz
 
 /* axpy_avx512 over cnt rows with y in registers: up to 8 vectors of y per pass over
  * the rows (independent chains), each element the same fma chain in row order. */
-TARGET static void axpy_rows_avx512(float *y, const float *e, const float *x, size_t stride, int cnt, int n) {
+TARGET INLINE void axpy_rows_any(float *y, const float *e, const void *x, size_t stride, int cnt, int n, const int h) {
     int i = 0;
-    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_rows_block(y, e, x, stride, cnt, i, 8);
-    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_rows_block(y, e, x, stride, cnt, i, 4);
+    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_rows_block(y, e, x, stride, cnt, i, 8, h);
+    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_rows_block(y, e, x, stride, cnt, i, 4, h);
     for (; i < n; i += LANES) {
         __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
         __m512 acc = _mm512_maskz_loadu_ps(m, y + i);
         for (int r = 0; r < cnt; r++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(e[r]), _mm512_maskz_loadu_ps(m, x + (size_t)r * stride + i), acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(e[r]), row_load_mask(x, (size_t)r * stride + (size_t)i, m, h), acc);
         _mm512_mask_storeu_ps(y + i, m, acc);
     }
 }
 
+TARGET static void axpy_rows_avx512(float *y, const float *e, const float *x, size_t stride, int cnt, int n) {
+    axpy_rows_any(y, e, x, stride, cnt, n, 0);
+}
+
+TARGET static void axpy_rows_f16_avx512(float *y, const float *e, const uint16_t *x, size_t stride, int cnt, int n) {
+    axpy_rows_any(y, e, x, stride, cnt, n, 1);
+}
+
 /* axpy_rows_block for two outputs over the same rows (two heads of a kv group), each
  * row's vectors loaded once for both. */
-TARGET INLINE void axpy_rows2_block(float *y0, float *y1, const float *e0, const float *e1, const float *x,
-                                    size_t stride, int cnt, int i, const int W) {
+TARGET INLINE void axpy_rows2_block(float *y0, float *y1, const float *e0, const float *e1, const void *x,
+                                    size_t stride, int cnt, int i, const int W, const int h) {
     __m512 a0[8], a1[8];
     _Pragma("GCC unroll 8")
     for (int c = 0; c < W; c++) a0[c] = _mm512_loadu_ps(y0 + i + c * LANES), a1[c] = _mm512_loadu_ps(y1 + i + c * LANES);
     for (int r = 0; r < cnt; r++) {
-        const float *xr = x + (size_t)r * stride + i;
+        size_t xr = (size_t)r * stride + (size_t)i;
         __m512 v0 = _mm512_set1_ps(e0[r]), v1 = _mm512_set1_ps(e1[r]);
         _Pragma("GCC unroll 8")
         for (int c = 0; c < W; c++) {
-            __m512 xc = _mm512_loadu_ps(xr + c * LANES);
+            __m512 xc = row_load(x, xr + (size_t)(c * LANES), h);
             KEEP_IN_REGISTER(xc);
             a0[c] = _mm512_fmadd_ps(v0, xc, a0[c]);
             a1[c] = _mm512_fmadd_ps(v1, xc, a1[c]);
@@ -847,22 +890,32 @@ TARGET INLINE void axpy_rows2_block(float *y0, float *y1, const float *e0, const
 
 /* axpy_rows_avx512 for two outputs: y0 with weights e0 and y1 with e1 over the same
  * rows, each element the same fma chain in row order. */
-TARGET static void axpy_rows2_avx512(float *y0, float *y1, const float *e0, const float *e1, const float *x,
-                                     size_t stride, int cnt, int n) {
+TARGET INLINE void axpy_rows2_any(float *y0, float *y1, const float *e0, const float *e1, const void *x, size_t stride,
+                                  int cnt, int n, const int h) {
     int i = 0;
-    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_rows2_block(y0, y1, e0, e1, x, stride, cnt, i, 8);
-    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_rows2_block(y0, y1, e0, e1, x, stride, cnt, i, 4);
+    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_rows2_block(y0, y1, e0, e1, x, stride, cnt, i, 8, h);
+    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_rows2_block(y0, y1, e0, e1, x, stride, cnt, i, 4, h);
     for (; i < n; i += LANES) {
         __mmask16 m = n - i >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
         __m512 acc0 = _mm512_maskz_loadu_ps(m, y0 + i), acc1 = _mm512_maskz_loadu_ps(m, y1 + i);
         for (int r = 0; r < cnt; r++) {
-            __m512 xc = _mm512_maskz_loadu_ps(m, x + (size_t)r * stride + i);
+            __m512 xc = row_load_mask(x, (size_t)r * stride + (size_t)i, m, h);
             acc0 = _mm512_fmadd_ps(_mm512_set1_ps(e0[r]), xc, acc0);
             acc1 = _mm512_fmadd_ps(_mm512_set1_ps(e1[r]), xc, acc1);
         }
         _mm512_mask_storeu_ps(y0 + i, m, acc0);
         _mm512_mask_storeu_ps(y1 + i, m, acc1);
     }
+}
+
+TARGET static void axpy_rows2_avx512(float *y0, float *y1, const float *e0, const float *e1, const float *x,
+                                     size_t stride, int cnt, int n) {
+    axpy_rows2_any(y0, y1, e0, e1, x, stride, cnt, n, 0);
+}
+
+TARGET static void axpy_rows2_f16_avx512(float *y0, float *y1, const float *e0, const float *e1, const uint16_t *x,
+                                         size_t stride, int cnt, int n) {
+    axpy_rows2_any(y0, y1, e0, e1, x, stride, cnt, n, 1);
 }
 
 /* lm_attn_exp of 16 lanes: the same operations, lane by lane. */
@@ -899,6 +952,20 @@ TARGET static float attn_exp_avx512(float *e, int cnt, float m) {
     return hsum(sum);
 }
 
+/* The scaled scores as the scalar loop (the same multiplication), their maximum in 16
+ * lanes started at m (max_ps(s, acc) is s > acc ? s : acc, so NaNs stay out), then
+ * hmax_tree. */
+TARGET static float attn_scale_max_avx512(float *s, int cnt, float scale, float m) {
+    __m512 vs = _mm512_set1_ps(scale), acc = _mm512_set1_ps(m);
+    for (int r = 0; r < cnt; r += LANES) {
+        __mmask16 k = cnt - r >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << (cnt - r)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + r), vs);
+        _mm512_mask_storeu_ps(s + r, k, v);
+        acc = _mm512_mask_max_ps(acc, k, v, acc);
+    }
+    return hmax_tree(acc);
+}
+
 static int handles_avx512(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -928,7 +995,12 @@ const lm_cpu_kernels lm_cpu_kernels_avx512 = {"avx512",
                                               axpy_rows_avx512,
                                               dot_rows2_avx512,
                                               axpy_rows2_avx512,
-                                              attn_exp_avx512};
+                                              attn_exp_avx512,
+                                              dot_rows_f16_avx512,
+                                              axpy_rows_f16_avx512,
+                                              dot_rows2_f16_avx512,
+                                              axpy_rows2_f16_avx512,
+                                              attn_scale_max_avx512};
 
 #else /* not x86-64 */
 
