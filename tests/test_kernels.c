@@ -433,60 +433,62 @@ static void attention_rows_match_loops(void) {
     int compared = 0;
     for (size_t ti = 0; ti < sizeof simd / sizeof simd[0]; ti++) {
         const lm_cpu_kernels *k = simd[ti];
-        if (!k->available() || !k->dot_rows || !k->axpy_rows) continue;
+        if (!k->available() || (!(k->dot_rows && k->axpy_rows) && !k->dot_rows_f16)) continue;
         for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
             for (size_t ci = 0; ci < sizeof cnts / sizeof cnts[0]; ci++)
                 for (int sp = 0; sp < 2; sp++) {
                     int n = hds[hi], cnt = cnts[ci];
                     size_t stride = sp ? STRIDE : (size_t)n; /* rows of a widened tile, or of the cache */
                     const float *xs = x + (sp ? 7 : 0);
-                    for (int r = 0; r < cnt; r++) s0[r] = k->dot(xs + (size_t)r * stride, q, n);
-                    k->dot_rows(s1, q, xs, stride, cnt, n);
-                    CHECKF(!memcmp(s0, s1, sizeof(float) * (size_t)cnt), "%s dot_rows: n %d cnt %d stride %zu differs",
-                           k->name, n, cnt, stride);
-                    for (int i = 0; i < n; i++) y0[i] = y1[i] = (float)urand();
-                    for (int r = 0; r < cnt; r++) k->axpy(y0, e[r], xs + (size_t)r * stride, n);
-                    k->axpy_rows(y1, e, xs, stride, cnt, n);
-                    CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n), "%s axpy_rows: n %d cnt %d stride %zu differs",
-                           k->name, n, cnt, stride);
-                    if (k->dot_rows2 && k->axpy_rows2) { /* two heads at once: each what one gives */
-                        const float *qb = q2 + (MAXN - n);
-                        float s2[MAXR], s3[MAXR], y2[MAXN], y3[MAXN];
-                        for (int r = 0; r < cnt; r++) s0[r] = k->dot(xs + (size_t)r * stride, qb, n);
-                        k->dot_rows2(s1, s2, q, qb, xs, stride, cnt, n);
-                        k->dot_rows(s3, q, xs, stride, cnt, n);
-                        CHECKF(!memcmp(s3, s1, sizeof(float) * (size_t)cnt) && !memcmp(s0, s2, sizeof(float) * (size_t)cnt),
-                               "%s dot_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
-                        for (int i = 0; i < n; i++) y0[i] = y1[i] = (float)urand(), y2[i] = y3[i] = (float)urand();
+                    if (k->dot_rows) { /* the f32 tile functions */
+                        for (int r = 0; r < cnt; r++) s0[r] = k->dot(xs + (size_t)r * stride, q, n);
+                        k->dot_rows(s1, q, xs, stride, cnt, n);
+                        CHECKF(!memcmp(s0, s1, sizeof(float) * (size_t)cnt), "%s dot_rows: n %d cnt %d stride %zu differs",
+                               k->name, n, cnt, stride);
+                        for (int i = 0; i < n; i++) y0[i] = y1[i] = (float)urand();
                         for (int r = 0; r < cnt; r++) k->axpy(y0, e[r], xs + (size_t)r * stride, n);
-                        for (int r = 0; r < cnt; r++) k->axpy(y2, e2[r], xs + (size_t)r * stride, n);
-                        k->axpy_rows2(y1, y3, e, e2, xs, stride, cnt, n);
-                        CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n) && !memcmp(y2, y3, sizeof(float) * (size_t)n),
-                               "%s axpy_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                        k->axpy_rows(y1, e, xs, stride, cnt, n);
+                        CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n), "%s axpy_rows: n %d cnt %d stride %zu differs",
+                               k->name, n, cnt, stride);
+                        if (k->dot_rows2 && k->axpy_rows2) { /* two heads at once: each what one gives */
+                            const float *qb = q2 + (MAXN - n);
+                            float s2[MAXR], s3[MAXR], y2[MAXN], y3[MAXN];
+                            for (int r = 0; r < cnt; r++) s0[r] = k->dot(xs + (size_t)r * stride, qb, n);
+                            k->dot_rows2(s1, s2, q, qb, xs, stride, cnt, n);
+                            k->dot_rows(s3, q, xs, stride, cnt, n);
+                            CHECKF(!memcmp(s3, s1, sizeof(float) * (size_t)cnt) && !memcmp(s0, s2, sizeof(float) * (size_t)cnt),
+                                   "%s dot_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                            for (int i = 0; i < n; i++) y0[i] = y1[i] = (float)urand(), y2[i] = y3[i] = (float)urand();
+                            for (int r = 0; r < cnt; r++) k->axpy(y0, e[r], xs + (size_t)r * stride, n);
+                            for (int r = 0; r < cnt; r++) k->axpy(y2, e2[r], xs + (size_t)r * stride, n);
+                            k->axpy_rows2(y1, y3, e, e2, xs, stride, cnt, n);
+                            CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n) && !memcmp(y2, y3, sizeof(float) * (size_t)n),
+                                   "%s axpy_rows2: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
+                        }
                     }
-                    if (k->dot_rows_f16) { /* an f16 cache read in place: what the f32 functions give on it widened */
+                    if (k->dot_rows_f16) { /* an f16 cache read in place: what the loops give on it widened */
                         const uint64_t saved_rng = rng; /* the other cases' random values stay what they were */
                         const float *qb = q2 + (MAXN - n);
                         const uint16_t *hs = xh + (sp ? 7 : 0);
-                        float *ws = xw + (sp ? 7 : 0); /* the same rows widened, same stride */
+                        const float *ws = xw + (sp ? 7 : 0); /* the same rows widened, same stride */
                         float s2[MAXR], s3[MAXR], s4[MAXR], y2[MAXN], y3[MAXN], y4[MAXN], y5[MAXN];
-                        k->dot_rows(s0, q, ws, stride, cnt, n);
+                        for (int r = 0; r < cnt; r++)
+                            s0[r] = k->dot(ws + (size_t)r * stride, q, n), s2[r] = k->dot(ws + (size_t)r * stride, qb, n);
                         k->dot_rows_f16(s1, q, hs, stride, cnt, n);
                         CHECKF(!memcmp(s0, s1, sizeof(float) * (size_t)cnt), "%s dot_rows_f16: n %d cnt %d stride %zu differs",
                                k->name, n, cnt, stride);
-                        k->dot_rows2(s0, s2, q, qb, ws, stride, cnt, n);
                         k->dot_rows2_f16(s3, s4, q, qb, hs, stride, cnt, n);
                         CHECKF(!memcmp(s0, s3, sizeof(float) * (size_t)cnt) && !memcmp(s2, s4, sizeof(float) * (size_t)cnt),
                                "%s dot_rows2_f16: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);
                         for (int i = 0; i < n; i++) y4[i] = (float)urand(), y5[i] = (float)urand(); /* starting values */
                         memcpy(y0, y4, sizeof(float) * (size_t)n), memcpy(y1, y4, sizeof(float) * (size_t)n);
-                        k->axpy_rows(y0, e, ws, stride, cnt, n);
+                        memcpy(y2, y5, sizeof(float) * (size_t)n), memcpy(y3, y5, sizeof(float) * (size_t)n);
+                        for (int r = 0; r < cnt; r++) k->axpy(y0, e[r], ws + (size_t)r * stride, n);
+                        for (int r = 0; r < cnt; r++) k->axpy(y2, e2[r], ws + (size_t)r * stride, n);
                         k->axpy_rows_f16(y1, e, hs, stride, cnt, n);
                         CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n), "%s axpy_rows_f16: n %d cnt %d stride %zu differs",
                                k->name, n, cnt, stride);
-                        memcpy(y0, y4, sizeof(float) * (size_t)n), memcpy(y1, y4, sizeof(float) * (size_t)n);
-                        memcpy(y2, y5, sizeof(float) * (size_t)n), memcpy(y3, y5, sizeof(float) * (size_t)n);
-                        k->axpy_rows2(y0, y2, e, e2, ws, stride, cnt, n);
+                        memcpy(y1, y4, sizeof(float) * (size_t)n);
                         k->axpy_rows2_f16(y1, y3, e, e2, hs, stride, cnt, n);
                         CHECKF(!memcmp(y0, y1, sizeof(float) * (size_t)n) && !memcmp(y2, y3, sizeof(float) * (size_t)n),
                                "%s axpy_rows2_f16: n %d cnt %d stride %zu differs", k->name, n, cnt, stride);

@@ -453,6 +453,135 @@ TARGET static void axpy_avx2(float *y, float a, const float *x, int n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* Attention's tile functions on an f16 cache read in place (the table has no f32 tile
+ * functions: those are the loops of dot_avx2 and axpy_avx2 on a widened copy). Each
+ * result is what those loops give on the rows widened, the same operations in the same
+ * order: vectors widened by vcvtph2ps, the scalar tails by lm_f16_to_f32 (both exact). */
+TARGET INLINE __m256 h8(const uint16_t *x) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x)); }
+
+/* dot_avx2 of two rows (independent chains) with q. */
+TARGET INLINE void dot2_rows_f16(float *o, const float *q, const uint16_t *x0, const uint16_t *x1, int n) {
+    __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0;
+    int i = 0;
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {
+        __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + LANES);
+        a0 = _mm256_fmadd_ps(h8(x0 + i), qa, a0);
+        b0 = _mm256_fmadd_ps(h8(x0 + i + LANES), qb, b0);
+        a1 = _mm256_fmadd_ps(h8(x1 + i), qa, a1);
+        b1 = _mm256_fmadd_ps(h8(x1 + i + LANES), qb, b1);
+    }
+    float s0 = hsum(_mm256_add_ps(a0, b0)), s1 = hsum(_mm256_add_ps(a1, b1));
+    for (; i < n; i++) s0 += lm_f16_to_f32(x0[i]) * q[i], s1 += lm_f16_to_f32(x1[i]) * q[i];
+    o[0] = s0, o[1] = s1;
+}
+
+TARGET static void dot_rows_f16_avx2(float *out, const float *q, const uint16_t *x, size_t stride, int cnt, int n) {
+    int r = 0;
+    for (; r + 2 <= cnt; r += 2) dot2_rows_f16(out + r, q, x + (size_t)r * stride, x + (size_t)(r + 1) * stride, n);
+    if (r < cnt) { /* the last row alone: the same chain */
+        float two[2];
+        dot2_rows_f16(two, q, x + (size_t)r * stride, x + (size_t)r * stride, n);
+        out[r] = two[0];
+    }
+}
+
+/* Each row's widened vectors used for both queries. */
+TARGET static void dot_rows2_f16_avx2(float *o0, float *o1, const float *q0, const float *q1, const uint16_t *x,
+                                      size_t stride, int cnt, int n) {
+    for (int r = 0; r < cnt; r++) {
+        const uint16_t *xr = x + (size_t)r * stride;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0;
+        int i = 0;
+        for (; i + 2 * LANES <= n; i += 2 * LANES) {
+            __m256 xa = h8(xr + i), xb = h8(xr + i + LANES);
+            a0 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(q0 + i), a0);
+            b0 = _mm256_fmadd_ps(xb, _mm256_loadu_ps(q0 + i + LANES), b0);
+            a1 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(q1 + i), a1);
+            b1 = _mm256_fmadd_ps(xb, _mm256_loadu_ps(q1 + i + LANES), b1);
+        }
+        float s0 = hsum(_mm256_add_ps(a0, b0)), s1 = hsum(_mm256_add_ps(a1, b1));
+        for (; i < n; i++) {
+            float v = lm_f16_to_f32(xr[i]);
+            s0 += v * q0[i], s1 += v * q1[i];
+        }
+        o0[r] = s0, o1[r] = s1;
+    }
+}
+
+/* axpy_avx2 over the rows in order with W vectors of y (and of y1 when two) held in
+ * registers; the columns past the whole vectors one at a time, as axpy_avx2's tail. */
+TARGET INLINE void axpy_block_f16(float *y0, float *y1, const float *e0, const float *e1, const uint16_t *x,
+                                  size_t stride, int cnt, int i, const int W, const int two) {
+    __m256 a0[8], a1[8];
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < W; c++) {
+        a0[c] = _mm256_loadu_ps(y0 + i + c * LANES);
+        if (two) a1[c] = _mm256_loadu_ps(y1 + i + c * LANES);
+    }
+    for (int r = 0; r < cnt; r++) {
+        const uint16_t *xr = x + (size_t)r * stride + i;
+        __m256 v0 = _mm256_set1_ps(e0[r]), v1 = two ? _mm256_set1_ps(e1[r]) : v0;
+        _Pragma("GCC unroll 8")
+        for (int c = 0; c < W; c++) {
+            __m256 xc = h8(xr + c * LANES);
+            a0[c] = _mm256_fmadd_ps(v0, xc, a0[c]);
+            if (two) a1[c] = _mm256_fmadd_ps(v1, xc, a1[c]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int c = 0; c < W; c++) {
+        _mm256_storeu_ps(y0 + i + c * LANES, a0[c]);
+        if (two) _mm256_storeu_ps(y1 + i + c * LANES, a1[c]);
+    }
+}
+
+TARGET INLINE void axpy_tail_f16(float *y0, float *y1, const float *e0, const float *e1, const uint16_t *x,
+                                 size_t stride, int cnt, int i, int n, const int two) {
+    for (int r = 0; r < cnt; r++)
+        for (int k = i; k < n; k++) {
+            float v = lm_f16_to_f32(x[(size_t)r * stride + (size_t)k]);
+            y0[k] += e0[r] * v;
+            if (two) y1[k] += e1[r] * v;
+        }
+}
+
+TARGET static void axpy_rows_f16_avx2(float *y, const float *e, const uint16_t *x, size_t stride, int cnt, int n) {
+    int i = 0;
+    for (; i + 8 * LANES <= n; i += 8 * LANES) axpy_block_f16(y, NULL, e, NULL, x, stride, cnt, i, 8, 0);
+    for (; i + LANES <= n; i += LANES) axpy_block_f16(y, NULL, e, NULL, x, stride, cnt, i, 1, 0);
+    axpy_tail_f16(y, NULL, e, NULL, x, stride, cnt, i, n, 0);
+}
+
+TARGET static void axpy_rows2_f16_avx2(float *y0, float *y1, const float *e0, const float *e1, const uint16_t *x,
+                                       size_t stride, int cnt, int n) {
+    int i = 0;
+    for (; i + 4 * LANES <= n; i += 4 * LANES) axpy_block_f16(y0, y1, e0, e1, x, stride, cnt, i, 4, 1);
+    for (; i + LANES <= n; i += LANES) axpy_block_f16(y0, y1, e0, e1, x, stride, cnt, i, 1, 1);
+    axpy_tail_f16(y0, y1, e0, e1, x, stride, cnt, i, n, 1);
+}
+
+/* The scaled scores as the scalar loop (the same multiplication), their maximum in 8
+ * lanes started at m (max_ps(s, acc) is s > acc ? s : acc, so NaNs stay out), the
+ * lanes' maximum, then the tail as the loop. */
+TARGET static float attn_scale_max_avx2(float *s, int cnt, float scale, float m) {
+    __m256 vs = _mm256_set1_ps(scale), acc = _mm256_set1_ps(m);
+    int r = 0;
+    for (; r + LANES <= cnt; r += LANES) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + r), vs);
+        _mm256_storeu_ps(s + r, v);
+        acc = _mm256_max_ps(v, acc);
+    }
+    __m128 b = _mm_max_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+    b = _mm_max_ps(_mm_movehl_ps(b, b), b);
+    b = _mm_max_ss(_mm_movehdup_ps(b), b);
+    float mx = _mm_cvtss_f32(b);
+    for (; r < cnt; r++) {
+        s[r] *= scale;
+        mx = s[r] > mx ? s[r] : mx;
+    }
+    return mx;
+}
+
 static int handles_avx2(const lm_mat *W) {
     if (W->dtype == LM_DT_U32)
         return (W->bits == 4 || W->bits == 8) && W->group_size % LANES == 0 &&
@@ -583,7 +712,12 @@ const lm_cpu_kernels lm_cpu_kernels_avx2 = {"avx2",
                                             rows_act8_avx2,
                                             A8_Q4_BLOCK,
                                             act8_quantize_avx2,
-                                            .attn_exp = attn_exp_avx2};
+                                            .attn_exp = attn_exp_avx2,
+                                            .dot_rows_f16 = dot_rows_f16_avx2,
+                                            .axpy_rows_f16 = axpy_rows_f16_avx2,
+                                            .dot_rows2_f16 = dot_rows2_f16_avx2,
+                                            .axpy_rows2_f16 = axpy_rows2_f16_avx2,
+                                            .attn_scale_max = attn_scale_max_avx2};
 
 #else /* not x86-64 */
 
