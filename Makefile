@@ -49,6 +49,10 @@ $(REL)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -MMD -MP -c $< -o $@
 
+# bench/bench_attention.c: the CPU attention op alone (not in all; bench/RESULTS.md)
+build/bench_attention: bench/bench_attention.c build/liblazymoe.a
+	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -o $@ $< build/liblazymoe.a $(LIBS)
+
 # ---- sanitizer build used by the tests ---------------------------------------
 SAN     := build/asan
 SANFLAGS:= -DLAZYMOE_SOURCE_DIR=\"$(CURDIR)\" -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -3,11 +3,15 @@
  * queries at the end of a context of P positions (what each chunk of a long prompt
  * costs there), then one decode query at position P-1. Best of REPS, seconds per
  * call and keys per second per query head; a checksum of the outputs, to compare
- * two builds for identical results.
+ * two builds for identical results. With LAYERS > 0, also one decode query on each of
+ * LAYERS copies of the cache in turn (seconds per copy): a cache under the last-level
+ * cache's size stays there between calls above, while a model's layers take turns and
+ * each layer's cache comes from memory.
  *
  * build: make && cc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc bench/bench_attention.c \
  *        build/liblazymoe.a -ljansson -lpcre2-8 -lpthread -lm -o build/bench_attention
- * run:   build/bench_attention [P=32768] [CHUNK=256] [THREADS=2] [REPS=3] [KERNELS=auto]
+ *        (or make build/bench_attention)
+ * run:   build/bench_attention [P=32768] [CHUNK=256] [THREADS=2] [REPS=3] [KERNELS=auto] [LAYERS=0]
  */
 #include "kernels/backend.h"
 #include "platform/platform.h"
@@ -39,7 +43,8 @@ int main(int argc, char **argv) {
     int P = argc > 1 ? atoi(argv[1]) : 32768, C = argc > 2 ? atoi(argv[2]) : 256;
     int threads = argc > 3 ? atoi(argv[3]) : 2, reps = argc > 4 ? atoi(argv[4]) : 3;
     const char *kernels = argc > 5 && strcmp(argv[5], "auto") ? argv[5] : NULL;
-    if (P < 1 || C < 1 || C > P || reps < 1) return fprintf(stderr, "bad arguments\n"), 2;
+    int layers = argc > 6 ? atoi(argv[6]) : 0;
+    if (P < 1 || C < 1 || C > P || reps < 1 || layers < 0 || layers > 256) return fprintf(stderr, "bad arguments\n"), 2;
     char err[LM_ERR_LEN];
     lm_backend *be;
     if (lm_backend_cpu_create_with(&be, threads, kernels, err) != 0) return fprintf(stderr, "%s\n", err), 1;
@@ -77,6 +82,28 @@ int main(int argc, char **argv) {
            "(%.1f M keys/s), checksums %016llx %016llx\n",
            P, C, threads, lm_backend_cpu_kernels(be), best_p, keys / best_p / 1e6, best_d,
            (double)P * NH / best_d / 1e6, (unsigned long long)hp, (unsigned long long)hd);
+    if (layers > 0) { /* copies of the cache, as the engine allocates each layer's */
+        lm_buf *bufs = calloc(2 * (size_t)layers, sizeof *bufs);
+        if (!bufs) return fprintf(stderr, "out of memory\n"), 1;
+        for (int l = 0; l < 2 * layers; l++) {
+            if (lm_backend_alloc(be, &bufs[l], kvn * 2, "KV copy", err)) return fprintf(stderr, "out of memory\n"), 1;
+            memcpy(bufs[l].ptr, l % 2 ? vb.ptr : kb.ptr, kvn * 2);
+        }
+        double best_l = 1e30;
+        for (int r = 0; r < reps; r++) {
+            double t0 = lm_now();
+            for (int l = 0; l < layers; l++) {
+                lm_kv kl = {LM_DT_F16, bufs[2 * l].ptr, NULL}, vl = {LM_DT_F16, bufs[2 * l + 1].ptr, NULL};
+                be->ops->attention(be, out, q, &kl, &vl, 1, P - 1, NH, NKV, HD, scale, 0, NULL);
+            }
+            double t = (lm_now() - t0) / layers;
+            if (t < best_l) best_l = t;
+        }
+        printf("decode over %d copies of the cache: %.5f s per copy (%.1f M keys/s)\n", layers, best_l,
+               (double)P * NH / best_l / 1e6);
+        for (int l = 0; l < 2 * layers; l++) lm_backend_release(be, &bufs[l]);
+        free(bufs);
+    }
     free(src), free(q), free(out), lm_backend_release(be, &kb), lm_backend_release(be, &vb);
     lm_backend_free(be);
     return 0;
