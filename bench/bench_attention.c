@@ -71,11 +71,12 @@ int main(int argc, char **argv) {
         be->ops->attention(be, out, q, &k, &v, C, P - C, NH, NKV, HD, scale, 0, NULL);
         double t1 = lm_now();
         hp = checksum(out, (size_t)C * NH * HD);
+        double t1d = lm_now(); /* the decode call alone (the checksum above takes ~1 ms at 256 x 32 x 128) */
         be->ops->attention(be, out, q, &k, &v, 1, P - 1, NH, NKV, HD, scale, 0, NULL);
         double t2 = lm_now();
         hd = checksum(out, (size_t)NH * HD);
         if (t1 - t0 < best_p) best_p = t1 - t0;
-        if (t2 - t1 < best_d) best_d = t2 - t1;
+        if (t2 - t1d < best_d) best_d = t2 - t1d;
     }
     double keys = (double)C * (P - C / 2.0) * NH; /* (query, head, key) triples of the chunk */
     printf("context %d chunk %d threads %d kernels %s: chunk %.4f s (%.1f M keys/s), decode %.5f s "
