@@ -7,7 +7,8 @@
 #   - builds build/lazymoe, build/gguf_from_mlx, build/bench_prompt_ids, build/llamacpp_quantize;
 #   - MODEL (synthetic Qwen3-30B-A3B-shaped, MLX 4-bit group 32, LAYERS layers), Q41 (the
 #     same weights as an exact Q4_1 GGUF), QK and Q40 (Q41 requantized by llama.cpp's own
-#     quantizer to Q4_K_M and Q4_0), each made only when missing;
+#     quantizer to Q4_K_M and Q4_0), each made only when missing; FILES (default
+#     "q4km q40") names the requantized files wanted, so a run on one of them skips the other;
 #   - VOCAB, and IDS: the file of the PROMPT ids `lazymoe bench --seed 1` draws;
 #   - machine_line: one line describing the machine and its load.
 # Needs LAYERS, PROMPT and THREADS set, and the repository root as the working directory.
@@ -39,8 +40,9 @@ if [ ! -d "$MODEL" ]; then
     build/lazymoe synth --preset qwen3-30b-a3b --layers "$LAYERS" --bits 4 --group-size 32 --out "$MODEL" --quiet
 fi
 [ -f "$Q41" ] || build/gguf_from_mlx "$MODEL" "$Q41"
-[ -f "$QK" ] || build/llamacpp_quantize "$LIB" "$Q41" "$QK" q4_k_m "$THREADS" 2>&1 | grep -E "model size|quant size|WARNING" || true
-[ -f "$Q40" ] || build/llamacpp_quantize "$LIB" "$Q41" "$Q40" q4_0 "$THREADS" 2>&1 | grep -E "model size|quant size|WARNING" || true
+FILES=${FILES:-q4km q40}
+case " $FILES " in *" q4km "*) [ -f "$QK" ] || build/llamacpp_quantize "$LIB" "$Q41" "$QK" q4_k_m "$THREADS" 2>&1 | grep -E "model size|quant size|WARNING" || true ;; esac
+case " $FILES " in *" q40 "*) [ -f "$Q40" ] || build/llamacpp_quantize "$LIB" "$Q41" "$Q40" q4_0 "$THREADS" 2>&1 | grep -E "model size|quant size|WARNING" || true ;; esac
 VOCAB=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$MODEL/config.json")
 IDS=$OUT/llc-prompt-$PROMPT.txt
 build/bench_prompt_ids "$PROMPT" "$VOCAB" 1 > "$IDS"

@@ -20,6 +20,8 @@
 # At the defaults: about 42 GB of disk for the four files (checked before making them;
 # delete bench/out/llc-synth24* to free it), ~10 GB of memory per run, and well over
 # half an hour of a quiet 2-core machine. Validate at LAYERS=2 PROMPT=4096 first.
+# FILES="q40" (or "q4km") runs both engines on that file only, and makes only it: half the
+# time and disk (default "q4km q40").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LAYERS=${1:-24}
@@ -39,14 +41,16 @@ lm() {
 llc() { node bench/llamacpp_bench.mjs "$NM" "$1" "$IDS" "$GEN" "$THREADS" 1 fa default-batch; }
 {
     machine_line
-    echo "files: $QK ($(du -sh "$QK" | cut -f1)), $Q40 ($(du -sh "$Q40" | cut -f1)); $LAYERS layers, prompt $PROMPT, gen $GEN, context $CTX, threads $THREADS, $REPS rounds"
+    for f in $QK $Q40; do [ -f "$f" ] && echo "file: $f ($(du -sh "$f" | cut -f1))"; done
+    echo "files run: $FILES; $LAYERS layers, prompt $PROMPT, gen $GEN, context $CTX, threads $THREADS, $REPS rounds"
     echo "lazymoe: bench --resident --ctx $CTX (default flags); llama.cpp: flash attention on, node-llama-cpp's default batch"
     for r in $(seq "$REPS"); do
         echo "round $r load $(cut -d' ' -f1 /proc/loadavg)"
-        echo -n "lazymoe-q4km "; lm "$QK"
-        echo -n "llamacpp-q4km "; llc "$QK"
-        echo -n "lazymoe-q40 "; lm "$Q40"
-        echo -n "llamacpp-q40 "; llc "$Q40"
+        for f in $FILES; do
+            path=$QK; [ "$f" = q40 ] && path=$Q40
+            echo -n "lazymoe-$f "; lm "$path"
+            echo -n "llamacpp-$f "; llc "$path"
+        done
     done
     echo "end load $(cut -d' ' -f1-3 /proc/loadavg)"
 } 2>&1 | tee "$log"
