@@ -12,7 +12,8 @@
 #   no-warm    the same run with --no-warm-start (the history ignored)
 # warm and no-warm alternate ROUNDS times. Prints one line per run.
 #
-# usage: [CAP=50] [ROUNDS=3] [PROMPT=8] bench/warm_start_ttft.sh MODEL
+# usage: [CAP=50] [ROUNDS=3] [PROMPT=8] [BIN=build/lazymoe] bench/warm_start_ttft.sh MODEL
+# Each run is verbose (-v): its line ends with the resident load's time and rate.
 # Needs root (cgroup, drop_caches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ MODEL=${1:?usage: bench/warm_start_ttft.sh MODEL}
 CAP=${CAP:-50}
 ROUNDS=${ROUNDS:-3}
 PROMPT=${PROMPT:-8}
-BIN=build/lazymoe
+BIN=${BIN:-build/lazymoe}
 size=$(du -sb --apparent-size "$MODEL" | cut -f1)
 limit=$((size * CAP / 100))
 ids=$(seq -s, 11 $((10 + PROMPT)))
@@ -41,11 +42,11 @@ timed() { # name, extra args: prints seconds from exec to exit of a 1-token run
     echo 3 >/proc/sys/vm/drop_caches
     t0=$(date +%s.%N)
     # shellcheck disable=SC2068
-    bash -c "echo \$\$ > $CG/cgroup.procs; exec $BIN run '$MODEL' --ids $ids -n 1 --temp 0 --print-ids --ignore-eos $*" \
+    bash -c "echo \$\$ > $CG/cgroup.procs; exec $BIN run '$MODEL' --ids $ids -n 1 --temp 0 --print-ids --ignore-eos -v $*" \
         >/tmp/ttft-$$.out 2>/tmp/ttft-$$.err
     t1=$(date +%s.%N)
-    printf '%-8s %6.2f s to the first token (%s)  %s\n' "$name" "$(echo "$t1 - $t0" | bc)" \
-        "$(tr -d '\n' </tmp/ttft-$$.out)" "$(grep -o 'prompt .*' /tmp/ttft-$$.err | head -1)"
+    printf '%-8s %6.2f s to the first token (%s)  %s  %s\n' "$name" "$(echo "$t1 - $t0" | bc)" \
+        "$(tr -d '\n' </tmp/ttft-$$.out)" "$(grep -o 'prompt .*' /tmp/ttft-$$.err | head -1)" "$(grep -o 'resident weights: .*' /tmp/ttft-$$.err | head -1)"
 }
 
 timed first

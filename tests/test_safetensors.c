@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include "common/error.h"
+#include "formats/archive_prefetch.h"
 #include "formats/safetensors.h"
 
 #include <stdint.h>
@@ -135,12 +136,53 @@ static void sharded_index(void) {
     }
 }
 
+static int not_expert(const st_tensor *t) { return strstr(t->name, "experts") == NULL; }
+static int nothing(const st_tensor *t) {
+    (void)t;
+    return 0;
+}
+
+/* The resident prefetch reads exactly the wanted tensors' ranges (adjacent ones merged,
+ * far ones apart), in pieces, and can be stopped at once. */
+static void resident_prefetch(void) {
+    const uint64_t M = 1u << 20, big = 9 * M;
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"big\":{\"dtype\":\"U8\",\"shape\":[%llu],\"data_offsets\":[0,%llu]},"
+             "\"n1\":{\"dtype\":\"U8\",\"shape\":[64],\"data_offsets\":[%llu,%llu]},"
+             "\"l.experts.e\":{\"dtype\":\"U8\",\"shape\":[%llu],\"data_offsets\":[%llu,%llu]},"
+             "\"tail\":{\"dtype\":\"U8\",\"shape\":[64],\"data_offsets\":[%llu,%llu]}}",
+             (unsigned long long)big, (unsigned long long)big, (unsigned long long)big,
+             (unsigned long long)(big + 64), (unsigned long long)M, (unsigned long long)(big + 64),
+             (unsigned long long)(big + 64 + M), (unsigned long long)(big + 64 + M),
+             (unsigned long long)(big + 128 + M));
+    write_st("prefetch.safetensors", json, (size_t)(big + 128 + M), -1);
+    char path[512], err[LM_ERR_LEN];
+    snprintf(path, sizeof path, "%s/prefetch.safetensors", tmpdir);
+    st_archive *a = NULL;
+    CHECKF(st_open(&a, path, err) == 0, "%s", err);
+    if (!a) return;
+    st_prefetch *p = st_prefetch_start(a, not_expert, 3, 0);
+    CHECK(p != NULL);
+    uint64_t got = st_prefetch_wait(p);
+    CHECKF(got == big + 128, "read %llu bytes, want %llu", (unsigned long long)got, (unsigned long long)(big + 128));
+    CHECK(st_prefetch_start(a, not_expert, 3, big + 129) == NULL); /* below the threshold */
+    CHECK(st_prefetch_start(a, nothing, 3, 0) == NULL);
+    CHECK(st_prefetch_start(a, not_expert, 0, 0) == NULL);
+    p = st_prefetch_start(a, not_expert, 2, 0);
+    CHECK(p != NULL);
+    CHECK(st_prefetch_stop(p) <= big + 128);
+    CHECK(st_prefetch_stop(NULL) == 0);
+    st_close(a);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/lazymoe-test-st-%d", (int)getpid());
     mkdir(tmpdir, 0755);
     TEST_CASE("safetensors_good_file", good_file);
     TEST_CASE("safetensors_hostile_files", hostile_files);
     TEST_CASE("safetensors_sharded_index", sharded_index);
+    TEST_CASE("safetensors_resident_prefetch", resident_prefetch);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmpdir);

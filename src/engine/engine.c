@@ -78,7 +78,10 @@ static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
 
 /* Fills each layer's cache with its historically hottest experts, in the
  * background: demand reads always go first, so the first token is not delayed. The
- * `pin_experts` hottest of them are pinned first. */
+ * `pin_experts` hottest of them are pinned first. The reads go rank by rank across the
+ * layers (every layer's hottest expert, then every layer's second, ...), not layer by
+ * layer: the first prompt walks all the layers within a second or two, and reads in
+ * layer order would still be filling the first layers when it reaches the last. */
 static void warm_start(lazymoe_model *m, const char *dir) {
     const lm_config *c = &m->w.cfg;
     char path[4096], e[LM_ERR_LEN];
@@ -95,20 +98,33 @@ static void warm_start(lazymoe_model *m, const char *dir) {
                    "nothing pinned", pin, m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
         return;
     }
-    int32_t *order = malloc(sizeof(int32_t) * (size_t)c->n_experts);
-    if (!order) return;
-    int cap = lm_cache_capacity(m->cache);
+    size_t ne = (size_t)c->n_experts;
+    int32_t *order = malloc(sizeof(int32_t) * ne * (size_t)c->n_layers);
+    int *count = calloc((size_t)c->n_layers, sizeof(int));
+    if (!order || !count) {
+        free(order);
+        free(count);
+        return;
+    }
+    int cap = lm_cache_capacity(m->cache), deepest = 0;
     for (int l = 0; l < c->n_layers; l++) {
         if (!m->w.layers[l].is_moe) continue;
-        const float *u = m->history.uses + (size_t)l * (size_t)c->n_experts;
+        const float *u = m->history.uses + (size_t)l * ne;
+        int32_t *o = order + (size_t)l * ne;
         int n = 0;
         for (int x = 0; x < c->n_experts; x++)
-            if (u[x] > 0) order[n++] = x;
-        qsort_r(order, (size_t)n, sizeof *order, cmp_by_uses_desc, (void *)u);
-        if (pin > 0) m->pinned += lm_cache_pin(m->cache, l, order, n < pin ? n : pin);
-        m->warm_started += lm_cache_prefetch(m->cache, l, order, n < cap ? n : cap);
+            if (u[x] > 0) o[n++] = x;
+        qsort_r(o, (size_t)n, sizeof *o, cmp_by_uses_desc, (void *)u);
+        if (pin > 0) m->pinned += lm_cache_pin(m->cache, l, o, n < pin ? n : pin);
+        count[l] = n < cap ? n : cap;
+        if (count[l] > deepest) deepest = count[l];
     }
+    /* Pinned experts are cached already: lm_cache_prefetch skips them. */
+    for (int r = 0; r < deepest; r++)
+        for (int l = 0; l < c->n_layers; l++)
+            if (r < count[l]) m->warm_started += lm_cache_prefetch(m->cache, l, order + (size_t)l * ne + r, 1);
     free(order);
+    free(count);
     if (m->opt.verbose && pin > 0) lm_log(LAZYMOE_LOG_INFO, "lazymoe: pinned %d popular experts", m->pinned);
     if (m->opt.verbose)
         lm_log(LAZYMOE_LOG_INFO, "lazymoe: warm start: reading %d popular experts in the background", m->warm_started);
@@ -429,9 +445,15 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
     /* What is available before this model takes anything (the plan counts the
      * resident weights itself). */
     uint64_t avail = lm_mem_available();
+    double t_load = lm_now();
     if (lm_weights_load(&m->w, dir, progress, NULL, e) != 0) {
         free(m);
         return -1;
+    }
+    if (m->opt.verbose) {
+        double s = lm_now() - t_load;
+        lm_log(LAZYMOE_LOG_INFO, "lazymoe: resident weights: %.2f GB read in %.2f s (%.2f GB/s)",
+               (double)m->w.bytes_resident / 1e9, s, s > 0 ? (double)m->w.bytes_resident / 1e9 / s : 0.0);
     }
     /* Quantized weights take int8 activations unless asked otherwise (as llama.cpp
      * always does): much faster, at the error tests/test_golden.c states; float

@@ -9,6 +9,7 @@
 
 #include "common/buf.h"
 #include "common/error.h"
+#include "formats/archive_prefetch.h"
 #include "models/family.h"
 #include "models/gguf_model.h"
 #include "platform/platform.h"
@@ -30,6 +31,10 @@ typedef struct {
      * "language_model.model." (MLX), with their lm_head beside it. The loader asks for
      * "model.X" and "lm_head.X" names; lookup() rewrites them. */
     const char *prefix, *head_prefix;
+    /* Whole tensors are carved out of large chunks (huge pages): one 4 KiB page
+     * fault per page of a gigabyte of small tensors costs more than reading them. */
+    char *arena;
+    size_t arena_left;
 } loader;
 
 static void *track(loader *L, void *p) {
@@ -45,7 +50,7 @@ static void *track(loader *L, void *p) {
 }
 
 void *lm_weights_keep(lm_weights *w, void *buf, char *err) {
-    loader L = {w, err, 0.0f, "model.", "lm_head"};
+    loader L = {w, err, 0.0f, "model.", "lm_head", NULL, 0};
     return track(&L, buf);
 }
 
@@ -72,9 +77,32 @@ static const st_tensor *findf(loader *L, const char *fmt, ...) {
     return lookup(L, name);
 }
 
-/* Reads a whole tensor into a tracked, aligned buffer. */
+#define ARENA_CHUNK (64u << 20)
+
+/* n bytes, 64-byte aligned, from the loader's current chunk (a new one when it is
+ * full); a tensor of a quarter chunk or more gets a buffer of its own (huge pages too). */
+static void *arena_take(loader *L, size_t n, const char *what) {
+    size_t need = (n + 63) & ~(size_t)63;
+    if (need < n) {
+        lm_errf(L->err, "tensor %s: %zu bytes is too large", what, n);
+        return NULL;
+    }
+    if (need >= ARENA_CHUNK / 4) return track(L, lm_malloc_aligned(n, what, L->err));
+    if (need > L->arena_left) {
+        char *chunk = track(L, lm_malloc_aligned(ARENA_CHUNK, "resident weights", L->err));
+        if (!chunk) return NULL;
+        L->arena = chunk;
+        L->arena_left = ARENA_CHUNK;
+    }
+    void *p = L->arena;
+    L->arena += need;
+    L->arena_left -= need;
+    return p;
+}
+
+/* Reads a whole tensor into an aligned buffer that lives as long as the weights. */
 static void *read_tensor(loader *L, const st_tensor *t) {
-    void *buf = track(L, lm_malloc_aligned(t->nbytes, t->name, L->err));
+    void *buf = arena_take(L, t->nbytes, t->name);
     if (!buf) return NULL;
     if (st_read(L->w->archive, t, buf, L->err) != 0) return NULL;
     return buf;
@@ -857,9 +885,21 @@ static void find_prefix(loader *L) {
     }
 }
 
+/* The tensors the loader reads whole: not the experts (the expert store reads those,
+ * lazily or at --resident), not a vision tower or multi-token-prediction layers. */
+static int resident_tensor(const st_tensor *t) {
+    return !strstr(t->name, ".switch_mlp.") && !strstr(t->name, ".experts.") && strncmp(t->name, "mtp.", 4) != 0 &&
+           !strstr(t->name, "visual.");
+}
+
+/* Below this much the loader's own reads finish before readers would help. */
+#define RESIDENT_PREFETCH_MIN_BYTES (128ull << 20)
+#define RESIDENT_PREFETCH_THREADS 4
+
 int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, void *pctx, char *err) {
     memset(w, 0, sizeof *w);
-    loader L = {w, err, 0.0f, "model.", "lm_head"};
+    st_prefetch *ahead = NULL;
+    loader L = {w, err, 0.0f, "model.", "lm_head", NULL, 0};
     if (gguf_is_path(dir)) {
         /* a GGUF file: config from its metadata, tensors under Hugging Face names */
         gguf_archive *g = NULL;
@@ -874,6 +914,7 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
     }
     find_prefix(&L);
     if (check_layer_count(w->archive, L.prefix, &w->cfg, err) != 0) goto fail;
+    ahead = st_prefetch_start(w->archive, resident_tensor, RESIDENT_PREFETCH_THREADS, RESIDENT_PREFETCH_MIN_BYTES);
     count_unread(w, L.prefix);
     /* GGUF files hold zero-centred norms with the 1 added (llama.cpp's converter) */
     if (w->cfg.zero_centred_norms && !gguf_is_path(dir) && detect_norm_offset(&L) != 0) goto fail;
@@ -899,9 +940,11 @@ int lm_weights_load(lm_weights *w, const char *dir, lm_progress_fn progress, voi
     if (!w->rope_inv_freq) goto fail;
     lm_rope_params(c, w->rope_inv_freq, &w->rope_scale);
     account(w);
+    st_prefetch_stop(ahead);
     for (int i = 0; i < w->archive->nfiles; i++) lm_file_drop_cache(w->archive->files[i].fd);
     return 0;
 fail:
+    st_prefetch_stop(ahead);
     lm_err_prefix(err, "%s", dir);
     lm_weights_free(w);
     return -1;
