@@ -523,37 +523,40 @@ static void trace_round_trip(void) {
     CHECK_STR_CONTAINS(err, "bad expert list");
 }
 
-/* The second run of a model starts with the experts the first one used most,
- * read in the background; results stay bit-identical; a damaged history file is
- * ignored. */
+/* The second run of a model fills the cache slots its first evaluation left empty
+ * with the experts the first run used most, read in the background; results stay
+ * bit-identical; a damaged history file is ignored. */
 static void warm_start(void) {
     char xdg[512], err[LM_ERR_LEN];
     snprintf(xdg, sizeof xdg, "%s/xdg", tmp);
     setenv("XDG_CACHE_HOME", xdg, 1);
     run_result ref = {0}, cold = {0}, warm = {0};
     warm_runs = 1;
-    CHECK(run(GOLDEN "olmoe_f32", -1, 0, IDS, NIDS, &ref, err) == 0);
-    CHECKF(run(GOLDEN "olmoe_f32", 3, 0, IDS, NIDS, &cold, err) == 0, "%s", err);
-    CHECKF(run(GOLDEN "olmoe_f32", 3, 0, IDS, NIDS, &warm, err) == 0, "%s", err);
+    CHECK(run(GOLDEN "olmoe_f32", -1, 0, IDS, 1, &ref, err) == 0);
+    CHECKF(run(GOLDEN "olmoe_f32", 3, 0, IDS, 1, &cold, err) == 0, "%s", err);
+    CHECKF(run(GOLDEN "olmoe_f32", 3, 0, IDS, 1, &warm, err) == 0, "%s", err);
     CHECK(cold.st.warm_start_experts == 0);
-    CHECKF(warm.st.warm_start_experts == 2 * 3, "warm start queued %d experts", warm.st.warm_start_experts);
+    /* the first evaluation (1 token, top-2) takes 2 of each MoE layer's 3 slots: the
+     * warm start, which waits for it, fills the third with the hottest expert not
+     * cached (the history of 13 tokens has more than 2 per layer) */
+    CHECKF(warm.st.warm_start_experts == 2 * 1, "warm start queued %d experts", warm.st.warm_start_experts);
     printf("# cold: %llu hits %llu misses; warm: %llu hits %llu misses\n", (unsigned long long)cold.st.hits,
            (unsigned long long)cold.st.misses, (unsigned long long)warm.st.hits, (unsigned long long)warm.st.misses);
     /* The background reads really happened (3 slots x 2 layers of 30720 bytes on
      * top of the demand misses). Whether they save misses depends on how stable the
      * routing is: on this random model it is a wash (see the printed counts). */
-    CHECKF(warm.st.bytes_read >= (warm.st.misses + 6) * 30720, "warm start read %llu bytes",
+    CHECKF(warm.st.bytes_read >= (warm.st.misses + 2) * 30720, "warm start read %llu bytes",
            (unsigned long long)warm.st.bytes_read);
-    CHECK(warm.logits && ref.logits && memcmp(warm.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0);
+    CHECK(warm.logits && ref.logits && memcmp(warm.logits, ref.logits, sizeof(float) * 1 * ref.V) == 0);
     CHECK(memcmp(warm.gen, ref.gen, sizeof ref.gen) == 0);
     /* Damage the history: ignored (a cold start), never misread. */
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "for f in %s/lazymoe/popularity-*.bin; do printf 'XXXX' | dd of=$f bs=1 seek=30 conv=notrunc 2>/dev/null; done", xdg);
     CHECK(system(cmd) == 0);
     run_result damaged = {0};
-    CHECK(run(GOLDEN "olmoe_f32", 3, 0, IDS, NIDS, &damaged, err) == 0);
+    CHECK(run(GOLDEN "olmoe_f32", 3, 0, IDS, 1, &damaged, err) == 0);
     CHECK(damaged.st.warm_start_experts == 0);
-    CHECK(damaged.logits && memcmp(damaged.logits, ref.logits, sizeof(float) * NIDS * ref.V) == 0);
+    CHECK(damaged.logits && memcmp(damaged.logits, ref.logits, sizeof(float) * 1 * ref.V) == 0);
     free(ref.logits), free(cold.logits), free(warm.logits), free(damaged.logits);
     warm_runs = 0;
     snprintf(xdg, sizeof xdg, "%s/xdg-default", tmp);

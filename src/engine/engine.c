@@ -76,12 +76,27 @@ static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
     return x < y ? 1 : (x > y ? -1 : (*(const int32_t *)a - *(const int32_t *)b));
 }
 
-/* Fills each layer's cache with its historically hottest experts, in the
- * background: demand reads always go first, so the first token is not delayed. The
- * `pin_experts` hottest of them are pinned first. The reads go rank by rank across the
- * layers (every layer's hottest expert, then every layer's second, ...), not layer by
- * layer: the first prompt walks all the layers within a second or two, and reads in
- * layer order would still be filling the first layers when it reaches the last. */
+/* Each MoE layer's experts of the popularity history, most used first, into
+ * order[l * n_experts ...]; count[l] of them. */
+static void history_order(const lazymoe_model *m, int32_t *order, int *count) {
+    const lm_config *c = &m->w.cfg;
+    size_t ne = (size_t)c->n_experts;
+    for (int l = 0; l < c->n_layers; l++) {
+        count[l] = 0;
+        if (!m->w.layers[l].is_moe) continue;
+        const float *u = m->history.uses + (size_t)l * ne;
+        int32_t *o = order + (size_t)l * ne;
+        for (int x = 0; x < c->n_experts; x++)
+            if (u[x] > 0) o[count[l]++] = x;
+        qsort_r(o, (size_t)count[l], sizeof *o, cmp_by_uses_desc, (void *)u);
+    }
+}
+
+/* At open: loads the popularity history and pins the `pin_experts` hottest experts
+ * of each layer. The background fill from the history (warm_fill) waits for the first
+ * evaluation: started here it competed with the first prompt's own reads (and page
+ * zeroing) and made the first token later, not sooner (bench/RESULTS.md, "Time to
+ * first token"). */
 static void warm_start(lazymoe_model *m, const char *dir) {
     const lm_config *c = &m->w.cfg;
     char path[4096], e[LM_ERR_LEN];
@@ -98,6 +113,29 @@ static void warm_start(lazymoe_model *m, const char *dir) {
                    "nothing pinned", pin, m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
         return;
     }
+    m->warm_pending = !m->opt.no_warm_start;
+    if (pin <= 0) return;
+    size_t ne = (size_t)c->n_experts;
+    int32_t *order = malloc(sizeof(int32_t) * ne * (size_t)c->n_layers);
+    int *count = calloc((size_t)c->n_layers, sizeof(int));
+    if (order && count) {
+        history_order(m, order, count);
+        for (int l = 0; l < c->n_layers; l++)
+            if (count[l] > 0) m->pinned += lm_cache_pin(m->cache, l, order + (size_t)l * ne, count[l] < pin ? count[l] : pin);
+    }
+    free(order);
+    free(count);
+    if (m->opt.verbose) lm_log(LAZYMOE_LOG_INFO, "lazymoe: pinned %d popular experts", m->pinned);
+}
+
+/* After the first evaluation: the empty slots of each layer's cache are filled with
+ * its historically hottest experts, in the background (demand reads always go
+ * first). The reads go rank by rank across the layers (every layer's hottest
+ * expert, then every layer's second, ...), not layer by layer, so every layer gains
+ * its likeliest experts first. */
+static void warm_fill(lazymoe_model *m) {
+    const lm_config *c = &m->w.cfg;
+    m->warm_pending = 0;
     size_t ne = (size_t)c->n_experts;
     int32_t *order = malloc(sizeof(int32_t) * ne * (size_t)c->n_layers);
     int *count = calloc((size_t)c->n_layers, sizeof(int));
@@ -106,26 +144,18 @@ static void warm_start(lazymoe_model *m, const char *dir) {
         free(count);
         return;
     }
+    history_order(m, order, count);
     int cap = lm_cache_capacity(m->cache), deepest = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        if (!m->w.layers[l].is_moe) continue;
-        const float *u = m->history.uses + (size_t)l * ne;
-        int32_t *o = order + (size_t)l * ne;
-        int n = 0;
-        for (int x = 0; x < c->n_experts; x++)
-            if (u[x] > 0) o[n++] = x;
-        qsort_r(o, (size_t)n, sizeof *o, cmp_by_uses_desc, (void *)u);
-        if (pin > 0) m->pinned += lm_cache_pin(m->cache, l, o, n < pin ? n : pin);
-        count[l] = n < cap ? n : cap;
+        if (count[l] > cap) count[l] = cap;
         if (count[l] > deepest) deepest = count[l];
     }
-    /* Pinned experts are cached already: lm_cache_prefetch skips them. */
+    /* cached experts (the first prompt's, pinned ones) are skipped by lm_cache_prefetch */
     for (int r = 0; r < deepest; r++)
         for (int l = 0; l < c->n_layers; l++)
             if (r < count[l]) m->warm_started += lm_cache_prefetch(m->cache, l, order + (size_t)l * ne + r, 1);
     free(order);
     free(count);
-    if (m->opt.verbose && pin > 0) lm_log(LAZYMOE_LOG_INFO, "lazymoe: pinned %d popular experts", m->pinned);
     if (m->opt.verbose)
         lm_log(LAZYMOE_LOG_INFO, "lazymoe: warm start: reading %d popular experts in the background", m->warm_started);
 }
@@ -790,6 +820,7 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
     if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) return -1;
     int before = s->n_past;
     int rc = lm_forward(s, ids, n, logits, all_positions, e);
+    if (s->m->warm_pending) warm_fill(s->m);
     /* The history follows the positions computed, also when a later chunk failed. */
     memcpy(s->tokens + before, ids, sizeof(int32_t) * (size_t)(s->n_past - before));
     if (rc == 0 && logits) {
@@ -814,6 +845,7 @@ int lm_session_eval_batch(lazymoe_session *b, lazymoe_session *const *seqs, cons
         if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) return -1;
     }
     if (lm_forward_batch(b, seqs, ids, n, logits, e) != 0) return -1;
+    if (b->m->warm_pending) warm_fill(b->m);
     for (int i = 0; i < n; i++) seqs[i]->tokens[seqs[i]->n_past - 1] = ids[i];
     size_t V = (size_t)b->m->w.cfg.vocab_size;
     for (size_t i = 0; logits && i < (size_t)n * V; i++)

@@ -53,6 +53,7 @@ struct lazymoe_model {
     uint64_t model_id;      /* identity for the popularity history */
     lm_popularity history;  /* popularity loaded at start (uses NULL if none) */
     int warm_started;       /* experts queued by the warm start */
+    int warm_pending;       /* the warm start's reads wait for the first evaluation */
     int pinned;             /* experts pinned, over all layers */
     uint64_t planned_bytes; /* what the plan expects the process to use */
     /* Tokenizer, chat template, generation defaults (api/text.h): owned by the API
