@@ -76,20 +76,26 @@ static int cmp_by_uses_desc(const void *a, const void *b, void *ctx) {
     return x < y ? 1 : (x > y ? -1 : (*(const int32_t *)a - *(const int32_t *)b));
 }
 
-/* Each MoE layer's experts of the popularity history, most used first, into
- * order[l * n_experts ...]; count[l] of them. */
-static void history_order(const lazymoe_model *m, int32_t *order, int *count) {
+/* Each MoE layer's experts of the popularity history, most used first: layer l's
+ * count[l] of them at order[l * n_experts ...]. One allocation (free the returned
+ * order; count points into it); NULL when out of memory. */
+static int32_t *history_order(const lazymoe_model *m, int **count) {
     const lm_config *c = &m->w.cfg;
-    size_t ne = (size_t)c->n_experts;
+    size_t ne = (size_t)c->n_experts, nl = (size_t)c->n_layers;
+    int32_t *order = malloc(sizeof(int32_t) * ne * nl + sizeof(int) * nl);
+    if (!order) return NULL;
+    int *n = (int *)(order + ne * nl);
     for (int l = 0; l < c->n_layers; l++) {
-        count[l] = 0;
+        n[l] = 0;
         if (!m->w.layers[l].is_moe) continue;
         const float *u = m->history.uses + (size_t)l * ne;
         int32_t *o = order + (size_t)l * ne;
         for (int x = 0; x < c->n_experts; x++)
-            if (u[x] > 0) o[count[l]++] = x;
-        qsort_r(o, (size_t)count[l], sizeof *o, cmp_by_uses_desc, (void *)u);
+            if (u[x] > 0) o[n[l]++] = x;
+        qsort_r(o, (size_t)n[l], sizeof *o, cmp_by_uses_desc, (void *)u);
     }
+    *count = n;
+    return order;
 }
 
 /* At open: loads the popularity history and pins the `pin_experts` hottest experts
@@ -116,15 +122,11 @@ static void warm_start(lazymoe_model *m, const char *dir) {
     m->warm_pending = !m->opt.no_warm_start;
     if (pin <= 0) return;
     size_t ne = (size_t)c->n_experts;
-    int32_t *order = malloc(sizeof(int32_t) * ne * (size_t)c->n_layers);
-    int *count = calloc((size_t)c->n_layers, sizeof(int));
-    if (order && count) {
-        history_order(m, order, count);
-        for (int l = 0; l < c->n_layers; l++)
-            if (count[l] > 0) m->pinned += lm_cache_pin(m->cache, l, order + (size_t)l * ne, count[l] < pin ? count[l] : pin);
-    }
+    int *count = NULL;
+    int32_t *order = history_order(m, &count);
+    for (int l = 0; order && l < c->n_layers; l++)
+        if (count[l] > 0) m->pinned += lm_cache_pin(m->cache, l, order + (size_t)l * ne, count[l] < pin ? count[l] : pin);
     free(order);
-    free(count);
     if (m->opt.verbose) lm_log(LAZYMOE_LOG_INFO, "lazymoe: pinned %d popular experts", m->pinned);
 }
 
@@ -137,14 +139,9 @@ static void warm_fill(lazymoe_model *m) {
     const lm_config *c = &m->w.cfg;
     m->warm_pending = 0;
     size_t ne = (size_t)c->n_experts;
-    int32_t *order = malloc(sizeof(int32_t) * ne * (size_t)c->n_layers);
-    int *count = calloc((size_t)c->n_layers, sizeof(int));
-    if (!order || !count) {
-        free(order);
-        free(count);
-        return;
-    }
-    history_order(m, order, count);
+    int *count = NULL;
+    int32_t *order = history_order(m, &count);
+    if (!order) return;
     int cap = lm_cache_capacity(m->cache), deepest = 0;
     for (int l = 0; l < c->n_layers; l++) {
         if (count[l] > cap) count[l] = cap;
@@ -155,7 +152,6 @@ static void warm_fill(lazymoe_model *m) {
         for (int l = 0; l < c->n_layers; l++)
             if (r < count[l]) m->warm_started += lm_cache_prefetch(m->cache, l, order + (size_t)l * ne + r, 1);
     free(order);
-    free(count);
     if (m->opt.verbose)
         lm_log(LAZYMOE_LOG_INFO, "lazymoe: warm start: reading %d popular experts in the background", m->warm_started);
 }
