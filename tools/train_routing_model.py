@@ -62,6 +62,8 @@ ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--lr", type=float, default=8e-4)
 ap.add_argument("--trace-tokens", type=int, default=2048, help="tokens per routing trace")
 ap.add_argument("--predict", type=int, default=16, help="lookahead candidates recorded per layer")
+ap.add_argument("--experts-impl", choices=("auto", "padded", "hf"), default="auto",
+                help="training's MoE block: transformers' own (hf), padded per-expert bmm's, or the faster (auto)")
 ap.add_argument("--save-weights", action="store_true", help="save_pretrained (f32) under --work/hf")
 ap.add_argument("--smoke", action="store_true", help="tiny corpus and model, to test the pipeline")
 args = ap.parse_args()
@@ -143,6 +145,159 @@ report.update({"parameters": n_params, "experts_impl": experts_impl, "hf_config"
                "gpu": torch.cuda.get_device_name()})
 save_report()
 
+# ---------------------------------------------------------------- fast experts for training
+# transformers' MoE block trained at only 12-25 k tokens/s on the H100 (session 9): the
+# experts are tiny (192 -> 64) and many (128 x 48 layers), so the step is bound by
+# per-expert bookkeeping, not arithmetic. Training may instead run the same block as two
+# batched matmuls over per-expert padded token lists ("padded"). The block's parameters
+# stay the model's own (only their forward is replaced), so evaluation, the traces and
+# save_pretrained run transformers' own code. The layout of the fused expert weights is
+# not assumed: every candidate reading is compared with transformers' block on the same
+# input at f32, and the fastest implementation that matches is used (--experts-impl).
+ROUTER_LOGITS = []  # filled by the padded forward, one [tokens, E] tensor per layer
+
+
+def expert_layouts(experts, E, I, H):
+    """Candidate readings of the experts' weights as (w_gate_up [E, H, 2I], w_down [E, I, H],
+    interleaved), as differentiable views of the parameters where the layout allows."""
+    if isinstance(experts, torch.nn.ModuleList):  # one module per expert (older transformers)
+        def stacked():
+            g = torch.stack([e.gate_proj.weight for e in experts])  # [E, I, H]
+            u = torch.stack([e.up_proj.weight for e in experts])
+            d = torch.stack([e.down_proj.weight for e in experts])  # [E, H, I]
+            return torch.cat([g, u], 1).transpose(1, 2), d.transpose(1, 2)
+        return [("modulelist", stacked, False)]
+    p3 = {n: q for n, q in experts.named_parameters() if q.dim() == 3}
+    gu = next((q for n, q in p3.items() if "gate" in n and "up" in n), None)
+    dn = next((q for n, q in p3.items() if "down" in n), None)
+    if gu is None or dn is None:
+        return []
+    out = []
+    for gu_t in (False, True):          # [E, 2I, H] (as nn.Linear) or [E, H, 2I]
+        for dn_t in (False, True):      # [E, H, I] or [E, I, H]
+            if (gu.shape[1:] != ((H, 2 * I) if gu_t else (2 * I, H))) or \
+               (dn.shape[1:] != ((I, H) if dn_t else (H, I))):
+                continue
+            for inter in (False, True):
+                def views(gu_t=gu_t, dn_t=dn_t):
+                    return (gu if gu_t else gu.transpose(1, 2)), (dn if dn_t else dn.transpose(1, 2))
+                out.append((f"gate_up {'HxI' if gu_t else 'IxH'}, down {'IxH' if dn_t else 'HxI'}"
+                            f"{', interleaved' if inter else ''}", views, inter))
+    return out
+
+
+def padded_moe(x, router_w, w_gu, w_d, k, norm, interleaved):
+    """The MoE block over x [N, H]: each expert's routed tokens gathered into a padded
+    [E, C, H] batch (C = the busiest expert's count), two bmm's, weighted and summed back
+    per token. Returns (out [N, H], router logits [N, E])."""
+    n, h = x.shape
+    e = router_w.shape[0]
+    logits = F.linear(x, router_w)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+    topv, topi = torch.topk(probs, k, dim=-1)
+    if norm:
+        topv = topv / topv.sum(dim=-1, keepdim=True)
+    flat = topi.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    e_sorted = flat[order]
+    counts = torch.bincount(flat, minlength=e)
+    cap = int(counts.max())  # one host sync per layer
+    pos = torch.arange(n * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[e_sorted]
+    tok = order // k
+    xin = x.new_zeros(e, cap, h).index_put((e_sorted, pos), x[tok])
+    gu = torch.bmm(xin, w_gu.to(xin.dtype))  # under autocast both run in bf16
+    if interleaved:
+        g, u = gu[..., 0::2], gu[..., 1::2]
+    else:
+        g, u = gu.chunk(2, dim=-1)
+    y = torch.bmm(F.silu(g) * u, w_d.to(g.dtype))
+    yk = y[e_sorted, pos] * topv.reshape(-1)[order, None].to(y.dtype)
+    out = torch.zeros(n, h, device=x.device, dtype=yk.dtype).index_add(0, tok, yk)
+    return out.to(x.dtype), logits
+
+
+def install_padded(mlp, views, interleaved, returns_tuple):
+    k, norm = cfg.num_experts_per_tok, cfg.norm_topk_prob
+
+    def forward(hidden_states, *a, **kw):
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        w_gu, w_d = views()
+        out, logits = padded_moe(x, mlp.gate.weight, w_gu, w_d, k, norm, interleaved)
+        ROUTER_LOGITS.append(logits)
+        out = out.reshape(shape)
+        return (out, logits) if returns_tuple else out
+    mlp.forward = forward
+
+
+def choose_experts_impl(model):
+    """Returns the name of the implementation training uses; installs it."""
+    if args.experts_impl == "hf":
+        return "transformers"
+    H, I = cfg.hidden_size, cfg.moe_intermediate_size
+    mlp0 = model.model.layers[0].mlp
+    x = torch.randn(96, H, device=dev)
+    with torch.no_grad():
+        ref = mlp0(x[None])
+        returns_tuple = isinstance(ref, tuple)
+        ref = (ref[0] if returns_tuple else ref).reshape(-1, H).float()
+        scale = ref.abs().max().item()
+        match = None
+        for name, views, inter in expert_layouts(mlp0.experts, E, I, H):
+            w_gu, w_d = views()
+            got, _ = padded_moe(x, mlp0.gate.weight, w_gu, w_d, K, cfg.norm_topk_prob, inter)
+            err = (got.float() - ref).abs().max().item() / max(scale, 1e-30)
+            log(f"experts layout '{name}': max |padded - transformers| / max|out| = {err:.2e}")
+            if err < 1e-4 and match is None:
+                match = (name, inter)
+    if match is None:
+        log("no reading of the expert weights reproduces transformers' block: training with transformers' own")
+        report["experts_layout_check"] = "no match"
+        return "transformers"
+    report["experts_layout"] = match[0]
+
+    def timed_steps(n=3):
+        times = []
+        for i in range(n + 1):
+            torch.cuda.synchronize()
+            t = time.time()
+            starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
+            chunk = data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
+            ROUTER_LOGITS.clear()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(input_ids=chunk, labels=chunk, output_router_logits=not ROUTER_LOGITS_OWN[0])
+            lg = ROUTER_LOGITS if ROUTER_LOGITS_OWN[0] else out.router_logits
+            (out.loss + AUX_COEF * lt.layer_balance_loss(lg, E, K)).backward()
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            if i:
+                times.append(time.time() - t)
+        ROUTER_LOGITS.clear()
+        return min(times)
+
+    originals = [layer.mlp.forward for layer in model.model.layers]
+    ROUTER_LOGITS_OWN[0] = False
+    t_hf = timed_steps()
+    for layer in model.model.layers:
+        views = dict((n, (v, i)) for n, v, i in expert_layouts(layer.mlp.experts, E, I, H))[match[0]]
+        install_padded(layer.mlp, views[0], views[1], returns_tuple)
+    ROUTER_LOGITS_OWN[0] = True
+    t_pad = timed_steps()
+    log(f"one training step of {BATCH} x {SEQ} tokens: transformers' experts {t_hf * 1e3:.0f} ms, "
+        f"padded {t_pad * 1e3:.0f} ms")
+    report["step_ms"] = {"transformers": t_hf * 1e3, "padded": t_pad * 1e3}
+    if args.experts_impl == "auto" and t_hf <= t_pad:
+        for layer, f in zip(model.model.layers, originals):
+            layer.mlp.forward = f
+        ROUTER_LOGITS_OWN[0] = False
+        return "transformers"
+    PADDED_ORIGINALS.extend(originals)
+    return "padded"
+
+
+ROUTER_LOGITS_OWN = [False]
+PADDED_ORIGINALS = []
+
 opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 data = torch.from_numpy(train_ids).to(dev)
 WARMUP = 200
@@ -154,6 +309,9 @@ def router_z_loss(router_logits):
     return sum(torch.logsumexp(lg.float(), dim=-1).square().mean() for lg in router_logits) / len(router_logits)
 
 
+train_impl = choose_experts_impl(model)
+report["train_experts_impl"] = train_impl
+log(f"training with {train_impl} experts")
 if args.deadline:
     # Leave time for evaluation and the traces (about a minute at full size).
     args.train_seconds = max(10.0, min(args.train_seconds, args.deadline - (time.time() - T0) - 75))
@@ -171,12 +329,14 @@ while True:
         g["lr"] = lr
     starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
     chunk = data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
+    ROUTER_LOGITS.clear()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         # labels = inputs: transformers shifts them by one itself.
-        out = model(input_ids=chunk, labels=chunk, output_router_logits=True)
-        aux = lt.layer_balance_loss(out.router_logits, E, K)
+        out = model(input_ids=chunk, labels=chunk, output_router_logits=not ROUTER_LOGITS_OWN[0])
+        router_logits = ROUTER_LOGITS if ROUTER_LOGITS_OWN[0] else out.router_logits
+        aux = lt.layer_balance_loss(router_logits, E, K)
     opt.zero_grad(set_to_none=True)
-    total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(out.router_logits)
+    total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(router_logits)
     total.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     if not (torch.isfinite(total) and torch.isfinite(gnorm)):
@@ -207,6 +367,10 @@ report.update({"steps": step, "skipped_steps": skipped, "z_coef": Z_COEF, "batch
 save_report()
 
 # ---------------------------------------------------------------- held-out perplexity (f32)
+# evaluation and the traces run transformers' own MoE block
+for layer, f in zip(model.model.layers, PADDED_ORIGINALS):
+    layer.mlp.forward = f
+ROUTER_LOGITS.clear()
 model.eval()
 model.float()
 
