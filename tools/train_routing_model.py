@@ -315,7 +315,13 @@ log(f"training with {train_impl} experts")
 if args.deadline:
     # Leave time for evaluation and the traces (about a minute at full size).
     args.train_seconds = max(10.0, min(args.train_seconds, args.deadline - (time.time() - T0) - 75))
-log(f"training for {args.train_seconds:.0f} s")
+# Warm-up over a tenth of the steps the clock allows (at most 200): at 12 k tokens/s, a fixed
+# 200 of 288 steps kept the second run's learning rate low for most of its training.
+step_s = report.get("step_ms", {}).get("padded" if train_impl == "padded" else "transformers", 0) / 1e3
+if step_s > 0:
+    WARMUP = max(20, min(200, int(0.1 * args.train_seconds / step_s)))
+report["warmup_steps"] = WARMUP
+log(f"training for {args.train_seconds:.0f} s, warm-up {WARMUP} steps")
 step, t_start, skipped = 0, time.time(), 0
 loss_log = open(os.path.join(OUT, "loss.tsv"), "w")
 loss_log.write("step\tseconds\ttokens\tloss\taux_loss\tlr\n")
