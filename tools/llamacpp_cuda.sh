@@ -23,7 +23,8 @@
 #      25% of them (uploads), and the same with --cpu-experts 4;
 #      MODE=cpu (job llamacpu, issue 15): both engines on the CPU only with every thread,
 #      default flags, on Q4_0, Q4_K_M (and lazymoe on the MLX directory);
-#   4. summary.txt: tok/s of each and the ratios the issues ask for.
+#   4. summary.txt: tok/s of each and the ratios the issues ask for; with BASE_CLI=PATH,
+#      that build's lazymoe runs too, alternating with CLI's, and their new/base ratios.
 set -u
 cd "$(dirname "$0")/.."
 CARRY=build/llamacpp-carry
@@ -171,6 +172,13 @@ else:
         rp, rt = ref[against]
         print("lazymoe %-11s prefill %s decode %s  vs llama.cpp %s: prefill %s decode %s" % (
             name, p, t, against, ratio(p, rp), ratio(t, rt)))
+    for name in ("vram_all", "vram_25"):
+        bp, bt = lz("base_" + name)
+        if bp is None:
+            continue
+        runs = [r for r in (lz(name), lz(name + "_again")) if r[0]]
+        for p, t in runs:
+            print("new/base %-8s prefill %s decode %s (base %s / %s)" % (name, ratio(p, bp), ratio(t, bt), bp, bt))
 EOF
 }
 
@@ -223,6 +231,16 @@ print(int(g['resident_bytes'] + g['expert_bytes'] // 4))" 2>/dev/null)
     if [ -n "$B25" ]; then
         lm vram_25 --gpu-memory "$B25"
         lm vram_25_cpu --gpu-memory "$B25" --cpu-experts 4
+    fi
+    # BASE_CLI: an older build measured in the same call, alternating with this one, so a
+    # change of the CUDA backend is a same-run ratio (summary's "new/base" lines)
+    if [ -n "${BASE_CLI:-}" ] && [ -x "$BASE_CLI" ]; then
+        CLI=$BASE_CLI lm base_vram_all
+        lm vram_all_again
+        if [ -n "$B25" ]; then
+            CLI=$BASE_CLI lm base_vram_25 --gpu-memory "$B25"
+            lm vram_25_again --gpu-memory "$B25"
+        fi
     fi
 fi
 summarize cuda
