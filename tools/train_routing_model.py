@@ -212,7 +212,7 @@ def padded_moe(x, router_w, w_gu, w_d, k, norm, interleaved):
         g, u = gu.chunk(2, dim=-1)
     y = torch.bmm(F.silu(g) * u, w_d.to(g.dtype))
     yk = y[e_sorted, pos] * topv.reshape(-1)[order, None].to(y.dtype)
-    out = torch.zeros(n, h, device=x.device, dtype=yk.dtype).index_add(0, tok, yk)
+    out = torch.zeros(n, h, device=x.device, dtype=torch.float).index_add(0, tok, yk.float())
     return out.to(x.dtype), logits
 
 
@@ -275,7 +275,6 @@ def choose_experts_impl(model):
         ROUTER_LOGITS.clear()
         return min(times)
 
-    originals = [layer.mlp.forward for layer in model.model.layers]
     ROUTER_LOGITS_OWN[0] = False
     t_hf = timed_steps()
     for layer in model.model.layers:
@@ -287,16 +286,19 @@ def choose_experts_impl(model):
         f"padded {t_pad * 1e3:.0f} ms")
     report["step_ms"] = {"transformers": t_hf * 1e3, "padded": t_pad * 1e3}
     if args.experts_impl == "auto" and t_hf <= t_pad:
-        for layer, f in zip(model.model.layers, originals):
-            layer.mlp.forward = f
-        ROUTER_LOGITS_OWN[0] = False
+        uninstall_padded(model)
         return "transformers"
-    PADDED_ORIGINALS.extend(originals)
     return "padded"
 
 
+def uninstall_padded(model):
+    """Back to transformers' own forward (the class's: install_padded set an instance one)."""
+    for layer in model.model.layers:
+        layer.mlp.__dict__.pop("forward", None)
+    ROUTER_LOGITS_OWN[0] = False
+
+
 ROUTER_LOGITS_OWN = [False]
-PADDED_ORIGINALS = []
 
 opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 data = torch.from_numpy(train_ids).to(dev)
@@ -374,8 +376,7 @@ save_report()
 
 # ---------------------------------------------------------------- held-out perplexity (f32)
 # evaluation and the traces run transformers' own MoE block
-for layer, f in zip(model.model.layers, PADDED_ORIGINALS):
-    layer.mlp.forward = f
+uninstall_padded(model)
 ROUTER_LOGITS.clear()
 model.eval()
 model.float()
