@@ -311,7 +311,17 @@ def router_z_loss(router_logits):
     return sum(torch.logsumexp(lg.float(), dim=-1).square().mean() for lg in router_logits) / len(router_logits)
 
 
-train_impl = choose_experts_impl(model)
+try:
+    train_impl = choose_experts_impl(model)
+except Exception as ex:  # the padded path is an optimisation: say why it is off, train anyway
+    import traceback
+    log("padded experts failed, training with transformers' own:", repr(ex))
+    traceback.print_exc()
+    report["padded_error"] = repr(ex)
+    uninstall_padded(model)
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    train_impl = "transformers"
 report["train_experts_impl"] = train_impl
 log(f"training with {train_impl} experts")
 if args.deadline:
