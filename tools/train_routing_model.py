@@ -149,7 +149,7 @@ save_report()
 # transformers' MoE block trained at only 12-25 k tokens/s on the H100 (session 9): the
 # experts are tiny (192 -> 64) and many (128 x 48 layers), so the step is bound by
 # per-expert bookkeeping, not arithmetic. Training may instead run the same block as two
-# batched matmuls over per-expert padded token lists ("padded"). The block's parameters
+# batched matmuls over per-expert token lists padded into slots ("padded"). The block's parameters
 # stay the model's own (only their forward is replaced), so evaluation, the traces and
 # save_pretrained run transformers' own code. The layout of the fused expert weights is
 # not assumed: every candidate reading is compared with transformers' block on the same
@@ -186,10 +186,22 @@ def expert_layouts(experts, E, I, H):
     return out
 
 
+def amp_dtype(t):
+    """The dtype autocast gives matmuls now (bf16 in training), else t's own."""
+    try:
+        return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else t.dtype
+    except (TypeError, AttributeError):
+        return t.dtype
+
+
 def padded_moe(x, router_w, w_gu, w_d, k, norm, interleaved):
-    """The MoE block over x [N, H]: each expert's routed tokens gathered into a padded
-    [E, C, H] batch (C = the busiest expert's count), two bmm's, weighted and summed back
-    per token. Returns (out [N, H], router logits [N, E])."""
+    """The MoE block over x [N, H]: each expert's routed tokens gathered into slots of C
+    rows (an expert with more than C tokens takes several slots, each with its expert's
+    weights), two bmm's over the slots, weighted and summed back per token. Padding to
+    the busiest expert instead ran out of the H100's 80 GB in the first steps, where one
+    expert of a layer takes most tokens until the balancing loss spreads them; slots bound
+    the memory by the routes' count whatever their balance. Returns (out [N, H], router
+    logits [N, E])."""
     n, h = x.shape
     e = router_w.shape[0]
     logits = F.linear(x, router_w)
@@ -201,18 +213,25 @@ def padded_moe(x, router_w, w_gu, w_d, k, norm, interleaved):
     order = torch.argsort(flat, stable=True)
     e_sorted = flat[order]
     counts = torch.bincount(flat, minlength=e)
-    cap = int(counts.max())  # one host sync per layer
+    share = -(-2 * n * k // e)  # twice a balanced expert's share, rounded up
+    rows = max(64, -(-share // 64) * 64)
+    slots_of = (counts + rows - 1) // rows
+    n_slots = int(slots_of.sum())  # one host sync per layer
     pos = torch.arange(n * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[e_sorted]
+    slot = (torch.cumsum(slots_of, 0) - slots_of)[e_sorted] + pos // rows
+    row = pos % rows
+    slot_expert = torch.repeat_interleave(torch.arange(e, device=x.device), slots_of, output_size=n_slots)
     tok = order // k
-    xin = x.new_zeros(e, cap, h).index_put((e_sorted, pos), x[tok])
-    gu = torch.bmm(xin, w_gu.to(xin.dtype))  # under autocast both run in bf16
+    dt = amp_dtype(x)
+    xin = x.new_zeros(n_slots, rows, h, dtype=dt).index_put((slot, row), x[tok].to(dt))
+    gu = torch.bmm(xin, w_gu[slot_expert].to(dt))
     if interleaved:
         g, u = gu[..., 0::2], gu[..., 1::2]
     else:
         g, u = gu.chunk(2, dim=-1)
-    y = torch.bmm(F.silu(g) * u, w_d.to(g.dtype))
-    yk = y[e_sorted, pos] * topv.reshape(-1)[order, None].to(y.dtype)
-    out = torch.zeros(n, h, device=x.device, dtype=torch.float).index_add(0, tok, yk.float())
+    y = torch.bmm(F.silu(g) * u, w_d[slot_expert].to(dt))
+    yk = y[slot, row].float() * topv.reshape(-1)[order, None]
+    out = torch.zeros(n, h, device=x.device, dtype=torch.float).index_add(0, tok, yk)
     return out.to(x.dtype), logits
 
 
@@ -348,14 +367,28 @@ while True:
     starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
     chunk = data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
     ROUTER_LOGITS.clear()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        # labels = inputs: transformers shifts them by one itself.
-        out = model(input_ids=chunk, labels=chunk, output_router_logits=not ROUTER_LOGITS_OWN[0])
-        router_logits = ROUTER_LOGITS if ROUTER_LOGITS_OWN[0] else out.router_logits
-        aux = lt.layer_balance_loss(router_logits, E, K)
     opt.zero_grad(set_to_none=True)
-    total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(router_logits)
-    total.backward()
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            # labels = inputs: transformers shifts them by one itself.
+            out = model(input_ids=chunk, labels=chunk, output_router_logits=not ROUTER_LOGITS_OWN[0])
+            router_logits = ROUTER_LOGITS if ROUTER_LOGITS_OWN[0] else out.router_logits
+            aux = lt.layer_balance_loss(router_logits, E, K)
+        total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(router_logits)
+        total.backward()
+    except torch.OutOfMemoryError:
+        if train_impl != "padded":
+            raise
+        # the padded experts' memory follows the routes: say so and go on with transformers'
+        log(f"step {step}: out of GPU memory with padded experts; transformers' block from here")
+        report["padded_oom_at_step"] = step
+        out = router_logits = aux = total = None
+        ROUTER_LOGITS.clear()
+        opt.zero_grad(set_to_none=True)
+        uninstall_padded(model)
+        train_impl = report["train_experts_impl"] = "transformers"
+        torch.cuda.empty_cache()
+        continue
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     if not (torch.isfinite(total) and torch.isfinite(gnorm)):
         # One bad batch must not poison the weights: skip it, and halve the learning rate
