@@ -124,6 +124,7 @@ struct lazymoe_session {
     lm_kv *k_cache, *v_cache; /* [n_layers], each [cap_ctx][nkv] in m->kv_dtype; no data for linear-attention layers */
     lm_buf *kv_bufs;      /* [n_layers][4]: K values, K scales, V values, V scales (backend memory) */
     struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
+    uint64_t step_seen;   /* the last recordable decode step's key (forward.c graph_step) */
     lm_scratch s;
 };
 

@@ -553,15 +553,19 @@ static int replay_routes(lazymoe_session *s, int l, int T, char *err) {
  * (moe_routed's terms, plain SwiGLU experts): the experts are chosen on the device,
  * with no wait for the routes; they are accounted at the chunk's end
  * (routed_accounting). 1 = done, 0 = the host must route this one, -1 = error. */
+static int routes_on_device(const lazymoe_session *s, const lm_moe_block *mb, int l, int T) {
+    const lazymoe_model *m = s->m;
+    /* S->gate and S->up hold cap_tokens rows: the T * K routes' intermediates must fit */
+    return m->dev_table && m->dev_table[l] && T <= LM_ROUTED_MAX_TOKENS && T * m->w.cfg.top_k <= s->s.cap_tokens &&
+           !m->replay.ids && mb->act == LM_ACT_SWIGLU && !mb->gate_up_bias && !mb->down_bias;
+}
+
 static int routed_experts(lazymoe_session *s, const lm_moe_block *mb, int l, int T, char *err) {
     lazymoe_model *m = s->m;
     lm_backend *be = BE(s);
     lm_scratch *S = &s->s;
     int K = m->w.cfg.top_k;
-    /* S->gate and S->up hold cap_tokens rows: the T * K routes' intermediates must fit */
-    if (!m->dev_table || !m->dev_table[l] || T > LM_ROUTED_MAX_TOKENS || T * K > S->cap_tokens || m->replay.ids ||
-        mb->act != LM_ACT_SWIGLU || mb->gate_up_bias || mb->down_bias)
-        return 0;
+    if (!routes_on_device(s, mb, l, T)) return 0;
     int rc = be->ops->moe_routed(be, S->eout, m->dev_table[l], m->w.cfg.n_experts, S->sel, S->h, T, K, S->gate, S->up);
     if (rc < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
     if (rc > 0) return 0;
@@ -750,6 +754,94 @@ static int head_logits(lm_backend *be, lm_scratch *S, const lm_weights *w, int r
     return 0;
 }
 
+/* ---- decode steps replayed from a recording (backends with step_replay) ------------------- */
+
+static uint64_t key_mix(uint64_t h, const void *p) {
+    uintptr_t v = (uintptr_t)p;
+    for (size_t i = 0; i < sizeof v; i++) {
+        h ^= (uint8_t)(v >> (8 * i));
+        h *= 0x100000001b3ull; /* FNV-1a */
+    }
+    return h;
+}
+
+/* Whether a step of T tokens never waits for the device -- one token, attention
+ * layers only, every MoE layer routed on the device, no lookahead (which reads the
+ * router's guesses on the host) -- and, if so, the key of what its recording
+ * depends on: the session, its scratch, its KV caches (they move when they grow)
+ * and the device expert tables. */
+static int step_key(const lazymoe_session *s, int T, uint64_t *key) {
+    const lazymoe_model *m = s->m;
+    const lm_weights *w = &m->w;
+    lm_backend *be = BE(s);
+    if (!be->ops->step_replay || T != 1 || s->lin || m->replay.ids || s->s.logits_rows < 1 || !s->s.logits_dev.ptr)
+        return 0;
+    uint64_t h = key_mix(0xcbf29ce484222325ull, s);
+    h = key_mix(h, s->s.x);
+    h = key_mix(h, s->s.logits_dev.ptr);
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        lm_layer_blocks b;
+        lm_layer_blocks_of(w, l, &b);
+        if (b.mixer != LM_MIXER_ATTENTION || wants_lookahead(s, l, T)) return 0;
+        if (b.ffn == LM_FFN_MOE) {
+            if (!routes_on_device(s, &b.moe, l, T)) return 0;
+            h = key_mix(h, m->dev_table[l]);
+        }
+        h = key_mix(h, s->k_cache[l].data);
+        h = key_mix(h, s->k_cache[l].scales);
+        h = key_mix(h, s->v_cache[l].data);
+        h = key_mix(h, s->v_cache[l].scales);
+    }
+    *key = h;
+    return 1;
+}
+
+/* The ops of one step that ends in the device logits of its last token. */
+static int step_ops(lazymoe_session *s, int T, char *err) {
+    const lm_weights *w = &s->m->w;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    size_t H = (size_t)w->cfg.hidden_size;
+    OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
+    for (int l = 0; l < w->cfg.n_layers; l++)
+        if (layer(s, l, T, NULL, err) != 0) return -1;
+    OP(be, be->ops->rmsnorm(be, S->h, S->x + (size_t)(T - 1) * H, w->final_norm, 1, (int)H, w->cfg.rms_norm_eps));
+    OP(be, be->ops->matmul(be, S->logits_dev.ptr, &w->lm_head, S->h, 1));
+    return 0;
+}
+
+/* Runs a recordable step from its recording: 1 = done (the last token's logits in
+ * S->logits_dev), 0 = run it op by op, -1 = error. The first step of a key runs op
+ * by op (weights and tables reach the device then, which a recording cannot do);
+ * the second is recorded; the later ones replay it. */
+static int graph_step(lazymoe_session *s, int T, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s);
+    uint64_t key;
+    if (!step_key(s, T, &key)) return 0;
+    int r = be->ops->step_replay(be, key, s->n_past);
+    if (r < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
+    if (r == 0) {
+        if (s->step_seen != key) {
+            s->step_seen = key;
+            return 0;
+        }
+        r = be->ops->step_record_begin(be, key, s->n_past);
+        if (r <= 0) return r < 0 ? lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be)) : 0;
+        int ok = step_ops(s, T, err) == 0;
+        r = be->ops->step_record_end(be, ok);
+        if (r < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
+        if (r == 0) { /* nothing ran: the caller runs the step op by op */
+            for (int l = 0; l < m->w.cfg.n_layers; l++) m->routed_n[l] = 0;
+            return 0;
+        }
+        return 1; /* the recording set routed_n as the ops ran */
+    }
+    for (int l = 0; l < m->w.cfg.n_layers; l++)
+        if (m->w.layers[l].is_moe) m->routed_n[l] = T;
+    return 1;
+}
+
 int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err) {
     const lm_weights *w = &s->m->w;
     const lm_config *c = &w->cfg;
@@ -764,16 +856,24 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         for (int t = 0; t < T; t++) S->pos_host[t] = s->n_past + t;
         OP(be, be->ops->upload(be, S->pos, S->pos_host, sizeof(int32_t) * (size_t)T));
         OP(be, be->ops->upload(be, S->ids, ids + done, sizeof(int32_t) * (size_t)T));
-        OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         if (s->m->dcache) lm_device_cache_begin_step(s->m->dcache);
-        for (int l = 0; l < c->n_layers; l++)
-            if (layer(s, l, T, NULL, err) != 0) return -1;
+        int replayed = out && (all || done + T == n) ? graph_step(s, T, err) : 0;
+        if (replayed < 0) return -1;
+        if (!replayed) {
+            OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
+            for (int l = 0; l < c->n_layers; l++)
+                if (layer(s, l, T, NULL, err) != 0) return -1;
+        }
         if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
         s->n_past += T;
         done += T;
         int synced = 0;
-        if (out && (all || done == n)) {
+        if (replayed) { /* the step's recording left the logits of its one token on the device */
+            float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
+            OP(be, be->ops->download(be, dst, S->logits_dev.ptr, sizeof(float) * (size_t)V));
+            synced = 1;
+        } else if (out && (all || done == n)) {
             int first = all ? 0 : T - 1;
             int rows = T - first;
             OP(be, be->ops->rmsnorm(be, S->h, S->x + (size_t)first * (size_t)H, w->final_norm, rows, H,

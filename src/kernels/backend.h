@@ -241,6 +241,25 @@ typedef struct {
     /* Queues a copy of device memory into host memory; host_dst holds it once the
      * next sync or download has returned. */
     int (*download_later)(lm_backend *be, void *host_dst, const void *src, size_t bytes);
+    /* ---- decode steps replayed as one recorded graph (NULL where not supported) ----
+     * A step whose ops never wait for the device (one token, every expert routed on
+     * the device) can be recorded once and replayed: the host then issues one launch
+     * instead of a few hundred. `key` names what the recording depends on (the
+     * session's buffers, its KV caches, the expert tables); the backend drops every
+     * recording when a buffer is freed or a weight changes. n_past is the step's
+     * first position: kv_store and attention calls with pos0 == n_past read it from
+     * the device, so one recording serves every position.
+     * step_replay: 1 = replayed (as if the recorded ops had been called again, their
+     *   download_later copies included), 0 = nothing recorded for key, -1 = error.
+     * step_record_begin: 1 = the ops from now on are recorded, not run; 0 = the
+     *   backend does not record (graphs off): run them as usual; -1 = error.
+     * step_record_end: keep = 0 when one of the caller's ops failed. 1 = recorded
+     *   and launched once (the step has run), 0 = not kept -- an op failed or needed
+     *   the host -- and NOTHING ran: the caller issues the ops again as usual (the
+     *   backend records no more steps); -1 = error. */
+    int (*step_replay)(lm_backend *be, uint64_t key, int n_past);
+    int (*step_record_begin)(lm_backend *be, uint64_t key, int n_past);
+    int (*step_record_end)(lm_backend *be, int keep);
 } lm_backend_ops;
 
 /* Tokens up to which moe_routed may be used: below the count from which a backend's

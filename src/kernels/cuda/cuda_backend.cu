@@ -69,6 +69,24 @@ typedef struct {
     int count;
 } row_segs;
 
+/* One download_later copy: bytes at `off` of the page-locked area, for host. */
+typedef struct {
+    void *host;
+    size_t off, bytes;
+} later_copy;
+
+/* A recorded decode step (step_record_begin .. step_record_end) and the
+ * download_later copies it makes, handed to their host arrays after each replay. */
+#define STEP_GRAPHS 8
+#define LATER_MAX 256
+typedef struct {
+    uint64_t key, used; /* used: the replay clock when last launched (the least recent goes first) */
+    cudaGraphExec_t exec;
+    later_copy *later; /* [n_later] */
+    int n_later;
+    size_t later_used;
+} step_graph;
+
 typedef struct {
     int device;
     cudaStream_t stream;
@@ -125,11 +143,15 @@ typedef struct {
      * when the host next waits for the stream (stream_wait) */
     uint8_t *later;
     size_t later_used;
-    struct {
-        void *host;
-        size_t off, bytes;
-    } later_q[256];
+    later_copy later_q[LATER_MAX];
     int n_later;
+    /* Recorded decode steps. While recording, kv_store and attention read the step's
+     * first position from d_npast (step_pos); graphs_off: LAZYMOE_CUDA_GRAPHS=0, or
+     * a recording failed once (the steps then run op by op). */
+    step_graph graphs[STEP_GRAPHS];
+    uint64_t graph_clock, rec_key;
+    int recording, graphs_off, step_npast;
+    int *d_npast;
     /* moe_routed's tables on the device, one per host table of expert views;
      * no_routed: LAZYMOE_CUDA_ROUTED=0 (the host routes every layer, for comparison) */
     struct routed_table *rt;
@@ -160,6 +182,26 @@ typedef struct {
 #define TIM_CAP 2048
 
 static cuda_impl *impl_of(lm_backend *be) { return (cuda_impl *)be->impl; }
+
+/* While a step is recorded, a position pos0 of kv_store or attention becomes an
+ * offset from the step's first position, which the kernel reads from the device
+ * (so a replay at another position stores and attends where it should). */
+static const int *step_pos(cuda_impl *im, int *pos0) {
+    if (!im->recording) return NULL;
+    *pos0 -= im->step_npast;
+    return im->d_npast;
+}
+
+/* Forgets every recorded step: they hold device addresses of buffers and weight
+ * copies, and the contents the weights had when recorded. */
+static void graphs_drop(cuda_impl *im) {
+    for (int i = 0; i < STEP_GRAPHS; i++) {
+        step_graph *g = &im->graphs[i];
+        if (g->exec) cudaGraphExecDestroy(g->exec);
+        free(g->later);
+        memset(g, 0, sizeof *g);
+    }
+}
 
 /* Counts an allocation of `bytes` about to be made against the cap: -1 with the
  * reason when it would go beyond (nothing is counted then). */
@@ -454,7 +496,10 @@ static void cuda_forget(lm_backend *be, const void *host) {
     cuda_impl *im = impl_of(be);
     if (!host || !im->w_cap) return;
     weight_copy *c = weight_slot(im, host);
-    if (c->host) c->stale = 1;
+    if (c->host) {
+        c->stale = 1;
+        graphs_drop(im);
+    }
 }
 
 /* ---- weights as the kernels see them --------------------------------------------------------- */
@@ -1366,7 +1411,10 @@ static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *
     k_embed<<<ew_blocks((size_t)n * (size_t)W->cols), EW_THREADS, 0, im->stream>>>(x, d, ids, n, im->flag);
     if (launched(be, "embed") != 0) return -1;
     /* The ids are device memory: an out-of-range one is found by the kernel and
-     * reported here (one small download per forward step). */
+     * reported here (one small download per forward step). A recorded step cannot
+     * wait for it: there the kernel still reads no row outside the table, and the
+     * engine has checked the ids against the vocabulary (the table's rows). */
+    if (im->recording) return 0;
     int flag[2];
     CU(be, "embed (reading its check)", cudaMemcpyAsync(flag, im->flag, sizeof flag, cudaMemcpyDeviceToHost, im->stream));
     CU(be, "embed", stream_wait(im));
@@ -1473,7 +1521,8 @@ static int launch_combine(lm_backend *be);
 
 __global__ void k_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq, int half,
                        float scale);
-__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd);
+__global__ void k_kv_store(int dtype, void *data, float *scales, const int *dpos, int pos0, const float *src, int n,
+                           int n_kv, int hd);
 
 static int overlap(const void *a, size_t an, const void *b, size_t bn) {
     uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
@@ -1504,9 +1553,10 @@ static int launch_rope(lm_backend *be, float *x, int n, int n_heads, int head_di
 static int launch_kv_store(lm_backend *be, int dtype, void *data, float *scales, int pos0, const float *src, int n,
                            int n_kv, int hd) {
     size_t items = (size_t)n * (size_t)n_kv;
+    const int *dpos = step_pos(impl_of(be), &pos0);
     tim_begin(impl_of(be));
-    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(dtype, data, scales, pos0, src, n,
-                                                                                      n_kv, hd);
+    k_kv_store<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, impl_of(be)->stream>>>(dtype, data, scales, dpos, pos0,
+                                                                                      src, n, n_kv, hd);
     return launched(be, "kv_store");
 }
 
@@ -1848,7 +1898,9 @@ __device__ __forceinline__ void kv_store_item(int dtype, void *data, float *scal
     }
 }
 
-__global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const float *src, int n, int n_kv, int hd) {
+__global__ void k_kv_store(int dtype, void *data, float *scales, const int *dpos, int pos0, const float *src, int n,
+                           int n_kv, int hd) {
+    if (dpos) pos0 += *dpos;
     size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)(threadIdx.x / 32);
     if (item >= (size_t)n * (size_t)n_kv) return; /* the whole warp */
     kv_store_item(dtype, data, scales, pos0, src, n_kv, hd, item);
@@ -1856,7 +1908,8 @@ __global__ void k_kv_store(int dtype, void *data, float *scales, int pos0, const
 
 /* The K and V rows of the same positions in one launch: warps [0, n * n_kv) store K. */
 __global__ void k_kv_store2(int dtype, void *data1, float *scales1, const float *src1, void *data2, float *scales2,
-                            const float *src2, int pos0, int n, int n_kv, int hd) {
+                            const float *src2, const int *dpos, int pos0, int n, int n_kv, int hd) {
+    if (dpos) pos0 += *dpos;
     size_t item = (size_t)blockIdx.x * (blockDim.x / 32) + (size_t)(threadIdx.x / 32), items = (size_t)n * (size_t)n_kv;
     if (item >= 2 * items) return;
     if (item < items) kv_store_item(dtype, data1, scales1, pos0, src1, n_kv, hd, item);
@@ -1877,10 +1930,11 @@ static int cuda_kv_store(lm_backend *be, lm_kv *cache, int pos0, const float *sr
         (!cache->scales || im->pend.scales != cache->scales)) {
         im->pend.kind = PEND_NONE;
         size_t items = 2 * (size_t)n * (size_t)n_kv;
+        const int *dpos = step_pos(im, &pos0);
         tim_begin(im);
         k_kv_store2<<<blocks_for(items, KV_WARPS), KV_WARPS * 32, 0, im->stream>>>(
-            (int)cache->dtype, im->pend.data, im->pend.scales, im->pend.x, cache->data, cache->scales, src, pos0, n, n_kv,
-            hd);
+            (int)cache->dtype, im->pend.data, im->pend.scales, im->pend.x, cache->data, cache->scales, src, dpos, pos0, n,
+            n_kv, hd);
         return launched(be, "kv_store x2");
     }
     if (flush_pending(be) != 0) return -1;
@@ -1927,9 +1981,10 @@ __device__ __forceinline__ float kv_at(const kvdesc &c, size_t i, size_t scale_i
  * and output rescaled when the max grows, then exp(score - max) accumulated in key
  * order; the sink joins the denominator at the end. */
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
-                                                               int pos0, int n_heads, int n_kv, int hd, float scale,
-                                                               int window, const float *sinks, int tile) {
+                                                               const int *dpos, int pos0, int n_heads, int n_kv, int hd,
+                                                               float scale, int window, const float *sinks, int tile) {
     __shared__ float sc[ATT_WARPS][ATT_TILE_MAX];
+    if (dpos) pos0 += *dpos;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     size_t item = (size_t)blockIdx.x * ATT_WARPS + (size_t)warp;
     if (item >= (size_t)n * (size_t)n_heads) return; /* whole warp; no block-wide barrier below */
@@ -2064,8 +2119,9 @@ __device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
 }
 
 __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
-                                                                int pos0, int n_heads, int n_kv, int hd, float scale,
-                                                                int window, const float *sinks) {
+                                                                const int *dpos, int pos0, int n_heads, int n_kv, int hd,
+                                                                float scale, int window, const float *sinks) {
+    if (dpos) pos0 += *dpos;
     __shared__ float qs[ATT_MAX_HD];
     __shared__ float sc[AF_TILE];
     __shared__ float red[AF_WARPS];
@@ -2156,16 +2212,17 @@ static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_k
     if (n <= 0) return 0;
     kvdesc kc = {(int)k->dtype, k->data, k->scales}, vc = {(int)v->dtype, v->data, v->scales};
     size_t items = (size_t)n * (size_t)n_heads;
+    const int *dpos = step_pos(impl_of(be), &pos0);
     if (!impl_of(be)->simple) {
         if (items > 0x7fffffffu) return lm_errf(be->err, "attention of %d queries x %d heads in one call", n, n_heads);
         tim_begin(impl_of(be));
-        k_attention_fast<<<(unsigned)items, AF_THREADS, 0, impl_of(be)->stream>>>(out, q, kc, vc, n, pos0, n_heads,
-                                                                                 n_kv, hd, scale, window, ds);
+        k_attention_fast<<<(unsigned)items, AF_THREADS, 0, impl_of(be)->stream>>>(out, q, kc, vc, n, dpos, pos0,
+                                                                                 n_heads, n_kv, hd, scale, window, ds);
         return launched(be, "attention");
     }
     tim_begin(impl_of(be));
     k_attention<<<blocks_for(items, ATT_WARPS), ATT_WARPS * 32, 0, impl_of(be)->stream>>>(
-        out, q, kc, vc, n, pos0, n_heads, n_kv, hd, scale, window, ds, attn_tile(hd));
+        out, q, kc, vc, n, dpos, pos0, n_heads, n_kv, hd, scale, window, ds, attn_tile(hd));
     return launched(be, "attention simple");
 }
 
@@ -2563,6 +2620,7 @@ static int cuda_alloc(lm_backend *be, lm_buf *out, size_t bytes) {
 
 static void cuda_free_buf(lm_backend *be, lm_buf *buf) {
     cuda_impl *im = impl_of(be);
+    graphs_drop(im);
     range_remove(im, buf->ptr);
     /* queued work may still use it (a KV cache copied into its successor, an upload) */
     cudaStreamSynchronize(im->stream);
@@ -2620,7 +2678,7 @@ static int cuda_download_later(lm_backend *be, void *host_dst, const void *src, 
     if (!bytes) return 0;
     size_t need = (bytes + 63) & ~(size_t)63;
     if (!im->later || need > LATER_BYTES) return cuda_download(be, host_dst, src, bytes);
-    if (im->later_used + need > LATER_BYTES || im->n_later == (int)(sizeof im->later_q / sizeof im->later_q[0]))
+    if (im->later_used + need > LATER_BYTES || im->n_later == LATER_MAX)
         CU(be, "download (making room)", stream_wait(im));
     CU(be, "download", cudaMemcpyAsync(im->later + im->later_used, src, bytes, cudaMemcpyDeviceToHost, im->stream));
     im->later_q[im->n_later].host = host_dst;
@@ -2628,6 +2686,108 @@ static int cuda_download_later(lm_backend *be, void *host_dst, const void *src, 
     im->later_q[im->n_later++].bytes = bytes;
     im->later_used += need;
     return 0;
+}
+
+/* ---- decode steps as recorded graphs ------------------------------------------------------------------------ */
+
+static step_graph *graph_of(cuda_impl *im, uint64_t key) {
+    for (int i = 0; i < STEP_GRAPHS; i++)
+        if (im->graphs[i].exec && im->graphs[i].key == key) return &im->graphs[i];
+    return NULL;
+}
+
+/* The step's first position into d_npast, ahead of the step's kernels. */
+static int set_step_pos(lm_backend *be, int n_past) {
+    cuda_impl *im = impl_of(be);
+    if (!im->d_npast) {
+        cudaError_t e = cudaMalloc((void **)&im->d_npast, sizeof(int));
+        if (e != cudaSuccess) {
+            im->d_npast = NULL;
+            return cuda_fail(be, "the step position's buffer", e);
+        }
+    }
+    return cuda_upload(be, im->d_npast, &n_past, sizeof n_past);
+}
+
+static uint64_t step_replays; /* every backend's, for tests */
+
+static int cuda_step_replay(lm_backend *be, uint64_t key, int n_past) {
+    cuda_impl *im = impl_of(be);
+    step_graph *g = im->graphs_off || im->timing ? NULL : graph_of(im, key);
+    if (!g) return 0;
+    /* the recorded copies land at the offsets they had: the area empty, as when recorded */
+    if (im->n_later) CU(be, "download", stream_wait(im));
+    if (set_step_pos(be, n_past) != 0) return -1;
+    CU(be, "replaying a decode step", cudaGraphLaunch(g->exec, im->stream));
+    memcpy(im->later_q, g->later, sizeof(later_copy) * (size_t)g->n_later);
+    im->n_later = g->n_later;
+    im->later_used = g->later_used;
+    g->used = ++im->graph_clock;
+    step_replays++;
+    return 1;
+}
+
+static int cuda_step_record_begin(lm_backend *be, uint64_t key, int n_past) {
+    cuda_impl *im = impl_of(be);
+    if (im->graphs_off || im->timing || im->recording || !im->later) return 0;
+    if (im->n_later) CU(be, "download", stream_wait(im));
+    if (set_step_pos(be, n_past) != 0) return -1;
+    /* thread-local: a call that would wait for the device on this thread (a download,
+     * an allocation) ends the recording with an error instead of running */
+    CU(be, "recording a decode step", cudaStreamBeginCapture(im->stream, cudaStreamCaptureModeThreadLocal));
+    im->recording = 1;
+    im->rec_key = key;
+    im->step_npast = n_past;
+    return 1;
+}
+
+/* keep = 0: the caller's ops failed; the recording is dropped. */
+static int cuda_step_record_end(lm_backend *be, int keep) {
+    cuda_impl *im = impl_of(be);
+    if (!im->recording) return 0;
+    if (keep && flush_pending(be) != 0) keep = 0;
+    im->pend.kind = PEND_NONE;
+    im->recording = 0;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(im->stream, &graph);
+    cudaGraphExec_t exec = NULL;
+    if (e == cudaSuccess && keep) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    later_copy *later = NULL;
+    if (e == cudaSuccess && keep && im->n_later) {
+        later = (later_copy *)malloc(sizeof(later_copy) * (size_t)im->n_later);
+        if (!later) e = cudaErrorMemoryAllocation;
+    }
+    if (e != cudaSuccess || !keep) {
+        /* nothing ran: the copies recorded are not coming */
+        cudaGetLastError();
+        if (exec) cudaGraphExecDestroy(exec);
+        im->n_later = 0;
+        im->later_used = 0;
+        fprintf(stderr, "lazymoe: cuda: a decode step could not be recorded as a graph (%s); steps run op by op\n",
+                keep ? cudaGetErrorString(e) : be->err);
+        im->graphs_off = 1;
+        return 0;
+    }
+    step_graph *slot = &im->graphs[0];
+    for (int i = 0; i < STEP_GRAPHS; i++) {
+        if (!im->graphs[i].exec) {
+            slot = &im->graphs[i];
+            break;
+        }
+        if (im->graphs[i].used < slot->used) slot = &im->graphs[i];
+    }
+    if (slot->exec) cudaGraphExecDestroy(slot->exec);
+    free(slot->later);
+    if (im->n_later) memcpy(later, im->later_q, sizeof(later_copy) * (size_t)im->n_later);
+    slot->key = im->rec_key;
+    slot->exec = exec;
+    slot->later = later;
+    slot->n_later = im->n_later;
+    slot->later_used = im->later_used;
+    slot->used = ++im->graph_clock;
+    CU(be, "running a recorded decode step", cudaGraphLaunch(exec, im->stream));
+    return 1;
 }
 
 /* A layer's experts as moe_routed reads them: per expert and matrix its weights, on
@@ -2809,6 +2969,13 @@ static void cuda_destroy(lm_backend *be) {
     cuda_impl *im = impl_of(be);
     if (im) {
         if (im->copy) cudaStreamSynchronize(im->copy);
+        if (im->recording) {
+            cudaGraph_t g = NULL;
+            if (cudaStreamEndCapture(im->stream, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+            cudaGetLastError();
+        }
+        graphs_drop(im);
+        if (im->d_npast) cudaFree(im->d_npast);
         for (size_t i = 0; i < im->n_pinned; i++) cudaHostUnregister(im->pinned[i]);
         free(im->pinned);
         if (im->stream) cudaStreamSynchronize(im->stream);
@@ -2879,6 +3046,9 @@ static const lm_backend_ops cuda_ops = {
     /* .set_memory_limit = */ cuda_set_memory_limit,
     /* .moe_routed = */ FLUSHED(cuda_moe_routed),
     /* .download_later = */ FLUSHED(cuda_download_later),
+    /* .step_replay = */ FLUSHED(cuda_step_replay),
+    /* .step_record_begin = */ FLUSHED(cuda_step_record_begin),
+    /* .step_record_end = */ TIMED(cuda_step_record_end),
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
@@ -2924,6 +3094,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     }
     const char *k = getenv("LAZYMOE_CUDA_KERNELS");
     if (k && !strcmp(k, "simple")) im->simple = 1;
+    const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
+    if (gr && !strcmp(gr, "0")) im->graphs_off = 1;
     const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
     if (ro && !strcmp(ro, "0")) im->no_routed = 1;
     const char *t = getenv("LAZYMOE_CUDA_TIMING");
@@ -2946,6 +3118,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
 extern "C" uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->weight_bytes;
 }
+
+extern "C" uint64_t lm_backend_cuda_step_replays(void) { return step_replays; }
 
 extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {

@@ -28,6 +28,10 @@ void lm_backend_cuda_set_simple(lm_backend *be, int simple);
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
 
+/* Decode steps replayed from a recording so far, by every CUDA backend of the
+ * process (tests: that a case replayed; LAZYMOE_CUDA_GRAPHS=0 turns them off). */
+uint64_t lm_backend_cuda_step_replays(void);
+
 /* Bytes of host weights the backend holds device copies of (tests, -v). */
 uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be);
 
