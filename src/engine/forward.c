@@ -832,12 +832,12 @@ static int graph_step(lazymoe_session *s, int T, char *err) {
         r = be->ops->step_record_end(be, ok);
         if (r < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
         if (r == 0) { /* nothing ran: the caller runs the step op by op */
-            for (int l = 0; l < m->w.cfg.n_layers; l++) m->routed_n[l] = 0;
+            for (int l = 0; m->routed_n && l < m->w.cfg.n_layers; l++) m->routed_n[l] = 0;
             return 0;
         }
         return 1; /* the recording set routed_n as the ops ran */
     }
-    for (int l = 0; l < m->w.cfg.n_layers; l++)
+    for (int l = 0; m->routed_n && l < m->w.cfg.n_layers; l++)
         if (m->w.layers[l].is_moe) m->routed_n[l] = T;
     return 1;
 }
