@@ -549,10 +549,9 @@ static int replay_routes(lazymoe_session *s, int l, int T, char *err) {
     return 0;
 }
 
-/* Every expert of layer l in device memory for good and a few tokens of one sequence
- * (moe_routed's terms, plain SwiGLU experts): the experts are chosen on the device,
- * with no wait for the routes; they are accounted at the chunk's end
- * (routed_accounting). 1 = done, 0 = the host must route this one, -1 = error. */
+/* Whether layer l's experts are chosen and run on the device for T tokens: every
+ * expert of the layer in device memory for good, a few tokens of one sequence, plain
+ * SwiGLU experts (moe_routed's terms). */
 static int routes_on_device(const lazymoe_session *s, const lm_moe_block *mb, int l, int T) {
     const lazymoe_model *m = s->m;
     /* S->gate and S->up hold cap_tokens rows: the T * K routes' intermediates must fit */
@@ -560,6 +559,9 @@ static int routes_on_device(const lazymoe_session *s, const lm_moe_block *mb, in
            !m->replay.ids && mb->act == LM_ACT_SWIGLU && !mb->gate_up_bias && !mb->down_bias;
 }
 
+/* Runs layer l's experts that way: chosen on the device, with no wait for the
+ * routes; they are accounted at the chunk's end (routed_accounting).
+ * 1 = done, 0 = the host must route this one, -1 = error. */
 static int routed_experts(lazymoe_session *s, const lm_moe_block *mb, int l, int T, char *err) {
     lazymoe_model *m = s->m;
     lm_backend *be = BE(s);
