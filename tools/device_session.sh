@@ -11,6 +11,9 @@
 #   cuda                    tools/cuda_check.sh (build with nvcc, make test-cuda)
 #   cudabench[:LAYERS]      tools/cuda_bench.sh: the expert tiers' speed on a synthetic
 #                           Qwen3-30B-A3B-shaped model of LAYERS layers (default 48)
+#   cudaab[:LAYERS]         tools/cuda_ab.sh: the carried CUDA CLI against the carried base
+#                           build (lazymoe-base), alternating, on LAYERS layers (default 6),
+#                           after test_cuda and memcheck; an nsys kernel summary of decode
 #   llamacpp[:LAYERS]       tools/llamacpp_cuda.sh: llama.cpp built with CUDA there from the
 #                           carried source (build/llamacpp-carry, --pack it here) against
 #                           lazymoe's CUDA backend on the same Q4_0 GGUF
@@ -102,6 +105,11 @@ run_job() {
         rc=$?
         rm -rf /tmp/lazymoe-bench
         ;;
+    cudaab)
+        OUT="$dir" LAYERS="${arg:-6}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${CUDAAB_SECONDS:-400}" \
+            bash tools/cuda_ab.sh >"$dir/log.txt" 2>&1
+        rc=$?
+        ;;
     llamacpp)
         OUT="$dir" LAYERS="${arg:-48}" LD_LIBRARY_PATH="$PWD/$FUZZ_CARRY/libs" timeout "${LLAMACPP_SECONDS:-560}" \
             bash tools/llamacpp_cuda.sh >"$dir/log.txt" 2>&1
@@ -147,7 +155,7 @@ run_job() {
         done
         ;;
     *)
-        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], llamacpp[:LAYERS], llamacpu[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
+        echo "unknown job '$job' (golden:NAMES, cuda, cudabench[:LAYERS], cudaab[:LAYERS], llamacpp[:LAYERS], llamacpu[:LAYERS], routing:SECONDS, fuzz:SECONDS:TARGETS)" | tee "$dir/log.txt"; rc=2
         ;;
     esac
     echo "$job: exit $rc after $((SECONDS - start)) s" | tee -a "$STAGE/summary.txt"
