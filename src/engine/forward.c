@@ -798,15 +798,24 @@ static int step_key(const lazymoe_session *s, int T, uint64_t *key) {
     return 1;
 }
 
+/* The chunk's tokens (S->ids) through the embedding and every layer, into S->x. */
+static int embed_and_layers(lazymoe_session *s, int T, char *err) {
+    const lm_weights *w = &s->m->w;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
+    for (int l = 0; l < w->cfg.n_layers; l++)
+        if (layer(s, l, T, NULL, err) != 0) return -1;
+    return 0;
+}
+
 /* The ops of one step that ends in the device logits of its last token. */
 static int step_ops(lazymoe_session *s, int T, char *err) {
     const lm_weights *w = &s->m->w;
     lm_backend *be = BE(s);
     lm_scratch *S = &s->s;
     size_t H = (size_t)w->cfg.hidden_size;
-    OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
-    for (int l = 0; l < w->cfg.n_layers; l++)
-        if (layer(s, l, T, NULL, err) != 0) return -1;
+    if (embed_and_layers(s, T, err) != 0) return -1;
     OP(be, be->ops->rmsnorm(be, S->h, S->x + (size_t)(T - 1) * H, w->final_norm, 1, (int)H, w->cfg.rms_norm_eps));
     OP(be, be->ops->matmul(be, S->logits_dev.ptr, &w->lm_head, S->h, 1));
     return 0;
@@ -862,11 +871,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         if (s->m->dcache) lm_device_cache_begin_step(s->m->dcache);
         int replayed = out && (all || done + T == n) ? graph_step(s, T, err) : 0;
         if (replayed < 0) return -1;
-        if (!replayed) {
-            OP(be, be->ops->embed(be, S->x, &w->embed, S->ids, T));
-            for (int l = 0; l < c->n_layers; l++)
-                if (layer(s, l, T, NULL, err) != 0) return -1;
-        }
+        if (!replayed && embed_and_layers(s, T, err) != 0) return -1;
         if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
         s->n_past += T;
         done += T;
