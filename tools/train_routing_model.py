@@ -280,13 +280,7 @@ def choose_experts_impl(model):
         for i in range(n + 1):
             torch.cuda.synchronize()
             t = time.time()
-            starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
-            chunk = data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
-            ROUTER_LOGITS.clear()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(input_ids=chunk, labels=chunk, output_router_logits=not ROUTER_LOGITS_OWN[0])
-            lg = ROUTER_LOGITS if ROUTER_LOGITS_OWN[0] else out.router_logits
-            (out.loss + AUX_COEF * lt.layer_balance_loss(lg, E, K)).backward()
+            step_loss(model, sample_batch())[2].backward()
             model.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
             if i:
@@ -294,12 +288,10 @@ def choose_experts_impl(model):
         ROUTER_LOGITS.clear()
         return min(times)
 
-    ROUTER_LOGITS_OWN[0] = False
     t_hf = timed_steps()
     for layer in model.model.layers:
         views = dict((n, (v, i)) for n, v, i in expert_layouts(layer.mlp.experts, E, I, H))[match[0]]
         install_padded(layer.mlp, views[0], views[1], returns_tuple)
-    ROUTER_LOGITS_OWN[0] = True
     t_pad = timed_steps()
     log(f"one training step of {BATCH} x {SEQ} tokens: transformers' experts {t_hf * 1e3:.0f} ms, "
         f"padded {t_pad * 1e3:.0f} ms")
@@ -314,10 +306,10 @@ def uninstall_padded(model):
     """Back to transformers' own forward (the class's: install_padded set an instance one)."""
     for layer in model.model.layers:
         layer.mlp.__dict__.pop("forward", None)
-    ROUTER_LOGITS_OWN[0] = False
 
 
-ROUTER_LOGITS_OWN = [False]
+def padded_installed(model):
+    return "forward" in model.model.layers[0].mlp.__dict__
 
 opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 data = torch.from_numpy(train_ids).to(dev)
@@ -328,6 +320,27 @@ Z_COEF = 1e-3  # router z-loss (ST-MoE): keeps router logits small, a known MoE 
 
 def router_z_loss(router_logits):
     return sum(torch.logsumexp(lg.float(), dim=-1).square().mean() for lg in router_logits) / len(router_logits)
+
+
+def sample_batch():
+    """BATCH windows of SEQ training tokens at random places."""
+    starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
+    return data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
+
+
+def step_loss(model, chunk):
+    """Forward of one batch: (output, balance loss, total loss). The router logits come
+    from the padded forward when it is installed, else from transformers' output."""
+    own = padded_installed(model)
+    ROUTER_LOGITS.clear()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        # labels = inputs: transformers shifts them by one itself.
+        out = model(input_ids=chunk, labels=chunk, output_router_logits=not own)
+        router_logits = ROUTER_LOGITS if own else out.router_logits
+        aux = lt.layer_balance_loss(router_logits, E, K)
+    total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(router_logits)
+    ROUTER_LOGITS.clear()
+    return out, aux, total
 
 
 try:
@@ -364,17 +377,10 @@ while True:
     lr = args.lr * min(1.0, (step + 1) / WARMUP) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
     for g in opt.param_groups:
         g["lr"] = lr
-    starts = torch.randint(0, len(data) - SEQ, (BATCH,), device=dev)
-    chunk = data[starts[:, None] + torch.arange(SEQ, device=dev)[None, :]].long()
-    ROUTER_LOGITS.clear()
+    chunk = sample_batch()
     opt.zero_grad(set_to_none=True)
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            # labels = inputs: transformers shifts them by one itself.
-            out = model(input_ids=chunk, labels=chunk, output_router_logits=not ROUTER_LOGITS_OWN[0])
-            router_logits = ROUTER_LOGITS if ROUTER_LOGITS_OWN[0] else out.router_logits
-            aux = lt.layer_balance_loss(router_logits, E, K)
-        total = out.loss + AUX_COEF * aux + Z_COEF * router_z_loss(router_logits)
+        out, aux, total = step_loss(model, chunk)
         total.backward()
     except torch.OutOfMemoryError:
         if train_impl != "padded":
@@ -382,7 +388,7 @@ while True:
         # the padded experts' memory follows the routes: say so and go on with transformers'
         log(f"step {step}: out of GPU memory with padded experts; transformers' block from here")
         report["padded_oom_at_step"] = step
-        out = router_logits = aux = total = None
+        out = aux = total = None
         ROUTER_LOGITS.clear()
         opt.zero_grad(set_to_none=True)
         uninstall_padded(model)
