@@ -461,9 +461,9 @@ for li, layer in enumerate(model.model.layers):
         x = inp[0].detach().reshape(-1, inp[0].shape[-1])
         caught[li] = F.linear(x.float(), mod.weight.float())
     hooks.append(layer.mlp.gate.register_forward_hook(hook))
-    # The residual after layer li's attention (the input of its post-attention norm): where
-    # the engine's own lookahead (src/engine/forward.c) predicts layer li+1's experts, a layer
-    # before that layer's attention runs.
+    # The residual after layer li's attention (the input of its post-attention norm): one
+    # sublayer before layer li+1's input, where the engine's lookahead predicted layer li+1's
+    # experts until session 17 (it now predicts from layer li+1's input, lookahead.trace).
     def mid_hook(mod, inp, li=li):
         x = inp[0].detach()
         caught[("mid", li)] = x.reshape(-1, x.shape[-1])
@@ -471,7 +471,7 @@ for li, layer in enumerate(model.model.layers):
 
 P = min(args.predict, E)
 recall = {m: [0.0] * L for m in (K, 2 * K) if m <= P}
-recall_engine = [0.0] * L
+recall_early = [0.0] * L
 n_traced = 0
 with torch.no_grad():
     for name, ids in trace_sets.items():
@@ -493,14 +493,14 @@ with torch.no_grad():
                 for m in recall:
                     hit = torch.zeros_like(actual).scatter_(1, top[:, :m], 1.0)
                     recall[m][li] += (hit * actual).sum().item() / K
-                # the engine's point: layer li's norm and router on the residual after layer
+                # one sublayer earlier: layer li's norm and router on the residual after layer
                 # li-1's attention (the embeddings for layer 0)
                 src = hs[0].reshape(-1, hs[0].shape[-1]) if li == 0 else caught[("mid", li - 1)]
                 el = F.linear(layer.post_attention_layernorm(src).float(), layer.mlp.gate.weight.float())
                 etop = torch.topk(el, P, dim=-1).indices
                 e_layers.append(etop.cpu())
                 hit = torch.zeros_like(actual).scatter_(1, etop[:, :K], 1.0)
-                recall_engine[li] += (hit * actual).sum().item() / K
+                recall_early[li] += (hit * actual).sum().item() / K
             for t in range(w.shape[1]):
                 routes.append([r_layers[li][t].tolist() for li in range(L)])
                 preds.append([p_layers[li][t].tolist() for li in range(L)])
@@ -509,15 +509,15 @@ with torch.no_grad():
         lt.write_trace(os.path.join(OUT, f"{name}.trace"), routes, L, E, K)
         lt.write_trace(os.path.join(OUT, f"{name}.lookahead.trace"), preds, L, E, P,
                        note="lookahead: layer L's router on the residual before layer L's attention, best first")
-        lt.write_trace(os.path.join(OUT, f"{name}.engine-lookahead.trace"), epreds, L, E, P,
-                       note="lookahead as the engine predicts: layer L's router on the residual after layer L-1's attention, best first")
+        lt.write_trace(os.path.join(OUT, f"{name}.early-lookahead.trace"), epreds, L, E, P,
+                       note="early lookahead: layer L's router on the residual after layer L-1's attention, best first")
         log(f"{name}: {T} tokens traced")
 for h in hooks:
     h.remove()
 report["lookahead_recall"] = {f"at_{m}": [v / n_traced for v in recall[m]] for m in recall}
 log("lookahead recall@8 per layer:", " ".join(f"{v / n_traced:.2f}" for v in recall[K]))
-report["engine_lookahead_recall_at_k"] = [v / n_traced for v in recall_engine]
-log("engine-point lookahead recall@8 per layer:", " ".join(f"{v / n_traced:.2f}" for v in recall_engine))
+report["early_lookahead_recall_at_k"] = [v / n_traced for v in recall_early]
+log("early lookahead recall@8 per layer:", " ".join(f"{v / n_traced:.2f}" for v in recall_early))
 save_report()
 
 if args.save_weights:
