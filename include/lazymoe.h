@@ -29,6 +29,10 @@ extern "C" {
 /* Default lookahead gate (lazymoe_options.lookahead_gate): a layer's lookahead reads go
  * out while at least half of them are used (bench/RESULTS.md, issue 20). */
 #define LAZYMOE_LOOKAHEAD_GATE 0.5
+/* Default router lookahead (lazymoe_options.lookahead) on the CPU backend: 8 predictions
+ * per token and layer made decode at a 50% memory cap 10-12% faster on the project's
+ * 48-layer routing model (bench/RESULTS.md, issue 20, session 17). */
+#define LAZYMOE_LOOKAHEAD 8
 
 typedef struct lazymoe_model lazymoe_model;
 typedef struct lazymoe_session lazymoe_session;
@@ -60,7 +64,7 @@ typedef struct {
     int io_threads;           /* concurrent expert reads (reader threads); 0 = the default (8) */
     uint64_t io_chunk_bytes;  /* largest single expert read: longer tensors are read in several
                                * requests at once, so a few misses still fill the queue;
-                               * 0 = the default (512 KiB) */
+                               * 0 = the default (2 MiB) */
     lazymoe_eviction eviction;
     int buffered_io;          /* 1 = no O_DIRECT (reads go through the page cache) */
     const char *trace_routing; /* record the routing of every token to this file */
@@ -99,7 +103,8 @@ typedef struct {
      * layer's attention has run -- and the `lookahead` most likely experts per token
      * that are not cached are read in the background meanwhile. Predictions only
      * decide what is read early; every routed expert is still computed exactly.
-     * 0 = off. */
+     * 0 = off; -1 (lazymoe_options_init) = LAZYMOE_LOOKAHEAD on the CPU backend and off
+     * on the others, where a decode step would wait for each layer's predictions. */
     int lookahead;
     /* Lookahead reads of a layer are issued only while at least this share of them is
      * routed to (measured per layer over the last ~32 steps, on the predictions held

@@ -107,13 +107,13 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "                            cached for good; N of the capacity, the rest must hold top_k\n"     \
     "         --resident         keep every expert in memory\n"                                        \
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
-    "         --io-chunk SIZE    longest single read; longer tensors are split (default 512K)\n"      \
+    "         --io-chunk SIZE    longest single read; longer tensors are split (default 2M)\n"      \
     "         --eviction P       lru | lcp | lfru | lrfu | stale (default lcp)\n"                                 \
     "         --buffered-io      read experts through the page cache instead of O_DIRECT\n"           \
     "         --trace-routing F  record each token's experts per layer to F\n"                       \
     "         --no-warm-start    neither use nor update the expert popularity history\n"               \
     "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
-    "                            attention runs (router lookahead; default 0 = off)\n"               \
+    "                            attention runs (router lookahead; default 8 on the cpu, 0 = off)\n"               \
     "         --lookahead-gate X read a layer's predictions only while at least X of them are then\n"  \
     "                            routed to (default 0.5; 0 = always)\n"                              \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \

@@ -487,6 +487,10 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
      * Int8 activations are CPU kernels: other backends take f32. */
     int cpu_backend = !m->opt.backend || !*m->opt.backend || !strcmp(m->opt.backend, "cpu");
     if (m->opt.act_bits == 0) m->opt.act_bits = cpu_backend && has_quantized_weights(&m->w) ? 8 : 32;
+    /* Router lookahead downloads each layer's predictions, which would make a device's
+     * decode step wait for every layer (and keep it from being replayed as a graph):
+     * on by default where the host computes. It acts on lazy experts only. */
+    if (m->opt.lookahead < 0) m->opt.lookahead = cpu_backend ? LAZYMOE_LOOKAHEAD : 0;
     switch (m->opt.kv_bits) {
     case 0:
     case 16: m->kv_dtype = LM_DT_F16; break;

@@ -3,9 +3,10 @@
  * A lookahead read pays when the layer then routes to the expert it read (a miss
  * turned into a hit that was read while earlier layers computed) and costs a whole
  * expert read when it does not. How well the router lookahead predicts depends on the
- * model and falls with depth: on the project's 48-layer routing model, layer L's router
- * on the residual after layer L-1's attention (where the engine predicts) finds 91% of
- * layer 0's picks but 14-16% of the last layers' (bench/RESULTS.md, issue 20). So each
+ * model and on where it is made: on the project's 48-layer routing model, layer L's
+ * router on layer L's input (where the engine predicts) finds 63-96% of the layer's
+ * picks, but on the residual one sublayer earlier 80% of layer 1's and 16-18% of the
+ * last layers' (bench/RESULTS.md, issue 20). So each
  * layer keeps a decayed count of the reads its lookahead issued (or, while the gate is
  * closed, would have issued: predicted experts that were not cached) and of those the
  * layer then used; the gate lets a layer's reads through only while that share is at
