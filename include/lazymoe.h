@@ -29,10 +29,6 @@ extern "C" {
 /* Default lookahead gate (lazymoe_options.lookahead_gate): a layer's lookahead reads go
  * out while at least half of them are used (bench/RESULTS.md, issue 20). */
 #define LAZYMOE_LOOKAHEAD_GATE 0.5
-/* Default router lookahead (lazymoe_options.lookahead) on the CPU backend: 8 predictions
- * per token and layer made decode at a 50% memory cap 10-12% faster on the project's
- * 48-layer routing model (bench/RESULTS.md, issue 20, session 17). */
-#define LAZYMOE_LOOKAHEAD 8
 
 typedef struct lazymoe_model lazymoe_model;
 typedef struct lazymoe_session lazymoe_session;
@@ -103,8 +99,11 @@ typedef struct {
      * layer's attention has run -- and the `lookahead` most likely experts per token
      * that are not cached are read in the background meanwhile. Predictions only
      * decide what is read early; every routed expert is still computed exactly.
-     * 0 = off; -1 (lazymoe_options_init) = LAZYMOE_LOOKAHEAD on the CPU backend and off
-     * on the others, where a decode step would wait for each layer's predictions. */
+     * 0 = off; -1 (lazymoe_options_init) = the model's top_k on the CPU backend for
+     * experts of 1 MiB or more (as many predictions as a token routes to: with more, at
+     * most half of them can be used and the default gate closes), off for smaller
+     * experts (the reads' fixed costs win) and on other backends, where a decode step
+     * would wait for each layer's predictions (bench/RESULTS.md, issue 20, session 17). */
     int lookahead;
     /* Lookahead reads of a layer are issued only while at least this share of them is
      * routed to (measured per layer over the last ~32 steps, on the predictions held

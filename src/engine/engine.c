@@ -440,6 +440,13 @@ static int open_device_tier(lazymoe_model *m, char *e) {
  * model's maximum if that is less). Agents send 30k-token prompts, so the default must
  * be long; but a KV reservation the size of the budget would starve the expert cache.
  * The KV cache grows as a session fills, so unused context costs the plan only. */
+/* Experts from which router lookahead is on by default: reading Qwen3-30B-A3B's 2.65 MB
+ * experts early made decode at a 50% memory cap 0.3-11.6% faster, reading the demo
+ * model's 80 KB ones made it slower, the reads' fixed costs (a request, a reader
+ * thread's wake-up, on 2 cores shared with the compute) outweighing the bytes
+ * (bench/RESULTS.md, issue 20, session 17). */
+#define LOOKAHEAD_MIN_EXPERT_BYTES (1u << 20)
+
 static int default_context(const lazymoe_model *m, uint64_t avail) {
     const lm_config *c = &m->w.cfg;
     int model_max = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
@@ -487,10 +494,14 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
      * Int8 activations are CPU kernels: other backends take f32. */
     int cpu_backend = !m->opt.backend || !*m->opt.backend || !strcmp(m->opt.backend, "cpu");
     if (m->opt.act_bits == 0) m->opt.act_bits = cpu_backend && has_quantized_weights(&m->w) ? 8 : 32;
-    /* Router lookahead downloads each layer's predictions, which would make a device's
-     * decode step wait for every layer (and keep it from being replayed as a graph):
-     * on by default where the host computes. It acts on lazy experts only. */
-    if (m->opt.lookahead < 0) m->opt.lookahead = cpu_backend ? LAZYMOE_LOOKAHEAD : 0;
+    /* Router lookahead: on by default where the host computes (a device's decode step
+     * would wait for each layer's predictions' download, and could not be replayed as a
+     * graph), for experts of LOOKAHEAD_MIN_EXPERT_BYTES or more, with as many predictions
+     * as a token routes to (on the demo model, top-4: 4 turn 48% hits at 8 slots into
+     * 86%, 8 into 57%, the gate closing layers whose predictions are mostly unused).
+     * Lazy experts only. */
+    if (m->opt.lookahead < 0)
+        m->opt.lookahead = cpu_backend && m->w.bytes_per_expert >= LOOKAHEAD_MIN_EXPERT_BYTES ? m->w.cfg.top_k : 0;
     switch (m->opt.kv_bits) {
     case 0:
     case 16: m->kv_dtype = LM_DT_F16; break;
