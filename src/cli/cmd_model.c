@@ -113,7 +113,8 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --trace-routing F  record each token's experts per layer to F\n"                       \
     "         --no-warm-start    neither use nor update the expert popularity history\n"               \
     "         --lookahead N      read each decode token's N likeliest experts of a layer before its\n" \
-    "                            attention runs (router lookahead; default: top_k on the cpu for experts of 1 MiB+)\n"               \
+    "                            attention runs (router lookahead; default: top_k with the cpu\n"   \
+    "                            backend and experts of 1 MiB or more, else 0 = off)\n"            \
     "         --lookahead-gate X read a layer's predictions only while at least X of them are then\n"  \
     "                            routed to (default 0.5; 0 = always)\n"                              \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \

@@ -434,12 +434,6 @@ static int open_device_tier(lazymoe_model *m, char *e) {
     return 0;
 }
 
-/* The context when the caller names none: the model's maximum, unless the KV cache
- * for it would take more than a quarter of what the budget leaves after the resident
- * weights -- then the most whole 1024s that quarter holds (at least 4096, or the
- * model's maximum if that is less). Agents send 30k-token prompts, so the default must
- * be long; but a KV reservation the size of the budget would starve the expert cache.
- * The KV cache grows as a session fills, so unused context costs the plan only. */
 /* Experts from which router lookahead is on by default: reading Qwen3-30B-A3B's 2.65 MB
  * experts early made decode at a 50% memory cap 0.3-11.6% faster, reading the demo
  * model's 80 KB ones made it slower, the reads' fixed costs (a request, a reader
@@ -447,6 +441,12 @@ static int open_device_tier(lazymoe_model *m, char *e) {
  * (bench/RESULTS.md, issue 20, session 17). */
 #define LOOKAHEAD_MIN_EXPERT_BYTES (1u << 20)
 
+/* The context when the caller names none: the model's maximum, unless the KV cache
+ * for it would take more than a quarter of what the budget leaves after the resident
+ * weights -- then the most whole 1024s that quarter holds (at least 4096, or the
+ * model's maximum if that is less). Agents send 30k-token prompts, so the default must
+ * be long; but a KV reservation the size of the budget would starve the expert cache.
+ * The KV cache grows as a session fills, so unused context costs the plan only. */
 static int default_context(const lazymoe_model *m, uint64_t avail) {
     const lm_config *c = &m->w.cfg;
     int model_max = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
