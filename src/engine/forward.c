@@ -673,6 +673,9 @@ static int lookahead(lazymoe_session *s, int l, int T, char *err) {
         lm_cache_prefetch_lookahead(s->m->cache, l, S->la_ids, n);
         return 0;
     }
+    /* Nothing left to read early (every routed expert of recent steps was cached): the
+     * prediction's own cost would be all this step gets. */
+    if (!lm_cache_lookahead_useful(s->m->cache, l)) return 0;
     OP(be, be->ops->rmsnorm(be, S->la_h, S->x, ly->ffn_norm, T, H, c->rms_norm_eps));
     OP(be, be->ops->matmul(be, S->la_logits, &ly->router, S->la_h, T));
     OP(be, be->ops->download(be, S->la_logits_host, S->la_logits, sizeof(float) * (size_t)T * (size_t)E));

@@ -47,6 +47,9 @@ typedef struct {
     uint8_t *shadow;        /* [E] predicted for this step and not cached, but not read: the
                              * lookahead gate was closed (measures what the reads would give) */
     int ahead, ahead_used;  /* this step's lookahead reads (or shadow ones) and of them routed to */
+    float uncached;         /* decayed count of routed experts that were not cached before the
+                             * step's lookahead (misses and lookahead reads used): what a
+                             * prediction could still help with (lm_cache_lookahead_useful) */
     uint8_t *pinned;        /* [capacity] holds a pinned expert: never evicted */
     int n_pinned;
     uint32_t *reads;        /* [E] times each expert was queued for reading */
@@ -196,6 +199,7 @@ int lm_cache_create(lm_expert_cache **out, const lm_expert_store *store, const l
         lc->blocked = calloc((size_t)cap, 1);
         lc->speculative = calloc((size_t)cap, 1);
         lc->shadow = calloc((size_t)E, 1);
+        lc->uncached = LM_LOOKAHEAD_USEFUL_START;
         lc->pinned = calloc((size_t)cap, 1);
         lc->reads = calloc((size_t)E, sizeof(uint32_t));
         lc->uses = calloc((size_t)E, sizeof(float));
@@ -413,7 +417,7 @@ void lm_cache_begin_step(lm_expert_cache *c) {
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
-    int got = 0, queued = 0; /* requests queued */
+    int got = 0, queued = 0, uncached = 0; /* requests queued; routed experts not cached before the lookahead */
     /* Hits first, so a miss never evicts an expert this step is about to use. */
     for (int i = 0; i < n; i++) {
         int s = lc->expert_slot[need[i]];
@@ -425,7 +429,7 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
             lc->acquired[lc->n_acquired++] = s;
             status[i] = 1;
             lc->hits++;
-            if (lc->speculative[s]) lc->prefetch_used++, lc->ahead_used++;
+            if (lc->speculative[s]) lc->prefetch_used++, lc->ahead_used++, uncached++;
             lc->speculative[s] = 0;
             lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
             got++;
@@ -462,11 +466,13 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         queued += queue_expert(c, l, s, need[i], TO_DEMAND, 0);
         status[i] = 2;
         lc->misses++;
+        uncached++;
         lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
         got++;
     }
     wake_readers(c, queued);
     pthread_mutex_unlock(&c->mu);
+    lc->uncached = lc->uncached * LM_LOOKAHEAD_GATE_DECAY + (float)uncached;
     return got;
 }
 
@@ -570,6 +576,10 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n) 
 }
 
 const float *lm_cache_uses(const lm_expert_cache *c, int l) { return c->layers[l].uses; }
+
+int lm_cache_lookahead_useful(const lm_expert_cache *c, int l) {
+    return c->layers[l].uncached >= LM_LOOKAHEAD_USEFUL_MIN;
+}
 
 int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n) {
     layer_cache *lc = &c->layers[l];

@@ -110,6 +110,16 @@ int lm_cache_prefetch(lm_expert_cache *c, int l, const int32_t *experts, int n);
  * expert is an ordinary cache entry: results never depend on the prediction.
  * Returns how many reads were queued. */
 int lm_cache_prefetch_lookahead(lm_expert_cache *c, int l, const int32_t *experts, int n);
+/* Whether predicting layer l's experts can still help: its recent steps (decayed as the
+ * lookahead gate's counts) routed to experts that were not cached before the lookahead,
+ * at least LM_LOOKAHEAD_USEFUL_MIN of them. Where every routed expert was cached anyway,
+ * the prediction itself (a norm, the router's matmul, a download) is all a step pays:
+ * ~6% of decode on a 48-layer model whose routing stays cached (bench/RESULTS.md, issue
+ * 20, session 17). A miss brings the layer back at once (LM_LOOKAHEAD_USEFUL_MIN < 1).
+ * New layers start above the mark. */
+int lm_cache_lookahead_useful(const lm_expert_cache *c, int l);
+#define LM_LOOKAHEAD_USEFUL_MIN 0.5f
+#define LM_LOOKAHEAD_USEFUL_START 8.0f
 /* Pins experts of layer l: each takes an empty slot (none is evicted for it) and is
  * read in the background like a warm start; from then on the policy never evicts it.
  * An expert already cached is pinned where it is. Stops when no empty slot is left.
