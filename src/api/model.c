@@ -21,7 +21,7 @@ void lazymoe_set_log(lazymoe_log_fn fn, void *ctx) { lm_log_set(fn, ctx); }
 void lazymoe_options_init(lazymoe_options *opt) {
     memset(opt, 0, sizeof *opt);
     opt->eviction = LAZYMOE_EVICT_LCP; /* no policy measured beats it everywhere: bench/RESULTS.md */
-    opt->lookahead = -1; /* the engine picks: the model's top_k on the CPU backend */
+    opt->lookahead = -1; /* the engine picks (lm_engine_open: top_k on the CPU for large experts) */
     opt->lookahead_gate = LAZYMOE_LOOKAHEAD_GATE;
 }
 

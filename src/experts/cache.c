@@ -47,8 +47,9 @@ typedef struct {
     uint8_t *shadow;        /* [E] predicted for this step and not cached, but not read: the
                              * lookahead gate was closed (measures what the reads would give) */
     int ahead, ahead_used;  /* this step's lookahead reads (or shadow ones) and of them routed to */
-    float uncached;         /* decayed count of routed experts that were not cached before the
-                             * step's lookahead (misses and lookahead reads used): what a
+    int step_uncached;      /* this step's routed experts that were not cached before its
+                             * lookahead: misses and lookahead reads used */
+    float uncached;         /* step_uncached decayed over steps as the gate's counts: what a
                              * prediction could still help with (lm_cache_lookahead_useful) */
     uint8_t *pinned;        /* [capacity] holds a pinned expert: never evicted */
     int n_pinned;
@@ -403,9 +404,12 @@ static int read_failed(layer_cache *lc, int s) {
 }
 
 void lm_cache_begin_step(lm_expert_cache *c) {
-    /* The step that ended is each layer's one observation for the lookahead gate. */
+    /* The step that ended is each layer's one observation for the lookahead gate and for
+     * lm_cache_lookahead_useful. */
     for (int l = 0; l < c->w->cfg.n_layers; l++) {
         layer_cache *lc = &c->layers[l];
+        lc->uncached = lc->uncached * (float)LM_LOOKAHEAD_GATE_DECAY + (float)lc->step_uncached;
+        lc->step_uncached = 0;
         if (!lc->ahead) continue;
         lm_lookahead_gate_observe(&c->gate, l, lc->ahead, lc->ahead_used);
         memset(lc->shadow, 0, (size_t)c->w->cfg.n_experts);
@@ -417,7 +421,7 @@ void lm_cache_begin_step(lm_expert_cache *c) {
 int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint8_t *status) {
     layer_cache *lc = &c->layers[l];
     uint64_t now = c->step;
-    int got = 0, queued = 0, uncached = 0; /* requests queued; routed experts not cached before the lookahead */
+    int got = 0, queued = 0; /* requests queued */
     /* Hits first, so a miss never evicts an expert this step is about to use. */
     for (int i = 0; i < n; i++) {
         int s = lc->expert_slot[need[i]];
@@ -429,7 +433,7 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
             lc->acquired[lc->n_acquired++] = s;
             status[i] = 1;
             lc->hits++;
-            if (lc->speculative[s]) lc->prefetch_used++, lc->ahead_used++, uncached++;
+            if (lc->speculative[s]) lc->prefetch_used++, lc->ahead_used++, lc->step_uncached++;
             lc->speculative[s] = 0;
             lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
             got++;
@@ -466,13 +470,12 @@ int lm_cache_acquire(lm_expert_cache *c, int l, const int32_t *need, int n, uint
         queued += queue_expert(c, l, s, need[i], TO_DEMAND, 0);
         status[i] = 2;
         lc->misses++;
-        uncached++;
+        lc->step_uncached++;
         lm_usage_touch(&lc->usage, c->opt.policy, need[i], now);
         got++;
     }
     wake_readers(c, queued);
     pthread_mutex_unlock(&c->mu);
-    lc->uncached = lc->uncached * LM_LOOKAHEAD_GATE_DECAY + (float)uncached;
     return got;
 }
 
