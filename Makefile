@@ -98,8 +98,8 @@ test: test-build fuzz
 # only the driver (the GPU box: tools/cuda_check.sh).
 NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),/usr/local/cuda/bin/nvcc)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVFLAGS   := -std=c++17 -O2 -g --fmad=false -gencode arch=compute_90,code=sm_90 \
-             -gencode arch=compute_80,code=compute_80 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings
+NVBASE    := -std=c++17 -O2 -g --fmad=false -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings
+NVFLAGS   := $(NVBASE) -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
 CU_SRC    := $(sort $(wildcard src/*/*/*.cu))
 CUDA_DIR  := build/cuda
 CUDA_CU_OBJ := $(CU_SRC:%.cu=$(CUDA_DIR)/%.o)
@@ -130,6 +130,29 @@ $(CUDA_DIR)/tests/test_cuda: tests/cuda/test_cuda.c tests/harness.h $(CUDA_DIR)/
 $(CUDA_DIR)/gemv_lab: $(CUDA_DIR)/bench/cuda/gemv_lab.o $(CUDA_DIR)/liblazymoe.a
 	$(CC) $(OPT) -o $@ $< $(CUDA_DIR)/liblazymoe.a $(STATIC_DEPS) $(CUDA_RT)
 
+# The GPU box's carry (the device tool takes at most 64 MiB with the tree): the CLI and
+# test_cuda for sm_90 only (no PTX), jansson, pcre2, microhttpd and gnutls linked
+# statically (the box has none of them), libunistring beside them: ~3 MB compressed.
+CARRY_DIR := build/carry90
+CARRY_LIBS := -Wl,-Bstatic -ljansson -lpcre2-8 -lmicrohttpd -lgnutls -lhogweed -lnettle -lgmp -ltasn1 -lidn2 \
+              -Wl,-Bdynamic -l:libunistring.so.2 -l:libp11-kit.so.0 -lpthread -lm
+$(CARRY_DIR)/cuda_backend.o: src/kernels/cuda/cuda_backend.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVBASE) -gencode arch=compute_90,code=sm_90 $(INC) -c $< -o $@
+$(CARRY_DIR)/liblazymoe.a: $(filter-out $(CUDA_CU_OBJ),$(CUDA_LIB_OBJ)) $(CARRY_DIR)/cuda_backend.o
+	rm -f $@ && ar rcs $@ $^
+$(CARRY_DIR)/lazymoe: $(CLI_OBJ) $(CARRY_DIR)/liblazymoe.a
+	$(CC) $(OPT) -o $@ $(CLI_OBJ) $(CARRY_DIR)/liblazymoe.a $(CARRY_LIBS) $(CUDA_RT) && strip -g $@
+$(CARRY_DIR)/test_cuda: tests/cuda/test_cuda.c tests/harness.h $(CARRY_DIR)/liblazymoe.a
+	$(CC) $(CSTD) $(WARN) $(INC) $(OPT) -DLAZYMOE_SOURCE_DIR=\"$(CURDIR)\" -o $@ $< $(CARRY_DIR)/liblazymoe.a \
+	    $(STATIC_DEPS) $(CUDA_RT) && strip -g $@
+# make cuda-carry: build/device-carry.tar.xz with build/carry90 (bench/cuda/*.sh read it there)
+cuda-carry: $(CARRY_DIR)/lazymoe $(CARRY_DIR)/test_cuda
+	@mkdir -p $(CARRY_DIR)/libs && cp -L /usr/lib/x86_64-linux-gnu/libunistring.so.2 $(CARRY_DIR)/libs/
+	git log -1 --format='%h %s' | cut -c1-120 > $(CARRY_DIR)/commit.txt
+	XZ_OPT=-9e tar cJf build/device-carry.tar.xz $(CARRY_DIR)/lazymoe $(CARRY_DIR)/test_cuda $(CARRY_DIR)/libs $(CARRY_DIR)/commit.txt
+	@ls -la build/device-carry.tar.xz
+
 cuda: $(CUDA_DIR)/lazymoe
 
 test-cuda: $(CUDA_DIR)/tests/test_cuda
@@ -154,7 +177,7 @@ fuzz: $(FUZZ_BIN)
 clean:
 	rm -rf build
 
-.PHONY: all test test-build fuzz clean cuda test-cuda
+.PHONY: all test test-build fuzz clean cuda test-cuda cuda-carry
 # Keep intermediate objects (fuzz objects would otherwise be deleted after linking).
 .SECONDARY:
 -include $(REL_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SAN_OBJ:.o=.d) $(SAN_CLI:.o=.d) $(FZ_OBJ:.o=.d) $(CUDA_CU_OBJ:.o=.d) \

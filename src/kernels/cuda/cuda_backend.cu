@@ -1058,6 +1058,56 @@ template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_sh
     int r0 = (blockIdx.x * GV_WARPS + warp) * GV_ROWS, rows = it.rows;
     if (r0 >= rows) return; /* the whole warp */
     int units = sh.cols / 8, n = it.n;
+    if (NT == 1 && n > 0) {
+        /* one token, the other formats (GGUF blocks, floats, affine with other scales): two
+         * units' loads of both rows issued before their arithmetic, which is the loop's
+         * below in the same order (gemv_affine_one says why this pays) */
+        int rr[GV_ROWS];
+#pragma unroll
+        for (int a = 0; a < GV_ROWS; a++) rr[a] = r0 + a < rows ? r0 + a : r0;
+        for (int t = 0; t < n; t++) {
+            const float *xt = it.x + (size_t)t * (size_t)sh.cols;
+            float acc[GV_ROWS];
+#pragma unroll
+            for (int a = 0; a < GV_ROWS; a++) acc[a] = 0.0f;
+            for (int u0 = lane; u0 < units; u0 += 64) {
+                wunit w[2][GV_ROWS];
+                float4 xa[2], xb[2];
+#pragma unroll
+                for (int p = 0; p < 2; p++) {
+                    int uu = u0 + 32 * p < units ? u0 + 32 * p : u0;
+                    xa[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu));
+                    xb[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu) + 1);
+#pragma unroll
+                    for (int a = 0; a < GV_ROWS; a++) load_unit<FMT>(sh, it, rr[a], uu, w[p][a]);
+                }
+#pragma unroll
+                for (int p = 0; p < 2; p++) {
+                    if (u0 + 32 * p >= units) break;
+                    float xv[8] = {xa[p].x, xa[p].y, xa[p].z, xa[p].w, xb[p].x, xb[p].y, xb[p].z, xb[p].w};
+                    float sx = 0.0f;
+                    if (FMT_HAS_OFFSET(FMT))
+#pragma unroll
+                        for (int i = 0; i < 8; i++) sx += xv[i];
+#pragma unroll
+                    for (int a = 0; a < GV_ROWS; a++) {
+                        float d = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < 8; i++) d = fmaf(w[p][a].q[i], xv[i], d);
+                        if (FMT_HAS_OFFSET(FMT)) acc[a] = fmaf(w[p][a].s, d, fmaf(w[p][a].b, sx, acc[a]));
+                        else if (FMT_HAS_SCALE(FMT)) acc[a] = fmaf(w[p][a].s, d, acc[a]);
+                        else acc[a] += d;
+                    }
+                }
+            }
+#pragma unroll
+            for (int a = 0; a < GV_ROWS; a++) {
+                float v = warp_sum(acc[a]);
+                if (lane == 0 && r0 + a < rows) it.y[(size_t)t * (size_t)rows + (size_t)(r0 + a)] = v;
+            }
+        }
+        return;
+    }
     for (int t0 = 0; t0 < n; t0 += NT) {
         int nt = n - t0 < NT ? n - t0 : NT;
         float acc[GV_ROWS][NT];
@@ -2608,7 +2658,8 @@ template <int PL> __global__ void k_route_warp(route_desc r, const float *logits
         if (lane + 32 * i < E) mx = v[i] > mx ? v[i] : mx;
     mx = warp_max(mx);
     uint32_t taken = 0;
-    float sum = 0.0f;
+    float sum = 0.0f, my_score = 0.0f;
+    int my_sel = 0;
     if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
 #pragma unroll
         for (int i = 0; i < PL; i++)
@@ -2631,33 +2682,34 @@ template <int PL> __global__ void k_route_warp(route_desc r, const float *logits
             if (ob >= 0 && (best < 0 || os > bs || (os == bs && ob < best))) best = ob, bs = os;
         }
         if (best % 32 == lane) taken |= 1u << (best / 32);
-        if (lane == 0) st[k] = best;
+        if (lane == k) my_sel = best, my_score = bs; /* choice k stays in lane k (K <= 32) */
     }
-    __syncwarp();
-    if (lane != 0) return;
+    /* The weights as the one-thread kernel computes them, the sums in choice order (each
+     * lane adds the choices' values in turn, fetched by shuffles): the choices and their
+     * logits stay in registers, where reading them back from memory cost a round trip
+     * each (~8 us a layer on the H100). */
+    const unsigned full = 0xffffffffu;
+    float w;
     if (r.kind == LM_ROUTER_SOFTMAX_TOPK) {
-        for (int k = 0; k < K; k++) wt[k] = expf(lg[st[k]] - mx) / sum;
+        w = expf(my_score - mx) / sum;
         if (r.renormalize) {
             float tot = 0;
-            for (int k = 0; k < K; k++) tot += wt[k];
-            for (int k = 0; k < K; k++) wt[k] /= tot;
+            for (int k = 0; k < K; k++) tot += __shfl_sync(full, w, k);
+            w /= tot;
         }
     } else {
-        float m0 = lg[st[0]], s = 0;
-        for (int k = 0; k < K; k++) s += (wt[k] = expf(lg[st[k]] - m0));
-        for (int k = 0; k < K; k++) wt[k] /= s;
+        float m0 = __shfl_sync(full, my_score, 0), e = expf(my_score - m0), s = 0;
+        for (int k = 0; k < K; k++) s += __shfl_sync(full, e, k);
+        w = e / s;
     }
-    if (r.scale != 1.0f && r.scale != 0.0f)
-        for (int k = 0; k < K; k++) wt[k] *= r.scale;
-    for (int a = 1; a < K; a++)
-        for (int b = a; b > 0 && st[b - 1] > st[b]; b--) {
-            int32_t ti = st[b];
-            st[b] = st[b - 1];
-            st[b - 1] = ti;
-            float tw = wt[b];
-            wt[b] = wt[b - 1];
-            wt[b - 1] = tw;
-        }
+    if (r.scale != 1.0f && r.scale != 0.0f) w *= r.scale;
+    /* ascending expert order (the summation order): choice k goes where its rank says */
+    int rank = 0;
+    for (int k = 0; k < K; k++) rank += __shfl_sync(full, my_sel, k) < my_sel;
+    if (lane < K) {
+        st[rank] = my_sel;
+        wt[rank] = w;
+    }
 }
 
 static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, int n, int32_t *sel, float *selw) {
@@ -2678,7 +2730,7 @@ static int cuda_route(lm_backend *be, const lm_router *r, const float *logits, i
         !(d.bias = dev_floats(be, r->correction_bias, (size_t)E, "router correction biases")))
         return -1;
     if (n <= 0) return 0;
-    if (!impl_of(be)->simple && r->kind != LM_ROUTER_SIGMOID && E <= 32 * RW_MAX_PER_LANE) {
+    if (!impl_of(be)->simple && r->kind != LM_ROUTER_SIGMOID && E <= 32 * RW_MAX_PER_LANE && K <= 32) {
         tim_begin(impl_of(be));
         int pl = (E + 31) / 32;
         void (*kern)(route_desc, const float *, int, int32_t *, float *) =

@@ -1,0 +1,78 @@
+#!/bin/bash
+# lazymoe CUDA against llama.cpp CUDA in one call on the GPU box (issue 18): the CUDA tests, then
+# llama.cpp built there from source (tools/llamacpp_cuda.sh --pack makes build/llamacpp-carry) and
+# both engines on 24 layers of Qwen3-30B-A3B shapes at 4.5 bits: llama.cpp on Q4_0 (--pure), lazymoe
+# on MLX 4-bit group 64 (its own format, 4.5 bits too) and on the same Q4_0 file; every expert in
+# GPU memory, then experts of 18 of 24 layers on the CPU (llama.cpp -ncmoe 18) against lazymoe with
+# GPU memory for 25% of the experts.
+# Here: make CUDA=1 cuda-carry (build/carry90), tools/llamacpp_cuda.sh --pack (build/llamacpp-carry),
+# then XZ_OPT=-9e tar cJf build/device-carry.tar.xz build/carry90 build/llamacpp-carry and carry it
+# with this script (~4.5 MB: the device tool takes 64 MiB with the tree). ~6 minutes there, most
+# of it llama.cpp's build.
+tar xJf build/device-carry.tar.xz
+export LAZYMOE_SOURCE_DIR=$PWD LD_LIBRARY_PATH=$PWD/build/carry90/libs
+C=$PWD/build/carry90/lazymoe; T=$PWD/build/carry90/test_cuda
+S=$OUT/summary.txt
+st() { echo "== $* ($SECONDS s)" >> $S; }
+cat build/carry90/commit.txt > $S
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> $S
+ldd $C | grep "not found" >> $S
+timeout 100 $T > $OUT/test_cuda.txt 2>&1; echo "exit $?" >> $OUT/test_cuda.txt
+echo "tests: ok $(grep -c '^ok ' $OUT/test_cuda.txt) FAIL $(grep -c '^FAIL' $OUT/test_cuda.txt) at $SECONDS s" >> $S
+grep -A3 '^FAIL' $OUT/test_cuda.txt | head -20 >> $S
+W=/tmp/lw; mkdir -p $W; export XDG_CACHE_HOME=$W/xdg
+tar xJf build/llamacpp-carry/llama-src.tar.xz -C $W
+( nice -n 5 cmake -S $W/llama.cpp -B $W/build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON \
+   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release && nice -n 5 cmake --build $W/build -j 16 --target llama-bench llama-quantize ) > $OUT/llama_build.txt 2>&1 &
+bp=$!
+st "synth g32"
+$C synth --preset qwen3-30b-a3b --layers 24 --bits 4 --group-size 32 --out $W/g32 --threads 8 --quiet > $OUT/synth32.txt 2>&1
+st "gguf q4_1"
+build/llamacpp-carry/gguf_from_mlx $W/g32 $W/q41.gguf > $OUT/gguf.txt 2>&1; rm -rf $W/g32
+st "synth g64"
+$C synth --preset qwen3-30b-a3b --layers 24 --bits 4 --group-size 64 --out $W/g64 --threads 8 --quiet > $OUT/synth64.txt 2>&1
+st "wait build"
+wait $bp; echo "build exit $?" >> $S
+B=$W/build/bin
+"$B/llama-quantize" --pure --allow-requantize $W/q41.gguf $W/q40.gguf q4_0 16 > $OUT/quant.txt 2>&1; echo "quantize exit $?" >> $S; rm -f $W/q41.gguf
+ls -la $W >> $S; df -h /tmp | tail -1 >> $S
+st "llama-bench ngl99"
+timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $OUT/llama_ngl99.json 2> $OUT/llama_ngl99.err
+lz() { local n=$1 m=$2; shift 2; timeout 120 $C bench $m --backend cuda --ctx 4096 --no-warm-start --json -v "$@" > $OUT/lz_$n.json 2> $OUT/lz_$n.err; }
+st "lazymoe"
+lz g64_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64
+lz g64_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64
+lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64
+lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64
+lz g64_p512_b $W/g64 --prompt-tokens 512 --gen-tokens 64
+lz g64_p1_b $W/g64 --prompt-tokens 1 --gen-tokens 64
+st "llama-bench ngl99 again"
+timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $OUT/llama_ngl99_b.json 2> $OUT/llama_ngl99_b.err
+st "llama-bench ncmoe 18"
+timeout 200 $B/llama-bench -m $W/q40.gguf -ngl 99 -ncmoe 18 -t 16 -p 512 -n 64 -r 1 -o json > $OUT/llama_ncmoe.json 2> $OUT/llama_ncmoe.err
+B25=$(python3 -c "
+import json
+g = json.load(open('$OUT/lz_g64_p512.json'))['gpu']
+print(int(g['resident_bytes'] + g['expert_bytes'] // 4))" 2>>$S)
+st "lazymoe 25% $B25"
+[ -n "$B25" ] && lz g64_25_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64 --gpu-memory $B25
+[ -n "$B25" ] && lz g64_25_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64 --gpu-memory $B25
+st "done"
+python3 - $OUT >> $S <<'PY'
+import json, os, sys
+d = sys.argv[1]
+for f in sorted(os.listdir(d)):
+    p = os.path.join(d, f)
+    if f.startswith('llama_') and f.endswith('.json'):
+        try:
+            for r in json.load(open(p)):
+                print(f, 'n_prompt', r.get('n_prompt'), 'n_gen', r.get('n_gen'), 'avg_ts %.2f' % r['avg_ts'], 'stddev %.2f' % r.get('stddev_ts', 0))
+        except Exception as e: print(f, 'unreadable', e)
+    if f.startswith('lz_') and f.endswith('.json'):
+        try:
+            j = json.load(open(p)); g = j.get('gpu', {})
+            print(f, 'prefill %.1f decode %.2f' % (j['prefill_tok_s'], j['decode_tok_s']), 'ids', j['generated_ids'][:4], 'vram peak', g.get('vram_peak_bytes'), 'budget', g.get('budget'), 'upload', g.get('decode_upload_bytes'))
+        except Exception as e: print(f, 'unreadable', e)
+PY
+cat $S
