@@ -272,10 +272,51 @@ static void test_generation_defaults(void) {
     CHECK(lm_generation_defaults_parse("{", &p, err) != 0);
 }
 
+/* top_k over a vocabulary with many ties and NaNs: the kept set is the first k of all
+ * finite tokens sorted by logit (higher first) then id (lower first), and within it the
+ * distribution is the softmax of those k -- for k taken by one ranking pass (k <= 256) and
+ * by the heap (k > 256) alike. */
+static int by_logit_then_id(const void *a, const void *b, void *ctx) {
+    const float *l = ctx;
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (l[x] != l[y]) return l[x] > l[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+static void test_top_k_large(void) {
+    enum { V = 5000 };
+    static float l[V], pr[V];
+    static int32_t order[V];
+    uint64_t st = 3;
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        l[i] = i % 97 == 0 ? NAN : (float)(int)(lm_rng_uniform(&st) * 40) / 8.0f; /* 40 values: ties */
+        if (!isnan(l[i])) order[n++] = i;
+    }
+    qsort_r(order, (size_t)n, sizeof order[0], by_logit_then_id, l);
+    int ks[] = {1, 37, 256, 257, 300, 4000};
+    for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++) {
+        lazymoe_sampling p = params(0.8f);
+        p.top_k = ks[c];
+        int k = ks[c] < n ? ks[c] : n;
+        CHECK_EQ_INT(dist(&p, l, V, pr), k);
+        double z = 0;
+        for (int i = 0; i < k; i++) z += exp(((double)l[order[i]] - (double)l[order[0]]) / 0.8);
+        int ok = 1;
+        for (int i = 0; i < k; i++) {
+            double want = exp(((double)l[order[i]] - (double)l[order[0]]) / 0.8) / z;
+            ok &= fabs((double)pr[order[i]] - want) <= 1e-6 && pr[order[i]] > 0;
+        }
+        for (int i = k; i < n; i++) ok &= pr[order[i]] == 0.0f;
+        CHECK(ok);
+    }
+}
+
 int main(void) {
     TEST_CASE("sampler_greedy_ties_nan", test_greedy);
     TEST_CASE("sampler_temperature", test_temperature);
     TEST_CASE("sampler_top_k", test_top_k);
+    TEST_CASE("sampler_top_k_large_vocabulary_ties_nan", test_top_k_large);
     TEST_CASE("sampler_top_p", test_top_p);
     TEST_CASE("sampler_min_p", test_min_p);
     TEST_CASE("sampler_penalties", test_penalties);

@@ -95,9 +95,12 @@ void lm_sampler_note_generated(lm_sampler *s, int32_t id) {
     if (s->count[id] < UINT32_MAX) s->count[id]++;
 }
 
-/* work = logits with the penalties applied; NaN becomes -inf. */
-static void penalize(lm_sampler *s, const float *logits) {
+/* work = logits with the penalties applied; NaN becomes -inf. Returns the row to rank:
+ * the logits themselves where no penalty is set (ranking treats NaN as -inf: it compares
+ * with >, false for NaN as for -inf), saving a copy of the vocabulary a token. */
+static const float *penalize(lm_sampler *s, const float *logits) {
     const lazymoe_sampling *p = &s->p;
+    if (p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f) return logits;
     for (int i = 0; i < s->vocab; i++) s->work[i] = isnan(logits[i]) ? -INFINITY : logits[i];
     for (int i = 0; i < s->n_touched; i++) {
         int32_t id = s->touched[i];
@@ -108,6 +111,7 @@ static void penalize(lm_sampler *s, const float *logits) {
             l -= p->presence_penalty + p->frequency_penalty * (float)s->count[id];
         s->work[id] = l;
     }
+    return s->work;
 }
 
 /* Ranking order: higher logit first, then lower id. */
@@ -130,14 +134,34 @@ static void sift_down(const float *w, int32_t *h, int n, int i) {
     }
 }
 
+/* top_k up to this many: one pass keeping the best k in order (most tokens are turned
+ * away by one comparison with the k-th) instead of a heap over the vocabulary. */
+#define TOP_K_BY_INSERTION 256
+
+/* out[0..k) = the k best of ids[0..n) by better(), best first (k < n): the same list k
+ * pops of the max-heap give, since better() is a strict total order. */
+static void top_k_sorted(const float *w, const int32_t *ids, int n, int32_t *out, int k) {
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (m == k && !better(w, id, out[k - 1])) continue;
+        int j = m < k ? m++ : k - 1; /* the slot freed (the last, when full) */
+        while (j > 0 && better(w, id, out[j - 1])) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = id;
+    }
+}
+
 /* Fills cand/weight/n_cand with the tokens the draw chooses from. */
 static void rank(lm_sampler *s, const float *logits) {
     const lazymoe_sampling *p = &s->p;
-    penalize(s, logits);
-    const float *w = s->work;
+    const float *w = penalize(s, logits);
     int32_t best = -1;
+    float top = -INFINITY; /* w[best], kept in a register */
     for (int i = 0; i < s->vocab; i++)
-        if (w[i] > -INFINITY && (best < 0 || w[i] > w[best])) best = i;
+        if (w[i] > top) top = w[best = i];
     s->n_cand = 0;
     if (best < 0) return;
     if (p->temperature == 0) {
@@ -149,10 +173,7 @@ static void rank(lm_sampler *s, const float *logits) {
     double T = p->temperature, mx = w[best], total = 0;
     int n = 0;
     for (int i = 0; i < s->vocab; i++)
-        if (w[i] > -INFINITY) {
-            s->heap[n++] = i;
-            total += exp(((double)w[i] - mx) / T);
-        }
+        if (w[i] > -INFINITY) s->heap[n++] = i;
     int filtered = (p->top_k > 0 && p->top_k < n) || p->top_p < 1 || p->min_p > 0;
     if (!filtered) {
         for (int i = 0; i < n; i++) {
@@ -162,19 +183,28 @@ static void rank(lm_sampler *s, const float *logits) {
         s->n_cand = n;
         return;
     }
-    for (int i = n / 2 - 1; i >= 0; i--) sift_down(w, s->heap, n, i);
     int K = p->top_k > 0 && p->top_k < n ? p->top_k : n;
     int hn = n, kept = 0;
     if (K < n) { /* top-p's mass is relative to the top-k set: rank all of it first */
-        total = 0;
+        if (K <= TOP_K_BY_INSERTION) {
+            top_k_sorted(w, s->heap, n, s->cand, K);
+        } else {
+            for (int i = n / 2 - 1; i >= 0; i--) sift_down(w, s->heap, n, i);
+            for (int i = 0; i < K; i++) {
+                s->cand[i] = s->heap[0];
+                s->heap[0] = s->heap[--hn];
+                sift_down(w, s->heap, hn, 0);
+            }
+        }
         for (int i = 0; i < K; i++) {
-            s->cand[i] = s->heap[0];
-            s->weight[i] = exp(((double)w[s->heap[0]] - mx) / T);
+            s->weight[i] = exp(((double)w[s->cand[i]] - mx) / T);
             total += s->weight[i];
-            s->heap[0] = s->heap[--hn];
-            sift_down(w, s->heap, hn, 0);
         }
         hn = 0;
+    } else {
+        /* every token ranked: the mass top-p needs is the whole vocabulary's (index order) */
+        for (int i = 0; p->top_p < 1 && i < n; i++) total += exp(((double)w[s->heap[i]] - mx) / T);
+        for (int i = n / 2 - 1; i >= 0; i--) sift_down(w, s->heap, n, i);
     }
     double mass = 0, need = (double)p->top_p * total;
     for (int i = 0; i < K; i++) {
