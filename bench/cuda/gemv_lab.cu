@@ -5,9 +5,9 @@
  * takes ~68 us, and the GEMVs move weights at 180-540 GB/s of the card's ~3,300
  * (ncu, session 18). The variants keep gemv_body's arithmetic (lane L sums units L,
  * L+32, ... in order; the lanes by the same shuffle tree), so their outputs must be
- * bit-identical to it, and the lab checks that; what changes is how the loads are
- * issued (all of a step's loads before any arithmetic, no branch between them), how
- * many rows a warp and warps a block take, and how a nibble becomes a float.
+ * bit-identical to it, and the lab checks that; what changes is how many rows a warp,
+ * warps a block and units a lane in flight take. (Session 18 chose the backend's
+ * form with it; since then the reference is that form, gemv_affine_one.)
  *
  * Weights rotate through copies larger than the L2 cache, as a decode step's
  * layers do; each kernel is timed over a CUDA graph of launches (no host in between).
@@ -29,181 +29,34 @@
 
 /* ---- the variants ---- */
 
-__device__ __forceinline__ float scale_of(uint32_t h, int bf16) {
-    return bf16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
-}
-
-/* q (0..15) as a float: I2F, or 2^23 + q as bits minus 2^23 (exact: both are integers below 2^24) */
-template <int CVT> __device__ __forceinline__ float nib(uint32_t w, int i) {
-    uint32_t q = (w >> (4 * i)) & 15u;
-    if (CVT == 0) return (float)q;
-    return __uint_as_float(0x4b000000u | q) - 8388608.0f;
-}
-
-/* R rows a warp, W warps a block, P units a lane in flight per step. */
-template <int R, int W, int P, int CVT>
-__device__ __forceinline__ void a4_body(const mm_shape &sh, const mm_item &it, int gshift, int bf16) {
+/* The backend's affine_rows with R rows a warp, W warps a block, P units a lane in
+ * flight (the backend: 2, 4, GV_AHEAD). Session 18 also measured a nibble widened
+ * without I2F and 16-byte loads per lane (another summation order): both slower on
+ * every shape (bench/RESULTS.md), so they are no longer here. */
+template <int R, int W, int P> __device__ __forceinline__ void a4_body(const mm_shape &sh, const mm_item &it) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r0 = (blockIdx.x * W + warp) * R, rows = it.rows;
     if (r0 >= rows) return;
-    int units = sh.cols / 8, groups = sh.cols / sh.group_size;
-    const uint32_t *wrow[R];
+    const uint8_t *wrow[R];
     const uint16_t *srow[R], *brow[R];
 #pragma unroll
-    for (int a = 0; a < R; a++) {
-        int r = r0 + a < rows ? r0 + a : r0; /* a row past the end reads row r0 (its sum is not stored) */
-        wrow[a] = (const uint32_t *)((const uint8_t *)it.data + (size_t)r * sh.row_bytes);
-        srow[a] = (const uint16_t *)it.scales + (size_t)r * (size_t)groups;
-        brow[a] = (const uint16_t *)it.biases + (size_t)r * (size_t)groups;
-    }
-    float acc[R];
+    for (int a = 0; a < R; a++) affine_row(sh, it, r0 + a < rows ? r0 + a : r0, wrow[a], srow[a], brow[a]);
+    float v[R];
+    affine_rows<FMT_A4, R, P>(sh, wrow, srow, brow, it.x, __ffs(sh.group_size) - 1, sh.qdtype == LM_DT_BF16, v);
 #pragma unroll
-    for (int a = 0; a < R; a++) acc[a] = 0.0f;
-    for (int u0 = lane; u0 < units; u0 += 32 * P) {
-        uint32_t wq[P][R], sc[P][R], bi[P][R];
-        float4 xa[P], xb[P];
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            int u = u0 + 32 * p, uu = u < units ? u : u0, g = (8 * uu) >> gshift;
-            xa[p] = __ldg((const float4 *)(it.x + 8 * (size_t)uu));
-            xb[p] = __ldg((const float4 *)(it.x + 8 * (size_t)uu) + 1);
-#pragma unroll
-            for (int a = 0; a < R; a++) {
-                wq[p][a] = __ldg(wrow[a] + uu);
-                sc[p][a] = __ldg(srow[a] + g);
-                bi[p][a] = __ldg(brow[a] + g);
-            }
-        }
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            if (u0 + 32 * p >= units) break;
-            float xv[8] = {xa[p].x, xa[p].y, xa[p].z, xa[p].w, xb[p].x, xb[p].y, xb[p].z, xb[p].w};
-            float sx = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) sx += xv[i];
-#pragma unroll
-            for (int a = 0; a < R; a++) {
-                float d = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) d = fmaf(nib<CVT>(wq[p][a], i), xv[i], d);
-                float s = scale_of(sc[p][a], bf16), b = scale_of(bi[p][a], bf16);
-                acc[a] = fmaf(s, d, fmaf(b, sx, acc[a]));
-            }
-        }
-    }
-#pragma unroll
-    for (int a = 0; a < R; a++) {
-        float v = warp_sum(acc[a]);
-        if (lane == 0 && r0 + a < rows) it.y[r0 + a] = v;
-    }
+    for (int a = 0; a < R; a++)
+        if (lane == 0 && r0 + a < rows) it.y[r0 + a] = v[a];
 }
 
-template <int R, int W, int P, int CVT>
-__global__ void __launch_bounds__(W * 32) k_a4_few(mm_shape sh, mm_few b, int gshift, int bf16) {
-    a4_body<R, W, P, CVT>(sh, b.it[blockIdx.y], gshift, bf16);
+template <int R, int W, int P> __global__ void __launch_bounds__(W * 32) k_a4_few(mm_shape sh, mm_few b) {
+    a4_body<R, W, P>(sh, b.it[blockIdx.y]);
 }
 
 /* moe_routed's form: blockIdx.y the route, blockIdx.z the matrix */
-template <int R, int W, int P, int CVT>
+template <int R, int W, int P>
 __global__ void __launch_bounds__(W * 32) k_a4_routed(mm_shape sh, const mm_desc *tab, int mat0, const int32_t *sel,
-                                                      const float *x, int x_div, float *y0, float *y1, int gshift,
-                                                      int bf16) {
-    int r = blockIdx.y, mat = mat0 + (int)blockIdx.z;
-    const mm_desc &d = tab[(size_t)sel[r] * 3 + (size_t)mat];
-    mm_item it;
-    it.data = d.data;
-    it.scales = d.scales;
-    it.biases = d.biases;
-    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
-    it.y = (blockIdx.z ? y1 : y0) + (size_t)r * (size_t)sh.rows;
-    it.n = 1;
-    it.rows = sh.rows;
-    a4_body<R, W, P, CVT>(sh, it, gshift, bf16);
-}
-
-/* Another order: lane L takes 4 consecutive units (one 16-byte load of a row), units
- * 4L..4L+3, then 4L+128.., P such loads a row in flight. Its sums differ from
- * gemv_body's in order (the lab reports how far). */
-template <int R, int W, int P>
-__device__ __forceinline__ void a4w_body(const mm_shape &sh, const mm_item &it, int gshift, int bf16) {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r0 = (blockIdx.x * W + warp) * R, rows = it.rows;
-    if (r0 >= rows) return;
-    int units = sh.cols / 8, groups = sh.cols / sh.group_size;
-    const uint4 *wrow[R];
-    const uint16_t *srow[R], *brow[R];
-#pragma unroll
-    for (int a = 0; a < R; a++) {
-        int r = r0 + a < rows ? r0 + a : r0;
-        wrow[a] = (const uint4 *)((const uint8_t *)it.data + (size_t)r * sh.row_bytes);
-        srow[a] = (const uint16_t *)it.scales + (size_t)r * (size_t)groups;
-        brow[a] = (const uint16_t *)it.biases + (size_t)r * (size_t)groups;
-    }
-    float acc[R];
-#pragma unroll
-    for (int a = 0; a < R; a++) acc[a] = 0.0f;
-    int quads = units / 4; /* units % 4 == 0 here */
-    for (int q0 = lane; q0 < quads; q0 += 32 * P) {
-        uint4 wq[P][R];
-        uint32_t sc[P][R], bi[P][R]; /* a group of 64 = 8 units: a quad's 4 units share one */
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            int qd = q0 + 32 * p, qq = qd < quads ? qd : q0, g = (32 * qq) >> gshift;
-#pragma unroll
-            for (int a = 0; a < R; a++) {
-                wq[p][a] = __ldg(wrow[a] + qq);
-                sc[p][a] = __ldg(srow[a] + g);
-                bi[p][a] = __ldg(brow[a] + g);
-            }
-        }
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            int qd = q0 + 32 * p;
-            if (qd >= quads) break;
-            const float4 *xp = (const float4 *)(it.x + 32 * (size_t)qd);
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                float4 xa = __ldg(xp + 2 * j), xb = __ldg(xp + 2 * j + 1);
-                float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-                float sx = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) sx += xv[i];
-#pragma unroll
-                for (int a = 0; a < R; a++) {
-                    uint32_t w = j == 0 ? wq[p][a].x : j == 1 ? wq[p][a].y : j == 2 ? wq[p][a].z : wq[p][a].w;
-                    float d = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < 8; i++) d = fmaf((float)((w >> (4 * i)) & 15u), xv[i], d);
-                    acc[a] = fmaf(scale_of(sc[p][a], bf16), d, fmaf(scale_of(bi[p][a], bf16), sx, acc[a]));
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int a = 0; a < R; a++) {
-        float v = warp_sum(acc[a]);
-        if (lane == 0 && r0 + a < rows) it.y[r0 + a] = v;
-    }
-}
-template <int R, int W, int P>
-__global__ void __launch_bounds__(W * 32) k_a4w_few(mm_shape sh, mm_few b, int gshift, int bf16) {
-    a4w_body<R, W, P>(sh, b.it[blockIdx.y], gshift, bf16);
-}
-template <int R, int W, int P>
-__global__ void __launch_bounds__(W * 32) k_a4w_routed(mm_shape sh, const mm_desc *tab, int mat0, const int32_t *sel,
-                                                       const float *x, int x_div, float *y0, float *y1, int gshift,
-                                                       int bf16) {
-    int r = blockIdx.y, mat = mat0 + (int)blockIdx.z;
-    const mm_desc &d = tab[(size_t)sel[r] * 3 + (size_t)mat];
-    mm_item it;
-    it.data = d.data;
-    it.scales = d.scales;
-    it.biases = d.biases;
-    it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
-    it.y = (blockIdx.z ? y1 : y0) + (size_t)r * (size_t)sh.rows;
-    it.n = 1;
-    it.rows = sh.rows;
-    a4w_body<R, W, P>(sh, it, gshift, bf16);
+                                                      const float *x, int x_div, float *y0, float *y1) {
+    a4_body<R, W, P>(sh, routed_item(sh, tab, mat0, sel, x, x_div, y0, y1));
 }
 
 /* ---- the lab ---- */
@@ -269,29 +122,24 @@ static mm_shape shape_of(const family *f) {
 typedef void (*launcher)(const family *f, int c, const float *x, float *y, const mm_desc *tab, const int32_t *sel,
                          cudaStream_t st);
 
-/* dense: f->mats items in one k_gemv_few launch (q/k/v share rows = the most; here all rows alike) */
-static void ref_dense(const family *f, int c, const float *x, float *y, const mm_desc *, const int32_t *, cudaStream_t st) {
-    mm_shape sh = shape_of(f);
+/* dense: the f->mats items of copy c in one launch (q/k/v share rows = the most; here all rows alike) */
+static mm_few dense_items(const family *f, int c, const float *x, float *y) {
     mm_few b;
     memset(&b, 0, sizeof b);
     for (int m = 0; m < f->mats; m++) {
         size_t k = (size_t)c * f->mats + m;
         b.it[m] = {fw(f, k), fs(f, k), fb(f, k), x, y + (size_t)m * f->rows, 1, f->rows};
     }
-    dim3 grid((unsigned)((f->rows + GV_WARPS * GV_ROWS - 1) / (GV_WARPS * GV_ROWS)), (unsigned)f->mats);
-    k_gemv_few<FMT_A4, 1><<<grid, GV_WARPS * 32, 0, st>>>(sh, b);
+    return b;
 }
-template <int R, int W, int P, int CVT>
+static void ref_dense(const family *f, int c, const float *x, float *y, const mm_desc *, const int32_t *, cudaStream_t st) {
+    dim3 grid((unsigned)((f->rows + GV_WARPS * GV_ROWS - 1) / (GV_WARPS * GV_ROWS)), (unsigned)f->mats);
+    k_gemv_few<FMT_A4, 1><<<grid, GV_WARPS * 32, 0, st>>>(shape_of(f), dense_items(f, c, x, y));
+}
+template <int R, int W, int P>
 static void new_dense(const family *f, int c, const float *x, float *y, const mm_desc *, const int32_t *, cudaStream_t st) {
-    mm_shape sh = shape_of(f);
-    mm_few b;
-    memset(&b, 0, sizeof b);
-    for (int m = 0; m < f->mats; m++) {
-        size_t k = (size_t)c * f->mats + m;
-        b.it[m] = {fw(f, k), fs(f, k), fb(f, k), x, y + (size_t)m * f->rows, 1, f->rows};
-    }
     dim3 grid((unsigned)((f->rows + W * R - 1) / (W * R)), (unsigned)f->mats);
-    k_a4_few<R, W, P, CVT><<<grid, W * 32, 0, st>>>(sh, b, 6, 1);
+    k_a4_few<R, W, P><<<grid, W * 32, 0, st>>>(shape_of(f), dense_items(f, c, x, y));
 }
 /* routed: tab holds 128 experts x 3 matrices, all of f's shape; launch c routes its 8
  * tokens to the experts of set c (16 disjoint sets: 8 x 16 = 128) */
@@ -303,33 +151,11 @@ static void ref_routed(const family *f, int c, const float *x, float *y, const m
     k_gemv_routed<FMT_A4><<<grid, GV_WARPS * 32, 0, st>>>(sh, tab, 0, sel + 8 * c, x, 8, y,
                                                            y + 8 * (size_t)f->rows);
 }
-template <int R, int W, int P, int CVT>
+template <int R, int W, int P>
 static void new_routed(const family *f, int c, const float *x, float *y, const mm_desc *tab, const int32_t *sel,
                        cudaStream_t st) {
-    mm_shape sh = shape_of(f);
     dim3 grid((unsigned)((f->rows + W * R - 1) / (W * R)), 8, (unsigned)g_routed_z);
-    k_a4_routed<R, W, P, CVT><<<grid, W * 32, 0, st>>>(sh, tab, 0, sel + 8 * c, x, 8, y,
-                                                        y + 8 * (size_t)f->rows, 6, 1);
-}
-
-template <int R, int W, int P>
-static void neww_dense(const family *f, int c, const float *x, float *y, const mm_desc *, const int32_t *, cudaStream_t st) {
-    mm_shape sh = shape_of(f);
-    mm_few b;
-    memset(&b, 0, sizeof b);
-    for (int m = 0; m < f->mats; m++) {
-        size_t k = (size_t)c * f->mats + m;
-        b.it[m] = {fw(f, k), fs(f, k), fb(f, k), x, y + (size_t)m * f->rows, 1, f->rows};
-    }
-    dim3 grid((unsigned)((f->rows + W * R - 1) / (W * R)), (unsigned)f->mats);
-    k_a4w_few<R, W, P><<<grid, W * 32, 0, st>>>(sh, b, 6, 1);
-}
-template <int R, int W, int P>
-static void neww_routed(const family *f, int c, const float *x, float *y, const mm_desc *tab, const int32_t *sel,
-                        cudaStream_t st) {
-    mm_shape sh = shape_of(f);
-    dim3 grid((unsigned)((f->rows + W * R - 1) / (W * R)), 8, (unsigned)g_routed_z);
-    k_a4w_routed<R, W, P><<<grid, W * 32, 0, st>>>(sh, tab, 0, sel + 8 * c, x, 8, y, y + 8 * (size_t)f->rows, 6, 1);
+    k_a4_routed<R, W, P><<<grid, W * 32, 0, st>>>(shape_of(f), tab, 0, sel + 8 * c, x, 8, y, y + 8 * (size_t)f->rows);
 }
 
 typedef struct {
@@ -337,12 +163,10 @@ typedef struct {
     launcher dense, routed;
 } variant;
 
-#define V(R, W, P, CVT) {"r" #R " w" #W " p" #P " cvt" #CVT, new_dense<R, W, P, CVT>, new_routed<R, W, P, CVT>}
+#define V(R, W, P) {"r" #R " w" #W " p" #P, new_dense<R, W, P>, new_routed<R, W, P>}
 static const variant variants[] = {
     {"reference gemv_body", ref_dense, ref_routed},
-    V(2, 4, 4, 0), V(4, 4, 4, 0), V(2, 8, 4, 0), V(4, 2, 4, 0), V(2, 4, 8, 0),
-#define VW(R, W, P) {"wide r" #R " w" #W " p" #P, neww_dense<R, W, P>, neww_routed<R, W, P>}
-    VW(1, 4, 1), VW(1, 4, 2), VW(2, 4, 1), VW(2, 4, 2), VW(4, 4, 1), VW(1, 8, 2), VW(2, 8, 1), VW(1, 8, 4), VW(4, 2, 2),
+    V(2, 4, 4), V(4, 4, 4), V(2, 8, 4), V(4, 2, 4), V(2, 4, 8), V(2, 4, 2), V(1, 4, 4), V(4, 2, 2),
 };
 
 /* us per launch over a graph of `reps` launches rotating copies; the output of copy 0 in y */

@@ -946,6 +946,24 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
 
 #define GV_AHEAD 4 /* gemv_affine_one: units a lane has in flight */
 
+/* The 8 inputs of unit u (columns 8u .. 8u+7) of one token's row xt. */
+__device__ __forceinline__ void input_unit(const float *xt, int u, float (&xv)[8]) {
+    const float4 *p = (const float4 *)(xt + 8 * (size_t)u);
+    float4 a = __ldg(p), c = __ldg(p + 1);
+    xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w, xv[4] = c.x, xv[5] = c.y, xv[6] = c.z, xv[7] = c.w;
+}
+
+/* acc plus one unit's products w . x (sx: the sum of the unit's inputs, used by formats
+ * with an offset): s * sum q_i x_i + b * sx, or s * sum, or the sum, as FMT has. */
+template <int FMT> __device__ __forceinline__ float unit_acc(const wunit &w, const float (&xv)[8], float sx, float acc) {
+    float d = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) d = fmaf(w.q[i], xv[i], d);
+    if (FMT_HAS_OFFSET(FMT)) return fmaf(w.s, d, fmaf(w.b, sx, acc));
+    if (FMT_HAS_SCALE(FMT)) return fmaf(w.s, d, acc);
+    return acc + d;
+}
+
 /* A scale or offset of 16 bits as float: the value load_float gives (both conversions are exact). */
 __device__ __forceinline__ float half_or_bf16(uint32_t h, int bf16) {
     return bf16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
@@ -964,7 +982,7 @@ __device__ __forceinline__ float half_or_bf16(uint32_t h, int bf16) {
  * against a float conversion without I2F, which was slower). */
 /* The sums of R rows (each its own weights, scales and offsets; one shared input x of
  * sh.cols values) for one token: every lane returns them in out. */
-template <int FMT, int R>
+template <int FMT, int R, int P = GV_AHEAD>
 __device__ __forceinline__ void affine_rows(const mm_shape &sh, const uint8_t *const (&wrow)[R],
                                             const uint16_t *const (&srow)[R], const uint16_t *const (&brow)[R],
                                             const float *xt, int gshift, int bf16, float (&out)[R]) {
@@ -972,15 +990,14 @@ __device__ __forceinline__ void affine_rows(const mm_shape &sh, const uint8_t *c
     float acc[R];
 #pragma unroll
     for (int a = 0; a < R; a++) acc[a] = 0.0f;
-    for (int u0 = lane; u0 < units; u0 += 32 * GV_AHEAD) {
-        uint2 wq[GV_AHEAD][R]; /* A4: .x only */
-        uint32_t sc[GV_AHEAD][R], bi[GV_AHEAD][R];
-        float4 xa[GV_AHEAD], xb[GV_AHEAD];
+    for (int u0 = lane; u0 < units; u0 += 32 * P) {
+        uint2 wq[P][R]; /* A4: .x only */
+        uint32_t sc[P][R], bi[P][R];
+        float xv[P][8];
 #pragma unroll
-        for (int p = 0; p < GV_AHEAD; p++) {
+        for (int p = 0; p < P; p++) {
             int u = u0 + 32 * p, uu = u < units ? u : u0, g = (8 * uu) >> gshift; /* past the end: unit u0 again, unused */
-            xa[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu));
-            xb[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu) + 1);
+            input_unit(xt, uu, xv[p]);
 #pragma unroll
             for (int a = 0; a < R; a++) {
                 if (FMT == FMT_A4) wq[p][a].x = __ldg((const uint32_t *)wrow[a] + uu);
@@ -990,12 +1007,11 @@ __device__ __forceinline__ void affine_rows(const mm_shape &sh, const uint8_t *c
             }
         }
 #pragma unroll
-        for (int p = 0; p < GV_AHEAD; p++) {
+        for (int p = 0; p < P; p++) {
             if (u0 + 32 * p >= units) break;
-            float xv[8] = {xa[p].x, xa[p].y, xa[p].z, xa[p].w, xb[p].x, xb[p].y, xb[p].z, xb[p].w};
             float sx = 0.0f;
 #pragma unroll
-            for (int i = 0; i < 8; i++) sx += xv[i];
+            for (int i = 0; i < 8; i++) sx += xv[p][i];
 #pragma unroll
             for (int a = 0; a < R; a++) {
                 float d = 0.0f;
@@ -1003,7 +1019,7 @@ __device__ __forceinline__ void affine_rows(const mm_shape &sh, const uint8_t *c
                 for (int i = 0; i < 8; i++) {
                     uint32_t q = FMT == FMT_A4 ? (wq[p][a].x >> (4 * i)) & 15u
                                                : ((i < 4 ? wq[p][a].x : wq[p][a].y) >> (8 * (i & 3))) & 255u;
-                    d = fmaf((float)q, xv[i], d);
+                    d = fmaf((float)q, xv[p][i], d);
                 }
                 acc[a] = fmaf(half_or_bf16(sc[p][a], bf16), d, fmaf(half_or_bf16(bi[p][a], bf16), sx, acc[a]));
             }
@@ -1072,32 +1088,23 @@ template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_sh
             for (int a = 0; a < GV_ROWS; a++) acc[a] = 0.0f;
             for (int u0 = lane; u0 < units; u0 += 64) {
                 wunit w[2][GV_ROWS];
-                float4 xa[2], xb[2];
+                float xv[2][8];
 #pragma unroll
                 for (int p = 0; p < 2; p++) {
                     int uu = u0 + 32 * p < units ? u0 + 32 * p : u0;
-                    xa[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu));
-                    xb[p] = __ldg((const float4 *)(xt + 8 * (size_t)uu) + 1);
+                    input_unit(xt, uu, xv[p]);
 #pragma unroll
                     for (int a = 0; a < GV_ROWS; a++) load_unit<FMT>(sh, it, rr[a], uu, w[p][a]);
                 }
 #pragma unroll
                 for (int p = 0; p < 2; p++) {
                     if (u0 + 32 * p >= units) break;
-                    float xv[8] = {xa[p].x, xa[p].y, xa[p].z, xa[p].w, xb[p].x, xb[p].y, xb[p].z, xb[p].w};
                     float sx = 0.0f;
                     if (FMT_HAS_OFFSET(FMT))
 #pragma unroll
-                        for (int i = 0; i < 8; i++) sx += xv[i];
+                        for (int i = 0; i < 8; i++) sx += xv[p][i];
 #pragma unroll
-                    for (int a = 0; a < GV_ROWS; a++) {
-                        float d = 0.0f;
-#pragma unroll
-                        for (int i = 0; i < 8; i++) d = fmaf(w[p][a].q[i], xv[i], d);
-                        if (FMT_HAS_OFFSET(FMT)) acc[a] = fmaf(w[p][a].s, d, fmaf(w[p][a].b, sx, acc[a]));
-                        else if (FMT_HAS_SCALE(FMT)) acc[a] = fmaf(w[p][a].s, d, acc[a]);
-                        else acc[a] += d;
-                    }
+                    for (int a = 0; a < GV_ROWS; a++) acc[a] = unit_acc<FMT>(w[p][a], xv[p], sx, acc[a]);
                 }
             }
 #pragma unroll
@@ -1123,10 +1130,7 @@ template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_sh
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 if (t < nt) {
-                    const float4 *p = (const float4 *)(xt + (size_t)t * (size_t)sh.cols + 8 * (size_t)u);
-                    float4 a = __ldg(p), c = __ldg(p + 1);
-                    xv[t][0] = a.x, xv[t][1] = a.y, xv[t][2] = a.z, xv[t][3] = a.w;
-                    xv[t][4] = c.x, xv[t][5] = c.y, xv[t][6] = c.z, xv[t][7] = c.w;
+                    input_unit(xt + (size_t)t * (size_t)sh.cols, u, xv[t]);
                     sx[t] = 0.0f;
                     if (FMT_HAS_OFFSET(FMT))
 #pragma unroll
@@ -1140,16 +1144,8 @@ template <int FMT, int NT> __device__ __forceinline__ void gemv_body(const mm_sh
                 wunit w;
                 load_unit<FMT>(sh, it, r, u, w);
 #pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    if (t < nt) {
-                        float d = 0.0f;
-#pragma unroll
-                        for (int i = 0; i < 8; i++) d = fmaf(w.q[i], xv[t][i], d);
-                        if (FMT_HAS_OFFSET(FMT)) acc[a][t] = fmaf(w.s, d, fmaf(w.b, sx[t], acc[a][t]));
-                        else if (FMT_HAS_SCALE(FMT)) acc[a][t] = fmaf(w.s, d, acc[a][t]);
-                        else acc[a][t] += d;
-                    }
-                }
+                for (int t = 0; t < NT; t++)
+                    if (t < nt) acc[a][t] = unit_acc<FMT>(w, xv[t], sx[t], acc[a][t]);
             }
         }
 #pragma unroll
@@ -1187,10 +1183,8 @@ typedef struct {
  * the matrix (mat0 + z) and the output (y0 or y1). The inputs are row r / x_div of
  * x; the output row r of y. The same gemv_body as k_gemv: one token per item, as a
  * host-routed decode step's experts are. */
-template <int FMT>
-__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, const mm_desc *tab, int mat0,
-                                                                const int32_t *sel, const float *x, int x_div,
-                                                                float *y0, float *y1) {
+__device__ __forceinline__ mm_item routed_item(const mm_shape &sh, const mm_desc *tab, int mat0, const int32_t *sel,
+                                               const float *x, int x_div, float *y0, float *y1) {
     int r = blockIdx.y, mat = mat0 + (int)blockIdx.z;
     const mm_desc &d = tab[(size_t)sel[r] * 3 + (size_t)mat];
     mm_item it;
@@ -1201,7 +1195,14 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, cons
     it.y = (blockIdx.z ? y1 : y0) + (size_t)r * (size_t)sh.rows;
     it.n = 1;
     it.rows = sh.rows;
-    gemv_body<FMT, 1>(sh, it);
+    return it;
+}
+
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                const int32_t *sel, const float *x, int x_div,
+                                                                float *y0, float *y1) {
+    gemv_body<FMT, 1>(sh, routed_item(sh, tab, mat0, sel, x, x_div, y0, y1));
 }
 
 /* Prefill: TR rows x TT tokens per block (256 x 16, 128 x 32 or 64 x 64: the shape
