@@ -344,7 +344,8 @@ static void extreme_affine(lm_mat *W) {
 
 static void fast_case(const char *what, lm_dtype dt, int rows, int cols, int bits, int gs, lm_dtype qdt, int extreme,
                       int expect_fast) {
-    /* k_gemv below 8 tokens, k_gemm from 8 (tiles of 256 x 16, 128 x 32 or 64 x 64) */
+    /* k_gemv below 8 tokens, from 8 k_gemm (tiles of 256 x 16, 128 x 32 or 64 x 64) or, for
+     * integer-valued weights, k_gemm_tc (128 rows x 16 or 32 tokens) */
     static const int ns[] = {1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 32, 33, 64, 70, 100};
     lm_mat W = make_mat(dt, rows, cols, 0, bits, gs, qdt);
     if (extreme) extreme_affine(&W);
@@ -358,6 +359,8 @@ static void matmul_fast_kernels(void) {
     fast_case("f16", LM_DT_F16, 65, 136, 0, 0, 0, 0, 1);
     fast_case("bf16", LM_DT_BF16, 3, 256, 0, 0, 0, 0, 1);
     fast_case("affine 4-bit g64 bf16", LM_DT_U32, 131, 512, 4, 64, LM_DT_BF16, 0, 1);
+    /* a model's width: 64 of k_gemm_tc's 32-column steps summed */
+    fast_case("affine 4-bit g64 bf16 2048 columns", LM_DT_U32, 150, 2048, 4, 64, LM_DT_BF16, 0, 1);
     fast_case("affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
     fast_case("affine 4-bit g128 f32", LM_DT_U32, 1, 384, 4, 128, LM_DT_F32, 0, 1);
     fast_case("affine 4-bit extreme f16", LM_DT_U32, 67, 256, 4, 64, LM_DT_F16, 1, 1);

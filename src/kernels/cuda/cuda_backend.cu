@@ -27,6 +27,7 @@
  * comes out of the lazy cache (correct, and an upload per use); phase 2 replaces it
  * with the VRAM expert tier of issue 18.
  */
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -108,6 +109,7 @@ typedef struct {
     size_t n_pinned, cap_pinned;
     /* 1: the reference kernels only (lm_backend_cuda_set_simple; LAZYMOE_CUDA_KERNELS=simple) */
     int simple;
+    int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
      * staging area, so they return without waiting for the GPU: the host bytes are
      * copied there first; a half is reused only after the copies reading it finished
@@ -1298,6 +1300,151 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
         }
 }
 
+/* ---- prefill on the tensor cores ----
+ * k_gemm_tc: weights whose values are w = s * q + b with q a small integer (affine 4/8-bit,
+ * Q4_0, Q8_0, Q4_K: |q| <= 255, exact in bf16) and s, b constant over each 32 columns.
+ * The tensor cores multiply bf16, which would round the f32 inputs to 8 significant bits;
+ * instead each input is split into x = hi + lo, two bf16 whose sum carries 16 bits (the
+ * rest is below 2^-17 of x), and both halves go through the MMA against the exact q. Per
+ * 32 columns the products sum into acc (f32), and the row's scale and offset are applied
+ * once: y += s * acc + b * sum(x) -- the decomposition k_gemv's unit_acc uses. The result
+ * is within ~1e-5 of the f32 product (the tests bound it like k_gemm's), and, since every
+ * output's arithmetic is the same whatever the tile, an item's result depends only on its
+ * own weights, inputs and token count.
+ *
+ * mma.m16n8k16: A = 16 tokens x 16 columns, B = 16 columns x 8 weight rows. The columns of
+ * a 32-column chunk are permuted so that lane (g = lane / 4, t = lane % 4) holds all it
+ * needs as whole 8-column units: its B values are unit t of weight row g (one load_unit),
+ * its A values unit t of tokens g and g + 8. MMA step st (0, 1) takes unit values 4st..4st+3
+ * of every lane; the sum over a chunk is the same sum in another order. */
+#define TC_WARPS 4
+#define TC_NT 4                           /* 8-row tiles a warp computes (32 rows) */
+#define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes: 128 */
+#define TC_CHUNK 32                       /* columns per scale step */
+
+__device__ __forceinline__ uint32_t bf16x2_bits(float lo_elem, float hi_elem) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo_elem, hi_elem); /* .x: the lower 16 bits */
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+/* (a, b) as hi + lo in two bf16x2 words. */
+__device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t &hi, uint32_t &lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    float ha = __low2float(h), hb = __high2float(h);
+    memcpy(&hi, &h, sizeof hi);
+    lo = bf16x2_bits(__fsub_rn(a, ha), __fsub_rn(b, hb));
+}
+
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* MT 16-token tiles per warp; a block: TC_ROWS rows x 16 * MT tokens. */
+template <int FMT, int MT>
+__global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
+    const mm_item &it = b.it[blockIdx.z];
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int t0 = blockIdx.y * 16 * MT, r0 = blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8;
+    if (t0 >= it.n || r0 >= it.rows) return; /* the whole warp: no lane of it has work */
+    float tot[MT][TC_NT][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) tot[m][j][i] = 0.0f;
+    for (int c = 0; c < sh.cols / TC_CHUNK; c++) {
+        int u = c * (TC_CHUNK / 8) + t; /* this lane's unit of the chunk */
+        uint32_t ahi[MT][2][4], alo[MT][2][4];
+        float sx[MT][2]; /* the chunk's input sums of tokens g and g + 8 */
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int tok = t0 + 16 * m + 8 * h + g;
+                float xv[8];
+                if (tok < it.n) {
+                    input_unit(it.x + (size_t)tok * (size_t)sh.cols, u, xv);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 8; i++) xv[i] = 0.0f;
+                }
+                float s = xv[0];
+#pragma unroll
+                for (int i = 1; i < 8; i++) s = __fadd_rn(s, xv[i]);
+                s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 1));
+                s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 2)); /* every lane of the row: the same sum */
+                sx[m][h] = s;
+#pragma unroll
+                for (int st = 0; st < 2; st++) {
+                    split_bf16x2(xv[4 * st], xv[4 * st + 1], ahi[m][st][h], alo[m][st][h]);
+                    split_bf16x2(xv[4 * st + 2], xv[4 * st + 3], ahi[m][st][2 + h], alo[m][st][2 + h]);
+                }
+            }
+#pragma unroll
+        for (int j = 0; j < TC_NT; j++) {
+            int r = r0 + 8 * j + g;
+            wunit w;
+            if (r < it.rows) {
+                load_unit<FMT>(sh, it, r, u, w);
+            } else {
+                w.s = 0.0f;
+                w.b = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) w.q[i] = 0.0f;
+            }
+            float acc[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[m][i] = 0.0f;
+#pragma unroll
+            for (int st = 0; st < 2; st++) {
+                uint32_t b0 = bf16x2_bits(w.q[4 * st], w.q[4 * st + 1]), b1 = bf16x2_bits(w.q[4 * st + 2], w.q[4 * st + 3]);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    mma_bf16_16x8x16(acc[m], ahi[m][st], b0, b1);
+                    mma_bf16_16x8x16(acc[m], alo[m][st], b0, b1);
+                }
+            }
+            /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale and offset
+             * the lanes of those rows loaded (all four lanes of a row: the same group) */
+            float s0 = __shfl_sync(0xffffffffu, w.s, 8 * t), s1 = __shfl_sync(0xffffffffu, w.s, 8 * t + 4);
+            float b0 = __shfl_sync(0xffffffffu, w.b, 8 * t), b1 = __shfl_sync(0xffffffffu, w.b, 8 * t + 4);
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    float sc = i & 1 ? s1 : s0, of = i & 1 ? b1 : b0, v = __fmul_rn(sc, acc[m][i]);
+                    if (FMT_HAS_OFFSET(FMT)) v = __fadd_rn(v, __fmul_rn(of, sx[m][i >> 1]));
+                    tot[m][j][i] = __fadd_rn(tot[m][j][i], v);
+                }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int tok = t0 + 16 * m + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
+                if (tok < it.n && r < it.rows) it.y[(size_t)tok * (size_t)it.rows + (size_t)r] = tot[m][j][i];
+            }
+}
+
+/* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
+ * scale and offset hold over every 32 columns. */
+static int gemm_tc_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
+    if (im->no_tc) return 0;
+    if (sh->cols % TC_CHUNK != 0) return 0;
+    if (fmt == FMT_A4 || fmt == FMT_A8) return sh->group_size % TC_CHUNK == 0;
+    return fmt == FMT_Q4_0 || fmt == FMT_Q8_0 || fmt == FMT_Q4_K;
+}
+
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
 #define GEMM_MIN_TOKENS 8
@@ -1436,12 +1583,27 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
+template <int MT> static mm_kernel gemm_tc_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_A4: return k_gemm_tc<FMT_A4, MT>;
+    case FMT_A8: return k_gemm_tc<FMT_A8, MT>;
+    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, MT>;
+    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, MT>;
+    default: return k_gemm_tc<FMT_Q4_K, MT>;
+    }
+}
+/* 16 tokens a warp where the items are that small (a layer's experts in a chunk), else 32
+ * (the result is the same either way) */
+static int gemm_tc_tiles(int max_n) { return max_n <= 16 ? 1 : 2; }
+static mm_kernel gemm_tc_kernel(int fmt, int mt) { return mt == 1 ? gemm_tc_kernel_of<1>(fmt) : gemm_tc_kernel_of<2>(fmt); }
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
                                "gemv q8_0", "gemv q4_k"};
     static const char *gm[] = {"", "gemm f32", "gemm f16", "gemm bf16", "gemm affine4", "gemm affine8", "gemm q4_0",
                                "gemm q8_0", "gemm q4_k"};
-    return gemm ? gm[fmt] : gv[fmt];
+    static const char *tc[] = {"", "", "", "", "gemm_tc affine4", "gemm_tc affine8", "gemm_tc q4_0", "gemm_tc q8_0",
+                               "gemm_tc q4_k"};
+    return gemm == 2 ? tc[fmt] : gemm ? gm[fmt] : gv[fmt];
 }
 
 /* Tokens from which the tiled kernel is used: below it the row kernel reads the
@@ -1488,6 +1650,14 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     int count = p->count;
     p->count = 0;
     im->fast_launches++;
+    if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
+        int mt = gemm_tc_tiles(p->max_n);
+        dim3 grid(blocks_for((size_t)p->sh.rows, TC_ROWS), blocks_for((size_t)p->max_n, 16u * (unsigned)mt), (unsigned)count);
+        if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
+        tim_begin(im);
+        gemm_tc_kernel(p->fmt, mt)<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+        return launched(be, fmt_name(p->fmt, 2));
+    }
     if (gemm) {
         /* token tiles of 16 or 32 where they waste less than tiles of 64 (the result
          * is the same either way: see k_gemm) */
@@ -3403,6 +3573,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     }
     const char *k = getenv("LAZYMOE_CUDA_KERNELS");
     if (k && !strcmp(k, "simple")) im->simple = 1;
+    const char *tc = getenv("LAZYMOE_CUDA_TC");
+    if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
     if (gr && !strcmp(gr, "0")) im->graphs_off = 1;
     const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
