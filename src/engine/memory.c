@@ -165,8 +165,8 @@ int lm_kv_cache_grow(lazymoe_session *s, int cap, char *err) {
             lm_backend_release(be, &bufs[i]);
             bufs[i] = nb;
         }
-        s->k_cache[l] = (lm_kv){dt, bufs[0].ptr, bufs[1].ptr};
-        s->v_cache[l] = (lm_kv){dt, bufs[2].ptr, bufs[3].ptr};
+        s->k_cache[l] = (lm_kv){dt, bufs[0].ptr, bufs[1].ptr, cap};
+        s->v_cache[l] = (lm_kv){dt, bufs[2].ptr, bufs[3].ptr, cap};
     }
     int32_t *t = realloc(s->tokens, sizeof(int32_t) * (size_t)cap);
     if (!t && cap < s->cap_ctx) { /* the larger token list still serves */

@@ -68,6 +68,8 @@ typedef struct {
     lm_dtype dtype;
     void *data;
     float *scales; /* LM_DT_I8 only: [positions][n_kv] */
+    int positions; /* positions it holds (0: not said; a device backend then sizes its
+                    * attention launches by the call's positions only) */
 } lm_kv;
 
 /* Memory the backend owns. `ptr` is a device address: on the CPU backend it is host

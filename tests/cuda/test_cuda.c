@@ -697,6 +697,7 @@ static int kv_fill(kv_pair *p, lm_dtype dt, int cap, int n_kv, int hd) {
     lm_kv *kv[4] = {&p->hk, &p->hv, &p->dk, &p->dv};
     for (int i = 0; i < 4; i++) {
         kv[i]->dtype = dt;
+        kv[i]->positions = 0;
         kv[i]->data = i < 2 ? calloc(1, p->bytes) : dev_from(NULL, p->bytes);
         kv[i]->scales = !p->sbytes ? NULL : i < 2 ? calloc(1, p->sbytes) : dev_from(NULL, p->sbytes);
     }
@@ -779,12 +780,48 @@ static void attention(void) {
     /* more keys than one tile of the fast kernel (512), f16 rows read 8 values at a time */
     attention_case(LM_DT_F16, 2, 1100, 8, 2, 128, 0, 1);
     attention_case(LM_DT_F16, 1, 1300, 4, 4, 64, 700, 0);
+    attention_case(LM_DT_F16, 1, 5000, 8, 2, 128, 0, 1); /* decode: 20 tiles over blocks, merged */
+    attention_case(LM_DT_F32, 3, 2000, 4, 2, 96, 0, 0);
     attention_case(LM_DT_I8, 1, 600, 4, 1, 96, 0, 0);
     /* the reference kernel (phase 1's) on the same cases */
     lm_backend_cuda_set_simple(gpu, 1);
     attention_case(LM_DT_F16, 2, 1100, 8, 2, 128, 0, 1);
     attention_case(LM_DT_F32, 37, 100, 8, 2, 64, 0, 1);
     lm_backend_cuda_set_simple(gpu, 0);
+}
+
+/* Up to 4 queries split their keys over blocks (a block per 256-key tile, the partials
+ * merged in tile order); more are one block each, walking the same tiles with the same
+ * arithmetic: a query's result is the same bits either way, and with the split's grid
+ * sized by a larger cache capacity (what a recorded decode step uses). */
+static void attention_split_same_case(int P, int window) {
+    enum { N = 6, HEADS = 8, NKV = 2, HD = 128 };
+    kv_pair p;
+    CHECKF(kv_fill(&p, LM_DT_F16, P + 1, NKV, HD), "kv cache");
+    size_t row = (size_t)HEADS * HD;
+    float *q = rand_floats(N * row, -1, 1), scale = 1.0f / sqrtf((float)HD);
+    float *dq = dev_from(q, sizeof(float) * N * row), *dmany = dev_from(NULL, sizeof(float) * N * row);
+    float *done = dev_from(NULL, sizeof(float) * row), *dcap = dev_from(NULL, sizeof(float) * row);
+    /* queries at P - N + 1 .. P in one call; the last one alone */
+    CHECK(gpu->ops->attention(gpu, dmany, dq, &p.dk, &p.dv, N, P - N + 1, HEADS, NKV, HD, scale, window, NULL) == 0);
+    CHECK(gpu->ops->attention(gpu, done, dq + (N - 1) * row, &p.dk, &p.dv, 1, P, HEADS, NKV, HD, scale, window, NULL) == 0);
+    lm_kv k2 = p.dk, v2 = p.dv;
+    k2.positions = v2.positions = 4 * (P + 1);
+    CHECK(gpu->ops->attention(gpu, dcap, dq + (N - 1) * row, &k2, &v2, 1, P, HEADS, NKV, HD, scale, window, NULL) == 0);
+    float *many = host_from(dmany, sizeof(float) * N * row), *one = host_from(done, sizeof(float) * row);
+    float *cap = host_from(dcap, sizeof(float) * row);
+    CHECKF(same_bits("split vs one block", one, many + (N - 1) * row, sizeof(float) * row), "P=%d window %d", P, window);
+    CHECKF(same_bits("split, grid by capacity", cap, one, sizeof(float) * row), "P=%d window %d", P, window);
+    free(q), free(many), free(one), free(cap);
+    dev_free(dq), dev_free(dmany), dev_free(done), dev_free(dcap);
+    kv_free(&p);
+}
+
+static void attention_split_same(void) {
+    attention_split_same_case(3000, 0);
+    attention_split_same_case(700, 0);
+    attention_split_same_case(2500, 1000);
+    attention_split_same_case(256, 0); /* two tiles, the second of one key */
 }
 
 /* ---- routing ---------------------------------------------------------------------------------------------- */
@@ -1360,6 +1397,7 @@ int main(void) {
     TEST_CASE("cuda_pending_pairs_bit_identical", pending_pairs);
     TEST_CASE("cuda_kv_store", kv_store_types);
     TEST_CASE("cuda_attention", attention);
+    TEST_CASE("cuda_attention_split_same", attention_split_same);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);

@@ -109,6 +109,9 @@ typedef struct {
     size_t n_pinned, cap_pinned;
     /* 1: the reference kernels only (lm_backend_cuda_set_simple; LAZYMOE_CUDA_KERNELS=simple) */
     int simple;
+    float *att_parts; /* k_attention_split's partials (attn_scratch) */
+    size_t att_parts_bytes;
+    int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
      * staging area, so they return without waiting for the GPU: the host bytes are
@@ -2496,19 +2499,28 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
     }
 }
 
-/* Attention, fast: one block of 256 threads per (query token, head). Keys are taken
- * in tiles of AF_TILE counted from the first visible one. In a tile every thread
- * scores its own keys (a whole dot product, q from shared memory, f16 rows 8 values
- * a load), the block takes their max and rescales its running sums, each thread
- * turns its scores into exp(score - max) in place and the block sums them; then the
- * values: thread (pair of dims dp, key group g) accumulates every G-th key's values
- * of its two dims, the G groups' sums added in order at the end. A query's result
- * depends only on its own position and the cache (not on how many queries share the
- * call). The reference kernel (k_attention) is the CPU's walk. */
+/* Attention, fast: blocks of 256 threads. Keys are taken in tiles of AF_TILE counted
+ * from the first visible one, and each tile is summed on its own (attn_tile_sums): every
+ * thread scores its own keys (a whole dot product, q from shared memory, f16 rows 8
+ * values a load), the block takes the tile's max m, each thread turns its scores into
+ * exp(score - m) in place and the block sums them (l); then the values: thread (pair of
+ * dims dp, key group g) accumulates every G-th key's values of its two dims, the G
+ * groups' sums added in order (o). The tiles' (m, l, o) are then merged in tile order
+ * (merge_tile). Two kernels do that with the same arithmetic:
+ *   k_attention_fast   one block per (query, head) walks its tiles in turn;
+ *   k_attention_split  one block per (query, head, tile), the partials into device
+ *                      scratch, and k_attention_merge merges them: a decode step's 32
+ *                      heads would otherwise keep 32 SMs busy over every key (0.9 ms a
+ *                      layer at 20k keys, extrapolated).
+ * So a query's result depends only on its own position and the cache -- not on how
+ * many queries share the call nor on which kernel ran. The reference kernel
+ * (k_attention) is the CPU's walk. */
 #define AF_WARPS 8
 #define AF_THREADS (AF_WARPS * 32)
-#define AF_TILE 1024
+#define AF_TILE 256
 #define AF_AHEAD 16 /* value loads a thread has in flight */
+#define AS_MAX_QUERIES 4 /* calls of up to this many queries split their keys over blocks */
+static_assert(ATT_MAX_HD <= AF_THREADS, "a thread per output dim");
 
 /* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
 __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
@@ -2558,51 +2570,31 @@ __device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
     return r;
 }
 
-__global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
-                                                                const int *dpos, int pos0, int n_heads, int n_kv, int hd,
-                                                                float scale, int window, const float *sinks) {
-    if (dpos) pos0 += *dpos;
-    __shared__ float qs[ATT_MAX_HD];
-    __shared__ float sc[AF_TILE];
-    __shared__ float red[AF_WARPS];
-    __shared__ float part[AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
-    size_t item = blockIdx.x;
-    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
+/* One tile of keys [p0, p0 + cnt) of one query (qs) and kv head: the tile's max score m,
+ * l = sum exp(score - m) and, returned for dim tid (tid < hd), o = sum exp(score - m) v.
+ * Every thread of the block calls it. */
+__device__ float attn_tile_sums(const kvdesc &kc, const kvdesc &vc, const float *qs, int p0, int cnt, int kvh, int n_kv,
+                           int hd, float scale, float *sc, float *red, float *part, float &m_out, float &l_out) {
     int tid = threadIdx.x;
-    int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = 0;
-    if (window > 0 && pos - window + 1 > 0) first = pos - window + 1;
-    const float *qt = q + item * (size_t)hd;
-    for (int d = tid; d < hd; d += AF_THREADS) qs[d] = qt[d];
-    __syncthreads();
-    /* value work: HP pairs of dims, G groups of keys */
     int HP = (hd + 1) / 2, G = AF_THREADS / HP, dp = tid % HP, g = tid / HP;
     int active = g < G;
-    float o0 = 0.0f, o1 = 0.0f, m = -INFINITY, l = 0.0f; /* m, l: the block's */
     size_t row = (size_t)n_kv * (size_t)hd;
-    for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
-        int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
-        float mt = -INFINITY;
-        for (int r = tid; r < cnt; r += AF_THREADS) {
-            size_t p = (size_t)(p0 + r);
-            float sv = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
-            sc[r] = sv;
-            mt = sv > mt ? sv : mt;
-        }
-        mt = block_reduce(mt, red, 1);
-        if (mt > m) {
-            float corr = expf(m - mt); /* 0 on the first tile */
-            l *= corr;
-            o0 *= corr;
-            o1 *= corr;
-            m = mt;
-        }
-        float ls = 0.0f;
-        for (int r = tid; r < cnt; r += AF_THREADS) { /* each thread its own keys' scores */
-            float e = expf(sc[r] - m);
-            sc[r] = e;
-            ls += e;
-        }
-        l += block_reduce(ls, red, 0); /* also the barrier before the values read sc */
+    float m = -INFINITY;
+    for (int r = tid; r < cnt; r += AF_THREADS) {
+        size_t p = (size_t)(p0 + r);
+        float sv = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
+        sc[r] = sv;
+        m = sv > m ? sv : m;
+    }
+    m = block_reduce(m, red, 1);
+    float ls = 0.0f;
+    for (int r = tid; r < cnt; r += AF_THREADS) { /* each thread its own keys' scores */
+        float e = expf(sc[r] - m);
+        sc[r] = e;
+        ls += e;
+    }
+    float l = block_reduce(ls, red, 0); /* also the barrier before the values read sc */
+    float o0 = 0.0f, o1 = 0.0f;
         if (active && vc.dtype == LM_DT_F16 && hd % 2 == 0) {
             /* f16 values (the default cache): AF_AHEAD keys' loads issued before their sums,
              * which are the same as below in the same order. Through value_pair's branch on
@@ -2637,30 +2629,147 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const
                 o1 = fmaf(e, v1, o1);
             }
         }
-        __syncthreads(); /* sc is rewritten by the next tile */
-    }
     if (active) {
         part[g * 2 * HP + 2 * dp] = o0;
         part[g * 2 * HP + 2 * dp + 1] = o1;
     }
     __syncthreads();
-    float mm = m, corr = 1.0f, lt = l;
+    float o = 0.0f;
+    if (tid < hd)
+        for (int k = 0; k < G; k++) o += part[k * 2 * HP + tid];
+    __syncthreads(); /* sc and part are rewritten by the next tile */
+    m_out = m;
+    l_out = l;
+    return o;
+}
+
+/* The running (M, L, O) of the tiles so far and tile (m, l, o): both rescaled to the larger
+ * max. The first tile (M = -inf) comes out as itself. */
+__device__ __forceinline__ void merge_tile(float &M, float &L, float &O, float m, float l, float o) {
+    float nm = m > M ? m : M, a = expf(M - nm), b = expf(m - nm);
+    L = L * a + l * b;
+    O = O * a + o * b;
+    M = nm;
+}
+
+/* out = O / L for dim tid, with the head's sink (if any) in the denominator. */
+__device__ __forceinline__ void attn_write(float *ot, float M, float L, float O, const float *sinks, int h, int hd) {
+    float corr = 1.0f, lt = L;
     if (sinks) {
         float sink = sinks[h];
-        if (sink > mm) {
-            corr = expf(mm - sink);
+        if (sink > M) {
+            corr = expf(M - sink);
             lt *= corr;
-            mm = sink;
+            M = sink;
         }
-        lt += expf(sink - mm);
+        lt += expf(sink - M);
     }
     float inv = 1.0f / lt;
-    float *ot = out + item * (size_t)hd;
-    for (int d = tid; d < hd; d += AF_THREADS) {
-        float v = 0.0f;
-        for (int k = 0; k < G; k++) v += part[k * 2 * HP + d];
-        ot[d] = v * corr * inv;
+    if ((int)threadIdx.x < hd) ot[threadIdx.x] = O * corr * inv;
+}
+
+/* The query's visible keys: [first, pos]. */
+__device__ __forceinline__ int attn_first(int pos, int window) {
+    return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+}
+
+__global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
+                                                                const int *dpos, int pos0, int n_heads, int n_kv, int hd,
+                                                                float scale, int window, const float *sinks) {
+    if (dpos) pos0 += *dpos;
+    __shared__ float qs[ATT_MAX_HD];
+    __shared__ float sc[AF_TILE];
+    __shared__ float red[AF_WARPS];
+    __shared__ float part[AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
+    size_t item = blockIdx.x;
+    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
+    int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = attn_first(pos, window);
+    const float *qt = q + item * (size_t)hd;
+    for (int d = threadIdx.x; d < hd; d += AF_THREADS) qs[d] = qt[d];
+    __syncthreads();
+    float M = -INFINITY, L = 0.0f, O = 0.0f;
+    for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
+        int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
+        float m, l, o = attn_tile_sums(kc, vc, qs, p0, cnt, kvh, n_kv, hd, scale, sc, red, part, m, l);
+        merge_tile(M, L, O, m, l, o);
     }
+    attn_write(out + item * (size_t)hd, M, L, O, sinks, h, hd);
+}
+
+/* Block (tile j = blockIdx.x, item = blockIdx.y): the tile's partial into
+ * parts[(item * tiles + j) * (hd + 2)]: m, l, o[hd]. Tiles past the query's last key
+ * (the grid covers the cache's capacity, so that a recorded step serves every
+ * position) return at once. */
+__global__ void __launch_bounds__(AF_THREADS) k_attention_split(float *parts, int tiles, const float *q, kvdesc kc,
+                                                                 kvdesc vc, const int *dpos, int pos0, int n_heads,
+                                                                 int n_kv, int hd, float scale, int window) {
+    if (dpos) pos0 += *dpos;
+    __shared__ float qs[ATT_MAX_HD];
+    __shared__ float sc[AF_TILE];
+    __shared__ float red[AF_WARPS];
+    __shared__ float part[AF_THREADS * 2];
+    size_t item = blockIdx.y;
+    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
+    int kvh = h / (n_heads / n_kv), pos = pos0 + t, p0 = attn_first(pos, window) + (int)blockIdx.x * AF_TILE;
+    if (p0 > pos) return;
+    const float *qt = q + item * (size_t)hd;
+    for (int d = threadIdx.x; d < hd; d += AF_THREADS) qs[d] = qt[d];
+    __syncthreads();
+    int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
+    float m, l, o = attn_tile_sums(kc, vc, qs, p0, cnt, kvh, n_kv, hd, scale, sc, red, part, m, l);
+    float *pt = parts + (item * (size_t)tiles + blockIdx.x) * (size_t)(hd + 2);
+    if (threadIdx.x == 0) {
+        pt[0] = m;
+        pt[1] = l;
+    }
+    if ((int)threadIdx.x < hd) pt[2 + threadIdx.x] = o;
+}
+
+/* One block per item: its tiles' partials merged in tile order, as k_attention_fast does. */
+__global__ void __launch_bounds__(AF_THREADS) k_attention_merge(float *out, const float *parts, int tiles, const int *dpos,
+                                                                 int pos0, int n_heads, int hd, int window,
+                                                                 const float *sinks) {
+    if (dpos) pos0 += *dpos;
+    size_t item = blockIdx.x;
+    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads), pos = pos0 + t;
+    int used = (pos - attn_first(pos, window)) / AF_TILE + 1;
+    float M = -INFINITY, L = 0.0f, O = 0.0f;
+    for (int j = 0; j < used && j < tiles; j++) {
+        const float *pt = parts + (item * (size_t)tiles + (size_t)j) * (size_t)(hd + 2);
+        merge_tile(M, L, O, pt[0], pt[1], (int)threadIdx.x < hd ? pt[2 + threadIdx.x] : 0.0f);
+    }
+    attn_write(out + item * (size_t)hd, M, L, O, sinks, h, hd);
+}
+
+/* Device scratch of at least `bytes` for the split kernels' partials; -1 (and no error
+ * left behind) when it cannot be had now -- while a step is recorded, or over the memory
+ * cap -- and the one-block kernel then runs, with the same result. */
+static int attn_scratch(lm_backend *be, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (im->att_parts_bytes >= bytes) return 0;
+    if (im->recording) return -1;
+    size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+    char keep[LM_ERR_LEN];
+    memcpy(keep, be->err, sizeof keep);
+    if (mem_take(be, want, "attention scratch") != 0) {
+        memcpy(be->err, keep, sizeof keep);
+        return -1;
+    }
+    void *p = NULL;
+    if (cudaMalloc(&p, want) != cudaSuccess) {
+        cudaGetLastError();
+        mem_give(im, want);
+        return -1;
+    }
+    if (im->att_parts) {
+        cudaStreamSynchronize(im->stream); /* kernels queued before may still read the old one */
+        cudaFree(im->att_parts);
+        mem_give(im, im->att_parts_bytes);
+        graphs_drop(im); /* recordings hold its address */
+    }
+    im->att_parts = (float *)p;
+    im->att_parts_bytes = want;
+    return 0;
 }
 
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
@@ -2677,6 +2786,24 @@ static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_k
     const int *dpos = step_pos(impl_of(be), &pos0);
     if (!impl_of(be)->simple) {
         if (items > 0x7fffffffu) return lm_errf(be->err, "attention of %d queries x %d heads in one call", n, n_heads);
+        /* a few queries: their keys split over blocks, as many tiles as the cache can hold
+         * (a recorded step is replayed at later positions), where the cache says how many
+         * positions it holds or no recording depends on it */
+        int span = k->positions > 0 ? k->positions : dpos ? 0 : pos0 + n;
+        if (window > 0 && window < span) span = window;
+        int tiles = (span + AF_TILE - 1) / AF_TILE;
+        size_t part_bytes = items * (size_t)tiles * (size_t)(hd + 2) * sizeof(float);
+        if (!impl_of(be)->no_split && n <= AS_MAX_QUERIES && tiles >= 2 && tiles <= 65535 && attn_scratch(be, part_bytes) == 0) {
+            cuda_impl *im = impl_of(be);
+            tim_begin(im);
+            k_attention_split<<<dim3((unsigned)tiles, (unsigned)items), AF_THREADS, 0, im->stream>>>(
+                im->att_parts, tiles, q, kc, vc, dpos, pos0, n_heads, n_kv, hd, scale, window);
+            if (launched(be, "attention split") != 0) return -1;
+            tim_begin(im);
+            k_attention_merge<<<(unsigned)items, AF_THREADS, 0, im->stream>>>(out, im->att_parts, tiles, dpos, pos0,
+                                                                              n_heads, hd, window, ds);
+            return launched(be, "attention merge");
+        }
         tim_begin(impl_of(be));
         k_attention_fast<<<(unsigned)items, AF_THREADS, 0, impl_of(be)->stream>>>(out, q, kc, vc, n, dpos, pos0,
                                                                                  n_heads, n_kv, hd, scale, window, ds);
@@ -3474,6 +3601,7 @@ static void cuda_destroy(lm_backend *be) {
         for (size_t i = 0; i < im->w_cap; i++)
             if (im->w[i].dev) cudaFree(im->w[i].dev);
         if (im->flag) cudaFree(im->flag);
+        if (im->att_parts) cudaFree(im->att_parts);
         if (im->stream) cudaStreamDestroy(im->stream);
         if (im->copy) cudaStreamDestroy(im->copy);
         if (im->copy_done) cudaEventDestroy(im->copy_done);
@@ -3573,6 +3701,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     }
     const char *k = getenv("LAZYMOE_CUDA_KERNELS");
     if (k && !strcmp(k, "simple")) im->simple = 1;
+    const char *sp = getenv("LAZYMOE_CUDA_ATTN_SPLIT");
+    if (sp && !strcmp(sp, "0")) im->no_split = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
