@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     lm_buf kb, vb; /* as the engine allocates its cache (huge pages for large buffers) */
     if (!src || !q || !out || lm_backend_alloc(be, &kb, kvn * 2, "K", err) || lm_backend_alloc(be, &vb, kvn * 2, "V", err))
         return fprintf(stderr, "out of memory\n"), 1;
-    lm_kv k = {LM_DT_F16, kb.ptr, NULL}, v = {LM_DT_F16, vb.ptr, NULL};
+    lm_kv k = {LM_DT_F16, kb.ptr, NULL, P}, v = {LM_DT_F16, vb.ptr, NULL, P};
     for (int p0 = 0; p0 < P; p0 += C) { /* the cache filled in chunks, as a prompt does */
         int n = P - p0 < C ? P - p0 : C;
         for (size_t i = 0; i < (size_t)n * NKV * HD; i++) src[i] = urand() * 2;
@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < reps; r++) {
             double t0 = lm_now();
             for (int l = 0; l < layers; l++) {
-                lm_kv kl = {LM_DT_F16, bufs[2 * l].ptr, NULL}, vl = {LM_DT_F16, bufs[2 * l + 1].ptr, NULL};
+                lm_kv kl = {LM_DT_F16, bufs[2 * l].ptr, NULL, P}, vl = {LM_DT_F16, bufs[2 * l + 1].ptr, NULL, P};
                 be->ops->attention(be, out, q, &kl, &vl, 1, P - 1, NH, NKV, HD, scale, 0, NULL);
             }
             double t = (lm_now() - t0) / layers;
