@@ -1346,11 +1346,50 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* MT 16-token tiles per warp; a block: TC_ROWS rows x 16 * MT tokens. */
+/* A lane's global loads for one chunk: its input unit of tokens g and g + 8 of each
+ * 16-token tile (zeros past the item's tokens) and its weight unit of each 8-row tile. */
+template <int FMT, int MT> struct tc_loads {
+    float x[MT][2][8];
+    wunit w[TC_NT];
+};
+
+template <int FMT, int MT>
+__device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, int t0, int r0, int u,
+                                         tc_loads<FMT, MT> &o) {
+    int lane = threadIdx.x & 31, g = lane >> 2;
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int tok = t0 + 16 * m + 8 * h + g;
+            if (tok < it.n) {
+                input_unit(it.x + (size_t)tok * (size_t)sh.cols, u, o.x[m][h]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) o.x[m][h][i] = 0.0f;
+            }
+        }
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++) {
+        int r = r0 + 8 * j + g;
+        if (r < it.rows) {
+            load_unit<FMT>(sh, it, r, u, o.w[j]);
+        } else {
+            o.w[j].s = 0.0f;
+            o.w[j].b = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) o.w[j].q[i] = 0.0f;
+        }
+    }
+}
+
+/* MT 16-token tiles per warp; a block: TC_ROWS rows x 16 * MT tokens. The next chunk's
+ * loads are issued before this chunk's arithmetic (the loop is latency-bound otherwise:
+ * a warp waited for every chunk's loads in turn). */
 template <int FMT, int MT>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
     const mm_item &it = b.it[blockIdx.z];
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int lane = threadIdx.x & 31, t = lane & 3;
     int t0 = blockIdx.y * 16 * MT, r0 = blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8;
     if (t0 >= it.n || r0 >= it.rows) return; /* the whole warp: no lane of it has work */
     float tot[MT][TC_NT][4];
@@ -1360,22 +1399,18 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
         for (int j = 0; j < TC_NT; j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) tot[m][j][i] = 0.0f;
-    for (int c = 0; c < sh.cols / TC_CHUNK; c++) {
-        int u = c * (TC_CHUNK / 8) + t; /* this lane's unit of the chunk */
+    const int chunks = sh.cols / TC_CHUNK;
+    tc_loads<FMT, MT> cur, next;
+    tc_fetch<FMT, MT>(sh, it, t0, r0, t, cur);
+    for (int c = 0; c < chunks; c++) {
+        if (c + 1 < chunks) tc_fetch<FMT, MT>(sh, it, t0, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
         uint32_t ahi[MT][2][4], alo[MT][2][4];
         float sx[MT][2]; /* the chunk's input sums of tokens g and g + 8 */
 #pragma unroll
         for (int m = 0; m < MT; m++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                int tok = t0 + 16 * m + 8 * h + g;
-                float xv[8];
-                if (tok < it.n) {
-                    input_unit(it.x + (size_t)tok * (size_t)sh.cols, u, xv);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < 8; i++) xv[i] = 0.0f;
-                }
+                const float *xv = cur.x[m][h];
                 float s = xv[0];
 #pragma unroll
                 for (int i = 1; i < 8; i++) s = __fadd_rn(s, xv[i]);
@@ -1390,16 +1425,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
             }
 #pragma unroll
         for (int j = 0; j < TC_NT; j++) {
-            int r = r0 + 8 * j + g;
-            wunit w;
-            if (r < it.rows) {
-                load_unit<FMT>(sh, it, r, u, w);
-            } else {
-                w.s = 0.0f;
-                w.b = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) w.q[i] = 0.0f;
-            }
+            const wunit &w = cur.w[j];
             float acc[MT][4];
 #pragma unroll
             for (int m = 0; m < MT; m++)
@@ -1417,17 +1443,19 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
             /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale and offset
              * the lanes of those rows loaded (all four lanes of a row: the same group) */
             float s0 = __shfl_sync(0xffffffffu, w.s, 8 * t), s1 = __shfl_sync(0xffffffffu, w.s, 8 * t + 4);
-            float b0 = __shfl_sync(0xffffffffu, w.b, 8 * t), b1 = __shfl_sync(0xffffffffu, w.b, 8 * t + 4);
+            float o0 = __shfl_sync(0xffffffffu, w.b, 8 * t), o1 = __shfl_sync(0xffffffffu, w.b, 8 * t + 4);
 #pragma unroll
             for (int m = 0; m < MT; m++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    float sc = i & 1 ? s1 : s0, of = i & 1 ? b1 : b0, v = __fmul_rn(sc, acc[m][i]);
+                    float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[m][i]);
                     if (FMT_HAS_OFFSET(FMT)) v = __fadd_rn(v, __fmul_rn(of, sx[m][i >> 1]));
                     tot[m][j][i] = __fadd_rn(tot[m][j][i], v);
                 }
         }
+        cur = next;
     }
+    int g = lane >> 2;
 #pragma unroll
     for (int m = 0; m < MT; m++)
 #pragma unroll
@@ -1595,9 +1623,9 @@ template <int MT> static mm_kernel gemm_tc_kernel_of(int fmt) {
     default: return k_gemm_tc<FMT_Q4_K, MT>;
     }
 }
-/* 16 tokens a warp where the items are that small (a layer's experts in a chunk), else 32
- * (the result is the same either way) */
-static int gemm_tc_tiles(int max_n) { return max_n <= 16 ? 1 : 2; }
+/* 16 tokens a warp: more warps to hide the loads' latency (the result is the same with
+ * 32, k_gemm_tc<FMT, 2>) */
+static int gemm_tc_tiles(int max_n) { return max_n > 0 ? 1 : 2; }
 static mm_kernel gemm_tc_kernel(int fmt, int mt) { return mt == 1 ? gemm_tc_kernel_of<1>(fmt) : gemm_tc_kernel_of<2>(fmt); }
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
