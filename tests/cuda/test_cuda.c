@@ -977,6 +977,78 @@ static void routed_experts(void) {
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }
 
+/* ---- the logits' scan -------------------------------------------------------------------------------------------- */
+
+/* What logits_scan must give (backend.h): the values that are NaN or infinite counted
+ * by their exponent bits, and the first largest by a scan that keeps an index only on
+ * a strictly larger value, NaN never taken. */
+static void scan_reference(const float *v, int n, int32_t out[2]) {
+    int bad = 0, best = -1;
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, v + i, sizeof u);
+        bad += (u & 0x7f800000u) == 0x7f800000u;
+        if (!isnan(v[i]) && (best < 0 || v[i] > v[best])) best = i;
+    }
+    out[0] = bad;
+    out[1] = best;
+}
+
+/* logits_scan of host[n] placed `offset` floats into a device buffer (1: a start that
+ * is not 16-byte aligned, which the kernel reads value by value) against the host's. */
+static void scan_case(const char *what, const float *host, int n, int offset) {
+    float *d = dev_from(NULL, sizeof(float) * (size_t)(n + offset));
+    int32_t *r = dev_from(NULL, 2 * sizeof(int32_t));
+    if (!d || !r) {
+        CHECKF(0, "%s: no device memory", what);
+        return;
+    }
+    if (n) CHECK(gpu->ops->upload(gpu, d + offset, host, sizeof(float) * (size_t)n) == 0);
+    CHECK(gpu->ops->logits_scan(gpu, r, d + offset, n) == 0);
+    int32_t *got = host_from(r, 2 * sizeof(int32_t)), want[2];
+    scan_reference(host, n, want);
+    CHECKF(got[0] == want[0] && got[1] == want[1], "%s (n %d, offset %d): %d not finite, first largest at %d; the host: %d, %d",
+           what, n, offset, got[0], got[1], want[0], want[1]);
+    free(got);
+    dev_free(d);
+    dev_free(r);
+}
+
+/* Rows of lengths around the block's and the 16-byte groups' multiples (a decode step's
+ * 151936 + 3 among them), 40 distinct values so that most values have ties, and the
+ * largest placed at three positions (the first of them, in the middle, in the tail read
+ * value by value): the lowest must win wherever the threads meet. Then NaN before it and
+ * -inf (counted, not chosen), +inf (counted, and the largest), all NaN (-1), and -0
+ * before +0 (equal: the first). */
+static void logits_scan(void) {
+    const int sizes[] = {0, 1, 3, 4, 5, 1023, 1024, 1025, 4097, 4160, 16385, 151936 + 3};
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        int n = sizes[c];
+        float *v = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        for (int i = 0; i < n; i++) v[i] = (float)(int)frand(0, 40) / 4.0f - 5.0f;
+        if (n) v[n / 3] = v[n / 2] = v[n - 1] = 100.0f;
+        scan_case("finite, ties of the largest", v, n, 0);
+        scan_case("finite, ties of the largest, unaligned", v, n, 1);
+        if (n >= 8) {
+            v[0] = NAN;
+            v[n / 3 - 1] = -NAN;
+            v[n / 4] = -INFINITY;
+            scan_case("NaN and -inf", v, n, 0);
+            scan_case("NaN and -inf, unaligned", v, n, 1);
+            v[n - 2] = INFINITY;
+            scan_case("+inf", v, n, 0);
+            for (int i = 0; i < n; i++) v[i] = NAN;
+            scan_case("all NaN", v, n, 0);
+            for (int i = 0; i < n; i++) v[i] = -1.0f;
+            v[n / 2] = 0.0f;
+            v[n / 3] = -0.0f;
+            scan_case("-0 before +0", v, n, 0);
+        }
+        free(v);
+    }
+    CHECK(gpu->ops->logits_scan(gpu, NULL, NULL, -1) != 0);
+}
+
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
 
 static void errors_are_messages(void) {
@@ -1363,6 +1435,7 @@ int main(void) {
     TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
+    TEST_CASE("cuda_logits_scan", logits_scan);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));
     lm_backend_free(gpu);
     lm_backend_free(cpu);

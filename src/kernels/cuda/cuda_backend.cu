@@ -2903,6 +2903,98 @@ static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const f
     return 0;
 }
 
+/* ---- the logits' scan ------------------------------------------------------------------------------------- */
+
+/* One block: a decode step's ~150k logits are 600 KB, a few microseconds for one
+ * SM with its loads in flight, and a single block needs no second launch or atomics
+ * to combine its parts (and so no resetting of a counter between replays). */
+#define SCAN_THREADS 1024
+#define SCAN_AHEAD 4 /* 16-byte loads a thread issues before comparing */
+
+/* Folds value x at index i into a thread's count of NaN / inf and its best. A
+ * thread sees its indices in increasing order, so keeping only a strictly larger
+ * value keeps the first of equal ones, as the host's scan does. */
+__device__ __forceinline__ void scan_value(float x, int i, int &bad, float &top, int &best) {
+    bad += (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u;
+    if (!isnan(x) && (best < 0 || x > top)) {
+        top = x;
+        best = i;
+    }
+}
+
+/* The better of two candidates (index -1: none): the larger value, then the lower
+ * index. A strict total order, so the block's result does not depend on the order in
+ * which the threads' candidates meet. */
+__device__ __forceinline__ void scan_merge(float &top, int &best, float top2, int best2) {
+    if (best2 >= 0 && (best < 0 || top2 > top || (top2 == top && best2 < best))) {
+        top = top2;
+        best = best2;
+    }
+}
+
+__global__ void __launch_bounds__(SCAN_THREADS) k_logits_scan(int32_t *result, const float *__restrict__ v, int n) {
+    int bad = 0, best = -1;
+    float top = 0.0f;
+    int n4 = (uintptr_t)v % 16 == 0 ? n / 4 : 0; /* whole 16-byte groups; the rest one by one */
+    const float4 *v4 = (const float4 *)v;
+    for (int base = threadIdx.x; base < n4; base += SCAN_THREADS * SCAN_AHEAD) {
+        float4 x[SCAN_AHEAD];
+#pragma unroll
+        for (int j = 0; j < SCAN_AHEAD; j++) {
+            int k = base + j * SCAN_THREADS;
+            x[j] = k < n4 ? v4[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int j = 0; j < SCAN_AHEAD; j++) {
+            int k = base + j * SCAN_THREADS;
+            if (k >= n4) break;
+            scan_value(x[j].x, 4 * k, bad, top, best);
+            scan_value(x[j].y, 4 * k + 1, bad, top, best);
+            scan_value(x[j].z, 4 * k + 2, bad, top, best);
+            scan_value(x[j].w, 4 * k + 3, bad, top, best);
+        }
+    }
+    for (int i = 4 * n4 + (int)threadIdx.x; i < n; i += SCAN_THREADS) scan_value(v[i], i, bad, top, best);
+    for (int o = 16; o > 0; o /= 2) {
+        bad += __shfl_down_sync(0xffffffffu, bad, o);
+        float t2 = __shfl_down_sync(0xffffffffu, top, o);
+        int b2 = __shfl_down_sync(0xffffffffu, best, o);
+        scan_merge(top, best, t2, b2);
+    }
+    __shared__ int w_bad[SCAN_THREADS / 32], w_best[SCAN_THREADS / 32];
+    __shared__ float w_top[SCAN_THREADS / 32];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        w_bad[warp] = bad;
+        w_top[warp] = top;
+        w_best[warp] = best;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    bad = w_bad[lane]; /* SCAN_THREADS / 32 == 32 warps: one per lane */
+    top = w_top[lane];
+    best = w_best[lane];
+    for (int o = 16; o > 0; o /= 2) {
+        bad += __shfl_down_sync(0xffffffffu, bad, o);
+        float t2 = __shfl_down_sync(0xffffffffu, top, o);
+        int b2 = __shfl_down_sync(0xffffffffu, best, o);
+        scan_merge(top, best, t2, b2);
+    }
+    if (lane == 0) {
+        result[0] = bad;
+        result[1] = best;
+    }
+}
+static_assert(SCAN_THREADS == 32 * 32, "k_logits_scan's second step takes one warp's result per lane");
+
+static int cuda_logits_scan(lm_backend *be, int32_t *result, const float *logits, int n) {
+    cuda_impl *im = impl_of(be);
+    if (n < 0) return lm_errf(be->err, "logits_scan over %d values", n);
+    tim_begin(im);
+    k_logits_scan<<<1, SCAN_THREADS, 0, im->stream>>>(result, logits, n);
+    return launched(be, "logits scan");
+}
+
 /* ---- memory ------------------------------------------------------------------------------------------------ */
 
 static int cuda_alloc(lm_backend *be, lm_buf *out, size_t bytes) {
@@ -3358,6 +3450,7 @@ static const lm_backend_ops cuda_ops = {
     /* .step_replay = */ FLUSHED(cuda_step_replay),
     /* .step_record_begin = */ FLUSHED(cuda_step_record_begin),
     /* .step_record_end = */ TIMED(cuda_step_record_end),
+    /* .logits_scan = */ FLUSHED(cuda_logits_scan),
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
