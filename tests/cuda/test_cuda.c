@@ -977,7 +977,7 @@ static void routed_experts(void) {
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }
 
-/* ---- the logits' scan -------------------------------------------------------------------------------------------- */
+/* ---- the logits' scan and large downloads ------------------------------------------------------------------------ */
 
 /* What logits_scan must give (backend.h): the values that are NaN or infinite counted
  * by their exponent bits, and the first largest by a scan that keeps an index only on
@@ -1047,6 +1047,22 @@ static void logits_scan(void) {
         free(v);
     }
     CHECK(gpu->ops->logits_scan(gpu, NULL, NULL, -1) != 0);
+}
+
+/* Downloads from 64 KB on go through a page-locked buffer of at most 16 MB, larger ones
+ * in parts: every size gives the bytes uploaded. */
+static void large_downloads(void) {
+    const size_t sizes[] = {((size_t)64 << 10) - 4, (size_t)64 << 10, (size_t)151936 * 4, ((size_t)16 << 20) + 4,
+                            ((size_t)40 << 20) + 12};
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        uint8_t *h = rand_bytes(sizes[c]);
+        void *d = dev_from(h, sizes[c]);
+        uint8_t *back = d ? host_from(d, sizes[c]) : NULL;
+        CHECKF(back && same_bits("download", back, h, sizes[c]), "a download of %zu bytes", sizes[c]);
+        free(h);
+        free(back);
+        dev_free(d);
+    }
 }
 
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
@@ -1327,6 +1343,26 @@ static void graphs_replay(void) {
     graphs_case("models/demo-coder");
 }
 
+/* Logits downloaded through the page-locked buffer and straight into pageable memory
+ * (LAZYMOE_CUDA_DOWN_STAGE=0, read when the backend is made) are the same bytes. */
+static void download_staging(void) {
+    const char *names[] = {"qwen3_moe_f32", "models/demo-coder"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        float *a = NULL, *b = NULL;
+        size_t V = 0, V2 = 0;
+        int ra = decode_logits(names[i], 1, &a, &V);
+        setenv("LAZYMOE_CUDA_DOWN_STAGE", "0", 1);
+        int rb = decode_logits(names[i], 1, &b, &V2);
+        unsetenv("LAZYMOE_CUDA_DOWN_STAGE");
+        CHECKF(ra == 0 && rb == 0, "%s: %s", names[i], err);
+        if (ra == 0 && rb == 0)
+            CHECKF(V == V2 && !memcmp(a, b, sizeof(float) * (GRAPH_STEPS + 1) * V),
+                   "%s: logits staged and downloaded directly differ", names[i]);
+        free(a);
+        free(b);
+    }
+}
+
 static void golden_qwen3_moe(void) { golden("qwen3_moe_f32", "logits.npy", "greedy.txt", 1); }
 static void golden_qwen3_moe_sharded(void) { golden("qwen3_moe_sharded_f32", "logits.npy", "greedy.txt", 1); }
 static void golden_qwen3_moe_long(void) { golden("qwen3_moe_long_f32", "logits.npy", "greedy.txt", 1); }
@@ -1436,6 +1472,7 @@ int main(void) {
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     TEST_CASE("cuda_logits_scan", logits_scan);
+    TEST_CASE("cuda_large_downloads", large_downloads);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));
     lm_backend_free(gpu);
     lm_backend_free(cpu);
@@ -1462,6 +1499,7 @@ int main(void) {
     TEST_CASE("cuda_golden_gpt_oss_mxfp4", golden_gpt_oss_mxfp4);
     TEST_CASE("cuda_golden_demo_coder_q4", golden_demo_coder);
     TEST_CASE("cuda_graphs_replay_bit_identical_to_ops", graphs_replay);
+    TEST_CASE("cuda_download_staging_bit_identical", download_staging);
     TEST_CASE("cuda_linear_attention_refused", linear_attention_refused);
     TEST_CASE("cuda_tier_qwen3_moe_bit_identical", tier_qwen3_moe);
     TEST_CASE("cuda_tier_glm4_moe_shared_expert_bit_identical", tier_glm4_moe);

@@ -116,6 +116,14 @@ typedef struct {
     size_t stage_used[2];
     int stage_cur;
     cudaEvent_t stage_ev[2];
+    /* Large downloads (a step's logits) land in this page-locked buffer and are copied
+     * to their destination from there: a copy into pageable memory goes through the
+     * driver's own staging at a fraction of the bus speed. Grown on demand up to
+     * DOWN_STAGE_MAX; down_direct: LAZYMOE_CUDA_DOWN_STAGE=0, or pinning failed once
+     * (downloads then go straight to their destination). */
+    uint8_t *down;
+    size_t down_cap;
+    int down_direct;
     /* LAZYMOE_CUDA_TIMING=1: every kernel between two events, summed per kernel
      * name, and the host's waits, printed to stderr when the backend is freed. */
     int timing;
@@ -3051,9 +3059,49 @@ static int cuda_upload(lm_backend *be, void *dst, const void *host_src, size_t b
     return 0;
 }
 
+/* Downloads from this size on go through the page-locked buffer (im->down): a step's
+ * logits (600 KB at a 152k vocabulary), not routes or flags, whose copies cost their
+ * latency whatever the memory. */
+#define DOWN_STAGE_MIN ((size_t)64 << 10)
+/* The buffer's largest size: 16 rows of logits at a 200k vocabulary (the device
+ * logits' rows, memory.c); a larger download goes through it in parts. */
+#define DOWN_STAGE_MAX ((size_t)16 << 20)
+
+/* The page-locked buffer for a download of `bytes`, grown to hold it (up to
+ * DOWN_STAGE_MAX); NULL when downloads go direct. */
+static uint8_t *down_stage(cuda_impl *im, size_t bytes) {
+    if (im->down_direct) return NULL;
+    size_t want = bytes < DOWN_STAGE_MAX ? bytes : DOWN_STAGE_MAX;
+    if (im->down_cap >= want) return im->down;
+    size_t cap = im->down_cap ? im->down_cap : (size_t)1 << 20;
+    while (cap < want) cap *= 2;
+    if (cap > DOWN_STAGE_MAX) cap = DOWN_STAGE_MAX;
+    /* no copy reads the old buffer: every staged download waited for its copy */
+    if (im->down) cudaFreeHost(im->down);
+    im->down = NULL;
+    im->down_cap = 0;
+    if (cudaMallocHost((void **)&im->down, cap) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: downloads go direct from now on */
+        im->down = NULL;
+        im->down_direct = 1;
+        return NULL;
+    }
+    im->down_cap = cap;
+    return im->down;
+}
+
 static int cuda_download(lm_backend *be, void *host_dst, const void *src, size_t bytes) {
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
+    uint8_t *stage = bytes >= DOWN_STAGE_MIN ? down_stage(im, bytes) : NULL;
+    for (size_t done = 0; stage && done < bytes;) {
+        size_t part = bytes - done < im->down_cap ? bytes - done : im->down_cap;
+        CU(be, "download", cudaMemcpyAsync(stage, (const uint8_t *)src + done, part, cudaMemcpyDeviceToHost, im->stream));
+        CU(be, "download", stream_wait(im));
+        memcpy((uint8_t *)host_dst + done, stage, part);
+        done += part;
+    }
+    if (stage) return 0;
     CU(be, "download", cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
     CU(be, "download", stream_wait(im));
     return 0;
@@ -3387,6 +3435,7 @@ static void cuda_destroy(lm_backend *be) {
         free(im->tev);
         free(im->tname);
         if (im->stage) cudaFreeHost(im->stage);
+        if (im->down) cudaFreeHost(im->down);
         if (im->later) cudaFreeHost(im->later);
         for (int i = 0; i < im->n_rt; i++)
             if (im->rt[i].dev) cudaFree(im->rt[i].dev);
@@ -3500,6 +3549,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (gr && !strcmp(gr, "0")) im->graphs_off = 1;
     const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
     if (ro && !strcmp(ro, "0")) im->no_routed = 1;
+    const char *ds = getenv("LAZYMOE_CUDA_DOWN_STAGE");
+    if (ds && !strcmp(ds, "0")) im->down_direct = 1;
     const char *t = getenv("LAZYMOE_CUDA_TIMING");
     if (t && !strcmp(t, "1")) {
         im->tev = (cudaEvent_t *)calloc(2 * TIM_CAP, sizeof *im->tev);
