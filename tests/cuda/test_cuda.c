@@ -16,6 +16,7 @@
  * for bit equal to the resident run on the GPU.
  */
 #include "../harness.h"
+#include "../nan_model.h"
 
 #include "formats/ggml_blocks.h"
 #include "formats/npy.h"
@@ -1343,6 +1344,103 @@ static void graphs_replay(void) {
     graphs_case("models/demo-coder");
 }
 
+/* lazymoe_session_eval_greedy on the GPU (the pick made by logits_scan, in the recorded
+ * step as op by op) gives, token by token, the argmax of the logits the same steps
+ * download; with graphs, both sessions' steps after their first two are replays. */
+static void eval_greedy_case(const char *name, int graphs) {
+    char dir[512], path[512];
+    fixture_path(dir, sizeof dir, name, NULL);
+    if (graphs) unsetenv("LAZYMOE_CUDA_GRAPHS");
+    else setenv("LAZYMOE_CUDA_GRAPHS", "0", 1);
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.kv_bits = 16;
+    opt.act_bits = 32;
+    opt.backend = "cuda";
+    opt.no_warm_start = 1;
+    int32_t ids[4096];
+    fixture_path(path, sizeof path, name, "input_ids.txt");
+    int n = read_ids(path, ids, 4096, "%c");
+    if (n > 24) n = 24;
+    lazymoe_model *m = NULL;
+    int rc = n > 0 ? lazymoe_model_open(&m, dir, &opt, err, sizeof err) : -1;
+    unsetenv("LAZYMOE_CUDA_GRAPHS");
+    CHECKF(rc == 0, "%s: %s", name, n > 0 ? err : "no input ids");
+    if (rc != 0) return;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    size_t V = (size_t)info.vocab_size;
+    float *lg = malloc(sizeof(float) * V);
+    lazymoe_session *a = NULL, *b = NULL;
+    int32_t next = -1;
+    uint64_t before = lm_backend_cuda_step_replays();
+    rc = lazymoe_session_create(&a, m, err, sizeof err) || lazymoe_session_create(&b, m, err, sizeof err);
+    if (rc == 0) rc = lazymoe_session_eval(a, ids, n, lg, 0, err, sizeof err);
+    if (rc == 0) rc = lazymoe_session_eval_greedy(b, ids, n, &next, err, sizeof err);
+    int same = 0;
+    for (int g = 0; rc == 0 && g < GRAPH_STEPS; g++) {
+        int32_t best = 0;
+        for (size_t i = 1; i < V; i++)
+            if (lg[i] > lg[best]) best = (int32_t)i;
+        CHECKF(next == best, "%s (graphs %d) step %d: greedy evaluation picked %d, the logits' argmax is %d", name,
+               graphs, g, next, best);
+        same += next == best;
+        rc = lazymoe_session_eval(a, &best, 1, lg, 0, err, sizeof err);
+        if (rc == 0) rc = lazymoe_session_eval_greedy(b, &best, 1, &next, err, sizeof err);
+    }
+    CHECKF(rc == 0, "%s (graphs %d): %s", name, graphs, err);
+    uint64_t replays = lm_backend_cuda_step_replays() - before;
+    if (graphs) CHECKF(replays >= GRAPH_STEPS, "%s: %llu replays over two sessions' %d steps", name,
+                       (unsigned long long)replays, GRAPH_STEPS);
+    else CHECK(replays == 0);
+    printf("# %s (graphs %d): %d of %d greedy picks equal the downloaded logits' argmax, %llu steps replayed\n", name,
+           graphs, same, GRAPH_STEPS, (unsigned long long)replays);
+    free(lg);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+    lazymoe_model_close(m);
+}
+
+/* A NaN logit at every position (lm_head row 7 NaN): the GPU's greedy evaluation, which
+ * finds it by the device's count, fails with the message the logits' path gives. */
+static void eval_greedy_nan(void) {
+    char dir[256], e1[LM_ERR_LEN] = "", e2[LM_ERR_LEN] = "";
+    if (nan_model_make(rt_path("tests/fixtures/golden/qwen3_moe_f32"), 7, dir) != 0) {
+        CHECKF(0, "no NaN model");
+        return;
+    }
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.backend = "cuda";
+    opt.no_warm_start = 1;
+    lazymoe_model *m = NULL;
+    CHECKF(lazymoe_model_open(&m, dir, &opt, err, sizeof err) == 0, "%s", err);
+    if (m) {
+        lazymoe_session *a = NULL, *b = NULL;
+        float *lg = malloc(sizeof(float) * 4096);
+        int32_t ids[3] = {5, 6, 7}, next = -1;
+        CHECK(lazymoe_session_create(&a, m, err, sizeof err) == 0 && lazymoe_session_create(&b, m, err, sizeof err) == 0);
+        CHECK(a && lazymoe_session_eval(a, ids, 3, lg, 0, e1, sizeof e1) != 0);
+        CHECK(b && lazymoe_session_eval_greedy(b, ids, 3, &next, e2, sizeof e2) != 0);
+        CHECKF(!strcmp(e1, e2) && strstr(e1, "non-finite logit (") && strstr(e1, "at position 2"), "'%s' vs '%s'", e1,
+               e2);
+        free(lg);
+        lazymoe_session_free(a);
+        lazymoe_session_free(b);
+    }
+    lazymoe_model_close(m);
+    nan_model_remove(dir);
+}
+
+static void eval_greedy(void) {
+    eval_greedy_case("qwen3_moe_f32", 1);
+    eval_greedy_case("qwen3_moe_f32", 0);
+    eval_greedy_case("glm4_moe_f32", 1);
+    eval_greedy_case("models/demo-coder", 1);
+    eval_greedy_case("models/demo-coder", 0);
+    eval_greedy_nan();
+}
+
 /* Logits downloaded through the page-locked buffer and straight into pageable memory
  * (LAZYMOE_CUDA_DOWN_STAGE=0, read when the backend is made) are the same bytes. */
 static void download_staging(void) {
@@ -1499,6 +1597,7 @@ int main(void) {
     TEST_CASE("cuda_golden_gpt_oss_mxfp4", golden_gpt_oss_mxfp4);
     TEST_CASE("cuda_golden_demo_coder_q4", golden_demo_coder);
     TEST_CASE("cuda_graphs_replay_bit_identical_to_ops", graphs_replay);
+    TEST_CASE("cuda_eval_greedy_equals_argmax_of_logits", eval_greedy);
     TEST_CASE("cuda_download_staging_bit_identical", download_staging);
     TEST_CASE("cuda_linear_attention_refused", linear_attention_refused);
     TEST_CASE("cuda_tier_qwen3_moe_bit_identical", tier_qwen3_moe);
