@@ -910,6 +910,62 @@ static void test_eval_greedy_errors(void) {
     free(logits);
 }
 
+/* Greedy settings take the session's pick (lazymoe_session_eval_greedy): on the CPU it
+ * computes the logits into the session's scratch (s->s.logits_host), which the
+ * sampler's path never writes, so that array filled with NaN before and holding the
+ * last step's logits after -- their argmax the last token generated -- shows the path
+ * was taken. Temperature 0, and top_k 1 at temperature 0.8, give the id path's text. */
+static void test_generate_greedy_path(void) {
+    const char *prompt = "hello world, the experts";
+    int32_t *ids = NULL;
+    int n = 0, V = vocab_size();
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
+    int32_t gen[30];
+    CHECK(greedy_ids(ids, n, 30, gen));
+    char *want = NULL;
+    CHECK(lazymoe_detokenize(M, gen, 30, 1, &want, err, sizeof err) == 0);
+    for (int variant = 0; variant < 2; variant++) {
+        lazymoe_session *s = new_session();
+        if (!s) break;
+        for (int i = 0; i < V; i++) s->s.logits_host[i] = NAN;
+        lazymoe_gen_params p;
+        lazymoe_gen_params_init(&p, M);
+        p.sampling.temperature = variant ? 0.8f : 0.0f;
+        p.sampling.top_k = variant ? 1 : 0;
+        p.sampling.seed = 5;
+        p.max_tokens = 30;
+        p.ignore_eos = 1;
+        char *got = NULL;
+        CHECK(lazymoe_generate(s, prompt, &p, &got, NULL, err, sizeof err) == 0);
+        CHECKF(got && want && !strcmp(got, want), "variant %d: '%s' vs '%s'", variant, th_str(got), th_str(want));
+        int finite = 1;
+        for (int i = 0; i < V; i++) finite &= isfinite(s->s.logits_host[i]) != 0;
+        CHECKF(finite, "variant %d: the greedy path did not compute the logits into the session", variant);
+        /* the last evaluation was of token 29's predecessor: its pick is token 29 */
+        CHECK_EQ_INT(argmax(s->s.logits_host, V), gen[29]);
+        lazymoe_free(got);
+        lazymoe_session_free(s);
+    }
+    /* a setting the sampler draws for (top_k 2) leaves the session's array alone */
+    lazymoe_session *s = new_session();
+    if (s) {
+        for (int i = 0; i < V; i++) s->s.logits_host[i] = NAN;
+        lazymoe_gen_params p;
+        lazymoe_gen_params_init(&p, M);
+        p.sampling.temperature = 0.8f;
+        p.sampling.top_k = 2;
+        p.max_tokens = 5;
+        p.ignore_eos = 1;
+        char *got = NULL;
+        CHECK(lazymoe_generate(s, prompt, &p, &got, NULL, err, sizeof err) == 0);
+        CHECK(isnan(s->s.logits_host[0]) && isnan(s->s.logits_host[V - 1]));
+        lazymoe_free(got);
+        lazymoe_session_free(s);
+    }
+    lazymoe_free(ids);
+    lazymoe_free(want);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -938,6 +994,7 @@ int main(void) {
     TEST_CASE("generate_session_file_prefix_restore", test_session_file_prefix);
     TEST_CASE("generate_eval_greedy_equals_argmax_of_logits", test_eval_greedy_equals_argmax);
     TEST_CASE("generate_eval_greedy_same_errors", test_eval_greedy_errors);
+    TEST_CASE("generate_greedy_settings_take_the_sessions_pick", test_generate_greedy_path);
     lazymoe_model_close(M);
     TEST_EXIT();
 }
