@@ -281,6 +281,14 @@ int lazymoe_session_truncate(lazymoe_session *s, int n, char *err, size_t errlen
 int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits,
                          int all_positions, char *err, size_t errlen);
 
+/* lazymoe_session_eval(s, ids, n, logits, 0, ...) for a caller that needs only the
+ * greedy pick: *next_id = the index of the last token's largest logit, the lowest
+ * on ties (the token temperature 0 samples), with the same errors, a non-finite
+ * logit included. On a GPU the pick is made there and the logits never come to the
+ * host (a few bytes instead of the vocabulary's logits per token). */
+int lazymoe_session_eval_greedy(lazymoe_session *s, const int32_t *ids, int n, int32_t *next_id,
+                                char *err, size_t errlen);
+
 /* ---- Batches: several sessions decoded together ----------------------------------
  * A batch evaluates one token for each of up to max_seqs sessions in a single
  * forward pass: each session's attention (or recurrent state) uses its own context,

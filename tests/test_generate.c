@@ -3,12 +3,16 @@
  * BPE tokenizer, a ChatML template). The weights are random, so the text is
  * gibberish full of split UTF-8 sequences: exactly what the mechanisms must survive. */
 #include "harness.h"
+#include "nan_model.h"
+
+#include "engine/engine.h"
 #include "lazymoe.h"
 
 #include <math.h>
 #include <unistd.h>
 
 #define MODEL_DIR LAZYMOE_SOURCE_DIR "/tests/fixtures/textgen"
+#define DEMO_DIR LAZYMOE_SOURCE_DIR "/models/demo-coder"
 
 static lazymoe_model *M;
 static char err[512];
@@ -795,6 +799,173 @@ static void test_session_file_prefix(void) {
     lazymoe_free(ids);
 }
 
+/* ---- greedy evaluation (lazymoe_session_eval_greedy) ------------------------------------ */
+
+/* The first of the largest logits: the greedy pick the id path makes. */
+static int32_t argmax(const float *v, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* Token by token, lazymoe_session_eval_greedy picks the argmax of the logits
+ * lazymoe_session_eval gives for the same tokens: a prompt of two chunks (300 ids),
+ * then `steps` decode steps fed the pick, each session holding the same tokens. */
+static void greedy_equals_argmax_on(lazymoe_model *m, int steps) {
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    int V = info.vocab_size;
+    enum { PROMPT = 300 };
+    int32_t prompt[PROMPT];
+    for (int i = 0; i < PROMPT; i++) prompt[i] = (int32_t)((i * 37 + 11) % V);
+    lazymoe_session *a = NULL, *b = NULL;
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    CHECK(logits && lazymoe_session_create(&a, m, err, sizeof err) == 0 && lazymoe_session_create(&b, m, err, sizeof err) == 0);
+    if (!logits || !a || !b) goto out;
+    int32_t next = -1;
+    CHECKF(lazymoe_session_eval(a, prompt, PROMPT, logits, 0, err, sizeof err) == 0, "%s", err);
+    CHECKF(lazymoe_session_eval_greedy(b, prompt, PROMPT, &next, err, sizeof err) == 0, "%s", err);
+    int distinct = 0;
+    for (int g = 0; g < steps; g++) {
+        int32_t want = argmax(logits, V);
+        CHECKF(next == want, "step %d: greedy evaluation picked %d, the logits' argmax is %d", g, next, want);
+        distinct += g > 0 && want != prompt[0];
+        CHECKF(lazymoe_session_eval(a, &want, 1, logits, 0, err, sizeof err) == 0, "%s", err);
+        CHECKF(lazymoe_session_eval_greedy(b, &want, 1, &next, err, sizeof err) == 0, "%s", err);
+    }
+    CHECK(distinct > 0); /* the picks are not all one token */
+    CHECK_EQ_INT(lazymoe_session_length(b), PROMPT + steps);
+    CHECK(!memcmp(lazymoe_session_tokens(a), lazymoe_session_tokens(b), sizeof(int32_t) * (size_t)(PROMPT + steps)));
+out:
+    free(logits);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+}
+
+static void test_eval_greedy_equals_argmax(void) {
+    greedy_equals_argmax_on(M, 60);
+    /* the demo model: MLX 4-bit weights, int8 activations, 4160 tokens */
+    lazymoe_model *demo = NULL;
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.n_threads = 2;
+    o.no_warm_start = 1;
+    CHECKF(lazymoe_model_open(&demo, DEMO_DIR, &o, err, sizeof err) == 0, "%s", err);
+    if (demo) greedy_equals_argmax_on(demo, 40);
+    lazymoe_model_close(demo);
+}
+
+/* Both evaluations fail alike, with the same message: no tokens, an id outside the
+ * vocabulary, and logits that are not finite (a model whose lm_head row 7 is NaN). */
+static void test_eval_greedy_errors(void) {
+    char e1[512], e2[512];
+    int32_t next = -1, bad = 100000, ok[3] = {5, 6, 7};
+    lazymoe_session *a = new_session(), *b = new_session();
+    float *logits = malloc(sizeof(float) * (size_t)vocab_size());
+    CHECK(lazymoe_session_eval(a, ok, 0, logits, 0, e1, sizeof e1) != 0);
+    CHECK(lazymoe_session_eval_greedy(b, ok, 0, &next, e2, sizeof e2) != 0);
+    CHECKF(!strcmp(e1, e2), "'%s' vs '%s'", e1, e2);
+    CHECK(lazymoe_session_eval(a, &bad, 1, logits, 0, e1, sizeof e1) != 0);
+    CHECK(lazymoe_session_eval_greedy(b, &bad, 1, &next, e2, sizeof e2) != 0);
+    CHECKF(!strcmp(e1, e2) && strstr(e1, "outside the vocabulary"), "'%s' vs '%s'", e1, e2);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+    char dir[256];
+    lazymoe_model *nm = NULL;
+    lazymoe_options o;
+    lazymoe_options_init(&o);
+    o.n_threads = 2;
+    o.no_warm_start = 1;
+    CHECK(nan_model_make(MODEL_DIR, 7, dir) == 0);
+    CHECKF(lazymoe_model_open(&nm, dir, &o, err, sizeof err) == 0, "%s", err);
+    if (nm) {
+        a = b = NULL;
+        CHECK(lazymoe_session_create(&a, nm, err, sizeof err) == 0 && lazymoe_session_create(&b, nm, err, sizeof err) == 0);
+        CHECK(a && b && lazymoe_session_eval(a, ok, 3, logits, 0, e1, sizeof e1) != 0);
+        CHECK(a && b && lazymoe_session_eval_greedy(b, ok, 3, &next, e2, sizeof e2) != 0);
+        CHECKF(!strcmp(e1, e2) && strstr(e1, "non-finite logit (nan) at position 2"), "'%s' vs '%s'", e1, e2);
+        lazymoe_session_free(a);
+        lazymoe_session_free(b);
+        /* generation: greedy (the session picks) and with log-probabilities (the
+         * sampler over the logits) stop with that same error */
+        lazymoe_gen_params p;
+        lazymoe_gen_params_init(&p, nm);
+        p.sampling.temperature = 0;
+        p.max_tokens = 4;
+        char *text = NULL;
+        a = b = NULL;
+        CHECK(lazymoe_session_create(&a, nm, err, sizeof err) == 0 && lazymoe_session_create(&b, nm, err, sizeof err) == 0);
+        CHECK(a && lazymoe_generate(a, "hello", &p, &text, NULL, e1, sizeof e1) != 0);
+        lp_log l = {0};
+        p.on_token = on_token_log;
+        p.token_ctx = &l;
+        CHECK(b && lazymoe_generate(b, "hello", &p, &text, NULL, e2, sizeof e2) != 0);
+        CHECKF(!strcmp(e1, e2) && strstr(e1, "non-finite logit (nan)"), "'%s' vs '%s'", e1, e2);
+        lazymoe_session_free(a);
+        lazymoe_session_free(b);
+    }
+    lazymoe_model_close(nm);
+    nan_model_remove(dir);
+    free(logits);
+}
+
+/* Greedy settings take the session's pick (lazymoe_session_eval_greedy): on the CPU it
+ * computes the logits into the session's scratch (s->s.logits_host), which the
+ * sampler's path never writes, so that array filled with NaN before and holding the
+ * last step's logits after -- their argmax the last token generated -- shows the path
+ * was taken. Temperature 0, and top_k 1 at temperature 0.8, give the id path's text. */
+static void test_generate_greedy_path(void) {
+    const char *prompt = "hello world, the experts";
+    int32_t *ids = NULL;
+    int n = 0, V = vocab_size();
+    CHECK(lazymoe_tokenize(M, prompt, strlen(prompt), 1, &ids, &n, err, sizeof err) == 0);
+    int32_t gen[30];
+    CHECK(greedy_ids(ids, n, 30, gen));
+    char *want = NULL;
+    CHECK(lazymoe_detokenize(M, gen, 30, 1, &want, err, sizeof err) == 0);
+    for (int variant = 0; variant < 2; variant++) {
+        lazymoe_session *s = new_session();
+        if (!s) break;
+        for (int i = 0; i < V; i++) s->s.logits_host[i] = NAN;
+        lazymoe_gen_params p;
+        lazymoe_gen_params_init(&p, M);
+        p.sampling.temperature = variant ? 0.8f : 0.0f;
+        p.sampling.top_k = variant ? 1 : 0;
+        p.sampling.seed = 5;
+        p.max_tokens = 30;
+        p.ignore_eos = 1;
+        char *got = NULL;
+        CHECK(lazymoe_generate(s, prompt, &p, &got, NULL, err, sizeof err) == 0);
+        CHECKF(got && want && !strcmp(got, want), "variant %d: '%s' vs '%s'", variant, th_str(got), th_str(want));
+        int finite = 1;
+        for (int i = 0; i < V; i++) finite &= isfinite(s->s.logits_host[i]) != 0;
+        CHECKF(finite, "variant %d: the greedy path did not compute the logits into the session", variant);
+        /* the last evaluation was of token 29's predecessor: its pick is token 29 */
+        CHECK_EQ_INT(argmax(s->s.logits_host, V), gen[29]);
+        lazymoe_free(got);
+        lazymoe_session_free(s);
+    }
+    /* a setting the sampler draws for (top_k 2) leaves the session's array alone */
+    lazymoe_session *s = new_session();
+    if (s) {
+        for (int i = 0; i < V; i++) s->s.logits_host[i] = NAN;
+        lazymoe_gen_params p;
+        lazymoe_gen_params_init(&p, M);
+        p.sampling.temperature = 0.8f;
+        p.sampling.top_k = 2;
+        p.max_tokens = 5;
+        p.ignore_eos = 1;
+        char *got = NULL;
+        CHECK(lazymoe_generate(s, prompt, &p, &got, NULL, err, sizeof err) == 0);
+        CHECK(isnan(s->s.logits_host[0]) && isnan(s->s.logits_host[V - 1]));
+        lazymoe_free(got);
+        lazymoe_session_free(s);
+    }
+    lazymoe_free(ids);
+    lazymoe_free(want);
+}
+
 int main(void) {
     lazymoe_options o;
     lazymoe_options_init(&o);
@@ -821,6 +992,9 @@ int main(void) {
     TEST_CASE("generate_session_fit_keeps_the_conversation", test_session_fit);
     TEST_CASE("generate_session_file_restores_exactly", test_session_file);
     TEST_CASE("generate_session_file_prefix_restore", test_session_file_prefix);
+    TEST_CASE("generate_eval_greedy_equals_argmax_of_logits", test_eval_greedy_equals_argmax);
+    TEST_CASE("generate_eval_greedy_same_errors", test_eval_greedy_errors);
+    TEST_CASE("generate_greedy_settings_take_the_sessions_pick", test_generate_greedy_path);
     lazymoe_model_close(M);
     TEST_EXIT();
 }

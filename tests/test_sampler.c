@@ -312,8 +312,47 @@ static void test_top_k_large(void) {
     }
 }
 
+/* lm_sampler_is_greedy: exactly the settings under which sample returns the first
+ * largest of finite logits without drawing a random number (the RNG state unchanged),
+ * checked over rows with many ties; and not for settings that may pick another. */
+static void test_is_greedy(void) {
+    enum { V = 3000 };
+    static float l[V];
+    lazymoe_sampling yes[4], no[6];
+    for (int i = 0; i < 4; i++) yes[i] = params(0);
+    yes[1].top_k = 7;
+    yes[2].temperature = 0.8f, yes[2].top_k = 1;
+    yes[3].temperature = 2.0f, yes[3].top_k = 1, yes[3].top_p = 0.3f, yes[3].min_p = 0.5f;
+    for (int i = 0; i < 6; i++) no[i] = params(0.8f);
+    no[1].top_k = 2;
+    no[2].temperature = 0, no[2].repetition_penalty = 1.1f;
+    no[3].temperature = 0, no[3].presence_penalty = 0.5f;
+    no[4].top_k = 1, no[4].frequency_penalty = 0.2f;
+    no[5].top_p = 0.01f; /* often one token, but not by rule */
+    for (int i = 0; i < 4; i++) CHECKF(lm_sampler_is_greedy(&yes[i]), "setting %d", i);
+    for (int i = 0; i < 6; i++) CHECKF(!lm_sampler_is_greedy(&no[i]), "setting %d", i);
+    uint64_t st = 11;
+    for (int row = 0; row < 20; row++) {
+        for (int i = 0; i < V; i++) l[i] = (float)(int)(lm_rng_uniform(&st) * 30) / 4.0f - 3.0f; /* 30 values */
+        int32_t first = 0;
+        for (int i = 1; i < V; i++)
+            if (l[i] > l[first]) first = i;
+        for (int i = 0; i < 4; i++) {
+            lm_sampler s;
+            char err[LM_ERR_LEN];
+            yes[i].seed = (uint64_t)row;
+            CHECK(lm_sampler_init(&s, V, &yes[i], err) == 0);
+            uint64_t rng = s.rng;
+            CHECKF(lm_sampler_sample(&s, l) == first, "row %d setting %d", row, i);
+            CHECK(s.rng == rng);
+            lm_sampler_free(&s);
+        }
+    }
+}
+
 int main(void) {
     TEST_CASE("sampler_greedy_ties_nan", test_greedy);
+    TEST_CASE("sampler_is_greedy_means_first_largest_without_a_draw", test_is_greedy);
     TEST_CASE("sampler_temperature", test_temperature);
     TEST_CASE("sampler_top_k", test_top_k);
     TEST_CASE("sampler_top_k_large_vocabulary_ties_nan", test_top_k_large);

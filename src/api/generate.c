@@ -304,8 +304,10 @@ static int logprob_report(logprob_step *lp, const lm_tokenizer *tok, const lazym
     return rc;
 }
 
-static int prefill(lazymoe_session *s, const int32_t *ids, int n, float *logits, const lazymoe_gen_params *p,
-                   int *was_cancelled, char *e) {
+/* Evaluates the prompt's ids in chunks; the last chunk's logits go to logits, or with
+ * next (a greedy generation) only their first largest to *next. */
+static int prefill(lazymoe_session *s, const int32_t *ids, int n, float *logits, int32_t *next,
+                   const lazymoe_gen_params *p, int *was_cancelled, char *e) {
     for (int done = 0; done < n;) {
         if (cancelled(p)) {
             *was_cancelled = 1;
@@ -314,7 +316,9 @@ static int prefill(lazymoe_session *s, const int32_t *ids, int n, float *logits,
         int k = n - done < PREFILL_CHUNK ? n - done : PREFILL_CHUNK;
         /* In a batch, each chunk takes its turn between the members' decode steps. */
         if (p->batch) lm_batch_turn_begin(p->batch);
-        int rc = lazymoe_session_eval(s, ids + done, k, done + k == n ? logits : NULL, 0, e, LM_ERR_LEN);
+        int last = done + k == n;
+        int rc = last && next ? lazymoe_session_eval_greedy(s, ids + done, k, next, e, LM_ERR_LEN)
+                              : lazymoe_session_eval(s, ids + done, k, last ? logits : NULL, 0, e, LM_ERR_LEN);
         if (p->batch) lm_batch_turn_end(p->batch);
         if (rc != 0) return -1;
         done += k;
@@ -389,6 +393,12 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     if (params->forced_text && encode(m, params->forced_text, strlen(params->forced_text), 0, &forced, &n_forced, e) != 0)
         goto done;
     if (!params->forced_text && lm_constraint_init(&con, m, params->grammar, e) != 0) goto done;
+    /* Exactly greedy, and nothing else reads the logits (no grammar mask, no
+     * log-probabilities, no batch step, no forced text): the session picks each token
+     * itself, the one the sampler would draw, and on a GPU the logits stay there. */
+    int greedy = lm_sampler_is_greedy(&params->sampling) && !params->forced_text && !con.match &&
+                 !params->on_token && !params->batch;
+    int32_t greedy_next = -1; /* the pick of the last evaluation, when greedy */
     if (params->on_token) {
         if (params->n_top_logprobs < 0 || params->n_top_logprobs > LAZYMOE_MAX_TOP_LOGPROBS) {
             lm_errf(e, "n_top_logprobs must be 0..%d, got %d", LAZYMOE_MAX_TOP_LOGPROBS, params->n_top_logprobs);
@@ -414,7 +424,8 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
     st.prompt_tokens = n;
     st.cached_tokens = keep;
     double t0 = lm_now();
-    if (prefill(s, ids + keep, n - keep, logits, params, &was_cancelled, e) != 0) goto done;
+    if (prefill(s, ids + keep, n - keep, logits, greedy ? &greedy_next : NULL, params, &was_cancelled, e) != 0)
+        goto done;
     double t1 = lm_now();
     st.prefill_seconds = t1 - t0;
     if (st.prefill_seconds > 0) st.prefill_tok_per_s = (n - keep) / st.prefill_seconds;
@@ -438,7 +449,7 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             if (params->max_tokens > 0 && params->max_tokens - g - 1 < left) left = params->max_tokens - g - 1;
             if (lm_constraint_mask(&con, logits, left, e) != 0) goto done;
         }
-        int32_t t = params->forced_text ? forced[g] : lm_sampler_sample(&smp, logits);
+        int32_t t = params->forced_text ? forced[g] : greedy ? greedy_next : lm_sampler_sample(&smp, logits);
         if (t < 0) {
             lm_errf(e, "the model produced no finite logits at position %d", s->n_past);
             goto done;
@@ -482,7 +493,8 @@ int lazymoe_generate_stream(lazymoe_session *s, const char *prompt, const lazymo
             break;
         }
         if (joined ? lm_batch_decode(params->batch, s, t, logits, e) != 0
-                   : lazymoe_session_eval(s, &t, 1, logits, 0, e, sizeof e) != 0)
+            : greedy ? lazymoe_session_eval_greedy(s, &t, 1, &greedy_next, e, sizeof e) != 0
+                     : lazymoe_session_eval(s, &t, 1, logits, 0, e, sizeof e) != 0)
             goto done;
         decode_evals++;
     }

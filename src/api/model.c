@@ -111,6 +111,12 @@ int lazymoe_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *l
     return lm_session_eval(s, ids, n, logits, all_positions, e) == 0 ? 0 : copy_err(err, errlen, e);
 }
 
+int lazymoe_session_eval_greedy(lazymoe_session *s, const int32_t *ids, int n, int32_t *next_id, char *err,
+                                size_t errlen) {
+    char e[LM_ERR_LEN] = "";
+    return lm_session_eval_greedy(s, ids, n, next_id, e) == 0 ? 0 : copy_err(err, errlen, e);
+}
+
 int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
                               size_t errlen) {
     char e[LM_ERR_LEN];

@@ -246,6 +246,16 @@ int32_t lm_sampler_sample(lm_sampler *s, const float *logits) {
     return s->cand[s->n_cand - 1];
 }
 
+/* rank(): without penalties it ranks the logits themselves; at temperature 0 it keeps
+ * the first largest alone, and with top_k 1 (at any temperature) top_k_sorted keeps
+ * the best by better() alone -- the same token, the lowest index of equal values --
+ * top_p and min_p never dropping the first candidate; one candidate is returned
+ * without a draw. */
+int lm_sampler_is_greedy(const lazymoe_sampling *p) {
+    int no_penalty = p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f;
+    return no_penalty && (p->temperature == 0 || p->top_k == 1);
+}
+
 int lm_sampler_probs(lm_sampler *s, const float *logits, float *probs) {
     rank(s, logits);
     memset(probs, 0, sizeof(float) * (size_t)s->vocab);

@@ -43,6 +43,12 @@ void lm_sampler_note_generated(lm_sampler *s, int32_t id);
 /* Picks the next token; -1 if no logit is finite (NaN counts as -inf). */
 int32_t lm_sampler_sample(lm_sampler *s, const float *logits);
 
+/* 1 when, for logits that are all finite, lm_sampler_sample with these (validated)
+ * settings returns the first largest logit's index and draws no random number, so
+ * that a caller may take that index without the sampler (lazymoe_session_eval_greedy):
+ * no penalty, and temperature 0 or top_k 1. */
+int lm_sampler_is_greedy(const lazymoe_sampling *p);
+
 /* The distribution lm_sampler_sample draws from: probs[vocab], zero for filtered
  * tokens (one-hot at temperature 0). Returns the number of tokens kept (0 if no
  * logit is finite, probs then all zero). For tests and for reporting. */

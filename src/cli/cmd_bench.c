@@ -79,27 +79,25 @@ int cmd_bench(int argc, char **argv) {
     lazymoe_model_get_info(m, &info);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)prompt);
     int32_t *out_ids = calloc((size_t)gen + 1, sizeof(int32_t));
-    float *logits = malloc(sizeof(float) * (size_t)info.vocab_size);
     srand(seed);
     for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
     lazymoe_session *s = NULL;
     int rc = 1;
     lazymoe_expert_stats st0, st1, st2;
     double t_prefill = 0, t_decode = 0;
-    if (!ids || !logits || !out_ids || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
+    if (!ids || !out_ids || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
     lazymoe_model_get_expert_stats(m, -1, &st0);
     double t0 = lm_now();
-    if (lazymoe_session_eval(s, ids, prompt, logits, 0, err, sizeof err) != 0) goto done;
+    /* Greedy decoding: the session picks each token (the first largest logit), on a
+     * GPU without bringing the logits to the host. */
+    int32_t next = 0;
+    if (lazymoe_session_eval_greedy(s, ids, prompt, &next, err, sizeof err) != 0) goto done;
     t_prefill = lm_now() - t0;
     lazymoe_model_get_expert_stats(m, -1, &st1);
     t0 = lm_now();
     for (int g = 0; g < gen; g++) {
-        int32_t best = 0; /* the first of the largest: the best value kept in a register, not reloaded */
-        float top = logits[0];
-        for (int i = 1; i < info.vocab_size; i++)
-            if (logits[i] > top) top = logits[best = i];
-        out_ids[g] = best;
-        if (lazymoe_session_eval(s, &best, 1, logits, 0, err, sizeof err) != 0) goto done;
+        out_ids[g] = next;
+        if (lazymoe_session_eval_greedy(s, &out_ids[g], 1, &next, err, sizeof err) != 0) goto done;
     }
     t_decode = lm_now() - t0;
     lazymoe_model_get_expert_stats(m, -1, &st2);
@@ -109,7 +107,6 @@ done:
     lazymoe_session_free(s);
     lazymoe_model_close(m); /* flushes the trace */
     free(ids);
-    free(logits);
     if (rc) {
         if (tmp_trace[0]) unlink(tmp_trace);
         free(out_ids);

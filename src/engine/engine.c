@@ -836,30 +836,83 @@ static int all_finite(const float *v, size_t n) {
     return !bad;
 }
 
-int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *e) {
+/* Grows the context for n more tokens, evaluates them (lm_forward; or, scanned,
+ * lm_forward_scanned: the last token's logits left on the device) and records them
+ * in the session's token list. */
+static int evaluate(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, int scanned,
+                    char *e) {
     if (n <= 0) return lm_errf(e, "no tokens to evaluate");
     if (ensure_capacity(s, s->n_past + n, e) != 0) return -1;
     /* A pass that failed midway may have advanced some layers' recurrent states:
      * rebuild them for the tokens held before going on. */
     if (s->lin && lm_session_reusable(s, s->n_past) != s->n_past && cut_to(s, s->n_past, e) != 0) return -1;
     int before = s->n_past;
-    int rc = lm_forward(s, ids, n, logits, all_positions, e);
+    int rc = scanned ? lm_forward_scanned(s, ids, n, e) : lm_forward(s, ids, n, logits, all_positions, e);
     if (s->m->warm_pending) warm_fill(s->m);
     /* The history follows the positions computed, also when a later chunk failed. */
     memcpy(s->tokens + before, ids, sizeof(int32_t) * (size_t)(s->n_past - before));
+    return rc;
+}
+
+/* NaN or inf logits are garbage every caller would otherwise print or sample from
+ * (argmax of NaNs is token 0): an error on every path. logits holds `count` values,
+ * the last token's (all_positions 0) or those of the n tokens evaluated from
+ * position `before`. */
+static int check_finite(const lazymoe_session *s, const float *logits, size_t count, int before, int n,
+                        int all_positions, char *e) {
+    size_t V = (size_t)s->m->w.cfg.vocab_size;
+    double t0 = lm_op_timing ? lm_op_timing_now() : 0.0;
+    for (size_t i = all_finite(logits, count) ? count : 0; i < count; i++)
+        if (!isfinite(logits[i]))
+            return lm_errf(e, "the model computed a non-finite logit (%g) at position %zu; the weights or "
+                           "config.json are broken", (double)logits[i],
+                           (size_t)before + (all_positions ? i / V : (size_t)n - 1));
+    if (lm_op_timing) lm_op_timing_add("lm_session_eval: the logits' finiteness check", t0);
+    return 0;
+}
+
+int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *e) {
+    int before = s->n_past;
+    int rc = evaluate(s, ids, n, logits, all_positions, 0, e);
     if (rc == 0 && logits) {
-        /* NaN or inf logits are garbage every caller would otherwise print or sample
-         * from (argmax of NaNs is token 0): an error on every path. */
         size_t V = (size_t)s->m->w.cfg.vocab_size, count = (all_positions ? (size_t)n : 1) * V;
-        double t0 = lm_op_timing ? lm_op_timing_now() : 0.0;
-        for (size_t i = all_finite(logits, count) ? count : 0; i < count; i++)
-            if (!isfinite(logits[i]))
-                return lm_errf(e, "the model computed a non-finite logit (%g) at position %zu; the weights or "
-                               "config.json are broken", (double)logits[i],
-                               (size_t)before + (all_positions ? i / V : (size_t)n - 1));
-        if (lm_op_timing) lm_op_timing_add("lm_session_eval: the logits' finiteness check", t0);
+        /* The device counted the non-finite values of the one row returned when it
+         * computed it (forward.c, scan_logits): the host reads them only to name one. */
+        if (s->logits_scanned && count == V && s->s.logits_scan_host[0] == 0) return 0;
+        return check_finite(s, logits, count, before, n, all_positions, e);
     }
     return rc;
+}
+
+/* The first of the largest values, as the sampler's greedy pick and the device's
+ * logits_scan choose among finite logits (the best kept in a register: no reload). */
+static int32_t first_largest(const float *v, size_t n) {
+    int32_t best = 0;
+    float top = v[0];
+    for (size_t i = 1; i < n; i++)
+        if (v[i] > top) top = v[best = (int32_t)i];
+    return best;
+}
+
+int lm_session_eval_greedy(lazymoe_session *s, const int32_t *ids, int n, int32_t *next_id, char *e) {
+    lm_scratch *S = &s->s;
+    size_t V = (size_t)s->m->w.cfg.vocab_size;
+    if (!lm_forward_can_scan(s)) { /* the logits in host memory (the CPU's are computed there) */
+        if (lm_session_eval(s, ids, n, S->logits_host, 0, e) != 0) return -1;
+        *next_id = first_largest(S->logits_host, V);
+        return 0;
+    }
+    int before = s->n_past;
+    if (evaluate(s, ids, n, NULL, 0, 1, e) != 0) return -1;
+    if (S->logits_scan_host[0] == 0) {
+        *next_id = S->logits_scan_host[1];
+        return 0;
+    }
+    /* Not all finite: the logits come to the host to name the first, as lm_session_eval does. */
+    if (lm_forward_download_scanned(s, S->logits_host, e) != 0) return -1;
+    if (check_finite(s, S->logits_host, V, before, n, 0, e) != 0) return -1;
+    *next_id = first_largest(S->logits_host, V); /* the host found them finite after all */
+    return 0;
 }
 
 int lm_session_eval_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int32_t *ids, int n, float *logits,

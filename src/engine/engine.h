@@ -103,6 +103,10 @@ typedef struct {
     float *la_logits_host;   /* [min(T, LOOKAHEAD_MAX_TOKENS)][E] */
     int32_t *la_ids;         /* [E] experts predicted */
     uint8_t *la_mark;        /* [E] */
+    /* [vocab] the last token's logits where lm_session_eval_greedy needs them on the
+     * host: always on a backend with host memory; on a device only to name a
+     * non-finite logit the device's scan counted */
+    float *logits_host;
     /* ---- what the arrays live in ---- */
 #define LM_SCRATCH_MAX_BUFS 48
     lm_buf bufs[LM_SCRATCH_MAX_BUFS]; /* backend buffers of the device arrays */
@@ -113,6 +117,12 @@ typedef struct {
      * counts host memory). Empty on the CPU, whose matmul writes them in place. */
     lm_buf logits_dev;
     int logits_rows;
+    /* Backends with logits_scan: the scan of the last token's device logits
+     * (int32 [2]: how many are not finite, the index of the first largest) and its
+     * host copy, queued by download_later (complete after the next download or
+     * sync). Empty elsewhere. */
+    lm_buf logits_scan_dev;
+    int32_t logits_scan_host[2];
 } lm_scratch;
 
 struct lazymoe_session {
@@ -125,6 +135,9 @@ struct lazymoe_session {
     lm_buf *kv_bufs;      /* [n_layers][4]: K values, K scales, V values, V scales (backend memory) */
     struct lm_linear_state *lin; /* linear-attention states and snapshots (linear_attention.h), or NULL */
     uint64_t step_seen;   /* the last recordable decode step's key (forward.c graph_step) */
+    /* 1: the last lm_forward scanned the logits of its last token on the device, and
+     * s.logits_scan_host holds the result */
+    int logits_scanned;
     lm_scratch s;
 };
 
@@ -148,6 +161,9 @@ int lm_session_truncate(lazymoe_session *s, int n, char *err);
 int lm_session_fit(lazymoe_session *s, char *err);
 void lm_session_set_growth_limit(lazymoe_session *s, int positions);
 int lm_session_eval(lazymoe_session *s, const int32_t *ids, int n, float *logits, int all_positions, char *err);
+/* The public lazymoe_session_eval_greedy: lm_session_eval of the last token's logits,
+ * and *next_id = the index of their first largest. */
+int lm_session_eval_greedy(lazymoe_session *s, const int32_t *ids, int n, int32_t *next_id, char *err);
 
 /* Session state files (session_file.c): the first n positions of a session (tokens and
  * KV cache) saved atomically, restored into an empty session of the same model and
@@ -173,7 +189,9 @@ int lm_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **t
 uint64_t lm_kv_cache_bytes(const lm_config *c, int ctx, lm_dtype dt);
 /* Forward scratch for chunks of T tokens (device and host arrays). */
 uint64_t lm_scratch_bytes(const lm_config *c, int T);
-/* The device logits buffer a backend without host memory gets beside the scratch. */
+/* The device logits buffer a backend without host memory gets beside the scratch,
+ * with the scan result of backends that scan logits (an upper bound: counted for
+ * every such backend). */
 uint64_t lm_logits_device_bytes(const lm_config *c, int T);
 int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, char *err);
 void lm_scratch_free(lm_scratch *S, lm_backend *be);
@@ -195,6 +213,16 @@ uint64_t lm_session_plan_bytes(const lazymoe_model *m, int ctx);
 /* Runs the model over ids[n] at positions n_past.. (cache already sized). Writes
  * logits of every token (all = 1) or of the last one into out. */
 int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err);
+/* 1 when lm_forward_scanned can run: a backend whose logits_scan this session's
+ * scratch has a result buffer for. */
+int lm_forward_can_scan(const lazymoe_session *s);
+/* lm_forward for the last token's logits left on the device, only scanned there
+ * (logits_scan into s->s.logits_scan_host, complete when it returns; sets
+ * s->logits_scanned): for a caller that needs no more than their first largest and
+ * whether they are all finite. */
+int lm_forward_scanned(lazymoe_session *s, const int32_t *ids, int n, char *err);
+/* After lm_forward_scanned: downloads those logits into out[vocab]. */
+int lm_forward_download_scanned(lazymoe_session *s, float *out, char *err);
 
 /* A batch step (several sessions, one token each, in one pass): writes the logits of
  * sequence i into out + i * vocab (out may be NULL). b is a batch session

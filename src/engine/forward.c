@@ -35,12 +35,15 @@
 
 #define BE(s) ((s)->m->be)
 /* Runs a backend operation; on failure returns -1 from the caller with its reason.
- * With LAZYMOE_OP_TIMING its wall time goes to its call site (engine/op_timing.h). */
-#define OP(be, call)                                                                                               \
+ * With LAZYMOE_OP_TIMING its wall time goes to its call site (engine/op_timing.h),
+ * named by the call's text. */
+#define OP(be, call) OP_AT(be, #call, call)
+/* The same, timed under `site`: for a call whose text does not say what it waits for. */
+#define OP_AT(be, site, call)                                                                                      \
     do {                                                                                                           \
         double t0_ = lm_op_timing ? lm_op_timing_now() : 0.0;                                                      \
         int rc_ = (call);                                                                                          \
-        if (lm_op_timing) lm_op_timing_add(#call, t0_);                                                            \
+        if (lm_op_timing) lm_op_timing_add(site, t0_);                                                             \
         if (rc_ != 0) return lm_errf(err, "%s backend: %s", (be)->ops->name, lm_backend_error(be));               \
     } while (0)
 
@@ -746,10 +749,29 @@ static int layer(lazymoe_session *s, int l, int T, lazymoe_session *const *seqs,
     return 0;
 }
 
+int lm_forward_can_scan(const lazymoe_session *s) {
+    return s->m->be->ops->logits_scan && s->s.logits_scan_dev.ptr && s->s.logits_dev.ptr;
+}
+
+/* Scans the device logits of one token (S->logits_dev's first row) and queues the
+ * result's copy into S->logits_scan_host (complete after the next download or sync).
+ * Queued before the logits' own download, it is there when they are. */
+static int scan_logits(lazymoe_session *s, char *err) {
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    OP(be, be->ops->logits_scan(be, S->logits_scan_dev.ptr, S->logits_dev.ptr, s->m->w.cfg.vocab_size));
+    OP(be, be->ops->download_later(be, S->logits_scan_host, S->logits_scan_dev.ptr, sizeof S->logits_scan_host));
+    return 0;
+}
+
 /* out[rows][V] (host memory) = lm_head . S->h[rows]: in place where the backend's
  * memory is the host's, else into the device logits buffer and downloaded, a few
- * rows at a time. */
-static int head_logits(lm_backend *be, lm_scratch *S, const lm_weights *w, int rows, float *out, char *err) {
+ * rows at a time. scan (one row, lm_forward_can_scan): the row is also scanned on the
+ * device; out may then be NULL, and the logits stay there. */
+static int head_logits(lazymoe_session *s, int rows, float *out, int scan, char *err) {
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    const lm_weights *w = &s->m->w;
     if (be->ops->host_memory) {
         OP(be, be->ops->matmul(be, out, &w->lm_head, S->h, rows));
         return 0;
@@ -760,7 +782,8 @@ static int head_logits(lm_backend *be, lm_scratch *S, const lm_weights *w, int r
     for (int r0 = 0; r0 < rows; r0 += S->logits_rows) {
         int m = rows - r0 < S->logits_rows ? rows - r0 : S->logits_rows;
         OP(be, be->ops->matmul(be, S->logits_dev.ptr, &w->lm_head, S->h + (size_t)r0 * H, m));
-        OP(be, be->ops->download(be, out + (size_t)r0 * V, S->logits_dev.ptr, sizeof(float) * (size_t)m * V));
+        if (scan && scan_logits(s, err) != 0) return -1;
+        if (out) OP(be, be->ops->download(be, out + (size_t)r0 * V, S->logits_dev.ptr, sizeof(float) * (size_t)m * V));
     }
     return 0;
 }
@@ -790,6 +813,7 @@ static int step_key(const lazymoe_session *s, int T, uint64_t *key) {
     uint64_t h = key_mix(0xcbf29ce484222325ull, s);
     h = key_mix(h, s->s.x);
     h = key_mix(h, s->s.logits_dev.ptr);
+    h = key_mix(h, s->s.logits_scan_dev.ptr);
     for (int l = 0; l < w->cfg.n_layers; l++) {
         lm_layer_blocks b;
         lm_layer_blocks_of(w, l, &b);
@@ -818,7 +842,8 @@ static int embed_and_layers(lazymoe_session *s, int T, char *err) {
     return 0;
 }
 
-/* The ops of one step that ends in the device logits of its last token. */
+/* The ops of one step that ends in the device logits of its last token, scanned
+ * where the backend scans logits (so that a replay checks and picks from them too). */
 static int step_ops(lazymoe_session *s, int T, char *err) {
     const lm_weights *w = &s->m->w;
     lm_backend *be = BE(s);
@@ -827,6 +852,7 @@ static int step_ops(lazymoe_session *s, int T, char *err) {
     if (embed_and_layers(s, T, err) != 0) return -1;
     OP(be, be->ops->rmsnorm(be, S->h, S->x + (size_t)(T - 1) * H, w->final_norm, 1, (int)H, w->cfg.rms_norm_eps));
     OP(be, be->ops->matmul(be, S->logits_dev.ptr, &w->lm_head, S->h, 1));
+    if (lm_forward_can_scan(s) && scan_logits(s, err) != 0) return -1;
     return 0;
 }
 
@@ -862,12 +888,18 @@ static int graph_step(lazymoe_session *s, int T, char *err) {
     return 1;
 }
 
-int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err) {
+/* lm_forward, or with scan_only (out NULL, all 0, lm_forward_can_scan) the last
+ * token's logits left on the device and only scanned. Wherever the last token's
+ * logits alone are computed on a backend that scans, they are scanned, and
+ * s->logits_scanned says so. */
+static int forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, int scan_only, char *err) {
     const lm_weights *w = &s->m->w;
     const lm_config *c = &w->cfg;
     lm_backend *be = BE(s);
     lm_scratch *S = &s->s;
     int H = c->hidden_size, V = c->vocab_size;
+    int want = out || scan_only; /* the last token's logits (or every token's, with all) */
+    s->logits_scanned = 0;
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
             return lm_errf(err, "token id %d at position %d is outside the vocabulary (0..%d)", ids[i], i, V - 1);
@@ -879,7 +911,7 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         if (s->m->cache) lm_cache_begin_step(s->m->cache);
         if (s->m->dcache) lm_device_cache_begin_step(s->m->dcache);
         double t_replay = lm_op_timing ? lm_op_timing_now() : 0.0;
-        int replayed = out && (all || done + T == n) ? graph_step(s, T, err) : 0;
+        int replayed = want && (all || done + T == n) ? graph_step(s, T, err) : 0;
         if (lm_op_timing && replayed > 0) lm_op_timing_add("graph_step (a recorded step replayed)", t_replay);
         if (replayed < 0) return -1;
         if (!replayed && embed_and_layers(s, T, err) != 0) return -1;
@@ -887,18 +919,23 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         s->n_past += T;
         done += T;
         int synced = 0;
-        if (replayed) { /* the step's recording left the logits of its one token on the device */
-            float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
-            OP(be, be->ops->download(be, dst, S->logits_dev.ptr, sizeof(float) * (size_t)V));
+        if (replayed) { /* the step's recording left the logits of its one token on the device, scanned */
+            float *dst = out && all ? out + (size_t)(done - T) * (size_t)V : out;
+            if (dst) OP(be, be->ops->download(be, dst, S->logits_dev.ptr, sizeof(float) * (size_t)V));
+            else OP_AT(be, "sync for the scan of the logits (kept on the device)", be->ops->sync(be));
             synced = 1;
-        } else if (out && (all || done == n)) {
+            s->logits_scanned = done == n && lm_forward_can_scan(s);
+        } else if (want && (all || done == n)) {
             int first = all ? 0 : T - 1;
             int rows = T - first;
+            int scan = rows == 1 && done == n && lm_forward_can_scan(s);
             OP(be, be->ops->rmsnorm(be, S->h, S->x + (size_t)first * (size_t)H, w->final_norm, rows, H,
                                     c->rms_norm_eps));
-            float *dst = all ? out + (size_t)(done - T) * (size_t)V : out;
-            if (head_logits(be, S, w, rows, dst, err) != 0) return -1;
-            synced = !be->ops->host_memory; /* the logits' download waited for the step */
+            float *dst = out && all ? out + (size_t)(done - T) * (size_t)V : out;
+            if (head_logits(s, rows, dst, scan, err) != 0) return -1;
+            if (!out) OP_AT(be, "sync for the scan of the logits (kept on the device)", be->ops->sync(be));
+            synced = !be->ops->host_memory; /* the logits' download (or the sync) waited for the step */
+            s->logits_scanned = scan;
         }
         if (s->m->routed_n) {
             int any = 0;
@@ -912,6 +949,24 @@ int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int al
         }
         if (s->m->trace && lm_trace_end_chunk(s->m->trace, T, err) != 0) return -1;
     }
+    return 0;
+}
+
+int lm_forward(lazymoe_session *s, const int32_t *ids, int n, float *out, int all, char *err) {
+    return forward(s, ids, n, out, all, 0, err);
+}
+
+int lm_forward_scanned(lazymoe_session *s, const int32_t *ids, int n, char *err) {
+    if (!lm_forward_can_scan(s))
+        return lm_errf(err, "the %s backend cannot scan logits on the device", BE(s)->ops->name);
+    return forward(s, ids, n, NULL, 0, 1, err);
+}
+
+int lm_forward_download_scanned(lazymoe_session *s, float *out, char *err) {
+    lm_backend *be = BE(s);
+    if (!s->logits_scanned) return lm_errf(err, "no scanned logits to download");
+    /* the one row computed is the buffer's first (head_logits, step_ops) */
+    OP(be, be->ops->download(be, out, s->s.logits_dev.ptr, sizeof(float) * (size_t)s->m->w.cfg.vocab_size));
     return 0;
 }
 
@@ -945,7 +1000,7 @@ int lm_forward_batch(lazymoe_session *b, lazymoe_session *const *seqs, const int
     if (b->m->trace && lm_trace_end_chunk(b->m->trace, n, err) != 0) return -1;
     if (out) {
         OP(be, be->ops->rmsnorm(be, S->h, S->x, w->final_norm, n, H, c->rms_norm_eps));
-        if (head_logits(be, S, w, n, out, err) != 0) return -1;
+        if (head_logits(b, n, out, 0, err) != 0) return -1;
     }
     return 0;
 }

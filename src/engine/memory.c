@@ -60,6 +60,7 @@ static int scratch_table(lm_scratch *S, const lm_config *c, int T, scratch_entry
         {(void **)&S->need, E * 4, 0},         {(void **)&S->need_status, E, 0},
         {(void **)&S->expert_used, E, 0},      {(void **)&S->la_logits_host, la * E * 4, 0},
         {(void **)&S->la_ids, E * 4, 0},       {(void **)&S->la_mark, E, 0},
+        {(void **)&S->logits_host, (size_t)c->vocab_size * 4, 0},
     };
     _Static_assert(sizeof want / sizeof want[0] <= LM_SCRATCH_MAX_BUFS, "lm_scratch.bufs is too small");
     int n = (int)(sizeof want / sizeof want[0]);
@@ -67,9 +68,12 @@ static int scratch_table(lm_scratch *S, const lm_config *c, int T, scratch_entry
     return n;
 }
 
+/* logits_scan's result: the count of non-finite logits and the first largest's index. */
+#define LOGITS_SCAN_BYTES (2 * sizeof(int32_t))
+
 uint64_t lm_logits_device_bytes(const lm_config *c, int T) {
     int rows = T < LOGITS_DEVICE_ROWS ? T : LOGITS_DEVICE_ROWS;
-    return c->vocab_size > 0 ? (uint64_t)rows * (uint64_t)c->vocab_size * sizeof(float) : 0;
+    return c->vocab_size > 0 ? (uint64_t)rows * (uint64_t)c->vocab_size * sizeof(float) + LOGITS_SCAN_BYTES : 0;
 }
 
 uint64_t lm_scratch_bytes(const lm_config *c, int T) {
@@ -88,6 +92,7 @@ void lm_scratch_free(lm_scratch *S, lm_backend *be) {
         if (!e[i].device) lm_free_aligned(*e[i].p);
     for (int i = 0; i < S->n_bufs; i++) lm_backend_release(be, &S->bufs[i]);
     lm_backend_release(be, &S->logits_dev);
+    lm_backend_release(be, &S->logits_scan_dev);
     memset(S, 0, sizeof *S);
 }
 
@@ -111,6 +116,9 @@ int lm_scratch_alloc(lm_scratch *S, lm_backend *be, const lm_config *c, int T, c
         S->logits_rows = T < LOGITS_DEVICE_ROWS ? T : LOGITS_DEVICE_ROWS; /* lm_logits_device_bytes */
         size_t bytes = (size_t)S->logits_rows * (size_t)c->vocab_size * sizeof(float);
         if (lm_backend_alloc(be, &S->logits_dev, bytes, "device logits", err) != 0) goto fail;
+        if (be->ops->logits_scan &&
+            lm_backend_alloc(be, &S->logits_scan_dev, LOGITS_SCAN_BYTES, "the logits' scan", err) != 0)
+            goto fail;
     }
     S->cap_tokens = T;
     return 0;

@@ -262,6 +262,16 @@ typedef struct {
     int (*step_replay)(lm_backend *be, uint64_t key, int n_past);
     int (*step_record_begin)(lm_backend *be, uint64_t key, int n_past);
     int (*step_record_end)(lm_backend *be, int keep);
+    /* ---- a step's logits checked and picked from where they are (NULL where not
+     * supported: the CPU, whose logits are host memory already) ----
+     * result[0] = how many of logits[n] are NaN or infinite; result[1] = the index of
+     * the largest of them, the lowest index on ties, NaN never chosen (-1 when all are
+     * NaN). For finite logits that is the token a host scan keeping an index only on a
+     * strictly larger value picks: the sampler's greedy choice. result[2] and logits
+     * are device memory. It waits for nothing, so a recorded step may include it: a
+     * decode step can then be checked and picked from by downloading 8 bytes instead
+     * of the vocabulary's logits. */
+    int (*logits_scan)(lm_backend *be, int32_t *result, const float *logits, int n);
 } lm_backend_ops;
 
 /* Tokens up to which moe_routed may be used: below the count from which a backend's

@@ -58,6 +58,7 @@ open(p, 'wb').write(b)
 EOF
 check_err hostile_nan_logits_run "non-finite logit" $BIN run $d --ids 1,2,3 -n 4 --temp 0 --print-ids
 check_err hostile_nan_logits_logits "non-finite logit" $BIN logits $d --ids 1,2,3 --out $T/nan.npy
+check_err hostile_nan_logits_bench "non-finite logit" $BIN bench $d --prompt-tokens 3 --gen-tokens 2
 
 # Sizes that overflow exited 1 with no message.
 check_err hostile_memory_inf "is too large" $BIN run $M --ids 1 --memory inf

@@ -16,6 +16,7 @@
  * for bit equal to the resident run on the GPU.
  */
 #include "../harness.h"
+#include "../nan_model.h"
 
 #include "formats/ggml_blocks.h"
 #include "formats/npy.h"
@@ -1017,6 +1018,94 @@ static void routed_experts(void) {
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }
 
+/* ---- the logits' scan and large downloads ------------------------------------------------------------------------ */
+
+/* What logits_scan must give (backend.h): the values that are NaN or infinite counted
+ * by their exponent bits, and the first largest by a scan that keeps an index only on
+ * a strictly larger value, NaN never taken. */
+static void scan_reference(const float *v, int n, int32_t out[2]) {
+    int bad = 0, best = -1;
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, v + i, sizeof u);
+        bad += (u & 0x7f800000u) == 0x7f800000u;
+        if (!isnan(v[i]) && (best < 0 || v[i] > v[best])) best = i;
+    }
+    out[0] = bad;
+    out[1] = best;
+}
+
+/* logits_scan of host[n] placed `offset` floats into a device buffer (1: a start that
+ * is not 16-byte aligned, which the kernel reads value by value) against the host's. */
+static void scan_case(const char *what, const float *host, int n, int offset) {
+    float *d = dev_from(NULL, sizeof(float) * (size_t)(n + offset));
+    int32_t *r = dev_from(NULL, 2 * sizeof(int32_t));
+    if (!d || !r) {
+        CHECKF(0, "%s: no device memory", what);
+        return;
+    }
+    if (n) CHECK(gpu->ops->upload(gpu, d + offset, host, sizeof(float) * (size_t)n) == 0);
+    CHECK(gpu->ops->logits_scan(gpu, r, d + offset, n) == 0);
+    int32_t *got = host_from(r, 2 * sizeof(int32_t)), want[2];
+    scan_reference(host, n, want);
+    CHECKF(got[0] == want[0] && got[1] == want[1], "%s (n %d, offset %d): %d not finite, first largest at %d; the host: %d, %d",
+           what, n, offset, got[0], got[1], want[0], want[1]);
+    free(got);
+    dev_free(d);
+    dev_free(r);
+}
+
+/* Rows of lengths around the block's and the 16-byte groups' multiples (a decode step's
+ * 151936 + 3 among them), 40 distinct values so that most values have ties, and the
+ * largest placed at three positions (the first of them, in the middle, in the tail read
+ * value by value): the lowest must win wherever the threads meet. Then NaN before it and
+ * -inf (counted, not chosen), +inf (counted, and the largest), all NaN (-1), and -0
+ * before +0 (equal: the first). */
+static void logits_scan(void) {
+    const int sizes[] = {0, 1, 3, 4, 5, 1023, 1024, 1025, 4097, 4160, 16385, 151936 + 3};
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        int n = sizes[c];
+        float *v = malloc(sizeof(float) * (size_t)(n ? n : 1));
+        for (int i = 0; i < n; i++) v[i] = (float)(int)frand(0, 40) / 4.0f - 5.0f;
+        if (n) v[n / 3] = v[n / 2] = v[n - 1] = 100.0f;
+        scan_case("finite, ties of the largest", v, n, 0);
+        scan_case("finite, ties of the largest, unaligned", v, n, 1);
+        if (n >= 8) {
+            v[0] = NAN;
+            v[n / 3 - 1] = -NAN;
+            v[n / 4] = -INFINITY;
+            scan_case("NaN and -inf", v, n, 0);
+            scan_case("NaN and -inf, unaligned", v, n, 1);
+            v[n - 2] = INFINITY;
+            scan_case("+inf", v, n, 0);
+            for (int i = 0; i < n; i++) v[i] = NAN;
+            scan_case("all NaN", v, n, 0);
+            for (int i = 0; i < n; i++) v[i] = -1.0f;
+            v[n / 2] = 0.0f;
+            v[n / 3] = -0.0f;
+            scan_case("-0 before +0", v, n, 0);
+        }
+        free(v);
+    }
+    CHECK(gpu->ops->logits_scan(gpu, NULL, NULL, -1) != 0);
+}
+
+/* Downloads from 64 KB on go through a page-locked buffer of at most 16 MB, larger ones
+ * in parts: every size gives the bytes uploaded. */
+static void large_downloads(void) {
+    const size_t sizes[] = {((size_t)64 << 10) - 4, (size_t)64 << 10, (size_t)151936 * 4, ((size_t)16 << 20) + 4,
+                            ((size_t)40 << 20) + 12};
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        uint8_t *h = rand_bytes(sizes[c]);
+        void *d = dev_from(h, sizes[c]);
+        uint8_t *back = d ? host_from(d, sizes[c]) : NULL;
+        CHECKF(back && same_bits("download", back, h, sizes[c]), "a download of %zu bytes", sizes[c]);
+        free(h);
+        free(back);
+        dev_free(d);
+    }
+}
+
 /* ---- errors ------------------------------------------------------------------------------------------------------ */
 
 static void errors_are_messages(void) {
@@ -1295,6 +1384,123 @@ static void graphs_replay(void) {
     graphs_case("models/demo-coder");
 }
 
+/* lazymoe_session_eval_greedy on the GPU (the pick made by logits_scan, in the recorded
+ * step as op by op) gives, token by token, the argmax of the logits the same steps
+ * download; with graphs, both sessions' steps after their first two are replays. */
+static void eval_greedy_case(const char *name, int graphs) {
+    char dir[512], path[512];
+    fixture_path(dir, sizeof dir, name, NULL);
+    if (graphs) unsetenv("LAZYMOE_CUDA_GRAPHS");
+    else setenv("LAZYMOE_CUDA_GRAPHS", "0", 1);
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.kv_bits = 16;
+    opt.act_bits = 32;
+    opt.backend = "cuda";
+    opt.no_warm_start = 1;
+    int32_t ids[4096];
+    fixture_path(path, sizeof path, name, "input_ids.txt");
+    int n = read_ids(path, ids, 4096, "%c");
+    if (n > 24) n = 24;
+    lazymoe_model *m = NULL;
+    int rc = n > 0 ? lazymoe_model_open(&m, dir, &opt, err, sizeof err) : -1;
+    unsetenv("LAZYMOE_CUDA_GRAPHS");
+    CHECKF(rc == 0, "%s: %s", name, n > 0 ? err : "no input ids");
+    if (rc != 0) return;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    size_t V = (size_t)info.vocab_size;
+    float *lg = malloc(sizeof(float) * V);
+    lazymoe_session *a = NULL, *b = NULL;
+    int32_t next = -1;
+    uint64_t before = lm_backend_cuda_step_replays();
+    rc = lazymoe_session_create(&a, m, err, sizeof err) || lazymoe_session_create(&b, m, err, sizeof err);
+    if (rc == 0) rc = lazymoe_session_eval(a, ids, n, lg, 0, err, sizeof err);
+    if (rc == 0) rc = lazymoe_session_eval_greedy(b, ids, n, &next, err, sizeof err);
+    int same = 0;
+    for (int g = 0; rc == 0 && g < GRAPH_STEPS; g++) {
+        int32_t best = 0;
+        for (size_t i = 1; i < V; i++)
+            if (lg[i] > lg[best]) best = (int32_t)i;
+        CHECKF(next == best, "%s (graphs %d) step %d: greedy evaluation picked %d, the logits' argmax is %d", name,
+               graphs, g, next, best);
+        same += next == best;
+        rc = lazymoe_session_eval(a, &best, 1, lg, 0, err, sizeof err);
+        if (rc == 0) rc = lazymoe_session_eval_greedy(b, &best, 1, &next, err, sizeof err);
+    }
+    CHECKF(rc == 0, "%s (graphs %d): %s", name, graphs, err);
+    uint64_t replays = lm_backend_cuda_step_replays() - before;
+    if (graphs) CHECKF(replays >= GRAPH_STEPS, "%s: %llu replays over two sessions' %d steps", name,
+                       (unsigned long long)replays, GRAPH_STEPS);
+    else CHECK(replays == 0);
+    printf("# %s (graphs %d): %d of %d greedy picks equal the downloaded logits' argmax, %llu steps replayed\n", name,
+           graphs, same, GRAPH_STEPS, (unsigned long long)replays);
+    free(lg);
+    lazymoe_session_free(a);
+    lazymoe_session_free(b);
+    lazymoe_model_close(m);
+}
+
+/* A NaN logit at every position (lm_head row 7 NaN): the GPU's greedy evaluation, which
+ * finds it by the device's count, fails with the message the logits' path gives. */
+static void eval_greedy_nan(void) {
+    char dir[256], e1[LM_ERR_LEN] = "", e2[LM_ERR_LEN] = "";
+    if (nan_model_make(rt_path("tests/fixtures/golden/qwen3_moe_f32"), 7, dir) != 0) {
+        CHECKF(0, "no NaN model");
+        return;
+    }
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.backend = "cuda";
+    opt.no_warm_start = 1;
+    lazymoe_model *m = NULL;
+    CHECKF(lazymoe_model_open(&m, dir, &opt, err, sizeof err) == 0, "%s", err);
+    if (m) {
+        lazymoe_session *a = NULL, *b = NULL;
+        float *lg = malloc(sizeof(float) * 4096);
+        int32_t ids[3] = {5, 6, 7}, next = -1;
+        CHECK(lazymoe_session_create(&a, m, err, sizeof err) == 0 && lazymoe_session_create(&b, m, err, sizeof err) == 0);
+        CHECK(a && lazymoe_session_eval(a, ids, 3, lg, 0, e1, sizeof e1) != 0);
+        CHECK(b && lazymoe_session_eval_greedy(b, ids, 3, &next, e2, sizeof e2) != 0);
+        CHECKF(!strcmp(e1, e2) && strstr(e1, "non-finite logit (") && strstr(e1, "at position 2"), "'%s' vs '%s'", e1,
+               e2);
+        free(lg);
+        lazymoe_session_free(a);
+        lazymoe_session_free(b);
+    }
+    lazymoe_model_close(m);
+    nan_model_remove(dir);
+}
+
+static void eval_greedy(void) {
+    eval_greedy_case("qwen3_moe_f32", 1);
+    eval_greedy_case("qwen3_moe_f32", 0);
+    eval_greedy_case("glm4_moe_f32", 1);
+    eval_greedy_case("models/demo-coder", 1);
+    eval_greedy_case("models/demo-coder", 0);
+    eval_greedy_nan();
+}
+
+/* Logits downloaded through the page-locked buffer and straight into pageable memory
+ * (LAZYMOE_CUDA_DOWN_STAGE=0, read when the backend is made) are the same bytes. */
+static void download_staging(void) {
+    const char *names[] = {"qwen3_moe_f32", "models/demo-coder"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        float *a = NULL, *b = NULL;
+        size_t V = 0, V2 = 0;
+        int ra = decode_logits(names[i], 1, &a, &V);
+        setenv("LAZYMOE_CUDA_DOWN_STAGE", "0", 1);
+        int rb = decode_logits(names[i], 1, &b, &V2);
+        unsetenv("LAZYMOE_CUDA_DOWN_STAGE");
+        CHECKF(ra == 0 && rb == 0, "%s: %s", names[i], err);
+        if (ra == 0 && rb == 0)
+            CHECKF(V == V2 && !memcmp(a, b, sizeof(float) * (GRAPH_STEPS + 1) * V),
+                   "%s: logits staged and downloaded directly differ", names[i]);
+        free(a);
+        free(b);
+    }
+}
+
 static void golden_qwen3_moe(void) { golden("qwen3_moe_f32", "logits.npy", "greedy.txt", 1); }
 static void golden_qwen3_moe_sharded(void) { golden("qwen3_moe_sharded_f32", "logits.npy", "greedy.txt", 1); }
 static void golden_qwen3_moe_long(void) { golden("qwen3_moe_long_f32", "logits.npy", "greedy.txt", 1); }
@@ -1404,6 +1610,8 @@ int main(void) {
     TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
+    TEST_CASE("cuda_logits_scan", logits_scan);
+    TEST_CASE("cuda_large_downloads", large_downloads);
     printf("# device copies of host weights: %llu bytes\n", (unsigned long long)lm_backend_cuda_weight_bytes(gpu));
     lm_backend_free(gpu);
     lm_backend_free(cpu);
@@ -1430,6 +1638,8 @@ int main(void) {
     TEST_CASE("cuda_golden_gpt_oss_mxfp4", golden_gpt_oss_mxfp4);
     TEST_CASE("cuda_golden_demo_coder_q4", golden_demo_coder);
     TEST_CASE("cuda_graphs_replay_bit_identical_to_ops", graphs_replay);
+    TEST_CASE("cuda_eval_greedy_equals_argmax_of_logits", eval_greedy);
+    TEST_CASE("cuda_download_staging_bit_identical", download_staging);
     TEST_CASE("cuda_linear_attention_refused", linear_attention_refused);
     TEST_CASE("cuda_tier_qwen3_moe_bit_identical", tier_qwen3_moe);
     TEST_CASE("cuda_tier_glm4_moe_shared_expert_bit_identical", tier_glm4_moe);

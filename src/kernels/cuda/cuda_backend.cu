@@ -121,6 +121,14 @@ typedef struct {
     size_t stage_used[2];
     int stage_cur;
     cudaEvent_t stage_ev[2];
+    /* Large downloads (a step's logits) land in this page-locked buffer and are copied
+     * to their destination from there: a copy into pageable memory goes through the
+     * driver's own staging at a fraction of the bus speed. Grown on demand up to
+     * DOWN_STAGE_MAX; down_direct: LAZYMOE_CUDA_DOWN_STAGE=0, or pinning failed once
+     * (downloads then go straight to their destination). */
+    uint8_t *down;
+    size_t down_cap;
+    int down_direct;
     /* LAZYMOE_CUDA_TIMING=1: every kernel between two events, summed per kernel
      * name, and the host's waits, printed to stderr when the backend is freed. */
     int timing;
@@ -3228,6 +3236,98 @@ static int cuda_moe_combine(lm_backend *be, float *y, const float *eout, const f
     return 0;
 }
 
+/* ---- the logits' scan ------------------------------------------------------------------------------------- */
+
+/* One block: a decode step's ~150k logits are 600 KB, a few microseconds for one
+ * SM with its loads in flight, and a single block needs no second launch or atomics
+ * to combine its parts (and so no resetting of a counter between replays). */
+#define SCAN_THREADS 1024
+#define SCAN_AHEAD 4 /* 16-byte loads a thread issues before comparing */
+
+/* Folds value x at index i into a thread's count of NaN / inf and its best. A
+ * thread sees its indices in increasing order, so keeping only a strictly larger
+ * value keeps the first of equal ones, as the host's scan does. */
+__device__ __forceinline__ void scan_value(float x, int i, int &bad, float &top, int &best) {
+    bad += (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u;
+    if (!isnan(x) && (best < 0 || x > top)) {
+        top = x;
+        best = i;
+    }
+}
+
+/* The better of two candidates (index -1: none): the larger value, then the lower
+ * index. A strict total order, so the block's result does not depend on the order in
+ * which the threads' candidates meet. */
+__device__ __forceinline__ void scan_merge(float &top, int &best, float top2, int best2) {
+    if (best2 >= 0 && (best < 0 || top2 > top || (top2 == top && best2 < best))) {
+        top = top2;
+        best = best2;
+    }
+}
+
+__global__ void __launch_bounds__(SCAN_THREADS) k_logits_scan(int32_t *result, const float *__restrict__ v, int n) {
+    int bad = 0, best = -1;
+    float top = 0.0f;
+    int n4 = (uintptr_t)v % 16 == 0 ? n / 4 : 0; /* whole 16-byte groups; the rest one by one */
+    const float4 *v4 = (const float4 *)v;
+    for (int base = threadIdx.x; base < n4; base += SCAN_THREADS * SCAN_AHEAD) {
+        float4 x[SCAN_AHEAD];
+#pragma unroll
+        for (int j = 0; j < SCAN_AHEAD; j++) {
+            int k = base + j * SCAN_THREADS;
+            x[j] = k < n4 ? v4[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int j = 0; j < SCAN_AHEAD; j++) {
+            int k = base + j * SCAN_THREADS;
+            if (k >= n4) break;
+            scan_value(x[j].x, 4 * k, bad, top, best);
+            scan_value(x[j].y, 4 * k + 1, bad, top, best);
+            scan_value(x[j].z, 4 * k + 2, bad, top, best);
+            scan_value(x[j].w, 4 * k + 3, bad, top, best);
+        }
+    }
+    for (int i = 4 * n4 + (int)threadIdx.x; i < n; i += SCAN_THREADS) scan_value(v[i], i, bad, top, best);
+    for (int o = 16; o > 0; o /= 2) {
+        bad += __shfl_down_sync(0xffffffffu, bad, o);
+        float t2 = __shfl_down_sync(0xffffffffu, top, o);
+        int b2 = __shfl_down_sync(0xffffffffu, best, o);
+        scan_merge(top, best, t2, b2);
+    }
+    __shared__ int w_bad[SCAN_THREADS / 32], w_best[SCAN_THREADS / 32];
+    __shared__ float w_top[SCAN_THREADS / 32];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        w_bad[warp] = bad;
+        w_top[warp] = top;
+        w_best[warp] = best;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    bad = w_bad[lane]; /* SCAN_THREADS / 32 == 32 warps: one per lane */
+    top = w_top[lane];
+    best = w_best[lane];
+    for (int o = 16; o > 0; o /= 2) {
+        bad += __shfl_down_sync(0xffffffffu, bad, o);
+        float t2 = __shfl_down_sync(0xffffffffu, top, o);
+        int b2 = __shfl_down_sync(0xffffffffu, best, o);
+        scan_merge(top, best, t2, b2);
+    }
+    if (lane == 0) {
+        result[0] = bad;
+        result[1] = best;
+    }
+}
+static_assert(SCAN_THREADS == 32 * 32, "k_logits_scan's second step takes one warp's result per lane");
+
+static int cuda_logits_scan(lm_backend *be, int32_t *result, const float *logits, int n) {
+    cuda_impl *im = impl_of(be);
+    if (n < 0) return lm_errf(be->err, "logits_scan over %d values", n);
+    tim_begin(im);
+    k_logits_scan<<<1, SCAN_THREADS, 0, im->stream>>>(result, logits, n);
+    return launched(be, "logits scan");
+}
+
 /* ---- memory ------------------------------------------------------------------------------------------------ */
 
 static int cuda_alloc(lm_backend *be, lm_buf *out, size_t bytes) {
@@ -3284,9 +3384,49 @@ static int cuda_upload(lm_backend *be, void *dst, const void *host_src, size_t b
     return 0;
 }
 
+/* Downloads from this size on go through the page-locked buffer (im->down): a step's
+ * logits (600 KB at a 152k vocabulary), not routes or flags, whose copies cost their
+ * latency whatever the memory. */
+#define DOWN_STAGE_MIN ((size_t)64 << 10)
+/* The buffer's largest size: 16 rows of logits at a 200k vocabulary (the device
+ * logits' rows, memory.c); a larger download goes through it in parts. */
+#define DOWN_STAGE_MAX ((size_t)16 << 20)
+
+/* The page-locked buffer for a download of `bytes`, grown to hold it (up to
+ * DOWN_STAGE_MAX); NULL when downloads go direct. */
+static uint8_t *down_stage(cuda_impl *im, size_t bytes) {
+    if (im->down_direct) return NULL;
+    size_t want = bytes < DOWN_STAGE_MAX ? bytes : DOWN_STAGE_MAX;
+    if (im->down_cap >= want) return im->down;
+    size_t cap = im->down_cap ? im->down_cap : (size_t)1 << 20;
+    while (cap < want) cap *= 2;
+    if (cap > DOWN_STAGE_MAX) cap = DOWN_STAGE_MAX;
+    /* no copy reads the old buffer: every staged download waited for its copy */
+    if (im->down) cudaFreeHost(im->down);
+    im->down = NULL;
+    im->down_cap = 0;
+    if (cudaMallocHost((void **)&im->down, cap) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: downloads go direct from now on */
+        im->down = NULL;
+        im->down_direct = 1;
+        return NULL;
+    }
+    im->down_cap = cap;
+    return im->down;
+}
+
 static int cuda_download(lm_backend *be, void *host_dst, const void *src, size_t bytes) {
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
+    uint8_t *stage = bytes >= DOWN_STAGE_MIN ? down_stage(im, bytes) : NULL;
+    for (size_t done = 0; stage && done < bytes;) {
+        size_t part = bytes - done < im->down_cap ? bytes - done : im->down_cap;
+        CU(be, "download", cudaMemcpyAsync(stage, (const uint8_t *)src + done, part, cudaMemcpyDeviceToHost, im->stream));
+        CU(be, "download", stream_wait(im));
+        memcpy((uint8_t *)host_dst + done, stage, part);
+        done += part;
+    }
+    if (stage) return 0;
     CU(be, "download", cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, im->stream));
     CU(be, "download", stream_wait(im));
     return 0;
@@ -3620,6 +3760,7 @@ static void cuda_destroy(lm_backend *be) {
         free(im->tev);
         free(im->tname);
         if (im->stage) cudaFreeHost(im->stage);
+        if (im->down) cudaFreeHost(im->down);
         if (im->later) cudaFreeHost(im->later);
         for (int i = 0; i < im->n_rt; i++)
             if (im->rt[i].dev) cudaFree(im->rt[i].dev);
@@ -3684,6 +3825,7 @@ static const lm_backend_ops cuda_ops = {
     /* .step_replay = */ FLUSHED(cuda_step_replay),
     /* .step_record_begin = */ FLUSHED(cuda_step_record_begin),
     /* .step_record_end = */ TIMED(cuda_step_record_end),
+    /* .logits_scan = */ FLUSHED(cuda_logits_scan),
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
@@ -3737,6 +3879,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (gr && !strcmp(gr, "0")) im->graphs_off = 1;
     const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
     if (ro && !strcmp(ro, "0")) im->no_routed = 1;
+    const char *ds = getenv("LAZYMOE_CUDA_DOWN_STAGE");
+    if (ds && !strcmp(ds, "0")) im->down_direct = 1;
     const char *t = getenv("LAZYMOE_CUDA_TIMING");
     if (t && !strcmp(t, "1")) {
         im->tev = (cudaEvent_t *)calloc(2 * TIM_CAP, sizeof *im->tev);
