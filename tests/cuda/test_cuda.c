@@ -346,7 +346,7 @@ static void extreme_affine(lm_mat *W) {
 static void fast_case(const char *what, lm_dtype dt, int rows, int cols, int bits, int gs, lm_dtype qdt, int extreme,
                       int expect_fast) {
     /* k_gemv below 8 tokens, from 8 k_gemm (tiles of 256 x 16, 128 x 32 or 64 x 64) or, for
-     * integer-valued weights, k_gemm_tc (128 rows x 16 or 32 tokens) */
+     * integer-valued weights, k_gemm_tc (128 rows x 16 tokens a block) */
     static const int ns[] = {1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 32, 33, 64, 70, 100};
     lm_mat W = make_mat(dt, rows, cols, 0, bits, gs, qdt);
     if (extreme) extreme_affine(&W);

@@ -1631,10 +1631,9 @@ template <int MT> static mm_kernel gemm_tc_kernel_of(int fmt) {
     default: return k_gemm_tc<FMT_Q4_K, MT>;
     }
 }
-/* 16 tokens a warp: more warps to hide the loads' latency (the result is the same with
- * 32, k_gemm_tc<FMT, 2>) */
-static int gemm_tc_tiles(int max_n) { return max_n > 0 ? 1 : 2; }
-static mm_kernel gemm_tc_kernel(int fmt, int mt) { return mt == 1 ? gemm_tc_kernel_of<1>(fmt) : gemm_tc_kernel_of<2>(fmt); }
+/* 16 tokens a warp (TC_MT): more warps to hide the loads' latency than with 32 (the result
+ * is the same with any MT) */
+#define TC_MT 1
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
                                "gemv q8_0", "gemv q4_k"};
@@ -1690,11 +1689,10 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     p->count = 0;
     im->fast_launches++;
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
-        int mt = gemm_tc_tiles(p->max_n);
-        dim3 grid(blocks_for((size_t)p->sh.rows, TC_ROWS), blocks_for((size_t)p->max_n, 16u * (unsigned)mt), (unsigned)count);
+        dim3 grid(blocks_for((size_t)p->sh.rows, TC_ROWS), blocks_for((size_t)p->max_n, 16u * TC_MT), (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        gemm_tc_kernel(p->fmt, mt)<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+        gemm_tc_kernel_of<TC_MT>(p->fmt)<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
     if (gemm) {
