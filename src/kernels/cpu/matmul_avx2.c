@@ -190,10 +190,16 @@ TARGET static void rows_avx2(const lm_mat *W, int r0, int r1, const float *x, in
  * activations (4-bit: a mask gives the low nibbles, the even-indexed weights, and a
  * shift the high ones, which meet the activations the backend stored as even-then-
  * odd halves of each 64-block (act8_q4_block), so lane k holds weights 8k..8k+7;
- * 8-bit: weights 4k..4k+3). The lanes add up exactly over a group's steps; each
- * group then adds cvt(lanes) * (scale * dx) to the f32 lane accumulators (4-bit
- * with groups of 32: a step holds two groups, lanes 0-3 and 4-7), and the biases'
- * bias_g * xsum_g join the same accumulators 8 groups at a time. Tiles are 2 rows x
+ * 8-bit: weights 4k..4k+3). The lanes add up exactly over a group's steps (4-bit
+ * with groups of 32: a step holds two groups, lanes 0-3 and 4-7). The lanes of 8
+ * groups are then added across in int32 (vphaddd) into the 8 groups' exact I_g, one
+ * per lane, and only then converted: cvt(I_g) * (scale_g * dx_g) and bias_g * xsum_g
+ * join the f32 lane accumulators 8 groups at a time, so every table rounds the same
+ * terms (cpu_kernels.h). Converting each lane's partial sum instead rounded terms
+ * far larger than I_g's -- the 8 partial sums of a group largely cancel (unsigned
+ * weights, signed activations) -- e.g. 90 against 0.48 for a 33x384 8-bit g128
+ * row, 4.9e-6 of the result's magnitude off the definition where scalar is
+ * 3.5e-7. Tiles are 2 rows x
  * 2 tokens or 4 rows x 1 token, so that all accumulators stay in the 16 ymm
  * registers; tiles that stream their rows in prefetch 256 bytes ahead, which took
  * 8-bit decode from about 1.05x to 1.4x f32 here (a Zen 5).
@@ -260,6 +266,22 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
     }
 }
 
+/* The exact dot products I_g of 8 groups from their integer lanes: v[k] holds the
+ * lanes of group k, lane k of the result their sum (int32 is exact: I_g fits). */
+TARGET INLINE __m256i a8_group_dots(const __m256i v[LANES]) {
+    /* hadd twice: groups 0-3 (ab) and 4-7 (ce), each half of a register summing its lanes 0-3 / 4-7 */
+    const __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i ce = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, ce, 0x20), _mm256_permute2x128_si256(ab, ce, 0x31));
+}
+
+/* The same for split steps (4-bit, groups of 32): v[p] holds groups 2p (lanes 0-3)
+ * and 2p+1 (lanes 4-7); two hadd give groups 0, 2, 4, 6, 1, 3, 5, 7, put in order. */
+TARGET INLINE __m256i a8_split_group_dots(const __m256i v[LANES / 2]) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    return _mm256_permutevar8x32_epi32(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 /* R rows x T tokens of an affine matrix (bits 4 or 8) with int8 activations; the
  * same body for both ways to the lanes. A macro: a function with the AVX-VNNI
  * target cannot be inlined into one without it, and the plain way must not be
@@ -272,7 +294,7 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
         const int split = bits == 4 && gs < A8_Q4_BLOCK; /* two groups per step */                               \
         const int unit = split ? 2 : 1;                  /* groups per pass of the loop below */                 \
         const int steps = split ? 1 : gs * bits / 8 / A8_STEP_BYTES;                                           \
-        const __m256i pair = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0); /* lane -> group of a split step */        \
+        const int per_batch = split ? LANES / 2 : LANES; /* passes that make 8 groups */                             \
         const size_t row_bytes = (size_t)cols * (size_t)bits / 8;                                              \
         const uint8_t *rowp[TILE_R];                                                                           \
         __m256 acc[TILE_R][TILE_T];                                                                            \
@@ -283,9 +305,11 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
             for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();                                       \
         }                                                                                                      \
         /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                  \
-         * (the second group of a half step and the biases' last 8 read past it). */                       \
+         * (a batch of 8 groups reads past it; its missing groups' dots are zero too). */               \
         float sf[TILE_R][GROUP_BLOCK + LANES], bf[TILE_R][GROUP_BLOCK + LANES];                                   \
         uint8_t pad[TILE_R][A8_STEP_BYTES] = {{0}}; /* a half step's bytes, then zeros */                       \
+        __m256i dv[TILE_R][TILE_T][LANES]; /* each pass's integer lanes until a batch of 8 groups */                 \
+        int np = 0;                        /* passes in dv */                                                        \
         for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {                                                         \
             const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;                                      \
             UNROLL                                                                                             \
@@ -320,32 +344,34 @@ TARGET INLINE void step_dots_plain(__m256i d[], const uint8_t *w, const int8_t *
                         step_dots_##way(d[i], ws, xs, a->q_stride, T, bits);                                   \
                     }                                                                                          \
                 }                                                                                              \
-                __m256 dxv[TILE_T];                                                                            \
-                UNROLL                                                                                         \
-                for (int t = 0; t < T; t++) {                                                                  \
-                    const float *dxt = a->dx + (size_t)t * (size_t)a->ng_stride + g0 + g;                      \
-                    dxv[t] = split ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(dxt), pair) : _mm256_broadcast_ss(dxt); \
-                }                                                                                              \
-                UNROLL                                                                                         \
-                for (int i = 0; i < R; i++) {                                                                  \
-                    __m256 sv = split ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(sf[i] + g), pair)              \
-                                      : _mm256_broadcast_ss(sf[i] + g);                                        \
-                    UNROLL                                                                                     \
-                    for (int t = 0; t < T; t++)                                                                \
-                        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[i][t]), _mm256_mul_ps(sv, dxv[t]), acc[i][t]); \
-                }                                                                                              \
-            }                                                                                                  \
-            for (int gb = 0; gb < gn; gb += LANES) {                                                           \
-                UNROLL                                                                                         \
-                for (int i = 0; i < R; i++) {                                                                  \
-                    __m256 b = _mm256_loadu_ps(bf[i] + gb);                                                    \
-                    UNROLL                                                                                     \
-                    for (int t = 0; t < T; t++)                                                                \
-                        acc[i][t] = _mm256_fmadd_ps(                                                           \
-                            b, _mm256_loadu_ps(a->xsum + (size_t)t * (size_t)a->ng_stride + g0 + gb), acc[i][t]); \
-                }                                                                                              \
-            }                                                                                                  \
-        }                                                                                                      \
+                /* The pass's integer lanes wait in dv until 8 groups are in (or the chunk ends); then               \
+                 * they add up exactly to the groups' I_g, one group per lane, and only those go to f32.             \
+                 * Converting the partial lanes instead rounds terms that can be hundreds of times                   \
+                 * larger than I_g's (the lanes of a group cancel), far past f32 rounding of the sum. */             \
+                UNROLL                                                                                               \
+                for (int i = 0; i < R; i++)                                                                          \
+                    UNROLL                                                                                           \
+                    for (int t = 0; t < T; t++) dv[i][t][np] = d[i][t];                                              \
+                if (++np < per_batch && g + unit < gn) continue;                                                     \
+                const int gb = g + unit - np * unit; /* the batch's first group */                                   \
+                for (; np < per_batch; np++)                                                                         \
+                    for (int i = 0; i < R; i++)                                                                      \
+                        for (int t = 0; t < T; t++) dv[i][t][np] = _mm256_setzero_si256();                           \
+                np = 0;                                                                                              \
+                UNROLL                                                                                               \
+                for (int i = 0; i < R; i++) {                                                                        \
+                    const __m256 sv = _mm256_loadu_ps(sf[i] + gb), bv = _mm256_loadu_ps(bf[i] + gb);                 \
+                    UNROLL                                                                                           \
+                    for (int t = 0; t < T; t++) {                                                                    \
+                        const size_t o = (size_t)t * (size_t)a->ng_stride + (size_t)(g0 + gb);                       \
+                        const __m256i dots = split ? a8_split_group_dots(dv[i][t]) : a8_group_dots(dv[i][t]);        \
+                        const __m256 sd = _mm256_mul_ps(sv, _mm256_loadu_ps(a->dx + o));                             \
+                        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), sd, acc[i][t]);                        \
+                        acc[i][t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(a->xsum + o), acc[i][t]);                    \
+                    }                                                                                                \
+                }                                                                                                    \
+            }                                                                                                        \
+        }                                                                                                            \
         UNROLL                                                                                                 \
         for (int t = 0; t < T; t++)                                                                            \
             UNROLL                                                                                             \

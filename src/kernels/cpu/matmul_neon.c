@@ -194,9 +194,12 @@ static void rows_neon(const lm_mat *W, int r0, int r1, const float *x, int n, fl
  * 8-bit: weights 4k..4k+3). SDOT is signed x signed and 8-bit weights (0..255) do
  * not fit a signed byte, so they enter as w - 128 (flip the top bit) and each lane
  * starts from 128 * the sum of its activations, which restores sum w * x exactly.
- * The lanes add up exactly over a group's steps; each group then adds
- * cvt(lanes) * (scale * dx) to the f32 lane accumulators, and the biases'
- * bias_g * xsum_g join them 4 groups at a time.
+ * The lanes add up exactly over a group's steps; the lanes of 4 groups are then
+ * added across in int32 (addp) into the 4 groups' exact I_g, one per lane, and only
+ * then converted: cvt(I_g) * (scale_g * dx_g) and bias_g * xsum_g join the f32 lane
+ * accumulators 4 groups at a time, so every table rounds the same terms
+ * (cpu_kernels.h). Converting each lane's partial sum instead rounds terms that can
+ * be far larger than I_g's, as a group's partial sums largely cancel.
  * Two ways to the same lanes, picked per call from lm_cpu_features():
  *  - SDOT (the dot-product extension: Cortex-A55/A76 and later, Apple M1, Graviton 2):
  *    each 4 products into a lane, one instruction;
@@ -288,15 +291,18 @@ INLINE void step_dots_plain(int32x4_t d[], const uint8_t *w, const int8_t *x, si
             UNROLL                                                                                             \
             for (int t = 0; t < T; t++) acc[i][t] = vdupq_n_f32(0);                                            \
         }                                                                                                      \
-        /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                  \
-         * (the biases' last 4 read past it). */                                                         \
-        float sf[TILE_R][GROUP_BLOCK], bf[TILE_R][GROUP_BLOCK + 4];                                             \
+        /* Scales and biases of GROUP_BLOCK groups as f32, zero past the last group                                  \
+         * (a batch of 4 groups reads past it; its missing groups' dots are zero too). */                            \
+        float sf[TILE_R][GROUP_BLOCK + 4], bf[TILE_R][GROUP_BLOCK + 4];                                              \
+        int32x4_t dv[TILE_R][TILE_T][4]; /* each group's integer lanes until a batch of 4 */                         \
+        int np = 0;                      /* groups in dv */                                                          \
         for (int g0 = 0; g0 < ng; g0 += GROUP_BLOCK) {                                                         \
             const int gn = ng - g0 < GROUP_BLOCK ? ng - g0 : GROUP_BLOCK;                                      \
             for (int i = 0; i < R; i++) {                                                                      \
                 size_t first = (size_t)(r + i) * (size_t)ng + (size_t)g0;                                        \
                 groups_to_f32(sf[i], W->scales, W->qdtype, first, gn);                                         \
                 groups_to_f32(bf[i], W->biases, W->qdtype, first, gn);                                         \
+                memset(sf[i] + gn, 0, sizeof(float) * 4);                                                            \
                 memset(bf[i] + gn, 0, sizeof(float) * 4);                                                      \
             }                                                                                                  \
             for (int g = 0; g < gn; g++) {                                                                     \
@@ -320,28 +326,32 @@ INLINE void step_dots_plain(int32x4_t d[], const uint8_t *w, const int8_t *x, si
                     UNROLL                                                                                     \
                     for (int i = 0; i < R; i++) step_dots_##way(d[i], rowp[i] + wo, xs, a->q_stride, T, bits);       \
                 }                                                                                              \
-                float32x4_t dxv[TILE_T];                                                                       \
-                UNROLL                                                                                         \
-                for (int t = 0; t < T; t++) dxv[t] = vdupq_n_f32(a->dx[(size_t)t * (size_t)a->ng_stride + g0 + g]); \
-                UNROLL                                                                                         \
-                for (int i = 0; i < R; i++) {                                                                  \
-                    float32x4_t sv = vdupq_n_f32(sf[i][g]);                                                    \
-                    UNROLL                                                                                     \
-                    for (int t = 0; t < T; t++)                                                                \
-                        acc[i][t] = vfmaq_f32(acc[i][t], vcvtq_f32_s32(d[i][t]), vmulq_f32(sv, dxv[t]));       \
-                }                                                                                              \
-            }                                                                                                  \
-            for (int gb = 0; gb < gn; gb += 4) {                                                               \
-                UNROLL                                                                                         \
-                for (int i = 0; i < R; i++) {                                                                  \
-                    float32x4_t b = vld1q_f32(bf[i] + gb);                                                     \
-                    UNROLL                                                                                     \
-                    for (int t = 0; t < T; t++)                                                                \
-                        acc[i][t] = vfmaq_f32(acc[i][t], b,                                                    \
-                                              vld1q_f32(a->xsum + (size_t)t * (size_t)a->ng_stride + g0 + gb)); \
-                }                                                                                              \
-            }                                                                                                  \
-        }                                                                                                      \
+                /* The group's integer lanes wait in dv until 4 groups are in (or the chunk ends);                   \
+                 * then two addp give their exact I_g, one group per lane, for the f32 terms. */                     \
+                UNROLL                                                                                               \
+                for (int i = 0; i < R; i++)                                                                          \
+                    UNROLL                                                                                           \
+                    for (int t = 0; t < T; t++) dv[i][t][np] = d[i][t];                                              \
+                if (++np < 4 && g + 1 < gn) continue;                                                                \
+                const int gb = g + 1 - np; /* the batch's first group */                                             \
+                for (; np < 4; np++)                                                                                 \
+                    for (int i = 0; i < R; i++)                                                                      \
+                        for (int t = 0; t < T; t++) dv[i][t][np] = vdupq_n_s32(0);                                   \
+                np = 0;                                                                                              \
+                UNROLL                                                                                               \
+                for (int i = 0; i < R; i++) {                                                                        \
+                    const float32x4_t sv = vld1q_f32(sf[i] + gb), bv = vld1q_f32(bf[i] + gb);                        \
+                    UNROLL                                                                                           \
+                    for (int t = 0; t < T; t++) {                                                                    \
+                        const size_t o = (size_t)t * (size_t)a->ng_stride + (size_t)(g0 + gb);                       \
+                        const int32x4_t *v = dv[i][t];                                                               \
+                        const int32x4_t dots = vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]));           \
+                        acc[i][t] = vfmaq_f32(acc[i][t], vcvtq_f32_s32(dots), vmulq_f32(sv, vld1q_f32(a->dx + o)));  \
+                        acc[i][t] = vfmaq_f32(acc[i][t], bv, vld1q_f32(a->xsum + o));                                \
+                    }                                                                                                \
+                }                                                                                                    \
+            }                                                                                                        \
+        }                                                                                                            \
         UNROLL                                                                                                 \
         for (int t = 0; t < T; t++)                                                                            \
             UNROLL                                                                                             \
