@@ -371,6 +371,14 @@ static void matmul_fast_kernels(void) {
     fast_case("q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
     fast_case("q8_0", LM_DT_Q8_0, 45, 160, 0, 0, 0, 0, 1);
     fast_case("q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
+    /* k_gemm_tc with its columns split over a block's warps (LAZYMOE_CUDA_TC_SPLIT=4) */
+    lm_backend_cuda_set_tc_split(gpu, 4);
+    fast_case("split: affine 4-bit g64 bf16 2048 columns", LM_DT_U32, 150, 2048, 4, 64, LM_DT_BF16, 0, 1);
+    fast_case("split: affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
+    fast_case("split: affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
+    fast_case("split: q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
+    fast_case("split: q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
+    lm_backend_cuda_set_tc_split(gpu, 1);
     /* no fast format: the reference kernels run (columns not a multiple of 8, 3-bit) */
     fast_case("f16 130 columns", LM_DT_F16, 20, 130, 0, 0, 0, 0, 0);
     fast_case("affine 3-bit", LM_DT_U32, 20, 192, 3, 64, LM_DT_BF16, 0, 0);
@@ -425,6 +433,13 @@ static void matmul_fast_batch_invariant(void) {
         free_mat(&W[i]);
         dev_free(dx[i]), dev_free(dy[i]), dev_free(da[i]);
     }
+}
+
+/* The same with k_gemm_tc's columns split over a block's warps. */
+static void matmul_fast_batch_invariant_tc_split(void) {
+    lm_backend_cuda_set_tc_split(gpu, 4);
+    matmul_fast_batch_invariant();
+    lm_backend_cuda_set_tc_split(gpu, 1);
 }
 
 /* A weight's host memory rewritten and reported (a lazy expert slot reused): the
@@ -1594,6 +1609,7 @@ int main(void) {
     TEST_CASE("cuda_matmul_batch", matmul_batch);
     TEST_CASE("cuda_matmul_fast_vs_reference", matmul_fast_kernels);
     TEST_CASE("cuda_matmul_fast_batch_invariant", matmul_fast_batch_invariant);
+    TEST_CASE("cuda_matmul_fast_batch_invariant_tc_split", matmul_fast_batch_invariant_tc_split);
     TEST_CASE("cuda_weights_changed", weights_changed);
     TEST_CASE("cuda_embed", embed_types);
     TEST_CASE("cuda_rmsnorm", rmsnorm);

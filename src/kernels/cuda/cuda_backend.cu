@@ -112,6 +112,7 @@ typedef struct {
     float *att_parts; /* k_attention_split's partials (attn_scratch) */
     size_t att_parts_bytes;
     int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
+    int tc_split; /* LAZYMOE_CUDA_TC_SPLIT=4: k_gemm_tc's warps split the columns (KS) */
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
      * staging area, so they return without waiting for the GPU: the host bytes are
@@ -1330,7 +1331,8 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
  * of every lane; the sum over a chunk is the same sum in another order. */
 #define TC_WARPS 4
 #define TC_NT 4                           /* 8-row tiles a warp computes (32 rows) */
-#define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes: 128 */
+/* rows a block computes: each warp its own 32 (KS 1), or all of them the same 32 (KS TC_WARPS) */
+#define TC_ROWS(KS) (TC_WARPS / (KS) * TC_NT * 8)
 #define TC_CHUNK 32                       /* columns per scale step */
 
 __device__ __forceinline__ uint32_t bf16x2_bits(float lo_elem, float hi_elem) {
@@ -1391,15 +1393,22 @@ __device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, 
     }
 }
 
-/* MT 16-token tiles per warp; a block: TC_ROWS rows x 16 * MT tokens. The next chunk's
+/* MT 16-token tiles per warp; a block: TC_ROWS(KS) rows x 16 * MT tokens. The next chunk's
  * loads are issued before this chunk's arithmetic (the loop is latency-bound otherwise:
- * a warp waited for every chunk's loads in turn). */
-template <int FMT, int MT>
+ * a warp waited for every chunk's loads in turn). KS = TC_WARPS (LAZYMOE_CUDA_TC_SPLIT=4,
+ * not the default until measured on a GPU): the block's warps share 32 rows and each
+ * takes a quarter of the chunks -- chains 4x shorter, 4x the blocks -- the quarters'
+ * sums added in warp order. */
+template <int FMT, int MT, int KS>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
+    static_assert(KS == 1 || KS == TC_WARPS, "all of a block's warps share its rows, or none do");
+    __shared__ float part_sums[KS > 1 ? KS - 1 : 1][MT * TC_NT * 4][32]; /* KS > 1: warps 1.. */
     const mm_item &it = b.it[blockIdx.z];
-    int lane = threadIdx.x & 31, t = lane & 3;
-    int t0 = blockIdx.y * 16 * MT, r0 = blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8;
-    if (t0 >= it.n || r0 >= it.rows) return; /* the whole warp: no lane of it has work */
+    int lane = threadIdx.x & 31, t = lane & 3, warp = threadIdx.x >> 5;
+    int t0 = blockIdx.y * 16 * MT, r0 = blockIdx.x * TC_ROWS(KS) + warp / KS * TC_NT * 8;
+    /* KS 1: this warp alone; KS > 1: every warp of the block (they share r0), so none
+     * misses the barrier below */
+    if (t0 >= it.n || r0 >= it.rows) return;
     float tot[MT][TC_NT][4];
 #pragma unroll
     for (int m = 0; m < MT; m++)
@@ -1407,11 +1416,12 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
         for (int j = 0; j < TC_NT; j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) tot[m][j][i] = 0.0f;
-    const int chunks = sh.cols / TC_CHUNK;
+    const int chunks = sh.cols / TC_CHUNK, part = warp % KS;
+    const int c_begin = part * chunks / KS, c_end = (part + 1) * chunks / KS;
     tc_loads<FMT, MT> cur, next;
-    tc_fetch<FMT, MT>(sh, it, t0, r0, t, cur);
-    for (int c = 0; c < chunks; c++) {
-        if (c + 1 < chunks) tc_fetch<FMT, MT>(sh, it, t0, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
+    if (c_begin < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, c_begin * (TC_CHUNK / 8) + t, cur);
+    for (int c = c_begin; c < c_end; c++) {
+        if (c + 1 < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
         uint32_t ahi[MT][2][4], alo[MT][2][4];
         float sx[MT][2]; /* the chunk's input sums of tokens g and g + 8 */
 #pragma unroll
@@ -1462,6 +1472,25 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
                 }
         }
         cur = next;
+    }
+    if (KS > 1) {
+        if (part > 0)
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) part_sums[part - 1][(m * TC_NT + j) * 4 + i][lane] = tot[m][j][i];
+        __syncthreads();
+        if (part > 0) return;
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    for (int w = 1; w < KS; w++)
+                        tot[m][j][i] = __fadd_rn(tot[m][j][i], part_sums[w - 1][(m * TC_NT + j) * 4 + i][lane]);
     }
     int g = lane >> 2;
 #pragma unroll
@@ -1622,13 +1651,13 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
-template <int MT> static mm_kernel gemm_tc_kernel_of(int fmt) {
+template <int MT, int KS> static mm_kernel gemm_tc_kernel_of(int fmt) {
     switch (fmt) {
-    case FMT_A4: return k_gemm_tc<FMT_A4, MT>;
-    case FMT_A8: return k_gemm_tc<FMT_A8, MT>;
-    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, MT>;
-    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, MT>;
-    default: return k_gemm_tc<FMT_Q4_K, MT>;
+    case FMT_A4: return k_gemm_tc<FMT_A4, MT, KS>;
+    case FMT_A8: return k_gemm_tc<FMT_A8, MT, KS>;
+    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, MT, KS>;
+    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, MT, KS>;
+    default: return k_gemm_tc<FMT_Q4_K, MT, KS>;
     }
 }
 /* 16 tokens a warp (TC_MT): more warps to hide the loads' latency than with 32 (the result
@@ -1689,10 +1718,13 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     p->count = 0;
     im->fast_launches++;
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
-        dim3 grid(blocks_for((size_t)p->sh.rows, TC_ROWS), blocks_for((size_t)p->max_n, 16u * TC_MT), (unsigned)count);
+        int ks = im->tc_split == TC_WARPS ? TC_WARPS : 1;
+        dim3 grid(blocks_for((size_t)p->sh.rows, (unsigned)TC_ROWS(ks)), blocks_for((size_t)p->max_n, 16u * TC_MT),
+                  (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        gemm_tc_kernel_of<TC_MT>(p->fmt)<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+        mm_kernel k = ks == 1 ? gemm_tc_kernel_of<TC_MT, 1>(p->fmt) : gemm_tc_kernel_of<TC_MT, TC_WARPS>(p->fmt);
+        k<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
     if (gemm) {
@@ -3871,6 +3903,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (k && !strcmp(k, "simple")) im->simple = 1;
     const char *sp = getenv("LAZYMOE_CUDA_ATTN_SPLIT");
     if (sp && !strcmp(sp, "0")) im->no_split = 1;
+    const char *tcs = getenv("LAZYMOE_CUDA_TC_SPLIT");
+    if (tcs && !strcmp(tcs, "4")) im->tc_split = TC_WARPS;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -3903,6 +3937,7 @@ extern "C" uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be) {
 extern "C" uint64_t lm_backend_cuda_step_replays(void) { return step_replays; }
 
 extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
+extern "C" void lm_backend_cuda_set_tc_split(lm_backend *be, int split) { impl_of(be)->tc_split = split; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }
