@@ -1328,9 +1328,20 @@ static void golden(const char *name, const char *ref_logits, const char *ref_gre
  * reads the step's position from the device. 40 steps after the prompt also take
  * the KV cache past a growth (its buffers move: a new recording). */
 #define GRAPH_STEPS 40
-static int decode_logits(const char *name, int graphs, float **out, size_t *V) {
+
+/* Fixture `name` on the GPU, with decode graphs on or off (LAZYMOE_CUDA_GRAPHS, read
+ * when the backend is made), and its first (up to 24) input ids: the model, or NULL
+ * with the reason in err. */
+static lazymoe_model *open_decode_fixture(const char *name, int graphs, int32_t ids[4096], int *n) {
     char dir[512], path[512];
     fixture_path(dir, sizeof dir, name, NULL);
+    fixture_path(path, sizeof path, name, "input_ids.txt");
+    *n = read_ids(path, ids, 4096, "%c");
+    if (*n <= 0) {
+        lm_errf(err, "%s: no input ids", name);
+        return NULL;
+    }
+    if (*n > 24) *n = 24;
     if (graphs) unsetenv("LAZYMOE_CUDA_GRAPHS");
     else setenv("LAZYMOE_CUDA_GRAPHS", "0", 1);
     lazymoe_options opt;
@@ -1339,15 +1350,17 @@ static int decode_logits(const char *name, int graphs, float **out, size_t *V) {
     opt.act_bits = 32;
     opt.backend = "cuda";
     opt.no_warm_start = 1;
-    int32_t ids[4096];
-    fixture_path(path, sizeof path, name, "input_ids.txt");
-    int n = read_ids(path, ids, 4096, "%c");
-    if (n <= 0) return lm_errf(err, "%s: no input ids", name);
-    if (n > 24) n = 24;
     lazymoe_model *m = NULL;
     int rc = lazymoe_model_open(&m, dir, &opt, err, sizeof err);
     unsetenv("LAZYMOE_CUDA_GRAPHS");
-    if (rc != 0) return -1;
+    return rc == 0 ? m : NULL;
+}
+
+static int decode_logits(const char *name, int graphs, float **out, size_t *V) {
+    int32_t ids[4096];
+    int n, rc;
+    lazymoe_model *m = open_decode_fixture(name, graphs, ids, &n);
+    if (!m) return -1;
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     *V = (size_t)info.vocab_size;
@@ -1403,25 +1416,11 @@ static void graphs_replay(void) {
  * step as op by op) gives, token by token, the argmax of the logits the same steps
  * download; with graphs, both sessions' steps after their first two are replays. */
 static void eval_greedy_case(const char *name, int graphs) {
-    char dir[512], path[512];
-    fixture_path(dir, sizeof dir, name, NULL);
-    if (graphs) unsetenv("LAZYMOE_CUDA_GRAPHS");
-    else setenv("LAZYMOE_CUDA_GRAPHS", "0", 1);
-    lazymoe_options opt;
-    lazymoe_options_init(&opt);
-    opt.kv_bits = 16;
-    opt.act_bits = 32;
-    opt.backend = "cuda";
-    opt.no_warm_start = 1;
     int32_t ids[4096];
-    fixture_path(path, sizeof path, name, "input_ids.txt");
-    int n = read_ids(path, ids, 4096, "%c");
-    if (n > 24) n = 24;
-    lazymoe_model *m = NULL;
-    int rc = n > 0 ? lazymoe_model_open(&m, dir, &opt, err, sizeof err) : -1;
-    unsetenv("LAZYMOE_CUDA_GRAPHS");
-    CHECKF(rc == 0, "%s: %s", name, n > 0 ? err : "no input ids");
-    if (rc != 0) return;
+    int n, rc;
+    lazymoe_model *m = open_decode_fixture(name, graphs, ids, &n);
+    CHECKF(m, "%s: %s", name, err);
+    if (!m) return;
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     size_t V = (size_t)info.vocab_size;
