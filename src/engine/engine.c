@@ -364,7 +364,7 @@ static int preload_device_experts(lazymoe_model *m, char *e) {
      * tables, for a backend that routes on the device */
     if (!m->be->ops->moe_routed || !m->be->ops->download_later) return 0;
     m->dev_table = calloc((size_t)c->n_layers, sizeof *m->dev_table);
-    m->routed_sel = malloc(sizeof(int32_t) * (size_t)c->n_layers * LM_ROUTED_MAX_TOKENS * (size_t)c->top_k);
+    m->routed_sel = malloc(sizeof(int32_t) * (size_t)c->n_layers * LM_CHUNK_TOKENS * (size_t)c->top_k);
     m->routed_n = calloc((size_t)c->n_layers, sizeof *m->routed_n);
     if (!m->dev_table || !m->routed_sel || !m->routed_n) return lm_errf(e, "out of memory");
     for (int l = 0; l < c->n_layers; l++) {

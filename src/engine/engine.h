@@ -35,7 +35,7 @@ struct lazymoe_model {
      * the routes of layers routed on the device in the current chunk, downloaded
      * without waiting and accounted (trace, device cache counters) at its end. */
     lm_mat **dev_table;
-    int32_t *routed_sel; /* [n_layers][LM_ROUTED_MAX_TOKENS * top_k] */
+    int32_t *routed_sel; /* [n_layers][LM_CHUNK_TOKENS * top_k] */
     int *routed_n;       /* [n_layers]: tokens routed on the device this chunk, 0 = none */
     uint64_t gpu_budget, gpu_fixed, gpu_pinned_bytes; /* device plan: budget, resident part; pinned host bytes */
     void **pinned_host;     /* host ranges page-locked for uploads, [n_pinned_host] */

@@ -230,14 +230,17 @@ typedef struct {
      * allocation beyond it fails with a message naming the cap. 0 = no cap. */
     void (*set_memory_limit)(lm_backend *be, uint64_t bytes);
     /* ---- routing left on the device (NULL where not supported) ---- */
-    /* The routed SwiGLU experts of n <= LM_ROUTED_MAX_TOKENS tokens with the choice
-     * read on the device: for route r < n * top_k (token r / top_k) and e = sel[r],
+    /* The routed SwiGLU experts of n tokens with the choice read on the device: for
+     * route r < n * top_k (token r / top_k) and e = sel[r],
      * eout[r] = down_e(silu(gate_e(h)) * up_e(h)), with mats[3e], mats[3e+1],
      * mats[3e+2] expert e's gate, up and down (views of device memory, every expert
-     * of the layer; the array must stay unchanged while the backend lives); g and u
-     * hold n * top_k rows of the intermediate. Bit for bit what matmul_batch, swiglu
-     * and the same products per expert give. Returns 0, -1 with the reason, or 1
-     * when these weights do not allow it (the caller then routes on the host). */
+     * of the layer; the array must stay unchanged while the backend lives). For
+     * n <= LM_ROUTED_MAX_TOKENS, g and u hold n * top_k rows of the intermediate; for
+     * more (a prefill chunk) the backend uses scratch of its own and g, u are unused.
+     * Bit for bit what matmul_batch, swiglu and the same products per expert give
+     * (each expert's routes in one item, as the host-routed path groups them).
+     * Returns 0, -1 with the reason, or 1 when these weights or this many tokens do
+     * not allow it (the caller then routes on the host). */
     int (*moe_routed)(lm_backend *be, float *eout, const lm_mat *mats, int n_experts, const int32_t *sel,
                       const float *h, int n, int top_k, float *g, float *u);
     /* Queues a copy of device memory into host memory; host_dst holds it once the
@@ -274,9 +277,10 @@ typedef struct {
     int (*logits_scan)(lm_backend *be, int32_t *result, const float *logits, int n);
 } lm_backend_ops;
 
-/* Tokens up to which moe_routed may be used: below the count from which a backend's
- * matmul may take another kernel for an expert's tokens (so that the routed path
- * and the host-routed one give the same numbers). */
+/* Tokens up to which moe_routed uses the caller's g and u and one kernel for every
+ * route: below the count from which a backend's matmul may take another kernel for
+ * an expert's tokens (so that the routed path and the host-routed one give the same
+ * numbers). Beyond it a backend groups the routes by expert itself. */
 #define LM_ROUTED_MAX_TOKENS 4
 
 struct lm_backend {

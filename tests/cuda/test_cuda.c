@@ -977,13 +977,19 @@ static void pending_gathers(void) {
 }
 
 /* moe_routed: routes chosen on the device give, bit for bit, what the host-routed
- * path computes (each route's gate and up products, swiglu, down product by the
- * matmul op), with the weights in device memory as the device expert cache holds
- * them; weights it cannot take (3-bit) are refused with 1, not computed wrong. */
+ * path computes -- each expert's routes gathered into one item, its gate and up
+ * products, swiglu and down product by the matmul op, as run_experts issues them --
+ * with the weights in device memory as the device expert cache holds them; weights it
+ * cannot take (3-bit) are refused with 1, not computed wrong. A decode step's few
+ * routes take the per-route kernels; a prefill chunk's (more than
+ * LM_ROUTED_MAX_TOKENS tokens) are grouped by expert on the device, and an expert's
+ * kernel depends on how many routes it got: the cases give experts fewer than 8
+ * routes (k_gemv), exactly 8, and several tiles' worth (k_gemm_tc). */
 enum { RE_E = 5 };
-static void routed_experts_case(int bits, lm_dtype qdt, int expect, void *dev_parts[3 * RE_E][3]) {
-    enum { E = RE_E, T = 3, K = 2 };
-    int H = 256, I = 96;
+static void routed_experts_case(int bits, lm_dtype qdt, int expect, int T, int K, const int32_t *sel,
+                                void *dev_parts[3 * RE_E][3]) {
+    enum { E = RE_E };
+    int H = 256, I = 96, R = T * K;
     lm_mat mats[3 * E];
     for (int e = 0; e < E; e++)
         for (int m = 0; m < 3; m++) {
@@ -996,39 +1002,74 @@ static void routed_experts_case(int bits, lm_dtype qdt, int expect, void *dev_pa
             mats[3 * e + m] = D;
             free((void *)W.data), free((void *)W.scales), free((void *)W.biases);
         }
-    int32_t sel[T * K] = {0, 3, 4, 1, 2, 4};
     float *h = rand_floats((size_t)T * (size_t)H, -1, 1);
     float *dh = dev_from(h, sizeof(float) * (size_t)T * (size_t)H);
-    int32_t *dsel = dev_from(sel, sizeof sel);
-    float *g = dev_from(NULL, sizeof(float) * T * K * (size_t)I), *u = dev_from(NULL, sizeof(float) * T * K * (size_t)I);
-    float *eout = dev_from(NULL, sizeof(float) * T * K * (size_t)H), *want = dev_from(NULL, sizeof(float) * T * K * (size_t)H);
+    int32_t *dsel = dev_from(sel, sizeof(int32_t) * (size_t)R);
+    float *g = dev_from(NULL, sizeof(float) * (size_t)R * (size_t)I), *u = dev_from(NULL, sizeof(float) * (size_t)R * (size_t)I);
+    size_t out_bytes = sizeof(float) * (size_t)R * (size_t)H;
+    float *eout = dev_from(NULL, out_bytes);
     int rc = gpu->ops->moe_routed(gpu, eout, mats, E, dsel, dh, T, K, g, u);
-    CHECKF(rc == expect, "moe_routed returned %d (%s), expected %d", rc, rc < 0 ? lm_backend_error(gpu) : "", expect);
+    CHECKF(rc == expect, "moe_routed (%d tokens) returned %d (%s), expected %d", T, rc, rc < 0 ? lm_backend_error(gpu) : "",
+           expect);
     if (rc == 0) {
-        for (int r = 0; r < T * K; r++) {
-            const lm_mat *m3 = &mats[3 * sel[r]];
-            float *gr = g + (size_t)r * (size_t)I, *ur = u + (size_t)r * (size_t)I;
-            CHECK(gpu->ops->matmul(gpu, gr, &m3[0], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
-            CHECK(gpu->ops->matmul(gpu, ur, &m3[1], dh + (size_t)(r / K) * (size_t)H, 1) == 0);
-            CHECK(gpu->ops->swiglu(gpu, gr, ur, (size_t)I) == 0);
-            CHECK(gpu->ops->matmul(gpu, want + (size_t)r * (size_t)H, &m3[2], gr, 1) == 0);
+        float *want = malloc(out_bytes), *xe = malloc(sizeof(float) * (size_t)R * (size_t)H);
+        int *rows = malloc(sizeof(int) * (size_t)R);
+        float *dx = dev_from(NULL, sizeof(float) * (size_t)R * (size_t)H), *dy = dev_from(NULL, out_bytes);
+        for (int e = 0; e < E; e++) {
+            int m = 0;
+            for (int r = 0; r < R; r++)
+                if (sel[r] == e) {
+                    memcpy(xe + (size_t)m * (size_t)H, h + (size_t)(r / K) * (size_t)H, sizeof(float) * (size_t)H);
+                    rows[m++] = r;
+                }
+            if (!m) continue;
+            const lm_mat *m3 = &mats[3 * e];
+            CHECK(gpu->ops->upload(gpu, dx, xe, sizeof(float) * (size_t)m * (size_t)H) == 0);
+            CHECK(gpu->ops->matmul(gpu, g, &m3[0], dx, m) == 0);
+            CHECK(gpu->ops->matmul(gpu, u, &m3[1], dx, m) == 0);
+            CHECK(gpu->ops->swiglu(gpu, g, u, (size_t)m * (size_t)I) == 0);
+            CHECK(gpu->ops->matmul(gpu, dy, &m3[2], g, m) == 0);
+            float *y = host_from(dy, sizeof(float) * (size_t)m * (size_t)H);
+            for (int i = 0; i < m; i++)
+                memcpy(want + (size_t)rows[i] * (size_t)H, y + (size_t)i * (size_t)H, sizeof(float) * (size_t)H);
+            free(y);
         }
-        float *a = host_from(eout, sizeof(float) * T * K * (size_t)H), *b = host_from(want, sizeof(float) * T * K * (size_t)H);
-        CHECK(same_bits("moe_routed", a, b, sizeof(float) * T * K * (size_t)H));
-        free(a), free(b);
+        float *a = host_from(eout, out_bytes);
+        CHECKF(same_bits("moe_routed", a, want, out_bytes), "moe_routed of %d tokens differs from the host-routed path", T);
+        free(a), free(want), free(xe), free(rows);
+        dev_free(dx), dev_free(dy);
     }
     free(h);
-    dev_free(dh), dev_free(dsel), dev_free(g), dev_free(u), dev_free(eout), dev_free(want);
+    dev_free(dh), dev_free(dsel), dev_free(g), dev_free(u), dev_free(eout);
 }
 
 static void routed_experts(void) {
-    /* the weights of all three cases stay allocated until the end (the backend keeps
-     * a table per host array of views, told apart by their first and last views) */
-    static void *parts[3][3 * RE_E][3];
-    routed_experts_case(4, LM_DT_BF16, 0, parts[0]);
-    routed_experts_case(8, LM_DT_F16, 0, parts[1]);
-    routed_experts_case(3, LM_DT_BF16, 1, parts[2]);
-    for (int c = 0; c < 3; c++)
+    /* the weights of all cases stay allocated until the end (the backend keeps a table
+     * per host array of views, told apart by their first and last views) */
+    static void *parts[7][3 * RE_E][3];
+    static const int32_t decode_sel[3 * 2] = {0, 3, 4, 1, 2, 4};
+    routed_experts_case(4, LM_DT_BF16, 0, 3, 2, decode_sel, parts[0]);
+    routed_experts_case(8, LM_DT_F16, 0, 3, 2, decode_sel, parts[1]);
+    routed_experts_case(3, LM_DT_BF16, 1, 3, 2, decode_sel, parts[2]);
+    /* a prefill chunk: 40 tokens x 2 routes; experts 0..4 get 3, 20, 37, 8 and 12 of
+     * them, spread over the tokens */
+    enum { PT = 40, PK = 2 };
+    static const int per_expert[RE_E] = {3, 20, 37, 8, 12};
+    int32_t psel[PT * PK];
+    for (int e = 0, r = 0; e < RE_E; e++)
+        for (int i = 0; i < per_expert[e]; i++) psel[r++] = e;
+    for (int r = PT * PK - 1; r > 0; r--) { /* a fixed shuffle */
+        int j = (int)((unsigned)(r * 2654435761u) % (unsigned)(r + 1));
+        int32_t t = psel[r];
+        psel[r] = psel[j], psel[j] = t;
+    }
+    routed_experts_case(4, LM_DT_BF16, 0, PT, PK, psel, parts[3]);
+    routed_experts_case(8, LM_DT_F16, 0, PT, PK, psel, parts[4]);
+    lm_backend_cuda_set_tc_split(gpu, 4);
+    routed_experts_case(4, LM_DT_F16, 0, PT, PK, psel, parts[5]);
+    lm_backend_cuda_set_tc_split(gpu, 1);
+    routed_experts_case(3, LM_DT_BF16, 1, PT, PK, psel, parts[6]);
+    for (int c = 0; c < 7; c++)
         for (int i = 0; i < 3 * RE_E; i++)
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }
@@ -1495,6 +1536,59 @@ static void eval_greedy(void) {
     eval_greedy_nan();
 }
 
+/* A prefill's experts grouped on the device (every expert in device memory) give the
+ * logits of every position bit for bit as when the host groups them
+ * (LAZYMOE_CUDA_GROUPED=0, read when the backend is made): the demo model's 64 prompt
+ * ids three times over, 192 tokens in one chunk, top-4 of 32 experts -- 24 routes an
+ * expert on average, so both k_gemm_tc's tiles and k_gemv's few-route experts run. */
+static int prefill_logits(const char *name, int grouped, float **out, size_t *V, int *n) {
+    char dir[512], path[512];
+    int32_t ids[256];
+    fixture_path(dir, sizeof dir, name, NULL);
+    fixture_path(path, sizeof path, name, "input_ids.txt");
+    int k = read_ids(path, ids, 64, "%c");
+    if (k <= 0) return lm_errf(err, "%s: no input ids", name);
+    for (*n = k; *n + k <= 192; *n += k) memcpy(ids + *n, ids, sizeof(int32_t) * (size_t)k);
+    if (grouped) unsetenv("LAZYMOE_CUDA_GROUPED");
+    else setenv("LAZYMOE_CUDA_GROUPED", "0", 1);
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.kv_bits = 16;
+    opt.act_bits = 32;
+    opt.backend = "cuda";
+    opt.no_warm_start = 1;
+    lazymoe_model *m = NULL;
+    int rc = lazymoe_model_open(&m, dir, &opt, err, sizeof err);
+    unsetenv("LAZYMOE_CUDA_GROUPED");
+    if (rc != 0) return -1;
+    lazymoe_model_info info;
+    lazymoe_model_get_info(m, &info);
+    *V = (size_t)info.vocab_size;
+    *out = malloc(sizeof(float) * (size_t)*n * *V);
+    lazymoe_session *s = NULL;
+    rc = lazymoe_session_create(&s, m, err, sizeof err);
+    if (rc == 0) rc = lazymoe_session_eval(s, ids, *n, *out, 1, err, sizeof err);
+    lazymoe_session_free(s);
+    lazymoe_model_close(m);
+    return rc;
+}
+
+static void grouped_prefill_same(void) {
+    float *a = NULL, *b = NULL;
+    size_t V = 0, V2 = 0;
+    int n = 0, n2 = 0;
+    int ra = prefill_logits("models/demo-coder", 1, &a, &V, &n);
+    CHECKF(ra == 0, "demo-coder, grouped on the device: %s", err);
+    int rb = prefill_logits("models/demo-coder", 0, &b, &V2, &n2);
+    CHECKF(rb == 0, "demo-coder, grouped on the host: %s", err);
+    if (ra == 0 && rb == 0) {
+        CHECK(n == 192 && n2 == n && V == V2);
+        CHECKF(same_bits("grouped prefill", a, b, sizeof(float) * (size_t)n * V),
+               "a prefill's logits differ with the experts grouped on the device");
+    }
+    free(a), free(b);
+}
+
 /* Logits downloaded through the page-locked buffer and straight into pageable memory
  * (LAZYMOE_CUDA_DOWN_STAGE=0, read when the backend is made) are the same bytes. */
 static void download_staging(void) {
@@ -1652,6 +1746,7 @@ int main(void) {
     TEST_CASE("cuda_golden_gpt_oss_bf16", golden_gpt_oss_bf16);
     TEST_CASE("cuda_golden_gpt_oss_mxfp4", golden_gpt_oss_mxfp4);
     TEST_CASE("cuda_golden_demo_coder_q4", golden_demo_coder);
+    TEST_CASE("cuda_grouped_prefill_same_as_host_routed", grouped_prefill_same);
     TEST_CASE("cuda_graphs_replay_bit_identical_to_ops", graphs_replay);
     TEST_CASE("cuda_eval_greedy_equals_argmax_of_logits", eval_greedy);
     TEST_CASE("cuda_download_staging_bit_identical", download_staging);

@@ -111,6 +111,8 @@ typedef struct {
     int simple;
     float *att_parts; /* k_attention_split's partials (attn_scratch) */
     size_t att_parts_bytes;
+    void *moe_scratch; /* a prefill chunk's routes grouped on the device (moe_grouped) */
+    size_t moe_scratch_bytes;
     int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
     int tc_split; /* LAZYMOE_CUDA_TC_SPLIT=4: k_gemm_tc's warps split the columns (KS) */
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
@@ -170,6 +172,7 @@ typedef struct {
      * no_routed: LAZYMOE_CUDA_ROUTED=0 (the host routes every layer, for comparison) */
     struct routed_table *rt;
     int n_rt, no_routed;
+    int no_grouped; /* LAZYMOE_CUDA_GROUPED=0: a prefill chunk's experts routed on the host */
     /* One elementwise op held back to be launched together with the next (pending_op). */
     struct {
         int kind;
@@ -1196,10 +1199,17 @@ typedef struct {
 /* moe_routed: blockIdx.y = route r (of n * top_k), expert sel[r]; blockIdx.z picks
  * the matrix (mat0 + z) and the output (y0 or y1). The inputs are row r / x_div of
  * x; the output row r of y. The same gemv_body as k_gemv: one token per item, as a
- * host-routed decode step's experts are. */
+ * host-routed decode step's experts are. A prefill chunk's routes of experts with few
+ * tokens come as a list instead: blockIdx.y indexes list[0 .. *n_list) (list NULL: every
+ * route); route_of gives -1 past its end. */
+__device__ __forceinline__ int route_of(const int32_t *list, const int32_t *n_list) {
+    if (!list) return (int)blockIdx.y;
+    return (int)blockIdx.y < *n_list ? list[blockIdx.y] : -1;
+}
+
 __device__ __forceinline__ mm_item routed_item(const mm_shape &sh, const mm_desc *tab, int mat0, const int32_t *sel,
-                                               const float *x, int x_div, float *y0, float *y1) {
-    int r = blockIdx.y, mat = mat0 + (int)blockIdx.z;
+                                               int r, const float *x, int x_div, float *y0, float *y1) {
+    int mat = mat0 + (int)blockIdx.z;
     const mm_desc &d = tab[(size_t)sel[r] * 3 + (size_t)mat];
     mm_item it;
     it.data = d.data;
@@ -1214,9 +1224,12 @@ __device__ __forceinline__ mm_item routed_item(const mm_shape &sh, const mm_desc
 
 template <int FMT>
 __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, const mm_desc *tab, int mat0,
-                                                                const int32_t *sel, const float *x, int x_div,
+                                                                const int32_t *sel, const int32_t *list,
+                                                                const int32_t *n_list, const float *x, int x_div,
                                                                 float *y0, float *y1) {
-    gemv_body<FMT, 1>(sh, routed_item(sh, tab, mat0, sel, x, x_div, y0, y1));
+    int r = route_of(list, n_list);
+    if (r < 0) return;
+    gemv_body<FMT, 1>(sh, routed_item(sh, tab, mat0, sel, r, x, x_div, y0, y1));
 }
 
 /* Prefill: TR rows x TT tokens per block (256 x 16, 128 x 32 or 64 x 64: the shape
@@ -1363,9 +1376,17 @@ template <int FMT, int MT> struct tc_loads {
     wunit w[TC_NT];
 };
 
+/* The row of x (or y) that token tok of an item reads (writes): tok itself, or with a
+ * prefill's routes grouped on the device (k_gemm_tc_grouped) route routes[tok]'s row,
+ * that is its token's row routes[tok] / div of the chunk's inputs (div = top_k) or its
+ * own (div = 1). */
+__device__ __forceinline__ size_t tc_row(const int32_t *routes, int tok, int div) {
+    return routes ? (size_t)(routes[tok] / div) : (size_t)tok;
+}
+
 template <int FMT, int MT>
 __device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, int t0, int r0, int u,
-                                         tc_loads<FMT, MT> &o) {
+                                         const int32_t *routes, int x_div, tc_loads<FMT, MT> &o) {
     int lane = threadIdx.x & 31, g = lane >> 2;
 #pragma unroll
     for (int m = 0; m < MT; m++)
@@ -1373,7 +1394,7 @@ __device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, 
         for (int h = 0; h < 2; h++) {
             int tok = t0 + 16 * m + 8 * h + g;
             if (tok < it.n) {
-                input_unit(it.x + (size_t)tok * (size_t)sh.cols, u, o.x[m][h]);
+                input_unit(it.x + tc_row(routes, tok, x_div) * (size_t)sh.cols, u, o.x[m][h]);
             } else {
 #pragma unroll
                 for (int i = 0; i < 8; i++) o.x[m][h][i] = 0.0f;
@@ -1400,12 +1421,12 @@ __device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, 
  * takes a quarter of the chunks -- chains 4x shorter, 4x the blocks -- the quarters'
  * sums added in warp order. */
 template <int FMT, int MT, int KS>
-__global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
+__device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
+                                         int x_div) {
     static_assert(KS == 1 || KS == TC_WARPS, "all of a block's warps share its rows, or none do");
     __shared__ float part_sums[KS > 1 ? KS - 1 : 1][MT * TC_NT * 4][32]; /* KS > 1: warps 1.. */
-    const mm_item &it = b.it[blockIdx.z];
     int lane = threadIdx.x & 31, t = lane & 3, warp = threadIdx.x >> 5;
-    int t0 = blockIdx.y * 16 * MT, r0 = blockIdx.x * TC_ROWS(KS) + warp / KS * TC_NT * 8;
+    int r0 = blockIdx.x * TC_ROWS(KS) + warp / KS * TC_NT * 8;
     /* KS 1: this warp alone; KS > 1: every warp of the block (they share r0), so none
      * misses the barrier below */
     if (t0 >= it.n || r0 >= it.rows) return;
@@ -1419,9 +1440,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
     const int chunks = sh.cols / TC_CHUNK, part = warp % KS;
     const int c_begin = part * chunks / KS, c_end = (part + 1) * chunks / KS;
     tc_loads<FMT, MT> cur, next;
-    if (c_begin < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, c_begin * (TC_CHUNK / 8) + t, cur);
+    if (c_begin < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, c_begin * (TC_CHUNK / 8) + t, routes, x_div, cur);
     for (int c = c_begin; c < c_end; c++) {
-        if (c + 1 < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
+        if (c + 1 < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, (c + 1) * (TC_CHUNK / 8) + t, routes, x_div, next);
         uint32_t ahi[MT][2][4], alo[MT][2][4];
         float sx[MT][2]; /* the chunk's input sums of tokens g and g + 8 */
 #pragma unroll
@@ -1500,8 +1521,13 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 int tok = t0 + 16 * m + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
-                if (tok < it.n && r < it.rows) it.y[(size_t)tok * (size_t)it.rows + (size_t)r] = tot[m][j][i];
+                if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[m][j][i];
             }
+}
+
+template <int FMT, int MT, int KS>
+__global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
+    tc_block<FMT, MT, KS>(sh, b.it[blockIdx.z], blockIdx.y * 16 * MT, NULL, 1);
 }
 
 /* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
@@ -1519,14 +1545,19 @@ static int gemm_tc_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
 static_assert(LM_ROUTED_MAX_TOKENS < GEMM_MIN_TOKENS, "moe_routed's experts must take k_gemv on the host-routed path too");
 
 typedef void (*mm_kernel)(mm_shape, mm_batch);
+typedef void (*mm_grouped_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const int32_t *, const int2 *,
+                                  const int32_t *, const float *, int, float *, float *);
 /* moe_routed's gate and up products and the SwiGLU of the two in one launch: a warp
  * computes its rows of both (gemv_body, as the separate products do), then the lane
  * that wrote them computes g = silu(g) * u as k_swiglu does. */
 template <int FMT>
 __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape sh, const mm_desc *tab,
-                                                                       const int32_t *sel, const float *x, int x_div,
+                                                                       const int32_t *sel, const int32_t *list,
+                                                                       const int32_t *n_list, const float *x, int x_div,
                                                                        float *g, float *u) {
-    int r = blockIdx.y, e = sel[r];
+    int r = route_of(list, n_list);
+    if (r < 0) return;
+    int e = sel[r];
     mm_item it;
     it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
     it.n = 1;
@@ -1576,7 +1607,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape s
     }
 }
 
-typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
+typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const int32_t *, const int32_t *,
+                                     const float *, int, float *, float *);
 static routed_swiglu_kernel routed_swiglu_kernel_of(int fmt) {
     switch (fmt) {
     case FMT_F32: return k_gemv_routed_swiglu<FMT_F32>;
@@ -1590,7 +1622,8 @@ static routed_swiglu_kernel routed_swiglu_kernel_of(int fmt) {
     }
 }
 
-typedef void (*routed_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const float *, int, float *, float *);
+typedef void (*routed_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const int32_t *, const int32_t *,
+                              const float *, int, float *, float *);
 static routed_kernel routed_kernel_of(int fmt) {
     switch (fmt) {
     case FMT_F32: return k_gemv_routed<FMT_F32>;
@@ -2807,17 +2840,17 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_merge(float *out, cons
     attn_write(out + item * (size_t)hd, M, L, O, sinks, h, hd);
 }
 
-/* Device scratch of at least `bytes` for the split kernels' partials; -1 (and no error
- * left behind) when it cannot be had now -- while a step is recorded, or over the memory
- * cap -- and the one-block kernel then runs, with the same result. */
-static int attn_scratch(lm_backend *be, size_t bytes) {
+/* Device scratch that grows on demand (*buf, *have bytes): at least `bytes` of it, or -1
+ * (and no error left behind) when it cannot be had now -- while a step is recorded, or
+ * over the memory cap -- and the caller then takes a path without it, with the same result. */
+static int grow_scratch(lm_backend *be, void **buf, size_t *have, size_t bytes, const char *what) {
     cuda_impl *im = impl_of(be);
-    if (im->att_parts_bytes >= bytes) return 0;
+    if (*have >= bytes) return 0;
     if (im->recording) return -1;
     size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
     char keep[LM_ERR_LEN];
     memcpy(keep, be->err, sizeof keep);
-    if (mem_take(be, want, "attention scratch") != 0) {
+    if (mem_take(be, want, what) != 0) {
         memcpy(be->err, keep, sizeof keep);
         return -1;
     }
@@ -2827,15 +2860,21 @@ static int attn_scratch(lm_backend *be, size_t bytes) {
         mem_give(im, want);
         return -1;
     }
-    if (im->att_parts) {
+    if (*buf) {
         cudaStreamSynchronize(im->stream); /* kernels queued before may still read the old one */
-        cudaFree(im->att_parts);
-        mem_give(im, im->att_parts_bytes);
+        cudaFree(*buf);
+        mem_give(im, *have);
         graphs_drop(im); /* recordings hold its address */
     }
-    im->att_parts = (float *)p;
-    im->att_parts_bytes = want;
+    *buf = p;
+    *have = want;
     return 0;
+}
+
+/* The split attention kernels' partials: without them the one-block kernel runs. */
+static int attn_scratch(lm_backend *be, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    return grow_scratch(be, (void **)&im->att_parts, &im->att_parts_bytes, bytes, "attention scratch");
 }
 
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
@@ -3475,7 +3514,9 @@ static int cuda_sync(lm_backend *be) {
 
 /* ---- routing left on the device ----------------------------------------------------------------------------- */
 
-#define LATER_BYTES ((size_t)256 << 10)
+/* a prefill chunk's routes of every layer routed on the device (48 layers x 256 tokens x
+ * top-8 x 4 bytes: 384 KiB) fit without a wait in the chunk */
+#define LATER_BYTES ((size_t)1 << 20)
 
 static int cuda_download_later(lm_backend *be, void *host_dst, const void *src, size_t bytes) {
     cuda_impl *im = impl_of(be);
@@ -3594,6 +3635,129 @@ static int cuda_step_record_end(lm_backend *be, int keep) {
     return 1;
 }
 
+/* ---- a prefill chunk's experts routed on the device ----
+ * moe_routed for more tokens than a decode step has (moe_grouped): the chunk's routes are
+ * grouped by expert on the device (k_route_group), then each expert's products take the
+ * kernel that the host-routed path's matmul_batch gives the same expert's tokens --
+ * k_gemm_tc for GEMM_MIN_TOKENS tokens or more, k_gemv (as k_gemv_routed, per route)
+ * below -- so the result is bit for bit the host-routed one, with no wait for the routes
+ * and six launches a layer instead of a few dozen. */
+
+/* k_gemm_tc_grouped's tiles: RG_TILE tokens of one expert. */
+#define RG_TILE (16 * TC_MT)
+#define RG_THREADS 1024
+#define RG_MAX_EXPERTS RG_THREADS
+
+/* Exclusive prefix sum of one value per thread of the block (at most 1024); *total gets
+ * the sum. warp_tot: 32 ints of shared memory. */
+__device__ int block_exclusive_scan(int v, int *warp_tot, int *total) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, inc = v;
+    for (int d = 1; d < 32; d <<= 1) {
+        int o = __shfl_up_sync(0xffffffffu, inc, d);
+        if (lane >= d) inc += o;
+    }
+    if (lane == 31) warp_tot[warp] = inc;
+    __syncthreads();
+    if (warp == 0) {
+        int w = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0, wi = w;
+        for (int d = 1; d < 32; d <<= 1) {
+            int o = __shfl_up_sync(0xffffffffu, wi, d);
+            if (lane >= d) wi += o;
+        }
+        warp_tot[lane] = wi - w;
+        if (lane == 31) *total = wi;
+    }
+    __syncthreads();
+    int r = warp_tot[warp] + inc - v;
+    __syncthreads(); /* warp_tot is the next scan's */
+    return r;
+}
+
+/* Groups routes 0..R-1 (expert sel[r] < E) by expert: off[e] .. off[e+1] (off[E] = R)
+ * index routes[], which holds expert e's routes there (in no particular order: an
+ * output never depends on which others share its tile). The experts with
+ * GEMM_MIN_TOKENS routes or more get tiles[] = (e, first of RG_TILE of its routes);
+ * the others' routes go to small[]. counts[0] = tiles, counts[1] = small routes. One
+ * block of RG_THREADS. An id outside 0..E-1 (the route op never gives one) is left out
+ * rather than written out of bounds. */
+__global__ void __launch_bounds__(RG_THREADS) k_route_group(const int32_t *sel, int R, int E, int32_t *off,
+                                                             int32_t *routes, int2 *tiles, int32_t *small,
+                                                             int32_t *counts) {
+    __shared__ int cnt[RG_MAX_EXPERTS], cur[RG_MAX_EXPERTS], scur[RG_MAX_EXPERTS];
+    __shared__ int warp_tot[32], total[3];
+    int e = threadIdx.x;
+    if (e < E) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < R; i += blockDim.x)
+        if ((unsigned)sel[i] < (unsigned)E) atomicAdd(&cnt[sel[i]], 1);
+    __syncthreads();
+    int v = e < E ? cnt[e] : 0, big = v >= GEMM_MIN_TOKENS, nt = big ? (v + RG_TILE - 1) / RG_TILE : 0;
+    int o = block_exclusive_scan(v, warp_tot, &total[0]);
+    int to = block_exclusive_scan(nt, warp_tot, &total[1]);
+    int so = block_exclusive_scan(big ? 0 : v, warp_tot, &total[2]);
+    if (e < E) {
+        off[e] = o;
+        cur[e] = o;
+        scur[e] = so;
+        for (int k = 0; k < nt; k++) tiles[to + k] = make_int2(e, k * RG_TILE);
+    }
+    if (e == 0) {
+        off[E] = total[0];
+        counts[0] = total[1];
+        counts[1] = total[2];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R; i += blockDim.x) {
+        int x = sel[i];
+        if ((unsigned)x >= (unsigned)E) continue;
+        routes[atomicAdd(&cur[x], 1)] = i;
+        if (cnt[x] < GEMM_MIN_TOKENS) small[atomicAdd(&scur[x], 1)] = i;
+    }
+}
+
+/* k_gemm_tc on one tile of k_route_group's list (blockIdx.y; past counts[0]: nothing):
+ * matrix mat0 + blockIdx.z of its expert, into y0 or y1, the item's tokens its routes. */
+template <int FMT, int KS>
+__global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                    const int32_t *off, const int32_t *routes,
+                                                                    const int2 *tiles, const int32_t *counts,
+                                                                    const float *x, int x_div, float *y0, float *y1) {
+    if ((int)blockIdx.y >= counts[0]) return;
+    int2 tl = tiles[blockIdx.y];
+    const mm_desc &d = tab[(size_t)tl.x * 3 + (size_t)mat0 + blockIdx.z];
+    mm_item it;
+    it.data = d.data;
+    it.scales = d.scales;
+    it.biases = d.biases;
+    it.x = x;
+    it.y = blockIdx.z ? y1 : y0;
+    it.n = off[tl.x + 1] - off[tl.x];
+    it.rows = sh.rows;
+    tc_block<FMT, TC_MT, KS>(sh, it, tl.y, routes + off[tl.x], x_div);
+}
+
+template <int KS> static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt) {
+    switch (fmt) {
+    case FMT_A4: return k_gemm_tc_grouped<FMT_A4, KS>;
+    case FMT_A8: return k_gemm_tc_grouped<FMT_A8, KS>;
+    case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0, KS>;
+    case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, KS>;
+    default: return k_gemm_tc_grouped<FMT_Q4_K, KS>;
+    }
+}
+
+/* k_swiglu on the rows of the routes whose expert took k_gemm_tc (k_gemv_routed_swiglu
+ * did the others'). */
+__global__ void k_swiglu_grouped(float *g, const float *u, int I, int R, const int32_t *sel, int E,
+                                 const int32_t *off) {
+    GRID_LOOP(i, (size_t)R * (size_t)I) {
+        int e = sel[i / (size_t)I];
+        if ((unsigned)e >= (unsigned)E || off[e + 1] - off[e] < GEMM_MIN_TOKENS) continue;
+        float a = g[i];
+        g[i] = a / (1.0f + expf(-a)) * u[i];
+    }
+}
+
 /* A layer's experts as moe_routed reads them: per expert and matrix its weights, on
  * the device; ok = 0 where the experts' matrices do not share one fast format and
  * shape (the caller then routes on the host). */
@@ -3684,21 +3848,85 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
     return t;
 }
 
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* moe_routed for n > LM_ROUTED_MAX_TOKENS: see k_route_group. The intermediate (R rows
+ * of gate and up) and the grouping live in scratch of the backend's own; 1 (the host
+ * routes) where the experts take no tensor-core kernel, or the scratch cannot be had. */
+static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout, int E, const int32_t *sel,
+                       const float *h, int n, int K) {
+    cuda_impl *im = impl_of(be);
+    int R = n * K, H = t->sh[0].cols, I = t->sh[0].rows;
+    /* the host-routed path's kernels for an expert of GEMM_MIN_TOKENS tokens or more are
+     * k_gemm_tc only where these hold (matmul_batch: fast format, aligned rows) */
+    if (E > RG_MAX_EXPERTS || !gemm_tc_ok(im, t->fmt[0], &t->sh[0]) || !gemm_tc_ok(im, t->fmt[2], &t->sh[2]) ||
+        H % 4 || I % 4 || R > 65535)
+        return 1;
+    size_t nbig = (size_t)(E < R / GEMM_MIN_TOKENS ? E : R / GEMM_MIN_TOKENS);
+    size_t max_tiles = (size_t)R / RG_TILE + nbig, max_small = (size_t)R;
+    if (max_small > (size_t)(GEMM_MIN_TOKENS - 1) * (size_t)E) max_small = (size_t)(GEMM_MIN_TOKENS - 1) * (size_t)E;
+    size_t o_routes = align_up(sizeof(int32_t) * (size_t)(E + 1), 256);
+    size_t o_small = o_routes + align_up(sizeof(int32_t) * (size_t)R, 256);
+    size_t o_counts = o_small + align_up(sizeof(int32_t) * (size_t)R, 256);
+    size_t o_tiles = o_counts + 256, o_g = o_tiles + align_up(sizeof(int2) * max_tiles, 256);
+    size_t rows_bytes = align_up(sizeof(float) * (size_t)R * (size_t)I, 256), total = o_g + 2 * rows_bytes;
+    if (grow_scratch(be, &im->moe_scratch, &im->moe_scratch_bytes, total, "the grouped experts' scratch") != 0)
+        return 1;
+    uint8_t *base = (uint8_t *)im->moe_scratch;
+    int32_t *off = (int32_t *)base, *routes = (int32_t *)(base + o_routes), *small = (int32_t *)(base + o_small);
+    int32_t *counts = (int32_t *)(base + o_counts);
+    int2 *tiles = (int2 *)(base + o_tiles);
+    float *g = (float *)(base + o_g), *u = (float *)(base + o_g + rows_bytes);
+    int ks = im->tc_split == TC_WARPS ? TC_WARPS : 1;
+    mm_grouped_kernel gk0 = ks == 1 ? gemm_tc_grouped_kernel_of<1>(t->fmt[0]) : gemm_tc_grouped_kernel_of<TC_WARPS>(t->fmt[0]);
+    mm_grouped_kernel gk2 = ks == 1 ? gemm_tc_grouped_kernel_of<1>(t->fmt[2]) : gemm_tc_grouped_kernel_of<TC_WARPS>(t->fmt[2]);
+    tim_begin(im);
+    k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
+    if (launched(be, "grouped routes") != 0) return -1;
+    tim_begin(im);
+    routed_swiglu_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)I, GV_WARPS * GV_ROWS), (unsigned)max_small),
+                                         GV_WARPS * 32, 0, im->stream>>>(t->sh[0], t->dev, sel, small, counts + 1, h,
+                                                                         K, g, u);
+    if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
+    if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
+        tim_begin(im);
+        gk0<<<dim3(blocks_for((size_t)I, (unsigned)TC_ROWS(ks)), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
+              im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
+        if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
+        tim_begin(im);
+        k_swiglu_grouped<<<ew_blocks((size_t)R * (size_t)I), EW_THREADS, 0, im->stream>>>(g, u, I, R, sel, E, off);
+        if (launched(be, "grouped swiglu") != 0) return -1;
+    }
+    tim_begin(im);
+    routed_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)H, GV_WARPS * GV_ROWS), (unsigned)max_small, 1),
+                                  GV_WARPS * 32, 0, im->stream>>>(t->sh[2], t->dev, 2, sel, small, counts + 1, g, 1,
+                                                                  eout, NULL);
+    if (launched(be, "grouped down (few tokens)") != 0) return -1;
+    if (!max_tiles) return 0;
+    tim_begin(im);
+    gk2<<<dim3(blocks_for((size_t)H, (unsigned)TC_ROWS(ks)), (unsigned)max_tiles, 1), TC_WARPS * 32, 0, im->stream>>>(
+        t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
+    return launched(be, fmt_name(t->fmt[2], 2));
+}
+
 static int cuda_moe_routed(lm_backend *be, float *eout, const lm_mat *mats, int E, const int32_t *sel, const float *h,
                            int n, int K, float *g, float *u) {
     cuda_impl *im = impl_of(be);
-    if (im->simple || im->no_routed || n < 1 || n > LM_ROUTED_MAX_TOKENS || K < 1) return 1;
+    if (im->simple || im->no_routed || n < 1 || K < 1) return 1;
+    if (n > LM_ROUTED_MAX_TOKENS && im->no_grouped) return 1;
     struct routed_table *t = routed_table_of(be, mats, E);
     if (!t) return -1;
-    if (!t->ok || (uintptr_t)h % 16 || (uintptr_t)g % 16 || (uintptr_t)u % 16) return 1;
+    if (!t->ok || (uintptr_t)h % 16) return 1;
+    if (n > LM_ROUTED_MAX_TOKENS) return moe_grouped(be, t, eout, E, sel, h, n, K);
+    if ((uintptr_t)g % 16 || (uintptr_t)u % 16) return 1;
     unsigned R = (unsigned)(n * K);
     tim_begin(im);
     routed_swiglu_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)t->sh[0].rows, GV_WARPS * GV_ROWS), R), GV_WARPS * 32,
-                                         0, im->stream>>>(t->sh[0], t->dev, sel, h, K, g, u);
+                                         0, im->stream>>>(t->sh[0], t->dev, sel, NULL, NULL, h, K, g, u);
     if (launched(be, "routed gate+up+swiglu") != 0) return -1;
     tim_begin(im);
     routed_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)t->sh[2].rows, GV_WARPS * GV_ROWS), R, 1), GV_WARPS * 32, 0,
-                                  im->stream>>>(t->sh[2], t->dev, 2, sel, g, 1, eout, NULL);
+                                  im->stream>>>(t->sh[2], t->dev, 2, sel, NULL, NULL, g, 1, eout, NULL);
     return launched(be, "routed down");
 }
 
@@ -3801,6 +4029,7 @@ static void cuda_destroy(lm_backend *be) {
             if (im->w[i].dev) cudaFree(im->w[i].dev);
         if (im->flag) cudaFree(im->flag);
         if (im->att_parts) cudaFree(im->att_parts);
+        if (im->moe_scratch) cudaFree(im->moe_scratch);
         if (im->stream) cudaStreamDestroy(im->stream);
         if (im->copy) cudaStreamDestroy(im->copy);
         if (im->copy_done) cudaEventDestroy(im->copy_done);
@@ -3911,6 +4140,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (gr && !strcmp(gr, "0")) im->graphs_off = 1;
     const char *ro = getenv("LAZYMOE_CUDA_ROUTED");
     if (ro && !strcmp(ro, "0")) im->no_routed = 1;
+    const char *gp = getenv("LAZYMOE_CUDA_GROUPED");
+    if (gp && !strcmp(gp, "0")) im->no_grouped = 1;
     const char *ds = getenv("LAZYMOE_CUDA_DOWN_STAGE");
     if (ds && !strcmp(ds, "0")) im->down_direct = 1;
     const char *t = getenv("LAZYMOE_CUDA_TIMING");
