@@ -1369,11 +1369,121 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* A lane's weight unit as loaded for a chunk: the packed values and the scale and offset
+ * as stored, widened (tc_widen) only when the chunk is computed. The next chunk's loads are
+ * then in flight in a third of the registers of widened units, and nothing waits for them
+ * until they are used. Q4_K's scale and offset are assembled from several bytes at load
+ * (s and b: their floats' bits). Values are those load_unit gives, exactly. */
+template <int FMT> struct tc_wraw {
+    uint32_t q[(FMT == FMT_Q4_0 || FMT == FMT_Q8_0) ? 4 : FMT == FMT_A4 ? 1 : 2];
+    uint32_t s, b;
+};
+
+__device__ __forceinline__ uint32_t load_bits(const void *p, int dt, size_t i) {
+    if (dt == LM_DT_F32) return ((const uint32_t *)p)[i];
+    return ((const uint16_t *)p)[i];
+}
+
+__device__ __forceinline__ float bits_float(uint32_t v, int dt) {
+    if (dt == LM_DT_F32) return __uint_as_float(v);
+    if (dt == LM_DT_BF16) return bits_f32(v << 16);
+    return f16_f32((uint16_t)v);
+}
+
+template <int FMT>
+__device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
+    if (FMT == FMT_A4 || FMT == FMT_A8) {
+        const uint8_t *row = (const uint8_t *)it.data + (size_t)r * sh.row_bytes;
+        if (FMT == FMT_A4) {
+            o.q[0] = __ldg((const uint32_t *)row + u);
+        } else {
+            uint2 w = __ldg((const uint2 *)row + u);
+            o.q[0] = w.x;
+            o.q[sizeof o.q / sizeof o.q[0] - 1] = w.y;
+        }
+        size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
+        o.s = load_bits(it.scales, sh.qdtype, g);
+        o.b = load_bits(it.biases, sh.qdtype, g);
+    } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 4) * (FMT == FMT_Q4_0 ? 18 : 34);
+        int k = u % 4;
+        const uint8_t *qs = blk + 2 + (FMT == FMT_Q4_0 ? (k & 1) * 8 : k * 8);
+        o.s = u16_at(blk);
+        o.b = 0;
+#pragma unroll
+        for (int i = 0; i < (int)(sizeof o.q / sizeof o.q[0]); i++) o.q[i] = u16_at(qs + 2 * i);
+    } else { /* FMT_Q4_K */
+        wunit w;
+        load_unit<FMT>(sh, it, r, u, w);
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 144;
+        int i0 = (u % 32) * 8, pair = i0 / 64, l = i0 % 64;
+        uint2 v = __ldg((const uint2 *)(blk + 16 + pair * 32 + (l % 32)));
+        o.q[0] = v.x;
+        o.q[sizeof o.q / sizeof o.q[0] - 1] = v.y;
+        o.s = __float_as_uint(w.s);
+        o.b = __float_as_uint(w.b);
+    }
+}
+
+/* A row past the matrix: zeros (s = 0, so whatever q widens to adds 0; never stored). */
+template <int FMT> __device__ __forceinline__ void tc_zero_raw(tc_wraw<FMT> &o) {
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof o.q / sizeof o.q[0]); i++) o.q[i] = 0;
+    o.s = 0;
+    o.b = 0;
+}
+
+/* tc_load_raw's unit u widened as load_unit widens it. */
+template <int FMT>
+__device__ __forceinline__ void tc_widen(const mm_shape &sh, const tc_wraw<FMT> &w, int u, wunit &o) {
+    o.s = 1.0f;
+    o.b = 0.0f;
+    if (FMT == FMT_A4) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) o.q[i] = (float)((w.q[0] >> (4 * i)) & 15u);
+    } else if (FMT == FMT_A8) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[i] = (float)((w.q[0] >> (8 * i)) & 255u);
+            o.q[4 + i] = (float)((w.q[sizeof w.q / sizeof w.q[0] - 1] >> (8 * i)) & 255u);
+        }
+    } else if (FMT == FMT_Q4_0) {
+        int shift = u % 4 >= 2 ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[2 * i] = (float)((int)((w.q[i] >> shift) & 15u) - 8);
+            o.q[2 * i + 1] = (float)((int)((w.q[i] >> (8 + shift)) & 15u) - 8);
+        }
+    } else if (FMT == FMT_Q8_0) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[2 * i] = (float)(int8_t)(w.q[i] & 255u);
+            o.q[2 * i + 1] = (float)(int8_t)(w.q[i] >> 8);
+        }
+    } else { /* FMT_Q4_K */
+        int shift = (u % 32) * 8 % 64 >= 32 ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[i] = (float)((w.q[0] >> (8 * i + shift)) & 15u);
+            o.q[4 + i] = (float)((w.q[sizeof w.q / sizeof w.q[0] - 1] >> (8 * i + shift)) & 15u);
+        }
+    }
+    if (FMT == FMT_A4 || FMT == FMT_A8) {
+        o.s = bits_float(w.s, sh.qdtype);
+        o.b = bits_float(w.b, sh.qdtype);
+    } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
+        o.s = half_bits(w.s);
+    } else {
+        o.s = __uint_as_float(w.s);
+        o.b = __uint_as_float(w.b);
+    }
+}
+
 /* A lane's global loads for one chunk: its input unit of tokens g and g + 8 of each
  * 16-token tile (zeros past the item's tokens) and its weight unit of each 8-row tile. */
 template <int FMT, int MT> struct tc_loads {
     float x[MT][2][8];
-    wunit w[TC_NT];
+    tc_wraw<FMT> w[TC_NT];
 };
 
 /* The row of x (or y) that token tok of an item reads (writes): tok itself, or with a
@@ -1384,17 +1494,17 @@ __device__ __forceinline__ size_t tc_row(const int32_t *routes, int tok, int div
     return routes ? (size_t)(routes[tok] / div) : (size_t)tok;
 }
 
+/* xrow[m][h]: the input row of token g (+ 8 h) of tile m, NULL past the item's tokens. */
 template <int FMT, int MT>
-__device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, int t0, int r0, int u,
-                                         const int32_t *routes, int x_div, tc_loads<FMT, MT> &o) {
+__device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, int r0, int u,
+                                         const float *const (&xrow)[MT][2], tc_loads<FMT, MT> &o) {
     int lane = threadIdx.x & 31, g = lane >> 2;
 #pragma unroll
     for (int m = 0; m < MT; m++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            int tok = t0 + 16 * m + 8 * h + g;
-            if (tok < it.n) {
-                input_unit(it.x + tc_row(routes, tok, x_div) * (size_t)sh.cols, u, o.x[m][h]);
+            if (xrow[m][h]) {
+                input_unit(xrow[m][h], u, o.x[m][h]);
             } else {
 #pragma unroll
                 for (int i = 0; i < 8; i++) o.x[m][h][i] = 0.0f;
@@ -1403,14 +1513,8 @@ __device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, 
 #pragma unroll
     for (int j = 0; j < TC_NT; j++) {
         int r = r0 + 8 * j + g;
-        if (r < it.rows) {
-            load_unit<FMT>(sh, it, r, u, o.w[j]);
-        } else {
-            o.w[j].s = 0.0f;
-            o.w[j].b = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) o.w[j].q[i] = 0.0f;
-        }
+        if (r < it.rows) tc_load_raw<FMT>(sh, it, r, u, o.w[j]);
+        else tc_zero_raw<FMT>(o.w[j]);
     }
 }
 
@@ -1439,10 +1543,18 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
             for (int i = 0; i < 4; i++) tot[m][j][i] = 0.0f;
     const int chunks = sh.cols / TC_CHUNK, part = warp % KS;
     const int c_begin = part * chunks / KS, c_end = (part + 1) * chunks / KS;
+    const float *xrow[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int tok = t0 + 16 * m + 8 * h + (lane >> 2);
+            xrow[m][h] = tok < it.n ? it.x + tc_row(routes, tok, x_div) * (size_t)sh.cols : NULL;
+        }
     tc_loads<FMT, MT> cur, next;
-    if (c_begin < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, c_begin * (TC_CHUNK / 8) + t, routes, x_div, cur);
+    if (c_begin < c_end) tc_fetch<FMT, MT>(sh, it, r0, c_begin * (TC_CHUNK / 8) + t, xrow, cur);
     for (int c = c_begin; c < c_end; c++) {
-        if (c + 1 < c_end) tc_fetch<FMT, MT>(sh, it, t0, r0, (c + 1) * (TC_CHUNK / 8) + t, routes, x_div, next);
+        if (c + 1 < c_end) tc_fetch<FMT, MT>(sh, it, r0, (c + 1) * (TC_CHUNK / 8) + t, xrow, next);
         uint32_t ahi[MT][2][4], alo[MT][2][4];
         float sx[MT][2]; /* the chunk's input sums of tokens g and g + 8 */
 #pragma unroll
@@ -1464,7 +1576,8 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
             }
 #pragma unroll
         for (int j = 0; j < TC_NT; j++) {
-            const wunit &w = cur.w[j];
+            wunit w;
+            tc_widen<FMT>(sh, cur.w[j], c * (TC_CHUNK / 8) + t, w);
             float acc[MT][4];
 #pragma unroll
             for (int m = 0; m < MT; m++)
