@@ -11,9 +11,12 @@
 # of it llama.cpp's build.
 # LAYERS=48 (the table: 17.3 GB of Q4_0; -ncmoe 36), TESTS=0 (no test_cuda first), MLX64=0
 # (lazymoe on the Q4_0 file only: at 48 layers the MLX copy would not fit the box's disk beside it).
-LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1}
+# CARRY_TAR: the carried archive (build/device-carry.tar.xz); AGAIN=0: llama-bench -ngl 99 once
+# (the 48-layer call's time).
+LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1} CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz}
+AGAIN=${AGAIN:-1}
 NCMOE=$((LAYERS * 3 / 4))
-tar xJf build/device-carry.tar.xz
+tar xJf "$CARRY_TAR"
 export LAZYMOE_SOURCE_DIR=$PWD LD_LIBRARY_PATH=$PWD/build/carry90/libs
 C=$PWD/build/carry90/lazymoe; T=$PWD/build/carry90/test_cuda
 S=$OUT/summary.txt
@@ -57,8 +60,8 @@ lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64
 [ "$MLX64" = 1 ] && lz g64_p1_b $W/g64 --prompt-tokens 1 --gen-tokens 64
 [ "$MLX64" = 1 ] || lz q40_p512_b $W/q40.gguf --prompt-tokens 512 --gen-tokens 64
 [ "$MLX64" = 1 ] || lz q40_p1_b $W/q40.gguf --prompt-tokens 1 --gen-tokens 64
-st "llama-bench ngl99 again"
-timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $OUT/llama_ngl99_b.json 2> $OUT/llama_ngl99_b.err
+[ "$AGAIN" = 1 ] && st "llama-bench ngl99 again"
+[ "$AGAIN" = 1 ] && timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $OUT/llama_ngl99_b.json 2> $OUT/llama_ngl99_b.err
 st "llama-bench ncmoe $NCMOE"
 timeout 200 $B/llama-bench -m $W/q40.gguf -ngl 99 -ncmoe $NCMOE -t 16 -p 512 -n 64 -r 1 -o json > $OUT/llama_ncmoe.json 2> $OUT/llama_ncmoe.err
 M25=$W/g64 F25=g64
