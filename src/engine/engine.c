@@ -285,6 +285,10 @@ static int plan_device_memory(lazymoe_model *m, int *capacity, char *err) {
                      lm_logits_device_bytes(c, LM_CHUNK_TOKENS) + layer_kv[0] + layer_kv[1] + layer_kv[2] +
                      layer_kv[3];
     if (o->sessions > 1) fixed += (uint64_t)(o->sessions - 1) * lm_scratch_bytes(c, LM_CHUNK_TOKENS);
+    /* a prefill chunk's experts routed on the device: one scratch for the backend */
+    if (be->ops->moe_routed_scratch_bytes)
+        fixed += be->ops->moe_routed_scratch_bytes(be, LM_CHUNK_TOKENS, c->top_k, c->n_experts,
+                                                   c->moe_intermediate_size);
     if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
     uint64_t per_slot = lm_device_cache_bytes_for(&m->w, 1);
     m->gpu_budget = budget;
@@ -343,6 +347,53 @@ static void pin_host_experts(lazymoe_model *m) {
  * llama.cpp's -ngl 99 gives), all are uploaded now, at load, rather than by the
  * first steps that route to them: a device backend only (the CPU's tier is a test).
  * Which slot an expert lands in changes no number (device_cache.h). */
+/* A backend that copies weights (a GPU) copies the non-expert ones now rather than at
+ * their first use: the first forward pass would otherwise stop the device's queue at
+ * every weight while it is uploaded. Arrays whose length depends on the family's
+ * layout (q/k norms, attention biases) are left to their first use. */
+static int preload_device_weights(lazymoe_model *m, char *e) {
+    lm_backend *be = m->be;
+    const lm_weights *w = &m->w;
+    const lm_config *c = &w->cfg;
+    if (be->ops->host_memory || !be->ops->preload || !be->ops->preload_floats) return 0;
+    double t0 = lm_now();
+    const lm_mat *mats[16];
+    int rc = 0;
+#define PRELOAD_MAT(M) rc = rc ? rc : ((M)->data ? be->ops->preload(be, (M)) : 0)
+#define PRELOAD_FLOATS(P, N) rc = rc ? rc : be->ops->preload_floats(be, (P), (size_t)(N))
+    PRELOAD_MAT(&w->embed);
+    PRELOAD_MAT(&w->lm_head);
+    PRELOAD_FLOATS(w->final_norm, c->hidden_size);
+    PRELOAD_FLOATS(w->rope_inv_freq, c->rope_dim / 2);
+    for (int l = 0; l < c->n_layers && rc == 0; l++) {
+        const lm_layer *ly = &w->layers[l];
+        int n = 0;
+        if (!ly->is_linear) mats[n++] = &ly->q, mats[n++] = &ly->k, mats[n++] = &ly->v, mats[n++] = &ly->o;
+        if (ly->is_moe) {
+            mats[n++] = &ly->router;
+            mats[n++] = &ly->shared_gate, mats[n++] = &ly->shared_up, mats[n++] = &ly->shared_down;
+            mats[n++] = &ly->shared_expert_gate;
+        } else {
+            mats[n++] = &ly->mlp_gate, mats[n++] = &ly->mlp_up, mats[n++] = &ly->mlp_down;
+        }
+        for (int i = 0; i < n; i++) PRELOAD_MAT(mats[i]);
+        PRELOAD_FLOATS(ly->attn_norm, c->hidden_size);
+        PRELOAD_FLOATS(ly->ffn_norm, c->hidden_size);
+        PRELOAD_FLOATS(ly->o_bias, c->hidden_size);
+        PRELOAD_FLOATS(ly->sinks, c->n_heads);
+        PRELOAD_FLOATS(ly->router_bias, c->n_experts);
+        PRELOAD_FLOATS(ly->router_correction, c->n_experts);
+    }
+#undef PRELOAD_MAT
+#undef PRELOAD_FLOATS
+    if (rc != 0)
+        return lm_errf(e, "copying the weights to %s memory: %s", be->ops->name, lm_backend_error(be));
+    if (m->opt.verbose)
+        lm_log(LAZYMOE_LOG_INFO, "lazymoe: weights besides the experts copied to %s memory in %.2f s", be->ops->name,
+               lm_now() - t0);
+    return 0;
+}
+
 static int preload_device_experts(lazymoe_model *m, char *e) {
     const lm_config *c = &m->w.cfg;
     int E = c->n_experts;
@@ -418,6 +469,7 @@ static int open_device_tier(lazymoe_model *m, char *e) {
         if (!m->cpu_u) return -1;
     }
     pin_host_experts(m);
+    if (preload_device_weights(m, e) != 0) return -1;
     if (preload_device_experts(m, e) != 0) return -1;
     if (m->opt.verbose) {
         char b1[32], b2[32], b3[32], b4[32];

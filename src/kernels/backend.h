@@ -275,6 +275,17 @@ typedef struct {
      * decode step can then be checked and picked from by downloading 8 bytes instead
      * of the vocabulary's logits. */
     int (*logits_scan)(lm_backend *be, int32_t *result, const float *logits, int n);
+    /* ---- weights copied ahead of their first use (NULL where weights are read in
+     * place: the CPU) ----
+     * The backend's copy of W, or of the n floats at host, made now as its first use
+     * would make it, so that the first forward pass does not stop at each weight to
+     * upload it. */
+    int (*preload)(lm_backend *be, const lm_mat *W);
+    int (*preload_floats)(lm_backend *be, const float *host, size_t n);
+    /* The device scratch moe_routed takes for n > LM_ROUTED_MAX_TOKENS tokens of top_k
+     * routes over n_experts experts of `inter` rows (the caller's plan of device memory
+     * counts it once: the backend keeps one); NULL = none. */
+    uint64_t (*moe_routed_scratch_bytes)(lm_backend *be, int n, int top_k, int n_experts, int inter);
 } lm_backend_ops;
 
 /* Tokens up to which moe_routed uses the caller's g and u and one kernel for every

@@ -581,6 +581,19 @@ static int weight_view(lm_backend *be, const lm_mat *W, wdesc *d) {
     return 0;
 }
 
+/* ops->preload: the copy weight_view or dev_floats would make at first use, made now
+ * (each upload waits for the stream: in the first forward pass that stopped the GPU's
+ * queue at every weight). */
+static int cuda_preload(lm_backend *be, const lm_mat *W) {
+    wdesc d;
+    return weight_view(be, W, &d);
+}
+
+static int cuda_preload_floats(lm_backend *be, const float *host, size_t n) {
+    if (!host || !n) return 0;
+    return dev_floats(be, host, n, "weights") ? 0 : -1;
+}
+
 /* ---- device helpers ------------------------------------------------------------------------------ */
 
 __device__ __forceinline__ float bits_f32(uint32_t u) { return __uint_as_float(u); }
@@ -1200,12 +1213,9 @@ typedef struct {
  * the matrix (mat0 + z) and the output (y0 or y1). The inputs are row r / x_div of
  * x; the output row r of y. The same gemv_body as k_gemv: one token per item, as a
  * host-routed decode step's experts are. A prefill chunk's routes of experts with few
- * tokens come as a list instead: blockIdx.y indexes list[0 .. *n_list) (list NULL: every
- * route); route_of gives -1 past its end. */
-__device__ __forceinline__ int route_of(const int32_t *list, const int32_t *n_list) {
-    if (!list) return (int)blockIdx.y;
-    return (int)blockIdx.y < *n_list ? list[blockIdx.y] : -1;
-}
+ * tokens come as a list instead (list non-NULL): block y takes list[y], list[y +
+ * gridDim.y], ... up to *n_list, known only on the device -- a grid of every possible
+ * route would be mostly blocks with nothing to do. */
 
 __device__ __forceinline__ mm_item routed_item(const mm_shape &sh, const mm_desc *tab, int mat0, const int32_t *sel,
                                                int r, const float *x, int x_div, float *y0, float *y1) {
@@ -1227,9 +1237,12 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed(mm_shape sh, cons
                                                                 const int32_t *sel, const int32_t *list,
                                                                 const int32_t *n_list, const float *x, int x_div,
                                                                 float *y0, float *y1) {
-    int r = route_of(list, n_list);
-    if (r < 0) return;
-    gemv_body<FMT, 1>(sh, routed_item(sh, tab, mat0, sel, r, x, x_div, y0, y1));
+    if (!list) {
+        gemv_body<FMT, 1>(sh, routed_item(sh, tab, mat0, sel, (int)blockIdx.y, x, x_div, y0, y1));
+        return;
+    }
+    for (int i = (int)blockIdx.y; i < *n_list; i += (int)gridDim.y)
+        gemv_body<FMT, 1>(sh, routed_item(sh, tab, mat0, sel, list[i], x, x_div, y0, y1));
 }
 
 /* Prefill: TR rows x TT tokens per block (256 x 16, 128 x 32 or 64 x 64: the shape
@@ -1664,12 +1677,8 @@ typedef void (*mm_grouped_kernel)(mm_shape, const mm_desc *, int, const int32_t 
  * computes its rows of both (gemv_body, as the separate products do), then the lane
  * that wrote them computes g = silu(g) * u as k_swiglu does. */
 template <int FMT>
-__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape sh, const mm_desc *tab,
-                                                                       const int32_t *sel, const int32_t *list,
-                                                                       const int32_t *n_list, const float *x, int x_div,
-                                                                       float *g, float *u) {
-    int r = route_of(list, n_list);
-    if (r < 0) return;
+__device__ __forceinline__ void routed_swiglu_one(const mm_shape &sh, const mm_desc *tab, const int32_t *sel, int r,
+                                                  const float *x, int x_div, float *g, float *u) {
     int e = sel[r];
     mm_item it;
     it.x = x + (size_t)(r / x_div) * (size_t)sh.cols;
@@ -1718,6 +1727,19 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape s
         float ga = g[i];
         g[i] = ga / (1.0f + expf(-ga)) * u[i];
     }
+}
+
+template <int FMT>
+__global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu(mm_shape sh, const mm_desc *tab,
+                                                                       const int32_t *sel, const int32_t *list,
+                                                                       const int32_t *n_list, const float *x, int x_div,
+                                                                       float *g, float *u) {
+    if (!list) {
+        routed_swiglu_one<FMT>(sh, tab, sel, (int)blockIdx.y, x, x_div, g, u);
+        return;
+    }
+    for (int i = (int)blockIdx.y; i < *n_list; i += (int)gridDim.y)
+        routed_swiglu_one<FMT>(sh, tab, sel, list[i], x, x_div, g, u);
 }
 
 typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const int32_t *, const int32_t *,
@@ -2953,14 +2975,15 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_merge(float *out, cons
     attn_write(out + item * (size_t)hd, M, L, O, sinks, h, hd);
 }
 
-/* Device scratch that grows on demand (*buf, *have bytes): at least `bytes` of it, or -1
+/* Device scratch that grows on demand (*buf, *have bytes): at least `bytes` of it (and
+ * `least`, so that small requests do not grow it step by step), or -1
  * (and no error left behind) when it cannot be had now -- while a step is recorded, or
  * over the memory cap -- and the caller then takes a path without it, with the same result. */
-static int grow_scratch(lm_backend *be, void **buf, size_t *have, size_t bytes, const char *what) {
+static int grow_scratch(lm_backend *be, void **buf, size_t *have, size_t bytes, size_t least, const char *what) {
     cuda_impl *im = impl_of(be);
     if (*have >= bytes) return 0;
     if (im->recording) return -1;
-    size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+    size_t want = bytes < least ? least : bytes;
     char keep[LM_ERR_LEN];
     memcpy(keep, be->err, sizeof keep);
     if (mem_take(be, want, what) != 0) {
@@ -2987,7 +3010,7 @@ static int grow_scratch(lm_backend *be, void **buf, size_t *have, size_t bytes, 
 /* The split attention kernels' partials: without them the one-block kernel runs. */
 static int attn_scratch(lm_backend *be, size_t bytes) {
     cuda_impl *im = impl_of(be);
-    return grow_scratch(be, (void **)&im->att_parts, &im->att_parts_bytes, bytes, "attention scratch");
+    return grow_scratch(be, (void **)&im->att_parts, &im->att_parts_bytes, bytes, (size_t)1 << 20, "attention scratch");
 }
 
 static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_kv *k, const lm_kv *v, int n, int pos0,
@@ -3760,6 +3783,7 @@ static int cuda_step_record_end(lm_backend *be, int keep) {
 #define RG_TILE (16 * TC_MT)
 #define RG_THREADS 1024
 #define RG_MAX_EXPERTS RG_THREADS
+#define RG_SMALL_BLOCKS 128 /* blocks in y of the few-route experts' GEMV launches */
 
 /* Exclusive prefix sum of one value per thread of the block (at most 1024); *total gets
  * the sum. warp_tot: 32 ints of shared memory. */
@@ -3963,6 +3987,34 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+/* Where moe_grouped's arrays sit in its scratch, for R routes over E experts of I rows:
+ * the grouping (off, routes, small, counts, tiles), then the gate and up rows. */
+typedef struct {
+    size_t routes, small, counts, tiles, g, rows_bytes, total, max_tiles, max_small;
+} moe_layout;
+
+static moe_layout moe_layout_of(int R, int E, int I) {
+    moe_layout L;
+    size_t nbig = (size_t)(E < R / GEMM_MIN_TOKENS ? E : R / GEMM_MIN_TOKENS);
+    L.max_tiles = (size_t)R / RG_TILE + nbig; /* sum of ceil(count / RG_TILE) over the big experts */
+    L.max_small = (size_t)R;
+    if (L.max_small > (size_t)(GEMM_MIN_TOKENS - 1) * (size_t)E) L.max_small = (size_t)(GEMM_MIN_TOKENS - 1) * (size_t)E;
+    L.routes = align_up(sizeof(int32_t) * (size_t)(E + 1), 256);
+    L.small = L.routes + align_up(sizeof(int32_t) * (size_t)R, 256);
+    L.counts = L.small + align_up(sizeof(int32_t) * (size_t)R, 256);
+    L.tiles = L.counts + 256;
+    L.g = L.tiles + align_up(sizeof(int2) * L.max_tiles, 256);
+    L.rows_bytes = align_up(sizeof(float) * (size_t)R * (size_t)I, 256);
+    L.total = L.g + 2 * L.rows_bytes;
+    return L;
+}
+
+static uint64_t cuda_moe_routed_scratch_bytes(lm_backend *be, int n, int top_k, int n_experts, int inter) {
+    (void)be;
+    if (n <= LM_ROUTED_MAX_TOKENS || top_k < 1 || n_experts < 1 || inter < 1) return 0;
+    return moe_layout_of(n * top_k, n_experts, inter).total;
+}
+
 /* moe_routed for n > LM_ROUTED_MAX_TOKENS: see k_route_group. The intermediate (R rows
  * of gate and up) and the grouping live in scratch of the backend's own; 1 (the host
  * routes) where the experts take no tensor-core kernel, or the scratch cannot be had. */
@@ -3975,21 +4027,18 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (E > RG_MAX_EXPERTS || !gemm_tc_ok(im, t->fmt[0], &t->sh[0]) || !gemm_tc_ok(im, t->fmt[2], &t->sh[2]) ||
         H % 4 || I % 4 || R > 65535)
         return 1;
-    size_t nbig = (size_t)(E < R / GEMM_MIN_TOKENS ? E : R / GEMM_MIN_TOKENS);
-    size_t max_tiles = (size_t)R / RG_TILE + nbig, max_small = (size_t)R;
-    if (max_small > (size_t)(GEMM_MIN_TOKENS - 1) * (size_t)E) max_small = (size_t)(GEMM_MIN_TOKENS - 1) * (size_t)E;
-    size_t o_routes = align_up(sizeof(int32_t) * (size_t)(E + 1), 256);
-    size_t o_small = o_routes + align_up(sizeof(int32_t) * (size_t)R, 256);
-    size_t o_counts = o_small + align_up(sizeof(int32_t) * (size_t)R, 256);
-    size_t o_tiles = o_counts + 256, o_g = o_tiles + align_up(sizeof(int2) * max_tiles, 256);
-    size_t rows_bytes = align_up(sizeof(float) * (size_t)R * (size_t)I, 256), total = o_g + 2 * rows_bytes;
-    if (grow_scratch(be, &im->moe_scratch, &im->moe_scratch_bytes, total, "the grouped experts' scratch") != 0)
+    moe_layout L = moe_layout_of(R, E, I);
+    /* the few-route experts' kernels: blocks enough to fill the GPU, each taking every
+     * RG_SMALL_BLOCKS-th listed route */
+    size_t max_tiles = L.max_tiles, max_small = L.max_small < RG_SMALL_BLOCKS ? L.max_small : RG_SMALL_BLOCKS;
+    /* exactly the planned bytes (moe_routed_scratch_bytes), no more */
+    if (grow_scratch(be, &im->moe_scratch, &im->moe_scratch_bytes, L.total, L.total, "the grouped experts' scratch") != 0)
         return 1;
     uint8_t *base = (uint8_t *)im->moe_scratch;
-    int32_t *off = (int32_t *)base, *routes = (int32_t *)(base + o_routes), *small = (int32_t *)(base + o_small);
-    int32_t *counts = (int32_t *)(base + o_counts);
-    int2 *tiles = (int2 *)(base + o_tiles);
-    float *g = (float *)(base + o_g), *u = (float *)(base + o_g + rows_bytes);
+    int32_t *off = (int32_t *)base, *routes = (int32_t *)(base + L.routes), *small = (int32_t *)(base + L.small);
+    int32_t *counts = (int32_t *)(base + L.counts);
+    int2 *tiles = (int2 *)(base + L.tiles);
+    float *g = (float *)(base + L.g), *u = (float *)(base + L.g + L.rows_bytes);
     int ks = im->tc_split == TC_WARPS ? TC_WARPS : 1;
     mm_grouped_kernel gk0 = ks == 1 ? gemm_tc_grouped_kernel_of<1>(t->fmt[0]) : gemm_tc_grouped_kernel_of<TC_WARPS>(t->fmt[0]);
     mm_grouped_kernel gk2 = ks == 1 ? gemm_tc_grouped_kernel_of<1>(t->fmt[2]) : gemm_tc_grouped_kernel_of<TC_WARPS>(t->fmt[2]);
@@ -4198,6 +4247,9 @@ static const lm_backend_ops cuda_ops = {
     /* .step_record_begin = */ FLUSHED(cuda_step_record_begin),
     /* .step_record_end = */ TIMED(cuda_step_record_end),
     /* .logits_scan = */ FLUSHED(cuda_logits_scan),
+    /* .preload = */ FLUSHED(cuda_preload),
+    /* .preload_floats = */ FLUSHED(cuda_preload_floats),
+    /* .moe_routed_scratch_bytes = */ cuda_moe_routed_scratch_bytes,
 };
 
 extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
