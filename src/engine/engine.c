@@ -343,10 +343,6 @@ static void pin_host_experts(lazymoe_model *m) {
     }
 }
 
-/* With room for every expert in device memory over resident host experts (what
- * llama.cpp's -ngl 99 gives), all are uploaded now, at load, rather than by the
- * first steps that route to them: a device backend only (the CPU's tier is a test).
- * Which slot an expert lands in changes no number (device_cache.h). */
 /* A backend that copies weights (a GPU) copies the non-expert ones now rather than at
  * their first use: the first forward pass would otherwise stop the device's queue at
  * every weight while it is uploaded. Arrays whose length depends on the family's
@@ -394,6 +390,10 @@ static int preload_device_weights(lazymoe_model *m, char *e) {
     return 0;
 }
 
+/* With room for every expert in device memory over resident host experts (what
+ * llama.cpp's -ngl 99 gives), all are uploaded now, at load, rather than by the
+ * first steps that route to them: a device backend only (the CPU's tier is a test).
+ * Which slot an expert lands in changes no number (device_cache.h). */
 static int preload_device_experts(lazymoe_model *m, char *e) {
     const lm_config *c = &m->w.cfg;
     int E = c->n_experts;

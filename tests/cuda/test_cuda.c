@@ -1370,6 +1370,24 @@ static void golden(const char *name, const char *ref_logits, const char *ref_gre
  * the KV cache past a growth (its buffers move: a new recording). */
 #define GRAPH_STEPS 40
 
+/* The model in dir on the GPU with the tests' options (f32 activations, f16 KV cache,
+ * no warm start), the backend's switch `var` (read when the backend is made) left unset
+ * (on) or set to 0 (off) while it opens: the model, or NULL with the reason in err. */
+static lazymoe_model *open_cuda_model(const char *dir, const char *var, int on) {
+    if (on) unsetenv(var);
+    else setenv(var, "0", 1);
+    lazymoe_options opt;
+    lazymoe_options_init(&opt);
+    opt.kv_bits = 16;
+    opt.act_bits = 32;
+    opt.backend = "cuda";
+    opt.no_warm_start = 1;
+    lazymoe_model *m = NULL;
+    int rc = lazymoe_model_open(&m, dir, &opt, err, sizeof err);
+    unsetenv(var);
+    return rc == 0 ? m : NULL;
+}
+
 /* Fixture `name` on the GPU, with decode graphs on or off (LAZYMOE_CUDA_GRAPHS, read
  * when the backend is made), and its first (up to 24) input ids: the model, or NULL
  * with the reason in err. */
@@ -1383,18 +1401,7 @@ static lazymoe_model *open_decode_fixture(const char *name, int graphs, int32_t 
         return NULL;
     }
     if (*n > 24) *n = 24;
-    if (graphs) unsetenv("LAZYMOE_CUDA_GRAPHS");
-    else setenv("LAZYMOE_CUDA_GRAPHS", "0", 1);
-    lazymoe_options opt;
-    lazymoe_options_init(&opt);
-    opt.kv_bits = 16;
-    opt.act_bits = 32;
-    opt.backend = "cuda";
-    opt.no_warm_start = 1;
-    lazymoe_model *m = NULL;
-    int rc = lazymoe_model_open(&m, dir, &opt, err, sizeof err);
-    unsetenv("LAZYMOE_CUDA_GRAPHS");
-    return rc == 0 ? m : NULL;
+    return open_cuda_model(dir, "LAZYMOE_CUDA_GRAPHS", graphs);
 }
 
 static int decode_logits(const char *name, int graphs, float **out, size_t *V) {
@@ -1549,24 +1556,14 @@ static int prefill_logits(const char *name, int grouped, float **out, size_t *V,
     int k = read_ids(path, ids, 64, "%c");
     if (k <= 0) return lm_errf(err, "%s: no input ids", name);
     for (*n = k; *n + k <= 192; *n += k) memcpy(ids + *n, ids, sizeof(int32_t) * (size_t)k);
-    if (grouped) unsetenv("LAZYMOE_CUDA_GROUPED");
-    else setenv("LAZYMOE_CUDA_GROUPED", "0", 1);
-    lazymoe_options opt;
-    lazymoe_options_init(&opt);
-    opt.kv_bits = 16;
-    opt.act_bits = 32;
-    opt.backend = "cuda";
-    opt.no_warm_start = 1;
-    lazymoe_model *m = NULL;
-    int rc = lazymoe_model_open(&m, dir, &opt, err, sizeof err);
-    unsetenv("LAZYMOE_CUDA_GROUPED");
-    if (rc != 0) return -1;
+    lazymoe_model *m = open_cuda_model(dir, "LAZYMOE_CUDA_GROUPED", grouped);
+    if (!m) return -1;
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     *V = (size_t)info.vocab_size;
     *out = malloc(sizeof(float) * (size_t)*n * *V);
     lazymoe_session *s = NULL;
-    rc = lazymoe_session_create(&s, m, err, sizeof err);
+    int rc = lazymoe_session_create(&s, m, err, sizeof err);
     if (rc == 0) rc = lazymoe_session_eval(s, ids, *n, *out, 1, err, sizeof err);
     lazymoe_session_free(s);
     lazymoe_model_close(m);

@@ -4027,7 +4027,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     moe_layout L = moe_layout_of(R, E, I);
     /* the few-route experts' kernels: blocks enough to fill the GPU, each taking every
      * RG_SMALL_BLOCKS-th listed route */
-    size_t max_tiles = L.max_tiles, max_small = L.max_small < RG_SMALL_BLOCKS ? L.max_small : RG_SMALL_BLOCKS;
+    size_t max_tiles = L.max_tiles, small_blocks = L.max_small < RG_SMALL_BLOCKS ? L.max_small : RG_SMALL_BLOCKS;
     /* exactly the planned bytes (moe_routed_scratch_bytes), no more */
     if (grow_scratch(be, &im->moe_scratch, &im->moe_scratch_bytes, L.total, L.total, "the grouped experts' scratch") != 0)
         return 1;
@@ -4043,7 +4043,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
     tim_begin(im);
-    routed_swiglu_list_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)I, GV_WARPS * GV_ROWS), (unsigned)max_small),
+    routed_swiglu_list_kernel_of(t->fmt[0])<<<dim3(blocks_for((size_t)I, GV_WARPS * GV_ROWS), (unsigned)small_blocks),
                                          GV_WARPS * 32, 0, im->stream>>>(t->sh[0], t->dev, sel, small, counts + 1, h,
                                                                          K, g, u);
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
@@ -4057,7 +4057,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
         if (launched(be, "grouped swiglu") != 0) return -1;
     }
     tim_begin(im);
-    routed_list_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)H, GV_WARPS * GV_ROWS), (unsigned)max_small, 1),
+    routed_list_kernel_of(t->fmt[2])<<<dim3(blocks_for((size_t)H, GV_WARPS * GV_ROWS), (unsigned)small_blocks, 1),
                                   GV_WARPS * 32, 0, im->stream>>>(t->sh[2], t->dev, 2, sel, small, counts + 1, g, 1,
                                                                   eout, NULL);
     if (launched(be, "grouped down (few tokens)") != 0) return -1;
