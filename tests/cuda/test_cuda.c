@@ -371,14 +371,6 @@ static void matmul_fast_kernels(void) {
     fast_case("q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
     fast_case("q8_0", LM_DT_Q8_0, 45, 160, 0, 0, 0, 0, 1);
     fast_case("q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
-    /* k_gemm_tc with its columns split over a block's warps (LAZYMOE_CUDA_TC_SPLIT=4) */
-    lm_backend_cuda_set_tc_split(gpu, 4);
-    fast_case("split: affine 4-bit g64 bf16 2048 columns", LM_DT_U32, 150, 2048, 4, 64, LM_DT_BF16, 0, 1);
-    fast_case("split: affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
-    fast_case("split: affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
-    fast_case("split: q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
-    fast_case("split: q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
-    lm_backend_cuda_set_tc_split(gpu, 1);
     /* no fast format: the reference kernels run (columns not a multiple of 8, 3-bit) */
     fast_case("f16 130 columns", LM_DT_F16, 20, 130, 0, 0, 0, 0, 0);
     fast_case("affine 3-bit", LM_DT_U32, 20, 192, 3, 64, LM_DT_BF16, 0, 0);
@@ -433,13 +425,6 @@ static void matmul_fast_batch_invariant(void) {
         free_mat(&W[i]);
         dev_free(dx[i]), dev_free(dy[i]), dev_free(da[i]);
     }
-}
-
-/* The same with k_gemm_tc's columns split over a block's warps. */
-static void matmul_fast_batch_invariant_tc_split(void) {
-    lm_backend_cuda_set_tc_split(gpu, 4);
-    matmul_fast_batch_invariant();
-    lm_backend_cuda_set_tc_split(gpu, 1);
 }
 
 /* A weight's host memory rewritten and reported (a lazy expert slot reused): the
@@ -788,6 +773,7 @@ static void attention(void) {
     const lm_dtype types[3] = {LM_DT_F32, LM_DT_F16, LM_DT_I8};
     for (int i = 0; i < 3; i++) {
         attention_case(types[i], 1, 150, 8, 2, 64, 0, 0);   /* decode over 3 tiles of 64 keys */
+        attention_case(types[i], 96, 300, 32, 4, 128, 0, 1); /* prefill, 8 heads a block */
         attention_case(types[i], 37, 100, 8, 2, 64, 0, 1);  /* prefill with sinks */
         attention_case(types[i], 20, 90, 4, 4, 80, 33, 0);  /* sliding window, hd not a multiple of 32 */
         attention_case(types[i], 5, 0, 6, 1, 128, 3, 1);    /* MQA, window shorter than the prompt */
@@ -831,6 +817,39 @@ static void attention_split_same_case(int P, int window) {
     free(q), free(many), free(one), free(cap);
     dev_free(dq), dev_free(dmany), dev_free(done), dev_free(dcap);
     kv_free(&p);
+}
+
+/* Prefill attention with the heads of a kv head in one block (each key and value loaded
+ * once for all of them) against one head a block: the same bits, for each cache type, with
+ * sinks, a window, GQA groups of 8 and 12 (blocks of 8 and 4 heads) and hd 64 / 80 / 128.
+ * The queries are many enough that the grouped kernel keeps two blocks an SM. */
+static void attention_heads_case(lm_dtype dt, int n, int pos0, int n_heads, int n_kv, int hd, int window, int with_sinks) {
+    kv_pair p;
+    CHECKF(kv_fill(&p, dt, pos0 + n, n_kv, hd), "kv cache");
+    size_t qn = (size_t)n * (size_t)n_heads * (size_t)hd;
+    float *q = rand_floats(qn, -1, 1), *sinks = with_sinks ? rand_floats((size_t)n_heads, -1, 3) : NULL;
+    float *dq = dev_from(q, sizeof(float) * qn);
+    float *dout[2] = {dev_from(NULL, sizeof(float) * qn), dev_from(NULL, sizeof(float) * qn)};
+    for (int one = 0; one < 2; one++) {
+        lm_backend_cuda_set_attn_one_head(gpu, one);
+        CHECKF(gpu->ops->attention(gpu, dout[one], dq, &p.dk, &p.dv, n, pos0, n_heads, n_kv, hd, 0.125f, window,
+                                   sinks) == 0, "%s", lm_backend_error(gpu));
+    }
+    lm_backend_cuda_set_attn_one_head(gpu, 0);
+    float *grouped = host_from(dout[0], sizeof(float) * qn), *single = host_from(dout[1], sizeof(float) * qn);
+    CHECKF(same_bits("heads together vs one a block", grouped, single, sizeof(float) * qn),
+           "%s n=%d pos0=%d heads %d/%d hd %d window %d sinks %d", lm_dtype_name(dt), n, pos0, n_heads, n_kv, hd, window,
+           with_sinks);
+    free(q), free_weight(sinks), free(grouped), free(single);
+    dev_free(dq), dev_free(dout[0]), dev_free(dout[1]);
+    kv_free(&p);
+}
+
+static void attention_heads_same(void) {
+    attention_heads_case(LM_DT_F16, 96, 300, 32, 4, 128, 0, 0);  /* Qwen3-30B-A3B's heads: 8 a block */
+    attention_heads_case(LM_DT_F16, 90, 200, 64, 8, 64, 128, 1); /* gpt-oss-like: window, sinks */
+    attention_heads_case(LM_DT_F32, 100, 40, 12, 1, 80, 0, 0);   /* a group of 12: 4 a block */
+    attention_heads_case(LM_DT_I8, 80, 500, 32, 4, 128, 0, 1);
 }
 
 static void attention_split_same(void) {
@@ -986,15 +1005,16 @@ static void pending_gathers(void) {
  * kernel depends on how many routes it got: the cases give experts fewer than 8
  * routes (k_gemv), exactly 8, and several tiles' worth (k_gemm_tc). */
 enum { RE_E = 5 };
-static void routed_experts_case(int bits, lm_dtype qdt, int expect, int T, int K, const int32_t *sel,
+static void routed_experts_case(int bits, int group, lm_dtype qdt, int expect, int T, int K, const int32_t *sel,
                                 void *dev_parts[3 * RE_E][3]) {
     enum { E = RE_E };
-    int H = 256, I = 96, R = T * K;
+    int H = 256, I = group == 64 ? 192 : 96, R = T * K; /* rows past a block's last (128 a block) */
     lm_mat mats[3 * E];
     for (int e = 0; e < E; e++)
         for (int m = 0; m < 3; m++) {
-            lm_mat W = make_mat(LM_DT_U32, m == 2 ? H : I, m == 2 ? I : H, 0, bits, 32, qdt);
-            size_t nd = (size_t)W.rows * (size_t)W.cols * (size_t)bits / 8, ns = (size_t)W.rows * (size_t)(W.cols / 32) * lm_dtype_size(qdt);
+            lm_mat W = make_mat(LM_DT_U32, m == 2 ? H : I, m == 2 ? I : H, 0, bits, group, qdt);
+            size_t nd = (size_t)W.rows * (size_t)W.cols * (size_t)bits / 8,
+                   ns = (size_t)W.rows * (size_t)(W.cols / group) * lm_dtype_size(qdt);
             lm_mat D = W;
             D.data = dev_parts[3 * e + m][0] = dev_from(W.data, nd);
             D.scales = dev_parts[3 * e + m][1] = dev_from(W.scales, ns);
@@ -1048,9 +1068,9 @@ static void routed_experts(void) {
      * per host array of views, told apart by their first and last views) */
     static void *parts[7][3 * RE_E][3];
     static const int32_t decode_sel[3 * 2] = {0, 3, 4, 1, 2, 4};
-    routed_experts_case(4, LM_DT_BF16, 0, 3, 2, decode_sel, parts[0]);
-    routed_experts_case(8, LM_DT_F16, 0, 3, 2, decode_sel, parts[1]);
-    routed_experts_case(3, LM_DT_BF16, 1, 3, 2, decode_sel, parts[2]);
+    routed_experts_case(4, 32, LM_DT_BF16, 0, 3, 2, decode_sel, parts[0]);
+    routed_experts_case(8, 32, LM_DT_F16, 0, 3, 2, decode_sel, parts[1]);
+    routed_experts_case(3, 32, LM_DT_BF16, 1, 3, 2, decode_sel, parts[2]);
     /* a prefill chunk: 40 tokens x 2 routes; experts 0..4 get 3, 20, 37, 8 and 12 of
      * them, spread over the tokens */
     enum { PT = 40, PK = 2 };
@@ -1063,12 +1083,10 @@ static void routed_experts(void) {
         int32_t t = psel[r];
         psel[r] = psel[j], psel[j] = t;
     }
-    routed_experts_case(4, LM_DT_BF16, 0, PT, PK, psel, parts[3]);
-    routed_experts_case(8, LM_DT_F16, 0, PT, PK, psel, parts[4]);
-    lm_backend_cuda_set_tc_split(gpu, 4);
-    routed_experts_case(4, LM_DT_F16, 0, PT, PK, psel, parts[5]);
-    lm_backend_cuda_set_tc_split(gpu, 1);
-    routed_experts_case(3, LM_DT_BF16, 1, PT, PK, psel, parts[6]);
+    routed_experts_case(4, 32, LM_DT_BF16, 0, PT, PK, psel, parts[3]);
+    routed_experts_case(8, 32, LM_DT_F16, 0, PT, PK, psel, parts[4]);
+    routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[5]); /* two chunks a scale */
+    routed_experts_case(3, 32, LM_DT_BF16, 1, PT, PK, psel, parts[6]);
     for (int c = 0; c < 7; c++)
         for (int i = 0; i < 3 * RE_E; i++)
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
@@ -1699,7 +1717,6 @@ int main(void) {
     TEST_CASE("cuda_matmul_batch", matmul_batch);
     TEST_CASE("cuda_matmul_fast_vs_reference", matmul_fast_kernels);
     TEST_CASE("cuda_matmul_fast_batch_invariant", matmul_fast_batch_invariant);
-    TEST_CASE("cuda_matmul_fast_batch_invariant_tc_split", matmul_fast_batch_invariant_tc_split);
     TEST_CASE("cuda_weights_changed", weights_changed);
     TEST_CASE("cuda_embed", embed_types);
     TEST_CASE("cuda_rmsnorm", rmsnorm);
@@ -1710,6 +1727,7 @@ int main(void) {
     TEST_CASE("cuda_kv_store", kv_store_types);
     TEST_CASE("cuda_attention", attention);
     TEST_CASE("cuda_attention_split_same", attention_split_same);
+    TEST_CASE("cuda_attention_heads_same", attention_heads_same);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);

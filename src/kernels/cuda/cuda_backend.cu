@@ -114,7 +114,8 @@ typedef struct {
     void *moe_scratch; /* a prefill chunk's routes grouped on the device (moe_grouped) */
     size_t moe_scratch_bytes;
     int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
-    int tc_split; /* LAZYMOE_CUDA_TC_SPLIT=4: k_gemm_tc's warps split the columns (KS) */
+    int att_one_head; /* LAZYMOE_CUDA_ATTN_HEADS=1: k_attention_fast takes one head a block */
+    int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
      * staging area, so they return without waiting for the GPU: the host bytes are
@@ -1349,22 +1350,32 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
  * The tensor cores multiply bf16, which would round the f32 inputs to 8 significant bits;
  * instead each input is split into x = hi + lo, two bf16 whose sum carries 16 bits (the
  * rest is below 2^-17 of x), and both halves go through the MMA against the exact q. Per
- * 32 columns the products sum into acc (f32), and the row's scale and offset are applied
+ * scale group the products sum into acc (f32), and the row's scale and offset are applied
  * once: y += s * acc + b * sum(x) -- the decomposition k_gemv's unit_acc uses. The result
  * is within ~1e-5 of the f32 product (the tests bound it like k_gemm's), and, since every
  * output's arithmetic is the same whatever the tile, an item's result depends only on its
  * own weights, inputs and token count.
  *
+ * A block: 16 tokens (routes) x 128 rows, each of its 4 warps 32 rows. Per 32-column chunk
+ * the block's threads split the 16 tokens' inputs into bf16 halves once, into shared
+ * memory laid out as the warps' MMA fragments (tc_stage), with each token's sum over the
+ * chunk; the warps then read them with one 16-byte load per fragment. The next chunk's
+ * inputs and weights are loaded before this chunk's arithmetic (the loop is latency-bound
+ * otherwise), and one barrier a chunk separates the two stage buffers.
+ *
  * mma.m16n8k16: A = 16 tokens x 16 columns, B = 16 columns x 8 weight rows. The columns of
  * a 32-column chunk are permuted so that lane (g = lane / 4, t = lane % 4) holds all it
- * needs as whole 8-column units: its B values are unit t of weight row g (one load_unit),
- * its A values unit t of tokens g and g + 8. MMA step st (0, 1) takes unit values 4st..4st+3
- * of every lane; the sum over a chunk is the same sum in another order. */
+ * needs as whole 8-column units: its B values are unit t of weight row g, its A values
+ * unit t of tokens g and g + 8. A unit's 8 values make 4 bf16x2 words, word k pairing
+ * values (tc_lo(k), tc_hi(k)); MMA step st takes words 2st and 2st + 1. Nibbles become
+ * bf16 without a conversion: 0x4300 | q is the bf16 of 128 + q, so the products carry
+ * 128 sum(x) more, which the offset takes back (b - 128 s; tc_q0). */
 #define TC_WARPS 4
 #define TC_NT 4                           /* 8-row tiles a warp computes (32 rows) */
-/* rows a block computes: each warp its own 32 (KS 1), or all of them the same 32 (KS TC_WARPS) */
-#define TC_ROWS(KS) (TC_WARPS / (KS) * TC_NT * 8)
-#define TC_CHUNK 32                       /* columns per scale step */
+#define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes */
+#define TC_TOK 16                         /* tokens a block computes */
+#define TC_CHUNK 32                       /* columns per step */
+static_assert(TC_WARPS * 32 == TC_TOK * 8, "tc_stage: a thread per 4 inputs of a chunk");
 
 __device__ __forceinline__ uint32_t bf16x2_bits(float lo_elem, float hi_elem) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo_elem, hi_elem); /* .x: the lower 16 bits */
@@ -1385,6 +1396,15 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Affine 4-bit pairs value k with k + 4 (a shift and a mask a word); the others pair
+ * neighbours (2k, 2k + 1). */
+#define TC_PAIRS_FAR(FMT) ((FMT) == FMT_A4)
+/* What the words' values exceed q by: 128 for the nibbles (0x4300 | q), and Q4_0's
+ * nibbles are q + 8; the 8-bit formats are converted. */
+template <int FMT> __device__ __forceinline__ float tc_q0() {
+    return FMT == FMT_Q4_0 ? 136.0f : FMT == FMT_A4 || FMT == FMT_Q4_K ? 128.0f : 0.0f;
 }
 
 /* A lane's weight unit as loaded for a chunk: the packed values and the scale and offset
@@ -1451,57 +1471,54 @@ template <int FMT> __device__ __forceinline__ void tc_zero_raw(tc_wraw<FMT> &o) 
     o.b = 0;
 }
 
-/* tc_load_raw's unit u widened as load_unit widens it. */
+/* tc_load_raw's unit u as the MMA's 4 bf16x2 words (word k: values tc_lo(k), tc_hi(k)),
+ * with the unit's scale s and offset b (b - tc_q0 s is applied). */
 template <int FMT>
-__device__ __forceinline__ void tc_widen(const mm_shape &sh, const tc_wraw<FMT> &w, int u, wunit &o) {
-    o.s = 1.0f;
-    o.b = 0.0f;
+__device__ __forceinline__ void tc_words(const mm_shape &sh, const tc_wraw<FMT> &w, int u, uint32_t (&o)[4], float &s,
+                                         float &b) {
+    const uint32_t magic = 0x43004300u;
     if (FMT == FMT_A4) {
 #pragma unroll
-        for (int i = 0; i < 8; i++) o.q[i] = (float)((w.q[0] >> (4 * i)) & 15u);
-    } else if (FMT == FMT_A8) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            o.q[i] = (float)((w.q[0] >> (8 * i)) & 255u);
-            o.q[4 + i] = (float)((w.q[sizeof w.q / sizeof w.q[0] - 1] >> (8 * i)) & 255u);
-        }
+        for (int k = 0; k < 4; k++) o[k] = ((w.q[0] >> (4 * k)) & 0x000f000fu) | magic;
     } else if (FMT == FMT_Q4_0) {
-        int shift = u % 4 >= 2 ? 4 : 0;
+        int shift = u % 4 >= 2 ? 4 : 0; /* each q[k]: the two bytes of values 2k, 2k + 1 */
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            o.q[2 * i] = (float)((int)((w.q[i] >> shift) & 15u) - 8);
-            o.q[2 * i + 1] = (float)((int)((w.q[i] >> (8 + shift)) & 15u) - 8);
-        }
-    } else if (FMT == FMT_Q8_0) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            o.q[2 * i] = (float)(int8_t)(w.q[i] & 255u);
-            o.q[2 * i + 1] = (float)(int8_t)(w.q[i] >> 8);
-        }
-    } else { /* FMT_Q4_K */
+        for (int k = 0; k < 4; k++) o[k] = ((__byte_perm(w.q[k], 0u, 0x4140u) >> shift) & 0x000f000fu) | magic;
+    } else if (FMT == FMT_Q4_K) {
         int shift = (u % 32) * 8 % 64 >= 32 ? 4 : 0;
+        const int last = sizeof w.q / sizeof w.q[0] - 1;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            o.q[i] = (float)((w.q[0] >> (8 * i + shift)) & 15u);
-            o.q[4 + i] = (float)((w.q[sizeof w.q / sizeof w.q[0] - 1] >> (8 * i + shift)) & 15u);
+        for (int k = 0; k < 4; k++)
+            o[k] = ((__byte_perm(w.q[k < 2 ? 0 : last], 0u, k % 2 ? 0x4342u : 0x4140u) >> shift) & 0x000f000fu) | magic;
+    } else if (FMT == FMT_A8) {
+        const int last = sizeof w.q / sizeof w.q[0] - 1;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint32_t v = w.q[k < 2 ? 0 : last] >> (16 * (k % 2));
+            o[k] = bf16x2_bits((float)(v & 255u), (float)((v >> 8) & 255u));
         }
+    } else { /* FMT_Q8_0 */
+#pragma unroll
+        for (int k = 0; k < 4; k++) o[k] = bf16x2_bits((float)(int8_t)(w.q[k] & 255u), (float)(int8_t)(w.q[k] >> 8));
     }
     if (FMT == FMT_A4 || FMT == FMT_A8) {
-        o.s = bits_float(w.s, sh.qdtype);
-        o.b = bits_float(w.b, sh.qdtype);
+        s = bits_float(w.s, sh.qdtype);
+        b = bits_float(w.b, sh.qdtype);
     } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
-        o.s = half_bits(w.s);
+        s = half_bits(w.s);
+        b = 0.0f;
     } else {
-        o.s = __uint_as_float(w.s);
-        o.b = __uint_as_float(w.b);
+        s = __uint_as_float(w.s);
+        b = __uint_as_float(w.b);
     }
 }
 
-/* A lane's global loads for one chunk: its input unit of tokens g and g + 8 of each
- * 16-token tile (zeros past the item's tokens) and its weight unit of each 8-row tile. */
-template <int FMT, int MT> struct tc_loads {
-    float x[MT][2][8];
-    tc_wraw<FMT> w[TC_NT];
+/* One chunk of the block's 16 tokens' inputs as the warps' A fragments: for MMA step st,
+ * the hi (0) and lo (1) halves of lane L's 4 words (tokens g and g + 8, word pairs 2st and
+ * 2st + 1 of unit t), and each token's sum over the chunk. */
+struct tc_stage {
+    uint4 frag[2][2][32];
+    float sx[TC_TOK];
 };
 
 /* The row of x (or y) that token tok of an item reads (writes): tok itself, or with a
@@ -1512,153 +1529,136 @@ __device__ __forceinline__ size_t tc_row(const int32_t *routes, int tok, int div
     return routes ? (size_t)(routes[tok] / div) : (size_t)tok;
 }
 
-/* xrow[m][h]: the input row of token g (+ 8 h) of tile m, NULL past the item's tokens. */
-template <int FMT, int MT>
-__device__ __forceinline__ void tc_fetch(const mm_shape &sh, const mm_item &it, int r0, int u,
-                                         const float *const (&xrow)[MT][2], tc_loads<FMT, MT> &o) {
-    int lane = threadIdx.x & 31, g = lane >> 2;
+/* This thread's 4 inputs of chunk c: token tid / 8, columns 4 (tid % 8) .. + 3 of the
+ * chunk (zeros past the item's tokens). */
+__device__ __forceinline__ float4 tc_input(const float *xrow, int c) {
+    if (!xrow) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    return __ldg((const float4 *)(xrow + (size_t)c * TC_CHUNK + 4 * (threadIdx.x & 7)));
+}
+
+/* tc_input's values into the stage: thread (token, q = tid % 8) makes step st = q % 2 of
+ * unit t = q / 2 for token row g + 8 h; the 8 threads of a token sum its chunk. */
+template <int FMT> __device__ __forceinline__ void tc_put(tc_stage &st_, float4 v) {
+    int tid = threadIdx.x, row = tid >> 3, q = tid & 7, t = q >> 1, st = q & 1, g = row & 7, h = row >> 3;
+    float p0a, p0b, p1a, p1b; /* the pairs of words 2st and 2st + 1 */
+    if (TC_PAIRS_FAR(FMT)) {
+        /* this thread holds values 4st .. 4st + 3 of the unit and its neighbour the other
+         * four; words 2st, 2st + 1 pair values (2st, 2st + 4) and (2st + 1, 2st + 5) */
+        float ga = __shfl_xor_sync(0xffffffffu, st ? v.x : v.z, 1), gb = __shfl_xor_sync(0xffffffffu, st ? v.y : v.w, 1);
+        if (!st) p0a = v.x, p0b = ga, p1a = v.y, p1b = gb;
+        else p0a = ga, p0b = v.z, p1a = gb, p1b = v.w;
+    } else {
+        p0a = v.x, p0b = v.y, p1a = v.z, p1b = v.w;
+    }
+    uint32_t hi0, lo0, hi1, lo1;
+    split_bf16x2(p0a, p0b, hi0, lo0);
+    split_bf16x2(p1a, p1b, hi1, lo1);
+    int lane = g * 4 + t;
+    uint32_t *fh = (uint32_t *)&st_.frag[st][0][lane], *fl = (uint32_t *)&st_.frag[st][1][lane];
+    fh[h] = hi0, fh[2 + h] = hi1, fl[h] = lo0, fl[2 + h] = lo1;
+    float s = __fadd_rn(__fadd_rn(v.x, v.y), __fadd_rn(v.z, v.w));
+    s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 1));
+    s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 2));
+    s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 4));
+    if (q == 0) st_.sx[row] = s;
+}
+
+/* A block: TC_ROWS rows x TC_TOK tokens from t0 (every thread of it calls this). */
+template <int FMT>
+__device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
+                                         int x_div) {
+    __shared__ tc_stage stage[2];
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
+    int r0 = blockIdx.x * TC_ROWS + warp * TC_NT * 8;
+    if (t0 >= it.n || (int)blockIdx.x * TC_ROWS >= it.rows) return; /* the whole block */
+    const bool active = r0 < it.rows; /* a warp past the rows still stages inputs */
+    int my_tok = t0 + (int)(threadIdx.x >> 3);
+    const float *xrow = my_tok < it.n ? it.x + tc_row(routes, my_tok, x_div) * (size_t)sh.cols : NULL;
+    const int chunks = sh.cols / TC_CHUNK;
+    const int per_group = (FMT == FMT_A4 || FMT == FMT_A8) ? sh.group_size / TC_CHUNK : 1;
+    float tot[TC_NT][4], acc[TC_NT][4], sxg[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int m = 0; m < MT; m++)
+    for (int j = 0; j < TC_NT; j++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            if (xrow[m][h]) {
-                input_unit(xrow[m][h], u, o.x[m][h]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) o.x[m][h][i] = 0.0f;
-            }
-        }
+        for (int i = 0; i < 4; i++) tot[j][i] = acc[j][i] = 0.0f;
+    tc_wraw<FMT> cur[TC_NT], next[TC_NT];
 #pragma unroll
     for (int j = 0; j < TC_NT; j++) {
         int r = r0 + 8 * j + g;
-        if (r < it.rows) tc_load_raw<FMT>(sh, it, r, u, o.w[j]);
-        else tc_zero_raw<FMT>(o.w[j]);
+        if (r < it.rows) tc_load_raw<FMT>(sh, it, r, t, cur[j]);
+        else tc_zero_raw<FMT>(cur[j]);
     }
-}
-
-/* MT 16-token tiles per warp; a block: TC_ROWS(KS) rows x 16 * MT tokens. The next chunk's
- * loads are issued before this chunk's arithmetic (the loop is latency-bound otherwise:
- * a warp waited for every chunk's loads in turn). KS = TC_WARPS (LAZYMOE_CUDA_TC_SPLIT=4,
- * not the default until measured on a GPU): the block's warps share 32 rows and each
- * takes a quarter of the chunks -- chains 4x shorter, 4x the blocks -- the quarters'
- * sums added in warp order. */
-template <int FMT, int MT, int KS>
-__device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
-                                         int x_div) {
-    static_assert(KS == 1 || KS == TC_WARPS, "all of a block's warps share its rows, or none do");
-    __shared__ float part_sums[KS > 1 ? KS - 1 : 1][MT * TC_NT * 4][32]; /* KS > 1: warps 1.. */
-    int lane = threadIdx.x & 31, t = lane & 3, warp = threadIdx.x >> 5;
-    int r0 = blockIdx.x * TC_ROWS(KS) + warp / KS * TC_NT * 8;
-    /* KS 1: this warp alone; KS > 1: every warp of the block (they share r0), so none
-     * misses the barrier below */
-    if (t0 >= it.n || r0 >= it.rows) return;
-    float tot[MT][TC_NT][4];
+    tc_put<FMT>(stage[0], tc_input(xrow, 0));
+    __syncthreads();
+    for (int c = 0; c < chunks; c++) {
+        const bool more = c + 1 < chunks;
+        float4 xn = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (more) {
+            xn = tc_input(xrow, c + 1);
 #pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int j = 0; j < TC_NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) tot[m][j][i] = 0.0f;
-    const int chunks = sh.cols / TC_CHUNK, part = warp % KS;
-    const int c_begin = part * chunks / KS, c_end = (part + 1) * chunks / KS;
-    const float *xrow[MT][2];
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int tok = t0 + 16 * m + 8 * h + (lane >> 2);
-            xrow[m][h] = tok < it.n ? it.x + tc_row(routes, tok, x_div) * (size_t)sh.cols : NULL;
-        }
-    tc_loads<FMT, MT> cur, next;
-    if (c_begin < c_end) tc_fetch<FMT, MT>(sh, it, r0, c_begin * (TC_CHUNK / 8) + t, xrow, cur);
-    for (int c = c_begin; c < c_end; c++) {
-        if (c + 1 < c_end) tc_fetch<FMT, MT>(sh, it, r0, (c + 1) * (TC_CHUNK / 8) + t, xrow, next);
-        uint32_t ahi[MT][2][4], alo[MT][2][4];
-        float sx[MT][2]; /* the chunk's input sums of tokens g and g + 8 */
-#pragma unroll
-        for (int m = 0; m < MT; m++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const float *xv = cur.x[m][h];
-                float s = xv[0];
-#pragma unroll
-                for (int i = 1; i < 8; i++) s = __fadd_rn(s, xv[i]);
-                s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 1));
-                s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 2)); /* every lane of the row: the same sum */
-                sx[m][h] = s;
-#pragma unroll
-                for (int st = 0; st < 2; st++) {
-                    split_bf16x2(xv[4 * st], xv[4 * st + 1], ahi[m][st][h], alo[m][st][h]);
-                    split_bf16x2(xv[4 * st + 2], xv[4 * st + 3], ahi[m][st][2 + h], alo[m][st][2 + h]);
-                }
+            for (int j = 0; j < TC_NT; j++) {
+                int r = r0 + 8 * j + g;
+                if (r < it.rows) tc_load_raw<FMT>(sh, it, r, (c + 1) * (TC_CHUNK / 8) + t, next[j]);
+                else tc_zero_raw<FMT>(next[j]);
             }
-#pragma unroll
-        for (int j = 0; j < TC_NT; j++) {
-            wunit w;
-            tc_widen<FMT>(sh, cur.w[j], c * (TC_CHUNK / 8) + t, w);
-            float acc[MT][4];
-#pragma unroll
-            for (int m = 0; m < MT; m++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) acc[m][i] = 0.0f;
+        }
+        if (active) {
+            const tc_stage &sg = stage[c & 1];
+            uint32_t ahi[2][4], alo[2][4];
 #pragma unroll
             for (int st = 0; st < 2; st++) {
-                uint32_t b0 = bf16x2_bits(w.q[4 * st], w.q[4 * st + 1]), b1 = bf16x2_bits(w.q[4 * st + 2], w.q[4 * st + 3]);
+                uint4 vh = sg.frag[st][0][lane], vl = sg.frag[st][1][lane];
+                ahi[st][0] = vh.x, ahi[st][1] = vh.y, ahi[st][2] = vh.z, ahi[st][3] = vh.w;
+                alo[st][0] = vl.x, alo[st][1] = vl.y, alo[st][2] = vl.z, alo[st][3] = vl.w;
+            }
+            sxg[0] = __fadd_rn(sxg[0], sg.sx[g]);
+            sxg[1] = __fadd_rn(sxg[1], sg.sx[g + 8]);
+            const bool group_end = (c + 1) % per_group == 0;
 #pragma unroll
-                for (int m = 0; m < MT; m++) {
-                    mma_bf16_16x8x16(acc[m], ahi[m][st], b0, b1);
-                    mma_bf16_16x8x16(acc[m], alo[m][st], b0, b1);
+            for (int j = 0; j < TC_NT; j++) {
+                uint32_t wq[4];
+                float ws, wb;
+                tc_words<FMT>(sh, cur[j], c * (TC_CHUNK / 8) + t, wq, ws, wb);
+#pragma unroll
+                for (int st = 0; st < 2; st++) {
+                    mma_bf16_16x8x16(acc[j], ahi[st], wq[2 * st], wq[2 * st + 1]);
+                    mma_bf16_16x8x16(acc[j], alo[st], wq[2 * st], wq[2 * st + 1]);
+                }
+                if (group_end) {
+                    /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale
+                     * and offset the lanes of those rows loaded (all four lanes of a row: the
+                     * same group) */
+                    float wo = __fsub_rn(wb, __fmul_rn(tc_q0<FMT>(), ws));
+                    float s0 = __shfl_sync(0xffffffffu, ws, 8 * t), s1 = __shfl_sync(0xffffffffu, ws, 8 * t + 4);
+                    float o0 = __shfl_sync(0xffffffffu, wo, 8 * t), o1 = __shfl_sync(0xffffffffu, wo, 8 * t + 4);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[j][i]);
+                        if (FMT_HAS_OFFSET(FMT) || tc_q0<FMT>() != 0.0f) v = __fadd_rn(v, __fmul_rn(of, sxg[i >> 1]));
+                        tot[j][i] = __fadd_rn(tot[j][i], v);
+                        acc[j][i] = 0.0f;
+                    }
                 }
             }
-            /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale and offset
-             * the lanes of those rows loaded (all four lanes of a row: the same group) */
-            float s0 = __shfl_sync(0xffffffffu, w.s, 8 * t), s1 = __shfl_sync(0xffffffffu, w.s, 8 * t + 4);
-            float o0 = __shfl_sync(0xffffffffu, w.b, 8 * t), o1 = __shfl_sync(0xffffffffu, w.b, 8 * t + 4);
-#pragma unroll
-            for (int m = 0; m < MT; m++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[m][i]);
-                    if (FMT_HAS_OFFSET(FMT)) v = __fadd_rn(v, __fmul_rn(of, sx[m][i >> 1]));
-                    tot[m][j][i] = __fadd_rn(tot[m][j][i], v);
-                }
+            if (group_end) sxg[0] = sxg[1] = 0.0f;
         }
-        cur = next;
-    }
-    if (KS > 1) {
-        if (part > 0)
-#pragma unroll
-            for (int m = 0; m < MT; m++)
-#pragma unroll
-                for (int j = 0; j < TC_NT; j++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) part_sums[part - 1][(m * TC_NT + j) * 4 + i][lane] = tot[m][j][i];
+        if (more) tc_put<FMT>(stage[(c + 1) & 1], xn);
         __syncthreads();
-        if (part > 0) return;
 #pragma unroll
-        for (int m = 0; m < MT; m++)
-#pragma unroll
-            for (int j = 0; j < TC_NT; j++)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    for (int w = 1; w < KS; w++)
-                        tot[m][j][i] = __fadd_rn(tot[m][j][i], part_sums[w - 1][(m * TC_NT + j) * 4 + i][lane]);
+        for (int j = 0; j < TC_NT; j++) cur[j] = next[j];
     }
-    int g = lane >> 2;
+    if (!active) return;
 #pragma unroll
-    for (int m = 0; m < MT; m++)
+    for (int j = 0; j < TC_NT; j++)
 #pragma unroll
-        for (int j = 0; j < TC_NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int tok = t0 + 16 * m + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
-                if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[m][j][i];
-            }
+        for (int i = 0; i < 4; i++) {
+            int tok = t0 + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
+            if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[j][i];
+        }
 }
 
-template <int FMT, int MT, int KS>
-__global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
-    tc_block<FMT, MT, KS>(sh, b.it[blockIdx.z], blockIdx.y * 16 * MT, NULL, 1);
+template <int FMT> __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
+    tc_block<FMT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
 }
 
 /* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
@@ -1816,18 +1816,15 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
-template <int MT, int KS> static mm_kernel gemm_tc_kernel_of(int fmt) {
+static mm_kernel gemm_tc_kernel_of(int fmt) {
     switch (fmt) {
-    case FMT_A4: return k_gemm_tc<FMT_A4, MT, KS>;
-    case FMT_A8: return k_gemm_tc<FMT_A8, MT, KS>;
-    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, MT, KS>;
-    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, MT, KS>;
-    default: return k_gemm_tc<FMT_Q4_K, MT, KS>;
+    case FMT_A4: return k_gemm_tc<FMT_A4>;
+    case FMT_A8: return k_gemm_tc<FMT_A8>;
+    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0>;
+    default: return k_gemm_tc<FMT_Q4_K>;
     }
 }
-/* 16 tokens a warp (TC_MT): more warps to hide the loads' latency than with 32 (the result
- * is the same with any MT) */
-#define TC_MT 1
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
                                "gemv q8_0", "gemv q4_k"};
@@ -1883,12 +1880,11 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     p->count = 0;
     im->fast_launches++;
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
-        int ks = im->tc_split == TC_WARPS ? TC_WARPS : 1;
-        dim3 grid(blocks_for((size_t)p->sh.rows, (unsigned)TC_ROWS(ks)), blocks_for((size_t)p->max_n, 16u * TC_MT),
+        dim3 grid(blocks_for((size_t)p->sh.rows, TC_ROWS), blocks_for((size_t)p->max_n, TC_TOK),
                   (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        mm_kernel k = ks == 1 ? gemm_tc_kernel_of<TC_MT, 1>(p->fmt) : gemm_tc_kernel_of<TC_MT, TC_WARPS>(p->fmt);
+        mm_kernel k = gemm_tc_kernel_of(p->fmt);
         k<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
@@ -2738,24 +2734,39 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(float *out, const 
  * dims dp, key group g) accumulates every G-th key's values of its two dims, the G
  * groups' sums added in order (o). The tiles' (m, l, o) are then merged in tile order
  * (merge_tile). Two kernels do that with the same arithmetic:
- *   k_attention_fast   one block per (query, head) walks its tiles in turn;
+ *   k_attention_fast   one block per (query, HB heads of one kv head) walks its tiles in
+ *                      turn; HB > 1 (prefill) loads each key and value once for the HB
+ *                      heads that read it (GQA), each head's sums in the order above;
  *   k_attention_split  one block per (query, head, tile), the partials into device
  *                      scratch, and k_attention_merge merges them: a decode step's 32
  *                      heads would otherwise keep 32 SMs busy over every key (0.9 ms a
  *                      layer at 20k keys, extrapolated).
  * So a query's result depends only on its own position and the cache -- not on how
- * many queries share the call nor on which kernel ran. The reference kernel
+ * many queries or heads share the call nor on which kernel ran. The reference kernel
  * (k_attention) is the CPU's walk. */
 #define AF_WARPS 8
 #define AF_THREADS (AF_WARPS * 32)
 #define AF_TILE 256
 #define AF_AHEAD 16 /* value loads a thread has in flight */
+#define AF_MAX_HEADS 8 /* heads of one kv head a k_attention_fast block takes */
 #define AS_MAX_QUERIES 4 /* calls of up to this many queries split their keys over blocks */
 static_assert(ATT_MAX_HD <= AF_THREADS, "a thread per output dim");
 
-/* q . K[p] for one key: f16 rows in 16-byte loads where they allow it. */
-__device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size_t base, size_t si, int hd) {
-    float s = 0.0f;
+/* The shared memory of HB heads' tile sums. */
+template <int HB> struct attn_smem {
+    float qs[HB][ATT_MAX_HD];
+    float sc[HB][AF_TILE];
+    float red[HB][AF_WARPS];
+    float part[HB][AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
+};
+
+/* q . K[p] for one key and HB queries (qs[i]), each summed in dim order: f16 rows in
+ * 16-byte loads where they allow it. */
+template <int HB>
+__device__ __forceinline__ void key_dots(const kvdesc &kc, const float (*qs)[ATT_MAX_HD], size_t base, size_t si, int hd,
+                                         float (&s)[HB]) {
+#pragma unroll
+    for (int i = 0; i < HB; i++) s[i] = 0.0f;
     if (kc.dtype == LM_DT_F16 && hd % 8 == 0) {
         const uint4 *p = (const uint4 *)((const uint16_t *)kc.data + base);
 #pragma unroll 4
@@ -2763,15 +2774,22 @@ __device__ __forceinline__ float key_dot(const kvdesc &kc, const float *qs, size
             uint4 v = __ldg(p + d8);
             uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                s = fmaf(half_bits(w[i] & 0xffffu), qs[8 * d8 + 2 * i], s);
-                s = fmaf(half_bits(w[i] >> 16), qs[8 * d8 + 2 * i + 1], s);
+            for (int k = 0; k < 4; k++) {
+                float k0 = half_bits(w[k] & 0xffffu), k1 = half_bits(w[k] >> 16);
+#pragma unroll
+                for (int i = 0; i < HB; i++) {
+                    s[i] = fmaf(k0, qs[i][8 * d8 + 2 * k], s[i]);
+                    s[i] = fmaf(k1, qs[i][8 * d8 + 2 * k + 1], s[i]);
+                }
             }
         }
-        return s;
+        return;
     }
-    for (int d = 0; d < hd; d++) s = fmaf(kv_at(kc, base + (size_t)d, si), qs[d], s);
-    return s;
+    for (int d = 0; d < hd; d++) {
+        float kv = kv_at(kc, base + (size_t)d, si);
+#pragma unroll
+        for (int i = 0; i < HB; i++) s[i] = fmaf(kv, qs[i][d], s[i]);
+    }
 }
 
 /* Values d and d + 1 (d even; the second only where d + 1 < hd) of row base. */
@@ -2790,88 +2808,116 @@ __device__ __forceinline__ void value_pair(const kvdesc &vc, size_t base, size_t
     }
 }
 
-__device__ __forceinline__ float block_reduce(float v, float *red, int is_max) {
+/* Each of v[HB] over the block (max or sum; the warps' values in warp order), to every thread. */
+template <int HB> __device__ __forceinline__ void block_reduce(float (&v)[HB], float (*red)[AF_WARPS], int is_max) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    v = is_max ? warp_max(v) : warp_sum(v);
-    if (lane == 0) red[warp] = v;
+#pragma unroll
+    for (int i = 0; i < HB; i++) {
+        v[i] = is_max ? warp_max(v[i]) : warp_sum(v[i]);
+        if (lane == 0) red[i][warp] = v[i];
+    }
     __syncthreads();
-    float r = red[0];
-    for (int w = 1; w < AF_WARPS; w++) r = is_max ? (red[w] > r ? red[w] : r) : r + red[w];
+#pragma unroll
+    for (int i = 0; i < HB; i++) {
+        float r = red[i][0];
+        for (int w = 1; w < AF_WARPS; w++) r = is_max ? (red[i][w] > r ? red[i][w] : r) : r + red[i][w];
+        v[i] = r;
+    }
     __syncthreads(); /* red is reused by the next reduction */
-    return r;
 }
 
-/* One tile of keys [p0, p0 + cnt) of one query (qs) and kv head: the tile's max score m,
- * l = sum exp(score - m) and, returned for dim tid (tid < hd), o = sum exp(score - m) v.
- * Every thread of the block calls it. */
-__device__ float attn_tile_sums(const kvdesc &kc, const kvdesc &vc, const float *qs, int p0, int cnt, int kvh, int n_kv,
-                           int hd, float scale, float *sc, float *red, float *part, float &m_out, float &l_out) {
+/* One tile of keys [p0, p0 + cnt) of HB queries (sm.qs) of kv head kvh: per query the
+ * tile's max score m, l = sum exp(score - m) and, for dim tid (tid < hd), o = sum
+ * exp(score - m) v. Every thread of the block calls it. */
+template <int HB>
+__device__ void attn_tile_sums(const kvdesc &kc, const kvdesc &vc, attn_smem<HB> &sm, int p0, int cnt, int kvh, int n_kv,
+                               int hd, float scale, float (&m)[HB], float (&l)[HB], float (&o)[HB]) {
     int tid = threadIdx.x;
     int HP = (hd + 1) / 2, G = AF_THREADS / HP, dp = tid % HP, g = tid / HP;
     int active = g < G;
     size_t row = (size_t)n_kv * (size_t)hd;
-    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < HB; i++) m[i] = -INFINITY;
     for (int r = tid; r < cnt; r += AF_THREADS) {
         size_t p = (size_t)(p0 + r);
-        float sv = key_dot(kc, qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd) * scale;
-        sc[r] = sv;
-        m = sv > m ? sv : m;
-    }
-    m = block_reduce(m, red, 1);
-    float ls = 0.0f;
-    for (int r = tid; r < cnt; r += AF_THREADS) { /* each thread its own keys' scores */
-        float e = expf(sc[r] - m);
-        sc[r] = e;
-        ls += e;
-    }
-    float l = block_reduce(ls, red, 0); /* also the barrier before the values read sc */
-    float o0 = 0.0f, o1 = 0.0f;
-        if (active && vc.dtype == LM_DT_F16 && hd % 2 == 0) {
-            /* f16 values (the default cache): AF_AHEAD keys' loads issued before their sums,
-             * which are the same as below in the same order. Through value_pair's branch on
-             * the type each key waited for its load in turn: ~80 us a layer at 600 keys. */
-            const uint16_t *vb = (const uint16_t *)vc.data + (size_t)kvh * (size_t)hd + (size_t)(2 * dp);
-            for (int r0 = g; r0 < cnt; r0 += AF_AHEAD * G) {
-                uint32_t wv[AF_AHEAD];
+        float sv[HB];
+        key_dots<HB>(kc, sm.qs, p * row + (size_t)kvh * (size_t)hd, p * (size_t)n_kv + (size_t)kvh, hd, sv);
 #pragma unroll
-                for (int i = 0; i < AF_AHEAD; i++) {
-                    int r = r0 + i * G;
-                    wv[i] = r < cnt ? __ldg((const uint32_t *)(vb + (size_t)(p0 + r) * row)) : 0u;
-                }
+        for (int i = 0; i < HB; i++) {
+            float v = sv[i] * scale;
+            sm.sc[i][r] = v;
+            m[i] = v > m[i] ? v : m[i];
+        }
+    }
+    block_reduce<HB>(m, sm.red, 1);
 #pragma unroll
-                for (int i = 0; i < AF_AHEAD; i++) {
-                    int r = r0 + i * G;
-                    if (r < cnt) {
-                        float e = sc[r];
-                        o0 = fmaf(e, half_bits(wv[i] & 0xffffu), o0);
-                        o1 = fmaf(e, half_bits(wv[i] >> 16), o1);
+    for (int i = 0; i < HB; i++) l[i] = 0.0f;
+    for (int r = tid; r < cnt; r += AF_THREADS) /* each thread its own keys' scores */
+#pragma unroll
+        for (int i = 0; i < HB; i++) {
+            float e = expf(sm.sc[i][r] - m[i]);
+            sm.sc[i][r] = e;
+            l[i] += e;
+        }
+    block_reduce<HB>(l, sm.red, 0); /* also the barrier before the values read sc */
+    float o0[HB], o1[HB];
+#pragma unroll
+    for (int i = 0; i < HB; i++) o0[i] = o1[i] = 0.0f;
+    if (active && vc.dtype == LM_DT_F16 && hd % 2 == 0) {
+        /* f16 values (the default cache): AF_AHEAD keys' loads issued before their sums,
+         * which are the same as below in the same order. Through value_pair's branch on
+         * the type each key waited for its load in turn: ~80 us a layer at 600 keys. */
+        const uint16_t *vb = (const uint16_t *)vc.data + (size_t)kvh * (size_t)hd + (size_t)(2 * dp);
+        for (int r0 = g; r0 < cnt; r0 += AF_AHEAD * G) {
+            uint32_t wv[AF_AHEAD];
+#pragma unroll
+            for (int k = 0; k < AF_AHEAD; k++) {
+                int r = r0 + k * G;
+                wv[k] = r < cnt ? __ldg((const uint32_t *)(vb + (size_t)(p0 + r) * row)) : 0u;
+            }
+#pragma unroll
+            for (int k = 0; k < AF_AHEAD; k++) {
+                int r = r0 + k * G;
+                if (r < cnt) {
+                    float v0 = half_bits(wv[k] & 0xffffu), v1 = half_bits(wv[k] >> 16);
+#pragma unroll
+                    for (int i = 0; i < HB; i++) {
+                        float e = sm.sc[i][r];
+                        o0[i] = fmaf(e, v0, o0[i]);
+                        o1[i] = fmaf(e, v1, o1[i]);
                     }
                 }
             }
-        } else if (active) {
-            int d = 2 * dp;
+        }
+    } else if (active) {
+        int d = 2 * dp;
 #pragma unroll 8
-            for (int r = g; r < cnt; r += G) {
-                size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
-                float v0, v1;
-                value_pair(vc, base, si, d, hd, v0, v1);
-                float e = sc[r];
-                o0 = fmaf(e, v0, o0);
-                o1 = fmaf(e, v1, o1);
+        for (int r = g; r < cnt; r += G) {
+            size_t p = (size_t)(p0 + r), base = p * row + (size_t)kvh * (size_t)hd, si = p * (size_t)n_kv + (size_t)kvh;
+            float v0, v1;
+            value_pair(vc, base, si, d, hd, v0, v1);
+#pragma unroll
+            for (int i = 0; i < HB; i++) {
+                float e = sm.sc[i][r];
+                o0[i] = fmaf(e, v0, o0[i]);
+                o1[i] = fmaf(e, v1, o1[i]);
             }
         }
-    if (active) {
-        part[g * 2 * HP + 2 * dp] = o0;
-        part[g * 2 * HP + 2 * dp + 1] = o1;
     }
+    if (active)
+#pragma unroll
+        for (int i = 0; i < HB; i++) {
+            sm.part[i][g * 2 * HP + 2 * dp] = o0[i];
+            sm.part[i][g * 2 * HP + 2 * dp + 1] = o1[i];
+        }
     __syncthreads();
-    float o = 0.0f;
-    if (tid < hd)
-        for (int k = 0; k < G; k++) o += part[k * 2 * HP + tid];
+#pragma unroll
+    for (int i = 0; i < HB; i++) {
+        o[i] = 0.0f;
+        if (tid < hd)
+            for (int k = 0; k < G; k++) o[i] += sm.part[i][k * 2 * HP + tid];
+    }
     __syncthreads(); /* sc and part are rewritten by the next tile */
-    m_out = m;
-    l_out = l;
-    return o;
 }
 
 /* The running (M, L, O) of the tiles so far and tile (m, l, o): both rescaled to the larger
@@ -2904,27 +2950,32 @@ __device__ __forceinline__ int attn_first(int pos, int window) {
     return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
 }
 
+/* Block: query t, heads h0 .. h0 + HB - 1 (all of one kv head: HB divides the heads a kv
+ * head serves). */
+template <int HB>
 __global__ void __launch_bounds__(AF_THREADS) k_attention_fast(float *out, const float *q, kvdesc kc, kvdesc vc, int n,
                                                                 const int *dpos, int pos0, int n_heads, int n_kv, int hd,
                                                                 float scale, int window, const float *sinks) {
     if (dpos) pos0 += *dpos;
-    __shared__ float qs[ATT_MAX_HD];
-    __shared__ float sc[AF_TILE];
-    __shared__ float red[AF_WARPS];
-    __shared__ float part[AF_THREADS * 2]; /* [group][dim]: the groups' value sums */
-    size_t item = blockIdx.x;
-    int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
-    int kvh = h / (n_heads / n_kv), pos = pos0 + t, first = attn_first(pos, window);
-    const float *qt = q + item * (size_t)hd;
-    for (int d = threadIdx.x; d < hd; d += AF_THREADS) qs[d] = qt[d];
+    __shared__ attn_smem<HB> sm;
+    int groups = n_heads / HB, t = (int)(blockIdx.x / (unsigned)groups), h0 = (int)(blockIdx.x % (unsigned)groups) * HB;
+    int kvh = h0 / (n_heads / n_kv), pos = pos0 + t, first = attn_first(pos, window);
+    size_t item0 = (size_t)t * (size_t)n_heads + (size_t)h0;
+    const float *qt = q + item0 * (size_t)hd;
+    for (int d = threadIdx.x; d < HB * hd; d += AF_THREADS) sm.qs[d / hd][d % hd] = qt[d];
     __syncthreads();
-    float M = -INFINITY, L = 0.0f, O = 0.0f;
+    float M[HB], L[HB], O[HB];
+#pragma unroll
+    for (int i = 0; i < HB; i++) M[i] = -INFINITY, L[i] = O[i] = 0.0f;
     for (int p0 = first; p0 <= pos; p0 += AF_TILE) {
         int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
-        float m, l, o = attn_tile_sums(kc, vc, qs, p0, cnt, kvh, n_kv, hd, scale, sc, red, part, m, l);
-        merge_tile(M, L, O, m, l, o);
+        float m[HB], l[HB], o[HB];
+        attn_tile_sums<HB>(kc, vc, sm, p0, cnt, kvh, n_kv, hd, scale, m, l, o);
+#pragma unroll
+        for (int i = 0; i < HB; i++) merge_tile(M[i], L[i], O[i], m[i], l[i], o[i]);
     }
-    attn_write(out + item * (size_t)hd, M, L, O, sinks, h, hd);
+#pragma unroll
+    for (int i = 0; i < HB; i++) attn_write(out + (item0 + (size_t)i) * (size_t)hd, M[i], L[i], O[i], sinks, h0 + i, hd);
 }
 
 /* Block (tile j = blockIdx.x, item = blockIdx.y): the tile's partial into
@@ -2935,25 +2986,23 @@ __global__ void __launch_bounds__(AF_THREADS) k_attention_split(float *parts, in
                                                                  kvdesc vc, const int *dpos, int pos0, int n_heads,
                                                                  int n_kv, int hd, float scale, int window) {
     if (dpos) pos0 += *dpos;
-    __shared__ float qs[ATT_MAX_HD];
-    __shared__ float sc[AF_TILE];
-    __shared__ float red[AF_WARPS];
-    __shared__ float part[AF_THREADS * 2];
+    __shared__ attn_smem<1> sm;
     size_t item = blockIdx.y;
     int t = (int)(item / (size_t)n_heads), h = (int)(item % (size_t)n_heads);
     int kvh = h / (n_heads / n_kv), pos = pos0 + t, p0 = attn_first(pos, window) + (int)blockIdx.x * AF_TILE;
     if (p0 > pos) return;
     const float *qt = q + item * (size_t)hd;
-    for (int d = threadIdx.x; d < hd; d += AF_THREADS) qs[d] = qt[d];
+    for (int d = threadIdx.x; d < hd; d += AF_THREADS) sm.qs[0][d] = qt[d];
     __syncthreads();
     int cnt = pos - p0 + 1 < AF_TILE ? pos - p0 + 1 : AF_TILE;
-    float m, l, o = attn_tile_sums(kc, vc, qs, p0, cnt, kvh, n_kv, hd, scale, sc, red, part, m, l);
+    float m[1], l[1], o[1];
+    attn_tile_sums<1>(kc, vc, sm, p0, cnt, kvh, n_kv, hd, scale, m, l, o);
     float *pt = parts + (item * (size_t)tiles + blockIdx.x) * (size_t)(hd + 2);
     if (threadIdx.x == 0) {
-        pt[0] = m;
-        pt[1] = l;
+        pt[0] = m[0];
+        pt[1] = l[0];
     }
-    if ((int)threadIdx.x < hd) pt[2 + threadIdx.x] = o;
+    if ((int)threadIdx.x < hd) pt[2 + threadIdx.x] = o[0];
 }
 
 /* One block per item: its tiles' partials merged in tile order, as k_attention_fast does. */
@@ -3042,9 +3091,17 @@ static int cuda_attention(lm_backend *be, float *out, const float *q, const lm_k
                                                                               n_heads, hd, window, ds);
             return launched(be, "attention merge");
         }
-        tim_begin(impl_of(be));
-        k_attention_fast<<<(unsigned)items, AF_THREADS, 0, impl_of(be)->stream>>>(out, q, kc, vc, n, dpos, pos0,
-                                                                                 n_heads, n_kv, hd, scale, window, ds);
+        /* the heads of one kv head together (as many as divide them, up to AF_MAX_HEADS),
+         * while that leaves two blocks an SM */
+        cuda_impl *im = impl_of(be);
+        int hb = im->att_one_head ? 1 : AF_MAX_HEADS;
+        while (hb > 1 && ((n_heads / n_kv) % hb != 0 || items / (size_t)hb < 2 * (size_t)im->sm_count)) hb /= 2;
+        static_assert(AF_MAX_HEADS == 8, "the kernels below");
+        void (*k)(float *, const float *, kvdesc, kvdesc, int, const int *, int, int, int, int, float, int,
+                  const float *) = hb == 8 ? k_attention_fast<8> : hb == 4 ? k_attention_fast<4> : hb == 2 ? k_attention_fast<2> : k_attention_fast<1>;
+        tim_begin(im);
+        k<<<(unsigned)(items / (size_t)hb), AF_THREADS, 0, im->stream>>>(out, q, kc, vc, n, dpos, pos0, n_heads, n_kv, hd,
+                                                                       scale, window, ds);
         return launched(be, "attention");
     }
     tim_begin(impl_of(be));
@@ -3777,7 +3834,7 @@ static int cuda_step_record_end(lm_backend *be, int keep) {
  * and six launches a layer instead of a few dozen. */
 
 /* k_gemm_tc_grouped's tiles: RG_TILE tokens of one expert. */
-#define RG_TILE (16 * TC_MT)
+#define RG_TILE TC_TOK
 #define RG_THREADS 1024
 #define RG_MAX_EXPERTS RG_THREADS
 #define RG_SMALL_BLOCKS 128 /* blocks in y of the few-route experts' GEMV launches */
@@ -3851,7 +3908,7 @@ __global__ void __launch_bounds__(RG_THREADS) k_route_group(const int32_t *sel, 
 
 /* k_gemm_tc on one tile of k_route_group's list (blockIdx.y; past counts[0]: nothing):
  * matrix mat0 + blockIdx.z of its expert, into y0 or y1, the item's tokens its routes. */
-template <int FMT, int KS>
+template <int FMT>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc_grouped(mm_shape sh, const mm_desc *tab, int mat0,
                                                                     const int32_t *off, const int32_t *routes,
                                                                     const int2 *tiles, const int32_t *counts,
@@ -3867,16 +3924,16 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc_grouped(mm_shape sh, 
     it.y = blockIdx.z ? y1 : y0;
     it.n = off[tl.x + 1] - off[tl.x];
     it.rows = sh.rows;
-    tc_block<FMT, TC_MT, KS>(sh, it, tl.y, routes + off[tl.x], x_div);
+    tc_block<FMT>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
-template <int KS> static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt) {
+static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt) {
     switch (fmt) {
-    case FMT_A4: return k_gemm_tc_grouped<FMT_A4, KS>;
-    case FMT_A8: return k_gemm_tc_grouped<FMT_A8, KS>;
-    case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0, KS>;
-    case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, KS>;
-    default: return k_gemm_tc_grouped<FMT_Q4_K, KS>;
+    case FMT_A4: return k_gemm_tc_grouped<FMT_A4>;
+    case FMT_A8: return k_gemm_tc_grouped<FMT_A8>;
+    case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0>;
+    default: return k_gemm_tc_grouped<FMT_Q4_K>;
     }
 }
 
@@ -4036,9 +4093,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     int32_t *counts = (int32_t *)(base + L.counts);
     int2 *tiles = (int2 *)(base + L.tiles);
     float *g = (float *)(base + L.g), *u = (float *)(base + L.g + L.rows_bytes);
-    int ks = im->tc_split == TC_WARPS ? TC_WARPS : 1;
-    mm_grouped_kernel gk0 = ks == 1 ? gemm_tc_grouped_kernel_of<1>(t->fmt[0]) : gemm_tc_grouped_kernel_of<TC_WARPS>(t->fmt[0]);
-    mm_grouped_kernel gk2 = ks == 1 ? gemm_tc_grouped_kernel_of<1>(t->fmt[2]) : gemm_tc_grouped_kernel_of<TC_WARPS>(t->fmt[2]);
+    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0]), gk2 = gemm_tc_grouped_kernel_of(t->fmt[2]);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -4049,7 +4104,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
     if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
         tim_begin(im);
-        gk0<<<dim3(blocks_for((size_t)I, (unsigned)TC_ROWS(ks)), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
+        gk0<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
               im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
         if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
         tim_begin(im);
@@ -4063,7 +4118,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (launched(be, "grouped down (few tokens)") != 0) return -1;
     if (!max_tiles) return 0;
     tim_begin(im);
-    gk2<<<dim3(blocks_for((size_t)H, (unsigned)TC_ROWS(ks)), (unsigned)max_tiles, 1), TC_WARPS * 32, 0, im->stream>>>(
+    gk2<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), TC_WARPS * 32, 0, im->stream>>>(
         t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
     return launched(be, fmt_name(t->fmt[2], 2));
 }
@@ -4276,7 +4331,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
         (e = cudaMalloc((void **)&im->flag, 2 * sizeof(int))) != cudaSuccess ||
         (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->stage_ev[0], cudaEventDisableTiming)) != cudaSuccess ||
-        (e = cudaEventCreateWithFlags(&im->stage_ev[1], cudaEventDisableTiming)) != cudaSuccess) {
+        (e = cudaEventCreateWithFlags(&im->stage_ev[1], cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&im->sm_count, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) {
         lm_errf(err, "the cuda backend: setting up device %d: %s", device, cudaGetErrorString(e));
         cuda_destroy(be);
         return -1;
@@ -4294,8 +4350,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (k && !strcmp(k, "simple")) im->simple = 1;
     const char *sp = getenv("LAZYMOE_CUDA_ATTN_SPLIT");
     if (sp && !strcmp(sp, "0")) im->no_split = 1;
-    const char *tcs = getenv("LAZYMOE_CUDA_TC_SPLIT");
-    if (tcs && !strcmp(tcs, "4")) im->tc_split = TC_WARPS;
+    const char *ah = getenv("LAZYMOE_CUDA_ATTN_HEADS");
+    if (ah && !strcmp(ah, "1")) im->att_one_head = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -4330,7 +4386,7 @@ extern "C" uint64_t lm_backend_cuda_weight_bytes(const lm_backend *be) {
 extern "C" uint64_t lm_backend_cuda_step_replays(void) { return step_replays; }
 
 extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
-extern "C" void lm_backend_cuda_set_tc_split(lm_backend *be, int split) { impl_of(be)->tc_split = split; }
+extern "C" void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one) { impl_of(be)->att_one_head = one; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }

@@ -24,11 +24,10 @@ int lm_backend_cuda_create(lm_backend **out, int device, char *err);
  * fast ones; 0 (default): the fast kernels where they apply. The environment's
  * LAZYMOE_CUDA_KERNELS=simple sets it at creation. */
 void lm_backend_cuda_set_simple(lm_backend *be, int simple);
-/* k_gemm_tc's column split (tests; LAZYMOE_CUDA_TC_SPLIT=4 sets it at creation): 4 = a
- * block's 4 warps share 32 rows and each takes a quarter of the columns; 1 (default) = each
- * warp its own 32 rows over all of them. Either is within the tests' bound of the f32
- * product; they differ in the order the quarters are added. */
-void lm_backend_cuda_set_tc_split(lm_backend *be, int split);
+/* 1: prefill attention one head a block (tests; LAZYMOE_CUDA_ATTN_HEADS=1 sets it at
+ * creation); 0 (default): the heads that share a kv head together, loading each key once.
+ * The same bits either way. */
+void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one);
 
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
