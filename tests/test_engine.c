@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "lazymoe.h"
+#include "engine/engine.h"
 #include "models/config.h"
 
 #include <sys/stat.h>
@@ -203,6 +204,22 @@ static void config_aliases(void) {
     CHECK(lm_config_parse(&c, text, NULL, err) == -1 && strstr(err, "missing 'num_experts'"));
 }
 
+/* A forward chunk's tokens: the CPU's and a GPU's defaults, and LAZYMOE_CHUNK_TOKENS
+ * within 8..4096 (anything else is ignored with a warning). */
+static void chunk_tokens_setting(void) {
+    unsetenv("LAZYMOE_CHUNK_TOKENS");
+    CHECK(lm_chunk_tokens(1) == LM_CHUNK_TOKENS);
+    CHECK(lm_chunk_tokens(0) == LM_DEVICE_CHUNK_TOKENS);
+    const char *bad[] = {"7", "4097", "12x", "-40", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("LAZYMOE_CHUNK_TOKENS", bad[i], 1);
+        CHECKF(lm_chunk_tokens(1) == LM_CHUNK_TOKENS && lm_chunk_tokens(0) == LM_DEVICE_CHUNK_TOKENS, "\"%s\"", bad[i]);
+    }
+    setenv("LAZYMOE_CHUNK_TOKENS", "40", 1);
+    CHECK(lm_chunk_tokens(1) == 40 && lm_chunk_tokens(0) == 40);
+    unsetenv("LAZYMOE_CHUNK_TOKENS");
+}
+
 int main(void) {
     snprintf(tmp, sizeof tmp, "/tmp/lazymoe-test-engine-%d", (int)getpid());
     mkdir(tmp, 0755);
@@ -211,6 +228,7 @@ int main(void) {
     TEST_CASE("thread_count_bit_identical", threads_bit_identical);
     TEST_CASE("incremental_equals_batched", incremental_equals_batched);
     TEST_CASE("context_limit", context_limit);
+    TEST_CASE("chunk_tokens_setting", chunk_tokens_setting);
     TEST_CASE("broken_model_directories", broken_models);
     sh("rm -rf '%s'%s", tmp, "");
     TEST_EXIT();

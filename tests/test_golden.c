@@ -187,6 +187,14 @@ static void mixtral_f32(void) { check_logits("mixtral_f32", F32_TOL, 0); check_g
 static void mixtral_bf16(void) { check_logits("mixtral_bf16", BF16_TOL, F32_TOL); check_greedy("mixtral_bf16", "greedy_f32.txt"); }
 static void olmoe_f32(void) { check_logits("olmoe_f32", F32_TOL, 0); check_greedy("olmoe_f32", "greedy.txt"); }
 static void qwen3_moe_long(void) { check_logits("qwen3_moe_long_f32", F32_TOL, 0); check_greedy("qwen3_moe_long_f32", "greedy.txt"); }
+/* The same prompt in chunks of 40 tokens (LAZYMOE_CHUNK_TOKENS, as a GPU's 512 is set):
+ * the chunk size only bounds the scratch, never what a token computes. */
+static void qwen3_moe_long_small_chunks(void) {
+    setenv("LAZYMOE_CHUNK_TOKENS", "40", 1);
+    check_logits("qwen3_moe_long_f32", F32_TOL, 0);
+    check_greedy("qwen3_moe_long_f32", "greedy.txt");
+    unsetenv("LAZYMOE_CHUNK_TOKENS");
+}
 static void mixtral_window(void) { check_logits("mixtral_window_f32", F32_TOL, 0); check_greedy("mixtral_window_f32", "greedy.txt"); }
 /* The shipped 4-bit demo model vs transformers running its dequantized weights
  * (tools/train_demo.py). */
@@ -352,6 +360,7 @@ int main(void) {
     TEST_CASE("golden_olmoe_f32", olmoe_f32);
     TEST_CASE("golden_olmoe_clip_bf16", olmoe_clip_bf16);
     TEST_CASE("golden_qwen3_moe_long_prompt_chunked", qwen3_moe_long);
+    TEST_CASE("golden_qwen3_moe_long_prompt_chunks_of_40", qwen3_moe_long_small_chunks);
     TEST_CASE("golden_mixtral_sliding_window", mixtral_window);
     TEST_CASE("golden_qwen3_next_f32", qwen3_next_f32);
     TEST_CASE("golden_minimax_m2_f32", minimax_m2_f32);

@@ -17,8 +17,19 @@
  * its allocators report (memory.c, linear_attention.c). */
 uint64_t lm_session_plan_bytes(const lazymoe_model *m, int ctx) {
     const lm_config *c = &m->w.cfg;
-    return lm_kv_cache_bytes(c, ctx, m->kv_dtype) + lm_scratch_bytes(c, LM_CHUNK_TOKENS) +
-           lm_linear_bytes(c, LM_CHUNK_TOKENS);
+    return lm_kv_cache_bytes(c, ctx, m->kv_dtype) + lm_scratch_bytes(c, m->chunk_tokens) +
+           lm_linear_bytes(c, m->chunk_tokens);
+}
+
+int lm_chunk_tokens(int cpu_backend) {
+    const char *v = getenv("LAZYMOE_CHUNK_TOKENS");
+    if (v && *v) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (!*end && n >= 8 && n <= 4096) return (int)n;
+        lm_log(LAZYMOE_LOG_WARN, "lazymoe: LAZYMOE_CHUNK_TOKENS=%s is not 8..4096; ignored", v);
+    }
+    return cpu_backend ? LM_CHUNK_TOKENS : LM_DEVICE_CHUNK_TOKENS;
 }
 
 static int max_intermediate(const lm_config *c) {
@@ -39,11 +50,11 @@ static int widest_input(const lm_config *c) {
 /* The CPU backend's int8-activation buffer at its largest: a chunk of tokens for up
  * to two distinct inputs of one call (values, steps and sums at the smallest group
  * size, 32, plus alignment). */
-static uint64_t act8_bytes(const lm_config *c, int act_bits) {
+static uint64_t act8_bytes(const lm_config *c, int act_bits, int chunk_tokens) {
     if (act_bits != 8) return 0;
     uint64_t w = (uint64_t)widest_input(c);
     /* values, group steps and sums, and for ggml block weights three lane tables */
-    return 2u * LM_CHUNK_TOKENS * (w + 256 + 2 * 4 * (w / 32 + 32) + 3 * (w + 128));
+    return 2u * (uint64_t)chunk_tokens * (w + 256 + 2 * 4 * (w / 32 + 32) + 3 * (w + 128));
 }
 
 /* Whether a matmul of the model takes quantized weights (MLX affine, ggml blocks, MXFP4). */
@@ -197,9 +208,9 @@ static int plan_memory(lazymoe_model *m, uint64_t avail, int *capacity, char *er
     int kv_tokens = o->kv_cache_tokens > m->max_context ? o->kv_cache_tokens : m->max_context;
     /* KV cache for every session's positions; scratch and linear-attention states of
      * each session kept, and a batch's scratch for the sequences decoded together */
-    uint64_t fixed = m->w.bytes_resident + lm_session_plan_bytes(m, kv_tokens) + act8_bytes(c, o->act_bits) + overhead;
+    uint64_t fixed = m->w.bytes_resident + lm_session_plan_bytes(m, kv_tokens) + act8_bytes(c, o->act_bits, m->chunk_tokens) + overhead;
     if (o->sessions > 1)
-        fixed += (uint64_t)(o->sessions - 1) * (lm_scratch_bytes(c, LM_CHUNK_TOKENS) + lm_linear_bytes(c, LM_CHUNK_TOKENS));
+        fixed += (uint64_t)(o->sessions - 1) * (lm_scratch_bytes(c, m->chunk_tokens) + lm_linear_bytes(c, m->chunk_tokens));
     if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
     uint64_t all_experts = per_expert * (uint64_t)c->n_experts;
     m->budget = budget;
@@ -282,12 +293,12 @@ static int plan_device_memory(lazymoe_model *m, int *capacity, char *err) {
     size_t layer_kv[4];
     lm_kv_layer_bytes(c, kv_tokens, m->kv_dtype, layer_kv);
     uint64_t fixed = device_weight_bytes(&m->w) + lm_session_plan_bytes(m, kv_tokens) +
-                     lm_logits_device_bytes(c, LM_CHUNK_TOKENS) + layer_kv[0] + layer_kv[1] + layer_kv[2] +
+                     lm_logits_device_bytes(c, m->chunk_tokens) + layer_kv[0] + layer_kv[1] + layer_kv[2] +
                      layer_kv[3];
-    if (o->sessions > 1) fixed += (uint64_t)(o->sessions - 1) * lm_scratch_bytes(c, LM_CHUNK_TOKENS);
+    if (o->sessions > 1) fixed += (uint64_t)(o->sessions - 1) * lm_scratch_bytes(c, m->chunk_tokens);
     /* a prefill chunk's experts routed on the device: one scratch for the backend */
     if (be->ops->moe_routed_scratch_bytes)
-        fixed += be->ops->moe_routed_scratch_bytes(be, LM_CHUNK_TOKENS, c->top_k, c->n_experts,
+        fixed += be->ops->moe_routed_scratch_bytes(be, m->chunk_tokens, c->top_k, c->n_experts,
                                                    c->moe_intermediate_size);
     if (o->parallel > 1) fixed += lm_scratch_bytes(c, o->parallel);
     uint64_t per_slot = lm_device_cache_bytes_for(&m->w, 1);
@@ -415,7 +426,7 @@ static int preload_device_experts(lazymoe_model *m, char *e) {
      * tables, for a backend that routes on the device */
     if (!m->be->ops->moe_routed || !m->be->ops->download_later) return 0;
     m->dev_table = calloc((size_t)c->n_layers, sizeof *m->dev_table);
-    m->routed_sel = malloc(sizeof(int32_t) * (size_t)c->n_layers * LM_CHUNK_TOKENS * (size_t)c->top_k);
+    m->routed_sel = malloc(sizeof(int32_t) * (size_t)c->n_layers * (size_t)m->chunk_tokens * (size_t)c->top_k);
     m->routed_n = calloc((size_t)c->n_layers, sizeof *m->routed_n);
     if (!m->dev_table || !m->routed_sel || !m->routed_n) return lm_errf(e, "out of memory");
     for (int l = 0; l < c->n_layers; l++) {
@@ -545,6 +556,7 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
      * models keep f32, which is also the reference everywhere (--act-bits 32).
      * Int8 activations are CPU kernels: other backends take f32. */
     int cpu_backend = !m->opt.backend || !*m->opt.backend || !strcmp(m->opt.backend, "cpu");
+    m->chunk_tokens = lm_chunk_tokens(cpu_backend);
     if (m->opt.act_bits == 0) m->opt.act_bits = cpu_backend && has_quantized_weights(&m->w) ? 8 : 32;
     /* Router lookahead: on by default where the host computes (a device's decode step
      * would wait for each layer's predictions' download, and could not be replayed as a
@@ -791,8 +803,8 @@ int lm_session_create(lazymoe_session **out, lazymoe_model *m, char *e) {
         return lm_errf(e, "out of memory");
     }
     s->m = m;
-    if (lm_scratch_alloc(&s->s, m->be, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0 ||
-        (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, m->be, &m->w.cfg, LM_CHUNK_TOKENS, e) != 0)) {
+    if (lm_scratch_alloc(&s->s, m->be, &m->w.cfg, m->chunk_tokens, e) != 0 ||
+        (m->w.cfg.n_linear_layers && lm_linear_create(&s->lin, m->be, &m->w.cfg, m->chunk_tokens, e) != 0)) {
         lm_session_free(s);
         return -1;
     }

@@ -20,6 +20,7 @@ struct lazymoe_model {
     lm_weights w;
     lm_backend *be;
     lazymoe_options opt;
+    int chunk_tokens; /* tokens a forward chunk holds (lm_chunk_tokens): the scratch's rows */
     int max_context;
     lm_dtype kv_dtype;      /* KV cache element type (options.kv_bits) */
     lm_expert_store *store; /* reads the experts (into memory or into the cache) */
@@ -35,7 +36,7 @@ struct lazymoe_model {
      * the routes of layers routed on the device in the current chunk, downloaded
      * without waiting and accounted (trace, device cache counters) at its end. */
     lm_mat **dev_table;
-    int32_t *routed_sel; /* [n_layers][LM_CHUNK_TOKENS * top_k] */
+    int32_t *routed_sel; /* [n_layers][chunk_tokens * top_k] */
     int *routed_n;       /* [n_layers]: tokens routed on the device this chunk, 0 = none */
     uint64_t gpu_budget, gpu_fixed, gpu_pinned_bytes; /* device plan: budget, resident part; pinned host bytes */
     void **pinned_host;     /* host ranges page-locked for uploads, [n_pinned_host] */
@@ -179,9 +180,17 @@ int lm_session_load_prefix(lazymoe_session *s, const char *path, int keep, char 
  * computation (its header only; lm_session_load checks the whole file). */
 int lm_session_file_tokens(const lazymoe_model *m, const char *path, int32_t **tokens, int *n, char *err);
 
-/* Tokens per forward chunk: bounds scratch memory during long prefills while
- * keeping expert matmuls batched. */
+/* Tokens per forward chunk on the CPU, and the most sequences a batch step decodes
+ * together: bounds scratch memory during long prefills while keeping expert matmuls
+ * batched. */
 #define LM_CHUNK_TOKENS 256
+/* ... on a GPU: each chunk reads every expert it routes to once, and a chunk of 256
+ * tokens gives Qwen3-30B-A3B's 128 experts 16 routes each (a tensor-core tile, and
+ * many under the 8 that take the GEMV); 512 is also llama.cpp's default ubatch. */
+#define LM_DEVICE_CHUNK_TOKENS 512
+/* The chunk of a model on backend `cpu_backend` (1: the CPU): the constants above, or
+ * LAZYMOE_CHUNK_TOKENS=N (8..4096; A/B runs). */
+int lm_chunk_tokens(int cpu_backend);
 
 /* Session memory (memory.c). Each size is computed from the table its allocator
  * allocates from, so the plan and the allocation cannot drift apart. */

@@ -560,7 +560,7 @@ static int routes_on_device(const lazymoe_session *s, const lm_moe_block *mb, in
     /* a decode step's routes' intermediates go to S->gate and S->up, which hold
      * cap_tokens rows; a prefill chunk's to the backend's own scratch */
     int fits = T > LM_ROUTED_MAX_TOKENS || T * m->w.cfg.top_k <= s->s.cap_tokens;
-    return m->dev_table && m->dev_table[l] && T <= LM_CHUNK_TOKENS && fits && !m->replay.ids &&
+    return m->dev_table && m->dev_table[l] && T <= m->chunk_tokens && fits && !m->replay.ids &&
            mb->act == LM_ACT_SWIGLU && !mb->gate_up_bias && !mb->down_bias;
 }
 
@@ -576,7 +576,7 @@ static int routed_experts(lazymoe_session *s, const lm_moe_block *mb, int l, int
     int rc = be->ops->moe_routed(be, S->eout, m->dev_table[l], m->w.cfg.n_experts, S->sel, S->h, T, K, S->gate, S->up);
     if (rc < 0) return lm_errf(err, "%s backend: %s", be->ops->name, lm_backend_error(be));
     if (rc > 0) return 0;
-    OP(be, be->ops->download_later(be, m->routed_sel + (size_t)l * LM_CHUNK_TOKENS * (size_t)K, S->sel,
+    OP(be, be->ops->download_later(be, m->routed_sel + (size_t)l * (size_t)m->chunk_tokens * (size_t)K, S->sel,
                                    sizeof(int32_t) * (size_t)T * (size_t)K));
     m->routed_n[l] = T;
     return 1;
@@ -593,7 +593,7 @@ static void routed_accounting(lazymoe_session *s) {
     for (int l = 0; l < c->n_layers; l++) {
         int T = m->routed_n[l], n = 0;
         if (!T) continue;
-        const int32_t *sel = m->routed_sel + (size_t)l * LM_CHUNK_TOKENS * (size_t)K;
+        const int32_t *sel = m->routed_sel + (size_t)l * (size_t)m->chunk_tokens * (size_t)K;
         memset(used, 0, (size_t)E);
         for (int i = 0; i < T * K; i++) used[sel[i]] = 1;
         for (int e = 0; e < E; e++)
