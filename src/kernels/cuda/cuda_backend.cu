@@ -115,6 +115,7 @@ typedef struct {
     size_t moe_scratch_bytes;
     int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
     int att_one_head; /* LAZYMOE_CUDA_ATTN_HEADS=1: k_attention_fast takes one head a block */
+    int tc_ring;      /* LAZYMOE_CUDA_TC_RING=1: k_gemm_tc's weights through the cp.async ring */
     int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
@@ -833,6 +834,7 @@ enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q
 typedef struct {
     int rows, cols, group_size, qdtype;
     size_t row_bytes;
+    int tc_ring; /* k_gemm_tc: the cp.async ring where it applies (LAZYMOE_CUDA_TC_RING=1) */
 } mm_shape;
 
 /* One product: its weights (rows of them: items of one launch may differ there, as
@@ -1563,11 +1565,93 @@ template <int FMT> __device__ __forceinline__ void tc_put(tc_stage &st_, float4 
     if (q == 0) st_.sx[row] = s;
 }
 
-/* A block: TC_ROWS rows x TC_TOK tokens from t0 (every thread of it calls this). */
+/* With sh.tc_ring (LAZYMOE_CUDA_TC_RING=1; off until measured on a GPU), MLX affine
+ * weights whose rows are 16-byte aligned come through shared memory instead:
+ * per chunk each thread copies its row's 16 (4-bit) or 32 (8-bit) bytes with cp.async
+ * into a ring of TC_STAGES chunks, so a block has TC_STAGES - 1 chunks of weights in
+ * flight without registers (a warp's own loads kept one chunk's, 12 small loads a lane:
+ * the GEMM was bound by that latency, ~0.55 TB/s). The arithmetic is the same. */
+#define TC_STAGES 4
+#define TC_ASYNC(FMT) ((FMT) == FMT_A4 || (FMT) == FMT_A8)
+template <int FMT> struct tc_ring_words { enum { n = FMT == FMT_A8 ? 8 : 4 }; }; /* words of a row's chunk */
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* Chunk c of row tid of the block (zeros past the item's rows) into ring slot `slot`. */
 template <int FMT>
+__device__ __forceinline__ void tc_ring_fill(const mm_shape &sh, const mm_item &it, uint32_t *slot, int c) {
+    const int W = tc_ring_words<FMT>::n;
+    int r = (int)(blockIdx.x * TC_ROWS + threadIdx.x);
+    const uint8_t *src = (const uint8_t *)it.data + (size_t)(r < it.rows ? r : 0) * sh.row_bytes + (size_t)c * (W * 4);
+#pragma unroll
+    for (int k = 0; k < W / 4; k++) cp_async16(slot + threadIdx.x * W + 4 * k, src + 16 * k, r < it.rows ? 16 : 0);
+}
+
+/* A lane's scale and offset bits of unit u of row r (as tc_load_raw loads them). */
+template <int FMT>
+__device__ __forceinline__ void tc_load_sb(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
+    size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
+    o.s = load_bits(it.scales, sh.qdtype, g);
+    o.b = load_bits(it.biases, sh.qdtype, g);
+}
+
+/* One chunk's products of a warp's 32 rows (the A fragments from stage sg, the weights
+ * in w[]) into acc, and at a scale group's end acc scaled into tot. */
+template <int FMT>
+__device__ __forceinline__ void tc_chunk(const mm_shape &sh, const tc_stage &sg, const tc_wraw<FMT> (&w)[TC_NT], int c,
+                                         int per_group, float (&acc)[TC_NT][4], float (&tot)[TC_NT][4], float (&sxg)[2]) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    uint32_t ahi[2][4], alo[2][4];
+#pragma unroll
+    for (int st = 0; st < 2; st++) {
+        uint4 vh = sg.frag[st][0][lane], vl = sg.frag[st][1][lane];
+        ahi[st][0] = vh.x, ahi[st][1] = vh.y, ahi[st][2] = vh.z, ahi[st][3] = vh.w;
+        alo[st][0] = vl.x, alo[st][1] = vl.y, alo[st][2] = vl.z, alo[st][3] = vl.w;
+    }
+    sxg[0] = __fadd_rn(sxg[0], sg.sx[g]);
+    sxg[1] = __fadd_rn(sxg[1], sg.sx[g + 8]);
+    const bool group_end = (c + 1) % per_group == 0;
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++) {
+        uint32_t wq[4];
+        float ws, wb;
+        tc_words<FMT>(sh, w[j], c * (TC_CHUNK / 8) + t, wq, ws, wb);
+#pragma unroll
+        for (int st = 0; st < 2; st++) {
+            mma_bf16_16x8x16(acc[j], ahi[st], wq[2 * st], wq[2 * st + 1]);
+            mma_bf16_16x8x16(acc[j], alo[st], wq[2 * st], wq[2 * st + 1]);
+        }
+        if (group_end) {
+            /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale
+             * and offset the lanes of those rows loaded (all four lanes of a row: the
+             * same group) */
+            float wo = __fsub_rn(wb, __fmul_rn(tc_q0<FMT>(), ws));
+            float s0 = __shfl_sync(0xffffffffu, ws, 8 * t), s1 = __shfl_sync(0xffffffffu, ws, 8 * t + 4);
+            float o0 = __shfl_sync(0xffffffffu, wo, 8 * t), o1 = __shfl_sync(0xffffffffu, wo, 8 * t + 4);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[j][i]);
+                if (FMT_HAS_OFFSET(FMT) || tc_q0<FMT>() != 0.0f) v = __fadd_rn(v, __fmul_rn(of, sxg[i >> 1]));
+                tot[j][i] = __fadd_rn(tot[j][i], v);
+                acc[j][i] = 0.0f;
+            }
+        }
+    }
+    if (group_end) sxg[0] = sxg[1] = 0.0f;
+}
+
+/* A block: TC_ROWS rows x TC_TOK tokens from t0 (every thread of it calls this). ASYNC:
+ * the weights through the cp.async ring (TC_ASYNC formats, 16-byte aligned rows). */
+template <int FMT, bool ASYNC>
 __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                          int x_div) {
     __shared__ tc_stage stage[2];
+    __shared__ __align__(16) uint32_t ring[ASYNC ? TC_STAGES : 1][ASYNC ? TC_ROWS * tc_ring_words<FMT>::n : 1];
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
     int r0 = blockIdx.x * TC_ROWS + warp * TC_NT * 8;
     if (t0 >= it.n || (int)blockIdx.x * TC_ROWS >= it.rows) return; /* the whole block */
@@ -1582,15 +1666,29 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
 #pragma unroll
         for (int i = 0; i < 4; i++) tot[j][i] = acc[j][i] = 0.0f;
     tc_wraw<FMT> cur[TC_NT], next[TC_NT];
+    if (ASYNC)
+#pragma unroll
+        for (int s = 0; s < TC_STAGES - 1; s++) {
+            if (s < chunks) tc_ring_fill<FMT>(sh, it, ring[s], s);
+            cp_async_commit(); /* always: the waits below count groups */
+        }
 #pragma unroll
     for (int j = 0; j < TC_NT; j++) {
         int r = r0 + 8 * j + g;
-        if (r < it.rows) tc_load_raw<FMT>(sh, it, r, t, cur[j]);
-        else tc_zero_raw<FMT>(cur[j]);
+        if (r >= it.rows) tc_zero_raw<FMT>(cur[j]);
+        else if (ASYNC) tc_load_sb<FMT>(sh, it, r, t, cur[j]);
+        else tc_load_raw<FMT>(sh, it, r, t, cur[j]);
     }
     tc_put<FMT>(stage[0], tc_input(xrow, 0));
-    __syncthreads();
+    if (!ASYNC) __syncthreads();
     for (int c = 0; c < chunks; c++) {
+        if (ASYNC) {
+            cp_async_wait<TC_STAGES - 2>(); /* this thread's copies of chunk c */
+            __syncthreads();                 /* everyone's, and the stage; slot (c - 1) % S is free */
+            if (c + TC_STAGES - 1 < chunks)
+                tc_ring_fill<FMT>(sh, it, ring[(c + TC_STAGES - 1) % TC_STAGES], c + TC_STAGES - 1);
+            cp_async_commit();
+        }
         const bool more = c + 1 < chunks;
         float4 xn = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (more) {
@@ -1598,55 +1696,31 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
 #pragma unroll
             for (int j = 0; j < TC_NT; j++) {
                 int r = r0 + 8 * j + g;
-                if (r < it.rows) tc_load_raw<FMT>(sh, it, r, (c + 1) * (TC_CHUNK / 8) + t, next[j]);
-                else tc_zero_raw<FMT>(next[j]);
+                if (r >= it.rows) tc_zero_raw<FMT>(next[j]);
+                else if (ASYNC) tc_load_sb<FMT>(sh, it, r, (c + 1) * (TC_CHUNK / 8) + t, next[j]);
+                else tc_load_raw<FMT>(sh, it, r, (c + 1) * (TC_CHUNK / 8) + t, next[j]);
             }
         }
         if (active) {
-            const tc_stage &sg = stage[c & 1];
-            uint32_t ahi[2][4], alo[2][4];
+            if (ASYNC) {
+                /* this lane's unit t of row 8j + g of the warp's rows, from the ring */
+                const int W = tc_ring_words<FMT>::n;
+                const uint32_t *slot = ring[c % TC_STAGES];
 #pragma unroll
-            for (int st = 0; st < 2; st++) {
-                uint4 vh = sg.frag[st][0][lane], vl = sg.frag[st][1][lane];
-                ahi[st][0] = vh.x, ahi[st][1] = vh.y, ahi[st][2] = vh.z, ahi[st][3] = vh.w;
-                alo[st][0] = vl.x, alo[st][1] = vl.y, alo[st][2] = vl.z, alo[st][3] = vl.w;
-            }
-            sxg[0] = __fadd_rn(sxg[0], sg.sx[g]);
-            sxg[1] = __fadd_rn(sxg[1], sg.sx[g + 8]);
-            const bool group_end = (c + 1) % per_group == 0;
-#pragma unroll
-            for (int j = 0; j < TC_NT; j++) {
-                uint32_t wq[4];
-                float ws, wb;
-                tc_words<FMT>(sh, cur[j], c * (TC_CHUNK / 8) + t, wq, ws, wb);
-#pragma unroll
-                for (int st = 0; st < 2; st++) {
-                    mma_bf16_16x8x16(acc[j], ahi[st], wq[2 * st], wq[2 * st + 1]);
-                    mma_bf16_16x8x16(acc[j], alo[st], wq[2 * st], wq[2 * st + 1]);
-                }
-                if (group_end) {
-                    /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale
-                     * and offset the lanes of those rows loaded (all four lanes of a row: the
-                     * same group) */
-                    float wo = __fsub_rn(wb, __fmul_rn(tc_q0<FMT>(), ws));
-                    float s0 = __shfl_sync(0xffffffffu, ws, 8 * t), s1 = __shfl_sync(0xffffffffu, ws, 8 * t + 4);
-                    float o0 = __shfl_sync(0xffffffffu, wo, 8 * t), o1 = __shfl_sync(0xffffffffu, wo, 8 * t + 4);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[j][i]);
-                        if (FMT_HAS_OFFSET(FMT) || tc_q0<FMT>() != 0.0f) v = __fadd_rn(v, __fmul_rn(of, sxg[i >> 1]));
-                        tot[j][i] = __fadd_rn(tot[j][i], v);
-                        acc[j][i] = 0.0f;
-                    }
+                for (int j = 0; j < TC_NT; j++) {
+                    const uint32_t *q = slot + (size_t)(warp * TC_NT * 8 + 8 * j + g) * W + (W / 4) * t;
+                    cur[j].q[0] = q[0];
+                    cur[j].q[sizeof cur[j].q / sizeof cur[j].q[0] - 1] = q[W / 4 - 1];
                 }
             }
-            if (group_end) sxg[0] = sxg[1] = 0.0f;
+            tc_chunk<FMT>(sh, stage[c & 1], cur, c, per_group, acc, tot, sxg);
         }
         if (more) tc_put<FMT>(stage[(c + 1) & 1], xn);
-        __syncthreads();
+        if (!ASYNC) __syncthreads();
 #pragma unroll
         for (int j = 0; j < TC_NT; j++) cur[j] = next[j];
     }
+    if (ASYNC) cp_async_wait<0>(); /* nothing left in flight into a ring another block may take */
     if (!active) return;
 #pragma unroll
     for (int j = 0; j < TC_NT; j++)
@@ -1657,8 +1731,18 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
         }
 }
 
+/* The ring where the formats and the item's rows allow it (uniform over the block). */
+template <int FMT>
+__device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
+                                             int x_div) {
+    if (TC_ASYNC(FMT) && sh.tc_ring && (((uintptr_t)it.data | (uintptr_t)sh.row_bytes) & 15u) == 0)
+        tc_block<FMT, TC_ASYNC(FMT)>(sh, it, t0, routes, x_div);
+    else
+        tc_block<FMT, false>(sh, it, t0, routes, x_div);
+}
+
 template <int FMT> __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
-    tc_block<FMT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
+    tc_block_any<FMT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
 }
 
 /* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
@@ -1885,7 +1969,9 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
         mm_kernel k = gemm_tc_kernel_of(p->fmt);
-        k<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+        mm_shape sh = p->sh;
+        sh.tc_ring = im->tc_ring;
+        k<<<grid, TC_WARPS * 32, 0, im->stream>>>(sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
     if (gemm) {
@@ -3924,7 +4010,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc_grouped(mm_shape sh, 
     it.y = blockIdx.z ? y1 : y0;
     it.n = off[tl.x + 1] - off[tl.x];
     it.rows = sh.rows;
-    tc_block<FMT>(sh, it, tl.y, routes + off[tl.x], x_div);
+    tc_block_any<FMT>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
 static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt) {
@@ -3997,7 +4083,7 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
                 return NULL;
             }
             int fmt = fast_format(&d);
-            mm_shape sh = {d.rows, d.cols, d.group_size, d.qdtype, d.row_bytes};
+            mm_shape sh = {d.rows, d.cols, d.group_size, d.qdtype, d.row_bytes, 0};
             if (e == 0) {
                 t->fmt[m] = fmt;
                 t->sh[m] = sh;
@@ -4102,10 +4188,12 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
                                          GV_WARPS * 32, 0, im->stream>>>(t->sh[0], t->dev, sel, small, counts + 1, h,
                                                                          K, g, u);
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
+    mm_shape sh0 = t->sh[0], sh2 = t->sh[2];
+    sh0.tc_ring = sh2.tc_ring = im->tc_ring;
     if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
         tim_begin(im);
         gk0<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
-              im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
+              im->stream>>>(sh0, t->dev, 0, off, routes, tiles, counts, h, K, g, u);
         if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
         tim_begin(im);
         k_swiglu_grouped<<<ew_blocks((size_t)R * (size_t)I), EW_THREADS, 0, im->stream>>>(g, u, I, R, sel, E, off);
@@ -4119,7 +4207,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (!max_tiles) return 0;
     tim_begin(im);
     gk2<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), TC_WARPS * 32, 0, im->stream>>>(
-        t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
+        sh2, t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
     return launched(be, fmt_name(t->fmt[2], 2));
 }
 
@@ -4352,6 +4440,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (sp && !strcmp(sp, "0")) im->no_split = 1;
     const char *ah = getenv("LAZYMOE_CUDA_ATTN_HEADS");
     if (ah && !strcmp(ah, "1")) im->att_one_head = 1;
+    const char *tr = getenv("LAZYMOE_CUDA_TC_RING");
+    if (tr && !strcmp(tr, "1")) im->tc_ring = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -4387,6 +4477,7 @@ extern "C" uint64_t lm_backend_cuda_step_replays(void) { return step_replays; }
 
 extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
 extern "C" void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one) { impl_of(be)->att_one_head = one; }
+extern "C" void lm_backend_cuda_set_tc_ring(lm_backend *be, int on) { impl_of(be)->tc_ring = on; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }
