@@ -1369,9 +1369,10 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
  * a 32-column chunk are permuted so that lane (g = lane / 4, t = lane % 4) holds all it
  * needs as whole 8-column units: its B values are unit t of weight row g, its A values
  * unit t of tokens g and g + 8. A unit's 8 values make 4 bf16x2 words, word k pairing
- * values (tc_lo(k), tc_hi(k)); MMA step st takes words 2st and 2st + 1. Nibbles become
- * bf16 without a conversion: 0x4300 | q is the bf16 of 128 + q, so the products carry
- * 128 sum(x) more, which the offset takes back (b - 128 s; tc_q0). */
+ * values (2k, 2k + 1), or (k, k + 4) for affine 4-bit (TC_PAIRS_FAR); MMA step st takes
+ * words 2st and 2st + 1. Nibbles become bf16 without a conversion: 0x4300 | q is the
+ * bf16 of 128 + q, so the products carry 128 sum(x) more, which the offset takes back
+ * (b - 128 s; tc_q0). */
 #define TC_WARPS 4
 #define TC_NT 4                           /* 8-row tiles a warp computes (32 rows) */
 #define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes */
@@ -1410,7 +1411,7 @@ template <int FMT> __device__ __forceinline__ float tc_q0() {
 }
 
 /* A lane's weight unit as loaded for a chunk: the packed values and the scale and offset
- * as stored, widened (tc_widen) only when the chunk is computed. The next chunk's loads are
+ * as stored, made bf16 words (tc_words) only when the chunk is computed. The next chunk's loads are
  * then in flight in a third of the registers of widened units, and nothing waits for them
  * until they are used. Q4_K's scale and offset are assembled from several bytes at load
  * (s and b: their floats' bits). Values are those load_unit gives, exactly. */
@@ -1430,6 +1431,14 @@ __device__ __forceinline__ float bits_float(uint32_t v, int dt) {
     return f16_f32((uint16_t)v);
 }
 
+/* A lane's scale and offset bits of unit u of row r (MLX affine: one per group). */
+template <int FMT>
+__device__ __forceinline__ void tc_load_sb(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
+    size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
+    o.s = load_bits(it.scales, sh.qdtype, g);
+    o.b = load_bits(it.biases, sh.qdtype, g);
+}
+
 template <int FMT>
 __device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
     if (FMT == FMT_A4 || FMT == FMT_A8) {
@@ -1441,9 +1450,7 @@ __device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &i
             o.q[0] = w.x;
             o.q[sizeof o.q / sizeof o.q[0] - 1] = w.y;
         }
-        size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
-        o.s = load_bits(it.scales, sh.qdtype, g);
-        o.b = load_bits(it.biases, sh.qdtype, g);
+        tc_load_sb<FMT>(sh, it, r, u, o);
     } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
         const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 4) * (FMT == FMT_Q4_0 ? 18 : 34);
         int k = u % 4;
@@ -1473,7 +1480,7 @@ template <int FMT> __device__ __forceinline__ void tc_zero_raw(tc_wraw<FMT> &o) 
     o.b = 0;
 }
 
-/* tc_load_raw's unit u as the MMA's 4 bf16x2 words (word k: values tc_lo(k), tc_hi(k)),
+/* tc_load_raw's unit u as the MMA's 4 bf16x2 words (paired as TC_PAIRS_FAR says),
  * with the unit's scale s and offset b (b - tc_q0 s is applied). */
 template <int FMT>
 __device__ __forceinline__ void tc_words(const mm_shape &sh, const tc_wraw<FMT> &w, int u, uint32_t (&o)[4], float &s,
@@ -1592,12 +1599,19 @@ __device__ __forceinline__ void tc_ring_fill(const mm_shape &sh, const mm_item &
     for (int k = 0; k < W / 4; k++) cp_async16(slot + threadIdx.x * W + 4 * k, src + 16 * k, r < it.rows ? 16 : 0);
 }
 
-/* A lane's scale and offset bits of unit u of row r (as tc_load_raw loads them). */
-template <int FMT>
-__device__ __forceinline__ void tc_load_sb(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
-    size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
-    o.s = load_bits(it.scales, sh.qdtype, g);
-    o.b = load_bits(it.biases, sh.qdtype, g);
+/* A lane's units u of its rows r0 + 8j + g (zeros past the item's rows): all of each unit,
+ * or with ASYNC its scale and offset only (the ring brings the values). */
+template <int FMT, bool ASYNC>
+__device__ __forceinline__ void tc_fetch_w(const mm_shape &sh, const mm_item &it, int r0, int u,
+                                           tc_wraw<FMT> (&w)[TC_NT]) {
+    int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++) {
+        int r = r0 + 8 * j + g;
+        if (r >= it.rows) tc_zero_raw<FMT>(w[j]);
+        else if (ASYNC) tc_load_sb<FMT>(sh, it, r, u, w[j]);
+        else tc_load_raw<FMT>(sh, it, r, u, w[j]);
+    }
 }
 
 /* One chunk's products of a warp's 32 rows (the A fragments from stage sg, the weights
@@ -1672,13 +1686,7 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
             if (s < chunks) tc_ring_fill<FMT>(sh, it, ring[s], s);
             cp_async_commit(); /* always: the waits below count groups */
         }
-#pragma unroll
-    for (int j = 0; j < TC_NT; j++) {
-        int r = r0 + 8 * j + g;
-        if (r >= it.rows) tc_zero_raw<FMT>(cur[j]);
-        else if (ASYNC) tc_load_sb<FMT>(sh, it, r, t, cur[j]);
-        else tc_load_raw<FMT>(sh, it, r, t, cur[j]);
-    }
+    tc_fetch_w<FMT, ASYNC>(sh, it, r0, t, cur);
     tc_put<FMT>(stage[0], tc_input(xrow, 0));
     if (!ASYNC) __syncthreads();
     for (int c = 0; c < chunks; c++) {
@@ -1693,13 +1701,7 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
         float4 xn = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (more) {
             xn = tc_input(xrow, c + 1);
-#pragma unroll
-            for (int j = 0; j < TC_NT; j++) {
-                int r = r0 + 8 * j + g;
-                if (r >= it.rows) tc_zero_raw<FMT>(next[j]);
-                else if (ASYNC) tc_load_sb<FMT>(sh, it, r, (c + 1) * (TC_CHUNK / 8) + t, next[j]);
-                else tc_load_raw<FMT>(sh, it, r, (c + 1) * (TC_CHUNK / 8) + t, next[j]);
-            }
+            tc_fetch_w<FMT, ASYNC>(sh, it, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
         }
         if (active) {
             if (ASYNC) {
