@@ -371,14 +371,18 @@ static void matmul_fast_kernels(void) {
     fast_case("q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
     fast_case("q8_0", LM_DT_Q8_0, 45, 160, 0, 0, 0, 0, 1);
     fast_case("q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
-    /* k_gemm_tc's weights through the cp.async ring (LAZYMOE_CUDA_TC_RING=1) */
-    lm_backend_cuda_set_tc_ring(gpu, 1);
-    fast_case("ring: affine 4-bit g64 bf16 2048 columns", LM_DT_U32, 150, 2048, 4, 64, LM_DT_BF16, 0, 1);
-    fast_case("ring: affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
-    fast_case("ring: affine 4-bit g128 f32", LM_DT_U32, 20, 384, 4, 128, LM_DT_F32, 0, 1);
-    fast_case("ring: affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
-    fast_case("ring: affine 8-bit g64 bf16", LM_DT_U32, 99, 320, 8, 64, LM_DT_BF16, 0, 1);
-    lm_backend_cuda_set_tc_ring(gpu, 0);
+    /* MLX affine weights through k_gemm_tc's generic loader (LAZYMOE_CUDA_TC_GENERIC=1),
+     * the one the GGUF formats take */
+    lm_backend_cuda_set_tc_generic(gpu, 1);
+    fast_case("generic: affine 4-bit g64 bf16 2048 columns", LM_DT_U32, 150, 2048, 4, 64, LM_DT_BF16, 0, 1);
+    fast_case("generic: affine 4-bit g32 f16", LM_DT_U32, 70, 96, 4, 32, LM_DT_F16, 0, 1);
+    fast_case("generic: affine 4-bit g128 f32", LM_DT_U32, 20, 384, 4, 128, LM_DT_F32, 0, 1);
+    fast_case("generic: affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
+    fast_case("generic: affine 8-bit g64 bf16", LM_DT_U32, 99, 320, 8, 64, LM_DT_BF16, 0, 1);
+    lm_backend_cuda_set_tc_generic(gpu, 0);
+    /* one 32-column chunk, and an odd number of them */
+    fast_case("affine 4-bit g32 one chunk", LM_DT_U32, 40, 32, 4, 32, LM_DT_BF16, 0, 1);
+    fast_case("affine 8-bit g32 five chunks", LM_DT_U32, 130, 160, 8, 32, LM_DT_F16, 0, 1);
     /* no fast format: the reference kernels run (columns not a multiple of 8, 3-bit) */
     fast_case("f16 130 columns", LM_DT_F16, 20, 130, 0, 0, 0, 0, 0);
     fast_case("affine 3-bit", LM_DT_U32, 20, 192, 3, 64, LM_DT_BF16, 0, 0);
@@ -435,36 +439,44 @@ static void matmul_fast_batch_invariant(void) {
     }
 }
 
-/* k_gemm_tc through the cp.async ring and with each lane's own loads: the same bits
- * (affine 4-bit and 8-bit, rows past the last block's, a partial token tile). */
-static void matmul_tc_ring_same_bits(void) {
-    static const int bits[2] = {4, 8};
-    for (int b = 0; b < 2; b++) {
-        int rows = 300, cols = 2048, n = 70;
-        lm_mat W = make_mat(LM_DT_U32, rows, cols, 0, bits[b], 64, LM_DT_BF16);
+/* k_gemm_tc's affine path (tc_block_affine) and its generic loader (tc_block): the same
+ * bits (affine 4-bit and 8-bit, scales f32/f16/bf16, groups of 1, 2 and 4 chunks, an odd
+ * number of chunks, rows past the last block's and warps with none, a partial token tile). */
+static void matmul_tc_affine_same_bits(void) {
+    static const struct {
+        int bits, rows, cols, gs, n;
+        lm_dtype qdt;
+    } cases[] = {{4, 300, 2048, 64, 70, LM_DT_BF16}, {8, 300, 2048, 64, 70, LM_DT_BF16}, {4, 77, 160, 32, 9, LM_DT_F16},
+                 {8, 130, 96, 32, 33, LM_DT_F32},    {4, 200, 768, 128, 16, LM_DT_F32}, {4, 64, 32, 32, 8, LM_DT_BF16}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int rows = cases[k].rows, cols = cases[k].cols, n = cases[k].n;
+        lm_mat W = make_mat(LM_DT_U32, rows, cols, 0, cases[k].bits, cases[k].gs, cases[k].qdt);
         float *x = rand_floats((size_t)n * (size_t)cols, -1, 1);
         float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols);
         float *dy[2] = {dev_from(NULL, sizeof(float) * (size_t)n * (size_t)rows),
                         dev_from(NULL, sizeof(float) * (size_t)n * (size_t)rows)};
-        for (int ring = 0; ring < 2; ring++) {
-            lm_backend_cuda_set_tc_ring(gpu, ring);
-            CHECKF(gpu->ops->matmul(gpu, dy[ring], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
+        uint64_t launches = lm_backend_cuda_fast_launches(gpu);
+        for (int generic = 0; generic < 2; generic++) {
+            lm_backend_cuda_set_tc_generic(gpu, generic);
+            CHECKF(gpu->ops->matmul(gpu, dy[generic], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
         }
-        lm_backend_cuda_set_tc_ring(gpu, 0);
+        lm_backend_cuda_set_tc_generic(gpu, 0);
+        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 2, "case %zu: not on the fast kernels", k);
         size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
-        float *direct = host_from(dy[0], bytes), *ringed = host_from(dy[1], bytes);
-        CHECKF(same_bits("ring vs direct", ringed, direct, bytes), "affine %d-bit", bits[b]);
-        free(x), free(direct), free(ringed);
+        float *affine = host_from(dy[0], bytes), *generic = host_from(dy[1], bytes);
+        CHECKF(same_bits("affine vs generic", affine, generic, bytes), "case %zu: affine %d-bit %d x %d g%d, %d tokens",
+               k, cases[k].bits, rows, cols, cases[k].gs, n);
+        free(x), free(affine), free(generic);
         dev_free(dx), dev_free(dy[0]), dev_free(dy[1]);
         free_mat(&W);
     }
 }
 
-/* The same with k_gemm_tc's weights through the cp.async ring. */
-static void matmul_fast_batch_invariant_ring(void) {
-    lm_backend_cuda_set_tc_ring(gpu, 1);
+/* The same with MLX affine weights through k_gemm_tc's generic loader. */
+static void matmul_fast_batch_invariant_generic(void) {
+    lm_backend_cuda_set_tc_generic(gpu, 1);
     matmul_fast_batch_invariant();
-    lm_backend_cuda_set_tc_ring(gpu, 0);
+    lm_backend_cuda_set_tc_generic(gpu, 0);
 }
 
 /* A weight's host memory rewritten and reported (a lazy expert slot reused): the
@@ -1045,8 +1057,8 @@ static void pending_gathers(void) {
  * kernel depends on how many routes it got: the cases give experts fewer than 8
  * routes (k_gemv), exactly 8, and several tiles' worth (k_gemm_tc). */
 enum { RE_E = 5 };
-/* Bytes the cases' weight data sit past a 16-byte boundary (4: k_gemm_tc takes its rows
- * with its own loads instead of the cp.async ring). */
+/* Bytes the cases' weight data sit past a 16-byte boundary (4: the 4-byte loads of
+ * k_gemm_tc's affine path need no more). */
 static size_t re_misalign;
 
 static void routed_experts_case(int bits, int group, lm_dtype qdt, int expect, int T, int K, const int32_t *sel,
@@ -1133,14 +1145,14 @@ static void routed_experts(void) {
     routed_experts_case(8, 32, LM_DT_F16, 0, PT, PK, psel, parts[4]);
     routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[5]); /* two chunks a scale */
     routed_experts_case(3, 32, LM_DT_BF16, 1, PT, PK, psel, parts[6]);
-    /* with the cp.async ring: aligned rows take it, rows 4 bytes off the direct loads */
-    lm_backend_cuda_set_tc_ring(gpu, 1);
-    routed_experts_case(8, 32, LM_DT_BF16, 0, PT, PK, psel, parts[7]);
+    /* rows 4 bytes off 16-byte alignment (affine path), and through the generic loader */
     re_misalign = 4;
-    routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[8]);
+    routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[7]);
     re_misalign = 0;
+    lm_backend_cuda_set_tc_generic(gpu, 1);
+    routed_experts_case(8, 32, LM_DT_BF16, 0, PT, PK, psel, parts[8]);
     routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[9]);
-    lm_backend_cuda_set_tc_ring(gpu, 0);
+    lm_backend_cuda_set_tc_generic(gpu, 0);
     for (int c = 0; c < 10; c++)
         for (int i = 0; i < 3 * RE_E; i++)
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
@@ -1782,8 +1794,8 @@ int main(void) {
     TEST_CASE("cuda_attention", attention);
     TEST_CASE("cuda_attention_split_same", attention_split_same);
     TEST_CASE("cuda_attention_heads_same", attention_heads_same);
-    TEST_CASE("cuda_matmul_tc_ring_same_bits", matmul_tc_ring_same_bits);
-    TEST_CASE("cuda_matmul_fast_batch_invariant_ring", matmul_fast_batch_invariant_ring);
+    TEST_CASE("cuda_matmul_tc_affine_same_bits", matmul_tc_affine_same_bits);
+    TEST_CASE("cuda_matmul_fast_batch_invariant_generic", matmul_fast_batch_invariant_generic);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);

@@ -115,7 +115,7 @@ typedef struct {
     size_t moe_scratch_bytes;
     int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
     int att_one_head; /* LAZYMOE_CUDA_ATTN_HEADS=1: k_attention_fast takes one head a block */
-    int tc_ring;      /* LAZYMOE_CUDA_TC_RING=1: k_gemm_tc's weights through the cp.async ring */
+    int tc_generic;   /* LAZYMOE_CUDA_TC_GENERIC=1: MLX affine weights through tc_block, not tc_block_affine */
     int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
@@ -834,7 +834,6 @@ enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q
 typedef struct {
     int rows, cols, group_size, qdtype;
     size_t row_bytes;
-    int tc_ring; /* k_gemm_tc: the cp.async ring where it applies (LAZYMOE_CUDA_TC_RING=1) */
 } mm_shape;
 
 /* One product: its weights (rows of them: items of one launch may differ there, as
@@ -1572,36 +1571,8 @@ template <int FMT> __device__ __forceinline__ void tc_put(tc_stage &st_, float4 
     if (q == 0) st_.sx[row] = s;
 }
 
-/* With sh.tc_ring (LAZYMOE_CUDA_TC_RING=1; off until measured on a GPU), MLX affine
- * weights whose rows are 16-byte aligned come through shared memory instead:
- * per chunk each thread copies its row's 16 (4-bit) or 32 (8-bit) bytes with cp.async
- * into a ring of TC_STAGES chunks, so a block has TC_STAGES - 1 chunks of weights in
- * flight without registers (a warp's own loads kept one chunk's, 12 small loads a lane:
- * the GEMM was bound by that latency, ~0.55 TB/s). The arithmetic is the same. */
-#define TC_STAGES 4
-#define TC_ASYNC(FMT) ((FMT) == FMT_A4 || (FMT) == FMT_A8)
-template <int FMT> struct tc_ring_words { enum { n = FMT == FMT_A8 ? 8 : 4 }; }; /* words of a row's chunk */
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
-    unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-/* Chunk c of row tid of the block (zeros past the item's rows) into ring slot `slot`. */
+/* A lane's units u of its rows r0 + 8j + g (zeros past the item's rows). */
 template <int FMT>
-__device__ __forceinline__ void tc_ring_fill(const mm_shape &sh, const mm_item &it, uint32_t *slot, int c) {
-    const int W = tc_ring_words<FMT>::n;
-    int r = (int)(blockIdx.x * TC_ROWS + threadIdx.x);
-    const uint8_t *src = (const uint8_t *)it.data + (size_t)(r < it.rows ? r : 0) * sh.row_bytes + (size_t)c * (W * 4);
-#pragma unroll
-    for (int k = 0; k < W / 4; k++) cp_async16(slot + threadIdx.x * W + 4 * k, src + 16 * k, r < it.rows ? 16 : 0);
-}
-
-/* A lane's units u of its rows r0 + 8j + g (zeros past the item's rows): all of each unit,
- * or with ASYNC its scale and offset only (the ring brings the values). */
-template <int FMT, bool ASYNC>
 __device__ __forceinline__ void tc_fetch_w(const mm_shape &sh, const mm_item &it, int r0, int u,
                                            tc_wraw<FMT> (&w)[TC_NT]) {
     int g = (threadIdx.x & 31) >> 2;
@@ -1609,8 +1580,44 @@ __device__ __forceinline__ void tc_fetch_w(const mm_shape &sh, const mm_item &it
     for (int j = 0; j < TC_NT; j++) {
         int r = r0 + 8 * j + g;
         if (r >= it.rows) tc_zero_raw<FMT>(w[j]);
-        else if (ASYNC) tc_load_sb<FMT>(sh, it, r, u, w[j]);
         else tc_load_raw<FMT>(sh, it, r, u, w[j]);
+    }
+}
+
+/* At a scale group's end: the group's products acc of a warp's tile j scaled into tot,
+ * y += s * acc + (b - q0 s) * sum(x), with s0, s1 (o0, o1) the scales (offsets b - q0 s)
+ * of the lane's output rows 8j + 2t and 8j + 2t + 1 and sxg the group's sums of tokens
+ * g and g + 8. Both block kernels below do exactly this, so they give the same bits. */
+template <int FMT>
+__device__ __forceinline__ void tc_group_end(float (&acc)[4], float (&tot)[4], float s0, float s1, float o0, float o1,
+                                             const float (&sxg)[2]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[i]);
+        if (FMT_HAS_OFFSET(FMT) || tc_q0<FMT>() != 0.0f) v = __fadd_rn(v, __fmul_rn(of, sxg[i >> 1]));
+        tot[i] = __fadd_rn(tot[i], v);
+        acc[i] = 0.0f;
+    }
+}
+
+/* The A fragments of stage sg for this lane: hi and lo halves of MMA steps 0 and 1. */
+__device__ __forceinline__ void tc_frags(const tc_stage &sg, uint32_t (&ahi)[2][4], uint32_t (&alo)[2][4]) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int st = 0; st < 2; st++) {
+        uint4 vh = sg.frag[st][0][lane], vl = sg.frag[st][1][lane];
+        ahi[st][0] = vh.x, ahi[st][1] = vh.y, ahi[st][2] = vh.z, ahi[st][3] = vh.w;
+        alo[st][0] = vl.x, alo[st][1] = vl.y, alo[st][2] = vl.z, alo[st][3] = vl.w;
+    }
+}
+
+/* One tile's MMAs of a chunk: both halves of the inputs against the weight words wq. */
+__device__ __forceinline__ void tc_mma_tile(float (&acc)[4], const uint32_t (&ahi)[2][4], const uint32_t (&alo)[2][4],
+                                            const uint32_t (&wq)[4]) {
+#pragma unroll
+    for (int st = 0; st < 2; st++) {
+        mma_bf16_16x8x16(acc, ahi[st], wq[2 * st], wq[2 * st + 1]);
+        mma_bf16_16x8x16(acc, alo[st], wq[2 * st], wq[2 * st + 1]);
     }
 }
 
@@ -1621,12 +1628,7 @@ __device__ __forceinline__ void tc_chunk(const mm_shape &sh, const tc_stage &sg,
                                          int per_group, float (&acc)[TC_NT][4], float (&tot)[TC_NT][4], float (&sxg)[2]) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     uint32_t ahi[2][4], alo[2][4];
-#pragma unroll
-    for (int st = 0; st < 2; st++) {
-        uint4 vh = sg.frag[st][0][lane], vl = sg.frag[st][1][lane];
-        ahi[st][0] = vh.x, ahi[st][1] = vh.y, ahi[st][2] = vh.z, ahi[st][3] = vh.w;
-        alo[st][0] = vl.x, alo[st][1] = vl.y, alo[st][2] = vl.z, alo[st][3] = vl.w;
-    }
+    tc_frags(sg, ahi, alo);
     sxg[0] = __fadd_rn(sxg[0], sg.sx[g]);
     sxg[1] = __fadd_rn(sxg[1], sg.sx[g + 8]);
     const bool group_end = (c + 1) % per_group == 0;
@@ -1635,11 +1637,7 @@ __device__ __forceinline__ void tc_chunk(const mm_shape &sh, const tc_stage &sg,
         uint32_t wq[4];
         float ws, wb;
         tc_words<FMT>(sh, w[j], c * (TC_CHUNK / 8) + t, wq, ws, wb);
-#pragma unroll
-        for (int st = 0; st < 2; st++) {
-            mma_bf16_16x8x16(acc[j], ahi[st], wq[2 * st], wq[2 * st + 1]);
-            mma_bf16_16x8x16(acc[j], alo[st], wq[2 * st], wq[2 * st + 1]);
-        }
+        tc_mma_tile(acc[j], ahi, alo, wq);
         if (group_end) {
             /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale
              * and offset the lanes of those rows loaded (all four lanes of a row: the
@@ -1647,25 +1645,18 @@ __device__ __forceinline__ void tc_chunk(const mm_shape &sh, const tc_stage &sg,
             float wo = __fsub_rn(wb, __fmul_rn(tc_q0<FMT>(), ws));
             float s0 = __shfl_sync(0xffffffffu, ws, 8 * t), s1 = __shfl_sync(0xffffffffu, ws, 8 * t + 4);
             float o0 = __shfl_sync(0xffffffffu, wo, 8 * t), o1 = __shfl_sync(0xffffffffu, wo, 8 * t + 4);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[j][i]);
-                if (FMT_HAS_OFFSET(FMT) || tc_q0<FMT>() != 0.0f) v = __fadd_rn(v, __fmul_rn(of, sxg[i >> 1]));
-                tot[j][i] = __fadd_rn(tot[j][i], v);
-                acc[j][i] = 0.0f;
-            }
+            tc_group_end<FMT>(acc[j], tot[j], s0, s1, o0, o1, sxg);
         }
     }
     if (group_end) sxg[0] = sxg[1] = 0.0f;
 }
 
-/* A block: TC_ROWS rows x TC_TOK tokens from t0 (every thread of it calls this). ASYNC:
- * the weights through the cp.async ring (TC_ASYNC formats, 16-byte aligned rows). */
-template <int FMT, bool ASYNC>
+/* A block: TC_ROWS rows x TC_TOK tokens from t0 (every thread of it calls this), any
+ * format k_gemm_tc takes, each lane loading its units (tc_load_raw) one chunk ahead. */
+template <int FMT>
 __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                          int x_div) {
     __shared__ tc_stage stage[2];
-    __shared__ __align__(16) uint32_t ring[ASYNC ? TC_STAGES : 1][ASYNC ? TC_ROWS * tc_ring_words<FMT>::n : 1];
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
     int r0 = blockIdx.x * TC_ROWS + warp * TC_NT * 8;
     if (t0 >= it.n || (int)blockIdx.x * TC_ROWS >= it.rows) return; /* the whole block */
@@ -1680,49 +1671,22 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
 #pragma unroll
         for (int i = 0; i < 4; i++) tot[j][i] = acc[j][i] = 0.0f;
     tc_wraw<FMT> cur[TC_NT], next[TC_NT];
-    if (ASYNC)
-#pragma unroll
-        for (int s = 0; s < TC_STAGES - 1; s++) {
-            if (s < chunks) tc_ring_fill<FMT>(sh, it, ring[s], s);
-            cp_async_commit(); /* always: the waits below count groups */
-        }
-    tc_fetch_w<FMT, ASYNC>(sh, it, r0, t, cur);
+    tc_fetch_w<FMT>(sh, it, r0, t, cur);
     tc_put<FMT>(stage[0], tc_input(xrow, 0));
-    if (!ASYNC) __syncthreads();
+    __syncthreads();
     for (int c = 0; c < chunks; c++) {
-        if (ASYNC) {
-            cp_async_wait<TC_STAGES - 2>(); /* this thread's copies of chunk c */
-            __syncthreads();                 /* everyone's, and the stage; slot (c - 1) % S is free */
-            if (c + TC_STAGES - 1 < chunks)
-                tc_ring_fill<FMT>(sh, it, ring[(c + TC_STAGES - 1) % TC_STAGES], c + TC_STAGES - 1);
-            cp_async_commit();
-        }
         const bool more = c + 1 < chunks;
         float4 xn = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (more) {
             xn = tc_input(xrow, c + 1);
-            tc_fetch_w<FMT, ASYNC>(sh, it, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
+            tc_fetch_w<FMT>(sh, it, r0, (c + 1) * (TC_CHUNK / 8) + t, next);
         }
-        if (active) {
-            if (ASYNC) {
-                /* this lane's unit t of row 8j + g of the warp's rows, from the ring */
-                const int W = tc_ring_words<FMT>::n;
-                const uint32_t *slot = ring[c % TC_STAGES];
-#pragma unroll
-                for (int j = 0; j < TC_NT; j++) {
-                    const uint32_t *q = slot + (size_t)(warp * TC_NT * 8 + 8 * j + g) * W + (W / 4) * t;
-                    cur[j].q[0] = q[0];
-                    cur[j].q[sizeof cur[j].q / sizeof cur[j].q[0] - 1] = q[W / 4 - 1];
-                }
-            }
-            tc_chunk<FMT>(sh, stage[c & 1], cur, c, per_group, acc, tot, sxg);
-        }
+        if (active) tc_chunk<FMT>(sh, stage[c & 1], cur, c, per_group, acc, tot, sxg);
         if (more) tc_put<FMT>(stage[(c + 1) & 1], xn);
-        if (!ASYNC) __syncthreads();
+        __syncthreads();
 #pragma unroll
         for (int j = 0; j < TC_NT; j++) cur[j] = next[j];
     }
-    if (ASYNC) cp_async_wait<0>(); /* nothing left in flight into a ring another block may take */
     if (!active) return;
 #pragma unroll
     for (int j = 0; j < TC_NT; j++)
@@ -1733,18 +1697,138 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
         }
 }
 
-/* The ring where the formats and the item's rows allow it (uniform over the block). */
+/* MLX affine weights (4- and 8-bit) have a fixed layout: a row's chunk is 16 or 32
+ * contiguous bytes and its scale group's scale and offset sit at row * groups + group.
+ * tc_block_affine uses that to keep its loop short: each lane keeps a pointer to its
+ * unit of each of its 4 rows, so a chunk's weights are 4 loads with no arithmetic; the
+ * weights and the inputs are loaded two chunks ahead; and a scale group's scales and
+ * offsets are loaded once at the group's start, for the lane's output rows directly
+ * (tc_block: every chunk, for its weight rows, then exchanged). The arithmetic is
+ * tc_block's, in the same order, so the results are the same bits
+ * (LAZYMOE_CUDA_TC_GENERIC=1 or lm_backend_cuda_set_tc_generic: tc_block instead). */
+template <int FMT> struct tc_affine_word { typedef uint32_t type; };   /* 8 nibbles */
+template <> struct tc_affine_word<FMT_A8> { typedef uint2 type; };     /* 8 bytes */
+
 template <int FMT>
-__device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
-                                             int x_div) {
-    if (TC_ASYNC(FMT) && sh.tc_ring && (((uintptr_t)it.data | (uintptr_t)sh.row_bytes) & 15u) == 0)
-        tc_block<FMT, TC_ASYNC(FMT)>(sh, it, t0, routes, x_div);
-    else
-        tc_block<FMT, false>(sh, it, t0, routes, x_div);
+__device__ __forceinline__ void tc_affine_raw(const typename tc_affine_word<FMT>::type &v, tc_wraw<FMT> &o) {
+    if constexpr (FMT == FMT_A8) {
+        o.q[0] = v.x;
+        o.q[sizeof o.q / sizeof o.q[0] - 1] = v.y;
+    } else {
+        o.q[0] = v;
+    }
 }
 
-template <int FMT> __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc(mm_shape sh, mm_batch b) {
-    tc_block_any<FMT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
+template <int FMT>
+__device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
+                                                int x_div) {
+    typedef typename tc_affine_word<FMT>::type word;
+    __shared__ tc_stage stage[2];
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
+    int r0 = blockIdx.x * TC_ROWS + warp * TC_NT * 8;
+    if (t0 >= it.n || (int)blockIdx.x * TC_ROWS >= it.rows) return; /* the whole block */
+    const bool active = r0 < it.rows; /* a warp past the rows still stages inputs */
+    int my_tok = t0 + (int)(threadIdx.x >> 3);
+    const float *xrow = my_tok < it.n ? it.x + tc_row(routes, my_tok, x_div) * (size_t)sh.cols : NULL;
+    const int chunks = sh.cols / TC_CHUNK, per_group = sh.group_size / TC_CHUNK, groups = sh.cols / sh.group_size;
+    /* a row past the item's reads the last row: its outputs are never stored, and an
+     * MMA's output column depends on its own weight row only */
+    const word *wp[TC_NT];
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++) {
+        int r = min(r0 + 8 * j + g, it.rows - 1);
+        wp[j] = (const word *)((const uint8_t *)it.data + (size_t)r * sh.row_bytes) + t;
+    }
+    float tot[TC_NT][4], acc[TC_NT][4], sxg[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) tot[j][i] = acc[j][i] = 0.0f;
+    word w0[TC_NT], w1[TC_NT]; /* chunks c and c + 1 */
+    if (active)
+#pragma unroll
+        for (int j = 0; j < TC_NT; j++) {
+            w0[j] = __ldg(wp[j]);
+            w1[j] = chunks > 1 ? __ldg(wp[j] + 4) : w0[j];
+        }
+    float4 x1 = chunks > 1 ? tc_input(xrow, 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    tc_put<FMT>(stage[0], tc_input(xrow, 0));
+    __syncthreads();
+    uint32_t sb[TC_NT][2][2]; /* the group's scale (0) and offset (1) bits, rows 2t, 2t + 1 */
+    for (int c = 0, in_group = 0; c < chunks; c++) {
+        if (active && in_group == 0) {
+            int grp = c / per_group;
+#pragma unroll
+            for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    size_t i = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)groups + (size_t)grp;
+                    sb[j][h][0] = load_bits(it.scales, sh.qdtype, i);
+                    sb[j][h][1] = load_bits(it.biases, sh.qdtype, i);
+                }
+        }
+        const bool group_end = ++in_group == per_group;
+        if (group_end) in_group = 0;
+        float4 x2 = c + 2 < chunks ? tc_input(xrow, c + 2) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (active) {
+            uint32_t ahi[2][4], alo[2][4];
+            tc_frags(stage[c & 1], ahi, alo);
+            sxg[0] = __fadd_rn(sxg[0], stage[c & 1].sx[g]);
+            sxg[1] = __fadd_rn(sxg[1], stage[c & 1].sx[g + 8]);
+#pragma unroll
+            for (int j = 0; j < TC_NT; j++) {
+                uint32_t wq[4];
+                tc_wraw<FMT> raw;
+                float unused_s, unused_b;
+                tc_affine_raw<FMT>(w0[j], raw);
+                raw.s = raw.b = 0;
+                tc_words<FMT>(sh, raw, 0, wq, unused_s, unused_b);
+                w0[j] = w1[j];
+                if (c + 2 < chunks) w1[j] = __ldg(wp[j] + 4 * (c + 2));
+                tc_mma_tile(acc[j], ahi, alo, wq);
+                if (group_end) {
+                    float s[2], o[2];
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        s[h] = bits_float(sb[j][h][0], sh.qdtype);
+                        o[h] = __fsub_rn(bits_float(sb[j][h][1], sh.qdtype), __fmul_rn(tc_q0<FMT>(), s[h]));
+                    }
+                    tc_group_end<FMT>(acc[j], tot[j], s[0], s[1], o[0], o[1], sxg);
+                }
+            }
+            if (group_end) sxg[0] = sxg[1] = 0.0f;
+        }
+        if (c + 1 < chunks) tc_put<FMT>(stage[(c + 1) & 1], x1);
+        x1 = x2;
+        __syncthreads();
+    }
+    if (!active) return;
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int tok = t0 + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
+            if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[j][i];
+        }
+}
+
+/* AFFINE (MLX affine formats only): tc_block_affine; else tc_block. Separate kernels, so
+ * that neither path's registers limit the other's occupancy. */
+template <int FMT, bool AFFINE>
+__device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
+                                             int x_div) {
+    static_assert(!AFFINE || FMT == FMT_A4 || FMT == FMT_A8, "tc_block_affine takes MLX affine weights only");
+    if constexpr (AFFINE) tc_block_affine<FMT>(sh, it, t0, routes, x_div);
+    else tc_block<FMT>(sh, it, t0, routes, x_div);
+}
+
+/* Blocks an SM should hold: 4 (16 warps) for the affine 4-bit path, which fits them in
+ * 128 registers without spilling. */
+#define TC_MIN_BLOCKS(FMT, AFFINE) ((AFFINE) && (FMT) == FMT_A4 ? 4 : 1)
+
+template <int FMT, bool AFFINE>
+__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_gemm_tc(mm_shape sh, mm_batch b) {
+    tc_block_any<FMT, AFFINE>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
 }
 
 /* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
@@ -1902,13 +1986,14 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
-static mm_kernel gemm_tc_kernel_of(int fmt) {
+/* generic: MLX affine weights through tc_block too (LAZYMOE_CUDA_TC_GENERIC=1) */
+static mm_kernel gemm_tc_kernel_of(int fmt, int generic) {
     switch (fmt) {
-    case FMT_A4: return k_gemm_tc<FMT_A4>;
-    case FMT_A8: return k_gemm_tc<FMT_A8>;
-    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0>;
-    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0>;
-    default: return k_gemm_tc<FMT_Q4_K>;
+    case FMT_A4: return generic ? k_gemm_tc<FMT_A4, false> : k_gemm_tc<FMT_A4, true>;
+    case FMT_A8: return generic ? k_gemm_tc<FMT_A8, false> : k_gemm_tc<FMT_A8, true>;
+    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, false>;
+    case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, false>;
+    default: return k_gemm_tc<FMT_Q4_K, false>;
     }
 }
 static const char *fmt_name(int fmt, int gemm) {
@@ -1970,10 +2055,8 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
                   (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        mm_kernel k = gemm_tc_kernel_of(p->fmt);
-        mm_shape sh = p->sh;
-        sh.tc_ring = im->tc_ring;
-        k<<<grid, TC_WARPS * 32, 0, im->stream>>>(sh, p->b);
+        mm_kernel k = gemm_tc_kernel_of(p->fmt, im->tc_generic);
+        k<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
     if (gemm) {
@@ -3996,8 +4079,8 @@ __global__ void __launch_bounds__(RG_THREADS) k_route_group(const int32_t *sel, 
 
 /* k_gemm_tc on one tile of k_route_group's list (blockIdx.y; past counts[0]: nothing):
  * matrix mat0 + blockIdx.z of its expert, into y0 or y1, the item's tokens its routes. */
-template <int FMT>
-__global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+template <int FMT, bool AFFINE>
+__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_gemm_tc_grouped(mm_shape sh, const mm_desc *tab, int mat0,
                                                                     const int32_t *off, const int32_t *routes,
                                                                     const int2 *tiles, const int32_t *counts,
                                                                     const float *x, int x_div, float *y0, float *y1) {
@@ -4012,16 +4095,16 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gemm_tc_grouped(mm_shape sh, 
     it.y = blockIdx.z ? y1 : y0;
     it.n = off[tl.x + 1] - off[tl.x];
     it.rows = sh.rows;
-    tc_block_any<FMT>(sh, it, tl.y, routes + off[tl.x], x_div);
+    tc_block_any<FMT, AFFINE>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
-static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt) {
+static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int generic) {
     switch (fmt) {
-    case FMT_A4: return k_gemm_tc_grouped<FMT_A4>;
-    case FMT_A8: return k_gemm_tc_grouped<FMT_A8>;
-    case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0>;
-    case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0>;
-    default: return k_gemm_tc_grouped<FMT_Q4_K>;
+    case FMT_A4: return generic ? k_gemm_tc_grouped<FMT_A4, false> : k_gemm_tc_grouped<FMT_A4, true>;
+    case FMT_A8: return generic ? k_gemm_tc_grouped<FMT_A8, false> : k_gemm_tc_grouped<FMT_A8, true>;
+    case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0, false>;
+    case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, false>;
+    default: return k_gemm_tc_grouped<FMT_Q4_K, false>;
     }
 }
 
@@ -4085,7 +4168,7 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
                 return NULL;
             }
             int fmt = fast_format(&d);
-            mm_shape sh = {d.rows, d.cols, d.group_size, d.qdtype, d.row_bytes, 0};
+            mm_shape sh = {d.rows, d.cols, d.group_size, d.qdtype, d.row_bytes};
             if (e == 0) {
                 t->fmt[m] = fmt;
                 t->sh[m] = sh;
@@ -4181,7 +4264,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     int32_t *counts = (int32_t *)(base + L.counts);
     int2 *tiles = (int2 *)(base + L.tiles);
     float *g = (float *)(base + L.g), *u = (float *)(base + L.g + L.rows_bytes);
-    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0]), gk2 = gemm_tc_grouped_kernel_of(t->fmt[2]);
+    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0], im->tc_generic),
+                       gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], im->tc_generic);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -4190,12 +4274,10 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
                                          GV_WARPS * 32, 0, im->stream>>>(t->sh[0], t->dev, sel, small, counts + 1, h,
                                                                          K, g, u);
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
-    mm_shape sh0 = t->sh[0], sh2 = t->sh[2];
-    sh0.tc_ring = sh2.tc_ring = im->tc_ring;
     if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
         tim_begin(im);
         gk0<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
-              im->stream>>>(sh0, t->dev, 0, off, routes, tiles, counts, h, K, g, u);
+              im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
         if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
         tim_begin(im);
         k_swiglu_grouped<<<ew_blocks((size_t)R * (size_t)I), EW_THREADS, 0, im->stream>>>(g, u, I, R, sel, E, off);
@@ -4209,7 +4291,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (!max_tiles) return 0;
     tim_begin(im);
     gk2<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), TC_WARPS * 32, 0, im->stream>>>(
-        sh2, t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
+        t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
     return launched(be, fmt_name(t->fmt[2], 2));
 }
 
@@ -4442,8 +4524,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (sp && !strcmp(sp, "0")) im->no_split = 1;
     const char *ah = getenv("LAZYMOE_CUDA_ATTN_HEADS");
     if (ah && !strcmp(ah, "1")) im->att_one_head = 1;
-    const char *tr = getenv("LAZYMOE_CUDA_TC_RING");
-    if (tr && !strcmp(tr, "1")) im->tc_ring = 1;
+    const char *tg = getenv("LAZYMOE_CUDA_TC_GENERIC");
+    if (tg && !strcmp(tg, "1")) im->tc_generic = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -4479,7 +4561,7 @@ extern "C" uint64_t lm_backend_cuda_step_replays(void) { return step_replays; }
 
 extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
 extern "C" void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one) { impl_of(be)->att_one_head = one; }
-extern "C" void lm_backend_cuda_set_tc_ring(lm_backend *be, int on) { impl_of(be)->tc_ring = on; }
+extern "C" void lm_backend_cuda_set_tc_generic(lm_backend *be, int on) { impl_of(be)->tc_generic = on; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }

@@ -28,10 +28,10 @@ void lm_backend_cuda_set_simple(lm_backend *be, int simple);
  * creation); 0 (default): the heads that share a kv head together, loading each key once.
  * The same bits either way. */
 void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one);
-/* 1: k_gemm_tc takes MLX affine weights with 16-byte aligned rows through a cp.async ring
- * in shared memory (tests; LAZYMOE_CUDA_TC_RING=1 sets it at creation; off by default
- * until measured); 0: each lane loads its own. The same bits either way. */
-void lm_backend_cuda_set_tc_ring(lm_backend *be, int on);
+/* 1: k_gemm_tc takes MLX affine weights through its generic loader, as it takes the GGUF
+ * formats (tests and A/B; LAZYMOE_CUDA_TC_GENERIC=1 sets it at creation); 0 (default):
+ * through its affine path (tc_block_affine). The same bits either way. */
+void lm_backend_cuda_set_tc_generic(lm_backend *be, int on);
 
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
