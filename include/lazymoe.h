@@ -231,6 +231,9 @@ typedef struct {
 
 int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
                               size_t errlen);
+/* The same over tokens [skip_tokens, end_token) (end_token < 0: to the end). */
+int lazymoe_routing_summarize_range(const char *trace_path, int skip_tokens, int end_token,
+                                    lazymoe_routing_summary *out, char *err, size_t errlen);
 
 int lazymoe_session_create(lazymoe_session **out, lazymoe_model *m, char *err, size_t errlen);
 void lazymoe_session_free(lazymoe_session *s);

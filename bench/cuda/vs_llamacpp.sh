@@ -9,12 +9,16 @@
 # then XZ_OPT=-9e tar cJf build/device-carry.tar.xz build/carry90 build/llamacpp-carry and carry it
 # with this script (~4.5 MB: the device tool takes 64 MiB with the tree). ~6 minutes there, most
 # of it llama.cpp's build.
-# LAYERS=48 (the issue's table: 17.3 GB of Q4_0; -ncmoe 36), TESTS=0 (no test_cuda first), MLX64=0
-# (lazymoe on the Q4_0 file only: at 48 layers the MLX copy would not fit the box's disk beside it).
-# CARRY_TAR: the carried archive (build/device-carry.tar.xz); AGAIN=0: llama-bench -ngl 99 once
-# (the 48-layer call's time).
+# LAYERS=48 (the issue's table: 17.3 GB of Q4_0; -ncmoe 36; the MLX copy is then written after
+# the GGUF intermediates are deleted, so the box's 64 GB disk holds both), TESTS=0 (no test_cuda
+# first), MLX64=0 (lazymoe on the Q4_0 file only). CARRY_TAR: the carried archive
+# (build/device-carry.tar.xz); AGAIN=0: llama-bench -ngl 99 once. REPEAT (3): lazymoe's bench
+# --repeat, so that its mean over fresh sessions after a first run sits beside llama-bench's mean
+# over runs after a warmup. Each result is summarized into $OUT/summary.txt as it comes (the
+# device tool returns 8 files; a call cut short keeps what it had).
 LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1} CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz}
-AGAIN=${AGAIN:-1}
+AGAIN=${AGAIN:-1} REPEAT=${REPEAT:-3}
+G64_LATE=$((LAYERS > 24))
 NCMOE=$((LAYERS * 3 / 4))
 tar xJf "$CARRY_TAR"
 export LAZYMOE_SOURCE_DIR=$PWD LD_LIBRARY_PATH=$PWD/build/carry90/libs
@@ -39,55 +43,67 @@ st "synth g32"
 $C synth --preset qwen3-30b-a3b --layers $LAYERS --bits 4 --group-size 32 --out $W/g32 --threads 8 --quiet > $OUT/synth32.txt 2>&1
 st "gguf q4_1"
 build/llamacpp-carry/gguf_from_mlx $W/g32 $W/q41.gguf > $OUT/gguf.txt 2>&1; rm -rf $W/g32
-if [ "$MLX64" = 1 ]; then
+synth64() {
     st "synth g64"
-    $C synth --preset qwen3-30b-a3b --layers $LAYERS --bits 4 --group-size 64 --out $W/g64 --threads 8 --quiet > $OUT/synth64.txt 2>&1
-fi
+    $C synth --preset qwen3-30b-a3b --layers $LAYERS --bits 4 --group-size 64 --out $W/g64 --threads ${1:-8} --quiet > $W/synth64.txt 2>&1
+    echo "synth g64 exit $?" >> $S
+}
+[ "$MLX64" = 1 ] && [ "$G64_LATE" = 0 ] && synth64
 st "wait build"
 wait $bp; echo "build exit $?" >> $S
 B=$W/build/bin
 "$B/llama-quantize" --pure --allow-requantize $W/q41.gguf $W/q40.gguf q4_0 16 > $OUT/quant.txt 2>&1; echo "quantize exit $?" >> $S; rm -f $W/q41.gguf
+[ "$MLX64" = 1 ] && [ "$G64_LATE" = 1 ] && synth64 16
 ls -la $W >> $S; df -h /tmp | tail -1 >> $S
+# one result file's numbers into the summary
+sumj() {
+    python3 - "$1" >> $S <<'PY'
+import json, os, sys
+p = sys.argv[1]; f = os.path.basename(p)
+try:
+    if f.startswith('llama_'):
+        for r in json.load(open(p)):
+            print(f, 'n_prompt', r.get('n_prompt'), 'n_gen', r.get('n_gen'), 'avg_ts %.2f' % r['avg_ts'],
+                  'stddev %.2f' % r.get('stddev_ts', 0), 'samples', [round(x, 1) for x in r.get('samples_ts', [])])
+    else:
+        j = json.load(open(p)); g = j.get('gpu', {})
+        rep = ' repeats %d: prefill %.1f +- %.1f decode %.2f +- %.2f' % (j['repeats'], j['prefill_tok_s_repeats'],
+              j['prefill_tok_s_repeats_sd'], j['decode_tok_s_repeats'], j['decode_tok_s_repeats_sd']) if 'repeats' in j else ''
+        print(f, 'load %.1f s first: prefill %.1f decode %.2f' % (j['load_s'], j['prefill_tok_s'], j['decode_tok_s']) + rep,
+              'ids', j['generated_ids'][:4], 'vram peak', g.get('vram_peak_bytes'), 'budget', g.get('budget'),
+              'decode upload', g.get('decode_upload_bytes'), 'cpu experts', g.get('cpu_computed_experts'))
+except Exception as e:
+    print(f, 'unreadable', e)
+PY
+}
 st "llama-bench ngl99"
-timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $OUT/llama_ngl99.json 2> $OUT/llama_ngl99.err
-lz() { local n=$1 m=$2; shift 2; timeout 120 $C bench $m --backend cuda --ctx 4096 --no-warm-start --json -v "$@" > $OUT/lz_$n.json 2> $OUT/lz_$n.err; }
+timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $W/llama_ngl99.json 2> $W/llama_ngl99.err
+sumj $W/llama_ngl99.json
+lz() {
+    local n=$1 m=$2; shift 2
+    timeout 150 $C bench $m --backend cuda --ctx 4096 --no-warm-start --json -v "$@" > $W/lz_$n.json 2> $W/lz_$n.err
+    echo "lz_$n exit $? ($SECONDS s)" >> $S
+    sumj $W/lz_$n.json
+}
 st "lazymoe"
-[ "$MLX64" = 1 ] && lz g64_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64
-[ "$MLX64" = 1 ] && lz g64_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64
-lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64
-lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64
-[ "$MLX64" = 1 ] && lz g64_p512_b $W/g64 --prompt-tokens 512 --gen-tokens 64
-[ "$MLX64" = 1 ] && lz g64_p1_b $W/g64 --prompt-tokens 1 --gen-tokens 64
-[ "$MLX64" = 1 ] || lz q40_p512_b $W/q40.gguf --prompt-tokens 512 --gen-tokens 64
-[ "$MLX64" = 1 ] || lz q40_p1_b $W/q40.gguf --prompt-tokens 1 --gen-tokens 64
+[ "$MLX64" = 1 ] && lz g64_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
+[ "$MLX64" = 1 ] && lz g64_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
+lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
+lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
 [ "$AGAIN" = 1 ] && st "llama-bench ngl99 again"
-[ "$AGAIN" = 1 ] && timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $OUT/llama_ngl99_b.json 2> $OUT/llama_ngl99_b.err
+[ "$AGAIN" = 1 ] && timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $W/llama_ngl99_b.json 2> $W/llama_ngl99_b.err
+[ "$AGAIN" = 1 ] && sumj $W/llama_ngl99_b.json
 st "llama-bench ncmoe $NCMOE"
-timeout 200 $B/llama-bench -m $W/q40.gguf -ngl 99 -ncmoe $NCMOE -t 16 -p 512 -n 64 -r 1 -o json > $OUT/llama_ncmoe.json 2> $OUT/llama_ncmoe.err
+timeout 200 $B/llama-bench -m $W/q40.gguf -ngl 99 -ncmoe $NCMOE -t 16 -p 512 -n 64 -r 1 -o json > $W/llama_ncmoe.json 2> $W/llama_ncmoe.err
+sumj $W/llama_ncmoe.json
 M25=$W/g64 F25=g64
 [ "$MLX64" = 1 ] || M25=$W/q40.gguf F25=q40
 B25=$(python3 -c "
 import json
-g = json.load(open('$OUT/lz_${F25}_p512.json'))['gpu']
+g = json.load(open('$W/lz_${F25}_p512.json'))['gpu']
 print(int(g['resident_bytes'] + g['expert_bytes'] // 4))" 2>>$S)
 st "lazymoe 25% $B25"
-[ -n "$B25" ] && lz ${F25}_25_p512 $M25 --prompt-tokens 512 --gen-tokens 64 --gpu-memory $B25
-[ -n "$B25" ] && lz ${F25}_25_p1 $M25 --prompt-tokens 1 --gen-tokens 64 --gpu-memory $B25
+[ -n "$B25" ] && lz ${F25}_25_p512 $M25 --prompt-tokens 512 --gen-tokens 64 --gpu-memory $B25 --repeat $REPEAT
+[ -n "$B25" ] && lz ${F25}_25_p1 $M25 --prompt-tokens 1 --gen-tokens 64 --gpu-memory $B25 --repeat $REPEAT
 st "done"
-python3 - $OUT >> $S <<'PY'
-import json, os, sys
-d = sys.argv[1]
-for f in sorted(os.listdir(d)):
-    p = os.path.join(d, f)
-    if f.startswith('llama_') and f.endswith('.json'):
-        try:
-            for r in json.load(open(p)):
-                print(f, 'n_prompt', r.get('n_prompt'), 'n_gen', r.get('n_gen'), 'avg_ts %.2f' % r['avg_ts'], 'stddev %.2f' % r.get('stddev_ts', 0))
-        except Exception as e: print(f, 'unreadable', e)
-    if f.startswith('lz_') and f.endswith('.json'):
-        try:
-            j = json.load(open(p)); g = j.get('gpu', {})
-            print(f, 'prefill %.1f decode %.2f' % (j['prefill_tok_s'], j['decode_tok_s']), 'ids', j['generated_ids'][:4], 'vram peak', g.get('vram_peak_bytes'), 'budget', g.get('budget'), 'upload', g.get('decode_upload_bytes'))
-        except Exception as e: print(f, 'unreadable', e)
-PY
 cat $S

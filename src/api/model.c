@@ -119,12 +119,17 @@ int lazymoe_session_eval_greedy(lazymoe_session *s, const int32_t *ids, int n, i
 
 int lazymoe_routing_summarize(const char *trace_path, int skip_tokens, lazymoe_routing_summary *out, char *err,
                               size_t errlen) {
+    return lazymoe_routing_summarize_range(trace_path, skip_tokens, -1, out, err, errlen);
+}
+
+int lazymoe_routing_summarize_range(const char *trace_path, int skip_tokens, int end_token,
+                                    lazymoe_routing_summary *out, char *err, size_t errlen) {
     char e[LM_ERR_LEN];
     lm_trace_data d;
     lm_routing_stats rs;
     memset(out, 0, sizeof *out);
     if (lm_trace_load(&d, trace_path, e) != 0) return copy_err(err, errlen, e);
-    int rc = lm_trace_stats(&d, skip_tokens, &rs, e);
+    int rc = lm_trace_stats(&d, skip_tokens, end_token, &rs, e);
     lm_trace_data_free(&d);
     if (rc != 0) return copy_err(err, errlen, e);
     out->tokens = rs.tokens;

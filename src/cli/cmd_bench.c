@@ -6,6 +6,7 @@
 #include "platform/platform.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,14 +17,16 @@ static const char bench_usage[] =
     "                    [--memory SIZE] [--capacity N] [--pin N] [--resident] [--io-threads N] [--io-chunk SIZE]\n"
     "                    [--eviction P] [--buffered-io] [--no-warm-start] [--routing-trace FILE]\n"
     "                    [--trace-routing FILE] [--lookahead N] [--threads N] [--ctx N] [--kv-bits 8|16|32]\n"
-    "                    [--act-bits 8|32] [--lookahead-trace FILE]\n"
+    "                    [--act-bits 8|32] [--lookahead-trace FILE] [--repeat N]\n"
     "Prefills a random prompt, then decodes greedily; reports tok/s, expert cache hit rate, bytes read,\n"
-    "read bandwidth, peak RSS and the routing statistics of the run. --routing-trace replays a recorded\n"
+    "read bandwidth, peak RSS and the routing statistics of the run. --repeat N runs N - 1 more times\n"
+    "after it, each in a fresh session with a new random prompt, and adds their mean and standard\n"
+    "deviation (llama-bench's way: its runs follow an untimed warmup). --routing-trace replays a recorded\n"
     "trace in place of the router's picks (cache policy studies; the text is then meaningless);\n"
     "--lookahead-trace gives --lookahead its recorded predictions for that trace.\n";
 
 typedef struct {
-    int prompt, gen, json, seed;
+    int prompt, gen, json, seed, repeat;
     const char *replay; /* --routing-trace */
     const char *replay_pred; /* --lookahead-trace */
 } bench_args;
@@ -34,6 +37,7 @@ static int bench_arg(void *ctx, const char *s, const char *v) {
         {"--prompt-tokens", .num = &b->prompt, .lo = 1, .hi = 1 << 20},
         {"--gen-tokens", .num = &b->gen, .lo = 0, .hi = 1 << 20},
         {"--seed", .num = &b->seed, .lo = 0, .hi = 0x7fffffff},
+        {"--repeat", .num = &b->repeat, .lo = 1, .hi = 1000},
         {"--routing-trace", .str = &b->replay, .what = "a file"},
         {"--lookahead-trace", .str = &b->replay_pred, .what = "a file"},
         {"--json", .flag = &b->json, .lo = 1},
@@ -41,8 +45,43 @@ static int bench_arg(void *ctx, const char *s, const char *v) {
     return CLI_OPTIONS(s, v, opts);
 }
 
+/* One timed run in a fresh session: prefill ids, then decode gen tokens greedily into
+ * out_ids. mid (if not NULL) gets the expert counters between the two. */
+static int bench_run(lazymoe_model *m, const int32_t *ids, int prompt, int gen, int32_t *out_ids, double *t_prefill,
+                     double *t_decode, lazymoe_expert_stats *mid, char *err, size_t errlen) {
+    lazymoe_session *s = NULL;
+    if (lazymoe_session_create(&s, m, err, errlen) != 0) return -1;
+    int rc = -1;
+    double t0 = lm_now();
+    /* Greedy decoding: the session picks each token (the first largest logit), on a
+     * GPU without bringing the logits to the host. */
+    int32_t next = 0;
+    if (lazymoe_session_eval_greedy(s, ids, prompt, &next, err, errlen) != 0) goto done;
+    *t_prefill = lm_now() - t0;
+    if (mid) lazymoe_model_get_expert_stats(m, -1, mid);
+    t0 = lm_now();
+    for (int g = 0; g < gen; g++) {
+        out_ids[g] = next;
+        if (lazymoe_session_eval_greedy(s, &out_ids[g], 1, &next, err, errlen) != 0) goto done;
+    }
+    *t_decode = lm_now() - t0;
+    rc = 0;
+done:
+    lazymoe_session_free(s);
+    return rc;
+}
+
+/* Mean and sample standard deviation of v[0..n). */
+static void mean_sd(const double *v, int n, double *mean, double *sd) {
+    double sum = 0, sq = 0;
+    for (int i = 0; i < n; i++) sum += v[i];
+    *mean = n ? sum / n : 0;
+    for (int i = 0; i < n; i++) sq += (v[i] - *mean) * (v[i] - *mean);
+    *sd = n > 1 ? sqrt(sq / (n - 1)) : 0;
+}
+
 int cmd_bench(int argc, char **argv) {
-    bench_args ba = {.prompt = 128, .gen = 32, .seed = 1};
+    bench_args ba = {.prompt = 128, .gen = 32, .seed = 1, .repeat = 1};
     cli_model_args a;
     int prc = cli_parse_model_args(argc, argv, bench_usage, &a, bench_arg, &ba);
     if (prc) return prc == 2 ? 0 : prc;
@@ -78,43 +117,53 @@ int cmd_bench(int argc, char **argv) {
     lazymoe_model_info info;
     lazymoe_model_get_info(m, &info);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)prompt);
-    int32_t *out_ids = calloc((size_t)gen + 1, sizeof(int32_t));
+    int32_t *out_ids = calloc((size_t)gen + 1, sizeof(int32_t)), *more_ids = calloc((size_t)gen + 1, sizeof(int32_t));
+    int repeats = ba.repeat - 1;
+    double *rep_prefill = calloc((size_t)repeats + 1, sizeof(double)), *rep_decode = calloc((size_t)repeats + 1, sizeof(double));
     srand(seed);
-    for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
-    lazymoe_session *s = NULL;
     int rc = 1;
-    lazymoe_expert_stats st0, st1, st2;
+    lazymoe_expert_stats st0, st1, st2, st_end;
     double t_prefill = 0, t_decode = 0;
-    if (!ids || !out_ids || lazymoe_session_create(&s, m, err, sizeof err) != 0) goto done;
-    lazymoe_model_get_expert_stats(m, -1, &st0);
-    double t0 = lm_now();
-    /* Greedy decoding: the session picks each token (the first largest logit), on a
-     * GPU without bringing the logits to the host. */
-    int32_t next = 0;
-    if (lazymoe_session_eval_greedy(s, ids, prompt, &next, err, sizeof err) != 0) goto done;
-    t_prefill = lm_now() - t0;
-    lazymoe_model_get_expert_stats(m, -1, &st1);
-    t0 = lm_now();
-    for (int g = 0; g < gen; g++) {
-        out_ids[g] = next;
-        if (lazymoe_session_eval_greedy(s, &out_ids[g], 1, &next, err, sizeof err) != 0) goto done;
+    if (!ids || !out_ids || !more_ids || !rep_prefill || !rep_decode) {
+        snprintf(err, sizeof err, "out of memory");
+        goto done;
     }
-    t_decode = lm_now() - t0;
+    for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
+    lazymoe_model_get_expert_stats(m, -1, &st0);
+    if (bench_run(m, ids, prompt, gen, out_ids, &t_prefill, &t_decode, &st1, err, sizeof err) != 0) goto done;
     lazymoe_model_get_expert_stats(m, -1, &st2);
+    for (int r = 0; r < repeats; r++) {
+        double tp = 0, td = 0;
+        if (!(r % 4) || r == repeats - 1) fprintf(stderr, "bench: repeat %d of %d\n", r + 1, repeats);
+        for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
+        if (bench_run(m, ids, prompt, gen, more_ids, &tp, &td, NULL, err, sizeof err) != 0) goto done;
+        rep_prefill[r] = tp > 0 ? prompt / tp : 0;
+        rep_decode[r] = td > 0 && gen ? gen / td : 0;
+    }
+    /* the counters are the first run's; the peaks, the most any run reached */
+    lazymoe_model_get_expert_stats(m, -1, &st_end);
+    st2.peak_rss_bytes = st_end.peak_rss_bytes;
+    st2.gpu_peak_bytes = st_end.gpu_peak_bytes;
     rc = 0;
 done:
     if (rc) cli_fail("%s", err);
-    lazymoe_session_free(s);
     lazymoe_model_close(m); /* flushes the trace */
     free(ids);
+    free(more_ids);
     if (rc) {
         if (tmp_trace[0]) unlink(tmp_trace);
         free(out_ids);
+        free(rep_prefill), free(rep_decode);
         return rc;
     }
+    double rp_mean, rp_sd, rd_mean, rd_sd;
+    mean_sd(rep_prefill, repeats, &rp_mean, &rp_sd);
+    mean_sd(rep_decode, repeats, &rd_mean, &rd_sd);
+    free(rep_prefill), free(rep_decode);
+    /* routing over the first run's tokens (the repeats' follow it in the trace) */
     lazymoe_routing_summary rs_all = {0}, rs_dec = {0};
-    int have_routing = lazymoe_routing_summarize(trace_out, 0, &rs_all, err, sizeof err) == 0;
-    if (gen > 1) lazymoe_routing_summarize(trace_out, prompt, &rs_dec, err, sizeof err);
+    int have_routing = lazymoe_routing_summarize_range(trace_out, 0, prompt + gen, &rs_all, err, sizeof err) == 0;
+    if (gen > 1) lazymoe_routing_summarize_range(trace_out, prompt, prompt + gen, &rs_dec, err, sizeof err);
     if (tmp_trace[0]) unlink(tmp_trace);
     uint64_t dec_hits = st2.hits - st1.hits, dec_miss = st2.misses - st1.misses;
     uint64_t dec_bytes = st2.bytes_read - st1.bytes_read;
@@ -158,6 +207,10 @@ done:
                    (unsigned long long)st2.gpu_resident_bytes, (unsigned long long)st2.gpu_expert_bytes,
                    (unsigned long long)st2.gpu_peak_bytes, (unsigned long long)st2.gpu_total_bytes,
                    (unsigned long long)st2.gpu_pinned_bytes);
+        if (repeats)
+            printf(", \"repeats\": %d, \"prefill_tok_s_repeats\": %.3f, \"prefill_tok_s_repeats_sd\": %.3f, "
+                   "\"decode_tok_s_repeats\": %.3f, \"decode_tok_s_repeats_sd\": %.3f",
+                   repeats, rp_mean, rp_sd, rd_mean, rd_sd);
         /* The generated ids, so runs under different budgets can be compared. */
         printf(", \"generated_ids\": [");
         for (int g = 0; g < gen; g++) printf(g ? ", %d" : "%d", out_ids[g]);
@@ -172,6 +225,10 @@ done:
         printf("load         %.2f s\n", t_load);
         printf("prefill      %d tokens in %.2f s: %.2f tok/s\n", prompt, t_prefill, prefill_tps);
         printf("decode       %d tokens in %.2f s: %.2f tok/s\n", gen, t_decode, decode_tps);
+        if (repeats)
+            printf("repeats      %d more runs, each a fresh session and prompt: prefill %.2f +- %.2f tok/s, "
+                   "decode %.2f +- %.2f tok/s\n",
+                   repeats, rp_mean, rp_sd, rd_mean, rd_sd);
         printf("expert cache decode hit rate %.1f%% (%llu hits, %llu misses); all %.1f%%\n", 100 * hit_rate,
                (unsigned long long)dec_hits, (unsigned long long)dec_miss,
                all_hits + all_miss ? 100.0 * (double)all_hits / (double)(all_hits + all_miss) : 100.0);

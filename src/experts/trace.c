@@ -143,10 +143,11 @@ static int cmp_desc_u32(const void *a, const void *b) {
     return x < y ? 1 : (x > y ? -1 : 0);
 }
 
-int lm_trace_stats(const lm_trace_data *d, int skip, lm_routing_stats *out, char *err) {
+int lm_trace_stats(const lm_trace_data *d, int skip, int end, lm_routing_stats *out, char *err) {
     memset(out, 0, sizeof *out);
     if (skip < 0) skip = 0;
-    if (skip >= d->n_tokens) return lm_errf(err, "the trace has %d tokens; nothing after %d", d->n_tokens, skip);
+    if (end < 0 || end > d->n_tokens) end = d->n_tokens;
+    if (skip >= end) return lm_errf(err, "the trace has %d tokens; nothing in [%d, %d)", d->n_tokens, skip, end);
     uint32_t *count = calloc((size_t)d->n_experts, sizeof *count);
     if (!count) return lm_errf(err, "out of memory");
     int moe_layers = 0;
@@ -156,7 +157,7 @@ int lm_trace_stats(const lm_trace_data *d, int skip, lm_routing_stats *out, char
         if (d->ids[(size_t)l * (size_t)d->top_k] < 0) continue; /* dense layer */
         memset(count, 0, sizeof *count * (size_t)d->n_experts);
         uint64_t picks = 0, reused = 0, compared = 0;
-        for (int t = skip; t < d->n_tokens; t++) {
+        for (int t = skip; t < end; t++) {
             const int32_t *cur = d->ids + (size_t)t * per_token + (size_t)l * (size_t)d->top_k;
             const int32_t *prev = cur - per_token;
             for (int k = 0; k < d->top_k && cur[k] >= 0; k++) {
@@ -180,7 +181,7 @@ int lm_trace_stats(const lm_trace_data *d, int skip, lm_routing_stats *out, char
     }
     free(count);
     if (!moe_layers) return lm_errf(err, "the trace has no MoE layer picks");
-    out->tokens = d->n_tokens - skip;
+    out->tokens = end - skip;
     out->distinct_experts = distinct / moe_layers;
     out->consecutive_reuse = reuse / moe_layers;
     out->top16_share = top16 / moe_layers;

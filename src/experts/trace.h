@@ -35,12 +35,13 @@ typedef struct {
 int lm_trace_load(lm_trace_data *d, const char *path, char *err);
 void lm_trace_data_free(lm_trace_data *d);
 
-/* Routing statistics over tokens [skip, n_tokens), averaged over MoE layers. */
+/* Routing statistics over tokens [skip, end), averaged over MoE layers (end < 0 or past
+ * the trace: its last token). */
 typedef struct {
     int tokens;
     double distinct_experts, consecutive_reuse, top16_share;
 } lm_routing_stats;
 
-int lm_trace_stats(const lm_trace_data *d, int skip, lm_routing_stats *out, char *err);
+int lm_trace_stats(const lm_trace_data *d, int skip, int end, lm_routing_stats *out, char *err);
 
 #endif

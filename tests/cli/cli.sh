@@ -54,6 +54,17 @@ json=$($BIN bench $G/qwen3_moe_long_f32 --json --capacity 4 --prompt-tokens 40 -
 ok_keys=1
 for k in prefill_tok_s decode_tok_s hit_rate bytes_read peak_rss_bytes; do [[ "$json" == *"\"$k\": "* ]] || ok_keys=0; done
 if [ $ok_keys = 1 ] && [[ "$json" == *'"capacity": 4'* && "$json" != *'"bytes_read": 0,'* ]]; then ok cli_bench_json; else bad cli_bench_json "$json"; fi
+# bench --repeat: the repeats' mean and spread added; the first run's routing and ids as
+# without it (the repeats' tokens follow in the trace and are left out of its statistics).
+one=$($BIN bench $G/qwen3_moe_long_f32 --json --prompt-tokens 20 --gen-tokens 4 2>/dev/null)
+rep=$($BIN bench $G/qwen3_moe_long_f32 --json --prompt-tokens 20 --gen-tokens 4 --repeat 3 2>/dev/null)
+strip() { echo "$1" | grep -o '"routing": {[^}]*}, .*"generated_ids": \[[^]]*\]' | sed 's/"repeats".*"generated_ids"/"generated_ids"/'; }
+if [[ "$rep" == *'"repeats": 2, "prefill_tok_s_repeats": '* && "$rep" != *'"prefill_tok_s_repeats": 0.000'* ]] &&
+   [ -n "$(strip "$one")" ] && [ "$(strip "$one")" = "$(strip "$rep")" ]; then
+    ok cli_bench_repeat
+else
+    bad cli_bench_repeat "$one VS $rep"
+fi
 # bench replays a recorded routing trace; run --trace-routing records one.
 $BIN run $G/qwen3_moe_long_f32 --ids 1,2,3,4,5 -n 6 --trace-routing $T/trace.txt --print-ids >/dev/null
 lines=$(wc -l < $T/trace.txt)
