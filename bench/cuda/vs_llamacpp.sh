@@ -32,6 +32,11 @@ if [ "$TESTS" = 1 ]; then
     timeout 200 $T > $OUT/test_cuda.txt 2>&1; echo "exit $?" >> $OUT/test_cuda.txt
     echo "tests: ok $(grep -c '^ok ' $OUT/test_cuda.txt) FAIL $(grep -c '^FAIL' $OUT/test_cuda.txt) at $SECONDS s" >> $S
     grep -A3 '^FAIL' $OUT/test_cuda.txt | head -20 >> $S
+    # a binary whose tests fail measures nothing: build/carry90-prev (an earlier tested
+    # build, carried beside it) takes its place where there is one
+    if grep -q '^FAIL' $OUT/test_cuda.txt || ! grep -q '^exit 0' $OUT/test_cuda.txt; then
+        [ -x build/carry90-prev/lazymoe ] && C=$PWD/build/carry90-prev/lazymoe && echo "using $(cat build/carry90-prev/commit.txt)" >> $S
+    fi
 fi
 W=/tmp/lw; mkdir -p $W; export XDG_CACHE_HOME=$W/xdg
 tar xJf build/llamacpp-carry/llama-src.tar.xz -C $W

@@ -546,6 +546,39 @@ static void rmsnorm(void) {
     dev_free(dx), dev_free(dy);
 }
 
+/* Rows of up to 256 values take a warp each (k_rmsnorm_warps), the others a block
+ * (k_rmsnorm, which the reference mode always takes): the same bits, whole and partial
+ * warps, alone (a download flushes the held norm) and as the second of a q/k pair. */
+static void rmsnorm_warps_same_bits(void) {
+    static const int dims[] = {128, 64, 100, 33, 256, 257, 1000};
+    static const int rows[] = {1, 9, 37};
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+        for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+            int n = rows[r], dim = dims[d];
+            size_t N = (size_t)n * (size_t)dim, bytes = sizeof(float) * N;
+            float *x = rand_floats(N, -3, 3), *w = rand_floats((size_t)dim, 0.5f, 1.5f);
+            float *dx = dev_from(x, bytes), *got[2][3];
+            for (int simple = 0; simple < 2; simple++) {
+                lm_backend_cuda_set_simple(gpu, simple);
+                float *dy = dev_from(NULL, bytes), *dz = dev_from(NULL, bytes);
+                CHECK(gpu->ops->rmsnorm(gpu, dy, dx, w, n, dim, 1e-5f) == 0);
+                got[simple][0] = host_from(dy, bytes); /* alone */
+                CHECK(gpu->ops->rmsnorm(gpu, dz, dx, w, n, dim, 1e-5f) == 0);
+                CHECK(gpu->ops->rmsnorm(gpu, dy, dx, w, n, dim, 1e-5f) == 0); /* joins it */
+                got[simple][1] = host_from(dz, bytes);
+                got[simple][2] = host_from(dy, bytes);
+                dev_free(dy), dev_free(dz);
+            }
+            lm_backend_cuda_set_simple(gpu, 0);
+            static const char *what[3] = {"alone", "first of a pair", "second of a pair"};
+            for (int k = 0; k < 3; k++)
+                CHECKF(same_bits("rmsnorm warps", got[0][k], got[1][0], bytes), "dim %d, %d rows, %s", dim, n, what[k]);
+            for (int k = 0; k < 3; k++) free(got[0][k]), free(got[1][k]);
+            free(x), free_weight(w);
+            dev_free(dx);
+        }
+}
+
 /* y op= ... on both backends from the same y; the CPU result is `want`. */
 typedef struct {
     size_t n;
@@ -1786,6 +1819,7 @@ int main(void) {
     TEST_CASE("cuda_weights_changed", weights_changed);
     TEST_CASE("cuda_embed", embed_types);
     TEST_CASE("cuda_rmsnorm", rmsnorm);
+    TEST_CASE("cuda_rmsnorm_warps_same_bits", rmsnorm_warps_same_bits);
     TEST_CASE("cuda_elementwise_exact", elementwise_exact);
     TEST_CASE("cuda_elementwise_exp", elementwise_exp);
     TEST_CASE("cuda_rope", rope);
