@@ -1,13 +1,13 @@
 #!/bin/bash
-# Prefill A/B in one call on the GPU box (issue 18): test_cuda, then one binary on 24 layers of
-# Qwen3-30B-A3B shapes (MLX 4-bit g64) with k_gemm_tc's generic loader (LAZYMOE_CUDA_TC_GENERIC=1,
-# the kernel before tc_block_affine) against its affine path (the default), alternating, twice,
-# each bench with --repeat 4 (a first run, then the mean of 3 in fresh sessions, llama-bench's
-# way); then decode from one token, a 2048-token prompt, and one profiled prefill. Everything
-# lands in $OUT/summary.txt, all.txt, test_cuda.txt, prof.txt (the device tool returns few
-# files). Here: make CUDA=1 cuda-carry, then
-# XZ_OPT=-9e tar cJf build/device-carry.tar.xz build/carry90/{lazymoe,test_cuda,libs,commit.txt}
-# and carry it with this script. ~3 minutes there.
+# Prefill A/B in one call on the GPU box (issue 18): test_cuda, then on 24 layers of Qwen3-30B-A3B
+# shapes (MLX 4-bit g64), alternating, twice, each bench with --repeat 4 (a first run, then the
+# mean of 3 in fresh sessions, llama-bench's way): an earlier build carried as build/carry90-prev
+# against this one, or without it k_gemm_tc's generic loader (LAZYMOE_CUDA_TC_GENERIC=1) against
+# its affine path; then decode from one token and one profiled prefill. Everything lands in
+# $OUT/summary.txt, all.txt, test_cuda.txt, prof.txt (the device tool returns few files).
+# Here: make CUDA=1 cuda-carry, then XZ_OPT=-9e tar cJf build/device-carry.tar.xz
+# build/carry90/{lazymoe,test_cuda,libs,commit.txt} [build/carry90-prev/{lazymoe,commit.txt}]
+# and carry it with this script. ~2-3 minutes there.
 CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz} LAYERS=${LAYERS:-24}
 tar xJf "$CARRY_TAR"
 export LAZYMOE_SOURCE_DIR=$PWD LD_LIBRARY_PATH=$PWD/build/carry90/libs
@@ -21,21 +21,29 @@ echo "tests: ok $(grep -c '^ok ' $OUT/test_cuda.txt) FAIL $(grep -c '^FAIL' $OUT
 grep -B2 -A6 '^FAIL' $OUT/test_cuda.txt | head -60 >> $S
 M=$W/g64-$LAYERS
 [ -d $M ] || $C synth --preset qwen3-30b-a3b --layers $LAYERS --bits 4 --group-size 64 --out $M --threads 16 --quiet
-run() { # name, env settings..., then bench arguments after --
-    local n=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
-    echo "### $n ${envs[*]}" >> $A
-    env "${envs[@]}" timeout 120 $C bench $M --backend cuda --no-warm-start --ctx 4096 "$@" > $W/run.txt 2>&1
+run() { # name, binary, env settings..., then bench arguments after --
+    local n=$1 bin=$2; shift 2; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+    echo "### $n $bin ${envs[*]}" >> $A
+    env "${envs[@]}" timeout 120 $bin bench $M --backend cuda --no-warm-start --ctx 4096 "$@" > $W/run.txt 2>&1
     cat $W/run.txt >> $A
     echo "$n: $(grep -E '^(prefill|decode|repeats) ' $W/run.txt | tr -s ' ' | cut -d: -f2- | tr '\n' ' ') ($SECONDS s)" >> $S
 }
-P="--prompt-tokens 512 --gen-tokens 64 --repeat 4"
-for r in a b; do
-    run generic_$r LAZYMOE_CUDA_TC_GENERIC=1 -- $P
-    run affine_$r X=0 -- $P
-done
-run p1_affine X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
-run p2048_generic LAZYMOE_CUDA_TC_GENERIC=1 -- --prompt-tokens 2048 --gen-tokens 16 --repeat 3
-run p2048_affine X=0 -- --prompt-tokens 2048 --gen-tokens 16 --repeat 3
+P="--prompt-tokens 512 --gen-tokens 64 --repeat ${REPEAT:-4}"
+if [ -x build/carry90-prev/lazymoe ]; then
+    echo "prev: $(cat build/carry90-prev/commit.txt)" >> $S
+    for r in ${ROUNDS:-a b}; do
+        run prev_$r build/carry90-prev/lazymoe X=0 -- $P
+        run new_$r $C X=0 -- $P
+    done
+    run p1_prev build/carry90-prev/lazymoe X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
+    run p1_new $C X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
+else
+    for r in ${ROUNDS:-a b}; do
+        run generic_$r $C LAZYMOE_CUDA_TC_GENERIC=1 -- $P
+        run affine_$r $C X=0 -- $P
+    done
+    run p1_affine $C X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
+fi
 LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
     --ctx 4096 --prompt-tokens 512 --gen-tokens 4 > $OUT/prof.txt 2>&1
 echo "== done ($SECONDS s)" >> $S

@@ -439,8 +439,8 @@ static void matmul_fast_batch_invariant(void) {
     }
 }
 
-/* k_gemm_tc's affine path (tc_block_affine) and its generic loader (tc_block): the same
- * bits (affine 4-bit and 8-bit, scales f32/f16/bf16, groups of 1, 2 and 4 chunks, an odd
+/* k_gemm_tc's affine path (tc_block_affine), in narrow and wide blocks, and its generic
+ * loader (tc_block): the same bits (affine 4-bit and 8-bit, scales f32/f16/bf16, groups of 1, 2 and 4 chunks, an odd
  * number of chunks, rows past the last block's and warps with none, a partial token tile). */
 static void matmul_tc_affine_same_bits(void) {
     static const struct {
@@ -455,18 +455,24 @@ static void matmul_tc_affine_same_bits(void) {
         float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols);
         float *dy[2] = {dev_from(NULL, sizeof(float) * (size_t)n * (size_t)rows),
                         dev_from(NULL, sizeof(float) * (size_t)n * (size_t)rows)};
-        uint64_t launches = lm_backend_cuda_fast_launches(gpu);
-        for (int generic = 0; generic < 2; generic++) {
-            lm_backend_cuda_set_tc_generic(gpu, generic);
-            CHECKF(gpu->ops->matmul(gpu, dy[generic], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
-        }
-        lm_backend_cuda_set_tc_generic(gpu, 0);
-        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 2, "case %zu: not on the fast kernels", k);
         size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
-        float *affine = host_from(dy[0], bytes), *generic = host_from(dy[1], bytes);
-        CHECKF(same_bits("affine vs generic", affine, generic, bytes), "case %zu: affine %d-bit %d x %d g%d, %d tokens",
-               k, cases[k].bits, rows, cols, cases[k].gs, n);
-        free(x), free(affine), free(generic);
+        uint64_t launches = lm_backend_cuda_fast_launches(gpu);
+        lm_backend_cuda_set_tc_generic(gpu, 1);
+        CHECKF(gpu->ops->matmul(gpu, dy[1], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
+        lm_backend_cuda_set_tc_generic(gpu, 0);
+        float *generic = host_from(dy[1], bytes);
+        for (int narrow = 1; narrow <= 2; narrow++) { /* the affine path's narrow blocks, then its wide ones */
+            lm_backend_cuda_set_tc_narrow(gpu, narrow);
+            CHECKF(gpu->ops->matmul(gpu, dy[0], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
+            float *affine = host_from(dy[0], bytes);
+            CHECKF(same_bits("affine vs generic", affine, generic, bytes),
+                   "case %zu: affine %d-bit %d x %d g%d, %d tokens, %s blocks", k, cases[k].bits, rows, cols, cases[k].gs,
+                   n, narrow == 1 ? "narrow" : "wide");
+            free(affine);
+        }
+        lm_backend_cuda_set_tc_narrow(gpu, 0);
+        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 3, "case %zu: not on the fast kernels", k);
+        free(x), free(generic);
         dev_free(dx), dev_free(dy[0]), dev_free(dy[1]);
         free_mat(&W);
     }
@@ -546,12 +552,13 @@ static void rmsnorm(void) {
     dev_free(dx), dev_free(dy);
 }
 
-/* Rows of up to 256 values take a warp each (k_rmsnorm_warps), the others a block
- * (k_rmsnorm, which the reference mode always takes): the same bits, whole and partial
- * warps, alone (a download flushes the held norm) and as the second of a q/k pair. */
+/* A prefill's rows of up to 256 values (1024 rows or more) take a warp each
+ * (k_rmsnorm_warps), the others a block (k_rmsnorm, which the reference mode always
+ * takes): the same bits, whole and partial warps, alone (a download flushes the held
+ * norm) and as either of a q/k pair. */
 static void rmsnorm_warps_same_bits(void) {
     static const int dims[] = {128, 64, 100, 33, 256, 257, 1000};
-    static const int rows[] = {1, 9, 37};
+    static const int rows[] = {1, 37, 1100};
     for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
         for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
             int n = rows[r], dim = dims[d];

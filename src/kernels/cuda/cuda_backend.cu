@@ -116,6 +116,7 @@ typedef struct {
     int no_split; /* LAZYMOE_CUDA_ATTN_SPLIT=0: attention one block per (query, head) always */
     int att_one_head; /* LAZYMOE_CUDA_ATTN_HEADS=1: k_attention_fast takes one head a block */
     int tc_generic;   /* LAZYMOE_CUDA_TC_GENERIC=1: MLX affine weights through tc_block, not tc_block_affine */
+    int tc_narrow;    /* 0: the affine path's narrow blocks where a launch is small; 1: always; 2: never (tests) */
     int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
@@ -1375,6 +1376,7 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 #define TC_WARPS 4
 #define TC_NT 4                           /* 8-row tiles a warp computes (32 rows) */
 #define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes */
+#define TC_NARROW_ROWS (TC_WARPS * 8)     /* rows of a block of the affine path's narrow kernels */
 #define TC_TOK 16                         /* tokens a block computes */
 #define TC_CHUNK 32                       /* columns per step */
 static_assert(TC_WARPS * 32 == TC_TOK * 8, "tc_stage: a thread per 4 inputs of a chunk");
@@ -1719,47 +1721,47 @@ __device__ __forceinline__ void tc_affine_raw(const typename tc_affine_word<FMT>
     }
 }
 
-template <int FMT>
+template <int FMT, int NT>
 __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                                 int x_div) {
     typedef typename tc_affine_word<FMT>::type word;
     __shared__ tc_stage stage[2];
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
-    int r0 = blockIdx.x * TC_ROWS + warp * TC_NT * 8;
-    if (t0 >= it.n || (int)blockIdx.x * TC_ROWS >= it.rows) return; /* the whole block */
+    int r0 = blockIdx.x * (TC_WARPS * NT * 8) + warp * NT * 8;
+    if (t0 >= it.n || (int)blockIdx.x * (TC_WARPS * NT * 8) >= it.rows) return; /* the whole block */
     const bool active = r0 < it.rows; /* a warp past the rows still stages inputs */
     int my_tok = t0 + (int)(threadIdx.x >> 3);
     const float *xrow = my_tok < it.n ? it.x + tc_row(routes, my_tok, x_div) * (size_t)sh.cols : NULL;
     const int chunks = sh.cols / TC_CHUNK, per_group = sh.group_size / TC_CHUNK, groups = sh.cols / sh.group_size;
     /* a row past the item's reads the last row: its outputs are never stored, and an
      * MMA's output column depends on its own weight row only */
-    const word *wp[TC_NT];
+    const word *wp[NT];
 #pragma unroll
-    for (int j = 0; j < TC_NT; j++) {
+    for (int j = 0; j < NT; j++) {
         int r = min(r0 + 8 * j + g, it.rows - 1);
         wp[j] = (const word *)((const uint8_t *)it.data + (size_t)r * sh.row_bytes) + t;
     }
-    float tot[TC_NT][4], acc[TC_NT][4], sxg[2] = {0.0f, 0.0f};
+    float tot[NT][4], acc[NT][4], sxg[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int j = 0; j < TC_NT; j++)
+    for (int j = 0; j < NT; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) tot[j][i] = acc[j][i] = 0.0f;
-    word w0[TC_NT], w1[TC_NT]; /* chunks c and c + 1 */
+    word w0[NT], w1[NT]; /* chunks c and c + 1 */
     if (active)
 #pragma unroll
-        for (int j = 0; j < TC_NT; j++) {
+        for (int j = 0; j < NT; j++) {
             w0[j] = __ldg(wp[j]);
             w1[j] = chunks > 1 ? __ldg(wp[j] + 4) : w0[j];
         }
     float4 x1 = chunks > 1 ? tc_input(xrow, 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     tc_put<FMT>(stage[0], tc_input(xrow, 0));
     __syncthreads();
-    uint32_t sb[TC_NT][2][2]; /* the group's scale (0) and offset (1) bits, rows 2t, 2t + 1 */
+    uint32_t sb[NT][2][2]; /* the group's scale (0) and offset (1) bits, rows 2t, 2t + 1 */
     for (int c = 0, in_group = 0; c < chunks; c++) {
         if (active && in_group == 0) {
             int grp = c / per_group;
 #pragma unroll
-            for (int j = 0; j < TC_NT; j++)
+            for (int j = 0; j < NT; j++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     size_t i = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)groups + (size_t)grp;
@@ -1776,7 +1778,7 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
             sxg[0] = __fadd_rn(sxg[0], stage[c & 1].sx[g]);
             sxg[1] = __fadd_rn(sxg[1], stage[c & 1].sx[g + 8]);
 #pragma unroll
-            for (int j = 0; j < TC_NT; j++) {
+            for (int j = 0; j < NT; j++) {
                 uint32_t wq[4];
                 tc_wraw<FMT> raw;
                 float unused_s, unused_b;
@@ -1804,7 +1806,7 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
     }
     if (!active) return;
 #pragma unroll
-    for (int j = 0; j < TC_NT; j++)
+    for (int j = 0; j < NT; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int tok = t0 + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
@@ -1812,13 +1814,15 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
         }
 }
 
-/* AFFINE (MLX affine formats only): tc_block_affine; else tc_block. Separate kernels, so
- * that neither path's registers limit the other's occupancy. */
-template <int FMT, bool AFFINE>
+/* AFFINE (MLX affine formats only): tc_block_affine, its warps NT 8-row tiles each; else
+ * tc_block (TC_NT). Separate kernels, so that neither path's registers limit the other's
+ * occupancy. */
+template <int FMT, bool AFFINE, int NT>
 __device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                              int x_div) {
     static_assert(!AFFINE || FMT == FMT_A4 || FMT == FMT_A8, "tc_block_affine takes MLX affine weights only");
-    if constexpr (AFFINE) tc_block_affine<FMT>(sh, it, t0, routes, x_div);
+    static_assert(AFFINE || NT == TC_NT, "tc_block: TC_NT tiles a warp");
+    if constexpr (AFFINE) tc_block_affine<FMT, NT>(sh, it, t0, routes, x_div);
     else tc_block<FMT>(sh, it, t0, routes, x_div);
 }
 
@@ -1826,9 +1830,9 @@ __device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &
  * 128 registers without spilling. */
 #define TC_MIN_BLOCKS(FMT, AFFINE) ((AFFINE) && (FMT) == FMT_A4 ? 4 : 1)
 
-template <int FMT, bool AFFINE>
+template <int FMT, bool AFFINE, int NT = TC_NT>
 __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_gemm_tc(mm_shape sh, mm_batch b) {
-    tc_block_any<FMT, AFFINE>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
+    tc_block_any<FMT, AFFINE, NT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
 }
 
 /* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
@@ -1986,11 +1990,14 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
-/* generic: MLX affine weights through tc_block too (LAZYMOE_CUDA_TC_GENERIC=1) */
-static mm_kernel gemm_tc_kernel_of(int fmt, int generic) {
+/* generic: MLX affine weights through tc_block too (LAZYMOE_CUDA_TC_GENERIC=1); narrow:
+ * the affine path's warps one 8-row tile each (TC_NARROW_ROWS rows a block) */
+static mm_kernel gemm_tc_kernel_of(int fmt, int generic, int narrow) {
     switch (fmt) {
-    case FMT_A4: return generic ? k_gemm_tc<FMT_A4, false> : k_gemm_tc<FMT_A4, true>;
-    case FMT_A8: return generic ? k_gemm_tc<FMT_A8, false> : k_gemm_tc<FMT_A8, true>;
+    case FMT_A4:
+        return generic ? k_gemm_tc<FMT_A4, false> : narrow ? k_gemm_tc<FMT_A4, true, 1> : k_gemm_tc<FMT_A4, true>;
+    case FMT_A8:
+        return generic ? k_gemm_tc<FMT_A8, false> : narrow ? k_gemm_tc<FMT_A8, true, 1> : k_gemm_tc<FMT_A8, true>;
     case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, false>;
     case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, false>;
     default: return k_gemm_tc<FMT_Q4_K, false>;
@@ -2051,11 +2058,17 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     p->count = 0;
     im->fast_launches++;
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
-        dim3 grid(blocks_for((size_t)p->sh.rows, TC_ROWS), blocks_for((size_t)p->max_n, TC_TOK),
+        /* a launch of too few blocks to fill the GPU twice (the router: 128 rows) takes the
+         * affine path's narrow blocks, 4 times as many; each output's arithmetic is the same */
+        unsigned tiles = blocks_for((size_t)p->max_n, TC_TOK) * (unsigned)count;
+        int narrow = (p->fmt == FMT_A4 || p->fmt == FMT_A8) && !im->tc_generic &&
+                     (im->tc_narrow ? im->tc_narrow == 1
+                                    : (size_t)blocks_for((size_t)p->sh.rows, TC_ROWS) * tiles < 2u * (size_t)im->sm_count);
+        dim3 grid(blocks_for((size_t)p->sh.rows, narrow ? TC_NARROW_ROWS : TC_ROWS), blocks_for((size_t)p->max_n, TC_TOK),
                   (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        mm_kernel k = gemm_tc_kernel_of(p->fmt, im->tc_generic);
+        mm_kernel k = gemm_tc_kernel_of(p->fmt, im->tc_generic, narrow);
         k<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
@@ -2348,6 +2361,9 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const floa
  * those sums in turn from 0), so the results are the same bits. */
 #define NORM_WARP_MAX 256
 #define NORM_WARP_ROWS 8
+/* From this many rows (a prefill's): a decode step's 36 head norms measured ~1% slower
+ * through the warps than through a block each (H100, two calls), so they stay there. */
+#define NORM_WARP_MIN_ROWS 1024
 __device__ __forceinline__ void rmsnorm_row_warp(float *y, const float *x, const float *w, int dim, float eps,
                                                  size_t row) {
     int lane = threadIdx.x & 31;
@@ -2425,7 +2441,7 @@ static int launch_add(lm_backend *be, float *y, const float *x, size_t n) {
 static int launch_rmsnorm(lm_backend *be, float *y, const float *x, const float *dw, int n, int dim, float eps) {
     cuda_impl *im = impl_of(be);
     tim_begin(im);
-    if (dim <= NORM_WARP_MAX && !im->simple) {
+    if (dim <= NORM_WARP_MAX && n >= NORM_WARP_MIN_ROWS && !im->simple) {
         k_rmsnorm_warps<<<blocks_for((size_t)n, NORM_WARP_ROWS), NORM_WARP_ROWS * 32, 0, im->stream>>>(y, x, dw, n, dim,
                                                                                                        eps);
         return launched(be, "rmsnorm (warps)");
@@ -2554,7 +2570,8 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
             (size_t)im->pend.rows + (size_t)n < 0x7fffffffu) {
             im->pend.kind = PEND_NONE;
             tim_begin(im);
-            if (im->pend.dim <= NORM_WARP_MAX && dim <= NORM_WARP_MAX) {
+            if (im->pend.dim <= NORM_WARP_MAX && dim <= NORM_WARP_MAX &&
+                (size_t)im->pend.rows + (size_t)n >= NORM_WARP_MIN_ROWS) {
                 k_rmsnorm2_warps<<<blocks_for((size_t)im->pend.rows + (size_t)n, NORM_WARP_ROWS), NORM_WARP_ROWS * 32, 0,
                                    im->stream>>>(im->pend.y, im->pend.x, im->pend.w, im->pend.rows, im->pend.dim, y, x,
                                                  dw, n, dim, eps);
@@ -4154,7 +4171,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_g
     it.y = blockIdx.z ? y1 : y0;
     it.n = off[tl.x + 1] - off[tl.x];
     it.rows = sh.rows;
-    tc_block_any<FMT, AFFINE>(sh, it, tl.y, routes + off[tl.x], x_div);
+    tc_block_any<FMT, AFFINE, TC_NT>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
 static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int generic) {
@@ -4621,6 +4638,7 @@ extern "C" uint64_t lm_backend_cuda_step_replays(void) { return step_replays; }
 extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of(be)->simple = simple != 0; }
 extern "C" void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one) { impl_of(be)->att_one_head = one; }
 extern "C" void lm_backend_cuda_set_tc_generic(lm_backend *be, int on) { impl_of(be)->tc_generic = on; }
+extern "C" void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode) { impl_of(be)->tc_narrow = mode; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }

@@ -32,6 +32,10 @@ void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one);
  * formats (tests and A/B; LAZYMOE_CUDA_TC_GENERIC=1 sets it at creation); 0 (default):
  * through its affine path (tc_block_affine). The same bits either way. */
 void lm_backend_cuda_set_tc_generic(lm_backend *be, int on);
+/* k_gemm_tc's affine path in blocks of 32 rows instead of 128 (4 times as many blocks):
+ * 0 (default) where a launch would not fill the GPU twice over (a router's 128 rows),
+ * 1 always, 2 never (tests). The same bits either way. */
+void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode);
 
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
