@@ -1,13 +1,14 @@
 #!/bin/bash
 # Prefill A/B in one call on the GPU box (issue 18): test_cuda, then on 24 layers of Qwen3-30B-A3B
-# shapes (MLX 4-bit g64), alternating, twice, each bench with --repeat 4 (a first run, then the
-# mean of 3 in fresh sessions, llama-bench's way): an earlier build carried as build/carry90-prev
-# against this one, or without it k_gemm_tc's generic loader (LAZYMOE_CUDA_TC_GENERIC=1) against
-# its affine path; then decode from one token and one profiled prefill. Everything lands in
-# $OUT/summary.txt, all.txt, test_cuda.txt, prof.txt (the device tool returns few files).
-# Here: make CUDA=1 cuda-carry, then XZ_OPT=-9e tar cJf build/device-carry.tar.xz
-# build/carry90/{lazymoe,test_cuda,libs,commit.txt} [build/carry90-prev/{lazymoe,commit.txt}]
-# and carry it with this script. ~2-3 minutes there.
+# shapes (MLX 4-bit g64), alternating, in ROUNDS (default two), each bench with --repeat REPEAT
+# (default 4: a first run, then the mean of 3 in fresh sessions, llama-bench's way): an earlier
+# build carried as build/carry90-prev if there is one, then this build under each of VARIANTS
+# (space-separated environment settings, default "X=0 LAZYMOE_CUDA_TC_WIDE=1": as built, and
+# k_gemm_tc's affine path in blocks of 8 warps); then decode from one token and one profiled
+# prefill per variant. Everything lands in $OUT/summary.txt, all.txt, test_cuda.txt and
+# prof_N.txt (the device tool returns 8 files). Here: make CUDA=1 cuda-carry, then
+# XZ_OPT=-9e tar cJf build/device-carry.tar.xz build/carry90/{lazymoe,test_cuda,libs,commit.txt}
+# [build/carry90-prev/{lazymoe,commit.txt}] and carry it with this script. ~2-3 minutes there.
 CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz} LAYERS=${LAYERS:-24}
 tar xJf "$CARRY_TAR"
 export LAZYMOE_SOURCE_DIR=$PWD LD_LIBRARY_PATH=$PWD/build/carry90/libs
@@ -29,22 +30,21 @@ run() { # name, binary, env settings..., then bench arguments after --
     echo "$n: $(grep -E '^(prefill|decode|repeats) ' $W/run.txt | tr -s ' ' | cut -d: -f2- | tr '\n' ' ') ($SECONDS s)" >> $S
 }
 P="--prompt-tokens 512 --gen-tokens 64 --repeat ${REPEAT:-4}"
-if [ -x build/carry90-prev/lazymoe ]; then
-    echo "prev: $(cat build/carry90-prev/commit.txt)" >> $S
-    for r in ${ROUNDS:-a b}; do
-        run prev_$r build/carry90-prev/lazymoe X=0 -- $P
-        run new_$r $C X=0 -- $P
-    done
-    run p1_prev build/carry90-prev/lazymoe X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
-    run p1_new $C X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
-else
-    for r in ${ROUNDS:-a b}; do
-        run generic_$r $C LAZYMOE_CUDA_TC_GENERIC=1 -- $P
-        run affine_$r $C X=0 -- $P
-    done
-    run p1_affine $C X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
-fi
-LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
-    --ctx 4096 --prompt-tokens 512 --gen-tokens 4 > $OUT/prof.txt 2>&1
+VARIANTS=${VARIANTS:-"X=0 LAZYMOE_CUDA_TC_WIDE=1"}
+PREV=build/carry90-prev/lazymoe
+[ -x $PREV ] && echo "prev: $(cat build/carry90-prev/commit.txt)" >> $S
+for r in ${ROUNDS:-a b}; do
+    [ -x $PREV ] && run prev_$r $PREV X=0 -- $P
+    for v in $VARIANTS; do run "${v}_$r" $C $v -- $P; done
+done
+[ -x $PREV ] && run p1_prev $PREV X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
+for v in $VARIANTS; do run "p1_$v" $C $v -- --prompt-tokens 1 --gen-tokens 128 --repeat 3; done
+i=0
+for v in $VARIANTS; do
+    i=$((i + 1))
+    env $v LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
+        --ctx 4096 --prompt-tokens 512 --gen-tokens 4 > $OUT/prof_$i.txt 2>&1
+    echo "prof_$i.txt: $v" >> $S
+done
 echo "== done ($SECONDS s)" >> $S
 cat $S

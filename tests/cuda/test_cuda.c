@@ -439,8 +439,8 @@ static void matmul_fast_batch_invariant(void) {
     }
 }
 
-/* k_gemm_tc's affine path (tc_block_affine), in narrow and wide blocks, and its generic
- * loader (tc_block): the same bits (affine 4-bit and 8-bit, scales f32/f16/bf16, groups of 1, 2 and 4 chunks, an odd
+/* k_gemm_tc's affine path (tc_block_affine), in blocks of 32, 128 and 256 rows, and its
+ * generic loader (tc_block): the same bits (affine 4-bit and 8-bit, scales f32/f16/bf16, groups of 1, 2 and 4 chunks, an odd
  * number of chunks, rows past the last block's and warps with none, a partial token tile). */
 static void matmul_tc_affine_same_bits(void) {
     static const struct {
@@ -461,28 +461,36 @@ static void matmul_tc_affine_same_bits(void) {
         CHECKF(gpu->ops->matmul(gpu, dy[1], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
         lm_backend_cuda_set_tc_generic(gpu, 0);
         float *generic = host_from(dy[1], bytes);
-        for (int narrow = 1; narrow <= 2; narrow++) { /* the affine path's narrow blocks, then its wide ones */
-            lm_backend_cuda_set_tc_narrow(gpu, narrow);
+        /* the affine path's blocks: 32 rows (narrow), 128, and 256 of 8 warps (wide) */
+        static const char *shape[3] = {"narrow", "128-row", "wide"};
+        for (int b = 0; b < 3; b++) {
+            lm_backend_cuda_set_tc_narrow(gpu, b == 0 ? 1 : 2);
+            lm_backend_cuda_set_tc_wide(gpu, b == 2);
             CHECKF(gpu->ops->matmul(gpu, dy[0], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
             float *affine = host_from(dy[0], bytes);
             CHECKF(same_bits("affine vs generic", affine, generic, bytes),
                    "case %zu: affine %d-bit %d x %d g%d, %d tokens, %s blocks", k, cases[k].bits, rows, cols, cases[k].gs,
-                   n, narrow == 1 ? "narrow" : "wide");
+                   n, shape[b]);
             free(affine);
         }
         lm_backend_cuda_set_tc_narrow(gpu, 0);
-        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 3, "case %zu: not on the fast kernels", k);
+        lm_backend_cuda_set_tc_wide(gpu, 0);
+        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 4, "case %zu: not on the fast kernels", k);
         free(x), free(generic);
         dev_free(dx), dev_free(dy[0]), dev_free(dy[1]);
         free_mat(&W);
     }
 }
 
-/* The same with MLX affine weights through k_gemm_tc's generic loader. */
+/* The same with MLX affine weights through k_gemm_tc's generic loader, and through its
+ * affine path's blocks of 8 warps. */
 static void matmul_fast_batch_invariant_generic(void) {
     lm_backend_cuda_set_tc_generic(gpu, 1);
     matmul_fast_batch_invariant();
     lm_backend_cuda_set_tc_generic(gpu, 0);
+    lm_backend_cuda_set_tc_wide(gpu, 1);
+    matmul_fast_batch_invariant();
+    lm_backend_cuda_set_tc_wide(gpu, 0);
 }
 
 /* A weight's host memory rewritten and reported (a lazy expert slot reused): the
@@ -1164,7 +1172,7 @@ static void routed_experts_case(int bits, int group, lm_dtype qdt, int expect, i
 static void routed_experts(void) {
     /* the weights of all cases stay allocated until the end (the backend keeps a table
      * per host array of views, told apart by their first and last views) */
-    static void *parts[10][3 * RE_E][3];
+    static void *parts[12][3 * RE_E][3];
     static const int32_t decode_sel[3 * 2] = {0, 3, 4, 1, 2, 4};
     routed_experts_case(4, 32, LM_DT_BF16, 0, 3, 2, decode_sel, parts[0]);
     routed_experts_case(8, 32, LM_DT_F16, 0, 3, 2, decode_sel, parts[1]);
@@ -1193,7 +1201,12 @@ static void routed_experts(void) {
     routed_experts_case(8, 32, LM_DT_BF16, 0, PT, PK, psel, parts[8]);
     routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[9]);
     lm_backend_cuda_set_tc_generic(gpu, 0);
-    for (int c = 0; c < 10; c++)
+    /* the affine path's blocks of 8 warps (LAZYMOE_CUDA_TC_WIDE=1) */
+    lm_backend_cuda_set_tc_wide(gpu, 1);
+    routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[10]);
+    routed_experts_case(8, 32, LM_DT_BF16, 0, PT, PK, psel, parts[11]);
+    lm_backend_cuda_set_tc_wide(gpu, 0);
+    for (int c = 0; c < 12; c++)
         for (int i = 0; i < 3 * RE_E; i++)
             for (int k = 0; k < 3; k++) dev_free(parts[c][i][k]);
 }

@@ -117,6 +117,7 @@ typedef struct {
     int att_one_head; /* LAZYMOE_CUDA_ATTN_HEADS=1: k_attention_fast takes one head a block */
     int tc_generic;   /* LAZYMOE_CUDA_TC_GENERIC=1: MLX affine weights through tc_block, not tc_block_affine */
     int tc_narrow;    /* 0: the affine path's narrow blocks where a launch is small; 1: always; 2: never (tests) */
+    int tc_wide;      /* LAZYMOE_CUDA_TC_WIDE=1: the affine path's blocks of 8 warps (off until measured) */
     int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
@@ -1377,6 +1378,7 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 #define TC_NT 4                           /* 8-row tiles a warp computes (32 rows) */
 #define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes */
 #define TC_NARROW_ROWS (TC_WARPS * 8)     /* rows of a block of the affine path's narrow kernels */
+#define TC_WIDE_ROWS (2 * TC_ROWS)        /* rows of a block of its wide kernels (LAZYMOE_CUDA_TC_WIDE=1) */
 #define TC_TOK 16                         /* tokens a block computes */
 #define TC_CHUNK 32                       /* columns per step */
 static_assert(TC_WARPS * 32 == TC_TOK * 8, "tc_stage: a thread per 4 inputs of a chunk");
@@ -1721,17 +1723,22 @@ __device__ __forceinline__ void tc_affine_raw(const typename tc_affine_word<FMT>
     }
 }
 
-template <int FMT, int NT>
+/* WARPS (TC_WARPS or 2 TC_WARPS: LAZYMOE_CUDA_TC_WIDE=1, off until measured): the
+ * block's warps; the first TC_WARPS stage the inputs, so a block of 8 stages them once
+ * for twice the rows. */
+template <int FMT, int NT, int WARPS>
 __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                                 int x_div) {
+    static_assert(WARPS >= TC_WARPS, "the first TC_WARPS warps stage the inputs");
     typedef typename tc_affine_word<FMT>::type word;
     __shared__ tc_stage stage[2];
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
-    int r0 = blockIdx.x * (TC_WARPS * NT * 8) + warp * NT * 8;
-    if (t0 >= it.n || (int)blockIdx.x * (TC_WARPS * NT * 8) >= it.rows) return; /* the whole block */
+    int r0 = blockIdx.x * (WARPS * NT * 8) + warp * NT * 8;
+    if (t0 >= it.n || (int)blockIdx.x * (WARPS * NT * 8) >= it.rows) return; /* the whole block */
     const bool active = r0 < it.rows; /* a warp past the rows still stages inputs */
+    const bool stager = warp < TC_WARPS;
     int my_tok = t0 + (int)(threadIdx.x >> 3);
-    const float *xrow = my_tok < it.n ? it.x + tc_row(routes, my_tok, x_div) * (size_t)sh.cols : NULL;
+    const float *xrow = stager && my_tok < it.n ? it.x + tc_row(routes, my_tok, x_div) * (size_t)sh.cols : NULL;
     const int chunks = sh.cols / TC_CHUNK, per_group = sh.group_size / TC_CHUNK, groups = sh.cols / sh.group_size;
     /* a row past the item's reads the last row: its outputs are never stored, and an
      * MMA's output column depends on its own weight row only */
@@ -1754,7 +1761,7 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
             w1[j] = chunks > 1 ? __ldg(wp[j] + 4) : w0[j];
         }
     float4 x1 = chunks > 1 ? tc_input(xrow, 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    tc_put<FMT>(stage[0], tc_input(xrow, 0));
+    if (stager) tc_put<FMT>(stage[0], tc_input(xrow, 0));
     __syncthreads();
     uint32_t sb[NT][2][2]; /* the group's scale (0) and offset (1) bits, rows 2t, 2t + 1 */
     for (int c = 0, in_group = 0; c < chunks; c++) {
@@ -1800,7 +1807,7 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
             }
             if (group_end) sxg[0] = sxg[1] = 0.0f;
         }
-        if (c + 1 < chunks) tc_put<FMT>(stage[(c + 1) & 1], x1);
+        if (stager && c + 1 < chunks) tc_put<FMT>(stage[(c + 1) & 1], x1);
         x1 = x2;
         __syncthreads();
     }
@@ -1817,22 +1824,22 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
 /* AFFINE (MLX affine formats only): tc_block_affine, its warps NT 8-row tiles each; else
  * tc_block (TC_NT). Separate kernels, so that neither path's registers limit the other's
  * occupancy. */
-template <int FMT, bool AFFINE, int NT>
+template <int FMT, bool AFFINE, int NT, int WARPS>
 __device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                              int x_div) {
     static_assert(!AFFINE || FMT == FMT_A4 || FMT == FMT_A8, "tc_block_affine takes MLX affine weights only");
-    static_assert(AFFINE || NT == TC_NT, "tc_block: TC_NT tiles a warp");
-    if constexpr (AFFINE) tc_block_affine<FMT, NT>(sh, it, t0, routes, x_div);
+    static_assert(AFFINE || (NT == TC_NT && WARPS == TC_WARPS), "tc_block: TC_NT tiles a warp, TC_WARPS warps");
+    if constexpr (AFFINE) tc_block_affine<FMT, NT, WARPS>(sh, it, t0, routes, x_div);
     else tc_block<FMT>(sh, it, t0, routes, x_div);
 }
 
 /* Blocks an SM should hold: 4 (16 warps) for the affine 4-bit path, which fits them in
  * 128 registers without spilling. */
-#define TC_MIN_BLOCKS(FMT, AFFINE) ((AFFINE) && (FMT) == FMT_A4 ? 4 : 1)
+#define TC_MIN_BLOCKS(FMT, AFFINE, WARPS) ((AFFINE) && (FMT) == FMT_A4 ? 4 * TC_WARPS / (WARPS) : 1)
 
-template <int FMT, bool AFFINE, int NT = TC_NT>
-__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_gemm_tc(mm_shape sh, mm_batch b) {
-    tc_block_any<FMT, AFFINE, NT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
+template <int FMT, bool AFFINE, int NT = TC_NT, int WARPS = TC_WARPS>
+__global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS)) k_gemm_tc(mm_shape sh, mm_batch b) {
+    tc_block_any<FMT, AFFINE, NT, WARPS>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, NULL, 1);
 }
 
 /* Whether k_gemm_tc takes a launch of this format and shape: integer-valued weights whose
@@ -1991,13 +1998,20 @@ static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
 /* generic: MLX affine weights through tc_block too (LAZYMOE_CUDA_TC_GENERIC=1); narrow:
- * the affine path's warps one 8-row tile each (TC_NARROW_ROWS rows a block) */
-static mm_kernel gemm_tc_kernel_of(int fmt, int generic, int narrow) {
+ * the affine path's warps one 8-row tile each (TC_NARROW_ROWS rows a block); wide: its
+ * blocks of 2 TC_WARPS warps (TC_WIDE_ROWS rows) */
+static mm_kernel gemm_tc_kernel_of(int fmt, int generic, int narrow, int wide) {
     switch (fmt) {
     case FMT_A4:
-        return generic ? k_gemm_tc<FMT_A4, false> : narrow ? k_gemm_tc<FMT_A4, true, 1> : k_gemm_tc<FMT_A4, true>;
+        return generic  ? k_gemm_tc<FMT_A4, false>
+               : narrow ? k_gemm_tc<FMT_A4, true, 1>
+               : wide   ? k_gemm_tc<FMT_A4, true, TC_NT, 2 * TC_WARPS>
+                        : k_gemm_tc<FMT_A4, true>;
     case FMT_A8:
-        return generic ? k_gemm_tc<FMT_A8, false> : narrow ? k_gemm_tc<FMT_A8, true, 1> : k_gemm_tc<FMT_A8, true>;
+        return generic  ? k_gemm_tc<FMT_A8, false>
+               : narrow ? k_gemm_tc<FMT_A8, true, 1>
+               : wide   ? k_gemm_tc<FMT_A8, true, TC_NT, 2 * TC_WARPS>
+                        : k_gemm_tc<FMT_A8, true>;
     case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, false>;
     case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, false>;
     default: return k_gemm_tc<FMT_Q4_K, false>;
@@ -2064,12 +2078,13 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
         int narrow = (p->fmt == FMT_A4 || p->fmt == FMT_A8) && !im->tc_generic &&
                      (im->tc_narrow ? im->tc_narrow == 1
                                     : (size_t)blocks_for((size_t)p->sh.rows, TC_ROWS) * tiles < 2u * (size_t)im->sm_count);
-        dim3 grid(blocks_for((size_t)p->sh.rows, narrow ? TC_NARROW_ROWS : TC_ROWS), blocks_for((size_t)p->max_n, TC_TOK),
-                  (unsigned)count);
+        int wide = !narrow && im->tc_wide && (p->fmt == FMT_A4 || p->fmt == FMT_A8) && !im->tc_generic;
+        dim3 grid(blocks_for((size_t)p->sh.rows, narrow ? TC_NARROW_ROWS : wide ? TC_WIDE_ROWS : TC_ROWS),
+                  blocks_for((size_t)p->max_n, TC_TOK), (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        mm_kernel k = gemm_tc_kernel_of(p->fmt, im->tc_generic, narrow);
-        k<<<grid, TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+        mm_kernel k = gemm_tc_kernel_of(p->fmt, im->tc_generic, narrow, wide);
+        k<<<grid, (wide ? 2 : 1) * TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
     if (gemm) {
@@ -4155,8 +4170,8 @@ __global__ void __launch_bounds__(RG_THREADS) k_route_group(const int32_t *sel, 
 
 /* k_gemm_tc on one tile of k_route_group's list (blockIdx.y; past counts[0]: nothing):
  * matrix mat0 + blockIdx.z of its expert, into y0 or y1, the item's tokens its routes. */
-template <int FMT, bool AFFINE>
-__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_gemm_tc_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+template <int FMT, bool AFFINE, int WARPS = TC_WARPS>
+__global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS)) k_gemm_tc_grouped(mm_shape sh, const mm_desc *tab, int mat0,
                                                                     const int32_t *off, const int32_t *routes,
                                                                     const int2 *tiles, const int32_t *counts,
                                                                     const float *x, int x_div, float *y0, float *y1) {
@@ -4171,13 +4186,19 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE)) k_g
     it.y = blockIdx.z ? y1 : y0;
     it.n = off[tl.x + 1] - off[tl.x];
     it.rows = sh.rows;
-    tc_block_any<FMT, AFFINE, TC_NT>(sh, it, tl.y, routes + off[tl.x], x_div);
+    tc_block_any<FMT, AFFINE, TC_NT, WARPS>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
-static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int generic) {
+static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int generic, int wide) {
     switch (fmt) {
-    case FMT_A4: return generic ? k_gemm_tc_grouped<FMT_A4, false> : k_gemm_tc_grouped<FMT_A4, true>;
-    case FMT_A8: return generic ? k_gemm_tc_grouped<FMT_A8, false> : k_gemm_tc_grouped<FMT_A8, true>;
+    case FMT_A4:
+        return generic ? k_gemm_tc_grouped<FMT_A4, false>
+               : wide  ? k_gemm_tc_grouped<FMT_A4, true, 2 * TC_WARPS>
+                       : k_gemm_tc_grouped<FMT_A4, true>;
+    case FMT_A8:
+        return generic ? k_gemm_tc_grouped<FMT_A8, false>
+               : wide  ? k_gemm_tc_grouped<FMT_A8, true, 2 * TC_WARPS>
+                       : k_gemm_tc_grouped<FMT_A8, true>;
     case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0, false>;
     case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, false>;
     default: return k_gemm_tc_grouped<FMT_Q4_K, false>;
@@ -4340,8 +4361,11 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     int32_t *counts = (int32_t *)(base + L.counts);
     int2 *tiles = (int2 *)(base + L.tiles);
     float *g = (float *)(base + L.g), *u = (float *)(base + L.g + L.rows_bytes);
-    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0], im->tc_generic),
-                       gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], im->tc_generic);
+    /* LAZYMOE_CUDA_TC_WIDE=1: the affine path's blocks of twice the warps and rows */
+    int wide0 = im->tc_wide && !im->tc_generic && (t->fmt[0] == FMT_A4 || t->fmt[0] == FMT_A8),
+        wide2 = im->tc_wide && !im->tc_generic && (t->fmt[2] == FMT_A4 || t->fmt[2] == FMT_A8);
+    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0], im->tc_generic, wide0),
+                       gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], im->tc_generic, wide2);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -4352,7 +4376,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
     if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
         tim_begin(im);
-        gk0<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
+        gk0<<<dim3(blocks_for((size_t)I, wide0 ? TC_WIDE_ROWS : TC_ROWS), (unsigned)max_tiles, 2),
+              (wide0 ? 2 : 1) * TC_WARPS * 32, 0,
               im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
         if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
         tim_begin(im);
@@ -4366,7 +4391,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (launched(be, "grouped down (few tokens)") != 0) return -1;
     if (!max_tiles) return 0;
     tim_begin(im);
-    gk2<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), TC_WARPS * 32, 0, im->stream>>>(
+    gk2<<<dim3(blocks_for((size_t)H, wide2 ? TC_WIDE_ROWS : TC_ROWS), (unsigned)max_tiles, 1),
+          (wide2 ? 2 : 1) * TC_WARPS * 32, 0, im->stream>>>(
         t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
     return launched(be, fmt_name(t->fmt[2], 2));
 }
@@ -4602,6 +4628,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (ah && !strcmp(ah, "1")) im->att_one_head = 1;
     const char *tg = getenv("LAZYMOE_CUDA_TC_GENERIC");
     if (tg && !strcmp(tg, "1")) im->tc_generic = 1;
+    const char *tw = getenv("LAZYMOE_CUDA_TC_WIDE");
+    if (tw && !strcmp(tw, "1")) im->tc_wide = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -4639,6 +4667,7 @@ extern "C" void lm_backend_cuda_set_simple(lm_backend *be, int simple) { impl_of
 extern "C" void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one) { impl_of(be)->att_one_head = one; }
 extern "C" void lm_backend_cuda_set_tc_generic(lm_backend *be, int on) { impl_of(be)->tc_generic = on; }
 extern "C" void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode) { impl_of(be)->tc_narrow = mode; }
+extern "C" void lm_backend_cuda_set_tc_wide(lm_backend *be, int on) { impl_of(be)->tc_wide = on; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }

@@ -36,6 +36,10 @@ void lm_backend_cuda_set_tc_generic(lm_backend *be, int on);
  * 0 (default) where a launch would not fill the GPU twice over (a router's 128 rows),
  * 1 always, 2 never (tests). The same bits either way. */
 void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode);
+/* 1: k_gemm_tc's affine path in blocks of 8 warps (256 rows) that stage the inputs once
+ * for all of them, where it would take blocks of 128 rows (tests and A/B;
+ * LAZYMOE_CUDA_TC_WIDE=1 sets it at creation; off until measured on a GPU). The same bits. */
+void lm_backend_cuda_set_tc_wide(lm_backend *be, int on);
 
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
