@@ -1655,13 +1655,28 @@ __device__ __forceinline__ void tc_chunk(const mm_shape &sh, const tc_stage &sg,
     if (group_end) sxg[0] = sxg[1] = 0.0f;
 }
 
+/* A warp's sums into y: its NT 8-row tiles from row r0, tokens t0 + g and t0 + g + 8
+ * (lane g = lane / 4, t = lane % 4 holds rows 8j + 2t and 8j + 2t + 1 of each). */
+template <int NT>
+__device__ __forceinline__ void tc_store(const mm_item &it, int t0, int r0, const int32_t *routes,
+                                         const float (&tot)[NT][4]) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int tok = t0 + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
+            if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[j][i];
+        }
+}
+
 /* A block: TC_ROWS rows x TC_TOK tokens from t0 (every thread of it calls this), any
  * format k_gemm_tc takes, each lane loading its units (tc_load_raw) one chunk ahead. */
 template <int FMT>
 __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                          int x_div) {
     __shared__ tc_stage stage[2];
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
+    int t = threadIdx.x & 3, warp = threadIdx.x >> 5;
     int r0 = blockIdx.x * TC_ROWS + warp * TC_NT * 8;
     if (t0 >= it.n || (int)blockIdx.x * TC_ROWS >= it.rows) return; /* the whole block */
     const bool active = r0 < it.rows; /* a warp past the rows still stages inputs */
@@ -1691,14 +1706,7 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
 #pragma unroll
         for (int j = 0; j < TC_NT; j++) cur[j] = next[j];
     }
-    if (!active) return;
-#pragma unroll
-    for (int j = 0; j < TC_NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int tok = t0 + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
-            if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[j][i];
-        }
+    if (active) tc_store<TC_NT>(it, t0, r0, routes, tot);
 }
 
 /* MLX affine weights (4- and 8-bit) have a fixed layout: a row's chunk is 16 or 32
@@ -1811,14 +1819,7 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
         x1 = x2;
         __syncthreads();
     }
-    if (!active) return;
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int tok = t0 + g + 8 * (i >> 1), r = r0 + 8 * j + 2 * t + (i & 1);
-            if (tok < it.n && r < it.rows) it.y[tc_row(routes, tok, 1) * (size_t)it.rows + (size_t)r] = tot[j][i];
-        }
+    if (active) tc_store<NT>(it, t0, r0, routes, tot);
 }
 
 /* AFFINE (MLX affine formats only): tc_block_affine, its warps NT 8-row tiles each; else
