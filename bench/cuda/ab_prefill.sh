@@ -5,8 +5,9 @@
 # build carried as build/carry90-prev if there is one, then this build under each of VARIANTS
 # (space-separated environment settings, default "X=0 LAZYMOE_CUDA_TC_WIDE=1": as built, and
 # k_gemm_tc's affine path in blocks of 8 warps); then decode from one token and one profiled
-# prefill per variant. Everything lands in $OUT/summary.txt, all.txt, test_cuda.txt and
-# prof_N.txt (the device tool returns 8 files). Here: make CUDA=1 cuda-carry, then
+# prefill per variant, and bench/cuda/profile_prefill.sh (ncu) per variant. Everything lands in
+# $OUT/summary.txt, all.txt, test_cuda.txt, prof_N.txt and ncu_N.txt (the device tool returns 8
+# files). Here: make CUDA=1 cuda-carry, then
 # XZ_OPT=-9e tar cJf build/device-carry.tar.xz build/carry90/{lazymoe,test_cuda,libs,commit.txt}
 # [build/carry90-prev/{lazymoe,commit.txt}] and carry it with this script. ~2-3 minutes there.
 CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz} LAYERS=${LAYERS:-24}
@@ -45,6 +46,12 @@ for v in $VARIANTS; do
     env $v LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
         --ctx 4096 --prompt-tokens 512 --gen-tokens 4 > $OUT/prof_$i.txt 2>&1
     echo "prof_$i.txt: $v" >> $S
+done
+# where the prefill GEMM waits (ncu; NCU=0 skips it), for each variant
+i=0
+for v in $VARIANTS; do
+    i=$((i + 1))
+    [ "${NCU:-1}" = 0 ] || env $v OUT=$W/ncu timeout 240 bash bench/cuda/profile_prefill.sh $C 2 > $OUT/ncu_$i.txt 2>&1
 done
 echo "== done ($SECONDS s)" >> $S
 cat $S
