@@ -14,8 +14,9 @@
 # first), MLX64=0 (lazymoe on the Q4_0 file only). CARRY_TAR: the carried archive
 # (build/device-carry.tar.xz); AGAIN=0: llama-bench -ngl 99 once. REPEAT (3): lazymoe's bench
 # --repeat, so that its mean over fresh sessions after a first run sits beside llama-bench's mean
-# over runs after a warmup. Each result is summarized into $OUT/summary.txt as it comes (the
-# device tool returns 8 files; a call cut short keeps what it had).
+# over runs after a warmup. Q40_ENV: settings for one more Q4_0 prefill run (q40x). Each result
+# is summarized into $OUT/summary.txt as it comes (the device tool returns 8 files; a call cut
+# short keeps what it had).
 LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1} CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz}
 AGAIN=${AGAIN:-1} REPEAT=${REPEAT:-3}
 G64_LATE=$((LAYERS > 24))
@@ -95,6 +96,8 @@ st "lazymoe"
 [ "$MLX64" = 1 ] && lz g64_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
 lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
 lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
+# Q40_ENV (e.g. LAZYMOE_CUDA_TC_Q4_0=1): the Q4_0 prefill once more with those settings
+[ -n "${Q40_ENV:-}" ] && (export $Q40_ENV; lz q40x_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT)
 [ "$AGAIN" = 1 ] && st "llama-bench ngl99 again"
 [ "$AGAIN" = 1 ] && timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $W/llama_ngl99_b.json 2> $W/llama_ngl99_b.err
 [ "$AGAIN" = 1 ] && sumj $W/llama_ngl99_b.json

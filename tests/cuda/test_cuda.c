@@ -380,6 +380,11 @@ static void matmul_fast_kernels(void) {
     fast_case("generic: affine 8-bit extreme bf16", LM_DT_U32, 33, 128, 8, 32, LM_DT_BF16, 1, 1);
     fast_case("generic: affine 8-bit g64 bf16", LM_DT_U32, 99, 320, 8, 64, LM_DT_BF16, 0, 1);
     lm_backend_cuda_set_tc_generic(gpu, 0);
+    /* Q4_0 through the affine path (LAZYMOE_CUDA_TC_Q4_0=1) */
+    lm_backend_cuda_set_tc_q4_0(gpu, 1);
+    fast_case("affine path: q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
+    fast_case("affine path: q4_0 2048 columns", LM_DT_Q4_0, 150, 2048, 0, 0, 0, 0, 1);
+    lm_backend_cuda_set_tc_q4_0(gpu, 0);
     /* one 32-column chunk, and an odd number of them */
     fast_case("affine 4-bit g32 one chunk", LM_DT_U32, 40, 32, 4, 32, LM_DT_BF16, 0, 1);
     fast_case("affine 8-bit g32 five chunks", LM_DT_U32, 130, 160, 8, 32, LM_DT_F16, 0, 1);
@@ -440,26 +445,30 @@ static void matmul_fast_batch_invariant(void) {
 }
 
 /* k_gemm_tc's affine path (tc_block_affine), in blocks of 32, 128 and 256 rows, and its
- * generic loader (tc_block): the same bits (affine 4-bit and 8-bit, scales f32/f16/bf16, groups of 1, 2 and 4 chunks, an odd
- * number of chunks, rows past the last block's and warps with none, a partial token tile). */
+ * generic loader (tc_block): the same bits (affine 4-bit and 8-bit, scales f32/f16/bf16,
+ * groups of 1, 2 and 4 chunks, an odd number of chunks, rows past the last block's and
+ * warps with none, a partial token tile; Q4_0 with LAZYMOE_CUDA_TC_Q4_0=1). */
 static void matmul_tc_affine_same_bits(void) {
     static const struct {
-        int bits, rows, cols, gs, n;
+        int bits, rows, cols, gs, n; /* bits 0: Q4_0 (LAZYMOE_CUDA_TC_Q4_0=1 against its generic loader) */
         lm_dtype qdt;
     } cases[] = {{4, 300, 2048, 64, 70, LM_DT_BF16}, {8, 300, 2048, 64, 70, LM_DT_BF16}, {4, 77, 160, 32, 9, LM_DT_F16},
-                 {8, 130, 96, 32, 33, LM_DT_F32},    {4, 200, 768, 128, 16, LM_DT_F32}, {4, 64, 32, 32, 8, LM_DT_BF16}};
+                 {8, 130, 96, 32, 33, LM_DT_F32},    {4, 200, 768, 128, 16, LM_DT_F32}, {4, 64, 32, 32, 8, LM_DT_BF16},
+                 {0, 300, 2048, 0, 70, 0},           {0, 77, 160, 0, 9, 0},             {0, 40, 32, 0, 8, 0}};
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        int rows = cases[k].rows, cols = cases[k].cols, n = cases[k].n;
-        lm_mat W = make_mat(LM_DT_U32, rows, cols, 0, cases[k].bits, cases[k].gs, cases[k].qdt);
+        int rows = cases[k].rows, cols = cases[k].cols, n = cases[k].n, q40 = cases[k].bits == 0;
+        lm_mat W = q40 ? make_mat(LM_DT_Q4_0, rows, cols, 0, 0, 0, 0)
+                       : make_mat(LM_DT_U32, rows, cols, 0, cases[k].bits, cases[k].gs, cases[k].qdt);
         float *x = rand_floats((size_t)n * (size_t)cols, -1, 1);
         float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols);
         float *dy[2] = {dev_from(NULL, sizeof(float) * (size_t)n * (size_t)rows),
                         dev_from(NULL, sizeof(float) * (size_t)n * (size_t)rows)};
         size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
         uint64_t launches = lm_backend_cuda_fast_launches(gpu);
-        lm_backend_cuda_set_tc_generic(gpu, 1);
+        lm_backend_cuda_set_tc_generic(gpu, 1); /* Q4_0: the generic loader unless set_tc_q4_0 */
         CHECKF(gpu->ops->matmul(gpu, dy[1], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
         lm_backend_cuda_set_tc_generic(gpu, 0);
+        lm_backend_cuda_set_tc_q4_0(gpu, 1);
         float *generic = host_from(dy[1], bytes);
         /* the affine path's blocks: 32 rows (narrow), 128, and 256 of 8 warps (wide) */
         static const char *shape[3] = {"narrow", "128-row", "wide"};
@@ -469,12 +478,13 @@ static void matmul_tc_affine_same_bits(void) {
             CHECKF(gpu->ops->matmul(gpu, dy[0], &W, dx, n) == 0, "%s", lm_backend_error(gpu));
             float *affine = host_from(dy[0], bytes);
             CHECKF(same_bits("affine vs generic", affine, generic, bytes),
-                   "case %zu: affine %d-bit %d x %d g%d, %d tokens, %s blocks", k, cases[k].bits, rows, cols, cases[k].gs,
-                   n, shape[b]);
+                   "case %zu: %s%d-bit %d x %d g%d, %d tokens, %s blocks", k, q40 ? "Q4_0 " : "affine ", q40 ? 4 : cases[k].bits,
+                   rows, cols, cases[k].gs, n, shape[b]);
             free(affine);
         }
         lm_backend_cuda_set_tc_narrow(gpu, 0);
         lm_backend_cuda_set_tc_wide(gpu, 0);
+        lm_backend_cuda_set_tc_q4_0(gpu, 0);
         CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 4, "case %zu: not on the fast kernels", k);
         free(x), free(generic);
         dev_free(dx), dev_free(dy[0]), dev_free(dy[1]);

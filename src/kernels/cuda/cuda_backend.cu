@@ -118,6 +118,7 @@ typedef struct {
     int tc_generic;   /* LAZYMOE_CUDA_TC_GENERIC=1: MLX affine weights through tc_block, not tc_block_affine */
     int tc_narrow;    /* 0: the affine path's narrow blocks where a launch is small; 1: always; 2: never (tests) */
     int tc_wide;      /* LAZYMOE_CUDA_TC_WIDE=1: the affine path's blocks of 8 warps (off until measured) */
+    int tc_q40;       /* LAZYMOE_CUDA_TC_Q4_0=1: Q4_0 through the affine path (off until measured) */
     int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
@@ -1720,10 +1721,33 @@ __device__ __forceinline__ void tc_block(const mm_shape &sh, const mm_item &it, 
  * (LAZYMOE_CUDA_TC_GENERIC=1 or lm_backend_cuda_set_tc_generic: tc_block instead). */
 template <int FMT> struct tc_affine_word { typedef uint32_t type; };   /* 8 nibbles */
 template <> struct tc_affine_word<FMT_A8> { typedef uint2 type; };     /* 8 bytes */
+template <> struct tc_affine_word<FMT_Q4_0> { typedef uint2 type; };   /* 4 halves of 8 bytes' low or high nibbles */
+
+/* Q4_0 (LAZYMOE_CUDA_TC_Q4_0=1, off until measured) takes the same loop: a chunk is one
+ * 18-byte block (its f16 scale, then 16 bytes of nibbles), so a lane's unit sits at a
+ * fixed offset in each; its scale is the block's (a group of one chunk, no offset). */
+#define TC_FIXED(FMT) ((FMT) == FMT_A4 || (FMT) == FMT_A8 || (FMT) == FMT_Q4_0)
+template <int FMT> __device__ __forceinline__ int tc_chunk_bytes() { return FMT == FMT_A4 ? 16 : FMT == FMT_A8 ? 32 : 18; }
+/* where lane t's unit starts in a chunk (tc_load_raw's) */
+template <int FMT> __device__ __forceinline__ int tc_unit_offset(int t) {
+    return FMT == FMT_A4 ? 4 * t : FMT == FMT_A8 ? 8 * t : 2 + 8 * (t & 1);
+}
+template <int FMT> __device__ __forceinline__ typename tc_affine_word<FMT>::type tc_affine_load(const uint8_t *p) {
+    if constexpr (FMT == FMT_A4) {
+        return __ldg((const uint32_t *)p);
+    } else if constexpr (FMT == FMT_A8) {
+        return __ldg((const uint2 *)p);
+    } else { /* 2-byte aligned: the blocks are 18 bytes */
+        const unsigned short *h = (const unsigned short *)p;
+        return make_uint2((uint32_t)__ldg(h) | (uint32_t)__ldg(h + 1) << 16, (uint32_t)__ldg(h + 2) | (uint32_t)__ldg(h + 3) << 16);
+    }
+}
 
 template <int FMT>
 __device__ __forceinline__ void tc_affine_raw(const typename tc_affine_word<FMT>::type &v, tc_wraw<FMT> &o) {
-    if constexpr (FMT == FMT_A8) {
+    if constexpr (FMT == FMT_Q4_0) {
+        o.q[0] = v.x & 0xffffu, o.q[1] = v.x >> 16, o.q[2] = v.y & 0xffffu, o.q[3] = v.y >> 16;
+    } else if constexpr (FMT == FMT_A8) {
         o.q[0] = v.x;
         o.q[sizeof o.q / sizeof o.q[0] - 1] = v.y;
     } else {
@@ -1747,14 +1771,16 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
     const bool stager = warp < TC_WARPS;
     int my_tok = t0 + (int)(threadIdx.x >> 3);
     const float *xrow = stager && my_tok < it.n ? it.x + tc_row(routes, my_tok, x_div) * (size_t)sh.cols : NULL;
-    const int chunks = sh.cols / TC_CHUNK, per_group = sh.group_size / TC_CHUNK, groups = sh.cols / sh.group_size;
+    const int q40 = FMT == FMT_Q4_0, chunks = sh.cols / TC_CHUNK, per_group = q40 ? 1 : sh.group_size / TC_CHUNK;
+    const int groups = q40 ? chunks : sh.cols / sh.group_size;
+    const int CB = tc_chunk_bytes<FMT>();
     /* a row past the item's reads the last row: its outputs are never stored, and an
      * MMA's output column depends on its own weight row only */
-    const word *wp[NT];
+    const uint8_t *wp[NT];
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         int r = min(r0 + 8 * j + g, it.rows - 1);
-        wp[j] = (const word *)((const uint8_t *)it.data + (size_t)r * sh.row_bytes) + t;
+        wp[j] = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + tc_unit_offset<FMT>(t);
     }
     float tot[NT][4], acc[NT][4], sxg[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -1765,8 +1791,8 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
     if (active)
 #pragma unroll
         for (int j = 0; j < NT; j++) {
-            w0[j] = __ldg(wp[j]);
-            w1[j] = chunks > 1 ? __ldg(wp[j] + 4) : w0[j];
+            w0[j] = tc_affine_load<FMT>(wp[j]);
+            w1[j] = chunks > 1 ? tc_affine_load<FMT>(wp[j] + CB) : w0[j];
         }
     float4 x1 = chunks > 1 ? tc_input(xrow, 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (stager) tc_put<FMT>(stage[0], tc_input(xrow, 0));
@@ -1779,9 +1805,16 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
             for (int j = 0; j < NT; j++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    size_t i = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)groups + (size_t)grp;
-                    sb[j][h][0] = load_bits(it.scales, sh.qdtype, i);
-                    sb[j][h][1] = load_bits(it.biases, sh.qdtype, i);
+                    size_t row = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1);
+                    if constexpr (FMT == FMT_Q4_0) {
+                        sb[j][h][0] = __ldg((const unsigned short *)((const uint8_t *)it.data + row * sh.row_bytes +
+                                                                     (size_t)grp * (size_t)CB));
+                        sb[j][h][1] = 0;
+                    } else {
+                        size_t i = row * (size_t)groups + (size_t)grp;
+                        sb[j][h][0] = load_bits(it.scales, sh.qdtype, i);
+                        sb[j][h][1] = load_bits(it.biases, sh.qdtype, i);
+                    }
                 }
         }
         const bool group_end = ++in_group == per_group;
@@ -1799,16 +1832,17 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
                 float unused_s, unused_b;
                 tc_affine_raw<FMT>(w0[j], raw);
                 raw.s = raw.b = 0;
-                tc_words<FMT>(sh, raw, 0, wq, unused_s, unused_b);
+                tc_words<FMT>(sh, raw, t, wq, unused_s, unused_b); /* unit t of the chunk */
                 w0[j] = w1[j];
-                if (c + 2 < chunks) w1[j] = __ldg(wp[j] + 4 * (c + 2));
+                if (c + 2 < chunks) w1[j] = tc_affine_load<FMT>(wp[j] + (size_t)CB * (size_t)(c + 2));
                 tc_mma_tile(acc[j], ahi, alo, wq);
                 if (group_end) {
                     float s[2], o[2];
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        s[h] = bits_float(sb[j][h][0], sh.qdtype);
-                        o[h] = __fsub_rn(bits_float(sb[j][h][1], sh.qdtype), __fmul_rn(tc_q0<FMT>(), s[h]));
+                    for (int h = 0; h < 2; h++) { /* tc_words' s and b, then tc_chunk's offset */
+                        s[h] = q40 ? half_bits(sb[j][h][0]) : bits_float(sb[j][h][0], sh.qdtype);
+                        float b = q40 ? 0.0f : bits_float(sb[j][h][1], sh.qdtype);
+                        o[h] = __fsub_rn(b, __fmul_rn(tc_q0<FMT>(), s[h]));
                     }
                     tc_group_end<FMT>(acc[j], tot[j], s[0], s[1], o[0], o[1], sxg);
                 }
@@ -1828,15 +1862,16 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
 template <int FMT, bool AFFINE, int NT, int WARPS>
 __device__ __forceinline__ void tc_block_any(const mm_shape &sh, const mm_item &it, int t0, const int32_t *routes,
                                              int x_div) {
-    static_assert(!AFFINE || FMT == FMT_A4 || FMT == FMT_A8, "tc_block_affine takes MLX affine weights only");
+    static_assert(!AFFINE || TC_FIXED(FMT), "tc_block_affine takes MLX affine and Q4_0 weights only");
     static_assert(AFFINE || (NT == TC_NT && WARPS == TC_WARPS), "tc_block: TC_NT tiles a warp, TC_WARPS warps");
     if constexpr (AFFINE) tc_block_affine<FMT, NT, WARPS>(sh, it, t0, routes, x_div);
     else tc_block<FMT>(sh, it, t0, routes, x_div);
 }
 
-/* Blocks an SM should hold: 4 (16 warps) for the affine 4-bit path, which fits them in
- * 128 registers without spilling. */
-#define TC_MIN_BLOCKS(FMT, AFFINE, WARPS) ((AFFINE) && (FMT) == FMT_A4 ? 4 * TC_WARPS / (WARPS) : 1)
+/* Blocks an SM should hold: 4 (16 warps) for the affine path on 4-bit weights (MLX, Q4_0),
+ * which fits them in 128 registers without spilling. */
+#define TC_MIN_BLOCKS(FMT, AFFINE, WARPS) \
+    ((AFFINE) && ((FMT) == FMT_A4 || (FMT) == FMT_Q4_0) ? 4 * TC_WARPS / (WARPS) : 1)
 
 template <int FMT, bool AFFINE, int NT = TC_NT, int WARPS = TC_WARPS>
 __global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS)) k_gemm_tc(mm_shape sh, mm_batch b) {
@@ -1998,26 +2033,28 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
 }
-/* generic: MLX affine weights through tc_block too (LAZYMOE_CUDA_TC_GENERIC=1); narrow:
- * the affine path's warps one 8-row tile each (TC_NARROW_ROWS rows a block); wide: its
- * blocks of 2 TC_WARPS warps (TC_WIDE_ROWS rows) */
-static mm_kernel gemm_tc_kernel_of(int fmt, int generic, int narrow, int wide) {
+/* Whether a format takes k_gemm_tc's affine path (tc_block_affine): MLX affine weights
+ * unless LAZYMOE_CUDA_TC_GENERIC=1, Q4_0 with LAZYMOE_CUDA_TC_Q4_0=1; else tc_block. */
+static int tc_affine(const cuda_impl *im, int fmt) {
+    return !im->tc_generic && (fmt == FMT_A4 || fmt == FMT_A8 || (fmt == FMT_Q4_0 && im->tc_q40));
+}
+/* affine: tc_affine's answer; narrow: its warps one 8-row tile each (TC_NARROW_ROWS rows a
+ * block); wide: its blocks of 2 TC_WARPS warps (TC_WIDE_ROWS rows) */
+#define TC_KERNEL(F)                                                                                                  \
+    (!affine   ? k_gemm_tc<F, false>                                                                                  \
+     : narrow ? k_gemm_tc<F, true, 1>                                                                                 \
+     : wide   ? k_gemm_tc<F, true, TC_NT, 2 * TC_WARPS>                                                               \
+              : k_gemm_tc<F, true>)
+static mm_kernel gemm_tc_kernel_of(int fmt, int affine, int narrow, int wide) {
     switch (fmt) {
-    case FMT_A4:
-        return generic  ? k_gemm_tc<FMT_A4, false>
-               : narrow ? k_gemm_tc<FMT_A4, true, 1>
-               : wide   ? k_gemm_tc<FMT_A4, true, TC_NT, 2 * TC_WARPS>
-                        : k_gemm_tc<FMT_A4, true>;
-    case FMT_A8:
-        return generic  ? k_gemm_tc<FMT_A8, false>
-               : narrow ? k_gemm_tc<FMT_A8, true, 1>
-               : wide   ? k_gemm_tc<FMT_A8, true, TC_NT, 2 * TC_WARPS>
-                        : k_gemm_tc<FMT_A8, true>;
-    case FMT_Q4_0: return k_gemm_tc<FMT_Q4_0, false>;
+    case FMT_A4: return TC_KERNEL(FMT_A4);
+    case FMT_A8: return TC_KERNEL(FMT_A8);
+    case FMT_Q4_0: return TC_KERNEL(FMT_Q4_0);
     case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, false>;
     default: return k_gemm_tc<FMT_Q4_K, false>;
     }
 }
+#undef TC_KERNEL
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
                                "gemv q8_0", "gemv q4_k"};
@@ -2076,15 +2113,16 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
         /* a launch of too few blocks to fill the GPU twice (the router: 128 rows) takes the
          * affine path's narrow blocks, 4 times as many; each output's arithmetic is the same */
         unsigned tiles = blocks_for((size_t)p->max_n, TC_TOK) * (unsigned)count;
-        int narrow = (p->fmt == FMT_A4 || p->fmt == FMT_A8) && !im->tc_generic &&
-                     (im->tc_narrow ? im->tc_narrow == 1
-                                    : (size_t)blocks_for((size_t)p->sh.rows, TC_ROWS) * tiles < 2u * (size_t)im->sm_count);
-        int wide = !narrow && im->tc_wide && (p->fmt == FMT_A4 || p->fmt == FMT_A8) && !im->tc_generic;
+        int affine = tc_affine(im, p->fmt);
+        int narrow = affine && (im->tc_narrow ? im->tc_narrow == 1
+                                              : (size_t)blocks_for((size_t)p->sh.rows, TC_ROWS) * tiles <
+                                                    2u * (size_t)im->sm_count);
+        int wide = affine && !narrow && im->tc_wide;
         dim3 grid(blocks_for((size_t)p->sh.rows, narrow ? TC_NARROW_ROWS : wide ? TC_WIDE_ROWS : TC_ROWS),
                   blocks_for((size_t)p->max_n, TC_TOK), (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
-        mm_kernel k = gemm_tc_kernel_of(p->fmt, im->tc_generic, narrow, wide);
+        mm_kernel k = gemm_tc_kernel_of(p->fmt, affine, narrow, wide);
         k<<<grid, (wide ? 2 : 1) * TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
@@ -4190,21 +4228,18 @@ __global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS))
     tc_block_any<FMT, AFFINE, TC_NT, WARPS>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
-static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int generic, int wide) {
+#define TC_GROUPED_KERNEL(F)                                                                                          \
+    (!affine ? k_gemm_tc_grouped<F, false> : wide ? k_gemm_tc_grouped<F, true, 2 * TC_WARPS> : k_gemm_tc_grouped<F, true>)
+static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int affine, int wide) {
     switch (fmt) {
-    case FMT_A4:
-        return generic ? k_gemm_tc_grouped<FMT_A4, false>
-               : wide  ? k_gemm_tc_grouped<FMT_A4, true, 2 * TC_WARPS>
-                       : k_gemm_tc_grouped<FMT_A4, true>;
-    case FMT_A8:
-        return generic ? k_gemm_tc_grouped<FMT_A8, false>
-               : wide  ? k_gemm_tc_grouped<FMT_A8, true, 2 * TC_WARPS>
-                       : k_gemm_tc_grouped<FMT_A8, true>;
-    case FMT_Q4_0: return k_gemm_tc_grouped<FMT_Q4_0, false>;
+    case FMT_A4: return TC_GROUPED_KERNEL(FMT_A4);
+    case FMT_A8: return TC_GROUPED_KERNEL(FMT_A8);
+    case FMT_Q4_0: return TC_GROUPED_KERNEL(FMT_Q4_0);
     case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, false>;
     default: return k_gemm_tc_grouped<FMT_Q4_K, false>;
     }
 }
+#undef TC_GROUPED_KERNEL
 
 /* k_swiglu on the rows of the routes whose expert took k_gemm_tc (k_gemv_routed_swiglu
  * did the others'). */
@@ -4363,10 +4398,10 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     int2 *tiles = (int2 *)(base + L.tiles);
     float *g = (float *)(base + L.g), *u = (float *)(base + L.g + L.rows_bytes);
     /* LAZYMOE_CUDA_TC_WIDE=1: the affine path's blocks of twice the warps and rows */
-    int wide0 = im->tc_wide && !im->tc_generic && (t->fmt[0] == FMT_A4 || t->fmt[0] == FMT_A8),
-        wide2 = im->tc_wide && !im->tc_generic && (t->fmt[2] == FMT_A4 || t->fmt[2] == FMT_A8);
-    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0], im->tc_generic, wide0),
-                       gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], im->tc_generic, wide2);
+    int aff0 = tc_affine(im, t->fmt[0]), aff2 = tc_affine(im, t->fmt[2]);
+    int wide0 = aff0 && im->tc_wide, wide2 = aff2 && im->tc_wide;
+    mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0], aff0, wide0),
+                       gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], aff2, wide2);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -4631,6 +4666,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (tg && !strcmp(tg, "1")) im->tc_generic = 1;
     const char *tw = getenv("LAZYMOE_CUDA_TC_WIDE");
     if (tw && !strcmp(tw, "1")) im->tc_wide = 1;
+    const char *tq = getenv("LAZYMOE_CUDA_TC_Q4_0");
+    if (tq && !strcmp(tq, "1")) im->tc_q40 = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -4669,6 +4706,7 @@ extern "C" void lm_backend_cuda_set_attn_one_head(lm_backend *be, int one) { imp
 extern "C" void lm_backend_cuda_set_tc_generic(lm_backend *be, int on) { impl_of(be)->tc_generic = on; }
 extern "C" void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode) { impl_of(be)->tc_narrow = mode; }
 extern "C" void lm_backend_cuda_set_tc_wide(lm_backend *be, int on) { impl_of(be)->tc_wide = on; }
+extern "C" void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on) { impl_of(be)->tc_q40 = on; }
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }

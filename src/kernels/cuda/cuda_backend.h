@@ -40,6 +40,10 @@ void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode);
  * for all of them, where it would take blocks of 128 rows (tests and A/B;
  * LAZYMOE_CUDA_TC_WIDE=1 sets it at creation; off until measured on a GPU). The same bits. */
 void lm_backend_cuda_set_tc_wide(lm_backend *be, int on);
+/* 1: Q4_0 weights through k_gemm_tc's affine path too (a block's scale read once per
+ * output row, fixed offsets), not its generic loader (tests and A/B;
+ * LAZYMOE_CUDA_TC_Q4_0=1 sets it at creation; off until measured on a GPU). The same bits. */
+void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on);
 
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
