@@ -1856,7 +1856,7 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
     if (active) tc_store<NT>(it, t0, r0, routes, tot);
 }
 
-/* AFFINE (MLX affine formats only): tc_block_affine, its warps NT 8-row tiles each; else
+/* AFFINE (TC_FIXED formats only): tc_block_affine, its warps NT 8-row tiles each; else
  * tc_block (TC_NT). Separate kernels, so that neither path's registers limit the other's
  * occupancy. */
 template <int FMT, bool AFFINE, int NT, int WARPS>
