@@ -1380,6 +1380,9 @@ __global__ void __launch_bounds__(256) k_gemm(mm_shape sh, mm_batch b) {
 #define TC_ROWS (TC_WARPS * TC_NT * 8)    /* rows a block computes */
 #define TC_NARROW_ROWS (TC_WARPS * 8)     /* rows of a block of the affine path's narrow kernels */
 #define TC_WIDE_ROWS (2 * TC_ROWS)        /* rows of a block of its wide kernels (LAZYMOE_CUDA_TC_WIDE=1) */
+/* A k_gemm_tc block's rows and threads. */
+static unsigned tc_block_rows(int narrow, int wide) { return narrow ? TC_NARROW_ROWS : wide ? TC_WIDE_ROWS : TC_ROWS; }
+static unsigned tc_block_threads(int wide) { return (wide ? 2 : 1) * TC_WARPS * 32; }
 #define TC_TOK 16                         /* tokens a block computes */
 #define TC_CHUNK 32                       /* columns per step */
 static_assert(TC_WARPS * 32 == TC_TOK * 8, "tc_stage: a thread per 4 inputs of a chunk");
@@ -1435,14 +1438,6 @@ __device__ __forceinline__ float bits_float(uint32_t v, int dt) {
     return f16_f32((uint16_t)v);
 }
 
-/* A lane's scale and offset bits of unit u of row r (MLX affine: one per group). */
-template <int FMT>
-__device__ __forceinline__ void tc_load_sb(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
-    size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
-    o.s = load_bits(it.scales, sh.qdtype, g);
-    o.b = load_bits(it.biases, sh.qdtype, g);
-}
-
 template <int FMT>
 __device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &it, int r, int u, tc_wraw<FMT> &o) {
     if (FMT == FMT_A4 || FMT == FMT_A8) {
@@ -1454,7 +1449,9 @@ __device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &i
             o.q[0] = w.x;
             o.q[sizeof o.q / sizeof o.q[0] - 1] = w.y;
         }
-        tc_load_sb<FMT>(sh, it, r, u, o);
+        size_t g = (size_t)r * (size_t)(sh.cols / sh.group_size) + (size_t)(8 * u / sh.group_size);
+        o.s = load_bits(it.scales, sh.qdtype, g);
+        o.b = load_bits(it.biases, sh.qdtype, g);
     } else if (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
         const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 4) * (FMT == FMT_Q4_0 ? 18 : 34);
         int k = u % 4;
@@ -1590,12 +1587,13 @@ __device__ __forceinline__ void tc_fetch_w(const mm_shape &sh, const mm_item &it
 }
 
 /* At a scale group's end: the group's products acc of a warp's tile j scaled into tot,
- * y += s * acc + (b - q0 s) * sum(x), with s0, s1 (o0, o1) the scales (offsets b - q0 s)
- * of the lane's output rows 8j + 2t and 8j + 2t + 1 and sxg the group's sums of tokens
- * g and g + 8. Both block kernels below do exactly this, so they give the same bits. */
+ * y += s * acc + (b - q0 s) * sum(x), with s0, s1 (b0, b1) the scales (offsets) of the
+ * lane's output rows 8j + 2t and 8j + 2t + 1 and sxg the group's sums of tokens g and
+ * g + 8. Both block kernels below do exactly this, so they give the same bits. */
 template <int FMT>
-__device__ __forceinline__ void tc_group_end(float (&acc)[4], float (&tot)[4], float s0, float s1, float o0, float o1,
+__device__ __forceinline__ void tc_group_end(float (&acc)[4], float (&tot)[4], float s0, float s1, float b0, float b1,
                                              const float (&sxg)[2]) {
+    float o0 = __fsub_rn(b0, __fmul_rn(tc_q0<FMT>(), s0)), o1 = __fsub_rn(b1, __fmul_rn(tc_q0<FMT>(), s1));
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         float sc = i & 1 ? s1 : s0, of = i & 1 ? o1 : o0, v = __fmul_rn(sc, acc[i]);
@@ -1647,10 +1645,9 @@ __device__ __forceinline__ void tc_chunk(const mm_shape &sh, const tc_stage &sg,
             /* output columns 2t, 2t + 1 of the tile are rows 8j + 2t (+1), whose scale
              * and offset the lanes of those rows loaded (all four lanes of a row: the
              * same group) */
-            float wo = __fsub_rn(wb, __fmul_rn(tc_q0<FMT>(), ws));
             float s0 = __shfl_sync(0xffffffffu, ws, 8 * t), s1 = __shfl_sync(0xffffffffu, ws, 8 * t + 4);
-            float o0 = __shfl_sync(0xffffffffu, wo, 8 * t), o1 = __shfl_sync(0xffffffffu, wo, 8 * t + 4);
-            tc_group_end<FMT>(acc[j], tot[j], s0, s1, o0, o1, sxg);
+            float b0 = __shfl_sync(0xffffffffu, wb, 8 * t), b1 = __shfl_sync(0xffffffffu, wb, 8 * t + 4);
+            tc_group_end<FMT>(acc[j], tot[j], s0, s1, b0, b1, sxg);
         }
     }
     if (group_end) sxg[0] = sxg[1] = 0.0f;
@@ -1837,14 +1834,13 @@ __device__ __forceinline__ void tc_block_affine(const mm_shape &sh, const mm_ite
                 if (c + 2 < chunks) w1[j] = tc_affine_load<FMT>(wp[j] + (size_t)CB * (size_t)(c + 2));
                 tc_mma_tile(acc[j], ahi, alo, wq);
                 if (group_end) {
-                    float s[2], o[2];
+                    float s[2], b[2]; /* as tc_words makes them */
 #pragma unroll
-                    for (int h = 0; h < 2; h++) { /* tc_words' s and b, then tc_chunk's offset */
+                    for (int h = 0; h < 2; h++) {
                         s[h] = q40 ? half_bits(sb[j][h][0]) : bits_float(sb[j][h][0], sh.qdtype);
-                        float b = q40 ? 0.0f : bits_float(sb[j][h][1], sh.qdtype);
-                        o[h] = __fsub_rn(b, __fmul_rn(tc_q0<FMT>(), s[h]));
+                        b[h] = q40 ? 0.0f : bits_float(sb[j][h][1], sh.qdtype);
                     }
-                    tc_group_end<FMT>(acc[j], tot[j], s[0], s[1], o[0], o[1], sxg);
+                    tc_group_end<FMT>(acc[j], tot[j], s[0], s[1], b[0], b[1], sxg);
                 }
             }
             if (group_end) sxg[0] = sxg[1] = 0.0f;
@@ -2118,12 +2114,12 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
                                               : (size_t)blocks_for((size_t)p->sh.rows, TC_ROWS) * tiles <
                                                     2u * (size_t)im->sm_count);
         int wide = affine && !narrow && im->tc_wide;
-        dim3 grid(blocks_for((size_t)p->sh.rows, narrow ? TC_NARROW_ROWS : wide ? TC_WIDE_ROWS : TC_ROWS),
-                  blocks_for((size_t)p->max_n, TC_TOK), (unsigned)count);
+        dim3 grid(blocks_for((size_t)p->sh.rows, tc_block_rows(narrow, wide)), blocks_for((size_t)p->max_n, TC_TOK),
+                  (unsigned)count);
         if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", p->max_n);
         tim_begin(im);
         mm_kernel k = gemm_tc_kernel_of(p->fmt, affine, narrow, wide);
-        k<<<grid, (wide ? 2 : 1) * TC_WARPS * 32, 0, im->stream>>>(p->sh, p->b);
+        k<<<grid, tc_block_threads(wide), 0, im->stream>>>(p->sh, p->b);
         return launched(be, fmt_name(p->fmt, 2));
     }
     if (gemm) {
@@ -2418,6 +2414,10 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm2(float *y1, const floa
 /* From this many rows (a prefill's): a decode step's 36 head norms measured ~1% slower
  * through the warps than through a block each (H100, two calls), so they stay there. */
 #define NORM_WARP_MIN_ROWS 1024
+/* Whether norms of `rows` rows in all (one launch) of dim1 and dim2 values take the warps. */
+static int norms_by_warps(size_t rows, int dim1, int dim2) {
+    return dim1 <= NORM_WARP_MAX && dim2 <= NORM_WARP_MAX && rows >= NORM_WARP_MIN_ROWS;
+}
 __device__ __forceinline__ void rmsnorm_row_warp(float *y, const float *x, const float *w, int dim, float eps,
                                                  size_t row) {
     int lane = threadIdx.x & 31;
@@ -2495,7 +2495,7 @@ static int launch_add(lm_backend *be, float *y, const float *x, size_t n) {
 static int launch_rmsnorm(lm_backend *be, float *y, const float *x, const float *dw, int n, int dim, float eps) {
     cuda_impl *im = impl_of(be);
     tim_begin(im);
-    if (dim <= NORM_WARP_MAX && n >= NORM_WARP_MIN_ROWS && !im->simple) {
+    if (!im->simple && norms_by_warps((size_t)n, dim, dim)) {
         k_rmsnorm_warps<<<blocks_for((size_t)n, NORM_WARP_ROWS), NORM_WARP_ROWS * 32, 0, im->stream>>>(y, x, dw, n, dim,
                                                                                                        eps);
         return launched(be, "rmsnorm (warps)");
@@ -2624,8 +2624,7 @@ static int cuda_rmsnorm(lm_backend *be, float *y, const float *x, const float *w
             (size_t)im->pend.rows + (size_t)n < 0x7fffffffu) {
             im->pend.kind = PEND_NONE;
             tim_begin(im);
-            if (im->pend.dim <= NORM_WARP_MAX && dim <= NORM_WARP_MAX &&
-                (size_t)im->pend.rows + (size_t)n >= NORM_WARP_MIN_ROWS) {
+            if (norms_by_warps((size_t)im->pend.rows + (size_t)n, im->pend.dim, dim)) {
                 k_rmsnorm2_warps<<<blocks_for((size_t)im->pend.rows + (size_t)n, NORM_WARP_ROWS), NORM_WARP_ROWS * 32, 0,
                                    im->stream>>>(im->pend.y, im->pend.x, im->pend.w, im->pend.rows, im->pend.dim, y, x,
                                                  dw, n, dim, eps);
@@ -4412,8 +4411,7 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
     if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
         tim_begin(im);
-        gk0<<<dim3(blocks_for((size_t)I, wide0 ? TC_WIDE_ROWS : TC_ROWS), (unsigned)max_tiles, 2),
-              (wide0 ? 2 : 1) * TC_WARPS * 32, 0,
+        gk0<<<dim3(blocks_for((size_t)I, tc_block_rows(0, wide0)), (unsigned)max_tiles, 2), tc_block_threads(wide0), 0,
               im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
         if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
         tim_begin(im);
@@ -4427,9 +4425,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (launched(be, "grouped down (few tokens)") != 0) return -1;
     if (!max_tiles) return 0;
     tim_begin(im);
-    gk2<<<dim3(blocks_for((size_t)H, wide2 ? TC_WIDE_ROWS : TC_ROWS), (unsigned)max_tiles, 1),
-          (wide2 ? 2 : 1) * TC_WARPS * 32, 0, im->stream>>>(
-        t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
+    gk2<<<dim3(blocks_for((size_t)H, tc_block_rows(0, wide2)), (unsigned)max_tiles, 1), tc_block_threads(wide2), 0,
+          im->stream>>>(t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
     return launched(be, fmt_name(t->fmt[2], 2));
 }
 
