@@ -71,6 +71,11 @@ done:
     return rc;
 }
 
+/* A random prompt of n ids below vocab (rand(), seeded by --seed). */
+static void random_prompt(int32_t *ids, int n, int vocab) {
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)vocab);
+}
+
 /* Mean and sample standard deviation of v[0..n). */
 static void mean_sd(const double *v, int n, double *mean, double *sd) {
     double sum = 0, sq = 0;
@@ -128,14 +133,14 @@ int cmd_bench(int argc, char **argv) {
         snprintf(err, sizeof err, "out of memory");
         goto done;
     }
-    for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
+    random_prompt(ids, prompt, info.vocab_size);
     lazymoe_model_get_expert_stats(m, -1, &st0);
     if (bench_run(m, ids, prompt, gen, out_ids, &t_prefill, &t_decode, &st1, err, sizeof err) != 0) goto done;
     lazymoe_model_get_expert_stats(m, -1, &st2);
     for (int r = 0; r < repeats; r++) {
         double tp = 0, td = 0;
         if (!(r % 4) || r == repeats - 1) fprintf(stderr, "bench: repeat %d of %d\n", r + 1, repeats);
-        for (int i = 0; i < prompt; i++) ids[i] = (int32_t)((unsigned)rand() % (unsigned)info.vocab_size);
+        random_prompt(ids, prompt, info.vocab_size);
         if (bench_run(m, ids, prompt, gen, more_ids, &tp, &td, NULL, err, sizeof err) != 0) goto done;
         rep_prefill[r] = tp > 0 ? prompt / tp : 0;
         rep_decode[r] = td > 0 && gen ? gen / td : 0;
