@@ -5,7 +5,7 @@
 # build carried as build/carry90-prev if there is one, then this build under each of VARIANTS
 # (space-separated environment settings, default "X=0 LAZYMOE_CUDA_TC_WIDE=1": as built, and
 # k_gemm_tc's affine path in blocks of 8 warps); then decode from one token and one profiled
-# prefill per variant, and bench/cuda/profile_prefill.sh (ncu) per variant. Everything lands in
+# prefill per variant, and MODE=prefill bench/cuda/profile.sh (ncu) per variant. Everything lands in
 # $OUT/summary.txt, all.txt, test_cuda.txt, prof_N.txt and ncu_N.txt (the device tool returns 8
 # files). Here: make CUDA=1 cuda-carry, then
 # XZ_OPT=-9e tar cJf build/device-carry.tar.xz build/carry90/{lazymoe,test_cuda,libs,commit.txt}
@@ -51,7 +51,7 @@ done
 i=0
 for v in $VARIANTS; do
     i=$((i + 1))
-    [ "${NCU:-1}" = 0 ] || env $v OUT=$W/ncu timeout 240 bash bench/cuda/profile_prefill.sh $C 2 > $OUT/ncu_$i.txt 2>&1
+    [ "${NCU:-1}" = 0 ] || env $v MODE=prefill OUT=$W/ncu timeout 240 bash bench/cuda/profile.sh $C 2 > $OUT/ncu_$i.txt 2>&1
 done
 echo "== done ($SECONDS s)" >> $S
 cat $S
