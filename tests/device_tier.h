@@ -35,6 +35,7 @@ static const int32_t TIER_IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140,
 /* The prompt's logits, then 12 greedy tokens; host_capacity -1 = resident host
  * experts, N = a host cache of N slots; gpu_memory 0 = the backend's default. */
 static int tier_cpu_experts; /* options.cpu_experts of the runs */
+static int tier_act_bits = 32; /* options.act_bits of the runs */
 
 static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memory, tier_run *r, char *why) {
     memset(r, 0, sizeof *r);
@@ -42,7 +43,7 @@ static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memor
     lazymoe_options_init(&o);
     o.no_warm_start = 1;
     o.n_threads = 2;
-    o.act_bits = 32;
+    o.act_bits = tier_act_bits;
     o.kv_bits = 32;
     o.max_context = TIER_CTX;
     o.expert_capacity = host_capacity;

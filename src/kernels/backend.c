@@ -40,6 +40,15 @@ int lm_backend_create(lm_backend **out, const char *name, int n_threads, char *e
 #endif
 }
 
+int lm_backend_set_act_bits(lm_backend *be, int bits, int max_rows, int max_cols, char *err) {
+#ifdef LAZYMOE_CUDA
+    if (!strcmp(be->ops->name, "cuda")) return lm_backend_cuda_set_act_bits(be, bits, max_rows, max_cols, err);
+#else
+    (void)max_rows;
+#endif
+    return lm_backend_cpu_set_act_bits(be, bits, max_cols, err);
+}
+
 int lm_backend_alloc(lm_backend *be, lm_buf *out, size_t bytes, const char *what, char *err) {
     out->ptr = NULL;
     out->bytes = 0;

@@ -332,6 +332,9 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
  * input the model has) sizes the quantization buffer up front, so running out
  * of memory is reported here rather than during a matmul. */
 int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err);
+/* lm_backend_cpu_set_act_bits, or on CUDA lm_backend_cuda_set_act_bits (whose scratch
+ * max_rows sizes: a prefill chunk's rows of inputs, its routes' for MoE models). */
+int lm_backend_set_act_bits(lm_backend *be, int bits, int max_rows, int max_cols, char *err);
 /* Name of the matmul kernels a CPU backend runs ("avx512", "scalar", ...). */
 const char *lm_backend_cpu_kernels(const lm_backend *be);
 /* Frees any backend (ops->destroy). */

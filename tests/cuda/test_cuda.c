@@ -20,6 +20,7 @@
 
 #include "formats/ggml_blocks.h"
 #include "formats/npy.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "lazymoe.h"
@@ -490,6 +491,121 @@ static void matmul_tc_affine_same_bits(void) {
         dev_free(dx), dev_free(dy[0]), dev_free(dy[1]);
         free_mat(&W);
     }
+}
+
+/* ---- int8 activations (lm_backend_cuda_set_act_bits 8: k_act8_quantize, k_gemm_a8) ---- */
+
+static float qparam(const lm_mat *W, size_t i, const void *arr) {
+    if (W->qdtype == LM_DT_F32) return ((const float *)arr)[i];
+    uint16_t h = ((const uint16_t *)arr)[i];
+    return W->qdtype == LM_DT_BF16 ? lm_bf16_to_f32(h) : lm_f16_to_f32(h);
+}
+
+/* What k_gemm_a8 must give for n tokens x of an MLX 4-bit W, from the CPU's int8
+ * quantization (lm_act8_quantize): per group the exact integer sum I, then
+ * y += (s dx) I + b xsum in f32, groups in order -- the kernel's operations. */
+static float *act8_reference(const lm_mat *W, const float *x, int n) {
+    int cols = W->cols, gs = W->group_size, ng = cols / gs;
+    int8_t *q = malloc((size_t)n * (size_t)cols);
+    float *dx = malloc(sizeof(float) * (size_t)n * (size_t)ng), *xs = malloc(sizeof(float) * (size_t)n * (size_t)ng);
+    float *y = malloc(sizeof(float) * (size_t)n * (size_t)W->rows);
+    lm_act8_quantize(x, n, cols, gs, 0, q, (size_t)cols, dx, xs, ng);
+    const uint8_t *wd = W->data;
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < W->rows; r++) {
+            float tot = 0.0f;
+            for (int g = 0; g < ng; g++) {
+                int32_t I = 0;
+                for (int i = g * gs; i < (g + 1) * gs; i++) {
+                    uint8_t byte = wd[(size_t)r * (size_t)(cols / 2) + (size_t)(i / 2)];
+                    I += (int32_t)(i & 1 ? byte >> 4 : byte & 15) * (int32_t)q[(size_t)t * (size_t)cols + (size_t)i];
+                }
+                size_t k = (size_t)r * (size_t)ng + (size_t)g, tk = (size_t)t * (size_t)ng + (size_t)g;
+                float sd = qparam(W, k, W->scales) * dx[tk];
+                float v = sd * (float)I;
+                float o = qparam(W, k, W->biases) * xs[tk];
+                float sum = v + o;
+                tot = tot + sum;
+            }
+            y[(size_t)t * (size_t)W->rows + (size_t)r] = tot;
+        }
+    free(q), free(dx), free(xs);
+    return y;
+}
+
+/* k_gemm_a8 bit for bit the reference above (so k_act8_quantize gives the CPU's q, dx
+ * and xsum exactly, and the MMA's integer sums are exact): scales f32/f16/bf16, groups
+ * of 1, 2 and 4 chunks, rows past a block's, partial token tiles, a group of zeros and
+ * an outlier; a batch with inputs shared (q, k, v) and with more inputs than the
+ * scratch holds at once (several launches). */
+static void matmul_act8_exact(void) {
+    static const struct {
+        int rows, cols, gs, n;
+        lm_dtype qdt;
+    } cases[] = {{300, 2048, 64, 70, LM_DT_BF16}, {77, 160, 32, 9, LM_DT_F16}, {200, 768, 128, 16, LM_DT_F32},
+                 {64, 32, 32, 8, LM_DT_BF16},     {130, 256, 64, 33, LM_DT_BF16}};
+    /* a small scratch: the items below do not fit it together */
+    CHECKF(lm_backend_cuda_set_act_bits(gpu, 8, 8, 32, err) == 0, "%s", err);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int rows = cases[k].rows, cols = cases[k].cols, n = cases[k].n;
+        lm_mat W = make_mat(LM_DT_U32, rows, cols, 0, 4, cases[k].gs, cases[k].qdt);
+        float *x = rand_floats((size_t)n * (size_t)cols, -1, 1);
+        for (int i = 0; i < cases[k].gs; i++) x[i] = 0.0f;  /* token 0's first group: all zero */
+        x[(size_t)cols + 5] = 37.0f;                         /* an outlier in token 1 */
+        float *want = act8_reference(&W, x, n);
+        float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols);
+        size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
+        float *dy = dev_from(NULL, bytes);
+        uint64_t launches = lm_backend_cuda_fast_launches(gpu);
+        CHECKF(gpu->ops->matmul(gpu, dy, &W, dx, n) == 0, "%s", lm_backend_error(gpu));
+        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 1, "case %zu: not on the fast kernels", k);
+        float *got = host_from(dy, bytes);
+        CHECKF(same_bits("gemm_a8 vs reference", got, want, bytes), "case %zu: %d x %d g%d, %d tokens", k, rows, cols,
+               cases[k].gs, n);
+        free(got), free(want), free(x);
+        dev_free(dx), dev_free(dy);
+        free_mat(&W);
+    }
+    /* a batch: items 0-2 share their inputs (q, k, v), 3 and 4 have their own */
+    enum { NB = 5 };
+    static const int ns[NB] = {40, 40, 40, 17, 64}, rows_of[NB] = {256, 64, 64, 130, 100};
+    int cols = 512;
+    lm_mat W[NB];
+    float *x[3], *dxs[3], *dy[NB], *want[NB];
+    for (int i = 0; i < 3; i++) {
+        int n = i == 0 ? ns[0] : ns[i + 2];
+        x[i] = rand_floats((size_t)n * (size_t)cols, -2, 2);
+        dxs[i] = dev_from(x[i], sizeof(float) * (size_t)n * (size_t)cols);
+    }
+    lm_matmul_item it[NB];
+    for (int i = 0; i < NB; i++) {
+        int xi = i < 3 ? 0 : i - 2;
+        W[i] = make_mat(LM_DT_U32, rows_of[i], cols, 0, 4, 64, LM_DT_BF16);
+        want[i] = act8_reference(&W[i], x[xi], ns[i]);
+        dy[i] = dev_from(NULL, sizeof(float) * (size_t)ns[i] * (size_t)rows_of[i]);
+        it[i] = (lm_matmul_item){dy[i], &W[i], dxs[xi], ns[i]};
+    }
+    CHECKF(gpu->ops->matmul_batch(gpu, it, NB) == 0, "%s", lm_backend_error(gpu));
+    for (int i = 0; i < NB; i++) {
+        size_t bytes = sizeof(float) * (size_t)ns[i] * (size_t)rows_of[i];
+        float *got = host_from(dy[i], bytes);
+        CHECKF(same_bits("batched gemm_a8 vs reference", got, want[i], bytes), "batch item %d", i);
+        free(got), free(want[i]);
+        dev_free(dy[i]);
+        free_mat(&W[i]);
+    }
+    for (int i = 0; i < 3; i++) free(x[i]), dev_free(dxs[i]);
+    CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
+    /* bad settings are refused */
+    CHECK(lm_backend_cuda_set_act_bits(gpu, 16, 0, 0, err) != 0);
+    CHECK_STR_CONTAINS(err, "8 or 32");
+}
+
+/* Batch invariance (each item what it gives alone) with int8 activations. */
+static void matmul_act8_batch_invariant(void) {
+    CHECKF(lm_backend_cuda_set_act_bits(gpu, 8, 0, 0, err) == 0, "%s", err);
+    matmul_fast_batch_invariant();
+    CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
 }
 
 /* The same with MLX affine weights through k_gemm_tc's generic loader, and through its
@@ -1179,6 +1295,36 @@ static void routed_experts_case(int bits, int group, lm_dtype qdt, int expect, i
     dev_free(dh), dev_free(dsel), dev_free(g), dev_free(u), dev_free(eout);
 }
 
+/* A prefill chunk: PT tokens x PK routes; experts 0..4 get 3, 20, 37, 8 and 12 of
+ * them, spread over the tokens. */
+enum { PT = 40, PK = 2 };
+static void re_prefill_sel(int32_t psel[PT * PK]) {
+    static const int per_expert[RE_E] = {3, 20, 37, 8, 12};
+    for (int e = 0, r = 0; e < RE_E; e++)
+        for (int i = 0; i < per_expert[e]; i++) psel[r++] = e;
+    for (int r = PT * PK - 1; r > 0; r--) { /* a fixed shuffle */
+        int j = (int)((unsigned)(r * 2654435761u) % (unsigned)(r + 1));
+        int32_t t = psel[r];
+        psel[r] = psel[j], psel[j] = t;
+    }
+}
+
+/* The same with int8 activations (k_gemm_a8 on both paths): MLX 4-bit, groups of one
+ * and two chunks, rows misaligned, and 8-bit (f32 activations still). */
+static void routed_experts_act8(void) {
+    static void *parts[4][3 * RE_E][3];
+    int32_t psel[PT * PK];
+    re_prefill_sel(psel);
+    CHECKF(lm_backend_cuda_set_act_bits(gpu, 8, PT * PK, 256, err) == 0, "%s", err);
+    routed_experts_case(4, 32, LM_DT_BF16, 0, PT, PK, psel, parts[0]);
+    routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[1]);
+    re_misalign = 4;
+    routed_experts_case(4, 64, LM_DT_BF16, 0, PT, PK, psel, parts[2]);
+    re_misalign = 0;
+    routed_experts_case(8, 32, LM_DT_F16, 0, PT, PK, psel, parts[3]);
+    CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
+}
+
 static void routed_experts(void) {
     /* the weights of all cases stay allocated until the end (the backend keeps a table
      * per host array of views, told apart by their first and last views) */
@@ -1187,18 +1333,8 @@ static void routed_experts(void) {
     routed_experts_case(4, 32, LM_DT_BF16, 0, 3, 2, decode_sel, parts[0]);
     routed_experts_case(8, 32, LM_DT_F16, 0, 3, 2, decode_sel, parts[1]);
     routed_experts_case(3, 32, LM_DT_BF16, 1, 3, 2, decode_sel, parts[2]);
-    /* a prefill chunk: 40 tokens x 2 routes; experts 0..4 get 3, 20, 37, 8 and 12 of
-     * them, spread over the tokens */
-    enum { PT = 40, PK = 2 };
-    static const int per_expert[RE_E] = {3, 20, 37, 8, 12};
     int32_t psel[PT * PK];
-    for (int e = 0, r = 0; e < RE_E; e++)
-        for (int i = 0; i < per_expert[e]; i++) psel[r++] = e;
-    for (int r = PT * PK - 1; r > 0; r--) { /* a fixed shuffle */
-        int j = (int)((unsigned)(r * 2654435761u) % (unsigned)(r + 1));
-        int32_t t = psel[r];
-        psel[r] = psel[j], psel[j] = t;
-    }
+    re_prefill_sel(psel);
     routed_experts_case(4, 32, LM_DT_BF16, 0, PT, PK, psel, parts[3]);
     routed_experts_case(8, 32, LM_DT_F16, 0, PT, PK, psel, parts[4]);
     routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[5]); /* two chunks a scale */
@@ -1396,6 +1532,8 @@ static double rel_diff(const float *a, const float *ref, size_t n) {
     return md / (mr > 0 ? mr : 1);
 }
 
+static int test_act_bits = 32; /* options.act_bits of the engine runs (32: f32, the reference) */
+
 typedef struct {
     float *logits; /* [n][V] of the prompt */
     int32_t greedy[64];
@@ -1413,7 +1551,7 @@ static int run_engine(const char *name, const char *backend, int capacity, int s
     lazymoe_options_init(&opt);
     opt.n_threads = 4;
     opt.kv_bits = 32;
-    opt.act_bits = 32;
+    opt.act_bits = test_act_bits;
     opt.backend = backend;
     opt.no_warm_start = 1;
     opt.expert_capacity = capacity ? capacity : -1;
@@ -1526,7 +1664,7 @@ static lazymoe_model *open_cuda_model(const char *dir, const char *var, int on) 
     lazymoe_options opt;
     lazymoe_options_init(&opt);
     opt.kv_bits = 16;
-    opt.act_bits = 32;
+    opt.act_bits = test_act_bits;
     opt.backend = "cuda";
     opt.no_warm_start = 1;
     lazymoe_model *m = NULL;
@@ -1733,6 +1871,48 @@ static void grouped_prefill_same(void) {
     free(a), free(b);
 }
 
+/* The same with int8 activations (the CUDA default for quantized weights): the chunk's
+ * products on k_gemm_a8, grouped on the device or routed on the host, the same bits. */
+static void grouped_prefill_same_act8(void) {
+    test_act_bits = 8;
+    grouped_prefill_same();
+    test_act_bits = 32;
+}
+
+/* Int8 activations on the shipped 4-bit model: against transformers' f32 logits within
+ * the CPU's int8 bound (tests/test_golden.c ACT8_TOL), and against the CPU's int8 run
+ * (the same quantized values; decode steps stay f32 on the GPU), both printed. */
+#define ACT8_TOL 0.08
+static void golden_demo_coder_act8(void) {
+    engine_run g, c;
+    test_act_bits = 8;
+    int rg = run_engine("models/demo-coder", "cuda", 0, 8, &g), rc = rg == 0 ? run_engine("models/demo-coder", "cpu", 0, 8, &c) : -1;
+    test_act_bits = 32;
+    CHECKF(rg == 0 && rc == 0, "demo-coder with int8 activations: %s", err);
+    if (rg != 0 || rc != 0) {
+        if (rg == 0) free_run(&g);
+        return;
+    }
+    char path[512];
+    float *ref;
+    size_t shape[4];
+    int nd;
+    fixture_path(path, sizeof path, "models/demo-coder", "logits.npy");
+    if (lm_npy_read_f32(path, &ref, shape, &nd, err) == 0) {
+        CHECK(nd == 2 && shape[0] == (size_t)g.n && shape[1] == g.V);
+        double d = rel_diff(g.logits, ref, (size_t)g.n * g.V);
+        printf("# demo-coder cuda act8 vs logits.npy: max|diff|/max|ref| = %.3g (tolerance %.3g)\n", d, ACT8_TOL);
+        CHECKF(d <= ACT8_TOL, "cuda act8 vs logits.npy %.3g > %.3g", d, ACT8_TOL);
+        free(ref);
+    } else {
+        CHECKF(0, "%s", err);
+    }
+    double dc = rel_diff(g.logits, c.logits, (size_t)g.n * g.V);
+    printf("# demo-coder cuda act8 vs cpu act8: max|diff|/max|cpu| = %.3g (tolerance %.3g)\n", dc, ACT8_TOL);
+    CHECKF(dc <= ACT8_TOL, "cuda act8 vs cpu act8 %.3g", dc);
+    free_run(&g), free_run(&c);
+}
+
 /* Logits downloaded through the page-locked buffer and straight into pageable memory
  * (LAZYMOE_CUDA_DOWN_STAGE=0, read when the backend is made) are the same bytes. */
 static void download_staging(void) {
@@ -1781,6 +1961,11 @@ static void tier_glm4_moe(void) { tier_same_at_capacities(rt_path("tests/fixture
 static void tier_gpt_oss(void) { tier_same_at_capacities(rt_path("tests/fixtures/gpt_oss/float"), 4, 2); }
 static void tier_gpt_oss_mxfp4(void) { tier_same_at_capacities(rt_path("tests/fixtures/gpt_oss/mxfp4"), 4, 2); }
 static void tier_demo_coder(void) { tier_same_at_capacities(rt_path("models/demo-coder"), 32, 4); }
+static void tier_demo_coder_act8(void) {
+    tier_act_bits = 8;
+    tier_same_at_capacities(rt_path("models/demo-coder"), 32, 4);
+    tier_act_bits = 32;
+}
 
 /* Upload overlap: the copy stream runs beside the kernels, ordered by events.
  * A slot overwritten while a kernel still reads it, or a kernel that does not wait
@@ -1860,10 +2045,13 @@ int main(void) {
     TEST_CASE("cuda_attention_heads_same", attention_heads_same);
     TEST_CASE("cuda_matmul_tc_affine_same_bits", matmul_tc_affine_same_bits);
     TEST_CASE("cuda_matmul_fast_batch_invariant_generic", matmul_fast_batch_invariant_generic);
+    TEST_CASE("cuda_matmul_act8_exact", matmul_act8_exact);
+    TEST_CASE("cuda_matmul_act8_batch_invariant", matmul_act8_batch_invariant);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);
     TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
+    TEST_CASE("cuda_moe_routed_act8_bit_identical", routed_experts_act8);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     TEST_CASE("cuda_logits_scan", logits_scan);
@@ -1894,6 +2082,8 @@ int main(void) {
     TEST_CASE("cuda_golden_gpt_oss_mxfp4", golden_gpt_oss_mxfp4);
     TEST_CASE("cuda_golden_demo_coder_q4", golden_demo_coder);
     TEST_CASE("cuda_grouped_prefill_same_as_host_routed", grouped_prefill_same);
+    TEST_CASE("cuda_grouped_prefill_act8_same_as_host_routed", grouped_prefill_same_act8);
+    TEST_CASE("cuda_golden_demo_coder_act8", golden_demo_coder_act8);
     TEST_CASE("cuda_graphs_replay_bit_identical_to_ops", graphs_replay);
     TEST_CASE("cuda_eval_greedy_equals_argmax_of_logits", eval_greedy);
     TEST_CASE("cuda_download_staging_bit_identical", download_staging);
@@ -1903,5 +2093,6 @@ int main(void) {
     TEST_CASE("cuda_tier_gpt_oss_bit_identical", tier_gpt_oss);
     TEST_CASE("cuda_tier_gpt_oss_mxfp4_bit_identical", tier_gpt_oss_mxfp4);
     TEST_CASE("cuda_tier_demo_coder_mlx_4bit_bit_identical", tier_demo_coder);
+    TEST_CASE("cuda_tier_demo_coder_act8_bit_identical", tier_demo_coder_act8);
     TEST_EXIT();
 }

@@ -119,6 +119,9 @@ typedef struct {
     int tc_narrow;    /* 0: the affine path's narrow blocks where a launch is small; 1: always; 2: never (tests) */
     int tc_wide;      /* LAZYMOE_CUDA_TC_WIDE=1: the affine path's blocks of 8 warps (off until measured) */
     int tc_q40;       /* LAZYMOE_CUDA_TC_Q4_0=1: Q4_0 through the affine path (off until measured) */
+    int act_bits;     /* 8: prefill's 4-bit products on int8 activations (k_gemm_a8); 32 (default): f32 */
+    void *a8;         /* their scratch (act8_scratch) */
+    size_t a8_bytes;
     int sm_count;
     int no_tc; /* LAZYMOE_CUDA_TC=0: prefill's quantized products on k_gemm, not the tensor cores */
     /* Small uploads (routes, positions, ids) go through two halves of a page-locked
@@ -376,6 +379,7 @@ static int launched(lm_backend *be, const char *kernel) {
 
 /* Grid size for `total` independent items of `per_block` each. */
 static unsigned blocks_for(size_t total, unsigned per_block) { return (unsigned)((total + per_block - 1) / per_block); }
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 #define EW_THREADS 256u
 /* Elementwise kernels loop over a grid of at most this many blocks (grid-stride). */
 #define EW_MAX_BLOCKS 65535u
@@ -846,9 +850,12 @@ typedef struct {
     const float *x;
     float *y;
     int n, rows;
+    /* x quantized (k_gemm_a8 only): the values and the (dx, xsum) pairs, k_act8_quantize's */
+    const int8_t *xq;
+    const float2 *xds;
 } mm_item;
 
-/* Items of one launch, passed by value (kernel parameters: 32 x 48 bytes). */
+/* Items of one launch, passed by value (kernel parameters: 32 x 64 bytes). */
 #define MM_MAX_ITEMS 32
 typedef struct {
     mm_item it[MM_MAX_ITEMS];
@@ -1883,6 +1890,163 @@ static int gemm_tc_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
     return fmt == FMT_Q4_0 || fmt == FMT_Q8_0 || fmt == FMT_Q4_K;
 }
 
+/* ---- prefill with int8 activations (act_bits 8: lm_backend_cuda_set_act_bits) ----
+ * The CPU backend's default for quantized weights (cpu_kernels.h: lm_act8), on the GPU:
+ * k_act8_quantize turns each token's inputs into int8 per weight group exactly as
+ * lm_act8_quantize does (the same q, dx = max|x| / 127 and xsum, bit for bit: the same
+ * 16 running lanes and tree), and k_gemm_a8 multiplies them with the 4-bit weights in
+ * mma.m16n8k32 (s8 x s8 -> s32): one MMA per 32 columns where the f32 path (k_gemm_tc)
+ * takes four, no staging through shared memory, and a quarter of the input bytes. Per
+ * scale group the exact integer sum I becomes y += (s dx) I + b xsum, as on the CPU.
+ *
+ * Layout of the quantized rows: each 8-column unit u of a row is stored as its even
+ * columns, then its odd ones, so that lane (g, t) of a warp reads token g's A fragment
+ * for a 32-column chunk as one 8-byte load at unit t (k slots 4t..4t+3 = columns 8t,
+ * 8t+2, 8t+4, 8t+6; k slots 16+4t.. = the odd ones), and its weight unit t (8 nibbles,
+ * nibble i = column 8t+i) becomes the matching B fragment with a mask and a shift. */
+#define A8_LANES 16 /* lm_act8_quantize's running lanes */
+
+__device__ __forceinline__ int act8_pos(int col) {
+    int j = col & 7;
+    return (col & ~7) + ((j & 1) ? 4 + (j >> 1) : (j >> 1));
+}
+
+/* rows x cols inputs (cols a multiple of gs, gs of A8_LANES) -> q[rows][cols] in the
+ * layout above and ds[rows][cols / gs] = (dx, xsum). Half a warp a (row, group); lane
+ * k sums columns k, k + 16, ... in order, then the lanes combine as lm_act8_quantize's. */
+__global__ void k_act8_quantize(const float *x, int rows, int cols, int gs, int8_t *q, float2 *ds) {
+    int ng = cols / gs;
+    size_t total = (size_t)rows * (size_t)ng;
+    size_t hw = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / A8_LANES;
+    int k = threadIdx.x & (A8_LANES - 1);
+    const bool valid = hw < total;
+    if (!valid) hw = total - 1; /* every lane takes part in the shuffles */
+    size_t row = hw / (size_t)ng;
+    int grp = (int)(hw % (size_t)ng);
+    const float *xg = x + row * (size_t)cols + (size_t)grp * (size_t)gs;
+    float m = 0.0f, s = 0.0f;
+    for (int i = k; i < gs; i += A8_LANES) {
+        float v = xg[i], a = fabsf(v);
+        m = a > m ? a : m;
+        s = __fadd_rn(s, v);
+    }
+    for (int w = A8_LANES / 2; w >= 1; w /= 2) {
+        float om = __shfl_down_sync(0xffffffffu, m, w, A8_LANES), os = __shfl_down_sync(0xffffffffu, s, w, A8_LANES);
+        m = om > m ? om : m;
+        s = __fadd_rn(s, os);
+    }
+    float amax = __shfl_sync(0xffffffffu, m, 0, A8_LANES), sum = __shfl_sync(0xffffffffu, s, 0, A8_LANES);
+    if (!valid) return;
+    /* a NaN or infinite input gives NaN or infinite outputs through dx and xsum */
+    float inv = amax > 0.0f && amax <= 3.4e38f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    int8_t *qr = q + row * (size_t)cols;
+    for (int i = k; i < gs; i += A8_LANES) {
+        float v = __fmul_rn(xg[i], inv);
+        v = v >= -127.0f ? v : v < 0.0f ? -127.0f : 0.0f; /* NaN -> 0 */
+        v = v <= 127.0f ? v : 127.0f;
+        qr[act8_pos(grp * gs + i)] = (int8_t)__float2int_rn(v);
+    }
+    if (k == 0) ds[row * (size_t)ng + (size_t)grp] = make_float2(__fdiv_rn(amax, 127.0f), sum);
+}
+
+__device__ __forceinline__ void mma_s8_16x8x32(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* A warp: NT 8-row tiles from row r0 x TC_TOK tokens from t0 of an item of 4-bit affine
+ * weights and quantized inputs (it.xq, it.xds). Warps are independent (no shared
+ * memory): the block's warps read the same input fragments, which the L1 keeps. The
+ * weights and inputs of chunk c + 1 are loaded before chunk c's MMAs. */
+template <int NT>
+__device__ __forceinline__ void a8_warp(const mm_shape &sh, const mm_item &it, int t0, int r0, const int32_t *routes,
+                                        int x_div) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if (t0 >= it.n || r0 >= it.rows) return;
+    const int cols = sh.cols, ng = cols / sh.group_size, per_group = sh.group_size / TC_CHUNK;
+    /* a token past the item's reads the last one, a row past its rows the last row: their
+     * outputs are never stored, and an MMA's output depends on its own row and column only */
+    size_t xa = tc_row(routes, min(t0 + g, it.n - 1), x_div), xb = tc_row(routes, min(t0 + g + 8, it.n - 1), x_div);
+    const int8_t *qa = it.xq + xa * (size_t)cols + 8 * t, *qb = it.xq + xb * (size_t)cols + 8 * t;
+    const float2 *da = it.xds + xa * (size_t)ng, *db = it.xds + xb * (size_t)ng;
+    const uint8_t *wp[NT];
+    size_t srow[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        int r = min(r0 + 8 * j + g, it.rows - 1);
+        wp[j] = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + 4 * t;
+#pragma unroll
+        for (int h = 0; h < 2; h++) srow[j][h] = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)ng;
+    }
+    float tot[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) tot[j][i] = 0.0f;
+    uint32_t w[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) w[j] = __ldg((const uint32_t *)wp[j]);
+    uint2 a = __ldg((const uint2 *)qa), b = __ldg((const uint2 *)qb);
+    for (int grp = 0, c = 0; grp < ng; grp++) {
+        int acc[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[j][i] = 0;
+        for (int e = 0; e < per_group; e++, c++) {
+            const bool more = c + 1 < ng * per_group;
+            uint32_t wn[NT];
+#pragma unroll
+            for (int j = 0; j < NT; j++) wn[j] = w[j];
+            uint2 an = a, bn = b;
+            if (more) {
+#pragma unroll
+                for (int j = 0; j < NT; j++) wn[j] = __ldg((const uint32_t *)(wp[j] + (size_t)16 * (size_t)(c + 1)));
+                an = __ldg((const uint2 *)(qa + (size_t)32 * (size_t)(c + 1)));
+                bn = __ldg((const uint2 *)(qb + (size_t)32 * (size_t)(c + 1)));
+            }
+            const uint32_t af[4] = {a.x, b.x, a.y, b.y};
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                mma_s8_16x8x32(acc[j], af, w[j] & 0x0f0f0f0fu, (w[j] >> 4) & 0x0f0f0f0fu);
+                if (more) w[j] = wn[j];
+            }
+            a = an, b = bn;
+        }
+        /* y += (s dx) I + b xsum for the lane's rows 8j + 2t (+1) and tokens g, g + 8 */
+        float2 xg[2] = {__ldg(da + grp), __ldg(db + grp)};
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            float s[2], o[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                s[h] = bits_float(load_bits(it.scales, sh.qdtype, srow[j][h] + (size_t)grp), sh.qdtype);
+                o[h] = bits_float(load_bits(it.biases, sh.qdtype, srow[j][h] + (size_t)grp), sh.qdtype);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float2 x2 = xg[i >> 1];
+                float v = __fmul_rn(__fmul_rn(s[i & 1], x2.x), (float)acc[j][i]);
+                tot[j][i] = __fadd_rn(tot[j][i], __fadd_rn(v, __fmul_rn(o[i & 1], x2.y)));
+            }
+        }
+    }
+    tc_store<NT>(it, t0, r0, routes, tot);
+}
+
+/* Blocks of TC_WARPS warps of TC_NT tiles (TC_ROWS rows) x TC_TOK tokens, as k_gemm_tc's. */
+__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8(mm_shape sh, mm_batch b) {
+    a8_warp<TC_NT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8,
+                   NULL, 1);
+}
+
+/* Whether a launch takes k_gemm_a8: int8 activations asked for, MLX 4-bit weights whose
+ * groups are whole chunks; other formats keep f32 activations (k_gemm_tc). */
+static int gemm_a8_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
+    return im->act_bits == 8 && fmt == FMT_A4 && gemm_tc_ok(im, fmt, sh) && sh->group_size % TC_CHUNK == 0;
+}
+
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
 #define GEMM_MIN_TOKENS 8
@@ -2099,12 +2263,92 @@ static int tile_tokens(int n) {
     return n <= 32 || (n % 64 != 0 && n % 64 <= 32) ? 32 : 64;
 }
 
+static int grow_scratch(lm_backend *be, void **buf, size_t *have, size_t bytes, size_t least, const char *what);
+
+/* Bytes of int8 activations for rows x cols inputs of group size gs: the values, then a
+ * (dx, xsum) pair per group. */
+static size_t act8_bytes(size_t rows, int cols, int gs) {
+    return align_up(rows * (size_t)cols, 256) + align_up(rows * (size_t)(cols / gs) * sizeof(float2), 256);
+}
+
+/* k_act8_quantize of x[rows][cols] into the int8 activations' scratch at byte `at`
+ * (act8_bytes of room there); *q and *ds get where its values and pairs went. */
+static int act8_quantize(lm_backend *be, const float *x, int rows, int cols, int gs, size_t at, const int8_t **q,
+                         const float2 **ds) {
+    cuda_impl *im = impl_of(be);
+    uint8_t *base = (uint8_t *)im->a8 + at;
+    *q = (const int8_t *)base;
+    *ds = (const float2 *)(base + align_up((size_t)rows * (size_t)cols, 256));
+    size_t threads = (size_t)rows * (size_t)(cols / gs) * A8_LANES;
+    if (!threads) return 0;
+    tim_begin(im);
+    k_act8_quantize<<<blocks_for(threads, EW_THREADS), EW_THREADS, 0, im->stream>>>(x, rows, cols, gs, (int8_t *)*q, (float2 *)*ds);
+    return launched(be, "int8 activations");
+}
+
+/* The int8 activations' scratch: at least `bytes` (set_act_bits makes it as large as the
+ * engine's largest chunk needs, so it grows only for callers that pass more). */
+static int act8_scratch(lm_backend *be, size_t bytes) {
+    cuda_impl *im = impl_of(be);
+    if (grow_scratch(be, &im->a8, &im->a8_bytes, bytes, bytes, "int8 activations") != 0)
+        return lm_errf(be->err, "no GPU memory for %zu bytes of int8 activations (give --act-bits 32, or more --gpu-memory)",
+                       bytes);
+    return 0;
+}
+
+/* mm_flush's k_gemm_a8 launch: each item's inputs quantized into the scratch (an item
+ * with the inputs of the one before, q, k and v, reuses its), as many items a launch
+ * as the scratch holds; which items share a launch does not change a result. */
+static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
+    cuda_impl *im = impl_of(be);
+    const mm_shape &sh = p->sh;
+    size_t most = 0;
+    for (int i = 0; i < count; i++) {
+        size_t need = act8_bytes((size_t)p->b.it[i].n, sh.cols, sh.group_size);
+        if (need > most) most = need;
+    }
+    if (act8_scratch(be, most) != 0) return -1;
+    mm_batch b = p->b;
+    size_t used = 0;
+    int start = 0;
+    for (int i = 0; i <= count; i++) {
+        mm_item *m = &b.it[i < count ? i : 0];
+        int same = i > start && i < count && m->x == b.it[i - 1].x && m->n == b.it[i - 1].n;
+        size_t need = i < count && !same ? act8_bytes((size_t)m->n, sh.cols, sh.group_size) : 0;
+        if (i == count || used + need > im->a8_bytes) { /* launch items start .. i-1 */
+            int max_n = 0;
+            mm_batch part;
+            for (int k = start; k < i; k++) {
+                part.it[k - start] = b.it[k];
+                if (b.it[k].n > max_n) max_n = b.it[k].n;
+            }
+            dim3 grid(blocks_for((size_t)sh.rows, TC_ROWS), blocks_for((size_t)max_n, TC_TOK), (unsigned)(i - start));
+            if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", max_n);
+            tim_begin(im);
+            k_gemm_a8<<<grid, TC_WARPS * 32, 0, im->stream>>>(sh, part);
+            if (launched(be, "gemm_a8 affine4") != 0) return -1;
+            if (i == count) break;
+            start = i;
+            used = 0;
+        }
+        if (same) {
+            m->xq = b.it[i - 1].xq;
+            m->xds = b.it[i - 1].xds;
+            continue;
+        }
+        if (act8_quantize(be, m->x, m->n, sh.cols, sh.group_size, used, &m->xq, &m->xds) != 0) return -1;
+        used += need;
+    }
+    return 0;
+}
+
 static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     if (!p->count) return 0;
     cuda_impl *im = impl_of(be);
     int count = p->count;
     p->count = 0;
     im->fast_launches++;
+    if (gemm && gemm_a8_ok(im, p->fmt, &p->sh)) return mm_flush_a8(be, p, count);
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
         /* a launch of too few blocks to fill the GPU twice (the router: 128 rows) takes the
          * affine path's narrow blocks, 4 times as many; each output's arithmetic is the same */
@@ -4227,6 +4471,29 @@ __global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS))
     tc_block_any<FMT, AFFINE, TC_NT, WARPS>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
+/* k_gemm_a8 on one tile of k_route_group's list, as k_gemm_tc_grouped: the inputs'
+ * rows quantized (xq, xds: k_act8_quantize of the chunk's rows that x_div indexes). */
+__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                     const int32_t *off, const int32_t *routes,
+                                                                     const int2 *tiles, const int32_t *counts,
+                                                                     const int8_t *xq, const float2 *xds, int x_div,
+                                                                     float *y0, float *y1) {
+    if ((int)blockIdx.y >= counts[0]) return;
+    int2 tl = tiles[blockIdx.y];
+    const mm_desc &d = tab[(size_t)tl.x * 3 + (size_t)mat0 + blockIdx.z];
+    mm_item it;
+    it.data = d.data;
+    it.scales = d.scales;
+    it.biases = d.biases;
+    it.x = NULL;
+    it.xq = xq;
+    it.xds = xds;
+    it.y = blockIdx.z ? y1 : y0;
+    it.n = off[tl.x + 1] - off[tl.x];
+    it.rows = sh.rows;
+    a8_warp<TC_NT>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8, routes + off[tl.x], x_div);
+}
+
 #define TC_GROUPED_KERNEL(F)                                                                                          \
     (!affine ? k_gemm_tc_grouped<F, false> : wide ? k_gemm_tc_grouped<F, true, 2 * TC_WARPS> : k_gemm_tc_grouped<F, true>)
 static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int affine, int wide) {
@@ -4342,7 +4609,6 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
     return t;
 }
 
-static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* Where moe_grouped's arrays sit in its scratch, for R routes over E experts of I rows:
  * the grouping (off, routes, small, counts, tiles), then the gate and up rows. */
@@ -4367,9 +4633,10 @@ static moe_layout moe_layout_of(int R, int E, int I) {
 }
 
 static uint64_t cuda_moe_routed_scratch_bytes(lm_backend *be, int n, int top_k, int n_experts, int inter) {
-    (void)be;
-    if (n <= LM_ROUTED_MAX_TOKENS || top_k < 1 || n_experts < 1 || inter < 1) return 0;
-    return moe_layout_of(n * top_k, n_experts, inter).total;
+    /* with the int8 activations' scratch, which set_act_bits made already */
+    uint64_t a8 = impl_of(be)->a8_bytes;
+    if (n <= LM_ROUTED_MAX_TOKENS || top_k < 1 || n_experts < 1 || inter < 1) return a8;
+    return a8 + moe_layout_of(n * top_k, n_experts, inter).total;
 }
 
 /* moe_routed for n > LM_ROUTED_MAX_TOKENS: see k_route_group. The intermediate (R rows
@@ -4401,6 +4668,12 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     int wide0 = aff0 && im->tc_wide, wide2 = aff2 && im->tc_wide;
     mm_grouped_kernel gk0 = gemm_tc_grouped_kernel_of(t->fmt[0], aff0, wide0),
                        gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], aff2, wide2);
+    /* act_bits 8: the chunk's inputs quantized once, then k_gemm_a8_grouped (the gate and
+     * up products' inputs while they run, then the down products') */
+    int a80 = gemm_a8_ok(im, t->fmt[0], &t->sh[0]), a82 = gemm_a8_ok(im, t->fmt[2], &t->sh[2]);
+    size_t a8_need = a80 ? act8_bytes((size_t)n, H, t->sh[0].group_size) : 0;
+    if (a82 && act8_bytes((size_t)R, I, t->sh[2].group_size) > a8_need) a8_need = act8_bytes((size_t)R, I, t->sh[2].group_size);
+    if (a8_need && act8_scratch(be, a8_need) != 0) return -1;
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -4410,10 +4683,20 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
                                                                          K, g, u);
     if (launched(be, "grouped gate+up+swiglu (few tokens)") != 0) return -1;
     if (max_tiles) { /* else no expert can have GEMM_MIN_TOKENS routes */
-        tim_begin(im);
-        gk0<<<dim3(blocks_for((size_t)I, tc_block_rows(0, wide0)), (unsigned)max_tiles, 2), tc_block_threads(wide0), 0,
-              im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
-        if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
+        if (a80) {
+            const int8_t *hq;
+            const float2 *hds;
+            if (act8_quantize(be, h, n, H, t->sh[0].group_size, 0, &hq, &hds) != 0) return -1;
+            tim_begin(im);
+            k_gemm_a8_grouped<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
+                                im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, hq, hds, K, g, u);
+            if (launched(be, "gemm_a8 affine4") != 0) return -1;
+        } else {
+            tim_begin(im);
+            gk0<<<dim3(blocks_for((size_t)I, tc_block_rows(0, wide0)), (unsigned)max_tiles, 2), tc_block_threads(wide0),
+                  0, im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, h, K, g, u);
+            if (launched(be, fmt_name(t->fmt[0], 2)) != 0) return -1;
+        }
         tim_begin(im);
         k_swiglu_grouped<<<ew_blocks((size_t)R * (size_t)I), EW_THREADS, 0, im->stream>>>(g, u, I, R, sel, E, off);
         if (launched(be, "grouped swiglu") != 0) return -1;
@@ -4424,6 +4707,15 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
                                                                   eout, NULL);
     if (launched(be, "grouped down (few tokens)") != 0) return -1;
     if (!max_tiles) return 0;
+    if (a82) {
+        const int8_t *gq;
+        const float2 *gds;
+        if (act8_quantize(be, g, R, I, t->sh[2].group_size, 0, &gq, &gds) != 0) return -1;
+        tim_begin(im);
+        k_gemm_a8_grouped<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), TC_WARPS * 32, 0,
+                            im->stream>>>(t->sh[2], t->dev, 2, off, routes, tiles, counts, gq, gds, 1, eout, NULL);
+        return launched(be, "gemm_a8 affine4");
+    }
     tim_begin(im);
     gk2<<<dim3(blocks_for((size_t)H, tc_block_rows(0, wide2)), (unsigned)max_tiles, 1), tc_block_threads(wide2), 0,
           im->stream>>>(t->sh[2], t->dev, 2, off, routes, tiles, counts, g, 1, eout, NULL);
@@ -4551,6 +4843,7 @@ static void cuda_destroy(lm_backend *be) {
         if (im->flag) cudaFree(im->flag);
         if (im->att_parts) cudaFree(im->att_parts);
         if (im->moe_scratch) cudaFree(im->moe_scratch);
+        if (im->a8) cudaFree(im->a8);
         if (im->stream) cudaStreamDestroy(im->stream);
         if (im->copy) cudaStreamDestroy(im->copy);
         if (im->copy_done) cudaEventDestroy(im->copy_done);
@@ -4631,6 +4924,7 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     be->ops = &cuda_ops;
     be->impl = im;
     im->device = device;
+    im->act_bits = 32;
     if ((e = cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaStreamCreateWithFlags(&im->copy, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->copy_done, cudaEventDisableTiming)) != cudaSuccess ||
@@ -4704,6 +4998,17 @@ extern "C" void lm_backend_cuda_set_tc_generic(lm_backend *be, int on) { impl_of
 extern "C" void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode) { impl_of(be)->tc_narrow = mode; }
 extern "C" void lm_backend_cuda_set_tc_wide(lm_backend *be, int on) { impl_of(be)->tc_wide = on; }
 extern "C" void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on) { impl_of(be)->tc_q40 = on; }
+extern "C" int lm_backend_cuda_set_act_bits(lm_backend *be, int bits, int rows, int cols, char *err) {
+    cuda_impl *im = impl_of(be);
+    if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);
+    im->act_bits = bits;
+    if (bits == 8 && rows > 0 && cols > 0) {
+        /* at the smallest group a chunk takes (the most pairs per column) */
+        size_t bytes = act8_bytes((size_t)rows, (cols + TC_CHUNK - 1) / TC_CHUNK * TC_CHUNK, TC_CHUNK);
+        if (act8_scratch(be, bytes) != 0) return lm_errf(err, "%s", be->err);
+    }
+    return 0;
+}
 extern "C" uint64_t lm_backend_cuda_fast_launches(const lm_backend *be) {
     return ((const cuda_impl *)be->impl)->fast_launches;
 }

@@ -45,6 +45,15 @@ void lm_backend_cuda_set_tc_wide(lm_backend *be, int on);
  * LAZYMOE_CUDA_TC_Q4_0=1 sets it at creation; off until measured on a GPU). The same bits. */
 void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on);
 
+/* Activations of prefill's products with MLX 4-bit weights (8 tokens or more an item):
+ * 32 (default) f32 through k_gemm_tc; 8 int8, quantized per token and weight group as
+ * the CPU backend's act_bits 8 quantizes them (the same values, bit for bit), multiplied
+ * on the tensor cores as integers (k_gemm_a8) -- faster, at the CPU's int8 error. Other
+ * weight formats and the GEMVs of decode keep f32. With 8, device scratch for the int8
+ * values of `rows` rows of `cols` inputs is taken now (0: on first use), so that a
+ * prefill chunk never runs out of it; an error (err) when it cannot be had. */
+int lm_backend_cuda_set_act_bits(lm_backend *be, int bits, int rows, int cols, char *err);
+
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
 
