@@ -3,8 +3,8 @@
 # shapes (MLX 4-bit g64), alternating, in ROUNDS (default two), each bench with --repeat REPEAT
 # (default 4: a first run, then the mean of 3 in fresh sessions, llama-bench's way): an earlier
 # build carried as build/carry90-prev if there is one, then this build under each of VARIANTS
-# (space-separated environment settings, default "X=0 LAZYMOE_CUDA_TC_WIDE=1": as built, and
-# k_gemm_tc's affine path in blocks of 8 warps); then decode from one token and one profiled
+# (space-separated environment settings or --flag=value bench arguments, default
+# "X=0 LAZYMOE_CUDA_TC_WIDE=1": as built, and k_gemm_tc's affine path in blocks of 8 warps); then decode from one token and one profiled
 # prefill per variant, and MODE=prefill bench/cuda/profile.sh (ncu) per variant. Everything lands in
 # $OUT/summary.txt, all.txt, test_cuda.txt, prof_N.txt and ncu_N.txt (the device tool returns 8
 # files). Here: make CUDA=1 cuda-carry, then
@@ -23,10 +23,15 @@ echo "tests: ok $(grep -c '^ok ' $OUT/test_cuda.txt) FAIL $(grep -c '^FAIL' $OUT
 grep -B2 -A6 '^FAIL' $OUT/test_cuda.txt | head -60 >> $S
 M=$W/g64-$LAYERS
 [ -d $M ] || $C synth --preset qwen3-30b-a3b --layers $LAYERS --bits 4 --group-size 64 --out $M --threads 16 --quiet
-run() { # name, binary, env settings..., then bench arguments after --
-    local n=$1 bin=$2; shift 2; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
-    echo "### $n $bin ${envs[*]}" >> $A
-    env "${envs[@]}" timeout 120 $bin bench $M --backend cuda --no-warm-start --ctx 4096 "$@" > $W/run.txt 2>&1
+run() { # name, binary, settings..., then bench arguments after --; a setting --flag=value is a bench argument
+    local n=$1 bin=$2; shift 2; local envs=() args=()
+    while [ "$1" != -- ]; do
+        case "$1" in --*=*) args+=("${1%%=*}" "${1#*=}") ;; *) envs+=("$1") ;; esac
+        shift
+    done
+    shift
+    echo "### $n $bin ${envs[*]} ${args[*]}" >> $A
+    env "${envs[@]}" timeout 120 $bin bench $M --backend cuda --no-warm-start --ctx 4096 "${args[@]}" "$@" > $W/run.txt 2>&1
     cat $W/run.txt >> $A
     echo "$n: $(grep -E '^(prefill|decode|repeats) ' $W/run.txt | tr -s ' ' | cut -d: -f2- | tr '\n' ' ') ($SECONDS s)" >> $S
 }
@@ -43,14 +48,16 @@ for v in $VARIANTS; do run "p1_$v" $C $v -- --prompt-tokens 1 --gen-tokens 128 -
 i=0
 for v in $VARIANTS; do
     i=$((i + 1))
-    env $v LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
-        --ctx 4096 --prompt-tokens 512 --gen-tokens 4 > $OUT/prof_$i.txt 2>&1
+    case "$v" in --*=*) e=X=0 a="${v%%=*} ${v#*=}" ;; *) e=$v a= ;; esac
+    env $e LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
+        --ctx 4096 --prompt-tokens 512 --gen-tokens 4 $a > $OUT/prof_$i.txt 2>&1
     echo "prof_$i.txt: $v" >> $S
 done
 # where the prefill GEMM waits (ncu; NCU=0 skips it), for each variant
 i=0
 for v in $VARIANTS; do
     i=$((i + 1))
+    case "$v" in --*) continue ;; esac # environment variants only
     [ "${NCU:-1}" = 0 ] || env $v MODE=prefill OUT=$W/ncu timeout 240 bash bench/cuda/profile.sh $C 2 > $OUT/ncu_$i.txt 2>&1
 done
 echo "== done ($SECONDS s)" >> $S

@@ -4,7 +4,7 @@
 #   bash bench/cuda/profile.sh [LAZYMOE_CLI] [LAYERS]
 # MODE=decode (default): every kernel of a graph-replayed decode step, summarized by
 #   tools/ncu_summary.py; writes $OUT (default /tmp/profile)/ncu.csv and prints the summary.
-# MODE=prefill: the first launches of k_gemm_tc / k_gemm_tc_grouped in a 512-token prefill,
+# MODE=prefill: the first launches of k_gemm_tc / k_gemm_a8 (and their _grouped) in a 512-token prefill,
 #   with the sections that say where the warps wait (WarpStateStats), how full the issue slots
 #   are (SchedulerStats), the pipes' use (ComputeWorkloadAnalysis) and the memory traffic;
 #   writes $OUT/ncu_prefill.txt and prints its summary lines. Environment settings pass
@@ -21,12 +21,12 @@ mkdir -p "$OUT"
 M=/tmp/profile-q$LAYERS
 [ -f "$M/config.json" ] || "$CLI" synth --preset qwen3-30b-a3b --layers "$LAYERS" --out "$M" --quiet || exit 1
 if [ "${MODE:-decode}" = prefill ]; then
-    "$NCU" --cache-control none --clock-control none --kernel-name regex:'k_gemm_tc' --launch-count 4 \
+    "$NCU" --cache-control none --clock-control none --kernel-name regex:'k_gemm_(tc|a8)' --launch-count 4 \
         --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
         --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         "$CLI" bench "$M" --backend cuda --ctx 1024 --prompt-tokens 512 --gen-tokens 1 --no-warm-start \
         >"$OUT/ncu_prefill.txt" 2>"$OUT/ncu_prefill.err" || { tail -5 "$OUT/ncu_prefill.err"; exit 1; }
-    grep -E "k_gemm_tc|Duration|Issue Slots Busy|No Eligible|Active Warps Per Scheduler|Eligible Warps|Warp Cycles Per Issued|Stall|Achieved Occupancy|Registers Per|Memory Throughput|L2 Hit|Executed Ipc A" \
+    grep -E "k_gemm_tc|k_gemm_a8|Duration|Issue Slots Busy|No Eligible|Active Warps Per Scheduler|Eligible Warps|Warp Cycles Per Issued|Stall|Achieved Occupancy|Registers Per|Memory Throughput|L2 Hit|Executed Ipc A" \
         "$OUT/ncu_prefill.txt" | head -120
     exit 0
 fi

@@ -120,8 +120,9 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
     "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
     "                            stated error) or 32 (f32, the reference numerics)\n"                 \
-    "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; f32\n"       \
-    "                            activations; GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"           \
+    "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; int8\n"      \
+    "                            activations in prefill's MLX 4-bit products, f32 elsewhere;\n"    \
+    "                            GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"                        \
     "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
     "                            (the rest come from host memory; default: what is free)\n"           \
     "         --cpu-experts N    cuda: steps of up to N tokens compute the experts not in GPU memory\n" \
