@@ -14,7 +14,8 @@
 # first), MLX64=0 (lazymoe on the Q4_0 file only). CARRY_TAR: the carried archive
 # (build/device-carry.tar.xz); AGAIN=0: llama-bench -ngl 99 once. REPEAT (3): lazymoe's bench
 # --repeat, so that its mean over fresh sessions after a first run sits beside llama-bench's mean
-# over runs after a warmup. Q40_ENV: settings for one more Q4_0 prefill run (q40x). Each result
+# over runs after a warmup. Q40_ENV: settings for one more Q4_0 prefill run (q40x); G64X_ARGS:
+# bench arguments for one more MLX prefill run (g64x, e.g. "--act-bits 32"). Each result
 # is summarized into $OUT/summary.txt as it comes (the device tool returns 8 files; a call cut
 # short keeps what it had).
 LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1} CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz}
@@ -94,6 +95,8 @@ lz() {
 st "lazymoe"
 [ "$MLX64" = 1 ] && lz g64_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
 [ "$MLX64" = 1 ] && lz g64_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
+# G64X_ARGS (e.g. "--act-bits 32"): the MLX prefill once more with those bench arguments
+[ "$MLX64" = 1 ] && [ -n "${G64X_ARGS:-}" ] && lz g64x_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT $G64X_ARGS
 lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
 lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
 # Q40_ENV (e.g. LAZYMOE_CUDA_TC_Q4_0=1): the Q4_0 prefill once more with those settings
