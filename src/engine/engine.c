@@ -470,6 +470,11 @@ static int open_device_tier(lazymoe_model *m, char *e) {
         if (m->opt.cpu_experts > LM_CHUNK_TOKENS)
             return lm_errf(e, "--cpu-experts %d: at most %d tokens", m->opt.cpu_experts, LM_CHUNK_TOKENS);
         if (lm_backend_cpu_create(&m->cpu_be, m->opt.n_threads, e) != 0) return -1;
+        /* the GPU's int8 scope (lm_backend_cuda_set_act_bits): the same products int8 on both */
+        if (m->opt.act_bits == 8) {
+            if (lm_backend_cpu_set_act_bits(m->cpu_be, 8, widest_input(c), e) != 0) return -1;
+            lm_backend_cpu_set_act8_scope(m->cpu_be, LM_CUDA_ACT8_MIN_TOKENS, 4);
+        }
         size_t rows = (size_t)m->opt.cpu_experts * (size_t)c->top_k, H = (size_t)c->hidden_size;
         size_t I = (size_t)c->moe_intermediate_size;
         m->cpu_rows = (int)rows;

@@ -293,6 +293,9 @@ typedef struct {
  * an expert's tokens (so that the routed path and the host-routed one give the same
  * numbers). Beyond it a backend groups the routes by expert itself. */
 #define LM_ROUTED_MAX_TOKENS 4
+/* Tokens from which the CUDA backend's products take its tensor-core kernels, and so,
+ * with act_bits 8, int8 activations for MLX 4-bit weights (lm_backend_cpu_set_act8_scope). */
+#define LM_CUDA_ACT8_MIN_TOKENS 8
 
 struct lm_backend {
     const lm_backend_ops *ops;
@@ -332,6 +335,11 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
  * input the model has) sizes the quantization buffer up front, so running out
  * of memory is reported here rather than during a matmul. */
 int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err);
+/* Narrows act_bits 8 to products of at least min_tokens tokens and, where only_bits is
+ * not 0, to MLX weights of that many bits: the CUDA backend's scope (its int8 path is
+ * prefill's MLX 4-bit products), for the CPU that computes a GPU run's missed experts
+ * (--cpu-experts), so that both sides take int8 activations for the same products. */
+void lm_backend_cpu_set_act8_scope(lm_backend *be, int min_tokens, int only_bits);
 /* lm_backend_cpu_set_act_bits, or on CUDA lm_backend_cuda_set_act_bits (whose scratch
  * max_rows sizes: a prefill chunk's rows of inputs, its routes' for MoE models). */
 int lm_backend_set_act_bits(lm_backend *be, int bits, int max_rows, int max_cols, char *err);

@@ -556,13 +556,18 @@ static void matmul_act8_exact(void) {
         float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols);
         size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
         float *dy = dev_from(NULL, bytes);
-        uint64_t launches = lm_backend_cuda_fast_launches(gpu);
-        CHECKF(gpu->ops->matmul(gpu, dy, &W, dx, n) == 0, "%s", lm_backend_error(gpu));
-        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 1, "case %zu: not on the fast kernels", k);
-        float *got = host_from(dy, bytes);
-        CHECKF(same_bits("gemm_a8 vs reference", got, want, bytes), "case %zu: %d x %d g%d, %d tokens", k, rows, cols,
-               cases[k].gs, n);
-        free(got), free(want), free(x);
+        for (int warps = 4; warps <= 8; warps += 4) { /* k_gemm_a8's two block shapes */
+            lm_backend_cuda_set_a8_warps(gpu, warps);
+            uint64_t launches = lm_backend_cuda_fast_launches(gpu);
+            CHECKF(gpu->ops->matmul(gpu, dy, &W, dx, n) == 0, "%s", lm_backend_error(gpu));
+            CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 1, "case %zu: not on the fast kernels", k);
+            float *got = host_from(dy, bytes);
+            CHECKF(same_bits("gemm_a8 vs reference", got, want, bytes), "case %zu: %d x %d g%d, %d tokens, %d warps", k,
+                   rows, cols, cases[k].gs, n, warps);
+            free(got);
+        }
+        lm_backend_cuda_set_a8_warps(gpu, 4);
+        free(want), free(x);
         dev_free(dx), dev_free(dy);
         free_mat(&W);
     }
@@ -1312,7 +1317,7 @@ static void re_prefill_sel(int32_t psel[PT * PK]) {
 /* The same with int8 activations (k_gemm_a8 on both paths): MLX 4-bit, groups of one
  * and two chunks, rows misaligned, and 8-bit (f32 activations still). */
 static void routed_experts_act8(void) {
-    static void *parts[4][3 * RE_E][3];
+    static void *parts[5][3 * RE_E][3];
     int32_t psel[PT * PK];
     re_prefill_sel(psel);
     CHECKF(lm_backend_cuda_set_act_bits(gpu, 8, PT * PK, 256, err) == 0, "%s", err);
@@ -1322,6 +1327,9 @@ static void routed_experts_act8(void) {
     routed_experts_case(4, 64, LM_DT_BF16, 0, PT, PK, psel, parts[2]);
     re_misalign = 0;
     routed_experts_case(8, 32, LM_DT_F16, 0, PT, PK, psel, parts[3]);
+    lm_backend_cuda_set_a8_warps(gpu, 8); /* k_gemm_a8's blocks of 8 warps */
+    routed_experts_case(4, 64, LM_DT_BF16, 0, PT, PK, psel, parts[4]);
+    lm_backend_cuda_set_a8_warps(gpu, 4);
     CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
 }
 

@@ -31,6 +31,9 @@ typedef struct {
     float *xsum; /* per-token per-group input sums for affine matmul */
     size_t xsum_cap;
     int act_bits;   /* 32, or 8: int8 activations for affine matmuls */
+    /* act_bits 8 for products of at least act8_min_tokens tokens, and of MLX weights of
+     * act8_only_bits bits only where set (lm_backend_cpu_set_act8_scope) */
+    int act8_min_tokens, act8_only_bits;
     char *a8buf;    /* quantized activations of the current call (64-byte aligned) */
     size_t a8cap;
     void *batch_mem; /* per-call arrays of matmul_batch */
@@ -496,13 +499,15 @@ static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, in
     if (lm_dtype_is_mxfp4(W->dtype)) return NULL; /* f32 activations: mxfp4_dot.h */
     return impl->k->handles(W) ? impl->k : NULL;
 }
-static int uses_act8(const cpu_impl *impl, const lm_mat *W) {
-    return impl->act_bits == 8 && (W->dtype == LM_DT_U32 || lm_qblock_act8(W->dtype));
+static int uses_act8(const cpu_impl *impl, const lm_mat *W, int n) {
+    if (impl->act_bits != 8 || n < impl->act8_min_tokens) return 0;
+    if (impl->act8_only_bits) return W->dtype == LM_DT_U32 && W->bits == impl->act8_only_bits;
+    return W->dtype == LM_DT_U32 || lm_qblock_act8(W->dtype);
 }
 static int q4_block(const lm_cpu_kernels *k, const lm_mat *W) { return k && W->bits == 4 ? k->act8_q4_block : 0; }
 /* Rows a task's range is a multiple of: the int8 kernels work on 16-row panels
  * (AVX-512: a row per lane), the others on 4-row tiles. */
-static int task_row_align(const cpu_impl *impl, const lm_mat *W) { return uses_act8(impl, W) ? 16 : 4; }
+static int task_row_align(const cpu_impl *impl, const lm_mat *W, int n) { return uses_act8(impl, W, n) ? 16 : 4; }
 
 /* Tokens per piece so that `per_token` bytes each fit the quantization buffer,
  * which grows to all n tokens when memory allows; smaller pieces give the same
@@ -529,7 +534,7 @@ static int check_block(lm_backend *be, const lm_mat *W) {
 static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x, int n) {
     cpu_impl *impl = be->impl;
     if (check_block(be, W) != 0) return -1;
-    int act8 = uses_act8(impl, W);
+    int act8 = uses_act8(impl, W, n);
     matmul_job j = {.y = y, .W = W, .x = x, .n = n, .k = table_for(impl, W, act8)};
     const unsigned avx2_fma = LM_CPU_AVX2 | LM_CPU_FMA;
     if (impl->k && lm_dtype_is_mxfp4(W->dtype) && (lm_cpu_features() & avx2_fma) == avx2_fma) {
@@ -539,7 +544,7 @@ static int cpu_matmul(lm_backend *be, float *y, const lm_mat *W, const float *x,
         j.mxfp4_rows = lm_mxfp4_rows_neon;
         j.mxfp4_rows_act8 = lm_mxfp4_rows_act8_neon;
     }
-    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W));
+    int rpt = rows_per_task(W->rows, lm_pool_size(impl->pool), task_row_align(impl, W, n));
     j.rows_per_task = rpt;
     int tasks = (W->rows + rpt - 1) / rpt;
     if (act8) {
@@ -658,7 +663,7 @@ static int cpu_reserve_batch(lm_backend *be, int max_items) {
 static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int count) {
     cpu_impl *impl = be->impl;
     int simd = impl->k != NULL;
-    for (int i = 0; i < count && simd; i++) simd = table_for(impl, items[i].W, uses_act8(impl, items[i].W)) != NULL;
+    for (int i = 0; i < count && simd; i++) simd = table_for(impl, items[i].W, uses_act8(impl, items[i].W, items[i].n)) != NULL;
     batch_arrays b;
     if (!simd || batch_reserve(impl, count, &b) != 0) return matmul_each(be, items, count); /* the same results */
     /* Int8 items: one quantization per distinct input (gate and up share theirs). */
@@ -666,7 +671,7 @@ static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int cou
     for (int i = 0; i < count; i++) {
         const lm_mat *W = items[i].W;
         b.share[i] = -2; /* f32 */
-        if (!uses_act8(impl, W) || items[i].n == 0) continue;
+        if (!uses_act8(impl, W, items[i].n) || items[i].n == 0) continue;
         b.share[i] = -1; /* quantized for this item */
         for (int p = 0; p < i && b.share[i] == -1; p++) {
             const lm_mat *P = items[p].W;
@@ -697,7 +702,7 @@ static int cpu_matmul_batch(lm_backend *be, const lm_matmul_item *items, int cou
     for (int i = 0; i < count; i++) {
         const lm_mat *W = items[i].W;
         int tasks = 0;
-        const int align = task_row_align(impl, W);
+        const int align = task_row_align(impl, W, items[i].n);
         b.rpt[i] = align;
         if (items[i].n > 0 && W->rows > 0) {
             double want = (double)W->rows * W->cols * items[i].n / per_task;
@@ -1226,6 +1231,13 @@ int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *er
     }
     impl->act_bits = bits;
     return 0;
+}
+
+void lm_backend_cpu_set_act8_scope(lm_backend *be, int min_tokens, int only_bits) {
+    if (be->ops != &cpu_ops) return;
+    cpu_impl *impl = be->impl;
+    impl->act8_min_tokens = min_tokens;
+    impl->act8_only_bits = only_bits;
 }
 
 const char *lm_backend_cpu_kernels(const lm_backend *be) {

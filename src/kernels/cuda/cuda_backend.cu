@@ -120,6 +120,7 @@ typedef struct {
     int tc_wide;      /* LAZYMOE_CUDA_TC_WIDE=1: the affine path's blocks of 8 warps (off until measured) */
     int tc_q40;       /* LAZYMOE_CUDA_TC_Q4_0=1: Q4_0 through the affine path (off until measured) */
     int act_bits;     /* 8: prefill's 4-bit products on int8 activations (k_gemm_a8); 32 (default): f32 */
+    int a8_warps;     /* k_gemm_a8's warps a block: TC_WARPS (default) or 2 TC_WARPS (LAZYMOE_CUDA_A8_WARPS=8) */
     void *a8;         /* their scratch (act8_scratch) */
     size_t a8_bytes;
     int sm_count;
@@ -1958,36 +1959,39 @@ __device__ __forceinline__ void mma_s8_16x8x32(int (&d)[4], const uint32_t (&a)[
 /* A warp: NT 8-row tiles from row r0 x TC_TOK tokens from t0 of an item of 4-bit affine
  * weights and quantized inputs (it.xq, it.xds). Warps are independent (no shared
  * memory): the block's warps read the same input fragments, which the L1 keeps. The
- * weights and inputs of chunk c + 1 are loaded before chunk c's MMAs. */
+ * weights and inputs are loaded two chunks ahead of their MMAs (a chunk is a few
+ * instructions: the loads' latency is what the loop waits on otherwise). */
 template <int NT>
 __device__ __forceinline__ void a8_warp(const mm_shape &sh, const mm_item &it, int t0, int r0, const int32_t *routes,
                                         int x_div) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     if (t0 >= it.n || r0 >= it.rows) return;
-    const int cols = sh.cols, ng = cols / sh.group_size, per_group = sh.group_size / TC_CHUNK;
+    const int cols = sh.cols, ng = cols / sh.group_size, per_group = sh.group_size / TC_CHUNK, chunks = cols / TC_CHUNK;
     /* a token past the item's reads the last one, a row past its rows the last row: their
      * outputs are never stored, and an MMA's output depends on its own row and column only */
     size_t xa = tc_row(routes, min(t0 + g, it.n - 1), x_div), xb = tc_row(routes, min(t0 + g + 8, it.n - 1), x_div);
     const int8_t *qa = it.xq + xa * (size_t)cols + 8 * t, *qb = it.xq + xb * (size_t)cols + 8 * t;
     const float2 *da = it.xds + xa * (size_t)ng, *db = it.xds + xb * (size_t)ng;
     const uint8_t *wp[NT];
-    size_t srow[NT][2];
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         int r = min(r0 + 8 * j + g, it.rows - 1);
         wp[j] = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + 4 * t;
-#pragma unroll
-        for (int h = 0; h < 2; h++) srow[j][h] = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)ng;
     }
     float tot[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) tot[j][i] = 0.0f;
-    uint32_t w[NT];
+    uint32_t w0[NT], w1[NT]; /* chunks c and c + 1 */
+    uint2 a0, b0, a1, b1;    /* tokens g and g + 8, chunks c and c + 1 */
 #pragma unroll
-    for (int j = 0; j < NT; j++) w[j] = __ldg((const uint32_t *)wp[j]);
-    uint2 a = __ldg((const uint2 *)qa), b = __ldg((const uint2 *)qb);
+    for (int j = 0; j < NT; j++) {
+        w0[j] = __ldg((const uint32_t *)wp[j]);
+        w1[j] = chunks > 1 ? __ldg((const uint32_t *)(wp[j] + 16)) : w0[j];
+    }
+    a0 = __ldg((const uint2 *)qa), b0 = __ldg((const uint2 *)qb);
+    a1 = chunks > 1 ? __ldg((const uint2 *)(qa + 32)) : a0, b1 = chunks > 1 ? __ldg((const uint2 *)(qb + 32)) : b0;
     for (int grp = 0, c = 0; grp < ng; grp++) {
         int acc[NT][4];
 #pragma unroll
@@ -1995,24 +1999,23 @@ __device__ __forceinline__ void a8_warp(const mm_shape &sh, const mm_item &it, i
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[j][i] = 0;
         for (int e = 0; e < per_group; e++, c++) {
-            const bool more = c + 1 < ng * per_group;
-            uint32_t wn[NT];
+            uint32_t w2[NT];
+            uint2 a2 = a1, b2 = b1;
 #pragma unroll
-            for (int j = 0; j < NT; j++) wn[j] = w[j];
-            uint2 an = a, bn = b;
-            if (more) {
+            for (int j = 0; j < NT; j++) w2[j] = w1[j];
+            if (c + 2 < chunks) {
 #pragma unroll
-                for (int j = 0; j < NT; j++) wn[j] = __ldg((const uint32_t *)(wp[j] + (size_t)16 * (size_t)(c + 1)));
-                an = __ldg((const uint2 *)(qa + (size_t)32 * (size_t)(c + 1)));
-                bn = __ldg((const uint2 *)(qb + (size_t)32 * (size_t)(c + 1)));
+                for (int j = 0; j < NT; j++) w2[j] = __ldg((const uint32_t *)(wp[j] + (size_t)16 * (size_t)(c + 2)));
+                a2 = __ldg((const uint2 *)(qa + (size_t)32 * (size_t)(c + 2)));
+                b2 = __ldg((const uint2 *)(qb + (size_t)32 * (size_t)(c + 2)));
             }
-            const uint32_t af[4] = {a.x, b.x, a.y, b.y};
+            const uint32_t af[4] = {a0.x, b0.x, a0.y, b0.y};
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                mma_s8_16x8x32(acc[j], af, w[j] & 0x0f0f0f0fu, (w[j] >> 4) & 0x0f0f0f0fu);
-                if (more) w[j] = wn[j];
+                mma_s8_16x8x32(acc[j], af, w0[j] & 0x0f0f0f0fu, (w0[j] >> 4) & 0x0f0f0f0fu);
+                w0[j] = w1[j], w1[j] = w2[j];
             }
-            a = an, b = bn;
+            a0 = a1, b0 = b1, a1 = a2, b1 = b2;
         }
         /* y += (s dx) I + b xsum for the lane's rows 8j + 2t (+1) and tokens g, g + 8 */
         float2 xg[2] = {__ldg(da + grp), __ldg(db + grp)};
@@ -2021,8 +2024,9 @@ __device__ __forceinline__ void a8_warp(const mm_shape &sh, const mm_item &it, i
             float s[2], o[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                s[h] = bits_float(load_bits(it.scales, sh.qdtype, srow[j][h] + (size_t)grp), sh.qdtype);
-                o[h] = bits_float(load_bits(it.biases, sh.qdtype, srow[j][h] + (size_t)grp), sh.qdtype);
+                size_t k = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)ng + (size_t)grp;
+                s[h] = bits_float(load_bits(it.scales, sh.qdtype, k), sh.qdtype);
+                o[h] = bits_float(load_bits(it.biases, sh.qdtype, k), sh.qdtype);
             }
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -2035,10 +2039,15 @@ __device__ __forceinline__ void a8_warp(const mm_shape &sh, const mm_item &it, i
     tc_store<NT>(it, t0, r0, routes, tot);
 }
 
-/* Blocks of TC_WARPS warps of TC_NT tiles (TC_ROWS rows) x TC_TOK tokens, as k_gemm_tc's. */
-__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8(mm_shape sh, mm_batch b) {
-    a8_warp<TC_NT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8,
-                   NULL, 1);
+/* Blocks of TC_ROWS rows x TC_TOK tokens, as k_gemm_tc's: WARPS warps of TC_ROWS / WARPS
+ * rows each (4 of 32, or 8 of 16: LAZYMOE_CUDA_A8_WARPS=8, more warps in flight for the
+ * same rows). Each output's arithmetic is the same either way. */
+#define A8_NT(WARPS) (TC_ROWS / 8 / (WARPS))
+#define A8_MIN_BLOCKS(WARPS) ((WARPS) == TC_WARPS ? 4 : 3)
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8(mm_shape sh, mm_batch b) {
+    a8_warp<A8_NT(WARPS)>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK,
+                          blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * A8_NT(WARPS) * 8, NULL, 1);
 }
 
 /* Whether a launch takes k_gemm_a8: int8 activations asked for, MLX 4-bit weights whose
@@ -2050,6 +2059,7 @@ static int gemm_a8_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
 #define GEMM_MIN_TOKENS 8
+static_assert(GEMM_MIN_TOKENS == LM_CUDA_ACT8_MIN_TOKENS, "the CPU's --cpu-experts scope of int8 follows this");
 static_assert(LM_ROUTED_MAX_TOKENS < GEMM_MIN_TOKENS, "moe_routed's experts must take k_gemv on the host-routed path too");
 
 typedef void (*mm_kernel)(mm_shape, mm_batch);
@@ -2325,7 +2335,8 @@ static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
             dim3 grid(blocks_for((size_t)sh.rows, TC_ROWS), blocks_for((size_t)max_n, TC_TOK), (unsigned)(i - start));
             if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", max_n);
             tim_begin(im);
-            k_gemm_a8<<<grid, TC_WARPS * 32, 0, im->stream>>>(sh, part);
+            if (im->a8_warps == 2 * TC_WARPS) k_gemm_a8<2 * TC_WARPS><<<grid, 2 * TC_WARPS * 32, 0, im->stream>>>(sh, part);
+            else k_gemm_a8<TC_WARPS><<<grid, TC_WARPS * 32, 0, im->stream>>>(sh, part);
             if (launched(be, "gemm_a8 affine4") != 0) return -1;
             if (i == count) break;
             start = i;
@@ -4473,7 +4484,8 @@ __global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS))
 
 /* k_gemm_a8 on one tile of k_route_group's list, as k_gemm_tc_grouped: the inputs'
  * rows quantized (xq, xds: k_act8_quantize of the chunk's rows that x_div indexes). */
-__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8_grouped(mm_shape sh, const mm_desc *tab, int mat0,
                                                                      const int32_t *off, const int32_t *routes,
                                                                      const int2 *tiles, const int32_t *counts,
                                                                      const int8_t *xq, const float2 *xds, int x_div,
@@ -4491,8 +4503,11 @@ __global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8_grouped(mm_shape s
     it.y = blockIdx.z ? y1 : y0;
     it.n = off[tl.x + 1] - off[tl.x];
     it.rows = sh.rows;
-    a8_warp<TC_NT>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8, routes + off[tl.x], x_div);
+    a8_warp<A8_NT(WARPS)>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * A8_NT(WARPS) * 8, routes + off[tl.x],
+                          x_div);
 }
+typedef void (*a8_grouped_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const int32_t *, const int2 *,
+                                  const int32_t *, const int8_t *, const float2 *, int, float *, float *);
 
 #define TC_GROUPED_KERNEL(F)                                                                                          \
     (!affine ? k_gemm_tc_grouped<F, false> : wide ? k_gemm_tc_grouped<F, true, 2 * TC_WARPS> : k_gemm_tc_grouped<F, true>)
@@ -4674,6 +4689,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     size_t a8_need = a80 ? act8_bytes((size_t)n, H, t->sh[0].group_size) : 0;
     if (a82 && act8_bytes((size_t)R, I, t->sh[2].group_size) > a8_need) a8_need = act8_bytes((size_t)R, I, t->sh[2].group_size);
     if (a8_need && act8_scratch(be, a8_need) != 0) return -1;
+    a8_grouped_kernel a8k = im->a8_warps == 2 * TC_WARPS ? k_gemm_a8_grouped<2 * TC_WARPS> : k_gemm_a8_grouped<TC_WARPS>;
+    unsigned a8_threads = (im->a8_warps == 2 * TC_WARPS ? 2 : 1) * TC_WARPS * 32;
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -4688,8 +4705,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
             const float2 *hds;
             if (act8_quantize(be, h, n, H, t->sh[0].group_size, 0, &hq, &hds) != 0) return -1;
             tim_begin(im);
-            k_gemm_a8_grouped<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), TC_WARPS * 32, 0,
-                                im->stream>>>(t->sh[0], t->dev, 0, off, routes, tiles, counts, hq, hds, K, g, u);
+            a8k<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), a8_threads, 0, im->stream>>>(
+                t->sh[0], t->dev, 0, off, routes, tiles, counts, hq, hds, K, g, u);
             if (launched(be, "gemm_a8 affine4") != 0) return -1;
         } else {
             tim_begin(im);
@@ -4712,8 +4729,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
         const float2 *gds;
         if (act8_quantize(be, g, R, I, t->sh[2].group_size, 0, &gq, &gds) != 0) return -1;
         tim_begin(im);
-        k_gemm_a8_grouped<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), TC_WARPS * 32, 0,
-                            im->stream>>>(t->sh[2], t->dev, 2, off, routes, tiles, counts, gq, gds, 1, eout, NULL);
+        a8k<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), a8_threads, 0, im->stream>>>(
+            t->sh[2], t->dev, 2, off, routes, tiles, counts, gq, gds, 1, eout, NULL);
         return launched(be, "gemm_a8 affine4");
     }
     tim_begin(im);
@@ -4925,6 +4942,7 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     be->impl = im;
     im->device = device;
     im->act_bits = 32;
+    im->a8_warps = TC_WARPS;
     if ((e = cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaStreamCreateWithFlags(&im->copy, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->copy_done, cudaEventDisableTiming)) != cudaSuccess ||
@@ -4959,6 +4977,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (tw && !strcmp(tw, "1")) im->tc_wide = 1;
     const char *tq = getenv("LAZYMOE_CUDA_TC_Q4_0");
     if (tq && !strcmp(tq, "1")) im->tc_q40 = 1;
+    const char *aw = getenv("LAZYMOE_CUDA_A8_WARPS");
+    if (aw && !strcmp(aw, "8")) im->a8_warps = 2 * TC_WARPS;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -4998,6 +5018,7 @@ extern "C" void lm_backend_cuda_set_tc_generic(lm_backend *be, int on) { impl_of
 extern "C" void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode) { impl_of(be)->tc_narrow = mode; }
 extern "C" void lm_backend_cuda_set_tc_wide(lm_backend *be, int on) { impl_of(be)->tc_wide = on; }
 extern "C" void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on) { impl_of(be)->tc_q40 = on; }
+extern "C" void lm_backend_cuda_set_a8_warps(lm_backend *be, int warps) { impl_of(be)->a8_warps = warps == 8 ? 2 * TC_WARPS : TC_WARPS; }
 extern "C" int lm_backend_cuda_set_act_bits(lm_backend *be, int bits, int rows, int cols, char *err) {
     cuda_impl *im = impl_of(be);
     if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);

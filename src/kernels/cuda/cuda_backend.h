@@ -54,6 +54,10 @@ void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on);
  * prefill chunk never runs out of it; an error (err) when it cannot be had. */
 int lm_backend_cuda_set_act_bits(lm_backend *be, int bits, int rows, int cols, char *err);
 
+/* k_gemm_a8's blocks: 4 warps of 32 rows (default) or 8 of 16 (tests and A/B;
+ * LAZYMOE_CUDA_A8_WARPS=8 sets it at creation). The same bits either way. */
+void lm_backend_cuda_set_a8_warps(lm_backend *be, int warps);
+
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
 
