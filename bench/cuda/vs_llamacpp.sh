@@ -15,7 +15,8 @@
 # (build/device-carry.tar.xz); AGAIN=0: llama-bench -ngl 99 once. REPEAT (3): lazymoe's bench
 # --repeat, so that its mean over fresh sessions after a first run sits beside llama-bench's mean
 # over runs after a warmup. Q40_ENV: settings for one more Q4_0 prefill run (q40x); G64X_ARGS:
-# bench arguments for one more MLX prefill run (g64x, e.g. "--act-bits 32"). Each result
+# bench arguments for one more MLX prefill run (g64x, e.g. "--act-bits 32"); G64Y_ENV: settings
+# for another (g64y); Q40=0: no lazymoe runs on the Q4_0 file. Each result
 # is summarized into $OUT/summary.txt as it comes (the device tool returns 8 files; a call cut
 # short keeps what it had).
 LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1} CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz}
@@ -97,8 +98,10 @@ st "lazymoe"
 [ "$MLX64" = 1 ] && lz g64_p1 $W/g64 --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
 # G64X_ARGS (e.g. "--act-bits 32"): the MLX prefill once more with those bench arguments
 [ "$MLX64" = 1 ] && [ -n "${G64X_ARGS:-}" ] && lz g64x_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT $G64X_ARGS
-lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
-lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
+# G64Y_ENV (e.g. LAZYMOE_CUDA_A8_WARPS=8): the MLX prefill once more with those settings
+[ "$MLX64" = 1 ] && [ -n "${G64Y_ENV:-}" ] && (export $G64Y_ENV; lz g64y_p512 $W/g64 --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT)
+[ "${Q40:-1}" = 1 ] && lz q40_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
+[ "${Q40:-1}" = 1 ] && lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
 # Q40_ENV (e.g. LAZYMOE_CUDA_TC_Q4_0=1): the Q4_0 prefill once more with those settings
 [ -n "${Q40_ENV:-}" ] && (export $Q40_ENV; lz q40x_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT)
 [ "$AGAIN" = 1 ] && st "llama-bench ngl99 again"
