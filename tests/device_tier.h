@@ -36,6 +36,12 @@ static const int32_t TIER_IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140,
  * experts, N = a host cache of N slots; gpu_memory 0 = the backend's default. */
 static int tier_cpu_experts; /* options.cpu_experts of the runs */
 static int tier_act_bits = 32; /* options.act_bits of the runs */
+/* With int8 activations, experts computed on the CPU against the GPU's: the same int8
+ * values for the same inputs, but the CPU's f32 sums (another order) and SwiGLU (libm's
+ * expf) differ from the GPU's in last bits, and an input that then rounds to the next
+ * int8 step moves by max|x| / 127: the int8 path's own bound (tests/test_golden.c
+ * ACT8_TOL; 3.8% measured on demo-coder, H100), greedy ids still equal. */
+#define TIER_ACT8_TOL 0.08
 
 static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memory, tier_run *r, char *why) {
     memset(r, 0, sizeof *r);
@@ -153,8 +159,9 @@ static void tier_same_at_capacities(const char *dir, int n_experts, int top_k) {
         double rel = md / (mr > 0 ? mr : 1);
         if (!strcmp(tier_backend, "cpu"))
             CHECKF(md == 0, "%s: device capacity %d, experts on the CPU: logits differ (%.3g)", name, caps[i], rel);
-        else
-            CHECKF(rel <= 1e-3, "%s: device capacity %d, experts on the CPU: %.3g of max|logit|", name, caps[i], rel);
+        else /* int8 activations: a last-bit difference upstream may move a value by one int8 step */
+            CHECKF(rel <= (tier_act_bits == 8 ? TIER_ACT8_TOL : 1e-3),
+                   "%s: device capacity %d, experts on the CPU: %.3g of max|logit|", name, caps[i], rel);
         CHECKF(!memcmp(r.gen, all.gen, sizeof r.gen), "%s: device capacity %d, experts on the CPU: greedy ids differ",
                name, caps[i]);
         CHECKF(r.st.cpu_computed_experts > 0, "%s: capacity %d computed no expert on the CPU", name, caps[i]);

@@ -118,11 +118,12 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --lookahead-gate X read a layer's predictions only while at least X of them are then\n"  \
     "                            routed to (default 0.5; 0 = always)\n"                              \
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
-    "         --act-bits N       activations in quantized matmuls: 8 (default: int8, fast, small\n"  \
-    "                            stated error) or 32 (f32, the reference numerics)\n"                 \
-    "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; int8\n"      \
-    "                            activations in prefill's MLX 4-bit products, f32 elsewhere;\n"    \
-    "                            GPU from LAZYMOE_CUDA_DEVICE, default 0)\n"                        \
+    "         --act-bits N       activations in quantized matmuls: 8 (default on the CPU: int8,\n"   \
+    "                            fast, small stated error) or 32 (f32, the reference numerics;\n"  \
+    "                            default on cuda, where 8 takes int8 in prefill's MLX 4-bit\n"      \
+    "                            products)\n"                                                        \
+    "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; GPU from\n"  \
+    "                            LAZYMOE_CUDA_DEVICE, default 0)\n"                                \
     "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
     "                            (the rest come from host memory; default: what is free)\n"           \
     "         --cpu-experts N    cuda: steps of up to N tokens compute the experts not in GPU memory\n" \

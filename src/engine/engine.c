@@ -564,11 +564,12 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
     /* Quantized weights take int8 activations unless asked otherwise (as llama.cpp
      * always does): much faster, at the error tests/test_golden.c states; float
      * models keep f32, which is also the reference everywhere (--act-bits 32).
-     * On CUDA they apply to prefill's products with MLX 4-bit weights (the same int8
-     * values as the CPU's; lm_backend_cuda_set_act_bits), the rest staying f32. */
+     * CUDA keeps f32 unless asked (--act-bits 8: int8 in prefill's products with MLX
+     * 4-bit weights, the same int8 values as the CPU's; lm_backend_cuda_set_act_bits):
+     * measured 1.04x prefill so far, not yet worth its error as a default. */
     int cpu_backend = !m->opt.backend || !*m->opt.backend || !strcmp(m->opt.backend, "cpu");
     m->chunk_tokens = lm_chunk_tokens(cpu_backend);
-    if (m->opt.act_bits == 0) m->opt.act_bits = has_quantized_weights(&m->w) ? 8 : 32;
+    if (m->opt.act_bits == 0) m->opt.act_bits = cpu_backend && has_quantized_weights(&m->w) ? 8 : 32;
     /* Router lookahead: on by default where the host computes (a device's decode step
      * would wait for each layer's predictions' download, and could not be replayed as a
      * graph), for experts of LOOKAHEAD_MIN_EXPERT_BYTES or more, with as many predictions

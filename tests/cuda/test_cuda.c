@@ -1879,8 +1879,8 @@ static void grouped_prefill_same(void) {
     free(a), free(b);
 }
 
-/* The same with int8 activations (the CUDA default for quantized weights): the chunk's
- * products on k_gemm_a8, grouped on the device or routed on the host, the same bits. */
+/* The same with int8 activations (--act-bits 8): the chunk's products on k_gemm_a8,
+ * grouped on the device or routed on the host, the same bits. */
 static void grouped_prefill_same_act8(void) {
     test_act_bits = 8;
     grouped_prefill_same();
@@ -1889,7 +1889,8 @@ static void grouped_prefill_same_act8(void) {
 
 /* Int8 activations on the shipped 4-bit model: against transformers' f32 logits within
  * the CPU's int8 bound (tests/test_golden.c ACT8_TOL), and against the CPU's int8 run
- * (the same quantized values; decode steps stay f32 on the GPU), both printed. */
+ * (the same quantized values where both quantize; the GPU keeps f32 for decode steps
+ * and experts of under 8 tokens, the CPU does not), both printed. */
 #define ACT8_TOL 0.08
 static void golden_demo_coder_act8(void) {
     engine_run g, c;
