@@ -2050,6 +2050,10 @@ __global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8(mm
                           blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * A8_NT(WARPS) * 8, NULL, 1);
 }
 
+/* Whether k_gemm_a8's blocks are of 8 warps (LAZYMOE_CUDA_A8_WARPS=8), and their threads. */
+static int a8_wide(const cuda_impl *im) { return im->a8_warps == 2 * TC_WARPS; }
+static unsigned a8_block_threads(const cuda_impl *im) { return (a8_wide(im) ? 2 : 1) * TC_WARPS * 32; }
+
 /* Whether a launch takes k_gemm_a8: int8 activations asked for, MLX 4-bit weights whose
  * groups are whole chunks; other formats keep f32 activations (k_gemm_tc). */
 static int gemm_a8_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
@@ -2335,8 +2339,8 @@ static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
             dim3 grid(blocks_for((size_t)sh.rows, TC_ROWS), blocks_for((size_t)max_n, TC_TOK), (unsigned)(i - start));
             if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", max_n);
             tim_begin(im);
-            if (im->a8_warps == 2 * TC_WARPS) k_gemm_a8<2 * TC_WARPS><<<grid, 2 * TC_WARPS * 32, 0, im->stream>>>(sh, part);
-            else k_gemm_a8<TC_WARPS><<<grid, TC_WARPS * 32, 0, im->stream>>>(sh, part);
+            mm_kernel k = a8_wide(im) ? k_gemm_a8<2 * TC_WARPS> : k_gemm_a8<TC_WARPS>;
+            k<<<grid, a8_block_threads(im), 0, im->stream>>>(sh, part);
             if (launched(be, "gemm_a8 affine4") != 0) return -1;
             if (i == count) break;
             start = i;
@@ -4624,7 +4628,6 @@ static struct routed_table *routed_table_of(lm_backend *be, const lm_mat *mats, 
     return t;
 }
 
-
 /* Where moe_grouped's arrays sit in its scratch, for R routes over E experts of I rows:
  * the grouping (off, routes, small, counts, tiles), then the gate and up rows. */
 typedef struct {
@@ -4689,8 +4692,8 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     size_t a8_need = a80 ? act8_bytes((size_t)n, H, t->sh[0].group_size) : 0;
     if (a82 && act8_bytes((size_t)R, I, t->sh[2].group_size) > a8_need) a8_need = act8_bytes((size_t)R, I, t->sh[2].group_size);
     if (a8_need && act8_scratch(be, a8_need) != 0) return -1;
-    a8_grouped_kernel a8k = im->a8_warps == 2 * TC_WARPS ? k_gemm_a8_grouped<2 * TC_WARPS> : k_gemm_a8_grouped<TC_WARPS>;
-    unsigned a8_threads = (im->a8_warps == 2 * TC_WARPS ? 2 : 1) * TC_WARPS * 32;
+    a8_grouped_kernel a8k = a8_wide(im) ? k_gemm_a8_grouped<2 * TC_WARPS> : k_gemm_a8_grouped<TC_WARPS>;
+    unsigned a8_threads = a8_block_threads(im);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
