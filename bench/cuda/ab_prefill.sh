@@ -3,7 +3,7 @@
 # shapes (MLX 4-bit g64), alternating, in ROUNDS (default two), each bench with --repeat REPEAT
 # (default 4: a first run, then the mean of 3 in fresh sessions, llama-bench's way): an earlier
 # build carried as build/carry90-prev if there is one, then this build under each of VARIANTS
-# (space-separated environment settings or --flag=value bench arguments, default
+# (space-separated; each environment settings or --flag=value bench arguments joined by +, default
 # "X=0 LAZYMOE_CUDA_TC_WIDE=1": as built, and k_gemm_tc's affine path in blocks of 8 warps); then decode from one token and one profiled
 # prefill per variant, and MODE=prefill bench/cuda/profile.sh (ncu) per variant. Everything lands in
 # $OUT/summary.txt, all.txt, test_cuda.txt, prof_N.txt and ncu_N.txt (the device tool returns 8
@@ -41,14 +41,15 @@ PREV=build/carry90-prev/lazymoe
 [ -x $PREV ] && echo "prev: $(cat build/carry90-prev/commit.txt)" >> $S
 for r in ${ROUNDS:-a b}; do
     [ -x $PREV ] && run prev_$r $PREV X=0 -- $P
-    for v in $VARIANTS; do run "${v}_$r" $C $v -- $P; done
+    for v in $VARIANTS; do run "${v}_$r" $C ${v//+/ } -- $P; done
 done
 [ -x $PREV ] && run p1_prev $PREV X=0 -- --prompt-tokens 1 --gen-tokens 128 --repeat 3
-for v in $VARIANTS; do run "p1_$v" $C $v -- --prompt-tokens 1 --gen-tokens 128 --repeat 3; done
+for v in $VARIANTS; do run "p1_$v" $C ${v//+/ } -- --prompt-tokens 1 --gen-tokens 128 --repeat 3; done
 i=0
 for v in $VARIANTS; do
     i=$((i + 1))
-    case "$v" in --*=*) e=X=0 a="${v%%=*} ${v#*=}" ;; *) e=$v a= ;; esac
+    e="X=0" a=
+    for p in ${v//+/ }; do case "$p" in --*=*) a="$a ${p%%=*} ${p#*=}" ;; *) e="$e $p" ;; esac; done
     env $e LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
         --ctx 4096 --prompt-tokens 512 --gen-tokens 4 $a > $OUT/prof_$i.txt 2>&1
     echo "prof_$i.txt: $v" >> $S
@@ -57,8 +58,8 @@ done
 i=0
 for v in $VARIANTS; do
     i=$((i + 1))
-    case "$v" in --*) continue ;; esac # environment variants only
-    [ "${NCU:-1}" = 0 ] || env $v MODE=prefill OUT=$W/ncu timeout 240 bash bench/cuda/profile.sh $C 2 > $OUT/ncu_$i.txt 2>&1
+    case "$v" in *--*) continue ;; esac # environment variants only
+    [ "${NCU:-1}" = 0 ] || env ${v//+/ } MODE=prefill OUT=$W/ncu timeout 240 bash bench/cuda/profile.sh $C 2 > $OUT/ncu_$i.txt 2>&1
 done
 echo "== done ($SECONDS s)" >> $S
 cat $S
