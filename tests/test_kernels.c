@@ -952,6 +952,47 @@ static void act8_settings(void) {
     lm_backend_free(be);
 }
 
+/* lm_backend_cpu_set_act8_scope (the CPU beside a GPU run, --cpu-experts): int8 only for
+ * products of at least min_tokens tokens of MLX weights of only_bits bits, f32 for the
+ * rest; each product the bits of an unscoped int8 or f32 backend, alone and batched. */
+static void act8_scope(void) {
+    char err[LM_ERR_LEN];
+    lm_backend *scoped, *a8, *f32;
+    CHECK(lm_backend_cpu_create_with(&scoped, 2, NULL, err) == 0);
+    CHECK(lm_backend_cpu_create_with(&a8, 2, NULL, err) == 0);
+    CHECK(lm_backend_cpu_create_with(&f32, 2, NULL, err) == 0);
+    CHECK(lm_backend_cpu_set_act_bits(scoped, 8, 256, err) == 0 && lm_backend_cpu_set_act_bits(a8, 8, 256, err) == 0);
+    lm_backend_cpu_set_act8_scope(scoped, 8, 4);
+    test_mat t4, t8;
+    make_mat(&t4, 40, 256, LM_DT_BF16, 4, 64);
+    make_mat(&t8, 24, 256, LM_DT_BF16, 8, 64);
+    float *x = malloc(sizeof(float) * 12 * 256), *y = malloc(sizeof(float) * 12 * 40), *w = malloc(sizeof(float) * 12 * 40);
+    float *yb[2] = {malloc(sizeof(float) * 12 * 40), malloc(sizeof(float) * 12 * 40)};
+    for (int k = 0; k < 12 * 256; k++) x[k] = (float)urand();
+    static const int ns[] = {1, 7, 8, 12};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        for (int m8 = 0; m8 < 2; m8++) {
+            const lm_mat *W = m8 ? &t8.m : &t4.m;
+            int n = ns[i], int8 = !m8 && n >= 8;
+            size_t bytes = sizeof(float) * (size_t)n * (size_t)W->rows;
+            CHECK(scoped->ops->matmul(scoped, y, W, x, n) == 0);
+            lm_backend *ref = int8 ? a8 : f32;
+            CHECK(ref->ops->matmul(ref, w, W, x, n) == 0);
+            CHECKF(!memcmp(y, w, bytes), "%d-bit, %d tokens: not the %s product", m8 ? 8 : 4, n, int8 ? "int8" : "f32");
+            /* in a batch beside an item of the other kind */
+            lm_matmul_item items[2] = {{yb[0], W, x, n}, {yb[1], &t4.m, x, 12}};
+            CHECK(scoped->ops->matmul_batch(scoped, items, 2) == 0);
+            CHECKF(!memcmp(yb[0], w, bytes), "%d-bit, %d tokens, batched: not the %s product", m8 ? 8 : 4, n,
+                   int8 ? "int8" : "f32");
+        }
+    /* the int8 and f32 products differ here, so the checks above tell them apart */
+    CHECK(a8->ops->matmul(a8, y, &t4.m, x, 8) == 0 && f32->ops->matmul(f32, w, &t4.m, x, 8) == 0);
+    CHECK(memcmp(y, w, sizeof(float) * 8 * 40) != 0);
+    free(x), free(y), free(w), free(yb[0]), free(yb[1]);
+    free_mat(&t4), free_mat(&t8);
+    lm_backend_free(scoped), lm_backend_free(a8), lm_backend_free(f32);
+}
+
 /* A batch like a layer's experts: 40 items of 4- and 8-bit matrices with 0 to 9
  * tokens each (empty items among them), pairs sharing an input, f32 and int8
  * activations: every product equals matmul of it alone. */
@@ -1135,6 +1176,7 @@ int main(void) {
     TEST_CASE("kernels_threadpool_each_task_once", threadpool_each_task_once);
     TEST_CASE("kernels_selection", kernel_selection);
     TEST_CASE("kernels_act8_quantize_layout", act8_quantize_layout);
+    TEST_CASE("kernels_act8_scope", act8_scope);
     TEST_CASE("kernels_act8_simd_quantize_matches_reference", act8_simd_quantize_matches_reference);
     TEST_CASE("kernels_act8_matches_definition", act8_matches_definition);
     TEST_CASE("kernels_act8_bit_identical", act8_bit_identical);
