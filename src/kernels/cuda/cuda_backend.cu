@@ -1976,7 +1976,7 @@ __device__ __forceinline__ void a8_warp(const mm_shape &sh, const mm_item &it, i
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         int r = min(r0 + 8 * j + g, it.rows - 1);
-        wp[j] = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + 4 * t;
+        wp[j] = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + tc_unit_offset<FMT_A4>(t);
     }
     float tot[NT][4];
 #pragma unroll
@@ -4465,6 +4465,24 @@ __global__ void __launch_bounds__(RG_THREADS) k_route_group(const int32_t *sel, 
     }
 }
 
+/* The item a grouped kernel's block computes: matrix mat0 + blockIdx.z of expert e, into
+ * y0 or y1, its tokens the expert's routes (the inputs are the caller's to set). */
+__device__ __forceinline__ mm_item grouped_item(const mm_shape &sh, const mm_desc *tab, int mat0, const int32_t *off,
+                                                int e, float *y0, float *y1) {
+    const mm_desc &d = tab[(size_t)e * 3 + (size_t)mat0 + blockIdx.z];
+    mm_item it;
+    it.data = d.data;
+    it.scales = d.scales;
+    it.biases = d.biases;
+    it.x = NULL;
+    it.xq = NULL;
+    it.xds = NULL;
+    it.y = blockIdx.z ? y1 : y0;
+    it.n = off[e + 1] - off[e];
+    it.rows = sh.rows;
+    return it;
+}
+
 /* k_gemm_tc on one tile of k_route_group's list (blockIdx.y; past counts[0]: nothing):
  * matrix mat0 + blockIdx.z of its expert, into y0 or y1, the item's tokens its routes. */
 template <int FMT, bool AFFINE, int WARPS = TC_WARPS>
@@ -4474,15 +4492,8 @@ __global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS))
                                                                     const float *x, int x_div, float *y0, float *y1) {
     if ((int)blockIdx.y >= counts[0]) return;
     int2 tl = tiles[blockIdx.y];
-    const mm_desc &d = tab[(size_t)tl.x * 3 + (size_t)mat0 + blockIdx.z];
-    mm_item it;
-    it.data = d.data;
-    it.scales = d.scales;
-    it.biases = d.biases;
+    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
     it.x = x;
-    it.y = blockIdx.z ? y1 : y0;
-    it.n = off[tl.x + 1] - off[tl.x];
-    it.rows = sh.rows;
     tc_block_any<FMT, AFFINE, TC_NT, WARPS>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
@@ -4496,17 +4507,9 @@ __global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8_gr
                                                                      float *y0, float *y1) {
     if ((int)blockIdx.y >= counts[0]) return;
     int2 tl = tiles[blockIdx.y];
-    const mm_desc &d = tab[(size_t)tl.x * 3 + (size_t)mat0 + blockIdx.z];
-    mm_item it;
-    it.data = d.data;
-    it.scales = d.scales;
-    it.biases = d.biases;
-    it.x = NULL;
+    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
     it.xq = xq;
     it.xds = xds;
-    it.y = blockIdx.z ? y1 : y0;
-    it.n = off[tl.x + 1] - off[tl.x];
-    it.rows = sh.rows;
     a8_warp<A8_NT(WARPS)>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * A8_NT(WARPS) * 8, routes + off[tl.x],
                           x_div);
 }
