@@ -23,13 +23,17 @@ echo "tests: ok $(grep -c '^ok ' $OUT/test_cuda.txt) FAIL $(grep -c '^FAIL' $OUT
 grep -B2 -A6 '^FAIL' $OUT/test_cuda.txt | head -60 >> $S
 M=$W/g64-$LAYERS
 [ -d $M ] || $C synth --preset qwen3-30b-a3b --layers $LAYERS --bits 4 --group-size 64 --out $M --threads 16 --quiet
-run() { # name, binary, settings..., then bench arguments after --; a setting --flag=value is a bench argument
-    local n=$1 bin=$2; shift 2; local envs=() args=()
-    while [ "$1" != -- ]; do
-        case "$1" in --*=*) args+=("${1%%=*}" "${1#*=}") ;; *) envs+=("$1") ;; esac
-        shift
-    done
+# settings -> envs (environment settings, X=0 first) and args (a setting --flag=value: bench arguments)
+split_settings() {
+    envs=(X=0) args=()
+    for p in "$@"; do case "$p" in --*=*) args+=("${p%%=*}" "${p#*=}") ;; *) envs+=("$p") ;; esac; done
+}
+run() { # name, binary, settings..., then bench arguments after --
+    local n=$1 bin=$2 set=(); shift 2
+    while [ "$1" != -- ]; do set+=("$1"); shift; done
     shift
+    local envs args
+    split_settings "${set[@]}"
     echo "### $n $bin ${envs[*]} ${args[*]}" >> $A
     env "${envs[@]}" timeout 120 $bin bench $M --backend cuda --no-warm-start --ctx 4096 "${args[@]}" "$@" > $W/run.txt 2>&1
     cat $W/run.txt >> $A
@@ -48,10 +52,9 @@ for v in $VARIANTS; do run "p1_$v" $C ${v//+/ } -- --prompt-tokens 1 --gen-token
 i=0
 for v in $VARIANTS; do
     i=$((i + 1))
-    e="X=0" a=
-    for p in ${v//+/ }; do case "$p" in --*=*) a="$a ${p%%=*} ${p#*=}" ;; *) e="$e $p" ;; esac; done
-    env $e LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
-        --ctx 4096 --prompt-tokens 512 --gen-tokens 4 $a > $OUT/prof_$i.txt 2>&1
+    split_settings ${v//+/ }
+    env "${envs[@]}" LAZYMOE_OP_TIMING=1 LAZYMOE_CUDA_TIMING=1 timeout 90 $C bench $M --backend cuda --no-warm-start \
+        --ctx 4096 --prompt-tokens 512 --gen-tokens 4 "${args[@]}" > $OUT/prof_$i.txt 2>&1
     echo "prof_$i.txt: $v" >> $S
 done
 # where the prefill GEMM waits (ncu; NCU=0 skips it), for each variant
