@@ -138,11 +138,18 @@ typedef struct {
     /* Steps of at most cpu_experts tokens (decode) compute the experts that are not in
      * device memory on the CPU, from resident host memory, while the device computes
      * the ones it holds -- no expert crosses the bus then; longer steps (prefill)
-     * upload them. Needs every expert resident in host memory. Results stay within
-     * the CPU-vs-GPU tolerance (tests/cuda/test_cuda.c). 0 = off: every miss is
-     * uploaded (then results are bit-identical at every device capacity). */
+     * upload them. LAZYMOE_CPU_EXPERTS_AUTO: every step splits its misses between
+     * the upload and the CPU, both at once, by the costs of each measured at load
+     * and the CPU's kept up to date while it runs; with -v the costs are shown.
+     * Needs every expert resident in host memory (N is refused otherwise; auto then
+     * uploads every miss). Results stay within the CPU-vs-GPU tolerance
+     * (tests/cuda/test_cuda.c). 0 = off: every miss is uploaded (then results are
+     * bit-identical at every device capacity). */
     int cpu_experts;
 } lazymoe_options;
+
+/* options.cpu_experts: the split of each step's misses chosen by measured costs. */
+#define LAZYMOE_CPU_EXPERTS_AUTO (-1)
 
 /* Fills the defaults above. */
 void lazymoe_options_init(lazymoe_options *opt);
@@ -208,13 +215,17 @@ typedef struct {
     uint64_t gpu_hits;            /* routed experts found in device memory */
     uint64_t gpu_uploads;         /* experts uploaded from host memory into device slots */
     uint64_t gpu_upload_bytes;    /* bytes those uploads moved */
-    uint64_t cpu_computed_experts; /* experts computed on the CPU from host memory (none yet) */
+    uint64_t cpu_computed_experts; /* experts computed on the CPU from host memory (options.cpu_experts) */
     uint64_t gpu_budget;          /* the device memory budget (options.gpu_memory or the default) */
     uint64_t gpu_resident_bytes;  /* planned device bytes besides the expert slots (weights, KV, scratch) */
     uint64_t gpu_expert_bytes;    /* device bytes of the expert slots */
     uint64_t gpu_peak_bytes;      /* the most device memory the backend held at once */
     uint64_t gpu_total_bytes;     /* the device's memory */
     uint64_t gpu_pinned_bytes;    /* host expert memory page-locked for uploads */
+    /* cpu_experts auto: the costs the split of misses uses now, in microseconds (an
+     * upload; the CPU's round trip per layer, one expert for one row, each more row);
+     * zeros otherwise */
+    double miss_costs_us[4];
 } lazymoe_expert_stats;
 
 /* Expert cache counters and memory plan (l < 0: all layers; else one layer). */

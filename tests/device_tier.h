@@ -81,6 +81,88 @@ static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memor
     return rc;
 }
 
+/* A run with experts computed on the CPU against the all-in-device-memory run: on
+ * the CPU backend the same kernels, so bit-identical; on a GPU the CPU's sums, within
+ * the CPU-vs-GPU tolerance; greedy ids the same. Returns the gap in max|logit|. */
+static double tier_cpu_close(const char *name, int cap, const tier_run *all, const tier_run *r) {
+    double md = 0, mr = 0;
+    for (size_t k = 0; k < TIER_NIDS * all->V; k++) {
+        double d = fabs((double)r->logits[k] - (double)all->logits[k]);
+        if (d > md) md = d;
+        if (fabs((double)all->logits[k]) > mr) mr = fabs((double)all->logits[k]);
+    }
+    double rel = md / (mr > 0 ? mr : 1);
+    if (!strcmp(tier_backend, "cpu"))
+        CHECKF(md == 0, "%s: device capacity %d, experts on the CPU: logits differ (%.3g)", name, cap, rel);
+    else /* int8 activations: a last-bit difference upstream may move a value by one int8 step */
+        CHECKF(rel <= (tier_act_bits == 8 ? TIER_ACT8_TOL : 1e-3),
+               "%s: device capacity %d, experts on the CPU: %.3g of max|logit|", name, cap, rel);
+    CHECKF(!memcmp(r->gen, all->gen, sizeof r->gen), "%s: device capacity %d, experts on the CPU: greedy ids differ",
+           name, cap);
+    return rel;
+}
+
+/* cpu_experts auto (experts/miss_split.h): each step splits its misses between the
+ * upload and the CPU. Costs given through LAZYMOE_MISS_COSTS make the split known:
+ * a free upload takes every miss, a free CPU all of them (the 16-token prompt's
+ * rows fit its arrays), and an upload of 100 us against 150 us + 10 us a row on the
+ * CPU gives the CPU one of two one-row misses (150 < 200) but not a lone one (150 >
+ * 100): both sides at one slot per layer. Then measured costs (any split), a host
+ * expert cache (every miss uploaded, told in the log) and malformed costs (an error
+ * naming the variable). */
+static void tier_auto_split(const char *dir, const char *name, const tier_run *all, uint64_t budget_topk,
+                            uint64_t budget_one, int top_k) {
+    static const struct {
+        const char *costs; /* NULL: measured at load */
+        int slots_one;     /* the budget of one slot per layer, else top_k slots */
+        int cpu;           /* 0: none on the CPU, 1: all, 2: some and some uploaded, -1: either */
+    } cases[] = {
+        {"0,0,1,1", 0, 0}, {"1000,0,1,0", 0, 1}, {"100,0,150,10", 1, 2}, {NULL, 0, -1}, {NULL, 1, -1},
+    };
+    char why[LM_ERR_LEN];
+    tier_cpu_experts = LAZYMOE_CPU_EXPERTS_AUTO;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].costs) setenv("LAZYMOE_MISS_COSTS", cases[i].costs, 1);
+        else unsetenv("LAZYMOE_MISS_COSTS");
+        int cap = cases[i].slots_one ? 1 : top_k;
+        tier_run r;
+        if (tier_run_model(dir, -1, cases[i].slots_one ? budget_one : budget_topk, &r, why) != 0) {
+            CHECKF(0, "%s, auto split, costs %s: %s", name, cases[i].costs ? cases[i].costs : "measured", why);
+            free(r.logits);
+            continue;
+        }
+        double rel = tier_cpu_close(name, cap, all, &r);
+        unsigned long long on_cpu = r.st.cpu_computed_experts, up = r.st.gpu_uploads;
+        if (cases[i].cpu == 0) CHECKF(on_cpu == 0 && up > 0, "%s: a free upload: %llu on the CPU", name, on_cpu);
+        if (cases[i].cpu == 1) CHECKF(on_cpu > 0 && up == 0, "%s: a free CPU: %llu uploads", name, up);
+        if (cases[i].cpu == 2)
+            CHECKF(on_cpu > 0 && up > 0, "%s: a split: %llu on the CPU, %llu uploads", name, on_cpu, up);
+        printf("# %s on %s, device capacity %d, --cpu-experts auto, costs %s: %llu computed on the CPU, %llu "
+               "uploads, logits within %.3g of max|logit|\n",
+               name, tier_backend, cap, cases[i].costs ? cases[i].costs : "measured", on_cpu, up, rel);
+        free(r.logits);
+    }
+    unsetenv("LAZYMOE_MISS_COSTS");
+    /* a host cache of top_k slots: the CPU has no resident experts, so every miss is
+     * uploaded -- bit-identical then on every backend */
+    tier_run r;
+    if (tier_run_model(dir, top_k, budget_one, &r, why) != 0) {
+        CHECKF(0, "%s, auto split over a host cache: %s", name, why);
+    } else {
+        CHECKF(r.st.cpu_computed_experts == 0, "%s: auto over a host cache computed %llu on the CPU", name,
+               (unsigned long long)r.st.cpu_computed_experts);
+        CHECKF(!memcmp(r.logits, all->logits, sizeof(float) * TIER_NIDS * all->V) && !memcmp(r.gen, all->gen, sizeof r.gen),
+               "%s: auto over a host cache differs from all in device memory", name);
+    }
+    free(r.logits);
+    setenv("LAZYMOE_MISS_COSTS", "1,2,x,4", 1);
+    CHECK(tier_run_model(dir, -1, budget_one, &r, why) != 0);
+    CHECK_STR_CONTAINS(why, "LAZYMOE_MISS_COSTS");
+    free(r.logits);
+    unsetenv("LAZYMOE_MISS_COSTS");
+    tier_cpu_experts = 0;
+}
+
 /* Every device capacity gives the all-in-device-memory run's numbers. */
 static void tier_same_at_capacities(const char *dir, int n_experts, int top_k) {
     char why[LM_ERR_LEN];
@@ -150,20 +232,7 @@ static void tier_same_at_capacities(const char *dir, int n_experts, int top_k) {
             free(r.logits);
             continue;
         }
-        double md = 0, mr = 0;
-        for (size_t k = 0; k < TIER_NIDS * all.V; k++) {
-            double d = fabs((double)r.logits[k] - (double)all.logits[k]);
-            if (d > md) md = d;
-            if (fabs((double)all.logits[k]) > mr) mr = fabs((double)all.logits[k]);
-        }
-        double rel = md / (mr > 0 ? mr : 1);
-        if (!strcmp(tier_backend, "cpu"))
-            CHECKF(md == 0, "%s: device capacity %d, experts on the CPU: logits differ (%.3g)", name, caps[i], rel);
-        else /* int8 activations: a last-bit difference upstream may move a value by one int8 step */
-            CHECKF(rel <= (tier_act_bits == 8 ? TIER_ACT8_TOL : 1e-3),
-                   "%s: device capacity %d, experts on the CPU: %.3g of max|logit|", name, caps[i], rel);
-        CHECKF(!memcmp(r.gen, all.gen, sizeof r.gen), "%s: device capacity %d, experts on the CPU: greedy ids differ",
-               name, caps[i]);
+        double rel = tier_cpu_close(name, caps[i], &all, &r);
         CHECKF(r.st.cpu_computed_experts > 0, "%s: capacity %d computed no expert on the CPU", name, caps[i]);
         printf("# %s on %s, device capacity %d, misses of steps <= %d tokens on the CPU: %llu computed there, %llu "
                "uploads, logits within %.3g of max|logit|\n",
@@ -171,6 +240,7 @@ static void tier_same_at_capacities(const char *dir, int n_experts, int top_k) {
                (unsigned long long)r.st.gpu_uploads, rel);
         free(r.logits);
     }
+    tier_auto_split(dir, name, &all, fixed + per_slot * (uint64_t)top_k, fixed + per_slot, top_k);
     /* the CPU computes from resident host experts only: with a host cache, refused */
     tier_run rc_cache;
     tier_cpu_experts = 4;

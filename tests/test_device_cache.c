@@ -16,6 +16,13 @@ static void gpt_oss(void) { tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/f
 static void gpt_oss_mxfp4(void) { tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/tests/fixtures/gpt_oss/mxfp4", 4, 2); }
 /* MLX 4-bit affine experts in several byte ranges each (scales, biases) */
 static void demo_coder(void) { tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4); }
+/* with int8 activations (the CPU's default for quantized weights): the CPU that
+ * computes misses takes int8 for the same products as the backend */
+static void demo_coder_act8(void) {
+    tier_act_bits = 8;
+    tier_same_at_capacities(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 4);
+    tier_act_bits = 32;
+}
 
 int main(void) {
     TEST_CASE("device_tier_qwen3_moe_bit_identical", qwen3_moe);
@@ -23,5 +30,6 @@ int main(void) {
     TEST_CASE("device_tier_gpt_oss_bit_identical", gpt_oss);
     TEST_CASE("device_tier_gpt_oss_mxfp4_bit_identical", gpt_oss_mxfp4);
     TEST_CASE("device_tier_demo_coder_mlx_4bit_bit_identical", demo_coder);
+    TEST_CASE("device_tier_demo_coder_act8_bit_identical", demo_coder_act8);
     TEST_EXIT();
 }

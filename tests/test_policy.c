@@ -3,11 +3,13 @@
  * model's recorded trace against figures the real cache measured. */
 #include "common/error.h"
 #include "experts/lookahead_gate.h"
+#include "experts/miss_split.h"
 #include "experts/policy.h"
 #include "experts/replay.h"
 #include "experts/trace.h"
 #include "harness.h"
 
+#include <math.h>
 #include <string.h>
 
 #ifndef LAZYMOE_SOURCE_DIR
@@ -318,6 +320,59 @@ static void lookahead_gated_replay(void) {
     CHECK_EQ_INT(r.misses, T + 10);
 }
 
+/* lm_miss_split (--cpu-experts auto) on cases worked by hand, costs in microseconds. */
+static void miss_split_choices(void) {
+    const double us = 1e-6;
+    lm_miss_costs c = {100 * us, 0, 150 * us, 10 * us};
+    uint8_t on[8];
+    int order[8];
+    /* two one-row misses: one on the CPU takes max(150, 100) = 150 < 200 uploading both */
+    int two[] = {1, 1};
+    CHECK_EQ_INT(lm_miss_split(&c, two, 2, 100, on, order), 1);
+    CHECK(on[0] == 1 && on[1] == 0); /* among equals, the first */
+    /* one: 150 on the CPU against 100 uploading */
+    CHECK_EQ_INT(lm_miss_split(&c, two, 1, 100, on, order), 0);
+    CHECK(on[0] == 0);
+    /* a round trip of 50: 200 against 200, a tie goes to the upload */
+    c.cpu_fixed = 50 * us;
+    CHECK_EQ_INT(lm_miss_split(&c, two, 2, 100, on, order), 0);
+    CHECK(on[0] == 0 && on[1] == 0);
+    /* rows 5 1 3 1 at upload 100, CPU 100 + 10 a row: fewest rows first (the two
+     * ones, in order): k = 1 max(100, 300), k = 2 max(200, 200), k = 3 320 > 200 */
+    lm_miss_costs d = {100 * us, 0, 100 * us, 10 * us};
+    int rows[] = {5, 1, 3, 1};
+    CHECK_EQ_INT(lm_miss_split(&d, rows, 4, 100, on, order), 2);
+    CHECK(on[0] == 0 && on[1] == 1 && on[2] == 0 && on[3] == 1);
+    /* room for one row on the CPU: only the first one-row miss */
+    CHECK_EQ_INT(lm_miss_split(&d, rows, 4, 1, on, order), 1);
+    CHECK(on[0] == 0 && on[1] == 1 && on[2] == 0 && on[3] == 0);
+    /* no room at all, and no miss */
+    CHECK_EQ_INT(lm_miss_split(&d, rows, 4, 0, on, order), 0);
+    CHECK_EQ_INT(lm_miss_split(&d, rows, 0, 100, on, order), 0);
+    /* a free upload takes everything; a free CPU everything that fits */
+    lm_miss_costs up_free = {0, 0, 1 * us, 1 * us}, cpu_free = {1 * us, 0, 0, 0};
+    CHECK_EQ_INT(lm_miss_split(&up_free, rows, 4, 100, on, order), 0);
+    CHECK_EQ_INT(lm_miss_split(&cpu_free, rows, 4, 100, on, order), 4);
+    CHECK(on[0] && on[1] && on[2] && on[3]);
+    CHECK_EQ_INT(lm_miss_split(&cpu_free, rows, 4, 5, on, order), 3); /* rows 1, 1, 3 */
+    CHECK(!on[0]);
+    /* the CPU side's seconds: 50 + (100 + 4 x 10) + 100 */
+    d.cpu_fixed = 50 * us;
+    int pair[] = {5, 1};
+    CHECK(fabs(lm_miss_cpu_seconds(&d, pair, 2) - 290 * us) < 1e-12);
+    CHECK(lm_miss_cpu_seconds(&d, pair, 0) == 0);
+    /* LAZYMOE_MISS_COSTS text */
+    lm_miss_costs p;
+    CHECK(lm_miss_costs_parse("100,0,150,10", &p) == 0);
+    CHECK(fabs(p.upload - 100 * us) < 1e-15 && p.cpu_fixed == 0 && fabs(p.cpu_expert - 150 * us) < 1e-15 &&
+          fabs(p.cpu_row - 10 * us) < 1e-15);
+    CHECK(lm_miss_costs_parse("2.5,1e1,3,0.25", &p) == 0);
+    CHECK(fabs(p.upload - 2.5 * us) < 1e-15 && fabs(p.cpu_fixed - 10 * us) < 1e-15);
+    const char *bad[] = {"", "1,2,3", "1,2,3,4,", "a,1,2,3", "-1,0,0,0", "1,2,3,4x", "nan,0,0,0", "1,,2,3", "inf,0,0,0"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECKF(lm_miss_costs_parse(bad[i], &p) != 0, "\"%s\" was read", bad[i]);
+}
+
 int main(void) {
     TEST_CASE("replay_belady_cycle", belady_cycle);
     TEST_CASE("replay_belady_bounds_policies", belady_bounds_policies);
@@ -331,5 +386,6 @@ int main(void) {
     TEST_CASE("replay_merged_streams", merged_streams);
     TEST_CASE("policy_lrfu_stale_choices", policy_choices);
     TEST_CASE("replay_demo_trace_matches_cache", demo_trace_matches_cache);
+    TEST_CASE("miss_split_choices", miss_split_choices);
     return th_failed_cases ? 1 : 0;
 }

@@ -133,7 +133,6 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
         {"--capacity", .num = &o->expert_capacity, .lo = 1, .hi = 1 << 20},
         {"--pin", .num = &o->pin_experts, .lo = 0, .hi = 1 << 20},
         {"--lookahead", .num = &o->lookahead, .lo = 0, .hi = 1 << 20},
-        {"--cpu-experts", .num = &o->cpu_experts, .lo = 0, .hi = 512},
         {"--io-threads", .num = &o->io_threads, .lo = 1, .hi = 256},
         {"--trace-routing", .str = &o->trace_routing, .what = "a file name"},
         {"--backend", .str = &o->backend, .what = "a backend name (cpu or cuda)"},
@@ -144,7 +143,12 @@ int cli_model_option(const char *s, const char *v, lazymoe_options *o) {
     int r = CLI_OPTIONS(s, v, opts);
     if (r) return r;
     long x;
-    if (!strcmp(s, "--kv-bits")) {
+    if (!strcmp(s, "--cpu-experts") && v && !strcmp(v, "auto")) {
+        o->cpu_experts = LAZYMOE_CPU_EXPERTS_AUTO;
+    } else if (!strcmp(s, "--cpu-experts")) {
+        if ((x = cli_parse_long(s, v, 0, 512)) < 0) return -1;
+        o->cpu_experts = (int)x;
+    } else if (!strcmp(s, "--kv-bits")) {
         if ((x = cli_parse_long(s, v, 8, 32)) < 0) return -1;
         if (x != 8 && x != 16 && x != 32) return cli_fail("--kv-bits expects 8, 16 or 32"), -1;
         o->kv_bits = (int)x;

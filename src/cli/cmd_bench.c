@@ -212,6 +212,9 @@ done:
                    (unsigned long long)st2.gpu_resident_bytes, (unsigned long long)st2.gpu_expert_bytes,
                    (unsigned long long)st2.gpu_peak_bytes, (unsigned long long)st2.gpu_total_bytes,
                    (unsigned long long)st2.gpu_pinned_bytes);
+        if (st2.gpu_capacity && st2.miss_costs_us[0] > 0)
+            printf(", \"miss_costs_us\": {\"upload\": %.2f, \"cpu_fixed\": %.2f, \"cpu_expert\": %.2f, \"cpu_row\": %.3f}",
+                   st2.miss_costs_us[0], st2.miss_costs_us[1], st2.miss_costs_us[2], st2.miss_costs_us[3]);
         if (repeats)
             printf(", \"repeats\": %d, \"prefill_tok_s_repeats\": %.3f, \"prefill_tok_s_repeats_sd\": %.3f, "
                    "\"decode_tok_s_repeats\": %.3f, \"decode_tok_s_repeats_sd\": %.3f",
@@ -252,6 +255,10 @@ done:
                    (double)(st2.gpu_upload_bytes - st1.gpu_upload_bytes) / 1e6,
                    (unsigned long long)st2.cpu_computed_experts, (double)st2.gpu_peak_bytes / 1e9,
                    (double)st2.gpu_budget / 1e9);
+        if (st2.gpu_capacity && st2.miss_costs_us[0] > 0)
+            printf("misses       split by cost (--cpu-experts auto): an upload %.1f us; on the CPU %.1f us a layer, "
+                   "%.1f us an expert, %.2f us a further row\n",
+                   st2.miss_costs_us[0], st2.miss_costs_us[1], st2.miss_costs_us[2], st2.miss_costs_us[3]);
         if (have_routing)
             printf("routing      %.1f distinct experts per layer, %.1f%% reused by the next token, top-16 share %.1f%%"
                    " (decode: %.1f distinct, %.1f%% reuse)\n",

@@ -127,7 +127,9 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
     "                            (the rest come from host memory; default: what is free)\n"           \
     "         --cpu-experts N    cuda: steps of up to N tokens compute the experts not in GPU memory\n" \
-    "                            on the CPU instead of uploading them (needs them resident in RAM)\n"
+    "                            on the CPU instead of uploading them (needs them resident in RAM);\n" \
+    "                            auto: each step splits its misses between the CPU and the upload,\n" \
+    "                            both at once, by their costs measured at load (-v shows them)\n"
 
 static const char logits_usage[] =
     "usage: lazymoe logits MODEL --ids 3,14,15 --out FILE.npy [--threads N] [memory options]\n"

@@ -413,7 +413,7 @@ static int preload_device_experts(lazymoe_model *m, char *e) {
         const lm_layer *ly = &m->w.layers[l];
         if (!ly->is_moe || !ly->experts) continue;
         for (int i = 0; i < E; i++) m->dev_need[i] = i;
-        lm_device_cache_acquire(m->dcache, l, m->dev_need, E, 1, m->dev_status);
+        lm_device_cache_acquire(m->dcache, l, m->dev_need, E, NULL, m->dev_status);
         int rc = lm_device_cache_fence(m->dcache, e);
         for (int i = 0; i < E && rc == 0; i++)
             if (m->dev_status[i] == 2)
@@ -442,6 +442,123 @@ static int preload_device_experts(lazymoe_model *m, char *e) {
     return 0;
 }
 
+/* Steps with cpu_experts auto take at most this many tokens' rows to the CPU: its
+ * arrays' size (a decode step or a batch step of as many sequences; a prefill
+ * chunk's experts with few rows fit too). */
+#define CPU_EXPERTS_AUTO_TOKENS 16
+
+/* options.cpu_experts: the CPU backend beside the device and its arrays. */
+static int open_cpu_experts(lazymoe_model *m, char *e) {
+    const lm_config *c = &m->w.cfg;
+    int autosplit = m->opt.cpu_experts == LAZYMOE_CPU_EXPERTS_AUTO;
+    if (m->opt.cpu_experts < 0 && !autosplit)
+        return lm_errf(e, "cpu_experts %d: a token count, 0 (off) or LAZYMOE_CPU_EXPERTS_AUTO", m->opt.cpu_experts);
+    if (m->cache) {
+        if (!autosplit)
+            return lm_errf(e, "--cpu-experts computes experts from resident host memory, but they do not all fit "
+                              "--memory here (a host expert cache of %d per layer): raise --memory or use --resident",
+                           lm_cache_capacity(m->cache));
+        lm_log(LAZYMOE_LOG_INFO, "lazymoe: --cpu-experts auto: the experts are not all resident in host memory "
+                                 "(a host expert cache of %d per layer), so every miss is uploaded",
+               lm_cache_capacity(m->cache));
+        return 0;
+    }
+    if (m->opt.cpu_experts > LM_CHUNK_TOKENS)
+        return lm_errf(e, "--cpu-experts %d: at most %d tokens", m->opt.cpu_experts, LM_CHUNK_TOKENS);
+    if (lm_backend_cpu_create(&m->cpu_be, m->opt.n_threads, e) != 0) return -1;
+    /* int8 for the products the device takes int8 for: a GPU's scope
+     * (lm_backend_cuda_set_act_bits), or every product on the CPU backend (the tier
+     * kept in RAM, where the results must stay bit-identical) */
+    if (m->opt.act_bits == 8) {
+        if (lm_backend_cpu_set_act_bits(m->cpu_be, 8, widest_input(c), e) != 0) return -1;
+        if (!m->be->ops->host_memory) lm_backend_cpu_set_act8_scope(m->cpu_be, LM_CUDA_ACT8_MIN_TOKENS, 4);
+    }
+    int tokens = autosplit ? CPU_EXPERTS_AUTO_TOKENS : m->opt.cpu_experts;
+    size_t rows = (size_t)tokens * (size_t)c->top_k, H = (size_t)c->hidden_size;
+    size_t I = (size_t)c->moe_intermediate_size, E = (size_t)c->n_experts;
+    m->cpu_auto = autosplit;
+    m->cpu_rows = (int)rows;
+    m->cpu_x = lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' inputs", e);
+    m->cpu_y = m->cpu_x ? lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' outputs", e) : NULL;
+    m->cpu_g = m->cpu_y ? lm_malloc_aligned(sizeof(float) * rows * 2 * I, "CPU experts' activations", e) : NULL;
+    m->cpu_u = m->cpu_g ? lm_malloc_aligned(sizeof(float) * rows * I, "CPU experts' activations", e) : NULL;
+    if (!m->cpu_u) return -1;
+    m->cpu_ids = malloc(sizeof(int32_t) * E);
+    m->miss_on_cpu = malloc(2 * E);
+    m->miss_ids = malloc(sizeof(int) * E);
+    m->miss_rows = malloc(sizeof(int) * E);
+    m->miss_order = malloc(sizeof(int) * E);
+    if (!m->cpu_ids || !m->miss_on_cpu || !m->miss_ids || !m->miss_rows || !m->miss_order)
+        return lm_errf(e, "out of memory");
+    return 0;
+}
+
+/* The seconds of uploading experts first..first+k-1 of layer l into device slots
+ * (evicting what the policy picks): uploads of real experts, which stay cached. */
+static double time_uploads(lazymoe_model *m, int l, int first, int k, char *e) {
+    const lm_layer *ly = &m->w.layers[l];
+    for (int i = 0; i < k; i++) m->dev_need[i] = first + i;
+    lm_device_cache_begin_step(m->dcache);
+    double t0 = lm_now();
+    lm_device_cache_acquire(m->dcache, l, m->dev_need, k, NULL, m->dev_status);
+    int rc = lm_device_cache_fence(m->dcache, e);
+    for (int i = 0; i < k && rc == 0; i++)
+        if (m->dev_status[i] == 2)
+            rc = lm_device_cache_fill(m->dcache, l, first + i, &ly->experts[first + i], 1, &m->dev_views[0], e);
+    if (rc == 0) rc = lm_device_cache_wait_uploads(m->dcache, e);
+    if (rc == 0 && m->be->ops->sync(m->be) != 0)
+        rc = lm_errf(e, "%s backend: %s", m->be->ops->name, lm_backend_error(m->be));
+    lm_device_cache_release_layer(m->dcache, l);
+    return rc ? -1 : lm_now() - t0;
+}
+
+/* cpu_experts auto: the costs the split starts from (experts/miss_split.h), from
+ * LAZYMOE_MISS_COSTS ("upload,cpu_fixed,cpu_expert,cpu_row" in microseconds: fixed
+ * for the run, for tests and benchmarks) or measured here on the first MoE layer:
+ * two rounds of uploads into its slots, and one expert on the CPU for one row and
+ * for CPU_EXPERTS_AUTO_TOKENS rows, the fastest of three each. The round trip
+ * (cpu_fixed) is learned from the first steps. A few milliseconds at load. */
+static int calibrate_miss_costs(lazymoe_model *m, char *e) {
+    const lm_config *c = &m->w.cfg;
+    int E = c->n_experts, cap = lm_device_cache_capacity(m->dcache), l = 0;
+    const char *env = getenv("LAZYMOE_MISS_COSTS");
+    if (env) {
+        if (lm_miss_costs_parse(env, &m->miss_costs) != 0)
+            return lm_errf(e, "LAZYMOE_MISS_COSTS \"%s\": expected four times in microseconds, "
+                              "\"upload,cpu_fixed,cpu_expert,cpu_row\"", env);
+        m->miss_costs_frozen = 1;
+        return 0;
+    }
+    while (l < c->n_layers && !(m->w.layers[l].is_moe && m->w.layers[l].experts)) l++;
+    if (l == c->n_layers || cap >= E) return 0; /* no miss will ever be split */
+    int k = cap < 4 ? cap : 4;
+    if (2 * k > E) k = E / 2;
+    double up = -1;
+    for (int round = 0; round < 2 && k > 0; round++) {
+        double t = time_uploads(m, l, round * k, k, e);
+        if (t < 0) return -1;
+        if (up < 0 || t < up) up = t;
+    }
+    m->miss_costs.upload = k > 0 ? up / k : 0;
+    int rows = m->cpu_rows < CPU_EXPERTS_AUTO_TOKENS ? m->cpu_rows : CPU_EXPERTS_AUTO_TOKENS;
+    size_t H = (size_t)c->hidden_size;
+    for (size_t i = 0; i < (size_t)rows * H; i++) m->cpu_x[i] = 0.01f * (float)((int)(i % 97) - 48);
+    double one = -1, many = -1;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = lm_now();
+        if (lm_cpu_expert(m, l, 0, m->cpu_x, 1, m->cpu_y, e) != 0) return -1;
+        double t1 = lm_now();
+        if (lm_cpu_expert(m, l, 0, m->cpu_x, rows, m->cpu_y, e) != 0) return -1;
+        double t2 = lm_now();
+        if (one < 0 || t1 - t0 < one) one = t1 - t0;
+        if (many < 0 || t2 - t1 < many) many = t2 - t1;
+    }
+    m->miss_costs.cpu_expert = one;
+    m->miss_costs.cpu_row = rows > 1 && many > one ? (many - one) / (rows - 1) : 0;
+    m->miss_costs.cpu_fixed = 0;
+    return 0;
+}
+
 /* The expert cache in device memory, for a backend with its own memory (or on
  * request: options.gpu_memory on the CPU, a test of the tier). */
 static int open_device_tier(lazymoe_model *m, char *e) {
@@ -462,31 +579,11 @@ static int open_device_tier(lazymoe_model *m, char *e) {
         return lm_errf(e, "out of memory");
     if (lm_device_cache_create(&m->dcache, m->be, &m->w, capacity, (lm_evict_policy)m->opt.eviction, e) != 0)
         return -1;
-    if (m->opt.cpu_experts > 0) {
-        if (m->cache)
-            return lm_errf(e, "--cpu-experts computes experts from resident host memory, but they do not all fit "
-                              "--memory here (a host expert cache of %d per layer): raise --memory or use --resident",
-                           lm_cache_capacity(m->cache));
-        if (m->opt.cpu_experts > LM_CHUNK_TOKENS)
-            return lm_errf(e, "--cpu-experts %d: at most %d tokens", m->opt.cpu_experts, LM_CHUNK_TOKENS);
-        if (lm_backend_cpu_create(&m->cpu_be, m->opt.n_threads, e) != 0) return -1;
-        /* the GPU's int8 scope (lm_backend_cuda_set_act_bits): the same products int8 on both */
-        if (m->opt.act_bits == 8) {
-            if (lm_backend_cpu_set_act_bits(m->cpu_be, 8, widest_input(c), e) != 0) return -1;
-            lm_backend_cpu_set_act8_scope(m->cpu_be, LM_CUDA_ACT8_MIN_TOKENS, 4);
-        }
-        size_t rows = (size_t)m->opt.cpu_experts * (size_t)c->top_k, H = (size_t)c->hidden_size;
-        size_t I = (size_t)c->moe_intermediate_size;
-        m->cpu_rows = (int)rows;
-        m->cpu_x = lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' inputs", e);
-        m->cpu_y = m->cpu_x ? lm_malloc_aligned(sizeof(float) * rows * H, "CPU experts' outputs", e) : NULL;
-        m->cpu_g = m->cpu_y ? lm_malloc_aligned(sizeof(float) * rows * 2 * I, "CPU experts' activations", e) : NULL;
-        m->cpu_u = m->cpu_g ? lm_malloc_aligned(sizeof(float) * rows * I, "CPU experts' activations", e) : NULL;
-        if (!m->cpu_u) return -1;
-    }
+    if (m->opt.cpu_experts != 0 && open_cpu_experts(m, e) != 0) return -1;
     pin_host_experts(m);
     if (preload_device_weights(m, e) != 0) return -1;
     if (preload_device_experts(m, e) != 0) return -1;
+    if (m->cpu_auto && calibrate_miss_costs(m, e) != 0) return -1;
     /* the load ends when its copies have: else the first request's first kernel waits
      * for them (the embed of a first prefill on the GPU took ~3.5 ms more) and a copy
      * that failed would show there, not here */
@@ -503,6 +600,13 @@ static int open_device_tier(lazymoe_model *m, char *e) {
                "scratch %s; budget %s; %s of host experts page-locked for uploads",
                m->be->ops->name, capacity, c->n_experts, b1, m->cache ? "the host expert cache" : "resident experts",
                b2, b3, b4);
+        if (m->cpu_auto)
+            lm_log(LAZYMOE_LOG_INFO,
+                   "lazymoe: --cpu-experts auto%s: a miss uploaded %.1f us, computed on the CPU %.1f us for one row "
+                   "and %.2f us for each more; each step gives the CPU the misses that finish soonest beside the "
+                   "uploads",
+                   m->miss_costs_frozen ? " (LAZYMOE_MISS_COSTS)" : " (measured at load)", m->miss_costs.upload * 1e6,
+                   m->miss_costs.cpu_expert * 1e6, m->miss_costs.cpu_row * 1e6);
     }
     return 0;
 }
@@ -689,6 +793,12 @@ void lm_engine_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_exper
         st->gpu_expert_bytes = lm_device_cache_bytes_for(&m->w, st->gpu_capacity);
         st->gpu_pinned_bytes = m->gpu_pinned_bytes;
         st->cpu_computed_experts = m->cpu_computed;
+        if (m->cpu_auto) {
+            st->miss_costs_us[0] = m->miss_costs.upload * 1e6;
+            st->miss_costs_us[1] = m->miss_costs.cpu_fixed * 1e6;
+            st->miss_costs_us[2] = m->miss_costs.cpu_expert * 1e6;
+            st->miss_costs_us[3] = m->miss_costs.cpu_row * 1e6;
+        }
         uint64_t total = 0, free_bytes = 0, held = 0, peak = 0;
         if (m->be->ops->memory_info && m->be->ops->memory_info(m->be, &total, &free_bytes, &held, &peak) == 0) {
             st->gpu_peak_bytes = peak;
@@ -719,6 +829,11 @@ void lm_engine_close(lazymoe_model *m) {
     lm_device_cache_free(m->dcache);
     if (m->cpu_be) lm_backend_free(m->cpu_be);
     lm_free_aligned(m->cpu_x);
+    free(m->cpu_ids);
+    free(m->miss_on_cpu);
+    free(m->miss_ids);
+    free(m->miss_rows);
+    free(m->miss_order);
     lm_free_aligned(m->cpu_y);
     lm_free_aligned(m->cpu_g);
     lm_free_aligned(m->cpu_u);

@@ -12,6 +12,7 @@
 #include "kernels/backend.h"
 #include "experts/cache.h"
 #include "experts/device_cache.h"
+#include "experts/miss_split.h"
 #include "experts/popularity.h"
 #include "experts/trace.h"
 #include "models/model.h"
@@ -41,12 +42,22 @@ struct lazymoe_model {
     uint64_t gpu_budget, gpu_fixed, gpu_pinned_bytes; /* device plan: budget, resident part; pinned host bytes */
     void **pinned_host;     /* host ranges page-locked for uploads, [n_pinned_host] */
     int n_pinned_host;
-    /* options.cpu_experts: the CPU backend that computes the experts a decode step
-     * does not find in device memory, and its host arrays for up to cpu_rows rows */
+    /* options.cpu_experts: the CPU backend that computes experts a step does not
+     * find in device memory, its host arrays for up to cpu_rows rows, the experts of
+     * a wave it computes, and which of a step's needed experts it takes ([2E]) */
     lm_backend *cpu_be;
     int cpu_rows;
     float *cpu_x, *cpu_g, *cpu_u, *cpu_y;
+    int32_t *cpu_ids;
+    uint8_t *miss_on_cpu;
     uint64_t cpu_computed;
+    /* cpu_experts auto: the misses of each step split between the upload and the CPU
+     * (experts/miss_split.h) by costs measured at load, the CPU's kept up to date as
+     * it runs (frozen when LAZYMOE_MISS_COSTS gives them); the split's arrays [E] */
+    int cpu_auto;
+    lm_miss_costs miss_costs;
+    int miss_costs_frozen;
+    int *miss_ids, *miss_rows, *miss_order;
     lm_trace *trace;        /* routing trace being recorded, or NULL */
     lm_trace_data replay;   /* routing trace replayed (replay.ids NULL if none) */
     lm_trace_data replay_pred; /* its lookahead predictions (replay_pred.ids NULL if none) */
@@ -232,6 +243,11 @@ int lm_forward_can_scan(const lazymoe_session *s);
 int lm_forward_scanned(lazymoe_session *s, const int32_t *ids, int n, char *err);
 /* After lm_forward_scanned: downloads those logits into out[vocab]. */
 int lm_forward_download_scanned(lazymoe_session *s, float *out, char *err);
+
+/* Expert e of MoE layer l on the CPU backend beside a device (options.cpu_experts),
+ * from its resident host weights: x [rows][H] into y [rows][H], through m->cpu_g
+ * and m->cpu_u (rows <= m->cpu_rows). */
+int lm_cpu_expert(lazymoe_model *m, int l, int e, const float *x, int rows, float *y, char *err);
 
 /* A batch step (several sessions, one token each, in one pass): writes the logits of
  * sequence i into out + i * vocab (out may be NULL). b is a batch session

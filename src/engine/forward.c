@@ -29,6 +29,7 @@
 #include "engine/blocks.h"
 #include "engine/linear_attention.h"
 #include "engine/op_timing.h"
+#include "platform/platform.h"
 
 #include <math.h>
 #include <string.h>
@@ -413,6 +414,7 @@ static int cpu_gather(lazymoe_session *s, const int32_t *ids, int n, char *err) 
     lm_backend *be = BE(s);
     lm_scratch *S = &s->s;
     int H = m->w.cfg.hidden_size, K = m->w.cfg.top_k, base = 0, total = 0;
+    double t0 = lm_now();
     for (int k = 0; k < n; k++) total += S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
     if (total > m->cpu_rows || total > S->cap_tokens)
         return lm_errf(err, "%d rows for the CPU experts (room for %d)", total,
@@ -424,46 +426,78 @@ static int cpu_gather(lazymoe_session *s, const int32_t *ids, int n, char *err) 
         base += rows;
     }
     OP(be, be->ops->download(be, m->cpu_x, S->xe, sizeof(float) * (size_t)base * (size_t)H));
+    /* the round trip the CPU's share adds to a layer, as the split counts it */
+    if (m->cpu_auto && !m->miss_costs_frozen) m->miss_costs.cpu_fixed = 0.8 * m->miss_costs.cpu_fixed + 0.2 * (lm_now() - t0);
     return 0;
 }
 
-static int cpu_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int32_t *ids, int n, char *err) {
-    lazymoe_model *m = s->m;
-    lm_backend *be = BE(s), *cb = m->cpu_be;
-    lm_scratch *S = &s->s;
+static int cpu_expert(lazymoe_model *m, const lm_moe_block *mb, int l, int e, const float *x, int rows, float *y,
+                      char *err) {
+    lm_backend *cb = m->cpu_be;
     const lm_layer *ly = &m->w.layers[l];
     size_t H = (size_t)m->w.cfg.hidden_size, I = (size_t)m->w.cfg.moe_intermediate_size;
     int fused = mb->act == LM_ACT_SWIGLU_CLAMPED && mb->fused_gate_up;
     if (!cb || !ly->experts) return lm_errf(err, "layer %d: experts on the CPU need the CPU backend and resident experts", l);
-    size_t base = 0;
-    for (int k = 0; k < n; k++) {
-        const lm_expert *v = &ly->experts[ids[k]];
-        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
-        const float *x = m->cpu_x + base * H;
-        float *g = m->cpu_g + base * (fused ? 2 * I : I), *u = m->cpu_u + base * I, *act = g;
-        OP(cb, cb->ops->matmul(cb, g, &v->gate, x, rows));
-        if (fused) {
-            if (mb->gate_up_bias) OP(cb, cb->ops->add_rows(cb, g, mb->gate_up_bias + (size_t)ids[k] * 2 * I, rows, 2 * (int)I));
-            OP(cb, cb->ops->swiglu_clamped(cb, u, g, (size_t)rows * I, mb->act_alpha, mb->act_limit));
+    const lm_expert *v = &ly->experts[e];
+    float *g = m->cpu_g, *u = m->cpu_u, *act = g;
+    OP(cb, cb->ops->matmul(cb, g, &v->gate, x, rows));
+    if (fused) {
+        if (mb->gate_up_bias) OP(cb, cb->ops->add_rows(cb, g, mb->gate_up_bias + (size_t)e * 2 * I, rows, 2 * (int)I));
+        OP(cb, cb->ops->swiglu_clamped(cb, u, g, (size_t)rows * I, mb->act_alpha, mb->act_limit));
+        act = u;
+    } else {
+        OP(cb, cb->ops->matmul(cb, u, &v->up, x, rows));
+        if (mb->act == LM_ACT_SWIGLU_CLAMPED) {
+            if (mb->gate_up_bias) {
+                const float *b = mb->gate_up_bias + (size_t)e * 2 * I;
+                OP(cb, cb->ops->add_rows(cb, g, b, rows, (int)I));
+                OP(cb, cb->ops->add_rows(cb, u, b + I, rows, (int)I));
+            }
+            OP(cb, cb->ops->swiglu_clamped_split(cb, u, g, u, (size_t)rows * I, mb->act_alpha, mb->act_limit));
             act = u;
         } else {
-            OP(cb, cb->ops->matmul(cb, u, &v->up, x, rows));
-            if (mb->act == LM_ACT_SWIGLU_CLAMPED) {
-                if (mb->gate_up_bias) {
-                    const float *b = mb->gate_up_bias + (size_t)ids[k] * 2 * I;
-                    OP(cb, cb->ops->add_rows(cb, g, b, rows, (int)I));
-                    OP(cb, cb->ops->add_rows(cb, u, b + I, rows, (int)I));
-                }
-                OP(cb, cb->ops->swiglu_clamped_split(cb, u, g, u, (size_t)rows * I, mb->act_alpha, mb->act_limit));
-                act = u;
-            } else {
-                OP(cb, cb->ops->swiglu(cb, g, u, (size_t)rows * I));
-            }
+            OP(cb, cb->ops->swiglu(cb, g, u, (size_t)rows * I));
         }
-        float *y = m->cpu_y + base * H;
-        OP(cb, cb->ops->matmul(cb, y, &v->down, act, rows));
-        if (mb->down_bias) OP(cb, cb->ops->add_rows(cb, y, mb->down_bias + (size_t)ids[k] * H, rows, (int)H));
+    }
+    OP(cb, cb->ops->matmul(cb, y, &v->down, act, rows));
+    if (mb->down_bias) OP(cb, cb->ops->add_rows(cb, y, mb->down_bias + (size_t)e * H, rows, (int)H));
+    return 0;
+}
+
+int lm_cpu_expert(lazymoe_model *m, int l, int e, const float *x, int rows, float *y, char *err) {
+    lm_layer_blocks b;
+    lm_layer_blocks_of(&m->w, l, &b);
+    return cpu_expert(m, &b.moe, l, e, x, rows, y, err);
+}
+
+/* A measured time against the costs' prediction: the CPU's costs follow what it does
+ * now (other work on its cores, its clock), a fifth of the way per layer. */
+static void learn_cpu_costs(lazymoe_model *m, double seconds, double predicted) {
+    if (m->miss_costs_frozen || !(predicted > 0) || !(seconds > 0)) return;
+    double r = seconds / predicted;
+    r = r < 0.25 ? 0.25 : r > 4 ? 4 : r;
+    double f = 1 + 0.2 * (r - 1);
+    m->miss_costs.cpu_expert *= f;
+    m->miss_costs.cpu_row *= f;
+}
+
+static int cpu_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int32_t *ids, int n, char *err) {
+    lazymoe_model *m = s->m;
+    lm_backend *be = BE(s);
+    lm_scratch *S = &s->s;
+    size_t H = (size_t)m->w.cfg.hidden_size;
+    size_t base = 0;
+    double t0 = lm_now();
+    for (int k = 0; k < n; k++) {
+        int rows = S->expert_off[ids[k] + 1] - S->expert_off[ids[k]];
+        m->miss_rows[k] = rows;
+        if (cpu_expert(m, mb, l, ids[k], m->cpu_x + base * H, rows, m->cpu_y + base * H, err) != 0) return -1;
         base += (size_t)rows;
+    }
+    if (m->cpu_auto) {
+        lm_miss_costs c = m->miss_costs;
+        c.cpu_fixed = 0;
+        learn_cpu_costs(m, lm_now() - t0, lm_miss_cpu_seconds(&c, m->miss_rows, n));
     }
     /* queued after the device's experts, which used S->proj before: stream order */
     OP(be, be->ops->upload(be, S->proj, m->cpu_y, sizeof(float) * base * H));
@@ -475,6 +509,35 @@ static int cpu_run(lazymoe_session *s, const lm_moe_block *mb, int l, const int3
     }
     m->cpu_computed += (uint64_t)n;
     return 0;
+}
+
+/* Which of the step's experts need[0..n) the CPU computes (m->miss_on_cpu[i]; NULL:
+ * none): with options.cpu_experts N every miss of a step of at most N tokens; with
+ * auto the split of the misses by their measured costs (experts/miss_split.h), as
+ * many rows as the CPU's arrays and the scratch hold. */
+static const uint8_t *cpu_share(lazymoe_session *s, int l, int T, int n) {
+    lazymoe_model *m = s->m;
+    lm_scratch *S = &s->s;
+    int K = m->w.cfg.top_k, room = m->cpu_rows < S->cap_tokens ? m->cpu_rows : S->cap_tokens;
+    if (!m->cpu_be || n <= 0) return NULL;
+    if (!m->cpu_auto) {
+        if (T > m->opt.cpu_experts || T * K > S->cap_tokens) return NULL;
+        memset(m->miss_on_cpu, 1, (size_t)n);
+        return m->miss_on_cpu;
+    }
+    int misses = 0;
+    for (int i = 0; i < n; i++) {
+        int e = S->need[i];
+        if (lm_device_cache_holds(m->dcache, l, e)) continue;
+        m->miss_ids[misses] = i;
+        m->miss_rows[misses++] = S->expert_off[e + 1] - S->expert_off[e];
+    }
+    memset(m->miss_on_cpu, 0, (size_t)n);
+    if (!misses) return NULL;
+    uint8_t *pick = m->miss_on_cpu + n; /* the split's answer per miss, then spread to need */
+    if (!lm_miss_split(&m->miss_costs, m->miss_rows, misses, room, pick, m->miss_order)) return NULL;
+    for (int j = 0; j < misses; j++) m->miss_on_cpu[m->miss_ids[j]] = pick[j];
+    return m->miss_on_cpu;
 }
 
 /* Experts through the expert cache in device memory (a GPU): the ones it holds are
@@ -495,22 +558,21 @@ static int run_device_experts(lazymoe_session *s, const lm_moe_block *mb, int l,
         if (used[e]) S->need[n++] = e;
     if (group_routes(s, E, T * c->top_k, err) != 0) return -1;
     uint8_t *st = m->dev_status;
-    /* a decode step with options.cpu_experts: what is not in device memory runs on the
-     * CPU; its rows (up to T * top_k) pass through S->xe and S->proj, which hold
-     * cap_tokens rows (a batch step's scratch has as many as it has sequences) */
-    int cpu_step = m->cpu_be && T <= m->opt.cpu_experts && T * c->top_k <= S->cap_tokens;
+    /* options.cpu_experts: what the CPU computes of what is not in device memory; its
+     * rows (up to T * top_k, or what the split allows) pass through S->xe and S->proj */
+    const uint8_t *on_cpu = cpu_share(s, l, T, n);
     while (n > 0) {
-        int got = lm_device_cache_acquire(m->dcache, l, S->need, n, !cpu_step, st);
-        if (got == 0 && !cpu_step) return lm_errf(err, "the device expert cache of layer %d has no free slot", l);
-        int hits = 0, misses = 0, on_cpu = 0, rc = 0;
+        int got = lm_device_cache_acquire(m->dcache, l, S->need, n, on_cpu, st);
+        int hits = 0, misses = 0, cpu_n = 0, rc = 0;
         for (int i = 0; i < n; i++)
             if (st[i] == 1) {
                 S->expert_views[hits] = lm_device_cache_view(m->dcache, l, S->need[i]);
                 S->expert_ids[hits++] = S->need[i];
             } else if (st[i] == 3) {
-                m->dev_ids[on_cpu++] = S->need[i];
+                m->cpu_ids[cpu_n++] = S->need[i];
             }
-        if (on_cpu) rc = cpu_gather(s, m->dev_ids, on_cpu, err);
+        if (got == 0 && !cpu_n) return lm_errf(err, "the device expert cache of layer %d has no free slot", l);
+        if (cpu_n) rc = cpu_gather(s, m->cpu_ids, cpu_n, err);
         /* uploads into this wave's slots wait for the kernels that read them before */
         if (rc == 0) rc = lm_device_cache_fence(m->dcache, err);
         if (rc == 0 && hits) rc = run_experts(s, mb, S->expert_views, S->expert_ids, hits, err);
@@ -518,15 +580,20 @@ static int run_device_experts(lazymoe_session *s, const lm_moe_block *mb, int l,
             rc = shared_expert(s, mb, &m->w.layers[l], T, err);
             shared_done = 1;
         }
-        if (rc == 0 && on_cpu) rc = cpu_run(s, mb, l, m->dev_ids, on_cpu, err);
         for (int i = 0; i < n; i++)
             if (st[i] == 2) S->expert_ids[misses++] = S->need[i];
+        /* with resident host experts the uploads are only queued: they cross the bus
+         * while the CPU computes its share (a host cache never meets a CPU share) */
         if (rc == 0 && misses) rc = upload_and_run(s, mb, l, S->expert_ids, misses, err);
+        if (rc == 0 && cpu_n) rc = cpu_run(s, mb, l, m->cpu_ids, cpu_n, err);
         lm_device_cache_release_layer(m->dcache, l);
         if (rc) return -1;
         int left = 0;
         for (int i = 0; i < n; i++)
-            if (!st[i]) S->need[left++] = S->need[i];
+            if (!st[i]) {
+                if (on_cpu) m->miss_on_cpu[left] = on_cpu[i]; /* on_cpu is miss_on_cpu: kept in step */
+                S->need[left++] = S->need[i];
+            }
         n = left;
     }
     return 0;
@@ -598,7 +665,7 @@ static void routed_accounting(lazymoe_session *s) {
         for (int i = 0; i < T * K; i++) used[sel[i]] = 1;
         for (int e = 0; e < E; e++)
             if (used[e]) m->dev_need[n++] = e;
-        lm_device_cache_acquire(m->dcache, l, m->dev_need, n, 1, m->dev_status);
+        lm_device_cache_acquire(m->dcache, l, m->dev_need, n, NULL, m->dev_status);
         lm_device_cache_release_layer(m->dcache, l);
         if (m->trace) lm_trace_record(m->trace, l, sel, T, K);
         m->routed_n[l] = 0;

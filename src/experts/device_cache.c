@@ -115,7 +115,8 @@ int lm_device_cache_create(lm_device_cache **out, lm_backend *be, const lm_weigh
 
 void lm_device_cache_begin_step(lm_device_cache *c) { c->step++; }
 
-int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, int claim_misses, uint8_t *status) {
+int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, const uint8_t *elsewhere,
+                            uint8_t *status) {
     device_layer *d = &c->layers[l];
     uint64_t now = c->step + 1; /* steps count from 1 in lm_usage */
     int got = 0;
@@ -133,7 +134,7 @@ int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int 
     }
     for (int i = 0; i < n; i++) {
         if (status[i] || d->expert_slot[need[i]] >= 0) continue; /* a hit, or held by a busy slot: not possible */
-        if (!claim_misses) {
+        if (elsewhere && elsewhere[i]) {
             lm_usage_touch(&d->usage, c->policy, need[i], now);
             status[i] = 3;
             continue;
@@ -234,6 +235,12 @@ void lm_device_cache_release_layer(lm_device_cache *c, int l) {
 }
 
 int lm_device_cache_capacity(const lm_device_cache *c) { return c->capacity; }
+
+int lm_device_cache_holds(const lm_device_cache *c, int l, int e) {
+    const device_layer *d = &c->layers[l];
+    int s = d->expert_slot[e];
+    return s >= 0 && d->slot_expert[s] == e;
+}
 
 int lm_device_cache_resident(const lm_device_cache *c, int l) {
     if (l >= 0) return c->layers[l].resident;

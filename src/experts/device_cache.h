@@ -53,11 +53,12 @@ void lm_device_cache_free(lm_device_cache *c);
 
 /* A new step (a token, or a prefill chunk): recency is counted in steps. */
 void lm_device_cache_begin_step(lm_device_cache *c);
-/* Acquires experts need[0..n) (distinct) of layer l; status as above. With
- * claim_misses 0 no slot is claimed: an expert not in device memory gets status 3
- * (to be computed elsewhere) and nothing is evicted. Returns how many were
- * acquired (status 1 or 2). */
-int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, int claim_misses, uint8_t *status);
+/* Acquires experts need[0..n) (distinct) of layer l; status as above. An expert with
+ * elsewhere[i] set (elsewhere NULL: none) claims no slot when it is not in device
+ * memory: it gets status 3 (to be computed elsewhere) and evicts nothing. Returns
+ * how many were acquired (status 1 or 2). */
+int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int n, const uint8_t *elsewhere,
+                            uint8_t *status);
 /* The device view of acquired expert e of layer l (status 1, or 2 once filled). */
 lm_expert lm_device_cache_view(const lm_device_cache *c, int l, int e);
 /* Before a wave's fills: they wait for the kernels issued so far. */
@@ -73,6 +74,8 @@ int lm_device_cache_wait_uploads(lm_device_cache *c, char *err);
 void lm_device_cache_release_layer(lm_device_cache *c, int l);
 
 int lm_device_cache_capacity(const lm_device_cache *c);
+/* Whether expert e of layer l is in device memory now (a hit if acquired). */
+int lm_device_cache_holds(const lm_device_cache *c, int l, int e);
 /* Experts of layer l in device memory now (l < 0: all layers). */
 int lm_device_cache_resident(const lm_device_cache *c, int l);
 /* Counters of layer l (l < 0: all layers). */

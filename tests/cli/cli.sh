@@ -114,6 +114,17 @@ else
     bad cli_help_command "help bench did not print bench's usage"
 fi
 check_err cli_err_act_bits "--act-bits expects 8 or 32" $BIN run $G/olmoe_f32 --ids 1 --act-bits 16
+check_err cli_err_cpu_experts "--cpu-experts expects an integer" $BIN run $G/olmoe_f32 --ids 1 --cpu-experts some
+# --cpu-experts auto on the CPU backend with the GPU tier kept in RAM (--gpu-memory): the
+# split's costs in bench's report, the same greedy ids as uploading every miss.
+if a=$($BIN bench models/demo-coder --ctx 256 --gpu-memory 12M --cpu-experts auto --prompt-tokens 16 --gen-tokens 8 --json 2>/dev/null) &&
+   u=$($BIN bench models/demo-coder --ctx 256 --gpu-memory 12M --prompt-tokens 16 --gen-tokens 8 --json 2>/dev/null) &&
+   [[ "$a" == *'"miss_costs_us": {"upload": '* ]] && [[ "$u" != *miss_costs_us* ]] &&
+   [ "$(echo "$a" | grep -o '"generated_ids": \[[^]]*\]')" = "$(echo "$u" | grep -o '"generated_ids": \[[^]]*\]')" ]; then
+    ok cli_cpu_experts_auto
+else
+    bad cli_cpu_experts_auto "$a VS $u"
+fi
 # Int8 activations change the logits of a quantized model, and leave a float model's
 # alone; they are the default for quantized weights (--act-bits 32 is the reference).
 if $BIN logits models/demo-coder --ids 1,2,3,4,5 --out $T/a32.npy --act-bits 32 &&
