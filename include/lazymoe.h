@@ -75,13 +75,17 @@ typedef struct {
     const char *replay_lookahead;
     /* Warm start: expert popularity learned from earlier runs of this model is kept
      * under $XDG_CACHE_HOME/lazymoe (or ~/.cache/lazymoe); at start the cache is filled
-     * with the hottest experts in the background. 1 = neither read nor write it. */
+     * with the hottest experts in the background -- and a device expert cache over
+     * resident host experts (gpu_memory) with its hottest ones at load, uploaded from
+     * memory. 1 = neither read nor write it. */
     int no_warm_start;
     /* Pinning (lazy experts only): the pin_experts most popular experts of each MoE layer,
      * by the same popularity history the warm start uses, are read at start and never
      * evicted; they take pin_experts of the expert_capacity slots, and the rest must
-     * still hold a token's top_k experts (else lazymoe_model_open fails). Without a
-     * history (a model's first run, or no_warm_start) nothing is pinned. 0 = off. */
+     * still hold a token's top_k experts (else lazymoe_model_open fails). With resident
+     * host experts and a device expert cache, the same in device memory (of its slots).
+     * Without a history (a model's first run, or no_warm_start) nothing is pinned.
+     * 0 = off. */
     int pin_experts;
     /* KV cache positions the memory plan reserves, summed over every session the
      * program keeps (a server keeping several conversations); 0 = max_context (one

@@ -19,7 +19,10 @@
 #include "common/error.h"
 #include "lazymoe.h"
 
+#include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     float *logits; /* [n][V] */
@@ -35,6 +38,10 @@ static const int32_t TIER_IDS[] = {5, 17, 2, 99, 41, 7, 63, 11, 250, 3, 77, 140,
 /* The prompt's logits, then 12 greedy tokens; host_capacity -1 = resident host
  * experts, N = a host cache of N slots; gpu_memory 0 = the backend's default. */
 static int tier_cpu_experts; /* options.cpu_experts of the runs */
+static int tier_warm;        /* 1: the runs use and keep the popularity history (warm start) */
+static int tier_pin;         /* options.pin_experts of the runs */
+/* Called on the model of a run before it closes (NULL = none). */
+static void (*tier_inspect)(const lazymoe_model *m);
 static int tier_act_bits = 32; /* options.act_bits of the runs */
 /* With int8 activations, experts computed on the CPU against the GPU's: the same int8
  * values for the same inputs, but the CPU's f32 sums (another order) and SwiGLU (libm's
@@ -47,7 +54,8 @@ static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memor
     memset(r, 0, sizeof *r);
     lazymoe_options o;
     lazymoe_options_init(&o);
-    o.no_warm_start = 1;
+    o.no_warm_start = !tier_warm;
+    o.pin_experts = tier_pin;
     o.n_threads = 2;
     o.act_bits = tier_act_bits;
     o.kv_bits = 32;
@@ -75,6 +83,7 @@ static int tier_run_model(const char *dir, int host_capacity, uint64_t gpu_memor
         rc = lazymoe_session_eval(s, &r->gen[g], 1, lg, 0, why, LM_ERR_LEN);
     }
     lazymoe_model_get_expert_stats(m, -1, &r->st);
+    if (rc == 0 && tier_inspect) tier_inspect(m);
     free(lg);
     lazymoe_session_free(s);
     lazymoe_model_close(m);
@@ -161,6 +170,80 @@ static void tier_auto_split(const char *dir, const char *name, const tier_run *a
     free(r.logits);
     unsetenv("LAZYMOE_MISS_COSTS");
     tier_cpu_experts = 0;
+}
+
+/* The device tier learns its hot experts as the host cache does: a run over resident
+ * host experts records the popularity history (in a fresh XDG_CACHE_HOME); the next
+ * run uploads each layer's `cap` hottest into the tier at load (cap x the MoE layers,
+ * counted as warm-start experts) and hits more; with pins the `pin` hottest of each
+ * layer stay pinned (tier_inspect may check them); results bit-identical throughout;
+ * too many pins for the slots is refused. budget: the plan's fixed part + cap slots. */
+static void tier_warm_start(const char *dir, int n_experts, int moe_layers, int top_k, int cap,
+                            void (*inspect_pins)(const lazymoe_model *m)) {
+    char why[LM_ERR_LEN], xdg[] = "/tmp/lazymoe-tier-xdg-XXXXXX";
+    const char *name = strrchr(dir, '/') + 1;
+    const char *saved = getenv("XDG_CACHE_HOME");
+    char *saved_xdg = saved ? strdup(saved) : NULL;
+    if (!mkdtemp(xdg)) {
+        CHECKF(0, "mkdtemp: %s", strerror(errno));
+        free(saved_xdg);
+        return;
+    }
+    setenv("XDG_CACHE_HOME", xdg, 1);
+    tier_run all_in = {0}, cold = {0}, warm = {0}, pinned = {0}, too_many = {0};
+    const tier_run *all = &all_in;
+    int rc = tier_run_model(dir, -1, 4ull << 30, &all_in, why); /* every expert in device memory */
+    CHECKF(rc == 0, "%s, all in device memory: %s", name, why);
+    uint64_t budget = all_in.st.gpu_resident_bytes + all_in.st.gpu_expert_bytes / (uint64_t)n_experts * (uint64_t)cap;
+    tier_warm = 1;
+    rc = rc ? rc : tier_run_model(dir, -1, budget, &cold, why);
+    CHECKF(rc == 0, "%s, cold run: %s", name, why);
+    if (rc == 0) CHECKF(cold.st.warm_start_experts == 0, "%s: a cold start uploaded %d", name, cold.st.warm_start_experts);
+    rc = rc ? rc : tier_run_model(dir, -1, budget, &warm, why);
+    CHECKF(rc == 0, "%s, warm run: %s", name, why);
+    int pin = cap - top_k;
+    tier_pin = pin;
+    tier_inspect = inspect_pins;
+    if (rc == 0 && pin > 0) {
+        rc = tier_run_model(dir, -1, budget, &pinned, why);
+        CHECKF(rc == 0, "%s, pinned run: %s", name, why);
+    }
+    tier_inspect = NULL;
+    tier_pin = cap - top_k + 1;
+    if (rc == 0) {
+        CHECK(tier_run_model(dir, -1, budget, &too_many, why) != 0);
+        CHECK_STR_CONTAINS(why, "--pin");
+    }
+    free(too_many.logits);
+    tier_pin = 0;
+    tier_warm = 0;
+    if (rc == 0) {
+        CHECKF(warm.st.warm_start_experts == cap * moe_layers, "%s: warm start uploaded %d, not %d x %d", name,
+               warm.st.warm_start_experts, cap, moe_layers);
+        CHECKF(warm.st.gpu_hits > cold.st.gpu_hits, "%s: warm start hit %llu times, cold %llu", name,
+               (unsigned long long)warm.st.gpu_hits, (unsigned long long)cold.st.gpu_hits);
+        const tier_run *runs[3] = {&cold, &warm, &pinned};
+        for (int i = 0; i < (pin > 0 ? 3 : 2); i++)
+            CHECKF(!memcmp(runs[i]->logits, all->logits, sizeof(float) * TIER_NIDS * all->V) &&
+                       !memcmp(runs[i]->gen, all->gen, sizeof all->gen),
+                   "%s: run %d of the warm start differs from all in device memory", name, i);
+        if (pin > 0)
+            CHECKF(pinned.st.pinned_experts == pin * moe_layers, "%s: pinned %d, not %d x %d", name,
+                   pinned.st.pinned_experts, pin, moe_layers);
+        printf("# %s on %s, device capacity %d: cold %llu hits %llu uploads; warm start %d experts: %llu hits %llu "
+               "uploads; %d pinned: %llu hits\n",
+               name, tier_backend, cap, (unsigned long long)cold.st.gpu_hits, (unsigned long long)cold.st.gpu_uploads,
+               warm.st.warm_start_experts, (unsigned long long)warm.st.gpu_hits,
+               (unsigned long long)warm.st.gpu_uploads, pin > 0 ? pinned.st.pinned_experts : 0,
+               pin > 0 ? (unsigned long long)pinned.st.gpu_hits : 0ull);
+    }
+    free(all_in.logits), free(cold.logits), free(warm.logits), free(pinned.logits);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", xdg);
+    CHECK(system(cmd) == 0);
+    if (saved_xdg) setenv("XDG_CACHE_HOME", saved_xdg, 1);
+    else unsetenv("XDG_CACHE_HOME");
+    free(saved_xdg);
 }
 
 /* Every device capacity gives the all-in-device-memory run's numbers. */

@@ -6,6 +6,8 @@
 static const char *tier_backend = "cpu";
 #include "device_tier.h"
 
+#include "engine/engine.h"
+
 #define GOLDEN LAZYMOE_SOURCE_DIR "/tests/fixtures/golden/"
 
 static void qwen3_moe(void) { tier_same_at_capacities(GOLDEN "qwen3_moe_f32", 8, 2); }
@@ -24,6 +26,25 @@ static void demo_coder_act8(void) {
     tier_act_bits = 32;
 }
 
+/* The pinned run of the warm start: its pinned experts are held in device memory at
+ * the end, pin per MoE layer, each of them among the layer's most needed ones. */
+static void pins_held(const lazymoe_model *m) {
+    int pinned = 0;
+    for (int l = 0; l < m->w.cfg.n_layers; l++) {
+        if (!m->w.layers[l].is_moe) continue;
+        for (int e = 0; e < m->w.cfg.n_experts; e++) {
+            if (!lm_device_cache_is_pinned(m->dcache, l, e)) continue;
+            pinned++;
+            CHECKF(lm_device_cache_holds(m->dcache, l, e), "layer %d: pinned expert %d not held", l, e);
+        }
+    }
+    CHECKF(pinned == m->pinned, "%d experts pinned in the tier, %d counted", pinned, m->pinned);
+}
+
+static void demo_coder_warm_start(void) {
+    tier_warm_start(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 8, 4, 6, pins_held);
+}
+
 int main(void) {
     TEST_CASE("device_tier_qwen3_moe_bit_identical", qwen3_moe);
     TEST_CASE("device_tier_glm4_moe_shared_expert_bit_identical", glm4_moe);
@@ -31,5 +52,6 @@ int main(void) {
     TEST_CASE("device_tier_gpt_oss_mxfp4_bit_identical", gpt_oss_mxfp4);
     TEST_CASE("device_tier_demo_coder_mlx_4bit_bit_identical", demo_coder);
     TEST_CASE("device_tier_demo_coder_act8_bit_identical", demo_coder_act8);
+    TEST_CASE("device_tier_demo_coder_warm_start_and_pins", demo_coder_warm_start);
     TEST_EXIT();
 }

@@ -7,7 +7,7 @@
 # the CPU), alternating in ROUNDS (default "a b"): decode of 128 tokens from one token, then a
 # 512-token prefill, each bench with --repeat REPEAT (3). test_cuda first (TESTS=0 skips it).
 # Everything lands in $OUT/summary.txt (one line a run: prefill, decode, repeats, the GPU tier's
-# counters, the split's costs) and $OUT/all.txt.
+# counters, the split's costs) and $OUT/all.txt. WARM=1 adds the GPU tier's warm start (below).
 # Here: make CUDA=1 cuda-carry, XZ_OPT=-9e tar cJf build/device-carry.tar.xz
 # build/carry90/{lazymoe,test_cuda,libs,commit.txt}, carry it with this script. ~3 minutes there.
 # To check the script on this machine: BACKEND=cpu MODEL=models/demo-coder GPU_MEMORY=30M TESTS=0
@@ -58,5 +58,15 @@ for r in ${ROUNDS:-a b}; do
         run "p512 $v $r" --prompt-tokens 512 --gen-tokens 16 --repeat $REPEAT "${args[@]}"
     done
 done
+# WARM=1: the GPU tier's warm start -- decode after a run that recorded the popularity
+# history (without --no-warm-start, in a fresh XDG_CACHE_HOME), then with --pin PIN (default 0)
+if [ "${WARM:-0}" = 1 ]; then
+    export XDG_CACHE_HOME=$W/xdg-tier
+    rm -rf $XDG_CACHE_HOME
+    B="--backend $BACKEND --ctx 4096"
+    run "p1 records history" --prompt-tokens 1 --gen-tokens 128
+    run "p1 warm start" --prompt-tokens 1 --gen-tokens 128 --repeat $REPEAT -v
+    [ "${PIN:-0}" -gt 0 ] && run "p1 warm start pin $PIN" --prompt-tokens 1 --gen-tokens 128 --repeat $REPEAT --pin $PIN -v
+fi
 echo "== done ($SECONDS s)" >> $S
 cat $S

@@ -105,6 +105,7 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --capacity N       experts cached per MoE layer (default: from the budget)\n"             \
     "         --pin N            keep each layer's N most used experts (popularity of earlier runs)\n"  \
     "                            cached for good; N of the capacity, the rest must hold top_k\n"     \
+    "                            (cuda with experts resident in RAM: in GPU memory)\n"               \
     "         --resident         keep every expert in memory\n"                                        \
     "         --io-threads N     concurrent expert reads (default 8)\n"                                \
     "         --io-chunk SIZE    longest single read; longer tensors are split (default 2M)\n"      \

@@ -114,22 +114,29 @@ static int32_t *history_order(const lazymoe_model *m, int **count) {
  * evaluation: started here it competed with the first prompt's own reads (and page
  * zeroing) and made the first token later, not sooner (bench/RESULTS.md, "Time to
  * first token"). */
-static void warm_start(lazymoe_model *m, const char *dir) {
+/* The popularity history of the model in dir (unless options.no_warm_start): 0 when
+ * there is one (m->history.uses), -1 when not (a cold start; said for --pin). */
+static int load_history(lazymoe_model *m, const char *dir) {
     const lm_config *c = &m->w.cfg;
     char path[4096], e[LM_ERR_LEN];
-    int pin = m->opt.pin_experts;
     if (!m->opt.no_warm_start) {
         m->model_id = lm_popularity_model_id(dir);
         if (lm_popularity_path(m->model_id, path, sizeof path, e) != 0 ||
             lm_popularity_load(&m->history, path, m->model_id, c->n_layers, c->n_experts, e) != 0)
             m->history.uses = NULL; /* no history yet: a cold start */
     }
-    if (!m->history.uses) {
-        if (pin > 0 && m->opt.verbose)
-            lm_log(LAZYMOE_LOG_INFO, "lazymoe: --pin %d: no expert popularity is known for this model yet (%s); "
-                   "nothing pinned", pin, m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
-        return;
-    }
+    if (m->history.uses) return 0;
+    if (m->opt.pin_experts > 0 && m->opt.verbose)
+        lm_log(LAZYMOE_LOG_INFO, "lazymoe: --pin %d: no expert popularity is known for this model yet (%s); "
+               "nothing pinned", m->opt.pin_experts,
+               m->opt.no_warm_start ? "--no-warm-start" : "it is learned from earlier runs");
+    return -1;
+}
+
+static void warm_start(lazymoe_model *m, const char *dir) {
+    const lm_config *c = &m->w.cfg;
+    int pin = m->opt.pin_experts;
+    if (load_history(m, dir) != 0) return;
     m->warm_pending = !m->opt.no_warm_start;
     if (pin <= 0) return;
     size_t ne = (size_t)c->n_experts;
@@ -171,14 +178,15 @@ static void warm_fill(lazymoe_model *m) {
  * writes it back atomically. */
 static void save_history(lazymoe_model *m) {
     const lm_config *c = &m->w.cfg;
-    if (!m->cache || m->opt.no_warm_start || !m->model_id) return;
+    /* the device tier sees every routed expert; a host cache under it only its misses */
+    if ((!m->cache && !m->dcache) || m->opt.no_warm_start || !m->model_id) return;
     lm_popularity p = {c->n_layers, c->n_experts, m->model_id, NULL};
     p.uses = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof(float));
     if (!p.uses) return;
     double total = 0;
     for (int l = 0; l < c->n_layers; l++) {
         if (!m->w.layers[l].is_moe) continue;
-        const float *now = lm_cache_uses(m->cache, l);
+        const float *now = m->dcache ? lm_device_cache_uses(m->dcache, l) : lm_cache_uses(m->cache, l);
         for (int x = 0; x < c->n_experts; x++) {
             size_t i = (size_t)l * (size_t)c->n_experts + (size_t)x;
             p.uses[i] = now[x] + (m->history.uses ? 0.5f * m->history.uses[i] : 0.0f);
@@ -559,9 +567,51 @@ static int calibrate_miss_costs(lazymoe_model *m, char *e) {
     return 0;
 }
 
+/* The device tier over resident host experts, at open: the popularity history's
+ * hottest experts of each layer uploaded into its slots and the `pin_experts` hottest
+ * pinned there (never evicted) -- what warm_start and the pins do for the host cache,
+ * but at once: the uploads come from memory (a fraction of a second for gigabytes),
+ * not from disk. Not with a host cache (its experts are not in memory yet; its own
+ * warm start fills it) or room for every expert (all preloaded). */
+static int device_warm_start(lazymoe_model *m, const char *dir, char *e) {
+    const lm_config *c = &m->w.cfg;
+    int cap = lm_device_cache_capacity(m->dcache), pin = m->opt.pin_experts;
+    if (m->cache || cap >= c->n_experts || (m->opt.no_warm_start && pin <= 0)) return 0;
+    if (pin > 0 && cap - pin < c->top_k)
+        return lm_errf(e, "--pin %d leaves %d of the %d GPU expert slots per layer for the other experts, fewer "
+                          "than the %d a token needs (top_k); pin at most %d or raise --gpu-memory",
+                       pin, cap - pin > 0 ? cap - pin : 0, cap, c->top_k, cap - c->top_k > 0 ? cap - c->top_k : 0);
+    if (load_history(m, dir) != 0) return 0;
+    int *count = NULL;
+    int32_t *order = history_order(m, &count);
+    if (!order) return lm_errf(e, "out of memory");
+    int rc = 0;
+    for (int l = 0; l < c->n_layers && rc == 0; l++) {
+        const lm_layer *ly = &m->w.layers[l];
+        int n = count[l] < cap ? count[l] : cap;
+        if (!ly->is_moe || !ly->experts || n == 0) continue;
+        const int32_t *hot = order + (size_t)l * (size_t)c->n_experts;
+        lm_device_cache_acquire(m->dcache, l, hot, n, NULL, m->dev_status);
+        rc = lm_device_cache_fence(m->dcache, e);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (m->dev_status[i] != 2) continue;
+            rc = lm_device_cache_fill(m->dcache, l, hot[i], &ly->experts[hot[i]], 1, &m->dev_views[0], e);
+            if (rc == 0) m->warm_started++;
+        }
+        lm_device_cache_release_layer(m->dcache, l);
+        if (rc == 0 && pin > 0) m->pinned += lm_device_cache_pin(m->dcache, l, hot, n < pin ? n : pin);
+    }
+    free(order);
+    if (rc == 0) rc = lm_device_cache_wait_uploads(m->dcache, e);
+    if (rc == 0 && m->opt.verbose)
+        lm_log(LAZYMOE_LOG_INFO, "lazymoe: warm start: %d popular experts uploaded into %s memory, %d pinned there",
+               m->warm_started, m->be->ops->name, m->pinned);
+    return rc;
+}
+
 /* The expert cache in device memory, for a backend with its own memory (or on
  * request: options.gpu_memory on the CPU, a test of the tier). */
-static int open_device_tier(lazymoe_model *m, char *e) {
+static int open_device_tier(lazymoe_model *m, const char *dir, char *e) {
     const lm_config *c = &m->w.cfg;
     int moe = 0;
     for (int l = 0; l < c->n_layers; l++) moe |= m->w.layers[l].is_moe;
@@ -584,6 +634,8 @@ static int open_device_tier(lazymoe_model *m, char *e) {
     if (preload_device_weights(m, e) != 0) return -1;
     if (preload_device_experts(m, e) != 0) return -1;
     if (m->cpu_auto && calibrate_miss_costs(m, e) != 0) return -1;
+    if (device_warm_start(m, dir, e) != 0) return -1;
+    lm_device_cache_clear_uses(m->dcache); /* the loads' acquires were not routing */
     /* the load ends when its copies have: else the first request's first kernel waits
      * for them (the embed of a first prefill on the GPU took ~3.5 ms more) and a copy
      * that failed would show there, not here */
@@ -763,7 +815,7 @@ int lm_engine_open_io(lazymoe_model **out, const char *dir, const lazymoe_option
         lm_backend_set_act_bits(m->be, m->opt.act_bits, m->chunk_tokens * (m->w.cfg.top_k > 1 ? m->w.cfg.top_k : 1),
                                 widest_input(&m->w.cfg), e) != 0)
         goto fail;
-    if (open_device_tier(m, e) != 0) goto fail;
+    if (open_device_tier(m, dir, e) != 0) goto fail;
     *out = m;
     return 0;
 fail:
@@ -779,7 +831,8 @@ void lm_engine_get_expert_stats(const lazymoe_model *m, int layer, lazymoe_exper
     st->planned_bytes = m->planned_bytes;
     st->peak_rss_bytes = lm_peak_rss();
     st->warm_start_experts = m->warm_started;
-    st->pinned_experts = m->cache ? (layer < 0 ? m->pinned : lm_cache_pinned(m->cache, layer)) : 0;
+    st->pinned_experts = m->cache ? (layer < 0 ? m->pinned : lm_cache_pinned(m->cache, layer))
+                                  : m->dcache ? (layer < 0 ? m->pinned : lm_device_cache_pinned(m->dcache, layer)) : 0;
     if (m->dcache) {
         lm_device_cache_counters dc;
         lm_device_cache_get_counters(m->dcache, layer, &dc);

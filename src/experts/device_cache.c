@@ -14,6 +14,9 @@ typedef struct {
     int32_t *slot_expert;   /* [capacity] expert held, -1 = empty */
     int32_t *expert_slot;   /* [E] slot holding the expert, -1 = none */
     uint8_t *busy;          /* [capacity] acquired by this step */
+    uint8_t *pinned;        /* [E] experts never evicted (lm_device_cache_pin) */
+    uint8_t *blocked;       /* [capacity] busy or pinned: not a victim */
+    float *uses;            /* [E] steps that needed each expert */
     int32_t *acquired;      /* slots acquired since the last release */
     int n_acquired;
     int resident;           /* slots holding an expert */
@@ -59,6 +62,9 @@ void lm_device_cache_free(lm_device_cache *c) {
         free(d->slot_expert);
         free(d->expert_slot);
         free(d->busy);
+        free(d->pinned);
+        free(d->blocked);
+        free(d->uses);
         free(d->acquired);
         lm_usage_free(&d->usage);
     }
@@ -91,8 +97,11 @@ int lm_device_cache_create(lm_device_cache **out, lm_backend *be, const lm_weigh
         d->slot_expert = malloc(sizeof(int32_t) * (size_t)capacity);
         d->expert_slot = malloc(sizeof(int32_t) * (size_t)E);
         d->busy = calloc((size_t)capacity, 1);
+        d->pinned = calloc((size_t)E, 1);
+        d->blocked = calloc((size_t)capacity, 1);
+        d->uses = calloc((size_t)E, sizeof(float));
         d->acquired = malloc(sizeof(int32_t) * (size_t)capacity);
-        if (!d->slot_expert || !d->expert_slot || !d->busy || !d->acquired) {
+        if (!d->slot_expert || !d->expert_slot || !d->busy || !d->pinned || !d->blocked || !d->uses || !d->acquired) {
             lm_device_cache_free(c);
             return lm_errf(err, "out of memory");
         }
@@ -125,10 +134,11 @@ int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int 
         int s = d->expert_slot[need[i]];
         status[i] = 0;
         if (s < 0 || d->busy[s]) continue;
-        d->busy[s] = 1;
+        d->busy[s] = d->blocked[s] = 1;
         d->acquired[d->n_acquired++] = s;
         lm_usage_touch(&d->usage, c->policy, need[i], now);
         d->counters.hits++;
+        d->uses[need[i]] += 1.0f; /* counted once: in the wave that gives it a status */
         status[i] = 1;
         got++;
     }
@@ -136,21 +146,23 @@ int lm_device_cache_acquire(lm_device_cache *c, int l, const int32_t *need, int 
         if (status[i] || d->expert_slot[need[i]] >= 0) continue; /* a hit, or held by a busy slot: not possible */
         if (elsewhere && elsewhere[i]) {
             lm_usage_touch(&d->usage, c->policy, need[i], now);
+            d->uses[need[i]] += 1.0f;
             status[i] = 3;
             continue;
         }
-        int s = lm_policy_victim(c->policy, &d->usage, d->slot_expert, d->busy, c->capacity, now);
+        int s = lm_policy_victim(c->policy, &d->usage, d->slot_expert, d->blocked, c->capacity, now);
         if (s < 0) continue; /* every slot in use by this step: a later wave */
         if (d->slot_expert[s] >= 0) {
             d->expert_slot[d->slot_expert[s]] = -1;
             d->resident--;
         }
         d->slot_expert[s] = -1; /* empty until filled */
-        d->busy[s] = 1;
+        d->busy[s] = d->blocked[s] = 1;
         d->acquired[d->n_acquired++] = s;
         /* reserved for need[i]: remembered through expert_slot, not yet resident */
         d->expert_slot[need[i]] = s;
         lm_usage_touch(&d->usage, c->policy, need[i], now);
+        d->uses[need[i]] += 1.0f;
         status[i] = 2;
         got++;
     }
@@ -226,6 +238,7 @@ void lm_device_cache_release_layer(lm_device_cache *c, int l) {
     for (int i = 0; i < d->n_acquired; i++) {
         int s = d->acquired[i];
         d->busy[s] = 0;
+        d->blocked[s] = d->slot_expert[s] >= 0 && d->pinned[d->slot_expert[s]];
         /* a slot reserved but never filled (a failed or abandoned fill) is given up */
         if (d->slot_expert[s] < 0)
             for (int e = 0; e < c->w->cfg.n_experts; e++)
@@ -235,6 +248,38 @@ void lm_device_cache_release_layer(lm_device_cache *c, int l) {
 }
 
 int lm_device_cache_capacity(const lm_device_cache *c) { return c->capacity; }
+
+int lm_device_cache_pinned(const lm_device_cache *c, int l) {
+    int n = 0;
+    for (int e = 0; c->layers[l].pinned && e < c->w->cfg.n_experts; e++) n += c->layers[l].pinned[e];
+    return n;
+}
+
+int lm_device_cache_pin(lm_device_cache *c, int l, const int32_t *experts, int n) {
+    device_layer *d = &c->layers[l];
+    int pinned = 0;
+    int held = lm_device_cache_pinned(c, l);
+    for (int i = 0; i < n; i++) {
+        int e = experts[i], s = d->expert_slot[e];
+        if (s < 0 || d->slot_expert[s] != e || d->pinned[e]) continue;
+        if (held + 1 >= c->capacity) break; /* at least one slot stays free for the others */
+        d->pinned[e] = d->blocked[s] = 1;
+        held++;
+        pinned++;
+    }
+    return pinned;
+}
+
+int lm_device_cache_is_pinned(const lm_device_cache *c, int l, int e) {
+    return c->layers[l].pinned && c->layers[l].pinned[e];
+}
+
+const float *lm_device_cache_uses(const lm_device_cache *c, int l) { return c->layers[l].uses; }
+
+void lm_device_cache_clear_uses(lm_device_cache *c) {
+    for (int l = 0; l < c->w->cfg.n_layers; l++)
+        if (c->layers[l].uses) memset(c->layers[l].uses, 0, sizeof(float) * (size_t)c->w->cfg.n_experts);
+}
 
 int lm_device_cache_holds(const lm_device_cache *c, int l, int e) {
     const device_layer *d = &c->layers[l];

@@ -74,6 +74,18 @@ int lm_device_cache_wait_uploads(lm_device_cache *c, char *err);
 void lm_device_cache_release_layer(lm_device_cache *c, int l);
 
 int lm_device_cache_capacity(const lm_device_cache *c);
+/* Pins experts[0..n) of layer l that are in device memory now (filled, not being
+ * filled): their slots are never evicted, while at least one slot of the layer stays
+ * unpinned. Returns how many were pinned. */
+int lm_device_cache_pin(lm_device_cache *c, int l, const int32_t *experts, int n);
+int lm_device_cache_is_pinned(const lm_device_cache *c, int l, int e);
+/* Pinned experts of layer l. */
+int lm_device_cache_pinned(const lm_device_cache *c, int l);
+/* How many steps needed each expert of layer l ([n_experts]) since the cache was made:
+ * every routed expert passes through acquire, hit or miss (the popularity history). */
+const float *lm_device_cache_uses(const lm_device_cache *c, int l);
+/* Forgets those counts (the loads' own acquires are not routing). */
+void lm_device_cache_clear_uses(lm_device_cache *c);
 /* Whether expert e of layer l is in device memory now (a hit if acquired). */
 int lm_device_cache_holds(const lm_device_cache *c, int l, int e);
 /* Experts of layer l in device memory now (l < 0: all layers). */

@@ -1970,6 +1970,8 @@ static void tier_glm4_moe(void) { tier_same_at_capacities(rt_path("tests/fixture
 static void tier_gpt_oss(void) { tier_same_at_capacities(rt_path("tests/fixtures/gpt_oss/float"), 4, 2); }
 static void tier_gpt_oss_mxfp4(void) { tier_same_at_capacities(rt_path("tests/fixtures/gpt_oss/mxfp4"), 4, 2); }
 static void tier_demo_coder(void) { tier_same_at_capacities(rt_path("models/demo-coder"), 32, 4); }
+/* the GPU tier's warm start from the popularity history, and its pins */
+static void tier_demo_coder_warm(void) { tier_warm_start(rt_path("models/demo-coder"), 32, 8, 4, 6, NULL); }
 static void tier_demo_coder_act8(void) {
     tier_act_bits = 8;
     tier_same_at_capacities(rt_path("models/demo-coder"), 32, 4);
@@ -2101,6 +2103,7 @@ int main(void) {
     TEST_CASE("cuda_tier_glm4_moe_shared_expert_bit_identical", tier_glm4_moe);
     TEST_CASE("cuda_tier_gpt_oss_bit_identical", tier_gpt_oss);
     TEST_CASE("cuda_tier_gpt_oss_mxfp4_bit_identical", tier_gpt_oss_mxfp4);
+    TEST_CASE("cuda_tier_demo_coder_warm_start_and_pins", tier_demo_coder_warm);
     TEST_CASE("cuda_tier_demo_coder_mlx_4bit_bit_identical", tier_demo_coder);
     TEST_CASE("cuda_tier_demo_coder_act8_bit_identical", tier_demo_coder_act8);
     TEST_EXIT();
