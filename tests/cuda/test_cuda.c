@@ -556,17 +556,20 @@ static void matmul_act8_exact(void) {
         float *dx = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols);
         size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
         float *dy = dev_from(NULL, bytes);
-        for (int warps = 4; warps <= 8; warps += 4) { /* k_gemm_a8's two block shapes */
-            lm_backend_cuda_set_a8_warps(gpu, warps);
+        /* k_gemm_a8's two block shapes (4 and 8 warps), then k_gemm_a8s (shared memory) */
+        for (int shape = 0; shape < 3; shape++) {
+            lm_backend_cuda_set_a8_warps(gpu, shape == 1 ? 8 : 4);
+            lm_backend_cuda_set_a8_smem(gpu, shape == 2);
             uint64_t launches = lm_backend_cuda_fast_launches(gpu);
             CHECKF(gpu->ops->matmul(gpu, dy, &W, dx, n) == 0, "%s", lm_backend_error(gpu));
             CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 1, "case %zu: not on the fast kernels", k);
             float *got = host_from(dy, bytes);
-            CHECKF(same_bits("gemm_a8 vs reference", got, want, bytes), "case %zu: %d x %d g%d, %d tokens, %d warps", k,
-                   rows, cols, cases[k].gs, n, warps);
+            CHECKF(same_bits("gemm_a8 vs reference", got, want, bytes), "case %zu: %d x %d g%d, %d tokens, %s", k,
+                   rows, cols, cases[k].gs, n, shape == 2 ? "shared memory" : shape ? "8 warps" : "4 warps");
             free(got);
         }
         lm_backend_cuda_set_a8_warps(gpu, 4);
+        lm_backend_cuda_set_a8_smem(gpu, 0);
         free(want), free(x);
         dev_free(dx), dev_free(dy);
         free_mat(&W);
@@ -590,12 +593,20 @@ static void matmul_act8_exact(void) {
         dy[i] = dev_from(NULL, sizeof(float) * (size_t)ns[i] * (size_t)rows_of[i]);
         it[i] = (lm_matmul_item){dy[i], &W[i], dxs[xi], ns[i]};
     }
-    CHECKF(gpu->ops->matmul_batch(gpu, it, NB) == 0, "%s", lm_backend_error(gpu));
+    for (int smem = 0; smem < 2; smem++) { /* k_gemm_a8, then k_gemm_a8s */
+        lm_backend_cuda_set_a8_smem(gpu, smem);
+        CHECKF(gpu->ops->matmul_batch(gpu, it, NB) == 0, "%s", lm_backend_error(gpu));
+        for (int i = 0; i < NB; i++) {
+            size_t bytes = sizeof(float) * (size_t)ns[i] * (size_t)rows_of[i];
+            float *got = host_from(dy[i], bytes);
+            CHECKF(same_bits("batched gemm_a8 vs reference", got, want[i], bytes), "batch item %d%s", i,
+                   smem ? " (shared memory)" : "");
+            free(got);
+        }
+    }
+    lm_backend_cuda_set_a8_smem(gpu, 0);
     for (int i = 0; i < NB; i++) {
-        size_t bytes = sizeof(float) * (size_t)ns[i] * (size_t)rows_of[i];
-        float *got = host_from(dy[i], bytes);
-        CHECKF(same_bits("batched gemm_a8 vs reference", got, want[i], bytes), "batch item %d", i);
-        free(got), free(want[i]);
+        free(want[i]);
         dev_free(dy[i]);
         free_mat(&W[i]);
     }
@@ -1317,7 +1328,7 @@ static void re_prefill_sel(int32_t psel[PT * PK]) {
 /* The same with int8 activations (k_gemm_a8 on both paths): MLX 4-bit, groups of one
  * and two chunks, rows misaligned, and 8-bit (f32 activations still). */
 static void routed_experts_act8(void) {
-    static void *parts[5][3 * RE_E][3];
+    static void *parts[7][3 * RE_E][3];
     int32_t psel[PT * PK];
     re_prefill_sel(psel);
     CHECKF(lm_backend_cuda_set_act_bits(gpu, 8, PT * PK, 256, err) == 0, "%s", err);
@@ -1330,6 +1341,12 @@ static void routed_experts_act8(void) {
     lm_backend_cuda_set_a8_warps(gpu, 8); /* k_gemm_a8's blocks of 8 warps */
     routed_experts_case(4, 64, LM_DT_BF16, 0, PT, PK, psel, parts[4]);
     lm_backend_cuda_set_a8_warps(gpu, 4);
+    lm_backend_cuda_set_a8_smem(gpu, 1); /* k_gemm_a8s, misaligned rows too */
+    routed_experts_case(4, 64, LM_DT_F16, 0, PT, PK, psel, parts[5]);
+    re_misalign = 4;
+    routed_experts_case(4, 32, LM_DT_BF16, 0, PT, PK, psel, parts[6]);
+    re_misalign = 0;
+    lm_backend_cuda_set_a8_smem(gpu, 0);
     CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
 }
 
@@ -1887,6 +1904,28 @@ static void grouped_prefill_same_act8(void) {
     test_act_bits = 32;
 }
 
+/* k_gemm_a8s (LAZYMOE_CUDA_A8_SMEM=1, read when the backend is made) in a whole prefill
+ * with int8 activations, grouped on the device: the bits of k_gemm_a8's. */
+static void prefill_act8_smem_same(void) {
+    float *a = NULL, *b = NULL;
+    size_t V = 0, V2 = 0;
+    int n = 0, n2 = 0;
+    test_act_bits = 8;
+    int ra = prefill_logits("models/demo-coder", 1, &a, &V, &n);
+    CHECKF(ra == 0, "demo-coder, k_gemm_a8: %s", err);
+    setenv("LAZYMOE_CUDA_A8_SMEM", "1", 1);
+    int rb = prefill_logits("models/demo-coder", 1, &b, &V2, &n2);
+    unsetenv("LAZYMOE_CUDA_A8_SMEM");
+    CHECKF(rb == 0, "demo-coder, k_gemm_a8s: %s", err);
+    test_act_bits = 32;
+    if (ra == 0 && rb == 0) {
+        CHECK(n == 192 && n2 == n && V == V2);
+        CHECKF(same_bits("prefill through k_gemm_a8s", a, b, sizeof(float) * (size_t)n * V),
+               "a prefill's logits differ with k_gemm_a8s");
+    }
+    free(a), free(b);
+}
+
 /* Int8 activations on the shipped 4-bit model: against transformers' f32 logits within
  * the CPU's int8 bound (tests/test_golden.c ACT8_TOL), and against the CPU's int8 run
  * (the same quantized values where both quantize; the GPU keeps f32 for decode steps
@@ -2094,6 +2133,7 @@ int main(void) {
     TEST_CASE("cuda_golden_demo_coder_q4", golden_demo_coder);
     TEST_CASE("cuda_grouped_prefill_same_as_host_routed", grouped_prefill_same);
     TEST_CASE("cuda_grouped_prefill_act8_same_as_host_routed", grouped_prefill_same_act8);
+    TEST_CASE("cuda_prefill_act8_smem_same_bits", prefill_act8_smem_same);
     TEST_CASE("cuda_golden_demo_coder_act8", golden_demo_coder_act8);
     TEST_CASE("cuda_graphs_replay_bit_identical_to_ops", graphs_replay);
     TEST_CASE("cuda_eval_greedy_equals_argmax_of_logits", eval_greedy);

@@ -121,6 +121,7 @@ typedef struct {
     int tc_q40;       /* LAZYMOE_CUDA_TC_Q4_0=1: Q4_0 through the affine path (off until measured) */
     int act_bits;     /* 8: prefill's 4-bit products on int8 activations (k_gemm_a8); 32 (default): f32 */
     int a8_warps;     /* k_gemm_a8's warps a block: TC_WARPS (default) or 2 TC_WARPS (LAZYMOE_CUDA_A8_WARPS=8) */
+    int a8_smem;      /* k_gemm_a8s (its copies through shared memory) in k_gemm_a8's place (LAZYMOE_CUDA_A8_SMEM=1) */
     void *a8;         /* their scratch (act8_scratch) */
     size_t a8_bytes;
     int sm_count;
@@ -2050,8 +2051,209 @@ __global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8(mm
                           blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * A8_NT(WARPS) * 8, NULL, 1);
 }
 
+/* ---- k_gemm_a8 through shared memory (LAZYMOE_CUDA_A8_SMEM=1: off until measured) ----
+ * k_gemm_a8 is latency-bound (ncu, session 23: 29-34% of issue slots busy, a warp
+ * waiting 10-13 cycles between instructions): each lane loads its own weight units and
+ * inputs from global memory only two chunks ahead, in registers. Here the block's 4
+ * warps copy A8S_KC chunks at a time of its 128 weight rows and 16 tokens' inputs into
+ * shared memory with cp.async, A8S_STAGES stages deep (two stages, 20 KB, in flight while
+ * one is computed), and the warps read their fragments from there: the inputs are loaded
+ * from global memory once per block instead of once per warp, and the scales, offsets
+ * and (dx, xsum) of the next group are loaded while this one is summed. The arithmetic
+ * of every output is k_gemm_a8's -- the same exact integer sum per group, the same
+ * epilogue in the same order -- so the bits are the same (tests/cuda/test_cuda.c). */
+#define A8S_KC 4     /* chunks a stage holds (128 columns) */
+#define A8S_STAGES 3 /* stages in shared memory */
+/* A stage's row of weights (A8S_KC x 16 bytes) padded to 80 bytes: a warp's 8 rows x 4
+ * lanes then read 32 different banks (row stride 20 words: 20 g mod 32 apart). */
+#define A8S_WROW (A8S_KC * 16 + 16)
+/* A token's inputs (A8S_KC x 32 bytes) padded to 160 bytes: the 8-byte loads of a
+ * half-warp (4 tokens x 4 lanes) then fall in 32 different banks. */
+#define A8S_AROW (A8S_KC * 32 + 32)
+#define A8S_WBYTES (TC_ROWS * A8S_WROW)
+#define A8S_STAGE_BYTES (A8S_WBYTES + TC_TOK * A8S_AROW)
+static_assert(A8S_STAGES * A8S_STAGE_BYTES <= 48 * 1024, "k_gemm_a8s: static shared memory");
+static_assert(TC_WARPS * 32 == TC_ROWS, "k_gemm_a8s: a thread per weight row in the copies");
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* A group's scales and offsets of a lane's rows (as stored) and its tokens' (dx, xsum). */
+template <int NT> struct a8s_group {
+    uint32_t s[NT][2], b[NT][2];
+    float2 x[2];
+};
+
+template <int NT>
+__device__ __forceinline__ void a8s_load_group(const mm_shape &sh, const mm_item &it, int r0, int grp, int ng,
+                                               const float2 *da, const float2 *db, a8s_group<NT> &o) {
+    int t = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            size_t k = (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * (size_t)ng + (size_t)grp;
+            o.s[j][h] = load_bits(it.scales, sh.qdtype, k);
+            o.b[j][h] = load_bits(it.biases, sh.qdtype, k);
+        }
+    o.x[0] = __ldg(da + grp);
+    o.x[1] = __ldg(db + grp);
+}
+
+/* What a thread copies in every stage: with whole stages (A8S_KC chunks) chunk tid % 4
+ * of weight rows tid / 4 + 32 i (i < 4) and 16 bytes tid % 8 of token tid / 8's inputs,
+ * from these row starts (rows and tokens past the item's clamped to its last); a last,
+ * shorter stage spreads its copies over the threads afresh (a8s_issue). */
+struct a8s_src {
+    const uint8_t *w[TC_ROWS * A8S_KC / (TC_WARPS * 32)];
+    const int8_t *a;
+};
+static_assert(TC_ROWS * A8S_KC / (TC_WARPS * 32) == 4 && TC_TOK * 2 * A8S_KC == TC_WARPS * 32,
+              "k_gemm_a8s: the copies' split over the threads");
+
+__device__ __forceinline__ const uint8_t *a8s_wrow(const mm_shape &sh, const mm_item &it, int row0, int row) {
+    return (const uint8_t *)it.data + (size_t)min(row0 + row, it.rows - 1) * sh.row_bytes;
+}
+__device__ __forceinline__ const int8_t *a8s_arow(const mm_shape &sh, const mm_item &it, int t0, int tok,
+                                                  const int32_t *routes, int x_div) {
+    return it.xq + tc_row(routes, min(t0 + tok, it.n - 1), x_div) * (size_t)sh.cols;
+}
+
+__device__ __forceinline__ void a8s_copy_w(uint8_t *dst, const uint8_t *src, bool w16) {
+    if (w16) {
+        cp_async16(dst, src);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) cp_async4(dst + 4 * i, src + 4 * i);
+    }
+}
+
+/* The copies of chunks c0 .. c0 + kc - 1 into buffer buf. */
+__device__ __forceinline__ void a8s_issue(const mm_shape &sh, const mm_item &it, int row0, int t0, const int32_t *routes,
+                                          int x_div, const a8s_src &src, int c0, int kc, bool w16, uint8_t *buf) {
+    const int tid = threadIdx.x;
+    uint8_t *abuf = buf + A8S_WBYTES;
+    if (kc == A8S_KC) {
+        const int k = tid & 3;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            a8s_copy_w(buf + ((tid >> 2) + 32 * i) * A8S_WROW + 16 * k, src.w[i] + (size_t)16 * (size_t)(c0 + k), w16);
+        cp_async16(abuf + (tid >> 3) * A8S_AROW + 16 * (tid & 7), src.a + (size_t)32 * (size_t)c0 + (size_t)16 * (size_t)(tid & 7));
+        return;
+    }
+    for (int q = tid; q < TC_ROWS * kc; q += TC_WARPS * 32) {
+        int row = q / kc, k = q - row * kc;
+        a8s_copy_w(buf + row * A8S_WROW + 16 * k, a8s_wrow(sh, it, row0, row) + (size_t)16 * (size_t)(c0 + k), w16);
+    }
+    for (int q = tid; q < TC_TOK * 2 * kc; q += TC_WARPS * 32) {
+        int tok = q / (2 * kc), k2 = q - tok * 2 * kc;
+        cp_async16(abuf + tok * A8S_AROW + 16 * k2,
+                   a8s_arow(sh, it, t0, tok, routes, x_div) + (size_t)32 * (size_t)c0 + (size_t)16 * (size_t)k2);
+    }
+}
+
+/* A block of TC_ROWS rows x TC_TOK tokens from t0 (every thread calls it), rows from
+ * row0; warp w computes rows row0 + 8 TC_NT w .. as a8_warp would. */
+__device__ __forceinline__ void a8s_block(const mm_shape &sh, const mm_item &it, int t0, int row0,
+                                          const int32_t *routes, int x_div) {
+    __shared__ __align__(16) uint8_t smem[A8S_STAGES][A8S_STAGE_BYTES];
+    if (t0 >= it.n || row0 >= it.rows) return; /* the whole block: uniform */
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, wr = (threadIdx.x >> 5) * TC_NT * 8;
+    const int r0 = row0 + wr;
+    const int cols = sh.cols, ng = cols / sh.group_size, per_group = sh.group_size / TC_CHUNK, chunks = cols / TC_CHUNK;
+    const int stages = (chunks + A8S_KC - 1) / A8S_KC;
+    /* 16-byte copies of the weights where their rows are 16-byte aligned (row_bytes is:
+     * whole chunks), else 4-byte ones */
+    const bool w16 = ((size_t)it.data & 15) == 0;
+    a8s_src src;
+#pragma unroll
+    for (int i = 0; i < 4; i++) src.w[i] = a8s_wrow(sh, it, row0, ((int)threadIdx.x >> 2) + 32 * i);
+    src.a = a8s_arow(sh, it, t0, (int)threadIdx.x >> 3, routes, x_div);
+    size_t xa = tc_row(routes, min(t0 + g, it.n - 1), x_div), xb = tc_row(routes, min(t0 + g + 8, it.n - 1), x_div);
+    const float2 *da = it.xds + xa * (size_t)ng, *db = it.xds + xb * (size_t)ng;
+#pragma unroll
+    for (int st = 0; st < A8S_STAGES - 1; st++) {
+        if (st < stages) {
+            int c0 = st * A8S_KC;
+            a8s_issue(sh, it, row0, t0, routes, x_div, src, c0, min(A8S_KC, chunks - c0), w16, smem[st]);
+        }
+        cp_async_commit();
+    }
+    float tot[TC_NT][4];
+    int acc[TC_NT][4];
+#pragma unroll
+    for (int j = 0; j < TC_NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) tot[j][i] = 0.0f, acc[j][i] = 0;
+    a8s_group<TC_NT> cur;
+    a8s_load_group<TC_NT>(sh, it, r0, 0, ng, da, db, cur);
+    a8s_group<TC_NT> next = cur;
+    int grp = 0, left = per_group; /* chunks left in the group */
+    for (int st = 0; st < stages; st++) {
+        cp_async_wait<A8S_STAGES - 2>(); /* this stage's copies (each thread's own) landed */
+        __syncthreads();                 /* everyone's, and every warp is done with the buffer refilled next */
+        int nx = st + A8S_STAGES - 1;
+        if (nx < stages) {
+            int c0 = nx * A8S_KC;
+            a8s_issue(sh, it, row0, t0, routes, x_div, src, c0, min(A8S_KC, chunks - c0), w16, smem[nx % A8S_STAGES]);
+        }
+        cp_async_commit();
+        const uint8_t *wbuf = smem[st % A8S_STAGES], *abuf = wbuf + A8S_WBYTES;
+        const int kc = min(A8S_KC, chunks - st * A8S_KC);
+#pragma unroll
+        for (int k = 0; k < A8S_KC; k++) {
+            if (k >= kc) break;
+            uint2 a = *(const uint2 *)(abuf + g * A8S_AROW + 32 * k + 8 * t);
+            uint2 b = *(const uint2 *)(abuf + (g + 8) * A8S_AROW + 32 * k + 8 * t);
+            const uint32_t af[4] = {a.x, b.x, a.y, b.y};
+#pragma unroll
+            for (int j = 0; j < TC_NT; j++) {
+                uint32_t w = *(const uint32_t *)(wbuf + (wr + 8 * j + g) * A8S_WROW + 16 * k + 4 * t);
+                mma_s8_16x8x32(acc[j], af, w & 0x0f0f0f0fu, (w >> 4) & 0x0f0f0f0fu);
+            }
+            if (--left > 0) continue;
+            left = per_group;
+            /* the group ends: the next one's scales are loaded before this one is summed */
+            if (grp + 1 < ng) a8s_load_group<TC_NT>(sh, it, r0, grp + 1, ng, da, db, next);
+            /* y += (s dx) I + b xsum, as a8_warp sums it */
+#pragma unroll
+            for (int j = 0; j < TC_NT; j++) {
+                float sv[2], ov[2];
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    sv[h] = bits_float(cur.s[j][h], sh.qdtype);
+                    ov[h] = bits_float(cur.b[j][h], sh.qdtype);
+                }
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float2 x2 = cur.x[i >> 1];
+                    float v = __fmul_rn(__fmul_rn(sv[i & 1], x2.x), (float)acc[j][i]);
+                    tot[j][i] = __fadd_rn(tot[j][i], __fadd_rn(v, __fmul_rn(ov[i & 1], x2.y)));
+                    acc[j][i] = 0;
+                }
+            }
+            cur = next;
+            grp++;
+        }
+    }
+    cp_async_wait<0>(); /* no copy outlives the block (the last stages commit empty groups) */
+    if (r0 < it.rows) tc_store<TC_NT>(it, t0, r0, routes, tot);
+}
+
+__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8s(mm_shape sh, mm_batch b) {
+    a8s_block(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, blockIdx.x * TC_ROWS, NULL, 1);
+}
+
 /* Whether k_gemm_a8's blocks are of 8 warps (LAZYMOE_CUDA_A8_WARPS=8), and their threads. */
-static int a8_wide(const cuda_impl *im) { return im->a8_warps == 2 * TC_WARPS; }
+static int a8_wide(const cuda_impl *im) { return im->a8_warps == 2 * TC_WARPS && !im->a8_smem; }
 static unsigned a8_block_threads(const cuda_impl *im) { return (a8_wide(im) ? 2 : 1) * TC_WARPS * 32; }
 
 /* Whether a launch takes k_gemm_a8: int8 activations asked for, MLX 4-bit weights whose
@@ -2339,7 +2541,7 @@ static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
             dim3 grid(blocks_for((size_t)sh.rows, TC_ROWS), blocks_for((size_t)max_n, TC_TOK), (unsigned)(i - start));
             if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", max_n);
             tim_begin(im);
-            mm_kernel k = a8_wide(im) ? k_gemm_a8<2 * TC_WARPS> : k_gemm_a8<TC_WARPS>;
+            mm_kernel k = im->a8_smem ? k_gemm_a8s : a8_wide(im) ? k_gemm_a8<2 * TC_WARPS> : k_gemm_a8<TC_WARPS>;
             k<<<grid, a8_block_threads(im), 0, im->stream>>>(sh, part);
             if (launched(be, "gemm_a8 affine4") != 0) return -1;
             if (i == count) break;
@@ -4516,6 +4718,20 @@ __global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8_gr
 typedef void (*a8_grouped_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const int32_t *, const int2 *,
                                   const int32_t *, const int8_t *, const float2 *, int, float *, float *);
 
+/* k_gemm_a8s on one tile of k_route_group's list, as k_gemm_a8_grouped (LAZYMOE_CUDA_A8_SMEM=1). */
+__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8s_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                      const int32_t *off, const int32_t *routes,
+                                                                      const int2 *tiles, const int32_t *counts,
+                                                                      const int8_t *xq, const float2 *xds, int x_div,
+                                                                      float *y0, float *y1) {
+    if ((int)blockIdx.y >= counts[0]) return;
+    int2 tl = tiles[blockIdx.y];
+    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
+    it.xq = xq;
+    it.xds = xds;
+    a8s_block(sh, it, tl.y, blockIdx.x * TC_ROWS, routes + off[tl.x], x_div);
+}
+
 #define TC_GROUPED_KERNEL(F)                                                                                          \
     (!affine ? k_gemm_tc_grouped<F, false> : wide ? k_gemm_tc_grouped<F, true, 2 * TC_WARPS> : k_gemm_tc_grouped<F, true>)
 static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int affine, int wide) {
@@ -4695,7 +4911,9 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     size_t a8_need = a80 ? act8_bytes((size_t)n, H, t->sh[0].group_size) : 0;
     if (a82 && act8_bytes((size_t)R, I, t->sh[2].group_size) > a8_need) a8_need = act8_bytes((size_t)R, I, t->sh[2].group_size);
     if (a8_need && act8_scratch(be, a8_need) != 0) return -1;
-    a8_grouped_kernel a8k = a8_wide(im) ? k_gemm_a8_grouped<2 * TC_WARPS> : k_gemm_a8_grouped<TC_WARPS>;
+    a8_grouped_kernel a8k = im->a8_smem  ? k_gemm_a8s_grouped
+                            : a8_wide(im) ? k_gemm_a8_grouped<2 * TC_WARPS>
+                                          : k_gemm_a8_grouped<TC_WARPS>;
     unsigned a8_threads = a8_block_threads(im);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
@@ -4985,6 +5203,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (tq && !strcmp(tq, "1")) im->tc_q40 = 1;
     const char *aw = getenv("LAZYMOE_CUDA_A8_WARPS");
     if (aw && !strcmp(aw, "8")) im->a8_warps = 2 * TC_WARPS;
+    const char *as = getenv("LAZYMOE_CUDA_A8_SMEM");
+    if (as && !strcmp(as, "1")) im->a8_smem = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
@@ -5025,6 +5245,7 @@ extern "C" void lm_backend_cuda_set_tc_narrow(lm_backend *be, int mode) { impl_o
 extern "C" void lm_backend_cuda_set_tc_wide(lm_backend *be, int on) { impl_of(be)->tc_wide = on; }
 extern "C" void lm_backend_cuda_set_tc_q4_0(lm_backend *be, int on) { impl_of(be)->tc_q40 = on; }
 extern "C" void lm_backend_cuda_set_a8_warps(lm_backend *be, int warps) { impl_of(be)->a8_warps = warps == 8 ? 2 * TC_WARPS : TC_WARPS; }
+extern "C" void lm_backend_cuda_set_a8_smem(lm_backend *be, int on) { impl_of(be)->a8_smem = on != 0; }
 extern "C" int lm_backend_cuda_set_act_bits(lm_backend *be, int bits, int rows, int cols, char *err) {
     cuda_impl *im = impl_of(be);
     if (bits != 8 && bits != 32) return lm_errf(err, "activation bits %d are not supported (choose 8 or 32)", bits);

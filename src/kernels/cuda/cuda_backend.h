@@ -57,6 +57,10 @@ int lm_backend_cuda_set_act_bits(lm_backend *be, int bits, int rows, int cols, c
 /* k_gemm_a8's blocks: 4 warps of 32 rows (default) or 8 of 16 (tests and A/B;
  * LAZYMOE_CUDA_A8_WARPS=8 sets it at creation). The same bits either way. */
 void lm_backend_cuda_set_a8_warps(lm_backend *be, int warps);
+/* k_gemm_a8s in k_gemm_a8's place (on != 0): the block's weights and inputs copied
+ * through shared memory, several stages ahead (LAZYMOE_CUDA_A8_SMEM=1 sets it at
+ * creation). The same bits either way. */
+void lm_backend_cuda_set_a8_smem(lm_backend *be, int on);
 
 /* Launches of the fast matmul kernels so far (tests: that a case exercised them). */
 uint64_t lm_backend_cuda_fast_launches(const lm_backend *be);
