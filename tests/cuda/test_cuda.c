@@ -158,6 +158,10 @@ static lm_mat make_mat(lm_dtype dt, int rows, int cols, int col_major, int bits,
                 continue;
             }
             uint16_t d = lm_f32_to_f16(frand(0.001f, 0.02f)), dm = lm_f32_to_f16(frand(0.001f, 0.02f));
+            if (dt == LM_DT_Q6_K) { /* its f16 d closes the block; the 16 int8 scales before it stay random */
+                memcpy(blk + bb - 2, &d, 2);
+                continue;
+            }
             memcpy(blk, &d, 2);
             if (dt == LM_DT_Q4_K) memcpy(blk + 2, &dm, 2);
         }
@@ -261,6 +265,7 @@ static void matmul_ggml_blocks(void) {
     matmul_type("q8_0", LM_DT_Q8_0, 256, 0, 0, 0, 0);
     matmul_type("q4_0", LM_DT_Q4_0, 256, 0, 0, 0, 0);
     matmul_type("q4_k", LM_DT_Q4_K, 512, 0, 0, 0, 0);
+    matmul_type("q6_k", LM_DT_Q6_K, 512, 0, 0, 0, 0);
 }
 
 /* matmul_batch: each item as matmul alone gives it (on the same backend, bit for bit). */
@@ -372,6 +377,10 @@ static void matmul_fast_kernels(void) {
     fast_case("q4_0", LM_DT_Q4_0, 77, 288, 0, 0, 0, 0, 1);
     fast_case("q8_0", LM_DT_Q8_0, 45, 160, 0, 0, 0, 0, 1);
     fast_case("q4_k", LM_DT_Q4_K, 29, 768, 0, 0, 0, 0, 1);
+    /* Q6_K (Q4_K_M files hold it for some of their tensors): every unit position of its
+     * 256-value blocks, in a block of one row and of several */
+    fast_case("q6_k", LM_DT_Q6_K, 29, 768, 0, 0, 0, 0, 1);
+    fast_case("q6_k 2048 columns", LM_DT_Q6_K, 130, 2048, 0, 0, 0, 0, 1);
     /* MLX affine weights through k_gemm_tc's generic loader (LAZYMOE_CUDA_TC_GENERIC=1),
      * the one the GGUF formats take */
     lm_backend_cuda_set_tc_generic(gpu, 1);

@@ -837,7 +837,7 @@ __global__ void __launch_bounds__(256) k_matmul_tiled(wdesc w, const float *__re
  * expert's bytes sit in -- and within k_gemv a token's result does not depend on
  * how many tokens share the item either (the per-token arithmetic is the same). */
 
-enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q8_0, FMT_Q4_K };
+enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q8_0, FMT_Q4_K, FMT_Q6_K };
 
 /* What every item of one launch shares (rows: the most of any item). */
 typedef struct {
@@ -882,6 +882,7 @@ static int fast_format(const wdesc *d) {
     case LM_DT_Q4_0: return a % 2 == 0 ? FMT_Q4_0 : FMT_NONE;
     case LM_DT_Q8_0: return a % 2 == 0 ? FMT_Q8_0 : FMT_NONE;
     case LM_DT_Q4_K: return a % 8 == 0 && d->row_bytes % 8 == 0 ? FMT_Q4_K : FMT_NONE;
+    case LM_DT_Q6_K: return a % 2 == 0 ? FMT_Q6_K : FMT_NONE; /* 210-byte blocks: 2-byte loads */
     default: return FMT_NONE;
     }
 }
@@ -955,6 +956,22 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
                 o.q[2 * i] = (float)(int8_t)(two & 255u);
                 o.q[2 * i + 1] = (float)(int8_t)(two >> 8);
             }
+        }
+    } else if (FMT == FMT_Q6_K) {
+        /* 256 values a 210-byte block: ql[128] (low 4 bits), qh[64] (high 2), int8
+         * scales[16] (one per 16 values), f16 d; w = d sc (q - 32). Value 128 h + 32 k + l
+         * (l < 32) takes the low (k < 2) or high nibble of ql[64 h + 32 (k & 1) + l] and
+         * bits 2k, 2k + 1 of qh[32 h + l], as the CPU's lm_blocks_to_f32 reads them. */
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 210;
+        int i0 = (u % 32) * 8, h = i0 / 128, k = (i0 % 128) / 32, l = i0 % 32;
+        const uint8_t *ql = blk + 64 * h + 32 * (k & 1) + l, *qh = blk + 128 + 32 * h + l;
+        o.s = half_bits(u16_at(blk + 208)) * (float)(int8_t)blk[192 + 8 * h + l / 16 + 2 * k];
+        int ls = k >= 2 ? 4 : 0, hs = 2 * k;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t lo = u16_at(ql + 2 * i), hi = u16_at(qh + 2 * i);
+            o.q[2 * i] = (float)((int)(((lo >> ls) & 15u) | (((hi >> hs) & 3u) << 4)) - 32);
+            o.q[2 * i + 1] = (float)((int)(((lo >> (8 + ls)) & 15u) | (((hi >> (8 + hs)) & 3u) << 4)) - 32);
         }
     } else { /* FMT_Q4_K: 256 values a block; sub-block j of 32 has its own 6-bit scale and min */
         const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 144;
@@ -1423,7 +1440,7 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 /* What the words' values exceed q by: 128 for the nibbles (0x4300 | q), and Q4_0's
  * nibbles are q + 8; the 8-bit formats are converted. */
 template <int FMT> __device__ __forceinline__ float tc_q0() {
-    return FMT == FMT_Q4_0 ? 136.0f : FMT == FMT_A4 || FMT == FMT_Q4_K ? 128.0f : 0.0f;
+    return FMT == FMT_Q4_0 ? 136.0f : FMT == FMT_Q6_K ? 160.0f : FMT == FMT_A4 || FMT == FMT_Q4_K ? 128.0f : 0.0f;
 }
 
 /* A lane's weight unit as loaded for a chunk: the packed values and the scale and offset
@@ -1432,7 +1449,7 @@ template <int FMT> __device__ __forceinline__ float tc_q0() {
  * until they are used. Q4_K's scale and offset are assembled from several bytes at load
  * (s and b: their floats' bits). Values are those load_unit gives, exactly. */
 template <int FMT> struct tc_wraw {
-    uint32_t q[(FMT == FMT_Q4_0 || FMT == FMT_Q8_0) ? 4 : FMT == FMT_A4 ? 1 : 2];
+    uint32_t q[(FMT == FMT_Q4_0 || FMT == FMT_Q8_0 || FMT == FMT_Q6_K) ? 4 : FMT == FMT_A4 ? 1 : 2];
     uint32_t s, b;
 };
 
@@ -1469,6 +1486,17 @@ __device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &i
         o.b = 0;
 #pragma unroll
         for (int i = 0; i < (int)(sizeof o.q / sizeof o.q[0]); i++) o.q[i] = u16_at(qs + 2 * i);
+    } else if (FMT == FMT_Q6_K) { /* load_unit's bytes: q[0..1] of ql, q[2..3] of qh; s = d sc */
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 210;
+        int i0 = (u % 32) * 8, h = i0 / 128, k = (i0 % 128) / 32, l = i0 % 32;
+        const uint8_t *ql = blk + 64 * h + 32 * (k & 1) + l, *qh = blk + 128 + 32 * h + l;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            o.q[i] = u16_at(ql + 4 * i) | u16_at(ql + 4 * i + 2) << 16;
+            o.q[2 + i] = u16_at(qh + 4 * i) | u16_at(qh + 4 * i + 2) << 16;
+        }
+        o.s = __float_as_uint(half_bits(u16_at(blk + 208)) * (float)(int8_t)blk[192 + 8 * h + l / 16 + 2 * k]);
+        o.b = 0;
     } else { /* FMT_Q4_K */
         wunit w;
         load_unit<FMT>(sh, it, r, u, w);
@@ -1509,6 +1537,16 @@ __device__ __forceinline__ void tc_words(const mm_shape &sh, const tc_wraw<FMT> 
 #pragma unroll
         for (int k = 0; k < 4; k++)
             o[k] = ((__byte_perm(w.q[k < 2 ? 0 : last], 0u, k % 2 ? 0x4342u : 0x4140u) >> shift) & 0x000f000fu) | magic;
+    } else if (FMT == FMT_Q6_K) {
+        /* values 2k, 2k + 1: bytes 2k, 2k + 1 of ql (a nibble each) and of qh (2 bits each) */
+        int quarter = (u % 16) / 4, ls = quarter >= 2 ? 4 : 0, hs = 2 * quarter;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint32_t sel = k % 2 ? 0x4342u : 0x4140u;
+            uint32_t lo = (__byte_perm(w.q[k / 2], 0u, sel) >> ls) & 0x000f000fu;
+            uint32_t hi = (__byte_perm(w.q[2 + k / 2], 0u, sel) >> hs) & 0x00030003u;
+            o[k] = lo | hi << 4 | magic;
+        }
     } else if (FMT == FMT_A8) {
         const int last = sizeof w.q / sizeof w.q[0] - 1;
 #pragma unroll
@@ -1889,7 +1927,7 @@ static int gemm_tc_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
     if (im->no_tc) return 0;
     if (sh->cols % TC_CHUNK != 0) return 0;
     if (fmt == FMT_A4 || fmt == FMT_A8) return sh->group_size % TC_CHUNK == 0;
-    return fmt == FMT_Q4_0 || fmt == FMT_Q8_0 || fmt == FMT_Q4_K;
+    return fmt == FMT_Q4_0 || fmt == FMT_Q8_0 || fmt == FMT_Q4_K || fmt == FMT_Q6_K;
 }
 
 /* ---- prefill with int8 activations (act_bits 8: lm_backend_cuda_set_act_bits) ----
@@ -2347,7 +2385,7 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu_list(mm_sh
 #define KERNEL_OF_FMT(K, fmt)                                                                                       \
     ((fmt) == FMT_F32 ? K<FMT_F32> : (fmt) == FMT_F16 ? K<FMT_F16> : (fmt) == FMT_BF16 ? K<FMT_BF16>                 \
      : (fmt) == FMT_A4 ? K<FMT_A4> : (fmt) == FMT_A8 ? K<FMT_A8> : (fmt) == FMT_Q4_0 ? K<FMT_Q4_0>                   \
-     : (fmt) == FMT_Q8_0 ? K<FMT_Q8_0> : K<FMT_Q4_K>)
+     : (fmt) == FMT_Q8_0 ? K<FMT_Q8_0> : (fmt) == FMT_Q4_K ? K<FMT_Q4_K> : K<FMT_Q6_K>)
 
 typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
 typedef void (*routed_swiglu_list_kernel)(mm_shape, const mm_desc *, const int32_t *, const int32_t *,
@@ -2371,7 +2409,8 @@ template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     case FMT_A8: return k_gemv<FMT_A8, NT>;
     case FMT_Q4_0: return k_gemv<FMT_Q4_0, NT>;
     case FMT_Q8_0: return k_gemv<FMT_Q8_0, NT>;
-    default: return k_gemv<FMT_Q4_K, NT>;
+    case FMT_Q4_K: return k_gemv<FMT_Q4_K, NT>;
+    default: return k_gemv<FMT_Q6_K, NT>;
     }
 }
 static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
@@ -2386,7 +2425,8 @@ template <int NT> static mm_few_kernel gemv_few_kernel_of(int fmt) {
     case FMT_A8: return k_gemv_few<FMT_A8, NT>;
     case FMT_Q4_0: return k_gemv_few<FMT_Q4_0, NT>;
     case FMT_Q8_0: return k_gemv_few<FMT_Q8_0, NT>;
-    default: return k_gemv_few<FMT_Q4_K, NT>;
+    case FMT_Q4_K: return k_gemv_few<FMT_Q4_K, NT>;
+    default: return k_gemv_few<FMT_Q6_K, NT>;
     }
 }
 static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
@@ -2403,7 +2443,8 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
     case FMT_A8: return k_gemm<FMT_A8, TR, TT>;
     case FMT_Q4_0: return k_gemm<FMT_Q4_0, TR, TT>;
     case FMT_Q8_0: return k_gemm<FMT_Q8_0, TR, TT>;
-    default: return k_gemm<FMT_Q4_K, TR, TT>;
+    case FMT_Q4_K: return k_gemm<FMT_Q4_K, TR, TT>;
+    default: return k_gemm<FMT_Q6_K, TR, TT>;
     }
 }
 static mm_kernel gemm_kernel(int fmt, int tt) {
@@ -2427,17 +2468,18 @@ static mm_kernel gemm_tc_kernel_of(int fmt, int affine, int narrow, int wide) {
     case FMT_A8: return TC_KERNEL(FMT_A8);
     case FMT_Q4_0: return TC_KERNEL(FMT_Q4_0);
     case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, false>;
-    default: return k_gemm_tc<FMT_Q4_K, false>;
+    case FMT_Q4_K: return k_gemm_tc<FMT_Q4_K, false>;
+    default: return k_gemm_tc<FMT_Q6_K, false>;
     }
 }
 #undef TC_KERNEL
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
-                               "gemv q8_0", "gemv q4_k"};
+                               "gemv q8_0", "gemv q4_k", "gemv q6_k"};
     static const char *gm[] = {"", "gemm f32", "gemm f16", "gemm bf16", "gemm affine4", "gemm affine8", "gemm q4_0",
-                               "gemm q8_0", "gemm q4_k"};
+                               "gemm q8_0", "gemm q4_k", "gemm q6_k"};
     static const char *tc[] = {"", "", "", "", "gemm_tc affine4", "gemm_tc affine8", "gemm_tc q4_0", "gemm_tc q8_0",
-                               "gemm_tc q4_k"};
+                               "gemm_tc q4_k", "gemm_tc q6_k"};
     return gemm == 2 ? tc[fmt] : gemm ? gm[fmt] : gv[fmt];
 }
 
@@ -4740,7 +4782,8 @@ static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int affine, int wide
     case FMT_A8: return TC_GROUPED_KERNEL(FMT_A8);
     case FMT_Q4_0: return TC_GROUPED_KERNEL(FMT_Q4_0);
     case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, false>;
-    default: return k_gemm_tc_grouped<FMT_Q4_K, false>;
+    case FMT_Q4_K: return k_gemm_tc_grouped<FMT_Q4_K, false>;
+    default: return k_gemm_tc_grouped<FMT_Q6_K, false>;
     }
 }
 #undef TC_GROUPED_KERNEL
