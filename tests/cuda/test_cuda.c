@@ -163,7 +163,7 @@ static lm_mat make_mat(lm_dtype dt, int rows, int cols, int col_major, int bits,
                 continue;
             }
             memcpy(blk, &d, 2);
-            if (dt == LM_DT_Q4_K) memcpy(blk + 2, &dm, 2);
+            if (dt == LM_DT_Q4_K || dt == LM_DT_Q5_K) memcpy(blk + 2, &dm, 2);
         }
         m.data = p;
     }
@@ -266,6 +266,7 @@ static void matmul_ggml_blocks(void) {
     matmul_type("q4_0", LM_DT_Q4_0, 256, 0, 0, 0, 0);
     matmul_type("q4_k", LM_DT_Q4_K, 512, 0, 0, 0, 0);
     matmul_type("q6_k", LM_DT_Q6_K, 512, 0, 0, 0, 0);
+    matmul_type("q5_k", LM_DT_Q5_K, 512, 0, 0, 0, 0);
 }
 
 /* matmul_batch: each item as matmul alone gives it (on the same backend, bit for bit). */
@@ -381,6 +382,7 @@ static void matmul_fast_kernels(void) {
      * 256-value blocks, in a block of one row and of several */
     fast_case("q6_k", LM_DT_Q6_K, 29, 768, 0, 0, 0, 0, 1);
     fast_case("q6_k 2048 columns", LM_DT_Q6_K, 130, 2048, 0, 0, 0, 0, 1);
+    fast_case("q5_k", LM_DT_Q5_K, 41, 768, 0, 0, 0, 0, 1);
     /* MLX affine weights through k_gemm_tc's generic loader (LAZYMOE_CUDA_TC_GENERIC=1),
      * the one the GGUF formats take */
     lm_backend_cuda_set_tc_generic(gpu, 1);

@@ -837,7 +837,7 @@ __global__ void __launch_bounds__(256) k_matmul_tiled(wdesc w, const float *__re
  * expert's bytes sit in -- and within k_gemv a token's result does not depend on
  * how many tokens share the item either (the per-token arithmetic is the same). */
 
-enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q8_0, FMT_Q4_K, FMT_Q6_K };
+enum { FMT_NONE = 0, FMT_F32, FMT_F16, FMT_BF16, FMT_A4, FMT_A8, FMT_Q4_0, FMT_Q8_0, FMT_Q4_K, FMT_Q6_K, FMT_Q5_K };
 
 /* What every item of one launch shares (rows: the most of any item). */
 typedef struct {
@@ -883,6 +883,7 @@ static int fast_format(const wdesc *d) {
     case LM_DT_Q8_0: return a % 2 == 0 ? FMT_Q8_0 : FMT_NONE;
     case LM_DT_Q4_K: return a % 8 == 0 && d->row_bytes % 8 == 0 ? FMT_Q4_K : FMT_NONE;
     case LM_DT_Q6_K: return a % 2 == 0 ? FMT_Q6_K : FMT_NONE; /* 210-byte blocks: 2-byte loads */
+    case LM_DT_Q5_K: return a % 8 == 0 && d->row_bytes % 8 == 0 ? FMT_Q5_K : FMT_NONE;
     default: return FMT_NONE;
     }
 }
@@ -895,6 +896,18 @@ typedef struct {
 
 __device__ __forceinline__ float half_bits(uint32_t h) { return __half2float(__ushort_as_half((unsigned short)h)); }
 __device__ __forceinline__ uint32_t u16_at(const uint8_t *p) { return *(const uint16_t *)p; }
+
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block from its 12
+ * packed bytes s (as the CPU's lm_q4k_scale_min unpacks them). */
+__device__ __forceinline__ void q4k_scale_min(const uint8_t *s, int j, uint32_t &sc, uint32_t &mn) {
+    if (j < 4) {
+        sc = s[j] & 63u;
+        mn = s[j + 4] & 63u;
+    } else {
+        sc = (s[j + 4] & 0x0fu) | ((uint32_t)(s[j - 4] >> 6) << 4);
+        mn = (s[j + 4] >> 4) | ((uint32_t)(s[j] >> 6) << 4);
+    }
+}
 
 /* Unit u (columns 8u .. 8u+7) of row r of an item's weights. */
 template <int FMT>
@@ -973,18 +986,28 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
             o.q[2 * i] = (float)((int)(((lo >> ls) & 15u) | (((hi >> hs) & 3u) << 4)) - 32);
             o.q[2 * i + 1] = (float)((int)(((lo >> (8 + ls)) & 15u) | (((hi >> (8 + hs)) & 3u) << 4)) - 32);
         }
+    } else if (FMT == FMT_Q5_K) {
+        /* Q4_K's layout (f16 d, dmin, 12 bytes of scales and mins) with qh[32] before the
+         * nibbles: value 64 p + l' (l' < 64) of sub-block j = 2 p + (l' >= 32) takes bit j
+         * of qh[l' % 32] as its fifth (lm_blocks_to_f32's Q5_K) */
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 176;
+        int i0 = (u % 32) * 8, pair = i0 / 64, l = i0 % 64, j = 2 * pair + (l >= 32);
+        uint32_t sc, mn;
+        q4k_scale_min(blk + 4, j, sc, mn);
+        o.s = half_bits(u16_at(blk)) * (float)sc;
+        o.b = -(half_bits(u16_at(blk + 2)) * (float)mn);
+        uint2 w = __ldg((const uint2 *)(blk + 48 + pair * 32 + (l % 32))), h = __ldg((const uint2 *)(blk + 16 + (l % 32)));
+        int shift = l >= 32 ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o.q[i] = (float)(((w.x >> (8 * i + shift)) & 15u) | (((h.x >> (8 * i + j)) & 1u) << 4));
+            o.q[4 + i] = (float)(((w.y >> (8 * i + shift)) & 15u) | (((h.y >> (8 * i + j)) & 1u) << 4));
+        }
     } else { /* FMT_Q4_K: 256 values a block; sub-block j of 32 has its own 6-bit scale and min */
         const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 144;
         int i0 = (u % 32) * 8, pair = i0 / 64, l = i0 % 64, j = 2 * pair + (l >= 32);
-        const uint8_t *s = blk + 4;
         uint32_t sc, mn;
-        if (j < 4) {
-            sc = s[j] & 63u;
-            mn = s[j + 4] & 63u;
-        } else {
-            sc = (s[j + 4] & 0x0fu) | ((uint32_t)(s[j - 4] >> 6) << 4);
-            mn = (s[j + 4] >> 4) | ((uint32_t)(s[j] >> 6) << 4);
-        }
+        q4k_scale_min(blk + 4, j, sc, mn);
         o.s = half_bits(u16_at(blk)) * (float)sc;
         o.b = -(half_bits(u16_at(blk + 2)) * (float)mn);
         uint2 w = __ldg((const uint2 *)(blk + 16 + pair * 32 + (l % 32)));
@@ -998,7 +1021,7 @@ __device__ __forceinline__ void load_unit(const mm_shape &sh, const mm_item &it,
 }
 
 /* Formats whose offset b is not always 0 (the sum of the inputs is then needed). */
-#define FMT_HAS_OFFSET(F) ((F) == FMT_A4 || (F) == FMT_A8 || (F) == FMT_Q4_K)
+#define FMT_HAS_OFFSET(F) ((F) == FMT_A4 || (F) == FMT_A8 || (F) == FMT_Q4_K || (F) == FMT_Q5_K)
 #define FMT_HAS_SCALE(F) ((F) != FMT_F32 && (F) != FMT_F16 && (F) != FMT_BF16)
 
 #define GV_WARPS 4 /* warps per block */
@@ -1440,7 +1463,7 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 /* What the words' values exceed q by: 128 for the nibbles (0x4300 | q), and Q4_0's
  * nibbles are q + 8; the 8-bit formats are converted. */
 template <int FMT> __device__ __forceinline__ float tc_q0() {
-    return FMT == FMT_Q4_0 ? 136.0f : FMT == FMT_Q6_K ? 160.0f : FMT == FMT_A4 || FMT == FMT_Q4_K ? 128.0f : 0.0f;
+    return FMT == FMT_Q4_0 ? 136.0f : FMT == FMT_Q6_K ? 160.0f : FMT == FMT_A4 || FMT == FMT_Q4_K || FMT == FMT_Q5_K ? 128.0f : 0.0f;
 }
 
 /* A lane's weight unit as loaded for a chunk: the packed values and the scale and offset
@@ -1449,7 +1472,7 @@ template <int FMT> __device__ __forceinline__ float tc_q0() {
  * until they are used. Q4_K's scale and offset are assembled from several bytes at load
  * (s and b: their floats' bits). Values are those load_unit gives, exactly. */
 template <int FMT> struct tc_wraw {
-    uint32_t q[(FMT == FMT_Q4_0 || FMT == FMT_Q8_0 || FMT == FMT_Q6_K) ? 4 : FMT == FMT_A4 ? 1 : 2];
+    uint32_t q[(FMT == FMT_Q4_0 || FMT == FMT_Q8_0 || FMT == FMT_Q6_K || FMT == FMT_Q5_K) ? 4 : FMT == FMT_A4 ? 1 : 2];
     uint32_t s, b;
 };
 
@@ -1497,6 +1520,15 @@ __device__ __forceinline__ void tc_load_raw(const mm_shape &sh, const mm_item &i
         }
         o.s = __float_as_uint(half_bits(u16_at(blk + 208)) * (float)(int8_t)blk[192 + 8 * h + l / 16 + 2 * k]);
         o.b = 0;
+    } else if (FMT == FMT_Q5_K) { /* load_unit's bytes: q[0..1] of the nibbles, q[2..3] of qh */
+        const uint8_t *blk = (const uint8_t *)it.data + (size_t)r * sh.row_bytes + (size_t)(u / 32) * 176;
+        int i0 = (u % 32) * 8, pair = i0 / 64, l = i0 % 64;
+        uint32_t sc, mn;
+        q4k_scale_min(blk + 4, 2 * pair + (l >= 32), sc, mn);
+        uint2 w = __ldg((const uint2 *)(blk + 48 + pair * 32 + (l % 32))), h = __ldg((const uint2 *)(blk + 16 + (l % 32)));
+        o.q[0] = w.x, o.q[1] = w.y, o.q[2] = h.x, o.q[3] = h.y;
+        o.s = __float_as_uint(half_bits(u16_at(blk)) * (float)sc);
+        o.b = __float_as_uint(-(half_bits(u16_at(blk + 2)) * (float)mn));
     } else { /* FMT_Q4_K */
         wunit w;
         load_unit<FMT>(sh, it, r, u, w);
@@ -1537,6 +1569,16 @@ __device__ __forceinline__ void tc_words(const mm_shape &sh, const tc_wraw<FMT> 
 #pragma unroll
         for (int k = 0; k < 4; k++)
             o[k] = ((__byte_perm(w.q[k < 2 ? 0 : last], 0u, k % 2 ? 0x4342u : 0x4140u) >> shift) & 0x000f000fu) | magic;
+    } else if (FMT == FMT_Q5_K) {
+        /* values 2k, 2k + 1: bytes 2k, 2k + 1 of the nibbles and of qh (bit j each) */
+        int l = (u % 32) * 8 % 64, shift = l >= 32 ? 4 : 0, j = 2 * ((u % 32) / 8) + (l >= 32);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint32_t sel = k % 2 ? 0x4342u : 0x4140u;
+            uint32_t lo = (__byte_perm(w.q[k / 2], 0u, sel) >> shift) & 0x000f000fu;
+            uint32_t hi = (__byte_perm(w.q[2 + k / 2], 0u, sel) >> j) & 0x00010001u;
+            o[k] = lo | hi << 4 | magic;
+        }
     } else if (FMT == FMT_Q6_K) {
         /* values 2k, 2k + 1: bytes 2k, 2k + 1 of ql (a nibble each) and of qh (2 bits each) */
         int quarter = (u % 16) / 4, ls = quarter >= 2 ? 4 : 0, hs = 2 * quarter;
@@ -1927,7 +1969,7 @@ static int gemm_tc_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
     if (im->no_tc) return 0;
     if (sh->cols % TC_CHUNK != 0) return 0;
     if (fmt == FMT_A4 || fmt == FMT_A8) return sh->group_size % TC_CHUNK == 0;
-    return fmt == FMT_Q4_0 || fmt == FMT_Q8_0 || fmt == FMT_Q4_K || fmt == FMT_Q6_K;
+    return fmt == FMT_Q4_0 || fmt == FMT_Q8_0 || fmt == FMT_Q4_K || fmt == FMT_Q6_K || fmt == FMT_Q5_K;
 }
 
 /* ---- prefill with int8 activations (act_bits 8: lm_backend_cuda_set_act_bits) ----
@@ -2385,7 +2427,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu_list(mm_sh
 #define KERNEL_OF_FMT(K, fmt)                                                                                       \
     ((fmt) == FMT_F32 ? K<FMT_F32> : (fmt) == FMT_F16 ? K<FMT_F16> : (fmt) == FMT_BF16 ? K<FMT_BF16>                 \
      : (fmt) == FMT_A4 ? K<FMT_A4> : (fmt) == FMT_A8 ? K<FMT_A8> : (fmt) == FMT_Q4_0 ? K<FMT_Q4_0>                   \
-     : (fmt) == FMT_Q8_0 ? K<FMT_Q8_0> : (fmt) == FMT_Q4_K ? K<FMT_Q4_K> : K<FMT_Q6_K>)
+     : (fmt) == FMT_Q8_0 ? K<FMT_Q8_0> : (fmt) == FMT_Q4_K ? K<FMT_Q4_K> : (fmt) == FMT_Q6_K ? K<FMT_Q6_K>      \
+                                                                                  : K<FMT_Q5_K>)
 
 typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
 typedef void (*routed_swiglu_list_kernel)(mm_shape, const mm_desc *, const int32_t *, const int32_t *,
@@ -2410,7 +2453,8 @@ template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
     case FMT_Q4_0: return k_gemv<FMT_Q4_0, NT>;
     case FMT_Q8_0: return k_gemv<FMT_Q8_0, NT>;
     case FMT_Q4_K: return k_gemv<FMT_Q4_K, NT>;
-    default: return k_gemv<FMT_Q6_K, NT>;
+    case FMT_Q6_K: return k_gemv<FMT_Q6_K, NT>;
+    default: return k_gemv<FMT_Q5_K, NT>;
     }
 }
 static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
@@ -2426,7 +2470,8 @@ template <int NT> static mm_few_kernel gemv_few_kernel_of(int fmt) {
     case FMT_Q4_0: return k_gemv_few<FMT_Q4_0, NT>;
     case FMT_Q8_0: return k_gemv_few<FMT_Q8_0, NT>;
     case FMT_Q4_K: return k_gemv_few<FMT_Q4_K, NT>;
-    default: return k_gemv_few<FMT_Q6_K, NT>;
+    case FMT_Q6_K: return k_gemv_few<FMT_Q6_K, NT>;
+    default: return k_gemv_few<FMT_Q5_K, NT>;
     }
 }
 static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
@@ -2444,7 +2489,8 @@ template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
     case FMT_Q4_0: return k_gemm<FMT_Q4_0, TR, TT>;
     case FMT_Q8_0: return k_gemm<FMT_Q8_0, TR, TT>;
     case FMT_Q4_K: return k_gemm<FMT_Q4_K, TR, TT>;
-    default: return k_gemm<FMT_Q6_K, TR, TT>;
+    case FMT_Q6_K: return k_gemm<FMT_Q6_K, TR, TT>;
+    default: return k_gemm<FMT_Q5_K, TR, TT>;
     }
 }
 static mm_kernel gemm_kernel(int fmt, int tt) {
@@ -2469,17 +2515,18 @@ static mm_kernel gemm_tc_kernel_of(int fmt, int affine, int narrow, int wide) {
     case FMT_Q4_0: return TC_KERNEL(FMT_Q4_0);
     case FMT_Q8_0: return k_gemm_tc<FMT_Q8_0, false>;
     case FMT_Q4_K: return k_gemm_tc<FMT_Q4_K, false>;
-    default: return k_gemm_tc<FMT_Q6_K, false>;
+    case FMT_Q6_K: return k_gemm_tc<FMT_Q6_K, false>;
+    default: return k_gemm_tc<FMT_Q5_K, false>;
     }
 }
 #undef TC_KERNEL
 static const char *fmt_name(int fmt, int gemm) {
     static const char *gv[] = {"", "gemv f32", "gemv f16", "gemv bf16", "gemv affine4", "gemv affine8", "gemv q4_0",
-                               "gemv q8_0", "gemv q4_k", "gemv q6_k"};
+                               "gemv q8_0", "gemv q4_k", "gemv q6_k", "gemv q5_k"};
     static const char *gm[] = {"", "gemm f32", "gemm f16", "gemm bf16", "gemm affine4", "gemm affine8", "gemm q4_0",
-                               "gemm q8_0", "gemm q4_k", "gemm q6_k"};
+                               "gemm q8_0", "gemm q4_k", "gemm q6_k", "gemm q5_k"};
     static const char *tc[] = {"", "", "", "", "gemm_tc affine4", "gemm_tc affine8", "gemm_tc q4_0", "gemm_tc q8_0",
-                               "gemm_tc q4_k", "gemm_tc q6_k"};
+                               "gemm_tc q4_k", "gemm_tc q6_k", "gemm_tc q5_k"};
     return gemm == 2 ? tc[fmt] : gemm ? gm[fmt] : gv[fmt];
 }
 
@@ -4783,7 +4830,8 @@ static mm_grouped_kernel gemm_tc_grouped_kernel_of(int fmt, int affine, int wide
     case FMT_Q4_0: return TC_GROUPED_KERNEL(FMT_Q4_0);
     case FMT_Q8_0: return k_gemm_tc_grouped<FMT_Q8_0, false>;
     case FMT_Q4_K: return k_gemm_tc_grouped<FMT_Q4_K, false>;
-    default: return k_gemm_tc_grouped<FMT_Q6_K, false>;
+    case FMT_Q6_K: return k_gemm_tc_grouped<FMT_Q6_K, false>;
+    default: return k_gemm_tc_grouped<FMT_Q5_K, false>;
     }
 }
 #undef TC_GROUPED_KERNEL
