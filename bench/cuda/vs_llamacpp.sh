@@ -16,7 +16,9 @@
 # --repeat, so that its mean over fresh sessions after a first run sits beside llama-bench's mean
 # over runs after a warmup. Q40_ENV: settings for one more Q4_0 prefill run (q40x); G64X_ARGS:
 # bench arguments for one more MLX prefill run (g64x, e.g. "--act-bits 32"); G64Y_ENV: settings
-# for another (g64y); Q40=0: no lazymoe runs on the Q4_0 file. Each result
+# for another (g64y); Q40=0: no lazymoe runs on the Q4_0 file; QKM=1: the same shapes as Q4_K_M too
+# (llama-quantize's mix: Q4_K with Q6_K for some tensors), both engines on it, every expert in GPU
+# memory (48 layers: ~18.5 GB more disk; with MLX64=1 the box's 64 GB hold it only just). Each result
 # is summarized into $OUT/summary.txt as it comes (the device tool returns 8 files; a call cut
 # short keeps what it had).
 LAYERS=${LAYERS:-24} TESTS=${TESTS:-1} MLX64=${MLX64:-1} CARRY_TAR=${CARRY_TAR:-build/device-carry.tar.xz}
@@ -60,7 +62,9 @@ synth64() {
 st "wait build"
 wait $bp; echo "build exit $?" >> $S
 B=$W/build/bin
-"$B/llama-quantize" --pure --allow-requantize $W/q41.gguf $W/q40.gguf q4_0 16 > $OUT/quant.txt 2>&1; echo "quantize exit $?" >> $S; rm -f $W/q41.gguf
+"$B/llama-quantize" --pure --allow-requantize $W/q41.gguf $W/q40.gguf q4_0 16 > $OUT/quant.txt 2>&1; echo "quantize exit $?" >> $S
+[ "${QKM:-0}" = 1 ] && { "$B/llama-quantize" --allow-requantize $W/q41.gguf $W/q4km.gguf q4_k_m 16 >> $OUT/quant.txt 2>&1; echo "quantize q4_k_m exit $?" >> $S; }
+rm -f $W/q41.gguf
 [ "$MLX64" = 1 ] && [ "$G64_LATE" = 1 ] && synth64 16
 ls -la $W >> $S; df -h /tmp | tail -1 >> $S
 # one result file's numbers into the summary
@@ -107,6 +111,13 @@ st "lazymoe"
 [ "$AGAIN" = 1 ] && st "llama-bench ngl99 again"
 [ "$AGAIN" = 1 ] && timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $W/llama_ngl99_b.json 2> $W/llama_ngl99_b.err
 [ "$AGAIN" = 1 ] && sumj $W/llama_ngl99_b.json
+if [ "${QKM:-0}" = 1 ]; then
+    st "q4_k_m"
+    timeout 150 $B/llama-bench -m $W/q4km.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $W/llama_q4km.json 2> $W/llama_q4km.err
+    sumj $W/llama_q4km.json
+    lz q4km_p512 $W/q4km.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
+    lz q4km_p1 $W/q4km.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
+fi
 st "llama-bench ncmoe $NCMOE"
 timeout 200 $B/llama-bench -m $W/q40.gguf -ngl 99 -ncmoe $NCMOE -t 16 -p 512 -n 64 -r 1 -o json > $W/llama_ncmoe.json 2> $W/llama_ncmoe.err
 sumj $W/llama_ncmoe.json
