@@ -41,6 +41,35 @@ static void pins_held(const lazymoe_model *m) {
     CHECKF(pinned == m->pinned, "%d experts pinned in the tier, %d counted", pinned, m->pinned);
 }
 
+/* lm_device_cache_upload_timing where uploads finish when they return (the CPU): every
+ * fill since the load counted once (nothing drained them: no auto split), then none. */
+static uint64_t timed_bytes;
+static void upload_timing_drains(const lazymoe_model *m) {
+    double sec = -1;
+    uint64_t bytes = 0;
+    CHECK(lm_device_cache_upload_timing(m->dcache, &sec, &bytes) == 1);
+    CHECKF(sec > 0, "%g seconds", sec);
+    timed_bytes = bytes;
+    CHECK(lm_device_cache_upload_timing(m->dcache, &sec, &bytes) == 0);
+}
+
+static void demo_coder_upload_timing(void) {
+    char why[LM_ERR_LEN];
+    tier_run all, r = {0};
+    int rc = tier_run_model(LAZYMOE_SOURCE_DIR "/models/demo-coder", -1, 4ull << 30, &all, why);
+    CHECKF(rc == 0, "%s", why);
+    if (rc == 0) {
+        tier_inspect = upload_timing_drains;
+        uint64_t budget = all.st.gpu_resident_bytes + all.st.gpu_expert_bytes / 32 * 4;
+        rc = tier_run_model(LAZYMOE_SOURCE_DIR "/models/demo-coder", -1, budget, &r, why);
+        tier_inspect = NULL;
+        CHECKF(rc == 0, "%s", why);
+        CHECKF(rc != 0 || (timed_bytes > 0 && timed_bytes == r.st.gpu_upload_bytes), "timed %llu bytes, uploaded %llu",
+               (unsigned long long)timed_bytes, (unsigned long long)r.st.gpu_upload_bytes);
+    }
+    free(all.logits), free(r.logits);
+}
+
 static void demo_coder_warm_start(void) {
     tier_warm_start(LAZYMOE_SOURCE_DIR "/models/demo-coder", 32, 8, 4, 6, pins_held);
 }
@@ -53,5 +82,6 @@ int main(void) {
     TEST_CASE("device_tier_demo_coder_mlx_4bit_bit_identical", demo_coder);
     TEST_CASE("device_tier_demo_coder_act8_bit_identical", demo_coder_act8);
     TEST_CASE("device_tier_demo_coder_warm_start_and_pins", demo_coder_warm_start);
+    TEST_CASE("device_tier_upload_timing", demo_coder_upload_timing);
     TEST_EXIT();
 }

@@ -525,6 +525,13 @@ static const uint8_t *cpu_share(lazymoe_session *s, int l, int T, int n) {
         memset(m->miss_on_cpu, 1, (size_t)n);
         return m->miss_on_cpu;
     }
+    /* the uploads since the last step, timed on the copy queue: the upload's cost follows
+     * the bus as the CPU's follows the CPU (a fifth of the way per measurement) */
+    double sec;
+    uint64_t bytes;
+    if (lm_device_cache_upload_timing(m->dcache, &sec, &bytes) && bytes && !m->miss_costs_frozen)
+        m->miss_costs.upload = 0.8 * m->miss_costs.upload +
+                               0.2 * sec * (double)m->w.layers[l].src.slot_bytes / (double)bytes;
     int misses = 0;
     for (int i = 0; i < n; i++) {
         int e = S->need[i];

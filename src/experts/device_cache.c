@@ -3,6 +3,7 @@
 #include "experts/device_cache.h"
 
 #include "common/error.h"
+#include "platform/platform.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,10 @@ struct lm_device_cache {
     lm_evict_policy policy;
     uint64_t step;
     device_layer *layers; /* [n_layers]; empty for dense layers */
+    /* a backend whose uploads finish when they return (the CPU): their time and bytes
+     * since the last lm_device_cache_upload_timing */
+    double sync_seconds;
+    uint64_t sync_bytes;
 };
 
 uint64_t lm_device_cache_bytes_for(const lm_weights *w, int capacity) {
@@ -195,6 +200,7 @@ int lm_device_cache_fill(lm_device_cache *c, int l, int e, const lm_expert *host
     char *slot = (char *)d->slots.ptr + (size_t)s * d->slot_bytes;
     uint64_t bytes = 0;
     int (*up)(lm_backend *, void *, const void *, size_t) = be->ops->upload_async ? be->ops->upload_async : be->ops->upload;
+    double t0 = be->ops->upload_async ? 0.0 : lm_now();
     /* A resident host expert lies as the slot does (parts at part_off): one copy. */
     int same_layout = resident_slot && part[0] != NULL;
     for (int p = 1; p < src->nparts && same_layout; p++)
@@ -222,8 +228,23 @@ int lm_device_cache_fill(lm_device_cache *c, int l, int e, const lm_expert *host
     d->resident++;
     d->counters.uploads++;
     d->counters.upload_bytes += bytes;
+    if (!be->ops->upload_async) {
+        c->sync_seconds += lm_now() - t0;
+        c->sync_bytes += bytes;
+    }
     *dev = lm_expert_view(src, slot);
     return 0;
+}
+
+int lm_device_cache_upload_timing(lm_device_cache *c, double *seconds, uint64_t *bytes) {
+    lm_backend *be = c->be;
+    if (be->ops->upload_async) return be->ops->upload_timing ? be->ops->upload_timing(be, seconds, bytes) : 0;
+    if (!c->sync_bytes) return 0;
+    *seconds = c->sync_seconds;
+    *bytes = c->sync_bytes;
+    c->sync_seconds = 0;
+    c->sync_bytes = 0;
+    return 1;
 }
 
 int lm_device_cache_wait_uploads(lm_device_cache *c, char *err) {

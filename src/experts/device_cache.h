@@ -70,6 +70,10 @@ int lm_device_cache_fill(lm_device_cache *c, int l, int e, const lm_expert *host
                          char *err);
 /* Blocks until every queued fill has read its host memory. */
 int lm_device_cache_wait_uploads(lm_device_cache *c, char *err);
+/* The time and bytes of the fills since the last call, once they are complete (the
+ * backend's upload_timing; timed here where uploads finish when they return): 1 with
+ * them, 0 when there were none or they are still running. Never blocks. */
+int lm_device_cache_upload_timing(lm_device_cache *c, double *seconds, uint64_t *bytes);
 /* Ends this step's use of layer l's acquired experts. */
 void lm_device_cache_release_layer(lm_device_cache *c, int l);
 

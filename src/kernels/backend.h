@@ -218,6 +218,10 @@ typedef struct {
     int (*upload_fence)(lm_backend *be);
     /* Blocks until every queued upload has read its host memory. */
     int (*uploads_wait)(lm_backend *be);
+    /* The copy queue's time (from its first copy to its last) and bytes of the uploads
+     * queued since the last call: 1 with them when they are complete; 0 when none were
+     * queued or they are still running (they are then not counted). Never blocks. */
+    int (*upload_timing)(lm_backend *be, double *seconds, uint64_t *bytes);
     /* Page-locks host memory that will be uploaded from often (cudaHostRegister), so
      * uploads from it run beside the kernels at full bus speed; -1 with the reason
      * in be->err when the system refuses (uploads then still work, staged). */

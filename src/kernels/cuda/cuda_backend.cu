@@ -102,6 +102,10 @@ typedef struct {
      * stream wait for the compute issued so far through compute_point. */
     cudaStream_t copy;
     cudaEvent_t copy_done, compute_point;
+    /* upload_timing: events around the uploads since its last call (timing enabled) */
+    cudaEvent_t up_begin, up_end;
+    int up_open;       /* up_begin recorded, up_end after the latest upload */
+    uint64_t up_bytes; /* their bytes */
     /* Device memory this backend asked for (buffers and weight copies), its peak,
      * and the cap set_memory_limit put on it (0 = none). */
     uint64_t held, peak, limit;
@@ -5080,8 +5084,13 @@ static int cuda_moe_routed(lm_backend *be, float *eout, const lm_mat *mats, int 
 static int cuda_upload_async(lm_backend *be, void *dst, const void *host_src, size_t bytes) {
     cuda_impl *im = impl_of(be);
     if (!bytes) return 0;
+    /* recorded on the copy stream after any fence's wait: the window holds copies only */
+    if (!im->up_open) CU(be, "upload (timing)", cudaEventRecord(im->up_begin, im->copy));
     CU(be, "upload (copy stream)", cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im->copy));
     CU(be, "upload (its event)", cudaEventRecord(im->copy_done, im->copy));
+    CU(be, "upload (timing)", cudaEventRecord(im->up_end, im->copy));
+    im->up_open = 1;
+    im->up_bytes += bytes;
     /* what is issued from now on waits for this copy; what was issued before does not */
     CU(be, "upload (ordering the kernels after it)", cudaStreamWaitEvent(im->stream, im->copy_done, 0));
     return 0;
@@ -5092,6 +5101,25 @@ static int cuda_upload_fence(lm_backend *be) {
     CU(be, "upload fence", cudaEventRecord(im->compute_point, im->stream));
     CU(be, "upload fence", cudaStreamWaitEvent(im->copy, im->compute_point, 0));
     return 0;
+}
+
+static int cuda_upload_timing(lm_backend *be, double *seconds, uint64_t *bytes) {
+    cuda_impl *im = impl_of(be);
+    if (!im->up_open) return 0;
+    im->up_open = 0; /* the next upload opens a new window, complete or not */
+    uint64_t n = im->up_bytes;
+    im->up_bytes = 0;
+    cudaError_t e = cudaEventQuery(im->up_end);
+    if (e == cudaErrorNotReady) return 0;
+    float ms = 0.0f;
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, im->up_begin, im->up_end);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* a timing that failed is no result, not an error of the run */
+        return 0;
+    }
+    *seconds = 1e-3 * (double)ms;
+    *bytes = n;
+    return 1;
 }
 
 static int cuda_uploads_wait(lm_backend *be) {
@@ -5179,6 +5207,8 @@ static void cuda_destroy(lm_backend *be) {
         if (im->stream) cudaStreamDestroy(im->stream);
         if (im->copy) cudaStreamDestroy(im->copy);
         if (im->copy_done) cudaEventDestroy(im->copy_done);
+        if (im->up_begin) cudaEventDestroy(im->up_begin);
+        if (im->up_end) cudaEventDestroy(im->up_end);
         if (im->compute_point) cudaEventDestroy(im->compute_point);
         free(im->w);
         free(im->ranges);
@@ -5221,6 +5251,7 @@ static const lm_backend_ops cuda_ops = {
     /* .upload_async = */ FLUSHED(cuda_upload_async),
     /* .upload_fence = */ FLUSHED(cuda_upload_fence),
     /* .uploads_wait = */ FLUSHED(cuda_uploads_wait),
+    /* .upload_timing = */ cuda_upload_timing,
     /* .pin_host = */ FLUSHED(cuda_pin_host),
     /* .unpin_host = */ FLUSHED(cuda_unpin_host),
     /* .memory_info = */ FLUSHED(cuda_memory_info),
@@ -5262,6 +5293,7 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
         (e = cudaStreamCreateWithFlags(&im->copy, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->copy_done, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->compute_point, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreate(&im->up_begin)) != cudaSuccess || (e = cudaEventCreate(&im->up_end)) != cudaSuccess ||
         (e = cudaMalloc((void **)&im->flag, 2 * sizeof(int))) != cudaSuccess ||
         (e = cudaMemset(im->flag, 0, 2 * sizeof(int))) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&im->stage_ev[0], cudaEventDisableTiming)) != cudaSuccess ||
