@@ -6,8 +6,10 @@
 # split between the upload and the CPU by measured costs (experts/miss_split.h), every decode miss on
 # the CPU), alternating in ROUNDS (default "a b"): decode of 128 tokens from one token, then a
 # 512-token prefill, each bench with --repeat REPEAT (3). test_cuda first (TESTS=0 skips it).
-# Everything lands in $OUT/summary.txt (one line a run: prefill, decode, repeats, the GPU tier's
-# counters, the split's costs) and $OUT/all.txt. WARM=1 adds the GPU tier's warm start (below).
+# Everything lands in $OUT/tier_summary.txt (one line a run: prefill, decode, repeats, the GPU tier's
+# counters, the split's costs) and $OUT/tier_all.txt (apart from ab_prefill.sh's files: both fit
+# one call, ab_prefill.sh first, then TESTS=0 this, on the model it made). WARM=1 adds the GPU
+# tier's warm start (below).
 # Here: make CUDA=1 cuda-carry, XZ_OPT=-9e tar cJf build/device-carry.tar.xz
 # build/carry90/{lazymoe,test_cuda,libs,commit.txt}, carry it with this script. ~3 minutes there.
 # To check the script on this machine: BACKEND=cpu MODEL=models/demo-coder GPU_MEMORY=30M TESTS=0
@@ -15,7 +17,7 @@
 LAYERS=${LAYERS:-24} SHARE=${SHARE:-4} BACKEND=${BACKEND:-cuda} REPEAT=${REPEAT:-3}
 VARIANTS=${VARIANTS:-"none --cpu-experts=auto --cpu-experts=4"}
 mkdir -p "$OUT"
-S=$OUT/summary.txt A=$OUT/all.txt W=/tmp/lw
+S=$OUT/tier_summary.txt A=$OUT/tier_all.txt W=/tmp/lw
 mkdir -p $W
 : > $S
 if [ -z "${C:-}" ]; then
