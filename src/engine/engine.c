@@ -413,6 +413,22 @@ static int preload_device_weights(lazymoe_model *m, char *e) {
  * llama.cpp's -ngl 99 gives), all are uploaded now, at load, rather than by the
  * first steps that route to them: a device backend only (the CPU's tier is a test).
  * Which slot an expert lands in changes no number (device_cache.h). */
+/* Uploads experts ids[0..n) of layer l into device slots (acquired, filled from their
+ * resident host views, released); *uploaded (unless NULL) gets how many were not there. */
+static int upload_experts(lazymoe_model *m, int l, const int32_t *ids, int n, int *uploaded, char *e) {
+    const lm_layer *ly = &m->w.layers[l];
+    lm_device_cache_acquire(m->dcache, l, ids, n, NULL, m->dev_status);
+    int rc = lm_device_cache_fence(m->dcache, e), k = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (m->dev_status[i] != 2) continue;
+        rc = lm_device_cache_fill(m->dcache, l, ids[i], &ly->experts[ids[i]], 1, &m->dev_views[0], e);
+        if (rc == 0) k++;
+    }
+    lm_device_cache_release_layer(m->dcache, l);
+    if (uploaded) *uploaded = k;
+    return rc;
+}
+
 static int preload_device_experts(lazymoe_model *m, char *e) {
     const lm_config *c = &m->w.cfg;
     int E = c->n_experts;
@@ -421,13 +437,7 @@ static int preload_device_experts(lazymoe_model *m, char *e) {
         const lm_layer *ly = &m->w.layers[l];
         if (!ly->is_moe || !ly->experts) continue;
         for (int i = 0; i < E; i++) m->dev_need[i] = i;
-        lm_device_cache_acquire(m->dcache, l, m->dev_need, E, NULL, m->dev_status);
-        int rc = lm_device_cache_fence(m->dcache, e);
-        for (int i = 0; i < E && rc == 0; i++)
-            if (m->dev_status[i] == 2)
-                rc = lm_device_cache_fill(m->dcache, l, i, &ly->experts[i], 1, &m->dev_views[0], e);
-        lm_device_cache_release_layer(m->dcache, l);
-        if (rc) return -1;
+        if (upload_experts(m, l, m->dev_need, E, NULL, e) != 0) return -1;
     }
     if (lm_device_cache_wait_uploads(m->dcache, e) != 0) return -1;
     /* the slots never change now (no eviction with room for all): the routed path's
@@ -504,19 +514,13 @@ static int open_cpu_experts(lazymoe_model *m, char *e) {
 /* The seconds of uploading experts first..first+k-1 of layer l into device slots
  * (evicting what the policy picks): uploads of real experts, which stay cached. */
 static double time_uploads(lazymoe_model *m, int l, int first, int k, char *e) {
-    const lm_layer *ly = &m->w.layers[l];
     for (int i = 0; i < k; i++) m->dev_need[i] = first + i;
     lm_device_cache_begin_step(m->dcache);
     double t0 = lm_now();
-    lm_device_cache_acquire(m->dcache, l, m->dev_need, k, NULL, m->dev_status);
-    int rc = lm_device_cache_fence(m->dcache, e);
-    for (int i = 0; i < k && rc == 0; i++)
-        if (m->dev_status[i] == 2)
-            rc = lm_device_cache_fill(m->dcache, l, first + i, &ly->experts[first + i], 1, &m->dev_views[0], e);
+    int rc = upload_experts(m, l, m->dev_need, k, NULL, e);
     if (rc == 0) rc = lm_device_cache_wait_uploads(m->dcache, e);
     if (rc == 0 && m->be->ops->sync(m->be) != 0)
         rc = lm_errf(e, "%s backend: %s", m->be->ops->name, lm_backend_error(m->be));
-    lm_device_cache_release_layer(m->dcache, l);
     if (rc) return -1;
     /* the copies' own time where the backend times them (the wall time above also holds
      * the fence, the launches and the sync) */
@@ -593,18 +597,11 @@ static int device_warm_start(lazymoe_model *m, const char *dir, char *e) {
     if (!order) return lm_errf(e, "out of memory");
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
-        const lm_layer *ly = &m->w.layers[l];
-        int n = count[l] < cap ? count[l] : cap;
-        if (!ly->is_moe || !ly->experts || n == 0) continue;
+        int n = count[l] < cap ? count[l] : cap, uploaded = 0;
+        if (!m->w.layers[l].is_moe || !m->w.layers[l].experts || n == 0) continue;
         const int32_t *hot = order + (size_t)l * (size_t)c->n_experts;
-        lm_device_cache_acquire(m->dcache, l, hot, n, NULL, m->dev_status);
-        rc = lm_device_cache_fence(m->dcache, e);
-        for (int i = 0; i < n && rc == 0; i++) {
-            if (m->dev_status[i] != 2) continue;
-            rc = lm_device_cache_fill(m->dcache, l, hot[i], &ly->experts[hot[i]], 1, &m->dev_views[0], e);
-            if (rc == 0) m->warm_started++;
-        }
-        lm_device_cache_release_layer(m->dcache, l);
+        rc = upload_experts(m, l, hot, n, &uploaded, e);
+        m->warm_started += uploaded;
         if (rc == 0 && pin > 0) m->pinned += lm_device_cache_pin(m->dcache, l, hot, n < pin ? n : pin);
     }
     free(order);

@@ -427,7 +427,8 @@ static int cpu_gather(lazymoe_session *s, const int32_t *ids, int n, char *err) 
     }
     OP(be, be->ops->download(be, m->cpu_x, S->xe, sizeof(float) * (size_t)base * (size_t)H));
     /* the round trip the CPU's share adds to a layer, as the split counts it */
-    if (m->cpu_auto && !m->miss_costs_frozen) m->miss_costs.cpu_fixed = 0.8 * m->miss_costs.cpu_fixed + 0.2 * (lm_now() - t0);
+    if (m->cpu_auto && !m->miss_costs_frozen)
+        m->miss_costs.cpu_fixed = 0.8 * m->miss_costs.cpu_fixed + 0.2 * (lm_now() - t0);
     return 0;
 }
 
@@ -598,7 +599,7 @@ static int run_device_experts(lazymoe_session *s, const lm_moe_block *mb, int l,
         int left = 0;
         for (int i = 0; i < n; i++)
             if (!st[i]) {
-                if (on_cpu) m->miss_on_cpu[left] = on_cpu[i]; /* on_cpu is miss_on_cpu: kept in step */
+                if (on_cpu) m->miss_on_cpu[left] = on_cpu[i]; /* on_cpu is miss_on_cpu: compacted with need */
                 S->need[left++] = S->need[i];
             }
         n = left;
