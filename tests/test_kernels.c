@@ -952,9 +952,26 @@ static void act8_settings(void) {
     lm_backend_free(be);
 }
 
+/* Random ggml blocks of type dt with a small f16 scale at the head of each (the types
+ * used below keep d there). */
+static void make_blocks(test_mat *t, int rows, int cols, lm_dtype dt) {
+    memset(t, 0, sizeof *t);
+    t->m.rows = rows;
+    t->m.cols = cols;
+    t->m.dtype = dt;
+    size_t rb = (size_t)lm_dtype_row_bytes(dt, (uint64_t)cols), bb = lm_dtype_block_bytes(dt);
+    t->data = malloc(rb * (size_t)rows);
+    for (size_t i = 0; i < rb * (size_t)rows; i++) ((uint8_t *)t->data)[i] = (uint8_t)(urand() * 128 + 128);
+    uint16_t d = lm_f32_to_f16(0.01f);
+    for (size_t b = 0; b < rb * (size_t)rows / bb; b++) memcpy((uint8_t *)t->data + b * bb, &d, 2);
+    t->m.data = t->data;
+}
+
 /* lm_backend_cpu_set_act8_scope (the CPU beside a GPU run, --cpu-experts): int8 only for
- * products of at least min_tokens tokens of MLX weights of only_bits bits, f32 for the
- * rest; each product the bits of an unscoped int8 or f32 backend, alone and batched. */
+ * products of at least min_tokens tokens of MLX weights of only_bits bits and of the
+ * block types the GPU takes int8 for (Q4_0 here; IQ4_NL, int8 on the CPU alone, not),
+ * f32 for the rest; each product the bits of an unscoped int8 or f32 backend, alone and
+ * batched. */
 static void act8_scope(void) {
     char err[LM_ERR_LEN];
     lm_backend *scoped, *a8, *f32;
@@ -963,33 +980,39 @@ static void act8_scope(void) {
     CHECK(lm_backend_cpu_create_with(&f32, 2, NULL, err) == 0);
     CHECK(lm_backend_cpu_set_act_bits(scoped, 8, 256, err) == 0 && lm_backend_cpu_set_act_bits(a8, 8, 256, err) == 0);
     lm_backend_cpu_set_act8_scope(scoped, 8, 4);
-    test_mat t4, t8;
+    test_mat t4, t8, tq, ti;
     make_mat(&t4, 40, 256, LM_DT_BF16, 4, 64);
     make_mat(&t8, 24, 256, LM_DT_BF16, 8, 64);
+    make_blocks(&tq, 36, 256, LM_DT_Q4_0);
+    make_blocks(&ti, 20, 256, LM_DT_IQ4_NL);
+    const test_mat *mats[4] = {&t4, &t8, &tq, &ti};
+    static const char *const names[4] = {"4-bit", "8-bit", "q4_0", "iq4_nl"};
     float *x = malloc(sizeof(float) * 12 * 256), *y = malloc(sizeof(float) * 12 * 40), *w = malloc(sizeof(float) * 12 * 40);
     float *yb[2] = {malloc(sizeof(float) * 12 * 40), malloc(sizeof(float) * 12 * 40)};
     for (int k = 0; k < 12 * 256; k++) x[k] = (float)urand();
     static const int ns[] = {1, 7, 8, 12};
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
-        for (int m8 = 0; m8 < 2; m8++) {
-            const lm_mat *W = m8 ? &t8.m : &t4.m;
-            int n = ns[i], int8 = !m8 && n >= 8;
+        for (int k = 0; k < 4; k++) {
+            const lm_mat *W = &mats[k]->m;
+            int n = ns[i], int8 = (k == 0 || k == 2) && n >= 8;
             size_t bytes = sizeof(float) * (size_t)n * (size_t)W->rows;
             CHECK(scoped->ops->matmul(scoped, y, W, x, n) == 0);
             lm_backend *ref = int8 ? a8 : f32;
             CHECK(ref->ops->matmul(ref, w, W, x, n) == 0);
-            CHECKF(!memcmp(y, w, bytes), "%d-bit, %d tokens: not the %s product", m8 ? 8 : 4, n, int8 ? "int8" : "f32");
+            CHECKF(!memcmp(y, w, bytes), "%s, %d tokens: not the %s product", names[k], n, int8 ? "int8" : "f32");
             /* in a batch beside an item of the other kind */
             lm_matmul_item items[2] = {{yb[0], W, x, n}, {yb[1], &t4.m, x, 12}};
             CHECK(scoped->ops->matmul_batch(scoped, items, 2) == 0);
-            CHECKF(!memcmp(yb[0], w, bytes), "%d-bit, %d tokens, batched: not the %s product", m8 ? 8 : 4, n,
+            CHECKF(!memcmp(yb[0], w, bytes), "%s, %d tokens, batched: not the %s product", names[k], n,
                    int8 ? "int8" : "f32");
         }
-    /* the int8 and f32 products differ here, so the checks above tell them apart */
-    CHECK(a8->ops->matmul(a8, y, &t4.m, x, 8) == 0 && f32->ops->matmul(f32, w, &t4.m, x, 8) == 0);
-    CHECK(memcmp(y, w, sizeof(float) * 8 * 40) != 0);
+    /* the int8 and f32 products differ for each, so the checks above tell them apart */
+    for (int k = 0; k < 4; k++) {
+        CHECK(a8->ops->matmul(a8, y, &mats[k]->m, x, 8) == 0 && f32->ops->matmul(f32, w, &mats[k]->m, x, 8) == 0);
+        CHECKF(memcmp(y, w, sizeof(float) * 8 * (size_t)mats[k]->m.rows) != 0, "%s: int8 = f32", names[k]);
+    }
     free(x), free(y), free(w), free(yb[0]), free(yb[1]);
-    free_mat(&t4), free_mat(&t8);
+    free_mat(&t4), free_mat(&t8), free_mat(&tq), free_mat(&ti);
     lm_backend_free(scoped), lm_backend_free(a8), lm_backend_free(f32);
 }
 

@@ -298,8 +298,13 @@ typedef struct {
  * numbers). Beyond it a backend groups the routes by expert itself. */
 #define LM_ROUTED_MAX_TOKENS 4
 /* Tokens from which the CUDA backend's products take its tensor-core kernels, and so,
- * with act_bits 8, int8 activations for MLX 4-bit weights (lm_backend_cpu_set_act8_scope). */
+ * with act_bits 8, int8 activations for MLX 4-bit weights and the ggml block types of
+ * lm_cuda_act8_block (lm_backend_cpu_set_act8_scope). */
 #define LM_CUDA_ACT8_MIN_TOKENS 8
+/* The ggml block types the CUDA backend multiplies on int8 activations (k_gemm_g8). */
+static inline int lm_cuda_act8_block(lm_dtype t) {
+    return t == LM_DT_Q4_0 || t == LM_DT_Q8_0 || t == LM_DT_Q4_K || t == LM_DT_Q5_K || t == LM_DT_Q6_K;
+}
 
 struct lm_backend {
     const lm_backend_ops *ops;
@@ -340,9 +345,10 @@ int lm_backend_cpu_create_with(lm_backend **out, int n_threads, const char *kern
  * of memory is reported here rather than during a matmul. */
 int lm_backend_cpu_set_act_bits(lm_backend *be, int bits, int max_cols, char *err);
 /* Narrows act_bits 8 to products of at least min_tokens tokens and, where only_bits is
- * not 0, to MLX weights of that many bits: the CUDA backend's scope (its int8 path is
- * prefill's MLX 4-bit products), for the CPU that computes a GPU run's missed experts
- * (--cpu-experts), so that both sides take int8 activations for the same products. */
+ * not 0, to MLX weights of that many bits and the block types of lm_cuda_act8_block:
+ * the CUDA backend's scope (its int8 paths are prefill's products of those), for the
+ * CPU that computes a GPU run's missed experts (--cpu-experts), so that both sides take
+ * int8 activations for the same products. */
 void lm_backend_cpu_set_act8_scope(lm_backend *be, int min_tokens, int only_bits);
 /* lm_backend_cpu_set_act_bits, or on CUDA lm_backend_cuda_set_act_bits (whose scratch
  * max_rows sizes: a prefill chunk's rows of inputs, its routes' for MoE models). */

@@ -21,6 +21,7 @@
 #include "formats/ggml_blocks.h"
 #include "formats/npy.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/qblock.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "lazymoe.h"
@@ -626,6 +627,47 @@ static void matmul_act8_exact(void) {
     /* bad settings are refused */
     CHECK(lm_backend_cuda_set_act_bits(gpu, 16, 0, 0, err) != 0);
     CHECK_STR_CONTAINS(err, "8 or 32");
+}
+
+/* k_gemm_g8 (int8 activations with ggml block weights) bit for bit the CPU's scalar
+ * reference, lm_qblock_dot_act8, on the CPU's quantized inputs (groups of 32, column
+ * order): every type it reads, token tiles whole and partial, rows past a block's, a
+ * group of zeros and an outlier; below 8 tokens the f32 GEMVs keep the product. */
+static void matmul_g8_exact(void) {
+    static const struct {
+        lm_dtype dt;
+        int rows, cols, n;
+    } cases[] = {{LM_DT_Q4_0, 77, 288, 9},  {LM_DT_Q4_0, 300, 2048, 40}, {LM_DT_Q8_0, 45, 160, 17},
+                 {LM_DT_Q4_K, 29, 768, 33}, {LM_DT_Q5_K, 130, 512, 8},   {LM_DT_Q6_K, 41, 768, 24},
+                 {LM_DT_Q6_K, 200, 2048, 70}};
+    CHECKF(lm_backend_cuda_set_act_bits(gpu, 8, 128, 2048, err) == 0, "%s", err);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int rows = cases[k].rows, cols = cases[k].cols, n = cases[k].n, ng = cols / 32;
+        lm_mat W = make_mat(cases[k].dt, rows, cols, 0, 0, 0, 0);
+        float *x = rand_floats((size_t)n * (size_t)cols, -1, 1);
+        for (int i = 0; i < 32; i++) x[i] = 0.0f; /* token 0's first group: all zero */
+        x[(size_t)cols + 5] = 37.0f;              /* an outlier in token 1 */
+        int8_t *q = malloc((size_t)n * (size_t)cols);
+        float *dx = malloc(sizeof(float) * (size_t)n * (size_t)ng), *xs = malloc(sizeof(float) * (size_t)n * (size_t)ng);
+        lm_act8_quantize(x, n, cols, 32, 0, q, (size_t)cols, dx, xs, ng);
+        size_t bytes = sizeof(float) * (size_t)n * (size_t)rows;
+        float *want = malloc(bytes);
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < rows; r++)
+                want[(size_t)t * (size_t)rows + (size_t)r] = lm_qblock_dot_act8(
+                    &W, r, q + (size_t)t * (size_t)cols, dx + (size_t)t * (size_t)ng, xs + (size_t)t * (size_t)ng);
+        float *d_x = dev_from(x, sizeof(float) * (size_t)n * (size_t)cols), *dy = dev_from(NULL, bytes);
+        uint64_t launches = lm_backend_cuda_fast_launches(gpu);
+        CHECKF(gpu->ops->matmul(gpu, dy, &W, d_x, n) == 0, "%s", lm_backend_error(gpu));
+        CHECKF(lm_backend_cuda_fast_launches(gpu) == launches + 1, "case %zu: not on the fast kernels", k);
+        float *got = host_from(dy, bytes);
+        CHECKF(same_bits("gemm_g8 vs lm_qblock_dot_act8", got, want, bytes), "case %zu: %s %d x %d, %d tokens", k,
+               lm_dtype_name(cases[k].dt), rows, cols, n);
+        free(got), free(want), free(q), free(dx), free(xs), free(x);
+        dev_free(d_x), dev_free(dy);
+        free_mat(&W);
+    }
+    CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
 }
 
 /* Batch invariance (each item what it gives alone) with int8 activations. */
@@ -2107,6 +2149,7 @@ int main(void) {
     TEST_CASE("cuda_matmul_tc_affine_same_bits", matmul_tc_affine_same_bits);
     TEST_CASE("cuda_matmul_fast_batch_invariant_generic", matmul_fast_batch_invariant_generic);
     TEST_CASE("cuda_matmul_act8_exact", matmul_act8_exact);
+    TEST_CASE("cuda_matmul_g8_exact", matmul_g8_exact);
     TEST_CASE("cuda_matmul_act8_batch_invariant", matmul_act8_batch_invariant);
     TEST_CASE("cuda_route", route_kinds);
     TEST_CASE("cuda_gather_scatter_combine", gather_scatter_combine);

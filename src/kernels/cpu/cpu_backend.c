@@ -501,7 +501,8 @@ static const lm_cpu_kernels *table_for(const cpu_impl *impl, const lm_mat *W, in
 }
 static int uses_act8(const cpu_impl *impl, const lm_mat *W, int n) {
     if (impl->act_bits != 8 || n < impl->act8_min_tokens) return 0;
-    if (impl->act8_only_bits) return W->dtype == LM_DT_U32 && W->bits == impl->act8_only_bits;
+    if (impl->act8_only_bits)
+        return (W->dtype == LM_DT_U32 && W->bits == impl->act8_only_bits) || lm_cuda_act8_block(W->dtype);
     return W->dtype == LM_DT_U32 || lm_qblock_act8(W->dtype);
 }
 static int q4_block(const lm_cpu_kernels *k, const lm_mat *W) { return k && W->bits == 4 ? k->act8_q4_block : 0; }

@@ -126,6 +126,7 @@ typedef struct {
     int act_bits;     /* 8: prefill's 4-bit products on int8 activations (k_gemm_a8); 32 (default): f32 */
     int a8_warps;     /* k_gemm_a8's warps a block: TC_WARPS (default) or 2 TC_WARPS (LAZYMOE_CUDA_A8_WARPS=8) */
     int a8_smem;      /* k_gemm_a8s (its copies through shared memory) in k_gemm_a8's place (LAZYMOE_CUDA_A8_SMEM=1) */
+    int no_g8;        /* ggml block weights keep f32 activations under act_bits 8 (LAZYMOE_CUDA_G8=0) */
     void *a8;         /* their scratch (act8_scratch) */
     size_t a8_bytes;
     int sm_count;
@@ -1998,9 +1999,9 @@ __device__ __forceinline__ int act8_pos(int col) {
 }
 
 /* rows x cols inputs (cols a multiple of gs, gs of A8_LANES) -> q[rows][cols] in the
- * layout above and ds[rows][cols / gs] = (dx, xsum). Half a warp a (row, group); lane
+ * layout above (unit_perm; else in column order, for k_gemm_g8) and ds[rows][cols / gs] = (dx, xsum). Half a warp a (row, group); lane
  * k sums columns k, k + 16, ... in order, then the lanes combine as lm_act8_quantize's. */
-__global__ void k_act8_quantize(const float *x, int rows, int cols, int gs, int8_t *q, float2 *ds) {
+__global__ void k_act8_quantize(const float *x, int rows, int cols, int gs, int unit_perm, int8_t *q, float2 *ds) {
     int ng = cols / gs;
     size_t total = (size_t)rows * (size_t)ng;
     size_t hw = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / A8_LANES;
@@ -2030,7 +2031,8 @@ __global__ void k_act8_quantize(const float *x, int rows, int cols, int gs, int8
         float v = __fmul_rn(xg[i], inv);
         v = v >= -127.0f ? v : v < 0.0f ? -127.0f : 0.0f; /* NaN -> 0 */
         v = v <= 127.0f ? v : 127.0f;
-        qr[act8_pos(grp * gs + i)] = (int8_t)__float2int_rn(v);
+        int col = grp * gs + i;
+        qr[unit_perm ? act8_pos(col) : col] = (int8_t)__float2int_rn(v);
     }
     if (k == 0) ds[row * (size_t)ng + (size_t)grp] = make_float2(__fdiv_rn(amax, 127.0f), sum);
 }
@@ -2336,6 +2338,147 @@ __global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8s(mm_shape sh, mm_b
     a8s_block(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, blockIdx.x * TC_ROWS, NULL, 1);
 }
 
+/* ---- prefill with int8 activations for ggml block weights (act_bits 8: k_gemm_g8) ----
+ * The CPU's form (kernels/cpu/qblock.h): the inputs quantized per 32 columns, in column
+ * order (k_act8_quantize without the unit permutation); each 32-value group of a weight
+ * row read as w_i = a16[i / 16] (u_i - off) + b; per group
+ *     y += (a16_0 dx) I_0;  y += (a16_1 dx) I_1;  y += b xsum
+ * with I_h the exact integer sum of half h -- in that order, so the bits are those of
+ * lm_qblock_dot_act8 (the CPU's scalar reference). u - off fits a signed byte for every
+ * type here, so each half is one mma.m16n8k16 s8 on the codes as they are. */
+#define G8_FMT(F) ((F) == FMT_Q4_0 || (F) == FMT_Q8_0 || (F) == FMT_Q4_K || (F) == FMT_Q5_K || (F) == FMT_Q6_K)
+
+__device__ __forceinline__ void mma_s8_16x8x16(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+}
+
+/* 4 bytes at a 2-byte aligned address (the 18-, 34- and 210-byte blocks) */
+__device__ __forceinline__ uint32_t u32_at2(const uint8_t *p) { return u16_at(p) | u16_at(p + 2) << 16; }
+
+/* Lane t's codes u - off of group c of a row: columns 4t .. 4t + 3 (b0) and 16 + 4t ..
+ * (b1), as qblock.c's lm_qblock_group reads them. */
+template <int FMT>
+__device__ __forceinline__ void g8_codes(const uint8_t *row, int c, int t, uint32_t &b0, uint32_t &b1) {
+    if constexpr (FMT == FMT_Q4_0) { /* u: nibbles (column i low, 16 + i high), off 8 */
+        uint32_t w = u32_at2(row + (size_t)c * 18 + 2 + 4 * t);
+        b0 = __vsub4(w & 0x0f0f0f0fu, 0x08080808u);
+        b1 = __vsub4((w >> 4) & 0x0f0f0f0fu, 0x08080808u);
+    } else if constexpr (FMT == FMT_Q8_0) { /* the signed bytes themselves (u = k + 128, off 128) */
+        const uint8_t *qs = row + (size_t)c * 34 + 2;
+        b0 = u32_at2(qs + 4 * t);
+        b1 = u32_at2(qs + 16 + 4 * t);
+    } else if constexpr (FMT == FMT_Q4_K || FMT == FMT_Q5_K) { /* sub-block j's nibbles (+ qh bit j), off 0 */
+        const int j = c % 8;
+        const uint8_t *blk = row + (size_t)(c / 8) * (FMT == FMT_Q4_K ? 144 : 176);
+        const uint8_t *qs = blk + (FMT == FMT_Q4_K ? 16 : 48) + (j / 2) * 32;
+        const int sh = (j & 1) * 4;
+        b0 = (__ldg((const uint32_t *)(qs + 4 * t)) >> sh) & 0x0f0f0f0fu;
+        b1 = (__ldg((const uint32_t *)(qs + 16 + 4 * t)) >> sh) & 0x0f0f0f0fu;
+        if constexpr (FMT == FMT_Q5_K) {
+            b0 |= ((__ldg((const uint32_t *)(blk + 16 + 4 * t)) >> j) & 0x01010101u) << 4;
+            b1 |= ((__ldg((const uint32_t *)(blk + 32 + 4 * t)) >> j) & 0x01010101u) << 4;
+        }
+    } else { /* FMT_Q6_K: group j = 4h + k: ql nibble k / 2 with qh bits 2k, off 32 */
+        const int j = c % 8, h = j / 4, k = j % 4, ls = (k >> 1) * 4, hs = 2 * k;
+        const uint8_t *blk = row + (size_t)(c / 8) * 210;
+        const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
+        uint32_t l0 = u32_at2(ql + 4 * t), l1 = u32_at2(ql + 16 + 4 * t);
+        uint32_t h0 = u32_at2(qh + 4 * t), h1 = u32_at2(qh + 16 + 4 * t);
+        b0 = __vsub4(((l0 >> ls) & 0x0f0f0f0fu) | (((h0 >> hs) & 0x03030303u) << 4), 0x20202020u);
+        b1 = __vsub4(((l1 >> ls) & 0x0f0f0f0fu) | (((h1 >> hs) & 0x03030303u) << 4), 0x20202020u);
+    }
+}
+
+/* Group c of a row's half scales and its b (lm_qblock_group's a16[2] and b). */
+template <int FMT> __device__ __forceinline__ void g8_scales(const uint8_t *row, int c, float (&a16)[2], float &b) {
+    b = 0.0f;
+    if constexpr (FMT == FMT_Q4_0 || FMT == FMT_Q8_0) {
+        a16[0] = a16[1] = half_bits(u16_at(row + (size_t)c * (FMT == FMT_Q4_0 ? 18 : 34)));
+    } else if constexpr (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {
+        const int j = c % 8;
+        const uint8_t *blk = row + (size_t)(c / 8) * (FMT == FMT_Q4_K ? 144 : 176);
+        uint32_t sc, mn;
+        q4k_scale_min(blk + 4, j, sc, mn);
+        a16[0] = a16[1] = half_bits(u16_at(blk)) * (float)sc;
+        b = -(half_bits(u16_at(blk + 2)) * (float)mn);
+    } else { /* FMT_Q6_K */
+        const int j = c % 8;
+        const uint8_t *blk = row + (size_t)(c / 8) * 210;
+        const float d = half_bits(u16_at(blk + 208));
+        a16[0] = d * (float)(int8_t)blk[192 + 2 * j];
+        a16[1] = d * (float)(int8_t)blk[192 + 2 * j + 1];
+    }
+}
+
+/* A warp: NT 8-row tiles from row r0 x TC_TOK tokens from t0, as a8_warp, for ggml block
+ * weights; each lane's weight codes loaded a group ahead. */
+template <int FMT, int NT>
+__device__ __forceinline__ void g8_warp(const mm_shape &sh, const mm_item &it, int t0, int r0, const int32_t *routes,
+                                        int x_div) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if (t0 >= it.n || r0 >= it.rows) return;
+    const int cols = sh.cols, groups = cols / 32;
+    size_t xa = tc_row(routes, min(t0 + g, it.n - 1), x_div), xb = tc_row(routes, min(t0 + g + 8, it.n - 1), x_div);
+    const int8_t *qa = it.xq + xa * (size_t)cols + 4 * t, *qb = it.xq + xb * (size_t)cols + 4 * t;
+    const float2 *da = it.xds + xa * (size_t)groups, *db = it.xds + xb * (size_t)groups;
+    const uint8_t *wrow[NT], *srow[NT][2]; /* the lane's B row (8j + g), its outputs' rows (8j + 2t + h) */
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        wrow[j] = (const uint8_t *)it.data + (size_t)min(r0 + 8 * j + g, it.rows - 1) * sh.row_bytes;
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            srow[j][h] = (const uint8_t *)it.data + (size_t)min(r0 + 8 * j + 2 * t + h, it.rows - 1) * sh.row_bytes;
+    }
+    float tot[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) tot[j][i] = 0.0f;
+    uint32_t w0[NT], w1[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) g8_codes<FMT>(wrow[j], 0, t, w0[j], w1[j]);
+    for (int c = 0; c < groups; c++) {
+        uint32_t n0[NT], n1[NT];
+#pragma unroll
+        for (int j = 0; j < NT; j++) n0[j] = w0[j], n1[j] = w1[j];
+        if (c + 1 < groups) {
+#pragma unroll
+            for (int j = 0; j < NT; j++) g8_codes<FMT>(wrow[j], c + 1, t, n0[j], n1[j]);
+        }
+        const uint32_t a0 = __ldg((const uint32_t *)(qa + (size_t)32 * (size_t)c)),
+                       a1 = __ldg((const uint32_t *)(qb + (size_t)32 * (size_t)c)),
+                       a2 = __ldg((const uint32_t *)(qa + (size_t)32 * (size_t)c + 16)),
+                       a3 = __ldg((const uint32_t *)(qb + (size_t)32 * (size_t)c + 16));
+        const float2 xg[2] = {__ldg(da + c), __ldg(db + c)};
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            int i0[4] = {0, 0, 0, 0}, i1[4] = {0, 0, 0, 0};
+            mma_s8_16x8x16(i0, a0, a1, w0[j]);
+            mma_s8_16x8x16(i1, a2, a3, w1[j]);
+            float a16[2][2], bb[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) g8_scales<FMT>(srow[j][h], c, a16[h], bb[h]);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float2 x2 = xg[i >> 1];
+                float v = __fadd_rn(tot[j][i], __fmul_rn(__fmul_rn(a16[i & 1][0], x2.x), (float)i0[i]));
+                v = __fadd_rn(v, __fmul_rn(__fmul_rn(a16[i & 1][1], x2.x), (float)i1[i]));
+                tot[j][i] = __fadd_rn(v, __fmul_rn(bb[i & 1], x2.y));
+            }
+            w0[j] = n0[j], w1[j] = n1[j];
+        }
+    }
+    tc_store<NT>(it, t0, r0, routes, tot);
+}
+
+template <int FMT>
+__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_g8(mm_shape sh, mm_batch b) {
+    g8_warp<FMT, TC_NT>(sh, b.it[blockIdx.z], blockIdx.y * TC_TOK, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8,
+                        NULL, 1);
+}
+
 /* Whether k_gemm_a8's blocks are of 8 warps (LAZYMOE_CUDA_A8_WARPS=8), and their threads. */
 static int a8_wide(const cuda_impl *im) { return im->a8_warps == 2 * TC_WARPS && !im->a8_smem; }
 static unsigned a8_block_threads(const cuda_impl *im) { return (a8_wide(im) ? 2 : 1) * TC_WARPS * 32; }
@@ -2345,6 +2488,17 @@ static unsigned a8_block_threads(const cuda_impl *im) { return (a8_wide(im) ? 2 
 static int gemm_a8_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
     return im->act_bits == 8 && fmt == FMT_A4 && gemm_tc_ok(im, fmt, sh) && sh->group_size % TC_CHUNK == 0;
 }
+/* Whether it takes k_gemm_g8: int8 activations asked for, ggml block weights of a type
+ * it reads (LAZYMOE_CUDA_G8=0: the f32 path, for A/B). */
+static int gemm_g8_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
+    return im->act_bits == 8 && !im->no_g8 && G8_FMT(fmt) && !im->no_tc && sh->cols % 32 == 0;
+}
+/* Either int8 path; the quantized inputs' group size and layout for it. */
+static int gemm_int8_ok(const cuda_impl *im, int fmt, const mm_shape *sh) {
+    return gemm_a8_ok(im, fmt, sh) || gemm_g8_ok(im, fmt, sh);
+}
+static int int8_group(int fmt, const mm_shape *sh) { return fmt == FMT_A4 ? sh->group_size : 32; }
+static int int8_unit_perm(int fmt) { return fmt == FMT_A4; }
 
 /* Tokens from which an item goes to k_gemm (below: k_gemv, which reads each weight
  * once per GV_TOK tokens). */
@@ -2582,8 +2736,8 @@ static size_t act8_bytes(size_t rows, int cols, int gs) {
 
 /* k_act8_quantize of x[rows][cols] into the int8 activations' scratch at byte `at`
  * (act8_bytes of room there); *q and *ds get where its values and pairs went. */
-static int act8_quantize(lm_backend *be, const float *x, int rows, int cols, int gs, size_t at, const int8_t **q,
-                         const float2 **ds) {
+static int act8_quantize(lm_backend *be, const float *x, int rows, int cols, int gs, int unit_perm, size_t at,
+                         const int8_t **q, const float2 **ds) {
     cuda_impl *im = impl_of(be);
     uint8_t *base = (uint8_t *)im->a8 + at;
     *q = (const int8_t *)base;
@@ -2591,7 +2745,8 @@ static int act8_quantize(lm_backend *be, const float *x, int rows, int cols, int
     size_t threads = (size_t)rows * (size_t)(cols / gs) * A8_LANES;
     if (!threads) return 0;
     tim_begin(im);
-    k_act8_quantize<<<blocks_for(threads, EW_THREADS), EW_THREADS, 0, im->stream>>>(x, rows, cols, gs, (int8_t *)*q, (float2 *)*ds);
+    k_act8_quantize<<<blocks_for(threads, EW_THREADS), EW_THREADS, 0, im->stream>>>(x, rows, cols, gs, unit_perm, (int8_t *)*q,
+                                                                                      (float2 *)*ds);
     return launched(be, "int8 activations");
 }
 
@@ -2605,15 +2760,32 @@ static int act8_scratch(lm_backend *be, size_t bytes) {
     return 0;
 }
 
-/* mm_flush's k_gemm_a8 launch: each item's inputs quantized into the scratch (an item
+/* The int8 GEMM of a format (gemm_int8_ok): k_gemm_a8 in its block shape or k_gemm_a8s
+ * for MLX 4-bit, k_gemm_g8 for a ggml block type; and the grouped ones. */
+static mm_kernel int8_kernel_of(const cuda_impl *im, int fmt) {
+    switch (fmt) {
+    case FMT_A4: return im->a8_smem ? k_gemm_a8s : a8_wide(im) ? k_gemm_a8<2 * TC_WARPS> : k_gemm_a8<TC_WARPS>;
+    case FMT_Q4_0: return k_gemm_g8<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemm_g8<FMT_Q8_0>;
+    case FMT_Q4_K: return k_gemm_g8<FMT_Q4_K>;
+    case FMT_Q5_K: return k_gemm_g8<FMT_Q5_K>;
+    default: return k_gemm_g8<FMT_Q6_K>;
+    }
+}
+static unsigned int8_block_threads(const cuda_impl *im, int fmt) {
+    return fmt == FMT_A4 ? a8_block_threads(im) : TC_WARPS * 32;
+}
+
+/* mm_flush's int8 launch: each item's inputs quantized into the scratch (an item
  * with the inputs of the one before, q, k and v, reuses its), as many items a launch
  * as the scratch holds; which items share a launch does not change a result. */
 static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
     cuda_impl *im = impl_of(be);
     const mm_shape &sh = p->sh;
+    const int gs = int8_group(p->fmt, &sh), perm = int8_unit_perm(p->fmt);
     size_t most = 0;
     for (int i = 0; i < count; i++) {
-        size_t need = act8_bytes((size_t)p->b.it[i].n, sh.cols, sh.group_size);
+        size_t need = act8_bytes((size_t)p->b.it[i].n, sh.cols, gs);
         if (need > most) most = need;
     }
     if (act8_scratch(be, most) != 0) return -1;
@@ -2623,7 +2795,7 @@ static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
     for (int i = 0; i <= count; i++) {
         mm_item *m = &b.it[i < count ? i : 0];
         int same = i > start && i < count && m->x == b.it[i - 1].x && m->n == b.it[i - 1].n;
-        size_t need = i < count && !same ? act8_bytes((size_t)m->n, sh.cols, sh.group_size) : 0;
+        size_t need = i < count && !same ? act8_bytes((size_t)m->n, sh.cols, gs) : 0;
         if (i == count || used + need > im->a8_bytes) { /* launch items start .. i-1 */
             int max_n = 0;
             mm_batch part;
@@ -2634,9 +2806,8 @@ static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
             dim3 grid(blocks_for((size_t)sh.rows, TC_ROWS), blocks_for((size_t)max_n, TC_TOK), (unsigned)(i - start));
             if (grid.y > 65535u) return lm_errf(be->err, "matmul of %d tokens in one call", max_n);
             tim_begin(im);
-            mm_kernel k = im->a8_smem ? k_gemm_a8s : a8_wide(im) ? k_gemm_a8<2 * TC_WARPS> : k_gemm_a8<TC_WARPS>;
-            k<<<grid, a8_block_threads(im), 0, im->stream>>>(sh, part);
-            if (launched(be, "gemm_a8 affine4") != 0) return -1;
+            int8_kernel_of(im, p->fmt)<<<grid, int8_block_threads(im, p->fmt), 0, im->stream>>>(sh, part);
+            if (launched(be, p->fmt == FMT_A4 ? "gemm_a8 affine4" : "gemm_g8") != 0) return -1;
             if (i == count) break;
             start = i;
             used = 0;
@@ -2646,7 +2817,7 @@ static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
             m->xds = b.it[i - 1].xds;
             continue;
         }
-        if (act8_quantize(be, m->x, m->n, sh.cols, sh.group_size, used, &m->xq, &m->xds) != 0) return -1;
+        if (act8_quantize(be, m->x, m->n, sh.cols, gs, perm, used, &m->xq, &m->xds) != 0) return -1;
         used += need;
     }
     return 0;
@@ -2658,7 +2829,7 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     int count = p->count;
     p->count = 0;
     im->fast_launches++;
-    if (gemm && gemm_a8_ok(im, p->fmt, &p->sh)) return mm_flush_a8(be, p, count);
+    if (gemm && gemm_int8_ok(im, p->fmt, &p->sh)) return mm_flush_a8(be, p, count);
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
         /* a launch of too few blocks to fill the GPU twice (the router: 128 rows) takes the
          * affine path's narrow blocks, 4 times as many; each output's arithmetic is the same */
@@ -4811,6 +4982,21 @@ __global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8_gr
 typedef void (*a8_grouped_kernel)(mm_shape, const mm_desc *, int, const int32_t *, const int32_t *, const int2 *,
                                   const int32_t *, const int8_t *, const float2 *, int, float *, float *);
 
+/* k_gemm_g8 on one tile of k_route_group's list, as k_gemm_a8_grouped. */
+template <int FMT>
+__global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_g8_grouped(mm_shape sh, const mm_desc *tab, int mat0,
+                                                                     const int32_t *off, const int32_t *routes,
+                                                                     const int2 *tiles, const int32_t *counts,
+                                                                     const int8_t *xq, const float2 *xds, int x_div,
+                                                                     float *y0, float *y1) {
+    if ((int)blockIdx.y >= counts[0]) return;
+    int2 tl = tiles[blockIdx.y];
+    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
+    it.xq = xq;
+    it.xds = xds;
+    g8_warp<FMT, TC_NT>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8, routes + off[tl.x], x_div);
+}
+
 /* k_gemm_a8s on one tile of k_route_group's list, as k_gemm_a8_grouped (LAZYMOE_CUDA_A8_SMEM=1). */
 __global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8s_grouped(mm_shape sh, const mm_desc *tab, int mat0,
                                                                       const int32_t *off, const int32_t *routes,
@@ -4823,6 +5009,18 @@ __global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8s_grouped(mm_shape 
     it.xq = xq;
     it.xds = xds;
     a8s_block(sh, it, tl.y, blockIdx.x * TC_ROWS, routes + off[tl.x], x_div);
+}
+
+static a8_grouped_kernel int8_grouped_kernel_of(const cuda_impl *im, int fmt) {
+    switch (fmt) {
+    case FMT_A4:
+        return im->a8_smem ? k_gemm_a8s_grouped : a8_wide(im) ? k_gemm_a8_grouped<2 * TC_WARPS> : k_gemm_a8_grouped<TC_WARPS>;
+    case FMT_Q4_0: return k_gemm_g8_grouped<FMT_Q4_0>;
+    case FMT_Q8_0: return k_gemm_g8_grouped<FMT_Q8_0>;
+    case FMT_Q4_K: return k_gemm_g8_grouped<FMT_Q4_K>;
+    case FMT_Q5_K: return k_gemm_g8_grouped<FMT_Q5_K>;
+    default: return k_gemm_g8_grouped<FMT_Q6_K>;
+    }
 }
 
 #define TC_GROUPED_KERNEL(F)                                                                                          \
@@ -5002,14 +5200,11 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
                        gk2 = gemm_tc_grouped_kernel_of(t->fmt[2], aff2, wide2);
     /* act_bits 8: the chunk's inputs quantized once, then k_gemm_a8_grouped (the gate and
      * up products' inputs while they run, then the down products') */
-    int a80 = gemm_a8_ok(im, t->fmt[0], &t->sh[0]), a82 = gemm_a8_ok(im, t->fmt[2], &t->sh[2]);
-    size_t a8_need = a80 ? act8_bytes((size_t)n, H, t->sh[0].group_size) : 0;
-    if (a82 && act8_bytes((size_t)R, I, t->sh[2].group_size) > a8_need) a8_need = act8_bytes((size_t)R, I, t->sh[2].group_size);
+    int a80 = gemm_int8_ok(im, t->fmt[0], &t->sh[0]), a82 = gemm_int8_ok(im, t->fmt[2], &t->sh[2]);
+    int gs0 = int8_group(t->fmt[0], &t->sh[0]), gs2 = int8_group(t->fmt[2], &t->sh[2]);
+    size_t a8_need = a80 ? act8_bytes((size_t)n, H, gs0) : 0;
+    if (a82 && act8_bytes((size_t)R, I, gs2) > a8_need) a8_need = act8_bytes((size_t)R, I, gs2);
     if (a8_need && act8_scratch(be, a8_need) != 0) return -1;
-    a8_grouped_kernel a8k = im->a8_smem  ? k_gemm_a8s_grouped
-                            : a8_wide(im) ? k_gemm_a8_grouped<2 * TC_WARPS>
-                                          : k_gemm_a8_grouped<TC_WARPS>;
-    unsigned a8_threads = a8_block_threads(im);
     tim_begin(im);
     k_route_group<<<1, RG_THREADS, 0, im->stream>>>(sel, R, E, off, routes, tiles, small, counts);
     if (launched(be, "grouped routes") != 0) return -1;
@@ -5022,11 +5217,12 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
         if (a80) {
             const int8_t *hq;
             const float2 *hds;
-            if (act8_quantize(be, h, n, H, t->sh[0].group_size, 0, &hq, &hds) != 0) return -1;
+            if (act8_quantize(be, h, n, H, gs0, int8_unit_perm(t->fmt[0]), 0, &hq, &hds) != 0) return -1;
             tim_begin(im);
-            a8k<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2), a8_threads, 0, im->stream>>>(
+            int8_grouped_kernel_of(im, t->fmt[0])<<<dim3(blocks_for((size_t)I, TC_ROWS), (unsigned)max_tiles, 2),
+                                                   int8_block_threads(im, t->fmt[0]), 0, im->stream>>>(
                 t->sh[0], t->dev, 0, off, routes, tiles, counts, hq, hds, K, g, u);
-            if (launched(be, "gemm_a8 affine4") != 0) return -1;
+            if (launched(be, t->fmt[0] == FMT_A4 ? "gemm_a8 affine4" : "gemm_g8") != 0) return -1;
         } else {
             tim_begin(im);
             gk0<<<dim3(blocks_for((size_t)I, tc_block_rows(0, wide0)), (unsigned)max_tiles, 2), tc_block_threads(wide0),
@@ -5046,11 +5242,12 @@ static int moe_grouped(lm_backend *be, const struct routed_table *t, float *eout
     if (a82) {
         const int8_t *gq;
         const float2 *gds;
-        if (act8_quantize(be, g, R, I, t->sh[2].group_size, 0, &gq, &gds) != 0) return -1;
+        if (act8_quantize(be, g, R, I, gs2, int8_unit_perm(t->fmt[2]), 0, &gq, &gds) != 0) return -1;
         tim_begin(im);
-        a8k<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1), a8_threads, 0, im->stream>>>(
+        int8_grouped_kernel_of(im, t->fmt[2])<<<dim3(blocks_for((size_t)H, TC_ROWS), (unsigned)max_tiles, 1),
+                                               int8_block_threads(im, t->fmt[2]), 0, im->stream>>>(
             t->sh[2], t->dev, 2, off, routes, tiles, counts, gq, gds, 1, eout, NULL);
-        return launched(be, "gemm_a8 affine4");
+        return launched(be, t->fmt[2] == FMT_A4 ? "gemm_a8 affine4" : "gemm_g8");
     }
     tim_begin(im);
     gk2<<<dim3(blocks_for((size_t)H, tc_block_rows(0, wide2)), (unsigned)max_tiles, 1), tc_block_threads(wide2), 0,
@@ -5328,6 +5525,8 @@ extern "C" int lm_backend_cuda_create(lm_backend **out, int device, char *err) {
     if (aw && !strcmp(aw, "8")) im->a8_warps = 2 * TC_WARPS;
     const char *as = getenv("LAZYMOE_CUDA_A8_SMEM");
     if (as && !strcmp(as, "1")) im->a8_smem = 1;
+    const char *g8 = getenv("LAZYMOE_CUDA_G8");
+    if (g8 && !strcmp(g8, "0")) im->no_g8 = 1;
     const char *tc = getenv("LAZYMOE_CUDA_TC");
     if (tc && !strcmp(tc, "0")) im->no_tc = 1;
     const char *gr = getenv("LAZYMOE_CUDA_GRAPHS");
