@@ -16,7 +16,8 @@
 # --repeat, so that its mean over fresh sessions after a first run sits beside llama-bench's mean
 # over runs after a warmup. Q40_ENV: settings for one more Q4_0 prefill run (q40x); G64X_ARGS:
 # bench arguments for one more MLX prefill run (g64x, e.g. "--act-bits 32"); G64Y_ENV: settings
-# for another (g64y); Q40=0: no lazymoe runs on the Q4_0 file; QKM=1: the same shapes as Q4_K_M too
+# for another (g64y); Q40X_ARGS: bench arguments for one more Q4_0 (and Q4_K_M) prefill run; Q40=0: no
+# lazymoe runs on the Q4_0 file; QKM=1: the same shapes as Q4_K_M too
 # (llama-quantize's mix: Q4_K with Q6_K for some tensors), both engines on it, every expert in GPU
 # memory (48 layers: ~18.5 GB more disk; with MLX64=1 the box's 64 GB hold it only just). Each result
 # is summarized into $OUT/summary.txt as it comes (the device tool returns 8 files; a call cut
@@ -108,6 +109,8 @@ st "lazymoe"
 [ "${Q40:-1}" = 1 ] && lz q40_p1 $W/q40.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
 # Q40_ENV (e.g. LAZYMOE_CUDA_TC_Q4_0=1): the Q4_0 prefill once more with those settings
 [ -n "${Q40_ENV:-}" ] && (export $Q40_ENV; lz q40x_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT)
+# Q40X_ARGS (e.g. "--act-bits 8": k_gemm_g8): the Q4_0 prefill once more with those bench arguments
+[ -n "${Q40X_ARGS:-}" ] && lz q40a_p512 $W/q40.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT $Q40X_ARGS
 [ "$AGAIN" = 1 ] && st "llama-bench ngl99 again"
 [ "$AGAIN" = 1 ] && timeout 150 $B/llama-bench -m $W/q40.gguf -ngl 99 -p 512 -n 64 -r 2 -o json > $W/llama_ngl99_b.json 2> $W/llama_ngl99_b.err
 [ "$AGAIN" = 1 ] && sumj $W/llama_ngl99_b.json
@@ -117,6 +120,7 @@ if [ "${QKM:-0}" = 1 ]; then
     sumj $W/llama_q4km.json
     lz q4km_p512 $W/q4km.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT
     lz q4km_p1 $W/q4km.gguf --prompt-tokens 1 --gen-tokens 64 --repeat $REPEAT
+    [ -n "${Q40X_ARGS:-}" ] && lz q4kma_p512 $W/q4km.gguf --prompt-tokens 512 --gen-tokens 64 --repeat $REPEAT $Q40X_ARGS
 fi
 st "llama-bench ncmoe $NCMOE"
 timeout 200 $B/llama-bench -m $W/q40.gguf -ngl 99 -ncmoe $NCMOE -t 16 -p 512 -n 64 -r 1 -o json > $W/llama_ncmoe.json 2> $W/llama_ncmoe.err
