@@ -121,8 +121,8 @@ static int ids_eval_open(ids_eval *r, const model_args *a) {
     "         --kv-bits N        KV cache precision: 16 (default), 32, or 8 (int8, smallest)\n"     \
     "         --act-bits N       activations in quantized matmuls: 8 (default on the CPU: int8,\n"   \
     "                            fast, small stated error) or 32 (f32, the reference numerics;\n"  \
-    "                            default on cuda, where 8 takes int8 in prefill's MLX 4-bit\n"      \
-    "                            products)\n"                                                        \
+    "                            default on cuda, where 8 takes int8 in prefill's products of\n"  \
+    "                            MLX 4-bit and GGUF Q4_0/Q8_0/Q4_K/Q5_K/Q6_K weights)\n"             \
     "         --backend NAME     cpu (default) or cuda (a build made with make CUDA=1; GPU from\n"  \
     "                            LAZYMOE_CUDA_DEVICE, default 0)\n"                                \
     "         --gpu-memory SIZE  cuda: GPU memory for weights, KV cache and the experts kept there\n" \
