@@ -2581,12 +2581,27 @@ __global__ void __launch_bounds__(GV_WARPS * 32) k_gemv_routed_swiglu_list(mm_sh
         routed_swiglu_one<FMT>(sh, tab, sel, list[i], x, x_div, g, u);
 }
 
-/* Each kernel template for the fast format fmt. */
-#define KERNEL_OF_FMT(K, fmt)                                                                                       \
-    ((fmt) == FMT_F32 ? K<FMT_F32> : (fmt) == FMT_F16 ? K<FMT_F16> : (fmt) == FMT_BF16 ? K<FMT_BF16>                 \
-     : (fmt) == FMT_A4 ? K<FMT_A4> : (fmt) == FMT_A8 ? K<FMT_A8> : (fmt) == FMT_Q4_0 ? K<FMT_Q4_0>                   \
-     : (fmt) == FMT_Q8_0 ? K<FMT_Q8_0> : (fmt) == FMT_Q4_K ? K<FMT_Q4_K> : (fmt) == FMT_Q6_K ? K<FMT_Q6_K>      \
-                                                                                  : K<FMT_Q5_K>)
+/* A fast format as a type, and the one switch over them all: of_fmt(fmt, f) is
+ * f(fmt_tag<fmt>{}), f a generic lambda naming a kernel template of that format
+ * (kernel families that every fast format has; the tensor-core ones list theirs). */
+template <int F> struct fmt_tag {
+    static constexpr int value = F;
+};
+template <typename Fn> static auto of_fmt(int fmt, Fn f) {
+    switch (fmt) {
+    case FMT_F32: return f(fmt_tag<FMT_F32>{});
+    case FMT_F16: return f(fmt_tag<FMT_F16>{});
+    case FMT_BF16: return f(fmt_tag<FMT_BF16>{});
+    case FMT_A4: return f(fmt_tag<FMT_A4>{});
+    case FMT_A8: return f(fmt_tag<FMT_A8>{});
+    case FMT_Q4_0: return f(fmt_tag<FMT_Q4_0>{});
+    case FMT_Q8_0: return f(fmt_tag<FMT_Q8_0>{});
+    case FMT_Q4_K: return f(fmt_tag<FMT_Q4_K>{});
+    case FMT_Q6_K: return f(fmt_tag<FMT_Q6_K>{});
+    default: return f(fmt_tag<FMT_Q5_K>{});
+    }
+}
+#define KERNEL_OF_FMT(K, fmt) of_fmt(fmt, [](auto tag) { return K<decltype(tag)::value>; })
 
 typedef void (*routed_swiglu_kernel)(mm_shape, const mm_desc *, const int32_t *, const float *, int, float *, float *);
 typedef void (*routed_swiglu_list_kernel)(mm_shape, const mm_desc *, const int32_t *, const int32_t *,
@@ -2602,35 +2617,13 @@ static routed_kernel routed_kernel_of(int fmt) { return KERNEL_OF_FMT(k_gemv_rou
 static routed_list_kernel routed_list_kernel_of(int fmt) { return KERNEL_OF_FMT(k_gemv_routed_list, fmt); }
 
 template <int NT> static mm_kernel gemv_kernel_of(int fmt) {
-    switch (fmt) {
-    case FMT_F32: return k_gemv<FMT_F32, NT>;
-    case FMT_F16: return k_gemv<FMT_F16, NT>;
-    case FMT_BF16: return k_gemv<FMT_BF16, NT>;
-    case FMT_A4: return k_gemv<FMT_A4, NT>;
-    case FMT_A8: return k_gemv<FMT_A8, NT>;
-    case FMT_Q4_0: return k_gemv<FMT_Q4_0, NT>;
-    case FMT_Q8_0: return k_gemv<FMT_Q8_0, NT>;
-    case FMT_Q4_K: return k_gemv<FMT_Q4_K, NT>;
-    case FMT_Q6_K: return k_gemv<FMT_Q6_K, NT>;
-    default: return k_gemv<FMT_Q5_K, NT>;
-    }
+    return of_fmt(fmt, [](auto tag) { return (mm_kernel)k_gemv<decltype(tag)::value, NT>; });
 }
 static mm_kernel gemv_kernel(int fmt, int max_n) { return max_n == 1 ? gemv_kernel_of<1>(fmt) : gemv_kernel_of<GV_TOK>(fmt); }
 
 typedef void (*mm_few_kernel)(mm_shape, mm_few);
 template <int NT> static mm_few_kernel gemv_few_kernel_of(int fmt) {
-    switch (fmt) {
-    case FMT_F32: return k_gemv_few<FMT_F32, NT>;
-    case FMT_F16: return k_gemv_few<FMT_F16, NT>;
-    case FMT_BF16: return k_gemv_few<FMT_BF16, NT>;
-    case FMT_A4: return k_gemv_few<FMT_A4, NT>;
-    case FMT_A8: return k_gemv_few<FMT_A8, NT>;
-    case FMT_Q4_0: return k_gemv_few<FMT_Q4_0, NT>;
-    case FMT_Q8_0: return k_gemv_few<FMT_Q8_0, NT>;
-    case FMT_Q4_K: return k_gemv_few<FMT_Q4_K, NT>;
-    case FMT_Q6_K: return k_gemv_few<FMT_Q6_K, NT>;
-    default: return k_gemv_few<FMT_Q5_K, NT>;
-    }
+    return of_fmt(fmt, [](auto tag) { return (mm_few_kernel)k_gemv_few<decltype(tag)::value, NT>; });
 }
 static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
     return max_n == 1 ? gemv_few_kernel_of<1>(fmt) : gemv_few_kernel_of<GV_TOK>(fmt);
@@ -2638,18 +2631,7 @@ static mm_few_kernel gemv_few_kernel(int fmt, int max_n) {
 /* k_gemm in its tile shapes: 256 rows x 16 tokens or 128 x 32 (a layer's experts in
  * a prefill chunk of 256 tokens: 16 routes each on average), or 64 x 64. */
 template <int TR, int TT> static mm_kernel gemm_kernel_of(int fmt) {
-    switch (fmt) {
-    case FMT_F32: return k_gemm<FMT_F32, TR, TT>;
-    case FMT_F16: return k_gemm<FMT_F16, TR, TT>;
-    case FMT_BF16: return k_gemm<FMT_BF16, TR, TT>;
-    case FMT_A4: return k_gemm<FMT_A4, TR, TT>;
-    case FMT_A8: return k_gemm<FMT_A8, TR, TT>;
-    case FMT_Q4_0: return k_gemm<FMT_Q4_0, TR, TT>;
-    case FMT_Q8_0: return k_gemm<FMT_Q8_0, TR, TT>;
-    case FMT_Q4_K: return k_gemm<FMT_Q4_K, TR, TT>;
-    case FMT_Q6_K: return k_gemm<FMT_Q6_K, TR, TT>;
-    default: return k_gemm<FMT_Q5_K, TR, TT>;
-    }
+    return of_fmt(fmt, [](auto tag) { return (mm_kernel)k_gemm<decltype(tag)::value, TR, TT>; });
 }
 static mm_kernel gemm_kernel(int fmt, int tt) {
     return tt == 16 ? gemm_kernel_of<256, 16>(fmt) : tt == 32 ? gemm_kernel_of<128, 32>(fmt) : gemm_kernel_of<64, 64>(fmt);
