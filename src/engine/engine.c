@@ -618,7 +618,12 @@ static int open_device_tier(lazymoe_model *m, const char *dir, char *e) {
     const lm_config *c = &m->w.cfg;
     int moe = 0;
     for (int l = 0; l < c->n_layers; l++) moe |= m->w.layers[l].is_moe;
-    if (!moe || (m->be->ops->host_memory && !m->opt.gpu_memory)) return 0;
+    if (!moe || (m->be->ops->host_memory && !m->opt.gpu_memory)) {
+        if (m->opt.cpu_experts != 0 && m->opt.verbose)
+            lm_log(LAZYMOE_LOG_INFO, "lazymoe: --cpu-experts: no expert cache in device memory here (a backend with "
+                                     "its own memory, e.g. --backend cuda), so nothing to split");
+        return 0;
+    }
     int capacity = 0;
     if (plan_device_memory(m, &capacity, e) != 0) return -1;
     if (m->be->ops->set_memory_limit) m->be->ops->set_memory_limit(m->be, m->gpu_budget);
