@@ -1303,23 +1303,30 @@ enum { RE_E = 5 };
 /* Bytes the cases' weight data sit past a 16-byte boundary (4: the 4-byte loads of
  * k_gemm_tc's affine path need no more). */
 static size_t re_misalign;
+/* Nonzero: the cases' experts are ggml blocks of this type (bits, group and qdt unused;
+ * 256 columns and rows, whole K-quant blocks). */
+static lm_dtype re_blocks;
 
 static void routed_experts_case(int bits, int group, lm_dtype qdt, int expect, int T, int K, const int32_t *sel,
                                 void *dev_parts[3 * RE_E][3]) {
     enum { E = RE_E };
-    int H = 256, I = group == 64 ? 192 : 96, R = T * K; /* rows past a block's last (128 a block) */
+    /* rows past a block's last (128 a block) */
+    int H = 256, I = re_blocks ? 256 : group == 64 ? 192 : 96, R = T * K;
     lm_mat mats[3 * E];
     for (int e = 0; e < E; e++)
         for (int m = 0; m < 3; m++) {
-            lm_mat W = make_mat(LM_DT_U32, m == 2 ? H : I, m == 2 ? I : H, 0, bits, group, qdt);
-            size_t nd = (size_t)W.rows * (size_t)W.cols * (size_t)bits / 8,
-                   ns = (size_t)W.rows * (size_t)(W.cols / group) * lm_dtype_size(qdt);
+            int rows = m == 2 ? H : I, cols = m == 2 ? I : H;
+            lm_mat W = re_blocks ? make_mat(re_blocks, rows, cols, 0, 0, 0, 0)
+                                 : make_mat(LM_DT_U32, rows, cols, 0, bits, group, qdt);
+            size_t nd = re_blocks ? (size_t)rows * (size_t)lm_dtype_row_bytes(re_blocks, (uint64_t)cols)
+                                  : (size_t)rows * (size_t)cols * (size_t)bits / 8;
+            size_t ns = re_blocks ? 0 : (size_t)rows * (size_t)(cols / group) * lm_dtype_size(qdt);
             lm_mat D = W;
             dev_parts[3 * e + m][0] = dev_from(NULL, nd + 16);
             D.data = (uint8_t *)dev_parts[3 * e + m][0] + re_misalign;
             CHECK(gpu->ops->upload(gpu, (void *)D.data, W.data, nd) == 0);
-            D.scales = dev_parts[3 * e + m][1] = dev_from(W.scales, ns);
-            D.biases = dev_parts[3 * e + m][2] = dev_from(W.biases, ns);
+            D.scales = dev_parts[3 * e + m][1] = ns ? dev_from(W.scales, ns) : NULL;
+            D.biases = dev_parts[3 * e + m][2] = ns ? dev_from(W.biases, ns) : NULL;
             mats[3 * e + m] = D;
             free((void *)W.data), free((void *)W.scales), free((void *)W.biases);
         }
@@ -1400,6 +1407,25 @@ static void routed_experts_act8(void) {
     routed_experts_case(4, 32, LM_DT_BF16, 0, PT, PK, psel, parts[6]);
     re_misalign = 0;
     lm_backend_cuda_set_a8_smem(gpu, 0);
+    CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
+}
+
+/* The same with GGUF block experts (a Q4_K_M file's Q4_K gate and up, Q6_K down, and
+ * Q4_0): the grouped kernels for block types, with f32 activations and with int8
+ * (k_gemm_g8_grouped against k_gemm_g8 on the host-routed path). */
+static void routed_experts_blocks(void) {
+    static void *parts[6][3 * RE_E][3];
+    static const lm_dtype types[3] = {LM_DT_Q4_K, LM_DT_Q6_K, LM_DT_Q4_0};
+    int32_t psel[PT * PK];
+    re_prefill_sel(psel);
+    for (int bits8 = 0; bits8 < 2; bits8++) {
+        CHECKF(lm_backend_cuda_set_act_bits(gpu, bits8 ? 8 : 32, PT * PK, 256, err) == 0, "%s", err);
+        for (int k = 0; k < 3; k++) {
+            re_blocks = types[k];
+            routed_experts_case(0, 0, LM_DT_F32, 0, PT, PK, psel, parts[3 * bits8 + k]);
+        }
+    }
+    re_blocks = LM_DT_INVALID;
     CHECK(lm_backend_cuda_set_act_bits(gpu, 32, 0, 0, err) == 0);
 }
 
@@ -2156,6 +2182,7 @@ int main(void) {
     TEST_CASE("cuda_pending_gathers_bit_identical", pending_gathers);
     TEST_CASE("cuda_moe_routed_bit_identical", routed_experts);
     TEST_CASE("cuda_moe_routed_act8_bit_identical", routed_experts_act8);
+    TEST_CASE("cuda_moe_routed_blocks_bit_identical", routed_experts_blocks);
     TEST_CASE("cuda_errors_are_messages", errors_are_messages);
     TEST_CASE("cuda_upload_ordering", upload_ordering);
     TEST_CASE("cuda_logits_scan", logits_scan);
