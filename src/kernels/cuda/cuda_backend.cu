@@ -2761,7 +2761,7 @@ static unsigned int8_block_threads(const cuda_impl *im, int fmt) {
 /* mm_flush's int8 launch: each item's inputs quantized into the scratch (an item
  * with the inputs of the one before, q, k and v, reuses its), as many items a launch
  * as the scratch holds; which items share a launch does not change a result. */
-static int mm_flush_a8(lm_backend *be, const mm_pending *p, int count) {
+static int mm_flush_int8(lm_backend *be, const mm_pending *p, int count) {
     cuda_impl *im = impl_of(be);
     const mm_shape &sh = p->sh;
     const int gs = int8_group(p->fmt, &sh), perm = int8_unit_perm(p->fmt);
@@ -2811,7 +2811,7 @@ static int mm_flush(lm_backend *be, mm_pending *p, int gemm) {
     int count = p->count;
     p->count = 0;
     im->fast_launches++;
-    if (gemm && gemm_int8_ok(im, p->fmt, &p->sh)) return mm_flush_a8(be, p, count);
+    if (gemm && gemm_int8_ok(im, p->fmt, &p->sh)) return mm_flush_int8(be, p, count);
     if (gemm && gemm_tc_ok(im, p->fmt, &p->sh)) {
         /* a launch of too few blocks to fill the GPU twice (the router: 128 rows) takes the
          * affine path's narrow blocks, 4 times as many; each output's arithmetic is the same */
@@ -4945,19 +4945,30 @@ __global__ void __launch_bounds__(WARPS * 32, TC_MIN_BLOCKS(FMT, AFFINE, WARPS))
     tc_block_any<FMT, AFFINE, TC_NT, WARPS>(sh, it, tl.y, routes + off[tl.x], x_div);
 }
 
-/* k_gemm_a8 on one tile of k_route_group's list, as k_gemm_tc_grouped: the inputs'
- * rows quantized (xq, xds: k_act8_quantize of the chunk's rows that x_div indexes). */
+/* The int8 kernels' item of this block's tile of k_route_group's list (as
+ * k_gemm_tc_grouped's), its inputs quantized (xq, xds: k_act8_quantize of the chunk's
+ * rows that x_div indexes); false past counts[0] (no tile). */
+__device__ __forceinline__ bool grouped_int8_item(const mm_shape &sh, const mm_desc *tab, int mat0, const int32_t *off,
+                                                  const int2 *tiles, const int32_t *counts, const int8_t *xq,
+                                                  const float2 *xds, float *y0, float *y1, int2 &tl, mm_item &it) {
+    if ((int)blockIdx.y >= counts[0]) return false;
+    tl = tiles[blockIdx.y];
+    it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
+    it.xq = xq;
+    it.xds = xds;
+    return true;
+}
+
+/* k_gemm_a8 on one tile of k_route_group's list, as k_gemm_tc_grouped. */
 template <int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, A8_MIN_BLOCKS(WARPS)) k_gemm_a8_grouped(mm_shape sh, const mm_desc *tab, int mat0,
                                                                      const int32_t *off, const int32_t *routes,
                                                                      const int2 *tiles, const int32_t *counts,
                                                                      const int8_t *xq, const float2 *xds, int x_div,
                                                                      float *y0, float *y1) {
-    if ((int)blockIdx.y >= counts[0]) return;
-    int2 tl = tiles[blockIdx.y];
-    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
-    it.xq = xq;
-    it.xds = xds;
+    int2 tl;
+    mm_item it;
+    if (!grouped_int8_item(sh, tab, mat0, off, tiles, counts, xq, xds, y0, y1, tl, it)) return;
     a8_warp<A8_NT(WARPS)>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * A8_NT(WARPS) * 8, routes + off[tl.x],
                           x_div);
 }
@@ -4971,11 +4982,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_g8_grouped(mm_shape s
                                                                      const int2 *tiles, const int32_t *counts,
                                                                      const int8_t *xq, const float2 *xds, int x_div,
                                                                      float *y0, float *y1) {
-    if ((int)blockIdx.y >= counts[0]) return;
-    int2 tl = tiles[blockIdx.y];
-    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
-    it.xq = xq;
-    it.xds = xds;
+    int2 tl;
+    mm_item it;
+    if (!grouped_int8_item(sh, tab, mat0, off, tiles, counts, xq, xds, y0, y1, tl, it)) return;
     g8_warp<FMT, TC_NT>(sh, it, tl.y, blockIdx.x * TC_ROWS + (threadIdx.x >> 5) * TC_NT * 8, routes + off[tl.x], x_div);
 }
 
@@ -4985,11 +4994,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32, 4) k_gemm_a8s_grouped(mm_shape 
                                                                       const int2 *tiles, const int32_t *counts,
                                                                       const int8_t *xq, const float2 *xds, int x_div,
                                                                       float *y0, float *y1) {
-    if ((int)blockIdx.y >= counts[0]) return;
-    int2 tl = tiles[blockIdx.y];
-    mm_item it = grouped_item(sh, tab, mat0, off, tl.x, y0, y1);
-    it.xq = xq;
-    it.xds = xds;
+    int2 tl;
+    mm_item it;
+    if (!grouped_int8_item(sh, tab, mat0, off, tiles, counts, xq, xds, y0, y1, tl, it)) return;
     a8s_block(sh, it, tl.y, blockIdx.x * TC_ROWS, routes + off[tl.x], x_div);
 }
 
